@@ -1,0 +1,1 @@
+//! Result cache: L1 memory, L2 Redis, invalidation bus (see issue 6).

@@ -1,0 +1,142 @@
+//! A throwaway Redis server: no persistence, a free port, stopped by PID on drop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::process::{self, TempRoot};
+use crate::Error;
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `redis-server`. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Redis {
+    child: Option<Child>,
+    program: PathBuf,
+    port: u16,
+    log_path: PathBuf,
+    root: TempRoot,
+}
+
+impl Redis {
+    /// Starts `redis-server` on a free loopback port.
+    pub async fn start() -> Result<Redis, Error> {
+        tokio::task::spawn_blocking(Self::start_blocking)
+            .await
+            .map_err(|e| Error::Join(e.to_string()))?
+    }
+
+    pub fn start_blocking() -> Result<Redis, Error> {
+        let program = find_on_path("redis-server").ok_or(Error::ProgramNotFound {
+            program: "redis-server",
+            package: "redis-server",
+        })?;
+        let root = TempRoot::new("redis", None)?;
+        let mut redis = Redis {
+            child: None,
+            program,
+            port: 0,
+            log_path: root.path().join("redis.log"),
+            root,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            redis.port = process::free_port()?;
+            match redis.spawn() {
+                Err(Error::ExitedEarly { log_tail, .. })
+                    if attempt < 5 && log_tail.contains("Address already in use") =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(redis),
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), Error> {
+        let port = self.port.to_string();
+        let mut child = Command::new(&self.program)
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.root.path())
+            .arg("--logfile")
+            .arg(&self.log_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", self.program.display()), e))?;
+        let ready = process::wait_ready(
+            &mut child,
+            &format!("Redis on port {}", self.port),
+            &self.log_path,
+            START_TIMEOUT,
+            || ping(self.port),
+        );
+        if let Err(e) = ready {
+            process::stop_child(&mut child, libc::SIGKILL, Duration::from_secs(2));
+            return Err(e);
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the server (kept stopped until [`Redis::restart`]).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::stop_child(&mut child, libc::SIGTERM, Duration::from_secs(5));
+        }
+    }
+
+    /// Starts a stopped server again on the same port (data is not kept).
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.stop();
+        self.spawn()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// Full path of `program` on `$PATH` (plus the sbin directories Debian uses).
+pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}

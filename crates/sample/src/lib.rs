@@ -1,0 +1,1 @@
+//! The "saas" sample schema, data generator and workload.

@@ -1,0 +1,1 @@
+//! Statement analysis: fingerprints, normalization, tables, read-only verdicts (see issue 4).
