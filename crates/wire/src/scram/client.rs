@@ -1,0 +1,283 @@
+//! The client side of SCRAM-SHA-256: how the proxy logs in to a server.
+
+use std::fmt;
+
+use super::{
+    attr, b64, hmac, random_nonce, salted_password, saslprep, sha256, unb64, utf8, valid_nonce,
+    xor, ScramKeys,
+};
+use crate::constant_time::constant_time_eq;
+use crate::error::AuthError;
+
+/// The gs2 header this client sends: no channel binding, no authzid.
+const GS2_HEADER: &str = "n,,";
+
+/// One SCRAM-SHA-256 exchange on the client side.
+///
+/// Send [`ScramClient::client_first`] in a SASLInitialResponse for
+/// `SCRAM-SHA-256`; pass AuthenticationSASLContinue's data to
+/// [`ScramClient::handle_server_first`] and send its answer as a SASLResponse;
+/// pass AuthenticationSASLFinal's data to [`ScramClient::verify_server_final`].
+pub struct ScramClient {
+    credentials: Credentials,
+    client_first_bare: String,
+    client_nonce: String,
+    state: State,
+}
+
+enum Credentials {
+    Password(Vec<u8>),
+    Keys(ScramKeys),
+}
+
+enum State {
+    Initial,
+    SentClientFinal { server_signature: [u8; 32] },
+    Done,
+    Failed,
+}
+
+impl ScramClient {
+    /// An exchange with `password` and a random nonce. The user name sent is
+    /// empty, as libpq does: the server takes the user from the startup packet.
+    pub fn new(password: &str) -> Result<ScramClient, AuthError> {
+        Ok(ScramClient::with_nonce("", password, &random_nonce()?))
+    }
+
+    /// An exchange that proves knowledge of the password with `ClientKey` and
+    /// checks the server with `ServerKey`, without the password (see [`ScramKeys`]).
+    pub fn with_keys(keys: ScramKeys) -> Result<ScramClient, AuthError> {
+        let mut client = ScramClient::with_nonce("", "", &random_nonce()?);
+        client.credentials = Credentials::Keys(keys);
+        Ok(client)
+    }
+
+    /// An exchange with a chosen user name and nonce, for tests and test
+    /// vectors. Never reuse a nonce in production: use [`ScramClient::new`].
+    pub fn with_nonce(user: &str, password: &str, nonce: &str) -> ScramClient {
+        let user = user.replace('=', "=3D").replace(',', "=2C");
+        ScramClient {
+            credentials: Credentials::Password(saslprep(password).into_owned()),
+            client_first_bare: format!("n={user},r={nonce}"),
+            client_nonce: nonce.to_owned(),
+            state: State::Initial,
+        }
+    }
+
+    /// client-first, the data of the SASLInitialResponse.
+    pub fn client_first(&self) -> String {
+        format!("{GS2_HEADER}{}", self.client_first_bare)
+    }
+
+    /// Reads server-first (`r=nonce,s=salt,i=iterations`) and returns
+    /// client-final with the proof. Runs PBKDF2 with the server's iteration
+    /// count when authenticating with a password.
+    pub fn handle_server_first(&mut self, data: &[u8]) -> Result<String, AuthError> {
+        if !matches!(self.state, State::Initial) {
+            return Err(AuthError::OutOfOrder("server-first after the first step"));
+        }
+        self.state = State::Failed;
+        let server_first = utf8(data, "server-first is not UTF-8")?;
+        let mut parts = server_first.split(',');
+        let first = parts.next();
+        if first.is_some_and(|p| p.starts_with("m=")) {
+            return Err(AuthError::MalformedMessage(
+                "server-first has a mandatory extension",
+            ));
+        }
+        let nonce = attr(first, b'r', "server-first has no nonce")?;
+        if !valid_nonce(nonce)
+            || !nonce.starts_with(&self.client_nonce)
+            || nonce.len() == self.client_nonce.len()
+        {
+            return Err(AuthError::NonceMismatch);
+        }
+        let salt = unb64(
+            attr(parts.next(), b's', "server-first has no salt")?,
+            "salt is not base64",
+        )?;
+        let iterations: u32 = attr(parts.next(), b'i', "server-first has no iteration count")?
+            .parse()
+            .ok()
+            .filter(|&i| i > 0)
+            .ok_or(AuthError::MalformedMessage(
+                "iteration count is not a positive integer",
+            ))?;
+
+        let (client_key, server_key) = match &self.credentials {
+            Credentials::Password(password) => {
+                let salted = salted_password(password, &salt, iterations);
+                (
+                    hmac(&salted, &[b"Client Key"]),
+                    hmac(&salted, &[b"Server Key"]),
+                )
+            }
+            Credentials::Keys(keys) => (keys.client_key, keys.server_key),
+        };
+        let without_proof = format!("c={},r={nonce}", b64(GS2_HEADER.as_bytes()));
+        let auth_message = [
+            self.client_first_bare.as_bytes(),
+            b",",
+            server_first.as_bytes(),
+            b",",
+            without_proof.as_bytes(),
+        ];
+        let client_signature = hmac(&sha256(&client_key), &auth_message);
+        let proof = xor(&client_key, &client_signature);
+        self.state = State::SentClientFinal {
+            server_signature: hmac(&server_key, &auth_message),
+        };
+        Ok(format!("{without_proof},p={}", b64(&proof)))
+    }
+
+    /// Checks server-final (`v=signature`): the server knew the verifier.
+    pub fn verify_server_final(&mut self, data: &[u8]) -> Result<(), AuthError> {
+        let State::SentClientFinal { server_signature } =
+            std::mem::replace(&mut self.state, State::Failed)
+        else {
+            return Err(AuthError::OutOfOrder("server-final before server-first"));
+        };
+        let text = utf8(data, "server-final is not UTF-8")?;
+        if let Some(error) = text.strip_prefix("e=") {
+            return Err(AuthError::ServerError(error.to_owned()));
+        }
+        let first = text.split(',').next();
+        let signature = unb64(
+            attr(first, b'v', "server-final has no verifier")?,
+            "server signature is not base64",
+        )?;
+        if !constant_time_eq(&signature, &server_signature) {
+            return Err(AuthError::ServerSignatureMismatch);
+        }
+        self.state = State::Done;
+        Ok(())
+    }
+
+    /// True once the server's signature was verified.
+    pub fn is_complete(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
+
+impl fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Initial => "initial",
+            State::SentClientFinal { .. } => "sent client-final",
+            State::Done => "complete",
+            State::Failed => "failed",
+        };
+        f.debug_struct("ScramClient")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scram::{ScramSecret, ScramServer};
+
+    const SERVER_FIRST: &str =
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+
+    #[test]
+    fn follows_the_rfc7677_example() {
+        let mut client = ScramClient::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        assert_eq!(client.client_first(), "n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+        let client_final = client.handle_server_first(SERVER_FIRST.as_bytes()).unwrap();
+        assert_eq!(
+            client_final,
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+             p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        );
+        client
+            .verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            .unwrap();
+        assert!(client.is_complete());
+    }
+
+    #[test]
+    fn detects_a_server_that_does_not_know_the_verifier() {
+        let mut client = ScramClient::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        client.handle_server_first(SERVER_FIRST.as_bytes()).unwrap();
+        assert_eq!(
+            client.verify_server_final(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            Err(AuthError::ServerSignatureMismatch)
+        );
+        let mut client = ScramClient::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        client.handle_server_first(SERVER_FIRST.as_bytes()).unwrap();
+        assert_eq!(
+            client.verify_server_final(b"e=invalid-proof"),
+            Err(AuthError::ServerError("invalid-proof".into()))
+        );
+    }
+
+    #[test]
+    fn rejects_a_server_nonce_that_does_not_extend_ours() {
+        for server_first in [
+            "r=other,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+            "r=rOprNGfwEbeRWgbNEkqO,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+        ] {
+            let mut client = ScramClient::with_nonce("", "pencil", "rOprNGfwEbeRWgbNEkqO");
+            assert_eq!(
+                client.handle_server_first(server_first.as_bytes()),
+                Err(AuthError::NonceMismatch)
+            );
+        }
+        let mut client = ScramClient::with_nonce("", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        assert!(client
+            .handle_server_first(b"r=rOprNGfwEbeRWgbNEkqOx,s=W22Z,i=0")
+            .is_err());
+    }
+
+    #[test]
+    fn escapes_user_names() {
+        let client = ScramClient::with_nonce("a=b,c", "p", "n");
+        assert_eq!(client.client_first(), "n,,n=a=3Db=2Cc,r=n");
+    }
+
+    #[test]
+    fn handshake_with_our_server_and_passthrough_keys() {
+        let secret = ScramSecret::from_password("s3cret", 4096).unwrap();
+        let mut server = ScramServer::new(secret.clone()).unwrap();
+        let mut client = ScramClient::new("s3cret").unwrap();
+        let first = server
+            .handle_client_first(client.client_first().as_bytes())
+            .unwrap();
+        let fin = client.handle_server_first(first.as_bytes()).unwrap();
+        let last = server.handle_client_final(fin.as_bytes()).unwrap();
+        client.verify_server_final(last.as_bytes()).unwrap();
+
+        // The keys the server recovered log in again without the password.
+        let keys = server.client_keys().unwrap();
+        let mut server = ScramServer::new(secret).unwrap();
+        let mut client = ScramClient::with_keys(keys).unwrap();
+        let first = server
+            .handle_client_first(client.client_first().as_bytes())
+            .unwrap();
+        let fin = client.handle_server_first(first.as_bytes()).unwrap();
+        let last = server.handle_client_final(fin.as_bytes()).unwrap();
+        client.verify_server_final(last.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn wrong_password_and_mock_secret_fail() {
+        let secret = ScramSecret::from_password("right", 64).unwrap();
+        for (secret, password) in [
+            (secret, "wrong"),
+            (ScramSecret::mock("ghost", b"key").unwrap(), "anything"),
+        ] {
+            let mut server = ScramServer::new(secret).unwrap();
+            let mut client = ScramClient::new(password).unwrap();
+            let first = server
+                .handle_client_first(client.client_first().as_bytes())
+                .unwrap();
+            let fin = client.handle_server_first(first.as_bytes()).unwrap();
+            assert_eq!(
+                server.handle_client_final(fin.as_bytes()),
+                Err(AuthError::WrongPassword)
+            );
+        }
+    }
+}
