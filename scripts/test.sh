@@ -43,3 +43,5 @@ echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo nextest run"
 cargo nextest run --workspace --locked --no-fail-fast
+echo "==> doc tests (nextest does not run them)"
+cargo test --workspace --locked --doc

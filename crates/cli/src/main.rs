@@ -1,1 +1,124 @@
-fn main() {}
+//! `pgopt`: one binary for the proxy, the advisor, operations and the demo.
+
+mod config;
+mod demo;
+mod logging;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// pgopt makes an existing PostgreSQL faster and safer without changing the application:
+/// a pooling, routing, caching and observing proxy, an index advisor verified by the
+/// planner, and the operations kit around them — each figure it reports is measured.
+#[derive(Debug, Parser)]
+#[command(name = "pgopt", version, about, long_about = None)]
+#[command(after_help = "Start with `pgopt demo`: it runs everything on a throwaway PostgreSQL.")]
+struct Cli {
+    /// Config file (TOML). Default: ./pgopt.toml when it exists, else built-in defaults.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "PGOPT_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run pgopt on an embedded throwaway PostgreSQL with sample data and a workload.
+    Demo(demo::DemoArgs),
+    /// PostgreSQL proxy: pooling, replica routing, query insight, result cache.
+    Proxy(NotYet),
+    /// Health checks and an index plan verified with hypothetical indexes.
+    Advise(NotYet),
+    /// Check or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Arguments of a command that this version does not have yet.
+#[derive(Debug, Args)]
+struct NotYet {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file; errors read FILE:LINE: key.path: what was expected.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Print the effective configuration (file, then environment overrides) as TOML.
+    Print,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pgopt: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
+        return Ok(check_config(file));
+    }
+    let file = cli.config.clone().or_else(|| {
+        let default = PathBuf::from("pgopt.toml");
+        default.is_file().then_some(default)
+    });
+    let loaded = config::load(file.as_deref(), &config::env_overrides())?;
+    logging::init(&loaded.config.logging);
+    if let Some(path) = &loaded.file {
+        tracing::debug!(file = %path.display(), overrides = ?loaded.env_overrides, "config loaded");
+    }
+    match cli.command {
+        Command::Demo(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(demo::run(&loaded.config.demo, args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Proxy(_) => not_yet("proxy"),
+        Command::Advise(_) => not_yet("advise"),
+        Command::Config(ConfigCommand::Print) => {
+            print!("{}", toml::to_string_pretty(&loaded.config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { .. }) => unreachable!("handled above"),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match config::load(Some(file), &[]) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn not_yet(command: &str) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "pgopt {command} is not yet available in pgopt {}; `pgopt demo` shows what works today",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(ExitCode::from(2))
+}

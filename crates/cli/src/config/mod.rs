@@ -1,0 +1,308 @@
+//! `pgopt.toml`: one file, every key defaulted, unknown keys refused, environment overrides
+//! (`PGOPT_SECTION__KEY=value`). Errors read `FILE:LINE: key.path: what was expected`.
+
+mod bounded;
+mod duration;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use bounded::{Bounded, Scale};
+pub use duration::HumanDuration;
+
+/// The whole configuration tree. Each section is the small typed config of one part.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub logging: LoggingConfig,
+    pub demo: DemoConfig,
+    pub proxy: ProxyConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// error | warn | info | debug | trace (RUST_LOG, when set, wins).
+    pub level: LogLevel,
+    /// text | json
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Size of the "saas" sample; 1.0 is about one million rows.
+    pub scale: Scale,
+    /// How long the workload runs.
+    pub duration: HumanDuration,
+    /// Concurrent workload connections.
+    pub clients: Bounded<1, 256>,
+    /// Seed of the data generator and the workload.
+    pub seed: u64,
+    /// Port of the embedded PostgreSQL; 0 picks a free one.
+    pub port: u16,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            scale: Scale(0.05),
+            duration: HumanDuration(std::time::Duration::from_secs(10)),
+            clients: Bounded(4),
+            seed: 42,
+            port: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    #[default]
+    Transaction,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// HTTP address for /metrics and the JSON API.
+    pub admin_listen: SocketAddr,
+    /// `postgres://USER@HOST:PORT/DB` of the server to pool; empty until set.
+    pub upstream: String,
+    /// session | transaction
+    pub pool_mode: PoolMode,
+    /// Server connections per (database, user).
+    pub default_pool_size: Bounded<1, 10000>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9930)),
+            upstream: String::new(),
+            pool_mode: PoolMode::Transaction,
+            default_pool_size: Bounded(20),
+        }
+    }
+}
+
+/// A config problem, located: `pgopt.toml:7: demo.scale: expected …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `FILE:LINE`, `FILE`, or `environment variable NAME`.
+    pub origin: String,
+    /// Dotted key path, empty when the problem is not a key (a syntax error).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the configuration came from, for messages.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub file: Option<PathBuf>,
+    pub env_overrides: Vec<String>,
+}
+
+/// Environment variables that override keys: `PGOPT_DEMO__SCALE=0.5` sets `demo.scale`.
+pub fn env_overrides() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(name, _)| name.starts_with("PGOPT_") && name.contains("__"))
+        .collect()
+}
+
+/// Reads `file` (when given) and applies `overrides` on top.
+pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Loaded, ConfigError> {
+    let mut table = toml::Table::new();
+    let mut from_file = Config::default();
+    if let Some(path) = file {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        // The file alone first, so its errors point at its lines.
+        from_file = parse_text(&origin, &text)?;
+        if !overrides.is_empty() {
+            table = text.parse::<toml::Table>().map_err(|e| ConfigError {
+                origin,
+                key: String::new(),
+                message: e.message().to_string(),
+            })?;
+        }
+    }
+    if overrides.is_empty() {
+        return Ok(Loaded {
+            config: from_file,
+            file: file.map(Path::to_path_buf),
+            env_overrides: Vec::new(),
+        });
+    }
+    for (name, raw) in overrides {
+        let segments = env_key_path(name);
+        insert_path(&mut table, &segments, env_value(raw)).map_err(|message| ConfigError {
+            origin: format!("environment variable {name}"),
+            key: segments.join("."),
+            message,
+        })?;
+        // Each override is checked as it is applied, so a bad one is named.
+        from_table(table.clone(), &format!("environment variable {name}"))?;
+    }
+    Ok(Loaded {
+        config: from_table(table, "the config")?,
+        file: file.map(Path::to_path_buf),
+        env_overrides: overrides.iter().map(|(n, _)| n.clone()).collect(),
+    })
+}
+
+/// Parses and validates TOML text; errors carry `origin:LINE`.
+pub fn parse_text(origin: &str, text: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = path_of(&e);
+        let inner = e.into_inner();
+        let line = inner
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        ConfigError {
+            origin: match line {
+                Some(line) => format!("{origin}:{line}"),
+                None => origin.to_string(),
+            },
+            key,
+            message: expected_form(inner.message()),
+        }
+    })
+}
+
+fn from_table(table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError {
+        origin: origin.to_string(),
+        key: path_of(&e),
+        message: expected_form(e.into_inner().message()),
+    })
+}
+
+fn path_of<E>(e: &serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    if path == "." {
+        String::new()
+    } else {
+        path
+    }
+}
+
+/// `PGOPT_DEMO__SCALE` → `["demo", "scale"]`.
+fn env_key_path(name: &str) -> Vec<String> {
+    name.trim_start_matches("PGOPT_")
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+/// An environment value is read as a TOML value when it is one (`0.5`, `true`, `[1, 2]`),
+/// else as a string (`127.0.0.1:6432`).
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut current = table;
+    for segment in parents {
+        let entry = current
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{segment}` is a value, not a section"))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Rewrites serde's wording into "expected X, found Y".
+fn expected_form(message: &str) -> String {
+    let message = message.trim().replace('\n', "; ");
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        if let Some((field, expected)) = rest.split_once(", expected ") {
+            return format!("unknown key {field}; expected {expected}");
+        }
+        if let Some((field, _)) = rest.split_once(", there are no fields") {
+            return format!("unknown key {field}; this section takes no keys");
+        }
+    }
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            if let Some((found, expected)) = rest.rsplit_once(", expected ") {
+                return format!("expected {expected}, found {found}");
+            }
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            return format!("expected {expected}, found {found}");
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests;

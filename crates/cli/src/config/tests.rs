@@ -1,0 +1,142 @@
+use super::*;
+
+fn err(text: &str) -> String {
+    parse_text("pgopt.toml", text).unwrap_err().to_string()
+}
+
+#[test]
+fn defaults_need_no_file() {
+    let loaded = load(None, &[]).unwrap();
+    assert_eq!(loaded.config.demo.clients.get(), 4);
+    assert_eq!(loaded.config.proxy.pool_mode, PoolMode::Transaction);
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let e = err("[demo]\nscale = 1.0\nscal = 2\n");
+    assert!(
+        e.starts_with("pgopt.toml:3: demo.scal: unknown key `scal`; expected"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_section_is_refused() {
+    let e = err("[logging]\nlevel = \"info\"\n\n[cache_tier]\nttl = \"1s\"\n");
+    assert!(
+        e.starts_with("pgopt.toml:4: cache_tier: unknown key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_type_says_what_was_expected() {
+    let e = err("[demo]\n\nclients = \"many\"\n");
+    assert_eq!(
+        e,
+        "pgopt.toml:3: demo.clients: expected i64, found string \"many\""
+    );
+}
+
+#[test]
+fn out_of_range_values_fail_on_their_line() {
+    let e = err("[demo]\nscale = 0\n");
+    assert!(
+        e.starts_with("pgopt.toml:2: demo.scale: expected a scale above 0"),
+        "{e}"
+    );
+    let e = err("[proxy]\ndefault_pool_size = 0\n");
+    assert_eq!(
+        e,
+        "pgopt.toml:2: proxy.default_pool_size: expected an integer from 1 to 10000, found 0"
+    );
+}
+
+#[test]
+fn bad_enum_and_duration_and_address() {
+    let e = err("[proxy]\npool_mode = \"statement-ish\"\n");
+    assert!(e.starts_with("pgopt.toml:2: proxy.pool_mode: expected `session` or `transaction`, found `statement-ish`"), "{e}");
+    let e = err("[demo]\nduration = \"10 parsecs\"\n");
+    assert!(
+        e.starts_with("pgopt.toml:2: demo.duration: expected a duration like"),
+        "{e}"
+    );
+    let e = err("[proxy]\nlisten = \"localhost\"\n");
+    assert!(e.starts_with("pgopt.toml:2: proxy.listen:"), "{e}");
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    let e = err("[logging]\nlevel = \"info\"\n[demo\n");
+    assert!(e.starts_with("pgopt.toml:3: "), "{e}");
+    assert!(!e.contains('\n'), "one line: {e}");
+}
+
+#[test]
+fn a_file_that_cannot_be_read_is_named() {
+    let e = load(Some(Path::new("/nonexistent/pgopt.toml")), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("/nonexistent/pgopt.toml: cannot read the config file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn environment_overrides_keys() {
+    let overrides = vec![
+        ("PGOPT_DEMO__SCALE".to_string(), "0.5".to_string()),
+        (
+            "PGOPT_PROXY__LISTEN".to_string(),
+            "127.0.0.1:7000".to_string(),
+        ),
+        ("PGOPT_LOGGING__LEVEL".to_string(), "debug".to_string()),
+    ];
+    let loaded = load(None, &overrides).unwrap();
+    assert_eq!(loaded.config.demo.scale.0, 0.5);
+    assert_eq!(loaded.config.proxy.listen.port(), 7000);
+    assert_eq!(loaded.config.logging.level, LogLevel::Debug);
+}
+
+#[test]
+fn environment_beats_the_file() {
+    let path = std::env::temp_dir().join(format!("pgopt-env-{}.toml", std::process::id()));
+    std::fs::write(&path, "[demo]\nclients = 8\nseed = 7\n").unwrap();
+    let overrides = vec![("PGOPT_DEMO__CLIENTS".to_string(), "2".to_string())];
+    let loaded = load(Some(&path), &overrides).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(loaded.config.demo.clients.get(), 2);
+    assert_eq!(loaded.config.demo.seed, 7);
+}
+
+#[test]
+fn a_bad_environment_override_is_named() {
+    let overrides = vec![("PGOPT_DEMO__CLIENTS".to_string(), "0".to_string())];
+    let e = load(None, &overrides).unwrap_err().to_string();
+    assert_eq!(e, "environment variable PGOPT_DEMO__CLIENTS: demo.clients: expected an integer from 1 to 256, found 0");
+    let overrides = vec![("PGOPT_DEMO__COLOUR".to_string(), "red".to_string())];
+    let e = load(None, &overrides).unwrap_err().to_string();
+    assert!(
+        e.starts_with("environment variable PGOPT_DEMO__COLOUR: demo.colour: unknown key"),
+        "{e}"
+    );
+}
+
+/// The documented example at the repository root must parse and show the real defaults.
+#[test]
+fn example_config_is_valid_and_documents_the_defaults() {
+    let text = include_str!("../../../../pgopt.example.toml");
+    let example = parse_text("pgopt.example.toml", text).unwrap();
+    assert_eq!(
+        toml::to_string(&example).unwrap(),
+        toml::to_string(&Config::default()).unwrap(),
+        "pgopt.example.toml drifted from the defaults in code"
+    );
+}
+
+#[test]
+fn printed_config_reads_back() {
+    let text = toml::to_string_pretty(&Config::default()).unwrap();
+    parse_text("printed", &text).unwrap();
+}

@@ -1,0 +1,236 @@
+//! `pgopt demo`: an embedded throwaway PostgreSQL, the "saas" sample data, a workload,
+//! and a summary of what was measured; then it waits for Ctrl-C so you can look around.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use pgopt_embedded::Postgres;
+use pgopt_sample::{LoadOptions, LoadPhase, LoadProgress, WorkloadOptions, WorkloadReport};
+
+use crate::config::{Bounded, DemoConfig, HumanDuration, Scale};
+
+/// Flags override the `[demo]` section of the config.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Sample data size: 1.0 is about one million rows [default: 0.05]
+    #[arg(long, value_parser = parse_scale)]
+    scale: Option<f64>,
+    /// How long the workload runs, e.g. 10s or 2m [default: 10s]
+    #[arg(long)]
+    duration: Option<HumanDuration>,
+    /// Concurrent workload connections, 1 to 256 [default: 4]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    clients: Option<u32>,
+    /// Seed of the data generator and the workload [default: 42]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Port for the embedded PostgreSQL [default: a free one]
+    #[arg(long)]
+    port: Option<u16>,
+    /// Exit after the summary instead of waiting for Ctrl-C.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+fn parse_scale(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .parse()
+        .map_err(|_| format!("expected a number, found {text:?}"))?;
+    if v > 0.0 && v <= 100.0 {
+        Ok(v)
+    } else {
+        Err("expected a scale above 0 and at most 100 (1.0 is about one million rows)".into())
+    }
+}
+
+pub async fn run(config: &DemoConfig, args: DemoArgs) -> anyhow::Result<()> {
+    let settings = DemoConfig {
+        scale: args.scale.map(Scale).unwrap_or(config.scale),
+        duration: args.duration.unwrap_or(config.duration),
+        clients: args.clients.map(Bounded).unwrap_or(config.clients),
+        seed: args.seed.unwrap_or(config.seed),
+        port: args.port.unwrap_or(config.port),
+    };
+    let no_wait = args.no_wait;
+    tokio::select! {
+        result = demo(settings, no_wait) => result,
+        _ = shutdown_signal() => {
+            eprintln!("\nInterrupted; stopping the embedded PostgreSQL.");
+            Ok(())
+        }
+    }
+}
+
+async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
+    eprintln!("Starting an embedded PostgreSQL…");
+    let mut builder = Postgres::builder();
+    if settings.port != 0 {
+        builder = builder.port(settings.port);
+    }
+    let pg = builder
+        .start()
+        .await
+        .context("starting the embedded PostgreSQL")?;
+    println!(
+        "PostgreSQL {} on 127.0.0.1:{} (files in {}, deleted on exit)",
+        pg.binaries().major,
+        pg.port(),
+        pg.data_dir().display()
+    );
+
+    let client = pg
+        .create_database("saas")
+        .await
+        .context("creating database saas")?;
+    let load_opts = LoadOptions {
+        scale: settings.scale.0,
+        seed: settings.seed,
+    };
+    let total: u64 = pgopt_sample::plan(load_opts.scale)
+        .iter()
+        .map(|(_, n)| *n)
+        .sum();
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template(
+            "Loading \"saas\" {bar:30} {human_pos}/{human_len} rows {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let load = pgopt_sample::load(&client, &load_opts, &mut |p: LoadProgress| {
+        bar.set_position(p.rows_done_total);
+        let step = match p.phase {
+            LoadPhase::Schema => "creating tables",
+            LoadPhase::Copy => "copying",
+            LoadPhase::PrimaryKeys => "primary key of",
+            LoadPhase::ForeignKeys => "foreign keys of",
+            LoadPhase::Analyze => "analyzing",
+        };
+        bar.set_message(format!("{step} {}", p.table));
+    })
+    .await
+    .context("loading the saas sample")?;
+    bar.finish_and_clear();
+    println!(
+        "Loaded {} rows into {} tables in {:.1} s (scale {}, seed {})",
+        thousands(load.total_rows),
+        load.rows_per_table.len(),
+        load.elapsed.as_secs_f64(),
+        settings.scale.0,
+        settings.seed
+    );
+
+    let workload_opts = WorkloadOptions {
+        clients: settings.clients.get() as usize,
+        duration: settings.duration.0,
+        seed: settings.seed,
+        scale: settings.scale.0,
+        max_queries: None,
+    };
+    let report = run_workload(&pg, &workload_opts).await?;
+    print_report(&report, &workload_opts);
+
+    println!("\nConnect:  {}", pg.psql_command("saas"));
+    println!("URL:      {}", pg.url("saas"));
+    if no_wait {
+        return Ok(());
+    }
+    println!("Press Ctrl-C to stop; the database is deleted on exit.");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn run_workload(pg: &Postgres, opts: &WorkloadOptions) -> anyhow::Result<WorkloadReport> {
+    let bar = ProgressBar::new(opts.duration.as_millis() as u64).with_style(
+        ProgressStyle::with_template("Workload: {msg} {bar:30} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{} clients", opts.clients));
+    let started = Instant::now();
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                bar.set_position(started.elapsed().as_millis() as u64);
+            }
+        })
+    };
+    let report = pgopt_sample::run(pg.config("saas"), opts).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    report.context("running the saas workload")
+}
+
+fn print_report(report: &WorkloadReport, opts: &WorkloadOptions) {
+    let secs = report.elapsed.as_secs_f64();
+    println!(
+        "Workload: {} clients for {:.1} s: {} queries ({:.0}/s), {} errors",
+        opts.clients,
+        secs,
+        thousands(report.total_calls),
+        report.total_calls as f64 / secs.max(1e-9),
+        report.total_errors
+    );
+    println!(
+        "\n  {:<12} {:>9} {:>7} {:>9} {:>9} {:>9}",
+        "query group", "queries", "errors", "p50 ms", "p95 ms", "p99 ms"
+    );
+    for g in &report.groups {
+        println!(
+            "  {:<12} {:>9} {:>7} {:>9.2} {:>9.2} {:>9.2}",
+            g.group,
+            thousands(g.calls),
+            g.errors,
+            g.p50_us as f64 / 1000.0,
+            g.p95_us as f64 / 1000.0,
+            g.p99_us as f64 / 1000.0
+        );
+    }
+    if let Some((name, message)) = report.first_error() {
+        println!("\n  first error ({name}): {message}");
+    }
+}
+
+/// 1234567 → "1,234,567"
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_separates() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1000), "1,000");
+        assert_eq!(super::thousands(1234567), "1,234,567");
+    }
+}

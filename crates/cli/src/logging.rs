@@ -1,0 +1,26 @@
+//! Log output to stderr, as text or JSON lines; `RUST_LOG` overrides the configured level.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogLevel, LoggingConfig};
+
+pub fn init(config: &LoggingConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // The binary reports progress itself; libraries speak up at debug and trace.
+        let libraries = match config.level {
+            LogLevel::Debug | LogLevel::Trace => config.level.as_str(),
+            _ => "warn",
+        };
+        EnvFilter::new(format!(
+            "warn,pgopt={},pgopt_embedded={libraries},pgopt_sample={libraries}",
+            config.level.as_str()
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,242 @@
+//! The `pgopt` binary as a user runs it.
+
+use std::process::{Command, Output};
+
+fn pgopt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(args)
+        .env_remove("PGOPT_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running pgopt")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("pgopt-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = pgopt(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for word in ["demo", "proxy", "advise", "config", "--config", "--version"] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+    let out = pgopt(&["--version"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("pgopt {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn config_check_accepts_the_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pgopt.example.toml");
+    let out = pgopt(&["config", "check", example]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).ends_with(": ok\n"));
+}
+
+#[test]
+fn config_check_names_file_line_and_key() {
+    let path = temp_file(
+        "bad.toml",
+        "[logging]\nlevel = \"info\"\n\n[demo]\nclients = 0\n",
+    );
+    let out = pgopt(&["config", "check", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{}:5: demo.clients: expected an integer from 1 to 256, found 0\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn a_bad_config_stops_any_command_with_one_line() {
+    let path = temp_file("typo.toml", "[demo]\nscael = 1\n");
+    let out = pgopt(&["--config", path.to_str().unwrap(), "demo", "--no-wait"]);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:2: demo.scael: unknown key `scael`",
+            path.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_bad_environment_override_is_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["config", "print"])
+        .env("PGOPT_DEMO__DURATION", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "environment variable PGOPT_DEMO__DURATION: demo.duration: expected a duration"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_print_shows_environment_overrides() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["config", "print"])
+        .env("PGOPT_DEMO__SEED", "1234")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("seed = 1234"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn commands_not_built_yet_say_so() {
+    for cmd in ["proxy", "advise"] {
+        let out = pgopt(&[cmd]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        assert!(text(&out.stderr).contains("not yet available"), "{cmd}");
+    }
+}
+
+#[test]
+fn demo_reports_a_port_clash_in_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = pgopt(&["demo", "--port", &port, "--no-wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("pgopt: error: starting the embedded PostgreSQL: port"),
+        "{err}"
+    );
+    assert!(
+        last.contains(&port) && last.contains("already in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_without_postgres_binaries_says_what_to_install() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["demo", "--no-wait"])
+        .env("PGOPT_PG_BINDIR", "/nonexistent/bin")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("apt-get install postgresql-15"), "{err}");
+}
+
+#[test]
+fn demo_rejects_bad_flags() {
+    let out = pgopt(&["demo", "--scale", "0", "--no-wait"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("expected a scale above 0"));
+    let out = pgopt(&["demo", "--duration", "ages", "--no-wait"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("expected a duration"));
+}
+
+#[test]
+fn demo_runs_end_to_end_on_a_real_postgres() {
+    let out = pgopt(&[
+        "demo",
+        "--scale",
+        "0.01",
+        "--duration",
+        "2s",
+        "--clients",
+        "2",
+        "--no-wait",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("Loaded "), "{stdout}");
+    assert!(stdout.contains("psql -h 127.0.0.1 -p "), "{stdout}");
+    let workload = stdout
+        .lines()
+        .find(|l| l.starts_with("Workload:"))
+        .expect("a workload line");
+    // "Workload: 2 clients for 2.0 s: 1,234 queries (617/s), 0 errors"
+    let queries: u64 = workload
+        .split(": ")
+        .nth(2)
+        .and_then(|s| s.split_whitespace().next())
+        .map(|n| n.replace(',', ""))
+        .and_then(|n| n.parse().ok())
+        .expect("a query count");
+    assert!(queries > 0, "{workload}");
+    assert!(workload.ends_with(" 0 errors"), "{workload}");
+    assert!(stdout.contains("p99 ms"), "{stdout}");
+}
+
+#[test]
+fn ctrl_c_stops_the_demo_and_deletes_its_database() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args([
+            "demo",
+            "--scale",
+            "0.01",
+            "--duration",
+            "1s",
+            "--clients",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut data_dir = None;
+    let mut waiting = false;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // "PostgreSQL 15 on 127.0.0.1:PORT (files in DIR, deleted on exit)"
+        if let Some(rest) = line.split("(files in ").nth(1) {
+            data_dir = rest
+                .strip_suffix(", deleted on exit)")
+                .map(std::path::PathBuf::from);
+        }
+        if line.starts_with("Press Ctrl-C") {
+            waiting = true;
+            break;
+        }
+    }
+    assert!(waiting, "the demo never reached its waiting state");
+    let data_dir = data_dir.expect("the demo prints where its files are");
+    assert!(data_dir.exists());
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!data_dir.exists(), "{} left behind", data_dir.display());
+}
