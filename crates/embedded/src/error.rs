@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 /// Why a throwaway server could not be started or used. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,8 +48,12 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("the server at {data_dir} is not running")]
-    NotRunning { data_dir: PathBuf },
+    #[error("{what}: {source}")]
+    Sql {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("background task failed: {0}")]
     Join(String),
 }

@@ -13,6 +13,9 @@ use crate::Error;
 
 const SUPERUSER: &str = "postgres";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// PostgreSQL itself SIGKILLs children 5 s into an immediate shutdown; wait longer
+/// so the postmaster reaps them before we would kill it (and orphan them).
+const SIGQUIT_GRACE: Duration = Duration::from_secs(12);
 /// How many fresh ports to try when another process grabs the one we picked.
 const PORT_ATTEMPTS: usize = 5;
 
@@ -114,6 +117,14 @@ impl PostgresBuilder {
             root,
         };
         pg.spawn_on_some_port(self.port.is_none())?;
+        if let (HostAuth::Md5, Some(password)) = (self.host_auth, &self.password) {
+            // initdb stores the password as SCRAM, and PostgreSQL then answers an `md5`
+            // pg_hba line with SCRAM; store an md5 hash so md5 is what clients get.
+            pg.psql(&format!(
+                "SET password_encryption = 'md5'; ALTER ROLE {SUPERUSER} PASSWORD '{}'",
+                password.replace('\'', "''")
+            ))?;
+        }
         tracing::debug!(port = pg.port, dir = %pg.root.path().display(), "embedded PostgreSQL started");
         Ok(pg)
     }
@@ -294,9 +305,11 @@ impl Postgres {
     }
 
     fn spawn(&mut self) -> Result<(), Error> {
+        // A fresh log per start, so a failure is diagnosed from this attempt's lines.
         let log = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(true)
             .open(&self.log_path)
             .map_err(|e| Error::io(format!("opening {}", self.log_path.display()), e))?;
         let log_err = log
@@ -336,11 +349,28 @@ impl Postgres {
             || postmaster_ready(&pid_file),
         );
         if let Err(e) = ready {
-            process::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5));
+            process::stop_child(&mut child, libc::SIGQUIT, SIGQUIT_GRACE);
             return Err(e);
         }
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Runs SQL as the superuser over the private unix socket with `psql`.
+    pub fn psql(&self, sql: &str) -> Result<(), Error> {
+        let mut cmd = Command::new(self.bins.program("psql"));
+        cmd.arg("-h")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+            ])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        process::run(cmd, "psql")
     }
 
     /// Stops the server (fast shutdown) but keeps its files, so [`Postgres::restart`] works.
@@ -353,7 +383,7 @@ impl Postgres {
     /// Kills the server without a clean shutdown (immediate mode), keeping its files.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            process::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5));
+            process::stop_child(&mut child, libc::SIGQUIT, SIGQUIT_GRACE);
         }
     }
 
@@ -458,8 +488,8 @@ impl Postgres {
         admin
             .batch_execute(&format!("CREATE DATABASE {quoted}"))
             .await
-            .map_err(|source| Error::Connect {
-                port: self.port,
+            .map_err(|source| Error::Sql {
+                what: format!("CREATE DATABASE {quoted}"),
                 source,
             })?;
         self.connect(name).await

@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use crate::Error;
@@ -39,8 +40,22 @@ pub(crate) struct RunAs {
 }
 
 impl RunAs {
-    /// `None` when not root; else the `postgres` user, created if missing.
+    /// `None` when not root; else the `postgres` user, created if missing. Decided once
+    /// per process, so parallel starts don't race on `useradd`.
     pub fn for_postgres() -> Result<Option<RunAs>, Error> {
+        static DECIDED: Mutex<Option<Option<RunAs>>> = Mutex::new(None);
+        let mut decided = DECIDED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(run_as) = *decided {
+            return Ok(run_as);
+        }
+        let run_as = Self::decide()?;
+        *decided = Some(run_as);
+        Ok(run_as)
+    }
+
+    fn decide() -> Result<Option<RunAs>, Error> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Ok(None);
@@ -57,21 +72,19 @@ impl RunAs {
                 "postgres",
             ])
             .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                lookup_user("postgres")
-                    .map(Some)
-                    .ok_or_else(|| Error::NoServerUser {
-                        reason: "useradd succeeded but the user is not visible".into(),
-                    })
+        // Another process may have created the user meanwhile: look again either way.
+        for _ in 0..20 {
+            if let Some(user) = lookup_user("postgres") {
+                return Ok(Some(user));
             }
-            Ok(o) => Err(Error::NoServerUser {
-                reason: String::from_utf8_lossy(&o.stderr).trim().to_string(),
-            }),
-            Err(e) => Err(Error::NoServerUser {
-                reason: e.to_string(),
-            }),
+            std::thread::sleep(Duration::from_millis(50));
         }
+        Err(Error::NoServerUser {
+            reason: match out {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Err(e) => e.to_string(),
+            },
+        })
     }
 
     pub fn apply(self, cmd: &mut Command) {
@@ -86,17 +99,26 @@ impl RunAs {
 
 fn lookup_user(name: &str) -> Option<RunAs> {
     let cname = CString::new(name).ok()?;
-    // SAFETY: getpwnam takes a NUL-terminated string and returns NULL or a pointer to a
-    // static record that we read immediately, before any other getpw* call.
-    let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
-    if pw.is_null() {
+    // SAFETY: a zeroed passwd is a valid out-parameter; getpwnam_r (unlike getpwnam) is
+    // thread-safe and writes strings only into `buf`, which outlives the call.
+    let mut record: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut record,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
         return None;
     }
-    // SAFETY: non-null pointer returned by getpwnam.
-    let pw = unsafe { &*pw };
     Some(RunAs {
-        uid: pw.pw_uid,
-        gid: pw.pw_gid,
+        uid: record.pw_uid,
+        gid: record.pw_gid,
     })
 }
 
@@ -117,6 +139,7 @@ impl TempRoot {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
+        sweep_leftovers(&base);
         let path = base.join(format!(
             "pgopt-{kind}-{}-{}-{nanos:x}",
             std::process::id(),
@@ -164,6 +187,56 @@ impl Drop for TempRoot {
     }
 }
 
+/// Removes what test processes that were killed (SIGKILL, a test runner's timeout) left
+/// behind: their servers (by the PID in the directory) and their directories. Runs once
+/// per process; a directory counts as left behind when the process named in it is gone.
+fn sweep_leftovers(base: &Path) {
+    static SWEPT: Once = Once::new();
+    SWEPT.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(base) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(owner) = leftover_owner(name) else {
+                continue;
+            };
+            if process_alive(owner) {
+                continue;
+            }
+            let dir = entry.path();
+            // A PostgreSQL that outlived its owner: its PID is line 1 of postmaster.pid.
+            let pid_file = dir.join("data").join("postmaster.pid");
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            {
+                if process_alive(pid) {
+                    // SAFETY: signalling a PID read from a server's own pid file.
+                    unsafe { libc::kill(pid, libc::SIGQUIT) };
+                }
+            }
+            tracing::debug!(dir = %dir.display(), "removing a dead test process's leftovers");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    });
+}
+
+/// `pgopt-pg-1234-0-abc` → 1234 (the PID of the process that made it).
+fn leftover_owner(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix("pgopt-")?;
+    rest.split('-')
+        .find_map(|part| part.parse::<i32>().ok())
+        .filter(|pid| *pid > 0)
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    let exists = unsafe { libc::kill(pid, 0) == 0 };
+    exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Runs a helper program to completion; its output becomes the error on failure.
 pub(crate) fn run(mut cmd: Command, what: &str) -> Result<(), Error> {
     let out = cmd
@@ -206,15 +279,17 @@ pub(crate) fn wait_ready(
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(5);
     loop {
-        if ready() {
-            return Ok(());
-        }
+        // Exit first: a server that lost its port must not pass for ready because
+        // another server answers on it.
         if let Ok(Some(status)) = child.try_wait() {
             return Err(Error::ExitedEarly {
                 what: what.to_string(),
                 status: status.to_string(),
                 log_tail: log_tail(log),
             });
+        }
+        if ready() {
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(Error::StartTimeout {
@@ -247,4 +322,32 @@ pub(crate) fn stop_child(child: &mut Child, signal: libc::c_int, grace: Duration
     tracing::warn!(pid, "server did not stop in time; killing it");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_directories_name_their_owner() {
+        assert_eq!(leftover_owner("pgopt-pg-1234-0-1f489c7d"), Some(1234));
+        assert_eq!(leftover_owner("pgopt-pg-replica-77-3-ab"), Some(77));
+        assert_eq!(leftover_owner("pgopt-redis-9-0-0"), Some(9));
+        assert_eq!(leftover_owner("pgopt-env.toml"), None);
+        assert_eq!(leftover_owner("postgres-1234"), None);
+    }
+
+    #[test]
+    fn the_sweep_removes_a_dead_owners_directory_only() {
+        let base = std::env::temp_dir().join(format!("pgopt-sweeptest-{}", std::process::id()));
+        // PIDs above the kernel's pid_max are never alive.
+        let dead = base.join("pgopt-pg-2147483646-0-0");
+        let alive = base.join(format!("pgopt-pg-{}-0-0", std::process::id()));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::create_dir_all(&alive).unwrap();
+        sweep_leftovers(&base);
+        assert!(!dead.exists());
+        assert!(alive.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

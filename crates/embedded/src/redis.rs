@@ -72,12 +72,14 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| Error::io(format!("starting {}", self.program.display()), e))?;
+        let pid = child.id();
         let ready = process::wait_ready(
             &mut child,
             &format!("Redis on port {}", self.port),
             &self.log_path,
             START_TIMEOUT,
-            || ping(self.port),
+            // Ours, not another test's Redis that won the race for this port.
+            || server_pid(self.port) == Some(pid),
         );
         if let Err(e) = ready {
             process::stop_child(&mut child, libc::SIGKILL, Duration::from_secs(2));
@@ -120,16 +122,30 @@ impl Drop for Redis {
     }
 }
 
-fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
+/// The `process_id` the Redis server on `port` reports, when one answers.
+fn server_pid(port: u16) -> Option<u32> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // A bulk string: "$LEN\r\n…\r\n"; read until process_id's line is complete.
+    while reply.len() < 64 * 1024 {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(rest) = text.split("process_id:").nth(1) {
+            if let Some((pid, _)) = rest.split_once("\r\n") {
+                return pid.trim().parse().ok();
+            }
+        }
     }
-    let mut buf = [0u8; 7];
-    stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    None
 }
 
 /// Full path of `program` on `$PATH` (plus the sbin directories Debian uses).

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgopt_embedded::{Error, Postgres, Redis};
+use pgopt_embedded::{Error, HostAuth, Postgres, Redis};
 
 fn process_exists(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence.
@@ -176,4 +176,40 @@ async fn redis_starts_answers_and_stops_on_drop() {
     drop(conn);
     drop(redis);
     assert!(!process_exists(pid), "redis {pid} still running");
+}
+
+#[tokio::test]
+async fn password_auth_stores_the_hash_the_method_needs() {
+    for (auth, prefix) in [
+        (HostAuth::Md5, "md5"),
+        (HostAuth::ScramSha256, "SCRAM-SHA-256$"),
+    ] {
+        let pg = Postgres::builder()
+            .password("s3cret", auth)
+            .start()
+            .await
+            .unwrap();
+        let client = pg.connect("postgres").await.unwrap();
+        let stored: String = client
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(stored.starts_with(prefix), "{auth:?}: {stored}");
+        let mut wrong = pg.config("postgres");
+        wrong.password("nope");
+        let err = wrong
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("a wrong password must fail");
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("28P01"),
+            "{auth:?}: {err}"
+        );
+    }
 }
