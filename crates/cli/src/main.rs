@@ -81,7 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let default = PathBuf::from("pgopt.toml");
         default.is_file().then_some(default)
     });
-    let loaded = config::load(file.as_deref(), &config::env_overrides())?;
+    let loaded = config::load(file.as_deref(), &config::env_overrides()?)?;
     logging::init(&loaded.config.logging);
     if let Some(path) = &loaded.file {
         tracing::debug!(file = %path.display(), overrides = ?loaded.env_overrides, "config loaded");

@@ -97,6 +97,24 @@ fn a_bad_environment_override_is_named() {
 }
 
 #[test]
+fn a_non_utf8_environment_value_is_an_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["config", "print"])
+        .env("PGOPT_DEMO__SEED", std::ffi::OsStr::from_bytes(b"\xff\xfe"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "environment variable PGOPT_DEMO__SEED: demo.seed: the value is not valid UTF-8"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn config_print_shows_environment_overrides() {
     let out = Command::new(env!("CARGO_BIN_EXE_pgopt"))
         .args(["config", "print"])
@@ -202,23 +220,33 @@ fn demo_runs_end_to_end_on_a_real_postgres() {
 fn ctrl_c_stops_the_demo_and_deletes_its_database() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgopt"))
-        .args([
-            "demo",
-            "--scale",
-            "0.01",
-            "--duration",
-            "1s",
-            "--clients",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    /// Kills the demo if an assertion fails first, so it never waits for Ctrl-C forever.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_pgopt"))
+            .args([
+                "demo",
+                "--scale",
+                "0.01",
+                "--duration",
+                "1s",
+                "--clients",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut data_dir = None;
     let mut waiting = false;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+    for line in BufReader::new(child.0.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         // "PostgreSQL 15 on 127.0.0.1:PORT (files in DIR, deleted on exit)"
         if let Some(rest) = line.split("(files in ").nth(1) {
@@ -235,8 +263,8 @@ fn ctrl_c_stops_the_demo_and_deletes_its_database() {
     let data_dir = data_dir.expect("the demo prints where its files are");
     assert!(data_dir.exists());
     // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!data_dir.exists(), "{} left behind", data_dir.display());
 }

@@ -25,14 +25,26 @@ impl<const MIN: u32, const MAX: u32> fmt::Display for Bounded<MIN, MAX> {
 
 impl<'de, const MIN: u32, const MAX: u32> Deserialize<'de> for Bounded<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = i64::deserialize(d)?;
-        if (MIN as i64..=MAX as i64).contains(&v) {
-            Ok(Bounded(v as u32))
-        } else {
-            Err(de::Error::custom(format!(
-                "expected an integer from {MIN} to {MAX}, found {v}"
-            )))
+        struct V<const MIN: u32, const MAX: u32>;
+        impl<const MIN: u32, const MAX: u32> de::Visitor<'_> for V<MIN, MAX> {
+            type Value = Bounded<MIN, MAX>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an integer from {MIN} to {MAX}")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                if (MIN as i64..=MAX as i64).contains(&v) {
+                    Ok(Bounded(v as u32))
+                } else {
+                    Err(E::custom(format!(
+                        "expected an integer from {MIN} to {MAX}, found {v}"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
         }
+        d.deserialize_i64(V::<MIN, MAX>)
     }
 }
 

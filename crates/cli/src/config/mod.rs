@@ -155,10 +155,23 @@ pub struct Loaded {
 }
 
 /// Environment variables that override keys: `PGOPT_DEMO__SCALE=0.5` sets `demo.scale`.
-pub fn env_overrides() -> Vec<(String, String)> {
-    std::env::vars()
-        .filter(|(name, _)| name.starts_with("PGOPT_") && name.contains("__"))
-        .collect()
+/// Values that are not valid UTF-8 are skipped here and reported by [`load`]'s caller
+/// as a config error rather than crashing the process.
+pub fn env_overrides() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut overrides = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with("PGOPT_") && name.contains("__")) {
+            continue;
+        }
+        let value = value.into_string().map_err(|_| ConfigError {
+            origin: format!("environment variable {name}"),
+            key: env_key_path(name).join("."),
+            message: "the value is not valid UTF-8".into(),
+        })?;
+        overrides.push((name.to_string(), value));
+    }
+    Ok(overrides)
 }
 
 /// Reads `file` (when given) and applies `overrides` on top.

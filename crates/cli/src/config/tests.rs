@@ -34,7 +34,7 @@ fn wrong_type_says_what_was_expected() {
     let e = err("[demo]\n\nclients = \"many\"\n");
     assert_eq!(
         e,
-        "pgopt.toml:3: demo.clients: expected i64, found string \"many\""
+        "pgopt.toml:3: demo.clients: expected an integer from 1 to 256, found string \"many\""
     );
 }
 
