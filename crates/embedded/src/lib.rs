@@ -5,7 +5,7 @@
 //! dropped — also when the owning test panics — and its directory is removed.
 //!
 //! ```no_run
-//! # async fn f() -> Result<(), pgopt_embedded::Error> {
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! let pg = pgopt_embedded::Postgres::start().await?;
 //! let client = pg.connect("postgres").await?;
 //! client.simple_query("SELECT 1").await?;

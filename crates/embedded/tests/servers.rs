@@ -201,11 +201,9 @@ async fn password_auth_stores_the_hash_the_method_needs() {
         assert!(stored.starts_with(prefix), "{auth:?}: {stored}");
         let mut wrong = pg.config("postgres");
         wrong.password("nope");
-        let err = wrong
-            .connect(tokio_postgres::NoTls)
-            .await
-            .err()
-            .expect("a wrong password must fail");
+        let Err(err) = wrong.connect(tokio_postgres::NoTls).await else {
+            panic!("a wrong password must fail");
+        };
         assert_eq!(
             err.code().map(|c| c.code()),
             Some("28P01"),
