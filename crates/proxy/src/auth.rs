@@ -1,0 +1,158 @@
+//! Client authentication: trust, md5 and SCRAM-SHA-256 against the configured users.
+
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+use pgopt_wire::frontend::FrontendMessage;
+use pgopt_wire::scram::{ScramSecret, ScramServer};
+use pgopt_wire::{md5, sqlstate, Authentication, List, SCRAM_SHA_256};
+use tokio::net::TcpStream;
+
+use crate::config::{ClientAuth, User};
+use crate::io::{read_frame, send_fatal, write_all};
+use crate::ProxyError;
+
+/// A user as the proxy checks it: what the config said, prepared once.
+#[derive(Debug)]
+pub struct Credentials {
+    /// Plaintext, when configured so (also used to log in to the server).
+    pub plaintext: Option<String>,
+    /// `md5…` hash, for md5 clients.
+    pub md5: Option<String>,
+    /// SCRAM verifier, for SCRAM clients.
+    pub scram: Option<ScramSecret>,
+}
+
+/// Prepares every configured user (SCRAM verifiers are derived here, not per login).
+pub fn prepare_users(users: &[User]) -> Result<HashMap<String, Credentials>, ProxyError> {
+    let mut map = HashMap::new();
+    for user in users {
+        let creds = if user.password.starts_with("SCRAM-SHA-256$") {
+            Credentials {
+                plaintext: None,
+                md5: None,
+                scram: Some(ScramSecret::parse(&user.password)?),
+            }
+        } else if md5::is_md5_hash(&user.password) {
+            Credentials {
+                plaintext: None,
+                md5: Some(user.password.clone()),
+                scram: None,
+            }
+        } else {
+            Credentials {
+                plaintext: Some(user.password.clone()),
+                md5: Some(md5::hash_password(&user.name, &user.password)),
+                scram: Some(ScramSecret::from_password(&user.password, 4096)?),
+            }
+        };
+        map.insert(user.name.clone(), creds);
+    }
+    Ok(map)
+}
+
+/// Runs the exchange; on failure the client has been sent a FATAL error.
+pub async fn authenticate(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    method: ClientAuth,
+    user: &str,
+    creds: Option<&Credentials>,
+    max_len: u32,
+) -> Result<(), ProxyError> {
+    let mut out = BytesMut::with_capacity(256);
+    let ok = match method {
+        ClientAuth::Trust => true,
+        ClientAuth::Md5 => md5_exchange(stream, buf, &mut out, creds, max_len).await?,
+        ClientAuth::ScramSha256 => scram_exchange(stream, buf, &mut out, creds, max_len).await?,
+    };
+    if !ok {
+        let message = format!("password authentication failed for user \"{user}\"");
+        send_fatal(stream, sqlstate::INVALID_PASSWORD, &message).await;
+        return Err(ProxyError::Protocol(message));
+    }
+    out.clear();
+    Authentication::Ok.encode(&mut out)?;
+    write_all(stream, &out).await
+}
+
+async fn md5_exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    creds: Option<&Credentials>,
+    max_len: u32,
+) -> Result<bool, ProxyError> {
+    let salt = md5::random_salt()?;
+    Authentication::Md5Password { salt }.encode(out)?;
+    write_all(stream, out).await?;
+    let frame = read_frame(stream, buf, max_len).await?;
+    let response = match frame.frontend() {
+        Ok(FrontendMessage::AuthResponse(r)) => r.password().map(|p| p.password.to_string()),
+        _ => return Ok(false),
+    };
+    let Ok(response) = response else {
+        return Ok(false);
+    };
+    let Some(stored) = creds.and_then(|c| c.md5.as_deref()) else {
+        return Ok(false);
+    };
+    Ok(md5::verify(stored, salt, &response).is_ok())
+}
+
+async fn scram_exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    creds: Option<&Credentials>,
+    max_len: u32,
+) -> Result<bool, ProxyError> {
+    // Unknown users run the whole exchange against a mock secret and fail at the end,
+    // so a client cannot tell which user names exist.
+    let secret = match creds.and_then(|c| c.scram.clone()) {
+        Some(secret) => secret,
+        None => ScramSecret::mock("unknown", b"pgopt")?,
+    };
+    let mut server = ScramServer::new(secret)?;
+    let mechanisms = [SCRAM_SHA_256];
+    Authentication::Sasl {
+        mechanisms: List::from(&mechanisms),
+    }
+    .encode(out)?;
+    write_all(stream, out).await?;
+
+    let frame = read_frame(stream, buf, max_len).await?;
+    let Ok(FrontendMessage::AuthResponse(r)) = frame.frontend() else {
+        return Ok(false);
+    };
+    let Ok(initial) = r.sasl_initial() else {
+        return Ok(false);
+    };
+    if initial.mechanism != SCRAM_SHA_256 {
+        return Ok(false);
+    }
+    let Ok(server_first) = server.handle_client_first(initial.data.unwrap_or_default()) else {
+        return Ok(false);
+    };
+    out.clear();
+    Authentication::SaslContinue {
+        data: server_first.as_bytes(),
+    }
+    .encode(out)?;
+    write_all(stream, out).await?;
+
+    let frame = read_frame(stream, buf, max_len).await?;
+    let Ok(FrontendMessage::AuthResponse(r)) = frame.frontend() else {
+        return Ok(false);
+    };
+    let Ok(server_final) = server.handle_client_final(r.sasl().data) else {
+        return Ok(false);
+    };
+    out.clear();
+    Authentication::SaslFinal {
+        data: server_final.as_bytes(),
+    }
+    .encode(out)?;
+    write_all(stream, out).await?;
+    Ok(server.is_authenticated())
+}

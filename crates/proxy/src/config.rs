@@ -1,0 +1,86 @@
+//! The proxy's own typed configuration (the CLI builds it from `pgopt.toml` or flags).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// When a server connection goes back to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// When the client disconnects.
+    Session,
+    /// When a transaction ends (ReadyForQuery with status idle).
+    Transaction,
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No password (local testing only).
+    Trust,
+    Md5,
+    ScramSha256,
+}
+
+/// A user clients may log in as. `password` is the plaintext, an `md5…` hash or a
+/// `SCRAM-SHA-256$…` verifier (as in `pg_authid.rolpassword`).
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+}
+
+/// A database clients may connect to, and the server it lives on.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// The name clients use.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// The database name on the server.
+    pub dbname: String,
+    /// Log in to the server as this user instead of the client's.
+    pub user: Option<String>,
+    /// Password for the server login; else the client user's plaintext password.
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub pool_mode: PoolMode,
+    /// Server connections per (database, user).
+    pub default_pool_size: usize,
+    /// Client connections accepted at once; more get `53300`.
+    pub max_client_conn: usize,
+    /// How long a client waits for a server connection before `57014`.
+    pub query_wait_timeout: Duration,
+    pub server_connect_timeout: Duration,
+    /// Idle server connections older than this are closed when next checked out.
+    pub server_idle_timeout: Duration,
+    /// Server connections older than this are closed when they come back to the pool.
+    pub server_lifetime: Duration,
+    pub client_auth: ClientAuth,
+    pub users: Vec<User>,
+    pub databases: Vec<Database>,
+    /// Largest message accepted from a client or server.
+    pub max_message_len: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            pool_mode: PoolMode::Transaction,
+            default_pool_size: 20,
+            max_client_conn: 1000,
+            query_wait_timeout: Duration::from_secs(120),
+            server_connect_timeout: Duration::from_secs(5),
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+            client_auth: ClientAuth::Trust,
+            users: Vec::new(),
+            databases: Vec::new(),
+            max_message_len: pgopt_wire::DEFAULT_MAX_MESSAGE_LEN,
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Small I/O pieces the session code shares: whole frames during start-up, writes,
+//! and FATAL errors to clients.
+
+use bytes::BytesMut;
+use pgopt_wire::{split_frame, ErrorBuilder, Frame, Severity};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::ProxyError;
+
+/// Reads one whole frame from a client (start-up and authentication only).
+pub async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max_len: u32,
+) -> Result<Frame, ProxyError> {
+    loop {
+        if let Some(frame) = split_frame(buf, max_len).map_err(|source| ProxyError::Decode {
+            peer: "client",
+            source,
+        })? {
+            return Ok(frame);
+        }
+        if stream.read_buf(buf).await.map_err(ProxyError::client_io)? == 0 {
+            return Err(ProxyError::client_io(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+    }
+}
+
+pub async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), ProxyError> {
+    stream.write_all(bytes).await.map_err(ProxyError::client_io)
+}
+
+/// Sends a FATAL ErrorResponse (the connection ends after it); failures are ignored.
+pub async fn send_fatal(stream: &mut TcpStream, code: &str, message: &str) {
+    let mut out = BytesMut::with_capacity(64 + message.len());
+    if ErrorBuilder::new(Severity::Fatal, code, message)
+        .encode_error(&mut out)
+        .is_ok()
+    {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.flush().await;
+    }
+}

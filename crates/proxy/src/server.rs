@@ -1,0 +1,262 @@
+//! A connection to a PostgreSQL server: connect, start up, authenticate, and remember
+//! what the server said about itself (parameters, cancel key).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use pgopt_wire::backend::BackendMessage;
+use pgopt_wire::frontend::{PasswordMessage, SaslInitialResponse, SaslResponse};
+use pgopt_wire::scram::ScramClient;
+use pgopt_wire::startup::{CancelRequest, ProtocolVersion, StartupMessage};
+use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRAM_SHA_256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::ProxyError;
+
+/// Where and as whom to log in to a server.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl ServerTarget {
+    pub fn describe(&self) -> String {
+        format!("{}:{}/{}", self.host, self.port, self.dbname)
+    }
+}
+
+/// A logged-in server connection, ready for queries.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    pub cancel_key: CancelRequest,
+    /// ParameterStatus values from start-up, in order.
+    pub params: Vec<(String, String)>,
+    pub status: TransactionStatus,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    /// Connects, starts up and authenticates within `timeout`.
+    pub async fn connect(
+        target: &ServerTarget,
+        timeout: Duration,
+        max_len: u32,
+    ) -> Result<ServerConn, ProxyError> {
+        match tokio::time::timeout(timeout, Self::connect_inner(target, max_len)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::Server {
+                server: target.describe(),
+                message: format!("no connection within {} ms", timeout.as_millis()),
+            }),
+        }
+    }
+
+    async fn connect_inner(target: &ServerTarget, max_len: u32) -> Result<ServerConn, ProxyError> {
+        let server = || target.describe();
+        let mut stream = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| ProxyError::Server {
+                server: server(),
+                message: e.to_string(),
+            })?;
+        stream.set_nodelay(true).map_err(ProxyError::server_io)?;
+        let addr = stream.peer_addr().map_err(ProxyError::server_io)?;
+
+        let mut out = BytesMut::with_capacity(256);
+        let params = [
+            ("user", target.user.as_str()),
+            ("database", target.dbname.as_str()),
+            ("application_name", "pgopt"),
+        ];
+        StartupMessage {
+            protocol: ProtocolVersion { major: 3, minor: 0 },
+            params: List::from(&params),
+        }
+        .encode(&mut out)?;
+        stream
+            .write_all(&out)
+            .await
+            .map_err(ProxyError::server_io)?;
+
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut scram: Option<ScramClient> = None;
+        let mut server_params = Vec::new();
+        let mut cancel_key = None;
+        loop {
+            let frame = loop {
+                if let Some(frame) =
+                    split_frame(&mut buf, max_len).map_err(|source| ProxyError::Decode {
+                        peer: "server",
+                        source,
+                    })?
+                {
+                    break frame;
+                }
+                if stream
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(ProxyError::server_io)?
+                    == 0
+                {
+                    return Err(ProxyError::Server {
+                        server: server(),
+                        message: "closed the connection during start-up".into(),
+                    });
+                }
+            };
+            let message = frame.backend().map_err(|source| ProxyError::Decode {
+                peer: "server",
+                source,
+            })?;
+            out.clear();
+            match message {
+                BackendMessage::Authentication(auth) => {
+                    let password = || {
+                        target
+                            .password
+                            .as_deref()
+                            .ok_or_else(|| ProxyError::Server {
+                                server: server(),
+                                message: format!(
+                                    "asks for a password for user {:?} and none is configured",
+                                    target.user
+                                ),
+                            })
+                    };
+                    match auth {
+                        Authentication::Ok => {}
+                        Authentication::CleartextPassword => {
+                            PasswordMessage {
+                                password: password()?,
+                            }
+                            .encode(&mut out)?;
+                        }
+                        Authentication::Md5Password { salt } => {
+                            let response = md5::client_response(&target.user, password()?, salt);
+                            PasswordMessage {
+                                password: &response,
+                            }
+                            .encode(&mut out)?;
+                        }
+                        Authentication::Sasl { mechanisms } => {
+                            if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+                                return Err(ProxyError::Server {
+                                    server: server(),
+                                    message: "offers no SASL mechanism pgopt supports".into(),
+                                });
+                            }
+                            let client = ScramClient::new(password()?)?;
+                            let first = client.client_first();
+                            SaslInitialResponse {
+                                mechanism: SCRAM_SHA_256,
+                                data: Some(first.as_bytes()),
+                            }
+                            .encode(&mut out)?;
+                            scram = Some(client);
+                        }
+                        Authentication::SaslContinue { data } => {
+                            let client = scram.as_mut().ok_or_else(|| {
+                                ProxyError::Protocol("SASLContinue before SASL".into())
+                            })?;
+                            let reply = client.handle_server_first(data)?;
+                            SaslResponse {
+                                data: reply.as_bytes(),
+                            }
+                            .encode(&mut out)?;
+                        }
+                        Authentication::SaslFinal { data } => {
+                            let client = scram.as_mut().ok_or_else(|| {
+                                ProxyError::Protocol("SASLFinal before SASL".into())
+                            })?;
+                            client.verify_server_final(data)?;
+                        }
+                        other => {
+                            return Err(ProxyError::Server {
+                                server: server(),
+                                message: format!(
+                                "asks for authentication method {} which pgopt does not support",
+                                other.code()
+                            ),
+                            })
+                        }
+                    }
+                }
+                BackendMessage::ParameterStatus(p) => {
+                    server_params.push((p.name.to_string(), p.value.to_string()));
+                }
+                BackendMessage::BackendKeyData(k) => {
+                    cancel_key = Some(CancelRequest {
+                        process_id: k.process_id,
+                        secret_key: k.secret_key,
+                    });
+                }
+                BackendMessage::ErrorResponse(e) => {
+                    return Err(ProxyError::Server {
+                        server: server(),
+                        message: format!(
+                            "{} ({})",
+                            e.message().unwrap_or("error"),
+                            e.code().unwrap_or("?????")
+                        ),
+                    });
+                }
+                BackendMessage::ReadyForQuery(r) => {
+                    let now = Instant::now();
+                    return Ok(ServerConn {
+                        stream,
+                        addr,
+                        cancel_key: cancel_key.unwrap_or(CancelRequest {
+                            process_id: 0,
+                            secret_key: 0,
+                        }),
+                        params: server_params,
+                        status: r.status,
+                        created: now,
+                        last_used: now,
+                    });
+                }
+                // Notices during start-up are not the client's business.
+                _ => {}
+            }
+            if !out.is_empty() {
+                stream
+                    .write_all(&out)
+                    .await
+                    .map_err(ProxyError::server_io)?;
+            }
+        }
+    }
+}
+
+impl ServerConn {
+    /// An idle connection has nothing to say: pending bytes (a FATAL from a server
+    /// shutting down) or end-of-file mean it is dead. One non-blocking read, no syscall
+    /// beyond it.
+    pub fn looks_alive(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Sends a CancelRequest for `key` to the server at `addr` (best effort).
+pub async fn send_cancel(addr: SocketAddr, key: CancelRequest) {
+    let mut out = BytesMut::with_capacity(16);
+    key.encode(&mut out);
+    match TcpStream::connect(addr).await {
+        Ok(mut stream) => {
+            let _ = stream.write_all(&out).await;
+            // The server closes the connection when it has read the request.
+            let _ = stream.read(&mut [0u8; 1]).await;
+        }
+        Err(e) => tracing::debug!(%addr, error = %e, "could not forward a cancel request"),
+    }
+}

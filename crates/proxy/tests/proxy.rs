@@ -1,0 +1,450 @@
+//! The proxy with real clients (tokio-postgres, psql, pgbench) against a real PostgreSQL.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pgopt_embedded::{HostAuth, Postgres};
+use pgopt_proxy::{ClientAuth, Config, Database, PoolMode, Proxy, User};
+use tokio_postgres::NoTls;
+
+fn config_for(pg: &Postgres, mode: PoolMode, pool_size: usize) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        pool_mode: mode,
+        default_pool_size: pool_size,
+        databases: vec![Database {
+            name: "app".into(),
+            host: "127.0.0.1".into(),
+            port: pg.port(),
+            dbname: "postgres".into(),
+            user: None,
+            password: pg.password().map(str::to_string),
+        }],
+        ..Config::default()
+    }
+}
+
+async fn connect(
+    proxy: &Proxy,
+    user: &str,
+    password: Option<&str>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user(user)
+        .dbname("app");
+    if let Some(pw) = password {
+        config.password(pw);
+    }
+    let (client, conn) = config.connect(NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+fn code(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+#[tokio::test]
+async fn transaction_mode_serves_many_clients_on_few_server_connections() {
+    let pg = Postgres::start().await.unwrap();
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE hits (client int, n int)")
+        .await
+        .unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 2))
+        .await
+        .unwrap();
+
+    let mut tasks = Vec::new();
+    for c in 0..20 {
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..10 {
+                client
+                    .batch_execute(&format!(
+                        "BEGIN; INSERT INTO hits VALUES ({c}, {n}); COMMIT"
+                    ))
+                    .await
+                    .unwrap();
+                let rows = client.simple_query("SELECT 1").await.unwrap();
+                assert!(!rows.is_empty());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let direct = pg.connect("postgres").await.unwrap();
+    let count: i64 = direct
+        .query_one("SELECT count(*) FROM hits", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 200);
+    let backends: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgopt'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        backends <= 2,
+        "{backends} server connections for a pool of 2"
+    );
+}
+
+#[tokio::test]
+async fn extended_protocol_with_parameters_and_rows() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
+        .await
+        .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for i in 0..50i32 {
+        let row = client
+            .query_one("SELECT $1::int + 1, $2::text", &[&i, &"x"])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+        assert_eq!(row.get::<_, &str>(1), "x");
+    }
+    let rows = client
+        .query("SELECT g FROM generate_series(1, 10000) g", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 10000);
+}
+
+#[tokio::test]
+async fn an_error_inside_a_transaction_and_the_rollback_after_it() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
+        .await
+        .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    let err = client
+        .batch_execute("SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some("42P01"));
+    let err = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&err), Some("25P02"), "the transaction is aborted");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn transaction_mode_keeps_a_transaction_on_one_server_connection() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 2))
+        .await
+        .unwrap();
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    let pid_a1: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // b runs meanwhile: it must get the other connection.
+    let pid_b: i32 = b
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pid_a2: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(pid_a1, pid_a2);
+    assert_ne!(pid_a1, pid_b);
+}
+
+#[tokio::test]
+async fn session_mode_keeps_settings_and_resets_them_for_the_next_client() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Session, 1))
+        .await
+        .unwrap();
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    a.batch_execute("SET application_name = 'client-a'")
+        .await
+        .unwrap();
+    let name: String = a
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "client-a");
+    drop(a);
+    // The one server connection comes back after DISCARD ALL.
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    let name: String = b
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "pgopt", "session state leaked to the next client");
+}
+
+#[tokio::test]
+async fn scram_and_md5_logins_and_a_wrong_password() {
+    let pg = Postgres::builder()
+        .password("serverpw", HostAuth::ScramSha256)
+        .start()
+        .await
+        .unwrap();
+    for auth in [ClientAuth::ScramSha256, ClientAuth::Md5] {
+        let mut config = config_for(&pg, PoolMode::Transaction, 2);
+        config.client_auth = auth;
+        config.users = vec![User {
+            name: "postgres".into(),
+            password: "clientpw".into(),
+        }];
+        let proxy = Proxy::start(config).await.unwrap();
+        let ok = connect(&proxy, "postgres", Some("clientpw")).await.unwrap();
+        ok.batch_execute("SELECT 1").await.unwrap();
+        let err = connect(&proxy, "postgres", Some("wrong"))
+            .await
+            .expect_err("wrong password accepted");
+        assert_eq!(code(&err), Some("28P01"), "{auth:?}: {err}");
+        let err = connect(&proxy, "nobody", Some("clientpw"))
+            .await
+            .expect_err("unknown user accepted");
+        assert_eq!(code(&err), Some("28P01"), "{auth:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_database_is_3d000() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
+        .await
+        .unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname("nope");
+    let Err(err) = config.connect(NoTls).await else {
+        panic!("unknown database accepted");
+    };
+    assert_eq!(code(&err), Some("3D000"));
+}
+
+#[tokio::test]
+async fn a_dead_server_gives_clients_08006_and_the_proxy_recovers() {
+    let mut pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 2))
+        .await
+        .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+    pg.stop();
+    let err = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(
+        matches!(code(&err), Some("08006") | Some("57P01")) || err.is_closed(),
+        "{err}"
+    );
+    // A new client learns it at login or, when the pool knows the server's parameters
+    // already, at its first query: either way as 08006, not a dropped socket.
+    let err = match connect(&proxy, "postgres", None).await {
+        Err(e) => e,
+        Ok(c) => c.batch_execute("SELECT 1").await.unwrap_err(),
+    };
+    assert_eq!(code(&err), Some("08006"), "{err}");
+    pg.restart().unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_running_query() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
+        .await
+        .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let err = client
+        .batch_execute("SELECT pg_sleep(20)")
+        .await
+        .unwrap_err();
+    canceller.await.unwrap();
+    assert_eq!(code(&err), Some("57014"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    client.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_waiting_too_long_for_a_server_gets_57014() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 1);
+    config.query_wait_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(config).await.unwrap();
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = connect(&proxy, "postgres", None).await.unwrap();
+    let err = waiter.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&err), Some("57014"), "{err}");
+    holder.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_malformed_message_closes_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 2))
+        .await
+        .unwrap();
+    let good = connect(&proxy, "postgres", None).await.unwrap();
+
+    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let mut startup = Vec::new();
+    let body = b"\0\x03\0\0user\0postgres\0database\0app\0\0";
+    startup.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    startup.extend_from_slice(body);
+    raw.write_all(&startup).await.unwrap();
+    let mut reply = vec![0u8; 4096];
+    let n = raw.read(&mut reply).await.unwrap();
+    assert!(n > 0 && reply[..n].contains(&b'Z'), "no ReadyForQuery");
+    raw.write_all(b"Q\0\0\0\x02garbage").await.unwrap(); // length below 4
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))
+        .await
+        .expect("connection not closed");
+    assert_eq!(rest.first(), Some(&b'E'), "an ErrorResponse before closing");
+
+    good.batch_execute("SELECT 1").await.unwrap();
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout: {}\nstderr: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_multi_statement_and_copy_in_and_out() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 2))
+        .await
+        .unwrap();
+    let port = proxy.local_addr().port().to_string();
+    let psql = pg.binaries().program("psql");
+    let base = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-d",
+        "app",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+    ];
+    let out = run(Command::new(&psql).args(base).args([
+        "-At",
+        "-c",
+        "CREATE TABLE c (id int, note text); SELECT 'made'",
+    ]));
+    assert_eq!(out.trim(), "made");
+    let mut child = Command::new(&psql)
+        .args(base)
+        .args(["-c", "COPY c FROM STDIN"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for i in 0..5000 {
+            writeln!(stdin, "{i}\tnote {i}").unwrap();
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    let out = run(Command::new(&psql)
+        .args(base)
+        .args(["-c", "COPY (SELECT * FROM c ORDER BY id) TO STDOUT"]));
+    assert_eq!(out.lines().count(), 5000);
+    assert_eq!(out.lines().last(), Some("4999\tnote 4999"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_simple_and_extended_through_the_proxy() {
+    let pg = Postgres::start().await.unwrap();
+    let pgbench = pg.binaries().program("pgbench");
+    run(Command::new(&pgbench).args([
+        "-i",
+        "-q",
+        "-s",
+        "1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        "postgres",
+        "postgres",
+    ]));
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 4))
+        .await
+        .unwrap();
+    let port = proxy.local_addr().port().to_string();
+    for mode in ["simple", "extended"] {
+        let out = run(Command::new(&pgbench).args([
+            "-n",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-t",
+            "200",
+            "-M",
+            mode,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "app",
+        ]));
+        assert!(
+            out.contains("number of transactions actually processed: 1600/1600"),
+            "{mode}: {out}"
+        );
+        assert!(
+            out.contains("number of failed transactions: 0"),
+            "{mode}: {out}"
+        );
+    }
+}
