@@ -56,7 +56,7 @@ pub async fn run(config: &DemoConfig, args: DemoArgs) -> anyhow::Result<()> {
     let no_wait = args.no_wait;
     tokio::select! {
         result = demo(settings, no_wait) => result,
-        _ = shutdown_signal() => {
+        _ = crate::shutdown_signal() => {
             eprintln!("\nInterrupted; stopping the embedded PostgreSQL.");
             Ok(())
         }
@@ -204,24 +204,6 @@ fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 #[cfg(test)]

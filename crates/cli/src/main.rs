@@ -3,6 +3,8 @@
 mod config;
 mod demo;
 mod logging;
+mod proxy;
+mod upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +38,7 @@ enum Command {
     /// Run pgopt on an embedded throwaway PostgreSQL with sample data and a workload.
     Demo(demo::DemoArgs),
     /// PostgreSQL proxy: pooling, replica routing, query insight, result cache.
-    Proxy(NotYet),
+    Proxy(proxy::ProxyArgs),
     /// Health checks and an index plan verified with hypothetical indexes.
     Advise(NotYet),
     /// Check or print the configuration.
@@ -92,7 +94,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(demo::run(&loaded.config.demo, args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Proxy(_) => not_yet("proxy"),
+        Command::Proxy(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(proxy::run(&loaded.config.proxy, args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Advise(_) => not_yet("advise"),
         Command::Config(ConfigCommand::Print) => {
             print!("{}", toml::to_string_pretty(&loaded.config)?);
@@ -121,4 +127,17 @@ fn not_yet(command: &str) -> anyhow::Result<ExitCode> {
         env!("CARGO_PKG_VERSION")
     );
     Ok(ExitCode::from(2))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -131,11 +131,9 @@ fn config_print_shows_environment_overrides() {
 
 #[test]
 fn commands_not_built_yet_say_so() {
-    for cmd in ["proxy", "advise"] {
-        let out = pgopt(&[cmd]);
-        assert_eq!(out.status.code(), Some(2), "{cmd}");
-        assert!(text(&out.stderr).contains("not yet available"), "{cmd}");
-    }
+    let out = pgopt(&["advise"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not yet available"));
 }
 
 #[test]
@@ -267,4 +265,71 @@ fn ctrl_c_stops_the_demo_and_deletes_its_database() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!data_dir.exists(), "{} left behind", data_dir.display());
+}
+
+#[test]
+fn proxy_without_an_upstream_says_how_to_give_one() {
+    let out = pgopt(&["proxy"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no upstream server: give --upstream postgres://"),
+        "{err}"
+    );
+    let out = pgopt(&["proxy", "--upstream", "mysql://x/y"]);
+    assert!(
+        text(&out.stderr).contains("proxy.upstream: expected postgres://"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn proxy_quick_start_pools_a_real_server() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pg = runtime.block_on(pgopt_embedded::Postgres::start()).unwrap();
+    let port = pgopt_embedded::free_port().unwrap();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--upstream",
+            &pg.url("postgres"),
+            "--pool-mode",
+            "transaction",
+            "--pool-size",
+            "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let psql = pg.binaries().program("psql");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let out = loop {
+        let out = Command::new(&psql)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-XAtc", "SELECT current_setting('application_name')"])
+            .output()
+            .unwrap();
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(proxy.id() as libc::pid_t, libc::SIGTERM) };
+    let status = proxy.wait().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The server connection is the proxy's, so PostgreSQL sees pgopt as the application.
+    assert_eq!(text(&out.stdout).trim(), "pgopt");
+    assert!(status.success(), "{status}");
 }

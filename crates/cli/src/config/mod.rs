@@ -3,15 +3,16 @@
 
 mod bounded;
 mod duration;
+mod proxy;
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 pub use bounded::{Bounded, Scale};
 pub use duration::HumanDuration;
+pub use proxy::{ClientAuthMethod, PoolMode, ProxyConfig};
 
 /// The whole configuration tree. Each section is the small typed config of one part.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -85,41 +86,6 @@ impl Default for DemoConfig {
             clients: Bounded(4),
             seed: 42,
             port: 0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    Session,
-    #[default]
-    Transaction,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProxyConfig {
-    /// Where clients connect.
-    pub listen: SocketAddr,
-    /// HTTP address for /metrics and the JSON API.
-    pub admin_listen: SocketAddr,
-    /// `postgres://USER@HOST:PORT/DB` of the server to pool; empty until set.
-    pub upstream: String,
-    /// session | transaction
-    pub pool_mode: PoolMode,
-    /// Server connections per (database, user).
-    pub default_pool_size: Bounded<1, 10000>,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        ProxyConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9930)),
-            upstream: String::new(),
-            pool_mode: PoolMode::Transaction,
-            default_pool_size: Bounded(20),
         }
     }
 }
