@@ -2,7 +2,9 @@
 //! pools of server connections in session or transaction mode.
 //!
 //! Frames are relayed as bytes: the proxy looks only at message types and lengths on
-//! the hot path (see [`scanner`]), never decodes and re-encodes queries or rows.
+//! the hot path, never decodes and re-encodes queries or rows; in transaction mode it
+//! also reads the statement names of Parse/Bind/Describe/Close to carry named prepared
+//! statements across server connections.
 
 mod auth;
 pub mod config;
@@ -10,10 +12,10 @@ mod error;
 mod io;
 mod pool;
 mod relay;
-pub mod scanner;
 mod server;
 mod session;
 mod shared;
+mod statements;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,75 +1,44 @@
-//! The relay between a logged-in client and the server connection it is lent. Bytes go
-//! through as they arrive; a [`Scanner`] on each direction sees where messages start, to
-//! count the ReadyForQuery owed for each Query/Sync and to give the connection back to
-//! the pool at the end of a transaction (transaction mode) or of the session.
+//! The relay between a logged-in client and the server connection it is lent. Messages
+//! pass as raw bytes; the proxy reads only their types, plus the statement names of
+//! Parse/Bind/Describe/Close in transaction mode (see [`crate::statements`]). An
+//! [`Expected`] queue tracks the responses owed, so the server connection goes back to
+//! the pool exactly when a transaction ends (transaction mode) or the client leaves.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use pgopt_wire::{sqlstate, TransactionStatus};
+use bytes::{Buf, BytesMut};
+use pgopt_wire::frontend::{Bind, Close, Describe, Parse};
+use pgopt_wire::{
+    peek_header, split_frame, sqlstate, DecodeError, Frame, Target, TransactionStatus,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::PoolMode;
 use crate::io::send_fatal;
 use crate::pool::{Checkout, Pool};
-use crate::scanner::Scanner;
 use crate::session::{fail_checkout, CancelSlot};
 use crate::shared::Shared;
+use crate::statements::{ClientStatements, Expected, Prepared, Request, Step, Verdict};
 use crate::ProxyError;
 
-/// The server→client direction and what it has told us.
-struct ToClient {
-    client: TcpStream,
-    sbuf: BytesMut,
-    sscan: Scanner,
-    /// ReadyForQuery messages still owed for Query/Sync/FunctionCall sent to the server.
-    pending: usize,
-    /// Transaction status from the last ReadyForQuery.
-    status: TransactionStatus,
-}
-
-impl ToClient {
-    /// Scans what the server sent and writes it all to the client.
-    async fn deliver(&mut self) -> Result<(), ProxyError> {
-        let (pending, status) = (&mut self.pending, &mut self.status);
-        let scanned = self.sscan.scan(&self.sbuf, |m| {
-            if m.tag == b'Z' {
-                *pending = pending.saturating_sub(1);
-                *status = match m.first_body_byte {
-                    Some(b'T') => TransactionStatus::InTransaction,
-                    Some(b'E') => TransactionStatus::Failed,
-                    _ => TransactionStatus::Idle,
-                };
-            }
-        });
-        if let Err(source) = scanned {
-            return Err(ProxyError::Decode {
-                peer: "server",
-                source,
-            });
-        }
-        self.client
-            .write_all(&self.sbuf)
-            .await
-            .map_err(ProxyError::client_io)?;
-        self.sbuf.clear();
-        Ok(())
-    }
-
-    /// Nothing in flight and no transaction open: the server may serve someone else.
-    fn server_idle(&self) -> bool {
-        self.pending == 0 && self.status == TransactionStatus::Idle && self.sscan.at_boundary()
-    }
-}
-
 pub struct Relay {
-    out: ToClient,
-    /// Client bytes not yet forwarded: at most a partial message header.
+    client: TcpStream,
+    /// Client bytes not yet handled: at most a partial message.
     cbuf: BytesMut,
-    cscan: Scanner,
+    /// Server bytes not yet handled: at most a partial message.
+    sbuf: BytesMut,
+    /// Messages for the client when some are dropped or made up.
+    out: BytesMut,
+    to_server: BytesMut,
     server: Option<Checkout>,
+    expected: Expected,
+    statements: ClientStatements,
+    status: TransactionStatus,
+    /// Transaction mode: statement names are rewritten so they work on any server.
+    rewrite: bool,
+    max_len: u32,
     pool: Arc<Pool>,
     shared: Arc<Shared>,
     cancel: CancelSlot,
@@ -83,18 +52,18 @@ impl Relay {
         shared: Arc<Shared>,
         cancel: CancelSlot,
     ) -> Relay {
-        let max_len = shared.config.max_message_len;
         Relay {
-            out: ToClient {
-                client,
-                sbuf: BytesMut::with_capacity(16 * 1024),
-                sscan: Scanner::new(max_len),
-                pending: 0,
-                status: TransactionStatus::Idle,
-            },
+            client,
             cbuf,
-            cscan: Scanner::new(max_len),
+            sbuf: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::new(),
+            to_server: BytesMut::with_capacity(4096),
             server: None,
+            expected: Expected::default(),
+            statements: ClientStatements::default(),
+            status: TransactionStatus::Idle,
+            rewrite: shared.config.pool_mode == PoolMode::Transaction,
+            max_len: shared.config.max_message_len,
             pool,
             shared,
             cancel,
@@ -103,31 +72,24 @@ impl Relay {
 
     pub async fn run(mut self) -> Result<(), ProxyError> {
         // The client may have sent queries right behind its start-up messages.
-        let mut fresh = self.cbuf.len();
-        loop {
-            if fresh > 0 && !self.on_client_bytes(fresh).await? {
-                break;
-            }
+        let mut go_on = self.cbuf.is_empty() || self.handle_client().await?;
+        while go_on {
             let has_server = self.server.is_some();
             tokio::select! {
-                read = read_server(&mut self.server, &mut self.out.sbuf), if has_server => {
+                read = read_server(&mut self.server, &mut self.sbuf), if has_server => {
                     match read {
-                        Ok(0) | Err(_) => {
+                        Ok(n) if n > 0 => {
+                            self.handle_server().await?;
+                            self.maybe_release();
+                        }
+                        _ => {
                             self.server_lost().await;
                             return Ok(());
                         }
-                        Ok(_) => {
-                            self.out.deliver().await?;
-                            self.maybe_release();
-                        }
                     }
-                    fresh = 0;
                 }
-                read = self.out.client.read_buf(&mut self.cbuf) => {
-                    fresh = read.unwrap_or(0);
-                    if fresh == 0 {
-                        break; // the client went away
-                    }
+                read = self.client.read_buf(&mut self.cbuf) => {
+                    go_on = matches!(read, Ok(n) if n > 0) && self.handle_client().await?;
                 }
             }
         }
@@ -135,46 +97,250 @@ impl Relay {
         Ok(())
     }
 
-    /// Handles `fresh` new client bytes at the end of `cbuf`. `Ok(false)`: session over.
-    async fn on_client_bytes(&mut self, fresh: usize) -> Result<bool, ProxyError> {
-        let held = self.cbuf.len() - fresh;
-        let mut terminate_at = None;
-        let mut syncs = 0;
-        let scanned = self.cscan.scan(&self.cbuf[held..], |m| {
-            if terminate_at.is_some() {
-                return;
+    /// Handles the whole messages in `cbuf`. `Ok(false)`: the session is over.
+    async fn handle_client(&mut self) -> Result<bool, ProxyError> {
+        let mut terminate = false;
+        loop {
+            let frame = match split_frame(&mut self.cbuf, self.max_len) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return Err(self.client_protocol_error(e).await),
+            };
+            if frame.tag() == b'X' {
+                terminate = true;
+                break;
             }
-            match m.tag {
-                b'X' => terminate_at = Some((held as isize + m.offset).max(0) as usize),
-                b'Q' | b'S' | b'F' => syncs += 1,
-                _ => {}
-            }
-        });
-        if let Err(e) = scanned {
-            send_fatal(
-                &mut self.out.client,
-                sqlstate::PROTOCOL_VIOLATION,
-                &e.to_string(),
-            )
-            .await;
-            self.server = None; // its state is unknown: close it
-            return Err(ProxyError::Decode {
-                peer: "client",
-                source: e,
-            });
-        }
-        let upto = match terminate_at {
-            Some(at) => at,
-            None => self.cbuf.len() - self.cscan.partial_header_len(),
-        };
-        if upto > 0 {
             if self.server.is_none() && !self.checkout().await {
                 return Ok(false);
             }
-            self.out.pending += syncs;
-            self.forward(upto).await?;
+            if let Err(e) = self.route(&frame) {
+                return Err(self.client_protocol_error(e).await);
+            }
         }
-        Ok(terminate_at.is_none())
+        if !self.to_server.is_empty() {
+            self.forward().await?;
+        }
+        // Answers the proxy owes right now (nothing before them is pending).
+        self.expected.answer_ready(&mut self.out);
+        if !self.out.is_empty() {
+            self.client
+                .write_all(&self.out)
+                .await
+                .map_err(ProxyError::client_io)?;
+            self.out.clear();
+        }
+        if !self.sbuf.is_empty() {
+            self.handle_server().await?;
+            self.maybe_release();
+        }
+        Ok(!terminate)
+    }
+
+    /// Queues one client message for the server, rewriting statement names when needed.
+    fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
+        let request = match frame.tag() {
+            b'P' => Request::Parse,
+            b'B' => Request::Bind,
+            b'D' => Request::Describe,
+            b'C' => Request::Close,
+            b'E' => Request::Execute,
+            b'S' => Request::Sync,
+            b'Q' | b'F' => {
+                if frame.tag() == b'Q' && resets_statements(frame.body()) {
+                    // DISCARD ALL / DEALLOCATE drop what pgopt prepared on this server.
+                    if let Some(server) = self.server.as_mut() {
+                        server.conn.prepared.clear();
+                    }
+                }
+                Request::Query
+            }
+            // Flush, COPY data and the like: no response of their own.
+            _ => {
+                self.to_server.extend_from_slice(frame.as_bytes());
+                return Ok(());
+            }
+        };
+        if self.rewrite && self.route_named(request, frame)? {
+            return Ok(());
+        }
+        self.to_server.extend_from_slice(frame.as_bytes());
+        self.expected.push(Step::Server {
+            request,
+            prepared: None,
+        });
+        Ok(())
+    }
+
+    /// Transaction mode: named statements. `Ok(true)` when the message was handled here.
+    fn route_named(&mut self, request: Request, frame: &Frame) -> Result<bool, DecodeError> {
+        let body = frame.body();
+        match request {
+            Request::Parse => {
+                let parse = Parse::decode(body)?;
+                if parse.name.is_empty() {
+                    return Ok(false);
+                }
+                let Ok(prepared) = Prepared::from_parse(&parse) else {
+                    return Ok(false);
+                };
+                let prepared = Arc::new(prepared);
+                let server = self.server_conn();
+                if server.prepared.contains(&prepared.id) {
+                    self.expected.push(Step::Answer(b'1'));
+                } else {
+                    server.prepared.insert(prepared.id);
+                    self.to_server.extend_from_slice(&prepared.parse);
+                    self.expected.push(Step::Server {
+                        request,
+                        prepared: Some(prepared.id),
+                    });
+                }
+                self.statements.insert(parse.name, prepared);
+                Ok(true)
+            }
+            Request::Bind => {
+                let bind = Bind::decode(body)?;
+                let Some(prepared) = self.known(bind.statement) else {
+                    return Ok(false);
+                };
+                self.ensure_prepared(&prepared);
+                let rewritten = Bind {
+                    statement: &prepared.server_name,
+                    ..bind
+                };
+                if rewritten.encode(&mut self.to_server).is_err() {
+                    return Ok(false);
+                }
+                self.expected.push(Step::Server {
+                    request,
+                    prepared: None,
+                });
+                Ok(true)
+            }
+            Request::Describe => {
+                let describe = Describe::decode(body)?;
+                if describe.target != Target::Statement {
+                    return Ok(false);
+                }
+                let Some(prepared) = self.known(describe.name) else {
+                    return Ok(false);
+                };
+                self.ensure_prepared(&prepared);
+                let rewritten = Describe {
+                    target: Target::Statement,
+                    name: &prepared.server_name,
+                };
+                if rewritten.encode(&mut self.to_server).is_err() {
+                    return Ok(false);
+                }
+                self.expected.push(Step::Server {
+                    request,
+                    prepared: None,
+                });
+                Ok(true)
+            }
+            Request::Close => {
+                let close = Close::decode(body)?;
+                if close.target != Target::Statement || close.name.is_empty() {
+                    return Ok(false);
+                }
+                // The server keeps its copy for other clients; the name is the client's.
+                self.statements.remove(close.name);
+                self.expected.push(Step::Answer(b'3'));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn known(&self, name: &str) -> Option<Arc<Prepared>> {
+        if name.is_empty() {
+            return None;
+        }
+        self.statements.get(name).cloned()
+    }
+
+    /// Prepares `prepared` on the current server first when it lacks it.
+    fn ensure_prepared(&mut self, prepared: &Prepared) {
+        let server = self.server_conn();
+        if server.prepared.insert(prepared.id) {
+            self.to_server.extend_from_slice(&prepared.parse);
+            self.expected.push(Step::Injected {
+                prepared: prepared.id,
+            });
+        }
+    }
+
+    fn server_conn(&mut self) -> &mut crate::server::ServerConn {
+        &mut self
+            .server
+            .as_mut()
+            .expect("a server is checked out before messages are routed")
+            .conn
+    }
+
+    /// Relays the whole messages in `sbuf` to the client, dropping and adding the ones
+    /// the statement bookkeeping says; without any, the bytes go out as they came.
+    async fn handle_server(&mut self) -> Result<(), ProxyError> {
+        let mut pos = 0;
+        // Bytes before `copied` are in `out` (or dropped); `edited` once anything was.
+        let mut copied = 0;
+        let mut edited = false;
+        loop {
+            let header = match peek_header(&self.sbuf[pos..], self.max_len) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(ProxyError::Decode {
+                        peer: "server",
+                        source,
+                    })
+                }
+            };
+            let end = pos + header.frame_len();
+            if end > self.sbuf.len() {
+                break;
+            }
+            if header.tag == b'Z' {
+                self.status = match self.sbuf.get(pos + 5) {
+                    Some(b'T') => TransactionStatus::InTransaction,
+                    Some(b'E') => TransactionStatus::Failed,
+                    _ => TransactionStatus::Idle,
+                };
+            }
+            let server = &mut self.server;
+            let verdict = self.expected.on_server_message(header.tag, |id| {
+                if let Some(s) = server.as_mut() {
+                    s.conn.prepared.remove(&id);
+                }
+            });
+            if verdict == Verdict::Drop {
+                self.out.extend_from_slice(&self.sbuf[copied..pos]);
+                copied = end;
+                edited = true;
+            }
+            let before = self.out.len();
+            self.expected.answer_ready(&mut self.out);
+            if self.out.len() != before {
+                // Answers go after this message: move it in front of them.
+                let answers = self.out.split_off(before);
+                self.out.extend_from_slice(&self.sbuf[copied..end]);
+                self.out.extend_from_slice(&answers);
+                copied = end;
+                edited = true;
+            }
+            pos = end;
+        }
+        let result = if !edited {
+            self.client.write_all(&self.sbuf[..pos]).await
+        } else {
+            self.out.extend_from_slice(&self.sbuf[copied..pos]);
+            let r = self.client.write_all(&self.out).await;
+            self.out.clear();
+            r
+        };
+        self.sbuf.advance(pos);
+        result.map_err(ProxyError::client_io)
     }
 
     async fn checkout(&mut self) -> bool {
@@ -185,53 +351,71 @@ impl Relay {
         {
             Ok(checkout) => {
                 *lock(&self.cancel) = Some((checkout.conn.addr, checkout.conn.cancel_key));
-                self.out.status = checkout.conn.status;
+                self.status = checkout.conn.status;
                 self.server = Some(checkout);
                 true
             }
             Err(e) => {
-                fail_checkout(&mut self.out.client, &self.pool, e).await;
+                fail_checkout(&mut self.client, &self.pool, e).await;
                 false
             }
         }
     }
 
-    /// Writes `cbuf[..upto]` to the server while relaying whatever the server sends
-    /// meanwhile, so neither side can block the other with full socket buffers.
-    async fn forward(&mut self, upto: usize) -> Result<(), ProxyError> {
-        let data = self.cbuf.split_to(upto);
+    /// Writes `to_server` while buffering whatever the server sends meanwhile, so
+    /// neither side can block the other with full socket buffers.
+    async fn forward(&mut self) -> Result<(), ProxyError> {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
         let (mut rd, mut wr) = server.conn.stream.split();
         let mut written = 0;
-        while written < data.len() {
+        let mut broken = false;
+        while written < self.to_server.len() {
             tokio::select! {
-                w = wr.write(&data[written..]) => match w {
+                w = wr.write(&self.to_server[written..]) => match w {
                     Ok(n) if n > 0 => written += n,
-                    _ => {
-                        self.server_lost().await;
-                        return Err(ProxyError::server_io(std::io::ErrorKind::BrokenPipe.into()));
-                    }
+                    _ => { broken = true; break; }
                 },
-                r = rd.read_buf(&mut self.out.sbuf) => match r {
-                    Ok(n) if n > 0 => self.out.deliver().await?,
-                    _ => {
-                        self.server_lost().await;
-                        return Err(ProxyError::server_io(std::io::ErrorKind::UnexpectedEof.into()));
-                    }
+                r = rd.read_buf(&mut self.sbuf) => if !matches!(r, Ok(n) if n > 0) {
+                    broken = true;
+                    break;
                 },
             }
+        }
+        self.to_server.clear();
+        if broken {
+            self.server_lost().await;
+            return Err(ProxyError::server_io(std::io::ErrorKind::BrokenPipe.into()));
         }
         Ok(())
     }
 
+    /// Nothing owed, no transaction open, nothing half-read: the server may serve others.
+    fn server_idle(&self) -> bool {
+        self.expected.is_empty() && self.status == TransactionStatus::Idle && self.sbuf.is_empty()
+    }
+
     fn maybe_release(&mut self) {
-        if self.shared.config.pool_mode == PoolMode::Transaction && self.out.server_idle() {
+        if self.rewrite && self.server_idle() {
             if let Some(checkout) = self.server.take() {
                 *lock(&self.cancel) = None;
                 checkout.release();
             }
+        }
+    }
+
+    async fn client_protocol_error(&mut self, e: DecodeError) -> ProxyError {
+        send_fatal(
+            &mut self.client,
+            sqlstate::PROTOCOL_VIOLATION,
+            &e.to_string(),
+        )
+        .await;
+        self.server = None; // its state is unknown: closed
+        ProxyError::Decode {
+            peer: "client",
+            source: e,
         }
     }
 
@@ -240,7 +424,7 @@ impl Relay {
         self.server = None;
         *lock(&self.cancel) = None;
         send_fatal(
-            &mut self.out.client,
+            &mut self.client,
             sqlstate::CONNECTION_FAILURE,
             "server closed the connection unexpectedly",
         )
@@ -251,19 +435,28 @@ impl Relay {
     /// nothing is in flight; a session-mode connection is reset first.
     fn finish(mut self) {
         *lock(&self.cancel) = None;
+        let idle = self.server_idle();
         let Some(checkout) = self.server.take() else {
             return;
         };
-        if !self.out.server_idle() {
+        if !idle {
             return; // dropped: closed, the server aborts what was running
         }
         match self.shared.config.pool_mode {
             PoolMode::Transaction => checkout.release(),
             PoolMode::Session => {
-                tokio::spawn(reset_and_release(checkout));
+                tokio::spawn(reset_and_release(checkout, self.max_len));
             }
         }
     }
+}
+
+/// Whether a simple query drops server-side prepared statements.
+fn resets_statements(query_body: &[u8]) -> bool {
+    let text = query_body.trim_ascii_start();
+    let starts =
+        |word: &[u8]| text.len() >= word.len() && text[..word.len()].eq_ignore_ascii_case(word);
+    starts(b"discard") || starts(b"deallocate")
 }
 
 async fn read_server(server: &mut Option<Checkout>, buf: &mut BytesMut) -> std::io::Result<usize> {
@@ -274,31 +467,26 @@ async fn read_server(server: &mut Option<Checkout>, buf: &mut BytesMut) -> std::
 }
 
 /// `DISCARD ALL` so the next client starts clean; on any trouble the connection closes.
-async fn reset_and_release(mut checkout: Checkout) {
+async fn reset_and_release(mut checkout: Checkout, max_len: u32) {
     const RESET: &[u8] = b"Q\0\0\0\x10DISCARD ALL\0";
-    let stream = &mut checkout.conn.stream;
+    let conn = &mut checkout.conn;
     let done = tokio::time::timeout(Duration::from_secs(5), async {
-        stream.write_all(RESET).await?;
+        conn.stream.write_all(RESET).await?;
         let mut buf = BytesMut::with_capacity(256);
-        let mut scanner = Scanner::new(1 << 20);
         loop {
-            if stream.read_buf(&mut buf).await? == 0 {
+            if conn.stream.read_buf(&mut buf).await? == 0 {
                 return Ok::<bool, std::io::Error>(false);
             }
-            let mut idle = None;
-            let _ = scanner.scan(&buf, |m| {
-                if m.tag == b'Z' {
-                    idle = Some(m.first_body_byte == Some(b'I'));
+            while let Ok(Some(frame)) = split_frame(&mut buf, max_len) {
+                if frame.tag() == b'Z' {
+                    return Ok(frame.body() == b"I" && buf.is_empty());
                 }
-            });
-            buf.clear();
-            if let Some(idle) = idle {
-                return Ok(idle && scanner.at_boundary());
             }
         }
     })
     .await;
     if let Ok(Ok(true)) = done {
+        checkout.conn.prepared.clear();
         checkout.release();
     }
 }

@@ -1,6 +1,7 @@
 //! A connection to a PostgreSQL server: connect, start up, authenticate, and remember
 //! what the server said about itself (parameters, cancel key).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ pub struct ServerConn {
     /// ParameterStatus values from start-up, in order.
     pub params: Vec<(String, String)>,
     pub status: TransactionStatus,
+    /// Statements pgopt prepared on this connection (see `statements.rs`).
+    pub prepared: HashSet<u64>,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -220,6 +223,7 @@ impl ServerConn {
                         }),
                         params: server_params,
                         status: r.status,
+                        prepared: HashSet::new(),
                         created: now,
                         last_used: now,
                     });

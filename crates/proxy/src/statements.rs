@@ -1,0 +1,331 @@
+//! Named prepared statements in transaction mode. A client's statement `s1` becomes
+//! `pgopt_<hash of query and parameter types>` on the servers; each server connection
+//! remembers which of those it has, and the proxy prepares them on whichever server a
+//! client is lent, just before they are used. Responses the client did not ask for are
+//! swallowed; responses for work the proxy skipped are made up — in the order the
+//! client expects, which [`Expected`] keeps.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use pgopt_wire::frontend::Parse;
+use pgopt_wire::EncodeError;
+
+/// A statement as the servers know it.
+#[derive(Debug)]
+pub struct Prepared {
+    pub id: u64,
+    pub server_name: String,
+    /// The Parse message under `server_name`, ready to send.
+    pub parse: Bytes,
+}
+
+impl Prepared {
+    pub fn from_parse(parse: &Parse<'_>) -> Result<Prepared, EncodeError> {
+        let mut hasher = DefaultHasher::new();
+        parse.query.hash(&mut hasher);
+        for oid in parse.param_types.iter() {
+            oid.hash(&mut hasher);
+        }
+        let id = hasher.finish();
+        let server_name = format!("pgopt_{id:016x}");
+        let mut buf = BytesMut::new();
+        Parse {
+            name: &server_name,
+            query: parse.query,
+            param_types: parse.param_types,
+        }
+        .encode(&mut buf)?;
+        Ok(Prepared {
+            id,
+            server_name,
+            parse: buf.freeze(),
+        })
+    }
+}
+
+/// One client's named statements.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<String, Arc<Prepared>>,
+}
+
+impl ClientStatements {
+    pub fn insert(&mut self, name: &str, prepared: Arc<Prepared>) {
+        self.by_name.insert(name.to_string(), prepared);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Prepared>> {
+        self.by_name.get(name)
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.by_name.remove(name);
+    }
+}
+
+/// What a request sent to the server (or skipped) owes the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    Sync,
+    /// A simple Query or FunctionCall: done at ReadyForQuery.
+    Query,
+}
+
+/// One entry of the expected-response queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Sent to the server; its responses go to the client. `prepared` names the
+    /// statement a Parse creates on the server, forgotten if it fails.
+    Server {
+        request: Request,
+        prepared: Option<u64>,
+    },
+    /// A Parse the proxy injected: its ParseComplete is not the client's.
+    Injected { prepared: u64 },
+    /// Not sent: the proxy answers with this message itself (ParseComplete `'1'` or
+    /// CloseComplete `'3'`).
+    Answer(u8),
+}
+
+/// What to do with one server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Relay,
+    /// Not for the client (the ParseComplete of an injected Parse).
+    Drop,
+}
+
+/// Responses the client is owed, in order.
+#[derive(Debug, Default)]
+pub struct Expected {
+    queue: VecDeque<Step>,
+}
+
+impl Expected {
+    pub fn push(&mut self, step: Step) {
+        self.queue.push_back(step);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Answers the proxy owes at the head of the queue, now that everything before them
+    /// is done: appended to `out`.
+    pub fn answer_ready(&mut self, out: &mut BytesMut) {
+        while let Some(Step::Answer(tag)) = self.queue.front().copied() {
+            out.extend_from_slice(&[tag, 0, 0, 0, 4]);
+            self.queue.pop_front();
+        }
+    }
+
+    /// Accounts for one server message with type `tag`. `forget` is called for
+    /// statements the server turned out not to have prepared.
+    pub fn on_server_message(&mut self, tag: u8, mut forget: impl FnMut(u64)) -> Verdict {
+        // Asynchronous messages may come at any time.
+        if matches!(tag, b'N' | b'A' | b'S') {
+            return Verdict::Relay;
+        }
+        let Some(&head) = self.queue.front() else {
+            return Verdict::Relay;
+        };
+        match head {
+            Step::Injected { prepared } => match tag {
+                b'1' => {
+                    self.queue.pop_front();
+                    Verdict::Drop
+                }
+                b'E' => {
+                    forget(prepared);
+                    self.queue.pop_front();
+                    self.skip_to_sync(&mut forget);
+                    Verdict::Relay
+                }
+                _ => Verdict::Relay,
+            },
+            Step::Server { request, prepared } => {
+                if tag == b'E' && !matches!(request, Request::Query | Request::Sync) {
+                    if let Some(id) = prepared {
+                        forget(id);
+                    }
+                    self.queue.pop_front();
+                    self.skip_to_sync(&mut forget);
+                } else if completes(request, tag) {
+                    self.queue.pop_front();
+                }
+                Verdict::Relay
+            }
+            // Answers are written as soon as they reach the head; a server message
+            // arriving here belongs to nothing we track.
+            Step::Answer(_) => Verdict::Relay,
+        }
+    }
+
+    /// After an error in the extended protocol the server ignores everything up to the
+    /// next Sync: those requests get no response, and Parses among them prepared nothing.
+    fn skip_to_sync(&mut self, forget: &mut impl FnMut(u64)) {
+        while let Some(&step) = self.queue.front() {
+            match step {
+                Step::Server {
+                    request: Request::Sync,
+                    ..
+                } => break,
+                Step::Server {
+                    prepared: Some(id), ..
+                }
+                | Step::Injected { prepared: id } => forget(id),
+                _ => {}
+            }
+            self.queue.pop_front();
+        }
+    }
+}
+
+/// Whether server message `tag` is the last response to `request`.
+fn completes(request: Request, tag: u8) -> bool {
+    match request {
+        Request::Parse => tag == b'1',
+        Request::Bind => tag == b'2',
+        // ParameterDescription ('t') comes first for a statement.
+        Request::Describe => matches!(tag, b'T' | b'n'),
+        Request::Execute => matches!(tag, b'C' | b'I' | b's'),
+        Request::Close => tag == b'3',
+        Request::Sync | Request::Query => tag == b'Z',
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(expected: &mut Expected, tags: &[u8]) -> (Vec<Verdict>, Vec<u64>) {
+        let mut forgotten = Vec::new();
+        let verdicts = tags
+            .iter()
+            .map(|&t| expected.on_server_message(t, |id| forgotten.push(id)))
+            .collect();
+        (verdicts, forgotten)
+    }
+
+    #[test]
+    fn injected_parse_complete_is_dropped_and_the_rest_relayed() {
+        let mut e = Expected::default();
+        e.push(Step::Injected { prepared: 7 });
+        e.push(Step::Server {
+            request: Request::Bind,
+            prepared: None,
+        });
+        e.push(Step::Server {
+            request: Request::Execute,
+            prepared: None,
+        });
+        e.push(Step::Server {
+            request: Request::Sync,
+            prepared: None,
+        });
+        let (v, forgotten) = run(&mut e, b"12DDCZ");
+        assert_eq!(v[0], Verdict::Drop);
+        assert!(v[1..].iter().all(|v| *v == Verdict::Relay));
+        assert!(forgotten.is_empty());
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn answers_wait_for_what_comes_before_them() {
+        let mut e = Expected::default();
+        let mut out = BytesMut::new();
+        e.push(Step::Server {
+            request: Request::Bind,
+            prepared: None,
+        });
+        e.push(Step::Answer(b'3'));
+        e.push(Step::Server {
+            request: Request::Sync,
+            prepared: None,
+        });
+        e.answer_ready(&mut out);
+        assert!(out.is_empty(), "the Bind is still owed");
+        run(&mut e, b"2");
+        e.answer_ready(&mut out);
+        assert_eq!(&out[..], b"3\0\0\0\x04");
+        run(&mut e, b"Z");
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_and_forgets_parses_that_did_not_happen() {
+        let mut e = Expected::default();
+        e.push(Step::Server {
+            request: Request::Parse,
+            prepared: Some(1),
+        });
+        e.push(Step::Injected { prepared: 2 });
+        e.push(Step::Server {
+            request: Request::Bind,
+            prepared: None,
+        });
+        e.push(Step::Answer(b'1'));
+        e.push(Step::Server {
+            request: Request::Sync,
+            prepared: None,
+        });
+        let (v, mut forgotten) = run(&mut e, b"EZ");
+        assert_eq!(v, vec![Verdict::Relay, Verdict::Relay]);
+        forgotten.sort();
+        assert_eq!(forgotten, vec![1, 2]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn errors_inside_a_simple_query_end_at_ready_for_query() {
+        let mut e = Expected::default();
+        e.push(Step::Server {
+            request: Request::Query,
+            prepared: None,
+        });
+        e.push(Step::Server {
+            request: Request::Query,
+            prepared: None,
+        });
+        run(&mut e, b"TDCEZ");
+        assert!(!e.is_empty());
+        run(&mut e, b"CZ");
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn same_text_and_types_share_a_server_name() {
+        let types = [23u32];
+        let a = Parse {
+            name: "s1",
+            query: "SELECT $1",
+            param_types: (&types).into(),
+        };
+        let b = Parse {
+            name: "other",
+            query: "SELECT $1",
+            param_types: (&types).into(),
+        };
+        let c = Parse {
+            name: "s1",
+            query: "SELECT $1",
+            param_types: (&[25u32]).into(),
+        };
+        let (pa, pb, pc) = (
+            Prepared::from_parse(&a).unwrap(),
+            Prepared::from_parse(&b).unwrap(),
+            Prepared::from_parse(&c).unwrap(),
+        );
+        assert_eq!(pa.server_name, pb.server_name);
+        assert_ne!(pa.server_name, pc.server_name);
+    }
+}
