@@ -128,10 +128,49 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
         scale: settings.scale.0,
         max_queries: None,
     };
-    let report = run_workload(&pg, &workload_opts).await?;
-    print_report(&report, &workload_opts);
+    let direct = run_workload(pg.config("saas"), &workload_opts, "direct to PostgreSQL").await?;
+
+    // The same workload through pgopt: transaction pooling, half as many server
+    // connections as clients.
+    let pool_size = (workload_opts.clients / 2).max(1);
+    let proxy = pgopt_proxy::Proxy::start(pgopt_proxy::Config {
+        listen: "127.0.0.1:0".parse()?,
+        pool_mode: pgopt_proxy::PoolMode::Transaction,
+        default_pool_size: pool_size,
+        databases: vec![pgopt_proxy::Database {
+            name: "saas".into(),
+            host: "127.0.0.1".into(),
+            port: pg.port(),
+            dbname: "saas".into(),
+            user: None,
+            password: None,
+        }],
+        ..pgopt_proxy::Config::default()
+    })
+    .await
+    .context("starting the pgopt proxy")?;
+    let mut through = tokio_postgres::Config::new();
+    through
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user(pg.user())
+        .dbname("saas")
+        .application_name("pgopt-demo");
+    let proxied = run_workload(through, &workload_opts, "through pgopt").await?;
+
+    print_report("Workload", &direct, &workload_opts);
+    println!(
+        "Through pgopt proxy: {} clients on {pool_size} server connections (transaction pooling)",
+        workload_opts.clients
+    );
+    print_report("Through pgopt", &proxied, &workload_opts);
+    print_comparison(&direct, &proxied);
 
     println!("\nConnect:  {}", pg.psql_command("saas"));
+    println!(
+        "Through pgopt:  psql -h 127.0.0.1 -p {} -U postgres saas",
+        proxy.local_addr().port()
+    );
     println!("URL:      {}", pg.url("saas"));
     if no_wait {
         return Ok(());
@@ -141,12 +180,16 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_workload(pg: &Postgres, opts: &WorkloadOptions) -> anyhow::Result<WorkloadReport> {
+async fn run_workload(
+    target: tokio_postgres::Config,
+    opts: &WorkloadOptions,
+    label: &str,
+) -> anyhow::Result<WorkloadReport> {
     let bar = ProgressBar::new(opts.duration.as_millis() as u64).with_style(
-        ProgressStyle::with_template("Workload: {msg} {bar:30} {elapsed}")
+        ProgressStyle::with_template("Workload {msg} {bar:30} {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    bar.set_message(format!("{} clients", opts.clients));
+    bar.set_message(format!("{label}, {} clients", opts.clients));
     let started = Instant::now();
     let ticker = {
         let bar = bar.clone();
@@ -157,16 +200,16 @@ async fn run_workload(pg: &Postgres, opts: &WorkloadOptions) -> anyhow::Result<W
             }
         })
     };
-    let report = pgopt_sample::run(pg.config("saas"), opts).await;
+    let report = pgopt_sample::run(target, opts).await;
     ticker.abort();
     bar.finish_and_clear();
-    report.context("running the saas workload")
+    report.with_context(|| format!("running the saas workload {label}"))
 }
 
-fn print_report(report: &WorkloadReport, opts: &WorkloadOptions) {
+fn print_report(title: &str, report: &WorkloadReport, opts: &WorkloadOptions) {
     let secs = report.elapsed.as_secs_f64();
     println!(
-        "Workload: {} clients for {:.1} s: {} queries ({:.0}/s), {} errors",
+        "{title}: {} clients for {:.1} s: {} queries ({:.0}/s), {} errors",
         opts.clients,
         secs,
         thousands(report.total_calls),
@@ -191,6 +234,18 @@ fn print_report(report: &WorkloadReport, opts: &WorkloadOptions) {
     if let Some((name, message)) = report.first_error() {
         println!("\n  first error ({name}): {message}");
     }
+    println!();
+}
+
+/// Throughput and median latency through pgopt relative to direct, measured in this run.
+fn print_comparison(direct: &WorkloadReport, proxied: &WorkloadReport) {
+    let qps = |r: &WorkloadReport| r.total_calls as f64 / r.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "pgopt / direct, this run: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (the workload has no cache or replicas yet: this is the proxy's cost)",
+        qps(proxied) / qps(direct).max(1e-9),
+        proxied.p50_us as f64 / (direct.p50_us as f64).max(1.0),
+        proxied.p99_us as f64 / (direct.p99_us as f64).max(1.0),
+    );
 }
 
 /// 1234567 → "1,234,567"

@@ -211,6 +211,16 @@ fn demo_runs_end_to_end_on_a_real_postgres() {
         .expect("a query count");
     assert!(queries > 0, "{workload}");
     assert!(workload.ends_with(" 0 errors"), "{workload}");
+    // The same workload through the pgopt proxy (transaction pooling, prepared statements).
+    let proxied = stdout
+        .lines()
+        .find(|l| l.starts_with("Through pgopt: "))
+        .expect("a line for the run through pgopt");
+    assert!(proxied.ends_with(" 0 errors"), "{proxied}");
+    assert!(
+        stdout.contains("pgopt / direct, this run: throughput"),
+        "{stdout}"
+    );
     assert!(stdout.contains("p99 ms"), "{stdout}");
 }
 

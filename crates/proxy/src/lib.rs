@@ -61,7 +61,7 @@ impl Proxy {
                 }
             }
         });
-        tracing::info!(%local_addr, "pgopt proxy listening");
+        tracing::debug!(%local_addr, "pgopt proxy listening");
         Ok(Proxy { local_addr, accept })
     }
 
