@@ -48,18 +48,7 @@ async fn session(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Prox
             match split_startup(&mut buf, MAX_STARTUP_PACKET_LEN) {
                 Ok(Some(frame)) => break frame,
                 Ok(None) => {}
-                Err(source) => {
-                    send_fatal(
-                        &mut stream,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        "invalid startup packet",
-                    )
-                    .await;
-                    return Err(ProxyError::Decode {
-                        peer: "client",
-                        source,
-                    });
-                }
+                Err(source) => return Err(reject_startup(&mut stream, source).await),
             }
             if stream
                 .read_buf(&mut buf)
@@ -103,18 +92,7 @@ async fn session(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Prox
                 };
                 break (user.to_string(), m.database().unwrap_or(user).to_string());
             }
-            Err(source) => {
-                send_fatal(
-                    &mut stream,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "invalid startup packet",
-                )
-                .await;
-                return Err(ProxyError::Decode {
-                    peer: "client",
-                    source,
-                });
-            }
+            Err(source) => return Err(reject_startup(&mut stream, source).await),
         }
     };
     let span = tracing::debug_span!("client", %user, db = %database);
@@ -185,6 +163,20 @@ async fn session(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Prox
     .await;
     shared.unregister_cancel(key);
     result
+}
+
+/// A malformed startup packet: the client hears why, then the connection ends.
+async fn reject_startup(stream: &mut TcpStream, source: pgopt_wire::DecodeError) -> ProxyError {
+    send_fatal(
+        stream,
+        sqlstate::PROTOCOL_VIOLATION,
+        "invalid startup packet",
+    )
+    .await;
+    ProxyError::Decode {
+        peer: "client",
+        source,
+    }
 }
 
 /// Tells the client why it gets no server connection, with the SQLSTATE clients expect.

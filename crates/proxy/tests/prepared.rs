@@ -3,42 +3,17 @@
 
 use std::process::Command;
 
+mod common;
+
 use pgopt_embedded::Postgres;
-use pgopt_proxy::{Config, Database, PoolMode, Proxy};
-use tokio_postgres::NoTls;
+use pgopt_proxy::{PoolMode, Proxy};
 
 async fn start(pool_size: usize) -> (Postgres, Proxy) {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        pool_mode: PoolMode::Transaction,
-        default_pool_size: pool_size,
-        databases: vec![Database {
-            name: "app".into(),
-            host: "127.0.0.1".into(),
-            port: pg.port(),
-            dbname: "postgres".into(),
-            user: None,
-            password: None,
-        }],
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    (pg, proxy)
+    common::start(PoolMode::Transaction, pool_size).await
 }
 
 async fn connect(proxy: &Proxy) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(proxy.local_addr().port())
-        .user("postgres")
-        .dbname("app")
-        .connect(NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
+    common::connect(proxy, "postgres", None).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,27 +139,7 @@ async fn describe_before_execute_and_statements_in_a_transaction() {
 async fn pgbench_prepared_mode_in_transaction_pooling() {
     let (pg, proxy) = start(2).await;
     let pgbench = pg.binaries().program("pgbench");
-    let init = Command::new(&pgbench)
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            "postgres",
-            "postgres",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    common::pgbench_init(&pg);
     // One thread per client: pgbench prepares with a blocking PQprepare, so a thread
     // serving several clients stalls them all while one waits for a pooled connection
     // that another of its own clients holds mid-transaction — with any pooler.

@@ -3,49 +3,12 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
+use common::{code, config_for, connect, pgbench_init, run, start};
 use pgopt_embedded::{HostAuth, Postgres};
-use pgopt_proxy::{ClientAuth, Config, Database, PoolMode, Proxy, User};
+use pgopt_proxy::{ClientAuth, PoolMode, Proxy, User};
 use tokio_postgres::NoTls;
-
-fn config_for(pg: &Postgres, mode: PoolMode, pool_size: usize) -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        pool_mode: mode,
-        default_pool_size: pool_size,
-        databases: vec![Database {
-            name: "app".into(),
-            host: "127.0.0.1".into(),
-            port: pg.port(),
-            dbname: "postgres".into(),
-            user: None,
-            password: pg.password().map(str::to_string),
-        }],
-        ..Config::default()
-    }
-}
-
-async fn connect(
-    proxy: &Proxy,
-    user: &str,
-    password: Option<&str>,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(proxy.local_addr().port())
-        .user(user)
-        .dbname("app");
-    if let Some(pw) = password {
-        config.password(pw);
-    }
-    let (client, conn) = config.connect(NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
-fn code(e: &tokio_postgres::Error) -> Option<&str> {
-    e.as_db_error().map(|d| d.code().code())
-}
 
 #[tokio::test]
 async fn transaction_mode_serves_many_clients_on_few_server_connections() {
@@ -102,10 +65,7 @@ async fn transaction_mode_serves_many_clients_on_few_server_connections() {
 
 #[tokio::test]
 async fn extended_protocol_with_parameters_and_rows() {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
-        .await
-        .unwrap();
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
     let client = connect(&proxy, "postgres", None).await.unwrap();
     for i in 0..50i32 {
         let row = client
@@ -124,10 +84,7 @@ async fn extended_protocol_with_parameters_and_rows() {
 
 #[tokio::test]
 async fn an_error_inside_a_transaction_and_the_rollback_after_it() {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
-        .await
-        .unwrap();
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
     let client = connect(&proxy, "postgres", None).await.unwrap();
     client.batch_execute("BEGIN").await.unwrap();
     let err = client
@@ -143,10 +100,7 @@ async fn an_error_inside_a_transaction_and_the_rollback_after_it() {
 
 #[tokio::test]
 async fn transaction_mode_keeps_a_transaction_on_one_server_connection() {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 2))
-        .await
-        .unwrap();
+    let (_pg, proxy) = start(PoolMode::Transaction, 2).await;
     let a = connect(&proxy, "postgres", None).await.unwrap();
     let b = connect(&proxy, "postgres", None).await.unwrap();
     a.batch_execute("BEGIN").await.unwrap();
@@ -173,10 +127,7 @@ async fn transaction_mode_keeps_a_transaction_on_one_server_connection() {
 
 #[tokio::test]
 async fn session_mode_keeps_settings_and_resets_them_for_the_next_client() {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Session, 1))
-        .await
-        .unwrap();
+    let (_pg, proxy) = start(PoolMode::Session, 1).await;
     let a = connect(&proxy, "postgres", None).await.unwrap();
     a.batch_execute("SET application_name = 'client-a'")
         .await
@@ -228,10 +179,7 @@ async fn scram_and_md5_logins_and_a_wrong_password() {
 
 #[tokio::test]
 async fn an_unknown_database_is_3d000() {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
-        .await
-        .unwrap();
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
@@ -272,10 +220,7 @@ async fn a_dead_server_gives_clients_08006_and_the_proxy_recovers() {
 
 #[tokio::test]
 async fn cancel_reaches_the_running_query() {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
-        .await
-        .unwrap();
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
     let client = connect(&proxy, "postgres", None).await.unwrap();
     let token = client.cancel_token();
     let canceller = tokio::spawn(async move {
@@ -310,10 +255,7 @@ async fn a_client_waiting_too_long_for_a_server_gets_57014() {
 #[tokio::test]
 async fn a_malformed_message_closes_only_that_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 2))
-        .await
-        .unwrap();
+    let (_pg, proxy) = start(PoolMode::Transaction, 2).await;
     let good = connect(&proxy, "postgres", None).await.unwrap();
 
     let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
@@ -337,24 +279,9 @@ async fn a_malformed_message_closes_only_that_connection() {
     good.batch_execute("SELECT 1").await.unwrap();
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?}\nstdout: {}\nstderr: {}",
-        cmd,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_multi_statement_and_copy_in_and_out() {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 2))
-        .await
-        .unwrap();
+    let (pg, proxy) = start(PoolMode::Transaction, 2).await;
     let port = proxy.local_addr().port().to_string();
     let psql = pg.binaries().program("psql");
     let base = [
@@ -400,24 +327,9 @@ async fn psql_multi_statement_and_copy_in_and_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_simple_and_extended_through_the_proxy() {
-    let pg = Postgres::start().await.unwrap();
+    let (pg, proxy) = start(PoolMode::Transaction, 4).await;
+    pgbench_init(&pg);
     let pgbench = pg.binaries().program("pgbench");
-    run(Command::new(&pgbench).args([
-        "-i",
-        "-q",
-        "-s",
-        "1",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port().to_string(),
-        "-U",
-        "postgres",
-        "postgres",
-    ]));
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 4))
-        .await
-        .unwrap();
     let port = proxy.local_addr().port().to_string();
     for mode in ["simple", "extended"] {
         let out = run(Command::new(&pgbench).args([

@@ -1,0 +1,91 @@
+//! What the proxy's integration tests share: a real PostgreSQL, a proxy in front of it
+//! (database `app`), and tokio-postgres clients of the proxy.
+
+#![allow(dead_code)]
+
+use std::process::Command;
+
+use pgopt_embedded::Postgres;
+use pgopt_proxy::{Config, Database, PoolMode, Proxy};
+use tokio_postgres::NoTls;
+
+/// Proxy settings for `pg` with database `app` → `postgres`.
+pub fn config_for(pg: &Postgres, mode: PoolMode, pool_size: usize) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        pool_mode: mode,
+        default_pool_size: pool_size,
+        databases: vec![Database {
+            name: "app".into(),
+            host: "127.0.0.1".into(),
+            port: pg.port(),
+            dbname: "postgres".into(),
+            user: None,
+            password: pg.password().map(str::to_string),
+        }],
+        ..Config::default()
+    }
+}
+
+/// A fresh PostgreSQL and a proxy in front of it.
+pub async fn start(mode: PoolMode, pool_size: usize) -> (Postgres, Proxy) {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, mode, pool_size))
+        .await
+        .unwrap();
+    (pg, proxy)
+}
+
+pub async fn connect(
+    proxy: &Proxy,
+    user: &str,
+    password: Option<&str>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user(user)
+        .dbname("app");
+    if let Some(pw) = password {
+        config.password(pw);
+    }
+    let (client, conn) = config.connect(NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// SQLSTATE of a server error.
+pub fn code(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+/// Runs a command to success and returns its stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout: {}\nstderr: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `pgbench -i` at scale 1 directly on the server.
+pub fn pgbench_init(pg: &Postgres) {
+    run(Command::new(pg.binaries().program("pgbench")).args([
+        "-i",
+        "-q",
+        "-s",
+        "1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        "postgres",
+        "postgres",
+    ]));
+}
