@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Side-by-side proxy benchmark, in one run on this machine: pgbench against direct
+# PostgreSQL, PgBouncer (transaction mode) and pgopt (transaction mode), same pool size.
+# Prints TPS, average latency, the ratios pgopt/direct and pgopt/PgBouncer, and each
+# proxy's CPU time per transaction (its process CPU over the run / transactions done).
+#
+# usage: scripts/bench-proxy.sh [SECONDS_PER_RUN=10] [PGBENCH_SCALE=10] [POOL_SIZE=20]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+scale=${2:-10}
+pool=${3:-20}
+
+bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+for p in "$bindir/initdb" "$bindir/pgbench" pgbouncer; do
+  command -v "$p" >/dev/null || { echo "missing $p (apt-get install postgresql-15 pgbouncer)" >&2; exit 1; }
+done
+cargo build --release -q -p pgopt-cli
+pgopt=target/release/pgopt
+
+tmp=$(mktemp -d /tmp/pgopt-bench-XXXXXX)
+as_pg=()
+if [ "$(id -u)" -eq 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pg_port=$(free_port); bouncer_port=$(free_port); pgopt_port=$(free_port)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+"${as_pg[@]}" "$bindir/initdb" -D "$tmp/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+"${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w start -o \
+  "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" >/dev/null
+"$bindir/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+
+cat > "$tmp/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pg_port dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = trust
+auth_file = $tmp/users.txt
+pool_mode = transaction
+default_pool_size = $pool
+max_client_conn = 10000
+logfile = $tmp/pgbouncer.log
+pidfile = $tmp/pgbouncer.pid
+INI
+echo '"postgres" ""' > "$tmp/users.txt"
+chmod a+r "$tmp"/pgbouncer.ini "$tmp"/users.txt
+"${as_pg[@]}" pgbouncer "$tmp/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
+RUST_LOG=error "$pgopt" proxy --listen "127.0.0.1:$pgopt_port" \
+  --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size "$pool" >/dev/null 2>&1 & pids+=($!)
+sleep 1
+bouncer_pid=$(cat "$tmp/pgbouncer.pid")
+pgopt_pid=${pids[1]}
+
+ticks=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run TARGET_PORT PID_OR_EMPTY PGBENCH_ARGS... → "tps latency_ms cpu_us_per_txn"
+run() {
+  local port=$1 pid=$2; shift 2
+  local before=0 after=0 out
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  out=$("$bindir/pgbench" -n -T "$secs" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1)
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  local tps lat txns
+  tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' <<<"$out")
+  lat=$(awk -F'= ' '/^latency average/ {split($2,a," "); print a[1]}' <<<"$out")
+  txns=$(awk -F': ' '/actually processed/ {split($2,a,"/"); print a[1]}' <<<"$out")
+  if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" = 0 ]; then echo "failed failed -"; return; fi
+  if [ -n "$pid" ]; then
+    echo "$tps $lat $(awk -v t=$((after - before)) -v hz="$ticks" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
+  else
+    echo "$tps $lat -"
+  fi
+}
+
+printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores\n' "$(date -u +%F)" "$secs" "$scale" "$pool" "$(nproc)"
+printf '%-28s %10s %10s %10s %9s %9s %11s %11s\n' case direct pgbouncer pgopt "opt/dir" "opt/pgb" "pgb µs/tx" "opt µs/tx"
+case_run() {
+  local name=$1; shift
+  read -r d_tps _ _ <<<"$(run "$pg_port" "" "$@")"
+  if [ "$name" = "-S prepared, 16 clients" ]; then
+    b_tps=n/a; b_cpu="-"   # PgBouncer 1.18 cannot carry named prepared statements in transaction mode
+  else
+    read -r b_tps _ b_cpu <<<"$(run "$bouncer_port" "$bouncer_pid" "$@")"
+  fi
+  read -r o_tps _ o_cpu <<<"$(run "$pgopt_port" "$pgopt_pid" "$@")"
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "-" }'; }
+  [ "$b_tps" = n/a ] || b_tps=$(printf '%.0f' "$b_tps")
+  printf '%-28s %10.0f %10s %10.0f %9s %9s %11s %11s\n' "$name" "$d_tps" "$b_tps" "$o_tps" \
+    "$(ratio "$o_tps" "$d_tps")" "$(ratio "$o_tps" "$b_tps")" "$b_cpu" "$o_cpu"
+}
+case_run "-S simple, 16 clients"    -S -M simple   -c 16 -j 2
+case_run "-S simple, 64 clients"    -S -M simple   -c 64 -j 2
+case_run "-S extended, 16 clients"  -S -M extended -c 16 -j 2
+case_run "-S extended, 64 clients"  -S -M extended -c 64 -j 2
+# One thread per client: pgbench's blocking PQprepare would stall a thread's other clients.
+case_run "-S prepared, 16 clients"  -S -M prepared -c 16 -j 16
+case_run "TPC-B, 16 clients"        -M simple      -c 16 -j 2
