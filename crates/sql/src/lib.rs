@@ -1,1 +1,26 @@
-//! Statement analysis: fingerprints, normalization, tables, read-only verdicts (see issue 4).
+//! Statement analysis for the proxy's hot path (see DESIGN.md §2–§4).
+//!
+//! - [`analyze`] runs PostgreSQL's parser (pg_query) and returns an
+//!   [`Analysis`]: fingerprint, normalized text, statement kinds, tables read
+//!   and written, functions, and the read-only / volatile / locking /
+//!   session-effect verdicts plus `pgopt:` comment hints. Tens of µs.
+//! - [`Analyzer`] caches analyses by the literal-stripped text
+//!   ([`strip_literals`]), so statements differing only in literal values
+//!   share one entry; a hit costs a scan of the text and a hash lookup.
+//!
+//! Unparsable text is an [`SqlError`], never a panic; callers treat it as
+//! "not read-only, route to the primary".
+
+mod analysis;
+mod analyzer;
+mod error;
+mod functions;
+mod hints;
+mod lexer;
+mod strip;
+
+pub use analysis::{analyze, analyze_with, Analysis, AnalysisConfig, SessionEffect, StatementKind};
+pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
+pub use error::SqlError;
+pub use hints::{parse_hints, CacheHint, Hints};
+pub use strip::{strip_literals, Stripped};

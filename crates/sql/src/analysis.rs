@@ -1,0 +1,749 @@
+//! Cold-path statement analysis with PostgreSQL's own parser (pg_query):
+//! fingerprint, normalized text, statement kinds, tables read and written,
+//! functions, and the read-only / volatile / locking / session verdicts.
+//!
+//! The parse tree is walked generically (through its serde form), so every
+//! node is visited: a function call or table reference cannot hide in a node
+//! type the walker does not know.
+
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pg_query::protobuf::{ObjectType, VariableSetKind};
+use pg_query::{FingerprintOptions, NodeEnum};
+use serde_json::{Map, Value};
+
+use crate::error::SqlError;
+use crate::functions;
+use crate::hints::{parse_hints, Hints};
+use crate::lexer::{Lexer, TokenKind};
+
+/// What a statement is, by its top-level parse node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatementKind {
+    /// SELECT, VALUES, TABLE (not SELECT … INTO, which is [`Ddl`](Self::Ddl)).
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    Copy,
+    /// CREATE, ALTER, DROP, TRUNCATE, GRANT, COMMENT, REFRESH MATERIALIZED VIEW…
+    Ddl,
+    /// BEGIN, START TRANSACTION, COMMIT, ROLLBACK, SAVEPOINT, RELEASE, PREPARE
+    /// TRANSACTION…
+    Transaction,
+    /// SET (also SET LOCAL; see [`Analysis::session_effects`]).
+    Set,
+    Reset,
+    Show,
+    Explain,
+    /// Everything else: CALL, DO, LISTEN, NOTIFY, PREPARE, EXECUTE, VACUUM…
+    Other,
+}
+
+/// A statement effect that outlives the transaction, so a transaction-mode
+/// pool must refuse it or pin the client to its server connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SessionEffect {
+    /// `SET name …` (not `SET LOCAL`, not `SET TRANSACTION`).
+    Set {
+        name: String,
+    },
+    /// `set_config(…, …, is_local)` with `is_local` not the literal `true`.
+    SetConfig,
+    Reset {
+        name: String,
+    },
+    ResetAll,
+    Listen {
+        channel: String,
+    },
+    /// `UNLISTEN channel`, or `UNLISTEN *` as `channel: None`.
+    Unlisten {
+        channel: Option<String>,
+    },
+    /// pg_advisory_lock and friends at session level.
+    AdvisoryLock,
+    /// CREATE TEMP TABLE / VIEW / SEQUENCE, SELECT … INTO TEMP.
+    TempObject {
+        name: String,
+    },
+    Prepare {
+        name: String,
+    },
+    /// `DEALLOCATE name`, or `DEALLOCATE ALL` as `name: None`.
+    Deallocate {
+        name: Option<String>,
+    },
+    /// DISCARD ALL / PLANS / SEQUENCES / TEMP.
+    Discard,
+    /// `DECLARE … CURSOR WITH HOLD`.
+    HoldCursor {
+        name: String,
+    },
+}
+
+/// Extra knowledge for the verdicts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnalysisConfig {
+    /// User functions that may run on a replica (as written in SQL, e.g.
+    /// `my_func` or `app.my_func`). Other user functions make a statement
+    /// not read-only.
+    pub read_only_functions: Vec<String>,
+    /// User functions whose results must not be cached.
+    pub volatile_functions: Vec<String>,
+}
+
+/// Everything the proxy needs to know about one statement text (which may
+/// hold several statements separated by `;`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// Same value for the same query shape regardless of literals,
+    /// whitespace, comments, keyword case and IN-list length. Schema names
+    /// and full relation names count.
+    pub fingerprint: u64,
+    /// The text with literals replaced by `$n` (as in pg_stat_statements);
+    /// IN lists of parameters become `($n /*, ... */)`.
+    pub normalized: String,
+    /// One entry per statement, in order.
+    pub kinds: Vec<StatementKind>,
+    /// Tables (and views) read, sorted, schema-qualified when written so.
+    pub tables_read: Vec<String>,
+    /// Tables modified: DML targets (also in writable CTEs), COPY FROM,
+    /// TRUNCATE, DDL targets. Sorted.
+    pub tables_written: Vec<String>,
+    /// Functions called, as written (`nextval`, `app.f`), sorted.
+    pub functions: Vec<String>,
+    /// Safe to run on a replica: only SELECT/VALUES/SHOW/EXPLAIN without
+    /// ANALYZE, no row locks, no writable CTE, no side-effecting or unknown
+    /// user function.
+    pub read_only: bool,
+    /// Calls something whose value changes per call (now(), random(),
+    /// nextval(), CURRENT_TIMESTAMP, TABLESAMPLE…).
+    pub volatile: bool,
+    /// Result depends on session state (currval, current_setting…).
+    pub session_dependent: bool,
+    /// Takes row or table locks explicitly (FOR UPDATE/SHARE…, LOCK TABLE).
+    pub locking: bool,
+    /// Effects that outlive the transaction.
+    pub session_effects: Vec<SessionEffect>,
+    /// `pgopt:` comment hints.
+    pub hints: Hints,
+}
+
+impl Analysis {
+    /// The fingerprint as 16 lowercase hex digits.
+    pub fn fingerprint_hex(&self) -> String {
+        format!("{:016x}", self.fingerprint)
+    }
+
+    /// The kind of the first statement ([`StatementKind::Other`] if empty).
+    pub fn kind(&self) -> StatementKind {
+        self.kinds.first().copied().unwrap_or(StatementKind::Other)
+    }
+
+    /// A result of this statement may be cached: read-only plain SELECTs,
+    /// nothing volatile or session-dependent, no hint against it.
+    pub fn cacheable(&self) -> bool {
+        self.read_only
+            && !self.volatile
+            && !self.session_dependent
+            && !self.locking
+            && !self.hints.no_cache
+            && !self.kinds.is_empty()
+            && self.kinds.iter().all(|k| *k == StatementKind::Select)
+    }
+}
+
+/// Analyses `sql` with the default configuration.
+pub fn analyze(sql: &str) -> Result<Analysis, SqlError> {
+    analyze_with(sql, &AnalysisConfig::default())
+}
+
+/// Analyses `sql`; never panics (a panic inside the parser library is caught
+/// and reported as [`SqlError::Internal`]).
+pub fn analyze_with(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlError> {
+    if let Some(position) = sql.bytes().position(|b| b == 0) {
+        return Err(SqlError::NulByte { position });
+    }
+    match catch_unwind(AssertUnwindSafe(|| analyze_inner(sql, config))) {
+        Ok(result) => result,
+        Err(panic) => Err(SqlError::Internal {
+            message: panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_owned()),
+        }),
+    }
+}
+
+fn fingerprint_options() -> FingerprintOptions {
+    FingerprintOptions::RANGEVAR_PG17_COMPAT | FingerprintOptions::FULL_RELNAME
+}
+
+fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlError> {
+    let err = |e| SqlError::from_pg_query(e, sql);
+    let parsed = pg_query::parse(sql, 0).map_err(err)?;
+    let fingerprint = pg_query::fingerprint(sql, 0, fingerprint_options())
+        .map_err(err)?
+        .value;
+    let normalized = collapse_param_lists(&pg_query::normalize(sql).map_err(err)?);
+
+    let mut walker = Walker::new(config);
+    let mut kinds = Vec::with_capacity(parsed.protobuf.stmts.len());
+    let mut read_only = !parsed.protobuf.stmts.is_empty();
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            continue;
+        };
+        let (kind, stmt_read_only) = walker.statement(node)?;
+        kinds.push(kind);
+        read_only &= stmt_read_only;
+    }
+    let hints = parse_hints(sql);
+    let Walker {
+        read,
+        written,
+        functions,
+        volatile,
+        session_dependent,
+        locking,
+        session_effects,
+        ..
+    } = walker;
+    Ok(Analysis {
+        fingerprint,
+        normalized,
+        kinds,
+        tables_read: read.into_iter().collect(),
+        tables_written: written.into_iter().collect(),
+        functions: functions.into_iter().collect(),
+        read_only,
+        volatile,
+        session_dependent,
+        locking,
+        session_effects: session_effects.into_iter().collect(),
+        hints,
+    })
+}
+
+/// Accumulates facts over every statement of a text.
+struct Walker<'c> {
+    config: &'c AnalysisConfig,
+    read: BTreeSet<String>,
+    written: BTreeSet<String>,
+    functions: BTreeSet<String>,
+    volatile: bool,
+    session_dependent: bool,
+    locking: bool,
+    session_effects: BTreeSet<SessionEffect>,
+    /// Per statement: a data-modifying node was seen.
+    modifies: bool,
+    /// Per statement: a function not known to be read-only was called.
+    unsafe_function: bool,
+    /// CTE names in scope, innermost last.
+    ctes: Vec<String>,
+}
+
+/// Fields of DDL statement nodes that name the object being changed.
+const DDL_TARGET_FIELDS: &[&str] = &["relation", "view", "into", "base_stmt", "sequence"];
+
+impl<'c> Walker<'c> {
+    fn new(config: &'c AnalysisConfig) -> Self {
+        Walker {
+            config,
+            read: BTreeSet::new(),
+            written: BTreeSet::new(),
+            functions: BTreeSet::new(),
+            volatile: false,
+            session_dependent: false,
+            locking: false,
+            session_effects: BTreeSet::new(),
+            modifies: false,
+            unsafe_function: false,
+            ctes: Vec::new(),
+        }
+    }
+
+    /// Walks one top-level statement; returns its kind and whether it may run
+    /// on a replica.
+    fn statement(&mut self, node: &NodeEnum) -> Result<(StatementKind, bool), SqlError> {
+        let tree = serde_json::to_value(node).map_err(|e| SqlError::Internal {
+            message: format!("serialising the parse tree: {e}"),
+        })?;
+        self.modifies = false;
+        self.unsafe_function = false;
+        let locking_before = self.locking;
+        self.locking = false;
+
+        let kind = self.kind_and_effects(node);
+        let read_only = match node {
+            NodeEnum::ExplainStmt(explain) => {
+                // Without ANALYZE nothing executes: its targets are only read.
+                let analyze = explain_analyzes(explain);
+                if analyze {
+                    self.walk(&tree, false);
+                } else {
+                    let written = std::mem::take(&mut self.written);
+                    self.walk(&tree, false);
+                    let planned = std::mem::replace(&mut self.written, written);
+                    self.read.extend(planned);
+                }
+                let inner_select = explain
+                    .query
+                    .as_ref()
+                    .and_then(|q| q.node.as_ref())
+                    .is_some_and(
+                        |n| matches!(n, NodeEnum::SelectStmt(s) if s.into_clause.is_none()),
+                    );
+                !analyze && inner_select && self.verdict_clean()
+            }
+            _ => {
+                if let NodeEnum::DropStmt(drop) = node {
+                    self.drop_targets(drop);
+                }
+                self.walk(&tree, false);
+                match kind {
+                    StatementKind::Select => self.verdict_clean(),
+                    StatementKind::Show => true,
+                    _ => false,
+                }
+            }
+        };
+        self.locking |= locking_before;
+        Ok((kind, read_only))
+    }
+
+    fn verdict_clean(&self) -> bool {
+        !self.modifies && !self.locking && !self.unsafe_function
+    }
+
+    fn kind_and_effects(&mut self, node: &NodeEnum) -> StatementKind {
+        use StatementKind as K;
+        match node {
+            NodeEnum::SelectStmt(s) if s.into_clause.is_some() => K::Ddl,
+            NodeEnum::SelectStmt(_) => K::Select,
+            NodeEnum::InsertStmt(_) => K::Insert,
+            NodeEnum::UpdateStmt(_) => K::Update,
+            NodeEnum::DeleteStmt(_) => K::Delete,
+            NodeEnum::MergeStmt(_) => K::Merge,
+            NodeEnum::CopyStmt(_) => K::Copy,
+            NodeEnum::TransactionStmt(_) => K::Transaction,
+            NodeEnum::ExplainStmt(_) => K::Explain,
+            NodeEnum::VariableShowStmt(_) => K::Show,
+            NodeEnum::VariableSetStmt(set) => {
+                let reset = match VariableSetKind::try_from(set.kind) {
+                    Ok(VariableSetKind::VarReset) => {
+                        self.session_effects.insert(SessionEffect::Reset {
+                            name: set.name.clone(),
+                        });
+                        true
+                    }
+                    Ok(VariableSetKind::VarResetAll) => {
+                        self.session_effects.insert(SessionEffect::ResetAll);
+                        true
+                    }
+                    Ok(VariableSetKind::VarSetMulti) if set.name == "TRANSACTION" => false,
+                    _ => {
+                        if !set.is_local {
+                            self.session_effects.insert(SessionEffect::Set {
+                                name: set.name.clone(),
+                            });
+                        }
+                        false
+                    }
+                };
+                if reset {
+                    K::Reset
+                } else {
+                    K::Set
+                }
+            }
+            NodeEnum::ListenStmt(l) => {
+                self.session_effects.insert(SessionEffect::Listen {
+                    channel: l.conditionname.clone(),
+                });
+                K::Other
+            }
+            NodeEnum::UnlistenStmt(u) => {
+                let channel = (!u.conditionname.is_empty()).then(|| u.conditionname.clone());
+                self.session_effects
+                    .insert(SessionEffect::Unlisten { channel });
+                K::Other
+            }
+            NodeEnum::PrepareStmt(p) => {
+                self.session_effects.insert(SessionEffect::Prepare {
+                    name: p.name.clone(),
+                });
+                K::Other
+            }
+            NodeEnum::DeallocateStmt(d) => {
+                let name = (!d.isall && !d.name.is_empty()).then(|| d.name.clone());
+                self.session_effects
+                    .insert(SessionEffect::Deallocate { name });
+                K::Other
+            }
+            NodeEnum::DiscardStmt(_) => {
+                self.session_effects.insert(SessionEffect::Discard);
+                K::Other
+            }
+            NodeEnum::DeclareCursorStmt(c) => {
+                const CURSOR_OPT_HOLD: i32 = 0x0020;
+                if c.options & CURSOR_OPT_HOLD != 0 {
+                    self.session_effects.insert(SessionEffect::HoldCursor {
+                        name: c.portalname.clone(),
+                    });
+                }
+                K::Other
+            }
+            NodeEnum::TruncateStmt(_)
+            | NodeEnum::CreateStmt(_)
+            | NodeEnum::CreateTableAsStmt(_)
+            | NodeEnum::AlterTableStmt(_)
+            | NodeEnum::DropStmt(_)
+            | NodeEnum::IndexStmt(_)
+            | NodeEnum::ViewStmt(_)
+            | NodeEnum::RenameStmt(_)
+            | NodeEnum::CommentStmt(_)
+            | NodeEnum::GrantStmt(_)
+            | NodeEnum::GrantRoleStmt(_)
+            | NodeEnum::RefreshMatViewStmt(_)
+            | NodeEnum::RuleStmt(_)
+            | NodeEnum::DefineStmt(_)
+            | NodeEnum::CompositeTypeStmt(_)
+            | NodeEnum::AlterObjectSchemaStmt(_)
+            | NodeEnum::CreateSeqStmt(_)
+            | NodeEnum::AlterSeqStmt(_)
+            | NodeEnum::CreateTrigStmt(_)
+            | NodeEnum::CreateFunctionStmt(_)
+            | NodeEnum::AlterFunctionStmt(_)
+            | NodeEnum::CreateSchemaStmt(_)
+            | NodeEnum::CreateExtensionStmt(_)
+            | NodeEnum::CreateEnumStmt(_)
+            | NodeEnum::AlterEnumStmt(_)
+            | NodeEnum::CreateDomainStmt(_)
+            | NodeEnum::AlterDomainStmt(_)
+            | NodeEnum::CreatePolicyStmt(_)
+            | NodeEnum::AlterPolicyStmt(_)
+            | NodeEnum::CreateForeignTableStmt(_)
+            | NodeEnum::CreateStatsStmt(_)
+            | NodeEnum::CreateRoleStmt(_)
+            | NodeEnum::AlterRoleStmt(_)
+            | NodeEnum::DropRoleStmt(_)
+            | NodeEnum::CreatedbStmt(_)
+            | NodeEnum::DropdbStmt(_)
+            | NodeEnum::AlterOwnerStmt(_)
+            | NodeEnum::AlterDefaultPrivilegesStmt(_)
+            | NodeEnum::CreateTableSpaceStmt(_)
+            | NodeEnum::DropTableSpaceStmt(_)
+            | NodeEnum::CreatePublicationStmt(_)
+            | NodeEnum::AlterPublicationStmt(_)
+            | NodeEnum::CreateSubscriptionStmt(_)
+            | NodeEnum::AlterSubscriptionStmt(_)
+            | NodeEnum::DropSubscriptionStmt(_)
+            | NodeEnum::DropOwnedStmt(_)
+            | NodeEnum::ReassignOwnedStmt(_)
+            | NodeEnum::ImportForeignSchemaStmt(_) => K::Ddl,
+            _ => K::Other,
+        }
+    }
+
+    /// DROP TABLE / VIEW / MATERIALIZED VIEW / FOREIGN TABLE / SEQUENCE name
+    /// the dropped relations as lists of strings, not RangeVars.
+    fn drop_targets(&mut self, drop: &pg_query::protobuf::DropStmt) {
+        let relation_kind = matches!(
+            ObjectType::try_from(drop.remove_type),
+            Ok(ObjectType::ObjectTable
+                | ObjectType::ObjectView
+                | ObjectType::ObjectMatview
+                | ObjectType::ObjectForeignTable
+                | ObjectType::ObjectSequence)
+        );
+        if !relation_kind {
+            return;
+        }
+        for object in &drop.objects {
+            if let Some(NodeEnum::List(list)) = &object.node {
+                let name = list
+                    .items
+                    .iter()
+                    .filter_map(|i| match &i.node {
+                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(".");
+                if !name.is_empty() {
+                    self.written.insert(name);
+                }
+            }
+        }
+    }
+
+    fn walk(&mut self, value: &Value, target: bool) {
+        match value {
+            Value::Array(items) => {
+                for item in items {
+                    self.walk(item, target);
+                }
+            }
+            Value::Object(map) => self.object(map, target, &[]),
+            _ => {}
+        }
+    }
+
+    /// Walks a JSON object of the tree. `target`: RangeVars below are written
+    /// to; `target_fields`: fields of this object whose RangeVars are.
+    fn object(&mut self, map: &Map<String, Value>, target: bool, target_fields: &[&str]) {
+        if map.contains_key("relname") && map.contains_key("inh") {
+            self.range_var(map, target);
+            return;
+        }
+        if map.contains_key("funcname") && map.contains_key("agg_star") {
+            self.func_call(map);
+        }
+        let scope = self.ctes.len();
+        if let Some(Value::Object(with)) = map.get("with_clause") {
+            if let Some(Value::Array(ctes)) = with.get("ctes") {
+                for cte in ctes {
+                    if let Some(Value::String(name)) = cte.pointer("/node/CommonTableExpr/ctename")
+                    {
+                        self.ctes.push(name.clone());
+                    }
+                }
+            }
+        }
+        for (key, child) in map {
+            match key.as_str() {
+                "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
+                    self.modifies = true;
+                    self.body(child, &["relation"]);
+                }
+                "CopyStmt" => {
+                    let from = child
+                        .get("is_from")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true);
+                    if from {
+                        self.modifies = true;
+                        self.body(child, &["relation"]);
+                    } else {
+                        self.body(child, &[]);
+                    }
+                }
+                "TruncateStmt" => {
+                    self.modifies = true;
+                    self.body(child, &["relations"]);
+                }
+                "SelectStmt" => self.body(child, &["into_clause"]),
+                "LockingClause" | "LockStmt" => {
+                    self.locking = true;
+                    self.walk(child, false);
+                }
+                "SqlvalueFunction" => {
+                    // CURRENT_DATE … LOCALTIMESTAMP_N are ops 1..=9.
+                    if child
+                        .get("op")
+                        .and_then(Value::as_i64)
+                        .is_some_and(|op| (1..=9).contains(&op))
+                    {
+                        self.volatile = true;
+                    }
+                }
+                "RangeTableSample" => {
+                    self.volatile = true;
+                    self.walk(child, false);
+                }
+                k if k.ends_with("Stmt") && is_ddl_tag(k) => {
+                    self.modifies = true;
+                    self.body(child, DDL_TARGET_FIELDS);
+                }
+                k => {
+                    let t = target || target_fields.contains(&k);
+                    self.walk(child, t);
+                }
+            }
+        }
+        self.ctes.truncate(scope);
+    }
+
+    fn body(&mut self, value: &Value, target_fields: &[&str]) {
+        if let Value::Object(map) = value {
+            self.object(map, false, target_fields);
+        }
+    }
+
+    fn range_var(&mut self, map: &Map<String, Value>, target: bool) {
+        let part = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or("");
+        let (catalog, schema, rel) = (part("catalogname"), part("schemaname"), part("relname"));
+        if rel.is_empty() {
+            return;
+        }
+        if !target && schema.is_empty() && self.ctes.iter().any(|c| c == rel) {
+            return;
+        }
+        let mut name = String::with_capacity(catalog.len() + schema.len() + rel.len() + 2);
+        for p in [catalog, schema] {
+            if !p.is_empty() {
+                name.push_str(p);
+                name.push('.');
+            }
+        }
+        name.push_str(rel);
+        if target {
+            if part("relpersistence") == "t" {
+                self.session_effects
+                    .insert(SessionEffect::TempObject { name: name.clone() });
+            }
+            self.written.insert(name);
+        } else {
+            self.read.insert(name);
+        }
+    }
+
+    fn func_call(&mut self, map: &Map<String, Value>) {
+        let Some(Value::Array(parts)) = map.get("funcname") else {
+            return;
+        };
+        let parts: Vec<&str> = parts
+            .iter()
+            .filter_map(|p| p.pointer("/node/String/sval").and_then(Value::as_str))
+            .collect();
+        let name = parts.join(".");
+        let builtin = match parts.as_slice() {
+            [n] | ["pg_catalog", n] => Some(*n),
+            _ => None,
+        };
+        let config = self.config;
+        let listed = |list: &[String]| list.contains(&name);
+        match builtin {
+            Some(f) if functions::is_side_effecting(f) => {
+                self.unsafe_function = true;
+                if functions::is_session_advisory_lock(f) {
+                    self.session_effects.insert(SessionEffect::AdvisoryLock);
+                }
+                if f == "set_config" && !set_config_is_local(map) {
+                    self.session_effects.insert(SessionEffect::SetConfig);
+                }
+            }
+            Some(f) if functions::is_known_read_only(f) => {}
+            _ if listed(&config.read_only_functions) => {}
+            _ => self.unsafe_function = true,
+        }
+        if let Some(f) = builtin {
+            self.volatile |= functions::is_volatile(f);
+            self.session_dependent |= functions::is_session_dependent(f);
+        }
+        self.volatile |= listed(&config.volatile_functions);
+        self.functions.insert(name);
+    }
+}
+
+/// `set_config(name, value, true)` with the keyword `true` as third argument.
+fn set_config_is_local(map: &Map<String, Value>) -> bool {
+    map.get("args")
+        .and_then(|a| a.get(2))
+        .and_then(|a| a.pointer("/node/AConst/val/Boolval/boolval"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// EXPLAIN executes the statement when ANALYZE is given. Any explicit
+/// argument (`ANALYZE off`) also counts as ANALYZE: the parser turns both
+/// `off` and the literal `'on'` into a string node, and the verdict must not
+/// depend on literal values (the analysis cache ignores them).
+fn explain_analyzes(explain: &pg_query::protobuf::ExplainStmt) -> bool {
+    explain.options.iter().any(|o| {
+        matches!(&o.node, Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze"))
+    })
+}
+
+fn is_ddl_tag(tag: &str) -> bool {
+    [
+        "Create",
+        "Alter",
+        "Drop",
+        "Rename",
+        "Comment",
+        "Grant",
+        "Index",
+        "View",
+        "RefreshMatView",
+        "Rule",
+        "Define",
+        "CompositeType",
+        "ImportForeignSchema",
+        "Reassign",
+    ]
+    .iter()
+    .any(|p| tag.starts_with(p))
+}
+
+/// Rewrites `IN ($1, $2, $3)` as `IN ($1 /*, ... */)` (as PostgreSQL 18's
+/// pg_stat_statements shows squashed lists).
+fn collapse_param_lists(normalized: &str) -> String {
+    let tokens: Vec<_> = Lexer::new(normalized)
+        .filter(|t| {
+            !matches!(
+                t.kind,
+                TokenKind::Whitespace { .. } | TokenKind::LineComment | TokenKind::BlockComment
+            )
+        })
+        .collect();
+    let text = |i: usize| &normalized[tokens[i].start..tokens[i].end];
+    let mut out = String::with_capacity(normalized.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = tokens[i];
+        if t.kind == TokenKind::Word
+            && text(i).eq_ignore_ascii_case("in")
+            && i + 1 < tokens.len()
+            && text(i + 1) == "("
+        {
+            // ( $a , $b , … )
+            let mut j = i + 2;
+            let mut count = 0;
+            while j < tokens.len() && tokens[j].kind == TokenKind::Param {
+                count += 1;
+                if j + 1 < tokens.len() && text(j + 1) == "," {
+                    j += 2;
+                } else {
+                    j += 1;
+                    break;
+                }
+            }
+            if count >= 2 && j < tokens.len() && text(j) == ")" && text(j - 1) != "," {
+                out.push_str(&normalized[copied..tokens[i + 1].start]);
+                out.push('(');
+                out.push_str(text(i + 2));
+                out.push_str(" /*, ... */)");
+                copied = tokens[j].end;
+                i = j + 1;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&normalized[copied..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn param_lists_collapse_in_normalized_text() {
+        assert_eq!(
+            collapse_param_lists("SELECT * FROM t WHERE a IN ($1, $2,$3) AND b = $4"),
+            "SELECT * FROM t WHERE a IN ($1 /*, ... */) AND b = $4"
+        );
+        assert_eq!(
+            collapse_param_lists("SELECT * FROM t WHERE a IN ($1) AND b IN ($2, c)"),
+            "SELECT * FROM t WHERE a IN ($1) AND b IN ($2, c)"
+        );
+    }
+}

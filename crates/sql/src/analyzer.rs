@@ -1,0 +1,301 @@
+//! The hot path: an analysis cache keyed by the literal-stripped statement
+//! text, so `… WHERE aid = 5` and `… WHERE aid = 7` share one entry and
+//! pg_query runs only on a miss.
+//!
+//! Sharded `RwLock<HashMap>`s keyed by a 64-bit hash of the key; the entry
+//! keeps the key bytes and is compared on every hit, so a hash collision is
+//! a miss, never a wrong answer. Bounded: when a shard is full, entries not
+//! used since the last sweep go (second chance); if that frees too little,
+//! the shard is cleared.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::analysis::{analyze_with, Analysis, AnalysisConfig};
+use crate::error::SqlError;
+use crate::strip::Stripped;
+
+/// Sizing and verdict configuration of an [`Analyzer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalyzerConfig {
+    /// Most entries kept (distinct statement shapes), across all shards.
+    pub capacity: usize,
+    /// Number of independently locked shards (rounded up to a power of two).
+    pub shards: usize,
+    /// Function allow-lists for the verdicts.
+    pub analysis: AnalysisConfig,
+}
+
+impl Default for AnalyzerConfig {
+    fn default() -> Self {
+        AnalyzerConfig {
+            capacity: 10_000,
+            shards: 16,
+            analysis: AnalysisConfig::default(),
+        }
+    }
+}
+
+/// Counters of an [`Analyzer`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnalyzerStats {
+    pub entries: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+type CachedResult = Result<Arc<Analysis>, SqlError>;
+
+struct Entry {
+    key: Box<[u8]>,
+    result: CachedResult,
+    used: AtomicBool,
+}
+
+/// The map is keyed by the already-computed hash; this hasher passes it on.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; fold anything else anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Map = HashMap<u64, Entry, BuildHasherDefault<PassThrough>>;
+
+#[repr(align(128))]
+struct Shard {
+    map: RwLock<Map>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// Cached statement analysis, shared by all connections (`Send + Sync`).
+pub struct Analyzer {
+    shards: Box<[Shard]>,
+    shard_bits: u32,
+    per_shard: usize,
+    hasher: foldhash::fast::RandomState,
+    config: AnalysisConfig,
+}
+
+thread_local! {
+    static STRIPPED: RefCell<Stripped> = RefCell::new(Stripped::new());
+}
+
+impl Default for Analyzer {
+    fn default() -> Self {
+        Self::new(AnalyzerConfig::default())
+    }
+}
+
+impl std::fmt::Debug for Analyzer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Analyzer")
+            .field("shards", &self.shards.len())
+            .field("per_shard", &self.per_shard)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Analyzer {
+    pub fn new(config: AnalyzerConfig) -> Self {
+        let shards = config.shards.clamp(1, 1024).next_power_of_two();
+        let per_shard = config.capacity.div_ceil(shards).max(1);
+        Analyzer {
+            shards: (0..shards)
+                .map(|_| Shard {
+                    map: RwLock::new(Map::default()),
+                    hits: AtomicU64::new(0),
+                    misses: AtomicU64::new(0),
+                })
+                .collect(),
+            shard_bits: shards.trailing_zeros(),
+            per_shard,
+            hasher: foldhash::fast::RandomState::default(),
+            config: config.analysis,
+        }
+    }
+
+    /// The analysis of `sql`, from the cache when a statement of the same
+    /// shape (up to literal values) was analysed before.
+    pub fn analyze(&self, sql: &str) -> Result<Arc<Analysis>, SqlError> {
+        STRIPPED.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut stripped) => self.analyze_stripped(sql, &mut stripped),
+            Err(_) => self.analyze_stripped(sql, &mut Stripped::new()),
+        })
+    }
+
+    /// As [`analyze`](Self::analyze), stripping into the caller's buffer so
+    /// the literal values of this call stay available
+    /// ([`Stripped::literal_values`]).
+    pub fn analyze_stripped(
+        &self,
+        sql: &str,
+        stripped: &mut Stripped,
+    ) -> Result<Arc<Analysis>, SqlError> {
+        stripped.strip(sql);
+        let key = stripped.key();
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[self.shard_index(hash)];
+        {
+            let map = shard.map.read();
+            if let Some(entry) = map.get(&hash) {
+                if *entry.key == *key {
+                    if !entry.used.load(Ordering::Relaxed) {
+                        entry.used.store(true, Ordering::Relaxed);
+                    }
+                    shard.hits.fetch_add(1, Ordering::Relaxed);
+                    return entry.result.clone();
+                }
+            }
+        }
+        shard.misses.fetch_add(1, Ordering::Relaxed);
+        let result = analyze_with(sql, &self.config).map(Arc::new);
+        let mut map = shard.map.write();
+        if map.len() >= self.per_shard && !map.contains_key(&hash) {
+            map.retain(|_, e| e.used.swap(false, Ordering::Relaxed));
+            if map.len() > self.per_shard * 3 / 4 {
+                map.clear();
+            }
+        }
+        map.insert(
+            hash,
+            Entry {
+                key: key.into(),
+                result: result.clone(),
+                used: AtomicBool::new(false),
+            },
+        );
+        result
+    }
+
+    fn shard_index(&self, hash: u64) -> usize {
+        // Middle bits: hashbrown uses the low bits for the bucket and the top
+        // seven for its tags, so neither should be constant within a shard.
+        ((hash >> 32) as usize) & ((1usize << self.shard_bits) - 1)
+    }
+
+    /// Entries, hits and misses so far.
+    pub fn stats(&self) -> AnalyzerStats {
+        let mut stats = AnalyzerStats::default();
+        for shard in self.shards.iter() {
+            stats.entries += shard.map.read().len();
+            stats.hits += shard.hits.load(Ordering::Relaxed);
+            stats.misses += shard.misses.load(Ordering::Relaxed);
+        }
+        stats
+    }
+
+    /// Drops every cached analysis (e.g. after the function allow-list
+    /// changed, build a new `Analyzer` instead).
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            shard.map.write().clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_variants_share_one_entry() {
+        let analyzer = Analyzer::default();
+        let a = analyzer
+            .analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+            .unwrap();
+        let b = analyzer
+            .analyze("select abalance from pgbench_accounts where aid = 2")
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let stats = analyzer.stats();
+        assert_eq!((stats.entries, stats.hits, stats.misses), (1, 1, 1));
+    }
+
+    #[test]
+    fn different_shapes_get_different_entries() {
+        let analyzer = Analyzer::default();
+        let a = analyzer.analyze("SELECT * FROM t WHERE a = 1").unwrap();
+        let b = analyzer
+            .analyze("SELECT * FROM t WHERE a = 1 FOR UPDATE")
+            .unwrap();
+        assert!(a.read_only);
+        assert!(!b.read_only);
+        assert_eq!(analyzer.stats().entries, 2);
+    }
+
+    #[test]
+    fn errors_are_cached_too() {
+        let analyzer = Analyzer::default();
+        assert!(analyzer.analyze("SELEC 1").is_err());
+        assert!(analyzer.analyze("SELEC 2").is_err());
+        assert_eq!(analyzer.stats().hits, 1);
+    }
+
+    #[test]
+    fn stays_bounded() {
+        let analyzer = Analyzer::new(AnalyzerConfig {
+            capacity: 64,
+            shards: 4,
+            ..AnalyzerConfig::default()
+        });
+        for i in 0..1000 {
+            analyzer
+                .analyze(&format!("SELECT c{i} FROM t WHERE a = 1"))
+                .unwrap();
+        }
+        assert!(analyzer.stats().entries <= 64);
+    }
+
+    #[test]
+    fn literal_values_of_the_call_are_available() {
+        let analyzer = Analyzer::default();
+        let mut stripped = Stripped::new();
+        let sql = "SELECT * FROM t WHERE a = 42 AND b = 'x'";
+        analyzer.analyze_stripped(sql, &mut stripped).unwrap();
+        assert_eq!(
+            stripped.literal_values(sql).collect::<Vec<_>>(),
+            vec!["42", "'x'"]
+        );
+    }
+
+    #[test]
+    fn shared_across_threads() {
+        let analyzer = Arc::new(Analyzer::default());
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let analyzer = Arc::clone(&analyzer);
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let a = analyzer
+                            .analyze(&format!("SELECT * FROM t{} WHERE id = {i}", t % 2))
+                            .unwrap();
+                        assert!(a.read_only);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(analyzer.stats().entries, 2);
+    }
+}

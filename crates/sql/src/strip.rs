@@ -1,0 +1,323 @@
+//! The literal-stripping pre-normalizer: one scan over the statement text, no
+//! parse, producing a cache key in which every string, number and
+//! dollar-quoted literal is replaced by a placeholder.
+//!
+//! Rules, all of which keep PostgreSQL's meaning apart from literal values:
+//! - literals → placeholder; their byte ranges are kept (the per-call values);
+//! - IN lists of two or more (optionally signed) literals → one placeholder;
+//! - unquoted words are ASCII-lowercased (PostgreSQL folds them anyway);
+//! - whitespace runs and ordinary comments → one space, or one newline when
+//!   the run held a newline (a newline between two string literals
+//!   concatenates them, a space does not);
+//! - comments holding `pgopt:` hints are kept verbatim (they change routing);
+//! - quoted identifiers, parameters and operators are copied verbatim.
+//!
+//! The key is bytes, not text: placeholders are `0x01 0x03` (literal) and
+//! `0x01 0x04` (IN list), and a `0x01` in copied text is written `0x01 0x02`,
+//! so a placeholder can never be confused with text from the statement.
+
+use std::ops::Range;
+
+use crate::lexer::{Lexer, TokenKind};
+
+const ESC: u8 = 0x01;
+const LITERAL: [u8; 2] = [ESC, 0x03];
+const IN_LIST: [u8; 4] = [b'(', ESC, 0x04, b')'];
+
+/// A stripped statement: the cache key and where the literals were.
+/// Reuse one value across calls to avoid allocating.
+#[derive(Debug, Default, Clone)]
+pub struct Stripped {
+    key: Vec<u8>,
+    literals: Vec<Range<usize>>,
+}
+
+#[derive(Clone, Copy)]
+enum InList {
+    Idle,
+    /// Just saw the word `in`.
+    AfterIn,
+    /// Inside `in (`; `restore` is the key length before the `(`.
+    Open {
+        restore: usize,
+        count: usize,
+        expect_elem: bool,
+        signed: bool,
+    },
+}
+
+impl Stripped {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cache key: equal for statements that differ only in literal
+    /// values, whitespace, ordinary comments, keyword case and the length of
+    /// literal IN lists.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// The key with placeholders shown as `?` and `(?…)`, for logs and tests.
+    pub fn key_display(&self) -> String {
+        let mut out = Vec::with_capacity(self.key.len());
+        let mut i = 0;
+        while i < self.key.len() {
+            if self.key[i] == ESC {
+                match self.key.get(i + 1) {
+                    Some(0x03) => out.push(b'?'),
+                    Some(0x04) => out.extend_from_slice("?…".as_bytes()),
+                    _ => out.push(ESC),
+                }
+                i += 2;
+            } else {
+                out.push(self.key[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Byte ranges of the literals in the statement last stripped, in order.
+    pub fn literals(&self) -> &[Range<usize>] {
+        &self.literals
+    }
+
+    /// The literal texts (quotes included) of `sql`, which must be the
+    /// statement last stripped.
+    pub fn literal_values<'a>(&'a self, sql: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.literals.iter().filter_map(move |r| sql.get(r.clone()))
+    }
+
+    /// Strips `sql` into this value, replacing its previous contents.
+    pub fn strip(&mut self, sql: &str) {
+        self.key.clear();
+        self.literals.clear();
+        self.key.reserve(sql.len());
+        let bytes = sql.as_bytes();
+        // 0: nothing pending, 1: a space, 2: a newline.
+        let mut pending_space = 0u8;
+        let mut in_list = InList::Idle;
+        for tok in Lexer::new(sql) {
+            let text = &bytes[tok.start..tok.end];
+            match tok.kind {
+                TokenKind::Whitespace { newline } => {
+                    pending_space = pending_space.max(if newline { 2 } else { 1 });
+                    continue;
+                }
+                TokenKind::LineComment | TokenKind::BlockComment if !is_hint(text) => {
+                    let newline = text.iter().any(|&b| b == b'\n' || b == b'\r');
+                    pending_space = pending_space.max(if newline { 2 } else { 1 });
+                    continue;
+                }
+                _ => {}
+            }
+            if pending_space != 0 && !self.key.is_empty() {
+                self.key.push(if pending_space == 2 { b'\n' } else { b' ' });
+            }
+            pending_space = 0;
+            in_list = self.in_list_step(in_list, tok.kind, text);
+            match tok.kind {
+                TokenKind::String | TokenKind::DollarString | TokenKind::Number => {
+                    self.key.extend_from_slice(&LITERAL);
+                    self.literals.push(tok.start..tok.end);
+                }
+                TokenKind::Word => {
+                    self.key.extend(text.iter().map(|b| b.to_ascii_lowercase()));
+                }
+                _ => {
+                    if tok.kind == TokenKind::Punct
+                        && text == b")"
+                        && self.try_collapse(&mut in_list)
+                    {
+                        continue;
+                    }
+                    self.push_escaped(text);
+                }
+            }
+        }
+    }
+
+    /// Advances the IN-list recogniser by one significant token (called
+    /// before the token is written to the key).
+    #[inline]
+    fn in_list_step(&self, state: InList, kind: TokenKind, text: &[u8]) -> InList {
+        let is_in = kind == TokenKind::Word && text.eq_ignore_ascii_case(b"in");
+        match state {
+            InList::AfterIn if kind == TokenKind::Punct && text == b"(" => InList::Open {
+                restore: self.key.len(),
+                count: 0,
+                expect_elem: true,
+                signed: false,
+            },
+            InList::Open {
+                restore,
+                count,
+                expect_elem: true,
+                signed,
+            } => {
+                if kind.is_literal() {
+                    InList::Open {
+                        restore,
+                        count: count + 1,
+                        expect_elem: false,
+                        signed: false,
+                    }
+                } else if kind == TokenKind::Punct && (text == b"-" || text == b"+") && !signed {
+                    InList::Open {
+                        restore,
+                        count,
+                        expect_elem: true,
+                        signed: true,
+                    }
+                } else {
+                    InList::Idle
+                }
+            }
+            InList::Open {
+                restore,
+                count,
+                expect_elem: false,
+                ..
+            } if kind == TokenKind::Punct && (text == b"," || text == b")") => InList::Open {
+                restore,
+                // `)` keeps the state so `try_collapse` can act on it.
+                count,
+                expect_elem: text == b",",
+                signed: false,
+            },
+            _ if is_in => InList::AfterIn,
+            _ => InList::Idle,
+        }
+    }
+
+    /// At a `)`: if it closes an IN list of two or more literals, rewrites
+    /// the list as one placeholder and returns true.
+    fn try_collapse(&mut self, state: &mut InList) -> bool {
+        if let InList::Open {
+            restore,
+            count,
+            expect_elem: false,
+            ..
+        } = *state
+        {
+            *state = InList::Idle;
+            if count >= 2 {
+                self.key.truncate(restore);
+                self.key.extend_from_slice(&IN_LIST);
+                return true;
+            }
+        }
+        *state = InList::Idle;
+        false
+    }
+
+    #[inline]
+    fn push_escaped(&mut self, text: &[u8]) {
+        for &b in text {
+            if b == ESC {
+                self.key.extend_from_slice(&[ESC, 0x02]);
+            } else {
+                self.key.push(b);
+            }
+        }
+    }
+}
+
+fn is_hint(comment: &[u8]) -> bool {
+    comment
+        .windows(6)
+        .any(|w| w.eq_ignore_ascii_case(b"pgopt:"))
+}
+
+/// Strips `sql` into a fresh [`Stripped`].
+pub fn strip_literals(sql: &str) -> Stripped {
+    let mut s = Stripped::new();
+    s.strip(sql);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(sql: &str) -> String {
+        strip_literals(sql).key_display()
+    }
+
+    #[test]
+    fn literals_become_placeholders() {
+        assert_eq!(
+            key("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"),
+            "select abalance from pgbench_accounts where aid = ?;"
+        );
+        assert_eq!(
+            key("select * from t where a = 'x''y' and b = E'\\'' and c = $$z$$ and d = 1.5e3"),
+            "select * from t where a = ? and b = ? and c = ? and d = ?"
+        );
+    }
+
+    #[test]
+    fn literal_values_are_kept() {
+        let sql = "SELECT * FROM t WHERE a = 5 AND b IN ('x', 'y')";
+        let s = strip_literals(sql);
+        assert_eq!(
+            s.literal_values(sql).collect::<Vec<_>>(),
+            vec!["5", "'x'", "'y'"]
+        );
+    }
+
+    #[test]
+    fn in_lists_collapse_when_two_or_more_literals() {
+        let a = key("SELECT * FROM t WHERE id IN (1, 2)");
+        assert_eq!(a, "select * from t where id in (?…)");
+        assert_eq!(a, key("select * from t where id in ( -1,2 ,3,4)"));
+        assert_eq!(
+            key("SELECT * FROM t WHERE id IN (1)"),
+            "select * from t where id in (?)"
+        );
+        assert_eq!(
+            key("SELECT * FROM t WHERE id IN (1, x)"),
+            "select * from t where id in (?, x)"
+        );
+        assert_eq!(
+            key("SELECT * FROM t WHERE id IN (1 - 2, 3)"),
+            "select * from t where id in (? - ?, ?)"
+        );
+    }
+
+    #[test]
+    fn comments_whitespace_and_case() {
+        assert_eq!(
+            key("  SELECT   /* hi */ 1\n\n FROM \"T\" -- c\n"),
+            "select ?\nfrom \"T\""
+        );
+        assert_eq!(
+            key("/* pgopt:primary */ SELECT 1"),
+            "/* pgopt:primary */ select ?"
+        );
+    }
+
+    #[test]
+    fn identifiers_operators_and_limit_stay_apart() {
+        let base = key("SELECT * FROM t WHERE a = 1");
+        for other in [
+            "SELECT * FROM u WHERE a = 1",
+            "SELECT * FROM t WHERE b = 1",
+            "SELECT * FROM s.t WHERE a = 1",
+            "SELECT * FROM t WHERE a < 1",
+            "SELECT * FROM t WHERE a = 1 LIMIT 1",
+            "SELECT * FROM \"t\" WHERE a = 1",
+            "SELECT * FROM t WHERE a = $1",
+        ] {
+            assert_ne!(base, key(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn placeholder_byte_in_text_is_escaped() {
+        let a = strip_literals("SELECT \u{1}\u{3}");
+        let b = strip_literals("SELECT 1");
+        assert_ne!(a.key(), b.key());
+    }
+}

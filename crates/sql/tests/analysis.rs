@@ -1,0 +1,418 @@
+//! Verdicts of `analyze` on statements a proxy sees.
+
+use pgopt_sql::{analyze, analyze_with, AnalysisConfig, SessionEffect, SqlError, StatementKind};
+
+fn fp(sql: &str) -> u64 {
+    analyze(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .fingerprint
+}
+
+fn tables(sql: &str) -> (Vec<String>, Vec<String>) {
+    let a = analyze(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    (a.tables_read, a.tables_written)
+}
+
+fn v(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn read_only(sql: &str) -> bool {
+    analyze(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .read_only
+}
+
+#[test]
+fn fingerprint_ignores_literals_whitespace_comments_case_and_in_list_length() {
+    let base = fp("SELECT * FROM t WHERE a = 1 AND b IN (1, 2)");
+    for same in [
+        "SELECT * FROM t WHERE a = 42 AND b IN (1, 2)",
+        "SELECT * FROM t WHERE a = 'x' AND b IN (1, 2)",
+        "select *\n  from t\twhere a = 1 and b in (1,2)",
+        "/* app:checkout */ SELECT * FROM t -- trailing\n WHERE a = 1 AND b IN (1, 2)",
+        "SELECT * FROM t WHERE a = 1 AND b IN (1, 2, 3)",
+        "SELECT * FROM t WHERE a = 1 AND b IN (7, 8, 9, 10, 11)",
+    ] {
+        assert_eq!(fp(same), base, "{same}");
+    }
+}
+
+#[test]
+fn fingerprint_separates_tables_columns_schemas_operators_and_limit() {
+    let base = fp("SELECT a FROM t WHERE a = 1");
+    for different in [
+        "SELECT a FROM u WHERE a = 1",
+        "SELECT b FROM t WHERE a = 1",
+        "SELECT a FROM t WHERE b = 1",
+        "SELECT a FROM s.t WHERE a = 1",
+        "SELECT a FROM t WHERE a < 1",
+        "SELECT a FROM t WHERE a = 1 LIMIT 10",
+        "SELECT a FROM t_2024 WHERE a = 1",
+    ] {
+        assert_ne!(fp(different), base, "{different}");
+    }
+    assert_ne!(
+        fp("SELECT a FROM orders_2024_01"),
+        fp("SELECT a FROM orders_2024_02")
+    );
+    assert_ne!(fp("SELECT a FROM s1.t"), fp("SELECT a FROM s2.t"));
+}
+
+#[test]
+fn fingerprint_hex_and_normalized() {
+    let a = analyze("SELECT * FROM t WHERE id = 5 AND x IN (1, 2, 3)").unwrap();
+    assert_eq!(a.fingerprint_hex().len(), 16);
+    assert_eq!(
+        a.normalized,
+        "SELECT * FROM t WHERE id = $1 AND x IN ($2 /*, ... */)"
+    );
+}
+
+#[test]
+fn kinds_of_statements() {
+    use StatementKind::*;
+    let cases = [
+        ("SELECT 1", Select),
+        ("VALUES (1), (2)", Select),
+        ("TABLE t", Select),
+        ("INSERT INTO t VALUES (1)", Insert),
+        ("UPDATE t SET a = 1", Update),
+        ("DELETE FROM t", Delete),
+        (
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            Merge,
+        ),
+        ("COPY t FROM STDIN", Copy),
+        ("CREATE TABLE t (id int)", Ddl),
+        ("ALTER TABLE t ADD COLUMN b int", Ddl),
+        ("DROP TABLE t", Ddl),
+        ("TRUNCATE t", Ddl),
+        ("SELECT * INTO new_t FROM t", Ddl),
+        ("BEGIN", Transaction),
+        ("COMMIT", Transaction),
+        ("ROLLBACK", Transaction),
+        ("SAVEPOINT s", Transaction),
+        ("RELEASE SAVEPOINT s", Transaction),
+        ("SET search_path = app", Set),
+        ("RESET search_path", Reset),
+        ("SHOW search_path", Show),
+        ("EXPLAIN SELECT 1", Explain),
+        ("LISTEN chan", Other),
+        ("VACUUM t", Other),
+    ];
+    for (sql, kind) in cases {
+        assert_eq!(analyze(sql).unwrap().kinds, vec![kind], "{sql}");
+    }
+    assert_eq!(
+        analyze("BEGIN; UPDATE t SET a = 1; COMMIT").unwrap().kinds,
+        vec![Transaction, Update, Transaction]
+    );
+}
+
+#[test]
+fn tables_of_selects_joins_subqueries_and_ctes() {
+    assert_eq!(
+        tables("SELECT * FROM a JOIN s.b ON a.id = b.id LEFT JOIN c USING (id)"),
+        (v(&["a", "c", "s.b"]), v(&[]))
+    );
+    assert_eq!(
+        tables("SELECT * FROM a WHERE id IN (SELECT id FROM b) AND EXISTS (SELECT 1 FROM c)"),
+        (v(&["a", "b", "c"]), v(&[]))
+    );
+    assert_eq!(
+        tables("SELECT (SELECT max(x) FROM d), * FROM (SELECT * FROM e) sub"),
+        (v(&["d", "e"]), v(&[]))
+    );
+    assert_eq!(
+        tables("WITH r AS (SELECT * FROM base) SELECT * FROM r JOIN other ON true"),
+        (v(&["base", "other"]), v(&[]))
+    );
+    // Quoted names keep their case.
+    assert_eq!(
+        tables("SELECT * FROM \"Mixed\".\"Case\""),
+        (v(&["Mixed.Case"]), v(&[]))
+    );
+}
+
+#[test]
+fn tables_of_writes() {
+    assert_eq!(
+        tables("WITH d AS (DELETE FROM old RETURNING *) INSERT INTO archive SELECT * FROM d"),
+        (v(&[]), v(&["archive", "old"]))
+    );
+    assert_eq!(
+        tables("INSERT INTO s.dst (a) SELECT a FROM src JOIN x ON true"),
+        (v(&["src", "x"]), v(&["s.dst"]))
+    );
+    assert_eq!(
+        tables("UPDATE t SET a = o.a FROM other o WHERE t.id = o.id"),
+        (v(&["other"]), v(&["t"]))
+    );
+    assert_eq!(
+        tables("DELETE FROM t USING other WHERE t.id = other.id"),
+        (v(&["other"]), v(&["t"]))
+    );
+    assert_eq!(
+        tables(
+            "MERGE INTO tgt USING src ON tgt.id = src.id WHEN MATCHED THEN UPDATE SET a = src.a"
+        ),
+        (v(&["src"]), v(&["tgt"]))
+    );
+    assert_eq!(tables("COPY t FROM STDIN"), (v(&[]), v(&["t"])));
+    assert_eq!(tables("COPY t TO STDOUT"), (v(&["t"]), v(&[])));
+    assert_eq!(
+        tables("COPY (SELECT * FROM q) TO STDOUT"),
+        (v(&["q"]), v(&[]))
+    );
+    assert_eq!(tables("TRUNCATE a, s.b"), (v(&[]), v(&["a", "s.b"])));
+    assert_eq!(
+        tables("ALTER TABLE s.t ADD COLUMN c int"),
+        (v(&[]), v(&["s.t"]))
+    );
+    assert_eq!(tables("DROP TABLE a, s.b"), (v(&[]), v(&["a", "s.b"])));
+    assert_eq!(
+        tables("CREATE TABLE n AS SELECT * FROM src"),
+        (v(&["src"]), v(&["n"]))
+    );
+    assert_eq!(tables("CREATE INDEX ON t (a)"), (v(&[]), v(&["t"])));
+    assert_eq!(tables("REFRESH MATERIALIZED VIEW mv"), (v(&[]), v(&["mv"])));
+    assert_eq!(
+        tables("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = excluded.a"),
+        (v(&[]), v(&["t"]))
+    );
+}
+
+#[test]
+fn read_only_verdicts() {
+    for yes in [
+        "SELECT * FROM t WHERE id = 1",
+        "VALUES (1)",
+        "SHOW work_mem",
+        "EXPLAIN SELECT * FROM t",
+        "SELECT count(*), now(), lower(name) FROM t GROUP BY name",
+        "SELECT pg_sleep(1)",
+        "SELECT currval('s')",
+        "WITH r AS (SELECT 1) SELECT * FROM r",
+    ] {
+        assert!(read_only(yes), "{yes} should be read-only");
+    }
+    for no in [
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT * FROM t FOR SHARE",
+        "SELECT * FROM t FOR NO KEY UPDATE",
+        "SELECT * FROM t FOR KEY SHARE SKIP LOCKED",
+        "SELECT nextval('s')",
+        "SELECT setval('s', 5)",
+        "SELECT pg_advisory_lock(1)",
+        "SELECT pg_advisory_xact_lock(1)",
+        "SELECT set_config('a.b', 'c', false)",
+        "SELECT txid_current()",
+        "SELECT pg_notify('c', 'p')",
+        "SELECT lo_import('/etc/passwd')",
+        "SELECT * FROM dblink('x', 'select 1') AS t(a int)",
+        "SELECT my_function(1)",
+        "SELECT app.fn()",
+        "SELECT * FROM t WHERE id = (SELECT nextval('s'))",
+        "SELECT ARRAY[nextval('s')]",
+        "SELECT * FROM t LIMIT nextval('s')",
+        "SELECT f(a => nextval('s'))",
+        "EXPLAIN ANALYZE DELETE FROM t",
+        "EXPLAIN ANALYZE SELECT 1",
+        "EXPLAIN DELETE FROM t",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "WITH u AS (UPDATE t SET a = 1 RETURNING *) SELECT 1",
+        "SELECT * INTO new_t FROM t",
+        "INSERT INTO t VALUES (1)",
+        "BEGIN",
+        "SET x = 1",
+        "SELECT 1; DELETE FROM t",
+        "",
+    ] {
+        assert!(!read_only(no), "{no} should not be read-only");
+    }
+}
+
+#[test]
+fn functions_are_found_in_every_expression_position() {
+    for sql in [
+        "SELECT * FROM t WHERE id = (SELECT nextval('s'))",
+        "SELECT ARRAY[nextval('s')]",
+        "SELECT * FROM t LIMIT nextval('s')",
+        "SELECT lower(x) FROM t WHERE y = any(ARRAY[nextval('s')])",
+        "SELECT (nextval('s')).x",
+        "VALUES (nextval('s'))",
+        "SELECT CASE WHEN a THEN nextval('s') END FROM t",
+        "SELECT x FROM t ORDER BY nextval('s') COLLATE \"C\"",
+    ] {
+        let a = analyze(sql).unwrap();
+        assert!(
+            a.functions.iter().any(|f| f == "nextval"),
+            "{sql}: {:?}",
+            a.functions
+        );
+        assert!(!a.read_only && a.volatile, "{sql}");
+    }
+}
+
+#[test]
+fn allow_listed_user_functions_are_read_only() {
+    let config = AnalysisConfig {
+        read_only_functions: vec!["app.price".into()],
+        volatile_functions: vec!["app.price".into()],
+    };
+    let a = analyze_with("SELECT app.price(1)", &config).unwrap();
+    assert!(a.read_only);
+    assert!(a.volatile);
+    assert_eq!(a.functions, vec!["app.price"]);
+    assert!(!analyze_with("SELECT price(1)", &config).unwrap().read_only);
+}
+
+#[test]
+fn unparsable_sql_is_an_error() {
+    match analyze("SELECT * FORM t") {
+        Err(SqlError::Parse { message, position }) => {
+            assert!(message.contains("syntax error"), "{message}");
+            assert_eq!(position, Some(9));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        analyze("SELECT 'abc"),
+        Err(SqlError::Parse { .. })
+    ));
+    assert!(matches!(
+        analyze("SELECT 1\0"),
+        Err(SqlError::NulByte { position: 8 })
+    ));
+}
+
+#[test]
+fn volatile_detection() {
+    for yes in [
+        "SELECT now()",
+        "SELECT current_timestamp",
+        "SELECT CURRENT_DATE",
+        "SELECT clock_timestamp()",
+        "SELECT random()",
+        "SELECT gen_random_uuid()",
+        "SELECT nextval('s')",
+        "SELECT statement_timestamp()",
+        "SELECT timeofday()",
+        "SELECT txid_current()",
+        "SELECT * FROM t TABLESAMPLE SYSTEM (10)",
+        "SELECT * FROM t WHERE created > now() - interval '1 day'",
+    ] {
+        assert!(analyze(yes).unwrap().volatile, "{yes} should be volatile");
+    }
+    for no in [
+        "SELECT * FROM t WHERE id = 1",
+        "SELECT lower(name) FROM t",
+        "SELECT current_user",
+    ] {
+        assert!(
+            !analyze(no).unwrap().volatile,
+            "{no} should not be volatile"
+        );
+    }
+    let a = analyze("SELECT currval('s')").unwrap();
+    assert!(a.read_only && a.session_dependent && !a.cacheable());
+    assert!(analyze("SELECT * FROM t WHERE id = 1").unwrap().cacheable());
+    assert!(!analyze("SELECT now()").unwrap().cacheable());
+}
+
+#[test]
+fn locking() {
+    assert!(analyze("SELECT * FROM t FOR UPDATE").unwrap().locking);
+    assert!(analyze("LOCK TABLE t IN EXCLUSIVE MODE").unwrap().locking);
+    assert!(!analyze("SELECT * FROM t").unwrap().locking);
+}
+
+#[test]
+fn session_effects() {
+    let effects = |sql: &str| analyze(sql).unwrap().session_effects;
+    assert_eq!(
+        effects("SET search_path = app"),
+        vec![SessionEffect::Set {
+            name: "search_path".into()
+        }]
+    );
+    assert_eq!(effects("SET LOCAL search_path = app"), vec![]);
+    assert_eq!(
+        effects("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+        vec![]
+    );
+    assert_eq!(
+        effects("RESET work_mem"),
+        vec![SessionEffect::Reset {
+            name: "work_mem".into()
+        }]
+    );
+    assert_eq!(effects("RESET ALL"), vec![SessionEffect::ResetAll]);
+    assert_eq!(
+        effects("LISTEN jobs"),
+        vec![SessionEffect::Listen {
+            channel: "jobs".into()
+        }]
+    );
+    assert_eq!(
+        effects("UNLISTEN *"),
+        vec![SessionEffect::Unlisten { channel: None }]
+    );
+    assert_eq!(
+        effects("SELECT pg_advisory_lock(7)"),
+        vec![SessionEffect::AdvisoryLock]
+    );
+    assert_eq!(effects("SELECT pg_advisory_xact_lock(7)"), vec![]);
+    assert_eq!(
+        effects("SELECT set_config('a.b', 'c', false)"),
+        vec![SessionEffect::SetConfig]
+    );
+    assert_eq!(effects("SELECT set_config('a.b', 'c', true)"), vec![]);
+    assert_eq!(
+        effects("CREATE TEMP TABLE tmp (id int)"),
+        vec![SessionEffect::TempObject { name: "tmp".into() }]
+    );
+    assert_eq!(
+        effects("CREATE TEMPORARY TABLE tmp AS SELECT 1"),
+        vec![SessionEffect::TempObject { name: "tmp".into() }]
+    );
+    assert_eq!(effects("CREATE TABLE perm (id int)"), vec![]);
+    assert_eq!(
+        effects("PREPARE q AS SELECT 1"),
+        vec![SessionEffect::Prepare { name: "q".into() }]
+    );
+    assert_eq!(
+        effects("DEALLOCATE q"),
+        vec![SessionEffect::Deallocate {
+            name: Some("q".into())
+        }]
+    );
+    assert_eq!(
+        effects("DEALLOCATE ALL"),
+        vec![SessionEffect::Deallocate { name: None }]
+    );
+    assert_eq!(effects("DISCARD ALL"), vec![SessionEffect::Discard]);
+    assert_eq!(
+        effects("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
+        vec![SessionEffect::HoldCursor { name: "c".into() }]
+    );
+    assert_eq!(effects("DECLARE c CURSOR FOR SELECT 1"), vec![]);
+}
+
+#[test]
+fn hints_from_comments() {
+    let a = analyze("/* pgopt:primary */ SELECT * FROM t").unwrap();
+    assert!(a.hints.primary);
+    let a = analyze("SELECT * FROM t /* pgopt:cache ttl=30s */").unwrap();
+    assert_eq!(
+        a.hints.cache.and_then(|c| c.ttl),
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert!(
+        !analyze("SELECT '/* pgopt:primary */'")
+            .unwrap()
+            .hints
+            .primary
+    );
+}

@@ -1,0 +1,117 @@
+//! Properties of the literal-stripping pre-normalizer.
+
+use pgopt_sql::strip_literals;
+use proptest::prelude::*;
+
+/// Non-literal tokens: keywords, identifiers, quoted identifiers, operators,
+/// punctuation, parameters. (`in` is left out: IN lists of literals collapse
+/// on purpose, see the unit tests.)
+fn word() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("select".to_string()),
+        Just("from".to_string()),
+        Just("where".to_string()),
+        Just("limit".to_string()),
+        Just("and".to_string()),
+        Just("for update".to_string()),
+        "[a-z_][a-z0-9_]{0,6}",
+        "\"[A-Za-z ]{1,5}\"",
+        prop_oneof![
+            Just("="),
+            Just("<"),
+            Just(">="),
+            Just("<>"),
+            Just("+"),
+            Just("-"),
+            Just("*"),
+            Just(","),
+            Just("("),
+            Just(")"),
+            Just("."),
+            Just("::"),
+            Just(";"),
+            Just("||"),
+        ]
+        .prop_map(str::to_string),
+        (1u8..20).prop_map(|n| format!("${n}")),
+    ]
+}
+
+/// A literal of some form with a value.
+fn literal() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<u32>().prop_map(|n| n.to_string()),
+        (any::<u16>(), any::<u16>()).prop_map(|(a, b)| format!("{a}.{b}")),
+        "[a-z' ]{0,8}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
+        "[a-z]{0,8}".prop_map(|s| format!("$${s}$$")),
+        "[a-z]{0,8}".prop_map(|s| format!("E'{s}'")),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Tok {
+    Word(String),
+    Lit,
+}
+
+fn template() -> impl Strategy<Value = Vec<Tok>> {
+    prop::collection::vec(
+        prop_oneof![3 => word().prop_map(Tok::Word), 1 => Just(Tok::Lit)],
+        1..16,
+    )
+}
+
+fn render(template: &[Tok], literals: &[String]) -> String {
+    let mut lits = literals.iter().cycle();
+    template
+        .iter()
+        .map(|t| match t {
+            Tok::Word(w) => w.clone(),
+            Tok::Lit => lits.next().cloned().unwrap_or_else(|| "1".into()),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn never_panics_on_arbitrary_text(s in any::<String>()) {
+        let stripped = strip_literals(&s);
+        for r in stripped.literals() {
+            prop_assert!(s.get(r.clone()).is_some());
+        }
+    }
+
+    #[test]
+    fn never_panics_on_sql_like_bytes(s in "[-'\"$/*eEuU&xX0-9a-z.;()\n\\\\ ]{0,40}") {
+        let _ = strip_literals(&s);
+    }
+
+    #[test]
+    fn literal_values_do_not_change_the_key(
+        t in template(),
+        a in prop::collection::vec(literal(), 1..8),
+        b in prop::collection::vec(literal(), 1..8),
+    ) {
+        let (x, y) = (render(&t, &a), render(&t, &b));
+        prop_assert_eq!(strip_literals(&x).key().to_vec(), strip_literals(&y).key().to_vec(), "{} vs {}", x, y);
+    }
+
+    #[test]
+    fn different_non_literal_tokens_give_different_keys(
+        t in template(),
+        u in template(),
+        a in prop::collection::vec(literal(), 1..8),
+    ) {
+        let words = |t: &[Tok]| -> Vec<Option<String>> {
+            t.iter()
+                .map(|x| match x { Tok::Word(w) => Some(w.to_lowercase()), Tok::Lit => None })
+                .collect()
+        };
+        prop_assume!(words(&t) != words(&u));
+        let (x, y) = (render(&t, &a), render(&u, &a));
+        prop_assert_ne!(strip_literals(&x).key().to_vec(), strip_literals(&y).key().to_vec(), "{} vs {}", x, y);
+    }
+}
