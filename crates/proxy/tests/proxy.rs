@@ -220,11 +220,27 @@ async fn a_dead_server_gives_clients_08006_and_the_proxy_recovers() {
 
 #[tokio::test]
 async fn cancel_reaches_the_running_query() {
-    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
     let client = connect(&proxy, "postgres", None).await.unwrap();
     let token = client.cancel_token();
+    let watcher = pg.connect("postgres").await.unwrap();
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Cancel once the server shows the sleep running, however loaded the machine.
+        loop {
+            let running: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(20)%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if running > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         token.cancel_query(NoTls).await.unwrap();
     });
     let started = std::time::Instant::now();
@@ -234,7 +250,7 @@ async fn cancel_reaches_the_running_query() {
         .unwrap_err();
     canceller.await.unwrap();
     assert_eq!(code(&err), Some("57014"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(15));
     client.batch_execute("SELECT 1").await.unwrap();
 }
 
