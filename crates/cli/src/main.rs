@@ -96,7 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Proxy(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(proxy::run(&loaded.config.proxy, args))?;
+            runtime.block_on(proxy::run(&loaded, args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Advise(_) => not_yet("advise"),

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::config::{ClientAuthMethod, PoolMode, ProxyConfig};
+use crate::config::{self, ClientAuthMethod, Loaded, PoolMode, ProxyConfig};
 use crate::upstream;
 
 /// Flags override the `[proxy]` section of the config.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ProxyArgs {
     /// Address clients connect to [default: 127.0.0.1:6432]
     #[arg(long, value_name = "HOST:PORT")]
@@ -23,6 +23,9 @@ pub struct ProxyArgs {
     /// Server connections per (database, user), 1 to 10000 [default: 20]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pool_size: Option<u32>,
+    /// Serve Prometheus /metrics over HTTP here [default: off]
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -31,8 +34,9 @@ enum PoolModeArg {
     Transaction,
 }
 
-pub async fn run(config: &ProxyConfig, args: ProxyArgs) -> anyhow::Result<()> {
-    let proxy_config = build(config, args)?;
+pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
+    let proxy_config = build(&loaded.config.proxy, args.clone())?;
+    let admin_users = proxy_config.admin_users.clone();
     let mode = proxy_config.pool_mode;
     let size = proxy_config.default_pool_size;
     let db = proxy_config.databases.first().cloned();
@@ -56,11 +60,51 @@ pub async fn run(config: &ProxyConfig, args: ProxyArgs) -> anyhow::Result<()> {
             db.name
         );
     }
-    tokio::select! {
-        _ = proxy.wait() => {}
-        _ = crate::shutdown_signal() => eprintln!("pgopt proxy: stopping"),
+    if let Some(addr) = proxy.admin_addr() {
+        println!("Metrics:  http://{addr}/metrics");
     }
-    Ok(())
+    if let Some(user) = admin_users.first() {
+        println!(
+            "Admin:    psql -h {} -p {} -U {user} pgopt   (SHOW HELP)",
+            proxy.local_addr().ip(),
+            proxy.local_addr().port()
+        );
+    }
+    let handle = proxy.handle();
+    let file = loaded.file.clone();
+    handle.set_reloader(move || {
+        let overrides = config::env_overrides().map_err(|e| e.to_string())?;
+        let loaded = config::load(file.as_deref(), &overrides).map_err(|e| e.to_string())?;
+        build(&loaded.config.proxy, args.clone()).map_err(|e| format!("{e:#}"))
+    });
+    serve_signals(&proxy).await
+}
+
+/// SIGHUP reloads the config; SIGTERM or Ctrl-C drains (transactions finish, up to
+/// shutdown_timeout); a second one stops at once.
+async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handle = proxy.handle();
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            _ = proxy.wait() => return Ok(()),
+            _ = hup.recv() => match handle.reload() {
+                Ok(()) => eprintln!("pgopt proxy: configuration reloaded"),
+                Err(e) => eprintln!("pgopt proxy: reload failed, keeping the running configuration: {e}"),
+            },
+            _ = crate::shutdown_signal() => {
+                if draining {
+                    eprintln!("pgopt proxy: stopping now");
+                    return Ok(());
+                }
+                draining = true;
+                eprintln!("pgopt proxy: shutting down, letting transactions finish (again to stop now)");
+                handle.shutdown();
+            }
+        }
+    }
 }
 
 fn build(config: &ProxyConfig, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::Config> {
@@ -91,11 +135,24 @@ fn build(config: &ProxyConfig, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::C
         listen: args.listen.unwrap_or(config.listen),
         pool_mode,
         default_pool_size: args.pool_size.unwrap_or(config.default_pool_size.get()) as usize,
+        min_pool_size: config.min_pool_size.get() as usize,
+        reserve_pool_size: config.reserve_pool_size.get() as usize,
+        reserve_pool_timeout: config.reserve_pool_timeout.0,
         max_client_conn: config.max_client_conn.get() as usize,
         query_wait_timeout: config.query_wait_timeout.0,
         server_connect_timeout: config.server_connect_timeout.0,
         server_idle_timeout: config.server_idle_timeout.0,
         server_lifetime: config.server_lifetime.0,
+        server_check_delay: config.server_check_delay.0,
+        idle_transaction_timeout: config.idle_transaction_timeout.0,
+        shutdown_timeout: config.shutdown_timeout.0,
+        admin_users: if config.admin_users.is_empty() {
+            // The operator who owns the upstream login runs the console.
+            up.user.iter().cloned().collect()
+        } else {
+            config.admin_users.clone()
+        },
+        admin_listen: args.admin_listen.or(config.admin_listen.0),
         client_auth,
         users: config
             .users

@@ -50,6 +50,11 @@ pub struct Config {
     pub pool_mode: PoolMode,
     /// Server connections per (database, user).
     pub default_pool_size: usize,
+    /// Server connections per pool kept open even when idle.
+    pub min_pool_size: usize,
+    /// Extra server connections per pool for clients that waited `reserve_pool_timeout`.
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Duration,
     /// Client connections accepted at once; more get `53300`.
     pub max_client_conn: usize,
     /// How long a client waits for a server connection before `57014`.
@@ -59,6 +64,18 @@ pub struct Config {
     pub server_idle_timeout: Duration,
     /// Server connections older than this are closed when they come back to the pool.
     pub server_lifetime: Duration,
+    /// An idle server connection unused this long is checked with a round trip
+    /// before a client gets it.
+    pub server_check_delay: Duration,
+    /// A client idle inside a transaction this long is disconnected (`25P03`) and its
+    /// server connection closed; zero disables it.
+    pub idle_transaction_timeout: Duration,
+    /// How long SHUTDOWN and SIGTERM let transactions finish before closing clients.
+    pub shutdown_timeout: Duration,
+    /// Users allowed on the admin console (database `pgopt`).
+    pub admin_users: Vec<String>,
+    /// Where `/metrics` is served over HTTP; `None` turns it off.
+    pub admin_listen: Option<SocketAddr>,
     pub client_auth: ClientAuth,
     pub users: Vec<User>,
     pub databases: Vec<Database>,
@@ -66,17 +83,28 @@ pub struct Config {
     pub max_message_len: u32,
 }
 
+/// The name of the virtual database that serves the admin console.
+pub const ADMIN_DATABASE: &str = "pgopt";
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Duration::from_secs(5),
             max_client_conn: 1000,
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(5),
             server_idle_timeout: Duration::from_secs(600),
             server_lifetime: Duration::from_secs(3600),
+            server_check_delay: Duration::from_secs(30),
+            idle_transaction_timeout: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(30),
+            admin_users: Vec::new(),
+            admin_listen: None,
             client_auth: ClientAuth::Trust,
             users: Vec::new(),
             databases: Vec::new(),

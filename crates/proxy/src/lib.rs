@@ -6,16 +6,21 @@
 //! also reads the statement names of Parse/Bind/Describe/Close to carry named prepared
 //! statements across server connections.
 
+mod admin;
 mod auth;
 pub mod config;
 mod error;
+mod http;
 mod io;
+mod metrics;
 mod pool;
 mod relay;
 mod server;
 mod session;
 mod shared;
 mod statements;
+mod stats;
+mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,60 +28,134 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use config::{ClientAuth, Config, Database, PoolMode, User};
+pub use config::{ClientAuth, Config, Database, PoolMode, User, ADMIN_DATABASE};
 pub use error::ProxyError;
+use shared::{Lifecycle, Shared};
 
 /// A running proxy. Dropping it stops accepting new clients.
 pub struct Proxy {
     local_addr: SocketAddr,
-    accept: JoinHandle<()>,
+    admin_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Controls a running proxy from elsewhere (signal handlers): reload, shut down.
+#[derive(Clone)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
 }
 
 impl Proxy {
-    /// Binds `config.listen` and starts serving clients on the current tokio runtime.
+    /// Binds `config.listen` (and `config.admin_listen` for `/metrics`) and starts
+    /// serving clients on the current tokio runtime.
     pub async fn start(config: Config) -> Result<Proxy, ProxyError> {
         let users = auth::prepare_users(&config.users)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ProxyError::Io {
-                peer: "listener",
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| ProxyError::Io {
+        let io = |source| ProxyError::Io {
             peer: "listener",
             source,
-        })?;
-        let shared = Arc::new(shared::Shared::new(config, users));
-        let accept = tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, peer)) => {
-                        tokio::spawn(session::run(stream, peer, shared.clone()));
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
-        tracing::debug!(%local_addr, "pgopt proxy listening");
-        Ok(Proxy { local_addr, accept })
+        };
+        let listener = TcpListener::bind(config.listen).await.map_err(io)?;
+        let local_addr = listener.local_addr().map_err(io)?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(io)?),
+            None => None,
+        };
+        let admin_addr = match &admin {
+            Some(l) => Some(l.local_addr().map_err(io)?),
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(config, users));
+        let mut tasks = vec![
+            tokio::spawn(accept(listener, shared.clone())),
+            tokio::spawn(shared.clone().maintain()),
+        ];
+        if let Some(admin) = admin {
+            tasks.push(tokio::spawn(http::serve(admin, shared.clone())));
+        }
+        tracing::debug!(%local_addr, ?admin_addr, "pgopt proxy listening");
+        Ok(Proxy {
+            local_addr,
+            admin_addr,
+            shared,
+            tasks,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    /// Runs until the accept loop ends (it does not, unless the task is aborted).
-    pub async fn wait(mut self) {
-        let _ = (&mut self.accept).await;
+    /// Where `/metrics` is served, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn handle(&self) -> ProxyHandle {
+        ProxyHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Runs until the proxy has shut down (SHUTDOWN, or [`ProxyHandle::shutdown`]).
+    pub async fn wait(&self) {
+        let mut lifecycle = self.shared.lifecycle();
+        let _ = lifecycle.wait_for(|s| *s == Lifecycle::Stopped).await;
+    }
+}
+
+impl ProxyHandle {
+    /// Where RELOAD (and SIGHUP, through [`ProxyHandle::reload`]) gets a new config.
+    pub fn set_reloader(
+        &self,
+        reloader: impl Fn() -> Result<Config, String> + Send + Sync + 'static,
+    ) {
+        self.shared.set_reloader(Arc::new(reloader));
+    }
+
+    /// Re-reads the config with the reloader and applies it.
+    pub fn reload(&self) -> Result<(), String> {
+        self.shared.reload()
+    }
+
+    /// Applies `config` as RELOAD would.
+    pub fn apply(&self, config: Config) -> Result<(), ProxyError> {
+        self.shared.apply(config)
+    }
+
+    /// Graceful shutdown: stop accepting, let transactions finish (up to
+    /// `shutdown_timeout`), close everything. [`Proxy::wait`] returns when done.
+    pub fn shutdown(&self) {
+        self.shared.shutdown();
+    }
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    let mut lifecycle = shared.lifecycle();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(session::run(stream, peer, shared.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = async { lifecycle.wait_for(|s| *s != Lifecycle::Running).await.map(|_| ()) } => {
+                // Dropping the listener refuses new connections from here on.
+                return;
+            }
+        }
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.accept.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }

@@ -1,25 +1,39 @@
-//! Server connections per (database, user): a fixed number of slots, idle connections
-//! reused most-recent first, and waiting clients bounded by `query_wait_timeout`.
+//! Server connections per (database, user): a number of slots (plus a reserve for
+//! clients that waited too long), idle connections reused most-recent first, waiting
+//! clients bounded by `query_wait_timeout`, PAUSE/RESUME, and a circuit breaker that
+//! fails clients fast while the server is down and retries with exponential backoff.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::config::PoolMode;
 use crate::server::{ServerConn, ServerTarget};
+use crate::stats::{PoolStats, ServerRegistry};
 use crate::ProxyError;
 
 /// ParameterStatus name/value pairs a server sent at start-up.
 pub type ServerParams = Arc<Vec<(String, String)>>;
 
-/// Limits a pool enforces.
-#[derive(Debug, Clone, Copy)]
+/// Limits a pool enforces; [`Pool::set_limits`] changes them on RELOAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolLimits {
     pub size: usize,
+    /// Connections kept open even when idle.
+    pub min_size: usize,
+    /// Extra connections for clients that waited longer than `reserve_timeout`.
+    pub reserve_size: usize,
+    pub reserve_timeout: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub lifetime: Duration,
+    /// How long a client waits for a server connection.
+    pub wait_timeout: Duration,
+    /// An idle connection unused this long gets a real round trip before reuse.
+    pub check_after: Duration,
     pub max_message_len: u32,
 }
 
@@ -30,82 +44,365 @@ pub enum CheckoutError {
     WaitTimeout(Duration),
     /// Connecting to the server failed.
     Connect(ProxyError),
+    /// The server failed recently; no new attempt before the backoff ends.
+    Down { error: String, retry_in: Duration },
+    /// The proxy is shutting down.
+    ShuttingDown,
 }
 
+/// Backoff after failed connects: 100 ms doubling up to 10 s.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
 pub struct Pool {
+    /// The client-facing database and user names.
+    pub database: String,
+    pub user: String,
+    pub mode: PoolMode,
     pub target: ServerTarget,
-    limits: PoolLimits,
+    limits: Mutex<PoolLimits>,
     slots: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
     /// What the server said about itself at start-up, for clients' ParameterStatus.
     params: Mutex<Option<ServerParams>>,
+    paused: AtomicBool,
+    resumed: Notify,
+    breaker: Mutex<Breaker>,
+    pub stats: PoolStats,
+    pub servers: ServerRegistry,
+    /// Connections lent to clients, and being opened.
+    pub active: AtomicUsize,
+    pub connecting: AtomicUsize,
+    /// Logged-in clients of this pool, and those among them waiting for a server.
+    pub clients: AtomicUsize,
+    pub waiting: AtomicUsize,
+    /// Longest current wait is computed from the client registry; this is the count
+    /// of clients that have ever waited past `reserve_timeout`.
+    pub reserve_used: AtomicU64,
+    /// Bumped by RELOAD when the limits change; 0 until then.
+    pub generation: AtomicU32,
+}
+
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    down_until: Option<Instant>,
+    last_error: String,
 }
 
 /// A server connection lent to one client; dropping it without [`Checkout::release`]
 /// closes the connection (its state is unknown).
 pub struct Checkout {
     pub conn: ServerConn,
-    pool: Arc<Pool>,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
+    active: Lent,
+}
+
+/// Counts a connection as lent (`Pool::active`) while it lives.
+struct Lent(Arc<Pool>);
+
+impl Lent {
+    fn new(pool: &Arc<Pool>) -> Lent {
+        pool.active.fetch_add(1, Relaxed);
+        Lent(pool.clone())
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Pool {
-    pub fn new(target: ServerTarget, limits: PoolLimits) -> Arc<Pool> {
+    pub fn new(
+        database: &str,
+        user: &str,
+        mode: PoolMode,
+        target: ServerTarget,
+        limits: PoolLimits,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
+            database: database.to_string(),
+            user: user.to_string(),
+            mode,
             target,
             slots: Arc::new(Semaphore::new(limits.size)),
-            limits,
+            reserve: Arc::new(Semaphore::new(limits.reserve_size)),
+            limits: Mutex::new(limits),
             idle: Mutex::new(Vec::new()),
             params: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            resumed: Notify::new(),
+            breaker: Mutex::new(Breaker::default()),
+            stats: PoolStats::default(),
+            servers: ServerRegistry::default(),
+            active: AtomicUsize::new(0),
+            connecting: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            reserve_used: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
         })
     }
 
-    /// Waits up to `wait` for a slot, then reuses an idle connection or opens one.
-    pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Checkout, CheckoutError> {
-        let slot = match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => slot,
-            _ => return Err(CheckoutError::WaitTimeout(wait)),
-        };
-        let now = Instant::now();
-        while let Some(conn) = self.take_idle() {
-            let expired = now.duration_since(conn.last_used) > self.limits.idle_timeout
-                || now.duration_since(conn.created) > self.limits.lifetime;
-            if !expired && conn.looks_alive() {
-                return Ok(Checkout {
-                    conn,
-                    pool: self.clone(),
-                    _slot: slot,
-                });
+    pub fn limits(&self) -> PoolLimits {
+        *lock(&self.limits)
+    }
+
+    /// Applies new limits: slots are added at once, removed as they come free.
+    pub fn set_limits(self: &Arc<Self>, new: PoolLimits) {
+        let old = std::mem::replace(&mut *lock(&self.limits), new);
+        resize(&self.slots, old.size, new.size);
+        resize(&self.reserve, old.reserve_size, new.reserve_size);
+        if old != new {
+            self.generation.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Waits for a slot (and for RESUME when paused), then reuses an idle connection
+    /// or opens one. The wait is recorded in the pool's statistics.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
+        let started = Instant::now();
+        let limits = self.limits();
+        let deadline = started + limits.wait_timeout;
+        self.waiting.fetch_add(1, Relaxed);
+        let slot = self.wait_for_slot(&limits, deadline).await;
+        self.waiting.fetch_sub(1, Relaxed);
+        let slot = slot?;
+        let active = Lent::new(self);
+        let result = self.connection(&limits).await;
+        self.stats.record_wait(started.elapsed());
+        Ok(Checkout {
+            conn: result?,
+            slot,
+            active,
+        })
+    }
+
+    async fn wait_for_slot(
+        &self,
+        limits: &PoolLimits,
+        deadline: Instant,
+    ) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        let timeout = || CheckoutError::WaitTimeout(limits.wait_timeout);
+        while self.paused.load(Relaxed) {
+            let resumed = self.resumed.notified();
+            if !self.paused.load(Relaxed) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline.into(), resumed)
+                .await
+                .is_err()
+            {
+                return Err(timeout());
             }
         }
-        let conn = ServerConn::connect(
-            &self.target,
-            self.limits.connect_timeout,
-            self.limits.max_message_len,
-        )
-        .await
-        .map_err(CheckoutError::Connect)?;
-        self.params
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(|| Arc::new(conn.params.clone()));
-        Ok(Checkout {
-            conn,
-            pool: self.clone(),
-            _slot: slot,
-        })
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Ok(slot);
+        }
+        // Busy: wait for a slot; after `reserve_timeout`, a reserve slot will do too.
+        let reserve_at = (Instant::now() + limits.reserve_timeout).min(deadline);
+        let first = tokio::time::timeout_at(reserve_at.into(), self.slots.clone().acquire_owned());
+        match first.await {
+            Ok(Ok(slot)) => return Ok(slot),
+            Ok(Err(_)) => return Err(CheckoutError::ShuttingDown),
+            Err(_) if limits.reserve_size == 0 => {}
+            Err(_) => {
+                let either = async {
+                    tokio::select! {
+                        s = self.slots.clone().acquire_owned() => s,
+                        s = self.reserve.clone().acquire_owned() => {
+                            self.reserve_used.fetch_add(1, Relaxed);
+                            s
+                        }
+                    }
+                };
+                return match tokio::time::timeout_at(deadline.into(), either).await {
+                    Ok(Ok(slot)) => Ok(slot),
+                    Ok(Err(_)) => Err(CheckoutError::ShuttingDown),
+                    Err(_) => Err(timeout()),
+                };
+            }
+        }
+        match tokio::time::timeout_at(deadline.into(), self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_)) => Err(CheckoutError::ShuttingDown),
+            Err(_) => Err(timeout()),
+        }
+    }
+
+    /// An idle connection still fit for use, or a new one.
+    async fn connection(&self, limits: &PoolLimits) -> Result<ServerConn, CheckoutError> {
+        let now = Instant::now();
+        while let Some(mut conn) = self.take_idle() {
+            let expired = now.duration_since(conn.last_used) > limits.idle_timeout
+                || now.duration_since(conn.created) > limits.lifetime;
+            if expired || !conn.looks_alive() {
+                continue;
+            }
+            if now.duration_since(conn.last_used) > limits.check_after
+                && !conn
+                    .check(limits.connect_timeout, limits.max_message_len)
+                    .await
+            {
+                continue;
+            }
+            return Ok(conn);
+        }
+        self.connect(limits).await
+    }
+
+    async fn connect(&self, limits: &PoolLimits) -> Result<ServerConn, CheckoutError> {
+        {
+            let breaker = lock(&self.breaker);
+            if let Some(until) = breaker.down_until {
+                let now = Instant::now();
+                if until > now {
+                    return Err(CheckoutError::Down {
+                        error: breaker.last_error.clone(),
+                        retry_in: until - now,
+                    });
+                }
+            }
+        }
+        self.connecting.fetch_add(1, Relaxed);
+        let result =
+            ServerConn::connect(&self.target, limits.connect_timeout, limits.max_message_len).await;
+        self.connecting.fetch_sub(1, Relaxed);
+        let mut breaker = lock(&self.breaker);
+        match result {
+            Ok(conn) => {
+                if breaker.failures > 0 {
+                    tracing::info!(server = %self.target.describe(), "server is reachable again");
+                }
+                *breaker = Breaker::default();
+                drop(breaker);
+                self.stats.server_connects.fetch_add(1, Relaxed);
+                self.servers.add(&conn.info);
+                lock(&self.params).get_or_insert_with(|| Arc::new(conn.params.clone()));
+                Ok(conn)
+            }
+            Err(e) => {
+                self.stats.server_connect_errors.fetch_add(1, Relaxed);
+                let backoff = BACKOFF_START
+                    .saturating_mul(1 << breaker.failures.min(16))
+                    .min(BACKOFF_MAX);
+                breaker.failures += 1;
+                breaker.down_until = Some(Instant::now() + backoff);
+                breaker.last_error = e.to_string();
+                tracing::warn!(
+                    server = %self.target.describe(),
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "cannot connect to the server"
+                );
+                Err(CheckoutError::Connect(e))
+            }
+        }
     }
 
     fn take_idle(&self) -> Option<ServerConn> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        lock(&self.idle).pop()
     }
 
     /// Server parameters seen at start-up, once any connection was made.
     pub fn params(&self) -> Option<ServerParams> {
-        self.params
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.params).clone()
+    }
+
+    pub fn idle_count(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    /// Whether the circuit breaker is open (the last connect failed, backoff running).
+    pub fn is_down(&self) -> bool {
+        lock(&self.breaker)
+            .down_until
+            .is_some_and(|t| t > Instant::now())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Relaxed)
+    }
+
+    /// New checkouts wait until [`Pool::resume`]; lent connections are not touched.
+    pub fn pause(&self) {
+        self.paused.store(true, Relaxed);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Relaxed);
+        self.resumed.notify_waiters();
+    }
+
+    /// Closes every idle connection (PAUSE, SHUTDOWN, a server that went away).
+    pub fn close_idle(&self) -> usize {
+        let closed = std::mem::take(&mut *lock(&self.idle));
+        closed.len()
+    }
+
+    /// Housekeeping, run every second or so: closes idle connections past their idle
+    /// timeout or lifetime (keeping `min_size` open), then opens connections up to
+    /// `min_size` when the server is up.
+    pub async fn maintain(self: &Arc<Self>) {
+        let limits = self.limits();
+        let now = Instant::now();
+        {
+            let mut idle = lock(&self.idle);
+            let open = idle.len() + self.active.load(Relaxed);
+            let mut keep = open.saturating_sub(limits.min_size);
+            // Oldest-used first: the idle list is used from its end.
+            idle.retain(|c| {
+                let stale = now.duration_since(c.last_used) > limits.idle_timeout
+                    || now.duration_since(c.created) > limits.lifetime
+                    || !c.looks_alive();
+                if stale && keep > 0 {
+                    keep -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        // After a failure, probe the server once the backoff ends, so the pool finds
+        // it back without a client paying for the attempt.
+        let probe = lock(&self.breaker).failures > 0;
+        let mut wanted = limits.min_size.max(usize::from(probe));
+        while !self.is_paused()
+            && !self.is_down()
+            && self.idle_count() + self.active.load(Relaxed) + self.connecting.load(Relaxed)
+                < wanted
+        {
+            wanted = limits.min_size;
+            let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            match self.connect(&limits).await {
+                Ok(mut conn) => {
+                    conn.last_used = Instant::now();
+                    conn.info.set_link(0);
+                    lock(&self.idle).push(conn);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Grows a semaphore at once, or shrinks it by taking permits as they are released.
+fn resize(sem: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        sem.add_permits(new - old);
+    } else if new < old {
+        let excess = (old - new) as u32;
+        let sem = sem.clone();
+        tokio::spawn(async move {
+            if let Ok(permits) = sem.acquire_many_owned(excess).await {
+                permits.forget();
+            }
+        });
     }
 }
 
@@ -114,19 +411,23 @@ impl Checkout {
     pub fn release(self) {
         let Checkout {
             mut conn,
-            pool,
-            _slot,
+            slot,
+            active,
         } = self;
+        let pool = &active.0;
         let now = Instant::now();
-        if now.duration_since(conn.created) > pool.limits.lifetime {
-            return; // past its lifetime: closed here
+        if now.duration_since(conn.created) <= pool.limits().lifetime {
+            conn.last_used = now;
+            conn.info.set_link(0);
+            conn.info
+                .prepared
+                .store(conn.prepared.len() as u64, Relaxed);
+            lock(&pool.idle).push(conn);
         }
-        conn.last_used = now;
-        pool.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
-        // `_slot` drops after the push, so a waiter finds the connection idle.
+        // Counted idle before no longer lent; the slot goes last, so a waiter finds
+        // the connection idle.
+        drop(active);
+        drop(slot);
     }
 }
 
@@ -143,9 +444,25 @@ impl Pools {
         user: &str,
         make: impl FnOnce() -> Arc<Pool>,
     ) -> Arc<Pool> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.map);
         map.entry((database.to_string(), user.to_string()))
             .or_insert_with(make)
             .clone()
     }
+
+    /// Every pool, sorted by (database, user).
+    pub fn list(&self) -> Vec<Arc<Pool>> {
+        let mut v: Vec<_> = lock(&self.map).values().cloned().collect();
+        v.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        v
+    }
+
+    /// Drops the pool of (database, user) from the map; clients using it keep it.
+    pub fn remove(&self, database: &str, user: &str) -> Option<Arc<Pool>> {
+        lock(&self.map).remove(&(database.to_string(), user.to_string()))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -4,8 +4,9 @@
 //! [`Expected`] queue tracks the responses owed, so the server connection goes back to
 //! the pool exactly when a transaction ends (transaction mode) or the client leaves.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use pgopt_wire::frontend::{Bind, Close, Describe, Parse};
@@ -14,13 +15,15 @@ use pgopt_wire::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::config::PoolMode;
 use crate::io::send_fatal;
 use crate::pool::{Checkout, Pool};
 use crate::session::{fail_checkout, CancelSlot};
-use crate::shared::Shared;
+use crate::shared::{Lifecycle, Shared};
 use crate::statements::{ClientStatements, Expected, Prepared, Request, Step, Verdict};
+use crate::stats::{error_code, ClientInfo, ClientState};
 use crate::ProxyError;
 
 pub struct Relay {
@@ -39,9 +42,20 @@ pub struct Relay {
     /// Transaction mode: statement names are rewritten so they work on any server.
     rewrite: bool,
     max_len: u32,
+    mode: PoolMode,
+    idle_transaction_timeout: Duration,
     pool: Arc<Pool>,
-    shared: Arc<Shared>,
     cancel: CancelSlot,
+    info: Arc<ClientInfo>,
+    lifecycle: watch::Receiver<Lifecycle>,
+    /// Draining: the session ends as soon as no transaction is open.
+    closing: bool,
+    /// Bytes since the last ReadyForQuery, added to the pool's totals there.
+    received: u64,
+    sent: u64,
+    /// When the current query cycle and transaction began.
+    query_start: Option<Instant>,
+    xact_start: Option<Instant>,
 }
 
 impl Relay {
@@ -51,7 +65,9 @@ impl Relay {
         pool: Arc<Pool>,
         shared: Arc<Shared>,
         cancel: CancelSlot,
+        info: Arc<ClientInfo>,
     ) -> Relay {
+        let config = shared.config();
         Relay {
             client,
             cbuf,
@@ -62,23 +78,43 @@ impl Relay {
             expected: Expected::default(),
             statements: ClientStatements::default(),
             status: TransactionStatus::Idle,
-            rewrite: shared.config.pool_mode == PoolMode::Transaction,
-            max_len: shared.config.max_message_len,
+            rewrite: pool.mode == PoolMode::Transaction,
+            mode: pool.mode,
+            max_len: config.max_message_len,
+            idle_transaction_timeout: config.idle_transaction_timeout,
             pool,
-            shared,
             cancel,
+            info,
+            lifecycle: shared.lifecycle(),
+            closing: false,
+            received: 0,
+            sent: 0,
+            query_start: None,
+            xact_start: None,
         }
     }
 
     pub async fn run(mut self) -> Result<(), ProxyError> {
         // The client may have sent queries right behind its start-up messages.
         let mut go_on = self.cbuf.is_empty() || self.handle_client().await?;
+        let mut watching = true;
         while go_on {
+            if self.closing && self.server_idle() {
+                self.close(sqlstate::ADMIN_SHUTDOWN, "pgopt is shutting down")
+                    .await;
+                break;
+            }
             let has_server = self.server.is_some();
+            let idle_in_transaction = has_server
+                && !self.idle_transaction_timeout.is_zero()
+                && self.status != TransactionStatus::Idle
+                && self.expected.is_empty();
+            let timeout = self.idle_transaction_timeout;
             tokio::select! {
                 read = read_server(&mut self.server, &mut self.sbuf), if has_server => {
                     match read {
                         Ok(n) if n > 0 => {
+                            self.sent += n as u64;
                             self.handle_server().await?;
                             self.maybe_release();
                         }
@@ -89,12 +125,61 @@ impl Relay {
                     }
                 }
                 read = self.client.read_buf(&mut self.cbuf) => {
+                    if let Ok(n) = read {
+                        self.received += n as u64;
+                    }
                     go_on = matches!(read, Ok(n) if n > 0) && self.handle_client().await?;
+                }
+                () = tokio::time::sleep(timeout), if idle_in_transaction => {
+                    self.idle_transaction_expired().await;
+                    return Ok(());
+                }
+                changed = self.lifecycle.changed(), if watching => {
+                    let state = *self.lifecycle.borrow_and_update();
+                    watching = changed.is_ok();
+                    if state >= Lifecycle::Closing {
+                        self.close(
+                            sqlstate::ADMIN_SHUTDOWN,
+                            "terminating connection: pgopt is shutting down",
+                        )
+                        .await;
+                        break;
+                    }
+                    self.closing = state >= Lifecycle::Draining;
                 }
             }
         }
         self.finish();
         Ok(())
+    }
+
+    /// Ends the session with a FATAL error; a server connection mid-transaction closes.
+    async fn close(&mut self, code: &str, message: &str) {
+        self.pool.stats.record_error(code.as_bytes());
+        send_fatal(&mut self.client, code, message).await;
+    }
+
+    /// The client held a transaction open without a word for `idle_transaction_timeout`:
+    /// a leaked connection. It is told why, and its server connection is closed (the
+    /// server rolls the transaction back) so the pool gets the slot back.
+    async fn idle_transaction_expired(&mut self) {
+        let (user, db, app) = self.info.identity();
+        tracing::warn!(
+            client = %self.info.addr,
+            %user,
+            %db,
+            application_name = %app,
+            timeout_ms = self.idle_transaction_timeout.as_millis() as u64,
+            "closing a client idle in transaction (leaked connection?)"
+        );
+        let message = format!(
+            "terminating connection: idle in transaction for longer than {} ms (idle_transaction_timeout)",
+            self.idle_transaction_timeout.as_millis()
+        );
+        self.close(sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT, &message)
+            .await;
+        self.server = None;
+        self.unlink();
     }
 
     /// Handles the whole messages in `cbuf`. `Ok(false)`: the session is over.
@@ -112,6 +197,11 @@ impl Relay {
             }
             if self.server.is_none() && !self.checkout().await {
                 return Ok(false);
+            }
+            if self.query_start.is_none() {
+                let now = Instant::now();
+                self.query_start = Some(now);
+                self.xact_start.get_or_insert(now);
             }
             if let Err(e) = self.route(&frame) {
                 return Err(self.client_protocol_error(e).await);
@@ -308,12 +398,20 @@ impl Relay {
                     _ => TransactionStatus::Idle,
                 };
             }
+            if header.tag == b'E' {
+                if let Some(code) = error_code(&self.sbuf[pos + 5..end]) {
+                    self.pool.stats.record_error(code);
+                }
+            }
             let server = &mut self.server;
             let verdict = self.expected.on_server_message(header.tag, |id| {
                 if let Some(s) = server.as_mut() {
                     s.conn.prepared.remove(&id);
                 }
             });
+            if header.tag == b'Z' {
+                self.ready();
+            }
             if verdict == Verdict::Drop {
                 self.out.extend_from_slice(&self.sbuf[copied..pos]);
                 copied = end;
@@ -343,19 +441,50 @@ impl Relay {
         result.map_err(ProxyError::client_io)
     }
 
+    /// A query cycle ended (ReadyForQuery): the pool's counters learn of it.
+    fn ready(&mut self) {
+        let stats = &self.pool.stats;
+        let now = Instant::now();
+        stats.queries.fetch_add(1, Relaxed);
+        if let Some(start) = self.query_start {
+            stats
+                .query_us
+                .fetch_add(now.duration_since(start).as_micros() as u64, Relaxed);
+        }
+        // Pipelined cycles: the next one is already running.
+        self.query_start = (!self.expected.is_empty()).then_some(now);
+        if self.status == TransactionStatus::Idle {
+            stats.xacts.fetch_add(1, Relaxed);
+            if let Some(start) = self.xact_start.take() {
+                stats
+                    .xact_us
+                    .fetch_add(now.duration_since(start).as_micros() as u64, Relaxed);
+            }
+        }
+        if self.received > 0 {
+            stats.received.fetch_add(self.received, Relaxed);
+            self.received = 0;
+        }
+        if self.sent > 0 {
+            stats.sent.fetch_add(self.sent, Relaxed);
+            self.sent = 0;
+        }
+    }
+
     async fn checkout(&mut self) -> bool {
-        match self
-            .pool
-            .checkout(self.shared.config.query_wait_timeout)
-            .await
-        {
+        self.info.set_state(ClientState::Waiting);
+        match self.pool.checkout().await {
             Ok(checkout) => {
+                checkout.conn.info.set_link(self.info.id);
+                self.info.set_link(checkout.conn.info.id);
+                self.info.set_state(ClientState::Active);
                 *lock(&self.cancel) = Some((checkout.conn.addr, checkout.conn.cancel_key));
                 self.status = checkout.conn.status;
                 self.server = Some(checkout);
                 true
             }
             Err(e) => {
+                self.info.set_state(ClientState::Idle);
                 fail_checkout(&mut self.client, &self.pool, e).await;
                 false
             }
@@ -399,7 +528,7 @@ impl Relay {
     fn maybe_release(&mut self) {
         if self.rewrite && self.server_idle() {
             if let Some(checkout) = self.server.take() {
-                *lock(&self.cancel) = None;
+                self.unlink();
                 checkout.release();
             }
         }
@@ -419,10 +548,20 @@ impl Relay {
         }
     }
 
+    /// No server connection any more: cancel requests have nowhere to go.
+    fn unlink(&mut self) {
+        *lock(&self.cancel) = None;
+        self.info.set_link(0);
+        self.info.set_state(ClientState::Idle);
+    }
+
     /// The server connection broke: the client learns it with a proper error.
     async fn server_lost(&mut self) {
         self.server = None;
-        *lock(&self.cancel) = None;
+        self.unlink();
+        self.pool
+            .stats
+            .record_error(sqlstate::CONNECTION_FAILURE.as_bytes());
         send_fatal(
             &mut self.client,
             sqlstate::CONNECTION_FAILURE,
@@ -442,7 +581,7 @@ impl Relay {
         if !idle {
             return; // dropped: closed, the server aborts what was running
         }
-        match self.shared.config.pool_mode {
+        match self.mode {
             PoolMode::Transaction => checkout.release(),
             PoolMode::Session => {
                 tokio::spawn(reset_and_release(checkout, self.max_len));

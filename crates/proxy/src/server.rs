@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -14,10 +15,11 @@ use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRA
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::stats::ServerInfo;
 use crate::ProxyError;
 
 /// Where and as whom to log in to a server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTarget {
     pub host: String,
     pub port: u16,
@@ -45,6 +47,8 @@ pub struct ServerConn {
     pub prepared: HashSet<u64>,
     pub created: Instant,
     pub last_used: Instant,
+    /// What SHOW SERVERS shows of this connection.
+    pub info: Arc<ServerInfo>,
 }
 
 impl ServerConn {
@@ -214,13 +218,16 @@ impl ServerConn {
                 }
                 BackendMessage::ReadyForQuery(r) => {
                     let now = Instant::now();
+                    let cancel_key = cancel_key.unwrap_or(CancelRequest {
+                        process_id: 0,
+                        secret_key: 0,
+                    });
+                    let local_addr = stream.local_addr().ok();
                     return Ok(ServerConn {
+                        info: Arc::new(ServerInfo::new(addr, local_addr, cancel_key.process_id)),
                         stream,
                         addr,
-                        cancel_key: cancel_key.unwrap_or(CancelRequest {
-                            process_id: 0,
-                            secret_key: 0,
-                        }),
+                        cancel_key,
                         params: server_params,
                         status: r.status,
                         prepared: HashSet::new(),
@@ -248,6 +255,34 @@ impl ServerConn {
     pub fn looks_alive(&self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+impl ServerConn {
+    /// A real round trip (an empty query) for a connection idle long enough that the
+    /// server may have gone away without a word: true when it answered ReadyForQuery
+    /// 'I' within `timeout` and nothing else is pending.
+    pub async fn check(&mut self, timeout: Duration, max_len: u32) -> bool {
+        const EMPTY_QUERY: &[u8] = b"Q\0\0\0\x05\0";
+        let stream = &mut self.stream;
+        let round_trip = async {
+            stream.write_all(EMPTY_QUERY).await?;
+            let mut buf = BytesMut::with_capacity(64);
+            loop {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Ok::<bool, std::io::Error>(false);
+                }
+                while let Ok(Some(frame)) = split_frame(&mut buf, max_len) {
+                    if frame.tag() == b'Z' {
+                        return Ok(frame.body() == b"I" && buf.is_empty());
+                    }
+                }
+            }
+        };
+        matches!(
+            tokio::time::timeout(timeout, round_trip).await,
+            Ok(Ok(true))
+        )
     }
 }
 

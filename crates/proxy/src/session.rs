@@ -12,11 +12,14 @@ use pgopt_wire::{md5, sqlstate, TransactionStatus};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::auth;
+use crate::admin;
+use crate::auth::{self, Credentials};
+use crate::config::{Config, ADMIN_DATABASE};
 use crate::io::{send_fatal, write_all};
 use crate::pool::{CheckoutError, Pool};
 use crate::relay::Relay;
-use crate::shared::Shared;
+use crate::shared::{Lifecycle, Shared};
+use crate::stats::{ClientInfo, ClientState};
 use crate::ProxyError;
 
 /// Where a client's CancelRequest must go while it holds a server connection.
@@ -25,7 +28,9 @@ pub type CancelSlot = Arc<CancelTarget>;
 
 pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let Ok(_client_slot) = shared.client_slots.clone().try_acquire_owned() else {
+    shared.accepted.fetch_add(1, Ordering::Relaxed);
+    let Ok(_client_slot) = shared.client_slots().try_acquire_owned() else {
+        shared.rejected_max_clients.fetch_add(1, Ordering::Relaxed);
         send_fatal(
             &mut stream,
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -34,71 +39,67 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         .await;
         return;
     };
-    match session(stream, &shared).await {
+    let client = shared.clients.register(peer, stream.local_addr().ok());
+    match session(stream, &shared, &client.info).await {
         Ok(()) => tracing::debug!(%peer, "client session ended"),
         Err(e) => tracing::debug!(%peer, error = %e, "client session ended with an error"),
     }
 }
 
-async fn session(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), ProxyError> {
-    let config = &shared.config;
+/// What a client asked for in its StartupMessage.
+pub struct Startup {
+    pub user: String,
+    pub database: String,
+    /// Every other parameter (application_name, search_path, options, …), in order.
+    pub params: Vec<(String, String)>,
+}
+
+async fn session(
+    mut stream: TcpStream,
+    shared: &Arc<Shared>,
+    info: &Arc<ClientInfo>,
+) -> Result<(), ProxyError> {
+    let config = shared.config();
     let mut buf = BytesMut::with_capacity(8192);
-    let (user, database) = loop {
-        let frame = loop {
-            match split_startup(&mut buf, MAX_STARTUP_PACKET_LEN) {
-                Ok(Some(frame)) => break frame,
-                Ok(None) => {}
-                Err(source) => return Err(reject_startup(&mut stream, source).await),
-            }
-            if stream
-                .read_buf(&mut buf)
-                .await
-                .map_err(ProxyError::client_io)?
-                == 0
-            {
-                return Ok(());
-            }
-        };
-        match frame.decode() {
-            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
-                // No TLS yet: 'N' tells the client to go on in plain text (or give up).
-                write_all(&mut stream, b"N").await?;
-            }
-            Ok(StartupPacket::Cancel(request)) => {
-                shared.forward_cancel(request).await;
-                return Ok(());
-            }
-            Ok(StartupPacket::Startup(m)) => {
-                if m.protocol.major != 3 {
-                    send_fatal(
-                        &mut stream,
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        &format!(
-                            "unsupported frontend protocol {}.{}",
-                            m.protocol.major, m.protocol.minor
-                        ),
-                    )
-                    .await;
-                    return Ok(());
-                }
-                let Some(user) = m.user() else {
-                    send_fatal(
-                        &mut stream,
-                        sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                        "no PostgreSQL user name specified in startup packet",
-                    )
-                    .await;
-                    return Ok(());
-                };
-                break (user.to_string(), m.database().unwrap_or(user).to_string());
-            }
-            Err(source) => return Err(reject_startup(&mut stream, source).await),
-        }
+    let Some(startup) = read_startup(&mut stream, &mut buf, shared).await? else {
+        return Ok(());
     };
-    let span = tracing::debug_span!("client", %user, db = %database);
+    let Startup { user, database, .. } = &startup;
+    let application_name = startup
+        .params
+        .iter()
+        .find(|(k, _)| k == "application_name")
+        .map_or("", |(_, v)| v.as_str());
+    info.set_identity(user, database, application_name);
+    let span = tracing::debug_span!("client", id = info.id, %user, db = %database);
     let _enter = span.enter();
 
-    let Some(db) = config.databases.iter().find(|d| d.name == database) else {
+    if *shared.lifecycle().borrow() != Lifecycle::Running {
+        send_fatal(
+            &mut stream,
+            sqlstate::CANNOT_CONNECT_NOW,
+            "pgopt is shutting down",
+        )
+        .await;
+        return Ok(());
+    }
+    let users = shared.users();
+    let creds = users.get(user.as_str());
+    if database == ADMIN_DATABASE {
+        login(&mut stream, &mut buf, shared, &config, user, creds).await?;
+        if !config.admin_users.iter().any(|u| u == user) {
+            send_fatal(
+                &mut stream,
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                &format!("user \"{user}\" is not an admin user (proxy.admin_users)"),
+            )
+            .await;
+            return Ok(());
+        }
+        info.set_state(ClientState::Idle);
+        return admin::serve(stream, buf, shared.clone(), info.clone()).await;
+    }
+    let Some(db) = config.databases.iter().find(|d| &d.name == database) else {
         send_fatal(
             &mut stream,
             sqlstate::INVALID_CATALOG_NAME,
@@ -107,24 +108,17 @@ async fn session(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Prox
         .await;
         return Ok(());
     };
-    let creds = shared.users.get(&user);
-    auth::authenticate(
-        &mut stream,
-        &mut buf,
-        config.client_auth,
-        &user,
-        creds,
-        config.max_message_len,
-    )
-    .await?;
+    login(&mut stream, &mut buf, shared, &config, user, creds).await?;
 
-    let pool = shared.pool_for(db, &user, creds);
+    let pool = shared.pool_for(db, user, creds);
+    let _member = PoolMember::new(&pool);
     let params = match pool.params() {
         Some(params) => params,
         None => {
             // The first client of a pool: connecting now also tells it whether the
             // server is up, before it sends a query.
-            match pool.checkout(config.query_wait_timeout).await {
+            info.set_state(ClientState::Waiting);
+            match pool.checkout().await {
                 Ok(checkout) => checkout.release(),
                 Err(e) => {
                     fail_checkout(&mut stream, &pool, e).await;
@@ -134,6 +128,7 @@ async fn session(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Prox
             pool.params().unwrap_or_default()
         }
     };
+    info.set_state(ClientState::Idle);
 
     let cancel_slot: CancelSlot = Arc::new(Mutex::new(None));
     let key = CancelRequest {
@@ -156,13 +151,119 @@ async fn session(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Prox
     .encode(&mut out);
     let result = async {
         write_all(&mut stream, &out).await?;
-        Relay::new(stream, buf, pool, shared.clone(), cancel_slot)
+        Relay::new(stream, buf, pool, shared.clone(), cancel_slot, info.clone())
             .run()
             .await
     }
     .await;
     shared.unregister_cancel(key);
     result
+}
+
+/// Reads the start-up packets: answers SSLRequest/GSSENCRequest, forwards a
+/// CancelRequest. `None` when the connection ends without a StartupMessage.
+async fn read_startup(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<Option<Startup>, ProxyError> {
+    loop {
+        let frame = loop {
+            match split_startup(buf, MAX_STARTUP_PACKET_LEN) {
+                Ok(Some(frame)) => break frame,
+                Ok(None) => {}
+                Err(source) => return Err(reject_startup(stream, source).await),
+            }
+            if stream.read_buf(buf).await.map_err(ProxyError::client_io)? == 0 {
+                return Ok(None);
+            }
+        };
+        match frame.decode() {
+            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
+                // No TLS yet: 'N' tells the client to go on in plain text (or give up).
+                write_all(stream, b"N").await?;
+            }
+            Ok(StartupPacket::Cancel(request)) => {
+                shared.forward_cancel(request).await;
+                return Ok(None);
+            }
+            Ok(StartupPacket::Startup(m)) => {
+                if m.protocol.major != 3 {
+                    send_fatal(
+                        stream,
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        &format!(
+                            "unsupported frontend protocol {}.{}",
+                            m.protocol.major, m.protocol.minor
+                        ),
+                    )
+                    .await;
+                    return Ok(None);
+                }
+                let Some(user) = m.user() else {
+                    send_fatal(
+                        stream,
+                        sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                        "no PostgreSQL user name specified in startup packet",
+                    )
+                    .await;
+                    return Ok(None);
+                };
+                let params = m
+                    .params
+                    .iter()
+                    .filter(|(k, _)| *k != "user" && *k != "database")
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                return Ok(Some(Startup {
+                    user: user.to_string(),
+                    database: m.database().unwrap_or(user).to_string(),
+                    params,
+                }));
+            }
+            Err(source) => return Err(reject_startup(stream, source).await),
+        }
+    }
+}
+
+/// Authenticates the client; a failure is counted and the client told why.
+async fn login(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    config: &Config,
+    user: &str,
+    creds: Option<&Credentials>,
+) -> Result<(), ProxyError> {
+    let result = auth::authenticate(
+        stream,
+        buf,
+        config.client_auth,
+        user,
+        creds,
+        config.max_message_len,
+    )
+    .await;
+    if result.is_err() {
+        shared.rejected_auth.fetch_add(1, Ordering::Relaxed);
+    }
+    result
+}
+
+/// Counts a logged-in client in its pool while it lives.
+struct PoolMember(Arc<Pool>);
+
+impl PoolMember {
+    fn new(pool: &Arc<Pool>) -> PoolMember {
+        pool.clients.fetch_add(1, Ordering::Relaxed);
+        PoolMember(pool.clone())
+    }
+}
+
+impl Drop for PoolMember {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A malformed startup packet: the client hears why, then the connection ends.
@@ -181,7 +282,14 @@ async fn reject_startup(stream: &mut TcpStream, source: pgopt_wire::DecodeError)
 
 /// Tells the client why it gets no server connection, with the SQLSTATE clients expect.
 pub async fn fail_checkout(stream: &mut TcpStream, pool: &Pool, error: CheckoutError) {
-    let (code, message) = match error {
+    let (code, message) = checkout_error(pool, error);
+    pool.stats.record_error(code.as_bytes());
+    send_fatal(stream, code, &message).await;
+}
+
+/// The SQLSTATE and message a client gets when no server connection can be had.
+fn checkout_error(pool: &Pool, error: CheckoutError) -> (&'static str, String) {
+    match error {
         CheckoutError::WaitTimeout(wait) => (
             sqlstate::QUERY_CANCELED,
             format!(
@@ -194,8 +302,16 @@ pub async fn fail_checkout(stream: &mut TcpStream, pool: &Pool, error: CheckoutE
             sqlstate::CONNECTION_FAILURE,
             format!("pgopt could not connect to the server: {e}"),
         ),
-    };
-    send_fatal(stream, code, &message).await;
+        CheckoutError::Down { error, retry_in } => (
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "server {} is down (last error: {error}); pgopt retries in {} ms",
+                pool.target.describe(),
+                retry_in.as_millis()
+            ),
+        ),
+        CheckoutError::ShuttingDown => (sqlstate::ADMIN_SHUTDOWN, "pgopt is shutting down".into()),
+    }
 }
 
 /// Process ids handed to clients (with a random secret key) for their CancelRequests.

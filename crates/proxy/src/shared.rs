@@ -1,86 +1,328 @@
-//! State every client session of one proxy shares: config, users, pools, cancel keys.
+//! State every client session of one proxy shares: the current config (swapped on
+//! RELOAD), users, pools, the client registry, cancel keys and the lifecycle
+//! (running, draining, stopped).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use pgopt_wire::startup::CancelRequest;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
-use crate::auth::Credentials;
+use crate::auth::{prepare_users, Credentials};
 use crate::config::{Config, Database};
 use crate::pool::{Pool, PoolLimits, Pools};
 use crate::server::{send_cancel, ServerTarget};
 use crate::session::{CancelSlot, CancelTarget};
+use crate::stats::ClientRegistry;
+use crate::ProxyError;
+
+/// Where the proxy is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lifecycle {
+    Running,
+    /// No new clients; each client is closed when its transaction ends.
+    Draining,
+    /// The drain timed out: every client is closed now.
+    Closing,
+    Stopped,
+}
+
+/// Re-reads the configuration for RELOAD and SIGHUP.
+pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
 pub struct Shared {
-    pub config: Config,
-    pub users: HashMap<String, Credentials>,
+    config: RwLock<Arc<Config>>,
+    users: RwLock<Arc<HashMap<String, Credentials>>>,
     pub pools: Pools,
-    pub client_slots: Arc<Semaphore>,
+    pub clients: Arc<ClientRegistry>,
+    client_slots: Arc<Semaphore>,
+    max_client_conn: AtomicUsize,
     cancels: Mutex<HashMap<(i32, i32), Weak<CancelTarget>>>,
+    lifecycle: watch::Sender<Lifecycle>,
+    reloader: Mutex<Option<Reloader>>,
+    /// PAUSE without a database, and PAUSE per database; pools created meanwhile
+    /// start paused.
+    paused: Mutex<(bool, HashSet<String>)>,
+    pub started: SystemTime,
+    /// Clients turned away: over max_client_conn, failed logins.
+    pub rejected_max_clients: AtomicU64,
+    pub rejected_auth: AtomicU64,
+    pub accepted: AtomicU64,
 }
 
 impl Shared {
     pub fn new(config: Config, users: HashMap<String, Credentials>) -> Shared {
         Shared {
             client_slots: Arc::new(Semaphore::new(config.max_client_conn)),
-            config,
-            users,
+            max_client_conn: AtomicUsize::new(config.max_client_conn),
+            config: RwLock::new(Arc::new(config)),
+            users: RwLock::new(Arc::new(users)),
             pools: Pools::default(),
+            clients: Arc::default(),
             cancels: Mutex::new(HashMap::new()),
+            lifecycle: watch::Sender::new(Lifecycle::Running),
+            reloader: Mutex::new(None),
+            paused: Mutex::default(),
+            started: SystemTime::now(),
+            rejected_max_clients: AtomicU64::new(0),
+            rejected_auth: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
         }
     }
 
+    /// The config in force (a snapshot: RELOAD swaps in a new one).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn users(&self) -> Arc<HashMap<String, Credentials>> {
+        self.users.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn client_slots(&self) -> Arc<Semaphore> {
+        self.client_slots.clone()
+    }
+
     pub fn pool_for(&self, db: &Database, user: &str, creds: Option<&Credentials>) -> Arc<Pool> {
+        let config = self.config();
         self.pools.get_or_create(&db.name, user, || {
-            let target = ServerTarget {
-                host: db.host.clone(),
-                port: db.port,
-                dbname: db.dbname.clone(),
-                user: db.user.clone().unwrap_or_else(|| user.to_string()),
-                password: db
-                    .password
-                    .clone()
-                    .or_else(|| creds.and_then(|c| c.plaintext.clone())),
-            };
-            Pool::new(
-                target,
-                PoolLimits {
-                    size: self.config.default_pool_size,
-                    connect_timeout: self.config.server_connect_timeout,
-                    idle_timeout: self.config.server_idle_timeout,
-                    lifetime: self.config.server_lifetime,
-                    max_message_len: self.config.max_message_len,
-                },
-            )
+            let pool = Pool::new(
+                &db.name,
+                user,
+                config.pool_mode,
+                target_for(db, user, creds),
+                limits_for(&config),
+            );
+            let paused = lock(&self.paused);
+            if paused.0 || paused.1.contains(&db.name) {
+                pool.pause();
+            }
+            pool
         })
     }
 
+    /// PAUSE (`true`) or RESUME (`false`) one database's pools, or all of them.
+    pub fn set_paused(&self, db: Option<&str>, on: bool) {
+        let mut paused = lock(&self.paused);
+        match (db, on) {
+            (None, on) => *paused = (on, HashSet::new()),
+            (Some(db), true) => {
+                paused.1.insert(db.to_string());
+            }
+            (Some(db), false) => {
+                if paused.0 {
+                    // Everything was paused: now everything but `db` is.
+                    paused.0 = false;
+                    paused.1 = self
+                        .config()
+                        .databases
+                        .iter()
+                        .map(|d| d.name.clone())
+                        .collect();
+                }
+                paused.1.remove(db);
+            }
+        }
+        for pool in self.pools.list() {
+            if paused.0 || paused.1.contains(&pool.database) {
+                pool.pause();
+            } else {
+                pool.resume();
+            }
+        }
+    }
+
+    /// Housekeeping every second: pool minimums and idle timeouts, and every
+    /// `STATS_PERIOD` the averages SHOW STATS reports.
+    pub async fn maintain(self: Arc<Self>) {
+        const STATS_PERIOD: Duration = Duration::from_secs(15);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut period_start = Instant::now();
+        let mut lifecycle = self.lifecycle();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = lifecycle.changed() => {
+                    if *lifecycle.borrow_and_update() >= Lifecycle::Stopped {
+                        return;
+                    }
+                }
+            }
+            let roll = period_start.elapsed() >= STATS_PERIOD;
+            let secs = period_start.elapsed().as_secs_f64();
+            if roll {
+                period_start = Instant::now();
+            }
+            for pool in self.pools.list() {
+                if roll {
+                    pool.stats.roll_period(secs);
+                }
+                pool.maintain().await;
+            }
+        }
+    }
+
     pub fn register_cancel(&self, key: CancelRequest, slot: &CancelSlot) {
-        self.cancels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((key.process_id, key.secret_key), Arc::downgrade(slot));
+        lock(&self.cancels).insert((key.process_id, key.secret_key), Arc::downgrade(slot));
     }
 
     pub fn unregister_cancel(&self, key: CancelRequest) {
-        self.cancels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(key.process_id, key.secret_key));
+        lock(&self.cancels).remove(&(key.process_id, key.secret_key));
     }
 
     /// Forwards a client's CancelRequest to the server running its query, if any.
     pub async fn forward_cancel(&self, request: CancelRequest) {
         let target = {
-            let cancels = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+            let cancels = lock(&self.cancels);
             cancels
                 .get(&(request.process_id, request.secret_key))
                 .and_then(Weak::upgrade)
-                .and_then(|slot| *slot.lock().unwrap_or_else(|p| p.into_inner()))
+                .and_then(|slot| *lock(&slot))
         };
         if let Some((addr, key)) = target {
             send_cancel(addr, key).await;
         }
     }
+
+    pub fn lifecycle(&self) -> watch::Receiver<Lifecycle> {
+        self.lifecycle.subscribe()
+    }
+
+    pub fn set_reloader(&self, reloader: Reloader) {
+        *lock(&self.reloader) = Some(reloader);
+    }
+
+    /// RELOAD: re-reads the config through the reloader and applies it.
+    pub fn reload(&self) -> Result<(), String> {
+        let reloader = lock(&self.reloader).clone();
+        let Some(reloader) = reloader else {
+            return Err("this proxy was started without a config file to reload".into());
+        };
+        let config = reloader()?;
+        self.apply(config).map_err(|e| e.to_string())
+    }
+
+    /// Applies a new config. Takes effect at once: users, auth method, pool limits,
+    /// timeouts, max_client_conn. Databases whose server changed get new pools (clients
+    /// already connected finish on the old ones). `listen` and `admin_listen` need a
+    /// restart.
+    pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
+        let users = prepare_users(&new.users)?;
+        let old = self.config();
+        if new.listen != old.listen || new.admin_listen != old.admin_listen {
+            tracing::warn!("listen and admin_listen changes take effect after a restart");
+        }
+        let limits = limits_for(&new);
+        for pool in self.pools.list() {
+            let db = new.databases.iter().find(|d| d.name == pool.database);
+            let same_server = db.is_some_and(|db| {
+                let creds = users.get(&pool.user);
+                target_for(db, &pool.user, creds) == pool.target
+            });
+            if same_server && new.pool_mode == pool.mode {
+                pool.set_limits(limits);
+            } else {
+                self.pools.remove(&pool.database, &pool.user);
+                pool.close_idle();
+            }
+        }
+        let max = new.max_client_conn;
+        let old_max = self.max_client_conn.swap(max, Relaxed);
+        if max > old_max {
+            self.client_slots.add_permits(max - old_max);
+        } else if max < old_max {
+            let slots = self.client_slots.clone();
+            let excess = (old_max - max) as u32;
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(excess).await {
+                    p.forget();
+                }
+            });
+        }
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Starts a graceful shutdown (idempotent): no new clients; each client is closed
+    /// when its transaction ends; after `shutdown_timeout` the rest are closed.
+    pub fn shutdown(self: &Arc<Self>) {
+        let started = self.lifecycle.send_if_modified(|state| {
+            let first = *state == Lifecycle::Running;
+            if first {
+                *state = Lifecycle::Draining;
+            }
+            first
+        });
+        if !started {
+            return;
+        }
+        let timeout = self.config().shutdown_timeout;
+        let shared = self.clone();
+        tokio::spawn(async move {
+            tracing::info!(
+                clients = shared.clients.len(),
+                timeout_ms = timeout.as_millis() as u64,
+                "shutting down: letting transactions finish"
+            );
+            let deadline = Instant::now() + timeout;
+            while shared.clients.len() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if shared.clients.len() > 0 {
+                tracing::warn!(
+                    clients = shared.clients.len(),
+                    "shutdown timeout: closing the remaining clients"
+                );
+                shared.lifecycle.send_replace(Lifecycle::Closing);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while shared.clients.len() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            for pool in shared.pools.list() {
+                pool.close_idle();
+            }
+            shared.lifecycle.send_replace(Lifecycle::Stopped);
+        });
+    }
+}
+
+pub fn limits_for(config: &Config) -> PoolLimits {
+    PoolLimits {
+        size: config.default_pool_size,
+        min_size: config.min_pool_size.min(config.default_pool_size),
+        reserve_size: config.reserve_pool_size,
+        reserve_timeout: config.reserve_pool_timeout,
+        connect_timeout: config.server_connect_timeout,
+        idle_timeout: config.server_idle_timeout,
+        lifetime: config.server_lifetime,
+        wait_timeout: config.query_wait_timeout,
+        check_after: config.server_check_delay,
+        max_message_len: config.max_message_len,
+    }
+}
+
+fn target_for(db: &Database, user: &str, creds: Option<&Credentials>) -> ServerTarget {
+    ServerTarget {
+        host: db.host.clone(),
+        port: db.port,
+        dbname: db.dbname.clone(),
+        user: db.user.clone().unwrap_or_else(|| user.to_string()),
+        password: db
+            .password
+            .clone()
+            .or_else(|| creds.and_then(|c| c.plaintext.clone())),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -77,6 +77,8 @@ pub mod sqlstate {
     pub const INVALID_PASSWORD: &str = "28P01";
     /// `3D000` invalid_catalog_name: no such database.
     pub const INVALID_CATALOG_NAME: &str = "3D000";
+    /// `42501` insufficient_privilege.
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     /// `42601` syntax_error.
     pub const SYNTAX_ERROR: &str = "42601";
     /// `53300` too_many_connections.

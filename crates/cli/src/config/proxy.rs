@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::{Bounded, HumanDuration};
 
@@ -46,6 +47,11 @@ pub struct ProxyConfig {
     pub pool_mode: PoolMode,
     /// Server connections per (database, user).
     pub default_pool_size: Bounded<1, 10000>,
+    /// Server connections per pool kept open even when idle.
+    pub min_pool_size: Bounded<0, 10000>,
+    /// Extra server connections for clients that waited `reserve_pool_timeout`.
+    pub reserve_pool_size: Bounded<0, 10000>,
+    pub reserve_pool_timeout: HumanDuration,
     /// Client connections accepted at once.
     pub max_client_conn: Bounded<1, 1000000>,
     /// How long a client waits for a server connection.
@@ -53,6 +59,16 @@ pub struct ProxyConfig {
     pub server_connect_timeout: HumanDuration,
     pub server_idle_timeout: HumanDuration,
     pub server_lifetime: HumanDuration,
+    /// Idle server connections unused this long get a round trip before reuse.
+    pub server_check_delay: HumanDuration,
+    /// Clients idle inside a transaction this long are disconnected; "0s" is off.
+    pub idle_transaction_timeout: HumanDuration,
+    /// How long a shutdown lets transactions finish.
+    pub shutdown_timeout: HumanDuration,
+    /// Users allowed on the admin console (database "pgopt"); empty: the upstream user.
+    pub admin_users: Vec<String>,
+    /// HOST:PORT for Prometheus /metrics over HTTP; "" turns it off.
+    pub admin_listen: OptionalAddr,
     /// trust | md5 | scram-sha-256
     pub auth: ClientAuthMethod,
     pub users: Vec<ProxyUser>,
@@ -65,13 +81,48 @@ impl Default for ProxyConfig {
             upstream: String::new(),
             pool_mode: PoolMode::Transaction,
             default_pool_size: Bounded(20),
+            min_pool_size: Bounded(0),
+            reserve_pool_size: Bounded(0),
+            reserve_pool_timeout: HumanDuration(Duration::from_secs(5)),
             max_client_conn: Bounded(1000),
             query_wait_timeout: HumanDuration(Duration::from_secs(120)),
             server_connect_timeout: HumanDuration(Duration::from_secs(5)),
             server_idle_timeout: HumanDuration(Duration::from_secs(600)),
             server_lifetime: HumanDuration(Duration::from_secs(3600)),
+            server_check_delay: HumanDuration(Duration::from_secs(30)),
+            idle_transaction_timeout: HumanDuration(Duration::ZERO),
+            shutdown_timeout: HumanDuration(Duration::from_secs(30)),
+            admin_users: Vec::new(),
+            admin_listen: OptionalAddr(None),
             auth: ClientAuthMethod::Trust,
             users: Vec::new(),
         }
+    }
+}
+
+/// A socket address, or `""` for "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl Serialize for OptionalAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(addr) => s.serialize_str(&addr.to_string()),
+            None => s.serialize_str(""),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OptionalAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(OptionalAddr(None));
+        }
+        text.parse().map(|a| OptionalAddr(Some(a))).map_err(|_| {
+            de::Error::custom(format!(
+                "expected HOST:PORT (an IP address and a port) or \"\" for off, found {text:?}"
+            ))
+        })
     }
 }

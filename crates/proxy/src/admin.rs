@@ -1,0 +1,323 @@
+//! The admin console: a client that connects to the virtual database `pgopt` gets
+//! SHOW views, RELOAD, PAUSE, RESUME and SHUTDOWN over the simple query protocol.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgopt_wire::backend::{
+    BackendKeyData, CommandComplete, DataRow, FieldDescription, ParameterStatus, ReadyForQuery,
+    RowDescription,
+};
+use pgopt_wire::frontend::Query;
+use pgopt_wire::{
+    split_frame, sqlstate, EncodeError, ErrorBuilder, Format, List, Severity, TransactionStatus,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::io::send_fatal;
+use crate::shared::{Lifecycle, Shared};
+use crate::stats::ClientInfo;
+use crate::views::{self, Kind, Table};
+use crate::ProxyError;
+
+/// What an admin command asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Show(String),
+    Reload,
+    Pause(Option<String>),
+    Resume(Option<String>),
+    Shutdown,
+    /// An empty query string.
+    Empty,
+}
+
+/// Parses one admin command: case-insensitive keywords, an optional trailing `;`.
+pub fn parse(sql: &str) -> Result<Command, String> {
+    let sql = sql.trim().trim_end_matches(';').trim();
+    let words: Vec<&str> = sql.split_whitespace().collect();
+    let upper = |i: usize| words.get(i).map(|w| w.to_ascii_uppercase());
+    let name = |i: usize| words.get(i).map(|w| w.trim_matches('"').to_string());
+    let command = match upper(0).as_deref() {
+        None => Command::Empty,
+        Some("SHOW") if words.len() == 2 => Command::Show(words[1].to_ascii_lowercase()),
+        Some("RELOAD") if words.len() == 1 => Command::Reload,
+        Some("PAUSE") if words.len() <= 2 => Command::Pause(name(1)),
+        Some("RESUME") if words.len() <= 2 => Command::Resume(name(1)),
+        Some("SHUTDOWN") if words.len() == 1 => Command::Shutdown,
+        _ => {
+            return Err(format!(
+                "unknown admin command: {sql:?}; try SHOW HELP ({})",
+                views::HELP
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    };
+    Ok(command)
+}
+
+/// Serves one admin client until it leaves.
+pub async fn serve(
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    shared: Arc<Shared>,
+    _info: Arc<ClientInfo>,
+) -> Result<(), ProxyError> {
+    let max_len = shared.config().max_message_len;
+    let mut out = BytesMut::with_capacity(1024);
+    let version = format!("15.0 (pgopt {})", env!("CARGO_PKG_VERSION"));
+    for (name, value) in [
+        ("server_version", version.as_str()),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", "pgopt"),
+    ] {
+        ParameterStatus { name, value }.encode(&mut out)?;
+    }
+    BackendKeyData {
+        process_id: 0,
+        secret_key: 0,
+    }
+    .encode(&mut out);
+    ready(&mut out);
+    let mut lifecycle = shared.lifecycle();
+    // Extended-protocol messages are refused once, then skipped up to Sync.
+    let mut skipping = false;
+    loop {
+        if !out.is_empty() {
+            stream
+                .write_all(&out)
+                .await
+                .map_err(ProxyError::client_io)?;
+            out.clear();
+        }
+        let frame = loop {
+            match split_frame(&mut buf, max_len) {
+                Ok(Some(frame)) => break frame,
+                Ok(None) => {}
+                Err(source) => {
+                    send_fatal(
+                        &mut stream,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &source.to_string(),
+                    )
+                    .await;
+                    return Err(ProxyError::Decode {
+                        peer: "client",
+                        source,
+                    });
+                }
+            }
+            tokio::select! {
+                read = stream.read_buf(&mut buf) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        return Ok(());
+                    }
+                }
+                _ = lifecycle.changed() => {
+                    if *lifecycle.borrow_and_update() >= Lifecycle::Draining {
+                        send_fatal(&mut stream, sqlstate::ADMIN_SHUTDOWN, "pgopt is shutting down")
+                            .await;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        match frame.tag() {
+            b'X' => return Ok(()),
+            b'Q' => {
+                let sql = match Query::decode(frame.body()) {
+                    Ok(q) => q.sql,
+                    Err(source) => {
+                        return Err(ProxyError::Decode {
+                            peer: "client",
+                            source,
+                        })
+                    }
+                };
+                match parse(sql) {
+                    Ok(command) => run(&shared, command, &mut out).await?,
+                    Err(message) => error(&mut out, sqlstate::SYNTAX_ERROR, &message)?,
+                }
+                ready(&mut out);
+            }
+            b'S' => {
+                skipping = false;
+                ready(&mut out);
+            }
+            _ if skipping => {}
+            _ => {
+                skipping = true;
+                error(
+                    &mut out,
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "the pgopt admin console speaks only the simple query protocol",
+                )?;
+            }
+        }
+    }
+}
+
+async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Result<(), ProxyError> {
+    match command {
+        Command::Empty => {
+            out.extend_from_slice(b"I\0\0\0\x04"); // EmptyQueryResponse
+        }
+        Command::Show(what) => {
+            let table = match what.as_str() {
+                "pools" => views::pools(shared),
+                "clients" => views::clients(shared),
+                "servers" => views::servers(shared),
+                "stats" => views::stats(shared),
+                "databases" => views::databases(shared),
+                "config" => views::config(shared),
+                "lists" => views::lists(shared),
+                "version" => views::version(),
+                "help" => views::help(),
+                other => {
+                    let message =
+                        format!("SHOW {other}: no such view; SHOW HELP lists the admin commands");
+                    return Ok(error(out, sqlstate::SYNTAX_ERROR, &message)?);
+                }
+            };
+            encode_table(&table, out)?;
+            complete(out, "SHOW")?;
+        }
+        Command::Reload => match shared.reload() {
+            Ok(()) => complete(out, "RELOAD")?,
+            Err(e) => error(out, sqlstate::CONNECTION_EXCEPTION, &format!("RELOAD: {e}"))?,
+        },
+        Command::Pause(db) => {
+            if let Some(e) = unknown_db(shared, db.as_deref()) {
+                return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
+            }
+            pause(shared, db.as_deref()).await;
+            complete(out, "PAUSE")?;
+        }
+        Command::Resume(db) => {
+            if let Some(e) = unknown_db(shared, db.as_deref()) {
+                return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
+            }
+            shared.set_paused(db.as_deref(), false);
+            complete(out, "RESUME")?;
+        }
+        Command::Shutdown => {
+            shared.shutdown();
+            complete(out, "SHUTDOWN")?;
+        }
+    }
+    Ok(())
+}
+
+fn unknown_db(shared: &Shared, db: Option<&str>) -> Option<String> {
+    let db = db?;
+    let known = shared.config().databases.iter().any(|d| d.name == db);
+    (!known).then(|| format!("database \"{db}\" does not exist"))
+}
+
+/// PAUSE: new transactions wait; returns once every lent server connection is back,
+/// then closes the idle ones (as PgBouncer does).
+async fn pause(shared: &Shared, db: Option<&str>) {
+    shared.set_paused(db, true);
+    loop {
+        let busy = shared
+            .pools
+            .list()
+            .iter()
+            .filter(|p| db.is_none_or(|d| p.database == d))
+            .any(|p| p.active.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for pool in shared.pools.list() {
+        if db.is_none_or(|d| pool.database == d) {
+            pool.close_idle();
+        }
+    }
+}
+
+fn encode_table(table: &Table, out: &mut BytesMut) -> Result<(), EncodeError> {
+    let fields: Vec<FieldDescription> = table
+        .columns
+        .iter()
+        .map(|(name, kind)| FieldDescription {
+            name,
+            table_oid: 0,
+            column_id: 0,
+            type_oid: match kind {
+                Kind::Text => 25,
+                Kind::Int => 20,
+            },
+            type_size: match kind {
+                Kind::Text => -1,
+                Kind::Int => 8,
+            },
+            type_modifier: -1,
+            format: Format::Text,
+        })
+        .collect();
+    RowDescription {
+        fields: List::from(fields.as_slice()),
+    }
+    .encode(out)?;
+    for row in &table.rows {
+        let values: Vec<Option<&[u8]>> = row
+            .iter()
+            .map(|v| v.as_deref().map(str::as_bytes))
+            .collect();
+        DataRow {
+            values: List::from(values.as_slice()),
+        }
+        .encode(out)?;
+    }
+    Ok(())
+}
+
+fn complete(out: &mut BytesMut, tag: &str) -> Result<(), EncodeError> {
+    CommandComplete { tag }.encode(out)
+}
+
+fn error(out: &mut BytesMut, code: &str, message: &str) -> Result<(), EncodeError> {
+    ErrorBuilder::new(Severity::Error, code, message).encode_error(out)
+}
+
+fn ready(out: &mut BytesMut) {
+    ReadyForQuery {
+        status: TransactionStatus::Idle,
+    }
+    .encode(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_loosely_and_reject_the_unknown() {
+        assert_eq!(parse("show pools;"), Ok(Command::Show("pools".into())));
+        assert_eq!(parse("  SHOW   Stats "), Ok(Command::Show("stats".into())));
+        assert_eq!(parse("PAUSE"), Ok(Command::Pause(None)));
+        assert_eq!(parse("pause app"), Ok(Command::Pause(Some("app".into()))));
+        assert_eq!(
+            parse("RESUME \"app\";"),
+            Ok(Command::Resume(Some("app".into())))
+        );
+        assert_eq!(parse("reload"), Ok(Command::Reload));
+        assert_eq!(parse("SHUTDOWN;"), Ok(Command::Shutdown));
+        assert_eq!(parse(" ; "), Ok(Command::Empty));
+        let e = parse("DROP TABLE x").unwrap_err();
+        assert!(e.contains("SHOW HELP"), "{e}");
+        assert!(parse("SHOW").is_err());
+        assert!(parse("PAUSE a b").is_err());
+    }
+}

@@ -1,0 +1,286 @@
+//! Prometheus text exposition of the proxy's figures. Labels are bounded: database
+//! and user name a pool (pools come from the config's databases and its users), and
+//! errors are counted by SQLSTATE class (two characters), never by query.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::shared::Shared;
+use crate::stats::{ClientState, Totals, WAIT_BUCKETS_US};
+use crate::views::mode_name;
+
+/// The whole `/metrics` page.
+pub fn render(shared: &Shared) -> String {
+    let mut m = Page::default();
+    let pools = shared.pools.list();
+
+    m.family("pgopt_up", "gauge", "1 while the proxy runs.");
+    m.sample("pgopt_up", "", 1);
+    m.family(
+        "pgopt_start_time_seconds",
+        "gauge",
+        "When the proxy started, in Unix seconds.",
+    );
+    let started = shared
+        .started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    m.sample("pgopt_start_time_seconds", "", started);
+
+    m.family(
+        "pgopt_client_connections",
+        "gauge",
+        "Client connections by state (login, idle, active, waiting).",
+    );
+    let mut states = [0u64; 4];
+    for c in shared.clients.list() {
+        states[c.state() as usize] += 1;
+    }
+    for state in [
+        ClientState::Login,
+        ClientState::Idle,
+        ClientState::Active,
+        ClientState::Waiting,
+    ] {
+        let labels = format!("state=\"{}\"", state.as_str());
+        m.sample("pgopt_client_connections", &labels, states[state as usize]);
+    }
+    m.family(
+        "pgopt_client_connections_accepted_total",
+        "counter",
+        "Client connections accepted by the listener.",
+    );
+    m.sample(
+        "pgopt_client_connections_accepted_total",
+        "",
+        shared.accepted.load(Relaxed),
+    );
+    m.family(
+        "pgopt_client_connections_rejected_total",
+        "counter",
+        "Client connections turned away, by reason.",
+    );
+    m.sample(
+        "pgopt_client_connections_rejected_total",
+        "reason=\"max_client_conn\"",
+        shared.rejected_max_clients.load(Relaxed),
+    );
+    m.sample(
+        "pgopt_client_connections_rejected_total",
+        "reason=\"auth\"",
+        shared.rejected_auth.load(Relaxed),
+    );
+
+    let label = |p: &crate::pool::Pool| {
+        format!(
+            "database=\"{}\",user=\"{}\"",
+            escape(&p.database),
+            escape(&p.user)
+        )
+    };
+    m.family(
+        "pgopt_pool_clients",
+        "gauge",
+        "Logged-in clients of a pool: active (may run queries) and waiting for a server.",
+    );
+    for p in &pools {
+        let waiting = p.waiting.load(Relaxed) as u64;
+        let clients = p.clients.load(Relaxed) as u64;
+        let l = label(p);
+        m.sample(
+            "pgopt_pool_clients",
+            &format!("{l},state=\"active\""),
+            clients.saturating_sub(waiting),
+        );
+        m.sample(
+            "pgopt_pool_clients",
+            &format!("{l},state=\"waiting\""),
+            waiting,
+        );
+    }
+    m.family(
+        "pgopt_pool_server_connections",
+        "gauge",
+        "Server connections of a pool by state: active (lent), idle, login (connecting).",
+    );
+    for p in &pools {
+        let l = label(p);
+        for (state, v) in [
+            ("active", p.active.load(Relaxed)),
+            ("idle", p.idle_count()),
+            ("login", p.connecting.load(Relaxed)),
+        ] {
+            m.sample(
+                "pgopt_pool_server_connections",
+                &format!("{l},state=\"{state}\""),
+                v as u64,
+            );
+        }
+    }
+    m.family(
+        "pgopt_pool_size",
+        "gauge",
+        "Configured server connections per pool.",
+    );
+    m.family(
+        "pgopt_pool_paused",
+        "gauge",
+        "1 while the pool is paused (PAUSE).",
+    );
+    m.family(
+        "pgopt_pool_server_down",
+        "gauge",
+        "1 while the circuit breaker holds the pool's server as down.",
+    );
+    for p in &pools {
+        let l = label(p);
+        let l = format!("{l},pool_mode=\"{}\"", mode_name(p.mode));
+        m.sample("pgopt_pool_size", &l, p.limits().size as u64);
+        m.sample("pgopt_pool_paused", &l, u64::from(p.is_paused()));
+        m.sample("pgopt_pool_server_down", &l, u64::from(p.is_down()));
+    }
+
+    let counters: [(&str, &str, TotalsField); 6] = [
+        (
+            "pgopt_transactions_total",
+            "Transactions ended (autocommit statements included).",
+            |t| t.xacts,
+        ),
+        (
+            "pgopt_queries_total",
+            "Query cycles ended (each ReadyForQuery).",
+            |t| t.queries,
+        ),
+        ("pgopt_received_bytes_total", "Bytes from clients.", |t| {
+            t.received
+        }),
+        ("pgopt_sent_bytes_total", "Bytes to clients.", |t| t.sent),
+        (
+            "pgopt_transaction_time_microseconds_total",
+            "Time inside transactions.",
+            |t| t.xact_us,
+        ),
+        (
+            "pgopt_query_time_microseconds_total",
+            "Time from a query to its ReadyForQuery.",
+            |t| t.query_us,
+        ),
+    ];
+    let totals: Vec<_> = pools.iter().map(|p| (label(p), p.stats.totals())).collect();
+    for (name, help, get) in counters {
+        m.family(name, "counter", help);
+        for (l, t) in &totals {
+            m.sample(name, l, get(t));
+        }
+    }
+
+    m.family(
+        "pgopt_client_wait_seconds",
+        "histogram",
+        "How long clients waited for a server connection.",
+    );
+    for p in &pools {
+        let l = label(p);
+        let buckets = p.stats.wait_buckets();
+        let mut cumulative = 0;
+        for (i, count) in buckets.iter().enumerate() {
+            cumulative += count;
+            let le = match WAIT_BUCKETS_US.get(i) {
+                Some(us) => format!("{}", *us as f64 / 1e6),
+                None => "+Inf".to_string(),
+            };
+            m.sample(
+                "pgopt_client_wait_seconds_bucket",
+                &format!("{l},le=\"{le}\""),
+                cumulative,
+            );
+        }
+        let t = p.stats.totals();
+        let _ = writeln!(
+            m.out,
+            "pgopt_client_wait_seconds_sum{{{l}}} {}",
+            t.wait_us as f64 / 1e6
+        );
+        m.sample("pgopt_client_wait_seconds_count", &l, t.waits);
+    }
+
+    m.family(
+        "pgopt_errors_total",
+        "counter",
+        "Errors sent to clients (by the server or by pgopt), by SQLSTATE class.",
+    );
+    for p in &pools {
+        let l = label(p);
+        for (class, count) in p.stats.errors() {
+            m.sample(
+                "pgopt_errors_total",
+                &format!("{l},class=\"{}\"", escape(&class)),
+                count,
+            );
+        }
+    }
+    m.family(
+        "pgopt_server_connects_total",
+        "counter",
+        "Server connections opened.",
+    );
+    m.family(
+        "pgopt_server_connect_errors_total",
+        "counter",
+        "Failed attempts to open a server connection.",
+    );
+    for p in &pools {
+        let l = label(p);
+        m.sample(
+            "pgopt_server_connects_total",
+            &l,
+            p.stats.server_connects.load(Relaxed),
+        );
+        m.sample(
+            "pgopt_server_connect_errors_total",
+            &l,
+            p.stats.server_connect_errors.load(Relaxed),
+        );
+    }
+    m.out
+}
+
+type TotalsField = fn(&Totals) -> u64;
+
+#[derive(Default)]
+struct Page {
+    out: String,
+}
+
+impl Page {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: u64) {
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("x\ny"), "x\\ny");
+    }
+}

@@ -1,0 +1,436 @@
+//! The admin console's SHOW tables, with PgBouncer's column names where PgBouncer has
+//! the same figure, so its monitoring tools keep working.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use crate::config::{ClientAuth, Config, PoolMode};
+use crate::shared::Shared;
+use crate::stats::{format_time, unix_us_now, ServerState, Totals};
+
+/// A column's type as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Int,
+}
+
+/// A result set: column names and types, rows of text values (NULL as `None`).
+pub struct Table {
+    pub columns: Vec<(&'static str, Kind)>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, Kind)]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, row: Vec<Option<String>>) {
+        debug_assert_eq!(row.len(), self.columns.len());
+        self.rows.push(row);
+    }
+}
+
+fn t(s: impl Into<String>) -> Option<String> {
+    Some(s.into())
+}
+
+fn n(v: impl Into<u64>) -> Option<String> {
+    Some(v.into().to_string())
+}
+
+fn addr_parts(addr: Option<SocketAddr>) -> (Option<String>, Option<String>) {
+    match addr {
+        Some(a) => (t(a.ip().to_string()), n(a.port())),
+        None => (None, None),
+    }
+}
+
+pub fn mode_name(mode: PoolMode) -> &'static str {
+    match mode {
+        PoolMode::Session => "session",
+        PoolMode::Transaction => "transaction",
+    }
+}
+
+use Kind::{Int, Text};
+
+pub fn pools(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        ("database", Text),
+        ("user", Text),
+        ("cl_active", Int),
+        ("cl_waiting", Int),
+        ("sv_active", Int),
+        ("sv_idle", Int),
+        ("sv_login", Int),
+        ("maxwait", Int),
+        ("maxwait_us", Int),
+        ("pool_mode", Text),
+        ("paused", Text),
+        ("server_down", Text),
+    ]);
+    let now = unix_us_now();
+    let mut max_wait: HashMap<(String, String), Duration> = HashMap::new();
+    for c in shared.clients.list() {
+        if let Some(w) = c.waiting_for(now) {
+            let (user, db, _) = c.identity();
+            let e = max_wait.entry((db, user)).or_default();
+            *e = (*e).max(w);
+        }
+    }
+    for pool in shared.pools.list() {
+        let waiting = pool.waiting.load(Relaxed) as u64;
+        let clients = pool.clients.load(Relaxed) as u64;
+        let wait = max_wait
+            .get(&(pool.database.clone(), pool.user.clone()))
+            .copied()
+            .unwrap_or_default();
+        table.push(vec![
+            t(&pool.database),
+            t(&pool.user),
+            n(clients.saturating_sub(waiting)),
+            n(waiting),
+            n(pool.active.load(Relaxed) as u64),
+            n(pool.idle_count() as u64),
+            n(pool.connecting.load(Relaxed) as u64),
+            n(wait.as_secs()),
+            n(wait.subsec_micros()),
+            t(mode_name(pool.mode)),
+            t(yes_no(pool.is_paused())),
+            t(yes_no(pool.is_down())),
+        ]);
+    }
+    table
+}
+
+pub fn clients(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        ("type", Text),
+        ("user", Text),
+        ("database", Text),
+        ("state", Text),
+        ("addr", Text),
+        ("port", Int),
+        ("local_addr", Text),
+        ("local_port", Int),
+        ("connect_time", Text),
+        ("request_time", Text),
+        ("wait", Int),
+        ("wait_us", Int),
+        ("id", Int),
+        ("link", Int),
+        ("application_name", Text),
+    ]);
+    let now = unix_us_now();
+    for c in shared.clients.list() {
+        let (user, db, app) = c.identity();
+        let (addr, port) = addr_parts(Some(c.addr));
+        let (laddr, lport) = addr_parts(c.local_addr);
+        let wait = c.waiting_for(now).unwrap_or_default();
+        let link = c.link();
+        table.push(vec![
+            t("C"),
+            t(user),
+            t(db),
+            t(c.state().as_str()),
+            addr,
+            port,
+            laddr,
+            lport,
+            t(format_time(c.connect_time)),
+            c.request_time().map(format_time),
+            n(wait.as_secs()),
+            n(wait.subsec_micros()),
+            n(c.id),
+            (link != 0).then(|| link.to_string()),
+            t(app),
+        ]);
+    }
+    table
+}
+
+pub fn servers(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        ("type", Text),
+        ("user", Text),
+        ("database", Text),
+        ("state", Text),
+        ("addr", Text),
+        ("port", Int),
+        ("local_addr", Text),
+        ("local_port", Int),
+        ("connect_time", Text),
+        ("request_time", Text),
+        ("id", Int),
+        ("link", Int),
+        ("remote_pid", Int),
+        ("prepared_statements", Int),
+    ]);
+    for pool in shared.pools.list() {
+        for s in pool.servers.list() {
+            let (addr, port) = addr_parts(Some(s.addr));
+            let (laddr, lport) = addr_parts(s.local_addr);
+            let link = s.link();
+            table.push(vec![
+                t("S"),
+                t(&pool.target.user),
+                t(&pool.database),
+                t(match s.state() {
+                    ServerState::Active => "active",
+                    ServerState::Idle => "idle",
+                }),
+                addr,
+                port,
+                laddr,
+                lport,
+                t(format_time(s.connect_time)),
+                s.request_time().map(format_time),
+                n(s.id),
+                (link != 0).then(|| link.to_string()),
+                t(s.backend_pid.to_string()),
+                n(s.prepared.load(Relaxed)),
+            ]);
+        }
+    }
+    table
+}
+
+/// Per database: totals since start, and averages over the last stats period.
+pub fn stats(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        ("database", Text),
+        ("total_xact_count", Int),
+        ("total_query_count", Int),
+        ("total_received", Int),
+        ("total_sent", Int),
+        ("total_xact_time", Int),
+        ("total_query_time", Int),
+        ("total_wait_time", Int),
+        ("avg_xact_count", Int),
+        ("avg_query_count", Int),
+        ("avg_recv", Int),
+        ("avg_sent", Int),
+        ("avg_xact_time", Int),
+        ("avg_query_time", Int),
+        ("avg_wait_time", Int),
+    ]);
+    let mut by_db: Vec<(String, Totals, Totals, f64)> = Vec::new();
+    for pool in shared.pools.list() {
+        let totals = pool.stats.totals();
+        let (last, secs) = pool.stats.last_period();
+        match by_db.iter_mut().find(|(db, ..)| *db == pool.database) {
+            Some((_, t, l, s)) => {
+                t.add(&totals);
+                l.add(&last);
+                *s = s.max(secs);
+            }
+            None => by_db.push((pool.database.clone(), totals, last, secs)),
+        }
+    }
+    for (db, total, last, secs) in by_db {
+        let rate = |v: u64| {
+            if secs > 0.0 {
+                (v as f64 / secs) as u64
+            } else {
+                0
+            }
+        };
+        let avg = |sum: u64, count: u64| sum.checked_div(count).unwrap_or(0);
+        table.push(vec![
+            t(db),
+            n(total.xacts),
+            n(total.queries),
+            n(total.received),
+            n(total.sent),
+            n(total.xact_us),
+            n(total.query_us),
+            n(total.wait_us),
+            n(rate(last.xacts)),
+            n(rate(last.queries)),
+            n(rate(last.received)),
+            n(rate(last.sent)),
+            n(avg(last.xact_us, last.xacts)),
+            n(avg(last.query_us, last.queries)),
+            n(avg(last.wait_us, last.waits)),
+        ]);
+    }
+    table
+}
+
+pub fn databases(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        ("name", Text),
+        ("host", Text),
+        ("port", Int),
+        ("database", Text),
+        ("force_user", Text),
+        ("pool_size", Int),
+        ("min_pool_size", Int),
+        ("reserve_pool", Int),
+        ("pool_mode", Text),
+        ("current_connections", Int),
+        ("paused", Text),
+    ]);
+    let config = shared.config();
+    let pools = shared.pools.list();
+    for db in &config.databases {
+        let mine = pools.iter().filter(|p| p.database == db.name);
+        let current: usize = mine
+            .clone()
+            .map(|p| p.active.load(Relaxed) + p.idle_count())
+            .sum();
+        let paused = mine.clone().count() > 0 && mine.clone().all(|p| p.is_paused());
+        table.push(vec![
+            t(&db.name),
+            t(&db.host),
+            n(db.port),
+            t(&db.dbname),
+            db.user.clone(),
+            n(config.default_pool_size as u64),
+            n(config.min_pool_size as u64),
+            n(config.reserve_pool_size as u64),
+            t(mode_name(config.pool_mode)),
+            n(current as u64),
+            t(yes_no(paused)),
+        ]);
+    }
+    table
+}
+
+/// Every setting with its value, default, and whether RELOAD can change it.
+pub fn config(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        ("key", Text),
+        ("value", Text),
+        ("default", Text),
+        ("changeable", Text),
+    ]);
+    let current = shared.config();
+    let defaults = Config::default();
+    let now = settings(&current);
+    let before = settings(&defaults);
+    for ((key, value, changeable), (_, default, _)) in now.into_iter().zip(before) {
+        table.push(vec![t(key), t(value), t(default), t(yes_no(changeable))]);
+    }
+    table
+}
+
+fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    vec![
+        ("listen", c.listen.to_string(), false),
+        (
+            "admin_listen",
+            c.admin_listen.map(|a| a.to_string()).unwrap_or_default(),
+            false,
+        ),
+        ("pool_mode", mode_name(c.pool_mode).into(), true),
+        ("default_pool_size", c.default_pool_size.to_string(), true),
+        ("min_pool_size", c.min_pool_size.to_string(), true),
+        ("reserve_pool_size", c.reserve_pool_size.to_string(), true),
+        ("reserve_pool_timeout", ms(c.reserve_pool_timeout), true),
+        ("max_client_conn", c.max_client_conn.to_string(), true),
+        ("query_wait_timeout", ms(c.query_wait_timeout), true),
+        ("server_connect_timeout", ms(c.server_connect_timeout), true),
+        ("server_idle_timeout", ms(c.server_idle_timeout), true),
+        ("server_lifetime", ms(c.server_lifetime), true),
+        ("server_check_delay", ms(c.server_check_delay), true),
+        (
+            "idle_transaction_timeout",
+            ms(c.idle_transaction_timeout),
+            true,
+        ),
+        ("shutdown_timeout", ms(c.shutdown_timeout), true),
+        (
+            "auth",
+            match c.client_auth {
+                ClientAuth::Trust => "trust",
+                ClientAuth::Md5 => "md5",
+                ClientAuth::ScramSha256 => "scram-sha-256",
+            }
+            .into(),
+            true,
+        ),
+        ("admin_users", c.admin_users.join(","), true),
+        ("max_message_len", c.max_message_len.to_string(), true),
+    ]
+}
+
+pub fn lists(shared: &Shared) -> Table {
+    let mut table = Table::new(&[("list", Text), ("items", Int)]);
+    let config = shared.config();
+    let pools = shared.pools.list();
+    let servers: usize = pools.iter().map(|p| p.servers.list().len()).sum();
+    let idle: usize = pools.iter().map(|p| p.idle_count()).sum();
+    let rows: [(&str, usize); 6] = [
+        ("databases", config.databases.len()),
+        ("users", shared.users().len()),
+        ("pools", pools.len()),
+        ("clients", shared.clients.len()),
+        ("servers", servers),
+        ("idle_servers", idle),
+    ];
+    for (name, items) in rows {
+        table.push(vec![t(name), n(items as u64)]);
+    }
+    table
+}
+
+pub fn version() -> Table {
+    let mut table = Table::new(&[("version", Text)]);
+    table.push(vec![t(format!("pgopt {}", env!("CARGO_PKG_VERSION")))]);
+    table
+}
+
+pub fn help() -> Table {
+    let mut table = Table::new(&[("command", Text), ("description", Text)]);
+    for (cmd, what) in HELP {
+        table.push(vec![t(*cmd), t(*what)]);
+    }
+    table
+}
+
+pub const HELP: &[(&str, &str)] = &[
+    (
+        "SHOW POOLS",
+        "clients and server connections per (database, user)",
+    ),
+    ("SHOW CLIENTS", "every client connection"),
+    ("SHOW SERVERS", "every server connection"),
+    ("SHOW STATS", "traffic per database: totals and averages"),
+    ("SHOW DATABASES", "configured databases"),
+    (
+        "SHOW CONFIG",
+        "settings, defaults, and which RELOAD changes",
+    ),
+    (
+        "SHOW LISTS",
+        "counts of databases, users, pools, clients, servers",
+    ),
+    ("SHOW VERSION", "pgopt's version"),
+    ("RELOAD", "re-read the config file"),
+    (
+        "PAUSE [db]",
+        "wait for transactions to end, close server connections, hold new queries",
+    ),
+    ("RESUME [db]", "let queries run again after PAUSE"),
+    (
+        "SHUTDOWN",
+        "stop: let transactions finish (up to shutdown_timeout), then exit",
+    ),
+];
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
