@@ -55,6 +55,22 @@ pub async fn connect(
     Ok(client)
 }
 
+/// A client of the proxy listening on `port`, database `app`, no password.
+pub async fn connect_port(
+    port: u16,
+    user: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .dbname("app")
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
 /// SQLSTATE of a server error.
 pub fn code(e: &tokio_postgres::Error) -> Option<&str> {
     e.as_db_error().map(|d| d.code().code())

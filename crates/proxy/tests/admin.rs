@@ -1,0 +1,476 @@
+//! The admin console, /metrics, PAUSE/RESUME, RELOAD, graceful shutdown and the pool
+//! behaviours an operator relies on, against a real PostgreSQL and real clients.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{code, config_for, connect, run};
+use pgopt_embedded::Postgres;
+use pgopt_proxy::{Config, PoolMode, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+async fn start_with(pg: &Postgres, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let mut config = config_for(pg, PoolMode::Transaction, 2);
+    config.admin_users = vec!["postgres".into()];
+    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    tweak(&mut config);
+    Proxy::start(config).await.unwrap()
+}
+
+async fn admin(proxy: &Proxy) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname("pgopt")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Rows of an admin SHOW as column-name → value maps.
+async fn show(admin: &tokio_postgres::Client, what: &str) -> Vec<HashMap<String, String>> {
+    let mut rows = Vec::new();
+    for m in admin.simple_query(&format!("SHOW {what}")).await.unwrap() {
+        if let SimpleQueryMessage::Row(row) = m {
+            let map = row
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name().to_string(), row.get(i).unwrap_or("").to_string()))
+                .collect();
+            rows.push(map);
+        }
+    }
+    rows
+}
+
+fn message(e: &tokio_postgres::Error) -> &str {
+    e.as_db_error().map_or("", |d| d.message())
+}
+
+fn num(row: &HashMap<String, String>, col: &str) -> u64 {
+    row[col]
+        .parse()
+        .unwrap_or_else(|_| panic!("{col} = {:?}", row[col]))
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test]
+async fn show_views_report_what_clients_did() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..25 {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let _ = client.batch_execute("SELECT * FROM no_such_table").await;
+
+    let admin = admin(&proxy).await;
+    let pools = show(&admin, "POOLS").await;
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    let pool = &pools[0];
+    assert_eq!(
+        (pool["database"].as_str(), pool["user"].as_str()),
+        ("app", "postgres")
+    );
+    assert_eq!(pool["pool_mode"], "transaction");
+    assert_eq!(num(pool, "cl_active"), 1);
+    assert_eq!(num(pool, "cl_waiting"), 0);
+    assert_eq!(
+        num(pool, "sv_active"),
+        0,
+        "transaction mode: released between queries"
+    );
+    assert!(num(pool, "sv_idle") >= 1);
+
+    let stats = show(&admin, "STATS").await;
+    let app = stats.iter().find(|r| r["database"] == "app").unwrap();
+    // 25 + 1 + 1 query cycles, plus the first client's login check.
+    assert!(num(app, "total_query_count") >= 27, "{app:?}");
+    assert!(num(app, "total_xact_count") >= 27, "{app:?}");
+    assert!(num(app, "total_received") > 0 && num(app, "total_sent") > 0);
+
+    let servers = show(&admin, "SERVERS").await;
+    assert!(
+        servers.iter().any(|s| s["remote_pid"] == pid.to_string()),
+        "pid {pid} not in {servers:?}"
+    );
+    let clients = show(&admin, "CLIENTS").await;
+    let states: Vec<_> = clients
+        .iter()
+        .map(|c| (c["database"].as_str(), c["state"].as_str()))
+        .collect();
+    assert!(states.contains(&("app", "idle")), "{states:?}");
+    assert!(states.contains(&("pgopt", "idle")), "{states:?}");
+
+    let config = show(&admin, "CONFIG").await;
+    let size = config
+        .iter()
+        .find(|r| r["key"] == "default_pool_size")
+        .unwrap();
+    assert_eq!(
+        (size["value"].as_str(), size["default"].as_str()),
+        ("2", "20")
+    );
+    assert_eq!(show(&admin, "DATABASES").await[0]["name"], "app");
+    assert!(show(&admin, "VERSION").await[0]["version"].starts_with("pgopt "));
+
+    let err = admin.simple_query("SHOW NOTHING").await.unwrap_err();
+    assert_eq!(code(&err), Some("42601"));
+    let err = admin.simple_query("DROP TABLE x").await.unwrap_err();
+    assert_eq!(code(&err), Some("42601"));
+    // Still usable after errors; extended protocol is refused, not fatal.
+    assert!(!show(&admin, "LISTS").await.is_empty());
+    let err = admin.query("SHOW POOLS", &[]).await.unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    assert!(!show(&admin, "HELP").await.is_empty());
+
+    // /metrics agrees, and counts the failed query by SQLSTATE class.
+    let metrics = http_get(proxy.admin_addr().unwrap(), "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    let queries = metrics
+        .lines()
+        .find(|l| l.starts_with("pgopt_queries_total{database=\"app\",user=\"postgres\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let n: u64 = queries.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 27, "{queries}");
+    assert!(
+        metrics.contains("pgopt_errors_total{database=\"app\",user=\"postgres\",class=\"42\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "pgopt_client_wait_seconds_bucket{database=\"app\",user=\"postgres\",le=\"+Inf\"}"
+    ));
+    assert!(http_get(proxy.admin_addr().unwrap(), "/nope")
+        .await
+        .starts_with("HTTP/1.1 404"));
+}
+
+#[tokio::test]
+async fn only_admin_users_get_the_console_and_psql_can_use_it() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.admin_users = vec!["boss".into()]).await;
+    let err = connect_db(&proxy, "postgres", "pgopt").await.unwrap_err();
+    assert_eq!(code(&err), Some("42501"), "{err}");
+    let mut psql = Command::new(pg.binaries().program("psql"));
+    psql.args([
+        "-X",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &proxy.local_addr().port().to_string(),
+        "-U",
+        "boss",
+        "-d",
+        "pgopt",
+        "-c",
+        "SHOW POOLS",
+        "-c",
+        "SHOW HELP",
+    ]);
+    // Off the runtime thread: the proxy under test serves psql on it.
+    let out = tokio::task::spawn_blocking(move || run(&mut psql))
+        .await
+        .unwrap();
+    assert!(out.contains("cl_active") && out.contains("PAUSE"), "{out}");
+}
+
+async fn connect_db(
+    proxy: &Proxy,
+    user: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user(user)
+        .dbname(db)
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+#[tokio::test]
+async fn pause_waits_for_transactions_and_resume_lets_queries_run() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+
+    let console = admin(&proxy).await;
+    let pause = tokio::spawn(async move {
+        console.simple_query("PAUSE app").await.unwrap();
+        console
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pause.is_finished(),
+        "PAUSE returned with a transaction open"
+    );
+    a.batch_execute("COMMIT").await.unwrap();
+    let console = tokio::time::timeout(Duration::from_secs(10), pause)
+        .await
+        .expect("PAUSE ends once the transaction does")
+        .unwrap();
+    let pools = show(&console, "POOLS").await;
+    assert_eq!(pools[0]["paused"], "yes");
+    assert_eq!(
+        num(&pools[0], "sv_idle"),
+        0,
+        "PAUSE closes server connections"
+    );
+
+    // While paused, a query waits; RESUME lets it through.
+    let waiting = tokio::spawn(async move { b.simple_query("SELECT 2").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a query ran while paused");
+    assert_eq!(num(&show(&console, "POOLS").await[0], "cl_waiting"), 1);
+    console.simple_query("RESUME").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("RESUME releases the waiting query")
+        .unwrap()
+        .unwrap();
+    let err = console.simple_query("PAUSE nosuchdb").await.unwrap_err();
+    assert_eq!(code(&err), Some("3D000"));
+}
+
+#[tokio::test]
+async fn reload_applies_new_limits_and_users() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    let console = admin(&proxy).await;
+    let err = console.simple_query("RELOAD").await.unwrap_err();
+    assert!(message(&err).contains("without a config file"), "{err}");
+
+    let mut new = config_for(&pg, PoolMode::Transaction, 5);
+    new.admin_users = vec!["postgres".into()];
+    new.query_wait_timeout = Duration::from_millis(1234);
+    let handle = proxy.handle();
+    let reloaded = new.clone();
+    handle.set_reloader(move || Ok(reloaded.clone()));
+    console.simple_query("RELOAD").await.unwrap();
+    let config = show(&console, "CONFIG").await;
+    let get = |k: &str| config.iter().find(|r| r["key"] == k).unwrap()["value"].clone();
+    assert_eq!(get("default_pool_size"), "5");
+    assert_eq!(get("query_wait_timeout"), "1234ms");
+    // The existing pool took the new size: 5 clients in transactions at once.
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let c = connect(&proxy, "postgres", None).await.unwrap();
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        clients.push(c);
+    }
+    assert_eq!(num(&show(&console, "POOLS").await[0], "sv_active"), 5);
+    // A failed reload keeps the running config.
+    handle.set_reloader(|| Err("pgopt.toml:3: proxy.pool_mode: bad".into()));
+    let err = console.simple_query("RELOAD").await.unwrap_err();
+    assert!(message(&err).contains("pgopt.toml:3"), "{err}");
+    assert_eq!(
+        show(&console, "CONFIG")
+            .await
+            .iter()
+            .find(|r| r["key"] == "default_pool_size")
+            .unwrap()["value"],
+        "5"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_open_transactions_finish_and_refuses_new_clients() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.shutdown_timeout = Duration::from_secs(20)).await;
+    let table = pg.connect("postgres").await.unwrap();
+    table
+        .batch_execute("CREATE TABLE drained (n int)")
+        .await
+        .unwrap();
+    let busy = connect(&proxy, "postgres", None).await.unwrap();
+    let idle = connect(&proxy, "postgres", None).await.unwrap();
+    busy.batch_execute("BEGIN; INSERT INTO drained VALUES (1)")
+        .await
+        .unwrap();
+    admin(&proxy).await.simple_query("SHUTDOWN").await.unwrap();
+
+    // The idle client is closed with 57P01; new clients are refused.
+    let err = idle.simple_query("SELECT 1").await.unwrap_err();
+    assert!(code(&err) == Some("57P01") || err.is_closed(), "{err}");
+    assert!(connect(&proxy, "postgres", None).await.is_err());
+    // The open transaction finishes and commits.
+    busy.batch_execute("INSERT INTO drained VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    let err = busy.simple_query("SELECT 1").await.unwrap_err();
+    assert!(code(&err) == Some("57P01") || err.is_closed(), "{err}");
+    tokio::time::timeout(Duration::from_secs(10), proxy.wait())
+        .await
+        .expect("the proxy stops once its clients are gone");
+    let n: i64 = table
+        .query_one("SELECT count(*) FROM drained", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn shutdown_timeout_closes_a_transaction_that_never_ends() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.shutdown_timeout = Duration::from_millis(300)).await;
+    let stuck = connect(&proxy, "postgres", None).await.unwrap();
+    stuck.batch_execute("BEGIN").await.unwrap();
+    let started = Instant::now();
+    proxy.handle().shutdown();
+    tokio::time::timeout(Duration::from_secs(10), proxy.wait())
+        .await
+        .expect("shutdown_timeout bounds the drain");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(stuck.simple_query("SELECT 1").await.is_err());
+}
+
+#[tokio::test]
+async fn a_client_idle_in_transaction_is_closed_and_its_server_freed() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 1);
+    config.idle_transaction_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(config).await.unwrap();
+    let leaky = connect(&proxy, "postgres", None).await.unwrap();
+    leaky.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // The only server connection is held; another client gets it once the leak is cut.
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let started = Instant::now();
+    other.simple_query("SELECT 2").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let err = leaky.simple_query("SELECT 1").await.unwrap_err();
+    assert!(code(&err) == Some("25P03") || err.is_closed(), "{err}");
+    // A transaction that keeps talking is not cut.
+    other.batch_execute("BEGIN").await.unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        other.simple_query("SELECT 1").await.unwrap();
+    }
+    other.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reserve_connection_serves_a_client_that_waited() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 1);
+    config.reserve_pool_size = 1;
+    config.reserve_pool_timeout = Duration::from_millis(200);
+    config.query_wait_timeout = Duration::from_secs(5);
+    let proxy = Proxy::start(config).await.unwrap();
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let started = Instant::now();
+    other.simple_query("SELECT 2").await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn min_pool_size_opens_connections_in_the_background() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 5);
+    config.min_pool_size = 3;
+    let proxy = Proxy::start(config).await.unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    let watcher = pg.connect("postgres").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgopt'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} server connections, want 3");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_under_load_fails_only_in_flight_work() {
+    let mut pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.default_pool_size = 4).await;
+    let port = proxy.local_addr().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut ok_after, mut failures) = (0u32, 0u32);
+            let mut client = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if client.is_none() {
+                    client = common::connect_port(port, "postgres").await.ok();
+                }
+                let Some(c) = &client else {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                match c.simple_query("SELECT 1").await {
+                    Ok(_) => ok_after += 1,
+                    Err(e) => {
+                        assert!(
+                            matches!(code(&e), Some("08006" | "57P01")) || e.is_closed(),
+                            "unexpected error: {e}"
+                        );
+                        failures += 1;
+                        ok_after = 0;
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            (ok_after, failures)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.restart().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        let (ok_after, _failures) = w.await.unwrap();
+        assert!(ok_after > 0, "a worker never recovered after the restart");
+    }
+    let console = admin(&proxy).await;
+    let pools = show(&console, "POOLS").await;
+    assert_eq!(pools[0]["server_down"], "no");
+}
