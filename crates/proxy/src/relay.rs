@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use pgopt_wire::frontend::{Bind, Close, Describe, Parse};
+use pgopt_wire::frontend::{Bind, Close, Describe, Parse, Query};
 use pgopt_wire::{
     peek_header, split_frame, sqlstate, DecodeError, Frame, Target, TransactionStatus,
 };
@@ -22,7 +22,9 @@ use crate::io::send_fatal;
 use crate::pool::{Checkout, Pool};
 use crate::session::{fail_checkout, CancelSlot};
 use crate::shared::{Lifecycle, Shared};
-use crate::statements::{ClientStatements, Expected, Prepared, Request, Step, Verdict};
+use crate::statements::{
+    deallocate_target, ClientStatements, Expected, Prepared, Request, Step, Verdict,
+};
 use crate::stats::{error_code, ClientInfo, ClientState};
 use crate::ProxyError;
 
@@ -56,6 +58,8 @@ pub struct Relay {
     /// When the current query cycle and transaction began.
     query_start: Option<Instant>,
     xact_start: Option<Instant>,
+    /// A query that may run DISCARD ALL is in flight.
+    discard_pending: bool,
 }
 
 impl Relay {
@@ -91,6 +95,7 @@ impl Relay {
             sent: 0,
             query_start: None,
             xact_start: None,
+            discard_pending: false,
         }
     }
 
@@ -211,7 +216,7 @@ impl Relay {
             self.forward().await?;
         }
         // Answers the proxy owes right now (nothing before them is pending).
-        self.expected.answer_ready(&mut self.out);
+        self.expected.answer_ready(&mut self.out, self.status);
         if !self.out.is_empty() {
             self.client
                 .write_all(&self.out)
@@ -221,8 +226,9 @@ impl Relay {
         }
         if !self.sbuf.is_empty() {
             self.handle_server().await?;
-            self.maybe_release();
         }
+        // Everything may have been answered here without the server.
+        self.maybe_release();
         Ok(!terminate)
     }
 
@@ -235,15 +241,16 @@ impl Relay {
             b'C' => Request::Close,
             b'E' => Request::Execute,
             b'S' => Request::Sync,
-            b'Q' | b'F' => {
-                if frame.tag() == b'Q' && resets_statements(frame.body()) {
-                    // DISCARD ALL / DEALLOCATE drop what pgopt prepared on this server.
-                    if let Some(server) = self.server.as_mut() {
-                        server.conn.prepared.clear();
-                    }
+            b'Q' if self.rewrite => {
+                // DISCARD ALL drops what pgopt prepared on this server: noted when it
+                // succeeds (see `handle_server`).
+                self.discard_pending |= mentions_discard(frame.body());
+                if self.deallocate_locally(frame.body()) {
+                    return Ok(());
                 }
                 Request::Query
             }
+            b'Q' | b'F' => Request::Query,
             // Flush, COPY data and the like: no response of their own.
             _ => {
                 self.to_server.extend_from_slice(frame.as_bytes());
@@ -343,6 +350,29 @@ impl Relay {
         }
     }
 
+    /// Transaction mode: `DEALLOCATE name` of one of the client's statements, or
+    /// `DEALLOCATE ALL`, forgets the client's names and is answered here; the server
+    /// keeps its `pgopt_…` statements for other clients.
+    fn deallocate_locally(&mut self, body: &[u8]) -> bool {
+        let head = body.trim_ascii_start();
+        if head.len() < 10 || !head[..10].eq_ignore_ascii_case(b"deallocate") {
+            return false;
+        }
+        let Ok(query) = Query::decode(body) else {
+            return false;
+        };
+        let all = match deallocate_target(query.sql) {
+            Some(None) => {
+                self.statements.clear();
+                true
+            }
+            Some(Some(name)) if self.statements.remove(&name) => false,
+            _ => return false,
+        };
+        self.expected.push(Step::Deallocated { all });
+        true
+    }
+
     fn known(&self, name: &str) -> Option<Arc<Prepared>> {
         if name.is_empty() {
             return None;
@@ -409,7 +439,17 @@ impl Relay {
                     s.conn.prepared.remove(&id);
                 }
             });
+            if header.tag == b'C'
+                && self.discard_pending
+                && &self.sbuf[pos + 5..end] == b"DISCARD ALL\0"
+            {
+                // The client's names stay usable: pgopt prepares them again.
+                if let Some(s) = self.server.as_mut() {
+                    s.conn.prepared.clear();
+                }
+            }
             if header.tag == b'Z' {
+                self.discard_pending = false;
                 self.ready();
             }
             if verdict == Verdict::Drop {
@@ -418,7 +458,7 @@ impl Relay {
                 edited = true;
             }
             let before = self.out.len();
-            self.expected.answer_ready(&mut self.out);
+            self.expected.answer_ready(&mut self.out, self.status);
             if self.out.len() != before {
                 // Answers go after this message: move it in front of them.
                 let answers = self.out.split_off(before);
@@ -590,12 +630,14 @@ impl Relay {
     }
 }
 
-/// Whether a simple query drops server-side prepared statements.
-fn resets_statements(query_body: &[u8]) -> bool {
-    let text = query_body.trim_ascii_start();
-    let starts =
-        |word: &[u8]| text.len() >= word.len() && text[..word.len()].eq_ignore_ascii_case(word);
-    starts(b"discard") || starts(b"deallocate")
+/// Whether a simple query may contain DISCARD (one pass, no allocation).
+fn mentions_discard(query_body: &[u8]) -> bool {
+    query_body.iter().enumerate().any(|(i, &b)| {
+        b | 0x20 == b'd'
+            && query_body
+                .get(i..i + 7)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"discard"))
+    })
 }
 
 async fn read_server(server: &mut Option<Checkout>, buf: &mut BytesMut) -> std::io::Result<usize> {

@@ -11,8 +11,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use pgopt_wire::backend::{CommandComplete, ReadyForQuery};
 use pgopt_wire::frontend::Parse;
-use pgopt_wire::EncodeError;
+use pgopt_wire::{EncodeError, TransactionStatus};
 
 /// A statement as the servers know it.
 #[derive(Debug)]
@@ -62,9 +63,45 @@ impl ClientStatements {
         self.by_name.get(name)
     }
 
-    pub fn remove(&mut self, name: &str) {
-        self.by_name.remove(name);
+    /// Whether the client had a statement of that name.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.by_name.remove(name).is_some()
     }
+
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+/// What a simple query `DEALLOCATE [PREPARE] name | ALL` names, if that is the whole
+/// query: `Some(None)` for ALL, `Some(Some(name))` for one statement (unquoted names
+/// fold to lower case, as PostgreSQL folds them).
+pub fn deallocate_target(sql: &str) -> Option<Option<String>> {
+    let sql = sql.trim().trim_end_matches(';').trim_end();
+    let mut words = sql.split_ascii_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("deallocate") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("prepare") {
+        name = words.next()?;
+    }
+    if words.next().is_some() {
+        return None;
+    }
+    if name.eq_ignore_ascii_case("all") {
+        return Some(None);
+    }
+    if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        if quoted.is_empty() || quoted.contains('"') {
+            return None;
+        }
+        return Some(Some(quoted.to_string()));
+    }
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$');
+    plain.then(|| Some(name.to_ascii_lowercase()))
 }
 
 /// What a request sent to the server (or skipped) owes the client.
@@ -94,6 +131,9 @@ pub enum Step {
     /// Not sent: the proxy answers with this message itself (ParseComplete `'1'` or
     /// CloseComplete `'3'`).
     Answer(u8),
+    /// A simple-query `DEALLOCATE name` (`all`: `DEALLOCATE ALL`) of the client's own
+    /// statements, answered by the proxy: CommandComplete and ReadyForQuery.
+    Deallocated { all: bool },
 }
 
 /// What to do with one server message.
@@ -121,9 +161,18 @@ impl Expected {
 
     /// Answers the proxy owes at the head of the queue, now that everything before them
     /// is done: appended to `out`.
-    pub fn answer_ready(&mut self, out: &mut BytesMut) {
-        while let Some(Step::Answer(tag)) = self.queue.front().copied() {
-            out.extend_from_slice(&[tag, 0, 0, 0, 4]);
+    pub fn answer_ready(&mut self, out: &mut BytesMut, status: TransactionStatus) {
+        loop {
+            match self.queue.front().copied() {
+                Some(Step::Answer(tag)) => out.extend_from_slice(&[tag, 0, 0, 0, 4]),
+                Some(Step::Deallocated { all }) => {
+                    let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
+                    // Short fixed tags: encoding cannot fail.
+                    let _ = CommandComplete { tag }.encode(out);
+                    ReadyForQuery { status }.encode(out);
+                }
+                _ => return,
+            }
             self.queue.pop_front();
         }
     }
@@ -166,7 +215,7 @@ impl Expected {
             }
             // Answers are written as soon as they reach the head; a server message
             // arriving here belongs to nothing we track.
-            Step::Answer(_) => Verdict::Relay,
+            Step::Answer(_) | Step::Deallocated { .. } => Verdict::Relay,
         }
     }
 
@@ -252,10 +301,10 @@ mod tests {
             request: Request::Sync,
             prepared: None,
         });
-        e.answer_ready(&mut out);
+        e.answer_ready(&mut out, TransactionStatus::Idle);
         assert!(out.is_empty(), "the Bind is still owed");
         run(&mut e, b"2");
-        e.answer_ready(&mut out);
+        e.answer_ready(&mut out, TransactionStatus::Idle);
         assert_eq!(&out[..], b"3\0\0\0\x04");
         run(&mut e, b"Z");
         assert!(e.is_empty());
@@ -300,6 +349,29 @@ mod tests {
         assert!(!e.is_empty());
         run(&mut e, b"CZ");
         assert!(e.is_empty());
+    }
+
+    #[test]
+    fn deallocate_targets() {
+        assert_eq!(
+            deallocate_target("DEALLOCATE _pg3_0"),
+            Some(Some("_pg3_0".into()))
+        );
+        assert_eq!(
+            deallocate_target(" deallocate prepare S1 ; "),
+            Some(Some("s1".into()))
+        );
+        assert_eq!(
+            deallocate_target("DEALLOCATE \"S1\""),
+            Some(Some("S1".into()))
+        );
+        // Quoted names with spaces are left to the server.
+        assert_eq!(deallocate_target("DEALLOCATE \"S 1\""), None);
+        assert_eq!(deallocate_target("DEALLOCATE ALL"), Some(None));
+        assert_eq!(deallocate_target("deallocate prepare all;"), Some(None));
+        assert_eq!(deallocate_target("DEALLOCATE a; SELECT 1"), None);
+        assert_eq!(deallocate_target("DEALLOCATE"), None);
+        assert_eq!(deallocate_target("SELECT 1"), None);
     }
 
     #[test]

@@ -177,3 +177,75 @@ async fn pgbench_prepared_mode_in_transaction_pooling() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn deallocate_and_discard_variants_never_break_later_statements() {
+    let (_pg, proxy) = start(1).await;
+    let a = connect(&proxy).await;
+    let b = connect(&proxy).await;
+    let stmt = a.prepare("SELECT $1::int + 10").await.unwrap();
+    assert_eq!(
+        a.query_one(&stmt, &[&1]).await.unwrap().get::<_, i32>(0),
+        11
+    );
+    // Statements survive DISCARD PLANS/TEMP/SEQUENCES on the server; pgopt must not
+    // think otherwise (it would prepare them again: 42P05 "already exists").
+    for discard in ["DISCARD PLANS", "DISCARD TEMP", "DISCARD SEQUENCES"] {
+        a.batch_execute(discard).await.unwrap();
+        let again = b.prepare("SELECT $1::int + 10").await.unwrap();
+        assert_eq!(
+            b.query_one(&again, &[&2]).await.unwrap().get::<_, i32>(0),
+            12
+        );
+        assert_eq!(
+            a.query_one(&stmt, &[&3]).await.unwrap().get::<_, i32>(0),
+            13
+        );
+    }
+    // DISCARD ALL fails inside a transaction: nothing was dropped.
+    a.batch_execute("BEGIN").await.unwrap();
+    assert!(a.batch_execute("DISCARD ALL").await.is_err());
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        a.query_one(&stmt, &[&4]).await.unwrap().get::<_, i32>(0),
+        14
+    );
+    let again = b.prepare("SELECT $1::int + 10").await.unwrap();
+    assert_eq!(
+        b.query_one(&again, &[&5]).await.unwrap().get::<_, i32>(0),
+        15
+    );
+
+    // DEALLOCATE of one's own statement (what psycopg sends with libpq < 17) works
+    // and leaves other clients' copies alone; an unknown name is the server's 26000.
+    let named: Vec<String> = a
+        .simple_query("SELECT name FROM pg_prepared_statements")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert!(named.iter().all(|n| n.starts_with("pgopt_")), "{named:?}");
+    // tokio-postgres names a client's first statement s0.
+    a.batch_execute("DEALLOCATE s0").await.unwrap();
+    let err = a.query_one(&stmt, &[&6]).await.unwrap_err();
+    assert_eq!(common::code(&err), Some("26000"), "{err}");
+    assert_eq!(
+        b.query_one(&again, &[&6]).await.unwrap().get::<_, i32>(0),
+        16
+    );
+    let err = a
+        .batch_execute("DEALLOCATE no_such_statement")
+        .await
+        .unwrap_err();
+    assert_eq!(common::code(&err), Some("26000"), "{err}");
+    a.batch_execute("DEALLOCATE ALL").await.unwrap();
+    let fresh = a.prepare("SELECT $1::int + 10").await.unwrap();
+    assert_eq!(
+        a.query_one(&fresh, &[&7]).await.unwrap().get::<_, i32>(0),
+        17
+    );
+}
