@@ -41,6 +41,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> client drivers for the compatibility tests (psycopg, node-postgres)"
+scripts/compat/install.sh
 echo "==> cargo nextest run"
 cargo nextest run --workspace --locked --no-fail-fast
 echo "==> doc tests (nextest does not run them)"

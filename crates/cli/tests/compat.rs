@@ -1,0 +1,435 @@
+//! Client compatibility through the real `pgopt proxy` binary and a real PostgreSQL:
+//! psycopg 3 (scripts/compat/check.py, once with the libpq its wheel bundles and once
+//! over the system's older libpq) and node-postgres (scripts/compat/check.js) run the
+//! same checks in each proxy configuration; and a ~200 MB result streams through the
+//! proxy in bounded memory.
+//!
+//! The drivers are installed once by scripts/compat/install.sh (a virtualenv under
+//! target/compat-venv, node_modules under scripts/compat), which needs PyPI and npm
+//! the first time. `PGOPT_COMPAT_TLS=1` adds the TLS check, which fails until the
+//! proxy supports TLS.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pgopt_embedded::{HostAuth, Postgres};
+
+const DB: &str = "compat";
+const USER: &str = "compat_app";
+const PASSWORD: &str = "compat-Pw.42";
+const POOL_SIZE: usize = 2;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs scripts/compat/install.sh once per test process; the script itself takes a
+/// file lock, so parallel test processes install one at a time.
+fn install_drivers() {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = INSTALLED.get_or_init(|| {
+        let script = repo_root().join("scripts/compat/install.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed ({}):\n{}{}",
+                script.display(),
+                out.status,
+                text(&out.stdout),
+                text(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// A PostgreSQL whose TCP logins use SCRAM, with user `USER` owning database `DB`.
+fn postgres_with_app_user() -> Postgres {
+    let pg = Postgres::builder()
+        .password("compat-super", HostAuth::ScramSha256)
+        .preload_extensions(false)
+        .start_blocking()
+        .expect("starting PostgreSQL");
+    pg.psql(&format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"))
+        .unwrap();
+    pg.psql(&format!("CREATE DATABASE {DB} OWNER {USER}"))
+        .unwrap();
+    pg
+}
+
+/// One proxy configuration.
+struct Setup<'a> {
+    name: &'a str,
+    /// `proxy.upstream`: without a user, the proxy logs in to the server as the
+    /// client's user with that user's password from `[[proxy.users]]`.
+    upstream: String,
+    mode: &'a str,
+    auth: &'a str,
+    users: &'a [(&'a str, &'a str)],
+}
+
+/// A `pgopt proxy` child process; killed (and its files removed) on drop.
+struct ProxyProcess {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl ProxyProcess {
+    fn start(setup: &Setup) -> ProxyProcess {
+        let dir = std::env::temp_dir().join(format!(
+            "pgopt-compat-{}-{}",
+            std::process::id(),
+            setup.name
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = pgopt_embedded::free_port().unwrap();
+        let mut toml = format!(
+            "[logging]\nlevel = \"info\"\n\n[proxy]\nlisten = \"127.0.0.1:{port}\"\n\
+             upstream = \"{}\"\npool_mode = \"{}\"\ndefault_pool_size = {POOL_SIZE}\n\
+             auth = \"{}\"\nquery_wait_timeout = \"30s\"\n",
+            setup.upstream, setup.mode, setup.auth
+        );
+        for (name, password) in setup.users {
+            toml.push_str(&format!(
+                "\n[[proxy.users]]\nname = \"{name}\"\npassword = \"{password}\"\n"
+            ));
+        }
+        let config = dir.join("pgopt.toml");
+        std::fs::write(&config, toml).unwrap();
+        // A file, not a pipe: nobody drains a pipe while the checks run.
+        let log = std::fs::File::create(dir.join("proxy.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+            .arg("--config")
+            .arg(&config)
+            .arg("proxy")
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting pgopt proxy");
+        let mut proxy = ProxyProcess { child, port, dir };
+        proxy.wait_until_accepting();
+        proxy
+    }
+
+    fn wait_until_accepting(&mut self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("pgopt proxy exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgopt proxy does not accept on {addr} after 20 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The proxy's output, its last 200 lines.
+    fn log(&self) -> String {
+        let all = std::fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default();
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(200)..].join("\n")
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Driver {
+    /// psycopg 3 with the libpq its binary wheel bundles (18 today).
+    Psycopg,
+    NodePostgres,
+    /// psycopg 3's pure-Python implementation over the system's libpq (Debian's 15):
+    /// older libpq, so other paths (`DEALLOCATE name`, PQcancel).
+    PsycopgSystemLibpq,
+}
+
+impl Driver {
+    /// Checks only this driver runs (the others report them skipped).
+    fn own_checks(self) -> &'static [&'static str] {
+        match self {
+            Driver::Psycopg | Driver::PsycopgSystemLibpq => &["statement_cache"],
+            Driver::NodePostgres => &[],
+        }
+    }
+
+    fn command(self) -> Command {
+        let root = repo_root();
+        match self {
+            Driver::Psycopg | Driver::PsycopgSystemLibpq => {
+                let mut cmd = Command::new(root.join("target/compat-venv/bin/python"));
+                cmd.arg(root.join("scripts/compat/check.py"));
+                let implementation = match self {
+                    Driver::PsycopgSystemLibpq => "python",
+                    _ => "binary",
+                };
+                cmd.env("PSYCOPG_IMPL", implementation);
+                cmd
+            }
+            Driver::NodePostgres => {
+                let mut cmd = Command::new("node");
+                cmd.arg(root.join("scripts/compat/check.js"));
+                cmd
+            }
+        }
+    }
+}
+
+/// Runs one driver's checks against the proxy.
+fn run_checks(driver: Driver, proxy: &ProxyProcess, setup: &Setup) -> Output {
+    driver
+        .command()
+        .env("PGOPT_COMPAT_HOST", "127.0.0.1")
+        .env("PGOPT_COMPAT_PORT", proxy.port.to_string())
+        .env("PGOPT_COMPAT_DB", DB)
+        .env("PGOPT_COMPAT_USER", USER)
+        .env("PGOPT_COMPAT_PASSWORD", PASSWORD)
+        .env("PGOPT_COMPAT_MODE", setup.mode)
+        .env("PGOPT_COMPAT_AUTH", setup.auth)
+        .env("PGOPT_COMPAT_POOL_SIZE", POOL_SIZE.to_string())
+        .env("PGOPT_COMPAT_VERBOSE", "1")
+        .env_remove("PGOPT_COMPAT_CHECKS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running the {driver:?} checks: {e}"))
+}
+
+/// Both drivers' checks through a proxy set up this way: each must exit 0 and report
+/// `ok` for every check in `want_ok`.
+fn both_drivers_pass(mode: &str, auth: &str, want_ok: &[&str]) {
+    install_drivers();
+    let pg = postgres_with_app_user();
+    let setup = Setup {
+        name: &format!("{mode}-{auth}"),
+        upstream: format!("postgres://127.0.0.1:{}/{DB}", pg.port()),
+        mode,
+        auth,
+        users: &[(USER, PASSWORD)],
+    };
+    let proxy = ProxyProcess::start(&setup);
+    let mut failures = Vec::new();
+    let mut report = String::new();
+    // The system-libpq run last: what it breaks must not hide the others' results.
+    for driver in [
+        Driver::Psycopg,
+        Driver::NodePostgres,
+        Driver::PsycopgSystemLibpq,
+    ] {
+        let started = Instant::now();
+        let out = run_checks(driver, &proxy, &setup);
+        let stdout = text(&out.stdout);
+        report.push_str(&format!(
+            "--- {driver:?} ({}, {:.1} s)\n{stdout}{}",
+            out.status,
+            started.elapsed().as_secs_f64(),
+            text(&out.stderr)
+        ));
+        if !out.status.success() {
+            failures.push(format!("{driver:?} exited with {}", out.status));
+        }
+        for check in want_ok.iter().chain(driver.own_checks()) {
+            let ok = format!("ok {check}");
+            if !stdout
+                .lines()
+                .any(|l| l == ok || l.starts_with(&format!("{ok}:")))
+            {
+                failures.push(format!("{driver:?}: no `{ok}` line"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n{report}--- pgopt proxy log\n{}",
+        failures.join("\n"),
+        proxy.log()
+    );
+}
+
+const EVERY_MODE: [&str; 6] = [
+    "multi_statement",
+    "prepared",
+    "copy",
+    "cancel",
+    "tx_error",
+    "auth",
+];
+
+#[test]
+fn psycopg_and_node_postgres_in_transaction_mode_with_scram() {
+    both_drivers_pass("transaction", "scram-sha-256", &EVERY_MODE);
+}
+
+#[test]
+fn psycopg_and_node_postgres_in_transaction_mode_with_md5() {
+    both_drivers_pass("transaction", "md5", &EVERY_MODE);
+}
+
+#[test]
+fn psycopg_and_node_postgres_in_session_mode_with_listen_notify() {
+    let mut want: Vec<&str> = EVERY_MODE.to_vec();
+    want.push("listen_notify");
+    both_drivers_pass("session", "scram-sha-256", &want);
+}
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"));
+    kb * 1024
+}
+
+const ROWS: u64 = 200_000;
+const ROW_LEN: u64 = 1000;
+/// Bytes of output for ROWS lines of ROW_LEN 'x' and a newline: 200,200,000.
+const RESULT_BYTES: u64 = ROWS * (ROW_LEN + 1);
+/// The proxy relays whole messages in batches through per-connection buffers of tens
+/// of kilobytes (they grow only to the largest single message, here a 1 kB row), and
+/// stops reading the server while the client does not read. Its peak measured here
+/// (debug build, 2 cores) is about 9 MB, the same before and after relaying 2 x 200 MB.
+/// 32 MB leaves 3x room for the runtime's and the allocator's slack on bigger
+/// machines, while buffering even a sixth of one result would cross it.
+const PEAK_RSS_BOUND: u64 = 32 * 1024 * 1024;
+
+/// Reads `psql`'s output as it comes, checks it is ROWS lines of ROW_LEN 'x', and
+/// stops reading for `pause` after the first 10 MB: a slow client.
+fn read_rows(psql: &mut Child, pause: Duration) -> Result<(), String> {
+    let mut stdout = psql.stdout.take().unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut total, mut column, mut lines) = (0u64, 0u64, 0u64);
+    let mut paused = pause.is_zero();
+    loop {
+        let n = stdout.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            match b {
+                b'x' if column < ROW_LEN => column += 1,
+                b'\n' if column == ROW_LEN => {
+                    column = 0;
+                    lines += 1;
+                }
+                _ => return Err(format!("unexpected byte {b:#04x} at offset {total}")),
+            }
+            total += 1;
+        }
+        if !paused && total > 10 << 20 {
+            std::thread::sleep(pause);
+            paused = true;
+        }
+    }
+    if total != RESULT_BYTES || lines != ROWS {
+        return Err(format!(
+            "{total} bytes in {lines} lines, expected {RESULT_BYTES} in {ROWS}"
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_200_mb_result_streams_through_the_proxy_in_bounded_memory() {
+    let pg = Postgres::builder()
+        .preload_extensions(false)
+        .start_blocking()
+        .expect("starting PostgreSQL");
+    let proxy = ProxyProcess::start(&Setup {
+        name: "stream",
+        upstream: pg.url("postgres"),
+        mode: "transaction",
+        auth: "trust",
+        users: &[],
+    });
+    let psql = |sql: &str| {
+        let mut cmd = Command::new(pg.binaries().program("psql"));
+        cmd.args(["-h", "127.0.0.1", "-p", &proxy.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-X", "-A", "-t", "-q"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let rows = format!("SELECT repeat('x', {ROW_LEN}) FROM generate_series(1, {ROWS})");
+    let baseline = peak_rss(proxy.pid());
+    // COPY OUT, read by a client that stops for 3 s: the proxy must stop reading the
+    // server rather than buffer what the client does not take.
+    // A big SELECT: psql reads its rows as fast as they come.
+    for (what, sql, pause) in [
+        (
+            "COPY TO STDOUT",
+            format!("COPY ({rows}) TO STDOUT"),
+            Duration::from_secs(3),
+        ),
+        ("SELECT", rows.clone(), Duration::ZERO),
+    ] {
+        let started = Instant::now();
+        let mut child = psql(&sql);
+        let read = read_rows(&mut child, pause);
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success() && read.is_ok(),
+            "{what}: psql {status}, {read:?}\n{stderr}\n--- pgopt proxy log\n{}",
+            proxy.log()
+        );
+        eprintln!(
+            "{what}: {RESULT_BYTES} bytes through the proxy in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let peak = peak_rss(proxy.pid());
+    eprintln!(
+        "pgopt proxy peak RSS: {:.1} MB before, {:.1} MB after 2 x {} MB",
+        baseline as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        RESULT_BYTES / 1_000_000
+    );
+    assert!(
+        peak < PEAK_RSS_BOUND,
+        "pgopt proxy peak RSS {peak} bytes (before: {baseline}), bound {PEAK_RSS_BOUND}"
+    );
+}
