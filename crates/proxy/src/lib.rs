@@ -17,6 +17,7 @@ mod pool;
 mod relay;
 mod server;
 mod session;
+mod session_state;
 mod shared;
 mod statements;
 mod stats;

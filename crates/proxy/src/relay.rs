@@ -8,10 +8,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use pgopt_wire::frontend::{Bind, Close, Describe, Parse, Query};
 use pgopt_wire::{
-    peek_header, split_frame, sqlstate, DecodeError, Frame, Target, TransactionStatus,
+    peek_header, split_frame, sqlstate, DecodeError, ErrorBuilder, Frame, Severity, Target,
+    TransactionStatus,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,6 +22,7 @@ use crate::config::PoolMode;
 use crate::io::send_fatal;
 use crate::pool::{Checkout, Pool};
 use crate::session::{fail_checkout, CancelSlot};
+use crate::session_state::{self, may_affect_session, Change, Settings, Verdict as SessionVerdict};
 use crate::shared::{Lifecycle, Shared};
 use crate::statements::{
     deallocate_target, ClientStatements, Expected, Prepared, Request, Step, Verdict,
@@ -58,8 +60,14 @@ pub struct Relay {
     /// When the current query cycle and transaction began.
     query_start: Option<Instant>,
     xact_start: Option<Instant>,
-    /// A query that may run DISCARD ALL is in flight.
-    discard_pending: bool,
+    /// The client's settings, carried onto every server connection it gets.
+    settings: Settings,
+    /// A SET/RESET/DISCARD sent, to be recorded when the server confirms it.
+    /// (change, statement, ReadyForQuerys still due before its own).
+    pending_change: Option<(Change, String, usize)>,
+    /// A Parse was refused: messages up to the next Sync are dropped.
+    skipping: bool,
+    shared: Arc<Shared>,
 }
 
 impl Relay {
@@ -70,6 +78,7 @@ impl Relay {
         shared: Arc<Shared>,
         cancel: CancelSlot,
         info: Arc<ClientInfo>,
+        settings: Settings,
     ) -> Relay {
         let config = shared.config();
         Relay {
@@ -95,7 +104,10 @@ impl Relay {
             sent: 0,
             query_start: None,
             xact_start: None,
-            discard_pending: false,
+            settings,
+            pending_change: None,
+            skipping: false,
+            shared,
         }
     }
 
@@ -234,7 +246,24 @@ impl Relay {
 
     /// Queues one client message for the server, rewriting statement names when needed.
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
+        if self.skipping {
+            // After a refused Parse, as the server would after an error: nothing up to
+            // Sync runs. The Sync goes on (a bare one gets a ReadyForQuery back).
+            if frame.tag() != b'S' {
+                return Ok(());
+            }
+            self.skipping = false;
+        }
         let request = match frame.tag() {
+            b'P' if self.rewrite => {
+                let parse = Parse::decode(frame.body())?;
+                if let Some(refusal) = self.judge_session(parse.query, false) {
+                    self.expected.push_error(refusal);
+                    self.skipping = true;
+                    return Ok(());
+                }
+                Request::Parse
+            }
             b'P' => Request::Parse,
             b'B' => Request::Bind,
             b'D' => Request::Describe,
@@ -242,11 +271,16 @@ impl Relay {
             b'E' => Request::Execute,
             b'S' => Request::Sync,
             b'Q' if self.rewrite => {
-                // DISCARD ALL drops what pgopt prepared on this server: noted when it
-                // succeeds (see `handle_server`).
-                self.discard_pending |= mentions_discard(frame.body());
                 if self.deallocate_locally(frame.body()) {
                     return Ok(());
+                }
+                if may_affect_session(frame.body()) {
+                    let query = Query::decode(frame.body())?;
+                    if let Some(refusal) = self.judge_session(query.sql, true) {
+                        self.expected.push_error(refusal);
+                        self.expected.push(Step::Ready);
+                        return Ok(());
+                    }
                 }
                 Request::Query
             }
@@ -373,6 +407,53 @@ impl Relay {
         true
     }
 
+    /// Transaction mode: what a statement does to session state. A refusal comes back
+    /// as an encoded ErrorResponse; a settings change is tracked — for a simple query
+    /// once the server confirms it, for a Parse at once.
+    fn judge_session(&mut self, sql: &str, simple: bool) -> Option<Bytes> {
+        if !may_affect_session(sql.as_bytes()) {
+            return None;
+        }
+        let analysis = self.shared.analyzer.analyze(sql).ok()?;
+        match session_state::judge(&analysis, sql) {
+            SessionVerdict::Relay => None,
+            SessionVerdict::Track(change) => {
+                if simple {
+                    // Its CommandComplete comes after the ReadyForQuerys owed before it.
+                    let before = self.expected.server_readies();
+                    self.pending_change = Some((change, sql.to_string(), before));
+                } else if let Some(server) = self.server.as_mut() {
+                    self.settings
+                        .confirm(&change, sql, &mut server.conn.applied);
+                }
+                None
+            }
+            SessionVerdict::Refuse(message) => {
+                let mut out = BytesMut::new();
+                ErrorBuilder::new(Severity::Error, sqlstate::FEATURE_NOT_SUPPORTED, &message)
+                    .encode_error(&mut out)
+                    .ok()?;
+                self.pool
+                    .stats
+                    .record_error(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes());
+                Some(out.freeze())
+            }
+        }
+    }
+
+    /// Brings the server connection just lent to the client's settings (start-up
+    /// parameters and SETs), with queries whose responses the client never sees.
+    fn sync_settings(&mut self) {
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        for sql in self.settings.sync(&mut server.conn.applied) {
+            if (Query { sql: &sql }).encode(&mut self.to_server).is_ok() {
+                self.expected.push(Step::InjectedQuery);
+            }
+        }
+    }
+
     fn known(&self, name: &str) -> Option<Arc<Prepared>> {
         if name.is_empty() {
             return None;
@@ -428,29 +509,14 @@ impl Relay {
                     _ => TransactionStatus::Idle,
                 };
             }
-            if header.tag == b'E' {
-                if let Some(code) = error_code(&self.sbuf[pos + 5..end]) {
-                    self.pool.stats.record_error(code);
-                }
-            }
             let server = &mut self.server;
             let verdict = self.expected.on_server_message(header.tag, |id| {
                 if let Some(s) = server.as_mut() {
                     s.conn.prepared.remove(&id);
                 }
             });
-            if header.tag == b'C'
-                && self.discard_pending
-                && &self.sbuf[pos + 5..end] == b"DISCARD ALL\0"
-            {
-                // The client's names stay usable: pgopt prepares them again.
-                if let Some(s) = self.server.as_mut() {
-                    s.conn.prepared.clear();
-                }
-            }
-            if header.tag == b'Z' {
-                self.discard_pending = false;
-                self.ready();
+            if matches!(header.tag, b'C' | b'E' | b'Z') {
+                self.observe(header.tag, pos + 5..end, verdict);
             }
             if verdict == Verdict::Drop {
                 self.out.extend_from_slice(&self.sbuf[copied..pos]);
@@ -511,6 +577,61 @@ impl Relay {
         }
     }
 
+    /// Bookkeeping on CommandComplete, ErrorResponse and ReadyForQuery: statement and
+    /// settings resets, confirmed SETs, errors by class, the end of a query cycle.
+    fn observe(&mut self, tag: u8, body: std::ops::Range<usize>, verdict: Verdict) {
+        let body = &self.sbuf[body];
+        if verdict == Verdict::Drop {
+            // Part of a query pgopt injected to apply the client's settings.
+            if tag == b'E' {
+                let code = error_code(body).unwrap_or_default();
+                tracing::warn!(
+                    sqlstate = %String::from_utf8_lossy(code),
+                    "applying a client's settings on a server connection failed"
+                );
+            }
+            return;
+        }
+        match tag {
+            b'C' => {
+                let Some(server) = self.server.as_mut() else {
+                    return;
+                };
+                let conn = &mut server.conn;
+                if body == b"DISCARD ALL\0" || body == b"DEALLOCATE ALL\0" {
+                    // The server dropped every statement; the client's names stay
+                    // usable: pgopt prepares them again.
+                    conn.prepared.clear();
+                }
+                if body == b"DISCARD ALL\0" {
+                    conn.applied.clear();
+                    self.settings.reset_all();
+                }
+                if let Some((change, sql, 0)) = &self.pending_change {
+                    let confirmed = match change {
+                        Change::Set(_) => body == b"SET\0",
+                        Change::Reset(_) | Change::ResetAll => body == b"RESET\0",
+                    };
+                    if confirmed {
+                        self.settings.confirm(change, sql, &mut conn.applied);
+                    }
+                }
+            }
+            b'E' => {
+                if let Some(code) = error_code(body) {
+                    self.pool.stats.record_error(code);
+                }
+            }
+            _ => {
+                self.pending_change = match self.pending_change.take() {
+                    Some((c, s, n)) if n > 0 => Some((c, s, n - 1)),
+                    _ => None,
+                };
+                self.ready();
+            }
+        }
+    }
+
     async fn checkout(&mut self) -> bool {
         self.info.set_state(ClientState::Waiting);
         match self.pool.checkout().await {
@@ -521,6 +642,7 @@ impl Relay {
                 *lock(&self.cancel) = Some((checkout.conn.addr, checkout.conn.cancel_key));
                 self.status = checkout.conn.status;
                 self.server = Some(checkout);
+                self.sync_settings();
                 true
             }
             Err(e) => {
@@ -630,16 +752,6 @@ impl Relay {
     }
 }
 
-/// Whether a simple query may contain DISCARD (one pass, no allocation).
-fn mentions_discard(query_body: &[u8]) -> bool {
-    query_body.iter().enumerate().any(|(i, &b)| {
-        b | 0x20 == b'd'
-            && query_body
-                .get(i..i + 7)
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"discard"))
-    })
-}
-
 async fn read_server(server: &mut Option<Checkout>, buf: &mut BytesMut) -> std::io::Result<usize> {
     match server {
         Some(checkout) => checkout.conn.stream.read_buf(buf).await,
@@ -668,6 +780,7 @@ async fn reset_and_release(mut checkout: Checkout, max_len: u32) {
     .await;
     if let Ok(Ok(true)) = done {
         checkout.conn.prepared.clear();
+        checkout.conn.applied.clear();
         checkout.release();
     }
 }

@@ -15,6 +15,7 @@ use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRA
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::session_state::Applied;
 use crate::stats::ServerInfo;
 use crate::ProxyError;
 
@@ -49,6 +50,8 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// What SHOW SERVERS shows of this connection.
     pub info: Arc<ServerInfo>,
+    /// Client settings pgopt applied here (see `session_state.rs`).
+    pub applied: Applied,
 }
 
 impl ServerConn {
@@ -233,6 +236,7 @@ impl ServerConn {
                         prepared: HashSet::new(),
                         created: now,
                         last_used: now,
+                        applied: Applied::default(),
                     });
                 }
                 // Notices during start-up are not the client's business.

@@ -18,6 +18,7 @@ use crate::config::{Config, ADMIN_DATABASE};
 use crate::io::{send_fatal, write_all};
 use crate::pool::{CheckoutError, Pool};
 use crate::relay::Relay;
+use crate::session_state::Settings;
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::{ClientInfo, ClientState};
 use crate::ProxyError;
@@ -136,8 +137,12 @@ async fn session(
         secret_key: i32::from_be_bytes(md5::random_salt()?),
     };
     shared.register_cancel(key, &cancel_slot);
+    let settings = Settings::from_startup(&startup.params);
     let mut out = BytesMut::with_capacity(512);
     for (name, value) in params.iter() {
+        // The client's own start-up values, which pgopt applies on its server
+        // connections, are the ones it must see.
+        let value = settings.startup_value(name).unwrap_or(value);
         ParameterStatus { name, value }.encode(&mut out)?;
     }
     BackendKeyData {
@@ -151,9 +156,17 @@ async fn session(
     .encode(&mut out);
     let result = async {
         write_all(&mut stream, &out).await?;
-        Relay::new(stream, buf, pool, shared.clone(), cancel_slot, info.clone())
-            .run()
-            .await
+        Relay::new(
+            stream,
+            buf,
+            pool,
+            shared.clone(),
+            cancel_slot,
+            info.clone(),
+            settings,
+        )
+        .run()
+        .await
     }
     .await;
     shared.unregister_cancel(key);

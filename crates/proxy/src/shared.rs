@@ -50,6 +50,8 @@ pub struct Shared {
     pub rejected_max_clients: AtomicU64,
     pub rejected_auth: AtomicU64,
     pub accepted: AtomicU64,
+    /// Statement analysis (cached by shape) for session-state checks.
+    pub analyzer: pgopt_sql::Analyzer,
 }
 
 impl Shared {
@@ -69,6 +71,7 @@ impl Shared {
             rejected_max_clients: AtomicU64::new(0),
             rejected_auth: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            analyzer: pgopt_sql::Analyzer::new(pgopt_sql::AnalyzerConfig::default()),
         }
     }
 

@@ -134,6 +134,13 @@ pub enum Step {
     /// A simple-query `DEALLOCATE name` (`all`: `DEALLOCATE ALL`) of the client's own
     /// statements, answered by the proxy: CommandComplete and ReadyForQuery.
     Deallocated { all: bool },
+    /// A query pgopt sent itself (settings for this client): every response to it,
+    /// up to and including its ReadyForQuery, is dropped.
+    InjectedQuery,
+    /// An ErrorResponse from pgopt (the next of [`Expected`]'s queued errors).
+    Error,
+    /// A ReadyForQuery from pgopt, with the current transaction status.
+    Ready,
 }
 
 /// What to do with one server message.
@@ -148,11 +155,36 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Expected {
     queue: VecDeque<Step>,
+    /// Encoded ErrorResponses for the [`Step::Error`]s in the queue, in order.
+    errors: VecDeque<Bytes>,
 }
 
 impl Expected {
     pub fn push(&mut self, step: Step) {
         self.queue.push_back(step);
+    }
+
+    /// Server ReadyForQuery messages still to come for what is queued (each Sync and
+    /// simple Query sent), not counting those of injected queries.
+    pub fn server_readies(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    Step::Server {
+                        request: Request::Sync | Request::Query,
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
+    /// Queues an ErrorResponse pgopt sends in the place of a server's.
+    pub fn push_error(&mut self, error: Bytes) {
+        self.errors.push_back(error);
+        self.queue.push_back(Step::Error);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,6 +203,12 @@ impl Expected {
                     let _ = CommandComplete { tag }.encode(out);
                     ReadyForQuery { status }.encode(out);
                 }
+                Some(Step::Error) => {
+                    if let Some(e) = self.errors.pop_front() {
+                        out.extend_from_slice(&e);
+                    }
+                }
+                Some(Step::Ready) => ReadyForQuery { status }.encode(out),
                 _ => return,
             }
             self.queue.pop_front();
@@ -215,7 +253,15 @@ impl Expected {
             }
             // Answers are written as soon as they reach the head; a server message
             // arriving here belongs to nothing we track.
-            Step::Answer(_) | Step::Deallocated { .. } => Verdict::Relay,
+            Step::InjectedQuery => {
+                if tag == b'Z' {
+                    self.queue.pop_front();
+                }
+                Verdict::Drop
+            }
+            Step::Answer(_) | Step::Deallocated { .. } | Step::Error | Step::Ready => {
+                Verdict::Relay
+            }
         }
     }
 
@@ -227,11 +273,16 @@ impl Expected {
                 Step::Server {
                     request: Request::Sync,
                     ..
-                } => break,
+                }
+                | Step::Ready => break,
                 Step::Server {
                     prepared: Some(id), ..
                 }
                 | Step::Injected { prepared: id } => forget(id),
+                // The server skipped the refused message's place too.
+                Step::Error => {
+                    self.errors.pop_front();
+                }
                 _ => {}
             }
             self.queue.pop_front();

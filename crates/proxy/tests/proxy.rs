@@ -391,3 +391,106 @@ async fn pgbench_simple_and_extended_through_the_proxy() {
         );
     }
 }
+
+async fn connect_with_options(proxy: &Proxy, options: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname("app")
+        .options(options)
+        .application_name("opts-test")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+async fn show(client: &tokio_postgres::Client, setting: &str) -> String {
+    client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn transaction_mode_carries_startup_options_and_sets_across_server_connections() {
+    // One server connection shared by three clients with different settings.
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let a = connect_with_options(&proxy, "-c search_path=alpha,public -c work_mem=7MB").await;
+    let b = connect_with_options(&proxy, "-c search_path=beta").await;
+    let plain = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(show(&a, "search_path").await, "alpha,public");
+        assert_eq!(show(&a, "work_mem").await, "7MB");
+        assert_eq!(show(&b, "search_path").await, "beta");
+        assert_eq!(show(&b, "work_mem").await, "4MB");
+        assert_eq!(show(&plain, "search_path").await, "\"$user\", public");
+        assert_eq!(show(&a, "application_name").await, "opts-test");
+    }
+    // A SET outside a transaction follows its client only.
+    b.batch_execute("SET statement_timeout = '1234ms'")
+        .await
+        .unwrap();
+    assert_eq!(show(&plain, "statement_timeout").await, "0");
+    assert_eq!(show(&b, "statement_timeout").await, "1234ms");
+    // A failed SET changes nothing.
+    assert!(b
+        .batch_execute("SET statement_timeout = 'soon'")
+        .await
+        .is_err());
+    assert_eq!(show(&a, "statement_timeout").await, "0");
+    assert_eq!(show(&b, "statement_timeout").await, "1234ms");
+    // RESET goes back to the start-up value; RESET ALL to all of them.
+    a.batch_execute("SET search_path = public").await.unwrap();
+    assert_eq!(show(&plain, "search_path").await, "\"$user\", public");
+    assert_eq!(show(&a, "search_path").await, "public");
+    a.batch_execute("RESET search_path").await.unwrap();
+    assert_eq!(show(&b, "search_path").await, "beta");
+    assert_eq!(show(&a, "search_path").await, "alpha,public");
+    b.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(show(&a, "work_mem").await, "7MB");
+    assert_eq!(show(&b, "statement_timeout").await, "0");
+    assert_eq!(show(&b, "search_path").await, "beta");
+}
+
+#[tokio::test]
+async fn transaction_mode_refuses_session_state_by_name_and_stays_usable() {
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for (sql, feature) in [
+        ("LISTEN jobs", "LISTEN"),
+        ("SELECT pg_advisory_lock(7)", "pg_advisory_lock"),
+        ("CREATE TEMP TABLE scratch (x int)", "Temporary table"),
+        ("PREPARE p AS SELECT 1", "PREPARE"),
+        ("SELECT set_config('app.user', '1', false)", "set_config"),
+        ("SET work_mem = '8MB'; SELECT 1", "several statements"),
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(db.message().contains(feature), "{sql}: {}", db.message());
+        client.batch_execute("SELECT 1").await.unwrap();
+    }
+    // Extended protocol: refused at Parse, the connection goes on.
+    let err = client.prepare("LISTEN jobs").await.unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    let n: i32 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 42);
+    // What transaction mode can carry is allowed.
+    client
+        .batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(7); \
+             CREATE TEMP TABLE t (x int) ON COMMIT DROP; SET LOCAL work_mem = '8MB'; COMMIT",
+        )
+        .await
+        .unwrap();
+    // Session mode refuses nothing.
+    let (_pg2, session) = start(PoolMode::Session, 1).await;
+    let s = connect(&session, "postgres", None).await.unwrap();
+    s.batch_execute("LISTEN jobs; CREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap();
+}

@@ -1,0 +1,451 @@
+//! Session state in transaction mode. A client's settings — its start-up parameters
+//! (search_path, DateStyle, TimeZone, application_name, `options=-c …`) and the SET
+//! statements it runs — follow it onto whichever server connection it is lent: each
+//! server connection remembers which settings pgopt applied to it, and on checkout the
+//! difference is applied before the client's first message. State that cannot follow
+//! a client (LISTEN, session advisory locks, temporary tables, SQL PREPARE, cursors
+//! WITH HOLD, set_config(…, false)) is refused with an error that names the feature.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use pgopt_sql::{Analysis, SessionEffect};
+
+/// How a setting is applied on a server connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Setting {
+    /// A start-up parameter: `set_config(name, value, false)`.
+    Value(String),
+    /// The client's own `SET …` statement, replayed as it was written.
+    Statement(String),
+}
+
+/// The settings one client expects, by lower-case parameter name.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    startup: BTreeMap<String, Setting>,
+    current: BTreeMap<String, Setting>,
+    /// A hash of `current`; equal versions mean equal settings (0: none).
+    version: u64,
+}
+
+/// What a server connection has had applied (its part of [`Settings`]).
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    map: BTreeMap<String, Setting>,
+    version: u64,
+}
+
+/// Start-up parameters the proxy handles itself, never replayed.
+const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
+
+impl Settings {
+    /// The settings a client's StartupMessage asks for.
+    pub fn from_startup(params: &[(String, String)]) -> Settings {
+        let mut startup = BTreeMap::new();
+        for (name, value) in params {
+            let name = name.to_ascii_lowercase();
+            if name == "options" {
+                for (k, v) in parse_options(value) {
+                    startup.insert(k, Setting::Value(v));
+                }
+            } else if !NOT_SETTINGS.contains(&name.as_str()) {
+                startup.insert(name, Setting::Value(value.clone()));
+            }
+        }
+        let mut s = Settings {
+            current: startup.clone(),
+            startup,
+            version: 0,
+        };
+        s.rehash();
+        s
+    }
+
+    fn rehash(&mut self) {
+        self.version = version_of(&self.current);
+    }
+
+    /// The server confirmed `change` (its CommandComplete came): the client's settings
+    /// and what the server has both follow.
+    pub fn confirm(&mut self, change: &Change, statement: &str, server: &mut Applied) {
+        match change {
+            Change::Set(name) => {
+                self.set(name, statement);
+                // The server had this client's settings (synced at checkout) plus this.
+                server.map = self.current.clone();
+                server.version = self.version;
+            }
+            Change::Reset(name) => {
+                self.reset(name);
+                server.map.remove(&name.to_ascii_lowercase());
+                server.version = version_of(&server.map);
+            }
+            Change::ResetAll => {
+                self.reset_all();
+                server.clear();
+            }
+        }
+    }
+
+    /// A successful `SET name …` (its statement text).
+    pub fn set(&mut self, name: &str, statement: &str) {
+        self.current.insert(
+            name.to_ascii_lowercase(),
+            Setting::Statement(statement.to_string()),
+        );
+        self.rehash();
+    }
+
+    /// A successful `RESET name`: back to the start-up value, if any.
+    pub fn reset(&mut self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        match self.startup.get(&name) {
+            Some(v) => self.current.insert(name, v.clone()),
+            None => self.current.remove(&name),
+        };
+        self.rehash();
+    }
+
+    /// RESET ALL or DISCARD ALL: back to the start-up parameters.
+    pub fn reset_all(&mut self) {
+        self.current = self.startup.clone();
+        self.rehash();
+    }
+
+    /// The statements that make `server` match these settings (none when it does),
+    /// and the server's new state. RESETs come first.
+    pub fn sync(&self, server: &mut Applied) -> Vec<String> {
+        if server.version == self.version {
+            return Vec::new();
+        }
+        let mut statements = Vec::new();
+        for name in server.map.keys() {
+            if !self.current.contains_key(name) {
+                statements.push(format!("RESET {}", quote_ident(name)));
+            }
+        }
+        for (name, setting) in &self.current {
+            if server.map.get(name) == Some(setting) {
+                continue;
+            }
+            statements.push(match setting {
+                Setting::Value(v) => format!(
+                    "SELECT pg_catalog.set_config({}, {}, false)",
+                    quote_literal(name),
+                    quote_literal(v)
+                ),
+                Setting::Statement(s) => s.clone(),
+            });
+        }
+        server.map = self.current.clone();
+        server.version = self.version;
+        statements
+    }
+
+    /// Start-up values a client gave for `name` (to overlay ParameterStatus).
+    pub fn startup_value(&self, name: &str) -> Option<&str> {
+        match self.startup.get(&name.to_ascii_lowercase()) {
+            Some(Setting::Value(v)) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Applied {
+    /// After DISCARD ALL or RESET ALL on the server: nothing applied any more.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.version = 0;
+    }
+}
+
+/// `-c name=value` and `--name=value` pairs of the `options` start-up parameter.
+fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut words = options.split_ascii_whitespace();
+    while let Some(w) = words.next() {
+        let pair = if w == "-c" {
+            words.next()
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            Some(rest)
+        } else {
+            w.strip_prefix("--")
+        };
+        if let Some((k, v)) = pair.and_then(|p| p.split_once('=')) {
+            out.push((k.replace('-', "_").to_ascii_lowercase(), v.to_string()));
+        }
+    }
+    out
+}
+
+fn version_of(map: &BTreeMap<String, Setting>) -> u64 {
+    if map.is_empty() {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    map.hash(&mut h);
+    h.finish() | 1
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// What transaction mode does with a statement's session effects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing session-level: relay as is.
+    Relay,
+    /// Tracked settings change, applied once the server confirms it.
+    Track(Change),
+    /// Refused: the message names the feature and what to do instead.
+    Refuse(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Set(String),
+    Reset(String),
+    ResetAll,
+}
+
+/// Decides what to do with a statement in transaction mode from its analysis.
+pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
+    let single = analysis.kinds.len() <= 1;
+    let mut change = None;
+    for effect in &analysis.session_effects {
+        let refuse = |feature: &str, instead: &str| {
+            Verdict::Refuse(format!(
+                "{feature} is not supported in transaction pooling mode: the state would stay \
+                 on a server connection other clients use. {instead}"
+            ))
+        };
+        match effect {
+            SessionEffect::Listen { .. } => {
+                return refuse(
+                    "LISTEN",
+                    "Use a pool in session mode (pool_mode = \"session\") for LISTEN/NOTIFY.",
+                )
+            }
+            SessionEffect::AdvisoryLock => {
+                return refuse(
+                    "A session-level advisory lock (pg_advisory_lock)",
+                    "Use pg_advisory_xact_lock inside a transaction, or a session-mode pool.",
+                )
+            }
+            SessionEffect::TempObject { name } if !on_commit_drop(sql) => return refuse(
+                &format!("Temporary table {name}"),
+                "Create it with ON COMMIT DROP inside a transaction, or use a session-mode pool.",
+            ),
+            SessionEffect::Prepare { name } => {
+                return refuse(
+                    &format!("SQL PREPARE ({name})"),
+                    "Use your driver's prepared statements (protocol-level), which pgopt keeps \
+                     across server connections.",
+                )
+            }
+            SessionEffect::HoldCursor { name } => {
+                return refuse(
+                    &format!("DECLARE {name} CURSOR WITH HOLD"),
+                    "Use a cursor without HOLD inside a transaction, or a session-mode pool.",
+                )
+            }
+            SessionEffect::SetConfig => {
+                return refuse(
+                    "set_config(…, …, false)",
+                    "Pass is_local = true inside a transaction (or use SET LOCAL), or run SET as \
+                     its own statement, which pgopt carries across server connections.",
+                )
+            }
+            SessionEffect::Set { name } => change = Some(Change::Set(name.clone())),
+            SessionEffect::Reset { name } => change = Some(Change::Reset(name.clone())),
+            SessionEffect::ResetAll | SessionEffect::Discard => change = Some(Change::ResetAll),
+            SessionEffect::TempObject { .. }
+            | SessionEffect::Unlisten { .. }
+            | SessionEffect::Deallocate { .. } => {}
+        }
+    }
+    match change {
+        None => Verdict::Relay,
+        // DISCARD other than ALL changes no settings; the tag check sorts that out.
+        Some(c) if single => Verdict::Track(c),
+        Some(_) => Verdict::Refuse(
+            "SET, RESET or DISCARD in a query with several statements is not supported in \
+             transaction pooling mode: send it as a statement of its own, which pgopt carries \
+             across server connections"
+                .into(),
+        ),
+    }
+}
+
+fn on_commit_drop(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_ascii_whitespace()
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    words
+        .windows(3)
+        .any(|w| w[0] == "on" && w[1] == "commit" && w[2].trim_end_matches(';') == "drop")
+}
+
+/// A cheap pass that says whether a statement may have session effects at all, so
+/// only those pay for a parse: a statement starting with SET, RESET, LISTEN, PREPARE,
+/// DECLARE, CREATE or DISCARD, or text mentioning advisory locks, set_config or TEMP.
+pub fn may_affect_session(sql: &[u8]) -> bool {
+    const LEADING: &[&[u8]] = &[
+        b"set", b"reset", b"listen", b"prepare", b"declare", b"create", b"discard",
+    ];
+    const ANYWHERE: &[&[u8]] = &[b"advisory_lock", b"set_config", b"temp"];
+    let mut at_start = true;
+    let mut i = 0;
+    while i < sql.len() {
+        let b = sql[i];
+        if at_start {
+            if b.is_ascii_whitespace() || b == b'(' {
+                i += 1;
+                continue;
+            }
+            if sql[i..].starts_with(b"/*") {
+                match sql[i + 2..].windows(2).position(|w| w == b"*/") {
+                    Some(end) => i += end + 4,
+                    None => return false,
+                }
+                continue;
+            }
+            at_start = false;
+            if LEADING.iter().any(|w| starts_word(&sql[i..], w)) {
+                return true;
+            }
+        }
+        if b == b';' {
+            at_start = true;
+        } else {
+            let lower = b | 0x20;
+            if matches!(lower, b'a' | b's' | b't')
+                && ANYWHERE.iter().any(|w| {
+                    sql.get(i..i + w.len())
+                        .is_some_and(|s| s.eq_ignore_ascii_case(w))
+                })
+            {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+fn starts_word(text: &[u8], word: &[u8]) -> bool {
+    text.len() >= word.len()
+        && text[..word.len()].eq_ignore_ascii_case(word)
+        && text
+            .get(word.len())
+            .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(sql: &str) -> Verdict {
+        judge(&pgopt_sql::analyze(sql).unwrap(), sql)
+    }
+
+    #[test]
+    fn the_prefilter_catches_session_statements_and_skips_plain_ones() {
+        for sql in [
+            "SET search_path = x",
+            "  set TIME ZONE 'UTC'",
+            "/* app */ SET x.y = 1",
+            "BEGIN; SET foo = 1",
+            "LISTEN chan",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT set_config('a.b', '1', false)",
+            "CREATE TEMP TABLE t (x int)",
+            "SELECT 1 INTO TEMPORARY t",
+            "PREPARE p AS SELECT 1",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "RESET ALL",
+            "DISCARD ALL",
+        ] {
+            assert!(may_affect_session(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "UPDATE t SET x = 1 WHERE id = 2",
+            "SELECT * FROM settings",
+            "INSERT INTO resets VALUES (1)",
+            "",
+        ] {
+            assert!(!may_affect_session(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn verdicts_name_the_feature() {
+        assert_eq!(judged("SELECT 1"), Verdict::Relay);
+        assert_eq!(judged("SET LOCAL x.y = 1"), Verdict::Relay);
+        assert_eq!(
+            judged("SET search_path TO a, b"),
+            Verdict::Track(Change::Set("search_path".into()))
+        );
+        assert_eq!(judged("RESET ALL"), Verdict::Track(Change::ResetAll));
+        assert_eq!(
+            judged("RESET search_path"),
+            Verdict::Track(Change::Reset("search_path".into()))
+        );
+        for (sql, word) in [
+            ("LISTEN chan", "LISTEN"),
+            ("SELECT pg_advisory_lock(42)", "pg_advisory_lock"),
+            ("CREATE TEMP TABLE t (x int)", "Temporary table"),
+            ("PREPARE p AS SELECT 1", "PREPARE"),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "WITH HOLD"),
+            ("SELECT set_config('a.b', '1', false)", "set_config"),
+            ("SET a.b = 1; SELECT 1", "several statements"),
+        ] {
+            match judged(sql) {
+                Verdict::Refuse(m) => assert!(m.contains(word), "{sql}: {m}"),
+                v => panic!("{sql}: {v:?}"),
+            }
+        }
+        assert_eq!(
+            judged("CREATE TEMP TABLE t (x int) ON COMMIT DROP"),
+            Verdict::Relay
+        );
+        assert_eq!(judged("SELECT pg_advisory_xact_lock(1)"), Verdict::Relay);
+    }
+
+    #[test]
+    fn sync_applies_differences_only() {
+        let params = vec![
+            ("application_name".to_string(), "app".to_string()),
+            (
+                "options".to_string(),
+                "-c search_path=s1 --statement-timeout=5s".to_string(),
+            ),
+        ];
+        let mut client = Settings::from_startup(&params);
+        let mut server = Applied::default();
+        let first = client.sync(&mut server);
+        assert_eq!(first.len(), 3, "{first:?}");
+        assert!(first
+            .iter()
+            .any(|s| s.contains("'statement_timeout', '5s'")));
+        assert!(client.sync(&mut server).is_empty(), "in sync");
+        client.set("TimeZone", "SET TIME ZONE 'UTC'");
+        assert_eq!(client.sync(&mut server), vec!["SET TIME ZONE 'UTC'"]);
+        // Another client with no settings resets what this one left.
+        let other = Settings::from_startup(&[]);
+        let resets = other.sync(&mut server);
+        assert_eq!(resets.len(), 4);
+        assert!(resets.iter().all(|s| s.starts_with("RESET ")), "{resets:?}");
+        client.reset_all();
+        assert_eq!(client.sync(&mut server).len(), 3);
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}
