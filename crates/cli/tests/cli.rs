@@ -327,7 +327,11 @@ fn proxy_quick_start_pools_a_real_server() {
                 "-d",
                 "postgres",
             ])
-            .args(["-XAtc", "SELECT current_setting('application_name')"])
+            .args([
+                "-XAtc",
+                "SELECT current_setting('application_name') || ' ' || \
+                 (SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+            ])
             .output()
             .unwrap();
         if out.status.success() || std::time::Instant::now() > deadline {
@@ -339,7 +343,7 @@ fn proxy_quick_start_pools_a_real_server() {
     unsafe { libc::kill(proxy.id() as libc::pid_t, libc::SIGTERM) };
     let status = proxy.wait().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    // The server connection is the proxy's, so PostgreSQL sees pgopt as the application.
-    assert_eq!(text(&out.stdout).trim(), "pgopt");
+    // The client's application_name follows it onto the proxy's server connection.
+    assert_eq!(text(&out.stdout).trim(), "psql client backend");
     assert!(status.success(), "{status}");
 }
