@@ -227,22 +227,20 @@ fn unknown_db(shared: &Shared, db: Option<&str>) -> Option<String> {
 /// then closes the idle ones (as PgBouncer does).
 async fn pause(shared: &Shared, db: Option<&str>) {
     shared.set_paused(db, true);
+    let mine = |p: &&Arc<crate::pool::Pool>| db.is_none_or(|d| p.database == d);
     loop {
-        let busy = shared
-            .pools
-            .list()
-            .iter()
-            .filter(|p| db.is_none_or(|d| p.database == d))
-            .any(|p| p.active.load(std::sync::atomic::Ordering::Relaxed) > 0);
-        if !busy {
+        let pools = shared.pools.list();
+        // RESUME from another console ends the wait.
+        if !pools.iter().filter(mine).any(|p| p.is_paused()) {
+            return;
+        }
+        if !pools.iter().filter(mine).any(|p| p.busy()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for pool in shared.pools.list() {
-        if db.is_none_or(|d| pool.database == d) {
-            pool.close_idle();
-        }
+    for pool in shared.pools.list().iter().filter(mine) {
+        pool.close_idle();
     }
 }
 

@@ -12,11 +12,24 @@ use crate::shared::Shared;
 
 const MAX_HEAD: usize = 8 * 1024;
 
+/// Requests served at once; more are closed unanswered (scrapers retry).
+const MAX_CONCURRENT: usize = 16;
+
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(handle(stream, shared.clone()));
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue; // dropped: closed
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    // Reading the request and writing the answer, 10 s in all.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), handle(stream, shared)).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "admin_listen accept failed");
@@ -56,7 +69,7 @@ fn respond(head: &[u8], shared: &Shared) -> Vec<u8> {
     let path = target.split('?').next().unwrap_or("");
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {
-        return reply(405, "text/plain", "only GET\n".into(), head_only);
+        return reply(405, "text/plain", "only GET and HEAD\n".into(), head_only);
     }
     match path {
         "/metrics" => reply(
@@ -82,8 +95,13 @@ fn reply(status: u16, content_type: &str, body: String, head_only: bool) -> Vec<
         404 => "Not Found",
         _ => "Method Not Allowed",
     };
+    let allow = if status == 405 {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();

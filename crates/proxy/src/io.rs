@@ -33,14 +33,18 @@ pub async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), Proxy
     stream.write_all(bytes).await.map_err(ProxyError::client_io)
 }
 
-/// Sends a FATAL ErrorResponse (the connection ends after it); failures are ignored.
+/// Sends a FATAL ErrorResponse (the connection ends after it); failures are ignored,
+/// and a client that does not read gets a second, then nothing.
 pub async fn send_fatal(stream: &mut TcpStream, code: &str, message: &str) {
     let mut out = BytesMut::with_capacity(64 + message.len());
     if ErrorBuilder::new(Severity::Fatal, code, message)
         .encode_error(&mut out)
         .is_ok()
     {
-        let _ = stream.write_all(&out).await;
-        let _ = stream.flush().await;
+        let write = async {
+            let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
     }
 }

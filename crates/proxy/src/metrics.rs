@@ -5,6 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::pool::Pool;
 use crate::shared::Shared;
 use crate::stats::{ClientState, Totals, WAIT_BUCKETS_US};
 use crate::views::mode_name;
@@ -72,7 +73,7 @@ pub fn render(shared: &Shared) -> String {
         shared.rejected_auth.load(Relaxed),
     );
 
-    let label = |p: &crate::pool::Pool| {
+    let label = |p: &Pool| {
         format!(
             "database=\"{}\",user=\"{}\"",
             escape(&p.database),
@@ -118,27 +119,29 @@ pub fn render(shared: &Shared) -> String {
             );
         }
     }
-    m.family(
-        "pgopt_pool_size",
-        "gauge",
-        "Configured server connections per pool.",
-    );
-    m.family(
-        "pgopt_pool_paused",
-        "gauge",
-        "1 while the pool is paused (PAUSE).",
-    );
-    m.family(
-        "pgopt_pool_server_down",
-        "gauge",
-        "1 while the circuit breaker holds the pool's server as down.",
-    );
-    for p in &pools {
-        let l = label(p);
-        let l = format!("{l},pool_mode=\"{}\"", mode_name(p.mode));
-        m.sample("pgopt_pool_size", &l, p.limits().size as u64);
-        m.sample("pgopt_pool_paused", &l, u64::from(p.is_paused()));
-        m.sample("pgopt_pool_server_down", &l, u64::from(p.is_down()));
+    let gauges: [(&str, &str, PoolField); 3] = [
+        (
+            "pgopt_pool_size",
+            "Configured server connections per pool.",
+            |p| p.limits().size as u64,
+        ),
+        (
+            "pgopt_pool_paused",
+            "1 while the pool is paused (PAUSE).",
+            |p| u64::from(p.is_paused()),
+        ),
+        (
+            "pgopt_pool_server_down",
+            "1 while the circuit breaker holds the pool's server as down.",
+            |p| u64::from(p.is_down()),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        m.family(name, "gauge", help);
+        for p in &pools {
+            let l = format!("{},pool_mode=\"{}\"", label(p), mode_name(p.mode));
+            m.sample(name, &l, get(p));
+        }
     }
 
     let counters: [(&str, &str, TotalsField); 6] = [
@@ -202,7 +205,8 @@ pub fn render(shared: &Shared) -> String {
             "pgopt_client_wait_seconds_sum{{{l}}} {}",
             t.wait_us as f64 / 1e6
         );
-        m.sample("pgopt_client_wait_seconds_count", &l, t.waits);
+        // The +Inf bucket, so count and buckets agree within one scrape.
+        m.sample("pgopt_client_wait_seconds_count", &l, cumulative);
     }
 
     m.family(
@@ -220,33 +224,29 @@ pub fn render(shared: &Shared) -> String {
             );
         }
     }
-    m.family(
-        "pgopt_server_connects_total",
-        "counter",
-        "Server connections opened.",
-    );
-    m.family(
-        "pgopt_server_connect_errors_total",
-        "counter",
-        "Failed attempts to open a server connection.",
-    );
-    for p in &pools {
-        let l = label(p);
-        m.sample(
+    let connects: [(&str, &str, PoolField); 2] = [
+        (
             "pgopt_server_connects_total",
-            &l,
-            p.stats.server_connects.load(Relaxed),
-        );
-        m.sample(
+            "Server connections opened.",
+            |p| p.stats.server_connects.load(Relaxed),
+        ),
+        (
             "pgopt_server_connect_errors_total",
-            &l,
-            p.stats.server_connect_errors.load(Relaxed),
-        );
+            "Failed attempts to open a server connection.",
+            |p| p.stats.server_connect_errors.load(Relaxed),
+        ),
+    ];
+    for (name, help, get) in connects {
+        m.family(name, "counter", help);
+        for p in &pools {
+            m.sample(name, &label(p), get(p));
+        }
     }
     m.out
 }
 
 type TotalsField = fn(&Totals) -> u64;
+type PoolField = fn(&Pool) -> u64;
 
 #[derive(Default)]
 struct Page {

@@ -4,7 +4,8 @@
 //! fails clients fast while the server is down and retries with exponential backoff.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,10 @@ pub struct Pool {
     pub reserve_used: AtomicU64,
     /// Bumped by RELOAD when the limits change; 0 until then.
     pub generation: AtomicU32,
+    /// Shut down: no more checkouts.
+    closed: AtomicBool,
+    /// A maintenance pass is running (they never overlap).
+    pub maintaining: AtomicBool,
 }
 
 #[derive(Default)]
@@ -99,12 +104,28 @@ pub struct Checkout {
     active: Lent,
 }
 
+/// Counts one in a gauge while it lives (drop-safe across cancelled awaits).
+struct Gauge<'a>(&'a AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    fn up(g: &'a AtomicUsize) -> Gauge<'a> {
+        g.fetch_add(1, SeqCst);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
 /// Counts a connection as lent (`Pool::active`) while it lives.
 struct Lent(Arc<Pool>);
 
 impl Lent {
     fn new(pool: &Arc<Pool>) -> Lent {
-        pool.active.fetch_add(1, Relaxed);
+        pool.active.fetch_add(1, SeqCst);
         Lent(pool.clone())
     }
 }
@@ -144,6 +165,8 @@ impl Pool {
             waiting: AtomicUsize::new(0),
             reserve_used: AtomicU64::new(0),
             generation: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
+            maintaining: AtomicBool::new(false),
         })
     }
 
@@ -162,16 +185,29 @@ impl Pool {
     }
 
     /// Waits for a slot (and for RESUME when paused), then reuses an idle connection
-    /// or opens one. The wait is recorded in the pool's statistics.
+    /// or opens one. The wait is recorded in the pool's statistics, timeouts included.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
         let started = Instant::now();
         let limits = self.limits();
         let deadline = started + limits.wait_timeout;
-        self.waiting.fetch_add(1, Relaxed);
-        let slot = self.wait_for_slot(&limits, deadline).await;
-        self.waiting.fetch_sub(1, Relaxed);
-        let slot = slot?;
-        let active = Lent::new(self);
+        let (slot, active) = {
+            let _waiting = Gauge::up(&self.waiting);
+            loop {
+                let slot = match self.wait_for_slot(&limits, deadline).await {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        self.stats.record_wait(started.elapsed());
+                        return Err(e);
+                    }
+                };
+                let active = Lent::new(self);
+                // PAUSE may have come while this client queued for the slot: counted as
+                // lent first, so PAUSE either sees it or it sees PAUSE.
+                if !self.paused.load(SeqCst) {
+                    break (slot, active);
+                }
+            }
+        };
         let result = self.connection(&limits).await;
         self.stats.record_wait(started.elapsed());
         Ok(Checkout {
@@ -187,9 +223,12 @@ impl Pool {
         deadline: Instant,
     ) -> Result<OwnedSemaphorePermit, CheckoutError> {
         let timeout = || CheckoutError::WaitTimeout(limits.wait_timeout);
-        while self.paused.load(Relaxed) {
+        while self.paused.load(SeqCst) {
             let resumed = self.resumed.notified();
-            if !self.paused.load(Relaxed) {
+            if self.closed.load(SeqCst) {
+                return Err(CheckoutError::ShuttingDown);
+            }
+            if !self.paused.load(SeqCst) {
                 break;
             }
             if tokio::time::timeout_at(deadline.into(), resumed)
@@ -199,36 +238,37 @@ impl Pool {
                 return Err(timeout());
             }
         }
+        let permit = |r: Result<OwnedSemaphorePermit, tokio::sync::AcquireError>| {
+            r.map_err(|_| CheckoutError::ShuttingDown)
+        };
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             return Ok(slot);
         }
-        // Busy: wait for a slot; after `reserve_timeout`, a reserve slot will do too.
-        let reserve_at = (Instant::now() + limits.reserve_timeout).min(deadline);
-        let first = tokio::time::timeout_at(reserve_at.into(), self.slots.clone().acquire_owned());
-        match first.await {
-            Ok(Ok(slot)) => return Ok(slot),
-            Ok(Err(_)) => return Err(CheckoutError::ShuttingDown),
-            Err(_) if limits.reserve_size == 0 => {}
-            Err(_) => {
-                let either = async {
-                    tokio::select! {
-                        s = self.slots.clone().acquire_owned() => s,
-                        s = self.reserve.clone().acquire_owned() => {
-                            self.reserve_used.fetch_add(1, Relaxed);
-                            s
-                        }
-                    }
-                };
-                return match tokio::time::timeout_at(deadline.into(), either).await {
-                    Ok(Ok(slot)) => Ok(slot),
-                    Ok(Err(_)) => Err(CheckoutError::ShuttingDown),
-                    Err(_) => Err(timeout()),
-                };
+        // Busy: queue for a slot, keeping the place in line; after `reserve_timeout`
+        // a reserve slot will do too.
+        let queued = self.slots.clone().acquire_owned();
+        tokio::pin!(queued);
+        if limits.reserve_size > 0 {
+            let reserve_at = (Instant::now() + limits.reserve_timeout).min(deadline);
+            if let Ok(r) = tokio::time::timeout_at(reserve_at.into(), &mut queued).await {
+                return permit(r);
             }
+            let either = async {
+                tokio::select! {
+                    s = &mut queued => s,
+                    s = self.reserve.clone().acquire_owned() => {
+                        self.reserve_used.fetch_add(1, Relaxed);
+                        s
+                    }
+                }
+            };
+            return match tokio::time::timeout_at(deadline.into(), either).await {
+                Ok(r) => permit(r),
+                Err(_) => Err(timeout()),
+            };
         }
-        match tokio::time::timeout_at(deadline.into(), self.slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => Ok(slot),
-            Ok(Err(_)) => Err(CheckoutError::ShuttingDown),
+        match tokio::time::timeout_at(deadline.into(), queued).await {
+            Ok(r) => permit(r),
             Err(_) => Err(timeout()),
         }
     }
@@ -267,10 +307,10 @@ impl Pool {
                 }
             }
         }
-        self.connecting.fetch_add(1, Relaxed);
+        let connecting = Gauge::up(&self.connecting);
         let result =
             ServerConn::connect(&self.target, limits.connect_timeout, limits.max_message_len).await;
-        self.connecting.fetch_sub(1, Relaxed);
+        drop(connecting);
         let mut breaker = lock(&self.breaker);
         match result {
             Ok(conn) => {
@@ -329,12 +369,25 @@ impl Pool {
 
     /// New checkouts wait until [`Pool::resume`]; lent connections are not touched.
     pub fn pause(&self) {
-        self.paused.store(true, Relaxed);
+        self.paused.store(true, SeqCst);
     }
 
     pub fn resume(&self) {
-        self.paused.store(false, Relaxed);
+        self.paused.store(false, SeqCst);
         self.resumed.notify_waiters();
+    }
+
+    /// Shutdown: every waiting and future checkout fails with `ShuttingDown`.
+    pub fn close(&self) {
+        self.closed.store(true, SeqCst);
+        self.slots.close();
+        self.reserve.close();
+        self.resumed.notify_waiters();
+    }
+
+    /// Whether any server connection is lent or being opened (PAUSE waits for none).
+    pub fn busy(&self) -> bool {
+        self.active.load(SeqCst) + self.connecting.load(SeqCst) > 0
     }
 
     /// Closes every idle connection (PAUSE, SHUTDOWN, a server that went away).
@@ -351,15 +404,15 @@ impl Pool {
         let now = Instant::now();
         {
             let mut idle = lock(&self.idle);
+            // Dead and worn-out connections always go.
+            idle.retain(|c| now.duration_since(c.created) <= limits.lifetime && c.looks_alive());
+            // Long-idle ones go down to `min_size`, oldest-used first (the list is
+            // used from its end).
             let open = idle.len() + self.active.load(Relaxed);
-            let mut keep = open.saturating_sub(limits.min_size);
-            // Oldest-used first: the idle list is used from its end.
+            let mut spare = open.saturating_sub(limits.min_size);
             idle.retain(|c| {
-                let stale = now.duration_since(c.last_used) > limits.idle_timeout
-                    || now.duration_since(c.created) > limits.lifetime
-                    || !c.looks_alive();
-                if stale && keep > 0 {
-                    keep -= 1;
+                if spare > 0 && now.duration_since(c.last_used) > limits.idle_timeout {
+                    spare -= 1;
                     false
                 } else {
                     true
@@ -438,16 +491,28 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn get_or_create(
+    /// The pool of (database, user) if `fits`, else a new one from `make` in its place
+    /// (clients of the old one finish on it).
+    pub fn get_or_replace(
         &self,
         database: &str,
         user: &str,
+        fits: impl FnOnce(&Pool) -> bool,
         make: impl FnOnce() -> Arc<Pool>,
     ) -> Arc<Pool> {
         let mut map = lock(&self.map);
-        map.entry((database.to_string(), user.to_string()))
-            .or_insert_with(make)
-            .clone()
+        let key = (database.to_string(), user.to_string());
+        match map.get(&key) {
+            Some(pool) if fits(pool) => pool.clone(),
+            old => {
+                if let Some(old) = old {
+                    old.close_idle();
+                }
+                let pool = make();
+                map.insert(key, pool.clone());
+                pool
+            }
+        }
     }
 
     /// Every pool, sorted by (database, user).

@@ -98,8 +98,8 @@ impl Relay {
             pool,
             cancel,
             info,
+            closing: *shared.lifecycle().borrow() >= Lifecycle::Draining,
             lifecycle: shared.lifecycle(),
-            closing: false,
             received: 0,
             sent: 0,
             query_start: None,
@@ -127,6 +127,13 @@ impl Relay {
                 && self.status != TransactionStatus::Idle
                 && self.expected.is_empty();
             let timeout = self.idle_transaction_timeout;
+            let idle_timer = async {
+                if idle_in_transaction {
+                    tokio::time::sleep(timeout).await
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
                 read = read_server(&mut self.server, &mut self.sbuf), if has_server => {
                     match read {
@@ -147,7 +154,7 @@ impl Relay {
                     }
                     go_on = matches!(read, Ok(n) if n > 0) && self.handle_client().await?;
                 }
-                () = tokio::time::sleep(timeout), if idle_in_transaction => {
+                () = idle_timer => {
                     self.idle_transaction_expired().await;
                     return Ok(());
                 }
@@ -193,10 +200,12 @@ impl Relay {
             "terminating connection: idle in transaction for longer than {} ms (idle_transaction_timeout)",
             self.idle_transaction_timeout.as_millis()
         );
-        self.close(sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT, &message)
-            .await;
+        // The server connection closes first (the server rolls back), so the slot is
+        // free even if this client never reads its error.
         self.server = None;
         self.unlink();
+        self.close(sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT, &message)
+            .await;
     }
 
     /// Handles the whole messages in `cbuf`. `Ok(false)`: the session is over.
@@ -285,10 +294,17 @@ impl Relay {
                 Request::Query
             }
             b'Q' | b'F' => Request::Query,
-            // Flush, COPY data and the like: no response of their own.
-            _ => {
+            // Flush and COPY data/done/fail: no response of their own.
+            b'H' | b'd' | b'c' | b'f' => {
                 self.to_server.extend_from_slice(frame.as_bytes());
                 return Ok(());
+            }
+            // Anything else has no place here: the session ends with 08P01.
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    tag: pgopt_wire::Tag(tag),
+                    direction: pgopt_wire::Direction::Frontend,
+                })
             }
         };
         if self.rewrite && self.route_named(request, frame)? {

@@ -111,7 +111,25 @@ async fn session(
     };
     login(&mut stream, &mut buf, shared, &config, user, creds).await?;
 
-    let pool = shared.pool_for(db, user, creds);
+    // Logging in took round trips: a RELOAD or SHUTDOWN may have come meanwhile.
+    if *shared.lifecycle().borrow() != Lifecycle::Running {
+        send_fatal(
+            &mut stream,
+            sqlstate::CANNOT_CONNECT_NOW,
+            "pgopt is shutting down",
+        )
+        .await;
+        return Ok(());
+    }
+    let Some(pool) = shared.pool_for(&db.name, user) else {
+        send_fatal(
+            &mut stream,
+            sqlstate::INVALID_CATALOG_NAME,
+            &format!("database \"{database}\" does not exist"),
+        )
+        .await;
+        return Ok(());
+    };
     let _member = PoolMember::new(&pool);
     let params = match pool.params() {
         Some(params) => params,

@@ -91,26 +91,40 @@ impl Shared {
         self.client_slots.clone()
     }
 
-    pub fn pool_for(&self, db: &Database, user: &str, creds: Option<&Credentials>) -> Arc<Pool> {
+    /// The pool of (database, user), made from the config in force now (a RELOAD
+    /// may have happened while the client logged in); `None` when the database is no
+    /// longer configured.
+    pub fn pool_for(&self, database: &str, user: &str) -> Option<Arc<Pool>> {
+        // Lock order: `paused` before the pool map (as in `set_paused`).
+        let paused = lock(&self.paused);
+        let paused = paused.0 || paused.1.contains(database);
         let config = self.config();
-        self.pools.get_or_create(&db.name, user, || {
-            let pool = Pool::new(
-                &db.name,
-                user,
-                config.pool_mode,
-                target_for(db, user, creds),
-                limits_for(&config),
-            );
-            let paused = lock(&self.paused);
-            if paused.0 || paused.1.contains(&db.name) {
-                pool.pause();
-            }
-            pool
-        })
+        let users = self.users();
+        let db = config.databases.iter().find(|d| d.name == database)?;
+        let target = target_for(db, user, users.get(user));
+        Some(self.pools.get_or_replace(
+            database,
+            user,
+            |pool| pool.target == target && pool.mode == config.pool_mode,
+            || {
+                let pool = Pool::new(
+                    database,
+                    user,
+                    config.pool_mode,
+                    target.clone(),
+                    limits_for(&config),
+                );
+                if paused {
+                    pool.pause();
+                }
+                pool
+            },
+        ))
     }
 
     /// PAUSE (`true`) or RESUME (`false`) one database's pools, or all of them.
     pub fn set_paused(&self, db: Option<&str>, on: bool) {
+        // Lock order: `paused` before the pool map (as in `pool_for`).
         let mut paused = lock(&self.paused);
         match (db, on) {
             (None, on) => *paused = (on, HashSet::new()),
@@ -166,7 +180,14 @@ impl Shared {
                 if roll {
                     pool.stats.roll_period(secs);
                 }
-                pool.maintain().await;
+                // One task per pool, never two at once: a server that black-holes
+                // connects stalls only its own pool's housekeeping.
+                if !pool.maintaining.swap(true, Relaxed) {
+                    tokio::spawn(async move {
+                        pool.maintain().await;
+                        pool.maintaining.store(false, Relaxed);
+                    });
+                }
             }
         }
     }
@@ -268,6 +289,10 @@ impl Shared {
             return;
         }
         let timeout = self.config().shutdown_timeout;
+        // Clients waiting for a server connection hear 57P01 at once.
+        for pool in self.pools.list() {
+            pool.close();
+        }
         let shared = self.clone();
         tokio::spawn(async move {
             tracing::info!(

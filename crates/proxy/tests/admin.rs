@@ -474,3 +474,29 @@ async fn a_server_restart_under_load_fails_only_in_flight_work() {
     let pools = show(&console, "POOLS").await;
     assert_eq!(pools[0]["server_down"], "no");
 }
+
+#[tokio::test]
+async fn shutdown_answers_clients_waiting_for_a_server_at_once() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.default_pool_size = 1;
+        c.shutdown_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = connect(&proxy, "postgres", None).await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.simple_query("SELECT 1").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    proxy.handle().shutdown();
+    let err = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting client is answered, not left for query_wait_timeout")
+        .unwrap()
+        .unwrap_err();
+    assert!(code(&err) == Some("57P01") || err.is_closed(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The open transaction still finishes.
+    holder.batch_execute("SELECT 1; COMMIT").await.unwrap();
+}
