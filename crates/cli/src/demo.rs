@@ -145,6 +145,8 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
             user: None,
             password: None,
         }],
+        admin_users: vec![pg.user().to_string()],
+        admin_listen: Some("127.0.0.1:0".parse()?),
         ..pgopt_proxy::Config::default()
     })
     .await
@@ -165,18 +167,73 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     );
     print_report("Through pgopt", &proxied, &workload_opts);
     print_comparison(&direct, &proxied);
+    if let Err(e) = print_pool_figures(&proxy, pg.user()).await {
+        println!("(pool figures unavailable: {e:#})");
+    }
 
     println!("\nConnect:  {}", pg.psql_command("saas"));
     println!(
         "Through pgopt:  psql -h 127.0.0.1 -p {} -U postgres saas",
         proxy.local_addr().port()
     );
+    println!(
+        "Admin:    psql -h 127.0.0.1 -p {} -U {} pgopt   (SHOW POOLS, SHOW STATS, SHOW HELP)",
+        proxy.local_addr().port(),
+        pg.user()
+    );
+    if let Some(addr) = proxy.admin_addr() {
+        println!("Metrics:  http://{addr}/metrics");
+    }
     println!("URL:      {}", pg.url("saas"));
     if no_wait {
         return Ok(());
     }
     println!("Press Ctrl-C to stop; the database is deleted on exit.");
     std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// What the proxy's own admin console says about the run: SHOW STATS and SHOW SERVERS.
+async fn print_pool_figures(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
+    let (admin, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user(user)
+        .dbname(pgopt_proxy::ADMIN_DATABASE)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("connecting to the admin console")?;
+    tokio::spawn(conn);
+    let rows = |messages: Vec<tokio_postgres::SimpleQueryMessage>| {
+        messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let stats = rows(admin.simple_query("SHOW STATS").await?);
+    let servers = rows(admin.simple_query("SHOW SERVERS").await?).len();
+    let num = |r: &tokio_postgres::SimpleQueryRow, col: &str| -> u64 {
+        r.try_get(col)
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    for r in stats.iter().filter(|r| r.get("database") == Some("saas")) {
+        let xacts = num(r, "total_xact_count");
+        let wait = num(r, "total_wait_time");
+        println!(
+            "Pool (SHOW STATS): {} transactions, {} queries, {:.1} MB out; clients waited {} µs \
+             for a server on average; {servers} server connections open (SHOW SERVERS)",
+            xacts,
+            num(r, "total_query_count"),
+            num(r, "total_sent") as f64 / 1e6,
+            wait.checked_div(xacts).unwrap_or(0),
+        );
+    }
     Ok(())
 }
 
