@@ -17,6 +17,7 @@ need_pkg "postgresql-$pg_major-pg-qualstats"
 need_pkg redis-server                    # L2 cache tests
 need_pkg pgbouncer                       # side-by-side benchmarks
 need_pkg libclang-dev                    # pg_query's build (bindgen)
+need_pkg openssl                         # certificates for the TLS tests
 
 missing=("${packages[@]}")
 if [ ${#missing[@]} -gt 0 ]; then

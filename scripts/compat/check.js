@@ -399,7 +399,7 @@ class Checks {
   // 8. TLS between the client and the proxy.
   async tls() {
     if (process.env.PGOPT_COMPAT_TLS !== '1') {
-      return ['skip', 'pgopt does not support TLS yet; set PGOPT_COMPAT_TLS=1 to run it']
+      return ['skip', 'needs a proxy with TLS configured; set PGOPT_COMPAT_TLS=1 to run it']
     }
     // sslmode=require: encrypt, do not verify the certificate.
     await this.withClients(

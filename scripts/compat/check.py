@@ -421,7 +421,7 @@ class Checks:
     # 8. TLS between the client and the proxy.
     def tls(self):
         if os.environ.get("PGOPT_COMPAT_TLS") != "1":
-            return "skip", "pgopt does not support TLS yet; set PGOPT_COMPAT_TLS=1 to run it"
+            return "skip", "needs a proxy with TLS configured; set PGOPT_COMPAT_TLS=1 to run it"
         with self.connect(sslmode="require") as conn:
             expect(conn.pgconn.ssl_in_use, "sslmode=require connected without TLS")
             row = conn.execute("SELECT 1").fetchone()

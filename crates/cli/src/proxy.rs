@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::config::{self, ClientAuthMethod, Loaded, PoolMode, ProxyConfig};
+use crate::config::{self, ClientAuthMethod, Loaded, PoolMode, ProxyConfig, TlsModeSetting};
 use crate::upstream;
 
 /// Flags override the `[proxy]` section of the config.
@@ -153,6 +153,16 @@ fn build(config: &ProxyConfig, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::C
             config.admin_users.clone()
         },
         admin_listen: args.admin_listen.or(config.admin_listen.0),
+        client_tls: pgopt_proxy::ClientTls {
+            mode: match config.tls_mode {
+                TlsModeSetting::Disable => pgopt_proxy::TlsMode::Disable,
+                TlsModeSetting::Prefer => pgopt_proxy::TlsMode::Prefer,
+                TlsModeSetting::Require => pgopt_proxy::TlsMode::Require,
+            },
+            cert_file: (!config.tls_cert_file.is_empty())
+                .then(|| config.tls_cert_file.clone().into()),
+            key_file: (!config.tls_key_file.is_empty()).then(|| config.tls_key_file.clone().into()),
+        },
         client_auth,
         users: config
             .users

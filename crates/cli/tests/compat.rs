@@ -6,8 +6,8 @@
 //!
 //! The drivers are installed once by scripts/compat/install.sh (a virtualenv under
 //! target/compat-venv, node_modules under scripts/compat), which needs PyPI and npm
-//! the first time. `PGOPT_COMPAT_TLS=1` adds the TLS check, which fails until the
-//! proxy supports TLS.
+//! the first time. The proxies run with `tls_mode = "prefer"` and a self-signed
+//! certificate, and the TLS check runs (`PGOPT_COMPAT_TLS=1`).
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -105,6 +105,23 @@ impl ProxyProcess {
              auth = \"{}\"\nquery_wait_timeout = \"30s\"\n",
             setup.upstream, setup.mode, setup.auth
         );
+        // TLS for clients that ask (the tls check connects with sslmode=require).
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        let openssl = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("running openssl");
+        assert!(openssl.status.success(), "{}", text(&openssl.stderr));
+        toml.push_str(&format!(
+            "tls_mode = \"prefer\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ));
         for (name, password) in setup.users {
             toml.push_str(&format!(
                 "\n[[proxy.users]]\nname = \"{name}\"\npassword = \"{password}\"\n"
@@ -221,6 +238,7 @@ fn run_checks(driver: Driver, proxy: &ProxyProcess, setup: &Setup) -> Output {
         .env("PGOPT_COMPAT_AUTH", setup.auth)
         .env("PGOPT_COMPAT_POOL_SIZE", POOL_SIZE.to_string())
         .env("PGOPT_COMPAT_VERBOSE", "1")
+        .env("PGOPT_COMPAT_TLS", "1")
         .env_remove("PGOPT_COMPAT_CHECKS")
         .stdin(Stdio::null())
         .output()

@@ -13,12 +13,12 @@ use pgopt_wire::frontend::Query;
 use pgopt_wire::{
     split_frame, sqlstate, EncodeError, ErrorBuilder, Format, List, Severity, TransactionStatus,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
-use crate::io::send_fatal;
+use crate::io::{send_fatal, write_all};
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::ClientInfo;
+use crate::tls::ClientStream;
 use crate::views::{self, Kind, Table};
 use crate::ProxyError;
 
@@ -63,7 +63,7 @@ pub fn parse(sql: &str) -> Result<Command, String> {
 
 /// Serves one admin client until it leaves.
 pub async fn serve(
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     mut buf: BytesMut,
     shared: Arc<Shared>,
     _info: Arc<ClientInfo>,
@@ -93,10 +93,7 @@ pub async fn serve(
     let mut skipping = false;
     loop {
         if !out.is_empty() {
-            stream
-                .write_all(&out)
-                .await
-                .map_err(ProxyError::client_io)?;
+            write_all(&mut stream, &out).await?;
             out.clear();
         }
         let frame = loop {

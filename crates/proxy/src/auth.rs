@@ -6,10 +6,10 @@ use bytes::BytesMut;
 use pgopt_wire::frontend::FrontendMessage;
 use pgopt_wire::scram::{ScramSecret, ScramServer};
 use pgopt_wire::{md5, sqlstate, Authentication, List, SCRAM_SHA_256};
-use tokio::net::TcpStream;
 
 use crate::config::{ClientAuth, User};
 use crate::io::{read_frame, send_fatal, write_all};
+use crate::tls::ClientStream;
 use crate::ProxyError;
 
 /// A user as the proxy checks it: what the config said, prepared once.
@@ -53,7 +53,7 @@ pub fn prepare_users(users: &[User]) -> Result<HashMap<String, Credentials>, Pro
 
 /// Runs the exchange; on failure the client has been sent a FATAL error.
 pub async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     method: ClientAuth,
     user: &str,
@@ -77,7 +77,7 @@ pub async fn authenticate(
 }
 
 async fn md5_exchange(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     creds: Option<&Credentials>,
@@ -101,7 +101,7 @@ async fn md5_exchange(
 }
 
 async fn scram_exchange(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     creds: Option<&Credentials>,

@@ -76,11 +76,32 @@ pub struct Config {
     pub admin_users: Vec<String>,
     /// Where `/metrics` is served over HTTP; `None` turns it off.
     pub admin_listen: Option<SocketAddr>,
+    pub client_tls: ClientTls,
     pub client_auth: ClientAuth,
     pub users: Vec<User>,
     pub databases: Vec<Database>,
     /// Largest message accepted from a client or server.
     pub max_message_len: u32,
+}
+
+/// Whether clients may or must use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// SSLRequest is answered 'N': plain text only.
+    #[default]
+    Disable,
+    /// TLS when the client asks for it (sslmode=prefer/require), plain otherwise.
+    Prefer,
+    /// Plain-text clients are refused (`28000`).
+    Require,
+}
+
+/// TLS to clients: the mode and the PEM files of the certificate chain and key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    pub mode: TlsMode,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// The name of the virtual database that serves the admin console.
@@ -105,6 +126,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             admin_users: Vec::new(),
             admin_listen: None,
+            client_tls: ClientTls::default(),
             client_auth: ClientAuth::Trust,
             users: Vec::new(),
             databases: Vec::new(),

@@ -23,6 +23,8 @@ pub enum ProxyError {
     Server { server: String, message: String },
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ProxyError {

@@ -4,13 +4,13 @@
 use bytes::BytesMut;
 use pgopt_wire::{split_frame, ErrorBuilder, Frame, Severity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use crate::tls::ClientStream;
 use crate::ProxyError;
 
 /// Reads one whole frame from a client (start-up and authentication only).
 pub async fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     max_len: u32,
 ) -> Result<Frame, ProxyError> {
@@ -29,13 +29,21 @@ pub async fn read_frame(
     }
 }
 
-pub async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), ProxyError> {
-    stream.write_all(bytes).await.map_err(ProxyError::client_io)
+/// Writes and, over TLS, flushes the encrypted records out.
+pub async fn write_all(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), ProxyError> {
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(ProxyError::client_io)?;
+    if stream.is_tls() {
+        stream.flush().await.map_err(ProxyError::client_io)?;
+    }
+    Ok(())
 }
 
 /// Sends a FATAL ErrorResponse (the connection ends after it); failures are ignored,
 /// and a client that does not read gets a second, then nothing.
-pub async fn send_fatal(stream: &mut TcpStream, code: &str, message: &str) {
+pub async fn send_fatal(stream: &mut ClientStream, code: &str, message: &str) {
     let mut out = BytesMut::with_capacity(64 + message.len());
     if ErrorBuilder::new(Severity::Fatal, code, message)
         .encode_error(&mut out)
@@ -46,5 +54,14 @@ pub async fn send_fatal(stream: &mut TcpStream, code: &str, message: &str) {
             let _ = stream.flush().await;
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+        close_tls(stream).await;
+    }
+}
+
+/// Ends a TLS session with close_notify (clients report a bare EOF as an error);
+/// nothing for plain TCP.
+pub async fn close_tls(stream: &mut ClientStream) {
+    if stream.is_tls() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.shutdown()).await;
     }
 }

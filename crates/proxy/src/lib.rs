@@ -21,6 +21,7 @@ mod session_state;
 mod shared;
 mod statements;
 mod stats;
+mod tls;
 mod views;
 
 use std::net::SocketAddr;
@@ -29,7 +30,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use config::{ClientAuth, Config, Database, PoolMode, User, ADMIN_DATABASE};
+pub use config::{
+    ClientAuth, ClientTls, Config, Database, PoolMode, TlsMode, User, ADMIN_DATABASE,
+};
 pub use error::ProxyError;
 use shared::{Lifecycle, Shared};
 
@@ -52,6 +55,7 @@ impl Proxy {
     /// serving clients on the current tokio runtime.
     pub async fn start(config: Config) -> Result<Proxy, ProxyError> {
         let users = auth::prepare_users(&config.users)?;
+        let tls = shared::tls_acceptor_for(&config)?;
         let io = |source| ProxyError::Io {
             peer: "listener",
             source,
@@ -66,7 +70,7 @@ impl Proxy {
             Some(l) => Some(l.local_addr().map_err(io)?),
             None => None,
         };
-        let shared = Arc::new(Shared::new(config, users));
+        let shared = Arc::new(Shared::new(config, users, tls));
         let mut tasks = vec![
             tokio::spawn(accept(listener, shared.clone())),
             tokio::spawn(shared.clone().maintain()),

@@ -15,11 +15,10 @@ use pgopt_wire::{
     TransactionStatus,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::PoolMode;
-use crate::io::send_fatal;
+use crate::io::{send_fatal, write_all};
 use crate::pool::{Checkout, Pool};
 use crate::session::{fail_checkout, CancelSlot};
 use crate::session_state::{self, may_affect_session, Change, Settings, Verdict as SessionVerdict};
@@ -28,10 +27,11 @@ use crate::statements::{
     deallocate_target, ClientStatements, Expected, Prepared, Request, Step, Verdict,
 };
 use crate::stats::{error_code, ClientInfo, ClientState};
+use crate::tls::ClientStream;
 use crate::ProxyError;
 
 pub struct Relay {
-    client: TcpStream,
+    client: ClientStream,
     /// Client bytes not yet handled: at most a partial message.
     cbuf: BytesMut,
     /// Server bytes not yet handled: at most a partial message.
@@ -72,7 +72,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(
-        client: TcpStream,
+        client: ClientStream,
         cbuf: BytesMut,
         pool: Arc<Pool>,
         shared: Arc<Shared>,
@@ -239,10 +239,7 @@ impl Relay {
         // Answers the proxy owes right now (nothing before them is pending).
         self.expected.answer_ready(&mut self.out, self.status);
         if !self.out.is_empty() {
-            self.client
-                .write_all(&self.out)
-                .await
-                .map_err(ProxyError::client_io)?;
+            write_all(&mut self.client, &self.out).await?;
             self.out.clear();
         }
         if !self.sbuf.is_empty() {
@@ -552,15 +549,15 @@ impl Relay {
             pos = end;
         }
         let result = if !edited {
-            self.client.write_all(&self.sbuf[..pos]).await
+            write_all(&mut self.client, &self.sbuf[..pos]).await
         } else {
             self.out.extend_from_slice(&self.sbuf[copied..pos]);
-            let r = self.client.write_all(&self.out).await;
+            let r = write_all(&mut self.client, &self.out).await;
             self.out.clear();
             r
         };
         self.sbuf.advance(pos);
-        result.map_err(ProxyError::client_io)
+        result
     }
 
     /// A query cycle ended (ReadyForQuery): the pool's counters learn of it.

@@ -14,21 +14,24 @@ use tokio::net::TcpStream;
 
 use crate::admin;
 use crate::auth::{self, Credentials};
-use crate::config::{Config, ADMIN_DATABASE};
-use crate::io::{send_fatal, write_all};
+use crate::config::{Config, TlsMode, ADMIN_DATABASE};
+use crate::io::{close_tls, send_fatal, write_all};
 use crate::pool::{CheckoutError, Pool};
 use crate::relay::Relay;
 use crate::session_state::Settings;
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::{ClientInfo, ClientState};
+use crate::tls::ClientStream;
 use crate::ProxyError;
 
 /// Where a client's CancelRequest must go while it holds a server connection.
 pub type CancelTarget = Mutex<Option<(SocketAddr, CancelRequest)>>;
 pub type CancelSlot = Arc<CancelTarget>;
 
-pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let local_addr = tcp.local_addr().ok();
+    let mut stream = ClientStream::Plain(tcp);
     shared.accepted.fetch_add(1, Ordering::Relaxed);
     let Ok(_client_slot) = shared.client_slots().try_acquire_owned() else {
         shared.rejected_max_clients.fetch_add(1, Ordering::Relaxed);
@@ -40,7 +43,7 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         .await;
         return;
     };
-    let client = shared.clients.register(peer, stream.local_addr().ok());
+    let client = shared.clients.register(peer, local_addr);
     match session(stream, &shared, &client.info).await {
         Ok(()) => tracing::debug!(%peer, "client session ended"),
         Err(e) => tracing::debug!(%peer, error = %e, "client session ended with an error"),
@@ -56,15 +59,25 @@ pub struct Startup {
 }
 
 async fn session(
-    mut stream: TcpStream,
+    stream: ClientStream,
     shared: &Arc<Shared>,
     info: &Arc<ClientInfo>,
 ) -> Result<(), ProxyError> {
     let config = shared.config();
     let mut buf = BytesMut::with_capacity(8192);
-    let Some(startup) = read_startup(&mut stream, &mut buf, shared).await? else {
+    let (mut stream, startup) = read_startup(stream, &mut buf, shared).await?;
+    let Some(startup) = startup else {
         return Ok(());
     };
+    if config.client_tls.mode == TlsMode::Require && !stream.is_tls() {
+        send_fatal(
+            &mut stream,
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "pgopt accepts only TLS connections (proxy.tls_mode = \"require\"): connect with sslmode=require",
+        )
+        .await;
+        return Ok(());
+    }
     let Startup { user, database, .. } = &startup;
     let application_name = startup
         .params
@@ -194,10 +207,40 @@ async fn session(
 /// Reads the start-up packets: answers SSLRequest/GSSENCRequest, forwards a
 /// CancelRequest. `None` when the connection ends without a StartupMessage.
 async fn read_startup(
-    stream: &mut TcpStream,
+    mut stream: ClientStream,
     buf: &mut BytesMut,
     shared: &Shared,
-) -> Result<Option<Startup>, ProxyError> {
+) -> Result<(ClientStream, Option<Startup>), ProxyError> {
+    let stream_ref = &mut stream;
+    let startup = read_startup_packets(stream_ref, buf, shared).await?;
+    match startup {
+        StartupStep::Upgrade(acceptor) => {
+            let tls = stream
+                .upgrade(&acceptor)
+                .await
+                .map_err(|e| ProxyError::Tls(format!("handshake with a client: {e}")))?;
+            // Start-up again, encrypted this time (a second SSLRequest is answered 'N').
+            let mut tls = tls;
+            match read_startup_packets(&mut tls, buf, shared).await? {
+                StartupStep::Done(s) => Ok((tls, s)),
+                StartupStep::Upgrade(_) => Ok((tls, None)),
+            }
+        }
+        StartupStep::Done(s) => Ok((stream, s)),
+    }
+}
+
+enum StartupStep {
+    Done(Option<Startup>),
+    /// The client asked for TLS and was told 'S': the handshake comes next.
+    Upgrade(tokio_rustls::TlsAcceptor),
+}
+
+async fn read_startup_packets(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<StartupStep, ProxyError> {
     loop {
         let frame = loop {
             match split_startup(buf, MAX_STARTUP_PACKET_LEN) {
@@ -206,17 +249,38 @@ async fn read_startup(
                 Err(source) => return Err(reject_startup(stream, source).await),
             }
             if stream.read_buf(buf).await.map_err(ProxyError::client_io)? == 0 {
-                return Ok(None);
+                return Ok(StartupStep::Done(None));
             }
         };
         match frame.decode() {
-            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
-                // No TLS yet: 'N' tells the client to go on in plain text (or give up).
+            Ok(StartupPacket::SslRequest) => match shared.tls_acceptor() {
+                Some(acceptor) if !stream.is_tls() => {
+                    // Bytes behind an SSLRequest would be read as if they had come
+                    // over TLS (CVE-2021-23214): refuse them.
+                    if !buf.is_empty() {
+                        send_fatal(
+                            stream,
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "received unencrypted data after SSL request",
+                        )
+                        .await;
+                        return Ok(StartupStep::Done(None));
+                    }
+                    write_all(stream, b"S").await?;
+                    return Ok(StartupStep::Upgrade(acceptor));
+                }
+                _ => write_all(stream, b"N").await?,
+            },
+            Ok(StartupPacket::GssEncRequest) => {
+                // No GSSAPI encryption: 'N' tells the client to go on without it.
                 write_all(stream, b"N").await?;
             }
             Ok(StartupPacket::Cancel(request)) => {
                 shared.forward_cancel(request).await;
-                return Ok(None);
+                // Over TLS (libpq 17+ encrypts cancels) the client waits for a proper
+                // close_notify, not a bare EOF.
+                close_tls(stream).await;
+                return Ok(StartupStep::Done(None));
             }
             Ok(StartupPacket::Startup(m)) => {
                 if m.protocol.major != 3 {
@@ -229,7 +293,7 @@ async fn read_startup(
                         ),
                     )
                     .await;
-                    return Ok(None);
+                    return Ok(StartupStep::Done(None));
                 }
                 let Some(user) = m.user() else {
                     send_fatal(
@@ -238,7 +302,7 @@ async fn read_startup(
                         "no PostgreSQL user name specified in startup packet",
                     )
                     .await;
-                    return Ok(None);
+                    return Ok(StartupStep::Done(None));
                 };
                 let params = m
                     .params
@@ -246,11 +310,11 @@ async fn read_startup(
                     .filter(|(k, _)| *k != "user" && *k != "database")
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
-                return Ok(Some(Startup {
+                return Ok(StartupStep::Done(Some(Startup {
                     user: user.to_string(),
                     database: m.database().unwrap_or(user).to_string(),
                     params,
-                }));
+                })));
             }
             Err(source) => return Err(reject_startup(stream, source).await),
         }
@@ -259,7 +323,7 @@ async fn read_startup(
 
 /// Authenticates the client; a failure is counted and the client told why.
 async fn login(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     shared: &Shared,
     config: &Config,
@@ -298,7 +362,7 @@ impl Drop for PoolMember {
 }
 
 /// A malformed startup packet: the client hears why, then the connection ends.
-async fn reject_startup(stream: &mut TcpStream, source: pgopt_wire::DecodeError) -> ProxyError {
+async fn reject_startup(stream: &mut ClientStream, source: pgopt_wire::DecodeError) -> ProxyError {
     send_fatal(
         stream,
         sqlstate::PROTOCOL_VIOLATION,
@@ -312,7 +376,7 @@ async fn reject_startup(stream: &mut TcpStream, source: pgopt_wire::DecodeError)
 }
 
 /// Tells the client why it gets no server connection, with the SQLSTATE clients expect.
-pub async fn fail_checkout(stream: &mut TcpStream, pool: &Pool, error: CheckoutError) {
+pub async fn fail_checkout(stream: &mut ClientStream, pool: &Pool, error: CheckoutError) {
     let (code, message) = checkout_error(pool, error);
     pool.stats.record_error(code.as_bytes());
     send_fatal(stream, code, &message).await;

@@ -11,12 +11,13 @@ use pgopt_wire::startup::CancelRequest;
 use tokio::sync::{watch, Semaphore};
 
 use crate::auth::{prepare_users, Credentials};
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, TlsMode};
 use crate::pool::{Pool, PoolLimits, Pools};
 use crate::server::{send_cancel, ServerTarget};
 use crate::session::{CancelSlot, CancelTarget};
 use crate::stats::ClientRegistry;
 use crate::ProxyError;
+use tokio_rustls::TlsAcceptor;
 
 /// Where the proxy is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,11 +53,18 @@ pub struct Shared {
     pub accepted: AtomicU64,
     /// Statement analysis (cached by shape) for session-state checks.
     pub analyzer: pgopt_sql::Analyzer,
+    /// TLS to clients, when configured (swapped on RELOAD).
+    tls: RwLock<Option<TlsAcceptor>>,
 }
 
 impl Shared {
-    pub fn new(config: Config, users: HashMap<String, Credentials>) -> Shared {
+    pub fn new(
+        config: Config,
+        users: HashMap<String, Credentials>,
+        tls: Option<TlsAcceptor>,
+    ) -> Shared {
         Shared {
+            tls: RwLock::new(tls),
             client_slots: Arc::new(Semaphore::new(config.max_client_conn)),
             max_client_conn: AtomicUsize::new(config.max_client_conn),
             config: RwLock::new(Arc::new(config)),
@@ -81,6 +89,10 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    pub fn tls_acceptor(&self) -> Option<TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn users(&self) -> Arc<HashMap<String, Credentials>> {
@@ -238,6 +250,7 @@ impl Shared {
     /// restart.
     pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
         let users = prepare_users(&new.users)?;
+        let tls = tls_acceptor_for(&new)?;
         let old = self.config();
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!("listen and admin_listen changes take effect after a restart");
@@ -270,6 +283,7 @@ impl Shared {
             });
         }
         *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         tracing::info!("configuration reloaded");
         Ok(())
@@ -320,6 +334,21 @@ impl Shared {
             }
             shared.lifecycle.send_replace(Lifecycle::Stopped);
         });
+    }
+}
+
+/// The TLS acceptor a config asks for: none when TLS is disabled; an error naming the
+/// missing or bad file otherwise.
+pub fn tls_acceptor_for(config: &Config) -> Result<Option<TlsAcceptor>, ProxyError> {
+    let tls = &config.client_tls;
+    if tls.mode == TlsMode::Disable {
+        return Ok(None);
+    }
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => crate::tls::acceptor(cert, key).map(Some),
+        _ => Err(ProxyError::Tls(
+            "TLS to clients needs a certificate file and a key file (proxy.tls_cert_file, proxy.tls_key_file)".into(),
+        )),
     }
 }
 

@@ -27,6 +27,16 @@ pub enum ClientAuthMethod {
     ScramSha256,
 }
 
+/// TLS to clients: disable | prefer | require.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsModeSetting {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+}
+
 /// A user clients may log in as.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +79,11 @@ pub struct ProxyConfig {
     pub admin_users: Vec<String>,
     /// HOST:PORT for Prometheus /metrics over HTTP; "" turns it off.
     pub admin_listen: OptionalAddr,
+    /// TLS to clients: disable | prefer | require.
+    pub tls_mode: TlsModeSetting,
+    /// PEM certificate chain and private key for TLS to clients.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
     /// trust | md5 | scram-sha-256
     pub auth: ClientAuthMethod,
     pub users: Vec<ProxyUser>,
@@ -94,6 +109,9 @@ impl Default for ProxyConfig {
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             admin_users: Vec::new(),
             admin_listen: OptionalAddr(None),
+            tls_mode: TlsModeSetting::Disable,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             auth: ClientAuthMethod::Trust,
             users: Vec::new(),
         }
