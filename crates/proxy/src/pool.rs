@@ -102,6 +102,8 @@ pub struct Checkout {
     pub conn: ServerConn,
     slot: OwnedSemaphorePermit,
     active: Lent,
+    /// `server_lifetime` when lent (no second look at the limits on release).
+    lifetime: Duration,
 }
 
 /// Counts one in a gauge while it lives (drop-safe across cancelled awaits).
@@ -214,6 +216,7 @@ impl Pool {
             conn: result?,
             slot,
             active,
+            lifetime: limits.lifetime,
         })
     }
 
@@ -466,10 +469,11 @@ impl Checkout {
             mut conn,
             slot,
             active,
+            lifetime,
         } = self;
         let pool = &active.0;
         let now = Instant::now();
-        if now.duration_since(conn.created) <= pool.limits().lifetime {
+        if now.duration_since(conn.created) <= lifetime {
             conn.last_used = now;
             conn.info.set_link(0);
             conn.info

@@ -15,7 +15,6 @@ use pgopt_wire::{
     TransactionStatus,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use crate::config::PoolMode;
 use crate::io::{send_fatal, write_all};
@@ -51,7 +50,6 @@ pub struct Relay {
     pool: Arc<Pool>,
     cancel: CancelSlot,
     info: Arc<ClientInfo>,
-    lifecycle: watch::Receiver<Lifecycle>,
     /// Draining: the session ends as soon as no transaction is open.
     closing: bool,
     /// Bytes since the last ReadyForQuery, added to the pool's totals there.
@@ -98,8 +96,7 @@ impl Relay {
             pool,
             cancel,
             info,
-            closing: *shared.lifecycle().borrow() >= Lifecycle::Draining,
-            lifecycle: shared.lifecycle(),
+            closing: shared.lifecycle_now() >= Lifecycle::Draining,
             received: 0,
             sent: 0,
             query_start: None,
@@ -114,7 +111,11 @@ impl Relay {
     pub async fn run(mut self) -> Result<(), ProxyError> {
         // The client may have sent queries right behind its start-up messages.
         let mut go_on = self.cbuf.is_empty() || self.handle_client().await?;
-        let mut watching = true;
+        // Woken by a shutdown; registered once, not per message (a shared watch
+        // channel polled on every loop is a lock all sessions contend for).
+        let info = self.info.clone();
+        let wake = info.wake.notified();
+        tokio::pin!(wake);
         while go_on {
             if self.closing && self.server_idle() {
                 self.close(sqlstate::ADMIN_SHUTDOWN, "pgopt is shutting down")
@@ -158,9 +159,9 @@ impl Relay {
                     self.idle_transaction_expired().await;
                     return Ok(());
                 }
-                changed = self.lifecycle.changed(), if watching => {
-                    let state = *self.lifecycle.borrow_and_update();
-                    watching = changed.is_ok();
+                () = &mut wake => {
+                    wake.set(info.wake.notified());
+                    let state = self.shared.lifecycle_now();
                     if state >= Lifecycle::Closing {
                         self.close(
                             sqlstate::ADMIN_SHUTDOWN,

@@ -230,6 +230,18 @@ impl Shared {
         self.lifecycle.subscribe()
     }
 
+    pub fn lifecycle_now(&self) -> Lifecycle {
+        *self.lifecycle.borrow()
+    }
+
+    /// Moves the lifecycle on and wakes every session to look at it.
+    fn set_lifecycle(&self, state: Lifecycle) {
+        self.lifecycle.send_replace(state);
+        for client in self.clients.list() {
+            client.wake.notify_one();
+        }
+    }
+
     pub fn set_reloader(&self, reloader: Reloader) {
         *lock(&self.reloader) = Some(reloader);
     }
@@ -302,6 +314,9 @@ impl Shared {
         if !started {
             return;
         }
+        for client in self.clients.list() {
+            client.wake.notify_one();
+        }
         let timeout = self.config().shutdown_timeout;
         // Clients waiting for a server connection hear 57P01 at once.
         for pool in self.pools.list() {
@@ -323,7 +338,7 @@ impl Shared {
                     clients = shared.clients.len(),
                     "shutdown timeout: closing the remaining clients"
                 );
-                shared.lifecycle.send_replace(Lifecycle::Closing);
+                shared.set_lifecycle(Lifecycle::Closing);
                 let deadline = Instant::now() + Duration::from_secs(2);
                 while shared.clients.len() > 0 && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -332,7 +347,7 @@ impl Shared {
             for pool in shared.pools.list() {
                 pool.close_idle();
             }
-            shared.lifecycle.send_replace(Lifecycle::Stopped);
+            shared.set_lifecycle(Lifecycle::Stopped);
         });
     }
 }

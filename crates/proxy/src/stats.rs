@@ -218,6 +218,8 @@ pub struct ClientInfo {
     request_time: AtomicU64,
     /// Id of the linked server connection, 0 when none.
     link: AtomicU64,
+    /// Nudges the session when the proxy's lifecycle changes (shutdown).
+    pub wake: tokio::sync::Notify,
 }
 
 impl ClientInfo {
@@ -307,6 +309,7 @@ impl ClientRegistry {
             wait_since: AtomicU64::new(0),
             request_time: AtomicU64::new(0),
             link: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
         });
         lock(&self.clients).insert(id, info.clone());
         ClientGuard {
