@@ -88,13 +88,7 @@ async fn session(
     let span = tracing::debug_span!("client", id = info.id, %user, db = %database);
     let _enter = span.enter();
 
-    if *shared.lifecycle().borrow() != Lifecycle::Running {
-        send_fatal(
-            &mut stream,
-            sqlstate::CANNOT_CONNECT_NOW,
-            "pgopt is shutting down",
-        )
-        .await;
+    if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
     }
     let users = shared.users();
@@ -125,13 +119,7 @@ async fn session(
     login(&mut stream, &mut buf, shared, &config, user, creds).await?;
 
     // Logging in took round trips: a RELOAD or SHUTDOWN may have come meanwhile.
-    if *shared.lifecycle().borrow() != Lifecycle::Running {
-        send_fatal(
-            &mut stream,
-            sqlstate::CANNOT_CONNECT_NOW,
-            "pgopt is shutting down",
-        )
-        .await;
+    if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
     }
     let Some(pool) = shared.pool_for(&db.name, user) else {
@@ -319,6 +307,20 @@ async fn read_startup_packets(
             Err(source) => return Err(reject_startup(stream, source).await),
         }
     }
+}
+
+/// A client arriving while the proxy shuts down hears 57P03; `true` when refused.
+async fn refuse_if_stopping(stream: &mut ClientStream, shared: &Shared) -> bool {
+    if shared.lifecycle_now() == Lifecycle::Running {
+        return false;
+    }
+    send_fatal(
+        stream,
+        sqlstate::CANNOT_CONNECT_NOW,
+        "pgopt is shutting down",
+    )
+    .await;
+    true
 }
 
 /// Authenticates the client; a failure is counted and the client told why.
