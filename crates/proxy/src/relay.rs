@@ -402,6 +402,10 @@ impl Relay {
     /// `DEALLOCATE ALL`, forgets the client's names and is answered here; the server
     /// keeps its `pgopt_…` statements for other clients.
     fn deallocate_locally(&mut self, body: &[u8]) -> bool {
+        // In a failed transaction the server's 25P02 is the right answer.
+        if self.status == TransactionStatus::Failed {
+            return false;
+        }
         let head = body.trim_ascii_start();
         if head.len() < 10 || !head[..10].eq_ignore_ascii_case(b"deallocate") {
             return false;

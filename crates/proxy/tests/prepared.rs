@@ -242,6 +242,12 @@ async fn deallocate_and_discard_variants_never_break_later_statements() {
         .await
         .unwrap_err();
     assert_eq!(common::code(&err), Some("26000"), "{err}");
+    // Inside a failed transaction PostgreSQL refuses everything but ROLLBACK.
+    a.batch_execute("BEGIN").await.unwrap();
+    assert!(a.batch_execute("SELECT 1/0").await.is_err());
+    let err = a.batch_execute("DEALLOCATE ALL").await.unwrap_err();
+    assert_eq!(common::code(&err), Some("25P02"), "{err}");
+    a.batch_execute("ROLLBACK").await.unwrap();
     a.batch_execute("DEALLOCATE ALL").await.unwrap();
     let fresh = a.prepare("SELECT $1::int + 10").await.unwrap();
     assert_eq!(
