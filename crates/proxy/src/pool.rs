@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,11 +78,6 @@ pub struct Pool {
     /// Logged-in clients of this pool, and those among them waiting for a server.
     pub clients: AtomicUsize,
     pub waiting: AtomicUsize,
-    /// Longest current wait is computed from the client registry; this is the count
-    /// of clients that have ever waited past `reserve_timeout`.
-    pub reserve_used: AtomicU64,
-    /// Bumped by RELOAD when the limits change; 0 until then.
-    pub generation: AtomicU32,
     /// Shut down: no more checkouts.
     closed: AtomicBool,
     /// A maintenance pass is running (they never overlap).
@@ -165,8 +160,6 @@ impl Pool {
             connecting: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
-            reserve_used: AtomicU64::new(0),
-            generation: AtomicU32::new(0),
             closed: AtomicBool::new(false),
             maintaining: AtomicBool::new(false),
         })
@@ -181,9 +174,6 @@ impl Pool {
         let old = std::mem::replace(&mut *lock(&self.limits), new);
         resize(&self.slots, old.size, new.size);
         resize(&self.reserve, old.reserve_size, new.reserve_size);
-        if old != new {
-            self.generation.fetch_add(1, Relaxed);
-        }
     }
 
     /// Waits for a slot (and for RESUME when paused), then reuses an idle connection
@@ -259,10 +249,7 @@ impl Pool {
             let either = async {
                 tokio::select! {
                     s = &mut queued => s,
-                    s = self.reserve.clone().acquire_owned() => {
-                        self.reserve_used.fetch_add(1, Relaxed);
-                        s
-                    }
+                    s = self.reserve.clone().acquire_owned() => s,
                 }
             };
             return match tokio::time::timeout_at(deadline.into(), either).await {

@@ -264,7 +264,12 @@ impl Relay {
         let request = match frame.tag() {
             b'P' if self.rewrite => {
                 let parse = Parse::decode(frame.body())?;
-                if let Some(refusal) = self.judge_session(parse.query, false) {
+                let refusal = if may_affect_session(parse.query.as_bytes()) {
+                    self.judge_session(parse.query, false)
+                } else {
+                    None
+                };
+                if let Some(refusal) = refusal {
                     self.expected.push_error(refusal);
                     self.skipping = true;
                     return Ok(());
@@ -428,10 +433,8 @@ impl Relay {
     /// Transaction mode: what a statement does to session state. A refusal comes back
     /// as an encoded ErrorResponse; a settings change is tracked — for a simple query
     /// once the server confirms it, for a Parse at once.
+    /// Callers run the cheap `may_affect_session` pass first.
     fn judge_session(&mut self, sql: &str, simple: bool) -> Option<Bytes> {
-        if !may_affect_session(sql.as_bytes()) {
-            return None;
-        }
         let analysis = self.shared.analyzer.analyze(sql).ok()?;
         match session_state::judge(&analysis, sql) {
             SessionVerdict::Relay => None,

@@ -108,12 +108,7 @@ async fn session(
         return admin::serve(stream, buf, shared.clone(), info.clone()).await;
     }
     let Some(db) = config.databases.iter().find(|d| &d.name == database) else {
-        send_fatal(
-            &mut stream,
-            sqlstate::INVALID_CATALOG_NAME,
-            &format!("database \"{database}\" does not exist"),
-        )
-        .await;
+        unknown_database(&mut stream, database).await;
         return Ok(());
     };
     login(&mut stream, &mut buf, shared, &config, user, creds).await?;
@@ -123,12 +118,8 @@ async fn session(
         return Ok(());
     }
     let Some(pool) = shared.pool_for(&db.name, user) else {
-        send_fatal(
-            &mut stream,
-            sqlstate::INVALID_CATALOG_NAME,
-            &format!("database \"{database}\" does not exist"),
-        )
-        .await;
+        // RELOAD removed it while the client logged in.
+        unknown_database(&mut stream, database).await;
         return Ok(());
     };
     let _member = PoolMember::new(&pool);
@@ -307,6 +298,11 @@ async fn read_startup_packets(
             Err(source) => return Err(reject_startup(stream, source).await),
         }
     }
+}
+
+async fn unknown_database(stream: &mut ClientStream, database: &str) {
+    let message = format!("database \"{database}\" does not exist");
+    send_fatal(stream, sqlstate::INVALID_CATALOG_NAME, &message).await;
 }
 
 /// A client arriving while the proxy shuts down hears 57P03; `true` when refused.

@@ -87,6 +87,8 @@ async fn show_views_report_what_clients_did() {
         client.simple_query("SELECT 1").await.unwrap();
     }
     let _ = client.batch_execute("SELECT * FROM no_such_table").await;
+    // The error returns before its ReadyForQuery; a query behind it waits for that.
+    client.simple_query("SELECT 1").await.unwrap();
 
     let admin = admin(&proxy).await;
     let pools = show(&admin, "POOLS").await;
