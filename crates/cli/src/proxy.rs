@@ -172,6 +172,8 @@ fn build(config: &ProxyConfig, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::C
                 password: u.password.clone(),
             })
             .collect(),
+        auth_user: (!config.auth_user.is_empty()).then(|| config.auth_user.clone()),
+        auth_query: config.auth_query.clone(),
         databases: vec![pgopt_proxy::Database {
             name: up.dbname.clone(),
             host: up.host,

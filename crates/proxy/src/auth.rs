@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use bytes::BytesMut;
 use pgopt_wire::frontend::FrontendMessage;
-use pgopt_wire::scram::{ScramSecret, ScramServer};
+use pgopt_wire::scram::{ScramKeys, ScramSecret, ScramServer};
 use pgopt_wire::{md5, sqlstate, Authentication, List, SCRAM_SHA_256};
 
 use crate::config::{ClientAuth, User};
@@ -23,35 +23,47 @@ pub struct Credentials {
     pub scram: Option<ScramSecret>,
 }
 
-/// Prepares every configured user (SCRAM verifiers are derived here, not per login).
-pub fn prepare_users(users: &[User]) -> Result<HashMap<String, Credentials>, ProxyError> {
-    let mut map = HashMap::new();
-    for user in users {
-        let creds = if user.password.starts_with("SCRAM-SHA-256$") {
+impl Credentials {
+    /// What a stored password gives: a plaintext, an `md5…` hash or a
+    /// `SCRAM-SHA-256$…` verifier (SCRAM verifiers are derived here, not per login).
+    pub fn from_stored(user: &str, password: &str) -> Result<Credentials, ProxyError> {
+        Ok(if password.starts_with("SCRAM-SHA-256$") {
             Credentials {
                 plaintext: None,
                 md5: None,
-                scram: Some(ScramSecret::parse(&user.password)?),
+                scram: Some(ScramSecret::parse(password)?),
             }
-        } else if md5::is_md5_hash(&user.password) {
+        } else if md5::is_md5_hash(password) {
             Credentials {
                 plaintext: None,
-                md5: Some(user.password.clone()),
+                md5: Some(password.to_string()),
                 scram: None,
             }
         } else {
             Credentials {
-                plaintext: Some(user.password.clone()),
-                md5: Some(md5::hash_password(&user.name, &user.password)),
-                scram: Some(ScramSecret::from_password(&user.password, 4096)?),
+                plaintext: Some(password.to_string()),
+                md5: Some(md5::hash_password(user, password)),
+                scram: Some(ScramSecret::from_password(password, 4096)?),
             }
-        };
-        map.insert(user.name.clone(), creds);
+        })
+    }
+}
+
+/// Prepares every configured user.
+pub fn prepare_users(users: &[User]) -> Result<HashMap<String, Credentials>, ProxyError> {
+    let mut map = HashMap::new();
+    for user in users {
+        map.insert(
+            user.name.clone(),
+            Credentials::from_stored(&user.name, &user.password)?,
+        );
     }
     Ok(map)
 }
 
-/// Runs the exchange; on failure the client has been sent a FATAL error.
+/// Runs the exchange; on failure the client has been sent a FATAL error. A SCRAM
+/// login against a stored verifier (no plaintext) yields the user's keys, with which
+/// pgopt logs in to a server holding the same verifier.
 pub async fn authenticate(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
@@ -59,12 +71,20 @@ pub async fn authenticate(
     user: &str,
     creds: Option<&Credentials>,
     max_len: u32,
-) -> Result<(), ProxyError> {
+) -> Result<Option<ScramKeys>, ProxyError> {
     let mut out = BytesMut::with_capacity(256);
-    let ok = match method {
-        ClientAuth::Trust => true,
-        ClientAuth::Md5 => md5_exchange(stream, buf, &mut out, creds, max_len).await?,
-        ClientAuth::ScramSha256 => scram_exchange(stream, buf, &mut out, creds, max_len).await?,
+    let (ok, keys) = match method {
+        ClientAuth::Trust => (true, None),
+        ClientAuth::Md5 => (
+            md5_exchange(stream, buf, &mut out, creds, max_len).await?,
+            None,
+        ),
+        ClientAuth::ScramSha256 => {
+            match scram_exchange(stream, buf, &mut out, creds, max_len).await? {
+                Some(keys) => (true, Some(keys)),
+                None => (false, None),
+            }
+        }
     };
     if !ok {
         let message = format!("password authentication failed for user \"{user}\"");
@@ -73,7 +93,9 @@ pub async fn authenticate(
     }
     out.clear();
     Authentication::Ok.encode(&mut out)?;
-    write_all(stream, &out).await
+    write_all(stream, &out).await?;
+    // Keys from a verifier pgopt made up from a plaintext would not fit the server's.
+    Ok(keys.filter(|_| creds.is_some_and(|c| c.plaintext.is_none())))
 }
 
 async fn md5_exchange(
@@ -106,7 +128,7 @@ async fn scram_exchange(
     out: &mut BytesMut,
     creds: Option<&Credentials>,
     max_len: u32,
-) -> Result<bool, ProxyError> {
+) -> Result<Option<ScramKeys>, ProxyError> {
     // Unknown users run the whole exchange against a mock secret and fail at the end,
     // so a client cannot tell which user names exist.
     let secret = match creds.and_then(|c| c.scram.clone()) {
@@ -123,16 +145,16 @@ async fn scram_exchange(
 
     let frame = read_frame(stream, buf, max_len).await?;
     let Ok(FrontendMessage::AuthResponse(r)) = frame.frontend() else {
-        return Ok(false);
+        return Ok(None);
     };
     let Ok(initial) = r.sasl_initial() else {
-        return Ok(false);
+        return Ok(None);
     };
     if initial.mechanism != SCRAM_SHA_256 {
-        return Ok(false);
+        return Ok(None);
     }
     let Ok(server_first) = server.handle_client_first(initial.data.unwrap_or_default()) else {
-        return Ok(false);
+        return Ok(None);
     };
     out.clear();
     Authentication::SaslContinue {
@@ -143,10 +165,10 @@ async fn scram_exchange(
 
     let frame = read_frame(stream, buf, max_len).await?;
     let Ok(FrontendMessage::AuthResponse(r)) = frame.frontend() else {
-        return Ok(false);
+        return Ok(None);
     };
     let Ok(server_final) = server.handle_client_final(r.sasl().data) else {
-        return Ok(false);
+        return Ok(None);
     };
     out.clear();
     Authentication::SaslFinal {
@@ -154,5 +176,5 @@ async fn scram_exchange(
     }
     .encode(out)?;
     write_all(stream, out).await?;
-    Ok(server.is_authenticated())
+    Ok(server.client_keys().filter(|_| server.is_authenticated()))
 }

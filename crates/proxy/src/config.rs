@@ -79,6 +79,12 @@ pub struct Config {
     pub client_tls: ClientTls,
     pub client_auth: ClientAuth,
     pub users: Vec<User>,
+    /// The user `auth_query` runs as (it must be in `users` or be the database's
+    /// forced user); `None` turns `auth_query` off.
+    pub auth_user: Option<String>,
+    /// Finds the stored password (last column) of a user not in `users`; `$1` is
+    /// the user name.
+    pub auth_query: String,
     pub databases: Vec<Database>,
     /// Largest message accepted from a client or server.
     pub max_message_len: u32,
@@ -129,6 +135,8 @@ impl Default for Config {
             client_tls: ClientTls::default(),
             client_auth: ClientAuth::Trust,
             users: Vec::new(),
+            auth_user: None,
+            auth_query: crate::auth_query::DEFAULT_AUTH_QUERY.to_string(),
             databases: Vec::new(),
             max_message_len: pgopt_wire::DEFAULT_MAX_MESSAGE_LEN,
         }

@@ -8,6 +8,7 @@
 
 mod admin;
 mod auth;
+mod auth_query;
 pub mod config;
 mod error;
 mod http;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use auth_query::DEFAULT_AUTH_QUERY;
 pub use config::{
     ClientAuth, ClientTls, Config, Database, PoolMode, TlsMode, User, ADMIN_DATABASE,
 };

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pgopt_wire::scram::ScramKeys;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PoolMode;
@@ -80,6 +81,9 @@ pub struct Pool {
     pub waiting: AtomicUsize,
     /// Shut down: no more checkouts.
     closed: AtomicBool,
+    /// The user's SCRAM keys from the last client login, for a server that asks for
+    /// SCRAM when pgopt holds only the verifier.
+    scram_keys: Mutex<Option<ScramKeys>>,
     /// A maintenance pass is running (they never overlap).
     pub maintaining: AtomicBool,
 }
@@ -161,8 +165,15 @@ impl Pool {
             clients: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            scram_keys: Mutex::new(None),
             maintaining: AtomicBool::new(false),
         })
+    }
+
+    /// Keeps the SCRAM keys of a client's successful login (the latest win: they
+    /// follow a password change).
+    pub fn learn_keys(&self, keys: ScramKeys) {
+        *lock(&self.scram_keys) = Some(keys);
     }
 
     pub fn limits(&self) -> PoolLimits {
@@ -298,8 +309,14 @@ impl Pool {
             }
         }
         let connecting = Gauge::up(&self.connecting);
-        let result =
-            ServerConn::connect(&self.target, limits.connect_timeout, limits.max_message_len).await;
+        let keys = lock(&self.scram_keys).clone();
+        let result = ServerConn::connect(
+            &self.target,
+            keys,
+            limits.connect_timeout,
+            limits.max_message_len,
+        )
+        .await;
         drop(connecting);
         let mut breaker = lock(&self.breaker);
         match result {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use pgopt_wire::backend::BackendMessage;
 use pgopt_wire::frontend::{PasswordMessage, SaslInitialResponse, SaslResponse};
-use pgopt_wire::scram::ScramClient;
+use pgopt_wire::scram::{ScramClient, ScramKeys};
 use pgopt_wire::startup::{CancelRequest, ProtocolVersion, StartupMessage};
 use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRAM_SHA_256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,12 +26,21 @@ pub struct ServerTarget {
     pub port: u16,
     pub dbname: String,
     pub user: String,
+    /// Plaintext password for the server login.
     pub password: Option<String>,
+    /// An `md5…` hash, enough to answer an md5 challenge without the password.
+    pub md5_hash: Option<String>,
 }
 
 impl ServerTarget {
     pub fn describe(&self) -> String {
         format!("{}:{}/{}", self.host, self.port, self.dbname)
+    }
+
+    /// Same server, database and user (whatever the password).
+    pub fn same_login(&self, other: &ServerTarget) -> bool {
+        (&self.host, self.port, &self.dbname, &self.user)
+            == (&other.host, other.port, &other.dbname, &other.user)
     }
 }
 
@@ -55,13 +64,15 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// Connects, starts up and authenticates within `timeout`.
+    /// Connects, starts up and authenticates within `timeout`. `keys`, learned from a
+    /// client's SCRAM login, answer a SCRAM challenge when no plaintext is configured.
     pub async fn connect(
         target: &ServerTarget,
+        keys: Option<ScramKeys>,
         timeout: Duration,
         max_len: u32,
     ) -> Result<ServerConn, ProxyError> {
-        match tokio::time::timeout(timeout, Self::connect_inner(target, max_len)).await {
+        match tokio::time::timeout(timeout, Self::connect_inner(target, keys, max_len)).await {
             Ok(result) => result,
             Err(_) => Err(ProxyError::Server {
                 server: target.describe(),
@@ -70,7 +81,11 @@ impl ServerConn {
         }
     }
 
-    async fn connect_inner(target: &ServerTarget, max_len: u32) -> Result<ServerConn, ProxyError> {
+    async fn connect_inner(
+        target: &ServerTarget,
+        keys: Option<ScramKeys>,
+        max_len: u32,
+    ) -> Result<ServerConn, ProxyError> {
         let server = || target.describe();
         let mut stream = TcpStream::connect((target.host.as_str(), target.port))
             .await
@@ -130,28 +145,30 @@ impl ServerConn {
             out.clear();
             match message {
                 BackendMessage::Authentication(auth) => {
-                    let password = || {
-                        target
-                            .password
-                            .as_deref()
-                            .ok_or_else(|| ProxyError::Server {
-                                server: server(),
-                                message: format!(
-                                    "asks for a password for user {:?} and none is configured",
-                                    target.user
-                                ),
-                            })
+                    let missing = |what: &str| ProxyError::Server {
+                        server: server(),
+                        message: format!(
+                            "asks for {what} for user {:?}, and pgopt has none: configure the \
+                             user's plaintext password, or let a client log in first with \
+                             the same SCRAM verifier as the server's",
+                            target.user
+                        ),
                     };
                     match auth {
                         Authentication::Ok => {}
                         Authentication::CleartextPassword => {
-                            PasswordMessage {
-                                password: password()?,
-                            }
-                            .encode(&mut out)?;
+                            let password = target
+                                .password
+                                .as_deref()
+                                .ok_or_else(|| missing("a password"))?;
+                            PasswordMessage { password }.encode(&mut out)?;
                         }
                         Authentication::Md5Password { salt } => {
-                            let response = md5::client_response(&target.user, password()?, salt);
+                            let response = match (&target.password, &target.md5_hash) {
+                                (Some(pw), _) => md5::client_response(&target.user, pw, salt),
+                                (None, Some(hash)) => md5::response_from_hash(hash, salt)?,
+                                (None, None) => return Err(missing("an md5 password")),
+                            };
                             PasswordMessage {
                                 password: &response,
                             }
@@ -164,7 +181,11 @@ impl ServerConn {
                                     message: "offers no SASL mechanism pgopt supports".into(),
                                 });
                             }
-                            let client = ScramClient::new(password()?)?;
+                            let client = match (&target.password, &keys) {
+                                (Some(pw), _) => ScramClient::new(pw)?,
+                                (None, Some(keys)) => ScramClient::with_keys(keys.clone())?,
+                                (None, None) => return Err(missing("a SCRAM-SHA-256 password")),
+                            };
                             let first = client.client_first();
                             SaslInitialResponse {
                                 mechanism: SCRAM_SHA_256,

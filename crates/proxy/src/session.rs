@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use pgopt_wire::backend::{BackendKeyData, ParameterStatus, ReadyForQuery};
+use pgopt_wire::scram::ScramKeys;
 use pgopt_wire::startup::{split_startup, CancelRequest, StartupPacket, MAX_STARTUP_PACKET_LEN};
 use pgopt_wire::{md5, sqlstate, TransactionStatus};
 use tokio::io::AsyncReadExt;
@@ -14,7 +15,8 @@ use tokio::net::TcpStream;
 
 use crate::admin;
 use crate::auth::{self, Credentials};
-use crate::config::{Config, TlsMode, ADMIN_DATABASE};
+use crate::auth_query::{self, LookupError};
+use crate::config::{ClientAuth, Config, TlsMode, ADMIN_DATABASE};
 use crate::io::{close_tls, send_fatal, write_all};
 use crate::pool::{CheckoutError, Pool};
 use crate::relay::Relay;
@@ -111,17 +113,48 @@ async fn session(
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
-    login(&mut stream, &mut buf, shared, &config, user, creds).await?;
+    // A user the config does not list may be found on the server by auth_query.
+    let found = match (&config.auth_user, creds) {
+        (Some(auth_user), None) if config.client_auth != ClientAuth::Trust => {
+            match auth_query::lookup(shared, &db.name, auth_user, &config.auth_query, user).await {
+                Ok(found) => found,
+                Err(LookupError::Checkout(pool, e)) => {
+                    fail_checkout(&mut stream, &pool, e).await;
+                    return Ok(());
+                }
+                Err(LookupError::Failed(why)) => {
+                    let message = format!("auth_query for user \"{user}\" failed: {why}");
+                    send_fatal(&mut stream, sqlstate::CONNECTION_FAILURE, &message).await;
+                    return Err(ProxyError::Protocol(message));
+                }
+            }
+        }
+        _ => None,
+    };
+    let keys = login(
+        &mut stream,
+        &mut buf,
+        shared,
+        &config,
+        user,
+        creds.or(found.as_ref()),
+    )
+    .await?;
 
     // Logging in took round trips: a RELOAD or SHUTDOWN may have come meanwhile.
     if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
     }
-    let Some(pool) = shared.pool_for(&db.name, user) else {
+    let Some(pool) = shared.pool_for(&db.name, user, found.as_ref()) else {
         // RELOAD removed it while the client logged in.
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
+    if let Some(keys) = keys {
+        if pool.target.user == *user {
+            pool.learn_keys(keys);
+        }
+    }
     let _member = PoolMember::new(&pool);
     let params = match pool.params() {
         Some(params) => params,
@@ -319,7 +352,8 @@ async fn refuse_if_stopping(stream: &mut ClientStream, shared: &Shared) -> bool 
     true
 }
 
-/// Authenticates the client; a failure is counted and the client told why.
+/// Authenticates the client; a failure is counted and the client told why. A SCRAM
+/// login against a stored verifier yields the user's keys.
 async fn login(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
@@ -327,7 +361,7 @@ async fn login(
     config: &Config,
     user: &str,
     creds: Option<&Credentials>,
-) -> Result<(), ProxyError> {
+) -> Result<Option<ScramKeys>, ProxyError> {
     let result = auth::authenticate(
         stream,
         buf,

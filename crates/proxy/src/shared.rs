@@ -105,15 +105,21 @@ impl Shared {
 
     /// The pool of (database, user), made from the config in force now (a RELOAD
     /// may have happened while the client logged in); `None` when the database is no
-    /// longer configured.
-    pub fn pool_for(&self, database: &str, user: &str) -> Option<Arc<Pool>> {
+    /// longer configured. `found` are the credentials `auth_query` found for a user
+    /// the config does not list.
+    pub fn pool_for(
+        &self,
+        database: &str,
+        user: &str,
+        found: Option<&Credentials>,
+    ) -> Option<Arc<Pool>> {
         // Lock order: `paused` before the pool map (as in `set_paused`).
         let paused = lock(&self.paused);
         let paused = paused.0 || paused.1.contains(database);
         let config = self.config();
         let users = self.users();
         let db = config.databases.iter().find(|d| d.name == database)?;
-        let target = target_for(db, user, users.get(user));
+        let target = target_for(db, user, |name| users.get(name).or(found));
         Some(self.pools.get_or_replace(
             database,
             user,
@@ -271,8 +277,10 @@ impl Shared {
         for pool in self.pools.list() {
             let db = new.databases.iter().find(|d| d.name == pool.database);
             let same_server = db.is_some_and(|db| {
-                let creds = users.get(&pool.user);
-                target_for(db, &pool.user, creds) == pool.target
+                let target = target_for(db, &pool.user, |name| users.get(name));
+                // An auth_query user's password came from the server, not the config.
+                let listed = users.contains_key(&target.user) || db.password.is_some();
+                target.same_login(&pool.target) && (!listed || target == pool.target)
             });
             if same_server && new.pool_mode == pool.mode {
                 pool.set_limits(limits);
@@ -382,16 +390,29 @@ pub fn limits_for(config: &Config) -> PoolLimits {
     }
 }
 
-fn target_for(db: &Database, user: &str, creds: Option<&Credentials>) -> ServerTarget {
+/// Where a pool logs in: as the database's forced user with its configured password,
+/// else as the client's user with what pgopt knows of that user's password.
+fn target_for<'a>(
+    db: &Database,
+    user: &str,
+    creds_of: impl Fn(&str) -> Option<&'a Credentials>,
+) -> ServerTarget {
+    let user = db.user.as_deref().unwrap_or(user);
+    let creds = creds_of(user);
+    let (password, md5_hash) = match &db.password {
+        Some(pw) => (Some(pw.clone()), None),
+        None => (
+            creds.and_then(|c| c.plaintext.clone()),
+            creds.and_then(|c| c.md5.clone()),
+        ),
+    };
     ServerTarget {
         host: db.host.clone(),
         port: db.port,
         dbname: db.dbname.clone(),
-        user: db.user.clone().unwrap_or_else(|| user.to_string()),
-        password: db
-            .password
-            .clone()
-            .or_else(|| creds.and_then(|c| c.plaintext.clone())),
+        user: user.to_string(),
+        password,
+        md5_hash,
     }
 }
 

@@ -87,6 +87,10 @@ pub struct ProxyConfig {
     /// trust | md5 | scram-sha-256
     pub auth: ClientAuthMethod,
     pub users: Vec<ProxyUser>,
+    /// Look up users not in `users` on the server, logged in as this user; "" is off.
+    pub auth_user: String,
+    /// The lookup; `$1` is the user name, the last column the stored password.
+    pub auth_query: String,
 }
 
 impl Default for ProxyConfig {
@@ -114,6 +118,8 @@ impl Default for ProxyConfig {
             tls_key_file: String::new(),
             auth: ClientAuthMethod::Trust,
             users: Vec::new(),
+            auth_user: String::new(),
+            auth_query: pgopt_proxy::DEFAULT_AUTH_QUERY.to_string(),
         }
     }
 }

@@ -1,0 +1,149 @@
+//! Logins without plaintext passwords: SCRAM verifiers and md5 hashes in the config,
+//! and users looked up on the server with auth_query.
+
+mod common;
+
+use common::{code, config_for, connect};
+use pgopt_embedded::{HostAuth, Postgres};
+use pgopt_proxy::{ClientAuth, Config, PoolMode, Proxy, User};
+
+/// The stored password of `role` as the server keeps it.
+async fn stored_password(pg: &Postgres, role: &str) -> String {
+    let client = pg.connect("postgres").await.unwrap();
+    client
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A proxy whose config holds `password` for `postgres` and nothing else: the database
+/// entry has no password of its own.
+fn config_with_only(pg: &Postgres, auth: ClientAuth, password: String) -> Config {
+    let mut config = config_for(pg, PoolMode::Transaction, 2);
+    config.databases[0].password = None;
+    config.client_auth = auth;
+    config.users = vec![User {
+        name: "postgres".into(),
+        password,
+    }];
+    config
+}
+
+/// Two clients in open transactions at once hold two server connections: both logged in.
+async fn two_server_logins(proxy: &Proxy, user: &str, password: &str) {
+    let a = connect(proxy, user, Some(password)).await.unwrap();
+    let b = connect(proxy, user, Some(password)).await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    let (pa, ua) = pid(&a).await;
+    let (pb, ub) = pid(&b).await;
+    assert_ne!(pa, pb, "the two transactions shared a server connection");
+    assert_eq!((ua.as_str(), ub.as_str()), (user, user));
+    a.batch_execute("COMMIT").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+}
+
+/// The server process and the user of a client's connection.
+async fn pid(c: &tokio_postgres::Client) -> (i32, String) {
+    let row = c
+        .query_one("SELECT pg_backend_pid(), current_user::text", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn a_scram_verifier_logs_in_to_the_server_with_the_clients_keys() {
+    let pg = Postgres::builder()
+        .password("serverpw", HostAuth::ScramSha256)
+        .start()
+        .await
+        .unwrap();
+    let verifier = stored_password(&pg, "postgres").await;
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    let proxy = Proxy::start(config_with_only(&pg, ClientAuth::ScramSha256, verifier))
+        .await
+        .unwrap();
+
+    let err = connect(&proxy, "postgres", Some("wrong"))
+        .await
+        .expect_err("wrong password accepted");
+    assert_eq!(code(&err), Some("28P01"), "{err}");
+    two_server_logins(&proxy, "postgres", "serverpw").await;
+}
+
+#[tokio::test]
+async fn an_md5_hash_answers_the_servers_md5_challenge() {
+    let pg = Postgres::builder()
+        .password("serverpw", HostAuth::Md5)
+        .start()
+        .await
+        .unwrap();
+    let hash = stored_password(&pg, "postgres").await;
+    assert!(hash.starts_with("md5"), "{hash}");
+    let proxy = Proxy::start(config_with_only(&pg, ClientAuth::Md5, hash))
+        .await
+        .unwrap();
+
+    let err = connect(&proxy, "postgres", Some("wrong"))
+        .await
+        .expect_err("wrong password accepted");
+    assert_eq!(code(&err), Some("28P01"), "{err}");
+    two_server_logins(&proxy, "postgres", "serverpw").await;
+}
+
+#[tokio::test]
+async fn auth_query_finds_users_the_config_does_not_list() {
+    let pg = Postgres::builder()
+        .password("serverpw", HostAuth::ScramSha256)
+        .start()
+        .await
+        .unwrap();
+    let admin = pg.connect("postgres").await.unwrap();
+    admin
+        .batch_execute("CREATE ROLE app_user LOGIN PASSWORD 'apppw'")
+        .await
+        .unwrap();
+    let mut config = config_with_only(&pg, ClientAuth::ScramSha256, "serverpw".into());
+    config.auth_user = Some("postgres".into());
+    let proxy = Proxy::start(config).await.unwrap();
+
+    two_server_logins(&proxy, "app_user", "apppw").await;
+    for (user, password) in [("app_user", "wrong"), ("ghost", "apppw")] {
+        let err = connect(&proxy, user, Some(password))
+            .await
+            .expect_err("bad login accepted");
+        assert_eq!(code(&err), Some("28P01"), "{user}: {err}");
+    }
+
+    // A password changed on the server applies to the next login.
+    admin
+        .batch_execute("ALTER ROLE app_user PASSWORD 'newpw'")
+        .await
+        .unwrap();
+    let err = connect(&proxy, "app_user", Some("apppw"))
+        .await
+        .expect_err("old password accepted");
+    assert_eq!(code(&err), Some("28P01"), "{err}");
+    let c = connect(&proxy, "app_user", Some("newpw")).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+
+    // An auth_query that fails is a clear error, not a hang.
+    let mut config = config_with_only(&pg, ClientAuth::ScramSha256, "serverpw".into());
+    config.auth_user = Some("postgres".into());
+    config.auth_query = "SELECT passwd FROM no_such_table WHERE usename = $1".into();
+    let proxy = Proxy::start(config).await.unwrap();
+    let err = connect(&proxy, "app_user", Some("newpw"))
+        .await
+        .expect_err("login without a working auth_query");
+    assert_eq!(code(&err), Some("08006"), "{err}");
+    let message = err.as_db_error().unwrap().message();
+    assert!(
+        message.contains("auth_query") && message.contains("no_such_table"),
+        "{message}"
+    );
+}
