@@ -37,7 +37,7 @@ const copyStreams = require('pg-copy-streams')
 const RUN = process.pid
 const CHECK_TIMEOUT_MS = 90_000
 const CONNECT_TIMEOUT_MS = 10_000
-const CHECKS = ['multi_statement', 'prepared', 'statement_cache', 'copy', 'cancel', 'tx_error', 'listen_notify', 'auth', 'tls']
+const CHECKS = ['multi_statement', 'prepared', 'statement_cache', 'schema_change', 'copy', 'cancel', 'tx_error', 'listen_notify', 'auth', 'tls']
 
 class CheckFailed extends Error {}
 
@@ -189,6 +189,36 @@ class Checks {
   // 2b. psycopg's statement-cache eviction (check.py); node-postgres has no such cache.
   async statement_cache() {
     return ['skip', 'node-postgres keeps every named statement for the life of the connection']
+  }
+
+  // 2c. A schema change under a named statement: PostgreSQL alone answers "cached plan
+  // must not change result type"; through pgopt node-postgres (which describes the
+  // portal) gets the new columns on every server connection.
+  async schema_change() {
+    if (this.args.mode === 'session') {
+      return ['skip', "session mode relays the client's own statements, as PostgreSQL would"]
+    }
+    const table = `compat_js_schema_${RUN}`
+    const runs = 2 * Math.max(this.args.poolSize ?? 2, 2)
+    await this.withClients(1, async (client) => {
+      await client.query(`DROP TABLE IF EXISTS ${table}`)
+      await client.query(`CREATE TABLE ${table} (a int)`)
+      await client.query(`INSERT INTO ${table} VALUES (1)`)
+      const named = { name: 'compat_js_schema', text: `SELECT * FROM ${table} WHERE a = $1`, values: [1] }
+      try {
+        for (let i = 0; i < runs; i++) {
+          const r = await client.query(named)
+          expect(JSON.stringify(r.rows) === '[{"a":1}]', `before the change: ${JSON.stringify(r.rows)}`)
+        }
+        await client.query(`ALTER TABLE ${table} ADD COLUMN b int DEFAULT 7`)
+        for (let i = 0; i < runs; i++) {
+          const r = await client.query(named)
+          expect(JSON.stringify(r.rows) === '[{"a":1,"b":7}]', `run ${i} after ALTER TABLE: ${JSON.stringify(r.rows)}`)
+        }
+      } finally {
+        await client.query(`DROP TABLE IF EXISTS ${table}`)
+      }
+    })
   }
 
   // 3. COPY FROM STDIN then COPY TO STDOUT (pg-copy-streams, text format).

@@ -232,6 +232,33 @@ class Checks:
                         raise CheckFailed(f"a new client preparing statement {k}: {describe(e)}") from e
                     expect(cur.fetchone()[0] == r + k, f"a new client's statement {k}")
 
+    # 2c. A schema change under a prepared statement: PostgreSQL alone answers
+    # "cached plan must not change result type"; through pgopt psycopg (which asks for
+    # the portal's description) gets the new columns on every server connection.
+    def schema_change(self):
+        if self.args.mode == "session":
+            return "skip", "session mode relays the client's own statements, as PostgreSQL would"
+        table = f"compat_schema_{os.getpid()}_{threading.get_ident() % 10000}"
+        text = f"SELECT * FROM {table}"
+        with self.connect() as conn:
+            cur = conn.cursor()
+            cur.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (a int)")
+            cur.execute(f"INSERT INTO {table} VALUES (1)")
+            try:
+                for _ in range(2 * max(self.args.pool_size, 2)):
+                    cur.execute(text, prepare=True)
+                    expect(cur.fetchall() == [(1,)], "before the change")
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN b int DEFAULT 7")
+                for i in range(2 * max(self.args.pool_size, 2)):
+                    try:
+                        cur.execute(text, prepare=True)
+                    except psycopg.Error as e:
+                        raise CheckFailed(f"run {i} after ALTER TABLE: {describe(e)}") from e
+                    rows = cur.fetchall()
+                    expect(rows == [(1, 7)], f"run {i} after ALTER TABLE gave {rows!r}")
+            finally:
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+
     # 3. COPY FROM STDIN then COPY TO STDOUT.
     def copy(self):
         rows = 10_000
@@ -428,7 +455,7 @@ class Checks:
             expect(row == (1,), f"SELECT 1 over TLS gave {row!r}")
 
 
-CHECKS = ["multi_statement", "prepared", "statement_cache", "copy", "cancel", "tx_error", "listen_notify", "auth", "tls"]
+CHECKS = ["multi_statement", "prepared", "statement_cache", "schema_change", "copy", "cancel", "tx_error", "listen_notify", "auth", "tls"]
 
 
 def describe(e):

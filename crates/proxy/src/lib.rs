@@ -16,6 +16,7 @@ mod io;
 mod metrics;
 mod pool;
 mod relay;
+mod replan;
 mod server;
 mod session;
 mod session_state;

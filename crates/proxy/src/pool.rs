@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,9 @@ pub enum CheckoutError {
     ShuttingDown,
 }
 
+/// Invalidated statements remembered per pool.
+const MAX_INVALIDATED: usize = 4096;
+
 /// Backoff after failed connects: 100 ms doubling up to 10 s.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -84,6 +87,10 @@ pub struct Pool {
     /// The user's SCRAM keys from the last client login, for a server that asks for
     /// SCRAM when pgopt holds only the verifier.
     scram_keys: Mutex<Option<ScramKeys>>,
+    /// Counts statements whose plan a schema change invalidated ("cached plan must
+    /// not change result type"); `invalidated` maps each to the epoch it was seen at.
+    plan_epoch: AtomicU64,
+    invalidated: Mutex<HashMap<u64, u64>>,
     /// A maintenance pass is running (they never overlap).
     pub maintaining: AtomicBool,
 }
@@ -166,6 +173,8 @@ impl Pool {
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             scram_keys: Mutex::new(None),
+            plan_epoch: AtomicU64::new(0),
+            invalidated: Mutex::new(HashMap::new()),
             maintaining: AtomicBool::new(false),
         })
     }
@@ -174,6 +183,45 @@ impl Pool {
     /// follow a password change).
     pub fn learn_keys(&self, keys: ScramKeys) {
         *lock(&self.scram_keys) = Some(keys);
+    }
+
+    /// Invalidations seen so far: one atomic load, the hot path's whole cost.
+    pub fn plan_epoch(&self) -> u64 {
+        self.plan_epoch.load(SeqCst)
+    }
+
+    /// A server said server statement `id`'s result type changed: every connection's
+    /// copy is prepared again before its next use. Returns the new epoch.
+    pub fn invalidate_plan(&self, id: u64) -> u64 {
+        let mut invalidated = lock(&self.invalidated);
+        let epoch = self.plan_epoch.fetch_add(1, SeqCst) + 1;
+        if invalidated.len() >= MAX_INVALIDATED {
+            // Very old invalidations have reached every busy connection by now.
+            let oldest = epoch.saturating_sub(MAX_INVALIDATED as u64 / 2);
+            invalidated.retain(|_, e| *e > oldest);
+        }
+        invalidated.insert(id, epoch);
+        epoch
+    }
+
+    /// Whether statement `id` was invalidated after `epoch`.
+    pub fn invalidated_since(&self, id: u64, epoch: u64) -> bool {
+        lock(&self.invalidated).get(&id).is_some_and(|e| *e > epoch)
+    }
+
+    /// Brings a connection up to the current plan epoch: its statements invalidated
+    /// since it last looked become stale.
+    pub fn refresh_plans(&self, conn: &mut ServerConn) {
+        let epoch = self.plan_epoch();
+        if conn.plan_epoch == epoch {
+            return;
+        }
+        for (id, e) in lock(&self.invalidated).iter() {
+            if *e > conn.plan_epoch && conn.prepared.remove(id) {
+                conn.stale.insert(*id);
+            }
+        }
+        conn.plan_epoch = epoch;
     }
 
     pub fn limits(&self) -> PoolLimits {

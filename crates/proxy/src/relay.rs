@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::PoolMode;
 use crate::io::{send_fatal, write_all};
 use crate::pool::{Checkout, Pool};
+use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
 use crate::session::{fail_checkout, CancelSlot};
 use crate::session_state::{self, may_affect_session, Change, Settings, Verdict as SessionVerdict};
 use crate::shared::{Lifecycle, Shared};
@@ -65,6 +66,14 @@ pub struct Relay {
     pending_change: Option<(Change, String, usize)>,
     /// A Parse was refused: messages up to the next Sync are dropped.
     skipping: bool,
+    /// The current batch's client messages, kept in case it must run again after a
+    /// schema change (see `replan.rs`); `replayed`: this is its second run.
+    replay: Option<Replay>,
+    replayed: bool,
+    /// A failed first run's responses are dropped up to its ReadyForQuery; then the
+    /// batch in `rerun` goes to the server again.
+    dropping: bool,
+    rerun: Option<BytesMut>,
     shared: Arc<Shared>,
 }
 
@@ -104,6 +113,10 @@ impl Relay {
             settings,
             pending_change: None,
             skipping: false,
+            replay: None,
+            replayed: false,
+            dropping: false,
+            rerun: None,
             shared,
         }
     }
@@ -261,6 +274,11 @@ impl Relay {
             }
             self.skipping = false;
         }
+        if let Some(replay) = self.replay.as_mut() {
+            if !replay.record(frame) {
+                self.replay = None;
+            }
+        }
         let request = match frame.tag() {
             b'P' if self.rewrite => {
                 let parse = Parse::decode(frame.body())?;
@@ -334,25 +352,55 @@ impl Relay {
                     return Ok(false);
                 };
                 let prepared = Arc::new(prepared);
-                let server = self.server_conn();
-                if server.prepared.contains(&prepared.id) {
+                if self.server_conn().prepared.contains(&prepared.id) {
                     self.expected.push(Step::Answer(b'1'));
                 } else {
-                    server.prepared.insert(prepared.id);
-                    self.to_server.extend_from_slice(&prepared.parse);
-                    self.expected.push(Step::Server {
-                        request,
-                        prepared: Some(prepared.id),
-                    });
+                    self.send_parse(
+                        &prepared,
+                        Step::Server {
+                            request,
+                            prepared: Some(prepared.id),
+                        },
+                    );
                 }
-                self.statements.insert(parse.name, prepared);
+                let epoch = self.pool.plan_epoch();
+                self.statements.insert(parse.name, prepared, epoch);
                 Ok(true)
             }
             Request::Bind => {
                 let bind = Bind::decode(body)?;
-                let Some(prepared) = self.known(bind.statement) else {
+                let Some((prepared, outdated)) = self.client_statement(bind.statement) else {
                     return Ok(false);
                 };
+                if outdated {
+                    // Its result shape changed since the client learned it: fine when
+                    // the client asks for the portal's description, else PostgreSQL's
+                    // own error until it prepares the statement again.
+                    if self.replayed || batch_describes_portal(&self.cbuf, self.max_len) {
+                        self.statements.refresh(prepared.id, self.pool.plan_epoch());
+                    } else {
+                        if let Some(error) = plan_changed_error() {
+                            self.pool
+                                .stats
+                                .record_error(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes());
+                            self.expected.push_error(error);
+                        }
+                        self.skipping = true;
+                        return Ok(true);
+                    }
+                }
+                // A batch that starts here is kept, in case this server's plan of the
+                // statement turns out to be stale and the batch must run again.
+                if self.replay.is_none()
+                    && !self.replayed
+                    && self.status == TransactionStatus::Idle
+                    && self.expected.server_readies() == 0
+                {
+                    let mut replay = Replay::default();
+                    if replay.record(frame) {
+                        self.replay = Some(replay);
+                    }
+                }
                 self.ensure_prepared(&prepared);
                 let rewritten = Bind {
                     statement: &prepared.server_name,
@@ -361,9 +409,8 @@ impl Relay {
                 if rewritten.encode(&mut self.to_server).is_err() {
                     return Ok(false);
                 }
-                self.expected.push(Step::Server {
-                    request,
-                    prepared: None,
+                self.expected.push(Step::Bind {
+                    statement: prepared.id,
                 });
                 Ok(true)
             }
@@ -372,10 +419,12 @@ impl Relay {
                 if describe.target != Target::Statement {
                     return Ok(false);
                 }
-                let Some(prepared) = self.known(describe.name) else {
+                let Some((prepared, _)) = self.client_statement(describe.name) else {
                     return Ok(false);
                 };
                 self.ensure_prepared(&prepared);
+                // The client learns the statement's current shape.
+                self.statements.refresh(prepared.id, self.pool.plan_epoch());
                 let rewritten = Describe {
                     target: Target::Statement,
                     name: &prepared.server_name,
@@ -475,22 +524,79 @@ impl Relay {
         }
     }
 
-    fn known(&self, name: &str) -> Option<Arc<Prepared>> {
+    /// The client's named statement, and whether its result shape changed since the
+    /// client learned it (a schema change invalidated it since).
+    fn client_statement(&mut self, name: &str) -> Option<(Arc<Prepared>, bool)> {
         if name.is_empty() {
             return None;
         }
-        self.statements.get(name).cloned()
+        let epoch = self.pool.plan_epoch();
+        let statement = self.statements.get_mut(name)?;
+        let mut outdated = false;
+        if statement.epoch != epoch {
+            outdated = self
+                .pool
+                .invalidated_since(statement.prepared.id, statement.epoch);
+            if !outdated {
+                statement.epoch = epoch;
+            }
+        }
+        Some((statement.prepared.clone(), outdated))
     }
 
     /// Prepares `prepared` on the current server first when it lacks it.
     fn ensure_prepared(&mut self, prepared: &Prepared) {
-        let server = self.server_conn();
-        if server.prepared.insert(prepared.id) {
-            self.to_server.extend_from_slice(&prepared.parse);
-            self.expected.push(Step::Injected {
-                prepared: prepared.id,
-            });
+        if !self.server_conn().prepared.contains(&prepared.id) {
+            self.send_parse(
+                prepared,
+                Step::Injected {
+                    prepared: prepared.id,
+                },
+            );
         }
+    }
+
+    /// Sends `prepared`'s Parse, expecting `step`; a stale copy on the server (its plan
+    /// invalidated by a schema change) is closed first.
+    fn send_parse(&mut self, prepared: &Prepared, step: Step) {
+        let server = self.server_conn();
+        server.prepared.insert(prepared.id);
+        if server.stale.remove(&prepared.id) {
+            let close = Close {
+                target: Target::Statement,
+                name: &prepared.server_name,
+            };
+            if close.encode(&mut self.to_server).is_ok() {
+                self.expected.push(Step::InjectedClose);
+            }
+        }
+        self.to_server.extend_from_slice(&prepared.parse);
+        self.expected.push(step);
+    }
+
+    /// A server said a statement's result type changed: the pool and this connection
+    /// prepare it again before its next use.
+    fn plan_invalidated(&mut self, id: u64) {
+        self.pool.invalidate_plan(id);
+        if let Some(server) = self.server.as_mut() {
+            self.pool.refresh_plans(&mut server.conn);
+        }
+    }
+
+    /// Runs a batch again whose first run failed on an invalidated plan (its responses
+    /// were dropped): the statement is prepared again on the way.
+    async fn run_again(&mut self, mut batch: BytesMut) -> Result<(), ProxyError> {
+        tracing::info!(
+            client = %self.info.addr,
+            "a prepared statement's result type changed (schema change): prepared again and run again"
+        );
+        self.replayed = true;
+        while let Ok(Some(frame)) = split_frame(&mut batch, self.max_len) {
+            if let Err(e) = self.route(&frame) {
+                return Err(self.client_protocol_error(e).await);
+            }
+        }
+        self.forward().await
     }
 
     fn server_conn(&mut self) -> &mut crate::server::ServerConn {
@@ -530,15 +636,21 @@ impl Relay {
                     _ => TransactionStatus::Idle,
                 };
             }
-            let server = &mut self.server;
-            let verdict = self.expected.on_server_message(header.tag, |id| {
-                if let Some(s) = server.as_mut() {
-                    s.conn.prepared.remove(&id);
+            let verdict = match self.replan(header.tag, pos + 5..end) {
+                Some(verdict) => verdict,
+                None => {
+                    let server = &mut self.server;
+                    let verdict = self.expected.on_server_message(header.tag, |id| {
+                        if let Some(s) = server.as_mut() {
+                            s.conn.prepared.remove(&id);
+                        }
+                    });
+                    if matches!(header.tag, b'C' | b'E' | b'Z') {
+                        self.observe(header.tag, pos + 5..end, verdict);
+                    }
+                    verdict
                 }
-            });
-            if matches!(header.tag, b'C' | b'E' | b'Z') {
-                self.observe(header.tag, pos + 5..end, verdict);
-            }
+            };
             if verdict == Verdict::Drop {
                 self.out.extend_from_slice(&self.sbuf[copied..pos]);
                 copied = end;
@@ -565,7 +677,47 @@ impl Relay {
             r
         };
         self.sbuf.advance(pos);
-        result
+        result?;
+        match self.rerun.take() {
+            Some(batch) => self.run_again(batch).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A server message seen by the plan bookkeeping (see `replan.rs`): an error for a
+    /// statement whose result type changed, and the responses of a batch that will run
+    /// again. `Some` is the verdict when it decided; `None` leaves the message to the
+    /// usual path.
+    fn replan(&mut self, tag: u8, body: std::ops::Range<usize>) -> Option<Verdict> {
+        if self.dropping {
+            if tag == b'Z' {
+                self.dropping = false;
+                self.rerun = self.replay.take().map(Replay::into_bytes);
+            }
+            return Some(if matches!(tag, b'N' | b'A' | b'S') {
+                Verdict::Relay
+            } else {
+                Verdict::Drop
+            });
+        }
+        if tag != b'E' {
+            return None;
+        }
+        let id = self.expected.head_bind()?;
+        if !is_plan_invalidated(&self.sbuf[body]) {
+            return None;
+        }
+        self.plan_invalidated(id);
+        let again = self.status == TransactionStatus::Idle
+            && !self.replayed
+            && self.replay.as_ref().is_some_and(Replay::can_run_again)
+            && self.expected.lone_batch();
+        if !again {
+            return None; // the client gets the server's error
+        }
+        self.expected.abandon();
+        self.dropping = true;
+        Some(Verdict::Drop)
     }
 
     /// A query cycle ended (ReadyForQuery): the pool's counters learn of it.
@@ -644,6 +796,8 @@ impl Relay {
                 }
             }
             _ => {
+                self.replay = None;
+                self.replayed = false;
                 self.pending_change = match self.pending_change.take() {
                     Some((c, s, n)) if n > 0 => Some((c, s, n - 1)),
                     _ => None,
@@ -656,7 +810,8 @@ impl Relay {
     async fn checkout(&mut self) -> bool {
         self.info.set_state(ClientState::Waiting);
         match self.pool.checkout().await {
-            Ok(checkout) => {
+            Ok(mut checkout) => {
+                self.pool.refresh_plans(&mut checkout.conn);
                 checkout.conn.info.set_link(self.info.id);
                 self.info.set_link(checkout.conn.info.id);
                 self.info.set_state(ClientState::Active);
@@ -705,7 +860,10 @@ impl Relay {
 
     /// Nothing owed, no transaction open, nothing half-read: the server may serve others.
     fn server_idle(&self) -> bool {
-        self.expected.is_empty() && self.status == TransactionStatus::Idle && self.sbuf.is_empty()
+        self.expected.is_empty()
+            && self.status == TransactionStatus::Idle
+            && self.sbuf.is_empty()
+            && !self.dropping
     }
 
     fn maybe_release(&mut self) {

@@ -55,6 +55,11 @@ pub struct ServerConn {
     pub status: TransactionStatus,
     /// Statements pgopt prepared on this connection (see `statements.rs`).
     pub prepared: HashSet<u64>,
+    /// Statements still on the server whose plans a schema change invalidated: closed
+    /// before they are prepared again.
+    pub stale: HashSet<u64>,
+    /// The pool's plan epoch this connection's statements were last checked against.
+    pub plan_epoch: u64,
     pub created: Instant,
     pub last_used: Instant,
     /// What SHOW SERVERS shows of this connection.
@@ -255,6 +260,8 @@ impl ServerConn {
                         params: server_params,
                         status: r.status,
                         prepared: HashSet::new(),
+                        stale: HashSet::new(),
+                        plan_epoch: 0,
                         created: now,
                         last_used: now,
                         applied: Applied::default(),

@@ -48,19 +48,37 @@ impl Prepared {
     }
 }
 
+/// One client's named statement, and the pool's plan epoch when the client last
+/// learned its result shape (at Parse or Describe).
+#[derive(Debug)]
+pub struct ClientStatement {
+    pub prepared: Arc<Prepared>,
+    pub epoch: u64,
+}
+
 /// One client's named statements.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    by_name: HashMap<String, Arc<Prepared>>,
+    by_name: HashMap<String, ClientStatement>,
 }
 
 impl ClientStatements {
-    pub fn insert(&mut self, name: &str, prepared: Arc<Prepared>) {
-        self.by_name.insert(name.to_string(), prepared);
+    pub fn insert(&mut self, name: &str, prepared: Arc<Prepared>, epoch: u64) {
+        self.by_name
+            .insert(name.to_string(), ClientStatement { prepared, epoch });
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Prepared>> {
-        self.by_name.get(name)
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut ClientStatement> {
+        self.by_name.get_mut(name)
+    }
+
+    /// The client's statements on server statement `id` now know its current shape.
+    pub fn refresh(&mut self, id: u64, epoch: u64) {
+        for s in self.by_name.values_mut() {
+            if s.prepared.id == id {
+                s.epoch = epoch;
+            }
+        }
     }
 
     /// Whether the client had a statement of that name.
@@ -128,6 +146,12 @@ pub enum Step {
     },
     /// A Parse the proxy injected: its ParseComplete is not the client's.
     Injected { prepared: u64 },
+    /// A Close the proxy injected before preparing a statement again whose plan a
+    /// schema change invalidated: its CloseComplete is not the client's.
+    InjectedClose,
+    /// A Bind of a client's named statement, sent as server statement `statement`;
+    /// its responses go to the client.
+    Bind { statement: u64 },
     /// Not sent: the proxy answers with this message itself (ParseComplete `'1'` or
     /// CloseComplete `'3'`).
     Answer(u8),
@@ -179,6 +203,47 @@ impl Expected {
                 )
             })
             .count()
+    }
+
+    /// The server statement of the Bind at the head of the queue, if a Bind of a
+    /// client's named statement is what the server answers next.
+    pub fn head_bind(&self) -> Option<u64> {
+        match self.queue.front() {
+            Some(Step::Bind { statement }) => Some(*statement),
+            _ => None,
+        }
+    }
+
+    /// Whether everything owed is one extended-query batch: server requests up to a
+    /// Sync, and nothing after it.
+    pub fn lone_batch(&self) -> bool {
+        let mut steps = self.queue.iter();
+        for step in steps.by_ref() {
+            match step {
+                Step::Server {
+                    request: Request::Sync,
+                    ..
+                } => return steps.next().is_none(),
+                Step::Server {
+                    request: Request::Query,
+                    ..
+                }
+                | Step::Answer(_)
+                | Step::Deallocated { .. }
+                | Step::InjectedQuery
+                | Step::Error
+                | Step::Ready => return false,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// Forgets a [`Expected::lone_batch`] whose responses the proxy drops (to run it
+    /// again).
+    pub fn abandon(&mut self) {
+        self.queue.clear();
+        self.errors.clear();
     }
 
     /// Queues an ErrorResponse pgopt sends in the place of a server's.
@@ -239,6 +304,27 @@ impl Expected {
                 }
                 _ => Verdict::Relay,
             },
+            Step::InjectedClose => match tag {
+                b'3' => {
+                    self.queue.pop_front();
+                    Verdict::Drop
+                }
+                b'E' => {
+                    self.queue.pop_front();
+                    self.skip_to_sync(&mut forget);
+                    Verdict::Relay
+                }
+                _ => Verdict::Relay,
+            },
+            Step::Bind { .. } => {
+                if tag == b'E' {
+                    self.queue.pop_front();
+                    self.skip_to_sync(&mut forget);
+                } else if tag == b'2' {
+                    self.queue.pop_front();
+                }
+                Verdict::Relay
+            }
             Step::Server { request, prepared } => {
                 if tag == b'E' && !matches!(request, Request::Query | Request::Sync) {
                     if let Some(id) = prepared {

@@ -157,13 +157,18 @@ impl PoolStats {
 
 /// The SQLSTATE in an ErrorResponse body (`C` field), if any.
 pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    error_field(body, b'C')
+}
+
+/// One field of an ErrorResponse or NoticeResponse body, by its type byte.
+pub fn error_field(body: &[u8], wanted: u8) -> Option<&[u8]> {
     let mut rest = body;
     while let Some((&field, tail)) = rest.split_first() {
         if field == 0 {
             return None;
         }
         let end = tail.iter().position(|&b| b == 0)?;
-        if field == b'C' {
+        if field == wanted {
             return Some(&tail[..end]);
         }
         rest = &tail[end + 1..];

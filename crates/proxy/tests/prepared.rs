@@ -255,3 +255,219 @@ async fn deallocate_and_discard_variants_never_break_later_statements() {
         17
     );
 }
+
+/// A raw protocol client, for message sequences drivers hide (libpq's
+/// Bind/Describe portal/Execute/Sync).
+struct Raw {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Raw {
+    async fn connect(proxy: &Proxy) -> Raw {
+        use pgopt_wire::startup::{ProtocolVersion, StartupMessage};
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
+            .await
+            .unwrap();
+        let mut out = bytes::BytesMut::new();
+        let params = [("user", "postgres"), ("database", "app")];
+        StartupMessage {
+            protocol: ProtocolVersion { major: 3, minor: 0 },
+            params: pgopt_wire::List::from(&params),
+        }
+        .encode(&mut out)
+        .unwrap();
+        stream.write_all(&out).await.unwrap();
+        let mut raw = Raw {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        raw.until_ready().await;
+        raw
+    }
+
+    async fn send(&mut self, messages: &[pgopt_wire::frontend::FrontendMessage<'_>]) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        for m in messages {
+            m.encode(&mut out).unwrap();
+        }
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// Message tags up to ReadyForQuery, with the column count of each RowDescription
+    /// and DataRow, and each error's SQLSTATE.
+    async fn until_ready(&mut self) -> Vec<String> {
+        use pgopt_wire::backend::BackendMessage as B;
+        use tokio::io::AsyncReadExt;
+        let mut seen = Vec::new();
+        loop {
+            while let Some(frame) = pgopt_wire::split_frame(&mut self.buf, 1 << 24).unwrap() {
+                let item = match frame.backend().unwrap() {
+                    B::RowDescription(r) => format!("T{}", r.fields.len()),
+                    B::DataRow(r) => format!("D{}", r.values.len()),
+                    B::ErrorResponse(e) => format!("E{}", e.code().unwrap_or("")),
+                    B::ReadyForQuery(_) => {
+                        seen.push("Z".into());
+                        return seen;
+                    }
+                    other => (other.tag() as char).to_string(),
+                };
+                seen.push(item);
+            }
+            assert!(
+                self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
+                "closed"
+            );
+        }
+    }
+}
+
+/// Bind s1, Describe the portal, Execute, Sync: what libpq's PQexecPrepared sends.
+async fn exec_prepared(raw: &mut Raw, statement: &str) -> Vec<String> {
+    use pgopt_wire::frontend::{Bind, Describe, Execute, FrontendMessage as F};
+    let none: [pgopt_wire::Format; 0] = [];
+    let params: [Option<&[u8]>; 0] = [];
+    raw.send(&[
+        F::Bind(Bind {
+            portal: "",
+            statement,
+            param_formats: (&none).into(),
+            params: (&params).into(),
+            result_formats: (&none).into(),
+        }),
+        F::Describe(Describe {
+            target: pgopt_wire::Target::Portal,
+            name: "",
+        }),
+        F::Execute(Execute {
+            portal: "",
+            max_rows: 0,
+        }),
+        F::Sync,
+    ])
+    .await;
+    raw.until_ready().await
+}
+
+#[tokio::test]
+async fn a_schema_change_is_absorbed_for_a_client_that_describes_its_portal() {
+    use pgopt_wire::frontend::{FrontendMessage as F, Parse};
+    let (pg, proxy) = start(1).await;
+    let admin = pg.connect("postgres").await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[
+        F::Parse(Parse {
+            name: "s1",
+            query: "SELECT * FROM t",
+            param_types: (&[]).into(),
+        }),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["1", "Z"]);
+    assert_eq!(
+        exec_prepared(&mut raw, "s1").await,
+        ["2", "T1", "D1", "C", "Z"]
+    );
+
+    admin
+        .batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    // PostgreSQL alone answers 0A000 "cached plan must not change result type"; pgopt
+    // prepares the statement again and runs the batch again.
+    assert_eq!(
+        exec_prepared(&mut raw, "s1").await,
+        ["2", "T2", "D2", "C", "Z"]
+    );
+    assert_eq!(
+        exec_prepared(&mut raw, "s1").await,
+        ["2", "T2", "D2", "C", "Z"]
+    );
+
+    // Inside a transaction the batch cannot run again: the client gets the error, and
+    // the next batch works.
+    admin
+        .batch_execute("ALTER TABLE t ADD COLUMN c int")
+        .await
+        .unwrap();
+    raw.send(&[F::Query(pgopt_wire::frontend::Query { sql: "BEGIN" })])
+        .await;
+    raw.until_ready().await;
+    assert_eq!(exec_prepared(&mut raw, "s1").await, ["E0A000", "Z"]);
+    raw.send(&[F::Query(pgopt_wire::frontend::Query { sql: "ROLLBACK" })])
+        .await;
+    raw.until_ready().await;
+    assert_eq!(
+        exec_prepared(&mut raw, "s1").await,
+        ["2", "T3", "D3", "C", "Z"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_schema_change_a_statement_prepared_again_works_on_every_server_connection() {
+    let (pg, proxy) = start(2).await;
+    let admin = pg.connect("postgres").await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let a = connect(&proxy).await;
+    let b = connect(&proxy).await;
+    let sql = "SELECT t.*, pg_backend_pid() AS pid FROM t";
+    let old_a = a.prepare(sql).await.unwrap();
+    let old_b = b.prepare(sql).await.unwrap();
+    // The statement on both server connections: A holds one while B uses the other.
+    a.batch_execute("BEGIN").await.unwrap();
+    let pid_a: i32 = a.query_one(&old_a, &[]).await.unwrap().get("pid");
+    let pid_b: i32 = b.query_one(&old_b, &[]).await.unwrap().get("pid");
+    assert_ne!(pid_a, pid_b);
+    a.batch_execute("COMMIT").await.unwrap();
+
+    admin
+        .batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    // tokio-postgres keeps the old row description, so the error is the right answer,
+    // as PostgreSQL gives it.
+    let err = a.query_one(&old_a, &[]).await.unwrap_err();
+    assert_eq!(common::code(&err), Some("0A000"), "{err}");
+    let err = b.query_one(&old_b, &[]).await.unwrap_err();
+    assert_eq!(common::code(&err), Some("0A000"), "{err}");
+
+    // Prepared again (same text), the statement works on whichever connection: the
+    // stale copies are closed and prepared again, not reused.
+    let new_a = a.prepare(sql).await.unwrap();
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..6 {
+        // B holds a connection in turns before or after A's, so A meets both.
+        let hold_first = i % 2 == 0;
+        if hold_first {
+            b.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        } else {
+            a.batch_execute("BEGIN").await.unwrap();
+        }
+        let row = a.query_one(&new_a, &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>("b"), 7);
+        pids.insert(row.get::<_, i32>("pid"));
+        if hold_first {
+            b.batch_execute("COMMIT").await.unwrap();
+        } else {
+            b.batch_execute("BEGIN; SELECT 1").await.unwrap();
+            a.batch_execute("COMMIT").await.unwrap();
+            b.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+    assert_eq!(pids.len(), 2, "A's statement did not meet both connections");
+    let new_b = b.prepare(sql).await.unwrap();
+    assert_eq!(
+        b.query_one(&new_b, &[]).await.unwrap().get::<_, i32>("b"),
+        7
+    );
+}
