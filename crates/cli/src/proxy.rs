@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::config::{self, ClientAuthMethod, Loaded, PoolMode, ProxyConfig, TlsModeSetting};
+use crate::config::{
+    self, ClientAuthMethod, Loaded, PoolMode, ProxyConfig, ServerTlsModeSetting, TlsModeSetting,
+};
 use crate::upstream;
 
 /// Flags override the `[proxy]` section of the config.
@@ -162,6 +164,17 @@ fn build(config: &ProxyConfig, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::C
             cert_file: (!config.tls_cert_file.is_empty())
                 .then(|| config.tls_cert_file.clone().into()),
             key_file: (!config.tls_key_file.is_empty()).then(|| config.tls_key_file.clone().into()),
+        },
+        server_tls: pgopt_proxy::ServerTls {
+            mode: match config.server_tls_mode {
+                ServerTlsModeSetting::Disable => pgopt_proxy::ServerTlsMode::Disable,
+                ServerTlsModeSetting::Prefer => pgopt_proxy::ServerTlsMode::Prefer,
+                ServerTlsModeSetting::Require => pgopt_proxy::ServerTlsMode::Require,
+                ServerTlsModeSetting::VerifyCa => pgopt_proxy::ServerTlsMode::VerifyCa,
+                ServerTlsModeSetting::VerifyFull => pgopt_proxy::ServerTlsMode::VerifyFull,
+            },
+            ca_file: (!config.server_tls_ca_file.is_empty())
+                .then(|| config.server_tls_ca_file.clone().into()),
         },
         client_auth,
         users: config

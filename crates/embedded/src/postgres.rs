@@ -45,6 +45,7 @@ pub struct PostgresBuilder {
     password: Option<String>,
     host_auth: HostAuth,
     preload: bool,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for PostgresBuilder {
@@ -55,6 +56,7 @@ impl Default for PostgresBuilder {
             password: None,
             host_auth: HostAuth::Trust,
             preload: true,
+            tls: None,
         }
     }
 }
@@ -76,6 +78,13 @@ impl PostgresBuilder {
     pub fn password(mut self, password: impl Into<String>, auth: HostAuth) -> Self {
         self.password = Some(password.into());
         self.host_auth = auth;
+        self
+    }
+
+    /// Serve TLS (`ssl = on`) with this PEM certificate and private key, copied into
+    /// the data directory with the ownership and mode PostgreSQL insists on.
+    pub fn tls(mut self, cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert_file.into(), key_file.into()));
         self
     }
 
@@ -104,6 +113,9 @@ impl PostgresBuilder {
         let data_dir = root.path().join("data");
         let socket_dir = root.subdir("sock", run_as)?;
         initdb(&bins, run_as, &root, &data_dir, &self)?;
+        if let Some((cert, key)) = &self.tls {
+            install_tls_files(run_as, &data_dir, cert, key)?;
+        }
         append_conf(&data_dir, &conf_lines(&bins, &self))?;
         let mut pg = Postgres {
             child: None,
@@ -159,6 +171,28 @@ fn initdb(
     process::run(cmd, "initdb")
 }
 
+/// Copies the certificate and key to `server.crt` / `server.key` in the data directory,
+/// owned by the server's user, the key readable by it alone.
+fn install_tls_files(
+    run_as: Option<RunAs>,
+    data_dir: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    for (from, name, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+        let to = data_dir.join(name);
+        std::fs::copy(from, &to)
+            .map_err(|e| Error::io(format!("copy {} to {}", from.display(), to.display()), e))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(format!("chmod {}", to.display()), e))?;
+        if let Some(user) = run_as {
+            user.chown(&to)?;
+        }
+    }
+    Ok(())
+}
+
 fn conf_lines(bins: &PgBinaries, opts: &PostgresBuilder) -> Vec<(String, String)> {
     let mut lines: Vec<(String, String)> = [
         ("fsync", "off"),
@@ -183,6 +217,9 @@ fn conf_lines(bins: &PgBinaries, opts: &PostgresBuilder) -> Vec<(String, String)
         if !libs.is_empty() {
             lines.push(("shared_preload_libraries".into(), libs.join(",")));
         }
+    }
+    if opts.tls.is_some() {
+        lines.push(("ssl".into(), "on".into()));
     }
     lines.extend(opts.settings.iter().cloned());
     lines

@@ -110,6 +110,7 @@ async fn run(
         .write_all(&out)
         .await
         .map_err(|e| e.to_string())?;
+    conn.stream.flush().await.map_err(|e| e.to_string())?;
 
     let mut buf = BytesMut::with_capacity(1024);
     let mut stored = None;

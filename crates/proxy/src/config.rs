@@ -77,6 +77,8 @@ pub struct Config {
     /// Where `/metrics` is served over HTTP; `None` turns it off.
     pub admin_listen: Option<SocketAddr>,
     pub client_tls: ClientTls,
+    /// TLS to servers (libpq's `sslmode` choices).
+    pub server_tls: ServerTls,
     pub client_auth: ClientAuth,
     pub users: Vec<User>,
     /// The user `auth_query` runs as (it must be in `users` or be the database's
@@ -110,6 +112,29 @@ pub struct ClientTls {
     pub key_file: Option<std::path::PathBuf>,
 }
 
+/// Whether pgopt uses TLS to servers, and what it checks: libpq's `sslmode` values,
+/// weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum ServerTlsMode {
+    Disable,
+    /// TLS when the server offers it, plain otherwise (libpq's and PgBouncer's default).
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is checked only against `ca_file`, if set.
+    Require,
+    /// TLS with a certificate signed by a CA in `ca_file`.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate names the host connected to.
+    VerifyFull,
+}
+
+/// TLS to servers: the mode and the PEM file of trusted CA certificates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerTls {
+    pub mode: ServerTlsMode,
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
 /// The name of the virtual database that serves the admin console.
 pub const ADMIN_DATABASE: &str = "pgopt";
 
@@ -133,6 +158,7 @@ impl Default for Config {
             admin_users: Vec::new(),
             admin_listen: None,
             client_tls: ClientTls::default(),
+            server_tls: ServerTls::default(),
             client_auth: ClientAuth::Trust,
             users: Vec::new(),
             auth_user: None,

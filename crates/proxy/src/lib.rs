@@ -18,6 +18,7 @@ mod pool;
 mod relay;
 mod replan;
 mod server;
+mod server_tls;
 mod session;
 mod session_state;
 mod shared;
@@ -34,7 +35,8 @@ use tokio::task::JoinHandle;
 
 pub use auth_query::DEFAULT_AUTH_QUERY;
 pub use config::{
-    ClientAuth, ClientTls, Config, Database, PoolMode, TlsMode, User, ADMIN_DATABASE,
+    ClientAuth, ClientTls, Config, Database, PoolMode, ServerTls, ServerTlsMode, TlsMode, User,
+    ADMIN_DATABASE,
 };
 pub use error::ProxyError;
 use shared::{Lifecycle, Shared};
@@ -59,6 +61,7 @@ impl Proxy {
     pub async fn start(config: Config) -> Result<Proxy, ProxyError> {
         let users = auth::prepare_users(&config.users)?;
         let tls = shared::tls_acceptor_for(&config)?;
+        let server_tls = server_tls::ServerTlsConnector::new(&config.server_tls)?;
         let io = |source| ProxyError::Io {
             peer: "listener",
             source,
@@ -73,7 +76,7 @@ impl Proxy {
             Some(l) => Some(l.local_addr().map_err(io)?),
             None => None,
         };
-        let shared = Arc::new(Shared::new(config, users, tls));
+        let shared = Arc::new(Shared::new(config, users, tls, server_tls));
         let mut tasks = vec![
             tokio::spawn(accept(listener, shared.clone())),
             tokio::spawn(shared.clone().maintain()),

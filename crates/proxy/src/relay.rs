@@ -27,7 +27,7 @@ use crate::statements::{
     deallocate_target, ClientStatements, Expected, Prepared, Request, Step, Verdict,
 };
 use crate::stats::{error_code, ClientInfo, ClientState};
-use crate::tls::ClientStream;
+use crate::tls::{ClientStream, PgStream};
 use crate::ProxyError;
 
 pub struct Relay {
@@ -835,21 +835,16 @@ impl Relay {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
-        let (mut rd, mut wr) = server.conn.stream.split();
-        let mut written = 0;
-        let mut broken = false;
-        while written < self.to_server.len() {
-            tokio::select! {
-                w = wr.write(&self.to_server[written..]) => match w {
-                    Ok(n) if n > 0 => written += n,
-                    _ => { broken = true; break; }
-                },
-                r = rd.read_buf(&mut self.sbuf) => if !matches!(r, Ok(n) if n > 0) {
-                    broken = true;
-                    break;
-                },
+        let broken = match &mut server.conn.stream {
+            PgStream::Plain(tcp) => {
+                let (mut rd, mut wr) = tcp.split();
+                !pump(&mut rd, &mut wr, &self.to_server, &mut self.sbuf, false).await
             }
-        }
+            PgStream::Tls(tls) => {
+                let (mut rd, mut wr) = tokio::io::split(tls.as_mut());
+                !pump(&mut rd, &mut wr, &self.to_server, &mut self.sbuf, true).await
+            }
+        };
         self.to_server.clear();
         if broken {
             self.server_lost().await;
@@ -931,6 +926,38 @@ impl Relay {
     }
 }
 
+/// Writes `data` (and flushes it, under TLS) while reading what the server sends
+/// meanwhile into `sbuf`; `false` when either side broke.
+async fn pump<R, W>(rd: &mut R, wr: &mut W, data: &[u8], sbuf: &mut BytesMut, flush: bool) -> bool
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut written = 0;
+    while written < data.len() {
+        tokio::select! {
+            w = wr.write(&data[written..]) => match w {
+                Ok(n) if n > 0 => written += n,
+                _ => return false,
+            },
+            r = rd.read_buf(sbuf) => if !matches!(r, Ok(n) if n > 0) {
+                return false;
+            },
+        }
+    }
+    if !flush {
+        return true;
+    }
+    loop {
+        tokio::select! {
+            f = wr.flush() => return f.is_ok(),
+            r = rd.read_buf(sbuf) => if !matches!(r, Ok(n) if n > 0) {
+                return false;
+            },
+        }
+    }
+}
+
 async fn read_server(server: &mut Option<Checkout>, buf: &mut BytesMut) -> std::io::Result<usize> {
     match server {
         Some(checkout) => checkout.conn.stream.read_buf(buf).await,
@@ -944,6 +971,7 @@ async fn reset_and_release(mut checkout: Checkout, max_len: u32) {
     let conn = &mut checkout.conn;
     let done = tokio::time::timeout(Duration::from_secs(5), async {
         conn.stream.write_all(RESET).await?;
+        conn.stream.flush().await?;
         let mut buf = BytesMut::with_capacity(256);
         loop {
             if conn.stream.read_buf(&mut buf).await? == 0 {

@@ -15,8 +15,10 @@ use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRA
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::server_tls::ServerTlsConnector;
 use crate::session_state::Applied;
 use crate::stats::ServerInfo;
+use crate::tls::PgStream;
 use crate::ProxyError;
 
 /// Where and as whom to log in to a server.
@@ -30,6 +32,8 @@ pub struct ServerTarget {
     pub password: Option<String>,
     /// An `md5…` hash, enough to answer an md5 challenge without the password.
     pub md5_hash: Option<String>,
+    /// TLS, unless disabled.
+    pub tls: Option<ServerTlsConnector>,
 }
 
 impl ServerTarget {
@@ -47,7 +51,7 @@ impl ServerTarget {
 /// A logged-in server connection, ready for queries.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: PgStream,
     pub addr: SocketAddr,
     pub cancel_key: CancelRequest,
     /// ParameterStatus values from start-up, in order.
@@ -92,14 +96,19 @@ impl ServerConn {
         max_len: u32,
     ) -> Result<ServerConn, ProxyError> {
         let server = || target.describe();
-        let mut stream = TcpStream::connect((target.host.as_str(), target.port))
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
             .await
             .map_err(|e| ProxyError::Server {
                 server: server(),
                 message: e.to_string(),
             })?;
-        stream.set_nodelay(true).map_err(ProxyError::server_io)?;
-        let addr = stream.peer_addr().map_err(ProxyError::server_io)?;
+        tcp.set_nodelay(true).map_err(ProxyError::server_io)?;
+        let addr = tcp.peer_addr().map_err(ProxyError::server_io)?;
+        let local_addr = tcp.local_addr().ok();
+        let mut stream = match &target.tls {
+            Some(tls) => tls.negotiate(tcp, &target.host).await?,
+            None => PgStream::Plain(tcp),
+        };
 
         let mut out = BytesMut::with_capacity(256);
         let params = [
@@ -112,10 +121,7 @@ impl ServerConn {
             params: List::from(&params),
         }
         .encode(&mut out)?;
-        stream
-            .write_all(&out)
-            .await
-            .map_err(ProxyError::server_io)?;
+        send(&mut stream, &out).await?;
 
         let mut buf = BytesMut::with_capacity(4096);
         let mut scram: Option<ScramClient> = None;
@@ -251,7 +257,6 @@ impl ServerConn {
                         process_id: 0,
                         secret_key: 0,
                     });
-                    let local_addr = stream.local_addr().ok();
                     return Ok(ServerConn {
                         info: Arc::new(ServerInfo::new(addr, local_addr, cancel_key.process_id)),
                         stream,
@@ -271,10 +276,7 @@ impl ServerConn {
                 _ => {}
             }
             if !out.is_empty() {
-                stream
-                    .write_all(&out)
-                    .await
-                    .map_err(ProxyError::server_io)?;
+                send(&mut stream, &out).await?;
             }
         }
     }
@@ -285,8 +287,11 @@ impl ServerConn {
     /// shutting down) or end-of-file mean it is dead. One non-blocking read, no syscall
     /// beyond it.
     pub fn looks_alive(&self) -> bool {
+        // A peek, not a read: under TLS the bytes belong to the TLS session.
         let mut byte = [0u8; 1];
-        matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        self.stream.tcp().poll_peek(&mut cx, &mut buf).is_pending()
     }
 }
 
@@ -299,6 +304,7 @@ impl ServerConn {
         let stream = &mut self.stream;
         let round_trip = async {
             stream.write_all(EMPTY_QUERY).await?;
+            stream.flush().await?;
             let mut buf = BytesMut::with_capacity(64);
             loop {
                 if stream.read_buf(&mut buf).await? == 0 {
@@ -316,6 +322,15 @@ impl ServerConn {
             Ok(Ok(true))
         )
     }
+}
+
+/// Writes start-up messages (flushed: under TLS a write may stay buffered).
+async fn send(stream: &mut PgStream, bytes: &[u8]) -> Result<(), ProxyError> {
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(ProxyError::server_io)?;
+    stream.flush().await.map_err(ProxyError::server_io)
 }
 
 /// Sends a CancelRequest for `key` to the server at `addr` (best effort).

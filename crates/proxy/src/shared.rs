@@ -14,6 +14,7 @@ use crate::auth::{prepare_users, Credentials};
 use crate::config::{Config, Database, TlsMode};
 use crate::pool::{Pool, PoolLimits, Pools};
 use crate::server::{send_cancel, ServerTarget};
+use crate::server_tls::ServerTlsConnector;
 use crate::session::{CancelSlot, CancelTarget};
 use crate::stats::ClientRegistry;
 use crate::ProxyError;
@@ -55,6 +56,8 @@ pub struct Shared {
     pub analyzer: pgopt_sql::Analyzer,
     /// TLS to clients, when configured (swapped on RELOAD).
     tls: RwLock<Option<TlsAcceptor>>,
+    /// TLS to servers, unless disabled (swapped on RELOAD).
+    server_tls: RwLock<Option<ServerTlsConnector>>,
 }
 
 impl Shared {
@@ -62,9 +65,11 @@ impl Shared {
         config: Config,
         users: HashMap<String, Credentials>,
         tls: Option<TlsAcceptor>,
+        server_tls: Option<ServerTlsConnector>,
     ) -> Shared {
         Shared {
             tls: RwLock::new(tls),
+            server_tls: RwLock::new(server_tls),
             client_slots: Arc::new(Semaphore::new(config.max_client_conn)),
             max_client_conn: AtomicUsize::new(config.max_client_conn),
             config: RwLock::new(Arc::new(config)),
@@ -95,6 +100,13 @@ impl Shared {
         self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    pub fn server_tls(&self) -> Option<ServerTlsConnector> {
+        self.server_tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn users(&self) -> Arc<HashMap<String, Credentials>> {
         self.users.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -119,7 +131,8 @@ impl Shared {
         let config = self.config();
         let users = self.users();
         let db = config.databases.iter().find(|d| d.name == database)?;
-        let target = target_for(db, user, |name| users.get(name).or(found));
+        let server_tls = self.server_tls();
+        let target = target_for(db, user, |name| users.get(name).or(found), server_tls);
         Some(self.pools.get_or_replace(
             database,
             user,
@@ -269,6 +282,7 @@ impl Shared {
     pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
         let users = prepare_users(&new.users)?;
         let tls = tls_acceptor_for(&new)?;
+        let server_tls = ServerTlsConnector::new(&new.server_tls)?;
         let old = self.config();
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!("listen and admin_listen changes take effect after a restart");
@@ -277,7 +291,7 @@ impl Shared {
         for pool in self.pools.list() {
             let db = new.databases.iter().find(|d| d.name == pool.database);
             let same_server = db.is_some_and(|db| {
-                let target = target_for(db, &pool.user, |name| users.get(name));
+                let target = target_for(db, &pool.user, |name| users.get(name), server_tls.clone());
                 // An auth_query user's password came from the server, not the config.
                 let listed = users.contains_key(&target.user) || db.password.is_some();
                 target.same_login(&pool.target) && (!listed || target == pool.target)
@@ -304,6 +318,7 @@ impl Shared {
         }
         *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = server_tls;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         tracing::info!("configuration reloaded");
         Ok(())
@@ -396,6 +411,7 @@ fn target_for<'a>(
     db: &Database,
     user: &str,
     creds_of: impl Fn(&str) -> Option<&'a Credentials>,
+    tls: Option<ServerTlsConnector>,
 ) -> ServerTarget {
     let user = db.user.as_deref().unwrap_or(user);
     let creds = creds_of(user);
@@ -413,6 +429,7 @@ fn target_for<'a>(
         user: user.to_string(),
         password,
         md5_hash,
+        tls,
     }
 }
 

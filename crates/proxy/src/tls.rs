@@ -1,5 +1,6 @@
-//! TLS to clients (rustls): the certificate and key from the config, the SSLRequest
-//! answer, and the client stream that is either plain TCP or TLS over it.
+//! TLS (rustls): to clients with the certificate and key from the config, to servers
+//! with libpq's `sslmode` choices, and the stream either side uses: plain TCP or TLS
+//! over it.
 
 use std::io;
 use std::path::Path;
@@ -11,8 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use crate::ProxyError;
 
@@ -52,50 +52,69 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, ProxyE
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A client connection: plain, or TLS after an accepted SSLRequest.
-pub enum ClientStream {
+/// A client or server connection: plain, or TLS after an accepted SSLRequest.
+pub enum PgStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl ClientStream {
+/// A client's connection.
+pub type ClientStream = PgStream;
+
+impl std::fmt::Debug for PgStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_tls() {
+            "PgStream::Tls"
+        } else {
+            "PgStream::Plain"
+        })
+    }
+}
+
+impl PgStream {
     pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        matches!(self, PgStream::Tls(_))
     }
 
-    /// Runs the TLS handshake on a plain stream.
-    pub async fn upgrade(self, acceptor: &TlsAcceptor) -> io::Result<ClientStream> {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
         match self {
-            ClientStream::Plain(tcp) => {
-                Ok(ClientStream::Tls(Box::new(acceptor.accept(tcp).await?)))
-            }
+            PgStream::Plain(tcp) => tcp,
+            PgStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// Runs the server side of the TLS handshake on a plain stream.
+    pub async fn upgrade(self, acceptor: &TlsAcceptor) -> io::Result<PgStream> {
+        match self {
+            PgStream::Plain(tcp) => Ok(PgStream::Tls(Box::new(acceptor.accept(tcp).await?.into()))),
             tls => Ok(tls),
         }
     }
 }
 
-impl AsyncRead for ClientStream {
+impl AsyncRead for PgStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            PgStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl AsyncWrite for PgStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            PgStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -105,29 +124,29 @@ impl AsyncWrite for ClientStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            PgStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            ClientStream::Plain(s) => s.is_write_vectored(),
-            ClientStream::Tls(s) => s.is_write_vectored(),
+            PgStream::Plain(s) => s.is_write_vectored(),
+            PgStream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            PgStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            PgStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -358,6 +358,11 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
             .into(),
             true,
         ),
+        (
+            "server_tls_mode",
+            format!("{:?}", c.server_tls.mode).to_lowercase(),
+            true,
+        ),
         ("auth_user", c.auth_user.clone().unwrap_or_default(), true),
         ("auth_query", c.auth_query.clone(), true),
         ("admin_users", c.admin_users.join(","), true),

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{config_for, run};
 use pgopt_embedded::Postgres;
-use pgopt_proxy::{ClientTls, PoolMode, Proxy, TlsMode};
+use pgopt_proxy::{ClientTls, PoolMode, Proxy, ServerTls, ServerTlsMode, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A self-signed certificate and key for localhost, made with the openssl tool.
@@ -137,4 +137,169 @@ async fn a_missing_certificate_is_a_clear_start_error() {
     };
     let err = Proxy::start(config).await.err().unwrap().to_string();
     assert!(err.contains("/nonexistent/server.crt"), "{err}");
+}
+
+/// A CA, and a server certificate it signed for `names` (subjectAltName entries such
+/// as `DNS:localhost,IP:127.0.0.1`): (ca.crt, server.crt, server.key).
+fn signed_certificate(dir: &std::path::Path, names: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-days", "2", "-subj", "/CN=pgopt test CA"])
+        .args(ec)
+        .args(["-keyout", &p("ca.key"), "-out", &p("ca.crt")]));
+    run(Command::new("openssl")
+        .args(["req", "-new", "-subj", "/CN=server"])
+        .args(ec)
+        .args(["-keyout", &p("server.key"), "-out", &p("server.csr")]));
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName={names}\n")).unwrap();
+    run(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        &p("san.ext"),
+        "-out",
+        &p("server.crt"),
+    ]));
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+/// A proxy to `pg` with TLS to the server set so; `host` is how the proxy names it.
+async fn proxy_to(pg: &Postgres, host: &str, tls: ServerTls) -> Proxy {
+    let mut config = config_for(pg, PoolMode::Transaction, 2);
+    config.databases[0].host = host.into();
+    config.server_tls = tls;
+    Proxy::start(config).await.unwrap()
+}
+
+/// Whether the proxy's server connection is encrypted, or the error a client gets.
+async fn server_ssl(proxy: &Proxy) -> Result<bool, tokio_postgres::Error> {
+    let client = common::connect(proxy, "postgres", None).await?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn tls_to_servers_with_libpq_sslmodes() {
+    let dir = temp_dir("server");
+    let (ca, cert, key) = signed_certificate(&dir, "DNS:localhost,IP:127.0.0.1");
+    let pg = Postgres::builder().tls(&cert, &key).start().await.unwrap();
+    let tls = |mode, ca_file: Option<&PathBuf>| ServerTls {
+        mode,
+        ca_file: ca_file.cloned(),
+    };
+
+    // prefer (the default) and require encrypt without checking the certificate.
+    for mode in [ServerTlsMode::Prefer, ServerTlsMode::Require] {
+        let proxy = proxy_to(&pg, "127.0.0.1", tls(mode, None)).await;
+        assert!(server_ssl(&proxy).await.unwrap(), "{mode:?}");
+    }
+    let proxy = proxy_to(&pg, "127.0.0.1", tls(ServerTlsMode::Disable, None)).await;
+    assert!(!server_ssl(&proxy).await.unwrap());
+    // verify-full by IP address and by name, both in the certificate.
+    for host in ["127.0.0.1", "localhost"] {
+        let proxy = proxy_to(&pg, host, tls(ServerTlsMode::VerifyFull, Some(&ca))).await;
+        assert!(server_ssl(&proxy).await.unwrap(), "verify-full to {host}");
+    }
+
+    // A certificate from another CA fails verify-ca; the client hears 08006 with why.
+    let other = temp_dir("other-ca");
+    let (other_ca, _, _) = signed_certificate(&other, "DNS:localhost");
+    let proxy = proxy_to(
+        &pg,
+        "127.0.0.1",
+        tls(ServerTlsMode::VerifyCa, Some(&other_ca)),
+    )
+    .await;
+    let err = server_ssl(&proxy).await.unwrap_err();
+    assert_eq!(common::code(&err), Some("08006"), "{err}");
+    let message = err.as_db_error().unwrap().message();
+    assert!(message.contains("TLS handshake"), "{message}");
+    // require with a CA file checks the chain, as libpq does.
+    let proxy = proxy_to(
+        &pg,
+        "127.0.0.1",
+        tls(ServerTlsMode::Require, Some(&other_ca)),
+    )
+    .await;
+    assert!(server_ssl(&proxy).await.is_err());
+    let _ = std::fs::remove_dir_all(other);
+
+    // Plenty of data both ways over the encrypted server connection.
+    let proxy = proxy_to(&pg, "127.0.0.1", tls(ServerTlsMode::VerifyFull, Some(&ca))).await;
+    let client = common::connect(&proxy, "postgres", None).await.unwrap();
+    let rows = client
+        .query(
+            "SELECT i, repeat('x', 1000) FROM generate_series(1, 5000) i",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5000);
+    let big = "y".repeat(2_000_000);
+    let row = client
+        .query_one("SELECT length($1::text)", &[&big])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2_000_000);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_server_name_the_certificate_lacks_fails_verify_full_but_not_verify_ca() {
+    let dir = temp_dir("names");
+    let (ca, cert, key) = signed_certificate(&dir, "DNS:db.example");
+    let pg = Postgres::builder().tls(&cert, &key).start().await.unwrap();
+    let tls = |mode| ServerTls {
+        mode,
+        ca_file: Some(ca.clone()),
+    };
+    let proxy = proxy_to(&pg, "127.0.0.1", tls(ServerTlsMode::VerifyCa)).await;
+    assert!(server_ssl(&proxy).await.unwrap());
+    let proxy = proxy_to(&pg, "127.0.0.1", tls(ServerTlsMode::VerifyFull)).await;
+    let err = server_ssl(&proxy).await.unwrap_err();
+    assert_eq!(common::code(&err), Some("08006"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn require_refuses_a_server_without_tls() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = proxy_to(
+        &pg,
+        "127.0.0.1",
+        ServerTls {
+            mode: ServerTlsMode::Require,
+            ca_file: None,
+        },
+    )
+    .await;
+    let err = server_ssl(&proxy).await.unwrap_err();
+    assert_eq!(common::code(&err), Some("08006"), "{err}");
+    let message = err.as_db_error().unwrap().message();
+    assert!(message.contains("does not accept TLS"), "{message}");
 }

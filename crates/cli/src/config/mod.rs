@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use bounded::{Bounded, Scale};
 pub use duration::HumanDuration;
-pub use proxy::{ClientAuthMethod, PoolMode, ProxyConfig, TlsModeSetting};
+pub use proxy::{ClientAuthMethod, PoolMode, ProxyConfig, ServerTlsModeSetting, TlsModeSetting};
 
 /// The whole configuration tree. Each section is the small typed config of one part.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

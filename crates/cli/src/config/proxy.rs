@@ -37,6 +37,18 @@ pub enum TlsModeSetting {
     Require,
 }
 
+/// TLS to servers: libpq's sslmode values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsModeSetting {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
 /// A user clients may log in as.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +96,10 @@ pub struct ProxyConfig {
     /// PEM certificate chain and private key for TLS to clients.
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    /// TLS to servers: disable | prefer | require | verify-ca | verify-full.
+    pub server_tls_mode: ServerTlsModeSetting,
+    /// PEM file of the CA certificates trusted for servers; "" is none.
+    pub server_tls_ca_file: String,
     /// trust | md5 | scram-sha-256
     pub auth: ClientAuthMethod,
     pub users: Vec<ProxyUser>,
@@ -116,6 +132,8 @@ impl Default for ProxyConfig {
             tls_mode: TlsModeSetting::Disable,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            server_tls_mode: ServerTlsModeSetting::Prefer,
+            server_tls_ca_file: String::new(),
             auth: ClientAuthMethod::Trust,
             users: Vec::new(),
             auth_user: String::new(),

@@ -1,0 +1,252 @@
+//! TLS to servers, as libpq does it: an SSLRequest first; `prefer` falls back to plain
+//! text when the server declines; `require` checks the certificate only when a CA file
+//! is configured (like libpq with a root certificate present); `verify-ca` checks the
+//! chain; `verify-full` also the host name.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{ServerTls, ServerTlsMode};
+use crate::tls::PgStream;
+use crate::ProxyError;
+
+/// What a pool needs to open TLS connections; compared by settings, so a RELOAD that
+/// changes them replaces the pool.
+#[derive(Clone)]
+pub struct ServerTlsConnector {
+    settings: ServerTls,
+    connector: TlsConnector,
+}
+
+impl PartialEq for ServerTlsConnector {
+    fn eq(&self, other: &Self) -> bool {
+        self.settings == other.settings
+    }
+}
+
+impl Eq for ServerTlsConnector {}
+
+impl fmt::Debug for ServerTlsConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ServerTlsConnector")
+            .field(&self.settings)
+            .finish()
+    }
+}
+
+impl ServerTlsConnector {
+    /// `None` when TLS to servers is off.
+    pub fn new(settings: &ServerTls) -> Result<Option<ServerTlsConnector>, ProxyError> {
+        let tls = |what: String| ProxyError::Tls(what);
+        if settings.mode == ServerTlsMode::Disable {
+            return Ok(None);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = match &settings.ca_file {
+            Some(file) => Some(Arc::new(load_roots(file)?)),
+            None if settings.mode >= ServerTlsMode::VerifyCa => {
+                return Err(tls(format!(
+                    "server_tls_mode {:?} needs a CA file (proxy.server_tls_ca_file)",
+                    settings.mode
+                )))
+            }
+            None => None,
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = match roots {
+            None => Arc::new(AnyCertificate(provider.clone())),
+            Some(roots) => {
+                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(|e| tls(format!("server CA certificates: {e}")))?;
+                if settings.mode == ServerTlsMode::VerifyFull {
+                    webpki
+                } else {
+                    Arc::new(ChainOnly(webpki))
+                }
+            }
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Some(ServerTlsConnector {
+            settings: settings.clone(),
+            connector: TlsConnector::from(Arc::new(config)),
+        }))
+    }
+
+    /// Asks the server for TLS on a fresh connection and runs the handshake; a server
+    /// that declines gets plain text under `prefer`, and is an error otherwise.
+    pub async fn negotiate(&self, mut tcp: TcpStream, host: &str) -> Result<PgStream, ProxyError> {
+        const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        let server = || host.to_string();
+        tcp.write_all(&SSL_REQUEST)
+            .await
+            .map_err(ProxyError::server_io)?;
+        let answer = tcp.read_u8().await.map_err(ProxyError::server_io)?;
+        match answer {
+            b'S' => {}
+            b'N' if self.settings.mode == ServerTlsMode::Prefer => {
+                return Ok(PgStream::Plain(tcp));
+            }
+            b'N' => {
+                return Err(ProxyError::Server {
+                    server: server(),
+                    message: format!(
+                        "does not accept TLS, and server_tls_mode is {:?}",
+                        self.settings.mode
+                    ),
+                })
+            }
+            other => {
+                return Err(ProxyError::Server {
+                    server: server(),
+                    message: format!("answered the SSLRequest with {:?}", other as char),
+                })
+            }
+        }
+        let name = ServerName::try_from(host.to_string()).map_err(|e| {
+            ProxyError::Tls(format!("{host:?} is not a host name TLS can check: {e}"))
+        })?;
+        let stream = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ProxyError::Server {
+                server: server(),
+                message: format!("TLS handshake: {e}"),
+            })?;
+        Ok(PgStream::Tls(Box::new(stream.into())))
+    }
+}
+
+fn load_roots(file: &Path) -> Result<RootCertStore, ProxyError> {
+    let certs = CertificateDer::pem_file_iter(file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ProxyError::Tls(format!(
+                "reading CA certificates from {}: {e}",
+                file.display()
+            ))
+        })?;
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(ProxyError::Tls(format!(
+            "no usable CA certificate in {}",
+            file.display()
+        )));
+    }
+    Ok(roots)
+}
+
+/// `prefer`/`require` without a CA file: encryption, no identity check (as libpq).
+/// The handshake's signatures are still verified.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca` (and `require` with a CA file): the chain must lead to a trusted CA;
+/// the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
