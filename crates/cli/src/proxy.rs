@@ -37,7 +37,7 @@ enum PoolModeArg {
 }
 
 pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
-    let proxy_config = build(&loaded.config.proxy, args.clone())?;
+    let proxy_config = build(&loaded.config.proxy, &loaded.config.insight, args.clone())?;
     let admin_users = proxy_config.admin_users.clone();
     let mode = proxy_config.pool_mode;
     let size = proxy_config.default_pool_size;
@@ -77,7 +77,8 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
     handle.set_reloader(move || {
         let overrides = config::env_overrides().map_err(|e| e.to_string())?;
         let loaded = config::load(file.as_deref(), &overrides).map_err(|e| e.to_string())?;
-        build(&loaded.config.proxy, args.clone()).map_err(|e| format!("{e:#}"))
+        build(&loaded.config.proxy, &loaded.config.insight, args.clone())
+            .map_err(|e| format!("{e:#}"))
     });
     serve_signals(&proxy).await
 }
@@ -109,7 +110,11 @@ async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
     }
 }
 
-fn build(config: &ProxyConfig, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::Config> {
+fn build(
+    config: &ProxyConfig,
+    insight: &config::InsightSection,
+    args: ProxyArgs,
+) -> anyhow::Result<pgopt_proxy::Config> {
     let url = args.upstream.unwrap_or_else(|| config.upstream.clone());
     if url.is_empty() {
         anyhow::bail!(
@@ -186,6 +191,16 @@ fn build(config: &ProxyConfig, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::C
             })
             .collect(),
         auth_user: (!config.auth_user.is_empty()).then(|| config.auth_user.clone()),
+        insight: pgopt_proxy::InsightSettings {
+            enabled: insight.enabled,
+            store: pgopt_insight::InsightConfig {
+                max_fingerprints: insight.max_fingerprints.get() as usize,
+                params: insight.params,
+                ..pgopt_insight::InsightConfig::default()
+            },
+            slow_log: insight.slow_log.clone(),
+            n_plus_one: insight.n_plus_one.clone(),
+        },
         auth_query: config.auth_query.clone(),
         databases: vec![pgopt_proxy::Database {
             name: up.dbname.clone(),

@@ -15,6 +15,7 @@ use pgopt_wire::{
 };
 use tokio::io::AsyncReadExt;
 
+use crate::insight_views;
 use crate::io::{send_fatal, write_all};
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::ClientInfo;
@@ -179,6 +180,9 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
                 "lists" => views::lists(shared),
                 "version" => views::version(),
                 "help" => views::help(),
+                "queries" => insight_views::queries(shared),
+                "slow" => insight_views::slow(shared),
+                "nplus1" => insight_views::n_plus_one(shared),
                 other => {
                     let message =
                         format!("SHOW {other}: no such view; SHOW HELP lists the admin commands");
@@ -252,10 +256,11 @@ fn encode_table(table: &Table, out: &mut BytesMut) -> Result<(), EncodeError> {
             type_oid: match kind {
                 Kind::Text => 25,
                 Kind::Int => 20,
+                Kind::Float => 701,
             },
             type_size: match kind {
                 Kind::Text => -1,
-                Kind::Int => 8,
+                Kind::Int | Kind::Float => 8,
             },
             type_modifier: -1,
             format: Format::Text,

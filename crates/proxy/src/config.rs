@@ -90,6 +90,8 @@ pub struct Config {
     pub databases: Vec<Database>,
     /// Largest message accepted from a client or server.
     pub max_message_len: u32,
+    /// Query insight: statistics per query shape, slow log, N+1 detection.
+    pub insight: crate::observe::InsightSettings,
 }
 
 /// Whether clients may or must use TLS.
@@ -165,6 +167,7 @@ impl Default for Config {
             auth_query: crate::auth_query::DEFAULT_AUTH_QUERY.to_string(),
             databases: Vec::new(),
             max_message_len: pgopt_wire::DEFAULT_MAX_MESSAGE_LEN,
+            insight: crate::observe::InsightSettings::default(),
         }
     }
 }

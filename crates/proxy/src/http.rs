@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 endpoint on `admin_listen` for Prometheus: `GET /metrics`.
+//! A small HTTP/1.1 endpoint on `admin_listen`: Prometheus `GET /metrics`, and the
+//! query insight as JSON under `/api/`.
 //! One request per connection, a bounded request head, a read timeout.
 
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::insight_views;
 use crate::metrics;
 use crate::shared::Shared;
 
@@ -81,10 +83,13 @@ fn respond(head: &[u8], shared: &Shared) -> Vec<u8> {
         "/" => reply(
             200,
             "text/plain; charset=utf-8",
-            "pgopt proxy: /metrics (Prometheus)\n".into(),
+            "pgopt proxy: /metrics (Prometheus), /api/queries[/FINGERPRINT], /api/slow, /api/nplus1 (JSON)\n".into(),
             head_only,
         ),
-        _ => reply(404, "text/plain", "not found\n".into(), head_only),
+        _ => match insight_views::api(shared, target) {
+            Some((status, body)) => reply(status, "application/json", body, head_only),
+            None => reply(404, "text/plain", "not found\n".into(), head_only),
+        },
     }
 }
 
@@ -93,6 +98,7 @@ fn reply(status: u16, content_type: &str, body: String, head_only: bool) -> Vec<
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        500 => "Internal Server Error",
         _ => "Method Not Allowed",
     };
     let allow = if status == 405 {

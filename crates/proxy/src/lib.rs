@@ -12,8 +12,10 @@ mod auth_query;
 pub mod config;
 mod error;
 mod http;
+mod insight_views;
 mod io;
 mod metrics;
+mod observe;
 mod pool;
 mod relay;
 mod replan;
@@ -39,6 +41,7 @@ pub use config::{
     ADMIN_DATABASE,
 };
 pub use error::ProxyError;
+pub use observe::InsightSettings;
 use shared::{Lifecycle, Shared};
 
 /// A running proxy. Dropping it stops accepting new clients.
@@ -62,6 +65,12 @@ impl Proxy {
         let users = auth::prepare_users(&config.users)?;
         let tls = shared::tls_acceptor_for(&config)?;
         let server_tls = server_tls::ServerTlsConnector::new(&config.server_tls)?;
+        let insight = match config.insight.enabled {
+            true => Some(Arc::new(
+                observe::InsightState::new(&config.insight).map_err(ProxyError::Protocol)?,
+            )),
+            false => None,
+        };
         let io = |source| ProxyError::Io {
             peer: "listener",
             source,
@@ -76,7 +85,7 @@ impl Proxy {
             Some(l) => Some(l.local_addr().map_err(io)?),
             None => None,
         };
-        let shared = Arc::new(Shared::new(config, users, tls, server_tls));
+        let shared = Arc::new(Shared::new(config, users, tls, server_tls, insight));
         let mut tasks = vec![
             tokio::spawn(accept(listener, shared.clone())),
             tokio::spawn(shared.clone().maintain()),

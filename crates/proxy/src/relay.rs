@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use pgopt_wire::frontend::{Bind, Close, Describe, Parse, Query};
+use pgopt_wire::frontend::{Bind, Close, Describe, Execute, Parse, Query};
 use pgopt_wire::{
     peek_header, split_frame, sqlstate, DecodeError, ErrorBuilder, Frame, Severity, Target,
     TransactionStatus,
@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::PoolMode;
 use crate::io::{send_fatal, write_all};
+use crate::observe::Tracker;
 use crate::pool::{Checkout, Pool};
 use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
 use crate::session::{fail_checkout, CancelSlot};
@@ -74,6 +75,8 @@ pub struct Relay {
     /// batch in `rerun` goes to the server again.
     dropping: bool,
     rerun: Option<BytesMut>,
+    /// Query insight for this session, unless disabled.
+    tracker: Option<Tracker>,
     shared: Arc<Shared>,
 }
 
@@ -88,6 +91,10 @@ impl Relay {
         settings: Settings,
     ) -> Relay {
         let config = shared.config();
+        let tracker = shared.insight.as_ref().map(|state| {
+            let (user, database, _) = info.identity();
+            Tracker::new(state.clone(), &database, &user, info.addr)
+        });
         Relay {
             client,
             cbuf,
@@ -117,6 +124,7 @@ impl Relay {
             replayed: false,
             dropping: false,
             rerun: None,
+            tracker,
             shared,
         }
     }
@@ -279,6 +287,9 @@ impl Relay {
                 self.replay = None;
             }
         }
+        if self.tracker.is_some() {
+            self.track_client(frame)?;
+        }
         let request = match frame.tag() {
             b'P' if self.rewrite => {
                 let parse = Parse::decode(frame.body())?;
@@ -336,6 +347,38 @@ impl Relay {
             request,
             prepared: None,
         });
+        if let Some(tracker) = self.tracker.as_mut() {
+            // Statements that reach the server: their completions come back.
+            match (request, frame.tag()) {
+                (Request::Execute, _) => tracker.on_execute(Execute::decode(frame.body())?.portal),
+                (Request::Query, b'Q') => {
+                    tracker.on_query(&self.shared.analyzer, Query::decode(frame.body())?.sql)
+                }
+                (Request::Query, _) => tracker.on_function_call(),
+                (Request::Sync, _) => tracker.on_sync(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Query insight: statement names and portals as the client uses them.
+    fn track_client(&mut self, frame: &Frame) -> Result<(), DecodeError> {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return Ok(());
+        };
+        match frame.tag() {
+            b'P' => {
+                let parse = Parse::decode(frame.body())?;
+                tracker.on_parse(&self.shared.analyzer, parse.name, parse.query);
+            }
+            b'B' => tracker.on_bind(&Bind::decode(frame.body())?, frame.as_bytes()),
+            b'C' => {
+                let close = Close::decode(frame.body())?;
+                tracker.on_close(close.target == Target::Statement, close.name);
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -639,6 +682,8 @@ impl Relay {
             let verdict = match self.replan(header.tag, pos + 5..end) {
                 Some(verdict) => verdict,
                 None => {
+                    let execute_failed = header.tag == b'E'
+                        && self.expected.head_request() == Some(Request::Execute);
                     let server = &mut self.server;
                     let verdict = self.expected.on_server_message(header.tag, |id| {
                         if let Some(s) = server.as_mut() {
@@ -647,6 +692,18 @@ impl Relay {
                     });
                     if matches!(header.tag, b'C' | b'E' | b'Z') {
                         self.observe(header.tag, pos + 5..end, verdict);
+                    }
+                    if let Some(tracker) = self.tracker.as_mut() {
+                        if verdict == Verdict::Relay
+                            && matches!(header.tag, b'C' | b'I' | b's' | b'E' | b'Z')
+                        {
+                            let idle = self.status == TransactionStatus::Idle;
+                            let body = &self.sbuf[pos + 5..end];
+                            tracker.on_server(header.tag, body, execute_failed, !idle);
+                            if header.tag == b'Z' && idle {
+                                tracker.end_transaction();
+                            }
+                        }
                     }
                     verdict
                 }
@@ -716,6 +773,9 @@ impl Relay {
             return None; // the client gets the server's error
         }
         self.expected.abandon();
+        if let Some(tracker) = self.tracker.as_mut() {
+            tracker.abandon();
+        }
         self.dropping = true;
         Some(Verdict::Drop)
     }
@@ -772,6 +832,9 @@ impl Relay {
                 };
                 let conn = &mut server.conn;
                 if body == b"DISCARD ALL\0" || body == b"DEALLOCATE ALL\0" {
+                    if let Some(tracker) = self.tracker.as_mut() {
+                        tracker.forget_statements();
+                    }
                     // The server dropped every statement; the client's names stay
                     // usable: pgopt prepares them again.
                     conn.prepared.clear();

@@ -12,6 +12,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::auth::{prepare_users, Credentials};
 use crate::config::{Config, Database, TlsMode};
+use crate::observe::InsightState;
 use crate::pool::{Pool, PoolLimits, Pools};
 use crate::server::{send_cancel, ServerTarget};
 use crate::server_tls::ServerTlsConnector;
@@ -58,6 +59,8 @@ pub struct Shared {
     tls: RwLock<Option<TlsAcceptor>>,
     /// TLS to servers, unless disabled (swapped on RELOAD).
     server_tls: RwLock<Option<ServerTlsConnector>>,
+    /// Query insight, unless disabled (set at start; RELOAD keeps it).
+    pub insight: Option<Arc<InsightState>>,
 }
 
 impl Shared {
@@ -66,8 +69,10 @@ impl Shared {
         users: HashMap<String, Credentials>,
         tls: Option<TlsAcceptor>,
         server_tls: Option<ServerTlsConnector>,
+        insight: Option<Arc<InsightState>>,
     ) -> Shared {
         Shared {
+            insight,
             tls: RwLock::new(tls),
             server_tls: RwLock::new(server_tls),
             client_slots: Arc::new(Semaphore::new(config.max_client_conn)),

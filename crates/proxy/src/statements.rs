@@ -205,6 +205,15 @@ impl Expected {
             .count()
     }
 
+    /// The request the server answers next, if it is one the client sent.
+    pub fn head_request(&self) -> Option<Request> {
+        match self.queue.front() {
+            Some(Step::Server { request, .. }) => Some(*request),
+            Some(Step::Bind { .. }) => Some(Request::Bind),
+            _ => None,
+        }
+    }
+
     /// The server statement of the Bind at the head of the queue, if a Bind of a
     /// client's named statement is what the server answers next.
     pub fn head_bind(&self) -> Option<u64> {

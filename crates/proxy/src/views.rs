@@ -15,6 +15,7 @@ use crate::stats::{format_time, unix_us_now, ServerState, Totals};
 pub enum Kind {
     Text,
     Int,
+    Float,
 }
 
 /// A result set: column names and types, rows of text values (NULL as `None`).
@@ -24,24 +25,24 @@ pub struct Table {
 }
 
 impl Table {
-    fn new(columns: &[(&'static str, Kind)]) -> Table {
+    pub(crate) fn new(columns: &[(&'static str, Kind)]) -> Table {
         Table {
             columns: columns.to_vec(),
             rows: Vec::new(),
         }
     }
 
-    fn push(&mut self, row: Vec<Option<String>>) {
+    pub(crate) fn push(&mut self, row: Vec<Option<String>>) {
         debug_assert_eq!(row.len(), self.columns.len());
         self.rows.push(row);
     }
 }
 
-fn t(s: impl Into<String>) -> Option<String> {
+pub(crate) fn t(s: impl Into<String>) -> Option<String> {
     Some(s.into())
 }
 
-fn n(v: impl Into<u64>) -> Option<String> {
+pub(crate) fn n(v: impl Into<u64>) -> Option<String> {
     Some(v.into().to_string())
 }
 
@@ -422,6 +423,18 @@ pub const HELP: &[(&str, &str)] = &[
         "counts of databases, users, pools, clients, servers",
     ),
     ("SHOW VERSION", "pgopt's version"),
+    (
+        "SHOW QUERIES",
+        "query shapes by total time: calls, rows, errors, p50/p95/p99",
+    ),
+    (
+        "SHOW SLOW",
+        "the latest statements over the slow-log threshold",
+    ),
+    (
+        "SHOW NPLUS1",
+        "statements repeated in a loop (N+1 findings)",
+    ),
     ("RELOAD", "re-read the config file"),
     (
         "PAUSE [db]",

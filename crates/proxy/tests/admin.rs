@@ -7,11 +7,10 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, config_for, connect, run};
+use common::{admin, code, config_for, connect, http_get, run, show};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::{Config, PoolMode, Proxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::NoTls;
 
 async fn start_with(pg: &Postgres, tweak: impl FnOnce(&mut Config)) -> Proxy {
     let mut config = config_for(pg, PoolMode::Transaction, 2);
@@ -19,36 +18,6 @@ async fn start_with(pg: &Postgres, tweak: impl FnOnce(&mut Config)) -> Proxy {
     config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     tweak(&mut config);
     Proxy::start(config).await.unwrap()
-}
-
-async fn admin(proxy: &Proxy) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(proxy.local_addr().port())
-        .user("postgres")
-        .dbname("pgopt")
-        .connect(NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
-
-/// Rows of an admin SHOW as column-name → value maps.
-async fn show(admin: &tokio_postgres::Client, what: &str) -> Vec<HashMap<String, String>> {
-    let mut rows = Vec::new();
-    for m in admin.simple_query(&format!("SHOW {what}")).await.unwrap() {
-        if let SimpleQueryMessage::Row(row) = m {
-            let map = row
-                .columns()
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name().to_string(), row.get(i).unwrap_or("").to_string()))
-                .collect();
-            rows.push(map);
-        }
-    }
-    rows
 }
 
 fn message(e: &tokio_postgres::Error) -> &str {
@@ -59,16 +28,6 @@ fn num(row: &HashMap<String, String>, col: &str) -> u64 {
     row[col]
         .parse()
         .unwrap_or_else(|_| panic!("{col} = {:?}", row[col]))
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
 }
 
 #[tokio::test]

@@ -21,6 +21,33 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub demo: DemoConfig,
     pub proxy: ProxyConfig,
+    pub insight: InsightSection,
+}
+
+/// `[insight]`: what the proxy records of every query.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InsightSection {
+    /// Record statistics per query shape, the slow log and N+1 findings.
+    pub enabled: bool,
+    /// Most (query shape, database, user) entries kept; the least costly go first.
+    pub max_fingerprints: Bounded<1, 10000000>,
+    /// How sampled parameters are kept: off | redacted | full.
+    pub params: pgopt_insight::ParamMode,
+    pub slow_log: pgopt_insight::SlowLogConfig,
+    pub n_plus_one: pgopt_insight::NPlusOneConfig,
+}
+
+impl Default for InsightSection {
+    fn default() -> Self {
+        InsightSection {
+            enabled: true,
+            max_fingerprints: Bounded(5000),
+            params: pgopt_insight::ParamMode::Redacted,
+            slow_log: pgopt_insight::SlowLogConfig::default(),
+            n_plus_one: pgopt_insight::NPlusOneConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -105,3 +105,49 @@ pub fn pgbench_init(pg: &Postgres) {
         "postgres",
     ]));
 }
+
+/// A client of the admin console (database `pgopt`) as `postgres`.
+pub async fn admin(proxy: &Proxy) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname("pgopt")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Rows of an admin SHOW as column-name → value maps.
+pub async fn show(
+    admin: &tokio_postgres::Client,
+    what: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let mut rows = Vec::new();
+    for m in admin.simple_query(&format!("SHOW {what}")).await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+            let map = row
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name().to_string(), row.get(i).unwrap_or("").to_string()))
+                .collect();
+            rows.push(map);
+        }
+    }
+    rows
+}
+
+/// The whole HTTP response (head and body) to `GET path`.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}

@@ -1,0 +1,385 @@
+//! Query insight in the proxy (see `pgopt-insight`): each statement a client runs —
+//! a simple Query or an extended Execute — is matched with its completion in the
+//! server's responses and recorded by shape (fingerprint), with its latency, rows and
+//! SQLSTATE; slow ones go to the slow log, repeated ones to the N+1 detector.
+//!
+//! The hot path stays cheap: statement texts are analysed through the shared
+//! analysis cache (literals stripped first, so `WHERE id = 1` and `= 2` hit the same
+//! entry), prepared statements once at Parse; the per-session bookkeeping allocates
+//! nothing per statement once warm.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::BytesMut;
+use pgopt_insight::{
+    ClientInfo, Insight, InsightConfig, NPlusOneConfig, NPlusOneDetector, NPlusOneSession,
+    ParamFormat, ParamRef, Sample, SessionHandle, SlowLog, SlowLogConfig, SlowStatement,
+};
+use pgopt_sql::{Analysis, Analyzer};
+use pgopt_wire::frontend::Bind;
+use pgopt_wire::Format;
+
+use crate::stats::error_field;
+
+/// `[insight]` settings the proxy uses.
+#[derive(Debug, Clone)]
+pub struct InsightSettings {
+    /// Off: statements are not analysed or recorded at all.
+    pub enabled: bool,
+    pub store: InsightConfig,
+    pub slow_log: SlowLogConfig,
+    pub n_plus_one: NPlusOneConfig,
+}
+
+impl Default for InsightSettings {
+    fn default() -> Self {
+        InsightSettings {
+            enabled: true,
+            store: InsightConfig::default(),
+            slow_log: SlowLogConfig::default(),
+            n_plus_one: NPlusOneConfig::default(),
+        }
+    }
+}
+
+/// What every session records into.
+pub struct InsightState {
+    pub store: Insight,
+    pub slow: SlowLog,
+    pub n_plus_one: NPlusOneDetector,
+}
+
+impl InsightState {
+    pub fn new(settings: &InsightSettings) -> Result<InsightState, String> {
+        Ok(InsightState {
+            store: Insight::new(settings.store.clone()).map_err(|e| format!("insight: {e}"))?,
+            slow: SlowLog::new(settings.slow_log.clone()).with_tracing(),
+            n_plus_one: NPlusOneDetector::new(settings.n_plus_one.clone())
+                .map_err(|e| format!("insight.n_plus_one: {e}"))?,
+        })
+    }
+}
+
+/// A statement sent to the server whose completion is awaited.
+enum Pending {
+    /// A simple Query: done at its ReadyForQuery (several statements in one text
+    /// count as one, their rows added up).
+    Simple {
+        analysis: Option<Arc<Analysis>>,
+        start: Instant,
+        rows: u64,
+        error: Option<[u8; 5]>,
+    },
+    /// An Execute: done at CommandComplete, EmptyQueryResponse, PortalSuspended or
+    /// its ErrorResponse. `bind` numbers the Bind whose parameters it ran with.
+    Execute {
+        analysis: Option<Arc<Analysis>>,
+        start: Instant,
+        bind: u64,
+    },
+    /// A Sync: Executes still pending at its ReadyForQuery were skipped after an
+    /// error and never ran.
+    Sync,
+}
+
+/// One client session's bookkeeping.
+pub struct Tracker {
+    state: Arc<InsightState>,
+    handle: SessionHandle,
+    n_plus_one: NPlusOneSession,
+    database: String,
+    user: String,
+    addr: SocketAddr,
+    pending: VecDeque<Pending>,
+    statements: HashMap<String, Option<Arc<Analysis>>>,
+    unnamed_statement: Option<Arc<Analysis>>,
+    portals: HashMap<String, Option<Arc<Analysis>>>,
+    unnamed_portal: Option<Arc<Analysis>>,
+    /// The latest Bind message, for the parameters of a slow statement.
+    last_bind: BytesMut,
+    binds: u64,
+}
+
+impl Tracker {
+    pub fn new(state: Arc<InsightState>, database: &str, user: &str, addr: SocketAddr) -> Tracker {
+        let handle = state.store.session(database, user);
+        let n_plus_one = state.n_plus_one.session(ClientInfo {
+            database: database.to_string(),
+            user: user.to_string(),
+            address: Some(addr),
+        });
+        Tracker {
+            state,
+            handle,
+            n_plus_one,
+            database: database.to_string(),
+            user: user.to_string(),
+            addr,
+            pending: VecDeque::new(),
+            statements: HashMap::new(),
+            unnamed_statement: None,
+            portals: HashMap::new(),
+            unnamed_portal: None,
+            last_bind: BytesMut::new(),
+            binds: 0,
+        }
+    }
+
+    /// Parse: the statement is analysed once, here.
+    pub fn on_parse(&mut self, analyzer: &Analyzer, name: &str, query: &str) {
+        let analysis = analyzer.analyze(query).ok();
+        if name.is_empty() {
+            self.unnamed_statement = analysis;
+        } else {
+            self.statements.insert(name.to_string(), analysis);
+        }
+    }
+
+    pub fn on_bind(&mut self, bind: &Bind<'_>, frame: &[u8]) {
+        let analysis = if bind.statement.is_empty() {
+            self.unnamed_statement.clone()
+        } else {
+            self.statements.get(bind.statement).cloned().flatten()
+        };
+        if bind.portal.is_empty() {
+            self.unnamed_portal = analysis;
+        } else {
+            self.portals.insert(bind.portal.to_string(), analysis);
+        }
+        self.last_bind.clear();
+        self.last_bind.extend_from_slice(frame);
+        self.binds += 1;
+    }
+
+    /// Close of a statement (`statement`) or portal.
+    pub fn on_close(&mut self, statement: bool, name: &str) {
+        match (statement, name.is_empty()) {
+            (true, true) => self.unnamed_statement = None,
+            (true, false) => {
+                self.statements.remove(name);
+            }
+            (false, true) => self.unnamed_portal = None,
+            (false, false) => {
+                self.portals.remove(name);
+            }
+        }
+    }
+
+    /// DISCARD ALL / DEALLOCATE ALL: every named statement is gone.
+    pub fn forget_statements(&mut self) {
+        self.statements.clear();
+        self.portals.clear();
+    }
+
+    pub fn on_execute(&mut self, portal: &str) {
+        let analysis = if portal.is_empty() {
+            self.unnamed_portal.clone()
+        } else {
+            self.portals.get(portal).cloned().flatten()
+        };
+        self.pending.push_back(Pending::Execute {
+            analysis,
+            start: Instant::now(),
+            bind: self.binds,
+        });
+    }
+
+    pub fn on_query(&mut self, analyzer: &Analyzer, sql: &str) {
+        self.pending.push_back(Pending::Simple {
+            analysis: analyzer.analyze(sql).ok(),
+            start: Instant::now(),
+            rows: 0,
+            error: None,
+        });
+    }
+
+    /// A FunctionCall: done at its ReadyForQuery, not recorded.
+    pub fn on_function_call(&mut self) {
+        self.pending.push_back(Pending::Simple {
+            analysis: None,
+            start: Instant::now(),
+            rows: 0,
+            error: None,
+        });
+    }
+
+    pub fn on_sync(&mut self) {
+        self.pending.push_back(Pending::Sync);
+    }
+
+    /// The batch in flight will run again (see `replan.rs`): its statements are
+    /// forgotten, the second run counts.
+    pub fn abandon(&mut self) {
+        self.pending.clear();
+    }
+
+    /// A server message the client gets. `execute_failed`: an ErrorResponse that
+    /// answers an Execute (not the Parse or Bind before it). `in_transaction`: the
+    /// transaction status the statement ran in.
+    pub fn on_server(&mut self, tag: u8, body: &[u8], execute_failed: bool, in_transaction: bool) {
+        match tag {
+            b'C' | b'I' | b's' => {
+                let rows = if tag == b'C' { command_rows(body) } else { 0 };
+                match self.pending.front_mut() {
+                    Some(Pending::Simple { rows: total, .. }) => *total += rows,
+                    Some(Pending::Execute { .. }) => {
+                        if let Some(Pending::Execute {
+                            analysis,
+                            start,
+                            bind,
+                        }) = self.pending.pop_front()
+                        {
+                            self.done(analysis, start, rows, None, Some(bind), in_transaction);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            b'E' => {
+                let code = error_field(body, b'C').and_then(|c| <[u8; 5]>::try_from(c).ok());
+                match self.pending.front_mut() {
+                    Some(Pending::Simple { error, .. }) => *error = error.or(code),
+                    Some(Pending::Execute { .. }) if execute_failed => {
+                        if let Some(Pending::Execute {
+                            analysis,
+                            start,
+                            bind,
+                        }) = self.pending.pop_front()
+                        {
+                            self.done(analysis, start, 0, code, Some(bind), in_transaction);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            b'Z' => {
+                while let Some(front) = self.pending.pop_front() {
+                    match front {
+                        Pending::Simple {
+                            analysis,
+                            start,
+                            rows,
+                            error,
+                        } => {
+                            self.done(analysis, start, rows, error, None, in_transaction);
+                            break;
+                        }
+                        Pending::Sync => break,
+                        // Skipped after an error: it never ran.
+                        Pending::Execute { .. } => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn done(
+        &mut self,
+        analysis: Option<Arc<Analysis>>,
+        start: Instant,
+        rows: u64,
+        error: Option<[u8; 5]>,
+        bind: Option<u64>,
+        in_transaction: bool,
+    ) {
+        let Some(analysis) = analysis else {
+            return; // text the parser refused: the server's error says it all
+        };
+        let duration = start.elapsed();
+        let key = self.handle.key(analysis.fingerprint);
+        let sample = Sample {
+            duration,
+            rows,
+            error,
+            ..Sample::default()
+        };
+        let text = || Arc::<str>::from(analysis.normalized.as_str());
+        self.state.store.record(&key, &sample, text);
+        let now = SystemTime::now();
+        self.n_plus_one
+            .observe(analysis.fingerprint, in_transaction, now, text);
+        if self.state.slow.is_slow(duration) {
+            // The parameters are at hand when this statement ran with the latest Bind.
+            let bind = bind
+                .filter(|b| *b == self.binds)
+                .and_then(|_| Bind::decode(self.last_bind.get(5..).unwrap_or_default()).ok());
+            let params: Vec<ParamRef<'_>> = match &bind {
+                Some(bind) => bind_params(bind),
+                None => Vec::new(),
+            };
+            self.state.slow.maybe_log(&SlowStatement {
+                fingerprint: analysis.fingerprint,
+                query: &analysis.normalized,
+                duration,
+                rows,
+                database: &self.database,
+                user: &self.user,
+                client_addr: Some(self.addr),
+                params: &params,
+                error,
+                at: now,
+            });
+        }
+    }
+
+    /// A transaction ended: N+1 counting inside it starts over.
+    pub fn end_transaction(&mut self) {
+        self.n_plus_one.end_transaction();
+    }
+}
+
+/// The parameters of a Bind, with their formats.
+fn bind_params<'a>(bind: &Bind<'a>) -> Vec<ParamRef<'a>> {
+    let formats: Vec<Format> = bind.param_formats.iter().collect();
+    bind.params
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let format = match formats.len() {
+                0 => Format::Text,
+                1 => formats[0],
+                _ => formats.get(i).copied().unwrap_or_default(),
+            };
+            ParamRef {
+                value,
+                format: match format {
+                    Format::Text => ParamFormat::Text,
+                    Format::Binary => ParamFormat::Binary,
+                },
+                type_oid: 0,
+            }
+        })
+        .collect()
+}
+
+/// Rows a CommandComplete tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`), else 0.
+fn command_rows(body: &[u8]) -> u64 {
+    let tag = body.strip_suffix(b"\0").unwrap_or(body);
+    let last = tag.rsplit(|b| *b == b' ').next().unwrap_or_default();
+    if last.is_empty() || !last.iter().all(u8::is_ascii_digit) || last.len() == tag.len() {
+        return 0;
+    }
+    std::str::from_utf8(last)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_rows;
+
+    #[test]
+    fn rows_from_command_tags() {
+        assert_eq!(command_rows(b"SELECT 5\0"), 5);
+        assert_eq!(command_rows(b"INSERT 0 3\0"), 3);
+        assert_eq!(command_rows(b"UPDATE 12\0"), 12);
+        assert_eq!(command_rows(b"BEGIN\0"), 0);
+        assert_eq!(command_rows(b"COPY 100\0"), 100);
+        assert_eq!(command_rows(b"\0"), 0);
+    }
+}

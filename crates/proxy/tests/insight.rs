@@ -1,0 +1,237 @@
+//! Query insight in the proxy, against a real PostgreSQL: counts checked against
+//! pg_stat_statements, percentiles against chosen pg_sleep latencies, N+1 findings, and
+//! the slow log's redacted parameters — on the admin console and over HTTP.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{admin, config_for, connect, http_get, show};
+use pgopt_embedded::Postgres;
+use pgopt_proxy::{Config, PoolMode, Proxy};
+
+async fn start_with(pg: &Postgres, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let mut config = config_for(pg, PoolMode::Transaction, 2);
+    config.admin_users = vec!["postgres".into()];
+    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    tweak(&mut config);
+    Proxy::start(config).await.unwrap()
+}
+
+/// SHOW QUERIES rows whose normalized text contains `needle`.
+async fn shapes(proxy: &Proxy, needle: &str) -> Vec<HashMap<String, String>> {
+    let admin = admin(proxy).await;
+    show(&admin, "QUERIES")
+        .await
+        .into_iter()
+        .filter(|r| r["query"].contains(needle))
+        .collect()
+}
+
+fn num(row: &HashMap<String, String>, col: &str) -> f64 {
+    row[col]
+        .parse()
+        .unwrap_or_else(|_| panic!("{col} = {:?}", row[col]))
+}
+
+#[tokio::test]
+async fn calls_match_pg_stat_statements_for_the_same_workload() {
+    let pg = Postgres::start().await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+             CREATE TABLE items (id int PRIMARY KEY, v text);
+             INSERT INTO items SELECT i, 'v' || i FROM generate_series(1, 100) i;
+             SELECT pg_stat_statements_reset();",
+        )
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let point = client
+        .prepare("SELECT v FROM items WHERE id = $1")
+        .await
+        .unwrap();
+    for i in 0..37 {
+        client.query_one(&point, &[&(i % 100 + 1)]).await.unwrap();
+    }
+    for i in 0..23 {
+        // Simple protocol, a different literal each time: one shape.
+        client
+            .simple_query(&format!("SELECT count(*) FROM items WHERE id < {i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..11 {
+        client
+            .execute("UPDATE items SET v = $1 WHERE id = $2", &[&"x", &i])
+            .await
+            .unwrap();
+    }
+
+    let pss = |pattern: &'static str| {
+        let direct = &direct;
+        async move {
+            let row = direct
+                .query_one(
+                    "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_statements WHERE query LIKE $1",
+                    &[&pattern],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0) as f64
+        }
+    };
+    for (ours, theirs) in [
+        (
+            "FROM items WHERE id = $1",
+            "SELECT v FROM items WHERE id = $1",
+        ),
+        (
+            "count(*) FROM items WHERE id <",
+            "SELECT count(*) FROM items WHERE id < $1",
+        ),
+        (
+            "UPDATE items SET v",
+            "UPDATE items SET v = $1 WHERE id = $2",
+        ),
+    ] {
+        let rows = shapes(&proxy, ours).await;
+        assert_eq!(rows.len(), 1, "{ours}: {rows:?}");
+        let calls = num(&rows[0], "calls");
+        assert_eq!(calls, pss(theirs).await, "{ours}");
+        assert!(calls > 10.0);
+    }
+    let update = &shapes(&proxy, "UPDATE items SET v").await[0];
+    assert_eq!(num(update, "rows"), 10.0, "id 0 matches no row: {update:?}");
+}
+
+#[tokio::test]
+async fn percentiles_follow_a_known_latency_distribution() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let sleep = client.prepare("SELECT pg_sleep($1::float8)").await.unwrap();
+    // 30 calls of 10 ms and 10 of 100 ms: p50 is near 10 ms, p95 and p99 near 100.
+    for i in 0..40 {
+        let secs: f64 = if i % 4 == 3 { 0.1 } else { 0.01 };
+        client.query_one(&sleep, &[&secs]).await.unwrap();
+    }
+    let rows = shapes(&proxy, "pg_sleep").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(num(row, "calls"), 40.0);
+    let (p50, p95, p99) = (num(row, "p50_ms"), num(row, "p95_ms"), num(row, "p99_ms"));
+    assert!((10.0..40.0).contains(&p50), "p50 {p50} ms: {row:?}");
+    assert!((100.0..160.0).contains(&p95), "p95 {p95} ms: {row:?}");
+    assert!((100.0..160.0).contains(&p99), "p99 {p99} ms: {row:?}");
+    let mean = num(row, "mean_ms");
+    assert!(
+        (32.5..60.0).contains(&mean),
+        "mean {mean} ms (expected ≈ 32.5 + overhead)"
+    );
+
+    // The same over HTTP, as JSON, by fingerprint too.
+    let addr = proxy.admin_addr().unwrap();
+    let all = http_get(addr, "/api/queries").await;
+    assert!(all.starts_with("HTTP/1.1 200"), "{all}");
+    assert!(all.contains("pg_sleep"), "{all}");
+    let one = http_get(addr, &format!("/api/queries/{}", row["fingerprint"])).await;
+    assert!(one.contains("\"calls\":40"), "{one}");
+    let missing = http_get(addr, "/api/queries/00000000000000ff").await;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}
+
+#[tokio::test]
+async fn a_loop_of_point_selects_in_a_transaction_is_an_n_plus_one() {
+    let pg = Postgres::start().await.unwrap();
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE users (id int PRIMARY KEY, name text);
+             INSERT INTO users SELECT i, 'u' || i FROM generate_series(1, 50) i;
+             DO $$ BEGIN EXECUTE (SELECT format('CREATE TABLE wide (%s)',
+               string_agg('c' || i || ' int', ', ')) FROM generate_series(1, 50) i); END $$;",
+        )
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+
+    // 50 different statements (another column each) in one transaction: no finding.
+    client.batch_execute("BEGIN").await.unwrap();
+    for i in 1..=50 {
+        client
+            .simple_query(&format!("SELECT c{i} FROM wide WHERE c1 = 1"))
+            .await
+            .unwrap();
+    }
+    client.batch_execute("COMMIT").await.unwrap();
+    let admin = admin(&proxy).await;
+    let none = show(&admin, "NPLUS1").await;
+    assert!(none.is_empty(), "{none:?}");
+
+    // The same point select 50 times in one transaction: one finding, counted.
+    let by_id = client
+        .prepare("SELECT name FROM users WHERE id = $1")
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    for id in 1..=50 {
+        client.query_one(&by_id, &[&id]).await.unwrap();
+    }
+    client.batch_execute("COMMIT").await.unwrap();
+    let findings = show(&admin, "NPLUS1").await;
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let f = &findings[0];
+    assert_eq!(f["kind"], "transaction");
+    assert!(f["query"].contains("FROM users WHERE id = $1"), "{f:?}");
+    assert!(num(f, "count") >= 40.0, "{f:?}");
+    assert_eq!(f["user"], "postgres");
+    let json = http_get(proxy.admin_addr().unwrap(), "/api/nplus1").await;
+    assert!(json.contains("\"kind\":\"transaction\""), "{json}");
+}
+
+#[tokio::test]
+async fn the_slow_log_keeps_slow_statements_with_parameters_redacted() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.insight.slow_log.threshold_ms = 50).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    client
+        .query_one("SELECT pg_sleep(0.001), $1::text", &[&"fast-secret"])
+        .await
+        .unwrap();
+    client
+        .query_one(
+            "SELECT pg_sleep($1::float8), $2::text",
+            &[&0.08f64, &"secret-value"],
+        )
+        .await
+        .unwrap();
+    let admin = admin(&proxy).await;
+    let slow = show(&admin, "SLOW").await;
+    assert_eq!(slow.len(), 1, "{slow:?}");
+    let entry = &slow[0];
+    assert!(entry["query"].contains("pg_sleep($1::float8)"), "{entry:?}");
+    assert!(num(entry, "duration_ms") >= 80.0, "{entry:?}");
+    assert!(!entry["params"].contains("secret"), "{entry:?}");
+    assert!(!entry["params"].is_empty(), "{entry:?}");
+    let json = http_get(proxy.admin_addr().unwrap(), "/api/slow").await;
+    assert!(
+        json.contains("pg_sleep") && !json.contains("secret"),
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn with_insight_off_nothing_is_recorded() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.insight.enabled = false).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    let admin = admin(&proxy).await;
+    let rows = show(&admin, "QUERIES").await;
+    assert!(rows[0]["note"].contains("off"), "{rows:?}");
+}
