@@ -4,7 +4,11 @@
 # Prints TPS, average latency, the ratios pgopt/direct and pgopt/PgBouncer, and each
 # proxy's CPU time per transaction (its process CPU over the run / transactions done).
 #
+# Then pgopt with query insight on (the default) against pgopt with it off (issue 4),
+# alternating runs, on -S simple and extended at 64 clients.
+#
 # usage: scripts/bench-proxy.sh [SECONDS_PER_RUN=10] [PGBENCH_SCALE=10] [POOL_SIZE=20]
+#        BENCH_ONLY=insight scripts/bench-proxy.sh ...   (just the insight comparison)
 set -euo pipefail
 # 5,000 clients need more file descriptors than the usual 1,024 (pgbench and proxies).
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -24,7 +28,7 @@ tmp=$(mktemp -d /tmp/pgopt-bench-XXXXXX)
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-pg_port=$(free_port); bouncer_port=$(free_port); pgopt_port=$(free_port)
+pg_port=$(free_port); bouncer_port=$(free_port); pgopt_port=$(free_port); plain_port=$(free_port)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -60,9 +64,12 @@ chmod a+r "$tmp"/pgbouncer.ini "$tmp"/users.txt
   _ "$tmp/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
 PGOPT_PROXY__MAX_CLIENT_CONN=10000 RUST_LOG=error "$pgopt" proxy --listen "127.0.0.1:$pgopt_port" \
   --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size "$pool" >/dev/null 2>&1 & pids+=($!)
+PGOPT_INSIGHT__ENABLED=false PGOPT_PROXY__MAX_CLIENT_CONN=10000 RUST_LOG=error "$pgopt" proxy --listen "127.0.0.1:$plain_port" \
+  --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size "$pool" >/dev/null 2>&1 & pids+=($!)
 sleep 1
 bouncer_pid=$(cat "$tmp/pgbouncer.pid")
 pgopt_pid=${pids[1]}
+plain_pid=${pids[2]}
 
 ticks=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -101,12 +108,13 @@ case_run() {
     read -r b_tps _ b_cpu <<<"$(run "$bouncer_port" "$bouncer_pid" "$@")"
   fi
   read -r o_tps _ o_cpu <<<"$(run "$pgopt_port" "$pgopt_pid" "$@")"
-  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "-" }'; }
   whole() { case "$1" in n/a|failed) echo "$1" ;; *) printf '%.0f' "$1" ;; esac; }
   d_tps=$(whole "$d_tps"); b_tps=$(whole "$b_tps"); o_tps=$(whole "$o_tps")
   printf '%-28s %10s %10s %10s %9s %9s %11s %11s\n' "$name" "$d_tps" "$b_tps" "$o_tps" \
     "$(ratio "$o_tps" "$d_tps")" "$(ratio "$o_tps" "$b_tps")" "$b_cpu" "$o_cpu"
 }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "-" }'; }
+if [ "${BENCH_ONLY:-}" != insight ]; then
 case_run "-S simple, 16 clients"    -S -M simple   -c 16 -j 2
 case_run "-S simple, 64 clients"    -S -M simple   -c 64 -j 2
 case_run "-S extended, 16 clients"  -S -M extended -c 16 -j 2
@@ -116,3 +124,22 @@ case_run "-S prepared, 16 clients"  -S -M prepared -c 16 -j 16
 case_run "TPC-B, 16 clients"        -M simple      -c 16 -j 2
 # Thousands of clients on 20 server connections (issue 3); direct PostgreSQL can't.
 case_run "-S simple, 5000 clients"  -S -M simple   -c 5000 -j 2
+fi
+
+# Query insight's cost: the same pgopt build with [insight] on and off, runs alternated
+# (on, off, on, off) so drift in the machine's load falls on both; TPS summed per side.
+printf '\n%-28s %12s %12s %9s %13s %13s\n' "insight (pgopt)" "on TPS" "off TPS" "on/off" "on µs/tx" "off µs/tx"
+insight_run() {
+  local name=$1; shift
+  local on=0 off=0 on_cpu=() off_cpu=() tps cpu
+  for _ in 1 2; do
+    read -r tps _ cpu <<<"$(run "$pgopt_port" "$pgopt_pid" "$@")"; on=$(awk -v a="$on" -v b="$tps" 'BEGIN {print a + b}'); on_cpu+=("$cpu")
+    read -r tps _ cpu <<<"$(run "$plain_port" "$plain_pid" "$@")"; off=$(awk -v a="$off" -v b="$tps" 'BEGIN {print a + b}'); off_cpu+=("$cpu")
+  done
+  mean() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", (a + b) / 2}'; }
+  printf '%-28s %12.0f %12.0f %9s %13s %13s\n' "$name" "$(awk -v a="$on" 'BEGIN {print a / 2}')" \
+    "$(awk -v a="$off" 'BEGIN {print a / 2}')" "$(ratio "$on" "$off")" \
+    "$(mean "${on_cpu[@]}")" "$(mean "${off_cpu[@]}")"
+}
+insight_run "-S simple, 64 clients"    -S -M simple   -c 64 -j 2
+insight_run "-S extended, 64 clients"  -S -M extended -c 64 -j 2

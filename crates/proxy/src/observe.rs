@@ -101,6 +101,11 @@ pub struct Tracker {
     /// The latest Bind message, for the parameters of a slow statement.
     last_bind: BytesMut,
     binds: u64,
+    /// The text of the latest unnamed Parse: drivers send the same one again and
+    /// again (libpq's extended protocol), analysed once.
+    unnamed_text: String,
+    /// Wall-clock time from the monotonic clock, one clock read per statement.
+    epoch: (Instant, SystemTime),
 }
 
 impl Tracker {
@@ -125,16 +130,22 @@ impl Tracker {
             unnamed_portal: None,
             last_bind: BytesMut::new(),
             binds: 0,
+            unnamed_text: String::new(),
+            epoch: (Instant::now(), SystemTime::now()),
         }
     }
 
     /// Parse: the statement is analysed once, here.
     pub fn on_parse(&mut self, analyzer: &Analyzer, name: &str, query: &str) {
-        let analysis = analyzer.analyze(query).ok();
         if name.is_empty() {
-            self.unnamed_statement = analysis;
+            if self.unnamed_text != query || self.unnamed_statement.is_none() {
+                self.unnamed_statement = analyzer.analyze(query).ok();
+                self.unnamed_text.clear();
+                self.unnamed_text.push_str(query);
+            }
         } else {
-            self.statements.insert(name.to_string(), analysis);
+            self.statements
+                .insert(name.to_string(), analyzer.analyze(query).ok());
         }
     }
 
@@ -157,7 +168,10 @@ impl Tracker {
     /// Close of a statement (`statement`) or portal.
     pub fn on_close(&mut self, statement: bool, name: &str) {
         match (statement, name.is_empty()) {
-            (true, true) => self.unnamed_statement = None,
+            (true, true) => {
+                self.unnamed_statement = None;
+                self.unnamed_text.clear();
+            }
             (true, false) => {
                 self.statements.remove(name);
             }
@@ -289,7 +303,14 @@ impl Tracker {
         let Some(analysis) = analysis else {
             return; // text the parser refused: the server's error says it all
         };
-        let duration = start.elapsed();
+        let end = Instant::now();
+        let duration = end.duration_since(start);
+        // Wall-clock time without a second clock read (re-anchored hourly).
+        if end.duration_since(self.epoch.0).as_secs() > 3600 {
+            self.epoch = (end, SystemTime::now());
+        }
+        let now = self.epoch.1 + end.duration_since(self.epoch.0);
+        let now_ms = pgopt_insight::unix_millis(now);
         let key = self.handle.key(analysis.fingerprint);
         let sample = Sample {
             duration,
@@ -298,8 +319,7 @@ impl Tracker {
             ..Sample::default()
         };
         let text = || Arc::<str>::from(analysis.normalized.as_str());
-        self.state.store.record(&key, &sample, text);
-        let now = SystemTime::now();
+        self.state.store.record_at(&key, &sample, text, now_ms);
         self.n_plus_one
             .observe(analysis.fingerprint, in_transaction, now, text);
         if self.state.slow.is_slow(duration) {
