@@ -1,6 +1,7 @@
 //! Prometheus text exposition of the proxy's figures. Labels are bounded: database
 //! and user name a pool (pools come from the config's databases and its users), and
-//! errors are counted by SQLSTATE class (two characters), never by query.
+//! errors are counted by SQLSTATE class (two characters), never by query; query shapes
+//! appear by fingerprint only, and only the busiest few.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -242,7 +243,75 @@ pub fn render(shared: &Shared) -> String {
             m.sample(name, &label(p), get(p));
         }
     }
+    if let Some(insight) = &shared.insight {
+        query_shapes(&mut m, &insight.store);
+    }
     m.out
+}
+
+/// Query shapes with the most total time: at most this many, so the label set stays
+/// bounded whatever the workload (the text is on `/api/queries/{fingerprint}`).
+pub const TOP_SHAPES: usize = 20;
+
+fn query_shapes(m: &mut Page, store: &pgopt_insight::Insight) {
+    let rows = store.top_n_for_metrics(TOP_SHAPES);
+    let status = store.status();
+    m.family(
+        "pgopt_query_shapes",
+        "gauge",
+        "Distinct (query shape, database, user) entries query insight holds.",
+    );
+    m.sample("pgopt_query_shapes", "", status.entries as u64);
+    type Field = fn(&pgopt_insight::MetricsRow) -> String;
+    let families: [(&str, &str, &str, Field); 6] = [
+        (
+            "pgopt_query_calls_total",
+            "counter",
+            "Executions of the busiest query shapes (by total time), by fingerprint.",
+            |r| r.calls.to_string(),
+        ),
+        (
+            "pgopt_query_errors_total",
+            "counter",
+            "Failed executions of the busiest query shapes.",
+            |r| r.errors.to_string(),
+        ),
+        (
+            "pgopt_query_rows_total",
+            "counter",
+            "Rows returned or affected by the busiest query shapes.",
+            |r| r.rows.to_string(),
+        ),
+        (
+            "pgopt_query_seconds_total",
+            "counter",
+            "Time spent in the busiest query shapes.",
+            |r| format!("{:.6}", r.total_time_seconds),
+        ),
+        (
+            "pgopt_query_p50_seconds",
+            "gauge",
+            "Median latency of the busiest query shapes.",
+            |r| format!("{:.6}", r.p50_seconds),
+        ),
+        (
+            "pgopt_query_p99_seconds",
+            "gauge",
+            "99th-percentile latency of the busiest query shapes.",
+            |r| format!("{:.6}", r.p99_seconds),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        m.family(name, kind, help);
+        for r in &rows {
+            let _ = writeln!(
+                m.out,
+                "{name}{{fingerprint=\"{}\"}} {}",
+                r.fingerprint,
+                get(r)
+            );
+        }
+    }
 }
 
 type TotalsField = fn(&Totals) -> u64;

@@ -141,6 +141,14 @@ async fn percentiles_follow_a_known_latency_distribution() {
     assert!(one.contains("\"calls\":40"), "{one}");
     let missing = http_get(addr, "/api/queries/00000000000000ff").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    // Prometheus: the busiest shapes by fingerprint, never by text.
+    let metrics = http_get(addr, "/metrics").await;
+    let line = format!(
+        "pgopt_query_calls_total{{fingerprint=\"{}\"}} 40",
+        row["fingerprint"]
+    );
+    assert!(metrics.contains(&line), "{metrics}");
+    assert!(!metrics.contains("pg_sleep"), "query text in the metrics");
 }
 
 #[tokio::test]
