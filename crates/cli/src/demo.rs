@@ -170,6 +170,9 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     if let Err(e) = print_pool_figures(&proxy, pg.user()).await {
         println!("(pool figures unavailable: {e:#})");
     }
+    if let Err(e) = print_query_insight(&proxy, pg.user()).await {
+        println!("(query insight unavailable: {e:#})");
+    }
 
     println!("\nConnect:  {}", pg.psql_command("saas"));
     println!(
@@ -177,12 +180,13 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
         proxy.local_addr().port()
     );
     println!(
-        "Admin:    psql -h 127.0.0.1 -p {} -U {} pgopt   (SHOW POOLS, SHOW STATS, SHOW HELP)",
+        "Admin:    psql -h 127.0.0.1 -p {} -U {} pgopt   (SHOW QUERIES, SHOW NPLUS1, SHOW POOLS, SHOW HELP)",
         proxy.local_addr().port(),
         pg.user()
     );
     if let Some(addr) = proxy.admin_addr() {
         println!("Metrics:  http://{addr}/metrics");
+        println!("Insight:  http://{addr}/api/queries   (also /api/slow, /api/nplus1)");
     }
     println!("URL:      {}", pg.url("saas"));
     if no_wait {
@@ -193,8 +197,11 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the proxy's own admin console says about the run: SHOW STATS and SHOW SERVERS.
-async fn print_pool_figures(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
+/// A client of the proxy's admin console.
+async fn admin_console(
+    proxy: &pgopt_proxy::Proxy,
+    user: &str,
+) -> anyhow::Result<tokio_postgres::Client> {
     let (admin, conn) = tokio_postgres::Config::new()
         .host("127.0.0.1")
         .port(proxy.local_addr().port())
@@ -204,17 +211,77 @@ async fn print_pool_figures(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::R
         .await
         .context("connecting to the admin console")?;
     tokio::spawn(conn);
-    let rows = |messages: Vec<tokio_postgres::SimpleQueryMessage>| {
-        messages
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+    Ok(admin)
+}
+
+/// The rows of an admin console SHOW.
+async fn show(
+    admin: &tokio_postgres::Client,
+    what: &str,
+) -> anyhow::Result<Vec<tokio_postgres::SimpleQueryRow>> {
+    Ok(admin
+        .simple_query(&format!("SHOW {what}"))
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The query shapes the proxy saw, busiest first, and the N+1 loops it found.
+async fn print_query_insight(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
+    let admin = admin_console(proxy, user).await?;
+    let queries = show(&admin, "QUERIES").await?;
+    let text = |r: &tokio_postgres::SimpleQueryRow, col: &str| -> String {
+        r.try_get(col)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_string()
     };
-    let stats = rows(admin.simple_query("SHOW STATS").await?);
-    let servers = rows(admin.simple_query("SHOW SERVERS").await?).len();
+    println!("\nBusiest query shapes through pgopt (SHOW QUERIES, by total time):");
+    println!(
+        "  {:>7} {:>8} {:>8} {:>8} {:>9}  query",
+        "calls", "p50 ms", "p95 ms", "p99 ms", "total ms"
+    );
+    for r in queries.iter().take(8) {
+        let mut query = text(r, "query")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if query.chars().count() > 70 {
+            query = query.chars().take(69).collect::<String>() + "…";
+        }
+        println!(
+            "  {:>7} {:>8} {:>8} {:>8} {:>9.0}  {query}",
+            text(r, "calls"),
+            text(r, "p50_ms"),
+            text(r, "p95_ms"),
+            text(r, "p99_ms"),
+            text(r, "total_ms").parse::<f64>().unwrap_or(0.0),
+        );
+    }
+    let findings = show(&admin, "NPLUS1").await?;
+    println!("N+1 findings (SHOW NPLUS1): {}", findings.len());
+    for f in findings.iter().take(3) {
+        println!(
+            "  {} × {} ({}) from {}",
+            text(f, "count"),
+            text(f, "query"),
+            text(f, "kind"),
+            text(f, "client_addr"),
+        );
+    }
+    Ok(())
+}
+
+/// What the proxy's own admin console says about the run: SHOW STATS and SHOW SERVERS.
+async fn print_pool_figures(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
+    let admin = admin_console(proxy, user).await?;
+    let stats = show(&admin, "STATS").await?;
+    let servers = show(&admin, "SERVERS").await?.len();
     let num = |r: &tokio_postgres::SimpleQueryRow, col: &str| -> u64 {
         r.try_get(col)
             .ok()

@@ -222,6 +222,14 @@ fn demo_runs_end_to_end_on_a_real_postgres() {
         "{stdout}"
     );
     assert!(stdout.contains("p99 ms"), "{stdout}");
+    // Query insight: the busiest shapes with their percentiles, and the N+1 count (the
+    // sample workload has one: a user lookup per task of a list).
+    assert!(
+        stdout.contains("Busiest query shapes through pgopt"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("SELECT "), "{stdout}");
+    assert!(stdout.contains("N+1 findings (SHOW NPLUS1): "), "{stdout}");
 }
 
 #[test]

@@ -42,7 +42,7 @@ impl Default for NPlusOneConfig {
         NPlusOneConfig {
             enabled: true,
             threshold: 10,
-            window_ms: 1000,
+            window_ms: 100,
             keep_last: 100,
         }
     }
