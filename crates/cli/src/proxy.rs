@@ -200,6 +200,14 @@ fn build(
             },
             slow_log: insight.slow_log.clone(),
             n_plus_one: insight.n_plus_one.clone(),
+            plans: pgopt_proxy::PlanSettings {
+                enabled: insight.plans.enabled,
+                threshold: insight.plans.threshold.0,
+                interval: insight.plans.interval.0,
+                per_minute: insight.plans.per_minute.get(),
+                large_table_rows: insight.plans.large_table_rows,
+                keep: insight.plans.keep.get() as usize,
+            },
         },
         auth_query: config.auth_query.clone(),
         databases: vec![pgopt_proxy::Database {

@@ -1,6 +1,6 @@
-//! Query insight on the admin console (`SHOW QUERIES`, `SHOW SLOW`, `SHOW NPLUS1`)
-//! and as JSON over HTTP (`/api/queries`, `/api/queries/{fingerprint}`, `/api/slow`,
-//! `/api/nplus1`).
+//! Query insight on the admin console (`SHOW QUERIES`, `SHOW SLOW`, `SHOW NPLUS1`,
+//! `SHOW PLANS`) and as JSON over HTTP (`/api/queries`, `/api/queries/{fingerprint}`,
+//! `/api/slow`, `/api/nplus1`, `/api/plans`, `/api/plans/{fingerprint}`).
 
 use pgopt_insight::{fingerprint_hex, OrderBy};
 
@@ -129,6 +129,41 @@ pub fn n_plus_one(shared: &Shared) -> Table {
     table
 }
 
+pub fn plans(shared: &Shared) -> Table {
+    let Some(insight) = &shared.insight else {
+        return off("captured plans");
+    };
+    let mut table = Table::new(&[
+        ("fingerprint", Kind::Text),
+        ("captured_at", Kind::Text),
+        ("plan_kind", Kind::Text),
+        ("large_seq_scans", Kind::Text),
+        ("seq_scans", Kind::Text),
+        ("error", Kind::Text),
+        ("query", Kind::Text),
+    ]);
+    for p in insight.plans.list() {
+        let scans = |large: bool| {
+            p.seq_scans
+                .iter()
+                .filter(|s| !large || s.large)
+                .map(|s| format!("{} (~{} rows)", s.table, s.rows))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        table.push(vec![
+            t(&p.fingerprint),
+            t(&p.captured_at),
+            t(p.plan_kind),
+            t(scans(true)),
+            t(scans(false)),
+            p.error.clone(),
+            t(&p.query),
+        ]);
+    }
+    table
+}
+
 /// JSON for `/api/...`: `None` when the path is not an insight endpoint; otherwise
 /// the status code and body.
 pub fn api(shared: &Shared, path: &str) -> Option<(u16, String)> {
@@ -158,6 +193,25 @@ pub fn api(shared: &Shared, path: &str) -> Option<(u16, String)> {
         }
         "slow" => serde_json::to_string(&insight.slow.recent(limit)),
         "nplus1" => serde_json::to_string(&insight.n_plus_one.findings()),
+        "plans" => serde_json::to_string(&insight.plans.list()),
+        other if other.starts_with("plans/") => {
+            let hex = &other["plans/".len()..];
+            let Ok(fingerprint) = u64::from_str_radix(hex, 16) else {
+                return Some((
+                    400,
+                    format!("{{\"error\":\"{hex:?} is not a fingerprint (16 hex digits)\"}}\n"),
+                ));
+            };
+            match insight.plans.get(fingerprint) {
+                Some(plan) => serde_json::to_string(&plan),
+                None => {
+                    return Some((
+                        404,
+                        "{\"error\":\"no plan captured for this fingerprint\"}\n".into(),
+                    ))
+                }
+            }
+        }
         other => {
             let hex = other.strip_prefix("queries/")?;
             let Ok(fingerprint) = u64::from_str_radix(hex, 16) else {

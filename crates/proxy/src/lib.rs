@@ -16,6 +16,7 @@ mod insight_views;
 mod io;
 mod metrics;
 mod observe;
+mod plans;
 mod pool;
 mod relay;
 mod replan;
@@ -42,6 +43,7 @@ pub use config::{
 };
 pub use error::ProxyError;
 pub use observe::InsightSettings;
+pub use plans::PlanSettings;
 use shared::{Lifecycle, Shared};
 
 /// A running proxy. Dropping it stops accepting new clients.
@@ -89,6 +91,7 @@ impl Proxy {
         let mut tasks = vec![
             tokio::spawn(accept(listener, shared.clone())),
             tokio::spawn(shared.clone().maintain()),
+            tokio::spawn(plans::capture_loop(shared.clone())),
         ];
         if let Some(admin) = admin {
             tasks.push(tokio::spawn(http::serve(admin, shared.clone())));

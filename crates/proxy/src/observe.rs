@@ -22,6 +22,7 @@ use pgopt_sql::{Analysis, Analyzer};
 use pgopt_wire::frontend::Bind;
 use pgopt_wire::Format;
 
+use crate::plans::{PlanRequest, PlanSettings, Plans};
 use crate::stats::error_field;
 
 /// `[insight]` settings the proxy uses.
@@ -32,6 +33,7 @@ pub struct InsightSettings {
     pub store: InsightConfig,
     pub slow_log: SlowLogConfig,
     pub n_plus_one: NPlusOneConfig,
+    pub plans: PlanSettings,
 }
 
 impl Default for InsightSettings {
@@ -41,6 +43,7 @@ impl Default for InsightSettings {
             store: InsightConfig::default(),
             slow_log: SlowLogConfig::default(),
             n_plus_one: NPlusOneConfig::default(),
+            plans: PlanSettings::default(),
         }
     }
 }
@@ -50,6 +53,7 @@ pub struct InsightState {
     pub store: Insight,
     pub slow: SlowLog,
     pub n_plus_one: NPlusOneDetector,
+    pub plans: Plans,
 }
 
 impl InsightState {
@@ -59,6 +63,7 @@ impl InsightState {
             slow: SlowLog::new(settings.slow_log.clone()).with_tracing(),
             n_plus_one: NPlusOneDetector::new(settings.n_plus_one.clone())
                 .map_err(|e| format!("insight.n_plus_one: {e}"))?,
+            plans: Plans::new(settings.plans.clone()),
         })
     }
 }
@@ -322,7 +327,9 @@ impl Tracker {
         self.state.store.record_at(&key, &sample, text, now_ms);
         self.n_plus_one
             .observe(analysis.fingerprint, in_transaction, now, text);
-        if self.state.slow.is_slow(duration) {
+        let slow = self.state.slow.is_slow(duration);
+        let plan = self.state.plans.wants(duration) && plannable(&analysis);
+        if slow || plan {
             // The parameters are at hand when this statement ran with the latest Bind.
             let bind = bind
                 .filter(|b| *b == self.binds)
@@ -331,18 +338,38 @@ impl Tracker {
                 Some(bind) => bind_params(bind),
                 None => Vec::new(),
             };
-            self.state.slow.maybe_log(&SlowStatement {
-                fingerprint: analysis.fingerprint,
-                query: &analysis.normalized,
-                duration,
-                rows,
-                database: &self.database,
-                user: &self.user,
-                client_addr: Some(self.addr),
-                params: &params,
-                error,
-                at: now,
-            });
+            if slow {
+                self.state.slow.maybe_log(&SlowStatement {
+                    fingerprint: analysis.fingerprint,
+                    query: &analysis.normalized,
+                    duration,
+                    rows,
+                    database: &self.database,
+                    user: &self.user,
+                    client_addr: Some(self.addr),
+                    params: &params,
+                    error,
+                    at: now,
+                });
+            }
+            if plan {
+                // Text values give the custom plan for them; binary ones (drivers'
+                // usual choice) are not rendered, and then the plan is the generic one.
+                let all_text = params.iter().all(|p| p.format == ParamFormat::Text);
+                let values = bind.as_ref().filter(|_| all_text).map(|_| {
+                    params
+                        .iter()
+                        .map(|p| p.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                        .collect()
+                });
+                self.state.plans.request(PlanRequest {
+                    fingerprint: analysis.fingerprint,
+                    database: self.database.clone(),
+                    user: self.user.clone(),
+                    query: analysis.normalized.clone(),
+                    params: values,
+                });
+            }
         }
     }
 
@@ -350,6 +377,12 @@ impl Tracker {
     pub fn end_transaction(&mut self) {
         self.n_plus_one.end_transaction();
     }
+}
+
+/// One plain SELECT, INSERT, UPDATE or DELETE: what EXPLAIN can plan.
+fn plannable(analysis: &Analysis) -> bool {
+    use pgopt_sql::StatementKind::*;
+    analysis.kinds.len() == 1 && matches!(analysis.kind(), Select | Insert | Update | Delete)
 }
 
 /// The parameters of a Bind, with their formats.

@@ -224,6 +224,20 @@ impl Pool {
         conn.plan_epoch = epoch;
     }
 
+    /// A connection outside the pool (no slot, no breaker), for pgopt's own work on
+    /// the server such as capturing plans; closed when dropped.
+    pub async fn connect_out_of_band(&self) -> Result<ServerConn, ProxyError> {
+        let limits = self.limits();
+        let keys = lock(&self.scram_keys).clone();
+        ServerConn::connect(
+            &self.target,
+            keys,
+            limits.connect_timeout,
+            limits.max_message_len,
+        )
+        .await
+    }
+
     pub fn limits(&self) -> PoolLimits {
         *lock(&self.limits)
     }

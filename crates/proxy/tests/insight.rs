@@ -243,3 +243,85 @@ async fn with_insight_off_nothing_is_recorded() {
     let rows = show(&admin, "QUERIES").await;
     assert!(rows[0]["note"].contains("off"), "{rows:?}");
 }
+
+/// SHOW PLANS rows, waiting up to 10 s for `n` of them (capture runs in the background).
+async fn plans(proxy: &Proxy, n: usize) -> Vec<HashMap<String, String>> {
+    let admin = admin(proxy).await;
+    for _ in 0..100 {
+        let rows = show(&admin, "PLANS").await;
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    show(&admin, "PLANS").await
+}
+
+#[tokio::test]
+async fn slow_shapes_get_their_plan_captured_without_running_writes() {
+    let pg = Postgres::start().await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE TABLE big (id int PRIMARY KEY, v int);
+             INSERT INTO big SELECT i, i % 1000 FROM generate_series(1, 50000) i;
+             ANALYZE big;",
+        )
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.insight.plans.threshold = std::time::Duration::ZERO;
+        c.insight.plans.per_minute = 600;
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    // No index on v: a sequential scan of 50,000 rows, with the bound value.
+    let by_v = client
+        .prepare("SELECT count(*) FROM big WHERE v = $1")
+        .await
+        .unwrap();
+    client.query_one(&by_v, &[&7]).await.unwrap();
+    // A write is planned, never run: v stays as it was.
+    client
+        .execute("UPDATE big SET v = -1 WHERE v = $1", &[&3])
+        .await
+        .unwrap();
+    let rows = plans(&proxy, 2).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let select = rows
+        .iter()
+        .find(|r| r["query"].contains("count(*)"))
+        .expect("the SELECT's plan");
+    assert_eq!(select["error"], "", "{select:?}");
+    // tokio-postgres binds binary values: the generic plan.
+    assert_eq!(select["plan_kind"], "generic", "{select:?}");
+    let json = http_get(
+        proxy.admin_addr().unwrap(),
+        &format!("/api/plans/{}", select["fingerprint"]),
+    )
+    .await;
+    assert!(
+        select["large_seq_scans"].contains("public.big (~50000 rows)"),
+        "{select:?}\n{json}"
+    );
+    let updated: i64 = direct
+        .query_one("SELECT count(*) FROM big WHERE v = -1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        updated, 50,
+        "the client's own UPDATE ran once, the plan capture did not"
+    );
+
+    // The plan itself, as JSON; never EXPLAIN ANALYZE.
+    assert!(json.contains("\"Node Type\":\"Seq Scan\""), "{json}");
+    assert!(!json.contains("Actual Rows"), "{json}");
+
+    // A shape is captured once per interval, however often it is slow.
+    for v in 0..5 {
+        client.query_one(&by_v, &[&v]).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(show(&admin(&proxy).await, "PLANS").await.len(), 2);
+}

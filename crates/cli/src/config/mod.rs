@@ -36,6 +36,38 @@ pub struct InsightSection {
     pub params: pgopt_insight::ParamMode,
     pub slow_log: pgopt_insight::SlowLogConfig,
     pub n_plus_one: pgopt_insight::NPlusOneConfig,
+    pub plans: PlansSection,
+}
+
+/// `[insight.plans]`: EXPLAIN captured for slow query shapes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlansSection {
+    pub enabled: bool,
+    /// Statements at least this slow get their shape's plan captured.
+    pub threshold: HumanDuration,
+    /// One capture per shape per this long.
+    pub interval: HumanDuration,
+    /// Captures per minute at most, over all shapes.
+    pub per_minute: Bounded<1, 600>,
+    /// A sequential scan of a table with at least this many rows is flagged.
+    pub large_table_rows: u64,
+    /// Plans kept.
+    pub keep: Bounded<1, 100000>,
+}
+
+impl Default for PlansSection {
+    fn default() -> Self {
+        let d = pgopt_proxy::PlanSettings::default();
+        PlansSection {
+            enabled: d.enabled,
+            threshold: HumanDuration(d.threshold),
+            interval: HumanDuration(d.interval),
+            per_minute: Bounded(d.per_minute),
+            large_table_rows: d.large_table_rows,
+            keep: Bounded(d.keep as u32),
+        }
+    }
 }
 
 impl Default for InsightSection {
@@ -46,6 +78,7 @@ impl Default for InsightSection {
             params: pgopt_insight::ParamMode::Redacted,
             slow_log: pgopt_insight::SlowLogConfig::default(),
             n_plus_one: pgopt_insight::NPlusOneConfig::default(),
+            plans: PlansSection::default(),
         }
     }
 }

@@ -1,0 +1,454 @@
+//! Captured plans: for a slow query shape, `EXPLAIN (FORMAT JSON, VERBOSE)` is run out
+//! of band — on a connection of its own, never a client's — rate-limited per shape and
+//! overall. Plain EXPLAIN plans a statement without running it, so writes are safe;
+//! pgopt never uses `EXPLAIN ANALYZE`. With the text parameters a client bound the plan
+//! is the custom plan for those values; without them, the generic plan. Sequential
+//! scans of large tables are flagged.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use pgopt_insight::{fingerprint_hex, format_rfc3339_millis, unix_millis};
+use pgopt_wire::backend::BackendMessage;
+use pgopt_wire::frontend::Query;
+use pgopt_wire::split_frame;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::server::ServerConn;
+use crate::shared::Shared;
+
+/// `[insight.plans]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanSettings {
+    pub enabled: bool,
+    /// Statements at least this slow get their shape's plan captured.
+    pub threshold: Duration,
+    /// One capture per shape per this long.
+    pub interval: Duration,
+    /// Captures per minute at most, over all shapes.
+    pub per_minute: u32,
+    /// A sequential scan of a table with at least this many rows is flagged.
+    pub large_table_rows: u64,
+    /// Plans kept (the oldest go first).
+    pub keep: usize,
+}
+
+impl Default for PlanSettings {
+    fn default() -> Self {
+        PlanSettings {
+            enabled: true,
+            threshold: Duration::from_secs(1),
+            interval: Duration::from_secs(600),
+            per_minute: 6,
+            large_table_rows: 10_000,
+            keep: 500,
+        }
+    }
+}
+
+/// What a slow statement hands to the capture task.
+pub struct PlanRequest {
+    pub fingerprint: u64,
+    pub database: String,
+    pub user: String,
+    /// Normalized text, `$n` placeholders.
+    pub query: String,
+    /// Text parameters the client bound, when known.
+    pub params: Option<Vec<Option<String>>>,
+}
+
+/// A sequential scan in a captured plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeqScan {
+    pub table: String,
+    /// The table's size estimate (reltuples, or live tuples before any ANALYZE).
+    pub rows: u64,
+    /// At least `large_table_rows`.
+    pub large: bool,
+}
+
+/// One shape's latest plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapturedPlan {
+    pub fingerprint: String,
+    pub query: String,
+    pub database: String,
+    pub user: String,
+    pub captured_at: String,
+    /// `custom` (the bound values) or `generic` (no values).
+    pub plan_kind: &'static str,
+    /// EXPLAIN's JSON, as the server wrote it; absent when the capture failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub seq_scans: Vec<SeqScan>,
+}
+
+/// The plans captured so far and the sending end of the capture queue.
+pub struct Plans {
+    settings: PlanSettings,
+    sender: mpsc::Sender<PlanRequest>,
+    receiver: Mutex<Option<mpsc::Receiver<PlanRequest>>>,
+    state: Mutex<PlanState>,
+}
+
+#[derive(Default)]
+struct PlanState {
+    plans: HashMap<u64, CapturedPlan>,
+    order: VecDeque<u64>,
+    /// When each shape was last sent for capture.
+    asked: HashMap<u64, Instant>,
+}
+
+impl Plans {
+    pub fn new(settings: PlanSettings) -> Plans {
+        let (sender, receiver) = mpsc::channel(16);
+        Plans {
+            settings,
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+            state: Mutex::default(),
+        }
+    }
+
+    /// Whether a statement this slow is worth a plan (cheap, for the hot path).
+    pub fn wants(&self, duration: Duration) -> bool {
+        self.settings.enabled && duration >= self.settings.threshold
+    }
+
+    /// Queues a capture unless this shape was captured recently or the queue is full.
+    pub fn request(&self, request: PlanRequest) {
+        {
+            let mut state = lock(&self.state);
+            let now = Instant::now();
+            if let Some(at) = state.asked.get(&request.fingerprint) {
+                if now.duration_since(*at) < self.settings.interval {
+                    return;
+                }
+            }
+            if state.asked.len() >= self.settings.keep * 4 {
+                let interval = self.settings.interval;
+                state
+                    .asked
+                    .retain(|_, at| now.duration_since(*at) < interval);
+            }
+            state.asked.insert(request.fingerprint, now);
+        }
+        let _ = self.sender.try_send(request);
+    }
+
+    pub fn get(&self, fingerprint: u64) -> Option<CapturedPlan> {
+        lock(&self.state).plans.get(&fingerprint).cloned()
+    }
+
+    /// Every plan, newest first.
+    pub fn list(&self) -> Vec<CapturedPlan> {
+        let state = lock(&self.state);
+        state
+            .order
+            .iter()
+            .rev()
+            .filter_map(|fp| state.plans.get(fp).cloned())
+            .collect()
+    }
+
+    fn store(&self, fingerprint: u64, plan: CapturedPlan) {
+        let mut state = lock(&self.state);
+        if state.plans.insert(fingerprint, plan).is_none() {
+            state.order.push_back(fingerprint);
+        }
+        while state.order.len() > self.settings.keep {
+            if let Some(old) = state.order.pop_front() {
+                state.plans.remove(&old);
+            }
+        }
+    }
+}
+
+/// The capture task: takes requests off the queue, at most `per_minute` a minute.
+pub async fn capture_loop(shared: Arc<Shared>) {
+    let Some(insight) = shared.insight.clone() else {
+        return;
+    };
+    let plans = &insight.plans;
+    let Some(mut receiver) = lock(&plans.receiver).take() else {
+        return;
+    };
+    let spacing = Duration::from_secs(60) / plans.settings.per_minute.max(1);
+    let mut last: Option<Instant> = None;
+    while let Some(request) = receiver.recv().await {
+        if let Some(at) = last {
+            let next = at + spacing;
+            tokio::time::sleep_until(next.into()).await;
+        }
+        last = Some(Instant::now());
+        let plan = capture(&shared, &plans.settings, &request).await;
+        plans.store(request.fingerprint, plan);
+    }
+}
+
+async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest) -> CapturedPlan {
+    let mut plan = CapturedPlan {
+        fingerprint: fingerprint_hex(request.fingerprint),
+        query: request.query.clone(),
+        database: request.database.clone(),
+        user: request.user.clone(),
+        captured_at: format_rfc3339_millis(unix_millis(std::time::SystemTime::now())),
+        plan_kind: if request.params.is_some() {
+            "custom"
+        } else {
+            "generic"
+        },
+        plan: None,
+        error: None,
+        seq_scans: Vec::new(),
+    };
+    let pool = shared
+        .pools
+        .list()
+        .into_iter()
+        .find(|p| p.database == request.database && p.user == request.user);
+    let Some(pool) = pool else {
+        plan.error = Some("the pool is gone".into());
+        return plan;
+    };
+    let max_len = pool.limits().max_message_len;
+    let result = async {
+        let mut conn = pool
+            .connect_out_of_band()
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows = simple_query(&mut conn, &explain_sql(request), max_len).await?;
+        let text = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .ok_or("EXPLAIN returned nothing")?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let mut scans = Vec::new();
+        seq_scans(&json, &mut scans);
+        let mut flagged = Vec::new();
+        for (schema, table) in scans {
+            let rows = table_rows(&mut conn, &schema, &table, max_len)
+                .await
+                .unwrap_or(0);
+            flagged.push(SeqScan {
+                table: format!("{schema}.{table}"),
+                rows,
+                large: rows >= settings.large_table_rows,
+            });
+        }
+        Ok::<_, String>((json, flagged))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), result).await {
+        Ok(Ok((json, scans))) => {
+            plan.plan = Some(json);
+            plan.seq_scans = scans;
+        }
+        Ok(Err(e)) => plan.error = Some(e),
+        Err(_) => plan.error = Some("no plan within 10 s".into()),
+    }
+    plan
+}
+
+/// The statement text that gets the plan: PREPARE the normalized text, then EXPLAIN
+/// EXECUTE it with the bound values, or with NULLs under a forced generic plan.
+fn explain_sql(request: &PlanRequest) -> String {
+    let count = max_placeholder(&request.query);
+    let (setting, args) = match &request.params {
+        Some(values) => (
+            "",
+            (0..count)
+                .map(|i| match values.get(i).cloned().flatten() {
+                    Some(v) => format!("'{}'", v.replace('\'', "''")),
+                    None => "NULL".into(),
+                })
+                .collect::<Vec<_>>(),
+        ),
+        None => (
+            "SET plan_cache_mode = force_generic_plan; ",
+            vec!["NULL".to_string(); count],
+        ),
+    };
+    let execute = if args.is_empty() {
+        "EXECUTE pgopt_plan".to_string()
+    } else {
+        format!("EXECUTE pgopt_plan({})", args.join(", "))
+    };
+    format!(
+        "{setting}PREPARE pgopt_plan AS {}; EXPLAIN (FORMAT JSON, VERBOSE) {execute}",
+        request.query.trim_end().trim_end_matches(';')
+    )
+}
+
+/// The highest `$n` in a normalized text.
+fn max_placeholder(query: &str) -> usize {
+    let bytes = query.as_bytes();
+    let mut max = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' {
+            let digits: String = bytes[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .map(|b| *b as char)
+                .collect();
+            if let Ok(n) = digits.parse::<usize>() {
+                max = max.max(n);
+            }
+            i += digits.len();
+        }
+        i += 1;
+    }
+    max
+}
+
+/// (schema, table) of every Seq Scan node in an EXPLAIN JSON plan.
+fn seq_scans(value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.get("Node Type").and_then(|v| v.as_str()) == Some("Seq Scan") {
+                let text = |k: &str| map.get(k).and_then(|v| v.as_str()).unwrap_or("");
+                out.push((
+                    text("Schema").to_string(),
+                    text("Relation Name").to_string(),
+                ));
+            }
+            for v in map.values() {
+                seq_scans(v, out);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| seq_scans(v, out)),
+        _ => {}
+    }
+}
+
+async fn table_rows(
+    conn: &mut ServerConn,
+    schema: &str,
+    table: &str,
+    max_len: u32,
+) -> Result<u64, String> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let sql = format!(
+        "SELECT greatest(c.reltuples, coalesce(s.n_live_tup, 0), 0)::int8 FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+         WHERE n.nspname = {} AND c.relname = {}",
+        quote(schema),
+        quote(table)
+    );
+    let rows = simple_query(conn, &sql, max_len).await?;
+    rows.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "no such table".into())
+}
+
+/// Runs a simple query; the rows of its last result set, or the first error.
+async fn simple_query(
+    conn: &mut ServerConn,
+    sql: &str,
+    max_len: u32,
+) -> Result<Vec<Vec<Option<String>>>, String> {
+    let mut out = BytesMut::new();
+    Query { sql }.encode(&mut out).map_err(|e| e.to_string())?;
+    conn.stream
+        .write_all(&out)
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.stream.flush().await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut rows = Vec::new();
+    let mut error = None;
+    loop {
+        let Some(frame) = split_frame(&mut buf, max_len).map_err(|e| e.to_string())? else {
+            if conn
+                .stream
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err("the server closed the connection".into());
+            }
+            continue;
+        };
+        match frame.backend().map_err(|e| e.to_string())? {
+            BackendMessage::RowDescription(_) => rows.clear(),
+            BackendMessage::DataRow(row) => rows.push(
+                row.values
+                    .iter()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .collect(),
+            ),
+            BackendMessage::ErrorResponse(e) if error.is_none() => {
+                error = Some(format!(
+                    "{} ({})",
+                    e.message().unwrap_or("error"),
+                    e.code().unwrap_or("?????")
+                ));
+            }
+            BackendMessage::ReadyForQuery(_) => {
+                return match error {
+                    Some(e) => Err(e),
+                    None => Ok(rows),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(query: &str, params: Option<Vec<Option<String>>>) -> PlanRequest {
+        PlanRequest {
+            fingerprint: 1,
+            database: "d".into(),
+            user: "u".into(),
+            query: query.into(),
+            params,
+        }
+    }
+
+    #[test]
+    fn explain_text_with_values_or_a_generic_plan() {
+        let r = request("SELECT * FROM t WHERE a = $1 AND b = $2", None);
+        assert_eq!(
+            explain_sql(&r),
+            "SET plan_cache_mode = force_generic_plan; PREPARE pgopt_plan AS SELECT * FROM t WHERE a = $1 AND b = $2; EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE pgopt_plan(NULL, NULL)"
+        );
+        let r = request(
+            "SELECT * FROM t WHERE a = $1 AND b = $2",
+            Some(vec![Some("it's".into()), None]),
+        );
+        assert!(explain_sql(&r).ends_with("EXECUTE pgopt_plan('it''s', NULL)"));
+        let r = request("SELECT 1", None);
+        assert!(explain_sql(&r).ends_with("EXECUTE pgopt_plan"));
+        assert_eq!(max_placeholder("SELECT $1, $12, $3"), 12);
+    }
+
+    #[test]
+    fn seq_scans_are_found_at_any_depth() {
+        let plan: serde_json::Value = serde_json::from_str(
+            r#"[{"Plan": {"Node Type": "Hash Join", "Plans": [
+                {"Node Type": "Seq Scan", "Schema": "public", "Relation Name": "a"},
+                {"Node Type": "Hash", "Plans": [{"Node Type": "Index Scan", "Relation Name": "b"}]}]}}]"#,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        seq_scans(&plan, &mut out);
+        assert_eq!(out, vec![("public".to_string(), "a".to_string())]);
+    }
+}
