@@ -4,6 +4,7 @@ mod config;
 mod demo;
 mod logging;
 mod proxy;
+mod top;
 mod upstream;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// PostgreSQL proxy: pooling, replica routing, query insight, result cache.
     Proxy(proxy::ProxyArgs),
+    /// Live view of the busiest query shapes through a running pgopt proxy.
+    Top(top::TopArgs),
     /// Health checks and an index plan verified with hypothetical indexes.
     Advise(NotYet),
     /// Check or print the configuration.
@@ -97,6 +100,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proxy(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(proxy::run(&loaded, args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(top::run(args, loaded.config.proxy.listen.port()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Advise(_) => not_yet("advise"),

@@ -26,7 +26,15 @@ fn help_lists_the_commands() {
     let out = pgopt(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for word in ["demo", "proxy", "advise", "config", "--config", "--version"] {
+    for word in [
+        "demo",
+        "proxy",
+        "top",
+        "advise",
+        "config",
+        "--config",
+        "--version",
+    ] {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
     }
     let out = pgopt(&["--version"]);
@@ -354,4 +362,72 @@ fn proxy_quick_start_pools_a_real_server() {
     // The client's application_name follows it onto the proxy's server connection.
     assert_eq!(text(&out.stdout).trim(), "psql client backend");
     assert!(status.success(), "{status}");
+}
+
+/// Kills a child process when dropped (an assertion failing first included).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn top_shows_the_busiest_query_shapes_of_a_running_proxy() {
+    let pg = pgopt_embedded::Postgres::builder()
+        .start_blocking()
+        .unwrap();
+    let port = pgopt_embedded::free_port().unwrap().to_string();
+    let _proxy = Killed(
+        Command::new(env!("CARGO_BIN_EXE_pgopt"))
+            .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", &pg.url("postgres")])
+            .env_remove("PGOPT_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let psql = |sql: &str| {
+        Command::new(pg.binaries().program("psql"))
+            .args([
+                "-XAtq",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", sql])
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !psql("SELECT 1").status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for i in 0..5 {
+        let out = psql(&format!(
+            "SELECT count(*) FROM pg_class WHERE relpages > {i}"
+        ));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = pgopt(&["top", "--port", &port, "--once"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.starts_with("pgopt top — 127.0.0.1:"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("FROM pg_class WHERE relpages > $1"))
+        .unwrap_or_else(|| panic!("no pg_class shape:\n{stdout}"));
+    assert_eq!(line.split_whitespace().nth(1), Some("5"), "{line}");
 }
