@@ -111,11 +111,17 @@ pub struct Tracker {
     unnamed_text: String,
     /// Wall-clock time from the monotonic clock, one clock read per statement.
     epoch: (Instant, SystemTime),
+    /// Bind parameters are decoded for samples, the slow log and plans (not when
+    /// every consumer has them off).
+    sample_params: bool,
 }
 
 impl Tracker {
     pub fn new(state: Arc<InsightState>, database: &str, user: &str, addr: SocketAddr) -> Tracker {
         let handle = state.store.session(database, user);
+        let sample_params = state.store.config().params != pgopt_insight::ParamMode::Off
+            || state.slow.config().params != pgopt_insight::ParamMode::Off
+            || state.plans.enabled();
         let n_plus_one = state.n_plus_one.session(ClientInfo {
             database: database.to_string(),
             user: user.to_string(),
@@ -137,6 +143,7 @@ impl Tracker {
             binds: 0,
             unnamed_text: String::new(),
             epoch: (Instant::now(), SystemTime::now()),
+            sample_params,
         }
     }
 
@@ -317,10 +324,20 @@ impl Tracker {
         let now = self.epoch.1 + end.duration_since(self.epoch.0);
         let now_ms = pgopt_insight::unix_millis(now);
         let key = self.handle.key(analysis.fingerprint);
+        // The parameters are at hand when this statement ran with the latest Bind; the
+        // store keeps a few samples per shape (rendered as `insight.params` says).
+        let bind = bind
+            .filter(|b| *b == self.binds && self.sample_params)
+            .and_then(|_| Bind::decode(self.last_bind.get(5..).unwrap_or_default()).ok());
+        let params: Vec<ParamRef<'_>> = match &bind {
+            Some(bind) => bind_params(bind),
+            None => Vec::new(),
+        };
         let sample = Sample {
             duration,
             rows,
             error,
+            params: bind.as_ref().map(|_| params.as_slice()),
             ..Sample::default()
         };
         let text = || Arc::<str>::from(analysis.normalized.as_str());
@@ -330,14 +347,6 @@ impl Tracker {
         let slow = self.state.slow.is_slow(duration);
         let plan = self.state.plans.wants(duration) && plannable(&analysis);
         if slow || plan {
-            // The parameters are at hand when this statement ran with the latest Bind.
-            let bind = bind
-                .filter(|b| *b == self.binds)
-                .and_then(|_| Bind::decode(self.last_bind.get(5..).unwrap_or_default()).ok());
-            let params: Vec<ParamRef<'_>> = match &bind {
-                Some(bind) => bind_params(bind),
-                None => Vec::new(),
-            };
             if slow {
                 self.state.slow.maybe_log(&SlowStatement {
                     fingerprint: analysis.fingerprint,

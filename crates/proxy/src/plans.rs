@@ -116,6 +116,10 @@ impl Plans {
         }
     }
 
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
     /// Whether a statement this slow is worth a plan (cheap, for the hot path).
     pub fn wants(&self, duration: Duration) -> bool {
         self.settings.enabled && duration >= self.settings.threshold

@@ -139,6 +139,9 @@ async fn percentiles_follow_a_known_latency_distribution() {
     assert!(all.contains("pg_sleep"), "{all}");
     let one = http_get(addr, &format!("/api/queries/{}", row["fingerprint"])).await;
     assert!(one.contains("\"calls\":40"), "{one}");
+    // A few parameter sets are sampled, redacted by default (no values).
+    assert!(one.contains("\"sample_params\":[["), "{one}");
+    assert!(!one.contains("0.01"), "{one}");
     let missing = http_get(addr, "/api/queries/00000000000000ff").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
     // Prometheus: the busiest shapes by fingerprint, never by text.
