@@ -31,6 +31,8 @@ pub enum Command {
     Pause(Option<String>),
     Resume(Option<String>),
     Shutdown,
+    /// RESET QUERIES: query insight starts over (statistics, slow log, N+1 findings).
+    ResetQueries,
     /// An empty query string.
     Empty,
 }
@@ -48,6 +50,9 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         Some("PAUSE") if words.len() <= 2 => Command::Pause(name(1)),
         Some("RESUME") if words.len() <= 2 => Command::Resume(name(1)),
         Some("SHUTDOWN") if words.len() == 1 => Command::Shutdown,
+        Some("RESET") if upper(1).as_deref() == Some("QUERIES") && words.len() == 2 => {
+            Command::ResetQueries
+        }
         _ => {
             return Err(format!(
                 "unknown admin command: {sql:?}; try SHOW HELP ({})",
@@ -192,6 +197,14 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
             };
             encode_table(&table, out)?;
             complete(out, "SHOW")?;
+        }
+        Command::ResetQueries => {
+            if let Some(insight) = &shared.insight {
+                insight.store.reset();
+                insight.slow.clear();
+                insight.n_plus_one.clear();
+            }
+            complete(out, "RESET")?;
         }
         Command::Reload => match shared.reload() {
             Ok(()) => complete(out, "RELOAD")?,

@@ -203,6 +203,10 @@ async fn a_loop_of_point_selects_in_a_transaction_is_an_n_plus_one() {
     assert_eq!(f["user"], "postgres");
     let json = http_get(proxy.admin_addr().unwrap(), "/api/nplus1").await;
     assert!(json.contains("\"kind\":\"transaction\""), "{json}");
+    // RESET QUERIES starts over.
+    admin.simple_query("RESET QUERIES").await.unwrap();
+    assert!(show(&admin, "NPLUS1").await.is_empty());
+    assert!(show(&admin, "QUERIES").await.is_empty());
 }
 
 #[tokio::test]
