@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Where pgopt's CPU goes under pgbench: one PostgreSQL, one pgopt (release build),
+# pgbench -S through it, and `perf record -g` or `strace -c -f` attached to the proxy for
+# 4 s in the middle of the run. Prints TPS and the proxy's CPU per transaction, then the
+# report (perf: by shared object and top symbols; strace: syscall counts).
+#
+# usage: scripts/profile-proxy.sh [MODE=simple|extended|prepared] [CLIENTS=16] [SECS=10] [TOOL=perf|strace|none]
+set -euo pipefail
+ulimit -n 20000 2>/dev/null || true
+cd "$(dirname "$0")/.."
+mode=${1:-simple}; clients=${2:-16}; secs=${3:-10}; tool=${4:-perf}
+bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+cargo build --release -q -p pgopt-cli
+tmp=$(mktemp -d /tmp/pgopt-profile-XXXXXX)
+as_pg=()
+if [ "$(id -u)" -eq 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pg_port=$(free_port); pgopt_port=$(free_port)
+ppid=
+cleanup() {
+  [ -n "$ppid" ] && kill "$ppid" 2>/dev/null
+  "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+"${as_pg[@]}" "$bindir/initdb" -D "$tmp/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+"${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w start -o \
+  "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" >/dev/null
+"$bindir/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+RUST_LOG=error target/release/pgopt proxy --listen "127.0.0.1:$pgopt_port" \
+  --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size 20 >/dev/null 2>&1 &
+ppid=$!
+sleep 1
+before=$(awk '{print $14 + $15}' "/proc/$ppid/stat")
+jobs_=2; [ "$mode" = prepared ] && jobs_=$clients
+case $tool in
+  perf) (sleep 2; perf record -g -p "$ppid" -o "$tmp/perf.data" -- sleep 4 >/dev/null 2>&1) & tpid=$! ;;
+  strace) (sleep 2; timeout -s INT 4 strace -c -f -p "$ppid" -o "$tmp/strace.out" 2>/dev/null) & tpid=$! ;;
+  *) tpid= ;;
+esac
+out=$("$bindir/pgbench" -n -S -M "$mode" -c "$clients" -j "$jobs_" -T "$secs" -h 127.0.0.1 -p "$pgopt_port" -U postgres postgres 2>&1)
+after=$(awk '{print $14 + $15}' "/proc/$ppid/stat")
+[ -n "$tpid" ] && wait "$tpid" || true
+txns=$(awk -F': ' '/actually processed/ {split($2,a,"/"); print a[1]}' <<<"$out")
+tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' <<<"$out")
+echo "-S $mode, $clients clients: $tps TPS, pgopt $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}') µs CPU per transaction ($txns transactions)"
+case $tool in
+  perf)
+    perf report -i "$tmp/perf.data" --no-children --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -6
+    perf report -i "$tmp/perf.data" --no-children --sort sym -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -30 ;;
+  strace) cat "$tmp/strace.out" ;;
+esac
