@@ -7,10 +7,8 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use pgopt_wire::backend::BackendMessage;
 use pgopt_wire::frontend::{Bind, Execute, FrontendMessage, Parse};
-use pgopt_wire::{split_frame, List, TransactionStatus};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pgopt_wire::{List, TransactionStatus};
 
 use crate::auth::Credentials;
 use crate::pool::{CheckoutError, Pool};
@@ -106,56 +104,16 @@ async fn run(
         Ok(())
     };
     encode(&mut out).map_err(|e| e.to_string())?;
-    conn.stream
-        .write_all(&out)
-        .await
-        .map_err(|e| e.to_string())?;
-    conn.stream.flush().await.map_err(|e| e.to_string())?;
-
-    let mut buf = BytesMut::with_capacity(1024);
-    let mut stored = None;
-    let mut first_row = true;
-    let mut error = None;
-    loop {
-        let Some(frame) = split_frame(&mut buf, max_len).map_err(|e| e.to_string())? else {
-            if conn
-                .stream
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| e.to_string())?
-                == 0
-            {
-                return Err("the server closed the connection".into());
-            }
-            continue;
-        };
-        match frame.backend().map_err(|e| e.to_string())? {
-            BackendMessage::DataRow(row) if first_row => {
-                first_row = false;
-                stored = row
-                    .values
-                    .iter()
-                    .last()
-                    .flatten()
-                    .map(|v| String::from_utf8_lossy(v).into_owned());
-            }
-            BackendMessage::ErrorResponse(e) => {
-                error = Some(format!(
-                    "{} ({})",
-                    e.message().unwrap_or("error"),
-                    e.code().unwrap_or("?????")
-                ));
-            }
-            BackendMessage::ReadyForQuery(r) => {
-                let outcome = match error {
-                    Some(e) => Err(e),
-                    None => Ok(stored),
-                };
-                return Ok((outcome, r.status));
-            }
-            _ => {}
-        }
-    }
+    let result = conn.query(&out, max_len).await?;
+    let outcome = match result.error {
+        Some(e) => Err(e),
+        // The first row's last column.
+        None => Ok(result
+            .rows
+            .first()
+            .and_then(|row| row.last().cloned().flatten())),
+    };
+    Ok((outcome, result.status))
 }
 
 /// PgBouncer's default `auth_query`.

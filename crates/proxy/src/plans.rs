@@ -11,11 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pgopt_insight::{fingerprint_hex, format_rfc3339_millis, unix_millis};
-use pgopt_wire::backend::BackendMessage;
 use pgopt_wire::frontend::Query;
-use pgopt_wire::split_frame;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::server::ServerConn;
@@ -361,50 +358,10 @@ async fn simple_query(
 ) -> Result<Vec<Vec<Option<String>>>, String> {
     let mut out = BytesMut::new();
     Query { sql }.encode(&mut out).map_err(|e| e.to_string())?;
-    conn.stream
-        .write_all(&out)
-        .await
-        .map_err(|e| e.to_string())?;
-    conn.stream.flush().await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(8192);
-    let mut rows = Vec::new();
-    let mut error = None;
-    loop {
-        let Some(frame) = split_frame(&mut buf, max_len).map_err(|e| e.to_string())? else {
-            if conn
-                .stream
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| e.to_string())?
-                == 0
-            {
-                return Err("the server closed the connection".into());
-            }
-            continue;
-        };
-        match frame.backend().map_err(|e| e.to_string())? {
-            BackendMessage::RowDescription(_) => rows.clear(),
-            BackendMessage::DataRow(row) => rows.push(
-                row.values
-                    .iter()
-                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
-                    .collect(),
-            ),
-            BackendMessage::ErrorResponse(e) if error.is_none() => {
-                error = Some(format!(
-                    "{} ({})",
-                    e.message().unwrap_or("error"),
-                    e.code().unwrap_or("?????")
-                ));
-            }
-            BackendMessage::ReadyForQuery(_) => {
-                return match error {
-                    Some(e) => Err(e),
-                    None => Ok(rows),
-                }
-            }
-            _ => {}
-        }
+    let result = conn.query(&out, max_len).await?;
+    match result.error {
+        Some(e) => Err(e),
+        None => Ok(result.rows),
     }
 }
 

@@ -324,6 +324,60 @@ impl ServerConn {
     }
 }
 
+/// What pgopt's own queries on a server connection got back.
+pub struct QueryResult {
+    /// The rows of the last result set, as text.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// The first error, as "message (SQLSTATE)".
+    pub error: Option<String>,
+    pub status: TransactionStatus,
+}
+
+impl ServerConn {
+    /// Sends messages pgopt built (flushed) and reads everything up to the
+    /// ReadyForQuery: for pgopt's own queries (auth_query, plans), never a client's.
+    pub async fn query(&mut self, messages: &[u8], max_len: u32) -> Result<QueryResult, String> {
+        let io = |e: std::io::Error| e.to_string();
+        self.stream.write_all(messages).await.map_err(io)?;
+        self.stream.flush().await.map_err(io)?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let Some(frame) = split_frame(&mut buf, max_len).map_err(|e| e.to_string())? else {
+                if self.stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                    return Err("the server closed the connection".into());
+                }
+                continue;
+            };
+            match frame.backend().map_err(|e| e.to_string())? {
+                BackendMessage::RowDescription(_) => rows.clear(),
+                BackendMessage::DataRow(row) => rows.push(
+                    row.values
+                        .iter()
+                        .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                        .collect(),
+                ),
+                BackendMessage::ErrorResponse(e) if error.is_none() => {
+                    error = Some(format!(
+                        "{} ({})",
+                        e.message().unwrap_or("error"),
+                        e.code().unwrap_or("?????")
+                    ));
+                }
+                BackendMessage::ReadyForQuery(r) => {
+                    return Ok(QueryResult {
+                        rows,
+                        error,
+                        status: r.status,
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Writes start-up messages (flushed: under TLS a write may stay buffered).
 async fn send(stream: &mut PgStream, bytes: &[u8]) -> Result<(), ProxyError> {
     stream

@@ -7,18 +7,10 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{admin, code, config_for, connect, http_get, run, show};
+use common::{admin, code, config_for, connect, http_get, run, show, start_with};
 use pgopt_embedded::Postgres;
-use pgopt_proxy::{Config, PoolMode, Proxy};
+use pgopt_proxy::{PoolMode, Proxy};
 use tokio_postgres::NoTls;
-
-async fn start_with(pg: &Postgres, tweak: impl FnOnce(&mut Config)) -> Proxy {
-    let mut config = config_for(pg, PoolMode::Transaction, 2);
-    config.admin_users = vec!["postgres".into()];
-    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
-    tweak(&mut config);
-    Proxy::start(config).await.unwrap()
-}
 
 fn message(e: &tokio_postgres::Error) -> &str {
     e.as_db_error().map_or("", |d| d.message())

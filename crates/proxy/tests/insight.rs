@@ -6,17 +6,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{admin, config_for, connect, http_get, show};
+use common::{admin, connect, http_get, show, start_with};
 use pgopt_embedded::Postgres;
-use pgopt_proxy::{Config, PoolMode, Proxy};
-
-async fn start_with(pg: &Postgres, tweak: impl FnOnce(&mut Config)) -> Proxy {
-    let mut config = config_for(pg, PoolMode::Transaction, 2);
-    config.admin_users = vec!["postgres".into()];
-    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
-    tweak(&mut config);
-    Proxy::start(config).await.unwrap()
-}
+use pgopt_proxy::Proxy;
 
 /// SHOW QUERIES rows whose normalized text contains `needle`.
 async fn shapes(proxy: &Proxy, needle: &str) -> Vec<HashMap<String, String>> {

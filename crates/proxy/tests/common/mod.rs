@@ -36,6 +36,16 @@ pub async fn start(mode: PoolMode, pool_size: usize) -> (Postgres, Proxy) {
     (pg, proxy)
 }
 
+/// A proxy in transaction mode (pool of 2) with the admin console for `postgres` and
+/// the HTTP endpoint on a free port; `tweak` changes the config first.
+pub async fn start_with(pg: &Postgres, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let mut config = config_for(pg, PoolMode::Transaction, 2);
+    config.admin_users = vec!["postgres".into()];
+    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    tweak(&mut config);
+    Proxy::start(config).await.unwrap()
+}
+
 pub async fn connect(
     proxy: &Proxy,
     user: &str,
