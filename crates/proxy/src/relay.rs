@@ -22,7 +22,9 @@ use crate::observe::Tracker;
 use crate::pool::{Checkout, Pool};
 use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
 use crate::session::{fail_checkout, CancelSlot};
-use crate::session_state::{self, may_affect_session, Change, Settings, Verdict as SessionVerdict};
+use crate::session_state::{
+    self, may_affect_session, Applied, Change, Settings, Verdict as SessionVerdict,
+};
 use crate::shared::{Lifecycle, Shared};
 use crate::statements::{
     deallocate_target, ClientStatements, Expected, Prepared, Request, Step, Verdict,
@@ -67,6 +69,8 @@ pub struct Relay {
     pending_change: Option<(Change, String, usize)>,
     /// A Parse was refused: messages up to the next Sync are dropped.
     skipping: bool,
+    /// The settings before the open transaction's first SET, restored if it rolls back.
+    tx_snapshot: Option<(Settings, Applied)>,
     /// The current batch's client messages, kept in case it must run again after a
     /// schema change (see `replan.rs`); `replayed`: this is its second run.
     replay: Option<Replay>,
@@ -120,6 +124,7 @@ impl Relay {
             settings,
             pending_change: None,
             skipping: false,
+            tx_snapshot: None,
             replay: None,
             replayed: false,
             dropping: false,
@@ -536,8 +541,9 @@ impl Relay {
                     let before = self.expected.server_readies();
                     self.pending_change = Some((change, sql.to_string(), before));
                 } else if let Some(server) = self.server.as_mut() {
-                    self.settings
-                        .confirm(&change, sql, &mut server.conn.applied);
+                    let applied = &mut server.conn.applied;
+                    keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
+                    self.settings.confirm(&change, sql, applied);
                 }
                 None
             }
@@ -849,8 +855,25 @@ impl Relay {
                         Change::Reset(_) | Change::ResetAll => body == b"RESET\0",
                     };
                     if confirmed {
-                        self.settings.confirm(change, sql, &mut conn.applied);
+                        let applied = &mut conn.applied;
+                        keep_before_change(
+                            &mut self.tx_snapshot,
+                            self.status,
+                            &self.settings,
+                            applied,
+                        );
+                        self.settings.confirm(change, sql, applied);
                     }
+                }
+                // PostgreSQL undoes a transaction's SETs when it rolls back (a failed
+                // transaction's COMMIT answers ROLLBACK too).
+                if body == b"ROLLBACK\0" {
+                    if let Some((settings, applied)) = self.tx_snapshot.take() {
+                        self.settings = settings;
+                        conn.applied = applied;
+                    }
+                } else if body == b"COMMIT\0" {
+                    self.tx_snapshot = None;
                 }
             }
             b'E' => {
@@ -861,6 +884,9 @@ impl Relay {
             _ => {
                 self.replay = None;
                 self.replayed = false;
+                if self.status == TransactionStatus::Idle {
+                    self.tx_snapshot = None;
+                }
                 self.pending_change = match self.pending_change.take() {
                     Some((c, s, n)) if n > 0 => Some((c, s, n - 1)),
                     _ => None,
@@ -1018,6 +1044,19 @@ where
                 return false;
             },
         }
+    }
+}
+
+/// Before a SET inside a transaction block, the settings as they were (once per
+/// transaction), so a ROLLBACK can restore them.
+fn keep_before_change(
+    snapshot: &mut Option<(Settings, Applied)>,
+    status: TransactionStatus,
+    settings: &Settings,
+    applied: &Applied,
+) {
+    if status != TransactionStatus::Idle && snapshot.is_none() {
+        *snapshot = Some((settings.clone(), applied.clone()));
     }
 }
 

@@ -454,6 +454,34 @@ async fn transaction_mode_carries_startup_options_and_sets_across_server_connect
     assert_eq!(show(&a, "work_mem").await, "7MB");
     assert_eq!(show(&b, "statement_timeout").await, "0");
     assert_eq!(show(&b, "search_path").await, "beta");
+    // A SET inside a transaction that rolls back is undone, as PostgreSQL undoes it;
+    // one that commits stays. Simple and extended protocol alike.
+    for commit in [false, true] {
+        b.batch_execute("BEGIN").await.unwrap();
+        b.batch_execute("SET work_mem = '9MB'").await.unwrap();
+        b.execute("SET statement_timeout = '4321ms'", &[])
+            .await
+            .unwrap();
+        assert_eq!(show(&b, "work_mem").await, "9MB");
+        b.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
+            .unwrap();
+        let (work_mem, timeout) = if commit {
+            ("9MB", "4321ms")
+        } else {
+            ("4MB", "0")
+        };
+        for _ in 0..2 {
+            // Across server connections: the client's settings are what it expects.
+            assert_eq!(show(&a, "work_mem").await, "7MB");
+            assert_eq!(show(&b, "work_mem").await, work_mem, "commit {commit}");
+            assert_eq!(
+                show(&b, "statement_timeout").await,
+                timeout,
+                "commit {commit}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
