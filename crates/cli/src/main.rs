@@ -1,5 +1,6 @@
 //! `pgopt`: one binary for the proxy, the advisor, operations and the demo.
 
+mod advise;
 mod config;
 mod demo;
 mod logging;
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 /// pgopt makes an existing PostgreSQL faster and safer without changing the application:
 /// a pooling, routing, caching and observing proxy, an index advisor verified by the
@@ -42,18 +43,11 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Live view of the busiest query shapes through a running pgopt proxy.
     Top(top::TopArgs),
-    /// Health checks and an index plan verified with hypothetical indexes.
-    Advise(NotYet),
+    /// Health checks of a database: findings with evidence and the SQL that fixes them.
+    Advise(advise::AdviseArgs),
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-}
-
-/// Arguments of a command that this version does not have yet.
-#[derive(Debug, Args)]
-struct NotYet {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,7 +101,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(top::run(args, loaded.config.proxy.listen.port()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Advise(_) => not_yet("advise"),
+        Command::Advise(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(advise::run(args))
+        }
         Command::Config(ConfigCommand::Print) => {
             print!("{}", toml::to_string_pretty(&loaded.config)?);
             Ok(ExitCode::SUCCESS)
@@ -127,14 +124,6 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_yet(command: &str) -> anyhow::Result<ExitCode> {
-    eprintln!(
-        "pgopt {command} is not yet available in pgopt {}; `pgopt demo` shows what works today",
-        env!("CARGO_PKG_VERSION")
-    );
-    Ok(ExitCode::from(2))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -138,10 +138,63 @@ fn config_print_shows_environment_overrides() {
 }
 
 #[test]
-fn commands_not_built_yet_say_so() {
-    let out = pgopt(&["advise"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("not yet available"));
+fn advise_reports_findings_and_fails_ci_on_critical_ones() {
+    let pg = pgopt_embedded::Postgres::builder()
+        .start_blocking()
+        .unwrap();
+    let url = pg.url("postgres");
+    let out = pgopt(&["advise", &url, "--fail-on", "critical"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("No findings: "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    pg.psql("CREATE SEQUENCE almost_out MAXVALUE 100; SELECT setval('almost_out', 99); CREATE TABLE nopk (x int)")
+        .unwrap();
+    let out = pgopt(&["advise", &url, "--fail-on", "critical"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with("[critical] sequence_near_max: public.almost_out"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[warning] no_primary_key: public.nopk"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("fix: ALTER SEQUENCE public.almost_out"),
+        "{stdout}"
+    );
+    // Warnings alone pass a critical gate; JSON for machines.
+    pg.psql("DROP SEQUENCE almost_out").unwrap();
+    let out = pgopt(&["advise", &url, "--fail-on", "critical", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("\"check\": \"no_primary_key\""),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = pgopt(&[
+        "advise",
+        &url,
+        "--fail-on",
+        "warning",
+        "--format",
+        "markdown",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("| warning | no_primary_key | public.nopk |"));
+
+    let out = pgopt(&["advise", "postgres://nobody@127.0.0.1:1/x"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("connecting to the database"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
