@@ -34,7 +34,8 @@ pub struct Finding {
 }
 
 /// Thresholds of the checks (`[advise]` in the config).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Thresholds {
     /// Unused indexes smaller than this are not reported.
     pub unused_index_min_bytes: i64,
@@ -55,6 +56,19 @@ pub struct Thresholds {
     /// Shares of the 2^31 transaction ID horizon consumed: warning, critical.
     pub wraparound_warning: f64,
     pub wraparound_critical: f64,
+    /// Buffer cache hit ratio below this (once at least `cache_min_reads` blocks were
+    /// read from disk) is low.
+    pub cache_hit_ratio: f64,
+    pub cache_min_reads: i64,
+    /// Sequential scans: at least this many, reading at least this many rows each.
+    pub seq_scan_min_count: i64,
+    pub seq_scan_min_rows: i64,
+    /// Rows changed since the last ANALYZE: at least this many and this share.
+    pub stale_analyze_min_rows: i64,
+    pub stale_analyze_ratio: f64,
+    /// pg_stat_statements: statements with at least this mean time (ms) and calls.
+    pub slow_statement_ms: f64,
+    pub slow_statement_min_calls: i64,
 }
 
 impl Default for Thresholds {
@@ -72,6 +86,14 @@ impl Default for Thresholds {
             sequence_critical: 0.9,
             wraparound_warning: 0.5,
             wraparound_critical: 0.75,
+            cache_hit_ratio: 0.99,
+            cache_min_reads: 10_000,
+            seq_scan_min_count: 100,
+            seq_scan_min_rows: 10_000,
+            stale_analyze_min_rows: 10_000,
+            stale_analyze_ratio: 0.2,
+            slow_statement_ms: 100.0,
+            slow_statement_min_calls: 10,
         }
     }
 }
@@ -124,12 +146,42 @@ pub const CHECKS: &[(&str, &str)] = &[
         "xid_wraparound",
         "databases approaching transaction ID wraparound",
     ),
+    (
+        "low_cache_hit",
+        "table or index reads missing the buffer cache",
+    ),
+    (
+        "seq_scans",
+        "tables read by many sequential scans of many rows",
+    ),
+    (
+        "stale_statistics",
+        "tables changed a lot since their last ANALYZE",
+    ),
+    (
+        "slow_statement",
+        "statements slow on average (pg_stat_statements, when installed)",
+    ),
 ];
 
 /// Runs every check; findings most severe first.
 pub async fn health_checks(client: &Client, t: &Thresholds) -> Result<Vec<Finding>, AdvisorError> {
     let mut findings = Vec::new();
+    let statements = client
+        .query_opt(
+            "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'",
+            &[],
+        )
+        .await
+        .map_err(|source| AdvisorError::Query {
+            check: "slow_statement",
+            source,
+        })?
+        .is_some();
     for (check, sql) in QUERIES {
+        if *check == "slow_statement" && !statements {
+            continue;
+        }
         let rows = client
             .query(*sql, &[])
             .await
@@ -326,6 +378,59 @@ fn judge(check: &'static str, r: &Row, t: &Thresholds) -> Option<Finding> {
                 Some("VACUUM (FREEZE, VERBOSE); -- in that database, or let autovacuum catch up".into()),
             ))
         }
+        // kind (tables/indexes), hits, reads
+        "low_cache_hit" => {
+            let (hits, reads) = (n(1), n(2));
+            let ratio = hits as f64 / (hits + reads).max(1) as f64;
+            (reads >= t.cache_min_reads && ratio < t.cache_hit_ratio).then(|| {
+                finding(
+                    Severity::Warning,
+                    s(0),
+                    format!("{} cache hit ratio {:.2}% ({hits} hits, {reads} reads from disk)", s(0), ratio * 100.0),
+                    "Reads that miss shared_buffers go to the OS cache or disk: the working set does not fit, or queries read far more than they need (missing indexes).",
+                    None,
+                )
+            })
+        }
+        // table, seq scans, rows read per scan, idx scans
+        "seq_scans" => (n(1) >= t.seq_scan_min_count && n(2) >= t.seq_scan_min_rows).then(|| {
+            finding(
+                Severity::Info,
+                s(0),
+                format!("{} sequential scans reading {} rows each on average ({} index scans)", n(1), n(2), n(3)),
+                "Queries that read a whole large table again and again usually want an index (see the index advisor).",
+                None,
+            )
+        }),
+        // table, changed since analyze, live rows, last analyze
+        "stale_statistics" => {
+            let ratio = n(1) as f64 / n(2).max(1) as f64;
+            (n(1) >= t.stale_analyze_min_rows && ratio >= t.stale_analyze_ratio).then(|| {
+                finding(
+                    Severity::Info,
+                    s(0),
+                    format!(
+                        "{} rows changed since the last ANALYZE ({:.0}% of {}); last analyzed: {}",
+                        n(1),
+                        ratio * 100.0,
+                        n(2),
+                        if s(3).is_empty() { "never".to_string() } else { s(3) }
+                    ),
+                    "The planner estimates from these statistics: stale ones pick bad plans.",
+                    Some(format!("ANALYZE {};", s(0))),
+                )
+            })
+        }
+        // query, calls, mean ms, total ms
+        "slow_statement" => (f(2) >= t.slow_statement_ms && n(1) >= t.slow_statement_min_calls).then(|| {
+            finding(
+                Severity::Info,
+                s(0).split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect(),
+                format!("{} calls, {:.1} ms on average, {:.0} ms in total", n(1), f(2), f(3)),
+                "Slow on average and run often: the first place to look for a missing index or a better query.",
+                None,
+            )
+        }),
         _ => None,
     }
 }
@@ -462,6 +567,33 @@ const QUERIES: &[(&str, &str)] = &[
     (
         "xid_wraparound",
         "SELECT datname::text, age(datfrozenxid)::int8 FROM pg_database WHERE datallowconn",
+    ),
+    (
+        "low_cache_hit",
+        "SELECT 'tables', coalesce(sum(heap_blks_hit), 0)::int8, coalesce(sum(heap_blks_read), 0)::int8
+           FROM pg_statio_user_tables
+         UNION ALL
+         SELECT 'indexes', coalesce(sum(idx_blks_hit), 0)::int8, coalesce(sum(idx_blks_read), 0)::int8
+           FROM pg_statio_user_indexes",
+    ),
+    (
+        "seq_scans",
+        "SELECT format('%I.%I', schemaname, relname), seq_scan, (seq_tup_read / nullif(seq_scan, 0))::int8,
+                coalesce(idx_scan, 0)
+           FROM pg_stat_user_tables WHERE seq_scan > 0 ORDER BY seq_tup_read DESC",
+    ),
+    (
+        "stale_statistics",
+        "SELECT format('%I.%I', schemaname, relname), n_mod_since_analyze, n_live_tup,
+                greatest(last_analyze, last_autoanalyze)::text
+           FROM pg_stat_user_tables",
+    ),
+    (
+        "slow_statement",
+        "SELECT query, calls, mean_exec_time, total_exec_time
+           FROM pg_stat_statements
+          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+          ORDER BY mean_exec_time DESC LIMIT 20",
     ),
 ];
 

@@ -41,7 +41,17 @@ async fn each_check_fires_on_the_state_made_for_it() {
          INSERT INTO churn SELECT generate_series(1, 20000);
          DELETE FROM churn WHERE id > 100;
          CREATE SEQUENCE almost_out MAXVALUE 100;
-         SELECT setval('almost_out', 95);",
+         SELECT setval('almost_out', 95);
+         CREATE TABLE scanned (id int PRIMARY KEY, v int);
+         INSERT INTO scanned SELECT i, i FROM generate_series(1, 5000) i;
+         ANALYZE scanned;
+         SELECT count(*) FROM scanned WHERE v > 0;
+         SELECT count(*) FROM scanned WHERE v > 1;
+         SELECT count(*) FROM scanned WHERE v > 2;
+         CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+         SELECT pg_sleep(0.01);
+         SELECT pg_sleep(0.01);
+         SELECT pg_sleep(0.01);",
     )
     .await
     .unwrap();
@@ -65,6 +75,12 @@ async fn each_check_fires_on_the_state_made_for_it() {
         dead_tuples_min: 1000,
         idle_in_transaction_secs: 0.0,
         long_query_secs: 0.0,
+        seq_scan_min_count: 3,
+        seq_scan_min_rows: 1000,
+        slow_statement_ms: 5.0,
+        slow_statement_min_calls: 3,
+        cache_min_reads: 0,
+        cache_hit_ratio: 1.01,
         ..Thresholds::default()
     };
     // Statistics reach the views about a second after a transaction; blocked_query needs
@@ -73,6 +89,7 @@ async fn each_check_fires_on_the_state_made_for_it() {
     for _ in 0..50 {
         findings = health_checks(&db, &thresholds).await.unwrap();
         if found(&findings, "dead_tuples", "churn").is_some()
+            && found(&findings, "seq_scans", "scanned").is_some()
             && found(&findings, "blocked_query", "pid").is_some()
         {
             break;
@@ -91,6 +108,10 @@ async fn each_check_fires_on_the_state_made_for_it() {
         ("idle_in_transaction", "pid"),
         ("blocked_query", "pid"),
         ("long_running_query", "pid"),
+        ("seq_scans", "scanned"),
+        ("stale_statistics", "churn"),
+        ("slow_statement", "pg_sleep"),
+        ("low_cache_hit", "tables"),
     ];
     for (check, object) in expect {
         assert!(

@@ -36,7 +36,7 @@ enum FailOn {
     Critical,
 }
 
-pub async fn run(args: AdviseArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: AdviseArgs, thresholds: &Thresholds) -> anyhow::Result<ExitCode> {
     let mut config = tokio_postgres::Config::from_str(&args.url)
         .with_context(|| "the database URL: expected postgres://USER@HOST:PORT/DB".to_string())?;
     config
@@ -47,7 +47,7 @@ pub async fn run(args: AdviseArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("connecting to the database")?;
     tokio::spawn(conn);
-    let findings = health_checks(&client, &Thresholds::default()).await?;
+    let findings = health_checks(&client, thresholds).await?;
     let report = match args.format {
         OutputFormat::Text => text(&findings),
         OutputFormat::Json => serde_json::to_string_pretty(&findings)? + "\n",

@@ -103,7 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Advise(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(advise::run(args))
+            runtime.block_on(advise::run(args, &loaded.config.advise))
         }
         Command::Config(ConfigCommand::Print) => {
             print!("{}", toml::to_string_pretty(&loaded.config)?);

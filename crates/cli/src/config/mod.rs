@@ -22,6 +22,8 @@ pub struct Config {
     pub demo: DemoConfig,
     pub proxy: ProxyConfig,
     pub insight: InsightSection,
+    /// `pgopt advise` thresholds.
+    pub advise: pgopt_advisor::Thresholds,
 }
 
 /// `[insight]`: what the proxy records of every query.
