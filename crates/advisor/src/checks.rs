@@ -147,6 +147,10 @@ pub const CHECKS: &[(&str, &str)] = &[
         "databases approaching transaction ID wraparound",
     ),
     (
+        "multixact_wraparound",
+        "databases approaching multixact ID wraparound",
+    ),
+    (
         "low_cache_hit",
         "table or index reads missing the buffer cache",
     ),
@@ -361,7 +365,7 @@ fn judge(check: &'static str, r: &Row, t: &Thresholds) -> Option<Finding> {
             ))
         }
         // database, age
-        "xid_wraparound" => {
+        "xid_wraparound" | "multixact_wraparound" => {
             let share = n(1) as f64 / 2_147_483_648.0;
             let severity = if share >= t.wraparound_critical {
                 Severity::Critical
@@ -370,10 +374,15 @@ fn judge(check: &'static str, r: &Row, t: &Thresholds) -> Option<Finding> {
             } else {
                 return None;
             };
+            let what = if check == "xid_wraparound" {
+                "datfrozenxid"
+            } else {
+                "datminmxid (multixact)"
+            };
             Some(finding(
                 severity,
                 s(0),
-                format!("datfrozenxid age {} ({:.0}% of the 2^31 horizon)", n(1), share * 100.0),
+                format!("{what} age {} ({:.0}% of the 2^31 horizon)", n(1), share * 100.0),
                 "At the horizon PostgreSQL stops accepting writes until the database is vacuumed.",
                 Some("VACUUM (FREEZE, VERBOSE); -- in that database, or let autovacuum catch up".into()),
             ))
@@ -567,6 +576,10 @@ const QUERIES: &[(&str, &str)] = &[
     (
         "xid_wraparound",
         "SELECT datname::text, age(datfrozenxid)::int8 FROM pg_database WHERE datallowconn",
+    ),
+    (
+        "multixact_wraparound",
+        "SELECT datname::text, mxid_age(datminmxid)::int8 FROM pg_database WHERE datallowconn",
     ),
     (
         "low_cache_hit",
