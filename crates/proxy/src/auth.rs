@@ -176,5 +176,6 @@ async fn scram_exchange(
     }
     .encode(out)?;
     write_all(stream, out).await?;
-    Ok(server.client_keys().filter(|_| server.is_authenticated()))
+    // Keys exist only once the client's proof was accepted.
+    Ok(server.client_keys())
 }

@@ -298,6 +298,9 @@ impl Relay {
         let request = match frame.tag() {
             b'P' if self.rewrite => {
                 let parse = Parse::decode(frame.body())?;
+                if let Some(tracker) = self.tracker.as_mut() {
+                    tracker.on_parse(&self.shared.analyzer, parse.name, parse.query);
+                }
                 let refusal = if may_affect_session(parse.query.as_bytes()) {
                     self.judge_session(parse.query, false)
                 } else {
@@ -367,12 +370,15 @@ impl Relay {
         Ok(())
     }
 
-    /// Query insight: statement names and portals as the client uses them.
+    /// Query insight: statement names and portals as the client uses them. In
+    /// transaction mode the relay decodes Parse and Bind itself and tells the tracker
+    /// there (`route`, `route_named`).
     fn track_client(&mut self, frame: &Frame) -> Result<(), DecodeError> {
         let Some(tracker) = self.tracker.as_mut() else {
             return Ok(());
         };
         match frame.tag() {
+            b'P' | b'B' if self.rewrite => {}
             b'P' => {
                 let parse = Parse::decode(frame.body())?;
                 tracker.on_parse(&self.shared.analyzer, parse.name, parse.query);
@@ -417,6 +423,9 @@ impl Relay {
             }
             Request::Bind => {
                 let bind = Bind::decode(body)?;
+                if let Some(tracker) = self.tracker.as_mut() {
+                    tracker.on_bind(&bind, frame.as_bytes());
+                }
                 let Some((prepared, outdated)) = self.client_statement(bind.statement) else {
                     return Ok(false);
                 };
