@@ -23,4 +23,4 @@ pub use analysis::{analyze, analyze_with, Analysis, AnalysisConfig, SessionEffec
 pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use error::SqlError;
 pub use hints::{parse_hints, CacheHint, Hints};
-pub use strip::{strip_literals, Stripped};
+pub use strip::{parameter_spans, strip_literals, Stripped};

@@ -321,3 +321,26 @@ mod tests {
         assert_ne!(a.key(), b.key());
     }
 }
+
+/// Where each `$n` parameter sits in `sql`, as (byte range, n), in order. Parameters
+/// inside strings, comments and quoted identifiers are not parameters and are not listed.
+pub fn parameter_spans(sql: &str) -> Vec<(Range<usize>, u32)> {
+    Lexer::new(sql)
+        .filter(|t| t.kind == TokenKind::Param)
+        .filter_map(|t| Some((t.start..t.end, sql[t.start + 1..t.end].parse().ok()?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod parameter_span_tests {
+    use super::parameter_spans;
+
+    #[test]
+    fn only_real_parameters_are_listed() {
+        let sql = "SELECT $1, '$2', \"$3\" /* $4 */ FROM t WHERE a = $12";
+        let spans = parameter_spans(sql);
+        assert_eq!(spans.len(), 2);
+        assert_eq!((&sql[spans[0].0.clone()], spans[0].1), ("$1", 1));
+        assert_eq!((&sql[spans[1].0.clone()], spans[1].1), ("$12", 12));
+    }
+}
