@@ -7,8 +7,9 @@ mod index;
 
 pub use checks::{health_checks, Finding, Severity, Thresholds, CHECKS};
 pub use index::{
-    recommend_indexes, workload_from_pg_stat_statements, workload_from_sql, IndexOptions,
-    IndexReport, Progress, Recommendation, StatementReport, UnusedIndex, WorkloadStatement,
+    quote_ident, recommend_indexes, workload_from_pg_stat_statements, workload_from_sql,
+    IndexOptions, IndexReport, Progress, Recommendation, StatementReport, UnusedIndex,
+    WorkloadStatement,
 };
 
 /// Why the advisor could not finish.

@@ -114,7 +114,7 @@ pub async fn run(args: TopArgs, default_port: u16) -> anyhow::Result<()> {
     }
 }
 
-async fn fetch(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Shape>> {
+pub(crate) async fn fetch(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Shape>> {
     let messages = client
         .simple_query("SHOW QUERIES")
         .await

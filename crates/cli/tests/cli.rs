@@ -15,6 +15,14 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// One bigint from the database.
+fn scalar(pg: &pgopt_embedded::Postgres, sql: &str) -> i64 {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let db = pg.connect("postgres").await.unwrap();
+        db.query_one(sql, &[]).await.unwrap().get(0)
+    })
+}
+
 fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("pgopt-cli-{}-{name}", std::process::id()));
     std::fs::write(&path, contents).unwrap();
@@ -134,6 +142,108 @@ fn config_print_shows_environment_overrides() {
         text(&out.stdout).contains("seed = 1234"),
         "{}",
         text(&out.stdout)
+    );
+}
+
+#[test]
+fn advise_recommends_indexes_writes_a_migration_and_applies_only_when_asked() {
+    let pg = pgopt_embedded::Postgres::builder()
+        .start_blocking()
+        .unwrap();
+    let url = pg.url("postgres");
+    pg.psql(
+        "CREATE TABLE events (id int PRIMARY KEY, account int, kind text, at timestamptz);
+         INSERT INTO events SELECT i, i % 300, 'k' || (i % 7), now() - i * interval '1 minute'
+           FROM generate_series(1, 60000) i;
+         ANALYZE events;",
+    )
+    .unwrap();
+    let workload = temp_file(
+        "workload.sql",
+        "SELECT id, at FROM events WHERE account = 12 ORDER BY at DESC LIMIT 20;\n\
+         SELECT count(*) FROM events WHERE account = 40 AND kind = 'k3';\n",
+    );
+    let migration = std::env::temp_dir().join(format!("pgopt-cli-{}-m.sql", std::process::id()));
+    let indexes =
+        "SELECT count(*) FROM pg_index WHERE indrelid = 'events'::regclass AND indisvalid";
+    let count = |pg: &pgopt_embedded::Postgres| scalar(pg, indexes);
+    let before = count(&pg);
+    let out = pgopt(&[
+        "advise",
+        &url,
+        "--only",
+        "indexes",
+        "--workload",
+        workload.to_str().unwrap(),
+        "--migration",
+        migration.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("CREATE INDEX CONCURRENTLY IF NOT EXISTS events_account_at_idx ON public.events (account, at)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Workload cost "), "{stdout}");
+    let file = std::fs::read_to_string(&migration).unwrap();
+    assert!(file.contains("-- events_account_at_idx (~"), "{file}");
+    assert!(
+        file.contains("--   SELECT id, at FROM events WHERE account = 12"),
+        "{file}"
+    );
+    // Nothing built without --apply.
+    assert_eq!(count(&pg), before);
+
+    // The migration runs as written, with psql -f (autocommit).
+    let psql = std::process::Command::new(pg.binaries().program("psql"))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&migration)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(psql.status.success(), "{}", text(&psql.stderr));
+    assert!(count(&pg) > before);
+    pg.psql("DROP INDEX events_account_at_idx").unwrap();
+
+    // --apply builds them, valid, and a second run has nothing left to propose.
+    let out = pgopt(&[
+        "advise",
+        &url,
+        "--only",
+        "indexes",
+        "--workload",
+        workload.to_str().unwrap(),
+        "--apply",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("done: CREATE INDEX CONCURRENTLY"));
+    assert!(count(&pg) > before);
+    let out = pgopt(&[
+        "advise",
+        &url,
+        "--only",
+        "indexes",
+        "--workload",
+        workload.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["indexes"]["recommendations"].as_array().map(Vec::len),
+        Some(0),
+        "{json:#}"
+    );
+
+    // Asked for explicitly, a missing workload is an error.
+    let out = pgopt(&["advise", &url, "--only", "indexes"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("pg_stat_statements is not installed"),
+        "{}",
+        text(&out.stderr)
     );
 }
 

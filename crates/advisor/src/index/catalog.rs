@@ -95,7 +95,7 @@ impl ColumnStats {
 }
 
 /// `name` as a SQL identifier: bare when PostgreSQL would read it back unchanged.
-pub(crate) fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     let plain = name
         .chars()
         .next()

@@ -21,6 +21,7 @@ use tokio_postgres::Client;
 
 use crate::AdvisorError;
 use candidates::Candidate;
+pub use catalog::quote_ident;
 use catalog::Table;
 use hypo::{Hypo, Plan, Probe};
 use shape::{ParamUse, Pick, Shape};
