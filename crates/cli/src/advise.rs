@@ -44,7 +44,7 @@ pub struct AdviseArgs {
     #[arg(long, default_value_t = 10)]
     max_indexes: usize,
     /// An index must lower the weighted workload cost by this share to be recommended.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.002)]
     min_improvement: f64,
     /// Write the recommended indexes as a migration (CREATE INDEX CONCURRENTLY IF NOT EXISTS).
     #[arg(long, value_name = "FILE")]

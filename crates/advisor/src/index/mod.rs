@@ -48,7 +48,7 @@ impl Default for IndexOptions {
         IndexOptions {
             budget_bytes: None,
             max_indexes: 10,
-            min_improvement: 0.01,
+            min_improvement: 0.002,
         }
     }
 }
@@ -599,8 +599,14 @@ fn value(u: &ParamUse, tables: &[Table]) -> Option<String> {
             let stats = tables[*table].column(column)?.stats.as_ref()?;
             let h = &stats.histogram;
             let at = |share: f64| h.get(((h.len().saturating_sub(1)) as f64 * share) as usize);
+            // A typical value, not the most common one: planning for the heaviest
+            // value would favour plans that only suit it.
+            let typical = || {
+                let c = &stats.common_values;
+                at(0.5).or_else(|| c.get(c.len() / 2))
+            };
             let v = match pick {
-                Pick::Common => stats.common_values.first().or_else(|| at(0.5)),
+                Pick::Common => typical(),
                 Pick::Low => at(0.1).or_else(|| stats.common_values.first()),
                 Pick::High => at(0.9).or_else(|| stats.common_values.first()),
             }?;
