@@ -139,7 +139,7 @@ async fn nothing_when_the_right_index_exists_and_unused_ones_are_reported() {
     .unwrap();
     let report = advise(
         &db,
-        "SELECT id FROM orders WHERE customer_id = 42 AND created_at > '2026-03-05'",
+        "SELECT * FROM orders WHERE customer_id = 42 AND created_at > '2026-03-05'",
     )
     .await;
     assert!(report.recommendations.is_empty(), "{report:#?}");
