@@ -66,6 +66,9 @@ pub struct Thresholds {
     /// Rows changed since the last ANALYZE: at least this many and this share.
     pub stale_analyze_min_rows: i64,
     pub stale_analyze_ratio: f64,
+    /// Bloat: at least this many wasted bytes, and this share of the relation.
+    pub bloat_min_bytes: i64,
+    pub bloat_ratio: f64,
     /// pg_stat_statements: statements with at least this mean time (ms) and calls.
     pub slow_statement_ms: f64,
     pub slow_statement_min_calls: i64,
@@ -92,6 +95,8 @@ impl Default for Thresholds {
             seq_scan_min_rows: 10_000,
             stale_analyze_min_rows: 10_000,
             stale_analyze_ratio: 0.2,
+            bloat_min_bytes: 100 << 20,
+            bloat_ratio: 0.3,
             slow_statement_ms: 100.0,
             slow_statement_min_calls: 10,
         }
@@ -124,6 +129,14 @@ pub const CHECKS: &[(&str, &str)] = &[
     (
         "dead_tuples",
         "tables with many dead rows (bloat, vacuum falling behind)",
+    ),
+    (
+        "table_bloat",
+        "tables much larger than their rows need (estimated from pg_stats)",
+    ),
+    (
+        "index_bloat",
+        "B-tree indexes much larger than their entries need (estimated)",
     ),
     (
         "sequence_near_max",
@@ -298,6 +311,39 @@ fn judge(check: &'static str, r: &Row, t: &Thresholds) -> Option<Finding> {
                     ),
                     "Dead rows bloat the table and its indexes: scans read more pages, and the space is not reused until VACUUM runs.",
                     Some(format!("VACUUM (ANALYZE) {};", s(0))),
+                )
+            })
+        }
+        // relation, (table of an index), actual bytes, expected bytes
+        "table_bloat" | "index_bloat" => {
+            let (actual, expected) = (n(2), n(3));
+            let waste = actual - expected;
+            let share = waste as f64 / actual.max(1) as f64;
+            (waste >= t.bloat_min_bytes && share >= t.bloat_ratio).then(|| {
+                let (why, fix) = if check == "table_bloat" {
+                    (
+                        "Scans read the empty space too, and it stays cached. Plain VACUUM makes it reusable but rarely gives it back; VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock, pg_repack does it online.",
+                        format!("VACUUM FULL {}; -- locks the table; pg_repack --table {0} rebuilds it online", s(0)),
+                    )
+                } else {
+                    (
+                        "A bloated index is read and cached for nothing: lookups and range scans touch more pages than the entries need.",
+                        format!("REINDEX INDEX CONCURRENTLY {};", s(0)),
+                    )
+                };
+                finding(
+                    if share >= 0.6 { Severity::Warning } else { Severity::Info },
+                    s(0),
+                    format!(
+                        "{} on disk where its rows need about {}: ~{} ({:.0}%) is empty space{}",
+                        size(actual),
+                        size(expected),
+                        size(waste),
+                        share * 100.0,
+                        if s(1).is_empty() { String::new() } else { format!(" (index on {})", s(1)) }
+                    ),
+                    why,
+                    Some(fix),
                 )
             })
         }
@@ -537,6 +583,67 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT format('%I.%I', schemaname, relname), n_dead_tup, n_live_tup,
                 greatest(last_autovacuum, last_vacuum)::text
            FROM pg_stat_user_tables ORDER BY n_dead_tup DESC",
+    ),
+    (
+        "table_bloat",
+        // Expected size: rows × (tuple header + null bitmap + the columns' average
+        // widths from pg_stats, aligned, + a line pointer) over the usable page space
+        // at the table's fillfactor. Tables with a column pg_stats does not cover are
+        // skipped (no estimate is better than a wrong one).
+        "WITH t AS (
+            SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, c.reltuples,
+                   c.relpages::int8 * current_setting('block_size')::int8 AS actual,
+                   current_setting('block_size')::float8 AS bs,
+                   coalesce((SELECT option_value::float8 FROM pg_options_to_table(c.reloptions)
+                              WHERE option_name = 'fillfactor'), 100) AS ff,
+                   23 + CASE WHEN max(s.null_frac) > 0 THEN (count(*) + 7) / 8 ELSE 0 END AS hdr,
+                   sum((1 - coalesce(s.null_frac, 0)) * coalesce(s.avg_width, 0)) AS data,
+                   count(*) = count(s.attname) AS covered
+              FROM pg_class c
+              JOIN pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+              LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname
+                                  AND s.attname = a.attname AND NOT s.inherited
+             WHERE c.relkind IN ('r', 'm') AND c.reltuples > 0
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg_toast%'
+             GROUP BY c.oid, n.nspname, c.relname, c.reltuples, c.relpages, c.reloptions)
+         SELECT name, '', actual,
+                (ceil(reltuples * (ceil((ceil(hdr / 8.0) * 8 + data) / 8.0) * 8 + 4)
+                      / ((bs - 24) * ff / 100)) * bs)::int8
+           FROM t WHERE covered ORDER BY actual DESC",
+    ),
+    (
+        "index_bloat",
+        // B-tree leaf entries: 8-byte header + key widths, aligned, + a line pointer, at
+        // the index's fillfactor (90 by default), plus the metapage. Plain-column
+        // indexes only; expression and partial indexes are skipped.
+        "WITH i AS (
+            SELECT format('%I.%I', n.nspname, ic.relname) AS name,
+                   format('%I.%I', n.nspname, tc.relname) AS tbl,
+                   ic.relpages::int8 * current_setting('block_size')::int8 AS actual,
+                   current_setting('block_size')::float8 AS bs, ic.reltuples,
+                   coalesce((SELECT option_value::float8 FROM pg_options_to_table(ic.reloptions)
+                              WHERE option_name = 'fillfactor'), 90) AS ff,
+                   sum((1 - coalesce(s.null_frac, 0)) * coalesce(s.avg_width, 0)) AS data,
+                   max(coalesce(s.null_frac, 0)) > 0 AS nulls,
+                   count(*) = count(s.attname) AS covered
+              FROM pg_index x
+              JOIN pg_class ic ON ic.oid = x.indexrelid
+              JOIN pg_class tc ON tc.oid = x.indrelid
+              JOIN pg_namespace n ON n.oid = ic.relnamespace
+              JOIN pg_am am ON am.oid = ic.relam AND am.amname = 'btree'
+              JOIN pg_attribute a ON a.attrelid = tc.oid AND a.attnum = ANY (x.indkey)
+              LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = tc.relname
+                                  AND s.attname = a.attname AND NOT s.inherited
+             WHERE ic.reltuples > 0 AND x.indexprs IS NULL AND x.indpred IS NULL
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg_toast%'
+             GROUP BY n.nspname, ic.relname, tc.relname, ic.relpages, ic.reltuples, ic.reloptions)
+         SELECT name, tbl, actual,
+                ((ceil(reltuples * (ceil((8 + CASE WHEN nulls THEN 8 ELSE 0 END + data) / 8.0) * 8 + 4)
+                       / ((bs - 24 - 16) * ff / 100)) + 1) * bs)::int8
+           FROM i WHERE covered ORDER BY actual DESC",
     ),
     (
         "sequence_near_max",

@@ -160,3 +160,69 @@ async fn each_check_fires_on_the_state_made_for_it() {
         "{all:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bloat_is_estimated_after_a_mass_delete_and_not_before() {
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.connect("postgres").await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE roomy (id int PRIMARY KEY, payload text, n int)
+           WITH (autovacuum_enabled = false);
+         INSERT INTO roomy SELECT i, repeat('p', 60), i FROM generate_series(1, 100000) i;
+         CREATE INDEX roomy_n ON roomy (n);",
+    )
+    .await
+    .unwrap();
+    db.batch_execute("VACUUM ANALYZE roomy").await.unwrap();
+    let thresholds = Thresholds {
+        bloat_min_bytes: 1 << 20,
+        ..Thresholds::default()
+    };
+    let findings = health_checks(&db, &thresholds).await.unwrap();
+    assert!(
+        found(&findings, "table_bloat", "roomy").is_none(),
+        "{findings:#?}"
+    );
+    assert!(
+        found(&findings, "index_bloat", "roomy").is_none(),
+        "{findings:#?}"
+    );
+
+    // Nine rows in ten deleted: VACUUM frees the space inside the pages, but the table
+    // and its indexes keep their size.
+    db.batch_execute("DELETE FROM roomy WHERE id % 10 <> 0")
+        .await
+        .unwrap();
+    db.batch_execute("VACUUM ANALYZE roomy").await.unwrap();
+    let findings = health_checks(&db, &thresholds).await.unwrap();
+    let table = found(&findings, "table_bloat", "public.roomy").expect("table bloat");
+    assert_eq!(table.severity, Severity::Warning, "{table:?}");
+    assert!(table.evidence.contains("is empty space"), "{table:?}");
+    assert!(table
+        .fix
+        .as_deref()
+        .unwrap()
+        .starts_with("VACUUM FULL public.roomy"));
+    let index = found(&findings, "index_bloat", "public.roomy_n").expect("index bloat");
+    assert_eq!(
+        index.fix.as_deref(),
+        Some("REINDEX INDEX CONCURRENTLY public.roomy_n;")
+    );
+    assert!(
+        found(&findings, "index_bloat", "roomy_pkey").is_some(),
+        "{findings:#?}"
+    );
+
+    // Rebuilt, nothing is left to report.
+    db.batch_execute("VACUUM FULL roomy").await.unwrap();
+    db.batch_execute("ANALYZE roomy").await.unwrap();
+    let findings = health_checks(&db, &thresholds).await.unwrap();
+    assert!(
+        found(&findings, "table_bloat", "roomy").is_none(),
+        "{findings:#?}"
+    );
+    assert!(
+        found(&findings, "index_bloat", "roomy").is_none(),
+        "{findings:#?}"
+    );
+}
