@@ -199,7 +199,7 @@ pub(crate) fn for_use(u: &TableUse, tables: &[Table]) -> Vec<Candidate> {
             .collect();
         out.extend(covering);
     }
-    for body in &u.gin {
+    for (body, _) in &u.gin {
         out.push(Candidate {
             table: u.table,
             gin: true,

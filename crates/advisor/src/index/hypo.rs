@@ -22,6 +22,8 @@ pub(crate) enum Probe {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Plan {
     pub cost: f64,
+    /// Rows the plan returns.
+    pub rows: f64,
     pub indexes: Vec<String>,
     /// Sequential scans: relation name and the rows the planner expects them to keep.
     pub seq_scans: Vec<(String, f64)>,
@@ -222,6 +224,7 @@ fn parse_plan(json: &str) -> Option<Plan> {
     let plan = v.get(0)?.get("Plan")?;
     let mut out = Plan {
         cost: plan.get("Total Cost")?.as_f64()?,
+        rows: plan.get("Plan Rows").and_then(Value::as_f64).unwrap_or(0.0),
         ..Plan::default()
     };
     collect(plan, &mut out);

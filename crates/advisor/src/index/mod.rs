@@ -188,8 +188,9 @@ pub fn workload_from_sql(text: &str) -> Vec<WorkloadStatement> {
 struct Stmt {
     weight: f64,
     tables: BTreeSet<usize>,
-    /// GIN candidates (judged apart: HypoPG cannot simulate them).
-    gin: Vec<Candidate>,
+    /// GIN candidates (judged apart: HypoPG cannot simulate them), with the share of the
+    /// table's rows their condition keeps, when the planner could estimate it.
+    gin: Vec<(Candidate, Option<f64>)>,
     probe: Probe,
     base: Plan,
     current: f64,
@@ -285,25 +286,37 @@ async fn run(
             stmts.push(None);
             continue;
         }
-        let probe = probe(&w.text, &shape, tables);
-        match hypo.explain(&probe).await? {
+        let statement_probe = probe(&w.text, &shape, tables);
+        match hypo.explain(&statement_probe).await? {
             Ok(base) => {
                 entry.cost_before = Some(base.cost);
                 let mut gin = Vec::new();
                 for u in &shape.uses {
                     for c in candidates::for_use(u, tables) {
-                        if c.gin {
-                            gin.push(c);
-                        } else {
+                        if !c.gin {
                             candidates.push(c);
+                            continue;
                         }
+                        // The share of rows its condition keeps, by the planner.
+                        let condition = u
+                            .gin
+                            .iter()
+                            .find(|(body, _)| c.keys.first() == Some(body))
+                            .and_then(|(_, sql)| sql.as_deref());
+                        let mut share = None;
+                        if let Some(sql) = condition {
+                            if let Ok(p) = hypo.explain(&probe(sql, &shape, tables)).await? {
+                                share = Some(p.rows / tables[c.table].rows.max(1.0));
+                            }
+                        }
+                        gin.push((c, share));
                     }
                 }
                 stmts.push(Some(Stmt {
                     weight: w.weight,
                     tables: shape.tables(),
                     gin,
-                    probe,
+                    probe: statement_probe,
                     current: base.cost,
                     base,
                 }));
@@ -419,18 +432,25 @@ async fn run(
     }
     report.cost_after = total_after;
 
-    // GIN indexes, which HypoPG cannot simulate: recommended, unverified, for a statement
-    // still reading a large table sequentially to keep few of its rows.
+    // GIN indexes, which HypoPG cannot simulate: recommended, unverified, for a condition
+    // that keeps few rows of a large table.
     let mut gins: Vec<(Candidate, Vec<usize>)> = Vec::new();
     for (i, (s, plan)) in stmts.iter().zip(&plans).enumerate() {
         let (Some(s), Some(plan)) = (s, plan) else {
             continue;
         };
-        for c in &s.gin {
+        for (c, share) in &s.gin {
             let t = &tables[c.table];
-            let selective = plan.seq_scans.iter().any(|(rel, rows)| {
-                *rel == t.name && t.rows >= GIN_MIN_ROWS && *rows <= GIN_MAX_SHARE * t.rows
-            });
+            // Its condition alone keeps few rows; or, when that could not be estimated,
+            // the statement still reads the table sequentially to keep few rows.
+            let selective = t.rows >= GIN_MIN_ROWS
+                && match share {
+                    Some(share) => *share <= GIN_MAX_SHARE,
+                    None => plan
+                        .seq_scans
+                        .iter()
+                        .any(|(rel, rows)| *rel == t.name && *rows <= GIN_MAX_SHARE * t.rows),
+                };
             if !selective {
                 continue;
             }

@@ -47,8 +47,12 @@ pub(crate) struct TableUse {
     pub eq: Vec<Key>,
     pub range: Vec<Key>,
     pub sort: Vec<SortKey>,
-    /// Bodies of GIN indexes (`tags`, `to_tsvector('english'::regconfig, body)`).
-    pub gin: Vec<String>,
+    /// GIN indexes: their body (`tags`, `to_tsvector('english'::regconfig, body)`) and
+    /// `SELECT 1 FROM table WHERE <the condition>`, for the planner to estimate the share
+    /// of rows the condition keeps (None when it cannot be written alone).
+    pub gin: Vec<(String, Option<String>)>,
+    /// The table reference as written (for such probes).
+    pub range_var: Option<pg_query::protobuf::RangeVar>,
     pub predicates: Vec<Predicate>,
     /// Every column touched (quoted identifiers).
     pub columns: BTreeSet<String>,
@@ -384,6 +388,7 @@ impl Walker<'_> {
         self.shape.uses.push(TableUse {
             table,
             read,
+            range_var: Some(r.clone()),
             ..TableUse::default()
         });
         let name = r
@@ -727,7 +732,8 @@ impl Walker<'_> {
                 for (this, other) in [(l, r), (r, l)] {
                     if let Some((u, body)) = self.text_search(this, scope) {
                         if !self.reads(other, u, scope) {
-                            self.shape.uses[u].gin.push(body);
+                            let probe = self.condition_probe(u, e);
+                            self.shape.uses[u].gin.push((body, probe));
                         }
                     }
                 }
@@ -747,11 +753,78 @@ impl Walker<'_> {
                     c.is_array && matches!(op, "@>" | "<@" | "&&")
                 };
                 if served && !self.reads(r, u, scope) {
-                    self.shape.uses[u].gin.push(k.sql);
+                    let probe = self.condition_probe(u, e);
+                    self.shape.uses[u].gin.push((k.sql, probe));
                 }
             }
             _ => {}
         }
+    }
+
+    /// `SELECT 1 FROM <the table as written> WHERE <e>`: the planner's estimate of the
+    /// rows one condition keeps. None when the condition refers to other tables or the
+    /// deparser fails.
+    fn condition_probe(&self, use_: usize, e: &pg_query::protobuf::AExpr) -> Option<String> {
+        use pg_query::protobuf::{AConst, Integer, LimitOption, ResTarget, SetOperation};
+        let expr = Node {
+            node: Some(NodeEnum::AExpr(Box::new(e.clone()))),
+        };
+        let refs_other = |n: &Node| -> bool {
+            let mut stack = vec![n];
+            while let Some(n) = stack.pop() {
+                match inner(n) {
+                    Some(NodeEnum::ColumnRef(c)) => {
+                        let q = (c.fields.len() >= 2)
+                            .then(|| string(&c.fields[c.fields.len() - 2]))
+                            .flatten();
+                        let rv = self.shape.uses[use_].range_var.as_ref();
+                        let own = rv.map(|r| {
+                            r.alias
+                                .as_ref()
+                                .map(|a| a.aliasname.as_str())
+                                .unwrap_or(r.relname.as_str())
+                        });
+                        if q.is_some() && q != own {
+                            return true;
+                        }
+                    }
+                    Some(NodeEnum::SubLink(_)) => return true,
+                    Some(other) => stack.extend(children(other)),
+                    None => {}
+                }
+            }
+            false
+        };
+        if refs_other(&expr) {
+            return None;
+        }
+        let one = Node {
+            node: Some(NodeEnum::AConst(AConst {
+                val: Some(a_const::Val::Ival(Integer { ival: 1 })),
+                ..AConst::default()
+            })),
+        };
+        let stmt = SelectStmt {
+            target_list: vec![Node {
+                node: Some(NodeEnum::ResTarget(Box::new(ResTarget {
+                    val: Some(Box::new(one)),
+                    ..ResTarget::default()
+                }))),
+            }],
+            from_clause: vec![Node {
+                node: Some(NodeEnum::RangeVar(self.shape.uses[use_].range_var.clone()?)),
+            }],
+            where_clause: Some(Box::new(expr)),
+            limit_option: LimitOption::Default as i32,
+            op: SetOperation::SetopNone as i32,
+            ..SelectStmt::default()
+        };
+        let node = NodeEnum::SelectStmt(Box::new(stmt));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            node.deparse(pg_query::DeparseOptions::default())
+        }))
+        .ok()?
+        .ok()
     }
 
     /// `tsv_column` or `to_tsvector('config', column)` (the one-argument form depends
