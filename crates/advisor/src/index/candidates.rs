@@ -77,9 +77,21 @@ impl Candidate {
     }
 
     /// An existing valid index with these keys leading, the same predicate and method,
-    /// that holds the INCLUDE columns too.
+    /// that holds the INCLUDE columns too; or a unique one on exactly these keys.
     fn served(&self, table: &Table) -> bool {
         let keys = self.bare_keys();
+        // A unique index on exactly these keys finds at most one row: covering it saves
+        // one heap page per lookup, not worth another index.
+        let unique_lookup = table.indexes.iter().any(|ix| {
+            ix.valid
+                && ix.enforces
+                && ix.method == "btree"
+                && ix.predicate.is_none()
+                && ix.keys == keys
+        });
+        if unique_lookup && self.predicate.is_none() && !self.gin {
+            return true;
+        }
         table.indexes.iter().any(|ix| {
             ix.valid
                 && (ix.method == "gin") == self.gin

@@ -332,7 +332,16 @@ async fn run(
     candidates.dedup();
     let total_before: f64 = stmts.iter().flatten().map(|s| s.weight * s.base.cost).sum();
     report.cost_before = total_before;
-    let threshold = options.min_improvement * total_before;
+    // An index must lower the workload's cost as it stands (with the indexes chosen so
+    // far) by this share: once a dominant statement is fixed, the rest still count.
+    let threshold = |stmts: &[Option<Stmt>]| -> f64 {
+        options.min_improvement
+            * stmts
+                .iter()
+                .flatten()
+                .map(|s| s.weight * s.current)
+                .sum::<f64>()
+    };
 
     // Greedy selection.
     struct Chosen {
@@ -349,6 +358,7 @@ async fn run(
     while chosen.len() < options.max_indexes {
         round += 1;
         let mut best: Option<(usize, f64, f64)> = None; // (candidate, gain, score)
+        let floor = threshold(&stmts);
         let todo: Vec<usize> = (0..candidates.len()).filter(|&c| active[c]).collect();
         for (n, &c) in todo.iter().enumerate() {
             progress(&format!("choosing index {round}"), n, todo.len());
@@ -370,14 +380,12 @@ async fn run(
                 continue;
             }
             let score = gain / bytes.max(8192) as f64;
-            if best.is_none_or(|(_, _, s)| score > s) {
+            // The best benefit per byte among those that clear the bar.
+            if gain >= floor && best.is_none_or(|(_, _, s)| score > s) {
                 best = Some((c, gain, score));
             }
         }
-        let Some((c, gain, _)) = best else { break };
-        if gain < threshold {
-            break;
-        }
+        let Some((c, _, _)) = best else { break };
         active[c] = false;
         let (oid, name, bytes) = hypo.create(&candidates[c].body(tables)).await?;
         used_bytes += bytes;
@@ -402,7 +410,7 @@ async fn run(
                 loss += s.weight * (cost(hypo, s).await?.cost - s.current);
             }
         }
-        if loss < threshold {
+        if loss < threshold(&stmts) {
             chosen.remove(i);
             recost(hypo, &mut stmts, Some(table)).await?;
         } else {
