@@ -245,7 +245,9 @@ async fn insight_workload(
     let database: String = db.query_one("SELECT current_database()", &[]).await?.get(0);
     let admin = connect(url, "pgopt admin console").await?;
     let mut shapes = crate::top::fetch(&admin).await?;
-    shapes.retain(|s| s.database == database);
+    // SHOW QUERIES merges a shape over databases (database empty): statements on tables
+    // this database lacks are skipped by the advisor.
+    shapes.retain(|s| s.database.is_empty() || s.database == database);
     shapes.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
     Ok(shapes
         .into_iter()

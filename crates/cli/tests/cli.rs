@@ -538,7 +538,7 @@ impl Drop for Killed {
 }
 
 #[test]
-fn top_shows_the_busiest_query_shapes_of_a_running_proxy() {
+fn top_and_advise_read_the_query_shapes_of_a_running_proxy() {
     let pg = pgopt_embedded::Postgres::builder()
         .start_blocking()
         .unwrap();
@@ -593,4 +593,34 @@ fn top_shows_the_busiest_query_shapes_of_a_running_proxy() {
         .find(|l| l.contains("FROM pg_class WHERE relpages > $1"))
         .unwrap_or_else(|| panic!("no pg_class shape:\n{stdout}"));
     assert_eq!(line.split_whitespace().nth(1), Some("5"), "{line}");
+
+    // The advisor takes the proxy's shapes as its workload.
+    pg.psql(
+        "CREATE TABLE events (id int PRIMARY KEY, account int);
+         INSERT INTO events SELECT i, i % 500 FROM generate_series(1, 50000) i;
+         ANALYZE events;",
+    )
+    .unwrap();
+    for i in 0..5 {
+        let out = psql(&format!("SELECT id FROM events WHERE account = {i}"));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = pgopt(&[
+        "advise",
+        &pg.url("postgres"),
+        "--only",
+        "indexes",
+        "--insight",
+        &format!("postgres://postgres@127.0.0.1:{port}/pgopt"),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("events_account_idx ON public.events (account)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("×5  SELECT id FROM events WHERE account = $1"),
+        "{stdout}"
+    );
 }
