@@ -123,6 +123,18 @@ async fn composite_partial_gin_and_expression_indexes() {
           ON public.orders (created_at) WHERE status = 'pending'"
         ]
     );
+    // A sort in mixed directions after the equality column: DESC where it matters.
+    let report = advise(
+        &db,
+        "SELECT id, total FROM orders WHERE customer_id = 7 ORDER BY created_at DESC, total LIMIT 5",
+    )
+    .await;
+    let defs = definitions(&report);
+    assert!(
+        defs.iter()
+            .any(|d| d.contains("ON public.orders (customer_id, created_at DESC, total)")),
+        "{defs:#?}"
+    );
     // Nothing was built, and hypopg (created for each run) is gone again.
     assert_eq!(catalog(&db).await, before);
 }
