@@ -173,6 +173,8 @@ async fn nothing_when_the_right_index_exists_and_unused_ones_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_it_cannot_parse_or_plan_get_nothing() {
     let (_pg, db) = setup().await;
+    // A prepared statement of the caller's own survives the run.
+    db.batch_execute("PREPARE mine AS SELECT 1").await.unwrap();
     let report = advise(
         &db,
         "SELEC id FROM orders WHERE customer_id = 1;
@@ -189,6 +191,19 @@ async fn statements_it_cannot_parse_or_plan_get_nothing() {
     assert!(skipped[0].starts_with("does not parse"), "{skipped:?}");
     assert_eq!(skipped[1], "reads no table of this database");
     assert_eq!(skipped[2], "reads no table of this database");
+    // A statement ending in a comment, planned generically ($1 in an expression pgopt
+    // cannot give a value), is still costed.
+    let report = advise(
+        &db,
+        "SELECT id FROM orders WHERE customer_id = 1 AND total = $1 + 0 -- a comment",
+    )
+    .await;
+    let s = &report.statements[0];
+    assert!(
+        s.skipped.is_none() && s.cost_before.is_some(),
+        "{report:#?}"
+    );
+    db.batch_execute("EXECUTE mine").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

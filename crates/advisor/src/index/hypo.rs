@@ -90,7 +90,7 @@ impl<'c> Hypo<'c> {
         client
             .batch_execute(&format!(
                 "{set} plan_cache_mode = force_generic_plan; {set} statement_timeout = '60s';
-                 {set} lock_timeout = '5s'; DEALLOCATE ALL"
+                 {set} lock_timeout = '5s'"
             ))
             .await
             .map_err(&q)?;
@@ -99,6 +99,7 @@ impl<'c> Hypo<'c> {
             schema,
             in_transaction,
         };
+        hypo.deallocate_probe().await?;
         hypo.reset().await?;
         Ok(hypo)
     }
@@ -116,6 +117,27 @@ impl<'c> Hypo<'c> {
                 .await
                 .map_err(q)
         }
+    }
+
+    /// Drops the probe's prepared statement if a failed run left it (only that one: the
+    /// caller's own prepared statements on this connection stay).
+    async fn deallocate_probe(&self) -> Result<(), AdvisorError> {
+        let q = query_error("index_advisor.explain");
+        let left = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_prepared_statements WHERE name = 'pgopt_probe'",
+                &[],
+            )
+            .await
+            .map_err(&q)?;
+        if left.is_some() {
+            self.client
+                .batch_execute("DEALLOCATE pgopt_probe")
+                .await
+                .map_err(&q)?;
+        }
+        Ok(())
     }
 
     async fn reset(&self) -> Result<(), AdvisorError> {
@@ -172,12 +194,13 @@ impl<'c> Hypo<'c> {
     /// The plan of one statement; an Err is the server's message (the statement is then
     /// left out of the workload).
     pub async fn explain(&self, probe: &Probe) -> Result<Result<Plan, String>, AdvisorError> {
+        // A statement may end in a `--` comment: a newline ends it before what follows.
         let body = match probe {
-            Probe::Plain(text) => format!("EXPLAIN (FORMAT JSON) {text}"),
+            Probe::Plain(text) => format!("EXPLAIN (FORMAT JSON) {text}\n"),
             Probe::Generic { text, params } => {
                 let nulls = vec!["NULL"; *params].join(", ");
                 format!(
-                    "PREPARE pgopt_probe AS {text};
+                    "PREPARE pgopt_probe AS {text}\n;
                      EXPLAIN (FORMAT JSON) EXECUTE pgopt_probe({nulls});
                      DEALLOCATE pgopt_probe"
                 )
@@ -200,15 +223,14 @@ impl<'c> Hypo<'c> {
                     .ok_or_else(|| "EXPLAIN returned no plan".to_string()))
             }
             Err(e) if e.as_db_error().is_some() => {
-                let cleanup = if self.in_transaction {
-                    "ROLLBACK TO pgopt_probe; RELEASE pgopt_probe; DEALLOCATE ALL"
-                } else {
-                    "DEALLOCATE ALL"
-                };
-                self.client
-                    .batch_execute(cleanup)
-                    .await
-                    .map_err(query_error("index_advisor.explain"))?;
+                if self.in_transaction {
+                    self.client
+                        .batch_execute("ROLLBACK TO pgopt_probe; RELEASE pgopt_probe")
+                        .await
+                        .map_err(query_error("index_advisor.explain"))?;
+                }
+                // PREPARE is not transactional: a failed batch can leave it behind.
+                self.deallocate_probe().await?;
                 Ok(Err(db_message(&e)))
             }
             Err(source) => Err(AdvisorError::Query {
