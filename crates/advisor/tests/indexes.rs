@@ -171,6 +171,28 @@ async fn nothing_when_the_right_index_exists_and_unused_ones_are_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wider_index_names_the_narrower_one_it_makes_redundant() {
+    let (_pg, db) = setup().await;
+    db.batch_execute("CREATE INDEX orders_customer ON orders (customer_id)")
+        .await
+        .unwrap();
+    let report = advise(
+        &db,
+        "SELECT * FROM orders WHERE customer_id = 42 AND created_at > '2026-03-05'",
+    )
+    .await;
+    let rec = &report.recommendations[..];
+    assert_eq!(rec.len(), 1, "{report:#?}");
+    assert!(
+        rec[0]
+            .definition
+            .ends_with("ON public.orders (customer_id, created_at)"),
+        "{report:#?}"
+    );
+    assert_eq!(rec[0].supersedes, ["public.orders_customer"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_it_cannot_parse_or_plan_get_nothing() {
     let (_pg, db) = setup().await;
     // A prepared statement of the caller's own survives the run.

@@ -311,6 +311,11 @@ fn index_text(r: &IndexReport) -> String {
             rec.statements.len(),
             if rec.statements.len() == 1 { "" } else { "s" }
         ));
+        for old in &rec.supersedes {
+            out.push_str(&format!(
+                "     makes {old} redundant: DROP INDEX CONCURRENTLY IF EXISTS {old}; once built\n"
+            ));
+        }
     }
     out.push_str("\n  Statements (planner cost of one run, before → after):\n");
     for s in &r.statements {
@@ -390,6 +395,12 @@ fn migration(r: &IndexReport, drop_unused: bool) -> String {
             out.push_str(&format!("--   {}\n", one_line(&r.statements[i].text, 100)));
         }
         out.push_str(&format!("{};\n", rec.definition));
+        for old in &rec.supersedes {
+            out.push_str(&format!(
+                "-- {old} leads it and is then redundant; after checking nothing else needs it:\n\
+                 -- DROP INDEX CONCURRENTLY IF EXISTS {old};\n"
+            ));
+        }
     }
     for u in &r.unused {
         out.push_str(&format!(

@@ -68,11 +68,32 @@ impl Candidate {
         format!("{}_idx", name.trim_end_matches('_'))
     }
 
-    fn bare_keys(&self) -> Vec<&str> {
+    pub fn bare_keys(&self) -> Vec<&str> {
         self.keys
             .iter()
             .map(|k| k.split(" DESC").next().unwrap_or(k))
             .map(|k| k.split(" NULLS").next().unwrap_or(k))
+            .collect()
+    }
+
+    /// Existing indexes this one makes redundant: plain (no predicate, no INCLUDE, not
+    /// enforcing a constraint) ones of the same method whose keys lead this one's.
+    pub fn supersedes(&self, table: &Table) -> Vec<String> {
+        let keys = self.bare_keys();
+        table
+            .indexes
+            .iter()
+            .filter(|ix| {
+                ix.valid
+                    && !ix.enforces
+                    && (ix.method == "gin") == self.gin
+                    && ix.predicate.is_none()
+                    && self.predicate.is_none()
+                    && ix.include.is_empty()
+                    && ix.keys.len() <= keys.len()
+                    && ix.keys.iter().zip(&keys).all(|(a, b)| a == b)
+            })
+            .map(|ix| ix.name.clone())
             .collect()
     }
 

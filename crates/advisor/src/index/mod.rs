@@ -85,6 +85,9 @@ pub struct Recommendation {
     /// simulate, are recommended from the operator and the share of rows the statement
     /// keeps, unverified.
     pub verified: bool,
+    /// Existing indexes whose keys lead this one's: once it is built they serve nothing
+    /// it does not (drop them after checking no other workload needs them).
+    pub supersedes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -507,6 +510,7 @@ async fn run(
             statements: Vec::new(),
             cost_before: 0.0,
             cost_after: hypo_name.as_ref().map(|_| 0.0),
+            supersedes: c.supersedes(&tables[c.table]),
         };
         for (i, (s, plan)) in stmts.iter().zip(&plans).enumerate() {
             let (Some(s), Some(plan)) = (s, plan) else {
