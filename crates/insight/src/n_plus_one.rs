@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::error::InsightError;
@@ -112,9 +112,20 @@ impl LiveFinding {
 }
 
 struct Shared {
-    config: NPlusOneConfig,
+    config: RwLock<NPlusOneConfig>,
     findings: Mutex<VecDeque<Arc<LiveFinding>>>,
     total: AtomicU64,
+}
+
+fn check(config: &NPlusOneConfig) -> Result<(), InsightError> {
+    if !(2..=1000).contains(&config.threshold) {
+        return Err(InsightError::InvalidConfig {
+            key: "n_plus_one.threshold",
+            value: config.threshold.to_string(),
+            expected: "2 to 1000",
+        });
+    }
+    Ok(())
 }
 
 /// Collects findings from all sessions. Cheap to clone (shared state).
@@ -125,20 +136,21 @@ pub struct NPlusOneDetector {
 
 impl NPlusOneDetector {
     pub fn new(config: NPlusOneConfig) -> Result<Self, InsightError> {
-        if !(2..=1000).contains(&config.threshold) {
-            return Err(InsightError::InvalidConfig {
-                key: "n_plus_one.threshold",
-                value: config.threshold.to_string(),
-                expected: "2 to 1000",
-            });
-        }
+        check(&config)?;
         Ok(NPlusOneDetector {
             shared: Arc::new(Shared {
-                config,
+                config: RwLock::new(config),
                 findings: Mutex::new(VecDeque::new()),
                 total: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Takes new settings (RELOAD); sessions use them from their next statement.
+    pub fn set_config(&self, config: NPlusOneConfig) -> Result<(), InsightError> {
+        check(&config)?;
+        *self.shared.config.write() = config;
+        Ok(())
     }
 
     /// Per-session state; create one per client session.
@@ -241,7 +253,7 @@ impl NPlusOneSession {
             threshold,
             window_ms,
             keep_last,
-        } = self.shared.config;
+        } = self.shared.config.read().clone();
         if !enabled {
             return false;
         }
@@ -333,7 +345,7 @@ impl NPlusOneSession {
             });
             return self.slots.len() - 1;
         }
-        let window_ms = self.shared.config.window_ms;
+        let window_ms = self.shared.config.read().window_ms;
         let in_txn = self.in_transaction;
         // Reuse an expired burst slot first, else the fewest calls, least
         // recently used.

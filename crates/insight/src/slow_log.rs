@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::params::{render_params, ParamMode, ParamRef};
@@ -88,8 +88,7 @@ enum Sink {
 
 /// Slow-statement log. Share it with `Arc<SlowLog>`.
 pub struct SlowLog {
-    config: SlowLogConfig,
-    threshold: Duration,
+    config: RwLock<SlowLogConfig>,
     sink: Sink,
     recent: Mutex<VecDeque<SlowEntry>>,
     logged: AtomicU64,
@@ -100,9 +99,8 @@ impl SlowLog {
     /// A log that only keeps entries in memory.
     pub fn new(config: SlowLogConfig) -> Self {
         SlowLog {
-            threshold: Duration::from_millis(config.threshold_ms),
             recent: Mutex::new(VecDeque::with_capacity(config.keep_last.min(1024))),
-            config,
+            config: RwLock::new(config),
             sink: Sink::Memory,
             logged: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
@@ -122,14 +120,25 @@ impl SlowLog {
         self
     }
 
-    pub fn config(&self) -> &SlowLogConfig {
-        &self.config
+    pub fn config(&self) -> SlowLogConfig {
+        self.config.read().clone()
+    }
+
+    /// Takes new settings (RELOAD); kept entries stay, trimmed to `keep_last`.
+    pub fn set_config(&self, config: SlowLogConfig) {
+        let keep = config.keep_last;
+        *self.config.write() = config;
+        let mut recent = self.recent.lock();
+        while recent.len() > keep {
+            recent.pop_front();
+        }
     }
 
     /// Whether a statement of this duration would be logged; cheap, for the
     /// hot path to skip building a [`SlowStatement`].
     pub fn is_slow(&self, duration: Duration) -> bool {
-        self.config.enabled && duration >= self.threshold
+        let c = self.config.read();
+        c.enabled && duration >= Duration::from_millis(c.threshold_ms)
     }
 
     /// Logs `stmt` if it is slow; returns whether it was.
@@ -159,9 +168,10 @@ impl SlowLog {
             }
         }
         self.logged.fetch_add(1, Ordering::Relaxed);
-        if self.config.keep_last > 0 {
+        let keep_last = self.config.read().keep_last;
+        if keep_last > 0 {
             let mut recent = self.recent.lock();
-            if recent.len() >= self.config.keep_last {
+            if recent.len() >= keep_last {
                 recent.pop_front();
             }
             recent.push_back(entry);
@@ -170,19 +180,20 @@ impl SlowLog {
     }
 
     fn entry(&self, stmt: &SlowStatement<'_>) -> SlowEntry {
+        let config = self.config();
         let unix_ms = unix_millis(stmt.at);
         SlowEntry {
             timestamp: format_rfc3339_millis(unix_ms),
             unix_ms,
             fingerprint: crate::fingerprint_hex(stmt.fingerprint),
-            query: cut_at_char_boundary(stmt.query, self.config.max_query_bytes),
+            query: cut_at_char_boundary(stmt.query, config.max_query_bytes),
             duration_ms: stmt.duration.as_secs_f64() * 1000.0,
             rows: stmt.rows,
             database: stmt.database.to_owned(),
             user: stmt.user.to_owned(),
             client_addr: stmt.client_addr.map(|a| a.to_string()),
             sqlstate: stmt.error.map(|c| String::from_utf8_lossy(&c).into_owned()),
-            params: render_params(stmt.params, self.config.params),
+            params: render_params(stmt.params, config.params),
         }
     }
 

@@ -66,6 +66,23 @@ impl InsightState {
             plans: Plans::new(settings.plans.clone()),
         })
     }
+
+    /// RELOAD: the slow log, N+1 and plan settings take effect at once, keeping what was
+    /// collected. Turning insight on or off and the statistics store's own settings
+    /// (`max_fingerprints`…) need a restart.
+    pub fn apply(&self, old: &InsightSettings, new: &InsightSettings) -> Result<(), String> {
+        self.n_plus_one
+            .set_config(new.n_plus_one.clone())
+            .map_err(|e| format!("insight.n_plus_one: {e}"))?;
+        self.slow.set_config(new.slow_log.clone());
+        self.plans.set_settings(new.plans.clone());
+        if new.enabled != old.enabled || new.store != old.store {
+            tracing::warn!(
+                "insight.enabled and the insight store's settings take effect after a restart"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A statement sent to the server whose completion is awaited.

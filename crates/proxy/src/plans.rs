@@ -88,7 +88,7 @@ pub struct CapturedPlan {
 
 /// The plans captured so far and the sending end of the capture queue.
 pub struct Plans {
-    settings: PlanSettings,
+    settings: Mutex<PlanSettings>,
     sender: mpsc::Sender<PlanRequest>,
     receiver: Mutex<Option<mpsc::Receiver<PlanRequest>>>,
     state: Mutex<PlanState>,
@@ -106,34 +106,54 @@ impl Plans {
     pub fn new(settings: PlanSettings) -> Plans {
         let (sender, receiver) = mpsc::channel(16);
         Plans {
-            settings,
+            settings: Mutex::new(settings),
             sender,
             receiver: Mutex::new(Some(receiver)),
             state: Mutex::default(),
         }
     }
 
+    pub fn settings(&self) -> PlanSettings {
+        lock(&self.settings).clone()
+    }
+
+    /// Takes new settings (RELOAD); captured plans stay, trimmed to `keep`.
+    pub fn set_settings(&self, settings: PlanSettings) {
+        let keep = settings.keep;
+        *lock(&self.settings) = settings;
+        let mut state = lock(&self.state);
+        while state.order.len() > keep {
+            if let Some(old) = state.order.pop_front() {
+                state.plans.remove(&old);
+            }
+        }
+    }
+
     pub fn enabled(&self) -> bool {
-        self.settings.enabled
+        lock(&self.settings).enabled
     }
 
     /// Whether a statement this slow is worth a plan (cheap, for the hot path).
     pub fn wants(&self, duration: Duration) -> bool {
-        self.settings.enabled && duration >= self.settings.threshold
+        let s = lock(&self.settings);
+        s.enabled && duration >= s.threshold
     }
 
     /// Queues a capture unless this shape was captured recently or the queue is full.
     pub fn request(&self, request: PlanRequest) {
+        let (interval, keep) = {
+            let s = lock(&self.settings);
+            (s.interval, s.keep)
+        };
         {
             let mut state = lock(&self.state);
             let now = Instant::now();
             if let Some(at) = state.asked.get(&request.fingerprint) {
-                if now.duration_since(*at) < self.settings.interval {
+                if now.duration_since(*at) < interval {
                     return;
                 }
             }
-            if state.asked.len() >= self.settings.keep * 4 {
-                let interval = self.settings.interval;
+            if state.asked.len() >= keep * 4 {
                 state
                     .asked
                     .retain(|_, at| now.duration_since(*at) < interval);
@@ -159,11 +179,12 @@ impl Plans {
     }
 
     fn store(&self, fingerprint: u64, plan: CapturedPlan) {
+        let keep = lock(&self.settings).keep;
         let mut state = lock(&self.state);
         if state.plans.insert(fingerprint, plan).is_none() {
             state.order.push_back(fingerprint);
         }
-        while state.order.len() > self.settings.keep {
+        while state.order.len() > keep {
             if let Some(old) = state.order.pop_front() {
                 state.plans.remove(&old);
             }
@@ -180,15 +201,15 @@ pub async fn capture_loop(shared: Arc<Shared>) {
     let Some(mut receiver) = lock(&plans.receiver).take() else {
         return;
     };
-    let spacing = Duration::from_secs(60) / plans.settings.per_minute.max(1);
     let mut last: Option<Instant> = None;
     while let Some(request) = receiver.recv().await {
+        let settings = plans.settings();
         if let Some(at) = last {
-            let next = at + spacing;
-            tokio::time::sleep_until(next.into()).await;
+            let spacing = Duration::from_secs(60) / settings.per_minute.max(1);
+            tokio::time::sleep_until((at + spacing).into()).await;
         }
         last = Some(Instant::now());
-        let plan = capture(&shared, &plans.settings, &request).await;
+        let plan = capture(&shared, &settings, &request).await;
         plans.store(request.fingerprint, plan);
     }
 }

@@ -59,7 +59,8 @@ pub struct Shared {
     tls: RwLock<Option<TlsAcceptor>>,
     /// TLS to servers, unless disabled (swapped on RELOAD).
     server_tls: RwLock<Option<ServerTlsConnector>>,
-    /// Query insight, unless disabled (set at start; RELOAD keeps it).
+    /// Query insight, unless disabled at start (RELOAD applies its settings, keeping
+    /// the statistics).
     pub insight: Option<Arc<InsightState>>,
 }
 
@@ -281,7 +282,7 @@ impl Shared {
     }
 
     /// Applies a new config. Takes effect at once: users, auth method, pool limits,
-    /// timeouts, max_client_conn. Databases whose server changed get new pools (clients
+    /// timeouts, max_client_conn, the slow log, N+1 and plan-capture settings. Databases whose server changed get new pools (clients
     /// already connected finish on the old ones). `listen` and `admin_listen` need a
     /// restart.
     pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
@@ -289,6 +290,11 @@ impl Shared {
         let tls = tls_acceptor_for(&new)?;
         let server_tls = ServerTlsConnector::new(&new.server_tls)?;
         let old = self.config();
+        if let Some(insight) = &self.insight {
+            insight
+                .apply(&old.insight, &new.insight)
+                .map_err(ProxyError::Protocol)?;
+        }
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!("listen and admin_listen changes take effect after a restart");
         }

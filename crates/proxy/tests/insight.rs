@@ -6,9 +6,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{admin, connect, http_get, show, start_with};
+use common::{admin, config_for, connect, http_get, show, start_with};
 use pgopt_embedded::Postgres;
-use pgopt_proxy::Proxy;
+use pgopt_proxy::{PoolMode, Proxy};
 
 /// SHOW QUERIES rows whose normalized text contains `needle`.
 async fn shapes(proxy: &Proxy, needle: &str) -> Vec<HashMap<String, String>> {
@@ -230,6 +230,26 @@ async fn the_slow_log_keeps_slow_statements_with_parameters_redacted() {
         json.contains("pg_sleep") && !json.contains("secret"),
         "{json}"
     );
+
+    // RELOAD applies a new threshold at once and keeps what was logged; a bad N+1
+    // setting is refused with nothing changed.
+    let reconfigured = |threshold_ms: u64, n_plus_one: u32| {
+        let mut c = config_for(&pg, PoolMode::Transaction, 2);
+        c.admin_users = vec!["postgres".into()];
+        c.admin_listen = proxy.admin_addr();
+        c.insight.slow_log.threshold_ms = threshold_ms;
+        c.insight.n_plus_one.threshold = n_plus_one;
+        c
+    };
+    let err = proxy.handle().apply(reconfigured(10, 1)).unwrap_err();
+    assert!(err.to_string().contains("n_plus_one"), "{err}");
+    proxy.handle().apply(reconfigured(5000, 10)).unwrap();
+    let sleep = "SELECT pg_sleep($1::float8), $2::text";
+    client.query_one(sleep, &[&0.08f64, &"x"]).await.unwrap();
+    assert_eq!(show(&admin, "SLOW").await.len(), 1);
+    proxy.handle().apply(reconfigured(10, 10)).unwrap();
+    client.query_one(sleep, &[&0.02f64, &"x"]).await.unwrap();
+    assert_eq!(show(&admin, "SLOW").await.len(), 2);
 }
 
 #[tokio::test]
