@@ -89,10 +89,20 @@ enum Sink {
 /// Slow-statement log. Share it with `Arc<SlowLog>`.
 pub struct SlowLog {
     config: RwLock<SlowLogConfig>,
+    /// The hot path's copy of the threshold in µs; `u64::MAX` when disabled.
+    threshold_us: AtomicU64,
     sink: Sink,
     recent: Mutex<VecDeque<SlowEntry>>,
     logged: AtomicU64,
     write_errors: AtomicU64,
+}
+
+fn threshold_us(config: &SlowLogConfig) -> u64 {
+    if config.enabled {
+        config.threshold_ms.saturating_mul(1000).min(u64::MAX - 1)
+    } else {
+        u64::MAX
+    }
 }
 
 impl SlowLog {
@@ -100,6 +110,7 @@ impl SlowLog {
     pub fn new(config: SlowLogConfig) -> Self {
         SlowLog {
             recent: Mutex::new(VecDeque::with_capacity(config.keep_last.min(1024))),
+            threshold_us: AtomicU64::new(threshold_us(&config)),
             config: RwLock::new(config),
             sink: Sink::Memory,
             logged: AtomicU64::new(0),
@@ -127,6 +138,8 @@ impl SlowLog {
     /// Takes new settings (RELOAD); kept entries stay, trimmed to `keep_last`.
     pub fn set_config(&self, config: SlowLogConfig) {
         let keep = config.keep_last;
+        self.threshold_us
+            .store(threshold_us(&config), Ordering::Relaxed);
         *self.config.write() = config;
         let mut recent = self.recent.lock();
         while recent.len() > keep {
@@ -137,8 +150,8 @@ impl SlowLog {
     /// Whether a statement of this duration would be logged; cheap, for the
     /// hot path to skip building a [`SlowStatement`].
     pub fn is_slow(&self, duration: Duration) -> bool {
-        let c = self.config.read();
-        c.enabled && duration >= Duration::from_millis(c.threshold_ms)
+        let threshold = self.threshold_us.load(Ordering::Relaxed);
+        threshold != u64::MAX && duration.as_micros() >= u128::from(threshold)
     }
 
     /// Logs `stmt` if it is slow; returns whether it was.

@@ -6,6 +6,7 @@
 //! scans of large tables are flagged.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,8 @@ pub struct CapturedPlan {
 /// The plans captured so far and the sending end of the capture queue.
 pub struct Plans {
     settings: Mutex<PlanSettings>,
+    /// The hot path's copy of the threshold in µs; `u64::MAX` when disabled.
+    threshold_us: AtomicU64,
     sender: mpsc::Sender<PlanRequest>,
     receiver: Mutex<Option<mpsc::Receiver<PlanRequest>>>,
     state: Mutex<PlanState>,
@@ -102,10 +105,21 @@ struct PlanState {
     asked: HashMap<u64, Instant>,
 }
 
+fn threshold_us(settings: &PlanSettings) -> u64 {
+    if settings.enabled {
+        u64::try_from(settings.threshold.as_micros())
+            .unwrap_or(u64::MAX - 1)
+            .min(u64::MAX - 1)
+    } else {
+        u64::MAX
+    }
+}
+
 impl Plans {
     pub fn new(settings: PlanSettings) -> Plans {
         let (sender, receiver) = mpsc::channel(16);
         Plans {
+            threshold_us: AtomicU64::new(threshold_us(&settings)),
             settings: Mutex::new(settings),
             sender,
             receiver: Mutex::new(Some(receiver)),
@@ -120,6 +134,8 @@ impl Plans {
     /// Takes new settings (RELOAD); captured plans stay, trimmed to `keep`.
     pub fn set_settings(&self, settings: PlanSettings) {
         let keep = settings.keep;
+        self.threshold_us
+            .store(threshold_us(&settings), Ordering::Relaxed);
         *lock(&self.settings) = settings;
         let mut state = lock(&self.state);
         while state.order.len() > keep {
@@ -130,13 +146,13 @@ impl Plans {
     }
 
     pub fn enabled(&self) -> bool {
-        lock(&self.settings).enabled
+        self.threshold_us.load(Ordering::Relaxed) != u64::MAX
     }
 
     /// Whether a statement this slow is worth a plan (cheap, for the hot path).
     pub fn wants(&self, duration: Duration) -> bool {
-        let s = lock(&self.settings);
-        s.enabled && duration >= s.threshold
+        let threshold = self.threshold_us.load(Ordering::Relaxed);
+        threshold != u64::MAX && duration.as_micros() >= u128::from(threshold)
     }
 
     /// Queues a capture unless this shape was captured recently or the queue is full.
