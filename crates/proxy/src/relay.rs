@@ -71,6 +71,12 @@ pub struct Relay {
     skipping: bool,
     /// The settings before the open transaction's first SET, restored if it rolls back.
     tx_snapshot: Option<(Settings, Applied)>,
+    /// A ROLLBACK came since the last ReadyForQuery: the whole transaction (restore the
+    /// snapshot) or, when still in a transaction, ROLLBACK TO SAVEPOINT.
+    rolled_back: bool,
+    /// Settings a ROLLBACK TO SAVEPOINT may have undone: read back from the server as
+    /// soon as nothing is in flight.
+    resync: Vec<String>,
     /// The current batch's client messages, kept in case it must run again after a
     /// schema change (see `replan.rs`); `replayed`: this is its second run.
     replay: Option<Replay>,
@@ -125,6 +131,8 @@ impl Relay {
             pending_change: None,
             skipping: false,
             tx_snapshot: None,
+            rolled_back: false,
+            resync: Vec::new(),
             replay: None,
             replayed: false,
             dropping: false,
@@ -750,9 +758,61 @@ impl Relay {
         };
         self.sbuf.advance(pos);
         result?;
-        match self.rerun.take() {
-            Some(batch) => self.run_again(batch).await,
-            None => Ok(()),
+        if let Some(batch) = self.rerun.take() {
+            self.run_again(batch).await?;
+        }
+        self.resync_settings().await;
+        Ok(())
+    }
+
+    /// After ROLLBACK TO SAVEPOINT undid SETs: once nothing is in flight (and the
+    /// transaction is not in a failed state), reads the affected settings back from the
+    /// server, so the client and the connection's bookkeeping hold what PostgreSQL has.
+    /// If that fails the connection's state is unknown, so it is closed.
+    async fn resync_settings(&mut self) {
+        if self.resync.is_empty()
+            || !self.expected.is_empty()
+            || !self.sbuf.is_empty()
+            || self.dropping
+            || self.status == TransactionStatus::Failed
+        {
+            return;
+        }
+        let Some(server) = self.server.as_mut() else {
+            self.resync.clear();
+            return;
+        };
+        let names = std::mem::take(&mut self.resync);
+        let columns: Vec<String> = names
+            .iter()
+            .map(|n| {
+                format!(
+                    "pg_catalog.current_setting('{}', true)",
+                    n.replace('\'', "''")
+                )
+            })
+            .collect();
+        let mut query = BytesMut::new();
+        let sql = format!("SELECT {}", columns.join(", "));
+        let sent = (Query { sql: &sql }).encode(&mut query);
+        let result = match sent {
+            Ok(()) => server.conn.query(&query, self.max_len).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(r) if r.error.is_none() && r.rows.len() == 1 => {
+                let applied = &mut server.conn.applied;
+                for (name, value) in names.iter().zip(r.rows[0].iter()) {
+                    self.settings.adopt(name, value.clone(), applied);
+                }
+            }
+            other => {
+                tracing::warn!(
+                    ?other,
+                    "reading settings back after ROLLBACK TO SAVEPOINT failed; closing the server connection"
+                );
+                self.server_lost().await;
+            }
         }
     }
 
@@ -875,12 +935,10 @@ impl Relay {
                     }
                 }
                 // PostgreSQL undoes a transaction's SETs when it rolls back (a failed
-                // transaction's COMMIT answers ROLLBACK too).
+                // transaction's COMMIT answers ROLLBACK too); ROLLBACK TO SAVEPOINT has
+                // the same tag and undoes only some: ReadyForQuery tells them apart.
                 if body == b"ROLLBACK\0" {
-                    if let Some((settings, applied)) = self.tx_snapshot.take() {
-                        self.settings = settings;
-                        conn.applied = applied;
-                    }
+                    self.rolled_back = true;
                 } else if body == b"COMMIT\0" {
                     self.tx_snapshot = None;
                 }
@@ -893,6 +951,25 @@ impl Relay {
             _ => {
                 self.replay = None;
                 self.replayed = false;
+                if std::mem::take(&mut self.rolled_back) {
+                    if self.status == TransactionStatus::Idle {
+                        // The whole transaction: its SETs are gone.
+                        if let (Some((settings, applied)), Some(server)) =
+                            (self.tx_snapshot.take(), self.server.as_mut())
+                        {
+                            self.settings = settings;
+                            server.conn.applied = applied;
+                        }
+                        self.resync.clear();
+                    } else if let Some((before, _)) = &self.tx_snapshot {
+                        // To a savepoint: which SETs it undid only the server knows.
+                        for name in self.settings.changed_since(before) {
+                            if !self.resync.contains(&name) {
+                                self.resync.push(name);
+                            }
+                        }
+                    }
+                }
                 if self.status == TransactionStatus::Idle {
                     self.tx_snapshot = None;
                 }

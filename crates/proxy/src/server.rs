@@ -325,6 +325,7 @@ impl ServerConn {
 }
 
 /// What pgopt's own queries on a server connection got back.
+#[derive(Debug)]
 pub struct QueryResult {
     /// The rows of the last result set, as text.
     pub rows: Vec<Vec<Option<String>>>,

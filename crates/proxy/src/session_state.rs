@@ -107,6 +107,36 @@ impl Settings {
         self.rehash();
     }
 
+    /// Names whose setting differs between `self` and `other`.
+    pub fn changed_since(&self, other: &Settings) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for name in self.current.keys().chain(other.current.keys()) {
+            if self.current.get(name) != other.current.get(name) && !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
+
+    /// The server's own value of a setting, as read back (`None`: it no longer exists,
+    /// a custom setting created inside a rolled-back savepoint). Both the client's
+    /// settings and what `server` has follow it.
+    pub fn adopt(&mut self, name: &str, value: Option<String>, server: &mut Applied) {
+        match value {
+            Some(v) => {
+                self.current
+                    .insert(name.to_string(), Setting::Value(v.clone()));
+                server.map.insert(name.to_string(), Setting::Value(v));
+            }
+            None => {
+                self.current.remove(name);
+                server.map.remove(name);
+            }
+        }
+        self.rehash();
+        server.version = version_of(&server.map);
+    }
+
     /// RESET ALL or DISCARD ALL: back to the start-up parameters.
     pub fn reset_all(&mut self) {
         self.current = self.startup.clone();

@@ -482,6 +482,43 @@ async fn transaction_mode_carries_startup_options_and_sets_across_server_connect
             );
         }
     }
+    // ROLLBACK TO SAVEPOINT undoes only the SETs made after the savepoint; what stays
+    // follows the client, and nothing of it reaches the others on that connection.
+    for sql in [
+        "BEGIN",
+        "SET work_mem = '11MB'",
+        "SAVEPOINT s",
+        "SET work_mem = '12MB'",
+        "SET statement_timeout = '999ms'",
+        "ROLLBACK TO SAVEPOINT s",
+    ] {
+        b.batch_execute(sql).await.unwrap();
+    }
+    assert_eq!(show(&b, "work_mem").await, "11MB");
+    assert_eq!(show(&b, "statement_timeout").await, "4321ms");
+    b.batch_execute("COMMIT").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(show(&b, "work_mem").await, "11MB");
+        assert_eq!(show(&b, "statement_timeout").await, "4321ms");
+        assert_eq!(show(&a, "work_mem").await, "7MB");
+        assert_eq!(show(&plain, "work_mem").await, "4MB");
+        assert_eq!(show(&plain, "statement_timeout").await, "0");
+    }
+    // A whole ROLLBACK after a ROLLBACK TO still restores the start of the transaction.
+    for sql in [
+        "BEGIN",
+        "SAVEPOINT s",
+        "SET work_mem = '13MB'",
+        "ROLLBACK TO s",
+        "SET work_mem = '14MB'",
+        "ROLLBACK",
+    ] {
+        b.batch_execute(sql).await.unwrap();
+    }
+    for _ in 0..2 {
+        assert_eq!(show(&b, "work_mem").await, "11MB");
+        assert_eq!(show(&a, "work_mem").await, "7MB");
+    }
 }
 
 #[tokio::test]
