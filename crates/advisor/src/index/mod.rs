@@ -14,7 +14,7 @@ mod catalog;
 mod hypo;
 mod shape;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -358,6 +358,11 @@ async fn run(
     let mut used_bytes = 0i64;
     let budget = options.budget_bytes.unwrap_or(i64::MAX);
     let mut round = 0;
+    // A statement's cost with the chosen set plus one candidate, kept across rounds:
+    // choosing an index on table T changes only the plans of statements that read T,
+    // so only those are planned again. Also each candidate's estimated size.
+    let mut with_candidate: HashMap<(usize, usize), f64> = HashMap::new();
+    let mut sizes: HashMap<usize, i64> = HashMap::new();
     while chosen.len() < options.max_indexes {
         round += 1;
         let mut best: Option<(usize, f64, f64)> = None; // (candidate, gain, score)
@@ -365,19 +370,44 @@ async fn run(
         let todo: Vec<usize> = (0..candidates.len()).filter(|&c| active[c]).collect();
         for (n, &c) in todo.iter().enumerate() {
             progress(&format!("choosing index {round}"), n, todo.len());
-            let (oid, _, bytes) = hypo.create(&candidates[c].body(tables)).await?;
-            if used_bytes.saturating_add(bytes) > budget {
+            let table = candidates[c].table;
+            if sizes
+                .get(&c)
+                .is_some_and(|&b| used_bytes.saturating_add(b) > budget)
+            {
+                continue;
+            }
+            let stale: Vec<usize> = stmts
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| {
+                    s.as_ref().is_some_and(|s| s.tables.contains(&table))
+                        && !with_candidate.contains_key(&(c, *i))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if !stale.is_empty() || !sizes.contains_key(&c) {
+                let (oid, _, bytes) = hypo.create(&candidates[c].body(tables)).await?;
+                sizes.insert(c, bytes);
+                if used_bytes.saturating_add(bytes) <= budget {
+                    for i in stale {
+                        if let Some(s) = &stmts[i] {
+                            with_candidate.insert((c, i), cost(hypo, s).await?.cost);
+                        }
+                    }
+                }
                 hypo.drop(oid).await?;
+            }
+            let bytes = sizes[&c];
+            if used_bytes.saturating_add(bytes) > budget {
                 continue;
             }
             let mut gain = 0.0;
-            for s in stmts.iter().flatten() {
-                if s.tables.contains(&candidates[c].table) {
-                    let plan = cost(hypo, s).await?;
-                    gain += s.weight * (s.current - plan.cost);
+            for (i, s) in stmts.iter().enumerate() {
+                if let Some(s) = s.as_ref().filter(|s| s.tables.contains(&table)) {
+                    gain += s.weight * (s.current - with_candidate[&(c, i)]);
                 }
             }
-            hypo.drop(oid).await?;
             if gain <= 0.0 {
                 active[c] = false;
                 continue;
@@ -398,7 +428,10 @@ async fn run(
             name,
             bytes,
         });
-        recost(hypo, &mut stmts, Some(candidates[c].table)).await?;
+        let table = candidates[c].table;
+        recost(hypo, &mut stmts, Some(table)).await?;
+        with_candidate
+            .retain(|&(_, i), _| stmts[i].as_ref().is_none_or(|s| !s.tables.contains(&table)));
     }
 
     // Drop chosen indexes that later ones made unnecessary.
