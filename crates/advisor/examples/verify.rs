@@ -51,6 +51,52 @@ async fn build(client: &tokio_postgres::Client, indexes: &[String]) -> Result<i6
         .get(0))
 }
 
+/// pgopt's advice for `workload`: the report, the definitions to build (plain CREATE
+/// INDEX: nothing else runs meanwhile) and the seconds it took.
+async fn pgopt_advice(
+    client: &tokio_postgres::Client,
+    workload: &[pgopt_advisor::WorkloadStatement],
+) -> Result<(pgopt_advisor::IndexReport, Vec<String>, f64)> {
+    let started = Instant::now();
+    let advice = recommend_indexes(
+        client,
+        workload,
+        &IndexOptions::default(),
+        &mut |_, _, _| {},
+    )
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let indexes = advice
+        .recommendations
+        .iter()
+        .map(|r| r.definition.replace(" CONCURRENTLY", ""))
+        .collect();
+    Ok((advice, indexes, secs))
+}
+
+/// `pg_qualstats_index_advisor(args)`'s indexes, each once (it lists one per predicate
+/// occurrence).
+async fn qualstats_advice(client: &tokio_postgres::Client, args: &str) -> Result<Vec<String>> {
+    let row = client
+        .query_one(
+            &format!("SELECT pg_qualstats_index_advisor({args})::text"),
+            &[],
+        )
+        .await?;
+    let json: serde_json::Value = serde_json::from_str(row.get::<_, &str>(0))?;
+    let mut indexes: Vec<String> = json["indexes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    indexes.sort();
+    indexes.dedup();
+    Ok(indexes)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("tpch") {
@@ -101,45 +147,15 @@ async fn main() -> Result<()> {
     ours.batch_execute("SELECT pg_stat_statements_reset()")
         .await?;
     let before = workload(&pg, "saas", &opts).await?;
-    let started = Instant::now();
     let statements = workload_from_pg_stat_statements(&ours, 20).await?;
-    let advice = recommend_indexes(
-        &ours,
-        &statements,
-        &IndexOptions::default(),
-        &mut |_, _, _| {},
-    )
-    .await?;
-    let advise_secs = started.elapsed().as_secs_f64();
-    let pgopt_indexes: Vec<String> = advice
-        .recommendations
-        .iter()
-        .map(|r| r.definition.replace(" CONCURRENTLY", ""))
-        .collect();
+    let (_, pgopt_indexes, advise_secs) = pgopt_advice(&ours, &statements).await?;
     let pgopt_bytes = build(&ours, &pgopt_indexes).await?;
     let after = workload(&pg, "saas", &opts).await?;
 
     // pg_qualstats.
     theirs.batch_execute("SELECT pg_qualstats_reset()").await?;
     let q_before = workload(&pg, "saas_q", &opts).await?;
-    let advice_json: serde_json::Value = theirs
-        .query_one(
-            "SELECT pg_qualstats_index_advisor(min_filter => 50)::text",
-            &[],
-        )
-        .await
-        .map(|r| serde_json::from_str(r.get::<_, &str>(0)))??;
-    let mut q_indexes: Vec<String> = advice_json["indexes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    // It lists one index per predicate occurrence: build each once.
-    q_indexes.sort();
-    q_indexes.dedup();
+    let q_indexes = qualstats_advice(&theirs, "min_filter => 50").await?;
     let q_bytes = build(&theirs, &q_indexes).await?;
     let q_after = workload(&pg, "saas_q", &opts).await?;
 
@@ -316,20 +332,8 @@ async fn tpch() -> Result<()> {
     ours.batch_execute(&set_timeout).await?;
     let before = tpch_pass(&ours, &queries).await?;
     ours.batch_execute("RESET statement_timeout").await?;
-    let started = Instant::now();
-    let advice = recommend_indexes(
-        &ours,
-        &pgopt_advisor::workload_from_sql(TPCH_QUERIES),
-        &IndexOptions::default(),
-        &mut |_, _, _| {},
-    )
-    .await?;
-    let advise_secs = started.elapsed().as_secs_f64();
-    let pgopt_indexes: Vec<String> = advice
-        .recommendations
-        .iter()
-        .map(|r| r.definition.replace(" CONCURRENTLY", ""))
-        .collect();
+    let (advice, pgopt_indexes, advise_secs) =
+        pgopt_advice(&ours, &pgopt_advisor::workload_from_sql(TPCH_QUERIES)).await?;
     let started = Instant::now();
     let pgopt_bytes = build(&ours, &pgopt_indexes).await?;
     let pgopt_build = started.elapsed().as_secs_f64();
@@ -344,20 +348,7 @@ async fn tpch() -> Result<()> {
     theirs.batch_execute(&set_timeout).await?;
     let q_before = tpch_pass(&theirs, &queries).await?;
     theirs.batch_execute("RESET statement_timeout").await?;
-    let advice_json: serde_json::Value = theirs
-        .query_one("SELECT pg_qualstats_index_advisor()::text", &[])
-        .await
-        .map(|r| serde_json::from_str(r.get::<_, &str>(0)))??;
-    let mut q_indexes: Vec<String> = advice_json["indexes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    q_indexes.sort();
-    q_indexes.dedup();
+    let q_indexes = qualstats_advice(&theirs, "").await?;
     let started = Instant::now();
     let q_bytes = build(&theirs, &q_indexes).await?;
     let q_build = started.elapsed().as_secs_f64();
