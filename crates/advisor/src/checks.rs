@@ -214,7 +214,7 @@ pub async fn health_checks(client: &Client, t: &Thresholds) -> Result<Vec<Findin
 }
 
 /// Shown sizes: `12 MB`, `840 kB`.
-fn size(bytes: i64) -> String {
+pub fn human_size(bytes: i64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / (1u64 << 20) as f64),
@@ -248,7 +248,7 @@ fn judge(check: &'static str, r: &Row, t: &Thresholds) -> Option<Finding> {
                 s(0),
                 format!(
                     "0 scans on {} since statistics were reset {:.0} days ago; {} on disk, and every write to {} maintains it",
-                    s(0), f(4), size(n(2)), s(1)
+                    s(0), f(4), human_size(n(2)), s(1)
                 ),
                 "An index no query uses still costs disk, memory and time on every INSERT, UPDATE and DELETE. Check replicas before dropping: their scans are not counted here.",
                 Some(format!("DROP INDEX CONCURRENTLY IF EXISTS {};", s(0))),
@@ -258,7 +258,7 @@ fn judge(check: &'static str, r: &Row, t: &Thresholds) -> Option<Finding> {
         "duplicate_index" => Some(finding(
             Severity::Warning,
             s(0),
-            format!("{} on {} has the same definition as {}; {} on disk", s(0), s(1), s(2), size(n(3))),
+            format!("{} on {} has the same definition as {}; {} on disk", s(0), s(1), s(2), human_size(n(3))),
             "A duplicate index doubles the write cost and the space of one index and serves no query the other does not.",
             Some(format!("DROP INDEX CONCURRENTLY IF EXISTS {};", s(0))),
         )),
@@ -266,7 +266,7 @@ fn judge(check: &'static str, r: &Row, t: &Thresholds) -> Option<Finding> {
         "redundant_index" => Some(finding(
             Severity::Info,
             s(0),
-            format!("the columns of {} lead {} on {}; {} on disk", s(0), s(2), s(1), size(n(3))),
+            format!("the columns of {} lead {} on {}; {} on disk", s(0), s(2), s(1), human_size(n(3))),
             "The wider index serves the same lookups; the narrower one only adds write cost (unless it is much smaller and very hot).",
             Some(format!("DROP INDEX CONCURRENTLY IF EXISTS {};", s(0))),
         )),
@@ -336,9 +336,9 @@ fn judge(check: &'static str, r: &Row, t: &Thresholds) -> Option<Finding> {
                     s(0),
                     format!(
                         "{} on disk where its rows need about {}: ~{} ({:.0}%) is empty space{}",
-                        size(actual),
-                        size(expected),
-                        size(waste),
+                        human_size(actual),
+                        human_size(expected),
+                        human_size(waste),
                         share * 100.0,
                         if s(1).is_empty() { String::new() } else { format!(" (index on {})", s(1)) }
                     ),
@@ -727,7 +727,7 @@ mod tests {
             assert!(QUERIES.iter().any(|(q, _)| q == id), "{id} has no query");
         }
         assert_eq!(QUERIES.len(), CHECKS.len());
-        assert_eq!(size(2048), "2 kB");
-        assert_eq!(size(3 << 20), "3.0 MB");
+        assert_eq!(human_size(2048), "2 kB");
+        assert_eq!(human_size(3 << 20), "3.0 MB");
     }
 }

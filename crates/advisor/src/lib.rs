@@ -5,7 +5,7 @@
 mod checks;
 mod index;
 
-pub use checks::{health_checks, Finding, Severity, Thresholds, CHECKS};
+pub use checks::{health_checks, human_size, Finding, Severity, Thresholds, CHECKS};
 pub use index::{
     quote_ident, recommend_indexes, workload_from_pg_stat_statements, workload_from_sql,
     IndexOptions, IndexReport, Progress, Recommendation, StatementReport, UnusedIndex,

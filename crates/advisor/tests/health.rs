@@ -161,6 +161,12 @@ async fn each_check_fires_on_the_state_made_for_it() {
     );
 }
 
+fn assert_no_bloat(findings: &[Finding]) {
+    for check in ["table_bloat", "index_bloat"] {
+        assert!(found(findings, check, "roomy").is_none(), "{findings:#?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bloat_is_estimated_after_a_mass_delete_and_not_before() {
     let pg = Postgres::start().await.unwrap();
@@ -179,14 +185,7 @@ async fn bloat_is_estimated_after_a_mass_delete_and_not_before() {
         ..Thresholds::default()
     };
     let findings = health_checks(&db, &thresholds).await.unwrap();
-    assert!(
-        found(&findings, "table_bloat", "roomy").is_none(),
-        "{findings:#?}"
-    );
-    assert!(
-        found(&findings, "index_bloat", "roomy").is_none(),
-        "{findings:#?}"
-    );
+    assert_no_bloat(&findings);
 
     // Nine rows in ten deleted: VACUUM frees the space inside the pages, but the table
     // and its indexes keep their size.
@@ -217,12 +216,5 @@ async fn bloat_is_estimated_after_a_mass_delete_and_not_before() {
     db.batch_execute("VACUUM FULL roomy").await.unwrap();
     db.batch_execute("ANALYZE roomy").await.unwrap();
     let findings = health_checks(&db, &thresholds).await.unwrap();
-    assert!(
-        found(&findings, "table_bloat", "roomy").is_none(),
-        "{findings:#?}"
-    );
-    assert!(
-        found(&findings, "index_bloat", "roomy").is_none(),
-        "{findings:#?}"
-    );
+    assert_no_bloat(&findings);
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use pgopt_advisor::{
-    health_checks, recommend_indexes, workload_from_pg_stat_statements, workload_from_sql, Finding,
-    IndexOptions, IndexReport, Severity, Thresholds, WorkloadStatement,
+    health_checks, human_size, recommend_indexes, workload_from_pg_stat_statements,
+    workload_from_sql, Finding, IndexOptions, IndexReport, Severity, Thresholds, WorkloadStatement,
 };
 
 #[derive(Debug, Args)]
@@ -259,17 +259,6 @@ async fn insight_workload(
         .collect())
 }
 
-fn human_bytes(b: i64) -> String {
-    let b = b as f64;
-    if b >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.1} GB", b / (1024.0 * 1024.0 * 1024.0))
-    } else if b >= 1024.0 * 1024.0 {
-        format!("{:.1} MB", b / (1024.0 * 1024.0))
-    } else {
-        format!("{:.0} kB", (b / 1024.0).ceil())
-    }
-}
-
 fn change(before: f64, after: f64) -> String {
     if before > 0.0 {
         format!("{:+.0}%", (after - before) / before * 100.0)
@@ -307,7 +296,7 @@ fn index_text(r: &IndexReport) -> String {
         };
         out.push_str(&format!(
             "     ~{} · helps {} statement{} · {cost}\n",
-            human_bytes(rec.bytes),
+            human_size(rec.bytes),
             rec.statements.len(),
             if rec.statements.len() == 1 { "" } else { "s" }
         ));
@@ -336,7 +325,7 @@ fn index_text(r: &IndexReport) -> String {
             out.push_str(&format!(
                 "    {} ({}): {}\n",
                 u.name,
-                human_bytes(u.bytes),
+                human_size(u.bytes),
                 u.definition
             ));
         }
@@ -359,7 +348,7 @@ fn index_markdown(r: &IndexReport) -> String {
         out.push_str(&format!(
             "| `{}` | {} | {} | {:.0} | {} |\n",
             cell(&rec.definition),
-            human_bytes(rec.bytes),
+            human_size(rec.bytes),
             rec.statements.len(),
             rec.cost_before,
             rec.cost_after
@@ -378,11 +367,7 @@ fn migration(r: &IndexReport, drop_unused: bool) -> String {
          SET lock_timeout = '5s';\n",
     );
     for rec in &r.recommendations {
-        out.push_str(&format!(
-            "\n-- {} (~{}): ",
-            rec.name,
-            human_bytes(rec.bytes)
-        ));
+        out.push_str(&format!("\n-- {} (~{}): ", rec.name, human_size(rec.bytes)));
         match rec.cost_after {
             Some(a) => out.push_str(&format!(
                 "planner cost of the statements it serves {:.0} -> {a:.0} ({}).\n",
@@ -406,7 +391,7 @@ fn migration(r: &IndexReport, drop_unused: bool) -> String {
         out.push_str(&format!(
             "\n-- {} ({}) is used by no statement of the workload.\n",
             u.name,
-            human_bytes(u.bytes)
+            human_size(u.bytes)
         ));
         if drop_unused {
             out.push_str(&format!("{};\n", u.drop));

@@ -429,7 +429,7 @@ async fn run(
             bytes,
         });
         let table = candidates[c].table;
-        recost(hypo, &mut stmts, Some(table)).await?;
+        recost(hypo, &mut stmts, table).await?;
         with_candidate
             .retain(|&(_, i), _| stmts[i].as_ref().is_none_or(|s| !s.tables.contains(&table)));
     }
@@ -448,7 +448,7 @@ async fn run(
         }
         if loss < threshold(&stmts) {
             chosen.remove(i);
-            recost(hypo, &mut stmts, Some(table)).await?;
+            recost(hypo, &mut stmts, table).await?;
         } else {
             let (oid, name, _) = hypo.create(&chosen[i].candidate.body(tables)).await?;
             chosen[i].oid = oid;
@@ -596,14 +596,14 @@ async fn cost(hypo: &Hypo<'_>, s: &Stmt) -> Result<Plan, AdvisorError> {
     }))
 }
 
-/// Re-plans the statements on `table` (all when None) with the current index set.
+/// Re-plans the statements on `table` with the current index set.
 async fn recost(
     hypo: &Hypo<'_>,
     stmts: &mut [Option<Stmt>],
-    table: Option<usize>,
+    table: usize,
 ) -> Result<(), AdvisorError> {
     for s in stmts.iter_mut().flatten() {
-        if table.is_none_or(|t| s.tables.contains(&t)) {
+        if s.tables.contains(&table) {
             s.current = cost(hypo, s).await?.cost;
         }
     }

@@ -550,6 +550,21 @@ impl Walker<'_> {
         }
     }
 
+    /// Whether every column an expression reads belongs to `use_` in this block (no
+    /// other table, no outer reference, no subquery).
+    fn confined_to(&self, node: &Node, use_: usize, scope: &Scope) -> bool {
+        match inner(node) {
+            Some(NodeEnum::ColumnRef(c)) => self
+                .resolve(&c.fields, scope)
+                .is_some_and(|r| r.use_ == use_ && !r.outer),
+            Some(NodeEnum::SubLink(_)) => false,
+            Some(n) => children(n)
+                .into_iter()
+                .all(|c| self.confined_to(c, use_, scope)),
+            None => true,
+        }
+    }
+
     /// Marks columns and walks subqueries inside any expression.
     fn scan(&mut self, node: &Node, scope: &Scope) {
         match inner(node) {
@@ -732,7 +747,7 @@ impl Walker<'_> {
                 for (this, other) in [(l, r), (r, l)] {
                     if let Some((u, body)) = self.text_search(this, scope) {
                         if !self.reads(other, u, scope) {
-                            let probe = self.condition_probe(u, e);
+                            let probe = self.condition_probe(u, e, scope);
                             self.shape.uses[u].gin.push((body, probe));
                         }
                     }
@@ -753,7 +768,7 @@ impl Walker<'_> {
                     c.is_array && matches!(op, "@>" | "<@" | "&&")
                 };
                 if served && !self.reads(r, u, scope) {
-                    let probe = self.condition_probe(u, e);
+                    let probe = self.condition_probe(u, e, scope);
                     self.shape.uses[u].gin.push((k.sql, probe));
                 }
             }
@@ -764,38 +779,17 @@ impl Walker<'_> {
     /// `SELECT 1 FROM <the table as written> WHERE <e>`: the planner's estimate of the
     /// rows one condition keeps. None when the condition refers to other tables or the
     /// deparser fails.
-    fn condition_probe(&self, use_: usize, e: &pg_query::protobuf::AExpr) -> Option<String> {
+    fn condition_probe(
+        &self,
+        use_: usize,
+        e: &pg_query::protobuf::AExpr,
+        scope: &Scope,
+    ) -> Option<String> {
         use pg_query::protobuf::{AConst, Integer, LimitOption, ResTarget, SetOperation};
         let expr = Node {
             node: Some(NodeEnum::AExpr(Box::new(e.clone()))),
         };
-        let refs_other = |n: &Node| -> bool {
-            let mut stack = vec![n];
-            while let Some(n) = stack.pop() {
-                match inner(n) {
-                    Some(NodeEnum::ColumnRef(c)) => {
-                        let q = (c.fields.len() >= 2)
-                            .then(|| string(&c.fields[c.fields.len() - 2]))
-                            .flatten();
-                        let rv = self.shape.uses[use_].range_var.as_ref();
-                        let own = rv.map(|r| {
-                            r.alias
-                                .as_ref()
-                                .map(|a| a.aliasname.as_str())
-                                .unwrap_or(r.relname.as_str())
-                        });
-                        if q.is_some() && q != own {
-                            return true;
-                        }
-                    }
-                    Some(NodeEnum::SubLink(_)) => return true,
-                    Some(other) => stack.extend(children(other)),
-                    None => {}
-                }
-            }
-            false
-        };
-        if refs_other(&expr) {
+        if !self.confined_to(&expr, use_, scope) {
             return None;
         }
         let one = Node {
