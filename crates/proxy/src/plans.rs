@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use pgopt_insight::{fingerprint_hex, format_rfc3339_millis, unix_millis};
-use pgopt_wire::frontend::Query;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -261,7 +259,7 @@ async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest
             .connect_out_of_band()
             .await
             .map_err(|e| e.to_string())?;
-        let rows = simple_query(&mut conn, &explain_sql(request), max_len).await?;
+        let rows = conn.simple_query(&explain_sql(request), max_len).await?;
         let text = rows
             .first()
             .and_then(|r| r.first().cloned().flatten())
@@ -380,26 +378,11 @@ async fn table_rows(
         quote(schema),
         quote(table)
     );
-    let rows = simple_query(conn, &sql, max_len).await?;
+    let rows = conn.simple_query(&sql, max_len).await?;
     rows.first()
         .and_then(|r| r.first().cloned().flatten())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| "no such table".into())
-}
-
-/// Runs a simple query; the rows of its last result set, or the first error.
-async fn simple_query(
-    conn: &mut ServerConn,
-    sql: &str,
-    max_len: u32,
-) -> Result<Vec<Vec<Option<String>>>, String> {
-    let mut out = BytesMut::new();
-    Query { sql }.encode(&mut out).map_err(|e| e.to_string())?;
-    let result = conn.query(&out, max_len).await?;
-    match result.error {
-        Some(e) => Err(e),
-        None => Ok(result.rows),
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -23,7 +23,7 @@ use crate::pool::{Checkout, Pool};
 use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
 use crate::session::{fail_checkout, CancelSlot};
 use crate::session_state::{
-    self, may_affect_session, Applied, Change, Settings, Verdict as SessionVerdict,
+    self, may_affect_session, quote_literal, Applied, Change, Settings, Verdict as SessionVerdict,
 };
 use crate::shared::{Lifecycle, Shared};
 use crate::statements::{
@@ -785,24 +785,13 @@ impl Relay {
         let names = std::mem::take(&mut self.resync);
         let columns: Vec<String> = names
             .iter()
-            .map(|n| {
-                format!(
-                    "pg_catalog.current_setting('{}', true)",
-                    n.replace('\'', "''")
-                )
-            })
+            .map(|n| format!("pg_catalog.current_setting({}, true)", quote_literal(n)))
             .collect();
-        let mut query = BytesMut::new();
         let sql = format!("SELECT {}", columns.join(", "));
-        let sent = (Query { sql: &sql }).encode(&mut query);
-        let result = match sent {
-            Ok(()) => server.conn.query(&query, self.max_len).await,
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(r) if r.error.is_none() && r.rows.len() == 1 => {
+        match server.conn.simple_query(&sql, self.max_len).await {
+            Ok(rows) if rows.len() == 1 => {
                 let applied = &mut server.conn.applied;
-                for (name, value) in names.iter().zip(r.rows[0].iter()) {
+                for (name, value) in names.iter().zip(&rows[0]) {
                     self.settings.adopt(name, value.clone(), applied);
                 }
             }

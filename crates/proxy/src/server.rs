@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pgopt_wire::backend::BackendMessage;
-use pgopt_wire::frontend::{PasswordMessage, SaslInitialResponse, SaslResponse};
+use pgopt_wire::frontend::{PasswordMessage, Query, SaslInitialResponse, SaslResponse};
 use pgopt_wire::scram::{ScramClient, ScramKeys};
 use pgopt_wire::startup::{CancelRequest, ProtocolVersion, StartupMessage};
 use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRAM_SHA_256};
@@ -325,7 +325,6 @@ impl ServerConn {
 }
 
 /// What pgopt's own queries on a server connection got back.
-#[derive(Debug)]
 pub struct QueryResult {
     /// The rows of the last result set, as text.
     pub rows: Vec<Vec<Option<String>>>,
@@ -337,6 +336,21 @@ pub struct QueryResult {
 impl ServerConn {
     /// Sends messages pgopt built (flushed) and reads everything up to the
     /// ReadyForQuery: for pgopt's own queries (auth_query, plans), never a client's.
+    /// Runs one simple query; the rows of its last result set, or the first error.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+        max_len: u32,
+    ) -> Result<Vec<Vec<Option<String>>>, String> {
+        let mut out = BytesMut::new();
+        Query { sql }.encode(&mut out).map_err(|e| e.to_string())?;
+        let result = self.query(&out, max_len).await?;
+        match result.error {
+            Some(e) => Err(e),
+            None => Ok(result.rows),
+        }
+    }
+
     pub async fn query(&mut self, messages: &[u8], max_len: u32) -> Result<QueryResult, String> {
         let io = |e: std::io::Error| e.to_string();
         self.stream.write_all(messages).await.map_err(io)?;

@@ -218,7 +218,7 @@ fn version_of(map: &BTreeMap<String, Setting>) -> u64 {
     h.finish() | 1
 }
 
-fn quote_literal(s: &str) -> String {
+pub(crate) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
