@@ -128,6 +128,11 @@ pub struct Analysis {
     pub locking: bool,
     /// Effects that outlive the transaction.
     pub session_effects: Vec<SessionEffect>,
+    /// The text opens a read-only transaction block (`BEGIN READ ONLY`,
+    /// `START TRANSACTION READ ONLY`, not SERIALIZABLE, which a hot standby
+    /// refuses): PostgreSQL itself keeps it from writing, so the whole block may
+    /// run on a replica.
+    pub begins_read_only: bool,
     /// `pgopt:` comment hints.
     pub hints: Hints,
 }
@@ -194,6 +199,12 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
     let mut walker = Walker::new(config);
     let mut kinds = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut read_only = !parsed.protobuf.stmts.is_empty();
+    let begins_read_only = parsed
+        .protobuf
+        .stmts
+        .first()
+        .and_then(|raw| raw.stmt.as_ref()?.node.as_ref())
+        .is_some_and(opens_read_only_block);
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
@@ -225,8 +236,36 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         session_dependent,
         locking,
         session_effects: session_effects.into_iter().collect(),
+        begins_read_only,
         hints,
     })
+}
+
+/// `BEGIN`/`START TRANSACTION` with `READ ONLY` and without `ISOLATION LEVEL
+/// SERIALIZABLE`.
+fn opens_read_only_block(node: &NodeEnum) -> bool {
+    use pg_query::protobuf::TransactionStmtKind as T;
+    let NodeEnum::TransactionStmt(stmt) = node else {
+        return false;
+    };
+    if !matches!(stmt.kind(), T::TransStmtBegin | T::TransStmtStart) {
+        return false;
+    }
+    let option = |name: &str| {
+        stmt.options.iter().find_map(|o| match &o.node {
+            Some(NodeEnum::DefElem(d)) if d.defname == name => d.arg.as_ref()?.node.as_ref(),
+            _ => None,
+        })
+    };
+    let read_only = matches!(
+        option("transaction_read_only"),
+        Some(NodeEnum::AConst(c)) if matches!(&c.val, Some(pg_query::protobuf::a_const::Val::Ival(i)) if i.ival != 0)
+    );
+    let serializable = matches!(
+        option("transaction_isolation"),
+        Some(NodeEnum::AConst(c)) if matches!(&c.val, Some(pg_query::protobuf::a_const::Val::Sval(s)) if s.sval == "serializable")
+    );
+    read_only && !serializable
 }
 
 /// Accumulates facts over every statement of a text.

@@ -234,6 +234,30 @@ fn read_only_verdicts() {
 }
 
 #[test]
+fn read_only_transaction_blocks() {
+    let begins = |sql: &str| analyze(sql).unwrap().begins_read_only;
+    for yes in [
+        "BEGIN READ ONLY",
+        "begin transaction read only",
+        "START TRANSACTION READ ONLY",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        "BEGIN READ ONLY; SELECT 1",
+    ] {
+        assert!(begins(yes), "{yes} opens a read-only block");
+    }
+    for no in [
+        "BEGIN",
+        "BEGIN READ WRITE",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+        "SET TRANSACTION READ ONLY",
+        "SELECT 1; BEGIN READ ONLY",
+        "COMMIT",
+    ] {
+        assert!(!begins(no), "{no} does not open a read-only block");
+    }
+}
+
+#[test]
 fn functions_are_found_in_every_expression_position() {
     for sql in [
         "SELECT * FROM t WHERE id = (SELECT nextval('s'))",
