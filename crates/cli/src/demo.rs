@@ -144,6 +144,7 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
             dbname: "saas".into(),
             user: None,
             password: None,
+            replicas: Vec::new(),
         }],
         admin_users: vec![pg.user().to_string()],
         admin_listen: Some("127.0.0.1:0".parse()?),

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::config::{
-    self, ClientAuthMethod, Loaded, PoolMode, ProxyConfig, ServerTlsModeSetting, TlsModeSetting,
+    self, ClientAuthMethod, Loaded, PoolMode, ServerTlsModeSetting, TlsModeSetting,
 };
 use crate::upstream;
 
@@ -28,6 +28,42 @@ pub struct ProxyArgs {
     /// Serve Prometheus /metrics over HTTP here [default: off]
     #[arg(long, value_name = "HOST:PORT")]
     admin_listen: Option<SocketAddr>,
+    /// A streaming replica of the upstream to send reads to (repeatable; replaces
+    /// routing.replicas)
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_replica)]
+    replica: Vec<(String, u16)>,
+}
+
+fn parse_replica(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT, found {s:?}"))?;
+    let port = port.parse().map_err(|_| {
+        format!("expected HOST:PORT: port {port:?} is not a number from 1 to 65535")
+    })?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("expected HOST:PORT: no host in {s:?}"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// `--replica` flags when given, else the config's `[[routing.replicas]]`.
+fn replicas(
+    routing: &config::RoutingSection,
+    flags: &[(String, u16)],
+) -> Vec<pgopt_proxy::Replica> {
+    if flags.is_empty() {
+        return routing.replicas();
+    }
+    flags
+        .iter()
+        .map(|(host, port)| pgopt_proxy::Replica {
+            host: host.clone(),
+            port: *port,
+            weight: 1,
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -37,7 +73,7 @@ enum PoolModeArg {
 }
 
 pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
-    let proxy_config = build(&loaded.config.proxy, &loaded.config.insight, args.clone())?;
+    let proxy_config = build(&loaded.config, args.clone())?;
     let admin_users = proxy_config.admin_users.clone();
     let mode = proxy_config.pool_mode;
     let size = proxy_config.default_pool_size;
@@ -77,8 +113,7 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
     handle.set_reloader(move || {
         let overrides = config::env_overrides().map_err(|e| e.to_string())?;
         let loaded = config::load(file.as_deref(), &overrides).map_err(|e| e.to_string())?;
-        build(&loaded.config.proxy, &loaded.config.insight, args.clone())
-            .map_err(|e| format!("{e:#}"))
+        build(&loaded.config, args.clone()).map_err(|e| format!("{e:#}"))
     });
     serve_signals(&proxy).await
 }
@@ -110,11 +145,8 @@ async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
     }
 }
 
-fn build(
-    config: &ProxyConfig,
-    insight: &config::InsightSection,
-    args: ProxyArgs,
-) -> anyhow::Result<pgopt_proxy::Config> {
+fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::Config> {
+    let (config, insight) = (&root.proxy, &root.insight);
     let url = args.upstream.unwrap_or_else(|| config.upstream.clone());
     if url.is_empty() {
         anyhow::bail!(
@@ -217,7 +249,9 @@ fn build(
             dbname: up.dbname,
             user: up.user,
             password: up.password,
+            replicas: replicas(&root.routing, &args.replica),
         }],
+        routing: root.routing.policy(),
         ..pgopt_proxy::Config::default()
     })
 }

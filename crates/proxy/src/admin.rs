@@ -189,6 +189,7 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
                 "slow" => insight_views::slow(shared),
                 "nplus1" => insight_views::n_plus_one(shared),
                 "plans" => insight_views::plans(shared),
+                "replicas" => views::replicas(shared),
                 other => {
                     let message =
                         format!("SHOW {other}: no such view; SHOW HELP lists the admin commands");

@@ -42,6 +42,70 @@ pub struct Database {
     pub user: Option<String>,
     /// Password for the server login; else the client user's plaintext password.
     pub password: Option<String>,
+    /// Streaming replicas of this server: read-only transactions go to them (see
+    /// [`Routing`]). They take the same login as the primary.
+    pub replicas: Vec<Replica>,
+}
+
+/// A streaming replica of a database's server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub host: String,
+    pub port: u16,
+    /// Its share of reads relative to the other replicas' weights (at least 1).
+    pub weight: u32,
+}
+
+/// After a client's write commits, where its reads go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadYourWrites {
+    /// To the primary until a replica has replayed past the commit's WAL position
+    /// (`pg_current_wal_insert_lsn()` read right after the commit).
+    #[default]
+    Lsn,
+    /// To the primary for [`Routing::read_your_writes_window`].
+    Window,
+    /// Anywhere: a replica may not have the write yet.
+    Off,
+}
+
+/// Replica routing policy (used by databases with replicas).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    pub read_your_writes: ReadYourWrites,
+    /// `Window` mode: how long a client's reads stay on the primary after a write;
+    /// `Lsn` mode: the same, when the commit's position could not be read.
+    pub read_your_writes_window: Duration,
+    /// How often each replica's health and replay position are checked.
+    pub check_interval: Duration,
+    /// A replica further behind than either limit leaves the rotation until it
+    /// catches up.
+    pub max_lag_bytes: u64,
+    pub max_lag: Duration,
+    /// The primary takes reads too, as one more node of weight `primary_weight`.
+    pub primary_reads: bool,
+    pub primary_weight: u32,
+    /// When the primary is down, reads still go to replicas (writes fail at once).
+    pub reads_when_primary_down: bool,
+    /// User functions that may run on a replica (others keep a statement on the
+    /// primary). Read at start only.
+    pub safe_functions: Vec<String>,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            read_your_writes: ReadYourWrites::Lsn,
+            read_your_writes_window: Duration::from_secs(5),
+            check_interval: Duration::from_secs(1),
+            max_lag_bytes: 16 * 1024 * 1024,
+            max_lag: Duration::from_secs(10),
+            primary_reads: false,
+            primary_weight: 1,
+            reads_when_primary_down: true,
+            safe_functions: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +156,8 @@ pub struct Config {
     pub max_message_len: u32,
     /// Query insight: statistics per query shape, slow log, N+1 detection.
     pub insight: crate::observe::InsightSettings,
+    /// How reads are spread over the databases' replicas.
+    pub routing: Routing,
 }
 
 /// Whether clients may or must use TLS.
@@ -168,6 +234,7 @@ impl Default for Config {
             databases: Vec::new(),
             max_message_len: pgopt_wire::DEFAULT_MAX_MESSAGE_LEN,
             insight: crate::observe::InsightSettings::default(),
+            routing: Routing::default(),
         }
     }
 }

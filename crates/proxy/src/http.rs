@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::insight_views;
 use crate::metrics;
 use crate::shared::Shared;
+use crate::views;
 
 const MAX_HEAD: usize = 8 * 1024;
 
@@ -83,7 +84,13 @@ fn respond(head: &[u8], shared: &Shared) -> Vec<u8> {
         "/" => reply(
             200,
             "text/plain; charset=utf-8",
-            "pgopt proxy: /metrics (Prometheus), /api/queries[/FINGERPRINT], /api/slow, /api/nplus1 (JSON)\n".into(),
+            "pgopt proxy: /metrics (Prometheus), /api/queries[/FINGERPRINT], /api/slow, /api/nplus1, /api/plans, /api/replicas (JSON)\n".into(),
+            head_only,
+        ),
+        "/api/replicas" => reply(
+            200,
+            "application/json",
+            views::table_json(&views::replicas(shared)),
             head_only,
         ),
         _ => match insight_views::api(shared, target) {

@@ -20,6 +20,7 @@ mod plans;
 mod pool;
 mod relay;
 mod replan;
+mod routing;
 mod server;
 mod server_tls;
 mod session;
@@ -38,8 +39,8 @@ use tokio::task::JoinHandle;
 
 pub use auth_query::DEFAULT_AUTH_QUERY;
 pub use config::{
-    ClientAuth, ClientTls, Config, Database, PoolMode, ServerTls, ServerTlsMode, TlsMode, User,
-    ADMIN_DATABASE,
+    ClientAuth, ClientTls, Config, Database, PoolMode, ReadYourWrites, Replica, Routing, ServerTls,
+    ServerTlsMode, TlsMode, User, ADMIN_DATABASE,
 };
 pub use error::ProxyError;
 pub use observe::InsightSettings;

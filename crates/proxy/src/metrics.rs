@@ -7,6 +7,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::pool::Pool;
+use crate::routing::{Node, NodeState};
 use crate::shared::Shared;
 use crate::stats::{ClientState, Totals, WAIT_BUCKETS_US};
 use crate::views::mode_name;
@@ -74,12 +75,17 @@ pub fn render(shared: &Shared) -> String {
         shared.rejected_auth.load(Relaxed),
     );
 
+    // A replica's pools carry its address too (the primary's keep the two labels).
     let label = |p: &Pool| {
-        format!(
+        let mut l = format!(
             "database=\"{}\",user=\"{}\"",
             escape(&p.database),
             escape(&p.user)
-        )
+        );
+        if let Some((_, node)) = &p.node {
+            let _ = write!(l, ",replica=\"{}\"", escape(&node.address()));
+        }
+        l
     };
     m.family(
         "pgopt_pool_clients",
@@ -243,10 +249,84 @@ pub fn render(shared: &Shared) -> String {
             m.sample(name, &label(p), get(p));
         }
     }
+    replicas(&mut m, shared);
     if let Some(insight) = &shared.insight {
         query_shapes(&mut m, &insight.store);
     }
     m.out
+}
+
+/// Per replica: in the rotation or not, lag, transactions routed; per primary, reads
+/// and writes routed there.
+fn replicas(m: &mut Page, shared: &Shared) {
+    let routers = shared.routers();
+    if routers.is_empty() {
+        return;
+    }
+    type Field = fn(&Node) -> u64;
+    let families: [(&str, &str, &str, Field); 5] = [
+        (
+            "pgopt_replica_up",
+            "gauge",
+            "1 while a replica is in the rotation (reachable, in recovery, within max_lag).",
+            |n| u64::from(n.state() == NodeState::Up),
+        ),
+        (
+            "pgopt_replica_lag_bytes",
+            "gauge",
+            "WAL bytes a replica's replay is behind the primary, at the last check.",
+            |n| n.lag_bytes.load(Relaxed),
+        ),
+        (
+            "pgopt_replica_lag_milliseconds",
+            "gauge",
+            "How long ago the primary passed a replica's replay position, at the last check.",
+            |n| n.lag_ms.load(Relaxed),
+        ),
+        (
+            "pgopt_replica_transactions_total",
+            "counter",
+            "Read-only transactions routed to a replica.",
+            |n| n.transactions.load(Relaxed),
+        ),
+        (
+            "pgopt_replica_failovers_total",
+            "counter",
+            "Reads retried on another node after a replica failed under them.",
+            |n| n.failovers.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        m.family(name, kind, help);
+        for router in &routers {
+            for node in &router.replicas {
+                let labels = format!(
+                    "database=\"{}\",replica=\"{}\"",
+                    escape(&router.database),
+                    escape(&node.address())
+                );
+                m.sample(name, &labels, get(node));
+            }
+        }
+    }
+    m.family(
+        "pgopt_primary_transactions_total",
+        "counter",
+        "Transactions routed to the primary of a database with replicas: writes, and reads (after the client's own write, or with no replica available).",
+    );
+    for router in &routers {
+        let db = escape(&router.database);
+        for (kind, v) in [
+            ("write", router.primary_writes.load(Relaxed)),
+            ("read", router.primary_reads.load(Relaxed)),
+        ] {
+            m.sample(
+                "pgopt_primary_transactions_total",
+                &format!("database=\"{db}\",kind=\"{kind}\""),
+                v,
+            );
+        }
+    }
 }
 
 /// Query shapes with the most total time: at most this many, so the label set stays

@@ -13,6 +13,7 @@ use pgopt_wire::scram::ScramKeys;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PoolMode;
+use crate::routing::Node;
 use crate::server::{ServerConn, ServerTarget};
 use crate::stats::{PoolStats, ServerRegistry};
 use crate::ProxyError;
@@ -65,6 +66,8 @@ pub struct Pool {
     pub user: String,
     pub mode: PoolMode,
     pub target: ServerTarget,
+    /// The replica this pool's connections go to; `None`: the database's primary.
+    pub node: Option<(usize, Arc<Node>)>,
     limits: Mutex<PoolLimits>,
     slots: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
@@ -134,6 +137,9 @@ struct Lent(Arc<Pool>);
 impl Lent {
     fn new(pool: &Arc<Pool>) -> Lent {
         pool.active.fetch_add(1, SeqCst);
+        if let Some((_, node)) = &pool.node {
+            node.outstanding.fetch_add(1, SeqCst);
+        }
         Lent(pool.clone())
     }
 }
@@ -141,6 +147,9 @@ impl Lent {
 impl Drop for Lent {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
+        if let Some((_, node)) = &self.0.node {
+            node.outstanding.fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -151,12 +160,14 @@ impl Pool {
         mode: PoolMode,
         target: ServerTarget,
         limits: PoolLimits,
+        node: Option<(usize, Arc<Node>)>,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             database: database.to_string(),
             user: user.to_string(),
             mode,
             target,
+            node,
             slots: Arc::new(Semaphore::new(limits.size)),
             reserve: Arc::new(Semaphore::new(limits.reserve_size)),
             limits: Mutex::new(limits),
@@ -554,24 +565,39 @@ impl Checkout {
     }
 }
 
-/// Pools by (client database, client user).
+/// Pools by (client database, client user, node: 0 for the primary, `i + 1` for
+/// replica `i`).
 #[derive(Default)]
 pub struct Pools {
-    map: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    map: Mutex<HashMap<(String, String, usize), Arc<Pool>>>,
+}
+
+impl Pool {
+    /// 0 for the primary, `i + 1` for replica `i`.
+    pub fn node_index(&self) -> usize {
+        self.node.as_ref().map_or(0, |(i, _)| i + 1)
+    }
+
+    /// "primary", or the replica's address.
+    pub fn node_name(&self) -> String {
+        match &self.node {
+            Some((_, node)) => format!("replica {}", node.address()),
+            None => "primary".to_string(),
+        }
+    }
 }
 
 impl Pools {
-    /// The pool of (database, user) if `fits`, else a new one from `make` in its place
-    /// (clients of the old one finish on it).
+    /// The pool of (database, user, node) if `fits`, else a new one from `make` in its
+    /// place (clients of the old one finish on it).
     pub fn get_or_replace(
         &self,
-        database: &str,
-        user: &str,
+        (database, user, node): (&str, &str, usize),
         fits: impl FnOnce(&Pool) -> bool,
         make: impl FnOnce() -> Arc<Pool>,
     ) -> Arc<Pool> {
         let mut map = lock(&self.map);
-        let key = (database.to_string(), user.to_string());
+        let key = (database.to_string(), user.to_string(), node);
         match map.get(&key) {
             Some(pool) if fits(pool) => pool.clone(),
             old => {
@@ -585,16 +611,17 @@ impl Pools {
         }
     }
 
-    /// Every pool, sorted by (database, user).
+    /// Every pool, sorted by (database, user, node).
     pub fn list(&self) -> Vec<Arc<Pool>> {
         let mut v: Vec<_> = lock(&self.map).values().cloned().collect();
-        v.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        v.sort_by_key(|p| (p.database.clone(), p.user.clone(), p.node_index()));
         v
     }
 
-    /// Drops the pool of (database, user) from the map; clients using it keep it.
-    pub fn remove(&self, database: &str, user: &str) -> Option<Arc<Pool>> {
-        lock(&self.map).remove(&(database.to_string(), user.to_string()))
+    /// Drops `pool` from the map; clients using it keep it.
+    pub fn remove(&self, pool: &Pool) -> Option<Arc<Pool>> {
+        let key = (pool.database.clone(), pool.user.clone(), pool.node_index());
+        lock(&self.map).remove(&key)
     }
 }
 

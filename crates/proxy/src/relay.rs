@@ -16,12 +16,13 @@ use pgopt_wire::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::PoolMode;
+use crate::config::{PoolMode, ReadYourWrites};
 use crate::io::{send_fatal, write_all};
 use crate::observe::Tracker;
-use crate::pool::{Checkout, Pool};
+use crate::pool::{Checkout, CheckoutError, Pool};
 use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
-use crate::session::{fail_checkout, CancelSlot};
+use crate::routing::Routes;
+use crate::session::{checkout_error, fail_checkout, CancelSlot};
 use crate::session_state::{
     self, may_affect_session, quote_literal, Applied, Change, Settings, Verdict as SessionVerdict,
 };
@@ -29,9 +30,21 @@ use crate::shared::{Lifecycle, Shared};
 use crate::statements::{
     deallocate_target, ClientStatements, Expected, Prepared, Request, Step, Verdict,
 };
-use crate::stats::{error_code, ClientInfo, ClientState};
+use crate::stats::{error_code, error_field, ClientInfo, ClientState};
 use crate::tls::{ClientStream, PgStream};
 use crate::ProxyError;
+
+/// Largest read batch kept for a failover to another node.
+const MAX_FAILOVER_BYTES: usize = 64 * 1024;
+
+/// An ErrorResponse or NoticeResponse that says the server is ending the connection:
+/// FATAL or PANIC, or a shutdown SQLSTATE (`57P01`-`57P03`; an immediate shutdown
+/// sends a WARNING with `57P01` before it closes).
+fn is_going_away(body: &[u8]) -> bool {
+    let severity = error_field(body, b'V').or_else(|| error_field(body, b'S'));
+    matches!(severity, Some(b"FATAL" | b"PANIC"))
+        || matches!(error_code(body), Some(b"57P01" | b"57P02" | b"57P03"))
+}
 
 pub struct Relay {
     client: ClientStream,
@@ -87,14 +100,36 @@ pub struct Relay {
     rerun: Option<BytesMut>,
     /// Query insight for this session, unless disabled.
     tracker: Option<Tracker>,
+    /// Replica routing (see `routing.rs`), when the database has replicas.
+    routes: Option<Routes>,
+    /// Read-your-writes: the client's last write, by WAL position and by time.
+    ryw: ReadYourWritesState,
+    /// The client messages of a read on a replica, kept until the client has been sent
+    /// anything: if the replica dies first, they run again on another node.
+    failover: Option<BytesMut>,
     shared: Arc<Shared>,
+}
+
+/// Where the current transaction runs and what the client wrote, for routing.
+#[derive(Default)]
+struct ReadYourWritesState {
+    /// The replica the current transaction runs on; `None`: the primary.
+    replica: Option<usize>,
+    /// The transaction on the primary may have written.
+    wrote: bool,
+    /// A write committed: its WAL position is read before the connection goes back.
+    commit_pending: bool,
+    /// Reads go only to replicas replayed up to here.
+    min_lsn: u64,
+    /// Reads go to the primary until then.
+    primary_until: Option<Instant>,
 }
 
 impl Relay {
     pub fn new(
         client: ClientStream,
         cbuf: BytesMut,
-        pool: Arc<Pool>,
+        (pool, routes): (Arc<Pool>, Option<Routes>),
         shared: Arc<Shared>,
         cancel: CancelSlot,
         info: Arc<ClientInfo>,
@@ -138,6 +173,9 @@ impl Relay {
             dropping: false,
             rerun: None,
             tracker,
+            routes,
+            ryw: ReadYourWritesState::default(),
+            failover: None,
             shared,
         }
     }
@@ -177,6 +215,7 @@ impl Relay {
                             self.handle_server().await?;
                             self.maybe_release();
                         }
+                        _ if self.failover.is_some() => self.fail_over().await?,
                         _ => {
                             self.server_lost().await;
                             return Ok(());
@@ -256,7 +295,7 @@ impl Relay {
                 terminate = true;
                 break;
             }
-            if self.server.is_none() && !self.checkout().await {
+            if self.server.is_none() && !self.checkout(&frame).await {
                 return Ok(false);
             }
             if self.query_start.is_none() {
@@ -272,8 +311,13 @@ impl Relay {
             self.forward().await?;
         }
         // Answers the proxy owes right now (nothing before them is pending).
-        self.expected.answer_ready(&mut self.out, self.status);
+        // A read that may fail over keeps them until the server answers (see
+        // `handle_server`), so a second run can't repeat them.
+        if self.failover.is_none() || self.expected.server_readies() == 0 {
+            self.expected.answer_ready(&mut self.out, self.status);
+        }
         if !self.out.is_empty() {
+            self.failover = None; // the client has been told something
             write_all(&mut self.client, &self.out).await?;
             self.out.clear();
         }
@@ -287,6 +331,12 @@ impl Relay {
 
     /// Queues one client message for the server, rewriting statement names when needed.
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
+        if let Some(batch) = self.failover.as_mut() {
+            batch.extend_from_slice(frame.as_bytes());
+            if batch.len() > MAX_FAILOVER_BYTES {
+                self.failover = None;
+            }
+        }
         if self.skipping {
             // After a refused Parse, as the server would after an error: nothing up to
             // Sync runs. The Sync goes on (a bare one gets a ReadyForQuery back).
@@ -695,6 +745,19 @@ impl Relay {
             if end > self.sbuf.len() {
                 break;
             }
+            if pos == 0 {
+                // Answers held back for the server's first message (a possible
+                // failover) go before it.
+                self.expected.answer_ready(&mut self.out, self.status);
+                edited |= !self.out.is_empty();
+            }
+            if matches!(header.tag, b'E' | b'N')
+                && self.failover.is_some()
+                && is_going_away(&self.sbuf[pos + 5..end])
+            {
+                // The replica is going away before the client saw a thing.
+                return self.fail_over().await;
+            }
             if header.tag == b'Z' {
                 self.status = match self.sbuf.get(pos + 5) {
                     Some(b'T') => TransactionStatus::InTransaction,
@@ -748,6 +811,15 @@ impl Relay {
             }
             pos = end;
         }
+        // Once the client has been sent anything, a read can't run again.
+        let to_client = if edited {
+            self.out.len() + (pos - copied)
+        } else {
+            pos
+        };
+        if to_client > 0 {
+            self.failover = None;
+        }
         let result = if !edited {
             write_all(&mut self.client, &self.sbuf[..pos]).await
         } else {
@@ -762,7 +834,45 @@ impl Relay {
             self.run_again(batch).await?;
         }
         self.resync_settings().await;
+        self.after_write().await;
         Ok(())
+    }
+
+    /// Read-your-writes: once a transaction on the primary that may have written has
+    /// ended and the connection is idle, notes where the client's later reads may go —
+    /// replicas replayed past the primary's WAL position now, or none for a while.
+    async fn after_write(&mut self) {
+        if !self.ryw.commit_pending || !self.server_idle() {
+            return;
+        }
+        self.ryw.commit_pending = false;
+        let Some(routes) = &self.routes else {
+            return;
+        };
+        let settings = &routes.router.settings;
+        let window = Instant::now() + settings.read_your_writes_window;
+        match settings.read_your_writes {
+            ReadYourWrites::Off => {}
+            ReadYourWrites::Window => self.ryw.primary_until = Some(window),
+            ReadYourWrites::Lsn => {
+                let Some(server) = self.server.as_mut() else {
+                    return;
+                };
+                match crate::routing::commit_lsn(&mut server.conn, self.max_len).await {
+                    Ok(lsn) => self.ryw.min_lsn = self.ryw.min_lsn.max(lsn),
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %e,
+                            "reading the WAL position after a write failed; reads stay on the primary for read_your_writes_window"
+                        );
+                        self.ryw.primary_until = Some(window);
+                        // Its state is unknown: closed, not pooled.
+                        self.server = None;
+                        self.unlink();
+                    }
+                }
+            }
+        }
     }
 
     /// After ROLLBACK TO SAVEPOINT undid SETs: once nothing is in flight (and the
@@ -940,6 +1050,7 @@ impl Relay {
             _ => {
                 self.replay = None;
                 self.replayed = false;
+                self.failover = None;
                 if std::mem::take(&mut self.rolled_back) {
                     if self.status == TransactionStatus::Idle {
                         // The whole transaction: its SETs are gone.
@@ -962,6 +1073,14 @@ impl Relay {
                 if self.status == TransactionStatus::Idle {
                     self.tx_snapshot = None;
                 }
+                if self.routes.is_some() && self.ryw.replica.is_none() {
+                    if self.status != TransactionStatus::Idle {
+                        // Later statements of the transaction are not classified.
+                        self.ryw.wrote = true;
+                    } else if std::mem::take(&mut self.ryw.wrote) {
+                        self.ryw.commit_pending = true;
+                    }
+                }
                 self.pending_change = match self.pending_change.take() {
                     Some((c, s, n)) if n > 0 => Some((c, s, n - 1)),
                     _ => None,
@@ -971,10 +1090,54 @@ impl Relay {
         }
     }
 
-    async fn checkout(&mut self) -> bool {
+    /// Lends the client a server connection for the transaction `first` starts: on a
+    /// replica when the database has replicas and the batch is read-only (see
+    /// `routing.rs`), else on the primary. A replica that fails to connect leaves the
+    /// rotation and the next one is tried, the primary last.
+    async fn checkout(&mut self, first: &Frame) -> bool {
+        let read_only = self.routes.is_some()
+            && crate::routing::read_only_batch(
+                first,
+                &self.cbuf,
+                self.max_len,
+                &self.shared.analyzer,
+                |name| self.statements.query_of(name),
+            );
+        self.checkout_for(read_only, 0).await
+    }
+
+    /// [`Relay::checkout`] for a transaction known to be read-only or not, skipping
+    /// the replicas in `tried` (a bit each).
+    async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> bool {
         self.info.set_state(ClientState::Waiting);
-        match self.pool.checkout().await {
-            Ok(mut checkout) => {
+        let result = loop {
+            let replica = if read_only {
+                self.pick_replica(tried)
+            } else {
+                None
+            };
+            let pool = match (replica, &self.routes) {
+                (Some(i), Some(routes)) => routes.pool(i).clone(),
+                _ => self.pool.clone(),
+            };
+            match pool.checkout().await {
+                Ok(checkout) => break Ok((checkout, replica)),
+                Err(e) => match (replica, &self.routes, &e) {
+                    // The replica is unreachable: the next one, or the primary.
+                    (
+                        Some(i),
+                        Some(routes),
+                        CheckoutError::Connect(_) | CheckoutError::Down { .. },
+                    ) => {
+                        routes.router.replicas[i].failed(&checkout_error(&pool, e).1);
+                        tried |= 1 << i.min(63);
+                    }
+                    _ => break Err((pool, e)),
+                },
+            }
+        };
+        match result {
+            Ok((mut checkout, replica)) => {
                 self.pool.refresh_plans(&mut checkout.conn);
                 checkout.conn.info.set_link(self.info.id);
                 self.info.set_link(checkout.conn.info.id);
@@ -982,15 +1145,44 @@ impl Relay {
                 *lock(&self.cancel) = Some((checkout.conn.addr, checkout.conn.cancel_key));
                 self.status = checkout.conn.status;
                 self.server = Some(checkout);
+                self.ryw.replica = replica;
+                self.ryw.wrote = !read_only;
+                self.failover = replica.map(|_| BytesMut::new());
+                if let Some(routes) = &self.routes {
+                    let router = &routes.router;
+                    match replica {
+                        Some(i) => router.replicas[i].transactions.fetch_add(1, Relaxed),
+                        None if read_only => router.primary_reads.fetch_add(1, Relaxed),
+                        None => router.primary_writes.fetch_add(1, Relaxed),
+                    };
+                }
                 self.sync_settings();
                 true
             }
-            Err(e) => {
+            Err((pool, e)) => {
                 self.info.set_state(ClientState::Idle);
-                fail_checkout(&mut self.client, &self.pool, e).await;
+                fail_checkout(&mut self.client, &pool, e).await;
                 false
             }
         }
+    }
+
+    /// The replica for a read-only transaction, or `None` for the primary: after the
+    /// client's write only a replica that replayed it (unless the primary is down).
+    fn pick_replica(&self, tried: u64) -> Option<usize> {
+        let routes = self.routes.as_ref()?;
+        let settings = &routes.router.settings;
+        let primary_down = self.pool.is_down() || !routes.router.primary_up.load(Relaxed);
+        if primary_down && settings.reads_when_primary_down {
+            return routes.router.pick(0, tried, None);
+        }
+        if self.ryw.primary_until.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        let primary_load = settings
+            .primary_reads
+            .then(|| (self.pool.active.load(Relaxed), settings.primary_weight));
+        routes.router.pick(self.ryw.min_lsn, tried, primary_load)
     }
 
     /// Writes `to_server` while buffering whatever the server sends meanwhile, so
@@ -1010,6 +1202,9 @@ impl Relay {
             }
         };
         self.to_server.clear();
+        if broken && self.failover.is_some() {
+            return Box::pin(self.fail_over()).await;
+        }
         if broken {
             self.server_lost().await;
             return Err(ProxyError::server_io(std::io::ErrorKind::BrokenPipe.into()));
@@ -1055,10 +1250,57 @@ impl Relay {
         self.info.set_state(ClientState::Idle);
     }
 
+    /// The replica under a read died before the client was sent anything: the read
+    /// runs once more, on another replica or the primary. (Its responses so far are
+    /// dropped; the client sees only the second run's.)
+    async fn fail_over(&mut self) -> Result<(), ProxyError> {
+        let mut batch = self.failover.take().unwrap_or_default();
+        let replica = self.ryw.replica;
+        self.server = None;
+        self.unlink();
+        self.sbuf.clear();
+        self.out.clear();
+        self.expected.abandon();
+        if let Some(tracker) = self.tracker.as_mut() {
+            tracker.abandon();
+        }
+        self.status = TransactionStatus::Idle;
+        self.skipping = false;
+        self.pending_change = None;
+        self.replay = None;
+        let mut tried = 0;
+        if let (Some(i), Some(routes)) = (replica, &self.routes) {
+            let node = &routes.router.replicas[i];
+            node.failed("the server connection broke during a read");
+            node.failovers.fetch_add(1, Relaxed);
+            tried = 1 << i.min(63);
+            tracing::warn!(
+                client = %self.info.addr,
+                replica = %node.address(),
+                "a replica failed under a read: running it again on another node"
+            );
+        }
+        if !self.checkout_for(true, tried).await {
+            return Err(ProxyError::server_io(
+                std::io::ErrorKind::ConnectionAborted.into(),
+            ));
+        }
+        self.failover = None; // once only
+        while let Ok(Some(frame)) = split_frame(&mut batch, self.max_len) {
+            if let Err(e) = self.route(&frame) {
+                return Err(self.client_protocol_error(e).await);
+            }
+        }
+        self.forward().await
+    }
+
     /// The server connection broke: the client learns it with a proper error.
     async fn server_lost(&mut self) {
         self.server = None;
         self.unlink();
+        if let (Some(i), Some(routes)) = (self.ryw.replica, &self.routes) {
+            routes.router.replicas[i].failed("the server connection broke");
+        }
         self.pool
             .stats
             .record_error(sqlstate::CONNECTION_FAILURE.as_bytes());

@@ -18,8 +18,9 @@ use crate::auth::{self, Credentials};
 use crate::auth_query::{self, LookupError};
 use crate::config::{ClientAuth, Config, TlsMode, ADMIN_DATABASE};
 use crate::io::{close_tls, send_fatal, write_all};
-use crate::pool::{CheckoutError, Pool};
+use crate::pool::{CheckoutError, Pool, ServerParams};
 use crate::relay::Relay;
+use crate::routing::Routes;
 use crate::session_state::Settings;
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::{ClientInfo, ClientState};
@@ -150,8 +151,12 @@ async fn session(
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
+    let routes = shared.routes_for(&pool, found.as_ref());
     if let Some(keys) = keys {
         if pool.target.user == *user {
+            for replica in routes.iter().flat_map(|r| &r.pools) {
+                replica.learn_keys(keys.clone());
+            }
             pool.learn_keys(keys);
         }
     }
@@ -162,14 +167,13 @@ async fn session(
             // The first client of a pool: connecting now also tells it whether the
             // server is up, before it sends a query.
             info.set_state(ClientState::Waiting);
-            match pool.checkout().await {
-                Ok(checkout) => checkout.release(),
+            match first_contact(&pool, routes.as_ref()).await {
+                Ok(params) => params,
                 Err(e) => {
                     fail_checkout(&mut stream, &pool, e).await;
                     return Ok(());
                 }
             }
-            pool.params().unwrap_or_default()
         }
     };
     info.set_state(ClientState::Idle);
@@ -202,7 +206,7 @@ async fn session(
         Relay::new(
             stream,
             buf,
-            pool,
+            (pool, routes),
             shared.clone(),
             cancel_slot,
             info.clone(),
@@ -214,6 +218,31 @@ async fn session(
     .await;
     shared.unregister_cancel(key);
     result
+}
+
+/// The server's start-up parameters for a pool's first client, from a connection made
+/// now. When the primary is down and reads may go on without it, a replica's do.
+async fn first_contact(
+    pool: &Arc<Pool>,
+    routes: Option<&Routes>,
+) -> Result<ServerParams, CheckoutError> {
+    let error = match pool.checkout().await {
+        Ok(checkout) => {
+            checkout.release();
+            return Ok(pool.params().unwrap_or_default());
+        }
+        Err(e) => e,
+    };
+    let Some(routes) = routes.filter(|r| r.router.settings.reads_when_primary_down) else {
+        return Err(error);
+    };
+    for replica in &routes.pools {
+        if let Ok(checkout) = replica.checkout().await {
+            checkout.release();
+            return Ok(replica.params().unwrap_or_default());
+        }
+    }
+    Err(error)
 }
 
 /// Reads the start-up packets: answers SSLRequest/GSSENCRequest, forwards a
@@ -415,7 +444,7 @@ pub async fn fail_checkout(stream: &mut ClientStream, pool: &Pool, error: Checko
 }
 
 /// The SQLSTATE and message a client gets when no server connection can be had.
-fn checkout_error(pool: &Pool, error: CheckoutError) -> (&'static str, String) {
+pub fn checkout_error(pool: &Pool, error: CheckoutError) -> (&'static str, String) {
     match error {
         CheckoutError::WaitTimeout(wait) => (
             sqlstate::QUERY_CANCELED,

@@ -14,6 +14,7 @@ use crate::auth::{prepare_users, Credentials};
 use crate::config::{Config, Database, TlsMode};
 use crate::observe::InsightState;
 use crate::pool::{Pool, PoolLimits, Pools};
+use crate::routing::{Router, Routes};
 use crate::server::{send_cancel, ServerTarget};
 use crate::server_tls::ServerTlsConnector;
 use crate::session::{CancelSlot, CancelTarget};
@@ -62,6 +63,28 @@ pub struct Shared {
     /// Query insight, unless disabled at start (RELOAD applies its settings, keeping
     /// the statistics).
     pub insight: Option<Arc<InsightState>>,
+    /// Replica routers of the databases with replicas (replaced on RELOAD when their
+    /// replicas or the routing policy change; sessions keep the one they started with).
+    routers: RwLock<HashMap<String, Arc<Router>>>,
+}
+
+/// A router per database that has replicas; `old` ones are kept when unchanged.
+fn routers_for(
+    config: &Config,
+    old: &HashMap<String, Arc<Router>>,
+) -> HashMap<String, Arc<Router>> {
+    config
+        .databases
+        .iter()
+        .filter(|db| !db.replicas.is_empty())
+        .map(|db| {
+            let router = match old.get(&db.name) {
+                Some(r) if r.same_as(&db.replicas, &config.routing) => r.clone(),
+                _ => Arc::new(Router::new(&db.name, &db.replicas, config.routing.clone())),
+            };
+            (db.name.clone(), router)
+        })
+        .collect()
 }
 
 impl Shared {
@@ -72,7 +95,15 @@ impl Shared {
         server_tls: Option<ServerTlsConnector>,
         insight: Option<Arc<InsightState>>,
     ) -> Shared {
+        let analyzer = pgopt_sql::Analyzer::new(pgopt_sql::AnalyzerConfig {
+            analysis: pgopt_sql::AnalysisConfig {
+                read_only_functions: config.routing.safe_functions.clone(),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
         Shared {
+            routers: RwLock::new(routers_for(&config, &HashMap::new())),
             insight,
             tls: RwLock::new(tls),
             server_tls: RwLock::new(server_tls),
@@ -90,7 +121,7 @@ impl Shared {
             rejected_max_clients: AtomicU64::new(0),
             rejected_auth: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
-            analyzer: pgopt_sql::Analyzer::new(pgopt_sql::AnalyzerConfig::default()),
+            analyzer,
         }
     }
 
@@ -131,6 +162,57 @@ impl Shared {
         user: &str,
         found: Option<&Credentials>,
     ) -> Option<Arc<Pool>> {
+        self.node_pool(database, user, found, None)
+    }
+
+    /// The replicas a client of (database, user) may read from, with its pools for
+    /// them; `None` for a database without replicas, and in session mode (a session's
+    /// state lives on one server).
+    pub fn routes_for(&self, primary: &Arc<Pool>, found: Option<&Credentials>) -> Option<Routes> {
+        if primary.mode != crate::config::PoolMode::Transaction {
+            return None;
+        }
+        let router = self.router(&primary.database)?;
+        let pools = (0..router.replicas.len())
+            .map(|i| {
+                let node = (i, router.replicas[i].clone());
+                self.node_pool(&primary.database, &primary.user, found, Some(node))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        router.adopt(primary, &pools, self.lifecycle());
+        Some(Routes { router, pools })
+    }
+
+    /// The router of `database`, if it has replicas.
+    pub fn router(&self, database: &str) -> Option<Arc<Router>> {
+        self.routers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(database)
+            .cloned()
+    }
+
+    /// Every router, by database name.
+    pub fn routers(&self) -> Vec<Arc<Router>> {
+        let mut v: Vec<_> = self
+            .routers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.database.cmp(&b.database));
+        v
+    }
+
+    /// The pool of (database, user) on the primary (`node: None`) or on a replica.
+    fn node_pool(
+        &self,
+        database: &str,
+        user: &str,
+        found: Option<&Credentials>,
+        node: Option<(usize, Arc<crate::routing::Node>)>,
+    ) -> Option<Arc<Pool>> {
         // Lock order: `paused` before the pool map (as in `set_paused`).
         let paused = lock(&self.paused);
         let paused = paused.0 || paused.1.contains(database);
@@ -138,10 +220,14 @@ impl Shared {
         let users = self.users();
         let db = config.databases.iter().find(|d| d.name == database)?;
         let server_tls = self.server_tls();
-        let target = target_for(db, user, |name| users.get(name).or(found), server_tls);
+        let mut target = target_for(db, user, |name| users.get(name).or(found), server_tls);
+        if let Some((_, n)) = &node {
+            target.host = n.host.clone();
+            target.port = n.port;
+        }
+        let index = node.as_ref().map_or(0, |(i, _)| i + 1);
         Some(self.pools.get_or_replace(
-            database,
-            user,
+            (database, user, index),
             |pool| pool.target == target && pool.mode == config.pool_mode,
             || {
                 let pool = Pool::new(
@@ -150,6 +236,7 @@ impl Shared {
                     config.pool_mode,
                     target.clone(),
                     limits_for(&config),
+                    node,
                 );
                 if paused {
                     pool.pause();
@@ -299,10 +386,25 @@ impl Shared {
             tracing::warn!("listen and admin_listen changes take effect after a restart");
         }
         let limits = limits_for(&new);
+        let routers = {
+            let old = self.routers.read().unwrap_or_else(|p| p.into_inner());
+            routers_for(&new, &old)
+        };
         for pool in self.pools.list() {
             let db = new.databases.iter().find(|d| d.name == pool.database);
             let same_server = db.is_some_and(|db| {
-                let target = target_for(db, &pool.user, |name| users.get(name), server_tls.clone());
+                let mut target =
+                    target_for(db, &pool.user, |name| users.get(name), server_tls.clone());
+                if let Some((i, node)) = &pool.node {
+                    // The same replica, still in this database's router.
+                    match routers.get(&db.name).and_then(|r| r.replicas.get(*i)) {
+                        Some(n) if Arc::ptr_eq(n, node) => {
+                            target.host = n.host.clone();
+                            target.port = n.port;
+                        }
+                        _ => return false,
+                    }
+                }
                 // An auth_query user's password came from the server, not the config.
                 let listed = users.contains_key(&target.user) || db.password.is_some();
                 target.same_login(&pool.target) && (!listed || target == pool.target)
@@ -310,7 +412,7 @@ impl Shared {
             if same_server && new.pool_mode == pool.mode {
                 pool.set_limits(limits);
             } else {
-                self.pools.remove(&pool.database, &pool.user);
+                self.pools.remove(&pool);
                 pool.close_idle();
             }
         }
@@ -330,6 +432,7 @@ impl Shared {
         *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = server_tls;
+        *self.routers.write().unwrap_or_else(|p| p.into_inner()) = routers;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         tracing::info!("configuration reloaded");
         Ok(())

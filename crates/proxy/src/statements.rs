@@ -72,6 +72,12 @@ impl ClientStatements {
         self.by_name.get_mut(name)
     }
 
+    /// The SQL text of the client's statement `name`.
+    pub fn query_of(&self, name: &str) -> Option<&str> {
+        let parse = &self.by_name.get(name)?.prepared.parse;
+        Parse::decode(parse.get(5..)?).ok().map(|p| p.query)
+    }
+
     /// The client's statements on server statement `id` now know its current shape.
     pub fn refresh(&mut self, id: u64, epoch: u64) {
         for s in self.by_name.values_mut() {

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::config::{ClientAuth, Config, PoolMode};
+use crate::routing::format_lsn;
 use crate::shared::Shared;
 use crate::stats::{format_time, unix_us_now, ServerState, Totals};
 
@@ -76,6 +77,7 @@ pub fn pools(shared: &Shared) -> Table {
         ("pool_mode", Text),
         ("paused", Text),
         ("server_down", Text),
+        ("node", Text),
     ]);
     let now = unix_us_now();
     let mut max_wait: HashMap<(String, String), Duration> = HashMap::new();
@@ -106,9 +108,105 @@ pub fn pools(shared: &Shared) -> Table {
             t(mode_name(pool.mode)),
             t(yes_no(pool.is_paused())),
             t(yes_no(pool.is_down())),
+            t(pool.node_name()),
         ]);
     }
     table
+}
+
+/// SHOW REPLICAS: per database with replicas, the primary and each replica — health,
+/// lag, weight, transactions routed there and running now.
+pub fn replicas(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        ("database", Text),
+        ("role", Text),
+        ("host", Text),
+        ("port", Int),
+        ("weight", Int),
+        ("state", Text),
+        ("replay_lsn", Text),
+        ("lag_bytes", Int),
+        ("lag_ms", Int),
+        ("outstanding", Int),
+        ("reads", Int),
+        ("writes", Int),
+        ("failovers", Int),
+        ("last_error", Text),
+    ]);
+    let pools = shared.pools.list();
+    let config = shared.config();
+    for router in shared.routers() {
+        let Some(db) = config.databases.iter().find(|d| d.name == router.database) else {
+            continue;
+        };
+        let primary_busy: usize = pools
+            .iter()
+            .filter(|p| p.database == router.database && p.node.is_none())
+            .map(|p| p.active.load(Relaxed))
+            .sum();
+        let up = router.primary_up.load(Relaxed);
+        table.push(vec![
+            t(&router.database),
+            t("primary"),
+            t(&db.host),
+            n(db.port),
+            n(router.settings.primary_weight),
+            t(if up { "up" } else { "down" }),
+            t(format_lsn(router.primary_lsn.load(Relaxed))),
+            n(0u64),
+            n(0u64),
+            n(primary_busy as u64),
+            n(router.primary_reads.load(Relaxed)),
+            n(router.primary_writes.load(Relaxed)),
+            n(0u64),
+            None,
+        ]);
+        for node in &router.replicas {
+            let error = node.last_error();
+            table.push(vec![
+                t(&router.database),
+                t("replica"),
+                t(&node.host),
+                n(node.port),
+                n(node.weight),
+                t(node.state().as_str()),
+                t(format_lsn(node.replay_lsn.load(Relaxed))),
+                n(node.lag_bytes.load(Relaxed)),
+                n(node.lag_ms.load(Relaxed)),
+                n(node.outstanding.load(Relaxed) as u64),
+                n(node.transactions.load(Relaxed)),
+                n(0u64),
+                n(node.failovers.load(Relaxed)),
+                (!error.is_empty()).then_some(error),
+            ]);
+        }
+    }
+    table
+}
+
+/// A table as a JSON array of objects (integers as numbers), for `/api/…`.
+pub fn table_json(table: &Table) -> String {
+    let rows: Vec<serde_json::Value> = table
+        .rows
+        .iter()
+        .map(|row| {
+            let fields = table.columns.iter().zip(row).map(|((name, kind), v)| {
+                let value = match (v, kind) {
+                    (None, _) => serde_json::Value::Null,
+                    (Some(v), Kind::Int) => v
+                        .parse::<u64>()
+                        .map(Into::into)
+                        .unwrap_or_else(|_| v.clone().into()),
+                    (Some(v), _) => v.clone().into(),
+                };
+                (name.to_string(), value)
+            });
+            serde_json::Value::Object(fields.collect())
+        })
+        .collect();
+    let mut body = serde_json::Value::Array(rows).to_string();
+    body.push('\n');
+    body
 }
 
 pub fn clients(shared: &Shared) -> Table {
@@ -434,6 +532,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "SHOW NPLUS1",
         "statements repeated in a loop (N+1 findings)",
+    ),
+    (
+        "SHOW REPLICAS",
+        "primary and replicas: state, lag, reads and writes routed",
     ),
     ("RELOAD", "re-read the config file"),
     (

@@ -4,6 +4,7 @@
 mod bounded;
 mod duration;
 mod proxy;
+mod routing;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use bounded::{Bounded, Scale};
 pub use duration::HumanDuration;
 pub use proxy::{ClientAuthMethod, PoolMode, ProxyConfig, ServerTlsModeSetting, TlsModeSetting};
+pub use routing::RoutingSection;
 
 /// The whole configuration tree. Each section is the small typed config of one part.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -21,6 +23,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub demo: DemoConfig,
     pub proxy: ProxyConfig,
+    /// The upstream's replicas and the read/write split.
+    pub routing: RoutingSection,
     pub insight: InsightSection,
     /// `pgopt advise` thresholds.
     pub advise: pgopt_advisor::Thresholds,

@@ -22,6 +22,7 @@ pub fn config_for(pg: &Postgres, mode: PoolMode, pool_size: usize) -> Config {
             dbname: "postgres".into(),
             user: None,
             password: pg.password().map(str::to_string),
+            replicas: Vec::new(),
         }],
         ..Config::default()
     }

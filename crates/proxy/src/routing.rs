@@ -1,0 +1,588 @@
+//! Replica routing: which server a transaction runs on, and what pgopt knows of each
+//! replica's health.
+//!
+//! A database with replicas gets a [`Router`]. Its checker task keeps one connection
+//! of its own to the primary and to each replica and, every `check_interval`, reads the
+//! primary's WAL position and each replica's `pg_is_in_recovery()` and replay position.
+//! A replica is in the rotation while it is reachable, in recovery and no further
+//! behind than `max_lag_bytes` / `max_lag`. The relay asks [`Router::pick`] for a
+//! replica when a transaction's first batch is read-only (see
+//! [`read_only_batch`]): the least busy in-rotation replica by outstanding
+//! transactions over weight, and, after the client's own write, only one that has
+//! replayed past that write.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use pgopt_sql::{Analysis, Analyzer};
+use pgopt_wire::frontend::{Bind, Parse, Query};
+use pgopt_wire::{peek_header, Frame};
+use tokio::sync::watch;
+
+use crate::config::{Replica, Routing};
+use crate::pool::Pool;
+use crate::server::ServerConn;
+use crate::shared::Lifecycle;
+
+/// Where a replica stands, as the last check (or a failed connection) found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NodeState {
+    /// Not checked yet: not used until the first check.
+    Unknown = 0,
+    Up = 1,
+    /// Further behind than `max_lag_bytes` or `max_lag`.
+    Lagging = 2,
+    /// Unreachable, or its check failed.
+    Down = 3,
+    /// Reachable but not in recovery (promoted, or not a replica at all).
+    NotReplica = 4,
+}
+
+impl NodeState {
+    fn from_u8(v: u8) -> NodeState {
+        match v {
+            1 => NodeState::Up,
+            2 => NodeState::Lagging,
+            3 => NodeState::Down,
+            4 => NodeState::NotReplica,
+            _ => NodeState::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Unknown => "unknown",
+            NodeState::Up => "up",
+            NodeState::Lagging => "lagging",
+            NodeState::Down => "down",
+            NodeState::NotReplica => "not_in_recovery",
+        }
+    }
+}
+
+/// One replica: its address and weight, and its health as last seen.
+#[derive(Debug)]
+pub struct Node {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    state: AtomicU8,
+    /// `pg_last_wal_replay_lsn()` at the last check.
+    pub replay_lsn: AtomicU64,
+    /// Behind the primary, in bytes of WAL and in milliseconds.
+    pub lag_bytes: AtomicU64,
+    pub lag_ms: AtomicU64,
+    /// Transactions running on it now (server connections lent), over all pools.
+    pub outstanding: AtomicUsize,
+    /// Transactions routed to it.
+    pub transactions: AtomicU64,
+    /// Reads retried elsewhere after it failed under them.
+    pub failovers: AtomicU64,
+    last_error: Mutex<String>,
+}
+
+impl Node {
+    fn new(replica: &Replica) -> Node {
+        Node {
+            host: replica.host.clone(),
+            port: replica.port,
+            weight: replica.weight.max(1),
+            state: AtomicU8::new(NodeState::Unknown as u8),
+            replay_lsn: AtomicU64::new(0),
+            lag_bytes: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            outstanding: AtomicUsize::new(0),
+            transactions: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
+        }
+    }
+
+    pub fn state(&self) -> NodeState {
+        NodeState::from_u8(self.state.load(Relaxed))
+    }
+
+    pub fn last_error(&self) -> String {
+        lock(&self.last_error).clone()
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Records a new state; a change is logged.
+    fn set_state(&self, state: NodeState, error: Option<String>) {
+        let old = NodeState::from_u8(self.state.swap(state as u8, SeqCst));
+        if let Some(e) = &error {
+            *lock(&self.last_error) = e.clone();
+        }
+        if old == state {
+            return;
+        }
+        let addr = self.address();
+        match state {
+            NodeState::Up => tracing::info!(replica = %addr, "replica in the rotation"),
+            _ => tracing::warn!(
+                replica = %addr,
+                state = state.as_str(),
+                error = error.as_deref().unwrap_or(""),
+                lag_bytes = self.lag_bytes.load(Relaxed),
+                lag_ms = self.lag_ms.load(Relaxed),
+                "replica out of the rotation"
+            ),
+        }
+    }
+
+    /// A connection to it failed under a client: out of the rotation until the next
+    /// good check.
+    pub fn failed(&self, error: &str) {
+        self.set_state(NodeState::Down, Some(error.to_string()));
+    }
+}
+
+/// The replicas of one database and the primary's WAL position.
+pub struct Router {
+    pub database: String,
+    pub replicas: Vec<Arc<Node>>,
+    pub settings: Routing,
+    /// The primary's `pg_current_wal_lsn()` at the last check, and whether it answered.
+    pub primary_lsn: AtomicU64,
+    pub primary_up: AtomicBool,
+    /// Transactions routed to the primary: writes, and reads that had to go there.
+    pub primary_writes: AtomicU64,
+    pub primary_reads: AtomicU64,
+    /// Recent (time, primary LSN) samples, for lag in seconds.
+    history: Mutex<VecDeque<(Instant, u64)>>,
+    /// Pools the checker connects with (the first client's: the checker needs a login).
+    pools: Mutex<Option<CheckPools>>,
+    checker_started: AtomicBool,
+    /// Spreads ties over the replicas.
+    turn: AtomicUsize,
+}
+
+/// The primary's pool and the replicas' pools, in the router's order.
+type CheckPools = (Arc<Pool>, Vec<Arc<Pool>>);
+
+/// Samples of the primary's WAL position kept for the lag in seconds.
+const HISTORY: usize = 4096;
+
+impl Router {
+    pub fn new(database: &str, replicas: &[Replica], settings: Routing) -> Router {
+        Router {
+            database: database.to_string(),
+            replicas: replicas.iter().map(|r| Arc::new(Node::new(r))).collect(),
+            settings,
+            primary_lsn: AtomicU64::new(0),
+            primary_up: AtomicBool::new(true),
+            primary_writes: AtomicU64::new(0),
+            primary_reads: AtomicU64::new(0),
+            history: Mutex::new(VecDeque::new()),
+            pools: Mutex::new(None),
+            checker_started: AtomicBool::new(false),
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    /// Same replicas and policy.
+    pub fn same_as(&self, replicas: &[Replica], settings: &Routing) -> bool {
+        self.settings == *settings
+            && self.replicas.len() == replicas.len()
+            && self
+                .replicas
+                .iter()
+                .zip(replicas)
+                .all(|(n, r)| (&n.host, n.port, n.weight) == (&r.host, r.port, r.weight.max(1)))
+    }
+
+    /// A client's pools for this database: the checker logs in with them. Starts the
+    /// checker on first use.
+    pub fn adopt(
+        self: &Arc<Self>,
+        primary: &Arc<Pool>,
+        replicas: &[Arc<Pool>],
+        lifecycle: watch::Receiver<Lifecycle>,
+    ) {
+        *lock(&self.pools) = Some((primary.clone(), replicas.to_vec()));
+        if !self.checker_started.swap(true, SeqCst) {
+            tokio::spawn(check_loop(Arc::downgrade(self), lifecycle));
+        }
+    }
+
+    /// The replica for a read-only transaction: in the rotation, replayed up to
+    /// `min_lsn`, not in `tried` (a bit per replica), the fewest outstanding
+    /// transactions per unit of weight. `primary_load` (outstanding, weight) makes the
+    /// primary one more candidate: `None` from `pick` then also means "the primary".
+    pub fn pick(
+        &self,
+        min_lsn: u64,
+        tried: u64,
+        primary_load: Option<(usize, u32)>,
+    ) -> Option<usize> {
+        let n = self.replicas.len();
+        let start = self.turn.fetch_add(1, Relaxed);
+        let mut best: Option<(usize, u64)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let node = &self.replicas[i];
+            if tried & (1 << i.min(63)) != 0
+                || node.state() != NodeState::Up
+                || node.replay_lsn.load(Relaxed) < min_lsn
+            {
+                continue;
+            }
+            let score = load_score(node.outstanding.load(Relaxed), node.weight);
+            if best.is_none_or(|(_, s)| score < s) {
+                best = Some((i, score));
+            }
+        }
+        let (i, score) = best?;
+        if let Some((busy, weight)) = primary_load {
+            if load_score(busy, weight) < score {
+                return None;
+            }
+        }
+        Some(i)
+    }
+
+    /// Runs one round of checks on the primary and every replica; `false` when there
+    /// is no login to check with yet.
+    async fn check_all(&self, conns: &mut [Option<ServerConn>]) -> bool {
+        let Some((primary, replicas)) = lock(&self.pools).clone() else {
+            return false;
+        };
+        let max_len = primary.limits().max_message_len;
+        let timeout = primary
+            .limits()
+            .connect_timeout
+            .max(self.settings.check_interval);
+        let mut set = tokio::task::JoinSet::new();
+        let pools = std::iter::once(primary).chain(replicas);
+        for (i, (pool, conn)) in pools.zip(conns.iter_mut()).enumerate() {
+            let conn = conn.take();
+            set.spawn(async move {
+                let sql = if i == 0 { PRIMARY_CHECK } else { REPLICA_CHECK };
+                let result = tokio::time::timeout(timeout, check_one(&pool, conn, sql, max_len))
+                    .await
+                    .unwrap_or_else(|_| Err("health check timed out".to_string()));
+                (i, result)
+            });
+        }
+        let mut results: Vec<Option<Result<Vec<Option<String>>, String>>> =
+            (0..conns.len()).map(|_| None).collect();
+        while let Some(joined) = set.join_next().await {
+            let Ok((i, result)) = joined else { continue };
+            results[i] = Some(result.map(|(conn, row)| {
+                conns[i] = Some(conn);
+                row
+            }));
+        }
+        let now = Instant::now();
+        match results.first().cloned().flatten() {
+            Some(Ok(row)) => {
+                if let Some(lsn) = row
+                    .first()
+                    .cloned()
+                    .flatten()
+                    .as_deref()
+                    .and_then(parse_lsn)
+                {
+                    self.primary_lsn.store(lsn, Relaxed);
+                    let mut history = lock(&self.history);
+                    if history.back().is_none_or(|&(_, last)| last != lsn) {
+                        history.push_back((now, lsn));
+                        if history.len() > HISTORY {
+                            history.pop_front();
+                        }
+                    }
+                }
+                if !self.primary_up.swap(true, Relaxed) {
+                    tracing::info!(database = %self.database, "primary answers health checks again");
+                }
+            }
+            _ => {
+                if self.primary_up.swap(false, Relaxed) {
+                    tracing::warn!(database = %self.database, "primary failed its health check");
+                }
+            }
+        }
+        let primary_lsn = self.primary_lsn.load(Relaxed);
+        for (node, result) in self.replicas.iter().zip(results.into_iter().skip(1)) {
+            match result {
+                Some(Ok(row)) => {
+                    let in_recovery = row.first().cloned().flatten().as_deref() == Some("t");
+                    let replay = row.get(1).cloned().flatten().as_deref().and_then(parse_lsn);
+                    let Some(replay) = replay.filter(|_| in_recovery) else {
+                        node.set_state(
+                            NodeState::NotReplica,
+                            Some("pg_is_in_recovery() is false".into()),
+                        );
+                        continue;
+                    };
+                    node.replay_lsn.store(replay, Relaxed);
+                    let lag_bytes = primary_lsn.saturating_sub(replay);
+                    let lag = self.lag_behind(replay, now);
+                    node.lag_bytes.store(lag_bytes, Relaxed);
+                    node.lag_ms.store(lag.as_millis() as u64, Relaxed);
+                    let s = &self.settings;
+                    if lag_bytes > s.max_lag_bytes || lag > s.max_lag {
+                        node.set_state(
+                            NodeState::Lagging,
+                            Some(format!("{lag_bytes} bytes, {} ms behind", lag.as_millis())),
+                        );
+                    } else {
+                        node.set_state(NodeState::Up, None);
+                    }
+                }
+                Some(Err(e)) => node.set_state(NodeState::Down, Some(e)),
+                None => node.set_state(NodeState::Down, Some("health check failed".into())),
+            }
+        }
+        true
+    }
+
+    /// How long ago the primary first passed `replay`: zero when the replica has
+    /// everything the primary had at the last check.
+    fn lag_behind(&self, replay: u64, now: Instant) -> Duration {
+        let history = lock(&self.history);
+        history
+            .iter()
+            .find(|&&(_, lsn)| lsn > replay)
+            .map(|&(at, _)| now.duration_since(at))
+            .unwrap_or_default()
+    }
+}
+
+/// Outstanding transactions per unit of weight, scaled to stay an integer.
+fn load_score(outstanding: usize, weight: u32) -> u64 {
+    (outstanding as u64 + 1) * 1_000_000 / u64::from(weight.max(1))
+}
+
+const PRIMARY_CHECK: &str = "SELECT pg_catalog.pg_current_wal_lsn()";
+const REPLICA_CHECK: &str =
+    "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_replay_lsn()";
+
+/// One check on `conn` (connected first when there is none); the connection comes
+/// back when it is still good.
+async fn check_one(
+    pool: &Pool,
+    conn: Option<ServerConn>,
+    sql: &str,
+    max_len: u32,
+) -> Result<(ServerConn, Vec<Option<String>>), String> {
+    let mut conn = match conn {
+        Some(c) => c,
+        None => pool
+            .connect_out_of_band()
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    let mut rows = conn.simple_query(sql, max_len).await?;
+    if rows.len() != 1 {
+        return Err(format!("health check returned {} rows", rows.len()));
+    }
+    Ok((conn, rows.swap_remove(0)))
+}
+
+/// The checker: one round every `check_interval` until the router is dropped or the
+/// proxy stops. Until a first client brings a login it looks again every 50 ms.
+async fn check_loop(router: Weak<Router>, mut lifecycle: watch::Receiver<Lifecycle>) {
+    let mut conns: Vec<Option<ServerConn>> = Vec::new();
+    loop {
+        let wait = {
+            let Some(router) = router.upgrade() else {
+                return;
+            };
+            conns.resize_with(router.replicas.len() + 1, || None);
+            if router.check_all(&mut conns).await {
+                router.settings.check_interval
+            } else {
+                Duration::from_millis(50)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = lifecycle.changed() => {
+                if *lifecycle.borrow_and_update() >= Lifecycle::Stopped {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `X/Y` (hex halves of a WAL position) as one number.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// The `X/Y` form of a WAL position.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// A statement may run on a replica: read-only (or opening a read-only block), no
+/// `pgopt:primary` hint, and no `currval`/`lastval` (they read the session's own
+/// sequence state, which only the connection that called `nextval` has).
+pub fn replica_safe(analysis: &Analysis) -> bool {
+    (analysis.read_only || analysis.begins_read_only)
+        && !analysis.hints.primary
+        && !analysis.functions.iter().any(|f| {
+            matches!(
+                f.as_str(),
+                "currval" | "lastval" | "pg_catalog.currval" | "pg_catalog.lastval"
+            )
+        })
+}
+
+/// Whether the batch that starts with `first` (its other messages, if any, at the
+/// front of `rest`) may run on a replica: a simple query whose statements are all
+/// replica-safe, or an extended-protocol batch, complete up to its Sync, whose every
+/// Parse is (a Bind of a named statement asks `named` for its text). Anything else —
+/// a batch not yet all here, a function call, COPY, text the parser refuses — is
+/// for the primary.
+pub fn read_only_batch<'a>(
+    first: &Frame,
+    rest: &[u8],
+    max_len: u32,
+    analyzer: &Analyzer,
+    named: impl Fn(&str) -> Option<&'a str>,
+) -> bool {
+    let safe = |sql: &str| analyzer.analyze(sql).is_ok_and(|a| replica_safe(&a));
+    if first.tag() == b'Q' {
+        return Query::decode(first.body()).is_ok_and(|q| safe(q.sql));
+    }
+    let mut parsed_unnamed = false;
+    let mut check = |tag: u8, body: &[u8]| -> Option<bool> {
+        match tag {
+            b'P' => {
+                let parse = Parse::decode(body).ok()?;
+                parsed_unnamed |= parse.name.is_empty();
+                safe(parse.query).then_some(false)
+            }
+            b'B' => {
+                let bind = Bind::decode(body).ok()?;
+                let ok = if bind.statement.is_empty() {
+                    parsed_unnamed
+                } else {
+                    named(bind.statement).is_some_and(safe)
+                };
+                ok.then_some(false)
+            }
+            b'D' | b'E' | b'C' | b'H' => Some(false),
+            b'S' => Some(true),
+            _ => None,
+        }
+    };
+    match check(first.tag(), first.body()) {
+        Some(true) => return true,
+        None => return false,
+        Some(false) => {}
+    }
+    let mut pos = 0;
+    while let Ok(Some(header)) = peek_header(&rest[pos..], max_len) {
+        let end = pos + header.frame_len();
+        if end > rest.len() {
+            return false;
+        }
+        match check(header.tag, &rest[pos + 5..end]) {
+            Some(true) => return true,
+            None => return false,
+            Some(false) => pos = end,
+        }
+    }
+    false
+}
+
+/// The replicas a client may use, with their pools for the client's (database, user).
+pub struct Routes {
+    pub router: Arc<Router>,
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl Routes {
+    /// The pool of replica `i`.
+    pub fn pool(&self, i: usize) -> &Arc<Pool> {
+        &self.pools[i]
+    }
+}
+
+/// Reads the commit position for read-your-writes: `pg_current_wal_insert_lsn()`
+/// rather than `pg_current_wal_lsn()`, which may not include a commit made with
+/// `synchronous_commit = off` yet.
+pub async fn commit_lsn(conn: &mut ServerConn, max_len: u32) -> Result<u64, String> {
+    let rows = conn
+        .simple_query("SELECT pg_catalog.pg_current_wal_insert_lsn()", max_len)
+        .await?;
+    rows.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .as_deref()
+        .and_then(parse_lsn)
+        .ok_or_else(|| "pg_current_wal_insert_lsn() gave no position".to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_text_round_trips() {
+        assert_eq!(parse_lsn("0/16B3748"), Some(0x16B3748));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert_eq!(format_lsn((0x16 << 32) | 0xB374D848), "16/B374D848");
+        assert_eq!(parse_lsn("nope"), None);
+        assert_eq!(parse_lsn("1/zz"), None);
+    }
+
+    #[test]
+    fn picks_the_least_busy_per_weight_and_skips_what_it_must() {
+        let replicas = [
+            Replica {
+                host: "a".into(),
+                port: 1,
+                weight: 1,
+            },
+            Replica {
+                host: "b".into(),
+                port: 2,
+                weight: 3,
+            },
+        ];
+        let router = Router::new("db", &replicas, Routing::default());
+        assert_eq!(
+            router.pick(0, 0, None),
+            None,
+            "unchecked replicas are not used"
+        );
+        for n in &router.replicas {
+            n.set_state(NodeState::Up, None);
+            n.replay_lsn.store(100, Relaxed);
+        }
+        router.replicas[0].outstanding.store(1, Relaxed);
+        router.replicas[1].outstanding.store(2, Relaxed);
+        // a: 2/1, b: 3/3 → b.
+        assert_eq!(router.pick(0, 0, None), Some(1));
+        assert_eq!(router.pick(0, 0b10, None), Some(0), "b was tried");
+        assert_eq!(
+            router.pick(101, 0, None),
+            None,
+            "neither replayed the write"
+        );
+        assert_eq!(
+            router.pick(0, 0, Some((0, 3))),
+            None,
+            "an idle, heavier primary wins"
+        );
+        assert_eq!(router.pick(0, 0, Some((0, 1))), Some(1), "ties go to the replica");
+        router.replicas[1].set_state(NodeState::Lagging, None);
+        assert_eq!(router.pick(0, 0, None), Some(0));
+    }
+}

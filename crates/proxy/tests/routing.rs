@@ -1,0 +1,325 @@
+//! Replica routing against a real primary and real streaming replicas (`pg_basebackup
+//! -R` from `embedded`): where statements land is read from `pg_is_in_recovery()` in
+//! their own results.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{admin, code, connect, show, start_with};
+use pgopt_embedded::Postgres;
+use pgopt_proxy::{Config, Proxy, ReadYourWrites, Replica};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// Routing with quick health checks, so tests don't wait long for a state change.
+fn with_replicas(config: &mut Config, replicas: &[&Postgres]) {
+    config.databases[0].replicas = replicas
+        .iter()
+        .map(|r| Replica {
+            host: "127.0.0.1".into(),
+            port: r.port(),
+            weight: 1,
+        })
+        .collect();
+    config.routing.check_interval = Duration::from_millis(100);
+    config.default_pool_size = 8;
+}
+
+/// The first column of the first row of a simple query, as text.
+async fn value(client: &Client, sql: &str) -> String {
+    for m in client.simple_query(sql).await.unwrap() {
+        if let SimpleQueryMessage::Row(row) = m {
+            return row.get(0).unwrap_or("").to_string();
+        }
+    }
+    panic!("{sql}: no row");
+}
+
+async fn replica_rows(proxy: &Proxy) -> Vec<HashMap<String, String>> {
+    show(&admin(proxy).await, "REPLICAS").await
+}
+
+/// Waits (up to 20 s) until every replica row of SHOW REPLICAS is in `state`.
+async fn wait_for_state(proxy: &Proxy, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = replica_rows(proxy).await;
+        let replicas: Vec<_> = rows.iter().filter(|r| r["role"] == "replica").collect();
+        if !replicas.is_empty() && replicas.iter().all(|r| r["state"] == state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never reached state {state}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A primary with a table `items` and a sequence, one streaming replica that has
+/// replayed them, and a proxy that routes to it (replica up).
+async fn primary_and_replica(tweak: impl FnOnce(&mut Config)) -> (Postgres, Postgres, Proxy) {
+    let primary = Postgres::start().await.unwrap();
+    primary
+        .psql("CREATE TABLE items (id int PRIMARY KEY, v text); CREATE SEQUENCE s;")
+        .unwrap();
+    let replica = Postgres::start_replica(&primary).await.unwrap();
+    let proxy = start_with(&primary, |c| {
+        with_replicas(c, &[&replica]);
+        tweak(c);
+    })
+    .await;
+    // The checker starts with the first client's login.
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    value(&client, "SELECT 1").await;
+    wait_for_state(&proxy, "up").await;
+    (primary, replica, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
+    let (_primary, _replica, proxy) = primary_and_replica(|_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let on_replica = "t";
+    let on_primary = "f";
+
+    // Simple and extended protocol reads.
+    assert_eq!(
+        value(&client, "SELECT pg_is_in_recovery()").await,
+        on_replica
+    );
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery() FROM (SELECT $1::int) x",
+            &[&1i32],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "an extended-protocol read");
+    let named = client.prepare("SELECT pg_is_in_recovery()").await.unwrap();
+    for _ in 0..3 {
+        let row = client.query_one(&named, &[]).await.unwrap();
+        assert!(row.get::<_, bool>(0), "a prepared read, run again");
+    }
+
+    // Writes, locking reads, side-effecting functions, hints: the primary.
+    for (sql, why) in [
+        (
+            "INSERT INTO items VALUES (1, 'a') RETURNING pg_is_in_recovery()",
+            "a write",
+        ),
+        (
+            "SELECT pg_is_in_recovery() FROM items FOR UPDATE",
+            "FOR UPDATE",
+        ),
+        (
+            "SELECT pg_is_in_recovery() FROM items FOR SHARE",
+            "FOR SHARE",
+        ),
+        ("SELECT pg_is_in_recovery(), nextval('s')", "nextval"),
+        (
+            "SELECT pg_is_in_recovery(), pg_advisory_xact_lock(1)",
+            "an advisory lock",
+        ),
+        (
+            "/* pgopt:primary */ SELECT pg_is_in_recovery()",
+            "the primary hint",
+        ),
+        (
+            "WITH d AS (DELETE FROM items WHERE id = -1 RETURNING 1) SELECT pg_is_in_recovery()",
+            "a writable CTE",
+        ),
+    ] {
+        assert_eq!(value(&client, sql).await, on_primary, "{why}: {sql}");
+    }
+    let row = client
+        .query_one("SELECT pg_is_in_recovery(), nextval('s')", &[])
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0), "nextval over the extended protocol");
+
+    // A read-only transaction may run on a replica as a whole; any other transaction
+    // stays on the primary, reads included. (A new client: this one's reads follow its
+    // writes to the primary until the replica has replayed them.)
+    let mut client = connect(&proxy, "postgres", None).await.unwrap();
+    let tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .unwrap();
+    let row = tx
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "BEGIN READ ONLY runs on the replica");
+    tx.commit().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let row = tx
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0), "a read-write transaction's read");
+    tx.commit().await.unwrap();
+
+    // What the parser refuses goes to the primary (whose error the client gets).
+    let rows = replica_rows(&proxy).await;
+    let writes_before: u64 = rows[0]["writes"].parse().unwrap();
+    let e = client.simple_query("SELEC 1").await.unwrap_err();
+    assert_eq!(code(&e), Some("42601"));
+    let rows = replica_rows(&proxy).await;
+    assert_eq!(rows[0]["role"], "primary");
+    assert_eq!(
+        rows[0]["writes"].parse::<u64>().unwrap(),
+        writes_before + 1,
+        "the unparsable statement went to the primary: {rows:?}"
+    );
+    assert!(rows[1]["reads"].parse::<u64>().unwrap() >= 6, "{rows:?}");
+
+    // The same figures over HTTP and in Prometheus.
+    let addr = proxy.admin_addr().unwrap();
+    let api = common::http_get(addr, "/api/replicas").await;
+    assert!(
+        api.contains("\"role\":\"replica\"") && api.contains("\"state\":\"up\""),
+        "{api}"
+    );
+    let metrics = common::http_get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("pgopt_replica_up{database=\"app\",replica=\"127.0.0.1:"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pgopt_primary_transactions_total{database=\"app\",kind=\"write\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_right_after_a_write_sees_the_write() {
+    let (_primary, _replica, proxy) = primary_and_replica(|_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    for i in 0..200 {
+        client
+            .execute("INSERT INTO items VALUES ($1, 'x')", &[&i])
+            .await
+            .unwrap();
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM items WHERE id = $1", &[&i])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "row {i} read right after its insert");
+        // Another client's reads are not held back by this client's writes.
+        value(&other, "SELECT 1").await;
+    }
+    let rows = replica_rows(&proxy).await;
+    let replica_reads: u64 = rows[1]["reads"].parse().unwrap();
+    assert!(
+        replica_reads >= 100,
+        "the other client's reads went to the replica: {rows:?}"
+    );
+    // Once the replica has replayed the writes, the writer's reads go there too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_mode_keeps_reads_on_the_primary_for_the_window() {
+    let (_primary, _replica, proxy) = primary_and_replica(|c| {
+        c.routing.read_your_writes = ReadYourWrites::Window;
+        c.routing.read_your_writes_window = Duration::from_millis(700);
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+    client
+        .simple_query("INSERT INTO items VALUES (1, 'w')")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "f");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_leaves_the_rotation_and_comes_back() {
+    let (primary, replica, proxy) = primary_and_replica(|c| {
+        c.routing.max_lag_bytes = 64 * 1024;
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    replica.psql("SELECT pg_wal_replay_pause()").unwrap();
+    primary
+        .psql("INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g")
+        .unwrap();
+    wait_for_state(&proxy, "lagging").await;
+    let rows = replica_rows(&proxy).await;
+    assert!(
+        rows[1]["lag_bytes"].parse::<u64>().unwrap() > 64 * 1024,
+        "{rows:?}"
+    );
+    assert_eq!(
+        value(&client, "SELECT pg_is_in_recovery()").await,
+        "f",
+        "reads go to the primary while the only replica lags"
+    );
+    replica.psql("SELECT pg_wal_replay_resume()").unwrap();
+    wait_for_state(&proxy, "up").await;
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_under_read_load_fails_no_reads_and_rejoins() {
+    let (_primary, mut replica, proxy) = primary_and_replica(|_| {}).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client
+                    .query_one("SELECT count(*) FROM items WHERE id > $1", &[&0i32])
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        let db = e.as_db_error();
+                        failed.push(format!(
+                            "{e}: {:?} {:?}",
+                            db.map(|d| d.code().code().to_string()),
+                            db.map(|d| d.message().to_string())
+                        ));
+                        break; // a failed connection ends this client
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Killed (no clean shutdown) under load, then started again.
+    let _replica = tokio::task::spawn_blocking(move || {
+        replica.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        replica.restart().unwrap();
+        replica
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total_ok = 0;
+    for t in tasks {
+        let (ok, failed) = t.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "reads failed when the replica died: {failed:?}"
+        );
+        total_ok += ok;
+    }
+    assert!(total_ok > 0);
+    wait_for_state(&proxy, "up").await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+}
