@@ -34,6 +34,15 @@ use crate::stats::{error_code, error_field, ClientInfo, ClientState};
 use crate::tls::{ClientStream, PgStream};
 use crate::ProxyError;
 
+/// What came of asking for a server connection.
+enum Lending {
+    Lent,
+    /// No server for this batch; an ErrorResponse is queued and the session goes on.
+    Refused,
+    /// The client was sent a FATAL error: the session is over.
+    Closed,
+}
+
 /// Largest read batch kept for a failover to another node.
 const MAX_FAILOVER_BYTES: usize = 64 * 1024;
 
@@ -82,6 +91,9 @@ pub struct Relay {
     pending_change: Option<(Change, String, usize)>,
     /// A Parse was refused: messages up to the next Sync are dropped.
     skipping: bool,
+    /// No server could take a batch (routing, primary down): its messages are dropped
+    /// up to its Sync, which pgopt answers.
+    discarding: bool,
     /// The settings before the open transaction's first SET, restored if it rolls back.
     tx_snapshot: Option<(Settings, Applied)>,
     /// A ROLLBACK came since the last ReadyForQuery: the whole transaction (restore the
@@ -165,6 +177,7 @@ impl Relay {
             settings,
             pending_change: None,
             skipping: false,
+            discarding: false,
             tx_snapshot: None,
             rolled_back: false,
             resync: Vec::new(),
@@ -295,8 +308,27 @@ impl Relay {
                 terminate = true;
                 break;
             }
-            if self.server.is_none() && !self.checkout(&frame).await {
-                return Ok(false);
+            if self.discarding {
+                // The rest of a batch no server could take: its Sync gets a
+                // ReadyForQuery from pgopt.
+                if frame.tag() == b'S' {
+                    self.discarding = false;
+                    self.expected.push(Step::Ready);
+                }
+                continue;
+            }
+            if self.server.is_none() {
+                match self.checkout(&frame).await {
+                    Lending::Lent => {}
+                    Lending::Closed => return Ok(false),
+                    Lending::Refused => {
+                        match frame.tag() {
+                            b'Q' | b'F' | b'S' => self.expected.push(Step::Ready),
+                            _ => self.discarding = true,
+                        }
+                        continue;
+                    }
+                }
             }
             if self.query_start.is_none() {
                 let now = Instant::now();
@@ -1094,7 +1126,7 @@ impl Relay {
     /// replica when the database has replicas and the batch is read-only (see
     /// `routing.rs`), else on the primary. A replica that fails to connect leaves the
     /// rotation and the next one is tried, the primary last.
-    async fn checkout(&mut self, first: &Frame) -> bool {
+    async fn checkout(&mut self, first: &Frame) -> Lending {
         let read_only = self.routes.is_some()
             && crate::routing::read_only_batch(
                 first,
@@ -1108,7 +1140,7 @@ impl Relay {
 
     /// [`Relay::checkout`] for a transaction known to be read-only or not, skipping
     /// the replicas in `tried` (a bit each).
-    async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> bool {
+    async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> Lending {
         self.info.set_state(ClientState::Waiting);
         let result = loop {
             let replica = if read_only {
@@ -1157,12 +1189,36 @@ impl Relay {
                     };
                 }
                 self.sync_settings();
-                true
+                Lending::Lent
             }
             Err((pool, e)) => {
                 self.info.set_state(ClientState::Idle);
+                let primary_down =
+                    matches!(e, CheckoutError::Connect(_) | CheckoutError::Down { .. });
+                if self.routes.is_some() && primary_down {
+                    // Routing: the client keeps its session for reads replicas serve.
+                    let (_, why) = checkout_error(&pool, e);
+                    let message = if read_only {
+                        format!("no server for this read: no replica is available and the primary is down ({why})")
+                    } else {
+                        format!(
+                            "the primary server is down, so only reads are served for now ({why})"
+                        )
+                    };
+                    let code = sqlstate::READ_ONLY_SQL_TRANSACTION;
+                    self.pool.stats.record_error(code.as_bytes());
+                    let mut out = BytesMut::new();
+                    if ErrorBuilder::new(Severity::Error, code, &message)
+                        .encode_error(&mut out)
+                        .is_ok()
+                    {
+                        self.expected.push_error(out.freeze());
+                        return Lending::Refused;
+                    }
+                    return Lending::Closed;
+                }
                 fail_checkout(&mut self.client, &pool, e).await;
-                false
+                Lending::Closed
             }
         }
     }
@@ -1280,10 +1336,21 @@ impl Relay {
                 "a replica failed under a read: running it again on another node"
             );
         }
-        if !self.checkout_for(true, tried).await {
-            return Err(ProxyError::server_io(
-                std::io::ErrorKind::ConnectionAborted.into(),
-            ));
+        match self.checkout_for(true, tried).await {
+            Lending::Lent => {}
+            Lending::Closed => {
+                return Err(ProxyError::server_io(
+                    std::io::ErrorKind::ConnectionAborted.into(),
+                ))
+            }
+            Lending::Refused => {
+                // Nowhere to run it: the client gets the error and a ReadyForQuery.
+                self.expected.push(Step::Ready);
+                self.expected.answer_ready(&mut self.out, self.status);
+                write_all(&mut self.client, &self.out).await?;
+                self.out.clear();
+                return Ok(());
+            }
         }
         self.failover = None; // once only
         while let Ok(Some(frame)) = split_frame(&mut batch, self.max_len) {

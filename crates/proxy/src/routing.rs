@@ -581,7 +581,11 @@ mod tests {
             None,
             "an idle, heavier primary wins"
         );
-        assert_eq!(router.pick(0, 0, Some((0, 1))), Some(1), "ties go to the replica");
+        assert_eq!(
+            router.pick(0, 0, Some((0, 1))),
+            Some(1),
+            "ties go to the replica"
+        );
         router.replicas[1].set_state(NodeState::Lagging, None);
         assert_eq!(router.pick(0, 0, None), Some(0));
     }

@@ -323,3 +323,49 @@ async fn a_replica_stopped_under_read_load_fails_no_reads_and_rejoins() {
     let client = connect(&proxy, "postgres", None).await.unwrap();
     assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_down_reads_go_on_and_writes_fail_at_once() {
+    let (mut primary, _replica, proxy) = primary_and_replica(|_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+    let primary = tokio::task::spawn_blocking(move || {
+        primary.stop();
+        primary
+    })
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let e = client
+        .simple_query("INSERT INTO items VALUES (7, 'x')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("25006"), "{e:?}");
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert!(message.contains("primary server is down"), "{message}");
+    // Extended protocol too, and the session survives both.
+    let e = client
+        .execute("INSERT INTO items VALUES ($1, 'x')", &[&8i32])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("25006"), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "writes fail fast"
+    );
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+
+    // New clients log in and read.
+    let fresh = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&fresh, "SELECT pg_is_in_recovery()").await, "t");
+    let rows = replica_rows(&proxy).await;
+    assert_eq!(rows[0]["state"], "down", "{rows:?}");
+    drop(primary);
+}
