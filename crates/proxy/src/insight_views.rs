@@ -40,8 +40,18 @@ pub fn queries(shared: &Shared) -> Table {
         ("p95_ms", Kind::Float),
         ("p99_ms", Kind::Float),
         ("max_ms", Kind::Float),
+        ("routed", Kind::Text),
     ]);
     for q in insight.store.top(TOP, OrderBy::TotalTime) {
+        // Calls per server, with replicas: "primary=3 replica1=12".
+        let routed: Vec<String> = q
+            .routed
+            .iter()
+            .map(|r| match r.route {
+                pgopt_insight::Route::Primary => format!("primary={}", r.count),
+                pgopt_insight::Route::Replica(i) => format!("replica{}={}", i + 1, r.count),
+            })
+            .collect();
         table.push(vec![
             t(fingerprint_hex(q.fingerprint)),
             t(q.query),
@@ -56,6 +66,7 @@ pub fn queries(shared: &Shared) -> Table {
             ms(q.p95_ms),
             ms(q.p99_ms),
             ms(q.max_time_ms),
+            (!routed.is_empty()).then(|| routed.join(" ")),
         ]);
     }
     table

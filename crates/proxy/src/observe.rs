@@ -131,6 +131,8 @@ pub struct Tracker {
     /// Bind parameters are decoded for samples, the slow log and plans (not when
     /// every consumer has them off).
     sample_params: bool,
+    /// Where the current transaction runs, when the proxy routes (replicas).
+    pub route: Option<pgopt_insight::Route>,
 }
 
 impl Tracker {
@@ -161,6 +163,7 @@ impl Tracker {
             unnamed_text: String::new(),
             epoch: (Instant::now(), SystemTime::now()),
             sample_params,
+            route: None,
         }
     }
 
@@ -355,6 +358,7 @@ impl Tracker {
             rows,
             error,
             params: bind.as_ref().map(|_| params.as_slice()),
+            route: self.route,
             ..Sample::default()
         };
         let text = || Arc::<str>::from(analysis.normalized.as_str());

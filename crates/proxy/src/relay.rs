@@ -1181,6 +1181,12 @@ impl Relay {
                 self.ryw.wrote = !read_only;
                 self.failover = replica.map(|_| BytesMut::new());
                 if let Some(routes) = &self.routes {
+                    if let Some(tracker) = self.tracker.as_mut() {
+                        tracker.route = Some(match replica {
+                            Some(i) => pgopt_insight::Route::Replica(i as u16),
+                            None => pgopt_insight::Route::Primary,
+                        });
+                    }
                     let router = &routes.router;
                     match replica {
                         Some(i) => router.replicas[i].transactions.fetch_add(1, Relaxed),

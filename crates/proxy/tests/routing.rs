@@ -177,6 +177,20 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
     );
     assert!(rows[1]["reads"].parse::<u64>().unwrap() >= 6, "{rows:?}");
 
+    // Query insight counts each shape's calls per server.
+    let queries = show(&admin(&proxy).await, "QUERIES").await;
+    let shape = |text: &str| {
+        queries
+            .iter()
+            .find(|q| q["query"] == text)
+            .unwrap_or_else(|| panic!("{text} in {queries:?}"))["routed"]
+            .clone()
+    };
+    // On the replica: the simple read, three prepared runs, the read-only transaction;
+    // on the primary: the hinted one and the read-write transaction's.
+    assert_eq!(shape("SELECT pg_is_in_recovery()"), "primary=2 replica1=5");
+    assert!(shape("SELECT pg_is_in_recovery() FROM items FOR UPDATE").starts_with("primary="));
+
     // The same figures over HTTP and in Prometheus.
     let addr = proxy.admin_addr().unwrap();
     let api = common::http_get(addr, "/api/replicas").await;
