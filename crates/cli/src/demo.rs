@@ -29,6 +29,9 @@ pub struct DemoArgs {
     /// Port for the embedded PostgreSQL [default: a free one]
     #[arg(long)]
     port: Option<u16>,
+    /// Streaming replicas to start; pgopt sends reads to them [default: 0]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=4))]
+    replicas: Option<u32>,
     /// Exit after the summary instead of waiting for Ctrl-C.
     #[arg(long)]
     no_wait: bool,
@@ -52,6 +55,7 @@ pub async fn run(config: &DemoConfig, args: DemoArgs) -> anyhow::Result<()> {
         clients: args.clients.map(Bounded).unwrap_or(config.clients),
         seed: args.seed.unwrap_or(config.seed),
         port: args.port.unwrap_or(config.port),
+        replicas: args.replicas.map(Bounded).unwrap_or(config.replicas),
     };
     let no_wait = args.no_wait;
     tokio::select! {
@@ -66,6 +70,11 @@ pub async fn run(config: &DemoConfig, args: DemoArgs) -> anyhow::Result<()> {
 async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     eprintln!("Starting an embedded PostgreSQL…");
     let mut builder = Postgres::builder();
+    if settings.replicas.get() > 0 {
+        // Commits flushed and streamed at once, as in production (the throwaway
+        // default, off, holds WAL back up to 200 ms: replicas would seem to lag).
+        builder = builder.setting("synchronous_commit", "on");
+    }
     if settings.port != 0 {
         builder = builder.port(settings.port);
     }
@@ -130,6 +139,19 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     };
     let direct = run_workload(pg.config("saas"), &workload_opts, "direct to PostgreSQL").await?;
 
+    let mut replicas = Vec::new();
+    for _ in 0..settings.replicas.get() {
+        eprintln!("Starting a streaming replica (pg_basebackup)…");
+        let replica = Postgres::start_replica(&pg)
+            .await
+            .context("starting a streaming replica")?;
+        println!(
+            "Replica on 127.0.0.1:{} (streaming from the primary)",
+            replica.port()
+        );
+        replicas.push(replica);
+    }
+
     // The same workload through pgopt: transaction pooling, half as many server
     // connections as clients.
     let pool_size = (workload_opts.clients / 2).max(1);
@@ -144,7 +166,14 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
             dbname: "saas".into(),
             user: None,
             password: None,
-            replicas: Vec::new(),
+            replicas: replicas
+                .iter()
+                .map(|r| pgopt_proxy::Replica {
+                    host: "127.0.0.1".into(),
+                    port: r.port(),
+                    weight: 1,
+                })
+                .collect(),
         }],
         admin_users: vec![pg.user().to_string()],
         admin_listen: Some("127.0.0.1:0".parse()?),
@@ -170,6 +199,11 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     print_comparison(&direct, &proxied);
     if let Err(e) = print_pool_figures(&proxy, pg.user()).await {
         println!("(pool figures unavailable: {e:#})");
+    }
+    if !replicas.is_empty() {
+        if let Err(e) = print_replica_split(&proxy, pg.user()).await {
+            println!("(replica figures unavailable: {e:#})");
+        }
     }
     if let Err(e) = print_query_insight(&proxy, pg.user()).await {
         println!("(query insight unavailable: {e:#})");
@@ -278,6 +312,34 @@ async fn print_query_insight(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::
     Ok(())
 }
 
+/// Where the workload's transactions ran (SHOW REPLICAS).
+async fn print_replica_split(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
+    let admin = admin_console(proxy, user).await?;
+    let rows = show(&admin, "REPLICAS").await?;
+    let text = |r: &tokio_postgres::SimpleQueryRow, col: &str| -> String {
+        r.try_get(col)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_string()
+    };
+    println!("Read/write split (SHOW REPLICAS):");
+    for r in &rows {
+        println!(
+            "  {:<8} {}:{:<6} {:<8} reads {:>8}  writes {:>7}  lag {} bytes / {} ms",
+            text(r, "role"),
+            text(r, "host"),
+            text(r, "port"),
+            text(r, "state"),
+            text(r, "reads"),
+            text(r, "writes"),
+            text(r, "lag_bytes"),
+            text(r, "lag_ms"),
+        );
+    }
+    Ok(())
+}
+
 /// What the proxy's own admin console says about the run: SHOW STATS and SHOW SERVERS.
 async fn print_pool_figures(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
     let admin = admin_console(proxy, user).await?;
@@ -366,7 +428,7 @@ fn print_report(title: &str, report: &WorkloadReport, opts: &WorkloadOptions) {
 fn print_comparison(direct: &WorkloadReport, proxied: &WorkloadReport) {
     let qps = |r: &WorkloadReport| r.total_calls as f64 / r.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "pgopt / direct, this run: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (the workload has no cache or replicas yet: this is the proxy's cost)",
+        "pgopt / direct, this run: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (no result cache yet; replicas, if any, share this machine's cores)",
         qps(proxied) / qps(direct).max(1e-9),
         proxied.p50_us as f64 / (direct.p50_us as f64).max(1.0),
         proxied.p99_us as f64 / (direct.p99_us as f64).max(1.0),

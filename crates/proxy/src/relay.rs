@@ -1143,17 +1143,35 @@ impl Relay {
     async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> Lending {
         self.info.set_state(ClientState::Waiting);
         let result = loop {
-            let replica = if read_only {
-                self.pick_replica(tried)
-            } else {
-                None
+            let (replica, verify) = match read_only.then(|| self.pick_replica(tried)).flatten() {
+                Some((i, verify)) => (Some(i), verify),
+                None => (None, 0),
             };
             let pool = match (replica, &self.routes) {
                 (Some(i), Some(routes)) => routes.pool(i).clone(),
                 _ => self.pool.clone(),
             };
             match pool.checkout().await {
-                Ok(checkout) => break Ok((checkout, replica)),
+                Ok(mut checkout) => {
+                    let (Some(i), Some(routes)) = (replica, &self.routes) else {
+                        break Ok((checkout, replica));
+                    };
+                    if verify == 0 {
+                        break Ok((checkout, replica));
+                    }
+                    let node = &routes.router.replicas[i];
+                    tried |= 1 << i.min(63);
+                    match crate::routing::replay_lsn(&mut checkout.conn, self.max_len).await {
+                        Ok(lsn) => {
+                            node.replay_lsn.fetch_max(lsn, Relaxed);
+                            if lsn >= verify {
+                                break Ok((checkout, replica));
+                            }
+                            checkout.release(); // not there yet: another node
+                        }
+                        Err(e) => node.failed(&e), // the connection closes
+                    }
+                }
                 Err(e) => match (replica, &self.routes, &e) {
                     // The replica is unreachable: the next one, or the primary.
                     (
@@ -1231,12 +1249,15 @@ impl Relay {
 
     /// The replica for a read-only transaction, or `None` for the primary: after the
     /// client's write only a replica that replayed it (unless the primary is down).
-    fn pick_replica(&self, tried: u64) -> Option<usize> {
+    /// With it, the WAL position the replica must be asked whether it has replayed
+    /// (its last check said no), or 0.
+    fn pick_replica(&self, tried: u64) -> Option<(usize, u64)> {
         let routes = self.routes.as_ref()?;
-        let settings = &routes.router.settings;
-        let primary_down = self.pool.is_down() || !routes.router.primary_up.load(Relaxed);
+        let router = &routes.router;
+        let settings = &router.settings;
+        let primary_down = self.pool.is_down() || !router.primary_up.load(Relaxed);
         if primary_down && settings.reads_when_primary_down {
-            return routes.router.pick(0, tried, None);
+            return router.pick(0, tried, None).map(|i| (i, 0));
         }
         if self.ryw.primary_until.is_some_and(|t| Instant::now() < t) {
             return None;
@@ -1244,7 +1265,13 @@ impl Relay {
         let primary_load = settings
             .primary_reads
             .then(|| (self.pool.active.load(Relaxed), settings.primary_weight));
-        routes.router.pick(self.ryw.min_lsn, tried, primary_load)
+        let min = self.ryw.min_lsn;
+        if let Some(i) = router.pick(min, tried, primary_load) {
+            return Some((i, 0));
+        }
+        // Replication is usually faster than the checks: a replica may have the
+        // client's write by now.
+        (min > 0).then(|| router.pick(0, tried, primary_load).map(|i| (i, min)))?
     }
 
     /// Writes `to_server` while buffering whatever the server sends meanwhile, so

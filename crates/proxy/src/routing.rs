@@ -515,14 +515,26 @@ impl Routes {
 /// rather than `pg_current_wal_lsn()`, which may not include a commit made with
 /// `synchronous_commit = off` yet.
 pub async fn commit_lsn(conn: &mut ServerConn, max_len: u32) -> Result<u64, String> {
-    let rows = conn
-        .simple_query("SELECT pg_catalog.pg_current_wal_insert_lsn()", max_len)
-        .await?;
+    lsn_query(
+        conn,
+        "SELECT pg_catalog.pg_current_wal_insert_lsn()",
+        max_len,
+    )
+    .await
+}
+
+/// A replica's replay position, asked on a connection a client is about to use.
+pub async fn replay_lsn(conn: &mut ServerConn, max_len: u32) -> Result<u64, String> {
+    lsn_query(conn, "SELECT pg_catalog.pg_last_wal_replay_lsn()", max_len).await
+}
+
+async fn lsn_query(conn: &mut ServerConn, sql: &str, max_len: u32) -> Result<u64, String> {
+    let rows = conn.simple_query(sql, max_len).await?;
     rows.first()
         .and_then(|r| r.first().cloned().flatten())
         .as_deref()
         .and_then(parse_lsn)
-        .ok_or_else(|| "pg_current_wal_insert_lsn() gave no position".to_string())
+        .ok_or_else(|| format!("{sql} gave no WAL position"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

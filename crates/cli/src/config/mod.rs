@@ -142,6 +142,8 @@ pub struct DemoConfig {
     pub seed: u64,
     /// Port of the embedded PostgreSQL; 0 picks a free one.
     pub port: u16,
+    /// Streaming replicas started next to it; the proxy sends reads to them.
+    pub replicas: Bounded<0, 4>,
 }
 
 impl Default for DemoConfig {
@@ -152,6 +154,7 @@ impl Default for DemoConfig {
             clients: Bounded(4),
             seed: 42,
             port: 0,
+            replicas: Bounded(0),
         }
     }
 }
