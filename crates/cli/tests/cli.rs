@@ -358,6 +358,8 @@ fn demo_runs_end_to_end_on_a_real_postgres() {
         "2s",
         "--clients",
         "2",
+        "--replicas",
+        "1",
         "--no-wait",
     ]);
     let stdout = text(&out.stdout);
@@ -392,6 +394,18 @@ fn demo_runs_end_to_end_on_a_real_postgres() {
         stdout.contains("pgopt / direct, this run: throughput"),
         "{stdout}"
     );
+    // With a replica the workload's reads are split (SHOW REPLICAS).
+    let replica = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("replica "))
+        .expect("a replica line in the read/write split");
+    let reads: u64 = replica
+        .split("reads")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a read count");
+    assert!(reads > 0, "{replica}");
     assert!(stdout.contains("p99 ms"), "{stdout}");
     // Query insight: the busiest shapes with their percentiles, and the N+1 count (the
     // sample workload has one: a user lookup per task of a list).
