@@ -23,11 +23,11 @@ for p in "$bindir/initdb" "$bindir/pgbench" pgbouncer; do
 done
 cargo build --release -q -p pgopt-cli
 pgopt=target/release/pgopt
+. scripts/bench-lib.sh
 
 tmp=$(mktemp -d /tmp/pgopt-bench-XXXXXX)
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pg_port=$(free_port); bouncer_port=$(free_port); pgopt_port=$(free_port); plain_port=$(free_port)
 pids=()
 cleanup() {
@@ -71,28 +71,6 @@ bouncer_pid=$(cat "$tmp/pgbouncer.pid")
 pgopt_pid=${pids[1]}
 plain_pid=${pids[2]}
 
-ticks=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-# run TARGET_PORT PID_OR_EMPTY PGBENCH_ARGS... → "tps latency_ms cpu_us_per_txn"
-run() {
-  local port=$1 pid=$2; shift 2
-  local before=0 after=0 out
-  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  out=$("$bindir/pgbench" -n -T "$secs" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1) || true
-  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
-  local tps lat txns
-  tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' <<<"$out")
-  lat=$(awk -F'= ' '/^latency average/ {split($2,a," "); print a[1]}' <<<"$out")
-  txns=$(awk -F': ' '/actually processed/ {split($2,a,"/"); print a[1]}' <<<"$out")
-  if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" = 0 ]; then echo "failed failed -"; return; fi
-  if [ -n "$pid" ]; then
-    echo "$tps $lat $(awk -v t=$((after - before)) -v hz="$ticks" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
-  else
-    echo "$tps $lat -"
-  fi
-}
-
 printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores\n' "$(date -u +%F)" "$secs" "$scale" "$pool" "$(nproc)"
 printf '%-28s %10s %10s %10s %9s %9s %11s %11s\n' case direct pgbouncer pgopt "opt/dir" "opt/pgb" "pgb µs/tx" "opt µs/tx"
 case_run() {
@@ -108,12 +86,10 @@ case_run() {
     read -r b_tps _ b_cpu <<<"$(run "$bouncer_port" "$bouncer_pid" "$@")"
   fi
   read -r o_tps _ o_cpu <<<"$(run "$pgopt_port" "$pgopt_pid" "$@")"
-  whole() { case "$1" in n/a|failed) echo "$1" ;; *) printf '%.0f' "$1" ;; esac; }
   d_tps=$(whole "$d_tps"); b_tps=$(whole "$b_tps"); o_tps=$(whole "$o_tps")
   printf '%-28s %10s %10s %10s %9s %9s %11s %11s\n' "$name" "$d_tps" "$b_tps" "$o_tps" \
     "$(ratio "$o_tps" "$d_tps")" "$(ratio "$o_tps" "$b_tps")" "$b_cpu" "$o_cpu"
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "-" }'; }
 if [ "${BENCH_ONLY:-}" != insight ]; then
 case_run "-S simple, 16 clients"    -S -M simple   -c 16 -j 2
 case_run "-S simple, 64 clients"    -S -M simple   -c 64 -j 2

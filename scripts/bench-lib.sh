@@ -1,0 +1,30 @@
+# Shared by the benchmark scripts (sourced, not run): a free port, a process's CPU
+# time, one pgbench run with the proxy's CPU per transaction, ratios.
+# Needs: $bindir (PostgreSQL binaries), $secs (seconds per run).
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+ticks=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run TARGET_PORT PID_OR_EMPTY PGBENCH_ARGS... → "tps latency_ms cpu_us_per_txn"
+run() {
+  local port=$1 pid=$2; shift 2
+  local before=0 after=0 out
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  out=$("$bindir/pgbench" -n -T "$secs" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1) || true
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  local tps lat txns
+  tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' <<<"$out")
+  lat=$(awk -F'= ' '/^latency average/ {split($2,a," "); print a[1]}' <<<"$out")
+  txns=$(awk -F': ' '/actually processed/ {split($2,a,"/"); print a[1]}' <<<"$out")
+  if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" = 0 ]; then echo "failed failed -"; return; fi
+  if [ -n "$pid" ]; then
+    echo "$tps $lat $(awk -v t=$((after - before)) -v hz="$ticks" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
+  else
+    echo "$tps $lat -"
+  fi
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "-" }'; }
+whole() { case "$1" in n/a|failed) echo "$1" ;; *) printf '%.0f' "$1" ;; esac; }
