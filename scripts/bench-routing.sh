@@ -73,17 +73,26 @@ sleep 2
 printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores\n' "$(date -u +%F)" "$secs" "$scale" "$pool" "$(nproc)"
 printf '%-26s %8s %8s %9s %8s %8s %9s %9s %9s %8s %8s %8s %8s\n' case direct "0 repl" "routing¹" "1 repl" "2 repl" \
   "rt¹/0" "1r/0" "2r/0" "0r µs" "rt¹ µs" "1r µs" "2r µs"
+# Each pgopt configuration runs twice, in rotation (0, routing, 1, 2, 0, routing, 1, 2),
+# so drift in the machine's load falls on all of them; TPS and CPU are averaged.
 case_run() {
   local name=$1; shift
-  local d p0 ps p1 p2 c0 cs c1 c2
+  local d tps cpu i
+  local -a sum=(0 0 0 0) cpu_sum=(0 0 0 0)
+  local -a ports=("$p0_port" "$pself_port" "$p1_port" "$p2_port")
+  local -a procs=("$p0_pid" "$pself_pid" "$p1_pid" "$p2_pid")
   read -r d _ _ <<<"$(run "$pg_port" "" "$@")"
-  read -r p0 _ c0 <<<"$(run "$p0_port" "$p0_pid" "$@")"
-  read -r ps _ cs <<<"$(run "$pself_port" "$pself_pid" "$@")"
-  read -r p1 _ c1 <<<"$(run "$p1_port" "$p1_pid" "$@")"
-  read -r p2 _ c2 <<<"$(run "$p2_port" "$p2_pid" "$@")"
+  for _ in 1 2; do
+    for i in 0 1 2 3; do
+      read -r tps _ cpu <<<"$(run "${ports[$i]}" "${procs[$i]}" "$@")"
+      sum[$i]=$(awk -v a="${sum[$i]}" -v b="$tps" 'BEGIN {print a + b / 2}')
+      cpu_sum[$i]=$(awk -v a="${cpu_sum[$i]}" -v b="$cpu" 'BEGIN {printf "%.1f", a + b / 2}')
+    done
+  done
   printf '%-26s %8s %8s %9s %8s %8s %9s %9s %9s %8s %8s %8s %8s\n' "$name" \
-    "$(whole "$d")" "$(whole "$p0")" "$(whole "$ps")" "$(whole "$p1")" "$(whole "$p2")" \
-    "$(ratio "$ps" "$p0")" "$(ratio "$p1" "$p0")" "$(ratio "$p2" "$p0")" "$c0" "$cs" "$c1" "$c2"
+    "$(whole "$d")" "$(whole "${sum[0]}")" "$(whole "${sum[1]}")" "$(whole "${sum[2]}")" "$(whole "${sum[3]}")" \
+    "$(ratio "${sum[1]}" "${sum[0]}")" "$(ratio "${sum[2]}" "${sum[0]}")" "$(ratio "${sum[3]}" "${sum[0]}")" \
+    "${cpu_sum[0]}" "${cpu_sum[1]}" "${cpu_sum[2]}" "${cpu_sum[3]}"
 }
 case_run "-S simple, 16 clients"    -S -M simple   -c 16 -j 2
 case_run "-S extended, 16 clients"  -S -M extended -c 16 -j 2

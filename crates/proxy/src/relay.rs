@@ -299,6 +299,16 @@ impl Relay {
     async fn handle_client(&mut self) -> Result<bool, ProxyError> {
         let mut terminate = false;
         loop {
+            // Routing judges a transaction by its first batch: wait until it is all
+            // here (bounded, so a client can't make pgopt buffer without end).
+            if self.server.is_none()
+                && self.routes.is_some()
+                && !self.discarding
+                && self.cbuf.len() < MAX_FAILOVER_BYTES
+                && !crate::routing::batch_visible(&self.cbuf, self.max_len)
+            {
+                break;
+            }
             let frame = match split_frame(&mut self.cbuf, self.max_len) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,

@@ -498,6 +498,26 @@ pub fn read_only_batch<'a>(
     false
 }
 
+/// Whether the client messages at the front of `buf` end a batch the router can judge:
+/// a simple query (or anything but Parse/Bind/Describe/Execute/Close), or an
+/// extended-protocol batch up to its Sync or Flush. The server sends nothing before
+/// those, so waiting for them costs a client nothing.
+pub fn batch_visible(buf: &[u8], max_len: u32) -> bool {
+    let mut pos = 0;
+    while let Ok(Some(header)) = peek_header(&buf[pos..], max_len) {
+        let end = pos + header.frame_len();
+        if end > buf.len() {
+            return false;
+        }
+        if !matches!(header.tag, b'P' | b'B' | b'D' | b'E' | b'C') {
+            return true;
+        }
+        pos = end;
+    }
+    // An incomplete header, or one `peek_header` refuses (the relay reports it).
+    peek_header(&buf[pos..], max_len).is_err()
+}
+
 /// The replicas a client may use, with their pools for the client's (database, user).
 pub struct Routes {
     pub router: Arc<Router>,
@@ -552,6 +572,32 @@ mod tests {
         assert_eq!(format_lsn((0x16 << 32) | 0xB374D848), "16/B374D848");
         assert_eq!(parse_lsn("nope"), None);
         assert_eq!(parse_lsn("1/zz"), None);
+    }
+
+    #[test]
+    fn a_batch_is_visible_at_its_sync_or_flush() {
+        let mut buf = Vec::new();
+        let frame = |buf: &mut Vec<u8>, tag: u8, body: &[u8]| {
+            buf.push(tag);
+            buf.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            buf.extend_from_slice(body);
+        };
+        assert!(!batch_visible(&buf, 1 << 20));
+        frame(&mut buf, b'P', b"\0SELECT 1\0\0\0");
+        frame(&mut buf, b'B', b"\0\0\0\0\0\0\0\0");
+        assert!(!batch_visible(&buf, 1 << 20), "no Sync yet");
+        assert!(
+            !batch_visible(&buf[..buf.len() - 2], 1 << 20),
+            "half a Bind"
+        );
+        let mut synced = buf.clone();
+        frame(&mut synced, b'S', b"");
+        assert!(batch_visible(&synced, 1 << 20));
+        frame(&mut buf, b'H', b"");
+        assert!(batch_visible(&buf, 1 << 20), "a Flush");
+        let mut q = Vec::new();
+        frame(&mut q, b'Q', b"SELECT 1\0");
+        assert!(batch_visible(&q, 1 << 20));
     }
 
     #[test]
