@@ -387,3 +387,27 @@ async fn with_the_primary_down_reads_go_on_and_writes_fail_at_once() {
     wait_for(&proxy, "primary", "down").await;
     drop(primary);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_added_by_reload_take_new_reads_and_session_mode_stays_on_the_primary() {
+    let primary = Postgres::start().await.unwrap();
+    let replica = Postgres::start_replica(&primary).await.unwrap();
+    let mut config = common::config_for(&primary, pgopt_proxy::PoolMode::Transaction, 4);
+    config.admin_users = vec!["postgres".into()];
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "f");
+
+    with_replicas(&mut config, &[&replica]);
+    proxy.handle().apply(config.clone()).unwrap();
+    let fresh = connect(&proxy, "postgres", None).await.unwrap();
+    value(&fresh, "SELECT 1").await;
+    wait_for_state(&proxy, "up").await;
+    assert_eq!(value(&fresh, "SELECT pg_is_in_recovery()").await, "t");
+
+    // Session mode: a session's state lives on one server, the primary.
+    config.pool_mode = pgopt_proxy::PoolMode::Session;
+    proxy.handle().apply(config).unwrap();
+    let session = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&session, "SELECT pg_is_in_recovery()").await, "f");
+}
