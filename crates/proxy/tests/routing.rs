@@ -411,3 +411,44 @@ async fn replicas_added_by_reload_take_new_reads_and_session_mode_stays_on_the_p
     let session = connect(&proxy, "postgres", None).await.unwrap();
     assert_eq!(value(&session, "SELECT pg_is_in_recovery()").await, "f");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_dying_after_rows_were_sent_gives_the_client_a_proper_error() {
+    let (_primary, replica, proxy) = primary_and_replica(|_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    // Rows first (more than PostgreSQL's 8 kB output buffer, so they are sent), then a
+    // long wait during which the replica dies.
+    let sql = "SELECT x, pg_is_in_recovery() FROM (SELECT g AS x FROM generate_series(1, 20000) g \
+               UNION ALL SELECT 0 FROM pg_sleep(30)) s";
+    let stream = client
+        .query_raw(sql, std::iter::empty::<i32>())
+        .await
+        .unwrap();
+    tokio::pin!(stream);
+    use futures_util::StreamExt;
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.get::<_, bool>(1), "the read runs on the replica");
+    let mut replica = replica;
+    let replica = tokio::task::spawn_blocking(move || {
+        replica.kill();
+        replica
+    });
+    let started = Instant::now();
+    let error = loop {
+        match stream.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without an error"),
+        }
+    };
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let code = code(&error).map(str::to_string);
+    assert!(
+        matches!(code.as_deref(), Some("08006" | "57P01")),
+        "{error:?}"
+    );
+    drop(replica.await.unwrap());
+    // The client's connection is gone; a new one reads from the primary meanwhile.
+    let fresh = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&fresh, "SELECT pg_is_in_recovery()").await, "f");
+}
