@@ -265,24 +265,26 @@ async fn show(
         .collect())
 }
 
+/// A column of an admin console row, as text ("" when NULL or missing).
+fn cell(row: &tokio_postgres::SimpleQueryRow, column: &str) -> String {
+    row.try_get(column)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The query shapes the proxy saw, busiest first, and the N+1 loops it found.
 async fn print_query_insight(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
     let admin = admin_console(proxy, user).await?;
     let queries = show(&admin, "QUERIES").await?;
-    let text = |r: &tokio_postgres::SimpleQueryRow, col: &str| -> String {
-        r.try_get(col)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-            .to_string()
-    };
     println!("\nBusiest query shapes through pgopt (SHOW QUERIES, by total time):");
     println!(
         "  {:>7} {:>8} {:>8} {:>8} {:>9}  query",
         "calls", "p50 ms", "p95 ms", "p99 ms", "total ms"
     );
     for r in queries.iter().take(8) {
-        let mut query = text(r, "query")
+        let mut query = cell(r, "query")
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
@@ -291,11 +293,11 @@ async fn print_query_insight(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::
         }
         println!(
             "  {:>7} {:>8} {:>8} {:>8} {:>9.0}  {query}",
-            text(r, "calls"),
-            text(r, "p50_ms"),
-            text(r, "p95_ms"),
-            text(r, "p99_ms"),
-            text(r, "total_ms").parse::<f64>().unwrap_or(0.0),
+            cell(r, "calls"),
+            cell(r, "p50_ms"),
+            cell(r, "p95_ms"),
+            cell(r, "p99_ms"),
+            cell(r, "total_ms").parse::<f64>().unwrap_or(0.0),
         );
     }
     let findings = show(&admin, "NPLUS1").await?;
@@ -303,10 +305,10 @@ async fn print_query_insight(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::
     for f in findings.iter().take(3) {
         println!(
             "  {} × {} ({}) from {}",
-            text(f, "count"),
-            text(f, "query"),
-            text(f, "kind"),
-            text(f, "client_addr"),
+            cell(f, "count"),
+            cell(f, "query"),
+            cell(f, "kind"),
+            cell(f, "client_addr"),
         );
     }
     Ok(())
@@ -316,25 +318,18 @@ async fn print_query_insight(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::
 async fn print_replica_split(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
     let admin = admin_console(proxy, user).await?;
     let rows = show(&admin, "REPLICAS").await?;
-    let text = |r: &tokio_postgres::SimpleQueryRow, col: &str| -> String {
-        r.try_get(col)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-            .to_string()
-    };
     println!("Read/write split (SHOW REPLICAS):");
     for r in &rows {
         println!(
             "  {:<8} {}:{:<6} {:<8} reads {:>8}  writes {:>7}  lag {} bytes / {} ms",
-            text(r, "role"),
-            text(r, "host"),
-            text(r, "port"),
-            text(r, "state"),
-            text(r, "reads"),
-            text(r, "writes"),
-            text(r, "lag_bytes"),
-            text(r, "lag_ms"),
+            cell(r, "role"),
+            cell(r, "host"),
+            cell(r, "port"),
+            cell(r, "state"),
+            cell(r, "reads"),
+            cell(r, "writes"),
+            cell(r, "lag_bytes"),
+            cell(r, "lag_ms"),
         );
     }
     Ok(())
