@@ -94,6 +94,9 @@ enum Pending {
         start: Instant,
         rows: u64,
         error: Option<[u8; 5]>,
+        /// Several statements: the next one to complete (each is recorded as it
+        /// completes, timed from the one before).
+        part: usize,
     },
     /// An Execute: done at CommandComplete, EmptyQueryResponse, PortalSuspended or
     /// its ErrorResponse. `bind` numbers the Bind whose parameters it ran with.
@@ -239,6 +242,7 @@ impl Tracker {
             start: Instant::now(),
             rows: 0,
             error: None,
+            part: 0,
         });
     }
 
@@ -249,6 +253,7 @@ impl Tracker {
             start: Instant::now(),
             rows: 0,
             error: None,
+            part: 0,
         });
     }
 
@@ -270,6 +275,17 @@ impl Tracker {
             b'C' | b'I' | b's' => {
                 let rows = if tag == b'C' { command_rows(body) } else { 0 };
                 match self.pending.front_mut() {
+                    Some(Pending::Simple {
+                        analysis: Some(analysis),
+                        start,
+                        part,
+                        ..
+                    }) if !analysis.parts.is_empty() => {
+                        let (statement, began) = (analysis.parts.get(*part).cloned(), *start);
+                        *part += 1;
+                        *start = Instant::now();
+                        self.done(statement, began, rows, None, None, in_transaction);
+                    }
                     Some(Pending::Simple { rows: total, .. }) => *total += rows,
                     Some(Pending::Execute { .. }) => {
                         if let Some(Pending::Execute {
@@ -287,6 +303,18 @@ impl Tracker {
             b'E' => {
                 let code = error_field(body, b'C').and_then(|c| <[u8; 5]>::try_from(c).ok());
                 match self.pending.front_mut() {
+                    Some(Pending::Simple {
+                        analysis: Some(analysis),
+                        start,
+                        part,
+                        ..
+                    }) if !analysis.parts.is_empty() => {
+                        // The statement that failed; the rest of the text never runs.
+                        let statement = analysis.parts.get(*part).cloned();
+                        *part = usize::MAX;
+                        let began = *start;
+                        self.done(statement, began, 0, code, None, in_transaction);
+                    }
                     Some(Pending::Simple { error, .. }) => *error = error.or(code),
                     Some(Pending::Execute { .. }) if execute_failed => {
                         if let Some(Pending::Execute {
@@ -309,8 +337,12 @@ impl Tracker {
                             start,
                             rows,
                             error,
+                            ..
                         } => {
-                            self.done(analysis, start, rows, error, None, in_transaction);
+                            // Several statements were recorded one by one already.
+                            if analysis.as_ref().is_none_or(|a| a.parts.is_empty()) {
+                                self.done(analysis, start, rows, error, None, in_transaction);
+                            }
                             break;
                         }
                         Pending::Sync => break,

@@ -135,6 +135,9 @@ pub struct Analysis {
     pub begins_read_only: bool,
     /// `pgopt:` comment hints.
     pub hints: Hints,
+    /// A text of several statements: each one's own analysis, in order (as
+    /// pg_stat_statements records them one by one). Empty for a single statement.
+    pub parts: Vec<std::sync::Arc<Analysis>>,
 }
 
 impl Analysis {
@@ -214,6 +217,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         read_only &= stmt_read_only;
     }
     let hints = parse_hints(sql);
+    let kinds_len = kinds.len();
     let Walker {
         read,
         written,
@@ -238,7 +242,24 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         session_effects: session_effects.into_iter().collect(),
         begins_read_only,
         hints,
+        parts: split_parts(sql, config, kinds_len)?,
     })
+}
+
+/// The analyses of each statement of a multi-statement text.
+fn split_parts(
+    sql: &str,
+    config: &AnalysisConfig,
+    statements: usize,
+) -> Result<Vec<std::sync::Arc<Analysis>>, SqlError> {
+    if statements < 2 {
+        return Ok(Vec::new());
+    }
+    let pieces = pg_query::split_with_parser(sql).map_err(|e| SqlError::from_pg_query(e, sql))?;
+    pieces
+        .into_iter()
+        .map(|piece| analyze_inner(piece, config).map(std::sync::Arc::new))
+        .collect()
 }
 
 /// `BEGIN`/`START TRANSACTION` with `READ ONLY` and without `ISOLATION LEVEL

@@ -440,3 +440,19 @@ fn hints_from_comments() {
             .primary
     );
 }
+
+#[test]
+fn a_multi_statement_text_has_one_analysis_per_statement() {
+    let a = analyze("SELECT * FROM t WHERE id = 1; UPDATE t SET v = 'x' WHERE id = 2;").unwrap();
+    assert_eq!(a.parts.len(), 2);
+    assert_eq!(
+        a.parts[0].fingerprint,
+        analyze("select * from t where id = 42")
+            .unwrap()
+            .fingerprint
+    );
+    assert_eq!(a.parts[0].normalized, "SELECT * FROM t WHERE id = $1");
+    assert_eq!(a.parts[1].kind(), StatementKind::Update);
+    assert!(a.parts[0].read_only && !a.parts[1].read_only);
+    assert!(analyze("SELECT 1").unwrap().parts.is_empty());
+}
