@@ -97,6 +97,8 @@ enum Pending {
         /// Several statements: the next one to complete (each is recorded as it
         /// completes, timed from the one before).
         part: usize,
+        /// Numbers the simple queries (the latest one's text is kept).
+        seq: u64,
     },
     /// An Execute: done at CommandComplete, EmptyQueryResponse, PortalSuspended or
     /// its ErrorResponse. `bind` numbers the Bind whose parameters it ran with.
@@ -136,10 +138,30 @@ pub struct Tracker {
     sample_params: bool,
     /// Where the current transaction runs, when the proxy routes (replicas).
     pub route: Option<pgopt_insight::Route>,
+    /// The client's settings as statements (start-up parameters, SETs) and their
+    /// version: a plan capture applies them first (search_path above all).
+    pub settings: (u64, Arc<[String]>),
+    /// The latest simple query's text and its number: with `insight.params = full`
+    /// a slow one is planned as it was sent (its literals, IN lists whole).
+    last_simple: String,
+    simple_seq: u64,
+    capture_text: bool,
+}
+
+/// Where a finished statement came from, for its parameters and text.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// A simple query, by number.
+    Simple(u64),
+    /// An Execute, by the number of the Bind it ran with.
+    Bind(u64),
+    /// One statement of a multi-statement simple query.
+    Part,
 }
 
 impl Tracker {
     pub fn new(state: Arc<InsightState>, database: &str, user: &str, addr: SocketAddr) -> Tracker {
+        let capture_text = state.store.config().params == pgopt_insight::ParamMode::Full;
         let handle = state.store.session(database, user);
         let sample_params = state.store.config().params != pgopt_insight::ParamMode::Off
             || state.slow.config().params != pgopt_insight::ParamMode::Off
@@ -167,6 +189,10 @@ impl Tracker {
             epoch: (Instant::now(), SystemTime::now()),
             sample_params,
             route: None,
+            settings: (u64::MAX, Arc::from(Vec::new())),
+            last_simple: String::new(),
+            simple_seq: 0,
+            capture_text,
         }
     }
 
@@ -237,12 +263,18 @@ impl Tracker {
     }
 
     pub fn on_query(&mut self, analyzer: &Analyzer, sql: &str) {
+        self.simple_seq += 1;
+        if self.capture_text {
+            self.last_simple.clear();
+            self.last_simple.push_str(sql);
+        }
         self.pending.push_back(Pending::Simple {
             analysis: analyzer.analyze(sql).ok(),
             start: Instant::now(),
             rows: 0,
             error: None,
             part: 0,
+            seq: self.simple_seq,
         });
     }
 
@@ -254,6 +286,7 @@ impl Tracker {
             rows: 0,
             error: None,
             part: 0,
+            seq: 0,
         });
     }
 
@@ -284,7 +317,7 @@ impl Tracker {
                         let (statement, began) = (analysis.parts.get(*part).cloned(), *start);
                         *part += 1;
                         *start = Instant::now();
-                        self.done(statement, began, rows, None, None, in_transaction);
+                        self.done(statement, began, rows, None, Origin::Part, in_transaction);
                     }
                     Some(Pending::Simple { rows: total, .. }) => *total += rows,
                     Some(Pending::Execute { .. }) => {
@@ -294,7 +327,14 @@ impl Tracker {
                             bind,
                         }) = self.pending.pop_front()
                         {
-                            self.done(analysis, start, rows, None, Some(bind), in_transaction);
+                            self.done(
+                                analysis,
+                                start,
+                                rows,
+                                None,
+                                Origin::Bind(bind),
+                                in_transaction,
+                            );
                         }
                     }
                     _ => {}
@@ -313,7 +353,7 @@ impl Tracker {
                         let statement = analysis.parts.get(*part).cloned();
                         *part = usize::MAX;
                         let began = *start;
-                        self.done(statement, began, 0, code, None, in_transaction);
+                        self.done(statement, began, 0, code, Origin::Part, in_transaction);
                     }
                     Some(Pending::Simple { error, .. }) => *error = error.or(code),
                     Some(Pending::Execute { .. }) if execute_failed => {
@@ -323,7 +363,7 @@ impl Tracker {
                             bind,
                         }) = self.pending.pop_front()
                         {
-                            self.done(analysis, start, 0, code, Some(bind), in_transaction);
+                            self.done(analysis, start, 0, code, Origin::Bind(bind), in_transaction);
                         }
                     }
                     _ => {}
@@ -337,11 +377,13 @@ impl Tracker {
                             start,
                             rows,
                             error,
+                            seq,
                             ..
                         } => {
                             // Several statements were recorded one by one already.
                             if analysis.as_ref().is_none_or(|a| a.parts.is_empty()) {
-                                self.done(analysis, start, rows, error, None, in_transaction);
+                                let origin = Origin::Simple(seq);
+                                self.done(analysis, start, rows, error, origin, in_transaction);
                             }
                             break;
                         }
@@ -361,9 +403,13 @@ impl Tracker {
         start: Instant,
         rows: u64,
         error: Option<[u8; 5]>,
-        bind: Option<u64>,
+        origin: Origin,
         in_transaction: bool,
     ) {
+        let bind = match origin {
+            Origin::Bind(n) => Some(n),
+            _ => None,
+        };
         let Some(analysis) = analysis else {
             return; // text the parser refused: the server's error says it all
         };
@@ -415,21 +461,41 @@ impl Tracker {
                 });
             }
             if plan {
-                // Text values give the custom plan for them; binary ones (drivers'
-                // usual choice) are not rendered, and then the plan is the generic one.
+                // Values only with `insight.params = full` (EXPLAIN VERBOSE shows them),
+                // and only text ones (binary values, drivers' usual choice, are not
+                // rendered): then the custom plan for them, else the generic one.
+                let full = self.capture_text;
                 let all_text = params.iter().all(|p| p.format == ParamFormat::Text);
-                let values = bind.as_ref().filter(|_| all_text).map(|_| {
-                    params
-                        .iter()
-                        .map(|p| p.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-                        .collect()
-                });
+                let values: Option<Vec<Option<String>>> =
+                    bind.as_ref().filter(|_| full && all_text).map(|_| {
+                        params
+                            .iter()
+                            .map(|p| p.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                            .collect()
+                    });
+                // The text as the client sent it (literals, whole IN lists): a simple
+                // query, or the unnamed statement the values were bound to.
+                let unnamed = self
+                    .unnamed_statement
+                    .as_ref()
+                    .is_some_and(|u| Arc::ptr_eq(u, &analysis));
+                let sql = match origin {
+                    Origin::Simple(seq) if full && seq == self.simple_seq => {
+                        Some(self.last_simple.clone())
+                    }
+                    Origin::Bind(_) if values.is_some() && unnamed => {
+                        Some(self.unnamed_text.clone())
+                    }
+                    _ => None,
+                };
                 self.state.plans.request(PlanRequest {
                     fingerprint: analysis.fingerprint,
                     database: self.database.clone(),
                     user: self.user.clone(),
                     query: analysis.normalized.clone(),
+                    sql,
                     params: values,
+                    settings: self.settings.1.clone(),
                 });
             }
         }

@@ -53,8 +53,13 @@ pub struct PlanRequest {
     pub user: String,
     /// Normalized text, `$n` placeholders.
     pub query: String,
+    /// The text as the client sent it, when it may be planned with its values.
+    pub sql: Option<String>,
     /// Text parameters the client bound, when known.
     pub params: Option<Vec<Option<String>>>,
+    /// The client's settings as statements, applied first (search_path, planner
+    /// settings): the plan is the one the client's session gets.
+    pub settings: std::sync::Arc<[String]>,
 }
 
 /// A sequential scan in a captured plan.
@@ -235,7 +240,7 @@ async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest
         database: request.database.clone(),
         user: request.user.clone(),
         captured_at: format_rfc3339_millis(unix_millis(std::time::SystemTime::now())),
-        plan_kind: if request.params.is_some() {
+        plan_kind: if request.params.is_some() || request.sql.is_some() {
             "custom"
         } else {
             "generic"
@@ -259,6 +264,11 @@ async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest
             .connect_out_of_band()
             .await
             .map_err(|e| e.to_string())?;
+        for setting in request.settings.iter() {
+            if let Err(e) = conn.simple_query(setting, max_len).await {
+                tracing::debug!(error = %e, "a client setting failed on the plan connection");
+            }
+        }
         let rows = conn.simple_query(&explain_sql(request), max_len).await?;
         let text = rows
             .first()
@@ -294,7 +304,14 @@ async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest
 /// The statement text that gets the plan: PREPARE the normalized text, then EXPLAIN
 /// EXECUTE it with the bound values, or with NULLs under a forced generic plan.
 fn explain_sql(request: &PlanRequest) -> String {
-    let count = max_placeholder(&request.query);
+    // Statement texts end with a newline: one may end in a `--` comment.
+    let text = request.sql.as_deref().unwrap_or(&request.query);
+    let text = text.trim_end().trim_end_matches(';');
+    if request.sql.is_some() && request.params.is_none() {
+        // A simple query: planned as sent, with its literals.
+        return format!("EXPLAIN (FORMAT JSON, VERBOSE) {text}\n");
+    }
+    let count = max_placeholder(text);
     let (setting, args) = match &request.params {
         Some(values) => (
             "",
@@ -315,10 +332,7 @@ fn explain_sql(request: &PlanRequest) -> String {
     } else {
         format!("EXECUTE pgopt_plan({})", args.join(", "))
     };
-    format!(
-        "{setting}PREPARE pgopt_plan AS {}; EXPLAIN (FORMAT JSON, VERBOSE) {execute}",
-        request.query.trim_end().trim_end_matches(';')
-    )
+    format!("{setting}PREPARE pgopt_plan AS {text}\n; EXPLAIN (FORMAT JSON, VERBOSE) {execute}")
 }
 
 /// The highest `$n` in a normalized text.
@@ -399,7 +413,9 @@ mod tests {
             database: "d".into(),
             user: "u".into(),
             query: query.into(),
+            sql: None,
             params,
+            settings: std::sync::Arc::from(Vec::new()),
         }
     }
 
@@ -408,7 +424,7 @@ mod tests {
         let r = request("SELECT * FROM t WHERE a = $1 AND b = $2", None);
         assert_eq!(
             explain_sql(&r),
-            "SET plan_cache_mode = force_generic_plan; PREPARE pgopt_plan AS SELECT * FROM t WHERE a = $1 AND b = $2; EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE pgopt_plan(NULL, NULL)"
+            "SET plan_cache_mode = force_generic_plan; PREPARE pgopt_plan AS SELECT * FROM t WHERE a = $1 AND b = $2\n; EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE pgopt_plan(NULL, NULL)"
         );
         let r = request(
             "SELECT * FROM t WHERE a = $1 AND b = $2",
@@ -418,6 +434,13 @@ mod tests {
         let r = request("SELECT 1", None);
         assert!(explain_sql(&r).ends_with("EXECUTE pgopt_plan"));
         assert_eq!(max_placeholder("SELECT $1, $12, $3"), 12);
+        // The client's own text: literals as sent, a trailing comment ended.
+        let mut r = request("SELECT * FROM t WHERE a IN ($1 /*, ... */)", None);
+        r.sql = Some("SELECT * FROM t WHERE a IN (1, 2, 3) -- list".into());
+        assert_eq!(
+            explain_sql(&r),
+            "EXPLAIN (FORMAT JSON, VERBOSE) SELECT * FROM t WHERE a IN (1, 2, 3) -- list\n"
+        );
     }
 
     #[test]

@@ -1208,6 +1208,13 @@ impl Relay {
                 self.ryw.replica = replica;
                 self.ryw.wrote = !read_only;
                 self.failover = replica.map(|_| BytesMut::new());
+                if let Some(tracker) = self.tracker.as_mut() {
+                    // Plan captures apply the client's settings (search_path…).
+                    let version = self.settings.version();
+                    if tracker.settings.0 != version {
+                        tracker.settings = (version, self.settings.statements().into());
+                    }
+                }
                 if let Some(routes) = &self.routes {
                     if let Some(tracker) = self.tracker.as_mut() {
                         tracker.route = Some(match replica {

@@ -173,6 +173,16 @@ impl Settings {
         statements
     }
 
+    /// Equal versions, equal settings.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The statements that give a fresh server connection these settings.
+    pub fn statements(&self) -> Vec<String> {
+        self.sync(&mut Applied::default())
+    }
+
     /// Start-up values a client gave for `name` (to overlay ParameterStatus).
     pub fn startup_value(&self, name: &str) -> Option<&str> {
         match self.startup.get(&name.to_ascii_lowercase()) {

@@ -354,3 +354,44 @@ async fn slow_shapes_get_their_plan_captured_without_running_writes() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(show(&admin(&proxy).await, "PLANS").await.len(), 2);
 }
+
+#[tokio::test]
+async fn plans_follow_the_clients_search_path_and_with_full_params_its_literals() {
+    let pg = Postgres::start().await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE SCHEMA app;
+             CREATE TABLE app.big (id int PRIMARY KEY, v int);
+             INSERT INTO app.big SELECT i, i % 1000 FROM generate_series(1, 20000) i;
+             ANALYZE app.big;",
+        )
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.insight.plans.threshold = std::time::Duration::ZERO;
+        c.insight.plans.per_minute = 600;
+        c.insight.store.params = pgopt_insight::ParamMode::Full;
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    // `big` is only in schema app, which the client's search_path names.
+    client.simple_query("SET search_path = app").await.unwrap();
+    client
+        .simple_query("SELECT count(*) FROM big WHERE v IN (1, 2, 3) -- a comment")
+        .await
+        .unwrap();
+    let rows = plans(&proxy, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["error"], "", "{rows:?}");
+    assert_eq!(rows[0]["plan_kind"], "custom", "{rows:?}");
+    assert!(rows[0]["query"].contains("IN ($1 /*, ... */)"), "{rows:?}");
+    let json = http_get(
+        proxy.admin_addr().unwrap(),
+        &format!("/api/plans/{}", rows[0]["fingerprint"]),
+    )
+    .await;
+    // Planned as sent: the whole list, not the collapsed shape's one parameter.
+    assert!(json.contains("'{1,2,3}'"), "{json}");
+    assert!(json.contains("\"Schema\":\"app\""), "{json}");
+}
