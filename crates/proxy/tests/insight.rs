@@ -395,3 +395,62 @@ async fn plans_follow_the_clients_search_path_and_with_full_params_its_literals(
     assert!(json.contains("'{1,2,3}'"), "{json}");
     assert!(json.contains("\"Schema\":\"app\""), "{json}");
 }
+
+/// The proxy process's resident memory, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_with_100k_distinct_shapes_through_the_proxy() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.insight.store.max_fingerprints = 2000;
+        c.insight.plans.enabled = false;
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let metric = |page: &str, name: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+    };
+    let before = rss();
+    // 100,000 distinct shapes (a column name each), 20 statements per round trip.
+    for batch in 0..5_000 {
+        let sql: String = (0..20)
+            .map(|k| {
+                let n = batch * 20 + k;
+                format!("SELECT c{n} FROM (SELECT 1 AS c{n}) s;")
+            })
+            .collect();
+        client.simple_query(&sql).await.unwrap();
+        if batch % 1000 == 0 {
+            let page = http_get(proxy.admin_addr().unwrap(), "/metrics").await;
+            assert!(
+                metric(&page, "pgopt_query_shapes") <= 2000,
+                "after {batch} batches"
+            );
+        }
+    }
+    let page = http_get(proxy.admin_addr().unwrap(), "/metrics").await;
+    let held = metric(&page, "pgopt_query_shapes");
+    assert!((1000..=2000).contains(&held), "{held} shapes held");
+    let grown = rss().saturating_sub(before);
+    assert!(
+        grown < 256 << 20,
+        "resident memory grew by {} MB for 100k shapes",
+        grown >> 20
+    );
+    // Still recording: a new shape shows up.
+    client.simple_query("SELECT pg_sleep(0.2)").await.unwrap();
+    assert_eq!(shapes(&proxy, "pg_sleep").await.len(), 1);
+}
