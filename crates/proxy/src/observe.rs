@@ -19,7 +19,7 @@ use pgopt_insight::{
     ParamFormat, ParamRef, Sample, SessionHandle, SlowLog, SlowLogConfig, SlowStatement,
 };
 use pgopt_sql::{Analysis, Analyzer};
-use pgopt_wire::frontend::Bind;
+use pgopt_wire::frontend::{Bind, Parse};
 use pgopt_wire::Format;
 
 use crate::plans::{PlanRequest, PlanSettings, Plans};
@@ -146,7 +146,12 @@ pub struct Tracker {
     last_simple: String,
     simple_seq: u64,
     capture_text: bool,
+    /// Parameter type OIDs clients fixed at Parse, by shape (bounded).
+    param_types: HashMap<u64, Arc<[u32]>>,
 }
+
+/// Shapes whose Parse parameter types are kept per session.
+const MAX_TYPED_SHAPES: usize = 256;
 
 /// Where a finished statement came from, for its parameters and text.
 #[derive(Clone, Copy)]
@@ -193,20 +198,35 @@ impl Tracker {
             last_simple: String::new(),
             simple_seq: 0,
             capture_text,
+            param_types: HashMap::new(),
         }
     }
 
     /// Parse: the statement is analysed once, here.
-    pub fn on_parse(&mut self, analyzer: &Analyzer, name: &str, query: &str) {
-        if name.is_empty() {
-            if self.unnamed_text != query || self.unnamed_statement.is_none() {
-                self.unnamed_statement = analyzer.analyze(query).ok();
-                self.unnamed_text.clear();
-                self.unnamed_text.push_str(query);
+    pub fn on_parse(&mut self, analyzer: &Analyzer, parse: &Parse<'_>) {
+        let (name, query) = (parse.name, parse.query);
+        let analysis = if name.is_empty() {
+            if self.unnamed_text == query && self.unnamed_statement.is_some() {
+                return;
             }
+            self.unnamed_statement = analyzer.analyze(query).ok();
+            self.unnamed_text.clear();
+            self.unnamed_text.push_str(query);
+            self.unnamed_statement.clone()
         } else {
-            self.statements
-                .insert(name.to_string(), analyzer.analyze(query).ok());
+            let analysis = analyzer.analyze(query).ok();
+            self.statements.insert(name.to_string(), analysis.clone());
+            analysis
+        };
+        // Parameter types the client fixed, for plan captures of this shape.
+        if let Some(analysis) = analysis {
+            if parse.param_types.iter().any(|t| t != 0) {
+                if self.param_types.len() >= MAX_TYPED_SHAPES {
+                    self.param_types.clear();
+                }
+                let types: Arc<[u32]> = parse.param_types.iter().collect();
+                self.param_types.insert(analysis.fingerprint, types);
+            }
         }
     }
 
@@ -495,6 +515,7 @@ impl Tracker {
                     query: analysis.normalized.clone(),
                     sql,
                     params: values,
+                    param_types: self.param_types.get(&analysis.fingerprint).cloned(),
                     settings: self.settings.1.clone(),
                 });
             }

@@ -57,6 +57,8 @@ pub struct PlanRequest {
     pub sql: Option<String>,
     /// Text parameters the client bound, when known.
     pub params: Option<Vec<Option<String>>>,
+    /// Parameter type OIDs the client fixed at Parse (0: left to the server).
+    pub param_types: Option<std::sync::Arc<[u32]>>,
     /// The client's settings as statements, applied first (search_path, planner
     /// settings): the plan is the one the client's session gets.
     pub settings: std::sync::Arc<[String]>,
@@ -269,7 +271,13 @@ async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest
                 tracing::debug!(error = %e, "a client setting failed on the plan connection");
             }
         }
-        let rows = conn.simple_query(&explain_sql(request), max_len).await?;
+        let types = match &request.param_types {
+            Some(oids) => type_names(&mut conn, oids, max_len).await?,
+            None => Vec::new(),
+        };
+        let rows = conn
+            .simple_query(&explain_sql(request, &types), max_len)
+            .await?;
         let text = rows
             .first()
             .and_then(|r| r.first().cloned().flatten())
@@ -303,7 +311,32 @@ async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest
 
 /// The statement text that gets the plan: PREPARE the normalized text, then EXPLAIN
 /// EXECUTE it with the bound values, or with NULLs under a forced generic plan.
-fn explain_sql(request: &PlanRequest) -> String {
+/// The names of parameter types by OID (`unknown` for 0: inferred from the text).
+async fn type_names(
+    conn: &mut ServerConn,
+    oids: &[u32],
+    max_len: u32,
+) -> Result<Vec<String>, String> {
+    let list: Vec<String> = oids.iter().map(u32::to_string).collect();
+    let sql = format!(
+        "SELECT CASE WHEN o = 0 THEN 'unknown' ELSE pg_catalog.format_type(o, NULL) END \
+         FROM unnest('{{{}}}'::pg_catalog.oid[]) WITH ORDINALITY AS u(o, n) ORDER BY n",
+        list.join(",")
+    );
+    let rows = conn.simple_query(&sql, max_len).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .next()
+                .flatten()
+                .unwrap_or_else(|| "unknown".into())
+        })
+        .collect())
+}
+
+/// `types`: names of the leading parameters' types (the rest are inferred).
+fn explain_sql(request: &PlanRequest, types: &[String]) -> String {
     // Statement texts end with a newline: one may end in a `--` comment.
     let text = request.sql.as_deref().unwrap_or(&request.query);
     let text = text.trim_end().trim_end_matches(';');
@@ -332,7 +365,14 @@ fn explain_sql(request: &PlanRequest) -> String {
     } else {
         format!("EXECUTE pgopt_plan({})", args.join(", "))
     };
-    format!("{setting}PREPARE pgopt_plan AS {text}\n; EXPLAIN (FORMAT JSON, VERBOSE) {execute}")
+    let typed = if types.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", types.join(", "))
+    };
+    format!(
+        "{setting}PREPARE pgopt_plan{typed} AS {text}\n; EXPLAIN (FORMAT JSON, VERBOSE) {execute}"
+    )
 }
 
 /// The highest `$n` in a normalized text.
@@ -415,6 +455,7 @@ mod tests {
             query: query.into(),
             sql: None,
             params,
+            param_types: None,
             settings: std::sync::Arc::from(Vec::new()),
         }
     }
@@ -423,22 +464,24 @@ mod tests {
     fn explain_text_with_values_or_a_generic_plan() {
         let r = request("SELECT * FROM t WHERE a = $1 AND b = $2", None);
         assert_eq!(
-            explain_sql(&r),
+            explain_sql(&r, &[]),
             "SET plan_cache_mode = force_generic_plan; PREPARE pgopt_plan AS SELECT * FROM t WHERE a = $1 AND b = $2\n; EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE pgopt_plan(NULL, NULL)"
         );
         let r = request(
             "SELECT * FROM t WHERE a = $1 AND b = $2",
             Some(vec![Some("it's".into()), None]),
         );
-        assert!(explain_sql(&r).ends_with("EXECUTE pgopt_plan('it''s', NULL)"));
+        assert!(explain_sql(&r, &[]).ends_with("EXECUTE pgopt_plan('it''s', NULL)"));
         let r = request("SELECT 1", None);
-        assert!(explain_sql(&r).ends_with("EXECUTE pgopt_plan"));
+        assert!(explain_sql(&r, &[]).ends_with("EXECUTE pgopt_plan"));
         assert_eq!(max_placeholder("SELECT $1, $12, $3"), 12);
+        let r = request("SELECT $1 IS NULL", None);
+        assert!(explain_sql(&r, &["text".into()]).contains("PREPARE pgopt_plan (text) AS"));
         // The client's own text: literals as sent, a trailing comment ended.
         let mut r = request("SELECT * FROM t WHERE a IN ($1 /*, ... */)", None);
         r.sql = Some("SELECT * FROM t WHERE a IN (1, 2, 3) -- list".into());
         assert_eq!(
-            explain_sql(&r),
+            explain_sql(&r, &[]),
             "EXPLAIN (FORMAT JSON, VERBOSE) SELECT * FROM t WHERE a IN (1, 2, 3) -- list\n"
         );
     }

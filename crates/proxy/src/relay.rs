@@ -399,7 +399,7 @@ impl Relay {
             b'P' if self.rewrite => {
                 let parse = Parse::decode(frame.body())?;
                 if let Some(tracker) = self.tracker.as_mut() {
-                    tracker.on_parse(&self.shared.analyzer, parse.name, parse.query);
+                    tracker.on_parse(&self.shared.analyzer, &parse);
                 }
                 let refusal = if may_affect_session(parse.query.as_bytes()) {
                     self.judge_session(parse.query, false)
@@ -481,7 +481,7 @@ impl Relay {
             b'P' | b'B' if self.rewrite => {}
             b'P' => {
                 let parse = Parse::decode(frame.body())?;
-                tracker.on_parse(&self.shared.analyzer, parse.name, parse.query);
+                tracker.on_parse(&self.shared.analyzer, &parse);
             }
             b'B' => tracker.on_bind(&Bind::decode(frame.body())?, frame.as_bytes()),
             b'C' => {

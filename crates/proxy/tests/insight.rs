@@ -394,6 +394,27 @@ async fn plans_follow_the_clients_search_path_and_with_full_params_its_literals(
     // Planned as sent: the whole list, not the collapsed shape's one parameter.
     assert!(json.contains("'{1,2,3}'"), "{json}");
     assert!(json.contains("\"Schema\":\"app\""), "{json}");
+
+    // A parameter only the client's Parse gives a type (`$2 IS NULL` alone can't be
+    // typed): the generic plan is prepared with the client's types.
+    let typed = client
+        .prepare_typed(
+            "SELECT count(*) FROM big WHERE v = $1 OR $2 IS NULL",
+            &[
+                tokio_postgres::types::Type::INT4,
+                tokio_postgres::types::Type::TEXT,
+            ],
+        )
+        .await
+        .unwrap();
+    client.query_one(&typed, &[&5, &"x"]).await.unwrap();
+    let rows = plans(&proxy, 2).await;
+    let typed = rows
+        .iter()
+        .find(|r| r["query"].contains("IS NULL"))
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(typed["error"], "", "{typed:?}");
+    assert_eq!(typed["plan_kind"], "generic", "binary values: {typed:?}");
 }
 
 /// The proxy process's resident memory, in bytes.
