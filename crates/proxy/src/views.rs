@@ -469,19 +469,31 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
     ]
 }
 
+/// SHOW LISTS with PgBouncer's row names (its exporters read them by name); lists
+/// pgopt has no counterpart for (free slots, DNS) are 0.
 pub fn lists(shared: &Shared) -> Table {
     let mut table = Table::new(&[("list", Text), ("items", Int)]);
     let config = shared.config();
     let pools = shared.pools.list();
     let servers: usize = pools.iter().map(|p| p.servers.list().len()).sum();
-    let idle: usize = pools.iter().map(|p| p.idle_count()).sum();
-    let rows: [(&str, usize); 6] = [
+    let clients = shared.clients.list();
+    let login = clients
+        .iter()
+        .filter(|c| c.state() == crate::stats::ClientState::Login)
+        .count();
+    let rows: [(&str, usize); 12] = [
         ("databases", config.databases.len()),
         ("users", shared.users().len()),
         ("pools", pools.len()),
-        ("clients", shared.clients.len()),
-        ("servers", servers),
-        ("idle_servers", idle),
+        ("free_clients", 0),
+        ("used_clients", clients.len() - login),
+        ("login_clients", login),
+        ("free_servers", 0),
+        ("used_servers", servers),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
     ];
     for (name, items) in rows {
         table.push(vec![t(name), n(items as u64)]);

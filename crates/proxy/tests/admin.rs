@@ -96,7 +96,21 @@ async fn show_views_report_what_clients_did() {
     let err = admin.simple_query("DROP TABLE x").await.unwrap_err();
     assert_eq!(code(&err), Some("42601"));
     // Still usable after errors; extended protocol is refused, not fatal.
-    assert!(!show(&admin, "LISTS").await.is_empty());
+    let lists = show(&admin, "LISTS").await;
+    let names: Vec<&str> = lists.iter().map(|r| r["list"].as_str()).collect();
+    for name in [
+        "databases",
+        "users",
+        "pools",
+        "used_clients",
+        "login_clients",
+        "used_servers",
+    ] {
+        assert!(
+            names.contains(&name),
+            "PgBouncer's {name} in SHOW LISTS: {names:?}"
+        );
+    }
     let err = admin.query("SHOW POOLS", &[]).await.unwrap_err();
     assert_eq!(code(&err), Some("0A000"), "{err}");
     assert!(!show(&admin, "HELP").await.is_empty());
