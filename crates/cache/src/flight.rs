@@ -10,15 +10,18 @@ use tokio::sync::Semaphore;
 
 use crate::key::Key;
 
+/// Fills in progress: key hash → (full key, closed when the fill ends).
+type InFlight = Arc<Mutex<HashMap<u64, (Arc<[u8]>, Arc<Semaphore>)>>>;
+
 /// Fills in progress, by key.
 #[derive(Default)]
 pub struct Flights {
-    map: Arc<Mutex<HashMap<u64, (Arc<[u8]>, Arc<Semaphore>)>>>,
+    map: InFlight,
 }
 
 /// A fill this caller leads; dropping it lets the waiters go.
 pub struct Flight {
-    map: Option<Arc<Mutex<HashMap<u64, (Arc<[u8]>, Arc<Semaphore>)>>>>,
+    map: Option<InFlight>,
     hash: u64,
     done: Arc<Semaphore>,
 }
