@@ -30,6 +30,7 @@ mod statements;
 mod stats;
 mod tls;
 mod views;
+pub mod wal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

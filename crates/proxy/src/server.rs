@@ -81,7 +81,19 @@ impl ServerConn {
         timeout: Duration,
         max_len: u32,
     ) -> Result<ServerConn, ProxyError> {
-        match tokio::time::timeout(timeout, Self::connect_inner(target, keys, max_len)).await {
+        Self::connect_with(target, keys, timeout, max_len, &[]).await
+    }
+
+    /// [`ServerConn::connect`] with extra start-up parameters (`replication`).
+    pub async fn connect_with(
+        target: &ServerTarget,
+        keys: Option<ScramKeys>,
+        timeout: Duration,
+        max_len: u32,
+        extra: &[(&str, &str)],
+    ) -> Result<ServerConn, ProxyError> {
+        let connecting = Self::connect_inner(target, keys, max_len, extra);
+        match tokio::time::timeout(timeout, connecting).await {
             Ok(result) => result,
             Err(_) => Err(ProxyError::Server {
                 server: target.describe(),
@@ -94,6 +106,7 @@ impl ServerConn {
         target: &ServerTarget,
         keys: Option<ScramKeys>,
         max_len: u32,
+        extra: &[(&str, &str)],
     ) -> Result<ServerConn, ProxyError> {
         let server = || target.describe();
         let tcp = TcpStream::connect((target.host.as_str(), target.port))
@@ -111,14 +124,15 @@ impl ServerConn {
         };
 
         let mut out = BytesMut::with_capacity(256);
-        let params = [
+        let mut params = vec![
             ("user", target.user.as_str()),
             ("database", target.dbname.as_str()),
             ("application_name", "pgopt"),
         ];
+        params.extend_from_slice(extra);
         StartupMessage {
             protocol: ProtocolVersion { major: 3, minor: 0 },
-            params: List::from(&params),
+            params: List::from(params.as_slice()),
         }
         .encode(&mut out)?;
         send(&mut stream, &out).await?;

@@ -79,6 +79,10 @@ impl<'a> BodyReader<'a> {
     }
 
     /// Reads a big-endian Int32 as unsigned (OIDs).
+    pub fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        self.array::<8>(field).map(u64::from_be_bytes)
+    }
+
     pub fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array(field)?))
     }

@@ -39,6 +39,7 @@ mod frame;
 pub mod frontend;
 mod list;
 pub mod md5;
+pub mod replication;
 pub mod scram;
 pub mod startup;
 

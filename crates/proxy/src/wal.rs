@@ -1,0 +1,225 @@
+//! A listener on a logical replication stream (`pgoutput`): every transaction committed
+//! on the server — by pgopt's clients or anyone else, including what triggers and
+//! foreign-key cascades change — arrives as the set of tables it changed, in commit
+//! order. The result cache (issue 6) turns these into invalidations for writes that
+//! bypass pgopt.
+//!
+//! The slot is TEMPORARY: PostgreSQL drops it when the listener's connection ends, so
+//! a pgopt that dies holds no WAL back. The publication (`FOR ALL TABLES`) is created
+//! once if missing, which needs a superuser; a DBA can create it instead.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use pgopt_wire::frontend::Query;
+use pgopt_wire::replication::{encode_status_update, pg_epoch_micros, Change, StreamMessage};
+use pgopt_wire::split_frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::server::{ServerConn, ServerTarget};
+use crate::ProxyError;
+
+/// The server and login to listen on (plaintext password or trust; no TLS).
+#[derive(Debug, Clone)]
+pub struct WalSource {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+impl WalSource {
+    fn target(&self) -> ServerTarget {
+        ServerTarget {
+            host: self.host.clone(),
+            port: self.port,
+            dbname: self.dbname.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            md5_hash: None,
+            tls: None,
+        }
+    }
+}
+
+/// One committed transaction's changed tables (`schema.name`), and its end position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub end_lsn: u64,
+    pub tables: Vec<String>,
+}
+
+/// How often the listener tells the server how far it has read.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Creates `publication` for all tables unless it exists.
+pub async fn ensure_publication(source: &WalSource, publication: &str) -> Result<(), ProxyError> {
+    let target = &source.target();
+    let max_len = pgopt_wire::DEFAULT_MAX_MESSAGE_LEN;
+    let mut conn = ServerConn::connect(target, None, source.connect_timeout, max_len).await?;
+    let name = crate::session_state::quote_literal(publication);
+    let sql = format!(
+        "DO $pgopt$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {name}) \
+         THEN EXECUTE pg_catalog.format('CREATE PUBLICATION %I FOR ALL TABLES', {name}); END IF; END $pgopt$"
+    );
+    conn.simple_query(&sql, max_len)
+        .await
+        .map(|_| ())
+        .map_err(|e| ProxyError::Server {
+            server: target.describe(),
+            message: format!(
+                "creating publication {publication} (FOR ALL TABLES needs a superuser; or create it yourself): {e}"
+            ),
+        })
+}
+
+/// Streams committed changes into `out` until the connection ends or `out` is closed.
+/// `slot` names the temporary slot (unique per listener).
+pub async fn listen(
+    source: &WalSource,
+    publication: &str,
+    slot: &str,
+    out: mpsc::Sender<Committed>,
+) -> Result<(), ProxyError> {
+    let target = &source.target();
+    let (timeout, max_len) = (source.connect_timeout, pgopt_wire::DEFAULT_MAX_MESSAGE_LEN);
+    let failed = |message: String| ProxyError::Server {
+        server: target.describe(),
+        message,
+    };
+    let mut conn = ServerConn::connect_with(
+        target,
+        None,
+        timeout,
+        max_len,
+        &[("replication", "database")],
+    )
+    .await?;
+    let slot_ident = crate::session_state::quote_ident(slot);
+    conn.simple_query(
+        &format!(
+            "CREATE_REPLICATION_SLOT {slot_ident} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT"
+        ),
+        max_len,
+    )
+    .await
+    .map_err(|e| failed(format!("creating replication slot {slot}: {e}")))?;
+    let start = format!(
+        "START_REPLICATION SLOT {slot_ident} LOGICAL 0/0 (proto_version '1', publication_names {})",
+        crate::session_state::quote_literal(&crate::session_state::quote_ident(publication))
+    );
+    let mut buf = BytesMut::new();
+    Query { sql: &start }
+        .encode(&mut buf)
+        .map_err(|e| failed(e.to_string()))?;
+    conn.stream
+        .write_all(&buf)
+        .await
+        .map_err(ProxyError::server_io)?;
+    conn.stream.flush().await.map_err(ProxyError::server_io)?;
+    buf.clear();
+
+    let mut relations: HashMap<u32, String> = HashMap::new();
+    let mut changed: BTreeSet<String> = BTreeSet::new();
+    let mut flushed = 0u64;
+    let mut last_status = Instant::now();
+    let mut streaming = false;
+    loop {
+        let frame = match split_frame(&mut buf, max_len) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                let status_due = STATUS_INTERVAL.saturating_sub(last_status.elapsed());
+                tokio::select! {
+                    read = conn.stream.read_buf(&mut buf) => match read {
+                        Ok(n) if n > 0 => continue,
+                        _ => return Err(failed("the replication connection closed".into())),
+                    },
+                    () = tokio::time::sleep(status_due), if streaming => {
+                        send_status(&mut conn, flushed, false).await?;
+                        last_status = Instant::now();
+                        continue;
+                    }
+                    () = out.closed() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        match frame.tag() {
+            b'W' => streaming = true,
+            b'E' => {
+                let message = crate::stats::error_field(frame.body(), b'M')
+                    .map(|m| String::from_utf8_lossy(m).into_owned())
+                    .unwrap_or_default();
+                return Err(failed(format!("replication: {message}")));
+            }
+            b'd' => match StreamMessage::decode(frame.body()) {
+                Ok(StreamMessage::Keepalive { reply, .. }) => {
+                    if reply {
+                        send_status(&mut conn, flushed, false).await?;
+                        last_status = Instant::now();
+                    }
+                }
+                Ok(StreamMessage::XLogData { data, .. }) => match Change::decode(data) {
+                    Ok(Change::Relation { oid, schema, name }) => {
+                        relations.insert(oid, format!("{schema}.{name}"));
+                    }
+                    Ok(Change::Insert { relation })
+                    | Ok(Change::Update { relation })
+                    | Ok(Change::Delete { relation }) => {
+                        changed.insert(relation_name(&relations, relation));
+                    }
+                    Ok(Change::Truncate { relations: rels }) => {
+                        for r in rels {
+                            changed.insert(relation_name(&relations, r));
+                        }
+                    }
+                    Ok(Change::Commit { end, .. }) => {
+                        flushed = end;
+                        if !changed.is_empty() {
+                            let tables = std::mem::take(&mut changed).into_iter().collect();
+                            if out
+                                .send(Committed {
+                                    end_lsn: end,
+                                    tables,
+                                })
+                                .await
+                                .is_err()
+                            {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Ok(Change::Begin { .. }) | Ok(Change::Other(_)) => {}
+                    Err(e) => return Err(failed(format!("pgoutput: {e}"))),
+                },
+                Err(e) => return Err(failed(format!("replication stream: {e}"))),
+            },
+            // NoticeResponse, ParameterStatus, CopyDone…
+            b'c' => return Err(failed("the server ended the replication stream".into())),
+            _ => {}
+        }
+    }
+}
+
+/// A relation's name, or its OID when its Relation message was never seen (it always
+/// precedes the first change; this is for a server that breaks the rule).
+fn relation_name(relations: &HashMap<u32, String>, oid: u32) -> String {
+    relations
+        .get(&oid)
+        .cloned()
+        .unwrap_or_else(|| format!("oid:{oid}"))
+}
+
+async fn send_status(conn: &mut ServerConn, flushed: u64, reply: bool) -> Result<(), ProxyError> {
+    let mut out = BytesMut::with_capacity(64);
+    encode_status_update(&mut out, flushed, pg_epoch_micros(SystemTime::now()), reply);
+    conn.stream
+        .write_all(&out)
+        .await
+        .map_err(ProxyError::server_io)?;
+    conn.stream.flush().await.map_err(ProxyError::server_io)
+}
