@@ -202,19 +202,24 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
     let mut walker = Walker::new(config);
     let mut kinds = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut read_only = !parsed.protobuf.stmts.is_empty();
-    let begins_read_only = parsed
+    let mut begins_read_only = parsed
         .protobuf
         .stmts
         .first()
         .and_then(|raw| raw.stmt.as_ref()?.node.as_ref())
         .is_some_and(opens_read_only_block);
-    for raw in &parsed.protobuf.stmts {
+    for (i, raw) in parsed.protobuf.stmts.iter().enumerate() {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
         let (kind, stmt_read_only) = walker.statement(node)?;
         kinds.push(kind);
         read_only &= stmt_read_only;
+        // After the read-only BEGIN: reads, or the block's end (a COMMIT and then a
+        // write, or a new read-write block, is not a read-only text).
+        if i > 0 && !stmt_read_only && !continues_or_ends_block(node) {
+            begins_read_only = false;
+        }
     }
     let hints = parse_hints(sql);
     let kinds_len = kinds.len();
@@ -287,6 +292,13 @@ fn opens_read_only_block(node: &NodeEnum) -> bool {
         Some(NodeEnum::AConst(c)) if matches!(&c.val, Some(pg_query::protobuf::a_const::Val::Sval(s)) if s.sval == "serializable")
     );
     read_only && !serializable
+}
+
+/// A transaction statement other than BEGIN/START: COMMIT, ROLLBACK, savepoints.
+fn continues_or_ends_block(node: &NodeEnum) -> bool {
+    use pg_query::protobuf::TransactionStmtKind as T;
+    matches!(node, NodeEnum::TransactionStmt(stmt)
+        if !matches!(stmt.kind(), T::TransStmtBegin | T::TransStmtStart))
 }
 
 /// Accumulates facts over every statement of a text.

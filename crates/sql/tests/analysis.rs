@@ -242,6 +242,8 @@ fn read_only_transaction_blocks() {
         "START TRANSACTION READ ONLY",
         "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         "BEGIN READ ONLY; SELECT 1",
+        "BEGIN READ ONLY; SELECT 1; COMMIT",
+        "BEGIN READ ONLY; SAVEPOINT a; SELECT 1; ROLLBACK TO SAVEPOINT a",
     ] {
         assert!(begins(yes), "{yes} opens a read-only block");
     }
@@ -252,6 +254,10 @@ fn read_only_transaction_blocks() {
         "SET TRANSACTION READ ONLY",
         "SELECT 1; BEGIN READ ONLY",
         "COMMIT",
+        // What follows the block's end would run outside it, on the same server.
+        "BEGIN READ ONLY; COMMIT; INSERT INTO t VALUES (1)",
+        "BEGIN READ ONLY; SELECT 1; COMMIT; BEGIN; SELECT 1",
+        "BEGIN READ ONLY; SELECT nextval('s')",
     ] {
         assert!(!begins(no), "{no} does not open a read-only block");
     }
