@@ -443,6 +443,16 @@ impl Pool {
             .is_some_and(|t| t > Instant::now())
     }
 
+    /// A connection made outside the pool (a health check) just worked: the circuit
+    /// breaker closes, so clients need not wait out its backoff.
+    pub fn reachable(&self) {
+        let mut breaker = lock(&self.breaker);
+        if breaker.failures > 0 {
+            tracing::info!(server = %self.target.describe(), "server is reachable again");
+            *breaker = Breaker::default();
+        }
+    }
+
     pub fn is_paused(&self) -> bool {
         self.paused.load(Relaxed)
     }

@@ -119,6 +119,9 @@ pub struct Relay {
     /// The client messages of a read on a replica, kept until the client has been sent
     /// anything: if the replica dies first, they run again on another node.
     failover: Option<BytesMut>,
+    /// Client messages wait in `cbuf` until the server has answered what runs before
+    /// them (a batch behind a replica read, or behind a batch running again).
+    paused: bool,
     shared: Arc<Shared>,
 }
 
@@ -135,6 +138,9 @@ struct ReadYourWritesState {
     min_lsn: u64,
     /// Reads go to the primary until then.
     primary_until: Option<Instant>,
+    /// A batch (a simple query, or messages up to a Sync) has ended on this server
+    /// connection: the next message starts another, judged on its own.
+    batch_ended: bool,
 }
 
 impl Relay {
@@ -189,6 +195,7 @@ impl Relay {
             routes,
             ryw: ReadYourWritesState::default(),
             failover: None,
+            paused: false,
             shared,
         }
     }
@@ -202,6 +209,12 @@ impl Relay {
         let wake = info.wake.notified();
         tokio::pin!(wake);
         while go_on {
+            if self.paused && (self.server.is_none() || !self.held_back()) {
+                // What held the client's messages back is over.
+                self.paused = false;
+                go_on = self.handle_client().await?;
+                continue;
+            }
             if self.closing && self.server_idle() {
                 self.close(sqlstate::ADMIN_SHUTDOWN, "pgopt is shutting down")
                     .await;
@@ -235,7 +248,9 @@ impl Relay {
                         }
                     }
                 }
-                read = self.client.read_buf(&mut self.cbuf) => {
+                // A paused client's messages are buffered only up to a bound.
+                read = self.client.read_buf(&mut self.cbuf),
+                    if !self.paused || self.cbuf.len() < MAX_FAILOVER_BYTES => {
                     if let Ok(n) = read {
                         self.received += n as u64;
                     }
@@ -309,6 +324,13 @@ impl Relay {
             {
                 break;
             }
+            if self.server.is_some() && self.held_back() {
+                self.paused = true;
+                break;
+            }
+            if self.server.is_some() && self.batch_incomplete() {
+                break;
+            }
             let frame = match split_frame(&mut self.cbuf, self.max_len) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -339,6 +361,16 @@ impl Relay {
                         continue;
                     }
                 }
+            } else if self.ryw.batch_ended && self.routes.is_some() && !self.ryw.wrote {
+                // A later batch on the primary, pipelined behind a read or in the same
+                // transaction: a write in it must hold the client's next reads back.
+                self.ryw.wrote = !crate::routing::read_only_batch(
+                    &frame,
+                    &self.cbuf,
+                    self.max_len,
+                    &self.shared.analyzer,
+                    |name| self.statements.query_of(name),
+                );
             }
             if self.query_start.is_none() {
                 let now = Instant::now();
@@ -371,11 +403,39 @@ impl Relay {
         Ok(!terminate)
     }
 
+    /// Whether the client's next message must wait, on a server connection already
+    /// lent, until the server has answered what runs before it: a batch that runs
+    /// again goes before anything after it; on a replica, a batch after a read waits
+    /// for the read's end (it may not be a read: it is judged when the connection is
+    /// back, unless a read-only transaction holds it).
+    fn held_back(&self) -> bool {
+        if self.dropping || self.rerun.is_some() {
+            return true;
+        }
+        self.ryw.batch_ended && self.ryw.replica.is_some() && self.expected.server_readies() > 0
+    }
+
+    /// On the primary, a batch after a read that is not all here yet: it is judged for
+    /// writes (see `read_only_batch`) once it is, as a transaction's first batch is.
+    fn batch_incomplete(&self) -> bool {
+        self.ryw.batch_ended
+            && self.routes.is_some()
+            && self.ryw.replica.is_none()
+            && !self.ryw.wrote
+            && self.cbuf.len() < MAX_FAILOVER_BYTES
+            && !crate::routing::batch_visible(&self.cbuf, self.max_len)
+    }
+
     /// Queues one client message for the server, rewriting statement names when needed.
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
+        self.ryw.batch_ended = matches!(frame.tag(), b'Q' | b'S');
         if let Some(batch) = self.failover.as_mut() {
+            // A statement closed earlier in the batch is gone from the bookkeeping: a
+            // second run could not bind or describe it.
+            let after_close =
+                matches!(frame.tag(), b'B' | b'D') && holds_close(batch, self.max_len);
             batch.extend_from_slice(frame.as_bytes());
-            if batch.len() > MAX_FAILOVER_BYTES {
+            if batch.len() > MAX_FAILOVER_BYTES || after_close {
                 self.failover = None;
             }
         }
@@ -749,6 +809,7 @@ impl Relay {
             "a prepared statement's result type changed (schema change): prepared again and run again"
         );
         self.replayed = true;
+        self.failover = None; // the re-run's messages are not a batch to fail over
         while let Ok(Some(frame)) = split_frame(&mut batch, self.max_len) {
             if let Err(e) = self.route(&frame) {
                 return Err(self.client_protocol_error(e).await);
@@ -900,7 +961,8 @@ impl Relay {
                 let Some(server) = self.server.as_mut() else {
                     return;
                 };
-                match crate::routing::commit_lsn(&mut server.conn, self.max_len).await {
+                let timeout = self.pool.limits().connect_timeout;
+                match crate::routing::commit_lsn(&mut server.conn, self.max_len, timeout).await {
                     Ok(lsn) => self.ryw.min_lsn = self.ryw.min_lsn.max(lsn),
                     Err(e) => {
                         tracing::warn!(
@@ -1171,7 +1233,10 @@ impl Relay {
                     }
                     let node = &routes.router.replicas[i];
                     tried |= 1 << i.min(63);
-                    match crate::routing::replay_lsn(&mut checkout.conn, self.max_len).await {
+                    let timeout = pool.limits().connect_timeout;
+                    match crate::routing::replay_lsn(&mut checkout.conn, self.max_len, timeout)
+                        .await
+                    {
                         Ok(lsn) => {
                             node.replay_lsn.fetch_max(lsn, Relaxed);
                             if lsn >= verify {
@@ -1207,7 +1272,12 @@ impl Relay {
                 self.server = Some(checkout);
                 self.ryw.replica = replica;
                 self.ryw.wrote = !read_only;
-                self.failover = replica.map(|_| BytesMut::new());
+                self.ryw.batch_ended = false;
+                // Only a batch with nothing owed before it may run again elsewhere:
+                // earlier answers can't be told apart from its own.
+                self.failover = replica
+                    .filter(|_| self.expected.is_empty())
+                    .map(|_| BytesMut::new());
                 if let Some(tracker) = self.tracker.as_mut() {
                     // Plan captures apply the client's settings (search_path…).
                     let version = self.settings.version();
@@ -1374,6 +1444,9 @@ impl Relay {
         self.skipping = false;
         self.pending_change = None;
         self.replay = None;
+        self.replayed = false;
+        self.dropping = false;
+        self.rerun = None;
         let mut tried = 0;
         if let (Some(i), Some(routes)) = (replica, &self.routes) {
             let node = &routes.router.replicas[i];
@@ -1479,6 +1552,21 @@ where
             },
         }
     }
+}
+
+/// Whether the client messages in `batch` include a Close.
+fn holds_close(batch: &[u8], max_len: u32) -> bool {
+    let mut pos = 0;
+    while let Ok(Some(header)) = pgopt_wire::peek_header(&batch[pos..], max_len) {
+        if header.tag == b'C' {
+            return true;
+        }
+        pos += header.frame_len();
+        if pos >= batch.len() {
+            break;
+        }
+    }
+    false
 }
 
 /// Before a SET inside a transaction block, the settings as they were (once per

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -149,9 +149,12 @@ pub struct Router {
     pub database: String,
     pub replicas: Vec<Arc<Node>>,
     pub settings: Routing,
-    /// The primary's `pg_current_wal_lsn()` at the last check, and whether it answered.
+    /// The primary's `pg_current_wal_lsn()` at the last check, and whether it is up:
+    /// down after [`PRIMARY_DOWN_AFTER`] failed checks in a row (one lost check must
+    /// not send reads past read-your-writes), up again at the first good one.
     pub primary_lsn: AtomicU64,
     pub primary_up: AtomicBool,
+    primary_failures: AtomicU32,
     /// Transactions routed to the primary: writes, and reads that had to go there.
     pub primary_writes: AtomicU64,
     pub primary_reads: AtomicU64,
@@ -167,6 +170,9 @@ pub struct Router {
 /// The primary's pool and the replicas' pools, in the router's order.
 type CheckPools = (Arc<Pool>, Vec<Arc<Pool>>);
 
+/// Failed checks in a row after which the primary counts as down.
+const PRIMARY_DOWN_AFTER: u32 = 3;
+
 /// Samples of the primary's WAL position kept for the lag in seconds.
 const HISTORY: usize = 4096;
 
@@ -178,6 +184,7 @@ impl Router {
             settings,
             primary_lsn: AtomicU64::new(0),
             primary_up: AtomicBool::new(true),
+            primary_failures: AtomicU32::new(0),
             primary_writes: AtomicU64::new(0),
             primary_reads: AtomicU64::new(0),
             history: Mutex::new(VecDeque::new()),
@@ -299,12 +306,14 @@ impl Router {
                         }
                     }
                 }
+                self.primary_failures.store(0, Relaxed);
                 if !self.primary_up.swap(true, Relaxed) {
                     tracing::info!(database = %self.database, "primary answers health checks again");
                 }
             }
             _ => {
-                if self.primary_up.swap(false, Relaxed) {
+                let failures = self.primary_failures.fetch_add(1, Relaxed) + 1;
+                if failures >= PRIMARY_DOWN_AFTER && self.primary_up.swap(false, Relaxed) {
                     tracing::warn!(database = %self.database, "primary failed its health check");
                 }
             }
@@ -384,6 +393,7 @@ async fn check_one(
     if rows.len() != 1 {
         return Err(format!("health check returned {} rows", rows.len()));
     }
+    pool.reachable();
     Ok((conn, rows.swap_remove(0)))
 }
 
@@ -431,12 +441,23 @@ pub fn format_lsn(lsn: u64) -> String {
 pub fn replica_safe(analysis: &Analysis) -> bool {
     (analysis.read_only || analysis.begins_read_only)
         && !analysis.hints.primary
-        && !analysis.functions.iter().any(|f| {
-            matches!(
-                f.as_str(),
-                "currval" | "lastval" | "pg_catalog.currval" | "pg_catalog.lastval"
-            )
-        })
+        && !analysis.functions.iter().any(|f| primary_only(f))
+}
+
+/// Read-only functions a replica can't answer as the primary would: the session's
+/// sequence state, and the primary's WAL positions (a standby raises "recovery is in
+/// progress").
+fn primary_only(function: &str) -> bool {
+    matches!(
+        function.strip_prefix("pg_catalog.").unwrap_or(function),
+        "currval"
+            | "lastval"
+            | "pg_current_wal_lsn"
+            | "pg_current_wal_insert_lsn"
+            | "pg_current_wal_flush_lsn"
+            | "pg_walfile_name"
+            | "pg_walfile_name_offset"
+    )
 }
 
 /// Whether the batch that starts with `first` (its other messages, if any, at the
@@ -533,23 +554,53 @@ impl Routes {
 
 /// Reads the commit position for read-your-writes: `pg_current_wal_insert_lsn()`
 /// rather than `pg_current_wal_lsn()`, which may not include a commit made with
-/// `synchronous_commit = off` yet.
-pub async fn commit_lsn(conn: &mut ServerConn, max_len: u32) -> Result<u64, String> {
-    lsn_query(
-        conn,
-        "SELECT pg_catalog.pg_current_wal_insert_lsn()",
-        max_len,
-    )
-    .await
+/// `synchronous_commit = off` yet. Bounded by `timeout`: on an error the connection's
+/// state is unknown, and the caller closes it.
+pub async fn commit_lsn(
+    conn: &mut ServerConn,
+    max_len: u32,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let sql = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
+    lsn_query(conn, sql, max_len, timeout).await.map(record_end)
+}
+
+/// The end of the last WAL record before `insert`: when the insert position is at the
+/// start of a page it points past the page header, where a replica that has replayed
+/// everything never gets until more WAL comes.
+fn record_end(insert: u64) -> u64 {
+    const PAGE: u64 = 8192;
+    const SHORT_HEADER: u64 = 24; // XLogPageHeaderData, MAXALIGNed
+    const LONG_HEADER: u64 = 40; // XLogLongPageHeaderData, a segment's first page
+    const SEGMENT: u64 = 16 << 20;
+    if insert % SEGMENT == LONG_HEADER {
+        insert - LONG_HEADER
+    } else if insert % PAGE == SHORT_HEADER {
+        insert - SHORT_HEADER
+    } else {
+        insert
+    }
 }
 
 /// A replica's replay position, asked on a connection a client is about to use.
-pub async fn replay_lsn(conn: &mut ServerConn, max_len: u32) -> Result<u64, String> {
-    lsn_query(conn, "SELECT pg_catalog.pg_last_wal_replay_lsn()", max_len).await
+pub async fn replay_lsn(
+    conn: &mut ServerConn,
+    max_len: u32,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let sql = "SELECT pg_catalog.pg_last_wal_replay_lsn()";
+    lsn_query(conn, sql, max_len, timeout).await
 }
 
-async fn lsn_query(conn: &mut ServerConn, sql: &str, max_len: u32) -> Result<u64, String> {
-    let rows = conn.simple_query(sql, max_len).await?;
+async fn lsn_query(
+    conn: &mut ServerConn,
+    sql: &str,
+    max_len: u32,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let rows = tokio::time::timeout(timeout, conn.simple_query(sql, max_len))
+        .await
+        .map_err(|_| format!("{sql} timed out after {} ms", timeout.as_millis()))??;
     rows.first()
         .and_then(|r| r.first().cloned().flatten())
         .as_deref()
@@ -572,6 +623,29 @@ mod tests {
         assert_eq!(format_lsn((0x16 << 32) | 0xB374D848), "16/B374D848");
         assert_eq!(parse_lsn("nope"), None);
         assert_eq!(parse_lsn("1/zz"), None);
+    }
+
+    #[test]
+    fn a_commit_position_at_a_page_start_is_the_record_end_before_the_header() {
+        assert_eq!(record_end(0x3000_0100), 0x3000_0100);
+        assert_eq!(record_end(3 * 8192 + 24), 3 * 8192);
+        assert_eq!(record_end((5 << 24) + 40), 5 << 24);
+    }
+
+    #[test]
+    fn wal_position_functions_and_session_sequences_stay_on_the_primary() {
+        let analyzer = Analyzer::default();
+        let safe = |sql: &str| replica_safe(&analyzer.analyze(sql).unwrap());
+        assert!(safe("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()"));
+        for sql in [
+            "SELECT pg_current_wal_lsn()",
+            "SELECT pg_catalog.pg_current_wal_insert_lsn()",
+            "SELECT pg_walfile_name(pg_current_wal_flush_lsn())",
+            "SELECT currval('s')",
+            "BEGIN READ ONLY; SELECT 1; COMMIT; INSERT INTO t VALUES (1)",
+        ] {
+            assert!(!safe(sql), "{sql}");
+        }
     }
 
     #[test]

@@ -184,17 +184,19 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
 
     // Query insight counts each shape's calls per server.
     let queries = show(&admin(&proxy).await, "QUERIES").await;
-    let shape = |text: &str| {
+    // A shape by the end of its text (the hinted text shares a fingerprint with the
+    // plain one, and which of them a shape shows depends on which came first).
+    let shape = |end: &str| {
         queries
             .iter()
-            .find(|q| q["query"] == text)
-            .unwrap_or_else(|| panic!("{text} in {queries:?}"))["routed"]
+            .find(|q| q["query"].ends_with(end))
+            .unwrap_or_else(|| panic!("{end} in {queries:?}"))["routed"]
             .clone()
     };
     // On the replica: the simple read, three prepared runs, the read-only transaction;
     // on the primary: the hinted one and the read-write transaction's.
     assert_eq!(shape("SELECT pg_is_in_recovery()"), "primary=2 replica1=5");
-    assert!(shape("SELECT pg_is_in_recovery() FROM items FOR UPDATE").starts_with("primary="));
+    assert!(shape("FROM items FOR UPDATE").starts_with("primary="));
 
     // The same figures over HTTP and in Prometheus.
     let addr = proxy.admin_addr().unwrap();
@@ -239,6 +241,112 @@ async fn a_read_right_after_a_write_sees_the_write() {
     // Once the replica has replayed the writes, the writer's reads go there too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_are_routed_each_on_its_own() {
+    let (_primary, _replica, proxy) = primary_and_replica(|_| {}).await;
+
+    // Simple protocol: a read and a write sent together (tokio-postgres pipelines
+    // what is in flight at once). The write must not follow the read to the replica.
+    // The read is slow, so the write is sure to arrive while it runs.
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let (read, write, read_again) = tokio::join!(
+        client.simple_query("SELECT pg_is_in_recovery() FROM pg_sleep(0.2)"),
+        client.simple_query("INSERT INTO items VALUES (100, 'p') RETURNING pg_is_in_recovery()"),
+        client.simple_query("SELECT count(*) FROM items WHERE id = 100"),
+    );
+    let first = |r: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>| {
+        let messages = r.unwrap_or_else(|e| panic!("{e:?} {:?}", e.as_db_error()));
+        messages
+            .into_iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(first(read), "t", "the first read on the replica");
+    assert_eq!(first(write), "f", "the pipelined write on the primary");
+    assert_eq!(first(read_again), "1", "the read after it sees the write");
+
+    // Extended protocol, prepared statements: Bind/Execute/Sync batches in flight.
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = client
+        .prepare("SELECT pg_is_in_recovery() FROM pg_sleep(0.05)")
+        .await
+        .unwrap();
+    let write = client
+        .prepare("INSERT INTO items VALUES ($1, 'p') RETURNING pg_is_in_recovery()")
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let id = 200 + round;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let (r, w) = tokio::join!(
+            client.query_one(&read, &[]),
+            client.query_one(&write, &params)
+        );
+        let w = w.unwrap_or_else(|e| panic!("round {round}: {e:?} {:?}", e.as_db_error()));
+        assert!(
+            !w.get::<_, bool>(0),
+            "round {round}: the write on the primary"
+        );
+        r.unwrap();
+    }
+
+    // A read-only transaction sent in one go stays together on the replica.
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let (begin, read, commit) = tokio::join!(
+        client.simple_query("BEGIN READ ONLY"),
+        client.simple_query("SELECT pg_is_in_recovery() FROM pg_sleep(0.1)"),
+        client.simple_query("COMMIT"),
+    );
+    begin.unwrap();
+    commit.unwrap();
+    assert_eq!(first(read), "t");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_pipelined_behind_a_read_on_the_primary_holds_reads_back() {
+    // Window mode makes the write's effect on routing visible: reads stay on the
+    // primary for the window after the client's last write.
+    let window = Duration::from_secs(2);
+    let (_primary, _replica, proxy) = primary_and_replica(|c| {
+        c.routing.read_your_writes = ReadYourWrites::Window;
+        c.routing.read_your_writes_window = window;
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    client
+        .simple_query("INSERT INTO items VALUES (1, 'w')")
+        .await
+        .unwrap();
+    let first_write = Instant::now();
+    tokio::time::sleep(window * 6 / 10).await;
+    // Inside the window: the read goes to the primary as a read, the write behind it
+    // in the same connection must start a new window.
+    let (read, write) = tokio::join!(
+        client.simple_query("SELECT pg_is_in_recovery()"),
+        client.simple_query("INSERT INTO items VALUES (2, 'w')"),
+    );
+    read.unwrap();
+    write.unwrap();
+    let second_write = Instant::now();
+    // Past the first write's window, inside the second's.
+    tokio::time::sleep(
+        (first_write + window + window / 5).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    assert!(
+        second_write.elapsed() < window,
+        "the test ran too slowly to judge"
+    );
+    assert_eq!(
+        value(&client, "SELECT pg_is_in_recovery()").await,
+        "f",
+        "the pipelined write kept reads on the primary"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,6 +488,20 @@ async fn with_the_primary_down_reads_go_on_and_writes_fail_at_once() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
+
+    // Pipelined: each statement gets its own answer, in order.
+    let (w1, r, w2) = tokio::join!(
+        client.simple_query("INSERT INTO items VALUES (9, 'x')"),
+        client.simple_query("SELECT pg_is_in_recovery()"),
+        client.simple_query("INSERT INTO items VALUES (10, 'x')"),
+    );
+    assert_eq!(code(&w1.unwrap_err()), Some("25006"));
+    assert_eq!(code(&w2.unwrap_err()), Some("25006"));
+    assert!(r
+        .unwrap()
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("t"))));
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
 
     // New clients log in and read.
     let fresh = connect(&proxy, "postgres", None).await.unwrap();
