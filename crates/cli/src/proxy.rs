@@ -252,6 +252,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
             replicas: replicas(&root.routing, &args.replica),
         }],
         routing: root.routing.policy(),
+        cache: root.cache.settings(),
         ..pgopt_proxy::Config::default()
     })
 }

@@ -33,6 +33,8 @@ pub enum Command {
     Shutdown,
     /// RESET QUERIES: query insight starts over (statistics, slow log, N+1 findings).
     ResetQueries,
+    /// CACHE FLUSH [table]: result cache entries end (of one table, or all).
+    CacheFlush(Option<String>),
     /// An empty query string.
     Empty,
 }
@@ -50,6 +52,9 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         Some("PAUSE") if words.len() <= 2 => Command::Pause(name(1)),
         Some("RESUME") if words.len() <= 2 => Command::Resume(name(1)),
         Some("SHUTDOWN") if words.len() == 1 => Command::Shutdown,
+        Some("CACHE") if upper(1).as_deref() == Some("FLUSH") && words.len() <= 3 => {
+            Command::CacheFlush(name(2))
+        }
         Some("RESET") if upper(1).as_deref() == Some("QUERIES") && words.len() == 2 => {
             Command::ResetQueries
         }
@@ -190,6 +195,7 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
                 "nplus1" => insight_views::n_plus_one(shared),
                 "plans" => insight_views::plans(shared),
                 "replicas" => views::replicas(shared),
+                "cache" => crate::cache::view(shared.cache.as_deref()),
                 other => {
                     let message =
                         format!("SHOW {other}: no such view; SHOW HELP lists the admin commands");
@@ -199,6 +205,17 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
             encode_table(&table, out)?;
             complete(out, "SHOW")?;
         }
+        Command::CacheFlush(table) => match &shared.cache {
+            Some(cache) => {
+                cache.flush(table.as_deref());
+                complete(out, "CACHE FLUSH")?;
+            }
+            None => error(
+                out,
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "CACHE FLUSH: the result cache is off ([cache] enabled = false)",
+            )?,
+        },
         Command::ResetQueries => {
             if let Some(insight) = &shared.insight {
                 insight.store.reset();

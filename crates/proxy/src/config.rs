@@ -158,6 +158,8 @@ pub struct Config {
     pub insight: crate::observe::InsightSettings,
     /// How reads are spread over the databases' replicas.
     pub routing: Routing,
+    /// The result cache. Read at start only.
+    pub cache: crate::cache::CacheSettings,
 }
 
 /// Whether clients may or must use TLS.
@@ -235,6 +237,7 @@ impl Default for Config {
             max_message_len: pgopt_wire::DEFAULT_MAX_MESSAGE_LEN,
             insight: crate::observe::InsightSettings::default(),
             routing: Routing::default(),
+            cache: crate::cache::CacheSettings::default(),
         }
     }
 }

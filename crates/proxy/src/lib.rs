@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod auth_query;
+mod cache;
 pub mod config;
 mod error;
 mod http;
@@ -39,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use auth_query::DEFAULT_AUTH_QUERY;
+pub use cache::CacheSettings;
 pub use config::{
     ClientAuth, ClientTls, Config, Database, PoolMode, ReadYourWrites, Replica, Routing, ServerTls,
     ServerTlsMode, TlsMode, User, ADMIN_DATABASE,

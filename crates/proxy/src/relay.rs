@@ -16,6 +16,7 @@ use pgopt_wire::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::cache::{Capture, Fill, PendingWrites, ProxyCache};
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::io::{send_fatal, write_all};
 use crate::observe::Tracker;
@@ -122,7 +123,22 @@ pub struct Relay {
     /// Client messages wait in `cbuf` until the server has answered what runs before
     /// them (a batch behind a replica read, or behind a batch running again).
     paused: bool,
+    /// The result cache (see `cache.rs`): every session notes its writes; only
+    /// transaction-mode sessions without replicas are served from it.
+    cache: Option<Arc<ProxyCache>>,
+    serve_cache: bool,
+    /// A miss whose reply is being captured.
+    filling: Option<Fill>,
+    /// What the open transaction's writes invalidate when it ends.
+    writes: PendingWrites,
     shared: Arc<Shared>,
+}
+
+/// What the cache did with a query.
+enum CacheLookup {
+    Served,
+    Fill(Fill),
+    Pass,
 }
 
 /// Where the current transaction runs and what the client wrote, for routing.
@@ -154,6 +170,8 @@ impl Relay {
         settings: Settings,
     ) -> Relay {
         let config = shared.config();
+        let cache = shared.cache.clone();
+        let serve_cache = cache.is_some() && pool.mode == PoolMode::Transaction && routes.is_none();
         let tracker = shared.insight.as_ref().map(|state| {
             let (user, database, _) = info.identity();
             Tracker::new(state.clone(), &database, &user, info.addr)
@@ -196,6 +214,10 @@ impl Relay {
             ryw: ReadYourWritesState::default(),
             failover: None,
             paused: false,
+            cache,
+            serve_cache,
+            filling: None,
+            writes: PendingWrites::default(),
             shared,
         }
     }
@@ -349,9 +371,17 @@ impl Relay {
                 }
                 continue;
             }
+            let mut fill = None;
+            if self.server.is_none() && self.serve_cache && frame.tag() == b'Q' {
+                match self.look_up_cache(&frame).await {
+                    CacheLookup::Served => continue,
+                    CacheLookup::Fill(f) => fill = Some(f),
+                    CacheLookup::Pass => {}
+                }
+            }
             if self.server.is_none() {
                 match self.checkout(&frame).await {
-                    Lending::Lent => {}
+                    Lending::Lent => self.filling = fill,
                     Lending::Closed => return Ok(false),
                     Lending::Refused => {
                         match frame.tag() {
@@ -403,6 +433,132 @@ impl Relay {
         Ok(!terminate)
     }
 
+    /// A simple query the cache may answer: served when there is a valid entry (after
+    /// waiting for another session's fill of the same key), else a fill to capture.
+    /// Only a query alone in its batch, with nothing owed before it and no
+    /// transaction open, is considered.
+    async fn look_up_cache(&mut self, frame: &Frame) -> CacheLookup {
+        let Some(cache) = self.cache.clone() else {
+            return CacheLookup::Pass;
+        };
+        if !self.expected.is_empty()
+            || self.status != TransactionStatus::Idle
+            || !self.cbuf.is_empty()
+            || self.skipping
+        {
+            return CacheLookup::Pass;
+        }
+        let Ok(query) = Query::decode(frame.body()) else {
+            return CacheLookup::Pass;
+        };
+        let Ok(analysis) = self.shared.analyzer.analyze(query.sql) else {
+            return CacheLookup::Pass;
+        };
+        let Some(tags) = cache.tags(&analysis) else {
+            return CacheLookup::Pass;
+        };
+        let (user, database, _) = self.info.identity();
+        let settings = self.settings.statements();
+        let key = crate::cache::key(&database, &user, &settings, query.sql.as_bytes());
+        let mut flight = None;
+        for look in 0..2 {
+            if let Some(hit) = cache.cache.get(&key) {
+                cache.counters.hits.fetch_add(1, Relaxed);
+                self.out.extend_from_slice(&hit);
+                self.out.extend_from_slice(b"Z\0\0\0\x05I");
+                let stats = &self.pool.stats;
+                stats.queries.fetch_add(1, Relaxed);
+                stats.xacts.fetch_add(1, Relaxed);
+                return CacheLookup::Served;
+            }
+            if look > 0 {
+                break;
+            }
+            match cache.cache.flights.join(&key) {
+                pgopt_cache::Joined::Leader(f) => {
+                    flight = Some(f);
+                    break;
+                }
+                // Another session is filling this key: its result, unless it is slow.
+                pgopt_cache::Joined::Waiter(wait) => {
+                    let _ = tokio::time::timeout(cache.cache.flight_timeout, wait).await;
+                }
+            }
+        }
+        cache.counters.misses.fetch_add(1, Relaxed);
+        CacheLookup::Fill(Fill {
+            ticket: cache.cache.begin_fill(key, &tags),
+            reply: BytesMut::new(),
+            _flight: flight,
+        })
+    }
+
+    /// One server message of a fill's reply; at its ReadyForQuery the reply is stored
+    /// (unless a write to its tables committed since the fill began).
+    fn capture(&mut self, range: std::ops::Range<usize>) {
+        let (Some(fill), Some(cache)) = (self.filling.as_mut(), self.cache.as_ref()) else {
+            return;
+        };
+        let counters = &cache.counters;
+        match fill.capture(&self.sbuf[range], cache.settings.max_result_bytes) {
+            Capture::Going => {}
+            Capture::Abandon => {
+                self.filling = None;
+                counters.not_stored.fetch_add(1, Relaxed);
+            }
+            Capture::Done(reply) => {
+                let Some(fill) = self.filling.take() else {
+                    return;
+                };
+                let ttl = cache.settings.ttl;
+                if cache.cache.complete_fill(fill.ticket, reply, ttl) {
+                    counters.stored.fetch_add(1, Relaxed);
+                } else {
+                    counters.not_stored.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Notes what a client message about to run may write, for the cache.
+    fn note_writes(&mut self, frame: &Frame) -> Result<(), DecodeError> {
+        let analyzer = &self.shared.analyzer;
+        match frame.tag() {
+            b'Q' => {
+                let query = Query::decode(frame.body())?;
+                self.writes
+                    .note(analyzer.analyze(query.sql).ok().as_deref());
+            }
+            b'P' => {
+                let parse = Parse::decode(frame.body())?;
+                self.writes
+                    .note(analyzer.analyze(parse.query).ok().as_deref());
+            }
+            b'B' => {
+                // A named statement runs again: its text was parsed in an earlier
+                // transaction.
+                let bind = Bind::decode(frame.body())?;
+                if !bind.statement.is_empty() {
+                    let analysis = self
+                        .statements
+                        .query_of(bind.statement)
+                        .and_then(|sql| analyzer.analyze(sql).ok());
+                    self.writes.note(analysis.as_deref());
+                }
+            }
+            b'F' => self.writes.note_unknown(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The transaction's writes are over: the entries that read their tables end.
+    fn invalidate_writes(&mut self) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&self.writes.take());
+        }
+    }
+
     /// Whether the client's next message must wait, on a server connection already
     /// lent, until the server has answered what runs before it: a batch that runs
     /// again goes before anything after it; on a replica, a batch after a read waits
@@ -429,6 +585,9 @@ impl Relay {
     /// Queues one client message for the server, rewriting statement names when needed.
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
         self.ryw.batch_ended = matches!(frame.tag(), b'Q' | b'S');
+        if self.cache.is_some() {
+            self.note_writes(frame)?;
+        }
         if let Some(batch) = self.failover.as_mut() {
             // A statement closed earlier in the batch is gone from the bookkeeping: a
             // second run could not bind or describe it.
@@ -897,6 +1056,9 @@ impl Relay {
                     verdict
                 }
             };
+            if verdict == Verdict::Relay && self.filling.is_some() {
+                self.capture(pos..end);
+            }
             if verdict == Verdict::Drop {
                 self.out.extend_from_slice(&self.sbuf[copied..pos]);
                 copied = end;
@@ -1176,6 +1338,10 @@ impl Relay {
                 }
                 if self.status == TransactionStatus::Idle {
                     self.tx_snapshot = None;
+                    // Before the client hears the transaction ended (this ReadyForQuery
+                    // is written after), its writes' entries are gone. A rolled-back
+                    // write invalidates too: more misses, never a stale row.
+                    self.invalidate_writes();
                 }
                 if self.routes.is_some() && self.ryw.replica.is_none() {
                     if self.status != TransactionStatus::Idle {
@@ -1486,6 +1652,8 @@ impl Relay {
 
     /// The server connection broke: the client learns it with a proper error.
     async fn server_lost(&mut self) {
+        // A COMMIT may have been carried out just before: its writes count.
+        self.invalidate_writes();
         self.server = None;
         self.unlink();
         if let (Some(i), Some(routes)) = (self.ryw.replica, &self.routes) {
@@ -1506,6 +1674,7 @@ impl Relay {
     /// nothing is in flight; a session-mode connection is reset first.
     fn finish(mut self) {
         *lock(&self.cancel) = None;
+        self.invalidate_writes();
         let idle = self.server_idle();
         let Some(checkout) = self.server.take() else {
             return;

@@ -66,6 +66,8 @@ pub struct Shared {
     /// Replica routers of the databases with replicas (replaced on RELOAD when their
     /// replicas or the routing policy change; sessions keep the one they started with).
     routers: RwLock<HashMap<String, Arc<Router>>>,
+    /// The result cache, when enabled at start.
+    pub cache: Option<Arc<crate::cache::ProxyCache>>,
 }
 
 /// A router per database that has replicas; `old` ones are kept when unchanged.
@@ -103,6 +105,7 @@ impl Shared {
             ..Default::default()
         });
         Shared {
+            cache: crate::cache::ProxyCache::new(&config.cache).map(Arc::new),
             routers: RwLock::new(routers_for(&config, &HashMap::new())),
             insight,
             tls: RwLock::new(tls),

@@ -549,6 +549,14 @@ pub const HELP: &[(&str, &str)] = &[
         "SHOW REPLICAS",
         "primary and replicas: state, lag, reads and writes routed",
     ),
+    (
+        "SHOW CACHE",
+        "result cache: entries, bytes, hits, misses, invalidations",
+    ),
+    (
+        "CACHE FLUSH [table]",
+        "drop the result cache's entries (of one table)",
+    ),
     ("RELOAD", "re-read the config file"),
     (
         "PAUSE [db]",

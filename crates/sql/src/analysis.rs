@@ -115,6 +115,9 @@ pub struct Analysis {
     pub tables_written: Vec<String>,
     /// Functions called, as written (`nextval`, `app.f`), sorted.
     pub functions: Vec<String>,
+    /// Calls a function that may write (side-effecting built-ins, user functions
+    /// not declared read-only): what it writes is unknown.
+    pub unknown_writes: bool,
     /// Safe to run on a replica: only SELECT/VALUES/SHOW/EXPLAIN without
     /// ANALYZE, no row locks, no writable CTE, no side-effecting or unknown
     /// user function.
@@ -202,6 +205,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
     let mut walker = Walker::new(config);
     let mut kinds = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut read_only = !parsed.protobuf.stmts.is_empty();
+    let mut unknown_writes = false;
     let mut begins_read_only = parsed
         .protobuf
         .stmts
@@ -213,6 +217,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
             continue;
         };
         let (kind, stmt_read_only) = walker.statement(node)?;
+        unknown_writes |= walker.unsafe_function;
         kinds.push(kind);
         read_only &= stmt_read_only;
         // After the read-only BEGIN: reads, or the block's end (a COMMIT and then a
@@ -240,6 +245,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         tables_read: read.into_iter().collect(),
         tables_written: written.into_iter().collect(),
         functions: functions.into_iter().collect(),
+        unknown_writes,
         read_only,
         volatile,
         session_dependent,

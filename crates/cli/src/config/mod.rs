@@ -2,6 +2,7 @@
 //! (`PGOPT_SECTION__KEY=value`). Errors read `FILE:LINE: key.path: what was expected`.
 
 mod bounded;
+mod cache;
 mod duration;
 mod proxy;
 mod routing;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use bounded::{Bounded, Scale};
+pub use cache::CacheSection;
 pub use duration::HumanDuration;
 pub use proxy::{ClientAuthMethod, PoolMode, ProxyConfig, ServerTlsModeSetting, TlsModeSetting};
 pub use routing::RoutingSection;
@@ -26,6 +28,8 @@ pub struct Config {
     /// The upstream's replicas and the read/write split.
     pub routing: RoutingSection,
     pub insight: InsightSection,
+    /// The proxy's result cache.
+    pub cache: CacheSection,
     /// `pgopt advise` thresholds.
     pub advise: pgopt_advisor::Thresholds,
 }

@@ -1,0 +1,42 @@
+//! The `[cache]` section: the proxy's result cache.
+
+use serde::{Deserialize, Serialize};
+
+use super::HumanDuration;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    pub enabled: bool,
+    /// Tables whose reads may be cached (`name` or `schema.name`).
+    pub tables: Vec<String>,
+    pub ttl: HumanDuration,
+    pub max_bytes: u64,
+    pub max_result_bytes: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        let d = pgopt_proxy::CacheSettings::default();
+        CacheSection {
+            enabled: d.enabled,
+            tables: d.tables,
+            ttl: HumanDuration(d.ttl),
+            max_bytes: d.max_bytes,
+            max_result_bytes: d.max_result_bytes as u64,
+        }
+    }
+}
+
+impl CacheSection {
+    /// The proxy's cache settings.
+    pub fn settings(&self) -> pgopt_proxy::CacheSettings {
+        pgopt_proxy::CacheSettings {
+            enabled: self.enabled,
+            tables: self.tables.clone(),
+            ttl: self.ttl.0,
+            max_bytes: self.max_bytes,
+            max_result_bytes: usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}

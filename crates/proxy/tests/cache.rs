@@ -1,0 +1,207 @@
+//! The result cache in the proxy against a real PostgreSQL. What is served from the
+//! cache shows when rows change behind pgopt's back (directly on PostgreSQL): a cached
+//! read keeps the old value until a write through pgopt, or CACHE FLUSH, ends it.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{admin, connect, show, start_with};
+use pgopt_embedded::Postgres;
+use pgopt_proxy::{CacheSettings, Proxy};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// The first column of the first row of a simple query, as text.
+async fn value(client: &Client, sql: &str) -> String {
+    row(client, sql).await.remove(0)
+}
+
+/// The first row of a simple query, as text.
+async fn row(client: &Client, sql: &str) -> Vec<String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    for m in messages {
+        if let SimpleQueryMessage::Row(row) = m {
+            return (0..row.len())
+                .map(|i| row.get(i).unwrap_or("").to_string())
+                .collect();
+        }
+    }
+    panic!("{sql}: no row");
+}
+
+async fn cache_row(proxy: &Proxy) -> HashMap<String, String> {
+    show(&admin(proxy).await, "CACHE").await.remove(0)
+}
+
+fn counter(row: &HashMap<String, String>, name: &str) -> u64 {
+    row[name].parse().unwrap()
+}
+
+/// PostgreSQL with tables `items`, `events` (cached) and `unlisted` (not), and a proxy
+/// caching the first two.
+async fn setup() -> (Postgres, Proxy) {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a'), (2, 'b');
+         CREATE TABLE events (id int, at timestamptz);
+         INSERT INTO events VALUES (1, '2024-01-01 00:00:00+00');
+         CREATE TABLE unlisted (v text);
+         INSERT INTO unlisted VALUES ('u');",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into(), "public.events".into()],
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    (pg, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_served_from_the_cache_until_a_write_through_pgopt() {
+    let (pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&client, read).await, "a");
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&client, read).await, "a", "served from the cache");
+    assert_eq!(value(&other, read).await, "a", "another session shares it");
+    let stats = cache_row(&proxy).await;
+    assert_eq!(counter(&stats, "hits"), 2, "{stats:?}");
+    assert_eq!(counter(&stats, "misses"), 1, "{stats:?}");
+    assert_eq!(counter(&stats, "stored"), 1, "{stats:?}");
+
+    // A write to another row of the table, through pgopt: the table's entries end
+    // before the writer hears its ReadyForQuery.
+    other
+        .simple_query("UPDATE items SET v = 'through' WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, read).await, "behind");
+
+    // Extended-protocol writes invalidate too, prepared ones at every run.
+    let update = other
+        .prepare("UPDATE items SET v = $1 WHERE id = 1")
+        .await
+        .unwrap();
+    for v in ["x1", "x2"] {
+        other.execute(&update, &[&v]).await.unwrap();
+        assert_eq!(value(&client, read).await, v);
+    }
+
+    // Not cached: a table not listed, a join with one, volatile functions, locking.
+    for (sql, change) in [
+        ("SELECT v FROM unlisted", "UPDATE unlisted SET v = v || '+'"),
+        (
+            "SELECT u.v FROM items i JOIN unlisted u ON true WHERE i.id = 1",
+            "UPDATE unlisted SET v = v || '+'",
+        ),
+        (
+            "SELECT v FROM items WHERE id = 1 FOR SHARE",
+            "UPDATE items SET v = v || '+' WHERE id = 1",
+        ),
+    ] {
+        let before = value(&client, sql).await;
+        pg.psql(change).unwrap();
+        assert_ne!(value(&client, sql).await, before, "{sql} is not cached");
+    }
+    let random = "SELECT random()::text FROM items WHERE id = 1";
+    assert_ne!(value(&client, random).await, value(&client, random).await);
+    let now = "SELECT clock_timestamp()::text FROM items WHERE id = 1";
+    assert_ne!(value(&client, now).await, value(&client, now).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_see_their_writes_and_others_see_them_at_commit() {
+    let (_pg, proxy) = setup().await;
+    let writer = connect(&proxy, "postgres", None).await.unwrap();
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&reader, read).await, "a");
+
+    writer
+        .simple_query("BEGIN; UPDATE items SET v = 'tx' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&writer, read).await, "tx", "its own write, inside");
+    assert_eq!(value(&reader, read).await, "a", "not committed yet");
+    writer.simple_query("COMMIT").await.unwrap();
+    assert_eq!(value(&reader, read).await, "tx", "seen right after COMMIT");
+
+    // A rolled-back write leaves what is served right.
+    writer
+        .simple_query("BEGIN; UPDATE items SET v = 'gone' WHERE id = 1; ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(value(&reader, read).await, "tx");
+    assert_eq!(value(&reader, read).await, "tx");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_ddl_change_what_is_served() {
+    let (_pg, proxy) = setup().await;
+    let utc = connect(&proxy, "postgres", None).await.unwrap();
+    let tokyo = connect(&proxy, "postgres", None).await.unwrap();
+    utc.simple_query("SET TimeZone = 'UTC'").await.unwrap();
+    tokyo
+        .simple_query("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    let read = "SELECT at::text FROM events WHERE id = 1";
+    for _ in 0..2 {
+        assert_eq!(value(&utc, read).await, "2024-01-01 00:00:00+00");
+        assert_eq!(value(&tokyo, read).await, "2024-01-01 09:00:00+09");
+    }
+
+    // A new column changes the row shape of SELECT *.
+    let star = "SELECT * FROM items WHERE id = 1";
+    assert_eq!(row(&utc, star).await.len(), 2);
+    assert_eq!(row(&utc, star).await.len(), 2);
+    utc.simple_query("ALTER TABLE items ADD COLUMN w int DEFAULT 7")
+        .await
+        .unwrap();
+    assert_eq!(row(&utc, star).await, ["1", "a", "7"]);
+    utc.simple_query("TRUNCATE items").await.unwrap();
+    let n = "SELECT count(*) FROM items";
+    assert_eq!(value(&utc, n).await, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_trip_and_flush_ends_entries() {
+    let (pg, proxy) = setup().await;
+    pg.psql("INSERT INTO items SELECT g, 'v' FROM generate_series(3, 200000) g")
+        .unwrap();
+    // Slow enough that every client asks while the first one's fill runs.
+    let slow = "SELECT count(*) FROM items a JOIN items b USING (id) WHERE a.v >= b.v";
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(connect(&proxy, "postgres", None).await.unwrap());
+    }
+    let answers = futures_util::future::join_all(clients.iter().map(|c| value(c, slow))).await;
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    let stats = cache_row(&proxy).await;
+    assert_eq!(counter(&stats, "misses"), 1, "one trip: {stats:?}");
+    assert_eq!(counter(&stats, "hits"), 5, "{stats:?}");
+
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&clients[0], read).await, "a");
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&clients[0], read).await, "a");
+    let console = admin(&proxy).await;
+    console.simple_query("CACHE FLUSH items").await.unwrap();
+    assert_eq!(value(&clients[0], read).await, "behind");
+    pg.psql("UPDATE items SET v = 'again' WHERE id = 1")
+        .unwrap();
+    console.simple_query("CACHE FLUSH").await.unwrap();
+    assert_eq!(value(&clients[0], read).await, "again");
+}
