@@ -11,15 +11,16 @@
 //! of `b.t` too: more misses, never a stale row. Every entry also carries [`ALL`],
 //! which writes whose tables are unknown (DDL, functions, COPY…) bump.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::views::{n, t, Kind, Table};
 use pgopt_cache::{FillTicket, Flight, Key, KeyBuilder, L1Config, ResultCache};
-use pgopt_sql::Analysis;
+use pgopt_sql::{Analysis, StatementKind};
 
 /// The tag every entry carries; bumping it invalidates everything.
 pub const ALL: &str = "*";
@@ -70,6 +71,155 @@ pub struct ProxyCache {
     pub settings: CacheSettings,
     tables: HashSet<String>,
     pub counters: CacheCounters,
+    /// Per database: what the catalog says writes reach (see [`Deps`]), and a count
+    /// of schema changes (a read of the catalog that began before one is discarded).
+    deps: Mutex<(HashMap<String, DepsState>, u64)>,
+}
+
+/// A database's [`Deps`]: being read, read (until a schema change or
+/// [`DEPS_MAX_AGE`]), or failed (tried again after a while).
+enum DepsState {
+    Loading,
+    Ready(Arc<Deps>, Instant),
+    Failed(Instant),
+}
+
+/// How long the catalog's dependencies are trusted: schema changes that bypass pgopt
+/// (a new view, trigger or foreign key) are seen within this long.
+pub const DEPS_MAX_AGE: Duration = Duration::from_secs(30);
+const DEPS_RETRY: Duration = Duration::from_secs(5);
+
+/// What a write to a table reaches beyond the table, from the catalog: views read
+/// their base tables; foreign keys with ON DELETE/UPDATE CASCADE, SET NULL or SET
+/// DEFAULT change the referencing table; partitions and inheritance children are read
+/// through their parents and the other way round; a trigger or a rule can write
+/// anything. Names are without schema (names in different schemas are merged: more
+/// invalidation, never less).
+#[derive(Debug, Default)]
+pub struct Deps {
+    /// Every table, view, materialized view and foreign table.
+    relations: HashSet<String>,
+    /// View → the relations its query reads.
+    view_reads: HashMap<String, Vec<String>>,
+    /// Referenced table → tables a write to it may change through a foreign key.
+    cascades: HashMap<String, Vec<String>>,
+    /// Parent → children, and child → parents.
+    children: HashMap<String, Vec<String>>,
+    parents: HashMap<String, Vec<String>>,
+    /// Tables with user triggers or rules.
+    unbounded: HashSet<String>,
+}
+
+/// One round trip for [`Deps`]: (what, a, b) rows.
+pub const DEPS_QUERY: &str = "\
+SELECT 'r', c.relname, '' FROM pg_catalog.pg_class c \
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+UNION ALL \
+SELECT DISTINCT 'v', v.relname, t.relname FROM pg_catalog.pg_depend d \
+  JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
+  JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
+  JOIN pg_catalog.pg_class t ON t.oid = d.refobjid \
+  WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+  AND v.relkind = 'v' AND t.oid <> v.oid \
+UNION ALL \
+SELECT DISTINCT 'c', p.relname, c.relname FROM pg_catalog.pg_constraint k \
+  JOIN pg_catalog.pg_class c ON c.oid = k.conrelid \
+  JOIN pg_catalog.pg_class p ON p.oid = k.confrelid \
+  WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')) \
+UNION ALL \
+SELECT 'i', p.relname, c.relname FROM pg_catalog.pg_inherits i \
+  JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+  JOIN pg_catalog.pg_class p ON p.oid = i.inhparent \
+UNION ALL \
+SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_trigger t \
+  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal \
+UNION ALL \
+SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_rewrite r \
+  JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relkind <> 'v' AND r.rulename <> '_RETURN'";
+
+impl Deps {
+    /// From [`DEPS_QUERY`]'s rows.
+    pub fn from_rows(rows: &[Vec<Option<String>>]) -> Deps {
+        let mut deps = Deps::default();
+        for row in rows {
+            let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            let (what, a, b) = (field(0), field(1), field(2));
+            match what.as_str() {
+                "r" => {
+                    deps.relations.insert(a);
+                }
+                "v" => deps.view_reads.entry(a).or_default().push(b),
+                "c" => deps.cascades.entry(a).or_default().push(b),
+                "i" => {
+                    deps.children.entry(a.clone()).or_default().push(b.clone());
+                    deps.parents.entry(b).or_default().push(a);
+                }
+                "t" => {
+                    deps.unbounded.insert(a);
+                }
+                _ => {}
+            }
+        }
+        deps
+    }
+
+    /// The tags of a read of `relation`: itself, and for a view every relation it
+    /// reads (views of views too). `None` for a relation the catalog doesn't have.
+    fn read_tags(&self, relation: &str, into: &mut Vec<String>) -> Option<()> {
+        if !self.relations.contains(relation) {
+            return None;
+        }
+        let mut todo = vec![relation.to_string()];
+        while let Some(r) = todo.pop() {
+            if into.contains(&r) {
+                continue;
+            }
+            if let Some(reads) = self.view_reads.get(&r) {
+                todo.extend(reads.iter().cloned());
+            }
+            into.push(r);
+        }
+        Some(())
+    }
+
+    /// What a write to `tables` may change: the tables, what cascades reach, parents
+    /// and children, a view's base tables (views themselves need no tag: reads of a
+    /// view carry its base tables' tags); [`ALL`] when a trigger or rule is involved.
+    fn write_tags(&self, tables: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut todo: Vec<(String, bool, bool)> =
+            tables.iter().map(|t| (t.clone(), true, true)).collect();
+        while let Some((t, up, down)) = todo.pop() {
+            if t == ALL || self.unbounded.contains(&t) {
+                return vec![ALL.to_string()];
+            }
+            if out.contains(&t) {
+                continue;
+            }
+            // A write into a view writes its base tables.
+            for r in self.view_reads.get(&t).into_iter().flatten() {
+                todo.push((r.clone(), true, true));
+            }
+            for c in self.cascades.get(&t).into_iter().flatten() {
+                todo.push((c.clone(), true, true));
+            }
+            if up {
+                for p in self.parents.get(&t).into_iter().flatten() {
+                    todo.push((p.clone(), true, false));
+                }
+            }
+            if down {
+                for c in self.children.get(&t).into_iter().flatten() {
+                    todo.push((c.clone(), false, true));
+                }
+            }
+            out.push(t);
+        }
+        out
+    }
 }
 
 impl ProxyCache {
@@ -85,42 +235,111 @@ impl ProxyCache {
             tables: settings.tables.iter().map(|t| tag(t).to_string()).collect(),
             settings: settings.clone(),
             counters: CacheCounters::default(),
+            deps: Mutex::new((HashMap::new(), 0)),
         })
     }
 
-    /// The tags of a statement whose result may be cached, else `None`.
-    pub fn tags(&self, analysis: &Analysis) -> Option<Vec<String>> {
+    /// `database`'s dependencies when known and fresh. Otherwise `None`, with a
+    /// ticket when the caller should read them (nobody else is): pass it back to
+    /// [`ProxyCache::set_deps`].
+    pub fn deps(&self, database: &str) -> (Option<Arc<Deps>>, Option<u64>) {
+        let mut guard = self.deps.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, generation) = &mut *guard;
+        let now = Instant::now();
+        match map.get(database) {
+            Some(DepsState::Ready(deps, at)) if now.duration_since(*at) < DEPS_MAX_AGE => {
+                (Some(deps.clone()), None)
+            }
+            Some(DepsState::Loading) => (None, None),
+            Some(DepsState::Failed(at)) if now.duration_since(*at) < DEPS_RETRY => (None, None),
+            _ => {
+                map.insert(database.to_string(), DepsState::Loading);
+                (None, Some(*generation))
+            }
+        }
+    }
+
+    /// The outcome of reading `database`'s dependencies with `ticket`; dropped when
+    /// the schema changed since the read began.
+    pub fn set_deps(&self, database: &str, ticket: u64, deps: Option<Deps>) {
+        let state = match deps {
+            Some(d) => DepsState::Ready(Arc::new(d), Instant::now()),
+            None => DepsState::Failed(Instant::now()),
+        };
+        let mut guard = self.deps.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, generation) = &mut *guard;
+        if *generation == ticket {
+            map.insert(database.to_string(), state);
+        }
+    }
+
+    /// The schema may have changed: the dependencies are read again before anything
+    /// more is cached (a read is cached only with fresh dependencies).
+    pub fn schema_changed(&self) {
+        let mut guard = self.deps.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.clear();
+        guard.1 += 1;
+    }
+
+    /// The tags of a statement whose result may be cached, else `None`: every
+    /// relation it reads must be listed and known to the catalog; a view is tagged with
+    /// what it reads.
+    pub fn tags(&self, analysis: &Analysis, deps: &Deps) -> Option<Vec<String>> {
         if !analysis.cacheable() || analysis.tables_read.is_empty() {
             return None;
         }
-        let mut tags = Vec::with_capacity(analysis.tables_read.len() + 1);
-        tags.push(ALL.to_string());
+        let mut tags = vec![ALL.to_string()];
         for table in &analysis.tables_read {
             let t = tag(table);
             if !self.tables.contains(t) {
                 return None;
             }
-            tags.push(t.to_string());
+            deps.read_tags(t, &mut tags)?;
         }
         Some(tags)
     }
 
-    /// Ends the entries of `tables` (all entries for [`ALL`]).
-    pub fn invalidate(&self, tables: &[String]) {
-        if tables.is_empty() {
+    /// A transaction that wrote `writes` ended: the entries of those tables, and of
+    /// what the writes reach through the catalog, end (all entries when the catalog
+    /// is not known or a trigger is involved).
+    pub fn invalidate(&self, database: &str, writes: PendingWrites) {
+        if writes.tables.is_empty() {
             return;
         }
-        self.cache.invalidate(tables);
+        let known = match self
+            .deps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .get(database)
+        {
+            Some(DepsState::Ready(deps, _)) => Some(deps.clone()),
+            _ => None,
+        };
+        let tags = match known {
+            Some(deps) => deps.write_tags(&writes.tables),
+            None => vec![ALL.to_string()],
+        };
+        self.cache.invalidate(&tags);
+        self.counters.invalidations.fetch_add(1, Relaxed);
+        if writes.schema {
+            self.schema_changed();
+        }
+    }
+
+    fn bump(&self, tags: &[String]) {
+        self.cache.invalidate(tags);
         self.counters.invalidations.fetch_add(1, Relaxed);
     }
 
     /// `CACHE FLUSH [table]`.
     pub fn flush(&self, table: Option<&str>) {
         match table {
-            Some(t) => self.invalidate(&[tag(t).to_string()]),
+            Some(t) => self.bump(&[tag(t).to_string()]),
             None => {
-                self.invalidate(&[ALL.to_string()]);
+                self.bump(&[ALL.to_string()]);
                 self.cache.l1.clear();
+                self.schema_changed();
             }
         }
     }
@@ -194,12 +413,20 @@ fn tag(table: &str) -> &str {
 #[derive(Debug, Default)]
 pub struct PendingWrites {
     tables: Vec<String>,
+    /// DDL or something that may run it (CALL, DO…): the catalog is read again.
+    schema: bool,
 }
 
 impl PendingWrites {
     /// Notes a statement that will run: nothing for a read, its tables for a write
     /// whose tables are known, everything otherwise (or for text the parser refuses).
     pub fn note(&mut self, analysis: Option<&Analysis>) {
+        if let Some(a) = analysis.filter(|a| !a.read_only) {
+            self.schema |= a
+                .kinds
+                .iter()
+                .any(|k| matches!(k, StatementKind::Ddl | StatementKind::Other));
+        }
         match analysis {
             Some(a) if a.read_only => {}
             Some(a) if !a.tables_written.is_empty() && !a.unknown_writes => {
@@ -210,7 +437,12 @@ impl PendingWrites {
                     }
                 }
             }
-            _ => self.note_unknown(),
+            Some(_) => self.note_unknown(),
+            None => {
+                // Text the parser refuses may be DDL all the same.
+                self.schema = true;
+                self.note_unknown();
+            }
         }
     }
 
@@ -221,8 +453,12 @@ impl PendingWrites {
         }
     }
 
-    pub fn take(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.tables)
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    pub fn take(&mut self) -> PendingWrites {
+        std::mem::take(self)
     }
 }
 

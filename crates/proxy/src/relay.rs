@@ -454,10 +454,20 @@ impl Relay {
         let Ok(analysis) = self.shared.analyzer.analyze(query.sql) else {
             return CacheLookup::Pass;
         };
-        let Some(tags) = cache.tags(&analysis) else {
+        let (user, database, _) = self.info.identity();
+        let deps = match cache.deps(&database) {
+            (Some(deps), _) => deps,
+            // Read the catalog first (one round trip, now and then); meanwhile
+            // other sessions go past the cache.
+            (None, Some(ticket)) => match self.read_deps(&cache, &database, ticket).await {
+                Some(deps) => deps,
+                None => return CacheLookup::Pass,
+            },
+            (None, None) => return CacheLookup::Pass,
+        };
+        let Some(tags) = cache.tags(&analysis, &deps) else {
             return CacheLookup::Pass;
         };
-        let (user, database, _) = self.info.identity();
         let settings = self.settings.statements();
         let key = crate::cache::key(&database, &user, &settings, query.sql.as_bytes());
         let mut flight = None;
@@ -554,9 +564,47 @@ impl Relay {
 
     /// The transaction's writes are over: the entries that read their tables end.
     fn invalidate_writes(&mut self) {
-        if let Some(cache) = &self.cache {
-            cache.invalidate(&self.writes.take());
+        if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
+            let (_, database, _) = self.info.identity();
+            cache.invalidate(&database, self.writes.take());
         }
+    }
+
+    /// Reads what writes reach from the catalog (see `cache::Deps`), on a connection
+    /// of pgopt's own, bounded in time.
+    async fn read_deps(
+        &self,
+        cache: &ProxyCache,
+        database: &str,
+        ticket: u64,
+    ) -> Option<Arc<crate::cache::Deps>> {
+        let pool = &self.pool;
+        let read = async {
+            let mut conn = pool
+                .connect_out_of_band()
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.simple_query(crate::cache::DEPS_QUERY, self.max_len)
+                .await
+        };
+        let timeout = pool.limits().connect_timeout * 2;
+        let deps = match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(rows)) => Some(crate::cache::Deps::from_rows(&rows)),
+            outcome => {
+                let error = match outcome {
+                    Ok(Err(e)) => e,
+                    _ => format!("no answer in {} ms", timeout.as_millis()),
+                };
+                tracing::warn!(
+                    %database,
+                    %error,
+                    "reading the catalog for the result cache failed; not caching for now"
+                );
+                None
+            }
+        };
+        cache.set_deps(database, ticket, deps);
+        cache.deps(database).0
     }
 
     /// Whether the client's next message must wait, on a server connection already
