@@ -21,6 +21,8 @@ use bytes::{Bytes, BytesMut};
 use crate::views::{n, t, Kind, Table};
 use pgopt_cache::{FillTicket, Flight, Key, KeyBuilder, L1Config, ResultCache};
 use pgopt_sql::{Analysis, StatementKind};
+use pgopt_wire::frontend::{Bind, Describe, Execute, Parse};
+use pgopt_wire::{Frame, Target};
 
 /// The tag every entry carries; bumping it invalidates everything.
 pub const ALL: &str = "*";
@@ -390,10 +392,34 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
     table
 }
 
-/// The key of a simple query: who asks (database, user), the settings that shape
-/// results (every SET the client made, start-up options included, as the statements
-/// that would apply them), and the exact text.
-pub fn key(database: &str, user: &str, settings: &[String], sql: &[u8]) -> Key {
+/// How a cached request came, and so what its reply holds besides the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A simple Query: RowDescription, rows, CommandComplete.
+    Simple,
+    /// An extended-protocol batch `[Parse] Bind [Describe] Execute Sync`: its
+    /// ParseComplete (when `parse`), BindComplete, the Describe's answer (`describe`:
+    /// `b'P'` a portal's RowDescription, `b'S'` a statement's ParameterDescription and
+    /// RowDescription, 0 none), rows, CommandComplete.
+    Extended { parse: bool, describe: u8 },
+}
+
+/// A request the cache may answer.
+pub struct Request<'a> {
+    pub sql: &'a str,
+    /// Extended protocol: the statement as a Parse message (text and parameter
+    /// types), and the Bind body past its names (parameter formats and values,
+    /// result formats).
+    pub statement: Option<Bytes>,
+    pub bind: &'a [u8],
+    pub shape: Shape,
+}
+
+/// The key of a request: who asks (database, user), the settings that shape results
+/// (every SET the client made, start-up options included, as the statements that
+/// would apply them), and the exact request: text, parameter types, values and
+/// formats, and its shape.
+pub fn key(database: &str, user: &str, settings: &[String], request: &Request<'_>) -> Key {
     let mut builder = KeyBuilder::new()
         .part(b'd', database.as_bytes())
         .part(b'u', user.as_bytes())
@@ -401,7 +427,114 @@ pub fn key(database: &str, user: &str, settings: &[String], sql: &[u8]) -> Key {
     for statement in settings {
         builder = builder.part(b's', statement.as_bytes());
     }
-    builder.part(b'q', sql).finish()
+    let shape = match request.shape {
+        Shape::Simple => [b'q', 0],
+        Shape::Extended { describe, .. } => [b'x', describe],
+    };
+    builder
+        .part(b'k', &shape)
+        .part(b'q', request.sql.as_bytes())
+        .optional(b'p', request.statement.as_deref())
+        .part(b'b', request.bind)
+        .finish()
+}
+
+/// The extended-protocol batch starting with `first` (a Parse or Bind), when it is
+/// one the cache may answer: `[Parse] Bind [Describe] Execute(all rows) Sync` with
+/// the Sync the last message in `rest`, the Describe of the bound portal or
+/// statement. Returns the Parse, the Bind, its values part, and what is described
+/// (see [`Shape::Extended`]).
+pub fn extended_batch<'a>(
+    first: &'a Frame,
+    rest: &'a [u8],
+    max_len: u32,
+) -> Option<(Option<Parse<'a>>, Bind<'a>, &'a [u8], u8)> {
+    let mut frames: Vec<(u8, &'a [u8])> = vec![(first.tag(), first.body())];
+    let mut pos = 0;
+    while pos < rest.len() {
+        let header = pgopt_wire::peek_header(&rest[pos..], max_len).ok()??;
+        let end = pos + header.frame_len();
+        if end > rest.len() {
+            return None;
+        }
+        frames.push((header.tag, &rest[pos + 5..end]));
+        pos = end;
+    }
+    let mut frames = frames.into_iter().peekable();
+    let parse = match frames.peek() {
+        Some((b'P', body)) => {
+            let parse = Parse::decode(body).ok()?;
+            frames.next();
+            Some(parse)
+        }
+        _ => None,
+    };
+    let (b'B', bind_body) = frames.next()? else {
+        return None;
+    };
+    let bind = Bind::decode(bind_body).ok()?;
+    if parse.as_ref().is_some_and(|p| p.name != bind.statement) {
+        return None;
+    }
+    let names = bind.portal.len() + bind.statement.len() + 2;
+    let values = bind_body.get(names..)?;
+    let mut describe = 0;
+    if let Some((b'D', body)) = frames.peek() {
+        describe = match Describe::decode(body).ok()? {
+            d if d.target == Target::Portal && d.name == bind.portal => b'P',
+            d if d.target == Target::Statement && d.name == bind.statement => b'S',
+            _ => return None,
+        };
+        frames.next();
+    }
+    let (b'E', body) = frames.next()? else {
+        return None;
+    };
+    let execute = Execute::decode(body).ok()?;
+    if execute.portal != bind.portal || execute.max_rows != 0 {
+        return None;
+    }
+    let (b'S', _) = frames.next()? else {
+        return None;
+    };
+    frames
+        .next()
+        .is_none()
+        .then_some((parse, bind, values, describe))
+}
+
+/// A stored reply: the RowDescription part, then the rows and CommandComplete.
+fn stored(description: &[u8], rows: &[u8]) -> Bytes {
+    let mut value = BytesMut::with_capacity(4 + description.len() + rows.len());
+    value.extend_from_slice(&(description.len() as u32).to_be_bytes());
+    value.extend_from_slice(description);
+    value.extend_from_slice(rows);
+    value.freeze()
+}
+
+/// Writes the reply PostgreSQL would send for a request of `shape` whose result is
+/// `value`, up to and including ReadyForQuery (idle).
+pub fn reply(shape: Shape, value: &[u8], out: &mut BytesMut) {
+    let split = value
+        .get(..4)
+        .map(|n| 4 + u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+        .unwrap_or(0)
+        .min(value.len());
+    let (description, rows) = (&value[4.min(split)..split], &value[split..]);
+    match shape {
+        Shape::Simple => out.extend_from_slice(description),
+        Shape::Extended { parse, describe } => {
+            if parse {
+                out.extend_from_slice(b"1\0\0\0\x04");
+            }
+            out.extend_from_slice(b"2\0\0\0\x04");
+            if describe != 0 {
+                out.extend_from_slice(description);
+            }
+        }
+    }
+    out.extend_from_slice(rows);
+    out.extend_from_slice(b"Z\0\0\0\x05I");
 }
 
 /// A table's tag: its name without the schema.
@@ -466,7 +599,8 @@ impl PendingWrites {
 /// server, the reply so far, and the single-flight slot (waiters wake when it drops).
 pub struct Fill {
     pub ticket: FillTicket,
-    pub reply: BytesMut,
+    pub description: BytesMut,
+    pub rows: BytesMut,
     pub _flight: Option<Flight>,
 }
 
@@ -481,20 +615,59 @@ pub enum Capture {
 impl Fill {
     /// Takes one server message of the reply (`frame`: tag, length and body).
     pub fn capture(&mut self, frame: &[u8], max: usize) -> Capture {
-        match frame[0] {
-            b'T' | b'D' | b'C' => {
-                self.reply.extend_from_slice(frame);
-                if self.reply.len() > max {
-                    Capture::Abandon
-                } else {
-                    Capture::Going
-                }
-            }
+        let part = match frame[0] {
+            // Answered from the request's shape on a hit.
+            b'1' | b'2' => return Capture::Going,
+            b't' | b'T' if self.rows.is_empty() => &mut self.description,
+            b'D' | b'C' => &mut self.rows,
             b'Z' if frame.get(5) == Some(&b'I') => {
-                Capture::Done(std::mem::take(&mut self.reply).freeze())
+                return Capture::Done(stored(&self.description, &self.rows));
             }
-            // An error, a notice, a parameter change, COPY…: not a plain result.
-            _ => Capture::Abandon,
+            // An error, a notice, NoData, a parameter change, COPY…: not a plain result.
+            _ => return Capture::Abandon,
+        };
+        part.extend_from_slice(frame);
+        if self.description.len() + self.rows.len() > max {
+            Capture::Abandon
+        } else {
+            Capture::Going
         }
+    }
+}
+
+impl Fill {
+    pub fn new(ticket: FillTicket, flight: Option<Flight>) -> Fill {
+        Fill {
+            ticket,
+            description: BytesMut::new(),
+            rows: BytesMut::new(),
+            _flight: flight,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_reply_is_sent_back_in_the_shape_of_the_request() {
+        let t = b"T\0\0\0\x06\0\0";
+        let rows = b"D\0\0\0\x06\0\0C\0\0\0\x0dSELECT 1\0";
+        let value = stored(t, rows);
+        let mut out = BytesMut::new();
+        reply(Shape::Simple, &value, &mut out);
+        assert_eq!(&out[..], [&t[..], &rows[..], b"Z\0\0\0\x05I"].concat());
+        out.clear();
+        reply(
+            Shape::Extended {
+                parse: true,
+                describe: 0,
+            },
+            &value,
+            &mut out,
+        );
+        let expected = [&b"1\0\0\0\x042\0\0\0\x04"[..], &rows[..], b"Z\0\0\0\x05I"].concat();
+        assert_eq!(&out[..], expected);
     }
 }

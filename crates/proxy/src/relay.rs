@@ -16,7 +16,7 @@ use pgopt_wire::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cache::{Capture, Fill, PendingWrites, ProxyCache};
+use crate::cache::{Capture, Fill, PendingWrites, ProxyCache, Shape};
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::io::{send_fatal, write_all};
 use crate::observe::Tracker;
@@ -372,7 +372,10 @@ impl Relay {
                 continue;
             }
             let mut fill = None;
-            if self.server.is_none() && self.serve_cache && frame.tag() == b'Q' {
+            if self.server.is_none()
+                && self.serve_cache
+                && matches!(frame.tag(), b'Q' | b'P' | b'B')
+            {
                 match self.look_up_cache(&frame).await {
                     CacheLookup::Served => continue,
                     CacheLookup::Fill(f) => fill = Some(f),
@@ -441,17 +444,61 @@ impl Relay {
         let Some(cache) = self.cache.clone() else {
             return CacheLookup::Pass;
         };
-        if !self.expected.is_empty()
-            || self.status != TransactionStatus::Idle
-            || !self.cbuf.is_empty()
-            || self.skipping
-        {
+        if !self.expected.is_empty() || self.status != TransactionStatus::Idle || self.skipping {
             return CacheLookup::Pass;
         }
-        let Ok(query) = Query::decode(frame.body()) else {
-            return CacheLookup::Pass;
+        let epoch = self.pool.plan_epoch();
+        // The request, owned: its text, statement, bind values, shape, and the named
+        // statement its Parse gives the client.
+        let (sql, statement, bind, shape, prepares) = match frame.tag() {
+            b'Q' if self.cbuf.is_empty() => match Query::decode(frame.body()) {
+                Ok(q) => (q.sql.to_string(), None, Vec::new(), Shape::Simple, None),
+                Err(_) => return CacheLookup::Pass,
+            },
+            b'P' | b'B' => {
+                let Some((parse, bind, values, describe)) =
+                    crate::cache::extended_batch(frame, &self.cbuf, self.max_len)
+                else {
+                    return CacheLookup::Pass;
+                };
+                let prepared = match &parse {
+                    Some(p) => match Prepared::from_parse(p) {
+                        Ok(prepared) => Arc::new(prepared),
+                        Err(_) => return CacheLookup::Pass,
+                    },
+                    // A statement whose result shape may have changed: the server's way.
+                    None => match self.statements.get_mut(bind.statement) {
+                        Some(s) if s.epoch == epoch => s.prepared.clone(),
+                        _ => return CacheLookup::Pass,
+                    },
+                };
+                let Some(sql) = prepared
+                    .parse
+                    .get(5..)
+                    .and_then(|body| Parse::decode(body).ok())
+                    .map(|p| p.query.to_string())
+                else {
+                    return CacheLookup::Pass;
+                };
+                let prepares = parse
+                    .as_ref()
+                    .filter(|p| !p.name.is_empty())
+                    .map(|p| (p.name.to_string(), prepared.clone()));
+                let shape = Shape::Extended {
+                    parse: parse.is_some(),
+                    describe,
+                };
+                (
+                    sql,
+                    Some(prepared.parse.clone()),
+                    values.to_vec(),
+                    shape,
+                    prepares,
+                )
+            }
+            _ => return CacheLookup::Pass,
         };
-        let Ok(analysis) = self.shared.analyzer.analyze(query.sql) else {
+        let Ok(analysis) = self.shared.analyzer.analyze(&sql) else {
             return CacheLookup::Pass;
         };
         let (user, database, _) = self.info.identity();
@@ -469,13 +516,23 @@ impl Relay {
             return CacheLookup::Pass;
         };
         let settings = self.settings.statements();
-        let key = crate::cache::key(&database, &user, &settings, query.sql.as_bytes());
+        let request = crate::cache::Request {
+            sql: &sql,
+            statement,
+            bind: &bind,
+            shape,
+        };
+        let key = crate::cache::key(&database, &user, &settings, &request);
         let mut flight = None;
         for look in 0..2 {
             if let Some(hit) = cache.cache.get(&key) {
                 cache.counters.hits.fetch_add(1, Relaxed);
-                self.out.extend_from_slice(&hit);
-                self.out.extend_from_slice(b"Z\0\0\0\x05I");
+                if let Some((name, prepared)) = prepares {
+                    self.statements.insert(&name, prepared, epoch);
+                }
+                // The rest of the batch is answered here too.
+                self.cbuf.clear();
+                crate::cache::reply(shape, &hit, &mut self.out);
                 let stats = &self.pool.stats;
                 stats.queries.fetch_add(1, Relaxed);
                 stats.xacts.fetch_add(1, Relaxed);
@@ -496,11 +553,7 @@ impl Relay {
             }
         }
         cache.counters.misses.fetch_add(1, Relaxed);
-        CacheLookup::Fill(Fill {
-            ticket: cache.cache.begin_fill(key, &tags),
-            reply: BytesMut::new(),
-            _flight: flight,
-        })
+        CacheLookup::Fill(Fill::new(cache.cache.begin_fill(key, &tags), flight))
     }
 
     /// One server message of a fill's reply; at its ReadyForQuery the reply is stored

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{admin, connect, show, start_with};
+use common::{admin, connect, pgbench_init, run, show, start_with};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::{CacheSettings, Proxy};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -271,4 +271,120 @@ async fn views_cascades_partitions_and_triggers_invalidate_what_they_reach() {
         .await
         .unwrap();
     assert_eq!(value(&client, "SELECT count(*) FROM child").await, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_reads_are_cached_per_statement_and_values() {
+    let (pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    // A named statement run with Bind/Execute/Sync (binary results).
+    let stmt = client
+        .prepare("SELECT v FROM items WHERE id = $1")
+        .await
+        .unwrap();
+    let get = |id: i32| {
+        let (client, stmt) = (&client, stmt.clone());
+        async move {
+            let row = client.query_one(&stmt, &[&id]).await.unwrap();
+            row.get::<_, String>(0)
+        }
+    };
+    // The unnamed statement in one batch: Parse/Bind/Describe statement/Execute/Sync.
+    let typed = || async {
+        let rows = client
+            .query_typed(
+                "SELECT v FROM items WHERE id = $1",
+                &[(&1i32, tokio_postgres::types::Type::INT4)],
+            )
+            .await
+            .unwrap();
+        rows[0].get::<_, String>(0)
+    };
+    assert_eq!(get(1).await, "a");
+    assert_eq!(get(2).await, "b");
+    assert_eq!(typed().await, "a");
+    pg.psql("UPDATE items SET v = v || '!'").unwrap();
+    assert_eq!(get(1).await, "a", "cached per value");
+    assert_eq!(get(2).await, "b", "cached per value");
+    assert_eq!(typed().await, "a", "cached");
+    let stats = cache_row(&proxy).await;
+    assert_eq!(counter(&stats, "hits"), 3, "{stats:?}");
+
+    // A write through pgopt ends them all.
+    client
+        .execute("UPDATE items SET v = 'w' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(get(1).await, "w");
+    assert_eq!(get(2).await, "b!");
+    assert_eq!(typed().await, "w");
+    // Statements prepared meanwhile keep working on any server connection.
+    let other = client.prepare("SELECT count(*) FROM items").await.unwrap();
+    let n: i64 = client.query_one(&other, &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_reads_hit_the_cache_in_every_protocol_mode() {
+    let pg = Postgres::start().await.unwrap();
+    pgbench_init(&pg);
+    let proxy = start_with(&pg, |c| {
+        c.default_pool_size = 4;
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["pgbench_accounts".into()],
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let dir = tempfile_dir();
+    let script = dir.join("hot.sql");
+    std::fs::write(
+        &script,
+        "\\set aid random(1, 20)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n",
+    )
+    .unwrap();
+    let pgbench = pg.binaries().program("pgbench");
+    let port = proxy.local_addr().port().to_string();
+    let mut hits = 0;
+    for mode in ["simple", "extended", "prepared"] {
+        let out = run(std::process::Command::new(&pgbench).args([
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-t",
+            "200",
+            "-M",
+            mode,
+            "-f",
+            script.to_str().unwrap(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "app",
+        ]));
+        assert!(
+            out.contains("number of transactions actually processed: 800/800"),
+            "{mode}: {out}"
+        );
+        assert!(
+            out.contains("number of failed transactions: 0"),
+            "{mode}: {out}"
+        );
+        let now = counter(&cache_row(&proxy).await, "hits");
+        assert!(now > hits + 600, "{mode}: hits went from {hits} to {now}");
+        hits = now;
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgopt-cache-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
