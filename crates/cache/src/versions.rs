@@ -26,14 +26,27 @@ impl Snapshot {
 }
 
 impl Versions {
+    /// The versions of `tables` now. A table seen for the first time gets a version
+    /// here: only tables some entry depends on are tracked (see [`Versions::bump`]).
     pub fn snapshot<S: AsRef<str>>(&self, tables: &[S]) -> Snapshot {
-        let map = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        {
+            let map = self.tables.read().unwrap_or_else(|p| p.into_inner());
+            if tables.iter().all(|t| map.contains_key(t.as_ref())) {
+                return Snapshot(
+                    tables
+                        .iter()
+                        .map(|t| (t.as_ref().to_string(), map[t.as_ref()]))
+                        .collect(),
+                );
+            }
+        }
+        let mut map = self.tables.write().unwrap_or_else(|p| p.into_inner());
         Snapshot(
             tables
                 .iter()
                 .map(|t| {
                     let t = t.as_ref();
-                    (t.to_string(), map.get(t).copied().unwrap_or(0))
+                    (t.to_string(), *map.entry(t.to_string()).or_insert(0))
                 })
                 .collect(),
         )
@@ -48,14 +61,18 @@ impl Versions {
             .all(|(t, v)| map.get(t).copied().unwrap_or(0) == *v)
     }
 
-    /// A write to `tables` committed.
+    /// A write to `tables` committed. Only tables some snapshot has taken are
+    /// tracked: a table no entry depends on needs no version (a later snapshot sees
+    /// the data after this write anyway), so the map stays bounded by what is cached.
     pub fn bump<S: AsRef<str>>(&self, tables: &[S]) {
         if tables.is_empty() {
             return;
         }
         let mut map = self.tables.write().unwrap_or_else(|p| p.into_inner());
         for t in tables {
-            *map.entry(t.as_ref().to_string()).or_insert(0) += 1;
+            if let Some(v) = map.get_mut(t.as_ref()) {
+                *v += 1;
+            }
         }
         self.bumps.fetch_add(tables.len() as u64, Ordering::Relaxed);
     }

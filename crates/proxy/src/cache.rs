@@ -110,6 +110,10 @@ pub struct Deps {
     parents: HashMap<String, Vec<String>>,
     /// Tables with user triggers or rules.
     unbounded: HashSet<String>,
+    /// Relations whose rows depend on more than their own and their views' tables:
+    /// row-level security policies (which may read other tables, and differ per
+    /// role), views calling user functions.
+    uncacheable: HashSet<String>,
 }
 
 /// One round trip for [`Deps`]: (what, a, b) rows.
@@ -140,7 +144,15 @@ SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_trigger t \
   JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal \
 UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_rewrite r \
-  JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relkind <> 'v' AND r.rulename <> '_RETURN'";
+  JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relkind <> 'v' AND r.rulename <> '_RETURN' \
+UNION ALL \
+SELECT 's', c.relname, '' FROM pg_catalog.pg_class c WHERE c.relrowsecurity \
+UNION ALL \
+SELECT DISTINCT 's', v.relname, '' FROM pg_catalog.pg_depend d \
+  JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
+  JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
+  WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384";
 
 impl Deps {
     /// From [`DEPS_QUERY`]'s rows.
@@ -162,6 +174,9 @@ impl Deps {
                 "t" => {
                     deps.unbounded.insert(a);
                 }
+                "s" => {
+                    deps.uncacheable.insert(a);
+                }
                 _ => {}
             }
         }
@@ -176,6 +191,9 @@ impl Deps {
         }
         let mut todo = vec![relation.to_string()];
         while let Some(r) = todo.pop() {
+            if self.uncacheable.contains(&r) {
+                return None;
+            }
             if into.contains(&r) {
                 continue;
             }
@@ -190,11 +208,13 @@ impl Deps {
     /// What a write to `tables` may change: the tables, what cascades reach, parents
     /// and children, a view's base tables (views themselves need no tag: reads of a
     /// view carry its base tables' tags); [`ALL`] when a trigger or rule is involved.
+    /// (Inheritance is followed both ways from every table reached: a partition's
+    /// siblings are invalidated too — more misses, and correct with multiple
+    /// inheritance.)
     fn write_tags(&self, tables: &[String]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        let mut todo: Vec<(String, bool, bool)> =
-            tables.iter().map(|t| (t.clone(), true, true)).collect();
-        while let Some((t, up, down)) = todo.pop() {
+        let mut todo: Vec<String> = tables.to_vec();
+        while let Some(t) = todo.pop() {
             if t == ALL || self.unbounded.contains(&t) {
                 return vec![ALL.to_string()];
             }
@@ -202,21 +222,13 @@ impl Deps {
                 continue;
             }
             // A write into a view writes its base tables.
-            for r in self.view_reads.get(&t).into_iter().flatten() {
-                todo.push((r.clone(), true, true));
-            }
-            for c in self.cascades.get(&t).into_iter().flatten() {
-                todo.push((c.clone(), true, true));
-            }
-            if up {
-                for p in self.parents.get(&t).into_iter().flatten() {
-                    todo.push((p.clone(), true, false));
-                }
-            }
-            if down {
-                for c in self.children.get(&t).into_iter().flatten() {
-                    todo.push((c.clone(), false, true));
-                }
+            for next in [
+                &self.view_reads,
+                &self.cascades,
+                &self.parents,
+                &self.children,
+            ] {
+                todo.extend(next.get(&t).into_iter().flatten().cloned());
             }
             out.push(t);
         }
@@ -287,7 +299,8 @@ impl ProxyCache {
     /// relation it reads must be listed and known to the catalog; a view is tagged with
     /// what it reads.
     pub fn tags(&self, analysis: &Analysis, deps: &Deps) -> Option<Vec<String>> {
-        if !analysis.cacheable() || analysis.tables_read.is_empty() {
+        // A user function may read tables the text doesn't name.
+        if !analysis.cacheable() || analysis.tables_read.is_empty() || analysis.user_functions {
             return None;
         }
         let mut tags = vec![ALL.to_string()];
@@ -551,30 +564,32 @@ pub struct PendingWrites {
 }
 
 impl PendingWrites {
-    /// Notes a statement that will run: nothing for a read, its tables for a write
-    /// whose tables are known, everything otherwise (or for text the parser refuses).
+    /// Notes a statement that will run: nothing for a read (or BEGIN, SET, a locking
+    /// read…), its tables for a write whose tables are known, everything for a
+    /// write that may reach tables it doesn't name (or text the parser refuses).
     pub fn note(&mut self, analysis: Option<&Analysis>) {
-        if let Some(a) = analysis.filter(|a| !a.read_only) {
-            self.schema |= a
-                .kinds
-                .iter()
-                .any(|k| matches!(k, StatementKind::Ddl | StatementKind::Other));
+        let Some(a) = analysis else {
+            // Text the parser refuses may be DDL all the same.
+            self.schema = true;
+            self.note_unknown();
+            return;
+        };
+        if a.read_only {
+            return;
         }
-        match analysis {
-            Some(a) if a.read_only => {}
-            Some(a) if !a.tables_written.is_empty() && !a.unknown_writes => {
-                for table in &a.tables_written {
-                    let t = tag(table);
-                    if !self.tables.iter().any(|x| x == t) {
-                        self.tables.push(t.to_string());
-                    }
-                }
-            }
-            Some(_) => self.note_unknown(),
-            None => {
-                // Text the parser refuses may be DDL all the same.
-                self.schema = true;
-                self.note_unknown();
+        // DDL, or something that may run it (DO, CALL…): the catalog is read again.
+        self.schema |= a
+            .kinds
+            .iter()
+            .any(|k| *k == StatementKind::Ddl || (*k == StatementKind::Other && a.unknown_writes));
+        if a.unknown_writes {
+            self.note_unknown();
+            return;
+        }
+        for table in &a.tables_written {
+            let t = tag(table);
+            if !self.tables.iter().any(|x| x == t) {
+                self.tables.push(t.to_string());
             }
         }
     }

@@ -44,6 +44,10 @@ enum Lending {
     Closed,
 }
 
+/// Statements' analyses kept per client for the cache's write bookkeeping; past this
+/// many they are forgotten (a Bind of a forgotten one counts as a write to anything).
+const MAX_PARSED: usize = 10_000;
+
 /// Largest read batch kept for a failover to another node.
 const MAX_FAILOVER_BYTES: usize = 64 * 1024;
 
@@ -129,8 +133,10 @@ pub struct Relay {
     serve_cache: bool,
     /// A miss whose reply is being captured.
     filling: Option<Fill>,
-    /// What the open transaction's writes invalidate when it ends.
+    /// What the open transaction's writes invalidate when it ends, and the analysis
+    /// of each statement the client parsed (by name), for its later Binds.
     writes: PendingWrites,
+    parsed: std::collections::HashMap<String, Option<Arc<pgopt_sql::Analysis>>>,
     shared: Arc<Shared>,
 }
 
@@ -218,6 +224,7 @@ impl Relay {
             serve_cache,
             filling: None,
             writes: PendingWrites::default(),
+            parsed: std::collections::HashMap::new(),
             shared,
         }
     }
@@ -584,35 +591,73 @@ impl Relay {
     }
 
     /// Notes what a client message about to run may write, for the cache.
-    fn note_writes(&mut self, frame: &Frame) -> Result<(), DecodeError> {
+    fn note_writes(&mut self, frame: &Frame) {
         let analyzer = &self.shared.analyzer;
         match frame.tag() {
-            b'Q' => {
-                let query = Query::decode(frame.body())?;
-                self.writes
-                    .note(analyzer.analyze(query.sql).ok().as_deref());
-            }
-            b'P' => {
-                let parse = Parse::decode(frame.body())?;
-                self.writes
-                    .note(analyzer.analyze(parse.query).ok().as_deref());
-            }
-            b'B' => {
-                // A named statement runs again: its text was parsed in an earlier
-                // transaction.
-                let bind = Bind::decode(frame.body())?;
-                if !bind.statement.is_empty() {
-                    let analysis = self
-                        .statements
-                        .query_of(bind.statement)
-                        .and_then(|sql| analyzer.analyze(sql).ok());
+            b'Q' => match Query::decode(frame.body()) {
+                Ok(query) => self
+                    .writes
+                    .note(analyzer.analyze(query.sql).ok().as_deref()),
+                Err(_) => self.writes.note(None),
+            },
+            b'P' => match Parse::decode(frame.body()) {
+                Ok(parse) => {
+                    let analysis = analyzer.analyze(parse.query).ok();
                     self.writes.note(analysis.as_deref());
+                    // Binds in later transactions run it again.
+                    if self.parsed.len() >= MAX_PARSED {
+                        self.parsed.clear();
+                    }
+                    self.parsed.insert(parse.name.to_string(), analysis);
+                }
+                Err(_) => self.writes.note(None),
+            },
+            b'B' => {
+                let analysis = match Bind::decode(frame.body()) {
+                    Ok(bind) => match self.parsed.get(bind.statement) {
+                        Some(analysis) => analysis.clone(),
+                        None => self
+                            .statements
+                            .query_of(bind.statement)
+                            .and_then(|sql| analyzer.analyze(sql).ok()),
+                    },
+                    Err(_) => None,
+                };
+                match analysis {
+                    Some(a) => self.writes.note(Some(&a)),
+                    None => self.writes.note_unknown(),
                 }
             }
             b'F' => self.writes.note_unknown(),
             _ => {}
         }
-        Ok(())
+    }
+
+    /// The client is gone (or broke the protocol) while its server connection is busy:
+    /// the connection closes. A statement in flight may still commit writes (the
+    /// server finishes it before it notices), so when the cache has writes pending
+    /// they are invalidated only once the server has answered, or closed.
+    fn let_go(&mut self) {
+        let in_flight = self.expected.server_readies();
+        match (self.cache.clone(), self.server.take()) {
+            (Some(cache), Some(checkout)) if in_flight > 0 && !self.writes.is_empty() => {
+                let (_, database, _) = self.info.identity();
+                let writes = self.writes.take();
+                let buf = std::mem::take(&mut self.sbuf);
+                let settle = settle_writes(checkout, buf, in_flight, self.max_len);
+                tokio::spawn(async move {
+                    let mut writes = writes;
+                    if !settle.await {
+                        writes.note_unknown();
+                    }
+                    cache.invalidate(&database, writes);
+                });
+            }
+            (_, checkout) => {
+                drop(checkout);
+                self.invalidate_writes();
+            }
+        }
     }
 
     /// The transaction's writes are over: the entries that read their tables end.
@@ -687,7 +732,7 @@ impl Relay {
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
         self.ryw.batch_ended = matches!(frame.tag(), b'Q' | b'S');
         if self.cache.is_some() {
-            self.note_writes(frame)?;
+            self.note_writes(frame);
         }
         if let Some(batch) = self.failover.as_mut() {
             // A statement closed earlier in the batch is gone from the bookkeeping: a
@@ -1609,7 +1654,9 @@ impl Relay {
         let routes = self.routes.as_ref()?;
         let router = &routes.router;
         let settings = &router.settings;
-        let primary_down = self.pool.is_down() || !router.primary_up.load(Relaxed);
+        // The health checker's verdict (several failed checks), not one failed
+        // connect: read-your-writes is dropped only when the primary is really gone.
+        let primary_down = !router.primary_up.load(Relaxed);
         if primary_down && settings.reads_when_primary_down {
             return router.pick(0, tried, None).map(|i| (i, 0));
         }
@@ -1679,7 +1726,7 @@ impl Relay {
             &e.to_string(),
         )
         .await;
-        self.server = None; // its state is unknown: closed
+        self.let_go(); // its state is unknown: closed
         ProxyError::Decode {
             peer: "client",
             source: e,
@@ -1775,14 +1822,15 @@ impl Relay {
     /// nothing is in flight; a session-mode connection is reset first.
     fn finish(mut self) {
         *lock(&self.cancel) = None;
+        if !self.server_idle() {
+            // Closed (the server aborts what was running, once it notices).
+            self.let_go();
+            return;
+        }
         self.invalidate_writes();
-        let idle = self.server_idle();
         let Some(checkout) = self.server.take() else {
             return;
         };
-        if !idle {
-            return; // dropped: closed, the server aborts what was running
-        }
         match self.mode {
             PoolMode::Transaction => checkout.release(),
             PoolMode::Session => {
@@ -1822,6 +1870,52 @@ where
             },
         }
     }
+}
+
+/// How long a connection whose client left is read for the answers in flight (see
+/// [`Relay::let_go`]); past it, everything in the cache is invalidated.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads `checkout`'s answers (after those in `buf`) until `owed` ReadyForQuery
+/// have come or the connection ends: nothing it runs can commit after that. `false`
+/// when it took too long. The connection is closed at the end.
+async fn settle_writes(
+    mut checkout: Checkout,
+    mut buf: BytesMut,
+    mut owed: usize,
+    max_len: u32,
+) -> bool {
+    let conn = &mut checkout.conn;
+    let done = tokio::time::timeout(SETTLE_TIMEOUT, async {
+        loop {
+            loop {
+                match split_frame(&mut buf, max_len) {
+                    Ok(Some(frame)) if frame.tag() == b'Z' => {
+                        owed = owed.saturating_sub(1);
+                        if owed == 0 {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+            if !matches!(conn.stream.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    })
+    .await;
+    if done.is_err() {
+        tracing::warn!(
+            server = %conn.addr,
+            "a departed client's statement ran past {} s: every cached result is invalidated",
+            SETTLE_TIMEOUT.as_secs()
+        );
+        return false;
+    }
+    true
 }
 
 /// Whether the client messages in `batch` include a Close.

@@ -382,6 +382,7 @@ async fn check_one(
     sql: &str,
     max_len: u32,
 ) -> Result<(ServerConn, Vec<Option<String>>), String> {
+    let fresh = conn.is_none();
     let mut conn = match conn {
         Some(c) => c,
         None => pool
@@ -393,7 +394,10 @@ async fn check_one(
     if rows.len() != 1 {
         return Err(format!("health check returned {} rows", rows.len()));
     }
-    pool.reachable();
+    if fresh {
+        // A new connection just worked: clients need not wait out the breaker.
+        pool.reachable();
+    }
     Ok((conn, rows.swap_remove(0)))
 }
 

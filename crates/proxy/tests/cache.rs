@@ -50,7 +50,10 @@ async fn setup() -> (Postgres, Proxy) {
          CREATE TABLE events (id int, at timestamptz);
          INSERT INTO events VALUES (1, '2024-01-01 00:00:00+00');
          CREATE TABLE unlisted (v text);
-         INSERT INTO unlisted VALUES ('u');",
+         INSERT INTO unlisted VALUES ('u');
+         CREATE SEQUENCE s;
+         CREATE FUNCTION set_v(text) RETURNS void LANGUAGE sql AS
+           $$ UPDATE items SET v = $1 WHERE id = 1 $$;",
     )
     .unwrap();
     let proxy = start_with(&pg, |c| {
@@ -137,13 +140,101 @@ async fn transactions_see_their_writes_and_others_see_them_at_commit() {
     writer.simple_query("COMMIT").await.unwrap();
     assert_eq!(value(&reader, read).await, "tx", "seen right after COMMIT");
 
+    // Transaction control, locking reads and SET write nothing: entries stay.
+    let hits = counter(&cache_row(&proxy).await, "hits");
+    writer
+        .simple_query(
+            "BEGIN; SELECT v FROM unlisted FOR UPDATE; SET LOCAL work_mem = '8MB'; COMMIT",
+        )
+        .await
+        .unwrap();
+    assert_eq!(value(&reader, read).await, "tx");
+    assert_eq!(counter(&cache_row(&proxy).await, "hits"), hits + 1);
+
+    // Writes the text doesn't name: DO blocks, user functions.
+    writer
+        .simple_query("DO $$ BEGIN UPDATE items SET v = 'do' WHERE id = 1; END $$")
+        .await
+        .unwrap();
+    assert_eq!(value(&reader, read).await, "do");
+    writer.simple_query("SELECT set_v('fn')").await.unwrap();
+    assert_eq!(value(&reader, read).await, "fn");
+
     // A rolled-back write leaves what is served right.
     writer
         .simple_query("BEGIN; UPDATE items SET v = 'gone' WHERE id = 1; ROLLBACK")
         .await
         .unwrap();
-    assert_eq!(value(&reader, read).await, "tx");
-    assert_eq!(value(&reader, read).await, "tx");
+    assert_eq!(value(&reader, read).await, "fn");
+    assert_eq!(value(&reader, read).await, "fn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_still_running_when_its_client_leaves_invalidates_when_it_commits() {
+    let (pg, proxy) = setup().await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&reader, read).await, "a");
+    // A direct session holds the row, so the write through pgopt waits for it.
+    let (locker, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .simple_query("BEGIN; SELECT * FROM items WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let (writer, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname("app")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(conn);
+    let write = tokio::spawn(async move {
+        let _ = writer
+            .simple_query("UPDATE items SET v = 'late' WHERE id = 1")
+            .await;
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The writer goes away mid-statement; PostgreSQL still runs it to its commit.
+    connection.abort();
+    write.abort();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(value(&reader, read).await, "a", "not committed yet");
+    locker.simple_query("COMMIT").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let direct = locker
+            .simple_query(read)
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .unwrap();
+        if direct == "late" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never committed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Invalidated once the server answered the departed client's statement.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while value(&reader, read).await != "late" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache kept the value the departed write replaced"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,6 +311,8 @@ async fn views_cascades_partitions_and_triggers_invalidate_what_they_reach() {
          CREATE TABLE measures_2024 PARTITION OF measures FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
          INSERT INTO measures VALUES ('2024-05-01', 1);
          CREATE TABLE audited (v int); CREATE TABLE audit (n int); INSERT INTO audit VALUES (0);
+         CREATE TABLE secret (v text); INSERT INTO secret VALUES ('s');
+         ALTER TABLE secret ENABLE ROW LEVEL SECURITY;
          CREATE FUNCTION count_audit() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN UPDATE audit SET n = n + 1; RETURN NEW; END $$;
          CREATE TRIGGER audited_count AFTER INSERT ON audited FOR EACH ROW EXECUTE FUNCTION count_audit();",
@@ -228,9 +321,16 @@ async fn views_cascades_partitions_and_triggers_invalidate_what_they_reach() {
     let proxy = start_with(&pg, |c| {
         c.cache = CacheSettings {
             enabled: true,
-            tables: ["child", "child_view", "measures", "measures_2024", "audit"]
-                .map(String::from)
-                .to_vec(),
+            tables: [
+                "child",
+                "child_view",
+                "measures",
+                "measures_2024",
+                "audit",
+                "secret",
+            ]
+            .map(String::from)
+            .to_vec(),
             ..CacheSettings::default()
         };
     })
@@ -264,6 +364,12 @@ async fn views_cascades_partitions_and_triggers_invalidate_what_they_reach() {
     for (sql, _, after) in reads {
         assert_eq!(value(&client, sql).await, after, "{sql} after the writes");
     }
+
+    // Row-level security: rows differ per role and policies may read other tables.
+    let secret = "SELECT v FROM secret";
+    assert_eq!(value(&client, secret).await, "s");
+    pg.psql("UPDATE secret SET v = 's2'").unwrap();
+    assert_eq!(value(&client, secret).await, "s2", "not cached");
 
     // A view created through pgopt: the catalog is read again before it is cached.
     client

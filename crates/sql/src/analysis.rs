@@ -115,9 +115,14 @@ pub struct Analysis {
     pub tables_written: Vec<String>,
     /// Functions called, as written (`nextval`, `app.f`), sorted.
     pub functions: Vec<String>,
-    /// Calls a function that may write (side-effecting built-ins, user functions
-    /// not declared read-only): what it writes is unknown.
+    /// May write what the text doesn't name: a function that may write
+    /// (side-effecting built-ins, user functions not declared read-only), DO, CALL,
+    /// EXECUTE, GRANT/REVOKE, policies, `TRUNCATE … CASCADE`, and any other
+    /// statement that is not read-only yet names no table it writes.
     pub unknown_writes: bool,
+    /// Calls a function that is not a known built-in (declared read-only or not):
+    /// what it reads is unknown.
+    pub user_functions: bool,
     /// Safe to run on a replica: only SELECT/VALUES/SHOW/EXPLAIN without
     /// ANALYZE, no row locks, no writable CTE, no side-effecting or unknown
     /// user function.
@@ -216,8 +221,11 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
+        let written_before = walker.written.len();
         let (kind, stmt_read_only) = walker.statement(node)?;
-        unknown_writes |= walker.unsafe_function;
+        unknown_writes |= walker.unsafe_function
+            || truncates_cascade(node)
+            || (!stmt_read_only && walker.written.len() == written_before && !writes_no_data(node));
         kinds.push(kind);
         read_only &= stmt_read_only;
         // After the read-only BEGIN: reads, or the block's end (a COMMIT and then a
@@ -228,6 +236,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
     }
     let hints = parse_hints(sql);
     let kinds_len = kinds.len();
+    let user_function = walker.user_function;
     let Walker {
         read,
         written,
@@ -246,6 +255,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         tables_written: written.into_iter().collect(),
         functions: functions.into_iter().collect(),
         unknown_writes,
+        user_functions: user_function,
         read_only,
         volatile,
         session_dependent,
@@ -300,6 +310,38 @@ fn opens_read_only_block(node: &NodeEnum) -> bool {
     read_only && !serializable
 }
 
+/// `TRUNCATE … CASCADE`: it empties every table with a foreign key to the named ones.
+fn truncates_cascade(node: &NodeEnum) -> bool {
+    matches!(node, NodeEnum::TruncateStmt(t)
+        if t.behavior() == pg_query::protobuf::DropBehavior::DropCascade)
+}
+
+/// Statements that are not read-only yet change no table data: transaction control,
+/// settings, locking reads, cursors, LISTEN/NOTIFY, prepared-statement bookkeeping,
+/// VACUUM, LOCK, EXPLAIN.
+fn writes_no_data(node: &NodeEnum) -> bool {
+    matches!(
+        node,
+        NodeEnum::TransactionStmt(_)
+            | NodeEnum::VariableSetStmt(_)
+            | NodeEnum::VariableShowStmt(_)
+            | NodeEnum::SelectStmt(_)
+            | NodeEnum::ListenStmt(_)
+            | NodeEnum::UnlistenStmt(_)
+            | NodeEnum::NotifyStmt(_)
+            | NodeEnum::DeallocateStmt(_)
+            | NodeEnum::DiscardStmt(_)
+            | NodeEnum::PrepareStmt(_)
+            | NodeEnum::FetchStmt(_)
+            | NodeEnum::DeclareCursorStmt(_)
+            | NodeEnum::ClosePortalStmt(_)
+            | NodeEnum::VacuumStmt(_)
+            | NodeEnum::LockStmt(_)
+            | NodeEnum::CheckPointStmt(_)
+            | NodeEnum::ExplainStmt(_)
+    )
+}
+
 /// A transaction statement other than BEGIN/START: COMMIT, ROLLBACK, savepoints.
 fn continues_or_ends_block(node: &NodeEnum) -> bool {
     use pg_query::protobuf::TransactionStmtKind as T;
@@ -321,6 +363,8 @@ struct Walker<'c> {
     modifies: bool,
     /// Per statement: a function not known to be read-only was called.
     unsafe_function: bool,
+    /// A function that is not a known built-in was called.
+    user_function: bool,
     /// CTE names in scope, innermost last.
     ctes: Vec<String>,
 }
@@ -338,6 +382,7 @@ impl<'c> Walker<'c> {
             volatile: false,
             session_dependent: false,
             locking: false,
+            user_function: false,
             session_effects: BTreeSet::new(),
             modifies: false,
             unsafe_function: false,
@@ -707,8 +752,11 @@ impl<'c> Walker<'c> {
                 }
             }
             Some(f) if functions::is_known_read_only(f) => {}
-            _ if listed(&config.read_only_functions) => {}
-            _ => self.unsafe_function = true,
+            _ if listed(&config.read_only_functions) => self.user_function = true,
+            _ => {
+                self.unsafe_function = true;
+                self.user_function = true;
+            }
         }
         if let Some(f) = builtin {
             self.volatile |= functions::is_volatile(f);
