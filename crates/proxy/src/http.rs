@@ -87,6 +87,12 @@ fn respond(head: &[u8], shared: &Shared) -> Vec<u8> {
             "pgopt proxy: /metrics (Prometheus), /api/queries[/FINGERPRINT], /api/slow, /api/nplus1, /api/plans, /api/replicas (JSON)\n".into(),
             head_only,
         ),
+        "/api/cache" => reply(
+            200,
+            "application/json",
+            views::table_json(&crate::cache::view(shared.cache.as_deref())),
+            head_only,
+        ),
         "/api/replicas" => reply(
             200,
             "application/json",

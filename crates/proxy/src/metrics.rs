@@ -250,6 +250,7 @@ pub fn render(shared: &Shared) -> String {
         }
     }
     replicas(&mut m, shared);
+    cache(&mut m, shared);
     if let Some(insight) = &shared.insight {
         query_shapes(&mut m, &insight.store);
     }
@@ -258,6 +259,38 @@ pub fn render(shared: &Shared) -> String {
 
 /// Per replica: in the rotation or not, lag, transactions routed; per primary, reads
 /// and writes routed there.
+/// The result cache's figures, when it is on.
+fn cache(m: &mut Page, shared: &Shared) {
+    let Some(cache) = &shared.cache else {
+        return;
+    };
+    let l1 = cache.cache.l1.stats();
+    let c = &cache.counters;
+    for (name, kind, help, value) in [
+        ("pgopt_cache_hits_total", "counter", "Requests answered from the result cache.", c.hits.load(Relaxed)),
+        ("pgopt_cache_misses_total", "counter", "Cacheable requests that went to the server.", c.misses.load(Relaxed)),
+        ("pgopt_cache_stored_total", "counter", "Results stored after a miss.", c.stored.load(Relaxed)),
+        (
+            "pgopt_cache_not_stored_total",
+            "counter",
+            "Results not stored: a table changed during the fill, too large, or not a plain result.",
+            c.not_stored.load(Relaxed),
+        ),
+        (
+            "pgopt_cache_invalidations_total",
+            "counter",
+            "Transactions whose writes ended cached results.",
+            c.invalidations.load(Relaxed),
+        ),
+        ("pgopt_cache_evictions_total", "counter", "Entries dropped for space.", l1.evictions),
+        ("pgopt_cache_entries", "gauge", "Entries held in memory.", l1.entries),
+        ("pgopt_cache_bytes", "gauge", "Bytes of keys and results held in memory.", l1.bytes),
+    ] {
+        m.family(name, kind, help);
+        m.sample(name, "", value);
+    }
+}
+
 fn replicas(m: &mut Page, shared: &Shared) {
     let routers = shared.routers();
     if routers.is_empty() {

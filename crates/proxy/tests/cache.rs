@@ -82,6 +82,11 @@ async fn reads_are_served_from_the_cache_until_a_write_through_pgopt() {
     assert_eq!(counter(&stats, "hits"), 2, "{stats:?}");
     assert_eq!(counter(&stats, "misses"), 1, "{stats:?}");
     assert_eq!(counter(&stats, "stored"), 1, "{stats:?}");
+    let addr = proxy.admin_addr().unwrap();
+    let api = common::http_get(addr, "/api/cache").await;
+    assert!(api.contains("\"hits\":2"), "{api}");
+    let metrics = common::http_get(addr, "/metrics").await;
+    assert!(metrics.contains("pgopt_cache_hits_total 2"), "{metrics}");
 
     // A write to another row of the table, through pgopt: the table's entries end
     // before the writer hears its ReadyForQuery.
