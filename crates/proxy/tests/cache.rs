@@ -499,3 +499,150 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Many clients, random reads and writes of counters that only grow: a read that
+/// returns less than a value whose commit had been acknowledged before the read was
+/// sent is a stale read. Writes come in autocommit, in transactions, rolled back, and
+/// over both protocols; reads over both protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_randomized_checker_finds_no_stale_read() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    const KEYS: usize = 16;
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE counters (k int PRIMARY KEY, v bigint NOT NULL);
+         INSERT INTO counters SELECT g, 0 FROM generate_series(0, 15) g;",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.default_pool_size = 6;
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["counters".into()],
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let floor: Arc<Vec<AtomicI64>> = Arc::new((0..KEYS).map(|_| AtomicI64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stale, reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for w in 0..3u64 {
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        let (floor, stop) = (floor.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let update = client
+                .prepare("UPDATE counters SET v = v + 1 WHERE k = $1 RETURNING v")
+                .await
+                .unwrap();
+            let mut n = w;
+            while !stop.load(SeqCst) {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let k = ((n >> 33) % KEYS as u64) as i32;
+                let committed = match (n >> 20) % 4 {
+                    0 => {
+                        let sql =
+                            format!("UPDATE counters SET v = v + 1 WHERE k = {k} RETURNING v");
+                        Some(simple_value(&client, &sql).await)
+                    }
+                    1 => Some(
+                        client
+                            .query_one(&update, &[&k])
+                            .await
+                            .unwrap()
+                            .get::<_, i64>(0),
+                    ),
+                    2 => {
+                        let sql = format!(
+                            "BEGIN; UPDATE counters SET v = v + 1 WHERE k = {k}; \
+                             SELECT v FROM counters WHERE k = {k}"
+                        );
+                        let v = simple_value(&client, &sql).await;
+                        client.simple_query("COMMIT").await.unwrap();
+                        Some(v)
+                    }
+                    _ => {
+                        let sql = format!(
+                            "BEGIN; UPDATE counters SET v = v + 1000 WHERE k = {k}; ROLLBACK"
+                        );
+                        client.simple_query(&sql).await.unwrap();
+                        None
+                    }
+                };
+                if let Some(v) = committed {
+                    floor[k as usize].fetch_max(v, SeqCst);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+        }));
+    }
+    for r in 0..4u64 {
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        let (floor, stop, stale, reads) =
+            (floor.clone(), stop.clone(), stale.clone(), reads.clone());
+        tasks.push(tokio::spawn(async move {
+            let read = client
+                .prepare("SELECT v FROM counters WHERE k = $1")
+                .await
+                .unwrap();
+            let mut n = 1000 + r;
+            while !stop.load(SeqCst) {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let k = ((n >> 33) % KEYS as u64) as i32;
+                let before = floor[k as usize].load(SeqCst);
+                let v = if (n >> 20) % 2 == 0 {
+                    let sql = format!("SELECT v FROM counters WHERE k = {k}");
+                    simple_value(&client, &sql).await
+                } else {
+                    client
+                        .query_one(&read, &[&k])
+                        .await
+                        .unwrap()
+                        .get::<_, i64>(0)
+                };
+                reads.fetch_add(1, SeqCst);
+                if v < before {
+                    stale.fetch_add(1, SeqCst);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    stop.store(true, SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = cache_row(&proxy).await;
+    assert_eq!(
+        stale.load(SeqCst),
+        0,
+        "stale reads out of {}: {stats:?}",
+        reads.load(SeqCst)
+    );
+    assert!(
+        counter(&stats, "hits") > 100,
+        "the cache served reads: {stats:?}"
+    );
+}
+
+/// The first column of the last row of a simple query, as a number.
+async fn simple_value(client: &Client, sql: &str) -> i64 {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .last()
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}

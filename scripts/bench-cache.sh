@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Result cache benchmark (issue 6), side by side in one run on this machine: the same
+# pgbench workloads against direct PostgreSQL, pgopt without the cache and pgopt with
+# the cache (`cache.tables = ["pgbench_accounts"]`). Prints TPS, average latency, the
+# ratios, pgopt's CPU per transaction and the cache's hit ratio.
+#
+# Workloads (pgbench custom scripts, keys drawn from a Zipf distribution so a hot set
+# exists, as in real traffic):
+#   point    SELECT abalance FROM pgbench_accounts WHERE aid = :aid   (cheap for PostgreSQL)
+#   report   SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE bid = :bid
+#            AND aid BETWEEN :lo AND :lo + 999   (a range aggregate, a dashboard tile)
+#   tpcb     pgbench's own TPC-B (writes to pgbench_accounts every transaction): what the
+#            cache costs when it cannot help (every read's entry is invalidated)
+#
+# usage: scripts/bench-cache.sh [SECONDS_PER_RUN=15] [PGBENCH_SCALE=10] [POOL_SIZE=20]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-15}
+scale=${2:-10}
+pool=${3:-20}
+
+bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+for p in "$bindir/initdb" "$bindir/pgbench" psql; do
+  command -v "$p" >/dev/null || { echo "missing $p (apt-get install postgresql-15)" >&2; exit 1; }
+done
+cargo build --release -q -p pgopt-cli
+pgopt=target/release/pgopt
+. scripts/bench-lib.sh
+
+tmp=$(mktemp -d /tmp/pgopt-bench-cache-XXXXXX)
+as_pg=()
+if [ "$(id -u)" -eq 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
+pg_port=$(free_port); plain_port=$(free_port); cache_port=$(free_port)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+settings="-c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c shared_buffers=256MB"
+"${as_pg[@]}" "$bindir/initdb" -D "$tmp/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+"${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w start -o "-p $pg_port $settings" >/dev/null
+"$bindir/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+
+accounts=$((scale * 100000))
+cat >"$tmp/point.sql" <<SQL
+\set aid random_zipfian(1, $accounts, 1.1)
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+SQL
+cat >"$tmp/report.sql" <<SQL
+\set bid random_zipfian(1, $scale, 1.1)
+\set lo random_zipfian(0, 99, 1.1) * 1000 + (:bid - 1) * 100000 + 1
+SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE bid = :bid AND aid BETWEEN :lo AND :lo + 999;
+SQL
+cat >"$tmp/cache.toml" <<TOML
+[cache]
+enabled = true
+tables = ["pgbench_accounts"]
+ttl = "10m"
+TOML
+
+upstream="postgres://postgres@127.0.0.1:$pg_port/postgres"
+proxy() {
+  local port=$1; shift
+  RUST_LOG=error "$pgopt" "$@" proxy --listen "127.0.0.1:$port" \
+    --upstream "$upstream" --pool-mode transaction --pool-size "$pool" >/dev/null 2>&1 &
+  pids+=($!)
+}
+proxy "$plain_port"
+proxy "$cache_port" --config "$tmp/cache.toml"
+plain_pid=${pids[0]}; cache_pid=${pids[1]}
+sleep 1
+
+printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores\n' "$(date -u +%F)" "$secs" "$scale" "$pool" "$(nproc)"
+printf '%-28s %9s %9s %9s %8s %8s %8s %8s %8s %8s %7s\n' case direct pgopt "+cache" "c/dir" "c/pgopt" \
+  "dir ms" "pg ms" "c ms" "c µs/tx" "hits"
+hits() {
+  psql -h 127.0.0.1 -p "$cache_port" -U postgres -qAtc "SHOW CACHE" pgopt | cut -d'|' -f4
+}
+# direct, pgopt, pgopt+cache, twice in rotation; TPS and latency averaged.
+case_run() {
+  local name=$1; shift
+  local tps lat cpu i h0 h1
+  local -a sum=(0 0 0) lat_sum=(0 0 0)
+  local -a ports=("$pg_port" "$plain_port" "$cache_port") procs=("" "$plain_pid" "$cache_pid")
+  local cpu_sum=0
+  h0=$(hits)
+  for _ in 1 2; do
+    for i in 0 1 2; do
+      read -r tps lat cpu <<<"$(run "${ports[$i]}" "${procs[$i]}" "$@")"
+      sum[$i]=$(awk -v a="${sum[$i]}" -v b="$tps" 'BEGIN {print a + b / 2}')
+      lat_sum[$i]=$(awk -v a="${lat_sum[$i]}" -v b="$lat" 'BEGIN {printf "%.3f", a + b / 2}')
+      [ "$i" = 2 ] && cpu_sum=$(awk -v a="$cpu_sum" -v b="$cpu" 'BEGIN {printf "%.1f", a + b / 2}')
+    done
+  done
+  h1=$(hits)
+  printf '%-28s %9s %9s %9s %8s %8s %8s %8s %8s %8s %7s\n' "$name" \
+    "$(whole "${sum[0]}")" "$(whole "${sum[1]}")" "$(whole "${sum[2]}")" \
+    "$(ratio "${sum[2]}" "${sum[0]}")" "$(ratio "${sum[2]}" "${sum[1]}")" \
+    "${lat_sum[0]}" "${lat_sum[1]}" "${lat_sum[2]}" "$cpu_sum" "$((h1 - h0))"
+}
+case_run "point, extended, 16 clients" -f "$tmp/point.sql" -M extended -c 16 -j 2
+case_run "point, simple, 16 clients"   -f "$tmp/point.sql" -M simple   -c 16 -j 2
+case_run "report, extended, 16 clients" -f "$tmp/report.sql" -M extended -c 16 -j 2
+case_run "tpcb, extended, 16 clients"  -M extended -c 16 -j 2
+echo
+echo "The cache after the runs (SHOW CACHE):"
+psql -h 127.0.0.1 -p "$cache_port" -U postgres -P pager=off -c "SHOW CACHE" pgopt
