@@ -40,6 +40,14 @@ pub struct CacheSettings {
     pub max_bytes: u64,
     /// Larger results are not stored.
     pub max_result_bytes: usize,
+    /// Follow each database's committed changes on a logical replication stream
+    /// (`wal_level = logical`; see `wal.rs`), so writes that bypass pgopt invalidate
+    /// too, within the stream's lag.
+    pub wal_listener: bool,
+    /// The login the listener uses (it needs the REPLICATION attribute, and to create
+    /// `publication` unless it exists): the database's configured user if unset.
+    pub wal_user: Option<String>,
+    pub publication: String,
 }
 
 impl Default for CacheSettings {
@@ -50,6 +58,9 @@ impl Default for CacheSettings {
             ttl: Duration::from_secs(60),
             max_bytes: 64 << 20,
             max_result_bytes: 1 << 20,
+            wal_listener: false,
+            wal_user: None,
+            publication: "pgopt_cache".into(),
         }
     }
 }
@@ -65,6 +76,34 @@ pub struct CacheCounters {
     pub not_stored: AtomicU64,
     /// Transactions whose writes bumped table versions.
     pub invalidations: AtomicU64,
+    /// The replication listener: commits it invalidated for, how late (from commit to
+    /// invalidation, by bucket of [`STALENESS_MS`]), and its state.
+    pub wal_commits: AtomicU64,
+    pub wal_staleness: [AtomicU64; STALENESS_MS.len() + 1],
+    pub wal_state: Mutex<String>,
+}
+
+/// Upper bounds (ms) of the staleness buckets of writes seen on the replication stream.
+pub const STALENESS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+
+impl CacheCounters {
+    /// The bucket bound under which 99% of the stream's commits were invalidated
+    /// (`None`: none yet; `u64::MAX`: past the last bound).
+    pub fn wal_p99_ms(&self) -> Option<u64> {
+        let counts: Vec<u64> = self.wal_staleness.iter().map(|c| c.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut seen = 0;
+        for (i, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen * 100 >= total * 99 {
+                return Some(STALENESS_MS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
+    }
 }
 
 /// The proxy's cache: shared by every session.
@@ -211,24 +250,24 @@ impl Deps {
     /// (Inheritance is followed both ways from every table reached: a partition's
     /// siblings are invalidated too — more misses, and correct with multiple
     /// inheritance.)
-    fn write_tags(&self, tables: &[String]) -> Vec<String> {
+    /// `effects`: follow cascades and triggers too (a write seen on the replication
+    /// stream already lists every table its triggers and cascades changed).
+    fn reach(&self, tables: &[String], effects: bool) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut todo: Vec<String> = tables.to_vec();
         while let Some(t) = todo.pop() {
-            if t == ALL || self.unbounded.contains(&t) {
+            if t == ALL || (effects && self.unbounded.contains(&t)) {
                 return vec![ALL.to_string()];
             }
             if out.contains(&t) {
                 continue;
             }
             // A write into a view writes its base tables.
-            for next in [
-                &self.view_reads,
-                &self.cascades,
-                &self.parents,
-                &self.children,
-            ] {
+            for next in [&self.view_reads, &self.parents, &self.children] {
                 todo.extend(next.get(&t).into_iter().flatten().cloned());
+            }
+            if effects {
+                todo.extend(self.cascades.get(&t).into_iter().flatten().cloned());
             }
             out.push(t);
         }
@@ -248,7 +287,17 @@ impl ProxyCache {
             }),
             tables: settings.tables.iter().map(|t| tag(t).to_string()).collect(),
             settings: settings.clone(),
-            counters: CacheCounters::default(),
+            counters: CacheCounters {
+                wal_state: Mutex::new(
+                    if settings.wal_listener {
+                        "starting"
+                    } else {
+                        "off"
+                    }
+                    .into(),
+                ),
+                ..CacheCounters::default()
+            },
             deps: Mutex::new((HashMap::new(), 0)),
         })
     }
@@ -332,7 +381,7 @@ impl ProxyCache {
             _ => None,
         };
         let tags = match known {
-            Some(deps) => deps.write_tags(&writes.tables),
+            Some(deps) => deps.reach(&writes.tables, true),
             None => vec![ALL.to_string()],
         };
         self.cache.invalidate(&tags);
@@ -340,6 +389,40 @@ impl ProxyCache {
         if writes.schema {
             self.schema_changed();
         }
+    }
+
+    /// A transaction committed on the server, seen on the replication stream: what it
+    /// changed (triggers and cascades included) ends its entries.
+    pub fn invalidate_committed(&self, database: &str, committed: &crate::wal::Committed) {
+        let tables: Vec<String> = committed
+            .tables
+            .iter()
+            .map(|t| tag(t).to_string())
+            .collect();
+        let known = match self
+            .deps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .get(database)
+        {
+            Some(DepsState::Ready(deps, _)) => Some(deps.clone()),
+            _ => None,
+        };
+        let tags = match known {
+            Some(deps) => deps.reach(&tables, false),
+            None => vec![ALL.to_string()],
+        };
+        self.bump(&tags);
+        let now = pgopt_wire::replication::pg_epoch_micros(std::time::SystemTime::now());
+        let late_ms = (now - committed.commit_time).max(0) as u64 / 1000;
+        let bucket = STALENESS_MS
+            .iter()
+            .position(|&b| late_ms <= b)
+            .unwrap_or(STALENESS_MS.len());
+        let c = &self.counters;
+        c.wal_staleness[bucket].fetch_add(1, Relaxed);
+        c.wal_commits.fetch_add(1, Relaxed);
     }
 
     fn bump(&self, tags: &[String]) {
@@ -375,6 +458,9 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         ("stale", Kind::Int),
         ("evictions", Kind::Int),
         ("invalidations", Kind::Int),
+        ("wal", Kind::Text),
+        ("wal_commits", Kind::Int),
+        ("wal_p99_ms", Kind::Int),
         ("tables", Kind::Text),
     ]);
     let Some(cache) = cache else {
@@ -400,6 +486,12 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         n(l1.stale),
         n(l1.evictions),
         n(c.invalidations.load(Relaxed)),
+        t(c.wal_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()),
+        n(c.wal_commits.load(Relaxed)),
+        c.wal_p99_ms().map(|v| v.to_string()),
         t(cache.settings.tables.join(",")),
     ]);
     table
@@ -658,6 +750,94 @@ impl Fill {
             rows: BytesMut::new(),
             _flight: flight,
         }
+    }
+}
+
+/// Follows `db`'s committed changes for the cache (see [`CacheSettings::wal_listener`]):
+/// creates the publication if missing, listens on a temporary slot, and invalidates
+/// what each commit changed. Whenever the stream (re)starts everything is invalidated
+/// (commits before it were not seen). On failure it waits (1 s, doubling up to 30 s)
+/// and starts again; it ends when the proxy stops.
+pub async fn follow_wal(
+    cache: Arc<ProxyCache>,
+    db: crate::config::Database,
+    connect_timeout: Duration,
+    mut lifecycle: tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
+) {
+    use crate::wal::{ensure_publication, listen, WalSource};
+    let source = WalSource {
+        host: db.host.clone(),
+        port: db.port,
+        dbname: db.dbname.clone(),
+        user: cache
+            .settings
+            .wal_user
+            .clone()
+            .or_else(|| db.user.clone())
+            .unwrap_or_else(|| "postgres".into()),
+        password: db.password.clone(),
+        connect_timeout,
+    };
+    let publication = cache.settings.publication.clone();
+    let slot: String = format!("pgopt_cache_{}_{}", std::process::id(), db.name)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect();
+    let set_state = |state: String| {
+        *cache
+            .counters
+            .wal_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = state;
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        set_state("connecting".into());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let run = async {
+            ensure_publication(&source, &publication).await?;
+            listen(&source, &publication, &slot, tx).await
+        };
+        let consume = async {
+            while let Some(committed) = rx.recv().await {
+                if committed.tables.is_empty() {
+                    cache.bump(&[ALL.to_string()]);
+                    set_state("streaming".into());
+                    backoff = Duration::from_secs(1);
+                } else {
+                    cache.invalidate_committed(&db.name, &committed);
+                }
+            }
+        };
+        let stopped = async {
+            let _ = lifecycle
+                .wait_for(|s| *s >= crate::shared::Lifecycle::Stopped)
+                .await;
+        };
+        let outcome = tokio::select! {
+            (result, ()) = async { tokio::join!(run, consume) } => result,
+            () = stopped => return,
+        };
+        let error = match outcome {
+            Ok(()) => "the replication stream ended".to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(
+            database = %db.name,
+            %error,
+            retry_in_ms = backoff.as_millis() as u64,
+            "the cache's replication listener stopped; writes that bypass pgopt are not seen until it is back"
+        );
+        set_state(format!("down: {error}"));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

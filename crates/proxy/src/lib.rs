@@ -100,6 +100,17 @@ impl Proxy {
         if let Some(admin) = admin {
             tasks.push(tokio::spawn(http::serve(admin, shared.clone())));
         }
+        if let Some(cache) = shared.cache.as_ref().filter(|c| c.settings.wal_listener) {
+            let config = shared.config();
+            for db in &config.databases {
+                tasks.push(tokio::spawn(cache::follow_wal(
+                    cache.clone(),
+                    db.clone(),
+                    config.server_connect_timeout,
+                    shared.lifecycle(),
+                )));
+            }
+        }
         tracing::debug!(%local_addr, ?admin_addr, "pgopt proxy listening");
         Ok(Proxy {
             local_addr,

@@ -46,22 +46,51 @@ impl WalSource {
     }
 }
 
-/// One committed transaction's changed tables (`schema.name`), and its end position.
+/// One committed transaction's changed tables (`schema.name`), its end position and
+/// its commit time (microseconds since 2000-01-01 UTC).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub end_lsn: u64,
     pub tables: Vec<String>,
+    pub commit_time: i64,
 }
 
 /// How often the listener tells the server how far it has read.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Creates `publication` for all tables unless it exists.
+/// Creates `publication` for all tables unless it exists. A publication of updates
+/// and deletes makes PostgreSQL refuse them on a table without a replica identity (no
+/// primary key, no `REPLICA IDENTITY`): when such tables exist it is not created, and
+/// the error names them.
 pub async fn ensure_publication(source: &WalSource, publication: &str) -> Result<(), ProxyError> {
     let target = &source.target();
     let max_len = pgopt_wire::DEFAULT_MAX_MESSAGE_LEN;
     let mut conn = ServerConn::connect(target, None, source.connect_timeout, max_len).await?;
     let name = crate::session_state::quote_literal(publication);
+    let check = format!(
+        "SELECT pg_catalog.string_agg(c.oid::pg_catalog.regclass::text, ', ') \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' \
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+         AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+           (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {name})"
+    );
+    let unfit = conn
+        .simple_query(&check, max_len)
+        .await
+        .map_err(|e| ProxyError::Server {
+            server: target.describe(),
+            message: format!("checking tables for publication {publication}: {e}"),
+        })?;
+    if let Some(tables) = unfit.first().and_then(|r| r.first().cloned().flatten()) {
+        return Err(ProxyError::Server {
+            server: target.describe(),
+            message: format!(
+                "not creating publication {publication} FOR ALL TABLES: PostgreSQL would then refuse UPDATE and DELETE on tables without a replica identity: {tables} (add a primary key or REPLICA IDENTITY FULL, or create the publication yourself for the tables you want)"
+            ),
+        });
+    }
     let sql = format!(
         "DO $pgopt$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {name}) \
          THEN EXECUTE pg_catalog.format('CREATE PUBLICATION %I FOR ALL TABLES', {name}); END IF; END $pgopt$"
@@ -77,8 +106,9 @@ pub async fn ensure_publication(source: &WalSource, publication: &str) -> Result
         })
 }
 
-/// Streams committed changes into `out` until the connection ends or `out` is closed.
-/// `slot` names the temporary slot (unique per listener).
+/// Streams committed changes into `out` until the connection ends or `out` is closed,
+/// after a first [`Committed`] with no tables once the slot exists (what committed
+/// before it is not streamed). `slot` names the temporary slot (unique per listener).
 pub async fn listen(
     source: &WalSource,
     publication: &str,
@@ -108,6 +138,16 @@ pub async fn listen(
     )
     .await
     .map_err(|e| failed(format!("creating replication slot {slot}: {e}")))?;
+    // The stream starts here: a first message with no tables tells the consumer that
+    // anything committed before was not seen.
+    let start_marker = Committed {
+        end_lsn: 0,
+        tables: Vec::new(),
+        commit_time: 0,
+    };
+    if out.send(start_marker).await.is_err() {
+        return Ok(());
+    }
     let start = format!(
         "START_REPLICATION SLOT {slot_ident} LOGICAL 0/0 (proto_version '1', publication_names {})",
         crate::session_state::quote_literal(&crate::session_state::quote_ident(publication))
@@ -177,7 +217,7 @@ pub async fn listen(
                             changed.insert(relation_name(&relations, r));
                         }
                     }
-                    Ok(Change::Commit { end, .. }) => {
+                    Ok(Change::Commit { end, time, .. }) => {
                         flushed = end;
                         if !changed.is_empty() {
                             let tables = std::mem::take(&mut changed).into_iter().collect();
@@ -185,6 +225,7 @@ pub async fn listen(
                                 .send(Committed {
                                     end_lsn: end,
                                     tables,
+                                    commit_time: time,
                                 })
                                 .await
                                 .is_err()

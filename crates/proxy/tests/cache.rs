@@ -646,3 +646,59 @@ async fn simple_value(client: &Client, sql: &str) -> i64 {
         .last()
         .unwrap_or_else(|| panic!("{sql}: no row"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_bypass_pgopt_invalidate_through_the_replication_stream() {
+    let pg = Postgres::builder()
+        .setting("wal_level", "logical")
+        .start()
+        .await
+        .unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a');
+         CREATE TABLE audit (id int PRIMARY KEY, n int); INSERT INTO audit VALUES (1, 0);
+         CREATE FUNCTION count_item() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN UPDATE audit SET n = n + 1; RETURN NEW; END $$;
+         CREATE TRIGGER items_count AFTER UPDATE ON items FOR EACH ROW EXECUTE FUNCTION count_item();",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into(), "audit".into()],
+            wal_listener: true,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cache_row(&proxy).await["wal"] != "streaming" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            cache_row(&proxy).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let (read, audit) = ("SELECT v FROM items WHERE id = 1", "SELECT n FROM audit");
+    assert_eq!(value(&client, read).await, "a");
+    assert_eq!(value(&client, audit).await, "0");
+    assert_eq!(value(&client, read).await, "a", "cached");
+    // Directly on PostgreSQL: the stream tells pgopt, trigger's write included.
+    pg.psql("UPDATE items SET v = 'direct' WHERE id = 1")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while value(&client, read).await != "direct" || value(&client, audit).await != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bypassing write was never seen: {:?}",
+            cache_row(&proxy).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let stats = cache_row(&proxy).await;
+    assert!(counter(&stats, "wal_commits") >= 1, "{stats:?}");
+    assert!(!stats["wal_p99_ms"].is_empty(), "{stats:?}");
+}

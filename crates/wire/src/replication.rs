@@ -57,6 +57,8 @@ pub enum Change<'a> {
     Commit {
         lsn: u64,
         end: u64,
+        /// Commit time, microseconds since 2000-01-01 UTC.
+        time: i64,
     },
     /// A relation's identity, sent before its first change in a session (and again
     /// after it changes).
@@ -98,7 +100,8 @@ impl<'a> Change<'a> {
                 r.u8("flags")?;
                 let lsn = r.u64("commit LSN")?;
                 let end = r.u64("end LSN")?;
-                Change::Commit { lsn, end }
+                let time = r.u64("commit time")? as i64;
+                Change::Commit { lsn, end, time }
             }
             b'R' => Change::Relation {
                 oid: r.u32("relation OID")?,

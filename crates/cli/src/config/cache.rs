@@ -13,6 +13,12 @@ pub struct CacheSection {
     pub ttl: HumanDuration,
     pub max_bytes: u64,
     pub max_result_bytes: u64,
+    /// Follow committed changes on a logical replication stream (wal_level = logical),
+    /// so writes that bypass pgopt invalidate too.
+    pub wal_listener: bool,
+    /// The listener's login (REPLICATION attribute); the upstream's user when empty.
+    pub wal_user: String,
+    pub publication: String,
 }
 
 impl Default for CacheSection {
@@ -24,6 +30,9 @@ impl Default for CacheSection {
             ttl: HumanDuration(d.ttl),
             max_bytes: d.max_bytes,
             max_result_bytes: d.max_result_bytes as u64,
+            wal_listener: d.wal_listener,
+            wal_user: String::new(),
+            publication: d.publication,
         }
     }
 }
@@ -37,6 +46,9 @@ impl CacheSection {
             ttl: self.ttl.0,
             max_bytes: self.max_bytes,
             max_result_bytes: usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX),
+            wal_listener: self.wal_listener,
+            wal_user: (!self.wal_user.is_empty()).then(|| self.wal_user.clone()),
+            publication: self.publication.clone(),
         }
     }
 }
