@@ -66,7 +66,7 @@ impl Default for CacheSettings {
 }
 
 /// What the cache has done since start.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CacheCounters {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
@@ -77,20 +77,65 @@ pub struct CacheCounters {
     /// Transactions whose writes bumped table versions.
     pub invalidations: AtomicU64,
     /// The replication listener: commits it invalidated for, how late (from commit to
-    /// invalidation, by bucket of [`STALENESS_MS`]), and its state.
+    /// invalidation, in ms), and its state.
     pub wal_commits: AtomicU64,
-    pub wal_staleness: [AtomicU64; STALENESS_MS.len() + 1],
+    pub wal_staleness: Buckets,
     pub wal_state: Mutex<String>,
+    /// pgopt's own time on a hit (µs): from the lookup to the reply written.
+    pub hit_time: Buckets,
+}
+
+impl Default for CacheCounters {
+    fn default() -> Self {
+        CacheCounters {
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
+            not_stored: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+            wal_commits: AtomicU64::new(0),
+            wal_staleness: Buckets::new(&STALENESS_MS),
+            wal_state: Mutex::new("off".into()),
+            hit_time: Buckets::new(&HIT_US),
+        }
+    }
 }
 
 /// Upper bounds (ms) of the staleness buckets of writes seen on the replication stream.
 pub const STALENESS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+/// Upper bounds (µs) of the hit-time buckets.
+pub const HIT_US: [u64; 14] = [
+    2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 5000,
+];
 
-impl CacheCounters {
-    /// The bucket bound under which 99% of the stream's commits were invalidated
-    /// (`None`: none yet; `u64::MAX`: past the last bound).
-    pub fn wal_p99_ms(&self) -> Option<u64> {
-        let counts: Vec<u64> = self.wal_staleness.iter().map(|c| c.load(Relaxed)).collect();
+/// A fixed-bucket histogram, lock-free: a count per upper bound, and one past the last.
+#[derive(Debug)]
+pub struct Buckets {
+    bounds: &'static [u64],
+    counts: Box<[AtomicU64]>,
+}
+
+impl Buckets {
+    pub fn new(bounds: &'static [u64]) -> Buckets {
+        Buckets {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn record(&self, value: u64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+    }
+
+    /// The bucket bound under which `share` (0..1) of the samples fall (`None`: no
+    /// samples; `u64::MAX`: past the last bound).
+    pub fn quantile_bound(&self, share: f64) -> Option<u64> {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -98,8 +143,8 @@ impl CacheCounters {
         let mut seen = 0;
         for (i, n) in counts.iter().enumerate() {
             seen += n;
-            if seen * 100 >= total * 99 {
-                return Some(STALENESS_MS.get(i).copied().unwrap_or(u64::MAX));
+            if seen as f64 >= total as f64 * share {
+                return Some(self.bounds.get(i).copied().unwrap_or(u64::MAX));
             }
         }
         Some(u64::MAX)
@@ -416,12 +461,8 @@ impl ProxyCache {
         self.bump(&tags);
         let now = pgopt_wire::replication::pg_epoch_micros(std::time::SystemTime::now());
         let late_ms = (now - committed.commit_time).max(0) as u64 / 1000;
-        let bucket = STALENESS_MS
-            .iter()
-            .position(|&b| late_ms <= b)
-            .unwrap_or(STALENESS_MS.len());
         let c = &self.counters;
-        c.wal_staleness[bucket].fetch_add(1, Relaxed);
+        c.wal_staleness.record(late_ms);
         c.wal_commits.fetch_add(1, Relaxed);
     }
 
@@ -458,6 +499,8 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         ("stale", Kind::Int),
         ("evictions", Kind::Int),
         ("invalidations", Kind::Int),
+        ("hit_p50_us", Kind::Int),
+        ("hit_p99_us", Kind::Int),
         ("wal", Kind::Text),
         ("wal_commits", Kind::Int),
         ("wal_p99_ms", Kind::Int),
@@ -486,12 +529,14 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         n(l1.stale),
         n(l1.evictions),
         n(c.invalidations.load(Relaxed)),
+        c.hit_time.quantile_bound(0.5).map(|v| v.to_string()),
+        c.hit_time.quantile_bound(0.99).map(|v| v.to_string()),
         t(c.wal_state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()),
         n(c.wal_commits.load(Relaxed)),
-        c.wal_p99_ms().map(|v| v.to_string()),
+        c.wal_staleness.quantile_bound(0.99).map(|v| v.to_string()),
         t(cache.settings.tables.join(",")),
     ]);
     table
@@ -844,6 +889,18 @@ pub async fn follow_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_quantiles_are_the_bound_of_the_bucket_they_fall_in() {
+        let b = Buckets::new(&HIT_US);
+        assert_eq!(b.quantile_bound(0.5), None);
+        for v in [1, 3, 3, 3, 40, 40, 40, 40, 40, 9000] {
+            b.record(v);
+        }
+        assert_eq!(b.quantile_bound(0.4), Some(5));
+        assert_eq!(b.quantile_bound(0.5), Some(50));
+        assert_eq!(b.quantile_bound(0.99), Some(u64::MAX));
+    }
 
     #[test]
     fn a_stored_reply_is_sent_back_in_the_shape_of_the_request() {

@@ -342,6 +342,8 @@ impl Relay {
     /// Handles the whole messages in `cbuf`. `Ok(false)`: the session is over.
     async fn handle_client(&mut self) -> Result<bool, ProxyError> {
         let mut terminate = false;
+        // When a request was answered from the cache: since when (its lookup).
+        let mut served_from_cache: Option<Instant> = None;
         loop {
             // Routing judges a transaction by its first batch: wait until it is all
             // here (bounded, so a client can't make pgopt buffer without end).
@@ -383,8 +385,13 @@ impl Relay {
                 && self.serve_cache
                 && matches!(frame.tag(), b'Q' | b'P' | b'B')
             {
+                let started = Instant::now();
                 match self.look_up_cache(&frame).await {
-                    CacheLookup::Served => continue,
+                    CacheLookup::Served => {
+                        // Timed up to the reply's write, below.
+                        served_from_cache.get_or_insert(started);
+                        continue;
+                    }
                     CacheLookup::Fill(f) => fill = Some(f),
                     CacheLookup::Pass => {}
                 }
@@ -434,6 +441,12 @@ impl Relay {
             self.failover = None; // the client has been told something
             write_all(&mut self.client, &self.out).await?;
             self.out.clear();
+        }
+        if let (Some(started), Some(cache)) = (served_from_cache, &self.cache) {
+            cache
+                .counters
+                .hit_time
+                .record(started.elapsed().as_micros() as u64);
         }
         if !self.sbuf.is_empty() {
             self.handle_server().await?;

@@ -82,6 +82,10 @@ async fn reads_are_served_from_the_cache_until_a_write_through_pgopt() {
     assert_eq!(counter(&stats, "hits"), 2, "{stats:?}");
     assert_eq!(counter(&stats, "misses"), 1, "{stats:?}");
     assert_eq!(counter(&stats, "stored"), 1, "{stats:?}");
+    assert!(
+        counter(&stats, "hit_p99_us") >= counter(&stats, "hit_p50_us"),
+        "{stats:?}"
+    );
     let addr = proxy.admin_addr().unwrap();
     let api = common::http_get(addr, "/api/cache").await;
     assert!(api.contains("\"hits\":2"), "{api}");

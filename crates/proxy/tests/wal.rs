@@ -132,7 +132,8 @@ async fn no_publication_that_would_block_updates_on_tables_without_replica_ident
     assert!(e.to_string().contains("nokey"), "{e}");
     assert!(!e.to_string().contains("keyed,"), "{e}");
     // Updates still work: nothing was created.
-    pg.psql("INSERT INTO nokey VALUES (1); UPDATE nokey SET v = 2").unwrap();
+    pg.psql("INSERT INTO nokey VALUES (1); UPDATE nokey SET v = 2")
+        .unwrap();
     pg.psql("ALTER TABLE nokey REPLICA IDENTITY FULL").unwrap();
     ensure_publication(&source, "pgopt").await.unwrap();
     pg.psql("UPDATE nokey SET v = 3").unwrap();
