@@ -190,13 +190,65 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
         .application_name("pgopt-demo");
     let proxied = run_workload(through, &workload_opts, "through pgopt").await?;
 
+    // Once more through a pgopt with the result cache on every sample table (no
+    // replicas: the cache serves transaction-mode sessions that don't route).
+    let cached_proxy = pgopt_proxy::Proxy::start(pgopt_proxy::Config {
+        listen: "127.0.0.1:0".parse()?,
+        pool_mode: pgopt_proxy::PoolMode::Transaction,
+        default_pool_size: pool_size,
+        databases: vec![pgopt_proxy::Database {
+            name: "saas".into(),
+            host: "127.0.0.1".into(),
+            port: pg.port(),
+            dbname: "saas".into(),
+            user: None,
+            password: None,
+            replicas: Vec::new(),
+        }],
+        admin_users: vec![pg.user().to_string()],
+        cache: pgopt_proxy::CacheSettings {
+            enabled: true,
+            tables: load
+                .rows_per_table
+                .iter()
+                .map(|(t, _)| t.to_string())
+                .collect(),
+            ..pgopt_proxy::CacheSettings::default()
+        },
+        ..pgopt_proxy::Config::default()
+    })
+    .await
+    .context("starting the pgopt proxy with the result cache")?;
+    let mut through_cache = tokio_postgres::Config::new();
+    through_cache
+        .host("127.0.0.1")
+        .port(cached_proxy.local_addr().port())
+        .user(pg.user())
+        .dbname("saas")
+        .application_name("pgopt-demo");
+    let cached = run_workload(
+        through_cache,
+        &workload_opts,
+        "through pgopt with the result cache",
+    )
+    .await?;
+
     print_report("Workload", &direct, &workload_opts);
     println!(
         "Through pgopt proxy: {} clients on {pool_size} server connections (transaction pooling)",
         workload_opts.clients
     );
     print_report("Through pgopt", &proxied, &workload_opts);
-    print_comparison(&direct, &proxied);
+    print_comparison("pgopt", &direct, &proxied);
+    print_report(
+        "Through pgopt with the result cache",
+        &cached,
+        &workload_opts,
+    );
+    print_comparison("pgopt with the result cache", &direct, &cached);
+    if let Err(e) = print_cache_figures(&cached_proxy, pg.user()).await {
+        println!("(cache figures unavailable: {e:#})");
+    }
     if let Err(e) = print_pool_figures(&proxy, pg.user()).await {
         println!("(pool figures unavailable: {e:#})");
     }
@@ -419,11 +471,31 @@ fn print_report(title: &str, report: &WorkloadReport, opts: &WorkloadOptions) {
     println!();
 }
 
-/// Throughput and median latency through pgopt relative to direct, measured in this run.
-fn print_comparison(direct: &WorkloadReport, proxied: &WorkloadReport) {
+/// What the result cache did in the third run: SHOW CACHE.
+async fn print_cache_figures(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
+    let admin = admin_console(proxy, user).await?;
+    let rows = show(&admin, "CACHE").await?;
+    let Some(row) = rows.first() else {
+        return Ok(());
+    };
+    println!(
+        "Result cache (SHOW CACHE): hit ratio {}, {} hits, {} misses, {} invalidating transactions, {} entries; pgopt's time on a hit p50 <= {} us, p99 <= {} us\n",
+        cell(row, "hit_ratio"),
+        cell(row, "hits"),
+        cell(row, "misses"),
+        cell(row, "invalidations"),
+        cell(row, "entries"),
+        cell(row, "hit_p50_us"),
+        cell(row, "hit_p99_us"),
+    );
+    Ok(())
+}
+
+/// Throughput and median latency through `what` relative to direct, measured in this run.
+fn print_comparison(what: &str, direct: &WorkloadReport, proxied: &WorkloadReport) {
     let qps = |r: &WorkloadReport| r.total_calls as f64 / r.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "pgopt / direct, this run: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (no result cache yet; replicas, if any, share this machine's cores)",
+        "{what} / direct, this run: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (replicas, if any, share this machine's cores)\n",
         qps(proxied) / qps(direct).max(1e-9),
         proxied.p50_us as f64 / (direct.p50_us as f64).max(1.0),
         proxied.p99_us as f64 / (direct.p99_us as f64).max(1.0),

@@ -415,6 +415,23 @@ fn demo_runs_end_to_end_on_a_real_postgres() {
     );
     assert!(stdout.contains("SELECT "), "{stdout}");
     assert!(stdout.contains("N+1 findings (SHOW NPLUS1): "), "{stdout}");
+    // A third run through pgopt with the result cache, and what the cache did.
+    let cached = stdout
+        .lines()
+        .find(|l| l.starts_with("Through pgopt with the result cache: "))
+        .expect("a line for the run with the cache");
+    assert!(cached.ends_with(" 0 errors"), "{cached}");
+    let cache = stdout
+        .lines()
+        .find(|l| l.starts_with("Result cache (SHOW CACHE): hit ratio "))
+        .expect("the cache's figures");
+    let hits: u64 = cache
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a hit count");
+    assert!(hits > 0, "{cache}");
 }
 
 #[test]
