@@ -194,9 +194,10 @@ pub struct Deps {
     parents: HashMap<String, Vec<String>>,
     /// Tables with user triggers or rules.
     unbounded: HashSet<String>,
-    /// Relations whose rows depend on more than their own and their views' tables:
-    /// row-level security policies (which may read other tables, and differ per
-    /// role), views calling user functions.
+    /// Relations not cached: row-level security (policies may read other tables, and
+    /// differ per role), views calling user functions, temporary tables (one name,
+    /// another table per session), unlogged and foreign tables (their writes are not
+    /// in the WAL, or not on this server).
     uncacheable: HashSet<String>,
 }
 
@@ -230,7 +231,8 @@ UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_rewrite r \
   JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relkind <> 'v' AND r.rulename <> '_RETURN' \
 UNION ALL \
-SELECT 's', c.relname, '' FROM pg_catalog.pg_class c WHERE c.relrowsecurity \
+SELECT 's', c.relname, '' FROM pg_catalog.pg_class c \
+  WHERE c.relrowsecurity OR c.relpersistence IN ('t', 'u') OR c.relkind = 'f' \
 UNION ALL \
 SELECT DISTINCT 's', v.relname, '' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \

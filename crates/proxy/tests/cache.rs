@@ -320,6 +320,7 @@ async fn views_cascades_partitions_and_triggers_invalidate_what_they_reach() {
          CREATE TABLE measures_2024 PARTITION OF measures FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
          INSERT INTO measures VALUES ('2024-05-01', 1);
          CREATE TABLE audited (v int); CREATE TABLE audit (n int); INSERT INTO audit VALUES (0);
+         CREATE UNLOGGED TABLE scratch (v text); INSERT INTO scratch VALUES ('x');
          CREATE TABLE secret (v text); INSERT INTO secret VALUES ('s');
          ALTER TABLE secret ENABLE ROW LEVEL SECURITY;
          CREATE FUNCTION count_audit() RETURNS trigger LANGUAGE plpgsql AS
@@ -337,6 +338,7 @@ async fn views_cascades_partitions_and_triggers_invalidate_what_they_reach() {
                 "measures_2024",
                 "audit",
                 "secret",
+                "scratch",
             ]
             .map(String::from)
             .to_vec(),
@@ -379,6 +381,11 @@ async fn views_cascades_partitions_and_triggers_invalidate_what_they_reach() {
     assert_eq!(value(&client, secret).await, "s");
     pg.psql("UPDATE secret SET v = 's2'").unwrap();
     assert_eq!(value(&client, secret).await, "s2", "not cached");
+    // Unlogged tables: their writes never reach the replication stream.
+    let scratch = "SELECT v FROM scratch";
+    assert_eq!(value(&client, scratch).await, "x");
+    pg.psql("UPDATE scratch SET v = 'y'").unwrap();
+    assert_eq!(value(&client, scratch).await, "y", "not cached");
 
     // A view created through pgopt: the catalog is read again before it is cached.
     client
