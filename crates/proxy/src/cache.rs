@@ -81,6 +81,9 @@ pub struct CacheCounters {
     pub wal_commits: AtomicU64,
     pub wal_staleness: Buckets,
     pub wal_state: Mutex<String>,
+    /// With the listener on: whether it streams (until it does, writes that bypass
+    /// pgopt would go unseen, so nothing is served or stored).
+    pub wal_streaming: std::sync::atomic::AtomicBool,
     /// pgopt's own time on a hit (µs): from the lookup to the reply written.
     pub hit_time: Buckets,
 }
@@ -96,6 +99,7 @@ impl Default for CacheCounters {
             wal_commits: AtomicU64::new(0),
             wal_staleness: Buckets::new(&STALENESS_MS),
             wal_state: Mutex::new("off".into()),
+            wal_streaming: std::sync::atomic::AtomicBool::new(false),
             hit_time: Buckets::new(&HIT_US),
         }
     }
@@ -303,7 +307,10 @@ impl Deps {
         let mut out: Vec<String> = Vec::new();
         let mut todo: Vec<String> = tables.to_vec();
         while let Some(t) = todo.pop() {
-            if t == ALL || (effects && self.unbounded.contains(&t)) {
+            // A relation the catalog didn't have when it was read (created or
+            // attached since, outside pgopt): what it reaches is unknown.
+            if t == ALL || (effects && self.unbounded.contains(&t)) || !self.relations.contains(&t)
+            {
                 return vec![ALL.to_string()];
             }
             if out.contains(&t) {
@@ -347,6 +354,12 @@ impl ProxyCache {
             },
             deps: Mutex::new((HashMap::new(), 0)),
         })
+    }
+
+    /// Whether requests may be answered and filled now: not while the replication
+    /// listener, when on, is not streaming.
+    pub fn serving(&self) -> bool {
+        !self.settings.wal_listener || self.counters.wal_streaming.load(Relaxed)
     }
 
     /// `database`'s dependencies when known and fresh. Otherwise `None`, with a
@@ -695,7 +708,7 @@ fn tag(table: &str) -> &str {
 }
 
 /// What the writes of the current transaction will invalidate when it ends.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PendingWrites {
     tables: Vec<String>,
     /// DDL or something that may run it (CALL, DO…): the catalog is read again.
@@ -826,7 +839,13 @@ pub async fn follow_wal(
         connect_timeout,
     };
     let publication = cache.settings.publication.clone();
-    let slot: String = format!("pgopt_cache_{}_{}", std::process::id(), db.name)
+    // Unique per process start, database and attempt (an old walsender may hold the
+    // previous attempt's slot until it notices its connection is gone).
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let base: String = format!("pgopt_{:x}_{}_{}", started, std::process::id(), db.name)
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -835,8 +854,9 @@ pub async fn follow_wal(
                 '_'
             }
         })
-        .take(63)
+        .take(52)
         .collect();
+    let mut attempt = 0u32;
     let set_state = |state: String| {
         *cache
             .counters
@@ -847,6 +867,8 @@ pub async fn follow_wal(
     let mut backoff = Duration::from_secs(1);
     loop {
         set_state("connecting".into());
+        attempt += 1;
+        let slot = format!("{base}_{attempt}");
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let run = async {
             ensure_publication(&source, &publication).await?;
@@ -856,9 +878,10 @@ pub async fn follow_wal(
             while let Some(committed) = rx.recv().await {
                 if committed.tables.is_empty() {
                     cache.bump(&[ALL.to_string()]);
+                    cache.counters.wal_streaming.store(true, Relaxed);
                     set_state("streaming".into());
-                    backoff = Duration::from_secs(1);
                 } else {
+                    backoff = Duration::from_secs(1);
                     cache.invalidate_committed(&db.name, &committed);
                 }
             }
@@ -872,6 +895,7 @@ pub async fn follow_wal(
             (result, ()) = async { tokio::join!(run, consume) } => result,
             () = stopped => return,
         };
+        cache.counters.wal_streaming.store(false, Relaxed);
         let error = match outcome {
             Ok(()) => "the replication stream ended".to_string(),
             Err(e) => e.to_string(),

@@ -230,6 +230,20 @@ impl Relay {
     }
 
     pub async fn run(mut self) -> Result<(), ProxyError> {
+        match self.serve().await {
+            Ok(()) => {
+                self.finish();
+                Ok(())
+            }
+            Err(e) => {
+                // The connection closes; what is in flight may still commit.
+                self.let_go();
+                Err(e)
+            }
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), ProxyError> {
         // The client may have sent queries right behind its start-up messages.
         let mut go_on = self.cbuf.is_empty() || self.handle_client().await?;
         // Woken by a shutdown; registered once, not per message (a shared watch
@@ -304,7 +318,6 @@ impl Relay {
                 }
             }
         }
-        self.finish();
         Ok(())
     }
 
@@ -464,7 +477,11 @@ impl Relay {
         let Some(cache) = self.cache.clone() else {
             return CacheLookup::Pass;
         };
-        if !self.expected.is_empty() || self.status != TransactionStatus::Idle || self.skipping {
+        if !self.expected.is_empty()
+            || self.status != TransactionStatus::Idle
+            || self.skipping
+            || !cache.serving()
+        {
             return CacheLookup::Pass;
         }
         let epoch = self.pool.plan_epoch();
@@ -642,6 +659,13 @@ impl Relay {
                 }
             }
             b'F' => self.writes.note_unknown(),
+            b'C' => {
+                if let Ok(close) = Close::decode(frame.body()) {
+                    if close.target == Target::Statement {
+                        self.parsed.remove(close.name);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -651,7 +675,7 @@ impl Relay {
     /// server finishes it before it notices), so when the cache has writes pending
     /// they are invalidated only once the server has answered, or closed.
     fn let_go(&mut self) {
-        let in_flight = self.expected.server_readies();
+        let in_flight = self.expected.all_server_readies();
         match (self.cache.clone(), self.server.take()) {
             (Some(cache), Some(checkout)) if in_flight > 0 && !self.writes.is_empty() => {
                 let (_, database, _) = self.info.identity();
@@ -1499,8 +1523,17 @@ impl Relay {
                     self.tx_snapshot = None;
                     // Before the client hears the transaction ended (this ReadyForQuery
                     // is written after), its writes' entries are gone. A rolled-back
-                    // write invalidates too: more misses, never a stale row.
-                    self.invalidate_writes();
+                    // write invalidates too: more misses, never a stale row. Writes of
+                    // batches pipelined behind this one may commit later: they stay
+                    // noted, and are invalidated again when those end.
+                    if self.expected.server_readies() > 0 {
+                        if let Some(cache) = &self.cache {
+                            let (_, database, _) = self.info.identity();
+                            cache.invalidate(&database, self.writes.clone());
+                        }
+                    } else {
+                        self.invalidate_writes();
+                    }
                 }
                 if self.routes.is_some() && self.ryw.replica.is_none() {
                     if self.status != TransactionStatus::Idle {

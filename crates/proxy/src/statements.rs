@@ -196,6 +196,16 @@ impl Expected {
 
     /// Server ReadyForQuery messages still to come for what is queued (each Sync and
     /// simple Query sent), not counting those of injected queries.
+    /// Every ReadyForQuery the server still owes, pgopt's own queries' included.
+    pub fn all_server_readies(&self) -> usize {
+        self.server_readies()
+            + self
+                .queue
+                .iter()
+                .filter(|s| matches!(s, Step::InjectedQuery))
+                .count()
+    }
+
     pub fn server_readies(&self) -> usize {
         self.queue
             .iter()

@@ -70,7 +70,7 @@ pub async fn ensure_publication(source: &WalSource, publication: &str) -> Result
     let check = format!(
         "SELECT pg_catalog.string_agg(c.oid::pg_catalog.regclass::text, ', ') \
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind = 'r' \
+         WHERE c.relkind = 'r' AND c.relpersistence = 'p' \
          AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
          AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
            (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \

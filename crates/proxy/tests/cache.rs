@@ -207,7 +207,29 @@ async fn a_write_still_running_when_its_client_leaves_invalidates_when_it_commit
             .simple_query("UPDATE items SET v = 'late' WHERE id = 1")
             .await;
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Until the write waits for the lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting = locker
+            .simple_query(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE items%'",
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+                _ => None,
+            });
+        if waiting.as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never waited for the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // The writer goes away mid-statement; PostgreSQL still runs it to its commit.
     connection.abort();
     write.abort();
@@ -624,7 +646,16 @@ async fn a_randomized_checker_finds_no_stale_read() {
             }
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // At least 3 s, and until the cache has served enough to judge (up to 30 s).
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let hits = counter(&cache_row(&proxy).await, "hits");
+        let elapsed = started.elapsed();
+        if (elapsed.as_secs() >= 3 && hits > 100) || elapsed.as_secs() >= 30 {
+            break;
+        }
+    }
     stop.store(true, SeqCst);
     for t in tasks {
         t.await.unwrap();

@@ -223,9 +223,19 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         };
         let written_before = walker.written.len();
         let (kind, stmt_read_only) = walker.statement(node)?;
+        // DML names its target (already noted when an earlier statement wrote it too).
+        let names_a_write = walker.written.len() > written_before
+            || matches!(
+                kind,
+                StatementKind::Insert
+                    | StatementKind::Update
+                    | StatementKind::Delete
+                    | StatementKind::Merge
+                    | StatementKind::Copy
+            );
         unknown_writes |= walker.unsafe_function
             || truncates_cascade(node)
-            || (!stmt_read_only && walker.written.len() == written_before && !writes_no_data(node));
+            || (!stmt_read_only && !names_a_write && !writes_no_data(node));
         kinds.push(kind);
         read_only &= stmt_read_only;
         // After the read-only BEGIN: reads, or the block's end (a COMMIT and then a
@@ -320,6 +330,15 @@ fn truncates_cascade(node: &NodeEnum) -> bool {
 /// settings, locking reads, cursors, LISTEN/NOTIFY, prepared-statement bookkeeping,
 /// VACUUM, LOCK, EXPLAIN.
 fn writes_no_data(node: &NodeEnum) -> bool {
+    use pg_query::protobuf::TransactionStmtKind as T;
+    if let NodeEnum::TransactionStmt(t) = node {
+        // COMMIT PREPARED makes a prepared transaction's writes visible: which ones,
+        // the text doesn't say.
+        return t.kind() != T::TransStmtCommitPrepared;
+    }
+    if let NodeEnum::CopyStmt(copy) = node {
+        return !copy.is_from;
+    }
     matches!(
         node,
         NodeEnum::TransactionStmt(_)

@@ -462,3 +462,33 @@ fn a_multi_statement_text_has_one_analysis_per_statement() {
     assert!(a.parts[0].read_only && !a.parts[1].read_only);
     assert!(analyze("SELECT 1").unwrap().parts.is_empty());
 }
+
+#[test]
+fn writes_the_text_does_not_name_are_unknown() {
+    let unknown = |sql: &str| analyze(sql).unwrap().unknown_writes;
+    for sql in [
+        "DO $$ BEGIN UPDATE t SET a = 1; END $$",
+        "CALL p()",
+        "SELECT f()",
+        "REVOKE SELECT ON t FROM bob",
+        "TRUNCATE t CASCADE",
+        "COMMIT PREPARED 'x'",
+        "UPDATE u SET a = 1; DO $$ BEGIN UPDATE t SET a = 1; END $$",
+    ] {
+        assert!(unknown(sql), "{sql}");
+    }
+    for sql in [
+        "UPDATE t SET a = 1; UPDATE t SET a = 2",
+        "INSERT INTO t VALUES (1)",
+        "BEGIN",
+        "COMMIT",
+        "SET work_mem = '8MB'",
+        "SELECT * FROM t FOR UPDATE",
+        "COPY t TO STDOUT",
+        "TRUNCATE t",
+        "LISTEN c",
+        "VACUUM t",
+    ] {
+        assert!(!unknown(sql), "{sql}");
+    }
+}
