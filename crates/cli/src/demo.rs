@@ -156,28 +156,8 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     // connections as clients.
     let pool_size = (workload_opts.clients / 2).max(1);
     let proxy = pgopt_proxy::Proxy::start(pgopt_proxy::Config {
-        listen: "127.0.0.1:0".parse()?,
-        pool_mode: pgopt_proxy::PoolMode::Transaction,
-        default_pool_size: pool_size,
-        databases: vec![pgopt_proxy::Database {
-            name: "saas".into(),
-            host: "127.0.0.1".into(),
-            port: pg.port(),
-            dbname: "saas".into(),
-            user: None,
-            password: None,
-            replicas: replicas
-                .iter()
-                .map(|r| pgopt_proxy::Replica {
-                    host: "127.0.0.1".into(),
-                    port: r.port(),
-                    weight: 1,
-                })
-                .collect(),
-        }],
-        admin_users: vec![pg.user().to_string()],
         admin_listen: Some("127.0.0.1:0".parse()?),
-        ..pgopt_proxy::Config::default()
+        ..proxy_config(&pg, pool_size, &replicas)?
     })
     .await
     .context("starting the pgopt proxy")?;
@@ -193,19 +173,6 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     // Once more through a pgopt with the result cache on every sample table (no
     // replicas: the cache serves transaction-mode sessions that don't route).
     let cached_proxy = pgopt_proxy::Proxy::start(pgopt_proxy::Config {
-        listen: "127.0.0.1:0".parse()?,
-        pool_mode: pgopt_proxy::PoolMode::Transaction,
-        default_pool_size: pool_size,
-        databases: vec![pgopt_proxy::Database {
-            name: "saas".into(),
-            host: "127.0.0.1".into(),
-            port: pg.port(),
-            dbname: "saas".into(),
-            user: None,
-            password: None,
-            replicas: Vec::new(),
-        }],
-        admin_users: vec![pg.user().to_string()],
         cache: pgopt_proxy::CacheSettings {
             enabled: true,
             tables: load
@@ -215,7 +182,7 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
                 .collect(),
             ..pgopt_proxy::CacheSettings::default()
         },
-        ..pgopt_proxy::Config::default()
+        ..proxy_config(&pg, pool_size, &[])?
     })
     .await
     .context("starting the pgopt proxy with the result cache")?;
@@ -282,6 +249,38 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop; the database is deleted on exit.");
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// A proxy for the demo's database `saas`: transaction pooling, `pool_size` server
+/// connections, the given replicas, the admin console for the demo's user.
+fn proxy_config(
+    pg: &Postgres,
+    pool_size: usize,
+    replicas: &[Postgres],
+) -> anyhow::Result<pgopt_proxy::Config> {
+    Ok(pgopt_proxy::Config {
+        listen: "127.0.0.1:0".parse()?,
+        pool_mode: pgopt_proxy::PoolMode::Transaction,
+        default_pool_size: pool_size,
+        databases: vec![pgopt_proxy::Database {
+            name: "saas".into(),
+            host: "127.0.0.1".into(),
+            port: pg.port(),
+            dbname: "saas".into(),
+            user: None,
+            password: None,
+            replicas: replicas
+                .iter()
+                .map(|r| pgopt_proxy::Replica {
+                    host: "127.0.0.1".into(),
+                    port: r.port(),
+                    weight: 1,
+                })
+                .collect(),
+        }],
+        admin_users: vec![pg.user().to_string()],
+        ..pgopt_proxy::Config::default()
+    })
 }
 
 /// A client of the proxy's admin console.

@@ -430,24 +430,19 @@ impl ProxyCache {
         if writes.tables.is_empty() {
             return;
         }
-        let known = match self
-            .deps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .get(database)
-        {
-            Some(DepsState::Ready(deps, _)) => Some(deps.clone()),
-            _ => None,
-        };
-        let tags = match known {
-            Some(deps) => deps.reach(&writes.tables, true),
-            None => vec![ALL.to_string()],
-        };
-        self.cache.invalidate(&tags);
-        self.counters.invalidations.fetch_add(1, Relaxed);
+        self.bump(&self.reach(database, &writes.tables, true));
         if writes.schema {
             self.schema_changed();
+        }
+    }
+
+    /// The tags a write to `tables` reaches through `database`'s catalog (see
+    /// [`Deps::reach`]); everything when the catalog is not known.
+    fn reach(&self, database: &str, tables: &[String], effects: bool) -> Vec<String> {
+        let deps = self.deps.lock().unwrap_or_else(|p| p.into_inner());
+        match deps.0.get(database) {
+            Some(DepsState::Ready(deps, _)) => deps.reach(tables, effects),
+            _ => vec![ALL.to_string()],
         }
     }
 
@@ -459,21 +454,7 @@ impl ProxyCache {
             .iter()
             .map(|t| tag(t).to_string())
             .collect();
-        let known = match self
-            .deps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .get(database)
-        {
-            Some(DepsState::Ready(deps, _)) => Some(deps.clone()),
-            _ => None,
-        };
-        let tags = match known {
-            Some(deps) => deps.reach(&tables, false),
-            None => vec![ALL.to_string()],
-        };
-        self.bump(&tags);
+        self.bump(&self.reach(database, &tables, false));
         let now = pgopt_wire::replication::pg_epoch_micros(std::time::SystemTime::now());
         let late_ms = (now - committed.commit_time).max(0) as u64 / 1000;
         let c = &self.counters;

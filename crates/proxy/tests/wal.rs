@@ -23,6 +23,18 @@ async fn next(rx: &mut mpsc::Receiver<Committed>) -> Vec<String> {
     }
 }
 
+/// The server's `postgres` database, as the superuser.
+fn source_for(pg: &Postgres) -> WalSource {
+    WalSource {
+        host: "127.0.0.1".into(),
+        port: pg.port(),
+        dbname: "postgres".into(),
+        user: "postgres".into(),
+        password: pg.password().map(str::to_string),
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_changes_arrive_with_every_table_they_touched() {
     let pg = Postgres::builder()
@@ -45,14 +57,7 @@ async fn committed_changes_arrive_with_every_table_they_touched() {
         )
         .await
         .unwrap();
-    let source = WalSource {
-        host: "127.0.0.1".into(),
-        port: pg.port(),
-        dbname: "postgres".into(),
-        user: "postgres".into(),
-        password: pg.password().map(str::to_string),
-        connect_timeout: Duration::from_secs(5),
-    };
+    let source = source_for(&pg);
     ensure_publication(&source, "pgopt").await.unwrap();
     ensure_publication(&source, "pgopt").await.unwrap(); // again: already there
     let (tx, mut rx) = mpsc::channel(16);
@@ -120,14 +125,7 @@ async fn no_publication_that_would_block_updates_on_tables_without_replica_ident
     let pg = Postgres::start().await.unwrap();
     pg.psql("CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE nokey (v int);")
         .unwrap();
-    let source = WalSource {
-        host: "127.0.0.1".into(),
-        port: pg.port(),
-        dbname: "postgres".into(),
-        user: "postgres".into(),
-        password: pg.password().map(str::to_string),
-        connect_timeout: Duration::from_secs(5),
-    };
+    let source = source_for(&pg);
     let e = ensure_publication(&source, "pgopt").await.unwrap_err();
     assert!(e.to_string().contains("nokey"), "{e}");
     assert!(!e.to_string().contains("keyed,"), "{e}");
