@@ -207,10 +207,15 @@ async fn a_write_still_running_when_its_client_leaves_invalidates_when_it_commit
             .simple_query("UPDATE items SET v = 'late' WHERE id = 1")
             .await;
     });
-    // Until the write waits for the lock.
+    // Until the write waits for the lock (asked outside the locker's transaction,
+    // whose view of pg_stat_activity is a snapshot taken once).
+    let (watcher, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let waiting = locker
+        let waiting = watcher
             .simple_query(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE items%'",
             )
