@@ -133,6 +133,9 @@ pub struct Relay {
     serve_cache: bool,
     /// A miss whose reply is being captured.
     filling: Option<Fill>,
+    /// The client's login and database (they don't change in a session).
+    login_user: String,
+    database: String,
     /// What the open transaction's writes invalidate when it ends, and the analysis
     /// of each statement the client parsed (by name), for its later Binds.
     writes: PendingWrites,
@@ -178,10 +181,11 @@ impl Relay {
         let config = shared.config();
         let cache = shared.cache.clone();
         let serve_cache = cache.is_some() && pool.mode == PoolMode::Transaction && routes.is_none();
-        let tracker = shared.insight.as_ref().map(|state| {
-            let (user, database, _) = info.identity();
-            Tracker::new(state.clone(), &database, &user, info.addr)
-        });
+        let (login_user, database, _) = info.identity();
+        let tracker = shared
+            .insight
+            .as_ref()
+            .map(|state| Tracker::new(state.clone(), &database, &login_user, info.addr));
         Relay {
             client,
             cbuf,
@@ -223,6 +227,8 @@ impl Relay {
             cache,
             serve_cache,
             filling: None,
+            login_user,
+            database,
             writes: PendingWrites::default(),
             parsed: std::collections::HashMap::new(),
             shared,
@@ -538,12 +544,12 @@ impl Relay {
         let Ok(analysis) = self.shared.analyzer.analyze(&sql) else {
             return CacheLookup::Pass;
         };
-        let (user, database, _) = self.info.identity();
-        let deps = match cache.deps(&database) {
+        let database = &self.database;
+        let deps = match cache.deps(database) {
             (Some(deps), _) => deps,
             // Read the catalog first (one round trip, now and then); meanwhile
             // other sessions go past the cache.
-            (None, Some(ticket)) => match self.read_deps(&cache, &database, ticket).await {
+            (None, Some(ticket)) => match self.read_deps(&cache, ticket).await {
                 Some(deps) => deps,
                 None => return CacheLookup::Pass,
             },
@@ -559,7 +565,7 @@ impl Relay {
             bind: &bind,
             shape,
         };
-        let key = crate::cache::key(&database, &user, &settings, &request);
+        let key = crate::cache::key(&self.database, &self.login_user, &settings, &request);
         let mut flight = None;
         for look in 0..2 {
             if let Some(hit) = cache.cache.get(&key) {
@@ -678,7 +684,7 @@ impl Relay {
         let in_flight = self.expected.all_server_readies();
         match (self.cache.clone(), self.server.take()) {
             (Some(cache), Some(checkout)) if in_flight > 0 && !self.writes.is_empty() => {
-                let (_, database, _) = self.info.identity();
+                let database = self.database.clone();
                 let writes = self.writes.take();
                 let buf = std::mem::take(&mut self.sbuf);
                 let settle = settle_writes(checkout, buf, in_flight, self.max_len);
@@ -700,20 +706,14 @@ impl Relay {
     /// The transaction's writes are over: the entries that read their tables end.
     fn invalidate_writes(&mut self) {
         if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
-            let (_, database, _) = self.info.identity();
-            cache.invalidate(&database, self.writes.take());
+            cache.invalidate(&self.database, self.writes.take());
         }
     }
 
     /// Reads what writes reach from the catalog (see `cache::Deps`), on a connection
     /// of pgopt's own, bounded in time.
-    async fn read_deps(
-        &self,
-        cache: &ProxyCache,
-        database: &str,
-        ticket: u64,
-    ) -> Option<Arc<crate::cache::Deps>> {
-        let pool = &self.pool;
+    async fn read_deps(&self, cache: &ProxyCache, ticket: u64) -> Option<Arc<crate::cache::Deps>> {
+        let (pool, database) = (&self.pool, &self.database);
         let read = async {
             let mut conn = pool
                 .connect_out_of_band()
@@ -1528,8 +1528,7 @@ impl Relay {
                     // noted, and are invalidated again when those end.
                     if self.expected.server_readies() > 0 {
                         if let Some(cache) = &self.cache {
-                            let (_, database, _) = self.info.identity();
-                            cache.invalidate(&database, self.writes.clone());
+                            cache.invalidate(&self.database, self.writes.clone());
                         }
                     } else {
                         self.invalidate_writes();
