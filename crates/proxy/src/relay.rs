@@ -454,7 +454,7 @@ impl Relay {
         // A read that may fail over keeps them until the server answers (see
         // `handle_server`), so a second run can't repeat them.
         if self.failover.is_none() || self.expected.server_readies() == 0 {
-            self.expected.answer_ready(&mut self.out, self.status);
+            self.answer_owed();
         }
         if !self.out.is_empty() {
             self.failover = None; // the client has been told something
@@ -1011,12 +1011,24 @@ impl Relay {
         }
     }
 
+    /// Answers the proxy owes at the head of [`Expected`], now that everything
+    /// before them is done.
+    fn answer_owed(&mut self) {
+        let statements = &mut self.statements;
+        self.expected
+            .answer_ready(&mut self.out, self.status, |applied| {
+                statements.settle(applied)
+            });
+    }
+
     /// Transaction mode: `DEALLOCATE name` of one of the client's statements, or
     /// `DEALLOCATE ALL`, forgets the client's names and is answered here; the server
     /// keeps its `pgopt_…` statements for other clients.
+    /// Whether it took effect is settled when it is answered: the transaction may
+    /// fail before then (the client need not wait for a ReadyForQuery first).
     fn deallocate_locally(&mut self, body: &[u8]) -> bool {
         // In a failed transaction the server's 25P02 is the right answer.
-        if self.status == TransactionStatus::Failed {
+        if self.status == TransactionStatus::Failed && self.expected.is_empty() {
             return false;
         }
         let head = body.trim_ascii_start();
@@ -1027,11 +1039,8 @@ impl Relay {
             return false;
         };
         let all = match deallocate_target(query.sql) {
-            Some(None) => {
-                self.statements.clear();
-                true
-            }
-            Some(Some(name)) if self.statements.remove(&name) => false,
+            Some(None) => self.statements.deallocate(None),
+            Some(Some(name)) if self.statements.deallocate(Some(&name)) => false,
             _ => return false,
         };
         self.expected.push(Step::Deallocated { all });
@@ -1193,7 +1202,7 @@ impl Relay {
             if pos == 0 {
                 // Answers held back for the server's first message (a possible
                 // failover) go before it.
-                self.expected.answer_ready(&mut self.out, self.status);
+                self.answer_owed();
                 edited |= !self.out.is_empty();
             }
             if matches!(header.tag, b'E' | b'N')
@@ -1248,7 +1257,7 @@ impl Relay {
                 edited = true;
             }
             let before = self.out.len();
-            self.expected.answer_ready(&mut self.out, self.status);
+            self.answer_owed();
             if self.out.len() != before {
                 // Answers go after this message: move it in front of them.
                 let answers = self.out.split_off(before);
@@ -1828,7 +1837,7 @@ impl Relay {
             Lending::Refused => {
                 // Nowhere to run it: the client gets the error and a ReadyForQuery.
                 self.expected.push(Step::Ready);
-                self.expected.answer_ready(&mut self.out, self.status);
+                self.answer_owed();
                 write_all(&mut self.client, &self.out).await?;
                 self.out.clear();
                 return Ok(());

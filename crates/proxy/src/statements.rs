@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use pgopt_wire::backend::{CommandComplete, ReadyForQuery};
 use pgopt_wire::frontend::Parse;
-use pgopt_wire::{EncodeError, TransactionStatus};
+use pgopt_wire::{sqlstate, EncodeError, ErrorBuilder, Severity, TransactionStatus};
 
 /// A statement as the servers know it.
 #[derive(Debug)]
@@ -60,6 +60,9 @@ pub struct ClientStatement {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: HashMap<String, ClientStatement>,
+    /// What each `DEALLOCATE` answered by the proxy and not yet settled removed, in
+    /// order: put back if the transaction turns out to have failed before it.
+    deallocated: VecDeque<Vec<(String, ClientStatement)>>,
 }
 
 impl ClientStatements {
@@ -92,8 +95,34 @@ impl ClientStatements {
         self.by_name.remove(name).is_some()
     }
 
-    pub fn clear(&mut self) {
-        self.by_name.clear();
+    /// A `DEALLOCATE` of one of the client's statements (`None`: all of them),
+    /// answered by the proxy: the names are gone at once (later messages must not
+    /// find them) but can still come back, see [`ClientStatements::settle`].
+    /// False when `name` is not one of the client's.
+    pub fn deallocate(&mut self, name: Option<&str>) -> bool {
+        let removed = match name {
+            None => self.by_name.drain().collect(),
+            Some(name) => match self.by_name.remove_entry(name) {
+                Some(entry) => vec![entry],
+                None => return false,
+            },
+        };
+        self.deallocated.push_back(removed);
+        true
+    }
+
+    /// The oldest unsettled `DEALLOCATE` was answered: `applied` is false when the
+    /// transaction had failed by then (PostgreSQL refuses it with 25P02), and its
+    /// names come back unless the client has prepared them again since.
+    pub fn settle(&mut self, applied: bool) {
+        let Some(removed) = self.deallocated.pop_front() else {
+            return;
+        };
+        if !applied {
+            for (name, statement) in removed {
+                self.by_name.entry(name).or_insert(statement);
+            }
+        }
     }
 }
 
@@ -162,7 +191,8 @@ pub enum Step {
     /// CloseComplete `'3'`).
     Answer(u8),
     /// A simple-query `DEALLOCATE name` (`all`: `DEALLOCATE ALL`) of the client's own
-    /// statements, answered by the proxy: CommandComplete and ReadyForQuery.
+    /// statements, answered by the proxy: CommandComplete and ReadyForQuery, or 25P02
+    /// and ReadyForQuery if the transaction has failed by the time it is answered.
     Deallocated { all: bool },
     /// A query pgopt sent itself (settings for this client): every response to it,
     /// up to and including its ReadyForQuery, is dropped.
@@ -282,15 +312,32 @@ impl Expected {
     }
 
     /// Answers the proxy owes at the head of the queue, now that everything before them
-    /// is done: appended to `out`.
-    pub fn answer_ready(&mut self, out: &mut BytesMut, status: TransactionStatus) {
+    /// is done: appended to `out`. `deallocated` is told, in order, whether each
+    /// [`Step::Deallocated`] answered took effect.
+    pub fn answer_ready(
+        &mut self,
+        out: &mut BytesMut,
+        status: TransactionStatus,
+        mut deallocated: impl FnMut(bool),
+    ) {
         loop {
             match self.queue.front().copied() {
                 Some(Step::Answer(tag)) => out.extend_from_slice(&[tag, 0, 0, 0, 4]),
                 Some(Step::Deallocated { all }) => {
-                    let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
-                    // Short fixed tags: encoding cannot fail.
-                    let _ = CommandComplete { tag }.encode(out);
+                    let applied = status != TransactionStatus::Failed;
+                    if applied {
+                        let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
+                        // Short fixed tags: encoding cannot fail.
+                        let _ = CommandComplete { tag }.encode(out);
+                    } else {
+                        let _ = ErrorBuilder::new(
+                            Severity::Error,
+                            sqlstate::IN_FAILED_SQL_TRANSACTION,
+                            "current transaction is aborted, commands ignored until end of transaction block",
+                        )
+                        .encode_error(out);
+                    }
+                    deallocated(applied);
                     ReadyForQuery { status }.encode(out);
                 }
                 Some(Step::Error) => {
@@ -463,12 +510,61 @@ mod tests {
             request: Request::Sync,
             prepared: None,
         });
-        e.answer_ready(&mut out, TransactionStatus::Idle);
+        e.answer_ready(&mut out, TransactionStatus::Idle, |_| {});
         assert!(out.is_empty(), "the Bind is still owed");
         run(&mut e, b"2");
-        e.answer_ready(&mut out, TransactionStatus::Idle);
+        e.answer_ready(&mut out, TransactionStatus::Idle, |_| {});
         assert_eq!(&out[..], b"3\0\0\0\x04");
         run(&mut e, b"Z");
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn a_deallocate_answered_in_a_failed_transaction_is_refused_and_undone() {
+        let prepared = |id| {
+            Arc::new(Prepared {
+                id,
+                server_name: format!("pgopt_{id}"),
+                parse: Bytes::new(),
+            })
+        };
+        let mut names = ClientStatements::default();
+        names.insert("a", prepared(1), 0);
+        names.insert("b", prepared(2), 0);
+        let mut e = Expected::default();
+        // `SELECT 1/0` is still owed when `DEALLOCATE ALL` and `DEALLOCATE a` arrive.
+        e.push(Step::Server {
+            request: Request::Query,
+            prepared: None,
+        });
+        assert!(names.deallocate(None));
+        e.push(Step::Deallocated { all: true });
+        assert!(!names.deallocate(Some("a")), "already gone");
+        assert!(names.query_of("b").is_none());
+        names.insert("b", prepared(3), 0); // prepared again in the meantime
+        let mut out = BytesMut::new();
+        e.answer_ready(&mut out, TransactionStatus::Failed, |ok| names.settle(ok));
+        assert!(out.is_empty(), "the query is still owed");
+        run(&mut e, b"EZ");
+        e.answer_ready(&mut out, TransactionStatus::Failed, |ok| names.settle(ok));
+        assert_eq!(out[0], b'E', "25P02, not DEALLOCATE ALL");
+        assert_eq!(&out[out.len() - 6..], b"Z\0\0\0\x05E");
+        assert!(names.get_mut("a").is_some(), "a is back");
+        assert_eq!(
+            names.get_mut("b").unwrap().prepared.id,
+            3,
+            "the newer b stays"
+        );
+
+        // In a live transaction it takes effect.
+        assert!(names.deallocate(Some("a")));
+        e.push(Step::Deallocated { all: false });
+        let mut out = BytesMut::new();
+        e.answer_ready(&mut out, TransactionStatus::InTransaction, |ok| {
+            names.settle(ok)
+        });
+        assert_eq!(out[0], b'C');
+        assert!(names.get_mut("a").is_none());
         assert!(e.is_empty());
     }
 

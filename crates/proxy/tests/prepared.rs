@@ -410,6 +410,52 @@ async fn a_schema_change_is_absorbed_for_a_client_that_describes_its_portal() {
     );
 }
 
+#[tokio::test]
+async fn a_deallocate_pipelined_behind_a_failing_statement_gets_the_servers_answer() {
+    use pgopt_wire::frontend::{FrontendMessage as F, Parse, Query};
+    let (_pg, proxy) = start(1).await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[
+        F::Parse(Parse {
+            name: "s1",
+            query: "SELECT 1",
+            param_types: (&[]).into(),
+        }),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["1", "Z"]);
+    // Sent in one write: the DEALLOCATE reaches pgopt before the failure is known.
+    let pipelined = |sql| F::Query(Query { sql });
+    raw.send(&[
+        pipelined("BEGIN; SELECT 1/0"),
+        pipelined("DEALLOCATE ALL"),
+        pipelined("DEALLOCATE s1"),
+        pipelined("ROLLBACK"),
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["C", "E22012", "Z"]);
+    assert_eq!(raw.until_ready().await, ["E25P02", "Z"]);
+    assert_eq!(raw.until_ready().await, ["E25P02", "Z"]);
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    assert_eq!(
+        exec_prepared(&mut raw, "s1").await,
+        ["2", "T1", "D1", "C", "Z"],
+        "nothing was deallocated"
+    );
+    // In a live transaction it takes effect (statements are not transactional).
+    raw.send(&[
+        pipelined("BEGIN"),
+        pipelined("DEALLOCATE s1"),
+        pipelined("ROLLBACK"),
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    assert_eq!(exec_prepared(&mut raw, "s1").await, ["E26000", "Z"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_schema_change_a_statement_prepared_again_works_on_every_server_connection() {
     let (pg, proxy) = start(2).await;

@@ -93,6 +93,8 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     /// `57P03` cannot_connect_now (starting up, paused).
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    /// `25P02` in_failed_sql_transaction.
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     /// `25P03` idle_in_transaction_session_timeout.
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
     /// `XX000` internal_error.
