@@ -19,11 +19,13 @@
 mod flight;
 mod key;
 mod l1;
+mod l2;
 mod versions;
 
 pub use flight::{Flight, Flights, Joined};
 pub use key::{Key, KeyBuilder};
 pub use l1::{L1Config, L1Stats, L1};
+pub use l2::{Found, L2Counters, RedisConfig, L2};
 pub use versions::{Snapshot, Versions};
 
 use std::future::Future;
@@ -37,6 +39,17 @@ use bytes::Bytes;
 pub struct FillTicket {
     key: Key,
     snapshot: Snapshot,
+}
+
+impl FillTicket {
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The versions taken before the query ran.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
 }
 
 /// L1 plus table versions: what the proxy and the library use.

@@ -1,27 +1,43 @@
-//! Table versions: a counter per table, bumped when a write to it commits. An entry
-//! remembers the versions it was filled at and is valid only while they all stand;
-//! taking them *before* the query runs means a write that commits during a slow fill
-//! leaves that fill's result born invalid.
+//! Table versions: an entry remembers the versions of its tables taken *before* its
+//! query ran and is valid only while they all stand, so a write that commits during a
+//! slow fill leaves that fill's result born invalid.
+//!
+//! A table's version here has two parts. The local part is bumped by every write this
+//! process sees commit. The remote part is the table's counter in Redis (see `l2.rs`),
+//! shared by every pgopt instance: it is learned from Redis replies and invalidation
+//! messages, and any change to it bumps the local part too — so a snapshot, once
+//! outdated, never becomes current again, whatever order replies arrive in.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
-/// Versions of every table written since start (tables never written are at 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Version {
+    remote: u64,
+    local: u64,
+}
+
+/// Versions of the tables some entry depends on (tables never seen are at 0).
 #[derive(Debug, Default)]
 pub struct Versions {
-    tables: RwLock<HashMap<String, u64>>,
+    tables: RwLock<HashMap<String, Version>>,
     /// Bumps so far, over all tables.
     pub bumps: AtomicU64,
 }
 
 /// The versions of some tables at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot(Vec<(String, u64)>);
+pub struct Snapshot(Vec<(String, Version)>);
 
 impl Snapshot {
     pub fn tables(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(t, _)| t.as_str())
+    }
+
+    /// Each table with its remote (Redis) version, as the snapshot saw it.
+    pub fn remote(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(t, v)| (t.as_str(), v.remote))
     }
 }
 
@@ -46,7 +62,7 @@ impl Versions {
                 .iter()
                 .map(|t| {
                     let t = t.as_ref();
-                    (t.to_string(), *map.entry(t.to_string()).or_insert(0))
+                    (t.to_string(), *map.entry(t.to_string()).or_default())
                 })
                 .collect(),
         )
@@ -58,7 +74,7 @@ impl Versions {
         snapshot
             .0
             .iter()
-            .all(|(t, v)| map.get(t).copied().unwrap_or(0) == *v)
+            .all(|(t, v)| map.get(t).copied().unwrap_or_default() == *v)
     }
 
     /// A write to `tables` committed. Only tables some snapshot has taken are
@@ -71,15 +87,68 @@ impl Versions {
         let mut map = self.tables.write().unwrap_or_else(|p| p.into_inner());
         for t in tables {
             if let Some(v) = map.get_mut(t.as_ref()) {
-                *v += 1;
+                v.local += 1;
             }
         }
         self.bumps.fetch_add(tables.len() as u64, Ordering::Relaxed);
     }
 
-    /// The version of one table.
+    /// Remote versions read from Redis: a table whose remote version differs from the
+    /// one known is bumped (a write elsewhere, or Redis lost the counter).
+    pub fn observe<'a>(&self, remote: impl IntoIterator<Item = (&'a str, u64)>) {
+        self.merge(remote, true)
+    }
+
+    /// [`Versions::observe`] for tables already tracked only (an invalidation message
+    /// may name any table written anywhere).
+    pub fn observe_tracked<'a>(&self, remote: impl IntoIterator<Item = (&'a str, u64)>) {
+        self.merge(remote, false)
+    }
+
+    fn merge<'a>(&self, remote: impl IntoIterator<Item = (&'a str, u64)>, track: bool) {
+        let mut map = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        for (t, r) in remote {
+            let v = match map.get_mut(t) {
+                Some(v) => v,
+                None if track => map.entry(t.to_string()).or_default(),
+                None => continue,
+            };
+            if v.remote != r {
+                v.remote = r;
+                v.local += 1;
+                self.bumps.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The local version of one table.
     pub fn get(&self, table: &str) -> u64 {
         let map = self.tables.read().unwrap_or_else(|p| p.into_inner());
-        map.get(table).copied().unwrap_or(0)
+        map.get(table).map(|v| v.local).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outdated_snapshot_never_becomes_current_again() {
+        let v = Versions::default();
+        v.observe([("t", 7)]);
+        let before = v.snapshot(&["t"]);
+        assert!(v.is_current(&before));
+        // A newer remote version arrives, then an older reply comes in late.
+        v.observe([("t", 8)]);
+        assert!(!v.is_current(&before));
+        v.observe([("t", 7)]);
+        assert!(!v.is_current(&before), "back at remote 7, but bumped twice");
+        // The same remote version again changes nothing.
+        let now = v.snapshot(&["t"]);
+        v.observe([("t", 7)]);
+        assert!(v.is_current(&now));
+        assert_eq!(now.remote().collect::<Vec<_>>(), [("t", 7)]);
+        v.bump(&["t"]);
+        assert!(!v.is_current(&now));
     }
 }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::views::{n, t, Kind, Table};
-use pgopt_cache::{FillTicket, Flight, Key, KeyBuilder, L1Config, ResultCache};
+use pgopt_cache::{
+    FillTicket, Flight, Key, KeyBuilder, L1Config, L2Counters, RedisConfig, ResultCache, L2,
+};
 use pgopt_sql::{Analysis, StatementKind};
 use pgopt_wire::frontend::{Bind, Describe, Execute, Parse};
 use pgopt_wire::{Frame, Target};
@@ -48,6 +50,8 @@ pub struct CacheSettings {
     /// `publication` unless it exists): the database's configured user if unset.
     pub wal_user: Option<String>,
     pub publication: String,
+    /// `[cache.redis]`: L2 and invalidations shared with other pgopt instances.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for CacheSettings {
@@ -61,6 +65,7 @@ impl Default for CacheSettings {
             wal_listener: false,
             wal_user: None,
             publication: "pgopt_cache".into(),
+            redis: None,
         }
     }
 }
@@ -161,6 +166,8 @@ pub struct ProxyCache {
     pub settings: CacheSettings,
     tables: HashSet<String>,
     pub counters: CacheCounters,
+    /// Redis, when configured: L2 and the invalidation bus between instances.
+    pub l2: Option<Arc<L2>>,
     /// Per database: what the catalog says writes reach (see [`Deps`]), and a count
     /// of schema changes (a read of the catalog that began before one is discarded).
     deps: Mutex<(HashMap<String, DepsState>, u64)>,
@@ -330,15 +337,31 @@ impl Deps {
 }
 
 impl ProxyCache {
-    pub fn new(settings: &CacheSettings) -> Option<ProxyCache> {
+    /// The cache `settings` ask for (`None` when off). Connecting to Redis begins in
+    /// the background (call within a Tokio runtime); a bad Redis URL is an error.
+    pub fn new(settings: &CacheSettings) -> Result<Option<ProxyCache>, String> {
         if !settings.enabled {
-            return None;
+            return Ok(None);
         }
-        Some(ProxyCache {
-            cache: ResultCache::new(L1Config {
-                max_bytes: settings.max_bytes,
-                ..L1Config::default()
-            }),
+        let cache = ResultCache::new(L1Config {
+            max_bytes: settings.max_bytes,
+            ..L1Config::default()
+        });
+        let l2 = match &settings.redis {
+            None => None,
+            Some(redis) => {
+                // Invalidations may have been missed: every entry carries ALL.
+                let versions = cache.versions.clone();
+                let flush = Arc::new(move || versions.bump(&[ALL]));
+                Some(
+                    L2::start(redis.clone(), cache.versions.clone(), flush)
+                        .map_err(|e| format!("cache.redis.url: {e}"))?,
+                )
+            }
+        };
+        Ok(Some(ProxyCache {
+            cache,
+            l2,
             tables: settings.tables.iter().map(|t| tag(t).to_string()).collect(),
             settings: settings.clone(),
             counters: CacheCounters {
@@ -353,13 +376,15 @@ impl ProxyCache {
                 ..CacheCounters::default()
             },
             deps: Mutex::new((HashMap::new(), 0)),
-        })
+        }))
     }
 
     /// Whether requests may be answered and filled now: not while the replication
     /// listener, when on, is not streaming.
+    /// With Redis, not while the invalidation channel is down either.
     pub fn serving(&self) -> bool {
-        !self.settings.wal_listener || self.counters.wal_streaming.load(Relaxed)
+        (!self.settings.wal_listener || self.counters.wal_streaming.load(Relaxed))
+            && self.l2.as_ref().is_none_or(|l2| l2.serving())
     }
 
     /// `database`'s dependencies when known and fresh. Otherwise `None`, with a
@@ -426,13 +451,36 @@ impl ProxyCache {
     /// A transaction that wrote `writes` ended: the entries of those tables, and of
     /// what the writes reach through the catalog, end (all entries when the catalog
     /// is not known or a trigger is involved).
-    pub fn invalidate(&self, database: &str, writes: PendingWrites) {
+    /// Returns the tags bumped: other instances learn them from [`ProxyCache::publish`].
+    pub fn invalidate(&self, database: &str, writes: PendingWrites) -> Vec<String> {
         if writes.tables.is_empty() {
-            return;
+            return Vec::new();
         }
-        self.bump(&self.reach(database, &writes.tables, true));
+        let tags = self.reach(database, &writes.tables, true);
+        self.bump(&tags);
         if writes.schema {
             self.schema_changed();
+        }
+        tags
+    }
+
+    /// Tells every instance sharing Redis that `tags` were written (their versions in
+    /// Redis move on): a no-op without Redis. When Redis is not reached the tags are
+    /// owed and told once it is back.
+    pub async fn publish(&self, tags: &[String]) {
+        let Some(l2) = &self.l2 else { return };
+        if let Some(versions) = l2.publish(tags).await {
+            self.cache
+                .versions
+                .observe(versions.iter().map(|(t, v)| (t.as_str(), *v)));
+        }
+    }
+
+    /// [`ProxyCache::publish`] in the background (no client waits for it).
+    pub fn publish_later(self: &Arc<Self>, tags: Vec<String>) {
+        if self.l2.is_some() && !tags.is_empty() {
+            let cache = self.clone();
+            tokio::spawn(async move { cache.publish(&tags).await });
         }
     }
 
@@ -467,16 +515,31 @@ impl ProxyCache {
         self.counters.invalidations.fetch_add(1, Relaxed);
     }
 
-    /// `CACHE FLUSH [table]`.
-    pub fn flush(&self, table: Option<&str>) {
-        match table {
-            Some(t) => self.bump(&[tag(t).to_string()]),
-            None => {
-                self.bump(&[ALL.to_string()]);
-                self.cache.l1.clear();
-                self.schema_changed();
-            }
+    /// `CACHE FLUSH [table]`, on every instance sharing Redis.
+    pub fn flush(self: &Arc<Self>, table: Option<&str>) {
+        let tags = vec![table.map_or(ALL, tag).to_string()];
+        self.bump(&tags);
+        if table.is_none() {
+            self.cache.l1.clear();
+            self.schema_changed();
         }
+        self.publish_later(tags);
+    }
+}
+
+/// Redis as the cache sees it: `off`, `up` (commands and the invalidation channel),
+/// `no-channel` (commands only: nothing served), or `down`.
+pub fn redis_state(cache: &ProxyCache) -> &'static str {
+    match &cache.l2 {
+        None => "off",
+        Some(l2) => match (
+            l2.counters.up.load(Relaxed),
+            l2.counters.bus_up.load(Relaxed),
+        ) {
+            (true, true) => "up",
+            (true, false) => "no-channel",
+            (false, _) => "down",
+        },
     }
 }
 
@@ -500,6 +563,17 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         ("wal", Kind::Text),
         ("wal_commits", Kind::Int),
         ("wal_p99_ms", Kind::Int),
+        ("redis", Kind::Text),
+        ("l2_hits", Kind::Int),
+        ("l2_misses", Kind::Int),
+        ("l2_stored", Kind::Int),
+        ("l2_stale", Kind::Int),
+        ("l2_rejected", Kind::Int),
+        ("redis_errors", Kind::Int),
+        ("publish_failures", Kind::Int),
+        ("ack_timeouts", Kind::Int),
+        ("bus_messages", Kind::Int),
+        ("bus_flushes", Kind::Int),
         ("tables", Kind::Text),
     ]);
     let Some(cache) = cache else {
@@ -513,7 +587,7 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
     } else {
         hits as f64 / (hits + misses) as f64
     };
-    table.push(vec![
+    let mut row = vec![
         n(l1.entries),
         n(l1.bytes),
         n(cache.settings.max_bytes),
@@ -533,8 +607,24 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
             .clone()),
         n(c.wal_commits.load(Relaxed)),
         c.wal_staleness.quantile_bound(0.99).map(|v| v.to_string()),
+    ];
+    let l2 = cache.l2.as_ref().map(|l2| &l2.counters);
+    row.push(t(redis_state(cache)));
+    let count = |f: fn(&L2Counters) -> &AtomicU64| n(l2.map_or(0, |c| f(c).load(Relaxed)));
+    row.extend([
+        count(|c| &c.hits),
+        count(|c| &c.misses),
+        count(|c| &c.stored),
+        count(|c| &c.stale),
+        count(|c| &c.rejected),
+        count(|c| &c.errors),
+        count(|c| &c.publish_failures),
+        count(|c| &c.ack_timeouts),
+        count(|c| &c.messages),
+        count(|c| &c.flushes),
         t(cache.settings.tables.join(",")),
     ]);
+    table.push(row);
     table
 }
 

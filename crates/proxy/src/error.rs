@@ -25,6 +25,8 @@ pub enum ProxyError {
     Protocol(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl ProxyError {

@@ -47,6 +47,7 @@ pub use config::{
 };
 pub use error::ProxyError;
 pub use observe::InsightSettings;
+pub use pgopt_cache::RedisConfig;
 pub use plans::PlanSettings;
 use shared::{Lifecycle, Shared};
 
@@ -91,7 +92,10 @@ impl Proxy {
             Some(l) => Some(l.local_addr().map_err(io)?),
             None => None,
         };
-        let shared = Arc::new(Shared::new(config, users, tls, server_tls, insight));
+        let cache = cache::ProxyCache::new(&config.cache)
+            .map_err(ProxyError::Config)?
+            .map(Arc::new);
+        let shared = Arc::new(Shared::new(config, users, tls, server_tls, insight, cache));
         let mut tasks = vec![
             tokio::spawn(accept(listener, shared.clone())),
             tokio::spawn(shared.clone().maintain()),

@@ -131,6 +131,9 @@ pub struct Relay {
     /// transaction-mode sessions without replicas are served from it.
     cache: Option<Arc<ProxyCache>>,
     serve_cache: bool,
+    /// Tags this client's commits bumped, for the instances sharing Redis: told
+    /// before the client hears the transaction ended.
+    to_publish: Vec<String>,
     /// A miss whose reply is being captured.
     filling: Option<Fill>,
     /// The client's login and database (they don't change in a session).
@@ -226,6 +229,7 @@ impl Relay {
             paused: false,
             cache,
             serve_cache,
+            to_publish: Vec::new(),
             filling: None,
             login_user,
             database,
@@ -569,16 +573,7 @@ impl Relay {
         let mut flight = None;
         for look in 0..2 {
             if let Some(hit) = cache.cache.get(&key) {
-                cache.counters.hits.fetch_add(1, Relaxed);
-                if let Some((name, prepared)) = prepares {
-                    self.statements.insert(&name, prepared, epoch);
-                }
-                // The rest of the batch is answered here too.
-                self.cbuf.clear();
-                crate::cache::reply(shape, &hit, &mut self.out);
-                let stats = &self.pool.stats;
-                stats.queries.fetch_add(1, Relaxed);
-                stats.xacts.fetch_add(1, Relaxed);
+                self.serve_hit(&cache, &hit, shape, prepares, epoch);
                 return CacheLookup::Served;
             }
             if look > 0 {
@@ -595,8 +590,60 @@ impl Relay {
                 }
             }
         }
+        if let Some(l2) = &cache.l2 {
+            // One round trip: the tables' versions in Redis, and a value stored at them.
+            let Some(found) = l2.lookup(&key, &tags).await else {
+                // Redis is not reachable: PostgreSQL answers, nothing is stored.
+                return CacheLookup::Pass;
+            };
+            let versions = &cache.cache.versions;
+            let remote = || {
+                tags.iter()
+                    .map(String::as_str)
+                    .zip(found.versions.iter().copied())
+            };
+            versions.observe(remote());
+            // Taken after the versions moved: what a fill now checks against.
+            let ticket = cache.cache.begin_fill(key, &tags);
+            if let Some(value) = found.value {
+                // Into L1 only if nothing moved in between (the value is exactly as
+                // current as the versions read with it).
+                if ticket.snapshot().remote().eq(remote()) {
+                    cache.cache.l1.insert(
+                        ticket.key().clone(),
+                        ticket.snapshot().clone(),
+                        value.clone(),
+                        cache.settings.ttl,
+                    );
+                }
+                self.serve_hit(&cache, &value, shape, prepares, epoch);
+                return CacheLookup::Served;
+            }
+            cache.counters.misses.fetch_add(1, Relaxed);
+            return CacheLookup::Fill(Fill::new(ticket, flight));
+        }
         cache.counters.misses.fetch_add(1, Relaxed);
         CacheLookup::Fill(Fill::new(cache.cache.begin_fill(key, &tags), flight))
+    }
+
+    /// Answers the request (and the rest of its batch) with a stored reply.
+    fn serve_hit(
+        &mut self,
+        cache: &ProxyCache,
+        hit: &[u8],
+        shape: Shape,
+        prepares: Option<(String, Arc<Prepared>)>,
+        epoch: u64,
+    ) {
+        cache.counters.hits.fetch_add(1, Relaxed);
+        if let Some((name, prepared)) = prepares {
+            self.statements.insert(&name, prepared, epoch);
+        }
+        self.cbuf.clear();
+        crate::cache::reply(shape, hit, &mut self.out);
+        let stats = &self.pool.stats;
+        stats.queries.fetch_add(1, Relaxed);
+        stats.xacts.fetch_add(1, Relaxed);
     }
 
     /// One server message of a fill's reply; at its ReadyForQuery the reply is stored
@@ -617,8 +664,25 @@ impl Relay {
                     return;
                 };
                 let ttl = cache.settings.ttl;
-                if cache.cache.complete_fill(fill.ticket, reply, ttl) {
+                // For L2: the key and the Redis versions read before the query ran.
+                let shared = cache.l2.clone().map(|l2| {
+                    let ticket = &fill.ticket;
+                    let versions: Vec<(String, u64)> = ticket
+                        .snapshot()
+                        .remote()
+                        .map(|(t, v)| (t.to_string(), v))
+                        .collect();
+                    (l2, ticket.key().clone(), versions)
+                });
+                if cache.cache.complete_fill(fill.ticket, reply.clone(), ttl) {
                     counters.stored.fetch_add(1, Relaxed);
+                    if let Some((l2, key, versions)) = shared {
+                        tokio::spawn(async move {
+                            let versions: Vec<(&str, u64)> =
+                                versions.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+                            l2.store(&key, &versions, &reply, ttl).await;
+                        });
+                    }
                 } else {
                     counters.not_stored.fetch_add(1, Relaxed);
                 }
@@ -693,20 +757,46 @@ impl Relay {
                     if !settle.await {
                         writes.note_unknown();
                     }
-                    cache.invalidate(&database, writes);
+                    let tags = cache.invalidate(&database, writes);
+                    cache.publish(&tags).await;
                 });
             }
             (_, checkout) => {
                 drop(checkout);
                 self.invalidate_writes();
+                self.publish_later();
             }
         }
     }
 
     /// The transaction's writes are over: the entries that read their tables end.
+    /// Other instances learn of it from [`Relay::publish`] or [`Relay::publish_later`].
     fn invalidate_writes(&mut self) {
         if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
-            cache.invalidate(&self.database, self.writes.take());
+            let tags = cache.invalidate(&self.database, self.writes.take());
+            self.to_publish.extend(tags);
+        }
+    }
+
+    /// Tells the instances sharing Redis what this client's commits wrote, before the
+    /// client hears the transaction ended.
+    async fn publish(&mut self) {
+        if let Some(cache) = self.cache.as_ref().filter(|_| !self.to_publish.is_empty()) {
+            let mut tags = std::mem::take(&mut self.to_publish);
+            tags.sort_unstable();
+            tags.dedup();
+            cache.publish(&tags).await;
+        }
+    }
+
+    /// [`Relay::publish`] in the background: nobody waits (the client is gone, or
+    /// learns of a failure).
+    fn publish_later(&mut self) {
+        if let Some(cache) = self.cache.as_ref().filter(|_| !self.to_publish.is_empty()) {
+            let mut tags = std::mem::take(&mut self.to_publish);
+            tags.sort_unstable();
+            tags.dedup();
+            cache.publish_later(tags);
         }
     }
 
@@ -1277,6 +1367,8 @@ impl Relay {
         if to_client > 0 {
             self.failover = None;
         }
+        // Other instances hear of this batch's commits before the client does.
+        self.publish().await;
         let result = if !edited {
             write_all(&mut self.client, &self.sbuf[..pos]).await
         } else {
@@ -1537,7 +1629,8 @@ impl Relay {
                     // noted, and are invalidated again when those end.
                     if self.expected.server_readies() > 0 {
                         if let Some(cache) = &self.cache {
-                            cache.invalidate(&self.database, self.writes.clone());
+                            let tags = cache.invalidate(&self.database, self.writes.clone());
+                            self.to_publish.extend(tags);
                         }
                     } else {
                         self.invalidate_writes();
@@ -1856,6 +1949,7 @@ impl Relay {
     async fn server_lost(&mut self) {
         // A COMMIT may have been carried out just before: its writes count.
         self.invalidate_writes();
+        self.publish_later();
         self.server = None;
         self.unlink();
         if let (Some(i), Some(routes)) = (self.ryw.replica, &self.routes) {
@@ -1882,6 +1976,7 @@ impl Relay {
             return;
         }
         self.invalidate_writes();
+        self.publish_later();
         let Some(checkout) = self.server.take() else {
             return;
         };

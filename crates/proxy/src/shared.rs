@@ -96,6 +96,7 @@ impl Shared {
         tls: Option<TlsAcceptor>,
         server_tls: Option<ServerTlsConnector>,
         insight: Option<Arc<InsightState>>,
+        cache: Option<Arc<crate::cache::ProxyCache>>,
     ) -> Shared {
         let analyzer = pgopt_sql::Analyzer::new(pgopt_sql::AnalyzerConfig {
             analysis: pgopt_sql::AnalysisConfig {
@@ -105,7 +106,7 @@ impl Shared {
             ..Default::default()
         });
         Shared {
-            cache: crate::cache::ProxyCache::new(&config.cache).map(Arc::new),
+            cache,
             routers: RwLock::new(routers_for(&config, &HashMap::new())),
             insight,
             tls: RwLock::new(tls),

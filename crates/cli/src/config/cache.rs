@@ -19,6 +19,59 @@ pub struct CacheSection {
     /// The listener's login (REPLICATION attribute); the upstream's user when empty.
     pub wal_user: String,
     pub publication: String,
+    /// L2 and invalidations shared between pgopt instances.
+    pub redis: RedisSection,
+}
+
+/// `[cache.redis]`: off while `url` is empty.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS; with
+    /// `cluster`, node URLs separated by commas.
+    pub url: String,
+    pub cluster: bool,
+    /// Before every key and the channel: instances sharing a prefix share entries.
+    pub prefix: String,
+    /// Store results in Redis; off: Redis carries invalidations only.
+    pub store_values: bool,
+    /// A Redis call slower than this counts as failed (the query goes to PostgreSQL).
+    pub timeout: HumanDuration,
+    /// Key of the HMAC over stored values: set it (e.g. with
+    /// PGOPT_CACHE__REDIS__HMAC_KEY) where others can write to this Redis.
+    pub hmac_key: String,
+    /// Values at least this large are compressed (lz4).
+    pub compress_min: u64,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        let d = pgopt_proxy::RedisConfig::default();
+        RedisSection {
+            url: String::new(),
+            cluster: d.cluster,
+            prefix: d.prefix,
+            store_values: d.store_values,
+            timeout: HumanDuration(d.timeout),
+            hmac_key: String::new(),
+            compress_min: d.compress_min as u64,
+        }
+    }
+}
+
+impl RedisSection {
+    fn config(&self, max_result_bytes: usize) -> Option<pgopt_proxy::RedisConfig> {
+        (!self.url.is_empty()).then(|| pgopt_proxy::RedisConfig {
+            url: self.url.clone(),
+            cluster: self.cluster,
+            prefix: self.prefix.clone(),
+            store_values: self.store_values,
+            timeout: self.timeout.0,
+            hmac_key: (!self.hmac_key.is_empty()).then(|| self.hmac_key.as_bytes().to_vec()),
+            compress_min: usize::try_from(self.compress_min).unwrap_or(usize::MAX),
+            max_value_bytes: max_result_bytes,
+        })
+    }
 }
 
 impl Default for CacheSection {
@@ -33,6 +86,7 @@ impl Default for CacheSection {
             wal_listener: d.wal_listener,
             wal_user: String::new(),
             publication: d.publication,
+            redis: RedisSection::default(),
         }
     }
 }
@@ -49,6 +103,9 @@ impl CacheSection {
             wal_listener: self.wal_listener,
             wal_user: (!self.wal_user.is_empty()).then(|| self.wal_user.clone()),
             publication: self.publication.clone(),
+            redis: self
+                .redis
+                .config(usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX)),
         }
     }
 }

@@ -1,0 +1,936 @@
+//! L2 and the invalidation bus: one Redis (or Redis Cluster) shared by every pgopt
+//! instance.
+//!
+//! - **Versions:** each table has a counter in Redis (`<prefix>{pgopt}v:<table>`),
+//!   created at a random value and incremented at every commit that wrote the table,
+//!   through any instance. A lost counter (restart, FLUSHALL, failover) comes back at
+//!   another random value, so an entry filled before never matches it: a missing
+//!   version means a miss, never "valid".
+//! - **Values:** an entry in Redis holds its full key, the versions its query was
+//!   filled at and the reply, lz4-compressed above a size, behind an HMAC-SHA256 over
+//!   everything (keyed with `hmac_key`): a forged or corrupted value is rejected. It
+//!   is served only while every version it holds is the current one, read in the
+//!   same round trip.
+//! - **Bus:** a commit's increments and its invalidation message are one script, so
+//!   each instance's messages carry a gapless sequence. Subscribers move their local
+//!   versions on each message; a gap, a restarted sequence, a heartbeat ahead of the
+//!   last message, or a dropped subscription flushes their L1, and nothing is served
+//!   while the subscription is down.
+//! - **Degradation:** a failed or slow Redis call is a miss (the query goes to
+//!   PostgreSQL); the connection is rebuilt with backoff; tables whose increments did
+//!   not reach Redis are incremented once it is back.
+//!
+//! Every key shares the hash tag `{pgopt}`: scripts touch several keys, which Redis
+//! Cluster allows within one slot only.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hmac::{Hmac, KeyInit, Mac};
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, Script, ScriptInvocation};
+use sha2::Sha256;
+
+use crate::key::Key;
+use crate::versions::Versions;
+
+/// `[cache.redis]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS; with
+    /// `cluster`, several node URLs separated by commas.
+    pub url: String,
+    pub cluster: bool,
+    /// Put before every key and the channel: instances sharing a prefix share entries
+    /// and invalidations, others are isolated.
+    pub prefix: String,
+    /// Store values in Redis (L2); off: Redis carries versions and invalidations only.
+    pub store_values: bool,
+    /// How long one Redis call may take before it counts as failed.
+    pub timeout: Duration,
+    /// Key of the HMAC over stored values (a fixed key when unset: corruption is
+    /// still caught, forgery is not).
+    pub hmac_key: Option<Vec<u8>>,
+    /// Values at least this large are compressed.
+    pub compress_min: usize,
+    /// Values larger than this are refused when read back.
+    pub max_value_bytes: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            prefix: "pgopt:".into(),
+            store_values: true,
+            timeout: Duration::from_millis(100),
+            hmac_key: None,
+            compress_min: 1024,
+            max_value_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What L2 and the bus have done.
+#[derive(Debug, Default)]
+pub struct L2Counters {
+    /// Commands reach Redis now.
+    pub up: AtomicBool,
+    /// The invalidation channel is subscribed now.
+    pub bus_up: AtomicBool,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stored: AtomicU64,
+    /// Values refused: bad HMAC, another key, unreadable.
+    pub rejected: AtomicU64,
+    /// Values found at outdated versions.
+    pub stale: AtomicU64,
+    /// Redis calls that failed or timed out.
+    pub errors: AtomicU64,
+    /// Commits whose increments did not reach Redis at once.
+    pub publish_failures: AtomicU64,
+    /// Commits whose subscribers did not all confirm within the timeout.
+    pub ack_timeouts: AtomicU64,
+    /// Invalidation messages received from any instance.
+    pub messages: AtomicU64,
+    /// L1 flushes for a dropped subscription or a gap in a sequence.
+    pub flushes: AtomicU64,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn invoke<T: FromRedisValue>(
+        &mut self,
+        script: &ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => script.invoke_async(c).await,
+            Conn::Cluster(c) => script.invoke_async(c).await,
+        }
+    }
+
+    async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
+/// Reads versions (creating missing ones at the random values given) and, when asked,
+/// an entry: `{v1, …, vn[, entry or '']}`.
+const READ: &str = r"
+local want = tonumber(ARGV[1])
+local n = #KEYS - want
+local out = {}
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  if not v then
+    v = ARGV[i + 1]
+    redis.call('SET', KEYS[i], v)
+  end
+  out[i] = v
+end
+if want == 1 then
+  out[n + 1] = redis.call('GET', KEYS[n + 1]) or ''
+end
+return out
+";
+
+/// A commit: KEYS[1] the instance's sequence, then versions; ARGV: channel, instance,
+/// the tables' names, random values for missing versions. Increments the versions,
+/// publishes `w\0instance\0seq\0table\0version…`, returns the new versions, the
+/// sequence number and how many subscribers got the message.
+const WRITE: &str = r"
+local seq = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], 86400)
+local n = #KEYS - 1
+local msg = 'w\0' .. ARGV[2] .. '\0' .. string.format('%d', seq)
+local out = {}
+for i = 1, n do
+  local k = KEYS[i + 1]
+  local v
+  if redis.call('EXISTS', k) == 1 then
+    v = string.format('%d', redis.call('INCR', k))
+  else
+    v = ARGV[2 + n + i]
+    redis.call('SET', k, v)
+  end
+  out[i] = v
+  msg = msg .. '\0' .. ARGV[2 + i] .. '\0' .. v
+end
+out[n + 1] = string.format('%d', seq)
+out[n + 2] = string.format('%d', redis.call('PUBLISH', ARGV[1], msg))
+return out
+";
+
+/// A heartbeat: `hb\0instance\0seq` with the instance's last sequence number, so a
+/// lost last message is noticed.
+const BEAT: &str = r"
+local seq = redis.call('GET', KEYS[1]) or '0'
+redis.call('PUBLISH', ARGV[1], 'hb\0' .. ARGV[2] .. '\0' .. seq)
+return seq
+";
+
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const MAGIC: &[u8; 4] = b"PGC1";
+const MAC_LEN: usize = 32;
+const COMPRESSED: u8 = 1;
+
+/// What a lookup in Redis found.
+#[derive(Debug)]
+pub struct Found {
+    /// The current remote version of each table asked for, in order.
+    pub versions: Vec<u64>,
+    /// A value stored at exactly those versions under the same key.
+    pub value: Option<Bytes>,
+}
+
+/// L2 and the bus, with the tasks that keep them connected.
+pub struct L2 {
+    config: RedisConfig,
+    conn: Mutex<Option<Conn>>,
+    /// A random id for this process: its sequence key and its messages.
+    instance: u64,
+    read: Script,
+    write: Script,
+    beat: Script,
+    pub counters: L2Counters,
+    /// Tables written while Redis was unreachable: incremented once it is back.
+    owed: Mutex<HashSet<String>>,
+    reconnect: Arc<tokio::sync::Notify>,
+    /// Confirmations received per sequence number of this instance's messages.
+    acks: Mutex<HashMap<u64, u64>>,
+    acked: tokio::sync::Notify,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for L2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L2")
+            .field("prefix", &self.config.prefix)
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+impl Drop for L2 {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// A random number from the OS-seeded hasher and the clock (ids and starting
+/// versions: unpredictable enough, not secret).
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// A version counter's starting value: random, below 10^14 so Lua's numbers print
+/// it exactly.
+fn first_version() -> u64 {
+    1 + random() % (1 << 46)
+}
+
+impl L2 {
+    /// Starts connecting (in the background: a Redis that is down now only means
+    /// misses until it is up). `flush` empties L1 and bumps every version: called when
+    /// invalidations may have been missed. Call within a Tokio runtime.
+    pub fn start(
+        config: RedisConfig,
+        versions: Arc<Versions>,
+        flush: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Arc<L2>, redis::RedisError> {
+        // Parsed now: a bad URL is a configuration error.
+        for url in config.url.split(',') {
+            redis::Client::open(url.trim())?;
+        }
+        let l2 = Arc::new(L2 {
+            instance: random() >> 1,
+            conn: Mutex::new(None),
+            read: Script::new(READ),
+            write: Script::new(WRITE),
+            beat: Script::new(BEAT),
+            counters: L2Counters::default(),
+            owed: Mutex::new(HashSet::new()),
+            reconnect: Arc::new(tokio::sync::Notify::new()),
+            acks: Mutex::new(HashMap::new()),
+            acked: tokio::sync::Notify::new(),
+            tasks: Mutex::new(Vec::new()),
+            config,
+        });
+        let keeper = tokio::spawn(keep_connected(Arc::downgrade(&l2)));
+        let listener = tokio::spawn(listen(Arc::downgrade(&l2), versions, flush));
+        l2.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([keeper, listener]);
+        Ok(l2)
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// Whether entries may be served and filled: the bus is subscribed (else another
+    /// instance's write could go unnoticed).
+    pub fn serving(&self) -> bool {
+        self.counters.bus_up.load(Relaxed)
+    }
+
+    fn version_key(&self, table: &str) -> String {
+        format!("{}{{pgopt}}v:{table}", self.config.prefix)
+    }
+
+    fn entry_key(&self, key: &Key) -> String {
+        format!("{}{{pgopt}}e:{:016x}", self.config.prefix, key.hash())
+    }
+
+    fn seq_key(&self) -> String {
+        format!("{}{{pgopt}}seq:{:x}", self.config.prefix, self.instance)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}invalidations", self.config.prefix)
+    }
+
+    /// Where subscribers confirm they applied an instance's message.
+    fn ack_channel(&self, instance: u64) -> String {
+        format!("{}ack:{instance:x}", self.config.prefix)
+    }
+
+    fn connection(&self) -> Option<Conn> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A call failed: the connection is rebuilt.
+    fn failed(&self, what: &str, e: &str) {
+        self.counters.errors.fetch_add(1, Relaxed);
+        if self.counters.up.swap(false, Relaxed) {
+            tracing::warn!(error = %e, "Redis {what} failed: the cache goes to PostgreSQL until Redis is back");
+        }
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.reconnect.notify_one();
+    }
+
+    async fn call<T: FromRedisValue>(
+        &self,
+        what: &str,
+        script: &ScriptInvocation<'_>,
+    ) -> Option<T> {
+        let mut conn = self.connection()?;
+        match tokio::time::timeout(self.config.timeout, conn.invoke::<T>(script)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.failed(what, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed(
+                    what,
+                    &format!("no answer within {} ms", self.config.timeout.as_millis()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The current versions of `tables` and, when L2 stores values, the value stored
+    /// under `key` if it was filled at exactly those versions. `None`: Redis is not
+    /// reachable now.
+    pub async fn lookup(&self, key: &Key, tables: &[String]) -> Option<Found> {
+        let want = self.config.store_values;
+        let mut inv = self.read.prepare_invoke();
+        for t in tables {
+            inv.key(self.version_key(t));
+        }
+        inv.arg(u8::from(want));
+        for _ in tables {
+            inv.arg(first_version());
+        }
+        if want {
+            inv.key(self.entry_key(key));
+        }
+        let mut reply: Vec<Vec<u8>> = self.call("lookup", &inv).await?;
+        let raw = if want { reply.pop() } else { None };
+        let versions: Option<Vec<u64>> = reply
+            .iter()
+            .map(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .collect();
+        let Some(versions) = versions.filter(|v| v.len() == tables.len()) else {
+            self.failed("lookup", "an unexpected reply");
+            return None;
+        };
+        let value = match raw.filter(|r| !r.is_empty()) {
+            None => None,
+            Some(raw) => match decode(&raw, key, self.mac_key(), self.config.max_value_bytes) {
+                Err(why) => {
+                    self.counters.rejected.fetch_add(1, Relaxed);
+                    tracing::warn!(why, "a value in Redis was refused");
+                    None
+                }
+                Ok((stored, value)) => {
+                    let current = tables
+                        .iter()
+                        .map(String::as_str)
+                        .zip(versions.iter().copied());
+                    let mut want: Vec<(&str, u64)> = current.collect();
+                    let mut have: Vec<(&str, u64)> =
+                        stored.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+                    want.sort_unstable();
+                    have.sort_unstable();
+                    if want == have {
+                        Some(value)
+                    } else {
+                        self.counters.stale.fetch_add(1, Relaxed);
+                        None
+                    }
+                }
+            },
+        };
+        let c = &self.counters;
+        if want {
+            if value.is_some() { &c.hits } else { &c.misses }.fetch_add(1, Relaxed);
+        }
+        Some(Found { versions, value })
+    }
+
+    fn mac_key(&self) -> &[u8] {
+        self.config.hmac_key.as_deref().unwrap_or(b"pgopt-cache")
+    }
+
+    /// Stores `value` for `key`, filled at `versions` (the remote versions read before
+    /// its query ran), for `ttl`.
+    pub async fn store(&self, key: &Key, versions: &[(&str, u64)], value: &[u8], ttl: Duration) {
+        if !self.config.store_values {
+            return;
+        }
+        let Some(mut conn) = self.connection() else {
+            return;
+        };
+        let payload = encode(
+            key,
+            versions,
+            value,
+            self.mac_key(),
+            self.config.compress_min,
+        );
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.entry_key(key))
+            .arg(payload.as_ref())
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        match tokio::time::timeout(self.config.timeout, conn.query::<()>(&cmd)).await {
+            Ok(Ok(())) => {
+                self.counters.stored.fetch_add(1, Relaxed);
+            }
+            Ok(Err(e)) => self.failed("store", &e.to_string()),
+            Err(_) => self.failed("store", "timed out"),
+        }
+    }
+
+    /// A commit wrote `tables`: their versions are incremented in Redis and every
+    /// instance is told. Returns the new versions, `None` when Redis was not reached
+    /// (the tables are owed and incremented once it is back).
+    pub async fn publish(&self, tables: &[String]) -> Option<Vec<(String, u64)>> {
+        if tables.is_empty() {
+            return Some(Vec::new());
+        }
+        let result = self.publish_now(tables).await;
+        if result.is_none() {
+            self.counters.publish_failures.fetch_add(1, Relaxed);
+            let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+            owed.extend(tables.iter().cloned());
+        }
+        result
+    }
+
+    async fn publish_now(&self, tables: &[String]) -> Option<Vec<(String, u64)>> {
+        let mut inv = self.write.prepare_invoke();
+        inv.key(self.seq_key());
+        for t in tables {
+            inv.key(self.version_key(t));
+        }
+        inv.arg(self.channel()).arg(self.instance.to_string());
+        for t in tables {
+            inv.arg(t.as_str());
+        }
+        for _ in tables {
+            inv.arg(first_version());
+        }
+        let reply: Vec<String> = self.call("publish", &inv).await?;
+        let numbers: Option<Vec<u64>> = reply.iter().map(|v| v.parse().ok()).collect();
+        let mut numbers = numbers.filter(|v| v.len() == tables.len() + 2)?;
+        let receivers = numbers.pop()?;
+        let seq = numbers.pop()?;
+        self.await_acks(seq, receivers).await;
+        Some(tables.iter().cloned().zip(numbers).collect())
+    }
+
+    /// Waits until every subscriber that got message `seq` (this instance's own
+    /// included) has applied it, up to the timeout: then no instance serves what the
+    /// commit changed once its client hears it ended.
+    async fn await_acks(&self, seq: u64, receivers: u64) {
+        let done = async {
+            loop {
+                let acked = self.acked.notified();
+                tokio::pin!(acked);
+                acked.as_mut().enable();
+                {
+                    let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+                    if acks.get(&seq).copied().unwrap_or(0) >= receivers {
+                        acks.remove(&seq);
+                        return;
+                    }
+                }
+                acked.await;
+            }
+        };
+        if tokio::time::timeout(self.config.timeout, done)
+            .await
+            .is_err()
+        {
+            self.counters.ack_timeouts.fetch_add(1, Relaxed);
+            tracing::debug!(
+                seq,
+                receivers,
+                "not every instance confirmed an invalidation in time"
+            );
+        }
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        acks.remove(&seq);
+        // Confirmations of messages nobody waits for any more.
+        if acks.len() > 1024 {
+            acks.clear();
+        }
+    }
+
+    /// A subscriber applied this instance's message `seq`.
+    fn ack_received(&self, seq: u64) {
+        *self
+            .acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(seq)
+            .or_default() += 1;
+        self.acked.notify_waiters();
+    }
+
+    /// Confirms to `instance` that its message `seq` was applied here.
+    fn send_ack(&self, instance: u64, seq: u64) {
+        let Some(mut conn) = self.connection() else {
+            return;
+        };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.ack_channel(instance)).arg(seq);
+        let timeout = self.config.timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout, conn.query::<()>(&cmd)).await;
+        });
+    }
+
+    /// Tables owed from a time Redis was unreachable, published now.
+    async fn pay_owed(&self) {
+        let owed: Vec<String> = {
+            let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+            owed.drain().collect()
+        };
+        if !owed.is_empty() && self.publish_now(&owed).await.is_none() {
+            self.owed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(owed);
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, String> {
+        let urls: Vec<&str> = self.config.url.split(',').map(str::trim).collect();
+        let attempt = async {
+            if self.config.cluster {
+                let client = redis::cluster::ClusterClient::new(urls.clone())?;
+                Ok(Conn::Cluster(client.get_async_connection().await?))
+            } else {
+                let client = redis::Client::open(urls[0])?;
+                Ok(Conn::Single(
+                    client.get_multiplexed_async_connection().await?,
+                ))
+            }
+        };
+        match tokio::time::timeout(self.config.timeout.max(Duration::from_secs(1)), attempt).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(redis::RedisError::to_string(&e)),
+            Err(_) => Err("connecting timed out".into()),
+        }
+    }
+}
+
+/// Keeps the command connection up (reconnecting with backoff), pays owed
+/// increments, and sends the heartbeat.
+async fn keep_connected(l2: Weak<L2>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(this) = l2.upgrade() else { return };
+        let wait = if this.connection().is_none() {
+            match this.connect().await {
+                Ok(conn) => {
+                    *this.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                    if !this.counters.up.swap(true, Relaxed) {
+                        tracing::info!("Redis reached: the shared cache is on");
+                    }
+                    backoff = Duration::from_millis(100);
+                    this.pay_owed().await;
+                    HEARTBEAT
+                }
+                Err(e) => {
+                    this.counters.errors.fetch_add(1, Relaxed);
+                    tracing::debug!(error = %e, "connecting to Redis failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff
+                }
+            }
+        } else {
+            this.pay_owed().await;
+            let mut inv = this.beat.prepare_invoke();
+            inv.key(this.seq_key())
+                .arg(this.channel())
+                .arg(this.instance.to_string());
+            let _: Option<String> = this.call("heartbeat", &inv).await;
+            HEARTBEAT
+        };
+        let reconnect = this.reconnect.clone();
+        drop(this);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = reconnect.notified() => {}
+        }
+    }
+}
+
+/// Follows the invalidation channel: moves local versions, flushes L1 on a gap or a
+/// dropped subscription, resubscribes with backoff.
+async fn listen(l2: Weak<L2>, versions: Arc<Versions>, flush: Arc<dyn Fn() + Send + Sync>) {
+    use futures_util::StreamExt;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(this) = l2.upgrade() else { return };
+        let url = this
+            .config
+            .url
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let channel = this.channel();
+        let acks = this.ack_channel(this.instance);
+        let timeout = this.config.timeout.max(Duration::from_secs(1));
+        drop(this);
+        let subscribed = tokio::time::timeout(timeout, async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&[&channel, &acks]).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        let pubsub = match subscribed {
+            Ok(Ok(p)) => p,
+            _ => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let Some(this) = l2.upgrade() else { return };
+        this.counters.bus_up.store(true, Relaxed);
+        tracing::info!("subscribed to the cache's invalidation channel");
+        drop(this);
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        let mut stream = pubsub.into_on_message();
+        while let Some(msg) = stream.next().await {
+            let Some(this) = l2.upgrade() else { return };
+            if msg.get_channel_name() == acks {
+                if let Some(seq) = std::str::from_utf8(msg.get_payload_bytes())
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                {
+                    this.ack_received(seq);
+                }
+                continue;
+            }
+            this.counters.messages.fetch_add(1, Relaxed);
+            let payload = msg.get_payload_bytes();
+            let applied = apply(payload, &mut last, &versions);
+            if !applied {
+                this.counters.flushes.fetch_add(1, Relaxed);
+                tracing::warn!("an invalidation message was missed: the local cache is flushed");
+                flush();
+            }
+            // The writer waits for this (after a flush too: nothing stale is left).
+            if let Some((instance, seq)) = write_of(payload) {
+                this.send_ack(instance, seq);
+            }
+        }
+        let Some(this) = l2.upgrade() else { return };
+        // Until subscribed again, nothing is served: messages may be lost meanwhile.
+        this.counters.bus_up.store(false, Relaxed);
+        this.counters.flushes.fetch_add(1, Relaxed);
+        tracing::warn!("the cache's invalidation channel dropped: the local cache is flushed");
+        flush();
+    }
+}
+
+/// The sender and sequence number of a commit's message.
+fn write_of(payload: &[u8]) -> Option<(u64, u64)> {
+    let mut parts = payload.split(|&b| b == 0);
+    if parts.next()? != b"w" {
+        return None;
+    }
+    let instance = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    Some((instance, seq))
+}
+
+/// Applies one message; `false` when invalidations may have been missed (a gap or a
+/// restart in the sender's sequence, or an unreadable message).
+fn apply(payload: &[u8], last: &mut HashMap<u64, u64>, versions: &Versions) -> bool {
+    let mut parts = payload.split(|&b| b == 0).map(std::str::from_utf8);
+    let (Some(Ok(kind)), Some(Ok(instance)), Some(Ok(seq))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let (Ok(instance), Ok(seq)) = (instance.parse::<u64>(), seq.parse::<u64>()) else {
+        return false;
+    };
+    let seen = last.get(&instance).copied();
+    let in_order = match (kind, seen) {
+        // The first word from an instance: its earlier commits are in the versions
+        // every fill reads, so it sets the baseline.
+        (_, None) => true,
+        ("w", Some(s)) => seq == s + 1,
+        ("hb", Some(s)) => seq == s,
+        _ => false,
+    };
+    last.insert(instance, seq);
+    if kind == "w" {
+        let mut changed = Vec::new();
+        loop {
+            match (parts.next(), parts.next()) {
+                (Some(Ok(table)), Some(Ok(v))) => match v.parse::<u64>() {
+                    Ok(v) => changed.push((table, v)),
+                    Err(_) => return false,
+                },
+                (None, None) => break,
+                _ => return false,
+            }
+        }
+        versions.observe_tracked(changed);
+    }
+    in_order
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac(key: &[u8], data: &[u8]) -> [u8; MAC_LEN] {
+    let mut m = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
+/// `PGC1 | flags | HMAC | key length, key | table count, (name length, name, version)… | value`.
+fn encode(
+    key: &Key,
+    versions: &[(&str, u64)],
+    value: &[u8],
+    mac_key: &[u8],
+    compress_min: usize,
+) -> Bytes {
+    let mut body = BytesMut::with_capacity(value.len() + 64);
+    let flags = if value.len() >= compress_min {
+        COMPRESSED
+    } else {
+        0
+    };
+    body.put_u8(flags);
+    body.put_u32(key.bytes().len() as u32);
+    body.put_slice(key.bytes());
+    body.put_u16(versions.len() as u16);
+    for (t, v) in versions {
+        body.put_u16(t.len() as u16);
+        body.put_slice(t.as_bytes());
+        body.put_u64(*v);
+    }
+    if flags & COMPRESSED != 0 {
+        body.put_slice(&lz4_flex::compress_prepend_size(value));
+    } else {
+        body.put_slice(value);
+    }
+    let mut out = BytesMut::with_capacity(body.len() + 4 + MAC_LEN);
+    out.put_slice(MAGIC);
+    out.put_slice(&mac(mac_key, &body));
+    out.put_slice(&body);
+    out.freeze()
+}
+
+type Decoded = (Vec<(String, u64)>, Bytes);
+
+/// The versions and value of a stored entry, if it is intact, authentic and for `key`.
+fn decode(raw: &[u8], key: &Key, mac_key: &[u8], max: usize) -> Result<Decoded, &'static str> {
+    let rest = raw
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or("not a pgopt value")?;
+    if rest.len() < MAC_LEN {
+        return Err("truncated");
+    }
+    let (tag, body) = rest.split_at(MAC_LEN);
+    let mut m = <HmacSha256 as KeyInit>::new_from_slice(mac_key).map_err(|_| "bad HMAC key")?;
+    m.update(body);
+    // Compared in constant time.
+    m.verify_slice(tag)
+        .map_err(|_| "the HMAC does not match: forged or corrupted")?;
+    let mut r = Reader(body);
+    let flags = r.u8()?;
+    let key_len = r.u32()? as usize;
+    if r.take(key_len)? != key.bytes() {
+        return Err("stored under another key");
+    }
+    let n = r.u16()?;
+    let mut versions = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = r.u16()? as usize;
+        let name = std::str::from_utf8(r.take(len)?).map_err(|_| "a table name is not UTF-8")?;
+        versions.push((name.to_string(), r.u64()?));
+    }
+    let value = if flags & COMPRESSED != 0 {
+        let size = r.0.get(..4).ok_or("truncated")?;
+        let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
+        if size > max {
+            return Err("larger than allowed");
+        }
+        lz4_flex::decompress_size_prepended(r.0).map_err(|_| "does not decompress")?
+    } else {
+        r.0.to_vec()
+    };
+    Ok((versions, Bytes::from(value)))
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if self.0.len() < n {
+            return Err("truncated");
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyBuilder;
+
+    fn key(text: &str) -> Key {
+        KeyBuilder::new().part(b's', text.as_bytes()).finish()
+    }
+
+    #[test]
+    fn values_round_trip_and_forgeries_are_refused() {
+        let k = key("SELECT 1");
+        for size in [10, 5000] {
+            let value = vec![7u8; size];
+            let raw = encode(&k, &[("t", 42), ("*", 9)], &value, b"secret", 1024);
+            if size > 1024 {
+                assert!(raw.len() < size / 2, "compressed");
+            }
+            let (versions, got) = decode(&raw, &k, b"secret", 1 << 20).unwrap();
+            assert_eq!(versions, [("t".to_string(), 42), ("*".to_string(), 9)]);
+            assert_eq!(&got[..], &value[..]);
+            assert!(
+                decode(&raw, &k, b"other", 1 << 20).is_err(),
+                "another HMAC key"
+            );
+            assert!(decode(&raw, &key("SELECT 2"), b"secret", 1 << 20).is_err());
+            let mut forged = raw.to_vec();
+            let last = forged.len() - 1;
+            forged[last] ^= 1;
+            assert!(decode(&forged, &k, b"secret", 1 << 20).is_err());
+            for cut in 0..raw.len() {
+                assert!(decode(&raw[..cut], &k, b"secret", 1 << 20).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_gap_or_a_restart_in_a_sequence_is_a_miss() {
+        let v = Versions::default();
+        v.observe([("t", 1)]);
+        let mut last = HashMap::new();
+        assert!(apply(b"w\x005\x0010\x00t\x002", &mut last, &v));
+        assert_eq!(v.snapshot(&["t"]).remote().next(), Some(("t", 2)));
+        assert!(apply(b"w\x005\x0011\x00t\x003\x00u\x001", &mut last, &v));
+        assert_eq!(
+            v.snapshot(&["u"]).remote().next(),
+            Some(("u", 0)),
+            "untracked"
+        );
+        assert!(apply(b"hb\x005\x0011", &mut last, &v));
+        assert!(
+            !apply(b"hb\x005\x0012", &mut last, &v),
+            "a lost last message"
+        );
+        assert!(!apply(b"w\x005\x0014\x00t\x004", &mut last, &v), "a gap");
+        assert!(!apply(b"w\x005\x001\x00t\x001", &mut last, &v), "a restart");
+        assert!(
+            apply(b"w\x006\x0099", &mut last, &v),
+            "another instance's first"
+        );
+        assert!(!apply(b"w\x005", &mut last, &v));
+        assert!(!apply(b"w\x005\x002\x00t", &mut last, &v));
+    }
+}

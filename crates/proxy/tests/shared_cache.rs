@@ -1,0 +1,293 @@
+//! The result cache shared by two pgopt instances through a real Redis: values in L2,
+//! invalidations on the bus, and what happens when Redis goes away or lies. As in
+//! `cache.rs`, rows changed directly on PostgreSQL show what is served from a cache.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{admin, connect, show, start_with};
+use pgopt_embedded::{Postgres, Redis};
+use pgopt_proxy::{CacheSettings, Proxy, RedisConfig};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+async fn value(client: &Client, sql: &str) -> String {
+    for m in client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    {
+        if let SimpleQueryMessage::Row(row) = m {
+            return row.get(0).unwrap_or("").to_string();
+        }
+    }
+    panic!("{sql}: no row");
+}
+
+async fn cache_row(proxy: &Proxy) -> HashMap<String, String> {
+    show(&admin(proxy).await, "CACHE").await.remove(0)
+}
+
+fn counter(row: &HashMap<String, String>, name: &str) -> u64 {
+    row[name].parse().unwrap()
+}
+
+/// A proxy caching `items`, sharing `redis` (with an HMAC key).
+async fn instance(pg: &Postgres, redis: &Redis) -> Proxy {
+    let proxy = start_with(pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            redis: Some(RedisConfig {
+                url: redis.url(),
+                hmac_key: Some(b"test key".to_vec()),
+                timeout: Duration::from_millis(500),
+                ..RedisConfig::default()
+            }),
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    wait_for_redis(&proxy, "up").await;
+    proxy
+}
+
+/// Waits (up to 20 s) until SHOW CACHE's `redis` column reads `state`.
+async fn wait_for_redis(proxy: &Proxy, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = cache_row(proxy).await;
+        if row["redis"] == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "redis never {state}: {row:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn setup() -> (Postgres, Redis) {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a'), (2, 'b');",
+    )
+    .unwrap();
+    (pg, Redis::start().await.unwrap())
+}
+
+async fn redis_client(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+const READ: &str = "SELECT v FROM items WHERE id = 1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_instance_is_seen_by_the_next_read_through_the_other() {
+    let (pg, redis) = setup().await;
+    let a_proxy = instance(&pg, &redis).await;
+    let b_proxy = instance(&pg, &redis).await;
+    let a = connect(&a_proxy, "postgres", None).await.unwrap();
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+
+    // A fills L1 and Redis; B's first read comes from Redis.
+    assert_eq!(value(&a, READ).await, "a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&cache_row(&a_proxy).await, "l2_stored") == 0 {
+        assert!(Instant::now() < deadline, "A never stored in Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&b, READ).await, "a", "B served A's result from Redis");
+    assert_eq!(value(&b, READ).await, "a", "and then from its own L1");
+    let row = cache_row(&b_proxy).await;
+    assert_eq!(counter(&row, "l2_hits"), 1, "{row:?}");
+    assert_eq!(counter(&row, "hits"), 2, "{row:?}");
+
+    // Writes through either instance: the other's next read has them, every time.
+    for i in 0..40 {
+        let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(value(reader, READ).await, value(writer, READ).await);
+        writer
+            .batch_execute(&format!("UPDATE items SET v = 'v{i}' WHERE id = 1"))
+            .await
+            .unwrap();
+        assert_eq!(value(reader, READ).await, format!("v{i}"), "round {i}");
+        assert_eq!(value(writer, READ).await, format!("v{i}"), "round {i}");
+    }
+    // A transaction's write reaches the other instance at commit, not before.
+    a.batch_execute("BEGIN; UPDATE items SET v = 'tx' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&b, READ).await, "v39");
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(value(&b, READ).await, "tx");
+    // CACHE FLUSH through one instance flushes the other.
+    value(&b, READ).await;
+    pg.psql("UPDATE items SET v = 'flushed' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&b, READ).await, "tx");
+    admin(&a_proxy)
+        .await
+        .simple_query("CACHE FLUSH items")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(&b, READ).await != "flushed" {
+        assert!(Instant::now() < deadline, "B never heard of the flush");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let row = cache_row(&b_proxy).await;
+    assert!(counter(&row, "bus_messages") >= 20, "{row:?}");
+    assert_eq!(counter(&row, "bus_flushes"), 0, "{row:?}");
+    assert_eq!(counter(&row, "l2_rejected"), 0, "{row:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_versions_and_forged_values_in_redis_are_misses() {
+    let (pg, redis) = setup().await;
+    let a_proxy = instance(&pg, &redis).await;
+    let a = connect(&a_proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&a, READ).await, "a");
+    let mut r = redis_client(&redis).await;
+    let entries = |r: &mut redis::aio::MultiplexedConnection| {
+        let mut r = r.clone();
+        async move {
+            let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+                .arg("pgopt:{pgopt}e:*")
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            keys
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while entries(&mut r).await.is_empty() {
+        assert!(Instant::now() < deadline, "nothing stored in Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.psql("UPDATE items SET v = 'fresh' WHERE id = 1")
+        .unwrap();
+
+    // The version counters are lost (a failover to a replica that missed them): a new
+    // instance finds the entry but not its versions, so it is a miss.
+    let versions: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("pgopt:{pgopt}v:*")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(!versions.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&versions)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let b_proxy = instance(&pg, &redis).await;
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+    assert_eq!(
+        value(&b, READ).await,
+        "fresh",
+        "an entry without its versions"
+    );
+    let row = cache_row(&b_proxy).await;
+    assert_eq!(counter(&row, "l2_hits"), 0, "{row:?}");
+    assert_eq!(counter(&row, "l2_stale"), 1, "{row:?}");
+
+    // Every stored value is tampered with: refused by the HMAC, never served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = entries(&mut r).await;
+        let mut stored = Vec::new();
+        for k in &keys {
+            let v: Vec<u8> = redis::cmd("GET").arg(k).query_async(&mut r).await.unwrap();
+            stored.push(v);
+        }
+        // B's fill of 'fresh' is stored at the current versions.
+        if keys.len() == 1 && stored[0].windows(5).any(|w| w == b"fresh") {
+            let mut forged = stored.remove(0);
+            let at = forged.windows(5).position(|w| w == b"fresh").unwrap();
+            forged[at..at + 5].copy_from_slice(b"FORGE");
+            let _: () = redis::cmd("SET")
+                .arg(&keys[0])
+                .arg(forged)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "B's value never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c_proxy = instance(&pg, &redis).await;
+    let c = connect(&c_proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&c, READ).await, "fresh", "not the forged value");
+    let row = cache_row(&c_proxy).await;
+    assert_eq!(counter(&row, "l2_rejected"), 1, "{row:?}");
+    assert_eq!(counter(&row, "l2_hits"), 0, "{row:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_queries_go_to_postgresql_and_nothing_stale_is_served_after() {
+    let (pg, mut redis) = setup().await;
+    let a_proxy = instance(&pg, &redis).await;
+    let b_proxy = instance(&pg, &redis).await;
+    let a = connect(&a_proxy, "postgres", None).await.unwrap();
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&a, READ).await, "a");
+    assert_eq!(value(&b, READ).await, "a");
+
+    // Readers through both instances while Redis is killed: not one query fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for proxy in [&a_proxy, &b_proxy] {
+        for _ in 0..2 {
+            let client = connect(proxy, "postgres", None).await.unwrap();
+            let stop = stop.clone();
+            readers.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    client.simple_query(READ).await.expect("a read failed");
+                    n += 1;
+                }
+                n
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.stop();
+    wait_for_redis(&a_proxy, "down").await;
+    wait_for_redis(&b_proxy, "down").await;
+    // Redis down: PostgreSQL answers (rows changed behind pgopt show it).
+    pg.psql("UPDATE items SET v = 'direct' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&a, READ).await, "direct");
+    assert_eq!(value(&b, READ).await, "direct");
+    // A write through A while Redis is down is owed to the others.
+    a.batch_execute("UPDATE items SET v = 'while down' WHERE id = 1")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.expect("a reader failed") > 0);
+    }
+    assert!(counter(&cache_row(&a_proxy).await, "publish_failures") >= 1);
+
+    redis.restart().unwrap();
+    wait_for_redis(&a_proxy, "up").await;
+    wait_for_redis(&b_proxy, "up").await;
+    assert_eq!(value(&b, READ).await, "while down");
+    assert_eq!(value(&b, READ).await, "while down");
+    assert_eq!(value(&a, READ).await, "while down");
+    let row = cache_row(&b_proxy).await;
+    assert!(counter(&row, "bus_flushes") >= 1, "{row:?}");
+    // And the cache works again.
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&b, READ).await, "while down", "cached again");
+}
