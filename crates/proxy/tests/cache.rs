@@ -551,31 +551,75 @@ fn tempfile_dir() -> std::path::PathBuf {
 /// over both protocols; reads over both protocols.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_randomized_checker_finds_no_stale_read() {
-    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};
-    use std::sync::Arc;
+    let pg = checker_db().await;
+    let proxy = checker_proxy(&pg, None).await;
+    check_for_stale_reads(&[&proxy]).await;
+}
 
-    const KEYS: usize = 16;
+/// The checker through two instances sharing a Redis: writes through either, reads
+/// through either (and from Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_randomized_checker_through_two_instances_sharing_redis_finds_no_stale_read() {
+    let pg = checker_db().await;
+    let redis = pgopt_embedded::Redis::start().await.unwrap();
+    let a = checker_proxy(&pg, Some(&redis)).await;
+    let b = checker_proxy(&pg, Some(&redis)).await;
+    check_for_stale_reads(&[&a, &b]).await;
+    let stats = cache_row(&b).await;
+    assert!(counter(&stats, "l2_hits") > 0, "{stats:?}");
+    assert_eq!(counter(&stats, "bus_flushes"), 0, "{stats:?}");
+}
+
+async fn checker_db() -> Postgres {
     let pg = Postgres::start().await.unwrap();
     pg.psql(
         "CREATE TABLE counters (k int PRIMARY KEY, v bigint NOT NULL);
          INSERT INTO counters SELECT g, 0 FROM generate_series(0, 15) g;",
     )
     .unwrap();
-    let proxy = start_with(&pg, |c| {
+    pg
+}
+
+async fn checker_proxy(pg: &Postgres, redis: Option<&pgopt_embedded::Redis>) -> Proxy {
+    let proxy = start_with(pg, |c| {
         c.default_pool_size = 6;
         c.cache = CacheSettings {
             enabled: true,
             tables: vec!["counters".into()],
+            redis: redis.map(|r| pgopt_proxy::RedisConfig {
+                url: r.url(),
+                timeout: std::time::Duration::from_millis(500),
+                ..pgopt_proxy::RedisConfig::default()
+            }),
             ..CacheSettings::default()
         };
     })
     .await;
+    if redis.is_some() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while cache_row(&proxy).await["redis"] != "up" {
+            assert!(std::time::Instant::now() < deadline, "Redis never up");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    proxy
+}
+
+/// Writers increment random counters (simple, prepared, in a transaction, rolled
+/// back) and record each committed value; readers check every read is at least the
+/// value committed before it began. Clients are spread over `proxies`.
+async fn check_for_stale_reads(proxies: &[&Proxy]) {
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    const KEYS: usize = 16;
     let floor: Arc<Vec<AtomicI64>> = Arc::new((0..KEYS).map(|_| AtomicI64::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let (stale, reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut tasks = Vec::new();
     for w in 0..3u64 {
-        let client = connect(&proxy, "postgres", None).await.unwrap();
+        let proxy = proxies[w as usize % proxies.len()];
+        let client = connect(proxy, "postgres", None).await.unwrap();
         let (floor, stop) = (floor.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let update = client
@@ -623,7 +667,8 @@ async fn a_randomized_checker_finds_no_stale_read() {
         }));
     }
     for r in 0..4u64 {
-        let client = connect(&proxy, "postgres", None).await.unwrap();
+        let proxy = proxies[(r as usize + 1) % proxies.len()];
+        let client = connect(proxy, "postgres", None).await.unwrap();
         let (floor, stop, stale, reads) =
             (floor.clone(), stop.clone(), stale.clone(), reads.clone());
         tasks.push(tokio::spawn(async move {
@@ -656,7 +701,10 @@ async fn a_randomized_checker_finds_no_stale_read() {
     let started = std::time::Instant::now();
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let hits = counter(&cache_row(&proxy).await, "hits");
+        let mut hits = 0;
+        for proxy in proxies {
+            hits += counter(&cache_row(proxy).await, "hits");
+        }
         let elapsed = started.elapsed();
         if (elapsed.as_secs() >= 3 && hits > 100) || elapsed.as_secs() >= 30 {
             break;
@@ -666,17 +714,18 @@ async fn a_randomized_checker_finds_no_stale_read() {
     for t in tasks {
         t.await.unwrap();
     }
-    let stats = cache_row(&proxy).await;
+    let mut stats = Vec::new();
+    for proxy in proxies {
+        stats.push(cache_row(proxy).await);
+    }
     assert_eq!(
         stale.load(SeqCst),
         0,
         "stale reads out of {}: {stats:?}",
         reads.load(SeqCst)
     );
-    assert!(
-        counter(&stats, "hits") > 100,
-        "the cache served reads: {stats:?}"
-    );
+    let hits: u64 = stats.iter().map(|s| counter(s, "hits")).sum();
+    assert!(hits > 100, "the cache served reads: {stats:?}");
 }
 
 /// The next draw of a small LCG: a key below `keys`, and bits for other choices.
