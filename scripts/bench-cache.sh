@@ -12,7 +12,11 @@
 #   tpcb     pgbench's own TPC-B (writes to pgbench_accounts every transaction): what the
 #            cache costs when it cannot help (every read's entry is invalidated)
 #
-# usage: scripts/bench-cache.sh [SECONDS_PER_RUN=15] [PGBENCH_SCALE=10] [POOL_SIZE=20]
+# With REDIS=1 the cached pgopt also shares its cache through a redis-server started
+# here ([cache.redis]: every miss reads the tables' versions in Redis, every fill is
+# stored there, every commit is published and confirmed): what L2 and the bus cost.
+#
+# usage: [REDIS=1] scripts/bench-cache.sh [SECONDS_PER_RUN=15] [PGBENCH_SCALE=10] [POOL_SIZE=20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
@@ -60,6 +64,14 @@ enabled = true
 tables = ["pgbench_accounts"]
 ttl = "10m"
 TOML
+if [ "${REDIS:-0}" = 1 ]; then
+  command -v redis-server >/dev/null || { echo "missing redis-server (apt-get install redis-server)" >&2; exit 1; }
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    --dir "$tmp" --logfile "$tmp/redis.log" &
+  pids+=($!)
+  printf '[cache.redis]\nurl = "redis://127.0.0.1:%s"\n' "$redis_port" >>"$tmp/cache.toml"
+fi
 
 upstream="postgres://postgres@127.0.0.1:$pg_port/postgres"
 proxy() {
@@ -70,10 +82,11 @@ proxy() {
 }
 proxy "$plain_port"
 proxy "$cache_port" --config "$tmp/cache.toml"
-plain_pid=${pids[0]}; cache_pid=${pids[1]}
+plain_pid=${pids[-2]}; cache_pid=${pids[-1]}
 sleep 1
 
-printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores\n' "$(date -u +%F)" "$secs" "$scale" "$pool" "$(nproc)"
+printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores%s\n' "$(date -u +%F)" "$secs" "$scale" \
+  "$pool" "$(nproc)" "$([ "${REDIS:-0}" = 1 ] && echo ', +cache shares L2 and invalidations through Redis')"
 printf '%-28s %9s %9s %9s %8s %8s %8s %8s %8s %8s %7s\n' case direct pgopt "+cache" "c/dir" "c/pgopt" \
   "dir ms" "pg ms" "c ms" "c µs/tx" "hits"
 hits() {

@@ -1106,8 +1106,8 @@ impl Relay {
     fn answer_owed(&mut self) {
         let statements = &mut self.statements;
         self.expected
-            .answer_ready(&mut self.out, self.status, |applied| {
-                statements.settle(applied)
+            .answer_ready(&mut self.out, self.status, |id, applied| {
+                statements.settle(id, applied)
             });
     }
 
@@ -1128,12 +1128,13 @@ impl Relay {
         let Ok(query) = Query::decode(body) else {
             return false;
         };
-        let all = match deallocate_target(query.sql) {
-            Some(None) => self.statements.deallocate(None),
-            Some(Some(name)) if self.statements.deallocate(Some(&name)) => false,
-            _ => return false,
+        let (all, id) = match deallocate_target(query.sql) {
+            Some(None) => (true, self.statements.deallocate(None)),
+            Some(Some(name)) => (false, self.statements.deallocate(Some(&name))),
+            None => return false,
         };
-        self.expected.push(Step::Deallocated { all });
+        let Some(id) = id else { return false };
+        self.expected.push(Step::Deallocated { all, id });
         true
     }
 

@@ -62,7 +62,8 @@ pub struct ClientStatements {
     by_name: HashMap<String, ClientStatement>,
     /// What each `DEALLOCATE` answered by the proxy and not yet settled removed, in
     /// order: put back if the transaction turns out to have failed before it.
-    deallocated: VecDeque<Vec<(String, ClientStatement)>>,
+    deallocated: VecDeque<(u64, Vec<(String, ClientStatement)>)>,
+    next_deallocation: u64,
 }
 
 impl ClientStatements {
@@ -98,29 +99,35 @@ impl ClientStatements {
     /// A `DEALLOCATE` of one of the client's statements (`None`: all of them),
     /// answered by the proxy: the names are gone at once (later messages must not
     /// find them) but can still come back, see [`ClientStatements::settle`].
-    /// False when `name` is not one of the client's.
-    pub fn deallocate(&mut self, name: Option<&str>) -> bool {
+    /// Its id for [`Step::Deallocated`]; `None` when `name` is not one of the
+    /// client's.
+    pub fn deallocate(&mut self, name: Option<&str>) -> Option<u64> {
         let removed = match name {
             None => self.by_name.drain().collect(),
-            Some(name) => match self.by_name.remove_entry(name) {
-                Some(entry) => vec![entry],
-                None => return false,
-            },
+            Some(name) => vec![self.by_name.remove_entry(name)?],
         };
-        self.deallocated.push_back(removed);
-        true
+        let id = self.next_deallocation;
+        self.next_deallocation += 1;
+        self.deallocated.push_back((id, removed));
+        Some(id)
     }
 
-    /// The oldest unsettled `DEALLOCATE` was answered: `applied` is false when the
-    /// transaction had failed by then (PostgreSQL refuses it with 25P02), and its
-    /// names come back unless the client has prepared them again since.
-    pub fn settle(&mut self, applied: bool) {
-        let Some(removed) = self.deallocated.pop_front() else {
-            return;
-        };
-        if !applied {
-            for (name, statement) in removed {
-                self.by_name.entry(name).or_insert(statement);
+    /// `DEALLOCATE` `id` was answered: `applied` is false when the transaction had
+    /// failed by then (PostgreSQL refuses it with 25P02), and its names come back
+    /// unless the client has prepared them again since. Older ones never answered
+    /// (the server skipped them after an error) come back too.
+    pub fn settle(&mut self, id: u64, applied: bool) {
+        while let Some((first, _)) = self.deallocated.front() {
+            if *first > id {
+                return;
+            }
+            let Some((first, removed)) = self.deallocated.pop_front() else {
+                return;
+            };
+            if first < id || !applied {
+                for (name, statement) in removed {
+                    self.by_name.entry(name).or_insert(statement);
+                }
             }
         }
     }
@@ -193,7 +200,7 @@ pub enum Step {
     /// A simple-query `DEALLOCATE name` (`all`: `DEALLOCATE ALL`) of the client's own
     /// statements, answered by the proxy: CommandComplete and ReadyForQuery, or 25P02
     /// and ReadyForQuery if the transaction has failed by the time it is answered.
-    Deallocated { all: bool },
+    Deallocated { all: bool, id: u64 },
     /// A query pgopt sent itself (settings for this client): every response to it,
     /// up to and including its ReadyForQuery, is dropped.
     InjectedQuery,
@@ -318,12 +325,12 @@ impl Expected {
         &mut self,
         out: &mut BytesMut,
         status: TransactionStatus,
-        mut deallocated: impl FnMut(bool),
+        mut deallocated: impl FnMut(u64, bool),
     ) {
         loop {
             match self.queue.front().copied() {
                 Some(Step::Answer(tag)) => out.extend_from_slice(&[tag, 0, 0, 0, 4]),
-                Some(Step::Deallocated { all }) => {
+                Some(Step::Deallocated { all, id }) => {
                     let applied = status != TransactionStatus::Failed;
                     if applied {
                         let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
@@ -337,7 +344,7 @@ impl Expected {
                         )
                         .encode_error(out);
                     }
-                    deallocated(applied);
+                    deallocated(id, applied);
                     ReadyForQuery { status }.encode(out);
                 }
                 Some(Step::Error) => {
@@ -510,10 +517,10 @@ mod tests {
             request: Request::Sync,
             prepared: None,
         });
-        e.answer_ready(&mut out, TransactionStatus::Idle, |_| {});
+        e.answer_ready(&mut out, TransactionStatus::Idle, |_, _| {});
         assert!(out.is_empty(), "the Bind is still owed");
         run(&mut e, b"2");
-        e.answer_ready(&mut out, TransactionStatus::Idle, |_| {});
+        e.answer_ready(&mut out, TransactionStatus::Idle, |_, _| {});
         assert_eq!(&out[..], b"3\0\0\0\x04");
         run(&mut e, b"Z");
         assert!(e.is_empty());
@@ -537,16 +544,20 @@ mod tests {
             request: Request::Query,
             prepared: None,
         });
-        assert!(names.deallocate(None));
-        e.push(Step::Deallocated { all: true });
-        assert!(!names.deallocate(Some("a")), "already gone");
+        let id = names.deallocate(None).unwrap();
+        e.push(Step::Deallocated { all: true, id });
+        assert!(names.deallocate(Some("a")).is_none(), "already gone");
         assert!(names.query_of("b").is_none());
         names.insert("b", prepared(3), 0); // prepared again in the meantime
         let mut out = BytesMut::new();
-        e.answer_ready(&mut out, TransactionStatus::Failed, |ok| names.settle(ok));
+        e.answer_ready(&mut out, TransactionStatus::Failed, |id, ok| {
+            names.settle(id, ok)
+        });
         assert!(out.is_empty(), "the query is still owed");
         run(&mut e, b"EZ");
-        e.answer_ready(&mut out, TransactionStatus::Failed, |ok| names.settle(ok));
+        e.answer_ready(&mut out, TransactionStatus::Failed, |id, ok| {
+            names.settle(id, ok)
+        });
         assert_eq!(out[0], b'E', "25P02, not DEALLOCATE ALL");
         assert_eq!(&out[out.len() - 6..], b"Z\0\0\0\x05E");
         assert!(names.get_mut("a").is_some(), "a is back");
@@ -557,15 +568,24 @@ mod tests {
         );
 
         // In a live transaction it takes effect.
-        assert!(names.deallocate(Some("a")));
-        e.push(Step::Deallocated { all: false });
+        let id = names.deallocate(Some("a")).unwrap();
+        e.push(Step::Deallocated { all: false, id });
         let mut out = BytesMut::new();
-        e.answer_ready(&mut out, TransactionStatus::InTransaction, |ok| {
-            names.settle(ok)
+        e.answer_ready(&mut out, TransactionStatus::InTransaction, |id, ok| {
+            names.settle(id, ok)
         });
         assert_eq!(out[0], b'C');
         assert!(names.get_mut("a").is_none());
         assert!(e.is_empty());
+
+        // One the server skipped (never answered) comes back when a later one settles.
+        let skipped = names.deallocate(Some("b")).unwrap();
+        names.insert("c", prepared(4), 0);
+        let answered = names.deallocate(Some("c")).unwrap();
+        assert!(skipped < answered);
+        names.settle(answered, true);
+        assert!(names.get_mut("b").is_some(), "b is back");
+        assert!(names.get_mut("c").is_none());
     }
 
     #[test]
