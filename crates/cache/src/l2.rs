@@ -178,11 +178,14 @@ return out
 /// lost last message is noticed.
 const BEAT: &str = r"
 local seq = redis.call('GET', KEYS[1]) or '0'
+if seq ~= '0' then redis.call('EXPIRE', KEYS[1], 86400) end
 redis.call('PUBLISH', ARGV[1], 'hb\0' .. ARGV[2] .. '\0' .. seq)
 return seq
 ";
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A channel silent this long (three heartbeats) is taken as dropped.
+const SILENCE: Duration = Duration::from_secs(3);
 const MAGIC: &[u8; 4] = b"PGC1";
 const MAC_LEN: usize = 32;
 const COMPRESSED: u8 = 1;
@@ -284,6 +287,12 @@ impl L2 {
             tasks: Mutex::new(Vec::new()),
             config,
         });
+        if l2.config.hmac_key.is_none() && l2.config.store_values {
+            tracing::warn!(
+                "cache.redis.hmac_key is not set: values read from Redis are checked for \
+                 corruption, not forgery; set it where others can write to this Redis"
+            );
+        }
         let keeper = tokio::spawn(keep_connected(Arc::downgrade(&l2)));
         let listener = tokio::spawn(listen(Arc::downgrade(&l2), versions, flush));
         l2.tasks
@@ -364,6 +373,16 @@ impl L2 {
     /// under `key` if it was filled at exactly those versions. `None`: Redis is not
     /// reachable now.
     pub async fn lookup(&self, key: &Key, tables: &[String]) -> Option<Found> {
+        // A commit of this instance not yet counted in Redis: Redis' versions are
+        // behind it, so what they validate may predate it.
+        if !self
+            .owed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            return None;
+        }
         let want = self.config.store_values;
         let mut inv = self.read.prepare_invoke();
         for t in tables {
@@ -522,22 +541,22 @@ impl L2 {
                 "not every instance confirmed an invalidation in time"
             );
         }
-        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        acks.remove(&seq);
-        // Confirmations of messages nobody waits for any more.
-        if acks.len() > 1024 {
-            acks.clear();
-        }
+        self.acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq);
     }
 
     /// A subscriber applied this instance's message `seq`.
     fn ack_received(&self, seq: u64) {
-        *self
-            .acks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(seq)
-            .or_default() += 1;
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        *acks.entry(seq).or_default() += 1;
+        // Confirmations that came after their writer stopped waiting: sequences only
+        // grow, so the old ones go.
+        if acks.len() > 4096 {
+            acks.retain(|&s, _| s + 1024 > seq);
+        }
+        drop(acks);
         self.acked.notify_waiters();
     }
 
@@ -555,16 +574,17 @@ impl L2 {
     }
 
     /// Tables owed from a time Redis was unreachable, published now.
+    /// They stay owed (lookups stay misses) until Redis has counted them.
     async fn pay_owed(&self) {
         let owed: Vec<String> = {
-            let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-            owed.drain().collect()
+            let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+            owed.iter().cloned().collect()
         };
-        if !owed.is_empty() && self.publish_now(&owed).await.is_none() {
-            self.owed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(owed);
+        if !owed.is_empty() && self.publish_now(&owed).await.is_some() {
+            let mut left = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+            for t in &owed {
+                left.remove(t);
+            }
         }
     }
 
@@ -603,6 +623,7 @@ async fn keep_connected(l2: Weak<L2>) {
                         tracing::info!("Redis reached: the shared cache is on");
                     }
                     backoff = Duration::from_millis(100);
+                    // (Lookups stay misses until this is done: see `lookup`.)
                     this.pay_owed().await;
                     HEARTBEAT
                 }
@@ -667,12 +688,17 @@ async fn listen(l2: Weak<L2>, versions: Arc<Versions>, flush: Arc<dyn Fn() + Sen
         };
         backoff = Duration::from_millis(100);
         let Some(this) = l2.upgrade() else { return };
+        // What was filled while the channel was down (a lookup that began before it
+        // dropped) may have missed a message: gone before anything is served again.
+        flush();
         this.counters.bus_up.store(true, Relaxed);
         tracing::info!("subscribed to the cache's invalidation channel");
         drop(this);
         let mut last: HashMap<u64, u64> = HashMap::new();
         let mut stream = pubsub.into_on_message();
-        while let Some(msg) = stream.next().await {
+        // Every instance (this one included) sends a heartbeat each second: a channel
+        // silent for longer is taken as dropped (a half-open connection).
+        while let Ok(Some(msg)) = tokio::time::timeout(SILENCE, stream.next()).await {
             let Some(this) = l2.upgrade() else { return };
             if msg.get_channel_name() == acks {
                 if let Some(seq) = std::str::from_utf8(msg.get_payload_bytes())
@@ -834,6 +860,8 @@ fn decode(raw: &[u8], key: &Key, mac_key: &[u8], max: usize) -> Result<Decoded, 
             return Err("larger than allowed");
         }
         lz4_flex::decompress_size_prepended(r.0).map_err(|_| "does not decompress")?
+    } else if r.0.len() > max {
+        return Err("larger than allowed");
     } else {
         r.0.to_vec()
     };

@@ -105,8 +105,43 @@ impl Versions {
         self.merge(remote, false)
     }
 
+    /// [`Versions::observe`] of a reply to a request sent at `before`: the versions
+    /// after it, if nothing but this reply moved them since `before` — then a value
+    /// read with the reply is exactly as current as they are. `None` when something
+    /// else moved them meanwhile (the reply may be older than that).
+    pub fn observe_since<'a>(
+        &self,
+        before: &Snapshot,
+        remote: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Option<Snapshot> {
+        let mut map = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        let unchanged = before
+            .0
+            .iter()
+            .all(|(t, v)| map.get(t).copied().unwrap_or_default() == *v);
+        self.merge_into(&mut map, remote, true);
+        unchanged.then(|| {
+            Snapshot(
+                before
+                    .0
+                    .iter()
+                    .map(|(t, _)| (t.clone(), map.get(t).copied().unwrap_or_default()))
+                    .collect(),
+            )
+        })
+    }
+
     fn merge<'a>(&self, remote: impl IntoIterator<Item = (&'a str, u64)>, track: bool) {
         let mut map = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        self.merge_into(&mut map, remote, track);
+    }
+
+    fn merge_into<'a>(
+        &self,
+        map: &mut HashMap<String, Version>,
+        remote: impl IntoIterator<Item = (&'a str, u64)>,
+        track: bool,
+    ) {
         for (t, r) in remote {
             let v = match map.get_mut(t) {
                 Some(v) => v,
@@ -150,5 +185,19 @@ mod tests {
         assert_eq!(now.remote().collect::<Vec<_>>(), [("t", 7)]);
         v.bump(&["t"]);
         assert!(!v.is_current(&now));
+    }
+
+    #[test]
+    fn a_reply_older_than_a_message_applied_meanwhile_validates_nothing() {
+        let v = Versions::default();
+        // Nothing moved but the reply itself: its versions are current.
+        let before = v.snapshot(&["t"]);
+        let after = v.observe_since(&before, [("t", 7)]).unwrap();
+        assert!(v.is_current(&after));
+        assert_eq!(after.remote().next(), Some(("t", 7)));
+        // A message (remote 8) is applied while a request is out; its reply says 7.
+        let before = v.snapshot(&["t"]);
+        v.observe_tracked([("t", 8)]);
+        assert!(v.observe_since(&before, [("t", 7)]).is_none());
     }
 }

@@ -591,27 +591,28 @@ impl Relay {
             }
         }
         if let Some(l2) = &cache.l2 {
+            // Before the round trip: a value may go into L1 only if nothing moved
+            // while it was away (a reply can be older than a message applied meanwhile).
+            let before = cache.cache.versions.snapshot(&tags);
             // One round trip: the tables' versions in Redis, and a value stored at them.
             let Some(found) = l2.lookup(&key, &tags).await else {
                 // Redis is not reachable: PostgreSQL answers, nothing is stored.
                 return CacheLookup::Pass;
             };
-            let versions = &cache.cache.versions;
-            let remote = || {
-                tags.iter()
-                    .map(String::as_str)
-                    .zip(found.versions.iter().copied())
-            };
-            versions.observe(remote());
+            let remote = tags
+                .iter()
+                .map(String::as_str)
+                .zip(found.versions.iter().copied());
+            // The versions now, if this reply alone moved them since `before`.
+            let current = cache.cache.versions.observe_since(&before, remote);
             // Taken after the versions moved: what a fill now checks against.
             let ticket = cache.cache.begin_fill(key, &tags);
             if let Some(value) = found.value {
-                // Into L1 only if nothing moved in between (the value is exactly as
-                // current as the versions read with it).
-                if ticket.snapshot().remote().eq(remote()) {
+                // Into L1 only when it is exactly as current as the versions known.
+                if let Some(current) = current {
                     cache.cache.l1.insert(
                         ticket.key().clone(),
-                        ticket.snapshot().clone(),
+                        current,
                         value.clone(),
                         cache.settings.ttl,
                     );
@@ -745,6 +746,8 @@ impl Relay {
     /// server finishes it before it notices), so when the cache has writes pending
     /// they are invalidated only once the server has answered, or closed.
     fn let_go(&mut self) {
+        // Commits already invalidated here but not yet told to other instances.
+        self.publish_later();
         let in_flight = self.expected.all_server_readies();
         match (self.cache.clone(), self.server.take()) {
             (Some(cache), Some(checkout)) if in_flight > 0 && !self.writes.is_empty() => {
