@@ -718,8 +718,11 @@ async fn listen(l2: Weak<L2>, versions: Arc<Versions>, flush: Arc<dyn Fn() + Sen
                 flush();
             }
             // The writer waits for this (after a flush too: nothing stale is left).
-            if let Some((instance, seq)) = write_of(payload) {
-                this.send_ack(instance, seq);
+            match write_of(payload) {
+                // Its own message: no round trip to confirm it.
+                Some((instance, seq)) if instance == this.instance => this.ack_received(seq),
+                Some((instance, seq)) => this.send_ack(instance, seq),
+                None => {}
             }
         }
         let Some(this) = l2.upgrade() else { return };

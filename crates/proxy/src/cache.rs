@@ -36,8 +36,17 @@ pub struct CacheSettings {
     /// Tables whose reads may be cached (`name` or `schema.name`; the schema is not
     /// told apart). A statement is cached only when it reads nothing else.
     pub tables: Vec<String>,
+    /// Cache every cacheable read of listed tables. Off: only statements opted in
+    /// by a `/* pgopt:cache */` hint or listed in `fingerprints`.
+    pub auto: bool,
+    /// Query shapes (SHOW QUERIES' fingerprints) cached whatever tables they read
+    /// (still only read-only, non-volatile statements on cacheable relations).
+    pub fingerprints: Vec<u64>,
     /// How long an entry lives at most (writes through pgopt end it sooner).
     pub ttl: Duration,
+    /// A shorter or longer `ttl` for reads of some tables (the shortest of a
+    /// statement's tables applies; a hint's `ttl=` comes first).
+    pub table_ttl: Vec<(String, Duration)>,
     /// Bytes of entries held in memory at most.
     pub max_bytes: u64,
     /// Larger results are not stored.
@@ -59,7 +68,10 @@ impl Default for CacheSettings {
         CacheSettings {
             enabled: false,
             tables: Vec::new(),
+            auto: true,
+            fingerprints: Vec::new(),
             ttl: Duration::from_secs(60),
+            table_ttl: Vec::new(),
             max_bytes: 64 << 20,
             max_result_bytes: 1 << 20,
             wal_listener: false,
@@ -429,23 +441,35 @@ impl ProxyCache {
         guard.1 += 1;
     }
 
-    /// The tags of a statement whose result may be cached, else `None`: every
-    /// relation it reads must be listed and known to the catalog; a view is tagged with
-    /// what it reads.
-    pub fn tags(&self, analysis: &Analysis, deps: &Deps) -> Option<Vec<String>> {
+    /// The tags and TTL of a statement whose result may be cached, else `None`. It
+    /// must be opted in — a `pgopt:cache` hint, a listed fingerprint, or (`auto`) every
+    /// relation it reads listed — and every relation must be known to the catalog and
+    /// cacheable; a view is tagged with what it reads.
+    pub fn tags(&self, analysis: &Analysis, deps: &Deps) -> Option<(Vec<String>, Duration)> {
         // A user function may read tables the text doesn't name.
         if !analysis.cacheable() || analysis.tables_read.is_empty() || analysis.user_functions {
             return None;
         }
+        let hint = analysis.hints.cache.as_ref();
+        let opted_in = hint.is_some() || self.settings.fingerprints.contains(&analysis.fingerprint);
         let mut tags = vec![ALL.to_string()];
+        let mut ttl = self.settings.ttl;
         for table in &analysis.tables_read {
             let t = tag(table);
-            if !self.tables.contains(t) {
+            let listed = self.settings.auto && self.tables.contains(t);
+            if !(opted_in || listed) {
                 return None;
+            }
+            if let Some((_, table_ttl)) = self.settings.table_ttl.iter().find(|(n, _)| tag(n) == t)
+            {
+                ttl = ttl.min(*table_ttl);
             }
             deps.read_tags(t, &mut tags)?;
         }
-        Some(tags)
+        if let Some(hinted) = hint.and_then(|h| h.ttl) {
+            ttl = hinted;
+        }
+        Some((tags, ttl))
     }
 
     /// A transaction that wrote `writes` ended: the entries of those tables, and of
@@ -837,6 +861,8 @@ impl PendingWrites {
 /// server, the reply so far, and the single-flight slot (waiters wake when it drops).
 pub struct Fill {
     pub ticket: FillTicket,
+    /// How long the result is kept.
+    pub ttl: Duration,
     pub description: BytesMut,
     pub rows: BytesMut,
     pub _flight: Option<Flight>,
@@ -874,9 +900,10 @@ impl Fill {
 }
 
 impl Fill {
-    pub fn new(ticket: FillTicket, flight: Option<Flight>) -> Fill {
+    pub fn new(ticket: FillTicket, ttl: Duration, flight: Option<Flight>) -> Fill {
         Fill {
             ticket,
+            ttl,
             description: BytesMut::new(),
             rows: BytesMut::new(),
             _flight: flight,

@@ -559,7 +559,7 @@ impl Relay {
             },
             (None, None) => return CacheLookup::Pass,
         };
-        let Some(tags) = cache.tags(&analysis, &deps) else {
+        let Some((tags, ttl)) = cache.tags(&analysis, &deps) else {
             return CacheLookup::Pass;
         };
         let settings = self.settings.statements();
@@ -610,21 +610,19 @@ impl Relay {
             if let Some(value) = found.value {
                 // Into L1 only when it is exactly as current as the versions known.
                 if let Some(current) = current {
-                    cache.cache.l1.insert(
-                        ticket.key().clone(),
-                        current,
-                        value.clone(),
-                        cache.settings.ttl,
-                    );
+                    cache
+                        .cache
+                        .l1
+                        .insert(ticket.key().clone(), current, value.clone(), ttl);
                 }
                 self.serve_hit(&cache, &value, shape, prepares, epoch);
                 return CacheLookup::Served;
             }
             cache.counters.misses.fetch_add(1, Relaxed);
-            return CacheLookup::Fill(Fill::new(ticket, flight));
+            return CacheLookup::Fill(Fill::new(ticket, ttl, flight));
         }
         cache.counters.misses.fetch_add(1, Relaxed);
-        CacheLookup::Fill(Fill::new(cache.cache.begin_fill(key, &tags), flight))
+        CacheLookup::Fill(Fill::new(cache.cache.begin_fill(key, &tags), ttl, flight))
     }
 
     /// Answers the request (and the rest of its batch) with a stored reply.
@@ -664,7 +662,7 @@ impl Relay {
                 let Some(fill) = self.filling.take() else {
                     return;
                 };
-                let ttl = cache.settings.ttl;
+                let ttl = fill.ttl;
                 // For L2: the key and the Redis versions read before the query ran.
                 let shared = cache.l2.clone().map(|l2| {
                     let ticket = &fill.ticket;

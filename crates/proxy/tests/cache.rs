@@ -807,3 +807,60 @@ async fn writes_that_bypass_pgopt_invalidate_through_the_replication_stream() {
     assert!(counter(&stats, "wal_commits") >= 1, "{stats:?}");
     assert!(!stats["wal_p99_ms"].is_empty(), "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_fingerprints_and_table_ttls_choose_what_is_cached_and_for_how_long() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a'), (2, 'b');
+         CREATE TABLE unlisted (v text);
+         INSERT INTO unlisted VALUES ('u');",
+    )
+    .unwrap();
+    let by_fingerprint = "SELECT v FROM unlisted WHERE v <> 'x'";
+    let fingerprint = pgopt_sql::analyze(by_fingerprint).unwrap().fingerprint;
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            auto: false,
+            fingerprints: vec![fingerprint],
+            table_ttl: vec![("unlisted".into(), std::time::Duration::from_millis(300))],
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let plain = "SELECT v FROM items WHERE id = 1";
+    let hinted = "/* pgopt:cache */ SELECT v FROM items WHERE id = 1";
+    let short = "/* pgopt:cache ttl=300ms */ SELECT v FROM items WHERE id = 2";
+    assert_eq!(value(&client, plain).await, "a");
+    assert_eq!(value(&client, hinted).await, "a");
+    assert_eq!(value(&client, short).await, "b");
+    assert_eq!(value(&client, by_fingerprint).await, "u");
+    pg.psql("UPDATE items SET v = v || '2'; UPDATE unlisted SET v = 'u2'")
+        .unwrap();
+    // Listed but not opted in (auto is off): not cached.
+    assert_eq!(value(&client, plain).await, "a2");
+    // Opted in by the hint and by the fingerprint: served from the cache.
+    assert_eq!(value(&client, hinted).await, "a");
+    assert_eq!(value(&client, by_fingerprint).await, "u");
+    // The hint's ttl and the table's ttl end their entries long before the default
+    // 60 s (the hint's own entry may already be gone: no claim on it here).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while value(&client, short).await != "b2" || value(&client, by_fingerprint).await != "u2" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the short TTLs never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        value(&client, hinted).await,
+        "a",
+        "the default ttl still holds"
+    );
+    let stats = cache_row(&proxy).await;
+    assert!(counter(&stats, "hits") >= 2, "{stats:?}");
+}

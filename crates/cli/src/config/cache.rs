@@ -1,6 +1,10 @@
 //! The `[cache]` section: the proxy's result cache.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::HumanDuration;
 
@@ -10,7 +14,14 @@ pub struct CacheSection {
     pub enabled: bool,
     /// Tables whose reads may be cached (`name` or `schema.name`).
     pub tables: Vec<String>,
+    /// Cache every cacheable read of the listed tables; off: only statements with a
+    /// `/* pgopt:cache */` hint or a listed fingerprint.
+    pub auto: bool,
+    /// Query shapes cached whatever tables they read (SHOW QUERIES' fingerprints).
+    pub fingerprints: Vec<Fingerprint>,
     pub ttl: HumanDuration,
+    /// Per-table TTLs: `table_ttl = { prices = "5s" }`.
+    pub table_ttl: BTreeMap<String, HumanDuration>,
     pub max_bytes: u64,
     pub max_result_bytes: u64,
     /// Follow committed changes on a logical replication stream (wal_level = logical),
@@ -80,7 +91,10 @@ impl Default for CacheSection {
         CacheSection {
             enabled: d.enabled,
             tables: d.tables,
+            auto: d.auto,
+            fingerprints: Vec::new(),
             ttl: HumanDuration(d.ttl),
+            table_ttl: BTreeMap::new(),
             max_bytes: d.max_bytes,
             max_result_bytes: d.max_result_bytes as u64,
             wal_listener: d.wal_listener,
@@ -97,7 +111,14 @@ impl CacheSection {
         pgopt_proxy::CacheSettings {
             enabled: self.enabled,
             tables: self.tables.clone(),
+            auto: self.auto,
+            fingerprints: self.fingerprints.iter().map(|f| f.0).collect(),
             ttl: self.ttl.0,
+            table_ttl: self
+                .table_ttl
+                .iter()
+                .map(|(t, d)| (t.clone(), d.0))
+                .collect(),
             max_bytes: self.max_bytes,
             max_result_bytes: usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX),
             wal_listener: self.wal_listener,
@@ -107,5 +128,36 @@ impl CacheSection {
                 .redis
                 .config(usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX)),
         }
+    }
+}
+
+/// A query shape's fingerprint as SHOW QUERIES prints it: 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint(pub u64);
+
+impl Serialize for Fingerprint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:016x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Fingerprint;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a fingerprint as SHOW QUERIES shows it (16 hex digits)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Fingerprint, E> {
+                match u64::from_str_radix(v, 16) {
+                    Ok(f) if !v.is_empty() && v.len() <= 16 => Ok(Fingerprint(f)),
+                    _ => Err(E::custom(format!(
+                        "expected a fingerprint as SHOW QUERIES shows it (16 hex digits), found {v:?}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_str(V)
     }
 }

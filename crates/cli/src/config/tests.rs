@@ -140,3 +140,36 @@ fn printed_config_reads_back() {
     let text = toml::to_string_pretty(&Config::default()).unwrap();
     parse_text("printed", &text).unwrap();
 }
+
+#[test]
+fn cache_rules_and_redis_are_read_and_checked() {
+    let text = "[cache]\nenabled = true\nauto = false\nfingerprints = [\"ec2a7271cedbd52d\"]\n\
+                table_ttl = { prices = \"5s\" }\n\n[cache.redis]\nurl = \"redis://127.0.0.1:6379\"\n\
+                hmac_key = \"k\"\n";
+    let config = parse_text("pgopt.toml", text).unwrap();
+    let settings = config.cache.settings();
+    assert!(!settings.auto);
+    assert_eq!(settings.fingerprints, [0xec2a7271cedbd52d]);
+    assert_eq!(
+        settings.table_ttl,
+        [("prices".to_string(), std::time::Duration::from_secs(5))]
+    );
+    let redis = settings.redis.unwrap();
+    assert_eq!(redis.url, "redis://127.0.0.1:6379");
+    assert_eq!(redis.hmac_key.as_deref(), Some(&b"k"[..]));
+    assert!(parse_text("pgopt.toml", "[cache]\n")
+        .unwrap()
+        .cache
+        .settings()
+        .redis
+        .is_none());
+
+    let e = err("[cache]\nfingerprints = [\"not hex\"]\n");
+    assert!(e.starts_with("pgopt.toml:2: cache.fingerprints"), "{e}");
+    assert!(e.contains("16 hex digits"), "{e}");
+    let e = err("[cache.redis]\nurl = \"redis://x\"\nttl = \"1s\"\n");
+    assert!(
+        e.starts_with("pgopt.toml:3: cache.redis.ttl: unknown key"),
+        "{e}"
+    );
+}
