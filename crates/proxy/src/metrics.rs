@@ -266,7 +266,7 @@ fn cache(m: &mut Page, shared: &Shared) {
     };
     let l1 = cache.cache.l1.stats();
     let c = &cache.counters;
-    for (name, kind, help, value) in [
+    let families = [
         ("pgopt_cache_hits_total", "counter", "Requests answered from the result cache.", c.hits.load(Relaxed)),
         ("pgopt_cache_misses_total", "counter", "Cacheable requests that went to the server.", c.misses.load(Relaxed)),
         ("pgopt_cache_stored_total", "counter", "Results stored after a miss.", c.stored.load(Relaxed)),
@@ -285,64 +285,62 @@ fn cache(m: &mut Page, shared: &Shared) {
         ("pgopt_cache_evictions_total", "counter", "Entries dropped for space.", l1.evictions),
         ("pgopt_cache_entries", "gauge", "Entries held in memory.", l1.entries),
         ("pgopt_cache_bytes", "gauge", "Bytes of keys and results held in memory.", l1.bytes),
-    ] {
-        m.family(name, kind, help);
-        m.sample(name, "", value);
+    ];
+    let mut families = families.to_vec();
+    if let Some(l2) = &cache.l2 {
+        let r = &l2.counters;
+        families.extend([
+            (
+                "pgopt_cache_redis_up",
+                "gauge",
+                "1 while Redis answers and the invalidation channel is subscribed.",
+                u64::from(crate::cache::redis_state(cache) == "up"),
+            ),
+            (
+                "pgopt_cache_l2_hits_total",
+                "counter",
+                "Requests answered from Redis (L2).",
+                r.hits.load(Relaxed),
+            ),
+            (
+                "pgopt_cache_l2_misses_total",
+                "counter",
+                "Lookups in Redis that found no current value.",
+                r.misses.load(Relaxed),
+            ),
+            (
+                "pgopt_cache_l2_stored_total",
+                "counter",
+                "Results stored in Redis.",
+                r.stored.load(Relaxed),
+            ),
+            (
+                "pgopt_cache_l2_rejected_total",
+                "counter",
+                "Values in Redis refused: bad HMAC, another key, unreadable.",
+                r.rejected.load(Relaxed),
+            ),
+            (
+                "pgopt_cache_redis_errors_total",
+                "counter",
+                "Redis calls that failed or timed out (the query went to PostgreSQL).",
+                r.errors.load(Relaxed),
+            ),
+            (
+                "pgopt_cache_publish_failures_total",
+                "counter",
+                "Commits whose invalidation did not reach Redis at once.",
+                r.publish_failures.load(Relaxed),
+            ),
+            (
+                "pgopt_cache_bus_flushes_total",
+                "counter",
+                "Local cache flushes for a dropped invalidation channel or a missed message.",
+                r.flushes.load(Relaxed),
+            ),
+        ]);
     }
-    let Some(l2) = &cache.l2 else {
-        return;
-    };
-    let r = &l2.counters;
-    for (name, kind, help, value) in [
-        (
-            "pgopt_cache_redis_up",
-            "gauge",
-            "1 while Redis answers and the invalidation channel is subscribed.",
-            u64::from(crate::cache::redis_state(cache) == "up"),
-        ),
-        (
-            "pgopt_cache_l2_hits_total",
-            "counter",
-            "Requests answered from Redis (L2).",
-            r.hits.load(Relaxed),
-        ),
-        (
-            "pgopt_cache_l2_misses_total",
-            "counter",
-            "Lookups in Redis that found no current value.",
-            r.misses.load(Relaxed),
-        ),
-        (
-            "pgopt_cache_l2_stored_total",
-            "counter",
-            "Results stored in Redis.",
-            r.stored.load(Relaxed),
-        ),
-        (
-            "pgopt_cache_l2_rejected_total",
-            "counter",
-            "Values in Redis refused: bad HMAC, another key, unreadable.",
-            r.rejected.load(Relaxed),
-        ),
-        (
-            "pgopt_cache_redis_errors_total",
-            "counter",
-            "Redis calls that failed or timed out (the query went to PostgreSQL).",
-            r.errors.load(Relaxed),
-        ),
-        (
-            "pgopt_cache_publish_failures_total",
-            "counter",
-            "Commits whose invalidation did not reach Redis at once.",
-            r.publish_failures.load(Relaxed),
-        ),
-        (
-            "pgopt_cache_bus_flushes_total",
-            "counter",
-            "Local cache flushes for a dropped invalidation channel or a missed message.",
-            r.flushes.load(Relaxed),
-        ),
-    ] {
+    for (name, kind, help, value) in families {
         m.family(name, kind, help);
         m.sample(name, "", value);
     }
