@@ -61,6 +61,10 @@ pub struct CacheSettings {
     pub publication: String,
     /// `[cache.redis]`: L2 and invalidations shared with other pgopt instances.
     pub redis: Option<RedisConfig>,
+    /// The share of simple-protocol hits run again on PostgreSQL (on a connection of
+    /// pgopt's own, in the background) and compared row by row: a built-in proof that
+    /// what is served is what PostgreSQL has (0 = off).
+    pub verify_fraction: f64,
 }
 
 impl Default for CacheSettings {
@@ -78,6 +82,7 @@ impl Default for CacheSettings {
             wal_user: None,
             publication: "pgopt_cache".into(),
             redis: None,
+            verify_fraction: 0.0,
         }
     }
 }
@@ -103,6 +108,12 @@ pub struct CacheCounters {
     pub wal_streaming: std::sync::atomic::AtomicBool,
     /// pgopt's own time on a hit (µs): from the lookup to the reply written.
     pub hit_time: Buckets,
+    /// Hits run again on PostgreSQL: the same rows, other rows, and runs that prove
+    /// nothing (a write to the tables came in between, or the run failed).
+    pub verified: AtomicU64,
+    pub mismatches: AtomicU64,
+    pub inconclusive: AtomicU64,
+    verifying: AtomicU64,
 }
 
 impl Default for CacheCounters {
@@ -110,6 +121,10 @@ impl Default for CacheCounters {
         CacheCounters {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            verified: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+            inconclusive: AtomicU64::new(0),
+            verifying: AtomicU64::new(0),
             stored: AtomicU64::new(0),
             not_stored: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
@@ -567,6 +582,88 @@ pub fn redis_state(cache: &ProxyCache) -> &'static str {
     }
 }
 
+/// A hit to run again on PostgreSQL (see [`CacheSettings::verify_fraction`]).
+pub struct Verify {
+    pub sql: String,
+    /// The client's settings, as SET statements.
+    pub settings: Vec<String>,
+    pub value: Bytes,
+    /// The versions the served entry was current at.
+    pub snapshot: pgopt_cache::Snapshot,
+}
+
+/// At most this many hits are being run again at once (more are not sampled).
+const VERIFYING_MAX: u64 = 2;
+
+impl ProxyCache {
+    /// Whether hit number `n` (counting from 1) is one to run again.
+    pub fn sample_hit(&self, n: u64) -> bool {
+        let f = self.settings.verify_fraction;
+        if f <= 0.0 {
+            return false;
+        }
+        let every = (1.0 / f.min(1.0)).round().max(1.0) as u64;
+        n.is_multiple_of(every) && self.counters.verifying.load(Relaxed) < VERIFYING_MAX
+    }
+
+    /// Runs a served hit again on `conn` and compares the rows; waits a little
+    /// before judging, so a write through pgopt that committed meanwhile has been
+    /// invalidated (the sample then proves nothing).
+    pub async fn verify(
+        &self,
+        conn: Result<crate::server::ServerConn, String>,
+        hit: Verify,
+        max_len: u32,
+    ) {
+        let c = &self.counters;
+        c.verifying.fetch_add(1, Relaxed);
+        let fresh = async {
+            let mut conn = conn?;
+            for set in &hit.settings {
+                conn.simple_query(set, max_len).await?;
+            }
+            conn.simple_query(&hit.sql, max_len).await
+        };
+        let fresh = tokio::time::timeout(Duration::from_secs(10), fresh).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let outcome = match fresh {
+            Ok(Ok(rows)) if self.cache.versions.is_current(&hit.snapshot) => {
+                if rows == stored_rows(&hit.value) {
+                    &c.verified
+                } else {
+                    tracing::warn!(sql = %hit.sql, "a result served from the cache differs from PostgreSQL's");
+                    &c.mismatches
+                }
+            }
+            _ => &c.inconclusive,
+        };
+        outcome.fetch_add(1, Relaxed);
+        c.verifying.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The rows of a stored reply (text values, as the simple protocol sends them).
+fn stored_rows(value: &[u8]) -> Vec<Vec<Option<String>>> {
+    let split = value
+        .get(..4)
+        .map(|n| 4 + u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+        .unwrap_or(0)
+        .min(value.len());
+    let mut buf = BytesMut::from(&value[split..]);
+    let mut rows = Vec::new();
+    while let Ok(Some(frame)) = pgopt_wire::split_frame(&mut buf, u32::MAX) {
+        if let Ok(pgopt_wire::backend::BackendMessage::DataRow(row)) = frame.backend() {
+            rows.push(
+                row.values
+                    .iter()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
 /// SHOW CACHE: what the result cache holds and has done (one row; none when the
 /// cache is off).
 pub fn view(cache: Option<&ProxyCache>) -> Table {
@@ -596,6 +693,8 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         ("redis_errors", Kind::Int),
         ("publish_failures", Kind::Int),
         ("ack_timeouts", Kind::Int),
+        ("verified", Kind::Int),
+        ("mismatches", Kind::Int),
         ("bus_messages", Kind::Int),
         ("bus_flushes", Kind::Int),
         ("tables", Kind::Text),
@@ -644,6 +743,8 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         count(|c| &c.errors),
         count(|c| &c.publish_failures),
         count(|c| &c.ack_timeouts),
+        n(c.verified.load(Relaxed)),
+        n(c.mismatches.load(Relaxed)),
         count(|c| &c.messages),
         count(|c| &c.flushes),
         t(cache.settings.tables.join(",")),

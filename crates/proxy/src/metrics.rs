@@ -285,6 +285,18 @@ fn cache(m: &mut Page, shared: &Shared) {
         ("pgopt_cache_evictions_total", "counter", "Entries dropped for space.", l1.evictions),
         ("pgopt_cache_entries", "gauge", "Entries held in memory.", l1.entries),
         ("pgopt_cache_bytes", "gauge", "Bytes of keys and results held in memory.", l1.bytes),
+        (
+            "pgopt_cache_verified_total",
+            "counter",
+            "Hits run again on PostgreSQL (cache.verify_fraction) that gave the same rows.",
+            c.verified.load(Relaxed),
+        ),
+        (
+            "pgopt_cache_mismatches_total",
+            "counter",
+            "Hits run again on PostgreSQL that gave other rows with no write seen in between.",
+            c.mismatches.load(Relaxed),
+        ),
     ];
     let mut families = families.to_vec();
     if let Some(l2) = &cache.l2 {

@@ -574,6 +574,7 @@ impl Relay {
         for look in 0..2 {
             if let Some(hit) = cache.cache.get(&key) {
                 self.serve_hit(&cache, &hit, shape, prepares, epoch);
+                self.maybe_verify(&cache, shape, &sql, &tags, &hit);
                 return CacheLookup::Served;
             }
             if look > 0 {
@@ -616,6 +617,7 @@ impl Relay {
                         .insert(ticket.key().clone(), current, value.clone(), ttl);
                 }
                 self.serve_hit(&cache, &value, shape, prepares, epoch);
+                self.maybe_verify(&cache, shape, &sql, &tags, &value);
                 return CacheLookup::Served;
             }
             cache.counters.misses.fetch_add(1, Relaxed);
@@ -623,6 +625,33 @@ impl Relay {
         }
         cache.counters.misses.fetch_add(1, Relaxed);
         CacheLookup::Fill(Fill::new(cache.cache.begin_fill(key, &tags), ttl, flight))
+    }
+
+    /// Runs a sampled simple-protocol hit again on PostgreSQL in the background (see
+    /// `cache.verify_fraction`).
+    fn maybe_verify(
+        &self,
+        cache: &Arc<ProxyCache>,
+        shape: Shape,
+        sql: &str,
+        tags: &[String],
+        hit: &Bytes,
+    ) {
+        let n = cache.counters.hits.load(Relaxed);
+        if shape != Shape::Simple || !cache.sample_hit(n) {
+            return;
+        }
+        let verify = crate::cache::Verify {
+            sql: sql.to_string(),
+            settings: self.settings.statements(),
+            value: hit.clone(),
+            snapshot: cache.cache.versions.snapshot(tags),
+        };
+        let (cache, pool, max_len) = (cache.clone(), self.pool.clone(), self.max_len);
+        tokio::spawn(async move {
+            let conn = pool.connect_out_of_band().await.map_err(|e| e.to_string());
+            cache.verify(conn, verify, max_len).await;
+        });
     }
 
     /// Answers the request (and the rest of its batch) with a stored reply.

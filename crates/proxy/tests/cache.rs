@@ -864,3 +864,49 @@ async fn hints_fingerprints_and_table_ttls_choose_what_is_cached_and_for_how_lon
     let stats = cache_row(&proxy).await;
     assert!(counter(&stats, "hits") >= 2, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verifier_runs_hits_again_and_counts_what_differs() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a');",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            verify_fraction: 1.0,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v, id FROM items WHERE id = 1";
+    // Waits (up to 10 s) until `name` reaches `at_least`.
+    let wait_for = |name: &'static str, at_least: u64| {
+        let proxy = &proxy;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let row = cache_row(proxy).await;
+                if counter(&row, name) >= at_least {
+                    return row;
+                }
+                assert!(std::time::Instant::now() < deadline, "{name}: {row:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(value(&client, read).await, "a");
+    assert_eq!(value(&client, read).await, "a");
+    let row = wait_for("verified", 1).await;
+    assert_eq!(counter(&row, "mismatches"), 0, "{row:?}");
+    // A write that bypasses pgopt (no replication listener): the hit is stale, and
+    // the verifier says so.
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&client, read).await, "a");
+    wait_for("mismatches", 1).await;
+}

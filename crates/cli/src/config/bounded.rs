@@ -65,3 +65,21 @@ impl<'de> Deserialize<'de> for Scale {
         }
     }
 }
+
+/// A share: from 0 to 1.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Share(pub f64);
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if (0.0..=1.0).contains(&v) {
+            Ok(Share(v))
+        } else {
+            Err(de::Error::custom(format!(
+                "expected a share from 0 to 1 (0.01 is one in a hundred), found {v}"
+            )))
+        }
+    }
+}

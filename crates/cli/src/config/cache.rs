@@ -6,6 +6,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::bounded::Share;
 use super::HumanDuration;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -32,6 +33,9 @@ pub struct CacheSection {
     pub publication: String,
     /// L2 and invalidations shared between pgopt instances.
     pub redis: RedisSection,
+    /// The share of simple-protocol hits run again on PostgreSQL and compared (SHOW
+    /// CACHE's `verified` and `mismatches`).
+    pub verify_fraction: Share,
 }
 
 /// `[cache.redis]`: off while `url` is empty.
@@ -101,6 +105,7 @@ impl Default for CacheSection {
             wal_user: String::new(),
             publication: d.publication,
             redis: RedisSection::default(),
+            verify_fraction: Share(d.verify_fraction),
         }
     }
 }
@@ -123,6 +128,7 @@ impl CacheSection {
             max_result_bytes: usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX),
             wal_listener: self.wal_listener,
             wal_user: (!self.wal_user.is_empty()).then(|| self.wal_user.clone()),
+            verify_fraction: self.verify_fraction.0,
             publication: self.publication.clone(),
             redis: self
                 .redis
