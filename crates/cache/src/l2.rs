@@ -23,7 +23,7 @@
 //! Every key shares the hash tag `{pgopt}`: scripts touch several keys, which Redis
 //! Cluster allows within one slot only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -184,8 +184,8 @@ return seq
 ";
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// A channel silent this long (three heartbeats) is taken as dropped.
-const SILENCE: Duration = Duration::from_secs(3);
+/// Entries live at most a day in Redis.
+const MAX_TTL_MS: u64 = 86_400_000;
 const MAGIC: &[u8; 4] = b"PGC1";
 const MAC_LEN: usize = 32;
 const COMPRESSED: u8 = 1;
@@ -210,7 +210,9 @@ pub struct L2 {
     beat: Script,
     pub counters: L2Counters,
     /// Tables written while Redis was unreachable: incremented once it is back.
-    owed: Mutex<HashSet<String>>,
+    /// Each with a count of the commits that owed it, so a payment only clears
+    /// what it covered.
+    owed: Mutex<HashMap<String, u64>>,
     reconnect: Arc<tokio::sync::Notify>,
     /// Confirmations received per sequence number of this instance's messages.
     acks: Mutex<HashMap<u64, u64>>,
@@ -280,7 +282,7 @@ impl L2 {
             write: Script::new(WRITE),
             beat: Script::new(BEAT),
             counters: L2Counters::default(),
-            owed: Mutex::new(HashSet::new()),
+            owed: Mutex::new(HashMap::new()),
             reconnect: Arc::new(tokio::sync::Notify::new()),
             acks: Mutex::new(HashMap::new()),
             acked: tokio::sync::Notify::new(),
@@ -355,6 +357,12 @@ impl L2 {
         let mut conn = self.connection()?;
         match tokio::time::timeout(self.config.timeout, conn.invoke::<T>(script)).await {
             Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
+                // Redis answered, with an error: the connection is fine.
+                self.counters.errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "a Redis {what} was refused");
+                None
+            }
             Ok(Err(e)) => {
                 self.failed(what, &e.to_string());
                 None
@@ -463,7 +471,11 @@ impl L2 {
         cmd.arg(self.entry_key(key))
             .arg(payload.as_ref())
             .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64);
+            .arg(
+                u64::try_from(ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .clamp(1, MAX_TTL_MS),
+            );
         match tokio::time::timeout(self.config.timeout, conn.query::<()>(&cmd)).await {
             Ok(Ok(())) => {
                 self.counters.stored.fetch_add(1, Relaxed);
@@ -484,7 +496,9 @@ impl L2 {
         if result.is_none() {
             self.counters.publish_failures.fetch_add(1, Relaxed);
             let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-            owed.extend(tables.iter().cloned());
+            for t in tables {
+                *owed.entry(t.clone()).or_default() += 1;
+            }
         }
         result
     }
@@ -576,14 +590,18 @@ impl L2 {
     /// Tables owed from a time Redis was unreachable, published now.
     /// They stay owed (lookups stay misses) until Redis has counted them.
     async fn pay_owed(&self) {
-        let owed: Vec<String> = {
+        let owed: Vec<(String, u64)> = {
             let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-            owed.iter().cloned().collect()
+            owed.iter().map(|(t, n)| (t.clone(), *n)).collect()
         };
-        if !owed.is_empty() && self.publish_now(&owed).await.is_some() {
+        let tables: Vec<String> = owed.iter().map(|(t, _)| t.clone()).collect();
+        if !owed.is_empty() && self.publish_now(&tables).await.is_some() {
             let mut left = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-            for t in &owed {
-                left.remove(t);
+            for (t, n) in &owed {
+                // A commit that failed meanwhile may not be covered: it stays owed.
+                if left.get(t) == Some(n) {
+                    left.remove(t);
+                }
             }
         }
     }
@@ -670,6 +688,9 @@ async fn listen(l2: Weak<L2>, versions: Arc<Versions>, flush: Arc<dyn Fn() + Sen
         let channel = this.channel();
         let acks = this.ack_channel(this.instance);
         let timeout = this.config.timeout.max(Duration::from_secs(1));
+        // A channel silent for three heartbeats, and what may delay them (a payment
+        // of owed tables and the beat itself, each up to `timeout`), is dropped.
+        let silence = HEARTBEAT * 3 + this.config.timeout * 4;
         drop(this);
         let subscribed = tokio::time::timeout(timeout, async {
             let client = redis::Client::open(url.as_str())?;
@@ -698,7 +719,7 @@ async fn listen(l2: Weak<L2>, versions: Arc<Versions>, flush: Arc<dyn Fn() + Sen
         let mut stream = pubsub.into_on_message();
         // Every instance (this one included) sends a heartbeat each second: a channel
         // silent for longer is taken as dropped (a half-open connection).
-        while let Ok(Some(msg)) = tokio::time::timeout(SILENCE, stream.next()).await {
+        while let Ok(Some(msg)) = tokio::time::timeout(silence, stream.next()).await {
             let Some(this) = l2.upgrade() else { return };
             if msg.get_channel_name() == acks {
                 if let Some(seq) = std::str::from_utf8(msg.get_payload_bytes())

@@ -315,7 +315,8 @@ impl Deps {
         }
         let mut todo = vec![relation.to_string()];
         while let Some(r) = todo.pop() {
-            if self.uncacheable.contains(&r) {
+            // What a view reads must be known (and cacheable) too.
+            if self.uncacheable.contains(&r) || !self.relations.contains(&r) {
                 return None;
             }
             if into.contains(&r) {
@@ -482,7 +483,8 @@ impl ProxyCache {
             deps.read_tags(t, &mut tags)?;
         }
         if let Some(hinted) = hint.and_then(|h| h.ttl) {
-            ttl = hinted;
+            // A client's hint: at most a day.
+            ttl = hinted.min(Duration::from_secs(86_400));
         }
         Some((tags, ttl))
     }
@@ -508,10 +510,15 @@ impl ProxyCache {
     /// owed and told once it is back.
     pub async fn publish(&self, tags: &[String]) {
         let Some(l2) = &self.l2 else { return };
-        if let Some(versions) = l2.publish(tags).await {
-            self.cache
+        match l2.publish(tags).await {
+            Some(versions) => self
+                .cache
                 .versions
-                .observe(versions.iter().map(|(t, v)| (t.as_str(), *v)));
+                .observe(versions.iter().map(|(t, v)| (t.as_str(), *v))),
+            // A value read from Redis while this publish was out may have gone into
+            // L1 at the bumped versions: bumped again (lookups are misses until the
+            // tables are paid).
+            None => self.cache.invalidate(tags),
         }
     }
 

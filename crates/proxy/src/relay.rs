@@ -1351,6 +1351,9 @@ impl Relay {
                             s.conn.prepared.remove(&id);
                         }
                     });
+                    for id in self.expected.take_skipped_deallocations() {
+                        self.statements.settle(id, false);
+                    }
                     if matches!(header.tag, b'C' | b'E' | b'Z') {
                         self.observe(header.tag, pos + 5..end, verdict);
                     }

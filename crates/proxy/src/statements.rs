@@ -64,6 +64,8 @@ pub struct ClientStatements {
     /// order: put back if the transaction turns out to have failed before it.
     deallocated: VecDeque<(u64, Vec<(String, ClientStatement)>)>,
     next_deallocation: u64,
+    /// The last `DEALLOCATE ALL`: names removed before it never come back.
+    last_all: Option<u64>,
 }
 
 impl ClientStatements {
@@ -102,11 +104,14 @@ impl ClientStatements {
     /// Its id for [`Step::Deallocated`]; `None` when `name` is not one of the
     /// client's.
     pub fn deallocate(&mut self, name: Option<&str>) -> Option<u64> {
+        let id = self.next_deallocation;
         let removed = match name {
-            None => self.by_name.drain().collect(),
+            None => {
+                self.last_all = Some(id);
+                self.by_name.drain().collect()
+            }
             Some(name) => vec![self.by_name.remove_entry(name)?],
         };
-        let id = self.next_deallocation;
         self.next_deallocation += 1;
         self.deallocated.push_back((id, removed));
         Some(id)
@@ -124,7 +129,8 @@ impl ClientStatements {
             let Some((first, removed)) = self.deallocated.pop_front() else {
                 return;
             };
-            if first < id || !applied {
+            let undone = first < id || !applied;
+            if undone && self.last_all.is_none_or(|all| all <= first) {
                 for (name, statement) in removed {
                     self.by_name.entry(name).or_insert(statement);
                 }
@@ -222,6 +228,9 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Expected {
     queue: VecDeque<Step>,
+    /// [`Step::Deallocated`] ids the server skipped (after an error, up to Sync):
+    /// never answered, not applied.
+    skipped_deallocations: Vec<u64>,
     /// Encoded ErrorResponses for the [`Step::Error`]s in the queue, in order.
     errors: VecDeque<Bytes>,
 }
@@ -303,6 +312,11 @@ impl Expected {
 
     /// Forgets a [`Expected::lone_batch`] whose responses the proxy drops (to run it
     /// again).
+    /// The ids of DEALLOCATEs the server skipped since the last call.
+    pub fn take_skipped_deallocations(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.skipped_deallocations)
+    }
+
     pub fn abandon(&mut self) {
         self.queue.clear();
         self.errors.clear();
@@ -448,6 +462,7 @@ impl Expected {
                 Step::Error => {
                     self.errors.pop_front();
                 }
+                Step::Deallocated { id, .. } => self.skipped_deallocations.push(id),
                 _ => {}
             }
             self.queue.pop_front();
