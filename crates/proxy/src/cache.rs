@@ -649,6 +649,22 @@ impl ProxyCache {
     }
 }
 
+/// How many rows a stored reply holds.
+pub fn row_count(value: &[u8]) -> u64 {
+    let mut at = value
+        .get(..4)
+        .map(|n| 4 + u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+        .unwrap_or(usize::MAX);
+    let mut rows = 0;
+    while let Some(header) = value.get(at..at + 5) {
+        if header[0] == b'D' {
+            rows += 1;
+        }
+        at += 1 + u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    }
+    rows
+}
+
 /// The rows of a stored reply (text values, as the simple protocol sends them).
 fn stored_rows(value: &[u8]) -> Vec<Vec<Option<String>>> {
     let split = value

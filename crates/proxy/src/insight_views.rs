@@ -41,6 +41,7 @@ pub fn queries(shared: &Shared) -> Table {
         ("p99_ms", Kind::Float),
         ("max_ms", Kind::Float),
         ("routed", Kind::Text),
+        ("cache_hits", Kind::Int),
     ]);
     for q in insight.store.top(TOP, OrderBy::TotalTime) {
         // Calls per server, with replicas: "primary=3 replica1=12".
@@ -67,6 +68,7 @@ pub fn queries(shared: &Shared) -> Table {
             ms(q.p99_ms),
             ms(q.max_time_ms),
             (!routed.is_empty()).then(|| routed.join(" ")),
+            n(q.cache_hits),
         ]);
     }
     table

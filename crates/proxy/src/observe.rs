@@ -522,6 +522,20 @@ impl Tracker {
         }
     }
 
+    /// A request answered from the result cache: a call of its shape, counted as a
+    /// cache hit, with pgopt's own time.
+    pub fn cache_hit(&mut self, analysis: &Analysis, duration: std::time::Duration, rows: u64) {
+        let key = self.handle.key(analysis.fingerprint);
+        let sample = Sample {
+            duration,
+            rows,
+            cache_hit: true,
+            ..Sample::default()
+        };
+        let text = || Arc::<str>::from(analysis.normalized.as_str());
+        self.state.store.record(&key, &sample, text);
+    }
+
     /// A transaction ended: N+1 counting inside it starts over.
     pub fn end_transaction(&mut self) {
         self.n_plus_one.end_transaction();

@@ -487,6 +487,7 @@ impl Relay {
         let Some(cache) = self.cache.clone() else {
             return CacheLookup::Pass;
         };
+        let started = Instant::now();
         if !self.expected.is_empty()
             || self.status != TransactionStatus::Idle
             || self.skipping
@@ -574,6 +575,7 @@ impl Relay {
         for look in 0..2 {
             if let Some(hit) = cache.cache.get(&key) {
                 self.serve_hit(&cache, &hit, shape, prepares, epoch);
+                self.note_hit(&analysis, started, &hit);
                 self.maybe_verify(&cache, shape, &sql, &tags, &hit);
                 return CacheLookup::Served;
             }
@@ -617,6 +619,7 @@ impl Relay {
                         .insert(ticket.key().clone(), current, value.clone(), ttl);
                 }
                 self.serve_hit(&cache, &value, shape, prepares, epoch);
+                self.note_hit(&analysis, started, &value);
                 self.maybe_verify(&cache, shape, &sql, &tags, &value);
                 return CacheLookup::Served;
             }
@@ -625,6 +628,14 @@ impl Relay {
         }
         cache.counters.misses.fetch_add(1, Relaxed);
         CacheLookup::Fill(Fill::new(cache.cache.begin_fill(key, &tags), ttl, flight))
+    }
+
+    /// Query insight counts a hit as a call of its shape.
+    fn note_hit(&mut self, analysis: &pgopt_sql::Analysis, started: Instant, hit: &[u8]) {
+        if let Some(tracker) = self.tracker.as_mut() {
+            let rows = crate::cache::row_count(hit);
+            tracker.cache_hit(analysis, started.elapsed(), rows);
+        }
     }
 
     /// Runs a sampled simple-protocol hit again on PostgreSQL in the background (see

@@ -909,4 +909,14 @@ async fn the_verifier_runs_hits_again_and_counts_what_differs() {
         .unwrap();
     assert_eq!(value(&client, read).await, "a");
     wait_for("mismatches", 1).await;
+
+    // Query insight counts the hits as calls of the shape.
+    let queries = show(&admin(&proxy).await, "QUERIES").await;
+    let shape = queries
+        .iter()
+        .find(|q| q["query"] == "SELECT v, id FROM items WHERE id = $1")
+        .unwrap_or_else(|| panic!("{queries:?}"));
+    assert_eq!(shape["calls"], "3", "{shape:?}");
+    assert_eq!(shape["cache_hits"], "2", "{shape:?}");
+    assert_eq!(shape["rows"], "3", "{shape:?}");
 }
