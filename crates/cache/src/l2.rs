@@ -128,7 +128,7 @@ impl Conn {
 }
 
 /// Reads versions (creating missing ones at the random values given) and, when asked,
-/// an entry: `{v1, …, vn[, entry or '']}`.
+/// an entry and its time to live in ms: `{v1, …, vn[, entry or '', pttl]}`.
 const READ: &str = r"
 local want = tonumber(ARGV[1])
 local n = #KEYS - want
@@ -143,6 +143,7 @@ for i = 1, n do
 end
 if want == 1 then
   out[n + 1] = redis.call('GET', KEYS[n + 1]) or ''
+  out[n + 2] = tostring(redis.call('PTTL', KEYS[n + 1]))
 end
 return out
 ";
@@ -197,6 +198,8 @@ pub struct Found {
     pub versions: Vec<u64>,
     /// A value stored at exactly those versions under the same key.
     pub value: Option<Bytes>,
+    /// How long the value has left in Redis.
+    pub ttl_left: Option<Duration>,
 }
 
 /// L2 and the bus, with the tasks that keep them connected.
@@ -404,6 +407,9 @@ impl L2 {
             inv.key(self.entry_key(key));
         }
         let mut reply: Vec<Vec<u8>> = self.call("lookup", &inv).await?;
+        let ttl_left = if want { reply.pop() } else { None }
+            .and_then(|t| std::str::from_utf8(&t).ok()?.parse::<u64>().ok())
+            .map(Duration::from_millis);
         let raw = if want { reply.pop() } else { None };
         let versions: Option<Vec<u64>> = reply
             .iter()
@@ -444,7 +450,11 @@ impl L2 {
         if want {
             if value.is_some() { &c.hits } else { &c.misses }.fetch_add(1, Relaxed);
         }
-        Some(Found { versions, value })
+        Some(Found {
+            versions,
+            value,
+            ttl_left,
+        })
     }
 
     fn mac_key(&self) -> &[u8] {

@@ -613,6 +613,8 @@ impl Relay {
             if let Some(value) = found.value {
                 // Into L1 only when it is exactly as current as the versions known.
                 if let Some(current) = current {
+                    // No longer than it has left in Redis.
+                    let ttl = found.ttl_left.map_or(ttl, |left| left.min(ttl));
                     cache
                         .cache
                         .l1
