@@ -59,6 +59,9 @@ pub struct RedisConfig {
     pub compress_min: usize,
     /// Values larger than this are refused when read back.
     pub max_value_bytes: usize,
+    /// PEM file of the CA that signed Redis' certificate (`rediss://`); the system's
+    /// roots when unset.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -72,6 +75,7 @@ impl Default for RedisConfig {
             hmac_key: None,
             compress_min: 1024,
             max_value_bytes: 64 << 20,
+            ca_file: None,
         }
     }
 }
@@ -205,6 +209,8 @@ pub struct Found {
 /// L2 and the bus, with the tasks that keep them connected.
 pub struct L2 {
     config: RedisConfig,
+    /// The CA certificate (PEM) for `rediss://`, if not the system's.
+    ca: Option<Vec<u8>>,
     conn: Mutex<Option<Conn>>,
     /// A random id for this process: its sequence key and its messages.
     instance: u64,
@@ -274,11 +280,22 @@ impl L2 {
         versions: Arc<Versions>,
         flush: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<Arc<L2>, redis::RedisError> {
+        let ca = match &config.ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cannot read cache.redis.ca_file",
+                    format!("{}: {e}", path.display()),
+                ))
+            })?),
+        };
         // Parsed now: a bad URL is a configuration error.
         for url in config.url.split(',') {
-            redis::Client::open(url.trim())?;
+            client(url.trim(), ca.as_deref())?;
         }
         let l2 = Arc::new(L2 {
+            ca,
             instance: random() >> 1,
             conn: Mutex::new(None),
             read: Script::new(READ),
@@ -620,10 +637,15 @@ impl L2 {
         let urls: Vec<&str> = self.config.url.split(',').map(str::trim).collect();
         let attempt = async {
             if self.config.cluster {
-                let client = redis::cluster::ClusterClient::new(urls.clone())?;
-                Ok(Conn::Cluster(client.get_async_connection().await?))
+                let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone());
+                if let Some(ca) = &self.ca {
+                    builder = builder.certs(certificates(ca));
+                }
+                Ok(Conn::Cluster(
+                    builder.build()?.get_async_connection().await?,
+                ))
             } else {
-                let client = redis::Client::open(urls[0])?;
+                let client = client(urls[0], self.ca.as_deref())?;
                 Ok(Conn::Single(
                     client.get_multiplexed_async_connection().await?,
                 ))
@@ -634,6 +656,23 @@ impl L2 {
             Ok(Err(e)) => Err(redis::RedisError::to_string(&e)),
             Err(_) => Err("connecting timed out".into()),
         }
+    }
+}
+
+/// A client for `url`, trusting `ca` (PEM) for `rediss://` when given.
+fn client(url: &str, ca: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    match ca {
+        Some(ca) if url.starts_with("rediss://") => {
+            redis::Client::build_with_tls(url, certificates(ca))
+        }
+        _ => redis::Client::open(url),
+    }
+}
+
+fn certificates(ca: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.to_vec()),
     }
 }
 
@@ -695,6 +734,7 @@ async fn listen(l2: Weak<L2>, versions: Arc<Versions>, flush: Arc<dyn Fn() + Sen
             .unwrap_or("")
             .trim()
             .to_string();
+        let ca = this.ca.clone();
         let channel = this.channel();
         let acks = this.ack_channel(this.instance);
         let timeout = this.config.timeout.max(Duration::from_secs(1));
@@ -703,7 +743,7 @@ async fn listen(l2: Weak<L2>, versions: Arc<Versions>, flush: Arc<dyn Fn() + Sen
         let silence = HEARTBEAT * 3 + this.config.timeout * 4;
         drop(this);
         let subscribed = tokio::time::timeout(timeout, async {
-            let client = redis::Client::open(url.as_str())?;
+            let client = client(&url, ca.as_deref())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&[&channel, &acks]).await?;
             Ok::<_, redis::RedisError>(pubsub)

@@ -291,3 +291,130 @@ async fn with_redis_down_queries_go_to_postgresql_and_nothing_stale_is_served_af
         .unwrap();
     assert_eq!(value(&b, READ).await, "while down", "cached again");
 }
+
+/// A `redis-server` with TLS only and a password, stopped on drop.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: std::path::PathBuf,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn tls_redis() -> TlsRedis {
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("pgopt-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A CA, and a certificate for localhost it signed.
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=pgopt-test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out req.csr",
+        "x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out cert.pem",
+    ] {
+        let ok = Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl {args}");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"])
+        .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+        .args([
+            "--requirepass",
+            "secret",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    TlsRedis {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_password_and_a_wrong_password() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a');",
+    )
+    .unwrap();
+    let redis = tls_redis();
+    let start = |password: &'static str| {
+        let url = format!("rediss://:{password}@localhost:{}", redis.port);
+        let ca_file = Some(redis._dir.join("ca.pem"));
+        start_with(&pg, move |c| {
+            c.cache = CacheSettings {
+                enabled: true,
+                tables: vec!["items".into()],
+                redis: Some(RedisConfig {
+                    url,
+                    ca_file,
+                    timeout: Duration::from_millis(500),
+                    ..RedisConfig::default()
+                }),
+                ..CacheSettings::default()
+            };
+        })
+    };
+    let a_proxy = start("secret").await;
+    let b_proxy = start("secret").await;
+    wait_for_redis(&a_proxy, "up").await;
+    wait_for_redis(&b_proxy, "up").await;
+    let a = connect(&a_proxy, "postgres", None).await.unwrap();
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&a, READ).await, "a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&cache_row(&a_proxy).await, "l2_stored") == 0 {
+        assert!(Instant::now() < deadline, "A never stored in Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&b, READ).await, "a", "from Redis over TLS");
+    a.batch_execute("UPDATE items SET v = 'new' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&b, READ).await, "new");
+
+    // A wrong password: Redis stays down for that instance, its queries work.
+    let c_proxy = start("wrong").await;
+    let c = connect(&c_proxy, "postgres", None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(value(&c, READ).await, "new");
+    let row = cache_row(&c_proxy).await;
+    assert_ne!(row["redis"], "up", "{row:?}");
+    assert!(counter(&row, "redis_errors") > 0, "{row:?}");
+}

@@ -57,6 +57,9 @@ pub struct RedisSection {
     pub hmac_key: String,
     /// Values at least this large are compressed (lz4).
     pub compress_min: u64,
+    /// PEM file of the CA that signed Redis' certificate (`rediss://`); the system's
+    /// roots when empty.
+    pub ca_file: String,
 }
 
 impl Default for RedisSection {
@@ -70,6 +73,7 @@ impl Default for RedisSection {
             timeout: HumanDuration(d.timeout),
             hmac_key: String::new(),
             compress_min: d.compress_min as u64,
+            ca_file: String::new(),
         }
     }
 }
@@ -85,6 +89,7 @@ impl RedisSection {
             hmac_key: (!self.hmac_key.is_empty()).then(|| self.hmac_key.as_bytes().to_vec()),
             compress_min: usize::try_from(self.compress_min).unwrap_or(usize::MAX),
             max_value_bytes: max_result_bytes,
+            ca_file: (!self.ca_file.is_empty()).then(|| self.ca_file.clone().into()),
         })
     }
 }
