@@ -638,7 +638,12 @@ impl L2 {
         let attempt = async {
             if self.config.cluster {
                 let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone());
-                if let Some(ca) = &self.ca {
+                // (`certs` turns TLS on: only for rediss:// URLs.)
+                if let Some(ca) = self
+                    .ca
+                    .as_ref()
+                    .filter(|_| urls[0].starts_with("rediss://"))
+                {
                     builder = builder.certs(certificates(ca));
                 }
                 Ok(Conn::Cluster(

@@ -602,15 +602,32 @@ pub struct Verify {
 /// At most this many hits are being run again at once (more are not sampled).
 const VERIFYING_MAX: u64 = 2;
 
+/// One of the verifier's slots, given back on drop (also if its task is cancelled).
+pub struct VerifySlot(Arc<ProxyCache>);
+
+impl Drop for VerifySlot {
+    fn drop(&mut self) {
+        self.0.counters.verifying.fetch_sub(1, Relaxed);
+    }
+}
+
 impl ProxyCache {
-    /// Whether hit number `n` (counting from 1) is one to run again.
-    pub fn sample_hit(&self, n: u64) -> bool {
+    /// Whether hit number `n` (counting from 1) is one to run again: then a slot
+    /// among the [`VERIFYING_MAX`] is taken, given back when the guard drops.
+    pub fn sample_hit(self: &Arc<Self>, n: u64) -> Option<VerifySlot> {
         let f = self.settings.verify_fraction;
         if f <= 0.0 {
-            return false;
+            return None;
         }
         let every = (1.0 / f.min(1.0)).round().max(1.0) as u64;
-        n.is_multiple_of(every) && self.counters.verifying.load(Relaxed) < VERIFYING_MAX
+        if !n.is_multiple_of(every) {
+            return None;
+        }
+        self.counters
+            .verifying
+            .fetch_update(Relaxed, Relaxed, |v| (v < VERIFYING_MAX).then_some(v + 1))
+            .ok()?;
+        Some(VerifySlot(self.clone()))
     }
 
     /// Runs a served hit again on `conn` and compares the rows; waits a little
@@ -623,19 +640,32 @@ impl ProxyCache {
         max_len: u32,
     ) {
         let c = &self.counters;
-        c.verifying.fetch_add(1, Relaxed);
         let fresh = async {
             let mut conn = conn?;
             for set in &hit.settings {
                 conn.simple_query(set, max_len).await?;
             }
+            // The server gives up too, not just this wait.
+            conn.simple_query("SET statement_timeout = '10s'", max_len)
+                .await?;
             conn.simple_query(&hit.sql, max_len).await
         };
-        let fresh = tokio::time::timeout(Duration::from_secs(10), fresh).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let fresh = tokio::time::timeout(Duration::from_secs(11), fresh).await;
+        // Long enough for a write through pgopt (on any instance) that committed
+        // meanwhile to have been invalidated: the sample then proves nothing.
+        let settle = self
+            .l2
+            .as_ref()
+            .map_or(Duration::ZERO, |l2| l2.config().timeout);
+        tokio::time::sleep(Duration::from_millis(100) + settle).await;
         let outcome = match fresh {
-            Ok(Ok(rows)) if self.cache.versions.is_current(&hit.snapshot) => {
-                if rows == stored_rows(&hit.value) {
+            Ok(Ok(mut rows)) if self.cache.versions.is_current(&hit.snapshot) => {
+                // As sets of rows: without ORDER BY a run may return them in another
+                // order (a synchronized scan starts mid-table).
+                let mut stored = stored_rows(&hit.value);
+                rows.sort_unstable();
+                stored.sort_unstable();
+                if rows == stored {
                     &c.verified
                 } else {
                     tracing::warn!(sql = %hit.sql, "a result served from the cache differs from PostgreSQL's");
@@ -645,7 +675,6 @@ impl ProxyCache {
             _ => &c.inconclusive,
         };
         outcome.fetch_add(1, Relaxed);
-        c.verifying.fetch_sub(1, Relaxed);
     }
 }
 
@@ -654,13 +683,14 @@ pub fn row_count(value: &[u8]) -> u64 {
     let mut at = value
         .get(..4)
         .map(|n| 4 + u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
-        .unwrap_or(usize::MAX);
+        .unwrap_or(value.len());
     let mut rows = 0;
-    while let Some(header) = value.get(at..at + 5) {
+    while let Some(header) = value.get(at..at.saturating_add(5)) {
         if header[0] == b'D' {
             rows += 1;
         }
-        at += 1 + u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        at = at.saturating_add(1).saturating_add(len);
     }
     rows
 }
@@ -718,6 +748,7 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         ("ack_timeouts", Kind::Int),
         ("verified", Kind::Int),
         ("mismatches", Kind::Int),
+        ("inconclusive", Kind::Int),
         ("bus_messages", Kind::Int),
         ("bus_flushes", Kind::Int),
         ("tables", Kind::Text),
@@ -768,6 +799,7 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         count(|c| &c.ack_timeouts),
         n(c.verified.load(Relaxed)),
         n(c.mismatches.load(Relaxed)),
+        n(c.inconclusive.load(Relaxed)),
         count(|c| &c.messages),
         count(|c| &c.flushes),
         t(cache.settings.tables.join(",")),

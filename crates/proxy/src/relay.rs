@@ -573,10 +573,12 @@ impl Relay {
         let key = crate::cache::key(&self.database, &self.login_user, &settings, &request);
         let mut flight = None;
         for look in 0..2 {
+            // Versions no later than the hit's: what the verifier checks against.
+            let served_at = cache.cache.versions.snapshot(&tags);
             if let Some(hit) = cache.cache.get(&key) {
                 self.serve_hit(&cache, &hit, shape, prepares, epoch);
                 self.note_hit(&analysis, started, &hit);
-                self.maybe_verify(&cache, shape, &sql, &tags, &hit);
+                self.maybe_verify(&cache, shape, &sql, served_at, &hit);
                 return CacheLookup::Served;
             }
             if look > 0 {
@@ -612,17 +614,22 @@ impl Relay {
             let ticket = cache.cache.begin_fill(key, &tags);
             if let Some(value) = found.value {
                 // Into L1 only when it is exactly as current as the versions known.
-                if let Some(current) = current {
+                if let Some(current) = &current {
                     // No longer than it has left in Redis.
                     let ttl = found.ttl_left.map_or(ttl, |left| left.min(ttl));
-                    cache
-                        .cache
-                        .l1
-                        .insert(ticket.key().clone(), current, value.clone(), ttl);
+                    cache.cache.l1.insert(
+                        ticket.key().clone(),
+                        current.clone(),
+                        value.clone(),
+                        ttl,
+                    );
                 }
                 self.serve_hit(&cache, &value, shape, prepares, epoch);
                 self.note_hit(&analysis, started, &value);
-                self.maybe_verify(&cache, shape, &sql, &tags, &value);
+                if let Some(current) = current {
+                    // (Else the versions moved during the round trip: no claim.)
+                    self.maybe_verify(&cache, shape, &sql, current, &value);
+                }
                 return CacheLookup::Served;
             }
             cache.counters.misses.fetch_add(1, Relaxed);
@@ -647,21 +654,25 @@ impl Relay {
         cache: &Arc<ProxyCache>,
         shape: Shape,
         sql: &str,
-        tags: &[String],
+        snapshot: pgopt_cache::Snapshot,
         hit: &Bytes,
     ) {
         let n = cache.counters.hits.load(Relaxed);
-        if shape != Shape::Simple || !cache.sample_hit(n) {
+        if shape != Shape::Simple {
             return;
         }
+        let Some(slot) = cache.sample_hit(n) else {
+            return;
+        };
         let verify = crate::cache::Verify {
             sql: sql.to_string(),
             settings: self.settings.statements(),
             value: hit.clone(),
-            snapshot: cache.cache.versions.snapshot(tags),
+            snapshot,
         };
         let (cache, pool, max_len) = (cache.clone(), self.pool.clone(), self.max_len);
         tokio::spawn(async move {
+            let _slot = slot;
             let conn = pool.connect_out_of_band().await.map_err(|e| e.to_string());
             cache.verify(conn, verify, max_len).await;
         });
