@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{admin, connect, pgbench_init, run, show, start_with};
+use common::{admin, connect, pgbench_init, run, show, start_with, wait_for_cache};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::{CacheSettings, Proxy};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -596,11 +596,7 @@ async fn checker_proxy(pg: &Postgres, redis: Option<&pgopt_embedded::Redis>) -> 
     })
     .await;
     if redis.is_some() {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while cache_row(&proxy).await["redis"] != "up" {
-            assert!(std::time::Instant::now() < deadline, "Redis never up");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        wait_for_cache(&proxy, "Redis up", |r| r["redis"] == "up").await;
     }
     proxy
 }
@@ -884,20 +880,8 @@ async fn the_verifier_runs_hits_again_and_counts_what_differs() {
     .await;
     let client = connect(&proxy, "postgres", None).await.unwrap();
     let read = "SELECT v, id FROM items WHERE id = 1";
-    // Waits (up to 10 s) until `name` reaches `at_least`.
     let wait_for = |name: &'static str, at_least: u64| {
-        let proxy = &proxy;
-        async move {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
-                let row = cache_row(proxy).await;
-                if counter(&row, name) >= at_least {
-                    return row;
-                }
-                assert!(std::time::Instant::now() < deadline, "{name}: {row:?}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+        wait_for_cache(&proxy, name, move |r| counter(r, name) >= at_least)
     };
     assert_eq!(value(&client, read).await, "a");
     assert_eq!(value(&client, read).await, "a");

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{admin, connect, show, start_with};
+use common::{admin, connect, show, start_with, wait_for_cache};
 use pgopt_embedded::{Postgres, Redis};
 use pgopt_proxy::{CacheSettings, Proxy, RedisConfig};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -55,15 +55,7 @@ async fn instance(pg: &Postgres, redis: &Redis) -> Proxy {
 
 /// Waits (up to 20 s) until SHOW CACHE's `redis` column reads `state`.
 async fn wait_for_redis(proxy: &Proxy, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let row = cache_row(proxy).await;
-        if row["redis"] == state {
-            return;
-        }
-        assert!(Instant::now() < deadline, "redis never {state}: {row:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_cache(proxy, &format!("redis {state}"), |r| r["redis"] == state).await;
 }
 
 async fn setup() -> (Postgres, Redis) {
@@ -96,11 +88,7 @@ async fn a_write_through_one_instance_is_seen_by_the_next_read_through_the_other
 
     // A fills L1 and Redis; B's first read comes from Redis.
     assert_eq!(value(&a, READ).await, "a");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while counter(&cache_row(&a_proxy).await, "l2_stored") == 0 {
-        assert!(Instant::now() < deadline, "A never stored in Redis");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_cache(&a_proxy, "stored in Redis", |r| counter(r, "l2_stored") > 0).await;
     pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
         .unwrap();
     assert_eq!(value(&b, READ).await, "a", "B served A's result from Redis");
@@ -396,11 +384,7 @@ async fn redis_over_tls_with_a_password_and_a_wrong_password() {
     let a = connect(&a_proxy, "postgres", None).await.unwrap();
     let b = connect(&b_proxy, "postgres", None).await.unwrap();
     assert_eq!(value(&a, READ).await, "a");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while counter(&cache_row(&a_proxy).await, "l2_stored") == 0 {
-        assert!(Instant::now() < deadline, "A never stored in Redis");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_cache(&a_proxy, "stored in Redis", |r| counter(r, "l2_stored") > 0).await;
     pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
         .unwrap();
     assert_eq!(value(&b, READ).await, "a", "from Redis over TLS");

@@ -151,6 +151,28 @@ pub async fn show(
     rows
 }
 
+/// Waits (up to 20 s) until SHOW CACHE's row satisfies `ok`, and returns it.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn wait_for_cache(
+    proxy: &Proxy,
+    what: &str,
+    ok: impl Fn(&std::collections::HashMap<String, String>) -> bool,
+) -> std::collections::HashMap<String, String> {
+    let admin = admin(proxy).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let row = show(&admin, "CACHE").await.remove(0);
+        if ok(&row) {
+            return row;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {what}: {row:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The whole HTTP response (head and body) to `GET path`.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
