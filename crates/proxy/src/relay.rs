@@ -573,8 +573,10 @@ impl Relay {
         let key = crate::cache::key(&self.database, &self.login_user, &settings, &request);
         let mut flight = None;
         for look in 0..2 {
-            // Versions no later than the hit's: what the verifier checks against.
-            let served_at = cache.cache.versions.snapshot(&tags);
+            // Versions no later than the hit's: what the verifier checks against
+            // (only taken when it is on: this is every lookup's path).
+            let served_at = (cache.settings.verify_fraction > 0.0)
+                .then(|| cache.cache.versions.snapshot(&tags));
             if let Some(hit) = cache.cache.get(&key) {
                 self.serve_hit(&cache, &hit, shape, prepares, epoch);
                 self.note_hit(&analysis, started, &hit);
@@ -626,10 +628,9 @@ impl Relay {
                 }
                 self.serve_hit(&cache, &value, shape, prepares, epoch);
                 self.note_hit(&analysis, started, &value);
-                if let Some(current) = current {
-                    // (Else the versions moved during the round trip: no claim.)
-                    self.maybe_verify(&cache, shape, &sql, current, &value);
-                }
+                // (Without `current` the versions moved during the round trip: no
+                // claim.)
+                self.maybe_verify(&cache, shape, &sql, current, &value);
                 return CacheLookup::Served;
             }
             cache.counters.misses.fetch_add(1, Relaxed);
@@ -654,13 +655,13 @@ impl Relay {
         cache: &Arc<ProxyCache>,
         shape: Shape,
         sql: &str,
-        snapshot: pgopt_cache::Snapshot,
+        snapshot: Option<pgopt_cache::Snapshot>,
         hit: &Bytes,
     ) {
         let n = cache.counters.hits.load(Relaxed);
-        if shape != Shape::Simple {
+        let Some(snapshot) = snapshot.filter(|_| shape == Shape::Simple) else {
             return;
-        }
+        };
         let Some(slot) = cache.sample_hit(n) else {
             return;
         };
@@ -835,10 +836,7 @@ impl Relay {
     /// Tells the instances sharing Redis what this client's commits wrote, before the
     /// client hears the transaction ended.
     async fn publish(&mut self) {
-        if let Some(cache) = self.cache.as_ref().filter(|_| !self.to_publish.is_empty()) {
-            let mut tags = std::mem::take(&mut self.to_publish);
-            tags.sort_unstable();
-            tags.dedup();
+        if let Some((cache, tags)) = self.take_publish() {
             cache.publish(&tags).await;
         }
     }
@@ -846,12 +844,18 @@ impl Relay {
     /// [`Relay::publish`] in the background: nobody waits (the client is gone, or
     /// learns of a failure).
     fn publish_later(&mut self) {
-        if let Some(cache) = self.cache.as_ref().filter(|_| !self.to_publish.is_empty()) {
-            let mut tags = std::mem::take(&mut self.to_publish);
-            tags.sort_unstable();
-            tags.dedup();
+        if let Some((cache, tags)) = self.take_publish() {
             cache.publish_later(tags);
         }
+    }
+
+    /// The tags to publish, each once, if there are any (and a cache).
+    fn take_publish(&mut self) -> Option<(Arc<ProxyCache>, Vec<String>)> {
+        let cache = self.cache.clone().filter(|_| !self.to_publish.is_empty())?;
+        let mut tags = std::mem::take(&mut self.to_publish);
+        tags.sort_unstable();
+        tags.dedup();
+        Some((cache, tags))
     }
 
     /// Reads what writes reach from the catalog (see `cache::Deps`), on a connection

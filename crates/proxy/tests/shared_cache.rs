@@ -58,14 +58,29 @@ async fn wait_for_redis(proxy: &Proxy, state: &str) {
     wait_for_cache(proxy, &format!("redis {state}"), |r| r["redis"] == state).await;
 }
 
-async fn setup() -> (Postgres, Redis) {
+/// PostgreSQL with a table `items` (1 'a', 2 'b').
+async fn items_db() -> Postgres {
     let pg = Postgres::start().await.unwrap();
     pg.psql(
         "CREATE TABLE items (id int PRIMARY KEY, v text);
          INSERT INTO items VALUES (1, 'a'), (2, 'b');",
     )
     .unwrap();
-    (pg, Redis::start().await.unwrap())
+    pg
+}
+
+async fn setup() -> (Postgres, Redis) {
+    (items_db().await, Redis::start().await.unwrap())
+}
+
+/// Reads `READ` through `client` of `proxy` (item 1 is 'a') until its result is in
+/// Redis, then changes the row behind pgopt's back: a read that still says 'a' was
+/// served from a cache.
+async fn fill_then_change_behind(pg: &Postgres, proxy: &Proxy, client: &Client) {
+    assert_eq!(value(client, READ).await, "a");
+    wait_for_cache(proxy, "stored in Redis", |r| counter(r, "l2_stored") > 0).await;
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
 }
 
 async fn redis_client(redis: &Redis) -> redis::aio::MultiplexedConnection {
@@ -87,10 +102,7 @@ async fn a_write_through_one_instance_is_seen_by_the_next_read_through_the_other
     let b = connect(&b_proxy, "postgres", None).await.unwrap();
 
     // A fills L1 and Redis; B's first read comes from Redis.
-    assert_eq!(value(&a, READ).await, "a");
-    wait_for_cache(&a_proxy, "stored in Redis", |r| counter(r, "l2_stored") > 0).await;
-    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
-        .unwrap();
+    fill_then_change_behind(&pg, &a_proxy, &a).await;
     assert_eq!(value(&b, READ).await, "a", "B served A's result from Redis");
     assert_eq!(value(&b, READ).await, "a", "and then from its own L1");
     let row = cache_row(&b_proxy).await;
@@ -353,12 +365,7 @@ fn tls_redis() -> TlsRedis {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_with_a_password_and_a_wrong_password() {
-    let pg = Postgres::start().await.unwrap();
-    pg.psql(
-        "CREATE TABLE items (id int PRIMARY KEY, v text);
-         INSERT INTO items VALUES (1, 'a');",
-    )
-    .unwrap();
+    let pg = items_db().await;
     let redis = tls_redis();
     let start = |password: &'static str| {
         let url = format!("rediss://:{password}@localhost:{}", redis.port);
@@ -383,10 +390,7 @@ async fn redis_over_tls_with_a_password_and_a_wrong_password() {
     wait_for_redis(&b_proxy, "up").await;
     let a = connect(&a_proxy, "postgres", None).await.unwrap();
     let b = connect(&b_proxy, "postgres", None).await.unwrap();
-    assert_eq!(value(&a, READ).await, "a");
-    wait_for_cache(&a_proxy, "stored in Redis", |r| counter(r, "l2_stored") > 0).await;
-    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
-        .unwrap();
+    fill_then_change_behind(&pg, &a_proxy, &a).await;
     assert_eq!(value(&b, READ).await, "a", "from Redis over TLS");
     a.batch_execute("UPDATE items SET v = 'new' WHERE id = 1")
         .await
