@@ -86,6 +86,8 @@ pub struct Routing {
     pub primary_reads: bool,
     pub primary_weight: u32,
     /// When the primary is down, reads still go to replicas (writes fail at once).
+    /// Off: once the health checker finds the primary down, every statement fails
+    /// as it would with no replicas (replicas may fall behind for good).
     pub reads_when_primary_down: bool,
     /// User functions that may run on a replica (others keep a statement on the
     /// primary). Read at start only.

@@ -1827,7 +1827,11 @@ impl Relay {
                 self.info.set_state(ClientState::Idle);
                 let primary_down =
                     matches!(e, CheckoutError::Connect(_) | CheckoutError::Down { .. });
-                if self.routes.is_some() && primary_down {
+                let reads_go_on = self
+                    .routes
+                    .as_ref()
+                    .is_some_and(|r| r.router.settings.reads_when_primary_down);
+                if reads_go_on && primary_down {
                     // Routing: the client keeps its session for reads replicas serve.
                     let (_, why) = checkout_error(&pool, e);
                     let message = if read_only {
@@ -1866,7 +1870,12 @@ impl Relay {
         // The health checker's verdict (several failed checks), not one failed
         // connect: read-your-writes is dropped only when the primary is really gone.
         let primary_down = !router.primary_up.load(Relaxed);
-        if primary_down && settings.reads_when_primary_down {
+        if primary_down {
+            // Without the primary, replicas may fall behind for good: serving their
+            // reads is the operator's choice.
+            if !settings.reads_when_primary_down {
+                return None;
+            }
             return router.pick(0, tried, None).map(|i| (i, 0));
         }
         if self.ryw.primary_until.is_some_and(|t| Instant::now() < t) {

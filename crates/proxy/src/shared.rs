@@ -374,8 +374,8 @@ impl Shared {
 
     /// Applies a new config. Takes effect at once: users, auth method, pool limits,
     /// timeouts, max_client_conn, the slow log, N+1 and plan-capture settings. Databases whose server changed get new pools (clients
-    /// already connected finish on the old ones). `listen` and `admin_listen` need a
-    /// restart.
+    /// already connected finish on the old ones). `listen`, `admin_listen` and
+    /// `routing.safe_functions` need a restart.
     pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
         let users = prepare_users(&new.users)?;
         let tls = tls_acceptor_for(&new)?;
@@ -388,6 +388,10 @@ impl Shared {
         }
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!("listen and admin_listen changes take effect after a restart");
+        }
+        if new.routing.safe_functions != old.routing.safe_functions {
+            // Verdicts are cached per statement text and kept with prepared statements.
+            tracing::warn!("routing.safe_functions changes take effect after a restart");
         }
         let limits = limits_for(&new);
         let routers = {

@@ -579,3 +579,187 @@ async fn a_replica_dying_after_rows_were_sent_gives_the_client_a_proper_error() 
     let fresh = connect(&proxy, "postgres", None).await.unwrap();
     assert_eq!(value(&fresh, "SELECT pg_is_in_recovery()").await, "f");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_reads_when_primary_down_off_reads_fail_with_the_primary() {
+    let (mut primary, _replica, proxy) = primary_and_replica(|c| {
+        c.routing.reads_when_primary_down = false;
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+    let primary = tokio::task::spawn_blocking(move || {
+        primary.stop();
+        primary
+    })
+    .await
+    .unwrap();
+    wait_for(&proxy, "primary", "down").await;
+    eprintln!("DEBUG {:?}", replica_rows(&proxy).await);
+    let r = client.simple_query("SELECT pg_is_in_recovery()").await;
+    eprintln!("DEBUG {:?}", replica_rows(&proxy).await);
+    let e = r.unwrap_err();
+    assert_eq!(code(&e), Some("08006"), "{e:?}");
+    // A new client logs in on the pool's known parameters, as with PgBouncer, and
+    // its first read fails the same way.
+    let fresh = connect(&proxy, "postgres", None).await.unwrap();
+    let e = fresh.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&e), Some("08006"), "{e:?}");
+    drop(primary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_by_time_leaves_the_rotation() {
+    // Only the time limit can trip: the byte limit is out of reach.
+    let (primary, replica, proxy) = primary_and_replica(|c| {
+        c.routing.max_lag_bytes = u64::MAX;
+        c.routing.max_lag = Duration::from_millis(500);
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    replica.psql("SELECT pg_wal_replay_pause()").unwrap();
+    primary.psql("INSERT INTO items VALUES (1, 'x')").unwrap();
+    wait_for_state(&proxy, "lagging").await;
+    let rows = replica_rows(&proxy).await;
+    assert!(rows[1]["lag_ms"].parse::<u64>().unwrap() > 500, "{rows:?}");
+    assert!(rows[1]["lag_bytes"].parse::<u64>().unwrap() < 1024 * 1024);
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "f");
+    replica.psql("SELECT pg_wal_replay_resume()").unwrap();
+    wait_for_state(&proxy, "up").await;
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_not_in_recovery_is_kept_out_of_the_rotation() {
+    // The "replica" is a second, independent primary: pg_is_in_recovery() is false.
+    let primary = Postgres::start().await.unwrap();
+    let other = Postgres::start().await.unwrap();
+    let proxy = start_with(&primary, |c| with_replicas(c, &[&other])).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    value(&client, "SELECT 1").await;
+    wait_for_state(&proxy, "not_in_recovery").await;
+    for _ in 0..5 {
+        assert_eq!(
+            value(&client, "SELECT current_setting('port')").await,
+            primary.port().to_string()
+        );
+    }
+}
+
+/// `(reads, failovers)` of each replica row of SHOW REPLICAS, and the primary's reads.
+async fn read_counts(proxy: &Proxy) -> (Vec<(u64, u64)>, u64) {
+    let rows = replica_rows(proxy).await;
+    let n = |r: &HashMap<String, String>, k: &str| r[k].parse::<u64>().unwrap();
+    let replicas = rows
+        .iter()
+        .filter(|r| r["role"] == "replica")
+        .map(|r| (n(r, "reads"), n(r, "failovers")))
+        .collect();
+    let primary = rows.iter().find(|r| r["role"] == "primary").unwrap();
+    (replicas, n(primary, "reads"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_reads_and_one_dying_fails_over_to_the_other() {
+    let primary = Postgres::start().await.unwrap();
+    primary
+        .psql("CREATE TABLE items (id int PRIMARY KEY, v text)")
+        .unwrap();
+    let first = Postgres::start_replica(&primary).await.unwrap();
+    let second = Postgres::start_replica(&primary).await.unwrap();
+    let proxy = start_with(&primary, |c| with_replicas(c, &[&first, &second])).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    value(&client, "SELECT 1").await;
+    wait_for_state(&proxy, "up").await;
+
+    // Eight clients whose reads take 200 ms: least-outstanding keeps about four on
+    // each replica at any moment.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut failed = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let read = client
+                    .query_one(
+                        "SELECT pg_is_in_recovery() FROM pg_sleep(0.2) WHERE $1 > 0",
+                        &[&1i32],
+                    )
+                    .await;
+                match read {
+                    Ok(row) => assert!(row.get::<_, bool>(0), "a read left the replicas"),
+                    Err(e) => {
+                        failed.push(format!("{e} {:?}", code(&e)));
+                        break;
+                    }
+                }
+            }
+            failed
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // (The first login's SELECT 1 ran on the primary, before any replica was up.)
+    let (before, primary_before) = read_counts(&proxy).await;
+    assert!(
+        before.iter().all(|&(reads, _)| reads > 0),
+        "both replicas take reads: {before:?}"
+    );
+    let mut first = first;
+    let first = tokio::task::spawn_blocking(move || {
+        first.kill();
+        first
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        let failed = t.await.unwrap();
+        assert!(failed.is_empty(), "reads failed: {failed:?}");
+    }
+    let (after, primary_reads) = read_counts(&proxy).await;
+    assert!(
+        after[0].1 > 0,
+        "reads in flight on the dead replica ran again: {after:?}"
+    );
+    assert!(after[1].0 > before[1].0, "{before:?} {after:?}");
+    assert_eq!(
+        primary_reads, primary_before,
+        "the retries went to the other replica"
+    );
+    drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_functions_run_on_a_replica_only_when_listed_as_safe() {
+    let primary = Postgres::start().await.unwrap();
+    primary
+        .psql(
+            "CREATE FUNCTION listed() RETURNS bool LANGUAGE sql AS 'SELECT pg_is_in_recovery()';
+             CREATE FUNCTION unlisted() RETURNS bool LANGUAGE sql AS 'SELECT pg_is_in_recovery()';",
+        )
+        .unwrap();
+    let replica = Postgres::start_replica(&primary).await.unwrap();
+    let proxy = start_with(&primary, |c| {
+        with_replicas(c, &[&replica]);
+        // As the SQL writes the name: `public.listed` would not cover `listed()`,
+        // which search_path could resolve to another schema.
+        c.routing.safe_functions = vec!["listed".into()];
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    value(&client, "SELECT 1").await;
+    wait_for_state(&proxy, "up").await;
+    assert_eq!(value(&client, "SELECT listed()").await, "t");
+    assert_eq!(value(&client, "SELECT unlisted()").await, "f");
+    let row = client
+        .query_one("SELECT listed(), unlisted() WHERE $1 > 0", &[&1i32])
+        .await
+        .unwrap();
+    assert!(
+        !row.get::<_, bool>(0),
+        "one unlisted function keeps it on the primary"
+    );
+}
