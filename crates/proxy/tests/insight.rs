@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use common::{admin, config_for, connect, http_get, show, start_with};
 use pgopt_embedded::Postgres;
+use pgopt_insight::NPlusOneConfig;
 use pgopt_proxy::{PoolMode, Proxy};
 
 /// SHOW QUERIES rows whose normalized text contains `needle`.
@@ -210,6 +211,71 @@ async fn a_loop_of_point_selects_in_a_transaction_is_an_n_plus_one() {
     admin.simple_query("RESET QUERIES").await.unwrap();
     assert!(show(&admin, "NPLUS1").await.is_empty());
     assert!(show(&admin, "QUERIES").await.is_empty());
+}
+
+/// A table `users` of 50 rows, directly on `pg`.
+async fn create_users(pg: &Postgres) {
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE users (id int PRIMARY KEY, name text);
+             INSERT INTO users SELECT i, 'u' || i FROM generate_series(1, 50) i;",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_burst_of_point_selects_outside_a_transaction_is_an_n_plus_one() {
+    let pg = Postgres::start().await.unwrap();
+    create_users(&pg).await;
+    let detector = |window_ms| NPlusOneConfig {
+        threshold: 10,
+        window_ms,
+        ..NPlusOneConfig::default()
+    };
+
+    // 12 point selects in autocommit, all within a generous window: one burst finding.
+    let proxy = start_with(&pg, |c| c.insight.n_plus_one = detector(60_000)).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let by_id = client
+        .prepare("SELECT name FROM users WHERE id = $1")
+        .await
+        .unwrap();
+    for id in 1..=12 {
+        client.query_one(&by_id, &[&id]).await.unwrap();
+    }
+    let findings = show(&admin(&proxy).await, "NPLUS1").await;
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let f = &findings[0];
+    assert_eq!(f["kind"], "burst", "{f:?}");
+    assert!(f["query"].contains("FROM users WHERE id = $1"), "{f:?}");
+    assert_eq!(num(f, "count"), 12.0, "{f:?}");
+    assert_eq!(f["user"], "postgres");
+    assert!(f["client_addr"].starts_with("127.0.0.1:"), "{f:?}");
+    let json = http_get(proxy.admin_addr().unwrap(), "/api/nplus1").await;
+    assert!(json.contains("\"kind\":\"burst\""), "{json}");
+
+    // The same 12 executions with a 20 ms window, each at least 40 ms after the one
+    // before: no finding (the sleeps only ever make the gaps longer).
+    let spaced = start_with(&pg, |c| c.insight.n_plus_one = detector(20)).await;
+    let client = connect(&spaced, "postgres", None).await.unwrap();
+    let by_id = client
+        .prepare("SELECT name FROM users WHERE id = $1")
+        .await
+        .unwrap();
+    for id in 1..=12 {
+        client.query_one(&by_id, &[&id]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    let spaced_admin = admin(&spaced).await;
+    let none = show(&spaced_admin, "NPLUS1").await;
+    assert!(none.is_empty(), "{none:?}");
+    assert!(show(&spaced_admin, "QUERIES")
+        .await
+        .iter()
+        .any(|r| r["query"].contains("FROM users WHERE id = $1") && r["calls"] == "12"));
 }
 
 #[tokio::test]
