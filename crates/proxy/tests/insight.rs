@@ -157,6 +157,104 @@ async fn percentiles_follow_a_known_latency_distribution() {
     assert!(!metrics.contains("pg_sleep"), "query text in the metrics");
 }
 
+/// The JSON body of a 200 answer to `GET path`.
+async fn http_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    let response = http_get(addr, path).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+#[tokio::test]
+async fn failed_statements_are_counted_by_sqlstate() {
+    let pg = Postgres::start().await.unwrap();
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int)")
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+
+    // Extended protocol, one shape: 2 inserts, 3 unique violations, 2 divisions by zero.
+    let insert = client
+        .prepare("INSERT INTO accounts VALUES ($1, 100 / $2)")
+        .await
+        .unwrap();
+    for (id, divisor, code) in [
+        (1, 1, None),
+        (2, 1, None),
+        (1, 1, Some("23505")),
+        (2, 5, Some("23505")),
+        (1, 2, Some("23505")),
+        (3, 0, Some("22012")),
+        (4, 0, Some("22012")),
+    ] {
+        let result = client.execute(&insert, &[&id, &divisor]).await;
+        assert_eq!(
+            result.as_ref().err().and_then(common::code),
+            code,
+            "{result:?}"
+        );
+    }
+    // Simple protocol, one shape: a success, a failure alone and one as the second
+    // statement of a query text.
+    for (sql, fails) in [
+        (
+            "UPDATE accounts SET balance = balance / 2 WHERE id = 1",
+            false,
+        ),
+        (
+            "UPDATE accounts SET balance = balance / 0 WHERE id = 1",
+            true,
+        ),
+        (
+            "SELECT 1; UPDATE accounts SET balance = balance / 0 WHERE id = 2",
+            true,
+        ),
+    ] {
+        let result = client.simple_query(sql).await;
+        assert_eq!(result.is_err(), fails, "{sql}: {result:?}");
+    }
+
+    let addr = proxy.admin_addr().unwrap();
+    for (needle, calls, errors) in [
+        (
+            "INSERT INTO accounts",
+            7,
+            serde_json::json!([
+                {"sqlstate": "23505", "count": 3},
+                {"sqlstate": "22012", "count": 2},
+            ]),
+        ),
+        (
+            "UPDATE accounts",
+            3,
+            serde_json::json!([{"sqlstate": "22012", "count": 2}]),
+        ),
+    ] {
+        let rows = shapes(&proxy, needle).await;
+        assert_eq!(rows.len(), 1, "{needle}: {rows:?}");
+        let path = format!("/api/queries/{}", rows[0]["fingerprint"]);
+        let stats = http_json(addr, &path).await;
+        let total = &stats["total"];
+        assert_eq!(total["calls"], calls, "{needle}: {stats}");
+        let failed: u64 = errors
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total["errors"], failed, "{needle}: {stats}");
+        assert_eq!(total["errors_by_code"], errors, "{needle}: {stats}");
+        assert_eq!(
+            stats["by_client"][0]["errors_by_code"], errors,
+            "{needle}: {stats}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_loop_of_point_selects_in_a_transaction_is_an_n_plus_one() {
     let pg = Postgres::start().await.unwrap();
