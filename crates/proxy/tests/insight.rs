@@ -521,6 +521,41 @@ async fn slow_shapes_get_their_plan_captured_without_running_writes() {
 }
 
 #[tokio::test]
+async fn plan_captures_keep_to_the_overall_rate_per_minute() {
+    let pg = Postgres::start().await.unwrap();
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (a int, b int, c int, d int, e int, f int)")
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.insight.plans.threshold = std::time::Duration::ZERO;
+        c.insight.plans.per_minute = 2;
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    // Six distinct shapes, every one slow enough for a capture.
+    for column in ["a", "b", "c", "d", "e", "f"] {
+        client
+            .query(&format!("SELECT * FROM t WHERE {column} = $1"), &[&1])
+            .await
+            .unwrap();
+    }
+    let first = plans(&proxy, 1).await;
+    assert!(!first.is_empty(), "no plan captured at all");
+    // Each capture takes milliseconds: without the limit the other five would be here
+    // well within a second.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let rows = show(&admin(&proxy).await, "PLANS").await;
+    assert!(
+        (1..=2).contains(&rows.len()),
+        "{} captures with per_minute = 2: {rows:?}",
+        rows.len()
+    );
+}
+
+#[tokio::test]
 async fn plans_follow_the_clients_search_path_and_with_full_params_its_literals() {
     let pg = Postgres::start().await.unwrap();
     let direct = pg.connect("postgres").await.unwrap();
