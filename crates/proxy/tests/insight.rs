@@ -617,6 +617,60 @@ async fn plans_follow_the_clients_search_path_and_with_full_params_its_literals(
     assert_eq!(typed["plan_kind"], "generic", "binary values: {typed:?}");
 }
 
+/// `pgopt_proxy`'s `metrics::TOP_SHAPES`: the shapes `/metrics` labels at most.
+const TOP_SHAPES: usize = 20;
+
+/// The distinct fingerprint label values on a `/metrics` page.
+fn fingerprint_labels(page: &str) -> std::collections::BTreeSet<String> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once("{fingerprint=\"")?.1.split_once('"'))
+        .map(|(fingerprint, _)| fingerprint.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_label_only_the_busiest_shapes() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.default_pool_size = 10;
+        c.insight.plans.enabled = false;
+    })
+    .await;
+    // 30 cheap shapes once each, then 20 shapes of 200 ms each (10 clients at a time):
+    // the 20 slow ones have the most total time, however slow the machine.
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for n in 0..30 {
+        client
+            .simple_query(&format!("SELECT c{n} FROM (SELECT 1 AS c{n}) s"))
+            .await
+            .unwrap();
+    }
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(connect(&proxy, "postgres", None).await.unwrap());
+    }
+    futures_util::future::join_all(clients.iter().enumerate().map(|(i, client)| async move {
+        for n in (i..20).step_by(10) {
+            let sql = format!("SELECT pg_sleep(0.2), s{n} FROM (SELECT 1 AS s{n}) s");
+            client.simple_query(&sql).await.unwrap();
+        }
+    }))
+    .await;
+
+    let admin = admin(&proxy).await;
+    let all = show(&admin, "QUERIES").await;
+    assert_eq!(all.len(), 50, "{all:?}");
+    let busiest: std::collections::BTreeSet<String> = all
+        .iter()
+        .filter(|r| r["query"].contains("pg_sleep"))
+        .map(|r| r["fingerprint"].clone())
+        .collect();
+    assert_eq!(busiest.len(), TOP_SHAPES, "{all:?}");
+    let page = http_get(proxy.admin_addr().unwrap(), "/metrics").await;
+    assert_eq!(fingerprint_labels(&page), busiest, "{page}");
+}
+
 /// The proxy process's resident memory, in bytes.
 fn rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -665,6 +719,8 @@ async fn memory_stays_bounded_with_100k_distinct_shapes_through_the_proxy() {
     let page = http_get(proxy.admin_addr().unwrap(), "/metrics").await;
     let held = metric(&page, "pgopt_query_shapes");
     assert!((1000..=2000).contains(&held), "{held} shapes held");
+    let labels = fingerprint_labels(&page);
+    assert_eq!(labels.len(), TOP_SHAPES, "{labels:?}");
     let grown = rss().saturating_sub(before);
     assert!(
         grown < 256 << 20,
