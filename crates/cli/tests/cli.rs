@@ -414,7 +414,24 @@ fn demo_runs_end_to_end_on_a_real_postgres() {
         "{stdout}"
     );
     assert!(stdout.contains("SELECT "), "{stdout}");
-    assert!(stdout.contains("N+1 findings (SHOW NPLUS1): "), "{stdout}");
+    let findings: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("N+1 findings (SHOW NPLUS1): "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("an N+1 findings line");
+    assert!(findings >= 1, "{stdout}");
+    // "  18 × SELECT id, name, email FROM users WHERE id = $1 (transaction) from …"
+    let finding = stdout
+        .lines()
+        .find(|l| l.contains(" × SELECT id, name, email FROM users WHERE id = $1"))
+        .expect("the per-task user lookup as a finding");
+    assert!(finding.contains("(transaction)"), "{finding}");
+    let count: u64 = finding
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a finding's count");
+    assert!(count >= 10, "{finding}");
     // A third run through pgopt with the result cache, and what the cache did.
     let cached = stdout
         .lines()

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use common::{admin, config_for, connect, http_get, show, start_with};
 use pgopt_embedded::Postgres;
+use pgopt_insight::NPlusOneConfig;
 use pgopt_proxy::{PoolMode, Proxy};
 
 /// SHOW QUERIES rows whose normalized text contains `needle`.
@@ -156,6 +157,104 @@ async fn percentiles_follow_a_known_latency_distribution() {
     assert!(!metrics.contains("pg_sleep"), "query text in the metrics");
 }
 
+/// The JSON body of a 200 answer to `GET path`.
+async fn http_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    let response = http_get(addr, path).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+#[tokio::test]
+async fn failed_statements_are_counted_by_sqlstate() {
+    let pg = Postgres::start().await.unwrap();
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int)")
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+
+    // Extended protocol, one shape: 2 inserts, 3 unique violations, 2 divisions by zero.
+    let insert = client
+        .prepare("INSERT INTO accounts VALUES ($1, 100 / $2)")
+        .await
+        .unwrap();
+    for (id, divisor, code) in [
+        (1, 1, None),
+        (2, 1, None),
+        (1, 1, Some("23505")),
+        (2, 5, Some("23505")),
+        (1, 2, Some("23505")),
+        (3, 0, Some("22012")),
+        (4, 0, Some("22012")),
+    ] {
+        let result = client.execute(&insert, &[&id, &divisor]).await;
+        assert_eq!(
+            result.as_ref().err().and_then(common::code),
+            code,
+            "{result:?}"
+        );
+    }
+    // Simple protocol, one shape: a success, a failure alone and one as the second
+    // statement of a query text.
+    for (sql, fails) in [
+        (
+            "UPDATE accounts SET balance = balance / 2 WHERE id = 1",
+            false,
+        ),
+        (
+            "UPDATE accounts SET balance = balance / 0 WHERE id = 1",
+            true,
+        ),
+        (
+            "SELECT 1; UPDATE accounts SET balance = balance / 0 WHERE id = 2",
+            true,
+        ),
+    ] {
+        let result = client.simple_query(sql).await;
+        assert_eq!(result.is_err(), fails, "{sql}: {result:?}");
+    }
+
+    let addr = proxy.admin_addr().unwrap();
+    for (needle, calls, errors) in [
+        (
+            "INSERT INTO accounts",
+            7,
+            serde_json::json!([
+                {"sqlstate": "23505", "count": 3},
+                {"sqlstate": "22012", "count": 2},
+            ]),
+        ),
+        (
+            "UPDATE accounts",
+            3,
+            serde_json::json!([{"sqlstate": "22012", "count": 2}]),
+        ),
+    ] {
+        let rows = shapes(&proxy, needle).await;
+        assert_eq!(rows.len(), 1, "{needle}: {rows:?}");
+        let path = format!("/api/queries/{}", rows[0]["fingerprint"]);
+        let stats = http_json(addr, &path).await;
+        let total = &stats["total"];
+        assert_eq!(total["calls"], calls, "{needle}: {stats}");
+        let failed: u64 = errors
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total["errors"], failed, "{needle}: {stats}");
+        assert_eq!(total["errors_by_code"], errors, "{needle}: {stats}");
+        assert_eq!(
+            stats["by_client"][0]["errors_by_code"], errors,
+            "{needle}: {stats}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_loop_of_point_selects_in_a_transaction_is_an_n_plus_one() {
     let pg = Postgres::start().await.unwrap();
@@ -201,7 +300,8 @@ async fn a_loop_of_point_selects_in_a_transaction_is_an_n_plus_one() {
     let f = &findings[0];
     assert_eq!(f["kind"], "transaction");
     assert!(f["query"].contains("FROM users WHERE id = $1"), "{f:?}");
-    assert!(num(f, "count") >= 40.0, "{f:?}");
+    // Inside a transaction the detector counts every execution from the first.
+    assert_eq!(num(f, "count"), 50.0, "{f:?}");
     assert_eq!(f["user"], "postgres");
     let json = http_get(proxy.admin_addr().unwrap(), "/api/nplus1").await;
     assert!(json.contains("\"kind\":\"transaction\""), "{json}");
@@ -209,6 +309,71 @@ async fn a_loop_of_point_selects_in_a_transaction_is_an_n_plus_one() {
     admin.simple_query("RESET QUERIES").await.unwrap();
     assert!(show(&admin, "NPLUS1").await.is_empty());
     assert!(show(&admin, "QUERIES").await.is_empty());
+}
+
+/// A table `users` of 50 rows, directly on `pg`.
+async fn create_users(pg: &Postgres) {
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE users (id int PRIMARY KEY, name text);
+             INSERT INTO users SELECT i, 'u' || i FROM generate_series(1, 50) i;",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_burst_of_point_selects_outside_a_transaction_is_an_n_plus_one() {
+    let pg = Postgres::start().await.unwrap();
+    create_users(&pg).await;
+    let detector = |window_ms| NPlusOneConfig {
+        threshold: 10,
+        window_ms,
+        ..NPlusOneConfig::default()
+    };
+
+    // 12 point selects in autocommit, all within a generous window: one burst finding.
+    let proxy = start_with(&pg, |c| c.insight.n_plus_one = detector(60_000)).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let by_id = client
+        .prepare("SELECT name FROM users WHERE id = $1")
+        .await
+        .unwrap();
+    for id in 1..=12 {
+        client.query_one(&by_id, &[&id]).await.unwrap();
+    }
+    let findings = show(&admin(&proxy).await, "NPLUS1").await;
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let f = &findings[0];
+    assert_eq!(f["kind"], "burst", "{f:?}");
+    assert!(f["query"].contains("FROM users WHERE id = $1"), "{f:?}");
+    assert_eq!(num(f, "count"), 12.0, "{f:?}");
+    assert_eq!(f["user"], "postgres");
+    assert!(f["client_addr"].starts_with("127.0.0.1:"), "{f:?}");
+    let json = http_get(proxy.admin_addr().unwrap(), "/api/nplus1").await;
+    assert!(json.contains("\"kind\":\"burst\""), "{json}");
+
+    // The same 12 executions with a 20 ms window, each at least 40 ms after the one
+    // before: no finding (the sleeps only ever make the gaps longer).
+    let spaced = start_with(&pg, |c| c.insight.n_plus_one = detector(20)).await;
+    let client = connect(&spaced, "postgres", None).await.unwrap();
+    let by_id = client
+        .prepare("SELECT name FROM users WHERE id = $1")
+        .await
+        .unwrap();
+    for id in 1..=12 {
+        client.query_one(&by_id, &[&id]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    let spaced_admin = admin(&spaced).await;
+    let none = show(&spaced_admin, "NPLUS1").await;
+    assert!(none.is_empty(), "{none:?}");
+    assert!(show(&spaced_admin, "QUERIES")
+        .await
+        .iter()
+        .any(|r| r["query"].contains("FROM users WHERE id = $1") && r["calls"] == "12"));
 }
 
 #[tokio::test]
@@ -356,6 +521,41 @@ async fn slow_shapes_get_their_plan_captured_without_running_writes() {
 }
 
 #[tokio::test]
+async fn plan_captures_keep_to_the_overall_rate_per_minute() {
+    let pg = Postgres::start().await.unwrap();
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE t (a int, b int, c int, d int, e int, f int)")
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.insight.plans.threshold = std::time::Duration::ZERO;
+        c.insight.plans.per_minute = 2;
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    // Six distinct shapes, every one slow enough for a capture.
+    for column in ["a", "b", "c", "d", "e", "f"] {
+        client
+            .query(&format!("SELECT * FROM t WHERE {column} = $1"), &[&1])
+            .await
+            .unwrap();
+    }
+    let first = plans(&proxy, 1).await;
+    assert!(!first.is_empty(), "no plan captured at all");
+    // Each capture takes milliseconds: without the limit the other five would be here
+    // well within a second.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let rows = show(&admin(&proxy).await, "PLANS").await;
+    assert!(
+        (1..=2).contains(&rows.len()),
+        "{} captures with per_minute = 2: {rows:?}",
+        rows.len()
+    );
+}
+
+#[tokio::test]
 async fn plans_follow_the_clients_search_path_and_with_full_params_its_literals() {
     let pg = Postgres::start().await.unwrap();
     let direct = pg.connect("postgres").await.unwrap();
@@ -417,6 +617,60 @@ async fn plans_follow_the_clients_search_path_and_with_full_params_its_literals(
     assert_eq!(typed["plan_kind"], "generic", "binary values: {typed:?}");
 }
 
+/// `pgopt_proxy`'s `metrics::TOP_SHAPES`: the shapes `/metrics` labels at most.
+const TOP_SHAPES: usize = 20;
+
+/// The distinct fingerprint label values on a `/metrics` page.
+fn fingerprint_labels(page: &str) -> std::collections::BTreeSet<String> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once("{fingerprint=\"")?.1.split_once('"'))
+        .map(|(fingerprint, _)| fingerprint.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_label_only_the_busiest_shapes() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.default_pool_size = 10;
+        c.insight.plans.enabled = false;
+    })
+    .await;
+    // 30 cheap shapes once each, then 20 shapes of 200 ms each (10 clients at a time):
+    // the 20 slow ones have the most total time, however slow the machine.
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for n in 0..30 {
+        client
+            .simple_query(&format!("SELECT c{n} FROM (SELECT 1 AS c{n}) s"))
+            .await
+            .unwrap();
+    }
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(connect(&proxy, "postgres", None).await.unwrap());
+    }
+    futures_util::future::join_all(clients.iter().enumerate().map(|(i, client)| async move {
+        for n in (i..20).step_by(10) {
+            let sql = format!("SELECT pg_sleep(0.2), s{n} FROM (SELECT 1 AS s{n}) s");
+            client.simple_query(&sql).await.unwrap();
+        }
+    }))
+    .await;
+
+    let admin = admin(&proxy).await;
+    let all = show(&admin, "QUERIES").await;
+    assert_eq!(all.len(), 50, "{all:?}");
+    let busiest: std::collections::BTreeSet<String> = all
+        .iter()
+        .filter(|r| r["query"].contains("pg_sleep"))
+        .map(|r| r["fingerprint"].clone())
+        .collect();
+    assert_eq!(busiest.len(), TOP_SHAPES, "{all:?}");
+    let page = http_get(proxy.admin_addr().unwrap(), "/metrics").await;
+    assert_eq!(fingerprint_labels(&page), busiest, "{page}");
+}
+
 /// The proxy process's resident memory, in bytes.
 fn rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -465,6 +719,8 @@ async fn memory_stays_bounded_with_100k_distinct_shapes_through_the_proxy() {
     let page = http_get(proxy.admin_addr().unwrap(), "/metrics").await;
     let held = metric(&page, "pgopt_query_shapes");
     assert!((1000..=2000).contains(&held), "{held} shapes held");
+    let labels = fingerprint_labels(&page);
+    assert_eq!(labels.len(), TOP_SHAPES, "{labels:?}");
     let grown = rss().saturating_sub(before);
     assert!(
         grown < 256 << 20,
