@@ -181,7 +181,11 @@ impl Plans {
             }
             state.asked.insert(request.fingerprint, now);
         }
-        let _ = self.sender.try_send(request);
+        let fingerprint = request.fingerprint;
+        if self.sender.try_send(request).is_err() {
+            // The queue is full: the shape's next slow run asks again.
+            lock(&self.state).asked.remove(&fingerprint);
+        }
     }
 
     pub fn get(&self, fingerprint: u64) -> Option<CapturedPlan> {
@@ -497,5 +501,26 @@ mod tests {
         let mut out = Vec::new();
         seq_scans(&plan, &mut out);
         assert_eq!(out, vec![("public".to_string(), "a".to_string())]);
+    }
+
+    #[test]
+    fn a_request_the_full_queue_turned_away_is_taken_on_its_next_run() {
+        let plans = Plans::new(PlanSettings::default());
+        let nth = |fingerprint| PlanRequest {
+            fingerprint,
+            ..request("SELECT 1", None)
+        };
+        for fp in 0..16 {
+            plans.request(nth(fp));
+        }
+        plans.request(nth(16)); // the queue holds 16
+        plans.request(nth(0)); // asked already: not queued twice
+        let mut receiver = lock(&plans.receiver).take().unwrap();
+        let queued: Vec<u64> = std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|r| r.fingerprint)
+            .collect();
+        assert_eq!(queued, (0..16).collect::<Vec<_>>());
+        plans.request(nth(16));
+        assert_eq!(receiver.try_recv().map(|r| r.fingerprint).ok(), Some(16));
     }
 }
