@@ -4,7 +4,8 @@
 # 4 s in the middle of the run. Prints TPS and the proxy's CPU per transaction, then the
 # report (perf: by shared object and top symbols; strace: syscall counts).
 #
-# usage: scripts/profile-proxy.sh [MODE=simple|extended|prepared] [CLIENTS=16] [SECS=10] [TOOL=perf|strace|none]
+# usage: scripts/profile-proxy.sh [MODE=simple|extended|prepared|tpcb] [CLIENTS=16] [SECS=10] [TOOL=perf|strace|none]
+# (tpcb: pgbench's default TPC-B-like script, simple protocol, instead of -S)
 set -euo pipefail
 ulimit -n 20000 2>/dev/null || true
 cd "$(dirname "$0")/.."
@@ -38,12 +39,13 @@ case $tool in
   strace) (sleep 2; timeout -s INT 4 strace -c -f -p "$ppid" -o "$tmp/strace.out" 2>/dev/null) & tpid=$! ;;
   *) tpid= ;;
 esac
-out=$("$bindir/pgbench" -n -S -M "$mode" -c "$clients" -j "$jobs_" -T "$secs" -h 127.0.0.1 -p "$pgopt_port" -U postgres postgres 2>&1)
+script=(-S -M "$mode"); [ "$mode" = tpcb ] && script=(-M simple)
+out=$("$bindir/pgbench" -n "${script[@]}" -c "$clients" -j "$jobs_" -T "$secs" -h 127.0.0.1 -p "$pgopt_port" -U postgres postgres 2>&1)
 after=$(awk '{print $14 + $15}' "/proc/$ppid/stat")
 [ -n "$tpid" ] && wait "$tpid" || true
 txns=$(awk -F': ' '/actually processed/ {split($2,a,"/"); print a[1]}' <<<"$out")
 tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' <<<"$out")
-echo "-S $mode, $clients clients: $tps TPS, pgopt $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}') µs CPU per transaction ($txns transactions)"
+echo "$mode, $clients clients: $tps TPS, pgopt $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}') µs CPU per transaction ($txns transactions)"
 case $tool in
   perf)
     perf report -i "$tmp/perf.data" --no-children --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -6
