@@ -77,22 +77,27 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
     let admin_users = proxy_config.admin_users.clone();
     let mode = proxy_config.pool_mode;
     let size = proxy_config.default_pool_size;
-    let db = proxy_config.databases.first().cloned();
+    let databases = proxy_config.databases.clone();
     let proxy = pgopt_proxy::Proxy::start(proxy_config)
         .await
         .context("starting the proxy")?;
-    if let Some(db) = db {
+    println!(
+        "pgopt proxy on {} ({:?} pooling, {} server connections per database and user)",
+        proxy.local_addr(),
+        mode,
+        size
+    );
+    for db in &databases {
+        let replicas = match db.replicas.len() {
+            0 => String::new(),
+            n => format!(", {n} replica{}", if n == 1 { "" } else { "s" }),
+        };
         println!(
-            "pgopt proxy on {} → {}:{}/{} ({:?} pooling, {} server connections per database and user)",
-            proxy.local_addr(),
+            "Database {} → {}:{}/{}{replicas}:  psql -h {} -p {} {}",
+            db.name,
             db.host,
             db.port,
             db.dbname,
-            mode,
-            size
-        );
-        println!(
-            "Connect:  psql -h {} -p {} {}",
             proxy.local_addr().ip(),
             proxy.local_addr().port(),
             db.name
@@ -145,15 +150,77 @@ async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
     }
 }
 
-fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::Config> {
-    let (config, insight) = (&root.proxy, &root.insight);
-    let url = args.upstream.unwrap_or_else(|| config.upstream.clone());
-    if url.is_empty() {
+/// `--upstream` or `proxy.upstream` (with `--replica` or `routing.replicas`), then
+/// `[[proxy.databases]]`, each named once.
+fn databases(
+    root: &config::Config,
+    args: &ProxyArgs,
+) -> anyhow::Result<Vec<pgopt_proxy::Database>> {
+    let config = &root.proxy;
+    let database = |name: &str, url: &str, replicas| -> Result<_, String> {
+        let up = upstream::parse(url)?;
+        Ok(pgopt_proxy::Database {
+            name: if name.is_empty() {
+                up.dbname.clone()
+            } else {
+                name.to_string()
+            },
+            host: up.host,
+            port: up.port,
+            dbname: up.dbname,
+            user: up.user,
+            password: up.password,
+            replicas,
+        })
+    };
+    let mut databases = Vec::new();
+    let url = args
+        .upstream
+        .clone()
+        .unwrap_or_else(|| config.upstream.clone());
+    if !url.is_empty() {
+        let replicas = replicas(&root.routing, &args.replica);
+        databases.push(
+            database("", &url, replicas).map_err(|e| anyhow::anyhow!("proxy.upstream: {e}"))?,
+        );
+    } else if !args.replica.is_empty() || !root.routing.replicas.is_empty() {
         anyhow::bail!(
-            "no upstream server: give --upstream postgres://USER@HOST:PORT/DB or set proxy.upstream in the config"
+            "replicas without proxy.upstream: --replica and routing.replicas are the upstream's; \
+             give a [[proxy.databases]] entry its own replicas"
         );
     }
-    let up = upstream::parse(&url).map_err(|e| anyhow::anyhow!("proxy.upstream: {e}"))?;
+    for (i, entry) in config.databases.iter().enumerate() {
+        let replicas = config::proxy_replicas(&entry.replicas);
+        let db = database(&entry.name, &entry.upstream.0, replicas)
+            .map_err(|e| anyhow::anyhow!("proxy.databases[{i}].upstream: {e}"))?;
+        if db.name == pgopt_proxy::ADMIN_DATABASE {
+            anyhow::bail!(
+                "proxy.databases[{i}]: the name {:?} is the admin console's; give the entry another name",
+                db.name
+            );
+        }
+        if databases
+            .iter()
+            .any(|d: &pgopt_proxy::Database| d.name == db.name)
+        {
+            anyhow::bail!(
+                "proxy.databases[{i}]: a database named {:?} is already configured; give the entry a name of its own",
+                db.name
+            );
+        }
+        databases.push(db);
+    }
+    if databases.is_empty() {
+        anyhow::bail!(
+            "no upstream server: give --upstream postgres://USER@HOST:PORT/DB or set proxy.upstream (or [[proxy.databases]]) in the config"
+        );
+    }
+    Ok(databases)
+}
+
+fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::Config> {
+    let (config, insight) = (&root.proxy, &root.insight);
+    let databases = databases(root, &args)?;
     let pool_mode = match args.pool_mode {
         Some(PoolModeArg::Session) => pgopt_proxy::PoolMode::Session,
         Some(PoolModeArg::Transaction) => pgopt_proxy::PoolMode::Transaction,
@@ -186,8 +253,8 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         idle_transaction_timeout: config.idle_transaction_timeout.0,
         shutdown_timeout: config.shutdown_timeout.0,
         admin_users: if config.admin_users.is_empty() {
-            // The operator who owns the upstream login runs the console.
-            up.user.iter().cloned().collect()
+            // The operator who owns the (first) upstream login runs the console.
+            databases[0].user.iter().cloned().collect()
         } else {
             config.admin_users.clone()
         },
@@ -242,15 +309,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
             },
         },
         auth_query: config.auth_query.clone(),
-        databases: vec![pgopt_proxy::Database {
-            name: up.dbname.clone(),
-            host: up.host,
-            port: up.port,
-            dbname: up.dbname,
-            user: up.user,
-            password: up.password,
-            replicas: replicas(&root.routing, &args.replica),
-        }],
+        databases,
         routing: root.routing.policy(),
         cache: root.cache.settings(),
         ..pgopt_proxy::Config::default()

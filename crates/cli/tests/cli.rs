@@ -521,6 +521,25 @@ fn proxy_without_an_upstream_says_how_to_give_one() {
     );
 }
 
+/// `psql -XAtc SQL` through a proxy on `port` to database `db`, retried for up to 20 s
+/// while the proxy starts.
+fn psql_through(pg: &pgopt_embedded::Postgres, port: u16, db: &str, sql: &str) -> Output {
+    let psql = pg.binaries().program("psql");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = Command::new(&psql)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args(["-d", db, "-XAtc", sql])
+            .output()
+            .unwrap();
+        let starting = text(&out.stderr).contains("Connection refused");
+        if !starting || std::time::Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn proxy_quick_start_pools_a_real_server() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -540,32 +559,13 @@ fn proxy_quick_start_pools_a_real_server() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let psql = pg.binaries().program("psql");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let out = loop {
-        let out = Command::new(&psql)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args([
-                "-XAtc",
-                "SELECT current_setting('application_name') || ' ' || \
-                 (SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid())",
-            ])
-            .output()
-            .unwrap();
-        if out.status.success() || std::time::Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let out = psql_through(
+        &pg,
+        port,
+        "postgres",
+        "SELECT current_setting('application_name') || ' ' || \
+         (SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+    );
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(proxy.id() as libc::pid_t, libc::SIGTERM) };
     let status = proxy.wait().unwrap();
@@ -671,4 +671,62 @@ fn top_and_advise_read_the_query_shapes_of_a_running_proxy() {
         stdout.contains("×5  SELECT id FROM events WHERE account = $1"),
         "{stdout}"
     );
+}
+
+#[test]
+fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pg = runtime.block_on(pgopt_embedded::Postgres::start()).unwrap();
+    pg.psql("CREATE DATABASE reports").unwrap();
+    let port = pgopt_embedded::free_port().unwrap();
+    let config = temp_file(
+        "databases.toml",
+        &format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\ndefault_pool_size = 2\n\n\
+             [[proxy.databases]]\nname = \"rep\"\nupstream = \"{}\"\n",
+            pg.url("postgres"),
+            pg.url("reports")
+        ),
+    );
+    let _proxy = Killed(
+        Command::new(env!("CARGO_BIN_EXE_pgopt"))
+            .args(["--config", config.to_str().unwrap(), "proxy"])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for (db, expected) in [("postgres", "postgres"), ("rep", "reports")] {
+        let out = psql_through(&pg, port, db, "SELECT current_database()");
+        assert!(out.status.success(), "{db}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), expected);
+    }
+    let out = psql_through(&pg, port, "reports", "SELECT 1");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("database \"reports\" does not exist"),
+        "only the configured names are served: {}",
+        text(&out.stderr)
+    );
+
+    // A name given twice is refused at start, naming the entry.
+    let twice = temp_file(
+        "databases-twice.toml",
+        &format!(
+            "[proxy]\nupstream = \"{}\"\n\n[[proxy.databases]]\nupstream = \"{}\"\n",
+            pg.url("postgres"),
+            pg.url("postgres")
+        ),
+    );
+    let out = pgopt(&["--config", twice.to_str().unwrap(), "proxy"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("proxy.databases[0]: a database named \"postgres\" is already configured"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_file(config);
+    let _ = std::fs::remove_file(twice);
 }

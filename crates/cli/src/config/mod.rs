@@ -16,7 +16,7 @@ pub use bounded::{Bounded, Scale};
 pub use cache::CacheSection;
 pub use duration::HumanDuration;
 pub use proxy::{ClientAuthMethod, PoolMode, ProxyConfig, ServerTlsModeSetting, TlsModeSetting};
-pub use routing::RoutingSection;
+pub use routing::{proxy_replicas, RoutingSection};
 
 /// The whole configuration tree. Each section is the small typed config of one part.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

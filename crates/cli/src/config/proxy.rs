@@ -49,6 +49,40 @@ pub enum ServerTlsModeSetting {
     VerifyFull,
 }
 
+/// A `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` URL, checked as it is read (so a
+/// bad one is named with its line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl(pub String);
+
+impl Serialize for UpstreamUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::upstream::parse(&text).map_err(de::Error::custom)?;
+        Ok(UpstreamUrl(text))
+    }
+}
+
+/// One more database clients may connect to, on its own server (PgBouncer's
+/// `[databases]`). `proxy.upstream` is the first database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseEntry {
+    /// The name clients connect to; the URL's database when absent.
+    #[serde(default)]
+    pub name: String,
+    /// The server, its database and the login the proxy uses there.
+    pub upstream: UpstreamUrl,
+    /// This database's streaming replicas (`[routing]` holds the policy).
+    #[serde(default)]
+    pub replicas: Vec<super::routing::ReplicaEntry>,
+}
+
 /// A user clients may log in as.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +99,8 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` of the server to pool.
     pub upstream: String,
+    /// More databases, each on its own server, with its own replicas.
+    pub databases: Vec<DatabaseEntry>,
     /// session | transaction
     pub pool_mode: PoolMode,
     /// Server connections per (database, user).
@@ -114,6 +150,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
             upstream: String::new(),
+            databases: Vec::new(),
             pool_mode: PoolMode::Transaction,
             default_pool_size: Bounded(20),
             min_pool_size: Bounded(0),

@@ -89,15 +89,20 @@ impl RoutingSection {
         }
     }
 
-    /// The replicas as the proxy takes them.
+    /// The upstream's replicas as the proxy takes them.
     pub fn replicas(&self) -> Vec<pgopt_proxy::Replica> {
-        self.replicas
-            .iter()
-            .map(|r| pgopt_proxy::Replica {
-                host: r.host.clone(),
-                port: r.port,
-                weight: r.weight.get(),
-            })
-            .collect()
+        proxy_replicas(&self.replicas)
     }
+}
+
+/// Replica entries as the proxy takes them.
+pub fn proxy_replicas(entries: &[ReplicaEntry]) -> Vec<pgopt_proxy::Replica> {
+    entries
+        .iter()
+        .map(|r| pgopt_proxy::Replica {
+            host: r.host.clone(),
+            port: r.port,
+            weight: r.weight.get(),
+        })
+        .collect()
 }

@@ -173,3 +173,33 @@ fn cache_rules_and_redis_are_read_and_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn a_bad_database_url_is_named_with_its_line() {
+    let e = err("[proxy]\nupstream = \"postgres://a@h/db\"\n\n[[proxy.databases]]\nname = \"r\"\nupstream = \"mysql://h/r\"\n");
+    assert!(
+        e.starts_with("pgopt.toml:6: proxy.databases[0].upstream: expected postgres://"),
+        "{e}"
+    );
+    let e = err("[[proxy.databases]]\nupstream = \"postgres://a@h/r\"\nreplica = []\n");
+    assert!(
+        e.starts_with("pgopt.toml:3: proxy.databases[0].replica: unknown key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn databases_take_a_name_an_upstream_and_replicas() {
+    let config = parse_text(
+        "pgopt.toml",
+        "[[proxy.databases]]\nupstream = \"postgres://a@h:5433/r\"\nreplicas = [{ host = \"h2\" }]\n",
+    )
+    .unwrap();
+    let db = &config.proxy.databases[0];
+    assert_eq!(
+        (db.name.as_str(), db.upstream.0.as_str()),
+        ("", "postgres://a@h:5433/r")
+    );
+    assert_eq!(db.replicas[0].port, 5432);
+    assert_eq!(db.replicas[0].weight.get(), 1);
+}
