@@ -692,6 +692,8 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
         Command::new(env!("CARGO_BIN_EXE_pgopt"))
             .args(["--config", config.to_str().unwrap(), "proxy"])
             .env_remove("RUST_LOG")
+            // The single-threaded event loop (the quick start test has one per core).
+            .env("PGOPT_PROXY__WORKERS", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

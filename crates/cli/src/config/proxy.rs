@@ -112,6 +112,8 @@ pub struct ProxyConfig {
     pub reserve_pool_timeout: HumanDuration,
     /// Client connections accepted at once.
     pub max_client_conn: Bounded<1, 1000000>,
+    /// Threads serving clients: 0 is one per core; 1 is a single-threaded event loop.
+    pub workers: Bounded<0, 1024>,
     /// How long a client waits for a server connection.
     pub query_wait_timeout: HumanDuration,
     pub server_connect_timeout: HumanDuration,
@@ -157,6 +159,7 @@ impl Default for ProxyConfig {
             reserve_pool_size: Bounded(0),
             reserve_pool_timeout: HumanDuration(Duration::from_secs(5)),
             max_client_conn: Bounded(1000),
+            workers: Bounded(0),
             query_wait_timeout: HumanDuration(Duration::from_secs(120)),
             server_connect_timeout: HumanDuration(Duration::from_secs(5)),
             server_idle_timeout: HumanDuration(Duration::from_secs(600)),
