@@ -46,9 +46,13 @@ after=$(awk '{print $14 + $15}' "/proc/$ppid/stat")
 txns=$(awk -F': ' '/actually processed/ {split($2,a,"/"); print a[1]}' <<<"$out")
 tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' <<<"$out")
 echo "$mode, $clients clients: $tps TPS, pgopt $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}') µs CPU per transaction ($txns transactions)"
+# PERF_DUMP=FILE: every symbol of pgopt's own code, for sums the top list can't give.
+if [ "$tool" = perf ] && [ -n "${PERF_DUMP:-}" ]; then
+  perf report -i "$tmp/perf.data" --no-children --dsos pgopt --sort sym -g none > "$PERF_DUMP" 2>/dev/null || true
+fi
 case $tool in
   perf)
     perf report -i "$tmp/perf.data" --no-children --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -6
-    perf report -i "$tmp/perf.data" --no-children --sort sym -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -30 ;;
+    perf report -i "$tmp/perf.data" --no-children --sort sym -g none 2>/dev/null | grep -v "^#" | grep -v "^$" | head -${PERF_TOP:-30} ;;
   strace) cat "$tmp/strace.out" ;;
 esac
