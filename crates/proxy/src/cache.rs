@@ -103,9 +103,11 @@ pub struct CacheCounters {
     pub wal_commits: AtomicU64,
     pub wal_staleness: Buckets,
     pub wal_state: Mutex<String>,
-    /// With the listener on: whether it streams (until it does, writes that bypass
-    /// pgopt would go unseen, so nothing is served or stored).
-    pub wal_streaming: std::sync::atomic::AtomicBool,
+    /// With the listener on: listeners started (one per database) and those streaming
+    /// now. Until every one streams, writes that bypass pgopt could go unseen, so
+    /// nothing is served or stored (for any database: entries are not told apart).
+    pub wal_listeners: std::sync::atomic::AtomicUsize,
+    pub wal_streaming: std::sync::atomic::AtomicUsize,
     /// pgopt's own time on a hit (µs): from the lookup to the reply written.
     pub hit_time: Buckets,
     /// Hits run again on PostgreSQL: the same rows, other rows, and runs that prove
@@ -131,7 +133,8 @@ impl Default for CacheCounters {
             wal_commits: AtomicU64::new(0),
             wal_staleness: Buckets::new(&STALENESS_MS),
             wal_state: Mutex::new("off".into()),
-            wal_streaming: std::sync::atomic::AtomicBool::new(false),
+            wal_listeners: std::sync::atomic::AtomicUsize::new(0),
+            wal_streaming: std::sync::atomic::AtomicUsize::new(0),
             hit_time: Buckets::new(&HIT_US),
         }
     }
@@ -411,8 +414,10 @@ impl ProxyCache {
     /// listener, when on, is not streaming.
     /// With Redis, not while the invalidation channel is down either.
     pub fn serving(&self) -> bool {
-        (!self.settings.wal_listener || self.counters.wal_streaming.load(Relaxed))
-            && self.l2.as_ref().is_none_or(|l2| l2.serving())
+        (!self.settings.wal_listener || {
+            let listeners = self.counters.wal_listeners.load(Relaxed);
+            listeners > 0 && self.counters.wal_streaming.load(Relaxed) == listeners
+        }) && self.l2.as_ref().is_none_or(|l2| l2.serving())
     }
 
     /// `database`'s dependencies when known and fresh. Otherwise `None`, with a
@@ -1119,6 +1124,8 @@ pub async fn follow_wal(
             .unwrap_or_else(|p| p.into_inner()) = state;
     };
     let mut backoff = Duration::from_secs(1);
+    // Whether this listener counts in `wal_streaming`.
+    let mut streaming = false;
     loop {
         set_state("connecting".into());
         attempt += 1;
@@ -1132,7 +1139,9 @@ pub async fn follow_wal(
             while let Some(committed) = rx.recv().await {
                 if committed.tables.is_empty() {
                     cache.bump(&[ALL.to_string()]);
-                    cache.counters.wal_streaming.store(true, Relaxed);
+                    if !std::mem::replace(&mut streaming, true) {
+                        cache.counters.wal_streaming.fetch_add(1, Relaxed);
+                    }
                     set_state("streaming".into());
                 } else {
                     backoff = Duration::from_secs(1);
@@ -1149,7 +1158,9 @@ pub async fn follow_wal(
             (result, ()) = async { tokio::join!(run, consume) } => result,
             () = stopped => return,
         };
-        cache.counters.wal_streaming.store(false, Relaxed);
+        if std::mem::replace(&mut streaming, false) {
+            cache.counters.wal_streaming.fetch_sub(1, Relaxed);
+        }
         let error = match outcome {
             Ok(()) => "the replication stream ended".to_string(),
             Err(e) => e.to_string(),

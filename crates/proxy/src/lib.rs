@@ -107,6 +107,11 @@ impl Proxy {
         if let Some(cache) = shared.cache.as_ref().filter(|c| c.settings.wal_listener) {
             let config = shared.config();
             for db in &config.databases {
+                // Counted before any streams: nothing is served until all do.
+                cache
+                    .counters
+                    .wal_listeners
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tasks.push(tokio::spawn(cache::follow_wal(
                     cache.clone(),
                     db.clone(),

@@ -389,6 +389,20 @@ impl Shared {
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!("listen and admin_listen changes take effect after a restart");
         }
+        let servers = |c: &Config| {
+            c.databases
+                .iter()
+                .map(|d| (d.name.clone(), d.host.clone(), d.port, d.dbname.clone()))
+                .collect::<Vec<_>>()
+        };
+        if self.cache.as_ref().is_some_and(|c| c.settings.wal_listener)
+            && servers(&new) != servers(&old)
+        {
+            tracing::warn!(
+                "cache.wal_listener follows the databases pgopt started with: restart it for \
+                 writes that bypass pgopt to added or moved databases to invalidate the cache"
+            );
+        }
         if new.routing.safe_functions != old.routing.safe_functions {
             // Verdicts are cached per statement text and kept with prepared statements.
             tracing::warn!("routing.safe_functions changes take effect after a restart");

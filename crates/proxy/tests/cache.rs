@@ -805,6 +805,58 @@ async fn writes_that_bypass_pgopt_invalidate_through_the_replication_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_databases_nothing_is_served_until_both_replication_streams_run() {
+    let logical = Postgres::builder()
+        .setting("wal_level", "logical")
+        .start()
+        .await
+        .unwrap();
+    logical
+        .psql("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');")
+        .unwrap();
+    // wal_level = replica: this database's listener can never stream.
+    let plain = Postgres::start().await.unwrap();
+    let proxy = start_with(&logical, |c| {
+        let mut other = c.databases[0].clone();
+        other.name = "other".into();
+        other.port = plain.port();
+        other.password = plain.password().map(str::to_string);
+        c.databases.push(other);
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            wal_listener: true,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    // The first database's stream runs (it reports a direct write)…
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while counter(&cache_row(&proxy).await, "wal_commits") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            cache_row(&proxy).await
+        );
+        logical
+            .psql("UPDATE items SET v = 'a' WHERE id = 1")
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // …yet the other's is down, so writes bypassing pgopt there would go unseen.
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            value(&client, "SELECT v FROM items WHERE id = 1").await,
+            "a"
+        );
+    }
+    let stats = cache_row(&proxy).await;
+    assert_eq!(counter(&stats, "hits"), 0, "{stats:?}");
+    assert_eq!(counter(&stats, "stored"), 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hints_fingerprints_and_table_ttls_choose_what_is_cached_and_for_how_long() {
     let pg = Postgres::start().await.unwrap();
     pg.psql(
