@@ -189,6 +189,16 @@ fn databases(
              give a [[proxy.databases]] entry its own replicas"
         );
     }
+    if databases
+        .first()
+        .is_some_and(|d| d.name == pgopt_proxy::ADMIN_DATABASE)
+    {
+        anyhow::bail!(
+            "proxy.upstream: clients would reach the admin console under the database name {:?}; \
+             serve it as a [[proxy.databases]] entry with another name",
+            pgopt_proxy::ADMIN_DATABASE
+        );
+    }
     for (i, entry) in config.databases.iter().enumerate() {
         let replicas = config::proxy_replicas(&entry.replicas);
         let db = database(&entry.name, &entry.upstream.0, replicas)

@@ -729,6 +729,27 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
         "{}",
         text(&out.stderr)
     );
-    let _ = std::fs::remove_file(config);
-    let _ = std::fs::remove_file(twice);
+    // The admin console's name is refused too, and replicas need a database.
+    let admin = temp_file(
+        "databases-admin.toml",
+        &format!(
+            "[[proxy.databases]]\nname = \"pgopt\"\nupstream = \"{}\"\n",
+            pg.url("postgres")
+        ),
+    );
+    let out = pgopt(&["--config", admin.to_str().unwrap(), "proxy"]);
+    assert!(
+        text(&out.stderr).contains("proxy.databases[0]: the name \"pgopt\" is the admin console's"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = pgopt(&["proxy", "--replica", "127.0.0.1:5432"]);
+    assert!(
+        text(&out.stderr).contains("replicas without proxy.upstream"),
+        "{}",
+        text(&out.stderr)
+    );
+    for file in [config, twice, admin] {
+        let _ = std::fs::remove_file(file);
+    }
 }
