@@ -27,6 +27,18 @@ fn num(row: &HashMap<String, String>, col: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{col} = {:?}", row[col]))
 }
 
+/// A PostgreSQL server with `sql` run in its `postgres` database.
+async fn postgres_with(sql: &str) -> Postgres {
+    let pg = Postgres::start().await.unwrap();
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute(sql)
+        .await
+        .unwrap();
+    pg
+}
+
 #[tokio::test]
 async fn calls_match_pg_stat_statements_for_the_same_workload() {
     let pg = Postgres::start().await.unwrap();
@@ -167,13 +179,7 @@ async fn http_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value 
 
 #[tokio::test]
 async fn failed_statements_are_counted_by_sqlstate() {
-    let pg = Postgres::start().await.unwrap();
-    pg.connect("postgres")
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int)")
-        .await
-        .unwrap();
+    let pg = postgres_with("CREATE TABLE accounts (id int PRIMARY KEY, balance int)").await;
     let proxy = start_with(&pg, |_| {}).await;
     let client = connect(&proxy, "postgres", None).await.unwrap();
 
@@ -257,18 +263,13 @@ async fn failed_statements_are_counted_by_sqlstate() {
 
 #[tokio::test]
 async fn a_loop_of_point_selects_in_a_transaction_is_an_n_plus_one() {
-    let pg = Postgres::start().await.unwrap();
-    pg.connect("postgres")
-        .await
-        .unwrap()
-        .batch_execute(
-            "CREATE TABLE users (id int PRIMARY KEY, name text);
+    let pg = postgres_with(
+        "CREATE TABLE users (id int PRIMARY KEY, name text);
              INSERT INTO users SELECT i, 'u' || i FROM generate_series(1, 50) i;
              DO $$ BEGIN EXECUTE (SELECT format('CREATE TABLE wide (%s)',
                string_agg('c' || i || ' int', ', ')) FROM generate_series(1, 50) i); END $$;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let proxy = start_with(&pg, |_| {}).await;
     let client = connect(&proxy, "postgres", None).await.unwrap();
 
@@ -522,13 +523,7 @@ async fn slow_shapes_get_their_plan_captured_without_running_writes() {
 
 #[tokio::test]
 async fn plan_captures_keep_to_the_overall_rate_per_minute() {
-    let pg = Postgres::start().await.unwrap();
-    pg.connect("postgres")
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE t (a int, b int, c int, d int, e int, f int)")
-        .await
-        .unwrap();
+    let pg = postgres_with("CREATE TABLE t (a int, b int, c int, d int, e int, f int)").await;
     let proxy = start_with(&pg, |c| {
         c.insight.plans.threshold = std::time::Duration::ZERO;
         c.insight.plans.per_minute = 2;
