@@ -268,6 +268,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         } else {
             config.admin_users.clone()
         },
+        stats_users: config.stats_users.clone(),
         admin_listen: args.admin_listen.or(config.admin_listen.0),
         client_tls: pgopt_proxy::ClientTls {
             mode: match config.tls_mode {

@@ -23,6 +23,13 @@ use crate::tls::ClientStream;
 use crate::views::{self, Kind, Table};
 use crate::ProxyError;
 
+/// Who is on the console: an admin user, or a stats user who may only look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Stats(String),
+}
+
 /// What an admin command asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -78,6 +85,7 @@ pub async fn serve(
     mut buf: BytesMut,
     shared: Arc<Shared>,
     _info: Arc<ClientInfo>,
+    role: Role,
 ) -> Result<(), ProxyError> {
     let max_len = shared.config().max_message_len;
     let mut out = BytesMut::with_capacity(1024);
@@ -152,7 +160,19 @@ pub async fn serve(
                     }
                 };
                 match parse(sql) {
-                    Ok(command) => run(&shared, command, &mut out).await?,
+                    // A stats user may look (SHOW) but not act.
+                    Ok(command) => match &role {
+                        Role::Stats(user)
+                            if !matches!(command, Command::Show(_) | Command::Empty) =>
+                        {
+                            let message = format!(
+                                "user \"{user}\" may only run SHOW commands (proxy.stats_users); \
+                                 the others need proxy.admin_users"
+                            );
+                            error(&mut out, sqlstate::INSUFFICIENT_PRIVILEGE, &message)?;
+                        }
+                        _ => run(&shared, command, &mut out).await?,
+                    },
                     Err(message) => error(&mut out, sqlstate::SYNTAX_ERROR, &message)?,
                 }
                 ready(&mut out);

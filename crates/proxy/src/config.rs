@@ -140,6 +140,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Users allowed on the admin console (database `pgopt`).
     pub admin_users: Vec<String>,
+    /// Users allowed on the admin console for SHOW commands only (PgBouncer's
+    /// `stats_users`: monitoring without RELOAD, PAUSE, SHUTDOWN…).
+    pub stats_users: Vec<String>,
     /// Where `/metrics` is served over HTTP; `None` turns it off.
     pub admin_listen: Option<SocketAddr>,
     pub client_tls: ClientTls,
@@ -228,6 +231,7 @@ impl Default for Config {
             idle_transaction_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
             admin_users: Vec::new(),
+            stats_users: Vec::new(),
             admin_listen: None,
             client_tls: ClientTls::default(),
             server_tls: ServerTls::default(),

@@ -13,7 +13,7 @@ use pgopt_wire::{md5, sqlstate, TransactionStatus};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::admin;
+use crate::admin::{self, Role};
 use crate::auth::{self, Credentials};
 use crate::auth_query::{self, LookupError};
 use crate::config::{ClientAuth, Config, TlsMode, ADMIN_DATABASE};
@@ -98,17 +98,25 @@ async fn session(
     let creds = users.get(user.as_str());
     if database == ADMIN_DATABASE {
         login(&mut stream, &mut buf, shared, &config, user, creds).await?;
-        if !config.admin_users.iter().any(|u| u == user) {
+        let admin = config.admin_users.iter().any(|u| u == user);
+        if !admin && !config.stats_users.iter().any(|u| u == user) {
             send_fatal(
                 &mut stream,
                 sqlstate::INSUFFICIENT_PRIVILEGE,
-                &format!("user \"{user}\" is not an admin user (proxy.admin_users)"),
+                &format!(
+                    "user \"{user}\" is not an admin user (proxy.admin_users) or a stats user (proxy.stats_users)"
+                ),
             )
             .await;
             return Ok(());
         }
         info.set_state(ClientState::Idle);
-        return admin::serve(stream, buf, shared.clone(), info.clone()).await;
+        let role = if admin {
+            Role::Admin
+        } else {
+            Role::Stats(user.clone())
+        };
+        return admin::serve(stream, buf, shared.clone(), info.clone(), role).await;
     }
     let Some(db) = config.databases.iter().find(|d| &d.name == database) else {
         unknown_database(&mut stream, database).await;

@@ -165,6 +165,43 @@ async fn only_admin_users_get_the_console_and_psql_can_use_it() {
     assert!(out.contains("cl_active") && out.contains("PAUSE"), "{out}");
 }
 
+#[tokio::test]
+async fn stats_users_may_look_but_not_act() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.admin_users = vec!["boss".into()];
+        c.stats_users = vec!["watcher".into()];
+    })
+    .await;
+    let watcher = connect_db(&proxy, "watcher", "pgopt").await.unwrap();
+    for view in ["POOLS", "STATS", "QUERIES", "CONFIG"] {
+        watcher
+            .simple_query(&format!("SHOW {view}"))
+            .await
+            .unwrap_or_else(|e| panic!("SHOW {view}: {e}"));
+    }
+    for command in [
+        "RELOAD",
+        "PAUSE",
+        "RESUME",
+        "SHUTDOWN",
+        "RESET QUERIES",
+        "CACHE FLUSH",
+    ] {
+        let e = watcher.simple_query(command).await.unwrap_err();
+        assert_eq!(code(&e), Some("42501"), "{command}: {e}");
+        let message = e.as_db_error().unwrap().message().to_string();
+        assert!(message.contains("proxy.stats_users"), "{message}");
+    }
+    // Still up and serving after all that was refused.
+    let app = connect_db(&proxy, "postgres", "app").await.unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+    let boss = connect_db(&proxy, "boss", "pgopt").await.unwrap();
+    boss.simple_query("RESET QUERIES").await.unwrap();
+    let e = connect_db(&proxy, "postgres", "pgopt").await.unwrap_err();
+    assert_eq!(code(&e), Some("42501"), "{e}");
+}
+
 async fn connect_db(
     proxy: &Proxy,
     user: &str,

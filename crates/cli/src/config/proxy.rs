@@ -127,6 +127,8 @@ pub struct ProxyConfig {
     pub shutdown_timeout: HumanDuration,
     /// Users allowed on the admin console (database "pgopt"); empty: the upstream user.
     pub admin_users: Vec<String>,
+    /// Users allowed on the admin console for SHOW commands only.
+    pub stats_users: Vec<String>,
     /// HOST:PORT for Prometheus /metrics over HTTP; "" turns it off.
     pub admin_listen: OptionalAddr,
     /// TLS to clients: disable | prefer | require.
@@ -168,6 +170,7 @@ impl Default for ProxyConfig {
             idle_transaction_timeout: HumanDuration(Duration::ZERO),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             admin_users: Vec::new(),
+            stats_users: Vec::new(),
             admin_listen: OptionalAddr(None),
             tls_mode: TlsModeSetting::Disable,
             tls_cert_file: String::new(),
