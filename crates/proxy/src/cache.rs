@@ -597,6 +597,9 @@ pub fn redis_state(cache: &ProxyCache) -> &'static str {
 /// A hit to run again on PostgreSQL (see [`CacheSettings::verify_fraction`]).
 pub struct Verify {
     pub sql: String,
+    /// A LIMIT or DISTINCT ON may pick other rows on a re-run: then other rows
+    /// prove nothing.
+    pub picks_rows: bool,
     /// The client's settings, as SET statements.
     pub settings: Vec<String>,
     pub value: Bytes,
@@ -672,6 +675,8 @@ impl ProxyCache {
                 stored.sort_unstable();
                 if rows == stored {
                     &c.verified
+                } else if hit.picks_rows {
+                    &c.inconclusive
                 } else {
                     tracing::warn!(sql = %hit.sql, "a result served from the cache differs from PostgreSQL's");
                     &c.mismatches

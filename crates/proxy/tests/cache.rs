@@ -945,6 +945,15 @@ async fn the_verifier_runs_hits_again_and_counts_what_differs() {
         .unwrap();
     assert_eq!(value(&client, read).await, "a");
     wait_for("mismatches", 1).await;
+    // A LIMIT may legitimately pick other rows on a re-run: other rows prove nothing.
+    let limited = "SELECT v FROM items LIMIT 1";
+    assert_eq!(value(&client, limited).await, "behind");
+    pg.psql("UPDATE items SET v = 'later' WHERE id = 1")
+        .unwrap();
+    let before = counter(&cache_row(&proxy).await, "inconclusive");
+    assert_eq!(value(&client, limited).await, "behind");
+    let row = wait_for("inconclusive", before + 1).await;
+    assert_eq!(counter(&row, "mismatches"), 1, "{row:?}");
 
     // Query insight counts the hits as calls of the shape.
     let queries = show(&admin(&proxy).await, "QUERIES").await;

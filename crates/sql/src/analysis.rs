@@ -134,6 +134,9 @@ pub struct Analysis {
     pub session_dependent: bool,
     /// Takes row or table locks explicitly (FOR UPDATE/SHARE…, LOCK TABLE).
     pub locking: bool,
+    /// A LIMIT, OFFSET, FETCH FIRST or DISTINCT ON picks some rows: unless an ORDER BY
+    /// decides every tie, another run may pick others from the same data.
+    pub picks_rows: bool,
     /// Effects that outlive the transaction.
     pub session_effects: Vec<SessionEffect>,
     /// The text opens a read-only transaction block (`BEGIN READ ONLY`,
@@ -254,6 +257,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         volatile,
         session_dependent,
         locking,
+        picks_rows,
         session_effects,
         ..
     } = walker;
@@ -270,6 +274,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         volatile,
         session_dependent,
         locking,
+        picks_rows,
         session_effects: session_effects.into_iter().collect(),
         begins_read_only,
         hints,
@@ -377,6 +382,7 @@ struct Walker<'c> {
     volatile: bool,
     session_dependent: bool,
     locking: bool,
+    picks_rows: bool,
     session_effects: BTreeSet<SessionEffect>,
     /// Per statement: a data-modifying node was seen.
     modifies: bool,
@@ -401,6 +407,7 @@ impl<'c> Walker<'c> {
             volatile: false,
             session_dependent: false,
             locking: false,
+            picks_rows: false,
             user_function: false,
             session_effects: BTreeSet::new(),
             modifies: false,
@@ -679,7 +686,21 @@ impl<'c> Walker<'c> {
                     self.modifies = true;
                     self.body(child, &["relations"]);
                 }
-                "SelectStmt" => self.body(child, &["into_clause"]),
+                "SelectStmt" => {
+                    // DISTINCT is one empty node; DISTINCT ON lists its expressions.
+                    let distinct_on = child
+                        .get("distinct_clause")
+                        .and_then(Value::as_array)
+                        .is_some_and(|d| {
+                            d.iter()
+                                .any(|e| e.get("node").is_some_and(|n| !n.is_null()))
+                        });
+                    let set = |k: &str| child.get(k).is_some_and(|v| !v.is_null());
+                    if set("limit_count") || set("limit_offset") || distinct_on {
+                        self.picks_rows = true;
+                    }
+                    self.body(child, &["into_clause"]);
+                }
                 "LockingClause" | "LockStmt" => {
                     self.locking = true;
                     self.walk(child, false);

@@ -492,3 +492,24 @@ fn writes_the_text_does_not_name_are_unknown() {
         assert!(!unknown(sql), "{sql}");
     }
 }
+
+#[test]
+fn limits_and_distinct_on_pick_rows() {
+    for sql in [
+        "SELECT * FROM t LIMIT 5",
+        "SELECT * FROM t ORDER BY a OFFSET 10",
+        "SELECT * FROM t FETCH FIRST 3 ROWS ONLY",
+        "SELECT DISTINCT ON (a) a, b FROM t",
+        "SELECT * FROM (SELECT * FROM t LIMIT 1) s",
+        "SELECT (SELECT b FROM u LIMIT 1) FROM t",
+    ] {
+        assert!(analyze(sql).unwrap().picks_rows, "{sql}");
+    }
+    for sql in [
+        "SELECT * FROM t",
+        "SELECT DISTINCT a FROM t ORDER BY a",
+        "SELECT count(*) FROM t",
+    ] {
+        assert!(!analyze(sql).unwrap().picks_rows, "{sql}");
+    }
+}
