@@ -153,11 +153,19 @@ return out
 ";
 
 /// A commit: KEYS[1] the instance's sequence, then versions; ARGV: channel, instance,
-/// the tables' names, random values for missing versions. Increments the versions,
-/// publishes `w\0instance\0seq\0table\0version…`, returns the new versions, the
-/// sequence number and how many subscribers got the message.
+/// the tables' names, random values for missing versions, a random start for a
+/// missing sequence (a restarted sequence never reuses numbers whose late
+/// confirmations may still arrive). Increments the versions, publishes
+/// `w\0instance\0seq\0table\0version…`, returns the new versions, the sequence number
+/// and how many subscribers got the message.
 const WRITE: &str = r"
-local seq = redis.call('INCR', KEYS[1])
+local seq
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  seq = redis.call('INCR', KEYS[1])
+else
+  seq = tonumber(ARGV[#ARGV])
+  redis.call('SET', KEYS[1], ARGV[#ARGV])
+end
 redis.call('EXPIRE', KEYS[1], 86400)
 local n = #KEYS - 1
 local msg = 'w\0' .. ARGV[2] .. '\0' .. string.format('%d', seq)
@@ -543,6 +551,7 @@ impl L2 {
         for _ in tables {
             inv.arg(first_version());
         }
+        inv.arg(first_version());
         let reply: Vec<String> = self.call("publish", &inv).await?;
         let numbers: Option<Vec<u64>> = reply.iter().map(|v| v.parse().ok()).collect();
         let mut numbers = numbers.filter(|v| v.len() == tables.len() + 2)?;
