@@ -481,11 +481,13 @@ impl ProxyCache {
             if !(opted_in || listed) {
                 return None;
             }
-            if let Some((_, table_ttl)) = self.settings.table_ttl.iter().find(|(n, _)| tag(n) == t)
-            {
+            deps.read_tags(t, &mut tags)?;
+        }
+        // The shortest of every table read, through views too.
+        for (name, table_ttl) in &self.settings.table_ttl {
+            if tags.iter().any(|t| t == tag(name)) {
                 ttl = ttl.min(*table_ttl);
             }
-            deps.read_tags(t, &mut tags)?;
         }
         if let Some(hinted) = hint.and_then(|h| h.ttl) {
             // A client's hint: at most a day.

@@ -914,6 +914,42 @@ async fn hints_fingerprints_and_table_ttls_choose_what_is_cached_and_for_how_lon
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_ttl_holds_for_reads_of_the_table_through_a_view() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE prices (id int PRIMARY KEY, p int);
+         INSERT INTO prices VALUES (1, 10);
+         CREATE VIEW price_list AS SELECT id, p FROM prices;",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["price_list".into(), "prices".into()],
+            table_ttl: vec![("prices".into(), std::time::Duration::from_millis(300))],
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT p FROM price_list WHERE id = 1";
+    assert_eq!(value(&client, read).await, "10");
+    // Behind pgopt's back: the view's entry lives for prices' 300 ms, not the 1 min
+    // default.
+    pg.psql("UPDATE prices SET p = 20").unwrap();
+    assert_eq!(value(&client, read).await, "10", "cached");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while value(&client, read).await != "20" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            cache_row(&proxy).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verifier_runs_hits_again_and_counts_what_differs() {
     let pg = Postgres::start().await.unwrap();
     pg.psql(
