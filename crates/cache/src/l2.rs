@@ -188,10 +188,16 @@ return out
 ";
 
 /// A heartbeat: `hb\0instance\0seq` with the instance's last sequence number, so a
-/// lost last message is noticed.
+/// lost last message is noticed. A missing sequence starts here, at ARGV[3] (random),
+/// so the instance's first write follows it in order; a sequence Redis lost comes
+/// back at another number, which every subscriber notices.
 const BEAT: &str = r"
-local seq = redis.call('GET', KEYS[1]) or '0'
-if seq ~= '0' then redis.call('EXPIRE', KEYS[1], 86400) end
+local seq = redis.call('GET', KEYS[1])
+if not seq then
+  seq = ARGV[3]
+  redis.call('SET', KEYS[1], seq)
+end
+redis.call('EXPIRE', KEYS[1], 86400)
 redis.call('PUBLISH', ARGV[1], 'hb\0' .. ARGV[2] .. '\0' .. seq)
 return seq
 ";
@@ -720,7 +726,8 @@ async fn keep_connected(l2: Weak<L2>) {
             let mut inv = this.beat.prepare_invoke();
             inv.key(this.seq_key())
                 .arg(this.channel())
-                .arg(this.instance.to_string());
+                .arg(this.instance.to_string())
+                .arg(first_version());
             let _: Option<String> = this.call("heartbeat", &inv).await;
             HEARTBEAT
         };
