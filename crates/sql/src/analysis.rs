@@ -325,6 +325,26 @@ fn opens_read_only_block(node: &NodeEnum) -> bool {
     read_only && !serializable
 }
 
+/// A SELECT with LIMIT, OFFSET, FETCH or DISTINCT ON, here or in a branch of its
+/// set operation (`larg`/`rarg` are bare SelectStmts, not wrapped nodes).
+fn select_picks_rows(select: &Value) -> bool {
+    let set = |k: &str| select.get(k).is_some_and(|v| !v.is_null());
+    // DISTINCT is one empty node; DISTINCT ON lists its expressions.
+    let distinct_on = select
+        .get("distinct_clause")
+        .and_then(Value::as_array)
+        .is_some_and(|d| {
+            d.iter()
+                .any(|e| e.get("node").is_some_and(|n| !n.is_null()))
+        });
+    set("limit_count")
+        || set("limit_offset")
+        || distinct_on
+        || ["larg", "rarg"]
+            .iter()
+            .any(|k| select.get(*k).is_some_and(select_picks_rows))
+}
+
 /// `TRUNCATE … CASCADE`: it empties every table with a foreign key to the named ones.
 fn truncates_cascade(node: &NodeEnum) -> bool {
     matches!(node, NodeEnum::TruncateStmt(t)
@@ -687,16 +707,7 @@ impl<'c> Walker<'c> {
                     self.body(child, &["relations"]);
                 }
                 "SelectStmt" => {
-                    // DISTINCT is one empty node; DISTINCT ON lists its expressions.
-                    let distinct_on = child
-                        .get("distinct_clause")
-                        .and_then(Value::as_array)
-                        .is_some_and(|d| {
-                            d.iter()
-                                .any(|e| e.get("node").is_some_and(|n| !n.is_null()))
-                        });
-                    let set = |k: &str| child.get(k).is_some_and(|v| !v.is_null());
-                    if set("limit_count") || set("limit_offset") || distinct_on {
+                    if select_picks_rows(child) {
                         self.picks_rows = true;
                     }
                     self.body(child, &["into_clause"]);

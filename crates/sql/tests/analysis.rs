@@ -502,6 +502,9 @@ fn limits_and_distinct_on_pick_rows() {
         "SELECT DISTINCT ON (a) a, b FROM t",
         "SELECT * FROM (SELECT * FROM t LIMIT 1) s",
         "SELECT (SELECT b FROM u LIMIT 1) FROM t",
+        "(SELECT a FROM t LIMIT 1) UNION ALL (SELECT a FROM u)",
+        "SELECT a FROM t UNION SELECT a FROM u LIMIT 3",
+        "VALUES (1), (2) LIMIT 1",
     ] {
         assert!(analyze(sql).unwrap().picks_rows, "{sql}");
     }
@@ -509,6 +512,7 @@ fn limits_and_distinct_on_pick_rows() {
         "SELECT * FROM t",
         "SELECT DISTINCT a FROM t ORDER BY a",
         "SELECT count(*) FROM t",
+        "SELECT a FROM t UNION SELECT a FROM u",
     ] {
         assert!(!analyze(sql).unwrap().picks_rows, "{sql}");
     }
