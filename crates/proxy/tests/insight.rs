@@ -325,6 +325,21 @@ async fn create_users(pg: &Postgres) {
         .unwrap();
 }
 
+/// Twelve prepared point selects of users in autocommit, `gap` apart.
+async fn twelve_user_lookups(proxy: &Proxy, gap: Option<std::time::Duration>) {
+    let client = connect(proxy, "postgres", None).await.unwrap();
+    let by_id = client
+        .prepare("SELECT name FROM users WHERE id = $1")
+        .await
+        .unwrap();
+    for id in 1..=12 {
+        client.query_one(&by_id, &[&id]).await.unwrap();
+        if let Some(gap) = gap {
+            tokio::time::sleep(gap).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_burst_of_point_selects_outside_a_transaction_is_an_n_plus_one() {
     let pg = Postgres::start().await.unwrap();
@@ -337,14 +352,7 @@ async fn a_burst_of_point_selects_outside_a_transaction_is_an_n_plus_one() {
 
     // 12 point selects in autocommit, all within a generous window: one burst finding.
     let proxy = start_with(&pg, |c| c.insight.n_plus_one = detector(60_000)).await;
-    let client = connect(&proxy, "postgres", None).await.unwrap();
-    let by_id = client
-        .prepare("SELECT name FROM users WHERE id = $1")
-        .await
-        .unwrap();
-    for id in 1..=12 {
-        client.query_one(&by_id, &[&id]).await.unwrap();
-    }
+    twelve_user_lookups(&proxy, None).await;
     let findings = show(&admin(&proxy).await, "NPLUS1").await;
     assert_eq!(findings.len(), 1, "{findings:?}");
     let f = &findings[0];
@@ -359,15 +367,7 @@ async fn a_burst_of_point_selects_outside_a_transaction_is_an_n_plus_one() {
     // The same 12 executions with a 20 ms window, each at least 40 ms after the one
     // before: no finding (the sleeps only ever make the gaps longer).
     let spaced = start_with(&pg, |c| c.insight.n_plus_one = detector(20)).await;
-    let client = connect(&spaced, "postgres", None).await.unwrap();
-    let by_id = client
-        .prepare("SELECT name FROM users WHERE id = $1")
-        .await
-        .unwrap();
-    for id in 1..=12 {
-        client.query_one(&by_id, &[&id]).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
-    }
+    twelve_user_lookups(&spaced, Some(std::time::Duration::from_millis(40))).await;
     let spaced_admin = admin(&spaced).await;
     let none = show(&spaced_admin, "NPLUS1").await;
     assert!(none.is_empty(), "{none:?}");

@@ -482,9 +482,12 @@ async fn a_replica_stopped_under_read_load_fails_no_reads_and_rejoins() {
     assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_primary_down_reads_go_on_and_writes_fail_at_once() {
-    let (mut primary, _replica, proxy) = primary_and_replica(|_| {}).await;
+/// A primary and replica, a client whose read ran on the replica, then the primary
+/// stopped (returned, so its files stay until the test ends).
+async fn primary_stopped_under_a_reader(
+    tweak: impl FnOnce(&mut Config),
+) -> (Postgres, Postgres, Proxy, Client) {
+    let (mut primary, replica, proxy) = primary_and_replica(tweak).await;
     let client = connect(&proxy, "postgres", None).await.unwrap();
     assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
     let primary = tokio::task::spawn_blocking(move || {
@@ -493,6 +496,12 @@ async fn with_the_primary_down_reads_go_on_and_writes_fail_at_once() {
     })
     .await
     .unwrap();
+    (primary, replica, proxy, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_down_reads_go_on_and_writes_fail_at_once() {
+    let (primary, _replica, proxy, client) = primary_stopped_under_a_reader(|_| {}).await;
 
     let started = Instant::now();
     let e = client
@@ -608,18 +617,10 @@ async fn a_replica_dying_after_rows_were_sent_gives_the_client_a_proper_error() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_reads_when_primary_down_off_reads_fail_with_the_primary() {
-    let (mut primary, _replica, proxy) = primary_and_replica(|c| {
+    let (primary, _replica, proxy, client) = primary_stopped_under_a_reader(|c| {
         c.routing.reads_when_primary_down = false;
     })
     .await;
-    let client = connect(&proxy, "postgres", None).await.unwrap();
-    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
-    let primary = tokio::task::spawn_blocking(move || {
-        primary.stop();
-        primary
-    })
-    .await
-    .unwrap();
     wait_for(&proxy, "primary", "down").await;
     let e = client
         .simple_query("SELECT pg_is_in_recovery()")
