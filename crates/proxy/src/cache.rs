@@ -103,6 +103,8 @@ pub struct CacheCounters {
     pub wal_commits: AtomicU64,
     pub wal_staleness: Buckets,
     pub wal_state: Mutex<String>,
+    /// Each database's listener state, once it has one (SHOW CACHE's `wal`).
+    pub wal_states: Mutex<std::collections::BTreeMap<String, String>>,
     /// With the listener on: listeners started (one per database) and those streaming
     /// now. Until every one streams, writes that bypass pgopt could go unseen, so
     /// nothing is served or stored (for any database: entries are not told apart).
@@ -133,6 +135,7 @@ impl Default for CacheCounters {
             wal_commits: AtomicU64::new(0),
             wal_staleness: Buckets::new(&STALENESS_MS),
             wal_state: Mutex::new("off".into()),
+            wal_states: Mutex::default(),
             wal_listeners: std::sync::atomic::AtomicUsize::new(0),
             wal_streaming: std::sync::atomic::AtomicUsize::new(0),
             hit_time: Buckets::new(&HIT_US),
@@ -690,6 +693,24 @@ impl ProxyCache {
     }
 }
 
+/// The listeners' state: one database's as it is, several as `db: state, …`.
+fn wal_shown(c: &CacheCounters) -> String {
+    let states = c.wal_states.lock().unwrap_or_else(|p| p.into_inner());
+    match states.len() {
+        0 => c
+            .wal_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        1 => states.values().next().cloned().unwrap_or_default(),
+        _ => states
+            .iter()
+            .map(|(db, state)| format!("{db}: {state}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// How many rows a stored reply holds.
 pub fn row_count(value: &[u8]) -> u64 {
     let mut at = value
@@ -790,10 +811,7 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         n(c.invalidations.load(Relaxed)),
         c.hit_time.quantile_bound(0.5).map(|v| v.to_string()),
         c.hit_time.quantile_bound(0.99).map(|v| v.to_string()),
-        t(c.wal_state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()),
+        t(wal_shown(c)),
         n(c.wal_commits.load(Relaxed)),
         c.wal_staleness.quantile_bound(0.99).map(|v| v.to_string()),
     ];
@@ -1124,11 +1142,12 @@ pub async fn follow_wal(
         .collect();
     let mut attempt = 0u32;
     let set_state = |state: String| {
-        *cache
+        cache
             .counters
-            .wal_state
+            .wal_states
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = state;
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(db.name.clone(), state);
     };
     let mut backoff = Duration::from_secs(1);
     // Whether this listener counts in `wal_streaming`.

@@ -854,6 +854,11 @@ async fn with_two_databases_nothing_is_served_until_both_replication_streams_run
     let stats = cache_row(&proxy).await;
     assert_eq!(counter(&stats, "hits"), 0, "{stats:?}");
     assert_eq!(counter(&stats, "stored"), 0, "{stats:?}");
+    // SHOW CACHE tells the two listeners apart.
+    assert!(
+        stats["wal"].starts_with("app: streaming, other: "),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
