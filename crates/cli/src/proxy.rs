@@ -173,53 +173,45 @@ fn databases(
             replicas,
         })
     };
-    let mut databases = Vec::new();
+    // Each with the config key it came from, for messages.
+    let mut databases: Vec<(String, pgopt_proxy::Database)> = Vec::new();
     let url = args
         .upstream
         .clone()
         .unwrap_or_else(|| config.upstream.clone());
     if !url.is_empty() {
         let replicas = replicas(&root.routing, &args.replica);
-        databases.push(
-            database("", &url, replicas).map_err(|e| anyhow::anyhow!("proxy.upstream: {e}"))?,
-        );
+        let db =
+            database("", &url, replicas).map_err(|e| anyhow::anyhow!("proxy.upstream: {e}"))?;
+        databases.push(("proxy.upstream".into(), db));
     } else if !args.replica.is_empty() || !root.routing.replicas.is_empty() {
         anyhow::bail!(
             "replicas without proxy.upstream: --replica and routing.replicas are the upstream's; \
              give a [[proxy.databases]] entry its own replicas"
         );
     }
-    if databases
-        .first()
-        .is_some_and(|d| d.name == pgopt_proxy::ADMIN_DATABASE)
-    {
-        anyhow::bail!(
-            "proxy.upstream: clients would reach the admin console under the database name {:?}; \
-             serve it as a [[proxy.databases]] entry with another name",
-            pgopt_proxy::ADMIN_DATABASE
-        );
-    }
     for (i, entry) in config.databases.iter().enumerate() {
         let replicas = config::proxy_replicas(&entry.replicas);
         let db = database(&entry.name, &entry.upstream.0, replicas)
             .map_err(|e| anyhow::anyhow!("proxy.databases[{i}].upstream: {e}"))?;
+        databases.push((format!("proxy.databases[{i}]"), db));
+    }
+    for (i, (key, db)) in databases.iter().enumerate() {
         if db.name == pgopt_proxy::ADMIN_DATABASE {
             anyhow::bail!(
-                "proxy.databases[{i}]: the name {:?} is the admin console's; give the entry another name",
+                "{key}: the name {:?} is the admin console's; serve that database as a \
+                 [[proxy.databases]] entry with another name",
                 db.name
             );
         }
-        if databases
-            .iter()
-            .any(|d: &pgopt_proxy::Database| d.name == db.name)
-        {
+        if databases[..i].iter().any(|(_, d)| d.name == db.name) {
             anyhow::bail!(
-                "proxy.databases[{i}]: a database named {:?} is already configured; give the entry a name of its own",
+                "{key}: a database named {:?} is already configured; give the entry a name of its own",
                 db.name
             );
         }
-        databases.push(db);
     }
+    let databases: Vec<_> = databases.into_iter().map(|(_, db)| db).collect();
     if databases.is_empty() {
         anyhow::bail!(
             "no upstream server: give --upstream postgres://USER@HOST:PORT/DB or set proxy.upstream (or [[proxy.databases]]) in the config"

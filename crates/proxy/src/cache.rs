@@ -102,7 +102,6 @@ pub struct CacheCounters {
     /// invalidation, in ms), and its state.
     pub wal_commits: AtomicU64,
     pub wal_staleness: Buckets,
-    pub wal_state: Mutex<String>,
     /// Each database's listener state, once it has one (SHOW CACHE's `wal`).
     pub wal_states: Mutex<std::collections::BTreeMap<String, String>>,
     /// With the listener on: listeners started (one per database) and those streaming
@@ -134,7 +133,6 @@ impl Default for CacheCounters {
             invalidations: AtomicU64::new(0),
             wal_commits: AtomicU64::new(0),
             wal_staleness: Buckets::new(&STALENESS_MS),
-            wal_state: Mutex::new("off".into()),
             wal_states: Mutex::default(),
             wal_listeners: std::sync::atomic::AtomicUsize::new(0),
             wal_streaming: std::sync::atomic::AtomicUsize::new(0),
@@ -398,17 +396,7 @@ impl ProxyCache {
             l2,
             tables: settings.tables.iter().map(|t| tag(t).to_string()).collect(),
             settings: settings.clone(),
-            counters: CacheCounters {
-                wal_state: Mutex::new(
-                    if settings.wal_listener {
-                        "starting"
-                    } else {
-                        "off"
-                    }
-                    .into(),
-                ),
-                ..CacheCounters::default()
-            },
+            counters: CacheCounters::default(),
             deps: Mutex::new((HashMap::new(), 0)),
         }))
     }
@@ -694,14 +682,15 @@ impl ProxyCache {
 }
 
 /// The listeners' state: one database's as it is, several as `db: state, …`.
-fn wal_shown(c: &CacheCounters) -> String {
-    let states = c.wal_states.lock().unwrap_or_else(|p| p.into_inner());
+fn wal_shown(cache: &ProxyCache) -> String {
+    let states = cache
+        .counters
+        .wal_states
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     match states.len() {
-        0 => c
-            .wal_state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone(),
+        0 if cache.settings.wal_listener => "starting".into(),
+        0 => "off".into(),
         1 => states.values().next().cloned().unwrap_or_default(),
         _ => states
             .iter()
@@ -811,7 +800,7 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         n(c.invalidations.load(Relaxed)),
         c.hit_time.quantile_bound(0.5).map(|v| v.to_string()),
         c.hit_time.quantile_bound(0.99).map(|v| v.to_string()),
-        t(wal_shown(c)),
+        t(wal_shown(cache)),
         n(c.wal_commits.load(Relaxed)),
         c.wal_staleness.quantile_bound(0.99).map(|v| v.to_string()),
     ];

@@ -580,7 +580,7 @@ impl Relay {
             if let Some(hit) = cache.cache.get(&key) {
                 self.serve_hit(&cache, &hit, shape, prepares, epoch);
                 self.note_hit(&analysis, started, &hit);
-                self.maybe_verify(&cache, shape, (&sql, &analysis), served_at, &hit);
+                self.maybe_verify(&cache, shape, &sql, &analysis, served_at, &hit);
                 return CacheLookup::Served;
             }
             if look > 0 {
@@ -630,7 +630,7 @@ impl Relay {
                 self.note_hit(&analysis, started, &value);
                 // (Without `current` the versions moved during the round trip: no
                 // claim.)
-                self.maybe_verify(&cache, shape, (&sql, &analysis), current, &value);
+                self.maybe_verify(&cache, shape, &sql, &analysis, current, &value);
                 return CacheLookup::Served;
             }
             cache.counters.misses.fetch_add(1, Relaxed);
@@ -654,7 +654,8 @@ impl Relay {
         &self,
         cache: &Arc<ProxyCache>,
         shape: Shape,
-        (sql, analysis): (&str, &pgopt_sql::Analysis),
+        sql: &str,
+        analysis: &pgopt_sql::Analysis,
         snapshot: Option<pgopt_cache::Snapshot>,
         hit: &Bytes,
     ) {
