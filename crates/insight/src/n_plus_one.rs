@@ -10,11 +10,11 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::InsightError;
@@ -111,8 +111,39 @@ impl LiveFinding {
     }
 }
 
+/// The settings held in atomics: every statement reads them, and a lock (even a
+/// read lock) would be a cache line that every worker thread writes.
+struct LiveConfig {
+    enabled: AtomicBool,
+    threshold: AtomicU32,
+    window_ms: AtomicU64,
+    keep_last: AtomicUsize,
+}
+
+impl LiveConfig {
+    fn new(config: &NPlusOneConfig) -> Self {
+        let live = LiveConfig {
+            enabled: AtomicBool::new(false),
+            threshold: AtomicU32::new(0),
+            window_ms: AtomicU64::new(0),
+            keep_last: AtomicUsize::new(0),
+        };
+        live.store(config);
+        live
+    }
+
+    /// A RELOAD: each value changes on its own; a statement that reads some old and
+    /// some new values counts by a mix of both settings, once.
+    fn store(&self, config: &NPlusOneConfig) {
+        self.threshold.store(config.threshold, Ordering::Relaxed);
+        self.window_ms.store(config.window_ms, Ordering::Relaxed);
+        self.keep_last.store(config.keep_last, Ordering::Relaxed);
+        self.enabled.store(config.enabled, Ordering::Relaxed);
+    }
+}
+
 struct Shared {
-    config: RwLock<NPlusOneConfig>,
+    config: LiveConfig,
     findings: Mutex<VecDeque<Arc<LiveFinding>>>,
     total: AtomicU64,
 }
@@ -139,7 +170,7 @@ impl NPlusOneDetector {
         check(&config)?;
         Ok(NPlusOneDetector {
             shared: Arc::new(Shared {
-                config: RwLock::new(config),
+                config: LiveConfig::new(&config),
                 findings: Mutex::new(VecDeque::new()),
                 total: AtomicU64::new(0),
             }),
@@ -149,7 +180,7 @@ impl NPlusOneDetector {
     /// Takes new settings (RELOAD); sessions use them from their next statement.
     pub fn set_config(&self, config: NPlusOneConfig) -> Result<(), InsightError> {
         check(&config)?;
-        *self.shared.config.write() = config;
+        self.shared.config.store(&config);
         Ok(())
     }
 
@@ -214,11 +245,19 @@ impl Slot {
     /// Records an execution time in the ring of `cap` and returns the oldest
     /// time in the ring once it is full.
     fn push_time(&mut self, now_ms: u64, cap: usize) -> Option<u64> {
+        if self.times.len() > cap {
+            // The threshold was lowered by a RELOAD.
+            self.times.clear();
+            self.head = 0;
+        }
         if self.times.len() < cap {
             self.times.push(now_ms);
         } else {
             self.times[self.head] = now_ms;
-            self.head = (self.head + 1) % cap;
+            self.head += 1;
+            if self.head == cap {
+                self.head = 0;
+            }
         }
         (self.times.len() == cap).then(|| self.times[self.head])
     }
@@ -248,23 +287,34 @@ impl NPlusOneSession {
         F: FnOnce() -> T,
         T: Into<Arc<str>>,
     {
-        let NPlusOneConfig {
-            enabled,
-            threshold,
-            window_ms,
-            keep_last,
-        } = self.shared.config.read().clone();
-        if !enabled {
+        self.observe_ms(fingerprint, in_transaction, unix_millis(at), query)
+    }
+
+    /// [`NPlusOneSession::observe`] with the time in unix milliseconds.
+    pub fn observe_ms<F, T>(
+        &mut self,
+        fingerprint: u64,
+        in_transaction: bool,
+        now_ms: u64,
+        query: F,
+    ) -> bool
+    where
+        F: FnOnce() -> T,
+        T: Into<Arc<str>>,
+    {
+        let config = &self.shared.config;
+        if !config.enabled.load(Ordering::Relaxed) {
             return false;
         }
+        let threshold = config.threshold.load(Ordering::Relaxed);
+        let window_ms = config.window_ms.load(Ordering::Relaxed);
         if in_transaction != self.in_transaction {
             self.slots.clear();
             self.in_transaction = in_transaction;
         }
-        let now_ms = unix_millis(at);
         self.seq += 1;
         let seq = self.seq;
-        let idx = self.slot_for(fingerprint, now_ms);
+        let idx = self.slot_for(fingerprint, now_ms, window_ms);
         let slot = &mut self.slots[idx];
         if !in_transaction && slot.count > 0 && now_ms.saturating_sub(slot.last_ms) > window_ms {
             // The previous burst of this fingerprint is over.
@@ -308,9 +358,11 @@ impl NPlusOneSession {
             last_ms: AtomicU64::new(now_ms),
         });
         slot.live = Some(Arc::clone(&live));
+        let keep_last = self.shared.config.keep_last.load(Ordering::Relaxed);
         if keep_last > 0 {
             let mut findings = self.shared.findings.lock();
-            if findings.len() >= keep_last {
+            // `while`: a RELOAD may have lowered keep_last.
+            while findings.len() >= keep_last {
                 findings.pop_front();
             }
             findings.push_back(live);
@@ -328,7 +380,7 @@ impl NPlusOneSession {
         }
     }
 
-    fn slot_for(&mut self, fingerprint: u64, now_ms: u64) -> usize {
+    fn slot_for(&mut self, fingerprint: u64, now_ms: u64, window_ms: u64) -> usize {
         if let Some(i) = self.slots.iter().position(|s| s.fingerprint == fingerprint) {
             return i;
         }
@@ -345,7 +397,6 @@ impl NPlusOneSession {
             });
             return self.slots.len() - 1;
         }
-        let window_ms = self.shared.config.read().window_ms;
         let in_txn = self.in_transaction;
         // Reuse an expired burst slot first, else the fewest calls, least
         // recently used.

@@ -235,3 +235,63 @@ fn invalid_threshold_is_rejected() {
     });
     assert!(err.is_err());
 }
+
+#[test]
+fn a_reload_takes_effect_in_running_sessions() {
+    let d = detector();
+    let mut s = session(&d);
+    // A burst of 12 under threshold 20: nothing yet.
+    d.set_config(NPlusOneConfig {
+        threshold: 20,
+        keep_last: 5,
+        window_ms: 1000,
+        ..NPlusOneConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..12 {
+        assert!(!s.observe(42, false, at(i), || text(42)));
+    }
+    // Threshold lowered mid-burst: the session's ring of times is longer than the
+    // new threshold; the next executions still count by the new one.
+    d.set_config(NPlusOneConfig {
+        threshold: 3,
+        keep_last: 5,
+        window_ms: 1000,
+        ..NPlusOneConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let made = (12..15)
+        .filter(|&i| s.observe(42, false, at(i), || text(42)))
+        .count();
+    assert_eq!(made, 1, "threshold 3 finds the burst within 3 executions");
+    // More findings than a lowered keep_last: only the newest are kept.
+    for fp in 100..106u64 {
+        let mut s = session(&d);
+        for i in 0..3 {
+            s.observe(fp, true, at(i), || text(fp));
+        }
+    }
+    assert_eq!(d.findings().len(), 5);
+    d.set_config(NPlusOneConfig {
+        threshold: 3,
+        keep_last: 2,
+        window_ms: 1000,
+        ..NPlusOneConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = session(&d);
+    for i in 0..3 {
+        s.observe(200, true, at(i), || text(200));
+    }
+    let kept = d.findings();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept[0].fingerprint, format!("{:016x}", 200));
+    // Turned off: nothing counts.
+    d.set_config(NPlusOneConfig {
+        enabled: false,
+        ..NPlusOneConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = session(&d);
+    assert!((0..50).all(|i| !s.observe(300, true, at(i), || text(300))));
+}
