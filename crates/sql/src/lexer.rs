@@ -51,19 +51,42 @@ pub(crate) struct Lexer<'a> {
     pos: usize,
 }
 
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT_CONT: u8 = 4;
+
+/// Byte classes, one table load per byte on the hot loops (identifiers make up
+/// most of a statement's text).
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0c | 0x0b) {
+            t[b] = SPACE;
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            t[b] = IDENT_START | IDENT_CONT;
+        } else if c.is_ascii_digit() || c == b'$' {
+            t[b] = IDENT_CONT;
+        }
+        b += 1;
+    }
+    t
+};
+
 #[inline]
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    CLASS[b as usize] & IDENT_START != 0
 }
 
 #[inline]
 fn is_ident_cont(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    CLASS[b as usize] & IDENT_CONT != 0
 }
 
 #[inline]
 fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0c | 0x0b)
+    CLASS[b as usize] & SPACE != 0
 }
 
 impl<'a> Lexer<'a> {
@@ -222,15 +245,15 @@ impl Iterator for Lexer<'_> {
         let b = *self.src.get(start)?;
         let kind = match b {
             _ if is_space(b) => {
-                let mut newline = false;
-                while let Some(c) = self.peek(0) {
-                    if !is_space(c) {
-                        break;
-                    }
-                    newline |= c == b'\n' || c == b'\r';
-                    self.pos += 1;
+                let rest = &self.src[start..];
+                let run = &rest[..rest
+                    .iter()
+                    .position(|&c| !is_space(c))
+                    .unwrap_or(rest.len())];
+                self.pos = start + run.len();
+                TokenKind::Whitespace {
+                    newline: run.iter().any(|&c| c == b'\n' || c == b'\r'),
                 }
-                TokenKind::Whitespace { newline }
             }
             b'-' if self.peek(1) == Some(b'-') => {
                 self.pos = match self.src[start..].iter().position(|&c| c == b'\n') {
@@ -281,10 +304,12 @@ impl Iterator for Lexer<'_> {
                 TokenKind::QuotedIdent
             }
             _ if is_ident_start(b) => {
-                self.pos += 1;
-                while self.peek(0).is_some_and(is_ident_cont) {
-                    self.pos += 1;
-                }
+                let rest = &self.src[start + 1..];
+                let len = rest
+                    .iter()
+                    .position(|&c| !is_ident_cont(c))
+                    .unwrap_or(rest.len());
+                self.pos = start + 1 + len;
                 TokenKind::Word
             }
             _ => {
@@ -362,6 +387,18 @@ mod tests {
                 (Word, "x"),
             ]
         );
+    }
+
+    #[test]
+    fn byte_classes_follow_postgres_rules() {
+        for b in 0..=255u8 {
+            let start = b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
+            let cont = start || b.is_ascii_digit() || b == b'$';
+            let space = matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0c | 0x0b);
+            assert_eq!(is_ident_start(b), start, "{b:#x}");
+            assert_eq!(is_ident_cont(b), cont, "{b:#x}");
+            assert_eq!(is_space(b), space, "{b:#x}");
+        }
     }
 
     #[test]

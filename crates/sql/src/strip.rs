@@ -122,9 +122,7 @@ impl Stripped {
                     self.key.extend_from_slice(&LITERAL);
                     self.literals.push(tok.start..tok.end);
                 }
-                TokenKind::Word => {
-                    self.key.extend(text.iter().map(|b| b.to_ascii_lowercase()));
-                }
+                TokenKind::Word => push_lowercase(&mut self.key, text),
                 _ => {
                     if tok.kind == TokenKind::Punct
                         && text == b")"
@@ -224,6 +222,32 @@ impl Stripped {
     }
 }
 
+/// Appends `text` ASCII-lowercased (other bytes unchanged), eight bytes at a time.
+#[inline]
+fn push_lowercase(key: &mut Vec<u8>, text: &[u8]) {
+    let mut chunks = text.chunks_exact(8);
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        key.extend_from_slice(&lowercase8(word).to_le_bytes());
+    }
+    key.extend(chunks.remainder().iter().map(u8::to_ascii_lowercase));
+}
+
+/// ASCII-lowercases the eight bytes of `x` (SWAR): a byte gets 0x20 added when it
+/// is in `A..=Z`; bytes >= 0x80 are left alone.
+#[inline]
+fn lowercase8(x: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low = x & LOW7;
+    // High bit set where the low seven bits are >= b'A' (0x41) …
+    let ge_a = low + 0x3f3f_3f3f_3f3f_3f3f;
+    // … and where they are > b'Z' (0x5a); no carry crosses a byte (both < 0x100).
+    let gt_z = low + 0x2525_2525_2525_2525;
+    let upper = ge_a & !gt_z & !x & HIGH;
+    x | (upper >> 2)
+}
+
 fn is_hint(comment: &[u8]) -> bool {
     comment
         .windows(6)
@@ -243,6 +267,22 @@ mod tests {
 
     fn key(sql: &str) -> String {
         strip_literals(sql).key_display()
+    }
+
+    #[test]
+    fn lowercase8_matches_ascii_lowercase_on_every_byte() {
+        for b in 0..=255u8 {
+            for pos in 0..8 {
+                let mut bytes = *b"aZ_9\xffQq@";
+                bytes[pos] = b;
+                let want = bytes.map(|c| c.to_ascii_lowercase());
+                let got = lowercase8(u64::from_le_bytes(bytes)).to_le_bytes();
+                assert_eq!(got, want, "byte {b:#x} at {pos}");
+            }
+        }
+        let mut key = Vec::new();
+        push_lowercase(&mut key, "PgBench_Accounts_ÄX".as_bytes());
+        assert_eq!(key, "pgbench_accounts_Äx".as_bytes());
     }
 
     #[test]
