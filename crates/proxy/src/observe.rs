@@ -462,7 +462,7 @@ impl Tracker {
         let text = || Arc::<str>::from(analysis.normalized.as_str());
         self.state.store.record_at(&key, &sample, text, now_ms);
         self.n_plus_one
-            .observe(analysis.fingerprint, in_transaction, now, text);
+            .observe_ms(analysis.fingerprint, in_transaction, now_ms, text);
         let slow = self.state.slow.is_slow(duration);
         let plan = self.state.plans.wants(duration) && plannable(&analysis);
         if slow || plan {
@@ -550,15 +550,19 @@ fn plannable(analysis: &Analysis) -> bool {
 
 /// The parameters of a Bind, with their formats.
 fn bind_params<'a>(bind: &Bind<'a>) -> Vec<ParamRef<'a>> {
-    let formats: Vec<Format> = bind.param_formats.iter().collect();
+    // No format codes: all text; one: for all; else one per parameter.
+    let mut formats = bind.param_formats.iter();
+    let all = match bind.param_formats.len() {
+        0 => Some(Format::Text),
+        1 => formats.next(),
+        _ => None,
+    };
     bind.params
         .iter()
-        .enumerate()
-        .map(|(i, value)| {
-            let format = match formats.len() {
-                0 => Format::Text,
-                1 => formats[0],
-                _ => formats.get(i).copied().unwrap_or_default(),
+        .map(|value| {
+            let format = match all {
+                Some(format) => format,
+                None => formats.next().unwrap_or_default(),
             };
             ParamRef {
                 value,
