@@ -153,6 +153,7 @@ pub const HIT_US: [u64; 14] = [
 pub struct Buckets {
     bounds: &'static [u64],
     counts: Box<[AtomicU64]>,
+    sum: AtomicU64,
 }
 
 impl Buckets {
@@ -160,7 +161,19 @@ impl Buckets {
         Buckets {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
         }
+    }
+
+    /// The upper bounds, without the last bucket's (unbounded) one.
+    pub fn bounds(&self) -> &'static [u64] {
+        self.bounds
+    }
+
+    /// The count of each bucket (one more than the bounds) and the sum of the values.
+    pub fn counts(&self) -> (Vec<u64>, u64) {
+        let counts = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        (counts, self.sum.load(Relaxed))
     }
 
     pub fn record(&self, value: u64) {
@@ -170,6 +183,7 @@ impl Buckets {
             .position(|&b| value <= b)
             .unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
     }
 
     /// The bucket bound under which `share` (0..1) of the samples fall (`None`: no

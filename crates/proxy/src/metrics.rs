@@ -6,6 +6,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::cache::Buckets;
 use crate::pool::Pool;
 use crate::routing::{Node, NodeState};
 use crate::shared::Shared;
@@ -356,6 +357,44 @@ fn cache(m: &mut Page, shared: &Shared) {
         m.family(name, kind, help);
         m.sample(name, "", value);
     }
+    histogram(
+        m,
+        "pgopt_cache_hit_seconds",
+        "pgopt's own time on a cache hit, from the lookup to the reply written.",
+        &c.hit_time,
+        1e6,
+    );
+    if cache.settings.wal_listener {
+        histogram(
+            m,
+            "pgopt_cache_wal_staleness_seconds",
+            "From a commit seen on the replication stream to its invalidation: how long a write that bypassed pgopt could be served stale.",
+            &c.wal_staleness,
+            1e3,
+        );
+    }
+}
+
+/// A [`Buckets`] histogram as Prometheus's cumulative buckets; its values divided by
+/// `per_second` are seconds.
+fn histogram(m: &mut Page, name: &str, help: &str, buckets: &Buckets, per_second: f64) {
+    m.family(name, "histogram", help);
+    let (counts, sum) = buckets.counts();
+    let mut cumulative = 0;
+    for (i, count) in counts.iter().enumerate() {
+        cumulative += count;
+        let le = match buckets.bounds().get(i) {
+            Some(&bound) => format!("{}", bound as f64 / per_second),
+            None => "+Inf".to_string(),
+        };
+        m.sample(
+            &format!("{name}_bucket"),
+            &format!("le=\"{le}\""),
+            cumulative,
+        );
+    }
+    let _ = writeln!(m.out, "{name}_sum {}", sum as f64 / per_second);
+    m.sample(&format!("{name}_count"), "", cumulative);
 }
 
 fn replicas(m: &mut Page, shared: &Shared) {

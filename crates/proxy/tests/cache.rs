@@ -802,6 +802,22 @@ async fn writes_that_bypass_pgopt_invalidate_through_the_replication_stream() {
     let stats = cache_row(&proxy).await;
     assert!(counter(&stats, "wal_commits") >= 1, "{stats:?}");
     assert!(!stats["wal_p99_ms"].is_empty(), "{stats:?}");
+    // The same staleness as a Prometheus histogram, with pgopt's time on a hit.
+    let metrics = common::http_get(proxy.admin_addr().unwrap(), "/metrics").await;
+    let sample = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+    };
+    assert!(sample("pgopt_cache_wal_staleness_seconds_count") >= 1);
+    assert_eq!(
+        sample("pgopt_cache_wal_staleness_seconds_bucket{le=\"+Inf\"}"),
+        sample("pgopt_cache_wal_staleness_seconds_count")
+    );
+    assert!(metrics.contains("pgopt_cache_wal_staleness_seconds_bucket{le=\"0.1\"}"));
+    assert!(sample("pgopt_cache_hit_seconds_count") >= 1, "{metrics}");
+    assert!(metrics.contains("pgopt_cache_hit_seconds_bucket{le=\"0.00005\"}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
