@@ -16,7 +16,15 @@
 # here ([cache.redis]: every miss reads the tables' versions in Redis, every fill is
 # stored there, every commit is published and confirmed): what L2 and the bus cost.
 #
-# usage: [REDIS=1] scripts/bench-cache.sh [SECONDS_PER_RUN=15] [PGBENCH_SCALE=10] [POOL_SIZE=20]
+# With WAL=1 PostgreSQL runs with wal_level = logical and the cached pgopt follows its
+# commits on a replication stream (`wal_listener`), and one more case runs: point reads
+# through the cached pgopt while a second pgbench UPDATEs the same hot rows directly on
+# PostgreSQL, bypassing pgopt, at WAL_RATE transactions per second (default 200). It
+# prints how late those commits were invalidated (commit time to invalidation, the
+# window in which a bypassing write can be read stale: p50/p99 bucket bounds from
+# pgopt's `pgopt_cache_wal_staleness_seconds` histogram over that case alone).
+#
+# usage: [REDIS=1] [WAL=1] scripts/bench-cache.sh [SECONDS_PER_RUN=15] [PGBENCH_SCALE=10] [POOL_SIZE=20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
@@ -44,10 +52,15 @@ cleanup() {
 trap cleanup EXIT
 
 settings="-c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c shared_buffers=256MB"
+[ "${WAL:-0}" = 1 ] && settings="$settings -c wal_level=logical"
 "${as_pg[@]}" "$bindir/initdb" -D "$tmp/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
 "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w start -o "-p $pg_port $settings" >/dev/null
 "$bindir/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
 
+# pgbench_history has no primary key, so pgopt would not create its publication FOR
+# ALL TABLES (PostgreSQL then refuses UPDATE and DELETE on such a table); pgbench only
+# inserts there, so the benchmark creates it, as a DBA would.
+[ "${WAL:-0}" = 1 ] && psql -h 127.0.0.1 -p "$pg_port" -U postgres -qc "CREATE PUBLICATION pgopt_cache FOR ALL TABLES" postgres
 accounts=$((scale * 100000))
 cat >"$tmp/point.sql" <<SQL
 \set aid random_zipfian(1, $accounts, 1.1)
@@ -64,6 +77,7 @@ enabled = true
 tables = ["pgbench_accounts"]
 ttl = "10m"
 TOML
+[ "${WAL:-0}" = 1 ] && echo 'wal_listener = true' >>"$tmp/cache.toml"
 if [ "${REDIS:-0}" = 1 ]; then
   command -v redis-server >/dev/null || { echo "missing redis-server (apt-get install redis-server)" >&2; exit 1; }
   redis_port=$(free_port)
@@ -81,9 +95,18 @@ proxy() {
   pids+=($!)
 }
 proxy "$plain_port"
+admin_port=$(free_port)
+printf '[proxy]\nadmin_listen = "127.0.0.1:%s"\n' "$admin_port" >>"$tmp/cache.toml"
 proxy "$cache_port" --config "$tmp/cache.toml"
 plain_pid=${pids[-2]}; cache_pid=${pids[-1]}
 sleep 1
+if [ "${WAL:-0}" = 1 ]; then
+  # Nothing is served until the replication stream runs.
+  for _ in $(seq 100); do
+    psql -h 127.0.0.1 -p "$cache_port" -U postgres -qAtc "SHOW CACHE" pgopt | grep -q '|streaming|' && break
+    sleep 0.2
+  done
+fi
 
 printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores%s\n' "$(date -u +%F)" "$secs" "$scale" \
   "$pool" "$(nproc)" "$([ "${REDIS:-0}" = 1 ] && echo ', +cache shares L2 and invalidations through Redis')"
@@ -118,6 +141,51 @@ case_run "point, extended, 16 clients" -f "$tmp/point.sql" -M extended -c 16 -j 
 case_run "point, simple, 16 clients"   -f "$tmp/point.sql" -M simple   -c 16 -j 2
 case_run "report, extended, 16 clients" -f "$tmp/report.sql" -M extended -c 16 -j 2
 case_run "tpcb, extended, 16 clients"  -M extended -c 16 -j 2
+if [ "${WAL:-0}" = 1 ]; then
+  cat >"$tmp/write.sql" <<SQL
+\set aid random_zipfian(1, $accounts, 1.1)
+\set delta random(-5000, 5000)
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SQL
+  # The staleness histogram's cumulative buckets: "le count" lines.
+  staleness() {
+    curl -s "http://127.0.0.1:$admin_port/metrics" |
+      sed -n 's/^pgopt_cache_wal_staleness_seconds_bucket{le="\([^"]*\)"} \([0-9]*\)$/\1 \2/p'
+  }
+  # The cases before wrote through pgopt; the stream may still be working through their
+  # commits. Wait until it has seen them all (its commit count holds still for 2 s).
+  wal_commits() { curl -s "http://127.0.0.1:$admin_port/metrics" | sed -n 's/^pgopt_cache_wal_staleness_seconds_count //p'; }
+  backlog_start=$(date +%s); last=-1
+  while [ "$(wal_commits)" != "$last" ]; do last=$(wal_commits); sleep 2; done
+  drained=$(($(date +%s) - backlog_start))
+  before=$(staleness)
+  rate=${WAL_RATE:-200}
+  "$bindir/pgbench" -n -T "$secs" -R "$rate" -h 127.0.0.1 -p "$pg_port" -U postgres \
+    -f "$tmp/write.sql" -c 2 -j 1 postgres >"$tmp/writes.out" 2>&1 &
+  writer=$!
+  h0=$(hits)
+  read -r tps lat cpu <<<"$(run "$cache_port" "$cache_pid" -f "$tmp/point.sql" -M extended -c 16 -j 2)"
+  wait "$writer" || true
+  h1=$(hits)
+  after=$(staleness)
+  written=$(awk -F': ' '/actually processed/ {split($2,a,"/"); print a[1]}' "$tmp/writes.out")
+  # The case's own commits: bucket counts after minus before, then p50 and p99 bounds.
+  quantiles=$(paste <(echo "$before") <(echo "$after") | awk '
+    { le[NR] = $1; c[NR] = $4 - $2 } END {
+      n = c[NR]; p50 = p99 = "-"
+      for (i = 1; i <= NR && n > 0; i++) {
+        if (p50 == "-" && c[i] >= n * 0.5) p50 = le[i]
+        if (p99 == "-" && c[i] >= n * 0.99) p99 = le[i]
+      }
+      printf "%s %s %s", n, p50, p99 }')
+  read -r seen p50 p99 <<<"$quantiles"
+  echo
+  printf 'point reads through pgopt + cache (extended, 16 clients) while %s UPDATE/s bypass pgopt:\n' "$rate"
+  printf '  reads %.0f TPS, %s ms average, %s hits; %s direct writes, %s commits seen on the stream;\n' \
+    "$tps" "$lat" "$((h1 - h0))" "${written:-?}" "$seen"
+  printf '  commit to invalidation: p50 <= %s s, p99 <= %s s (bucket bounds)\n' "$p50" "$p99"
+  printf '  (before this case the stream took %s s to catch up with the writes of the cases above)\n' "$drained"
+fi
 echo
 echo "The cache after the runs (SHOW CACHE):"
 psql -h 127.0.0.1 -p "$cache_port" -U postgres -P pager=off -c "SHOW CACHE" pgopt
