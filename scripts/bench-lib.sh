@@ -28,3 +28,32 @@ run() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "-" }'; }
 whole() { case "$1" in n/a|failed) echo "$1" ;; *) printf '%.0f' "$1" ;; esac; }
+
+# CPU ticks of a PostgreSQL cluster (DATADIR): the postmaster with its waited-for
+# children (fields 16-17), plus its live children (backends, walwriter…).
+pg_ticks() {
+  local pm
+  pm=$(head -1 "$1/postmaster.pid")
+  { awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat"
+    for p in $(pgrep -P "$pm"); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true; done
+  } | awk '{s += $1} END {print s + 0}'
+}
+
+# run_total TARGET_PORT PROXY_PID DATADIR PGBENCH_ARGS...
+#   → "tps latency_ms proxy_cpu_us_per_txn total_cpu_us_per_txn"
+# total: the proxy, PostgreSQL and pgbench itself, all the CPU a transaction costs
+# this machine. When the CPU is the bottleneck, TPS follows its inverse.
+run_total() {
+  local port=$1 pid=$2 data=$3; shift 3
+  local p0 g0 p1 g1 out tps lat txns
+  p0=$(cpu_ticks "$pid"); g0=$(pg_ticks "$data")
+  out=$(/usr/bin/time -f 'pgbench-cpu %U %S' "$bindir/pgbench" -n -T "$secs" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1) || true
+  p1=$(cpu_ticks "$pid"); g1=$(pg_ticks "$data")
+  tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' <<<"$out")
+  lat=$(awk -F'= ' '/^latency average/ {split($2,a," "); print a[1]}' <<<"$out")
+  txns=$(awk -F': ' '/actually processed/ {split($2,a,"/"); print a[1]}' <<<"$out")
+  if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" = 0 ]; then echo "failed failed - -"; return; fi
+  awk -v tps="$tps" -v lat="$lat" -v p=$((p1 - p0)) -v g=$((g1 - g0)) -v hz="$ticks" -v n="$txns" \
+    -v b="$(awk '/^pgbench-cpu/ {print $2 + $3}' <<<"$out")" \
+    'BEGIN {printf "%s %s %.1f %.1f\n", tps, lat, p / hz * 1e6 / n, ((p + g) / hz + b) * 1e6 / n}'
+}

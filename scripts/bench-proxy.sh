@@ -5,10 +5,12 @@
 # proxy's CPU time per transaction (its process CPU over the run / transactions done).
 #
 # Then pgopt with query insight on (the default) against pgopt with it off (issue 4),
-# alternating runs, on -S simple and extended at 64 clients.
+# in alternated rounds (median on/off ratios of TPS and of the CPU all processes spent),
+# on -S simple and extended at 64 clients.
 #
 # usage: scripts/bench-proxy.sh [SECONDS_PER_RUN=10] [PGBENCH_SCALE=10] [POOL_SIZE=20]
 #        BENCH_ONLY=insight scripts/bench-proxy.sh ...   (just the insight comparison)
+#        INSIGHT_ROUNDS=N (default 6), INSIGHT_VERBOSE=1 (each round on stderr)
 set -euo pipefail
 # 5,000 clients need more file descriptors than the usual 1,024 (pgbench and proxies).
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -102,20 +104,50 @@ case_run "TPC-B, 16 clients"        -M simple      -c 16 -j 2
 case_run "-S simple, 5000 clients"  -S -M simple   -c 5000 -j 2
 fi
 
-# Query insight's cost: the same pgopt build with [insight] on and off, runs alternated
-# (on, off, on, off) so drift in the machine's load falls on both; TPS summed per side.
-printf '\n%-28s %12s %12s %9s %13s %13s\n' "insight (pgopt)" "on TPS" "off TPS" "on/off" "on µs/tx" "off µs/tx"
+# Query insight's cost: the same pgopt build with [insight] on and off. The host's load
+# drifts by more than the cost being measured, so the comparison is made in rounds: each
+# round runs on and off back to back (on first in odd rounds, off first in even ones, so
+# a steady drift falls on both sides alike) and gives one on/off TPS ratio; the verdict
+# is the median over INSIGHT_ROUNDS rounds (default 6), min and max show the spread.
+# Each run also sums the CPU a transaction cost the whole machine (pgopt, PostgreSQL and
+# pgbench: "all"). With the CPU as the bottleneck, the TPS insight costs is the CPU it
+# adds to pgopt over that whole: "CPU cost" = (pgopt on − pgopt off) / all off, per
+# round. It varies less than the TPS ratio, which carries all of the host's noise.
+rounds=${INSIGHT_ROUNDS:-6}
+printf '\n%s rounds of insight on and off, %s s per run; ratios are medians [min–max] of the rounds\n' "$rounds" "$secs"
+printf '%-26s %8s %8s %19s %9s %9s %9s %9s %19s\n' "insight (pgopt)" "on TPS" "off TPS" "TPS on/off" \
+  "on µs/tx" "off µs/tx" "on all" "off all" "CPU cost"
+mean() { printf '%s\n' "$@" | awk '{ s += $1; n++ } END { if (n) printf "%.1f", s / n; else print "-" }'; }
+# spread UNIT VALUES…: "median [min–max]", as ratios (UNIT "") or percentages ("%")
+spread() { local unit=$1; shift; printf '%s\n' "$@" | sort -g | awk -v unit="$unit" '
+  { v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    if (unit == "%") printf "%.1f%% [%.1f–%.1f]", 100 * m, 100 * v[1], 100 * v[NR]
+    else printf "%.3f [%.2f–%.2f]", m, v[1], v[NR] }'; }
 insight_run() {
   local name=$1; shift
-  local on=0 off=0 on_cpu=() off_cpu=() tps cpu
-  for _ in 1 2; do
-    read -r tps _ cpu <<<"$(run "$pgopt_port" "$pgopt_pid" "$@")"; on=$(awk -v a="$on" -v b="$tps" 'BEGIN {print a + b}'); on_cpu+=("$cpu")
-    read -r tps _ cpu <<<"$(run "$plain_port" "$plain_pid" "$@")"; off=$(awk -v a="$off" -v b="$tps" 'BEGIN {print a + b}'); off_cpu+=("$cpu")
+  local r side tps cpu all on_tps=() off_tps=() on_cpu=() off_cpu=() on_all=() off_all=() tps_r=() cost_r=()
+  for r in $(seq 1 "$rounds"); do
+    if [ $((r % 2)) -eq 1 ]; then set -- on off "$@"; else set -- off on "$@"; fi
+    for side in "$1" "$2"; do
+      if [ "$side" = on ]; then
+        read -r tps _ cpu all <<<"$(run_total "$pgopt_port" "$pgopt_pid" "$tmp/data" "${@:3}")"
+        on_tps+=("$tps"); on_cpu+=("$cpu"); on_all+=("$all")
+      else
+        read -r tps _ cpu all <<<"$(run_total "$plain_port" "$plain_pid" "$tmp/data" "${@:3}")"
+        off_tps+=("$tps"); off_cpu+=("$cpu"); off_all+=("$all")
+      fi
+    done
+    shift 2
+    tps_r+=("$(awk -v a="${on_tps[-1]}" -v b="${off_tps[-1]}" 'BEGIN {printf "%.4f", a / b}')")
+    cost_r+=("$(awk -v a="${on_cpu[-1]}" -v b="${off_cpu[-1]}" -v all="${off_all[-1]}" 'BEGIN {printf "%.4f", (a - b) / all}')")
+    [ -n "${INSIGHT_VERBOSE:-}" ] && printf '  round %s: TPS on %.0f off %.0f (%s); µs/tx pgopt on %s off %s, all on %s off %s (%s)\n' \
+      "$r" "${on_tps[-1]}" "${off_tps[-1]}" "${tps_r[-1]}" "${on_cpu[-1]}" "${off_cpu[-1]}" \
+      "${on_all[-1]}" "${off_all[-1]}" "${cost_r[-1]}" >&2
   done
-  mean() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", (a + b) / 2}'; }
-  printf '%-28s %12.0f %12.0f %9s %13s %13s\n' "$name" "$(awk -v a="$on" 'BEGIN {print a / 2}')" \
-    "$(awk -v a="$off" 'BEGIN {print a / 2}')" "$(ratio "$on" "$off")" \
-    "$(mean "${on_cpu[@]}")" "$(mean "${off_cpu[@]}")"
+  printf '%-26s %8.0f %8.0f %19s %9s %9s %9s %9s %19s\n' "$name" "$(mean "${on_tps[@]}")" "$(mean "${off_tps[@]}")" \
+    "$(spread "" "${tps_r[@]}")" "$(mean "${on_cpu[@]}")" "$(mean "${off_cpu[@]}")" \
+    "$(mean "${on_all[@]}")" "$(mean "${off_all[@]}")" "$(spread % "${cost_r[@]}")"
 }
 insight_run "-S simple, 64 clients"    -S -M simple   -c 64 -j 2
 insight_run "-S extended, 64 clients"  -S -M extended -c 64 -j 2
