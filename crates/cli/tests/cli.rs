@@ -683,7 +683,7 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
         "databases.toml",
         &format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\ndefault_pool_size = 2\n\n\
-             [[proxy.databases]]\nname = \"rep\"\nupstream = \"{}\"\n",
+             [[proxy.databases]]\nname = \"rep\"\nupstream = \"{}\"\npool_mode = \"session\"\npool_size = 3\n",
             pg.url("postgres"),
             pg.url("reports")
         ),
@@ -704,6 +704,28 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
         assert!(out.status.success(), "{db}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), expected);
     }
+    // `rep` pools with its own mode and size, `postgres` with the proxy-wide ones.
+    let out = psql_through(&pg, port, "pgopt", "SHOW DATABASES");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let databases = text(&out.stdout);
+    let row = |name: &str| -> Vec<String> {
+        databases
+            .lines()
+            .map(|l| l.split('|').map(str::to_string).collect::<Vec<_>>())
+            .find(|cols| cols[0] == name)
+            .unwrap_or_else(|| panic!("no {name} in SHOW DATABASES:\n{databases}"))
+    };
+    // name|host|port|database|force_user|pool_size|min_pool_size|reserve_pool|pool_mode|…
+    assert_eq!(
+        (&*row("rep")[5], &*row("rep")[8]),
+        ("3", "session"),
+        "{databases}"
+    );
+    assert_eq!(
+        (&*row("postgres")[5], &*row("postgres")[8]),
+        ("2", "transaction"),
+        "{databases}"
+    );
     let out = psql_through(&pg, port, "reports", "SELECT 1");
     assert!(!out.status.success());
     assert!(

@@ -45,6 +45,20 @@ pub struct Database {
     /// Streaming replicas of this server: read-only transactions go to them (see
     /// [`Routing`]). They take the same login as the primary.
     pub replicas: Vec<Replica>,
+    /// This database's own pool settings (PgBouncer's per-database `pool_size=`,
+    /// `pool_mode=`); what is not set follows the proxy-wide value.
+    pub pool: DatabasePool,
+}
+
+/// Pool settings of one database that override the proxy-wide ones; `None` keeps
+/// the proxy-wide value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DatabasePool {
+    pub mode: Option<PoolMode>,
+    /// Instead of [`Config::default_pool_size`].
+    pub size: Option<usize>,
+    pub min_size: Option<usize>,
+    pub reserve_size: Option<usize>,
 }
 
 /// A streaming replica of a database's server.
@@ -212,6 +226,31 @@ pub struct ServerTls {
 
 /// The name of the virtual database that serves the admin console.
 pub const ADMIN_DATABASE: &str = "pgopt";
+
+impl Config {
+    /// The pool mode of `db`'s pools: its own, else the proxy-wide one.
+    pub fn pool_mode_of(&self, db: &Database) -> PoolMode {
+        db.pool.mode.unwrap_or(self.pool_mode)
+    }
+
+    /// Server connections per (database, user) for `db`: its own size, else
+    /// `default_pool_size`.
+    pub fn pool_size_of(&self, db: &Database) -> usize {
+        db.pool.size.unwrap_or(self.default_pool_size)
+    }
+
+    /// Connections kept open per pool of `db` (never more than its size).
+    pub fn min_pool_size_of(&self, db: &Database) -> usize {
+        db.pool
+            .min_size
+            .unwrap_or(self.min_pool_size)
+            .min(self.pool_size_of(db))
+    }
+
+    pub fn reserve_pool_size_of(&self, db: &Database) -> usize {
+        db.pool.reserve_size.unwrap_or(self.reserve_pool_size)
+    }
+}
 
 impl Default for Config {
     fn default() -> Self {

@@ -230,16 +230,17 @@ impl Shared {
             target.port = n.port;
         }
         let index = node.as_ref().map_or(0, |(i, _)| i + 1);
+        let mode = config.pool_mode_of(db);
         Some(self.pools.get_or_replace(
             (database, user, index),
-            |pool| pool.target == target && pool.mode == config.pool_mode,
+            |pool| pool.target == target && pool.mode == mode,
             || {
                 let pool = Pool::new(
                     database,
                     user,
-                    config.pool_mode,
+                    mode,
                     target.clone(),
-                    limits_for(&config),
+                    limits_for(&config, db),
                     node,
                 );
                 if paused {
@@ -407,7 +408,6 @@ impl Shared {
             // Verdicts are cached per statement text and kept with prepared statements.
             tracing::warn!("routing.safe_functions changes take effect after a restart");
         }
-        let limits = limits_for(&new);
         let routers = {
             let old = self.routers.read().unwrap_or_else(|p| p.into_inner());
             routers_for(&new, &old)
@@ -431,11 +431,14 @@ impl Shared {
                 let listed = users.contains_key(&target.user) || db.password.is_some();
                 target.same_login(&pool.target) && (!listed || target == pool.target)
             });
-            if same_server && new.pool_mode == pool.mode {
-                pool.set_limits(limits);
-            } else {
-                self.pools.remove(&pool);
-                pool.close_idle();
+            match db {
+                Some(db) if same_server && new.pool_mode_of(db) == pool.mode => {
+                    pool.set_limits(limits_for(&new, db));
+                }
+                _ => {
+                    self.pools.remove(&pool);
+                    pool.close_idle();
+                }
             }
         }
         let max = new.max_client_conn;
@@ -526,11 +529,12 @@ pub fn tls_acceptor_for(config: &Config) -> Result<Option<TlsAcceptor>, ProxyErr
     }
 }
 
-pub fn limits_for(config: &Config) -> PoolLimits {
+/// The limits of `db`'s pools: its own pool settings, else the proxy-wide ones.
+pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
     PoolLimits {
-        size: config.default_pool_size,
-        min_size: config.min_pool_size.min(config.default_pool_size),
-        reserve_size: config.reserve_pool_size,
+        size: config.pool_size_of(db),
+        min_size: config.min_pool_size_of(db),
+        reserve_size: config.reserve_pool_size_of(db),
         reserve_timeout: config.reserve_pool_timeout,
         connect_timeout: config.server_connect_timeout,
         idle_timeout: config.server_idle_timeout,

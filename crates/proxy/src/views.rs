@@ -78,6 +78,7 @@ pub fn pools(shared: &Shared) -> Table {
         ("paused", Text),
         ("server_down", Text),
         ("node", Text),
+        ("pool_size", Int),
     ]);
     let now = unix_us_now();
     let mut max_wait: HashMap<(String, String), Duration> = HashMap::new();
@@ -109,6 +110,7 @@ pub fn pools(shared: &Shared) -> Table {
             t(yes_no(pool.is_paused())),
             t(yes_no(pool.is_down())),
             t(pool.node_name()),
+            n(pool.limits().size as u64),
         ]);
     }
     table
@@ -392,10 +394,10 @@ pub fn databases(shared: &Shared) -> Table {
             n(db.port),
             t(&db.dbname),
             db.user.clone(),
-            n(config.default_pool_size as u64),
-            n(config.min_pool_size as u64),
-            n(config.reserve_pool_size as u64),
-            t(mode_name(config.pool_mode)),
+            n(config.pool_size_of(db) as u64),
+            n(config.min_pool_size_of(db) as u64),
+            n(config.reserve_pool_size_of(db) as u64),
+            t(mode_name(config.pool_mode_of(db))),
             n(current as u64),
             t(yes_no(paused)),
         ]);
