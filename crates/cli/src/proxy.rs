@@ -100,6 +100,13 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
                 db_size.unwrap_or(size)
             ),
         };
+        if db.name == pgopt_proxy::FALLBACK_DATABASE {
+            println!(
+                "Any other database → {}:{}, the database of the client's name{own_pool}",
+                db.host, db.port
+            );
+            continue;
+        }
         println!(
             "Database {} → {}:{}/{}{replicas}{own_pool}:  psql -h {} -p {} {}",
             db.name,
@@ -200,6 +207,21 @@ fn databases(
         );
     }
     for (i, entry) in config.databases.iter().enumerate() {
+        if entry.name == pgopt_proxy::FALLBACK_DATABASE {
+            if !entry.replicas.is_empty() {
+                anyhow::bail!(
+                    "proxy.databases[{i}].replicas: the fallback database \"*\" cannot have \
+                     replicas; list the databases that read from replicas by name"
+                );
+            }
+            if upstream::names_database(&entry.upstream.0) {
+                anyhow::bail!(
+                    "proxy.databases[{i}].upstream: the fallback database \"*\" serves each \
+                     client the database of the name it asked for; leave the database out of \
+                     the URL (postgres://USER@HOST:PORT)"
+                );
+            }
+        }
         let replicas = config::proxy_replicas(&entry.replicas);
         let db = database(&entry.name, &entry.upstream.0, replicas, entry.pool())
             .map_err(|e| anyhow::anyhow!("proxy.databases[{i}].upstream: {e}"))?;

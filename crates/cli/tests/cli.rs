@@ -765,13 +765,45 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
         "{}",
         text(&out.stderr)
     );
+    // The fallback database takes the client's database name, and no replicas.
+    let fallback = temp_file(
+        "databases-fallback.toml",
+        &format!(
+            "[[proxy.databases]]\nname = \"*\"\nupstream = \"{}\"\n",
+            pg.url("postgres")
+        ),
+    );
+    let out = pgopt(&["--config", fallback.to_str().unwrap(), "proxy"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            "proxy.databases[0].upstream: the fallback database \"*\" serves each client the \
+             database of the name it asked for; leave the database out of the URL"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let fallback_replicas = temp_file(
+        "databases-fallback-replicas.toml",
+        "[[proxy.databases]]\nname = \"*\"\nupstream = \"postgres://app@127.0.0.1:5432\"\n\
+         replicas = [{ host = \"127.0.0.1\", port = 5433 }]\n",
+    );
+    let out = pgopt(&["--config", fallback_replicas.to_str().unwrap(), "proxy"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            "proxy.databases[0].replicas: the fallback database \"*\" cannot have replicas"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
     let out = pgopt(&["proxy", "--replica", "127.0.0.1:5432"]);
     assert!(
         text(&out.stderr).contains("replicas without proxy.upstream"),
         "{}",
         text(&out.stderr)
     );
-    for file in [config, twice, admin] {
+    for file in [config, twice, admin, fallback, fallback_replicas] {
         let _ = std::fs::remove_file(file);
     }
 }

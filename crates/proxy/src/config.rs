@@ -1,5 +1,6 @@
 //! The proxy's own typed configuration (the CLI builds it from `pgopt.toml` or flags).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -227,7 +228,59 @@ pub struct ServerTls {
 /// The name of the virtual database that serves the admin console.
 pub const ADMIN_DATABASE: &str = "pgopt";
 
+/// The name of the fallback database (PgBouncer's `*`): a client asking for a database
+/// not listed gets the database of its own name on this entry's server, with this
+/// entry's login and pool settings. Its `dbname` is not used.
+pub const FALLBACK_DATABASE: &str = "*";
+
 impl Config {
+    /// The database clients reach by the name `name`: the entry of that name, else
+    /// the fallback entry (`*`) aimed at the server's database `name`. Never the admin
+    /// console, and never the `*` entry itself by name.
+    pub fn database(&self, name: &str) -> Option<Cow<'_, Database>> {
+        if name == ADMIN_DATABASE {
+            return None;
+        }
+        let listed = self
+            .databases
+            .iter()
+            .find(|d| d.name == name && d.name != FALLBACK_DATABASE);
+        if let Some(db) = listed {
+            return Some(Cow::Borrowed(db));
+        }
+        let fallback = self
+            .databases
+            .iter()
+            .find(|d| d.name == FALLBACK_DATABASE)?;
+        Some(Cow::Owned(Database {
+            name: name.to_string(),
+            dbname: name.to_string(),
+            ..fallback.clone()
+        }))
+    }
+
+    /// Whether `name` is served by the fallback entry rather than an entry of its own.
+    pub fn is_fallback(&self, name: &str) -> bool {
+        name != ADMIN_DATABASE
+            && !self
+                .databases
+                .iter()
+                .any(|d| d.name == name && d.name != FALLBACK_DATABASE)
+    }
+
+    /// What the proxy cannot serve as configured, in words for the operator.
+    pub fn check(&self) -> Result<(), String> {
+        for db in &self.databases {
+            if db.name == FALLBACK_DATABASE && !db.replicas.is_empty() {
+                return Err(format!(
+                    "the fallback database {FALLBACK_DATABASE:?} cannot have replicas: list the \
+                     databases that read from replicas by name"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The pool mode of `db`'s pools: its own, else the proxy-wide one.
     pub fn pool_mode_of(&self, db: &Database) -> PoolMode {
         db.pool.mode.unwrap_or(self.pool_mode)

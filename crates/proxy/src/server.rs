@@ -256,13 +256,10 @@ impl ServerConn {
                     });
                 }
                 BackendMessage::ErrorResponse(e) => {
-                    return Err(ProxyError::Server {
+                    return Err(ProxyError::Refused {
                         server: server(),
-                        message: format!(
-                            "{} ({})",
-                            e.message().unwrap_or("error"),
-                            e.code().unwrap_or("?????")
-                        ),
+                        code: e.code().unwrap_or("?????").to_string(),
+                        message: e.message().unwrap_or("error").to_string(),
                     });
                 }
                 BackendMessage::ReadyForQuery(r) => {

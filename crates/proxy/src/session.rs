@@ -118,7 +118,7 @@ async fn session(
         };
         return admin::serve(stream, buf, shared.clone(), info.clone(), role).await;
     }
-    let Some(db) = config.databases.iter().find(|d| &d.name == database) else {
+    let Some(db) = config.database(database) else {
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
@@ -462,6 +462,12 @@ pub fn checkout_error(pool: &Pool, error: CheckoutError) -> (&'static str, Strin
                 pool.target.describe()
             ),
         ),
+        // A database the fallback entry sent the client to that the server lacks.
+        CheckoutError::Connect(ProxyError::Refused { code, message, .. })
+            if code == sqlstate::INVALID_CATALOG_NAME =>
+        {
+            (sqlstate::INVALID_CATALOG_NAME, message)
+        }
         CheckoutError::Connect(e) => (
             sqlstate::CONNECTION_FAILURE,
             format!("pgopt could not connect to the server: {e}"),

@@ -222,7 +222,8 @@ impl Shared {
         let paused = paused.0 || paused.1.contains(database);
         let config = self.config();
         let users = self.users();
-        let db = config.databases.iter().find(|d| d.name == database)?;
+        let db = config.database(database)?;
+        let db = db.as_ref();
         let server_tls = self.server_tls();
         let mut target = target_for(db, user, |name| users.get(name).or(found), server_tls);
         if let Some((_, n)) = &node {
@@ -262,13 +263,15 @@ impl Shared {
             }
             (Some(db), false) => {
                 if paused.0 {
-                    // Everything was paused: now everything but `db` is.
+                    // Everything was paused: now everything but `db` is (the
+                    // fallback's databases too, by the name they go by).
                     paused.0 = false;
                     paused.1 = self
                         .config()
                         .databases
                         .iter()
                         .map(|d| d.name.clone())
+                        .chain(self.pools.list().iter().map(|p| p.database.clone()))
                         .collect();
                 }
                 paused.1.remove(db);
@@ -304,6 +307,18 @@ impl Shared {
             let secs = period_start.elapsed().as_secs_f64();
             if roll {
                 period_start = Instant::now();
+            }
+            // The fallback's pools are made on demand, one per database name a
+            // client asked for (existing or not): each goes once nothing uses it.
+            let config = self.config();
+            let dropped = self
+                .pools
+                .remove_unused(|p| config.is_fallback(&p.database));
+            if dropped > 0 {
+                tracing::debug!(
+                    pools = dropped,
+                    "dropped unused pools of the fallback database"
+                );
             }
             for pool in self.pools.list() {
                 if roll {
@@ -378,6 +393,7 @@ impl Shared {
     /// already connected finish on the old ones). `listen`, `admin_listen` and
     /// `routing.safe_functions` need a restart.
     pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
+        new.check().map_err(ProxyError::Config)?;
         let users = prepare_users(&new.users)?;
         let tls = tls_acceptor_for(&new)?;
         let server_tls = ServerTlsConnector::new(&new.server_tls)?;
@@ -413,7 +429,8 @@ impl Shared {
             routers_for(&new, &old)
         };
         for pool in self.pools.list() {
-            let db = new.databases.iter().find(|d| d.name == pool.database);
+            let db = new.database(&pool.database);
+            let db = db.as_deref();
             let same_server = db.is_some_and(|db| {
                 let mut target =
                     target_for(db, &pool.user, |name| users.get(name), server_tls.clone());

@@ -210,3 +210,105 @@ async fn reload_applies_a_databases_own_pool_settings() {
         "session"
     );
 }
+
+/// `(current_database(), inet_server_port())` as a client of the proxy sees them.
+async fn whereabouts(client: &tokio_postgres::Client) -> (String, i32) {
+    let row = client
+        .query_one("SELECT current_database()::text, inet_server_port()", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn the_fallback_database_serves_unlisted_names_from_its_server() {
+    let listed = Postgres::start().await.unwrap();
+    let other = Postgres::start().await.unwrap();
+    // Databases only `other` has, and two names the proxy must not send there.
+    for name in ["alpha", "beta", "app", "pgopt"] {
+        other.create_database(name).await.unwrap();
+    }
+    let mut config = config_for(&listed, PoolMode::Transaction, 4);
+    config.admin_users = vec!["postgres".into()];
+    config.server_idle_timeout = Duration::from_secs(1);
+    let fallback_pool = DatabasePool {
+        mode: Some(PoolMode::Session),
+        size: Some(3),
+        ..DatabasePool::default()
+    };
+    // Its dbname is not used: each client gets the database of its own name.
+    config
+        .databases
+        .push(database(&other, "*", "unused", fallback_pool));
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let other_port = i32::from(other.port());
+
+    let alpha = connect_to(&proxy, "alpha").await.unwrap();
+    assert_eq!(whereabouts(&alpha).await, ("alpha".into(), other_port));
+    let beta = connect_to(&proxy, "beta").await.unwrap();
+    assert_eq!(whereabouts(&beta).await, ("beta".into(), other_port));
+    // A listed name keeps its own server, although `other` has a database of that name.
+    let app = connect_to(&proxy, "app").await.unwrap();
+    assert_eq!(
+        whereabouts(&app).await,
+        ("postgres".into(), i32::from(listed.port()))
+    );
+    // The admin console keeps its name.
+    let console = admin(&proxy).await;
+    let pools = show(&console, "POOLS").await;
+    let fallback: Vec<_> = pools
+        .iter()
+        .filter(|p| p["database"] == "alpha" || p["database"] == "beta")
+        .collect();
+    assert_eq!(fallback.len(), 2, "{pools:?}");
+    for pool in fallback {
+        // The `*` entry's own pool settings.
+        assert_eq!((&*pool["pool_mode"], &*pool["pool_size"]), ("session", "3"));
+    }
+    let databases = show(&console, "DATABASES").await;
+    let row = |name: &str| {
+        databases
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in SHOW DATABASES: {databases:?}"))
+    };
+    assert_eq!(row("alpha")["database"], "alpha");
+    assert_eq!(row("alpha")["port"], other.port().to_string());
+    assert_eq!(row("*")["database"], "");
+    assert_eq!(row("app")["port"], listed.port().to_string());
+
+    // A name the server lacks is the server's 3D000.
+    let err = connect_to(&proxy, "nosuch").await.unwrap_err();
+    assert_eq!(code(&err), Some("3D000"), "{err}");
+
+    // The fallback's pools go once unused (here: their idle connections time out).
+    drop((alpha, beta));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let names: Vec<String> = show(&console, "POOLS")
+            .await
+            .into_iter()
+            .map(|p| p["database"].clone())
+            .collect();
+        if names == ["app"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fallback's pools stay: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And come back on demand.
+    let alpha = connect_to(&proxy, "alpha").await.unwrap();
+    assert_eq!(whereabouts(&alpha).await, ("alpha".into(), other_port));
+
+    // The fallback cannot have replicas.
+    config.databases[1].replicas = vec![pgopt_proxy::Replica {
+        host: "127.0.0.1".into(),
+        port: other.port(),
+        weight: 1,
+    }];
+    let err = Proxy::start(config).await.err().expect("replicas refused");
+    assert!(err.to_string().contains("cannot have replicas"), "{err}");
+}
