@@ -21,6 +21,7 @@ use crate::io::{close_tls, send_fatal, write_all};
 use crate::pool::{CheckoutError, Pool, ServerParams};
 use crate::relay::Relay;
 use crate::routing::Routes;
+use crate::server::CancelRoute;
 use crate::session_state::Settings;
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::{ClientInfo, ClientState};
@@ -28,7 +29,7 @@ use crate::tls::ClientStream;
 use crate::ProxyError;
 
 /// Where a client's CancelRequest must go while it holds a server connection.
-pub type CancelTarget = Mutex<Option<(SocketAddr, CancelRequest)>>;
+pub type CancelTarget = Mutex<Option<Arc<CancelRoute>>>;
 pub type CancelSlot = Arc<CancelTarget>;
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {

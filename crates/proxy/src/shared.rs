@@ -346,15 +346,15 @@ impl Shared {
 
     /// Forwards a client's CancelRequest to the server running its query, if any.
     pub async fn forward_cancel(&self, request: CancelRequest) {
-        let target = {
+        let route = {
             let cancels = lock(&self.cancels);
             cancels
                 .get(&(request.process_id, request.secret_key))
                 .and_then(Weak::upgrade)
-                .and_then(|slot| *lock(&slot))
+                .and_then(|slot| lock(&slot).clone())
         };
-        if let Some((addr, key)) = target {
-            send_cancel(addr, key).await;
+        if let Some(route) = route {
+            send_cancel(&route, self.config().server_connect_timeout).await;
         }
     }
 
