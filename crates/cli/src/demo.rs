@@ -292,6 +292,7 @@ fn proxy_config(
                     weight: 1,
                 })
                 .collect(),
+            pool: Default::default(),
         }],
         admin_users: vec![pg.user().to_string()],
         ..pgopt_proxy::Config::default()

@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::config::{
-    self, ClientAuthMethod, Loaded, PoolMode, ServerTlsModeSetting, TlsModeSetting,
-};
+use crate::config::{self, ClientAuthMethod, Loaded, ServerTlsModeSetting, TlsModeSetting};
 use crate::upstream;
 
 /// Flags override the `[proxy]` section of the config.
@@ -19,10 +17,12 @@ pub struct ProxyArgs {
     /// The server to pool, e.g. postgres://app@127.0.0.1:5432/shop
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
-    /// When a server connection goes back to the pool [default: transaction]
+    /// When a server connection goes back to the pool, unless a database sets its own
+    /// [default: transaction]
     #[arg(long, value_enum)]
     pool_mode: Option<PoolModeArg>,
-    /// Server connections per (database, user), 1 to 10000 [default: 20]
+    /// Server connections per (database, user), 1 to 10000, unless a database sets its
+    /// own [default: 20]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pool_size: Option<u32>,
     /// Serve Prometheus /metrics over HTTP here [default: off]
@@ -92,8 +92,23 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
             0 => String::new(),
             n => format!(", {n} replica{}", if n == 1 { "" } else { "s" }),
         };
+        let own_pool = match (db.pool.mode, db.pool.size) {
+            (None, None) => String::new(),
+            (db_mode, db_size) => format!(
+                ", {:?} pooling, {} per user",
+                db_mode.unwrap_or(mode),
+                db_size.unwrap_or(size)
+            ),
+        };
+        if db.name == pgopt_proxy::FALLBACK_DATABASE {
+            println!(
+                "Any other database → {}:{}, the database of the client's name{own_pool}",
+                db.host, db.port
+            );
+            continue;
+        }
         println!(
-            "Database {} → {}:{}/{}{replicas}:  psql -h {} -p {} {}",
+            "Database {} → {}:{}/{}{replicas}{own_pool}:  psql -h {} -p {} {}",
             db.name,
             db.host,
             db.port,
@@ -157,7 +172,7 @@ fn databases(
     args: &ProxyArgs,
 ) -> anyhow::Result<Vec<pgopt_proxy::Database>> {
     let config = &root.proxy;
-    let database = |name: &str, url: &str, replicas| -> Result<_, String> {
+    let database = |name: &str, url: &str, replicas, pool| -> Result<_, String> {
         let up = upstream::parse(url)?;
         Ok(pgopt_proxy::Database {
             name: if name.is_empty() {
@@ -171,6 +186,7 @@ fn databases(
             user: up.user,
             password: up.password,
             replicas,
+            pool,
         })
     };
     // Each with the config key it came from, for messages.
@@ -181,8 +197,8 @@ fn databases(
         .unwrap_or_else(|| config.upstream.clone());
     if !url.is_empty() {
         let replicas = replicas(&root.routing, &args.replica);
-        let db =
-            database("", &url, replicas).map_err(|e| anyhow::anyhow!("proxy.upstream: {e}"))?;
+        let db = database("", &url, replicas, pgopt_proxy::DatabasePool::default())
+            .map_err(|e| anyhow::anyhow!("proxy.upstream: {e}"))?;
         databases.push(("proxy.upstream".into(), db));
     } else if !args.replica.is_empty() || !root.routing.replicas.is_empty() {
         anyhow::bail!(
@@ -191,8 +207,23 @@ fn databases(
         );
     }
     for (i, entry) in config.databases.iter().enumerate() {
+        if entry.name == pgopt_proxy::FALLBACK_DATABASE {
+            if !entry.replicas.is_empty() {
+                anyhow::bail!(
+                    "proxy.databases[{i}].replicas: the fallback database \"*\" cannot have \
+                     replicas; list the databases that read from replicas by name"
+                );
+            }
+            if upstream::names_database(&entry.upstream.0) {
+                anyhow::bail!(
+                    "proxy.databases[{i}].upstream: the fallback database \"*\" serves each \
+                     client the database of the name it asked for; leave the database out of \
+                     the URL (postgres://USER@HOST:PORT)"
+                );
+            }
+        }
         let replicas = config::proxy_replicas(&entry.replicas);
-        let db = database(&entry.name, &entry.upstream.0, replicas)
+        let db = database(&entry.name, &entry.upstream.0, replicas, entry.pool())
             .map_err(|e| anyhow::anyhow!("proxy.databases[{i}].upstream: {e}"))?;
         databases.push((format!("proxy.databases[{i}]"), db));
     }
@@ -226,10 +257,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
     let pool_mode = match args.pool_mode {
         Some(PoolModeArg::Session) => pgopt_proxy::PoolMode::Session,
         Some(PoolModeArg::Transaction) => pgopt_proxy::PoolMode::Transaction,
-        None => match config.pool_mode {
-            PoolMode::Session => pgopt_proxy::PoolMode::Session,
-            PoolMode::Transaction => pgopt_proxy::PoolMode::Transaction,
-        },
+        None => config.pool_mode.proxy(),
     };
     let client_auth = match config.auth {
         ClientAuthMethod::Trust => pgopt_proxy::ClientAuth::Trust,

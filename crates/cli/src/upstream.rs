@@ -65,6 +65,16 @@ pub fn parse(url: &str) -> Result<Upstream, String> {
     })
 }
 
+/// Whether `url` names a database (`…/DB`) rather than leaving it to the default.
+pub fn names_database(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .unwrap_or(url);
+    rest.split_once('/')
+        .is_some_and(|(_, path)| !path.split('?').next().unwrap_or_default().is_empty())
+}
+
 /// Percent-decoding (`%40` → `@`), for passwords with reserved characters.
 fn decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
@@ -106,6 +116,15 @@ mod tests {
             (u.host.as_str(), u.port, u.dbname.as_str()),
             ("::1", 6000, "bob")
         );
+    }
+
+    #[test]
+    fn tells_whether_a_database_is_named() {
+        assert!(names_database("postgres://app@h:5433/shop"));
+        assert!(names_database("postgresql://h/x?sslmode=require"));
+        assert!(!names_database("postgres://app:pw@h:5433"));
+        assert!(!names_database("postgres://app@h/"));
+        assert!(!names_database("postgres://h/?sslmode=require"));
     }
 
     #[test]

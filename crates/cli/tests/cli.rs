@@ -683,7 +683,7 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
         "databases.toml",
         &format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\ndefault_pool_size = 2\n\n\
-             [[proxy.databases]]\nname = \"rep\"\nupstream = \"{}\"\n",
+             [[proxy.databases]]\nname = \"rep\"\nupstream = \"{}\"\npool_mode = \"session\"\npool_size = 3\n",
             pg.url("postgres"),
             pg.url("reports")
         ),
@@ -704,6 +704,28 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
         assert!(out.status.success(), "{db}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), expected);
     }
+    // `rep` pools with its own mode and size, `postgres` with the proxy-wide ones.
+    let out = psql_through(&pg, port, "pgopt", "SHOW DATABASES");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let databases = text(&out.stdout);
+    let row = |name: &str| -> Vec<String> {
+        databases
+            .lines()
+            .map(|l| l.split('|').map(str::to_string).collect::<Vec<_>>())
+            .find(|cols| cols[0] == name)
+            .unwrap_or_else(|| panic!("no {name} in SHOW DATABASES:\n{databases}"))
+    };
+    // name|host|port|database|force_user|pool_size|min_pool_size|reserve_pool|pool_mode|…
+    assert_eq!(
+        (&*row("rep")[5], &*row("rep")[8]),
+        ("3", "session"),
+        "{databases}"
+    );
+    assert_eq!(
+        (&*row("postgres")[5], &*row("postgres")[8]),
+        ("2", "transaction"),
+        "{databases}"
+    );
     let out = psql_through(&pg, port, "reports", "SELECT 1");
     assert!(!out.status.success());
     assert!(
@@ -743,13 +765,45 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
         "{}",
         text(&out.stderr)
     );
+    // The fallback database takes the client's database name, and no replicas.
+    let fallback = temp_file(
+        "databases-fallback.toml",
+        &format!(
+            "[[proxy.databases]]\nname = \"*\"\nupstream = \"{}\"\n",
+            pg.url("postgres")
+        ),
+    );
+    let out = pgopt(&["--config", fallback.to_str().unwrap(), "proxy"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            "proxy.databases[0].upstream: the fallback database \"*\" serves each client the \
+             database of the name it asked for; leave the database out of the URL"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let fallback_replicas = temp_file(
+        "databases-fallback-replicas.toml",
+        "[[proxy.databases]]\nname = \"*\"\nupstream = \"postgres://app@127.0.0.1:5432\"\n\
+         replicas = [{ host = \"127.0.0.1\", port = 5433 }]\n",
+    );
+    let out = pgopt(&["--config", fallback_replicas.to_str().unwrap(), "proxy"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            "proxy.databases[0].replicas: the fallback database \"*\" cannot have replicas"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
     let out = pgopt(&["proxy", "--replica", "127.0.0.1:5432"]);
     assert!(
         text(&out.stderr).contains("replicas without proxy.upstream"),
         "{}",
         text(&out.stderr)
     );
-    for file in [config, twice, admin] {
+    for file in [config, twice, admin, fallback, fallback_replicas] {
         let _ = std::fs::remove_file(file);
     }
 }

@@ -272,7 +272,7 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
 
 fn unknown_db(shared: &Shared, db: Option<&str>) -> Option<String> {
     let db = db?;
-    let known = shared.config().databases.iter().any(|d| d.name == db);
+    let known = shared.config().database(db).is_some();
     (!known).then(|| format!("database \"{db}\" does not exist"))
 }
 

@@ -1,5 +1,6 @@
 //! The proxy's own typed configuration (the CLI builds it from `pgopt.toml` or flags).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -45,6 +46,20 @@ pub struct Database {
     /// Streaming replicas of this server: read-only transactions go to them (see
     /// [`Routing`]). They take the same login as the primary.
     pub replicas: Vec<Replica>,
+    /// This database's own pool settings (PgBouncer's per-database `pool_size=`,
+    /// `pool_mode=`); what is not set follows the proxy-wide value.
+    pub pool: DatabasePool,
+}
+
+/// Pool settings of one database that override the proxy-wide ones; `None` keeps
+/// the proxy-wide value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DatabasePool {
+    pub mode: Option<PoolMode>,
+    /// Instead of [`Config::default_pool_size`].
+    pub size: Option<usize>,
+    pub min_size: Option<usize>,
+    pub reserve_size: Option<usize>,
 }
 
 /// A streaming replica of a database's server.
@@ -212,6 +227,83 @@ pub struct ServerTls {
 
 /// The name of the virtual database that serves the admin console.
 pub const ADMIN_DATABASE: &str = "pgopt";
+
+/// The name of the fallback database (PgBouncer's `*`): a client asking for a database
+/// not listed gets the database of its own name on this entry's server, with this
+/// entry's login and pool settings. Its `dbname` is not used.
+pub const FALLBACK_DATABASE: &str = "*";
+
+impl Config {
+    /// The database clients reach by the name `name`: the entry of that name, else
+    /// the fallback entry (`*`) aimed at the server's database `name`. Never the admin
+    /// console, and never the `*` entry itself by name.
+    pub fn database(&self, name: &str) -> Option<Cow<'_, Database>> {
+        if name == ADMIN_DATABASE {
+            return None;
+        }
+        let listed = self
+            .databases
+            .iter()
+            .find(|d| d.name == name && d.name != FALLBACK_DATABASE);
+        if let Some(db) = listed {
+            return Some(Cow::Borrowed(db));
+        }
+        let fallback = self
+            .databases
+            .iter()
+            .find(|d| d.name == FALLBACK_DATABASE)?;
+        Some(Cow::Owned(Database {
+            name: name.to_string(),
+            dbname: name.to_string(),
+            ..fallback.clone()
+        }))
+    }
+
+    /// Whether `name` is served by the fallback entry rather than an entry of its own.
+    pub fn is_fallback(&self, name: &str) -> bool {
+        name != ADMIN_DATABASE
+            && !self
+                .databases
+                .iter()
+                .any(|d| d.name == name && d.name != FALLBACK_DATABASE)
+    }
+
+    /// What the proxy cannot serve as configured, in words for the operator.
+    pub fn check(&self) -> Result<(), String> {
+        for db in &self.databases {
+            if db.name == FALLBACK_DATABASE && !db.replicas.is_empty() {
+                return Err(format!(
+                    "the fallback database {FALLBACK_DATABASE:?} cannot have replicas: list the \
+                     databases that read from replicas by name"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool mode of `db`'s pools: its own, else the proxy-wide one.
+    pub fn pool_mode_of(&self, db: &Database) -> PoolMode {
+        db.pool.mode.unwrap_or(self.pool_mode)
+    }
+
+    /// Server connections per (database, user) for `db`: its own size, else
+    /// `default_pool_size`.
+    pub fn pool_size_of(&self, db: &Database) -> usize {
+        db.pool.size.unwrap_or(self.default_pool_size)
+    }
+
+    /// Connections kept open per pool of `db` (never more than its size).
+    pub fn min_pool_size_of(&self, db: &Database) -> usize {
+        db.pool
+            .min_size
+            .unwrap_or(self.min_pool_size)
+            .min(self.pool_size_of(db))
+    }
+
+    pub fn reserve_pool_size_of(&self, db: &Database) -> usize {
+        db.pool.reserve_size.unwrap_or(self.reserve_pool_size)
+    }
+}
 
 impl Default for Config {
     fn default() -> Self {

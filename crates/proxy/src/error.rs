@@ -21,6 +21,14 @@ pub enum ProxyError {
     Auth(#[from] pgopt_wire::AuthError),
     #[error("server {server}: {message}")]
     Server { server: String, message: String },
+    /// The server answered the log-in with an ErrorResponse.
+    #[error("server {server}: {message} ({code})")]
+    Refused {
+        server: String,
+        /// Its SQLSTATE.
+        code: String,
+        message: String,
+    },
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("TLS: {0}")]

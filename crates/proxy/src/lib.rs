@@ -42,8 +42,8 @@ use tokio::task::JoinHandle;
 pub use auth_query::DEFAULT_AUTH_QUERY;
 pub use cache::CacheSettings;
 pub use config::{
-    ClientAuth, ClientTls, Config, Database, PoolMode, ReadYourWrites, Replica, Routing, ServerTls,
-    ServerTlsMode, TlsMode, User, ADMIN_DATABASE,
+    ClientAuth, ClientTls, Config, Database, DatabasePool, PoolMode, ReadYourWrites, Replica,
+    Routing, ServerTls, ServerTlsMode, TlsMode, User, ADMIN_DATABASE, FALLBACK_DATABASE,
 };
 pub use error::ProxyError;
 pub use observe::InsightSettings;
@@ -69,6 +69,7 @@ impl Proxy {
     /// Binds `config.listen` (and `config.admin_listen` for `/metrics`) and starts
     /// serving clients on the current tokio runtime.
     pub async fn start(config: Config) -> Result<Proxy, ProxyError> {
+        config.check().map_err(ProxyError::Config)?;
         let users = auth::prepare_users(&config.users)?;
         let tls = shared::tls_acceptor_for(&config)?;
         let server_tls = server_tls::ServerTlsConnector::new(&config.server_tls)?;
@@ -106,7 +107,13 @@ impl Proxy {
         }
         if let Some(cache) = shared.cache.as_ref().filter(|c| c.settings.wal_listener) {
             let config = shared.config();
-            for db in &config.databases {
+            // The fallback's databases are not known in advance: writes to them that
+            // bypass pgopt are not followed.
+            let listed = config
+                .databases
+                .iter()
+                .filter(|db| db.name != FALLBACK_DATABASE);
+            for db in listed {
                 // Counted before any streams: nothing is served until all do.
                 cache
                     .counters

@@ -628,6 +628,18 @@ impl Pools {
         v
     }
 
+    /// Drops the pools `unused` picks that nothing else holds (no client, no lent
+    /// connection, no maintenance under way) and that keep no idle connection.
+    /// Checked under the map's lock, which every new holder goes through.
+    pub fn remove_unused(&self, unused: impl Fn(&Pool) -> bool) -> usize {
+        let mut map = lock(&self.map);
+        let before = map.len();
+        map.retain(|_, pool| {
+            !(Arc::strong_count(pool) == 1 && pool.idle_count() == 0 && unused(pool))
+        });
+        before - map.len()
+    }
+
     /// Drops `pool` from the map; clients using it keep it.
     pub fn remove(&self, pool: &Pool) -> Option<Arc<Pool>> {
         let key = (pool.database.clone(), pool.user.clone(), pool.node_index());

@@ -1790,7 +1790,7 @@ impl Relay {
                 checkout.conn.info.set_link(self.info.id);
                 self.info.set_link(checkout.conn.info.id);
                 self.info.set_state(ClientState::Active);
-                *lock(&self.cancel) = Some((checkout.conn.addr, checkout.conn.cancel_key));
+                *lock(&self.cancel) = Some(checkout.conn.cancel.clone());
                 self.status = checkout.conn.status;
                 self.server = Some(checkout);
                 self.ryw.replica = replica;

@@ -48,12 +48,24 @@ impl ServerTarget {
     }
 }
 
+/// Where a server connection's CancelRequests go: the address and key its backend
+/// gave, and, when the connection itself runs over TLS, how it was encrypted (the
+/// connector and the host name it was made to), so the cancel is encrypted the same
+/// way.
+#[derive(Debug)]
+pub struct CancelRoute {
+    pub addr: SocketAddr,
+    pub key: CancelRequest,
+    pub tls: Option<(ServerTlsConnector, String)>,
+}
+
 /// A logged-in server connection, ready for queries.
 #[derive(Debug)]
 pub struct ServerConn {
     pub stream: PgStream,
     pub addr: SocketAddr,
-    pub cancel_key: CancelRequest,
+    /// Shared with the client it is lent to, for that client's cancels.
+    pub cancel: Arc<CancelRoute>,
     /// ParameterStatus values from start-up, in order.
     pub params: Vec<(String, String)>,
     pub status: TransactionStatus,
@@ -256,13 +268,10 @@ impl ServerConn {
                     });
                 }
                 BackendMessage::ErrorResponse(e) => {
-                    return Err(ProxyError::Server {
+                    return Err(ProxyError::Refused {
                         server: server(),
-                        message: format!(
-                            "{} ({})",
-                            e.message().unwrap_or("error"),
-                            e.code().unwrap_or("?????")
-                        ),
+                        code: e.code().unwrap_or("?????").to_string(),
+                        message: e.message().unwrap_or("error").to_string(),
                     });
                 }
                 BackendMessage::ReadyForQuery(r) => {
@@ -271,11 +280,19 @@ impl ServerConn {
                         process_id: 0,
                         secret_key: 0,
                     });
+                    let tls = match (&target.tls, stream.is_tls()) {
+                        (Some(tls), true) => Some((tls.clone(), target.host.clone())),
+                        _ => None,
+                    };
                     return Ok(ServerConn {
                         info: Arc::new(ServerInfo::new(addr, local_addr, cancel_key.process_id)),
                         stream,
                         addr,
-                        cancel_key,
+                        cancel: Arc::new(CancelRoute {
+                            addr,
+                            key: cancel_key,
+                            tls,
+                        }),
                         params: server_params,
                         status: r.status,
                         prepared: HashSet::new(),
@@ -416,16 +433,35 @@ async fn send(stream: &mut PgStream, bytes: &[u8]) -> Result<(), ProxyError> {
     stream.flush().await.map_err(ProxyError::server_io)
 }
 
-/// Sends a CancelRequest for `key` to the server at `addr` (best effort).
-pub async fn send_cancel(addr: SocketAddr, key: CancelRequest) {
+/// Sends the CancelRequest of `route` to its server (best effort, within `timeout`):
+/// over TLS — SSLRequest, handshake, then the request — when the connection to be
+/// canceled uses TLS, in plain text otherwise.
+pub async fn send_cancel(route: &CancelRoute, timeout: Duration) {
     let mut out = BytesMut::with_capacity(16);
-    key.encode(&mut out);
-    match TcpStream::connect(addr).await {
-        Ok(mut stream) => {
-            let _ = stream.write_all(&out).await;
-            // The server closes the connection when it has read the request.
-            let _ = stream.read(&mut [0u8; 1]).await;
-        }
-        Err(e) => tracing::debug!(%addr, error = %e, "could not forward a cancel request"),
+    route.key.encode(&mut out);
+    let attempt = async {
+        let tcp = TcpStream::connect(route.addr)
+            .await
+            .map_err(ProxyError::server_io)?;
+        let mut stream = match &route.tls {
+            Some((tls, host)) => tls.negotiate(tcp, host).await?,
+            None => PgStream::Plain(tcp),
+        };
+        send(&mut stream, &out).await?;
+        // The server closes the connection when it has read the request.
+        let _ = stream.read(&mut [0u8; 1]).await;
+        Ok::<_, ProxyError>(())
+    };
+    let addr = route.addr;
+    let tls = route.tls.is_some();
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(%addr, tls, error = %e, "could not forward a cancel request"),
+        Err(_) => tracing::warn!(
+            %addr,
+            tls,
+            timeout_ms = timeout.as_millis() as u64,
+            "could not forward a cancel request in time"
+        ),
     }
 }

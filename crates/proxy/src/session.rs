@@ -21,6 +21,7 @@ use crate::io::{close_tls, send_fatal, write_all};
 use crate::pool::{CheckoutError, Pool, ServerParams};
 use crate::relay::Relay;
 use crate::routing::Routes;
+use crate::server::CancelRoute;
 use crate::session_state::Settings;
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::{ClientInfo, ClientState};
@@ -28,7 +29,7 @@ use crate::tls::ClientStream;
 use crate::ProxyError;
 
 /// Where a client's CancelRequest must go while it holds a server connection.
-pub type CancelTarget = Mutex<Option<(SocketAddr, CancelRequest)>>;
+pub type CancelTarget = Mutex<Option<Arc<CancelRoute>>>;
 pub type CancelSlot = Arc<CancelTarget>;
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -118,7 +119,7 @@ async fn session(
         };
         return admin::serve(stream, buf, shared.clone(), info.clone(), role).await;
     }
-    let Some(db) = config.databases.iter().find(|d| &d.name == database) else {
+    let Some(db) = config.database(database) else {
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
@@ -462,6 +463,12 @@ pub fn checkout_error(pool: &Pool, error: CheckoutError) -> (&'static str, Strin
                 pool.target.describe()
             ),
         ),
+        // A database the fallback entry sent the client to that the server lacks.
+        CheckoutError::Connect(ProxyError::Refused { code, message, .. })
+            if code == sqlstate::INVALID_CATALOG_NAME =>
+        {
+            (sqlstate::INVALID_CATALOG_NAME, message)
+        }
         CheckoutError::Connect(e) => (
             sqlstate::CONNECTION_FAILURE,
             format!("pgopt could not connect to the server: {e}"),

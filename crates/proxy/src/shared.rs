@@ -222,7 +222,8 @@ impl Shared {
         let paused = paused.0 || paused.1.contains(database);
         let config = self.config();
         let users = self.users();
-        let db = config.databases.iter().find(|d| d.name == database)?;
+        let db = config.database(database)?;
+        let db = db.as_ref();
         let server_tls = self.server_tls();
         let mut target = target_for(db, user, |name| users.get(name).or(found), server_tls);
         if let Some((_, n)) = &node {
@@ -230,16 +231,17 @@ impl Shared {
             target.port = n.port;
         }
         let index = node.as_ref().map_or(0, |(i, _)| i + 1);
+        let mode = config.pool_mode_of(db);
         Some(self.pools.get_or_replace(
             (database, user, index),
-            |pool| pool.target == target && pool.mode == config.pool_mode,
+            |pool| pool.target == target && pool.mode == mode,
             || {
                 let pool = Pool::new(
                     database,
                     user,
-                    config.pool_mode,
+                    mode,
                     target.clone(),
-                    limits_for(&config),
+                    limits_for(&config, db),
                     node,
                 );
                 if paused {
@@ -261,13 +263,15 @@ impl Shared {
             }
             (Some(db), false) => {
                 if paused.0 {
-                    // Everything was paused: now everything but `db` is.
+                    // Everything was paused: now everything but `db` is (the
+                    // fallback's databases too, by the name they go by).
                     paused.0 = false;
                     paused.1 = self
                         .config()
                         .databases
                         .iter()
                         .map(|d| d.name.clone())
+                        .chain(self.pools.list().iter().map(|p| p.database.clone()))
                         .collect();
                 }
                 paused.1.remove(db);
@@ -304,6 +308,18 @@ impl Shared {
             if roll {
                 period_start = Instant::now();
             }
+            // The fallback's pools are made on demand, one per database name a
+            // client asked for (existing or not): each goes once nothing uses it.
+            let config = self.config();
+            let dropped = self
+                .pools
+                .remove_unused(|p| config.is_fallback(&p.database));
+            if dropped > 0 {
+                tracing::debug!(
+                    pools = dropped,
+                    "dropped unused pools of the fallback database"
+                );
+            }
             for pool in self.pools.list() {
                 if roll {
                     pool.stats.roll_period(secs);
@@ -330,15 +346,15 @@ impl Shared {
 
     /// Forwards a client's CancelRequest to the server running its query, if any.
     pub async fn forward_cancel(&self, request: CancelRequest) {
-        let target = {
+        let route = {
             let cancels = lock(&self.cancels);
             cancels
                 .get(&(request.process_id, request.secret_key))
                 .and_then(Weak::upgrade)
-                .and_then(|slot| *lock(&slot))
+                .and_then(|slot| lock(&slot).clone())
         };
-        if let Some((addr, key)) = target {
-            send_cancel(addr, key).await;
+        if let Some(route) = route {
+            send_cancel(&route, self.config().server_connect_timeout).await;
         }
     }
 
@@ -377,6 +393,7 @@ impl Shared {
     /// already connected finish on the old ones). `listen`, `admin_listen` and
     /// `routing.safe_functions` need a restart.
     pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
+        new.check().map_err(ProxyError::Config)?;
         let users = prepare_users(&new.users)?;
         let tls = tls_acceptor_for(&new)?;
         let server_tls = ServerTlsConnector::new(&new.server_tls)?;
@@ -407,13 +424,13 @@ impl Shared {
             // Verdicts are cached per statement text and kept with prepared statements.
             tracing::warn!("routing.safe_functions changes take effect after a restart");
         }
-        let limits = limits_for(&new);
         let routers = {
             let old = self.routers.read().unwrap_or_else(|p| p.into_inner());
             routers_for(&new, &old)
         };
         for pool in self.pools.list() {
-            let db = new.databases.iter().find(|d| d.name == pool.database);
+            let db = new.database(&pool.database);
+            let db = db.as_deref();
             let same_server = db.is_some_and(|db| {
                 let mut target =
                     target_for(db, &pool.user, |name| users.get(name), server_tls.clone());
@@ -431,11 +448,14 @@ impl Shared {
                 let listed = users.contains_key(&target.user) || db.password.is_some();
                 target.same_login(&pool.target) && (!listed || target == pool.target)
             });
-            if same_server && new.pool_mode == pool.mode {
-                pool.set_limits(limits);
-            } else {
-                self.pools.remove(&pool);
-                pool.close_idle();
+            match db {
+                Some(db) if same_server && new.pool_mode_of(db) == pool.mode => {
+                    pool.set_limits(limits_for(&new, db));
+                }
+                _ => {
+                    self.pools.remove(&pool);
+                    pool.close_idle();
+                }
             }
         }
         let max = new.max_client_conn;
@@ -526,11 +546,12 @@ pub fn tls_acceptor_for(config: &Config) -> Result<Option<TlsAcceptor>, ProxyErr
     }
 }
 
-pub fn limits_for(config: &Config) -> PoolLimits {
+/// The limits of `db`'s pools: its own pool settings, else the proxy-wide ones.
+pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
     PoolLimits {
-        size: config.default_pool_size,
-        min_size: config.min_pool_size.min(config.default_pool_size),
-        reserve_size: config.reserve_pool_size,
+        size: config.pool_size_of(db),
+        min_size: config.min_pool_size_of(db),
+        reserve_size: config.reserve_pool_size_of(db),
         reserve_timeout: config.reserve_pool_timeout,
         connect_timeout: config.server_connect_timeout,
         idle_timeout: config.server_idle_timeout,

@@ -1,12 +1,13 @@
 //! The admin console's SHOW tables, with PgBouncer's column names where PgBouncer has
 //! the same figure, so its monitoring tools keep working.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::config::{ClientAuth, Config, PoolMode};
+use crate::config::{ClientAuth, Config, PoolMode, FALLBACK_DATABASE};
 use crate::routing::format_lsn;
 use crate::shared::Shared;
 use crate::stats::{format_time, unix_us_now, ServerState, Totals};
@@ -78,6 +79,7 @@ pub fn pools(shared: &Shared) -> Table {
         ("paused", Text),
         ("server_down", Text),
         ("node", Text),
+        ("pool_size", Int),
     ]);
     let now = unix_us_now();
     let mut max_wait: HashMap<(String, String), Duration> = HashMap::new();
@@ -109,6 +111,7 @@ pub fn pools(shared: &Shared) -> Table {
             t(yes_no(pool.is_paused())),
             t(yes_no(pool.is_down())),
             t(pool.node_name()),
+            n(pool.limits().size as u64),
         ]);
     }
     table
@@ -379,7 +382,21 @@ pub fn databases(shared: &Shared) -> Table {
     ]);
     let config = shared.config();
     let pools = shared.pools.list();
-    for db in &config.databases {
+    // The listed entries, then each database the fallback serves now.
+    let mut served: Vec<String> = pools
+        .iter()
+        .filter(|p| config.is_fallback(&p.database))
+        .map(|p| p.database.clone())
+        .collect();
+    served.sort();
+    served.dedup();
+    let databases = config
+        .databases
+        .iter()
+        .map(Cow::Borrowed)
+        .chain(served.iter().filter_map(|name| config.database(name)));
+    for db in databases {
+        let db = db.as_ref();
         let mine = pools.iter().filter(|p| p.database == db.name);
         let current: usize = mine
             .clone()
@@ -390,12 +407,13 @@ pub fn databases(shared: &Shared) -> Table {
             t(&db.name),
             t(&db.host),
             n(db.port),
-            t(&db.dbname),
+            // The fallback entry's database is each client's own.
+            (db.name != FALLBACK_DATABASE).then(|| db.dbname.clone()),
             db.user.clone(),
-            n(config.default_pool_size as u64),
-            n(config.min_pool_size as u64),
-            n(config.reserve_pool_size as u64),
-            t(mode_name(config.pool_mode)),
+            n(config.pool_size_of(db) as u64),
+            n(config.min_pool_size_of(db) as u64),
+            n(config.reserve_pool_size_of(db) as u64),
+            t(mode_name(config.pool_mode_of(db))),
             n(current as u64),
             t(yes_no(paused)),
         ]);

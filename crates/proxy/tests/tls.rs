@@ -1,10 +1,14 @@
 //! TLS to clients: psql with sslmode=require through the proxy, `tls_mode = require`
-//! refusing plain text, and unencrypted bytes smuggled behind an SSLRequest.
+//! refusing plain text, and unencrypted bytes smuggled behind an SSLRequest; TLS to
+//! servers, cancel requests included.
 
 mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::{config_for, run};
 use pgopt_embedded::Postgres;
@@ -302,4 +306,130 @@ async fn require_refuses_a_server_without_tls() {
     assert_eq!(common::code(&err), Some("08006"), "{err}");
     let message = err.as_db_error().unwrap().message();
     assert!(message.contains("does not accept TLS"), "{message}");
+}
+
+/// Lets only TLS reach the server from now on: `hostssl` lines alone in pg_hba.conf
+/// (the unix socket stays for `psql`), then a reload.
+fn hostssl_only(pg: &Postgres) {
+    std::fs::write(
+        pg.data_dir().join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+    )
+    .unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+}
+
+/// A TCP hop in front of the server that passes only connections opening with an
+/// SSLRequest (as a TLS-only network path would) and drops the rest, counted.
+///
+/// PostgreSQL itself reads a CancelRequest before it looks at pg_hba.conf, so even a
+/// `hostssl`-only server acts on a plain-text cancel (this test passed without TLS
+/// cancels until the gate was added): the gate is what tells the two apart.
+async fn tls_only_gate(server_port: u16) -> (u16, Arc<AtomicUsize>) {
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 8];
+                if inbound.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                if first != SSL_REQUEST {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await
+                else {
+                    return;
+                };
+                if outbound.write_all(&first).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (port, refused)
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_a_server_that_takes_only_tls() {
+    let dir = temp_dir("cancel");
+    let (cert, key) = certificate(&dir);
+    let pg = Postgres::builder().tls(&cert, &key).start().await.unwrap();
+    hostssl_only(&pg);
+    // Plain text is refused now.
+    let err = pg
+        .connect("postgres")
+        .await
+        .expect_err("plain text refused");
+    assert!(format!("{err:?}").contains("no encryption"), "{err:?}");
+
+    let (gate, refused) = tls_only_gate(pg.port()).await;
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.databases[0].port = gate;
+    config.server_tls = ServerTls {
+        mode: ServerTlsMode::Require,
+        ca_file: None,
+    };
+    let proxy = Proxy::start(config).await.unwrap();
+    let client = common::connect(&proxy, "postgres", None).await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the server connection is encrypted");
+    let token = client.cancel_token();
+    let watcher = common::connect(&proxy, "postgres", None).await.unwrap();
+    let canceller = tokio::spawn(async move {
+        // Cancel once the server shows the sleep running, however loaded the machine.
+        loop {
+            let running: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(30)%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if running > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Plain text to the proxy, which must encrypt it on to the server.
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.batch_execute("SELECT pg_sleep(30)"),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no cancel reached the server ({} plain-text connections refused)",
+            refused.load(Ordering::SeqCst)
+        )
+    })
+    .unwrap_err();
+    canceller.await.unwrap();
+    assert_eq!(common::code(&err), Some("57014"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        0,
+        "something went in plain text"
+    );
+    client.batch_execute("SELECT 1").await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use bounded::{Bounded, Scale};
 pub use cache::CacheSection;
 pub use duration::HumanDuration;
-pub use proxy::{ClientAuthMethod, PoolMode, ProxyConfig, ServerTlsModeSetting, TlsModeSetting};
+pub use proxy::{ClientAuthMethod, ProxyConfig, ServerTlsModeSetting, TlsModeSetting};
 pub use routing::{proxy_replicas, RoutingSection};
 
 /// The whole configuration tree. Each section is the small typed config of one part.

@@ -81,6 +81,39 @@ pub struct DatabaseEntry {
     /// This database's streaming replicas (`[routing]` holds the policy).
     #[serde(default)]
     pub replicas: Vec<super::routing::ReplicaEntry>,
+    /// This database's own pool settings, instead of `proxy.pool_mode`,
+    /// `proxy.default_pool_size`, `proxy.min_pool_size` and `proxy.reserve_pool_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_mode: Option<PoolMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<Bounded<1, 10000>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_pool_size: Option<Bounded<0, 10000>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_pool_size: Option<Bounded<0, 10000>>,
+}
+
+impl PoolMode {
+    /// The proxy's own type.
+    pub fn proxy(self) -> pgopt_proxy::PoolMode {
+        match self {
+            PoolMode::Session => pgopt_proxy::PoolMode::Session,
+            PoolMode::Transaction => pgopt_proxy::PoolMode::Transaction,
+        }
+    }
+}
+
+impl DatabaseEntry {
+    /// The pool settings the proxy takes for this database.
+    pub fn pool(&self) -> pgopt_proxy::DatabasePool {
+        let size = |b: Option<u32>| b.map(|v| v as usize);
+        pgopt_proxy::DatabasePool {
+            mode: self.pool_mode.map(PoolMode::proxy),
+            size: size(self.pool_size.map(Bounded::get)),
+            min_size: size(self.min_pool_size.map(Bounded::get)),
+            reserve_size: size(self.reserve_pool_size.map(Bounded::get)),
+        }
+    }
 }
 
 /// A user clients may log in as.

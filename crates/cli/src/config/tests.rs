@@ -8,7 +8,7 @@ fn err(text: &str) -> String {
 fn defaults_need_no_file() {
     let loaded = load(None, &[]).unwrap();
     assert_eq!(loaded.config.demo.clients.get(), 4);
-    assert_eq!(loaded.config.proxy.pool_mode, PoolMode::Transaction);
+    assert_eq!(loaded.config.proxy.pool_mode, proxy::PoolMode::Transaction);
 }
 
 #[test]
@@ -202,4 +202,64 @@ fn databases_take_a_name_an_upstream_and_replicas() {
     );
     assert_eq!(db.replicas[0].port, 5432);
     assert_eq!(db.replicas[0].weight.get(), 1);
+}
+
+#[test]
+fn databases_take_their_own_pool_settings() {
+    let config = parse_text(
+        "pgopt.toml",
+        "[proxy]\npool_mode = \"transaction\"\n\n[[proxy.databases]]\nname = \"reports\"\n\
+         upstream = \"postgres://a@h/r\"\npool_mode = \"session\"\npool_size = 3\n\
+         min_pool_size = 1\nreserve_pool_size = 2\n\n[[proxy.databases]]\nupstream = \"postgres://a@h/s\"\n",
+    )
+    .unwrap();
+    let own = config.proxy.databases[0].pool();
+    assert_eq!(own.mode, Some(pgopt_proxy::PoolMode::Session));
+    assert_eq!(
+        (own.size, own.min_size, own.reserve_size),
+        (Some(3), Some(1), Some(2))
+    );
+    assert_eq!(
+        config.proxy.databases[1].pool(),
+        pgopt_proxy::DatabasePool::default()
+    );
+    // Printed back, only the keys that were set appear, and read back the same.
+    let printed = toml::to_string(&config).unwrap();
+    let again = parse_text("printed", &printed).unwrap();
+    assert_eq!(again.proxy.databases[0].pool(), own);
+    assert_eq!(
+        again.proxy.databases[1].pool(),
+        pgopt_proxy::DatabasePool::default()
+    );
+}
+
+#[test]
+fn a_bad_database_pool_setting_is_named_with_its_line() {
+    let e = err("[[proxy.databases]]\nupstream = \"postgres://a@h/r\"\npool_size = 0\n");
+    assert_eq!(
+        e,
+        "pgopt.toml:3: proxy.databases[0].pool_size: expected an integer from 1 to 10000, found 0"
+    );
+    let e = err(
+        "[[proxy.databases]]\nupstream = \"postgres://a@h/r\"\n\n[[proxy.databases]]\n\
+         upstream = \"postgres://a@h/s\"\npool_mode = \"statement\"\n",
+    );
+    assert!(
+        e.starts_with(
+            "pgopt.toml:6: proxy.databases[1].pool_mode: expected `session` or `transaction`, found `statement`"
+        ),
+        "{e}"
+    );
+    let e = err("[[proxy.databases]]\nupstream = \"postgres://a@h/r\"\nmin_pool_size = -1\n");
+    assert!(
+        e.starts_with(
+            "pgopt.toml:3: proxy.databases[0].min_pool_size: expected an integer from 0 to 10000"
+        ),
+        "{e}"
+    );
+    let e = err("[[proxy.databases]]\nupstream = \"postgres://a@h/r\"\npool_size = \"big\"\n");
+    assert!(
+        e.starts_with("pgopt.toml:3: proxy.databases[0].pool_size: expected an integer from 1 to 10000, found string"),
+        "{e}"
+    );
 }

@@ -23,6 +23,7 @@ pub fn config_for(pg: &Postgres, mode: PoolMode, pool_size: usize) -> Config {
             user: None,
             password: pg.password().map(str::to_string),
             replicas: Vec::new(),
+            pool: Default::default(),
         }],
         ..Config::default()
     }

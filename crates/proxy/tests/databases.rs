@@ -1,0 +1,314 @@
+//! Several databases behind one proxy, each with its own pool settings, against a real
+//! PostgreSQL.
+
+use std::time::Duration;
+
+mod common;
+
+use common::{admin, code, config_for, show};
+use pgopt_embedded::Postgres;
+use pgopt_proxy::{Database, DatabasePool, PoolMode, Proxy};
+use tokio_postgres::NoTls;
+
+/// A database clients call `name`, on `pg`'s database `dbname`.
+fn database(pg: &Postgres, name: &str, dbname: &str, pool: DatabasePool) -> Database {
+    Database {
+        name: name.into(),
+        host: "127.0.0.1".into(),
+        port: pg.port(),
+        dbname: dbname.into(),
+        user: None,
+        password: pg.password().map(str::to_string),
+        replicas: Vec::new(),
+        pool,
+    }
+}
+
+/// A client of the proxy's database `db` as `postgres`.
+async fn connect_to(
+    proxy: &Proxy,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname(db)
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// The SHOW `what` row whose `key` column is `value`.
+async fn row_of(
+    console: &tokio_postgres::Client,
+    what: &str,
+    key: &str,
+    value: &str,
+) -> std::collections::HashMap<String, String> {
+    show(console, what)
+        .await
+        .into_iter()
+        .find(|r| r[key] == value)
+        .unwrap_or_else(|| panic!("no SHOW {what} row with {key} = {value}"))
+}
+
+#[tokio::test]
+async fn each_database_pools_with_its_own_mode_and_size() {
+    let pg = Postgres::start().await.unwrap();
+    // Proxy-wide: transaction mode, 4 connections per pool.
+    let mut config = config_for(&pg, PoolMode::Transaction, 4);
+    config.admin_users = vec!["postgres".into()];
+    let session_of_one = DatabasePool {
+        mode: Some(PoolMode::Session),
+        size: Some(1),
+        ..DatabasePool::default()
+    };
+    config.databases = vec![
+        database(&pg, "sess", "postgres", session_of_one),
+        database(&pg, "txn", "postgres", DatabasePool::default()),
+    ];
+    let proxy = Proxy::start(config).await.unwrap();
+    let console = admin(&proxy).await;
+
+    // `sess` is in session mode: a temporary table outlives its transaction (transaction
+    // mode refuses to create one).
+    let first = connect_to(&proxy, "sess").await.unwrap();
+    first
+        .batch_execute("CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1)")
+        .await
+        .unwrap();
+    first
+        .batch_execute("BEGIN; INSERT INTO scratch VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    let rows: i64 = first
+        .query_one("SELECT count(*) FROM scratch", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2);
+
+    // `sess` has one server connection, held by `first` while it is connected (even
+    // idle): a second client waits for it...
+    let second = connect_to(&proxy, "sess").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let n: i32 = second.query_one("SELECT 7", &[]).await?.get(0);
+        Ok::<_, tokio_postgres::Error>((second, n))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pool = row_of(&console, "POOLS", "database", "sess").await;
+        if pool["cl_waiting"] == "1" {
+            assert_eq!(pool["sv_active"], "1", "{pool:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nobody waits: {pool:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second client got a second server connection"
+    );
+    // ...until the first one leaves.
+    drop(first);
+    let (second, n) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the second client still waits after the first left")
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 7);
+    // Its session is fresh: the first client's temporary table went with DISCARD ALL.
+    let err = second
+        .batch_execute("SELECT * FROM scratch")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some("42P01"), "{err}");
+
+    // `txn` keeps the proxy-wide settings: transaction mode refuses a temporary table,
+    // and two clients hold transactions at once.
+    let a = connect_to(&proxy, "txn").await.unwrap();
+    let err = a
+        .batch_execute("CREATE TEMP TABLE t (x int)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    let b = connect_to(&proxy, "txn").await.unwrap();
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), b.batch_execute("BEGIN; SELECT 1"))
+        .await
+        .expect("txn's pool has more than one connection")
+        .unwrap();
+
+    // The admin console shows each pool's own mode and size.
+    let sess = row_of(&console, "POOLS", "database", "sess").await;
+    assert_eq!((&*sess["pool_mode"], &*sess["pool_size"]), ("session", "1"));
+    let txn = row_of(&console, "POOLS", "database", "txn").await;
+    assert_eq!(
+        (&*txn["pool_mode"], &*txn["pool_size"]),
+        ("transaction", "4")
+    );
+    assert_eq!(txn["sv_active"], "2");
+    let sess = row_of(&console, "DATABASES", "name", "sess").await;
+    assert_eq!((&*sess["pool_mode"], &*sess["pool_size"]), ("session", "1"));
+    let txn = row_of(&console, "DATABASES", "name", "txn").await;
+    assert_eq!(
+        (&*txn["pool_mode"], &*txn["pool_size"]),
+        ("transaction", "4")
+    );
+    a.batch_execute("COMMIT").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+    drop(second);
+}
+
+#[tokio::test]
+async fn reload_applies_a_databases_own_pool_settings() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 4);
+    config.admin_users = vec!["postgres".into()];
+    config.databases = vec![database(&pg, "one", "postgres", DatabasePool::default())];
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let console = admin(&proxy).await;
+    let client = connect_to(&proxy, "one").await.unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+    assert_eq!(
+        row_of(&console, "POOLS", "database", "one").await["pool_size"],
+        "4"
+    );
+
+    // Its own size: the pool is resized in place.
+    config.databases[0].pool.size = Some(2);
+    config.databases[0].pool.min_size = Some(1);
+    let reloaded = config.clone();
+    proxy.handle().set_reloader(move || Ok(reloaded.clone()));
+    console.simple_query("RELOAD").await.unwrap();
+    let pool = row_of(&console, "POOLS", "database", "one").await;
+    assert_eq!(
+        (&*pool["pool_size"], &*pool["pool_mode"]),
+        ("2", "transaction")
+    );
+    let db = row_of(&console, "DATABASES", "name", "one").await;
+    assert_eq!((&*db["pool_size"], &*db["min_pool_size"]), ("2", "1"));
+
+    // Its own mode: new clients get a session-mode pool.
+    config.databases[0].pool.mode = Some(PoolMode::Session);
+    let reloaded = config.clone();
+    proxy.handle().set_reloader(move || Ok(reloaded.clone()));
+    console.simple_query("RELOAD").await.unwrap();
+    let client = connect_to(&proxy, "one").await.unwrap();
+    client
+        .batch_execute("CREATE TEMP TABLE kept (x int)")
+        .await
+        .unwrap();
+    assert_eq!(
+        row_of(&console, "POOLS", "database", "one").await["pool_mode"],
+        "session"
+    );
+}
+
+/// `(current_database(), inet_server_port())` as a client of the proxy sees them.
+async fn whereabouts(client: &tokio_postgres::Client) -> (String, i32) {
+    let row = client
+        .query_one("SELECT current_database()::text, inet_server_port()", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn the_fallback_database_serves_unlisted_names_from_its_server() {
+    let listed = Postgres::start().await.unwrap();
+    let other = Postgres::start().await.unwrap();
+    // Databases only `other` has, and two names the proxy must not send there.
+    for name in ["alpha", "beta", "app", "pgopt"] {
+        other.create_database(name).await.unwrap();
+    }
+    let mut config = config_for(&listed, PoolMode::Transaction, 4);
+    config.admin_users = vec!["postgres".into()];
+    config.server_idle_timeout = Duration::from_secs(1);
+    let fallback_pool = DatabasePool {
+        mode: Some(PoolMode::Session),
+        size: Some(3),
+        ..DatabasePool::default()
+    };
+    // Its dbname is not used: each client gets the database of its own name.
+    config
+        .databases
+        .push(database(&other, "*", "unused", fallback_pool));
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let other_port = i32::from(other.port());
+
+    let alpha = connect_to(&proxy, "alpha").await.unwrap();
+    assert_eq!(whereabouts(&alpha).await, ("alpha".into(), other_port));
+    let beta = connect_to(&proxy, "beta").await.unwrap();
+    assert_eq!(whereabouts(&beta).await, ("beta".into(), other_port));
+    // A listed name keeps its own server, although `other` has a database of that name.
+    let app = connect_to(&proxy, "app").await.unwrap();
+    assert_eq!(
+        whereabouts(&app).await,
+        ("postgres".into(), i32::from(listed.port()))
+    );
+    // The admin console keeps its name.
+    let console = admin(&proxy).await;
+    let pools = show(&console, "POOLS").await;
+    let fallback: Vec<_> = pools
+        .iter()
+        .filter(|p| p["database"] == "alpha" || p["database"] == "beta")
+        .collect();
+    assert_eq!(fallback.len(), 2, "{pools:?}");
+    for pool in fallback {
+        // The `*` entry's own pool settings.
+        assert_eq!((&*pool["pool_mode"], &*pool["pool_size"]), ("session", "3"));
+    }
+    let databases = show(&console, "DATABASES").await;
+    let row = |name: &str| {
+        databases
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in SHOW DATABASES: {databases:?}"))
+    };
+    assert_eq!(row("alpha")["database"], "alpha");
+    assert_eq!(row("alpha")["port"], other.port().to_string());
+    assert_eq!(row("*")["database"], "");
+    assert_eq!(row("app")["port"], listed.port().to_string());
+
+    // A name the server lacks is the server's 3D000.
+    let err = connect_to(&proxy, "nosuch").await.unwrap_err();
+    assert_eq!(code(&err), Some("3D000"), "{err}");
+
+    // The fallback's pools go once unused (here: their idle connections time out).
+    drop((alpha, beta));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let names: Vec<String> = show(&console, "POOLS")
+            .await
+            .into_iter()
+            .map(|p| p["database"].clone())
+            .collect();
+        if names == ["app"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fallback's pools stay: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And come back on demand.
+    let alpha = connect_to(&proxy, "alpha").await.unwrap();
+    assert_eq!(whereabouts(&alpha).await, ("alpha".into(), other_port));
+
+    // The fallback cannot have replicas.
+    config.databases[1].replicas = vec![pgopt_proxy::Replica {
+        host: "127.0.0.1".into(),
+        port: other.port(),
+        weight: 1,
+    }];
+    let err = Proxy::start(config).await.err().expect("replicas refused");
+    assert!(err.to_string().contains("cannot have replicas"), "{err}");
+}
