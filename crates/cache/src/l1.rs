@@ -11,6 +11,7 @@ use moka::notification::RemovalCause;
 use moka::Expiry;
 
 use crate::key::Key;
+use crate::tables::TableSet;
 use crate::versions::{Snapshot, Versions};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,6 +37,15 @@ struct Entry {
     snapshot: Snapshot,
     value: Bytes,
     ttl: Duration,
+    /// The per-table counters of the tables it read (evictions count there).
+    tables: TableSet,
+}
+
+/// An entry found current: its value and its tables' counters.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub value: Bytes,
+    pub tables: TableSet,
 }
 
 /// Bookkeeping bytes counted per entry on top of its key and value.
@@ -86,10 +96,14 @@ impl L1 {
                 u32::try_from(e.key.len() + e.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
             .expire_after(ByTtl)
-            .eviction_listener(move |_, _, cause| {
-                if cause == RemovalCause::Size {
+            // Invalidated entries (Explicit) and replaced ones are not counted.
+            .eviction_listener(move |_, entry: Arc<Entry>, cause| match cause {
+                RemovalCause::Size => {
                     evicted.evictions.fetch_add(1, Relaxed);
+                    entry.tables.evicted();
                 }
+                RemovalCause::Expired => entry.tables.expired(),
+                RemovalCause::Explicit | RemovalCause::Replaced => {}
             })
             .build();
         L1 {
@@ -101,6 +115,11 @@ impl L1 {
 
     /// The value of `key` if held, unexpired and current at `versions`.
     pub fn get(&self, key: &Key, versions: &Versions) -> Option<Bytes> {
+        self.lookup(key, versions).map(|hit| hit.value)
+    }
+
+    /// [`L1::get`], with the counters of the entry's tables.
+    pub fn lookup(&self, key: &Key, versions: &Versions) -> Option<Hit> {
         let found = self
             .cache
             .get(&key.hash())
@@ -116,18 +135,30 @@ impl L1 {
             return None;
         }
         self.counters.hits.fetch_add(1, Relaxed);
-        Some(entry.value.clone())
+        Some(Hit {
+            value: entry.value.clone(),
+            tables: entry.tables.clone(),
+        })
     }
 
     /// Stores `value` for `ttl` (less up to the jitter); admission may still turn it
-    /// away when L1 is full of more popular entries.
-    pub fn insert(&self, key: Key, snapshot: Snapshot, value: Bytes, ttl: Duration) {
+    /// away when L1 is full of more popular entries. `tables`: the counters its
+    /// eviction or expiry counts in.
+    pub fn insert(
+        &self,
+        key: Key,
+        snapshot: Snapshot,
+        value: Bytes,
+        ttl: Duration,
+        tables: TableSet,
+    ) {
         let ttl = ttl.mul_f64(1.0 - self.jitter * unit_random(key.hash()));
         let entry = Entry {
             key: key.bytes().into(),
             snapshot,
             value,
             ttl,
+            tables,
         };
         self.cache.insert(key.hash(), Arc::new(entry));
     }
@@ -135,6 +166,11 @@ impl L1 {
     /// Drops every entry.
     pub fn clear(&self) {
         self.cache.invalidate_all();
+    }
+
+    /// Runs moka's pending maintenance (evictions and expiries are counted then).
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
     }
 
     pub fn stats(&self) -> L1Stats {

@@ -36,6 +36,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 use sha2::Sha256;
 
 use crate::key::Key;
+use crate::tables::{Source, TableStats};
 use crate::versions::Versions;
 
 /// `[cache.redis]` settings.
@@ -288,10 +289,12 @@ fn first_version() -> u64 {
 impl L2 {
     /// Starts connecting (in the background: a Redis that is down now only means
     /// misses until it is up). `flush` empties L1 and bumps every version: called when
-    /// invalidations may have been missed. Call within a Tokio runtime.
+    /// invalidations may have been missed. Other instances' invalidation messages are
+    /// counted in `tables` ([`Source::Bus`]). Call within a Tokio runtime.
     pub fn start(
         config: RedisConfig,
         versions: Arc<Versions>,
+        tables: Arc<TableStats>,
         flush: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<Arc<L2>, redis::RedisError> {
         let ca = match &config.ca_file {
@@ -330,7 +333,7 @@ impl L2 {
             );
         }
         let keeper = tokio::spawn(keep_connected(Arc::downgrade(&l2)));
-        let listener = tokio::spawn(listen(Arc::downgrade(&l2), versions, flush));
+        let listener = tokio::spawn(listen(Arc::downgrade(&l2), versions, tables, flush));
         l2.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -742,7 +745,12 @@ async fn keep_connected(l2: Weak<L2>) {
 
 /// Follows the invalidation channel: moves local versions, flushes L1 on a gap or a
 /// dropped subscription, resubscribes with backoff.
-async fn listen(l2: Weak<L2>, versions: Arc<Versions>, flush: Arc<dyn Fn() + Send + Sync>) {
+async fn listen(
+    l2: Weak<L2>,
+    versions: Arc<Versions>,
+    tables: Arc<TableStats>,
+    flush: Arc<dyn Fn() + Send + Sync>,
+) {
     use futures_util::StreamExt;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -803,7 +811,9 @@ async fn listen(l2: Weak<L2>, versions: Arc<Versions>, flush: Arc<dyn Fn() + Sen
             }
             this.counters.messages.fetch_add(1, Relaxed);
             let payload = msg.get_payload_bytes();
-            let applied = apply(payload, &mut last, &versions);
+            // Another instance's commit counts per table (this one's counted locally).
+            let foreign = write_of(payload).is_some_and(|(instance, _)| instance != this.instance);
+            let applied = apply(payload, &mut last, &versions, foreign.then_some(&*tables));
             if !applied {
                 this.counters.flushes.fetch_add(1, Relaxed);
                 tracing::warn!("an invalidation message was missed: the local cache is flushed");
@@ -838,8 +848,14 @@ fn write_of(payload: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// Applies one message; `false` when invalidations may have been missed (a gap or a
-/// restart in the sender's sequence, or an unreadable message).
-fn apply(payload: &[u8], last: &mut HashMap<u64, u64>, versions: &Versions) -> bool {
+/// restart in the sender's sequence, or an unreadable message). A commit's tables are
+/// counted in `count` when given.
+fn apply(
+    payload: &[u8],
+    last: &mut HashMap<u64, u64>,
+    versions: &Versions,
+    count: Option<&TableStats>,
+) -> bool {
     let mut parts = payload.split(|&b| b == 0).map(std::str::from_utf8);
     let (Some(Ok(kind)), Some(Ok(instance)), Some(Ok(seq))) =
         (parts.next(), parts.next(), parts.next())
@@ -870,6 +886,10 @@ fn apply(payload: &[u8], last: &mut HashMap<u64, u64>, versions: &Versions) -> b
                 (None, None) => break,
                 _ => return false,
             }
+        }
+        if let Some(stats) = count {
+            let tables: Vec<&str> = changed.iter().map(|(t, _)| *t).collect();
+            stats.invalidated(&tables, Source::Bus, versions);
         }
         versions.observe_tracked(changed);
     }
@@ -1034,26 +1054,37 @@ mod tests {
         let v = Versions::default();
         v.observe([("t", 1)]);
         let mut last = HashMap::new();
-        assert!(apply(b"w\x005\x0010\x00t\x002", &mut last, &v));
+        assert!(apply(b"w\x005\x0010\x00t\x002", &mut last, &v, None));
         assert_eq!(v.snapshot(&["t"]).remote().next(), Some(("t", 2)));
-        assert!(apply(b"w\x005\x0011\x00t\x003\x00u\x001", &mut last, &v));
+        assert!(apply(
+            b"w\x005\x0011\x00t\x003\x00u\x001",
+            &mut last,
+            &v,
+            None
+        ));
         assert_eq!(
             v.snapshot(&["u"]).remote().next(),
             Some(("u", 0)),
             "untracked"
         );
-        assert!(apply(b"hb\x005\x0011", &mut last, &v));
+        assert!(apply(b"hb\x005\x0011", &mut last, &v, None));
         assert!(
-            !apply(b"hb\x005\x0012", &mut last, &v),
+            !apply(b"hb\x005\x0012", &mut last, &v, None),
             "a lost last message"
         );
-        assert!(!apply(b"w\x005\x0014\x00t\x004", &mut last, &v), "a gap");
-        assert!(!apply(b"w\x005\x001\x00t\x001", &mut last, &v), "a restart");
         assert!(
-            apply(b"w\x006\x0099", &mut last, &v),
+            !apply(b"w\x005\x0014\x00t\x004", &mut last, &v, None),
+            "a gap"
+        );
+        assert!(
+            !apply(b"w\x005\x001\x00t\x001", &mut last, &v, None),
+            "a restart"
+        );
+        assert!(
+            apply(b"w\x006\x0099", &mut last, &v, None),
             "another instance's first"
         );
-        assert!(!apply(b"w\x005", &mut last, &v));
-        assert!(!apply(b"w\x005\x002\x00t", &mut last, &v));
+        assert!(!apply(b"w\x005", &mut last, &v, None));
+        assert!(!apply(b"w\x005\x002\x00t", &mut last, &v, None));
     }
 }

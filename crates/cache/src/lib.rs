@@ -15,17 +15,21 @@
 //! - **One trip per key:** concurrent misses on one key wait for the first one's fill
 //!   ([`Flights`]); a failed or abandoned fill lets the waiters through, never caches an
 //!   error.
+//! - **Per-table counters:** hits, misses, fills, evictions and invalidations of each
+//!   table an entry depends on ([`TableStats`]), for a bounded number of tables.
 
 mod flight;
 mod key;
 mod l1;
 mod l2;
+mod tables;
 mod versions;
 
 pub use flight::{Flight, Flights, Joined};
 pub use key::{Key, KeyBuilder};
-pub use l1::{L1Config, L1Stats, L1};
+pub use l1::{Hit, L1Config, L1Stats, L1};
 pub use l2::{Found, L2Counters, RedisConfig, L2};
+pub use tables::{Source, TableCounters, TableRow, TableSet, TableStats, OTHER};
 pub use versions::{Snapshot, Versions};
 
 use std::future::Future;
@@ -39,6 +43,7 @@ use bytes::Bytes;
 pub struct FillTicket {
     key: Key,
     snapshot: Snapshot,
+    tables: TableSet,
 }
 
 impl FillTicket {
@@ -50,12 +55,19 @@ impl FillTicket {
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
+
+    /// The counters of the tables the fill reads.
+    pub fn tables(&self) -> &TableSet {
+        &self.tables
+    }
 }
 
 /// L1 plus table versions: what the proxy and the library use.
 pub struct ResultCache {
     pub l1: L1,
     pub versions: Arc<Versions>,
+    /// What was done for each table (see [`TableStats`]).
+    pub tables: Arc<TableStats>,
     pub flights: Flights,
     /// How long a caller waits for another's fill of the same key before it runs
     /// its own (the leader may hang).
@@ -64,9 +76,16 @@ pub struct ResultCache {
 
 impl ResultCache {
     pub fn new(config: L1Config) -> ResultCache {
+        ResultCache::with_tables(config, TableStats::default())
+    }
+
+    /// A cache whose per-table counters are `tables` (its cap, its tag for every
+    /// table).
+    pub fn with_tables(config: L1Config, tables: TableStats) -> ResultCache {
         ResultCache {
             l1: L1::new(config),
             versions: Arc::new(Versions::default()),
+            tables: Arc::new(tables),
             flights: Flights::default(),
             flight_timeout: Duration::from_secs(5),
         }
@@ -78,10 +97,17 @@ impl ResultCache {
         self.l1.get(key, &self.versions)
     }
 
+    /// [`ResultCache::get`], with the counters of the entry's tables (nothing is
+    /// counted per table here: the caller counts the hit).
+    pub fn lookup(&self, key: &Key) -> Option<Hit> {
+        self.l1.lookup(key, &self.versions)
+    }
+
     /// Starts filling `key` from a query over `tables`: call before the query runs.
     pub fn begin_fill<S: AsRef<str>>(&self, key: Key, tables: &[S]) -> FillTicket {
         FillTicket {
             snapshot: self.versions.snapshot(tables),
+            tables: self.tables.resolve(tables),
             key,
         }
     }
@@ -92,14 +118,33 @@ impl ResultCache {
         if !self.versions.is_current(&ticket.snapshot) {
             return false;
         }
-        self.l1.insert(ticket.key, ticket.snapshot, value, ttl);
+        self.l1
+            .insert(ticket.key, ticket.snapshot, value, ttl, ticket.tables);
         true
     }
 
     /// A write to `tables` committed: every entry that read one of them is invalid
-    /// from now on.
+    /// from now on. Counted per table as a [`Source::Local`] invalidation.
     pub fn invalidate<S: AsRef<str>>(&self, tables: &[S]) {
+        self.invalidate_from(tables, Source::Local);
+    }
+
+    /// [`ResultCache::invalidate`], counted per table as coming from `source`.
+    pub fn invalidate_from<S: AsRef<str>>(&self, tables: &[S], source: Source) {
         self.versions.bump(tables);
+        self.tables.invalidated(tables, source, &self.versions);
+    }
+
+    /// [`ResultCache::complete_fill`], counted per table as stored or not.
+    pub fn complete_fill_counted(&self, ticket: FillTicket, value: Bytes, ttl: Duration) -> bool {
+        let tables = ticket.tables.clone();
+        let stored = self.complete_fill(ticket, value, ttl);
+        if stored {
+            tables.stored();
+        } else {
+            tables.not_stored();
+        }
+        stored
     }
 
     /// The library form (DESIGN.md §11): the value under `key`, else `fill`'s, stored
@@ -119,14 +164,16 @@ impl ResultCache {
         Fut: Future<Output = Result<Bytes, E>>,
     {
         loop {
-            if let Some(hit) = self.get(&key) {
-                return Ok(hit);
+            if let Some(hit) = self.lookup(&key) {
+                hit.tables.hit();
+                return Ok(hit.value);
             }
             match self.flights.join(&key) {
                 Joined::Leader(flight) => {
                     let ticket = self.begin_fill(key, tags);
+                    ticket.tables.miss();
                     let value = fill().await?;
-                    self.complete_fill(ticket, value.clone(), ttl);
+                    self.complete_fill_counted(ticket, value.clone(), ttl);
                     drop(flight); // wakes the waiters
                     return Ok(value);
                 }
@@ -138,8 +185,9 @@ impl ResultCache {
                     {
                         // The leader hangs: fill for this caller.
                         let ticket = self.begin_fill(key, tags);
+                        ticket.tables.miss();
                         let value = fill().await?;
-                        self.complete_fill(ticket, value.clone(), ttl);
+                        self.complete_fill_counted(ticket, value.clone(), ttl);
                         return Ok(value);
                     }
                 }

@@ -156,6 +156,12 @@ impl Versions {
         }
     }
 
+    /// Whether some snapshot has taken `table` (entries may depend on it).
+    pub fn tracks(&self, table: &str) -> bool {
+        let map = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        map.contains_key(table)
+    }
+
     /// The local version of one table.
     pub fn get(&self, table: &str) -> u64 {
         let map = self.tables.read().unwrap_or_else(|p| p.into_inner());

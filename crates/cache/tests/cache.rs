@@ -182,3 +182,40 @@ async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     }
     out
 }
+
+#[tokio::test]
+async fn get_or_set_and_evictions_count_per_table() {
+    // Smaller than any entry: whatever is stored is dropped for space.
+    let tiny = ResultCache::new(L1Config {
+        max_bytes: 1,
+        ..L1Config::default()
+    });
+    let c = cache();
+    for cache in [&c, &tiny] {
+        for _ in 0..3 {
+            let got = cache
+                .get_or_set(key("SELECT * FROM t JOIN u"), &["t", "u"], TTL, || async {
+                    Ok::<_, ()>(Bytes::from_static(b"rows"))
+                })
+                .await;
+            assert_eq!(got.as_deref(), Ok(&b"rows"[..]));
+            // Evictions happen in moka's maintenance: now, not at some later write.
+            cache.l1.run_pending_tasks();
+        }
+        cache.invalidate(&["u"]);
+        cache.l1.run_pending_tasks();
+    }
+    let figures = |cache: &ResultCache| {
+        cache
+            .tables
+            .rows()
+            .iter()
+            .map(|r| (r.table.clone(), [r.hits, r.misses, r.stored, r.evictions]))
+            .collect::<Vec<_>>()
+    };
+    let both = |f: [u64; 4]| vec![("t".to_string(), f), ("u".to_string(), f)];
+    assert_eq!(figures(&c), both([2, 1, 1, 0]));
+    assert_eq!(figures(&tiny), both([0, 3, 3, 3]));
+    assert_eq!(c.tables.rows()[1].invalidations, [1, 0, 0]);
+    assert_eq!(c.tables.rows()[0].invalidations, [0, 0, 0]);
+}

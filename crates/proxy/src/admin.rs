@@ -55,6 +55,13 @@ pub fn parse(sql: &str) -> Result<Command, String> {
     let command = match upper(0).as_deref() {
         None => Command::Empty,
         Some("SHOW") if words.len() == 2 => Command::Show(words[1].to_ascii_lowercase()),
+        Some("SHOW")
+            if words.len() == 3
+                && upper(1).as_deref() == Some("CACHE")
+                && upper(2).as_deref() == Some("TABLES") =>
+        {
+            Command::Show("cache tables".into())
+        }
         Some("RELOAD") if words.len() == 1 => Command::Reload,
         Some("PAUSE") if words.len() <= 2 => Command::Pause(name(1)),
         Some("RESUME") if words.len() <= 2 => Command::Resume(name(1)),
@@ -216,6 +223,7 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
                 "plans" => insight_views::plans(shared),
                 "replicas" => views::replicas(shared),
                 "cache" => crate::cache::view(shared.cache.as_deref()),
+                "cache tables" => crate::cache_views::tables(shared.cache.as_deref()),
                 other => {
                     let message =
                         format!("SHOW {other}: no such view; SHOW HELP lists the admin commands");

@@ -20,7 +20,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::views::{n, t, Kind, Table};
 use pgopt_cache::{
-    FillTicket, Flight, Key, KeyBuilder, L1Config, L2Counters, RedisConfig, ResultCache, L2,
+    FillTicket, Flight, Key, KeyBuilder, L1Config, L2Counters, RedisConfig, ResultCache, Source,
+    TableStats, L2,
 };
 use pgopt_sql::{Analysis, StatementKind};
 use pgopt_wire::frontend::{Bind, Describe, Execute, Parse};
@@ -28,6 +29,10 @@ use pgopt_wire::{Frame, Target};
 
 /// The tag every entry carries; bumping it invalidates everything.
 pub const ALL: &str = "*";
+
+/// Tables counted one by one (SHOW CACHE TABLES); reads of more share one `(other)`
+/// row.
+pub const MAX_TABLES: usize = 1_000;
 
 /// `[cache]` settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -389,19 +394,30 @@ impl ProxyCache {
         if !settings.enabled {
             return Ok(None);
         }
-        let cache = ResultCache::new(L1Config {
-            max_bytes: settings.max_bytes,
-            ..L1Config::default()
-        });
+        let cache = ResultCache::with_tables(
+            L1Config {
+                max_bytes: settings.max_bytes,
+                ..L1Config::default()
+            },
+            TableStats::new(MAX_TABLES, Some(ALL)),
+        );
         let l2 = match &settings.redis {
             None => None,
             Some(redis) => {
                 // Invalidations may have been missed: every entry carries ALL.
-                let versions = cache.versions.clone();
-                let flush = Arc::new(move || versions.bump(&[ALL]));
+                let (versions, tables) = (cache.versions.clone(), cache.tables.clone());
+                let flush = Arc::new(move || {
+                    versions.bump(&[ALL]);
+                    tables.invalidated(&[ALL], Source::Bus, &versions);
+                });
                 Some(
-                    L2::start(redis.clone(), cache.versions.clone(), flush)
-                        .map_err(|e| format!("cache.redis.url: {e}"))?,
+                    L2::start(
+                        redis.clone(),
+                        cache.versions.clone(),
+                        cache.tables.clone(),
+                        flush,
+                    )
+                    .map_err(|e| format!("cache.redis.url: {e}"))?,
                 )
             }
         };
@@ -510,7 +526,7 @@ impl ProxyCache {
             return Vec::new();
         }
         let tags = self.reach(database, &writes.tables, true);
-        self.bump(&tags);
+        self.bump(&tags, Source::Local);
         if writes.schema {
             self.schema_changed();
         }
@@ -529,8 +545,8 @@ impl ProxyCache {
                 .observe(versions.iter().map(|(t, v)| (t.as_str(), *v))),
             // A value read from Redis while this publish was out may have gone into
             // L1 at the bumped versions: bumped again (lookups are misses until the
-            // tables are paid).
-            None => self.cache.invalidate(tags),
+            // tables are paid). Not counted again: the commit was.
+            None => self.cache.versions.bump(tags),
         }
     }
 
@@ -560,7 +576,7 @@ impl ProxyCache {
             .iter()
             .map(|t| tag(t).to_string())
             .collect();
-        self.bump(&self.reach(database, &tables, false));
+        self.bump(&self.reach(database, &tables, false), Source::Stream);
         let now = pgopt_wire::replication::pg_epoch_micros(std::time::SystemTime::now());
         let late_ms = (now - committed.commit_time).max(0) as u64 / 1000;
         let c = &self.counters;
@@ -568,15 +584,16 @@ impl ProxyCache {
         c.wal_commits.fetch_add(1, Relaxed);
     }
 
-    fn bump(&self, tags: &[String]) {
-        self.cache.invalidate(tags);
+    /// Ends the entries of `tags`, counted in SHOW CACHE and per table as from `source`.
+    fn bump(&self, tags: &[String], source: Source) {
+        self.cache.invalidate_from(tags, source);
         self.counters.invalidations.fetch_add(1, Relaxed);
     }
 
     /// `CACHE FLUSH [table]`, on every instance sharing Redis.
     pub fn flush(self: &Arc<Self>, table: Option<&str>) {
         let tags = vec![table.map_or(ALL, tag).to_string()];
-        self.bump(&tags);
+        self.bump(&tags, Source::Local);
         if table.is_none() {
             self.cache.l1.clear();
             self.schema_changed();
@@ -1167,7 +1184,7 @@ pub async fn follow_wal(
         let consume = async {
             while let Some(committed) = rx.recv().await {
                 if committed.tables.is_empty() {
-                    cache.bump(&[ALL.to_string()]);
+                    cache.bump(&[ALL.to_string()], Source::Stream);
                     if !std::mem::replace(&mut streaming, true) {
                         cache.counters.wal_streaming.fetch_add(1, Relaxed);
                     }

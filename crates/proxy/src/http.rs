@@ -90,7 +90,7 @@ fn respond(head: &[u8], shared: &Shared) -> Vec<u8> {
         "/api/cache" => reply(
             200,
             "application/json",
-            views::table_json(&crate::cache::view(shared.cache.as_deref())),
+            crate::cache_views::api(shared.cache.as_deref()),
             head_only,
         ),
         "/api/replicas" => reply(

@@ -10,6 +10,7 @@ mod admin;
 mod auth;
 mod auth_query;
 mod cache;
+mod cache_views;
 pub mod config;
 mod error;
 mod http;

@@ -373,6 +373,7 @@ fn cache(m: &mut Page, shared: &Shared) {
             1e3,
         );
     }
+    cache_tables(m, cache);
 }
 
 /// A [`Buckets`] histogram as Prometheus's cumulative buckets; its values divided by
@@ -395,6 +396,66 @@ fn histogram(m: &mut Page, name: &str, help: &str, buckets: &Buckets, per_second
     }
     let _ = writeln!(m.out, "{name}_sum {}", sum as f64 / per_second);
     m.sample(&format!("{name}_count"), "", cumulative);
+}
+
+/// Tables with the most cache lookups: at most this many are labelled, so the label
+/// set stays bounded (SHOW CACHE TABLES has them all).
+pub const TOP_CACHE_TABLES: usize = 20;
+
+/// The busiest tables' cache figures, labelled by table (its name without schema).
+fn cache_tables(m: &mut Page, cache: &crate::cache::ProxyCache) {
+    let rows = crate::cache_views::busiest(cache, TOP_CACHE_TABLES);
+    type Field = fn(&pgopt_cache::TableRow) -> u64;
+    let families: [(&str, &str, Field); 6] = [
+        (
+            "pgopt_cache_table_hits_total",
+            "Requests answered from the result cache, by table read (the busiest tables).",
+            |r| r.hits,
+        ),
+        (
+            "pgopt_cache_table_misses_total",
+            "Cacheable requests that went to the server, by table read.",
+            |r| r.misses,
+        ),
+        (
+            "pgopt_cache_table_stored_total",
+            "Results stored after a miss, by table read.",
+            |r| r.stored,
+        ),
+        (
+            "pgopt_cache_table_not_stored_total",
+            "Results not stored (a table changed during the fill, too large, not a plain result), by table read.",
+            |r| r.not_stored,
+        ),
+        (
+            "pgopt_cache_table_evictions_total",
+            "Entries dropped for space, by table read.",
+            |r| r.evictions,
+        ),
+        (
+            "pgopt_cache_table_expirations_total",
+            "Entries whose TTL ran out, by table read.",
+            |r| r.expirations,
+        ),
+    ];
+    for (name, help, get) in families {
+        m.family(name, "counter", help);
+        for r in &rows {
+            m.sample(name, &format!("table=\"{}\"", escape(&r.table)), get(r));
+        }
+    }
+    let name = "pgopt_cache_table_invalidations_total";
+    m.family(
+        name,
+        "counter",
+        "Invalidations of a table's entries, by source: local (a commit through this instance, CACHE FLUSH), bus (another instance, or a flush for a lost message), wal (the replication listener).",
+    );
+    for r in &rows {
+        let table = escape(&r.table);
+        for (source, v) in ["local", "bus", "wal"].into_iter().zip(r.invalidations) {
+            m.sample(name, &format!("table=\"{table}\",source=\"{source}\""), v);
+        }
+    }
 }
 
 fn replicas(m: &mut Page, shared: &Shared) {

@@ -577,7 +577,9 @@ impl Relay {
             // (only taken when it is on: this is every lookup's path).
             let served_at = (cache.settings.verify_fraction > 0.0)
                 .then(|| cache.cache.versions.snapshot(&tags));
-            if let Some(hit) = cache.cache.get(&key) {
+            if let Some(hit) = cache.cache.lookup(&key) {
+                hit.tables.hit();
+                let hit = hit.value;
                 self.serve_hit(&cache, &hit, shape, prepares, epoch);
                 self.note_hit(&analysis, started, &hit);
                 self.maybe_verify(&cache, shape, &sql, &analysis, served_at, &hit);
@@ -624,8 +626,10 @@ impl Relay {
                         current.clone(),
                         value.clone(),
                         ttl,
+                        ticket.tables().clone(),
                     );
                 }
+                ticket.tables().hit();
                 self.serve_hit(&cache, &value, shape, prepares, epoch);
                 self.note_hit(&analysis, started, &value);
                 // (Without `current` the versions moved during the round trip: no
@@ -634,10 +638,13 @@ impl Relay {
                 return CacheLookup::Served;
             }
             cache.counters.misses.fetch_add(1, Relaxed);
+            ticket.tables().miss();
             return CacheLookup::Fill(Fill::new(ticket, ttl, flight));
         }
         cache.counters.misses.fetch_add(1, Relaxed);
-        CacheLookup::Fill(Fill::new(cache.cache.begin_fill(key, &tags), ttl, flight))
+        let ticket = cache.cache.begin_fill(key, &tags);
+        ticket.tables().miss();
+        CacheLookup::Fill(Fill::new(ticket, ttl, flight))
     }
 
     /// Query insight counts a hit as a call of its shape.
@@ -711,7 +718,9 @@ impl Relay {
         match fill.capture(&self.sbuf[range], cache.settings.max_result_bytes) {
             Capture::Going => {}
             Capture::Abandon => {
-                self.filling = None;
+                if let Some(fill) = self.filling.take() {
+                    fill.ticket.tables().not_stored();
+                }
                 counters.not_stored.fetch_add(1, Relaxed);
             }
             Capture::Done(reply) => {
@@ -729,7 +738,10 @@ impl Relay {
                         .collect();
                     (l2, ticket.key().clone(), versions)
                 });
-                if cache.cache.complete_fill(fill.ticket, reply.clone(), ttl) {
+                if cache
+                    .cache
+                    .complete_fill_counted(fill.ticket, reply.clone(), ttl)
+                {
                     counters.stored.fetch_add(1, Relaxed);
                     if let Some((l2, key, versions)) = shared {
                         tokio::spawn(async move {

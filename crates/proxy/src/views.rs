@@ -189,7 +189,14 @@ pub fn replicas(shared: &Shared) -> Table {
 
 /// A table as a JSON array of objects (integers as numbers), for `/api/…`.
 pub fn table_json(table: &Table) -> String {
-    let rows: Vec<serde_json::Value> = table
+    let mut body = serde_json::Value::Array(table_values(table)).to_string();
+    body.push('\n');
+    body
+}
+
+/// A table's rows as JSON objects (integers as numbers).
+pub fn table_values(table: &Table) -> Vec<serde_json::Value> {
+    table
         .rows
         .iter()
         .map(|row| {
@@ -206,10 +213,7 @@ pub fn table_json(table: &Table) -> String {
             });
             serde_json::Value::Object(fields.collect())
         })
-        .collect();
-    let mut body = serde_json::Value::Array(rows).to_string();
-    body.push('\n');
-    body
+        .collect()
 }
 
 pub fn clients(shared: &Shared) -> Table {
@@ -571,6 +575,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "SHOW CACHE",
         "result cache: entries, bytes, hits, misses, invalidations",
+    ),
+    (
+        "SHOW CACHE TABLES",
+        "result cache per table: hits, misses, stored, evictions, invalidations",
     ),
     (
         "CACHE FLUSH [table]",

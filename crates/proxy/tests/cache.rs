@@ -818,6 +818,12 @@ async fn writes_that_bypass_pgopt_invalidate_through_the_replication_stream() {
     assert!(metrics.contains("pgopt_cache_wal_staleness_seconds_bucket{le=\"0.1\"}"));
     assert!(sample("pgopt_cache_hit_seconds_count") >= 1, "{metrics}");
     assert!(metrics.contains("pgopt_cache_hit_seconds_bucket{le=\"0.00005\"}"));
+    // Per table, the stream's invalidations are told apart from pgopt's own.
+    let rows = table_rows(&proxy).await;
+    for table in ["items", "audit"] {
+        assert!(counter(&rows[table], "wal_invalidations") >= 1, "{rows:?}");
+        assert_eq!(counter(&rows[table], "local_invalidations"), 0, "{rows:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1021,4 +1027,179 @@ async fn the_verifier_runs_hits_again_and_counts_what_differs() {
     assert_eq!(shape["calls"], "3", "{shape:?}");
     assert_eq!(shape["cache_hits"], "2", "{shape:?}");
     assert_eq!(shape["rows"], "3", "{shape:?}");
+}
+
+/// SHOW CACHE TABLES as (table → row).
+async fn table_rows(proxy: &Proxy) -> HashMap<String, HashMap<String, String>> {
+    show(&admin(proxy).await, "CACHE TABLES")
+        .await
+        .into_iter()
+        .map(|r| (r["table"].clone(), r))
+        .collect()
+}
+
+/// A table's figures: hits, misses, stored, not_stored, evictions, expirations,
+/// invalidations (local, bus, wal).
+fn figures(row: &HashMap<String, String>) -> [u64; 9] {
+    [
+        "hits",
+        "misses",
+        "stored",
+        "not_stored",
+        "evictions",
+        "expirations",
+        "local_invalidations",
+        "bus_invalidations",
+        "wal_invalidations",
+    ]
+    .map(|c| counter(row, c))
+}
+
+/// PostgreSQL with tables `alpha`, `beta` and `gamma` (rows 1 and 2), and a proxy
+/// caching all three, `gamma` for 300 ms only, in at most `max_bytes`.
+async fn three_tables(max_bytes: u64) -> (Postgres, Proxy) {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE alpha (id int PRIMARY KEY, v text);
+         CREATE TABLE beta (id int PRIMARY KEY, v text);
+         CREATE TABLE gamma (id int PRIMARY KEY, v text);
+         INSERT INTO alpha VALUES (1, 'a1'), (2, 'a2');
+         INSERT INTO beta VALUES (1, 'b1'), (2, 'b2');
+         INSERT INTO gamma VALUES (1, 'g1');",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["alpha".into(), "public.beta".into(), "gamma".into()],
+            table_ttl: vec![("gamma".into(), std::time::Duration::from_millis(300))],
+            max_bytes,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    (pg, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_table_has_its_hits_misses_fills_expiries_and_invalidations() {
+    let (_pg, proxy) = three_tables(64 << 20).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let (a1, a2) = (
+        "SELECT v FROM alpha WHERE id = 1",
+        "SELECT v FROM alpha WHERE id = 2",
+    );
+    let b1 = "SELECT v FROM public.beta WHERE id = 1";
+    assert_eq!(value(&client, a1).await, "a1"); // miss
+    assert_eq!(value(&client, a1).await, "a1"); // hit
+    assert_eq!(value(&client, a2).await, "a2"); // miss
+    for _ in 0..3 {
+        assert_eq!(value(&client, b1).await, "b1"); // miss, hit, hit
+    }
+    // A write to alpha through pgopt ends alpha's entries, not beta's.
+    client
+        .simple_query("UPDATE alpha SET v = 'w' WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, a1).await, "a1"); // miss
+    assert_eq!(value(&client, b1).await, "b1"); // hit
+                                                // gamma's entry lives 300 ms, and then counts as expired.
+    assert_eq!(value(&client, "SELECT v FROM gamma").await, "g1"); // miss
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rows = loop {
+        let rows = table_rows(&proxy).await;
+        if counter(&rows["gamma"], "expirations") == 1 {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let mut names: Vec<&String> = rows.keys().collect();
+    names.sort();
+    assert_eq!(names, ["alpha", "beta", "gamma"], "tables by tag, no `*`");
+    assert_eq!(
+        figures(&rows["alpha"]),
+        [1, 3, 3, 0, 0, 0, 1, 0, 0],
+        "{rows:?}"
+    );
+    assert_eq!(
+        figures(&rows["beta"]),
+        [3, 1, 1, 0, 0, 0, 0, 0, 0],
+        "{rows:?}"
+    );
+    assert_eq!(
+        figures(&rows["gamma"]),
+        [0, 1, 1, 0, 0, 1, 0, 0, 0],
+        "{rows:?}"
+    );
+    assert_eq!(rows["alpha"]["invalidations"], "1");
+    assert_eq!(rows["alpha"]["hit_ratio"], "0.250");
+    assert_eq!(rows["beta"]["hit_ratio"], "0.750");
+
+    let addr = proxy.admin_addr().unwrap();
+    let api = common::http_get(addr, "/api/cache").await;
+    let (_, body) = api.split_once("\r\n\r\n").unwrap();
+    let api: serde_json::Value = serde_json::from_str(body).unwrap();
+    let stats = api[0]["table_stats"].as_array().unwrap();
+    assert_eq!(api[0]["hits"], 4, "{api}");
+    assert_eq!(stats.len(), 3, "{api}");
+    assert_eq!(
+        stats[0],
+        serde_json::json!({
+            "table": "alpha", "hits": 1, "misses": 3, "hit_ratio": "0.250", "stored": 3,
+            "not_stored": 0, "evictions": 0, "expirations": 0, "invalidations": 1,
+            "local_invalidations": 1, "bus_invalidations": 0, "wal_invalidations": 0,
+        })
+    );
+    assert_eq!(stats[1]["table"], "beta");
+    assert_eq!(stats[1]["hits"], 3);
+    assert_eq!(stats[1]["invalidations"], 0);
+
+    let metrics = common::http_get(addr, "/metrics").await;
+    for line in [
+        "pgopt_cache_table_hits_total{table=\"alpha\"} 1",
+        "pgopt_cache_table_hits_total{table=\"beta\"} 3",
+        "pgopt_cache_table_misses_total{table=\"alpha\"} 3",
+        "pgopt_cache_table_stored_total{table=\"gamma\"} 1",
+        "pgopt_cache_table_expirations_total{table=\"gamma\"} 1",
+        "pgopt_cache_table_evictions_total{table=\"alpha\"} 0",
+        "pgopt_cache_table_invalidations_total{table=\"alpha\",source=\"local\"} 1",
+        "pgopt_cache_table_invalidations_total{table=\"beta\",source=\"local\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+
+    // CACHE FLUSH (everything) is an invalidation of every table.
+    admin(&proxy)
+        .await
+        .simple_query("CACHE FLUSH")
+        .await
+        .unwrap();
+    let rows = table_rows(&proxy).await;
+    for (table, n) in [("alpha", "2"), ("beta", "1"), ("gamma", "1")] {
+        assert_eq!(rows[table]["local_invalidations"], n, "{rows:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_dropped_for_space_count_as_evictions_of_their_table() {
+    // Room for a few entries only.
+    let (_pg, proxy) = three_tables(2_000).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for i in 0..12 {
+        value(&client, &format!("SELECT {i} FROM alpha WHERE id = 1")).await;
+    }
+    let rows = table_rows(&proxy).await;
+    let alpha = &rows["alpha"];
+    let totals = cache_row(&proxy).await;
+    assert_eq!(counter(alpha, "stored"), 12, "{rows:?}");
+    assert!(counter(alpha, "evictions") >= 1, "{rows:?}");
+    // Every entry stored is held or was evicted, and every eviction was alpha's.
+    assert_eq!(counter(alpha, "evictions"), counter(&totals, "evictions"));
+    assert_eq!(
+        counter(&totals, "entries") + counter(alpha, "evictions"),
+        12,
+        "{rows:?} {totals:?}"
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
 }

@@ -148,6 +148,16 @@ async fn a_write_through_one_instance_is_seen_by_the_next_read_through_the_other
     let row = cache_row(&b_proxy).await;
     assert!(counter(&row, "bus_messages") >= 20, "{row:?}");
     assert_eq!(counter(&row, "bus_flushes"), 0, "{row:?}");
+    // Per table: each instance counts its own commits as local invalidations and the
+    // other's (21 writes and a CACHE FLUSH by A, 20 writes by B) as bus ones.
+    for (proxy, local, bus) in [(&a_proxy, 22, 20), (&b_proxy, 20, 22)] {
+        let tables = show(&admin(proxy).await, "CACHE TABLES").await;
+        assert_eq!(tables.len(), 1, "{tables:?}");
+        let items = &tables[0];
+        assert_eq!(items["table"], "items");
+        assert_eq!(counter(items, "local_invalidations"), local, "{tables:?}");
+        assert_eq!(counter(items, "bus_invalidations"), bus, "{tables:?}");
+    }
     assert_eq!(counter(&row, "l2_rejected"), 0, "{row:?}");
     // Each instance's sequence began at a random number, not 1 (about 20 writes
     // each): a sequence restarted after Redis lost it can't meet late confirmations
