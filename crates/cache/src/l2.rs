@@ -204,6 +204,9 @@ return seq
 ";
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Redis Cluster: how often a subscriber checks that it listens on the node that owns
+/// the bus's slot.
+const OWNER_CHECK: Duration = Duration::from_secs(5);
 /// Entries live at most a day in Redis.
 const MAX_TTL_MS: u64 = 86_400_000;
 const MAGIC: &[u8; 4] = b"PGC1";
@@ -620,6 +623,55 @@ impl L2 {
     }
 
     /// Confirms to `instance` that its message `seq` was applied here.
+    /// Redis Cluster: the URL of the master that owns the `{pgopt}` slot. The bus's
+    /// scripts run there, and PUBLISH counts only the subscribers of the node it runs
+    /// on: a subscriber elsewhere still gets the message (the cluster bus forwards
+    /// it) but the writer, not counting it, would not wait for its confirmation. So
+    /// every instance subscribes on this node. A configured URL with the node's
+    /// address (or port, for a host name) is used as written; else the first one with
+    /// the node's address.
+    async fn slot_owner_url(&self) -> Option<String> {
+        let mut conn = self.connection()?;
+        let timeout = self.config.timeout.max(Duration::from_secs(1));
+        let mut keyslot = redis::cmd("CLUSTER");
+        // Every key of pgopt's has this hash tag (one slot, so scripts may touch them all).
+        keyslot.arg("KEYSLOT").arg("{pgopt}");
+        let slot: i64 = tokio::time::timeout(timeout, conn.query(&keyslot))
+            .await
+            .ok()?
+            .ok()?;
+        let mut slots = redis::cmd("CLUSTER");
+        slots.arg("SLOTS");
+        let ranges: redis::Value = tokio::time::timeout(timeout, conn.query(&slots))
+            .await
+            .ok()?
+            .ok()?;
+        let (host, port) = slot_owner(&ranges, slot)?;
+        let urls: Vec<&str> = self.config.url.split(',').map(str::trim).collect();
+        let hostport = |u: &str| {
+            let rest = u.split_once("://").map_or(u, |(_, r)| r);
+            let authority = rest.split('/').next().unwrap_or(rest);
+            let hostport = authority.rsplit('@').next().unwrap_or(authority);
+            hostport.to_string()
+        };
+        let exact = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        if let Some(u) = urls.iter().find(|u| hostport(u) == exact) {
+            return Some(u.to_string());
+        }
+        if let Some(u) = urls
+            .iter()
+            .find(|u| hostport(u).rsplit(':').next() == Some(&port.to_string()))
+        {
+            return Some(u.to_string());
+        }
+        let first = urls.first()?;
+        Some(first.replacen(&hostport(first), &exact, 1))
+    }
+
     fn send_ack(&self, instance: u64, seq: u64) {
         let Some(mut conn) = self.connection() else {
             return;
@@ -755,14 +807,21 @@ async fn listen(
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(this) = l2.upgrade() else { return };
-        let url = this
-            .config
-            .url
-            .split(',')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let url = if this.config.cluster {
+            match this.slot_owner_url().await {
+                Some(url) => url,
+                None => {
+                    drop(this);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        } else {
+            let first = this.config.url.split(',').next().unwrap_or("");
+            first.trim().to_string()
+        };
+        let cluster = this.config.cluster;
         let ca = this.ca.clone();
         let channel = this.channel();
         let acks = this.ack_channel(this.instance);
@@ -796,6 +855,9 @@ async fn listen(
         drop(this);
         let mut last: HashMap<u64, u64> = HashMap::new();
         let mut stream = pubsub.into_on_message();
+        // Cluster: the slot may move (a failover, a resharding); subscribed on its old
+        // node, this instance would no longer be waited for. Checked every few seconds.
+        let mut owner_checked = std::time::Instant::now();
         // Every instance (this one included) sends a heartbeat each second: a channel
         // silent for longer is taken as dropped (a half-open connection).
         while let Ok(Some(msg)) = tokio::time::timeout(silence, stream.next()).await {
@@ -826,6 +888,19 @@ async fn listen(
                 Some((instance, seq)) => this.send_ack(instance, seq),
                 None => {}
             }
+            if cluster && owner_checked.elapsed() >= OWNER_CHECK {
+                owner_checked = std::time::Instant::now();
+                if this
+                    .slot_owner_url()
+                    .await
+                    .is_some_and(|owner| owner != url)
+                {
+                    tracing::warn!(
+                        "the cache bus's slot moved to another Redis node: subscribing there"
+                    );
+                    break;
+                }
+            }
         }
         let Some(this) = l2.upgrade() else { return };
         // Until subscribed again, nothing is served: messages may be lost meanwhile.
@@ -834,6 +909,37 @@ async fn listen(
         tracing::warn!("the cache's invalidation channel dropped: the local cache is flushed");
         flush();
     }
+}
+
+/// The master (address, port) serving `slot` in a `CLUSTER SLOTS` reply: entries of
+/// `[start, end, [ip, port, id, …], replicas…]`.
+fn slot_owner(reply: &redis::Value, slot: i64) -> Option<(String, u16)> {
+    use redis::Value;
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    ranges.iter().find_map(|range| {
+        let Value::Array(range) = range else {
+            return None;
+        };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (range.first(), range.get(1), range.get(2))
+        else {
+            return None;
+        };
+        if !(*start..=*end).contains(&slot) {
+            return None;
+        }
+        let host = match master.first()? {
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok()?,
+            Value::SimpleString(s) => s.clone(),
+            _ => return None,
+        };
+        let Value::Int(port) = master.get(1)? else {
+            return None;
+        };
+        Some((host, u16::try_from(*port).ok()?))
+    })
 }
 
 /// The sender and sequence number of a commit's message.

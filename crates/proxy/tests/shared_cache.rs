@@ -437,3 +437,197 @@ async fn redis_over_tls_with_a_password_and_a_wrong_password() {
     assert_ne!(row["redis"], "up", "{row:?}");
     assert!(counter(&row, "redis_errors") > 0, "{row:?}");
 }
+
+/// Three `redis-server`s forming one Redis Cluster (masters only), stopped on drop.
+struct RedisCluster {
+    children: Vec<std::process::Child>,
+    ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RedisCluster {
+    /// The node URLs, comma-separated, as `[cache.redis] url` takes them: the node
+    /// that owns pgopt's keys (the `{pgopt}` hash tag's slot) last, so a client that
+    /// took the first URL for a single server would be sent elsewhere (MOVED), and
+    /// the subscriber (on the first node) hears messages published on another.
+    fn url(&self) -> String {
+        let owner = self.owner();
+        let mut ports = self.ports.clone();
+        let last = ports.len() - 1;
+        ports.swap(owner, last);
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect();
+        urls.join(",")
+    }
+
+    /// The index of the node that owns the `{pgopt}` slot.
+    fn owner(&self) -> usize {
+        redis_cli(self.ports[0], &["-c", "set", "{pgopt}probe", "1"]);
+        let owner = self
+            .ports
+            .iter()
+            // Other nodes answer MOVED.
+            .position(|&p| redis_cli(p, &["exists", "{pgopt}probe"]).trim() == "1")
+            .expect("one node holds the probe");
+        redis_cli(self.ports[0], &["-c", "del", "{pgopt}probe"]);
+        owner
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn redis_cluster() -> RedisCluster {
+    use std::process::{Command, Stdio};
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "pgopt-redis-cluster-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let mut cluster = RedisCluster {
+        children: Vec::new(),
+        ports: Vec::new(),
+        dir,
+    };
+    for i in 0..3 {
+        let node_dir = cluster.dir.join(i.to_string());
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let (port, bus) = (free_port(), free_port());
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            // The bus port is port + 10000 unless set: past 65535 for high ports.
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+            ])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(&node_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        cluster.children.push(child);
+        cluster.ports.push(port);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &port in &cluster.ports {
+        while redis_cli(port, &["ping"]).trim() != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis node {port} never answered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let nodes: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let mut create = vec!["--cluster", "create"];
+    create.extend(nodes.iter().map(String::as_str));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    let created = redis_cli(cluster.ports[0], &create);
+    assert!(created.contains("All 16384 slots covered"), "{created}");
+    for &port in &cluster.ports {
+        while !redis_cli(port, &["cluster", "info"]).contains("cluster_state:ok") {
+            assert!(Instant::now() < deadline, "the cluster never formed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_results_and_invalidations_through_a_redis_cluster() {
+    let pg = items_db().await;
+    let cluster = redis_cluster();
+    let start = || {
+        let url = cluster.url();
+        start_with(&pg, move |c| {
+            c.cache = CacheSettings {
+                enabled: true,
+                tables: vec!["items".into()],
+                redis: Some(RedisConfig {
+                    url,
+                    cluster: true,
+                    hmac_key: Some(b"test key".to_vec()),
+                    timeout: Duration::from_millis(500),
+                    ..RedisConfig::default()
+                }),
+                ..CacheSettings::default()
+            };
+        })
+    };
+    let (a_proxy, b_proxy) = (start().await, start().await);
+    wait_for_redis(&a_proxy, "up").await;
+    wait_for_redis(&b_proxy, "up").await;
+    let a = connect(&a_proxy, "postgres", None).await.unwrap();
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await; // heartbeats first
+                                                           // Both listen on the node that owns pgopt's slot, where the bus's scripts run: a
+                                                           // PUBLISH there counts them, so a writer waits for both confirmations (elsewhere
+                                                           // they would hear the message, later, uncounted).
+    let owner = cluster.ports[cluster.owner()];
+    let subscribers = redis_cli(owner, &["pubsub", "numsub", "pgopt:invalidations"]);
+    assert_eq!(subscribers.lines().nth(1), Some("2"), "{subscribers}");
+
+    // A's result reaches B through the cluster.
+    fill_then_change_behind(&pg, &a_proxy, &a).await;
+    assert_eq!(value(&b, READ).await, "a", "B served A's result from Redis");
+    assert_eq!(counter(&cache_row(&b_proxy).await, "l2_hits"), 1);
+    // Writes through either instance: the other's next read has them.
+    for i in 0..20 {
+        let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(value(reader, READ).await, value(writer, READ).await);
+        writer
+            .batch_execute(&format!("UPDATE items SET v = 'v{i}' WHERE id = 1"))
+            .await
+            .unwrap();
+        assert_eq!(value(reader, READ).await, format!("v{i}"), "round {i}");
+    }
+    for proxy in [&a_proxy, &b_proxy] {
+        let row = cache_row(proxy).await;
+        assert!(counter(&row, "bus_messages") >= 10, "{row:?}");
+        assert_eq!(counter(&row, "bus_flushes"), 0, "{row:?}");
+        assert_eq!(counter(&row, "ack_timeouts"), 0, "{row:?}");
+        assert_eq!(counter(&row, "redis_errors"), 0, "{row:?}");
+    }
+    // Every key shares the {pgopt} hash tag: all of them on the one node that owns
+    // its slot.
+    let holding: Vec<u16> = cluster
+        .ports
+        .iter()
+        .copied()
+        .filter(|&p| redis_cli(p, &["dbsize"]).trim() != "0")
+        .collect();
+    assert_eq!(holding.len(), 1, "keys on {holding:?}");
+}
