@@ -150,6 +150,13 @@ impl Entry {
         }
     }
 
+    /// Whether the next call's parameters would be kept (see `sample_params`).
+    pub(crate) fn wants_params(&self, mode: ParamMode, max: usize) -> bool {
+        max > 0
+            && mode != ParamMode::Off
+            && (self.params.len() < max || (self.calls + 1).is_power_of_two())
+    }
+
     fn sample_params(&mut self, params: &[ParamRef<'_>], mode: ParamMode, max: usize) {
         if max == 0 {
             return;

@@ -17,6 +17,7 @@ pub use crate::entry::{Route, Sample};
 use crate::error::InsightError;
 use crate::names::Names;
 use crate::params::ParamMode;
+use crate::params::ParamRef;
 use crate::time::unix_millis;
 
 /// Distinct database and user names interned; later ones share `<other>`.
@@ -270,11 +271,42 @@ impl Insight {
         F: FnOnce() -> T,
         T: Into<Arc<str>>,
     {
+        self.record_at_lazy(key, sample, || None, normalized, now_ms);
+    }
+
+    /// [`Insight::record_at`] for a statement whose parameters take work to decode:
+    /// `params` runs (under the shard lock, so keep it short) only when the entry
+    /// keeps a sample of this call — its first calls and then at powers of two — and
+    /// `sample.params` is `None`.
+    pub fn record_at_lazy<'p, F, T, P>(
+        &self,
+        key: &StatKey,
+        sample: &Sample<'_>,
+        params: P,
+        normalized: F,
+        now_ms: u64,
+    ) where
+        F: FnOnce() -> T,
+        T: Into<Arc<str>>,
+        P: FnOnce() -> Option<Vec<ParamRef<'p>>>,
+    {
         let (mode, samples) = (self.config.params, self.config.param_samples);
+        let add = |entry: &mut Entry| {
+            if sample.params.is_none() && entry.wants_params(mode, samples) {
+                let owned = params();
+                let with = Sample {
+                    params: owned.as_deref(),
+                    ..*sample
+                };
+                entry.add(&with, now_ms, mode, samples);
+            } else {
+                entry.add(sample, now_ms, mode, samples);
+            }
+        };
         let idx = self.shard_index(key.fingerprint);
         let mut shard = self.shards[idx].0.lock();
         if let Some(entry) = shard.map.get_mut(key) {
-            entry.add(sample, now_ms, mode, samples);
+            add(entry);
             return;
         }
         // A new entry: reserve room first, evicting a batch when full.
@@ -289,13 +321,13 @@ impl Insight {
                 shard = self.shards[idx].0.lock();
                 if let Some(entry) = shard.map.get_mut(key) {
                     self.forget(1, false);
-                    entry.add(sample, now_ms, mode, samples);
+                    add(entry);
                     return;
                 }
             }
         }
         let mut entry = Entry::new(normalized().into(), self.new_histogram(), now_ms);
-        entry.add(sample, now_ms, mode, samples);
+        add(&mut entry);
         shard.map.insert(*key, entry);
     }
 

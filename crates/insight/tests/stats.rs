@@ -413,6 +413,54 @@ fn parameters_are_sampled_per_mode() {
 }
 
 #[test]
+fn lazy_parameters_are_decoded_only_for_the_calls_that_keep_them() {
+    let store = insight(InsightConfig {
+        params: ParamMode::Full,
+        param_samples: 3,
+        ..InsightConfig::default()
+    });
+    let h = store.session("app", "app");
+    let values: Vec<String> = (0..100).map(|i| format!("v{i}")).collect();
+    let mut decoded = Vec::new();
+    for (i, value) in values.iter().enumerate() {
+        store.record_at_lazy(
+            &h.key(1),
+            &Sample::new(us(5), 1),
+            || {
+                decoded.push(i + 1);
+                Some(vec![ParamRef::text(value)])
+            },
+            || "SELECT $1",
+            0,
+        );
+    }
+    // The first three calls, then calls 4, 8, 16, 32 and 64 (refreshes).
+    assert_eq!(decoded, [1, 2, 3, 4, 8, 16, 32, 64]);
+    let kept = store.snapshot().remove(0).sample_params;
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(kept.contains(&vec!["v63".to_string()]), "{kept:?}");
+    // Off: never decoded.
+    let off = insight(InsightConfig {
+        params: ParamMode::Off,
+        ..InsightConfig::default()
+    });
+    let mut calls = 0;
+    for _ in 0..10 {
+        off.record_at_lazy(
+            &h.key(1),
+            &Sample::new(us(5), 1),
+            || {
+                calls += 1;
+                None
+            },
+            || "SELECT $1",
+            0,
+        );
+    }
+    assert_eq!(calls, 0);
+}
+
+#[test]
 fn snapshot_serializes_and_round_trips() {
     let store = insight(InsightConfig::default());
     let h = store.session("app", "alice");

@@ -133,6 +133,8 @@ pub struct Tracker {
     unnamed_text: String,
     /// Wall-clock time from the monotonic clock, one clock read per statement.
     epoch: (Instant, SystemTime),
+    /// `epoch`'s wall-clock time in unix microseconds.
+    epoch_us: u64,
     /// Bind parameters are decoded for samples, the slow log and plans (not when
     /// every consumer has them off).
     sample_params: bool,
@@ -192,6 +194,7 @@ impl Tracker {
             binds: 0,
             unnamed_text: String::new(),
             epoch: (Instant::now(), SystemTime::now()),
+            epoch_us: 0, // set at the first statement
             sample_params,
             route: None,
             settings: (u64::MAX, Arc::from(Vec::new())),
@@ -436,17 +439,28 @@ impl Tracker {
         let end = Instant::now();
         let duration = end.duration_since(start);
         // Wall-clock time without a second clock read (re-anchored hourly).
-        if end.duration_since(self.epoch.0).as_secs() > 3600 {
+        if self.epoch_us == 0 || end.duration_since(self.epoch.0).as_secs() > 3600 {
             self.epoch = (end, SystemTime::now());
+            self.epoch_us = self
+                .epoch
+                .1
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
         }
-        let now = self.epoch.1 + end.duration_since(self.epoch.0);
-        let now_ms = pgopt_insight::unix_millis(now);
+        let since = end.duration_since(self.epoch.0);
+        let now_ms = (self.epoch_us + since.as_micros() as u64) / 1000;
+        let now = self.epoch.1 + since;
         let key = self.handle.key(analysis.fingerprint);
+        let slow = self.state.slow.is_slow(duration);
+        let plan = self.state.plans.wants(duration) && plannable(&analysis);
         // The parameters are at hand when this statement ran with the latest Bind; the
-        // store keeps a few samples per shape (rendered as `insight.params` says).
-        let bind = bind
-            .filter(|b| *b == self.binds && self.sample_params)
-            .and_then(|_| Bind::decode(self.last_bind.get(5..).unwrap_or_default()).ok());
+        // store keeps a few samples per shape (rendered as `insight.params` says), so
+        // they are decoded only when it keeps this one, or for the slow log or a plan.
+        let latest = bind.filter(|b| *b == self.binds && self.sample_params);
+        let last_bind = &self.last_bind;
+        let decode =
+            || latest.and_then(|_| Bind::decode(last_bind.get(5..).unwrap_or_default()).ok());
+        let bind = if slow || plan { decode() } else { None };
         let params: Vec<ParamRef<'_>> = match &bind {
             Some(bind) => bind_params(bind),
             None => Vec::new(),
@@ -460,11 +474,12 @@ impl Tracker {
             ..Sample::default()
         };
         let text = || Arc::<str>::from(analysis.normalized.as_str());
-        self.state.store.record_at(&key, &sample, text, now_ms);
+        let lazy = || decode().map(|b| bind_params(&b));
+        self.state
+            .store
+            .record_at_lazy(&key, &sample, lazy, text, now_ms);
         self.n_plus_one
             .observe_ms(analysis.fingerprint, in_transaction, now_ms, text);
-        let slow = self.state.slow.is_slow(duration);
-        let plan = self.state.plans.wants(duration) && plannable(&analysis);
         if slow || plan {
             if slow {
                 self.state.slow.maybe_log(&SlowStatement {
