@@ -8,22 +8,36 @@ ticks=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # run TARGET_PORT PID_OR_EMPTY PGBENCH_ARGS... → "tps latency_ms cpu_us_per_txn"
+# With P99=1: "tps latency_ms cpu_us_per_txn p99_latency_ms", the p99 from pgbench's
+# per-transaction log (every transaction of the run).
 run() {
   local port=$1 pid=$2; shift 2
-  local before=0 after=0 out
+  local before=0 after=0 out logs=() p99=
+  if [ "${P99:-0}" = 1 ]; then
+    logs=(-l --log-prefix "$(mktemp -d /tmp/pgopt-bench-log-XXXXXX)/tx")
+  fi
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  out=$("$bindir/pgbench" -n -T "$secs" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1) || true
+  out=$("$bindir/pgbench" -n -T "$secs" -h 127.0.0.1 -p "$port" -U postgres "${logs[@]}" "$@" postgres 2>&1) || true
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  if [ ${#logs[@]} -gt 0 ]; then
+    local dir; dir=$(dirname "${logs[2]}")
+    # Field 3 of each line: the transaction's latency in µs.
+    p99=$(cat "$dir"/tx* 2>/dev/null | awk '{print $3}' | sort -n |
+      awk '{v[NR] = $1} END {
+        i = int(0.99 * NR); if (i < 0.99 * NR) i++   # nearest rank
+        if (NR) printf "%.2f", v[i] / 1000; else print "-" }')
+    rm -rf "$dir"
+  fi
   local tps lat txns
   tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' <<<"$out")
   lat=$(awk -F'= ' '/^latency average/ {split($2,a," "); print a[1]}' <<<"$out")
   txns=$(awk -F': ' '/actually processed/ {split($2,a,"/"); print a[1]}' <<<"$out")
-  if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" = 0 ]; then echo "failed failed -"; return; fi
+  if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" = 0 ]; then echo "failed failed - ${p99:+-}"; return; fi
+  local cpu=-
   if [ -n "$pid" ]; then
-    echo "$tps $lat $(awk -v t=$((after - before)) -v hz="$ticks" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
-  else
-    echo "$tps $lat -"
+    cpu=$(awk -v t=$((after - before)) -v hz="$ticks" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
   fi
+  echo "$tps $lat $cpu${p99:+ $p99}"
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "-" }'; }

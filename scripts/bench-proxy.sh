@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side proxy benchmark, in one run on this machine: pgbench against direct
 # PostgreSQL, PgBouncer (transaction mode) and pgopt (transaction mode), same pool size.
-# Prints TPS, average latency, the ratios pgopt/direct and pgopt/PgBouncer, and each
-# proxy's CPU time per transaction (its process CPU over the run / transactions done).
+# Prints TPS, the ratios pgopt/direct and pgopt/PgBouncer, each proxy's CPU time per
+# transaction (its process CPU over the run / transactions done), and each target's
+# average and p99 latency in ms (the p99 from pgbench's log of every transaction).
 #
 # Then pgopt with query insight on (the default) against pgopt with it off (issue 4),
 # in alternated rounds (median on/off ratios of TPS and of the CPU all processes spent),
@@ -74,23 +75,27 @@ pgopt_pid=${pids[1]}
 plain_pid=${pids[2]}
 
 printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores\n' "$(date -u +%F)" "$secs" "$scale" "$pool" "$(nproc)"
-printf '%-28s %10s %10s %10s %9s %9s %11s %11s\n' case direct pgbouncer pgopt "opt/dir" "opt/pgb" "pgb µs/tx" "opt µs/tx"
+printf '%-28s %10s %10s %10s %9s %9s %11s %11s %13s %13s %13s\n' case direct pgbouncer pgopt "opt/dir" "opt/pgb" \
+  "pgb µs/tx" "opt µs/tx" "dir avg/p99" "pgb avg/p99" "opt avg/p99"
 case_run() {
   local name=$1; shift
+  local d_lat=- d_p99=- b_lat=- b_p99=- o_lat o_p99
   if [ "$name" = "-S simple, 5000 clients" ]; then
     d_tps=n/a              # PostgreSQL itself takes max_connections = 100 clients
   else
-    read -r d_tps _ _ <<<"$(run "$pg_port" "" "$@")"
+    read -r d_tps d_lat _ d_p99 <<<"$(P99=1 run "$pg_port" "" "$@")"
   fi
   if [ "$name" = "-S prepared, 16 clients" ]; then
     b_tps=n/a; b_cpu="-"   # PgBouncer 1.18 cannot carry named prepared statements in transaction mode
   else
-    read -r b_tps _ b_cpu <<<"$(run "$bouncer_port" "$bouncer_pid" "$@")"
+    read -r b_tps b_lat b_cpu b_p99 <<<"$(P99=1 run "$bouncer_port" "$bouncer_pid" "$@")"
   fi
-  read -r o_tps _ o_cpu <<<"$(run "$pgopt_port" "$pgopt_pid" "$@")"
+  read -r o_tps o_lat o_cpu o_p99 <<<"$(P99=1 run "$pgopt_port" "$pgopt_pid" "$@")"
   d_tps=$(whole "$d_tps"); b_tps=$(whole "$b_tps"); o_tps=$(whole "$o_tps")
-  printf '%-28s %10s %10s %10s %9s %9s %11s %11s\n' "$name" "$d_tps" "$b_tps" "$o_tps" \
-    "$(ratio "$o_tps" "$d_tps")" "$(ratio "$o_tps" "$b_tps")" "$b_cpu" "$o_cpu"
+  lat() { case $1 in -|failed) echo "$1" ;; *) printf '%.2f/%s' "$1" "$2" ;; esac; }
+  printf '%-28s %10s %10s %10s %9s %9s %11s %11s %13s %13s %13s\n' "$name" "$d_tps" "$b_tps" "$o_tps" \
+    "$(ratio "$o_tps" "$d_tps")" "$(ratio "$o_tps" "$b_tps")" "$b_cpu" "$o_cpu" \
+    "$(lat "$d_lat" "$d_p99")" "$(lat "$b_lat" "$b_p99")" "$(lat "$o_lat" "$o_p99")"
 }
 if [ "${BENCH_ONLY:-}" != insight ]; then
 case_run "-S simple, 16 clients"    -S -M simple   -c 16 -j 2
