@@ -628,8 +628,8 @@ impl L2 {
     /// on: a subscriber elsewhere still gets the message (the cluster bus forwards
     /// it) but the writer, not counting it, would not wait for its confirmation. So
     /// every instance subscribes on this node. A configured URL with the node's
-    /// address (or port, for a host name) is used as written; else the first one with
-    /// the node's address.
+    /// address, or a host name that resolves to it, is used as written; else the first
+    /// one with the node's address in place of its own.
     async fn slot_owner_url(&self) -> Option<String> {
         let mut conn = self.connection()?;
         let timeout = self.config.timeout.max(Duration::from_secs(1));
@@ -662,11 +662,18 @@ impl L2 {
         if let Some(u) = urls.iter().find(|u| hostport(u) == exact) {
             return Some(u.to_string());
         }
-        if let Some(u) = urls
-            .iter()
-            .find(|u| hostport(u).rsplit(':').next() == Some(&port.to_string()))
-        {
-            return Some(u.to_string());
+        // A configured host name that resolves to the node (kept: TLS checks names).
+        let owner: Option<std::net::IpAddr> = host.parse().ok();
+        for u in &urls {
+            let Ok(addrs) = tokio::net::lookup_host(hostport(u)).await else {
+                continue;
+            };
+            if addrs
+                .into_iter()
+                .any(|a| Some(a.ip()) == owner && a.port() == port)
+            {
+                return Some(u.to_string());
+            }
         }
         let first = urls.first()?;
         Some(first.replacen(&hostport(first), &exact, 1))

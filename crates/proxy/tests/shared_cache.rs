@@ -467,7 +467,8 @@ impl RedisCluster {
         ports.swap(owner, last);
         let urls: Vec<String> = ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            // Host names: the subscriber finds its node by resolving them.
+            .map(|p| format!("redis://localhost:{p}"))
             .collect();
         urls.join(",")
     }
