@@ -263,3 +263,19 @@ fn a_bad_database_pool_setting_is_named_with_its_line() {
         "{e}"
     );
 }
+
+#[test]
+fn auth_query_cache_ttl_is_a_duration_named_with_its_line() {
+    let e = err("[proxy]\nauth_query_cache_ttl = \"soon\"\n");
+    assert!(
+        e.starts_with("pgopt.toml:2: proxy.auth_query_cache_ttl: expected"),
+        "{e}"
+    );
+    let off = parse_text("pgopt.toml", "[proxy]\nauth_query_cache_ttl = \"0s\"\n").unwrap();
+    assert!(off.proxy.auth_query_cache_ttl.0.is_zero());
+    let loaded = load(None, &[]).unwrap();
+    assert_eq!(
+        loaded.config.proxy.auth_query_cache_ttl.0,
+        std::time::Duration::from_secs(60)
+    );
+}
