@@ -279,3 +279,27 @@ fn auth_query_cache_ttl_is_a_duration_named_with_its_line() {
         std::time::Duration::from_secs(60)
     );
 }
+
+#[test]
+fn wal_password_comes_from_the_environment_and_is_printed_masked() {
+    let overrides = vec![
+        ("PGOPT_CACHE__WAL_USER".to_string(), "walreader".to_string()),
+        (
+            "PGOPT_CACHE__WAL_PASSWORD".to_string(),
+            "s3cret-pw".to_string(),
+        ),
+    ];
+    let loaded = load(None, &overrides).unwrap();
+    let settings = loaded.config.cache.settings();
+    assert_eq!(settings.wal_user.as_deref(), Some("walreader"));
+    assert_eq!(settings.wal_password.as_deref(), Some("s3cret-pw"));
+    let printed = toml::to_string_pretty(&loaded.config).unwrap();
+    assert!(!printed.contains("s3cret-pw"), "{printed}");
+    assert!(
+        printed.contains(&format!("wal_password = \"{}\"", cache::MASK)),
+        "{printed}"
+    );
+    // Unset, it prints as unset (the example config shows the default).
+    let printed = toml::to_string_pretty(&Config::default()).unwrap();
+    assert!(printed.contains("wal_password = \"\""), "{printed}");
+}
