@@ -340,6 +340,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
             },
         },
         auth_query: config.auth_query.clone(),
+        auth_query_cache_ttl: config.auth_query_cache_ttl.0,
         databases,
         routing: root.routing.policy(),
         cache: root.cache.settings(),

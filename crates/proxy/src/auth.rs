@@ -1,6 +1,9 @@
 //! Client authentication: trust, md5 and SCRAM-SHA-256 against the configured users.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use pgopt_wire::frontend::FrontendMessage;
@@ -61,9 +64,27 @@ pub fn prepare_users(users: &[User]) -> Result<HashMap<String, Credentials>, Pro
     Ok(map)
 }
 
+/// Credentials looked up again when a login fails against kept ones (an `auth_query`
+/// answer from the cache: the password may have changed on the server). Not polled
+/// unless the login fails.
+pub type Refresh<'a> = Pin<Box<dyn Future<Output = Option<Arc<Credentials>>> + Send + 'a>>;
+
+/// What a login proved.
+pub struct Authenticated {
+    /// The user's SCRAM keys, when proved against a stored verifier (no plaintext).
+    pub keys: Option<ScramKeys>,
+    /// Credentials from `refresh` that the client's answer matched instead.
+    pub refreshed: Option<Arc<Credentials>>,
+}
+
 /// Runs the exchange; on failure the client has been sent a FATAL error. A SCRAM
 /// login against a stored verifier (no plaintext) yields the user's keys, with which
 /// pgopt logs in to a server holding the same verifier.
+///
+/// When the answer does not match `creds` and `refresh` is given, it is run before
+/// the client hears 28P01: an md5 answer is checked again against what it finds. A
+/// SCRAM proof cannot be (it was made with the old verifier's salt), so that login
+/// fails, and the next one meets the fresh verifier.
 pub async fn authenticate(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
@@ -71,18 +92,40 @@ pub async fn authenticate(
     user: &str,
     creds: Option<&Credentials>,
     max_len: u32,
-) -> Result<Option<ScramKeys>, ProxyError> {
+    refresh: Option<Refresh<'_>>,
+) -> Result<Authenticated, ProxyError> {
     let mut out = BytesMut::with_capacity(256);
+    let mut refreshed = None;
     let (ok, keys) = match method {
         ClientAuth::Trust => (true, None),
-        ClientAuth::Md5 => (
-            md5_exchange(stream, buf, &mut out, creds, max_len).await?,
-            None,
-        ),
+        ClientAuth::Md5 => {
+            let answer = md5_exchange(stream, buf, &mut out, max_len).await?;
+            let matches =
+                |c: Option<&Credentials>| match (&answer, c.and_then(|c| c.md5.as_deref())) {
+                    (Some((salt, response)), Some(stored)) => {
+                        md5::verify(stored, *salt, response).is_ok()
+                    }
+                    _ => false,
+                };
+            let mut ok = matches(creds);
+            if let (false, Some(_), Some(refresh)) = (ok, &answer, refresh) {
+                if let Some(fresh) = refresh.await {
+                    ok = matches(Some(&fresh));
+                    refreshed = ok.then_some(fresh);
+                }
+            }
+            (ok, None)
+        }
         ClientAuth::ScramSha256 => {
             match scram_exchange(stream, buf, &mut out, creds, max_len).await? {
                 Some(keys) => (true, Some(keys)),
-                None => (false, None),
+                None => {
+                    if let Some(refresh) = refresh {
+                        // For the next login.
+                        refresh.await;
+                    }
+                    (false, None)
+                }
             }
         }
     };
@@ -95,31 +138,28 @@ pub async fn authenticate(
     Authentication::Ok.encode(&mut out)?;
     write_all(stream, &out).await?;
     // Keys from a verifier pgopt made up from a plaintext would not fit the server's.
-    Ok(keys.filter(|_| creds.is_some_and(|c| c.plaintext.is_none())))
+    Ok(Authenticated {
+        keys: keys.filter(|_| creds.is_some_and(|c| c.plaintext.is_none())),
+        refreshed,
+    })
 }
 
+/// The salt sent and the client's answer; `None` when it sent none.
 async fn md5_exchange(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
-    creds: Option<&Credentials>,
     max_len: u32,
-) -> Result<bool, ProxyError> {
+) -> Result<Option<([u8; 4], String)>, ProxyError> {
     let salt = md5::random_salt()?;
     Authentication::Md5Password { salt }.encode(out)?;
     write_all(stream, out).await?;
     let frame = read_frame(stream, buf, max_len).await?;
     let response = match frame.frontend() {
         Ok(FrontendMessage::AuthResponse(r)) => r.password().map(|p| p.password.to_string()),
-        _ => return Ok(false),
+        _ => return Ok(None),
     };
-    let Ok(response) = response else {
-        return Ok(false);
-    };
-    let Some(stored) = creds.and_then(|c| c.md5.as_deref()) else {
-        return Ok(false);
-    };
-    Ok(md5::verify(stored, salt, &response).is_ok())
+    Ok(response.ok().map(|r| (salt, r)))
 }
 
 async fn scram_exchange(

@@ -3,8 +3,13 @@
 //! keeps a SCRAM verifier or an md5 hash, never the plaintext, and pgopt uses what it
 //! finds both to check the client and to log in to the server for it (see
 //! `auth.rs`, `server.rs`).
+//!
+//! Answers are kept per (database, user) for `auth_query_cache_ttl` ([`LookupCache`]),
+//! so a storm of logins costs one round trip, not one each.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pgopt_wire::frontend::{Bind, Execute, FrontendMessage, Parse};
@@ -116,5 +121,149 @@ async fn run(
     Ok((outcome, result.status))
 }
 
+/// Answers kept at most, over all databases and users.
+pub const MAX_CACHED: usize = 10_000;
+
+/// How long a "no such user" answer is kept at most (shorter when the TTL is).
+pub const NOT_FOUND_TTL: Duration = Duration::from_secs(5);
+
+/// `auth_query`'s answers per (database, user), each until its TTL: a user found is
+/// kept `auth_query_cache_ttl`, "no such user" [`NOT_FOUND_TTL`] at most. A slot per
+/// key is locked while its lookup runs, so concurrent logins of one user wait for one
+/// lookup. RELOAD clears it; failed lookups are not kept.
+#[derive(Default)]
+pub struct LookupCache {
+    slots: Mutex<HashMap<(String, String), Slot>>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+struct Cached {
+    found: Option<Arc<Credentials>>,
+    until: Instant,
+}
+
+/// What [`lookup_cached`] found, and whether it came from the cache (then a login
+/// that fails against it may look again: the password may have changed).
+pub struct Found {
+    pub credentials: Option<Arc<Credentials>>,
+    pub cached: bool,
+}
+
+impl LookupCache {
+    fn slot(&self, database: &str, user: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (database.to_string(), user.to_string());
+        if let Some(slot) = slots.get(&key) {
+            return slot.clone();
+        }
+        if slots.len() >= MAX_CACHED {
+            // Expired answers first; a slot being looked up is kept.
+            let now = Instant::now();
+            slots.retain(|_, s| {
+                s.try_lock()
+                    .map_or(true, |c| c.as_ref().is_some_and(|c| c.until > now))
+            });
+            while slots.len() >= MAX_CACHED {
+                let Some(victim) = slots.keys().next().cloned() else {
+                    break;
+                };
+                slots.remove(&victim);
+            }
+        }
+        slots.entry(key).or_default().clone()
+    }
+
+    /// Forgets every answer (RELOAD).
+    pub fn clear(&self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// [`lookup`] through `cache`: a kept answer younger than its TTL is used (`ttl` zero:
+/// never). With `stale`, the credentials a login just failed against, the user is
+/// looked up again unless another login already replaced that answer.
+#[allow(clippy::too_many_arguments)]
+pub async fn lookup_cached(
+    shared: &Shared,
+    cache: &LookupCache,
+    ttl: Duration,
+    database: &str,
+    auth_user: &str,
+    query: &str,
+    user: &str,
+    stale: Option<Arc<Credentials>>,
+) -> Result<Found, LookupError> {
+    let fetch = || async {
+        Ok::<_, LookupError>(
+            lookup(shared, database, auth_user, query, user)
+                .await?
+                .map(Arc::new),
+        )
+    };
+    if ttl.is_zero() {
+        return Ok(Found {
+            credentials: fetch().await?,
+            cached: false,
+        });
+    }
+    let slot = cache.slot(database, user);
+    let mut kept = slot.lock().await;
+    if let Some(c) = kept.as_ref().filter(|c| c.until > Instant::now()) {
+        let replaced = match (&stale, &c.found) {
+            (None, _) => true,
+            (Some(s), Some(f)) => !Arc::ptr_eq(s, f),
+            (Some(_), None) => true,
+        };
+        if replaced {
+            return Ok(Found {
+                credentials: c.found.clone(),
+                cached: true,
+            });
+        }
+    }
+    let found = fetch().await?;
+    let ttl = if found.is_some() {
+        ttl
+    } else {
+        ttl.min(NOT_FOUND_TTL)
+    };
+    *kept = Some(Cached {
+        found: found.clone(),
+        until: Instant::now() + ttl,
+    });
+    Ok(Found {
+        credentials: found,
+        cached: false,
+    })
+}
+
 /// PgBouncer's default `auth_query`.
 pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(cache: &LookupCache) -> usize {
+        cache.slots.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn the_cache_never_holds_more_than_its_bound() {
+        let cache = LookupCache::default();
+        let fresh = || Cached {
+            found: None,
+            until: Instant::now() + Duration::from_secs(60),
+        };
+        for i in 0..MAX_CACHED + 10 {
+            *cache.slot("db", &format!("user{i}")).lock().await = Some(fresh());
+        }
+        assert_eq!(held(&cache), MAX_CACHED);
+        // The newest is kept.
+        let newest = format!("user{}", MAX_CACHED + 9);
+        assert!(cache.slot("db", &newest).lock().await.is_some());
+        cache.clear();
+        assert_eq!(held(&cache), 0);
+    }
+}

@@ -63,6 +63,9 @@ pub struct CacheSettings {
     /// The login the listener uses (it needs the REPLICATION attribute, and to create
     /// `publication` unless it exists): the database's configured user if unset.
     pub wal_user: Option<String>,
+    /// The listener's password; if unset, the database's configured password when
+    /// the listener logs in as the database's user, else none.
+    pub wal_password: Option<String>,
     pub publication: String,
     /// `[cache.redis]`: L2 and invalidations shared with other pgopt instances.
     pub redis: Option<RedisConfig>,
@@ -85,6 +88,7 @@ impl Default for CacheSettings {
             max_result_bytes: 1 << 20,
             wal_listener: false,
             wal_user: None,
+            wal_password: None,
             publication: "pgopt_cache".into(),
             redis: None,
             verify_fraction: 0.0,
@@ -1117,6 +1121,20 @@ impl Fill {
     }
 }
 
+/// The replication listener's user and password: `wal_user` (else the database's
+/// user) with `wal_password`, else with the database's password only when that user
+/// is the database's own (another role's password is not the upstream's).
+fn wal_login(settings: &CacheSettings, db: &crate::config::Database) -> (String, Option<String>) {
+    let own = db.user.clone().unwrap_or_else(|| "postgres".into());
+    let user = settings.wal_user.clone().unwrap_or_else(|| own.clone());
+    let password = match &settings.wal_password {
+        Some(p) => Some(p.clone()),
+        None if user == own => db.password.clone(),
+        None => None,
+    };
+    (user, password)
+}
+
 /// Follows `db`'s committed changes for the cache (see [`CacheSettings::wal_listener`]):
 /// creates the publication if missing, listens on a temporary slot, and invalidates
 /// what each commit changed. Whenever the stream (re)starts everything is invalidated
@@ -1129,17 +1147,13 @@ pub async fn follow_wal(
     mut lifecycle: tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
 ) {
     use crate::wal::{ensure_publication, listen, WalSource};
+    let (user, password) = wal_login(&cache.settings, &db);
     let source = WalSource {
         host: db.host.clone(),
         port: db.port,
         dbname: db.dbname.clone(),
-        user: cache
-            .settings
-            .wal_user
-            .clone()
-            .or_else(|| db.user.clone())
-            .unwrap_or_else(|| "postgres".into()),
-        password: db.password.clone(),
+        user,
+        password,
         connect_timeout,
     };
     let publication = cache.settings.publication.clone();
@@ -1226,6 +1240,37 @@ pub async fn follow_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listener_uses_the_upstreams_password_only_for_the_upstreams_user() {
+        let db = crate::config::Database {
+            name: "app".into(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            dbname: "app".into(),
+            user: Some("owner".into()),
+            password: Some("ownerpw".into()),
+            replicas: Vec::new(),
+            pool: Default::default(),
+        };
+        let login = |user: Option<&str>, password: Option<&str>| {
+            let settings = CacheSettings {
+                wal_user: user.map(str::to_string),
+                wal_password: password.map(str::to_string),
+                ..CacheSettings::default()
+            };
+            wal_login(&settings, &db)
+        };
+        let pair = |u: &str, p: Option<&str>| (u.to_string(), p.map(str::to_string));
+        assert_eq!(login(None, None), pair("owner", Some("ownerpw")));
+        assert_eq!(login(Some("owner"), None), pair("owner", Some("ownerpw")));
+        assert_eq!(login(Some("walreader"), None), pair("walreader", None));
+        assert_eq!(
+            login(Some("walreader"), Some("walpw")),
+            pair("walreader", Some("walpw"))
+        );
+        assert_eq!(login(None, Some("other")), pair("owner", Some("other")));
+    }
 
     #[test]
     fn bucket_quantiles_are_the_bound_of_the_bucket_they_fall_in() {

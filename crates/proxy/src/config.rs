@@ -171,6 +171,9 @@ pub struct Config {
     /// Finds the stored password (last column) of a user not in `users`; `$1` is
     /// the user name.
     pub auth_query: String,
+    /// How long `auth_query`'s answer for a (database, user) is kept ("no such
+    /// user" 5 s at most); zero looks up at every login.
+    pub auth_query_cache_ttl: Duration,
     pub databases: Vec<Database>,
     /// Largest message accepted from a client or server.
     pub max_message_len: u32,
@@ -331,6 +334,7 @@ impl Default for Config {
             users: Vec::new(),
             auth_user: None,
             auth_query: crate::auth_query::DEFAULT_AUTH_QUERY.to_string(),
+            auth_query_cache_ttl: Duration::from_secs(60),
             databases: Vec::new(),
             max_message_len: pgopt_wire::DEFAULT_MAX_MESSAGE_LEN,
             insight: crate::observe::InsightSettings::default(),

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use pgopt_wire::backend::{BackendKeyData, ParameterStatus, ReadyForQuery};
-use pgopt_wire::scram::ScramKeys;
 use pgopt_wire::startup::{split_startup, CancelRequest, StartupPacket, MAX_STARTUP_PACKET_LEN};
 use pgopt_wire::{md5, sqlstate, TransactionStatus};
 use tokio::io::AsyncReadExt;
@@ -98,7 +97,7 @@ async fn session(
     let users = shared.users();
     let creds = users.get(user.as_str());
     if database == ADMIN_DATABASE {
-        login(&mut stream, &mut buf, shared, &config, user, creds).await?;
+        login(&mut stream, &mut buf, shared, &config, user, creds, None).await?;
         let admin = config.admin_users.iter().any(|u| u == user);
         if !admin && !config.stats_users.iter().any(|u| u == user) {
             send_fatal(
@@ -123,11 +122,41 @@ async fn session(
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
-    // A user the config does not list may be found on the server by auth_query.
-    let found = match (&config.auth_user, creds) {
-        (Some(auth_user), None) if config.client_auth != ClientAuth::Trust => {
-            match auth_query::lookup(shared, &db.name, auth_user, &config.auth_query, user).await {
-                Ok(found) => found,
+    // A user the config does not list may be found on the server by auth_query
+    // (answers are kept for auth_query_cache_ttl).
+    let mut found = None;
+    let mut refresh = None;
+    if let (Some(auth_user), None) = (&config.auth_user, creds) {
+        if config.client_auth != ClientAuth::Trust {
+            let lookup = |stale| {
+                auth_query::lookup_cached(
+                    shared,
+                    &shared.auth_cache,
+                    config.auth_query_cache_ttl,
+                    &db.name,
+                    auth_user,
+                    &config.auth_query,
+                    user,
+                    stale,
+                )
+            };
+            match lookup(None).await {
+                Ok(answer) => {
+                    found = answer.credentials;
+                    if let (true, Some(kept)) = (answer.cached, found.clone()) {
+                        // A password that fails against a kept answer: look again once.
+                        let again: auth::Refresh<'_> = Box::pin(async move {
+                            match lookup(Some(kept)).await {
+                                Ok(answer) => answer.credentials,
+                                Err(_) => {
+                                    tracing::warn!("auth_query failed when looked up again");
+                                    None
+                                }
+                            }
+                        });
+                        refresh = Some(again);
+                    }
+                }
                 Err(LookupError::Checkout(pool, e)) => {
                     fail_checkout(&mut stream, &pool, e).await;
                     return Ok(());
@@ -139,28 +168,32 @@ async fn session(
                 }
             }
         }
-        _ => None,
-    };
-    let keys = login(
+    }
+    let login = login(
         &mut stream,
         &mut buf,
         shared,
         &config,
         user,
-        creds.or(found.as_ref()),
+        creds.or(found.as_deref()),
+        refresh,
     )
     .await?;
+    if login.refreshed.is_some() {
+        found = login.refreshed;
+    }
+    let keys = login.keys;
 
     // Logging in took round trips: a RELOAD or SHUTDOWN may have come meanwhile.
     if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
     }
-    let Some(pool) = shared.pool_for(&db.name, user, found.as_ref()) else {
+    let Some(pool) = shared.pool_for(&db.name, user, found.as_deref()) else {
         // RELOAD removed it while the client logged in.
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
-    let routes = shared.routes_for(&pool, found.as_ref());
+    let routes = shared.routes_for(&pool, found.as_deref());
     if let Some(keys) = keys {
         if pool.target.user == *user {
             for replica in routes.iter().flat_map(|r| &r.pools) {
@@ -399,7 +432,8 @@ async fn login(
     config: &Config,
     user: &str,
     creds: Option<&Credentials>,
-) -> Result<Option<ScramKeys>, ProxyError> {
+    refresh: Option<auth::Refresh<'_>>,
+) -> Result<auth::Authenticated, ProxyError> {
     let result = auth::authenticate(
         stream,
         buf,
@@ -407,6 +441,7 @@ async fn login(
         user,
         creds,
         config.max_message_len,
+        refresh,
     )
     .await;
     if result.is_err() {

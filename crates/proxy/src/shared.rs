@@ -68,6 +68,8 @@ pub struct Shared {
     routers: RwLock<HashMap<String, Arc<Router>>>,
     /// The result cache, when enabled at start.
     pub cache: Option<Arc<crate::cache::ProxyCache>>,
+    /// `auth_query`'s answers (cleared on RELOAD).
+    pub auth_cache: crate::auth_query::LookupCache,
 }
 
 /// A router per database that has replicas; `old` ones are kept when unchanged.
@@ -126,6 +128,7 @@ impl Shared {
             rejected_auth: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             analyzer,
+            auth_cache: crate::auth_query::LookupCache::default(),
         }
     }
 
@@ -398,6 +401,8 @@ impl Shared {
         let tls = tls_acceptor_for(&new)?;
         let server_tls = ServerTlsConnector::new(&new.server_tls)?;
         let old = self.config();
+        // Passwords changed on the server or a new auth_query apply from now on.
+        self.auth_cache.clear();
         if let Some(insight) = &self.insight {
             insight
                 .apply(&old.insight, &new.insight)

@@ -486,6 +486,7 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
         ),
         ("auth_user", c.auth_user.clone().unwrap_or_default(), true),
         ("auth_query", c.auth_query.clone(), true),
+        ("auth_query_cache_ttl", ms(c.auth_query_cache_ttl), true),
         ("admin_users", c.admin_users.join(","), true),
         ("stats_users", c.stats_users.join(","), true),
         ("max_message_len", c.max_message_len.to_string(), true),

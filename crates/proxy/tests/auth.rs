@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{code, config_for, connect};
 use pgopt_embedded::{HostAuth, Postgres};
 use pgopt_proxy::{ClientAuth, Config, PoolMode, Proxy, User};
@@ -110,6 +112,8 @@ async fn auth_query_finds_users_the_config_does_not_list() {
         .unwrap();
     let mut config = config_with_only(&pg, ClientAuth::ScramSha256, "serverpw".into());
     config.auth_user = Some("postgres".into());
+    // Every login looks the user up (the cache has its own tests below).
+    config.auth_query_cache_ttl = Duration::ZERO;
     let proxy = Proxy::start(config).await.unwrap();
 
     two_server_logins(&proxy, "app_user", "apppw").await;
@@ -146,4 +150,177 @@ async fn auth_query_finds_users_the_config_does_not_list() {
         message.contains("auth_query") && message.contains("no_such_table"),
         "{message}"
     );
+}
+
+/// A server asking for `host_auth` where `app_user` has the password `apppw`, stored
+/// as `host_auth` stores it, and an `auth_query` that notes each lookup in the table
+/// `auth_lookups`; a proxy asking clients for `client_auth`, keeping answers `ttl`.
+async fn counted_lookups(
+    host_auth: HostAuth,
+    client_auth: ClientAuth,
+    ttl: Duration,
+) -> (Postgres, tokio_postgres::Client, Proxy) {
+    let pg = Postgres::builder()
+        .password("serverpw", host_auth)
+        .start()
+        .await
+        .unwrap();
+    let admin = pg.connect("postgres").await.unwrap();
+    let encryption = match host_auth {
+        HostAuth::Md5 => "md5",
+        _ => "scram-sha-256",
+    };
+    admin
+        .batch_execute(&format!(
+            // This session's later ALTER ROLEs store the same kind.
+            "SET password_encryption = '{encryption}';
+             CREATE ROLE app_user LOGIN PASSWORD 'apppw';
+             CREATE TABLE auth_lookups (usename text NOT NULL);
+             CREATE FUNCTION pgopt_lookup(name text, OUT usename text, OUT passwd text)
+               LANGUAGE plpgsql SECURITY DEFINER AS $$
+               BEGIN
+                 INSERT INTO auth_lookups VALUES (name);
+                 SELECT s.usename, s.passwd INTO usename, passwd
+                   FROM pg_shadow s WHERE s.usename = name;
+               END $$;"
+        ))
+        .await
+        .unwrap();
+    let mut config = config_with_only(&pg, client_auth, "serverpw".into());
+    config.auth_user = Some("postgres".into());
+    config.auth_query = "SELECT usename, passwd FROM pgopt_lookup($1)".into();
+    config.auth_query_cache_ttl = ttl;
+    let proxy = Proxy::start(config).await.unwrap();
+    (pg, admin, proxy)
+}
+
+/// How many times `auth_query` ran for `user`.
+async fn lookups(admin: &tokio_postgres::Client, user: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM auth_lookups WHERE usename = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn log_in(proxy: &Proxy, user: &str, password: &str) {
+    let c = connect(proxy, user, Some(password))
+        .await
+        .unwrap_or_else(|e| panic!("{user}/{password}: {e}"));
+    c.batch_execute("SELECT 1").await.unwrap();
+}
+
+async fn refused(proxy: &Proxy, user: &str, password: &str) {
+    let err = connect(proxy, user, Some(password))
+        .await
+        .expect_err("bad login accepted");
+    assert_eq!(code(&err), Some("28P01"), "{user}/{password}: {err}");
+}
+
+#[tokio::test]
+async fn auth_query_answers_are_kept_until_their_ttl_and_forgotten_on_reload() {
+    let ttl = Duration::from_secs(3);
+    let (pg, admin, proxy) =
+        counted_lookups(HostAuth::ScramSha256, ClientAuth::ScramSha256, ttl).await;
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        log_in(&proxy, "app_user", "apppw").await;
+    }
+    // "No such user" is kept too (5 s at most).
+    refused(&proxy, "ghost", "apppw").await;
+    refused(&proxy, "ghost", "apppw").await;
+    assert!(
+        started.elapsed() < ttl,
+        "too slow to tell: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(lookups(&admin, "app_user").await, 1);
+    assert_eq!(lookups(&admin, "ghost").await, 1);
+
+    // Past the TTL the user is looked up again.
+    tokio::time::sleep(ttl.saturating_sub(started.elapsed()) + Duration::from_millis(200)).await;
+    log_in(&proxy, "app_user", "apppw").await;
+    log_in(&proxy, "app_user", "apppw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 2);
+
+    // RELOAD forgets every answer.
+    let mut config = config_with_only(&pg, ClientAuth::ScramSha256, "serverpw".into());
+    config.auth_user = Some("postgres".into());
+    config.auth_query = "SELECT usename, passwd FROM pgopt_lookup($1)".into();
+    config.auth_query_cache_ttl = ttl;
+    let handle = proxy.handle();
+    handle.set_reloader(move || Ok(config.clone()));
+    handle.reload().unwrap();
+    log_in(&proxy, "app_user", "apppw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 3);
+}
+
+#[tokio::test]
+async fn with_a_ttl_of_zero_every_login_looks_the_user_up() {
+    let (_pg, admin, proxy) = counted_lookups(
+        HostAuth::ScramSha256,
+        ClientAuth::ScramSha256,
+        Duration::ZERO,
+    )
+    .await;
+    for _ in 0..3 {
+        log_in(&proxy, "app_user", "apppw").await;
+    }
+    refused(&proxy, "app_user", "wrong").await;
+    assert_eq!(lookups(&admin, "app_user").await, 4);
+}
+
+#[tokio::test]
+async fn an_md5_login_failing_against_a_kept_answer_looks_again_and_takes_a_new_password() {
+    let (_pg, admin, proxy) =
+        counted_lookups(HostAuth::Md5, ClientAuth::Md5, Duration::from_secs(600)).await;
+    log_in(&proxy, "app_user", "apppw").await;
+    log_in(&proxy, "app_user", "apppw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 1);
+
+    admin
+        .batch_execute("ALTER ROLE app_user PASSWORD 'newpw'")
+        .await
+        .unwrap();
+    // The kept hash refuses it; the lookup made then accepts it, at the first try.
+    log_in(&proxy, "app_user", "newpw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 2);
+    // The new answer is kept, and the old password refused (after one more look).
+    log_in(&proxy, "app_user", "newpw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 2);
+    refused(&proxy, "app_user", "apppw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 3);
+    log_in(&proxy, "app_user", "newpw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 3);
+}
+
+#[tokio::test]
+async fn a_scram_login_failing_against_a_kept_verifier_renews_it_for_the_next_login() {
+    let (_pg, admin, proxy) = counted_lookups(
+        HostAuth::ScramSha256,
+        ClientAuth::ScramSha256,
+        Duration::from_secs(600),
+    )
+    .await;
+    log_in(&proxy, "app_user", "apppw").await;
+    log_in(&proxy, "app_user", "apppw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 1);
+
+    admin
+        .batch_execute("ALTER ROLE app_user PASSWORD 'newpw'")
+        .await
+        .unwrap();
+    // The exchange ran with the kept verifier's salt, so the client's proof can't be
+    // checked against the new one: refused, but looked up again…
+    refused(&proxy, "app_user", "newpw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 2);
+    // …so the next login meets the new verifier, which is kept.
+    log_in(&proxy, "app_user", "newpw").await;
+    log_in(&proxy, "app_user", "newpw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 2);
+    refused(&proxy, "app_user", "apppw").await;
+    assert_eq!(lookups(&admin, "app_user").await, 3);
 }

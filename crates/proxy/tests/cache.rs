@@ -826,6 +826,98 @@ async fn writes_that_bypass_pgopt_invalidate_through_the_replication_stream() {
     }
 }
 
+/// PostgreSQL with wal_level = logical and SCRAM logins over TCP (replication ones
+/// too), a cached table `items`, the publication made by the superuser, and a role
+/// `walreader` with REPLICATION and its own password `walpw`; a proxy whose
+/// listener logs in with `wal_user` / `wal_password`.
+async fn replication_role(wal_user: Option<&str>, wal_password: Option<&str>) -> (Postgres, Proxy) {
+    let pg = Postgres::builder()
+        .setting("wal_level", "logical")
+        .password("serverpw", pgopt_embedded::HostAuth::ScramSha256)
+        .start()
+        .await
+        .unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a');
+         CREATE PUBLICATION pgopt_cache FOR ALL TABLES;
+         CREATE ROLE walreader LOGIN REPLICATION PASSWORD 'walpw';",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            wal_listener: true,
+            wal_user: wal_user.map(str::to_string),
+            wal_password: wal_password.map(str::to_string),
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    (pg, proxy)
+}
+
+/// SHOW CACHE once its `wal` column satisfies `done` (within 20 s).
+async fn wal_state(proxy: &Proxy, done: impl Fn(&str) -> bool) -> HashMap<String, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stats = cache_row(proxy).await;
+        if done(&stats["wal"]) {
+            return stats;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_role_with_its_own_password_streams_and_invalidates() {
+    let (pg, proxy) = replication_role(Some("walreader"), Some("walpw")).await;
+    wal_state(&proxy, |wal| wal == "streaming").await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&client, read).await, "a");
+    assert_eq!(value(&client, read).await, "a", "cached");
+    assert!(counter(&cache_row(&proxy).await, "hits") >= 1);
+    // Directly on PostgreSQL: the stream, read as walreader, tells pgopt.
+    pg.psql("UPDATE items SET v = 'direct' WHERE id = 1")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while value(&client, read).await != "direct" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bypassing write was never seen: {:?}",
+            cache_row(&proxy).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(counter(&cache_row(&proxy).await, "wal_commits") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_wal_password_shows_the_failed_login_and_nothing_is_served_from_cache() {
+    // The upstream's own user, whose password would work: wal_password is used
+    // instead, and it is wrong.
+    let (_pg, proxy) = replication_role(None, Some("wrong")).await;
+    let stats = wal_state(&proxy, |wal| wal.starts_with("down: ")).await;
+    assert!(
+        stats["wal"].contains("password authentication failed"),
+        "{stats:?}"
+    );
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            value(&client, "SELECT v FROM items WHERE id = 1").await,
+            "a"
+        );
+    }
+    let stats = cache_row(&proxy).await;
+    assert_eq!(counter(&stats, "hits"), 0, "{stats:?}");
+    assert_eq!(counter(&stats, "stored"), 0, "{stats:?}");
+    assert_ne!(stats["wal"], "streaming", "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_databases_nothing_is_served_until_both_replication_streams_run() {
     let logical = Postgres::builder()

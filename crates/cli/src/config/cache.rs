@@ -30,6 +30,10 @@ pub struct CacheSection {
     pub wal_listener: bool,
     /// The listener's login (REPLICATION attribute); the upstream's user when empty.
     pub wal_user: String,
+    /// The listener's password; when empty, the upstream's if `wal_user` is empty or
+    /// the upstream's user, else none. `pgopt config print` shows it masked.
+    #[serde(serialize_with = "masked")]
+    pub wal_password: String,
     pub publication: String,
     /// L2 and invalidations shared between pgopt instances.
     pub redis: RedisSection,
@@ -108,6 +112,7 @@ impl Default for CacheSection {
             max_result_bytes: d.max_result_bytes as u64,
             wal_listener: d.wal_listener,
             wal_user: String::new(),
+            wal_password: String::new(),
             publication: d.publication,
             redis: RedisSection::default(),
             verify_fraction: Share(d.verify_fraction),
@@ -133,6 +138,7 @@ impl CacheSection {
             max_result_bytes: usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX),
             wal_listener: self.wal_listener,
             wal_user: (!self.wal_user.is_empty()).then(|| self.wal_user.clone()),
+            wal_password: (!self.wal_password.is_empty()).then(|| self.wal_password.clone()),
             verify_fraction: self.verify_fraction.0,
             publication: self.publication.clone(),
             redis: self
@@ -141,6 +147,14 @@ impl CacheSection {
         }
     }
 }
+
+/// What a printed config shows of a secret: "" when unset, else a mask.
+fn masked<S: Serializer>(secret: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.is_empty() { "" } else { MASK })
+}
+
+/// A set secret as `pgopt config print` shows it.
+pub const MASK: &str = "********";
 
 /// A query shape's fingerprint as SHOW QUERIES prints it: 16 hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

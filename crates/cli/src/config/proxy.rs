@@ -180,6 +180,8 @@ pub struct ProxyConfig {
     pub auth_user: String,
     /// The lookup; `$1` is the user name, the last column the stored password.
     pub auth_query: String,
+    /// How long a user's lookup is kept ("no such user": 5 s at most); "0s" is off.
+    pub auth_query_cache_ttl: HumanDuration,
 }
 
 impl Default for ProxyConfig {
@@ -214,6 +216,7 @@ impl Default for ProxyConfig {
             users: Vec::new(),
             auth_user: String::new(),
             auth_query: pgopt_proxy::DEFAULT_AUTH_QUERY.to_string(),
+            auth_query_cache_ttl: HumanDuration(Duration::from_secs(60)),
         }
     }
 }

@@ -263,3 +263,43 @@ fn a_bad_database_pool_setting_is_named_with_its_line() {
         "{e}"
     );
 }
+
+#[test]
+fn auth_query_cache_ttl_is_a_duration_named_with_its_line() {
+    let e = err("[proxy]\nauth_query_cache_ttl = \"soon\"\n");
+    assert!(
+        e.starts_with("pgopt.toml:2: proxy.auth_query_cache_ttl: expected"),
+        "{e}"
+    );
+    let off = parse_text("pgopt.toml", "[proxy]\nauth_query_cache_ttl = \"0s\"\n").unwrap();
+    assert!(off.proxy.auth_query_cache_ttl.0.is_zero());
+    let loaded = load(None, &[]).unwrap();
+    assert_eq!(
+        loaded.config.proxy.auth_query_cache_ttl.0,
+        std::time::Duration::from_secs(60)
+    );
+}
+
+#[test]
+fn wal_password_comes_from_the_environment_and_is_printed_masked() {
+    let overrides = vec![
+        ("PGOPT_CACHE__WAL_USER".to_string(), "walreader".to_string()),
+        (
+            "PGOPT_CACHE__WAL_PASSWORD".to_string(),
+            "s3cret-pw".to_string(),
+        ),
+    ];
+    let loaded = load(None, &overrides).unwrap();
+    let settings = loaded.config.cache.settings();
+    assert_eq!(settings.wal_user.as_deref(), Some("walreader"));
+    assert_eq!(settings.wal_password.as_deref(), Some("s3cret-pw"));
+    let printed = toml::to_string_pretty(&loaded.config).unwrap();
+    assert!(!printed.contains("s3cret-pw"), "{printed}");
+    assert!(
+        printed.contains(&format!("wal_password = \"{}\"", cache::MASK)),
+        "{printed}"
+    );
+    // Unset, it prints as unset (the example config shows the default).
+    let printed = toml::to_string_pretty(&Config::default()).unwrap();
+    assert!(printed.contains("wal_password = \"\""), "{printed}");
+}
