@@ -32,7 +32,7 @@ pub struct CacheSection {
     pub wal_user: String,
     /// The listener's password; when empty, the upstream's if `wal_user` is empty or
     /// the upstream's user, else none. `pgopt config print` shows it masked.
-    #[serde(serialize_with = "masked")]
+    #[serde(serialize_with = "super::masked")]
     pub wal_password: String,
     pub publication: String,
     /// L2 and invalidations shared between pgopt instances.
@@ -47,7 +47,8 @@ pub struct CacheSection {
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSection {
     /// `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS; with
-    /// `cluster`, node URLs separated by commas.
+    /// `cluster`, node URLs separated by commas. Printed with passwords masked.
+    #[serde(serialize_with = "super::masked_url")]
     pub url: String,
     pub cluster: bool,
     /// Before every key and the channel: instances sharing a prefix share entries.
@@ -57,7 +58,9 @@ pub struct RedisSection {
     /// A Redis call slower than this counts as failed (the query goes to PostgreSQL).
     pub timeout: HumanDuration,
     /// Key of the HMAC over stored values: set it (e.g. with
-    /// PGOPT_CACHE__REDIS__HMAC_KEY) where others can write to this Redis.
+    /// PGOPT_CACHE__REDIS__HMAC_KEY) where others can write to this Redis. Printed
+    /// masked.
+    #[serde(serialize_with = "super::masked")]
     pub hmac_key: String,
     /// Values at least this large are compressed (lz4).
     pub compress_min: u64,
@@ -147,14 +150,6 @@ impl CacheSection {
         }
     }
 }
-
-/// What a printed config shows of a secret: "" when unset, else a mask.
-fn masked<S: Serializer>(secret: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(if secret.is_empty() { "" } else { MASK })
-}
-
-/// A set secret as `pgopt config print` shows it.
-pub const MASK: &str = "********";
 
 /// A query shape's fingerprint as SHOW QUERIES prints it: 16 hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,39 @@ pub use duration::HumanDuration;
 pub use proxy::{ClientAuthMethod, ProxyConfig, ServerTlsModeSetting, TlsModeSetting};
 pub use routing::{proxy_replicas, RoutingSection};
 
+/// A set secret as `pgopt config print` shows it.
+pub const MASK: &str = "********";
+
+/// What a printed config shows of a secret: "" when unset, else [`MASK`].
+pub(crate) fn masked<S: serde::Serializer>(secret: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.is_empty() { "" } else { MASK })
+}
+
+/// A URL (or several, separated by commas) with the password of each one's
+/// `user:password@` replaced by [`MASK`].
+pub(crate) fn mask_url_passwords(urls: &str) -> String {
+    let mask = |url: &str| {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.to_string();
+        };
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:{MASK}@{host}{tail}"),
+                None => url.to_string(),
+            },
+            None => url.to_string(),
+        }
+    };
+    urls.split(',').map(mask).collect::<Vec<_>>().join(",")
+}
+
+/// Serializes a URL field with its passwords masked.
+pub(crate) fn masked_url<S: serde::Serializer>(urls: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&mask_url_passwords(urls))
+}
+
 /// The whole configuration tree. Each section is the small typed config of one part.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -55,8 +55,9 @@ pub enum ServerTlsModeSetting {
 pub struct UpstreamUrl(pub String);
 
 impl Serialize for UpstreamUrl {
+    /// With its password masked (`pgopt config print`).
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        super::masked_url(&self.0, s)
     }
 }
 
@@ -121,7 +122,8 @@ impl DatabaseEntry {
 #[serde(deny_unknown_fields)]
 pub struct ProxyUser {
     pub name: String,
-    /// Plaintext, an `md5…` hash or a `SCRAM-SHA-256$…` verifier.
+    /// Plaintext, an `md5…` hash or a `SCRAM-SHA-256$…` verifier. Printed masked.
+    #[serde(serialize_with = "super::masked")]
     pub password: String,
 }
 
@@ -130,7 +132,9 @@ pub struct ProxyUser {
 pub struct ProxyConfig {
     /// Where clients connect.
     pub listen: SocketAddr,
-    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` of the server to pool.
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` of the server to pool (printed with
+    /// the password masked).
+    #[serde(serialize_with = "super::masked_url")]
     pub upstream: String,
     /// More databases, each on its own server, with its own replicas.
     pub databases: Vec<DatabaseEntry>,

@@ -296,10 +296,51 @@ fn wal_password_comes_from_the_environment_and_is_printed_masked() {
     let printed = toml::to_string_pretty(&loaded.config).unwrap();
     assert!(!printed.contains("s3cret-pw"), "{printed}");
     assert!(
-        printed.contains(&format!("wal_password = \"{}\"", cache::MASK)),
+        printed.contains(&format!("wal_password = \"{}\"", super::MASK)),
         "{printed}"
     );
     // Unset, it prints as unset (the example config shows the default).
     let printed = toml::to_string_pretty(&Config::default()).unwrap();
     assert!(printed.contains("wal_password = \"\""), "{printed}");
+}
+
+#[test]
+fn config_print_masks_every_secret() {
+    let text = r#"
+[proxy]
+upstream = "postgres://app:upstream-pw@127.0.0.1:5432/shop"
+users = [{ name = "alice", password = "alice-pw" }]
+databases = [{ name = "other", upstream = "postgres://app:other-pw@127.0.0.1:5433/other" }]
+
+[cache.redis]
+url = "redis://:redis-pw@127.0.0.1:6379,redis://user:node-pw@127.0.0.1:6380/0"
+hmac_key = "hmac-secret"
+"#;
+    let config = parse_text("pgopt.toml", text).unwrap();
+    let printed = toml::to_string_pretty(&config).unwrap();
+    for secret in [
+        "upstream-pw",
+        "alice-pw",
+        "other-pw",
+        "redis-pw",
+        "node-pw",
+        "hmac-secret",
+    ] {
+        assert!(!printed.contains(secret), "{secret} in {printed}");
+    }
+    // What is not secret stays readable.
+    for shown in [
+        "postgres://app:********@127.0.0.1:5432/shop",
+        "postgres://app:********@127.0.0.1:5433/other",
+        "redis://:********@127.0.0.1:6379,redis://user:********@127.0.0.1:6380/0",
+        "hmac_key = \"********\"",
+        "name = \"alice\"",
+    ] {
+        assert!(printed.contains(shown), "{shown} not in {printed}");
+    }
+    assert_eq!(
+        mask_url_passwords("postgres://app@h/db?sslmode=require"),
+        "postgres://app@h/db?sslmode=require"
+    );
+    assert_eq!(mask_url_passwords("not a url"), "not a url");
 }
