@@ -109,7 +109,16 @@ impl Proxy {
         if let Some(cache) = shared.cache.as_ref().filter(|c| c.settings.wal_listener) {
             let config = shared.config();
             // The fallback's databases are not known in advance: writes to them that
-            // bypass pgopt are not followed.
+            // bypass pgopt are not followed, so they are not cached (see `Relay::new`).
+            if config
+                .databases
+                .iter()
+                .any(|db| db.name == FALLBACK_DATABASE)
+            {
+                tracing::warn!(
+                    "cache.wal_listener follows the listed databases only: databases reached through \"*\" are not cached"
+                );
+            }
             let listed = config
                 .databases
                 .iter()

@@ -183,7 +183,15 @@ impl Relay {
     ) -> Relay {
         let config = shared.config();
         let cache = shared.cache.clone();
-        let serve_cache = cache.is_some() && pool.mode == PoolMode::Transaction && routes.is_none();
+        // A database reached through the `*` fallback has no replication listener: with
+        // `wal_listener` on, writes that bypass pgopt would go unseen there, so it is
+        // not cached.
+        let unfollowed = cache.as_ref().is_some_and(|c| c.settings.wal_listener)
+            && config.is_fallback(&pool.database);
+        let serve_cache = cache.is_some()
+            && pool.mode == PoolMode::Transaction
+            && routes.is_none()
+            && !unfollowed;
         let (login_user, database, _) = info.identity();
         let tracker = shared
             .insight
