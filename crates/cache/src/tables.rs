@@ -180,7 +180,12 @@ impl TableStats {
             // A table seen for the first time: once per table (or while full).
             let mut rows = self.rows.write().unwrap_or_else(|p| p.into_inner());
             for t in tables.iter().map(AsRef::as_ref) {
-                if self.is_everything(t) || rows.contains_key(t) {
+                if self.is_everything(t) {
+                    continue;
+                }
+                // Inserted by another thread since the read: counted all the same.
+                if let Some(c) = rows.get(t) {
+                    push(c);
                     continue;
                 }
                 if rows.len() < self.max {
@@ -201,17 +206,18 @@ impl TableStats {
     /// not dealt with it and nothing counts.
     pub fn invalidated<S: AsRef<str>>(&self, tables: &[S], source: Source, versions: &Versions) {
         let rows = self.rows.read().unwrap_or_else(|p| p.into_inner());
+        if tables.iter().any(|t| self.is_everything(t.as_ref())) {
+            // Everything: each row once, the named tables included.
+            for c in rows.values() {
+                c.invalidated(source);
+            }
+            if rows.len() >= self.max {
+                self.other.invalidated(source);
+            }
+            return;
+        }
         let mut other = false;
         for t in tables.iter().map(AsRef::as_ref) {
-            if self.is_everything(t) {
-                for c in rows.values() {
-                    c.invalidated(source);
-                }
-                if rows.len() >= self.max {
-                    self.other.invalidated(source);
-                }
-                return;
-            }
             match rows.get(t) {
                 Some(c) => c.invalidated(source),
                 None => other |= rows.len() >= self.max && versions.tracks(t),
@@ -278,13 +284,15 @@ mod tests {
         versions.snapshot(&["c"]);
         stats.invalidated(&["a", "c", "d", "zz"], Source::Local, &versions);
         stats.invalidated(&["*"], Source::Stream, &versions);
+        // Named tables and everything in one commit: each row once.
+        stats.invalidated(&["a", "*"], Source::Bus, &versions);
         let rows = stats.rows();
         let names: Vec<&str> = rows.iter().map(|r| r.table.as_str()).collect();
         assert_eq!(names, ["a", "b", OTHER]);
-        assert_eq!((rows[0].hits, rows[0].invalidations), (2, [1, 0, 1]));
-        assert_eq!((rows[1].hits, rows[1].invalidations), (2, [0, 0, 1]));
+        assert_eq!((rows[0].hits, rows[0].invalidations), (2, [1, 1, 1]));
+        assert_eq!((rows[1].hits, rows[1].invalidations), (2, [0, 1, 1]));
         // c is tracked (once, though c and d were both named), d and zz are not.
-        assert_eq!((rows[2].misses, rows[2].invalidations), (1, [1, 0, 1]));
+        assert_eq!((rows[2].misses, rows[2].invalidations), (1, [1, 1, 1]));
         // As busy as b, more often invalidated.
         assert_eq!(stats.busiest(1)[0].table, "a");
     }
