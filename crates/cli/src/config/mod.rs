@@ -33,7 +33,9 @@ pub(crate) fn mask_url_passwords(urls: &str) -> String {
         let Some((scheme, rest)) = url.split_once("://") else {
             return url.to_string();
         };
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        // As the URL parsers split it: the authority ends at the first `/`, and the
+        // user part at the last `@` (a password may hold `?` or `@`).
+        let authority_end = rest.find('/').unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
         match authority.rsplit_once('@') {
             Some((userinfo, host)) => match userinfo.split_once(':') {

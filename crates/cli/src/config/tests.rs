@@ -343,4 +343,8 @@ hmac_key = "hmac-secret"
         "postgres://app@h/db?sslmode=require"
     );
     assert_eq!(mask_url_passwords("not a url"), "not a url");
+    assert_eq!(
+        mask_url_passwords("postgres://app:pa?s@s@db/shop"),
+        "postgres://app:********@db/shop"
+    );
 }
