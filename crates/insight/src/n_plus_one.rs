@@ -245,8 +245,9 @@ impl Slot {
     /// Records an execution time in the ring of `cap` and returns the oldest
     /// time in the ring once it is full.
     fn push_time(&mut self, now_ms: u64, cap: usize) -> Option<u64> {
-        if self.times.len() > cap {
-            // The threshold was lowered by a RELOAD.
+        if self.times.len() > cap || (self.times.len() < cap && self.head != 0) {
+            // A RELOAD changed the threshold: a ring of another size starts over (a full
+            // ring that wrapped can't simply grow in place).
             self.times.clear();
             self.head = 0;
         }
