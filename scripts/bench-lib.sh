@@ -9,18 +9,19 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # run TARGET_PORT PID_OR_EMPTY PGBENCH_ARGS... → "tps latency_ms cpu_us_per_txn"
 # With P99=1: "tps latency_ms cpu_us_per_txn p99_latency_ms", the p99 from pgbench's
-# per-transaction log (every transaction of the run).
+# per-transaction log of a 10% sample (logging every transaction would cost pgbench
+# CPU that the targets then lack).
 run() {
   local port=$1 pid=$2; shift 2
   local before=0 after=0 out logs=() p99=
   if [ "${P99:-0}" = 1 ]; then
-    logs=(-l --log-prefix "$(mktemp -d /tmp/pgopt-bench-log-XXXXXX)/tx")
+    logs=(-l --sampling-rate 0.1 --log-prefix "$(mktemp -d /tmp/pgopt-bench-log-XXXXXX)/tx")
   fi
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   out=$("$bindir/pgbench" -n -T "$secs" -h 127.0.0.1 -p "$port" -U postgres "${logs[@]}" "$@" postgres 2>&1) || true
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   if [ ${#logs[@]} -gt 0 ]; then
-    local dir; dir=$(dirname "${logs[2]}")
+    local dir; dir=$(dirname "${logs[4]}")
     # Field 3 of each line: the transaction's latency in µs.
     p99=$(cat "$dir"/tx* 2>/dev/null | awk '{print $3}' | sort -n |
       awk '{v[NR] = $1} END {

@@ -21,8 +21,8 @@ scale=${2:-10}
 pool=${3:-20}
 
 bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-for p in "$bindir/initdb" "$bindir/pgbench" pgbouncer; do
-  command -v "$p" >/dev/null || { echo "missing $p (apt-get install postgresql-15 pgbouncer)" >&2; exit 1; }
+for p in "$bindir/initdb" "$bindir/pgbench" pgbouncer /usr/bin/time; do
+  command -v "$p" >/dev/null || { echo "missing $p (apt-get install postgresql-15 pgbouncer time)" >&2; exit 1; }
 done
 cargo build --release -q -p pgopt-cli
 pgopt=target/release/pgopt
@@ -144,6 +144,10 @@ insight_run() {
       fi
     done
     shift 2
+    # A failed run (pgbench's "failed") leaves its round out.
+    if [[ "${on_tps[-1]}${off_tps[-1]}${on_cpu[-1]}${off_cpu[-1]}${off_all[-1]}" =~ [^0-9.] ]]; then
+      echo "  round $r: a run failed, left out" >&2; continue
+    fi
     tps_r+=("$(awk -v a="${on_tps[-1]}" -v b="${off_tps[-1]}" 'BEGIN {printf "%.4f", a / b}')")
     cost_r+=("$(awk -v a="${on_cpu[-1]}" -v b="${off_cpu[-1]}" -v all="${off_all[-1]}" 'BEGIN {printf "%.4f", (a - b) / all}')")
     [ -n "${INSIGHT_VERBOSE:-}" ] && printf '  round %s: TPS on %.0f off %.0f (%s); µs/tx pgopt on %s off %s, all on %s off %s (%s)\n' \
