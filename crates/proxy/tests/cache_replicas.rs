@@ -67,7 +67,17 @@ async fn wait_for_replica(
 /// however far behind it is (so a lagging replica still serves reads), and a proxy
 /// with the cache on.
 async fn primary_replica_and_cache() -> (Postgres, Postgres, Proxy) {
-    let primary = Postgres::start().await.unwrap();
+    primary_replica_and_cache_with(false).await
+}
+
+/// [`primary_replica_and_cache`], with the cache's replication listener on when
+/// `wal_listener` (its stream is running on return).
+async fn primary_replica_and_cache_with(wal_listener: bool) -> (Postgres, Postgres, Proxy) {
+    let mut builder = Postgres::builder();
+    if wal_listener {
+        builder = builder.setting("wal_level", "logical");
+    }
+    let primary = builder.start().await.unwrap();
     primary
         .psql(
             "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'old');",
@@ -87,6 +97,7 @@ async fn primary_replica_and_cache() -> (Postgres, Postgres, Proxy) {
         c.cache = CacheSettings {
             enabled: true,
             tables: vec!["items".into()],
+            wal_listener,
             ..CacheSettings::default()
         };
     })
@@ -95,6 +106,11 @@ async fn primary_replica_and_cache() -> (Postgres, Postgres, Proxy) {
     let client = connect(&proxy, "postgres", None).await.unwrap();
     value(&client, "SELECT 1").await;
     wait_for_replica(&proxy, "up", |r| r["state"] == "up").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wal_listener && cache_row(&proxy).await["wal"] != "streaming" {
+        assert!(Instant::now() < deadline, "{:?}", cache_row(&proxy).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     (primary, replica, proxy)
 }
 
@@ -202,6 +218,51 @@ async fn a_read_on_a_lagging_replica_is_not_stored_and_the_writer_reads_its_writ
     assert_eq!(
         counter(&after, "not_stored"),
         counter(&before, "not_stored") + 2,
+        "{after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_bypasses_pgopt_seen_by_the_listener_fences_a_lagging_replica() {
+    let (primary, replica, proxy) = primary_replica_and_cache_with(true).await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let direct = primary.connect("postgres").await.unwrap();
+    assert_eq!(value(&reader, READ).await, "old");
+
+    replica.psql("SELECT pg_wal_replay_pause()").unwrap();
+    let commits = counter(&cache_row(&proxy).await, "wal_commits");
+    direct
+        .batch_execute("UPDATE items SET v = 'direct' WHERE id = 1")
+        .await
+        .unwrap();
+    let row = direct
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap();
+    let written = lsn(row.get(0));
+    // The listener has seen the commit and ended the entry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&cache_row(&proxy).await, "wal_commits") == commits {
+        assert!(Instant::now() < deadline, "{:?}", cache_row(&proxy).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = cache_row(&proxy).await;
+    // The lagging replica still has the old row: it is read, but not stored.
+    assert_eq!(value(&reader, READ).await, "old", "the replica lags");
+    let after = cache_row(&proxy).await;
+
+    replica.psql("SELECT pg_wal_replay_resume()").unwrap();
+    wait_for_replica(&proxy, "caught up", |r| lsn(&r["replay_lsn"]) >= written).await;
+    for _ in 0..3 {
+        assert_eq!(
+            value(&reader, READ).await,
+            "direct",
+            "once the replica caught up the reader sees the write (no stale entry)"
+        );
+    }
+    assert_eq!(
+        counter(&after, "not_stored"),
+        counter(&before, "not_stored") + 1,
         "{after:?}"
     );
 }
