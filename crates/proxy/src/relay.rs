@@ -1507,6 +1507,11 @@ impl Relay {
         let Some(routes) = &self.routes else {
             return;
         };
+        if self.ryw.replica.is_some() {
+            // A read on a replica the cache counted as a possible write (a function
+            // in `routing.safe_functions`): no position to read there.
+            return;
+        }
         let settings = &routes.router.settings;
         let window = Instant::now() + settings.read_your_writes_window;
         let routing_wants_lsn = wrote
