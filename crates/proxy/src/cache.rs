@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::fence::{FenceToken, Fences};
 use crate::views::{n, t, Kind, Table};
 use pgopt_cache::{
     FillTicket, Flight, Key, KeyBuilder, L1Config, L2Counters, RedisConfig, ResultCache, Source,
@@ -225,6 +226,9 @@ pub struct ProxyCache {
     /// Per database: what the catalog says writes reach (see [`Deps`]), and a count
     /// of schema changes (a read of the catalog that began before one is discarded).
     deps: Mutex<(HashMap<String, DepsState>, u64)>,
+    /// What a fill that ran on a replica must have replayed to be stored (see
+    /// `fence.rs`).
+    pub fences: Arc<Fences>,
 }
 
 /// A database's [`Deps`]: being read, read (until a schema change or
@@ -432,6 +436,7 @@ impl ProxyCache {
             settings: settings.clone(),
             counters: CacheCounters::default(),
             deps: Mutex::new((HashMap::new(), 0)),
+            fences: Arc::new(Fences::default()),
         }))
     }
 
@@ -524,17 +529,25 @@ impl ProxyCache {
     /// A transaction that wrote `writes` ended: the entries of those tables, and of
     /// what the writes reach through the catalog, end (all entries when the catalog
     /// is not known or a trigger is involved).
-    /// Returns the tags bumped: other instances learn them from [`ProxyCache::publish`].
-    pub fn invalidate(&self, database: &str, writes: PendingWrites) -> Vec<String> {
+    /// Returns the tags bumped: other instances learn them from [`ProxyCache::publish`];
+    /// and the write's fence, pending until the commit's WAL position is known (see
+    /// `fence.rs`: taken before the bump; dropped unresolved, it waits for the
+    /// primary's next health check).
+    pub fn invalidate(
+        &self,
+        database: &str,
+        writes: PendingWrites,
+    ) -> (Vec<String>, Option<FenceToken>) {
         if writes.tables.is_empty() {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let tags = self.reach(database, &writes.tables, true);
+        let fence = self.fences.begin(database, &tags);
         self.bump(&tags, Source::Local);
         if writes.schema {
             self.schema_changed();
         }
-        tags
+        (tags, Some(fence))
     }
 
     /// Tells every instance sharing Redis that `tags` were written (their versions in
@@ -580,7 +593,10 @@ impl ProxyCache {
             .iter()
             .map(|t| tag(t).to_string())
             .collect();
-        self.bump(&self.reach(database, &tables, false), Source::Stream);
+        let tags = self.reach(database, &tables, false);
+        // Before the bump: a replica's fill that sees it must have replayed the commit.
+        self.fences.advance(database, &tags, committed.end_lsn);
+        self.bump(&tags, Source::Stream);
         let now = pgopt_wire::replication::pg_epoch_micros(std::time::SystemTime::now());
         let late_ms = (now - committed.commit_time).max(0) as u64 / 1000;
         let c = &self.counters;
@@ -1076,6 +1092,9 @@ pub struct Fill {
     pub description: BytesMut,
     pub rows: BytesMut,
     pub _flight: Option<Flight>,
+    /// Where the query runs: `None` on the primary, else the replica's replay position
+    /// observed before it ran (a lower bound).
+    pub replica_replayed: Option<u64>,
 }
 
 /// What one server message does to a fill: `Some(reply)` at its ReadyForQuery (idle)
@@ -1117,6 +1136,7 @@ impl Fill {
             description: BytesMut::new(),
             rows: BytesMut::new(),
             _flight: flight,
+            replica_replayed: None,
         }
     }
 }
@@ -1198,6 +1218,9 @@ pub async fn follow_wal(
         let consume = async {
             while let Some(committed) = rx.recv().await {
                 if committed.tables.is_empty() {
+                    // Commits before the stream were not seen: replicas' fills wait
+                    // for a primary position read after now.
+                    cache.fences.unresolved_all(&db.name);
                     cache.bump(&[ALL.to_string()], Source::Stream);
                     if !std::mem::replace(&mut streaming, true) {
                         cache.counters.wal_streaming.fetch_add(1, Relaxed);

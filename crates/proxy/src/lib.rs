@@ -13,6 +13,7 @@ mod cache;
 mod cache_views;
 pub mod config;
 mod error;
+mod fence;
 mod http;
 mod insight_views;
 mod io;

@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cache::{Capture, Fill, PendingWrites, ProxyCache, Shape};
 use crate::config::{PoolMode, ReadYourWrites};
+use crate::fence::FenceToken;
 use crate::io::{send_fatal, write_all};
 use crate::observe::Tracker;
 use crate::pool::{Checkout, CheckoutError, Pool};
@@ -128,9 +129,14 @@ pub struct Relay {
     /// them (a batch behind a replica read, or behind a batch running again).
     paused: bool,
     /// The result cache (see `cache.rs`): every session notes its writes; only
-    /// transaction-mode sessions without replicas are served from it.
+    /// transaction-mode sessions are served from it. With replicas, a miss that ran
+    /// on one is stored only if the replica had every write its versions reflect
+    /// (see `fence.rs`).
     cache: Option<Arc<ProxyCache>>,
     serve_cache: bool,
+    /// This client's ended writes whose commit position is not known yet: resolved
+    /// with the position read once the connection is idle (see [`Relay::after_write`]).
+    fence_tokens: Vec<FenceToken>,
     /// Tags this client's commits bumped, for the instances sharing Redis: told
     /// before the client hears the transaction ended.
     to_publish: Vec<String>,
@@ -188,10 +194,7 @@ impl Relay {
         // not cached.
         let unfollowed = cache.as_ref().is_some_and(|c| c.settings.wal_listener)
             && config.is_fallback(&pool.database);
-        let serve_cache = cache.is_some()
-            && pool.mode == PoolMode::Transaction
-            && routes.is_none()
-            && !unfollowed;
+        let serve_cache = cache.is_some() && pool.mode == PoolMode::Transaction && !unfollowed;
         let (login_user, database, _) = info.identity();
         let tracker = shared
             .insight
@@ -237,6 +240,7 @@ impl Relay {
             paused: false,
             cache,
             serve_cache,
+            fence_tokens: Vec::new(),
             to_publish: Vec::new(),
             filling: None,
             login_user,
@@ -429,7 +433,10 @@ impl Relay {
             }
             if self.server.is_none() {
                 match self.checkout(&frame).await {
-                    Lending::Lent => self.filling = fill,
+                    Lending::Lent => {
+                        self.filling = fill;
+                        self.note_fill_route();
+                    }
                     Lending::Closed => return Ok(false),
                     Lending::Refused => {
                         match frame.tag() {
@@ -735,6 +742,23 @@ impl Relay {
                 let Some(fill) = self.filling.take() else {
                     return;
                 };
+                if let Some(replayed) = fill.replica_replayed {
+                    // Run on a replica: stored only if it had every write through
+                    // pgopt (or seen by the listener) that the versions reflect. Not
+                    // with Redis: other instances' writes have no position here.
+                    let primary = self
+                        .routes
+                        .as_ref()
+                        .and_then(|r| r.router.primary_checked());
+                    let tags = fill.ticket.snapshot().tables();
+                    if cache.l2.is_some()
+                        || !cache.fences.covers(&self.database, tags, replayed, primary)
+                    {
+                        fill.ticket.tables().not_stored();
+                        counters.not_stored.fetch_add(1, Relaxed);
+                        return;
+                    }
+                }
                 let ttl = fill.ttl;
                 // For L2: the key and the Redis versions read before the query ran.
                 let shared = cache.l2.clone().map(|l2| {
@@ -834,7 +858,8 @@ impl Relay {
                     if !settle.await {
                         writes.note_unknown();
                     }
-                    let tags = cache.invalidate(&database, writes);
+                    // Its fence is dropped unresolved: the position is not read here.
+                    let (tags, _fence) = cache.invalidate(&database, writes);
                     cache.publish(&tags).await;
                 });
             }
@@ -850,8 +875,9 @@ impl Relay {
     /// Other instances learn of it from [`Relay::publish`] or [`Relay::publish_later`].
     fn invalidate_writes(&mut self) {
         if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
-            let tags = cache.invalidate(&self.database, self.writes.take());
+            let (tags, fence) = cache.invalidate(&self.database, self.writes.take());
             self.to_publish.extend(tags);
+            self.fence_tokens.extend(fence);
         }
     }
 
@@ -1474,38 +1500,76 @@ impl Relay {
     /// Read-your-writes: once a transaction on the primary that may have written has
     /// ended and the connection is idle, notes where the client's later reads may go —
     /// replicas replayed past the primary's WAL position now, or none for a while.
+    /// The same position resolves the cache's fences of the client's writes (see
+    /// `fence.rs`); without replicas to route to they are dropped unresolved (resolved
+    /// by the primary's next health check, if the database gets replicas).
     async fn after_write(&mut self) {
-        if !self.ryw.commit_pending || !self.server_idle() {
+        if !self.server_idle() || (!self.ryw.commit_pending && self.fence_tokens.is_empty()) {
             return;
         }
-        self.ryw.commit_pending = false;
+        let wrote = std::mem::take(&mut self.ryw.commit_pending);
+        let fenced = std::mem::take(&mut self.fence_tokens);
         let Some(routes) = &self.routes else {
             return;
         };
+        if self.ryw.replica.is_some() {
+            // A read on a replica the cache counted as a possible write (a function
+            // in `routing.safe_functions`): no position to read there.
+            return;
+        }
         let settings = &routes.router.settings;
         let window = Instant::now() + settings.read_your_writes_window;
-        match settings.read_your_writes {
-            ReadYourWrites::Off => {}
-            ReadYourWrites::Window => self.ryw.primary_until = Some(window),
-            ReadYourWrites::Lsn => {
-                let Some(server) = self.server.as_mut() else {
-                    return;
-                };
-                let timeout = self.pool.limits().connect_timeout;
-                match crate::routing::commit_lsn(&mut server.conn, self.max_len, timeout).await {
-                    Ok(lsn) => self.ryw.min_lsn = self.ryw.min_lsn.max(lsn),
-                    Err(e) => {
-                        tracing::warn!(
-                            error = %e,
-                            "reading the WAL position after a write failed; reads stay on the primary for read_your_writes_window"
-                        );
-                        self.ryw.primary_until = Some(window);
-                        // Its state is unknown: closed, not pooled.
-                        self.server = None;
-                        self.unlink();
-                    }
+        let routing_wants_lsn = wrote
+            && match settings.read_your_writes {
+                ReadYourWrites::Off => false,
+                ReadYourWrites::Window => {
+                    self.ryw.primary_until = Some(window);
+                    false
+                }
+                ReadYourWrites::Lsn => true,
+            };
+        if !routing_wants_lsn && fenced.is_empty() {
+            return;
+        }
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let timeout = self.pool.limits().connect_timeout;
+        match crate::routing::commit_lsn(&mut server.conn, self.max_len, timeout).await {
+            Ok(lsn) => {
+                if routing_wants_lsn {
+                    self.ryw.min_lsn = self.ryw.min_lsn.max(lsn);
+                }
+                for fence in fenced {
+                    fence.resolve(lsn);
                 }
             }
+            Err(e) => {
+                if routing_wants_lsn {
+                    tracing::warn!(
+                        error = %e,
+                        "reading the WAL position after a write failed; reads stay on the primary for read_your_writes_window"
+                    );
+                    self.ryw.primary_until = Some(window);
+                } else {
+                    tracing::warn!(error = %e, "reading the WAL position after a write failed");
+                }
+                // Its state is unknown: closed, not pooled.
+                self.server = None;
+                self.unlink();
+            }
+        }
+    }
+
+    /// A fill's query is about to run: where (a replica's replay position now is a
+    /// lower bound of what the query will see).
+    fn note_fill_route(&mut self) {
+        let replayed = match (self.ryw.replica, &self.routes) {
+            (Some(i), Some(routes)) => Some(routes.router.replicas[i].replay_lsn.load(Relaxed)),
+            _ => None,
+        };
+        if let Some(fill) = self.filling.as_mut() {
+            fill.replica_replayed = replayed;
         }
     }
 
@@ -1713,8 +1777,10 @@ impl Relay {
                     // noted, and are invalidated again when those end.
                     if self.expected.server_readies() > 0 {
                         if let Some(cache) = &self.cache {
-                            let tags = cache.invalidate(&self.database, self.writes.clone());
+                            let (tags, fence) =
+                                cache.invalidate(&self.database, self.writes.clone());
                             self.to_publish.extend(tags);
+                            self.fence_tokens.extend(fence);
                         }
                     } else {
                         self.invalidate_writes();
@@ -1975,6 +2041,8 @@ impl Relay {
 
     /// No server connection any more: cancel requests have nowhere to go.
     fn unlink(&mut self) {
+        // Writes whose position was not read: fenced up to the primary's next check.
+        self.fence_tokens.clear();
         *lock(&self.cancel) = None;
         self.info.set_link(0);
         self.info.set_state(ClientState::Idle);
@@ -1986,6 +2054,11 @@ impl Relay {
     async fn fail_over(&mut self) -> Result<(), ProxyError> {
         let mut batch = self.failover.take().unwrap_or_default();
         let replica = self.ryw.replica;
+        // What was captured came from the failed replica: not stored.
+        if let (Some(fill), Some(cache)) = (self.filling.take(), &self.cache) {
+            fill.ticket.tables().not_stored();
+            cache.counters.not_stored.fetch_add(1, Relaxed);
+        }
         self.server = None;
         self.unlink();
         self.sbuf.clear();

@@ -155,6 +155,9 @@ pub struct Router {
     pub primary_lsn: AtomicU64,
     pub primary_up: AtomicBool,
     primary_failures: AtomicU32,
+    /// When the last good check of the primary's WAL position started, and what it
+    /// read (see `fence.rs`: it resolves writes whose own position is unknown).
+    primary_checked: Mutex<Option<(Instant, u64)>>,
     /// Transactions routed to the primary: writes, and reads that had to go there.
     pub primary_writes: AtomicU64,
     pub primary_reads: AtomicU64,
@@ -185,6 +188,7 @@ impl Router {
             primary_lsn: AtomicU64::new(0),
             primary_up: AtomicBool::new(true),
             primary_failures: AtomicU32::new(0),
+            primary_checked: Mutex::new(None),
             primary_writes: AtomicU64::new(0),
             primary_reads: AtomicU64::new(0),
             history: Mutex::new(VecDeque::new()),
@@ -192,6 +196,12 @@ impl Router {
             checker_started: AtomicBool::new(false),
             turn: AtomicUsize::new(0),
         }
+    }
+
+    /// When the last good check of the primary's WAL position started, and the
+    /// position it read.
+    pub fn primary_checked(&self) -> Option<(Instant, u64)> {
+        *lock(&self.primary_checked)
     }
 
     /// Same replicas and policy.
@@ -266,6 +276,7 @@ impl Router {
             .limits()
             .connect_timeout
             .max(self.settings.check_interval);
+        let started = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         let pools = std::iter::once(primary).chain(replicas);
         for (i, (pool, conn)) in pools.zip(conns.iter_mut()).enumerate() {
@@ -298,6 +309,7 @@ impl Router {
                     .and_then(parse_lsn)
                 {
                     self.primary_lsn.store(lsn, Relaxed);
+                    *lock(&self.primary_checked) = Some((started, lsn));
                     let mut history = lock(&self.history);
                     if history.back().is_none_or(|&(_, last)| last != lsn) {
                         history.push_back((now, lsn));
