@@ -32,6 +32,22 @@ async fn row(client: &Client, sql: &str) -> Vec<String> {
     panic!("{sql}: no row");
 }
 
+/// Three reads of item 1 ('a') through `proxy`, none served from the cache or stored
+/// there; SHOW CACHE's row after them.
+async fn reads_skip_the_cache(proxy: &Proxy) -> HashMap<String, String> {
+    let client = connect(proxy, "postgres", None).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            value(&client, "SELECT v FROM items WHERE id = 1").await,
+            "a"
+        );
+    }
+    let stats = cache_row(proxy).await;
+    assert_eq!(counter(&stats, "hits"), 0, "{stats:?}");
+    assert_eq!(counter(&stats, "stored"), 0, "{stats:?}");
+    stats
+}
+
 async fn cache_row(proxy: &Proxy) -> HashMap<String, String> {
     show(&admin(proxy).await, "CACHE").await.remove(0)
 }
@@ -905,16 +921,7 @@ async fn a_wrong_wal_password_shows_the_failed_login_and_nothing_is_served_from_
         stats["wal"].contains("password authentication failed"),
         "{stats:?}"
     );
-    let client = connect(&proxy, "postgres", None).await.unwrap();
-    for _ in 0..3 {
-        assert_eq!(
-            value(&client, "SELECT v FROM items WHERE id = 1").await,
-            "a"
-        );
-    }
-    let stats = cache_row(&proxy).await;
-    assert_eq!(counter(&stats, "hits"), 0, "{stats:?}");
-    assert_eq!(counter(&stats, "stored"), 0, "{stats:?}");
+    let stats = reads_skip_the_cache(&proxy).await;
     assert_ne!(stats["wal"], "streaming", "{stats:?}");
 }
 
@@ -958,16 +965,7 @@ async fn with_two_databases_nothing_is_served_until_both_replication_streams_run
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     // …yet the other's is down, so writes bypassing pgopt there would go unseen.
-    let client = connect(&proxy, "postgres", None).await.unwrap();
-    for _ in 0..3 {
-        assert_eq!(
-            value(&client, "SELECT v FROM items WHERE id = 1").await,
-            "a"
-        );
-    }
-    let stats = cache_row(&proxy).await;
-    assert_eq!(counter(&stats, "hits"), 0, "{stats:?}");
-    assert_eq!(counter(&stats, "stored"), 0, "{stats:?}");
+    let stats = reads_skip_the_cache(&proxy).await;
     // SHOW CACHE tells the two listeners apart.
     assert!(
         stats["wal"].starts_with("app: streaming, other: "),

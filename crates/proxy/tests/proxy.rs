@@ -240,22 +240,7 @@ async fn cancel_reaches_the_running_query() {
     let token = client.cancel_token();
     let watcher = pg.connect("postgres").await.unwrap();
     let canceller = tokio::spawn(async move {
-        // Cancel once the server shows the sleep running, however loaded the machine.
-        loop {
-            let running: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(20)%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if running > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait_until_running(&watcher, "SELECT pg_sleep(20)").await;
         token.cancel_query(NoTls).await.unwrap();
     });
     let started = std::time::Instant::now();

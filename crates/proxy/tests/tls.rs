@@ -390,22 +390,7 @@ async fn a_cancel_reaches_a_server_that_takes_only_tls() {
     let token = client.cancel_token();
     let watcher = common::connect(&proxy, "postgres", None).await.unwrap();
     let canceller = tokio::spawn(async move {
-        // Cancel once the server shows the sleep running, however loaded the machine.
-        loop {
-            let running: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(30)%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if running > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait_until_running(&watcher, "SELECT pg_sleep(30)").await;
         // Plain text to the proxy, which must encrypt it on to the server.
         token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     });

@@ -185,3 +185,23 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut body).await.unwrap();
     body
 }
+
+/// Waits until the server shows a statement starting with `query` running (a cancel
+/// sent before would find nothing to cancel), however loaded the machine.
+pub async fn wait_until_running(watcher: &tokio_postgres::Client, query: &str) {
+    loop {
+        let running: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE state = 'active' AND starts_with(query, $1)",
+                &[&query],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
