@@ -131,10 +131,9 @@ pub struct Tracker {
     /// The text of the latest unnamed Parse: drivers send the same one again and
     /// again (libpq's extended protocol), analysed once.
     unnamed_text: String,
-    /// Wall-clock time from the monotonic clock, one clock read per statement.
-    epoch: (Instant, SystemTime),
-    /// `epoch`'s wall-clock time in unix microseconds.
-    epoch_us: u64,
+    /// Wall-clock time from the monotonic clock, one clock read per statement (see
+    /// [`anchor`]).
+    epoch: (Instant, SystemTime, u64),
     /// Bind parameters are decoded for samples, the slow log and plans (not when
     /// every consumer has them off).
     sample_params: bool,
@@ -193,8 +192,7 @@ impl Tracker {
             last_bind: BytesMut::new(),
             binds: 0,
             unnamed_text: String::new(),
-            epoch: (Instant::now(), SystemTime::now()),
-            epoch_us: 0, // set at the first statement
+            epoch: anchor(Instant::now()),
             sample_params,
             route: None,
             settings: (u64::MAX, Arc::from(Vec::new())),
@@ -439,17 +437,11 @@ impl Tracker {
         let end = Instant::now();
         let duration = end.duration_since(start);
         // Wall-clock time without a second clock read (re-anchored hourly).
-        if self.epoch_us == 0 || end.duration_since(self.epoch.0).as_secs() > 3600 {
-            self.epoch = (end, SystemTime::now());
-            self.epoch_us = self
-                .epoch
-                .1
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
+        if end.duration_since(self.epoch.0).as_secs() > 3600 {
+            self.epoch = anchor(end);
         }
         let since = end.duration_since(self.epoch.0);
-        let now_ms = (self.epoch_us + since.as_micros() as u64) / 1000;
-        let now = self.epoch.1 + since;
+        let now_ms = (self.epoch.2 + since.as_micros() as u64) / 1000;
         let key = self.handle.key(analysis.fingerprint);
         let slow = self.state.slow.is_slow(duration);
         let plan = self.state.plans.wants(duration) && plannable(&analysis);
@@ -492,7 +484,7 @@ impl Tracker {
                     client_addr: Some(self.addr),
                     params: &params,
                     error,
-                    at: now,
+                    at: self.epoch.1 + since,
                 });
             }
             if plan {
@@ -589,6 +581,16 @@ fn bind_params<'a>(bind: &Bind<'a>) -> Vec<ParamRef<'a>> {
             }
         })
         .collect()
+}
+
+/// A wall-clock anchor for a session's statements: `at`, the time then, and that time
+/// in unix microseconds (so each statement's time takes no clock read of its own).
+fn anchor(at: Instant) -> (Instant, SystemTime, u64) {
+    let wall = SystemTime::now();
+    let us = wall
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    (at, wall, us)
 }
 
 /// Rows a CommandComplete tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`), else 0.

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{admin, connect, pgbench_init, run, show, start_with, wait_for_cache};
+use common::{admin, connect, counter, pgbench_init, run, show, start_with, wait_for_cache};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::{CacheSettings, Proxy};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -50,10 +50,6 @@ async fn reads_skip_the_cache(proxy: &Proxy) -> HashMap<String, String> {
 
 async fn cache_row(proxy: &Proxy) -> HashMap<String, String> {
     show(&admin(proxy).await, "CACHE").await.remove(0)
-}
-
-fn counter(row: &HashMap<String, String>, name: &str) -> u64 {
-    row[name].parse().unwrap()
 }
 
 /// PostgreSQL with tables `items`, `events` (cached) and `unlisted` (not), and a proxy

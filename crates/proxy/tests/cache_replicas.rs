@@ -8,30 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{admin, connect, show, start_with};
+use common::{admin, connect, counter, show, start_with, value};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::{CacheSettings, Proxy, Replica};
-use tokio_postgres::{Client, SimpleQueryMessage};
-
-/// The first column of the first row of a simple query, as text.
-async fn value(client: &Client, sql: &str) -> String {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    for m in messages {
-        if let SimpleQueryMessage::Row(row) = m {
-            return row.get(0).unwrap_or("").to_string();
-        }
-    }
-    panic!("{sql}: no row");
-}
-
-fn counter(row: &HashMap<String, String>, name: &str) -> u64 {
-    row[name]
-        .parse()
-        .unwrap_or_else(|_| panic!("{name}: {row:?}"))
-}
 
 async fn cache_row(proxy: &Proxy) -> HashMap<String, String> {
     show(&admin(proxy).await, "CACHE").await.remove(0)

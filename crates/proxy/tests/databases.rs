@@ -313,16 +313,6 @@ async fn the_fallback_database_serves_unlisted_names_from_its_server() {
     assert!(err.to_string().contains("cannot have replicas"), "{err}");
 }
 
-/// The first row's first column of `sql`, as text.
-async fn first_value(client: &tokio_postgres::Client, sql: &str) -> String {
-    for m in client.simple_query(sql).await.unwrap() {
-        if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
-            return row.get(0).unwrap_or("").to_string();
-        }
-    }
-    panic!("{sql}: no row");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_wal_listener_on_databases_reached_through_the_fallback_are_not_cached() {
     let logical = || Postgres::builder().setting("wal_level", "logical").start();
@@ -357,19 +347,19 @@ async fn with_wal_listener_on_databases_reached_through_the_fallback_are_not_cac
     let read = "SELECT v FROM items WHERE id = 1";
     // The listed database is cached (a change behind pgopt's back is not seen at once)…
     let app = connect_to(&proxy, "app").await.unwrap();
-    assert_eq!(first_value(&app, read).await, "a");
-    assert_eq!(first_value(&app, read).await, "a");
+    assert_eq!(common::value(&app, read).await, "a");
+    assert_eq!(common::value(&app, read).await, "a");
     let hits = |rows: Vec<std::collections::HashMap<String, String>>| -> u64 {
         rows[0]["hits"].parse().unwrap()
     };
     assert_eq!(hits(show(&console, "CACHE").await), 1);
     // … the fallback's is not: no listener follows its writes.
     let alpha = connect_to(&proxy, "alpha").await.unwrap();
-    assert_eq!(first_value(&alpha, read).await, "a");
+    assert_eq!(common::value(&alpha, read).await, "a");
     alpha_direct
         .batch_execute("UPDATE items SET v = 'behind' WHERE id = 1")
         .await
         .unwrap();
-    assert_eq!(first_value(&alpha, read).await, "behind");
+    assert_eq!(common::value(&alpha, read).await, "behind");
     assert_eq!(hits(show(&console, "CACHE").await), 1);
 }

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{admin, code, connect, show, start_with};
+use common::{admin, code, connect, show, start_with, value};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::{Config, Proxy, ReadYourWrites, Replica};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -24,16 +24,6 @@ fn with_replicas(config: &mut Config, replicas: &[&Postgres]) {
         .collect();
     config.routing.check_interval = Duration::from_millis(100);
     config.default_pool_size = 8;
-}
-
-/// The first column of the first row of a simple query, as text.
-async fn value(client: &Client, sql: &str) -> String {
-    for m in client.simple_query(sql).await.unwrap() {
-        if let SimpleQueryMessage::Row(row) = m {
-            return row.get(0).unwrap_or("").to_string();
-        }
-    }
-    panic!("{sql}: no row");
 }
 
 async fn replica_rows(proxy: &Proxy) -> Vec<HashMap<String, String>> {

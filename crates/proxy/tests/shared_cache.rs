@@ -7,30 +7,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{admin, connect, show, start_with, wait_for_cache};
+use common::{admin, connect, counter, show, start_with, value, wait_for_cache};
 use pgopt_embedded::{Postgres, Redis};
 use pgopt_proxy::{CacheSettings, Proxy, RedisConfig};
-use tokio_postgres::{Client, SimpleQueryMessage};
-
-async fn value(client: &Client, sql: &str) -> String {
-    for m in client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-    {
-        if let SimpleQueryMessage::Row(row) = m {
-            return row.get(0).unwrap_or("").to_string();
-        }
-    }
-    panic!("{sql}: no row");
-}
+use tokio_postgres::Client;
 
 async fn cache_row(proxy: &Proxy) -> HashMap<String, String> {
     show(&admin(proxy).await, "CACHE").await.remove(0)
-}
-
-fn counter(row: &HashMap<String, String>, name: &str) -> u64 {
-    row[name].parse().unwrap()
 }
 
 /// A proxy caching `items`, sharing `redis` (with an HMAC key).

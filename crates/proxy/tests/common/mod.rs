@@ -205,3 +205,24 @@ pub async fn wait_until_running(watcher: &tokio_postgres::Client, query: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The first column of the first row of a simple query, as text.
+pub async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    for m in messages {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+            return row.get(0).unwrap_or("").to_string();
+        }
+    }
+    panic!("{sql}: no row");
+}
+
+/// A numeric column of a SHOW row.
+pub fn counter(row: &std::collections::HashMap<String, String>, name: &str) -> u64 {
+    row[name]
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}: {row:?}"))
+}
