@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -54,6 +55,10 @@ pub struct InsightState {
     pub slow: SlowLog,
     pub n_plus_one: NPlusOneDetector,
     pub plans: Plans,
+    /// `insight.enabled`: a RELOAD that turns it off pauses recording (what was
+    /// collected stays to read) and one that turns it back on resumes it. Sessions
+    /// follow between requests (see [`InsightState::recording`]).
+    recording: AtomicBool,
 }
 
 impl InsightState {
@@ -64,22 +69,39 @@ impl InsightState {
             n_plus_one: NPlusOneDetector::new(settings.n_plus_one.clone())
                 .map_err(|e| format!("insight.n_plus_one: {e}"))?,
             plans: Plans::new(settings.plans.clone()),
+            recording: AtomicBool::new(settings.enabled),
         })
     }
 
+    /// Whether sessions record statements now (`insight.enabled`, as last reloaded).
+    pub fn recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+
     /// RELOAD: the slow log, N+1 and plan settings take effect at once, keeping what was
-    /// collected. Turning insight on or off and the statistics store's own settings
-    /// (`max_fingerprints`…) need a restart.
+    /// collected, and `enabled` pauses or resumes recording (as
+    /// `pg_stat_statements.track`). The statistics store's own settings
+    /// (`max_fingerprints`…) need a restart, as does turning on insight that was off
+    /// when pgopt started (see `Shared::apply`).
     pub fn apply(&self, old: &InsightSettings, new: &InsightSettings) -> Result<(), String> {
         self.n_plus_one
             .set_config(new.n_plus_one.clone())
             .map_err(|e| format!("insight.n_plus_one: {e}"))?;
         self.slow.set_config(new.slow_log.clone());
         self.plans.set_settings(new.plans.clone());
-        if new.enabled != old.enabled || new.store != old.store {
-            tracing::warn!(
-                "insight.enabled and the insight store's settings take effect after a restart"
+        if new.enabled != old.enabled {
+            tracing::info!(
+                "query insight {}",
+                if new.enabled {
+                    "resumed"
+                } else {
+                    "paused: statements are not recorded until insight.enabled = true"
+                }
             );
+        }
+        self.recording.store(new.enabled, Ordering::Relaxed);
+        if new.store != old.store {
+            tracing::warn!("the insight store's settings take effect after a restart");
         }
         Ok(())
     }
@@ -229,6 +251,13 @@ impl Tracker {
                 self.param_types.insert(analysis.fingerprint, types);
             }
         }
+    }
+
+    /// A named statement the client prepared before this tracker started (see
+    /// `Relay::follow_insight`).
+    pub fn on_prepared(&mut self, analyzer: &Analyzer, name: &str, sql: &str) {
+        self.statements
+            .insert(name.to_string(), analyzer.analyze(sql).ok());
     }
 
     pub fn on_bind(&mut self, bind: &Bind<'_>, frame: &[u8]) {

@@ -377,6 +377,9 @@ impl Relay {
     /// Handles the whole messages in `cbuf`. `Ok(false)`: the session is over.
     async fn handle_client(&mut self) -> Result<bool, ProxyError> {
         let mut terminate = false;
+        if self.expected.is_empty() {
+            self.follow_insight();
+        }
         // When a request was answered from the cache: since when (its lookup).
         let mut served_from_cache: Option<Instant> = None;
         loop {
@@ -1066,6 +1069,33 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// A RELOAD paused or resumed query insight: the session starts or stops recording,
+    /// only with nothing in flight (no statement is half tracked). A tracker started
+    /// now learns the statements the client prepared before (transaction mode keeps
+    /// their texts); a statement prepared in session mode while paused is not
+    /// recorded until the client prepares it again.
+    fn follow_insight(&mut self) {
+        let Some(state) = self.shared.insight.as_ref() else {
+            return;
+        };
+        match (state.recording(), self.tracker.is_some()) {
+            (true, false) => {
+                let mut tracker = Tracker::new(
+                    state.clone(),
+                    &self.database,
+                    &self.login_user,
+                    self.info.addr,
+                );
+                for (name, sql) in self.statements.texts() {
+                    tracker.on_prepared(&self.shared.analyzer, name, sql);
+                }
+                self.tracker = Some(tracker);
+            }
+            (false, true) => self.tracker = None,
+            _ => {}
+        }
     }
 
     /// Query insight: statement names and portals as the client uses them. In

@@ -392,7 +392,8 @@ impl Shared {
     }
 
     /// Applies a new config. Takes effect at once: users, auth method, pool limits,
-    /// timeouts, max_client_conn, the slow log, N+1 and plan-capture settings. Databases whose server changed get new pools (clients
+    /// timeouts, max_client_conn, the slow log, N+1 and plan-capture settings, pausing
+    /// or resuming query insight (`insight.enabled`). Databases whose server changed get new pools (clients
     /// already connected finish on the old ones). `listen`, `admin_listen` and
     /// `routing.safe_functions` need a restart.
     pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
@@ -403,10 +404,14 @@ impl Shared {
         let old = self.config();
         // Passwords changed on the server or a new auth_query apply from now on.
         self.auth_cache.clear();
-        if let Some(insight) = &self.insight {
-            insight
+        match &self.insight {
+            Some(insight) => insight
                 .apply(&old.insight, &new.insight)
-                .map_err(ProxyError::Protocol)?;
+                .map_err(ProxyError::Protocol)?,
+            None if new.insight.enabled => tracing::warn!(
+                "insight.enabled: query insight was off when pgopt started; turning it on takes a restart"
+            ),
+            None => {}
         }
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!("listen and admin_listen changes take effect after a restart");

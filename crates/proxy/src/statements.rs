@@ -25,6 +25,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The statement's SQL text.
+    pub fn query(&self) -> Option<&str> {
+        Parse::decode(self.parse.get(5..)?).ok().map(|p| p.query)
+    }
+
     pub fn from_parse(parse: &Parse<'_>) -> Result<Prepared, EncodeError> {
         let mut hasher = DefaultHasher::new();
         parse.query.hash(&mut hasher);
@@ -80,8 +85,14 @@ impl ClientStatements {
 
     /// The SQL text of the client's statement `name`.
     pub fn query_of(&self, name: &str) -> Option<&str> {
-        let parse = &self.by_name.get(name)?.prepared.parse;
-        Parse::decode(parse.get(5..)?).ok().map(|p| p.query)
+        self.by_name.get(name)?.prepared.query()
+    }
+
+    /// Every statement of the client's: (name, SQL text).
+    pub fn texts(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.by_name
+            .iter()
+            .filter_map(|(name, s)| Some((name.as_str(), s.prepared.query()?)))
     }
 
     /// The client's statements on server statement `id` now know its current shape.

@@ -439,6 +439,55 @@ async fn with_insight_off_nothing_is_recorded() {
     assert!(rows[0]["note"].contains("off"), "{rows:?}");
 }
 
+#[tokio::test]
+async fn a_reload_pauses_and_resumes_insight_in_running_sessions() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let reconfigured = |enabled: bool| {
+        let mut c = config_for(&pg, PoolMode::Transaction, 2);
+        c.admin_users = vec!["postgres".into()];
+        c.admin_listen = proxy.admin_addr();
+        c.insight.enabled = enabled;
+        c
+    };
+    let calls = |rows: Vec<HashMap<String, String>>| -> Vec<String> {
+        rows.iter().map(|r| r["calls"].clone()).collect()
+    };
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let plus = client.prepare("SELECT $1::int + 1").await.unwrap();
+    let run = |statement: &tokio_postgres::Statement, times: usize| {
+        let (client, statement) = (&client, statement.clone());
+        async move {
+            for i in 0..times as i32 {
+                client.query_one(&statement, &[&i]).await.unwrap();
+            }
+        }
+    };
+    run(&plus, 3).await;
+    assert_eq!(calls(shapes(&proxy, "$1::int + $2").await), ["3"]);
+
+    // Paused: nothing is recorded, what was collected stays.
+    proxy.handle().apply(reconfigured(false)).unwrap();
+    run(&plus, 5).await;
+    let times = client.prepare("SELECT $1::int * 2").await.unwrap();
+    run(&times, 4).await;
+    client.simple_query("SELECT 'paused'").await.unwrap();
+    assert_eq!(calls(shapes(&proxy, "$1::int + $2").await), ["3"]);
+    assert!(shapes(&proxy, "$1::int * $2").await.is_empty());
+    let queries = shapes(&proxy, "SELECT").await;
+    assert!(
+        queries.iter().all(|r| r["query"] != "SELECT $1"),
+        "{queries:?}"
+    );
+
+    // Resumed in the same session, statements prepared while paused included.
+    proxy.handle().apply(reconfigured(true)).unwrap();
+    run(&plus, 2).await;
+    run(&times, 2).await;
+    assert_eq!(calls(shapes(&proxy, "$1::int + $2").await), ["5"]);
+    assert_eq!(calls(shapes(&proxy, "$1::int * $2").await), ["2"]);
+}
+
 /// SHOW PLANS rows, waiting up to 10 s for `n` of them (capture runs in the background).
 async fn plans(proxy: &Proxy, n: usize) -> Vec<HashMap<String, String>> {
     let admin = admin(proxy).await;
