@@ -5,13 +5,15 @@
 # transaction (its process CPU over the run / transactions done), and each target's
 # average and p99 latency in ms (the p99 from pgbench's log of every transaction).
 #
-# Then pgopt with query insight on (the default) against pgopt with it off (issue 4),
-# in alternated rounds (median on/off ratios of TPS and of the CPU all processes spent),
-# on -S simple and extended at 64 clients.
+# Then query insight's cost (issue 4): one pgbench run through pgopt while a RELOAD
+# switches insight off and on every few seconds, on -S simple and extended at 64 clients
+# (median of the on/off TPS ratios of neighbouring phases, and the CPU insight adds).
 #
 # usage: scripts/bench-proxy.sh [SECONDS_PER_RUN=10] [PGBENCH_SCALE=10] [POOL_SIZE=20]
 #        BENCH_ONLY=insight scripts/bench-proxy.sh ...   (just the insight comparison)
-#        INSIGHT_ROUNDS=N (default 6), INSIGHT_VERBOSE=1 (each round on stderr)
+#        INSIGHT_ROUNDS=N pairs of phases (default 12), INSIGHT_PERIOD=S seconds per
+#        phase (default 5), INSIGHT_VERBOSE=1 (each pair on stderr), INSIGHT_AA=1 (an
+#        A/A line per case: the switching alone, insight on in both phases)
 set -euo pipefail
 # 5,000 clients need more file descriptors than the usual 1,024 (pgbench and proxies).
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -31,7 +33,7 @@ pgopt=target/release/pgopt
 tmp=$(mktemp -d /tmp/pgopt-bench-XXXXXX)
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
-pg_port=$(free_port); bouncer_port=$(free_port); pgopt_port=$(free_port); plain_port=$(free_port)
+pg_port=$(free_port); bouncer_port=$(free_port); pgopt_port=$(free_port)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -65,14 +67,13 @@ chmod a+r "$tmp"/pgbouncer.ini "$tmp"/users.txt
 # runuser starts a fresh session with the default fd limit: raise it inside.
 "${as_pg[@]}" bash -c 'ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec pgbouncer "$1"' \
   _ "$tmp/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
-PGOPT_PROXY__MAX_CLIENT_CONN=10000 RUST_LOG=error "$pgopt" proxy --listen "127.0.0.1:$pgopt_port" \
-  --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size "$pool" >/dev/null 2>&1 & pids+=($!)
-PGOPT_INSIGHT__ENABLED=false PGOPT_PROXY__MAX_CLIENT_CONN=10000 RUST_LOG=error "$pgopt" proxy --listen "127.0.0.1:$plain_port" \
+# Its config file holds insight.enabled, switched by the insight comparison below.
+printf '[insight]\nenabled = true\n' > "$tmp/pgopt.toml"
+PGOPT_PROXY__MAX_CLIENT_CONN=10000 RUST_LOG=error "$pgopt" --config "$tmp/pgopt.toml" proxy --listen "127.0.0.1:$pgopt_port" \
   --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size "$pool" >/dev/null 2>&1 & pids+=($!)
 sleep 1
 bouncer_pid=$(cat "$tmp/pgbouncer.pid")
 pgopt_pid=${pids[1]}
-plain_pid=${pids[2]}
 
 printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores\n' "$(date -u +%F)" "$secs" "$scale" "$pool" "$(nproc)"
 printf '%-28s %10s %10s %10s %9s %9s %11s %11s %13s %13s %13s\n' case direct pgbouncer pgopt "opt/dir" "opt/pgb" \
@@ -109,18 +110,22 @@ case_run "TPC-B, 16 clients"        -M simple      -c 16 -j 2
 case_run "-S simple, 5000 clients"  -S -M simple   -c 5000 -j 2
 fi
 
-# Query insight's cost: the same pgopt build with [insight] on and off. The host's load
-# drifts by more than the cost being measured, so the comparison is made in rounds: each
-# round runs on and off back to back (on first in odd rounds, off first in even ones, so
-# a steady drift falls on both sides alike) and gives one on/off TPS ratio; the verdict
-# is the median over INSIGHT_ROUNDS rounds (default 6), min and max show the spread.
-# Each run also sums the CPU a transaction cost the whole machine (pgopt, PostgreSQL and
-# pgbench: "all"). With the CPU as the bottleneck, the TPS insight costs is the CPU it
-# adds to pgopt over that whole: "CPU cost" = (pgopt on − pgopt off) / all off, per
-# round. It varies less than the TPS ratio, which carries all of the host's noise.
-rounds=${INSIGHT_ROUNDS:-6}
-printf '\n%s rounds of insight on and off, %s s per run; ratios are medians [min–max] of the rounds\n' "$rounds" "$secs"
-printf '%-26s %8s %8s %19s %9s %9s %9s %9s %19s\n' "insight (pgopt)" "on TPS" "off TPS" "TPS on/off" \
+# Query insight's cost (issue 4), side by side in one run: one pgbench run against the
+# pgopt above while a RELOAD (SIGHUP) switches insight.enabled off and on every
+# INSIGHT_PERIOD seconds (default 5; sessions follow between their requests, "off"
+# runs the very code path of insight disabled at start). Phases come in pairs, on then
+# off in even pairs, off then on in odd ones, INSIGHT_ROUNDS pairs (default 12). Each
+# phase's TPS is the mean of pgbench's per-second progress (-P 1) over its seconds but
+# the first (the switch happens in it); each pair gives one on/off ratio and the verdict
+# is their median [min–max]. Back to back within seconds, the host's drift (minutes) falls
+# on both sides alike. "CPU cost": per pair, the CPU insight adds to pgopt per
+# transaction over all the CPU a transaction costs the machine (pgopt, PostgreSQL and
+# pgbench), from /proc at each switch. INSIGHT_AA=1 adds an A/A line per case: the same
+# switching with insight on in both phases, the method's own noise.
+period=${INSIGHT_PERIOD:-5}
+rounds=${INSIGHT_ROUNDS:-12}
+printf '\n%s pairs of %s s phases, insight on and off in one pgbench run; ratios are medians [min–max] of the pairs\n' "$rounds" "$period"
+printf '%-30s %8s %8s %19s %9s %9s %9s %9s %19s\n' "insight (pgopt)" "on TPS" "off TPS" "TPS on/off" \
   "on µs/tx" "off µs/tx" "on all" "off all" "CPU cost"
 mean() { printf '%s\n' "$@" | awk '{ s += $1; n++ } END { if (n) printf "%.1f", s / n; else print "-" }'; }
 # spread UNIT VALUES…: "median [min–max]", as ratios (UNIT "") or percentages ("%")
@@ -129,34 +134,79 @@ spread() { local unit=$1; shift; printf '%s\n' "$@" | sort -g | awk -v unit="$un
     m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
     if (unit == "%") printf "%.1f%% [%.1f–%.1f]", 100 * m, 100 * v[1], 100 * v[NR]
     else printf "%.3f [%.2f–%.2f]", m, v[1], v[NR] }'; }
-insight_run() {
-  local name=$1; shift
-  local r side tps cpu all on_tps=() off_tps=() on_cpu=() off_cpu=() on_all=() off_all=() tps_r=() cost_r=()
-  for r in $(seq 1 "$rounds"); do
-    if [ $((r % 2)) -eq 1 ]; then set -- on off "$@"; else set -- off on "$@"; fi
-    for side in "$1" "$2"; do
-      if [ "$side" = on ]; then
-        read -r tps _ cpu all <<<"$(run_total "$pgopt_port" "$pgopt_pid" "$tmp/data" "${@:3}")"
-        on_tps+=("$tps"); on_cpu+=("$cpu"); on_all+=("$all")
-      else
-        read -r tps _ cpu all <<<"$(run_total "$plain_port" "$plain_pid" "$tmp/data" "${@:3}")"
-        off_tps+=("$tps"); off_cpu+=("$cpu"); off_all+=("$all")
-      fi
-    done
-    shift 2
-    # A failed run (pgbench's "failed") leaves its round out.
-    if [[ "${on_tps[-1]}${off_tps[-1]}${on_cpu[-1]}${off_cpu[-1]}${off_all[-1]}" =~ [^0-9.] ]]; then
-      echo "  round $r: a run failed, left out" >&2; continue
-    fi
-    tps_r+=("$(awk -v a="${on_tps[-1]}" -v b="${off_tps[-1]}" 'BEGIN {printf "%.4f", a / b}')")
-    cost_r+=("$(awk -v a="${on_cpu[-1]}" -v b="${off_cpu[-1]}" -v all="${off_all[-1]}" 'BEGIN {printf "%.4f", (a - b) / all}')")
-    [ -n "${INSIGHT_VERBOSE:-}" ] && printf '  round %s: TPS on %.0f off %.0f (%s); µs/tx pgopt on %s off %s, all on %s off %s (%s)\n' \
-      "$r" "${on_tps[-1]}" "${off_tps[-1]}" "${tps_r[-1]}" "${on_cpu[-1]}" "${off_cpu[-1]}" \
-      "${on_all[-1]}" "${off_all[-1]}" "${cost_r[-1]}" >&2
-  done
-  printf '%-26s %8.0f %8.0f %19s %9s %9s %9s %9s %19s\n' "$name" "$(mean "${on_tps[@]}")" "$(mean "${off_tps[@]}")" \
-    "$(spread "" "${tps_r[@]}")" "$(mean "${on_cpu[@]}")" "$(mean "${off_cpu[@]}")" \
-    "$(mean "${on_all[@]}")" "$(mean "${off_all[@]}")" "$(spread % "${cost_r[@]}")"
+insight_set() {
+  printf '[insight]\nenabled = %s\n' "$1" > "$tmp/pgopt.toml"
+  kill -HUP "$pgopt_pid"
 }
-insight_run "-S simple, 64 clients"    -S -M simple   -c 64 -j 2
-insight_run "-S extended, 64 clients"  -S -M extended -c 64 -j 2
+# now_s: wall-clock seconds, fractional
+now_s() { date +%s.%N; }
+# insight_run NAME A|AB PGBENCH_ARGS...
+insight_run() {
+  local name=$1 mode=$2; shift 2
+  # The phases start at pgbench's second 2 (its clock is known from its first second).
+  local phases=$((2 * rounds)) lead=2 progress=$tmp/progress.txt flips=$tmp/flips.txt k j side origin bench wait
+  insight_set true
+  sleep 1
+  : > "$flips"
+  "$bindir/pgbench" -n -T $((lead + phases * period + 1)) -P 1 -h 127.0.0.1 -p "$pgopt_port" -U postgres \
+    "$@" postgres > "$tmp/pgbench.out" 2> "$progress" &
+  bench=$!
+  # pgbench's clock: its first progress line is printed at its second 1.
+  until grep -q '^progress: 1\.0 s' "$progress"; do
+    kill -0 "$bench" 2>/dev/null || { echo "  $name: pgbench failed: $(tail -3 "$progress")" >&2; return; }
+    sleep 0.02
+  done
+  origin=$(awk -v n="$(now_s)" 'BEGIN { printf "%.3f", n - 1 }')
+  for k in $(seq 0 "$phases"); do
+    j=$((k / 2))
+    if [ $(((j + k) % 2)) -eq 0 ]; then side=on; else side=off; fi
+    # Just after pgbench's second lead + k·period.
+    wait=$(awk -v o="$origin" -v k="$k" -v p="$period" -v l="$lead" -v n="$(now_s)" \
+      'BEGIN { d = o + l + k * p + 0.05 - n; printf "%.3f", (d > 0 ? d : 0) }')
+    sleep "$wait"
+    if [ "$k" -lt "$phases" ]; then
+      if [ "$side" = on ] || [ "$mode" = A ]; then insight_set true; else insight_set false; fi
+    fi
+    echo "$k $side $(cpu_ticks "$pgopt_pid") $(pg_ticks "$tmp/data") $(cpu_ticks "$bench")" >> "$flips"
+  done
+  wait "$bench" || true
+  insight_set true
+  # Per pair: tps_ratio cpu_cost on_tps off_tps on_us off_us on_all off_all
+  local pairs
+  pairs=$(awk -v P="$period" -v hz="$ticks" -v phases="$phases" -v lead="$lead" '
+    FNR == NR { side[$1] = $2; po[$1] = $3; pg[$1] = $4; pb[$1] = $5; next }
+    /^progress:/ {
+      n = $2 - lead; if (n < 1 || n > phases * P) next
+      k = int((n - 1) / P); tx[k] += $4
+      if ((n - 1) % P != 0) { clean[k] += $4; c[k]++ } }
+    END {
+      for (k = 0; k < phases; k++) {
+        if (!tx[k] || !c[k]) { bad = 1; continue }
+        t[side[k], int(k / 2)] = clean[k] / c[k]
+        us[side[k], int(k / 2)] = (po[k + 1] - po[k]) / hz * 1e6 / tx[k]
+        all[side[k], int(k / 2)] = ((po[k + 1] - po[k]) + (pg[k + 1] - pg[k]) + (pb[k + 1] - pb[k])) / hz * 1e6 / tx[k]
+      }
+      if (bad) exit 1
+      for (j = 0; j < phases / 2; j++)
+        printf "%.4f %.4f %.1f %.1f %.1f %.1f %.1f %.1f\n", t["on", j] / t["off", j],
+          (us["on", j] - us["off", j]) / all["off", j], t["on", j], t["off", j],
+          us["on", j], us["off", j], all["on", j], all["off", j]
+    }' "$flips" "$progress") || { echo "  $name: a phase had no transactions" >&2; return; }
+  if [ -n "${INSIGHT_VERBOSE:-}" ]; then
+    awk -v m="$mode" '{ printf "  %s pair %d: TPS on %.0f off %.0f (%s); µs/tx pgopt on %s off %s, all on %s off %s (%s)\n",
+      m == "A" ? "A/A" : "", NR, $3, $4, $1, $5, $6, $7, $8, $2 }' <<<"$pairs" >&2
+  fi
+  col() { awk -v c="$1" '{ print $c }' <<<"$pairs"; }
+  # shellcheck disable=SC2046
+  printf '%-30s %8.0f %8.0f %19s %9s %9s %9s %9s %19s\n' "$name$([ "$mode" = A ] && echo ' (A/A)')" \
+    "$(mean $(col 3))" "$(mean $(col 4))" "$(spread "" $(col 1))" "$(mean $(col 5))" "$(mean $(col 6))" \
+    "$(mean $(col 7))" "$(mean $(col 8))" "$(spread % $(col 2))"
+}
+for args in "-S simple, 64 clients|-S -M simple -c 64 -j 2" "-S extended, 64 clients|-S -M extended -c 64 -j 2"; do
+  # shellcheck disable=SC2086
+  insight_run "${args%%|*}" AB ${args#*|}
+  if [ -n "${INSIGHT_AA:-}" ]; then
+    # shellcheck disable=SC2086
+    insight_run "${args%%|*}" A ${args#*|}
+  fi
+done
