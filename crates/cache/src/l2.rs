@@ -622,15 +622,12 @@ impl L2 {
         self.acked.notify_waiters();
     }
 
-    /// Confirms to `instance` that its message `seq` was applied here.
-    /// Redis Cluster: the URL of the master that owns the `{pgopt}` slot. The bus's
-    /// scripts run there, and PUBLISH counts only the subscribers of the node it runs
-    /// on: a subscriber elsewhere still gets the message (the cluster bus forwards
-    /// it) but the writer, not counting it, would not wait for its confirmation. So
-    /// every instance subscribes on this node. A configured URL with the node's
-    /// address, or a host name that resolves to it, is used as written; else the first
-    /// one with the node's address in place of its own.
-    async fn slot_owner_url(&self) -> Option<String> {
+    /// Redis Cluster: the master that owns the `{pgopt}` slot, as the cluster names it
+    /// (host, port). The bus's scripts run there, and PUBLISH counts only the
+    /// subscribers of the node it runs on: a subscriber elsewhere still gets the
+    /// message (the cluster bus forwards it) but the writer, not counting it, would
+    /// not wait for its confirmation. So every instance subscribes on this node.
+    async fn bus_owner(&self) -> Option<(String, u16)> {
         let mut conn = self.connection()?;
         let timeout = self.config.timeout.max(Duration::from_secs(1));
         let mut keyslot = redis::cmd("CLUSTER");
@@ -646,39 +643,45 @@ impl L2 {
             .await
             .ok()?
             .ok()?;
-        let (host, port) = slot_owner(&ranges, slot)?;
+        slot_owner(&ranges, slot)
+    }
+
+    /// The URL to subscribe on the bus's owner with: a configured one with the node's
+    /// address, or a host name that resolves to it, as written; else the first one with
+    /// the node's address in place of its own — but never for TLS (`rediss://`), whose
+    /// certificate names a host, not an address: then `None` (the bus stays down, and
+    /// the cache with it, rather than subscribe where writers don't wait).
+    async fn owner_url(&self, (host, port): &(String, u16)) -> Option<String> {
         let urls: Vec<&str> = self.config.url.split(',').map(str::trim).collect();
-        let hostport = |u: &str| {
-            let rest = u.split_once("://").map_or(u, |(_, r)| r);
-            let authority = rest.split('/').next().unwrap_or(rest);
-            let hostport = authority.rsplit('@').next().unwrap_or(authority);
-            hostport.to_string()
-        };
-        let exact = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        if let Some(u) = urls.iter().find(|u| hostport(u) == exact) {
+        let exact = host_port(host, *port);
+        if let Some(u) = urls.iter().find(|u| url_host_port(u) == exact) {
             return Some(u.to_string());
         }
         // A configured host name that resolves to the node (kept: TLS checks names).
         let owner: Option<std::net::IpAddr> = host.parse().ok();
         for u in &urls {
-            let Ok(addrs) = tokio::net::lookup_host(hostport(u)).await else {
+            let Ok(addrs) = tokio::net::lookup_host(url_host_port(u)).await else {
                 continue;
             };
             if addrs
                 .into_iter()
-                .any(|a| Some(a.ip()) == owner && a.port() == port)
+                .any(|a| Some(a.ip()) == owner && a.port() == *port)
             {
                 return Some(u.to_string());
             }
         }
-        let first = urls.first()?;
-        Some(first.replacen(&hostport(first), &exact, 1))
+        let url = with_node(urls.first()?, &exact);
+        if url.is_none() {
+            tracing::warn!(
+                node = %exact,
+                "the Redis node that owns the cache bus's slot is not in cache.redis.url: \
+                 list it by the name its TLS certificate carries"
+            );
+        }
+        url
     }
 
+    /// Confirms to `instance` that its message `seq` was applied here.
     fn send_ack(&self, instance: u64, seq: u64) {
         let Some(mut conn) = self.connection() else {
             return;
@@ -814,9 +817,14 @@ async fn listen(
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(this) = l2.upgrade() else { return };
-        let url = if this.config.cluster {
-            match this.slot_owner_url().await {
-                Some(url) => url,
+        // Cluster: the slot's owner, watched while subscribed there.
+        let (url, owner) = if this.config.cluster {
+            let found = match this.bus_owner().await {
+                Some(owner) => this.owner_url(&owner).await.map(|url| (url, Some(owner))),
+                None => None,
+            };
+            match found {
+                Some(found) => found,
                 None => {
                     drop(this);
                     tokio::time::sleep(backoff).await;
@@ -826,9 +834,8 @@ async fn listen(
             }
         } else {
             let first = this.config.url.split(',').next().unwrap_or("");
-            first.trim().to_string()
+            (first.trim().to_string(), None)
         };
-        let cluster = this.config.cluster;
         let ca = this.ca.clone();
         let channel = this.channel();
         let acks = this.ack_channel(this.instance);
@@ -863,11 +870,24 @@ async fn listen(
         let mut last: HashMap<u64, u64> = HashMap::new();
         let mut stream = pubsub.into_on_message();
         // Cluster: the slot may move (a failover, a resharding); subscribed on its old
-        // node, this instance would no longer be waited for. Checked every few seconds.
-        let mut owner_checked = std::time::Instant::now();
+        // node, this instance would no longer be waited for. A task of its own checks
+        // every few seconds (off this loop: its round trips must not delay messages).
+        let moved = Arc::new(tokio::sync::Notify::new());
+        let watcher =
+            owner.map(|owner| tokio::spawn(watch_owner(l2.clone(), owner, moved.clone())));
         // Every instance (this one included) sends a heartbeat each second: a channel
         // silent for longer is taken as dropped (a half-open connection).
-        while let Ok(Some(msg)) = tokio::time::timeout(silence, stream.next()).await {
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout(silence, stream.next()) => next,
+                _ = moved.notified() => {
+                    tracing::warn!(
+                        "the cache bus's slot moved to another Redis node: subscribing there"
+                    );
+                    break;
+                }
+            };
+            let Ok(Some(msg)) = next else { break };
             let Some(this) = l2.upgrade() else { return };
             if msg.get_channel_name() == acks {
                 if let Some(seq) = std::str::from_utf8(msg.get_payload_bytes())
@@ -895,19 +915,9 @@ async fn listen(
                 Some((instance, seq)) => this.send_ack(instance, seq),
                 None => {}
             }
-            if cluster && owner_checked.elapsed() >= OWNER_CHECK {
-                owner_checked = std::time::Instant::now();
-                if this
-                    .slot_owner_url()
-                    .await
-                    .is_some_and(|owner| owner != url)
-                {
-                    tracing::warn!(
-                        "the cache bus's slot moved to another Redis node: subscribing there"
-                    );
-                    break;
-                }
-            }
+        }
+        if let Some(watcher) = watcher {
+            watcher.abort();
         }
         let Some(this) = l2.upgrade() else { return };
         // Until subscribed again, nothing is served: messages may be lost meanwhile.
@@ -916,6 +926,56 @@ async fn listen(
         tracing::warn!("the cache's invalidation channel dropped: the local cache is flushed");
         flush();
     }
+}
+
+/// Redis Cluster: tells the subscriber (`moved`) when the bus's slot has left the node
+/// it subscribed on (`subscribed`, as the cluster named it then). A check Redis does
+/// not answer proves nothing: a dead node ends the subscription by its silence.
+async fn watch_owner(l2: Weak<L2>, subscribed: (String, u16), moved: Arc<tokio::sync::Notify>) {
+    loop {
+        tokio::time::sleep(OWNER_CHECK).await;
+        let Some(this) = l2.upgrade() else { return };
+        if this
+            .bus_owner()
+            .await
+            .is_some_and(|owner| owner != subscribed)
+        {
+            moved.notify_one();
+            return;
+        }
+    }
+}
+
+/// `host:port`, an IPv6 address in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The `host:port` of a Redis URL (`redis[s]://[user:password@]host:port[/db]`).
+fn url_host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit('@').next().unwrap_or(authority)
+}
+
+/// `url` with `node` (`host:port`) in place of its own; `None` for a TLS URL, whose
+/// certificate check needs the name the node's certificate carries.
+fn with_node(url: &str, node: &str) -> Option<String> {
+    if url.starts_with("rediss://") {
+        return None;
+    }
+    let old = url_host_port(url);
+    // Where it is in `url` (a password might repeat it).
+    let start = old.as_ptr() as usize - url.as_ptr() as usize;
+    Some(format!(
+        "{}{node}{}",
+        &url[..start],
+        &url[start + old.len()..]
+    ))
 }
 
 /// The master (address, port) serving `slot` in a `CLUSTER SLOTS` reply: entries of
@@ -1129,6 +1189,24 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bus_owner_takes_a_plain_urls_place_but_never_a_tls_ones() {
+        assert_eq!(url_host_port("redis://u:p@h1:7000/0"), "h1:7000");
+        assert_eq!(url_host_port("redis://h1:7000"), "h1:7000");
+        assert_eq!(
+            with_node("redis://u:h1:7000@h1:7000/0", "10.0.0.2:7001").as_deref(),
+            Some("redis://u:h1:7000@10.0.0.2:7001/0")
+        );
+        assert_eq!(
+            with_node("redis://h1:7000", &host_port("::1", 7001)).as_deref(),
+            Some("redis://[::1]:7001")
+        );
+        assert_eq!(
+            with_node("rediss://cache.example:7000", "10.0.0.2:7001"),
+            None
+        );
+    }
     use crate::KeyBuilder;
 
     fn key(text: &str) -> Key {

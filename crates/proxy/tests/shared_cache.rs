@@ -456,6 +456,48 @@ impl RedisCluster {
         urls.join(",")
     }
 
+    /// Moves the `{pgopt}` slot, keys and all, from node `from` to node `to`, as a
+    /// resharding does (`redis-cli --cluster reshard`, by hand for the one slot).
+    fn move_bus_slot(&self, from: usize, to: usize) {
+        let id = |i: usize| {
+            redis_cli(self.ports[i], &["cluster", "myid"])
+                .trim()
+                .to_string()
+        };
+        let (source, target) = (id(from), id(to));
+        let slot = redis_cli(self.ports[from], &["cluster", "keyslot", "{pgopt}"]);
+        let slot = slot.trim();
+        redis_cli(
+            self.ports[to],
+            &["cluster", "setslot", slot, "importing", &source],
+        );
+        redis_cli(
+            self.ports[from],
+            &["cluster", "setslot", slot, "migrating", &target],
+        );
+        let port = self.ports[to].to_string();
+        loop {
+            let keys = redis_cli(self.ports[from], &["cluster", "getkeysinslot", slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut migrate = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "keys"];
+            migrate.extend(keys);
+            let out = redis_cli(self.ports[from], &migrate);
+            assert!(out.contains("OK") || out.contains("NOKEY"), "{out}");
+        }
+        // The new owner first, then the old one, then the rest.
+        let mut order = vec![to, from];
+        order.extend((0..self.ports.len()).filter(|i| *i != to && *i != from));
+        for i in order {
+            redis_cli(
+                self.ports[i],
+                &["cluster", "setslot", slot, "node", &target],
+            );
+        }
+    }
+
     /// The index of the node that owns the `{pgopt}` slot.
     fn owner(&self) -> usize {
         redis_cli(self.ports[0], &["-c", "set", "{pgopt}probe", "1"]);
@@ -614,4 +656,41 @@ async fn two_instances_share_results_and_invalidations_through_a_redis_cluster()
         .filter(|&p| redis_cli(p, &["dbsize"]).trim() != "0")
         .collect();
     assert_eq!(holding.len(), 1, "keys on {holding:?}");
+
+    // The slot moves to another master (a resharding): within an owner check or two
+    // both instances listen there, and a write through one is seen through the other.
+    let from = cluster.owner();
+    let to = (from + 1) % cluster.ports.len();
+    cluster.move_bus_slot(from, to);
+    assert_eq!(cluster.owner(), to);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let subscribers = redis_cli(
+            cluster.ports[to],
+            &["pubsub", "numsub", "pgopt:invalidations"],
+        );
+        if subscribers.lines().nth(1) == Some("2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not subscribed on the new owner: {subscribers}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for_redis(&a_proxy, "up").await;
+    wait_for_redis(&b_proxy, "up").await;
+    for i in 0..10 {
+        let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(value(reader, READ).await, value(writer, READ).await);
+        writer
+            .batch_execute(&format!("UPDATE items SET v = 'moved{i}' WHERE id = 1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            value(reader, READ).await,
+            format!("moved{i}"),
+            "round {i} after the move"
+        );
+    }
 }
