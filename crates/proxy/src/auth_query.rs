@@ -22,9 +22,11 @@ use crate::shared::Shared;
 use crate::ProxyError;
 
 /// Why a lookup gave no answer (as opposed to "no such user").
+#[derive(Debug, Clone)]
 pub enum LookupError {
-    /// No connection of `auth_user`'s pool.
-    Checkout(Arc<Pool>, CheckoutError),
+    /// No connection of `auth_user`'s pool: the SQLSTATE and message a client gets
+    /// (see `session::checkout_error`; counted in the pool's errors once).
+    Checkout(&'static str, String),
     /// The database is gone, or the query failed or timed out.
     Failed(String),
 }
@@ -43,7 +45,7 @@ pub async fn lookup(
         .ok_or_else(|| LookupError::Failed(format!("database \"{database}\" is gone")))?;
     let mut checkout = match pool.checkout().await {
         Ok(c) => c,
-        Err(e) => return Err(LookupError::Checkout(pool, e)),
+        Err(e) => return Err(checkout_failed(&pool, e)),
     };
     let limits = pool.limits();
     let answer = tokio::time::timeout(
@@ -73,6 +75,12 @@ pub async fn lookup(
             .map_err(|e| LookupError::Failed(format!("the password found is unusable: {e}"))),
         None => Ok(None),
     }
+}
+
+fn checkout_failed(pool: &Pool, error: CheckoutError) -> LookupError {
+    let (code, message) = crate::session::checkout_error(pool, error);
+    pool.stats.record_error(code.as_bytes());
+    LookupError::Checkout(code, message)
 }
 
 /// One Parse/Bind/Execute/Sync round with `user` as `$1`: the first row's last
@@ -130,17 +138,30 @@ pub const NOT_FOUND_TTL: Duration = Duration::from_secs(5);
 /// `auth_query`'s answers per (database, user), each until its TTL: a user found is
 /// kept `auth_query_cache_ttl`, "no such user" [`NOT_FOUND_TTL`] at most. A slot per
 /// key is locked while its lookup runs, so concurrent logins of one user wait for one
-/// lookup. RELOAD clears it; failed lookups are not kept.
+/// lookup — and share its failure, rather than each trying again in turn. RELOAD
+/// clears it; an answer counts only for the `auth_user` and `auth_query` that found it
+/// (a login that began before a RELOAD may store one after it); failed lookups are not
+/// kept for later logins.
 #[derive(Default)]
 pub struct LookupCache {
     slots: Mutex<HashMap<(String, String), Slot>>,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+type Slot = Arc<tokio::sync::Mutex<SlotState>>;
+
+#[derive(Default)]
+struct SlotState {
+    answer: Option<Cached>,
+    /// The last lookup that failed, and when: logins that were waiting for it get
+    /// its error.
+    failure: Option<(Instant, LookupError)>,
+}
 
 struct Cached {
     found: Option<Arc<Credentials>>,
     until: Instant,
+    /// What found it: `auth_user` and `auth_query`.
+    asked: (String, String),
 }
 
 /// What [`lookup_cached`] found, and whether it came from the cache (then a login
@@ -162,7 +183,7 @@ impl LookupCache {
             let now = Instant::now();
             slots.retain(|_, s| {
                 s.try_lock()
-                    .map_or(true, |c| c.as_ref().is_some_and(|c| c.until > now))
+                    .map_or(true, |s| s.answer.as_ref().is_some_and(|c| c.until > now))
             });
             while slots.len() >= MAX_CACHED {
                 let Some(victim) = slots.keys().next().cloned() else {
@@ -207,9 +228,18 @@ pub async fn lookup_cached(
             cached: false,
         });
     }
+    let asked = Instant::now();
     let slot = cache.slot(database, user);
     let mut kept = slot.lock().await;
-    if let Some(c) = kept.as_ref().filter(|c| c.until > Instant::now()) {
+    // The lookup this login waited for failed: so does this one.
+    if let Some((_, error)) = kept.failure.as_ref().filter(|(at, _)| *at >= asked) {
+        return Err(error.clone());
+    }
+    if let Some(c) = kept
+        .answer
+        .as_ref()
+        .filter(|c| c.until > Instant::now() && c.asked.0 == auth_user && c.asked.1 == query)
+    {
         let replaced = match (&stale, &c.found) {
             (None, _) => true,
             (Some(s), Some(f)) => !Arc::ptr_eq(s, f),
@@ -222,15 +252,22 @@ pub async fn lookup_cached(
             });
         }
     }
-    let found = fetch().await?;
+    let found = match fetch().await {
+        Ok(found) => found,
+        Err(e) => {
+            kept.failure = Some((Instant::now(), e.clone()));
+            return Err(e);
+        }
+    };
     let ttl = if found.is_some() {
         ttl
     } else {
         ttl.min(NOT_FOUND_TTL)
     };
-    *kept = Some(Cached {
+    kept.answer = Some(Cached {
         found: found.clone(),
         until: Instant::now() + ttl,
+        asked: (auth_user.to_string(), query.to_string()),
     });
     Ok(Found {
         credentials: found,
@@ -255,14 +292,15 @@ mod tests {
         let fresh = || Cached {
             found: None,
             until: Instant::now() + Duration::from_secs(60),
+            asked: (String::new(), String::new()),
         };
         for i in 0..MAX_CACHED + 10 {
-            *cache.slot("db", &format!("user{i}")).lock().await = Some(fresh());
+            cache.slot("db", &format!("user{i}")).lock().await.answer = Some(fresh());
         }
         assert_eq!(held(&cache), MAX_CACHED);
         // The newest is kept.
         let newest = format!("user{}", MAX_CACHED + 9);
-        assert!(cache.slot("db", &newest).lock().await.is_some());
+        assert!(cache.slot("db", &newest).lock().await.answer.is_some());
         cache.clear();
         assert_eq!(held(&cache), 0);
     }

@@ -157,8 +157,8 @@ async fn session(
                         refresh = Some(again);
                     }
                 }
-                Err(LookupError::Checkout(pool, e)) => {
-                    fail_checkout(&mut stream, &pool, e).await;
+                Err(LookupError::Checkout(code, message)) => {
+                    send_fatal(&mut stream, code, &message).await;
                     return Ok(());
                 }
                 Err(LookupError::Failed(why)) => {

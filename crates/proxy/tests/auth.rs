@@ -259,6 +259,55 @@ async fn auth_query_answers_are_kept_until_their_ttl_and_forgotten_on_reload() {
 }
 
 #[tokio::test]
+async fn logins_waiting_for_a_lookup_that_fails_share_its_error() {
+    let pg = Postgres::builder()
+        .password("serverpw", HostAuth::ScramSha256)
+        .start()
+        .await
+        .unwrap();
+    let admin = pg.connect("postgres").await.unwrap();
+    // Sequences are not transactional: each attempt counts though it fails.
+    admin
+        .batch_execute(
+            "CREATE SEQUENCE attempts;
+             CREATE FUNCTION slow_failure(name text, OUT usename text, OUT passwd text)
+               LANGUAGE plpgsql AS $$
+               BEGIN
+                 PERFORM nextval('attempts');
+                 PERFORM pg_sleep(0.5);
+                 RAISE EXCEPTION 'the user directory is down';
+               END $$;",
+        )
+        .await
+        .unwrap();
+    let mut config = config_with_only(&pg, ClientAuth::ScramSha256, "serverpw".into());
+    config.auth_user = Some("postgres".into());
+    config.auth_query = "SELECT usename, passwd FROM slow_failure($1)".into();
+    let proxy = Proxy::start(config).await.unwrap();
+    let attempts = || async {
+        let row = admin
+            .query_one("SELECT last_value FROM attempts", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let logins = (0..4).map(|_| connect(&proxy, "app_user", Some("apppw")));
+    for result in futures_util::future::join_all(logins).await {
+        let err = result.expect_err("login without a working auth_query");
+        assert_eq!(code(&err), Some("08006"), "{err}");
+        let message = err.as_db_error().unwrap().message();
+        assert!(message.contains("directory is down"), "{message}");
+    }
+    // One lookup for the four logins that waited for it…
+    assert_eq!(attempts().await, 1);
+    // …and the next login tries again.
+    connect(&proxy, "app_user", Some("apppw"))
+        .await
+        .expect_err("login without a working auth_query");
+    assert_eq!(attempts().await, 2);
+}
+
+#[tokio::test]
 async fn with_a_ttl_of_zero_every_login_looks_the_user_up() {
     let (_pg, admin, proxy) = counted_lookups(
         HostAuth::ScramSha256,
