@@ -637,7 +637,78 @@ fn command_rows(body: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::command_rows;
+    use super::*;
+    use std::time::Duration;
+
+    /// What insight costs per statement on one thread, simple and extended protocol
+    /// (pgbench -S's traffic). A measuring tool, not a check:
+    /// `cargo test --release -p pgopt-proxy --lib tracker_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn tracker_cost() {
+        let state = Arc::new(InsightState::new(&InsightSettings::default()).unwrap());
+        let analyzer = Arc::new(Analyzer::default());
+        let (one, _) = statements(&state, &analyzer);
+        // Two threads at once, as pgopt's two workers: what they share costs more.
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (state, analyzer) = (state.clone(), analyzer.clone());
+                std::thread::spawn(move || statements(&state, &analyzer))
+            })
+            .collect();
+        let two: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        println!(
+            "insight per statement, simple and extended: one thread {one:?}, two at once {two:?}"
+        );
+    }
+
+    fn statements(state: &Arc<InsightState>, analyzer: &Analyzer) -> (Duration, Duration) {
+        let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut tracker = Tracker::new(state.clone(), "postgres", "postgres", addr);
+        let n = 2_000_000u32;
+        let started = Instant::now();
+        for i in 0..n {
+            let sql = format!(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+                i % 100_000
+            );
+            tracker.on_query(analyzer, &sql);
+            tracker.on_server(b'C', b"SELECT 1\0", false, false);
+            tracker.on_server(b'Z', b"I", false, false);
+            tracker.end_transaction();
+        }
+        let simple = started.elapsed() / n;
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
+        let mut frame = BytesMut::new();
+        let started = Instant::now();
+        for i in 0..n {
+            let parse = Parse {
+                name: "",
+                query: sql,
+                param_types: Default::default(),
+            };
+            tracker.on_parse(analyzer, &parse);
+            let value = (i % 100_000).to_string();
+            let values = [Some(value.as_bytes())];
+            frame.clear();
+            Bind {
+                portal: "",
+                statement: "",
+                param_formats: Default::default(),
+                params: (&values).into(),
+                result_formats: Default::default(),
+            }
+            .encode(&mut frame)
+            .unwrap();
+            tracker.on_bind(&Bind::decode(&frame[5..]).unwrap(), &frame);
+            tracker.on_execute("");
+            tracker.on_sync();
+            tracker.on_server(b'C', b"SELECT 1\0", false, false);
+            tracker.on_server(b'Z', b"I", false, false);
+            tracker.end_transaction();
+        }
+        (simple, started.elapsed() / n)
+    }
 
     #[test]
     fn rows_from_command_tags() {
