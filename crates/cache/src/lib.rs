@@ -22,6 +22,7 @@ mod flight;
 mod key;
 mod l1;
 mod l2;
+mod shared;
 mod tables;
 mod versions;
 
@@ -29,6 +30,7 @@ pub use flight::{Flight, Flights, Joined};
 pub use key::{Key, KeyBuilder};
 pub use l1::{Hit, L1Config, L1Stats, L1};
 pub use l2::{Found, L2Counters, RedisConfig, L2};
+pub use shared::{SharedCache, ALL};
 pub use tables::{Source, TableCounters, TableRow, TableSet, TableStats, OTHER};
 pub use versions::{Snapshot, Versions};
 
@@ -147,7 +149,8 @@ impl ResultCache {
         stored
     }
 
-    /// The library form (DESIGN.md §11): the value under `key`, else `fill`'s, stored
+    /// The library form (DESIGN.md §11), in memory only (with Redis, shared between
+    /// processes: [`SharedCache`]): the value under `key`, else `fill`'s, stored
     /// for `ttl` and tagged with `tags` (invalidate them with
     /// [`ResultCache::invalidate`]). Concurrent callers for one key run `fill` once;
     /// an error is returned to its caller only, never stored.

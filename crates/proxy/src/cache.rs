@@ -28,8 +28,9 @@ use pgopt_sql::{Analysis, StatementKind};
 use pgopt_wire::frontend::{Bind, Describe, Execute, Parse};
 use pgopt_wire::{Frame, Target};
 
-/// The tag every entry carries; bumping it invalidates everything.
-pub const ALL: &str = "*";
+/// The tag every entry carries; bumping it invalidates everything (the same as the
+/// library's, so they share Redis).
+pub use pgopt_cache::ALL;
 
 /// Tables counted one by one (SHOW CACHE TABLES); reads of more share one `(other)`
 /// row.

@@ -1,0 +1,159 @@
+//! The library form with Redis (DESIGN.md §11): [`ResultCache`] in memory (L1) in
+//! front of Redis (L2), with invalidations shared by every process on the same Redis
+//! and prefix — other applications using this, and pgopt proxies whose `[cache.redis]`
+//! is the same (their tags are table names).
+//!
+//! The same rules as the proxy's: a value read from Redis is used only when it was
+//! filled at the tags' current versions there; a fill is stored only when no tag moved
+//! while it ran; [`SharedCache::invalidate`] returns once every process listening has
+//! confirmed it; while the invalidation channel is down nothing is served or stored.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::{Joined, Key, L1Config, RedisConfig, ResultCache, Source, TableStats, L2};
+
+/// The tag every entry carries: bumped when invalidations may have been missed (a
+/// dropped channel), so everything goes. The proxy's entries carry it too.
+pub const ALL: &str = "*";
+
+/// Tags counted one by one at most (the rest as one).
+const MAX_TAGS: usize = 1_000;
+
+/// L1 + L2 with a shared invalidation channel.
+pub struct SharedCache {
+    pub cache: Arc<ResultCache>,
+    pub l2: Arc<L2>,
+}
+
+impl SharedCache {
+    /// Starts connecting to Redis in the background (until it is reachable and the
+    /// channel subscribed, [`SharedCache::get_or_set`] runs every fill and stores
+    /// nothing). Call within a Tokio runtime.
+    pub fn start(l1: L1Config, redis: RedisConfig) -> Result<SharedCache, redis::RedisError> {
+        let cache = Arc::new(ResultCache::with_tables(
+            l1,
+            TableStats::new(MAX_TAGS, Some(ALL)),
+        ));
+        let (versions, tables) = (cache.versions.clone(), cache.tables.clone());
+        let flush = Arc::new(move || {
+            versions.bump(&[ALL]);
+            tables.invalidated(&[ALL], Source::Bus, &versions);
+        });
+        let l2 = L2::start(redis, cache.versions.clone(), cache.tables.clone(), flush)?;
+        Ok(SharedCache { cache, l2 })
+    }
+
+    /// Whether values may be served and stored now (the invalidation channel is up).
+    pub fn serving(&self) -> bool {
+        self.l2.serving()
+    }
+
+    /// The value under `key`: from memory, else from Redis when it was filled at the
+    /// tags' current versions, else `fill`'s — stored in both for `ttl`, tagged with
+    /// `tags`. Concurrent callers in this process run `fill` once; an error goes to
+    /// its caller only and is never stored.
+    pub async fn get_or_set<S, F, Fut, E>(
+        &self,
+        key: Key,
+        tags: &[S],
+        ttl: Duration,
+        fill: F,
+    ) -> Result<Bytes, E>
+    where
+        S: AsRef<str>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+    {
+        if !self.serving() {
+            return fill().await;
+        }
+        let mut tags: Vec<String> = tags.iter().map(|t| t.as_ref().to_string()).collect();
+        tags.push(ALL.to_string());
+        let cache = &self.cache;
+        let mut flight = None;
+        for look in 0..2 {
+            if let Some(hit) = cache.lookup(&key) {
+                hit.tables.hit();
+                return Ok(hit.value);
+            }
+            if look > 0 {
+                break;
+            }
+            match cache.flights.join(&key) {
+                Joined::Leader(f) => {
+                    flight = Some(f);
+                    break;
+                }
+                // Another caller is filling it: its result, unless it is slow.
+                Joined::Waiter(wait) => {
+                    let _ = tokio::time::timeout(cache.flight_timeout, wait).await;
+                }
+            }
+        }
+        // Before the round trip: a value may go into L1 only if nothing moved while
+        // it was away.
+        let before = cache.versions.snapshot(&tags);
+        let Some(found) = self.l2.lookup(&key, &tags).await else {
+            // Redis is not reachable: the fill answers, nothing is stored.
+            return fill().await;
+        };
+        let remote = tags
+            .iter()
+            .map(String::as_str)
+            .zip(found.versions.iter().copied());
+        let current = cache.versions.observe_since(&before, remote);
+        let ticket = cache.begin_fill(key, &tags);
+        if let Some(value) = found.value {
+            if let Some(current) = current {
+                let ttl = found.ttl_left.map_or(ttl, |left| left.min(ttl));
+                cache.l1.insert(
+                    ticket.key().clone(),
+                    current,
+                    value.clone(),
+                    ttl,
+                    ticket.tables().clone(),
+                );
+            }
+            ticket.tables().hit();
+            return Ok(value);
+        }
+        ticket.tables().miss();
+        let value = fill().await?;
+        // The Redis versions read before the fill ran: what the stored value is
+        // valid at.
+        let remote: Vec<(String, u64)> = ticket
+            .snapshot()
+            .remote()
+            .map(|(t, v)| (t.to_string(), v))
+            .collect();
+        let key = ticket.key().clone();
+        if cache.complete_fill_counted(ticket, value.clone(), ttl) {
+            let remote: Vec<(&str, u64)> = remote.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+            self.l2.store(&key, &remote, &value, ttl).await;
+        }
+        drop(flight); // wakes the waiters
+        Ok(value)
+    }
+
+    /// Data behind `tags` changed: their entries are invalid here at once, and in
+    /// every process sharing Redis once this returns (each confirmed it, or the
+    /// confirmation timed out). When Redis is not reached the tags are owed, told
+    /// once it is back, and lookups here miss until then.
+    pub async fn invalidate<S: AsRef<str>>(&self, tags: &[S]) {
+        let tags: Vec<String> = tags.iter().map(|t| t.as_ref().to_string()).collect();
+        self.cache.invalidate(&tags);
+        match self.l2.publish(&tags).await {
+            Some(versions) => self
+                .cache
+                .versions
+                .observe(versions.iter().map(|(t, v)| (t.as_str(), *v))),
+            // A value read from Redis meanwhile may have gone into L1 at the bumped
+            // versions: bumped again.
+            None => self.cache.versions.bump(&tags),
+        }
+    }
+}
