@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hmac::{Hmac, KeyInit, Mac};
@@ -203,7 +203,11 @@ redis.call('PUBLISH', ARGV[1], 'hb\0' .. ARGV[2] .. '\0' .. seq)
 return seq
 ";
 
-const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often every instance publishes a heartbeat on the bus.
+const HEARTBEAT: Duration = Duration::from_millis(200);
+/// A channel silent this long (plus what may delay a beat) is taken as dropped: L1 is
+/// flushed and the instance subscribes again.
+const CHANNEL_SILENCE: Duration = Duration::from_secs(3);
 /// Redis Cluster: how often a subscriber checks that it listens on the node that owns
 /// the bus's slot.
 const OWNER_CHECK: Duration = Duration::from_secs(5);
@@ -245,6 +249,11 @@ pub struct L2 {
     acks: Mutex<HashMap<u64, u64>>,
     acked: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// When the bus was last heard from (any message, heartbeats included), in ms
+    /// since `epoch`, plus one (0: never): the instance serves only within its lease
+    /// (see [`L2::serving`]).
+    heard: AtomicU64,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for L2 {
@@ -327,6 +336,8 @@ impl L2 {
             acks: Mutex::new(HashMap::new()),
             acked: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
+            heard: AtomicU64::new(0),
+            epoch: Instant::now(),
             config,
         });
         if l2.config.hmac_key.is_none() && l2.config.store_values {
@@ -349,9 +360,28 @@ impl L2 {
     }
 
     /// Whether entries may be served and filled: the bus is subscribed (else another
-    /// instance's write could go unnoticed).
+    /// instance's write could go unnoticed) and was heard from within the lease. A
+    /// writer whose message an instance did not confirm waits out the lease (see
+    /// `await_acks`), so an instance cut off from Redis — its connection still open,
+    /// messages no longer arriving — has stopped serving by the time that writer's
+    /// client hears its commit ended.
     pub fn serving(&self) -> bool {
+        let heard = self.heard.load(Relaxed);
         self.counters.bus_up.load(Relaxed)
+            && heard > 0
+            && self.epoch.elapsed().as_millis() < u128::from(heard - 1) + self.lease().as_millis()
+    }
+
+    /// How long the bus may be silent while this instance serves: three heartbeats
+    /// and what may delay one (an owed payment and the beat, each up to `timeout`).
+    fn lease(&self) -> Duration {
+        HEARTBEAT * 3 + self.config.timeout * 2
+    }
+
+    /// The bus was heard from now.
+    fn heard_now(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.heard.store(ms + 1, Relaxed);
     }
 
     fn version_key(&self, table: &str) -> String {
@@ -574,8 +604,10 @@ impl L2 {
     }
 
     /// Waits until every subscriber that got message `seq` (this instance's own
-    /// included) has applied it, up to the timeout: then no instance serves what the
-    /// commit changed once its client hears it ended.
+    /// included) has applied it, or — one has not — until the lease is over, when an
+    /// instance that never got the message has stopped serving (see
+    /// [`L2::serving`]): either way no instance serves what the commit changed once its
+    /// client hears it ended.
     async fn await_acks(&self, seq: u64, receivers: u64) {
         let done = async {
             loop {
@@ -592,7 +624,7 @@ impl L2 {
                 acked.await;
             }
         };
-        if tokio::time::timeout(self.config.timeout, done)
+        if tokio::time::timeout(self.lease().max(self.config.timeout), done)
             .await
             .is_err()
         {
@@ -840,9 +872,9 @@ async fn listen(
         let channel = this.channel();
         let acks = this.ack_channel(this.instance);
         let timeout = this.config.timeout.max(Duration::from_secs(1));
-        // A channel silent for three heartbeats, and what may delay them (a payment
-        // of owed tables and the beat itself, each up to `timeout`), is dropped.
-        let silence = HEARTBEAT * 3 + this.config.timeout * 4;
+        // A silent channel, allowing for what may delay heartbeats (a payment of
+        // owed tables and the beat itself, each up to `timeout`), is dropped.
+        let silence = CHANNEL_SILENCE + this.config.timeout * 4;
         drop(this);
         let subscribed = tokio::time::timeout(timeout, async {
             let client = client(&url, ca.as_deref())?;
@@ -864,6 +896,7 @@ async fn listen(
         // What was filled while the channel was down (a lookup that began before it
         // dropped) may have missed a message: gone before anything is served again.
         flush();
+        this.heard_now();
         this.counters.bus_up.store(true, Relaxed);
         tracing::info!("subscribed to the cache's invalidation channel");
         drop(this);
@@ -889,6 +922,7 @@ async fn listen(
             };
             let Ok(Some(msg)) = next else { break };
             let Some(this) = l2.upgrade() else { return };
+            this.heard_now();
             if msg.get_channel_name() == acks {
                 if let Some(seq) = std::str::from_utf8(msg.get_payload_bytes())
                     .ok()

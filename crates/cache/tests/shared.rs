@@ -2,7 +2,8 @@
 //! Redis server share values, and an invalidation through one reaches the other
 //! before it returns.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,10 +17,14 @@ fn key(text: &str) -> Key {
 }
 
 async fn start(redis: &Redis) -> SharedCache {
+    start_at(redis.url()).await
+}
+
+async fn start_at(url: String) -> SharedCache {
     let cache = SharedCache::start(
         L1Config::default(),
         RedisConfig {
-            url: redis.url(),
+            url,
             hmac_key: Some(b"test key".to_vec()),
             ..RedisConfig::default()
         },
@@ -95,4 +100,74 @@ async fn with_redis_down_every_call_fills_and_nothing_fails() {
     assert_eq!(get(&a, &fills, "v3").await, "v3");
     a.invalidate(&["projects"]).await;
     assert_eq!(fills.load(Ordering::SeqCst), 3);
+}
+
+/// A TCP forwarder to `target` that can be frozen: while `frozen`, nothing passes in
+/// either direction and the connections stay open — a network partition as the
+/// cut-off side sees it.
+async fn forwarder(target: u16, frozen: Arc<AtomicBool>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pump(cr, sw, frozen.clone()));
+            tokio::spawn(pump(sr, cw, frozen.clone()));
+        }
+    });
+    port
+}
+
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_cut_off_from_redis_stops_serving_before_a_writer_returns() {
+    let redis = Redis::start().await.unwrap();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let port = forwarder(redis.port(), frozen.clone()).await;
+    let a = start(&redis).await;
+    let b = start_at(format!("redis://127.0.0.1:{port}")).await;
+    let fills = AtomicUsize::new(0);
+    assert_eq!(get(&b, &fills, "v1").await, "v1");
+    assert_eq!(get(&a, &fills, "other").await, "v1");
+    assert_eq!(fills.load(Ordering::SeqCst), 1);
+
+    // B's link to Redis freezes (its connections stay open: Redis still counts it as
+    // a subscriber), then A invalidates: B never confirms, and A returns only once
+    // B's lease is over.
+    frozen.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    a.invalidate(&["projects"]).await;
+    assert!(a.l2.counters.ack_timeouts.load(Ordering::Relaxed) >= 1);
+    // B no longer serves its stale copy: it fills (and Redis can't be asked).
+    assert!(
+        !b.serving(),
+        "B still serving {:?} after A's write",
+        started.elapsed()
+    );
+    assert_eq!(get(&b, &fills, "v2").await, "v2");
+    frozen.store(false, Ordering::SeqCst);
 }
