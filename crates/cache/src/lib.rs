@@ -30,7 +30,7 @@ pub use flight::{Flight, Flights, Joined};
 pub use key::{Key, KeyBuilder};
 pub use l1::{Hit, L1Config, L1Stats, L1};
 pub use l2::{Found, L2Counters, RedisConfig, L2};
-pub use shared::{SharedCache, ALL};
+pub use shared::{read_through, FromRedis, SharedCache, ALL};
 pub use tables::{Source, TableCounters, TableRow, TableSet, TableStats, OTHER};
 pub use versions::{Snapshot, Versions};
 

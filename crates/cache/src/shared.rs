@@ -4,17 +4,21 @@
 //! is the same (their tags are table names).
 //!
 //! The same rules as the proxy's: a value read from Redis is used only when it was
-//! filled at the tags' current versions there; a fill is stored only when no tag moved
+//! filled at the tags' current versions there, and none of them is behind a version
+//! this process saw (Redis gone back in time); a fill is stored only when no tag moved
 //! while it ran; [`SharedCache::invalidate`] returns once every process listening has
 //! confirmed it; while the invalidation channel is down nothing is served or stored.
 
 use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::{Joined, Key, L1Config, RedisConfig, ResultCache, Source, TableStats, L2};
+use crate::{
+    FillTicket, Joined, Key, L1Config, RedisConfig, ResultCache, Snapshot, Source, TableStats, L2,
+};
 
 /// The tag every entry carries: bumped when invalidations may have been missed (a
 /// dropped channel), so everything goes. The proxy's entries carry it too.
@@ -94,30 +98,12 @@ impl SharedCache {
                 }
             }
         }
-        // Before the round trip: a value may go into L1 only if nothing moved while
-        // it was away.
-        let before = cache.versions.snapshot(&tags);
-        let Some(found) = self.l2.lookup(&key, &tags).await else {
+        let Some(found) = read_through(cache, &self.l2, key, &tags, ttl).await else {
             // Redis is not reachable: the fill answers, nothing is stored.
             return fill().await;
         };
-        let remote = tags
-            .iter()
-            .map(String::as_str)
-            .zip(found.versions.iter().copied());
-        let current = cache.versions.observe_since(&before, remote);
-        let ticket = cache.begin_fill(key, &tags);
+        let ticket = found.ticket;
         if let Some(value) = found.value {
-            if let Some(current) = current {
-                let ttl = found.ttl_left.map_or(ttl, |left| left.min(ttl));
-                cache.l1.insert(
-                    ticket.key().clone(),
-                    current,
-                    value.clone(),
-                    ttl,
-                    ticket.tables().clone(),
-                );
-            }
             ticket.tables().hit();
             return Ok(value);
         }
@@ -156,4 +142,63 @@ impl SharedCache {
             None => self.cache.versions.bump(&tags),
         }
     }
+}
+
+/// What Redis had for an L1 miss (see [`read_through`]).
+pub struct FromRedis {
+    /// The fill to run when there is no value (taken after the versions Redis sent
+    /// were learned).
+    pub ticket: FillTicket,
+    /// A value stored at the tables' current versions in Redis (already put into L1
+    /// when it is exactly as current as the versions known here).
+    pub value: Option<Bytes>,
+    /// The versions the value is current at, when nothing but this reply moved them.
+    pub current: Option<Snapshot>,
+}
+
+/// An L1 miss on `key` (reading `tags`) looked up in Redis: one round trip for the
+/// tables' versions there and a value stored at them. A value is refused when a
+/// version is behind one seen here (Redis gone back in time, e.g. a failover that
+/// lost increments). `None`: Redis is not reachable.
+pub async fn read_through(
+    cache: &ResultCache,
+    l2: &L2,
+    key: Key,
+    tags: &[String],
+    ttl: Duration,
+) -> Option<FromRedis> {
+    // Before the round trip: a value may go into L1 only if nothing moved while it
+    // was away (a reply can be older than a message applied meanwhile).
+    let before = cache.versions.snapshot(tags);
+    let found = l2.lookup(&key, tags).await?;
+    let remote = || {
+        tags.iter()
+            .map(String::as_str)
+            .zip(found.versions.iter().copied())
+    };
+    let behind = cache.versions.behind(remote());
+    if behind && found.value.is_some() {
+        l2.counters.stale.fetch_add(1, Relaxed);
+    }
+    // The versions now, if this reply alone moved them since `before`.
+    let current = cache.versions.observe_since(&before, remote());
+    // Taken after the versions moved: what a fill now checks against.
+    let ticket = cache.begin_fill(key, tags);
+    let value = found.value.filter(|_| !behind);
+    if let (Some(value), Some(current)) = (&value, &current) {
+        // No longer than it has left in Redis.
+        let ttl = found.ttl_left.map_or(ttl, |left| left.min(ttl));
+        cache.l1.insert(
+            ticket.key().clone(),
+            current.clone(),
+            value.clone(),
+            ttl,
+            ticket.tables().clone(),
+        );
+    }
+    Some(FromRedis {
+        ticket,
+        value,
+        current,
+    })
 }

@@ -156,6 +156,18 @@ impl Versions {
         }
     }
 
+    /// Whether a Redis reply is behind what this process already saw: a table's remote
+    /// version lower than the one known. Versions in Redis only grow, so that is a
+    /// reply older than a message applied meanwhile, or Redis having gone back in
+    /// time (a failover to a replica that missed increments, a restore): either way a
+    /// value validated by those versions may be stale.
+    pub fn behind<'a>(&self, remote: impl IntoIterator<Item = (&'a str, u64)>) -> bool {
+        let map = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        remote
+            .into_iter()
+            .any(|(t, r)| map.get(t).is_some_and(|v| r < v.remote))
+    }
+
     /// Whether some snapshot has taken `table` (entries may depend on it).
     pub fn tracks(&self, table: &str) -> bool {
         let map = self.tables.read().unwrap_or_else(|p| p.into_inner());

@@ -171,3 +171,35 @@ async fn a_cache_cut_off_from_redis_stops_serving_before_a_writer_returns() {
     assert_eq!(get(&b, &fills, "v2").await, "v2");
     frozen.store(false, Ordering::SeqCst);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_gone_back_in_time_never_validates_a_stale_value() {
+    let redis = Redis::start().await.unwrap();
+    let (a, b) = (start(&redis).await, start(&redis).await);
+    let fills = AtomicUsize::new(0);
+    assert_eq!(get(&a, &fills, "v1").await, "v1");
+    assert_eq!(get(&b, &fills, "other").await, "v1");
+    // The version in Redis the value "v1" was stored at.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let version_key = "pgopt:{pgopt}v:projects";
+    let at: u64 = redis::cmd("GET")
+        .arg(version_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // A write through A; then Redis loses it, as a failover to a replica that had not
+    // replicated the increment would: the version is back where "v1" was stored.
+    a.invalidate(&["projects"]).await;
+    let () = redis::cmd("SET")
+        .arg(version_key)
+        .arg(at)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // B saw the newer version: "v1", though it matches Redis again, is refused.
+    assert_eq!(get(&b, &fills, "v2").await, "v2");
+    assert_eq!(fills.load(Ordering::SeqCst), 2);
+    assert_eq!(b.l2.counters.stale.load(Ordering::Relaxed), 1);
+}

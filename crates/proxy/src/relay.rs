@@ -618,41 +618,20 @@ impl Relay {
             }
         }
         if let Some(l2) = &cache.l2 {
-            // Before the round trip: a value may go into L1 only if nothing moved
-            // while it was away (a reply can be older than a message applied meanwhile).
-            let before = cache.cache.versions.snapshot(&tags);
             // One round trip: the tables' versions in Redis, and a value stored at them.
-            let Some(found) = l2.lookup(&key, &tags).await else {
+            let Some(found) = pgopt_cache::read_through(&cache.cache, l2, key, &tags, ttl).await
+            else {
                 // Redis is not reachable: PostgreSQL answers, nothing is stored.
                 return CacheLookup::Pass;
             };
-            let remote = tags
-                .iter()
-                .map(String::as_str)
-                .zip(found.versions.iter().copied());
-            // The versions now, if this reply alone moved them since `before`.
-            let current = cache.cache.versions.observe_since(&before, remote);
-            // Taken after the versions moved: what a fill now checks against.
-            let ticket = cache.cache.begin_fill(key, &tags);
+            let ticket = found.ticket;
             if let Some(value) = found.value {
-                // Into L1 only when it is exactly as current as the versions known.
-                if let Some(current) = &current {
-                    // No longer than it has left in Redis.
-                    let ttl = found.ttl_left.map_or(ttl, |left| left.min(ttl));
-                    cache.cache.l1.insert(
-                        ticket.key().clone(),
-                        current.clone(),
-                        value.clone(),
-                        ttl,
-                        ticket.tables().clone(),
-                    );
-                }
                 ticket.tables().hit();
                 self.serve_hit(&cache, &value, shape, prepares, epoch);
                 self.note_hit(&analysis, started, &value);
                 // (Without `current` the versions moved during the round trip: no
                 // claim.)
-                self.maybe_verify(&cache, shape, &sql, &analysis, current, &value);
+                self.maybe_verify(&cache, shape, &sql, &analysis, found.current, &value);
                 return CacheLookup::Served;
             }
             cache.counters.misses.fetch_add(1, Relaxed);
