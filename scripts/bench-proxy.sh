@@ -112,8 +112,8 @@ fi
 
 # Query insight's cost (issue 4), side by side in one run: one pgbench run against the
 # pgopt above while a RELOAD (SIGHUP) switches insight.enabled off and on every
-# INSIGHT_PERIOD seconds (default 5; sessions follow between their requests, "off"
-# runs the very code path of insight disabled at start). Phases come in pairs, on then
+# INSIGHT_PERIOD seconds (default 5; sessions follow between their requests, and "off"
+# relays without a tracker, as with insight disabled at start). Phases come in pairs, on then
 # off in even pairs, off then on in odd ones, INSIGHT_ROUNDS pairs (default 12). Each
 # phase's TPS is the mean of pgbench's per-second progress (-P 1) over its seconds but
 # the first (the switch happens in it); each pair gives one on/off ratio and the verdict
@@ -152,7 +152,7 @@ insight_run() {
     "$@" postgres > "$tmp/pgbench.out" 2> "$progress" &
   bench=$!
   # pgbench's clock: its first progress line is printed at its second 1.
-  until grep -q '^progress: 1\.0 s' "$progress"; do
+  until grep -Eq '^progress: 1\.[0-9]+ s' "$progress"; do
     kill -0 "$bench" 2>/dev/null || { echo "  $name: pgbench failed: $(tail -3 "$progress")" >&2; return; }
     sleep 0.02
   done
@@ -176,7 +176,7 @@ insight_run() {
   pairs=$(awk -v P="$period" -v hz="$ticks" -v phases="$phases" -v lead="$lead" '
     FNR == NR { side[$1] = $2; po[$1] = $3; pg[$1] = $4; pb[$1] = $5; next }
     /^progress:/ {
-      n = $2 - lead; if (n < 1 || n > phases * P) next
+      n = int($2 + 0.5) - lead; if (n < 1 || n > phases * P) next
       k = int((n - 1) / P); tx[k] += $4
       if ((n - 1) % P != 0) { clean[k] += $4; c[k]++ } }
     END {

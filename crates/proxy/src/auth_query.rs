@@ -152,9 +152,9 @@ type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 #[derive(Default)]
 struct SlotState {
     answer: Option<Cached>,
-    /// The last lookup that failed, and when: logins that were waiting for it get
-    /// its error.
-    failure: Option<(Instant, LookupError)>,
+    /// The last lookup that failed, when, and with what `auth_user` and query:
+    /// logins that were waiting for it get its error.
+    failure: Option<(Instant, (String, String), LookupError)>,
 }
 
 struct Cached {
@@ -231,10 +231,6 @@ pub async fn lookup_cached(
     let asked = Instant::now();
     let slot = cache.slot(database, user);
     let mut kept = slot.lock().await;
-    // The lookup this login waited for failed: so does this one.
-    if let Some((_, error)) = kept.failure.as_ref().filter(|(at, _)| *at >= asked) {
-        return Err(error.clone());
-    }
     if let Some(c) = kept
         .answer
         .as_ref()
@@ -252,10 +248,20 @@ pub async fn lookup_cached(
             });
         }
     }
+    // The lookup this login waited for failed (with the same query): so does this
+    // one. (A kept answer, above, still serves: a failed refresh fails no other login.)
+    let asking = (auth_user.to_string(), query.to_string());
+    if let Some((_, _, error)) = kept
+        .failure
+        .as_ref()
+        .filter(|(at, by, _)| *at >= asked && *by == asking)
+    {
+        return Err(error.clone());
+    }
     let found = match fetch().await {
         Ok(found) => found,
         Err(e) => {
-            kept.failure = Some((Instant::now(), e.clone()));
+            kept.failure = Some((Instant::now(), asking, e.clone()));
             return Err(e);
         }
     };
@@ -267,7 +273,7 @@ pub async fn lookup_cached(
     kept.answer = Some(Cached {
         found: found.clone(),
         until: Instant::now() + ttl,
-        asked: (auth_user.to_string(), query.to_string()),
+        asked: asking,
     });
     Ok(Found {
         credentials: found,

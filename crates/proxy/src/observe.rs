@@ -253,13 +253,6 @@ impl Tracker {
         }
     }
 
-    /// A named statement the client prepared before this tracker started (see
-    /// `Relay::follow_insight`).
-    pub fn on_prepared(&mut self, analyzer: &Analyzer, name: &str, sql: &str) {
-        self.statements
-            .insert(name.to_string(), analyzer.analyze(sql).ok());
-    }
-
     pub fn on_bind(&mut self, bind: &Bind<'_>, frame: &[u8]) {
         let analysis = if bind.statement.is_empty() {
             self.unnamed_statement.clone()

@@ -199,6 +199,7 @@ impl Relay {
         let tracker = shared
             .insight
             .as_ref()
+            .filter(|state| state.recording())
             .map(|state| Tracker::new(state.clone(), &database, &login_user, info.addr));
         Relay {
             client,
@@ -1052,9 +1053,9 @@ impl Relay {
 
     /// A RELOAD paused or resumed query insight: the session starts or stops recording,
     /// only with nothing in flight (no statement is half tracked). A tracker started
-    /// now learns the statements the client prepared before (transaction mode keeps
-    /// their texts); a statement prepared in session mode while paused is not
-    /// recorded until the client prepares it again.
+    /// now learns the named statements the client prepared before (transaction mode
+    /// keeps them) and, when a server is held, its settings and route; in session
+    /// mode, statements prepared before are not recorded until prepared again.
     fn follow_insight(&mut self) {
         let Some(state) = self.shared.insight.as_ref() else {
             return;
@@ -1067,8 +1068,18 @@ impl Relay {
                     &self.login_user,
                     self.info.addr,
                 );
-                for (name, sql) in self.statements.texts() {
-                    tracker.on_prepared(&self.shared.analyzer, name, sql);
+                for (name, parse) in self.statements.parses() {
+                    tracker.on_parse(&self.shared.analyzer, &Parse { name, ..parse });
+                }
+                if self.server.is_some() {
+                    // Else set at the next checkout.
+                    tracker.settings = (self.settings.version(), self.settings.statements().into());
+                    if self.routes.is_some() {
+                        tracker.route = Some(match self.ryw.replica {
+                            Some(i) => pgopt_insight::Route::Replica(i as u16),
+                            None => pgopt_insight::Route::Primary,
+                        });
+                    }
                 }
                 self.tracker = Some(tracker);
             }

@@ -88,11 +88,15 @@ impl ClientStatements {
         self.by_name.get(name)?.prepared.query()
     }
 
-    /// Every statement of the client's: (name, SQL text).
-    pub fn texts(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.by_name
-            .iter()
-            .filter_map(|(name, s)| Some((name.as_str(), s.prepared.query()?)))
+    /// Every statement of the client's: its name and its Parse (under the server's
+    /// name).
+    pub fn parses(&self) -> impl Iterator<Item = (&str, Parse<'_>)> {
+        self.by_name.iter().filter_map(|(name, s)| {
+            Some((
+                name.as_str(),
+                Parse::decode(s.prepared.parse.get(5..)?).ok()?,
+            ))
+        })
     }
 
     /// The client's statements on server statement `id` now know its current shape.

@@ -166,8 +166,7 @@ impl Analyzer {
     }
 
     /// This thread's copy of the analysis of `key`, counted as a hit.
-    fn local_hit(&self, hash: u64, key: &[u8]) -> Option<CachedResult> {
-        let owner = (self.id, self.clears.load(Ordering::Relaxed));
+    fn local_hit(&self, owner: (u64, u64), hash: u64, key: &[u8]) -> Option<CachedResult> {
         LOCAL.with(|local| {
             let local = local.try_borrow().ok()?;
             if local.owner != owner {
@@ -184,13 +183,23 @@ impl Analyzer {
         })
     }
 
-    /// Keeps this thread's own copy of `result` and returns it.
-    fn keep_local(&self, hash: u64, key: &[u8], result: &CachedResult) -> CachedResult {
+    /// Keeps this thread's own copy of `result` and returns it. `owner`: this
+    /// analyzer and its clears before the lookup (a result found before a `clear()`
+    /// is not kept as if after it).
+    fn keep_local(
+        &self,
+        owner: (u64, u64),
+        hash: u64,
+        key: &[u8],
+        result: &CachedResult,
+    ) -> CachedResult {
         let copy = match result {
             Ok(analysis) => Ok(Arc::new(Analysis::clone(analysis))),
             Err(e) => Err(e.clone()),
         };
-        let owner = (self.id, self.clears.load(Ordering::Relaxed));
+        if self.clears.load(Ordering::Relaxed) != owner.1 {
+            return copy; // cleared meanwhile: not kept
+        }
         LOCAL.with(|local| {
             let Ok(mut local) = local.try_borrow_mut() else {
                 return;
@@ -239,7 +248,8 @@ impl Analyzer {
         stripped.strip(sql);
         let key = stripped.key();
         let hash = self.hasher.hash_one(key);
-        if let Some(result) = self.local_hit(hash, key) {
+        let owner = (self.id, self.clears.load(Ordering::Relaxed));
+        if let Some(result) = self.local_hit(owner, hash, key) {
             return result;
         }
         let shard = &self.shards[self.shard_index(hash)];
@@ -253,7 +263,7 @@ impl Analyzer {
                     shard.hits.fetch_add(1, Ordering::Relaxed);
                     let result = entry.result.clone();
                     drop(map);
-                    return self.keep_local(hash, key, &result);
+                    return self.keep_local(owner, hash, key, &result);
                 }
             }
         }
@@ -275,7 +285,7 @@ impl Analyzer {
             },
         );
         drop(map);
-        self.keep_local(hash, key, &result)
+        self.keep_local(owner, hash, key, &result)
     }
 
     fn shard_index(&self, hash: u64) -> usize {
