@@ -11,6 +11,7 @@
 #
 # usage: scripts/bench-proxy.sh [SECONDS_PER_RUN=10] [PGBENCH_SCALE=10] [POOL_SIZE=20]
 #        BENCH_ONLY=insight scripts/bench-proxy.sh ...   (just the insight comparison)
+#        BENCH_ONLY=proxy scripts/bench-proxy.sh ...     (just the proxy table)
 #        INSIGHT_ROUNDS=N pairs of phases (default 12), INSIGHT_PERIOD=S seconds per
 #        phase (default 5), INSIGHT_VERBOSE=1 (each pair on stderr), INSIGHT_AA=1 (an
 #        A/A line per case: the switching alone, insight on in both phases)
@@ -122,6 +123,7 @@ fi
 # transaction over all the CPU a transaction costs the machine (pgopt, PostgreSQL and
 # pgbench), from /proc at each switch. INSIGHT_AA=1 adds an A/A line per case: the same
 # switching with insight on in both phases, the method's own noise.
+[ "${BENCH_ONLY:-}" = proxy ] && exit 0
 period=${INSIGHT_PERIOD:-5}
 rounds=${INSIGHT_ROUNDS:-12}
 printf '\n%s pairs of %s s phases, insight on and off in one pgbench run; ratios are medians [min–max] of the pairs\n' "$rounds" "$period"
