@@ -98,14 +98,20 @@ async fn an_md5_hash_answers_the_servers_md5_challenge() {
     login_with_the_stored_password(HostAuth::Md5, ClientAuth::Md5, "md5").await;
 }
 
-#[tokio::test]
-async fn auth_query_finds_users_the_config_does_not_list() {
+/// A server asking for SCRAM (postgres's password `serverpw`), and a connection to it.
+async fn scram_postgres() -> (Postgres, tokio_postgres::Client) {
     let pg = Postgres::builder()
         .password("serverpw", HostAuth::ScramSha256)
         .start()
         .await
         .unwrap();
     let admin = pg.connect("postgres").await.unwrap();
+    (pg, admin)
+}
+
+#[tokio::test]
+async fn auth_query_finds_users_the_config_does_not_list() {
+    let (pg, admin) = scram_postgres().await;
     admin
         .batch_execute("CREATE ROLE app_user LOGIN PASSWORD 'apppw'")
         .await
@@ -260,12 +266,7 @@ async fn auth_query_answers_are_kept_until_their_ttl_and_forgotten_on_reload() {
 
 #[tokio::test]
 async fn logins_waiting_for_a_lookup_that_fails_share_its_error() {
-    let pg = Postgres::builder()
-        .password("serverpw", HostAuth::ScramSha256)
-        .start()
-        .await
-        .unwrap();
-    let admin = pg.connect("postgres").await.unwrap();
+    let (pg, admin) = scram_postgres().await;
     // Sequences are not transactional: each attempt counts though it fails.
     admin
         .batch_execute(
