@@ -254,6 +254,8 @@ pub struct L2 {
     /// (see [`L2::serving`]).
     heard: AtomicU64,
     epoch: Instant,
+    /// The bus's owner last warned about as missing from the URLs (once each).
+    owner_warned: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for L2 {
@@ -338,6 +340,7 @@ impl L2 {
             tasks: Mutex::new(Vec::new()),
             heard: AtomicU64::new(0),
             epoch: Instant::now(),
+            owner_warned: Mutex::new(None),
             config,
         });
         if l2.config.hmac_key.is_none() && l2.config.store_values {
@@ -703,7 +706,9 @@ impl L2 {
             }
         }
         let url = with_node(urls.first()?, &exact);
-        if url.is_none() {
+        let mut warned = self.owner_warned.lock().unwrap_or_else(|p| p.into_inner());
+        if url.is_none() && warned.as_deref() != Some(exact.as_str()) {
+            *warned = Some(exact.clone());
             tracing::warn!(
                 node = %exact,
                 "the Redis node that owns the cache bus's slot is not in cache.redis.url: \
