@@ -199,7 +199,7 @@ if not seq then
   redis.call('SET', KEYS[1], seq)
 end
 redis.call('EXPIRE', KEYS[1], 86400)
-redis.call('PUBLISH', ARGV[1], 'hb\0' .. ARGV[2] .. '\0' .. seq)
+redis.call('PUBLISH', ARGV[1], 'hb\0' .. ARGV[2] .. '\0' .. seq .. '\0' .. ARGV[4])
 return seq
 ";
 
@@ -249,9 +249,9 @@ pub struct L2 {
     acks: Mutex<HashMap<u64, u64>>,
     acked: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// When the bus was last heard from (any message, heartbeats included), in ms
-    /// since `epoch`, plus one (0: never): the instance serves only within its lease
-    /// (see [`L2::serving`]).
+    /// When this instance's latest heartbeat to come back on the bus was sent (or it
+    /// subscribed), in ms since `epoch`, plus one (0: never): the instance serves only
+    /// within its lease from then (see [`L2::serving`]).
     heard: AtomicU64,
     epoch: Instant,
     /// The bus's owner last warned about as missing from the URLs (once each).
@@ -363,11 +363,13 @@ impl L2 {
     }
 
     /// Whether entries may be served and filled: the bus is subscribed (else another
-    /// instance's write could go unnoticed) and was heard from within the lease. A
-    /// writer whose message an instance did not confirm waits out the lease (see
-    /// `await_acks`), so an instance cut off from Redis — its connection still open,
-    /// messages no longer arriving — has stopped serving by the time that writer's
-    /// client hears its commit ended.
+    /// instance's write could go unnoticed) and this instance's own heartbeat came
+    /// back within the lease, counted from when it was sent. Redis delivers in order,
+    /// so every message published before that beat reached Redis has been applied; a
+    /// writer whose message an instance did not confirm waits out the lease and a
+    /// timeout more (see `await_acks`), so an instance cut off from Redis, or lagging
+    /// behind its messages, has stopped serving by the time that writer's client hears
+    /// its commit ended.
     pub fn serving(&self) -> bool {
         let heard = self.heard.load(Relaxed);
         self.counters.bus_up.load(Relaxed)
@@ -381,10 +383,17 @@ impl L2 {
         HEARTBEAT * 3 + self.config.timeout * 2
     }
 
-    /// The bus was heard from now.
-    fn heard_now(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.heard.store(ms + 1, Relaxed);
+    /// Now, in ms since `epoch`, plus one.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    /// The lease runs from `at` (a [`L2::now_ms`] value), unless it already runs from
+    /// later.
+    fn heard_at(&self, at: u64) {
+        self.heard.fetch_max(at, Relaxed);
     }
 
     fn version_key(&self, table: &str) -> String {
@@ -627,7 +636,7 @@ impl L2 {
                 acked.await;
             }
         };
-        if tokio::time::timeout(self.lease().max(self.config.timeout), done)
+        if tokio::time::timeout(self.lease() + self.config.timeout, done)
             .await
             .is_err()
         {
@@ -824,13 +833,16 @@ async fn keep_connected(l2: Weak<L2>) {
                 }
             }
         } else {
-            this.pay_owed().await;
+            // The beat first: a payment may wait for confirmations, and this
+            // instance's lease runs from its beats (see `L2::serving`).
             let mut inv = this.beat.prepare_invoke();
             inv.key(this.seq_key())
                 .arg(this.channel())
                 .arg(this.instance.to_string())
-                .arg(first_version());
+                .arg(first_version())
+                .arg(this.now_ms());
             let _: Option<String> = this.call("heartbeat", &inv).await;
+            this.pay_owed().await;
             HEARTBEAT
         };
         let reconnect = this.reconnect.clone();
@@ -901,7 +913,8 @@ async fn listen(
         // What was filled while the channel was down (a lookup that began before it
         // dropped) may have missed a message: gone before anything is served again.
         flush();
-        this.heard_now();
+        // Subscribed: every message from now on comes (and L1 was just flushed).
+        this.heard_at(this.now_ms());
         this.counters.bus_up.store(true, Relaxed);
         tracing::info!("subscribed to the cache's invalidation channel");
         drop(this);
@@ -913,8 +926,9 @@ async fn listen(
         let moved = Arc::new(tokio::sync::Notify::new());
         let watcher =
             owner.map(|owner| tokio::spawn(watch_owner(l2.clone(), owner, moved.clone())));
-        // Every instance (this one included) sends a heartbeat each second: a channel
-        // silent for longer is taken as dropped (a half-open connection).
+        // Every instance (this one included) sends a heartbeat every HEARTBEAT: a
+        // channel silent for CHANNEL_SILENCE is taken as dropped (a half-open
+        // connection).
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(silence, stream.next()) => next,
@@ -927,7 +941,6 @@ async fn listen(
             };
             let Ok(Some(msg)) = next else { break };
             let Some(this) = l2.upgrade() else { return };
-            this.heard_now();
             if msg.get_channel_name() == acks {
                 if let Some(seq) = std::str::from_utf8(msg.get_payload_bytes())
                     .ok()
@@ -953,6 +966,11 @@ async fn listen(
                 Some((instance, seq)) if instance == this.instance => this.ack_received(seq),
                 Some((instance, seq)) => this.send_ack(instance, seq),
                 None => {}
+            }
+            // Its own heartbeat back: everything published before it is applied (above
+            // or earlier), so the lease runs from when it was sent.
+            if let Some(sent) = own_beat(payload, this.instance) {
+                this.heard_at(sent);
             }
         }
         if let Some(watcher) = watcher {
@@ -1046,6 +1064,18 @@ fn slot_owner(reply: &redis::Value, slot: i64) -> Option<(String, u16)> {
         };
         Some((host, u16::try_from(*port).ok()?))
     })
+}
+
+/// When this instance's heartbeat `payload` was sent (its `now_ms`), if it is one.
+fn own_beat(payload: &[u8], instance: u64) -> Option<u64> {
+    let mut parts = payload.split(|&b| b == 0);
+    if parts.next()? != b"hb" {
+        return None;
+    }
+    let from: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let _seq = parts.next()?;
+    let sent = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    (from == instance).then_some(sent)
 }
 
 /// The sender and sequence number of a commit's message.

@@ -58,8 +58,9 @@ impl SharedCache {
 
     /// The value under `key`: from memory, else from Redis when it was filled at the
     /// tags' current versions, else `fill`'s — stored in both for `ttl`, tagged with
-    /// `tags`. Concurrent callers in this process run `fill` once; an error goes to
-    /// its caller only and is never stored.
+    /// `tags`. Concurrent callers in this process wait for one fill (another runs when
+    /// it fails or its value can't be stored); an error goes to its caller only and is
+    /// never stored.
     pub async fn get_or_set<S, F, Fut, E>(
         &self,
         key: Key,
@@ -78,26 +79,26 @@ impl SharedCache {
         let mut tags: Vec<String> = tags.iter().map(|t| t.as_ref().to_string()).collect();
         tags.push(ALL.to_string());
         let cache = &self.cache;
-        let mut flight = None;
-        for look in 0..2 {
+        // Joined after a wait: the leader's value, if it went into L1; if not (its
+        // fill failed, or it could not be stored), one of the waiters fills next.
+        let flight = loop {
             if let Some(hit) = cache.lookup(&key) {
                 hit.tables.hit();
                 return Ok(hit.value);
             }
-            if look > 0 {
-                break;
-            }
             match cache.flights.join(&key) {
-                Joined::Leader(f) => {
-                    flight = Some(f);
-                    break;
-                }
+                Joined::Leader(f) => break Some(f),
                 // Another caller is filling it: its result, unless it is slow.
                 Joined::Waiter(wait) => {
-                    let _ = tokio::time::timeout(cache.flight_timeout, wait).await;
+                    if tokio::time::timeout(cache.flight_timeout, wait)
+                        .await
+                        .is_err()
+                    {
+                        break None; // the leader hangs: fill for this caller
+                    }
                 }
             }
-        }
+        };
         let Some(found) = read_through(cache, &self.l2, key, &tags, ttl).await else {
             // Redis is not reachable: the fill answers, nothing is stored.
             return fill().await;
@@ -117,11 +118,12 @@ impl SharedCache {
             .map(|(t, v)| (t.to_string(), v))
             .collect();
         let key = ticket.key().clone();
-        if cache.complete_fill_counted(ticket, value.clone(), ttl) {
+        let stored = cache.complete_fill_counted(ticket, value.clone(), ttl);
+        drop(flight); // wakes the waiters: the value is in L1
+        if stored {
             let remote: Vec<(&str, u64)> = remote.iter().map(|(t, v)| (t.as_str(), *v)).collect();
             self.l2.store(&key, &remote, &value, ttl).await;
         }
-        drop(flight); // wakes the waiters
         Ok(value)
     }
 

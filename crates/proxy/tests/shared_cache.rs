@@ -83,7 +83,7 @@ async fn a_write_through_one_instance_is_seen_by_the_next_read_through_the_other
     let b_proxy = instance(&pg, &redis).await;
     let a = connect(&a_proxy, "postgres", None).await.unwrap();
     let b = connect(&b_proxy, "postgres", None).await.unwrap();
-    // Heartbeats first (each second): an instance's first write must follow its own
+    // Heartbeats first (every 200 ms): an instance's first write must follow its own
     // heartbeats in order, or every instance flushes (bus_flushes, checked below).
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
