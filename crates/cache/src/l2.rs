@@ -134,6 +134,22 @@ impl Conn {
 
 /// Reads versions (creating missing ones at the random values given) and, when asked,
 /// an entry and its time to live in ms: `{v1, …, vn[, entry or '', pttl]}`.
+/// Raises version counters Redis lost increments of (gone back in time): KEYS are
+/// version keys, ARGV the versions seen of them; each counter below is set to what was
+/// seen (the caller then publishes those tables, moving them past). Returns the
+/// 1-based positions raised.
+const RAISE: &str = r"
+local raised = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v and tonumber(v) < tonumber(ARGV[i]) then
+    redis.call('SET', key, ARGV[i])
+    raised[#raised + 1] = i
+  end
+end
+return raised
+";
+
 const READ: &str = r"
 local want = tonumber(ARGV[1])
 local n = #KEYS - want
@@ -237,6 +253,7 @@ pub struct L2 {
     /// A random id for this process: its sequence key and its messages.
     instance: u64,
     read: Script,
+    raise: Script,
     write: Script,
     beat: Script,
     pub counters: L2Counters,
@@ -330,6 +347,7 @@ impl L2 {
             instance: random() >> 1,
             conn: Mutex::new(None),
             read: Script::new(READ),
+            raise: Script::new(RAISE),
             write: Script::new(WRITE),
             beat: Script::new(BEAT),
             counters: L2Counters::default(),
@@ -572,6 +590,33 @@ impl L2 {
             Ok(Err(e)) => self.failed("store", &e.to_string()),
             Err(_) => self.failed("store", "timed out"),
         }
+    }
+
+    /// Redis was behind versions this instance saw (`seen`: table, version), as after
+    /// a failover that lost increments: each counter still behind is set to what was
+    /// seen and those tables are published (incremented past it, every instance
+    /// told), so no value stored at the old versions matches again — for any instance,
+    /// also one that never saw the higher ones. Returns the new versions of the tables
+    /// raised.
+    pub async fn raise(&self, seen: &[(String, u64)]) -> Vec<(String, u64)> {
+        if seen.is_empty() {
+            return Vec::new();
+        }
+        let mut inv = self.raise.prepare_invoke();
+        for (t, v) in seen {
+            inv.key(self.version_key(t)).arg(*v);
+        }
+        let raised: Vec<usize> = self.call("raise", &inv).await.unwrap_or_default();
+        let tables: Vec<String> = raised
+            .iter()
+            .filter_map(|i| seen.get(i.checked_sub(1)?))
+            .map(|(t, _)| t.clone())
+            .collect();
+        if tables.is_empty() {
+            return Vec::new();
+        }
+        tracing::warn!(?tables, "Redis was behind table versions seen before (a failover that lost writes?): moved past them");
+        self.publish(&tables).await.unwrap_or_default()
     }
 
     /// A commit wrote `tables`: their versions are incremented in Redis and every

@@ -161,10 +161,11 @@ pub struct FromRedis {
 /// An L1 miss on `key` (reading `tags`) looked up in Redis: one round trip for the
 /// tables' versions there and a value stored at them. A value is refused when a
 /// version is behind one seen here (Redis gone back in time, e.g. a failover that
-/// lost increments). `None`: Redis is not reachable.
+/// lost increments), and Redis is then moved past it ([`L2::raise`]). `None`: Redis
+/// is not reachable.
 pub async fn read_through(
     cache: &ResultCache,
-    l2: &L2,
+    l2: &Arc<L2>,
     key: Key,
     tags: &[String],
     ttl: Duration,
@@ -178,9 +179,19 @@ pub async fn read_through(
             .map(String::as_str)
             .zip(found.versions.iter().copied())
     };
-    let behind = cache.versions.behind(remote());
-    if behind && found.value.is_some() {
-        l2.counters.stale.fetch_add(1, Relaxed);
+    let seen = cache.versions.behind(remote());
+    let behind = !seen.is_empty();
+    if behind {
+        if found.value.is_some() {
+            l2.counters.stale.fetch_add(1, Relaxed);
+        }
+        // A reply older than a message applied meanwhile, or Redis gone back in time:
+        // then it is moved past what was seen (a no-op for the former).
+        let (l2, versions) = (l2.clone(), cache.versions.clone());
+        tokio::spawn(async move {
+            let raised = l2.raise(&seen).await;
+            versions.observe(raised.iter().map(|(t, v)| (t.as_str(), *v)));
+        });
     }
     // The versions now, if this reply alone moved them since `before`.
     let current = cache.versions.observe_since(&before, remote());

@@ -161,11 +161,19 @@ impl Versions {
     /// reply older than a message applied meanwhile, or Redis having gone back in
     /// time (a failover to a replica that missed increments, a restore): either way a
     /// value validated by those versions may be stale.
-    pub fn behind<'a>(&self, remote: impl IntoIterator<Item = (&'a str, u64)>) -> bool {
+    /// Returns those tables with the version known here.
+    pub fn behind<'a>(
+        &self,
+        remote: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Vec<(String, u64)> {
         let map = self.tables.read().unwrap_or_else(|p| p.into_inner());
         remote
             .into_iter()
-            .any(|(t, r)| map.get(t).is_some_and(|v| r < v.remote))
+            .filter_map(|(t, r)| {
+                let known = map.get(t)?.remote;
+                (r < known).then(|| (t.to_string(), known))
+            })
+            .collect()
     }
 
     /// Whether some snapshot has taken `table` (entries may depend on it).

@@ -179,6 +179,15 @@ async fn redis_gone_back_in_time_never_validates_a_stale_value() {
     let fills = AtomicUsize::new(0);
     assert_eq!(get(&a, &fills, "v1").await, "v1");
     assert_eq!(get(&b, &fills, "other").await, "v1");
+    // Another value at the same version, stored by A.
+    a.get_or_set(
+        key("SELECT count(*) FROM projects"),
+        &["projects"],
+        TTL,
+        || async { Ok::<_, ()>(Bytes::from_static(b"stale")) },
+    )
+    .await
+    .unwrap();
     // The version in Redis the value "v1" was stored at.
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -202,4 +211,31 @@ async fn redis_gone_back_in_time_never_validates_a_stale_value() {
     assert_eq!(get(&b, &fills, "v2").await, "v2");
     assert_eq!(fills.load(Ordering::SeqCst), 2);
     assert_eq!(b.l2.counters.stale.load(Ordering::Relaxed), 1);
+    // …and B moves Redis past it: other values stored at the old version (the one
+    // under another key here) no longer match, even for a process that never saw the
+    // newer version.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now: u64 = redis::cmd("GET")
+            .arg(version_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if now > at + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still at {now} (was {at})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = start(&redis).await;
+    let value = c
+        .get_or_set(
+            key("SELECT count(*) FROM projects"),
+            &["projects"],
+            TTL,
+            || async { Ok::<_, ()>(Bytes::from_static(b"fresh")) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(value, "fresh");
 }
