@@ -183,7 +183,11 @@ pub async fn read_through(
     let behind = !seen.is_empty();
     if behind {
         if found.value.is_some() {
-            l2.counters.stale.fetch_add(1, Relaxed);
+            // Counted by the lookup as a hit: a stale value, a miss.
+            let c = &l2.counters;
+            c.hits.fetch_sub(1, Relaxed);
+            c.misses.fetch_add(1, Relaxed);
+            c.stale.fetch_add(1, Relaxed);
         }
         // A reply older than a message applied meanwhile, or Redis gone back in time:
         // then it is moved past what was seen (a no-op for the former).

@@ -211,6 +211,11 @@ async fn redis_gone_back_in_time_never_validates_a_stale_value() {
     assert_eq!(get(&b, &fills, "v2").await, "v2");
     assert_eq!(fills.load(Ordering::SeqCst), 2);
     assert_eq!(b.l2.counters.stale.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        b.l2.counters.hits.load(Ordering::Relaxed),
+        1,
+        "the refused one is no hit"
+    );
     // …and B moves Redis past it: other values stored at the old version (the one
     // under another key here) no longer match, even for a process that never saw the
     // newer version.
