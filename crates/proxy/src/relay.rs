@@ -1071,20 +1071,31 @@ impl Relay {
                 for (name, parse) in self.statements.parses() {
                     tracker.on_parse(&self.shared.analyzer, &Parse { name, ..parse });
                 }
-                if self.server.is_some() {
-                    // Else set at the next checkout.
-                    tracker.settings = (self.settings.version(), self.settings.statements().into());
-                    if self.routes.is_some() {
-                        tracker.route = Some(match self.ryw.replica {
-                            Some(i) => pgopt_insight::Route::Replica(i as u16),
-                            None => pgopt_insight::Route::Primary,
-                        });
-                    }
-                }
                 self.tracker = Some(tracker);
+                if self.server.is_some() {
+                    self.tell_tracker(); // else at the next checkout
+                }
             }
             (false, true) => self.tracker = None,
             _ => {}
+        }
+    }
+
+    /// Query insight learns where the transaction runs and the client's settings
+    /// (plan captures apply them: search_path…), once a server is held.
+    fn tell_tracker(&mut self) {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return;
+        };
+        let version = self.settings.version();
+        if tracker.settings.0 != version {
+            tracker.settings = (version, self.settings.statements().into());
+        }
+        if self.routes.is_some() {
+            tracker.route = Some(match self.ryw.replica {
+                Some(i) => pgopt_insight::Route::Replica(i as u16),
+                None => pgopt_insight::Route::Primary,
+            });
         }
     }
 
@@ -1907,20 +1918,8 @@ impl Relay {
                 self.failover = replica
                     .filter(|_| self.expected.is_empty())
                     .map(|_| BytesMut::new());
-                if let Some(tracker) = self.tracker.as_mut() {
-                    // Plan captures apply the client's settings (search_path…).
-                    let version = self.settings.version();
-                    if tracker.settings.0 != version {
-                        tracker.settings = (version, self.settings.statements().into());
-                    }
-                }
+                self.tell_tracker();
                 if let Some(routes) = &self.routes {
-                    if let Some(tracker) = self.tracker.as_mut() {
-                        tracker.route = Some(match replica {
-                            Some(i) => pgopt_insight::Route::Replica(i as u16),
-                            None => pgopt_insight::Route::Primary,
-                        });
-                    }
                     let router = &routes.router;
                     match replica {
                         Some(i) => router.replicas[i].transactions.fetch_add(1, Relaxed),

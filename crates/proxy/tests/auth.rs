@@ -323,18 +323,23 @@ async fn with_a_ttl_of_zero_every_login_looks_the_user_up() {
     assert_eq!(lookups(&admin, "app_user").await, 4);
 }
 
-#[tokio::test]
-async fn an_md5_login_failing_against_a_kept_answer_looks_again_and_takes_a_new_password() {
-    let (_pg, admin, proxy) =
-        counted_lookups(HostAuth::Md5, ClientAuth::Md5, Duration::from_secs(600)).await;
-    log_in(&proxy, "app_user", "apppw").await;
-    log_in(&proxy, "app_user", "apppw").await;
-    assert_eq!(lookups(&admin, "app_user").await, 1);
-
+/// Two logins of `app_user` (one lookup, its answer kept), then its password
+/// changed on the server to `newpw`.
+async fn kept_then_changed(proxy: &Proxy, admin: &tokio_postgres::Client) {
+    log_in(proxy, "app_user", "apppw").await;
+    log_in(proxy, "app_user", "apppw").await;
+    assert_eq!(lookups(admin, "app_user").await, 1);
     admin
         .batch_execute("ALTER ROLE app_user PASSWORD 'newpw'")
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn an_md5_login_failing_against_a_kept_answer_looks_again_and_takes_a_new_password() {
+    let (_pg, admin, proxy) =
+        counted_lookups(HostAuth::Md5, ClientAuth::Md5, Duration::from_secs(600)).await;
+    kept_then_changed(&proxy, &admin).await;
     // The kept hash refuses it; the lookup made then accepts it, at the first try.
     log_in(&proxy, "app_user", "newpw").await;
     assert_eq!(lookups(&admin, "app_user").await, 2);
@@ -355,14 +360,7 @@ async fn a_scram_login_failing_against_a_kept_verifier_renews_it_for_the_next_lo
         Duration::from_secs(600),
     )
     .await;
-    log_in(&proxy, "app_user", "apppw").await;
-    log_in(&proxy, "app_user", "apppw").await;
-    assert_eq!(lookups(&admin, "app_user").await, 1);
-
-    admin
-        .batch_execute("ALTER ROLE app_user PASSWORD 'newpw'")
-        .await
-        .unwrap();
+    kept_then_changed(&proxy, &admin).await;
     // The exchange ran with the kept verifier's salt, so the client's proof can't be
     // checked against the new one: refused, but looked up again…
     refused(&proxy, "app_user", "newpw").await;

@@ -76,6 +76,37 @@ async fn redis_client(redis: &Redis) -> redis::aio::MultiplexedConnection {
 
 const READ: &str = "SELECT v FROM items WHERE id = 1";
 
+/// `rounds` writes, through `a` and `b` in turn: the other's next read has each
+/// (with `writer_too`, the writer's own next read as well).
+async fn alternate_writes(
+    a: &tokio_postgres::Client,
+    b: &tokio_postgres::Client,
+    rounds: usize,
+    prefix: &str,
+    writer_too: bool,
+) {
+    for i in 0..rounds {
+        let (writer, reader) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        assert_eq!(value(reader, READ).await, value(writer, READ).await);
+        writer
+            .batch_execute(&format!("UPDATE items SET v = '{prefix}{i}' WHERE id = 1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            value(reader, READ).await,
+            format!("{prefix}{i}"),
+            "round {i}"
+        );
+        if writer_too {
+            assert_eq!(
+                value(writer, READ).await,
+                format!("{prefix}{i}"),
+                "round {i}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_one_instance_is_seen_by_the_next_read_through_the_other() {
     let (pg, redis) = setup().await;
@@ -96,16 +127,7 @@ async fn a_write_through_one_instance_is_seen_by_the_next_read_through_the_other
     assert_eq!(counter(&row, "hits"), 2, "{row:?}");
 
     // Writes through either instance: the other's next read has them, every time.
-    for i in 0..40 {
-        let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        assert_eq!(value(reader, READ).await, value(writer, READ).await);
-        writer
-            .batch_execute(&format!("UPDATE items SET v = 'v{i}' WHERE id = 1"))
-            .await
-            .unwrap();
-        assert_eq!(value(reader, READ).await, format!("v{i}"), "round {i}");
-        assert_eq!(value(writer, READ).await, format!("v{i}"), "round {i}");
-    }
+    alternate_writes(&a, &b, 40, "v", true).await;
     // A transaction's write reaches the other instance at commit, not before.
     a.batch_execute("BEGIN; UPDATE items SET v = 'tx' WHERE id = 1")
         .await
@@ -631,15 +653,7 @@ async fn two_instances_share_results_and_invalidations_through_a_redis_cluster()
     assert_eq!(value(&b, READ).await, "a", "B served A's result from Redis");
     assert_eq!(counter(&cache_row(&b_proxy).await, "l2_hits"), 1);
     // Writes through either instance: the other's next read has them.
-    for i in 0..20 {
-        let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        assert_eq!(value(reader, READ).await, value(writer, READ).await);
-        writer
-            .batch_execute(&format!("UPDATE items SET v = 'v{i}' WHERE id = 1"))
-            .await
-            .unwrap();
-        assert_eq!(value(reader, READ).await, format!("v{i}"), "round {i}");
-    }
+    alternate_writes(&a, &b, 20, "v", false).await;
     for proxy in [&a_proxy, &b_proxy] {
         let row = cache_row(proxy).await;
         assert!(counter(&row, "bus_messages") >= 10, "{row:?}");
@@ -680,17 +694,5 @@ async fn two_instances_share_results_and_invalidations_through_a_redis_cluster()
     }
     wait_for_redis(&a_proxy, "up").await;
     wait_for_redis(&b_proxy, "up").await;
-    for i in 0..10 {
-        let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        assert_eq!(value(reader, READ).await, value(writer, READ).await);
-        writer
-            .batch_execute(&format!("UPDATE items SET v = 'moved{i}' WHERE id = 1"))
-            .await
-            .unwrap();
-        assert_eq!(
-            value(reader, READ).await,
-            format!("moved{i}"),
-            "round {i} after the move"
-        );
-    }
+    alternate_writes(&a, &b, 10, "moved", false).await;
 }
