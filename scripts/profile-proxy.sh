@@ -4,7 +4,11 @@
 # 4 s in the middle of the run. Prints TPS and the proxy's CPU per transaction, then the
 # report (perf: by shared object and top symbols; strace: syscall counts).
 #
-# usage: scripts/profile-proxy.sh [MODE=simple|extended|prepared|tpcb] [CLIENTS=16] [SECS=10] [TOOL=perf|strace|none]
+# usage: scripts/profile-proxy.sh [MODE=simple|extended|prepared|tpcb] [CLIENTS=16] [SECS=10] [TOOL=perf|strace|callgrind|none]
+#        PROXY=pgbouncer (the same load through PgBouncer), PGOPT_CONFIG=FILE (pgopt's --config),
+#        KEEP_PERF=FILE (keep perf.data), PERF_DUMP=FILE, PERF_TOP=N
+#        callgrind: pgopt's instructions per transaction over CALLGRIND_TXNS (500) per client,
+#        CALLGRIND_KEEP=FILE keeps the profile for callgrind_annotate
 # (tpcb: pgbench's default TPC-B-like script, simple protocol, instead of -S)
 set -euo pipefail
 ulimit -n 20000 2>/dev/null || true
@@ -19,19 +23,65 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 pg_port=$(free_port); pgopt_port=$(free_port)
 ppid=
 cleanup() {
-  [ -n "$ppid" ] && kill "$ppid" 2>/dev/null
+  [ -n "$ppid" ] && kill "$ppid" 2>/dev/null && sleep 0.5
   "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$tmp"
+  [ -n "${KEEP_PERF:-}" ] && cp "$tmp/perf.data" "$KEEP_PERF" 2>/dev/null; rm -rf "$tmp"
 }
 trap cleanup EXIT
 "${as_pg[@]}" "$bindir/initdb" -D "$tmp/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
 "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w start -o \
   "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" >/dev/null
 "$bindir/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
-RUST_LOG=error target/release/pgopt proxy --listen "127.0.0.1:$pgopt_port" \
-  --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size 20 >/dev/null 2>&1 &
-ppid=$!
-sleep 1
+if [ "${PROXY:-pgopt}" = pgbouncer ]; then
+  # The same load through PgBouncer (transaction mode, same pool size), for comparison.
+  cat > "$tmp/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pg_port dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $pgopt_port
+unix_socket_dir =
+auth_type = trust
+auth_file = $tmp/users.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 10000
+logfile = $tmp/pgbouncer.log
+pidfile = $tmp/pgbouncer.pid
+INI
+  echo '"postgres" ""' > "$tmp/users.txt"
+  chmod a+r "$tmp"/pgbouncer.ini "$tmp"/users.txt
+  "${as_pg[@]}" pgbouncer -d "$tmp/pgbouncer.ini" >/dev/null 2>&1
+  sleep 1
+  ppid=$(cat "$tmp/pgbouncer.pid")
+else
+  wrap=()
+  # callgrind: pgopt's own instructions per transaction, repeatable whatever the host does.
+  [ "$tool" = callgrind ] && wrap=(valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" --dump-instr=no)
+  RUST_LOG=error "${wrap[@]}" target/release/pgopt ${PGOPT_CONFIG:+--config "$PGOPT_CONFIG"} proxy --listen "127.0.0.1:$pgopt_port" \
+    --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size 20 >/dev/null 2>&1 &
+  ppid=$!
+  sleep 1
+fi
+if [ "$tool" = callgrind ]; then
+  # Valgrind starts slowly and runs pgopt ~50x slower: wait for the port, warm up (pools
+  # filled, caches seen), then count only a fixed number of transactions.
+  for _ in $(seq 60); do "$bindir/pg_isready" -q -h 127.0.0.1 -p "$pgopt_port" && break; sleep 1; done
+  script=(-S -M "$mode"); [ "$mode" = tpcb ] && script=(-M simple)
+  jobs_=2; [ "$mode" = prepared ] && jobs_=$clients
+  "$bindir/pgbench" -n "${script[@]}" -c "$clients" -j "$jobs_" -t 50 -h 127.0.0.1 -p "$pgopt_port" -U postgres postgres >/dev/null 2>&1
+  callgrind_control -z "$ppid" >/dev/null
+  per_client=${CALLGRIND_TXNS:-500}
+  "$bindir/pgbench" -n "${script[@]}" -c "$clients" -j "$jobs_" -t "$per_client" -h 127.0.0.1 -p "$pgopt_port" -U postgres postgres >/dev/null 2>&1
+  callgrind_control -d "$ppid" >/dev/null
+  txns=$((clients * per_client))
+  out=$(ls "$tmp"/callgrind.out.* | sort | tail -1)
+  total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  echo "$mode, $clients clients: pgopt $((total / txns)) instructions per transaction ($txns transactions)"
+  [ -n "${CALLGRIND_KEEP:-}" ] && cp "$out" "$CALLGRIND_KEEP"
+  callgrind_annotate --inclusive=yes "$out" 2>/dev/null | head -$((${PERF_TOP:-30} + 20)) | tail -n +18
+  exit 0
+fi
 before=$(awk '{print $14 + $15}' "/proc/$ppid/stat")
 jobs_=2; [ "$mode" = prepared ] && jobs_=$clients
 case $tool in

@@ -71,7 +71,7 @@ pub struct Pool {
     limits: Mutex<PoolLimits>,
     slots: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    idle: Mutex<Vec<Box<ServerConn>>>,
     /// What the server said about itself at start-up, for clients' ParameterStatus.
     params: Mutex<Option<ServerParams>>,
     paused: AtomicBool,
@@ -108,7 +108,7 @@ struct Breaker {
 /// A server connection lent to one client; dropping it without [`Checkout::release`]
 /// closes the connection (its state is unknown).
 pub struct Checkout {
-    pub conn: ServerConn,
+    pub conn: Box<ServerConn>,
     slot: OwnedSemaphorePermit,
     active: Lent,
     /// `server_lifetime` when lent (no second look at the limits on release).
@@ -348,7 +348,7 @@ impl Pool {
     }
 
     /// An idle connection still fit for use, or a new one.
-    async fn connection(&self, limits: &PoolLimits) -> Result<ServerConn, CheckoutError> {
+    async fn connection(&self, limits: &PoolLimits) -> Result<Box<ServerConn>, CheckoutError> {
         let now = Instant::now();
         while let Some(mut conn) = self.take_idle() {
             let expired = now.duration_since(conn.last_used) > limits.idle_timeout
@@ -368,7 +368,7 @@ impl Pool {
         self.connect(limits).await
     }
 
-    async fn connect(&self, limits: &PoolLimits) -> Result<ServerConn, CheckoutError> {
+    async fn connect(&self, limits: &PoolLimits) -> Result<Box<ServerConn>, CheckoutError> {
         {
             let breaker = lock(&self.breaker);
             if let Some(until) = breaker.down_until {
@@ -402,7 +402,8 @@ impl Pool {
                 self.stats.server_connects.fetch_add(1, Relaxed);
                 self.servers.add(&conn.info);
                 lock(&self.params).get_or_insert_with(|| Arc::new(conn.params.clone()));
-                Ok(conn)
+                // Boxed: a checkout moves it several times per transaction.
+                Ok(Box::new(conn))
             }
             Err(e) => {
                 self.stats.server_connect_errors.fetch_add(1, Relaxed);
@@ -423,7 +424,7 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<ServerConn> {
+    fn take_idle(&self) -> Option<Box<ServerConn>> {
         lock(&self.idle).pop()
     }
 

@@ -340,44 +340,50 @@ pub fn may_affect_session(sql: &[u8]) -> bool {
     const LEADING: &[&[u8]] = &[
         b"set", b"reset", b"listen", b"prepare", b"declare", b"create", b"discard",
     ];
-    const ANYWHERE: &[&[u8]] = &[b"advisory_lock", b"set_config", b"temp"];
-    let mut at_start = true;
-    let mut i = 0;
-    while i < sql.len() {
-        let b = sql[i];
-        if at_start {
-            if b.is_ascii_whitespace() || b == b'(' {
-                i += 1;
-                continue;
-            }
-            if sql[i..].starts_with(b"/*") {
-                match sql[i + 2..].windows(2).position(|w| w == b"*/") {
-                    Some(end) => i += end + 4,
-                    None => return false,
-                }
-                continue;
-            }
-            at_start = false;
-            if LEADING.iter().any(|w| starts_word(&sql[i..], w)) {
-                return true;
-            }
+    // Every statement's first word (a `;` inside a literal only adds a false alarm).
+    let mut start = 0;
+    loop {
+        let first = skip_blanks_and_comments(&sql[start..]);
+        if LEADING.iter().any(|w| starts_word(first, w)) {
+            return true;
         }
-        if b == b';' {
-            at_start = true;
-        } else {
-            let lower = b | 0x20;
-            if matches!(lower, b'a' | b's' | b't')
-                && ANYWHERE.iter().any(|w| {
-                    sql.get(i..i + w.len())
-                        .is_some_and(|s| s.eq_ignore_ascii_case(w))
-                })
-            {
-                return true;
-            }
+        match memchr::memchr(b';', &sql[start..]) {
+            Some(at) => start += at + 1,
+            None => break,
         }
-        i += 1;
     }
-    false
+    // Words anywhere, found from their rare bytes (SIMD scans) rather than byte by byte:
+    // `advisory_lock` and `set_config` from their `_`, `temp` (TEMP, TEMPORARY, pg_temp)
+    // from its `p`.
+    let before_is = |at: usize, word: &[u8]| {
+        at >= word.len() && sql[at - word.len()..at].eq_ignore_ascii_case(word)
+    };
+    let after_is = |at: usize, word: &[u8]| {
+        sql.get(at + 1..at + 1 + word.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(word))
+    };
+    memchr::memchr_iter(b'_', sql).any(|at| {
+        (before_is(at, b"advisory") && after_is(at, b"lock"))
+            || (before_is(at, b"set") && after_is(at, b"config"))
+    }) || memchr::memchr2_iter(b'p', b'P', sql).any(|at| before_is(at, b"tem"))
+}
+
+/// `text` from its first byte that is not white space, `(`, or inside a comment.
+fn skip_blanks_and_comments(mut text: &[u8]) -> &[u8] {
+    loop {
+        match text {
+            [b, rest @ ..] if b.is_ascii_whitespace() || *b == b'(' => text = rest,
+            [b'/', b'*', rest @ ..] => match memchr::memmem::find(rest, b"*/") {
+                Some(end) => text = &rest[end + 2..],
+                None => return &[],
+            },
+            [b'-', b'-', rest @ ..] => match memchr::memchr(b'\n', rest) {
+                Some(end) => text = &rest[end + 1..],
+                None => return &[],
+            },
+            _ => return text,
+        }
+    }
 }
 
 fn starts_word(text: &[u8], word: &[u8]) -> bool {
@@ -412,6 +418,13 @@ mod tests {
             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
             "RESET ALL",
             "DISCARD ALL",
+            "-- a comment\nSET search_path = x",
+            "SELECT 1; /* c */ -- d\n ( reset all )",
+            "SELECT pg_try_advisory_lock(7)",
+            "SELECT PG_ADVISORY_LOCK_SHARED(7)",
+            "SELECT pg_catalog.SET_CONFIG('a.b', '1', false)",
+            "CREATE TABLE pg_temp.t (x int)",
+            "select 1 into temp t",
         ] {
             assert!(may_affect_session(sql.as_bytes()), "{sql}");
         }
@@ -421,6 +434,11 @@ mod tests {
             "SELECT * FROM settings",
             "INSERT INTO resets VALUES (1)",
             "",
+            "/* unterminated",
+            "-- only a comment",
+            "SELECT pg_advisory_xact_lock(1)",
+            "SELECT x_config, set_y FROM p_p _",
+            "SELECT emp, p FROM tem",
         ] {
             assert!(!may_affect_session(sql.as_bytes()), "{sql}");
         }
