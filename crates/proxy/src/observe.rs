@@ -143,6 +143,8 @@ pub struct Tracker {
     user: String,
     addr: SocketAddr,
     pending: VecDeque<Pending>,
+    /// When the server message being handled came in (`on_server`'s `at`).
+    now: Instant,
     statements: HashMap<String, Option<Arc<Analysis>>>,
     unnamed_statement: Option<Arc<Analysis>>,
     portals: HashMap<String, Option<Arc<Analysis>>>,
@@ -207,6 +209,7 @@ impl Tracker {
             user: user.to_string(),
             addr,
             pending: VecDeque::new(),
+            now: Instant::now(),
             statements: HashMap::new(),
             unnamed_statement: None,
             portals: HashMap::new(),
@@ -292,7 +295,7 @@ impl Tracker {
         self.portals.clear();
     }
 
-    pub fn on_execute(&mut self, portal: &str) {
+    pub fn on_execute(&mut self, portal: &str, at: Instant) {
         let analysis = if portal.is_empty() {
             self.unnamed_portal.clone()
         } else {
@@ -300,12 +303,13 @@ impl Tracker {
         };
         self.pending.push_back(Pending::Execute {
             analysis,
-            start: Instant::now(),
+            start: at,
             bind: self.binds,
         });
     }
 
-    pub fn on_query(&mut self, analyzer: &Analyzer, sql: &str) {
+    /// A simple query that came in at `at`.
+    pub fn on_query(&mut self, analyzer: &Analyzer, sql: &str, at: Instant) {
         self.simple_seq += 1;
         if self.capture_text {
             self.last_simple.clear();
@@ -313,7 +317,7 @@ impl Tracker {
         }
         self.pending.push_back(Pending::Simple {
             analysis: analyzer.analyze(sql).ok(),
-            start: Instant::now(),
+            start: at,
             rows: 0,
             error: None,
             part: 0,
@@ -322,10 +326,10 @@ impl Tracker {
     }
 
     /// A FunctionCall: done at its ReadyForQuery, not recorded.
-    pub fn on_function_call(&mut self) {
+    pub fn on_function_call(&mut self, at: Instant) {
         self.pending.push_back(Pending::Simple {
             analysis: None,
-            start: Instant::now(),
+            start: at,
             rows: 0,
             error: None,
             part: 0,
@@ -345,8 +349,16 @@ impl Tracker {
 
     /// A server message the client gets. `execute_failed`: an ErrorResponse that
     /// answers an Execute (not the Parse or Bind before it). `in_transaction`: the
-    /// transaction status the statement ran in.
-    pub fn on_server(&mut self, tag: u8, body: &[u8], execute_failed: bool, in_transaction: bool) {
+    /// transaction status the statement ran in. `at`: when it came in.
+    pub fn on_server(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        execute_failed: bool,
+        in_transaction: bool,
+        at: Instant,
+    ) {
+        self.now = at;
         match tag {
             b'C' | b'I' | b's' => {
                 let rows = if tag == b'C' { command_rows(body) } else { 0 };
@@ -359,7 +371,7 @@ impl Tracker {
                     }) if !analysis.parts.is_empty() => {
                         let (statement, began) = (analysis.parts.get(*part).cloned(), *start);
                         *part += 1;
-                        *start = Instant::now();
+                        *start = at;
                         self.done(statement, began, rows, None, Origin::Part, in_transaction);
                     }
                     Some(Pending::Simple { rows: total, .. }) => *total += rows,
@@ -456,13 +468,14 @@ impl Tracker {
         let Some(analysis) = analysis else {
             return; // text the parser refused: the server's error says it all
         };
-        let end = Instant::now();
+        let end = self.now;
         let duration = end.duration_since(start);
         // Wall-clock time without a second clock read (re-anchored hourly).
-        if end.duration_since(self.epoch.0).as_secs() > 3600 {
+        let mut since = end.duration_since(self.epoch.0);
+        if since.as_secs() > 3600 {
             self.epoch = anchor(end);
+            since = end.duration_since(self.epoch.0);
         }
-        let since = end.duration_since(self.epoch.0);
         let now_ms = (self.epoch.2 + since.as_micros() as u64) / 1000;
         let key = self.handle.key(analysis.fingerprint);
         let slow = self.state.slow.is_slow(duration);
@@ -665,9 +678,9 @@ mod tests {
                 "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
                 i % 100_000
             );
-            tracker.on_query(analyzer, &sql);
-            tracker.on_server(b'C', b"SELECT 1\0", false, false);
-            tracker.on_server(b'Z', b"I", false, false);
+            tracker.on_query(analyzer, &sql, Instant::now());
+            tracker.on_server(b'C', b"SELECT 1\0", false, false, Instant::now());
+            tracker.on_server(b'Z', b"I", false, false, Instant::now());
             tracker.end_transaction();
         }
         let simple = started.elapsed() / n;
@@ -694,10 +707,10 @@ mod tests {
             .encode(&mut frame)
             .unwrap();
             tracker.on_bind(&Bind::decode(&frame[5..]).unwrap(), &frame);
-            tracker.on_execute("");
+            tracker.on_execute("", Instant::now());
             tracker.on_sync();
-            tracker.on_server(b'C', b"SELECT 1\0", false, false);
-            tracker.on_server(b'Z', b"I", false, false);
+            tracker.on_server(b'C', b"SELECT 1\0", false, false, Instant::now());
+            tracker.on_server(b'Z', b"I", false, false, Instant::now());
             tracker.end_transaction();
         }
         (simple, started.elapsed() / n)

@@ -71,6 +71,8 @@ pub struct Pool {
     limits: Mutex<PoolLimits>,
     slots: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
+    /// Boxed: a checkout moves a connection several times per transaction.
+    #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<ServerConn>>>,
     /// What the server said about itself at start-up, for clients' ParameterStatus.
     params: Mutex<Option<ServerParams>>,
@@ -109,6 +111,9 @@ struct Breaker {
 /// closes the connection (its state is unknown).
 pub struct Checkout {
     pub conn: Box<ServerConn>,
+    /// When the connection was in hand: the caller's start time when nothing was
+    /// waited for (no slot queue, no connect, no health check), else read then.
+    pub ready_at: Instant,
     slot: OwnedSemaphorePermit,
     active: Lent,
     /// `server_lifetime` when lent (no second look at the limits on release).
@@ -263,35 +268,90 @@ impl Pool {
     /// Waits for a slot (and for RESUME when paused), then reuses an idle connection
     /// or opens one. The wait is recorded in the pool's statistics, timeouts included.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
-        let started = Instant::now();
+        self.checkout_from(Instant::now()).await
+    }
+
+    /// [`Pool::checkout`] for a request that arrived at `started` (the hot path reads
+    /// the clock once per request, not once per step).
+    pub async fn checkout_from(
+        self: &Arc<Self>,
+        started: Instant,
+    ) -> Result<Checkout, CheckoutError> {
         let limits = self.limits();
         let deadline = started + limits.wait_timeout;
-        let (slot, active) = {
-            let _waiting = Gauge::up(&self.waiting);
-            loop {
-                let slot = match self.wait_for_slot(&limits, deadline).await {
-                    Ok(slot) => slot,
-                    Err(e) => {
-                        self.stats.record_wait(started.elapsed());
-                        return Err(e);
+        // The common case, a slot free at once, skips the waiting gauge and the clock.
+        // PAUSE is looked at again once counted as lent, as in the loop below; a pair
+        // that meets it is dropped (slot given back) before the loop queues.
+        let at_once = if self.paused.load(SeqCst) {
+            None
+        } else {
+            self.slots.clone().try_acquire_owned().ok()
+        }
+        .map(|slot| (slot, Lent::new(self)))
+        .filter(|_| !self.paused.load(SeqCst));
+        let slot_at_once = at_once.is_some();
+        let (slot, active) = match at_once {
+            Some(pair) => pair,
+            None => {
+                let _waiting = Gauge::up(&self.waiting);
+                loop {
+                    let slot = match self.wait_for_slot(&limits, deadline).await {
+                        Ok(slot) => slot,
+                        Err(e) => {
+                            self.stats.record_wait(started.elapsed());
+                            return Err(e);
+                        }
+                    };
+                    let active = Lent::new(self);
+                    // PAUSE may have come while this client queued for the slot: counted as
+                    // lent first, so PAUSE either sees it or it sees PAUSE.
+                    if !self.paused.load(SeqCst) {
+                        break (slot, active);
                     }
-                };
-                let active = Lent::new(self);
-                // PAUSE may have come while this client queued for the slot: counted as
-                // lent first, so PAUSE either sees it or it sees PAUSE.
-                if !self.paused.load(SeqCst) {
-                    break (slot, active);
                 }
             }
         };
-        let result = self.connection(&limits).await;
-        self.stats.record_wait(started.elapsed());
+        let (conn, waited) = match self.take_fit(&limits, started) {
+            Some(conn) => (Ok(conn), false),
+            None => (self.connection(&limits).await, true),
+        };
+        let ready_at = if waited || !slot_at_once {
+            Instant::now()
+        } else {
+            started
+        };
+        self.stats.record_wait(if ready_at == started {
+            Duration::ZERO
+        } else {
+            ready_at.duration_since(started)
+        });
         Ok(Checkout {
-            conn: result?,
+            conn: conn?,
+            ready_at,
             slot,
             active,
             lifetime: limits.lifetime,
         })
+    }
+
+    /// An idle connection fit for use without a round trip (not expired, nothing
+    /// pending on it, not idle long enough to need a health check), as of `now`.
+    fn take_fit(&self, limits: &PoolLimits, now: Instant) -> Option<Box<ServerConn>> {
+        while let Some(conn) = self.take_idle() {
+            let since_used = now.saturating_duration_since(conn.last_used);
+            let expired = since_used > limits.idle_timeout
+                || now.saturating_duration_since(conn.created) > limits.lifetime;
+            if expired || !conn.looks_alive() {
+                continue;
+            }
+            if since_used > limits.check_after {
+                // The slow path checks it (or drops it).
+                lock(&self.idle).push(conn);
+                return None;
+            }
+            return Some(conn);
+        }
+        None
     }
 
     async fn wait_for_slot(
@@ -526,7 +586,7 @@ impl Pool {
             match self.connect(&limits).await {
                 Ok(mut conn) => {
                     conn.last_used = Instant::now();
-                    conn.info.set_link(0);
+                    conn.info.set_link(0, 0);
                     lock(&self.idle).push(conn);
                 }
                 Err(_) => break,
@@ -553,17 +613,22 @@ fn resize(sem: &Arc<Semaphore>, old: usize, new: usize) {
 impl Checkout {
     /// Returns a connection that is idle (no transaction, nothing in flight) to the pool.
     pub fn release(self) {
+        self.release_at(Instant::now());
+    }
+
+    /// [`Checkout::release`] with the time now, as the caller last read it.
+    pub fn release_at(self, now: Instant) {
         let Checkout {
             mut conn,
             slot,
             active,
             lifetime,
+            ..
         } = self;
         let pool = &active.0;
-        let now = Instant::now();
-        if now.duration_since(conn.created) <= lifetime {
+        if now.saturating_duration_since(conn.created) <= lifetime {
             conn.last_used = now;
-            conn.info.set_link(0);
+            conn.info.set_link(0, 0);
             conn.info
                 .prepared
                 .store(conn.prepared.len() as u64, Relaxed);

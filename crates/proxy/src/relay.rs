@@ -89,6 +89,9 @@ pub struct Relay {
     sent: u64,
     /// When the current query cycle and transaction began.
     query_start: Option<Instant>,
+    /// When the bytes being handled came in (from the client or the server): one clock
+    /// read per read, and every timestamp taken while they are handled is this one.
+    clock: Instant,
     xact_start: Option<Instant>,
     /// The client's settings, carried onto every server connection it gets.
     settings: Settings,
@@ -222,6 +225,7 @@ impl Relay {
             received: 0,
             sent: 0,
             query_start: None,
+            clock: Instant::now(),
             xact_start: None,
             settings,
             pending_change: None,
@@ -299,7 +303,10 @@ impl Relay {
                     std::future::pending().await
                 }
             };
+            // Biased: no random branch order (a thread-local RNG draw per message);
+            // the server's bytes first, which the client's next request waits on anyway.
             tokio::select! {
+                biased;
                 read = read_server(&mut self.server, &mut self.sbuf), if has_server => {
                     match read {
                         Ok(n) if n > 0 => {
@@ -377,6 +384,7 @@ impl Relay {
 
     /// Handles the whole messages in `cbuf`. `Ok(false)`: the session is over.
     async fn handle_client(&mut self) -> Result<bool, ProxyError> {
+        self.clock = Instant::now();
         let mut terminate = false;
         if self.expected.is_empty() {
             self.follow_insight();
@@ -462,7 +470,7 @@ impl Relay {
                 );
             }
             if self.query_start.is_none() {
-                let now = Instant::now();
+                let now = self.clock;
                 self.query_start = Some(now);
                 self.xact_start.get_or_insert(now);
             }
@@ -1039,11 +1047,15 @@ impl Relay {
         if let Some(tracker) = self.tracker.as_mut() {
             // Statements that reach the server: their completions come back.
             match (request, frame.tag()) {
-                (Request::Execute, _) => tracker.on_execute(Execute::decode(frame.body())?.portal),
-                (Request::Query, b'Q') => {
-                    tracker.on_query(&self.shared.analyzer, Query::decode(frame.body())?.sql)
+                (Request::Execute, _) => {
+                    tracker.on_execute(Execute::decode(frame.body())?.portal, self.clock)
                 }
-                (Request::Query, _) => tracker.on_function_call(),
+                (Request::Query, b'Q') => tracker.on_query(
+                    &self.shared.analyzer,
+                    Query::decode(frame.body())?.sql,
+                    self.clock,
+                ),
+                (Request::Query, _) => tracker.on_function_call(self.clock),
                 (Request::Sync, _) => tracker.on_sync(),
                 _ => {}
             }
@@ -1408,6 +1420,7 @@ impl Relay {
     /// Relays the whole messages in `sbuf` to the client, dropping and adding the ones
     /// the statement bookkeeping says; without any, the bytes go out as they came.
     async fn handle_server(&mut self) -> Result<(), ProxyError> {
+        self.clock = Instant::now();
         let mut pos = 0;
         // Bytes before `copied` are in `out` (or dropped); `edited` once anything was.
         let mut copied = 0;
@@ -1470,7 +1483,7 @@ impl Relay {
                         {
                             let idle = self.status == TransactionStatus::Idle;
                             let body = &self.sbuf[pos + 5..end];
-                            tracker.on_server(header.tag, body, execute_failed, !idle);
+                            tracker.on_server(header.tag, body, execute_failed, !idle, self.clock);
                             if header.tag == b'Z' && idle {
                                 tracker.end_transaction();
                             }
@@ -1686,7 +1699,7 @@ impl Relay {
     /// A query cycle ended (ReadyForQuery): the pool's counters learn of it.
     fn ready(&mut self) {
         let stats = &self.pool.stats;
-        let now = Instant::now();
+        let now = self.clock;
         stats.queries.fetch_add(1, Relaxed);
         if let Some(start) = self.query_start {
             stats
@@ -1853,7 +1866,8 @@ impl Relay {
     /// [`Relay::checkout`] for a transaction known to be read-only or not, skipping
     /// the replicas in `tried` (a bit each).
     async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> Lending {
-        self.info.set_state(ClientState::Waiting);
+        let requested_us = crate::stats::unix_us_at(self.clock);
+        self.info.set_state(ClientState::Waiting, requested_us);
         let result = loop {
             let (replica, verify) = match read_only.then(|| self.pick_replica(tried)).flatten() {
                 Some((i, verify)) => (Some(i), verify),
@@ -1863,7 +1877,7 @@ impl Relay {
                 (Some(i), Some(routes)) => routes.pool(i).clone(),
                 _ => self.pool.clone(),
             };
-            match pool.checkout().await {
+            match pool.checkout_from(self.clock).await {
                 Ok(mut checkout) => {
                     let (Some(i), Some(routes)) = (replica, &self.routes) else {
                         break Ok((checkout, replica));
@@ -1903,10 +1917,16 @@ impl Relay {
         };
         match result {
             Ok((mut checkout, replica)) => {
+                let lent_us = if checkout.ready_at == self.clock {
+                    requested_us
+                } else {
+                    self.clock = checkout.ready_at;
+                    crate::stats::unix_us_at(self.clock)
+                };
                 self.pool.refresh_plans(&mut checkout.conn);
-                checkout.conn.info.set_link(self.info.id);
+                checkout.conn.info.set_link(self.info.id, lent_us);
                 self.info.set_link(checkout.conn.info.id);
-                self.info.set_state(ClientState::Active);
+                self.info.set_state(ClientState::Active, lent_us);
                 *lock(&self.cancel) = Some(checkout.conn.cancel.clone());
                 self.status = checkout.conn.status;
                 self.server = Some(checkout);
@@ -1931,7 +1951,7 @@ impl Relay {
                 Lending::Lent
             }
             Err((pool, e)) => {
-                self.info.set_state(ClientState::Idle);
+                self.info.set_state(ClientState::Idle, 0);
                 let primary_down =
                     matches!(e, CheckoutError::Connect(_) | CheckoutError::Down { .. });
                 let reads_go_on = self
@@ -2039,7 +2059,7 @@ impl Relay {
         if self.rewrite && self.server_idle() {
             if let Some(checkout) = self.server.take() {
                 self.unlink();
-                checkout.release();
+                checkout.release_at(self.clock);
             }
         }
     }
@@ -2064,7 +2084,7 @@ impl Relay {
         self.fence_tokens.clear();
         *lock(&self.cancel) = None;
         self.info.set_link(0);
-        self.info.set_state(ClientState::Idle);
+        self.info.set_state(ClientState::Idle, 0);
     }
 
     /// The replica under a read died before the client was sent anything: the read

@@ -110,7 +110,7 @@ async fn session(
             .await;
             return Ok(());
         }
-        info.set_state(ClientState::Idle);
+        info.set_state(ClientState::Idle, 0);
         let role = if admin {
             Role::Admin
         } else {
@@ -208,7 +208,7 @@ async fn session(
         None => {
             // The first client of a pool: connecting now also tells it whether the
             // server is up, before it sends a query.
-            info.set_state(ClientState::Waiting);
+            info.set_state(ClientState::Waiting, crate::stats::unix_us_now());
             match first_contact(&pool, routes.as_ref()).await {
                 Ok(params) => params,
                 Err(e) => {
@@ -218,7 +218,7 @@ async fn session(
             }
         }
     };
-    info.set_state(ClientState::Idle);
+    info.set_state(ClientState::Idle, 0);
 
     let cancel_slot: CancelSlot = Arc::new(Mutex::new(None));
     let key = CancelRequest {

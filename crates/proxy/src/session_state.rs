@@ -337,14 +337,21 @@ fn on_commit_drop(sql: &str) -> bool {
 /// only those pay for a parse: a statement starting with SET, RESET, LISTEN, PREPARE,
 /// DECLARE, CREATE or DISCARD, or text mentioning advisory locks, set_config or TEMP.
 pub fn may_affect_session(sql: &[u8]) -> bool {
-    const LEADING: &[&[u8]] = &[
-        b"set", b"reset", b"listen", b"prepare", b"declare", b"create", b"discard",
-    ];
-    // Every statement's first word (a `;` inside a literal only adds a false alarm).
+    // Every statement's first word (a `;` inside a literal only adds a false alarm):
+    // SET, RESET, LISTEN, PREPARE, DECLARE, CREATE or DISCARD.
     let mut start = 0;
     loop {
         let first = skip_blanks_and_comments(&sql[start..]);
-        if LEADING.iter().any(|w| starts_word(first, w)) {
+        let leading: &[&[u8]] = match first.first().map(u8::to_ascii_lowercase) {
+            Some(b's') => &[b"set"],
+            Some(b'r') => &[b"reset"],
+            Some(b'l') => &[b"listen"],
+            Some(b'p') => &[b"prepare"],
+            Some(b'd') => &[b"declare", b"discard"],
+            Some(b'c') => &[b"create"],
+            _ => &[],
+        };
+        if leading.iter().any(|w| starts_word(first, w)) {
             return true;
         }
         match memchr::memchr(b';', &sql[start..]) {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Upper bounds (µs) of the client wait-time histogram's buckets; one more is +Inf.
 pub const WAIT_BUCKETS_US: [u64; 11] = [
@@ -245,13 +245,15 @@ impl ClientInfo {
         ClientState::from_u8(self.state.load(Relaxed))
     }
 
-    pub fn set_state(&self, state: ClientState) {
+    /// The client's state from `at_us` (µs since the epoch, see [`unix_us_at`]; unused
+    /// for states other than waiting and active).
+    pub fn set_state(&self, state: ClientState, at_us: u64) {
         self.state.store(state as u8, Relaxed);
         match state {
-            ClientState::Waiting => self.wait_since.store(unix_us_now(), Relaxed),
+            ClientState::Waiting => self.wait_since.store(at_us, Relaxed),
             ClientState::Active => {
                 self.wait_since.store(0, Relaxed);
-                self.request_time.store(unix_us_now(), Relaxed);
+                self.request_time.store(at_us, Relaxed);
             }
             _ => self.wait_since.store(0, Relaxed),
         }
@@ -384,13 +386,14 @@ impl ServerInfo {
     }
 
     /// Lent to client `client` (0: back in the pool).
-    pub fn set_link(&self, client: u64) {
+    /// Lent to `client` from `at_us` (µs since the epoch), or idle for 0.
+    pub fn set_link(&self, client: u64, at_us: u64) {
         self.link.store(client, Relaxed);
         if client == 0 {
             self.state.store(ServerState::Idle as u8, Relaxed);
         } else {
             self.state.store(ServerState::Active as u8, Relaxed);
-            self.request_time.store(unix_us_now(), Relaxed);
+            self.request_time.store(at_us, Relaxed);
         }
     }
 
@@ -432,6 +435,29 @@ pub fn unix_us_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// The wall-clock time of `at` in µs since the epoch, from a monotonic time the caller
+/// already read: no clock read of its own. Each thread anchors the two clocks once an
+/// hour (wall-clock steps show up within the hour; these times are for SHOW).
+pub fn unix_us_at(at: Instant) -> u64 {
+    thread_local! {
+        static ANCHOR: std::cell::Cell<Option<(Instant, u64)>> = const { std::cell::Cell::new(None) };
+    }
+    ANCHOR.with(|anchor| {
+        match anchor
+            .get()
+            .and_then(|(base, us)| Some((at.checked_duration_since(base)?, us)))
+        {
+            Some((since, us)) if since.as_secs() < 3600 => us + since.as_micros() as u64,
+            _ => {
+                let (base, us) = (Instant::now(), unix_us_now());
+                anchor.set(Some((base, us)));
+                // `at` is at most a moment old: before the new anchor, never after it.
+                us.saturating_sub(base.saturating_duration_since(at).as_micros() as u64)
+            }
+        }
+    })
 }
 
 fn from_unix_us(us: u64) -> Option<SystemTime> {
