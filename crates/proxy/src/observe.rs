@@ -8,7 +8,7 @@
 //! entry), prepared statements once at Parse; the per-session bookkeeping allocates
 //! nothing per statement once warm.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -145,9 +145,9 @@ pub struct Tracker {
     pending: VecDeque<Pending>,
     /// When the server message being handled came in (`on_server`'s `at`).
     now: Instant,
-    statements: HashMap<String, Option<Arc<Analysis>>>,
+    statements: foldhash::HashMap<String, Option<Arc<Analysis>>>,
     unnamed_statement: Option<Arc<Analysis>>,
-    portals: HashMap<String, Option<Arc<Analysis>>>,
+    portals: foldhash::HashMap<String, Option<Arc<Analysis>>>,
     unnamed_portal: Option<Arc<Analysis>>,
     /// The latest Bind message, for the parameters of a slow statement.
     last_bind: BytesMut,
@@ -172,7 +172,7 @@ pub struct Tracker {
     simple_seq: u64,
     capture_text: bool,
     /// Parameter type OIDs clients fixed at Parse, by shape (bounded).
-    param_types: HashMap<u64, Arc<[u32]>>,
+    param_types: foldhash::HashMap<u64, Arc<[u32]>>,
 }
 
 /// Shapes whose Parse parameter types are kept per session.
@@ -210,9 +210,9 @@ impl Tracker {
             addr,
             pending: VecDeque::new(),
             now: Instant::now(),
-            statements: HashMap::new(),
+            statements: Default::default(),
             unnamed_statement: None,
-            portals: HashMap::new(),
+            portals: Default::default(),
             unnamed_portal: None,
             last_bind: BytesMut::new(),
             binds: 0,
@@ -224,7 +224,7 @@ impl Tracker {
             last_simple: String::new(),
             simple_seq: 0,
             capture_text,
-            param_types: HashMap::new(),
+            param_types: Default::default(),
         }
     }
 

@@ -114,6 +114,8 @@ pub struct Relay {
     /// The current batch's client messages, kept in case it must run again after a
     /// schema change (see `replan.rs`); `replayed`: this is its second run.
     replay: Option<Replay>,
+    /// The buffer of the last batch kept that way, reused for the next one.
+    replay_spare: BytesMut,
     replayed: bool,
     /// A failed first run's responses are dropped up to its ReadyForQuery; then the
     /// batch in `rerun` goes to the server again.
@@ -235,6 +237,7 @@ impl Relay {
             rolled_back: false,
             resync: Vec::new(),
             replay: None,
+            replay_spare: BytesMut::new(),
             replayed: false,
             dropping: false,
             rerun: None,
@@ -1194,7 +1197,7 @@ impl Relay {
                     && self.status == TransactionStatus::Idle
                     && self.expected.server_readies() == 0
                 {
-                    let mut replay = Replay::default();
+                    let mut replay = Replay::with_buffer(std::mem::take(&mut self.replay_spare));
                     if replay.record(frame) {
                         self.replay = Some(replay);
                     }
@@ -1790,7 +1793,9 @@ impl Relay {
                 }
             }
             _ => {
-                self.replay = None;
+                if let Some(done) = self.replay.take() {
+                    self.replay_spare = done.into_bytes();
+                }
                 self.replayed = false;
                 self.failover = None;
                 if std::mem::take(&mut self.rolled_back) {

@@ -31,6 +31,16 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// An empty batch kept in `buf` (cleared), so the buffer of one batch serves the
+    /// next: no allocation per transaction.
+    pub fn with_buffer(mut buf: BytesMut) -> Replay {
+        buf.clear();
+        Replay {
+            bytes: buf,
+            ..Replay::default()
+        }
+    }
+
     /// Adds a client message; `false` when the batch cannot be run again (a message
     /// other than Bind/Describe/Execute/Flush/Sync, or too many bytes).
     pub fn record(&mut self, frame: &Frame) -> bool {

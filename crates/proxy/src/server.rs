@@ -1,7 +1,6 @@
 //! A connection to a PostgreSQL server: connect, start up, authenticate, and remember
 //! what the server said about itself (parameters, cancel key).
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,10 +69,10 @@ pub struct ServerConn {
     pub params: Vec<(String, String)>,
     pub status: TransactionStatus,
     /// Statements pgopt prepared on this connection (see `statements.rs`).
-    pub prepared: HashSet<u64>,
+    pub prepared: foldhash::HashSet<u64>,
     /// Statements still on the server whose plans a schema change invalidated: closed
     /// before they are prepared again.
-    pub stale: HashSet<u64>,
+    pub stale: foldhash::HashSet<u64>,
     /// The pool's plan epoch this connection's statements were last checked against.
     pub plan_epoch: u64,
     pub created: Instant,
@@ -295,8 +294,8 @@ impl ServerConn {
                         }),
                         params: server_params,
                         status: r.status,
-                        prepared: HashSet::new(),
-                        stale: HashSet::new(),
+                        prepared: Default::default(),
+                        stale: Default::default(),
                         plan_epoch: 0,
                         created: now,
                         last_used: now,
