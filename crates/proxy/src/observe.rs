@@ -256,16 +256,18 @@ impl Tracker {
         }
     }
 
-    pub fn on_bind(&mut self, bind: &Bind<'_>, frame: &[u8]) {
-        let analysis = if bind.statement.is_empty() {
+    /// A Bind of `statement` into `portal`; `frame` is the whole message, decoded
+    /// only if its parameters are wanted.
+    pub fn on_bind(&mut self, portal: &str, statement: &str, frame: &[u8]) {
+        let analysis = if statement.is_empty() {
             self.unnamed_statement.clone()
         } else {
-            self.statements.get(bind.statement).cloned().flatten()
+            self.statements.get(statement).cloned().flatten()
         };
-        if bind.portal.is_empty() {
+        if portal.is_empty() {
             self.unnamed_portal = analysis;
         } else {
-            self.portals.insert(bind.portal.to_string(), analysis);
+            self.portals.insert(portal.to_string(), analysis);
         }
         self.last_bind.clear();
         self.last_bind.extend_from_slice(frame);
@@ -706,7 +708,7 @@ mod tests {
             }
             .encode(&mut frame)
             .unwrap();
-            tracker.on_bind(&Bind::decode(&frame[5..]).unwrap(), &frame);
+            tracker.on_bind("", "", &frame);
             tracker.on_execute("", Instant::now());
             tracker.on_sync();
             tracker.on_server(b'C', b"SELECT 1\0", false, false, Instant::now());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use pgopt_wire::frontend::{Bind, Close, Describe, Execute, Parse, Query};
+use pgopt_wire::frontend::{Bind, BindHead, Close, Describe, Execute, Parse, Query};
 use pgopt_wire::{
     peek_header, split_frame, sqlstate, DecodeError, ErrorBuilder, Frame, Severity, Target,
     TransactionStatus,
@@ -1127,7 +1127,10 @@ impl Relay {
                 let parse = Parse::decode(frame.body())?;
                 tracker.on_parse(&self.shared.analyzer, &parse);
             }
-            b'B' => tracker.on_bind(&Bind::decode(frame.body())?, frame.as_bytes()),
+            b'B' => {
+                let bind = BindHead::decode(frame.body())?;
+                tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
+            }
             b'C' => {
                 let close = Close::decode(frame.body())?;
                 tracker.on_close(close.target == Target::Statement, close.name);
@@ -1166,9 +1169,10 @@ impl Relay {
                 Ok(true)
             }
             Request::Bind => {
-                let bind = Bind::decode(body)?;
+                // Only the names are read; the parameters go on as bytes.
+                let bind = BindHead::decode(body)?;
                 if let Some(tracker) = self.tracker.as_mut() {
-                    tracker.on_bind(&bind, frame.as_bytes());
+                    tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
                 }
                 let Some((prepared, outdated)) = self.client_statement(bind.statement) else {
                     return Ok(false);
@@ -1203,11 +1207,10 @@ impl Relay {
                     }
                 }
                 self.ensure_prepared(&prepared);
-                let rewritten = Bind {
-                    statement: &prepared.server_name,
-                    ..bind
-                };
-                if rewritten.encode(&mut self.to_server).is_err() {
+                if bind
+                    .encode_renamed(&prepared.server_name, &mut self.to_server)
+                    .is_err()
+                {
                     return Ok(false);
                 }
                 self.expected.push(Step::Bind {

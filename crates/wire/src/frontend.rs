@@ -277,6 +277,45 @@ impl<'a> Bind<'a> {
     }
 }
 
+/// The names at the head of a Bind body, and the rest of it (formats, values, result
+/// formats) as bytes: what a proxy needs to relay a Bind under another statement name
+/// without decoding and encoding its parameters. The rest is not checked here; the
+/// server checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindHead<'a> {
+    /// Portal name; empty for the unnamed portal.
+    pub portal: &'a str,
+    /// Statement name; empty for the unnamed statement.
+    pub statement: &'a str,
+    /// Everything after the statement name, as sent.
+    pub rest: &'a [u8],
+}
+
+impl<'a> BindHead<'a> {
+    /// Reads the two names of a Bind body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = BodyReader::new(Tag(tag::BIND), body);
+        let portal = r.cstr("portal name")?;
+        let statement = r.cstr("statement name")?;
+        Ok(BindHead {
+            portal,
+            statement,
+            rest: r.rest(),
+        })
+    }
+
+    /// Appends the Bind with `statement` in place of its statement name, the rest of
+    /// the body copied as it came.
+    pub fn encode_renamed(&self, statement: &str, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        write_message(dst, tag::BIND, |w| {
+            w.cstr("portal name", self.portal)?;
+            w.cstr("statement name", statement)?;
+            w.bytes(self.rest);
+            Ok(())
+        })
+    }
+}
+
 fn format_at(formats: &List<'_, Format>, index: usize) -> Option<Format> {
     match formats.len() {
         0 => Some(Format::Text),
@@ -540,6 +579,30 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_bind_renamed_as_bytes_is_the_same_bind_under_the_new_name() {
+        let body = b"p1\0s\0\0\x01\0\x01\0\x02\0\0\0\x0242\xff\xff\xff\xff\0\0";
+        let head = BindHead::decode(body).unwrap();
+        assert_eq!((head.portal, head.statement), ("p1", "s"));
+        let mut out = BytesMut::new();
+        head.encode_renamed("pgopt_7", &mut out).unwrap();
+        assert_eq!(out[0], b'B');
+        assert_eq!(
+            u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
+            out.len() - 1
+        );
+        let renamed = Bind::decode(&out[5..]).unwrap();
+        let original = Bind::decode(body).unwrap();
+        assert_eq!(renamed.statement, "pgopt_7");
+        assert_eq!(renamed.portal, original.portal);
+        assert!(renamed.params.iter().eq(original.params.iter()));
+        assert_eq!(renamed.param_format(1), original.param_format(1));
+        // Only the names are read: a missing statement name is an error, the rest not.
+        assert!(BindHead::decode(b"p1\0s").is_err());
+        assert_eq!(BindHead::decode(b"\0s\0\x07").unwrap().rest, b"\x07");
+        assert!(head.encode_renamed("a\0b", &mut out).is_err());
     }
 
     #[test]
