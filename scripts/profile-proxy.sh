@@ -6,6 +6,7 @@
 #
 # usage: scripts/profile-proxy.sh [MODE=simple|extended|prepared|tpcb] [CLIENTS=16] [SECS=10] [TOOL=perf|strace|callgrind|none]
 #        PROXY=pgbouncer (the same load through PgBouncer), PGOPT_CONFIG=FILE (pgopt's --config),
+#        PGOPT_BIN=FILE (another pgopt build, for an A/B),
 #        KEEP_PERF=FILE (keep perf.data), PERF_DUMP=FILE, PERF_TOP=N
 #        callgrind: pgopt's instructions per transaction over CALLGRIND_TXNS (500) per client,
 #        CALLGRIND_KEEP=FILE keeps the profile for callgrind_annotate
@@ -58,7 +59,7 @@ else
   wrap=()
   # callgrind: pgopt's own instructions per transaction, repeatable whatever the host does.
   [ "$tool" = callgrind ] && wrap=(valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" --dump-instr=no)
-  RUST_LOG=error "${wrap[@]}" target/release/pgopt ${PGOPT_CONFIG:+--config "$PGOPT_CONFIG"} proxy --listen "127.0.0.1:$pgopt_port" \
+  RUST_LOG=error "${wrap[@]}" "${PGOPT_BIN:-target/release/pgopt}" ${PGOPT_CONFIG:+--config "$PGOPT_CONFIG"} proxy --listen "127.0.0.1:$pgopt_port" \
     --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size 20 >/dev/null 2>&1 &
   ppid=$!
   sleep 1

@@ -987,9 +987,16 @@ impl Relay {
         if self.tracker.is_some() {
             self.track_client(frame)?;
         }
+        // Decoded once, for the tracker, the session check and the statement names.
+        let parse = match frame.tag() {
+            b'P' if self.rewrite => Some(Parse::decode(frame.body())?),
+            _ => None,
+        };
         let request = match frame.tag() {
             b'P' if self.rewrite => {
-                let parse = Parse::decode(frame.body())?;
+                let Some(parse) = parse else {
+                    return Ok(());
+                };
                 if let Some(tracker) = self.tracker.as_mut() {
                     tracker.on_parse(&self.shared.analyzer, &parse);
                 }
@@ -1039,7 +1046,7 @@ impl Relay {
                 })
             }
         };
-        if self.rewrite && self.route_named(request, frame)? {
+        if self.rewrite && self.route_named(request, frame, parse)? {
             return Ok(());
         }
         self.to_server.extend_from_slice(frame.as_bytes());
@@ -1141,11 +1148,20 @@ impl Relay {
     }
 
     /// Transaction mode: named statements. `Ok(true)` when the message was handled here.
-    fn route_named(&mut self, request: Request, frame: &Frame) -> Result<bool, DecodeError> {
+    /// `parse`: the frame decoded, when it is a Parse.
+    fn route_named(
+        &mut self,
+        request: Request,
+        frame: &Frame,
+        parse: Option<Parse<'_>>,
+    ) -> Result<bool, DecodeError> {
         let body = frame.body();
         match request {
             Request::Parse => {
-                let parse = Parse::decode(body)?;
+                let parse = match parse {
+                    Some(parse) => parse,
+                    None => Parse::decode(body)?,
+                };
                 if parse.name.is_empty() {
                     return Ok(false);
                 }

@@ -89,7 +89,7 @@ impl<'a> BodyReader<'a> {
 
     /// Reads a NUL-terminated string as raw bytes (without the NUL).
     pub fn cstr_bytes(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
-        let Some(end) = self.buf.iter().position(|&b| b == 0) else {
+        let Some(end) = memchr::memchr(0, self.buf) else {
             return Err(DecodeError::UnterminatedString {
                 tag: self.tag,
                 field,
