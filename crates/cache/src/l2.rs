@@ -101,6 +101,10 @@ pub struct L2Counters {
     pub publish_failures: AtomicU64,
     /// Commits whose subscribers did not all confirm within the timeout.
     pub ack_timeouts: AtomicU64,
+    /// Commits that waited for their subscribers' confirmations, and the time they
+    /// waited in all (µs): with `ack_timeouts`, what the lease costs writers.
+    pub ack_waits: AtomicU64,
+    pub ack_wait_us: AtomicU64,
     /// Invalidation messages received from any instance.
     pub messages: AtomicU64,
     /// L1 flushes for a dropped subscription or a gap in a sequence.
@@ -666,6 +670,7 @@ impl L2 {
     /// [`L2::serving`]): either way no instance serves what the commit changed once its
     /// client hears it ended.
     async fn await_acks(&self, seq: u64, receivers: u64) {
+        let started = std::time::Instant::now();
         let done = async {
             loop {
                 let acked = self.acked.notified();
@@ -696,6 +701,10 @@ impl L2 {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&seq);
+        self.counters.ack_waits.fetch_add(1, Relaxed);
+        self.counters
+            .ack_wait_us
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
     }
 
     /// A subscriber applied this instance's message `seq`.

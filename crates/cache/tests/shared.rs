@@ -159,9 +159,22 @@ async fn a_cache_cut_off_from_redis_stops_serving_before_a_writer_returns() {
     // a subscriber), then A invalidates: B never confirms, and A returns only once
     // B's lease is over.
     frozen.store(true, Ordering::SeqCst);
+    let (waits, waited_us) = (
+        a.l2.counters.ack_waits.load(Ordering::Relaxed),
+        a.l2.counters.ack_wait_us.load(Ordering::Relaxed),
+    );
     let started = Instant::now();
     a.invalidate(&["projects"]).await;
+    let blocked = started.elapsed();
     assert!(a.l2.counters.ack_timeouts.load(Ordering::Relaxed) >= 1);
+    // The wait is counted: at least the lease (800 ms with a 100 ms timeout), at most
+    // the time the call took.
+    assert_eq!(a.l2.counters.ack_waits.load(Ordering::Relaxed), waits + 1);
+    let waited = a.l2.counters.ack_wait_us.load(Ordering::Relaxed) - waited_us;
+    assert!(
+        (600_000..=blocked.as_micros() as u64).contains(&waited),
+        "waited {waited} µs, blocked {blocked:?}"
+    );
     // B no longer serves its stale copy: it fills (and Redis can't be asked).
     assert!(
         !b.serving(),

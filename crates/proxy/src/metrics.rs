@@ -346,6 +346,24 @@ fn cache(m: &mut Page, shared: &Shared) {
                 r.publish_failures.load(Relaxed),
             ),
             (
+                "pgopt_cache_ack_timeouts_total",
+                "counter",
+                "Commits that waited out the lease: some instance never confirmed their invalidation.",
+                r.ack_timeouts.load(Relaxed),
+            ),
+            (
+                "pgopt_cache_invalidation_waits_total",
+                "counter",
+                "Commits that waited for every instance to confirm their invalidation.",
+                r.ack_waits.load(Relaxed),
+            ),
+            (
+                "pgopt_cache_invalidation_wait_microseconds_total",
+                "counter",
+                "Time commits waited for those confirmations, in all (µs); over the waits, the mean wait.",
+                r.ack_wait_us.load(Relaxed),
+            ),
+            (
                 "pgopt_cache_bus_flushes_total",
                 "counter",
                 "Local cache flushes for a dropped invalidation channel or a missed message.",
