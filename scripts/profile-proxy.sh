@@ -33,6 +33,9 @@ trap cleanup EXIT
 "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w start -o \
   "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" >/dev/null
 "$bindir/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+wrap=()
+# callgrind: the proxy's own instructions per transaction, repeatable whatever the host does.
+[ "$tool" = callgrind ] && wrap=(valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" --dump-instr=no)
 if [ "${PROXY:-pgopt}" = pgbouncer ]; then
   # The same load through PgBouncer (transaction mode, same pool size), for comparison.
   cat > "$tmp/pgbouncer.ini" <<INI
@@ -52,33 +55,38 @@ pidfile = $tmp/pgbouncer.pid
 INI
   echo '"postgres" ""' > "$tmp/users.txt"
   chmod a+r "$tmp"/pgbouncer.ini "$tmp"/users.txt
-  "${as_pg[@]}" pgbouncer -d "$tmp/pgbouncer.ini" >/dev/null 2>&1
-  sleep 1
+  if [ "$tool" = callgrind ]; then
+    # In the foreground under valgrind (its pid is the one the pidfile gets).
+    "${as_pg[@]}" "${wrap[@]}" pgbouncer "$tmp/pgbouncer.ini" >/dev/null 2>&1 &
+    for _ in $(seq 60); do [ -s "$tmp/pgbouncer.pid" ] && break; sleep 1; done
+  else
+    "${as_pg[@]}" pgbouncer -d "$tmp/pgbouncer.ini" >/dev/null 2>&1
+    sleep 1
+  fi
   ppid=$(cat "$tmp/pgbouncer.pid")
 else
-  wrap=()
-  # callgrind: pgopt's own instructions per transaction, repeatable whatever the host does.
-  [ "$tool" = callgrind ] && wrap=(valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" --dump-instr=no)
   RUST_LOG=error "${wrap[@]}" "${PGOPT_BIN:-target/release/pgopt}" ${PGOPT_CONFIG:+--config "$PGOPT_CONFIG"} proxy --listen "127.0.0.1:$pgopt_port" \
     --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size 20 >/dev/null 2>&1 &
   ppid=$!
   sleep 1
 fi
 if [ "$tool" = callgrind ]; then
+  # PgBouncer runs as postgres here: valgrind's control pipe is that user's.
+  as_cg=(); [ "${PROXY:-pgopt}" = pgbouncer ] && as_cg=("${as_pg[@]}")
   # Valgrind starts slowly and runs pgopt ~50x slower: wait for the port, warm up (pools
   # filled, caches seen), then count only a fixed number of transactions.
   for _ in $(seq 60); do "$bindir/pg_isready" -q -h 127.0.0.1 -p "$pgopt_port" && break; sleep 1; done
   script=(-S -M "$mode"); [ "$mode" = tpcb ] && script=(-M simple)
   jobs_=2; [ "$mode" = prepared ] && jobs_=$clients
   "$bindir/pgbench" -n "${script[@]}" -c "$clients" -j "$jobs_" -t 50 -h 127.0.0.1 -p "$pgopt_port" -U postgres postgres >/dev/null 2>&1
-  callgrind_control -z "$ppid" >/dev/null
+  "${as_cg[@]}" callgrind_control -z "$ppid" >/dev/null
   per_client=${CALLGRIND_TXNS:-500}
   "$bindir/pgbench" -n "${script[@]}" -c "$clients" -j "$jobs_" -t "$per_client" -h 127.0.0.1 -p "$pgopt_port" -U postgres postgres >/dev/null 2>&1
-  callgrind_control -d "$ppid" >/dev/null
+  "${as_cg[@]}" callgrind_control -d "$ppid" >/dev/null
   txns=$((clients * per_client))
   out=$(ls "$tmp"/callgrind.out.* | sort | tail -1)
   total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
-  echo "$mode, $clients clients: pgopt $((total / txns)) instructions per transaction ($txns transactions)"
+  echo "$mode, $clients clients: ${PROXY:-pgopt} $((total / txns)) instructions per transaction ($txns transactions)"
   [ -n "${CALLGRIND_KEEP:-}" ] && cp "$out" "$CALLGRIND_KEEP"
   callgrind_annotate --inclusive=yes "$out" 2>/dev/null | head -$((${PERF_TOP:-30} + 20)) | tail -n +18
   exit 0

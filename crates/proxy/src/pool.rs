@@ -311,14 +311,15 @@ impl Pool {
                 }
             }
         };
-        let (conn, waited) = match self.take_fit(&limits, started) {
-            Some(conn) => (Ok(conn), false),
-            None => (self.connection(&limits).await, true),
-        };
-        let ready_at = if waited || !slot_at_once {
-            Instant::now()
-        } else {
+        // After a wait for a slot, idle times are judged as of now.
+        let now = if slot_at_once {
             started
+        } else {
+            Instant::now()
+        };
+        let (conn, ready_at) = match self.take_fit(&limits, now) {
+            Some(conn) => (Ok(conn), now),
+            None => (self.connection(&limits).await, Instant::now()),
         };
         self.stats.record_wait(if ready_at == started {
             Duration::ZERO

@@ -445,6 +445,9 @@ impl Relay {
                     CacheLookup::Fill(f) => fill = Some(f),
                     CacheLookup::Pass => {}
                 }
+                // The lookup may have waited (another session's fill, Redis): what
+                // follows is timed from its end.
+                self.clock = Instant::now();
             }
             if self.server.is_none() {
                 match self.checkout(&frame).await {
@@ -1892,7 +1895,14 @@ impl Relay {
     async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> Lending {
         let requested_us = crate::stats::unix_us_at(self.clock);
         self.info.set_state(ClientState::Waiting, requested_us);
+        let mut attempts = 0;
         let result = loop {
+            // A second attempt (another replica, the primary) starts now, not when the
+            // request came.
+            if attempts > 0 {
+                self.clock = Instant::now();
+            }
+            attempts += 1;
             let (replica, verify) = match read_only.then(|| self.pick_replica(tried)).flatten() {
                 Some((i, verify)) => (Some(i), verify),
                 None => (None, 0),
@@ -1975,6 +1985,8 @@ impl Relay {
                 Lending::Lent
             }
             Err((pool, e)) => {
+                // What comes next (a pipelined request's checkout) starts after this.
+                self.clock = Instant::now();
                 self.info.set_state(ClientState::Idle, 0);
                 let primary_down =
                     matches!(e, CheckoutError::Connect(_) | CheckoutError::Down { .. });
@@ -2115,6 +2127,8 @@ impl Relay {
     /// runs once more, on another replica or the primary. (Its responses so far are
     /// dropped; the client sees only the second run's.)
     async fn fail_over(&mut self) -> Result<(), ProxyError> {
+        // Reached from a failed read too, not only through `handle_server`.
+        self.clock = Instant::now();
         let mut batch = self.failover.take().unwrap_or_default();
         let replica = self.ryw.replica;
         // What was captured came from the failed replica: not stored.

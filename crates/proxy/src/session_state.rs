@@ -384,7 +384,8 @@ fn skip_blanks_and_comments(mut text: &[u8]) -> &[u8] {
                 Some(end) => text = &rest[end + 2..],
                 None => return &[],
             },
-            [b'-', b'-', rest @ ..] => match memchr::memchr(b'\n', rest) {
+            // PostgreSQL ends a line comment at either.
+            [b'-', b'-', rest @ ..] => match memchr::memchr2(b'\n', b'\r', rest) {
                 Some(end) => text = &rest[end + 1..],
                 None => return &[],
             },
@@ -426,6 +427,7 @@ mod tests {
             "RESET ALL",
             "DISCARD ALL",
             "-- a comment\nSET search_path = x",
+            "-- a comment\rSET search_path = x",
             "SELECT 1; /* c */ -- d\n ( reset all )",
             "SELECT pg_try_advisory_lock(7)",
             "SELECT PG_ADVISORY_LOCK_SHARED(7)",
