@@ -4,13 +4,14 @@
 # 4 s in the middle of the run. Prints TPS and the proxy's CPU per transaction, then the
 # report (perf: by shared object and top symbols; strace: syscall counts).
 #
-# usage: scripts/profile-proxy.sh [MODE=simple|extended|prepared|tpcb] [CLIENTS=16] [SECS=10] [TOOL=perf|strace|callgrind|none]
+# usage: scripts/profile-proxy.sh [MODE=simple|extended|prepared|tpcb|hot] [CLIENTS=16] [SECS=10] [TOOL=perf|strace|callgrind|none]
 #        PROXY=pgbouncer (the same load through PgBouncer), PGOPT_CONFIG=FILE (pgopt's --config),
 #        PGOPT_BIN=FILE (another pgopt build, for an A/B),
 #        KEEP_PERF=FILE (keep perf.data), PERF_DUMP=FILE, PERF_TOP=N
 #        callgrind: pgopt's instructions per transaction over CALLGRIND_TXNS (500) per client,
 #        CALLGRIND_KEEP=FILE keeps the profile for callgrind_annotate
-# (tpcb: pgbench's default TPC-B-like script, simple protocol, instead of -S)
+# (tpcb: pgbench's default TPC-B-like script, simple protocol, instead of -S; hot: point
+# reads of HOT_KEYS accounts, for the result cache's hit path with a [cache] config)
 set -euo pipefail
 ulimit -n 20000 2>/dev/null || true
 cd "$(dirname "$0")/.."
@@ -33,6 +34,16 @@ trap cleanup EXIT
 "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w start -o \
   "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" >/dev/null
 "$bindir/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+# hot: point reads of HOT_KEYS (100) accounts, simple protocol: with a PGOPT_CONFIG whose
+# [cache] holds pgbench_accounts, the result cache's hit path.
+pgbench_script=(-S -M "$mode")
+case $mode in
+  tpcb) pgbench_script=(-M simple) ;;
+  hot)
+    printf '\\set aid random(1, %s)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' "${HOT_KEYS:-100}" > "$tmp/hot.sql"
+    chmod a+r "$tmp/hot.sql"
+    pgbench_script=(-M simple -f "$tmp/hot.sql") ;;
+esac
 wrap=()
 # callgrind: the proxy's own instructions per transaction, repeatable whatever the host does.
 [ "$tool" = callgrind ] && wrap=(valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" --dump-instr=no)
@@ -76,7 +87,7 @@ if [ "$tool" = callgrind ]; then
   # Valgrind starts slowly and runs pgopt ~50x slower: wait for the port, warm up (pools
   # filled, caches seen), then count only a fixed number of transactions.
   for _ in $(seq 60); do "$bindir/pg_isready" -q -h 127.0.0.1 -p "$pgopt_port" && break; sleep 1; done
-  script=(-S -M "$mode"); [ "$mode" = tpcb ] && script=(-M simple)
+  script=("${pgbench_script[@]}")
   jobs_=2; [ "$mode" = prepared ] && jobs_=$clients
   "$bindir/pgbench" -n "${script[@]}" -c "$clients" -j "$jobs_" -t 50 -h 127.0.0.1 -p "$pgopt_port" -U postgres postgres >/dev/null 2>&1
   "${as_cg[@]}" callgrind_control -z "$ppid" >/dev/null
@@ -98,7 +109,7 @@ case $tool in
   strace) (sleep 2; timeout -s INT 4 strace -c -f -p "$ppid" -o "$tmp/strace.out" 2>/dev/null) & tpid=$! ;;
   *) tpid= ;;
 esac
-script=(-S -M "$mode"); [ "$mode" = tpcb ] && script=(-M simple)
+script=("${pgbench_script[@]}")
 out=$("$bindir/pgbench" -n "${script[@]}" -c "$clients" -j "$jobs_" -T "$secs" -h 127.0.0.1 -p "$pgopt_port" -U postgres postgres 2>&1)
 after=$(awk '{print $14 + $15}' "/proc/$ppid/stat")
 [ -n "$tpid" ] && wait "$tpid" || true

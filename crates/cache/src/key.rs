@@ -42,6 +42,13 @@ impl KeyBuilder {
         KeyBuilder::default()
     }
 
+    /// A builder with room for `parts` parts of `bytes` bytes in all (no regrowth).
+    pub fn with_capacity(parts: usize, bytes: usize) -> KeyBuilder {
+        KeyBuilder {
+            bytes: Vec::with_capacity(bytes + parts * 10),
+        }
+    }
+
     /// Adds one part: `label` names what it is (`b'd'` database, `b'r'` role…).
     pub fn part(mut self, label: u8, value: &[u8]) -> KeyBuilder {
         self.push(label, Some(value));

@@ -8,7 +8,6 @@
 //! messages, and any change to it bumps the local part too — so a snapshot, once
 //! outdated, never becomes current again, whatever order replies arrive in.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
@@ -21,7 +20,8 @@ struct Version {
 /// Versions of the tables some entry depends on (tables never seen are at 0).
 #[derive(Debug, Default)]
 pub struct Versions {
-    tables: RwLock<HashMap<String, Version>>,
+    /// foldhash: looked up on every cache hit.
+    tables: RwLock<foldhash::HashMap<String, Version>>,
     /// Bumps so far, over all tables.
     pub bumps: AtomicU64,
 }
@@ -138,7 +138,7 @@ impl Versions {
 
     fn merge_into<'a>(
         &self,
-        map: &mut HashMap<String, Version>,
+        map: &mut foldhash::HashMap<String, Version>,
         remote: impl IntoIterator<Item = (&'a str, u64)>,
         track: bool,
     ) {

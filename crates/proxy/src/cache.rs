@@ -11,7 +11,6 @@
 //! of `b.t` too: more misses, never a stale row. Every entry also carries [`ALL`],
 //! which writes whose tables are unknown (DDL, functions, COPY…) bump.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -220,13 +219,13 @@ impl Buckets {
 pub struct ProxyCache {
     pub cache: ResultCache,
     pub settings: CacheSettings,
-    tables: HashSet<String>,
+    tables: foldhash::HashSet<String>,
     pub counters: CacheCounters,
     /// Redis, when configured: L2 and the invalidation bus between instances.
     pub l2: Option<Arc<L2>>,
     /// Per database: what the catalog says writes reach (see [`Deps`]), and a count
     /// of schema changes (a read of the catalog that began before one is discarded).
-    deps: Mutex<(HashMap<String, DepsState>, u64)>,
+    deps: Mutex<(foldhash::HashMap<String, DepsState>, u64)>,
     /// What a fill that ran on a replica must have replayed to be stored (see
     /// `fence.rs`).
     pub fences: Arc<Fences>,
@@ -254,21 +253,21 @@ const DEPS_RETRY: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct Deps {
     /// Every table, view, materialized view and foreign table.
-    relations: HashSet<String>,
+    relations: foldhash::HashSet<String>,
     /// View → the relations its query reads.
-    view_reads: HashMap<String, Vec<String>>,
+    view_reads: foldhash::HashMap<String, Vec<String>>,
     /// Referenced table → tables a write to it may change through a foreign key.
-    cascades: HashMap<String, Vec<String>>,
+    cascades: foldhash::HashMap<String, Vec<String>>,
     /// Parent → children, and child → parents.
-    children: HashMap<String, Vec<String>>,
-    parents: HashMap<String, Vec<String>>,
+    children: foldhash::HashMap<String, Vec<String>>,
+    parents: foldhash::HashMap<String, Vec<String>>,
     /// Tables with user triggers or rules.
-    unbounded: HashSet<String>,
+    unbounded: foldhash::HashSet<String>,
     /// Relations not cached: row-level security (policies may read other tables, and
     /// differ per role), views calling user functions, temporary tables (one name,
     /// another table per session), unlogged and foreign tables (their writes are not
     /// in the WAL, or not on this server).
-    uncacheable: HashSet<String>,
+    uncacheable: foldhash::HashSet<String>,
 }
 
 /// One round trip for [`Deps`]: (what, a, b) rows.
@@ -436,7 +435,7 @@ impl ProxyCache {
             tables: settings.tables.iter().map(|t| tag(t).to_string()).collect(),
             settings: settings.clone(),
             counters: CacheCounters::default(),
-            deps: Mutex::new((HashMap::new(), 0)),
+            deps: Mutex::new((Default::default(), 0)),
             fences: Arc::new(Fences::default()),
         }))
     }
@@ -909,7 +908,15 @@ pub struct Request<'a> {
 /// would apply them), and the exact request: text, parameter types, values and
 /// formats, and its shape.
 pub fn key(database: &str, user: &str, settings: &[String], request: &Request<'_>) -> Key {
-    let mut builder = KeyBuilder::new()
+    let parts = settings.len() + 7;
+    let bytes = database.len()
+        + user.len()
+        + settings.iter().map(String::len).sum::<usize>()
+        + request.sql.len()
+        + request.statement.as_ref().map_or(0, |s| s.len())
+        + request.bind.len()
+        + 10;
+    let mut builder = KeyBuilder::with_capacity(parts, bytes)
         .part(b'd', database.as_bytes())
         .part(b'u', user.as_bytes())
         .part(b'n', &(settings.len() as u64).to_be_bytes());

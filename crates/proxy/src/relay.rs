@@ -114,6 +114,9 @@ pub struct Relay {
     /// The current batch's client messages, kept in case it must run again after a
     /// schema change (see `replan.rs`); `replayed`: this is its second run.
     replay: Option<Replay>,
+    /// The statements that give a server connection this client's settings, with the
+    /// settings' version they were rendered at (see [`Relay::settings_statements`]).
+    settings_sql: Option<(u64, Arc<[String]>)>,
     /// The buffer of the last batch kept that way, reused for the next one.
     replay_spare: BytesMut,
     replayed: bool,
@@ -237,6 +240,7 @@ impl Relay {
             rolled_back: false,
             resync: Vec::new(),
             replay: None,
+            settings_sql: None,
             replay_spare: BytesMut::new(),
             replayed: false,
             dropping: false,
@@ -596,7 +600,7 @@ impl Relay {
         let Some((tags, ttl)) = cache.tags(&analysis, &deps) else {
             return CacheLookup::Pass;
         };
-        let settings = self.settings.statements();
+        let settings = self.settings_statements();
         let request = crate::cache::Request {
             sql: &sql,
             statement,
@@ -657,6 +661,20 @@ impl Relay {
         let ticket = cache.cache.begin_fill(key, &tags);
         ticket.tables().miss();
         CacheLookup::Fill(Fill::new(ticket, ttl, flight))
+    }
+
+    /// [`Settings::statements`], rendered again only when the settings changed (equal
+    /// versions, equal settings): every cache lookup's key holds them.
+    fn settings_statements(&mut self) -> Arc<[String]> {
+        let version = self.settings.version();
+        match &self.settings_sql {
+            Some((v, statements)) if *v == version => statements.clone(),
+            _ => {
+                let statements: Arc<[String]> = self.settings.statements().into();
+                self.settings_sql = Some((version, statements.clone()));
+                statements
+            }
+        }
     }
 
     /// Query insight counts a hit as a call of its shape.
@@ -1114,8 +1132,14 @@ impl Relay {
         };
         let version = self.settings.version();
         if tracker.settings.0 != version {
-            tracker.settings = (version, self.settings.statements().into());
+            let statements = self.settings_statements();
+            if let Some(tracker) = self.tracker.as_mut() {
+                tracker.settings = (version, statements);
+            }
         }
+        let Some(tracker) = self.tracker.as_mut() else {
+            return;
+        };
         if self.routes.is_some() {
             tracker.route = Some(match self.ryw.replica {
                 Some(i) => pgopt_insight::Route::Replica(i as u16),
