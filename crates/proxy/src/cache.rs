@@ -622,8 +622,10 @@ impl ProxyCache {
     }
 }
 
-/// Redis as the cache sees it: `off`, `up` (commands and the invalidation channel),
-/// `no-channel` (commands only: nothing served), or `down`.
+/// Redis as the cache sees it: `off`, `up` (commands and the invalidation channel, and
+/// this instance's lease held: it serves), `lagging` (connected, but its last heartbeat
+/// did not come back within the lease: nothing served until one does), `no-channel`
+/// (commands only: nothing served), or `down`.
 pub fn redis_state(cache: &ProxyCache) -> &'static str {
     match &cache.l2 {
         None => "off",
@@ -631,7 +633,8 @@ pub fn redis_state(cache: &ProxyCache) -> &'static str {
             l2.counters.up.load(Relaxed),
             l2.counters.bus_up.load(Relaxed),
         ) {
-            (true, true) => "up",
+            (true, true) if l2.serving() => "up",
+            (true, true) => "lagging",
             (true, false) => "no-channel",
             (false, _) => "down",
         },
