@@ -36,6 +36,14 @@ use crate::stats::{error_code, error_field, ClientInfo, ClientState};
 use crate::tls::{ClientStream, PgStream};
 use crate::ProxyError;
 
+/// See [`Relay::cache_tags`].
+struct TagsMemo {
+    analysis: Arc<pgopt_sql::Analysis>,
+    deps: Arc<crate::cache::Deps>,
+    cache: Arc<ProxyCache>,
+    tags: Option<Arc<(Vec<String>, Duration)>>,
+}
+
 /// What came of asking for a server connection.
 enum Lending {
     Lent,
@@ -117,6 +125,9 @@ pub struct Relay {
     /// The statements that give a server connection this client's settings, with the
     /// settings' version they were rendered at (see [`Relay::settings_statements`]).
     settings_sql: Option<(u64, Arc<[String]>)>,
+    /// The cache's verdict on the last statement looked up: its tags and TTL (or not
+    /// cacheable), for that analysis, catalog and cache (see [`Relay::cache_tags`]).
+    tags_memo: Option<TagsMemo>,
     /// The buffer of the last batch kept that way, reused for the next one.
     replay_spare: BytesMut,
     replayed: bool,
@@ -241,6 +252,7 @@ impl Relay {
             resync: Vec::new(),
             replay: None,
             settings_sql: None,
+            tags_memo: None,
             replay_spare: BytesMut::new(),
             replayed: false,
             dropping: false,
@@ -597,9 +609,10 @@ impl Relay {
             },
             (None, None) => return CacheLookup::Pass,
         };
-        let Some((tags, ttl)) = cache.tags(&analysis, &deps) else {
+        let Some(tagged) = self.cache_tags(&cache, &analysis, &deps) else {
             return CacheLookup::Pass;
         };
+        let (tags, ttl) = (&tagged.0, tagged.1);
         let settings = self.settings_statements();
         let request = crate::cache::Request {
             sql: &sql,
@@ -612,8 +625,8 @@ impl Relay {
         for look in 0..2 {
             // Versions no later than the hit's: what the verifier checks against
             // (only taken when it is on: this is every lookup's path).
-            let served_at = (cache.settings.verify_fraction > 0.0)
-                .then(|| cache.cache.versions.snapshot(&tags));
+            let served_at =
+                (cache.settings.verify_fraction > 0.0).then(|| cache.cache.versions.snapshot(tags));
             if let Some(hit) = cache.cache.lookup(&key) {
                 hit.tables.hit();
                 let hit = hit.value;
@@ -638,7 +651,7 @@ impl Relay {
         }
         if let Some(l2) = &cache.l2 {
             // One round trip: the tables' versions in Redis, and a value stored at them.
-            let Some(found) = pgopt_cache::read_through(&cache.cache, l2, key, &tags, ttl).await
+            let Some(found) = pgopt_cache::read_through(&cache.cache, l2, key, tags, ttl).await
             else {
                 // Redis is not reachable: PostgreSQL answers, nothing is stored.
                 return CacheLookup::Pass;
@@ -658,7 +671,7 @@ impl Relay {
             return CacheLookup::Fill(Fill::new(ticket, ttl, flight));
         }
         cache.counters.misses.fetch_add(1, Relaxed);
-        let ticket = cache.cache.begin_fill(key, &tags);
+        let ticket = cache.cache.begin_fill(key, tags);
         ticket.tables().miss();
         CacheLookup::Fill(Fill::new(ticket, ttl, flight))
     }
@@ -675,6 +688,34 @@ impl Relay {
                 statements
             }
         }
+    }
+
+    /// [`ProxyCache::tags`] for this analysis, kept while the same statement shape
+    /// (the same analysis), catalog read and cache come back: a repeated shape costs
+    /// no allocation. (Equal `Arc`s are the same values: the memo holds them, so
+    /// their addresses are not reused.)
+    fn cache_tags(
+        &mut self,
+        cache: &Arc<ProxyCache>,
+        analysis: &Arc<pgopt_sql::Analysis>,
+        deps: &Arc<crate::cache::Deps>,
+    ) -> Option<Arc<(Vec<String>, Duration)>> {
+        if let Some(memo) = &self.tags_memo {
+            if Arc::ptr_eq(&memo.analysis, analysis)
+                && Arc::ptr_eq(&memo.deps, deps)
+                && Arc::ptr_eq(&memo.cache, cache)
+            {
+                return memo.tags.clone();
+            }
+        }
+        let tags = cache.tags(analysis, deps).map(Arc::new);
+        self.tags_memo = Some(TagsMemo {
+            analysis: analysis.clone(),
+            deps: deps.clone(),
+            cache: cache.clone(),
+            tags: tags.clone(),
+        });
+        tags
     }
 
     /// Query insight counts a hit as a call of its shape.
