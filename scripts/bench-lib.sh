@@ -5,6 +5,28 @@
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 ticks=$(getconf CLK_TCK)
+
+# pgbouncer_config DIR PG_PORT LISTEN_PORT POOL_SIZE: DIR/pgbouncer.ini (transaction mode,
+# trust, database postgres on PG_PORT) and its users.txt, readable by PgBouncer's user.
+pgbouncer_config() {
+  cat > "$1/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$2 dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $3
+unix_socket_dir =
+auth_type = trust
+auth_file = $1/users.txt
+pool_mode = transaction
+default_pool_size = $4
+max_client_conn = 10000
+logfile = $1/pgbouncer.log
+pidfile = $1/pgbouncer.pid
+INI
+  echo '"postgres" ""' > "$1/users.txt"
+  chmod a+r "$1"/pgbouncer.ini "$1"/users.txt
+}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # run TARGET_PORT PID_OR_EMPTY PGBENCH_ARGS... → "tps latency_ms cpu_us_per_txn"

@@ -48,23 +48,7 @@ trap cleanup EXIT
   "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" >/dev/null
 "$bindir/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
 
-cat > "$tmp/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$pg_port dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bouncer_port
-unix_socket_dir =
-auth_type = trust
-auth_file = $tmp/users.txt
-pool_mode = transaction
-default_pool_size = $pool
-max_client_conn = 10000
-logfile = $tmp/pgbouncer.log
-pidfile = $tmp/pgbouncer.pid
-INI
-echo '"postgres" ""' > "$tmp/users.txt"
-chmod a+r "$tmp"/pgbouncer.ini "$tmp"/users.txt
+pgbouncer_config "$tmp" "$pg_port" "$bouncer_port" "$pool"
 # runuser starts a fresh session with the default fd limit: raise it inside.
 "${as_pg[@]}" bash -c 'ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec pgbouncer "$1"' \
   _ "$tmp/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)

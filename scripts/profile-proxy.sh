@@ -21,7 +21,7 @@ cargo build --release -q -p pgopt-cli
 tmp=$(mktemp -d /tmp/pgopt-profile-XXXXXX)
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/bench-lib.sh   # free_port, pgbouncer_config
 pg_port=$(free_port); pgopt_port=$(free_port)
 ppid=
 cleanup() {
@@ -49,23 +49,7 @@ wrap=()
 [ "$tool" = callgrind ] && wrap=(valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" --dump-instr=no)
 if [ "${PROXY:-pgopt}" = pgbouncer ]; then
   # The same load through PgBouncer (transaction mode, same pool size), for comparison.
-  cat > "$tmp/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$pg_port dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $pgopt_port
-unix_socket_dir =
-auth_type = trust
-auth_file = $tmp/users.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 10000
-logfile = $tmp/pgbouncer.log
-pidfile = $tmp/pgbouncer.pid
-INI
-  echo '"postgres" ""' > "$tmp/users.txt"
-  chmod a+r "$tmp"/pgbouncer.ini "$tmp"/users.txt
+  pgbouncer_config "$tmp" "$pg_port" "$pgopt_port" 20
   if [ "$tool" = callgrind ]; then
     # In the foreground under valgrind (its pid is the one the pidfile gets).
     "${as_pg[@]}" "${wrap[@]}" pgbouncer "$tmp/pgbouncer.ini" >/dev/null 2>&1 &
@@ -115,7 +99,7 @@ after=$(awk '{print $14 + $15}' "/proc/$ppid/stat")
 [ -n "$tpid" ] && wait "$tpid" || true
 txns=$(awk -F': ' '/actually processed/ {split($2,a,"/"); print a[1]}' <<<"$out")
 tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' <<<"$out")
-echo "$mode, $clients clients: $tps TPS, pgopt $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}') µs CPU per transaction ($txns transactions)"
+echo "$mode, $clients clients: $tps TPS, ${PROXY:-pgopt} $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txns" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}') µs CPU per transaction ($txns transactions)"
 # PERF_DUMP=FILE: every symbol of pgopt's own code, for sums the top list can't give.
 if [ "$tool" = perf ] && [ -n "${PERF_DUMP:-}" ]; then
   perf report -i "$tmp/perf.data" --no-children --dsos pgopt --sort sym -g none > "$PERF_DUMP" 2>/dev/null || true
