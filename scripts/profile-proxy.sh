@@ -40,6 +40,8 @@ pgbench_script=(-S -M "$mode")
 case $mode in
   tpcb) pgbench_script=(-M simple) ;;
   hot)
+    [ -n "${PGOPT_CONFIG:-}" ] || [ "${PROXY:-pgopt}" = pgbouncer ] ||
+      echo "note: MODE hot without a PGOPT_CONFIG holding [cache]: no cache is measured" >&2
     printf '\\set aid random(1, %s)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' "${HOT_KEYS:-100}" > "$tmp/hot.sql"
     chmod a+r "$tmp/hot.sql"
     pgbench_script=(-M simple -f "$tmp/hot.sql") ;;

@@ -306,7 +306,7 @@ fn cache(m: &mut Page, shared: &Shared) {
             (
                 "pgopt_cache_redis_up",
                 "gauge",
-                "1 while Redis answers, the invalidation channel is subscribed and this instance holds its lease (it serves).",
+                "1 while Redis answers, the invalidation channel is subscribed and this instance holds its Redis lease.",
                 u64::from(crate::cache::redis_state(cache) == "up"),
             ),
             (

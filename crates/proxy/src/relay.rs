@@ -39,7 +39,7 @@ use crate::ProxyError;
 /// See [`Relay::cache_tags`].
 struct TagsMemo {
     analysis: Arc<pgopt_sql::Analysis>,
-    deps: Arc<crate::cache::Deps>,
+    deps: std::sync::Weak<crate::cache::Deps>,
     cache: Arc<ProxyCache>,
     tags: Option<Arc<(Vec<String>, Duration)>>,
 }
@@ -692,8 +692,9 @@ impl Relay {
 
     /// [`ProxyCache::tags`] for this analysis, kept while the same statement shape
     /// (the same analysis), catalog read and cache come back: a repeated shape costs
-    /// no allocation. (Equal `Arc`s are the same values: the memo holds them, so
-    /// their addresses are not reused.)
+    /// no allocation. (Equal pointers are the same values: the memo holds them, the
+    /// catalog read weakly, so an idle session doesn't keep an old catalog's maps;
+    /// either way their addresses are not reused.)
     fn cache_tags(
         &mut self,
         cache: &Arc<ProxyCache>,
@@ -702,7 +703,7 @@ impl Relay {
     ) -> Option<Arc<(Vec<String>, Duration)>> {
         if let Some(memo) = &self.tags_memo {
             if Arc::ptr_eq(&memo.analysis, analysis)
-                && Arc::ptr_eq(&memo.deps, deps)
+                && std::ptr::eq(memo.deps.as_ptr(), Arc::as_ptr(deps))
                 && Arc::ptr_eq(&memo.cache, cache)
             {
                 return memo.tags.clone();
@@ -711,7 +712,7 @@ impl Relay {
         let tags = cache.tags(analysis, deps).map(Arc::new);
         self.tags_memo = Some(TagsMemo {
             analysis: analysis.clone(),
-            deps: deps.clone(),
+            deps: Arc::downgrade(deps),
             cache: cache.clone(),
             tags: tags.clone(),
         });
