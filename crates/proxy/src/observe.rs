@@ -155,9 +155,6 @@ pub struct Tracker {
     /// The text of the latest unnamed Parse: drivers send the same one again and
     /// again (libpq's extended protocol), analysed once.
     unnamed_text: String,
-    /// Wall-clock time from the monotonic clock, one clock read per statement (see
-    /// [`anchor`]).
-    epoch: (Instant, SystemTime, u64),
     /// Bind parameters are decoded for samples, the slow log and plans (not when
     /// every consumer has them off).
     sample_params: bool,
@@ -217,7 +214,6 @@ impl Tracker {
             last_bind: BytesMut::new(),
             binds: 0,
             unnamed_text: String::new(),
-            epoch: anchor(Instant::now()),
             sample_params,
             route: None,
             settings: (u64::MAX, Arc::from(Vec::new())),
@@ -472,13 +468,9 @@ impl Tracker {
         };
         let end = self.now;
         let duration = end.duration_since(start);
-        // Wall-clock time without a second clock read (re-anchored hourly).
-        let mut since = end.duration_since(self.epoch.0);
-        if since.as_secs() > 3600 {
-            self.epoch = anchor(end);
-            since = end.duration_since(self.epoch.0);
-        }
-        let now_ms = (self.epoch.2 + since.as_micros() as u64) / 1000;
+        // Wall-clock time without a second clock read.
+        let wall_us = crate::stats::unix_us_at(end);
+        let now_ms = wall_us / 1000;
         let key = self.handle.key(analysis.fingerprint);
         let slow = self.state.slow.is_slow(duration);
         let plan = self.state.plans.wants(duration) && plannable(&analysis);
@@ -521,7 +513,7 @@ impl Tracker {
                     client_addr: Some(self.addr),
                     params: &params,
                     error,
-                    at: self.epoch.1 + since,
+                    at: SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(wall_us),
                 });
             }
             if plan {
@@ -622,14 +614,6 @@ fn bind_params<'a>(bind: &Bind<'a>) -> Vec<ParamRef<'a>> {
 
 /// A wall-clock anchor for a session's statements: `at`, the time then, and that time
 /// in unix microseconds (so each statement's time takes no clock read of its own).
-fn anchor(at: Instant) -> (Instant, SystemTime, u64) {
-    let wall = SystemTime::now();
-    let us = wall
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    (at, wall, us)
-}
-
 /// Rows a CommandComplete tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`), else 0.
 fn command_rows(body: &[u8]) -> u64 {
     let tag = body.strip_suffix(b"\0").unwrap_or(body);

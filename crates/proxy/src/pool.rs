@@ -317,10 +317,8 @@ impl Pool {
         } else {
             Instant::now()
         };
-        let (conn, ready_at) = match self.take_fit(&limits, now) {
-            Some(conn) => (Ok(conn), now),
-            None => (self.connection(&limits).await, Instant::now()),
-        };
+        let (conn, waited) = self.connection(&limits, now).await;
+        let ready_at = if waited { Instant::now() } else { now };
         self.stats.record_wait(if ready_at == started {
             Duration::ZERO
         } else {
@@ -333,26 +331,6 @@ impl Pool {
             active,
             lifetime: limits.lifetime,
         })
-    }
-
-    /// An idle connection fit for use without a round trip (not expired, nothing
-    /// pending on it, not idle long enough to need a health check), as of `now`.
-    fn take_fit(&self, limits: &PoolLimits, now: Instant) -> Option<Box<ServerConn>> {
-        while let Some(conn) = self.take_idle() {
-            let since_used = now.saturating_duration_since(conn.last_used);
-            let expired = since_used > limits.idle_timeout
-                || now.saturating_duration_since(conn.created) > limits.lifetime;
-            if expired || !conn.looks_alive() {
-                continue;
-            }
-            if since_used > limits.check_after {
-                // The slow path checks it (or drops it).
-                lock(&self.idle).push(conn);
-                return None;
-            }
-            return Some(conn);
-        }
-        None
     }
 
     async fn wait_for_slot(
@@ -409,24 +387,34 @@ impl Pool {
     }
 
     /// An idle connection still fit for use, or a new one.
-    async fn connection(&self, limits: &PoolLimits) -> Result<Box<ServerConn>, CheckoutError> {
-        let now = Instant::now();
+    /// An idle connection still fit for use as of `now` (not expired, nothing pending
+    /// on it, a health check passed when idle long enough to need one), or a new one;
+    /// `true` when getting it took a round trip (a check or a connect).
+    async fn connection(
+        &self,
+        limits: &PoolLimits,
+        now: Instant,
+    ) -> (Result<Box<ServerConn>, CheckoutError>, bool) {
+        let mut waited = false;
         while let Some(mut conn) = self.take_idle() {
-            let expired = now.duration_since(conn.last_used) > limits.idle_timeout
-                || now.duration_since(conn.created) > limits.lifetime;
+            let since_used = now.saturating_duration_since(conn.last_used);
+            let expired = since_used > limits.idle_timeout
+                || now.saturating_duration_since(conn.created) > limits.lifetime;
             if expired || !conn.looks_alive() {
                 continue;
             }
-            if now.duration_since(conn.last_used) > limits.check_after
-                && !conn
+            if since_used > limits.check_after {
+                waited = true;
+                if !conn
                     .check(limits.connect_timeout, limits.max_message_len)
                     .await
-            {
-                continue;
+                {
+                    continue;
+                }
             }
-            return Ok(conn);
+            return (Ok(conn), waited);
         }
-        self.connect(limits).await
+        (self.connect(limits).await, true)
     }
 
     async fn connect(&self, limits: &PoolLimits) -> Result<Box<ServerConn>, CheckoutError> {

@@ -1050,16 +1050,13 @@ impl Relay {
         if self.tracker.is_some() {
             self.track_client(frame)?;
         }
-        // Decoded once, for the tracker, the session check and the statement names.
-        let parse = match frame.tag() {
-            b'P' if self.rewrite => Some(Parse::decode(frame.body())?),
-            _ => None,
-        };
+        // A Parse is decoded once, for the tracker, the session check and the
+        // statement names (`route_named`).
+        let mut parsed = None;
         let request = match frame.tag() {
             b'P' if self.rewrite => {
-                let Some(parse) = parse else {
-                    return Ok(());
-                };
+                let parse = Parse::decode(frame.body())?;
+                parsed = Some(parse);
                 if let Some(tracker) = self.tracker.as_mut() {
                     tracker.on_parse(&self.shared.analyzer, &parse);
                 }
@@ -1109,7 +1106,7 @@ impl Relay {
                 })
             }
         };
-        if self.rewrite && self.route_named(request, frame, parse)? {
+        if self.rewrite && self.route_named(request, frame, parsed)? {
             return Ok(());
         }
         self.to_server.extend_from_slice(frame.as_bytes());
