@@ -51,23 +51,31 @@ pub(crate) struct Lexer<'a> {
     pos: usize,
 }
 
-const SPACE: u8 = 1;
-const IDENT_START: u8 = 2;
-const IDENT_CONT: u8 = 4;
+pub(crate) const SPACE: u8 = 1;
+pub(crate) const IDENT_START: u8 = 2;
+pub(crate) const IDENT_CONT: u8 = 4;
+/// `\n` or `\r` (also SPACE).
+pub(crate) const NEWLINE: u8 = 8;
+/// A byte that is always a one-byte [`TokenKind::Punct`], whatever follows it.
+pub(crate) const PUNCT: u8 = 16;
 
 /// Byte classes, one table load per byte on the hot loops (identifiers make up
 /// most of a statement's text).
-static CLASS: [u8; 256] = {
+pub(crate) static CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut b = 0usize;
     while b < 256 {
         let c = b as u8;
-        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0c | 0x0b) {
+        if matches!(c, b'\n' | b'\r') {
+            t[b] = SPACE | NEWLINE;
+        } else if matches!(c, b' ' | b'\t' | 0x0c | 0x0b) {
             t[b] = SPACE;
         } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             t[b] = IDENT_START | IDENT_CONT;
         } else if c.is_ascii_digit() || c == b'$' {
             t[b] = IDENT_CONT;
+        } else if !matches!(c, b'-' | b'/' | b'\'' | b'"' | b'.') {
+            t[b] = PUNCT;
         }
         b += 1;
     }
@@ -95,6 +103,12 @@ impl<'a> Lexer<'a> {
             src: src.as_bytes(),
             pos: 0,
         }
+    }
+
+    /// A lexer over `src` from byte `pos` (a token boundary).
+    #[inline]
+    pub(crate) fn at(src: &'a [u8], pos: usize) -> Self {
+        Lexer { src, pos }
     }
 
     #[inline]

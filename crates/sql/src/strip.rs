@@ -18,7 +18,9 @@
 
 use std::ops::Range;
 
-use crate::lexer::{Lexer, TokenKind};
+use crate::lexer::{
+    Lexer, Token, TokenKind, CLASS, IDENT_CONT, IDENT_START, NEWLINE, PUNCT, SPACE,
+};
 
 const ESC: u8 = 0x01;
 const LITERAL: [u8; 2] = [ESC, 0x03];
@@ -90,50 +92,115 @@ impl Stripped {
     }
 
     /// Strips `sql` into this value, replacing its previous contents.
+    ///
+    /// One pass over the bytes: whitespace and plain words, most of a statement,
+    /// are scanned here; every other token is the lexer's.
     pub fn strip(&mut self, sql: &str) {
         self.key.clear();
         self.literals.clear();
-        self.key.reserve(sql.len());
-        let bytes = sql.as_bytes();
+        self.key.reserve(sql.len() + IN_LIST.len());
+        let src = sql.as_bytes();
         // 0: nothing pending, 1: a space, 2: a newline.
         let mut pending_space = 0u8;
         let mut in_list = InList::Idle;
-        for tok in Lexer::new(sql) {
-            let text = &bytes[tok.start..tok.end];
-            match tok.kind {
-                TokenKind::Whitespace { newline } => {
-                    pending_space = pending_space.max(if newline { 2 } else { 1 });
-                    continue;
+        let mut pos = 0;
+        while let Some(&b) = src.get(pos) {
+            let class = CLASS[b as usize];
+            if class & SPACE != 0 {
+                let mut seen = 0;
+                while let Some(&c) = src.get(pos) {
+                    let class = CLASS[c as usize];
+                    if class & SPACE == 0 {
+                        break;
+                    }
+                    seen |= class;
+                    pos += 1;
                 }
-                TokenKind::LineComment | TokenKind::BlockComment if !is_hint(text) => {
-                    let newline = text.iter().any(|&b| b == b'\n' || b == b'\r');
-                    pending_space = pending_space.max(if newline { 2 } else { 1 });
-                    continue;
-                }
-                _ => {}
+                pending_space = pending_space.max(if seen & NEWLINE != 0 { 2 } else { 1 });
+                continue;
             }
+            let start = pos;
+            let kind = if class & IDENT_START != 0 && !starts_quote(src, pos) {
+                TokenKind::Word
+            } else if class & PUNCT != 0 {
+                pos += 1;
+                TokenKind::Punct
+            } else {
+                let tok = Lexer::at(src, pos).next().unwrap_or(Token {
+                    kind: TokenKind::Punct,
+                    start: pos,
+                    end: pos + 1,
+                });
+                pos = tok.end;
+                if matches!(tok.kind, TokenKind::LineComment | TokenKind::BlockComment)
+                    && !is_hint(&src[start..pos])
+                {
+                    let newline = src[start..pos]
+                        .iter()
+                        .any(|&c| CLASS[c as usize] & NEWLINE != 0);
+                    pending_space = pending_space.max(if newline { 2 } else { 1 });
+                    continue;
+                }
+                // A word the lexer had to look at (`u&` not opening a quote): it
+                // is written below from its start.
+                if tok.kind == TokenKind::Word {
+                    pos = start;
+                }
+                tok.kind
+            };
             if pending_space != 0 && !self.key.is_empty() {
                 self.key.push(if pending_space == 2 { b'\n' } else { b' ' });
             }
             pending_space = 0;
-            in_list = self.in_list_step(in_list, tok.kind, text);
-            match tok.kind {
+            if kind == TokenKind::Word {
+                pos = self.push_word(src, pos);
+                // Idle stays idle but at the word `in`.
+                let text = &src[start..pos];
+                if !matches!(in_list, InList::Idle) || text.eq_ignore_ascii_case(b"in") {
+                    in_list = self.in_list_step(in_list, kind, text);
+                }
+                continue;
+            }
+            let text = &src[start..pos];
+            if !matches!(in_list, InList::Idle) {
+                in_list = self.in_list_step(in_list, kind, text);
+            }
+            match kind {
                 TokenKind::String | TokenKind::DollarString | TokenKind::Number => {
                     self.key.extend_from_slice(&LITERAL);
-                    self.literals.push(tok.start..tok.end);
+                    self.literals.push(start..pos);
                 }
-                TokenKind::Word => push_lowercase(&mut self.key, text),
-                _ => {
-                    if tok.kind == TokenKind::Punct
-                        && text == b")"
-                        && self.try_collapse(&mut in_list)
-                    {
-                        continue;
-                    }
-                    self.push_escaped(text);
-                }
+                TokenKind::Punct if b == b')' && self.try_collapse(&mut in_list) => {}
+                TokenKind::Punct if b != ESC => self.key.push(b),
+                _ => self.push_escaped(text),
             }
         }
+    }
+
+    /// Writes the word at `pos` lowercased (ASCII only) and returns where it ends;
+    /// eight bytes at a time while eight are left.
+    #[inline]
+    fn push_word(&mut self, src: &[u8], mut pos: usize) -> usize {
+        while let Some(chunk) = src.get(pos..pos + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            let len = self.key.len();
+            self.key.extend_from_slice(&lowercase8(word).to_le_bytes());
+            let stop = not_ident_cont8(word);
+            if stop != 0 {
+                let n = (stop.trailing_zeros() / 8) as usize;
+                self.key.truncate(len + n);
+                return pos + n;
+            }
+            pos += 8;
+        }
+        while let Some(&c) = src.get(pos) {
+            if CLASS[c as usize] & IDENT_CONT == 0 {
+                break;
+            }
+            self.key.push(c.to_ascii_lowercase());
+            pos += 1;
+        }
+        pos
     }
 
     /// Advances the IN-list recogniser by one significant token (called
@@ -222,30 +289,50 @@ impl Stripped {
     }
 }
 
-/// Appends `text` ASCII-lowercased (other bytes unchanged), eight bytes at a time.
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// High bit set in each byte of `low` (bytes < 0x80) that lies in `lo..=hi`.
 #[inline]
-fn push_lowercase(key: &mut Vec<u8>, text: &[u8]) {
-    let mut chunks = text.chunks_exact(8);
-    for chunk in &mut chunks {
-        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-        key.extend_from_slice(&lowercase8(word).to_le_bytes());
-    }
-    key.extend(chunks.remainder().iter().map(u8::to_ascii_lowercase));
+fn in_range8(low: u64, lo: u8, hi: u8) -> u64 {
+    let ones = 0x0101_0101_0101_0101u64;
+    // No carry crosses a byte: each sum is < 0x100.
+    let ge_lo = low + ones * u64::from(0x80 - lo);
+    let gt_hi = low + ones * u64::from(0x7f - hi);
+    ge_lo & !gt_hi & HIGH
 }
 
-/// ASCII-lowercases the eight bytes of `x` (SWAR): a byte gets 0x20 added when it
-/// is in `A..=Z`; bytes >= 0x80 are left alone.
+/// High bit set in each of the eight bytes of `x` that can't continue an identifier
+/// (see the lexer's `IDENT_CONT`: letters, digits, `_`, `$` and bytes >= 0x80 can).
+#[inline]
+fn not_ident_cont8(x: u64) -> u64 {
+    let low = x & LOW7;
+    let ok = (x & HIGH)
+        | in_range8(low, b'0', b'9')
+        | in_range8(low, b'A', b'Z')
+        | in_range8(low, b'a', b'z')
+        | in_range8(low, b'_', b'_')
+        | in_range8(low, b'$', b'$');
+    !ok & HIGH
+}
+
+/// ASCII-lowercases the eight bytes of `x`: a byte gets 0x20 added when it is in
+/// `A..=Z`; bytes >= 0x80 are left alone.
 #[inline]
 fn lowercase8(x: u64) -> u64 {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let low = x & LOW7;
-    // High bit set where the low seven bits are >= b'A' (0x41) …
-    let ge_a = low + 0x3f3f_3f3f_3f3f_3f3f;
-    // … and where they are > b'Z' (0x5a); no carry crosses a byte (both < 0x100).
-    let gt_z = low + 0x2525_2525_2525_2525;
-    let upper = ge_a & !gt_z & !x & HIGH;
+    let upper = in_range8(x & LOW7, b'A', b'Z') & !x;
     x | (upper >> 2)
+}
+
+/// Whether the identifier-start byte at `pos` opens a prefixed string or quoted
+/// identifier (`E'…'`, `B'…'`, `X'…'`, `N'…'`, `U&'…'`, `U&"…"`) rather than a word.
+#[inline]
+fn starts_quote(src: &[u8], pos: usize) -> bool {
+    match src.get(pos + 1) {
+        Some(b'\'') => matches!(src[pos] | 0x20, b'e' | b'b' | b'x' | b'n'),
+        Some(b'&') => src[pos] | 0x20 == b'u',
+        _ => false,
+    }
 }
 
 fn is_hint(comment: &[u8]) -> bool {
@@ -269,20 +356,171 @@ mod tests {
         strip_literals(sql).key_display()
     }
 
-    #[test]
-    fn lowercase8_matches_ascii_lowercase_on_every_byte() {
-        for b in 0..=255u8 {
-            for pos in 0..8 {
-                let mut bytes = *b"aZ_9\xffQq@";
-                bytes[pos] = b;
-                let want = bytes.map(|c| c.to_ascii_lowercase());
-                let got = lowercase8(u64::from_le_bytes(bytes)).to_le_bytes();
-                assert_eq!(got, want, "byte {b:#x} at {pos}");
+    /// The stripper as it was, token by token off the lexer: the fused loop in
+    /// [`Stripped::strip`] must give the same key and literal ranges.
+    fn reference(sql: &str) -> Stripped {
+        let mut s = Stripped::new();
+        let bytes = sql.as_bytes();
+        let mut pending_space = 0u8;
+        let mut in_list = InList::Idle;
+        for tok in Lexer::new(sql) {
+            let text = &bytes[tok.start..tok.end];
+            match tok.kind {
+                TokenKind::Whitespace { newline } => {
+                    pending_space = pending_space.max(if newline { 2 } else { 1 });
+                    continue;
+                }
+                TokenKind::LineComment | TokenKind::BlockComment if !is_hint(text) => {
+                    let newline = text.iter().any(|&b| b == b'\n' || b == b'\r');
+                    pending_space = pending_space.max(if newline { 2 } else { 1 });
+                    continue;
+                }
+                _ => {}
+            }
+            if pending_space != 0 && !s.key.is_empty() {
+                s.key.push(if pending_space == 2 { b'\n' } else { b' ' });
+            }
+            pending_space = 0;
+            in_list = s.in_list_step(in_list, tok.kind, text);
+            match tok.kind {
+                TokenKind::String | TokenKind::DollarString | TokenKind::Number => {
+                    s.key.extend_from_slice(&LITERAL);
+                    s.literals.push(tok.start..tok.end);
+                }
+                TokenKind::Word => s.key.extend(text.iter().map(u8::to_ascii_lowercase)),
+                _ => {
+                    if tok.kind == TokenKind::Punct && text == b")" && s.try_collapse(&mut in_list)
+                    {
+                        continue;
+                    }
+                    s.push_escaped(text);
+                }
             }
         }
-        let mut key = Vec::new();
-        push_lowercase(&mut key, "PgBench_Accounts_ÄX".as_bytes());
-        assert_eq!(key, "pgbench_accounts_Äx".as_bytes());
+        s
+    }
+
+    fn same_as_reference(sql: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        let (got, want) = (strip_literals(sql), reference(sql));
+        proptest::prop_assert_eq!(got.key(), want.key(), "{:?}", sql);
+        proptest::prop_assert_eq!(got.literals(), want.literals(), "{:?}", sql);
+        Ok(())
+    }
+
+    /// Pieces that exercise every token kind and the places they meet.
+    const PIECES: &[&str] = &[
+        "select",
+        "SELECT",
+        "From",
+        " ",
+        "  ",
+        "\n",
+        "\r",
+        "\t",
+        "\x0b",
+        "\x0c",
+        "in",
+        "IN",
+        "iN",
+        "(",
+        ")",
+        ",",
+        "-",
+        "+",
+        "=",
+        "1",
+        "42",
+        "1.5e3",
+        ".5",
+        "1..5",
+        "0x1F",
+        "0b1",
+        "1_000",
+        "'a''b'",
+        "'",
+        "E'\\''",
+        "e'x'",
+        "b'01'",
+        "X'ff'",
+        "n'x'",
+        "N",
+        "u&'x'",
+        "U&\"q\"",
+        "u&",
+        "U",
+        "&",
+        "e",
+        "x",
+        "$$x$$",
+        "$a$ $a$",
+        "$a$",
+        "$1",
+        "$12",
+        "$",
+        "--c\n",
+        "--",
+        "-- pgopt:x\n",
+        "/* c */",
+        "/* a\n b */",
+        "/* /* n */ */",
+        "/*",
+        "*/",
+        "/* pgopt:replica */",
+        "\"Q\"",
+        "\"",
+        "\u{1}",
+        "\u{1}\u{3}",
+        "é",
+        "Ä",
+        "_x",
+        "a$b",
+        "x'",
+        ";",
+        "::",
+        "\\",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+
+        #[test]
+        fn fused_loop_matches_the_token_by_token_reference(
+            picks in proptest::collection::vec(0..PIECES.len(), 0..24)
+        ) {
+            let sql: String = picks.iter().map(|&i| PIECES[i]).collect();
+            same_as_reference(&sql)?;
+        }
+
+        #[test]
+        fn fused_loop_matches_the_reference_on_any_text(sql in proptest::prelude::any::<String>()) {
+            same_as_reference(&sql)?;
+        }
+    }
+
+    #[test]
+    fn eight_byte_helpers_match_the_byte_table() {
+        for b in 0..=255u8 {
+            for pos in 0..8 {
+                let mut bytes = *b"aZ_9\xffQq$";
+                bytes[pos] = b;
+                let x = u64::from_le_bytes(bytes);
+                let want = bytes.map(|c| c.to_ascii_lowercase());
+                assert_eq!(lowercase8(x).to_le_bytes(), want, "byte {b:#x} at {pos}");
+                let stops = not_ident_cont8(x).to_le_bytes();
+                for (i, &c) in bytes.iter().enumerate() {
+                    let stop = CLASS[c as usize] & IDENT_CONT == 0;
+                    assert_eq!(stops[i] == 0x80, stop, "byte {c:#x} at {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn words_are_lowercased_in_ascii_only() {
+        assert_eq!(
+            strip_literals("SELECT PgBench_Accounts_ÄX").key(),
+            "select pgbench_accounts_Äx".as_bytes()
+        );
     }
 
     #[test]
