@@ -12,9 +12,53 @@ pub struct Key {
     bytes: Arc<[u8]>,
 }
 
+/// A key borrowed from the caller's buffer: a lookup needs no allocation, only a
+/// miss that goes on to fill turns it into a [`Key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRef<'a> {
+    hash: u64,
+    bytes: &'a [u8],
+}
+
+impl<'a> KeyRef<'a> {
+    /// The key of `bytes`, parts written with [`push_part`].
+    pub fn new(bytes: &'a [u8]) -> KeyRef<'a> {
+        // A fixed seed: the same key hashes the same in every pgopt instance.
+        let mut hasher =
+            foldhash::quality::FixedState::with_seed(0x7067_6f70_745f_6b65).build_hasher();
+        hasher.write(bytes);
+        KeyRef {
+            hash: hasher.finish(),
+            bytes,
+        }
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    pub fn to_key(&self) -> Key {
+        Key {
+            hash: self.hash,
+            bytes: self.bytes.into(),
+        }
+    }
+}
+
 impl Key {
     pub fn hash(&self) -> u64 {
         self.hash
+    }
+
+    pub fn view(&self) -> KeyRef<'_> {
+        KeyRef {
+            hash: self.hash,
+            bytes: &self.bytes,
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -74,33 +118,110 @@ impl KeyBuilder {
     }
 
     fn push(&mut self, label: u8, value: Option<&[u8]>) {
-        self.bytes.push(label);
-        match value {
-            Some(v) => {
-                self.bytes.push(1);
-                self.bytes
-                    .extend_from_slice(&(v.len() as u64).to_be_bytes());
-                self.bytes.extend_from_slice(v);
-            }
-            None => self.bytes.push(0),
-        }
+        push_part(&mut self.bytes, label, value);
     }
 
     pub fn finish(self) -> Key {
-        // A fixed seed: the same key hashes the same in every pgopt instance.
-        let mut hasher =
-            foldhash::quality::FixedState::with_seed(0x7067_6f70_745f_6b65).build_hasher();
-        hasher.write(&self.bytes);
+        let hash = KeyRef::new(&self.bytes).hash;
         Key {
-            hash: hasher.finish(),
+            hash,
             bytes: self.bytes.into(),
         }
+    }
+}
+
+/// Keys built one after another in one buffer (a session's), sharing a prefix: the
+/// parts all of them hold, written again only when their `version` changes.
+#[derive(Debug, Default)]
+pub struct KeyBuf {
+    bytes: Vec<u8>,
+    prefix: usize,
+    version: Option<u64>,
+    hash: u64,
+}
+
+impl KeyBuf {
+    /// Builds the next key: the prefix from `prefix` when `version` is not the one it
+    /// was written at, then the rest from `rest`; both with [`push_part`].
+    pub fn build(
+        &mut self,
+        version: u64,
+        prefix: impl FnOnce(&mut Vec<u8>),
+        rest: impl FnOnce(&mut Vec<u8>),
+    ) {
+        if self.version != Some(version) {
+            self.bytes.clear();
+            prefix(&mut self.bytes);
+            self.prefix = self.bytes.len();
+            self.version = Some(version);
+        }
+        self.bytes.truncate(self.prefix);
+        rest(&mut self.bytes);
+        self.hash = KeyRef::new(&self.bytes).hash;
+    }
+
+    /// Whether the next [`KeyBuf::build`] at `version` writes the prefix.
+    pub fn needs_prefix(&self, version: u64) -> bool {
+        self.version != Some(version)
+    }
+
+    /// The key last built.
+    pub fn key(&self) -> KeyRef<'_> {
+        KeyRef {
+            hash: self.hash,
+            bytes: &self.bytes,
+        }
+    }
+}
+
+/// Appends one part to a key's bytes as [`KeyBuilder`] does: its label, then 0 when
+/// absent, or 1, its length and its bytes (for keys built in a reused buffer, see
+/// [`KeyRef`]).
+pub fn push_part(bytes: &mut Vec<u8>, label: u8, value: Option<&[u8]>) {
+    match value {
+        Some(v) => {
+            bytes.reserve(10 + v.len());
+            bytes.extend_from_slice(&[label, 1]);
+            bytes.extend_from_slice(&(v.len() as u64).to_be_bytes());
+            bytes.extend_from_slice(v);
+        }
+        None => bytes.extend_from_slice(&[label, 0]),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reused_buffer_gives_the_builders_keys() {
+        let built = |rest: &[u8]| {
+            KeyBuilder::new()
+                .part(b'd', b"db")
+                .part(b'q', rest)
+                .finish()
+        };
+        let mut buf = KeyBuf::default();
+        let mut prefixes = 0;
+        for rest in [&b"select 1"[..], b"select 22", b"x"] {
+            buf.build(
+                7,
+                |b| {
+                    prefixes += 1;
+                    push_part(b, b'd', Some(b"db"));
+                },
+                |b| push_part(b, b'q', Some(rest)),
+            );
+            assert_eq!(buf.key().to_key(), built(rest));
+            assert_eq!(buf.key().hash(), built(rest).hash());
+        }
+        assert_eq!(prefixes, 1, "the prefix is written once per version");
+        buf.build(8, |b| push_part(b, b'd', Some(b"other")), |_| {});
+        assert_eq!(
+            buf.key().to_key(),
+            KeyBuilder::new().part(b'd', b"other").finish()
+        );
+    }
 
     #[test]
     fn parts_are_delimited_and_settings_sorted() {

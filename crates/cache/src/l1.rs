@@ -10,7 +10,7 @@ use bytes::Bytes;
 use moka::notification::RemovalCause;
 use moka::Expiry;
 
-use crate::key::Key;
+use crate::key::{Key, KeyRef};
 use crate::tables::TableSet;
 use crate::versions::{Snapshot, Versions};
 
@@ -81,7 +81,9 @@ pub struct L1Stats {
 }
 
 pub struct L1 {
-    cache: moka::sync::Cache<u64, Arc<Entry>>,
+    // foldhash: the key is already a hash; SipHash over it again cost 100 instructions
+    // a lookup.
+    cache: moka::sync::Cache<u64, Arc<Entry>, foldhash::fast::RandomState>,
     counters: Arc<Counters>,
     jitter: f64,
 }
@@ -105,7 +107,7 @@ impl L1 {
                 RemovalCause::Expired => entry.tables.expired(),
                 RemovalCause::Explicit | RemovalCause::Replaced => {}
             })
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         L1 {
             cache,
             counters,
@@ -115,11 +117,11 @@ impl L1 {
 
     /// The value of `key` if held, unexpired and current at `versions`.
     pub fn get(&self, key: &Key, versions: &Versions) -> Option<Bytes> {
-        self.lookup(key, versions).map(|hit| hit.value)
+        self.lookup(key.view(), versions).map(|hit| hit.value)
     }
 
     /// [`L1::get`], with the counters of the entry's tables.
-    pub fn lookup(&self, key: &Key, versions: &Versions) -> Option<Hit> {
+    pub fn lookup(&self, key: KeyRef<'_>, versions: &Versions) -> Option<Hit> {
         let found = self
             .cache
             .get(&key.hash())

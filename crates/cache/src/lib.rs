@@ -27,7 +27,7 @@ mod tables;
 mod versions;
 
 pub use flight::{Flight, Flights, Joined};
-pub use key::{Key, KeyBuilder};
+pub use key::{push_part, Key, KeyBuf, KeyBuilder, KeyRef};
 pub use l1::{Hit, L1Config, L1Stats, L1};
 pub use l2::{Found, L2Counters, RedisConfig, L2};
 pub use shared::{read_through, FromRedis, SharedCache, ALL};
@@ -101,7 +101,7 @@ impl ResultCache {
 
     /// [`ResultCache::get`], with the counters of the entry's tables (nothing is
     /// counted per table here: the caller counts the hit).
-    pub fn lookup(&self, key: &Key) -> Option<Hit> {
+    pub fn lookup(&self, key: KeyRef<'_>) -> Option<Hit> {
         self.l1.lookup(key, &self.versions)
     }
 
@@ -167,7 +167,7 @@ impl ResultCache {
         Fut: Future<Output = Result<Bytes, E>>,
     {
         loop {
-            if let Some(hit) = self.lookup(&key) {
+            if let Some(hit) = self.lookup(key.view()) {
                 hit.tables.hit();
                 return Ok(hit.value);
             }

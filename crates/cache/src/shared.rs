@@ -82,7 +82,7 @@ impl SharedCache {
         // Joined after a wait: the leader's value, if it went into L1; if not (its
         // fill failed, or it could not be stored), one of the waiters fills next.
         let flight = loop {
-            if let Some(hit) = cache.lookup(&key) {
+            if let Some(hit) = cache.lookup(key.view()) {
                 hit.tables.hit();
                 return Ok(hit.value);
             }

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use crate::fence::{FenceToken, Fences};
 use crate::views::{n, t, Kind, Table};
 use pgopt_cache::{
-    FillTicket, Flight, Key, KeyBuilder, L1Config, L2Counters, RedisConfig, ResultCache, Source,
+    push_part, FillTicket, Flight, L1Config, L2Counters, RedisConfig, ResultCache, Source,
     TableStats, L2,
 };
 use pgopt_sql::{Analysis, StatementKind};
@@ -453,10 +453,10 @@ impl ProxyCache {
     /// `database`'s dependencies when known and fresh. Otherwise `None`, with a
     /// ticket when the caller should read them (nobody else is): pass it back to
     /// [`ProxyCache::set_deps`].
-    pub fn deps(&self, database: &str) -> (Option<Arc<Deps>>, Option<u64>) {
+    /// `now`: the caller's clock (see `Relay::clock`).
+    pub fn deps(&self, database: &str, now: Instant) -> (Option<Arc<Deps>>, Option<u64>) {
         let mut guard = self.deps.lock().unwrap_or_else(|p| p.into_inner());
         let (map, generation) = &mut *guard;
-        let now = Instant::now();
         match map.get(database) {
             Some(DepsState::Ready(deps, at)) if now.duration_since(*at) < DEPS_MAX_AGE => {
                 (Some(deps.clone()), None)
@@ -909,33 +909,27 @@ pub struct Request<'a> {
 /// The key of a request: who asks (database, user), the settings that shape results
 /// (every SET the client made, start-up options included, as the statements that
 /// would apply them), and the exact request: text, parameter types, values and
-/// formats, and its shape.
-pub fn key(database: &str, user: &str, settings: &[String], request: &Request<'_>) -> Key {
-    let parts = settings.len() + 7;
-    let bytes = database.len()
-        + user.len()
-        + settings.iter().map(String::len).sum::<usize>()
-        + request.sql.len()
-        + request.statement.as_ref().map_or(0, |s| s.len())
-        + request.bind.len()
-        + 10;
-    let mut builder = KeyBuilder::with_capacity(parts, bytes)
-        .part(b'd', database.as_bytes())
-        .part(b'u', user.as_bytes())
-        .part(b'n', &(settings.len() as u64).to_be_bytes());
+/// formats, and its shape. This is the first half, the parts a session's keys share
+/// while its settings stay (see [`pgopt_cache::KeyBuf`]); [`key_request`] the second.
+pub fn key_prefix(bytes: &mut Vec<u8>, database: &str, user: &str, settings: &[String]) {
+    push_part(bytes, b'd', Some(database.as_bytes()));
+    push_part(bytes, b'u', Some(user.as_bytes()));
+    push_part(bytes, b'n', Some(&(settings.len() as u64).to_be_bytes()));
     for statement in settings {
-        builder = builder.part(b's', statement.as_bytes());
+        push_part(bytes, b's', Some(statement.as_bytes()));
     }
+}
+
+/// The parts of a request's key that are the request's (see [`key_prefix`]).
+pub fn key_request(bytes: &mut Vec<u8>, request: &Request<'_>) {
     let shape = match request.shape {
         Shape::Simple => [b'q', 0],
         Shape::Extended { describe, .. } => [b'x', describe],
     };
-    builder
-        .part(b'k', &shape)
-        .part(b'q', request.sql.as_bytes())
-        .optional(b'p', request.statement.as_deref())
-        .part(b'b', request.bind)
-        .finish()
+    push_part(bytes, b'k', Some(&shape));
+    push_part(bytes, b'q', Some(request.sql.as_bytes()));
+    push_part(bytes, b'p', request.statement.as_deref());
+    push_part(bytes, b'b', Some(request.bind));
 }
 
 /// The extended-protocol batch starting with `first` (a Parse or Bind), when it is

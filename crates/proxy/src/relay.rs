@@ -4,6 +4,7 @@
 //! [`Expected`] queue tracks the responses owed, so the server connection goes back to
 //! the pool exactly when a transaction ends (transaction mode) or the client leaves.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,6 +126,9 @@ pub struct Relay {
     /// The statements that give a server connection this client's settings, with the
     /// settings' version they were rendered at (see [`Relay::settings_statements`]).
     settings_sql: Option<(u64, Arc<[String]>)>,
+    /// Cache keys are built here: the database, user and settings part is written
+    /// again only when the settings change.
+    key_buf: pgopt_cache::KeyBuf,
     /// The cache's verdict on the last statement looked up: its tags and TTL (or not
     /// cacheable), for that analysis, catalog and cache (see [`Relay::cache_tags`]).
     tags_memo: Option<TagsMemo>,
@@ -252,6 +256,7 @@ impl Relay {
             resync: Vec::new(),
             replay: None,
             settings_sql: None,
+            key_buf: pgopt_cache::KeyBuf::default(),
             tags_memo: None,
             replay_spare: BytesMut::new(),
             replayed: false,
@@ -451,7 +456,8 @@ impl Relay {
                 && self.serve_cache
                 && matches!(frame.tag(), b'Q' | b'P' | b'B')
             {
-                let started = Instant::now();
+                // Timed from the read (see `clock`).
+                let started = self.clock;
                 match self.look_up_cache(&frame).await {
                     CacheLookup::Served => {
                         // Timed up to the reply's write, below.
@@ -461,9 +467,6 @@ impl Relay {
                     CacheLookup::Fill(f) => fill = Some(f),
                     CacheLookup::Pass => {}
                 }
-                // The lookup may have waited (another session's fill, Redis): what
-                // follows is timed from its end.
-                self.clock = Instant::now();
             }
             if self.server.is_none() {
                 match self.checkout(&frame).await {
@@ -536,7 +539,7 @@ impl Relay {
         let Some(cache) = self.cache.clone() else {
             return CacheLookup::Pass;
         };
-        let started = Instant::now();
+        let started = self.clock;
         if !self.expected.is_empty()
             || self.status != TransactionStatus::Idle
             || self.skipping
@@ -549,7 +552,7 @@ impl Relay {
         // statement its Parse gives the client.
         let (sql, statement, bind, shape, prepares) = match frame.tag() {
             b'Q' if self.cbuf.is_empty() => match Query::decode(frame.body()) {
-                Ok(q) => (q.sql.to_string(), None, Vec::new(), Shape::Simple, None),
+                Ok(q) => (Cow::Borrowed(q.sql), None, Vec::new(), Shape::Simple, None),
                 Err(_) => return CacheLookup::Pass,
             },
             b'P' | b'B' => {
@@ -573,7 +576,7 @@ impl Relay {
                     .parse
                     .get(5..)
                     .and_then(|body| Parse::decode(body).ok())
-                    .map(|p| p.query.to_string())
+                    .map(|p| Cow::Owned(p.query.to_string()))
                 else {
                     return CacheLookup::Pass;
                 };
@@ -599,35 +602,53 @@ impl Relay {
             return CacheLookup::Pass;
         };
         let database = &self.database;
-        let deps = match cache.deps(database) {
+        let deps = match cache.deps(database, self.clock) {
             (Some(deps), _) => deps,
             // Read the catalog first (one round trip, now and then); meanwhile
             // other sessions go past the cache.
-            (None, Some(ticket)) => match self.read_deps(&cache, ticket).await {
-                Some(deps) => deps,
-                None => return CacheLookup::Pass,
-            },
+            (None, Some(ticket)) => {
+                let deps = self.read_deps(&cache, ticket).await;
+                // What follows is timed from the end of a wait (see `clock`).
+                self.clock = Instant::now();
+                match deps {
+                    Some(deps) => deps,
+                    None => return CacheLookup::Pass,
+                }
+            }
             (None, None) => return CacheLookup::Pass,
         };
         let Some(tagged) = self.cache_tags(&cache, &analysis, &deps) else {
             return CacheLookup::Pass;
         };
         let (tags, ttl) = (&tagged.0, tagged.1);
-        let settings = self.settings_statements();
         let request = crate::cache::Request {
             sql: &sql,
             statement,
             bind: &bind,
             shape,
         };
-        let key = crate::cache::key(&self.database, &self.login_user, &settings, &request);
+        let version = self.settings.version();
+        if self.key_buf.needs_prefix(version) {
+            let settings = self.settings_statements();
+            let (database, user) = (&self.database, &self.login_user);
+            self.key_buf.build(
+                version,
+                |b| crate::cache::key_prefix(b, database, user, &settings),
+                |b| crate::cache::key_request(b, &request),
+            );
+        } else {
+            self.key_buf
+                .build(version, |_| {}, |b| crate::cache::key_request(b, &request));
+        }
         let mut flight = None;
+        // The key owned, from the first miss on.
+        let mut owned = None;
         for look in 0..2 {
             // Versions no later than the hit's: what the verifier checks against
             // (only taken when it is on: this is every lookup's path).
             let served_at =
                 (cache.settings.verify_fraction > 0.0).then(|| cache.cache.versions.snapshot(tags));
-            if let Some(hit) = cache.cache.lookup(&key) {
+            if let Some(hit) = cache.cache.lookup(self.key_buf.key()) {
                 hit.tables.hit();
                 let hit = hit.value;
                 self.serve_hit(&cache, &hit, shape, prepares, epoch);
@@ -638,7 +659,11 @@ impl Relay {
             if look > 0 {
                 break;
             }
-            match cache.cache.flights.join(&key) {
+            match cache
+                .cache
+                .flights
+                .join(owned.insert(self.key_buf.key().to_key()))
+            {
                 pgopt_cache::Joined::Leader(f) => {
                     flight = Some(f);
                     break;
@@ -646,13 +671,16 @@ impl Relay {
                 // Another session is filling this key: its result, unless it is slow.
                 pgopt_cache::Joined::Waiter(wait) => {
                     let _ = tokio::time::timeout(cache.cache.flight_timeout, wait).await;
+                    self.clock = Instant::now();
                 }
             }
         }
+        let key = owned.unwrap_or_else(|| self.key_buf.key().to_key());
         if let Some(l2) = &cache.l2 {
             // One round trip: the tables' versions in Redis, and a value stored at them.
-            let Some(found) = pgopt_cache::read_through(&cache.cache, l2, key, tags, ttl).await
-            else {
+            let found = pgopt_cache::read_through(&cache.cache, l2, key, tags, ttl).await;
+            self.clock = Instant::now();
+            let Some(found) = found else {
                 // Redis is not reachable: PostgreSQL answers, nothing is stored.
                 return CacheLookup::Pass;
             };
@@ -992,7 +1020,7 @@ impl Relay {
             }
         };
         cache.set_deps(database, ticket, deps);
-        cache.deps(database).0
+        cache.deps(database, Instant::now()).0
     }
 
     /// Whether the client's next message must wait, on a server connection already
