@@ -114,7 +114,14 @@ struct Local {
     owner: (u64, u64),
     map: HashMap<u64, (Box<[u8]>, CachedResult), BuildHasherDefault<PassThrough>>,
     hits: Option<Arc<AtomicU64>>,
+    /// The text last analysed on this thread and its analysis: the proxy asks about
+    /// one statement several times in a row (the cache, its write tracking, insight),
+    /// and an equal text needs no stripping.
+    last: Option<(String, CachedResult)>,
 }
+
+/// Texts up to this long are kept as the thread's last one.
+const LAST_MAX_LEN: usize = 4096;
 
 /// Analyses a thread keeps its own copies of; past this it starts again.
 const LOCAL_CAPACITY: usize = 2048;
@@ -206,6 +213,7 @@ impl Analyzer {
             };
             if local.owner != owner {
                 local.map.clear();
+                local.last = None;
                 local.owner = owner;
                 local.hits = Some(self.hits_of_this_thread());
             }
@@ -231,9 +239,48 @@ impl Analyzer {
     /// The analysis of `sql`, from the cache when a statement of the same
     /// shape (up to literal values) was analysed before.
     pub fn analyze(&self, sql: &str) -> Result<Arc<Analysis>, SqlError> {
-        STRIPPED.with(|cell| match cell.try_borrow_mut() {
+        let owner = (self.id, self.clears.load(Ordering::Relaxed));
+        if let Some(result) = self.last_hit(owner, sql) {
+            return result;
+        }
+        let result = STRIPPED.with(|cell| match cell.try_borrow_mut() {
             Ok(mut stripped) => self.analyze_stripped(sql, &mut stripped),
             Err(_) => self.analyze_stripped(sql, &mut Stripped::new()),
+        });
+        if sql.len() <= LAST_MAX_LEN {
+            LOCAL.with(|local| {
+                let Ok(mut local) = local.try_borrow_mut() else {
+                    return;
+                };
+                // Kept under the owner the lookup was made for (a clear meanwhile:
+                // not kept).
+                if local.owner == owner && self.clears.load(Ordering::Relaxed) == owner.1 {
+                    let mut text = local.last.take().map(|(t, _)| t).unwrap_or_default();
+                    text.clear();
+                    text.push_str(sql);
+                    local.last = Some((text, result.clone()));
+                }
+            });
+        }
+        result
+    }
+
+    /// The analysis of `sql` when it is the text this thread analysed last (for this
+    /// analyzer, not cleared since), counted as a hit.
+    fn last_hit(&self, owner: (u64, u64), sql: &str) -> Option<CachedResult> {
+        LOCAL.with(|local| {
+            let local = local.try_borrow().ok()?;
+            if local.owner != owner {
+                return None;
+            }
+            let (text, result) = local.last.as_ref()?;
+            if text != sql {
+                return None;
+            }
+            if let Some(hits) = &local.hits {
+                hits.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(result.clone())
         })
     }
 
@@ -361,6 +408,35 @@ mod tests {
         analyzer.clear();
         analyzer.analyze(sql).unwrap();
         assert_eq!(analyzer.stats().misses, 2);
+    }
+
+    #[test]
+    fn the_same_text_again_is_the_last_analysis_until_a_clear() {
+        let analyzer = Analyzer::default();
+        let other = Analyzer::default();
+        let sql = "UPDATE t SET v = v + 1 WHERE id = 7";
+        let a = analyzer.analyze(sql).unwrap();
+        let b = analyzer.analyze(sql).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(analyzer.stats().hits, 1, "a repeat counts as a hit");
+        // Another analyzer's last text on this thread is not this one's.
+        let c = other.analyze(sql).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(other.stats().misses, 1);
+        // Back to the first: its shared entry, a fresh copy of this thread's own.
+        let d = analyzer.analyze(sql).unwrap();
+        assert_eq!(*a, *d);
+        let e = analyzer.analyze(sql).unwrap();
+        assert!(Arc::ptr_eq(&d, &e));
+        assert_eq!(analyzer.stats().hits, 3);
+        analyzer.clear();
+        let f = analyzer.analyze(sql).unwrap();
+        assert!(!Arc::ptr_eq(&e, &f), "cleared: analysed again");
+        assert_eq!(analyzer.stats().misses, 2);
+        // An error is remembered too, and a different text is not the last one.
+        assert!(analyzer.analyze("SELEC oops").is_err());
+        assert!(analyzer.analyze("SELEC oops").is_err());
+        assert!(analyzer.analyze("SELECT 1").is_ok());
     }
 
     #[test]
