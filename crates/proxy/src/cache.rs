@@ -370,13 +370,13 @@ impl Deps {
     /// `effects`: follow cascades and triggers too (a write seen on the replication
     /// stream already lists every table its triggers and cascades changed).
     fn reach(&self, tables: &[String], effects: bool) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        let mut todo: Vec<String> = tables.to_vec();
+        // Names borrowed until the end: one copy of each tag reached.
+        let mut out: Vec<&str> = Vec::with_capacity(tables.len());
+        let mut todo: Vec<&str> = tables.iter().map(String::as_str).collect();
         while let Some(t) = todo.pop() {
             // A relation the catalog didn't have when it was read (created or
             // attached since, outside pgopt): what it reaches is unknown.
-            if t == ALL || (effects && self.unbounded.contains(&t)) || !self.relations.contains(&t)
-            {
+            if t == ALL || (effects && self.unbounded.contains(t)) || !self.relations.contains(t) {
                 return vec![ALL.to_string()];
             }
             if out.contains(&t) {
@@ -384,14 +384,20 @@ impl Deps {
             }
             // A write into a view writes its base tables.
             for next in [&self.view_reads, &self.parents, &self.children] {
-                todo.extend(next.get(&t).into_iter().flatten().cloned());
+                todo.extend(next.get(t).into_iter().flatten().map(String::as_str));
             }
             if effects {
-                todo.extend(self.cascades.get(&t).into_iter().flatten().cloned());
+                todo.extend(
+                    self.cascades
+                        .get(t)
+                        .into_iter()
+                        .flatten()
+                        .map(String::as_str),
+                );
             }
             out.push(t);
         }
-        out
+        out.into_iter().map(str::to_string).collect()
     }
 }
 
@@ -529,7 +535,8 @@ impl ProxyCache {
     /// A transaction that wrote `writes` ended: the entries of those tables, and of
     /// what the writes reach through the catalog, end (all entries when the catalog
     /// is not known or a trigger is involved).
-    /// Returns the tags bumped: other instances learn them from [`ProxyCache::publish`];
+    /// Returns the tags bumped when Redis is shared (none without it): other instances
+    /// learn them from [`ProxyCache::publish`];
     /// and the write's fence, pending until the commit's WAL position is known (see
     /// `fence.rs`: taken before the bump; dropped unresolved, it waits for the
     /// primary's next health check).
@@ -542,12 +549,17 @@ impl ProxyCache {
             return (Vec::new(), None);
         }
         let tags = self.reach(database, &writes.tables, true);
-        let fence = self.fences.begin(database, &tags);
-        self.bump(&tags, Source::Local);
+        let publish = if self.l2.is_some() {
+            tags.clone()
+        } else {
+            Vec::new()
+        };
+        let fence = self.fences.begin(database, tags);
+        self.bump(fence.tags(), Source::Local);
         if writes.schema {
             self.schema_changed();
         }
-        (tags, Some(fence))
+        (publish, Some(fence))
     }
 
     /// Tells every instance sharing Redis that `tags` were written (their versions in
@@ -1032,7 +1044,11 @@ pub fn reply(shape: Shape, value: &[u8], out: &mut BytesMut) {
 
 /// A table's tag: its name without the schema.
 fn tag(table: &str) -> &str {
-    table.rsplit('.').next().unwrap_or(table)
+    // Bytes, not `rsplit`: this runs for every table every write names.
+    match table.bytes().rposition(|b| b == b'.') {
+        Some(dot) => &table[dot + 1..],
+        None => table,
+    }
 }
 
 /// What the writes of the current transaction will invalidate when it ends.

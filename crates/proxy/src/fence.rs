@@ -24,11 +24,14 @@
 //! is recorded before their invalidation; when the stream (re)starts, `*` is
 //! unresolved since then (commits before it were not seen).
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::cache::ALL;
+
+/// foldhash: a write's commit marks each of its tags (SipHash was most of that).
+type HashMap<K, V> = StdMap<K, V, foldhash::fast::RandomState>;
 
 /// Every database's tags and what a replica must have replayed for them.
 #[derive(Debug, Default)]
@@ -65,31 +68,37 @@ impl Fences {
 
     /// A transaction that wrote `tags` in `database` ended: call before its versions are
     /// bumped.
-    pub fn begin(self: &Arc<Self>, database: &str, tags: &[String]) -> FenceToken {
-        self.with(|dbs| {
-            let marks = dbs.entry(database.to_string()).or_default();
-            for t in tags {
-                marks.entry(t.clone()).or_default().pending += 1;
-            }
-        });
+    pub fn begin(self: &Arc<Self>, database: &str, tags: Vec<String>) -> FenceToken {
+        self.mark(database, &tags, |mark| mark.pending += 1);
         FenceToken {
             fences: self.clone(),
             database: database.to_string(),
-            tags: tags.to_vec(),
+            tags,
             ended: Instant::now(),
             resolved: false,
         }
     }
 
-    /// A commit at `lsn` wrote `tags` (the replication listener: call before the bump).
-    pub fn advance(&self, database: &str, tags: &[String], lsn: u64) {
+    /// Applies `f` to the mark of each of `tags` in `database`, made when missing
+    /// (looked up first: a name is copied only the first time).
+    fn mark(&self, database: &str, tags: &[String], mut f: impl FnMut(&mut Mark)) {
         self.with(|dbs| {
-            let marks = dbs.entry(database.to_string()).or_default();
+            let marks = match dbs.get_mut(database) {
+                Some(marks) => marks,
+                None => dbs.entry(database.to_string()).or_default(),
+            };
             for t in tags {
-                let mark = marks.entry(t.clone()).or_default();
-                mark.lsn = mark.lsn.max(lsn);
+                match marks.get_mut(t) {
+                    Some(mark) => f(mark),
+                    None => f(marks.entry(t.clone()).or_default()),
+                }
             }
         });
+    }
+
+    /// A commit at `lsn` wrote `tags` (the replication listener: call before the bump).
+    pub fn advance(&self, database: &str, tags: &[String], lsn: u64) {
+        self.mark(database, tags, |mark| mark.lsn = mark.lsn.max(lsn));
     }
 
     /// Writes to anything in `database` may have committed unseen until now.
@@ -148,16 +157,17 @@ impl Fences {
 }
 
 impl FenceToken {
+    /// The tags the write reached.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
     /// The write's commit is at or before `lsn` (read on its connection after it).
     pub fn resolve(mut self, lsn: u64) {
         self.resolved = true;
-        self.fences.with(|dbs| {
-            let marks = dbs.entry(self.database.clone()).or_default();
-            for t in &self.tags {
-                let mark = marks.entry(t.clone()).or_default();
-                mark.pending = mark.pending.saturating_sub(1);
-                mark.lsn = mark.lsn.max(lsn);
-            }
+        self.fences.mark(&self.database, &self.tags, |mark| {
+            mark.pending = mark.pending.saturating_sub(1);
+            mark.lsn = mark.lsn.max(lsn);
         });
     }
 }
@@ -168,13 +178,9 @@ impl Drop for FenceToken {
             return;
         }
         let ended = self.ended;
-        self.fences.with(|dbs| {
-            let marks = dbs.entry(self.database.clone()).or_default();
-            for t in &self.tags {
-                let mark = marks.entry(t.clone()).or_default();
-                mark.pending = mark.pending.saturating_sub(1);
-                mark.unresolved = Some(mark.unresolved.map_or(ended, |u| u.max(ended)));
-            }
+        self.fences.mark(&self.database, &self.tags, |mark| {
+            mark.pending = mark.pending.saturating_sub(1);
+            mark.unresolved = Some(mark.unresolved.map_or(ended, |u| u.max(ended)));
         });
     }
 }
@@ -192,7 +198,7 @@ mod tests {
         let fences = Arc::new(Fences::default());
         let items = tags(&["items"]);
         assert!(fences.covers("db", &items, 0, None));
-        let token = fences.begin("db", &items);
+        let token = fences.begin("db", items.clone());
         assert!(!fences.covers("db", &items, u64::MAX, None));
         assert!(fences.covers("db", tags(&["other"]), 0, None));
         assert!(fences.covers("other_db", &items, 0, None));
@@ -204,7 +210,7 @@ mod tests {
     #[test]
     fn a_write_to_unknown_tables_fences_every_tag() {
         let fences = Arc::new(Fences::default());
-        fences.begin("db", &tags(&[ALL])).resolve(50);
+        fences.begin("db", tags(&[ALL])).resolve(50);
         assert!(!fences.covers("db", tags(&["items"]), 49, None));
         assert!(fences.covers("db", tags(&["items"]), 50, None));
     }
@@ -214,7 +220,7 @@ mod tests {
         let fences = Arc::new(Fences::default());
         let items = tags(&["items"]);
         let before = Instant::now() - std::time::Duration::from_millis(1);
-        drop(fences.begin("db", &items));
+        drop(fences.begin("db", items.clone()));
         assert!(!fences.covers("db", &items, u64::MAX, None));
         assert!(!fences.covers("db", &items, u64::MAX, Some((before, 10))));
         let after = Instant::now() + std::time::Duration::from_millis(1);
