@@ -459,16 +459,21 @@ impl ProxyCache {
     /// `database`'s dependencies when known and fresh. Otherwise `None`, with a
     /// ticket when the caller should read them (nobody else is): pass it back to
     /// [`ProxyCache::set_deps`].
-    /// `now`: the caller's clock (see `Relay::clock`).
+    /// `now`: the caller's clock (see `Relay::clock`), read before the lock: another
+    /// session may have stored a later moment (hence saturating).
     pub fn deps(&self, database: &str, now: Instant) -> (Option<Arc<Deps>>, Option<u64>) {
         let mut guard = self.deps.lock().unwrap_or_else(|p| p.into_inner());
         let (map, generation) = &mut *guard;
         match map.get(database) {
-            Some(DepsState::Ready(deps, at)) if now.duration_since(*at) < DEPS_MAX_AGE => {
+            Some(DepsState::Ready(deps, at))
+                if now.saturating_duration_since(*at) < DEPS_MAX_AGE =>
+            {
                 (Some(deps.clone()), None)
             }
             Some(DepsState::Loading) => (None, None),
-            Some(DepsState::Failed(at)) if now.duration_since(*at) < DEPS_RETRY => (None, None),
+            Some(DepsState::Failed(at)) if now.saturating_duration_since(*at) < DEPS_RETRY => {
+                (None, None)
+            }
             _ => {
                 map.insert(database.to_string(), DepsState::Loading);
                 (None, Some(*generation))
