@@ -92,7 +92,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Proxy(args) => {
-            let runtime = proxy_runtime(loaded.config.proxy.workers.get())
+            // Single-threaded: `proxy.workers` beyond the first run sessions on threads
+            // of their own (see `session_threads` in proxy.rs).
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
                 .context("starting the async runtime")?;
             runtime.block_on(proxy::run(&loaded, args))?;
             Ok(ExitCode::SUCCESS)
@@ -137,20 +141,5 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-/// The proxy's runtime: `workers` threads, 0 for one per core, 1 for a single thread
-/// that runs every client and server connection itself.
-fn proxy_runtime(workers: u32) -> std::io::Result<tokio::runtime::Runtime> {
-    match workers {
-        0 => tokio::runtime::Runtime::new(),
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n as usize)
-            .enable_all()
-            .build(),
     }
 }

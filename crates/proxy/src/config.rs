@@ -138,6 +138,10 @@ pub struct Config {
     pub reserve_pool_timeout: Duration,
     /// Client connections accepted at once; more get `53300`.
     pub max_client_conn: usize,
+    /// Threads besides the runtime the proxy starts on, each running its own
+    /// single-threaded runtime, that serve client sessions with it in turn (see
+    /// `workers.rs`); 0: every session on the starting runtime. Read at start only.
+    pub session_threads: usize,
     /// How long a client waits for a server connection before `57014`.
     pub query_wait_timeout: Duration,
     pub server_connect_timeout: Duration,
@@ -318,6 +322,7 @@ impl Default for Config {
             reserve_pool_size: 0,
             reserve_pool_timeout: Duration::from_secs(5),
             max_client_conn: 1000,
+            session_threads: 0,
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(5),
             server_idle_timeout: Duration::from_secs(600),

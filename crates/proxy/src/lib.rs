@@ -34,6 +34,7 @@ mod stats;
 mod tls;
 mod views;
 pub mod wal;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct Proxy {
     admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    /// Dropped after `tasks` are aborted: the session threads stop.
+    _workers: workers::Workers,
 }
 
 /// Controls a running proxy from elsewhere (signal handlers): reload, shut down.
@@ -98,9 +101,14 @@ impl Proxy {
         let cache = cache::ProxyCache::new(&config.cache)
             .map_err(ProxyError::Config)?
             .map(Arc::new);
+        let (spawner, workers) =
+            workers::start(config.session_threads).map_err(|source| ProxyError::Io {
+                peer: "session threads",
+                source,
+            })?;
         let shared = Arc::new(Shared::new(config, users, tls, server_tls, insight, cache));
         let mut tasks = vec![
-            tokio::spawn(accept(listener, shared.clone())),
+            tokio::spawn(accept(listener, shared.clone(), spawner)),
             tokio::spawn(shared.clone().maintain()),
             tokio::spawn(plans::capture_loop(shared.clone())),
         ];
@@ -144,6 +152,7 @@ impl Proxy {
             admin_addr,
             shared,
             tasks,
+            _workers: workers,
         })
     }
 
@@ -195,14 +204,12 @@ impl ProxyHandle {
     }
 }
 
-async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept(listener: TcpListener, shared: Arc<Shared>, spawner: Arc<workers::Spawner>) {
     let mut lifecycle = shared.lifecycle();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(session::run(stream, peer, shared.clone()));
-                }
+                Ok((stream, peer)) => spawner.spawn_session(stream, peer, shared.clone()),
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");

@@ -396,13 +396,16 @@ impl Pool {
         now: Instant,
     ) -> (Result<Box<ServerConn>, CheckoutError>, bool) {
         let mut waited = false;
-        while let Some(mut conn) = self.take_idle() {
+        while let Some(conn) = self.take_idle() {
             let since_used = now.saturating_duration_since(conn.last_used);
             let expired = since_used > limits.idle_timeout
                 || now.saturating_duration_since(conn.created) > limits.lifetime;
             if expired || !conn.looks_alive() {
                 continue;
             }
+            let Ok(mut conn) = conn.rehome() else {
+                continue;
+            };
             if since_used > limits.check_after {
                 waited = true;
                 if !conn
@@ -473,8 +476,15 @@ impl Pool {
         }
     }
 
+    /// The most recently used idle connection of this thread's runtime, else the most
+    /// recently used of any (see `workers.rs`).
     fn take_idle(&self) -> Option<Box<ServerConn>> {
-        lock(&self.idle).pop()
+        let mut idle = lock(&self.idle);
+        let here = crate::workers::home();
+        match idle.iter().rposition(|c| c.home == here) {
+            Some(i) => Some(idle.remove(i)),
+            None => idle.pop(),
+        }
     }
 
     /// Server parameters seen at start-up, once any connection was made.

@@ -81,6 +81,9 @@ pub struct ServerConn {
     pub info: Arc<ServerInfo>,
     /// Client settings pgopt applied here (see `session_state.rs`).
     pub applied: Applied,
+    /// The session thread whose runtime this connection's socket is registered with
+    /// (see `workers.rs`).
+    pub home: usize,
 }
 
 impl ServerConn {
@@ -294,6 +297,7 @@ impl ServerConn {
                         }),
                         params: server_params,
                         status: r.status,
+                        home: crate::workers::home(),
                         prepared: Default::default(),
                         stale: Default::default(),
                         plan_epoch: 0,
@@ -326,6 +330,24 @@ impl ServerConn {
 }
 
 impl ServerConn {
+    /// Moves a plain socket opened on another session thread to this thread's event
+    /// loop (two `epoll_ctl` calls, once), so its reads wake this thread directly
+    /// (see `workers.rs`). TLS connections stay where they are. An error: the socket
+    /// is gone.
+    pub fn rehome(self: Box<Self>) -> std::io::Result<Box<Self>> {
+        let here = crate::workers::home();
+        if self.home == here || self.stream.is_tls() {
+            return Ok(self);
+        }
+        let mut conn = *self;
+        conn.stream = match conn.stream {
+            PgStream::Plain(tcp) => PgStream::Plain(TcpStream::from_std(tcp.into_std()?)?),
+            tls => tls,
+        };
+        conn.home = here;
+        Ok(Box::new(conn))
+    }
+
     /// A real round trip (an empty query) for a connection idle long enough that the
     /// server may have gone away without a word: true when it answered ReadyForQuery
     /// 'I' within `timeout` and nothing else is pending.

@@ -416,6 +416,9 @@ impl Shared {
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!("listen and admin_listen changes take effect after a restart");
         }
+        if new.session_threads != old.session_threads {
+            tracing::warn!("a change of worker threads takes effect after a restart");
+        }
         let servers = |c: &Config| {
             c.databases
                 .iter()

@@ -458,7 +458,12 @@ async fn a_deallocate_pipelined_behind_a_failing_statement_gets_the_servers_answ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_schema_change_a_statement_prepared_again_works_on_every_server_connection() {
-    let (pg, proxy) = start(2).await;
+    // One runtime: with session threads each client keeps to its own thread's
+    // connections (see `Pool::take_idle`), and A must meet both.
+    let pg = Postgres::start().await.unwrap();
+    let mut config = common::config_for(&pg, PoolMode::Transaction, 2);
+    config.session_threads = 0;
+    let proxy = Proxy::start(config).await.unwrap();
     let admin = pg.connect("postgres").await.unwrap();
     admin
         .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")

@@ -282,9 +282,26 @@ async fn a_malformed_message_closes_only_that_connection() {
     startup.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
     startup.extend_from_slice(body);
     raw.write_all(&startup).await.unwrap();
-    let mut reply = vec![0u8; 4096];
-    let n = raw.read(&mut reply).await.unwrap();
-    assert!(n > 0 && reply[..n].contains(&b'Z'), "no ReadyForQuery");
+    // The start-up replies, message by message, up to ReadyForQuery (they may come
+    // in more than one read).
+    let mut reply = Vec::new();
+    let mut at = 0;
+    loop {
+        if let Some(head) = reply.get(at..at + 5) {
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if reply.len() >= at + 1 + len {
+                if head[0] == b'Z' {
+                    break;
+                }
+                at += 1 + len;
+                continue;
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let n = raw.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before ReadyForQuery");
+        reply.extend_from_slice(&buf[..n]);
+    }
     raw.write_all(b"Q\0\0\0\x02garbage").await.unwrap(); // length below 4
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))

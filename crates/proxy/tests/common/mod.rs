@@ -9,12 +9,15 @@ use pgopt_embedded::Postgres;
 use pgopt_proxy::{Config, Database, PoolMode, Proxy};
 use tokio_postgres::NoTls;
 
-/// Proxy settings for `pg` with database `app` → `postgres`.
+/// Proxy settings for `pg` with database `app` → `postgres`. Sessions alternate
+/// between the test's runtime and a session thread of the proxy's own, as `pgopt
+/// proxy` runs them (one runtime per core): every test covers both.
 pub fn config_for(pg: &Postgres, mode: PoolMode, pool_size: usize) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         pool_mode: mode,
         default_pool_size: pool_size,
+        session_threads: 1,
         databases: vec![Database {
             name: "app".into(),
             host: "127.0.0.1".into(),
