@@ -317,9 +317,7 @@ impl Pool {
         } else {
             Instant::now()
         };
-        // A client that had to queue finds the pool saturated: connections change
-        // threads at every turn then, and moving one over would not last.
-        let (conn, waited) = self.connection(&limits, now, slot_at_once).await;
+        let (conn, waited) = self.connection(&limits, now).await;
         let ready_at = if waited { Instant::now() } else { now };
         self.stats.record_wait(if ready_at == started {
             Duration::ZERO
@@ -391,13 +389,11 @@ impl Pool {
     /// An idle connection still fit for use, or a new one.
     /// An idle connection still fit for use as of `now` (not expired, nothing pending
     /// on it, a health check passed when idle long enough to need one), or a new one;
-    /// `true` when getting it took a round trip (a check or a connect). `rehome`: move
-    /// one opened on another session thread over to this one (see `workers.rs`).
+    /// `true` when getting it took a round trip (a check or a connect).
     async fn connection(
         &self,
         limits: &PoolLimits,
         now: Instant,
-        rehome: bool,
     ) -> (Result<Box<ServerConn>, CheckoutError>, bool) {
         let mut waited = false;
         while let Some(conn) = self.take_idle() {
@@ -407,8 +403,7 @@ impl Pool {
             if expired || !conn.looks_alive() {
                 continue;
             }
-            let conn = if rehome { conn.rehome() } else { Ok(conn) };
-            let Ok(mut conn) = conn else {
+            let Ok(mut conn) = conn.rehome() else {
                 continue;
             };
             if since_used > limits.check_after {
