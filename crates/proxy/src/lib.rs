@@ -54,7 +54,9 @@ pub use pgopt_cache::RedisConfig;
 pub use plans::PlanSettings;
 use shared::{Lifecycle, Shared};
 
-/// A running proxy. Dropping it stops accepting new clients.
+/// A running proxy. Dropping it stops accepting new clients and ends the sessions on
+/// its session threads (`Config::session_threads`); those on the runtime it was
+/// started on go on.
 pub struct Proxy {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,

@@ -601,7 +601,7 @@ fn resize(sem: &Arc<Semaphore>, old: usize, new: usize) {
     } else if new < old {
         let excess = (old - new) as u32;
         let sem = sem.clone();
-        tokio::spawn(async move {
+        crate::workers::spawn_background(async move {
             if let Ok(permits) = sem.acquire_many_owned(excess).await {
                 permits.forget();
             }

@@ -225,7 +225,7 @@ impl Router {
     ) {
         *lock(&self.pools) = Some((primary.clone(), replicas.to_vec()));
         if !self.checker_started.swap(true, SeqCst) {
-            tokio::spawn(check_loop(Arc::downgrade(self), lifecycle));
+            crate::workers::spawn_background(check_loop(Arc::downgrade(self), lifecycle));
         }
     }
 

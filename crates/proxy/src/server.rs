@@ -341,7 +341,23 @@ impl ServerConn {
         }
         let mut conn = *self;
         conn.stream = match conn.stream {
-            PgStream::Plain(tcp) => PgStream::Plain(TcpStream::from_std(tcp.into_std()?)?),
+            PgStream::Plain(tcp) => {
+                let tcp = tcp.into_std()?;
+                // `looks_alive` read readiness the other thread's event loop may not
+                // have caught up with: the socket itself says whether the server
+                // closed it (or sent something unasked).
+                match tcp.peek(&mut [0u8; 1]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Ok(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "the server closed the connection or sent unasked data",
+                        ))
+                    }
+                    Err(e) => return Err(e),
+                }
+                PgStream::Plain(TcpStream::from_std(tcp)?)
+            }
             tls => tls,
         };
         conn.home = here;

@@ -478,7 +478,7 @@ impl Shared {
         } else if max < old_max {
             let slots = self.client_slots.clone();
             let excess = (old_max - max) as u32;
-            tokio::spawn(async move {
+            crate::workers::spawn_background(async move {
                 if let Ok(p) = slots.acquire_many_owned(excess).await {
                     p.forget();
                 }
@@ -515,7 +515,7 @@ impl Shared {
             pool.close();
         }
         let shared = self.clone();
-        tokio::spawn(async move {
+        crate::workers::spawn_background(async move {
             tracing::info!(
                 clients = shared.clients.len(),
                 timeout_ms = timeout.as_millis() as u64,

@@ -11,7 +11,8 @@
 //! thread still works: its readiness comes from its home runtime's event loop, which
 //! wakes the session across threads.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,18 @@ use crate::shared::Shared;
 
 thread_local! {
     static HOME: Cell<usize> = const { Cell::new(0) };
+    /// On a session thread: the runtime the proxy started on.
+    static MAIN: RefCell<Option<Handle>> = const { RefCell::new(None) };
+}
+
+/// Spawns a task that must outlive the session that starts it (a replica checker, a
+/// pool shrinking after RELOAD, a SHUTDOWN's drain) on the runtime the proxy started
+/// on: a session thread's runtime ends when the proxy is dropped.
+pub fn spawn_background(task: impl Future<Output = ()> + Send + 'static) {
+    match MAIN.with(|main| main.borrow().clone()) {
+        Some(main) => drop(main.spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
 }
 
 /// The runtime this thread runs sessions for: 0 the one the proxy started on, `i` the
@@ -47,15 +60,18 @@ pub struct Workers {
 /// Starts `threads` session threads besides the current runtime, which serves sessions
 /// too.
 pub fn start(threads: usize) -> std::io::Result<(Arc<Spawner>, Workers)> {
-    let mut handles = vec![Handle::current()];
+    let main = Handle::current();
+    let mut handles = vec![main.clone()];
     let mut stops = Vec::with_capacity(threads);
     for i in 1..=threads {
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, handle) = std::sync::mpsc::channel();
+        let main = main.clone();
         std::thread::Builder::new()
             .name(format!("pgopt-worker-{i}"))
             .spawn(move || {
                 HOME.with(|h| h.set(i));
+                MAIN.with(|m| *m.borrow_mut() = Some(main));
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build();
