@@ -148,10 +148,18 @@ async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = proxy.wait() => return Ok(()),
-            _ = hup.recv() => match handle.reload() {
-                Ok(()) => eprintln!("pgopt proxy: configuration reloaded"),
-                Err(e) => eprintln!("pgopt proxy: reload failed, keeping the running configuration: {e}"),
-            },
+            _ = hup.recv() => {
+                // Off the event loop, which serves sessions too: reading the file,
+                // hashing the users' passwords.
+                let reloader = handle.clone();
+                let reloaded = tokio::task::spawn_blocking(move || reloader.reload())
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the reload stopped: {e}")));
+                match reloaded {
+                    Ok(()) => eprintln!("pgopt proxy: configuration reloaded"),
+                    Err(e) => eprintln!("pgopt proxy: reload failed, keeping the running configuration: {e}"),
+                }
+            }
             _ = crate::shutdown_signal() => {
                 if draining {
                     eprintln!("pgopt proxy: stopping now");

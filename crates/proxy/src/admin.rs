@@ -252,10 +252,18 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
             }
             complete(out, "RESET")?;
         }
-        Command::Reload => match shared.reload() {
-            Ok(()) => complete(out, "RELOAD")?,
-            Err(e) => error(out, sqlstate::CONNECTION_EXCEPTION, &format!("RELOAD: {e}"))?,
-        },
+        Command::Reload => {
+            // Off the event loop, which other sessions share: reading the file,
+            // hashing the users' passwords.
+            let shared = shared.clone();
+            let reloaded = tokio::task::spawn_blocking(move || shared.reload())
+                .await
+                .unwrap_or_else(|e| Err(format!("the reload stopped: {e}")));
+            match reloaded {
+                Ok(()) => complete(out, "RELOAD")?,
+                Err(e) => error(out, sqlstate::CONNECTION_EXCEPTION, &format!("RELOAD: {e}"))?,
+            }
+        }
         Command::Pause(db) => {
             if let Some(e) = unknown_db(shared, db.as_deref()) {
                 return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
