@@ -1088,7 +1088,7 @@ impl Relay {
                 if let Some(tracker) = self.tracker.as_mut() {
                     tracker.on_parse(&self.shared.analyzer, &parse);
                 }
-                let refusal = if may_affect_session(parse.query.as_bytes()) {
+                let refusal = if self.may_affect_session(parse.query) {
                     self.judge_session(parse.query, false)
                 } else {
                     None
@@ -1110,8 +1110,8 @@ impl Relay {
                 if self.deallocate_locally(frame.body()) {
                     return Ok(());
                 }
-                if may_affect_session(frame.body()) {
-                    let query = Query::decode(frame.body())?;
+                let query = Query::decode(frame.body())?;
+                if self.may_affect_session(query.sql) {
                     if let Some(refusal) = self.judge_session(query.sql, true) {
                         self.expected.push_error(refusal);
                         self.expected.push(Step::Ready);
@@ -1407,6 +1407,19 @@ impl Relay {
     /// as an encoded ErrorResponse; a settings change is tracked — for a simple query
     /// once the server confirms it, for a Parse at once.
     /// Callers run the cheap `may_affect_session` pass first.
+    /// Whether `sql` may change session state ([`session_state::may_affect_session`]),
+    /// or, with query insight on, whether its analysis — made just now for insight,
+    /// so the analyzer's last text — says it has a session effect.
+    fn may_affect_session(&self, sql: &str) -> bool {
+        if self.tracker.is_none() {
+            return may_affect_session(sql.as_bytes());
+        }
+        self.shared
+            .analyzer
+            .analyze(sql)
+            .map_or(true, |a| !a.session_effects.is_empty())
+    }
+
     fn judge_session(&mut self, sql: &str, simple: bool) -> Option<Bytes> {
         let analysis = self.shared.analyzer.analyze(sql).ok()?;
         match session_state::judge(&analysis, sql) {

@@ -525,8 +525,26 @@ async fn transaction_mode_carries_startup_options_and_sets_across_server_connect
 
 #[tokio::test]
 async fn transaction_mode_refuses_session_state_by_name_and_stays_usable() {
-    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
-    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    refuses_session_state(&proxy).await;
+    // Without query insight the session check finds these from their words alone
+    // (with it, from insight's analysis of the statement).
+    let mut config = config_for(&pg, PoolMode::Transaction, 1);
+    config.insight.enabled = false;
+    let without_insight = Proxy::start(config).await.unwrap();
+    refuses_session_state(&without_insight).await;
+    // Session mode refuses nothing.
+    let (_pg2, session) = start(PoolMode::Session, 1).await;
+    let s = connect(&session, "postgres", None).await.unwrap();
+    s.batch_execute("LISTEN jobs; CREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap();
+}
+
+/// Session state transaction mode can't carry is refused by name, the client goes on,
+/// and what it can carry (SET, transaction-scoped locks and temp tables) is let through.
+async fn refuses_session_state(proxy: &Proxy) {
+    let client = connect(proxy, "postgres", None).await.unwrap();
     for (sql, feature) in [
         ("LISTEN jobs", "LISTEN"),
         ("SELECT pg_advisory_lock(7)", "pg_advisory_lock"),
@@ -554,10 +572,7 @@ async fn transaction_mode_refuses_session_state_by_name_and_stays_usable() {
         )
         .await
         .unwrap();
-    // Session mode refuses nothing.
-    let (_pg2, session) = start(PoolMode::Session, 1).await;
-    let s = connect(&session, "postgres", None).await.unwrap();
-    s.batch_execute("LISTEN jobs; CREATE TEMP TABLE scratch (x int)")
-        .await
-        .unwrap();
+    client.batch_execute("SET work_mem = '9MB'").await.unwrap();
+    let row = client.query_one("SHOW work_mem", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "9MB");
 }
