@@ -141,28 +141,24 @@ pub struct KeyBuf {
 }
 
 impl KeyBuf {
-    /// Builds the next key: the prefix from `prefix` when `version` is not the one it
-    /// was written at, then the rest from `rest`; both with [`push_part`].
-    pub fn build(
-        &mut self,
-        version: u64,
-        prefix: impl FnOnce(&mut Vec<u8>),
-        rest: impl FnOnce(&mut Vec<u8>),
-    ) {
-        if self.version != Some(version) {
-            self.bytes.clear();
-            prefix(&mut self.bytes);
-            self.prefix = self.bytes.len();
-            self.version = Some(version);
-        }
+    /// Whether the prefix was written at another `version` (or not yet).
+    pub fn needs_prefix(&self, version: u64) -> bool {
+        self.version != Some(version)
+    }
+
+    /// Writes the prefix, with [`push_part`], for `version`.
+    pub fn set_prefix(&mut self, version: u64, prefix: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.clear();
+        prefix(&mut self.bytes);
+        self.prefix = self.bytes.len();
+        self.version = Some(version);
+    }
+
+    /// Builds the next key: the prefix, then the rest from `rest` ([`push_part`]).
+    pub fn build(&mut self, rest: impl FnOnce(&mut Vec<u8>)) {
         self.bytes.truncate(self.prefix);
         rest(&mut self.bytes);
         self.hash = KeyRef::new(&self.bytes).hash;
-    }
-
-    /// Whether the next [`KeyBuf::build`] at `version` writes the prefix.
-    pub fn needs_prefix(&self, version: u64) -> bool {
-        self.version != Some(version)
     }
 
     /// The key last built.
@@ -202,21 +198,17 @@ mod tests {
                 .finish()
         };
         let mut buf = KeyBuf::default();
-        let mut prefixes = 0;
+        assert!(buf.needs_prefix(7));
+        buf.set_prefix(7, |b| push_part(b, b'd', Some(b"db")));
         for rest in [&b"select 1"[..], b"select 22", b"x"] {
-            buf.build(
-                7,
-                |b| {
-                    prefixes += 1;
-                    push_part(b, b'd', Some(b"db"));
-                },
-                |b| push_part(b, b'q', Some(rest)),
-            );
+            assert!(!buf.needs_prefix(7));
+            buf.build(|b| push_part(b, b'q', Some(rest)));
             assert_eq!(buf.key().to_key(), built(rest));
             assert_eq!(buf.key().hash(), built(rest).hash());
         }
-        assert_eq!(prefixes, 1, "the prefix is written once per version");
-        buf.build(8, |b| push_part(b, b'd', Some(b"other")), |_| {});
+        assert!(buf.needs_prefix(8));
+        buf.set_prefix(8, |b| push_part(b, b'd', Some(b"other")));
+        buf.build(|_| {});
         assert_eq!(
             buf.key().to_key(),
             KeyBuilder::new().part(b'd', b"other").finish()

@@ -631,15 +631,12 @@ impl Relay {
         if self.key_buf.needs_prefix(version) {
             let settings = self.settings_statements();
             let (database, user) = (&self.database, &self.login_user);
-            self.key_buf.build(
-                version,
-                |b| crate::cache::key_prefix(b, database, user, &settings),
-                |b| crate::cache::key_request(b, &request),
-            );
-        } else {
-            self.key_buf
-                .build(version, |_| {}, |b| crate::cache::key_request(b, &request));
+            self.key_buf.set_prefix(version, |b| {
+                crate::cache::key_prefix(b, database, user, &settings)
+            });
         }
+        self.key_buf
+            .build(|b| crate::cache::key_request(b, &request));
         let mut flight = None;
         // The key owned, from the first miss on.
         let mut owned = None;
@@ -1088,7 +1085,7 @@ impl Relay {
                 if let Some(tracker) = self.tracker.as_mut() {
                     tracker.on_parse(&self.shared.analyzer, &parse);
                 }
-                let refusal = if self.may_affect_session(parse.query) {
+                let refusal = if self.worth_judging(parse.query.as_bytes()) {
                     self.judge_session(parse.query, false)
                 } else {
                     None
@@ -1110,8 +1107,8 @@ impl Relay {
                 if self.deallocate_locally(frame.body()) {
                     return Ok(());
                 }
-                let query = Query::decode(frame.body())?;
-                if self.may_affect_session(query.sql) {
+                if self.worth_judging(frame.body()) {
+                    let query = Query::decode(frame.body())?;
                     if let Some(refusal) = self.judge_session(query.sql, true) {
                         self.expected.push_error(refusal);
                         self.expected.push(Step::Ready);
@@ -1407,17 +1404,13 @@ impl Relay {
     /// as an encoded ErrorResponse; a settings change is tracked — for a simple query
     /// once the server confirms it, for a Parse at once.
     /// Callers run the cheap `may_affect_session` pass first.
-    /// Whether `sql` may change session state ([`session_state::may_affect_session`]),
-    /// or, with query insight on, whether its analysis — made just now for insight,
-    /// so the analyzer's last text — says it has a session effect.
-    fn may_affect_session(&self, sql: &str) -> bool {
-        if self.tracker.is_none() {
-            return may_affect_session(sql.as_bytes());
-        }
-        self.shared
-            .analyzer
-            .analyze(sql)
-            .map_or(true, |a| !a.session_effects.is_empty())
+    /// Whether [`Relay::judge_session`] should look at `sql`: with query insight on,
+    /// always (insight analyses the statement anyway, and the analyzer keeps its last
+    /// text, so the judgement's analysis is shared); else when the word scan
+    /// ([`session_state::may_affect_session`]) finds a statement that may change
+    /// session state.
+    fn worth_judging(&self, sql: &[u8]) -> bool {
+        self.tracker.is_some() || may_affect_session(sql)
     }
 
     fn judge_session(&mut self, sql: &str, simple: bool) -> Option<Bytes> {
