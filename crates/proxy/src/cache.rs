@@ -266,7 +266,13 @@ pub struct Deps {
     /// Relations not cached: row-level security (policies may read other tables, and
     /// differ per role), views calling user functions, temporary tables (one name,
     /// another table per session), unlogged and foreign tables (their writes are not
-    /// in the WAL, or not on this server).
+    /// in the WAL, or not on this server). Also views whose stored query reads a
+    /// system relation (catalogs change with no write pgopt sees, and since
+    /// PostgreSQL 15 a view's dependencies on pinned catalogs such as `pg_class` are
+    /// not even recorded in `pg_depend`), calls a built-in function that is not
+    /// immutable (`now()`, `random()`, the statistics functions) or uses
+    /// `CURRENT_DATE` and its kind, or `TABLESAMPLE`: found in the view's rule
+    /// (`pg_rewrite.ev_action`), which names every relation and function by OID.
     uncacheable: foldhash::HashSet<String>,
 }
 
@@ -307,7 +313,16 @@ SELECT DISTINCT 's', v.relname, '' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
   JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
   WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384";
+  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 \
+UNION ALL \
+SELECT DISTINCT 's', v.relname, '' FROM pg_catalog.pg_rewrite r \
+  JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
+  CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::pg_catalog.text, \
+    ':(relid|funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)|[{](SQLVALUEFUNCTION|TABLESAMPLECLAUSE) ', 'g') m \
+  WHERE v.relkind = 'v' AND v.oid >= 16384 AND (m[3] IS NOT NULL \
+    OR m[1] = 'relid' AND m[2]::pg_catalog.oid < 16384 \
+    OR m[1] <> 'relid' AND m[2]::pg_catalog.oid IN \
+      (SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.provolatile <> 'i'))";
 
 impl Deps {
     /// From [`DEPS_QUERY`]'s rows.
