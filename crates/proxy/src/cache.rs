@@ -226,6 +226,9 @@ pub struct ProxyCache {
     /// Per database: what the catalog says writes reach (see [`Deps`]), and a count
     /// of schema changes (a read of the catalog that began before one is discarded).
     deps: Mutex<(foldhash::HashMap<String, DepsState>, u64)>,
+    /// The catalog query for [`Deps`]: [`DEPS_QUERY`], with the replication
+    /// listener's coverage when it is on.
+    deps_query: String,
     /// What a fill that ran on a replica must have replayed to be stored (see
     /// `fence.rs`).
     pub fences: Arc<Fences>,
@@ -324,10 +327,37 @@ SELECT DISTINCT 's', v.relname, '' FROM pg_catalog.pg_rewrite r \
     OR m[1] <> 'relid' AND m[2]::pg_catalog.oid IN \
       (SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.provolatile <> 'i'))";
 
+/// With the replication listener on ([`CacheSettings::wal_listener`]), what
+/// [`DEPS_QUERY`] adds: tables and materialized views whose changes the listener's
+/// `publication` does not carry — not in it, neither directly nor through a partition
+/// root published for them; published with a row filter (an update outside it is not
+/// streamed); or the publication leaves out inserts, updates, deletes or TRUNCATE (or
+/// does not exist). A materialized view is never in a publication: a `REFRESH` that
+/// bypasses pgopt is not streamed. ('u' rows; reads of these, and of their parents and
+/// views over them, are not cached: a write that bypasses pgopt would go unseen.)
+fn uncovered_query(publication: &str) -> String {
+    let name = crate::session_state::quote_literal(publication);
+    format!(
+        " UNION ALL \
+SELECT DISTINCT 'u', c.relname, '' FROM pg_catalog.pg_class c \
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p' \
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication p \
+    JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname \
+    JOIN pg_catalog.pg_namespace pn ON pn.nspname = pt.schemaname \
+    JOIN pg_catalog.pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = pt.tablename \
+    WHERE p.pubname = {name} AND p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate \
+    AND (pg_catalog.to_jsonb(pt) ->> 'rowfilter') IS NULL \
+    AND (pc.oid = c.oid OR pc.oid IN (SELECT pg_catalog.pg_partition_ancestors(c.oid))))"
+    )
+}
+
 impl Deps {
-    /// From [`DEPS_QUERY`]'s rows.
+    /// From [`DEPS_QUERY`]'s rows (and [`uncovered_query`]'s).
     pub fn from_rows(rows: &[Vec<Option<String>>]) -> Deps {
         let mut deps = Deps::default();
+        let mut uncovered = Vec::new();
         for row in rows {
             let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
             let (what, a, b) = (field(0), field(1), field(2));
@@ -347,7 +377,16 @@ impl Deps {
                 "s" => {
                     deps.uncacheable.insert(a);
                 }
+                "u" => uncovered.push(a),
                 _ => {}
+            }
+        }
+        // A parent's reads include its children's rows.
+        let mut seen = foldhash::HashSet::default();
+        while let Some(r) = uncovered.pop() {
+            if seen.insert(r.clone()) {
+                uncovered.extend(deps.parents.get(&r).into_iter().flatten().cloned());
+                deps.uncacheable.insert(r);
             }
         }
         deps
@@ -457,8 +496,17 @@ impl ProxyCache {
             settings: settings.clone(),
             counters: CacheCounters::default(),
             deps: Mutex::new((Default::default(), 0)),
+            deps_query: match settings.wal_listener {
+                true => DEPS_QUERY.to_string() + &uncovered_query(&settings.publication),
+                false => DEPS_QUERY.to_string(),
+            },
             fences: Arc::new(Fences::default()),
         }))
+    }
+
+    /// The query that reads a database's [`Deps`].
+    pub fn deps_query(&self) -> &str {
+        &self.deps_query
     }
 
     /// Whether requests may be answered and filled now: not while the replication

@@ -997,8 +997,7 @@ impl Relay {
                 .connect_out_of_band()
                 .await
                 .map_err(|e| e.to_string())?;
-            conn.simple_query(crate::cache::DEPS_QUERY, self.max_len)
-                .await
+            conn.simple_query(cache.deps_query(), self.max_len).await
         };
         let timeout = pool.limits().connect_timeout * 2;
         let deps = match tokio::time::timeout(timeout, read).await {
