@@ -138,6 +138,12 @@ pub struct Relay {
     /// A failed first run's responses are dropped up to its ReadyForQuery; then the
     /// batch in `rerun` goes to the server again.
     dropping: bool,
+    /// Extended-protocol messages went to the server since the last Sync (or simple
+    /// query): the server holds an implicit transaction open until the Sync, so the
+    /// connection is not idle, whatever has been answered (a Flush gets answers
+    /// without ending it). Released then, another client's statement would commit
+    /// this one's writes.
+    open_batch: bool,
     rerun: Option<BytesMut>,
     /// Query insight for this session, unless disabled.
     tracker: Option<Tracker>,
@@ -261,6 +267,7 @@ impl Relay {
             replay_spare: BytesMut::new(),
             replayed: false,
             dropping: false,
+            open_batch: false,
             rerun: None,
             tracker,
             routes,
@@ -1045,6 +1052,12 @@ impl Relay {
     /// Queues one client message for the server, rewriting statement names when needed.
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
         self.ryw.batch_ended = matches!(frame.tag(), b'Q' | b'S');
+        match frame.tag() {
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.open_batch = true,
+            b'S' | b'Q' | b'F' => self.open_batch = false,
+            // COPY data, done and fail: inside whatever started the COPY.
+            _ => {}
+        }
         if self.cache.is_some() {
             self.note_writes(frame);
         }
@@ -2060,6 +2073,7 @@ impl Relay {
                 *lock(&self.cancel) = Some(checkout.conn.cancel.clone());
                 self.status = checkout.conn.status;
                 self.server = Some(checkout);
+                self.open_batch = false;
                 self.ryw.replica = replica;
                 self.ryw.wrote = !read_only;
                 self.ryw.batch_ended = false;
@@ -2181,7 +2195,8 @@ impl Relay {
 
     /// Nothing owed, no transaction open, nothing half-read: the server may serve others.
     fn server_idle(&self) -> bool {
-        self.expected.is_empty()
+        !self.open_batch
+            && self.expected.is_empty()
             && self.status == TransactionStatus::Idle
             && self.sbuf.is_empty()
             && !self.dropping

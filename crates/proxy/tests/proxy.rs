@@ -274,34 +274,7 @@ async fn a_malformed_message_closes_only_that_connection() {
     let (_pg, proxy) = start(PoolMode::Transaction, 2).await;
     let good = connect(&proxy, "postgres", None).await.unwrap();
 
-    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
-        .await
-        .unwrap();
-    let mut startup = Vec::new();
-    let body = b"\0\x03\0\0user\0postgres\0database\0app\0\0";
-    startup.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    startup.extend_from_slice(body);
-    raw.write_all(&startup).await.unwrap();
-    // The start-up replies, message by message, up to ReadyForQuery (they may come
-    // in more than one read).
-    let mut reply = Vec::new();
-    let mut at = 0;
-    loop {
-        if let Some(head) = reply.get(at..at + 5) {
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            if reply.len() >= at + 1 + len {
-                if head[0] == b'Z' {
-                    break;
-                }
-                at += 1 + len;
-                continue;
-            }
-        }
-        let mut buf = [0u8; 4096];
-        let n = raw.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before ReadyForQuery");
-        reply.extend_from_slice(&buf[..n]);
-    }
+    let mut raw = raw_login(&proxy).await;
     raw.write_all(b"Q\0\0\0\x02garbage").await.unwrap(); // length below 4
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))
@@ -310,6 +283,108 @@ async fn a_malformed_message_closes_only_that_connection() {
     assert_eq!(rest.first(), Some(&b'E'), "an ErrorResponse before closing");
 
     good.batch_execute("SELECT 1").await.unwrap();
+}
+
+/// A client of bare bytes, logged in to database `app` as postgres (trust), after its
+/// ReadyForQuery.
+async fn raw_login(proxy: &Proxy) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let body = b"\0\x03\0\0user\0postgres\0database\0app\0\0";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    raw.write_all(&startup).await.unwrap();
+    read_until(&mut raw, b'Z').await;
+    raw
+}
+
+/// The types of the messages `raw` receives up to and including the first of type
+/// `last` (they may come in more than one read).
+async fn read_until(raw: &mut tokio::net::TcpStream, last: u8) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (mut reply, mut at, mut types) = (Vec::new(), 0, Vec::new());
+    loop {
+        if let Some(head) = reply.get(at..at + 5) {
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if reply.len() >= at + 1 + len {
+                types.push(head[0]);
+                if head[0] == last {
+                    return types;
+                }
+                at += 1 + len;
+                continue;
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let n = raw.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before {:?}", last as char);
+        reply.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A protocol message: type, length, body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Extended-protocol messages answered through a Flush, with no Sync yet, leave the
+/// server in an implicit transaction: the connection stays with its client until the
+/// Sync, and a client that leaves before it has its connection closed (the server rolls
+/// back). Released earlier, the next client's statement on it would commit the first
+/// one's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_without_sync_keeps_its_connection_and_its_write_is_rolled_back_if_the_client_leaves(
+) {
+    use tokio::io::AsyncWriteExt;
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql("CREATE TABLE t (a int)").unwrap();
+    let insert = |sync: bool| {
+        let mut batch = message(b'P', b"\0INSERT INTO t VALUES (1)\0\0\0");
+        batch.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+        batch.extend(message(b'E', b"\0\0\0\0\0"));
+        batch.extend(message(if sync { b'S' } else { b'H' }, b""));
+        batch
+    };
+    let port = proxy.local_addr().port();
+    let count = || {
+        tokio::spawn(async move {
+            let client = common::connect_port(port, "postgres").await.unwrap();
+            common::value(&client, "SELECT count(*) FROM t").await
+        })
+    };
+    for leave in [true, false] {
+        let mut raw = raw_login(&proxy).await;
+        raw.write_all(&insert(false)).await.unwrap();
+        assert_eq!(read_until(&mut raw, b'C').await, b"12C");
+        // The pool's one connection is in the open batch: another client waits.
+        let other = count();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !other.is_finished(),
+            "another client got the connection mid-batch"
+        );
+        if leave {
+            drop(raw);
+            assert_eq!(
+                other.await.unwrap(),
+                "0",
+                "the departed client's write committed"
+            );
+        } else {
+            raw.write_all(&message(b'S', b"")).await.unwrap();
+            assert_eq!(read_until(&mut raw, b'Z').await, b"Z");
+            assert_eq!(other.await.unwrap(), "1");
+            // And the connection went back to the pool at the Sync's ReadyForQuery.
+            raw.write_all(&insert(true)).await.unwrap();
+            assert_eq!(read_until(&mut raw, b'Z').await, b"12CZ");
+            assert_eq!(count().await.unwrap(), "2");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
