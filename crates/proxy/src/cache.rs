@@ -74,6 +74,10 @@ pub struct CacheSettings {
     /// pgopt's own, in the background) and compared row by row: a built-in proof that
     /// what is served is what PostgreSQL has (0 = off).
     pub verify_fraction: f64,
+    /// How long a write whose client left mid-statement is waited for (its
+    /// connection held) before it is canceled; its tables are invalidated when it
+    /// ends, everything if the cancel did not end it either.
+    pub departed_write_timeout: Duration,
 }
 
 impl Default for CacheSettings {
@@ -93,6 +97,7 @@ impl Default for CacheSettings {
             publication: "pgopt_cache".into(),
             redis: None,
             verify_fraction: 0.0,
+            departed_write_timeout: Duration::from_secs(60),
         }
     }
 }

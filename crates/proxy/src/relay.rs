@@ -941,7 +941,8 @@ impl Relay {
                 let database = self.database.clone();
                 let writes = self.writes.take();
                 let buf = std::mem::take(&mut self.sbuf);
-                let settle = settle_writes(checkout, buf, in_flight, self.max_len);
+                let wait = cache.settings.departed_write_timeout;
+                let settle = settle_writes(checkout, buf, in_flight, self.max_len, wait);
                 tokio::spawn(async move {
                     let mut writes = writes;
                     if !settle.await {
@@ -2375,21 +2376,30 @@ where
     }
 }
 
-/// How long a connection whose client left is read for the answers in flight (see
-/// [`Relay::let_go`]); past it, everything in the cache is invalidated.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a departed client's statement is read for after it was canceled (see
+/// [`settle_writes`]).
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
-/// Reads `checkout`'s answers (after those in `buf`) until `owed` ReadyForQuery
-/// have come or the connection ends: nothing it runs can commit after that. `false`
-/// when it took too long. The connection is closed at the end.
+/// Closes `checkout`'s sending side, then reads its answers (after those in `buf`)
+/// until `owed` ReadyForQuery have come or the connection ends: nothing it runs can
+/// commit after that. Past `wait` the statement is canceled (else it could commit
+/// after the invalidation that follows, and a fill in between would keep the old
+/// rows); `false` when even that did not end it. The connection is closed at the end.
 async fn settle_writes(
     mut checkout: Checkout,
     mut buf: BytesMut,
     mut owed: usize,
     max_len: u32,
+    wait: Duration,
 ) -> bool {
+    let cancel = checkout.conn.cancel.clone();
     let conn = &mut checkout.conn;
-    let done = tokio::time::timeout(SETTLE_TIMEOUT, async {
+    let addr = conn.addr;
+    let answers = async {
+        // Nothing more will be sent: the server runs what it has and then reads the
+        // end of the stream. One waiting for the client's input (COPY FROM STDIN)
+        // sees it at once and rolls back, instead of waiting out the timeout.
+        let _ = conn.stream.shutdown().await;
         loop {
             loop {
                 match split_frame(&mut buf, max_len) {
@@ -2408,17 +2418,28 @@ async fn settle_writes(
                 return;
             }
         }
-    })
-    .await;
-    if done.is_err() {
-        tracing::warn!(
-            server = %conn.addr,
-            "a departed client's statement ran past {} s: every cached result is invalidated",
-            SETTLE_TIMEOUT.as_secs()
-        );
-        return false;
+    };
+    tokio::pin!(answers);
+    if tokio::time::timeout(wait, &mut answers).await.is_ok() {
+        return true;
     }
-    true
+    tracing::warn!(
+        server = %addr,
+        wait_ms = wait.as_millis() as u64,
+        "a departed client's statement ran past cache.departed_write_timeout: canceling it"
+    );
+    crate::server::send_cancel(&cancel, CANCEL_GRACE).await;
+    if tokio::time::timeout(CANCEL_GRACE, &mut answers)
+        .await
+        .is_ok()
+    {
+        return true;
+    }
+    tracing::warn!(
+        server = %addr,
+        "a departed client's statement did not end when canceled: every cached result is invalidated"
+    );
+    false
 }
 
 /// Whether the client messages in `batch` include a Close.

@@ -55,6 +55,11 @@ async fn cache_row(proxy: &Proxy) -> HashMap<String, String> {
 /// PostgreSQL with tables `items`, `events` (cached) and `unlisted` (not), and a proxy
 /// caching the first two.
 async fn setup() -> (Postgres, Proxy) {
+    setup_with(|_| {}).await
+}
+
+/// [`setup`], with the cache's settings changed by `tweak`.
+async fn setup_with(tweak: impl FnOnce(&mut CacheSettings)) -> (Postgres, Proxy) {
     let pg = Postgres::start().await.unwrap();
     pg.psql(
         "CREATE TABLE items (id int PRIMARY KEY, v text);
@@ -74,6 +79,7 @@ async fn setup() -> (Postgres, Proxy) {
             tables: vec!["items".into(), "public.events".into()],
             ..CacheSettings::default()
         };
+        tweak(&mut c.cache);
     })
     .await;
     (pg, proxy)
@@ -190,12 +196,10 @@ async fn transactions_see_their_writes_and_others_see_them_at_commit() {
     assert_eq!(value(&reader, read).await, "fn");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_still_running_when_its_client_leaves_invalidates_when_it_commits() {
-    let (pg, proxy) = setup().await;
-    let reader = connect(&proxy, "postgres", None).await.unwrap();
-    let read = "SELECT v FROM items WHERE id = 1";
-    assert_eq!(value(&reader, read).await, "a");
+/// A write through pgopt (`UPDATE items SET v = 'late' WHERE id = 1`) waiting for
+/// the row lock a direct session holds, and its client gone: the locker's client, in
+/// its open transaction.
+async fn a_departed_write_waiting_for_a_lock(pg: &Postgres, proxy: &Proxy) -> Client {
     // A direct session holds the row, so the write through pgopt waits for it.
     let (locker, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
         .await
@@ -247,9 +251,20 @@ async fn a_write_still_running_when_its_client_leaves_invalidates_when_it_commit
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    // The writer goes away mid-statement; PostgreSQL still runs it to its commit.
+    // The writer goes away mid-statement; PostgreSQL still runs it.
     connection.abort();
     write.abort();
+    locker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_still_running_when_its_client_leaves_invalidates_when_it_commits() {
+    let (pg, proxy) = setup().await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&reader, read).await, "a");
+    let locker = a_departed_write_waiting_for_a_lock(&pg, &proxy).await;
+    // PostgreSQL still runs it to its commit.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(value(&reader, read).await, "a", "not committed yet");
     locker.simple_query("COMMIT").await.unwrap();
@@ -283,6 +298,72 @@ async fn a_write_still_running_when_its_client_leaves_invalidates_when_it_commit
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A departed client's write still running after `departed_write_timeout` is
+/// canceled: it can't commit after pgopt has stopped waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_write_running_too_long_is_canceled() {
+    let (pg, proxy) = setup_with(|c| {
+        c.departed_write_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&reader, read).await, "a");
+    let locker = a_departed_write_waiting_for_a_lock(&pg, &proxy).await;
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'UPDATE items%' AND state = 'active'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while value(&reader, waiting).await != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the departed write was never canceled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    locker.simple_query("COMMIT").await.unwrap();
+    assert_eq!(
+        value(&locker, read).await,
+        "a",
+        "the canceled write committed"
+    );
+    assert_eq!(value(&reader, read).await, "a");
+}
+
+/// A client that leaves in the middle of COPY FROM STDIN: its server connection is
+/// closed at once (the COPY rolls back), not kept for the minute pgopt waits for a
+/// departed client's statement to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_copy_gets_its_copy_rolled_back_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let (pg, proxy) = setup().await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT count(*) FROM items";
+    assert_eq!(value(&reader, read).await, "2");
+    let mut raw = common::raw_login(&proxy).await;
+    raw.write_all(&common::message(b'Q', b"COPY items FROM STDIN\0"))
+        .await
+        .unwrap();
+    assert_eq!(common::read_until(&mut raw, b'G').await, b"G");
+    raw.write_all(&common::message(b'd', b"3\tc\n"))
+        .await
+        .unwrap();
+    drop(raw);
+    let (watcher, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let copying = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY items%'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while value(&watcher, copying).await != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the departed client's COPY still runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(value(&watcher, read).await, "2", "the COPY rolled back");
+    assert_eq!(value(&reader, read).await, "2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

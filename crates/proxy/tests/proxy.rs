@@ -5,7 +5,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{code, config_for, connect, pgbench_init, run, start};
+use common::{code, config_for, connect, message, pgbench_init, raw_login, read_until, run, start};
 use pgopt_embedded::{HostAuth, Postgres};
 use pgopt_proxy::{ClientAuth, PoolMode, Proxy, User};
 use tokio_postgres::NoTls;
@@ -283,53 +283,6 @@ async fn a_malformed_message_closes_only_that_connection() {
     assert_eq!(rest.first(), Some(&b'E'), "an ErrorResponse before closing");
 
     good.batch_execute("SELECT 1").await.unwrap();
-}
-
-/// A client of bare bytes, logged in to database `app` as postgres (trust), after its
-/// ReadyForQuery.
-async fn raw_login(proxy: &Proxy) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
-        .await
-        .unwrap();
-    let body = b"\0\x03\0\0user\0postgres\0database\0app\0\0";
-    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    startup.extend_from_slice(body);
-    raw.write_all(&startup).await.unwrap();
-    read_until(&mut raw, b'Z').await;
-    raw
-}
-
-/// The types of the messages `raw` receives up to and including the first of type
-/// `last` (they may come in more than one read).
-async fn read_until(raw: &mut tokio::net::TcpStream, last: u8) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let (mut reply, mut at, mut types) = (Vec::new(), 0, Vec::new());
-    loop {
-        if let Some(head) = reply.get(at..at + 5) {
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            if reply.len() >= at + 1 + len {
-                types.push(head[0]);
-                if head[0] == last {
-                    return types;
-                }
-                at += 1 + len;
-                continue;
-            }
-        }
-        let mut buf = [0u8; 4096];
-        let n = raw.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before {:?}", last as char);
-        reply.extend_from_slice(&buf[..n]);
-    }
-}
-
-/// A protocol message: type, length, body.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
 }
 
 /// Extended-protocol messages answered through a Flush, with no Sync yet, leave the

@@ -40,6 +40,9 @@ pub struct CacheSection {
     /// The share of simple-protocol hits run again on PostgreSQL and compared (SHOW
     /// CACHE's `verified` and `mismatches`).
     pub verify_fraction: Share,
+    /// How long a write whose client left mid-statement is waited for before pgopt
+    /// cancels it (its tables are invalidated when it ends).
+    pub departed_write_timeout: HumanDuration,
 }
 
 /// `[cache.redis]`: off while `url` is empty.
@@ -119,6 +122,7 @@ impl Default for CacheSection {
             publication: d.publication,
             redis: RedisSection::default(),
             verify_fraction: Share(d.verify_fraction),
+            departed_write_timeout: HumanDuration(d.departed_write_timeout),
         }
     }
 }
@@ -143,6 +147,7 @@ impl CacheSection {
             wal_user: (!self.wal_user.is_empty()).then(|| self.wal_user.clone()),
             wal_password: (!self.wal_password.is_empty()).then(|| self.wal_password.clone()),
             verify_fraction: self.verify_fraction.0,
+            departed_write_timeout: self.departed_write_timeout.0,
             publication: self.publication.clone(),
             redis: self
                 .redis
