@@ -328,7 +328,7 @@ SELECT DISTINCT 's', v.relname, '' FROM pg_catalog.pg_rewrite r \
   CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::pg_catalog.text, \
     ':(relid|funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)|[{](SQLVALUEFUNCTION|TABLESAMPLECLAUSE) ', 'g') m \
   WHERE v.relkind = 'v' AND v.oid >= 16384 AND (m[3] IS NOT NULL \
-    OR m[1] = 'relid' AND m[2]::pg_catalog.oid < 16384 \
+    OR m[1] = 'relid' AND m[2]::pg_catalog.oid BETWEEN 1 AND 16383 \
     OR m[1] <> 'relid' AND m[2]::pg_catalog.oid IN \
       (SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.provolatile <> 'i'))";
 
@@ -348,13 +348,17 @@ SELECT DISTINCT 'u', c.relname, '' FROM pg_catalog.pg_class c \
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
   WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p' \
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
-  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication p \
-    JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname \
-    JOIN pg_catalog.pg_namespace pn ON pn.nspname = pt.schemaname \
-    JOIN pg_catalog.pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = pt.tablename \
-    WHERE p.pubname = {name} AND p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate \
-    AND (pg_catalog.to_jsonb(pt) ->> 'rowfilter') IS NULL \
-    AND (pc.oid = c.oid OR pc.oid IN (SELECT pg_catalog.pg_partition_ancestors(c.oid))))"
+  AND c.oid NOT IN (SELECT a.leaf FROM ( \
+      SELECT l.oid AS leaf, l.oid AS rel FROM pg_catalog.pg_class l WHERE l.relkind IN ('r', 'm') \
+      UNION ALL SELECT l.oid, x.relid FROM pg_catalog.pg_class l \
+        CROSS JOIN LATERAL pg_catalog.pg_partition_ancestors(l.oid) x \
+        WHERE l.relkind = 'r' AND l.relispartition) a \
+    JOIN (SELECT pc.oid FROM pg_catalog.pg_publication p \
+      JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname \
+      JOIN pg_catalog.pg_namespace pn ON pn.nspname = pt.schemaname \
+      JOIN pg_catalog.pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = pt.tablename \
+      WHERE p.pubname = {name} AND p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate \
+      AND (pg_catalog.to_jsonb(pt) ->> 'rowfilter') IS NULL) covered ON covered.oid = a.rel)"
     )
 }
 

@@ -324,7 +324,7 @@ impl Relay {
             let has_server = self.server.is_some();
             let idle_in_transaction = has_server
                 && !self.idle_transaction_timeout.is_zero()
-                && self.status != TransactionStatus::Idle
+                && (self.status != TransactionStatus::Idle || self.open_batch)
                 && self.expected.is_empty();
             let timeout = self.idle_transaction_timeout;
             let idle_timer = async {
@@ -937,12 +937,18 @@ impl Relay {
         self.publish_later();
         let in_flight = self.expected.all_server_readies();
         match (self.cache.clone(), self.server.take()) {
-            (Some(cache), Some(checkout)) if in_flight > 0 && !self.writes.is_empty() => {
+            // An open batch's Execute may commit (a COMMIT, or a write in a
+            // transaction block) with no Sync to come: settled too, up to the server's
+            // end of the stream.
+            (Some(cache), Some(checkout))
+                if (in_flight > 0 || self.open_batch) && !self.writes.is_empty() =>
+            {
                 let database = self.database.clone();
                 let writes = self.writes.take();
                 let buf = std::mem::take(&mut self.sbuf);
                 let wait = cache.settings.departed_write_timeout;
-                let settle = settle_writes(checkout, buf, in_flight, self.max_len, wait);
+                let until_end = self.open_batch;
+                let settle = settle_writes(checkout, buf, in_flight, until_end, self.max_len, wait);
                 tokio::spawn(async move {
                     let mut writes = writes;
                     if !settle.await {
@@ -1052,13 +1058,23 @@ impl Relay {
 
     /// Queues one client message for the server, rewriting statement names when needed.
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
-        self.ryw.batch_ended = matches!(frame.tag(), b'Q' | b'S');
-        match frame.tag() {
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.open_batch = true,
-            b'S' | b'Q' | b'F' => self.open_batch = false,
-            // COPY data, done and fail: inside whatever started the COPY.
-            _ => {}
+        let queued = self.to_server.len();
+        let routed = self.route_frame(frame);
+        // Only what reaches the server opens or ends its implicit transaction (a
+        // message pgopt answers, refuses or skips does neither). Flush, Close and COPY
+        // messages do neither either.
+        if self.to_server.len() > queued {
+            match frame.tag() {
+                b'P' | b'B' | b'D' | b'E' => self.open_batch = true,
+                b'S' | b'Q' | b'F' => self.open_batch = false,
+                _ => {}
+            }
         }
+        routed
+    }
+
+    fn route_frame(&mut self, frame: &Frame) -> Result<(), DecodeError> {
+        self.ryw.batch_ended = matches!(frame.tag(), b'Q' | b'S');
         if self.cache.is_some() {
             self.note_writes(frame);
         }
@@ -1760,6 +1776,7 @@ impl Relay {
         if self.resync.is_empty()
             || !self.expected.is_empty()
             || !self.sbuf.is_empty()
+            || self.open_batch
             || self.dropping
             || self.status == TransactionStatus::Failed
         {
@@ -2196,7 +2213,7 @@ impl Relay {
 
     /// Nothing owed, no transaction open, nothing half-read: the server may serve others.
     fn server_idle(&self) -> bool {
-        !self.open_batch
+        !(self.open_batch && self.server.is_some())
             && self.expected.is_empty()
             && self.status == TransactionStatus::Idle
             && self.sbuf.is_empty()
@@ -2376,70 +2393,91 @@ where
     }
 }
 
-/// How long a departed client's statement is read for after it was canceled (see
-/// [`settle_writes`]).
+/// How long a departed client's statement is read for after each cancel (see
+/// [`settle_writes`]), and how many cancels in a row may go without effect.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
+const CANCEL_STRIKES: u32 = 3;
 
 /// Closes `checkout`'s sending side, then reads its answers (after those in `buf`)
-/// until `owed` ReadyForQuery have come or the connection ends: nothing it runs can
-/// commit after that. Past `wait` the statement is canceled (else it could commit
-/// after the invalidation that follows, and a fill in between would keep the old
-/// rows); `false` when even that did not end it. The connection is closed at the end.
+/// until `owed` ReadyForQuery have come (with `until_end`, until the server closes:
+/// statements with no Sync after them may still run) or the connection ends: nothing
+/// it runs can commit after that. Past `wait` the running statement is canceled, and
+/// each one after it (pipelined statements run in turn), else one could commit after
+/// the invalidation that follows and a fill in between would keep the old rows.
+/// `false` when cancels did not end it. The connection is closed at the end.
 async fn settle_writes(
     mut checkout: Checkout,
     mut buf: BytesMut,
     mut owed: usize,
+    until_end: bool,
     max_len: u32,
     wait: Duration,
 ) -> bool {
     let cancel = checkout.conn.cancel.clone();
     let conn = &mut checkout.conn;
     let addr = conn.addr;
-    let answers = async {
-        // Nothing more will be sent: the server runs what it has and then reads the
-        // end of the stream. One waiting for the client's input (COPY FROM STDIN)
-        // sees it at once and rolls back, instead of waiting out the timeout.
-        let _ = conn.stream.shutdown().await;
-        loop {
-            loop {
-                match split_frame(&mut buf, max_len) {
-                    Ok(Some(frame)) if frame.tag() == b'Z' => {
-                        owed = owed.saturating_sub(1);
-                        if owed == 0 {
-                            return;
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(_) => return,
+    // Nothing more will be sent: the server runs what it has and then reads the end
+    // of the stream. One waiting for the client's input (COPY FROM STDIN) sees it at
+    // once and rolls back. (Bounded: over TLS this writes a close_notify, and the
+    // server may be blocked writing to pgopt.)
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
+    let mut deadline = tokio::time::Instant::now() + wait;
+    let mut strikes = 0;
+    loop {
+        let next = next_ready(&mut conn.stream, &mut buf, max_len);
+        match tokio::time::timeout_at(deadline, next).await {
+            Ok(false) => return true,
+            Ok(true) => {
+                owed = owed.saturating_sub(1);
+                if owed == 0 && !until_end {
+                    return true;
+                }
+                if strikes > 0 {
+                    // Canceled before: the statement after this one too.
+                    strikes = 1;
+                    deadline = tokio::time::Instant::now() + CANCEL_GRACE;
+                    crate::server::send_cancel(&cancel, CANCEL_GRACE).await;
                 }
             }
-            if !matches!(conn.stream.read_buf(&mut buf).await, Ok(n) if n > 0) {
-                return;
+            Err(_) if strikes < CANCEL_STRIKES => {
+                if strikes == 0 {
+                    tracing::warn!(
+                        server = %addr,
+                        wait_ms = wait.as_millis() as u64,
+                        "a departed client's statement ran past cache.departed_write_timeout: canceling it"
+                    );
+                }
+                strikes += 1;
+                deadline = tokio::time::Instant::now() + CANCEL_GRACE;
+                crate::server::send_cancel(&cancel, CANCEL_GRACE).await;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    server = %addr,
+                    "a departed client's statement did not end when canceled: every cached result is invalidated"
+                );
+                return false;
             }
         }
-    };
-    tokio::pin!(answers);
-    if tokio::time::timeout(wait, &mut answers).await.is_ok() {
-        return true;
     }
-    tracing::warn!(
-        server = %addr,
-        wait_ms = wait.as_millis() as u64,
-        "a departed client's statement ran past cache.departed_write_timeout: canceling it"
-    );
-    crate::server::send_cancel(&cancel, CANCEL_GRACE).await;
-    if tokio::time::timeout(CANCEL_GRACE, &mut answers)
-        .await
-        .is_ok()
-    {
-        return true;
+}
+
+/// Reads `stream` up to its next ReadyForQuery (`true`), or its end (`false`: closed,
+/// failed, or a message that can't be read).
+async fn next_ready(stream: &mut crate::tls::PgStream, buf: &mut BytesMut, max_len: u32) -> bool {
+    loop {
+        loop {
+            match split_frame(buf, max_len) {
+                Ok(Some(frame)) if frame.tag() == b'Z' => return true,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return false,
+            }
+        }
+        if !matches!(stream.read_buf(buf).await, Ok(n) if n > 0) {
+            return false;
+        }
     }
-    tracing::warn!(
-        server = %addr,
-        "a departed client's statement did not end when canceled: every cached result is invalidated"
-    );
-    false
 }
 
 /// Whether the client messages in `batch` include a Close.

@@ -330,6 +330,62 @@ async fn a_departed_write_running_too_long_is_canceled() {
     assert_eq!(value(&reader, read).await, "a");
 }
 
+/// A client that sends COMMIT through Execute and leaves before any Sync: PostgreSQL
+/// commits all the same, here a second late (a deferred trigger sleeps), and the
+/// invalidation waits for it instead of coming first (a read in between would store
+/// the old row for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_without_sync_from_a_departed_client_invalidates_when_it_lands() {
+    use tokio::io::AsyncWriteExt;
+    let (pg, proxy) = setup().await;
+    pg.psql(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON items DEFERRABLE INITIALLY DEFERRED
+           FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+    )
+    .unwrap();
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&reader, read).await, "a");
+    let mut raw = common::raw_login(&proxy).await;
+    for sql in [
+        &b"BEGIN\0"[..],
+        b"UPDATE items SET v = 'late' WHERE id = 1\0",
+    ] {
+        raw.write_all(&common::message(b'Q', sql)).await.unwrap();
+        common::read_until(&mut raw, b'Z').await;
+    }
+    let mut commit = common::message(b'P', b"\0COMMIT\0\0\0");
+    commit.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    commit.extend(common::message(b'E', b"\0\0\0\0\0"));
+    commit.extend(common::message(b'H', b""));
+    raw.write_all(&commit).await.unwrap();
+    drop(raw);
+    // Reads through pgopt while the COMMIT runs, until it is visible directly.
+    let (direct, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while value(&direct, read).await != "late" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the COMMIT never landed"
+        );
+        value(&reader, read).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while value(&reader, read).await != "late" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache kept the row the departed client's COMMIT replaced"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A client that leaves in the middle of COPY FROM STDIN: its server connection is
 /// closed at once (the COPY rolls back), not kept for the minute pgopt waits for a
 /// departed client's statement to end.

@@ -314,6 +314,11 @@ async fn a_batch_without_sync_keeps_its_connection_and_its_write_is_rolled_back_
         let mut raw = raw_login(&proxy).await;
         raw.write_all(&insert(false)).await.unwrap();
         assert_eq!(read_until(&mut raw, b'C').await, b"12C");
+        // A statement pgopt answers itself (a refusal) does not end the server's batch.
+        raw.write_all(&message(b'Q', b"LISTEN news\0"))
+            .await
+            .unwrap();
+        assert_eq!(read_until(&mut raw, b'Z').await, b"EZ");
         // The pool's one connection is in the open batch: another client waits.
         let other = count();
         tokio::time::sleep(Duration::from_millis(300)).await;
