@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::{admin, connect, counter, pgbench_init, run, show, start_with, wait_for_cache};
 use pgopt_embedded::Postgres;
@@ -30,6 +31,25 @@ async fn row(client: &Client, sql: &str) -> Vec<String> {
         }
     }
     panic!("{sql}: no row");
+}
+
+/// Runs `sql` through `client` until its first value is `want`, every 20 ms; fails
+/// with `what` after `within`.
+async fn eventually(client: &Client, sql: &str, want: &str, within: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    while value(client, sql).await != want {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// PostgreSQL with `wal_level = logical`, for the replication listener.
+async fn logical_postgres() -> Postgres {
+    Postgres::builder()
+        .setting("wal_level", "logical")
+        .start()
+        .await
+        .unwrap()
 }
 
 /// Three reads of item 1 ('a') through `proxy`, none served from the cache or stored
@@ -268,36 +288,11 @@ async fn a_write_still_running_when_its_client_leaves_invalidates_when_it_commit
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(value(&reader, read).await, "a", "not committed yet");
     locker.simple_query("COMMIT").await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let direct = locker
-            .simple_query(read)
-            .await
-            .unwrap()
-            .into_iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
-                _ => None,
-            })
-            .unwrap();
-        if direct == "late" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the write never committed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let committed = "the write never committed";
+    eventually(&locker, read, "late", Duration::from_secs(5), committed).await;
     // Invalidated once the server answered the departed client's statement.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while value(&reader, read).await != "late" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cache kept the value the departed write replaced"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let kept = "the cache kept the value the departed write replaced";
+    eventually(&reader, read, "late", Duration::from_secs(2), kept).await;
 }
 
 /// A departed client's write still running after `departed_write_timeout` is
@@ -376,14 +371,8 @@ async fn a_commit_without_sync_from_a_departed_client_invalidates_when_it_lands(
         value(&reader, read).await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while value(&reader, read).await != "late" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cache kept the row the departed client's COMMIT replaced"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let kept = "the cache kept the row the departed client's COMMIT replaced";
+    eventually(&reader, read, "late", Duration::from_secs(2), kept).await;
 }
 
 /// A client that leaves in the middle of COPY FROM STDIN: its server connection is
@@ -899,11 +888,7 @@ async fn simple_value(client: &Client, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_that_bypass_pgopt_invalidate_through_the_replication_stream() {
-    let pg = Postgres::builder()
-        .setting("wal_level", "logical")
-        .start()
-        .await
-        .unwrap();
+    let pg = logical_postgres().await;
     pg.psql(
         "CREATE TABLE items (id int PRIMARY KEY, v text);
          INSERT INTO items VALUES (1, 'a');
@@ -982,11 +967,7 @@ async fn writes_that_bypass_pgopt_invalidate_through_the_replication_stream() {
 /// materialized view is never published (a REFRESH is not streamed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_listener_what_its_publication_leaves_out_is_not_cached() {
-    let pg = Postgres::builder()
-        .setting("wal_level", "logical")
-        .start()
-        .await
-        .unwrap();
+    let pg = logical_postgres().await;
     pg.psql(
         "CREATE TABLE items (id int PRIMARY KEY, v text);
          CREATE TABLE other (id int PRIMARY KEY, v text);
@@ -1129,11 +1110,7 @@ async fn a_wrong_wal_password_shows_the_failed_login_and_nothing_is_served_from_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_databases_nothing_is_served_until_both_replication_streams_run() {
-    let logical = Postgres::builder()
-        .setting("wal_level", "logical")
-        .start()
-        .await
-        .unwrap();
+    let logical = logical_postgres().await;
     logical
         .psql("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');")
         .unwrap();
