@@ -348,7 +348,7 @@ SELECT DISTINCT 'u', c.relname, '' FROM pg_catalog.pg_class c \
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
   WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p' \
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
-  AND c.oid NOT IN (SELECT a.leaf FROM ( \
+  AND NOT EXISTS (SELECT 1 FROM ( \
       SELECT l.oid AS leaf, l.oid AS rel FROM pg_catalog.pg_class l WHERE l.relkind IN ('r', 'm') \
       UNION ALL SELECT l.oid, x.relid FROM pg_catalog.pg_class l \
         CROSS JOIN LATERAL pg_catalog.pg_partition_ancestors(l.oid) x \
@@ -358,7 +358,8 @@ SELECT DISTINCT 'u', c.relname, '' FROM pg_catalog.pg_class c \
       JOIN pg_catalog.pg_namespace pn ON pn.nspname = pt.schemaname \
       JOIN pg_catalog.pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = pt.tablename \
       WHERE p.pubname = {name} AND p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate \
-      AND (pg_catalog.to_jsonb(pt) ->> 'rowfilter') IS NULL) covered ON covered.oid = a.rel)"
+      AND (pg_catalog.to_jsonb(pt) ->> 'rowfilter') IS NULL) covered ON covered.oid = a.rel \
+    WHERE a.leaf = c.oid)"
     )
 }
 

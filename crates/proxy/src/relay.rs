@@ -2426,8 +2426,10 @@ async fn settle_writes(
     loop {
         let next = next_ready(&mut conn.stream, &mut buf, max_len);
         match tokio::time::timeout_at(deadline, next).await {
-            Ok(false) => return true,
-            Ok(true) => {
+            Ok(Some(false)) => return true,
+            // A message that can't be read: what runs after it is unknown.
+            Ok(None) => return false,
+            Ok(Some(true)) => {
                 owed = owed.saturating_sub(1);
                 if owed == 0 && !until_end {
                     return true;
@@ -2435,8 +2437,8 @@ async fn settle_writes(
                 if strikes > 0 {
                     // Canceled before: the statement after this one too.
                     strikes = 1;
-                    deadline = tokio::time::Instant::now() + CANCEL_GRACE;
                     crate::server::send_cancel(&cancel, CANCEL_GRACE).await;
+                    deadline = tokio::time::Instant::now() + CANCEL_GRACE;
                 }
             }
             Err(_) if strikes < CANCEL_STRIKES => {
@@ -2448,8 +2450,8 @@ async fn settle_writes(
                     );
                 }
                 strikes += 1;
-                deadline = tokio::time::Instant::now() + CANCEL_GRACE;
                 crate::server::send_cancel(&cancel, CANCEL_GRACE).await;
+                deadline = tokio::time::Instant::now() + CANCEL_GRACE;
             }
             Err(_) => {
                 tracing::warn!(
@@ -2462,20 +2464,24 @@ async fn settle_writes(
     }
 }
 
-/// Reads `stream` up to its next ReadyForQuery (`true`), or its end (`false`: closed,
-/// failed, or a message that can't be read).
-async fn next_ready(stream: &mut crate::tls::PgStream, buf: &mut BytesMut, max_len: u32) -> bool {
+/// Reads `stream` up to its next ReadyForQuery (`Some(true)`), or its end
+/// (`Some(false)`: closed or failed); `None` for a message that can't be read.
+async fn next_ready(
+    stream: &mut crate::tls::PgStream,
+    buf: &mut BytesMut,
+    max_len: u32,
+) -> Option<bool> {
     loop {
         loop {
             match split_frame(buf, max_len) {
-                Ok(Some(frame)) if frame.tag() == b'Z' => return true,
+                Ok(Some(frame)) if frame.tag() == b'Z' => return Some(true),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
         if !matches!(stream.read_buf(buf).await, Ok(n) if n > 0) {
-            return false;
+            return Some(false);
         }
     }
 }
