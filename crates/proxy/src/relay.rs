@@ -1934,6 +1934,15 @@ impl Relay {
                     self.rolled_back = true;
                 } else if body == b"COMMIT\0" {
                     self.tx_snapshot = None;
+                    // Committed now, though the ReadyForQuery may be far off (more
+                    // statements of a simple query, an Execute with no Sync yet): the
+                    // writes' entries end before the client hears of the commit. They
+                    // stay noted for the ReadyForQuery (what runs after may write).
+                    if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
+                        let (tags, fence) = cache.invalidate(&self.database, self.writes.clone());
+                        self.to_publish.extend(tags);
+                        self.fence_tokens.extend(fence);
+                    }
                 }
             }
             b'E' => {

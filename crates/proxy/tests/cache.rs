@@ -325,13 +325,30 @@ async fn a_departed_write_running_too_long_is_canceled() {
     assert_eq!(value(&reader, read).await, "a");
 }
 
+/// A raw client that ran `BEGIN` and `UPDATE items SET v = '<v>' WHERE id = 1`, then
+/// sent COMMIT as Parse, Bind, Execute and Flush: no Sync.
+async fn commit_without_sync(proxy: &Proxy, v: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut raw = common::raw_login(proxy).await;
+    let update = format!("UPDATE items SET v = '{v}' WHERE id = 1\0");
+    for sql in [&b"BEGIN\0"[..], update.as_bytes()] {
+        raw.write_all(&common::message(b'Q', sql)).await.unwrap();
+        common::read_until(&mut raw, b'Z').await;
+    }
+    let mut commit = common::message(b'P', b"\0COMMIT\0\0\0");
+    commit.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    commit.extend(common::message(b'E', b"\0\0\0\0\0"));
+    commit.extend(common::message(b'H', b""));
+    raw.write_all(&commit).await.unwrap();
+    raw
+}
+
 /// A client that sends COMMIT through Execute and leaves before any Sync: PostgreSQL
 /// commits all the same, here a second late (a deferred trigger sleeps), and the
 /// invalidation waits for it instead of coming first (a read in between would store
 /// the old row for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_without_sync_from_a_departed_client_invalidates_when_it_lands() {
-    use tokio::io::AsyncWriteExt;
     let (pg, proxy) = setup().await;
     pg.psql(
         "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
@@ -343,20 +360,7 @@ async fn a_commit_without_sync_from_a_departed_client_invalidates_when_it_lands(
     let reader = connect(&proxy, "postgres", None).await.unwrap();
     let read = "SELECT v FROM items WHERE id = 1";
     assert_eq!(value(&reader, read).await, "a");
-    let mut raw = common::raw_login(&proxy).await;
-    for sql in [
-        &b"BEGIN\0"[..],
-        b"UPDATE items SET v = 'late' WHERE id = 1\0",
-    ] {
-        raw.write_all(&common::message(b'Q', sql)).await.unwrap();
-        common::read_until(&mut raw, b'Z').await;
-    }
-    let mut commit = common::message(b'P', b"\0COMMIT\0\0\0");
-    commit.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
-    commit.extend(common::message(b'E', b"\0\0\0\0\0"));
-    commit.extend(common::message(b'H', b""));
-    raw.write_all(&commit).await.unwrap();
-    drop(raw);
+    drop(commit_without_sync(&proxy, "late").await);
     // Reads through pgopt while the COMMIT runs, until it is visible directly.
     let (direct, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
         .await
@@ -373,6 +377,29 @@ async fn a_commit_without_sync_from_a_departed_client_invalidates_when_it_lands(
     }
     let kept = "the cache kept the row the departed client's COMMIT replaced";
     eventually(&reader, read, "late", Duration::from_secs(2), kept).await;
+}
+
+/// A COMMIT ends its writes' entries when it completes, not at the ReadyForQuery
+/// after it: here an Execute of COMMIT answered through a Flush, the client still
+/// there and no Sync yet (PostgreSQL has committed; others must read the new row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_invalidates_when_it_completes_before_any_sync() {
+    use tokio::io::AsyncWriteExt;
+    let (_pg, proxy) = setup().await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&reader, read).await, "a");
+    assert_eq!(value(&reader, read).await, "a");
+    let mut raw = commit_without_sync(&proxy, "new").await;
+    assert_eq!(common::read_until(&mut raw, b'C').await, b"12C");
+    assert_eq!(
+        value(&reader, read).await,
+        "new",
+        "served the row the COMMIT replaced"
+    );
+    raw.write_all(&common::message(b'S', b"")).await.unwrap();
+    assert_eq!(common::read_until(&mut raw, b'Z').await, b"Z");
+    assert!(counter(&cache_row(&proxy).await, "hits") >= 1);
 }
 
 /// A client that leaves in the middle of COPY FROM STDIN: its server connection is
