@@ -82,7 +82,9 @@ if [ "$tool" = callgrind ]; then
   "${as_cg[@]}" callgrind_control -d "$ppid" >/dev/null
   txns=$((clients * per_client))
   out=$(ls "$tmp"/callgrind.out.* | sort | tail -1)
-  total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  # (awk reads to the end: an early exit would kill callgrind_annotate with SIGPIPE,
+  # and pipefail would end the script before it prints)
+  total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')
   echo "$mode, $clients clients: ${PROXY:-pgopt} $((total / txns)) instructions per transaction ($txns transactions)"
   [ -n "${CALLGRIND_KEEP:-}" ] && cp "$out" "$CALLGRIND_KEEP"
   callgrind_annotate --inclusive=yes "$out" 2>/dev/null | head -$((${PERF_TOP:-30} + 20)) | tail -n +18

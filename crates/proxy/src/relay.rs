@@ -1881,6 +1881,7 @@ impl Relay {
     /// Bookkeeping on CommandComplete, ErrorResponse and ReadyForQuery: statement and
     /// settings resets, confirmed SETs, errors by class, the end of a query cycle.
     fn observe(&mut self, tag: u8, body: std::ops::Range<usize>, verdict: Verdict) {
+        let body_end = body.end;
         let body = &self.sbuf[body];
         if verdict == Verdict::Drop {
             // Part of a query pgopt injected to apply the client's settings.
@@ -1938,7 +1939,15 @@ impl Relay {
                     // statements of a simple query, an Execute with no Sync yet): the
                     // writes' entries end before the client hears of the commit. They
                     // stay noted for the ReadyForQuery (what runs after may write).
-                    if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
+                    // When that ReadyForQuery is already here, next in this same pass
+                    // (the usual case), it does it alone.
+                    let ready_next =
+                        self.sbuf.get(body_end) == Some(&b'Z') && self.sbuf.len() >= body_end + 6;
+                    if let Some(cache) = self
+                        .cache
+                        .as_ref()
+                        .filter(|_| !ready_next && !self.writes.is_empty())
+                    {
                         let (tags, fence) = cache.invalidate(&self.database, self.writes.clone());
                         self.to_publish.extend(tags);
                         self.fence_tokens.extend(fence);
