@@ -345,6 +345,46 @@ async fn a_batch_without_sync_keeps_its_connection_and_its_write_is_rolled_back_
     }
 }
 
+/// A cursor outside a transaction block, as node-postgres' pg-cursor reads one: Execute
+/// with a row limit and a Flush, PortalSuspended, and again, the Sync only at the end.
+/// The portal lives in the server's implicit transaction: another client's statement
+/// must not run on that connection in between (it would end the transaction and the
+/// portal with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_read_in_steps_before_its_sync_keeps_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let port = proxy.local_addr().port();
+    let mut raw = raw_login(&proxy).await;
+    let execute_one = || {
+        let mut m = message(b'E', b"\0\0\0\0\x01");
+        m.extend(message(b'H', b""));
+        m
+    };
+    let mut open = message(b'P', b"\0SELECT generate_series(1, 3)\0\0\0");
+    open.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    open.extend(execute_one());
+    raw.write_all(&open).await.unwrap();
+    assert_eq!(read_until(&mut raw, b's').await, b"12Ds");
+    // Another client comes meanwhile: it waits for the Sync.
+    let other = tokio::spawn(async move {
+        let client = common::connect_port(port, "postgres").await.unwrap();
+        common::value(&client, "SELECT 42").await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    raw.write_all(&execute_one()).await.unwrap();
+    assert_eq!(
+        read_until(&mut raw, b's').await,
+        b"Ds",
+        "the portal is gone"
+    );
+    let mut rest = message(b'E', b"\0\0\0\0\0");
+    rest.extend(message(b'S', b""));
+    raw.write_all(&rest).await.unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"DCZ");
+    assert_eq!(other.await.unwrap(), "42");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_multi_statement_and_copy_in_and_out() {
     let (pg, proxy) = start(PoolMode::Transaction, 2).await;

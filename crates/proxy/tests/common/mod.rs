@@ -263,7 +263,11 @@ pub async fn read_until(raw: &mut tokio::net::TcpStream, last: u8) -> Vec<u8> {
             }
         }
         let mut buf = [0u8; 4096];
-        let n = raw.read(&mut buf).await.unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), raw.read(&mut buf));
+        let n = read
+            .await
+            .unwrap_or_else(|_| panic!("no {:?} in 10 s, after {types:?}", last as char))
+            .unwrap();
         assert!(n > 0, "closed before {:?}", last as char);
         reply.extend_from_slice(&buf[..n]);
     }
