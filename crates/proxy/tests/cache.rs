@@ -325,24 +325,6 @@ async fn a_departed_write_running_too_long_is_canceled() {
     assert_eq!(value(&reader, read).await, "a");
 }
 
-/// A raw client that ran `BEGIN` and `UPDATE items SET v = '<v>' WHERE id = 1`, then
-/// sent COMMIT as Parse, Bind, Execute and Flush: no Sync.
-async fn commit_without_sync(proxy: &Proxy, v: &str) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut raw = common::raw_login(proxy).await;
-    let update = format!("UPDATE items SET v = '{v}' WHERE id = 1\0");
-    for sql in [&b"BEGIN\0"[..], update.as_bytes()] {
-        raw.write_all(&common::message(b'Q', sql)).await.unwrap();
-        common::read_until(&mut raw, b'Z').await;
-    }
-    let mut commit = common::message(b'P', b"\0COMMIT\0\0\0");
-    commit.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
-    commit.extend(common::message(b'E', b"\0\0\0\0\0"));
-    commit.extend(common::message(b'H', b""));
-    raw.write_all(&commit).await.unwrap();
-    raw
-}
-
 /// A client that sends COMMIT through Execute and leaves before any Sync: PostgreSQL
 /// commits all the same, here a second late (a deferred trigger sleeps), and the
 /// invalidation waits for it instead of coming first (a read in between would store
@@ -360,7 +342,7 @@ async fn a_commit_without_sync_from_a_departed_client_invalidates_when_it_lands(
     let reader = connect(&proxy, "postgres", None).await.unwrap();
     let read = "SELECT v FROM items WHERE id = 1";
     assert_eq!(value(&reader, read).await, "a");
-    drop(commit_without_sync(&proxy, "late").await);
+    drop(common::commit_without_sync(&proxy, "late").await);
     // Reads through pgopt while the COMMIT runs, until it is visible directly.
     let (direct, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
         .await
@@ -390,7 +372,7 @@ async fn a_commit_invalidates_when_it_completes_before_any_sync() {
     let read = "SELECT v FROM items WHERE id = 1";
     assert_eq!(value(&reader, read).await, "a");
     assert_eq!(value(&reader, read).await, "a");
-    let mut raw = commit_without_sync(&proxy, "new").await;
+    let mut raw = common::commit_without_sync(&proxy, "new").await;
     assert_eq!(common::read_until(&mut raw, b'C').await, b"12C");
     assert_eq!(
         value(&reader, read).await,

@@ -184,6 +184,26 @@ async fn a_write_through_one_instance_is_seen_by_the_next_read_through_the_other
     }
 }
 
+/// A COMMIT answered through a Flush, with no Sync yet: PostgreSQL has committed, so
+/// the other instance learns of it before the writer hears the CommandComplete, not
+/// at its ReadyForQuery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_before_any_sync_reaches_the_other_instance_at_once() {
+    let (pg, redis) = setup().await;
+    let (a, b) = (instance(&pg, &redis).await, instance(&pg, &redis).await);
+    let reader = connect(&b, "postgres", None).await.unwrap();
+    assert_eq!(value(&reader, READ).await, "a");
+    assert_eq!(value(&reader, READ).await, "a");
+    assert!(counter(&cache_row(&b).await, "hits") >= 1);
+    let mut raw = common::commit_without_sync(&a, "new").await;
+    assert_eq!(common::read_until(&mut raw, b'C').await, b"12C");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while value(&reader, READ).await != "new" {
+        assert!(Instant::now() < deadline, "{:?}", cache_row(&b).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_versions_and_forged_values_in_redis_are_misses() {
     let (pg, redis) = setup().await;

@@ -280,3 +280,21 @@ pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     m.extend_from_slice(body);
     m
 }
+
+/// A raw client that ran `BEGIN` and `UPDATE items SET v = '<v>' WHERE id = 1`, then
+/// sent COMMIT as Parse, Bind, Execute and Flush: no Sync.
+pub async fn commit_without_sync(proxy: &Proxy, v: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut raw = raw_login(proxy).await;
+    let update = format!("UPDATE items SET v = '{v}' WHERE id = 1\0");
+    for sql in [&b"BEGIN\0"[..], update.as_bytes()] {
+        raw.write_all(&message(b'Q', sql)).await.unwrap();
+        read_until(&mut raw, b'Z').await;
+    }
+    let mut commit = message(b'P', b"\0COMMIT\0\0\0");
+    commit.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    commit.extend(message(b'E', b"\0\0\0\0\0"));
+    commit.extend(message(b'H', b""));
+    raw.write_all(&commit).await.unwrap();
+    raw
+}
