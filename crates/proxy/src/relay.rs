@@ -977,6 +977,16 @@ impl Relay {
         }
     }
 
+    /// [`Relay::invalidate_writes`], the writes staying noted: what was sent after them
+    /// may still commit them (or more) later.
+    fn invalidate_kept_writes(&mut self) {
+        if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
+            let (tags, fence) = cache.invalidate(&self.database, self.writes.clone());
+            self.to_publish.extend(tags);
+            self.fence_tokens.extend(fence);
+        }
+    }
+
     /// Tells the instances sharing Redis what this client's commits wrote, before the
     /// client hears the transaction ended.
     async fn publish(&mut self) {
@@ -1943,14 +1953,8 @@ impl Relay {
                     // (the usual case), it does it alone.
                     let ready_next =
                         self.sbuf.get(body_end) == Some(&b'Z') && self.sbuf.len() >= body_end + 6;
-                    if let Some(cache) = self
-                        .cache
-                        .as_ref()
-                        .filter(|_| !ready_next && !self.writes.is_empty())
-                    {
-                        let (tags, fence) = cache.invalidate(&self.database, self.writes.clone());
-                        self.to_publish.extend(tags);
-                        self.fence_tokens.extend(fence);
+                    if !ready_next {
+                        self.invalidate_kept_writes();
                     }
                 }
             }
@@ -1992,12 +1996,7 @@ impl Relay {
                     // batches pipelined behind this one may commit later: they stay
                     // noted, and are invalidated again when those end.
                     if self.expected.server_readies() > 0 {
-                        if let Some(cache) = &self.cache {
-                            let (tags, fence) =
-                                cache.invalidate(&self.database, self.writes.clone());
-                            self.to_publish.extend(tags);
-                            self.fence_tokens.extend(fence);
-                        }
+                        self.invalidate_kept_writes();
                     } else {
                         self.invalidate_writes();
                     }

@@ -52,6 +52,15 @@ async fn logical_postgres() -> Postgres {
         .unwrap()
 }
 
+/// A client of PostgreSQL itself, past pgopt.
+async fn direct(pg: &Postgres) -> Client {
+    let (client, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
 /// Three reads of item 1 ('a') through `proxy`, none served from the cache or stored
 /// there; SHOW CACHE's row after them.
 async fn reads_skip_the_cache(proxy: &Proxy) -> HashMap<String, String> {
@@ -221,10 +230,7 @@ async fn transactions_see_their_writes_and_others_see_them_at_commit() {
 /// its open transaction.
 async fn a_departed_write_waiting_for_a_lock(pg: &Postgres, proxy: &Proxy) -> Client {
     // A direct session holds the row, so the write through pgopt waits for it.
-    let (locker, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let locker = direct(pg).await;
     locker
         .simple_query("BEGIN; SELECT * FROM items WHERE id = 1 FOR UPDATE")
         .await
@@ -245,32 +251,10 @@ async fn a_departed_write_waiting_for_a_lock(pg: &Postgres, proxy: &Proxy) -> Cl
     });
     // Until the write waits for the lock (asked outside the locker's transaction,
     // whose view of pg_stat_activity is a snapshot taken once).
-    let (watcher, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let waiting = watcher
-            .simple_query(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE items%'",
-            )
-            .await
-            .unwrap()
-            .into_iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
-                _ => None,
-            });
-        if waiting.as_deref() == Some("1") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the write never waited for the lock"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let watcher = direct(pg).await;
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE items%'";
+    let never = "the write never waited for the lock";
+    eventually(&watcher, waiting, "1", Duration::from_secs(10), never).await;
     // The writer goes away mid-statement; PostgreSQL still runs it.
     connection.abort();
     write.abort();
@@ -308,14 +292,8 @@ async fn a_departed_write_running_too_long_is_canceled() {
     assert_eq!(value(&reader, read).await, "a");
     let locker = a_departed_write_waiting_for_a_lock(&pg, &proxy).await;
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'UPDATE items%' AND state = 'active'";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while value(&reader, waiting).await != "0" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the departed write was never canceled"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let canceled = "the departed write was never canceled";
+    eventually(&reader, waiting, "0", Duration::from_secs(10), canceled).await;
     locker.simple_query("COMMIT").await.unwrap();
     assert_eq!(
         value(&locker, read).await,
@@ -344,12 +322,9 @@ async fn a_commit_without_sync_from_a_departed_client_invalidates_when_it_lands(
     assert_eq!(value(&reader, read).await, "a");
     drop(common::commit_without_sync(&proxy, "late").await);
     // Reads through pgopt while the COMMIT runs, until it is visible directly.
-    let (direct, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let server = direct(&pg).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while value(&direct, read).await != "late" {
+    while value(&server, read).await != "late" {
         assert!(
             std::time::Instant::now() < deadline,
             "the COMMIT never landed"
@@ -403,19 +378,10 @@ async fn a_client_leaving_mid_copy_gets_its_copy_rolled_back_at_once() {
         .await
         .unwrap();
     drop(raw);
-    let (watcher, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let watcher = direct(&pg).await;
     let copying = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY items%'";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while value(&watcher, copying).await != "0" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the departed client's COPY still runs"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let still = "the departed client's COPY still runs";
+    eventually(&watcher, copying, "0", Duration::from_secs(5), still).await;
     assert_eq!(value(&watcher, read).await, "2", "the COPY rolled back");
     assert_eq!(value(&reader, read).await, "2");
 }
