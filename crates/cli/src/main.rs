@@ -93,7 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Proxy(args) => {
             // Single-threaded: `proxy.workers` beyond the first run sessions on threads
-            // of their own (see `session_threads` in proxy.rs).
+            // of their own (see the proxy crate's `workers.rs`).
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

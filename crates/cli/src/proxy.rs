@@ -283,7 +283,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         reserve_pool_size: config.reserve_pool_size.get() as usize,
         reserve_pool_timeout: config.reserve_pool_timeout.0,
         max_client_conn: config.max_client_conn.get() as usize,
-        session_threads: session_threads(config.workers.get()),
+        workers: config.workers.get() as usize,
         query_wait_timeout: config.query_wait_timeout.0,
         server_connect_timeout: config.server_connect_timeout.0,
         server_idle_timeout: config.server_idle_timeout.0,
@@ -355,14 +355,4 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         cache: root.cache.settings(),
         ..pgopt_proxy::Config::default()
     })
-}
-
-/// Session threads besides the proxy's own for `workers` threads in all (0: one per
-/// core), each a single-threaded runtime (see the proxy's `workers.rs`).
-fn session_threads(workers: u32) -> usize {
-    let threads = match workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n as usize,
-    };
-    threads.saturating_sub(1)
 }

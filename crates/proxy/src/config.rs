@@ -138,10 +138,11 @@ pub struct Config {
     pub reserve_pool_timeout: Duration,
     /// Client connections accepted at once; more get `53300`.
     pub max_client_conn: usize,
-    /// Threads besides the runtime the proxy starts on, each running its own
-    /// single-threaded runtime, that serve client sessions with it in turn (see
-    /// `workers.rs`); 0: every session on the starting runtime. Read at start only.
-    pub session_threads: usize,
+    /// Threads that serve client sessions in turn, as configured (`proxy.workers`):
+    /// the runtime the proxy starts on and `workers - 1` more, each running its own
+    /// single-threaded runtime (see `workers.rs`); 0: one per core, counted at start.
+    /// 1: every session on the starting runtime. Read at start only.
+    pub workers: usize,
     /// How long a client waits for a server connection before `57014`.
     pub query_wait_timeout: Duration,
     pub server_connect_timeout: Duration,
@@ -322,7 +323,7 @@ impl Default for Config {
             reserve_pool_size: 0,
             reserve_pool_timeout: Duration::from_secs(5),
             max_client_conn: 1000,
-            session_threads: 0,
+            workers: 1,
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(5),
             server_idle_timeout: Duration::from_secs(600),

@@ -55,7 +55,7 @@ pub use plans::PlanSettings;
 use shared::{Lifecycle, Shared};
 
 /// A running proxy. Dropping it stops accepting new clients and ends the sessions on
-/// its session threads (`Config::session_threads`); those on the runtime it was
+/// its session threads (`Config::workers`); those on the runtime it was
 /// started on go on.
 pub struct Proxy {
     local_addr: SocketAddr,
@@ -104,9 +104,11 @@ impl Proxy {
             .map_err(ProxyError::Config)?
             .map(Arc::new);
         let (spawner, workers) =
-            workers::start(config.session_threads).map_err(|source| ProxyError::Io {
-                peer: "session threads",
-                source,
+            workers::start(workers::session_threads(config.workers)).map_err(|source| {
+                ProxyError::Io {
+                    peer: "session threads",
+                    source,
+                }
             })?;
         let shared = Arc::new(Shared::new(config, users, tls, server_tls, insight, cache));
         let mut tasks = vec![

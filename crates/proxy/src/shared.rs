@@ -416,7 +416,9 @@ impl Shared {
         if new.listen != old.listen || new.admin_listen != old.admin_listen {
             tracing::warn!("listen and admin_listen changes take effect after a restart");
         }
-        if new.session_threads != old.session_threads {
+        // The configured count, not the threads it made: with 0 (one per core) a
+        // changed core count alone is not a change of the config.
+        if new.workers != old.workers {
             tracing::warn!("a change of worker threads takes effect after a restart");
         }
         let servers = |c: &Config| {

@@ -57,6 +57,16 @@ pub struct Workers {
     _stops: Vec<oneshot::Sender<()>>,
 }
 
+/// Session threads besides the starting runtime for `workers` threads in all (0: one
+/// per core).
+pub fn session_threads(workers: usize) -> usize {
+    let threads = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    threads.saturating_sub(1)
+}
+
 /// Starts `threads` session threads besides the current runtime, which serves sessions
 /// too.
 pub fn start(threads: usize) -> std::io::Result<(Arc<Spawner>, Workers)> {

@@ -462,7 +462,7 @@ async fn after_a_schema_change_a_statement_prepared_again_works_on_every_server_
     // connections (see `Pool::take_idle`), and A must meet both.
     let pg = Postgres::start().await.unwrap();
     let mut config = common::config_for(&pg, PoolMode::Transaction, 2);
-    config.session_threads = 0;
+    config.workers = 1;
     let proxy = Proxy::start(config).await.unwrap();
     let admin = pg.connect("postgres").await.unwrap();
     admin

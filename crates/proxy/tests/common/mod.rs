@@ -17,7 +17,7 @@ pub fn config_for(pg: &Postgres, mode: PoolMode, pool_size: usize) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         pool_mode: mode,
         default_pool_size: pool_size,
-        session_threads: 1,
+        workers: 2,
         databases: vec![Database {
             name: "app".into(),
             host: "127.0.0.1".into(),
