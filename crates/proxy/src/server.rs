@@ -1,8 +1,9 @@
 //! A connection to a PostgreSQL server: connect, start up, authenticate, and remember
 //! what the server said about itself (parameters, cancel key).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -237,6 +238,11 @@ impl ServerConn {
                             let client = scram.as_mut().ok_or_else(|| {
                                 ProxyError::Protocol("SASLContinue before SASL".into())
                             })?;
+                            if let (Some((salt, iterations)), Some(password)) =
+                                (client.key_params(data)?, &target.password)
+                            {
+                                client.use_keys(derived_keys(password, salt, iterations).await?);
+                            }
                             let reply = client.handle_server_first(data)?;
                             SaslResponse {
                                 data: reply.as_bytes(),
@@ -500,5 +506,73 @@ pub async fn send_cancel(route: &CancelRoute, timeout: Duration) {
             timeout_ms = timeout.as_millis() as u64,
             "could not forward a cancel request in time"
         ),
+    }
+}
+
+/// SCRAM keys derived from configured server passwords, by password, salt and
+/// iteration count. A server keeps a role's salt until its password changes, so
+/// PBKDF2 (a few milliseconds by design) runs once per password, not once per server
+/// connection a pool opens.
+static DERIVED: LazyLock<Mutex<HashMap<KeyParams, ScramKeys>>> = LazyLock::new(Default::default);
+
+/// A password, a salt and an iteration count.
+type KeyParams = (String, Vec<u8>, u32);
+
+/// The keys `password` gives with a server's `salt` and `iterations`: remembered, or
+/// derived on the blocking pool, so a pool filling up never stalls the sessions that
+/// share its thread's event loop.
+async fn derived_keys(
+    password: &str,
+    salt: Vec<u8>,
+    iterations: u32,
+) -> Result<ScramKeys, ProxyError> {
+    let key = (password.to_string(), salt, iterations);
+    let lock = || DERIVED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(keys) = lock().get(&key) {
+        return Ok(keys.clone());
+    }
+    let (password, salt, iterations) = key;
+    let (keys, key) = tokio::task::spawn_blocking(move || {
+        let keys = ScramKeys::derive(&password, &salt, iterations);
+        (keys, (password, salt, iterations))
+    })
+    .await
+    .map_err(|e| ProxyError::Protocol(format!("deriving SCRAM keys: {e}")))?;
+    let mut derived = lock();
+    // Bounded: salts change only with passwords, so this is a handful of entries.
+    if derived.len() >= 256 {
+        derived.clear();
+    }
+    derived.insert(key, keys.clone());
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod derived_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_password_is_derived_once_per_salt() {
+        let salt = b"pgopt-test-salt".to_vec();
+        let remembered = || {
+            DERIVED
+                .lock()
+                .unwrap()
+                .keys()
+                .filter(|(p, _, _)| p == "derive-once")
+                .count()
+        };
+        let first = derived_keys("derive-once", salt.clone(), 16).await.unwrap();
+        assert_eq!(first, ScramKeys::derive("derive-once", &salt, 16));
+        assert_eq!(remembered(), 1);
+        let again = derived_keys("derive-once", salt.clone(), 16).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(remembered(), 1, "the same salt is not derived again");
+        // A new salt (the password changed on the server): derived anew.
+        let other = derived_keys("derive-once", b"another".to_vec(), 16)
+            .await
+            .unwrap();
+        assert_ne!(other, first);
+        assert_eq!(remembered(), 2);
     }
 }

@@ -9,6 +9,24 @@ use super::{
 use crate::constant_time::constant_time_eq;
 use crate::error::AuthError;
 
+/// The `s=` and `i=` attributes that follow server-first's nonce.
+fn salt_and_iterations<'a>(
+    parts: &mut impl Iterator<Item = &'a str>,
+) -> Result<(Vec<u8>, u32), AuthError> {
+    let salt = unb64(
+        attr(parts.next(), b's', "server-first has no salt")?,
+        "salt is not base64",
+    )?;
+    let iterations: u32 = attr(parts.next(), b'i', "server-first has no iteration count")?
+        .parse()
+        .ok()
+        .filter(|&i| i > 0)
+        .ok_or(AuthError::MalformedMessage(
+            "iteration count is not a positive integer",
+        ))?;
+    Ok((salt, iterations))
+}
+
 /// The gs2 header this client sends: no channel binding, no authzid.
 const GS2_HEADER: &str = "n,,";
 
@@ -64,6 +82,26 @@ impl ScramClient {
         }
     }
 
+    /// Authenticating with a password: the salt and iteration count that
+    /// server-first asks for, so the keys can be derived elsewhere (PBKDF2 is slow
+    /// by design: off an event loop, once per salt) and handed over with
+    /// [`ScramClient::use_keys`]. `None` when the exchange already has its keys.
+    pub fn key_params(&self, data: &[u8]) -> Result<Option<(Vec<u8>, u32)>, AuthError> {
+        if matches!(self.credentials, Credentials::Keys(_)) {
+            return Ok(None);
+        }
+        let server_first = utf8(data, "server-first is not UTF-8")?;
+        let mut parts = server_first.split(',');
+        attr(parts.next(), b'r', "server-first has no nonce")?;
+        salt_and_iterations(&mut parts).map(Some)
+    }
+
+    /// Goes on with `keys` (derived from this exchange's password with
+    /// [`ScramKeys::derive`]) instead of the password.
+    pub fn use_keys(&mut self, keys: ScramKeys) {
+        self.credentials = Credentials::Keys(keys);
+    }
+
     /// client-first, the data of the SASLInitialResponse.
     pub fn client_first(&self) -> String {
         format!("{GS2_HEADER}{}", self.client_first_bare)
@@ -92,25 +130,12 @@ impl ScramClient {
         {
             return Err(AuthError::NonceMismatch);
         }
-        let salt = unb64(
-            attr(parts.next(), b's', "server-first has no salt")?,
-            "salt is not base64",
-        )?;
-        let iterations: u32 = attr(parts.next(), b'i', "server-first has no iteration count")?
-            .parse()
-            .ok()
-            .filter(|&i| i > 0)
-            .ok_or(AuthError::MalformedMessage(
-                "iteration count is not a positive integer",
-            ))?;
+        let (salt, iterations) = salt_and_iterations(&mut parts)?;
 
         let (client_key, server_key) = match &self.credentials {
             Credentials::Password(password) => {
-                let salted = salted_password(password, &salt, iterations);
-                (
-                    hmac(&salted, &[b"Client Key"]),
-                    hmac(&salted, &[b"Server Key"]),
-                )
+                let keys = ScramKeys::from_salted(&salted_password(password, &salt, iterations));
+                (keys.client_key, keys.server_key)
             }
             Credentials::Keys(keys) => (keys.client_key, keys.server_key),
         };
@@ -176,7 +201,7 @@ impl fmt::Debug for ScramClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scram::{ScramSecret, ScramServer};
+    use crate::scram::{ScramKeys, ScramSecret, ScramServer};
 
     const SERVER_FIRST: &str =
         "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
@@ -195,6 +220,27 @@ mod tests {
             .verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
             .unwrap();
         assert!(client.is_complete());
+    }
+
+    #[test]
+    fn keys_derived_elsewhere_give_the_rfc7677_proof() {
+        let mut client = ScramClient::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        let (salt, iterations) = client
+            .key_params(SERVER_FIRST.as_bytes())
+            .unwrap()
+            .expect("a password exchange needs its keys");
+        assert_eq!(iterations, 4096);
+        client.use_keys(ScramKeys::derive("pencil", &salt, iterations));
+        // With its keys it needs no more.
+        assert_eq!(client.key_params(SERVER_FIRST.as_bytes()), Ok(None));
+        let client_final = client.handle_server_first(SERVER_FIRST.as_bytes()).unwrap();
+        assert!(client_final.ends_with("p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="));
+        client
+            .verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            .unwrap();
+        // A server-first without a salt is refused before any key is derived.
+        let fresh = ScramClient::with_nonce("user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        assert!(fresh.key_params(b"r=rOprNGfwEbeRWgbNEkqOx,i=4096").is_err());
     }
 
     #[test]

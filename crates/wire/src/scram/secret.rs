@@ -37,6 +37,20 @@ pub struct ScramKeys {
     pub server_key: [u8; 32],
 }
 
+impl ScramKeys {
+    /// The keys `password` gives with `salt` and `iterations`: PBKDF2, slow by design.
+    pub fn derive(password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
+        ScramKeys::from_salted(&salted_password(&saslprep(password), salt, iterations))
+    }
+
+    pub(super) fn from_salted(salted: &[u8; 32]) -> ScramKeys {
+        ScramKeys {
+            client_key: hmac(salted, &[b"Client Key"]),
+            server_key: hmac(salted, &[b"Server Key"]),
+        }
+    }
+}
+
 impl fmt::Debug for ScramKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ScramKeys { .. }")
@@ -60,13 +74,12 @@ impl ScramSecret {
         if iterations == 0 {
             return Err(AuthError::InvalidSecret("iteration count must be positive"));
         }
-        let salted = salted_password(&saslprep(password), salt, iterations);
-        let client_key = hmac(&salted, &[b"Client Key"]);
+        let keys = ScramKeys::derive(password, salt, iterations);
         Ok(ScramSecret {
             iterations,
             salt: salt.to_vec(),
-            stored_key: sha256(&client_key),
-            server_key: hmac(&salted, &[b"Server Key"]),
+            stored_key: sha256(&keys.client_key),
+            server_key: keys.server_key,
             mock: false,
         })
     }
