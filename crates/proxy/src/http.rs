@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 endpoint on `admin_listen`: Prometheus `GET /metrics`, and the
 //! query insight as JSON under `/api/`.
-//! One request per connection, a bounded request head, a read timeout.
+//! One request per connection, a bounded request head, a read timeout; answers are
+//! rendered off the event loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +58,11 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) {
     })
     .await;
     let response = match read {
-        Ok(Ok(())) => respond(&head, &shared),
+        // Rendered on the blocking pool: a page of many fingerprints takes milliseconds
+        // that the sessions sharing this event loop would otherwise wait.
+        Ok(Ok(())) => tokio::task::spawn_blocking(move || respond(&head, &shared))
+            .await
+            .unwrap_or_else(|_| reply(500, "text/plain", "internal error\n".into(), false)),
         _ => reply(400, "text/plain", "bad request\n".into(), false),
     };
     let _ = stream.write_all(&response).await;
