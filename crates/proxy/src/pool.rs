@@ -2,15 +2,21 @@
 //! clients that waited too long), idle connections reused most-recent first, waiting
 //! clients bounded by `query_wait_timeout`, PAUSE/RESUME, and a circuit breaker that
 //! fails clients fast while the server is down and retries with exponential backoff.
+//!
+//! A saturated pool hands connections over: a connection coming back while clients
+//! wait goes straight to one of them (its slot with it), preferably to one on the
+//! connection's own session thread (see `workers.rs`), as PgBouncer gives a released
+//! server to the first waiting client. No slot queue is woken and no idle list is
+//! touched, and the connection need not move to another thread's event loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgopt_wire::scram::ScramKeys;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PoolMode;
 use crate::routing::Node;
@@ -56,6 +62,23 @@ pub enum CheckoutError {
 /// Invalidated statements remembered per pool.
 const MAX_INVALIDATED: usize = 4096;
 
+/// How much longer than the longest-waiting client one on the returned connection's
+/// own thread may have waited and still be served first.
+const HOME_PREFERENCE: Duration = Duration::from_millis(2);
+
+/// Waiting clients looked at for one on the returned connection's thread.
+const HOME_LOOKAHEAD: usize = 32;
+
+/// A connection handed over to a waiting client: it, its slot, its lent count.
+type Handed = (Box<ServerConn>, OwnedSemaphorePermit, Lent);
+
+/// A client waiting for a connection: its thread, since when, where to hand one.
+struct Waiter {
+    home: usize,
+    since: Instant,
+    to: oneshot::Sender<Handed>,
+}
+
 /// Backoff after failed connects: 100 ms doubling up to 10 s.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -98,6 +121,11 @@ pub struct Pool {
     invalidated: Mutex<HashMap<u64, u64>>,
     /// A maintenance pass is running (they never overlap).
     pub maintaining: AtomicBool,
+    /// Clients waiting for a connection, oldest first (see the module docs).
+    lobby: Mutex<VecDeque<Waiter>>,
+    /// Slots a RELOAD took away that are still lent: until they come back, released
+    /// connections are not handed over (the shrink takes their slots).
+    shrinking: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -192,6 +220,8 @@ impl Pool {
             plan_epoch: AtomicU64::new(0),
             invalidated: Mutex::new(HashMap::new()),
             maintaining: AtomicBool::new(false),
+            lobby: Mutex::new(VecDeque::new()),
+            shrinking: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -261,8 +291,13 @@ impl Pool {
     /// Applies new limits: slots are added at once, removed as they come free.
     pub fn set_limits(self: &Arc<Self>, new: PoolLimits) {
         let old = std::mem::replace(&mut *lock(&self.limits), new);
-        resize(&self.slots, old.size, new.size);
-        resize(&self.reserve, old.reserve_size, new.reserve_size);
+        resize(&self.slots, old.size, new.size, &self.shrinking);
+        resize(
+            &self.reserve,
+            old.reserve_size,
+            new.reserve_size,
+            &Arc::default(),
+        );
     }
 
     /// Waits for a slot (and for RESUME when paused), then reuses an idle connection
@@ -290,23 +325,37 @@ impl Pool {
         .map(|slot| (slot, Lent::new(self)))
         .filter(|_| !self.paused.load(SeqCst));
         let slot_at_once = at_once.is_some();
-        let (slot, active) = match at_once {
-            Some(pair) => pair,
+        let (slot, active, handed) = match at_once {
+            Some((slot, active)) => (slot, active, None),
             None => {
                 let _waiting = Gauge::up(&self.waiting);
                 loop {
-                    let slot = match self.wait_for_slot(&limits, deadline).await {
-                        Ok(slot) => slot,
+                    let granted = match self.wait_for_slot(&limits, started, deadline).await {
+                        Ok(granted) => granted,
                         Err(e) => {
                             self.stats.record_wait(started.elapsed());
                             return Err(e);
                         }
                     };
-                    let active = Lent::new(self);
+                    let (slot, active, handed) = match granted {
+                        Granted::Slot(slot) => (slot, Lent::new(self), None),
+                        Granted::Handed((conn, slot, active)) => (slot, active, Some(conn)),
+                    };
                     // PAUSE may have come while this client queued for the slot: counted as
                     // lent first, so PAUSE either sees it or it sees PAUSE.
                     if !self.paused.load(SeqCst) {
-                        break (slot, active);
+                        break (slot, active, handed);
+                    }
+                    if let Some(conn) = handed {
+                        // Not handed over again while paused: idle.
+                        Checkout {
+                            conn,
+                            ready_at: started,
+                            slot,
+                            active,
+                            lifetime: limits.lifetime,
+                        }
+                        .release();
                     }
                 }
             }
@@ -317,7 +366,13 @@ impl Pool {
         } else {
             Instant::now()
         };
-        let (conn, waited) = self.connection(&limits, now).await;
+        // A connection handed over was in use a moment ago: no checks, but it moves to
+        // this thread's event loop when it comes from another.
+        let handed = handed.and_then(|conn| conn.rehome().ok());
+        let (conn, waited) = match handed {
+            Some(conn) => (Ok(conn), false),
+            None => self.connection(&limits, now).await,
+        };
         let ready_at = if waited { Instant::now() } else { now };
         self.stats.record_wait(if ready_at == started {
             Duration::ZERO
@@ -334,10 +389,11 @@ impl Pool {
     }
 
     async fn wait_for_slot(
-        &self,
+        self: &Arc<Self>,
         limits: &PoolLimits,
+        started: Instant,
         deadline: Instant,
-    ) -> Result<OwnedSemaphorePermit, CheckoutError> {
+    ) -> Result<Granted, CheckoutError> {
         let timeout = || CheckoutError::WaitTimeout(limits.wait_timeout);
         while self.paused.load(SeqCst) {
             let resumed = self.resumed.notified();
@@ -355,34 +411,95 @@ impl Pool {
             }
         }
         let permit = |r: Result<OwnedSemaphorePermit, tokio::sync::AcquireError>| {
-            r.map_err(|_| CheckoutError::ShuttingDown)
+            r.map(Granted::Slot)
+                .map_err(|_| CheckoutError::ShuttingDown)
         };
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-            return Ok(slot);
+            return Ok(Granted::Slot(slot));
         }
-        // Busy: queue for a slot, keeping the place in line; after `reserve_timeout`
-        // a reserve slot will do too.
+        // Busy: wait in the lobby for a connection handed over, and in line for a slot
+        // freed without one (a connection closed, the pool grown); after
+        // `reserve_timeout` a reserve slot will do too.
+        let mut lobby = Lobbied::enter(self, started);
         let queued = self.slots.clone().acquire_owned();
         tokio::pin!(queued);
         if limits.reserve_size > 0 {
             let reserve_at = (Instant::now() + limits.reserve_timeout).min(deadline);
-            if let Ok(r) = tokio::time::timeout_at(reserve_at.into(), &mut queued).await {
-                return permit(r);
+            let first = async {
+                tokio::select! {
+                    biased;
+                    handed = lobby.handed() => Ok(Granted::Handed(handed)),
+                    s = &mut queued => permit(s),
+                }
+            };
+            if let Ok(r) = tokio::time::timeout_at(reserve_at.into(), first).await {
+                return r;
             }
             let either = async {
                 tokio::select! {
-                    s = &mut queued => s,
-                    s = self.reserve.clone().acquire_owned() => s,
+                    biased;
+                    handed = lobby.handed() => Ok(Granted::Handed(handed)),
+                    s = &mut queued => permit(s),
+                    s = self.reserve.clone().acquire_owned() => permit(s),
                 }
             };
             return match tokio::time::timeout_at(deadline.into(), either).await {
-                Ok(r) => permit(r),
+                Ok(r) => r,
                 Err(_) => Err(timeout()),
             };
         }
-        match tokio::time::timeout_at(deadline.into(), queued).await {
-            Ok(r) => permit(r),
+        let first = async {
+            tokio::select! {
+                biased;
+                handed = lobby.handed() => Ok(Granted::Handed(handed)),
+                s = &mut queued => permit(s),
+            }
+        };
+        match tokio::time::timeout_at(deadline.into(), first).await {
+            Ok(r) => r,
             Err(_) => Err(timeout()),
+        }
+    }
+
+    /// Hands a connection coming back to a waiting client, preferably one on the
+    /// connection's own thread (see the module docs); gives it back when no client
+    /// waits (or the pool is paused, closing or shrinking, or the slot is a reserve
+    /// one, which goes back).
+    fn hand_over(&self, mut handed: Handed) -> Option<Handed> {
+        if !Arc::ptr_eq(handed.1.semaphore(), &self.slots)
+            || self.paused.load(SeqCst)
+            || self.closed.load(SeqCst)
+            || self.shrinking.load(SeqCst) > 0
+        {
+            return Some(handed);
+        }
+        loop {
+            let waiter = {
+                let mut lobby = lock(&self.lobby);
+                // Clients that stopped waiting (timed out, gone) leave their place.
+                while lobby.front().is_some_and(|w| w.to.is_closed()) {
+                    lobby.pop_front();
+                }
+                let Some(front) = lobby.front().map(|w| w.since) else {
+                    return Some(handed);
+                };
+                let home = handed.0.home;
+                let pick = lobby
+                    .iter()
+                    .take(HOME_LOOKAHEAD)
+                    .position(|w| w.home == home && !w.to.is_closed())
+                    .filter(|&i| lobby[i].since <= front + HOME_PREFERENCE)
+                    .unwrap_or(0);
+                lobby.remove(pick)
+            };
+            let Some(waiter) = waiter else {
+                return Some(handed);
+            };
+            // Sent outside the lock: waking the client may cross threads.
+            match waiter.to.send(handed) {
+                Ok(()) => return None,
+                Err(back) => handed = back, // it just stopped waiting: the next one
+            }
         }
     }
 
@@ -533,6 +650,8 @@ impl Pool {
         self.slots.close();
         self.reserve.close();
         self.resumed.notify_waiters();
+        // Waiters see their sender gone and go on waiting for the closed slot queue.
+        lock(&self.lobby).clear();
     }
 
     /// Whether any server connection is lent or being opened (PAUSE waits for none).
@@ -594,18 +713,85 @@ impl Pool {
     }
 }
 
-/// Grows a semaphore at once, or shrinks it by taking permits as they are released.
-fn resize(sem: &Arc<Semaphore>, old: usize, new: usize) {
+/// Grows a semaphore at once, or shrinks it by taking permits as they are released
+/// (`shrinking` counts them until then).
+fn resize(sem: &Arc<Semaphore>, old: usize, new: usize, shrinking: &Arc<AtomicUsize>) {
     if new > old {
         sem.add_permits(new - old);
     } else if new < old {
-        let excess = (old - new) as u32;
+        let excess = old - new;
         let sem = sem.clone();
+        let shrinking = shrinking.clone();
+        shrinking.fetch_add(excess, SeqCst);
         crate::workers::spawn_background(async move {
-            if let Ok(permits) = sem.acquire_many_owned(excess).await {
+            if let Ok(permits) = sem.acquire_many_owned(excess as u32).await {
                 permits.forget();
             }
+            shrinking.fetch_sub(excess, SeqCst);
         });
+    }
+}
+
+/// What a waiting client got: a slot (a connection to take or open), or a connection
+/// handed over with its slot.
+enum Granted {
+    Slot(OwnedSemaphorePermit),
+    Handed(Handed),
+}
+
+/// A client's place in its pool's lobby while it waits. Leaving (a timeout, a slot
+/// from the queue, the client gone) closes it; a connection handed over just before
+/// goes back to the pool.
+struct Lobbied {
+    pool: Arc<Pool>,
+    from: Option<oneshot::Receiver<Handed>>,
+}
+
+impl Lobbied {
+    fn enter(pool: &Arc<Pool>, since: Instant) -> Lobbied {
+        let (to, from) = oneshot::channel();
+        lock(&pool.lobby).push_back(Waiter {
+            home: crate::workers::home(),
+            since,
+            to,
+        });
+        Lobbied {
+            pool: pool.clone(),
+            from: Some(from),
+        }
+    }
+
+    /// A connection handed over; never, if the pool dropped the place (closing).
+    async fn handed(&mut self) -> Handed {
+        let Some(from) = self.from.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = from.await;
+        self.from = None;
+        match result {
+            Ok(handed) => handed,
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Lobbied {
+    fn drop(&mut self) {
+        let Some(mut from) = self.from.take() else {
+            return;
+        };
+        from.close();
+        if let Ok((conn, slot, active)) = from.try_recv() {
+            let lifetime = self.pool.limits().lifetime;
+            Checkout {
+                conn,
+                ready_at: Instant::now(),
+                slot,
+                active,
+                lifetime,
+            }
+            .release();
+        }
     }
 }
 
@@ -624,14 +810,20 @@ impl Checkout {
             lifetime,
             ..
         } = self;
-        let pool = &active.0;
+        let pool = active.0.clone();
         if now.saturating_duration_since(conn.created) <= lifetime {
             conn.last_used = now;
             conn.info.set_link(0, 0);
             conn.info
                 .prepared
                 .store(conn.prepared.len() as u64, Relaxed);
+            let Some((conn, slot, active)) = pool.hand_over((conn, slot, active)) else {
+                return;
+            };
             lock(&pool.idle).push(conn);
+            drop(active);
+            drop(slot);
+            return;
         }
         // Counted idle before no longer lent; the slot goes last, so a waiter finds
         // the connection idle.

@@ -649,3 +649,103 @@ async fn refuses_session_state(proxy: &Proxy) {
     let row = client.query_one("SHOW work_mem", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "9MB");
 }
+
+/// Counts the server connections pgopt has running a statement, sampled `times`.
+async fn most_active_at_once(direct: &tokio_postgres::Client, times: usize) -> i64 {
+    let mut most = 0;
+    for _ in 0..times {
+        let active: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = 'pgopt' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        most = most.max(active);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    most
+}
+
+#[tokio::test]
+async fn a_saturated_pool_shrinks_on_reload_while_clients_keep_it_busy() {
+    // Connections coming back while clients wait are handed straight to them: a
+    // smaller pool after RELOAD must still take its slots back meanwhile.
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 4))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client.simple_query("SELECT pg_sleep(0.005)").await.unwrap();
+                done += 1;
+            }
+            done
+        }));
+    }
+    let direct = pg.connect("postgres").await.unwrap();
+    let before = most_active_at_once(&direct, 30).await;
+    assert!(before > 2, "the pool of 4 is busy: {before} at most");
+
+    proxy
+        .handle()
+        .apply(config_for(&pg, PoolMode::Transaction, 2))
+        .expect("reload");
+    // The shrink takes two slots as they come back, at once under this load.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = most_active_at_once(&direct, 60).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        assert!(t.await.unwrap() > 0, "every client got served");
+    }
+    assert!(
+        after <= 2,
+        "{after} connections busy at once after shrinking to 2"
+    );
+}
+
+#[tokio::test]
+async fn clients_that_stop_waiting_leave_the_connection_to_the_next_one() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 1);
+    config.query_wait_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(config).await.unwrap();
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    let pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        waiters.push(tokio::spawn(async move {
+            client.simple_query("SELECT 1").await.map(|_| ())
+        }));
+    }
+    for w in waiters {
+        let err = w.await.unwrap().expect_err("no connection for 300 ms");
+        assert_eq!(code(&err), Some("57014"), "{err}");
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    // The connection went back to the pool, not to a client that left: the next
+    // client gets that same server connection at once.
+    let next = connect(&proxy, "postgres", None).await.unwrap();
+    let started = std::time::Instant::now();
+    let again: i32 = next
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, pid);
+    assert!(started.elapsed() < Duration::from_millis(250));
+}
