@@ -330,7 +330,7 @@ impl Pool {
             None => {
                 let _waiting = Gauge::up(&self.waiting);
                 loop {
-                    let granted = match self.wait_for_slot(&limits, started, deadline).await {
+                    let granted = match self.wait_for_slot(&limits, deadline).await {
                         Ok(granted) => granted,
                         Err(e) => {
                             self.stats.record_wait(started.elapsed());
@@ -366,9 +366,12 @@ impl Pool {
         } else {
             Instant::now()
         };
-        // A connection handed over was in use a moment ago: no checks, but it moves to
-        // this thread's event loop when it comes from another.
-        let handed = handed.and_then(|conn| conn.rehome().ok());
+        // A connection handed over was in use a moment ago: no health check, only a
+        // look for a server that closed it since, and a move to this thread's event
+        // loop when it comes from another. A dead one: its slot takes or opens another.
+        let handed = handed
+            .filter(|conn| conn.looks_alive())
+            .and_then(|conn| conn.rehome().ok());
         let (conn, waited) = match handed {
             Some(conn) => (Ok(conn), false),
             None => self.connection(&limits, now).await,
@@ -391,7 +394,6 @@ impl Pool {
     async fn wait_for_slot(
         self: &Arc<Self>,
         limits: &PoolLimits,
-        started: Instant,
         deadline: Instant,
     ) -> Result<Granted, CheckoutError> {
         let timeout = || CheckoutError::WaitTimeout(limits.wait_timeout);
@@ -420,7 +422,7 @@ impl Pool {
         // Busy: wait in the lobby for a connection handed over, and in line for a slot
         // freed without one (a connection closed, the pool grown); after
         // `reserve_timeout` a reserve slot will do too.
-        let mut lobby = Lobbied::enter(self, started);
+        let mut lobby = Lobbied::enter(self);
         let queued = self.slots.clone().acquire_owned();
         tokio::pin!(queued);
         if limits.reserve_size > 0 {
@@ -476,6 +478,10 @@ impl Pool {
         loop {
             let waiter = {
                 let mut lobby = lock(&self.lobby);
+                // `close` empties the lobby after it marks the pool closed.
+                if self.closed.load(SeqCst) {
+                    return Some(handed);
+                }
                 // Clients that stopped waiting (timed out, gone) leave their place.
                 while lobby.front().is_some_and(|w| w.to.is_closed()) {
                     lobby.pop_front();
@@ -748,13 +754,20 @@ struct Lobbied {
 }
 
 impl Lobbied {
-    fn enter(pool: &Arc<Pool>, since: Instant) -> Lobbied {
+    fn enter(pool: &Arc<Pool>) -> Lobbied {
         let (to, from) = oneshot::channel();
-        lock(&pool.lobby).push_back(Waiter {
+        let mut lobby = lock(&pool.lobby);
+        // Places left behind (timeouts, clients gone) go once they outnumber the
+        // waiting clients, whether or not connections come back meanwhile.
+        if lobby.len() > 2 * pool.waiting.load(Relaxed) + 16 {
+            lobby.retain(|w| !w.to.is_closed());
+        }
+        lobby.push_back(Waiter {
             home: crate::workers::home(),
-            since,
+            since: Instant::now(),
             to,
         });
+        drop(lobby);
         Lobbied {
             pool: pool.clone(),
             from: Some(from),
@@ -811,7 +824,7 @@ impl Checkout {
             ..
         } = self;
         let pool = active.0.clone();
-        if now.saturating_duration_since(conn.created) <= lifetime {
+        let (slot, active) = if now.saturating_duration_since(conn.created) <= lifetime {
             conn.last_used = now;
             conn.info.set_link(0, 0);
             conn.info
@@ -821,10 +834,10 @@ impl Checkout {
                 return;
             };
             lock(&pool.idle).push(conn);
-            drop(active);
-            drop(slot);
-            return;
-        }
+            (slot, active)
+        } else {
+            (slot, active)
+        };
         // Counted idle before no longer lent; the slot goes last, so a waiter finds
         // the connection idle.
         drop(active);

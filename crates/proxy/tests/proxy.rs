@@ -749,3 +749,68 @@ async fn clients_that_stop_waiting_leave_the_connection_to_the_next_one() {
     assert_eq!(again, pid);
     assert!(started.elapsed() < Duration::from_millis(250));
 }
+
+#[tokio::test]
+async fn waits_timing_out_while_connections_are_handed_over_leak_no_slot() {
+    // Clients give up (query_wait_timeout) at all moments, some just as a connection
+    // is handed to them: afterwards every slot is still there, and no more.
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.query_wait_timeout = Duration::from_millis(30);
+    let proxy = Proxy::start(config).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut tasks = Vec::new();
+    let port = proxy.local_addr().port();
+    for _ in 0..30 {
+        tasks.push(tokio::spawn(async move {
+            let (mut served, mut timed_out) = (0u32, 0u32);
+            let mut client = common::connect_port(port, "postgres").await.unwrap();
+            while std::time::Instant::now() < deadline {
+                match client.simple_query("SELECT pg_sleep(0.01)").await {
+                    Ok(_) => served += 1,
+                    // The wait's end closes the client's connection, as PgBouncer's.
+                    Err(e) if code(&e) == Some("57014") => {
+                        timed_out += 1;
+                        client = common::connect_port(port, "postgres").await.unwrap();
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            (served, timed_out)
+        }));
+    }
+    let (mut served, mut timed_out) = (0, 0);
+    for t in tasks {
+        let (s, t) = t.await.unwrap();
+        served += s;
+        timed_out += t;
+    }
+    assert!(
+        served > 0 && timed_out > 0,
+        "{served} served, {timed_out} timed out"
+    );
+    // Both slots are free: two transactions at once, at once.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let c = connect(&proxy, "postgres", None).await.unwrap();
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        holders.push(c);
+    }
+    // And no third: a client waits, then times out.
+    let third = connect(&proxy, "postgres", None).await.unwrap();
+    let err = third.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&err), Some("57014"), "{err}");
+    let direct = pg.connect("postgres").await.unwrap();
+    let backends: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgopt'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        backends <= 2,
+        "{backends} server connections for a pool of 2"
+    );
+}
