@@ -9,7 +9,8 @@
 #        PGOPT_BIN=FILE (another pgopt build, for an A/B),
 #        KEEP_PERF=FILE (keep perf.data), PERF_DUMP=FILE, PERF_TOP=N
 #        callgrind: pgopt's instructions per transaction over CALLGRIND_TXNS (500) per client,
-#        CALLGRIND_KEEP=FILE keeps the profile for callgrind_annotate
+#        CALLGRIND_KEEP=FILE keeps the profile for callgrind_annotate, CALLGRIND_ARGS more
+#        valgrind options ("--cache-sim=yes": simulated cache misses too)
 # (tpcb: pgbench's default TPC-B-like script, simple protocol, instead of -S; hot: point
 # reads of HOT_KEYS accounts, for the result cache's hit path with a [cache] config)
 set -euo pipefail
@@ -48,7 +49,8 @@ case $mode in
 esac
 wrap=()
 # callgrind: the proxy's own instructions per transaction, repeatable whatever the host does.
-[ "$tool" = callgrind ] && wrap=(valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" --dump-instr=no)
+# CALLGRIND_ARGS: more valgrind options, e.g. "--cache-sim=yes" for simulated cache misses.
+[ "$tool" = callgrind ] && wrap=(valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" --dump-instr=no ${CALLGRIND_ARGS:-})
 if [ "${PROXY:-pgopt}" = pgbouncer ]; then
   # The same load through PgBouncer (transaction mode, same pool size), for comparison.
   pgbouncer_config "$tmp" "$pg_port" "$pgopt_port" 20
