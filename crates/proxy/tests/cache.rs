@@ -359,6 +359,45 @@ async fn a_commit_invalidates_when_it_completes_before_any_sync() {
     assert!(counter(&cache_row(&proxy).await, "hits") >= 1);
 }
 
+/// Statements sent with Parse, Bind, Execute and Flush but no Sync run in an implicit
+/// transaction that the next Sync or simple query ends. A cached read then is not
+/// answered by pgopt alone (the connection stays with the client until then): the
+/// server would never see the message that commits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_read_after_an_unsynced_batch_still_commits_it() {
+    use tokio::io::AsyncWriteExt;
+    let (pg, proxy) = setup().await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&reader, read).await, "a");
+    assert_eq!(value(&reader, read).await, "a");
+    let mut raw = common::raw_login(&proxy).await;
+    let mut insert = common::message(b'P', b"\0INSERT INTO unlisted VALUES ('w')\0\0\0");
+    insert.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    insert.extend(common::message(b'E', b"\0\0\0\0\0"));
+    insert.extend(common::message(b'H', b""));
+    raw.write_all(&insert).await.unwrap();
+    assert_eq!(common::read_until(&mut raw, b'C').await, b"12C");
+    // PostgreSQL runs this query in the same implicit transaction and commits both.
+    let hits = counter(&cache_row(&proxy).await, "hits");
+    let mut query = format!("{read}\0").into_bytes();
+    query = common::message(b'Q', &query);
+    raw.write_all(&query).await.unwrap();
+    assert_eq!(common::read_until(&mut raw, b'Z').await, b"TDCZ");
+    // It went to the server, which committed the batch with it.
+    assert_eq!(counter(&cache_row(&proxy).await, "hits"), hits);
+    let watcher = direct(&pg).await;
+    let written = "SELECT count(*) FROM unlisted WHERE v = 'w'";
+    assert_eq!(
+        value(&watcher, written).await,
+        "1",
+        "the insert is committed"
+    );
+    drop(raw);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(value(&watcher, written).await, "1", "and stays so");
+}
+
 /// A client that leaves in the middle of COPY FROM STDIN: its server connection is
 /// closed at once (the COPY rolls back), not kept for the minute pgopt waits for a
 /// departed client's statement to end.
