@@ -144,6 +144,9 @@ pub struct Relay {
     /// without ending it). Released then, another client's statement would commit
     /// this one's writes.
     open_batch: bool,
+    /// An error in an unsynced batch: the server discards everything up to the
+    /// client's next Sync, which alone clears `open_batch` then.
+    server_awaits_sync: bool,
     rerun: Option<BytesMut>,
     /// Query insight for this session, unless disabled.
     tracker: Option<Tracker>,
@@ -268,6 +271,7 @@ impl Relay {
             replayed: false,
             dropping: false,
             open_batch: false,
+            server_awaits_sync: false,
             rerun: None,
             tracker,
             routes,
@@ -1076,7 +1080,12 @@ impl Relay {
         if self.to_server.len() > queued {
             match frame.tag() {
                 b'P' | b'B' | b'D' | b'E' => self.open_batch = true,
-                b'S' | b'Q' | b'F' => self.open_batch = false,
+                b'S' => {
+                    self.open_batch = false;
+                    self.server_awaits_sync = false;
+                }
+                // A server skipping to a Sync discards a Query or FunctionCall.
+                b'Q' | b'F' if !self.server_awaits_sync => self.open_batch = false,
                 _ => {}
             }
         }
@@ -1635,6 +1644,10 @@ impl Relay {
                     for id in self.expected.take_skipped_deallocations() {
                         self.statements.settle(id, false);
                     }
+                    if self.expected.take_server_awaits_sync() {
+                        self.open_batch = true;
+                        self.server_awaits_sync = true;
+                    }
                     if matches!(header.tag, b'C' | b'E' | b'Z') {
                         self.observe(header.tag, pos + 5..end, verdict);
                     }
@@ -2109,6 +2122,7 @@ impl Relay {
                 self.status = checkout.conn.status;
                 self.server = Some(checkout);
                 self.open_batch = false;
+                self.server_awaits_sync = false;
                 self.ryw.replica = replica;
                 self.ryw.wrote = !read_only;
                 self.ryw.batch_ended = false;

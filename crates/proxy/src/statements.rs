@@ -249,11 +249,21 @@ pub struct Expected {
     skipped_deallocations: Vec<u64>,
     /// Encoded ErrorResponses for the [`Step::Error`]s in the queue, in order.
     errors: VecDeque<Bytes>,
+    /// An error sent the server skipping to a Sync that is not queued yet (see
+    /// [`Expected::take_server_awaits_sync`]).
+    server_awaits_sync: bool,
 }
 
 impl Expected {
     pub fn push(&mut self, step: Step) {
         self.queue.push_back(step);
+    }
+
+    /// Whether an error just sent the server skipping messages up to a Sync the client
+    /// has not sent yet: PostgreSQL discards everything until then, a simple Query
+    /// too, so the connection is not the client's to give back before its Sync.
+    pub fn take_server_awaits_sync(&mut self) -> bool {
+        std::mem::take(&mut self.server_awaits_sync)
     }
 
     /// Server ReadyForQuery messages still to come for what is queued (each Sync and
@@ -463,13 +473,17 @@ impl Expected {
     /// After an error in the extended protocol the server ignores everything up to the
     /// next Sync: those requests get no response, and Parses among them prepared nothing.
     fn skip_to_sync(&mut self, forget: &mut impl FnMut(u64)) {
+        self.server_awaits_sync = true;
         while let Some(&step) = self.queue.front() {
             match step {
                 Step::Server {
                     request: Request::Sync,
                     ..
+                } => {
+                    self.server_awaits_sync = false;
+                    break;
                 }
-                | Step::Ready => break,
+                Step::Ready => break,
                 Step::Server {
                     prepared: Some(id), ..
                 }

@@ -814,3 +814,51 @@ async fn waits_timing_out_while_connections_are_handed_over_leak_no_slot() {
         "{backends} server connections for a pool of 2"
     );
 }
+
+#[tokio::test]
+async fn a_query_the_server_skipped_after_an_unsynced_error_keeps_the_connection_to_its_sync() {
+    // After an error in Parse/Bind/Execute with no Sync yet, PostgreSQL discards every
+    // message up to the next Sync, a simple Query too. The connection must stay with
+    // that client until its Sync: given to another, it would swallow its queries.
+    use tokio::io::AsyncWriteExt;
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
+        .await
+        .unwrap();
+    let mut raw = raw_login(&proxy).await;
+    let mut burst = common::message(b'P', b"\0SELECT 1/0\0\0\0");
+    burst.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    burst.extend(common::message(b'E', b"\0\0\0\0\0"));
+    burst.extend(common::message(b'H', b""));
+    burst.extend(common::message(b'Q', b"SELECT 2\0"));
+    raw.write_all(&burst).await.unwrap();
+    // (1/0 is folded when the statement is planned, at Bind.)
+    assert_eq!(read_until(&mut raw, b'E').await, b"1E");
+
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let rows = other.simple_query("SELECT 3").await;
+        rows.map(|r| {
+            r.iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(String::from),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the other client waits for the connection"
+    );
+    // The Sync ends the skipping: one ReadyForQuery, as PostgreSQL sends.
+    raw.write_all(&common::message(b'S', b"")).await.unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"Z");
+    let served = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the other client is served once the Sync went through")
+        .unwrap()
+        .unwrap();
+    assert_eq!(served, "3");
+}
