@@ -1158,6 +1158,7 @@ impl Relay {
                 if self.worth_judging(frame.body()) {
                     let query = Query::decode(frame.body())?;
                     if let Some(refusal) = self.judge_session(query.sql, true) {
+                        self.end_open_batch(false);
                         self.expected.push_error(refusal);
                         self.expected.push(Step::Ready);
                         return Ok(());
@@ -1444,8 +1445,36 @@ impl Relay {
             None => return false,
         };
         let Some(id) = id else { return false };
+        self.end_open_batch(true);
         self.expected.push(Step::Deallocated { all, id });
         true
+    }
+
+    /// A simple query pgopt answers itself ends what the server holds open of an
+    /// unsynced batch as the query would have: a success commits its implicit
+    /// transaction (a Sync), a refusal fails it (a statement that raises an error,
+    /// then a Sync: rolled back, or a transaction block left failed, as PostgreSQL
+    /// does for a query that fails). The server's answers are not the client's; a
+    /// server skipping after an earlier error stops at the Sync.
+    fn end_open_batch(&mut self, success: bool) {
+        if !(self.open_batch && self.server.is_some()) {
+            return;
+        }
+        if !success {
+            const FAIL: &[u8] = b"DO $pgopt$BEGIN RAISE EXCEPTION \
+                'pgopt refused a statement sent before this batch''s Sync'; END$pgopt$";
+            let mut parse = Vec::with_capacity(FAIL.len() + 8);
+            parse.push(0); // the unnamed statement (a simple query drops it anyway)
+            parse.extend_from_slice(FAIL);
+            parse.extend_from_slice(&[0, 0, 0]); // no parameter types
+            frame_into(&mut self.to_server, b'P', &parse);
+            frame_into(&mut self.to_server, b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
+            frame_into(&mut self.to_server, b'E', &[0, 0, 0, 0, 0]);
+        }
+        frame_into(&mut self.to_server, b'S', &[]);
+        self.expected.push(Step::InjectedSync);
+        self.open_batch = false;
+        self.server_awaits_sync = false;
     }
 
     /// Transaction mode: what a statement does to session state. A refusal comes back
@@ -2543,6 +2572,13 @@ fn keep_before_change(
     if status != TransactionStatus::Idle && snapshot.is_none() {
         *snapshot = Some((settings.clone(), applied.clone()));
     }
+}
+
+/// Appends a protocol message: type, length, body.
+fn frame_into(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    out.extend_from_slice(&[tag]);
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
 }
 
 async fn read_server(server: &mut Option<Checkout>, buf: &mut BytesMut) -> std::io::Result<usize> {

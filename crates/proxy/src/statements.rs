@@ -226,6 +226,11 @@ pub enum Step {
     /// A query pgopt sent itself (settings for this client): every response to it,
     /// up to and including its ReadyForQuery, is dropped.
     InjectedQuery,
+    /// Extended-protocol messages pgopt sent itself ending in a Sync (to end a
+    /// client's unsynced batch before answering a simple query itself): every
+    /// response up to and including the Sync's ReadyForQuery is dropped, errors too.
+    /// A server skipping after an error stops skipping at it.
+    InjectedSync,
     /// An ErrorResponse from pgopt (the next of [`Expected`]'s queued errors).
     Error,
     /// A ReadyForQuery from pgopt, with the current transaction status.
@@ -274,7 +279,7 @@ impl Expected {
             + self
                 .queue
                 .iter()
-                .filter(|s| matches!(s, Step::InjectedQuery))
+                .filter(|s| matches!(s, Step::InjectedQuery | Step::InjectedSync))
                 .count()
     }
 
@@ -328,6 +333,7 @@ impl Expected {
                 | Step::Answer(_)
                 | Step::Deallocated { .. }
                 | Step::InjectedQuery
+                | Step::InjectedSync
                 | Step::Error
                 | Step::Ready => return false,
                 _ => {}
@@ -458,7 +464,7 @@ impl Expected {
             }
             // Answers are written as soon as they reach the head; a server message
             // arriving here belongs to nothing we track.
-            Step::InjectedQuery => {
+            Step::InjectedQuery | Step::InjectedSync => {
                 if tag == b'Z' {
                     self.queue.pop_front();
                 }
@@ -479,7 +485,8 @@ impl Expected {
                 Step::Server {
                     request: Request::Sync,
                     ..
-                } => {
+                }
+                | Step::InjectedSync => {
                     self.server_awaits_sync = false;
                     break;
                 }

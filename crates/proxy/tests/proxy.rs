@@ -862,3 +862,80 @@ async fn a_query_the_server_skipped_after_an_unsynced_error_keeps_the_connection
         .unwrap();
     assert_eq!(served, "3");
 }
+
+/// Inserts `v` into `marks` with Parse, Bind, Execute and Flush, and no Sync: the
+/// server holds the insert in an implicit transaction.
+async fn insert_without_sync(raw: &mut tokio::net::TcpStream, v: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut batch = common::message(
+        b'P',
+        format!("\0INSERT INTO marks VALUES ('{v}')\0\0\0").as_bytes(),
+    );
+    batch.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(common::message(b'E', b"\0\0\0\0\0"));
+    batch.extend(common::message(b'H', b""));
+    raw.write_all(&batch).await.unwrap();
+    assert_eq!(read_until(raw, b'C').await, b"12C");
+}
+
+#[tokio::test]
+async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would() {
+    // PostgreSQL runs a simple query in the implicit transaction of the unsynced
+    // statements before it, and ends that transaction with the query: committed if
+    // the query succeeds, rolled back if it fails. pgopt's own answers do the same.
+    use tokio::io::AsyncWriteExt;
+    let pg = Postgres::start().await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE marks (v text)")
+        .await
+        .unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
+        .await
+        .unwrap();
+    let count = |v: &'static str| {
+        let direct = &direct;
+        async move {
+            let n: i64 = direct
+                .query_one("SELECT count(*) FROM marks WHERE v = $1", &[&v])
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+
+    // Refused (a session feature transaction mode can't carry): rolled back.
+    let mut raw = raw_login(&proxy).await;
+    insert_without_sync(&mut raw, "refused").await;
+    raw.write_all(&common::message(b'Q', b"LISTEN somewhere\0"))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"EZ");
+    assert_eq!(
+        count("refused").await,
+        0,
+        "rolled back with the failed query"
+    );
+    raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"TDCZ");
+    drop(raw);
+
+    // DEALLOCATE of the client's own statement, answered by pgopt: committed.
+    let mut raw = raw_login(&proxy).await;
+    let mut prepare = common::message(b'P', b"s1\0SELECT 1\0\0\0");
+    prepare.extend(common::message(b'S', b""));
+    raw.write_all(&prepare).await.unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"1Z");
+    insert_without_sync(&mut raw, "kept").await;
+    raw.write_all(&common::message(b'Q', b"DEALLOCATE s1\0"))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"CZ");
+    assert_eq!(count("kept").await, 1, "committed with the query");
+    drop(raw);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count("kept").await, 1, "and stays so once the client left");
+}
