@@ -49,14 +49,7 @@ async fn transaction_mode_serves_many_clients_on_few_server_connections() {
         .unwrap()
         .get(0);
     assert_eq!(count, 200);
-    let backends: i64 = direct
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgopt'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let backends = pgopt_backends(&direct).await;
     assert!(
         backends <= 2,
         "{backends} server connections for a pool of 2"
@@ -647,6 +640,18 @@ async fn refuses_session_state(proxy: &Proxy) {
     assert_eq!(row.get::<_, String>(0), "9MB");
 }
 
+/// The server connections pgopt has open.
+async fn pgopt_backends(direct: &tokio_postgres::Client) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgopt'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Counts the server connections pgopt has running a statement, sampled `times`.
 async fn most_active_at_once(direct: &tokio_postgres::Client, times: usize) -> i64 {
     let mut most = 0;
@@ -798,14 +803,7 @@ async fn waits_timing_out_while_connections_are_handed_over_leak_no_slot() {
     let err = third.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(code(&err), Some("57014"), "{err}");
     let direct = pg.connect("postgres").await.unwrap();
-    let backends: i64 = direct
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgopt'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let backends = pgopt_backends(&direct).await;
     assert!(
         backends <= 2,
         "{backends} server connections for a pool of 2"
