@@ -61,6 +61,9 @@ const MAX_PARSED: usize = 10_000;
 /// Largest read batch kept for a failover to another node.
 const MAX_FAILOVER_BYTES: usize = 64 * 1024;
 
+/// Room for reading from a server (a big result streams through it).
+const SERVER_READ_BUF: usize = 16 * 1024;
+
 /// An ErrorResponse or NoticeResponse that says the server is ending the connection:
 /// FATAL or PANIC, or a shutdown SQLSTATE (`57P01`-`57P03`; an immediate shutdown
 /// sends a WARNING with `57P01` before it closes).
@@ -236,9 +239,10 @@ impl Relay {
         Relay {
             client,
             cbuf,
-            sbuf: BytesMut::with_capacity(16 * 1024),
+            // Taken from the server connection while one is lent (see `attach`).
+            sbuf: BytesMut::new(),
             out: BytesMut::new(),
-            to_server: BytesMut::with_capacity(4096),
+            to_server: BytesMut::new(),
             server: None,
             expected: Expected::default(),
             statements: ClientStatements::default(),
@@ -2149,7 +2153,7 @@ impl Relay {
                 self.info.set_state(ClientState::Active, lent_us);
                 *lock(&self.cancel) = Some(checkout.conn.cancel.clone());
                 self.status = checkout.conn.status;
-                self.server = Some(checkout);
+                self.attach(checkout);
                 self.open_batch = false;
                 self.server_awaits_sync = false;
                 self.ryw.replica = replica;
@@ -2282,11 +2286,33 @@ impl Relay {
 
     fn maybe_release(&mut self) {
         if self.rewrite && self.server_idle() {
-            if let Some(checkout) = self.server.take() {
+            if let Some(checkout) = self.detach() {
                 self.unlink();
                 checkout.release_at(self.clock);
             }
         }
+    }
+
+    /// Lends `checkout` to this client, with the server read buffer it keeps: a client
+    /// holds one only while it holds a connection.
+    fn attach(&mut self, mut checkout: Checkout) {
+        if self.sbuf.is_empty() {
+            std::mem::swap(&mut self.sbuf, &mut checkout.conn.read_buf);
+            if self.sbuf.capacity() == 0 {
+                self.sbuf.reserve(SERVER_READ_BUF);
+            }
+        }
+        self.server = Some(checkout);
+    }
+
+    /// Takes the server connection back, and gives it the read buffer when nothing is
+    /// left in it (always so once the server is idle).
+    fn detach(&mut self) -> Option<Checkout> {
+        let mut checkout = self.server.take()?;
+        if self.sbuf.is_empty() && checkout.conn.read_buf.is_empty() {
+            std::mem::swap(&mut self.sbuf, &mut checkout.conn.read_buf);
+        }
+        Some(checkout)
     }
 
     async fn client_protocol_error(&mut self, e: DecodeError) -> ProxyError {
@@ -2409,7 +2435,7 @@ impl Relay {
         }
         self.invalidate_writes();
         self.publish_later();
-        let Some(checkout) = self.server.take() else {
+        let Some(checkout) = self.detach() else {
             return;
         };
         match self.mode {

@@ -85,6 +85,10 @@ pub struct ServerConn {
     /// The session thread whose runtime this connection's socket is registered with
     /// (see `workers.rs`).
     pub home: usize,
+    /// The read buffer of the client it is lent to, kept here while it is idle (see
+    /// `Relay::attach`): thousands of clients sharing a few connections need a few
+    /// server-sized buffers, not one each.
+    pub read_buf: BytesMut,
 }
 
 impl ServerConn {
@@ -310,6 +314,7 @@ impl ServerConn {
                         created: now,
                         last_used: now,
                         applied: Applied::default(),
+                        read_buf: BytesMut::new(),
                     });
                 }
                 // Notices during start-up are not the client's business.
