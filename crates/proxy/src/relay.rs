@@ -147,9 +147,6 @@ pub struct Relay {
     /// without ending it). Released then, another client's statement would commit
     /// this one's writes.
     open_batch: bool,
-    /// An error in an unsynced batch: the server discards everything up to the
-    /// client's next Sync, which alone clears `open_batch` then.
-    server_awaits_sync: bool,
     rerun: Option<BytesMut>,
     /// Query insight for this session, unless disabled.
     tracker: Option<Tracker>,
@@ -275,7 +272,6 @@ impl Relay {
             replayed: false,
             dropping: false,
             open_batch: false,
-            server_awaits_sync: false,
             rerun: None,
             tracker,
             routes,
@@ -1084,12 +1080,7 @@ impl Relay {
         if self.to_server.len() > queued {
             match frame.tag() {
                 b'P' | b'B' | b'D' | b'E' => self.open_batch = true,
-                b'S' => {
-                    self.open_batch = false;
-                    self.server_awaits_sync = false;
-                }
-                // A server skipping to a Sync discards a Query or FunctionCall.
-                b'Q' | b'F' if !self.server_awaits_sync => self.open_batch = false,
+                b'S' | b'Q' | b'F' => self.open_batch = false,
                 _ => {}
             }
         }
@@ -1476,9 +1467,12 @@ impl Relay {
             frame_into(&mut self.to_server, b'E', &[0, 0, 0, 0, 0]);
         }
         frame_into(&mut self.to_server, b'S', &[]);
-        self.expected.push(Step::InjectedSync);
+        // A commit failing at the Sync (a deferred constraint, a serialization
+        // failure) is the client's to hear.
+        self.expected.push(Step::InjectedSync {
+            relay_errors: success,
+        });
         self.open_batch = false;
-        self.server_awaits_sync = false;
     }
 
     /// Transaction mode: what a statement does to session state. A refusal comes back
@@ -1668,6 +1662,11 @@ impl Relay {
                 None => {
                     let execute_failed = header.tag == b'E'
                         && self.expected.head_request() == Some(Request::Execute);
+                    // The ReadyForQuery of a Sync pgopt sent to end a client's batch
+                    // ends the client's transaction: its bookkeeping runs (the cache's
+                    // invalidation, read-your-writes, insight), though the client does
+                    // not see it.
+                    let injected_sync = self.expected.head_is_injected_sync();
                     let server = &mut self.server;
                     let verdict = self.expected.on_server_message(header.tag, |id| {
                         if let Some(s) = server.as_mut() {
@@ -1678,14 +1677,23 @@ impl Relay {
                         self.statements.settle(id, false);
                     }
                     if self.expected.take_server_awaits_sync() {
+                        // As the server: nothing but a Sync from the client goes on
+                        // (it would be discarded, and answered with nothing).
                         self.open_batch = true;
-                        self.server_awaits_sync = true;
+                        self.skipping = true;
                     }
-                    if matches!(header.tag, b'C' | b'E' | b'Z') {
-                        self.observe(header.tag, pos + 5..end, verdict);
+                    let seen = match (injected_sync, header.tag) {
+                        (true, b'Z') => Verdict::Relay,
+                        (true, _) => Verdict::Drop,
+                        _ => verdict,
+                    };
+                    if matches!(header.tag, b'C' | b'E' | b'Z')
+                        && !(injected_sync && seen == Verdict::Drop)
+                    {
+                        self.observe(header.tag, pos + 5..end, seen);
                     }
                     if let Some(tracker) = self.tracker.as_mut() {
-                        if verdict == Verdict::Relay
+                        if seen == Verdict::Relay
                             && matches!(header.tag, b'C' | b'I' | b's' | b'E' | b'Z')
                         {
                             let idle = self.status == TransactionStatus::Idle;
@@ -2155,7 +2163,6 @@ impl Relay {
                 self.status = checkout.conn.status;
                 self.attach(checkout);
                 self.open_batch = false;
-                self.server_awaits_sync = false;
                 self.ryw.replica = replica;
                 self.ryw.wrote = !read_only;
                 self.ryw.batch_ended = false;

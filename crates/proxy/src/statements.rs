@@ -228,9 +228,9 @@ pub enum Step {
     InjectedQuery,
     /// Extended-protocol messages pgopt sent itself ending in a Sync (to end a
     /// client's unsynced batch before answering a simple query itself): every
-    /// response up to and including the Sync's ReadyForQuery is dropped, errors too.
-    /// A server skipping after an error stops skipping at it.
-    InjectedSync,
+    /// response up to and including the Sync's ReadyForQuery is dropped, errors too
+    /// unless `relay_errors`. A server skipping after an error stops skipping at it.
+    InjectedSync { relay_errors: bool },
     /// An ErrorResponse from pgopt (the next of [`Expected`]'s queued errors).
     Error,
     /// A ReadyForQuery from pgopt, with the current transaction status.
@@ -271,6 +271,11 @@ impl Expected {
         std::mem::take(&mut self.server_awaits_sync)
     }
 
+    /// Whether the next server message answers a Sync pgopt sent itself.
+    pub fn head_is_injected_sync(&self) -> bool {
+        matches!(self.queue.front(), Some(Step::InjectedSync { .. }))
+    }
+
     /// Server ReadyForQuery messages still to come for what is queued (each Sync and
     /// simple Query sent), not counting those of injected queries.
     /// Every ReadyForQuery the server still owes, pgopt's own queries' included.
@@ -279,7 +284,7 @@ impl Expected {
             + self
                 .queue
                 .iter()
-                .filter(|s| matches!(s, Step::InjectedQuery | Step::InjectedSync))
+                .filter(|s| matches!(s, Step::InjectedQuery | Step::InjectedSync { .. }))
                 .count()
     }
 
@@ -333,7 +338,7 @@ impl Expected {
                 | Step::Answer(_)
                 | Step::Deallocated { .. }
                 | Step::InjectedQuery
-                | Step::InjectedSync
+                | Step::InjectedSync { .. }
                 | Step::Error
                 | Step::Ready => return false,
                 _ => {}
@@ -464,7 +469,8 @@ impl Expected {
             }
             // Answers are written as soon as they reach the head; a server message
             // arriving here belongs to nothing we track.
-            Step::InjectedQuery | Step::InjectedSync => {
+            Step::InjectedSync { relay_errors: true } if tag == b'E' => Verdict::Relay,
+            Step::InjectedQuery | Step::InjectedSync { .. } => {
                 if tag == b'Z' {
                     self.queue.pop_front();
                 }
@@ -486,7 +492,7 @@ impl Expected {
                     request: Request::Sync,
                     ..
                 }
-                | Step::InjectedSync => {
+                | Step::InjectedSync { .. } => {
                     self.server_awaits_sync = false;
                     break;
                 }

@@ -398,6 +398,38 @@ async fn a_cached_read_after_an_unsynced_batch_still_commits_it() {
     assert_eq!(value(&watcher, written).await, "1", "and stays so");
 }
 
+/// An unsynced batch that pgopt itself commits (with a Sync, before answering the
+/// client's DEALLOCATE of its own statement) invalidates what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_pgopt_commits_for_its_own_answer_invalidates_what_it_wrote() {
+    use tokio::io::AsyncWriteExt;
+    let (_pg, proxy) = setup().await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&reader, read).await, "a");
+    assert_eq!(value(&reader, read).await, "a");
+    let mut raw = common::raw_login(&proxy).await;
+    let mut prepare = common::message(b'P', b"s1\0SELECT 1\0\0\0");
+    prepare.extend(common::message(b'S', b""));
+    raw.write_all(&prepare).await.unwrap();
+    assert_eq!(common::read_until(&mut raw, b'Z').await, b"1Z");
+    let mut update = common::message(b'P', b"\0UPDATE items SET v = 'new' WHERE id = 1\0\0\0");
+    update.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    update.extend(common::message(b'E', b"\0\0\0\0\0"));
+    update.extend(common::message(b'H', b""));
+    raw.write_all(&update).await.unwrap();
+    assert_eq!(common::read_until(&mut raw, b'C').await, b"12C");
+    raw.write_all(&common::message(b'Q', b"DEALLOCATE s1\0"))
+        .await
+        .unwrap();
+    assert_eq!(common::read_until(&mut raw, b'Z').await, b"CZ");
+    assert_eq!(
+        value(&reader, read).await,
+        "new",
+        "served the row the committed batch replaced"
+    );
+}
+
 /// A client that leaves in the middle of COPY FROM STDIN: its server connection is
 /// closed at once (the COPY rolls back), not kept for the minute pgopt waits for a
 /// departed client's statement to end.

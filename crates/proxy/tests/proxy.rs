@@ -815,47 +815,58 @@ async fn a_query_the_server_skipped_after_an_unsynced_error_keeps_the_connection
     // After an error in Parse/Bind/Execute with no Sync yet, PostgreSQL discards every
     // message up to the next Sync, a simple Query too. The connection must stay with
     // that client until its Sync: given to another, it would swallow its queries.
+    // The Query comes with the failing batch, or after its error was read.
     use tokio::io::AsyncWriteExt;
     let pg = Postgres::start().await.unwrap();
     let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
         .await
         .unwrap();
-    let mut raw = raw_login(&proxy).await;
-    let mut burst = common::message(b'P', b"\0SELECT 1/0\0\0\0");
-    burst.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
-    burst.extend(common::message(b'E', b"\0\0\0\0\0"));
-    burst.extend(common::message(b'H', b""));
-    burst.extend(common::message(b'Q', b"SELECT 2\0"));
-    raw.write_all(&burst).await.unwrap();
-    // (1/0 is folded when the statement is planned, at Bind.)
-    assert_eq!(read_until(&mut raw, b'E').await, b"1E");
+    for burst in [true, false] {
+        let mut raw = raw_login(&proxy).await;
+        let mut batch = common::message(b'P', b"\0SELECT 1/0\0\0\0");
+        batch.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+        batch.extend(common::message(b'E', b"\0\0\0\0\0"));
+        batch.extend(common::message(b'H', b""));
+        let query = common::message(b'Q', b"SELECT 2\0");
+        if burst {
+            batch.extend(&query);
+        }
+        raw.write_all(&batch).await.unwrap();
+        // (1/0 is folded when the statement is planned, at Bind.)
+        assert_eq!(read_until(&mut raw, b'E').await, b"1E");
+        if !burst {
+            raw.write_all(&query).await.unwrap();
+        }
 
-    let other = connect(&proxy, "postgres", None).await.unwrap();
-    let waiting = tokio::spawn(async move {
-        let rows = other.simple_query("SELECT 3").await;
-        rows.map(|r| {
-            r.iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(String::from),
-                    _ => None,
-                })
-                .unwrap_or_default()
-        })
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiting.is_finished(),
-        "the other client waits for the connection"
-    );
-    // The Sync ends the skipping: one ReadyForQuery, as PostgreSQL sends.
-    raw.write_all(&common::message(b'S', b"")).await.unwrap();
-    assert_eq!(read_until(&mut raw, b'Z').await, b"Z");
-    let served = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("the other client is served once the Sync went through")
-        .unwrap()
-        .unwrap();
-    assert_eq!(served, "3");
+        let other = connect(&proxy, "postgres", None).await.unwrap();
+        let waiting = tokio::spawn(async move {
+            let rows = other.simple_query("SELECT 3").await;
+            rows.map(|r| {
+                r.iter()
+                    .find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => {
+                            row.get(0).map(String::from)
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default()
+            })
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "burst {burst}: the other client waits for the connection"
+        );
+        // The Sync ends the skipping: one ReadyForQuery, as PostgreSQL sends.
+        raw.write_all(&common::message(b'S', b"")).await.unwrap();
+        assert_eq!(read_until(&mut raw, b'Z').await, b"Z", "burst {burst}");
+        let served = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the other client is served once the Sync went through")
+            .unwrap()
+            .unwrap();
+        assert_eq!(served, "3");
+    }
 }
 
 /// Inserts `v` into `marks` with Parse, Bind, Execute and Flush, and no Sync: the
@@ -907,15 +918,16 @@ async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would
         .await
         .unwrap();
     assert_eq!(read_until(&mut raw, b'Z').await, b"EZ");
+    raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"TDCZ");
+    // (Left open, the next statement to reach the server would have committed it.)
     assert_eq!(
         count("refused").await,
         0,
         "rolled back with the failed query"
     );
-    raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
-        .await
-        .unwrap();
-    assert_eq!(read_until(&mut raw, b'Z').await, b"TDCZ");
     drop(raw);
 
     // DEALLOCATE of the client's own statement, answered by pgopt: committed.
