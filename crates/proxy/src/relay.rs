@@ -1134,6 +1134,7 @@ impl Relay {
                     None
                 };
                 if let Some(refusal) = refusal {
+                    self.fail_open_batch();
                     self.expected.push_error(refusal);
                     self.skipping = true;
                     return Ok(());
@@ -1456,15 +1457,7 @@ impl Relay {
             return;
         }
         if !success {
-            const FAIL: &[u8] = b"DO $pgopt$BEGIN RAISE EXCEPTION \
-                'pgopt refused a statement sent before this batch''s Sync'; END$pgopt$";
-            let mut parse = Vec::with_capacity(FAIL.len() + 8);
-            parse.push(0); // the unnamed statement (a simple query drops it anyway)
-            parse.extend_from_slice(FAIL);
-            parse.extend_from_slice(&[0, 0, 0]); // no parameter types
-            frame_into(&mut self.to_server, b'P', &parse);
-            frame_into(&mut self.to_server, b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
-            frame_into(&mut self.to_server, b'E', &[0, 0, 0, 0, 0]);
+            self.queue_failing_statement();
         }
         frame_into(&mut self.to_server, b'S', &[]);
         // A commit failing at the Sync (a deferred constraint, a serialization
@@ -1473,6 +1466,30 @@ impl Relay {
             relay_errors: success,
         });
         self.open_batch = false;
+    }
+
+    /// A Parse pgopt refuses in a batch whose earlier messages reached the server
+    /// fails the server's implicit transaction too, as the error of a statement in the
+    /// batch would: nothing the batch did commits at its Sync.
+    fn fail_open_batch(&mut self) {
+        if self.open_batch && self.server.is_some() {
+            self.queue_failing_statement();
+            self.expected.push(Step::InjectedFailure);
+        }
+    }
+
+    /// Parse, Bind and Execute of a statement that raises an error (its place in the
+    /// server's log says why), on the unnamed statement and portal.
+    fn queue_failing_statement(&mut self) {
+        const FAIL: &[u8] = b"DO $pgopt$BEGIN RAISE EXCEPTION \
+            'pgopt refused a statement of this unsynced batch'; END$pgopt$";
+        let mut parse = Vec::with_capacity(FAIL.len() + 8);
+        parse.push(0); // the unnamed statement (a simple query drops it anyway)
+        parse.extend_from_slice(FAIL);
+        parse.extend_from_slice(&[0, 0, 0]); // no parameter types
+        frame_into(&mut self.to_server, b'P', &parse);
+        frame_into(&mut self.to_server, b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
+        frame_into(&mut self.to_server, b'E', &[0, 0, 0, 0, 0]);
     }
 
     /// Transaction mode: what a statement does to session state. A refusal comes back
@@ -1667,6 +1684,7 @@ impl Relay {
                     // invalidation, read-your-writes, insight), though the client does
                     // not see it.
                     let injected_sync = self.expected.head_is_injected_sync();
+                    let injected_failure = self.expected.head_is_injected_failure();
                     let server = &mut self.server;
                     let verdict = self.expected.on_server_message(header.tag, |id| {
                         if let Some(s) = server.as_mut() {
@@ -1689,6 +1707,7 @@ impl Relay {
                     };
                     if matches!(header.tag, b'C' | b'E' | b'Z')
                         && !(injected_sync && seen == Verdict::Drop)
+                        && !injected_failure
                     {
                         self.observe(header.tag, pos + 5..end, seen);
                     }

@@ -231,6 +231,10 @@ pub enum Step {
     /// response up to and including the Sync's ReadyForQuery is dropped, errors too
     /// unless `relay_errors`. A server skipping after an error stops skipping at it.
     InjectedSync { relay_errors: bool },
+    /// A statement pgopt sent itself, with no Sync, to fail a client's unsynced
+    /// batch (see `Relay::fail_open_batch`): its responses, up to and including its
+    /// ErrorResponse, are dropped. The server then skips to the client's Sync.
+    InjectedFailure,
     /// An ErrorResponse from pgopt (the next of [`Expected`]'s queued errors).
     Error,
     /// A ReadyForQuery from pgopt, with the current transaction status.
@@ -274,6 +278,11 @@ impl Expected {
     /// Whether the next server message answers a Sync pgopt sent itself.
     pub fn head_is_injected_sync(&self) -> bool {
         matches!(self.queue.front(), Some(Step::InjectedSync { .. }))
+    }
+
+    /// Whether the next server message answers a failing statement pgopt sent itself.
+    pub fn head_is_injected_failure(&self) -> bool {
+        matches!(self.queue.front(), Some(Step::InjectedFailure))
     }
 
     /// Server ReadyForQuery messages still to come for what is queued (each Sync and
@@ -339,6 +348,7 @@ impl Expected {
                 | Step::Deallocated { .. }
                 | Step::InjectedQuery
                 | Step::InjectedSync { .. }
+                | Step::InjectedFailure
                 | Step::Error
                 | Step::Ready => return false,
                 _ => {}
@@ -470,6 +480,12 @@ impl Expected {
             // Answers are written as soon as they reach the head; a server message
             // arriving here belongs to nothing we track.
             Step::InjectedSync { relay_errors: true } if tag == b'E' => Verdict::Relay,
+            Step::InjectedFailure => {
+                if tag == b'E' {
+                    self.queue.pop_front();
+                }
+                Verdict::Drop
+            }
             Step::InjectedQuery | Step::InjectedSync { .. } => {
                 if tag == b'Z' {
                     self.queue.pop_front();

@@ -945,4 +945,20 @@ async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would
     drop(raw);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(count("kept").await, 1, "and stays so once the client left");
+
+    // A Parse pgopt refuses in the batch fails the batch, as an error in it would:
+    // nothing of it commits at its Sync.
+    let mut raw = raw_login(&proxy).await;
+    insert_without_sync(&mut raw, "failed").await;
+    let mut rest = common::message(b'P', b"\0LISTEN somewhere\0\0\0");
+    rest.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    rest.extend(common::message(b'E', b"\0\0\0\0\0"));
+    rest.extend(common::message(b'S', b""));
+    raw.write_all(&rest).await.unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"EZ");
+    raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"TDCZ");
+    assert_eq!(count("failed").await, 0, "rolled back with the batch");
 }
