@@ -1340,6 +1340,7 @@ impl Relay {
                             self.pool
                                 .stats
                                 .record_error(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes());
+                            self.fail_open_batch();
                             self.expected.push_error(error);
                         }
                         self.skipping = true;
@@ -1460,6 +1461,10 @@ impl Relay {
             self.queue_failing_statement();
         }
         frame_into(&mut self.to_server, b'S', &[]);
+        // Its ReadyForQuery is observed (see `handle_server`): insight expects it.
+        if let Some(tracker) = self.tracker.as_mut() {
+            tracker.on_sync();
+        }
         // A commit failing at the Sync (a deferred constraint, a serialization
         // failure) is the client's to hear.
         self.expected.push(Step::InjectedSync {
@@ -1511,8 +1516,9 @@ impl Relay {
             SessionVerdict::Relay => None,
             SessionVerdict::Track(change) => {
                 if simple {
-                    // Its CommandComplete comes after the ReadyForQuerys owed before it.
-                    let before = self.expected.server_readies();
+                    // Its CommandComplete comes after the ReadyForQuerys owed before it
+                    // (those of Syncs pgopt sent to end a batch too: they are observed).
+                    let before = self.expected.observed_readies();
                     self.pending_change = Some((change, sql.to_string(), before));
                 } else if let Some(server) = self.server.as_mut() {
                     let applied = &mut server.conn.applied;

@@ -275,6 +275,17 @@ impl Expected {
         std::mem::take(&mut self.server_awaits_sync)
     }
 
+    /// The ReadyForQuerys still to come that the relay observes as the client's:
+    /// [`Expected::server_readies`] and those of Syncs pgopt sent to end a batch.
+    pub fn observed_readies(&self) -> usize {
+        self.server_readies()
+            + self
+                .queue
+                .iter()
+                .filter(|s| matches!(s, Step::InjectedSync { .. }))
+                .count()
+    }
+
     /// Whether the next server message answers a Sync pgopt sent itself.
     pub fn head_is_injected_sync(&self) -> bool {
         matches!(self.queue.front(), Some(Step::InjectedSync { .. }))

@@ -962,3 +962,40 @@ async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would
     assert_eq!(read_until(&mut raw, b'Z').await, b"TDCZ");
     assert_eq!(count("failed").await, 0, "rolled back with the batch");
 }
+
+#[tokio::test]
+async fn a_set_pipelined_after_pgopt_ends_a_batch_is_kept_with_its_client() {
+    // The ReadyForQuery of the Sync pgopt sends to end an unsynced batch (before its
+    // own answer to DEALLOCATE) is counted before the SET that follows: the SET is
+    // the client's, and the next client on that connection does not inherit it.
+    use tokio::io::AsyncWriteExt;
+    let pg = Postgres::start().await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE marks (v text)")
+        .await
+        .unwrap();
+    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
+        .await
+        .unwrap();
+    let mut raw = raw_login(&proxy).await;
+    let mut prepare = common::message(b'P', b"s1\0SELECT 1\0\0\0");
+    prepare.extend(common::message(b'S', b""));
+    raw.write_all(&prepare).await.unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"1Z");
+    let mut pipeline = common::message(b'P', b"\0INSERT INTO marks VALUES ('x')\0\0\0");
+    pipeline.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    pipeline.extend(common::message(b'E', b"\0\0\0\0\0"));
+    pipeline.extend(common::message(b'H', b""));
+    pipeline.extend(common::message(b'Q', b"DEALLOCATE s1\0"));
+    pipeline.extend(common::message(b'Q', b"SET search_path = elsewhere\0"));
+    raw.write_all(&pipeline).await.unwrap();
+    assert_eq!(common::read_until_nth(&mut raw, b'Z', 2).await, b"12CCZCZ");
+    drop(raw);
+    let next = connect(&proxy, "postgres", None).await.unwrap();
+    let path = common::value(&next, "SHOW search_path").await;
+    assert_eq!(
+        path, "\"$user\", public",
+        "the departed client's SET leaked"
+    );
+}

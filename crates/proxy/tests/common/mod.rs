@@ -248,14 +248,23 @@ pub async fn raw_login(proxy: &Proxy) -> tokio::net::TcpStream {
 /// The types of the messages `raw` receives up to and including the first of type
 /// `last` (they may come in more than one read).
 pub async fn read_until(raw: &mut tokio::net::TcpStream, last: u8) -> Vec<u8> {
+    read_until_nth(raw, last, 1).await
+}
+
+/// [`read_until`] the `n`-th message of type `last` (those before it may come in the
+/// same read, and would be lost between two calls).
+pub async fn read_until_nth(raw: &mut tokio::net::TcpStream, last: u8, n: usize) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
-    let (mut reply, mut at, mut types) = (Vec::new(), 0, Vec::new());
+    let (mut reply, mut at, mut types, mut seen) = (Vec::new(), 0, Vec::new(), 0);
     loop {
         if let Some(head) = reply.get(at..at + 5) {
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
             if reply.len() >= at + 1 + len {
                 types.push(head[0]);
                 if head[0] == last {
+                    seen += 1;
+                }
+                if seen == n {
                     return types;
                 }
                 at += 1 + len;
