@@ -869,10 +869,8 @@ async fn a_query_the_server_skipped_after_an_unsynced_error_keeps_the_connection
     }
 }
 
-/// Inserts `v` into `marks` with Parse, Bind, Execute and Flush, and no Sync: the
-/// server holds the insert in an implicit transaction.
-async fn insert_without_sync(raw: &mut tokio::net::TcpStream, v: &str) {
-    use tokio::io::AsyncWriteExt;
+/// Parse, Bind, Execute and Flush inserting `v` into `marks`: no Sync.
+fn insert_batch(v: &str) -> Vec<u8> {
     let mut batch = common::message(
         b'P',
         format!("\0INSERT INTO marks VALUES ('{v}')\0\0\0").as_bytes(),
@@ -880,16 +878,20 @@ async fn insert_without_sync(raw: &mut tokio::net::TcpStream, v: &str) {
     batch.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
     batch.extend(common::message(b'E', b"\0\0\0\0\0"));
     batch.extend(common::message(b'H', b""));
-    raw.write_all(&batch).await.unwrap();
+    batch
+}
+
+/// Inserts `v` into `marks` with no Sync: the server holds the insert in an implicit
+/// transaction.
+async fn insert_without_sync(raw: &mut tokio::net::TcpStream, v: &str) {
+    use tokio::io::AsyncWriteExt;
+    raw.write_all(&insert_batch(v)).await.unwrap();
     assert_eq!(read_until(raw, b'C').await, b"12C");
 }
 
-#[tokio::test]
-async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would() {
-    // PostgreSQL runs a simple query in the implicit transaction of the unsynced
-    // statements before it, and ends that transaction with the query: committed if
-    // the query succeeds, rolled back if it fails. pgopt's own answers do the same.
-    use tokio::io::AsyncWriteExt;
+/// A PostgreSQL with table `marks (v text)`, a direct client, and a transaction-mode
+/// proxy of one server connection.
+async fn marks_proxy() -> (Postgres, tokio_postgres::Client, Proxy) {
     let pg = Postgres::start().await.unwrap();
     let direct = pg.connect("postgres").await.unwrap();
     direct
@@ -899,6 +901,25 @@ async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would
     let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
         .await
         .unwrap();
+    (pg, direct, proxy)
+}
+
+/// Prepares statement `s1` (`SELECT 1`) for the raw client.
+async fn prepare_s1(raw: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut prepare = common::message(b'P', b"s1\0SELECT 1\0\0\0");
+    prepare.extend(common::message(b'S', b""));
+    raw.write_all(&prepare).await.unwrap();
+    assert_eq!(read_until(raw, b'Z').await, b"1Z");
+}
+
+#[tokio::test]
+async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would() {
+    // PostgreSQL runs a simple query in the implicit transaction of the unsynced
+    // statements before it, and ends that transaction with the query: committed if
+    // the query succeeds, rolled back if it fails. pgopt's own answers do the same.
+    use tokio::io::AsyncWriteExt;
+    let (_pg, direct, proxy) = marks_proxy().await;
     let count = |v: &'static str| {
         let direct = &direct;
         async move {
@@ -932,10 +953,7 @@ async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would
 
     // DEALLOCATE of the client's own statement, answered by pgopt: committed.
     let mut raw = raw_login(&proxy).await;
-    let mut prepare = common::message(b'P', b"s1\0SELECT 1\0\0\0");
-    prepare.extend(common::message(b'S', b""));
-    raw.write_all(&prepare).await.unwrap();
-    assert_eq!(read_until(&mut raw, b'Z').await, b"1Z");
+    prepare_s1(&mut raw).await;
     insert_without_sync(&mut raw, "kept").await;
     raw.write_all(&common::message(b'Q', b"DEALLOCATE s1\0"))
         .await
@@ -969,24 +987,10 @@ async fn a_set_pipelined_after_pgopt_ends_a_batch_is_kept_with_its_client() {
     // own answer to DEALLOCATE) is counted before the SET that follows: the SET is
     // the client's, and the next client on that connection does not inherit it.
     use tokio::io::AsyncWriteExt;
-    let pg = Postgres::start().await.unwrap();
-    let direct = pg.connect("postgres").await.unwrap();
-    direct
-        .batch_execute("CREATE TABLE marks (v text)")
-        .await
-        .unwrap();
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
-        .await
-        .unwrap();
+    let (_pg, _direct, proxy) = marks_proxy().await;
     let mut raw = raw_login(&proxy).await;
-    let mut prepare = common::message(b'P', b"s1\0SELECT 1\0\0\0");
-    prepare.extend(common::message(b'S', b""));
-    raw.write_all(&prepare).await.unwrap();
-    assert_eq!(read_until(&mut raw, b'Z').await, b"1Z");
-    let mut pipeline = common::message(b'P', b"\0INSERT INTO marks VALUES ('x')\0\0\0");
-    pipeline.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
-    pipeline.extend(common::message(b'E', b"\0\0\0\0\0"));
-    pipeline.extend(common::message(b'H', b""));
+    prepare_s1(&mut raw).await;
+    let mut pipeline = insert_batch("x");
     pipeline.extend(common::message(b'Q', b"DEALLOCATE s1\0"));
     pipeline.extend(common::message(b'Q', b"SET search_path = elsewhere\0"));
     raw.write_all(&pipeline).await.unwrap();
