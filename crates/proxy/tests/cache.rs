@@ -372,10 +372,7 @@ async fn a_cached_read_after_an_unsynced_batch_still_commits_it() {
     assert_eq!(value(&reader, read).await, "a");
     assert_eq!(value(&reader, read).await, "a");
     let mut raw = common::raw_login(&proxy).await;
-    let mut insert = common::message(b'P', b"\0INSERT INTO unlisted VALUES ('w')\0\0\0");
-    insert.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
-    insert.extend(common::message(b'E', b"\0\0\0\0\0"));
-    insert.extend(common::message(b'H', b""));
+    let insert = common::run_unnamed("INSERT INTO unlisted VALUES ('w')", b'H');
     raw.write_all(&insert).await.unwrap();
     assert_eq!(common::read_until(&mut raw, b'C').await, b"12C");
     // PostgreSQL runs this query in the same implicit transaction and commits both.
@@ -409,14 +406,8 @@ async fn a_batch_pgopt_commits_for_its_own_answer_invalidates_what_it_wrote() {
     assert_eq!(value(&reader, read).await, "a");
     assert_eq!(value(&reader, read).await, "a");
     let mut raw = common::raw_login(&proxy).await;
-    let mut prepare = common::message(b'P', b"s1\0SELECT 1\0\0\0");
-    prepare.extend(common::message(b'S', b""));
-    raw.write_all(&prepare).await.unwrap();
-    assert_eq!(common::read_until(&mut raw, b'Z').await, b"1Z");
-    let mut update = common::message(b'P', b"\0UPDATE items SET v = 'new' WHERE id = 1\0\0\0");
-    update.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
-    update.extend(common::message(b'E', b"\0\0\0\0\0"));
-    update.extend(common::message(b'H', b""));
+    common::prepare_s1(&mut raw).await;
+    let update = common::run_unnamed("UPDATE items SET v = 'new' WHERE id = 1", b'H');
     raw.write_all(&update).await.unwrap();
     assert_eq!(common::read_until(&mut raw, b'C').await, b"12C");
     raw.write_all(&common::message(b'Q', b"DEALLOCATE s1\0"))

@@ -290,11 +290,7 @@ async fn a_batch_without_sync_keeps_its_connection_and_its_write_is_rolled_back_
     let (pg, proxy) = start(PoolMode::Transaction, 1).await;
     pg.psql("CREATE TABLE t (a int)").unwrap();
     let insert = |sync: bool| {
-        let mut batch = message(b'P', b"\0INSERT INTO t VALUES (1)\0\0\0");
-        batch.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
-        batch.extend(message(b'E', b"\0\0\0\0\0"));
-        batch.extend(message(if sync { b'S' } else { b'H' }, b""));
-        batch
+        common::run_unnamed("INSERT INTO t VALUES (1)", if sync { b'S' } else { b'H' })
     };
     let port = proxy.local_addr().port();
     let count = || {
@@ -823,10 +819,7 @@ async fn a_query_the_server_skipped_after_an_unsynced_error_keeps_the_connection
         .unwrap();
     for burst in [true, false] {
         let mut raw = raw_login(&proxy).await;
-        let mut batch = common::message(b'P', b"\0SELECT 1/0\0\0\0");
-        batch.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
-        batch.extend(common::message(b'E', b"\0\0\0\0\0"));
-        batch.extend(common::message(b'H', b""));
+        let mut batch = common::run_unnamed("SELECT 1/0", b'H');
         let query = common::message(b'Q', b"SELECT 2\0");
         if burst {
             batch.extend(&query);
@@ -871,14 +864,7 @@ async fn a_query_the_server_skipped_after_an_unsynced_error_keeps_the_connection
 
 /// Parse, Bind, Execute and Flush inserting `v` into `marks`: no Sync.
 fn insert_batch(v: &str) -> Vec<u8> {
-    let mut batch = common::message(
-        b'P',
-        format!("\0INSERT INTO marks VALUES ('{v}')\0\0\0").as_bytes(),
-    );
-    batch.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
-    batch.extend(common::message(b'E', b"\0\0\0\0\0"));
-    batch.extend(common::message(b'H', b""));
-    batch
+    common::run_unnamed(&format!("INSERT INTO marks VALUES ('{v}')"), b'H')
 }
 
 /// Inserts `v` into `marks` with no Sync: the server holds the insert in an implicit
@@ -902,15 +888,6 @@ async fn marks_proxy() -> (Postgres, tokio_postgres::Client, Proxy) {
         .await
         .unwrap();
     (pg, direct, proxy)
-}
-
-/// Prepares statement `s1` (`SELECT 1`) for the raw client.
-async fn prepare_s1(raw: &mut tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    let mut prepare = common::message(b'P', b"s1\0SELECT 1\0\0\0");
-    prepare.extend(common::message(b'S', b""));
-    raw.write_all(&prepare).await.unwrap();
-    assert_eq!(read_until(raw, b'Z').await, b"1Z");
 }
 
 #[tokio::test]
@@ -953,7 +930,7 @@ async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would
 
     // DEALLOCATE of the client's own statement, answered by pgopt: committed.
     let mut raw = raw_login(&proxy).await;
-    prepare_s1(&mut raw).await;
+    common::prepare_s1(&mut raw).await;
     insert_without_sync(&mut raw, "kept").await;
     raw.write_all(&common::message(b'Q', b"DEALLOCATE s1\0"))
         .await
@@ -968,11 +945,9 @@ async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would
     // nothing of it commits at its Sync.
     let mut raw = raw_login(&proxy).await;
     insert_without_sync(&mut raw, "failed").await;
-    let mut rest = common::message(b'P', b"\0LISTEN somewhere\0\0\0");
-    rest.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
-    rest.extend(common::message(b'E', b"\0\0\0\0\0"));
-    rest.extend(common::message(b'S', b""));
-    raw.write_all(&rest).await.unwrap();
+    raw.write_all(&common::run_unnamed("LISTEN somewhere", b'S'))
+        .await
+        .unwrap();
     assert_eq!(read_until(&mut raw, b'Z').await, b"EZ");
     raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
         .await
@@ -989,7 +964,7 @@ async fn a_set_pipelined_after_pgopt_ends_a_batch_is_kept_with_its_client() {
     use tokio::io::AsyncWriteExt;
     let (_pg, _direct, proxy) = marks_proxy().await;
     let mut raw = raw_login(&proxy).await;
-    prepare_s1(&mut raw).await;
+    common::prepare_s1(&mut raw).await;
     let mut pipeline = insert_batch("x");
     pipeline.extend(common::message(b'Q', b"DEALLOCATE s1\0"));
     pipeline.extend(common::message(b'Q', b"SET search_path = elsewhere\0"));

@@ -300,10 +300,25 @@ pub async fn commit_without_sync(proxy: &Proxy, v: &str) -> tokio::net::TcpStrea
         raw.write_all(&message(b'Q', sql)).await.unwrap();
         read_until(&mut raw, b'Z').await;
     }
-    let mut commit = message(b'P', b"\0COMMIT\0\0\0");
-    commit.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
-    commit.extend(message(b'E', b"\0\0\0\0\0"));
-    commit.extend(message(b'H', b""));
-    raw.write_all(&commit).await.unwrap();
+    raw.write_all(&run_unnamed("COMMIT", b'H')).await.unwrap();
     raw
+}
+
+/// Parse, Bind and Execute of `sql` as the unnamed statement and portal, then `end`:
+/// `b'H'` (Flush, no Sync) or `b'S'` (Sync).
+pub fn run_unnamed(sql: &str, end: u8) -> Vec<u8> {
+    let mut batch = message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    batch.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(message(b'E', b"\0\0\0\0\0"));
+    batch.extend(message(end, b""));
+    batch
+}
+
+/// Prepares statement `s1` (`SELECT 1`) for the raw client.
+pub async fn prepare_s1(raw: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut prepare = message(b'P', b"s1\0SELECT 1\0\0\0");
+    prepare.extend(message(b'S', b""));
+    raw.write_all(&prepare).await.unwrap();
+    assert_eq!(read_until(raw, b'Z').await, b"1Z");
 }
