@@ -300,11 +300,11 @@ impl Expected {
     /// simple Query sent), not counting those of injected queries.
     /// Every ReadyForQuery the server still owes, pgopt's own queries' included.
     pub fn all_server_readies(&self) -> usize {
-        self.server_readies()
+        self.observed_readies()
             + self
                 .queue
                 .iter()
-                .filter(|s| matches!(s, Step::InjectedQuery | Step::InjectedSync { .. }))
+                .filter(|s| matches!(s, Step::InjectedQuery))
                 .count()
     }
 
