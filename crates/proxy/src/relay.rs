@@ -1451,10 +1451,11 @@ impl Relay {
     /// unsynced batch as the query would have: a success commits its implicit
     /// transaction (a Sync), a refusal fails it (a statement that raises an error,
     /// then a Sync: rolled back, or a transaction block left failed, as PostgreSQL
-    /// does for a query that fails). The server's answers are not the client's; a
-    /// server skipping after an earlier error stops at the Sync.
+    /// does for a query that fails). A refusal fails an open transaction block too.
+    /// The server's answers are not the client's; a server skipping after an earlier
+    /// error stops at the Sync.
     fn end_open_batch(&mut self, success: bool) {
-        if !(self.open_batch && self.server.is_some()) {
+        if !(self.open_batch || !success && self.in_block()) || self.server.is_none() {
             return;
         }
         if !success {
@@ -1473,14 +1474,21 @@ impl Relay {
         self.open_batch = false;
     }
 
-    /// A Parse pgopt refuses in a batch whose earlier messages reached the server
-    /// fails the server's implicit transaction too, as the error of a statement in the
-    /// batch would: nothing the batch did commits at its Sync.
+    /// A Parse pgopt refuses in a batch whose earlier messages reached the server, or
+    /// in a transaction block, fails the server's transaction too, as the error of a
+    /// statement there would: nothing the batch or block did commits.
     fn fail_open_batch(&mut self) {
-        if self.open_batch && self.server.is_some() {
+        if (self.open_batch || self.in_block()) && self.server.is_some() {
             self.queue_failing_statement();
             self.expected.push(Step::InjectedFailure);
         }
+    }
+
+    /// Whether the server is in a transaction block that has not failed: a statement
+    /// pgopt refuses fails it, as an error there would (PostgreSQL then answers
+    /// 25P02 to all but the end of the block, and COMMIT rolls back).
+    fn in_block(&self) -> bool {
+        self.status == TransactionStatus::InTransaction
     }
 
     /// Parse, Bind and Execute of a statement that raises an error (its place in the

@@ -957,6 +957,43 @@ async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would
 }
 
 #[tokio::test]
+async fn a_statement_pgopt_refuses_in_a_transaction_block_fails_the_block() {
+    // As any error in a block would in PostgreSQL: the statements after it get 25P02
+    // and COMMIT rolls back, whether the refusal was a simple query or a Parse.
+    let (_pg, direct, proxy) = marks_proxy().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for (v, refused) in [("simple", true), ("parse", false)] {
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .execute("INSERT INTO marks VALUES ($1)", &[&v])
+            .await
+            .unwrap();
+        let refusal = if refused {
+            client.batch_execute("LISTEN somewhere").await.unwrap_err()
+        } else {
+            client.prepare("LISTEN somewhere").await.unwrap_err()
+        };
+        let message = refusal.as_db_error().map(|e| e.message()).unwrap_or("");
+        assert!(message.contains("LISTEN"), "{refusal:?}");
+        let after = client.batch_execute("SELECT 1").await.unwrap_err();
+        assert_eq!(
+            after.code(),
+            Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION),
+            "{v}: the block went on after the refusal: {after}"
+        );
+        client.batch_execute("COMMIT").await.unwrap();
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM marks WHERE v = $1", &[&v])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{v}: COMMIT committed a block that had failed");
+    }
+    // And the connection is sound for the next statement.
+    assert_eq!(common::value(&client, "SELECT 7").await, "7");
+}
+
+#[tokio::test]
 async fn a_set_pipelined_after_pgopt_ends_a_batch_is_kept_with_its_client() {
     // The ReadyForQuery of the Sync pgopt sends to end an unsynced batch (before its
     // own answer to DEALLOCATE) is counted before the SET that follows: the SET is
