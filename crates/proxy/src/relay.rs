@@ -453,11 +453,13 @@ impl Relay {
                 terminate = true;
                 break;
             }
-            if self.discarding {
-                // The rest of a batch no server could take: its Sync gets a
-                // ReadyForQuery from pgopt.
+            if self.discarding || self.skipping && self.server.is_none() {
+                // The rest of a batch no server could take, or of one whose refused
+                // first message left no server: nothing of it runs (no server is
+                // taken for it), and its Sync gets a ReadyForQuery from pgopt.
                 if frame.tag() == b'S' {
                     self.discarding = false;
+                    self.skipping = false;
                     self.expected.push(Step::Ready);
                 }
                 continue;

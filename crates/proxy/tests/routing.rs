@@ -541,6 +541,42 @@ async fn with_the_primary_down_reads_go_on_and_writes_fail_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_before_its_sync_leaves_no_skipping_once_the_primary_is_down() {
+    // A refused Parse (a session feature) leaves the rest of its batch unrun up to its
+    // Sync. When that Sync comes after the primary went down, it gets pgopt's own
+    // ReadyForQuery, and the next batch, a read, still runs on the replica.
+    use tokio::io::AsyncWriteExt;
+    let (mut primary, _replica, proxy) = primary_and_replica(|_| {}).await;
+    let mut raw = common::raw_login(&proxy).await;
+    raw.write_all(&common::run_unnamed("LISTEN somewhere", b'H'))
+        .await
+        .unwrap();
+    assert_eq!(common::read_until(&mut raw, b'E').await, b"E");
+    let primary = tokio::task::spawn_blocking(move || {
+        primary.stop();
+        primary
+    })
+    .await
+    .unwrap();
+    wait_for(&proxy, "primary", "down").await;
+    // The rest of the batch: a Bind and Execute of the statement that was refused.
+    let mut rest = common::message(b'B', b"\0\0\0\0\0\0\0\0");
+    rest.extend(common::message(b'E', b"\0\0\0\0\0"));
+    rest.extend(common::message(b'S', b""));
+    raw.write_all(&rest).await.unwrap();
+    assert_eq!(common::read_until(&mut raw, b'Z').await, b"Z");
+    raw.write_all(&common::message(b'Q', b"SELECT pg_is_in_recovery()\0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        common::read_until(&mut raw, b'Z').await,
+        b"TDCZ",
+        "the read after the refused batch"
+    );
+    drop(primary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_added_by_reload_take_new_reads_and_session_mode_stays_on_the_primary() {
     let primary = Postgres::start().await.unwrap();
     let replica = Postgres::start_replica(&primary).await.unwrap();
