@@ -437,6 +437,13 @@ impl Relay {
             {
                 break;
             }
+            if self.server.is_some() && self.own_answer_waits() {
+                // The server holds its answers to a batch without a Flush: one is sent,
+                // as PostgreSQL would flush them once it reads the query.
+                frame_into(&mut self.to_server, b'H', &[]);
+                self.paused = true;
+                break;
+            }
             if self.server.is_some() && self.held_back() {
                 self.paused = true;
                 break;
@@ -1055,10 +1062,54 @@ impl Relay {
     /// for the read's end (it may not be a read: it is judged when the connection is
     /// back, unless a read-only transaction holds it).
     fn held_back(&self) -> bool {
-        if self.dropping || self.rerun.is_some() {
+        if self.dropping || self.rerun.is_some() || self.own_answer_waits() {
             return true;
         }
         self.ryw.batch_ended && self.ryw.replica.is_some() && self.expected.server_readies() > 0
+    }
+
+    /// Whether the next message is a simple query pgopt would answer itself (see
+    /// [`Relay::answers_itself`]) behind an unsynced batch the server has not answered
+    /// yet. It waits: after an error in the batch PostgreSQL would discard the query
+    /// (see `skipping`), which is known only once the error is in.
+    fn own_answer_waits(&self) -> bool {
+        if !(self.open_batch && self.rewrite)
+            || self.expected.is_empty()
+            || self.cbuf.first() != Some(&b'Q')
+        {
+            return false;
+        }
+        match peek_header(&self.cbuf, self.max_len) {
+            Ok(Some(h)) if h.frame_len() <= self.cbuf.len() => {
+                self.answers_itself(&self.cbuf[5..h.frame_len()])
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether pgopt answers simple query `body` itself: a DEALLOCATE of the client's
+    /// own statements ([`Relay::deallocate_locally`]) or a refusal (`judge_session`).
+    /// Nothing is decided here.
+    fn answers_itself(&self, body: &[u8]) -> bool {
+        let Ok(query) = Query::decode(body) else {
+            return false;
+        };
+        match deallocate_target(query.sql) {
+            Some(None) => return true,
+            Some(Some(name)) => return self.statements.contains(&name),
+            None => {}
+        }
+        self.worth_judging(body)
+            && self
+                .shared
+                .analyzer
+                .analyze(query.sql)
+                .is_ok_and(|analysis| {
+                    matches!(
+                        session_state::judge(&analysis, query.sql),
+                        SessionVerdict::Refuse(_)
+                    )
+                })
     }
 
     /// On the primary, a batch after a read that is not all here yet: it is judged for

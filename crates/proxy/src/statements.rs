@@ -85,6 +85,10 @@ impl ClientStatements {
     }
 
     /// The SQL text of the client's statement `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     pub fn query_of(&self, name: &str) -> Option<&str> {
         self.by_name.get(name)?.prepared.query()
     }

@@ -957,6 +957,46 @@ async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would
 }
 
 #[tokio::test]
+async fn a_query_pgopt_would_answer_behind_a_failed_unsynced_batch_is_discarded() {
+    // PostgreSQL discards a simple query sent behind an unsynced batch that fails, up
+    // to the Sync: the DEALLOCATE does not happen, the LISTEN gets no refusal. And
+    // without a Flush the server answers nothing before it reads the query: pgopt,
+    // which must see how the batch ended before it answers, must not wait for ever.
+    use tokio::io::AsyncWriteExt;
+    let (_pg, direct, proxy) = marks_proxy().await;
+    for query in ["DEALLOCATE s1", "LISTEN somewhere"] {
+        let mut raw = raw_login(&proxy).await;
+        common::prepare_s1(&mut raw).await;
+        let mut burst = common::run_unnamed("SELECT 1/0", b'H');
+        burst.extend(common::message(b'Q', format!("{query}\0").as_bytes()));
+        raw.write_all(&burst).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        raw.write_all(&common::message(b'S', b"")).await.unwrap();
+        // (1/0 is folded when the statement is planned, at Bind.)
+        assert_eq!(read_until(&mut raw, b'Z').await, b"1EZ", "{query}");
+        let mut run = common::message(b'B', b"\0s1\0\0\0\0\0\0\0");
+        run.extend(common::message(b'E', b"\0\0\0\0\0"));
+        run.extend(common::message(b'S', b""));
+        raw.write_all(&run).await.unwrap();
+        assert_eq!(read_until(&mut raw, b'Z').await, b"2DCZ", "{query}: s1");
+    }
+    // No Flush, no error: the insert and the DEALLOCATE commit together.
+    let mut raw = raw_login(&proxy).await;
+    common::prepare_s1(&mut raw).await;
+    let mut burst = common::run_unnamed("INSERT INTO marks VALUES ('unflushed')", b'S');
+    burst.truncate(burst.len() - 5);
+    burst.extend(common::message(b'Q', b"DEALLOCATE s1\0"));
+    raw.write_all(&burst).await.unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"12CCZ");
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM marks WHERE v = 'unflushed'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
 async fn a_statement_pgopt_refuses_in_a_transaction_block_fails_the_block() {
     // As any error in a block would in PostgreSQL: the statements after it get 25P02
     // and COMMIT rolls back, whether the refusal was a simple query or a Parse.
