@@ -1769,6 +1769,8 @@ impl Relay {
                     }
                     let seen = match (injected_sync, header.tag) {
                         (true, b'Z') => Verdict::Relay,
+                        // A commit failing at it: counted as the client's error.
+                        (true, b'E') => verdict,
                         (true, _) => Verdict::Drop,
                         _ => verdict,
                     };

@@ -265,6 +265,10 @@ pub struct Expected {
     /// An error sent the server skipping to a Sync that is not queued yet (see
     /// [`Expected::take_server_awaits_sync`]).
     server_awaits_sync: bool,
+    /// The commit at a Sync pgopt sent to end a batch before its answer to a
+    /// DEALLOCATE failed: as PostgreSQL's, that answer is the error and a
+    /// ReadyForQuery, with no CommandComplete.
+    commit_failed: bool,
 }
 
 impl Expected {
@@ -408,11 +412,12 @@ impl Expected {
                 Some(Step::Answer(tag)) => out.extend_from_slice(&[tag, 0, 0, 0, 4]),
                 Some(Step::Deallocated { all, id }) => {
                     let applied = status != TransactionStatus::Failed;
-                    if applied {
+                    let commit_failed = std::mem::take(&mut self.commit_failed);
+                    if applied && !commit_failed {
                         let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
                         // Short fixed tags: encoding cannot fail.
                         let _ = CommandComplete { tag }.encode(out);
-                    } else {
+                    } else if !applied {
                         let _ = ErrorBuilder::new(
                             Severity::Error,
                             sqlstate::IN_FAILED_SQL_TRANSACTION,
@@ -494,7 +499,10 @@ impl Expected {
             }
             // Answers are written as soon as they reach the head; a server message
             // arriving here belongs to nothing we track.
-            Step::InjectedSync { relay_errors: true } if tag == b'E' => Verdict::Relay,
+            Step::InjectedSync { relay_errors: true } if tag == b'E' => {
+                self.commit_failed = true;
+                Verdict::Relay
+            }
             Step::InjectedFailure => {
                 if tag == b'E' {
                     self.queue.pop_front();

@@ -876,7 +876,7 @@ async fn insert_without_sync(raw: &mut tokio::net::TcpStream, v: &str) {
 }
 
 /// A PostgreSQL with table `marks (v text)`, a direct client, and a transaction-mode
-/// proxy of one server connection.
+/// proxy of one server connection (with the HTTP endpoint).
 async fn marks_proxy() -> (Postgres, tokio_postgres::Client, Proxy) {
     let pg = Postgres::start().await.unwrap();
     let direct = pg.connect("postgres").await.unwrap();
@@ -884,9 +884,9 @@ async fn marks_proxy() -> (Postgres, tokio_postgres::Client, Proxy) {
         .batch_execute("CREATE TABLE marks (v text)")
         .await
         .unwrap();
-    let proxy = Proxy::start(config_for(&pg, PoolMode::Transaction, 1))
-        .await
-        .unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 1);
+    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let proxy = Proxy::start(config).await.unwrap();
     (pg, direct, proxy)
 }
 
@@ -994,6 +994,48 @@ async fn a_query_pgopt_would_answer_behind_a_failed_unsynced_batch_is_discarded(
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn a_commit_failing_at_the_end_pgopt_gives_a_batch_is_the_clients_error() {
+    // A DEALLOCATE behind an unsynced batch commits the batch, as PostgreSQL's would;
+    // when that commit fails (a deferred foreign key here) the client gets the error
+    // and a ReadyForQuery, with no CommandComplete, and the error is counted.
+    use tokio::io::AsyncWriteExt;
+    let (_pg, direct, proxy) = marks_proxy().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE parent (id int PRIMARY KEY);
+             CREATE TABLE child (pid int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .await
+        .unwrap();
+    let mut raw = raw_login(&proxy).await;
+    common::prepare_s1(&mut raw).await;
+    raw.write_all(&common::run_unnamed("INSERT INTO child VALUES (7)", b'H'))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut raw, b'C').await, b"12C");
+    raw.write_all(&common::message(b'Q', b"DEALLOCATE s1\0"))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"EZ");
+    // Deallocated all the same (PostgreSQL's statements are not transactional).
+    let mut run = common::message(b'B', b"\0s1\0\0\0\0\0\0\0");
+    run.extend(common::message(b'S', b""));
+    raw.write_all(&run).await.unwrap();
+    assert_eq!(read_until(&mut raw, b'Z').await, b"EZ", "s1 is gone");
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM child", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    let metrics = common::http_get(proxy.admin_addr().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("pgopt_errors_total{database=\"app\",user=\"postgres\",class=\"23\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
