@@ -63,6 +63,9 @@ const MAX_FAILOVER_BYTES: usize = 64 * 1024;
 
 /// Room for reading from a server (a big result streams through it).
 const SERVER_READ_BUF: usize = 16 * 1024;
+/// A server connection's read buffer above this size is dropped when it goes back to
+/// the pool (the next checkout starts a new one of `SERVER_READ_BUF`).
+const KEPT_READ_BUF: usize = 8 * SERVER_READ_BUF;
 
 /// An ErrorResponse or NoticeResponse that says the server is ending the connection:
 /// FATAL or PANIC, or a shutdown SQLSTATE (`57P01`-`57P03`; an immediate shutdown
@@ -2406,6 +2409,10 @@ impl Relay {
         let mut checkout = self.server.take()?;
         if self.sbuf.is_empty() && checkout.conn.read_buf.is_empty() {
             std::mem::swap(&mut self.sbuf, &mut checkout.conn.read_buf);
+            // One that grew for a large message is not kept for the connection's life.
+            if checkout.conn.read_buf.capacity() > KEPT_READ_BUF {
+                checkout.conn.read_buf = BytesMut::new();
+            }
         }
         Some(checkout)
     }
