@@ -234,6 +234,9 @@ pub struct ProxyCache {
     /// The catalog query for [`Deps`]: [`DEPS_QUERY`], with the replication
     /// listener's coverage when it is on.
     deps_query: String,
+    /// Per database, the tables of `cache.tables` last reported as never cached (a
+    /// warning is logged when this changes).
+    uncached_warned: Mutex<foldhash::HashMap<String, Vec<(String, String)>>>,
     /// What a fill that ran on a replica must have replayed to be stored (see
     /// `fence.rs`).
     pub fences: Arc<Fences>,
@@ -281,12 +284,13 @@ pub struct Deps {
     /// immutable (`now()`, `random()`, the statistics functions) or uses
     /// `CURRENT_DATE` and its kind, or `TABLESAMPLE`: found in the view's rule
     /// (`pg_rewrite.ev_action`), which names every relation and function by OID.
-    uncacheable: foldhash::HashSet<String>,
+    /// With why, for the log (see [`Deps::uncached_listed`]).
+    uncacheable: foldhash::HashMap<String, String>,
 }
 
-/// One round trip for [`Deps`]: (what, a, b) rows.
+/// One round trip for [`Deps`]: (what, a, b) rows (for `s`, b says why).
 pub const DEPS_QUERY: &str = "\
-SELECT 'r', c.relname, '' FROM pg_catalog.pg_class c \
+SELECT 'r', c.relname, ''::pg_catalog.text FROM pg_catalog.pg_class c \
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
@@ -314,16 +318,21 @@ UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_rewrite r \
   JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relkind <> 'v' AND r.rulename <> '_RETURN' \
 UNION ALL \
-SELECT 's', c.relname, '' FROM pg_catalog.pg_class c \
+SELECT 's', c.relname, CASE WHEN c.relrowsecurity THEN 'it has row-level security' \
+    WHEN c.relpersistence = 't' THEN 'it is a temporary table' \
+    WHEN c.relpersistence = 'u' THEN 'it is unlogged' ELSE 'it is a foreign table' END \
+  FROM pg_catalog.pg_class c \
   WHERE c.relrowsecurity OR c.relpersistence IN ('t', 'u') OR c.relkind = 'f' \
 UNION ALL \
-SELECT DISTINCT 's', v.relname, '' FROM pg_catalog.pg_depend d \
+SELECT DISTINCT 's', v.relname, 'the view calls a user function' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
   JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
   WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 \
 UNION ALL \
-SELECT DISTINCT 's', v.relname, '' FROM pg_catalog.pg_rewrite r \
+SELECT DISTINCT 's', v.relname, \
+  'the view reads a catalog, calls a built-in function that is not immutable, or samples' \
+  FROM pg_catalog.pg_rewrite r \
   JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
   CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::pg_catalog.text, \
     ':(relid|funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)|[{](SQLVALUEFUNCTION|TABLESAMPLECLAUSE) ', 'g') m \
@@ -385,21 +394,73 @@ impl Deps {
                     deps.unbounded.insert(a);
                 }
                 "s" => {
-                    deps.uncacheable.insert(a);
+                    deps.uncacheable.entry(a).or_insert(b);
                 }
                 "u" => uncovered.push(a),
                 _ => {}
             }
         }
         // A parent's reads include its children's rows.
+        let mut todo: Vec<(String, &str)> = uncovered
+            .into_iter()
+            .map(|t| {
+                (
+                    t,
+                    "the replication listener's publication does not carry all its changes",
+                )
+            })
+            .collect();
         let mut seen = foldhash::HashSet::default();
-        while let Some(r) = uncovered.pop() {
+        while let Some((r, why)) = todo.pop() {
             if seen.insert(r.clone()) {
-                uncovered.extend(deps.parents.get(&r).into_iter().flatten().cloned());
-                deps.uncacheable.insert(r);
+                todo.extend(deps.parents.get(&r).into_iter().flatten().map(|p| {
+                    let why = "the replication listener's publication does not carry all \
+                        changes of a partition or child of it";
+                    (p.clone(), why)
+                }));
+                deps.uncacheable.entry(r).or_insert_with(|| why.to_string());
             }
         }
         deps
+    }
+
+    /// Which of `listed` (`cache.tables`) are never cached, and why, sorted: for a
+    /// warning when the catalog is read (a table or view named there that is never
+    /// cached is a configuration the DBA should hear about). A view is reported for
+    /// the first relation it reads that is not cached.
+    pub fn uncached_listed<'a>(
+        &self,
+        listed: impl Iterator<Item = &'a str>,
+    ) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = listed
+            .filter_map(|t| {
+                let mut todo = vec![t];
+                let mut seen = Vec::new();
+                while let Some(r) = todo.pop() {
+                    if let Some(why) = self.uncacheable.get(r) {
+                        let why = if r == t {
+                            why.clone()
+                        } else {
+                            format!("it reads {r}: {why}")
+                        };
+                        return Some((t.to_string(), why));
+                    }
+                    if !seen.contains(&r) {
+                        seen.push(r);
+                        todo.extend(
+                            self.view_reads
+                                .get(r)
+                                .into_iter()
+                                .flatten()
+                                .map(String::as_str),
+                        );
+                    }
+                }
+                None
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// The tags of a read of `relation`: itself, and for a view every relation it
@@ -411,7 +472,7 @@ impl Deps {
         let mut todo = vec![relation.to_string()];
         while let Some(r) = todo.pop() {
             // What a view reads must be known (and cacheable) too.
-            if self.uncacheable.contains(&r) || !self.relations.contains(&r) {
+            if self.uncacheable.contains_key(&r) || !self.relations.contains(&r) {
                 return None;
             }
             if into.contains(&r) {
@@ -506,6 +567,7 @@ impl ProxyCache {
             settings: settings.clone(),
             counters: CacheCounters::default(),
             deps: Mutex::new((Default::default(), 0)),
+            uncached_warned: Mutex::default(),
             deps_query: match settings.wal_listener {
                 true => DEPS_QUERY.to_string() + &uncovered_query(&settings.publication),
                 false => DEPS_QUERY.to_string(),
@@ -557,6 +619,9 @@ impl ProxyCache {
     /// The outcome of reading `database`'s dependencies with `ticket`; dropped when
     /// the schema changed since the read began.
     pub fn set_deps(&self, database: &str, ticket: u64, deps: Option<Deps>) {
+        if let Some(d) = &deps {
+            self.warn_uncached(database, d);
+        }
         let state = match deps {
             Some(d) => DepsState::Ready(Arc::new(d), Instant::now()),
             None => DepsState::Failed(Instant::now()),
@@ -566,6 +631,27 @@ impl ProxyCache {
         if *generation == ticket {
             map.insert(database.to_string(), state);
         }
+    }
+
+    /// Logs the tables of `cache.tables` that `database`'s catalog says are never
+    /// cached, with why, when that list changed since the last read.
+    fn warn_uncached(&self, database: &str, deps: &Deps) {
+        let uncached = deps.uncached_listed(self.tables.iter().map(String::as_str));
+        let mut warned = self
+            .uncached_warned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if warned.get(database) == Some(&uncached) {
+            return;
+        }
+        for (table, why) in &uncached {
+            tracing::warn!(
+                %database,
+                %table,
+                "listed in cache.tables but never cached: {why}"
+            );
+        }
+        warned.insert(database.to_string(), uncached);
     }
 
     /// The schema may have changed: the dependencies are read again before anything
@@ -1364,6 +1450,92 @@ pub async fn follow_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The catalog query with the listener's coverage, on a real PostgreSQL: each
+    /// listed relation that is never cached is reported with why.
+    #[tokio::test]
+    async fn listed_tables_never_cached_are_reported_with_why() {
+        let pg = pgopt_embedded::Postgres::builder()
+            .setting("wal_level", "logical")
+            .start()
+            .await
+            .unwrap();
+        pg.psql(
+            "CREATE TABLE items (id int PRIMARY KEY);
+             CREATE TABLE secret (id int); ALTER TABLE secret ENABLE ROW LEVEL SECURITY;
+             CREATE UNLOGGED TABLE scratch (id int);
+             CREATE TABLE other (id int PRIMARY KEY);
+             CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
+             CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);
+             CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (10) TO (20);
+             CREATE FUNCTION twice(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT 2 * $1';
+             CREATE VIEW v_items AS SELECT id FROM items;
+             CREATE VIEW v_secret AS SELECT id FROM v_items UNION ALL SELECT id FROM secret;
+             CREATE VIEW v_clock AS SELECT id, now() AS at FROM items;
+             CREATE VIEW v_user_fn AS SELECT twice(id) FROM items;
+             CREATE PUBLICATION pgopt_cache FOR TABLE items, secret, parted_1;",
+        )
+        .unwrap();
+        let (client, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let query = format!("{DEPS_QUERY}{}", uncovered_query("pgopt_cache"));
+        let rows: Vec<Vec<Option<String>>> = client
+            .simple_query(&query)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .collect();
+        let deps = Deps::from_rows(&rows);
+        let listed = [
+            "items",
+            "secret",
+            "scratch",
+            "other",
+            "parted",
+            "parted_1",
+            "parted_2",
+            "v_items",
+            "v_secret",
+            "v_clock",
+            "v_user_fn",
+            "missing",
+        ];
+        let uncached = deps.uncached_listed(listed.into_iter());
+        let publication = "the replication listener's publication does not carry all its changes";
+        let expected = [
+            ("other", publication.to_string()),
+            (
+                "parted",
+                "the replication listener's publication does not carry all changes of a \
+                 partition or child of it"
+                    .to_string(),
+            ),
+            ("parted_2", publication.to_string()),
+            ("scratch", "it is unlogged".to_string()),
+            ("secret", "it has row-level security".to_string()),
+            (
+                "v_clock",
+                "the view reads a catalog, calls a built-in function that is not immutable, \
+                 or samples"
+                    .to_string(),
+            ),
+            (
+                "v_secret",
+                "it reads secret: it has row-level security".to_string(),
+            ),
+            ("v_user_fn", "the view calls a user function".to_string()),
+        ]
+        .map(|(t, why)| (t.to_string(), why));
+        assert_eq!(uncached, expected);
+    }
 
     #[test]
     fn the_listener_uses_the_upstreams_password_only_for_the_upstreams_user() {
