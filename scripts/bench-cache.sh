@@ -40,22 +40,18 @@ pgopt=target/release/pgopt
 . scripts/bench-lib.sh
 
 tmp=$(mktemp -d /tmp/pgopt-bench-cache-XXXXXX)
-as_pg=()
-if [ "$(id -u)" -eq 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
 pg_port=$(free_port); plain_port=$(free_port); cache_port=$(free_port)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
+  stop_pg "$tmp"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
-settings="-c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c shared_buffers=256MB"
-[ "${WAL:-0}" = 1 ] && settings="$settings -c wal_level=logical"
-"${as_pg[@]}" "$bindir/initdb" -D "$tmp/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
-"${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w start -o "-p $pg_port $settings" >/dev/null
-"$bindir/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+settings=()
+[ "${WAL:-0}" = 1 ] && settings=(-c wal_level=logical)
+start_pg "$tmp" "$pg_port" "$scale" "${settings[@]}"
 
 # pgbench_history has no primary key, so pgopt would not create its publication FOR
 # ALL TABLES (PostgreSQL then refuses UPDATE and DELETE on such a table); pgbench only

@@ -1,6 +1,24 @@
 # Shared by the benchmark scripts (sourced, not run): a free port, a process's CPU
 # time, one pgbench run with the proxy's CPU per transaction, ratios.
+# a throwaway PostgreSQL.
 # Needs: $bindir (PostgreSQL binaries), $secs (seconds per run).
+
+# Run as root, PostgreSQL runs as postgres.
+as_pg=()
+if [ "$(id -u)" -eq 0 ]; then as_pg=(runuser -u postgres --); fi
+
+# start_pg DIR PORT SCALE [SETTING…]: a throwaway cluster in DIR/data (log DIR/pg.log) on
+# 127.0.0.1:PORT with fsync off, and pgbench's tables at SCALE; each SETTING is more
+# `-c name=value` for the server. stop_pg DIR stops it.
+start_pg() {
+  local dir=$1 port=$2 scale=$3; shift 3
+  [ ${#as_pg[@]} -gt 0 ] && chown postgres "$dir"
+  "${as_pg[@]}" "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+  "${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/pg.log" -w start -o \
+    "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300 -c fsync=off -c shared_buffers=256MB $*" >/dev/null
+  "$bindir/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
+}
+stop_pg() { "${as_pg[@]}" "$bindir/pg_ctl" -D "$1/data" -m immediate stop >/dev/null 2>&1 || true; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

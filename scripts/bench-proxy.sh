@@ -32,21 +32,16 @@ pgopt=target/release/pgopt
 . scripts/bench-lib.sh
 
 tmp=$(mktemp -d /tmp/pgopt-bench-XXXXXX)
-as_pg=()
-if [ "$(id -u)" -eq 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
 pg_port=$(free_port); bouncer_port=$(free_port); pgopt_port=$(free_port)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
+  stop_pg "$tmp"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
-"${as_pg[@]}" "$bindir/initdb" -D "$tmp/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
-"${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w start -o \
-  "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" >/dev/null
-"$bindir/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+start_pg "$tmp" "$pg_port" "$scale" -c synchronous_commit=off
 
 pgbouncer_config "$tmp" "$pg_port" "$bouncer_port" "$pool"
 # runuser starts a fresh session with the default fd limit: raise it inside.

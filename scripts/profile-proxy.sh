@@ -20,21 +20,16 @@ mode=${1:-simple}; clients=${2:-16}; secs=${3:-10}; tool=${4:-perf}
 bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 cargo build --release -q -p pgopt-cli
 tmp=$(mktemp -d /tmp/pgopt-profile-XXXXXX)
-as_pg=()
-if [ "$(id -u)" -eq 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
 . scripts/bench-lib.sh   # free_port, pgbouncer_config
 pg_port=$(free_port); pgopt_port=$(free_port)
 ppid=
 cleanup() {
   [ -n "$ppid" ] && kill "$ppid" 2>/dev/null && sleep 0.5
-  "${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -m immediate stop >/dev/null 2>&1 || true
+  stop_pg "$tmp"
   [ -n "${KEEP_PERF:-}" ] && cp "$tmp/perf.data" "$KEEP_PERF" 2>/dev/null; rm -rf "$tmp"
 }
 trap cleanup EXIT
-"${as_pg[@]}" "$bindir/initdb" -D "$tmp/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
-"${as_pg[@]}" "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/pg.log" -w start -o \
-  "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" >/dev/null
-"$bindir/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres >/dev/null 2>&1
+start_pg "$tmp" "$pg_port" 10 -c synchronous_commit=off
 # hot: point reads of HOT_KEYS (100) accounts, simple protocol: with a PGOPT_CONFIG whose
 # [cache] holds pgbench_accounts, the result cache's hit path.
 pgbench_script=(-S -M "$mode")
