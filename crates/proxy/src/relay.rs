@@ -1540,11 +1540,14 @@ impl Relay {
         }
     }
 
-    /// Whether the server is in a transaction block that has not failed: a statement
-    /// pgopt refuses fails it, as an error there would (PostgreSQL then answers
-    /// 25P02 to all but the end of the block, and COMMIT rolls back).
+    /// Whether the server is, or may be by the time it gets there, in a transaction
+    /// block that has not failed: a statement pgopt refuses fails it, as an error
+    /// there would (PostgreSQL then answers 25P02 to all but the end of the block,
+    /// and COMMIT rolls back). `status` is the last ReadyForQuery's: with statements
+    /// still in flight (a pipelined `BEGIN`) the block may be open all the same. (A
+    /// failing statement outside a block fails nothing of the client's.)
     fn in_block(&self) -> bool {
-        self.status == TransactionStatus::InTransaction
+        self.status == TransactionStatus::InTransaction || self.expected.observed_readies() > 0
     }
 
     /// Parse, Bind and Execute of a statement that raises an error (its place in the

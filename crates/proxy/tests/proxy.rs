@@ -1076,6 +1076,35 @@ async fn a_statement_pgopt_refuses_in_a_transaction_block_fails_the_block() {
 }
 
 #[tokio::test]
+async fn a_refusal_pipelined_behind_its_begin_fails_the_block() {
+    // All in one write, as a pipelining client sends it: the block's BEGIN is not
+    // answered yet when pgopt refuses the LISTEN, and the block must fail all the same.
+    use tokio::io::AsyncWriteExt;
+    let (_pg, direct, proxy) = marks_proxy().await;
+    let mut raw = raw_login(&proxy).await;
+    let mut pipeline = common::run_unnamed("BEGIN", b'S');
+    pipeline.truncate(pipeline.len() - 5);
+    for sql in [
+        "INSERT INTO marks VALUES ('piped')",
+        "LISTEN somewhere",
+        "COMMIT",
+    ] {
+        pipeline.extend(common::run_unnamed(sql, b'S'));
+    }
+    raw.write_all(&pipeline).await.unwrap();
+    assert_eq!(
+        common::read_until_nth(&mut raw, b'Z', 3).await,
+        b"12C12CZEZ12CZ"
+    );
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM marks WHERE v = 'piped'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "COMMIT committed a block a refusal had failed");
+}
+
+#[tokio::test]
 async fn a_set_pipelined_after_pgopt_ends_a_batch_is_kept_with_its_client() {
     // The ReadyForQuery of the Sync pgopt sends to end an unsynced batch (before its
     // own answer to DEALLOCATE) is counted before the SET that follows: the SET is
