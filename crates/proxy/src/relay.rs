@@ -118,6 +118,9 @@ pub struct Relay {
     /// No server could take a batch (routing, primary down): its messages are dropped
     /// up to its Sync, which pgopt answers.
     discarding: bool,
+    /// The server is in COPY FROM STDIN (or COPY BOTH): it answers nothing more
+    /// before the client's CopyDone or CopyFail.
+    copy_in: bool,
     /// The settings before the open transaction's first SET, restored if it rolls back.
     tx_snapshot: Option<(Settings, Applied)>,
     /// A ROLLBACK came since the last ReadyForQuery: the whole transaction (restore the
@@ -264,6 +267,7 @@ impl Relay {
             pending_change: None,
             skipping: false,
             discarding: false,
+            copy_in: false,
             tx_snapshot: None,
             rolled_back: false,
             resync: Vec::new(),
@@ -1077,6 +1081,7 @@ impl Relay {
     /// (see `skipping`), which is known only once the error is in.
     fn own_answer_waits(&self) -> bool {
         if !(self.open_batch && self.rewrite)
+            || self.copy_in
             || self.expected.is_empty()
             || self.cbuf.first() != Some(&b'Q')
         {
@@ -1740,12 +1745,18 @@ impl Relay {
                 // The replica is going away before the client saw a thing.
                 return self.fail_over().await;
             }
-            if header.tag == b'Z' {
-                self.status = match self.sbuf.get(pos + 5) {
-                    Some(b'T') => TransactionStatus::InTransaction,
-                    Some(b'E') => TransactionStatus::Failed,
-                    _ => TransactionStatus::Idle,
-                };
+            match header.tag {
+                b'Z' => {
+                    self.copy_in = false;
+                    self.status = match self.sbuf.get(pos + 5) {
+                        Some(b'T') => TransactionStatus::InTransaction,
+                        Some(b'E') => TransactionStatus::Failed,
+                        _ => TransactionStatus::Idle,
+                    };
+                }
+                b'G' | b'W' => self.copy_in = true,
+                b'C' | b'E' => self.copy_in = false,
+                _ => {}
             }
             let verdict = match self.replan(header.tag, pos + 5..end) {
                 Some(verdict) => verdict,

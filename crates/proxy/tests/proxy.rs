@@ -1105,6 +1105,33 @@ async fn a_refusal_pipelined_behind_its_begin_fails_the_block() {
 }
 
 #[tokio::test]
+async fn a_deallocate_sent_into_a_copy_does_not_stall_the_session() {
+    // A client breaking the protocol (a simple query in the middle of COPY FROM
+    // STDIN) must not leave pgopt waiting for an answer the server will not give
+    // before the copy's data, which sits behind the query.
+    use tokio::io::AsyncWriteExt;
+    let (_pg, _direct, proxy) = marks_proxy().await;
+    let mut raw = raw_login(&proxy).await;
+    common::prepare_s1(&mut raw).await;
+    raw.write_all(&common::run_unnamed("COPY marks FROM STDIN", b'H'))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut raw, b'G').await, b"12G");
+    let mut rest = common::message(b'Q', b"DEALLOCATE s1\0");
+    rest.extend(common::message(b'd', b"copied\n"));
+    rest.extend(common::message(b'c', b""));
+    rest.extend(common::message(b'S', b""));
+    raw.write_all(&rest).await.unwrap();
+    let reply = read_until(&mut raw, b'Z').await;
+    assert_eq!(reply.first(), Some(&b'C'), "{reply:?}");
+    raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
+        .await
+        .unwrap();
+    let reply = read_until(&mut raw, b'Z').await;
+    assert!(reply.ends_with(b"TDCZ"), "{reply:?}");
+}
+
+#[tokio::test]
 async fn a_set_pipelined_after_pgopt_ends_a_batch_is_kept_with_its_client() {
     // The ReadyForQuery of the Sync pgopt sends to end an unsynced batch (before its
     // own answer to DEALLOCATE) is counted before the SET that follows: the SET is
