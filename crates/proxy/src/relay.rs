@@ -2424,7 +2424,9 @@ impl Relay {
         if self.sbuf.is_empty() && checkout.conn.read_buf.is_empty() {
             std::mem::swap(&mut self.sbuf, &mut checkout.conn.read_buf);
             // One that grew for a large message is not kept for the connection's life.
-            if checkout.conn.read_buf.capacity() > KEPT_READ_BUF {
+            // (`capacity()` counts only what follows the bytes consumed; reclaiming
+            // an empty buffer's whole allocation is free.)
+            if checkout.conn.read_buf.try_reclaim(KEPT_READ_BUF + 1) {
                 checkout.conn.read_buf = BytesMut::new();
             }
         }
