@@ -84,11 +84,12 @@ impl ClientStatements {
         self.by_name.get_mut(name)
     }
 
-    /// The SQL text of the client's statement `name`.
+    /// Whether the client has a statement `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
     }
 
+    /// The SQL text of the client's statement `name`.
     pub fn query_of(&self, name: &str) -> Option<&str> {
         self.by_name.get(name)?.prepared.query()
     }
@@ -386,6 +387,7 @@ impl Expected {
     pub fn abandon(&mut self) {
         self.queue.clear();
         self.errors.clear();
+        self.commit_failed = false;
     }
 
     /// Queues an ErrorResponse pgopt sends in the place of a server's.
