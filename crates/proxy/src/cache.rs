@@ -394,7 +394,12 @@ impl Deps {
                     deps.unbounded.insert(a);
                 }
                 "s" => {
-                    deps.uncacheable.entry(a).or_insert(b);
+                    // One reason, whatever the rows' order (for a log line that
+                    // changes only when the catalog does).
+                    let why = deps.uncacheable.entry(a).or_insert_with(|| b.clone());
+                    if b < *why {
+                        *why = b;
+                    }
                 }
                 "u" => uncovered.push(a),
                 _ => {}
