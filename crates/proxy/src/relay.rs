@@ -1472,7 +1472,11 @@ impl Relay {
 
     /// Answers the proxy owes at the head of [`Expected`], now that everything
     /// before them is done.
+    #[inline]
     fn answer_owed(&mut self) {
+        if !self.expected.owes_answer() {
+            return;
+        }
         let statements = &mut self.statements;
         self.expected
             .answer_ready(&mut self.out, self.status, |id, applied| {

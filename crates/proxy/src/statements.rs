@@ -400,6 +400,16 @@ impl Expected {
         self.queue.is_empty()
     }
 
+    /// Whether the head of the queue is an answer the proxy owes (the cheap test
+    /// before [`Expected::answer_ready`], which runs after every server message).
+    #[inline]
+    pub fn owes_answer(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(Step::Answer(_) | Step::Deallocated { .. } | Step::Error | Step::Ready)
+        )
+    }
+
     /// Answers the proxy owes at the head of the queue, now that everything before them
     /// is done: appended to `out`. `deallocated` is told, in order, whether each
     /// [`Step::Deallocated`] answered took effect.
