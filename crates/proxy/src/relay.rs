@@ -1180,8 +1180,10 @@ impl Relay {
             self.track_client(frame)?;
         }
         // A Parse is decoded once, for the tracker, the session check and the
-        // statement names (`route_named`).
+        // statement names (`route_named`); a simple query's text once, for the
+        // session check and the tracker.
         let mut parsed = None;
+        let mut decoded_sql = None;
         let request = match frame.tag() {
             b'P' if self.rewrite => {
                 let parse = Parse::decode(frame.body())?;
@@ -1214,6 +1216,7 @@ impl Relay {
                 }
                 if self.worth_judging(frame.body()) {
                     let query = Query::decode(frame.body())?;
+                    decoded_sql = Some(query.sql);
                     if let Some(refusal) = self.judge_session(query.sql, true) {
                         self.end_open_batch(false);
                         self.expected.push_error(refusal);
@@ -1251,11 +1254,13 @@ impl Relay {
                 (Request::Execute, _) => {
                     tracker.on_execute(Execute::decode(frame.body())?.portal, self.clock)
                 }
-                (Request::Query, b'Q') => tracker.on_query(
-                    &self.shared.analyzer,
-                    Query::decode(frame.body())?.sql,
-                    self.clock,
-                ),
+                (Request::Query, b'Q') => {
+                    let sql = match decoded_sql {
+                        Some(sql) => sql,
+                        None => Query::decode(frame.body())?.sql,
+                    };
+                    tracker.on_query(&self.shared.analyzer, sql, self.clock)
+                }
                 (Request::Query, _) => tracker.on_function_call(self.clock),
                 (Request::Sync, _) => tracker.on_sync(),
                 _ => {}
