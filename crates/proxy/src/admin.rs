@@ -42,6 +42,13 @@ pub enum Command {
     ResetQueries,
     /// CACHE FLUSH [table]: result cache entries end (of one table, or all).
     CacheFlush(Option<String>),
+    /// RECONNECT [db]: server connections close and new ones are opened.
+    Reconnect(Option<String>),
+    /// KILL db: its clients and server connections are closed; it stays paused.
+    Kill(String),
+    /// DISABLE db / ENABLE db: new clients of it are refused / taken again.
+    Disable(String),
+    Enable(String),
     /// An empty query string.
     Empty,
 }
@@ -66,6 +73,10 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         Some("PAUSE") if words.len() <= 2 => Command::Pause(name(1)),
         Some("RESUME") if words.len() <= 2 => Command::Resume(name(1)),
         Some("SHUTDOWN") if words.len() == 1 => Command::Shutdown,
+        Some("RECONNECT") if words.len() <= 2 => Command::Reconnect(name(1)),
+        Some("KILL") if words.len() == 2 => Command::Kill(name(1).unwrap_or_default()),
+        Some("DISABLE") if words.len() == 2 => Command::Disable(name(1).unwrap_or_default()),
+        Some("ENABLE") if words.len() == 2 => Command::Enable(name(1).unwrap_or_default()),
         Some("CACHE") if upper(1).as_deref() == Some("FLUSH") && words.len() <= 3 => {
             Command::CacheFlush(name(2))
         }
@@ -282,6 +293,28 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
             shared.shutdown();
             complete(out, "SHUTDOWN")?;
         }
+        Command::Reconnect(db) => {
+            if let Some(e) = unknown_db(shared, db.as_deref()) {
+                return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
+            }
+            shared.reconnect(db.as_deref());
+            complete(out, "RECONNECT")?;
+        }
+        Command::Kill(db) => {
+            if let Some(e) = unknown_db(shared, Some(&db)) {
+                return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
+            }
+            shared.kill(&db);
+            complete(out, "KILL")?;
+        }
+        Command::Disable(ref db) | Command::Enable(ref db) => {
+            if let Some(e) = unknown_db(shared, Some(db)) {
+                return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
+            }
+            let disable = matches!(command, Command::Disable(_));
+            shared.set_disabled(db, disable);
+            complete(out, if disable { "DISABLE" } else { "ENABLE" })?;
+        }
     }
     Ok(())
 }
@@ -383,6 +416,16 @@ mod tests {
         assert_eq!(parse("reload"), Ok(Command::Reload));
         assert_eq!(parse("SHUTDOWN;"), Ok(Command::Shutdown));
         assert_eq!(parse(" ; "), Ok(Command::Empty));
+        assert_eq!(parse("reconnect"), Ok(Command::Reconnect(None)));
+        assert_eq!(
+            parse("RECONNECT app"),
+            Ok(Command::Reconnect(Some("app".into())))
+        );
+        assert_eq!(parse("kill app;"), Ok(Command::Kill("app".into())));
+        assert!(parse("KILL").is_err());
+        assert_eq!(parse("DISABLE app"), Ok(Command::Disable("app".into())));
+        assert_eq!(parse("enable \"app\""), Ok(Command::Enable("app".into())));
+        assert!(parse("ENABLE").is_err());
         let e = parse("DROP TABLE x").unwrap_err();
         assert!(e.contains("SHOW HELP"), "{e}");
         assert!(parse("SHOW").is_err());

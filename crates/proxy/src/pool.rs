@@ -112,6 +112,8 @@ pub struct Pool {
     pub waiting: AtomicUsize,
     /// Shut down: no more checkouts.
     closed: AtomicBool,
+    /// See [`ServerConn::generation`] and [`Pool::reconnect`].
+    generation: AtomicU64,
     /// The user's SCRAM keys from the last client login, for a server that asks for
     /// SCRAM when pgopt holds only the verifier.
     scram_keys: Mutex<Option<ScramKeys>>,
@@ -216,6 +218,7 @@ impl Pool {
             clients: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             scram_keys: Mutex::new(None),
             plan_epoch: AtomicU64::new(0),
             invalidated: Mutex::new(HashMap::new()),
@@ -370,7 +373,7 @@ impl Pool {
         // look for a server that closed it since, and a move to this thread's event
         // loop when it comes from another. A dead one: its slot takes or opens another.
         let handed = handed
-            .filter(|conn| conn.looks_alive())
+            .filter(|conn| conn.looks_alive() && self.current(conn))
             .and_then(|conn| conn.rehome().ok());
         let (conn, waited) = match handed {
             Some(conn) => (Ok(conn), false),
@@ -523,7 +526,7 @@ impl Pool {
             let since_used = now.saturating_duration_since(conn.last_used);
             let expired = since_used > limits.idle_timeout
                 || now.saturating_duration_since(conn.created) > limits.lifetime;
-            if expired || !conn.looks_alive() {
+            if expired || !conn.looks_alive() || !self.current(&conn) {
                 continue;
             }
             let Ok(mut conn) = conn.rehome() else {
@@ -578,7 +581,9 @@ impl Pool {
                 self.servers.add(&conn.info);
                 lock(&self.params).get_or_insert_with(|| Arc::new(conn.params.clone()));
                 // Boxed: a checkout moves it several times per transaction.
-                Ok(Box::new(conn))
+                let mut conn = Box::new(conn);
+                conn.generation = self.generation.load(SeqCst);
+                Ok(conn)
             }
             Err(e) => {
                 self.stats.server_connect_errors.fetch_add(1, Relaxed);
@@ -663,6 +668,20 @@ impl Pool {
     /// Whether any server connection is lent or being opened (PAUSE waits for none).
     pub fn busy(&self) -> bool {
         self.active.load(SeqCst) + self.connecting.load(SeqCst) > 0
+    }
+
+    /// Whether `conn` was opened since the last [`Pool::reconnect`].
+    fn current(&self, conn: &ServerConn) -> bool {
+        conn.generation == self.generation.load(SeqCst)
+    }
+
+    /// RECONNECT (and KILL): every server connection is closed, the idle ones now and
+    /// the lent ones when they come back (or, handed over, before they are used), so
+    /// the pool's next connections are new ones (after a failover, a changed
+    /// address, a server setting that applies to new sessions only).
+    pub fn reconnect(&self) -> usize {
+        self.generation.fetch_add(1, SeqCst);
+        self.close_idle()
     }
 
     /// Closes every idle connection (PAUSE, SHUTDOWN, a server that went away).
@@ -824,20 +843,21 @@ impl Checkout {
             ..
         } = self;
         let pool = active.0.clone();
-        let (slot, active) = if now.saturating_duration_since(conn.created) <= lifetime {
-            conn.last_used = now;
-            conn.info.set_link(0, 0);
-            conn.info
-                .prepared
-                .store(conn.prepared.len() as u64, Relaxed);
-            let Some((conn, slot, active)) = pool.hand_over((conn, slot, active)) else {
-                return;
+        let (slot, active) =
+            if now.saturating_duration_since(conn.created) <= lifetime && pool.current(&conn) {
+                conn.last_used = now;
+                conn.info.set_link(0, 0);
+                conn.info
+                    .prepared
+                    .store(conn.prepared.len() as u64, Relaxed);
+                let Some((conn, slot, active)) = pool.hand_over((conn, slot, active)) else {
+                    return;
+                };
+                lock(&pool.idle).push(conn);
+                (slot, active)
+            } else {
+                (slot, active)
             };
-            lock(&pool.idle).push(conn);
-            (slot, active)
-        } else {
-            (slot, active)
-        };
         // Counted idle before no longer lent; the slot goes last, so a waiter finds
         // the connection idle.
         drop(active);

@@ -61,6 +61,9 @@ const MAX_PARSED: usize = 10_000;
 /// Largest read batch kept for a failover to another node.
 const MAX_FAILOVER_BYTES: usize = 64 * 1024;
 
+/// The FATAL message of a session ended by KILL.
+const KILLED: &str = "terminating connection due to administrator command (KILL)";
+
 /// Room for reading from a server (a big result streams through it).
 const SERVER_READ_BUF: usize = 16 * 1024;
 /// A server connection's read buffer above this size is dropped when it goes back to
@@ -377,6 +380,10 @@ impl Relay {
                 }
                 () = &mut wake => {
                     wake.set(info.wake.notified());
+                    if info.killed() {
+                        self.close(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                        break;
+                    }
                     let state = self.shared.lifecycle_now();
                     if state >= Lifecycle::Closing {
                         self.close(
@@ -2262,6 +2269,12 @@ impl Relay {
             }
         };
         match result {
+            Ok((checkout, _)) if self.info.killed() => {
+                // KILLed while it waited (a KILLed database stays paused).
+                checkout.release();
+                self.close(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                Lending::Closed
+            }
             Ok((mut checkout, replica)) => {
                 let lent_us = if checkout.ready_at == self.clock {
                     requested_us

@@ -77,6 +77,9 @@ pub struct ServerConn {
     /// The pool's plan epoch this connection's statements were last checked against.
     pub plan_epoch: u64,
     pub created: Instant,
+    /// Its pool's generation when it was opened: RECONNECT and KILL move the pool to
+    /// the next, and connections of an older one are closed instead of reused.
+    pub generation: u64,
     pub last_used: Instant,
     /// What SHOW SERVERS shows of this connection.
     pub info: Arc<ServerInfo>,
@@ -312,6 +315,7 @@ impl ServerConn {
                         stale: Default::default(),
                         plan_epoch: 0,
                         created: now,
+                        generation: 0,
                         last_used: now,
                         applied: Applied::default(),
                         read_buf: BytesMut::new(),

@@ -188,6 +188,18 @@ async fn session(
     if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
     }
+    if shared.is_disabled(&db.name) {
+        let message = format!(
+            "database \"{database}\" is not currently accepting connections (DISABLE in pgopt's admin console)"
+        );
+        send_fatal(
+            &mut stream,
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            &message,
+        )
+        .await;
+        return Ok(());
+    }
     let Some(pool) = shared.pool_for(&db.name, user, found.as_deref()) else {
         // RELOAD removed it while the client logged in.
         unknown_database(&mut stream, database).await;

@@ -49,6 +49,8 @@ pub struct Shared {
     /// PAUSE without a database, and PAUSE per database; pools created meanwhile
     /// start paused.
     paused: Mutex<(bool, HashSet<String>)>,
+    /// DISABLE: databases that take no new clients.
+    disabled: Mutex<HashSet<String>>,
     pub started: SystemTime,
     /// Clients turned away: over max_client_conn, failed logins.
     pub rejected_max_clients: AtomicU64,
@@ -123,6 +125,7 @@ impl Shared {
             lifecycle: watch::Sender::new(Lifecycle::Running),
             reloader: Mutex::new(None),
             paused: Mutex::default(),
+            disabled: Mutex::default(),
             started: SystemTime::now(),
             rejected_max_clients: AtomicU64::new(0),
             rejected_auth: AtomicU64::new(0),
@@ -256,6 +259,47 @@ impl Shared {
     }
 
     /// PAUSE (`true`) or RESUME (`false`) one database's pools, or all of them.
+    /// DISABLE (`on`) and ENABLE: whether new clients of `db` are refused.
+    pub fn set_disabled(&self, db: &str, on: bool) {
+        let mut disabled = lock(&self.disabled);
+        if on {
+            disabled.insert(db.to_string());
+        } else {
+            disabled.remove(db);
+        }
+    }
+
+    pub fn is_disabled(&self, db: &str) -> bool {
+        lock(&self.disabled).contains(db)
+    }
+
+    /// KILL: every client of `db` is disconnected now and its server connections
+    /// closed; the database is paused, so new clients wait for RESUME (as PgBouncer
+    /// does). Returns how many clients were told.
+    pub fn kill(&self, db: &str) -> usize {
+        self.set_paused(Some(db), true);
+        let mut killed = 0;
+        for client in self.clients.list() {
+            if client.identity().1 == db {
+                client.kill();
+                killed += 1;
+            }
+        }
+        self.reconnect(Some(db));
+        killed
+    }
+
+    /// RECONNECT: every server connection of `db` (of every database: `None`) closes,
+    /// the idle ones now, the lent ones when released. Returns how many closed now.
+    pub fn reconnect(&self, db: Option<&str>) -> usize {
+        self.pools
+            .list()
+            .iter()
+            .filter(|p| db.is_none_or(|d| p.database == d))
+            .map(|p| p.reconnect())
+            .sum()
+    }
+
     pub fn set_paused(&self, db: Option<&str>, on: bool) {
         // Lock order: `paused` before the pool map (as in `pool_for`).
         let mut paused = lock(&self.paused);

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -223,11 +223,24 @@ pub struct ClientInfo {
     request_time: AtomicU64,
     /// Id of the linked server connection, 0 when none.
     link: AtomicU64,
-    /// Nudges the session when the proxy's lifecycle changes (shutdown).
+    /// Nudges the session when the proxy's lifecycle changes (shutdown) or an admin
+    /// KILLs it.
     pub wake: tokio::sync::Notify,
+    killed: AtomicBool,
 }
 
 impl ClientInfo {
+    /// KILL from the admin console: the session ends as soon as it looks (woken now,
+    /// or at its next server checkout).
+    pub fn kill(&self) {
+        self.killed.store(true, SeqCst);
+        self.wake.notify_one();
+    }
+
+    pub fn killed(&self) -> bool {
+        self.killed.load(SeqCst)
+    }
+
     pub fn set_identity(&self, user: &str, database: &str, application_name: &str) {
         *lock(&self.identity) = (
             user.to_string(),
@@ -317,6 +330,7 @@ impl ClientRegistry {
             request_time: AtomicU64::new(0),
             link: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
+            killed: AtomicBool::new(false),
         });
         lock(&self.clients).insert(id, info.clone());
         ClientGuard {

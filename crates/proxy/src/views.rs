@@ -383,6 +383,7 @@ pub fn databases(shared: &Shared) -> Table {
         ("pool_mode", Text),
         ("current_connections", Int),
         ("paused", Text),
+        ("disabled", Text),
     ]);
     let config = shared.config();
     let pools = shared.pools.list();
@@ -420,6 +421,7 @@ pub fn databases(shared: &Shared) -> Table {
             t(mode_name(config.pool_mode_of(db))),
             n(current as u64),
             t(yes_no(paused)),
+            t(yes_no(shared.is_disabled(&db.name))),
         ]);
     }
     table
@@ -590,7 +592,17 @@ pub const HELP: &[(&str, &str)] = &[
         "PAUSE [db]",
         "wait for transactions to end, close server connections, hold new queries",
     ),
-    ("RESUME [db]", "let queries run again after PAUSE"),
+    ("RESUME [db]", "let queries run again after PAUSE or KILL"),
+    (
+        "RECONNECT [db]",
+        "close server connections (idle ones now, lent ones when released): new ones follow",
+    ),
+    (
+        "KILL db",
+        "disconnect the database's clients and server connections now; it stays paused until RESUME",
+    ),
+    ("DISABLE db", "refuse new clients of the database"),
+    ("ENABLE db", "take new clients of the database again after DISABLE"),
     (
         "SHUTDOWN",
         "stop: let transactions finish (up to shutdown_timeout), then exit",

@@ -522,3 +522,128 @@ async fn shutdown_answers_clients_waiting_for_a_server_at_once() {
     // The open transaction still finishes.
     holder.batch_execute("SELECT 1; COMMIT").await.unwrap();
 }
+
+/// `SELECT pg_backend_pid()` through `client`.
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn reconnect_replaces_idle_connections_now_and_lent_ones_when_released() {
+    let pg = Postgres::start().await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    let lent = backend_pid(&b).await;
+    let idle = backend_pid(&a).await;
+    assert_ne!(idle, lent);
+
+    let console = admin(&proxy).await;
+    console.simple_query("RECONNECT app").await.unwrap();
+    // The transaction goes on on its connection.
+    assert_eq!(backend_pid(&b).await, lent);
+    b.batch_execute("COMMIT").await.unwrap();
+    for client in [&a, &b] {
+        let pid = backend_pid(client).await;
+        assert!(
+            pid != idle && pid != lent,
+            "{pid} was opened before RECONNECT"
+        );
+    }
+    // The old ones are closed, not only set aside.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&vec![idle, lent]],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} old backends still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = console
+        .simple_query("RECONNECT nosuchdb")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some("3D000"));
+}
+
+#[tokio::test]
+async fn kill_disconnects_the_databases_clients_and_holds_new_ones_until_resume() {
+    let pg = Postgres::start().await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE kept (v int)")
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let idle = connect(&proxy, "postgres", None).await.unwrap();
+    idle.batch_execute("SELECT 1").await.unwrap();
+    let in_tx = connect(&proxy, "postgres", None).await.unwrap();
+    in_tx
+        .batch_execute("BEGIN; INSERT INTO kept VALUES (1)")
+        .await
+        .unwrap();
+
+    let console = admin(&proxy).await;
+    console.simple_query("KILL app").await.unwrap();
+    for client in [&idle, &in_tx] {
+        let e = client.batch_execute("SELECT 1").await.unwrap_err();
+        assert!(
+            e.is_closed() || code(&e) == Some("57P01"),
+            "a killed client went on: {e:?}"
+        );
+    }
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the killed transaction committed");
+
+    // New clients log in, and wait for RESUME.
+    let fresh = connect(&proxy, "postgres", None).await.unwrap();
+    let waiting = tokio::spawn(async move { common::value(&fresh, "SELECT 7").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a query ran on a killed database");
+    console.simple_query("RESUME app").await.unwrap();
+    let seven = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("RESUME lets it run")
+        .unwrap();
+    assert_eq!(seven, "7");
+    let err = console.simple_query("KILL").await.unwrap_err();
+    assert_eq!(code(&err), Some("42601"));
+}
+
+#[tokio::test]
+async fn disable_refuses_new_clients_and_enable_takes_them_again() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let before = connect(&proxy, "postgres", None).await.unwrap();
+    let console = admin(&proxy).await;
+    console.simple_query("DISABLE app").await.unwrap();
+    let e = connect(&proxy, "postgres", None).await.unwrap_err();
+    assert_eq!(code(&e), Some("55000"), "{e:?}");
+    assert!(message(&e).contains("DISABLE"), "{e:?}");
+    assert_eq!(common::value(&before, "SELECT 1").await, "1");
+    let app =
+        |rows: Vec<HashMap<String, String>>| rows.into_iter().find(|r| r["name"] == "app").unwrap();
+    assert_eq!(app(show(&console, "DATABASES").await)["disabled"], "yes");
+    console.simple_query("ENABLE app").await.unwrap();
+    assert_eq!(app(show(&console, "DATABASES").await)["disabled"], "no");
+    let after = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(common::value(&after, "SELECT 2").await, "2");
+}
