@@ -156,6 +156,9 @@ pub struct Config {
     /// A client idle inside a transaction this long is disconnected (`25P03`) and its
     /// server connection closed; zero disables it.
     pub idle_transaction_timeout: Duration,
+    /// A client that has not logged in this long after connecting (TLS handshake,
+    /// start-up packet, password exchange) is disconnected; zero is off.
+    pub client_login_timeout: Duration,
     /// How long SHUTDOWN and SIGTERM let transactions finish before closing clients.
     pub shutdown_timeout: Duration,
     /// Users allowed on the admin console (database `pgopt`).
@@ -330,6 +333,7 @@ impl Default for Config {
             server_lifetime: Duration::from_secs(3600),
             server_check_delay: Duration::from_secs(30),
             idle_transaction_timeout: Duration::ZERO,
+            client_login_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             admin_users: Vec::new(),
             stats_users: Vec::new(),

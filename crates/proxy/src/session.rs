@@ -68,7 +68,17 @@ async fn session(
 ) -> Result<(), ProxyError> {
     let config = shared.config();
     let mut buf = BytesMut::with_capacity(8192);
-    let (mut stream, startup) = read_startup(stream, &mut buf, shared).await?;
+    // Logging in (TLS, start-up, password) is bounded: a client that connects and
+    // stalls would hold one of max_client_conn's places for ever.
+    let deadline = (!config.client_login_timeout.is_zero())
+        .then(|| tokio::time::Instant::now() + config.client_login_timeout);
+    let Some(started) = before(deadline, read_startup(stream, &mut buf, shared)).await else {
+        // (The stream went with the read: closed without a word, as PostgreSQL does
+        // when a start-up packet does not come in time.)
+        tracing::debug!(client = %info.addr, "no start-up packet within client_login_timeout");
+        return Ok(());
+    };
+    let (mut stream, startup) = started?;
     let Some(startup) = startup else {
         return Ok(());
     };
@@ -97,7 +107,11 @@ async fn session(
     let users = shared.users();
     let creds = users.get(user.as_str());
     if database == ADMIN_DATABASE {
-        login(&mut stream, &mut buf, shared, &config, user, creds, None).await?;
+        let exchange = login(&mut stream, &mut buf, shared, &config, user, creds, None);
+        let Some(logged_in) = before(deadline, exchange).await else {
+            return Err(login_timed_out(&mut stream, shared, &config).await);
+        };
+        logged_in?;
         let admin = config.admin_users.iter().any(|u| u == user);
         if !admin && !config.stats_users.iter().any(|u| u == user) {
             send_fatal(
@@ -169,7 +183,7 @@ async fn session(
             }
         }
     }
-    let login = login(
+    let exchange = login(
         &mut stream,
         &mut buf,
         shared,
@@ -177,8 +191,11 @@ async fn session(
         user,
         creds.or(found.as_deref()),
         refresh,
-    )
-    .await?;
+    );
+    let Some(login) = before(deadline, exchange).await else {
+        return Err(login_timed_out(&mut stream, shared, &config).await);
+    };
+    let login = login?;
     if login.refreshed.is_some() {
         found = login.refreshed;
     }
@@ -460,6 +477,33 @@ async fn login(
         shared.rejected_auth.fetch_add(1, Ordering::Relaxed);
     }
     result
+}
+
+/// The password exchange took longer than `client_login_timeout`: the client hears
+/// why (PostgreSQL's words for its `authentication_timeout`), then the connection ends.
+async fn login_timed_out(
+    stream: &mut ClientStream,
+    shared: &Shared,
+    config: &Config,
+) -> ProxyError {
+    shared.rejected_auth.fetch_add(1, Ordering::Relaxed);
+    let message = format!(
+        "canceling authentication due to timeout (client_login_timeout = {} ms)",
+        config.client_login_timeout.as_millis()
+    );
+    send_fatal(stream, sqlstate::QUERY_CANCELED, &message).await;
+    ProxyError::Protocol(message)
+}
+
+/// `work`'s output, or `None` when `deadline` passes first.
+async fn before<T>(
+    deadline: Option<tokio::time::Instant>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+        None => Some(work.await),
+    }
 }
 
 /// Counts a logged-in client in its pool while it lives.

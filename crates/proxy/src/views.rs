@@ -470,6 +470,7 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
             ms(c.idle_transaction_timeout),
             true,
         ),
+        ("client_login_timeout", ms(c.client_login_timeout), true),
         ("shutdown_timeout", ms(c.shutdown_timeout), true),
         (
             "auth",

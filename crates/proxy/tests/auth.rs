@@ -372,3 +372,46 @@ async fn a_scram_login_failing_against_a_kept_verifier_renews_it_for_the_next_lo
     refused(&proxy, "app_user", "apppw").await;
     assert_eq!(lookups(&admin, "app_user").await, 3);
 }
+
+#[tokio::test]
+async fn clients_that_do_not_log_in_in_time_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_with_only(&pg, ClientAuth::ScramSha256, "secret".into());
+    config.client_login_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(config).await.unwrap();
+    let closed_within = |raw: tokio::net::TcpStream| async move {
+        let mut raw = raw;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got));
+        read.await
+            .expect("the connection is still open after the login timeout")
+            .unwrap();
+        got
+    };
+
+    // Connected, and silent: closed without a word.
+    let silent = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    assert_eq!(closed_within(silent).await, b"");
+
+    // Asked for a password that never comes: told why.
+    let mut stalled = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let body = b"\0\x03\0\0user\0postgres\0database\0app\0\0";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    stalled.write_all(&startup).await.unwrap();
+    let got = closed_within(stalled).await;
+    assert_eq!(got.first(), Some(&b'R'), "{got:?}"); // the SASL request
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("57014"), "{text}");
+    assert!(text.contains("client_login_timeout"), "{text}");
+
+    // A client that logs in goes on past the timeout.
+    let client = connect(&proxy, "postgres", Some("secret")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(common::value(&client, "SELECT 1").await, "1");
+}
