@@ -560,6 +560,8 @@ impl Pool {
             }
         }
         let connecting = Gauge::up(&self.connecting);
+        // Read before the connect: a RECONNECT while it is under way makes it old.
+        let generation = self.generation.load(SeqCst);
         let keys = lock(&self.scram_keys).clone();
         let result = ServerConn::connect(
             &self.target,
@@ -582,7 +584,7 @@ impl Pool {
                 lock(&self.params).get_or_insert_with(|| Arc::new(conn.params.clone()));
                 // Boxed: a checkout moves it several times per transaction.
                 let mut conn = Box::new(conn);
-                conn.generation = self.generation.load(SeqCst);
+                conn.generation = generation;
                 Ok(conn)
             }
             Err(e) => {
@@ -680,8 +682,12 @@ impl Pool {
     /// the pool's next connections are new ones (after a failover, a changed
     /// address, a server setting that applies to new sessions only).
     pub fn reconnect(&self) -> usize {
-        self.generation.fetch_add(1, SeqCst);
-        self.close_idle()
+        let closed = {
+            let mut idle = lock(&self.idle);
+            self.generation.fetch_add(1, SeqCst);
+            std::mem::take(&mut *idle)
+        };
+        closed.len()
     }
 
     /// Closes every idle connection (PAUSE, SHUTDOWN, a server that went away).
@@ -699,7 +705,11 @@ impl Pool {
         {
             let mut idle = lock(&self.idle);
             // Dead and worn-out connections always go.
-            idle.retain(|c| now.duration_since(c.created) <= limits.lifetime && c.looks_alive());
+            idle.retain(|c| {
+                now.duration_since(c.created) <= limits.lifetime
+                    && c.looks_alive()
+                    && self.current(c)
+            });
             // Long-idle ones go down to `min_size`, oldest-used first (the list is
             // used from its end).
             let open = idle.len() + self.active.load(Relaxed);
@@ -853,7 +863,11 @@ impl Checkout {
                 let Some((conn, slot, active)) = pool.hand_over((conn, slot, active)) else {
                     return;
                 };
-                lock(&pool.idle).push(conn);
+                // Looked at again under the lock RECONNECT empties the list with.
+                let mut idle = lock(&pool.idle);
+                if pool.current(&conn) {
+                    idle.push(conn);
+                }
                 (slot, active)
             } else {
                 (slot, active)
