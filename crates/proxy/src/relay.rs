@@ -2230,7 +2230,16 @@ impl Relay {
                 (Some(i), Some(routes)) => routes.pool(i).clone(),
                 _ => self.pool.clone(),
             };
-            match pool.checkout_from(self.clock).await {
+            // Biased: a checkout that needs no wait never registers for a KILL.
+            let checked_out = tokio::select! {
+                biased;
+                checked_out = pool.checkout_from(self.clock) => checked_out,
+                () = self.info.until_killed() => {
+                    self.close(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                    return Lending::Closed;
+                }
+            };
+            match checked_out {
                 Ok(mut checkout) => {
                     let (Some(i), Some(routes)) = (replica, &self.routes) else {
                         break Ok((checkout, replica));

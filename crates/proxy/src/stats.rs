@@ -227,6 +227,9 @@ pub struct ClientInfo {
     /// KILLs it.
     pub wake: tokio::sync::Notify,
     killed: AtomicBool,
+    /// Wakes a session waiting for a server connection when it is KILLed (apart from
+    /// `wake`, whose single permit the lifecycle's changes need).
+    kill_signal: tokio::sync::Notify,
 }
 
 impl ClientInfo {
@@ -234,11 +237,26 @@ impl ClientInfo {
     /// or at its next server checkout).
     pub fn kill(&self) {
         self.killed.store(true, SeqCst);
+        self.kill_signal.notify_waiters();
         self.wake.notify_one();
     }
 
     pub fn killed(&self) -> bool {
         self.killed.load(SeqCst)
+    }
+
+    /// Returns once the session is KILLed.
+    pub async fn until_killed(&self) {
+        loop {
+            let signal = self.kill_signal.notified();
+            tokio::pin!(signal);
+            // Registered before the flag is read: a KILL in between is not missed.
+            signal.as_mut().enable();
+            if self.killed() {
+                return;
+            }
+            signal.await;
+        }
     }
 
     pub fn set_identity(&self, user: &str, database: &str, application_name: &str) {
@@ -331,6 +349,7 @@ impl ClientRegistry {
             link: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             killed: AtomicBool::new(false),
+            kill_signal: tokio::sync::Notify::new(),
         });
         lock(&self.clients).insert(id, info.clone());
         ClientGuard {

@@ -597,8 +597,22 @@ async fn kill_disconnects_the_databases_clients_and_holds_new_ones_until_resume(
         .await
         .unwrap();
 
+    // The pool's other connection is taken too: a third client waits for one.
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = connect(&proxy, "postgres", None).await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.batch_execute("SELECT 1").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+
     let console = admin(&proxy).await;
     console.simple_query("KILL app").await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("a client waiting for a server connection is killed at once")
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_closed() || code(&e) == Some("57P01"), "{e:?}");
     for client in [&idle, &in_tx] {
         let e = client.batch_execute("SELECT 1").await.unwrap_err();
         assert!(
