@@ -74,9 +74,16 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         Some("RESUME") if words.len() <= 2 => Command::Resume(name(1)),
         Some("SHUTDOWN") if words.len() == 1 => Command::Shutdown,
         Some("RECONNECT") if words.len() <= 2 => Command::Reconnect(name(1)),
-        Some("KILL") if words.len() == 2 => Command::Kill(name(1).unwrap_or_default()),
-        Some("DISABLE") if words.len() == 2 => Command::Disable(name(1).unwrap_or_default()),
-        Some("ENABLE") if words.len() == 2 => Command::Enable(name(1).unwrap_or_default()),
+        Some(verb @ ("KILL" | "DISABLE" | "ENABLE"))
+            if words.len() == 2 && name(1).is_some_and(|n| !n.is_empty()) =>
+        {
+            let db = name(1).unwrap_or_default();
+            match verb {
+                "KILL" => Command::Kill(db),
+                "DISABLE" => Command::Disable(db),
+                _ => Command::Enable(db),
+            }
+        }
         Some("CACHE") if upper(1).as_deref() == Some("FLUSH") && words.len() <= 3 => {
             Command::CacheFlush(name(2))
         }
@@ -426,6 +433,7 @@ mod tests {
         assert_eq!(parse("DISABLE app"), Ok(Command::Disable("app".into())));
         assert_eq!(parse("enable \"app\""), Ok(Command::Enable("app".into())));
         assert!(parse("ENABLE").is_err());
+        assert!(parse("KILL \"\"").is_err());
         let e = parse("DROP TABLE x").unwrap_err();
         assert!(e.contains("SHOW HELP"), "{e}");
         assert!(parse("SHOW").is_err());

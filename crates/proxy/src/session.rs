@@ -136,6 +136,19 @@ async fn session(
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
+    // Before any lookup on the server (auth_query) is made for it.
+    if shared.is_disabled(&db.name) {
+        let message = format!(
+            "database \"{database}\" is not currently accepting connections (DISABLE in pgopt's admin console)"
+        );
+        send_fatal(
+            &mut stream,
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            &message,
+        )
+        .await;
+        return Ok(());
+    }
     // A user the config does not list may be found on the server by auth_query
     // (answers are kept for auth_query_cache_ttl).
     let mut found = None;
@@ -203,18 +216,6 @@ async fn session(
 
     // Logging in took round trips: a RELOAD or SHUTDOWN may have come meanwhile.
     if refuse_if_stopping(&mut stream, shared).await {
-        return Ok(());
-    }
-    if shared.is_disabled(&db.name) {
-        let message = format!(
-            "database \"{database}\" is not currently accepting connections (DISABLE in pgopt's admin console)"
-        );
-        send_fatal(
-            &mut stream,
-            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-            &message,
-        )
-        .await;
         return Ok(());
     }
     let Some(pool) = shared.pool_for(&db.name, user, found.as_deref()) else {

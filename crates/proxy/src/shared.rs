@@ -258,7 +258,6 @@ impl Shared {
         ))
     }
 
-    /// PAUSE (`true`) or RESUME (`false`) one database's pools, or all of them.
     /// DISABLE (`on`) and ENABLE: whether new clients of `db` are refused.
     pub fn set_disabled(&self, db: &str, on: bool) {
         let mut disabled = lock(&self.disabled);
@@ -300,6 +299,7 @@ impl Shared {
             .sum()
     }
 
+    /// PAUSE (`true`) or RESUME (`false`) one database's pools, or all of them.
     pub fn set_paused(&self, db: Option<&str>, on: bool) {
         // Lock order: `paused` before the pool map (as in `pool_for`).
         let mut paused = lock(&self.paused);
