@@ -291,6 +291,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         server_check_delay: config.server_check_delay.0,
         idle_transaction_timeout: config.idle_transaction_timeout.0,
         client_login_timeout: config.client_login_timeout.0,
+        client_idle_timeout: config.client_idle_timeout.0,
         shutdown_timeout: config.shutdown_timeout.0,
         admin_users: if config.admin_users.is_empty() {
             // The operator who owns the (first) upstream login runs the console.

@@ -159,6 +159,9 @@ pub struct Config {
     /// A client that has not logged in this long after connecting (TLS handshake,
     /// start-up packet, password exchange) is disconnected; zero is off.
     pub client_login_timeout: Duration,
+    /// A client idle outside a transaction (nothing in flight) this long is
+    /// disconnected (57P05, as PostgreSQL's `idle_session_timeout`); zero is off.
+    pub client_idle_timeout: Duration,
     /// How long SHUTDOWN and SIGTERM let transactions finish before closing clients.
     pub shutdown_timeout: Duration,
     /// Users allowed on the admin console (database `pgopt`).
@@ -334,6 +337,7 @@ impl Default for Config {
             server_check_delay: Duration::from_secs(30),
             idle_transaction_timeout: Duration::ZERO,
             client_login_timeout: Duration::from_secs(60),
+            client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
             admin_users: Vec::new(),
             stats_users: Vec::new(),

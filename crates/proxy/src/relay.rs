@@ -97,6 +97,7 @@ pub struct Relay {
     max_len: u32,
     mode: PoolMode,
     idle_transaction_timeout: Duration,
+    client_idle_timeout: Duration,
     pool: Arc<Pool>,
     cancel: CancelSlot,
     info: Arc<ClientInfo>,
@@ -257,6 +258,7 @@ impl Relay {
             mode: pool.mode,
             max_len: config.max_message_len,
             idle_transaction_timeout: config.idle_transaction_timeout,
+            client_idle_timeout: config.client_idle_timeout,
             pool,
             cancel,
             info,
@@ -340,12 +342,21 @@ impl Relay {
                 && !self.idle_transaction_timeout.is_zero()
                 && (self.status != TransactionStatus::Idle || self.open_batch)
                 && self.expected.is_empty();
-            let timeout = self.idle_transaction_timeout;
+            let idle_client = !idle_in_transaction
+                && !self.client_idle_timeout.is_zero()
+                && self.server_idle()
+                && self.cbuf.is_empty();
+            let timeout = if idle_in_transaction {
+                Some(self.idle_transaction_timeout)
+            } else if idle_client {
+                Some(self.client_idle_timeout)
+            } else {
+                None
+            };
             let idle_timer = async {
-                if idle_in_transaction {
-                    tokio::time::sleep(timeout).await
-                } else {
-                    std::future::pending().await
+                match timeout {
+                    Some(timeout) => tokio::time::sleep(timeout).await,
+                    None => std::future::pending().await,
                 }
             };
             // Biased: no random branch order (a thread-local RNG draw per message);
@@ -375,7 +386,15 @@ impl Relay {
                     go_on = matches!(read, Ok(n) if n > 0) && self.handle_client().await?;
                 }
                 () = idle_timer => {
-                    self.idle_transaction_expired().await;
+                    if idle_in_transaction {
+                        self.idle_transaction_expired().await;
+                    } else {
+                        let message = format!(
+                            "terminating connection due to idle-session timeout (client_idle_timeout = {} ms)",
+                            self.client_idle_timeout.as_millis()
+                        );
+                        self.close(sqlstate::IDLE_SESSION_TIMEOUT, &message).await;
+                    }
                     return Ok(());
                 }
                 () = &mut wake => {

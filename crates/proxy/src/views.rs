@@ -471,6 +471,7 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
             true,
         ),
         ("client_login_timeout", ms(c.client_login_timeout), true),
+        ("client_idle_timeout", ms(c.client_idle_timeout), true),
         ("shutdown_timeout", ms(c.shutdown_timeout), true),
         (
             "auth",

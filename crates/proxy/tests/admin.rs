@@ -661,3 +661,29 @@ async fn disable_refuses_new_clients_and_enable_takes_them_again() {
     let after = connect(&proxy, "postgres", None).await.unwrap();
     assert_eq!(common::value(&after, "SELECT 2").await, "2");
 }
+
+#[tokio::test]
+async fn client_idle_timeout_closes_clients_idle_outside_a_transaction() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.client_idle_timeout = Duration::from_millis(400)).await;
+    let idle = connect(&proxy, "postgres", None).await.unwrap();
+    let in_tx = connect(&proxy, "postgres", None).await.unwrap();
+    let busy = connect(&proxy, "postgres", None).await.unwrap();
+    idle.batch_execute("SELECT 1").await.unwrap();
+    in_tx.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    for _ in 0..10 {
+        busy.batch_execute("SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 1 s on: the idle client is gone; the one in a transaction and the busy one stay.
+    let e = idle.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(e.is_closed() || code(&e) == Some("57P05"), "{e:?}");
+    in_tx.batch_execute("SELECT 2; COMMIT").await.unwrap();
+    busy.batch_execute("SELECT 3").await.unwrap();
+    let config = show(&admin(&proxy).await, "CONFIG").await;
+    let row = config
+        .iter()
+        .find(|r| r["key"] == "client_idle_timeout")
+        .unwrap();
+    assert_eq!(row["value"], "400ms");
+}

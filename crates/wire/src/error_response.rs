@@ -97,6 +97,8 @@ pub mod sqlstate {
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     /// `25P03` idle_in_transaction_session_timeout.
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
+    /// `57P05` idle_session_timeout.
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
     /// `XX000` internal_error.
     pub const INTERNAL_ERROR: &str = "XX000";
 }

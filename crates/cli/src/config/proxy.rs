@@ -162,6 +162,8 @@ pub struct ProxyConfig {
     pub idle_transaction_timeout: HumanDuration,
     /// A client must finish logging in (TLS, start-up, password) within this; "0s" is off.
     pub client_login_timeout: HumanDuration,
+    /// Clients idle outside a transaction this long are disconnected; "0s" is off.
+    pub client_idle_timeout: HumanDuration,
     /// How long a shutdown lets transactions finish.
     pub shutdown_timeout: HumanDuration,
     /// Users allowed on the admin console (database "pgopt"); empty: the upstream user.
@@ -210,6 +212,7 @@ impl Default for ProxyConfig {
             server_check_delay: HumanDuration(Duration::from_secs(30)),
             idle_transaction_timeout: HumanDuration(Duration::ZERO),
             client_login_timeout: HumanDuration(Duration::from_secs(60)),
+            client_idle_timeout: HumanDuration(Duration::ZERO),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             admin_users: Vec::new(),
             stats_users: Vec::new(),
