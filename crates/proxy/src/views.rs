@@ -309,63 +309,147 @@ pub fn servers(shared: &Shared) -> Table {
 }
 
 /// Per database: totals since start, and averages over the last stats period.
-pub fn stats(shared: &Shared) -> Table {
-    let mut table = Table::new(&[
-        ("database", Text),
-        ("total_xact_count", Int),
-        ("total_query_count", Int),
-        ("total_received", Int),
-        ("total_sent", Int),
-        ("total_xact_time", Int),
-        ("total_query_time", Int),
-        ("total_wait_time", Int),
-        ("avg_xact_count", Int),
-        ("avg_query_count", Int),
-        ("avg_recv", Int),
-        ("avg_sent", Int),
-        ("avg_xact_time", Int),
-        ("avg_query_time", Int),
-        ("avg_wait_time", Int),
-    ]);
-    let mut by_db: Vec<(String, Totals, Totals, f64)> = Vec::new();
+/// Per database (every database as one: `by_db` false): its totals since start, and
+/// its rates and averages over the last stats period (PgBouncer's `total_*` and
+/// `avg_*`), in SHOW STATS' order.
+fn stat_rows(shared: &Shared, by_db: bool) -> Vec<(String, [u64; 7], [u64; 7])> {
+    let mut groups: Vec<(String, Totals, Totals, f64)> = Vec::new();
     for pool in shared.pools.list() {
         let totals = pool.stats.totals();
         let (last, secs) = pool.stats.last_period();
-        match by_db.iter_mut().find(|(db, ..)| *db == pool.database) {
+        let key = if by_db { pool.database.as_str() } else { "" };
+        match groups.iter_mut().find(|(db, ..)| db == key) {
             Some((_, t, l, s)) => {
                 t.add(&totals);
                 l.add(&last);
                 *s = s.max(secs);
             }
-            None => by_db.push((pool.database.clone(), totals, last, secs)),
+            None => groups.push((key.to_string(), totals, last, secs)),
         }
     }
-    for (db, total, last, secs) in by_db {
-        let rate = |v: u64| {
-            if secs > 0.0 {
-                (v as f64 / secs) as u64
-            } else {
-                0
-            }
-        };
-        let avg = |sum: u64, count: u64| sum.checked_div(count).unwrap_or(0);
-        table.push(vec![
-            t(db),
-            n(total.xacts),
-            n(total.queries),
-            n(total.received),
-            n(total.sent),
-            n(total.xact_us),
-            n(total.query_us),
-            n(total.wait_us),
-            n(rate(last.xacts)),
-            n(rate(last.queries)),
-            n(rate(last.received)),
-            n(rate(last.sent)),
-            n(avg(last.xact_us, last.xacts)),
-            n(avg(last.query_us, last.queries)),
-            n(avg(last.wait_us, last.waits)),
-        ]);
+    groups
+        .into_iter()
+        .map(|(db, total, last, secs)| {
+            let rate = |v: u64| {
+                if secs > 0.0 {
+                    (v as f64 / secs) as u64
+                } else {
+                    0
+                }
+            };
+            let avg = |sum: u64, count: u64| sum.checked_div(count).unwrap_or(0);
+            let totals = [
+                total.xacts,
+                total.queries,
+                total.received,
+                total.sent,
+                total.xact_us,
+                total.query_us,
+                total.wait_us,
+            ];
+            let averages = [
+                rate(last.xacts),
+                rate(last.queries),
+                rate(last.received),
+                rate(last.sent),
+                avg(last.xact_us, last.xacts),
+                avg(last.query_us, last.queries),
+                avg(last.wait_us, last.waits),
+            ];
+            (db, totals, averages)
+        })
+        .collect()
+}
+
+/// SHOW STATS_TOTALS' and SHOW STATS_AVERAGES' columns after `database`.
+const STAT_NAMES: [&str; 7] = [
+    "xact_count",
+    "query_count",
+    "bytes_received",
+    "bytes_sent",
+    "xact_time",
+    "query_time",
+    "wait_time",
+];
+/// SHOW STATS' and SHOW TOTALS' names for the same figures.
+const TOTAL_NAMES: [&str; 7] = [
+    "total_xact_count",
+    "total_query_count",
+    "total_received",
+    "total_sent",
+    "total_xact_time",
+    "total_query_time",
+    "total_wait_time",
+];
+const AVG_NAMES: [&str; 7] = [
+    "avg_xact_count",
+    "avg_query_count",
+    "avg_recv",
+    "avg_sent",
+    "avg_xact_time",
+    "avg_query_time",
+    "avg_wait_time",
+];
+
+pub fn stats(shared: &Shared) -> Table {
+    let columns: Vec<(&str, Kind)> = std::iter::once(("database", Text))
+        .chain(TOTAL_NAMES.iter().chain(&AVG_NAMES).map(|c| (*c, Int)))
+        .collect();
+    let mut table = Table::new(&columns);
+    for (db, totals, averages) in stat_rows(shared, true) {
+        let mut row = vec![t(db)];
+        row.extend(totals.iter().chain(&averages).map(|v| n(*v)));
+        table.push(row);
+    }
+    table
+}
+
+/// SHOW STATS_TOTALS (`averages` false) and SHOW STATS_AVERAGES: one half of SHOW
+/// STATS under PgBouncer's short names.
+pub fn stats_half(shared: &Shared, averages: bool) -> Table {
+    let columns: Vec<(&str, Kind)> = std::iter::once(("database", Text))
+        .chain(STAT_NAMES.iter().map(|c| (*c, Int)))
+        .collect();
+    let mut table = Table::new(&columns);
+    for (db, totals, avgs) in stat_rows(shared, true) {
+        let mut row = vec![t(db)];
+        row.extend((if averages { avgs } else { totals }).iter().map(|v| n(*v)));
+        table.push(row);
+    }
+    table
+}
+
+/// SHOW TOTALS: SHOW STATS over every database at once, one (name, value) row each.
+pub fn totals(shared: &Shared) -> Table {
+    let mut table = Table::new(&[("name", Text), ("value", Int)]);
+    let (totals, averages) = stat_rows(shared, false)
+        .pop()
+        .map_or(([0; 7], [0; 7]), |(_, t, a)| (t, a));
+    for (name, value) in TOTAL_NAMES
+        .iter()
+        .zip(totals)
+        .chain(AVG_NAMES.iter().zip(averages))
+    {
+        table.push(vec![t(*name), n(value)]);
+    }
+    table
+}
+
+/// SHOW USERS: the users the config lists and those with pools, and the pool mode
+/// their pools take by default.
+pub fn users(shared: &Shared) -> Table {
+    let mut table = Table::new(&[("name", Text), ("pool_mode", Text)]);
+    let config = shared.config();
+    let mut names: Vec<String> = config
+        .users
+        .iter()
+        .map(|u| u.name.clone())
+        .chain(shared.pools.list().iter().map(|p| p.user.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        table.push(vec![t(name), t(mode_name(config.pool_mode))]);
     }
     table
 }
@@ -551,7 +635,17 @@ pub const HELP: &[(&str, &str)] = &[
     ("SHOW CLIENTS", "every client connection"),
     ("SHOW SERVERS", "every server connection"),
     ("SHOW STATS", "traffic per database: totals and averages"),
+    ("SHOW TOTALS", "SHOW STATS summed over every database"),
+    (
+        "SHOW STATS_TOTALS",
+        "SHOW STATS' totals under PgBouncer's short names",
+    ),
+    (
+        "SHOW STATS_AVERAGES",
+        "SHOW STATS' rates and averages under PgBouncer's short names",
+    ),
     ("SHOW DATABASES", "configured databases"),
+    ("SHOW USERS", "users and their default pool mode"),
     (
         "SHOW CONFIG",
         "settings, defaults, and which RELOAD changes",

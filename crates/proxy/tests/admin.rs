@@ -65,6 +65,31 @@ async fn show_views_report_what_clients_did() {
     assert!(num(app, "total_query_count") >= 27, "{app:?}");
     assert!(num(app, "total_xact_count") >= 27, "{app:?}");
     assert!(num(app, "total_received") > 0 && num(app, "total_sent") > 0);
+    // PgBouncer's other views of the same figures (no query ran since).
+    let totals = show(&admin, "STATS_TOTALS").await;
+    let app_totals = totals.iter().find(|r| r["database"] == "app").unwrap();
+    for (short, long) in [
+        ("xact_count", "total_xact_count"),
+        ("query_count", "total_query_count"),
+        ("bytes_received", "total_received"),
+        ("bytes_sent", "total_sent"),
+    ] {
+        assert_eq!(num(app_totals, short), num(app, long), "{short}");
+    }
+    let averages = show(&admin, "STATS_AVERAGES").await;
+    assert!(
+        averages.iter().any(|r| r["database"] == "app"),
+        "{averages:?}"
+    );
+    let all: HashMap<String, String> = show(&admin, "TOTALS")
+        .await
+        .into_iter()
+        .map(|r| (r["name"].clone(), r["value"].clone()))
+        .collect();
+    let every_db: u64 = stats.iter().map(|r| num(r, "total_query_count")).sum();
+    assert_eq!(num(&all, "total_query_count"), every_db, "{all:?}");
+    let users = show(&admin, "USERS").await;
+    assert!(users.iter().any(|u| u["name"] == "postgres"), "{users:?}");
 
     let servers = show(&admin, "SERVERS").await;
     assert!(
