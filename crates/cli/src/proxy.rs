@@ -292,6 +292,11 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         idle_transaction_timeout: config.idle_transaction_timeout.0,
         client_login_timeout: config.client_login_timeout.0,
         client_idle_timeout: config.client_idle_timeout.0,
+        tcp_keepalive: config.tcp_keepalive.then_some(pgopt_proxy::Keepalive {
+            idle: config.tcp_keepidle.0,
+            interval: config.tcp_keepintvl.0,
+            count: config.tcp_keepcnt.get(),
+        }),
         shutdown_timeout: config.shutdown_timeout.0,
         admin_users: if config.admin_users.is_empty() {
             // The operator who owns the (first) upstream login runs the console.

@@ -125,6 +125,16 @@ impl Default for Routing {
     }
 }
 
+/// TCP keepalive on client and server sockets: a peer gone without a word (a crashed
+/// host, a NAT that dropped the flow) is found and its connection closed. Zero
+/// values keep the system's own (on Linux: 2 h idle, 75 s apart, 9 probes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -162,6 +172,8 @@ pub struct Config {
     /// A client idle outside a transaction (nothing in flight) this long is
     /// disconnected (57P05, as PostgreSQL's `idle_session_timeout`); zero is off.
     pub client_idle_timeout: Duration,
+    /// Keepalive on every client and server socket; `None` is off.
+    pub tcp_keepalive: Option<Keepalive>,
     /// How long SHUTDOWN and SIGTERM let transactions finish before closing clients.
     pub shutdown_timeout: Duration,
     /// Users allowed on the admin console (database `pgopt`).
@@ -338,6 +350,7 @@ impl Default for Config {
             idle_transaction_timeout: Duration::ZERO,
             client_login_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::ZERO,
+            tcp_keepalive: Some(Keepalive::default()),
             shutdown_timeout: Duration::from_secs(30),
             admin_users: Vec::new(),
             stats_users: Vec::new(),

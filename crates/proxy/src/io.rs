@@ -8,6 +8,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::tls::ClientStream;
 use crate::ProxyError;
 
+/// Turns TCP keepalive on for `tcp` with `keepalive`'s timings (zero: the system's).
+pub fn keep_alive(tcp: &tokio::net::TcpStream, keepalive: &crate::config::Keepalive) {
+    let mut params = socket2::TcpKeepalive::new();
+    if !keepalive.idle.is_zero() {
+        params = params.with_time(keepalive.idle);
+    }
+    if !keepalive.interval.is_zero() {
+        params = params.with_interval(keepalive.interval);
+    }
+    if keepalive.count > 0 {
+        params = params.with_retries(keepalive.count);
+    }
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&params) {
+        tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
+}
+
 /// Reads one whole frame from a client (start-up and authentication only).
 pub async fn read_frame(
     stream: &mut ClientStream,

@@ -34,6 +34,8 @@ pub struct ServerTarget {
     pub md5_hash: Option<String>,
     /// TLS, unless disabled.
     pub tls: Option<ServerTlsConnector>,
+    /// TCP keepalive on the connection, unless off.
+    pub keepalive: Option<crate::config::Keepalive>,
 }
 
 impl ServerTarget {
@@ -138,6 +140,9 @@ impl ServerConn {
                 message: e.to_string(),
             })?;
         tcp.set_nodelay(true).map_err(ProxyError::server_io)?;
+        if let Some(keepalive) = &target.keepalive {
+            crate::io::keep_alive(&tcp, keepalive);
+        }
         let addr = tcp.peer_addr().map_err(ProxyError::server_io)?;
         let local_addr = tcp.local_addr().ok();
         let mut stream = match &target.tls {

@@ -33,6 +33,9 @@ pub type CancelSlot = Arc<CancelTarget>;
 
 pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
+    if let Some(keepalive) = &shared.config().tcp_keepalive {
+        crate::io::keep_alive(&tcp, keepalive);
+    }
     let local_addr = tcp.local_addr().ok();
     let mut stream = ClientStream::Plain(tcp);
     shared.accepted.fetch_add(1, Ordering::Relaxed);

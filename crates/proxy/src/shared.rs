@@ -231,7 +231,13 @@ impl Shared {
         let db = config.database(database)?;
         let db = db.as_ref();
         let server_tls = self.server_tls();
-        let mut target = target_for(db, user, |name| users.get(name).or(found), server_tls);
+        let mut target = target_for(
+            db,
+            user,
+            |name| users.get(name).or(found),
+            server_tls,
+            config.tcp_keepalive,
+        );
         if let Some((_, n)) = &node {
             target.host = n.host.clone();
             target.port = n.port;
@@ -491,8 +497,13 @@ impl Shared {
             let db = new.database(&pool.database);
             let db = db.as_deref();
             let same_server = db.is_some_and(|db| {
-                let mut target =
-                    target_for(db, &pool.user, |name| users.get(name), server_tls.clone());
+                let mut target = target_for(
+                    db,
+                    &pool.user,
+                    |name| users.get(name),
+                    server_tls.clone(),
+                    new.tcp_keepalive,
+                );
                 if let Some((i, node)) = &pool.node {
                     // The same replica, still in this database's router.
                     match routers.get(&db.name).and_then(|r| r.replicas.get(*i)) {
@@ -628,6 +639,7 @@ fn target_for<'a>(
     user: &str,
     creds_of: impl Fn(&str) -> Option<&'a Credentials>,
     tls: Option<ServerTlsConnector>,
+    keepalive: Option<crate::config::Keepalive>,
 ) -> ServerTarget {
     let user = db.user.as_deref().unwrap_or(user);
     let creds = creds_of(user);
@@ -646,6 +658,7 @@ fn target_for<'a>(
         password,
         md5_hash,
         tls,
+        keepalive,
     }
 }
 

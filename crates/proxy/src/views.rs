@@ -556,6 +556,19 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
         ),
         ("client_login_timeout", ms(c.client_login_timeout), true),
         ("client_idle_timeout", ms(c.client_idle_timeout), true),
+        (
+            "tcp_keepalive",
+            match c.tcp_keepalive {
+                None => "off".to_string(),
+                Some(k) => format!(
+                    "on (idle {}, interval {}, count {})",
+                    ms(k.idle),
+                    ms(k.interval),
+                    k.count
+                ),
+            },
+            true,
+        ),
         ("shutdown_timeout", ms(c.shutdown_timeout), true),
         (
             "auth",

@@ -42,6 +42,7 @@ impl WalSource {
             password: self.password.clone(),
             md5_hash: None,
             tls: None,
+            keepalive: Some(Default::default()),
         }
     }
 }

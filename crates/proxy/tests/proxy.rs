@@ -1153,3 +1153,57 @@ async fn a_set_pipelined_after_pgopt_ends_a_batch_is_kept_with_its_client() {
         "the departed client's SET leaked"
     );
 }
+
+/// The timer column of each established IPv4 TCP socket whose local port is `local`
+/// or whose remote port is `remote` (`/proc/net/tcp`: 02 is a keepalive timer).
+fn socket_timers(local: Option<u16>, remote: Option<u16>) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (l, r, state, timer) = (port(f[1]), port(f[2]), f[3], f[5]);
+            let wanted = local == Some(l) || remote == Some(r);
+            (state == "01" && wanted).then(|| timer.split(':').next().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn client_and_server_sockets_have_tcp_keepalive_unless_it_is_off() {
+    let pg = Postgres::start().await.unwrap();
+    for on in [true, false] {
+        let mut config = config_for(&pg, PoolMode::Session, 1);
+        config.tcp_keepalive = on.then_some(pgopt_proxy::Keepalive {
+            idle: Duration::from_secs(30),
+            interval: Duration::from_secs(5),
+            count: 3,
+        });
+        let proxy = Proxy::start(config).await.unwrap();
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        assert_eq!(common::value(&client, "SELECT 1").await, "1");
+        // (Right after a write a socket may show its retransmit timer, 01, instead.)
+        let settled = |local, remote| async move {
+            for _ in 0..40 {
+                let timers = socket_timers(local, remote);
+                if !timers.iter().any(|t| t == "01") {
+                    return timers;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            socket_timers(local, remote)
+        };
+        let clients = settled(Some(proxy.local_addr().port()), None).await;
+        let servers = settled(None, Some(pg.port())).await;
+        assert_eq!(clients.len(), 1, "{clients:?}");
+        assert_eq!(servers.len(), 1, "{servers:?}");
+        let expected = if on { "02" } else { "00" };
+        assert_eq!(clients[0], expected, "the client's socket, keepalive {on}");
+        assert_eq!(servers[0], expected, "the server's socket, keepalive {on}");
+        drop(client);
+        proxy.handle().shutdown();
+        proxy.wait().await;
+    }
+}

@@ -164,6 +164,12 @@ pub struct ProxyConfig {
     pub client_login_timeout: HumanDuration,
     /// Clients idle outside a transaction this long are disconnected; "0s" is off.
     pub client_idle_timeout: HumanDuration,
+    /// TCP keepalive on client and server sockets, with these timings ("0s", 0: the
+    /// system's).
+    pub tcp_keepalive: bool,
+    pub tcp_keepidle: HumanDuration,
+    pub tcp_keepintvl: HumanDuration,
+    pub tcp_keepcnt: Bounded<0, 1000>,
     /// How long a shutdown lets transactions finish.
     pub shutdown_timeout: HumanDuration,
     /// Users allowed on the admin console (database "pgopt"); empty: the upstream user.
@@ -213,6 +219,10 @@ impl Default for ProxyConfig {
             idle_transaction_timeout: HumanDuration(Duration::ZERO),
             client_login_timeout: HumanDuration(Duration::from_secs(60)),
             client_idle_timeout: HumanDuration(Duration::ZERO),
+            tcp_keepalive: true,
+            tcp_keepidle: HumanDuration(Duration::ZERO),
+            tcp_keepintvl: HumanDuration(Duration::ZERO),
+            tcp_keepcnt: Bounded(0),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             admin_users: Vec::new(),
             stats_users: Vec::new(),
