@@ -1355,7 +1355,7 @@ fn wal_login(settings: &CacheSettings, db: &crate::config::Database) -> (String,
 pub async fn follow_wal(
     cache: Arc<ProxyCache>,
     db: crate::config::Database,
-    connect_timeout: Duration,
+    (connect_timeout, keepalive): (Duration, Option<crate::config::Keepalive>),
     mut lifecycle: tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
 ) {
     use crate::wal::{ensure_publication, listen, WalSource};
@@ -1367,6 +1367,7 @@ pub async fn follow_wal(
         user,
         password,
         connect_timeout,
+        keepalive,
     };
     let publication = cache.settings.publication.clone();
     // Unique per process start, database and attempt (an old walsender may hold the

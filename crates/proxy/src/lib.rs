@@ -145,7 +145,7 @@ impl Proxy {
                 tasks.push(tokio::spawn(cache::follow_wal(
                     cache.clone(),
                     db.clone(),
-                    config.server_connect_timeout,
+                    (config.server_connect_timeout, config.tcp_keepalive),
                     shared.lifecycle(),
                 )));
             }

@@ -44,6 +44,8 @@ pub struct PoolLimits {
     /// An idle connection unused this long gets a real round trip before reuse.
     pub check_after: Duration,
     pub max_message_len: u32,
+    /// TCP keepalive on new connections, unless `None`.
+    pub keepalive: Option<crate::config::Keepalive>,
 }
 
 /// Why no server connection could be handed out.
@@ -283,6 +285,7 @@ impl Pool {
             keys,
             limits.connect_timeout,
             limits.max_message_len,
+            limits.keepalive,
         )
         .await
     }
@@ -568,6 +571,7 @@ impl Pool {
             keys,
             limits.connect_timeout,
             limits.max_message_len,
+            limits.keepalive,
         )
         .await;
         drop(connecting);

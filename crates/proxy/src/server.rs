@@ -15,6 +15,7 @@ use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRA
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::config::Keepalive;
 use crate::server_tls::ServerTlsConnector;
 use crate::session_state::Applied;
 use crate::stats::ServerInfo;
@@ -34,8 +35,6 @@ pub struct ServerTarget {
     pub md5_hash: Option<String>,
     /// TLS, unless disabled.
     pub tls: Option<ServerTlsConnector>,
-    /// TCP keepalive on the connection, unless off.
-    pub keepalive: Option<crate::config::Keepalive>,
 }
 
 impl ServerTarget {
@@ -99,13 +98,15 @@ pub struct ServerConn {
 impl ServerConn {
     /// Connects, starts up and authenticates within `timeout`. `keys`, learned from a
     /// client's SCRAM login, answer a SCRAM challenge when no plaintext is configured.
+    /// `keepalive`: TCP keepalive on its socket, unless `None`.
     pub async fn connect(
         target: &ServerTarget,
         keys: Option<ScramKeys>,
         timeout: Duration,
         max_len: u32,
+        keepalive: Option<Keepalive>,
     ) -> Result<ServerConn, ProxyError> {
-        Self::connect_with(target, keys, timeout, max_len, &[]).await
+        Self::connect_with(target, keys, timeout, max_len, keepalive, &[]).await
     }
 
     /// [`ServerConn::connect`] with extra start-up parameters (`replication`).
@@ -114,9 +115,10 @@ impl ServerConn {
         keys: Option<ScramKeys>,
         timeout: Duration,
         max_len: u32,
+        keepalive: Option<Keepalive>,
         extra: &[(&str, &str)],
     ) -> Result<ServerConn, ProxyError> {
-        let connecting = Self::connect_inner(target, keys, max_len, extra);
+        let connecting = Self::connect_inner(target, keys, max_len, keepalive, extra);
         match tokio::time::timeout(timeout, connecting).await {
             Ok(result) => result,
             Err(_) => Err(ProxyError::Server {
@@ -130,6 +132,7 @@ impl ServerConn {
         target: &ServerTarget,
         keys: Option<ScramKeys>,
         max_len: u32,
+        keepalive: Option<Keepalive>,
         extra: &[(&str, &str)],
     ) -> Result<ServerConn, ProxyError> {
         let server = || target.describe();
@@ -140,7 +143,7 @@ impl ServerConn {
                 message: e.to_string(),
             })?;
         tcp.set_nodelay(true).map_err(ProxyError::server_io)?;
-        if let Some(keepalive) = &target.keepalive {
+        if let Some(keepalive) = &keepalive {
             crate::io::keep_alive(&tcp, keepalive);
         }
         let addr = tcp.peer_addr().map_err(ProxyError::server_io)?;

@@ -231,13 +231,7 @@ impl Shared {
         let db = config.database(database)?;
         let db = db.as_ref();
         let server_tls = self.server_tls();
-        let mut target = target_for(
-            db,
-            user,
-            |name| users.get(name).or(found),
-            server_tls,
-            config.tcp_keepalive,
-        );
+        let mut target = target_for(db, user, |name| users.get(name).or(found), server_tls);
         if let Some((_, n)) = &node {
             target.host = n.host.clone();
             target.port = n.port;
@@ -497,13 +491,8 @@ impl Shared {
             let db = new.database(&pool.database);
             let db = db.as_deref();
             let same_server = db.is_some_and(|db| {
-                let mut target = target_for(
-                    db,
-                    &pool.user,
-                    |name| users.get(name),
-                    server_tls.clone(),
-                    new.tcp_keepalive,
-                );
+                let mut target =
+                    target_for(db, &pool.user, |name| users.get(name), server_tls.clone());
                 if let Some((i, node)) = &pool.node {
                     // The same replica, still in this database's router.
                     match routers.get(&db.name).and_then(|r| r.replicas.get(*i)) {
@@ -629,6 +618,7 @@ pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
         wait_timeout: config.query_wait_timeout,
         check_after: config.server_check_delay,
         max_message_len: config.max_message_len,
+        keepalive: config.tcp_keepalive,
     }
 }
 
@@ -639,7 +629,6 @@ fn target_for<'a>(
     user: &str,
     creds_of: impl Fn(&str) -> Option<&'a Credentials>,
     tls: Option<ServerTlsConnector>,
-    keepalive: Option<crate::config::Keepalive>,
 ) -> ServerTarget {
     let user = db.user.as_deref().unwrap_or(user);
     let creds = creds_of(user);
@@ -658,7 +647,6 @@ fn target_for<'a>(
         password,
         md5_hash,
         tls,
-        keepalive,
     }
 }
 

@@ -30,6 +30,7 @@ pub struct WalSource {
     pub user: String,
     pub password: Option<String>,
     pub connect_timeout: Duration,
+    pub keepalive: Option<crate::config::Keepalive>,
 }
 
 impl WalSource {
@@ -42,7 +43,6 @@ impl WalSource {
             password: self.password.clone(),
             md5_hash: None,
             tls: None,
-            keepalive: Some(Default::default()),
         }
     }
 }
@@ -66,7 +66,14 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub async fn ensure_publication(source: &WalSource, publication: &str) -> Result<(), ProxyError> {
     let target = &source.target();
     let max_len = pgopt_wire::DEFAULT_MAX_MESSAGE_LEN;
-    let mut conn = ServerConn::connect(target, None, source.connect_timeout, max_len).await?;
+    let mut conn = ServerConn::connect(
+        target,
+        None,
+        source.connect_timeout,
+        max_len,
+        source.keepalive,
+    )
+    .await?;
     let name = crate::session_state::quote_literal(publication);
     let check = format!(
         "SELECT pg_catalog.string_agg(c.oid::pg_catalog.regclass::text, ', ') \
@@ -127,6 +134,7 @@ pub async fn listen(
         None,
         timeout,
         max_len,
+        source.keepalive,
         &[("replication", "database")],
     )
     .await?;

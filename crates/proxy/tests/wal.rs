@@ -32,6 +32,7 @@ fn source_for(pg: &Postgres) -> WalSource {
         user: "postgres".into(),
         password: pg.password().map(str::to_string),
         connect_timeout: Duration::from_secs(5),
+        keepalive: None,
     }
 }
 
