@@ -114,3 +114,27 @@ mod tests {
         }
     }
 }
+
+/// A TCP keepalive timing: whole seconds from 1 to 32767 (what Linux takes), or 0 for
+/// the system's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveSeconds(pub Duration);
+
+impl Serialize for KeepaliveSeconds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        HumanDuration(self.0).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeepaliveSeconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let HumanDuration(d) = HumanDuration::deserialize(d)?;
+        if d.subsec_nanos() != 0 || d.as_secs() > 32767 {
+            return Err(de::Error::custom(format!(
+                "expected whole seconds from \"1s\" to \"32767s\", or \"0s\" for the system's own; found {}",
+                HumanDuration(d)
+            )));
+        }
+        Ok(KeepaliveSeconds(d))
+    }
+}

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use bounded::{Bounded, Scale};
 pub use cache::CacheSection;
-pub use duration::HumanDuration;
+pub use duration::{HumanDuration, KeepaliveSeconds};
 pub use proxy::{ClientAuthMethod, ProxyConfig, ServerTlsModeSetting, TlsModeSetting};
 pub use routing::{proxy_replicas, RoutingSection};
 

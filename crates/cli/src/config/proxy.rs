@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{Bounded, HumanDuration};
+use super::{Bounded, HumanDuration, KeepaliveSeconds};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -167,9 +167,9 @@ pub struct ProxyConfig {
     /// TCP keepalive on client and server sockets, with these timings ("0s", 0: the
     /// system's).
     pub tcp_keepalive: bool,
-    pub tcp_keepidle: HumanDuration,
-    pub tcp_keepintvl: HumanDuration,
-    pub tcp_keepcnt: Bounded<0, 1000>,
+    pub tcp_keepidle: KeepaliveSeconds,
+    pub tcp_keepintvl: KeepaliveSeconds,
+    pub tcp_keepcnt: Bounded<0, 127>,
     /// How long a shutdown lets transactions finish.
     pub shutdown_timeout: HumanDuration,
     /// Users allowed on the admin console (database "pgopt"); empty: the upstream user.
@@ -220,8 +220,8 @@ impl Default for ProxyConfig {
             client_login_timeout: HumanDuration(Duration::from_secs(60)),
             client_idle_timeout: HumanDuration(Duration::ZERO),
             tcp_keepalive: true,
-            tcp_keepidle: HumanDuration(Duration::ZERO),
-            tcp_keepintvl: HumanDuration(Duration::ZERO),
+            tcp_keepidle: KeepaliveSeconds(Duration::ZERO),
+            tcp_keepintvl: KeepaliveSeconds(Duration::ZERO),
             tcp_keepcnt: Bounded(0),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             admin_users: Vec::new(),

@@ -348,3 +348,21 @@ hmac_key = "hmac-secret"
         "postgres://app:********@db/shop"
     );
 }
+
+#[test]
+fn keepalive_timings_the_kernel_would_refuse_are_config_errors() {
+    for bad in ["500ms", "10h", "1.5s"] {
+        let e = err(&format!("[proxy]\ntcp_keepidle = \"{bad}\"\n"));
+        assert!(
+            e.starts_with("pgopt.toml:2: proxy.tcp_keepidle: expected whole seconds"),
+            "{e}"
+        );
+    }
+    let e = err("[proxy]\ntcp_keepcnt = 200\n");
+    assert!(e.starts_with("pgopt.toml:2: proxy.tcp_keepcnt:"), "{e}");
+    let ok = parse_text(
+        "pgopt.toml",
+        "[proxy]\ntcp_keepidle = \"30s\"\ntcp_keepintvl = \"0s\"\n",
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}
