@@ -73,7 +73,7 @@ async fn session(
     let mut buf = BytesMut::with_capacity(8192);
     // Logging in (TLS, start-up, password) is bounded: a client that connects and
     // stalls would hold one of max_client_conn's places for ever.
-    let deadline = (!config.client_login_timeout.is_zero())
+    let mut deadline = (!config.client_login_timeout.is_zero())
         .then(|| tokio::time::Instant::now() + config.client_login_timeout);
     let Some(started) = before(deadline, read_startup(stream, &mut buf, shared)).await else {
         // (The stream went with the read: closed without a word, as PostgreSQL does
@@ -170,7 +170,11 @@ async fn session(
                     stale,
                 )
             };
-            match lookup(None).await {
+            let lookup_started = tokio::time::Instant::now();
+            let looked_up = lookup(None).await;
+            // The server's time, not the client's: the login deadline waits it out.
+            deadline = deadline.map(|d| d + lookup_started.elapsed());
+            match looked_up {
                 Ok(answer) => {
                     found = answer.credentials;
                     if let (true, Some(kept)) = (answer.cached, found.clone()) {
