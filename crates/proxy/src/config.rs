@@ -169,8 +169,9 @@ pub struct Config {
     /// A client that has not logged in this long after connecting (TLS handshake,
     /// start-up packet, password exchange) is disconnected; zero is off.
     pub client_login_timeout: Duration,
-    /// A client idle outside a transaction (nothing in flight) this long is
-    /// disconnected (57P05, as PostgreSQL's `idle_session_timeout`); zero is off.
+    /// A client idle outside a transaction (nothing in flight, no server connection:
+    /// never in session mode, as in PgBouncer) this long is disconnected (57P05, as
+    /// PostgreSQL's `idle_session_timeout`); zero is off.
     pub client_idle_timeout: Duration,
     /// Keepalive on every client and server socket; `None` is off.
     pub tcp_keepalive: Option<Keepalive>,

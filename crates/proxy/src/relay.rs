@@ -342,7 +342,8 @@ impl Relay {
                 && !self.idle_transaction_timeout.is_zero()
                 && (self.status != TransactionStatus::Idle || self.open_batch)
                 && self.expected.is_empty();
-            let idle_client = !idle_in_transaction
+            // As PgBouncer's: not a client holding a server connection (session mode).
+            let idle_client = !has_server
                 && !self.client_idle_timeout.is_zero()
                 && self.server_idle()
                 && self.cbuf.is_empty();

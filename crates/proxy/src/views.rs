@@ -435,8 +435,9 @@ pub fn totals(shared: &Shared) -> Table {
     table
 }
 
-/// SHOW USERS: the users the config lists and those with pools, and the pool mode
-/// their pools take by default.
+/// SHOW USERS: the users the config lists and those with pools. `pool_mode` is a
+/// user's own pool mode in PgBouncer; pgopt sets modes per database (SHOW
+/// DATABASES), so it is empty.
 pub fn users(shared: &Shared) -> Table {
     let mut table = Table::new(&[("name", Text), ("pool_mode", Text)]);
     let config = shared.config();
@@ -449,7 +450,7 @@ pub fn users(shared: &Shared) -> Table {
     names.sort();
     names.dedup();
     for name in names {
-        table.push(vec![t(name), t(mode_name(config.pool_mode))]);
+        table.push(vec![t(name), None]);
     }
     table
 }
@@ -658,7 +659,7 @@ pub const HELP: &[(&str, &str)] = &[
         "SHOW STATS' rates and averages under PgBouncer's short names",
     ),
     ("SHOW DATABASES", "configured databases"),
-    ("SHOW USERS", "users and their default pool mode"),
+    ("SHOW USERS", "users the config lists or that have pools"),
     (
         "SHOW CONFIG",
         "settings, defaults, and which RELOAD changes",
