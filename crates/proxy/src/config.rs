@@ -175,6 +175,10 @@ pub struct Config {
     pub client_idle_timeout: Duration,
     /// Keepalive on every client and server socket; `None` is off.
     pub tcp_keepalive: Option<Keepalive>,
+    /// Server connections one database's pools (every user's) may hold open together,
+    /// per node; 0 is no limit. When reached, a pool that needs one more closes
+    /// another pool's idle connection, or waits for one to close.
+    pub max_db_connections: usize,
     /// How long SHUTDOWN and SIGTERM let transactions finish before closing clients.
     pub shutdown_timeout: Duration,
     /// Users allowed on the admin console (database `pgopt`).
@@ -352,6 +356,7 @@ impl Default for Config {
             client_login_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::ZERO,
             tcp_keepalive: Some(Keepalive::default()),
+            max_db_connections: 0,
             shutdown_timeout: Duration::from_secs(30),
             admin_users: Vec::new(),
             stats_users: Vec::new(),

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use pgopt_wire::scram::ScramKeys;
@@ -46,6 +46,66 @@ pub struct PoolLimits {
     pub max_message_len: u32,
     /// TCP keepalive on new connections, unless `None`.
     pub keepalive: Option<crate::config::Keepalive>,
+    /// `max_db_connections`: server connections the database's pools (every user's,
+    /// on this node) may hold open together; 0 is no limit.
+    pub max_db_connections: usize,
+}
+
+/// The server connections one database's pools hold open together (see
+/// [`PoolLimits::max_db_connections`]), shared by those pools.
+#[derive(Default)]
+pub struct DbLimit {
+    open: AtomicUsize,
+    /// A connection closed, or went idle where it can be closed: room for one more.
+    freed: Notify,
+    /// Pools waiting for room (a release then wakes them: its connection may be
+    /// closed for them).
+    waiting: AtomicUsize,
+    /// The database's pools on this node, whose idle connections make room.
+    pools: Mutex<Vec<Weak<Pool>>>,
+}
+
+impl DbLimit {
+    pub fn open(&self) -> usize {
+        self.open.load(SeqCst)
+    }
+
+    /// Closes the longest-unused idle connection of another of the database's pools;
+    /// `false` when none has one.
+    fn close_idle_of_another(&self, except: &Pool) -> bool {
+        let pools: Vec<Arc<Pool>> = {
+            let mut pools = lock(&self.pools);
+            pools.retain(|p| p.strong_count() > 0);
+            pools.iter().filter_map(Weak::upgrade).collect()
+        };
+        for pool in pools.iter().filter(|p| !std::ptr::eq(p.as_ref(), except)) {
+            let closed = {
+                let mut idle = lock(&pool.idle);
+                (!idle.is_empty()).then(|| idle.remove(0))
+            };
+            if closed.is_some() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// One open server connection counted in its database's [`DbLimit`]: dropped with the
+/// connection.
+pub struct DbPermit(Arc<DbLimit>);
+
+impl Drop for DbPermit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, SeqCst);
+        self.0.freed.notify_one();
+    }
+}
+
+impl std::fmt::Debug for DbPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbPermit")
+    }
 }
 
 /// Why no server connection could be handed out.
@@ -116,6 +176,8 @@ pub struct Pool {
     closed: AtomicBool,
     /// See [`ServerConn::generation`] and [`Pool::reconnect`].
     generation: AtomicU64,
+    /// Shared with the database's other pools on this node (`max_db_connections`).
+    db_limit: Arc<DbLimit>,
     /// The user's SCRAM keys from the last client login, for a server that asks for
     /// SCRAM when pgopt holds only the verifier.
     scram_keys: Mutex<Option<ScramKeys>>,
@@ -198,8 +260,9 @@ impl Pool {
         target: ServerTarget,
         limits: PoolLimits,
         node: Option<(usize, Arc<Node>)>,
+        db_limit: Arc<DbLimit>,
     ) -> Arc<Pool> {
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             database: database.to_string(),
             user: user.to_string(),
             mode,
@@ -221,13 +284,16 @@ impl Pool {
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            db_limit,
             scram_keys: Mutex::new(None),
             plan_epoch: AtomicU64::new(0),
             invalidated: Mutex::new(HashMap::new()),
             maintaining: AtomicBool::new(false),
             lobby: Mutex::new(VecDeque::new()),
             shrinking: Arc::new(AtomicUsize::new(0)),
-        })
+        });
+        lock(&pool.db_limit.pools).push(Arc::downgrade(&pool));
+        pool
     }
 
     /// Keeps the SCRAM keys of a client's successful login (the latest win: they
@@ -562,6 +628,7 @@ impl Pool {
                 }
             }
         }
+        let permit = self.db_permit(limits).await?;
         let connecting = Gauge::up(&self.connecting);
         // Read before the connect: a RECONNECT while it is under way makes it old.
         let generation = self.generation.load(SeqCst);
@@ -589,6 +656,7 @@ impl Pool {
                 // Boxed: a checkout moves it several times per transaction.
                 let mut conn = Box::new(conn);
                 conn.generation = generation;
+                conn.db_permit = Some(permit);
                 Ok(conn)
             }
             Err(e) => {
@@ -676,6 +744,47 @@ impl Pool {
         self.active.load(SeqCst) + self.connecting.load(SeqCst) > 0
     }
 
+    /// Room for one more server connection of this database (`max_db_connections`):
+    /// at once, or by closing another pool's idle connection, or once one closes
+    /// (within the wait timeout).
+    async fn db_permit(&self, limits: &PoolLimits) -> Result<DbPermit, CheckoutError> {
+        let limit = &self.db_limit;
+        let max = limits.max_db_connections;
+        let deadline = Instant::now() + limits.wait_timeout;
+        // Announced before the checks it waits after: a release in between wakes it.
+        let mut waiting = None;
+        loop {
+            let freed = limit.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the count is read: a close in between is not missed.
+            freed.as_mut().enable();
+            let open = limit.open.load(SeqCst);
+            if max == 0 || open < max {
+                if limit
+                    .open
+                    .compare_exchange(open, open + 1, SeqCst, SeqCst)
+                    .is_ok()
+                {
+                    return Ok(DbPermit(limit.clone()));
+                }
+                continue;
+            }
+            if waiting.is_none() {
+                waiting = Some(Gauge::up(&limit.waiting));
+                continue;
+            }
+            if limit.close_idle_of_another(self) {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline.into(), freed)
+                .await
+                .is_err()
+            {
+                return Err(CheckoutError::WaitTimeout(limits.wait_timeout));
+            }
+        }
+    }
+
     /// Whether `conn` was opened since the last [`Pool::reconnect`].
     fn current(&self, conn: &ServerConn) -> bool {
         conn.generation == self.generation.load(SeqCst)
@@ -737,6 +846,11 @@ impl Pool {
                 < wanted
         {
             wanted = limits.min_size;
+            // Warm-up takes no room another pool's clients need (nor waits for it).
+            let max_db = limits.max_db_connections;
+            if max_db > 0 && self.db_limit.open() >= max_db {
+                break;
+            }
             let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
                 break;
             };
@@ -871,6 +985,11 @@ impl Checkout {
                 let mut idle = lock(&pool.idle);
                 if pool.current(&conn) {
                     idle.push(conn);
+                }
+                drop(idle);
+                // Another pool of the database waits for room: this one may be closed.
+                if pool.db_limit.waiting.load(Relaxed) > 0 {
+                    pool.db_limit.freed.notify_waiters();
                 }
                 (slot, active)
             } else {

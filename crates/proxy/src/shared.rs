@@ -40,6 +40,8 @@ pub struct Shared {
     config: RwLock<Arc<Config>>,
     users: RwLock<Arc<HashMap<String, Credentials>>>,
     pub pools: Pools,
+    /// Per (database, node): the server connections its pools hold open together.
+    db_limits: Mutex<HashMap<(String, usize), Arc<crate::pool::DbLimit>>>,
     pub clients: Arc<ClientRegistry>,
     client_slots: Arc<Semaphore>,
     max_client_conn: AtomicUsize,
@@ -120,6 +122,7 @@ impl Shared {
             config: RwLock::new(Arc::new(config)),
             users: RwLock::new(Arc::new(users)),
             pools: Pools::default(),
+            db_limits: Mutex::default(),
             clients: Arc::default(),
             cancels: Mutex::new(HashMap::new()),
             lifecycle: watch::Sender::new(Lifecycle::Running),
@@ -242,6 +245,7 @@ impl Shared {
             (database, user, index),
             |pool| pool.target == target && pool.mode == mode,
             || {
+                let db_limit = self.db_limit(database, index);
                 let pool = Pool::new(
                     database,
                     user,
@@ -249,6 +253,7 @@ impl Shared {
                     target.clone(),
                     limits_for(&config, db),
                     node,
+                    db_limit,
                 );
                 if paused {
                     pool.pause();
@@ -256,6 +261,14 @@ impl Shared {
                 pool
             },
         ))
+    }
+
+    /// The [`crate::pool::DbLimit`] of `database`'s pools on node `index`.
+    fn db_limit(&self, database: &str, index: usize) -> Arc<crate::pool::DbLimit> {
+        lock(&self.db_limits)
+            .entry((database.to_string(), index))
+            .or_default()
+            .clone()
     }
 
     /// DISABLE (`on`) and ENABLE: whether new clients of `db` are refused.
@@ -619,6 +632,7 @@ pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
         check_after: config.server_check_delay,
         max_message_len: config.max_message_len,
         keepalive: config.tcp_keepalive,
+        max_db_connections: config.max_db_connections,
     }
 }
 

@@ -712,3 +712,68 @@ async fn client_idle_timeout_closes_clients_idle_outside_a_transaction() {
         .unwrap();
     assert_eq!(row["value"], "400ms");
 }
+
+/// Server backends of `user` connected to the proxy's database.
+async fn backends_of(direct: &tokio_postgres::Client, user: &str) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND datname = 'postgres' \
+             AND pid <> pg_backend_pid()",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn max_db_connections_caps_every_users_pools_together() {
+    let pg = Postgres::start().await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute("CREATE ROLE other LOGIN SUPERUSER")
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.max_db_connections = 2;
+        c.default_pool_size = 2;
+    })
+    .await;
+    let a1 = connect(&proxy, "postgres", None).await.unwrap();
+    let a2 = connect(&proxy, "postgres", None).await.unwrap();
+    a1.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    a2.batch_execute("BEGIN; SELECT 1").await.unwrap();
+
+    // The database is at its two: another user's query waits, though its pool is empty.
+    // (Its login waits too: its pool's first connection brings the server's
+    // parameters.)
+    let port = proxy.local_addr().port();
+    let waiting = tokio::spawn(async move {
+        let b = common::connect_port(port, "other").await.unwrap();
+        let seven = common::value(&b, "SELECT 7").await;
+        (b, seven)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third server connection was opened"
+    );
+    assert_eq!(backends_of(&direct, "other").await, 0);
+
+    // A transaction ends: its connection goes idle, and is closed to make room.
+    a1.batch_execute("COMMIT").await.unwrap();
+    let (b, seven) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("room was made for the waiting user")
+        .unwrap();
+    assert_eq!(seven, "7");
+    assert_eq!(common::value(&b, "SELECT 8").await, "8");
+    assert!(
+        backends_of(&direct, "postgres").await + backends_of(&direct, "other").await <= 2,
+        "more than max_db_connections open"
+    );
+    a2.batch_execute("COMMIT").await.unwrap();
+    let databases = show(&admin(&proxy).await, "DATABASES").await;
+    let app = databases.iter().find(|r| r["name"] == "app").unwrap();
+    assert_eq!(app["max_connections"], "2");
+}

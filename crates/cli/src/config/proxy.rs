@@ -170,6 +170,9 @@ pub struct ProxyConfig {
     pub tcp_keepidle: KeepaliveSeconds,
     pub tcp_keepintvl: KeepaliveSeconds,
     pub tcp_keepcnt: Bounded<0, 127>,
+    /// Server connections one database's pools (every user's) may hold open together;
+    /// 0 is no limit.
+    pub max_db_connections: Bounded<0, 100000>,
     /// How long a shutdown lets transactions finish.
     pub shutdown_timeout: HumanDuration,
     /// Users allowed on the admin console (database "pgopt"); empty: the upstream user.
@@ -223,6 +226,7 @@ impl Default for ProxyConfig {
             tcp_keepidle: KeepaliveSeconds(Duration::ZERO),
             tcp_keepintvl: KeepaliveSeconds(Duration::ZERO),
             tcp_keepcnt: Bounded(0),
+            max_db_connections: Bounded(0),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             admin_users: Vec::new(),
             stats_users: Vec::new(),
