@@ -400,10 +400,7 @@ async fn clients_that_do_not_log_in_in_time_are_disconnected() {
     let mut stalled = tokio::net::TcpStream::connect(proxy.local_addr())
         .await
         .unwrap();
-    let body = b"\0\x03\0\0user\0postgres\0database\0app\0\0";
-    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    startup.extend_from_slice(body);
-    stalled.write_all(&startup).await.unwrap();
+    stalled.write_all(&common::startup_message()).await.unwrap();
     let got = closed_within(stalled).await;
     assert_eq!(got.first(), Some(&b'R'), "{got:?}"); // the SASL request
     let text = String::from_utf8_lossy(&got);

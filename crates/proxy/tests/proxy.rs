@@ -890,6 +890,15 @@ async fn marks_proxy() -> (Postgres, tokio_postgres::Client, Proxy) {
     (pg, direct, proxy)
 }
 
+/// How many rows of `marks` hold `v`, read directly on PostgreSQL.
+async fn marks_with(direct: &tokio_postgres::Client, v: &str) -> i64 {
+    direct
+        .query_one("SELECT count(*) FROM marks WHERE v = $1", &[&v])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would() {
     // PostgreSQL runs a simple query in the implicit transaction of the unsynced
@@ -897,17 +906,7 @@ async fn a_query_pgopt_answers_itself_ends_an_unsynced_batch_as_postgresql_would
     // the query succeeds, rolled back if it fails. pgopt's own answers do the same.
     use tokio::io::AsyncWriteExt;
     let (_pg, direct, proxy) = marks_proxy().await;
-    let count = |v: &'static str| {
-        let direct = &direct;
-        async move {
-            let n: i64 = direct
-                .query_one("SELECT count(*) FROM marks WHERE v = $1", &[&v])
-                .await
-                .unwrap()
-                .get(0);
-            n
-        }
-    };
+    let count = |v: &'static str| marks_with(&direct, v);
 
     // Refused (a session feature transaction mode can't carry): rolled back.
     let mut raw = raw_login(&proxy).await;
@@ -988,11 +987,7 @@ async fn a_query_pgopt_would_answer_behind_a_failed_unsynced_batch_is_discarded(
     burst.extend(common::message(b'Q', b"DEALLOCATE s1\0"));
     raw.write_all(&burst).await.unwrap();
     assert_eq!(read_until(&mut raw, b'Z').await, b"12CCZ");
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM marks WHERE v = 'unflushed'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = marks_with(&direct, "unflushed").await;
     assert_eq!(n, 1);
 }
 
@@ -1064,11 +1059,7 @@ async fn a_statement_pgopt_refuses_in_a_transaction_block_fails_the_block() {
             "{v}: the block went on after the refusal: {after}"
         );
         client.batch_execute("COMMIT").await.unwrap();
-        let n: i64 = direct
-            .query_one("SELECT count(*) FROM marks WHERE v = $1", &[&v])
-            .await
-            .unwrap()
-            .get(0);
+        let n = marks_with(&direct, v).await;
         assert_eq!(n, 0, "{v}: COMMIT committed a block that had failed");
     }
     // And the connection is sound for the next statement.
@@ -1096,11 +1087,7 @@ async fn a_refusal_pipelined_behind_its_begin_fails_the_block() {
         common::read_until_nth(&mut raw, b'Z', 3).await,
         b"12C12CZEZ12CZ"
     );
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM marks WHERE v = 'piped'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = marks_with(&direct, "piped").await;
     assert_eq!(n, 0, "COMMIT committed a block a refusal had failed");
 }
 

@@ -237,12 +237,17 @@ pub async fn raw_login(proxy: &Proxy) -> tokio::net::TcpStream {
     let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
         .await
         .unwrap();
+    raw.write_all(&startup_message()).await.unwrap();
+    read_until(&mut raw, b'Z').await;
+    raw
+}
+
+/// A StartupMessage (protocol 3.0) for user `postgres` and database `app`.
+pub fn startup_message() -> Vec<u8> {
     let body = b"\0\x03\0\0user\0postgres\0database\0app\0\0";
     let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     startup.extend_from_slice(body);
-    raw.write_all(&startup).await.unwrap();
-    read_until(&mut raw, b'Z').await;
-    raw
+    startup
 }
 
 /// The types of the messages `raw` receives up to and including the first of type
