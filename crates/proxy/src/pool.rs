@@ -66,12 +66,8 @@ pub struct DbLimit {
 }
 
 impl DbLimit {
-    pub fn open(&self) -> usize {
-        self.open.load(SeqCst)
-    }
-
-    /// Closes the longest-unused idle connection of another of the database's pools;
-    /// `false` when none has one.
+    /// Closes the oldest idle connection of the first other pool of the database that
+    /// has one (as PgBouncer's eviction does); `false` when none has one.
     fn close_idle_of_another(&self, except: &Pool) -> bool {
         let pools: Vec<Arc<Pool>> = {
             let mut pools = lock(&self.pools);
@@ -292,7 +288,11 @@ impl Pool {
             lobby: Mutex::new(VecDeque::new()),
             shrinking: Arc::new(AtomicUsize::new(0)),
         });
-        lock(&pool.db_limit.pools).push(Arc::downgrade(&pool));
+        {
+            let mut pools = lock(&pool.db_limit.pools);
+            pools.retain(|p| p.strong_count() > 0);
+            pools.push(Arc::downgrade(&pool));
+        }
         pool
     }
 
@@ -612,10 +612,22 @@ impl Pool {
             }
             return (Ok(conn), waited);
         }
-        (self.connect(limits).await, true)
+        match self.connect(limits, true).await {
+            Ok(Some(conn)) => (Ok(conn), true),
+            // One of this pool's own connections went idle while it waited for room.
+            Ok(None) => Box::pin(self.connection(limits, Instant::now())).await,
+            Err(e) => (Err(e), true),
+        }
     }
 
-    async fn connect(&self, limits: &PoolLimits) -> Result<Box<ServerConn>, CheckoutError> {
+    /// Opens a connection. `None`: the database is at `max_db_connections` and
+    /// either one of this pool's connections is idle now (take it), or (`wait`
+    /// false) there is no room at once.
+    async fn connect(
+        &self,
+        limits: &PoolLimits,
+        wait: bool,
+    ) -> Result<Option<Box<ServerConn>>, CheckoutError> {
         {
             let breaker = lock(&self.breaker);
             if let Some(until) = breaker.down_until {
@@ -628,7 +640,9 @@ impl Pool {
                 }
             }
         }
-        let permit = self.db_permit(limits).await?;
+        let Some(permit) = self.db_permit(limits, wait).await? else {
+            return Ok(None);
+        };
         let connecting = Gauge::up(&self.connecting);
         // Read before the connect: a RECONNECT while it is under way makes it old.
         let generation = self.generation.load(SeqCst);
@@ -657,7 +671,7 @@ impl Pool {
                 let mut conn = Box::new(conn);
                 conn.generation = generation;
                 conn.db_permit = Some(permit);
-                Ok(conn)
+                Ok(Some(conn))
             }
             Err(e) => {
                 self.stats.server_connect_errors.fetch_add(1, Relaxed);
@@ -747,7 +761,13 @@ impl Pool {
     /// Room for one more server connection of this database (`max_db_connections`):
     /// at once, or by closing another pool's idle connection, or once one closes
     /// (within the wait timeout).
-    async fn db_permit(&self, limits: &PoolLimits) -> Result<DbPermit, CheckoutError> {
+    /// `None`: one of this pool's own connections is idle (take it instead), or
+    /// (`wait` false) no room at once.
+    async fn db_permit(
+        &self,
+        limits: &PoolLimits,
+        wait: bool,
+    ) -> Result<Option<DbPermit>, CheckoutError> {
         let limit = &self.db_limit;
         let max = limits.max_db_connections;
         let deadline = Instant::now() + limits.wait_timeout;
@@ -765,13 +785,19 @@ impl Pool {
                     .compare_exchange(open, open + 1, SeqCst, SeqCst)
                     .is_ok()
                 {
-                    return Ok(DbPermit(limit.clone()));
+                    return Ok(Some(DbPermit(limit.clone())));
                 }
                 continue;
+            }
+            if !wait {
+                return Ok(None);
             }
             if waiting.is_none() {
                 waiting = Some(Gauge::up(&limit.waiting));
                 continue;
+            }
+            if self.idle_count() > 0 {
+                return Ok(None);
             }
             if limit.close_idle_of_another(self) {
                 continue;
@@ -782,6 +808,14 @@ impl Pool {
             {
                 return Err(CheckoutError::WaitTimeout(limits.wait_timeout));
             }
+        }
+    }
+
+    /// A connection was put in the idle list: a pool of the database waiting for room
+    /// may take it (its own) or close it (another's). One waiter is woken, not all.
+    fn went_idle(&self) {
+        if self.db_limit.waiting.load(Relaxed) > 0 {
+            self.db_limit.freed.notify_one();
         }
     }
 
@@ -846,21 +880,19 @@ impl Pool {
                 < wanted
         {
             wanted = limits.min_size;
-            // Warm-up takes no room another pool's clients need (nor waits for it).
-            let max_db = limits.max_db_connections;
-            if max_db > 0 && self.db_limit.open() >= max_db {
-                break;
-            }
             let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
                 break;
             };
-            match self.connect(&limits).await {
-                Ok(mut conn) => {
+            // Warm-up takes only free room (no other pool's connection is closed for
+            // it, nor does it wait).
+            match self.connect(&limits, false).await {
+                Ok(Some(mut conn)) => {
                     conn.last_used = Instant::now();
                     conn.info.set_link(0, 0);
                     lock(&self.idle).push(conn);
+                    self.went_idle();
                 }
-                Err(_) => break,
+                _ => break,
             }
         }
     }
@@ -987,10 +1019,7 @@ impl Checkout {
                     idle.push(conn);
                 }
                 drop(idle);
-                // Another pool of the database waits for room: this one may be closed.
-                if pool.db_limit.waiting.load(Relaxed) > 0 {
-                    pool.db_limit.freed.notify_waiters();
-                }
+                pool.went_idle();
                 (slot, active)
             } else {
                 (slot, active)

@@ -777,3 +777,31 @@ async fn max_db_connections_caps_every_users_pools_together() {
     let app = databases.iter().find(|r| r["name"] == "app").unwrap();
     assert_eq!(app["max_connections"], "2");
 }
+
+#[tokio::test]
+async fn at_max_db_connections_a_waiter_takes_its_own_pools_connection_once_idle() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.max_db_connections = 2;
+        c.default_pool_size = 4;
+    })
+    .await;
+    let a1 = connect(&proxy, "postgres", None).await.unwrap();
+    let a2 = connect(&proxy, "postgres", None).await.unwrap();
+    a1.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    a2.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // The pool has slots left, the database no room: the third waits for room.
+    let a3 = connect(&proxy, "postgres", None).await.unwrap();
+    let waiting = tokio::spawn(async move { common::value(&a3, "SELECT 9").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third server connection was opened"
+    );
+    a1.batch_execute("COMMIT").await.unwrap();
+    let nine = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter took the connection that went idle")
+        .unwrap();
+    assert_eq!(nine, "9");
+}
