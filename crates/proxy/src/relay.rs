@@ -326,7 +326,9 @@ impl Relay {
         let wake = info.wake.notified();
         tokio::pin!(wake);
         while go_on {
-            if self.paused && (self.server.is_none() || !self.held_back()) {
+            if self.paused
+                && (self.server.is_none() || !(self.held_back() || self.own_answer_waits()))
+            {
                 // What held the client's messages back is over.
                 self.paused = false;
                 go_on = self.handle_client().await?;
@@ -1094,9 +1096,10 @@ impl Relay {
     /// lent, until the server has answered what runs before it: a batch that runs
     /// again goes before anything after it; on a replica, a batch after a read waits
     /// for the read's end (it may not be a read: it is judged when the connection is
-    /// back, unless a read-only transaction holds it).
+    /// back, unless a read-only transaction holds it). (A query pgopt answers itself
+    /// waits too: [`Relay::own_answer_waits`], looked at first, as it sends a Flush.)
     fn held_back(&self) -> bool {
-        if self.dropping || self.rerun.is_some() || self.own_answer_waits() {
+        if self.dropping || self.rerun.is_some() {
             return true;
         }
         self.ryw.batch_ended && self.ryw.replica.is_some() && self.expected.server_readies() > 0
