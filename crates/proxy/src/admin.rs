@@ -53,6 +53,17 @@ pub enum Command {
     Empty,
 }
 
+impl Command {
+    /// The database a command names, which must be a configured one.
+    fn database(&self) -> Option<&str> {
+        match self {
+            Command::Pause(db) | Command::Resume(db) | Command::Reconnect(db) => db.as_deref(),
+            Command::Kill(db) | Command::Disable(db) | Command::Enable(db) => Some(db),
+            _ => None,
+        }
+    }
+}
+
 /// Parses one admin command: case-insensitive keywords, an optional trailing `;`.
 pub fn parse(sql: &str) -> Result<Command, String> {
     let sql = sql.trim().trim_end_matches(';').trim();
@@ -220,6 +231,9 @@ pub async fn serve(
 }
 
 async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Result<(), ProxyError> {
+    if let Some(e) = unknown_db(shared, command.database()) {
+        return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
+    }
     match command {
         Command::Empty => {
             out.extend_from_slice(b"I\0\0\0\x04"); // EmptyQueryResponse
@@ -287,16 +301,10 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
             }
         }
         Command::Pause(db) => {
-            if let Some(e) = unknown_db(shared, db.as_deref()) {
-                return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
-            }
             pause(shared, db.as_deref()).await;
             complete(out, "PAUSE")?;
         }
         Command::Resume(db) => {
-            if let Some(e) = unknown_db(shared, db.as_deref()) {
-                return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
-            }
             shared.set_paused(db.as_deref(), false);
             complete(out, "RESUME")?;
         }
@@ -305,23 +313,14 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
             complete(out, "SHUTDOWN")?;
         }
         Command::Reconnect(db) => {
-            if let Some(e) = unknown_db(shared, db.as_deref()) {
-                return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
-            }
             shared.reconnect(db.as_deref());
             complete(out, "RECONNECT")?;
         }
         Command::Kill(db) => {
-            if let Some(e) = unknown_db(shared, Some(&db)) {
-                return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
-            }
             shared.kill(&db);
             complete(out, "KILL")?;
         }
         Command::Disable(ref db) | Command::Enable(ref db) => {
-            if let Some(e) = unknown_db(shared, Some(db)) {
-                return Ok(error(out, sqlstate::INVALID_CATALOG_NAME, &e)?);
-            }
             let disable = matches!(command, Command::Disable(_));
             shared.set_disabled(db, disable);
             complete(out, if disable { "DISABLE" } else { "ENABLE" })?;

@@ -828,13 +828,13 @@ impl Pool {
     /// the lent ones when they come back (or, handed over, before they are used), so
     /// the pool's next connections are new ones (after a failover, a changed
     /// address, a server setting that applies to new sessions only).
-    pub fn reconnect(&self) -> usize {
+    pub fn reconnect(&self) {
         let closed = {
             let mut idle = lock(&self.idle);
             self.generation.fetch_add(1, SeqCst);
             std::mem::take(&mut *idle)
         };
-        closed.len()
+        drop(closed); // (the sockets close outside the lock)
     }
 
     /// Closes every idle connection (PAUSE, SHUTDOWN, a server that went away).

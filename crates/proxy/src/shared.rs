@@ -287,29 +287,25 @@ impl Shared {
 
     /// KILL: every client of `db` is disconnected now and its server connections
     /// closed; the database is paused, so new clients wait for RESUME (as PgBouncer
-    /// does). Returns how many clients were told.
-    pub fn kill(&self, db: &str) -> usize {
+    /// does).
+    pub fn kill(&self, db: &str) {
         self.set_paused(Some(db), true);
-        let mut killed = 0;
         for client in self.clients.list() {
             if client.identity().1 == db {
                 client.kill();
-                killed += 1;
             }
         }
         self.reconnect(Some(db));
-        killed
     }
 
     /// RECONNECT: every server connection of `db` (of every database: `None`) closes,
-    /// the idle ones now, the lent ones when released. Returns how many closed now.
-    pub fn reconnect(&self, db: Option<&str>) -> usize {
-        self.pools
-            .list()
-            .iter()
-            .filter(|p| db.is_none_or(|d| p.database == d))
-            .map(|p| p.reconnect())
-            .sum()
+    /// the idle ones now, the lent ones when released.
+    pub fn reconnect(&self, db: Option<&str>) {
+        for pool in self.pools.list() {
+            if db.is_none_or(|d| pool.database == d) {
+                pool.reconnect();
+            }
+        }
     }
 
     /// PAUSE (`true`) or RESUME (`false`) one database's pools, or all of them.
