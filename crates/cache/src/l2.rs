@@ -16,6 +16,10 @@
 //!   versions on each message; a gap, a restarted sequence, a heartbeat ahead of the
 //!   last message, or a dropped subscription flushes their L1, and nothing is served
 //!   while the subscription is down.
+//! - **Delivery:** a remote version is *delivered* once this instance knows it has
+//!   received every message of the commits it counts (see [`L2::remote_writes`]): a
+//!   fill that ran on a replica needs that to tell which other instances' commits the
+//!   replica must have replayed.
 //! - **Degradation:** a failed or slow Redis call is a miss (the query goes to
 //!   PostgreSQL); the connection is rebuilt with backoff; tables whose increments did
 //!   not reach Redis are incremented once it is back.
@@ -277,6 +281,125 @@ pub struct L2 {
     epoch: Instant,
     /// The bus's owner last warned about as missing from the URLs (once each).
     owner_warned: Mutex<Option<String>>,
+    /// Which remote versions have had every message of their commits received.
+    delivery: Mutex<Delivery>,
+}
+
+/// What the bus has delivered (see [`L2::remote_writes`]).
+#[derive(Debug)]
+struct Delivery {
+    /// Per table: a remote version every message of whose commits was received (or
+    /// came before `baseline`), and when the latest other instance's message about
+    /// it was received.
+    tables: HashMap<String, Delivered>,
+    /// Versions read by lookups, not known delivered yet, with when their reply came
+    /// (a [`L2::now_ms`] value): delivered once a heartbeat of this instance sent
+    /// after that comes back, since Redis delivers in order.
+    pending: HashMap<String, (u64, u64)>,
+    /// When the channel was last subscribed or found to have missed a message:
+    /// commits before it may never have been received.
+    baseline: Instant,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Delivered {
+    version: Option<u64>,
+    received: Option<Instant>,
+}
+
+impl Delivery {
+    fn remote_writes<'a>(
+        &self,
+        remote: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Option<RemoteWrites> {
+        let mut received = Vec::new();
+        for (table, version) in remote {
+            let d = self.tables.get(table)?;
+            if d.version != Some(version) {
+                return None;
+            }
+            if let Some(at) = d.received {
+                received.push((table.to_string(), at));
+            }
+        }
+        Some(RemoteWrites {
+            baseline: self.baseline,
+            received,
+        })
+    }
+
+    /// A lookup's reply, received at `at` (an [`L2::now_ms`] value), said these
+    /// versions.
+    fn read(&mut self, tables: &[String], versions: &[u64], at: u64) {
+        for (t, &v) in tables.iter().zip(versions) {
+            if self.tables.get(t).is_some_and(|d| d.version == Some(v)) {
+                continue;
+            }
+            match self.pending.get_mut(t) {
+                // The earliest reply that said it.
+                Some((p, _)) if *p == v => {}
+                Some(p) => *p = (v, at),
+                None => {
+                    self.pending.insert(t.clone(), (v, at));
+                }
+            }
+        }
+    }
+
+    /// A commit's message (`foreign`: another instance's) received `now`.
+    fn delivered(&mut self, changed: &[(&str, u64)], foreign: bool, now: Instant) {
+        for &(t, v) in changed {
+            self.pending.remove(t);
+            let d = match self.tables.get_mut(t) {
+                Some(d) => d,
+                None => self.tables.entry(t.to_string()).or_default(),
+            };
+            d.version = Some(v);
+            if foreign {
+                d.received = Some(now);
+            }
+        }
+    }
+
+    /// This instance's heartbeat sent at `sent` came back: every message published
+    /// before it was received, so versions read before it are delivered.
+    fn beat_back(&mut self, sent: u64) {
+        let tables = &mut self.tables;
+        self.pending.retain(|t, &mut (v, at)| {
+            if at >= sent {
+                return true;
+            }
+            tables.entry(t.clone()).or_default().version = Some(v);
+            false
+        });
+    }
+}
+
+/// Other instances' commits a fill's remote versions count: each was received on the
+/// bus at or before its table's time here, or committed before `baseline`. Their
+/// WAL positions are unknown here; a position the primary had after those moments
+/// is past them.
+#[derive(Debug, Clone)]
+pub struct RemoteWrites {
+    pub baseline: Instant,
+    pub received: Vec<(String, Instant)>,
+}
+
+impl RemoteWrites {
+    /// When the latest commit counted for `table` (or, for [`crate::ALL`], for any
+    /// table before the baseline) may have reached this instance.
+    pub fn since(&self, table: &str) -> Option<Instant> {
+        let received = self
+            .received
+            .iter()
+            .find(|(t, _)| t == table)
+            .map(|(_, at)| *at);
+        if table == crate::ALL {
+            Some(received.map_or(self.baseline, |r| r.max(self.baseline)))
+        } else {
+            received
+        }
+    }
 }
 
 impl std::fmt::Debug for L2 {
@@ -363,6 +486,11 @@ impl L2 {
             heard: AtomicU64::new(0),
             epoch: Instant::now(),
             owner_warned: Mutex::new(None),
+            delivery: Mutex::new(Delivery {
+                tables: HashMap::new(),
+                pending: HashMap::new(),
+                baseline: Instant::now(),
+            }),
             config,
         });
         if l2.config.hmac_key.is_none() && l2.config.store_values {
@@ -416,6 +544,32 @@ impl L2 {
     /// later.
     fn heard_at(&self, at: u64) {
         self.heard.fetch_max(at, Relaxed);
+    }
+
+    fn delivery(&self) -> std::sync::MutexGuard<'_, Delivery> {
+        self.delivery.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The other instances' commits that `remote` (tables at the versions a fill's
+    /// snapshot took from Redis) count, if every one of them is known to have reached
+    /// this instance; `None` when a version is not delivered yet (its message may be
+    /// on its way).
+    pub fn remote_writes<'a>(
+        &self,
+        remote: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Option<RemoteWrites> {
+        self.delivery().remote_writes(remote)
+    }
+
+    /// A message of a commit (by `foreign`: another instance) moved these versions:
+    /// call before the versions are applied.
+    fn delivered(&self, changed: &[(&str, u64)], foreign: bool) {
+        self.delivery().delivered(changed, foreign, Instant::now());
+    }
+
+    /// Messages may have been missed until now.
+    fn missed(&self) {
+        self.delivery().baseline = Instant::now();
     }
 
     fn version_key(&self, table: &str) -> String {
@@ -520,6 +674,7 @@ impl L2 {
             self.failed("lookup", "an unexpected reply");
             return None;
         };
+        self.delivery().read(tables, &versions, self.now_ms());
         let value = match raw.filter(|r| !r.is_empty()) {
             None => None,
             Some(raw) => match decode(&raw, key, self.mac_key(), self.config.max_value_bytes) {
@@ -966,6 +1121,7 @@ async fn listen(
         let Some(this) = l2.upgrade() else { return };
         // What was filled while the channel was down (a lookup that began before it
         // dropped) may have missed a message: gone before anything is served again.
+        this.missed();
         flush();
         // Subscribed: every message from now on comes (and L1 was just flushed).
         this.heard_at(this.now_ms());
@@ -1008,8 +1164,15 @@ async fn listen(
             let payload = msg.get_payload_bytes();
             // Another instance's commit counts per table (this one's counted locally).
             let foreign = write_of(payload).is_some_and(|(instance, _)| instance != this.instance);
-            let applied = apply(payload, &mut last, &versions, foreign.then_some(&*tables));
+            let applied = apply(
+                payload,
+                &mut last,
+                &versions,
+                foreign.then_some(&*tables),
+                |changed| this.delivered(changed, foreign),
+            );
             if !applied {
+                this.missed();
                 this.counters.flushes.fetch_add(1, Relaxed);
                 tracing::warn!("an invalidation message was missed: the local cache is flushed");
                 flush();
@@ -1025,6 +1188,7 @@ async fn listen(
             // or earlier), so the lease runs from when it was sent.
             if let Some(sent) = own_beat(payload, this.instance) {
                 this.heard_at(sent);
+                this.delivery().beat_back(sent);
             }
         }
         if let Some(watcher) = watcher {
@@ -1145,12 +1309,14 @@ fn write_of(payload: &[u8]) -> Option<(u64, u64)> {
 
 /// Applies one message; `false` when invalidations may have been missed (a gap or a
 /// restart in the sender's sequence, or an unreadable message). A commit's tables are
-/// counted in `count` when given.
+/// counted in `count` when given, and passed to `delivered` before their versions
+/// move.
 fn apply(
     payload: &[u8],
     last: &mut HashMap<u64, u64>,
     versions: &Versions,
     count: Option<&TableStats>,
+    delivered: impl FnOnce(&[(&str, u64)]),
 ) -> bool {
     let mut parts = payload.split(|&b| b == 0).map(std::str::from_utf8);
     let (Some(Ok(kind)), Some(Ok(instance)), Some(Ok(seq))) =
@@ -1187,6 +1353,7 @@ fn apply(
             let tables: Vec<&str> = changed.iter().map(|(t, _)| *t).collect();
             stats.invalidated(&tables, Source::Bus, versions);
         }
+        delivered(&changed);
         versions.observe_tracked(changed);
     }
     in_order
@@ -1364,41 +1531,88 @@ mod tests {
     }
 
     #[test]
+    fn a_version_is_delivered_by_its_message_or_by_a_heartbeat_sent_after_it_was_read() {
+        let start = Instant::now();
+        let mut d = Delivery {
+            tables: HashMap::new(),
+            pending: HashMap::new(),
+            baseline: start,
+        };
+        let t = |v| [("t", v)];
+        // Read at ms 10: unknown until a beat sent after ms 10 comes back.
+        d.read(&["t".to_string()], &[7], 10);
+        assert!(d.remote_writes(t(7)).is_none());
+        d.beat_back(10);
+        assert!(
+            d.remote_writes(t(7)).is_none(),
+            "a beat sent as the reply came"
+        );
+        d.beat_back(11);
+        let w = d.remote_writes(t(7)).expect("delivered");
+        assert_eq!(w.since("t"), None, "no other instance's message");
+        assert_eq!(w.since(crate::ALL), Some(start), "the baseline");
+        // Another instance's commit moves it to 8; its message is the proof.
+        let received = start + Duration::from_millis(5);
+        d.delivered(&[("t", 8)], true, received);
+        assert!(d.remote_writes(t(7)).is_none());
+        assert_eq!(d.remote_writes(t(8)).unwrap().since("t"), Some(received));
+        // A read of 9 before its message: not delivered, and an older beat does not
+        // make it so; its message does.
+        d.read(&["t".to_string()], &[9], 20);
+        assert!(d.remote_writes(t(9)).is_none());
+        d.delivered(&[("t", 9)], false, received + Duration::from_millis(5));
+        let w = d.remote_writes(t(9)).unwrap();
+        assert_eq!(w.since("t"), Some(received), "own messages add no receipt");
+        d.beat_back(30);
+        assert!(
+            d.remote_writes(t(9)).is_some(),
+            "the pending read went with the message"
+        );
+    }
+
+    #[test]
     fn a_gap_or_a_restart_in_a_sequence_is_a_miss() {
         let v = Versions::default();
         v.observe([("t", 1)]);
         let mut last = HashMap::new();
-        assert!(apply(b"w\x005\x0010\x00t\x002", &mut last, &v, None));
+        assert!(apply(
+            b"w\x005\x0010\x00t\x002",
+            &mut last,
+            &v,
+            None,
+            |_| {}
+        ));
         assert_eq!(v.snapshot(&["t"]).remote().next(), Some(("t", 2)));
         assert!(apply(
             b"w\x005\x0011\x00t\x003\x00u\x001",
             &mut last,
             &v,
-            None
+            None,
+            |_| {}
         ));
         assert_eq!(
             v.snapshot(&["u"]).remote().next(),
             Some(("u", 0)),
             "untracked"
         );
-        assert!(apply(b"hb\x005\x0011", &mut last, &v, None));
+        assert!(apply(b"hb\x005\x0011", &mut last, &v, None, |_| {}));
         assert!(
-            !apply(b"hb\x005\x0012", &mut last, &v, None),
+            !apply(b"hb\x005\x0012", &mut last, &v, None, |_| {}),
             "a lost last message"
         );
         assert!(
-            !apply(b"w\x005\x0014\x00t\x004", &mut last, &v, None),
+            !apply(b"w\x005\x0014\x00t\x004", &mut last, &v, None, |_| {}),
             "a gap"
         );
         assert!(
-            !apply(b"w\x005\x001\x00t\x001", &mut last, &v, None),
+            !apply(b"w\x005\x001\x00t\x001", &mut last, &v, None, |_| {}),
             "a restart"
         );
         assert!(
-            apply(b"w\x006\x0099", &mut last, &v, None),
+            apply(b"w\x006\x0099", &mut last, &v, None, |_| {}),
             "another instance's first"
         );
-        assert!(!apply(b"w\x005", &mut last, &v, None));
-        assert!(!apply(b"w\x005\x002\x00t", &mut last, &v, None));
+        assert!(!apply(b"w\x005", &mut last, &v, None, |_| {}));
+        assert!(!apply(b"w\x005\x002\x00t", &mut last, &v, None, |_| {}));
     }
 }

@@ -29,7 +29,7 @@ mod versions;
 pub use flight::{Flight, Flights, Joined};
 pub use key::{push_part, Key, KeyBuf, KeyBuilder, KeyRef};
 pub use l1::{Hit, L1Config, L1Stats, L1};
-pub use l2::{Found, L2Counters, RedisConfig, L2};
+pub use l2::{Found, L2Counters, RedisConfig, RemoteWrites, L2};
 pub use shared::{read_through, FromRedis, SharedCache, ALL};
 pub use tables::{Source, TableCounters, TableRow, TableSet, TableStats, OTHER};
 pub use versions::{Snapshot, Versions};

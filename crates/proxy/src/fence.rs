@@ -23,10 +23,20 @@
 //! Commits seen by the cache's replication listener carry their end position, which
 //! is recorded before their invalidation; when the stream (re)starts, `*` is
 //! unresolved since then (commits before it were not seen).
+//!
+//! With Redis, other instances' commits count in the versions too. Their positions are
+//! never known here, but each reached this instance as a bus message before the fill's
+//! versions counted it (the fill is not stored otherwise: see
+//! [`pgopt_cache::L2::remote_writes`]), and it committed before that. So each tag is
+//! unresolved since its latest such message was received (and `*` since the channel
+//! was last subscribed, for the commits before): a primary check that started later
+//! resolves it, per database (tags on the bus name no database).
 
 use std::collections::HashMap as StdMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use pgopt_cache::RemoteWrites;
 
 use crate::cache::ALL;
 
@@ -48,6 +58,9 @@ struct Mark {
     pending: u32,
     /// A write ended at this moment (the latest such) with its position unknown.
     unresolved: Option<Instant>,
+    /// The latest other instance's commit (see [`RemoteWrites`]) already counted in
+    /// `unresolved` or `lsn`.
+    remote: Option<Instant>,
 }
 
 /// A write's tags, pending until [`FenceToken::resolve`]; dropped unresolved, they are
@@ -117,24 +130,36 @@ impl Fences {
     /// Whether a fill of `tags` in `database` that ran on a replica replayed at least
     /// up to `replayed` (observed before the query ran) saw every write its versions
     /// reflect. `primary`: when the last successful check of the primary's WAL
-    /// position started, and the position it read.
+    /// position started, and the position it read. `remote`: other instances'
+    /// commits the versions count (with Redis).
     pub fn covers(
         &self,
         database: &str,
         tags: impl IntoIterator<Item = impl AsRef<str>>,
         replayed: u64,
         primary: Option<(Instant, u64)>,
+        remote: Option<&RemoteWrites>,
     ) -> bool {
         self.with(|dbs| {
+            if remote.is_some() && !dbs.contains_key(database) {
+                dbs.insert(database.to_string(), HashMap::default());
+            }
             let Some(marks) = dbs.get_mut(database) else {
                 return true;
             };
             let tags: Vec<_> = tags.into_iter().collect();
             let all = std::iter::once(ALL);
             for t in tags.iter().map(AsRef::as_ref).chain(all) {
-                let Some(mark) = marks.get_mut(t) else {
-                    continue;
+                let since = remote.and_then(|r| r.since(t));
+                let mark = match marks.get_mut(t) {
+                    Some(mark) => mark,
+                    None if since.is_some() => marks.entry(t.to_string()).or_default(),
+                    None => continue,
                 };
+                if let Some(since) = since.filter(|&s| mark.remote.is_none_or(|r| r < s)) {
+                    mark.remote = Some(since);
+                    mark.unresolved = Some(mark.unresolved.map_or(since, |u| u.max(since)));
+                }
                 if mark.pending > 0 {
                     return false;
                 }
@@ -197,22 +222,22 @@ mod tests {
     fn a_pending_write_fences_its_tags_until_its_position_is_known() {
         let fences = Arc::new(Fences::default());
         let items = tags(&["items"]);
-        assert!(fences.covers("db", &items, 0, None));
+        assert!(fences.covers("db", &items, 0, None, None));
         let token = fences.begin("db", items.clone());
-        assert!(!fences.covers("db", &items, u64::MAX, None));
-        assert!(fences.covers("db", tags(&["other"]), 0, None));
-        assert!(fences.covers("other_db", &items, 0, None));
+        assert!(!fences.covers("db", &items, u64::MAX, None, None));
+        assert!(fences.covers("db", tags(&["other"]), 0, None, None));
+        assert!(fences.covers("other_db", &items, 0, None, None));
         token.resolve(100);
-        assert!(!fences.covers("db", &items, 99, None));
-        assert!(fences.covers("db", &items, 100, None));
+        assert!(!fences.covers("db", &items, 99, None, None));
+        assert!(fences.covers("db", &items, 100, None, None));
     }
 
     #[test]
     fn a_write_to_unknown_tables_fences_every_tag() {
         let fences = Arc::new(Fences::default());
         fences.begin("db", tags(&[ALL])).resolve(50);
-        assert!(!fences.covers("db", tags(&["items"]), 49, None));
-        assert!(fences.covers("db", tags(&["items"]), 50, None));
+        assert!(!fences.covers("db", tags(&["items"]), 49, None, None));
+        assert!(fences.covers("db", tags(&["items"]), 50, None, None));
     }
 
     #[test]
@@ -221,13 +246,44 @@ mod tests {
         let items = tags(&["items"]);
         let before = Instant::now() - std::time::Duration::from_millis(1);
         drop(fences.begin("db", items.clone()));
-        assert!(!fences.covers("db", &items, u64::MAX, None));
-        assert!(!fences.covers("db", &items, u64::MAX, Some((before, 10))));
+        assert!(!fences.covers("db", &items, u64::MAX, None, None));
+        assert!(!fences.covers("db", &items, u64::MAX, Some((before, 10)), None));
         let after = Instant::now() + std::time::Duration::from_millis(1);
-        assert!(!fences.covers("db", &items, 199, Some((after, 200))));
-        assert!(fences.covers("db", &items, 200, Some((after, 200))));
+        assert!(!fences.covers("db", &items, 199, Some((after, 200)), None));
+        assert!(fences.covers("db", &items, 200, Some((after, 200)), None));
         // Resolved for good: an older check does not matter any more.
-        assert!(fences.covers("db", &items, 200, None));
+        assert!(fences.covers("db", &items, 200, None, None));
+    }
+
+    #[test]
+    fn another_instances_commit_waits_for_a_primary_check_after_its_message() {
+        let fences = Arc::new(Fences::default());
+        let items = tags(&["items"]);
+        let subscribed = Instant::now();
+        let received = subscribed + std::time::Duration::from_millis(10);
+        let remote = RemoteWrites {
+            baseline: subscribed,
+            received: vec![("items".to_string(), received)],
+        };
+        let check = |at: Instant, lsn| Some((at, lsn));
+        // No check since the message (nor the subscription): unknown.
+        assert!(!fences.covers("db", &items, u64::MAX, None, Some(&remote)));
+        assert!(!fences.covers("db", &items, u64::MAX, check(subscribed, 5), Some(&remote)));
+        // A check after it: the replica must have replayed what the primary had then.
+        let after = received + std::time::Duration::from_millis(1);
+        assert!(!fences.covers("db", &items, 99, check(after, 100), Some(&remote)));
+        assert!(fences.covers("db", &items, 100, check(after, 100), Some(&remote)));
+        // Resolved in this database; another database needs its own primary's check.
+        assert!(fences.covers("db", &items, 100, None, Some(&remote)));
+        assert!(!fences.covers("other", &items, u64::MAX, None, Some(&remote)));
+        // A later message: unresolved again.
+        let next = after + std::time::Duration::from_millis(1);
+        let later = RemoteWrites {
+            baseline: subscribed,
+            received: vec![("items".to_string(), next)],
+        };
+        assert!(!fences.covers("db", &items, u64::MAX, check(after, 100), Some(&later)));
+        assert!(fences.covers("db", &items, 150, check(next, 150), Some(&later)));
     }
 
     #[test]
@@ -235,9 +291,9 @@ mod tests {
         let fences = Arc::new(Fences::default());
         let items = tags(&["items"]);
         fences.advance("db", &items, 300);
-        assert!(!fences.covers("db", &items, 299, None));
-        assert!(fences.covers("db", &items, 300, None));
+        assert!(!fences.covers("db", &items, 299, None, None));
+        assert!(fences.covers("db", &items, 300, None, None));
         fences.unresolved_all("db");
-        assert!(!fences.covers("db", tags(&["users"]), u64::MAX, None));
+        assert!(!fences.covers("db", tags(&["users"]), u64::MAX, None, None));
     }
 }

@@ -882,16 +882,26 @@ impl Relay {
                 };
                 if let Some(replayed) = fill.replica_replayed {
                     // Run on a replica: stored only if it had every write through
-                    // pgopt (or seen by the listener) that the versions reflect. Not
-                    // with Redis: other instances' writes have no position here.
+                    // pgopt (or seen by the listener) that the versions reflect, and
+                    // with Redis every other instance's (see `fence.rs`).
                     let primary = self
                         .routes
                         .as_ref()
                         .and_then(|r| r.router.primary_checked());
-                    let tags = fill.ticket.snapshot().tables();
-                    if cache.l2.is_some()
-                        || !cache.fences.covers(&self.database, tags, replayed, primary)
-                    {
+                    let snapshot = fill.ticket.snapshot();
+                    let remote = cache
+                        .l2
+                        .as_ref()
+                        .map(|l2| l2.remote_writes(snapshot.remote()));
+                    let covered = remote.as_ref().is_none_or(Option::is_some)
+                        && cache.fences.covers(
+                            &self.database,
+                            snapshot.tables(),
+                            replayed,
+                            primary,
+                            remote.flatten().as_ref(),
+                        );
+                    if !covered {
                         fill.ticket.tables().not_stored();
                         counters.not_stored.fetch_add(1, Relaxed);
                         return;

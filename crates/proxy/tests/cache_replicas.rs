@@ -1,16 +1,17 @@
 //! The result cache with replica routing, against a real primary and a real streaming
 //! replica: a miss runs on the replica, and its result is stored only when the replica
 //! had every write its table versions reflect. Replay is paused on the replica to make
-//! it lag; what reads return shows whether a stale result was stored.
+//! it lag; what reads return shows whether a stale result was stored. With Redis, the
+//! writes counted include other pgopt instances'.
 
 mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{admin, connect, counter, show, start_with, value};
-use pgopt_embedded::Postgres;
-use pgopt_proxy::{CacheSettings, Proxy, Replica};
+use common::{admin, connect, counter, show, start_with, value, wait_for_cache};
+use pgopt_embedded::{Postgres, Redis};
+use pgopt_proxy::{CacheSettings, Proxy, RedisConfig, Replica};
 
 async fn cache_row(proxy: &Proxy) -> HashMap<String, String> {
     show(&admin(proxy).await, "CACHE").await.remove(0)
@@ -63,7 +64,20 @@ async fn primary_replica_and_cache_with(wal_listener: bool) -> (Postgres, Postgr
         )
         .unwrap();
     let replica = Postgres::start_replica(&primary).await.unwrap();
-    let proxy = start_with(&primary, |c| {
+    let proxy = cached_proxy(&primary, &replica, wal_listener, None).await;
+    (primary, replica, proxy)
+}
+
+/// A proxy caching `items` of `primary`, reading from `replica` however far behind it
+/// is, sharing `redis` when given (its replica is up on return, and the listener's
+/// stream and Redis too when asked for).
+async fn cached_proxy(
+    primary: &Postgres,
+    replica: &Postgres,
+    wal_listener: bool,
+    redis: Option<&Redis>,
+) -> Proxy {
+    let proxy = start_with(primary, |c| {
         c.databases[0].replicas = vec![Replica {
             host: "127.0.0.1".into(),
             port: replica.port(),
@@ -77,6 +91,12 @@ async fn primary_replica_and_cache_with(wal_listener: bool) -> (Postgres, Postgr
             enabled: true,
             tables: vec!["items".into()],
             wal_listener,
+            redis: redis.map(|redis| RedisConfig {
+                url: redis.url(),
+                hmac_key: Some(b"test key".to_vec()),
+                timeout: Duration::from_millis(500),
+                ..RedisConfig::default()
+            }),
             ..CacheSettings::default()
         };
     })
@@ -90,7 +110,47 @@ async fn primary_replica_and_cache_with(wal_listener: bool) -> (Postgres, Postgr
         assert!(Instant::now() < deadline, "{:?}", cache_row(&proxy).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (primary, replica, proxy)
+    if redis.is_some() {
+        wait_for_cache(&proxy, "redis up", |r| r["redis"] == "up").await;
+    }
+    proxy
+}
+
+/// A primary with `items`, a streaming replica, a Redis and `n` proxies sharing it.
+/// Returned once each proxy's heartbeats have gone round the bus (an instance's first
+/// write must follow them in order, or every instance flushes).
+async fn replica_and_redis(n: usize) -> (Postgres, Postgres, Redis, Vec<Proxy>) {
+    let primary = Postgres::start().await.unwrap();
+    primary
+        .psql(
+            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'old');",
+        )
+        .unwrap();
+    let replica = Postgres::start_replica(&primary).await.unwrap();
+    let redis = Redis::start().await.unwrap();
+    let mut proxies = Vec::new();
+    for _ in 0..n {
+        proxies.push(cached_proxy(&primary, &replica, false, Some(&redis)).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    (primary, replica, redis, proxies)
+}
+
+/// Reads `READ` through `client` of `proxy` until a fill of it is stored (the first
+/// fills of a table may not be: its versions in Redis are not known delivered yet),
+/// up to 10 s. Returns what it read.
+async fn read_until_stored(proxy: &Proxy, client: &tokio_postgres::Client) -> String {
+    let stored = counter(&cache_row(proxy).await, "stored");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = value(client, READ).await;
+        let row = cache_row(proxy).await;
+        if counter(&row, "stored") > stored {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never stored: {row:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A WAL position in PostgreSQL's text form (`16/B374D848`).
@@ -242,6 +302,90 @@ async fn a_write_that_bypasses_pgopt_seen_by_the_listener_fences_a_lagging_repli
     assert_eq!(
         counter(&after, "not_stored"),
         counter(&before, "not_stored") + 1,
+        "{after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_a_fill_from_a_replica_is_stored_and_shared() {
+    let (_primary, _replica, _redis, proxies) = replica_and_redis(1).await;
+    let proxy = &proxies[0];
+    let client = connect(proxy, "postgres", None).await.unwrap();
+    let replica_reads = counter(&replica_row(proxy).await, "reads");
+    assert_eq!(read_until_stored(proxy, &client).await, "old");
+    let filled = counter(&replica_row(proxy).await, "reads");
+    assert!(filled > replica_reads, "the misses ran on the replica");
+    wait_for_cache(proxy, "stored in Redis", |r| counter(r, "l2_stored") > 0).await;
+    let before = cache_row(proxy).await;
+    for _ in 0..5 {
+        assert_eq!(value(&client, READ).await, "old");
+    }
+    let after = cache_row(proxy).await;
+    assert_eq!(
+        counter(&after, "hits"),
+        counter(&before, "hits") + 5,
+        "{after:?}"
+    );
+    assert_eq!(
+        counter(&replica_row(proxy).await, "reads"),
+        filled,
+        "hits need no server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_another_instances_write_fences_a_lagging_replica() {
+    let (_primary, replica, _redis, proxies) = replica_and_redis(2).await;
+    let (a, b) = (&proxies[0], &proxies[1]);
+    let reader = connect(a, "postgres", None).await.unwrap();
+    let writer = connect(b, "postgres", None).await.unwrap();
+    // Cached through A from the replica first: A's fills are stored.
+    assert_eq!(read_until_stored(a, &reader).await, "old");
+
+    replica.psql("SELECT pg_wal_replay_pause()").unwrap();
+    writer
+        .simple_query("UPDATE items SET v = 'new' WHERE id = 1")
+        .await
+        .unwrap();
+    let written = lsn(&value(
+        &writer,
+        "/* pgopt:primary */ SELECT pg_current_wal_insert_lsn()::text",
+    )
+    .await);
+    // Past A's next primary check, which has the write's position: what A stores
+    // from the replica now, it would keep once the replica has caught up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cache_row(a).await;
+    let replica_reads = counter(&replica_row(a).await, "reads");
+    for _ in 0..3 {
+        assert_eq!(value(&reader, READ).await, "old", "the replica lags");
+    }
+    let after = cache_row(a).await;
+    let replica_reads_after = counter(&replica_row(a).await, "reads");
+
+    replica.psql("SELECT pg_wal_replay_resume()").unwrap();
+    wait_for_replica(a, "caught up", |r| lsn(&r["replay_lsn"]) >= written).await;
+    for _ in 0..3 {
+        assert_eq!(
+            value(&reader, READ).await,
+            "new",
+            "once the replica caught up A's reader sees B's write (no stale entry)"
+        );
+    }
+    // Checked last, so that a stale entry fails the reads above first.
+    assert_eq!(
+        replica_reads_after,
+        replica_reads + 3,
+        "the reads ran on the lagging replica"
+    );
+    assert_eq!(
+        counter(&after, "stored"),
+        counter(&before, "stored"),
+        "{after:?}"
+    );
+    assert_eq!(
+        counter(&after, "not_stored"),
+        counter(&before, "not_stored") + 3,
         "{after:?}"
     );
 }
