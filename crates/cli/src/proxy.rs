@@ -292,6 +292,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         idle_transaction_timeout: config.idle_transaction_timeout.0,
         client_login_timeout: config.client_login_timeout.0,
         client_idle_timeout: config.client_idle_timeout.0,
+        query_timeout: config.query_timeout.0,
         max_db_connections: config.max_db_connections.get() as usize,
         tcp_keepalive: config.tcp_keepalive.then_some(pgopt_proxy::Keepalive {
             idle: config.tcp_keepidle.0,

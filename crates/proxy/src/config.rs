@@ -173,6 +173,10 @@ pub struct Config {
     /// never in session mode, as in PgBouncer) this long is disconnected (57P05, as
     /// PostgreSQL's `idle_session_timeout`); zero is off.
     pub client_idle_timeout: Duration,
+    /// A request the server has worked on this long (from when it was sent, or the
+    /// previous one ended) ends the session: the statement is canceled, the server
+    /// connection closed and the client told (57014), as PgBouncer's; zero is off.
+    pub query_timeout: Duration,
     /// Keepalive on every client and server socket; `None` is off.
     pub tcp_keepalive: Option<Keepalive>,
     /// Server connections one database's pools (every user's) may hold open together,
@@ -355,6 +359,7 @@ impl Default for Config {
             idle_transaction_timeout: Duration::ZERO,
             client_login_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::ZERO,
+            query_timeout: Duration::ZERO,
             tcp_keepalive: Some(Keepalive::default()),
             max_db_connections: 0,
             shutdown_timeout: Duration::from_secs(30),

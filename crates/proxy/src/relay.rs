@@ -98,6 +98,10 @@ pub struct Relay {
     mode: PoolMode,
     idle_transaction_timeout: Duration,
     client_idle_timeout: Duration,
+    query_timeout: Duration,
+    /// With `query_timeout`: since when the server has worked on its oldest request,
+    /// and how many ReadyForQuery it owed then.
+    query_since: Option<(Instant, usize)>,
     pool: Arc<Pool>,
     cancel: CancelSlot,
     info: Arc<ClientInfo>,
@@ -259,6 +263,8 @@ impl Relay {
             max_len: config.max_message_len,
             idle_transaction_timeout: config.idle_transaction_timeout,
             client_idle_timeout: config.client_idle_timeout,
+            query_timeout: config.query_timeout,
+            query_since: None,
             pool,
             cancel,
             info,
@@ -349,6 +355,11 @@ impl Relay {
                 && !self.client_idle_timeout.is_zero()
                 && self.server_idle()
                 && self.cbuf.is_empty();
+            let query_deadline = if has_server && !self.query_timeout.is_zero() {
+                self.query_deadline()
+            } else {
+                None
+            };
             let timeout = if idle_in_transaction {
                 Some(self.idle_transaction_timeout)
             } else if idle_client {
@@ -357,9 +368,10 @@ impl Relay {
                 None
             };
             let idle_timer = async {
-                match timeout {
-                    Some(timeout) => tokio::time::sleep(timeout).await,
-                    None => std::future::pending().await,
+                match (timeout, query_deadline) {
+                    (Some(timeout), _) => tokio::time::sleep(timeout).await,
+                    (None, Some(at)) => tokio::time::sleep_until(at.into()).await,
+                    (None, None) => std::future::pending().await,
                 }
             };
             // Biased: no random branch order (a thread-local RNG draw per message);
@@ -391,6 +403,8 @@ impl Relay {
                 () = idle_timer => {
                     if idle_in_transaction {
                         self.idle_transaction_expired().await;
+                    } else if timeout.is_none() {
+                        self.query_timed_out().await;
                     } else {
                         let message = format!(
                             "terminating connection due to idle-session timeout (client_idle_timeout = {} ms)",
@@ -426,6 +440,49 @@ impl Relay {
     async fn close(&mut self, code: &str, message: &str) {
         self.pool.stats.record_error(code.as_bytes());
         send_fatal(&mut self.client, code, message).await;
+    }
+
+    /// With `query_timeout`, while the server owes answers: when its oldest request runs
+    /// past it. A ReadyForQuery ends a request, so each one in a pipeline gets the
+    /// whole time from when the one before it ended.
+    fn query_deadline(&mut self) -> Option<Instant> {
+        let owed = self.expected.all_server_readies();
+        if owed == 0 {
+            self.query_since = None;
+            return None;
+        }
+        let since = match self.query_since {
+            Some((since, before)) if owed >= before => since,
+            _ => Instant::now(),
+        };
+        self.query_since = Some((since, owed));
+        Some(since + self.query_timeout)
+    }
+
+    /// The server worked on a request for longer than `query_timeout`: the statement
+    /// is canceled, and the session ends (its server connection closes as the client's
+    /// does, in `finish`), as in PgBouncer: for a server or network in trouble.
+    async fn query_timed_out(&mut self) {
+        let (user, db, app) = self.info.identity();
+        tracing::warn!(
+            client = %self.info.addr,
+            %user,
+            %db,
+            application_name = %app,
+            timeout_ms = self.query_timeout.as_millis() as u64,
+            "a query ran past query_timeout: canceling it and closing the session"
+        );
+        if let Some(server) = &self.server {
+            let cancel = server.conn.cancel.clone();
+            tokio::spawn(async move {
+                crate::server::send_cancel(&cancel, CANCEL_GRACE).await;
+            });
+        }
+        let message = format!(
+            "terminating connection: query ran longer than {} ms (query_timeout)",
+            self.query_timeout.as_millis()
+        );
+        self.close(sqlstate::QUERY_CANCELED, &message).await;
     }
 
     /// The client held a transaction open without a word for `idle_transaction_timeout`:

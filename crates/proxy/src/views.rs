@@ -560,6 +560,7 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
         ),
         ("client_login_timeout", ms(c.client_login_timeout), true),
         ("client_idle_timeout", ms(c.client_idle_timeout), true),
+        ("query_timeout", ms(c.query_timeout), true),
         (
             "tcp_keepalive",
             match c.tcp_keepalive {

@@ -805,3 +805,56 @@ async fn at_max_db_connections_a_waiter_takes_its_own_pools_connection_once_idle
         .unwrap();
     assert_eq!(nine, "9");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_cancels_a_long_statement_and_ends_its_session() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.query_timeout = Duration::from_millis(1000);
+        c.default_pool_size = 1;
+    })
+    .await;
+    let direct = pg.connect("postgres").await.unwrap();
+    let slow = connect(&proxy, "postgres", None).await.unwrap();
+    let started = Instant::now();
+    let e = slow.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
+    assert!(code(&e) == Some("57014") || e.is_closed(), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{started:?}");
+    assert!(
+        slow.batch_execute("SELECT 1").await.is_err(),
+        "the session ended"
+    );
+    // The statement stopped on the server (canceled, its connection closed).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sleeping: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' \
+                 AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if sleeping == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the statement still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The only server slot is free again; requests pipelined one after another each
+    // get the whole time (together they run longer than it).
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let sleep = "SELECT pg_sleep(0.5)::text";
+    let (a, b, c) = tokio::join!(
+        other.query(sleep, &[]),
+        other.query(sleep, &[]),
+        other.query(sleep, &[])
+    );
+    for r in [a, b, c] {
+        r.unwrap();
+    }
+    let config = show(&admin(&proxy).await, "CONFIG").await;
+    let row = config.iter().find(|r| r["key"] == "query_timeout").unwrap();
+    assert_eq!(row["value"], "1000ms");
+}

@@ -164,6 +164,9 @@ pub struct ProxyConfig {
     pub client_login_timeout: HumanDuration,
     /// Clients idle outside a transaction this long are disconnected; "0s" is off.
     pub client_idle_timeout: HumanDuration,
+    /// A statement running this long ends its client's session (canceled, 57014); "0s"
+    /// is off.
+    pub query_timeout: HumanDuration,
     /// TCP keepalive on client and server sockets, with these timings ("0s", 0: the
     /// system's).
     pub tcp_keepalive: bool,
@@ -222,6 +225,7 @@ impl Default for ProxyConfig {
             idle_transaction_timeout: HumanDuration(Duration::ZERO),
             client_login_timeout: HumanDuration(Duration::from_secs(60)),
             client_idle_timeout: HumanDuration(Duration::ZERO),
+            query_timeout: HumanDuration(Duration::ZERO),
             tcp_keepalive: true,
             tcp_keepidle: KeepaliveSeconds(Duration::ZERO),
             tcp_keepintvl: KeepaliveSeconds(Duration::ZERO),
