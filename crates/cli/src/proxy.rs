@@ -294,6 +294,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         client_idle_timeout: config.client_idle_timeout.0,
         query_timeout: config.query_timeout.0,
         max_db_connections: config.max_db_connections.get() as usize,
+        max_user_connections: config.max_user_connections.get() as usize,
         tcp_keepalive: config.tcp_keepalive.then_some(pgopt_proxy::Keepalive {
             idle: config.tcp_keepidle.0,
             interval: config.tcp_keepintvl.0,
@@ -336,6 +337,8 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
             .map(|u| pgopt_proxy::User {
                 name: u.name.clone(),
                 password: u.password.clone(),
+                pool_mode: u.pool_mode.map(|m| m.proxy()),
+                max_user_connections: u.max_user_connections.map(|m| m.get() as usize),
             })
             .collect(),
         auth_user: (!config.auth_user.is_empty()).then(|| config.auth_user.clone()),

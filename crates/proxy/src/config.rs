@@ -28,6 +28,23 @@ pub enum ClientAuth {
 pub struct User {
     pub name: String,
     pub password: String,
+    /// This user's pool mode, instead of its database's (PgBouncer's `[users]`
+    /// `pool_mode`).
+    pub pool_mode: Option<PoolMode>,
+    /// Instead of [`Config::max_user_connections`].
+    pub max_user_connections: Option<usize>,
+}
+
+impl User {
+    /// A user with no settings of its own.
+    pub fn new(name: impl Into<String>, password: impl Into<String>) -> User {
+        User {
+            name: name.into(),
+            password: password.into(),
+            pool_mode: None,
+            max_user_connections: None,
+        }
+    }
 }
 
 /// A database clients may connect to, and the server it lives on.
@@ -60,6 +77,8 @@ pub struct DatabasePool {
     pub size: Option<usize>,
     pub min_size: Option<usize>,
     pub reserve_size: Option<usize>,
+    /// Instead of [`Config::max_db_connections`].
+    pub max_db_connections: Option<usize>,
 }
 
 /// A streaming replica of a database's server.
@@ -183,6 +202,9 @@ pub struct Config {
     /// per node; 0 is no limit. When reached, a pool that needs one more closes
     /// another pool's idle connection, or waits for one to close.
     pub max_db_connections: usize,
+    /// Server connections one user's pools (every database's, every node's) may hold
+    /// open together; 0 is no limit (PgBouncer's `max_user_connections`).
+    pub max_user_connections: usize,
     /// How long SHUTDOWN and SIGTERM let transactions finish before closing clients.
     pub shutdown_timeout: Duration,
     /// Users allowed on the admin console (database `pgopt`).
@@ -321,6 +343,33 @@ impl Config {
         db.pool.mode.unwrap_or(self.pool_mode)
     }
 
+    /// The listed user `name`, if any.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The pool mode of `user`'s pool of `db`: the user's own (as in PgBouncer), else
+    /// the database's.
+    pub fn pool_mode_for(&self, db: &Database, user: &str) -> PoolMode {
+        self.user(user)
+            .and_then(|u| u.pool_mode)
+            .unwrap_or_else(|| self.pool_mode_of(db))
+    }
+
+    /// `max_db_connections` of `db`: its own, else the proxy-wide one.
+    pub fn max_db_connections_of(&self, db: &Database) -> usize {
+        db.pool
+            .max_db_connections
+            .unwrap_or(self.max_db_connections)
+    }
+
+    /// `max_user_connections` of `user`: its own, else the proxy-wide one.
+    pub fn max_user_connections_of(&self, user: &str) -> usize {
+        self.user(user)
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(self.max_user_connections)
+    }
+
     /// Server connections per (database, user) for `db`: its own size, else
     /// `default_pool_size`.
     pub fn pool_size_of(&self, db: &Database) -> usize {
@@ -362,6 +411,7 @@ impl Default for Config {
             query_timeout: Duration::ZERO,
             tcp_keepalive: Some(Keepalive::default()),
             max_db_connections: 0,
+            max_user_connections: 0,
             shutdown_timeout: Duration::from_secs(30),
             admin_users: Vec::new(),
             stats_users: Vec::new(),

@@ -49,25 +49,49 @@ pub struct PoolLimits {
     /// `max_db_connections`: server connections the database's pools (every user's,
     /// on this node) may hold open together; 0 is no limit.
     pub max_db_connections: usize,
+    /// `max_user_connections`: server connections the user's pools (every
+    /// database's, every node's) may hold open together; 0 is no limit.
+    pub max_user_connections: usize,
 }
 
-/// The server connections one database's pools hold open together (see
-/// [`PoolLimits::max_db_connections`]), shared by those pools.
+/// The server connections a set of pools hold open together, shared by those pools:
+/// one database's on one node ([`PoolLimits::max_db_connections`]), or one user's
+/// ([`PoolLimits::max_user_connections`]).
 #[derive(Default)]
-pub struct DbLimit {
+pub struct ConnLimit {
     open: AtomicUsize,
     /// A connection closed, or went idle where it can be closed: room for one more.
     freed: Notify,
     /// Pools waiting for room (a release then wakes them: its connection may be
     /// closed for them).
     waiting: AtomicUsize,
-    /// The database's pools on this node, whose idle connections make room.
+    /// The pools it counts, whose idle connections make room.
     pools: Mutex<Vec<Weak<Pool>>>,
 }
 
-impl DbLimit {
-    /// Closes the oldest idle connection of the first other pool of the database that
-    /// has one (as PgBouncer's eviction does); `false` when none has one.
+impl ConnLimit {
+    /// Server connections open (or being opened) in it now.
+    pub fn open(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+
+    /// Counts `pool`'s connections from now on.
+    fn add(&self, pool: &Arc<Pool>) {
+        let mut pools = lock(&self.pools);
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    /// A connection went idle where it may be closed for a pool waiting for room:
+    /// one waiter is woken, not all.
+    fn went_idle(&self) {
+        if self.waiting.load(Relaxed) > 0 {
+            self.freed.notify_one();
+        }
+    }
+
+    /// Closes the oldest idle connection of the first other pool it counts that has
+    /// one (as PgBouncer's eviction does); `false` when none has one.
     fn close_idle_of_another(&self, except: &Pool) -> bool {
         let pools: Vec<Arc<Pool>> = {
             let mut pools = lock(&self.pools);
@@ -87,20 +111,20 @@ impl DbLimit {
     }
 }
 
-/// One open server connection counted in its database's [`DbLimit`]: dropped with the
+/// One open server connection counted in a [`ConnLimit`]: dropped with the
 /// connection.
-pub struct DbPermit(Arc<DbLimit>);
+pub struct ConnPermit(Arc<ConnLimit>);
 
-impl Drop for DbPermit {
+impl Drop for ConnPermit {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, SeqCst);
         self.0.freed.notify_one();
     }
 }
 
-impl std::fmt::Debug for DbPermit {
+impl std::fmt::Debug for ConnPermit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DbPermit")
+        f.write_str("ConnPermit")
     }
 }
 
@@ -173,7 +197,9 @@ pub struct Pool {
     /// See [`ServerConn::generation`] and [`Pool::reconnect`].
     generation: AtomicU64,
     /// Shared with the database's other pools on this node (`max_db_connections`).
-    db_limit: Arc<DbLimit>,
+    db_limit: Arc<ConnLimit>,
+    /// Shared with the user's other pools (`max_user_connections`).
+    user_limit: Arc<ConnLimit>,
     /// The user's SCRAM keys from the last client login, for a server that asks for
     /// SCRAM when pgopt holds only the verifier.
     scram_keys: Mutex<Option<ScramKeys>>,
@@ -249,6 +275,8 @@ impl Drop for Lent {
 }
 
 impl Pool {
+    /// A pool counted in `db_limit` (its database's on its node) and `user_limit` (its
+    /// user's).
     pub fn new(
         database: &str,
         user: &str,
@@ -256,7 +284,7 @@ impl Pool {
         target: ServerTarget,
         limits: PoolLimits,
         node: Option<(usize, Arc<Node>)>,
-        db_limit: Arc<DbLimit>,
+        (db_limit, user_limit): (Arc<ConnLimit>, Arc<ConnLimit>),
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             database: database.to_string(),
@@ -281,6 +309,7 @@ impl Pool {
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             db_limit,
+            user_limit,
             scram_keys: Mutex::new(None),
             plan_epoch: AtomicU64::new(0),
             invalidated: Mutex::new(HashMap::new()),
@@ -288,11 +317,8 @@ impl Pool {
             lobby: Mutex::new(VecDeque::new()),
             shrinking: Arc::new(AtomicUsize::new(0)),
         });
-        {
-            let mut pools = lock(&pool.db_limit.pools);
-            pools.retain(|p| p.strong_count() > 0);
-            pools.push(Arc::downgrade(&pool));
-        }
+        pool.db_limit.add(&pool);
+        pool.user_limit.add(&pool);
         pool
     }
 
@@ -640,7 +666,12 @@ impl Pool {
                 }
             }
         }
-        let Some(permit) = self.db_permit(limits, wait).await? else {
+        let db = (&self.db_limit, limits.max_db_connections);
+        let Some(db_permit) = self.permit(db, limits, wait).await? else {
+            return Ok(None);
+        };
+        let user = (&self.user_limit, limits.max_user_connections);
+        let Some(user_permit) = self.permit(user, limits, wait).await? else {
             return Ok(None);
         };
         let connecting = Gauge::up(&self.connecting);
@@ -670,7 +701,7 @@ impl Pool {
                 // Boxed: a checkout moves it several times per transaction.
                 let mut conn = Box::new(conn);
                 conn.generation = generation;
-                conn.db_permit = Some(permit);
+                conn.permits = Some([db_permit, user_permit]);
                 Ok(Some(conn))
             }
             Err(e) => {
@@ -758,18 +789,17 @@ impl Pool {
         self.active.load(SeqCst) + self.connecting.load(SeqCst) > 0
     }
 
-    /// Room for one more server connection of this database (`max_db_connections`):
-    /// at once, or by closing another pool's idle connection, or once one closes
-    /// (within the wait timeout).
+    /// Room for one more server connection in `limit` (of `max`, 0: no limit): at
+    /// once, or by closing another pool's idle connection, or once one closes (within
+    /// the wait timeout).
     /// `None`: one of this pool's own connections is idle (take it instead), or
     /// (`wait` false) no room at once.
-    async fn db_permit(
+    async fn permit(
         &self,
+        (limit, max): (&Arc<ConnLimit>, usize),
         limits: &PoolLimits,
         wait: bool,
-    ) -> Result<Option<DbPermit>, CheckoutError> {
-        let limit = &self.db_limit;
-        let max = limits.max_db_connections;
+    ) -> Result<Option<ConnPermit>, CheckoutError> {
         let deadline = Instant::now() + limits.wait_timeout;
         // Announced before the checks it waits after: a release in between wakes it.
         let mut waiting = None;
@@ -785,7 +815,7 @@ impl Pool {
                     .compare_exchange(open, open + 1, SeqCst, SeqCst)
                     .is_ok()
                 {
-                    return Ok(Some(DbPermit(limit.clone())));
+                    return Ok(Some(ConnPermit(limit.clone())));
                 }
                 continue;
             }
@@ -811,12 +841,11 @@ impl Pool {
         }
     }
 
-    /// A connection was put in the idle list: a pool of the database waiting for room
-    /// may take it (its own) or close it (another's). One waiter is woken, not all.
+    /// A connection was put in the idle list: a pool waiting for room in one of its
+    /// limits may take it (its own) or close it (another's).
     fn went_idle(&self) {
-        if self.db_limit.waiting.load(Relaxed) > 0 {
-            self.db_limit.freed.notify_one();
-        }
+        self.db_limit.went_idle();
+        self.user_limit.went_idle();
     }
 
     /// Whether `conn` was opened since the last [`Pool::reconnect`].

@@ -93,8 +93,9 @@ pub struct ServerConn {
     /// `Relay::attach`): thousands of clients sharing a few connections need a few
     /// server-sized buffers, not one each.
     pub read_buf: BytesMut,
-    /// Its place in the database's `max_db_connections`, given back when it closes.
-    pub db_permit: Option<crate::pool::DbPermit>,
+    /// Its places in the database's `max_db_connections` and the user's
+    /// `max_user_connections`, given back when it closes.
+    pub permits: Option<[crate::pool::ConnPermit; 2]>,
 }
 
 impl ServerConn {
@@ -329,7 +330,7 @@ impl ServerConn {
                         last_used: now,
                         applied: Applied::default(),
                         read_buf: BytesMut::new(),
-                        db_permit: None,
+                        permits: None,
                     });
                 }
                 // Notices during start-up are not the client's business.

@@ -41,7 +41,9 @@ pub struct Shared {
     users: RwLock<Arc<HashMap<String, Credentials>>>,
     pub pools: Pools,
     /// Per (database, node): the server connections its pools hold open together.
-    db_limits: Mutex<HashMap<(String, usize), Arc<crate::pool::DbLimit>>>,
+    db_limits: Mutex<HashMap<(String, usize), Arc<crate::pool::ConnLimit>>>,
+    /// Per user, shared by its pools (`max_user_connections`).
+    user_limits: Mutex<HashMap<String, Arc<crate::pool::ConnLimit>>>,
     pub clients: Arc<ClientRegistry>,
     client_slots: Arc<Semaphore>,
     max_client_conn: AtomicUsize,
@@ -123,6 +125,7 @@ impl Shared {
             users: RwLock::new(Arc::new(users)),
             pools: Pools::default(),
             db_limits: Mutex::default(),
+            user_limits: Mutex::default(),
             clients: Arc::default(),
             cancels: Mutex::new(HashMap::new()),
             lifecycle: watch::Sender::new(Lifecycle::Running),
@@ -240,20 +243,19 @@ impl Shared {
             target.port = n.port;
         }
         let index = node.as_ref().map_or(0, |(i, _)| i + 1);
-        let mode = config.pool_mode_of(db);
+        let mode = config.pool_mode_for(db, user);
         Some(self.pools.get_or_replace(
             (database, user, index),
             |pool| pool.target == target && pool.mode == mode,
             || {
-                let db_limit = self.db_limit(database, index);
                 let pool = Pool::new(
                     database,
                     user,
                     mode,
                     target.clone(),
-                    limits_for(&config, db),
+                    limits_for(&config, db, user),
                     node,
-                    db_limit,
+                    (self.db_limit(database, index), self.user_limit(user)),
                 );
                 if paused {
                     pool.pause();
@@ -263,8 +265,21 @@ impl Shared {
         ))
     }
 
-    /// The [`crate::pool::DbLimit`] of `database`'s pools on node `index`.
-    fn db_limit(&self, database: &str, index: usize) -> Arc<crate::pool::DbLimit> {
+    /// Server connections `user`'s pools hold open now (SHOW USERS).
+    pub fn user_connections(&self, user: &str) -> usize {
+        lock(&self.user_limits).get(user).map_or(0, |l| l.open())
+    }
+
+    /// The [`crate::pool::ConnLimit`] of `user`'s pools.
+    fn user_limit(&self, user: &str) -> Arc<crate::pool::ConnLimit> {
+        lock(&self.user_limits)
+            .entry(user.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The [`crate::pool::ConnLimit`] of `database`'s pools on node `index`.
+    fn db_limit(&self, database: &str, index: usize) -> Arc<crate::pool::ConnLimit> {
         lock(&self.db_limits)
             .entry((database.to_string(), index))
             .or_default()
@@ -517,8 +532,8 @@ impl Shared {
                 target.same_login(&pool.target) && (!listed || target == pool.target)
             });
             match db {
-                Some(db) if same_server && new.pool_mode_of(db) == pool.mode => {
-                    pool.set_limits(limits_for(&new, db));
+                Some(db) if same_server && new.pool_mode_for(db, &pool.user) == pool.mode => {
+                    pool.set_limits(limits_for(&new, db, &pool.user));
                 }
                 _ => {
                     self.pools.remove(&pool);
@@ -615,7 +630,7 @@ pub fn tls_acceptor_for(config: &Config) -> Result<Option<TlsAcceptor>, ProxyErr
 }
 
 /// The limits of `db`'s pools: its own pool settings, else the proxy-wide ones.
-pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
+pub fn limits_for(config: &Config, db: &Database, user: &str) -> PoolLimits {
     PoolLimits {
         size: config.pool_size_of(db),
         min_size: config.min_pool_size_of(db),
@@ -628,7 +643,8 @@ pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
         check_after: config.server_check_delay,
         max_message_len: config.max_message_len,
         keepalive: config.tcp_keepalive,
-        max_db_connections: config.max_db_connections,
+        max_db_connections: config.max_db_connections_of(db),
+        max_user_connections: config.max_user_connections_of(user),
     }
 }
 

@@ -435,11 +435,15 @@ pub fn totals(shared: &Shared) -> Table {
     table
 }
 
-/// SHOW USERS: the users the config lists and those with pools. `pool_mode` is a
-/// user's own pool mode in PgBouncer; pgopt sets modes per database (SHOW
-/// DATABASES), so it is empty.
+/// SHOW USERS: the users the config lists and those with pools; `pool_mode` is the
+/// user's own (empty: its databases'), and the server connections its pools hold.
 pub fn users(shared: &Shared) -> Table {
-    let mut table = Table::new(&[("name", Text), ("pool_mode", Text)]);
+    let mut table = Table::new(&[
+        ("name", Text),
+        ("pool_mode", Text),
+        ("max_user_connections", Int),
+        ("current_connections", Int),
+    ]);
     let config = shared.config();
     let mut names: Vec<String> = config
         .users
@@ -450,7 +454,15 @@ pub fn users(shared: &Shared) -> Table {
     names.sort();
     names.dedup();
     for name in names {
-        table.push(vec![t(name), None]);
+        let mode = config.user(&name).and_then(|u| u.pool_mode);
+        let max = config.max_user_connections_of(&name) as u64;
+        let open = shared.user_connections(&name) as u64;
+        table.push(vec![
+            t(name),
+            mode.map(|m| mode_name(m).to_string()),
+            n(max),
+            n(open),
+        ]);
     }
     table
 }
@@ -505,7 +517,7 @@ pub fn databases(shared: &Shared) -> Table {
             n(config.min_pool_size_of(db) as u64),
             n(config.reserve_pool_size_of(db) as u64),
             t(mode_name(config.pool_mode_of(db))),
-            n(config.max_db_connections as u64),
+            n(config.max_db_connections_of(db) as u64),
             n(current as u64),
             t(yes_no(paused)),
             t(yes_no(shared.is_disabled(&db.name))),
@@ -548,6 +560,11 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
         ("reserve_pool_timeout", ms(c.reserve_pool_timeout), true),
         ("max_client_conn", c.max_client_conn.to_string(), true),
         ("max_db_connections", c.max_db_connections.to_string(), true),
+        (
+            "max_user_connections",
+            c.max_user_connections.to_string(),
+            true,
+        ),
         ("query_wait_timeout", ms(c.query_wait_timeout), true),
         ("server_connect_timeout", ms(c.server_connect_timeout), true),
         ("server_idle_timeout", ms(c.server_idle_timeout), true),

@@ -858,3 +858,100 @@ async fn query_timeout_cancels_a_long_statement_and_ends_its_session() {
     let row = config.iter().find(|r| r["key"] == "query_timeout").unwrap();
     assert_eq!(row["value"], "1000ms");
 }
+
+#[tokio::test]
+async fn max_user_connections_caps_a_users_pools_across_databases() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.default_pool_size = 2;
+        let mut second = c.databases[0].clone();
+        second.name = "app2".into();
+        second.pool.max_db_connections = Some(5);
+        c.databases.push(second);
+        // The user's own limit (none proxy-wide).
+        let mut user = pgopt_proxy::User::new("postgres", "unused");
+        user.max_user_connections = Some(2);
+        c.users = vec![user];
+    })
+    .await;
+    let a1 = connect_db(&proxy, "postgres", "app").await.unwrap();
+    let a2 = connect_db(&proxy, "postgres", "app").await.unwrap();
+    a1.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    a2.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let console = admin(&proxy).await;
+    let user_row = |rows: Vec<HashMap<String, String>>| {
+        rows.into_iter().find(|r| r["name"] == "postgres").unwrap()
+    };
+    let row = user_row(show(&console, "USERS").await);
+    assert_eq!(row["max_user_connections"], "2");
+    assert_eq!(row["current_connections"], "2");
+
+    // The user is at its two: its query on the other database waits, though that
+    // database's pool is empty and the database has room. (Its login waits too: its
+    // pool's first connection brings the server's parameters.)
+    let port = proxy.local_addr().port();
+    let waiting = tokio::spawn(async move {
+        let (b, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .dbname("app2")
+            .connect(NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let seven = common::value(&b, "SELECT 7").await;
+        (b, seven)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third server connection was opened"
+    );
+    // A transaction ends: its connection goes idle, and is closed to make room.
+    a1.batch_execute("COMMIT").await.unwrap();
+    let (b, seven) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("room was made for the other database's pool")
+        .unwrap();
+    assert_eq!(seven, "7");
+    assert_eq!(common::value(&b, "SELECT 8").await, "8");
+    let row = user_row(show(&console, "USERS").await);
+    assert_eq!(row["current_connections"], "2", "{row:?}");
+    a2.batch_execute("COMMIT").await.unwrap();
+    let databases = show(&console, "DATABASES").await;
+    let max = |name: &str| {
+        databases.iter().find(|r| r["name"] == name).unwrap()["max_connections"].clone()
+    };
+    assert_eq!(
+        (max("app"), max("app2")),
+        ("0".to_string(), "5".to_string())
+    );
+    let config = show(&console, "CONFIG").await;
+    let row = config
+        .iter()
+        .find(|r| r["key"] == "max_user_connections")
+        .unwrap();
+    assert_eq!(row["value"], "0");
+}
+
+#[tokio::test]
+async fn a_users_own_pool_mode_wins_over_its_databases() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        let mut user = pgopt_proxy::User::new("postgres", "unused");
+        user.pool_mode = Some(PoolMode::Session);
+        c.users = vec![user];
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    // LISTEN is refused in transaction mode; this user's pool is in session mode.
+    client.batch_execute("LISTEN ready").await.unwrap();
+    let console = admin(&proxy).await;
+    let users = show(&console, "USERS").await;
+    let row = users.iter().find(|r| r["name"] == "postgres").unwrap();
+    assert_eq!(row["pool_mode"], "session");
+    let pools = show(&console, "POOLS").await;
+    let pool = pools.iter().find(|r| r["user"] == "postgres").unwrap();
+    assert_eq!(pool["pool_mode"], "session");
+}

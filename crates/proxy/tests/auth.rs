@@ -28,10 +28,7 @@ fn config_with_only(pg: &Postgres, auth: ClientAuth, password: String) -> Config
     let mut config = config_for(pg, PoolMode::Transaction, 2);
     config.databases[0].password = None;
     config.client_auth = auth;
-    config.users = vec![User {
-        name: "postgres".into(),
-        password,
-    }];
+    config.users = vec![User::new("postgres", password)];
     config
 }
 

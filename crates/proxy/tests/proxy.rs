@@ -152,10 +152,7 @@ async fn scram_and_md5_logins_and_a_wrong_password() {
     for auth in [ClientAuth::ScramSha256, ClientAuth::Md5] {
         let mut config = config_for(&pg, PoolMode::Transaction, 2);
         config.client_auth = auth;
-        config.users = vec![User {
-            name: "postgres".into(),
-            password: "clientpw".into(),
-        }];
+        config.users = vec![User::new("postgres", "clientpw")];
         let proxy = Proxy::start(config).await.unwrap();
         let ok = connect(&proxy, "postgres", Some("clientpw")).await.unwrap();
         ok.batch_execute("SELECT 1").await.unwrap();

@@ -92,6 +92,9 @@ pub struct DatabaseEntry {
     pub min_pool_size: Option<Bounded<0, 10000>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve_pool_size: Option<Bounded<0, 10000>>,
+    /// Instead of `proxy.max_db_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_db_connections: Option<Bounded<0, 100000>>,
 }
 
 impl PoolMode {
@@ -113,6 +116,7 @@ impl DatabaseEntry {
             size: size(self.pool_size.map(Bounded::get)),
             min_size: size(self.min_pool_size.map(Bounded::get)),
             reserve_size: size(self.reserve_pool_size.map(Bounded::get)),
+            max_db_connections: size(self.max_db_connections.map(Bounded::get)),
         }
     }
 }
@@ -125,6 +129,12 @@ pub struct ProxyUser {
     /// Plaintext, an `md5…` hash or a `SCRAM-SHA-256$…` verifier. Printed masked.
     #[serde(serialize_with = "super::masked")]
     pub password: String,
+    /// This user's pool mode, instead of its database's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_mode: Option<PoolMode>,
+    /// Instead of `proxy.max_user_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_user_connections: Option<Bounded<0, 100000>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -176,6 +186,9 @@ pub struct ProxyConfig {
     /// Server connections one database's pools (every user's) may hold open together;
     /// 0 is no limit.
     pub max_db_connections: Bounded<0, 100000>,
+    /// Server connections one user's pools (every database's) may hold open together;
+    /// 0 is no limit.
+    pub max_user_connections: Bounded<0, 100000>,
     /// How long a shutdown lets transactions finish.
     pub shutdown_timeout: HumanDuration,
     /// Users allowed on the admin console (database "pgopt"); empty: the upstream user.
@@ -231,6 +244,7 @@ impl Default for ProxyConfig {
             tcp_keepintvl: KeepaliveSeconds(Duration::ZERO),
             tcp_keepcnt: Bounded(0),
             max_db_connections: Bounded(0),
+            max_user_connections: Bounded(0),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             admin_users: Vec::new(),
             stats_users: Vec::new(),
