@@ -299,6 +299,10 @@ struct Delivery {
     /// When the channel was last subscribed or found to have missed a message:
     /// commits before it may never have been received.
     baseline: Instant,
+    /// When the latest other instance's message about a table not tracked here was
+    /// received (such tables get no entry, so the map stays bounded by what is
+    /// cached): a table first read later counts from then.
+    untracked: Option<Instant>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -346,13 +350,26 @@ impl Delivery {
         }
     }
 
-    /// A commit's message (`foreign`: another instance's) received `now`.
-    fn delivered(&mut self, changed: &[(&str, u64)], foreign: bool, now: Instant) {
+    /// A commit's message (`foreign`: another instance's) received `now`; `tracked`:
+    /// whether a table may be cached here.
+    fn delivered(
+        &mut self,
+        changed: &[(&str, u64)],
+        foreign: bool,
+        now: Instant,
+        tracked: impl Fn(&str) -> bool,
+    ) {
         for &(t, v) in changed {
-            self.pending.remove(t);
+            let pending = self.pending.remove(t).is_some();
             let d = match self.tables.get_mut(t) {
                 Some(d) => d,
-                None => self.tables.entry(t.to_string()).or_default(),
+                None if pending || tracked(t) => self.tables.entry(t.to_string()).or_default(),
+                None => {
+                    if foreign {
+                        self.untracked = Some(now);
+                    }
+                    continue;
+                }
             };
             d.version = Some(v);
             if foreign {
@@ -364,14 +381,29 @@ impl Delivery {
     /// This instance's heartbeat sent at `sent` came back: every message published
     /// before it was received, so versions read before it are delivered.
     fn beat_back(&mut self, sent: u64) {
-        let tables = &mut self.tables;
+        let (tables, untracked) = (&mut self.tables, self.untracked);
         self.pending.retain(|t, &mut (v, at)| {
             if at >= sent {
                 return true;
             }
-            tables.entry(t.clone()).or_default().version = Some(v);
+            let d = tables.entry(t.clone()).or_insert(Delivered {
+                version: None,
+                received: untracked,
+            });
+            d.version = Some(v);
             false
         });
+    }
+
+    /// Messages may have been missed until now: no version is known delivered any
+    /// more (a Redis that lost increments counts the same numbers again, for other
+    /// commits), each is proven again by a message or a heartbeat.
+    fn missed(&mut self, now: Instant) {
+        self.baseline = now;
+        self.pending.clear();
+        for d in self.tables.values_mut() {
+            d.version = None;
+        }
     }
 }
 
@@ -490,6 +522,7 @@ impl L2 {
                 tables: HashMap::new(),
                 pending: HashMap::new(),
                 baseline: Instant::now(),
+                untracked: None,
             }),
             config,
         });
@@ -563,13 +596,15 @@ impl L2 {
 
     /// A message of a commit (by `foreign`: another instance) moved these versions:
     /// call before the versions are applied.
-    fn delivered(&self, changed: &[(&str, u64)], foreign: bool) {
-        self.delivery().delivered(changed, foreign, Instant::now());
+    fn delivered(&self, changed: &[(&str, u64)], foreign: bool, versions: &Versions) {
+        let tracked = |t: &str| versions.tracks(t);
+        self.delivery()
+            .delivered(changed, foreign, Instant::now(), tracked);
     }
 
     /// Messages may have been missed until now.
     fn missed(&self) {
-        self.delivery().baseline = Instant::now();
+        self.delivery().missed(Instant::now());
     }
 
     fn version_key(&self, table: &str) -> String {
@@ -1169,7 +1204,7 @@ async fn listen(
                 &mut last,
                 &versions,
                 foreign.then_some(&*tables),
-                |changed| this.delivered(changed, foreign),
+                |changed| this.delivered(changed, foreign, &versions),
             );
             if !applied {
                 this.missed();
@@ -1537,7 +1572,9 @@ mod tests {
             tables: HashMap::new(),
             pending: HashMap::new(),
             baseline: start,
+            untracked: None,
         };
+        let tracked = |_: &str| true;
         let t = |v| [("t", v)];
         // Read at ms 10: unknown until a beat sent after ms 10 comes back.
         d.read(&["t".to_string()], &[7], 10);
@@ -1553,14 +1590,19 @@ mod tests {
         assert_eq!(w.since(crate::ALL), Some(start), "the baseline");
         // Another instance's commit moves it to 8; its message is the proof.
         let received = start + Duration::from_millis(5);
-        d.delivered(&[("t", 8)], true, received);
+        d.delivered(&[("t", 8)], true, received, tracked);
         assert!(d.remote_writes(t(7)).is_none());
         assert_eq!(d.remote_writes(t(8)).unwrap().since("t"), Some(received));
         // A read of 9 before its message: not delivered, and an older beat does not
         // make it so; its message does.
         d.read(&["t".to_string()], &[9], 20);
         assert!(d.remote_writes(t(9)).is_none());
-        d.delivered(&[("t", 9)], false, received + Duration::from_millis(5));
+        d.delivered(
+            &[("t", 9)],
+            false,
+            received + Duration::from_millis(5),
+            tracked,
+        );
         let w = d.remote_writes(t(9)).unwrap();
         assert_eq!(w.since("t"), Some(received), "own messages add no receipt");
         d.beat_back(30);
@@ -1568,6 +1610,24 @@ mod tests {
             d.remote_writes(t(9)).is_some(),
             "the pending read went with the message"
         );
+        // Messages missed: nothing is known delivered until proven again (a Redis
+        // that lost increments counts 9 again, for another commit).
+        let missed = received + Duration::from_millis(10);
+        d.missed(missed);
+        assert!(d.remote_writes(t(9)).is_none());
+        d.read(&["t".to_string()], &[9], 40);
+        d.beat_back(41);
+        let w = d.remote_writes(t(9)).unwrap();
+        assert_eq!(w.since(crate::ALL), Some(missed));
+        assert_eq!(w.since("t"), Some(received), "receipts are kept");
+        // A table not cached here gets no entry; read later, it counts from its
+        // latest message.
+        let late = missed + Duration::from_millis(5);
+        d.delivered(&[("u", 3)], true, late, |t| t != "u");
+        assert!(!d.tables.contains_key("u"));
+        d.read(&["u".to_string()], &[3], 50);
+        d.beat_back(51);
+        assert_eq!(d.remote_writes([("u", 3)]).unwrap().since("u"), Some(late));
     }
 
     #[test]

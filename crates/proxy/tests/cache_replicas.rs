@@ -117,8 +117,6 @@ async fn cached_proxy(
 }
 
 /// A primary with `items`, a streaming replica, a Redis and `n` proxies sharing it.
-/// Returned once each proxy's heartbeats have gone round the bus (an instance's first
-/// write must follow them in order, or every instance flushes).
 async fn replica_and_redis(n: usize) -> (Postgres, Postgres, Redis, Vec<Proxy>) {
     let primary = Postgres::start().await.unwrap();
     primary
@@ -132,7 +130,6 @@ async fn replica_and_redis(n: usize) -> (Postgres, Postgres, Redis, Vec<Proxy>) 
     for _ in 0..n {
         proxies.push(cached_proxy(&primary, &replica, false, Some(&redis)).await);
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     (primary, replica, redis, proxies)
 }
 
@@ -308,29 +305,36 @@ async fn a_write_that_bypasses_pgopt_seen_by_the_listener_fences_a_lagging_repli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_a_fill_from_a_replica_is_stored_and_shared() {
-    let (_primary, _replica, _redis, proxies) = replica_and_redis(1).await;
-    let proxy = &proxies[0];
-    let client = connect(proxy, "postgres", None).await.unwrap();
-    let replica_reads = counter(&replica_row(proxy).await, "reads");
-    assert_eq!(read_until_stored(proxy, &client).await, "old");
-    let filled = counter(&replica_row(proxy).await, "reads");
+    let (_primary, _replica, _redis, proxies) = replica_and_redis(2).await;
+    let (a, b) = (&proxies[0], &proxies[1]);
+    let client = connect(a, "postgres", None).await.unwrap();
+    let replica_reads = counter(&replica_row(a).await, "reads");
+    assert_eq!(read_until_stored(a, &client).await, "old");
+    let filled = counter(&replica_row(a).await, "reads");
     assert!(filled > replica_reads, "the misses ran on the replica");
-    wait_for_cache(proxy, "stored in Redis", |r| counter(r, "l2_stored") > 0).await;
-    let before = cache_row(proxy).await;
+    wait_for_cache(a, "stored in Redis", |r| counter(r, "l2_stored") > 0).await;
+    let before = cache_row(a).await;
     for _ in 0..5 {
         assert_eq!(value(&client, READ).await, "old");
     }
-    let after = cache_row(proxy).await;
+    let after = cache_row(a).await;
     assert_eq!(
         counter(&after, "hits"),
         counter(&before, "hits") + 5,
         "{after:?}"
     );
     assert_eq!(
-        counter(&replica_row(proxy).await, "reads"),
+        counter(&replica_row(a).await, "reads"),
         filled,
         "hits need no server"
     );
+    // The other instance gets it from Redis, without a server.
+    let other = connect(b, "postgres", None).await.unwrap();
+    let b_reads = counter(&replica_row(b).await, "reads");
+    assert_eq!(value(&other, READ).await, "old");
+    let row = cache_row(b).await;
+    assert_eq!(counter(&row, "l2_hits"), 1, "{row:?}");
+    assert_eq!(counter(&replica_row(b).await, "reads"), b_reads);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,6 +375,18 @@ async fn with_redis_another_instances_write_fences_a_lagging_replica() {
             "new",
             "once the replica caught up A's reader sees B's write (no stale entry)"
         );
+    }
+    // And, past A's next check of the primary, its fills are stored again: reads
+    // become hits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hits = counter(&cache_row(a).await, "hits");
+        assert_eq!(value(&reader, READ).await, "new");
+        if counter(&cache_row(a).await, "hits") > hits {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", cache_row(a).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Checked last, so that a stale entry fails the reads above first.
     assert_eq!(
