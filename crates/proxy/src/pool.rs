@@ -389,6 +389,13 @@ impl Pool {
     /// Applies new limits: slots are added at once, removed as they come free.
     pub fn set_limits(self: &Arc<Self>, new: PoolLimits) {
         let old = std::mem::replace(&mut *lock(&self.limits), new);
+        // Waiters for room read their limit again.
+        if new.max_db_connections != old.max_db_connections {
+            self.db_limit.freed.notify_waiters();
+        }
+        if new.max_user_connections != old.max_user_connections {
+            self.user_limit.freed.notify_waiters();
+        }
         resize(&self.slots, old.size, new.size, &self.shrinking);
         resize(
             &self.reserve,
@@ -472,7 +479,7 @@ impl Pool {
             .and_then(|conn| conn.rehome().ok());
         let (conn, waited) = match handed {
             Some(conn) => (Ok(conn), false),
-            None => self.connection(&limits, now).await,
+            None => self.connection(&limits, now, deadline).await,
         };
         let ready_at = if waited { Instant::now() } else { now };
         self.stats.record_wait(if ready_at == started {
@@ -607,14 +614,15 @@ impl Pool {
         }
     }
 
-    /// An idle connection still fit for use, or a new one.
     /// An idle connection still fit for use as of `now` (not expired, nothing pending
-    /// on it, a health check passed when idle long enough to need one), or a new one;
+    /// on it, a health check passed when idle long enough to need one), or a new one
+    /// (waiting for room in its limits up to `deadline`, the checkout's);
     /// `true` when getting it took a round trip (a check or a connect).
     async fn connection(
         &self,
         limits: &PoolLimits,
         now: Instant,
+        deadline: Instant,
     ) -> (Result<Box<ServerConn>, CheckoutError>, bool) {
         let mut waited = false;
         while let Some(conn) = self.take_idle() {
@@ -638,21 +646,21 @@ impl Pool {
             }
             return (Ok(conn), waited);
         }
-        match self.connect(limits, true).await {
+        match self.connect(limits, Some(deadline)).await {
             Ok(Some(conn)) => (Ok(conn), true),
             // One of this pool's own connections went idle while it waited for room.
-            Ok(None) => Box::pin(self.connection(limits, Instant::now())).await,
+            Ok(None) => Box::pin(self.connection(limits, Instant::now(), deadline)).await,
             Err(e) => (Err(e), true),
         }
     }
 
-    /// Opens a connection. `None`: the database is at `max_db_connections` and
-    /// either one of this pool's connections is idle now (take it), or (`wait`
-    /// false) there is no room at once.
+    /// Opens a connection. `None`: the database or the user is at its limit and
+    /// either one of this pool's connections is idle now (take it), or (no `wait`,
+    /// the deadline to wait for room until) there is no room at once.
     async fn connect(
         &self,
         limits: &PoolLimits,
-        wait: bool,
+        wait: Option<Instant>,
     ) -> Result<Option<Box<ServerConn>>, CheckoutError> {
         {
             let breaker = lock(&self.breaker);
@@ -666,12 +674,12 @@ impl Pool {
                 }
             }
         }
-        let db = (&self.db_limit, limits.max_db_connections);
-        let Some(db_permit) = self.permit(db, limits, wait).await? else {
+        let db: (_, fn(&PoolLimits) -> usize) = (&self.db_limit, |l| l.max_db_connections);
+        let Some(db_permit) = self.permit(db, wait).await? else {
             return Ok(None);
         };
-        let user = (&self.user_limit, limits.max_user_connections);
-        let Some(user_permit) = self.permit(user, limits, wait).await? else {
+        let user: (_, fn(&PoolLimits) -> usize) = (&self.user_limit, |l| l.max_user_connections);
+        let Some(user_permit) = self.permit(user, wait).await? else {
             return Ok(None);
         };
         let connecting = Gauge::up(&self.connecting);
@@ -789,18 +797,17 @@ impl Pool {
         self.active.load(SeqCst) + self.connecting.load(SeqCst) > 0
     }
 
-    /// Room for one more server connection in `limit` (of `max`, 0: no limit): at
-    /// once, or by closing another pool's idle connection, or once one closes (within
-    /// the wait timeout).
+    /// Room for one more server connection in `limit` (of the maximum `max` reads from
+    /// the pool's limits now, so a RELOAD applies to waiters; 0: no limit): at once,
+    /// or by closing another pool's idle connection, or once one closes (up to the
+    /// checkout's deadline, `wait`).
     /// `None`: one of this pool's own connections is idle (take it instead), or
-    /// (`wait` false) no room at once.
+    /// (no `wait`) no room at once.
     async fn permit(
         &self,
-        (limit, max): (&Arc<ConnLimit>, usize),
-        limits: &PoolLimits,
-        wait: bool,
+        (limit, max): (&Arc<ConnLimit>, fn(&PoolLimits) -> usize),
+        wait: Option<Instant>,
     ) -> Result<Option<ConnPermit>, CheckoutError> {
-        let deadline = Instant::now() + limits.wait_timeout;
         // Announced before the checks it waits after: a release in between wakes it.
         let mut waiting = None;
         loop {
@@ -808,6 +815,8 @@ impl Pool {
             tokio::pin!(freed);
             // Registered before the count is read: a close in between is not missed.
             freed.as_mut().enable();
+            let limits = self.limits();
+            let max = max(&limits);
             let open = limit.open.load(SeqCst);
             if max == 0 || open < max {
                 if limit
@@ -819,9 +828,9 @@ impl Pool {
                 }
                 continue;
             }
-            if !wait {
+            let Some(deadline) = wait else {
                 return Ok(None);
-            }
+            };
             if waiting.is_none() {
                 waiting = Some(Gauge::up(&limit.waiting));
                 continue;
@@ -914,7 +923,7 @@ impl Pool {
             };
             // Warm-up takes only free room (no other pool's connection is closed for
             // it, nor does it wait).
-            match self.connect(&limits, false).await {
+            match self.connect(&limits, None).await {
                 Ok(Some(mut conn)) => {
                     conn.last_used = Instant::now();
                     conn.info.set_link(0, 0);

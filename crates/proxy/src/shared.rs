@@ -272,18 +272,12 @@ impl Shared {
 
     /// The [`crate::pool::ConnLimit`] of `user`'s pools.
     fn user_limit(&self, user: &str) -> Arc<crate::pool::ConnLimit> {
-        lock(&self.user_limits)
-            .entry(user.to_string())
-            .or_default()
-            .clone()
+        shared_limit(&mut lock(&self.user_limits), user.to_string())
     }
 
     /// The [`crate::pool::ConnLimit`] of `database`'s pools on node `index`.
     fn db_limit(&self, database: &str, index: usize) -> Arc<crate::pool::ConnLimit> {
-        lock(&self.db_limits)
-            .entry((database.to_string(), index))
-            .or_default()
-            .clone()
+        shared_limit(&mut lock(&self.db_limits), (database.to_string(), index))
     }
 
     /// DISABLE (`on`) and ENABLE: whether new clients of `db` are refused.
@@ -630,6 +624,19 @@ pub fn tls_acceptor_for(config: &Config) -> Result<Option<TlsAcceptor>, ProxyErr
 }
 
 /// The limits of `db`'s pools: its own pool settings, else the proxy-wide ones.
+/// The limit under `key`, made when missing; a new key first drops the limits no pool
+/// holds any more (databases a RELOAD removed, `*` fallback names no longer served).
+fn shared_limit<K: std::hash::Hash + Eq>(
+    limits: &mut HashMap<K, Arc<crate::pool::ConnLimit>>,
+    key: K,
+) -> Arc<crate::pool::ConnLimit> {
+    if let Some(limit) = limits.get(&key) {
+        return limit.clone();
+    }
+    limits.retain(|_, l| Arc::strong_count(l) > 1);
+    limits.entry(key).or_default().clone()
+}
+
 pub fn limits_for(config: &Config, db: &Database, user: &str) -> PoolLimits {
     PoolLimits {
         size: config.pool_size_of(db),

@@ -955,3 +955,36 @@ async fn a_users_own_pool_mode_wins_over_its_databases() {
     let pool = pools.iter().find(|r| r["user"] == "postgres").unwrap();
     assert_eq!(pool["pool_mode"], "session");
 }
+
+#[tokio::test]
+async fn a_reload_raising_max_db_connections_lets_a_waiter_through_at_once() {
+    let pg = Postgres::start().await.unwrap();
+    let tweak = |c: &mut pgopt_proxy::Config| {
+        c.max_db_connections = 1;
+        c.default_pool_size = 2;
+    };
+    let proxy = start_with(&pg, tweak).await;
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let second = connect(&proxy, "postgres", None).await.unwrap();
+    let waiting = tokio::spawn(async move { common::value(&second, "SELECT 2").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second server connection was opened"
+    );
+
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.admin_users = vec!["postgres".into()];
+    tweak(&mut config);
+    config.max_db_connections = 2;
+    let handle = proxy.handle();
+    handle.set_reloader(move || Ok(config.clone()));
+    handle.reload().unwrap();
+    let two = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the waiter saw the new limit")
+        .unwrap();
+    assert_eq!(two, "2");
+    holder.batch_execute("COMMIT").await.unwrap();
+}
