@@ -341,7 +341,7 @@ async fn pause(shared: &Shared, db: Option<&str>) {
     shared.set_paused(db, true);
     let mine = |p: &&Arc<crate::pool::Pool>| db.is_none_or(|d| p.database == d);
     loop {
-        let pools = shared.pools.list();
+        let pools = shared.live_pools();
         // RESUME from another console ends the wait.
         if !pools.iter().filter(mine).any(|p| p.is_paused()) {
             return;
@@ -351,7 +351,7 @@ async fn pause(shared: &Shared, db: Option<&str>) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for pool in shared.pools.list().iter().filter(mine) {
+    for pool in shared.live_pools().iter().filter(mine) {
         pool.close_idle();
     }
 }

@@ -75,6 +75,11 @@ impl ConnLimit {
         self.open.load(Relaxed)
     }
 
+    /// The pools it counts that are still alive.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        lock(&self.pools).iter().filter_map(Weak::upgrade).collect()
+    }
+
     /// Counts `pool`'s connections from now on.
     fn add(&self, pool: &Arc<Pool>) {
         let mut pools = lock(&self.pools);

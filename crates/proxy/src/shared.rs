@@ -270,6 +270,13 @@ impl Shared {
         lock(&self.user_limits).get(user).map_or(0, |l| l.open())
     }
 
+    /// Every pool still alive: those in the map, and those a RELOAD replaced that
+    /// sessions still use (PAUSE, RESUME and RECONNECT reach them too).
+    pub fn live_pools(&self) -> Vec<Arc<Pool>> {
+        let limits: Vec<_> = lock(&self.db_limits).values().cloned().collect();
+        limits.iter().flat_map(|l| l.pools()).collect()
+    }
+
     /// The [`crate::pool::ConnLimit`] of `user`'s pools.
     fn user_limit(&self, user: &str) -> Arc<crate::pool::ConnLimit> {
         shared_limit(&mut lock(&self.user_limits), user.to_string())
@@ -310,7 +317,7 @@ impl Shared {
     /// RECONNECT: every server connection of `db` (of every database: `None`) closes,
     /// the idle ones now, the lent ones when released.
     pub fn reconnect(&self, db: Option<&str>) {
-        for pool in self.pools.list() {
+        for pool in self.live_pools() {
             if db.is_none_or(|d| pool.database == d) {
                 pool.reconnect();
             }
@@ -342,7 +349,7 @@ impl Shared {
                 paused.1.remove(db);
             }
         }
-        for pool in self.pools.list() {
+        for pool in self.live_pools() {
             if paused.0 || paused.1.contains(&pool.database) {
                 pool.pause();
             } else {

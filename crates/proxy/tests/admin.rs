@@ -988,3 +988,32 @@ async fn a_reload_raising_max_db_connections_lets_a_waiter_through_at_once() {
     assert_eq!(two, "2");
     holder.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test]
+async fn reconnect_reaches_a_pool_a_reload_replaced_that_a_client_still_uses() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    let before = backend_pid(&a).await;
+    // The server's address changes: the pool is replaced; `a`'s session stays on
+    // the old one.
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.admin_users = vec!["postgres".into()];
+    config.databases[0].host = "localhost".into();
+    let handle = proxy.handle();
+    handle.set_reloader(move || Ok(config.clone()));
+    handle.reload().unwrap();
+    admin(&proxy)
+        .await
+        .simple_query("RECONNECT app")
+        .await
+        .unwrap();
+    assert_eq!(backend_pid(&a).await, before, "the transaction goes on");
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_ne!(
+        backend_pid(&a).await,
+        before,
+        "a connection opened before RECONNECT was used again"
+    );
+}
