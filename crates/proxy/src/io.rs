@@ -58,6 +58,24 @@ pub async fn write_all(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), Pr
     Ok(())
 }
 
+/// [`write_all`], given up when the client is killed (the admin console's KILL) while
+/// the write waits for a client that stopped reading.
+pub async fn write_all_unless_killed(
+    stream: &mut ClientStream,
+    bytes: &[u8],
+    info: &crate::stats::ClientInfo,
+) -> Result<(), ProxyError> {
+    // Biased: a write that completes at once (the usual case) never polls the kill.
+    tokio::select! {
+        biased;
+        written = write_all(stream, bytes) => written,
+        () = info.until_killed() => Err(ProxyError::client_io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "killed by the admin console while the client was not reading",
+        ))),
+    }
+}
+
 /// Sends a FATAL ErrorResponse (the connection ends after it); failures are ignored,
 /// and a client that does not read gets a second, then nothing.
 pub async fn send_fatal(stream: &mut ClientStream, code: &str, message: &str) {

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::cache::{Capture, Fill, PendingWrites, ProxyCache, Shape};
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::fence::FenceToken;
-use crate::io::{send_fatal, write_all};
+use crate::io::{send_fatal, write_all_unless_killed};
 use crate::observe::Tracker;
 use crate::pool::{Checkout, CheckoutError, Pool};
 use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
@@ -627,7 +627,7 @@ impl Relay {
         }
         if !self.out.is_empty() {
             self.failover = None; // the client has been told something
-            write_all(&mut self.client, &self.out).await?;
+            write_all_unless_killed(&mut self.client, &self.out, &self.info).await?;
             self.out.clear();
         }
         if let (Some(started), Some(cache)) = (served_from_cache, &self.cache) {
@@ -1950,10 +1950,10 @@ impl Relay {
         // Other instances hear of this batch's commits before the client does.
         self.publish().await;
         let result = if !edited {
-            write_all(&mut self.client, &self.sbuf[..pos]).await
+            write_all_unless_killed(&mut self.client, &self.sbuf[..pos], &self.info).await
         } else {
             self.out.extend_from_slice(&self.sbuf[copied..pos]);
-            let r = write_all(&mut self.client, &self.out).await;
+            let r = write_all_unless_killed(&mut self.client, &self.out, &self.info).await;
             self.out.clear();
             r
         };
@@ -2628,7 +2628,7 @@ impl Relay {
                 // Nowhere to run it: the client gets the error and a ReadyForQuery.
                 self.expected.push(Step::Ready);
                 self.answer_owed();
-                write_all(&mut self.client, &self.out).await?;
+                write_all_unless_killed(&mut self.client, &self.out, &self.info).await?;
                 self.out.clear();
                 return Ok(());
             }

@@ -1017,3 +1017,33 @@ async fn reconnect_reaches_a_pool_a_reload_replaced_that_a_client_still_uses() {
         "a connection opened before RECONNECT was used again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_ends_a_session_blocked_on_a_client_that_stopped_reading() {
+    use tokio::io::AsyncWriteExt;
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.default_pool_size = 1;
+        c.query_wait_timeout = Duration::from_secs(60);
+    })
+    .await;
+    // A big result the client never reads: pgopt blocks writing it.
+    let mut stuck = common::raw_login(&proxy).await;
+    let query = b"SELECT repeat('x', 100000) FROM generate_series(1, 2000)\0";
+    stuck
+        .write_all(&common::message(b'Q', query))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let console = admin(&proxy).await;
+    console.simple_query("KILL app").await.unwrap();
+    console.simple_query("RESUME app").await.unwrap();
+    // The pool's only connection comes free (closed): another client gets one.
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let one = tokio::time::timeout(Duration::from_secs(5), common::value(&other, "SELECT 1"))
+        .await
+        .expect("the blocked session still holds the server connection");
+    assert_eq!(one, "1");
+    drop(stuck);
+}
