@@ -192,9 +192,10 @@ pub struct Config {
     /// never in session mode, as in PgBouncer) this long is disconnected (57P05, as
     /// PostgreSQL's `idle_session_timeout`); zero is off.
     pub client_idle_timeout: Duration,
-    /// A request the server has worked on this long (from when it was sent, or the
-    /// previous one ended) ends the session: the statement is canceled, the server
-    /// connection closed and the client told (57014), as PgBouncer's; zero is off.
+    /// A request unanswered this long (from when it was sent, or the previous one in
+    /// a pipeline ended; a COPY FROM STDIN's upload counts, as in PgBouncer) ends the
+    /// session: the statement is canceled, the server connection closed and the client
+    /// told (57014); zero is off.
     pub query_timeout: Duration,
     /// Keepalive on every client and server socket; `None` is off.
     pub tcp_keepalive: Option<Keepalive>,
@@ -203,7 +204,8 @@ pub struct Config {
     /// another pool's idle connection, or waits for one to close.
     pub max_db_connections: usize,
     /// Server connections one user's pools (every database's, every node's) may hold
-    /// open together; 0 is no limit (PgBouncer's `max_user_connections`).
+    /// open together; 0 is no limit (PgBouncer's `max_user_connections`). The user is
+    /// the server login: the client's, or its database's forced user.
     pub max_user_connections: usize,
     /// How long SHUTDOWN and SIGTERM let transactions finish before closing clients.
     pub shutdown_timeout: Duration,

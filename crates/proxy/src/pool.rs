@@ -680,12 +680,26 @@ impl Pool {
             }
         }
         let db: (_, fn(&PoolLimits) -> usize) = (&self.db_limit, |l| l.max_db_connections);
-        let Some(db_permit) = self.permit(db, wait).await? else {
-            return Ok(None);
-        };
         let user: (_, fn(&PoolLimits) -> usize) = (&self.user_limit, |l| l.max_user_connections);
-        let Some(user_permit) = self.permit(user, wait).await? else {
-            return Ok(None);
+        // Never one held while waiting for the other (other users of the database, or
+        // the user's other databases, would wait for room nobody uses).
+        let (db_permit, user_permit) = loop {
+            let Some(d) = self.permit(db, wait).await? else {
+                return Ok(None);
+            };
+            if let Some(u) = self.permit(user, None).await? {
+                break (d, u);
+            }
+            drop(d);
+            if wait.is_none() {
+                return Ok(None);
+            }
+            let Some(u) = self.permit(user, wait).await? else {
+                return Ok(None);
+            };
+            if let Some(d) = self.permit(db, None).await? {
+                break (d, u);
+            }
         };
         let connecting = Gauge::up(&self.connecting);
         // Read before the connect: a RECONNECT while it is under way makes it old.

@@ -99,9 +99,11 @@ pub struct Relay {
     idle_transaction_timeout: Duration,
     client_idle_timeout: Duration,
     query_timeout: Duration,
-    /// With `query_timeout`: since when the server has worked on its oldest request,
-    /// and how many ReadyForQuery it owed then.
-    query_since: Option<(Instant, usize)>,
+    /// With `query_timeout`: since when the server has owed an answer, and
+    /// [`Relay::readies`] then (one more restarts the clock).
+    query_since: Option<(Instant, u64)>,
+    /// ReadyForQuery messages received from servers so far.
+    readies: u64,
     pool: Arc<Pool>,
     cancel: CancelSlot,
     info: Arc<ClientInfo>,
@@ -265,6 +267,7 @@ impl Relay {
             client_idle_timeout: config.client_idle_timeout,
             query_timeout: config.query_timeout,
             query_since: None,
+            readies: 0,
             pool,
             cancel,
             info,
@@ -358,6 +361,8 @@ impl Relay {
             let query_deadline = if has_server && !self.query_timeout.is_zero() {
                 self.query_deadline()
             } else {
+                // The next request, on whatever connection, starts its own clock.
+                self.query_since = None;
                 None
             };
             let timeout = if idle_in_transaction {
@@ -442,20 +447,19 @@ impl Relay {
         send_fatal(&mut self.client, code, message).await;
     }
 
-    /// With `query_timeout`, while the server owes answers: when its oldest request runs
-    /// past it. A ReadyForQuery ends a request, so each one in a pipeline gets the
-    /// whole time from when the one before it ended.
+    /// With `query_timeout`, while the server owes answers (an unsynced batch's too):
+    /// when the request it works on runs past it. A ReadyForQuery ends a request, so
+    /// each one in a pipeline gets the whole time from when the one before it ended.
     fn query_deadline(&mut self) -> Option<Instant> {
-        let owed = self.expected.all_server_readies();
-        if owed == 0 {
+        if self.expected.is_empty() {
             self.query_since = None;
             return None;
         }
         let since = match self.query_since {
-            Some((since, before)) if owed >= before => since,
+            Some((since, readies)) if readies == self.readies => since,
             _ => Instant::now(),
         };
-        self.query_since = Some((since, owed));
+        self.query_since = Some((since, self.readies));
         Some(since + self.query_timeout)
     }
 
@@ -1854,6 +1858,7 @@ impl Relay {
             match header.tag {
                 b'Z' => {
                     self.copy_in = false;
+                    self.readies = self.readies.wrapping_add(1);
                     self.status = match self.sbuf.get(pos + 5) {
                         Some(b'T') => TransactionStatus::InTransaction,
                         Some(b'E') => TransactionStatus::Failed,
@@ -2572,6 +2577,7 @@ impl Relay {
     fn unlink(&mut self) {
         // Writes whose position was not read: fenced up to the primary's next check.
         self.fence_tokens.clear();
+        self.query_since = None;
         *lock(&self.cancel) = None;
         self.info.set_link(0);
         self.info.set_state(ClientState::Idle, 0);

@@ -243,7 +243,10 @@ impl Shared {
             target.port = n.port;
         }
         let index = node.as_ref().map_or(0, |(i, _)| i + 1);
-        let mode = config.pool_mode_for(db, user);
+        // A user's own settings are the server login's (the database's forced user
+        // when it has one), as PgBouncer keys them.
+        let login = target.user.clone();
+        let mode = config.pool_mode_for(db, &login);
         Some(self.pools.get_or_replace(
             (database, user, index),
             |pool| pool.target == target && pool.mode == mode,
@@ -253,9 +256,9 @@ impl Shared {
                     user,
                     mode,
                     target.clone(),
-                    limits_for(&config, db, user),
+                    limits_for(&config, db, &login),
                     node,
-                    (self.db_limit(database, index), self.user_limit(user)),
+                    (self.db_limit(database, index), self.user_limit(&login)),
                 );
                 if paused {
                     pool.pause();
@@ -533,8 +536,10 @@ impl Shared {
                 target.same_login(&pool.target) && (!listed || target == pool.target)
             });
             match db {
-                Some(db) if same_server && new.pool_mode_for(db, &pool.user) == pool.mode => {
-                    pool.set_limits(limits_for(&new, db, &pool.user));
+                Some(db)
+                    if same_server && new.pool_mode_for(db, &pool.target.user) == pool.mode =>
+                {
+                    pool.set_limits(limits_for(&new, db, &pool.target.user));
                 }
                 _ => {
                     self.pools.remove(&pool);

@@ -435,8 +435,9 @@ pub fn totals(shared: &Shared) -> Table {
     table
 }
 
-/// SHOW USERS: the users the config lists and those with pools; `pool_mode` is the
-/// user's own (empty: its databases'), and the server connections its pools hold.
+/// SHOW USERS: the users the config lists and the server logins of pools (a client's
+/// user, or its database's forced user); `pool_mode` is the user's own (empty: its
+/// databases'), and the server connections its pools hold.
 pub fn users(shared: &Shared) -> Table {
     let mut table = Table::new(&[
         ("name", Text),
@@ -449,7 +450,7 @@ pub fn users(shared: &Shared) -> Table {
         .users
         .iter()
         .map(|u| u.name.clone())
-        .chain(shared.pools.list().iter().map(|p| p.user.clone()))
+        .chain(shared.pools.list().iter().map(|p| p.target.user.clone()))
         .collect();
     names.sort();
     names.dedup();

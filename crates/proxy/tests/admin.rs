@@ -854,6 +854,21 @@ async fn query_timeout_cancels_a_long_statement_and_ends_its_session() {
     for r in [a, b, c] {
         r.unwrap();
     }
+    // Time between requests, idle, does not count.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    other.batch_execute("SELECT 1").await.unwrap();
+    // Nor does a batch the client has not synced escape it.
+    let mut raw = common::raw_login(&proxy).await;
+    {
+        use tokio::io::AsyncWriteExt;
+        raw.write_all(&common::run_unnamed("SELECT pg_sleep(30)", b'H'))
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let got = common::read_until(&mut raw, b'E').await;
+    assert_eq!(got.last(), Some(&b'E'), "{got:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{started:?}");
     let config = show(&admin(&proxy).await, "CONFIG").await;
     let row = config.iter().find(|r| r["key"] == "query_timeout").unwrap();
     assert_eq!(row["value"], "1000ms");
@@ -1046,4 +1061,96 @@ async fn kill_ends_a_session_blocked_on_a_client_that_stopped_reading() {
         .expect("the blocked session still holds the server connection");
     assert_eq!(one, "1");
     drop(stuck);
+}
+
+#[tokio::test]
+async fn max_user_connections_counts_a_databases_forced_user() {
+    let pg = Postgres::start().await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute("CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN")
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |c| {
+        // Every client logs in to the server as postgres, whose own limit is 1.
+        c.databases[0].user = Some("postgres".into());
+        let mut user = pgopt_proxy::User::new("postgres", "unused");
+        user.max_user_connections = Some(1);
+        c.users = vec![user];
+    })
+    .await;
+    let alice = connect(&proxy, "alice", None).await.unwrap();
+    alice.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let port = proxy.local_addr().port();
+    let waiting = tokio::spawn(async move {
+        let bob = common::connect_port(port, "bob").await.unwrap();
+        common::value(&bob, "SELECT 3").await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second connection as postgres was opened"
+    );
+    alice.batch_execute("COMMIT").await.unwrap();
+    let three = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("room was made")
+        .unwrap();
+    assert_eq!(three, "3");
+    let users = show(&admin(&proxy).await, "USERS").await;
+    let row = users.iter().find(|r| r["name"] == "postgres").unwrap();
+    assert_eq!(row["max_user_connections"], "1");
+}
+
+#[tokio::test]
+async fn a_client_waiting_for_its_users_room_holds_none_of_its_databases() {
+    let pg = Postgres::start().await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute("CREATE ROLE alice LOGIN")
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.max_db_connections = 1;
+        let mut second = c.databases[0].clone();
+        second.name = "app2".into();
+        c.databases.push(second);
+        let mut user = pgopt_proxy::User::new("postgres", "unused");
+        user.max_user_connections = Some(1);
+        c.users = vec![user];
+    })
+    .await;
+    // postgres is at its one connection, on app.
+    let a = connect_db(&proxy, "postgres", "app").await.unwrap();
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // postgres on app2 waits for room of its own...
+    let port = proxy.local_addr().port();
+    let waiting = tokio::spawn(async move {
+        let (b, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .dbname("app2")
+            .connect(NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        common::value(&b, "SELECT 2").await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+    // ...without taking app2's only place from another user.
+    let alice = tokio::time::timeout(Duration::from_secs(3), async {
+        let alice = connect_db(&proxy, "alice", "app2").await.unwrap();
+        common::value(&alice, "SELECT 3").await
+    })
+    .await
+    .expect("app2's place was held by a client waiting for its user's room");
+    assert_eq!(alice, "3");
+    a.batch_execute("COMMIT").await.unwrap();
+    let two = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("room was made for postgres on app2")
+        .unwrap();
+    assert_eq!(two, "2");
 }
