@@ -5,7 +5,7 @@
 //! the pool exactly when a transaction ends (transaction mode) or the client leaves.
 
 use std::borrow::Cow;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,8 @@ pub struct Relay {
     idle_transaction_timeout: Duration,
     client_idle_timeout: Duration,
     query_timeout: Duration,
+    /// [`Shared::timeouts_version`] the three timeouts above were read at.
+    timeouts_version: u64,
     /// With `query_timeout`: since when the server has owed an answer, and
     /// [`Relay::readies`] then (one more restarts the clock).
     query_since: Option<(Instant, u64)>,
@@ -235,6 +237,8 @@ impl Relay {
         info: Arc<ClientInfo>,
         settings: Settings,
     ) -> Relay {
+        // Before the config: a RELOAD in between is read again at the first request.
+        let timeouts_version = shared.timeouts_version.load(SeqCst);
         let config = shared.config();
         let cache = shared.cache.clone();
         // A database reached through the `*` fallback has no replication listener: with
@@ -266,6 +270,7 @@ impl Relay {
             idle_transaction_timeout: config.idle_transaction_timeout,
             client_idle_timeout: config.client_idle_timeout,
             query_timeout: config.query_timeout,
+            timeouts_version,
             query_since: None,
             readies: 0,
             pool,
@@ -347,6 +352,9 @@ impl Relay {
                 self.close(sqlstate::ADMIN_SHUTDOWN, "pgopt is shutting down")
                     .await;
                 break;
+            }
+            if self.shared.timeouts_version.load(Relaxed) != self.timeouts_version {
+                self.read_timeouts();
             }
             let has_server = self.server.is_some();
             let idle_in_transaction = has_server
@@ -445,6 +453,15 @@ impl Relay {
     async fn close(&mut self, code: &str, message: &str) {
         self.pool.stats.record_error(code.as_bytes());
         send_fatal(&mut self.client, code, message).await;
+    }
+
+    /// A RELOAD changed a session timeout: the new values, from now on.
+    fn read_timeouts(&mut self) {
+        self.timeouts_version = self.shared.timeouts_version.load(SeqCst);
+        let config = self.shared.config();
+        self.idle_transaction_timeout = config.idle_transaction_timeout;
+        self.client_idle_timeout = config.client_idle_timeout;
+        self.query_timeout = config.query_timeout;
     }
 
     /// With `query_timeout`, while the server owes answers (an unsynced batch's too):

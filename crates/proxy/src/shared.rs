@@ -3,7 +3,7 @@
 //! (running, draining, stopped).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,6 +45,8 @@ pub struct Shared {
     /// Per user, shared by its pools (`max_user_connections`).
     user_limits: Mutex<HashMap<String, Arc<crate::pool::ConnLimit>>>,
     pub clients: Arc<ClientRegistry>,
+    /// Moves on when a RELOAD changes a session timeout: sessions read them again.
+    pub timeouts_version: AtomicU64,
     client_slots: Arc<Semaphore>,
     max_client_conn: AtomicUsize,
     cancels: Mutex<HashMap<(i32, i32), Weak<CancelTarget>>>,
@@ -127,6 +129,7 @@ impl Shared {
             db_limits: Mutex::default(),
             user_limits: Mutex::default(),
             clients: Arc::default(),
+            timeouts_version: AtomicU64::new(0),
             cancels: Mutex::new(HashMap::new()),
             lifecycle: watch::Sender::new(Lifecycle::Running),
             reloader: Mutex::new(None),
@@ -464,7 +467,7 @@ impl Shared {
     }
 
     /// Applies a new config. Takes effect at once: users, auth method, pool limits,
-    /// timeouts, max_client_conn, the slow log, N+1 and plan-capture settings, pausing
+    /// timeouts (connected sessions' too), max_client_conn, the slow log, N+1 and plan-capture settings, pausing
     /// or resuming query insight (`insight.enabled`). Databases whose server changed get new pools (clients
     /// already connected finish on the old ones). `listen`, `admin_listen` and
     /// `routing.safe_functions` need a restart.
@@ -564,7 +567,22 @@ impl Shared {
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = server_tls;
         *self.routers.write().unwrap_or_else(|p| p.into_inner()) = routers;
+        let timeouts = |c: &Config| {
+            (
+                c.idle_transaction_timeout,
+                c.client_idle_timeout,
+                c.query_timeout,
+            )
+        };
+        let new_timeouts = timeouts(&new) != timeouts(&old);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        if new_timeouts {
+            // Sessions waiting with a timer (or none) set by the old values.
+            self.timeouts_version.fetch_add(1, SeqCst);
+            for client in self.clients.list() {
+                client.wake.notify_one();
+            }
+        }
         tracing::info!("configuration reloaded");
         Ok(())
     }

@@ -1154,3 +1154,21 @@ async fn a_client_waiting_for_its_users_room_holds_none_of_its_databases() {
         .unwrap();
     assert_eq!(two, "2");
 }
+
+#[tokio::test]
+async fn a_reload_applies_session_timeouts_to_clients_already_connected() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let leaky = connect(&proxy, "postgres", None).await.unwrap();
+    leaky.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.admin_users = vec!["postgres".into()];
+    config.idle_transaction_timeout = Duration::from_millis(300);
+    let handle = proxy.handle();
+    handle.set_reloader(move || Ok(config.clone()));
+    handle.reload().unwrap();
+    // Waiting with no timer when the RELOAD came, the session now has one.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let e = leaky.simple_query("SELECT 1").await.unwrap_err();
+    assert!(code(&e) == Some("25P03") || e.is_closed(), "{e:?}");
+}
