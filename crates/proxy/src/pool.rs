@@ -373,18 +373,53 @@ impl Pool {
     }
 
     /// A connection outside the pool (no slot, no breaker), for pgopt's own work on
-    /// the server such as capturing plans; closed when dropped.
-    pub async fn connect_out_of_band(&self) -> Result<ServerConn, ProxyError> {
+    /// the server such as capturing plans; closed when dropped. `counted`: it takes
+    /// room under `max_db_connections` and `max_user_connections` like the pool's own
+    /// (at once, closing another pool's idle connection if need be, else an error).
+    pub async fn connect_out_of_band(&self, counted: bool) -> Result<ServerConn, ProxyError> {
         let limits = self.limits();
+        let permits = if counted {
+            let db: (_, fn(&PoolLimits) -> usize) = (&self.db_limit, |l| l.max_db_connections);
+            let user: (_, fn(&PoolLimits) -> usize) =
+                (&self.user_limit, |l| l.max_user_connections);
+            let mut permits = None;
+            // Room at once; at a limit, an idle connection (this pool's too) is closed
+            // for it.
+            for _ in 0..3 {
+                let now = Some(Instant::now());
+                let Some(d) = self.permit(db, now).await.ok().flatten() else {
+                    drop(self.take_idle());
+                    continue;
+                };
+                let Some(u) = self.permit(user, now).await.ok().flatten() else {
+                    drop(self.take_idle());
+                    continue;
+                };
+                permits = Some([d, u]);
+                break;
+            }
+            if permits.is_none() {
+                return Err(ProxyError::Protocol(
+                    "no room for pgopt's own connection under max_db_connections or \
+                     max_user_connections"
+                        .into(),
+                ));
+            }
+            permits
+        } else {
+            None
+        };
         let keys = lock(&self.scram_keys).clone();
-        ServerConn::connect(
+        let mut conn = ServerConn::connect(
             &self.target,
             keys,
             limits.connect_timeout,
             limits.max_message_len,
             limits.keepalive,
         )
-        .await
+        .await?;
+        conn.permits = permits;
+        Ok(conn)
     }
 
     pub fn limits(&self) -> PoolLimits {

@@ -914,7 +914,10 @@ impl Relay {
         let (cache, pool, max_len) = (cache.clone(), self.pool.clone(), self.max_len);
         tokio::spawn(async move {
             let _slot = slot;
-            let conn = pool.connect_out_of_band().await.map_err(|e| e.to_string());
+            let conn = pool
+                .connect_out_of_band(true)
+                .await
+                .map_err(|e| e.to_string());
             cache.verify(conn, verify, max_len).await;
         });
     }
@@ -1155,7 +1158,7 @@ impl Relay {
         let (pool, database) = (&self.pool, &self.database);
         let read = async {
             let mut conn = pool
-                .connect_out_of_band()
+                .connect_out_of_band(true)
                 .await
                 .map_err(|e| e.to_string())?;
             conn.simple_query(cache.deps_query(), self.max_len).await

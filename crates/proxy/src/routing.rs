@@ -397,8 +397,10 @@ async fn check_one(
     let fresh = conn.is_none();
     let mut conn = match conn {
         Some(c) => c,
+        // Not counted: a health check must not wait for clients' room (one
+        // connection per node, kept).
         None => pool
-            .connect_out_of_band()
+            .connect_out_of_band(false)
             .await
             .map_err(|e| e.to_string())?,
     };

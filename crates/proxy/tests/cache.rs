@@ -1565,3 +1565,42 @@ async fn entries_dropped_for_space_count_as_evictions_of_their_table() {
     );
     assert_eq!(rows.len(), 1, "{rows:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgopts_own_connections_count_under_max_db_connections() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a');",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.max_db_connections = 1;
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            verify_fraction: 1.0,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v, id FROM items WHERE id = 1";
+    // The catalog read and the verifier's run take the place of the pool's idle
+    // connection.
+    assert_eq!(value(&reader, read).await, "a");
+    assert_eq!(value(&reader, read).await, "a");
+    wait_for_cache(&proxy, "verified", |r| counter(r, "verified") >= 1).await;
+    // The only place is taken by a transaction: a hit is still served, and its
+    // verifier does not open a second connection.
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let before = cache_row(&proxy).await;
+    assert_eq!(value(&reader, read).await, "a");
+    let row = wait_for_cache(&proxy, "the verifier gave up", |r| {
+        counter(r, "inconclusive") > counter(&before, "inconclusive")
+    })
+    .await;
+    assert_eq!(counter(&row, "verified"), counter(&before, "verified"));
+    holder.batch_execute("COMMIT").await.unwrap();
+}
