@@ -375,7 +375,8 @@ impl Pool {
     /// A connection outside the pool (no slot, no breaker), for pgopt's own work on
     /// the server such as capturing plans; closed when dropped. `counted`: it takes
     /// room under `max_db_connections` and `max_user_connections` like the pool's own
-    /// (at once, closing another pool's idle connection if need be, else an error).
+    /// (closing an idle connection if need be, else waiting up to the connect timeout:
+    /// an error then).
     pub async fn connect_out_of_band(&self, counted: bool) -> Result<ServerConn, ProxyError> {
         let limits = self.limits();
         let permits = if counted {
@@ -383,19 +384,28 @@ impl Pool {
             let user: (_, fn(&PoolLimits) -> usize) =
                 (&self.user_limit, |l| l.max_user_connections);
             let mut permits = None;
-            // Room at once; at a limit, an idle connection (this pool's too) is closed
-            // for it.
+            // At a limit an idle connection (this pool's too) is closed for it, else it
+            // waits for one up to the connect timeout (the database's room first, then
+            // the user's at once: never one held while waiting for the other).
+            let deadline = Instant::now() + limits.connect_timeout;
             for _ in 0..3 {
-                let now = Some(Instant::now());
-                let Some(d) = self.permit(db, now).await.ok().flatten() else {
-                    drop(self.take_idle());
-                    continue;
+                let d = match self.permit(db, Some(deadline)).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => {
+                        drop(self.take_idle());
+                        continue;
+                    }
+                    Err(_) => break,
                 };
-                let Some(u) = self.permit(user, now).await.ok().flatten() else {
-                    drop(self.take_idle());
-                    continue;
-                };
-                permits = Some([d, u]);
+                match self.permit(user, Some(Instant::now())).await {
+                    Ok(Some(u)) => permits = Some([d, u]),
+                    Ok(None) => {
+                        drop(d);
+                        drop(self.take_idle());
+                        continue;
+                    }
+                    Err(_) => {}
+                }
                 break;
             }
             if permits.is_none() {

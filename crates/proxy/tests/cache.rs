@@ -1576,6 +1576,7 @@ async fn pgopts_own_connections_count_under_max_db_connections() {
     .unwrap();
     let proxy = start_with(&pg, |c| {
         c.max_db_connections = 1;
+        c.server_connect_timeout = std::time::Duration::from_secs(1);
         c.cache = CacheSettings {
             enabled: true,
             tables: vec!["items".into()],
@@ -1592,7 +1593,8 @@ async fn pgopts_own_connections_count_under_max_db_connections() {
     assert_eq!(value(&reader, read).await, "a");
     wait_for_cache(&proxy, "verified", |r| counter(r, "verified") >= 1).await;
     // The only place is taken by a transaction: a hit is still served, and its
-    // verifier does not open a second connection.
+    // verifier does not open a second connection; it waits (up to the connect
+    // timeout) for the place...
     let holder = connect(&proxy, "postgres", None).await.unwrap();
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let before = cache_row(&proxy).await;
@@ -1602,5 +1604,17 @@ async fn pgopts_own_connections_count_under_max_db_connections() {
     })
     .await;
     assert_eq!(counter(&row, "verified"), counter(&before, "verified"));
+    // ...and takes it when it comes free in time.
+    assert_eq!(value(&reader, read).await, "a");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        counter(&cache_row(&proxy).await, "verified"),
+        counter(&row, "verified"),
+        "a second connection was opened"
+    );
     holder.batch_execute("COMMIT").await.unwrap();
+    wait_for_cache(&proxy, "verified once the place was free", |r| {
+        counter(r, "verified") > counter(&row, "verified")
+    })
+    .await;
 }
