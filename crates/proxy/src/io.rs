@@ -58,21 +58,32 @@ pub async fn write_all(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), Pr
     Ok(())
 }
 
-/// [`write_all`], given up when the client is killed (the admin console's KILL) while
-/// the write waits for a client that stopped reading.
-pub async fn write_all_unless_killed(
+/// [`write_all`], given up while it waits for a client that stopped reading when the
+/// client is killed (the admin console's KILL) or at `until` (`query_timeout`).
+pub async fn write_all_bounded(
     stream: &mut ClientStream,
     bytes: &[u8],
     info: &crate::stats::ClientInfo,
+    until: Option<std::time::Instant>,
 ) -> Result<(), ProxyError> {
-    // Biased: a write that completes at once (the usual case) never polls the kill.
+    let deadline = async {
+        match until {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let gave_up = |why: &str| {
+        let kind = std::io::ErrorKind::ConnectionAborted;
+        Err(ProxyError::client_io(std::io::Error::new(kind, why)))
+    };
+    // Biased: a write that completes at once (the usual case) never polls the others.
     tokio::select! {
         biased;
         written = write_all(stream, bytes) => written,
-        () = info.until_killed() => Err(ProxyError::client_io(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            "killed by the admin console while the client was not reading",
-        ))),
+        () = info.until_killed() => {
+            gave_up("killed by the admin console while the client was not reading")
+        }
+        () = deadline => gave_up("query_timeout ran out while the client was not reading"),
     }
 }
 

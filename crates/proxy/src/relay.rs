@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::cache::{Capture, Fill, PendingWrites, ProxyCache, Shape};
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::fence::FenceToken;
-use crate::io::{send_fatal, write_all_unless_killed};
+use crate::io::{send_fatal, write_all_bounded};
 use crate::observe::Tracker;
 use crate::pool::{Checkout, CheckoutError, Pool};
 use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
@@ -106,6 +106,9 @@ pub struct Relay {
     query_since: Option<(Instant, u64)>,
     /// ReadyForQuery messages received from servers so far.
     readies: u64,
+    /// When `query_timeout` runs out for the request in flight: a write to a client
+    /// that does not read is given up then.
+    query_until: Option<Instant>,
     pool: Arc<Pool>,
     cancel: CancelSlot,
     info: Arc<ClientInfo>,
@@ -273,6 +276,7 @@ impl Relay {
             timeouts_version,
             query_since: None,
             readies: 0,
+            query_until: None,
             pool,
             cancel,
             info,
@@ -373,6 +377,7 @@ impl Relay {
                 self.query_since = None;
                 None
             };
+            self.query_until = query_deadline;
             let timeout = if idle_in_transaction {
                 Some(self.idle_transaction_timeout)
             } else if idle_client {
@@ -648,7 +653,7 @@ impl Relay {
         }
         if !self.out.is_empty() {
             self.failover = None; // the client has been told something
-            write_all_unless_killed(&mut self.client, &self.out, &self.info).await?;
+            write_all_bounded(&mut self.client, &self.out, &self.info, self.query_until).await?;
             self.out.clear();
         }
         if let (Some(started), Some(cache)) = (served_from_cache, &self.cache) {
@@ -1975,10 +1980,17 @@ impl Relay {
         // Other instances hear of this batch's commits before the client does.
         self.publish().await;
         let result = if !edited {
-            write_all_unless_killed(&mut self.client, &self.sbuf[..pos], &self.info).await
+            write_all_bounded(
+                &mut self.client,
+                &self.sbuf[..pos],
+                &self.info,
+                self.query_until,
+            )
+            .await
         } else {
             self.out.extend_from_slice(&self.sbuf[copied..pos]);
-            let r = write_all_unless_killed(&mut self.client, &self.out, &self.info).await;
+            let r =
+                write_all_bounded(&mut self.client, &self.out, &self.info, self.query_until).await;
             self.out.clear();
             r
         };
@@ -2654,7 +2666,8 @@ impl Relay {
                 // Nowhere to run it: the client gets the error and a ReadyForQuery.
                 self.expected.push(Step::Ready);
                 self.answer_owed();
-                write_all_unless_killed(&mut self.client, &self.out, &self.info).await?;
+                write_all_bounded(&mut self.client, &self.out, &self.info, self.query_until)
+                    .await?;
                 self.out.clear();
                 return Ok(());
             }

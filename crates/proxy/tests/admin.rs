@@ -869,6 +869,22 @@ async fn query_timeout_cancels_a_long_statement_and_ends_its_session() {
     let got = common::read_until(&mut raw, b'E').await;
     assert_eq!(got.last(), Some(&b'E'), "{got:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "{started:?}");
+    // Nor a client that stopped reading a big result: its server connection comes
+    // free (the pool has one).
+    let mut stuck = common::raw_login(&proxy).await;
+    {
+        use tokio::io::AsyncWriteExt;
+        let query = b"SELECT repeat('x', 100000) FROM generate_series(1, 2000)\0";
+        stuck
+            .write_all(&common::message(b'Q', query))
+            .await
+            .unwrap();
+    }
+    let next = tokio::time::timeout(Duration::from_secs(8), common::value(&other, "SELECT 4"))
+        .await
+        .expect("the session of a client that does not read still holds the server");
+    assert_eq!(next, "4");
+    drop(stuck);
     let config = show(&admin(&proxy).await, "CONFIG").await;
     let row = config.iter().find(|r| r["key"] == "query_timeout").unwrap();
     assert_eq!(row["value"], "1000ms");
