@@ -995,7 +995,15 @@ impl Relay {
                 }
                 let ttl = fill.ttl;
                 // For L2: the key and the Redis versions read before the query ran.
-                let shared = cache.l2.clone().map(|l2| {
+                // Not a replica's fill on Redis Cluster: while this instance listens on
+                // a node that lost the bus's slot, a message may be lost unnoticed
+                // until the writer's next heartbeat (which flushes L1, not Redis).
+                let on_replica = fill.replica_replayed.is_some();
+                let l2 = cache
+                    .l2
+                    .clone()
+                    .filter(|l2| !(on_replica && l2.config().cluster));
+                let shared = l2.map(|l2| {
                     let ticket = &fill.ticket;
                     let versions: Vec<(String, u64)> = ticket
                         .snapshot()
