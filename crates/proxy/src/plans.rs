@@ -267,7 +267,7 @@ async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest
     let max_len = pool.limits().max_message_len;
     let result = async {
         let mut conn = pool
-            .connect_out_of_band(true)
+            .connect_out_of_band(crate::pool::Room::Spare)
             .await
             .map_err(|e| e.to_string())?;
         for setting in request.settings.iter() {

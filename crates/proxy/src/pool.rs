@@ -46,19 +46,31 @@ pub struct PoolLimits {
     pub max_message_len: u32,
     /// TCP keepalive on new connections, unless `None`.
     pub keepalive: Option<crate::config::Keepalive>,
-    /// `max_db_connections`: server connections the database's pools (every user's,
-    /// on this node) may hold open together; 0 is no limit.
-    pub max_db_connections: usize,
-    /// `max_user_connections`: server connections the user's pools (every
-    /// database's, every node's) may hold open together; 0 is no limit.
-    pub max_user_connections: usize,
+}
+
+/// How a server connection pgopt opens for its own work counts under
+/// `max_db_connections` and `max_user_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Not counted (the routing checker's one per node: a health check must not wait
+    /// for clients' room).
+    Uncounted,
+    /// Only room nobody uses: never a wait, never an idle connection closed (sampling
+    /// and diagnostics give way to clients).
+    Spare,
+    /// As a client's (a catalog read a request waits on): an idle connection, this
+    /// pool's too, closed for it, else a wait up to the connect timeout.
+    Wait,
 }
 
 /// The server connections a set of pools hold open together, shared by those pools:
-/// one database's on one node ([`PoolLimits::max_db_connections`]), or one user's
-/// ([`PoolLimits::max_user_connections`]).
+/// one database's on one node (`max_db_connections`), or one user's
+/// (`max_user_connections`). Its maximum is set by the config (RELOAD too) for every
+/// pool it counts, those a RELOAD replaced included.
 #[derive(Default)]
 pub struct ConnLimit {
+    /// 0: no limit.
+    max: AtomicUsize,
     open: AtomicUsize,
     /// A connection closed, or went idle where it can be closed: room for one more.
     freed: Notify,
@@ -70,6 +82,13 @@ pub struct ConnLimit {
 }
 
 impl ConnLimit {
+    /// Sets the maximum (0: none); waiters for room read it again.
+    pub fn set_max(&self, max: usize) {
+        if self.max.swap(max, SeqCst) != max {
+            self.freed.notify_waiters();
+        }
+    }
+
     /// Server connections open (or being opened) in it now.
     pub fn open(&self) -> usize {
         self.open.load(Relaxed)
@@ -373,52 +392,37 @@ impl Pool {
     }
 
     /// A connection outside the pool (no slot, no breaker), for pgopt's own work on
-    /// the server such as capturing plans; closed when dropped. `counted`: it takes
-    /// room under `max_db_connections` and `max_user_connections` like the pool's own
-    /// (closing an idle connection if need be, else waiting up to the connect timeout:
-    /// an error then).
-    pub async fn connect_out_of_band(&self, counted: bool) -> Result<ServerConn, ProxyError> {
+    /// the server such as capturing plans; closed when dropped. `room`: how it counts
+    /// under `max_db_connections` and `max_user_connections`.
+    pub async fn connect_out_of_band(&self, room: Room) -> Result<ServerConn, ProxyError> {
         let limits = self.limits();
-        let permits = if counted {
-            let db: (_, fn(&PoolLimits) -> usize) = (&self.db_limit, |l| l.max_db_connections);
-            let user: (_, fn(&PoolLimits) -> usize) =
-                (&self.user_limit, |l| l.max_user_connections);
-            let mut permits = None;
-            // At a limit an idle connection (this pool's too) is closed for it, else it
-            // waits for one up to the connect timeout (the database's room first, then
-            // the user's at once: never one held while waiting for the other).
-            let deadline = Instant::now() + limits.connect_timeout;
-            for _ in 0..3 {
-                let d = match self.permit(db, Some(deadline)).await {
-                    Ok(Some(d)) => d,
-                    Ok(None) => {
-                        drop(self.take_idle());
-                        continue;
+        let permits = match room {
+            Room::Uncounted => None,
+            Room::Spare => self.permits(None).await.ok().flatten(),
+            Room::Wait => {
+                let deadline = Instant::now() + limits.connect_timeout;
+                let mut permits = None;
+                // `None` while this pool has an idle connection: closed for it.
+                for _ in 0..3 {
+                    match self.permits(Some(deadline)).await {
+                        Ok(None) => drop(self.take_idle()),
+                        Ok(got) => permits = got,
+                        Err(_) => break,
                     }
-                    Err(_) => break,
-                };
-                match self.permit(user, Some(Instant::now())).await {
-                    Ok(Some(u)) => permits = Some([d, u]),
-                    Ok(None) => {
-                        drop(d);
-                        drop(self.take_idle());
-                        continue;
+                    if permits.is_some() {
+                        break;
                     }
-                    Err(_) => {}
                 }
-                break;
+                permits
             }
-            if permits.is_none() {
-                return Err(ProxyError::Protocol(
-                    "no room for pgopt's own connection under max_db_connections or \
-                     max_user_connections"
-                        .into(),
-                ));
-            }
-            permits
-        } else {
-            None
         };
+        if permits.is_none() && room != Room::Uncounted {
+            return Err(ProxyError::Protocol(
+                "no room for pgopt's own connection under max_db_connections or \
+                 max_user_connections"
+                    .into(),
+            ));
+        }
         let keys = lock(&self.scram_keys).clone();
         let mut conn = ServerConn::connect(
             &self.target,
@@ -439,13 +443,6 @@ impl Pool {
     /// Applies new limits: slots are added at once, removed as they come free.
     pub fn set_limits(self: &Arc<Self>, new: PoolLimits) {
         let old = std::mem::replace(&mut *lock(&self.limits), new);
-        // Waiters for room read their limit again.
-        if new.max_db_connections != old.max_db_connections {
-            self.db_limit.freed.notify_waiters();
-        }
-        if new.max_user_connections != old.max_user_connections {
-            self.user_limit.freed.notify_waiters();
-        }
         resize(&self.slots, old.size, new.size, &self.shrinking);
         resize(
             &self.reserve,
@@ -724,27 +721,8 @@ impl Pool {
                 }
             }
         }
-        let db: (_, fn(&PoolLimits) -> usize) = (&self.db_limit, |l| l.max_db_connections);
-        let user: (_, fn(&PoolLimits) -> usize) = (&self.user_limit, |l| l.max_user_connections);
-        // Never one held while waiting for the other (other users of the database, or
-        // the user's other databases, would wait for room nobody uses).
-        let (db_permit, user_permit) = loop {
-            let Some(d) = self.permit(db, wait).await? else {
-                return Ok(None);
-            };
-            if let Some(u) = self.permit(user, None).await? {
-                break (d, u);
-            }
-            drop(d);
-            if wait.is_none() {
-                return Ok(None);
-            }
-            let Some(u) = self.permit(user, wait).await? else {
-                return Ok(None);
-            };
-            if let Some(d) = self.permit(db, None).await? {
-                break (d, u);
-            }
+        let Some(permits) = self.permits(wait).await? else {
+            return Ok(None);
         };
         let connecting = Gauge::up(&self.connecting);
         // Read before the connect: a RECONNECT while it is under way makes it old.
@@ -773,7 +751,7 @@ impl Pool {
                 // Boxed: a checkout moves it several times per transaction.
                 let mut conn = Box::new(conn);
                 conn.generation = generation;
-                conn.permits = Some([db_permit, user_permit]);
+                conn.permits = Some(permits);
                 Ok(Some(conn))
             }
             Err(e) => {
@@ -861,15 +839,43 @@ impl Pool {
         self.active.load(SeqCst) + self.connecting.load(SeqCst) > 0
     }
 
-    /// Room for one more server connection in `limit` (of the maximum `max` reads from
-    /// the pool's limits now, so a RELOAD applies to waiters; 0: no limit): at once,
-    /// or by closing another pool's idle connection, or once one closes (up to the
-    /// checkout's deadline, `wait`).
+    /// Room in both of its limits, the database's and the user's (see
+    /// [`Pool::permit`]), never one held while waiting for the other (other users of
+    /// the database, or the user's other databases, would wait for room nobody uses).
+    async fn permits(
+        &self,
+        wait: Option<Instant>,
+    ) -> Result<Option<[ConnPermit; 2]>, CheckoutError> {
+        let (db, user) = (&self.db_limit, &self.user_limit);
+        loop {
+            let Some(d) = self.permit(db, wait).await? else {
+                return Ok(None);
+            };
+            if let Some(u) = self.permit(user, None).await? {
+                return Ok(Some([d, u]));
+            }
+            drop(d);
+            if wait.is_none() {
+                return Ok(None);
+            }
+            let Some(u) = self.permit(user, wait).await? else {
+                return Ok(None);
+            };
+            if let Some(d) = self.permit(db, None).await? {
+                return Ok(Some([d, u]));
+            }
+        }
+    }
+
+    /// Room for one more server connection in `limit` (of its maximum as it is now,
+    /// so a RELOAD applies to waiters; 0: no limit): at once, or by closing another
+    /// pool's idle connection, or once one closes (up to the checkout's deadline,
+    /// `wait`).
     /// `None`: one of this pool's own connections is idle (take it instead), or
     /// (no `wait`) no room at once.
     async fn permit(
         &self,
-        (limit, max): (&Arc<ConnLimit>, fn(&PoolLimits) -> usize),
+        limit: &Arc<ConnLimit>,
         wait: Option<Instant>,
     ) -> Result<Option<ConnPermit>, CheckoutError> {
         // Announced before the checks it waits after: a release in between wakes it.
@@ -879,8 +885,7 @@ impl Pool {
             tokio::pin!(freed);
             // Registered before the count is read: a close in between is not missed.
             freed.as_mut().enable();
-            let limits = self.limits();
-            let max = max(&limits);
+            let max = limit.max.load(SeqCst);
             let open = limit.open.load(SeqCst);
             if max == 0 || open < max {
                 if limit
@@ -909,7 +914,7 @@ impl Pool {
                 .await
                 .is_err()
             {
-                return Err(CheckoutError::WaitTimeout(limits.wait_timeout));
+                return Err(CheckoutError::WaitTimeout(self.limits().wait_timeout));
             }
         }
     }

@@ -920,7 +920,7 @@ impl Relay {
         tokio::spawn(async move {
             let _slot = slot;
             let conn = pool
-                .connect_out_of_band(true)
+                .connect_out_of_band(crate::pool::Room::Spare)
                 .await
                 .map_err(|e| e.to_string());
             cache.verify(conn, verify, max_len).await;
@@ -1171,7 +1171,7 @@ impl Relay {
         let (pool, database) = (&self.pool, &self.database);
         let read = async {
             let mut conn = pool
-                .connect_out_of_band(true)
+                .connect_out_of_band(crate::pool::Room::Wait)
                 .await
                 .map_err(|e| e.to_string())?;
             conn.simple_query(cache.deps_query(), self.max_len).await

@@ -400,7 +400,7 @@ async fn check_one(
         // Not counted: a health check must not wait for clients' room (one
         // connection per node, kept).
         None => pool
-            .connect_out_of_band(false)
+            .connect_out_of_band(crate::pool::Room::Uncounted)
             .await
             .map_err(|e| e.to_string())?,
     };

@@ -254,14 +254,18 @@ impl Shared {
             (database, user, index),
             |pool| pool.target == target && pool.mode == mode,
             || {
+                let db_limit = self.db_limit(database, index);
+                db_limit.set_max(config.max_db_connections_of(db));
+                let user_limit = self.user_limit(&login);
+                user_limit.set_max(config.max_user_connections_of(&login));
                 let pool = Pool::new(
                     database,
                     user,
                     mode,
                     target.clone(),
-                    limits_for(&config, db, &login),
+                    limits_for(&config, db),
                     node,
-                    (self.db_limit(database, index), self.user_limit(&login)),
+                    (db_limit, user_limit),
                 );
                 if paused {
                     pool.pause();
@@ -349,7 +353,7 @@ impl Shared {
                         .databases
                         .iter()
                         .map(|d| d.name.clone())
-                        .chain(self.pools.list().iter().map(|p| p.database.clone()))
+                        .chain(self.live_pools().iter().map(|p| p.database.clone()))
                         .collect();
                 }
                 paused.1.remove(db);
@@ -518,6 +522,16 @@ impl Shared {
             let old = self.routers.read().unwrap_or_else(|p| p.into_inner());
             routers_for(&new, &old)
         };
+        // Every limit, those of pools a RELOAD replaced included (a database gone keeps
+        // its own until its pools are).
+        for ((name, _), limit) in lock(&self.db_limits).iter() {
+            if let Some(db) = new.database(name) {
+                limit.set_max(new.max_db_connections_of(&db));
+            }
+        }
+        for (user, limit) in lock(&self.user_limits).iter() {
+            limit.set_max(new.max_user_connections_of(user));
+        }
         for pool in self.pools.list() {
             let db = new.database(&pool.database);
             let db = db.as_deref();
@@ -542,7 +556,7 @@ impl Shared {
                 Some(db)
                     if same_server && new.pool_mode_for(db, &pool.target.user) == pool.mode =>
                 {
-                    pool.set_limits(limits_for(&new, db, &pool.target.user));
+                    pool.set_limits(limits_for(&new, db));
                 }
                 _ => {
                     self.pools.remove(&pool);
@@ -653,7 +667,6 @@ pub fn tls_acceptor_for(config: &Config) -> Result<Option<TlsAcceptor>, ProxyErr
     }
 }
 
-/// The limits of `db`'s pools: its own pool settings, else the proxy-wide ones.
 /// The limit under `key`, made when missing; a new key first drops the limits no pool
 /// holds any more (databases a RELOAD removed, `*` fallback names no longer served).
 fn shared_limit<K: std::hash::Hash + Eq>(
@@ -667,7 +680,8 @@ fn shared_limit<K: std::hash::Hash + Eq>(
     limits.entry(key).or_default().clone()
 }
 
-pub fn limits_for(config: &Config, db: &Database, user: &str) -> PoolLimits {
+/// The limits of `db`'s pools: its own pool settings, else the proxy-wide ones.
+pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
     PoolLimits {
         size: config.pool_size_of(db),
         min_size: config.min_pool_size_of(db),
@@ -680,8 +694,6 @@ pub fn limits_for(config: &Config, db: &Database, user: &str) -> PoolLimits {
         check_after: config.server_check_delay,
         max_message_len: config.max_message_len,
         keepalive: config.tcp_keepalive,
-        max_db_connections: config.max_db_connections_of(db),
-        max_user_connections: config.max_user_connections_of(user),
     }
 }
 
