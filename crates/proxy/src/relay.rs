@@ -485,18 +485,26 @@ impl Relay {
         Some(since + self.query_timeout)
     }
 
-    /// The server worked on a request for longer than `query_timeout`: the statement
-    /// is canceled, and the session ends (its server connection closes as the client's
-    /// does, in `finish`), as in PgBouncer: for a server or network in trouble.
-    async fn query_timed_out(&mut self) {
+    /// Logs a session ended by a timeout, with who it was.
+    fn warn_timed_out(&self, timeout: Duration, what: &'static str) {
         let (user, db, app) = self.info.identity();
         tracing::warn!(
             client = %self.info.addr,
             %user,
             %db,
             application_name = %app,
-            timeout_ms = self.query_timeout.as_millis() as u64,
-            "a query ran past query_timeout: canceling it and closing the session"
+            timeout_ms = timeout.as_millis() as u64,
+            "{what}"
+        );
+    }
+
+    /// The server worked on a request for longer than `query_timeout`: the statement
+    /// is canceled, and the session ends (its server connection closes as the client's
+    /// does, in `finish`), as in PgBouncer: for a server or network in trouble.
+    async fn query_timed_out(&mut self) {
+        self.warn_timed_out(
+            self.query_timeout,
+            "a query ran past query_timeout: canceling it and closing the session",
         );
         if let Some(server) = &self.server {
             let cancel = server.conn.cancel.clone();
@@ -515,14 +523,9 @@ impl Relay {
     /// a leaked connection. It is told why, and its server connection is closed (the
     /// server rolls the transaction back) so the pool gets the slot back.
     async fn idle_transaction_expired(&mut self) {
-        let (user, db, app) = self.info.identity();
-        tracing::warn!(
-            client = %self.info.addr,
-            %user,
-            %db,
-            application_name = %app,
-            timeout_ms = self.idle_transaction_timeout.as_millis() as u64,
-            "closing a client idle in transaction (leaked connection?)"
+        self.warn_timed_out(
+            self.idle_transaction_timeout,
+            "closing a client idle in transaction (leaked connection?)",
         );
         let message = format!(
             "terminating connection: idle in transaction for longer than {} ms (idle_transaction_timeout)",

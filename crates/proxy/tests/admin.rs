@@ -232,9 +232,18 @@ async fn connect_db(
     user: &str,
     db: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_port_db(proxy.local_addr().port(), user, db).await
+}
+
+/// [`connect_db`] by port (for a task that does not borrow the proxy).
+async fn connect_port_db(
+    port: u16,
+    user: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::Config::new()
         .host("127.0.0.1")
-        .port(proxy.local_addr().port())
+        .port(port)
         .user(user)
         .dbname(db)
         .connect(NoTls)
@@ -922,15 +931,7 @@ async fn max_user_connections_caps_a_users_pools_across_databases() {
     // pool's first connection brings the server's parameters.)
     let port = proxy.local_addr().port();
     let waiting = tokio::spawn(async move {
-        let (b, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(port)
-            .user("postgres")
-            .dbname("app2")
-            .connect(NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let b = connect_port_db(port, "postgres", "app2").await.unwrap();
         let seven = common::value(&b, "SELECT 7").await;
         (b, seven)
     });
@@ -1142,15 +1143,7 @@ async fn a_client_waiting_for_its_users_room_holds_none_of_its_databases() {
     // postgres on app2 waits for room of its own...
     let port = proxy.local_addr().port();
     let waiting = tokio::spawn(async move {
-        let (b, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(port)
-            .user("postgres")
-            .dbname("app2")
-            .connect(NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let b = connect_port_db(port, "postgres", "app2").await.unwrap();
         common::value(&b, "SELECT 2").await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
