@@ -235,6 +235,21 @@ async fn connect_db(
     connect_port_db(proxy.local_addr().port(), user, db).await
 }
 
+/// Asserts that `task` (a client waiting for a server connection) is still waiting
+/// after a while.
+async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>, why_not: &str) {
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!task.is_finished(), "{why_not}");
+}
+
+/// What `task` (a client that was waiting) returns, within 5 s.
+async fn finished<T>(task: tokio::task::JoinHandle<T>, what: &str) -> T {
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .unwrap()
+}
+
 /// [`connect_db`] by port (for a task that does not borrow the proxy).
 async fn connect_port_db(
     port: u16,
@@ -285,8 +300,7 @@ async fn pause_waits_for_transactions_and_resume_lets_queries_run() {
 
     // While paused, a query waits; RESUME lets it through.
     let waiting = tokio::spawn(async move { b.simple_query("SELECT 2").await.map(|_| ()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "a query ran while paused");
+    still_waiting(&waiting, "a query ran while paused").await;
     assert_eq!(num(&show(&console, "POOLS").await[0], "cl_waiting"), 1);
     console.simple_query("RESUME").await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), waiting)
@@ -636,8 +650,7 @@ async fn kill_disconnects_the_databases_clients_and_holds_new_ones_until_resume(
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let waiter = connect(&proxy, "postgres", None).await.unwrap();
     let waiting = tokio::spawn(async move { waiter.batch_execute("SELECT 1").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished());
+    still_waiting(&waiting, "the wait ended").await;
 
     let console = admin(&proxy).await;
     console.simple_query("KILL app").await.unwrap();
@@ -664,8 +677,7 @@ async fn kill_disconnects_the_databases_clients_and_holds_new_ones_until_resume(
     // New clients log in, and wait for RESUME.
     let fresh = connect(&proxy, "postgres", None).await.unwrap();
     let waiting = tokio::spawn(async move { common::value(&fresh, "SELECT 7").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "a query ran on a killed database");
+    still_waiting(&waiting, "a query ran on a killed database").await;
     console.simple_query("RESUME app").await.unwrap();
     let seven = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
@@ -762,19 +774,12 @@ async fn max_db_connections_caps_every_users_pools_together() {
         let seven = common::value(&b, "SELECT 7").await;
         (b, seven)
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        !waiting.is_finished(),
-        "a third server connection was opened"
-    );
+    still_waiting(&waiting, "a third server connection was opened").await;
     assert_eq!(backends_of(&direct, "other").await, 0);
 
     // A transaction ends: its connection goes idle, and is closed to make room.
     a1.batch_execute("COMMIT").await.unwrap();
-    let (b, seven) = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("room was made for the waiting user")
-        .unwrap();
+    let (b, seven) = finished(waiting, "room was made for the waiting user").await;
     assert_eq!(seven, "7");
     assert_eq!(common::value(&b, "SELECT 8").await, "8");
     assert!(
@@ -802,16 +807,9 @@ async fn at_max_db_connections_a_waiter_takes_its_own_pools_connection_once_idle
     // The pool has slots left, the database no room: the third waits for room.
     let a3 = connect(&proxy, "postgres", None).await.unwrap();
     let waiting = tokio::spawn(async move { common::value(&a3, "SELECT 9").await });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        !waiting.is_finished(),
-        "a third server connection was opened"
-    );
+    still_waiting(&waiting, "a third server connection was opened").await;
     a1.batch_execute("COMMIT").await.unwrap();
-    let nine = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("the waiter took the connection that went idle")
-        .unwrap();
+    let nine = finished(waiting, "the waiter took the connection that went idle").await;
     assert_eq!(nine, "9");
 }
 
@@ -935,17 +933,10 @@ async fn max_user_connections_caps_a_users_pools_across_databases() {
         let seven = common::value(&b, "SELECT 7").await;
         (b, seven)
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        !waiting.is_finished(),
-        "a third server connection was opened"
-    );
+    still_waiting(&waiting, "a third server connection was opened").await;
     // A transaction ends: its connection goes idle, and is closed to make room.
     a1.batch_execute("COMMIT").await.unwrap();
-    let (b, seven) = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("room was made for the other database's pool")
-        .unwrap();
+    let (b, seven) = finished(waiting, "room was made for the other database's pool").await;
     assert_eq!(seven, "7");
     assert_eq!(common::value(&b, "SELECT 8").await, "8");
     let row = user_row(show(&console, "USERS").await);
@@ -1000,11 +991,7 @@ async fn a_reload_raising_max_db_connections_lets_a_waiter_through_at_once() {
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let second = connect(&proxy, "postgres", None).await.unwrap();
     let waiting = tokio::spawn(async move { common::value(&second, "SELECT 2").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiting.is_finished(),
-        "a second server connection was opened"
-    );
+    still_waiting(&waiting, "a second server connection was opened").await;
 
     let mut config = config_for(&pg, PoolMode::Transaction, 2);
     config.admin_users = vec!["postgres".into()];
@@ -1103,16 +1090,9 @@ async fn max_user_connections_counts_a_databases_forced_user() {
         let bob = common::connect_port(port, "bob").await.unwrap();
         common::value(&bob, "SELECT 3").await
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        !waiting.is_finished(),
-        "a second connection as postgres was opened"
-    );
+    still_waiting(&waiting, "a second connection as postgres was opened").await;
     alice.batch_execute("COMMIT").await.unwrap();
-    let three = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("room was made")
-        .unwrap();
+    let three = finished(waiting, "room was made").await;
     assert_eq!(three, "3");
     let users = show(&admin(&proxy).await, "USERS").await;
     let row = users.iter().find(|r| r["name"] == "postgres").unwrap();
@@ -1146,8 +1126,7 @@ async fn a_client_waiting_for_its_users_room_holds_none_of_its_databases() {
         let b = connect_port_db(port, "postgres", "app2").await.unwrap();
         common::value(&b, "SELECT 2").await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished());
+    still_waiting(&waiting, "the wait ended").await;
     // ...without taking app2's only place from another user.
     let alice = tokio::time::timeout(Duration::from_secs(3), async {
         let alice = connect_db(&proxy, "alice", "app2").await.unwrap();
@@ -1157,10 +1136,7 @@ async fn a_client_waiting_for_its_users_room_holds_none_of_its_databases() {
     .expect("app2's place was held by a client waiting for its user's room");
     assert_eq!(alice, "3");
     a.batch_execute("COMMIT").await.unwrap();
-    let two = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("room was made for postgres on app2")
-        .unwrap();
+    let two = finished(waiting, "room was made for postgres on app2").await;
     assert_eq!(two, "2");
 }
 
