@@ -618,8 +618,9 @@ impl Shared {
             client.wake.notify_one();
         }
         let timeout = self.config().shutdown_timeout;
-        // Clients waiting for a server connection hear 57P01 at once.
-        for pool in self.pools.list() {
+        // Clients waiting for a server connection hear 57P01 at once (also on pools a
+        // RELOAD replaced).
+        for pool in self.live_pools() {
             pool.close();
         }
         let shared = self.clone();
@@ -644,7 +645,7 @@ impl Shared {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            for pool in shared.pools.list() {
+            for pool in shared.live_pools() {
                 pool.close_idle();
             }
             shared.set_lifecycle(Lifecycle::Stopped);

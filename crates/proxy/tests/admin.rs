@@ -1157,3 +1157,31 @@ async fn a_reload_applies_session_timeouts_to_clients_already_connected() {
     let e = leaky.simple_query("SELECT 1").await.unwrap_err();
     assert!(code(&e) == Some("25P03") || e.is_closed(), "{e:?}");
 }
+
+#[tokio::test]
+async fn shutdown_tells_a_client_waiting_on_a_pool_a_reload_replaced_at_once() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.default_pool_size = 1;
+        c.shutdown_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    let waiter = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // The pool is replaced; both sessions stay on the old one.
+    let mut config = config_for(&pg, PoolMode::Transaction, 1);
+    config.admin_users = vec!["postgres".into()];
+    config.databases[0].host = "localhost".into();
+    let handle = proxy.handle();
+    handle.set_reloader(move || Ok(config.clone()));
+    handle.reload().unwrap();
+    let waiting = tokio::spawn(async move { waiter.batch_execute("SELECT 2").await });
+    still_waiting(&waiting, "the old pool's only connection is held").await;
+    proxy.handle().shutdown();
+    let e = finished(waiting, "the waiter heard of the shutdown")
+        .await
+        .unwrap_err();
+    assert!(code(&e) == Some("57P01") || e.is_closed(), "{e:?}");
+    holder.batch_execute("COMMIT").await.unwrap();
+}
