@@ -281,7 +281,10 @@ pub struct Deps {
     /// system relation (catalogs change with no write pgopt sees, and since
     /// PostgreSQL 15 a view's dependencies on pinned catalogs such as `pg_class` are
     /// not even recorded in `pg_depend`), calls a built-in function that is not
-    /// immutable (`now()`, `random()`, the statistics functions) or uses
+    /// immutable (`now()`, `random()`, the statistics functions) — but for the stable
+    /// date, format and JSON functions whose results depend only on settings, which
+    /// the key holds (`date_trunc`, `to_char`, the time zone casts, `format`,
+    /// `to_json`, …) — or uses
     /// `CURRENT_DATE` and its kind, or `TABLESAMPLE`: found in the view's rule
     /// (`pg_rewrite.ev_action`), which names every relation and function by OID.
     /// With why, for the log (see [`Deps::uncached_listed`]).
@@ -331,7 +334,8 @@ SELECT DISTINCT 's', v.relname, 'the view calls a user function' FROM pg_catalog
   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 \
 UNION ALL \
 SELECT DISTINCT 's', v.relname, \
-  'the view reads a catalog, calls a built-in function that is not immutable, or samples' \
+  'the view reads a catalog, calls a built-in function that is neither immutable nor one of \
+the stable date, format and JSON functions pgopt allows, or samples' \
   FROM pg_catalog.pg_rewrite r \
   JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
   CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::pg_catalog.text, \
@@ -339,7 +343,16 @@ SELECT DISTINCT 's', v.relname, \
   WHERE v.relkind = 'v' AND v.oid >= 16384 AND (m[3] IS NOT NULL \
     OR m[1] = 'relid' AND m[2]::pg_catalog.oid BETWEEN 1 AND 16383 \
     OR m[1] <> 'relid' AND m[2]::pg_catalog.oid IN \
-      (SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.provolatile <> 'i'))";
+      (SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.provolatile <> 'i' \
+        AND NOT (p.provolatile = 's' AND p.oid < 16384 AND (p.proname IN (\
+          'date_trunc', 'date_part', 'extract', 'to_char', 'to_date', 'to_timestamp', \
+          'timezone', 'date', 'timestamp', 'timestamptz', 'time', 'timetz', \
+          'generate_series', 'timestamptz_pl_interval', 'timestamptz_mi_interval', \
+          'interval_pl_timestamptz', 'format', 'concat', 'concat_ws', 'to_json', \
+          'to_jsonb', 'row_to_json', 'array_to_json', 'json_build_object', \
+          'jsonb_build_object', 'json_build_array', 'jsonb_build_array', 'json_agg', \
+          'jsonb_agg', 'json_object_agg', 'jsonb_object_agg') \
+          OR p.proname ~ '^(date|timestamp|timestamptz)_(eq|ne|lt|le|gt|ge|cmp)_(date|timestamp|timestamptz)$'))))";
 
 /// With the replication listener on ([`CacheSettings::wal_listener`]), what
 /// [`DEPS_QUERY`] adds: tables and materialized views whose changes the listener's
@@ -1529,8 +1542,9 @@ mod tests {
             ("secret", "it has row-level security".to_string()),
             (
                 "v_clock",
-                "the view reads a catalog, calls a built-in function that is not immutable, \
-                 or samples"
+                "the view reads a catalog, calls a built-in function that is neither \
+                 immutable nor one of the stable date, format and JSON functions pgopt \
+                 allows, or samples"
                     .to_string(),
             ),
             (

@@ -1632,3 +1632,45 @@ async fn at_max_db_connections_the_catalog_read_takes_an_idle_connections_place(
     let row = cache_row(&proxy).await;
     assert_eq!(counter(&row, "hits"), 2, "{row:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_with_stable_date_and_format_built_ins_are_cached_per_time_zone() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE events (id int PRIMARY KEY, at timestamptz, v text);
+         INSERT INTO events VALUES (1, '2026-01-01 23:30:00+00', 'a');
+         CREATE VIEW daily AS
+           SELECT date_trunc('day', at)::text || ' ' || to_char(at, 'HH24:MI') || ' '
+             || format('%s', v) || ' ' || (at::date > '2025-12-31'::date)::text AS d
+           FROM events WHERE id = 1 AND at < '2030-01-01'::date;",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            auto: false,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let read = "/* pgopt:cache */ SELECT d FROM daily";
+    let utc = connect(&proxy, "postgres", None).await.unwrap();
+    utc.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let first = value(&utc, read).await;
+    assert_eq!(first, "2026-01-01 00:00:00+00 23:30 a true");
+    // Behind pgopt's back: the row changes; the cached result is served.
+    pg.psql("UPDATE events SET v = 'b'").unwrap();
+    assert_eq!(value(&utc, read).await, first, "served from the cache");
+    // Another time zone is another key (and another day).
+    let tokyo = connect(&proxy, "postgres", None).await.unwrap();
+    tokyo
+        .batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    assert_eq!(
+        value(&tokyo, read).await,
+        "2026-01-02 00:00:00+09 08:30 b true"
+    );
+    let stats = cache_row(&proxy).await;
+    assert_eq!(counter(&stats, "hits"), 1, "{stats:?}");
+}
