@@ -1114,6 +1114,44 @@ pub fn key_prefix(bytes: &mut Vec<u8>, database: &str, user: &str, settings: &[S
     }
 }
 
+/// Whether a Bind's values part (formats, values, result formats) holds a value such
+/// as 'now' or 'today' ([`pgopt_sql::is_clock_word`]): bound to a date/time parameter,
+/// it reads the clock when the statement runs. Unreadable: `false` (the Bind fails
+/// on the server anyway).
+pub fn binds_clock_word(bind: &[u8]) -> bool {
+    let i16_at = |at: usize| {
+        bind.get(at..at + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+    };
+    let Some(formats) = i16_at(0) else {
+        return false;
+    };
+    let mut at = 2 + 2 * formats.max(0) as usize;
+    let Some(values) = i16_at(at) else {
+        return false;
+    };
+    at += 2;
+    for _ in 0..values.max(0) {
+        let Some(len) = bind.get(at..at + 4) else {
+            return false;
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += 4;
+        if len <= 0 {
+            continue;
+        }
+        let len = len as usize;
+        let Some(value) = bind.get(at..at + len) else {
+            return false;
+        };
+        if len <= 16 && std::str::from_utf8(value).is_ok_and(pgopt_sql::is_clock_word) {
+            return true;
+        }
+        at += len;
+    }
+    false
+}
+
 /// The parts of a request's key that are the request's (see [`key_prefix`]).
 pub fn key_request(bytes: &mut Vec<u8>, request: &Request<'_>) {
     let shape = match request.shape {

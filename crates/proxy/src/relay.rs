@@ -763,6 +763,10 @@ impl Relay {
             return CacheLookup::Pass;
         };
         let (tags, ttl) = (&tagged.0, tagged.1);
+        // A value 'now' or 'today' bound to a date/time parameter reads the clock.
+        if crate::cache::binds_clock_word(&bind) {
+            return CacheLookup::Pass;
+        }
         let request = crate::cache::Request {
             sql: &sql,
             statement,

@@ -1674,3 +1674,38 @@ async fn views_with_stable_date_and_format_built_ins_are_cached_per_time_zone() 
     let stats = cache_row(&proxy).await;
     assert_eq!(counter(&stats, "hits"), 1, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn now_and_today_as_input_values_are_never_cached() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE events (id int PRIMARY KEY, at timestamptz);
+         INSERT INTO events VALUES (1, now() + interval '2 seconds');",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["events".into()],
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let literal = "SELECT count(*)::text FROM events WHERE at < 'now'::timestamptz";
+    let bound = "SELECT count(*)::text FROM events WHERE at < $1::text::timestamptz";
+    let count_bound = || async {
+        let row = client.query_one(bound, &[&"now"]).await.unwrap();
+        row.get::<_, String>(0)
+    };
+    for _ in 0..2 {
+        assert_eq!(value(&client, literal).await, "0");
+        assert_eq!(count_bound().await, "0");
+    }
+    // The event's time passes: both read the clock again.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(value(&client, literal).await, "1");
+    assert_eq!(count_bound().await, "1");
+    let stats = cache_row(&proxy).await;
+    assert_eq!(counter(&stats, "hits"), 0, "{stats:?}");
+}

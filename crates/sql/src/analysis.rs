@@ -730,6 +730,14 @@ impl<'c> Walker<'c> {
                     self.volatile = true;
                     self.walk(child, false);
                 }
+                // 'now', 'today', 'tomorrow', 'yesterday': a date/time input reads the
+                // clock when the statement runs (typed or coerced, so any such string).
+                "AConst" => {
+                    let text = child.pointer("/val/Sval/sval").and_then(Value::as_str);
+                    if text.is_some_and(functions::is_clock_word) {
+                        self.volatile = true;
+                    }
+                }
                 k if k.ends_with("Stmt") && is_ddl_tag(k) => {
                     self.modifies = true;
                     self.body(child, DDL_TARGET_FIELDS);

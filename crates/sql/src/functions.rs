@@ -111,6 +111,16 @@ pub(crate) fn is_volatile(name: &str) -> bool {
     ) || name.starts_with("pg_stat_get_")
 }
 
+/// Date/time input words whose value is read from the clock when a statement runs
+/// (`'now'::timestamptz`, `WHERE day = 'today'`): a result that used one is volatile.
+pub fn is_clock_word(text: &str) -> bool {
+    let t = text.trim();
+    t.len() <= 9
+        && ["now", "today", "tomorrow", "yesterday"]
+            .iter()
+            .any(|w| t.eq_ignore_ascii_case(w))
+}
+
 /// Functions whose result depends on the session (sequence state, backend,
 /// settings read by name): read-only but not cacheable across sessions.
 pub(crate) fn is_session_dependent(name: &str) -> bool {

@@ -22,5 +22,6 @@ mod strip;
 pub use analysis::{analyze, analyze_with, Analysis, AnalysisConfig, SessionEffect, StatementKind};
 pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use error::SqlError;
+pub use functions::is_clock_word;
 pub use hints::{parse_hints, CacheHint, Hints};
 pub use strip::{parameter_spans, strip_literals, Stripped};

@@ -332,6 +332,10 @@ fn volatile_detection() {
         "SELECT txid_current()",
         "SELECT * FROM t TABLESAMPLE SYSTEM (10)",
         "SELECT * FROM t WHERE created > now() - interval '1 day'",
+        "SELECT * FROM t WHERE created > 'now'::timestamptz - interval '1 day'",
+        "SELECT * FROM t WHERE day = date 'today'",
+        "SELECT * FROM t WHERE day < ' Tomorrow '",
+        "SELECT 'yesterday'::date",
     ] {
         assert!(analyze(yes).unwrap().volatile, "{yes} should be volatile");
     }
@@ -339,6 +343,8 @@ fn volatile_detection() {
         "SELECT * FROM t WHERE id = 1",
         "SELECT lower(name) FROM t",
         "SELECT current_user",
+        "SELECT * FROM t WHERE created > '2026-01-01'::timestamptz",
+        "SELECT * FROM t WHERE note = 'nowhere'",
     ] {
         assert!(
             !analyze(no).unwrap().volatile,
