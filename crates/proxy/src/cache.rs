@@ -284,7 +284,8 @@ pub struct Deps {
     /// immutable (`now()`, `random()`, the statistics functions) — but for the stable
     /// date, format and JSON functions whose results depend only on settings, which
     /// the key holds (`date_trunc`, `to_char`, the time zone casts, `format`,
-    /// `to_json`, …) — or uses
+    /// `to_json`, …; not `timetz(time)`, which reads the date) — or converts text to a
+    /// date or time at run time (`txt::date`, where 'today' reads the clock), or uses
     /// `CURRENT_DATE` and its kind, or `TABLESAMPLE`: found in the view's rule
     /// (`pg_rewrite.ev_action`), which names every relation and function by OID.
     /// With why, for the log (see [`Deps::uncached_listed`]).
@@ -339,14 +340,15 @@ the stable date, format and JSON functions pgopt allows, or samples' \
   FROM pg_catalog.pg_rewrite r \
   JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
   CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::pg_catalog.text, \
-    ':(relid|funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)|[{](SQLVALUEFUNCTION|TABLESAMPLECLAUSE) ', 'g') m \
-  WHERE v.relkind = 'v' AND v.oid >= 16384 AND (m[3] IS NOT NULL \
+    ':(relid|funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)|[{](SQLVALUEFUNCTION|TABLESAMPLECLAUSE) \
+|:resulttype (1082|1083|1114|1184|1266) :resultcollid ', 'g') m \
+  WHERE v.relkind = 'v' AND v.oid >= 16384 AND (m[3] IS NOT NULL OR m[4] IS NOT NULL \
     OR m[1] = 'relid' AND m[2]::pg_catalog.oid BETWEEN 1 AND 16383 \
     OR m[1] <> 'relid' AND m[2]::pg_catalog.oid IN \
       (SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.provolatile <> 'i' \
         AND NOT (p.provolatile = 's' AND p.oid < 16384 AND (p.proname IN (\
           'date_trunc', 'date_part', 'extract', 'to_char', 'to_date', 'to_timestamp', \
-          'timezone', 'date', 'timestamp', 'timestamptz', 'time', 'timetz', \
+          'timezone', 'date', 'timestamp', 'timestamptz', 'time', \
           'generate_series', 'timestamptz_pl_interval', 'timestamptz_mi_interval', \
           'interval_pl_timestamptz', 'format', 'concat', 'concat_ws', 'to_json', \
           'to_jsonb', 'row_to_json', 'array_to_json', 'json_build_object', \

@@ -349,6 +349,7 @@ impl Relay {
             {
                 // What held the client's messages back is over.
                 self.paused = false;
+                self.arm_query_timer();
                 go_on = self.handle_client().await?;
                 continue;
             }
@@ -370,14 +371,7 @@ impl Relay {
                 && !self.client_idle_timeout.is_zero()
                 && self.server_idle()
                 && self.cbuf.is_empty();
-            let query_deadline = if has_server && !self.query_timeout.is_zero() {
-                self.query_deadline()
-            } else {
-                // The next request, on whatever connection, starts its own clock.
-                self.query_since = None;
-                None
-            };
-            self.query_until = query_deadline;
+            let query_deadline = self.arm_query_timer();
             let timeout = if idle_in_transaction {
                 Some(self.idle_transaction_timeout)
             } else if idle_client {
@@ -460,6 +454,13 @@ impl Relay {
         send_fatal(&mut self.client, code, message).await;
     }
 
+    /// Until when a write to the client may wait for it to read: the deadline of the
+    /// request whose answer it carries; none for pgopt's own answers with no server
+    /// connection held (a cache hit).
+    fn write_deadline(&self) -> Option<Instant> {
+        self.query_until.filter(|_| self.server.is_some())
+    }
+
     /// A RELOAD changed a session timeout: the new values, from now on.
     fn read_timeouts(&mut self) {
         self.timeouts_version = self.shared.timeouts_version.load(SeqCst);
@@ -467,6 +468,19 @@ impl Relay {
         self.idle_transaction_timeout = config.idle_transaction_timeout;
         self.client_idle_timeout = config.client_idle_timeout;
         self.query_timeout = config.query_timeout;
+    }
+
+    /// `query_until` for what runs next: the deadline of the request the server works
+    /// on (see [`Relay::query_deadline`]), none without a server connection (the next
+    /// request, on whatever connection, starts its own clock).
+    fn arm_query_timer(&mut self) -> Option<Instant> {
+        self.query_until = if self.server.is_some() && !self.query_timeout.is_zero() {
+            self.query_deadline()
+        } else {
+            self.query_since = None;
+            None
+        };
+        self.query_until
     }
 
     /// With `query_timeout`, while the server owes answers (an unsynced batch's too):
@@ -656,7 +670,8 @@ impl Relay {
         }
         if !self.out.is_empty() {
             self.failover = None; // the client has been told something
-            write_all_bounded(&mut self.client, &self.out, &self.info, self.query_until).await?;
+            let until = self.write_deadline();
+            write_all_bounded(&mut self.client, &self.out, &self.info, until).await?;
             self.out.clear();
         }
         if let (Some(started), Some(cache)) = (served_from_cache, &self.cache) {
@@ -1995,17 +2010,12 @@ impl Relay {
         // Other instances hear of this batch's commits before the client does.
         self.publish().await;
         let result = if !edited {
-            write_all_bounded(
-                &mut self.client,
-                &self.sbuf[..pos],
-                &self.info,
-                self.query_until,
-            )
-            .await
+            let until = self.write_deadline();
+            write_all_bounded(&mut self.client, &self.sbuf[..pos], &self.info, until).await
         } else {
             self.out.extend_from_slice(&self.sbuf[copied..pos]);
-            let r =
-                write_all_bounded(&mut self.client, &self.out, &self.info, self.query_until).await;
+            let until = self.write_deadline();
+            let r = write_all_bounded(&mut self.client, &self.out, &self.info, until).await;
             self.out.clear();
             r
         };
@@ -2681,8 +2691,8 @@ impl Relay {
                 // Nowhere to run it: the client gets the error and a ReadyForQuery.
                 self.expected.push(Step::Ready);
                 self.answer_owed();
-                write_all_bounded(&mut self.client, &self.out, &self.info, self.query_until)
-                    .await?;
+                // No server connection: no request of its own to time.
+                write_all_bounded(&mut self.client, &self.out, &self.info, None).await?;
                 self.out.clear();
                 return Ok(());
             }

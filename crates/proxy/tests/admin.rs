@@ -887,6 +887,8 @@ async fn query_timeout_cancels_a_long_statement_and_ends_its_session() {
             .await
             .unwrap();
     }
+    // Its answer has begun (it holds the server), then it stops reading.
+    common::read_until(&mut stuck, b'T').await;
     let next = tokio::time::timeout(Duration::from_secs(8), common::value(&other, "SELECT 4"))
         .await
         .expect("the session of a client that does not read still holds the server");

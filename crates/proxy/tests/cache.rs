@@ -1263,7 +1263,9 @@ async fn hinted_views_over_catalogs_clocks_and_chance_are_not_cached() {
          CREATE VIEW today_items AS SELECT v FROM items WHERE id = 1 AND current_date > '2000-01-01';
          CREATE VIEW random_items AS SELECT v FROM items WHERE id = 1 AND random() < 2;
          CREATE VIEW sampled_items AS SELECT v FROM items TABLESAMPLE BERNOULLI (100) WHERE id = 1;
-         CREATE VIEW of_a_view AS SELECT t FROM clock;",
+         CREATE VIEW of_a_view AS SELECT t FROM clock;
+         CREATE VIEW text_dates AS SELECT v FROM items WHERE id = 1 AND 'today'::text::date > '2000-01-01';
+         CREATE VIEW local_times AS SELECT v, '12:00'::time::timetz AS t FROM items WHERE id = 1;",
     )
     .unwrap();
     let proxy = start_with(&pg, |c| {
@@ -1283,6 +1285,8 @@ async fn hinted_views_over_catalogs_clocks_and_chance_are_not_cached() {
         "random_items",
         "sampled_items",
         "of_a_view",
+        "text_dates",
+        "local_times",
     ];
     let mut first = HashMap::new();
     for view in views.iter().chain(&["plain_items", "activity"]) {
