@@ -1001,14 +1001,17 @@ impl Relay {
                         .l2
                         .as_ref()
                         .map(|l2| l2.remote_writes(snapshot.remote()));
-                    let covered = remote.as_ref().is_none_or(Option::is_some)
-                        && cache.fences.covers(
+                    let covered = match remote {
+                        // A version whose bus message has not arrived yet.
+                        Some(None) => false,
+                        remote => cache.fences.covers(
                             &self.database,
                             snapshot.tables(),
                             replayed,
                             primary,
                             remote.flatten().as_ref(),
-                        );
+                        ),
+                    };
                     if !covered {
                         fill.ticket.tables().not_stored();
                         counters.not_stored.fetch_add(1, Relaxed);

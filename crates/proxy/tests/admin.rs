@@ -1072,10 +1072,7 @@ async fn kill_ends_a_session_blocked_on_a_client_that_stopped_reading() {
 #[tokio::test]
 async fn max_user_connections_counts_a_databases_forced_user() {
     let pg = Postgres::start().await.unwrap();
-    let direct = pg.connect("postgres").await.unwrap();
-    direct
-        .batch_execute("CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN")
-        .await
+    pg.psql("CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN")
         .unwrap();
     let proxy = start_with(&pg, |c| {
         // Every client logs in to the server as postgres, whose own limit is 1.
@@ -1104,11 +1101,7 @@ async fn max_user_connections_counts_a_databases_forced_user() {
 #[tokio::test]
 async fn a_client_waiting_for_its_users_room_holds_none_of_its_databases() {
     let pg = Postgres::start().await.unwrap();
-    let direct = pg.connect("postgres").await.unwrap();
-    direct
-        .batch_execute("CREATE ROLE alice LOGIN")
-        .await
-        .unwrap();
+    pg.psql("CREATE ROLE alice LOGIN").unwrap();
     let proxy = start_with(&pg, |c| {
         c.max_db_connections = 1;
         let mut second = c.databases[0].clone();
