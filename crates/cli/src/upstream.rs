@@ -1,4 +1,6 @@
-//! `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` as the proxy's quick start takes it.
+//! `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` as the proxy's quick start takes it. As
+//! in libpq, HOST may be a Unix-domain socket directory, percent-encoded
+//! (`postgres://app@%2Fvar%2Frun%2Fpostgresql/shop`) or given as `?host=/dir`.
 
 /// The parts of an upstream URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,15 +12,16 @@ pub struct Upstream {
     pub dbname: String,
 }
 
-const FORM: &str = "postgres://USER[:PASSWORD]@HOST[:PORT]/DB";
+const FORM: &str = "postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?host=/SOCKET/DIR]";
 
 pub fn parse(url: &str) -> Result<Upstream, String> {
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
         .ok_or_else(|| format!("expected {FORM}, found {url:?}"))?;
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let dbname = decode(path.split('?').next().unwrap_or_default())?;
+    let dbname = decode(path)?;
     let (userinfo, hostport) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
         None => (None, authority),
@@ -37,14 +40,24 @@ pub fn parse(url: &str) -> Result<Upstream, String> {
         (h.to_string(), after.strip_prefix(':'))
     } else {
         match hostport.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (hostport.to_string(), None),
+            Some((h, p)) => (decode(h)?, Some(p)),
+            None => (decode(hostport)?, None),
         }
     };
+    // `?host=` and `?port=` win, as in libpq; other parameters are the server's
+    // business (sslmode is `proxy.server_tls_mode`) and are ignored here.
+    let (mut host, mut port) = (host, port.map(str::to_string));
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("host", h)) => host = decode(h)?,
+            Some(("port", p)) => port = Some(decode(p)?),
+            _ => {}
+        }
+    }
     if host.is_empty() {
         return Err(format!("expected {FORM}: no host in {url:?}"));
     }
-    let port = match port {
+    let port = match port.as_deref() {
         Some(p) => p
             .parse()
             .map_err(|_| format!("expected {FORM}: port {p:?} is not a number from 1 to 65535"))?,
@@ -71,8 +84,9 @@ pub fn names_database(url: &str) -> bool {
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
         .unwrap_or(url);
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
     rest.split_once('/')
-        .is_some_and(|(_, path)| !path.split('?').next().unwrap_or_default().is_empty())
+        .is_some_and(|(_, path)| !path.is_empty())
 }
 
 /// Percent-decoding (`%40` → `@`), for passwords with reserved characters.
@@ -119,12 +133,30 @@ mod tests {
     }
 
     #[test]
+    fn takes_a_socket_directory_as_libpq_does() {
+        let u = parse("postgres://app@%2Fvar%2Frun%2Fpostgresql:5433/shop").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.dbname.as_str()),
+            ("/var/run/postgresql", 5433, "shop")
+        );
+        let u = parse("postgresql://app@/shop?host=/tmp/pg%20sock&port=5444").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.dbname.as_str()),
+            ("/tmp/pg sock", 5444, "shop")
+        );
+        let u = parse("postgres://app@db:5432/shop?sslmode=require&host=/run/pg").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("/run/pg", 5432));
+    }
+
+    #[test]
     fn tells_whether_a_database_is_named() {
         assert!(names_database("postgres://app@h:5433/shop"));
         assert!(names_database("postgresql://h/x?sslmode=require"));
         assert!(!names_database("postgres://app:pw@h:5433"));
         assert!(!names_database("postgres://app@h/"));
         assert!(!names_database("postgres://h/?sslmode=require"));
+        assert!(!names_database("postgres://app@?host=/run/pg"));
+        assert!(names_database("postgres://app@/shop?host=/run/pg"));
     }
 
     #[test]

@@ -17,9 +17,9 @@ use tokio::io::AsyncReadExt;
 
 use crate::insight_views;
 use crate::io::{send_fatal, write_all};
+use crate::net::ClientStream;
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::ClientInfo;
-use crate::tls::ClientStream;
 use crate::views::{self, Kind, Table};
 use crate::ProxyError;
 

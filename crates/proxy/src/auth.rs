@@ -12,7 +12,7 @@ use pgopt_wire::{md5, sqlstate, Authentication, List, SCRAM_SHA_256};
 
 use crate::config::{ClientAuth, User};
 use crate::io::{read_frame, send_fatal, write_all};
-use crate::tls::ClientStream;
+use crate::net::ClientStream;
 use crate::ProxyError;
 
 /// A user as the proxy checks it: what the config said, prepared once.

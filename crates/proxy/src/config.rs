@@ -157,6 +157,11 @@ pub struct Keepalive {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// A directory where pgopt also listens on a Unix-domain socket,
+    /// `.s.PGSQL.<listen port>` as PostgreSQL names its own; `None`: TCP only.
+    pub unix_socket_dir: Option<String>,
+    /// The socket file's permissions (PgBouncer's `unix_socket_mode`).
+    pub unix_socket_mode: u32,
     pub pool_mode: PoolMode,
     /// Server connections per (database, user).
     pub default_pool_size: usize,
@@ -395,6 +400,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            unix_socket_dir: None,
+            unix_socket_mode: 0o777,
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,
             min_pool_size: 0,

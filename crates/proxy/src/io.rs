@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use pgopt_wire::{split_frame, ErrorBuilder, Frame, Severity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::tls::ClientStream;
+use crate::net::ClientStream;
 use crate::ProxyError;
 
 /// Turns TCP keepalive on for `tcp` with `keepalive`'s timings (zero: the system's).

@@ -18,6 +18,7 @@ mod http;
 mod insight_views;
 mod io;
 mod metrics;
+mod net;
 mod observe;
 mod plans;
 mod pool;
@@ -37,6 +38,7 @@ pub mod wal;
 mod workers;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -59,6 +61,8 @@ use shared::{Lifecycle, Shared};
 /// started on go on.
 pub struct Proxy {
     local_addr: SocketAddr,
+    /// Removed when the proxy is dropped.
+    unix_socket: Option<net::SocketFile>,
     admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
@@ -92,6 +96,16 @@ impl Proxy {
         };
         let listener = TcpListener::bind(config.listen).await.map_err(io)?;
         let local_addr = listener.local_addr().map_err(io)?;
+        let (unix, unix_socket) = match &config.unix_socket_dir {
+            Some(dir) => {
+                let (socket, file) =
+                    net::UnixSocket::bind(dir, local_addr.port(), config.unix_socket_mode)
+                        .await
+                        .map_err(io)?;
+                (Some(socket), Some(file))
+            }
+            None => (None, None),
+        };
         let admin = match config.admin_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(io)?),
             None => None,
@@ -112,7 +126,7 @@ impl Proxy {
             })?;
         let shared = Arc::new(Shared::new(config, users, tls, server_tls, insight, cache));
         let mut tasks = vec![
-            tokio::spawn(accept(listener, shared.clone(), spawner)),
+            tokio::spawn(accept(listener, unix, shared.clone(), spawner)),
             tokio::spawn(shared.clone().maintain()),
             tokio::spawn(plans::capture_loop(shared.clone())),
         ];
@@ -150,9 +164,11 @@ impl Proxy {
                 )));
             }
         }
-        tracing::debug!(%local_addr, ?admin_addr, "pgopt proxy listening");
+        let socket_path = unix_socket.as_ref().map(net::SocketFile::path);
+        tracing::debug!(%local_addr, ?socket_path, ?admin_addr, "pgopt proxy listening");
         Ok(Proxy {
             local_addr,
+            unix_socket,
             admin_addr,
             shared,
             tasks,
@@ -162,6 +178,11 @@ impl Proxy {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The Unix-domain socket it listens on too, when `unix_socket_dir` is set.
+    pub fn unix_socket(&self) -> Option<&Path> {
+        self.unix_socket.as_ref().map(net::SocketFile::path)
     }
 
     /// Where `/metrics` is served, when `admin_listen` is set.
@@ -208,21 +229,38 @@ impl ProxyHandle {
     }
 }
 
-async fn accept(listener: TcpListener, shared: Arc<Shared>, spawner: Arc<workers::Spawner>) {
+/// Accepts clients on TCP and, when set, the Unix-domain socket until the proxy stops
+/// running; the sockets close when it returns.
+async fn accept(
+    listener: TcpListener,
+    unix: Option<net::UnixSocket>,
+    shared: Arc<Shared>,
+    spawner: Arc<workers::Spawner>,
+) {
     let mut lifecycle = shared.lifecycle();
+    let accept_unix = || async {
+        match &unix {
+            Some(socket) => (socket.listener.accept().await)
+                .map(|(stream, _)| (net::PgStream::Unix(stream), socket.endpoint.clone())),
+            None => std::future::pending().await,
+        }
+    };
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => spawner.spawn_session(stream, peer, shared.clone()),
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted
+                .map(|(stream, peer)| (net::PgStream::Plain(stream), net::Endpoint::Tcp(peer))),
+            accepted = accept_unix() => accepted,
             _ = async { lifecycle.wait_for(|s| *s != Lifecycle::Running).await.map(|_| ()) } => {
-                // Dropping the listener refuses new connections from here on.
+                // Dropping the listeners refuses new connections from here on.
                 return;
+            }
+        };
+        match accepted {
+            Ok((stream, peer)) => spawner.spawn_session(stream, peer, shared.clone()),
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }

@@ -141,7 +141,7 @@ pub struct Tracker {
     n_plus_one: NPlusOneSession,
     database: String,
     user: String,
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     pending: VecDeque<Pending>,
     /// When the server message being handled came in (`on_server`'s `at`).
     now: Instant,
@@ -187,7 +187,12 @@ enum Origin {
 }
 
 impl Tracker {
-    pub fn new(state: Arc<InsightState>, database: &str, user: &str, addr: SocketAddr) -> Tracker {
+    pub fn new(
+        state: Arc<InsightState>,
+        database: &str,
+        user: &str,
+        addr: Option<SocketAddr>,
+    ) -> Tracker {
         let capture_text = state.store.config().params == pgopt_insight::ParamMode::Full;
         let handle = state.store.session(database, user);
         let sample_params = state.store.config().params != pgopt_insight::ParamMode::Off
@@ -196,7 +201,7 @@ impl Tracker {
         let n_plus_one = state.n_plus_one.session(ClientInfo {
             database: database.to_string(),
             user: user.to_string(),
-            address: Some(addr),
+            address: addr,
         });
         Tracker {
             state,
@@ -510,7 +515,7 @@ impl Tracker {
                     rows,
                     database: &self.database,
                     user: &self.user,
-                    client_addr: Some(self.addr),
+                    client_addr: self.addr,
                     params: &params,
                     error,
                     at: SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(wall_us),
@@ -656,7 +661,7 @@ mod tests {
 
     fn statements(state: &Arc<InsightState>, analyzer: &Analyzer) -> (Duration, Duration) {
         let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let mut tracker = Tracker::new(state.clone(), "postgres", "postgres", addr);
+        let mut tracker = Tracker::new(state.clone(), "postgres", "postgres", Some(addr));
         let n = 2_000_000u32;
         let started = Instant::now();
         for i in 0..n {

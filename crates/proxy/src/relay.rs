@@ -21,6 +21,7 @@ use crate::cache::{Capture, Fill, PendingWrites, ProxyCache, Shape};
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::fence::FenceToken;
 use crate::io::{send_fatal, write_all_bounded};
+use crate::net::{ClientStream, PgStream};
 use crate::observe::Tracker;
 use crate::pool::{Checkout, CheckoutError, Pool};
 use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
@@ -34,7 +35,6 @@ use crate::statements::{
     deallocate_target, ClientStatements, Expected, Prepared, Request, Step, Verdict,
 };
 use crate::stats::{error_code, error_field, ClientInfo, ClientState};
-use crate::tls::{ClientStream, PgStream};
 use crate::ProxyError;
 
 /// See [`Relay::cache_tags`].
@@ -255,7 +255,7 @@ impl Relay {
             .insight
             .as_ref()
             .filter(|state| state.recording())
-            .map(|state| Tracker::new(state.clone(), &database, &login_user, info.addr));
+            .map(|state| Tracker::new(state.clone(), &database, &login_user, info.addr.tcp()));
         Relay {
             client,
             cbuf,
@@ -1443,7 +1443,7 @@ impl Relay {
                     state.clone(),
                     &self.database,
                     &self.login_user,
-                    self.info.addr,
+                    self.info.addr.tcp(),
                 );
                 for (name, parse) in self.statements.parses() {
                     tracker.on_parse(&self.shared.analyzer, &Parse { name, ..parse });
@@ -2557,6 +2557,10 @@ impl Relay {
                 let (mut rd, mut wr) = tcp.split();
                 !pump(&mut rd, &mut wr, &self.to_server, &mut self.sbuf, false).await
             }
+            PgStream::Unix(unix) => {
+                let (mut rd, mut wr) = unix.split();
+                !pump(&mut rd, &mut wr, &self.to_server, &mut self.sbuf, false).await
+            }
             PgStream::Tls(tls) => {
                 let (mut rd, mut wr) = tokio::io::split(tls.as_mut());
                 !pump(&mut rd, &mut wr, &self.to_server, &mut self.sbuf, true).await
@@ -2807,7 +2811,7 @@ async fn settle_writes(
 ) -> bool {
     let cancel = checkout.conn.cancel.clone();
     let conn = &mut checkout.conn;
-    let addr = conn.addr;
+    let addr = conn.addr.clone();
     // Nothing more will be sent: the server runs what it has and then reads the end
     // of the stream. One waiting for the client's input (COPY FROM STDIN) sees it at
     // once and rolls back. (Bounded: over TLS this writes a close_notify, and the
@@ -2858,11 +2862,7 @@ async fn settle_writes(
 
 /// Reads `stream` up to its next ReadyForQuery (`Some(true)`), or its end
 /// (`Some(false)`: closed or failed); `None` for a message that can't be read.
-async fn next_ready(
-    stream: &mut crate::tls::PgStream,
-    buf: &mut BytesMut,
-    max_len: u32,
-) -> Option<bool> {
+async fn next_ready(stream: &mut PgStream, buf: &mut BytesMut, max_len: u32) -> Option<bool> {
     loop {
         loop {
             match split_frame(buf, max_len) {

@@ -2,7 +2,6 @@
 //! what the server said about itself (parameters, cancel key).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,13 +12,12 @@ use pgopt_wire::scram::{ScramClient, ScramKeys};
 use pgopt_wire::startup::{CancelRequest, ProtocolVersion, StartupMessage};
 use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRAM_SHA_256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::config::Keepalive;
+use crate::net::{Endpoint, PgStream};
 use crate::server_tls::ServerTlsConnector;
 use crate::session_state::Applied;
 use crate::stats::ServerInfo;
-use crate::tls::PgStream;
 use crate::ProxyError;
 
 /// Where and as whom to log in to a server.
@@ -55,7 +53,7 @@ impl ServerTarget {
 /// way.
 #[derive(Debug)]
 pub struct CancelRoute {
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     pub key: CancelRequest,
     pub tls: Option<(ServerTlsConnector, String)>,
 }
@@ -64,7 +62,7 @@ pub struct CancelRoute {
 #[derive(Debug)]
 pub struct ServerConn {
     pub stream: PgStream,
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     /// Shared with the client it is lent to, for that client's cancels.
     pub cancel: Arc<CancelRoute>,
     /// ParameterStatus values from start-up, in order.
@@ -139,21 +137,17 @@ impl ServerConn {
         extra: &[(&str, &str)],
     ) -> Result<ServerConn, ProxyError> {
         let server = || target.describe();
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| ProxyError::Server {
-                server: server(),
-                message: e.to_string(),
-            })?;
-        tcp.set_nodelay(true).map_err(ProxyError::server_io)?;
-        if let Some(keepalive) = &keepalive {
-            crate::io::keep_alive(&tcp, keepalive);
-        }
-        let addr = tcp.peer_addr().map_err(ProxyError::server_io)?;
-        let local_addr = tcp.local_addr().ok();
-        let mut stream = match &target.tls {
-            Some(tls) => tls.negotiate(tcp, &target.host).await?,
-            None => PgStream::Plain(tcp),
+        let (stream, addr, local_addr) =
+            PgStream::connect(&target.host, target.port, keepalive.as_ref())
+                .await
+                .map_err(|e| ProxyError::Server {
+                    server: server(),
+                    message: e.to_string(),
+                })?;
+        // As libpq: no TLS over a Unix-domain socket, whatever the sslmode.
+        let mut stream = match (&target.tls, stream) {
+            (Some(tls), PgStream::Plain(tcp)) => tls.negotiate(tcp, &target.host).await?,
+            (_, stream) => stream,
         };
 
         let mut out = BytesMut::with_capacity(256);
@@ -311,9 +305,13 @@ impl ServerConn {
                         _ => None,
                     };
                     return Ok(ServerConn {
-                        info: Arc::new(ServerInfo::new(addr, local_addr, cancel_key.process_id)),
+                        info: Arc::new(ServerInfo::new(
+                            addr.clone(),
+                            local_addr,
+                            cancel_key.process_id,
+                        )),
                         stream,
-                        addr,
+                        addr: addr.clone(),
                         cancel: Arc::new(CancelRoute {
                             addr,
                             key: cancel_key,
@@ -348,11 +346,7 @@ impl ServerConn {
     /// shutting down) or end-of-file mean it is dead. One non-blocking read, no syscall
     /// beyond it.
     pub fn looks_alive(&self) -> bool {
-        // A peek, not a read: under TLS the bytes belong to the TLS session.
-        let mut byte = [0u8; 1];
-        let mut buf = tokio::io::ReadBuf::new(&mut byte);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        self.stream.tcp().poll_peek(&mut cx, &mut buf).is_pending()
+        self.stream.is_quiet()
     }
 }
 
@@ -367,26 +361,12 @@ impl ServerConn {
             return Ok(self);
         }
         let mut conn = *self;
-        conn.stream = match conn.stream {
-            PgStream::Plain(tcp) => {
-                let tcp = tcp.into_std()?;
-                // `looks_alive` read readiness the other thread's event loop may not
-                // have caught up with: the socket itself says whether the server
-                // closed it (or sent something unasked).
-                match tcp.peek(&mut [0u8; 1]) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Ok(_) => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionAborted,
-                            "the server closed the connection or sent unasked data",
-                        ))
-                    }
-                    Err(e) => return Err(e),
-                }
-                PgStream::Plain(TcpStream::from_std(tcp)?)
-            }
-            tls => tls,
-        };
+        let socket = conn.stream.detach()?;
+        // `looks_alive` read readiness the other thread's event loop may not have
+        // caught up with: the socket itself says whether the server closed it (or
+        // sent something unasked).
+        socket.check_quiet()?;
+        conn.stream = socket.attach()?;
         conn.home = here;
         Ok(Box::new(conn))
     }
@@ -504,19 +484,23 @@ pub async fn send_cancel(route: &CancelRoute, timeout: Duration) {
     let mut out = BytesMut::with_capacity(16);
     route.key.encode(&mut out);
     let attempt = async {
-        let tcp = TcpStream::connect(route.addr)
+        let (host, port) = match &route.addr {
+            Endpoint::Tcp(addr) => (addr.ip().to_string(), addr.port()),
+            Endpoint::Unix { dir, port } => (dir.to_string(), *port),
+        };
+        let (stream, _, _) = PgStream::connect(&host, port, None)
             .await
             .map_err(ProxyError::server_io)?;
-        let mut stream = match &route.tls {
-            Some((tls, host)) => tls.negotiate(tcp, host).await?,
-            None => PgStream::Plain(tcp),
+        let mut stream = match (&route.tls, stream) {
+            (Some((tls, host)), PgStream::Plain(tcp)) => tls.negotiate(tcp, host).await?,
+            (_, stream) => stream,
         };
         send(&mut stream, &out).await?;
         // The server closes the connection when it has read the request.
         let _ = stream.read(&mut [0u8; 1]).await;
         Ok::<_, ProxyError>(())
     };
-    let addr = route.addr;
+    let addr = &route.addr;
     let tls = route.tls.is_some();
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(())) => {}

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{ServerTls, ServerTlsMode};
-use crate::tls::PgStream;
+use crate::net::PgStream;
 use crate::ProxyError;
 
 /// What a pool needs to open TLS connections; compared by settings, so a RELOAD that

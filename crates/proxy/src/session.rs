@@ -1,7 +1,6 @@
 //! One client connection: start-up, authentication, then the relay between the client
 //! and whichever server connection its pool lends it.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,13 +9,13 @@ use pgopt_wire::backend::{BackendKeyData, ParameterStatus, ReadyForQuery};
 use pgopt_wire::startup::{split_startup, CancelRequest, StartupPacket, MAX_STARTUP_PACKET_LEN};
 use pgopt_wire::{md5, sqlstate, TransactionStatus};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::admin::{self, Role};
 use crate::auth::{self, Credentials};
 use crate::auth_query::{self, LookupError};
 use crate::config::{ClientAuth, Config, TlsMode, ADMIN_DATABASE};
 use crate::io::{close_tls, send_fatal, write_all};
+use crate::net::{ClientStream, Endpoint};
 use crate::pool::{CheckoutError, Pool, ServerParams};
 use crate::relay::Relay;
 use crate::routing::Routes;
@@ -24,20 +23,25 @@ use crate::server::CancelRoute;
 use crate::session_state::Settings;
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::{ClientInfo, ClientState};
-use crate::tls::ClientStream;
 use crate::ProxyError;
 
 /// Where a client's CancelRequest must go while it holds a server connection.
 pub type CancelTarget = Mutex<Option<Arc<CancelRoute>>>;
 pub type CancelSlot = Arc<CancelTarget>;
 
-pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let _ = tcp.set_nodelay(true);
-    if let Some(keepalive) = &shared.config().tcp_keepalive {
-        crate::io::keep_alive(&tcp, keepalive);
-    }
-    let local_addr = tcp.local_addr().ok();
-    let mut stream = ClientStream::Plain(tcp);
+/// Serves the client on `stream` (TCP or a Unix-domain socket, as accepted).
+pub async fn run(mut stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) {
+    let local_addr = match &stream {
+        ClientStream::Plain(tcp) => {
+            let _ = tcp.set_nodelay(true);
+            if let Some(keepalive) = &shared.config().tcp_keepalive {
+                crate::io::keep_alive(tcp, keepalive);
+            }
+            tcp.local_addr().ok().map(Endpoint::Tcp)
+        }
+        // A Unix-domain socket's clients are unnamed: they show the socket itself.
+        _ => Some(peer.clone()),
+    };
     shared.accepted.fetch_add(1, Ordering::Relaxed);
     let Ok(_client_slot) = shared.client_slots().try_acquire_owned() else {
         shared.rejected_max_clients.fetch_add(1, Ordering::Relaxed);
@@ -49,7 +53,7 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         .await;
         return;
     };
-    let client = shared.clients.register(peer, local_addr);
+    let client = shared.clients.register(peer.clone(), local_addr);
     match session(stream, &shared, &client.info).await {
         Ok(()) => tracing::debug!(%peer, "client session ended"),
         Err(e) => tracing::debug!(%peer, error = %e, "client session ended with an error"),
@@ -85,7 +89,8 @@ async fn session(
     let Some(startup) = startup else {
         return Ok(());
     };
-    if config.client_tls.mode == TlsMode::Require && !stream.is_tls() {
+    // As PgBouncer: a Unix-domain socket needs no TLS (PostgreSQL offers none on one).
+    if config.client_tls.mode == TlsMode::Require && !stream.is_tls() && !stream.is_unix() {
         send_fatal(
             &mut stream,
             sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -374,7 +379,8 @@ async fn read_startup_packets(
         };
         match frame.decode() {
             Ok(StartupPacket::SslRequest) => match shared.tls_acceptor() {
-                Some(acceptor) if !stream.is_tls() => {
+                // None over a Unix-domain socket, as PostgreSQL (and libpq asks none).
+                Some(acceptor) if matches!(stream, ClientStream::Plain(_)) => {
                     // Bytes behind an SSLRequest would be read as if they had come
                     // over TLS (CVE-2021-23214): refuse them.
                     if !buf.is_empty() {

@@ -492,8 +492,20 @@ impl Shared {
             ),
             None => {}
         }
-        if new.listen != old.listen || new.admin_listen != old.admin_listen {
-            tracing::warn!("listen and admin_listen changes take effect after a restart");
+        if (
+            &new.listen,
+            &new.admin_listen,
+            &new.unix_socket_dir,
+            new.unix_socket_mode,
+        ) != (
+            &old.listen,
+            &old.admin_listen,
+            &old.unix_socket_dir,
+            old.unix_socket_mode,
+        ) {
+            tracing::warn!(
+                "listen, admin_listen and unix_socket_dir/mode changes take effect after a restart"
+            );
         }
         // The configured count, not the threads it made: with 0 (one per core) a
         // changed core count alone is not a change of the config.

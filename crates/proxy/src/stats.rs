@@ -5,8 +5,8 @@
 //! bytes locally and flushes them there), so the hot path takes no lock; registries
 //! take a lock only when a connection opens or closes, and views read them on demand.
 
+use crate::net::Endpoint;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -212,8 +212,8 @@ impl ClientState {
 /// One client connection, for the views.
 pub struct ClientInfo {
     pub id: u64,
-    pub addr: SocketAddr,
-    pub local_addr: Option<SocketAddr>,
+    pub addr: Endpoint,
+    pub local_addr: Option<Endpoint>,
     pub connect_time: SystemTime,
     identity: Mutex<(String, String, String)>,
     state: AtomicU8,
@@ -331,11 +331,7 @@ impl Drop for ClientGuard {
 }
 
 impl ClientRegistry {
-    pub fn register(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        local_addr: Option<SocketAddr>,
-    ) -> ClientGuard {
+    pub fn register(self: &Arc<Self>, addr: Endpoint, local_addr: Option<Endpoint>) -> ClientGuard {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
         let info = Arc::new(ClientInfo {
             id,
@@ -384,8 +380,8 @@ pub enum ServerState {
 #[derive(Debug)]
 pub struct ServerInfo {
     pub id: u64,
-    pub addr: SocketAddr,
-    pub local_addr: Option<SocketAddr>,
+    pub addr: Endpoint,
+    pub local_addr: Option<Endpoint>,
     pub backend_pid: i32,
     pub connect_time: SystemTime,
     state: AtomicU8,
@@ -396,7 +392,7 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
-    pub fn new(addr: SocketAddr, local_addr: Option<SocketAddr>, backend_pid: i32) -> ServerInfo {
+    pub fn new(addr: Endpoint, local_addr: Option<Endpoint>, backend_pid: i32) -> ServerInfo {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         ServerInfo {
             id: NEXT.fetch_add(1, Relaxed),

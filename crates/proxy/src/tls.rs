@@ -1,18 +1,12 @@
-//! TLS (rustls): to clients with the certificate and key from the config, to servers
-//! with libpq's `sslmode` choices, and the stream either side uses: plain TCP or TLS
-//! over it.
+//! TLS (rustls) to clients, with the certificate and key from the config (to servers:
+//! `server_tls.rs`; the stream either side uses: `net.rs`).
 
-use std::io;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::{TlsAcceptor, TlsStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::ProxyError;
 
@@ -50,103 +44,4 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, ProxyE
             ))
         })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// A client or server connection: plain, or TLS after an accepted SSLRequest.
-pub enum PgStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-/// A client's connection.
-pub type ClientStream = PgStream;
-
-impl std::fmt::Debug for PgStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.is_tls() {
-            "PgStream::Tls"
-        } else {
-            "PgStream::Plain"
-        })
-    }
-}
-
-impl PgStream {
-    pub fn is_tls(&self) -> bool {
-        matches!(self, PgStream::Tls(_))
-    }
-
-    /// The TCP connection underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            PgStream::Plain(tcp) => tcp,
-            PgStream::Tls(tls) => tls.get_ref().0,
-        }
-    }
-
-    /// Runs the server side of the TLS handshake on a plain stream.
-    pub async fn upgrade(self, acceptor: &TlsAcceptor) -> io::Result<PgStream> {
-        match self {
-            PgStream::Plain(tcp) => Ok(PgStream::Tls(Box::new(acceptor.accept(tcp).await?.into()))),
-            tls => Ok(tls),
-        }
-    }
-}
-
-impl AsyncRead for PgStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PgStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for PgStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            PgStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            PgStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            PgStream::Plain(s) => s.is_write_vectored(),
-            PgStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PgStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PgStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
 }

@@ -3,11 +3,11 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::config::{ClientAuth, Config, PoolMode, FALLBACK_DATABASE};
+use crate::net::Endpoint;
 use crate::routing::format_lsn;
 use crate::shared::Shared;
 use crate::stats::{format_time, unix_us_now, ServerState, Totals};
@@ -48,9 +48,9 @@ pub(crate) fn n(v: impl Into<u64>) -> Option<String> {
     Some(v.into().to_string())
 }
 
-fn addr_parts(addr: Option<SocketAddr>) -> (Option<String>, Option<String>) {
-    match addr {
-        Some(a) => (t(a.ip().to_string()), n(a.port())),
+fn addr_parts(addr: Option<&Endpoint>) -> (Option<String>, Option<String>) {
+    match addr.map(Endpoint::parts) {
+        Some((addr, port)) => (t(addr), n(port)),
         None => (None, None),
     }
 }
@@ -237,8 +237,8 @@ pub fn clients(shared: &Shared) -> Table {
     let now = unix_us_now();
     for c in shared.clients.list() {
         let (user, db, app) = c.identity();
-        let (addr, port) = addr_parts(Some(c.addr));
-        let (laddr, lport) = addr_parts(c.local_addr);
+        let (addr, port) = addr_parts(Some(&c.addr));
+        let (laddr, lport) = addr_parts(c.local_addr.as_ref());
         let wait = c.waiting_for(now).unwrap_or_default();
         let link = c.link();
         table.push(vec![
@@ -281,8 +281,8 @@ pub fn servers(shared: &Shared) -> Table {
     ]);
     for pool in shared.pools.list() {
         for s in pool.servers.list() {
-            let (addr, port) = addr_parts(Some(s.addr));
-            let (laddr, lport) = addr_parts(s.local_addr);
+            let (addr, port) = addr_parts(Some(&s.addr));
+            let (laddr, lport) = addr_parts(s.local_addr.as_ref());
             let link = s.link();
             table.push(vec![
                 t("S"),
@@ -549,6 +549,16 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     vec![
         ("listen", c.listen.to_string(), false),
+        (
+            "unix_socket_dir",
+            c.unix_socket_dir.clone().unwrap_or_default(),
+            false,
+        ),
+        (
+            "unix_socket_mode",
+            format!("{:04o}", c.unix_socket_mode),
+            false,
+        ),
         (
             "admin_listen",
             c.admin_listen.map(|a| a.to_string()).unwrap_or_default(),

@@ -13,14 +13,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use crate::net::{ClientStream, Endpoint};
 use crate::shared::Shared;
 
 thread_local! {
@@ -113,14 +112,14 @@ pub fn start(threads: usize) -> std::io::Result<(Arc<Spawner>, Workers)> {
 
 impl Spawner {
     /// Runs the session of the client on `stream` on the next runtime in turn.
-    pub fn spawn_session(&self, stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    pub fn spawn_session(&self, stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
         if i == 0 {
             tokio::spawn(crate::session::run(stream, peer, shared));
             return;
         }
         // The socket moves to that runtime's event loop.
-        let stream = match stream.into_std() {
+        let stream = match stream.detach() {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(client = %peer, error = %e, "handing a client to a session thread failed");
@@ -128,7 +127,7 @@ impl Spawner {
             }
         };
         self.handles[i].spawn(async move {
-            match TcpStream::from_std(stream) {
+            match stream.attach() {
                 Ok(stream) => crate::session::run(stream, peer, shared).await,
                 Err(e) => {
                     tracing::warn!(client = %peer, error = %e, "handing a client to a session thread failed")

@@ -46,17 +46,29 @@ async fn start(pg: &Postgres, mode: TlsMode, dir: &std::path::Path) -> Proxy {
         cert_file: Some(cert),
         key_file: Some(key),
     };
+    config.unix_socket_dir = Some(dir.to_str().unwrap().to_string());
     Proxy::start(config).await.unwrap()
 }
 
 /// psql through the proxy with `sslmode`; its stdout, or its stderr as the error.
 async fn psql(pg: &Postgres, proxy: &Proxy, sslmode: &str, sql: &str) -> Result<String, String> {
+    psql_at(pg, proxy, "127.0.0.1", sslmode, sql).await
+}
+
+/// [`psql`] to `host`: an address, or the directory of the proxy's Unix socket.
+async fn psql_at(
+    pg: &Postgres,
+    proxy: &Proxy,
+    host: &str,
+    sslmode: &str,
+    sql: &str,
+) -> Result<String, String> {
     let mut cmd = Command::new(pg.binaries().program("psql"));
     cmd.args([
         "-XAt",
         "-d",
         &format!(
-            "host=127.0.0.1 port={} user=postgres dbname=app sslmode={sslmode}",
+            "host={host} port={} user=postgres dbname=app sslmode={sslmode}",
             proxy.local_addr().port()
         ),
         "-c",
@@ -108,6 +120,18 @@ async fn require_mode_refuses_plain_text_clients() {
     let err = psql(&pg, &proxy, "disable", "SELECT 1").await.unwrap_err();
     assert!(err.contains("only TLS connections"), "{err}");
     assert_eq!(psql(&pg, &proxy, "require", "SELECT 1").await.unwrap(), "1");
+    // As PgBouncer: the Unix-domain socket needs no TLS (libpq asks none over one, and
+    // an SSLRequest there is answered 'N', as PostgreSQL answers it).
+    let socket_dir = dir.to_str().unwrap();
+    let out = psql_at(&pg, &proxy, socket_dir, "disable", "SELECT 2").await;
+    assert_eq!(out.unwrap(), "2");
+    let mut raw = tokio::net::UnixStream::connect(proxy.unix_socket().unwrap())
+        .await
+        .unwrap();
+    raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    assert_eq!(raw.read_u8().await.unwrap(), b'N');
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

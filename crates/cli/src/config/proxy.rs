@@ -142,6 +142,11 @@ pub struct ProxyUser {
 pub struct ProxyConfig {
     /// Where clients connect.
     pub listen: SocketAddr,
+    /// A directory where clients may also connect over a Unix-domain socket
+    /// (`.s.PGSQL.<listen port>`, as PostgreSQL names its own); "" is TCP only.
+    pub unix_socket_dir: SocketDir,
+    /// The socket file's permissions, in octal ("0777").
+    pub unix_socket_mode: FileMode,
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` of the server to pool (printed with
     /// the password masked).
     #[serde(serialize_with = "super::masked_url")]
@@ -221,6 +226,8 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            unix_socket_dir: SocketDir(None),
+            unix_socket_mode: FileMode(0o777),
             upstream: String::new(),
             databases: Vec::new(),
             pool_mode: PoolMode::Transaction,
@@ -259,6 +266,60 @@ impl Default for ProxyConfig {
             auth_user: String::new(),
             auth_query: pgopt_proxy::DEFAULT_AUTH_QUERY.to_string(),
             auth_query_cache_ttl: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// An absolute directory path, or `""` for "off".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketDir(pub Option<String>);
+
+impl Serialize for SocketDir {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_deref().unwrap_or(""))
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketDir {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(SocketDir(None));
+        }
+        // libpq takes a host as a socket directory only when it starts with '/'.
+        if !text.starts_with('/') {
+            return Err(de::Error::custom(format!(
+                "expected an absolute directory path (clients give it as their host) or \"\" for \
+                 off, found {text:?}"
+            )));
+        }
+        let dir = text.trim_end_matches('/');
+        Ok(SocketDir(Some(
+            if dir.is_empty() { "/" } else { dir }.into(),
+        )))
+    }
+}
+
+/// Permission bits of a file as a string of octal digits, as PgBouncer writes them
+/// ("0660").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl Serialize for FileMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A string only: TOML does not say whether `660` was meant in octal.
+        let text = String::deserialize(d)?;
+        match u32::from_str_radix(&text, 8) {
+            Ok(mode) if mode <= 0o777 && !text.starts_with('+') => Ok(FileMode(mode)),
+            _ => Err(de::Error::custom(format!(
+                "expected permission bits as a string of octal digits from \"0000\" to \"0777\", found {text:?}"
+            ))),
         }
     }
 }

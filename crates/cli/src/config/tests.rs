@@ -366,3 +366,29 @@ fn keepalive_timings_the_kernel_would_refuse_are_config_errors() {
     );
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
+
+#[test]
+fn unix_socket_settings_are_checked_as_read() {
+    let loaded = parse_text(
+        "pgopt.toml",
+        "[proxy]\nunix_socket_dir = \"/run/pgopt/\"\nunix_socket_mode = \"0660\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        loaded.proxy.unix_socket_dir,
+        proxy::SocketDir(Some("/run/pgopt".into()))
+    );
+    assert_eq!(loaded.proxy.unix_socket_mode, proxy::FileMode(0o660));
+    let e = err("[proxy]\nunix_socket_dir = \"run/pgopt\"\n");
+    assert!(
+        e.starts_with("pgopt.toml:2: proxy.unix_socket_dir: expected an absolute directory path"),
+        "{e}"
+    );
+    for bad in ["\"0999\"", "\"1777\"", "660"] {
+        let e = err(&format!("[proxy]\n\nunix_socket_mode = {bad}\n"));
+        assert!(
+            e.starts_with("pgopt.toml:3: proxy.unix_socket_mode: expected"),
+            "{bad}: {e}"
+        );
+    }
+}

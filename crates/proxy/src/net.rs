@@ -1,0 +1,355 @@
+//! Sockets: the stream a client or server connection runs on (TCP, a Unix-domain
+//! socket, or TLS over TCP), where it leads ([`Endpoint`]), and the Unix-domain socket
+//! pgopt listens on besides TCP (`unix_socket_dir`), named as PostgreSQL names its own
+//! (`<dir>/.s.PGSQL.<port>`), so `psql -h <dir> -p <port>` finds it.
+
+use std::fmt;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio_rustls::TlsStream;
+
+use crate::config::Keepalive;
+
+/// Where a connection leads: a TCP address, or a Unix-domain socket given as its
+/// directory and port (the socket file is [`socket_path`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(std::net::SocketAddr),
+    Unix { dir: Arc<str>, port: u16 },
+}
+
+impl Endpoint {
+    /// The TCP address, when it is one.
+    pub fn tcp(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Endpoint::Tcp(addr) => Some(*addr),
+            Endpoint::Unix { .. } => None,
+        }
+    }
+
+    /// The address and port as SHOW CLIENTS and SHOW SERVERS give them: `unix` and the
+    /// socket's port for a Unix-domain socket, as PgBouncer shows it.
+    pub fn parts(&self) -> (String, u16) {
+        match self {
+            Endpoint::Tcp(addr) => (addr.ip().to_string(), addr.port()),
+            Endpoint::Unix { port, .. } => ("unix".into(), *port),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => addr.fmt(f),
+            Endpoint::Unix { dir, port } => write!(f, "unix:{}", socket_path(dir, *port).display()),
+        }
+    }
+}
+
+/// The socket file of `port` in `dir`, as PostgreSQL and libpq name it.
+pub fn socket_path(dir: &str, port: u16) -> PathBuf {
+    Path::new(dir).join(format!(".s.PGSQL.{port}"))
+}
+
+/// Whether a server's `host` is a Unix-domain socket directory: an absolute path, as
+/// libpq reads it.
+pub fn is_socket_dir(host: &str) -> bool {
+    host.starts_with('/')
+}
+
+/// A client or server connection: plain TCP, a Unix-domain socket, or TLS over TCP
+/// after an accepted SSLRequest.
+pub enum PgStream {
+    Plain(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// A client's connection.
+pub type ClientStream = PgStream;
+
+impl fmt::Debug for PgStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PgStream::Plain(_) => "PgStream::Plain",
+            PgStream::Unix(_) => "PgStream::Unix",
+            PgStream::Tls(_) => "PgStream::Tls",
+        })
+    }
+}
+
+/// A plain or Unix-domain socket out of any runtime, to be registered with another.
+pub enum Detached {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Detached {
+    /// Registers the socket with the current runtime.
+    pub fn attach(self) -> io::Result<PgStream> {
+        match self {
+            Detached::Tcp(tcp) => TcpStream::from_std(tcp).map(PgStream::Plain),
+            Detached::Unix(unix) => UnixStream::from_std(unix).map(PgStream::Unix),
+        }
+    }
+
+    /// Err when the peer closed the connection or sent something unasked: the socket
+    /// itself says so, whatever the runtime it left had seen of it.
+    pub fn check_quiet(&self) -> io::Result<()> {
+        let peeked = match self {
+            Detached::Tcp(tcp) => peek(tcp),
+            Detached::Unix(unix) => peek(unix),
+        };
+        match peeked {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the peer closed the connection or sent unasked data",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One non-blocking peek at a socket: the bytes stay for whoever reads next.
+fn peek(socket: &impl AsFd) -> io::Result<usize> {
+    let mut byte = [MaybeUninit::<u8>::uninit()];
+    socket2::SockRef::from(socket).peek(&mut byte)
+}
+
+impl PgStream {
+    /// Connects to `host`:`port` — a Unix-domain socket when `host` is a directory,
+    /// else TCP (no Nagle delay; `keepalive` set when given) — and says where the
+    /// connection leads and, for TCP, where it comes from.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        keepalive: Option<&Keepalive>,
+    ) -> io::Result<(PgStream, Endpoint, Option<Endpoint>)> {
+        if is_socket_dir(host) {
+            let unix = UnixStream::connect(socket_path(host, port)).await?;
+            let peer = Endpoint::Unix {
+                dir: host.into(),
+                port,
+            };
+            return Ok((PgStream::Unix(unix), peer, None));
+        }
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        if let Some(keepalive) = keepalive {
+            crate::io::keep_alive(&tcp, keepalive);
+        }
+        let peer = Endpoint::Tcp(tcp.peer_addr()?);
+        let local = tcp.local_addr().ok().map(Endpoint::Tcp);
+        Ok((PgStream::Plain(tcp), peer, local))
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, PgStream::Tls(_))
+    }
+
+    pub fn is_unix(&self) -> bool {
+        matches!(self, PgStream::Unix(_))
+    }
+
+    /// Whether an idle connection has nothing to say (pending bytes — a FATAL from a
+    /// server shutting down — or end-of-file mean it is dead). A peek, not a read:
+    /// under TLS the bytes belong to the TLS session. No syscall while the event loop
+    /// has seen nothing to read.
+    pub fn is_quiet(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self {
+            PgStream::Plain(tcp) => tcp.poll_peek(&mut cx, &mut buf).is_pending(),
+            PgStream::Tls(tls) => tls.get_ref().0.poll_peek(&mut cx, &mut buf).is_pending(),
+            PgStream::Unix(unix) => {
+                // Tokio's readiness is cleared only when the peek would block.
+                let peeked = unix.try_io(Interest::READABLE, || peek(unix));
+                matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Runs the server side of the TLS handshake on a plain TCP stream.
+    pub async fn upgrade(self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<PgStream> {
+        match self {
+            PgStream::Plain(tcp) => Ok(PgStream::Tls(Box::new(acceptor.accept(tcp).await?.into()))),
+            other => Ok(other),
+        }
+    }
+
+    /// Takes a plain or Unix-domain socket out of this runtime (to hand it to
+    /// another); TLS streams stay where they are (an error).
+    pub fn detach(self) -> io::Result<Detached> {
+        match self {
+            PgStream::Plain(tcp) => tcp.into_std().map(Detached::Tcp),
+            PgStream::Unix(unix) => unix.into_std().map(Detached::Unix),
+            PgStream::Tls(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a TLS stream cannot move to another runtime",
+            )),
+        }
+    }
+}
+
+impl AsyncRead for PgStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PgStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PgStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PgStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PgStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PgStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PgStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            PgStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            PgStream::Plain(s) => s.is_write_vectored(),
+            PgStream::Unix(s) => s.is_write_vectored(),
+            PgStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PgStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            PgStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PgStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            PgStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            PgStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The Unix-domain socket pgopt listens on.
+pub struct UnixSocket {
+    pub listener: UnixListener,
+    /// What SHOW CLIENTS shows of its clients.
+    pub endpoint: Endpoint,
+}
+
+/// The socket's file, removed when this is dropped (unless something else has
+/// replaced it since).
+pub struct SocketFile {
+    path: PathBuf,
+    /// Its device and inode, to remove only our own.
+    id: (u64, u64),
+}
+
+impl UnixSocket {
+    /// Listens on `<dir>/.s.PGSQL.<port>` with permissions `mode`. A socket file left
+    /// by a server that did not stop cleanly is replaced; one a server still accepts
+    /// on is not (an error, as PostgreSQL refuses to start then).
+    pub async fn bind(dir: &str, port: u16, mode: u32) -> io::Result<(UnixSocket, SocketFile)> {
+        let path = socket_path(dir, port);
+        let context = |e: io::Error, what: &str| {
+            io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+        };
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                let probe = UnixStream::connect(&path);
+                match tokio::time::timeout(Duration::from_secs(1), probe).await {
+                    Err(_) | Ok(Ok(_)) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("another server is listening on {}", path.display()),
+                        ))
+                    }
+                    // Left behind: nothing accepts on it.
+                    Ok(Err(_)) => match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                            return Err(context(e, "removing the stale socket"))
+                        }
+                        _ => {}
+                    },
+                }
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(context(e, "looking at")),
+        }
+        let listener = UnixListener::bind(&path).map_err(|e| context(e, "listening on"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| context(e, "setting the permissions of"))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| context(e, "looking at"))?;
+        let socket = UnixSocket {
+            listener,
+            endpoint: Endpoint::Unix {
+                dir: dir.into(),
+                port,
+            },
+        };
+        let file = SocketFile {
+            path,
+            id: (meta.dev(), meta.ino()),
+        };
+        Ok((socket, file))
+    }
+}
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.id);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Unix-domain sockets on both sides: clients (psql, tokio-postgres) connecting to
+//! `unix_socket_dir`, the socket file's life (permissions, a stale file replaced, a
+//! live one refused, removed at the end), and servers reached through their socket
+//! directory — queries, cancels, dead connections found in the pool.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{admin, code, config_for, show};
+use pgopt_embedded::Postgres;
+use pgopt_proxy::{Config, PoolMode, Proxy};
+use tokio_postgres::NoTls;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgopt-unix-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A port nothing listens on right now (for a proxy whose socket file must be known
+/// before it starts).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn with_socket(pg: &Postgres, dir: &std::path::Path, port: u16) -> Config {
+    let mut config = config_for(pg, PoolMode::Transaction, 2);
+    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.unix_socket_dir = Some(dir.to_str().unwrap().to_string());
+    config.admin_users = vec!["postgres".into()];
+    config
+}
+
+/// A tokio-postgres client of database `db` on the socket in `dir`.
+async fn connect_unix(dir: &std::path::Path, port: u16, db: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host_path(dir)
+        .port(port)
+        .user("postgres")
+        .dbname(db)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test]
+async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy() {
+    let dir = temp_dir("clients");
+    let pg = Postgres::start().await.unwrap();
+    let port = free_port();
+    let mut config = with_socket(&pg, &dir, port);
+    config.unix_socket_mode = 0o700;
+    let proxy = Proxy::start(config).await.unwrap();
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    assert_eq!(proxy.unix_socket(), Some(path.as_path()));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+
+    // psql finds it as it finds PostgreSQL's: a host that is a directory.
+    let psql = pg.binaries().program("psql");
+    let mut cmd = Command::new(psql);
+    cmd.arg("-XAt")
+        .arg("-h")
+        .arg(&dir)
+        .arg("-p")
+        .arg(port.to_string());
+    cmd.args(["-U", "postgres", "-d", "app"]);
+    cmd.args(["-c", "SELECT count(*) FROM generate_series(1, 1000)"]);
+    // Off the runtime thread: the proxy under test runs on it.
+    let out = tokio::task::spawn_blocking(move || common::run(&mut cmd))
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), "1000");
+
+    // tokio-postgres: queries, then a cancel of a running statement, which reaches
+    // the proxy over the same socket.
+    let client = connect_unix(&dir, port, "app").await;
+    let row = client
+        .query_one("SELECT $1::int + 1", &[&41])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let token = client.cancel_token();
+    let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .expect("the cancel ended the statement")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code(&e), Some("57014"), "{e}");
+
+    // The admin console over the socket shows its clients as PgBouncer does.
+    let console = connect_unix(&dir, port, "pgopt").await;
+    let clients = show(&console, "CLIENTS").await;
+    let unix: Vec<_> = clients.iter().filter(|c| c["addr"] == "unix").collect();
+    assert!(unix.len() >= 2, "{clients:?}");
+    assert!(
+        unix.iter().all(|c| c["port"] == port.to_string()),
+        "{unix:?}"
+    );
+    let config = show(&console, "CONFIG").await;
+    let setting = |key: &str| config.iter().find(|r| r["key"] == key).unwrap()["value"].clone();
+    assert_eq!(setting("unix_socket_dir"), dir.to_str().unwrap());
+    assert_eq!(setting("unix_socket_mode"), "0700");
+    // TCP clients still come in with their address.
+    let tcp = admin(&proxy).await;
+    let clients = show(&tcp, "CLIENTS").await;
+    assert!(
+        clients.iter().any(|c| c["addr"] == "127.0.0.1"),
+        "{clients:?}"
+    );
+
+    drop((console, tcp));
+    drop(proxy);
+    assert!(!path.exists(), "the socket file outlived the proxy");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_socket_file_is_replaced_and_a_live_or_foreign_one_refused() {
+    let dir = temp_dir("stale");
+    let pg = Postgres::start().await.unwrap();
+    let port = free_port();
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+
+    // Something accepts on it: another server's socket is left alone.
+    let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let e = Proxy::start(with_socket(&pg, &dir, port))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("another server is listening on"),
+        "{e}"
+    );
+    assert!(path.exists());
+
+    // Left behind by a server that is gone: replaced.
+    drop(live);
+    let proxy = Proxy::start(with_socket(&pg, &dir, port)).await.unwrap();
+    let client = connect_unix(&dir, port, "app").await;
+    assert_eq!(common::value(&client, "SELECT 7").await, "7");
+    drop(client);
+    drop(proxy);
+    assert!(!path.exists());
+
+    // Not a socket at all: never removed.
+    std::fs::write(&path, "precious").unwrap();
+    let e = loop {
+        // (The dropped proxy's TCP listener closes once its task is dropped.)
+        let e = Proxy::start(with_socket(&pg, &dir, port))
+            .await
+            .err()
+            .unwrap();
+        if !e.to_string().contains("Address already in use") {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(e.to_string().contains("is not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_server_is_reached_through_its_socket_directory() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.databases[0].host = pg.socket_dir().to_str().unwrap().to_string();
+    config.admin_users = vec!["postgres".into()];
+    let proxy = Proxy::start(config).await.unwrap();
+
+    // Several clients over the two connections, on both session threads.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(common::connect(&proxy, "postgres", None).await.unwrap());
+    }
+    for round in 0..5 {
+        for (i, client) in clients.iter().enumerate() {
+            let row = client
+                .query_one("SELECT $1::int * 10", &[&(i as i32 + round)])
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, i32>(0), (i as i32 + round) * 10);
+        }
+    }
+    let console = admin(&proxy).await;
+    let servers = show(&console, "SERVERS").await;
+    assert!(!servers.is_empty());
+    for s in &servers {
+        assert_eq!(s["addr"], "unix", "{servers:?}");
+        assert_eq!(s["port"], pg.port().to_string(), "{servers:?}");
+    }
+    // PostgreSQL says so too: its backends have no client address.
+    let over_unix = common::value(
+        &clients[0],
+        "SELECT (client_addr IS NULL)::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(over_unix, "true");
+
+    // A cancel is forwarded to the server over its socket.
+    let client = clients.pop().unwrap();
+    let token = client.cancel_token();
+    let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .expect("the cancel ended the statement")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code(&e), Some("57014"), "{e}");
+
+    // Idle pooled connections whose backends were terminated are found dead (a FATAL
+    // waits on the socket) and replaced before a client gets them.
+    let direct = pg.connect("postgres").await.unwrap();
+    let killed = common::value(
+        &direct,
+        "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity \
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND client_addr IS NULL",
+    )
+    .await;
+    assert_ne!(killed, "0");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for client in &clients {
+        assert_eq!(common::value(client, "SELECT 1").await, "1");
+    }
+}
