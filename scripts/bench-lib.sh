@@ -2,6 +2,8 @@
 # time, one pgbench run with the proxy's CPU per transaction, ratios.
 # a throwaway PostgreSQL.
 # Needs: $bindir (PostgreSQL binaries), $secs (seconds per run).
+# pgbench connects to $bench_host: 127.0.0.1, or a directory of Unix-domain sockets.
+bench_host=${bench_host:-127.0.0.1}
 
 # Run as root, PostgreSQL runs as postgres.
 as_pg=()
@@ -24,16 +26,18 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 ticks=$(getconf CLK_TCK)
 
-# pgbouncer_config DIR PG_PORT LISTEN_PORT POOL_SIZE: DIR/pgbouncer.ini (transaction mode,
-# trust, database postgres on PG_PORT) and its users.txt, readable by PgBouncer's user.
+# pgbouncer_config DIR PG_PORT LISTEN_PORT POOL_SIZE [SERVER_HOST [SOCKET_DIR]]:
+# DIR/pgbouncer.ini (transaction mode, trust, database postgres on SERVER_HOST, by default
+# 127.0.0.1, port PG_PORT; a Unix-domain socket in SOCKET_DIR too when given) and its
+# users.txt, readable by PgBouncer's user.
 pgbouncer_config() {
   cat > "$1/pgbouncer.ini" <<INI
 [databases]
-postgres = host=127.0.0.1 port=$2 dbname=postgres
+postgres = host=${5:-127.0.0.1} port=$2 dbname=postgres
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $3
-unix_socket_dir =
+unix_socket_dir = ${6:-}
 auth_type = trust
 auth_file = $1/users.txt
 pool_mode = transaction
@@ -58,7 +62,7 @@ run() {
     logs=(-l --sampling-rate 0.1 --log-prefix "$(mktemp -d /tmp/pgopt-bench-log-XXXXXX)/tx")
   fi
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  out=$("$bindir/pgbench" -n -T "$secs" -h 127.0.0.1 -p "$port" -U postgres "${logs[@]}" "$@" postgres 2>&1) || true
+  out=$("$bindir/pgbench" -n -T "$secs" -h "$bench_host" -p "$port" -U postgres "${logs[@]}" "$@" postgres 2>&1) || true
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   if [ ${#logs[@]} -gt 0 ]; then
     local dir; dir=$(dirname "${logs[4]}")
@@ -102,7 +106,7 @@ run_total() {
   local port=$1 pid=$2 data=$3; shift 3
   local p0 g0 p1 g1 out tps lat txns
   p0=$(cpu_ticks "$pid"); g0=$(pg_ticks "$data")
-  out=$(/usr/bin/time -f 'pgbench-cpu %U %S' "$bindir/pgbench" -n -T "$secs" -h 127.0.0.1 -p "$port" -U postgres "$@" postgres 2>&1) || true
+  out=$(/usr/bin/time -f 'pgbench-cpu %U %S' "$bindir/pgbench" -n -T "$secs" -h "$bench_host" -p "$port" -U postgres "$@" postgres 2>&1) || true
   p1=$(cpu_ticks "$pid"); g1=$(pg_ticks "$data")
   tps=$(awk -F'= ' '/^tps/ {split($2,a," "); print a[1]}' <<<"$out")
   lat=$(awk -F'= ' '/^latency average/ {split($2,a," "); print a[1]}' <<<"$out")

@@ -12,6 +12,8 @@
 # usage: scripts/bench-proxy.sh [SECONDS_PER_RUN=10] [PGBENCH_SCALE=10] [POOL_SIZE=20]
 #        BENCH_ONLY=insight scripts/bench-proxy.sh ...   (just the insight comparison)
 #        BENCH_ONLY=proxy scripts/bench-proxy.sh ...     (just the proxy table)
+#        BENCH_SOCKETS=unix scripts/bench-proxy.sh ...  (every hop over Unix-domain sockets:
+#        pgbench to each target, and each proxy to PostgreSQL; else TCP on 127.0.0.1)
 #        INSIGHT_ROUNDS=N pairs of phases (default 12), INSIGHT_PERIOD=S seconds per
 #        phase (default 5), INSIGHT_VERBOSE=1 (each pair on stderr), INSIGHT_AA=1 (an
 #        A/A line per case: the switching alone, insight on in both phases)
@@ -43,19 +45,29 @@ trap cleanup EXIT
 
 start_pg "$tmp" "$pg_port" "$scale" -c synchronous_commit=off
 
-pgbouncer_config "$tmp" "$pg_port" "$bouncer_port" "$pool"
+# PostgreSQL's socket is in $tmp (start_pg); with BENCH_SOCKETS=unix the proxies put
+# theirs next to it and reach PostgreSQL through it.
+server_host=127.0.0.1; socket_dir=
+if [ "${BENCH_SOCKETS:-tcp}" = unix ]; then
+  server_host=$tmp; socket_dir=$tmp; bench_host=$tmp
+fi
+upstream="postgres://postgres@127.0.0.1:$pg_port/postgres"
+[ -n "$socket_dir" ] && upstream="postgres://postgres@/postgres?host=$tmp&port=$pg_port"
+pgbouncer_config "$tmp" "$pg_port" "$bouncer_port" "$pool" "$server_host" "$socket_dir"
 # runuser starts a fresh session with the default fd limit: raise it inside.
 "${as_pg[@]}" bash -c 'ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec pgbouncer "$1"' \
   _ "$tmp/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
 # Its config file holds insight.enabled, switched by the insight comparison below.
 printf '[insight]\nenabled = true\n' > "$tmp/pgopt.toml"
-PGOPT_PROXY__MAX_CLIENT_CONN=10000 RUST_LOG=error "$pgopt" --config "$tmp/pgopt.toml" proxy --listen "127.0.0.1:$pgopt_port" \
-  --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size "$pool" >/dev/null 2>&1 & pids+=($!)
+PGOPT_PROXY__MAX_CLIENT_CONN=10000 PGOPT_PROXY__UNIX_SOCKET_DIR=$socket_dir RUST_LOG=error \
+  "$pgopt" --config "$tmp/pgopt.toml" proxy --listen "127.0.0.1:$pgopt_port" \
+  --upstream "$upstream" --pool-mode transaction --pool-size "$pool" >/dev/null 2>&1 & pids+=($!)
 sleep 1
 bouncer_pid=$(cat "$tmp/pgbouncer.pid")
 pgopt_pid=${pids[1]}
 
-printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores\n' "$(date -u +%F)" "$secs" "$scale" "$pool" "$(nproc)"
+printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores, %s sockets\n' "$(date -u +%F)" "$secs" \
+  "$scale" "$pool" "$(nproc)" "${BENCH_SOCKETS:-tcp}"
 printf '%-28s %10s %10s %10s %9s %9s %11s %11s %13s %13s %13s\n' case direct pgbouncer pgopt "opt/dir" "opt/pgb" \
   "pgb µs/tx" "opt µs/tx" "dir avg/p99" "pgb avg/p99" "opt avg/p99"
 case_run() {
@@ -129,7 +141,7 @@ insight_run() {
   insight_set true
   sleep 1
   : > "$flips"
-  "$bindir/pgbench" -n -T $((lead + phases * period + 1)) -P 1 -h 127.0.0.1 -p "$pgopt_port" -U postgres \
+  "$bindir/pgbench" -n -T $((lead + phases * period + 1)) -P 1 -h "$bench_host" -p "$pgopt_port" -U postgres \
     "$@" postgres > "$tmp/pgbench.out" 2> "$progress" &
   bench=$!
   # pgbench's clock: its first progress line is printed at its second 1.

@@ -14,19 +14,53 @@ pub struct Upstream {
 
 const FORM: &str = "postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?host=/SOCKET/DIR]";
 
+/// A URL's parts after its scheme: user info, host and port, path, query.
+struct Parts<'a> {
+    userinfo: Option<&'a str>,
+    hostport: &'a str,
+    path: &'a str,
+    query: &'a str,
+}
+
+/// Splits what follows the scheme. The user part ends at the last `@` before the first
+/// `/` (a password may hold `@` and `?`), then the query at the first `?`.
+fn split(rest: &str) -> Parts<'_> {
+    let head = rest.find('/').map_or(rest, |i| &rest[..i]);
+    let (userinfo, rest) = match head.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+    Parts {
+        userinfo,
+        hostport,
+        path,
+        query,
+    }
+}
+
+/// The query's `name=value` pairs, as written (not decoded).
+fn params(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
 pub fn parse(url: &str) -> Result<Upstream, String> {
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
         .ok_or_else(|| format!("expected {FORM}, found {url:?}"))?;
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let dbname = decode(path)?;
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    let (user, password) = match userinfo {
+    let Parts {
+        userinfo,
+        hostport,
+        path,
+        query,
+    } = split(rest);
+    let mut dbname = decode(path)?;
+    let (mut user, mut password) = match userinfo {
         Some(info) => match info.split_once(':') {
             Some((u, p)) => (Some(decode(u)?), Some(decode(p)?)),
             None => (Some(decode(info)?), None),
@@ -44,13 +78,16 @@ pub fn parse(url: &str) -> Result<Upstream, String> {
             None => (decode(hostport)?, None),
         }
     };
-    // `?host=` and `?port=` win, as in libpq; other parameters are the server's
-    // business (sslmode is `proxy.server_tls_mode`) and are ignored here.
+    // The connection parameters libpq takes in the query win, as in libpq; others
+    // are the server's business (sslmode is `proxy.server_tls_mode`) and are ignored.
     let (mut host, mut port) = (host, port.map(str::to_string));
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("host", h)) => host = decode(h)?,
-            Some(("port", p)) => port = Some(decode(p)?),
+    for (name, value) in params(query) {
+        match name {
+            "host" => host = decode(value)?,
+            "port" => port = Some(decode(value)?),
+            "user" => user = Some(decode(value)?),
+            "password" => password = Some(decode(value)?),
+            "dbname" => dbname = decode(value)?,
             _ => {}
         }
     }
@@ -84,9 +121,8 @@ pub fn names_database(url: &str) -> bool {
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
         .unwrap_or(url);
-    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
-    rest.split_once('/')
-        .is_some_and(|(_, path)| !path.is_empty())
+    let parts = split(rest);
+    !parts.path.is_empty() || params(parts.query).any(|(name, v)| name == "dbname" && !v.is_empty())
 }
 
 /// Percent-decoding (`%40` → `@`), for passwords with reserved characters.
@@ -146,6 +182,19 @@ mod tests {
         );
         let u = parse("postgres://app@db:5432/shop?sslmode=require&host=/run/pg").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("/run/pg", 5432));
+        let u = parse("postgres://?host=/run/pg&dbname=shop&user=app&password=p%26w").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.dbname.as_str(), u.user.as_deref()),
+            ("/run/pg", "shop", Some("app"))
+        );
+        assert_eq!(u.password.as_deref(), Some("p&w"));
+        // A password may hold '?' and '@', as before.
+        let u = parse("postgres://app:pa?s@s@db:5433/shop").unwrap();
+        assert_eq!(u.password.as_deref(), Some("pa?s@s"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.dbname.as_str()),
+            ("db", 5433, "shop")
+        );
     }
 
     #[test]
@@ -157,6 +206,9 @@ mod tests {
         assert!(!names_database("postgres://h/?sslmode=require"));
         assert!(!names_database("postgres://app@?host=/run/pg"));
         assert!(names_database("postgres://app@/shop?host=/run/pg"));
+        assert!(names_database("postgres://app@?host=/run/pg&dbname=shop"));
+        assert!(names_database("postgres://app:p?w@h/shop"));
+        assert!(!names_database("postgres://app:p?w@h"));
     }
 
     #[test]

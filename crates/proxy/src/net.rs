@@ -154,6 +154,16 @@ impl PgStream {
         Ok((PgStream::Plain(tcp), peer, local))
     }
 
+    /// Connects to where `endpoint` leads (a CancelRequest's way to its server).
+    pub async fn connect_endpoint(endpoint: &Endpoint) -> io::Result<PgStream> {
+        match endpoint {
+            Endpoint::Tcp(addr) => TcpStream::connect(addr).await.map(PgStream::Plain),
+            Endpoint::Unix { dir, port } => UnixStream::connect(socket_path(dir, *port))
+                .await
+                .map(PgStream::Unix),
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, PgStream::Tls(_))
     }
@@ -278,8 +288,27 @@ pub struct UnixSocket {
 /// replaced it since).
 pub struct SocketFile {
     path: PathBuf,
-    /// Its device and inode, to remove only our own.
-    id: (u64, u64),
+    /// To remove only our own.
+    id: FileId,
+}
+
+/// What tells one file from another at the same path: its device and inode, and its
+/// creation (an inode freed by one file may be given to the next at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 impl UnixSocket {
@@ -295,19 +324,28 @@ impl UnixSocket {
             Ok(meta) if meta.file_type().is_socket() => {
                 let probe = UnixStream::connect(&path);
                 match tokio::time::timeout(Duration::from_secs(1), probe).await {
-                    Err(_) | Ok(Ok(_)) => {
+                    // Left behind: nothing accepts on it.
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        match std::fs::remove_file(&path) {
+                            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                                return Err(context(e, "removing the stale socket"))
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                    // Accepted, or a server too busy to (a full backlog: EAGAIN), or
+                    // one that lets us not in (EACCES): in use, left alone.
+                    answer => {
+                        let why = match answer {
+                            Ok(Err(e)) => format!(" (connecting: {e})"),
+                            _ => String::new(),
+                        };
                         return Err(io::Error::new(
                             io::ErrorKind::AddrInUse,
-                            format!("another server is listening on {}", path.display()),
-                        ))
+                            format!("another server is listening on {}{why}", path.display()),
+                        ));
                     }
-                    // Left behind: nothing accepts on it.
-                    Ok(Err(_)) => match std::fs::remove_file(&path) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                            return Err(context(e, "removing the stale socket"))
-                        }
-                        _ => {}
-                    },
                 }
             }
             Ok(_) => {
@@ -320,19 +358,26 @@ impl UnixSocket {
             Err(e) => return Err(context(e, "looking at")),
         }
         let listener = UnixListener::bind(&path).map_err(|e| context(e, "listening on"))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| context(e, "setting the permissions of"))?;
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| context(e, "looking at"))?;
+        // Its identity after the chmod (which changes its ctime).
+        let made = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| context(e, "setting the permissions of"))
+            .and_then(|()| std::fs::symlink_metadata(&path).map_err(|e| context(e, "looking at")));
+        let file = match made {
+            Ok(meta) => SocketFile {
+                id: FileId::of(&meta),
+                path,
+            },
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         let socket = UnixSocket {
             listener,
             endpoint: Endpoint::Unix {
                 dir: dir.into(),
                 port,
             },
-        };
-        let file = SocketFile {
-            path,
-            id: (meta.dev(), meta.ino()),
         };
         Ok((socket, file))
     }
@@ -346,8 +391,8 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.id);
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|meta| FileId::of(&meta) == self.id);
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }

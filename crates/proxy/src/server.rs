@@ -484,11 +484,7 @@ pub async fn send_cancel(route: &CancelRoute, timeout: Duration) {
     let mut out = BytesMut::with_capacity(16);
     route.key.encode(&mut out);
     let attempt = async {
-        let (host, port) = match &route.addr {
-            Endpoint::Tcp(addr) => (addr.ip().to_string(), addr.port()),
-            Endpoint::Unix { dir, port } => (dir.to_string(), *port),
-        };
-        let (stream, _, _) = PgStream::connect(&host, port, None)
+        let stream = PgStream::connect_endpoint(&route.addr)
             .await
             .map_err(ProxyError::server_io)?;
         let mut stream = match (&route.tls, stream) {

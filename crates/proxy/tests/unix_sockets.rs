@@ -88,9 +88,10 @@ async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy()
         .await
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
+    let watcher = pg.connect("postgres").await.unwrap();
     let token = client.cancel_token();
     let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_until_running(&watcher, "SELECT pg_sleep(30)").await;
     token.cancel_query(NoTls).await.unwrap();
     let e = tokio::time::timeout(Duration::from_secs(10), sleeping)
         .await
@@ -100,6 +101,7 @@ async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy()
     assert_eq!(code(&e), Some("57014"), "{e}");
 
     // The admin console over the socket shows its clients as PgBouncer does.
+    let other = connect_unix(&dir, port, "app").await;
     let console = connect_unix(&dir, port, "pgopt").await;
     let clients = show(&console, "CLIENTS").await;
     let unix: Vec<_> = clients.iter().filter(|c| c["addr"] == "unix").collect();
@@ -120,7 +122,7 @@ async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy()
         "{clients:?}"
     );
 
-    drop((console, tcp));
+    drop((console, tcp, other));
     drop(proxy);
     assert!(!path.exists(), "the socket file outlived the proxy");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -151,8 +153,14 @@ async fn a_stale_socket_file_is_replaced_and_a_live_or_foreign_one_refused() {
     let client = connect_unix(&dir, port, "app").await;
     assert_eq!(common::value(&client, "SELECT 7").await, "7");
     drop(client);
+    // Another server took the path over meanwhile (a restart beside a draining one):
+    // the proxy going away leaves its socket alone.
+    std::fs::remove_file(&path).unwrap();
+    let successor = std::os::unix::net::UnixListener::bind(&path).unwrap();
     drop(proxy);
-    assert!(!path.exists());
+    assert!(path.exists(), "the successor's socket was removed");
+    drop(successor);
+    std::fs::remove_file(&path).unwrap();
 
     // Not a socket at all: never removed.
     std::fs::write(&path, "precious").unwrap();
@@ -211,9 +219,10 @@ async fn a_server_is_reached_through_its_socket_directory() {
 
     // A cancel is forwarded to the server over its socket.
     let client = clients.pop().unwrap();
+    let watcher = pg.connect("postgres").await.unwrap();
     let token = client.cancel_token();
     let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_until_running(&watcher, "SELECT pg_sleep(30)").await;
     token.cancel_query(NoTls).await.unwrap();
     let e = tokio::time::timeout(Duration::from_secs(10), sleeping)
         .await
@@ -224,9 +233,8 @@ async fn a_server_is_reached_through_its_socket_directory() {
 
     // Idle pooled connections whose backends were terminated are found dead (a FATAL
     // waits on the socket) and replaced before a client gets them.
-    let direct = pg.connect("postgres").await.unwrap();
     let killed = common::value(
-        &direct,
+        &watcher,
         "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity \
          WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND client_addr IS NULL",
     )

@@ -27,23 +27,35 @@ pub(crate) fn masked<S: serde::Serializer>(secret: &str, s: S) -> Result<S::Ok, 
 }
 
 /// A URL (or several, separated by commas) with the password of each one's
-/// `user:password@` replaced by [`MASK`].
+/// `user:password@`, and of a `password=` query parameter, replaced by [`MASK`].
 pub(crate) fn mask_url_passwords(urls: &str) -> String {
     let mask = |url: &str| {
         let Some((scheme, rest)) = url.split_once("://") else {
             return url.to_string();
         };
-        // As the URL parsers split it: the authority ends at the first `/`, and the
-        // user part at the last `@` (a password may hold `?` or `@`).
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:{MASK}@{host}{tail}"),
-                None => url.to_string(),
+        // As the URL parsers split it: the user part ends at the last `@` before the
+        // first `/` (a password may hold `?` or `@`), the query starts at the next `?`.
+        let head = rest.find('/').map_or(rest, |i| &rest[..i]);
+        let (user, after) = match head.rfind('@') {
+            Some(at) => match rest[..at].split_once(':') {
+                Some((user, _)) => (format!("{user}:{MASK}@"), &rest[at + 1..]),
+                None => (rest[..=at].to_string(), &rest[at + 1..]),
             },
-            None => url.to_string(),
-        }
+            None => (String::new(), rest),
+        };
+        let after = match after.split_once('?') {
+            Some((before, query)) => {
+                let query: Vec<_> = (query.split('&'))
+                    .map(|p| match p.split_once('=') {
+                        Some(("password", _)) => format!("password={MASK}"),
+                        _ => p.to_string(),
+                    })
+                    .collect();
+                format!("{before}?{}", query.join("&"))
+            }
+            None => after.to_string(),
+        };
+        format!("{scheme}://{user}{after}")
     };
     urls.split(',').map(mask).collect::<Vec<_>>().join(",")
 }

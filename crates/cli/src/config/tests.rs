@@ -347,6 +347,10 @@ hmac_key = "hmac-secret"
         mask_url_passwords("postgres://app:pa?s@s@db/shop"),
         "postgres://app:********@db/shop"
     );
+    assert_eq!(
+        mask_url_passwords("postgres://app@/shop?host=/run/pg&password=x&sslmode=disable"),
+        "postgres://app@/shop?host=/run/pg&password=********&sslmode=disable"
+    );
 }
 
 #[test]
