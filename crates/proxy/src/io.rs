@@ -59,7 +59,8 @@ pub async fn write_all(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), Pr
 }
 
 /// [`write_all`], given up while it waits for a client that stopped reading when the
-/// client is killed (the admin console's KILL) or at `until` (`query_timeout`).
+/// client is killed (the admin console's KILL, or a shutdown past its timeout) or at
+/// `until` (`query_timeout`).
 pub async fn write_all_bounded(
     stream: &mut ClientStream,
     bytes: &[u8],
@@ -81,7 +82,7 @@ pub async fn write_all_bounded(
         biased;
         written = write_all(stream, bytes) => written,
         () = info.until_killed() => {
-            gave_up("killed by the admin console while the client was not reading")
+            gave_up("killed (KILL, or a shutdown's end) while the client was not reading")
         }
         () = deadline => gave_up("query_timeout ran out while the client was not reading"),
     }

@@ -428,10 +428,7 @@ impl Relay {
                 }
                 () = &mut wake => {
                     wake.set(info.wake.notified());
-                    if info.killed() {
-                        self.close(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
-                        break;
-                    }
+                    // (A shutdown past its timeout kills every session too.)
                     let state = self.shared.lifecycle_now();
                     if state >= Lifecycle::Closing {
                         self.close(
@@ -439,6 +436,10 @@ impl Relay {
                             "terminating connection: pgopt is shutting down",
                         )
                         .await;
+                        break;
+                    }
+                    if info.killed() {
+                        self.close(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
                         break;
                     }
                     self.closing = state >= Lifecycle::Draining;

@@ -652,6 +652,12 @@ impl Shared {
                     "shutdown timeout: closing the remaining clients"
                 );
                 shared.set_lifecycle(Lifecycle::Closing);
+                // Killed too: a session blocked writing to a client that stopped
+                // reading gives up (its server connection closes) instead of holding
+                // on past the shutdown.
+                for client in shared.clients.list() {
+                    client.kill();
+                }
                 let deadline = Instant::now() + Duration::from_secs(2);
                 while shared.clients.len() > 0 && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;

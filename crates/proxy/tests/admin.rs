@@ -1180,3 +1180,44 @@ async fn shutdown_tells_a_client_waiting_on_a_pool_a_reload_replaced_at_once() {
     assert!(code(&e) == Some("57P01") || e.is_closed(), "{e:?}");
     holder.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_session_blocked_on_a_client_that_stopped_reading() {
+    use tokio::io::AsyncWriteExt;
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.shutdown_timeout = Duration::from_millis(300)).await;
+    let watcher = pg.connect("postgres").await.unwrap();
+    // A big result the client never reads: pgopt blocks writing it.
+    let mut stuck = common::raw_login(&proxy).await;
+    let query = "SELECT repeat('x', 100000) FROM generate_series(1, 2000)";
+    let mut text = query.as_bytes().to_vec();
+    text.push(0);
+    stuck
+        .write_all(&common::message(b'Q', &text))
+        .await
+        .unwrap();
+    common::wait_until_running(&watcher, query).await;
+    proxy.handle().shutdown();
+    tokio::time::timeout(Duration::from_secs(10), proxy.wait())
+        .await
+        .expect("the shutdown ends");
+    // The session gave up its write, and with it the server connection.
+    let backends = async {
+        loop {
+            let n = common::value(
+                &watcher,
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            )
+            .await;
+            if n == "0" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), backends)
+        .await
+        .expect("the blocked session still holds its server connection");
+    drop(stuck);
+}
