@@ -24,7 +24,10 @@
 # window in which a bypassing write can be read stale: p50/p99 bucket bounds from
 # pgopt's `pgopt_cache_wal_staleness_seconds` histogram over that case alone).
 #
-# usage: [REDIS=1] [WAL=1] scripts/bench-cache.sh [SECONDS_PER_RUN=15] [PGBENCH_SCALE=10] [POOL_SIZE=20]
+# With BENCH_SOCKETS=unix every hop runs over Unix-domain sockets: pgbench to PostgreSQL
+# and to each pgopt, and each pgopt to PostgreSQL.
+#
+# usage: [REDIS=1] [WAL=1] [BENCH_SOCKETS=unix] scripts/bench-cache.sh [SECONDS_PER_RUN=15] [PGBENCH_SCALE=10] [POOL_SIZE=20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
@@ -84,9 +87,15 @@ if [ "${REDIS:-0}" = 1 ]; then
 fi
 
 upstream="postgres://postgres@127.0.0.1:$pg_port/postgres"
+socket_dir=
+if [ "${BENCH_SOCKETS:-tcp}" = unix ]; then
+  # PostgreSQL's socket is in $tmp (start_pg); the proxies put theirs next to it.
+  socket_dir=$tmp; bench_host=$tmp
+  upstream="postgres://postgres@/postgres?host=$tmp&port=$pg_port"
+fi
 proxy() {
   local port=$1; shift
-  RUST_LOG=error "$pgopt" "$@" proxy --listen "127.0.0.1:$port" \
+  PGOPT_PROXY__UNIX_SOCKET_DIR=$socket_dir RUST_LOG=error "$pgopt" "$@" proxy --listen "127.0.0.1:$port" \
     --upstream "$upstream" --pool-mode transaction --pool-size "$pool" >/dev/null 2>&1 &
   pids+=($!)
 }
@@ -104,8 +113,8 @@ if [ "${WAL:-0}" = 1 ]; then
   done
 fi
 
-printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores%s\n' "$(date -u +%F)" "$secs" "$scale" \
-  "$pool" "$(nproc)" "$([ "${REDIS:-0}" = 1 ] && echo ', +cache shares L2 and invalidations through Redis')"
+printf '%s, %s s per run, pgbench scale %s, pool size %s, %s cores, %s sockets%s\n' "$(date -u +%F)" "$secs" "$scale" \
+  "$pool" "$(nproc)" "${BENCH_SOCKETS:-tcp}" "$([ "${REDIS:-0}" = 1 ] && echo ', +cache shares L2 and invalidations through Redis')"
 printf '%-28s %9s %9s %9s %8s %8s %8s %8s %8s %8s %7s\n' case direct pgopt "+cache" "c/dir" "c/pgopt" \
   "dir ms" "pg ms" "c ms" "c µs/tx" "hits"
 hits() {

@@ -173,6 +173,13 @@ async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
     }
 }
 
+/// The rules of `proxy.auth_hba_file`; an error names the file and line.
+fn read_hba(path: &str) -> anyhow::Result<pgopt_proxy::hba::Hba> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("proxy.auth_hba_file: reading {path}: {e}"))?;
+    pgopt_proxy::hba::Hba::parse(&text).map_err(|(line, e)| anyhow::anyhow!("{path}:{line}: {e}"))
+}
+
 /// `--upstream` or `proxy.upstream` (with `--replica` or `routing.replicas`), then
 /// `[[proxy.databases]]`, each named once.
 fn databases(
@@ -270,11 +277,23 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
     let client_auth = match config.auth {
         ClientAuthMethod::Trust => pgopt_proxy::ClientAuth::Trust,
         ClientAuthMethod::Md5 => pgopt_proxy::ClientAuth::Md5,
-        ClientAuthMethod::ScramSha256 => pgopt_proxy::ClientAuth::ScramSha256,
+        // (With hba the rules decide; this is not used.)
+        ClientAuthMethod::ScramSha256 | ClientAuthMethod::Hba => {
+            pgopt_proxy::ClientAuth::ScramSha256
+        }
     };
     if client_auth == pgopt_proxy::ClientAuth::Trust {
         tracing::warn!("proxy.auth = \"trust\": clients log in without a password");
     }
+    let hba = match (config.auth, config.auth_hba_file.as_str()) {
+        (ClientAuthMethod::Hba, "") => {
+            anyhow::bail!(
+                "proxy.auth_hba_file: a file of rules is needed with proxy.auth = \"hba\""
+            )
+        }
+        (ClientAuthMethod::Hba, path) => Some(std::sync::Arc::new(read_hba(path)?)),
+        _ => None,
+    };
     Ok(pgopt_proxy::Config {
         listen: args.listen.unwrap_or(config.listen),
         unix_socket_dir: config.unix_socket_dir.0.clone(),
@@ -333,6 +352,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
                 .then(|| config.server_tls_ca_file.clone().into()),
         },
         client_auth,
+        hba,
         users: config
             .users
             .iter()

@@ -575,6 +575,94 @@ fn proxy_quick_start_pools_a_real_server() {
     assert!(status.success(), "{status}");
 }
 
+#[test]
+fn proxy_over_unix_sockets_both_ways() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pg = runtime.block_on(pgopt_embedded::Postgres::start()).unwrap();
+    let port = pgopt_embedded::free_port().unwrap();
+    let dir = std::env::temp_dir().join(format!("pgopt-cli-{}-sock", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The server through its socket directory, as libpq takes it in a URL.
+    let upstream = format!(
+        "postgres://postgres@/postgres?host={}&port={}",
+        pg.socket_dir().display(),
+        pg.port()
+    );
+    let proxy = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &upstream])
+        .env("PGOPT_PROXY__UNIX_SOCKET_DIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _proxy = Killed(proxy);
+    let socket = dir.join(format!(".s.PGSQL.{port}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = Command::new(pg.binaries().program("psql"))
+        .arg("-h")
+        .arg(&dir)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtc",
+        ])
+        .arg("SELECT client_addr IS NULL FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "t");
+    drop(_proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn proxy_names_the_line_of_a_bad_hba_file() {
+    let rules = temp_file("hba.conf", "local all all peer\nhost all all all ident\n");
+    let config = temp_file(
+        "hba.toml",
+        &format!(
+            "[proxy]\nauth = \"hba\"\nauth_hba_file = \"{}\"\n",
+            rules.display()
+        ),
+    );
+    let upstream = ["--upstream", "postgres://app@127.0.0.1:1/app"];
+    let out = pgopt(&[
+        "--config",
+        config.to_str().unwrap(),
+        "proxy",
+        upstream[0],
+        upstream[1],
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let at = format!("{}:2: method \"ident\" is not supported", rules.display());
+    assert!(err.contains(&at), "{err}");
+    let without = temp_file("hba-none.toml", "[proxy]\nauth = \"hba\"\n");
+    let out = pgopt(&[
+        "--config",
+        without.to_str().unwrap(),
+        "proxy",
+        upstream[0],
+        upstream[1],
+    ]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("proxy.auth_hba_file: a file of rules is needed"),
+        "{err}"
+    );
+    for path in [rules, config, without] {
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
 /// Kills a child process when dropped (an assertion failing first included).
 struct Killed(std::process::Child);
 

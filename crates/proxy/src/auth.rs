@@ -96,8 +96,16 @@ pub async fn authenticate(
 ) -> Result<Authenticated, ProxyError> {
     let mut out = BytesMut::with_capacity(256);
     let mut refreshed = None;
+    // As PostgreSQL: md5 for a user whose stored password is a SCRAM verifier is SCRAM.
+    let method = match (method, creds) {
+        (ClientAuth::Md5, Some(c)) if c.md5.is_none() && c.scram.is_some() => {
+            ClientAuth::ScramSha256
+        }
+        (method, _) => method,
+    };
     let (ok, keys) = match method {
         ClientAuth::Trust => (true, None),
+        ClientAuth::Peer => (peer_is(stream, user).await, None),
         ClientAuth::Md5 => {
             let answer = md5_exchange(stream, buf, &mut out, max_len).await?;
             let matches =
@@ -130,8 +138,17 @@ pub async fn authenticate(
         }
     };
     if !ok {
-        let message = format!("password authentication failed for user \"{user}\"");
-        send_fatal(stream, sqlstate::INVALID_PASSWORD, &message).await;
+        let (code, message) = match method {
+            ClientAuth::Peer => (
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("Peer authentication failed for user \"{user}\""),
+            ),
+            _ => (
+                sqlstate::INVALID_PASSWORD,
+                format!("password authentication failed for user \"{user}\""),
+            ),
+        };
+        send_fatal(stream, code, &message).await;
         return Err(ProxyError::Protocol(message));
     }
     out.clear();
@@ -142,6 +159,36 @@ pub async fn authenticate(
         keys: keys.filter(|_| creds.is_some_and(|c| c.plaintext.is_none())),
         refreshed,
     })
+}
+
+/// Whether the client is on a Unix-domain socket and runs as the operating system user
+/// named `user` (its credentials from the kernel, its name from the user database).
+async fn peer_is(stream: &ClientStream, user: &str) -> bool {
+    let ClientStream::Unix(unix) = stream else {
+        return false;
+    };
+    let Ok(uid) = unix.peer_cred().map(|cred| cred.uid()) else {
+        return false;
+    };
+    // The user database may be remote (NSS): off the event loop.
+    let name = tokio::task::spawn_blocking(move || os_user_name(uid)).await;
+    matches!(name, Ok(Some(name)) if name == user)
+}
+
+/// The name of the operating system user `uid`.
+fn os_user_name(uid: libc::uid_t) -> Option<String> {
+    // SAFETY: a zeroed passwd is a valid out-parameter; getpwuid_r (unlike getpwuid) is
+    // thread-safe and writes strings only into `buf`, which outlives their use here.
+    let mut record: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwuid_r(uid, &mut record, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || record.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
+    let name = unsafe { std::ffi::CStr::from_ptr(record.pw_name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// The salt sent and the client's answer; `None` when it sent none.

@@ -20,6 +20,9 @@ pub enum ClientAuth {
     Trust,
     Md5,
     ScramSha256,
+    /// A Unix-domain socket's peer is the operating system user of the client's user
+    /// name (from an `hba` rule; TCP clients fail it).
+    Peer,
 }
 
 /// A user clients may log in as. `password` is the plaintext, an `md5…` hash or a
@@ -225,6 +228,9 @@ pub struct Config {
     /// TLS to servers (libpq's `sslmode` choices).
     pub server_tls: ServerTls,
     pub client_auth: ClientAuth,
+    /// Rules that pick each client's method instead of `client_auth` (`proxy.auth =
+    /// "hba"` with `auth_hba_file`); the first that matches decides, none refuses.
+    pub hba: Option<std::sync::Arc<crate::hba::Hba>>,
     pub users: Vec<User>,
     /// The user `auth_query` runs as (it must be in `users` or be the database's
     /// forced user); `None` turns `auth_query` off.
@@ -428,6 +434,7 @@ impl Default for Config {
             client_tls: ClientTls::default(),
             server_tls: ServerTls::default(),
             client_auth: ClientAuth::Trust,
+            hba: None,
             users: Vec::new(),
             auth_user: None,
             auth_query: crate::auth_query::DEFAULT_AUTH_QUERY.to_string(),

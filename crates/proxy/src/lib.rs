@@ -14,6 +14,7 @@ mod cache_views;
 pub mod config;
 mod error;
 mod fence;
+pub mod hba;
 mod http;
 mod insight_views;
 mod io;

@@ -14,6 +14,7 @@ use crate::admin::{self, Role};
 use crate::auth::{self, Credentials};
 use crate::auth_query::{self, LookupError};
 use crate::config::{ClientAuth, Config, TlsMode, ADMIN_DATABASE};
+use crate::hba;
 use crate::io::{close_tls, send_fatal, write_all};
 use crate::net::{ClientStream, Endpoint};
 use crate::pool::{CheckoutError, Pool, ServerParams};
@@ -112,10 +113,23 @@ async fn session(
     if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
     }
+    let Some(method) = client_method(&mut stream, shared, &config, info, database, user).await
+    else {
+        return Ok(());
+    };
     let users = shared.users();
     let creds = users.get(user.as_str());
     if database == ADMIN_DATABASE {
-        let exchange = login(&mut stream, &mut buf, shared, &config, user, creds, None);
+        let exchange = login(
+            &mut stream,
+            &mut buf,
+            shared,
+            &config,
+            method,
+            user,
+            creds,
+            None,
+        );
         let Some(logged_in) = before(deadline, exchange).await else {
             return Err(login_timed_out(&mut stream, shared, &config).await);
         };
@@ -162,7 +176,7 @@ async fn session(
     let mut found = None;
     let mut refresh = None;
     if let (Some(auth_user), None) = (&config.auth_user, creds) {
-        if config.client_auth != ClientAuth::Trust {
+        if !matches!(method, ClientAuth::Trust | ClientAuth::Peer) {
             let lookup = |stale| {
                 auth_query::lookup_cached(
                     shared,
@@ -213,6 +227,7 @@ async fn session(
         &mut buf,
         shared,
         &config,
+        method,
         user,
         creds.or(found.as_deref()),
         refresh,
@@ -468,11 +483,59 @@ async fn refuse_if_stopping(stream: &mut ClientStream, shared: &Shared) -> bool 
 
 /// Authenticates the client; a failure is counted and the client told why. A SCRAM
 /// login against a stored verifier yields the user's keys.
+/// How the client logs in: `client_auth`, or what the first `hba` rule matching it
+/// says. `None` when no rule matches or the rule rejects it: it has been told so.
+async fn client_method(
+    stream: &mut ClientStream,
+    shared: &Shared,
+    config: &Config,
+    info: &ClientInfo,
+    database: &str,
+    user: &str,
+) -> Option<ClientAuth> {
+    let Some(hba) = &config.hba else {
+        return Some(config.client_auth);
+    };
+    let (origin, host, tls) = match (stream.is_unix(), info.addr.tcp()) {
+        (false, Some(addr)) => {
+            let tls = stream.is_tls();
+            let origin = hba::Origin::Host { ip: addr.ip(), tls };
+            (origin, addr.ip().to_string(), tls)
+        }
+        _ => (hba::Origin::Local, "[local]".to_string(), false),
+    };
+    let decision = hba.decide(origin, database, user);
+    let refusal = match decision.map(|d| d.method) {
+        Some(hba::Method::Auth(method)) => return Some(method),
+        Some(hba::Method::Reject) => "auth_hba_file rejects connection for",
+        None => "no auth_hba_file entry for",
+    };
+    let encryption = if tls {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
+    let message = format!(
+        "{refusal} host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"
+    );
+    tracing::info!(line = decision.map(|d| d.line), "{message}");
+    shared.rejected_auth.fetch_add(1, Ordering::Relaxed);
+    send_fatal(
+        stream,
+        sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+        &message,
+    )
+    .await;
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn login(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     shared: &Shared,
     config: &Config,
+    method: ClientAuth,
     user: &str,
     creds: Option<&Credentials>,
     refresh: Option<auth::Refresh<'_>>,
@@ -480,7 +543,7 @@ async fn login(
     let result = auth::authenticate(
         stream,
         buf,
-        config.client_auth,
+        method,
         user,
         creds,
         config.max_message_len,

@@ -605,10 +605,12 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
         ("shutdown_timeout", ms(c.shutdown_timeout), true),
         (
             "auth",
-            match c.client_auth {
-                ClientAuth::Trust => "trust",
-                ClientAuth::Md5 => "md5",
-                ClientAuth::ScramSha256 => "scram-sha-256",
+            match (&c.hba, c.client_auth) {
+                (Some(_), _) => "hba",
+                (None, ClientAuth::Trust) => "trust",
+                (None, ClientAuth::Md5) => "md5",
+                (None, ClientAuth::ScramSha256) => "scram-sha-256",
+                (None, ClientAuth::Peer) => "peer",
             }
             .into(),
             true,

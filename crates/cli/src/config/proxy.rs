@@ -25,6 +25,9 @@ pub enum ClientAuthMethod {
     Md5,
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// Each client's method from the rules in `auth_hba_file`.
+    #[serde(rename = "hba")]
+    Hba,
 }
 
 /// TLS to clients: disable | prefer | require.
@@ -213,6 +216,9 @@ pub struct ProxyConfig {
     pub server_tls_ca_file: String,
     /// trust | md5 | scram-sha-256
     pub auth: ClientAuthMethod,
+    /// With `auth = "hba"`: a file of `pg_hba.conf` rules (local, host, hostssl,
+    /// hostnossl; trust, reject, md5, scram-sha-256, peer), read at start and on RELOAD.
+    pub auth_hba_file: String,
     pub users: Vec<ProxyUser>,
     /// Look up users not in `users` on the server, logged in as this user; "" is off.
     pub auth_user: String,
@@ -262,6 +268,7 @@ impl Default for ProxyConfig {
             server_tls_mode: ServerTlsModeSetting::Prefer,
             server_tls_ca_file: String::new(),
             auth: ClientAuthMethod::Trust,
+            auth_hba_file: String::new(),
             users: Vec::new(),
             auth_user: String::new(),
             auth_query: pgopt_proxy::DEFAULT_AUTH_QUERY.to_string(),

@@ -1,0 +1,191 @@
+//! Host-based authentication (`auth_hba_file` rules): each client's method from how it
+//! connects, its database and user — SCRAM, md5, trust, peer over the Unix-domain
+//! socket, reject, no matching rule — with real clients, and a RELOAD that swaps the
+//! rules.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{code, config_for};
+use pgopt_embedded::Postgres;
+use pgopt_proxy::hba::Hba;
+use pgopt_proxy::{Config, PoolMode, Proxy, User};
+use tokio_postgres::NoTls;
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgopt-hba-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The name of the operating system user the tests run as (the peer of their sockets).
+fn os_user() -> String {
+    let out = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn config(pg: &Postgres, dir: &std::path::Path, rules: &str) -> Config {
+    let mut config = config_for(pg, PoolMode::Transaction, 2);
+    // Every client logs in to the server as postgres, whatever its own name.
+    config.databases[0].user = Some("postgres".into());
+    config.unix_socket_dir = Some(dir.to_str().unwrap().to_string());
+    config.users = vec![
+        User::new("alice", "alice-secret"),
+        User::new("bob", "bob-secret"),
+        User::new("carol", "carol-secret"),
+        User::new("dave", "dave-secret"),
+    ];
+    config.hba = Some(Arc::new(Hba::parse(rules).unwrap()));
+    config
+}
+
+async fn login(
+    proxy: &Proxy,
+    host: &str,
+    user: &str,
+    password: Option<&str>,
+) -> Result<String, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(proxy.local_addr().port())
+        .user(user)
+        .dbname("app");
+    if let Some(password) = password {
+        config.password(password);
+    }
+    let (client, conn) = config.connect(NoTls).await?;
+    tokio::spawn(conn);
+    Ok(common::value(&client, "SELECT current_user").await)
+}
+
+#[tokio::test]
+async fn rules_pick_each_clients_method_or_refuse_it() {
+    let dir = temp_dir("rules");
+    let socket = dir.to_str().unwrap();
+    let me = os_user();
+    let rules = format!(
+        "local all {me},alice peer\n\
+         local all all reject\n\
+         host  app alice 127.0.0.1/32 scram-sha-256\n\
+         host  app bob   127.0.0.0/8  md5\n\
+         host  app carol 0.0.0.0/0    reject\n"
+    );
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config(&pg, &dir, &rules)).await.unwrap();
+
+    // SCRAM and md5 by rule, each with its password checked.
+    let local = "127.0.0.1";
+    assert_eq!(
+        login(&proxy, local, "alice", Some("alice-secret"))
+            .await
+            .unwrap(),
+        "postgres"
+    );
+    let e = login(&proxy, local, "alice", Some("wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("28P01"), "{e}");
+    assert_eq!(
+        login(&proxy, local, "bob", Some("bob-secret"))
+            .await
+            .unwrap(),
+        "postgres"
+    );
+    let e = login(&proxy, local, "bob", Some("wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("28P01"), "{e}");
+
+    // A rejecting rule, and no rule at all: refused before any password, with 28000.
+    let e = login(&proxy, local, "carol", Some("carol-secret"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("28000"), "{e}");
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert!(
+        message.contains("rejects connection for host \"127.0.0.1\", user \"carol\""),
+        "{message}"
+    );
+    let e = login(&proxy, local, "dave", Some("dave-secret"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("28000"), "{e}");
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert!(
+        message.contains("no auth_hba_file entry for host \"127.0.0.1\""),
+        "{message}"
+    );
+
+    // Peer over the Unix socket: the operating system user logs in as itself without a
+    // password; another name is refused, as is anyone a `local` rule rejects.
+    assert_eq!(login(&proxy, socket, &me, None).await.unwrap(), "postgres");
+    let e = login(&proxy, socket, "alice", Some("alice-secret"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("28000"), "{e}");
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert_eq!(message, "Peer authentication failed for user \"alice\"");
+    let e = login(&proxy, socket, "bob", Some("bob-secret"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("28000"), "{e}");
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert!(message.contains("host \"[local]\""), "{message}");
+
+    // RELOAD swaps the rules: carol gets in with md5, bob is now refused.
+    let swapped = format!(
+        "local all {me} peer\n\
+         host  app carol 127.0.0.1/32 md5\n"
+    );
+    proxy.handle().apply(config(&pg, &dir, &swapped)).unwrap();
+    assert_eq!(
+        login(&proxy, local, "carol", Some("carol-secret"))
+            .await
+            .unwrap(),
+        "postgres"
+    );
+    let e = login(&proxy, local, "bob", Some("bob-secret"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("28000"), "{e}");
+    drop(proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn md5_rules_take_scram_for_a_scram_verifier_as_postgresql_does() {
+    let dir = temp_dir("md5");
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config(&pg, &dir, "host all all all md5\n");
+    // A verifier, as pg_authid stores it: no md5 hash can be had from it.
+    pg.psql("CREATE ROLE erin LOGIN PASSWORD 'erin-secret'")
+        .unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    let verifier = common::value(
+        &direct,
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'erin'",
+    )
+    .await;
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    config.users.push(User::new("erin", verifier));
+    let proxy = Proxy::start(config).await.unwrap();
+    let local = "127.0.0.1";
+    assert_eq!(
+        login(&proxy, local, "erin", Some("erin-secret"))
+            .await
+            .unwrap(),
+        "postgres"
+    );
+    let e = login(&proxy, local, "erin", Some("wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("28P01"), "{e}");
+    drop(proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
