@@ -68,6 +68,10 @@ pub struct CacheSettings {
     /// the listener logs in as the database's user, else none.
     pub wal_password: Option<String>,
     pub publication: String,
+    /// Hear schema changes made directly on the server at once (see `ddl_watch.rs`):
+    /// an event trigger, made with the listener's login (a superuser), notifies a
+    /// connection of pgopt's.
+    pub ddl_listener: bool,
     /// `[cache.redis]`: L2 and invalidations shared with other pgopt instances.
     pub redis: Option<RedisConfig>,
     /// The share of simple-protocol hits run again on PostgreSQL (on a connection of
@@ -95,6 +99,7 @@ impl Default for CacheSettings {
             wal_user: None,
             wal_password: None,
             publication: "pgopt_cache".into(),
+            ddl_listener: false,
             redis: None,
             verify_fraction: 0.0,
             departed_write_timeout: Duration::from_secs(60),
@@ -124,6 +129,10 @@ pub struct CacheCounters {
     /// nothing is served or stored (for any database: entries are not told apart).
     pub wal_listeners: std::sync::atomic::AtomicUsize,
     pub wal_streaming: std::sync::atomic::AtomicUsize,
+    /// The schema change listeners: each database's state (SHOW CACHE's `ddl`), and
+    /// the changes heard.
+    pub ddl_states: Mutex<std::collections::BTreeMap<String, String>>,
+    pub ddl_changes: AtomicU64,
     /// pgopt's own time on a hit (µs): from the lookup to the reply written.
     pub hit_time: Buckets,
     /// Hits run again on PostgreSQL: the same rows, other rows, and runs that prove
@@ -132,6 +141,13 @@ pub struct CacheCounters {
     pub mismatches: AtomicU64,
     pub inconclusive: AtomicU64,
     verifying: AtomicU64,
+}
+
+impl CacheCounters {
+    pub fn set_ddl_state(&self, database: &str, state: &str) {
+        let mut states = self.ddl_states.lock().unwrap_or_else(|p| p.into_inner());
+        states.insert(database.to_string(), state.to_string());
+    }
 }
 
 impl Default for CacheCounters {
@@ -151,6 +167,8 @@ impl Default for CacheCounters {
             wal_states: Mutex::default(),
             wal_listeners: std::sync::atomic::AtomicUsize::new(0),
             wal_streaming: std::sync::atomic::AtomicUsize::new(0),
+            ddl_states: Mutex::default(),
+            ddl_changes: AtomicU64::new(0),
             hit_time: Buckets::new(&HIT_US),
         }
     }
@@ -806,6 +824,18 @@ impl ProxyCache {
         self.counters.invalidations.fetch_add(1, Relaxed);
     }
 
+    /// A schema change made directly on `database`'s server (heard by `ddl_watch.rs`):
+    /// it may change what any read returns or any write reaches, so every entry ends
+    /// and the dependencies are read again before anything more is cached; a
+    /// replica's fill waits for a primary position read after now. (Local only:
+    /// each instance hears it; local versions ahead of Redis keep L2 from serving.)
+    pub fn schema_changed_elsewhere(&self, database: &str) {
+        self.fences.unresolved_all(database);
+        self.cache.l1.clear();
+        self.bump(&[ALL.to_string()], Source::Stream);
+        self.schema_changed();
+    }
+
     /// `CACHE FLUSH [table]`, on every instance sharing Redis.
     pub fn flush(self: &Arc<Self>, table: Option<&str>) {
         let tags = vec![table.map_or(ALL, tag).to_string()];
@@ -932,14 +962,10 @@ impl ProxyCache {
 }
 
 /// The listeners' state: one database's as it is, several as `db: state, …`.
-fn wal_shown(cache: &ProxyCache) -> String {
-    let states = cache
-        .counters
-        .wal_states
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+fn listeners_shown(states: &Mutex<std::collections::BTreeMap<String, String>>, on: bool) -> String {
+    let states = states.lock().unwrap_or_else(|p| p.into_inner());
     match states.len() {
-        0 if cache.settings.wal_listener => "starting".into(),
+        0 if on => "starting".into(),
         0 => "off".into(),
         1 => states.values().next().cloned().unwrap_or_default(),
         _ => states
@@ -1009,6 +1035,8 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         ("wal", Kind::Text),
         ("wal_commits", Kind::Int),
         ("wal_p99_ms", Kind::Int),
+        ("ddl", Kind::Text),
+        ("ddl_changes", Kind::Int),
         ("redis", Kind::Text),
         ("l2_hits", Kind::Int),
         ("l2_misses", Kind::Int),
@@ -1051,9 +1079,11 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         n(c.invalidations.load(Relaxed)),
         c.hit_time.quantile_bound(0.5).map(|v| v.to_string()),
         c.hit_time.quantile_bound(0.99).map(|v| v.to_string()),
-        t(wal_shown(cache)),
+        t(listeners_shown(&c.wal_states, cache.settings.wal_listener)),
         n(c.wal_commits.load(Relaxed)),
         c.wal_staleness.quantile_bound(0.99).map(|v| v.to_string()),
+        t(listeners_shown(&c.ddl_states, cache.settings.ddl_listener)),
+        n(c.ddl_changes.load(Relaxed)),
     ];
     let l2 = cache.l2.as_ref().map(|l2| &l2.counters);
     row.push(t(redis_state(cache)));
@@ -1389,7 +1419,10 @@ impl Fill {
 /// The replication listener's user and password: `wal_user` (else the database's
 /// user) with `wal_password`, else with the database's password only when that user
 /// is the database's own (another role's password is not the upstream's).
-fn wal_login(settings: &CacheSettings, db: &crate::config::Database) -> (String, Option<String>) {
+pub(crate) fn wal_login(
+    settings: &CacheSettings,
+    db: &crate::config::Database,
+) -> (String, Option<String>) {
     let own = db.user.clone().unwrap_or_else(|| "postgres".into());
     let user = settings.wal_user.clone().unwrap_or_else(|| own.clone());
     let password = match &settings.wal_password {

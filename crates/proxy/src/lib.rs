@@ -12,6 +12,7 @@ mod auth_query;
 mod cache;
 mod cache_views;
 pub mod config;
+mod ddl_watch;
 mod error;
 mod fence;
 pub mod hba;
@@ -166,6 +167,22 @@ impl Proxy {
             }
         }
         let socket_path = unix_socket.as_ref().map(net::SocketFile::path);
+        if let Some(cache) = shared.cache.as_ref().filter(|c| c.settings.ddl_listener) {
+            let config = shared.config();
+            // As the replication listener: the listed databases (see above).
+            for db in config
+                .databases
+                .iter()
+                .filter(|db| db.name != FALLBACK_DATABASE)
+            {
+                tasks.push(tokio::spawn(ddl_watch::watch(
+                    cache.clone(),
+                    db.clone(),
+                    (config.server_connect_timeout, config.tcp_keepalive),
+                    shared.lifecycle(),
+                )));
+            }
+        }
         tracing::debug!(%local_addr, ?socket_path, ?admin_addr, "pgopt proxy listening");
         Ok(Proxy {
             local_addr,

@@ -1713,3 +1713,48 @@ async fn now_and_today_as_input_values_are_never_cached() {
     let stats = cache_row(&proxy).await;
     assert_eq!(counter(&stats, "hits"), 0, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ddl_listener_hears_a_trigger_made_behind_pgopts_back() {
+    let (pg, proxy) = setup_with(|c| c.ddl_listener = true).await;
+    let listening = wait_for_cache(&proxy, "listening for schema changes", |r| {
+        r["ddl"] == "listening"
+    })
+    .await;
+    let heard = counter(&listening, "ddl_changes");
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let events = "SELECT count(*) FROM events";
+    assert_eq!(value(&client, events).await, "1");
+
+    // Directly on PostgreSQL: from now on an update of items writes events too.
+    let db = direct(&pg).await;
+    db.batch_execute(
+        "CREATE FUNCTION log_item() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO events VALUES (NEW.id, now()); RETURN NEW; END $$;
+         CREATE TRIGGER log AFTER UPDATE ON items FOR EACH ROW EXECUTE FUNCTION log_item()",
+    )
+    .await
+    .unwrap();
+    // (One notification: PostgreSQL folds a transaction's identical ones together.)
+    wait_for_cache(&proxy, "hearing the change", |r| {
+        counter(r, "ddl_changes") > heard
+    })
+    .await;
+    // Cached again after the change; a write through pgopt to items now reaches it
+    // (without the listener, the dependencies read for the first fill would still be
+    // trusted, for up to 30 s, and the second count would be served stale).
+    assert_eq!(value(&client, events).await, "1");
+    assert_eq!(value(&client, events).await, "1");
+    client
+        .batch_execute("UPDATE items SET v = 'z' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, events).await, "2");
+    // The function and the event trigger pgopt made are there for the next start.
+    let made = value(
+        &db,
+        "SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgopt_ddl'",
+    )
+    .await;
+    assert_eq!(made, "1");
+}

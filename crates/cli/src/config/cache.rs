@@ -35,6 +35,9 @@ pub struct CacheSection {
     #[serde(serialize_with = "super::masked")]
     pub wal_password: String,
     pub publication: String,
+    /// Hear schema changes made directly on the server at once: an event trigger
+    /// (made with the listener's login, which must be a superuser) notifies pgopt.
+    pub ddl_listener: bool,
     /// L2 and invalidations shared between pgopt instances.
     pub redis: RedisSection,
     /// The share of simple-protocol hits run again on PostgreSQL and compared (SHOW
@@ -120,6 +123,7 @@ impl Default for CacheSection {
             wal_user: String::new(),
             wal_password: String::new(),
             publication: d.publication,
+            ddl_listener: d.ddl_listener,
             redis: RedisSection::default(),
             verify_fraction: Share(d.verify_fraction),
             departed_write_timeout: HumanDuration(d.departed_write_timeout),
@@ -149,6 +153,7 @@ impl CacheSection {
             verify_fraction: self.verify_fraction.0,
             departed_write_timeout: self.departed_write_timeout.0,
             publication: self.publication.clone(),
+            ddl_listener: self.ddl_listener,
             redis: self
                 .redis
                 .config(usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX)),
