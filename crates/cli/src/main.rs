@@ -119,8 +119,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match config::load(Some(file), &[]) {
-        Ok(_) => {
+    // The files the config names are checked too (the hba rules).
+    let checked = config::load(Some(file), &[])
+        .map_err(|e| e.to_string())
+        .and_then(|loaded| proxy::check_files(&loaded.config).map_err(|e| e.to_string()));
+    match checked {
+        Ok(()) => {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
         }

@@ -173,6 +173,14 @@ async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
     }
 }
 
+/// Reads the files the proxy's config names (`pgopt config check`): the hba rules.
+pub fn check_files(root: &config::Config) -> anyhow::Result<()> {
+    if root.proxy.auth == ClientAuthMethod::Hba && !root.proxy.auth_hba_file.is_empty() {
+        read_hba(&root.proxy.auth_hba_file)?;
+    }
+    Ok(())
+}
+
 /// The rules of `proxy.auth_hba_file`; an error names the file and line.
 fn read_hba(path: &str) -> anyhow::Result<pgopt_proxy::hba::Hba> {
     let text = std::fs::read_to_string(path)
@@ -292,7 +300,11 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
             )
         }
         (ClientAuthMethod::Hba, path) => Some(std::sync::Arc::new(read_hba(path)?)),
-        _ => None,
+        (_, "") => None,
+        (_, path) => {
+            tracing::warn!("proxy.auth_hba_file ({path}) is read only with proxy.auth = \"hba\"");
+            None
+        }
     };
     Ok(pgopt_proxy::Config {
         listen: args.listen.unwrap_or(config.listen),

@@ -602,6 +602,11 @@ fn proxy_over_unix_sockets_both_ways() {
     while !socket.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    assert!(
+        socket.exists(),
+        "the proxy made no socket at {}",
+        socket.display()
+    );
     let out = Command::new(pg.binaries().program("psql"))
         .arg("-h")
         .arg(&dir)
@@ -645,6 +650,10 @@ fn proxy_names_the_line_of_a_bad_hba_file() {
     let err = text(&out.stderr);
     let at = format!("{}:2: method \"ident\" is not supported", rules.display());
     assert!(err.contains(&at), "{err}");
+    // `pgopt config check` reads the rules too.
+    let out = pgopt(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&at), "{}", text(&out.stderr));
     let without = temp_file("hba-none.toml", "[proxy]\nauth = \"hba\"\n");
     let out = pgopt(&[
         "--config",

@@ -96,11 +96,14 @@ pub async fn authenticate(
 ) -> Result<Authenticated, ProxyError> {
     let mut out = BytesMut::with_capacity(256);
     let mut refreshed = None;
-    // As PostgreSQL: md5 for a user whose stored password is a SCRAM verifier is SCRAM.
+    // As PostgreSQL: md5 for a user whose stored password is a SCRAM verifier is SCRAM,
+    // and so for an unknown user (PostgreSQL's password_encryption default), so that
+    // the challenge does not tell SCRAM users from names that do not exist.
     let method = match (method, creds) {
         (ClientAuth::Md5, Some(c)) if c.md5.is_none() && c.scram.is_some() => {
             ClientAuth::ScramSha256
         }
+        (ClientAuth::Md5, None) => ClientAuth::ScramSha256,
         (method, _) => method,
     };
     let (ok, keys) = match method {
@@ -172,23 +175,45 @@ async fn peer_is(stream: &ClientStream, user: &str) -> bool {
     };
     // The user database may be remote (NSS): off the event loop.
     let name = tokio::task::spawn_blocking(move || os_user_name(uid)).await;
-    matches!(name, Ok(Some(name)) if name == user)
+    match name {
+        Ok(Ok(name)) => name == user.as_bytes(),
+        Ok(Err(why)) => {
+            tracing::debug!(uid, "peer authentication: {why}");
+            false
+        }
+        Err(_) => false,
+    }
 }
 
-/// The name of the operating system user `uid`.
-fn os_user_name(uid: libc::uid_t) -> Option<String> {
-    // SAFETY: a zeroed passwd is a valid out-parameter; getpwuid_r (unlike getpwuid) is
-    // thread-safe and writes strings only into `buf`, which outlives their use here.
-    let mut record: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    let rc = unsafe { libc::getpwuid_r(uid, &mut record, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() || record.pw_name.is_null() {
-        return None;
+/// The name (as bytes: it need not be UTF-8) of the operating system user `uid`.
+fn os_user_name(uid: libc::uid_t) -> Result<Vec<u8>, String> {
+    let mut size = 16 * 1024;
+    loop {
+        // SAFETY: a zeroed passwd is a valid out-parameter; getpwuid_r (unlike
+        // getpwuid) is thread-safe and writes strings only into `buf`, which outlives
+        // their use here.
+        let mut record: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; size];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut record, buf.as_mut_ptr(), buf.len(), &mut found) };
+        if rc == libc::ERANGE && size < 1 << 20 {
+            size *= 4;
+            continue;
+        }
+        if rc != 0 {
+            return Err(format!(
+                "looking up the user: {}",
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        if found.is_null() || record.pw_name.is_null() {
+            return Err("no such user in the user database".into());
+        }
+        // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
+        let name = unsafe { std::ffi::CStr::from_ptr(record.pw_name) };
+        return Ok(name.to_bytes().to_vec());
     }
-    // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
-    let name = unsafe { std::ffi::CStr::from_ptr(record.pw_name) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 /// The salt sent and the client's answer; `None` when it sent none.

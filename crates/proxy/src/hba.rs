@@ -221,6 +221,11 @@ impl Names {
                         "{item:?}: file inclusions (@) and role membership (+) are not supported"
                     ))
                 }
+                // PostgreSQL 16's regular expressions: taken as a name, the rule would
+                // never match, and a client it should refuse would fall through.
+                _ if !quoted && item.starts_with('/') => {
+                    return Err(format!("{item:?}: regular expressions are not supported"))
+                }
                 "" => return Err("an empty name".into()),
                 _ => names.push(item),
             }
@@ -262,7 +267,7 @@ impl Address {
         if prefix > max {
             return Err(format!("address {text:?}: the prefix is longer than {max}"));
         }
-        Ok(Address::Net { ip, prefix })
+        Ok(Address::net(ip, prefix))
     }
 
     fn with_mask(address: &str, mask: &str) -> Result<Address, String> {
@@ -278,10 +283,22 @@ impl Address {
         if bits.checked_shl(prefix).unwrap_or(0) != 0 {
             return Err(format!("netmask {mask:?} is not contiguous"));
         }
-        Ok(Address::Net {
-            ip,
-            prefix: prefix as u8,
-        })
+        Ok(Address::net(ip, prefix as u8))
+    }
+
+    /// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is the IPv4 one: clients
+    /// connected over IPv4 are matched as IPv4 (see [`in_net`]).
+    fn net(ip: IpAddr, prefix: u8) -> Address {
+        match ip {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => Address::Net {
+                    ip: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                },
+                None => Address::Net { ip, prefix },
+            },
+            _ => Address::Net { ip, prefix },
+        }
     }
 }
 
@@ -335,6 +352,11 @@ fn fields(line: &str) -> Result<Vec<Field>, String> {
         let mut item = String::new();
         let mut quoted = false;
         while let Some(&c) = chars.peek() {
+            if c.is_whitespace() && item.is_empty() && !quoted && text.ends_with(',') {
+                // `alice, bob`: a list goes on past blanks after a comma.
+                chars.next();
+                continue;
+            }
             if c.is_whitespace() || c == '#' {
                 break;
             }
@@ -460,11 +482,17 @@ mod tests {
             ("local \"app all trust", 1, "unterminated"),
             ("local samerole all trust", 1, "not supported"),
             ("host all all localhost md5", 1, "address"),
+            ("host all /^guest all reject", 1, "regular expressions"),
         ] {
             let (at, e) = Hba::parse(text).unwrap_err();
             assert_eq!(at, line, "{text}: {e}");
             assert!(e.contains(says), "{text}: {e}");
         }
+        // A list may go on after a comma and blanks; a mapped rule address is IPv4.
+        let hba = Hba::parse("host app alice,  bob ::ffff:10.0.0.0/104 md5").unwrap();
+        let client = host("10.1.2.3", false);
+        assert_eq!(method(&hba, client, "app", "bob"), Some((MD5, 1)));
+        assert_eq!(method(&hba, host("11.0.0.1", false), "app", "bob"), None);
         // Quoted keywords are plain names.
         let hba = Hba::parse("local \"all\" all trust").unwrap();
         assert_eq!(method(&hba, Origin::Local, "all", "x"), Some((TRUST, 1)));

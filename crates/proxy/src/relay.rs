@@ -63,6 +63,7 @@ const MAX_FAILOVER_BYTES: usize = 64 * 1024;
 
 /// The FATAL message of a session ended by KILL.
 const KILLED: &str = "terminating connection due to administrator command (KILL)";
+const SHUTTING_DOWN: &str = "terminating connection: pgopt is shutting down";
 
 /// Room for reading from a server (a big result streams through it).
 const SERVER_READ_BUF: usize = 16 * 1024;
@@ -431,11 +432,7 @@ impl Relay {
                     // (A shutdown past its timeout kills every session too.)
                     let state = self.shared.lifecycle_now();
                     if state >= Lifecycle::Closing {
-                        self.close(
-                            sqlstate::ADMIN_SHUTDOWN,
-                            "terminating connection: pgopt is shutting down",
-                        )
-                        .await;
+                        self.close(sqlstate::ADMIN_SHUTDOWN, SHUTTING_DOWN).await;
                         break;
                     }
                     if info.killed() {
@@ -447,6 +444,16 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// Why a killed session ends: the admin console's KILL, or a shutdown past its
+    /// timeout (which kills every session left).
+    fn killed_why(&self) -> &'static str {
+        if self.shared.lifecycle_now() >= Lifecycle::Closing {
+            SHUTTING_DOWN
+        } else {
+            KILLED
+        }
     }
 
     /// Ends the session with a FATAL error; a server connection mid-transaction closes.
@@ -2391,7 +2398,7 @@ impl Relay {
                 biased;
                 checked_out = pool.checkout_from(self.clock) => checked_out,
                 () = self.info.until_killed() => {
-                    self.close(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                    self.close(sqlstate::ADMIN_SHUTDOWN, self.killed_why()).await;
                     return Lending::Closed;
                 }
             };
@@ -2437,7 +2444,8 @@ impl Relay {
             Ok((checkout, _)) if self.info.killed() => {
                 // KILLed while it waited (a KILLed database stays paused).
                 checkout.release();
-                self.close(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                self.close(sqlstate::ADMIN_SHUTDOWN, self.killed_why())
+                    .await;
                 Lending::Closed
             }
             Ok((mut checkout, replica)) => {

@@ -481,8 +481,6 @@ async fn refuse_if_stopping(stream: &mut ClientStream, shared: &Shared) -> bool 
     true
 }
 
-/// Authenticates the client; a failure is counted and the client told why. A SCRAM
-/// login against a stored verifier yields the user's keys.
 /// How the client logs in: `client_auth`, or what the first `hba` rule matching it
 /// says. `None` when no rule matches or the rule rejects it: it has been told so.
 async fn client_method(
@@ -529,6 +527,8 @@ async fn client_method(
     None
 }
 
+/// Authenticates the client; a failure is counted and the client told why. A SCRAM
+/// login against a stored verifier yields the user's keys.
 #[allow(clippy::too_many_arguments)]
 async fn login(
     stream: &mut ClientStream,

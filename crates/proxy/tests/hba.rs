@@ -26,7 +26,12 @@ fn os_user() -> String {
         .arg("-un")
         .output()
         .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let name = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        !name.is_empty(),
+        "the tests' user has no name in the user database"
+    );
+    name
 }
 
 fn config(pg: &Postgres, dir: &std::path::Path, rules: &str) -> Config {
@@ -186,6 +191,28 @@ async fn md5_rules_take_scram_for_a_scram_verifier_as_postgresql_does() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some("28P01"), "{e}");
+    // The challenge tells nobody which names exist: SCRAM for erin and for a name
+    // that does not, md5 for a user whose md5 hash is known (as PostgreSQL does).
+    for (user, want) in [("erin", 10), ("nobody", 10), ("alice", 5)] {
+        assert_eq!(challenge(&proxy, user).await, want, "{user}");
+    }
     drop(proxy);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The authentication request the proxy answers a StartupMessage of `user` with (5:
+/// MD5Password, 10: SASL).
+async fn challenge(proxy: &Proxy, user: &str) -> i32 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let body = format!("\0\x03\0\0user\0{user}\0database\0app\0\0");
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body.as_bytes());
+    raw.write_all(&startup).await.unwrap();
+    let mut head = [0u8; 9];
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], b'R', "{head:?}");
+    i32::from_be_bytes([head[5], head[6], head[7], head[8]])
 }
