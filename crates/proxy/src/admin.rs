@@ -15,6 +15,7 @@ use pgopt_wire::{
 };
 use tokio::io::AsyncReadExt;
 
+use crate::config::SetError;
 use crate::insight_views;
 use crate::io::{send_fatal, write_all};
 use crate::net::ClientStream;
@@ -49,6 +50,8 @@ pub enum Command {
     /// DISABLE db / ENABLE db: new clients of it are refused / taken again.
     Disable(String),
     Enable(String),
+    /// SET key = value: one setting changed until the next RELOAD (PgBouncer's).
+    Set(String, String),
     /// An empty query string.
     Empty,
 }
@@ -101,6 +104,7 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         Some("RESET") if upper(1).as_deref() == Some("QUERIES") && words.len() == 2 => {
             Command::ResetQueries
         }
+        Some("SET") => parse_set(sql)?,
         _ => {
             return Err(format!(
                 "unknown admin command: {sql:?}; try SHOW HELP ({})",
@@ -113,6 +117,34 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         }
     };
     Ok(command)
+}
+
+/// `SET key = value` or `SET key TO value`; the value may be single-quoted.
+fn parse_set(sql: &str) -> Result<Command, String> {
+    let form = "expected SET key = value";
+    let rest = sql[3..].trim_start();
+    let (key, value) = match rest.split_once('=') {
+        Some((key, value)) => (key.trim(), value.trim()),
+        None => {
+            let (key, value) = rest.split_once(char::is_whitespace).ok_or(form)?;
+            let value = value.trim_start();
+            let value = (value.get(..2))
+                .filter(|to| to.eq_ignore_ascii_case("to"))
+                .map(|_| &value[2..])
+                .filter(|after| after.starts_with(char::is_whitespace))
+                .map(str::trim)
+                .ok_or(form)?;
+            (key.trim(), value)
+        }
+    };
+    let value = match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        Some(quoted) => quoted.replace("''", "'"),
+        None => value.to_string(),
+    };
+    if key.is_empty() || key.contains(char::is_whitespace) || value.is_empty() {
+        return Err(format!("{form}, found {sql:?}"));
+    }
+    Ok(Command::Set(key.to_string(), value))
 }
 
 /// Serves one admin client until it leaves.
@@ -288,6 +320,31 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
             }
             complete(out, "RESET")?;
         }
+        Command::Set(key, value) => {
+            let mut config = (*shared.config()).clone();
+            if let Err(e) = config.set(&key, &value) {
+                let (code, message) = match e {
+                    SetError::Unknown(m) => (sqlstate::UNDEFINED_OBJECT, m),
+                    SetError::NotAtRuntime(m) => (sqlstate::CANT_CHANGE_RUNTIME_PARAM, m),
+                    SetError::Invalid(m) => (sqlstate::INVALID_PARAMETER_VALUE, m),
+                };
+                return Ok(error(out, code, &message)?);
+            }
+            // As RELOAD applies a config (off the event loop: users' passwords are
+            // hashed again); the next RELOAD reads the file and undoes it.
+            let shared = shared.clone();
+            let applied = tokio::task::spawn_blocking(move || shared.apply(config))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match applied {
+                Ok(()) => {
+                    tracing::info!(%key, %value, "SET on the admin console");
+                    complete(out, "SET")?
+                }
+                Err(e) => error(out, sqlstate::INVALID_PARAMETER_VALUE, &format!("SET: {e}"))?,
+            }
+        }
         Command::Reload => {
             // Off the event loop, which other sessions share: reading the file,
             // hashing the users' passwords.
@@ -441,5 +498,22 @@ mod tests {
         assert!(e.contains("SHOW HELP"), "{e}");
         assert!(parse("SHOW").is_err());
         assert!(parse("PAUSE a b").is_err());
+        let set = |k: &str, v: &str| Ok(Command::Set(k.into(), v.into()));
+        assert_eq!(
+            parse("SET default_pool_size = 50;"),
+            set("default_pool_size", "50")
+        );
+        assert_eq!(
+            parse("set query_timeout to '2s'"),
+            set("query_timeout", "2s")
+        );
+        assert_eq!(
+            parse("SET pool_mode='session'"),
+            set("pool_mode", "session")
+        );
+        assert_eq!(parse("SET x = 'it''s'"), set("x", "it's"));
+        for bad in ["SET", "SET x", "SET x =", "SET x TOy", "SET a b = 1"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

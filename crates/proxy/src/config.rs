@@ -447,3 +447,148 @@ impl Default for Config {
         }
     }
 }
+
+/// Why the admin console's `SET` refused a setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetError {
+    /// No such setting.
+    Unknown(String),
+    /// A setting that takes a restart, or the config file and RELOAD.
+    NotAtRuntime(String),
+    /// A value the setting does not take.
+    Invalid(String),
+}
+
+/// Settings `SET` does not change, and why.
+const NOT_AT_RUNTIME: &[(&str, &str)] = &[
+    ("listen", "a restart"),
+    ("unix_socket_dir", "a restart"),
+    ("unix_socket_mode", "a restart"),
+    ("admin_listen", "a restart"),
+    ("workers", "a restart"),
+    ("tcp_keepalive", "the config file and RELOAD"),
+    ("auth", "the config file and RELOAD"),
+    ("server_tls_mode", "the config file and RELOAD"),
+    ("tls_mode", "the config file and RELOAD"),
+];
+
+impl Config {
+    /// Changes one setting as PgBouncer's `SET key = value` on the admin console does:
+    /// sizes and limits as whole numbers; timeouts as a duration (`30s`, `500ms`,
+    /// `2min`, `1h`) or a bare number of seconds (PgBouncer's unit; `0` is off where
+    /// off exists); `pool_mode` as `session` or `transaction`.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), SetError> {
+        let key = key.to_ascii_lowercase();
+        let invalid = |expected: &str| {
+            SetError::Invalid(format!(
+                "invalid value for parameter \"{key}\": \"{value}\" (expected {expected})"
+            ))
+        };
+        let count = |min: usize, max: usize| {
+            value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| invalid(&format!("a whole number from {min} to {max}")))
+        };
+        let duration = || {
+            parse_duration(value).ok_or_else(|| {
+                invalid("a duration such as 30s, 500ms, 2min or 1h, or a number of seconds")
+            })
+        };
+        match key.as_str() {
+            "pool_mode" => {
+                self.pool_mode = match value.to_ascii_lowercase().as_str() {
+                    "session" => PoolMode::Session,
+                    "transaction" => PoolMode::Transaction,
+                    _ => return Err(invalid("session or transaction")),
+                }
+            }
+            "default_pool_size" => self.default_pool_size = count(1, 10_000)?,
+            "min_pool_size" => self.min_pool_size = count(0, 10_000)?,
+            "reserve_pool_size" => self.reserve_pool_size = count(0, 10_000)?,
+            "max_client_conn" => self.max_client_conn = count(1, 1_000_000)?,
+            "max_db_connections" => self.max_db_connections = count(0, 100_000)?,
+            "max_user_connections" => self.max_user_connections = count(0, 100_000)?,
+            "reserve_pool_timeout" => self.reserve_pool_timeout = duration()?,
+            "query_wait_timeout" => self.query_wait_timeout = duration()?,
+            "server_connect_timeout" => self.server_connect_timeout = duration()?,
+            "server_idle_timeout" => self.server_idle_timeout = duration()?,
+            "server_lifetime" => self.server_lifetime = duration()?,
+            "server_check_delay" => self.server_check_delay = duration()?,
+            "idle_transaction_timeout" => self.idle_transaction_timeout = duration()?,
+            "client_login_timeout" => self.client_login_timeout = duration()?,
+            "client_idle_timeout" => self.client_idle_timeout = duration()?,
+            "query_timeout" => self.query_timeout = duration()?,
+            "shutdown_timeout" => self.shutdown_timeout = duration()?,
+            other => {
+                return Err(match NOT_AT_RUNTIME.iter().find(|(k, _)| *k == other) {
+                    Some((_, takes)) => SetError::NotAtRuntime(format!(
+                        "parameter \"{other}\" cannot be changed with SET: it takes {takes}"
+                    )),
+                    None => SetError::Unknown(format!(
+                        "unrecognized configuration parameter \"{other}\" (SHOW CONFIG lists them)"
+                    )),
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `30s`, `500ms`, `2min`, `1h`, `1.5s`, or a bare number of seconds; never negative.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok().filter(|n: &f64| n.is_finite())?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "min" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_changes_one_setting_or_says_why_not() {
+        let mut c = Config::default();
+        c.set("default_pool_size", "50").unwrap();
+        c.set("POOL_MODE", "Session").unwrap();
+        c.set("query_timeout", "2.5").unwrap();
+        c.set("query_wait_timeout", "250ms").unwrap();
+        c.set("server_lifetime", "2min").unwrap();
+        assert_eq!(c.default_pool_size, 50);
+        assert_eq!(c.pool_mode, PoolMode::Session);
+        assert_eq!(c.query_timeout, Duration::from_millis(2500));
+        assert_eq!(c.query_wait_timeout, Duration::from_millis(250));
+        assert_eq!(c.server_lifetime, Duration::from_secs(120));
+        for (key, value) in [
+            ("default_pool_size", "0"),
+            ("default_pool_size", "-3"),
+            ("max_client_conn", "many"),
+            ("query_timeout", "-1s"),
+            ("query_timeout", "5 days"),
+            ("pool_mode", "statement"),
+        ] {
+            assert!(
+                matches!(c.set(key, value), Err(SetError::Invalid(_))),
+                "{key} = {value}"
+            );
+        }
+        assert!(matches!(
+            c.set("listen", "0.0.0.0:1"),
+            Err(SetError::NotAtRuntime(_))
+        ));
+        assert!(matches!(c.set("pool_size", "1"), Err(SetError::Unknown(_))));
+        assert_eq!(c.default_pool_size, 50, "a refused SET changes nothing");
+    }
+}

@@ -704,6 +704,10 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("SHOW VERSION", "pgopt's version"),
     (
+        "SET key = value",
+        "change a setting until the next RELOAD (sizes, limits, timeouts, pool_mode)",
+    ),
+    (
         "SHOW QUERIES",
         "query shapes by total time: calls, rows, errors, p50/p95/p99",
     ),

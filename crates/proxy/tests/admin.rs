@@ -1221,3 +1221,58 @@ async fn shutdown_ends_a_session_blocked_on_a_client_that_stopped_reading() {
         .expect("the blocked session still holds its server connection");
     drop(stuck);
 }
+
+#[tokio::test]
+async fn set_changes_a_setting_until_the_next_reload() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let console = admin(&proxy).await;
+    let setting = |config: &[HashMap<String, String>], key: &str| {
+        config.iter().find(|r| r["key"] == key).unwrap()["value"].clone()
+    };
+    console
+        .simple_query("SET query_wait_timeout = '1500ms'")
+        .await
+        .unwrap();
+    console
+        .simple_query("set pool_mode to session")
+        .await
+        .unwrap();
+    console
+        .simple_query("SET max_client_conn = 2")
+        .await
+        .unwrap();
+    let config = show(&console, "CONFIG").await;
+    assert_eq!(setting(&config, "query_wait_timeout"), "1500ms");
+    assert_eq!(setting(&config, "pool_mode"), "session");
+    assert_eq!(setting(&config, "max_client_conn"), "2");
+    // In effect: the console and one more client fill max_client_conn.
+    let one = connect(&proxy, "postgres", None).await.unwrap();
+    let refused = connect(&proxy, "postgres", None).await.unwrap_err();
+    assert_eq!(code(&refused), Some("53300"), "{refused}");
+    drop(one);
+
+    // Refusals say why, with PostgreSQL's codes, and change nothing.
+    for (sql, want) in [
+        ("SET no_such_thing = 1", "42704"),
+        ("SET listen = '0.0.0.0:1'", "55P02"),
+        ("SET default_pool_size = 0", "22023"),
+        ("SET query_timeout = 'soon'", "22023"),
+    ] {
+        let e = console.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&e), Some(want), "{sql}: {e}");
+    }
+    assert_eq!(
+        setting(&show(&console, "CONFIG").await, "max_client_conn"),
+        "2"
+    );
+
+    // The next RELOAD reads the config again: the SETs are gone.
+    let mut file = config_for(&pg, PoolMode::Transaction, 2);
+    file.admin_users = vec!["postgres".into()];
+    proxy.handle().set_reloader(move || Ok(file.clone()));
+    console.simple_query("RELOAD").await.unwrap();
+    let config = show(&console, "CONFIG").await;
+    assert_eq!(setting(&config, "pool_mode"), "transaction");
+    assert_eq!(setting(&config, "max_client_conn"), "1000");
+}

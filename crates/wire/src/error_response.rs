@@ -101,6 +101,12 @@ pub mod sqlstate {
     pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
     /// `XX000` internal_error.
     pub const INTERNAL_ERROR: &str = "XX000";
+    /// `42704` undefined_object.
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    /// `22023` invalid_parameter_value.
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    /// `55P02` cant_change_runtime_param.
+    pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
 }
 
 /// One field of an ErrorResponse or NoticeResponse.
