@@ -310,6 +310,8 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         listen: args.listen.unwrap_or(config.listen),
         unix_socket_dir: config.unix_socket_dir.0.clone(),
         unix_socket_mode: config.unix_socket_mode.0,
+        log_connections: config.log_connections,
+        log_disconnections: config.log_disconnections,
         pool_mode,
         default_pool_size: args.pool_size.unwrap_or(config.default_pool_size.get()) as usize,
         min_pool_size: config.min_pool_size.get() as usize,

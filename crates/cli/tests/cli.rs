@@ -672,6 +672,49 @@ fn proxy_names_the_line_of_a_bad_hba_file() {
     }
 }
 
+#[test]
+fn proxy_logs_each_login_and_why_each_client_went() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pg = runtime.block_on(pgopt_embedded::Postgres::start()).unwrap();
+    let port = pgopt_embedded::free_port().unwrap();
+    let log =
+        std::env::temp_dir().join(format!("pgopt-cli-{}-connections.log", std::process::id()));
+    let proxy = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &pg.url("postgres")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let proxy = Killed(proxy);
+    let out = psql_through(&pg, port, "postgres", "SELECT 1");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = psql_through(&pg, port, "nope", "SELECT 1");
+    assert!(!out.status.success());
+    let wanted = [
+        "login",
+        "closing because: client close request",
+        "closing because: database \"nope\" does not exist",
+    ];
+    let logged = |lines: &str, what: &str| {
+        (lines.lines()).any(|l| l.contains("pgopt::connections") && l.contains(what))
+    };
+    // The proxy writes each line as its client goes (up to 10 s on a busy machine).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines = loop {
+        let lines = std::fs::read_to_string(&log).unwrap();
+        if wanted.iter().all(|w| logged(&lines, w)) || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(proxy);
+    std::fs::remove_file(&log).unwrap();
+    for what in wanted {
+        assert!(logged(&lines, what), "no {what:?} in:\n{lines}");
+    }
+}
+
 /// Kills a child process when dropped (an assertion failing first included).
 struct Killed(std::process::Child);
 

@@ -165,6 +165,12 @@ pub struct Config {
     pub unix_socket_dir: Option<String>,
     /// The socket file's permissions (PgBouncer's `unix_socket_mode`).
     pub unix_socket_mode: u32,
+    /// A line (target `pgopt::connections`, level info) for each client that logs
+    /// in, and for each that goes with why and after how long (PgBouncer's
+    /// `log_connections`, `log_disconnections`). Off in the library's default; the
+    /// `pgopt` binary turns them on unless configured otherwise.
+    pub log_connections: bool,
+    pub log_disconnections: bool,
     pub pool_mode: PoolMode,
     /// Server connections per (database, user).
     pub default_pool_size: usize,
@@ -408,6 +414,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
             unix_socket_dir: None,
             unix_socket_mode: 0o777,
+            log_connections: false,
+            log_disconnections: false,
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,
             min_pool_size: 0,
@@ -496,6 +504,11 @@ impl Config {
                 invalid("a duration such as 30s, 500ms, 2min or 1h, or a number of seconds")
             })
         };
+        let flag = || match value.to_ascii_lowercase().as_str() {
+            "1" | "on" | "true" | "yes" => Ok(true),
+            "0" | "off" | "false" | "no" => Ok(false),
+            _ => Err(invalid("on or off")),
+        };
         match key.as_str() {
             "pool_mode" => {
                 self.pool_mode = match value.to_ascii_lowercase().as_str() {
@@ -521,6 +534,8 @@ impl Config {
             "client_idle_timeout" => self.client_idle_timeout = duration()?,
             "query_timeout" => self.query_timeout = duration()?,
             "shutdown_timeout" => self.shutdown_timeout = duration()?,
+            "log_connections" => self.log_connections = flag()?,
+            "log_disconnections" => self.log_disconnections = flag()?,
             other => {
                 return Err(match NOT_AT_RUNTIME.iter().find(|(k, _)| *k == other) {
                     Some((_, takes)) => SetError::NotAtRuntime(format!(

@@ -88,9 +88,19 @@ pub async fn write_all_bounded(
     }
 }
 
+tokio::task_local! {
+    /// In a client's session: the first FATAL error it was sent (why it ended).
+    pub static FATAL: std::cell::RefCell<Option<String>>;
+}
+
 /// Sends a FATAL ErrorResponse (the connection ends after it); failures are ignored,
 /// and a client that does not read gets a second, then nothing.
 pub async fn send_fatal(stream: &mut ClientStream, code: &str, message: &str) {
+    let _ = FATAL.try_with(|fatal| {
+        fatal
+            .borrow_mut()
+            .get_or_insert_with(|| format!("{message} ({code})"));
+    });
     let mut out = BytesMut::with_capacity(64 + message.len());
     if ErrorBuilder::new(Severity::Fatal, code, message)
         .encode_error(&mut out)

@@ -55,9 +55,58 @@ pub async fn run(mut stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) 
         return;
     };
     let client = shared.clients.register(peer.clone(), local_addr);
-    match session(stream, &shared, &client.info).await {
+    let (ended, fatal) = crate::io::FATAL
+        .scope(std::cell::RefCell::new(None), async {
+            let ended = session(stream, &shared, &client.info).await;
+            (ended, crate::io::FATAL.with(|f| f.take()))
+        })
+        .await;
+    match &ended {
         Ok(()) => tracing::debug!(%peer, "client session ended"),
         Err(e) => tracing::debug!(%peer, error = %e, "client session ended with an error"),
+    }
+    if shared.config().log_disconnections {
+        let info = &client.info;
+        let (user, database, _) = info.identity();
+        let why = match (fatal, ended) {
+            (Some(fatal), _) => fatal,
+            (None, Err(e)) => e.to_string(),
+            (None, Ok(())) => "client close request".into(),
+        };
+        let age = info.connect_time.elapsed().unwrap_or_default();
+        tracing::info!(
+            target: "pgopt::connections",
+            client = %peer,
+            %user,
+            %database,
+            age_s = format!("{:.1}", age.as_secs_f64()),
+            "closing because: {why}"
+        );
+    }
+}
+
+/// The `log_connections` line of a client that logged in.
+fn log_login(
+    config: &Config,
+    info: &ClientInfo,
+    stream: &ClientStream,
+    user: &str,
+    database: &str,
+) {
+    if config.log_connections {
+        let via = match stream {
+            ClientStream::Plain(_) => "tcp",
+            ClientStream::Unix(_) => "unix socket",
+            ClientStream::Tls(_) => "tls",
+        };
+        tracing::info!(
+            target: "pgopt::connections",
+            client = %info.addr,
+            %user,
+            %database,
+            via,
+            "login"
+        );
     }
 }
 
@@ -146,6 +195,7 @@ async fn session(
             .await;
             return Ok(());
         }
+        log_login(&config, info, &stream, user, database);
         info.set_state(ClientState::Idle, 0);
         let role = if admin {
             Role::Admin
@@ -236,6 +286,7 @@ async fn session(
         return Err(login_timed_out(&mut stream, shared, &config).await);
     };
     let login = login?;
+    log_login(&config, info, &stream, user, database);
     if login.refreshed.is_some() {
         found = login.refreshed;
     }

@@ -55,6 +55,10 @@ fn addr_parts(addr: Option<&Endpoint>) -> (Option<String>, Option<String>) {
     }
 }
 
+fn on_off(on: bool) -> String {
+    if on { "on" } else { "off" }.into()
+}
+
 pub fn mode_name(mode: PoolMode) -> &'static str {
     match mode {
         PoolMode::Session => "session",
@@ -565,6 +569,8 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
             false,
         ),
         ("pool_mode", mode_name(c.pool_mode).into(), true),
+        ("log_connections", on_off(c.log_connections), true),
+        ("log_disconnections", on_off(c.log_disconnections), true),
         ("default_pool_size", c.default_pool_size.to_string(), true),
         ("min_pool_size", c.min_pool_size.to_string(), true),
         ("reserve_pool_size", c.reserve_pool_size.to_string(), true),

@@ -150,6 +150,9 @@ pub struct ProxyConfig {
     pub unix_socket_dir: SocketDir,
     /// The socket file's permissions, in octal ("0777").
     pub unix_socket_mode: FileMode,
+    /// Log each client's login, and each client's going with why and its age.
+    pub log_connections: bool,
+    pub log_disconnections: bool,
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` of the server to pool (printed with
     /// the password masked).
     #[serde(serialize_with = "super::masked_url")]
@@ -234,6 +237,8 @@ impl Default for ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
             unix_socket_dir: SocketDir(None),
             unix_socket_mode: FileMode(0o777),
+            log_connections: true,
+            log_disconnections: true,
             upstream: String::new(),
             databases: Vec::new(),
             pool_mode: PoolMode::Transaction,
