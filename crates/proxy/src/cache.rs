@@ -308,6 +308,9 @@ pub struct Deps {
     /// (`pg_rewrite.ev_action`), which names every relation and function by OID.
     /// With why, for the log (see [`Deps::uncached_listed`]).
     uncacheable: foldhash::HashMap<String, String>,
+    /// The schema generation the catalog was read in (see [`ProxyCache::set_deps`]):
+    /// a fill tagged from this map is stored only while it is current.
+    pub generation: u64,
 }
 
 /// One round trip for [`Deps`]: (what, a, b) rows (for `s`, b says why).
@@ -661,7 +664,10 @@ impl ProxyCache {
             self.warn_uncached(database, d);
         }
         let state = match deps {
-            Some(d) => DepsState::Ready(Arc::new(d), Instant::now()),
+            Some(mut d) => {
+                d.generation = ticket;
+                DepsState::Ready(Arc::new(d), Instant::now())
+            }
             None => DepsState::Failed(Instant::now()),
         };
         let mut guard = self.deps.lock().unwrap_or_else(|p| p.into_inner());
@@ -690,6 +696,12 @@ impl ProxyCache {
             );
         }
         warned.insert(database.to_string(), uncached);
+    }
+
+    /// The schema generation now: a fill whose tags came from a map of another one is
+    /// not stored.
+    pub fn deps_generation(&self) -> u64 {
+        self.deps.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
     /// The schema may have changed: the dependencies are read again before anything
@@ -829,11 +841,14 @@ impl ProxyCache {
     /// and the dependencies are read again before anything more is cached; a
     /// replica's fill waits for a primary position read after now. (Local only:
     /// each instance hears it; local versions ahead of Redis keep L2 from serving.)
-    pub fn schema_changed_elsewhere(&self, database: &str) {
+    pub fn schema_changed_elsewhere(self: &Arc<Self>, database: &str) {
         self.fences.unresolved_all(database);
+        self.schema_changed();
         self.cache.l1.clear();
         self.bump(&[ALL.to_string()], Source::Stream);
-        self.schema_changed();
+        // Redis' versions move on too: an L1 miss must not find a value from before
+        // the change in L2.
+        self.publish_later(vec![ALL.to_string()]);
     }
 
     /// `CACHE FLUSH [table]`, on every instance sharing Redis.
@@ -1370,6 +1385,8 @@ pub struct Fill {
     /// Where the query runs: `None` on the primary, else the replica's replay position
     /// observed before it ran (a lower bound).
     pub replica_replayed: Option<u64>,
+    /// The generation of the dependency map its tags came from.
+    pub deps_generation: u64,
 }
 
 /// What one server message does to a fill: `Some(reply)` at its ReadyForQuery (idle)
@@ -1404,7 +1421,12 @@ impl Fill {
 }
 
 impl Fill {
-    pub fn new(ticket: FillTicket, ttl: Duration, flight: Option<Flight>) -> Fill {
+    pub fn new(
+        ticket: FillTicket,
+        ttl: Duration,
+        flight: Option<Flight>,
+        deps_generation: u64,
+    ) -> Fill {
         Fill {
             ticket,
             ttl,
@@ -1412,6 +1434,7 @@ impl Fill {
             rows: BytesMut::new(),
             _flight: flight,
             replica_replayed: None,
+            deps_generation,
         }
     }
 }

@@ -2,12 +2,20 @@
 //! trigger, rule, view or foreign key changes what a write reaches, and an ALTER or a
 //! GRANT changes what a read returns; pgopt sees those it relays, but one made
 //! directly on the server reached the cache's dependency map only when it was next
-//! read (`DEPS_MAX_AGE`). With the listener, an event trigger on each listed database
-//! calls `pg_notify('pgopt_ddl')` at the end of every DDL command, and a connection of
-//! pgopt's LISTENs on that channel: each notification flushes the cache and has the
-//! dependencies read again before anything more is cached. Creating the event
-//! trigger takes a superuser; without one (or while the listener is down) schema
-//! changes are seen as before, within `DEPS_MAX_AGE`.
+//! read (`DEPS_MAX_AGE`), and entries it changed lived on until their TTL. With the
+//! listener, an event trigger on each listed database calls `pg_notify('pgopt_ddl')`
+//! at the end of every DDL command (but those on temporary objects), and a connection
+//! of pgopt's LISTENs on that channel: each notification flushes the cache (every
+//! database's: entries are not told apart by database; L2 too) and has the
+//! dependencies read again before anything more is cached.
+//!
+//! The function lives in a schema `pgopt` that pgopt's login owns (one owned by
+//! another role is refused: a function there could be swapped for code that then runs
+//! as every superuser issuing DDL), with a fixed `search_path`. Creating an event
+//! trigger takes a superuser. A transaction that ran DDL cannot then be prepared for
+//! two-phase commit (it has sent a notification). Turning the listener off leaves
+//! both in place: `DROP EVENT TRIGGER pgopt_ddl; DROP SCHEMA pgopt CASCADE;` removes
+//! them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,16 +31,43 @@ use crate::ProxyError;
 /// The channel the event trigger notifies.
 pub const CHANNEL: &str = "pgopt_ddl";
 
-/// The function and the event trigger, made unless there (idempotent; the function
-/// is replaced, so a pgopt upgrade can change it).
+/// The schema, function and event trigger, made unless there; instances starting
+/// together take turns (an advisory lock). Nothing is replaced when it is all in
+/// place: a DDL command here would flush every other instance's cache.
 const SETUP: &str = "\
-CREATE OR REPLACE FUNCTION public.pgopt_ddl_notify() RETURNS event_trigger \
-  LANGUAGE plpgsql AS $f$ BEGIN PERFORM pg_catalog.pg_notify('pgopt_ddl', ''); END $f$; \
-DO $d$ BEGIN \
+DO $d$ \
+DECLARE owner oid; \
+BEGIN \
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgopt_ddl')); \
+  SELECT nspowner INTO owner FROM pg_catalog.pg_namespace WHERE nspname = 'pgopt'; \
+  IF owner IS NULL THEN \
+    CREATE SCHEMA pgopt; \
+  ELSIF owner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
+    RAISE EXCEPTION 'schema pgopt belongs to another role: pgopt keeps its event trigger function only in a schema of its own'; \
+  END IF; \
+  IF pg_catalog.to_regprocedure('pgopt.ddl_notify()') IS NULL THEN \
+    CREATE FUNCTION pgopt.ddl_notify() RETURNS event_trigger LANGUAGE plpgsql \
+      SET search_path = pg_catalog AS $f$ \
+      BEGIN \
+        IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
+                   WHERE schema_name IS NULL OR schema_name NOT LIKE 'pg\\_temp%') THEN \
+          PERFORM pg_notify('pgopt_ddl', ''); \
+        END IF; \
+      END $f$; \
+  END IF; \
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgopt_ddl') THEN \
-    CREATE EVENT TRIGGER pgopt_ddl ON ddl_command_end EXECUTE FUNCTION public.pgopt_ddl_notify(); \
+    CREATE EVENT TRIGGER pgopt_ddl ON ddl_command_end EXECUTE FUNCTION pgopt.ddl_notify(); \
+  ELSIF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgopt_ddl' \
+      AND evtfoid = 'pgopt.ddl_notify()'::pg_catalog.regprocedure AND evtenabled <> 'D') THEN \
+    RAISE EXCEPTION 'event trigger pgopt_ddl is not the one pgopt makes, or is disabled'; \
   END IF; \
 END $d$";
+
+/// The listening connection sits idle: no server-side idle timeout cuts it (a
+/// PostgreSQL before 14 has none to turn off).
+const STAY: &str = "\
+DO $d$ BEGIN PERFORM pg_catalog.set_config('idle_session_timeout', '0', false); \
+EXCEPTION WHEN undefined_object THEN NULL; END $d$";
 
 /// Listens for `db`'s schema changes until the proxy stops; on failure it waits (1 s,
 /// doubling up to 30 s) and starts again.
@@ -66,7 +101,10 @@ pub async fn watch(
             };
             conn.simple_query(SETUP, max_len)
                 .await
-                .map_err(|e| failed("creating the event trigger pgopt_ddl", e))?;
+                .map_err(|e| failed("making the event trigger pgopt_ddl", e))?;
+            conn.simple_query(STAY, max_len)
+                .await
+                .map_err(|e| failed("turning idle_session_timeout off", e))?;
             conn.simple_query(&format!("LISTEN {CHANNEL}"), max_len)
                 .await
                 .map_err(|e| failed("LISTEN", e))?;
@@ -99,7 +137,7 @@ pub async fn watch(
             database = %db.name,
             %error,
             retry_in_ms = backoff.as_millis() as u64,
-            "the cache's schema change listener stopped; changes that bypass pgopt are seen within 30 s until it is back"
+            "the cache's schema change listener stopped; until it is back, schema changes that bypass pgopt reach the dependency map within 30 s and the entries they change live until their TTL"
         );
         set_state(&format!("down: {error}"));
         tokio::time::sleep(backoff).await;

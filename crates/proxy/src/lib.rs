@@ -169,6 +169,15 @@ impl Proxy {
         let socket_path = unix_socket.as_ref().map(net::SocketFile::path);
         if let Some(cache) = shared.cache.as_ref().filter(|c| c.settings.ddl_listener) {
             let config = shared.config();
+            if config
+                .databases
+                .iter()
+                .any(|db| db.name == FALLBACK_DATABASE)
+            {
+                tracing::warn!(
+                    "cache.ddl_listener listens on the listed databases only: schema changes in databases reached through \"*\" are heard within 30 s"
+                );
+            }
             // As the replication listener: the listed databases (see above).
             for db in config
                 .databases

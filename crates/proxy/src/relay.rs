@@ -862,12 +862,12 @@ impl Relay {
             }
             cache.counters.misses.fetch_add(1, Relaxed);
             ticket.tables().miss();
-            return CacheLookup::Fill(Fill::new(ticket, ttl, flight));
+            return CacheLookup::Fill(Fill::new(ticket, ttl, flight, deps.generation));
         }
         cache.counters.misses.fetch_add(1, Relaxed);
         let ticket = cache.cache.begin_fill(key, tags);
         ticket.tables().miss();
-        CacheLookup::Fill(Fill::new(ticket, ttl, flight))
+        CacheLookup::Fill(Fill::new(ticket, ttl, flight, deps.generation))
     }
 
     /// [`Settings::statements`], rendered again only when the settings changed (equal
@@ -1025,6 +1025,13 @@ impl Relay {
                         counters.not_stored.fetch_add(1, Relaxed);
                         return;
                     }
+                }
+                // Its tags came from a dependency map a schema change has replaced since
+                // (a view that reads other tables now would be tagged wrong).
+                if fill.deps_generation != cache.deps_generation() {
+                    fill.ticket.tables().not_stored();
+                    counters.not_stored.fetch_add(1, Relaxed);
+                    return;
                 }
                 let ttl = fill.ttl;
                 // For L2: the key and the Redis versions read before the query ran.

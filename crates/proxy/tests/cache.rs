@@ -1750,11 +1750,56 @@ async fn the_ddl_listener_hears_a_trigger_made_behind_pgopts_back() {
         .await
         .unwrap();
     assert_eq!(value(&client, events).await, "2");
-    // The function and the event trigger pgopt made are there for the next start.
+    // A change of what a read returns: the entry from before it is not served.
+    let item = "SELECT v FROM items WHERE id = 2";
+    assert_eq!(value(&client, item).await, "b");
+    assert_eq!(value(&client, item).await, "b");
+    let heard = counter(&cache_row(&proxy).await, "ddl_changes");
+    db.batch_execute("ALTER TABLE items ALTER COLUMN v TYPE varchar(8) USING upper(v)")
+        .await
+        .unwrap();
+    wait_for_cache(&proxy, "hearing the rewrite", |r| {
+        counter(r, "ddl_changes") > heard
+    })
+    .await;
+    assert_eq!(value(&client, item).await, "B");
+    // The function and the event trigger pgopt made are there for the next start, in
+    // a schema of its own.
+    let made = value(
+        &db,
+        "SELECT evtfoid::regprocedure::text FROM pg_event_trigger WHERE evtname = 'pgopt_ddl'",
+    )
+    .await;
+    assert_eq!(made, "pgopt.ddl_notify()");
+}
+
+#[tokio::test]
+async fn the_ddl_listener_refuses_a_schema_another_role_owns() {
+    let (pg, proxy) = setup().await;
+    drop(proxy);
+    // Another role got there first: a function in its schema could be swapped for
+    // code that would run as every superuser issuing DDL.
+    pg.psql("CREATE ROLE mallory; CREATE SCHEMA pgopt AUTHORIZATION mallory")
+        .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            ddl_listener: true,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let row = wait_for_cache(&proxy, "refusing the schema", |r| {
+        r["ddl"].contains("belongs to another role")
+    })
+    .await;
+    assert!(row["ddl"].starts_with("down"), "{row:?}");
+    let db = direct(&pg).await;
     let made = value(
         &db,
         "SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgopt_ddl'",
     )
     .await;
-    assert_eq!(made, "1");
+    assert_eq!(made, "0");
 }
