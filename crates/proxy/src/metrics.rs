@@ -300,6 +300,24 @@ fn cache(m: &mut Page, shared: &Shared) {
         ),
     ];
     let mut families = families.to_vec();
+    if cache.settings.ddl_listener {
+        let states = c.ddl_states.lock().unwrap_or_else(|p| p.into_inner());
+        let listening = states.values().filter(|s| *s == "listening").count();
+        families.extend([
+            (
+                "pgopt_cache_ddl_listeners_up",
+                "gauge",
+                "Databases whose schema change listener (cache.ddl_listener) is listening.",
+                listening as u64,
+            ),
+            (
+                "pgopt_cache_ddl_changes_total",
+                "counter",
+                "Schema changes made directly on a server that the listener heard (each flushed the cache).",
+                c.ddl_changes.load(Relaxed),
+            ),
+        ]);
+    }
     if let Some(l2) = &cache.l2 {
         let r = &l2.counters;
         families.extend([

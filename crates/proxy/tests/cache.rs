@@ -1763,6 +1763,17 @@ async fn the_ddl_listener_hears_a_trigger_made_behind_pgopts_back() {
     })
     .await;
     assert_eq!(value(&client, item).await, "B");
+    // And on /metrics.
+    let addr = proxy.admin_addr().unwrap();
+    let metrics = common::http_get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("pgopt_cache_ddl_listeners_up 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("pgopt_cache_ddl_changes_total 0\n"),
+        "{metrics}"
+    );
     // The function and the event trigger pgopt made are there for the next start, in
     // a schema of its own.
     let made = value(
