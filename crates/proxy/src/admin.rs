@@ -123,18 +123,22 @@ pub fn parse(sql: &str) -> Result<Command, String> {
 fn parse_set(sql: &str) -> Result<Command, String> {
     let form = "expected SET key = value";
     let rest = sql[3..].trim_start();
-    let (key, value) = match rest.split_once('=') {
-        Some((key, value)) => (key.trim(), value.trim()),
+    // `key TO value` when the word after the key is TO, else `key = value`.
+    let to = rest
+        .split_once(char::is_whitespace)
+        .and_then(|(key, after)| {
+            let after = after.trim_start();
+            let value = after.get(..2).filter(|w| w.eq_ignore_ascii_case("to"))?;
+            let value = &after[value.len()..];
+            value
+                .starts_with(char::is_whitespace)
+                .then(|| (key, value.trim()))
+        });
+    let (key, value) = match to {
+        Some(pair) => pair,
         None => {
-            let (key, value) = rest.split_once(char::is_whitespace).ok_or(form)?;
-            let value = value.trim_start();
-            let value = (value.get(..2))
-                .filter(|to| to.eq_ignore_ascii_case("to"))
-                .map(|_| &value[2..])
-                .filter(|after| after.starts_with(char::is_whitespace))
-                .map(str::trim)
-                .ok_or(form)?;
-            (key.trim(), value)
+            let (key, value) = rest.split_once('=').ok_or(form)?;
+            (key.trim(), value.trim())
         }
     };
     let value = match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
@@ -321,29 +325,34 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
             complete(out, "RESET")?;
         }
         Command::Set(key, value) => {
-            let mut config = (*shared.config()).clone();
-            if let Err(e) = config.set(&key, &value) {
-                let (code, message) = match e {
-                    SetError::Unknown(m) => (sqlstate::UNDEFINED_OBJECT, m),
-                    SetError::NotAtRuntime(m) => (sqlstate::CANT_CHANGE_RUNTIME_PARAM, m),
-                    SetError::Invalid(m) => (sqlstate::INVALID_PARAMETER_VALUE, m),
-                };
-                return Ok(error(out, code, &message)?);
-            }
             // As RELOAD applies a config (off the event loop: users' passwords are
             // hashed again); the next RELOAD reads the file and undoes it.
-            let shared = shared.clone();
-            let applied = tokio::task::spawn_blocking(move || shared.apply(config))
+            let set = shared.clone();
+            let (k, v) = (key.clone(), value.clone());
+            let applied = tokio::task::spawn_blocking(move || set.set(&k, &v))
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            match applied {
+                .unwrap_or_else(|e| Err(SetError::Failed(e.to_string())));
+            let (code, message) = match applied {
                 Ok(()) => {
                     tracing::info!(%key, %value, "SET on the admin console");
-                    complete(out, "SET")?
+                    return Ok(complete(out, "SET")?);
                 }
-                Err(e) => error(out, sqlstate::INVALID_PARAMETER_VALUE, &format!("SET: {e}"))?,
-            }
+                // A setting SHOW CONFIG lists that SET does not change.
+                Err(SetError::Unknown(_)) if views::is_setting(&key) => (
+                    sqlstate::CANT_CHANGE_RUNTIME_PARAM,
+                    format!(
+                        "parameter \"{key}\" cannot be changed with SET: it takes the config file and RELOAD"
+                    ),
+                ),
+                Err(SetError::Unknown(m)) => (sqlstate::UNDEFINED_OBJECT, m),
+                Err(SetError::NotAtRuntime(m)) => (sqlstate::CANT_CHANGE_RUNTIME_PARAM, m),
+                Err(SetError::Invalid(m)) => (sqlstate::INVALID_PARAMETER_VALUE, m),
+                Err(SetError::Failed(m)) => (
+                    sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("SET: {m}"),
+                ),
+            };
+            error(out, code, &message)?;
         }
         Command::Reload => {
             // Off the event loop, which other sessions share: reading the file,
@@ -512,6 +521,7 @@ mod tests {
             set("pool_mode", "session")
         );
         assert_eq!(parse("SET x = 'it''s'"), set("x", "it's"));
+        assert_eq!(parse("SET x TO 'a=b'"), set("x", "a=b"));
         for bad in ["SET", "SET x", "SET x =", "SET x TOy", "SET a b = 1"] {
             assert!(parse(bad).is_err(), "{bad}");
         }

@@ -263,7 +263,9 @@ pub struct ProxyCache {
 /// A database's [`Deps`]: being read, read (until a schema change or
 /// [`DEPS_MAX_AGE`]), or failed (tried again after a while).
 enum DepsState {
-    Loading,
+    /// Since then: a read that never finished (its session went) is given up after
+    /// [`DEPS_MAX_AGE`].
+    Loading(Instant),
     Ready(Arc<Deps>, Instant),
     Failed(Instant),
 }
@@ -646,12 +648,14 @@ impl ProxyCache {
             {
                 (Some(deps.clone()), None)
             }
-            Some(DepsState::Loading) => (None, None),
+            Some(DepsState::Loading(at)) if now.saturating_duration_since(*at) < DEPS_MAX_AGE => {
+                (None, None)
+            }
             Some(DepsState::Failed(at)) if now.saturating_duration_since(*at) < DEPS_RETRY => {
                 (None, None)
             }
             _ => {
-                map.insert(database.to_string(), DepsState::Loading);
+                map.insert(database.to_string(), DepsState::Loading(now));
                 (None, Some(*generation))
             }
         }
@@ -696,6 +700,16 @@ impl ProxyCache {
             );
         }
         warned.insert(database.to_string(), uncached);
+    }
+
+    /// `database`'s dependencies when read (however old), without asking for a read:
+    /// after [`ProxyCache::set_deps`], whose result a schema change may have dropped.
+    pub fn ready_deps(&self, database: &str) -> Option<Arc<Deps>> {
+        let guard = self.deps.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.0.get(database) {
+            Some(DepsState::Ready(deps, _)) => Some(deps.clone()),
+            _ => None,
+        }
     }
 
     /// The schema generation now: a fill whose tags came from a map of another one is
@@ -841,14 +855,17 @@ impl ProxyCache {
     /// and the dependencies are read again before anything more is cached; a
     /// replica's fill waits for a primary position read after now. (Local only:
     /// each instance hears it; local versions ahead of Redis keep L2 from serving.)
-    pub fn schema_changed_elsewhere(self: &Arc<Self>, database: &str) {
+    /// `publish`: Redis' versions move on too, so an L1 miss finds no value from
+    /// before the change in L2 (for a change heard; not when the listener merely
+    /// (re)connects, which would flush every instance sharing Redis each time).
+    pub fn schema_changed_elsewhere(self: &Arc<Self>, database: &str, publish: bool) {
         self.fences.unresolved_all(database);
         self.schema_changed();
         self.cache.l1.clear();
         self.bump(&[ALL.to_string()], Source::Stream);
-        // Redis' versions move on too: an L1 miss must not find a value from before
-        // the change in L2.
-        self.publish_later(vec![ALL.to_string()]);
+        if publish {
+            self.publish_later(vec![ALL.to_string()]);
+        }
     }
 
     /// `CACHE FLUSH [table]`, on every instance sharing Redis.
@@ -1565,6 +1582,34 @@ pub async fn follow_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_catalog_read_dropped_or_never_finished_does_not_stop_caching() {
+        let settings = CacheSettings {
+            enabled: true,
+            tables: vec!["t".into()],
+            ..CacheSettings::default()
+        };
+        let cache = ProxyCache::new(&settings).unwrap().unwrap();
+        let now = Instant::now();
+        let ticket = cache.deps("app", now).1.expect("the first lookup reads");
+        // A schema change while it was read: its result is dropped, and nobody is
+        // left marked as reading.
+        cache.schema_changed();
+        cache.set_deps("app", ticket, Some(Deps::default()));
+        assert!(cache.ready_deps("app").is_none());
+        let ticket = cache
+            .deps("app", now)
+            .1
+            .expect("the next lookup reads again");
+        cache.set_deps("app", ticket, Some(Deps::default()));
+        assert_eq!(cache.ready_deps("app").map(|d| d.generation), Some(ticket));
+        // A read whose session went before it finished is given up in time.
+        cache.schema_changed();
+        assert!(cache.deps("app", now).1.is_some());
+        assert_eq!(cache.deps("app", now).1, None, "one read at a time");
+        assert!(cache.deps("app", now + DEPS_MAX_AGE).1.is_some());
+    }
 
     /// The catalog query with the listener's coverage, on a real PostgreSQL: each
     /// listed relation that is never cached is reported with why.

@@ -465,6 +465,8 @@ pub enum SetError {
     NotAtRuntime(String),
     /// A value the setting does not take.
     Invalid(String),
+    /// The changed config could not be applied.
+    Failed(String),
 }
 
 /// Settings `SET` does not change, and why.
@@ -551,7 +553,8 @@ impl Config {
     }
 }
 
-/// `30s`, `500ms`, `2min`, `1h`, `1.5s`, or a bare number of seconds; never negative.
+/// `30s`, `500ms`, `2m` or `2min`, `1h`, `1d`, `1.5s`, or a bare number of seconds;
+/// never negative, at most 10⁹ s (as the config file takes them).
 fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text
@@ -562,11 +565,14 @@ fn parse_duration(text: &str) -> Option<Duration> {
     let seconds = match unit.trim() {
         "" | "s" => number,
         "ms" => number / 1000.0,
-        "min" => number * 60.0,
+        "m" | "min" => number * 60.0,
         "h" => number * 3600.0,
+        "d" => number * 86400.0,
         _ => return None,
     };
-    Duration::try_from_secs_f64(seconds).ok()
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| d.as_secs() <= 1_000_000_000)
 }
 
 #[cfg(test)]
@@ -592,6 +598,7 @@ mod tests {
             ("max_client_conn", "many"),
             ("query_timeout", "-1s"),
             ("query_timeout", "5 days"),
+            ("query_timeout", "100000000000000000000"),
             ("pool_mode", "statement"),
         ] {
             assert!(

@@ -33,7 +33,10 @@ pub const CHANNEL: &str = "pgopt_ddl";
 
 /// The schema, function and event trigger, made unless there; instances starting
 /// together take turns (an advisory lock). Nothing is replaced when it is all in
-/// place: a DDL command here would flush every other instance's cache.
+/// place (a DDL command here would flush every other instance's cache), but a
+/// function of another version (its comment) is. A DROP leaves nothing in
+/// `pg_event_trigger_ddl_commands()`: it notifies by its tag (a temporary object's
+/// too).
 const SETUP: &str = "\
 DO $d$ \
 DECLARE owner oid; \
@@ -45,15 +48,17 @@ BEGIN \
   ELSIF owner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
     RAISE EXCEPTION 'schema pgopt belongs to another role: pgopt keeps its event trigger function only in a schema of its own'; \
   END IF; \
-  IF pg_catalog.to_regprocedure('pgopt.ddl_notify()') IS NULL THEN \
-    CREATE FUNCTION pgopt.ddl_notify() RETURNS event_trigger LANGUAGE plpgsql \
+  IF pg_catalog.obj_description(pg_catalog.to_regprocedure('pgopt.ddl_notify()'), 'pg_proc') \
+      IS DISTINCT FROM 'pgopt ddl_notify 2' THEN \
+    CREATE OR REPLACE FUNCTION pgopt.ddl_notify() RETURNS event_trigger LANGUAGE plpgsql \
       SET search_path = pg_catalog AS $f$ \
       BEGIN \
-        IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
-                   WHERE schema_name IS NULL OR schema_name NOT LIKE 'pg\\_temp%') THEN \
+        IF TG_TAG LIKE 'DROP%' OR EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
+            WHERE schema_name IS NULL OR schema_name NOT LIKE 'pg\\_temp%') THEN \
           PERFORM pg_notify('pgopt_ddl', ''); \
         END IF; \
       END $f$; \
+    COMMENT ON FUNCTION pgopt.ddl_notify() IS 'pgopt ddl_notify 2'; \
   END IF; \
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgopt_ddl') THEN \
     CREATE EVENT TRIGGER pgopt_ddl ON ddl_command_end EXECUTE FUNCTION pgopt.ddl_notify(); \
@@ -108,12 +113,13 @@ pub async fn watch(
             conn.simple_query(&format!("LISTEN {CHANNEL}"), max_len)
                 .await
                 .map_err(|e| failed("LISTEN", e))?;
-            // Changes before now were not heard: everything is read again.
-            cache.schema_changed_elsewhere(&db.name);
+            // Changes before now were not heard: everything is read again (here; every
+            // instance has its own listener).
+            cache.schema_changed_elsewhere(&db.name, false);
             set_state("listening");
             backoff = Duration::from_secs(1);
             notifications(&mut conn, max_len, || {
-                cache.schema_changed_elsewhere(&db.name);
+                cache.schema_changed_elsewhere(&db.name, true);
                 cache
                     .counters
                     .ddl_changes

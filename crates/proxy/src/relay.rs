@@ -1233,7 +1233,9 @@ impl Relay {
             }
         };
         cache.set_deps(database, ticket, deps);
-        cache.deps(database, Instant::now()).0
+        // (Not `deps`: when a schema change dropped this read, that would mark it
+        // loading again with no one to read it.)
+        cache.ready_deps(database)
     }
 
     /// Whether the client's next message must wait, on a server connection already

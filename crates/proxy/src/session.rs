@@ -46,6 +46,13 @@ pub async fn run(mut stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) 
     shared.accepted.fetch_add(1, Ordering::Relaxed);
     let Ok(_client_slot) = shared.client_slots().try_acquire_owned() else {
         shared.rejected_max_clients.fetch_add(1, Ordering::Relaxed);
+        if shared.config().log_disconnections {
+            tracing::info!(
+                target: "pgopt::connections",
+                client = %peer,
+                "closing because: no more connections allowed (max_client_conn)"
+            );
+        }
         send_fatal(
             &mut stream,
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -73,12 +80,15 @@ pub async fn run(mut stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) 
             (None, Err(e)) => e.to_string(),
             (None, Ok(())) => "client close request".into(),
         };
+        // (It may quote what the client sent: one line whatever it holds.)
+        let why = why.replace(['\n', '\r'], " ");
         let age = info.connect_time.elapsed().unwrap_or_default();
+        // Names as the client sent them, quoted (a newline stays on its line).
         tracing::info!(
             target: "pgopt::connections",
             client = %peer,
-            %user,
-            %database,
+            ?user,
+            ?database,
             age_s = format!("{:.1}", age.as_secs_f64()),
             "closing because: {why}"
         );
@@ -102,8 +112,8 @@ fn log_login(
         tracing::info!(
             target: "pgopt::connections",
             client = %info.addr,
-            %user,
-            %database,
+            ?user,
+            ?database,
             via,
             "login"
         );

@@ -52,6 +52,9 @@ pub struct Shared {
     cancels: Mutex<HashMap<(i32, i32), Weak<CancelTarget>>>,
     lifecycle: watch::Sender<Lifecycle>,
     reloader: Mutex<Option<Reloader>>,
+    /// Held while a config is made and applied (RELOAD, SET, `ProxyHandle::apply`):
+    /// one change never overwrites another that came in meanwhile.
+    changing: Mutex<()>,
     /// PAUSE without a database, and PAUSE per database; pools created meanwhile
     /// start paused.
     paused: Mutex<(bool, HashSet<String>)>,
@@ -133,6 +136,7 @@ impl Shared {
             cancels: Mutex::new(HashMap::new()),
             lifecycle: watch::Sender::new(Lifecycle::Running),
             reloader: Mutex::new(None),
+            changing: Mutex::new(()),
             paused: Mutex::default(),
             disabled: Mutex::default(),
             started: SystemTime::now(),
@@ -466,8 +470,19 @@ impl Shared {
         let Some(reloader) = reloader else {
             return Err("this proxy was started without a config file to reload".into());
         };
+        let _changing = lock(&self.changing);
         let config = reloader()?;
-        self.apply(config).map_err(|e| e.to_string())
+        self.apply_now(config).map_err(|e| e.to_string())
+    }
+
+    /// The admin console's `SET key = value`: the running config with one setting
+    /// changed, applied as RELOAD applies one (until the next RELOAD).
+    pub fn set(&self, key: &str, value: &str) -> Result<(), crate::config::SetError> {
+        let _changing = lock(&self.changing);
+        let mut config = (*self.config()).clone();
+        config.set(key, value)?;
+        self.apply_now(config)
+            .map_err(|e| crate::config::SetError::Failed(e.to_string()))
     }
 
     /// Applies a new config. Takes effect at once: users, auth method, pool limits,
@@ -476,6 +491,12 @@ impl Shared {
     /// already connected finish on the old ones). `listen`, `admin_listen` and
     /// `routing.safe_functions` need a restart.
     pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
+        let _changing = lock(&self.changing);
+        self.apply_now(new)
+    }
+
+    /// [`Shared::apply`], with `changing` held by the caller.
+    fn apply_now(&self, new: Config) -> Result<(), ProxyError> {
         new.check().map_err(ProxyError::Config)?;
         let users = prepare_users(&new.users)?;
         let tls = tls_acceptor_for(&new)?;

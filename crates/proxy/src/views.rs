@@ -549,6 +549,13 @@ pub fn config(shared: &Shared) -> Table {
     table
 }
 
+/// Whether SHOW CONFIG lists `key`.
+pub fn is_setting(key: &str) -> bool {
+    settings(&Config::default())
+        .iter()
+        .any(|(k, _, _)| k.eq_ignore_ascii_case(key))
+}
+
 fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     vec![

@@ -1763,6 +1763,20 @@ async fn the_ddl_listener_hears_a_trigger_made_behind_pgopts_back() {
     })
     .await;
     assert_eq!(value(&client, item).await, "B");
+    // A DROP is heard too (PostgreSQL lists no command for it to the trigger).
+    db.batch_execute("CREATE TABLE scratch (x int)")
+        .await
+        .unwrap();
+    let made = wait_for_cache(&proxy, "hearing the CREATE", |r| {
+        counter(r, "ddl_changes") > heard + 1
+    })
+    .await;
+    db.batch_execute("DROP TABLE scratch").await.unwrap();
+    let dropped = counter(&made, "ddl_changes");
+    wait_for_cache(&proxy, "hearing the DROP", |r| {
+        counter(r, "ddl_changes") > dropped
+    })
+    .await;
     // And on /metrics.
     let addr = proxy.admin_addr().unwrap();
     let metrics = common::http_get(addr, "/metrics").await;
