@@ -285,6 +285,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
     let client_auth = match config.auth {
         ClientAuthMethod::Trust => pgopt_proxy::ClientAuth::Trust,
         ClientAuthMethod::Md5 => pgopt_proxy::ClientAuth::Md5,
+        ClientAuthMethod::Cert => pgopt_proxy::ClientAuth::Cert,
         // (With hba the rules decide; this is not used.)
         ClientAuthMethod::ScramSha256 | ClientAuthMethod::Hba => {
             pgopt_proxy::ClientAuth::ScramSha256
@@ -353,6 +354,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
             cert_file: (!config.tls_cert_file.is_empty())
                 .then(|| config.tls_cert_file.clone().into()),
             key_file: (!config.tls_key_file.is_empty()).then(|| config.tls_key_file.clone().into()),
+            ca_file: (!config.tls_ca_file.is_empty()).then(|| config.tls_ca_file.clone().into()),
         },
         server_tls: pgopt_proxy::ServerTls {
             mode: match config.server_tls_mode {

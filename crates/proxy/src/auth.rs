@@ -109,6 +109,7 @@ pub async fn authenticate(
     let (ok, keys) = match method {
         ClientAuth::Trust => (true, None),
         ClientAuth::Peer => (peer_is(stream, user).await, None),
+        ClientAuth::Cert => (stream.peer_common_name().is_some_and(|cn| cn == user), None),
         ClientAuth::Md5 => {
             let answer = md5_exchange(stream, buf, &mut out, max_len).await?;
             let matches =
@@ -145,6 +146,10 @@ pub async fn authenticate(
             ClientAuth::Peer => (
                 sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                 format!("Peer authentication failed for user \"{user}\""),
+            ),
+            ClientAuth::Cert => (
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("certificate authentication failed for user \"{user}\""),
             ),
             _ => (
                 sqlstate::INVALID_PASSWORD,

@@ -23,6 +23,9 @@ pub enum ClientAuth {
     /// A Unix-domain socket's peer is the operating system user of the client's user
     /// name (from an `hba` rule; TCP clients fail it).
     Peer,
+    /// The client's TLS certificate, verified against `client_tls.ca_file`, has the
+    /// user name as its common name (clients without one fail it).
+    Cert,
 }
 
 /// A user clients may log in as. `password` is the plaintext, an `md5…` hash or a
@@ -276,6 +279,10 @@ pub struct ClientTls {
     pub mode: TlsMode,
     pub cert_file: Option<std::path::PathBuf>,
     pub key_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) whose client certificates are accepted (PgBouncer's
+    /// `client_tls_ca_file`): TLS clients are asked for one, one that does not verify
+    /// fails the handshake, and none is allowed (only the `cert` method needs one).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Whether pgopt uses TLS to servers, and what it checks: libpq's `sslmode` values,

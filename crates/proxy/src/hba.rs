@@ -17,7 +17,8 @@
 //! host alone), or an address and a netmask. Methods: `trust`, `reject`, `md5` (SCRAM
 //! for a user whose stored password is a SCRAM verifier, as in PostgreSQL),
 //! `scram-sha-256`, `peer` (`local` only: the socket's peer must be the operating
-//! system user of the same name).
+//! system user of the same name), `cert` (`hostssl` only: a client certificate that
+//! verifies against `client_tls.ca_file`, with the user name as its common name).
 
 use std::net::IpAddr;
 
@@ -161,10 +162,14 @@ impl Rule {
             "scram-sha-256" => Method::Auth(ClientAuth::ScramSha256),
             "peer" if kind == Kind::Local => Method::Auth(ClientAuth::Peer),
             "peer" => return Err("peer authentication is only supported on local sockets".into()),
+            "cert" if kind == Kind::HostSsl => Method::Auth(ClientAuth::Cert),
+            "cert" => {
+                return Err("cert authentication is only supported on hostssl connections".into())
+            }
             other => {
                 return Err(format!(
-                    "method {other:?} is not supported (trust, reject, md5, scram-sha-256, peer)"
-                ))
+                "method {other:?} is not supported (trust, reject, md5, scram-sha-256, peer, cert)"
+            ))
             }
         };
         if let Some(extra) = fields.get(next + 1) {
@@ -472,6 +477,7 @@ mod tests {
             ("hosts all all all md5", 1, "connection type"),
             ("host all all all ident", 1, "not supported"),
             ("host all all 127.0.0.1/32 peer", 1, "local sockets"),
+            ("host all all all cert", 1, "hostssl"),
             ("local all", 1, "user is missing"),
             ("host all all", 1, "address is missing"),
             ("host all all 10.0.0.0/8", 1, "method is missing"),

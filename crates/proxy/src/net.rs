@@ -168,6 +168,16 @@ impl PgStream {
         matches!(self, PgStream::Tls(_))
     }
 
+    /// The common name of the client's TLS certificate, when it sent one (verified in
+    /// the handshake against `client_tls.ca_file`).
+    pub fn peer_common_name(&self) -> Option<String> {
+        let PgStream::Tls(tls) = self else {
+            return None;
+        };
+        let certs = tls.get_ref().1.peer_certificates()?;
+        crate::tls::common_name(certs.first()?)
+    }
+
     pub fn is_unix(&self) -> bool {
         matches!(self, PgStream::Unix(_))
     }

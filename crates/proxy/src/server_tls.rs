@@ -133,7 +133,7 @@ impl ServerTlsConnector {
     }
 }
 
-fn load_roots(file: &Path) -> Result<RootCertStore, ProxyError> {
+pub(crate) fn load_roots(file: &Path) -> Result<RootCertStore, ProxyError> {
     let certs = CertificateDer::pem_file_iter(file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {

@@ -236,7 +236,10 @@ async fn session(
     let mut found = None;
     let mut refresh = None;
     if let (Some(auth_user), None) = (&config.auth_user, creds) {
-        if !matches!(method, ClientAuth::Trust | ClientAuth::Peer) {
+        if !matches!(
+            method,
+            ClientAuth::Trust | ClientAuth::Peer | ClientAuth::Cert
+        ) {
             let lookup = |stale| {
                 auth_query::lookup_cached(
                     shared,

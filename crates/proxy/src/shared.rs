@@ -700,7 +700,7 @@ pub fn tls_acceptor_for(config: &Config) -> Result<Option<TlsAcceptor>, ProxyErr
         return Ok(None);
     }
     match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => crate::tls::acceptor(cert, key).map(Some),
+        (Some(cert), Some(key)) => crate::tls::acceptor(cert, key, tls.ca_file.as_deref()).map(Some),
         _ => Err(ProxyError::Tls(
             "TLS to clients needs a certificate file and a key file (proxy.tls_cert_file, proxy.tls_key_file)".into(),
         )),

@@ -6,12 +6,19 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
 use crate::ProxyError;
 
-/// Loads a PEM certificate chain and private key into a TLS acceptor.
-pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, ProxyError> {
+/// Loads a PEM certificate chain and private key into a TLS acceptor; with `ca_file`,
+/// clients are asked for a certificate, which must verify against those CAs when one
+/// is given (none is allowed).
+pub fn acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+    ca_file: Option<&Path>,
+) -> Result<TlsAcceptor, ProxyError> {
     let tls = |what: String| ProxyError::Tls(what);
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -31,17 +38,170 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, ProxyE
         ))
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            tls(format!(
-                "{} and {} do not make a usable certificate and key: {e}",
-                cert_file.display(),
-                key_file.display()
-            ))
-        })?;
+        .map_err(|e| tls(e.to_string()))?;
+    let builder = match ca_file {
+        Some(ca_file) => {
+            let roots = Arc::new(crate::server_tls::load_roots(ca_file)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| {
+                    tls(format!(
+                        "client CA certificates in {}: {e}",
+                        ca_file.display()
+                    ))
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(certs, key).map_err(|e| {
+        tls(format!(
+            "{} and {} do not make a usable certificate and key: {e}",
+            cert_file.display(),
+            key_file.display()
+        ))
+    })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The common name of a certificate's subject (its first, as PostgreSQL reads it);
+/// `None` when it has none or the bytes are not a certificate. A few lines of DER,
+/// not an X.509 library: only the path to the subject is walked, every length checked.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (cert, _) = expect(der, 0x30)?;
+    let (mut tbs, _) = expect(cert, 0x30)?;
+    let mut field = || {
+        let (tag, content, rest) = tlv(tbs)?;
+        tbs = rest;
+        Some((tag, content))
+    };
+    // [0] the version (when not 1), the serial number, the signature algorithm, the
+    // issuer and the validity, then the subject.
+    if field()?.0 == 0xa0 {
+        field()?;
+    }
+    for _ in 0..3 {
+        field()?;
+    }
+    let (tag, mut subject) = field()?;
+    if tag != 0x30 {
+        return None;
+    }
+    while let Some((tag, mut rdn, rest)) = tlv(subject) {
+        subject = rest;
+        if tag != 0x31 {
+            return None;
+        }
+        while let Some((tag, attribute, rest)) = tlv(rdn) {
+            rdn = rest;
+            if tag != 0x30 {
+                return None;
+            }
+            let (oid, value) = expect(attribute, 0x06)?;
+            if oid != [0x55, 0x04, 0x03] {
+                continue;
+            }
+            let (tag, text, _) = tlv(value)?;
+            return match tag {
+                // UTF8String, PrintableString, IA5String, T61String.
+                0x0c | 0x13 | 0x16 | 0x14 => String::from_utf8(text.to_vec()).ok(),
+                // BMPString: UTF-16, big-endian.
+                0x1e if text.len() % 2 == 0 => {
+                    let units = text.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    char::decode_utf16(units)
+                        .collect::<Result<String, _>>()
+                        .ok()
+                }
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
+/// One DER element of `tag` at the start of `input`: its content and what follows.
+fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (found, content, rest) = tlv(input)?;
+    (found == tag).then_some((content, rest))
+}
+
+/// One DER element (single-byte tags): its tag, content and what follows.
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |len, b| len << 8 | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The common name of a certificate openssl made; no panic on any prefix of it or
+    /// on bytes that are not a certificate.
+    #[test]
+    fn the_common_name_is_read_and_bad_bytes_are_none() {
+        let dir = std::env::temp_dir().join(format!("pgopt-cn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key, pem) = (dir.join("k.pem"), dir.join("c.pem"));
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args([
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/O=pgopt/CN=alice smith/OU=x",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&pem)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let der = CertificateDer::pem_file_iter(&pem)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(common_name(&der).as_deref(), Some("alice smith"));
+        for end in 0..der.len() {
+            assert_eq!(common_name(&der[..end]), None, "prefix of {end} bytes");
+        }
+        for junk in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff],
+            &[0x30, 0x80],
+        ] {
+            assert_eq!(common_name(junk), None);
+        }
+    }
 }

@@ -624,6 +624,7 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
                 (None, ClientAuth::Md5) => "md5",
                 (None, ClientAuth::ScramSha256) => "scram-sha-256",
                 (None, ClientAuth::Peer) => "peer",
+                (None, ClientAuth::Cert) => "cert",
             }
             .into(),
             true,

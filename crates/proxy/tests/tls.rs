@@ -45,6 +45,7 @@ async fn start(pg: &Postgres, mode: TlsMode, dir: &std::path::Path) -> Proxy {
         mode,
         cert_file: Some(cert),
         key_file: Some(key),
+        ca_file: None,
     };
     config.unix_socket_dir = Some(dir.to_str().unwrap().to_string());
     Proxy::start(config).await.unwrap()
@@ -63,14 +64,22 @@ async fn psql_at(
     sslmode: &str,
     sql: &str,
 ) -> Result<String, String> {
+    let params = format!("host={host} user=postgres sslmode={sslmode}");
+    psql_with(pg, proxy, &params, sql).await
+}
+
+/// psql through the proxy to database `app` with connection parameters `params`.
+async fn psql_with(
+    pg: &Postgres,
+    proxy: &Proxy,
+    params: &str,
+    sql: &str,
+) -> Result<String, String> {
     let mut cmd = Command::new(pg.binaries().program("psql"));
     cmd.args([
         "-XAt",
         "-d",
-        &format!(
-            "host={host} port={} user=postgres dbname=app sslmode={sslmode}",
-            proxy.local_addr().port()
-        ),
+        &format!("port={} dbname=app {params}", proxy.local_addr().port()),
         "-c",
         sql,
     ]);
@@ -162,6 +171,7 @@ async fn a_missing_certificate_is_a_clear_start_error() {
         mode: TlsMode::Require,
         cert_file: Some("/nonexistent/server.crt".into()),
         key_file: Some("/nonexistent/server.key".into()),
+        ca_file: None,
     };
     let err = Proxy::start(config).await.err().unwrap().to_string();
     assert!(err.contains("/nonexistent/server.crt"), "{err}");
@@ -441,4 +451,129 @@ async fn a_cancel_reaches_a_server_that_takes_only_tls() {
     );
     client.batch_execute("SELECT 1").await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A client certificate for `cn`, signed by the CA [`signed_certificate`] made in `dir`
+/// (or, with `own_ca`, by a CA of its own the proxy does not know): (crt, key).
+fn client_certificate(dir: &std::path::Path, cn: &str, own_ca: bool) -> (PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let name = format!("{cn}{}", if own_ca { "-stranger" } else { "" });
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca_crt, ca_key) = if own_ca {
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=someone else's CA",
+            ])
+            .args(ec)
+            .args(["-keyout", &p("other-ca.key"), "-out", &p("other-ca.crt")]));
+        (p("other-ca.crt"), p("other-ca.key"))
+    } else {
+        (p("ca.crt"), p("ca.key"))
+    };
+    let (crt, key, csr) = (
+        p(&format!("{name}.crt")),
+        p(&format!("{name}.key")),
+        p(&format!("{name}.csr")),
+    );
+    run(Command::new("openssl")
+        .args(["req", "-new", "-subj", &format!("/CN={cn}")])
+        .args(ec)
+        .args(["-keyout", &key, "-out", &csr]));
+    // Version 3 with its extensions (webpki takes no version 1 certificate).
+    let ext = p("client.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args([
+            "x509", "-req", "-days", "2", "-in", &csr, "-CA", &ca_crt, "-CAkey", &ca_key,
+        ])
+        .args(["-CAcreateserial", "-extfile", &ext, "-out", &crt]));
+    // libpq refuses a key others may read.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (crt.into(), key.into())
+}
+
+#[tokio::test]
+async fn cert_rules_take_a_client_certificate_named_for_the_user() {
+    let dir = temp_dir("client-cert");
+    let pg = Postgres::start().await.unwrap();
+    let (ca, cert, key) = signed_certificate(&dir, "DNS:localhost,IP:127.0.0.1");
+    let (alice_crt, alice_key) = client_certificate(&dir, "alice", false);
+    let (stranger_crt, stranger_key) = client_certificate(&dir, "alice", true);
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.databases[0].user = Some("postgres".into());
+    config.client_tls = ClientTls {
+        mode: TlsMode::Prefer,
+        cert_file: Some(cert),
+        key_file: Some(key),
+        ca_file: Some(ca),
+    };
+    let rules = "hostssl app alice,bob 127.0.0.1/32 cert\nhost all all all reject\n";
+    config.hba = Some(Arc::new(pgopt_proxy::hba::Hba::parse(rules).unwrap()));
+    let proxy = Proxy::start(config).await.unwrap();
+    let with_cert = |user: &str, crt: &PathBuf, key: &PathBuf| {
+        format!(
+            "host=127.0.0.1 user={user} sslmode=require sslcert={} sslkey={}",
+            crt.display(),
+            key.display()
+        )
+    };
+    let sql = "SELECT current_user";
+    // The certificate names alice: she logs in, with no password.
+    let out = psql_with(
+        &pg,
+        &proxy,
+        &with_cert("alice", &alice_crt, &alice_key),
+        sql,
+    )
+    .await;
+    assert_eq!(out.unwrap(), "postgres");
+    // Bob with alice's certificate, and alice with none, are refused.
+    let out = psql_with(&pg, &proxy, &with_cert("bob", &alice_crt, &alice_key), sql).await;
+    let e = out.unwrap_err();
+    assert!(
+        e.contains("certificate authentication failed for user \"bob\""),
+        "{e}"
+    );
+    let none = "host=127.0.0.1 user=alice sslmode=require sslcert=/nonexistent sslkey=/nonexistent";
+    let e = psql_with(&pg, &proxy, none, sql).await.unwrap_err();
+    assert!(
+        e.contains("certificate authentication failed for user \"alice\""),
+        "{e}"
+    );
+    // A certificate from a CA the proxy does not trust fails the handshake.
+    let out = psql_with(
+        &pg,
+        &proxy,
+        &with_cert("alice", &stranger_crt, &stranger_key),
+        sql,
+    )
+    .await;
+    assert!(out.is_err(), "{out:?}");
+    // Plain text matches no hostssl rule.
+    let e = psql_with(
+        &pg,
+        &proxy,
+        "host=127.0.0.1 user=alice sslmode=disable",
+        sql,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("rejects connection"), "{e}");
+    drop(proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

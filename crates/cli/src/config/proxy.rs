@@ -28,6 +28,9 @@ pub enum ClientAuthMethod {
     /// Each client's method from the rules in `auth_hba_file`.
     #[serde(rename = "hba")]
     Hba,
+    /// A TLS client certificate (verified against `tls_ca_file`) named for the user.
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 /// TLS to clients: disable | prefer | require.
@@ -213,6 +216,9 @@ pub struct ProxyConfig {
     /// PEM certificate chain and private key for TLS to clients.
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    /// PEM file of the CAs whose client certificates are accepted (asked of every TLS
+    /// client; the `cert` method needs one); "" asks for none.
+    pub tls_ca_file: String,
     /// TLS to servers: disable | prefer | require | verify-ca | verify-full.
     pub server_tls_mode: ServerTlsModeSetting,
     /// PEM file of the CA certificates trusted for servers; "" is none.
@@ -270,6 +276,7 @@ impl Default for ProxyConfig {
             tls_mode: TlsModeSetting::Disable,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            tls_ca_file: String::new(),
             server_tls_mode: ServerTlsModeSetting::Prefer,
             server_tls_ca_file: String::new(),
             auth: ClientAuthMethod::Trust,
