@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::SetError;
 use crate::insight_views;
-use crate::io::{send_fatal, write_all};
+use crate::io::{send_fatal, write_all_bounded};
 use crate::net::ClientStream;
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::ClientInfo;
@@ -156,7 +156,7 @@ pub async fn serve(
     mut stream: ClientStream,
     mut buf: BytesMut,
     shared: Arc<Shared>,
-    _info: Arc<ClientInfo>,
+    info: Arc<ClientInfo>,
     role: Role,
 ) -> Result<(), ProxyError> {
     let max_len = shared.config().max_message_len;
@@ -184,7 +184,9 @@ pub async fn serve(
     let mut skipping = false;
     loop {
         if !out.is_empty() {
-            write_all(&mut stream, &out).await?;
+            // Given up when the session is killed (a shutdown past its timeout) while
+            // the client does not read.
+            write_all_bounded(&mut stream, &out, &info, None).await?;
             out.clear();
         }
         let frame = loop {

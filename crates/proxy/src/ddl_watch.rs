@@ -14,7 +14,7 @@
 //! as every superuser issuing DDL), with a fixed `search_path`. Creating an event
 //! trigger takes a superuser. A transaction that ran DDL cannot then be prepared for
 //! two-phase commit (it has sent a notification). Turning the listener off leaves
-//! both in place: `DROP EVENT TRIGGER pgopt_ddl; DROP SCHEMA pgopt CASCADE;` removes
+//! both in place: `DROP SCHEMA pgopt CASCADE;` removes
 //! them.
 
 use std::sync::Arc;
@@ -35,8 +35,8 @@ pub const CHANNEL: &str = "pgopt_ddl";
 /// together take turns (an advisory lock). Nothing is replaced when it is all in
 /// place (a DDL command here would flush every other instance's cache), but a
 /// function of another version (its comment) is. A DROP leaves nothing in
-/// `pg_event_trigger_ddl_commands()`: it notifies by its tag (a temporary object's
-/// too).
+/// `pg_event_trigger_ddl_commands()`: a second trigger, on `sql_drop`, hears it
+/// (unless all it dropped was temporary).
 const SETUP: &str = "\
 DO $d$ \
 DECLARE owner oid; \
@@ -49,22 +49,32 @@ BEGIN \
     RAISE EXCEPTION 'schema pgopt belongs to another role: pgopt keeps its event trigger function only in a schema of its own'; \
   END IF; \
   IF pg_catalog.obj_description(pg_catalog.to_regprocedure('pgopt.ddl_notify()'), 'pg_proc') \
-      IS DISTINCT FROM 'pgopt ddl_notify 2' THEN \
+      IS DISTINCT FROM 'pgopt ddl_notify 3' THEN \
     CREATE OR REPLACE FUNCTION pgopt.ddl_notify() RETURNS event_trigger LANGUAGE plpgsql \
       SET search_path = pg_catalog AS $f$ \
       BEGIN \
-        IF TG_TAG LIKE 'DROP%' OR EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
+        IF TG_EVENT = 'sql_drop' THEN \
+          IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() \
+              WHERE NOT is_temporary) THEN \
+            PERFORM pg_notify('pgopt_ddl', ''); \
+          END IF; \
+        ELSIF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
             WHERE schema_name IS NULL OR schema_name NOT LIKE 'pg\\_temp%') THEN \
           PERFORM pg_notify('pgopt_ddl', ''); \
         END IF; \
       END $f$; \
-    COMMENT ON FUNCTION pgopt.ddl_notify() IS 'pgopt ddl_notify 2'; \
+    COMMENT ON FUNCTION pgopt.ddl_notify() IS 'pgopt ddl_notify 3'; \
   END IF; \
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgopt_ddl') THEN \
     CREATE EVENT TRIGGER pgopt_ddl ON ddl_command_end EXECUTE FUNCTION pgopt.ddl_notify(); \
-  ELSIF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgopt_ddl' \
-      AND evtfoid = 'pgopt.ddl_notify()'::pg_catalog.regprocedure AND evtenabled <> 'D') THEN \
-    RAISE EXCEPTION 'event trigger pgopt_ddl is not the one pgopt makes, or is disabled'; \
+  END IF; \
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgopt_ddl_drop') THEN \
+    CREATE EVENT TRIGGER pgopt_ddl_drop ON sql_drop EXECUTE FUNCTION pgopt.ddl_notify(); \
+  END IF; \
+  IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_event_trigger \
+      WHERE evtname IN ('pgopt_ddl', 'pgopt_ddl_drop') \
+      AND evtfoid = 'pgopt.ddl_notify()'::pg_catalog.regprocedure AND evtenabled <> 'D') <> 2 THEN \
+    RAISE EXCEPTION 'event triggers pgopt_ddl and pgopt_ddl_drop are not the ones pgopt makes, or are disabled'; \
   END IF; \
 END $d$";
 

@@ -107,6 +107,11 @@ impl Hba {
         Ok(Hba { rules })
     }
 
+    /// Whether any rule uses `method`.
+    pub fn uses(&self, method: ClientAuth) -> bool {
+        self.rules.iter().any(|r| r.method == Method::Auth(method))
+    }
+
     /// The first rule matching a client of `user` asking for `database`; `None` when
     /// no rule does (the client is refused).
     pub fn decide(&self, origin: Origin, database: &str, user: &str) -> Option<Decision> {

@@ -57,13 +57,17 @@ pub fn acceptor(
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(certs, key).map_err(|e| {
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
         tls(format!(
             "{} and {} do not make a usable certificate and key: {e}",
             cert_file.display(),
             key_file.display()
         ))
     })?;
+    // No session resumption, as in PostgreSQL: a resumed session would carry a client
+    // certificate checked once, however long ago (expired since, or its CA dropped).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -105,16 +109,10 @@ pub fn common_name(der: &[u8]) -> Option<String> {
                 continue;
             }
             let (tag, text, _) = tlv(value)?;
+            // UTF8String, PrintableString, IA5String (as PostgreSQL, which takes the
+            // bytes as they are, no name with a NUL in it).
             return match tag {
-                // UTF8String, PrintableString, IA5String, T61String.
-                0x0c | 0x13 | 0x16 | 0x14 => String::from_utf8(text.to_vec()).ok(),
-                // BMPString: UTF-16, big-endian.
-                0x1e if text.len() % 2 == 0 => {
-                    let units = text.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-                    char::decode_utf16(units)
-                        .collect::<Result<String, _>>()
-                        .ok()
-                }
+                0x0c | 0x13 | 0x16 if !text.contains(&0) => String::from_utf8(text.to_vec()).ok(),
                 _ => None,
             };
         }
@@ -202,6 +200,15 @@ mod tests {
             &[0x30, 0x80],
         ] {
             assert_eq!(common_name(junk), None);
+        }
+        // Any byte changed to anything: an answer or None, never a panic (lengths
+        // inside the certificate included, which cut-short prefixes never reach).
+        for at in 0..der.len() {
+            for value in [0x00, 0x01, 0x7f, 0x80, 0x81, 0x84, 0xff] {
+                let mut bytes = der.to_vec();
+                bytes[at] = value;
+                let _ = common_name(&bytes);
+            }
         }
     }
 }

@@ -524,6 +524,11 @@ async fn cert_rules_take_a_client_certificate_named_for_the_user() {
     };
     let rules = "hostssl app alice,bob 127.0.0.1/32 cert\nhost all all all reject\n";
     config.hba = Some(Arc::new(pgopt_proxy::hba::Hba::parse(rules).unwrap()));
+    // Without a CA file nobody could ever pass: refused at start.
+    let mut without_ca = config.clone();
+    without_ca.client_tls.ca_file = None;
+    let e = Proxy::start(without_ca).await.err().unwrap().to_string();
+    assert!(e.contains("proxy.tls_ca_file"), "{e}");
     let proxy = Proxy::start(config).await.unwrap();
     let with_cert = |user: &str, crt: &PathBuf, key: &PathBuf| {
         format!(
