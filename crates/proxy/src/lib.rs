@@ -139,19 +139,10 @@ impl Proxy {
             let config = shared.config();
             // The fallback's databases are not known in advance: writes to them that
             // bypass pgopt are not followed, so they are not cached (see `Relay::new`).
-            if config
-                .databases
-                .iter()
-                .any(|db| db.name == FALLBACK_DATABASE)
-            {
-                tracing::warn!(
-                    "cache.wal_listener follows the listed databases only: databases reached through \"*\" are not cached"
-                );
-            }
-            let listed = config
-                .databases
-                .iter()
-                .filter(|db| db.name != FALLBACK_DATABASE);
+            let listed = listed_databases(
+                &config,
+                "cache.wal_listener follows the listed databases only: databases reached through \"*\" are not cached",
+            );
             for db in listed {
                 // Counted before any streams: nothing is served until all do.
                 cache
@@ -169,21 +160,11 @@ impl Proxy {
         let socket_path = unix_socket.as_ref().map(net::SocketFile::path);
         if let Some(cache) = shared.cache.as_ref().filter(|c| c.settings.ddl_listener) {
             let config = shared.config();
-            if config
-                .databases
-                .iter()
-                .any(|db| db.name == FALLBACK_DATABASE)
-            {
-                tracing::warn!(
-                    "cache.ddl_listener listens on the listed databases only: schema changes in databases reached through \"*\" are heard within 30 s"
-                );
-            }
-            // As the replication listener: the listed databases (see above).
-            for db in config
-                .databases
-                .iter()
-                .filter(|db| db.name != FALLBACK_DATABASE)
-            {
+            let listed = listed_databases(
+                &config,
+                "cache.ddl_listener listens on the listed databases only: schema changes in databases reached through \"*\" are heard within 30 s",
+            );
+            for db in listed {
                 tasks.push(tokio::spawn(ddl_watch::watch(
                     cache.clone(),
                     db.clone(),
@@ -254,6 +235,25 @@ impl ProxyHandle {
     pub fn shutdown(&self) {
         self.shared.shutdown();
     }
+}
+
+/// The databases the config lists by name (not the `*` fallback's, which are not
+/// known in advance); `warning` is logged when there is a fallback.
+fn listed_databases<'c>(
+    config: &'c Config,
+    warning: &str,
+) -> impl Iterator<Item = &'c config::Database> {
+    if config
+        .databases
+        .iter()
+        .any(|db| db.name == FALLBACK_DATABASE)
+    {
+        tracing::warn!("{warning}");
+    }
+    config
+        .databases
+        .iter()
+        .filter(|db| db.name != FALLBACK_DATABASE)
 }
 
 /// Accepts clients on TCP and, when set, the Unix-domain socket until the proxy stops

@@ -37,6 +37,21 @@ fn with_socket(pg: &Postgres, dir: &std::path::Path, port: u16) -> Config {
     config
 }
 
+/// Runs `pg_sleep(30)` on `client` and cancels it: the statement ends with 57014
+/// (`watcher`, a direct client, sees it running first).
+async fn cancel_a_sleep(client: tokio_postgres::Client, watcher: &tokio_postgres::Client) {
+    let token = client.cancel_token();
+    let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    common::wait_until_running(watcher, "SELECT pg_sleep(30)").await;
+    token.cancel_query(NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .expect("the cancel ended the statement")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code(&e), Some("57014"), "{e}");
+}
+
 /// A tokio-postgres client of database `db` on the socket in `dir`.
 async fn connect_unix(dir: &std::path::Path, port: u16, db: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::Config::new()
@@ -89,16 +104,7 @@ async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy()
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
     let watcher = pg.connect("postgres").await.unwrap();
-    let token = client.cancel_token();
-    let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    common::wait_until_running(&watcher, "SELECT pg_sleep(30)").await;
-    token.cancel_query(NoTls).await.unwrap();
-    let e = tokio::time::timeout(Duration::from_secs(10), sleeping)
-        .await
-        .expect("the cancel ended the statement")
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(code(&e), Some("57014"), "{e}");
+    cancel_a_sleep(client, &watcher).await;
 
     // The admin console over the socket shows its clients as PgBouncer does.
     let other = connect_unix(&dir, port, "app").await;
@@ -220,16 +226,7 @@ async fn a_server_is_reached_through_its_socket_directory() {
     // A cancel is forwarded to the server over its socket.
     let client = clients.pop().unwrap();
     let watcher = pg.connect("postgres").await.unwrap();
-    let token = client.cancel_token();
-    let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    common::wait_until_running(&watcher, "SELECT pg_sleep(30)").await;
-    token.cancel_query(NoTls).await.unwrap();
-    let e = tokio::time::timeout(Duration::from_secs(10), sleeping)
-        .await
-        .expect("the cancel ended the statement")
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(code(&e), Some("57014"), "{e}");
+    cancel_a_sleep(client, &watcher).await;
 
     // Idle pooled connections whose backends were terminated are found dead (a FATAL
     // waits on the socket) and replaced before a client gets them.
