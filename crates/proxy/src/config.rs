@@ -174,6 +174,9 @@ pub struct Config {
     /// `pgopt` binary turns them on unless configured otherwise.
     pub log_connections: bool,
     pub log_disconnections: bool,
+    /// ` - HOST:PORT` of the client after its application_name (PgBouncer's
+    /// `application_name_add_host`).
+    pub application_name_add_host: bool,
     pub pool_mode: PoolMode,
     /// Server connections per (database, user).
     pub default_pool_size: usize,
@@ -434,6 +437,7 @@ impl Default for Config {
             unix_socket_mode: 0o777,
             log_connections: false,
             log_disconnections: false,
+            application_name_add_host: false,
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,
             min_pool_size: 0,
@@ -556,6 +560,7 @@ impl Config {
             "shutdown_timeout" => self.shutdown_timeout = duration()?,
             "log_connections" => self.log_connections = flag()?,
             "log_disconnections" => self.log_disconnections = flag()?,
+            "application_name_add_host" => self.application_name_add_host = flag()?,
             other => {
                 return Err(match NOT_AT_RUNTIME.iter().find(|(k, _)| *k == other) {
                     Some((_, takes)) => SetError::NotAtRuntime(format!(

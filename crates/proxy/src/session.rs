@@ -95,6 +95,17 @@ pub async fn run(mut stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) 
     }
 }
 
+/// PgBouncer's `application_name_add_host`: ` - HOST:PORT` after the client's
+/// application_name (its only value when it sent none), so `pg_stat_activity` tells
+/// where a statement came from.
+fn add_host(params: &mut Vec<(String, String)>, addr: &Endpoint) {
+    let suffix = format!(" - {addr}");
+    match params.iter_mut().find(|(k, _)| k == "application_name") {
+        Some((_, value)) => value.push_str(&suffix),
+        None => params.push(("application_name".into(), suffix)),
+    }
+}
+
 /// The `log_connections` line of a client that logged in.
 fn log_login(
     config: &Config,
@@ -158,6 +169,10 @@ async fn session(
         )
         .await;
         return Ok(());
+    }
+    let mut startup = startup;
+    if config.application_name_add_host {
+        add_host(&mut startup.params, &info.addr);
     }
     let Startup { user, database, .. } = &startup;
     let application_name = startup

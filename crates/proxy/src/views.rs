@@ -578,6 +578,11 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
         ("pool_mode", mode_name(c.pool_mode).into(), true),
         ("log_connections", on_off(c.log_connections), true),
         ("log_disconnections", on_off(c.log_disconnections), true),
+        (
+            "application_name_add_host",
+            on_off(c.application_name_add_host),
+            true,
+        ),
         ("default_pool_size", c.default_pool_size.to_string(), true),
         ("min_pool_size", c.min_pool_size.to_string(), true),
         ("reserve_pool_size", c.reserve_pool_size.to_string(), true),

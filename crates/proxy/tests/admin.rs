@@ -1276,3 +1276,27 @@ async fn set_changes_a_setting_until_the_next_reload() {
     assert_eq!(setting(&config, "pool_mode"), "transaction");
     assert_eq!(setting(&config, "max_client_conn"), "1000");
 }
+
+#[tokio::test]
+async fn application_name_add_host_tells_the_server_where_a_client_is() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.application_name_add_host = true).await;
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname("app")
+        .application_name("billing")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let name = common::value(&client, "SELECT current_setting('application_name')").await;
+    assert!(name.starts_with("billing - 127.0.0.1:"), "{name}");
+    let port: u16 = name.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(
+        port,
+        proxy.local_addr().port(),
+        "the client's port, not pgopt's"
+    );
+}

@@ -156,6 +156,8 @@ pub struct ProxyConfig {
     /// Log each client's login, and each client's going with why and its age.
     pub log_connections: bool,
     pub log_disconnections: bool,
+    /// Add " - HOST:PORT" of the client to its application_name on the server.
+    pub application_name_add_host: bool,
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` of the server to pool (printed with
     /// the password masked).
     #[serde(serialize_with = "super::masked_url")]
@@ -245,6 +247,7 @@ impl Default for ProxyConfig {
             unix_socket_mode: FileMode(0o777),
             log_connections: true,
             log_disconnections: true,
+            application_name_add_host: false,
             upstream: String::new(),
             databases: Vec::new(),
             pool_mode: PoolMode::Transaction,
