@@ -86,13 +86,7 @@ if [ "${REDIS:-0}" = 1 ]; then
   printf '[cache.redis]\nurl = "redis://127.0.0.1:%s"\n' "$redis_port" >>"$tmp/cache.toml"
 fi
 
-upstream="postgres://postgres@127.0.0.1:$pg_port/postgres"
-socket_dir=
-if [ "${BENCH_SOCKETS:-tcp}" = unix ]; then
-  # PostgreSQL's socket is in $tmp (start_pg); the proxies put theirs next to it.
-  socket_dir=$tmp; bench_host=$tmp
-  upstream="postgres://postgres@/postgres?host=$tmp&port=$pg_port"
-fi
+bench_sockets "$tmp" "$pg_port"
 proxy() {
   local port=$1; shift
   PGOPT_PROXY__UNIX_SOCKET_DIR=$socket_dir RUST_LOG=error "$pgopt" "$@" proxy --listen "127.0.0.1:$port" \

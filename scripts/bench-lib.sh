@@ -22,6 +22,19 @@ start_pg() {
 }
 stop_pg() { "${as_pg[@]}" "$bindir/pg_ctl" -D "$1/data" -m immediate stop >/dev/null 2>&1 || true; }
 
+# bench_sockets DIR PG_PORT: how pgbench and the proxies connect. With BENCH_SOCKETS=unix
+# every hop is a Unix-domain socket in DIR (PostgreSQL's is there, see start_pg; the
+# proxies put theirs next to it); else TCP on 127.0.0.1. Sets bench_host, socket_dir
+# (empty for TCP), server_host (how a proxy names PostgreSQL) and upstream (pgopt's URL).
+bench_sockets() {
+  socket_dir=; server_host=127.0.0.1
+  upstream="postgres://postgres@127.0.0.1:$2/postgres"
+  if [ "${BENCH_SOCKETS:-tcp}" = unix ]; then
+    socket_dir=$1; server_host=$1; bench_host=$1
+    upstream="postgres://postgres@/postgres?host=$1&port=$2"
+  fi
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 ticks=$(getconf CLK_TCK)

@@ -45,14 +45,7 @@ trap cleanup EXIT
 
 start_pg "$tmp" "$pg_port" "$scale" -c synchronous_commit=off
 
-# PostgreSQL's socket is in $tmp (start_pg); with BENCH_SOCKETS=unix the proxies put
-# theirs next to it and reach PostgreSQL through it.
-server_host=127.0.0.1; socket_dir=
-if [ "${BENCH_SOCKETS:-tcp}" = unix ]; then
-  server_host=$tmp; socket_dir=$tmp; bench_host=$tmp
-fi
-upstream="postgres://postgres@127.0.0.1:$pg_port/postgres"
-[ -n "$socket_dir" ] && upstream="postgres://postgres@/postgres?host=$tmp&port=$pg_port"
+bench_sockets "$tmp" "$pg_port"
 pgbouncer_config "$tmp" "$pg_port" "$bouncer_port" "$pool" "$server_host" "$socket_dir"
 # runuser starts a fresh session with the default fd limit: raise it inside.
 "${as_pg[@]}" bash -c 'ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec pgbouncer "$1"' \

@@ -249,6 +249,9 @@ pub struct ProxyCache {
     /// Per database: what the catalog says writes reach (see [`Deps`]), and a count
     /// of schema changes (a read of the catalog that began before one is discarded).
     deps: Mutex<(foldhash::HashMap<String, DepsState>, u64)>,
+    /// The generation in `deps`, readable without its lock (each fill's completion
+    /// checks it).
+    deps_generation: AtomicU64,
     /// The catalog query for [`Deps`]: [`DEPS_QUERY`], with the replication
     /// listener's coverage when it is on.
     deps_query: String,
@@ -610,6 +613,7 @@ impl ProxyCache {
             settings: settings.clone(),
             counters: CacheCounters::default(),
             deps: Mutex::new((Default::default(), 0)),
+            deps_generation: AtomicU64::new(0),
             uncached_warned: Mutex::default(),
             deps_query: match settings.wal_listener {
                 true => DEPS_QUERY.to_string() + &uncovered_query(&settings.publication),
@@ -715,7 +719,7 @@ impl ProxyCache {
     /// The schema generation now: a fill whose tags came from a map of another one is
     /// not stored.
     pub fn deps_generation(&self) -> u64 {
-        self.deps.lock().unwrap_or_else(|p| p.into_inner()).1
+        self.deps_generation.load(Relaxed)
     }
 
     /// The schema may have changed: the dependencies are read again before anything
@@ -724,6 +728,7 @@ impl ProxyCache {
         let mut guard = self.deps.lock().unwrap_or_else(|p| p.into_inner());
         guard.0.clear();
         guard.1 += 1;
+        self.deps_generation.store(guard.1, Relaxed);
     }
 
     /// The tags and TTL of a statement whose result may be cached, else `None`. It

@@ -137,12 +137,11 @@ impl PgStream {
         keepalive: Option<&Keepalive>,
     ) -> io::Result<(PgStream, Endpoint, Option<Endpoint>)> {
         if is_socket_dir(host) {
-            let unix = UnixStream::connect(socket_path(host, port)).await?;
             let peer = Endpoint::Unix {
                 dir: host.into(),
                 port,
             };
-            return Ok((PgStream::Unix(unix), peer, None));
+            return Ok((Self::connect_endpoint(&peer).await?, peer, None));
         }
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;

@@ -429,14 +429,9 @@ impl Relay {
                 }
                 () = &mut wake => {
                     wake.set(info.wake.notified());
-                    // (A shutdown past its timeout kills every session too.)
                     let state = self.shared.lifecycle_now();
-                    if state >= Lifecycle::Closing {
-                        self.close(sqlstate::ADMIN_SHUTDOWN, SHUTTING_DOWN).await;
-                        break;
-                    }
-                    if info.killed() {
-                        self.close(sqlstate::ADMIN_SHUTDOWN, KILLED).await;
+                    if state >= Lifecycle::Closing || info.killed() {
+                        self.close(sqlstate::ADMIN_SHUTDOWN, self.killed_why()).await;
                         break;
                     }
                     self.closing = state >= Lifecycle::Draining;

@@ -7,18 +7,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{code, config_for};
+use common::{code, config_for, temp_dir};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::hba::Hba;
 use pgopt_proxy::{Config, PoolMode, Proxy, User};
 use tokio_postgres::NoTls;
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("pgopt-hba-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The name of the operating system user the tests run as (the peer of their sockets).
 fn os_user() -> String {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config_for, run};
+use common::{config_for, run, temp_dir};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::{ClientTls, PoolMode, Proxy, ServerTls, ServerTlsMode, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,12 +92,6 @@ async fn psql_with(
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pgopt-tls-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[tokio::test]

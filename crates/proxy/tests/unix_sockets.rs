@@ -6,28 +6,13 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{admin, code, config_for, show};
+use common::{admin, code, config_for, show, temp_dir};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::{Config, PoolMode, Proxy};
 use tokio_postgres::NoTls;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pgopt-unix-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A port nothing listens on right now (for a proxy whose socket file must be known
-/// before it starts).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 fn with_socket(pg: &Postgres, dir: &std::path::Path, port: u16) -> Config {
     let mut config = config_for(pg, PoolMode::Transaction, 2);
@@ -70,7 +55,7 @@ async fn connect_unix(dir: &std::path::Path, port: u16, db: &str) -> tokio_postg
 async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy() {
     let dir = temp_dir("clients");
     let pg = Postgres::start().await.unwrap();
-    let port = free_port();
+    let port = pgopt_embedded::free_port().unwrap();
     let mut config = with_socket(&pg, &dir, port);
     config.unix_socket_mode = 0o700;
     let proxy = Proxy::start(config).await.unwrap();
@@ -138,7 +123,7 @@ async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy()
 async fn a_stale_socket_file_is_replaced_and_a_live_or_foreign_one_refused() {
     let dir = temp_dir("stale");
     let pg = Postgres::start().await.unwrap();
-    let port = free_port();
+    let port = pgopt_embedded::free_port().unwrap();
     let path = dir.join(format!(".s.PGSQL.{port}"));
 
     // Something accepts on it: another server's socket is left alone.

@@ -327,3 +327,12 @@ pub async fn prepare_s1(raw: &mut tokio::net::TcpStream) {
     raw.write_all(&prepare).await.unwrap();
     assert_eq!(read_until(raw, b'Z').await, b"1Z");
 }
+
+/// A fresh, empty directory for one test's files (certificates, sockets, rules).
+#[allow(dead_code)] // not every test binary uses it
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgopt-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
