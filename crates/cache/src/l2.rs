@@ -27,7 +27,7 @@
 //! Every key shares the hash tag `{pgopt}`: scripts touch several keys, which Redis
 //! Cluster allows within one slot only.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hmac::{Hmac, KeyInit, Mac};
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
-use redis::{FromRedisValue, Script, ScriptInvocation};
+use redis::{FromRedisValue, Script};
 use sha2::Sha256;
 
 use crate::key::Key;
@@ -122,13 +122,22 @@ enum Conn {
 }
 
 impl Conn {
-    async fn invoke<T: FromRedisValue>(
+    /// Runs `cmd`, an EVALSHA of `script` (see [`eval`]), loading the script first
+    /// when Redis does not have it (a restart, SCRIPT FLUSH, a new node).
+    async fn eval<T: FromRedisValue>(
         &mut self,
-        script: &ScriptInvocation<'_>,
+        script: &Script,
+        cmd: &redis::Cmd,
     ) -> redis::RedisResult<T> {
-        match self {
-            Conn::Single(c) => script.invoke_async(c).await,
-            Conn::Cluster(c) => script.invoke_async(c).await,
+        match self.query(cmd).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                match self {
+                    Conn::Single(c) => script.prepare_invoke().load_async(c).await?,
+                    Conn::Cluster(c) => script.prepare_invoke().load_async(c).await?,
+                };
+                self.query(cmd).await
+            }
+            result => result,
         }
     }
 
@@ -141,7 +150,8 @@ impl Conn {
 }
 
 /// Reads versions (creating missing ones at the random values given) and, when asked,
-/// an entry and its time to live in ms: `{v1, …, vn[, entry or '', pttl]}`.
+/// an entry and its time to live in ms: `{'v1 … vn'[, entry or '', pttl]}` (the
+/// versions in one string: a reply's every element costs the client a parse).
 /// Raises version counters Redis lost increments of (gone back in time): KEYS are
 /// version keys, ARGV the versions seen of them; each counter below is set to what was
 /// seen (the caller then publishes those tables, moving them past). Returns the
@@ -171,10 +181,10 @@ for i = 1, n do
   out[i] = v
 end
 if want == 1 then
-  out[n + 1] = redis.call('GET', KEYS[n + 1]) or ''
-  out[n + 2] = tostring(redis.call('PTTL', KEYS[n + 1]))
+  local entry = redis.call('GET', KEYS[n + 1]) or ''
+  return {table.concat(out, ' '), entry, tostring(redis.call('PTTL', KEYS[n + 1]))}
 end
-return out
+return {table.concat(out, ' ')}
 ";
 
 /// A commit: KEYS[1] the instance's sequence, then versions; ARGV: channel, instance,
@@ -182,7 +192,7 @@ return out
 /// missing sequence (a restarted sequence never reuses numbers whose late
 /// confirmations may still arrive). Increments the versions, publishes
 /// `w\0instance\0seq\0table\0version…`, returns the new versions, the sequence number
-/// and how many subscribers got the message.
+/// and how many subscribers got the message, joined by spaces.
 const WRITE: &str = r"
 local seq
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -209,7 +219,7 @@ for i = 1, n do
 end
 out[n + 1] = string.format('%d', seq)
 out[n + 2] = string.format('%d', redis.call('PUBLISH', ARGV[1], msg))
-return out
+return table.concat(out, ' ')
 ";
 
 /// A heartbeat: `hb\0instance\0seq` with the instance's last sequence number, so a
@@ -260,6 +270,11 @@ pub struct L2 {
     conn: Mutex<Option<Conn>>,
     /// A random id for this process: its sequence key and its messages.
     instance: u64,
+    /// `instance` in decimal, the key of its sequence and the bus's channel, as the
+    /// scripts take them.
+    instance_arg: String,
+    seq_key: String,
+    channel: String,
     read: Script,
     raise: Script,
     write: Script,
@@ -456,6 +471,32 @@ impl Drop for L2 {
     }
 }
 
+/// An EVALSHA of `script` with `keys` keys: the caller adds the keys, then the
+/// arguments. Each is copied into the command's one buffer as it is added (redis'
+/// `ScriptInvocation` keeps each in a `Vec` of its own and copies them again).
+fn eval(script: &Script, keys: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys);
+    cmd
+}
+
+/// The numbers of a reply the scripts join with spaces; `None` if one is not a number.
+fn numbers(reply: &[u8]) -> Option<Vec<u64>> {
+    if reply.is_empty() {
+        return Some(Vec::new());
+    }
+    reply.split(|&b| b == b' ').map(number).collect()
+}
+
+/// A number written in decimal digits (at most 19: no overflow), as the scripts and
+/// messages write them.
+fn number(n: &[u8]) -> Option<u64> {
+    (!n.is_empty() && n.len() <= 19 && n.iter().all(u8::is_ascii_digit)).then(|| {
+        n.iter()
+            .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'))
+    })
+}
+
 /// A random number from the OS-seeded hasher and the clock (ids and starting
 /// versions: unpredictable enough, not secret).
 fn random() -> u64 {
@@ -501,9 +542,13 @@ impl L2 {
         for url in config.url.split(',') {
             client(url.trim(), ca.as_deref())?;
         }
+        let instance = random() >> 1;
         let l2 = Arc::new(L2 {
             ca,
-            instance: random() >> 1,
+            instance,
+            instance_arg: instance.to_string(),
+            seq_key: format!("{}{{pgopt}}seq:{instance:x}", config.prefix),
+            channel: format!("{}invalidations", config.prefix),
             conn: Mutex::new(None),
             read: Script::new(READ),
             raise: Script::new(RAISE),
@@ -607,20 +652,20 @@ impl L2 {
         self.delivery().missed(Instant::now());
     }
 
-    fn version_key(&self, table: &str) -> String {
-        format!("{}{{pgopt}}v:{table}", self.config.prefix)
+    /// Adds the version key of each table (`<prefix>{pgopt}v:<table>`) to `cmd`.
+    fn version_keys<'a>(&self, cmd: &mut redis::Cmd, tables: impl IntoIterator<Item = &'a str>) {
+        let mut key = String::with_capacity(self.config.prefix.len() + 64);
+        for table in tables {
+            key.clear();
+            key.push_str(&self.config.prefix);
+            key.push_str("{pgopt}v:");
+            key.push_str(table);
+            cmd.arg(key.as_str());
+        }
     }
 
     fn entry_key(&self, key: &Key) -> String {
         format!("{}{{pgopt}}e:{:016x}", self.config.prefix, key.hash())
-    }
-
-    fn seq_key(&self) -> String {
-        format!("{}{{pgopt}}seq:{:x}", self.config.prefix, self.instance)
-    }
-
-    fn channel(&self) -> String {
-        format!("{}invalidations", self.config.prefix)
     }
 
     /// Where subscribers confirm they applied an instance's message.
@@ -642,13 +687,15 @@ impl L2 {
         self.reconnect.notify_one();
     }
 
+    /// Runs `cmd`, an EVALSHA of `script` (see [`eval`]); `None` when it failed.
     async fn call<T: FromRedisValue>(
         &self,
         what: &str,
-        script: &ScriptInvocation<'_>,
+        script: &Script,
+        cmd: &redis::Cmd,
     ) -> Option<T> {
         let mut conn = self.connection()?;
-        match tokio::time::timeout(self.config.timeout, conn.invoke::<T>(script)).await {
+        match tokio::time::timeout(self.config.timeout, conn.eval::<T>(script, cmd)).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
                 // Redis answered, with an error: the connection is fine.
@@ -685,27 +732,23 @@ impl L2 {
             return None;
         }
         let want = self.config.store_values;
-        let mut inv = self.read.prepare_invoke();
-        for t in tables {
-            inv.key(self.version_key(t));
-        }
-        inv.arg(u8::from(want));
-        for _ in tables {
-            inv.arg(first_version());
-        }
+        let mut cmd = eval(&self.read, tables.len() + usize::from(want));
+        self.version_keys(&mut cmd, tables.iter().map(String::as_str));
         if want {
-            inv.key(self.entry_key(key));
+            cmd.arg(self.entry_key(key));
         }
-        let mut reply: Vec<Vec<u8>> = self.call("lookup", &inv).await?;
+        cmd.arg(u8::from(want));
+        for _ in tables {
+            cmd.arg(first_version());
+        }
+        let mut reply: Vec<Vec<u8>> = self.call("lookup", &self.read, &cmd).await?;
         let ttl_left = if want { reply.pop() } else { None }
             .and_then(|t| std::str::from_utf8(&t).ok()?.parse::<u64>().ok())
             .map(Duration::from_millis);
         let raw = if want { reply.pop() } else { None };
-        let versions: Option<Vec<u64>> = reply
-            .iter()
-            .map(|v| std::str::from_utf8(v).ok()?.parse().ok())
-            .collect();
-        let Some(versions) = versions.filter(|v| v.len() == tables.len()) else {
+        let versions = reply.first().and_then(|r| numbers(r));
+        let Some(versions) = versions.filter(|v| reply.len() == 1 && v.len() == tables.len())
+        else {
             self.failed("lookup", "an unexpected reply");
             return None;
         };
@@ -796,11 +839,15 @@ impl L2 {
         if seen.is_empty() {
             return Vec::new();
         }
-        let mut inv = self.raise.prepare_invoke();
-        for (t, v) in seen {
-            inv.key(self.version_key(t)).arg(*v);
+        let mut cmd = eval(&self.raise, seen.len());
+        self.version_keys(&mut cmd, seen.iter().map(|(t, _)| t.as_str()));
+        for (_, v) in seen {
+            cmd.arg(*v);
         }
-        let raised: Vec<usize> = self.call("raise", &inv).await.unwrap_or_default();
+        let raised: Vec<usize> = self
+            .call("raise", &self.raise, &cmd)
+            .await
+            .unwrap_or_default();
         let tables: Vec<String> = raised
             .iter()
             .filter_map(|i| seen.get(i.checked_sub(1)?))
@@ -832,22 +879,19 @@ impl L2 {
     }
 
     async fn publish_now(&self, tables: &[String]) -> Option<Vec<(String, u64)>> {
-        let mut inv = self.write.prepare_invoke();
-        inv.key(self.seq_key());
+        let mut cmd = eval(&self.write, 1 + tables.len());
+        cmd.arg(&self.seq_key);
+        self.version_keys(&mut cmd, tables.iter().map(String::as_str));
+        cmd.arg(&self.channel).arg(&self.instance_arg);
         for t in tables {
-            inv.key(self.version_key(t));
-        }
-        inv.arg(self.channel()).arg(self.instance.to_string());
-        for t in tables {
-            inv.arg(t.as_str());
+            cmd.arg(t.as_str());
         }
         for _ in tables {
-            inv.arg(first_version());
+            cmd.arg(first_version());
         }
-        inv.arg(first_version());
-        let reply: Vec<String> = self.call("publish", &inv).await?;
-        let numbers: Option<Vec<u64>> = reply.iter().map(|v| v.parse().ok()).collect();
-        let mut numbers = numbers.filter(|v| v.len() == tables.len() + 2)?;
+        cmd.arg(first_version());
+        let reply: Vec<u8> = self.call("publish", &self.write, &cmd).await?;
+        let mut numbers = numbers(&reply).filter(|v| v.len() == tables.len() + 2)?;
         let receivers = numbers.pop()?;
         let seq = numbers.pop()?;
         self.await_acks(seq, receivers).await;
@@ -1079,13 +1123,13 @@ async fn keep_connected(l2: Weak<L2>) {
         } else {
             // The beat first: a payment may wait for confirmations, and this
             // instance's lease runs from its beats (see `L2::serving`).
-            let mut inv = this.beat.prepare_invoke();
-            inv.key(this.seq_key())
-                .arg(this.channel())
-                .arg(this.instance.to_string())
+            let mut cmd = eval(&this.beat, 1);
+            cmd.arg(&this.seq_key)
+                .arg(&this.channel)
+                .arg(&this.instance_arg)
                 .arg(first_version())
                 .arg(this.now_ms());
-            let _: Option<String> = this.call("heartbeat", &inv).await;
+            let _: Option<String> = this.call("heartbeat", &this.beat, &cmd).await;
             this.pay_owed().await;
             HEARTBEAT
         };
@@ -1130,7 +1174,7 @@ async fn listen(
             (first.trim().to_string(), None)
         };
         let ca = this.ca.clone();
-        let channel = this.channel();
+        let channel = this.channel.clone();
         let acks = this.ack_channel(this.instance);
         let timeout = this.config.timeout.max(Duration::from_secs(1));
         // A silent channel, allowing for what may delay heartbeats (a payment of
@@ -1325,9 +1369,9 @@ fn own_beat(payload: &[u8], instance: u64) -> Option<u64> {
     if parts.next()? != b"hb" {
         return None;
     }
-    let from: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let from = number(parts.next()?)?;
     let _seq = parts.next()?;
-    let sent = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let sent = number(parts.next()?)?;
     (from == instance).then_some(sent)
 }
 
@@ -1337,8 +1381,8 @@ fn write_of(payload: &[u8]) -> Option<(u64, u64)> {
     if parts.next()? != b"w" {
         return None;
     }
-    let instance = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let instance = number(parts.next()?)?;
+    let seq = number(parts.next()?)?;
     Some((instance, seq))
 }
 
@@ -1353,13 +1397,11 @@ fn apply(
     count: Option<&TableStats>,
     delivered: impl FnOnce(&[(&str, u64)]),
 ) -> bool {
-    let mut parts = payload.split(|&b| b == 0).map(std::str::from_utf8);
-    let (Some(Ok(kind)), Some(Ok(instance)), Some(Ok(seq))) =
-        (parts.next(), parts.next(), parts.next())
-    else {
+    let mut parts = payload.split(|&b| b == 0);
+    let (Some(kind), Some(instance), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    let (Ok(instance), Ok(seq)) = (instance.parse::<u64>(), seq.parse::<u64>()) else {
+    let (Some(instance), Some(seq)) = (number(instance), number(seq)) else {
         return false;
     };
     let seen = last.get(&instance).copied();
@@ -1367,18 +1409,18 @@ fn apply(
         // The first word from an instance: its earlier commits are in the versions
         // every fill reads, so it sets the baseline.
         (_, None) => true,
-        ("w", Some(s)) => seq == s + 1,
-        ("hb", Some(s)) => seq == s,
+        (b"w", Some(s)) => seq == s + 1,
+        (b"hb", Some(s)) => seq == s,
         _ => false,
     };
     last.insert(instance, seq);
-    if kind == "w" {
+    if kind == b"w" {
         let mut changed = Vec::new();
         loop {
             match (parts.next(), parts.next()) {
-                (Some(Ok(table)), Some(Ok(v))) => match v.parse::<u64>() {
-                    Ok(v) => changed.push((table, v)),
-                    Err(_) => return false,
+                (Some(table), Some(v)) => match (std::str::from_utf8(table), number(v)) {
+                    (Ok(table), Some(v)) => changed.push((table, v)),
+                    _ => return false,
                 },
                 (None, None) => break,
                 _ => return false,
@@ -1514,6 +1556,20 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn script_replies_are_read_as_numbers_or_refused() {
+        assert_eq!(numbers(b"17 3 99"), Some(vec![17, 3, 99]));
+        assert_eq!(numbers(b""), Some(vec![]));
+        assert_eq!(numbers(b"18446744073709551615"), None, "20 digits");
+        assert_eq!(
+            numbers(b"9999999999999999999"),
+            Some(vec![9_999_999_999_999_999_999])
+        );
+        for bad in [&b"1  2"[..], b"1 ", b" 1", b"-2", b"1 x", b"1.5"] {
+            assert_eq!(numbers(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn the_bus_owner_takes_a_plain_urls_place_but_never_a_tls_ones() {
