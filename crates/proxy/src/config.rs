@@ -168,6 +168,9 @@ pub struct Config {
     pub unix_socket_dir: Option<String>,
     /// The socket file's permissions (PgBouncer's `unix_socket_mode`).
     pub unix_socket_mode: u32,
+    /// The socket file's group, a name or a number (PgBouncer's `unix_socket_group`);
+    /// `None`: pgopt's own.
+    pub unix_socket_group: Option<String>,
     /// A line (target `pgopt::connections`, level info) for each client that logs
     /// in, and for each that goes with why and after how long (PgBouncer's
     /// `log_connections`, `log_disconnections`). Off in the library's default; the
@@ -435,6 +438,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
             unix_socket_dir: None,
             unix_socket_mode: 0o777,
+            unix_socket_group: None,
             log_connections: false,
             log_disconnections: false,
             application_name_add_host: false,
@@ -496,6 +500,7 @@ const NOT_AT_RUNTIME: &[(&str, &str)] = &[
     ("listen", "a restart"),
     ("unix_socket_dir", "a restart"),
     ("unix_socket_mode", "a restart"),
+    ("unix_socket_group", "a restart"),
     ("admin_listen", "a restart"),
     ("workers", "a restart"),
     ("tcp_keepalive", "the config file and RELOAD"),

@@ -100,10 +100,14 @@ impl Proxy {
         let local_addr = listener.local_addr().map_err(io)?;
         let (unix, unix_socket) = match &config.unix_socket_dir {
             Some(dir) => {
-                let (socket, file) =
-                    net::UnixSocket::bind(dir, local_addr.port(), config.unix_socket_mode)
-                        .await
-                        .map_err(io)?;
+                let (socket, file) = net::UnixSocket::bind(
+                    dir,
+                    local_addr.port(),
+                    config.unix_socket_mode,
+                    config.unix_socket_group.as_deref(),
+                )
+                .await
+                .map_err(io)?;
                 (Some(socket), Some(file))
             }
             None => (None, None),

@@ -321,11 +321,18 @@ impl FileId {
 }
 
 impl UnixSocket {
-    /// Listens on `<dir>/.s.PGSQL.<port>` with permissions `mode`. A socket file left
-    /// by a server that did not stop cleanly is replaced; one a server still accepts
-    /// on is not (an error, as PostgreSQL refuses to start then).
-    pub async fn bind(dir: &str, port: u16, mode: u32) -> io::Result<(UnixSocket, SocketFile)> {
+    /// Listens on `<dir>/.s.PGSQL.<port>` with permissions `mode`, owned by `group`
+    /// (a name or a number) when given. A socket file left by a server that did not
+    /// stop cleanly is replaced; one a server still accepts on is not (an error, as
+    /// PostgreSQL refuses to start then).
+    pub async fn bind(
+        dir: &str,
+        port: u16,
+        mode: u32,
+        group: Option<&str>,
+    ) -> io::Result<(UnixSocket, SocketFile)> {
         let path = socket_path(dir, port);
+        let gid = group.map(group_id).transpose()?;
         let context = |e: io::Error, what: &str| {
             io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
         };
@@ -367,9 +374,14 @@ impl UnixSocket {
             Err(e) => return Err(context(e, "looking at")),
         }
         let listener = UnixListener::bind(&path).map_err(|e| context(e, "listening on"))?;
-        // Its identity after the chmod (which changes its ctime).
-        let made = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| context(e, "setting the permissions of"))
+        // Its group, then its permissions, as PostgreSQL; its identity after both
+        // (which change its ctime).
+        let made = std::os::unix::fs::chown(&path, None, gid)
+            .map_err(|e| context(e, "setting the group of"))
+            .and_then(|()| {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| context(e, "setting the permissions of"))
+            })
             .and_then(|()| std::fs::symlink_metadata(&path).map_err(|e| context(e, "looking at")));
         let file = match made {
             Ok(meta) => SocketFile {
@@ -389,6 +401,52 @@ impl UnixSocket {
             },
         };
         Ok((socket, file))
+    }
+}
+
+/// The id of the group `name` (PgBouncer's `unix_socket_group`): a group name from the
+/// group database, or a number.
+fn group_id(name: &str) -> io::Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let unknown = |why: String| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("unix_socket_group {name:?}: {why}"),
+        )
+    };
+    let c_name = std::ffi::CString::new(name).map_err(|_| unknown("a NUL in the name".into()))?;
+    let mut size = 16 * 1024;
+    loop {
+        // SAFETY: a zeroed group is a valid out-parameter; getgrnam_r (unlike getgrnam)
+        // is thread-safe and writes strings only into `buf`, and only gr_gid is read.
+        let mut record: libc::group = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; size];
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getgrnam_r(
+                c_name.as_ptr(),
+                &mut record,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && size < 1 << 20 {
+            size *= 4;
+            continue;
+        }
+        if rc != 0 {
+            return Err(unknown(format!(
+                "looking it up: {}",
+                io::Error::from_raw_os_error(rc)
+            )));
+        }
+        if found.is_null() {
+            return Err(unknown("no such group".into()));
+        }
+        return Ok(record.gr_gid);
     }
 }
 

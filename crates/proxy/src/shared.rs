@@ -518,14 +518,16 @@ impl Shared {
             &new.admin_listen,
             &new.unix_socket_dir,
             new.unix_socket_mode,
+            &new.unix_socket_group,
         ) != (
             &old.listen,
             &old.admin_listen,
             &old.unix_socket_dir,
             old.unix_socket_mode,
+            &old.unix_socket_group,
         ) {
             tracing::warn!(
-                "listen, admin_listen and unix_socket_dir/mode changes take effect after a restart"
+                "listen, admin_listen and unix_socket_dir/mode/group changes take effect after a restart"
             );
         }
         // The configured count, not the threads it made: with 0 (one per core) a

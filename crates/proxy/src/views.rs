@@ -571,6 +571,11 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
             false,
         ),
         (
+            "unix_socket_group",
+            c.unix_socket_group.clone().unwrap_or_default(),
+            false,
+        ),
+        (
             "admin_listen",
             c.admin_listen.map(|a| a.to_string()).unwrap_or_default(),
             false,

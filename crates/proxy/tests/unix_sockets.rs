@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
@@ -51,6 +51,25 @@ async fn connect_unix(dir: &std::path::Path, port: u16, db: &str) -> tokio_postg
     client
 }
 
+/// A group (name, id) other than this process's, that it may give a file: any, for
+/// root; else one of its supplementary groups. From /etc/group.
+fn other_group() -> Option<(String, u32)> {
+    // SAFETY: plain queries of this process's ids.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut groups = vec![0 as libc::gid_t; 256];
+    // SAFETY: `groups` has room for the count given.
+    let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
+    groups.truncate(usize::try_from(n).unwrap_or(0));
+    let file = std::fs::read_to_string("/etc/group").ok()?;
+    file.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let gid: u32 = fields.nth(1)?.parse().ok()?;
+        let usable = gid != egid && (euid == 0 || groups.contains(&gid));
+        (usable && !name.is_empty()).then(|| (name.to_string(), gid))
+    })
+}
+
 #[tokio::test]
 async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy() {
     let dir = temp_dir("clients");
@@ -58,11 +77,34 @@ async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy()
     let port = pgopt_embedded::free_port().unwrap();
     let mut config = with_socket(&pg, &dir, port);
     config.unix_socket_mode = 0o700;
-    let proxy = Proxy::start(config).await.unwrap();
     let path = dir.join(format!(".s.PGSQL.{port}"));
+
+    // A group that does not exist stops the start, naming it.
+    let mut unknown = config.clone();
+    unknown.unix_socket_group = Some("pgopt-no-such-group".into());
+    let e = Proxy::start(unknown)
+        .await
+        .err()
+        .expect("started")
+        .to_string();
+    assert!(
+        e.contains("unix_socket_group \"pgopt-no-such-group\": no such group"),
+        "{e}"
+    );
+    assert!(!path.exists(), "a socket file was left");
+
+    // The socket is given the group asked for, by name.
+    let group = other_group();
+    config.unix_socket_group = group.as_ref().map(|(name, _)| name.clone());
+    let proxy = Proxy::start(config).await.unwrap();
     assert_eq!(proxy.unix_socket(), Some(path.as_path()));
-    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    let meta = std::fs::metadata(&path).unwrap();
+    let mode = meta.permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    match &group {
+        Some((name, gid)) => assert_eq!(meta.gid(), *gid, "group {name}"),
+        None => eprintln!("no group other than our own to give the socket: not checked"),
+    }
 
     // psql finds it as it finds PostgreSQL's: a host that is a directory.
     let psql = pg.binaries().program("psql");
@@ -105,6 +147,9 @@ async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy()
     let setting = |key: &str| config.iter().find(|r| r["key"] == key).unwrap()["value"].clone();
     assert_eq!(setting("unix_socket_dir"), dir.to_str().unwrap());
     assert_eq!(setting("unix_socket_mode"), "0700");
+    if let Some((name, _)) = &group {
+        assert_eq!(&setting("unix_socket_group"), name);
+    }
     // TCP clients still come in with their address.
     let tcp = admin(&proxy).await;
     let clients = show(&tcp, "CLIENTS").await;

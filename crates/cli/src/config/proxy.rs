@@ -153,6 +153,8 @@ pub struct ProxyConfig {
     pub unix_socket_dir: SocketDir,
     /// The socket file's permissions, in octal ("0777").
     pub unix_socket_mode: FileMode,
+    /// The socket file's group, a name or a number; "": pgopt's own.
+    pub unix_socket_group: String,
     /// Log each client's login, and each client's going with why and its age.
     pub log_connections: bool,
     pub log_disconnections: bool,
@@ -245,6 +247,7 @@ impl Default for ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
             unix_socket_dir: SocketDir(None),
             unix_socket_mode: FileMode(0o777),
+            unix_socket_group: String::new(),
             log_connections: true,
             log_disconnections: true,
             application_name_add_host: false,
