@@ -85,10 +85,14 @@ pub struct Authenticated {
 /// the client hears 28P01: an md5 answer is checked again against what it finds. A
 /// SCRAM proof cannot be (it was made with the old verifier's salt), so that login
 /// fails, and the next one meets the fresh verifier.
+///
+/// `method` comes with whether the client's certificate must also name the user (an
+/// hba rule's `clientcert=verify-full`): when it does not, the login fails as the
+/// method's own failure would, as in PostgreSQL.
 pub async fn authenticate(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-    method: ClientAuth,
+    (method, named_by_certificate): (ClientAuth, bool),
     user: &str,
     creds: Option<&Credentials>,
     max_len: u32,
@@ -141,6 +145,18 @@ pub async fn authenticate(
             }
         }
     };
+    let ok = ok
+        && {
+            let named =
+                !named_by_certificate || stream.peer_common_name().is_some_and(|cn| cn == user);
+            if !named {
+                tracing::info!(
+                user,
+                "certificate validation (clientcert=verify-full) failed: the common name is not the user's name"
+            );
+            }
+            named
+        };
     if !ok {
         let (code, message) = match method {
             ClientAuth::Peer => (

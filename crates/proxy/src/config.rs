@@ -360,13 +360,13 @@ impl Config {
     /// What the proxy cannot serve as configured, in words for the operator.
     pub fn check(&self) -> Result<(), String> {
         let cert = match &self.hba {
-            Some(hba) => hba.uses(ClientAuth::Cert),
+            Some(hba) => hba.needs_client_certificates(),
             None => self.client_auth == ClientAuth::Cert,
         };
         if cert && (self.client_tls.ca_file.is_none() || self.client_tls.mode == TlsMode::Disable) {
             return Err(
-                "the cert method needs TLS to clients with a CA file for their certificates \
-                 (proxy.tls_mode and proxy.tls_ca_file)"
+                "the cert method and the clientcert option need TLS to clients with a CA file \
+                 for their certificates (proxy.tls_mode and proxy.tls_ca_file)"
                     .into(),
             );
         }

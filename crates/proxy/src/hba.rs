@@ -19,6 +19,10 @@
 //! `scram-sha-256`, `peer` (`local` only: the socket's peer must be the operating
 //! system user of the same name), `cert` (`hostssl` only: a client certificate that
 //! verifies against `client_tls.ca_file`, with the user name as its common name).
+//!
+//! One option, on `hostssl` rules, as in PostgreSQL: `clientcert=verify-ca` (the client
+//! must also present a certificate that verifies against the CA file) or
+//! `clientcert=verify-full` (and its common name must be the user's name).
 
 use std::net::IpAddr;
 
@@ -38,6 +42,19 @@ struct Rule {
     users: Names,
     address: Address,
     method: Method,
+    client_cert: ClientCert,
+}
+
+/// A rule's `clientcert` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientCert {
+    /// No certificate asked for (beyond what the method asks).
+    #[default]
+    Off,
+    /// A certificate that verifies against the CA file (checked in the handshake).
+    VerifyCa,
+    /// That, and its common name is the user's name.
+    VerifyFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,10 +100,12 @@ pub enum Origin {
     Host { ip: IpAddr, tls: bool },
 }
 
-/// The decision for one client: the method, and the line that gave it.
+/// The decision for one client: the method, the certificate it must present, and the
+/// line that gave them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub method: Method,
+    pub client_cert: ClientCert,
     pub line: usize,
 }
 
@@ -107,9 +126,12 @@ impl Hba {
         Ok(Hba { rules })
     }
 
-    /// Whether any rule uses `method`.
-    pub fn uses(&self, method: ClientAuth) -> bool {
-        self.rules.iter().any(|r| r.method == Method::Auth(method))
+    /// Whether any rule asks for client certificates: the `cert` method or the
+    /// `clientcert` option.
+    pub fn needs_client_certificates(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.method == Method::Auth(ClientAuth::Cert) || r.client_cert != ClientCert::Off)
     }
 
     /// The first rule matching a client of `user` asking for `database`; `None` when
@@ -120,6 +142,7 @@ impl Hba {
             .find(|r| r.matches(origin, database, user))
             .map(|r| Decision {
                 method: r.method,
+                client_cert: r.client_cert,
                 line: r.line,
             })
     }
@@ -177,11 +200,36 @@ impl Rule {
             ))
             }
         };
-        if let Some(extra) = fields.get(next + 1) {
-            return Err(format!(
-                "options after the method ({:?}) are not supported",
-                extra.text
-            ));
+        let mut client_cert = ClientCert::Off;
+        for option in &fields[next + 1..] {
+            let (name, value) = option.text.split_once('=').ok_or_else(|| {
+                format!(
+                    "authentication option {:?} is not in name=value form",
+                    option.text
+                )
+            })?;
+            if name != "clientcert" {
+                return Err(format!(
+                    "authentication option {name:?} is not supported (clientcert is)"
+                ));
+            }
+            if kind != Kind::HostSsl {
+                return Err("clientcert can only be configured for hostssl rows".into());
+            }
+            client_cert = match value {
+                "verify-full" => ClientCert::VerifyFull,
+                "verify-ca" if method == Method::Auth(ClientAuth::Cert) => {
+                    return Err(
+                        "clientcert only accepts verify-full when using cert authentication".into(),
+                    )
+                }
+                "verify-ca" => ClientCert::VerifyCa,
+                other => {
+                    return Err(format!(
+                        "invalid value for clientcert: {other:?} (verify-ca or verify-full)"
+                    ))
+                }
+            };
         }
         Ok(Rule {
             line: 0,
@@ -190,6 +238,7 @@ impl Rule {
             users,
             address,
             method,
+            client_cert,
         })
     }
 
@@ -487,7 +536,19 @@ mod tests {
             ("host all all", 1, "address is missing"),
             ("host all all 10.0.0.0/8", 1, "method is missing"),
             ("host all all 10.0.0.1 255.0.255.0 md5", 1, "contiguous"),
-            ("host all all all md5 clientcert=1", 1, "options"),
+            (
+                "host all all all md5 clientcert=verify-ca",
+                1,
+                "hostssl rows",
+            ),
+            ("hostssl all all all md5 clientcert=1", 1, "invalid value"),
+            (
+                "hostssl all all all cert clientcert=verify-ca",
+                1,
+                "only accepts",
+            ),
+            ("hostssl all all all md5 map=x", 1, "not supported"),
+            ("hostssl all all all md5 clientcert", 1, "name=value"),
             ("local @dbs all trust", 1, "file inclusions"),
             ("local all +admins trust", 1, "role membership"),
             ("local \"app all trust", 1, "unterminated"),
@@ -504,6 +565,29 @@ mod tests {
         let client = host("10.1.2.3", false);
         assert_eq!(method(&hba, client, "app", "bob"), Some((MD5, 1)));
         assert_eq!(method(&hba, host("11.0.0.1", false), "app", "bob"), None);
+        // clientcert on hostssl rules.
+        let hba = Hba::parse(
+            "hostssl app alice all md5 clientcert=verify-full\n\
+             hostssl app bob all scram-sha-256 clientcert=verify-ca\n\
+             hostssl app carol all cert clientcert=verify-full\n\
+             hostssl app all all md5\n",
+        )
+        .unwrap();
+        assert!(hba.needs_client_certificates());
+        let cert = |user: &str| {
+            hba.decide(host("10.0.0.1", true), "app", user)
+                .map(|d| d.client_cert)
+        };
+        assert_eq!(cert("alice"), Some(ClientCert::VerifyFull));
+        assert_eq!(cert("bob"), Some(ClientCert::VerifyCa));
+        assert_eq!(cert("carol"), Some(ClientCert::VerifyFull));
+        assert_eq!(cert("dave"), Some(ClientCert::Off));
+        assert!(!Hba::parse("hostssl app all all md5")
+            .unwrap()
+            .needs_client_certificates());
+        assert!(Hba::parse("hostssl app all all cert")
+            .unwrap()
+            .needs_client_certificates());
         // Quoted keywords are plain names.
         let hba = Hba::parse("local \"all\" all trust").unwrap();
         assert_eq!(method(&hba, Origin::Local, "all", "x"), Some((TRUST, 1)));

@@ -177,6 +177,18 @@ impl PgStream {
         crate::tls::common_name(certs.first()?)
     }
 
+    /// Whether the client sent a TLS certificate (verified in the handshake against
+    /// `client_tls.ca_file`).
+    pub fn has_peer_certificate(&self) -> bool {
+        let PgStream::Tls(tls) = self else {
+            return false;
+        };
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|certs| !certs.is_empty())
+    }
+
     pub fn is_unix(&self) -> bool {
         matches!(self, PgStream::Unix(_))
     }

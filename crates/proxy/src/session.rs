@@ -187,10 +187,14 @@ async fn session(
     if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
     }
-    let Some(method) = client_method(&mut stream, shared, &config, info, database, user).await
+    let Some((method, client_cert)) =
+        client_method(&mut stream, shared, &config, info, database, user).await
     else {
         return Ok(());
     };
+    // clientcert=verify-full: the certificate names the user (the cert method checks
+    // that itself).
+    let named_by_certificate = client_cert == hba::ClientCert::VerifyFull;
     let users = shared.users();
     let creds = users.get(user.as_str());
     if database == ADMIN_DATABASE {
@@ -199,7 +203,7 @@ async fn session(
             &mut buf,
             shared,
             &config,
-            method,
+            (method, named_by_certificate),
             user,
             creds,
             None,
@@ -305,7 +309,7 @@ async fn session(
         &mut buf,
         shared,
         &config,
-        method,
+        (method, named_by_certificate),
         user,
         creds.or(found.as_deref()),
         refresh,
@@ -561,7 +565,8 @@ async fn refuse_if_stopping(stream: &mut ClientStream, shared: &Shared) -> bool 
 }
 
 /// How the client logs in: `client_auth`, or what the first `hba` rule matching it
-/// says. `None` when no rule matches or the rule rejects it: it has been told so.
+/// says, with the certificate the rule asks for. `None` when no rule matches, the rule
+/// rejects it, or it has no certificate the rule asks for: it has been told so.
 async fn client_method(
     stream: &mut ClientStream,
     shared: &Shared,
@@ -569,9 +574,9 @@ async fn client_method(
     info: &ClientInfo,
     database: &str,
     user: &str,
-) -> Option<ClientAuth> {
+) -> Option<(ClientAuth, hba::ClientCert)> {
     let Some(hba) = &config.hba else {
-        return Some(config.client_auth);
+        return Some((config.client_auth, hba::ClientCert::Off));
     };
     let (origin, host, tls) = match (stream.is_unix(), info.addr.tcp()) {
         (false, Some(addr)) => {
@@ -582,9 +587,24 @@ async fn client_method(
         _ => (hba::Origin::Local, "[local]".to_string(), false),
     };
     let decision = hba.decide(origin, database, user);
-    let refusal = match decision.map(|d| d.method) {
-        Some(hba::Method::Auth(method)) => return Some(method),
-        Some(hba::Method::Reject) => "auth_hba_file rejects connection for",
+    let refusal = match decision.map(|d| (d.method, d.client_cert)) {
+        // As PostgreSQL, before any password is asked for.
+        Some((hba::Method::Auth(_), hba::ClientCert::VerifyCa | hba::ClientCert::VerifyFull))
+            if !stream.has_peer_certificate() =>
+        {
+            let message = "connection requires a valid client certificate";
+            tracing::info!(line = decision.map(|d| d.line), user, "{message}");
+            shared.rejected_auth.fetch_add(1, Ordering::Relaxed);
+            send_fatal(
+                stream,
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                message,
+            )
+            .await;
+            return None;
+        }
+        Some((hba::Method::Auth(method), client_cert)) => return Some((method, client_cert)),
+        Some((hba::Method::Reject, _)) => "auth_hba_file rejects connection for",
         None => "no auth_hba_file entry for",
     };
     let encryption = if tls {
@@ -614,7 +634,7 @@ async fn login(
     buf: &mut BytesMut,
     shared: &Shared,
     config: &Config,
-    method: ClientAuth,
+    method: (ClientAuth, bool),
     user: &str,
     creds: Option<&Credentials>,
     refresh: Option<auth::Refresh<'_>>,

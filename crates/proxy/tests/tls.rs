@@ -576,3 +576,79 @@ async fn cert_rules_take_a_client_certificate_named_for_the_user() {
     drop(proxy);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn clientcert_options_ask_a_password_login_for_a_certificate_too() {
+    let dir = temp_dir("clientcert");
+    let pg = Postgres::start().await.unwrap();
+    let (ca, cert, key) = signed_certificate(&dir, "DNS:localhost,IP:127.0.0.1");
+    let (alice_crt, alice_key) = client_certificate(&dir, "alice", false);
+    let (bob_crt, bob_key) = client_certificate(&dir, "bob", false);
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.databases[0].user = Some("postgres".into());
+    config.users = vec![
+        pgopt_proxy::User::new("alice", "alice-secret"),
+        pgopt_proxy::User::new("bob", "bob-secret"),
+    ];
+    config.client_tls = ClientTls {
+        mode: TlsMode::Prefer,
+        cert_file: Some(cert),
+        key_file: Some(key),
+        ca_file: Some(ca),
+    };
+    let rules = "hostssl app alice 127.0.0.1/32 md5 clientcert=verify-full\n\
+                 hostssl app bob 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n\
+                 host all all all reject\n";
+    config.hba = Some(Arc::new(pgopt_proxy::hba::Hba::parse(rules).unwrap()));
+    // The option asks for certificates: without a CA file for them, refused at start.
+    let mut without_ca = config.clone();
+    without_ca.client_tls.ca_file = None;
+    let e = Proxy::start(without_ca).await.err().unwrap().to_string();
+    assert!(e.contains("clientcert"), "{e}");
+    let proxy = Proxy::start(config).await.unwrap();
+    let login = |user: &str, password: &str, cert: Option<(&PathBuf, &PathBuf)>| {
+        let (crt, key) = cert.map_or(("/nonexistent".into(), "/nonexistent".into()), |(c, k)| {
+            (c.display().to_string(), k.display().to_string())
+        });
+        format!(
+            "host=127.0.0.1 user={user} password={password} sslmode=require sslcert={crt} sslkey={key}"
+        )
+    };
+    let sql = "SELECT current_user";
+    let alice = Some((&alice_crt, &alice_key));
+    let bob = Some((&bob_crt, &bob_key));
+    // verify-full: alice's password and her own certificate.
+    let out = psql_with(&pg, &proxy, &login("alice", "alice-secret", alice), sql).await;
+    assert_eq!(out.unwrap(), "postgres");
+    let e = psql_with(&pg, &proxy, &login("alice", "alice-secret", None), sql)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("connection requires a valid client certificate"),
+        "{e}"
+    );
+    // Bob's certificate does not name alice: her right password fails, as in PostgreSQL.
+    let e = psql_with(&pg, &proxy, &login("alice", "alice-secret", bob), sql)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("password authentication failed for user \"alice\""),
+        "{e}"
+    );
+    let e = psql_with(&pg, &proxy, &login("alice", "wrong", alice), sql)
+        .await
+        .unwrap_err();
+    assert!(e.contains("password authentication failed"), "{e}");
+    // verify-ca: any certificate the CA signed, with bob's password.
+    let out = psql_with(&pg, &proxy, &login("bob", "bob-secret", alice), sql).await;
+    assert_eq!(out.unwrap(), "postgres");
+    let e = psql_with(&pg, &proxy, &login("bob", "bob-secret", None), sql)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("connection requires a valid client certificate"),
+        "{e}"
+    );
+    drop(proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
