@@ -177,6 +177,32 @@ impl PgStream {
         crate::tls::common_name(certs.first()?)
     }
 
+    /// The TLS version and cipher suite in use, as PgBouncer's SHOW CLIENTS `tls`
+    /// column has them (`TLSv1.3/TLS13_AES_256_GCM_SHA384`); `None` in plain text.
+    pub fn tls_description(&self) -> Option<String> {
+        let PgStream::Tls(tls) = self else {
+            return None;
+        };
+        let conn = tls.get_ref().1;
+        let version = match conn.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+            other => format!("{other:?}"),
+        };
+        let suite = conn.negotiated_cipher_suite()?.suite();
+        Some(format!("{version}/{suite:?}"))
+    }
+
+    /// The process id of the client at the other end of a Unix-domain socket, as the
+    /// kernel reports it (SO_PEERCRED); `None` over TCP.
+    pub fn peer_pid(&self) -> Option<u32> {
+        let PgStream::Unix(unix) = self else {
+            return None;
+        };
+        let pid = unix.peer_cred().ok()?.pid()?;
+        u32::try_from(pid).ok()
+    }
+
     /// Whether the client sent a TLS certificate (verified in the handshake against
     /// `client_tls.ca_file`).
     pub fn has_peer_certificate(&self) -> bool {

@@ -61,7 +61,9 @@ pub async fn run(mut stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) 
         .await;
         return;
     };
-    let client = shared.clients.register(peer.clone(), local_addr);
+    let client = shared
+        .clients
+        .register(peer.clone(), local_addr, stream.peer_pid());
     let (ended, fatal) = crate::io::FATAL
         .scope(std::cell::RefCell::new(None), async {
             let ended = session(stream, &shared, &client.info).await;
@@ -157,6 +159,9 @@ async fn session(
         return Ok(());
     };
     let (mut stream, startup) = started?;
+    if let Some(tls) = stream.tls_description() {
+        let _ = info.tls.set(tls);
+    }
     let Some(startup) = startup else {
         return Ok(());
     };

@@ -214,6 +214,10 @@ pub struct ClientInfo {
     pub id: u64,
     pub addr: Endpoint,
     pub local_addr: Option<Endpoint>,
+    /// The client's process id, when it came over a Unix-domain socket.
+    pub remote_pid: Option<u32>,
+    /// Its TLS version and cipher suite, once it has made the handshake.
+    pub tls: std::sync::OnceLock<String>,
     pub connect_time: SystemTime,
     identity: Mutex<(String, String, String)>,
     state: AtomicU8,
@@ -331,12 +335,19 @@ impl Drop for ClientGuard {
 }
 
 impl ClientRegistry {
-    pub fn register(self: &Arc<Self>, addr: Endpoint, local_addr: Option<Endpoint>) -> ClientGuard {
+    pub fn register(
+        self: &Arc<Self>,
+        addr: Endpoint,
+        local_addr: Option<Endpoint>,
+        remote_pid: Option<u32>,
+    ) -> ClientGuard {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
         let info = Arc::new(ClientInfo {
             id,
             addr,
             local_addr,
+            remote_pid,
+            tls: std::sync::OnceLock::new(),
             connect_time: SystemTime::now(),
             identity: Mutex::default(),
             state: AtomicU8::new(ClientState::Login as u8),

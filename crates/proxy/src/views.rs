@@ -236,6 +236,8 @@ pub fn clients(shared: &Shared) -> Table {
         ("wait_us", Int),
         ("id", Int),
         ("link", Int),
+        ("remote_pid", Int),
+        ("tls", Text),
         ("application_name", Text),
     ]);
     let now = unix_us_now();
@@ -260,6 +262,8 @@ pub fn clients(shared: &Shared) -> Table {
             n(wait.subsec_micros()),
             n(c.id),
             (link != 0).then(|| link.to_string()),
+            n(c.remote_pid.unwrap_or(0)),
+            t(c.tls.get().map_or("", String::as_str)),
             t(app),
         ]);
     }

@@ -48,6 +48,7 @@ async fn start(pg: &Postgres, mode: TlsMode, dir: &std::path::Path) -> Proxy {
         ca_file: None,
     };
     config.unix_socket_dir = Some(dir.to_str().unwrap().to_string());
+    config.admin_users = vec!["postgres".into()];
     Proxy::start(config).await.unwrap()
 }
 
@@ -112,6 +113,16 @@ async fn psql_with_sslmode_require_gets_tls_and_plain_still_works_in_prefer() {
     .unwrap();
     assert_eq!(out, "5000");
     assert_eq!(psql(&pg, &proxy, "disable", "SELECT 1").await.unwrap(), "1");
+    // SHOW CLIENTS names the TLS version and cipher of a client that has TLS (its
+    // `tls` column, as PgBouncer's), and nothing for one that has not.
+    let console =
+        |sslmode: &str| format!("host=127.0.0.1 user=postgres dbname=pgopt sslmode={sslmode}");
+    let out = psql_with(&pg, &proxy, &console("require"), "SHOW CLIENTS").await;
+    let out = out.unwrap();
+    assert!(out.contains("|TLSv1.3/TLS13_"), "{out}");
+    let out = psql_with(&pg, &proxy, &console("disable"), "SHOW CLIENTS").await;
+    let out = out.unwrap();
+    assert!(!out.contains("TLSv1"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

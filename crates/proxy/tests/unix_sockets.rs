@@ -143,6 +143,9 @@ async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy()
         unix.iter().all(|c| c["port"] == port.to_string()),
         "{unix:?}"
     );
+    // The kernel names the process at the other end of a socket: this one.
+    let me = std::process::id().to_string();
+    assert!(unix.iter().all(|c| c["remote_pid"] == me), "{unix:?}");
     let config = show(&console, "CONFIG").await;
     let setting = |key: &str| config.iter().find(|r| r["key"] == key).unwrap()["value"].clone();
     assert_eq!(setting("unix_socket_dir"), dir.to_str().unwrap());
@@ -155,6 +158,11 @@ async fn clients_connect_over_the_unix_socket_and_its_file_goes_with_the_proxy()
     let clients = show(&tcp, "CLIENTS").await;
     assert!(
         clients.iter().any(|c| c["addr"] == "127.0.0.1"),
+        "{clients:?}"
+    );
+    let tcp_rows = clients.iter().filter(|c| c["addr"] == "127.0.0.1");
+    assert!(
+        tcp_rows.clone().all(|c| c["remote_pid"] == "0"),
         "{clients:?}"
     );
 
