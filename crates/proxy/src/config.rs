@@ -529,7 +529,7 @@ impl Config {
                 .ok_or_else(|| invalid(&format!("a whole number from {min} to {max}")))
         };
         let duration = || {
-            parse_duration(value).ok_or_else(|| {
+            parse_duration(value).map(|(d, _)| d).ok_or_else(|| {
                 invalid("a duration such as 30s, 500ms, 2min or 1h, or a number of seconds")
             })
         };
@@ -582,15 +582,17 @@ impl Config {
 }
 
 /// `30s`, `500ms`, `2m` or `2min`, `1h`, `1d`, `1.5s`, or a bare number of seconds;
-/// never negative, at most 10⁹ s (as the config file takes them).
-fn parse_duration(text: &str) -> Option<Duration> {
+/// never negative, at most 10⁹ s. With whether a unit was written: the config file
+/// takes a bare number only when it is 0, admin SET takes any as seconds (PgBouncer's).
+pub fn parse_duration(text: &str) -> Option<(Duration, bool)> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().ok().filter(|n: &f64| n.is_finite())?;
-    let seconds = match unit.trim() {
+    let unit = unit.trim();
+    let seconds = match unit {
         "" | "s" => number,
         "ms" => number / 1000.0,
         "m" | "min" => number * 60.0,
@@ -601,6 +603,7 @@ fn parse_duration(text: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(seconds)
         .ok()
         .filter(|d| d.as_secs() <= 1_000_000_000)
+        .map(|d| (d, !unit.is_empty()))
 }
 
 #[cfg(test)]

@@ -17,26 +17,12 @@ impl FromStr for HumanDuration {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let t = text.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (number, unit) = t.split_at(split);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("expected {EXPECTED}, found {text:?}"))?;
-        let seconds = match unit.trim() {
-            "ms" => value / 1000.0,
-            "s" | "" if value == 0.0 || !unit.is_empty() => value,
-            "m" | "min" => value * 60.0,
-            "h" => value * 3600.0,
-            "d" => value * 86400.0,
-            _ => return Err(format!("expected {EXPECTED}, found {text:?}")),
-        };
-        if !seconds.is_finite() || seconds > 1e9 {
-            return Err(format!("expected {EXPECTED}, found {text:?}"));
+        // (As admin SET reads them, but a bare number must be 0: "30" could mean
+        // seconds or milliseconds.)
+        match pgopt_proxy::config::parse_duration(text) {
+            Some((d, unit)) if unit || d.is_zero() => Ok(HumanDuration(d)),
+            _ => Err(format!("expected {EXPECTED}, found {text:?}")),
         }
-        Ok(HumanDuration(Duration::from_secs_f64(seconds)))
     }
 }
 
