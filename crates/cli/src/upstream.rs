@@ -22,14 +22,20 @@ struct Parts<'a> {
     query: &'a str,
 }
 
-/// Splits what follows the scheme. The user part ends at the last `@` before the first
-/// `/` (a password may hold `@` and `?`), then the query at the first `?`.
-fn split(rest: &str) -> Parts<'_> {
+/// Splits what follows a URL's scheme into the user part and the rest: the user part
+/// ends at the last `@` before the first `/` (a password may hold `@` and `?`).
+pub(crate) fn split_userinfo(rest: &str) -> (Option<&str>, &str) {
     let head = rest.find('/').map_or(rest, |i| &rest[..i]);
-    let (userinfo, rest) = match head.rfind('@') {
+    match head.rfind('@') {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
         None => (None, rest),
-    };
+    }
+}
+
+/// Splits what follows the scheme: the user part (see [`split_userinfo`]), then the
+/// query at the first `?`.
+fn split(rest: &str) -> Parts<'_> {
+    let (userinfo, rest) = split_userinfo(rest);
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
     Parts {

@@ -33,15 +33,13 @@ pub(crate) fn mask_url_passwords(urls: &str) -> String {
         let Some((scheme, rest)) = url.split_once("://") else {
             return url.to_string();
         };
-        // As the URL parsers split it: the user part ends at the last `@` before the
-        // first `/` (a password may hold `?` or `@`), the query starts at the next `?`.
-        let head = rest.find('/').map_or(rest, |i| &rest[..i]);
-        let (user, after) = match head.rfind('@') {
-            Some(at) => match rest[..at].split_once(':') {
-                Some((user, _)) => (format!("{user}:{MASK}@"), &rest[at + 1..]),
-                None => (rest[..=at].to_string(), &rest[at + 1..]),
-            },
-            None => (String::new(), rest),
+        // As the URL parsers split it (a password may hold `?` or `@`); the query
+        // starts at the next `?`.
+        let (userinfo, after) = crate::upstream::split_userinfo(rest);
+        let user = match userinfo.map(|info| (info, info.split_once(':'))) {
+            Some((_, Some((user, _)))) => format!("{user}:{MASK}@"),
+            Some((info, None)) => format!("{info}@"),
+            None => String::new(),
         };
         let after = match after.split_once('?') {
             Some((before, query)) => {
