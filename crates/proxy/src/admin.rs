@@ -339,15 +339,22 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
                     tracing::info!(%key, %value, "SET on the admin console");
                     return Ok(complete(out, "SET")?);
                 }
-                // A setting SHOW CONFIG lists that SET does not change.
-                Err(SetError::Unknown(_)) if views::is_setting(&key) => (
-                    sqlstate::CANT_CHANGE_RUNTIME_PARAM,
-                    format!(
-                        "parameter \"{key}\" cannot be changed with SET: it takes the config file and RELOAD"
+                // A setting SHOW CONFIG lists that SET does not change: what does,
+                // by its `changeable` column.
+                Err(SetError::Unknown(m)) => match views::changeable(&key) {
+                    Some(reload) => (
+                        sqlstate::CANT_CHANGE_RUNTIME_PARAM,
+                        format!(
+                            "parameter \"{key}\" cannot be changed with SET: it takes {}",
+                            if reload {
+                                "the config file and RELOAD"
+                            } else {
+                                "a restart"
+                            }
+                        ),
                     ),
-                ),
-                Err(SetError::Unknown(m)) => (sqlstate::UNDEFINED_OBJECT, m),
-                Err(SetError::NotAtRuntime(m)) => (sqlstate::CANT_CHANGE_RUNTIME_PARAM, m),
+                    None => (sqlstate::UNDEFINED_OBJECT, m),
+                },
                 Err(SetError::Invalid(m)) => (sqlstate::INVALID_PARAMETER_VALUE, m),
                 Err(SetError::Failed(m)) => (
                     sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -485,29 +485,14 @@ impl Default for Config {
 /// Why the admin console's `SET` refused a setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetError {
-    /// No such setting.
+    /// No setting SET changes (the admin console tells apart those SHOW CONFIG lists
+    /// from names that are none).
     Unknown(String),
-    /// A setting that takes a restart, or the config file and RELOAD.
-    NotAtRuntime(String),
     /// A value the setting does not take.
     Invalid(String),
     /// The changed config could not be applied.
     Failed(String),
 }
-
-/// Settings `SET` does not change, and why.
-const NOT_AT_RUNTIME: &[(&str, &str)] = &[
-    ("listen", "a restart"),
-    ("unix_socket_dir", "a restart"),
-    ("unix_socket_mode", "a restart"),
-    ("unix_socket_group", "a restart"),
-    ("admin_listen", "a restart"),
-    ("workers", "a restart"),
-    ("tcp_keepalive", "the config file and RELOAD"),
-    ("auth", "the config file and RELOAD"),
-    ("server_tls_mode", "the config file and RELOAD"),
-    ("tls_mode", "the config file and RELOAD"),
-];
 
 impl Config {
     /// Changes one setting as PgBouncer's `SET key = value` on the admin console does:
@@ -567,14 +552,9 @@ impl Config {
             "log_disconnections" => self.log_disconnections = flag()?,
             "application_name_add_host" => self.application_name_add_host = flag()?,
             other => {
-                return Err(match NOT_AT_RUNTIME.iter().find(|(k, _)| *k == other) {
-                    Some((_, takes)) => SetError::NotAtRuntime(format!(
-                        "parameter \"{other}\" cannot be changed with SET: it takes {takes}"
-                    )),
-                    None => SetError::Unknown(format!(
-                        "unrecognized configuration parameter \"{other}\" (SHOW CONFIG lists them)"
-                    )),
-                })
+                return Err(SetError::Unknown(format!(
+                    "unrecognized configuration parameter \"{other}\" (SHOW CONFIG lists them)"
+                )))
             }
         }
         Ok(())
@@ -639,7 +619,7 @@ mod tests {
         }
         assert!(matches!(
             c.set("listen", "0.0.0.0:1"),
-            Err(SetError::NotAtRuntime(_))
+            Err(SetError::Unknown(_))
         ));
         assert!(matches!(c.set("pool_size", "1"), Err(SetError::Unknown(_))));
         assert_eq!(c.default_pool_size, 50, "a refused SET changes nothing");

@@ -553,11 +553,13 @@ pub fn config(shared: &Shared) -> Table {
     table
 }
 
-/// Whether SHOW CONFIG lists `key`.
-pub fn is_setting(key: &str) -> bool {
+/// Whether RELOAD changes `key` (SHOW CONFIG's `changeable`); `None` when SHOW CONFIG
+/// does not list it.
+pub fn changeable(key: &str) -> Option<bool> {
     settings(&Config::default())
-        .iter()
-        .any(|(k, _, _)| k.eq_ignore_ascii_case(key))
+        .into_iter()
+        .find(|(k, _, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, _, changeable)| changeable)
 }
 
 fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
@@ -584,6 +586,7 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
             c.admin_listen.map(|a| a.to_string()).unwrap_or_default(),
             false,
         ),
+        ("workers", c.workers.to_string(), false),
         ("pool_mode", mode_name(c.pool_mode).into(), true),
         ("log_connections", on_off(c.log_connections), true),
         ("log_disconnections", on_off(c.log_disconnections), true),

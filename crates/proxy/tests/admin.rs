@@ -1253,14 +1253,21 @@ async fn set_changes_a_setting_until_the_next_reload() {
     drop(one);
 
     // Refusals say why, with PostgreSQL's codes, and change nothing.
-    for (sql, want) in [
-        ("SET no_such_thing = 1", "42704"),
-        ("SET listen = '0.0.0.0:1'", "55P02"),
-        ("SET default_pool_size = 0", "22023"),
-        ("SET query_timeout = 'soon'", "22023"),
+    for (sql, want, says) in [
+        ("SET no_such_thing = 1", "42704", "unrecognized"),
+        ("SET listen = '0.0.0.0:1'", "55P02", "a restart"),
+        ("SET workers = 2", "55P02", "a restart"),
+        ("SET auth = md5", "55P02", "the config file and RELOAD"),
+        ("SET default_pool_size = 0", "22023", "a whole number"),
+        ("SET query_timeout = 'soon'", "22023", "a duration"),
     ] {
         let e = console.simple_query(sql).await.unwrap_err();
         assert_eq!(code(&e), Some(want), "{sql}: {e}");
+        let message = e.as_db_error().map(|d| d.message().to_string());
+        assert!(
+            message.as_deref().unwrap_or("").contains(says),
+            "{sql}: {e}"
+        );
     }
     assert_eq!(
         setting(&show(&console, "CONFIG").await, "max_client_conn"),
