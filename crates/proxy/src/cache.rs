@@ -1527,7 +1527,7 @@ pub async fn follow_wal(
             .unwrap_or_else(|p| p.into_inner())
             .insert(db.name.clone(), state);
     };
-    let mut backoff = Duration::from_secs(1);
+    let backoff = ListenerBackoff::new();
     // Whether this listener counts in `wal_streaming`.
     let mut streaming = false;
     loop {
@@ -1551,19 +1551,14 @@ pub async fn follow_wal(
                     }
                     set_state("streaming".into());
                 } else {
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     cache.invalidate_committed(&db.name, &committed);
                 }
             }
         };
-        let stopped = async {
-            let _ = lifecycle
-                .wait_for(|s| *s >= crate::shared::Lifecycle::Stopped)
-                .await;
-        };
         let outcome = tokio::select! {
             (result, ()) = async { tokio::join!(run, consume) } => result,
-            () = stopped => return,
+            () = until_stopped(&mut lifecycle) => return,
         };
         if std::mem::replace(&mut streaming, false) {
             cache.counters.wal_streaming.fetch_sub(1, Relaxed);
@@ -1575,13 +1570,53 @@ pub async fn follow_wal(
         tracing::warn!(
             database = %db.name,
             %error,
-            retry_in_ms = backoff.as_millis() as u64,
+            retry_in_ms = backoff.next_ms(),
             "the cache's replication listener stopped; writes that bypass pgopt are not seen until it is back"
         );
         set_state(format!("down: {error}"));
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff.wait().await;
     }
+}
+
+/// The wait of a listener (the replication stream's, the schema changes') between
+/// its attempts to connect: from 1 s, doubled after each failure up to 30 s, back to
+/// 1 s once an attempt got going. In ms, atomic: the attempt that resets it runs while
+/// the loop holds it.
+pub(crate) struct ListenerBackoff(AtomicU64);
+
+impl ListenerBackoff {
+    const FIRST_MS: u64 = 1_000;
+    const MAX_MS: u64 = 30_000;
+
+    pub(crate) fn new() -> Self {
+        ListenerBackoff(AtomicU64::new(Self::FIRST_MS))
+    }
+
+    /// The attempt got going: the next failure waits the shortest time again.
+    pub(crate) fn reset(&self) {
+        self.0.store(Self::FIRST_MS, Relaxed);
+    }
+
+    /// How long the next wait is, in ms (for the warning that announces it).
+    pub(crate) fn next_ms(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+
+    /// Waits, and doubles the next wait.
+    pub(crate) async fn wait(&self) {
+        let wait = self.next_ms();
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        self.0.store((wait * 2).min(Self::MAX_MS), Relaxed);
+    }
+}
+
+/// Returns once the proxy has stopped (a listener's loop ends then).
+pub(crate) async fn until_stopped(
+    lifecycle: &mut tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
+) {
+    let _ = lifecycle
+        .wait_for(|s| *s >= crate::shared::Lifecycle::Stopped)
+        .await;
 }
 
 #[cfg(test)]

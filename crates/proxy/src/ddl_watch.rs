@@ -103,7 +103,7 @@ pub async fn watch(
         tls: None,
     };
     let set_state = |state: &str| cache.counters.set_ddl_state(&db.name, state);
-    let mut backoff = Duration::from_secs(1);
+    let backoff = crate::cache::ListenerBackoff::new();
     loop {
         set_state("connecting");
         let run = async {
@@ -127,7 +127,7 @@ pub async fn watch(
             // instance has its own listener).
             cache.schema_changed_elsewhere(&db.name, false);
             set_state("listening");
-            backoff = Duration::from_secs(1);
+            backoff.reset();
             notifications(&mut conn, max_len, || {
                 cache.schema_changed_elsewhere(&db.name, true);
                 cache
@@ -137,27 +137,21 @@ pub async fn watch(
             })
             .await
         };
-        let stopped = async {
-            let _ = lifecycle
-                .wait_for(|s| *s >= crate::shared::Lifecycle::Stopped)
-                .await;
-        };
         let error = tokio::select! {
             result = run => match result {
                 Ok(()) => "the connection ended".to_string(),
                 Err(e) => e.to_string(),
             },
-            () = stopped => return,
+            () = crate::cache::until_stopped(&mut lifecycle) => return,
         };
         tracing::warn!(
             database = %db.name,
             %error,
-            retry_in_ms = backoff.as_millis() as u64,
+            retry_in_ms = backoff.next_ms(),
             "the cache's schema change listener stopped; until it is back, schema changes that bypass pgopt reach the dependency map within 30 s and the entries they change live until their TTL"
         );
         set_state(&format!("down: {error}"));
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff.wait().await;
     }
 }
 
