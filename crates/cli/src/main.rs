@@ -1,6 +1,7 @@
 //! `pgopt`: one binary for the proxy, the advisor, operations and the demo.
 
 mod advise;
+mod auth_file;
 mod config;
 mod demo;
 mod logging;
@@ -119,7 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    // The files the config names are checked too (the hba rules).
+    // The files the config names are checked too (the hba rules, the users file).
     let checked = config::load(Some(file), &[])
         .map_err(|e| e.to_string())
         .and_then(|loaded| proxy::check_files(&loaded.config).map_err(|e| e.to_string()));

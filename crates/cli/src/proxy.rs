@@ -178,7 +178,40 @@ pub fn check_files(root: &config::Config) -> anyhow::Result<()> {
     if root.proxy.auth == ClientAuthMethod::Hba && !root.proxy.auth_hba_file.is_empty() {
         read_hba(&root.proxy.auth_hba_file)?;
     }
+    users(&root.proxy)?;
     Ok(())
+}
+
+/// `[[proxy.users]]` and the users of `proxy.auth_file`; a user in both, or a bad
+/// line in the file (named), is an error.
+fn users(config: &config::ProxyConfig) -> anyhow::Result<Vec<pgopt_proxy::User>> {
+    let mut users: Vec<pgopt_proxy::User> = config
+        .users
+        .iter()
+        .map(|u| pgopt_proxy::User {
+            name: u.name.clone(),
+            password: u.password.clone(),
+            pool_mode: u.pool_mode.map(|m| m.proxy()),
+            max_user_connections: u.max_user_connections.map(|m| m.get() as usize),
+        })
+        .collect();
+    let path = config.auth_file.as_str();
+    if path.is_empty() {
+        return Ok(users);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("proxy.auth_file: reading {path}: {e}"))?;
+    let listed = crate::auth_file::parse(&text)
+        .map_err(|(line, e)| anyhow::anyhow!("{path}:{line}: {e}"))?;
+    for (name, password) in listed {
+        if users.iter().any(|u| u.name == name) {
+            anyhow::bail!(
+                "{path}: user \"{name}\" is in [[proxy.users]] too: list each user in one place"
+            );
+        }
+        users.push(pgopt_proxy::User::new(name, password));
+    }
+    Ok(users)
 }
 
 /// The rules of `proxy.auth_hba_file`; an error names the file and line.
@@ -371,16 +404,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         },
         client_auth,
         hba,
-        users: config
-            .users
-            .iter()
-            .map(|u| pgopt_proxy::User {
-                name: u.name.clone(),
-                password: u.password.clone(),
-                pool_mode: u.pool_mode.map(|m| m.proxy()),
-                max_user_connections: u.max_user_connections.map(|m| m.get() as usize),
-            })
-            .collect(),
+        users: users(config)?,
         auth_user: (!config.auth_user.is_empty()).then(|| config.auth_user.clone()),
         insight: pgopt_proxy::InsightSettings {
             enabled: insight.enabled,

@@ -947,3 +947,140 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
         let _ = std::fs::remove_file(file);
     }
 }
+
+/// psql through the proxy at `port` as `user` with `password`; its output or error.
+fn psql_as(
+    pg: &pgopt_embedded::Postgres,
+    port: u16,
+    user: &str,
+    password: &str,
+) -> Result<String, String> {
+    let out = Command::new(pg.binaries().program("psql"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .args(["-d", "postgres", "-XAtc", "SELECT 42"])
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(text(&out.stdout).trim().to_string())
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+#[test]
+fn proxy_takes_pgbouncers_auth_file_and_rereads_it_on_sighup() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pg = runtime.block_on(pgopt_embedded::Postgres::start()).unwrap();
+    // bob's entry is an md5 hash, as PgBouncer users generate them from pg_shadow.
+    let bob_md5: String = runtime.block_on(async {
+        let db = pg.connect("postgres").await.unwrap();
+        let row = db
+            .query_one("SELECT 'md5' || md5('bob-secret' || 'bob')", &[])
+            .await
+            .unwrap();
+        row.get(0)
+    });
+    let users = temp_file(
+        "userlist.txt",
+        &format!("; from pg_shadow\n\"alice\" \"alice-secret\"\n\"bob\" \"{bob_md5}\"\n"),
+    );
+    let config = temp_file(
+        "auth-file.toml",
+        &format!(
+            "[proxy]\nauth = \"md5\"\nauth_file = \"{}\"\n",
+            users.display()
+        ),
+    );
+    let port = pgopt_embedded::free_port().unwrap();
+    let upstream = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port());
+    let proxy = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["--config", config.to_str().unwrap()])
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &upstream])
+        .env_remove("PGOPT_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = proxy.id();
+    let _proxy = Killed(proxy);
+    // Until it listens, then each user of the file with its password.
+    let until = |what: &str, check: &dyn Fn() -> Result<String, String>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match check() {
+                Ok(out) => return out,
+                Err(e) if std::time::Instant::now() > deadline => panic!("{what}: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
+    };
+    let alice = until("alice logs in", &|| {
+        psql_as(&pg, port, "alice", "alice-secret")
+    });
+    assert_eq!(alice, "42");
+    assert_eq!(psql_as(&pg, port, "bob", "bob-secret").unwrap(), "42");
+    let wrong = psql_as(&pg, port, "alice", "bob-secret").unwrap_err();
+    assert!(wrong.contains("password authentication failed"), "{wrong}");
+    let unknown = psql_as(&pg, port, "carol", "carol-secret").unwrap_err();
+    assert!(
+        unknown.contains("password authentication failed"),
+        "{unknown}"
+    );
+
+    // A user added to the file logs in after SIGHUP, as with PgBouncer.
+    std::fs::write(
+        &users,
+        format!("\"alice\" \"alice-secret\"\n\"bob\" \"{bob_md5}\"\n\"carol\" \"carol-secret\"\n"),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let carol = until("carol logs in after SIGHUP", &|| {
+        psql_as(&pg, port, "carol", "carol-secret")
+    });
+    assert_eq!(carol, "42");
+    drop(_proxy);
+
+    // A broken line is named, by the proxy and by `pgopt config check`.
+    std::fs::write(&users, "\"alice\" \"alice-secret\"\nbob secret\n").unwrap();
+    let at = format!(
+        "{}:2: the user name must be in double quotes",
+        users.display()
+    );
+    let out = pgopt(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&at), "{}", text(&out.stderr));
+    let out = pgopt(&[
+        "--config",
+        config.to_str().unwrap(),
+        "proxy",
+        "--upstream",
+        &upstream,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&at), "{}", text(&out.stderr));
+    // A user in the file and in [[proxy.users]] is ambiguous: refused.
+    std::fs::write(&users, "\"alice\" \"alice-secret\"\n").unwrap();
+    let both = temp_file(
+        "auth-file-both.toml",
+        &format!(
+            "[proxy]\nauth_file = \"{}\"\n[[proxy.users]]\nname = \"alice\"\npassword = \"x\"\n",
+            users.display()
+        ),
+    );
+    let out = pgopt(&["config", "check", both.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("user \"alice\" is in [[proxy.users]] too"),
+        "{err}"
+    );
+    for path in [users, config, both] {
+        std::fs::remove_file(path).unwrap();
+    }
+}

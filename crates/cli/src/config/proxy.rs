@@ -232,6 +232,9 @@ pub struct ProxyConfig {
     /// With `auth = "hba"`: a file of `pg_hba.conf` rules (local, host, hostssl,
     /// hostnossl; trust, reject, md5, scram-sha-256, peer), read at start and on RELOAD.
     pub auth_hba_file: String,
+    /// Users and passwords in PgBouncer's `auth_file` form (`"user" "password"` per
+    /// line), besides `users`; read at start and on RELOAD. "" is none.
+    pub auth_file: String,
     pub users: Vec<ProxyUser>,
     /// Look up users not in `users` on the server, logged in as this user; "" is off.
     pub auth_user: String,
@@ -287,6 +290,7 @@ impl Default for ProxyConfig {
             server_tls_ca_file: String::new(),
             auth: ClientAuthMethod::Trust,
             auth_hba_file: String::new(),
+            auth_file: String::new(),
             users: Vec::new(),
             auth_user: String::new(),
             auth_query: pgopt_proxy::DEFAULT_AUTH_QUERY.to_string(),
