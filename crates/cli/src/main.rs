@@ -4,6 +4,7 @@ mod advise;
 mod auth_file;
 mod config;
 mod demo;
+mod from_pgbouncer;
 mod logging;
 mod proxy;
 mod top;
@@ -60,6 +61,12 @@ enum ConfigCommand {
     },
     /// Print the effective configuration (file, then environment overrides) as TOML.
     Print,
+    /// Convert a PgBouncer pgbouncer.ini into a pgopt.toml (on stdout); what is not
+    /// carried over is listed on stderr with its line.
+    FromPgbouncer {
+        /// The pgbouncer.ini to read.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +83,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
         return Ok(check_config(file));
+    }
+    if let Command::Config(ConfigCommand::FromPgbouncer { file }) = &cli.command {
+        let converted =
+            from_pgbouncer::convert(&file.display().to_string()).map_err(|e| anyhow::anyhow!(e))?;
+        for note in &converted.notes {
+            eprintln!("note: {note}");
+        }
+        print!("{}", converted.toml);
+        return Ok(ExitCode::SUCCESS);
     }
     let file = cli.config.clone().or_else(|| {
         let default = PathBuf::from("pgopt.toml");
@@ -115,7 +131,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", toml::to_string_pretty(&loaded.config)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config(ConfigCommand::Check { .. }) => unreachable!("handled above"),
+        Command::Config(ConfigCommand::Check { .. } | ConfigCommand::FromPgbouncer { .. }) => {
+            unreachable!("handled above")
+        }
     }
 }
 

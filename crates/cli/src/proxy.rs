@@ -182,8 +182,9 @@ pub fn check_files(root: &config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `[[proxy.users]]` and the users of `proxy.auth_file`; a user in both, or a bad
-/// line in the file (named), is an error.
+/// `[[proxy.users]]` and the users of `proxy.auth_file`; an entry without a password
+/// takes the file's (its settings with the file's password, as PgBouncer's `[users]`).
+/// A user with a password in both, or a bad line in the file (named), is an error.
 fn users(config: &config::ProxyConfig) -> anyhow::Result<Vec<pgopt_proxy::User>> {
     let mut users: Vec<pgopt_proxy::User> = config
         .users
@@ -204,12 +205,13 @@ fn users(config: &config::ProxyConfig) -> anyhow::Result<Vec<pgopt_proxy::User>>
     let listed = crate::auth_file::parse(&text)
         .map_err(|(line, e)| anyhow::anyhow!("{path}:{line}: {e}"))?;
     for (name, password) in listed {
-        if users.iter().any(|u| u.name == name) {
-            anyhow::bail!(
-                "{path}: user \"{name}\" is in [[proxy.users]] too: list each user in one place"
-            );
+        match users.iter_mut().find(|u| u.name == name) {
+            Some(entry) if entry.password.is_empty() => entry.password = password,
+            Some(_) => anyhow::bail!(
+                "{path}: user \"{name}\" has a password in [[proxy.users]] too: give it in one place"
+            ),
+            None => users.push(pgopt_proxy::User::new(name, password)),
         }
-        users.push(pgopt_proxy::User::new(name, password));
     }
     Ok(users)
 }

@@ -1077,10 +1077,113 @@ fn proxy_takes_pgbouncers_auth_file_and_rereads_it_on_sighup() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("user \"alice\" is in [[proxy.users]] too"),
+        err.contains("user \"alice\" has a password in [[proxy.users]] too"),
         "{err}"
     );
     for path in [users, config, both] {
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+#[test]
+fn a_pgbouncer_ini_converts_to_a_config_that_serves_its_users() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pg = runtime.block_on(pgopt_embedded::Postgres::start()).unwrap();
+    let port = pgopt_embedded::free_port().unwrap();
+    let users = temp_file("pgb-userlist.txt", "\"alice\" \"alice-secret\"\n");
+    let ini = temp_file(
+        "pgbouncer.ini",
+        &format!(
+            "; a PgBouncer deployment's file\n\
+             [databases]\n\
+             app = host=127.0.0.1 port={pg_port} dbname=postgres user=postgres pool_size=5\n\
+             \"odd name\" = host=127.0.0.1 port={pg_port} dbname=postgres user=postgres\n\
+             \n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = md5\n\
+             auth_file = {users}\n\
+             pool_mode = transaction\n\
+             max_client_conn = 100\n\
+             query_wait_timeout = 2.5\n\
+             admin_users = alice\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             logfile = /var/log/pgbouncer/pgbouncer.log\n\
+             \n\
+             [users]\n\
+             alice = max_user_connections=3\n",
+            pg_port = pg.port(),
+            users = users.display()
+        ),
+    );
+    let out = pgopt(&["config", "from-pgbouncer", ini.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let converted = text(&out.stdout);
+    assert!(
+        converted.contains(&format!("listen = \"127.0.0.1:{port}\"")),
+        "{converted}"
+    );
+    assert!(
+        converted.contains("query_wait_timeout = \"2500ms\""),
+        "{converted}"
+    );
+    // What is not carried over is said, with its line.
+    let notes = text(&out.stderr);
+    let at = |line: usize, key: &str| format!("{}:{line}: {key}: not carried over", ini.display());
+    assert!(
+        notes.contains(&at(16, "ignore_startup_parameters")),
+        "{notes}"
+    );
+    assert!(notes.contains(&at(17, "logfile")), "{notes}");
+    let config = temp_file("from-pgbouncer.toml", &converted);
+    let check = pgopt(&["config", "check", config.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+
+    // The converted config serves the user list's users, and the admin console.
+    let proxy = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["--config", config.to_str().unwrap(), "proxy"])
+        .env_remove("PGOPT_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _proxy = Killed(proxy);
+    let psql = |db: &str, sql: &str| {
+        let out = Command::new(pg.binaries().program("psql"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "alice"])
+            .args(["-d", db, "-XAtc", sql])
+            .env("PGPASSWORD", "alice-secret")
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(text(&out.stdout))
+        } else {
+            Err(text(&out.stderr))
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let answer = loop {
+        match psql("app", "SELECT current_user") {
+            Ok(out) => break out,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    };
+    assert_eq!(answer.trim(), "postgres");
+    assert_eq!(psql("odd name", "SELECT 1").unwrap().trim(), "1");
+    let databases = psql("pgopt", "SHOW DATABASES").unwrap();
+    assert!(databases.contains("odd name"), "{databases}");
+    let users_view = psql("pgopt", "SHOW USERS").unwrap();
+    assert!(
+        users_view
+            .lines()
+            .any(|l| l.starts_with("alice|") && l.contains("|3|")),
+        "{users_view}"
+    );
+    drop(_proxy);
+    for path in [users, ini, config] {
         std::fs::remove_file(path).unwrap();
     }
 }

@@ -133,7 +133,8 @@ impl DatabaseEntry {
 pub struct ProxyUser {
     pub name: String,
     /// Plaintext, an `md5…` hash or a `SCRAM-SHA-256$…` verifier. Printed masked.
-    #[serde(serialize_with = "super::masked")]
+    /// Empty: the user's password is in `auth_file` (this entry gives its settings).
+    #[serde(default, serialize_with = "super::masked")]
     pub password: String,
     /// This user's pool mode, instead of its database's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
