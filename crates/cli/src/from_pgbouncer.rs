@@ -232,10 +232,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
         "max_packet_size",
         "pgopt caps messages at 1 GiB, as PostgreSQL",
     ),
-    (
-        "so_reuseport",
-        "pgopt uses every core in one process (proxy.workers)",
-    ),
     ("tcp_defer_accept", "not needed"),
     ("tcp_socket_buffer", "the system's buffers are used"),
     ("tcp_user_timeout", "not supported; TCP keepalive is"),
@@ -350,12 +346,13 @@ pub fn convert(path: &str) -> Result<Converted, String> {
                 Some(d) => lines.push(format!("{key} = {}", quote(&d))),
                 None => bad("expected a number of seconds"),
             },
-            "log_connections" | "log_disconnections" | "application_name_add_host" => {
-                match flag(v) {
-                    Some(b) => lines.push(format!("{key} = {b}")),
-                    None => bad("expected 0 or 1"),
-                }
-            }
+            "log_connections"
+            | "log_disconnections"
+            | "application_name_add_host"
+            | "so_reuseport" => match flag(v) {
+                Some(b) => lines.push(format!("{key} = {b}")),
+                None => bad("expected 0 or 1"),
+            },
             "tcp_keepalive" => match flag(v) {
                 Some(b) => keepalive = Some(b),
                 None => bad("expected 0 or 1"),

@@ -171,6 +171,9 @@ pub struct Config {
     /// The socket file's group, a name or a number (PgBouncer's `unix_socket_group`);
     /// `None`: pgopt's own.
     pub unix_socket_group: Option<String>,
+    /// Listen with SO_REUSEPORT (PgBouncer's `so_reuseport`): another pgopt may listen
+    /// on the same TCP addresses, for a restart that refuses no client.
+    pub so_reuseport: bool,
     /// A line (target `pgopt::connections`, level info) for each client that logs
     /// in, and for each that goes with why and after how long (PgBouncer's
     /// `log_connections`, `log_disconnections`). Off in the library's default; the
@@ -439,6 +442,7 @@ impl Default for Config {
             unix_socket_dir: None,
             unix_socket_mode: 0o777,
             unix_socket_group: None,
+            so_reuseport: false,
             log_connections: false,
             log_disconnections: false,
             application_name_add_host: false,

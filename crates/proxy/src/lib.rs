@@ -96,7 +96,7 @@ impl Proxy {
             peer: "listener",
             source,
         };
-        let listener = TcpListener::bind(config.listen).await.map_err(io)?;
+        let listener = bind_tcp(config.listen, config.so_reuseport).map_err(io)?;
         let local_addr = listener.local_addr().map_err(io)?;
         let (unix, unix_socket) = match &config.unix_socket_dir {
             Some(dir) => {
@@ -105,6 +105,7 @@ impl Proxy {
                     local_addr.port(),
                     config.unix_socket_mode,
                     config.unix_socket_group.as_deref(),
+                    config.so_reuseport,
                 )
                 .await
                 .map_err(io)?;
@@ -113,7 +114,7 @@ impl Proxy {
             None => (None, None),
         };
         let admin = match config.admin_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(io)?),
+            Some(addr) => Some(bind_tcp(addr, config.so_reuseport).map_err(io)?),
             None => None,
         };
         let admin_addr = match &admin {
@@ -239,6 +240,24 @@ impl ProxyHandle {
     pub fn shutdown(&self) {
         self.shared.shutdown();
     }
+}
+
+/// A TCP listener on `addr`; with `reuseport` (PgBouncer's `so_reuseport`) other
+/// processes may listen on the same address too, so a new pgopt can start beside a
+/// running one, which is then shut down (it stops accepting at once, and the kernel
+/// sends every new connection to the new one) — a restart that refuses no client.
+fn bind_tcp(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As TcpListener::bind: a restart need not wait out TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// The databases the config lists by name (not the `*` fallback's, which are not

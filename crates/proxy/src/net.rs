@@ -362,14 +362,18 @@ impl UnixSocket {
     /// Listens on `<dir>/.s.PGSQL.<port>` with permissions `mode`, owned by `group`
     /// (a name or a number) when given. A socket file left by a server that did not
     /// stop cleanly is replaced; one a server still accepts on is not (an error, as
-    /// PostgreSQL refuses to start then).
+    /// PostgreSQL refuses to start then) — unless `take_over` (`so_reuseport`: a new
+    /// pgopt starting beside a running one), when the new socket is renamed over it, so
+    /// clients reach the new one from then on while the old one serves what it has.
     pub async fn bind(
         dir: &str,
         port: u16,
         mode: u32,
         group: Option<&str>,
+        take_over: bool,
     ) -> io::Result<(UnixSocket, SocketFile)> {
         let path = socket_path(dir, port);
+        let mut taking_over = false;
         let gid = group.map(group_id).transpose()?;
         let context = |e: io::Error, what: &str| {
             io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
@@ -388,6 +392,8 @@ impl UnixSocket {
                         }
                     }
                     Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                    // A server accepts on it, and this one is to take its place.
+                    Ok(Ok(_)) if take_over => taking_over = true,
                     // Accepted, or a server too busy to (a full backlog: EAGAIN), or
                     // one that lets us not in (EACCES): in use, left alone.
                     answer => {
@@ -411,23 +417,40 @@ impl UnixSocket {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(context(e, "looking at")),
         }
-        let listener = UnixListener::bind(&path).map_err(|e| context(e, "listening on"))?;
+        // Taking over: made under a name of its own first, complete, then renamed
+        // over the running server's (so no client finds the path missing or the
+        // socket half set up).
+        let made_at = if taking_over {
+            let own = path.with_file_name(format!(".s.PGSQL.{port}.{}.new", std::process::id()));
+            let _ = std::fs::remove_file(&own);
+            own
+        } else {
+            path.clone()
+        };
+        let listener = UnixListener::bind(&made_at).map_err(|e| context(e, "listening on"))?;
         // Its group, then its permissions, as PostgreSQL; its identity after both
-        // (which change its ctime).
-        let made = std::os::unix::fs::chown(&path, None, gid)
+        // and the rename (which change its ctime).
+        let made = std::os::unix::fs::chown(&made_at, None, gid)
             .map_err(|e| context(e, "setting the group of"))
             .and_then(|()| {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                std::fs::set_permissions(&made_at, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| context(e, "setting the permissions of"))
             })
-            .and_then(|()| std::fs::symlink_metadata(&path).map_err(|e| context(e, "looking at")));
+            .and_then(|()| {
+                if taking_over {
+                    std::fs::rename(&made_at, &path)
+                        .map_err(|e| context(e, "taking over the socket"))?;
+                    tracing::info!(path = %path.display(), "took over the Unix-domain socket of the pgopt running beside this one (so_reuseport)");
+                }
+                std::fs::symlink_metadata(&path).map_err(|e| context(e, "looking at"))
+            });
         let file = match made {
             Ok(meta) => SocketFile {
                 id: FileId::of(&meta),
                 path,
             },
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(&made_at);
                 return Err(e);
             }
         };

@@ -519,15 +519,17 @@ impl Shared {
             &new.unix_socket_dir,
             new.unix_socket_mode,
             &new.unix_socket_group,
+            new.so_reuseport,
         ) != (
             &old.listen,
             &old.admin_listen,
             &old.unix_socket_dir,
             old.unix_socket_mode,
             &old.unix_socket_group,
+            old.so_reuseport,
         ) {
             tracing::warn!(
-                "listen, admin_listen and unix_socket_dir/mode/group changes take effect after a restart"
+                "listen, admin_listen, so_reuseport and unix_socket_dir/mode/group changes take effect after a restart"
             );
         }
         // The configured count, not the threads it made: with 0 (one per core) a

@@ -581,6 +581,7 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
             c.unix_socket_group.clone().unwrap_or_default(),
             false,
         ),
+        ("so_reuseport", on_off(c.so_reuseport), false),
         (
             "admin_listen",
             c.admin_listen.map(|a| a.to_string()).unwrap_or_default(),

@@ -280,3 +280,91 @@ async fn a_server_is_reached_through_its_socket_directory() {
         assert_eq!(common::value(client, "SELECT 1").await, "1");
     }
 }
+
+#[tokio::test]
+async fn with_so_reuseport_a_new_proxy_starts_beside_the_old_and_takes_its_clients() {
+    let dir = temp_dir("reuseport");
+    let pg = Postgres::start().await.unwrap();
+    let port = pgopt_embedded::free_port().unwrap();
+    let mut config = with_socket(&pg, &dir, port);
+    config.so_reuseport = true;
+    // Each its own /metrics (port 0: no two alike), to tell which one a client reached.
+    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let old = Proxy::start(config.clone()).await.unwrap();
+    let path = old.unix_socket().unwrap().to_path_buf();
+    // Without the option the address is taken, as before.
+    let mut plain = config.clone();
+    plain.so_reuseport = false;
+    let e = Proxy::start(plain)
+        .await
+        .err()
+        .expect("started")
+        .to_string();
+    assert!(e.to_lowercase().contains("in use"), "{e}");
+    // With it the new one starts beside the old one, on the TCP port and the socket.
+    let new = Proxy::start(config).await.unwrap();
+    assert_eq!(new.unix_socket(), Some(path.as_path()));
+    let query = |client: tokio_postgres::Client| async move {
+        let row = client.query_one("SELECT 1 + 1", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 2);
+    };
+    let tcp = || async {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .dbname("app")
+            .connect(NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    for _ in 0..10 {
+        query(tcp().await).await;
+    }
+    // A client of the old one in a transaction: the old one drains it.
+    let accepted = |proxy: &Proxy| {
+        let addr = proxy.admin_addr().unwrap();
+        async move {
+            let metrics = common::http_get(addr, "/metrics").await;
+            let line = metrics
+                .lines()
+                .find(|l| l.starts_with("pgopt_client_connections_accepted_total"))
+                .map(str::to_string);
+            let value = line.as_deref().and_then(|l| l.split_whitespace().last());
+            value.and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        }
+    };
+    let mut held = None;
+    for _ in 0..50 {
+        let before = accepted(&old).await;
+        let client = tcp().await;
+        if accepted(&old).await > before {
+            held = Some(client);
+            break;
+        }
+    }
+    let held = held.expect("the kernel sent no client to the old proxy in 50 connections");
+    held.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    old.handle().shutdown();
+    // Stopped accepting: every new client reaches the new one, over TCP and the socket.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..10 {
+        query(tcp().await).await;
+    }
+    query(connect_unix(&dir, port, "app").await).await;
+    // The old one's transaction finishes, then it stops.
+    held.batch_execute("COMMIT").await.unwrap();
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(10), old.wait())
+        .await
+        .expect("the old proxy drained");
+    drop(old);
+    // The old one left the new one's socket file in place.
+    assert!(path.exists(), "the old proxy removed the new one's socket");
+    query(connect_unix(&dir, port, "app").await).await;
+    drop(new);
+    assert!(!path.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

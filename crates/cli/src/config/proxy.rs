@@ -156,6 +156,9 @@ pub struct ProxyConfig {
     pub unix_socket_mode: FileMode,
     /// The socket file's group, a name or a number; "": pgopt's own.
     pub unix_socket_group: String,
+    /// Listen with SO_REUSEPORT: a new pgopt may start on the same addresses beside a
+    /// running one, which is then stopped (SIGTERM) — a restart that refuses no client.
+    pub so_reuseport: bool,
     /// Log each client's login, and each client's going with why and its age.
     pub log_connections: bool,
     pub log_disconnections: bool,
@@ -252,6 +255,7 @@ impl Default for ProxyConfig {
             unix_socket_dir: SocketDir(None),
             unix_socket_mode: FileMode(0o777),
             unix_socket_group: String::new(),
+            so_reuseport: false,
             log_connections: true,
             log_disconnections: true,
             application_name_add_host: false,
