@@ -96,6 +96,10 @@ impl Proxy {
             peer: "listener",
             source,
         };
+        // Starting beside a running pgopt (so_reuseport): one answers on the address
+        // already. Only then is a live Unix socket taken over (not, say, a
+        // PostgreSQL's that listens on no TCP address).
+        let beside = config.so_reuseport && listening(config.listen).await;
         let listener = bind_tcp(config.listen, config.so_reuseport).map_err(io)?;
         let local_addr = listener.local_addr().map_err(io)?;
         let (unix, unix_socket) = match &config.unix_socket_dir {
@@ -105,7 +109,7 @@ impl Proxy {
                     local_addr.port(),
                     config.unix_socket_mode,
                     config.unix_socket_group.as_deref(),
-                    config.so_reuseport,
+                    beside,
                 )
                 .await
                 .map_err(io)?;
@@ -258,6 +262,23 @@ fn bind_tcp(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
     }
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// Whether something accepts TCP connections at `addr` (an unspecified address is
+/// tried on the loopback).
+async fn listening(addr: SocketAddr) -> bool {
+    let mut to = addr;
+    if to.ip().is_unspecified() {
+        to.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let connect = tokio::net::TcpStream::connect(to);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 /// The databases the config lists by name (not the `*` fallback's, which are not

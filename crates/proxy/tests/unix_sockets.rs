@@ -190,6 +190,15 @@ async fn a_stale_socket_file_is_replaced_and_a_live_or_foreign_one_refused() {
         "{e}"
     );
     assert!(path.exists());
+    // Also with so_reuseport: no pgopt answers on the TCP address, so the socket is
+    // some other server's (a PostgreSQL listening on its socket alone), not taken.
+    let mut reuse = with_socket(&pg, &dir, port);
+    reuse.so_reuseport = true;
+    let e = Proxy::start(reuse).await.err().unwrap();
+    assert!(
+        e.to_string().contains("another server is listening on"),
+        "{e}"
+    );
 
     // Left behind by a server that is gone: replaced.
     drop(live);
