@@ -408,28 +408,28 @@ pub fn convert(path: &str) -> Result<Converted, String> {
         }
     }
     // Where clients connect: PgBouncer listens on no TCP address unless told to.
-    let addr = match listen_addr.as_deref().map(str::trim) {
-        None | Some("") => {
-            notes.push(format!(
-                "{path}: listen_addr: not set (PgBouncer: Unix socket only): pgopt also listens on 127.0.0.1"
-            ));
-            "127.0.0.1".to_string()
-        }
-        Some(list) => {
-            let first = list.split(',').next().unwrap_or("").trim();
-            if list.contains(',') {
-                notes.push(format!(
-                    "{path}: listen_addr: pgopt listens on one address: {first} (of {list})"
-                ));
-            }
-            match first {
-                "*" => "0.0.0.0".to_string(),
-                a if a.contains(':') => format!("[{a}]"),
-                a => a.to_string(),
-            }
-        }
+    let host = |a: &str| match a {
+        "*" => "0.0.0.0".to_string(),
+        a if a.contains(':') => format!("[{a}]"),
+        a => a.to_string(),
     };
-    let _ = writeln!(out, "listen = {}", quote(&format!("{addr}:{listen_port}")));
+    let mut addrs: Vec<String> = (listen_addr.as_deref().unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(host)
+        .collect();
+    if addrs.is_empty() {
+        notes.push(format!(
+            "{path}: listen_addr: not set (PgBouncer: Unix socket only): pgopt also listens on 127.0.0.1"
+        ));
+        addrs.push("127.0.0.1".to_string());
+    }
+    let with_port = |a: &String| quote(&format!("{a}:{listen_port}"));
+    let _ = writeln!(out, "listen = {}", with_port(&addrs[0]));
+    if addrs.len() > 1 {
+        let more: Vec<String> = addrs[1..].iter().map(with_port).collect();
+        let _ = writeln!(out, "listen_also = [{}]", more.join(", "));
+    }
     if let Some(dir) = unix_socket_dir {
         let _ = writeln!(out, "unix_socket_dir = {}", quote(&dir));
     }
@@ -623,5 +623,42 @@ mod tests {
         assert_eq!(duration("30").as_deref(), Some("30s"));
         assert_eq!(duration("0.5").as_deref(), Some("500ms"));
         assert_eq!(duration("soon"), None);
+    }
+
+    #[test]
+    fn every_listen_address_is_carried_over() {
+        let dir = std::env::temp_dir().join(format!("pgopt-pgb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ini = dir.join("pgbouncer.ini");
+        let convert_with = |listen: &str| {
+            std::fs::write(&ini, format!("[pgbouncer]\nlisten_port = 6433\n{listen}")).unwrap();
+            convert(ini.to_str().unwrap()).unwrap()
+        };
+        let c = convert_with("listen_addr = 127.0.0.1, ::1,*\n");
+        assert!(
+            c.toml.contains("listen = \"127.0.0.1:6433\"\n"),
+            "{}",
+            c.toml
+        );
+        assert!(
+            c.toml
+                .contains("listen_also = [\"[::1]:6433\", \"0.0.0.0:6433\"]\n"),
+            "{}",
+            c.toml
+        );
+        for unset in ["", "listen_addr = \n", "listen_addr = , \n"] {
+            let c = convert_with(unset);
+            assert!(
+                c.toml.contains("listen = \"127.0.0.1:6433\"\n"),
+                "{}",
+                c.toml
+            );
+            assert!(
+                c.notes.iter().any(|n| n.contains("Unix socket only")),
+                "{:?}",
+                c.notes
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -348,6 +348,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         unix_socket_mode: config.unix_socket_mode.0,
         unix_socket_group: Some(config.unix_socket_group.clone()).filter(|g| !g.is_empty()),
         so_reuseport: config.so_reuseport,
+        listen_also: config.listen_also.clone(),
         log_connections: config.log_connections,
         log_disconnections: config.log_disconnections,
         application_name_add_host: config.application_name_add_host,

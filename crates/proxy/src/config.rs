@@ -168,6 +168,9 @@ pub struct Config {
     pub unix_socket_dir: Option<String>,
     /// The socket file's permissions (PgBouncer's `unix_socket_mode`).
     pub unix_socket_mode: u32,
+    /// More addresses clients connect to, besides `listen` (PgBouncer's `listen_addr`
+    /// list); a port of 0 is `listen`'s.
+    pub listen_also: Vec<SocketAddr>,
     /// The socket file's group, a name or a number (PgBouncer's `unix_socket_group`);
     /// `None`: pgopt's own.
     pub unix_socket_group: Option<String>,
@@ -442,6 +445,7 @@ impl Default for Config {
             unix_socket_dir: None,
             unix_socket_mode: 0o777,
             unix_socket_group: None,
+            listen_also: Vec::new(),
             so_reuseport: false,
             log_connections: false,
             log_disconnections: false,

@@ -102,6 +102,16 @@ impl Proxy {
         let beside = config.so_reuseport && listening(config.listen).await;
         let listener = bind_tcp(config.listen, config.so_reuseport).map_err(io)?;
         let local_addr = listener.local_addr().map_err(io)?;
+        // More addresses (PgBouncer's listen_addr list), each on the same port when
+        // it gives 0 (so the first's port, once an ephemeral one was picked, holds).
+        let mut more = Vec::new();
+        for addr in &config.listen_also {
+            let mut addr = *addr;
+            if addr.port() == 0 {
+                addr.set_port(local_addr.port());
+            }
+            more.push(bind_tcp(addr, config.so_reuseport).map_err(io)?);
+        }
         let (unix, unix_socket) = match &config.unix_socket_dir {
             Some(dir) => {
                 let (socket, file) = net::UnixSocket::bind(
@@ -137,10 +147,18 @@ impl Proxy {
             })?;
         let shared = Arc::new(Shared::new(config, users, tls, server_tls, insight, cache));
         let mut tasks = vec![
-            tokio::spawn(accept(listener, unix, shared.clone(), spawner)),
+            tokio::spawn(accept(listener, unix, shared.clone(), spawner.clone())),
             tokio::spawn(shared.clone().maintain()),
             tokio::spawn(plans::capture_loop(shared.clone())),
         ];
+        for listener in more {
+            tasks.push(tokio::spawn(accept(
+                listener,
+                None,
+                shared.clone(),
+                spawner.clone(),
+            )));
+        }
         if let Some(admin) = admin {
             tasks.push(tokio::spawn(http::serve(admin, shared.clone())));
         }

@@ -515,6 +515,7 @@ impl Shared {
         }
         if (
             &new.listen,
+            &new.listen_also,
             &new.admin_listen,
             &new.unix_socket_dir,
             new.unix_socket_mode,
@@ -522,6 +523,7 @@ impl Shared {
             new.so_reuseport,
         ) != (
             &old.listen,
+            &old.listen_also,
             &old.admin_listen,
             &old.unix_socket_dir,
             old.unix_socket_mode,

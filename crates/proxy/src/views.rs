@@ -567,6 +567,15 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
     vec![
         ("listen", c.listen.to_string(), false),
         (
+            "listen_also",
+            c.listen_also
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            false,
+        ),
+        (
             "unix_socket_dir",
             c.unix_socket_dir.clone().unwrap_or_default(),
             false,

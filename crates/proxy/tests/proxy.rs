@@ -1191,3 +1191,35 @@ async fn client_and_server_sockets_have_tcp_keepalive_unless_it_is_off() {
         proxy.wait().await;
     }
 }
+
+#[tokio::test]
+async fn listen_also_takes_clients_on_more_addresses() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    // Port 0: the first address's port, whatever it was given.
+    config.listen_also = vec!["127.0.0.2:0".parse().unwrap()];
+    let proxy = Proxy::start(config).await.unwrap();
+    let port = proxy.local_addr().port();
+    for host in ["127.0.0.1", "127.0.0.2"] {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host(host)
+            .port(port)
+            .user("postgres")
+            .dbname("app")
+            .connect(NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("{host}:{port}: {e}"));
+        tokio::spawn(conn);
+        let row = client.query_one("SELECT 6 * 7", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42, "{host}");
+    }
+    // A stopped proxy stops accepting on every address.
+    proxy.handle().shutdown();
+    tokio::time::timeout(Duration::from_secs(10), proxy.wait())
+        .await
+        .unwrap();
+    for host in ["127.0.0.1", "127.0.0.2"] {
+        let refused = tokio::net::TcpStream::connect((host, port)).await;
+        assert!(refused.is_err(), "{host}:{port} still accepts");
+    }
+}

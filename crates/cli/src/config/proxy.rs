@@ -149,6 +149,9 @@ pub struct ProxyUser {
 pub struct ProxyConfig {
     /// Where clients connect.
     pub listen: SocketAddr,
+    /// More addresses clients connect to (PgBouncer's `listen_addr` list), each
+    /// `HOST:PORT`; a port of 0 is `listen`'s.
+    pub listen_also: Vec<SocketAddr>,
     /// A directory where clients may also connect over a Unix-domain socket
     /// (`.s.PGSQL.<listen port>`, as PostgreSQL names its own); "" is TCP only.
     pub unix_socket_dir: SocketDir,
@@ -252,6 +255,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            listen_also: Vec::new(),
             unix_socket_dir: SocketDir(None),
             unix_socket_mode: FileMode(0o777),
             unix_socket_group: String::new(),
