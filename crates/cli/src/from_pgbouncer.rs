@@ -286,7 +286,7 @@ pub fn convert(path: &str) -> Result<Converted, String> {
     let _ = writeln!(
         out,
         "# Converted from {path} by `pgopt config from-pgbouncer`.\n\
-         # The admin console is the database \"pgopt\" (PgBouncer's is \"pgbouncer\").\n"
+         # The admin console is the database \"pgopt\", and \"pgbouncer\" as in PgBouncer.\n"
     );
     out.push_str("[proxy]\n");
     let mut listen_addr = None;

@@ -323,6 +323,11 @@ pub struct ServerTls {
 /// The name of the virtual database that serves the admin console.
 pub const ADMIN_DATABASE: &str = "pgopt";
 
+/// PgBouncer's name for its admin console: pgopt answers to it too, so monitoring
+/// made for PgBouncer (exporters, dashboards, scripts running SHOW STATS) works
+/// unchanged — unless a database entry has that name.
+pub const PGBOUNCER_ADMIN_DATABASE: &str = "pgbouncer";
+
 /// The name of the fallback database (PgBouncer's `*`): a client asking for a database
 /// not listed gets the database of its own name on this entry's server, with this
 /// entry's login and pool settings. Its `dbname` is not used.
@@ -333,7 +338,7 @@ impl Config {
     /// the fallback entry (`*`) aimed at the server's database `name`. Never the admin
     /// console, and never the `*` entry itself by name.
     pub fn database(&self, name: &str) -> Option<Cow<'_, Database>> {
-        if name == ADMIN_DATABASE {
+        if self.is_admin_database(name) {
             return None;
         }
         let listed = self
@@ -354,9 +359,16 @@ impl Config {
         }))
     }
 
+    /// Whether `name` is the admin console's: `pgopt`, or PgBouncer's `pgbouncer`
+    /// when no database entry takes that name.
+    pub fn is_admin_database(&self, name: &str) -> bool {
+        name == ADMIN_DATABASE
+            || (name == PGBOUNCER_ADMIN_DATABASE && !self.databases.iter().any(|d| d.name == name))
+    }
+
     /// Whether `name` is served by the fallback entry rather than an entry of its own.
     pub fn is_fallback(&self, name: &str) -> bool {
-        name != ADMIN_DATABASE
+        !self.is_admin_database(name)
             && !self
                 .databases
                 .iter()

@@ -213,6 +213,9 @@ pub struct Pool {
     /// Connections lent to clients, and being opened.
     pub active: AtomicUsize,
     pub connecting: AtomicUsize,
+    /// Idle connections being health-checked before a client gets one (PgBouncer's
+    /// `sv_tested`).
+    pub testing: AtomicUsize,
     /// Logged-in clients of this pool, and those among them waiting for a server.
     pub clients: AtomicUsize,
     pub waiting: AtomicUsize,
@@ -328,6 +331,7 @@ impl Pool {
             servers: ServerRegistry::default(),
             active: AtomicUsize::new(0),
             connecting: AtomicUsize::new(0),
+            testing: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -684,6 +688,7 @@ impl Pool {
             };
             if since_used > limits.check_after {
                 waited = true;
+                let _testing = Gauge::up(&self.testing);
                 if !conn
                     .check(limits.connect_timeout, limits.max_message_len)
                     .await
@@ -791,6 +796,18 @@ impl Pool {
 
     pub fn idle_count(&self) -> usize {
         lock(&self.idle).len()
+    }
+
+    /// Idle connections ready for use, and those idle longer than `check_after` that a
+    /// health check must pass first (PgBouncer's `sv_idle` and `sv_used`).
+    pub fn idle_counts(&self, check_after: Duration) -> (usize, usize) {
+        let now = Instant::now();
+        let idle = lock(&self.idle);
+        let used = idle
+            .iter()
+            .filter(|c| now.saturating_duration_since(c.last_used) > check_after)
+            .count();
+        (idle.len() - used, used)
     }
 
     /// Whether the circuit breaker is open (the last connect failed, backoff running).

@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use crate::admin::{self, Role};
 use crate::auth::{self, Credentials};
 use crate::auth_query::{self, LookupError};
-use crate::config::{ClientAuth, Config, TlsMode, ADMIN_DATABASE};
+use crate::config::{ClientAuth, Config, TlsMode};
 use crate::hba;
 use crate::io::{close_tls, send_fatal, write_all};
 use crate::net::{ClientStream, Endpoint};
@@ -202,7 +202,7 @@ async fn session(
     let named_by_certificate = client_cert == hba::ClientCert::VerifyFull;
     let users = shared.users();
     let creds = users.get(user.as_str());
-    if database == ADMIN_DATABASE {
+    if config.is_admin_database(database) {
         let exchange = login(
             &mut stream,
             &mut buf,

@@ -76,6 +76,8 @@ pub fn pools(shared: &Shared) -> Table {
         ("cl_waiting", Int),
         ("sv_active", Int),
         ("sv_idle", Int),
+        ("sv_used", Int),
+        ("sv_tested", Int),
         ("sv_login", Int),
         ("maxwait", Int),
         ("maxwait_us", Int),
@@ -94,7 +96,9 @@ pub fn pools(shared: &Shared) -> Table {
             *e = (*e).max(w);
         }
     }
+    let check_after = shared.config().server_check_delay;
     for pool in shared.pools.list() {
+        let (idle, used) = pool.idle_counts(check_after);
         let waiting = pool.waiting.load(Relaxed) as u64;
         let clients = pool.clients.load(Relaxed) as u64;
         let wait = max_wait
@@ -107,7 +111,9 @@ pub fn pools(shared: &Shared) -> Table {
             n(clients.saturating_sub(waiting)),
             n(waiting),
             n(pool.active.load(Relaxed) as u64),
-            n(pool.idle_count() as u64),
+            n(idle as u64),
+            n(used as u64),
+            n(pool.testing.load(Relaxed) as u64),
             n(pool.connecting.load(Relaxed) as u64),
             n(wait.as_secs()),
             n(wait.subsec_micros()),

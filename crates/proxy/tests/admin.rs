@@ -1307,3 +1307,140 @@ async fn application_name_add_host_tells_the_server_where_a_client_is() {
         "the client's port, not pgopt's"
     );
 }
+
+/// The columns (or, for SHOW LISTS, the rows) Prometheus' pgbouncer_exporter reads, by
+/// the name it reads them.
+const EXPORTER_READS: &[(&str, &[&str])] = &[
+    (
+        "DATABASES",
+        &[
+            "name",
+            "host",
+            "port",
+            "database",
+            "force_user",
+            "pool_size",
+            "reserve_pool",
+            "pool_mode",
+            "max_connections",
+            "current_connections",
+            "paused",
+            "disabled",
+        ],
+    ),
+    (
+        "STATS_TOTALS",
+        &[
+            "database",
+            "query_count",
+            "query_time",
+            "bytes_received",
+            "bytes_sent",
+            "wait_time",
+            "xact_count",
+            "xact_time",
+        ],
+    ),
+    (
+        "POOLS",
+        &[
+            "database",
+            "user",
+            "cl_active",
+            "cl_waiting",
+            "sv_active",
+            "sv_idle",
+            "sv_used",
+            "sv_tested",
+            "sv_login",
+            "maxwait",
+        ],
+    ),
+];
+
+#[tokio::test]
+async fn pgbouncers_admin_database_name_serves_monitoring_made_for_pgbouncer() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.server_check_delay = Duration::from_millis(300)).await;
+    // Some traffic, so every view has rows.
+    let app = connect(&proxy, "postgres", None).await.unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+    let (console, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname("pgbouncer")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for (view, columns) in EXPORTER_READS {
+        let rows = show(&console, view).await;
+        assert!(!rows.is_empty(), "SHOW {view}: no rows");
+        for column in *columns {
+            assert!(
+                rows[0].contains_key(*column),
+                "SHOW {view} has no {column}: {rows:?}"
+            );
+        }
+    }
+    // The server connection, idle past server_check_delay, is sv_used (a check comes
+    // before its next client), no longer sv_idle.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pools = show(&console, "POOLS").await;
+    let pool = pools.iter().find(|p| p["database"] == "app").unwrap();
+    assert_eq!(
+        (&*pool["sv_idle"], &*pool["sv_used"]),
+        ("0", "1"),
+        "{pool:?}"
+    );
+    app.simple_query("SELECT 1").await.unwrap();
+    let pools = show(&console, "POOLS").await;
+    let pool = pools.iter().find(|p| p["database"] == "app").unwrap();
+    assert_eq!(
+        (&*pool["sv_idle"], &*pool["sv_used"]),
+        ("1", "0"),
+        "{pool:?}"
+    );
+
+    // SHOW LISTS: two columns, a number in the second, the lists it knows by name.
+    let lists = show(&console, "LISTS").await;
+    assert!(lists.iter().all(|r| r.len() == 2), "{lists:?}");
+    for list in [
+        "databases",
+        "users",
+        "pools",
+        "used_clients",
+        "free_servers",
+        "used_servers",
+    ] {
+        let row = lists.iter().find(|r| r.values().any(|v| v == list));
+        let row = row.unwrap_or_else(|| panic!("SHOW LISTS has no {list}: {lists:?}"));
+        assert!(row.values().any(|v| v.parse::<f64>().is_ok()), "{row:?}");
+    }
+    // SHOW CONFIG: key, value, default, changeable; max_client_conn a number.
+    let config = show(&console, "CONFIG").await;
+    assert!(config.iter().all(|r| r.len() == 4), "{:?}", config[0]);
+    let max = config
+        .iter()
+        .find(|r| r["key"] == "max_client_conn")
+        .unwrap();
+    assert!(max["value"].parse::<f64>().is_ok(), "{max:?}");
+    drop(console);
+
+    // A database entry of that name is a database, not the console.
+    let mut config = common::config_for(&pg, PoolMode::Transaction, 2);
+    config.databases[0].name = "pgbouncer".into();
+    let proxy = Proxy::start(config).await.unwrap();
+    let (db, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname("pgbouncer")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let row = db.query_one("SELECT 1 + 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2);
+}
