@@ -1365,15 +1365,10 @@ async fn pgbouncers_admin_database_name_serves_monitoring_made_for_pgbouncer() {
     // Some traffic, so every view has rows.
     let app = connect(&proxy, "postgres", None).await.unwrap();
     app.simple_query("SELECT 1").await.unwrap();
-    let (console, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(proxy.local_addr().port())
-        .user("postgres")
-        .dbname("pgbouncer")
-        .connect(NoTls)
+    let port = proxy.local_addr().port();
+    let console = common::client_at("127.0.0.1", port, "postgres", "pgbouncer", None)
         .await
         .unwrap();
-    tokio::spawn(conn);
     for (view, columns) in EXPORTER_READS {
         let rows = show(&console, view).await;
         assert!(!rows.is_empty(), "SHOW {view}: no rows");
@@ -1432,15 +1427,10 @@ async fn pgbouncers_admin_database_name_serves_monitoring_made_for_pgbouncer() {
     let mut config = common::config_for(&pg, PoolMode::Transaction, 2);
     config.databases[0].name = "pgbouncer".into();
     let proxy = Proxy::start(config).await.unwrap();
-    let (db, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(proxy.local_addr().port())
-        .user("postgres")
-        .dbname("pgbouncer")
-        .connect(NoTls)
+    let port = proxy.local_addr().port();
+    let db = common::client_at("127.0.0.1", port, "postgres", "pgbouncer", None)
         .await
         .unwrap();
-    tokio::spawn(conn);
     let row = db.query_one("SELECT 1 + 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 2);
 }

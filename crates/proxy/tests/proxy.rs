@@ -1201,15 +1201,9 @@ async fn listen_also_takes_clients_on_more_addresses() {
     let proxy = Proxy::start(config).await.unwrap();
     let port = proxy.local_addr().port();
     for host in ["127.0.0.1", "127.0.0.2"] {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host(host)
-            .port(port)
-            .user("postgres")
-            .dbname("app")
-            .connect(NoTls)
+        let client = common::client_at(host, port, "postgres", "app", None)
             .await
             .unwrap_or_else(|e| panic!("{host}:{port}: {e}"));
-        tokio::spawn(conn);
         let row = client.query_one("SELECT 6 * 7", &[]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), 42, "{host}");
     }

@@ -318,16 +318,9 @@ async fn with_so_reuseport_a_new_proxy_starts_beside_the_old_and_takes_its_clien
         assert_eq!(row.get::<_, i32>(0), 2);
     };
     let tcp = || async {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(port)
-            .user("postgres")
-            .dbname("app")
-            .connect(NoTls)
+        common::client_at("127.0.0.1", port, "postgres", "app", None)
             .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
+            .unwrap()
     };
     for _ in 0..10 {
         query(tcp().await).await;

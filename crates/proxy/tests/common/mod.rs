@@ -56,12 +56,20 @@ pub async fn connect(
     user: &str,
     password: Option<&str>,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let port = proxy.local_addr().port();
+    client_at("127.0.0.1", port, user, "app", password).await
+}
+
+/// A tokio-postgres client of `db` at `host:port` (its connection driven on a task).
+pub async fn client_at(
+    host: &str,
+    port: u16,
+    user: &str,
+    db: &str,
+    password: Option<&str>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(proxy.local_addr().port())
-        .user(user)
-        .dbname("app");
+    config.host(host).port(port).user(user).dbname(db);
     if let Some(pw) = password {
         config.password(pw);
     }
@@ -123,16 +131,10 @@ pub fn pgbench_init(pg: &Postgres) {
 
 /// A client of the admin console (database `pgopt`) as `postgres`.
 pub async fn admin(proxy: &Proxy) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(proxy.local_addr().port())
-        .user("postgres")
-        .dbname("pgopt")
-        .connect(NoTls)
+    let port = proxy.local_addr().port();
+    client_at("127.0.0.1", port, "postgres", "pgopt", None)
         .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
+        .unwrap()
 }
 
 /// Rows of an admin SHOW as column-name → value maps.
