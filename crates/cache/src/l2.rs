@@ -149,9 +149,6 @@ impl Conn {
     }
 }
 
-/// Reads versions (creating missing ones at the random values given) and, when asked,
-/// an entry and its time to live in ms: `{'v1 … vn'[, entry or '', pttl]}` (the
-/// versions in one string: a reply's every element costs the client a parse).
 /// Raises version counters Redis lost increments of (gone back in time): KEYS are
 /// version keys, ARGV the versions seen of them; each counter below is set to what was
 /// seen (the caller then publishes those tables, moving them past). Returns the
@@ -168,6 +165,9 @@ end
 return raised
 ";
 
+/// Reads versions (creating missing ones at the random values given) and, when asked,
+/// an entry and its time to live in ms: `{'v1 … vn'[, entry or '', pttl]}` (the
+/// versions in one string: a reply's every element costs the client a parse).
 const READ: &str = r"
 local want = tonumber(ARGV[1])
 local n = #KEYS - want

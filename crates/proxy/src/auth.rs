@@ -167,6 +167,11 @@ pub async fn authenticate(
                 sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                 format!("certificate authentication failed for user \"{user}\""),
             ),
+            // Only with clientcert=verify-full and a certificate naming someone else.
+            ClientAuth::Trust => (
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("\"trust\" authentication failed for user \"{user}\""),
+            ),
             _ => (
                 sqlstate::INVALID_PASSWORD,
                 format!("password authentication failed for user \"{user}\""),

@@ -200,7 +200,12 @@ impl Rule {
             ))
             }
         };
-        let mut client_cert = ClientCert::Off;
+        // As PostgreSQL: the cert method asks for a certificate naming the user, so a
+        // client without one hears so before anything else.
+        let mut client_cert = match method {
+            Method::Auth(ClientAuth::Cert) => ClientCert::VerifyFull,
+            _ => ClientCert::Off,
+        };
         for option in &fields[next + 1..] {
             let (name, value) = option.text.split_once('=').ok_or_else(|| {
                 format!(

@@ -374,7 +374,18 @@ impl UnixSocket {
     ) -> io::Result<(UnixSocket, SocketFile)> {
         let path = socket_path(dir, port);
         let mut taking_over = false;
-        let gid = group.map(group_id).transpose()?;
+        // The group database may be remote (NSS): off the event loop.
+        let gid = match group {
+            None => None,
+            Some(group) => {
+                let group = group.to_string();
+                Some(
+                    tokio::task::spawn_blocking(move || group_id(&group))
+                        .await
+                        .map_err(io::Error::other)??,
+                )
+            }
+        };
         let context = |e: io::Error, what: &str| {
             io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
         };
@@ -431,7 +442,10 @@ impl UnixSocket {
         // Its group, then its permissions, as PostgreSQL; its identity after both
         // and the rename (which change its ctime).
         let made = std::os::unix::fs::chown(&made_at, None, gid)
-            .map_err(|e| context(e, "setting the group of"))
+            .map_err(|e| {
+                let group = group.unwrap_or_default();
+                context(e, &format!("setting unix_socket_group {group:?} on"))
+            })
             .and_then(|()| {
                 std::fs::set_permissions(&made_at, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| context(e, "setting the permissions of"))
@@ -468,15 +482,19 @@ impl UnixSocket {
 /// The id of the group `name` (PgBouncer's `unix_socket_group`): a group name from the
 /// group database, or a number.
 fn group_id(name: &str) -> io::Result<u32> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
     let unknown = |why: String| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("unix_socket_group {name:?}: {why}"),
         )
     };
+    if let Ok(gid) = name.parse::<u32>() {
+        // (gid_t)-1 tells chown to leave the group alone.
+        if gid == u32::MAX {
+            return Err(unknown("not a group id".into()));
+        }
+        return Ok(gid);
+    }
     let c_name = std::ffi::CString::new(name).map_err(|_| unknown("a NUL in the name".into()))?;
     let mut size = 16 * 1024;
     loop {
@@ -498,14 +516,20 @@ fn group_id(name: &str) -> io::Result<u32> {
             size *= 4;
             continue;
         }
+        // Some name services say "not found" with an error code (as POSIX allows).
+        if found.is_null()
+            && matches!(
+                rc,
+                0 | libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM
+            )
+        {
+            return Err(unknown("no such group".into()));
+        }
         if rc != 0 {
             return Err(unknown(format!(
                 "looking it up: {}",
                 io::Error::from_raw_os_error(rc)
             )));
-        }
-        if found.is_null() {
-            return Err(unknown("no such group".into()));
         }
         return Ok(record.gr_gid);
     }

@@ -559,10 +559,12 @@ async fn cert_rules_take_a_client_certificate_named_for_the_user() {
         e.contains("certificate authentication failed for user \"bob\""),
         "{e}"
     );
+    // No certificate: refused before anything else, as PostgreSQL (cert implies
+    // clientcert=verify-full).
     let none = "host=127.0.0.1 user=alice sslmode=require sslcert=/nonexistent sslkey=/nonexistent";
     let e = psql_with(&pg, &proxy, none, sql).await.unwrap_err();
     assert!(
-        e.contains("certificate authentication failed for user \"alice\""),
+        e.contains("connection requires a valid client certificate"),
         "{e}"
     );
     // A certificate from a CA the proxy does not trust fails the handshake.
@@ -595,20 +597,23 @@ async fn clientcert_options_ask_a_password_login_for_a_certificate_too() {
     let (ca, cert, key) = signed_certificate(&dir, "DNS:localhost,IP:127.0.0.1");
     let (alice_crt, alice_key) = client_certificate(&dir, "alice", false);
     let (bob_crt, bob_key) = client_certificate(&dir, "bob", false);
+    let (carol_crt, carol_key) = client_certificate(&dir, "carol", false);
     let mut config = config_for(&pg, PoolMode::Transaction, 2);
     config.databases[0].user = Some("postgres".into());
     config.users = vec![
         pgopt_proxy::User::new("alice", "alice-secret"),
         pgopt_proxy::User::new("bob", "bob-secret"),
     ];
+    config.admin_users = vec!["alice".into()];
     config.client_tls = ClientTls {
         mode: TlsMode::Prefer,
         cert_file: Some(cert),
         key_file: Some(key),
         ca_file: Some(ca),
     };
-    let rules = "hostssl app alice 127.0.0.1/32 md5 clientcert=verify-full\n\
+    let rules = "hostssl app,pgopt alice 127.0.0.1/32 md5 clientcert=verify-full\n\
                  hostssl app bob 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n\
+                 hostssl app carol 127.0.0.1/32 trust clientcert=verify-full\n\
                  host all all all reject\n";
     config.hba = Some(Arc::new(pgopt_proxy::hba::Hba::parse(rules).unwrap()));
     // The option asks for certificates: without a CA file for them, refused at start.
@@ -650,6 +655,25 @@ async fn clientcert_options_ask_a_password_login_for_a_certificate_too() {
         .await
         .unwrap_err();
     assert!(e.contains("password authentication failed"), "{e}");
+    // The admin console asks the same of her.
+    let console = |cert| format!("{} dbname=pgopt", login("alice", "alice-secret", cert));
+    let out = psql_with(&pg, &proxy, &console(alice), "SHOW VERSION").await;
+    assert!(out.unwrap().contains("pgopt"));
+    let e = psql_with(&pg, &proxy, &console(bob), "SHOW VERSION").await;
+    let e = e.unwrap_err();
+    assert!(e.contains("password authentication failed"), "{e}");
+    // trust with verify-full: her own certificate is all carol needs; another's fails
+    // as PostgreSQL says it.
+    let carol = Some((&carol_crt, &carol_key));
+    let out = psql_with(&pg, &proxy, &login("carol", "unused", carol), sql).await;
+    assert_eq!(out.unwrap(), "postgres");
+    let e = psql_with(&pg, &proxy, &login("carol", "unused", alice), sql)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("\"trust\" authentication failed for user \"carol\""),
+        "{e}"
+    );
     // verify-ca: any certificate the CA signed, with bob's password.
     let out = psql_with(&pg, &proxy, &login("bob", "bob-secret", alice), sql).await;
     assert_eq!(out.unwrap(), "postgres");

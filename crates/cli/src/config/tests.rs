@@ -375,9 +375,19 @@ fn keepalive_timings_the_kernel_would_refuse_are_config_errors() {
 fn unix_socket_settings_are_checked_as_read() {
     let loaded = parse_text(
         "pgopt.toml",
-        "[proxy]\nunix_socket_dir = \"/run/pgopt/\"\nunix_socket_mode = \"0660\"\n",
+        "[proxy]\nunix_socket_dir = \"/run/pgopt/\"\nunix_socket_mode = \"0660\"\n\
+         unix_socket_group = \"pgopt-clients\"\nso_reuseport = true\n\
+         listen_also = [\"10.0.0.5:0\"]\n",
     )
     .unwrap();
+    assert_eq!(loaded.proxy.unix_socket_group, "pgopt-clients");
+    assert!(loaded.proxy.so_reuseport);
+    assert_eq!(
+        loaded.proxy.listen_also,
+        vec!["10.0.0.5:0".parse::<std::net::SocketAddr>().unwrap()]
+    );
+    let e = err("[proxy]\nlisten_also = [\"localhost\"]\n");
+    assert!(e.starts_with("pgopt.toml:2: proxy.listen_also"), "{e}");
     assert_eq!(
         loaded.proxy.unix_socket_dir,
         proxy::SocketDir(Some("/run/pgopt".into()))
