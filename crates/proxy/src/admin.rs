@@ -290,6 +290,7 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
                 "config" => views::config(shared),
                 "lists" => views::lists(shared),
                 "version" => views::version(),
+                "state" => views::state(shared),
                 "help" => views::help(),
                 "queries" => insight_views::queries(shared),
                 "slow" => insight_views::slow(shared),

@@ -708,6 +708,22 @@ pub fn lists(shared: &Shared) -> Table {
     table
 }
 
+/// SHOW STATE, as PgBouncer's: whether the proxy serves, is paused as a whole (PAUSE
+/// without a database), or suspended (pgopt never is: it has no SUSPEND).
+pub fn state(shared: &Shared) -> Table {
+    let mut table = Table::new(&[("key", Text), ("value", Text)]);
+    let paused = shared.paused_all();
+    let running = shared.lifecycle_now() == crate::shared::Lifecycle::Running;
+    for (key, on) in [
+        ("active", running && !paused),
+        ("paused", paused),
+        ("suspended", false),
+    ] {
+        table.push(vec![t(key), t(yes_no(on))]);
+    }
+    table
+}
+
 pub fn version() -> Table {
     let mut table = Table::new(&[("version", Text)]);
     table.push(vec![t(format!("pgopt {}", env!("CARGO_PKG_VERSION")))]);
@@ -750,6 +766,7 @@ pub const HELP: &[(&str, &str)] = &[
         "counts of databases, users, pools, clients, servers",
     ),
     ("SHOW VERSION", "pgopt's version"),
+    ("SHOW STATE", "active, paused (PAUSE of everything), suspended"),
     (
         "SET key = value",
         "change a setting until the next RELOAD (sizes, limits, timeouts, pool_mode)",

@@ -1421,6 +1421,20 @@ async fn pgbouncers_admin_database_name_serves_monitoring_made_for_pgbouncer() {
         .find(|r| r["key"] == "max_client_conn")
         .unwrap();
     assert!(max["value"].parse::<f64>().is_ok(), "{max:?}");
+    // SHOW STATE follows PAUSE and RESUME of everything.
+    let state = |rows: Vec<HashMap<String, String>>| {
+        rows.iter()
+            .map(|r| format!("{}={}", r["key"], r["value"]))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let running = "active=yes paused=no suspended=no";
+    assert_eq!(state(show(&console, "STATE").await), running);
+    console.simple_query("PAUSE").await.unwrap();
+    let paused = "active=no paused=yes suspended=no";
+    assert_eq!(state(show(&console, "STATE").await), paused);
+    console.simple_query("RESUME").await.unwrap();
+    assert_eq!(state(show(&console, "STATE").await), running);
     drop(console);
 
     // A database entry of that name is a database, not the console.
