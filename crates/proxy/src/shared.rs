@@ -338,12 +338,12 @@ impl Shared {
         }
     }
 
-    /// PAUSE (`true`) or RESUME (`false`) one database's pools, or all of them.
     /// Whether everything is paused (PAUSE without a database).
     pub fn paused_all(&self) -> bool {
         lock(&self.paused).0
     }
 
+    /// PAUSE (`true`) or RESUME (`false`) one database's pools, or all of them.
     pub fn set_paused(&self, db: Option<&str>, on: bool) {
         // Lock order: `paused` before the pool map (as in `pool_for`).
         let mut paused = lock(&self.paused);
