@@ -45,6 +45,9 @@ pub enum Command {
     CacheFlush(Option<String>),
     /// RECONNECT [db]: server connections close and new ones are opened.
     Reconnect(Option<String>),
+    /// WAIT_CLOSE [db]: returns once every server connection a RECONNECT or KILL
+    /// marked (SHOW SERVERS' `close_needed`) has closed.
+    WaitClose(Option<String>),
     /// KILL db: its clients and server connections are closed; it stays paused.
     Kill(String),
     /// DISABLE db / ENABLE db: new clients of it are refused / taken again.
@@ -60,7 +63,10 @@ impl Command {
     /// The database a command names, which must be a configured one.
     fn database(&self) -> Option<&str> {
         match self {
-            Command::Pause(db) | Command::Resume(db) | Command::Reconnect(db) => db.as_deref(),
+            Command::Pause(db)
+            | Command::Resume(db)
+            | Command::Reconnect(db)
+            | Command::WaitClose(db) => db.as_deref(),
             Command::Kill(db) | Command::Disable(db) | Command::Enable(db) => Some(db),
             _ => None,
         }
@@ -88,6 +94,7 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         Some("RESUME") if words.len() <= 2 => Command::Resume(name(1)),
         Some("SHUTDOWN") if words.len() == 1 => Command::Shutdown,
         Some("RECONNECT") if words.len() <= 2 => Command::Reconnect(name(1)),
+        Some("WAIT_CLOSE") if words.len() <= 2 => Command::WaitClose(name(1)),
         Some(verb @ ("KILL" | "DISABLE" | "ENABLE"))
             if words.len() == 2 && name(1).is_some_and(|n| !n.is_empty()) =>
         {
@@ -391,6 +398,14 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
         Command::Reconnect(db) => {
             shared.reconnect(db.as_deref());
             complete(out, "RECONNECT")?;
+        }
+        Command::WaitClose(db) => {
+            // As PgBouncer's: as long as it takes (a client holding its connection in
+            // a transaction holds this up too).
+            while shared.closing(db.as_deref()) > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            complete(out, "WAIT_CLOSE")?;
         }
         Command::Kill(db) => {
             shared.kill(&db);

@@ -756,6 +756,7 @@ impl Pool {
                 // Boxed: a checkout moves it several times per transaction.
                 let mut conn = Box::new(conn);
                 conn.generation = generation;
+                conn.info.generation.store(generation, Relaxed);
                 conn.permits = Some(permits);
                 Ok(Some(conn))
             }
@@ -959,6 +960,12 @@ impl Pool {
             std::mem::take(&mut *idle)
         };
         drop(closed); // (the sockets close outside the lock)
+    }
+
+    /// Whether the connection `info` describes is of an older generation than the
+    /// pool's: it is closed when it comes back (SHOW SERVERS' `close_needed`).
+    pub fn close_needed(&self, info: &crate::stats::ServerInfo) -> bool {
+        info.generation.load(Relaxed) < self.generation.load(SeqCst)
     }
 
     /// Closes every idle connection (PAUSE, SHUTDOWN, a server that went away).

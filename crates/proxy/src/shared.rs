@@ -338,6 +338,19 @@ impl Shared {
         }
     }
 
+    /// Server connections of `db` (or of every database) a RECONNECT or KILL marked
+    /// for closing that are still open.
+    pub fn closing(&self, db: Option<&str>) -> usize {
+        self.live_pools()
+            .iter()
+            .filter(|pool| db.is_none_or(|d| pool.database == d))
+            .map(|pool| {
+                let servers = pool.servers.list();
+                servers.iter().filter(|s| pool.close_needed(s)).count()
+            })
+            .sum()
+    }
+
     /// Whether everything is paused (PAUSE without a database).
     pub fn paused_all(&self) -> bool {
         lock(&self.paused).0

@@ -400,6 +400,9 @@ pub struct ServerInfo {
     link: AtomicU64,
     /// Statements pgopt prepared on this connection.
     pub prepared: AtomicU64,
+    /// Its pool's generation when it was opened (see `Pool::reconnect`): older than
+    /// the pool's, it is closed instead of reused (SHOW SERVERS' `close_needed`).
+    pub generation: AtomicU64,
 }
 
 impl ServerInfo {
@@ -415,6 +418,7 @@ impl ServerInfo {
             request_time: AtomicU64::new(0),
             link: AtomicU64::new(0),
             prepared: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 

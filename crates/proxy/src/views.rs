@@ -292,6 +292,7 @@ pub fn servers(shared: &Shared) -> Table {
         ("link", Int),
         ("remote_pid", Int),
         ("prepared_statements", Int),
+        ("close_needed", Int),
     ]);
     for pool in shared.pools.list() {
         for s in pool.servers.list() {
@@ -316,6 +317,7 @@ pub fn servers(shared: &Shared) -> Table {
                 (link != 0).then(|| link.to_string()),
                 t(s.backend_pid.to_string()),
                 n(s.prepared.load(Relaxed)),
+                n(u64::from(pool.close_needed(&s))),
             ]);
         }
     }
@@ -767,6 +769,10 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("SHOW VERSION", "pgopt's version"),
     ("SHOW STATE", "active, paused (PAUSE of everything), suspended"),
+    (
+        "WAIT_CLOSE [db]",
+        "wait until the server connections RECONNECT or KILL marked have closed",
+    ),
     (
         "SET key = value",
         "change a setting until the next RELOAD (sizes, limits, timeouts, pool_mode)",

@@ -1448,3 +1448,49 @@ async fn pgbouncers_admin_database_name_serves_monitoring_made_for_pgbouncer() {
     let row = db.query_one("SELECT 1 + 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 2);
 }
+
+#[tokio::test]
+async fn wait_close_returns_once_the_connections_reconnect_marked_have_closed() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let console = admin(&proxy).await;
+    // Nothing marked: at once.
+    tokio::time::timeout(Duration::from_secs(5), console.simple_query("WAIT_CLOSE"))
+        .await
+        .expect("WAIT_CLOSE with nothing to close returned")
+        .unwrap();
+    console.simple_query("RECONNECT app").await.unwrap();
+    let servers = show(&console, "SERVERS").await;
+    assert!(
+        servers.iter().any(|s| s["close_needed"] == "1"),
+        "{servers:?}"
+    );
+    // The held connection is marked: WAIT_CLOSE waits for its transaction to end.
+    let other = admin(&proxy).await;
+    let waiting = tokio::spawn(async move { other.simple_query("WAIT_CLOSE app").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "WAIT_CLOSE returned with a marked connection open"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("WAIT_CLOSE returned once the connection closed")
+        .unwrap()
+        .unwrap();
+    let servers = show(&console, "SERVERS").await;
+    assert!(
+        servers.iter().all(|s| s["close_needed"] == "0"),
+        "{servers:?}"
+    );
+    // A database not configured is refused, as for RECONNECT.
+    let e = console
+        .simple_query("WAIT_CLOSE nosuchdb")
+        .await
+        .unwrap_err();
+    let message = e.as_db_error().map(|d| d.message().to_string());
+    assert!(message.unwrap_or_default().contains("nosuchdb"), "{e:?}");
+}
