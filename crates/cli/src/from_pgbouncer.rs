@@ -310,6 +310,7 @@ pub fn convert(path: &str) -> Result<Converted, String> {
             "auth_type" => auth = (v.to_ascii_lowercase(), Some(s.at())),
             "auth_file" => lines.push(format!("auth_file = {}", quote(v))),
             "auth_hba_file" => lines.push(format!("auth_hba_file = {}", quote(v))),
+            "auth_ident_file" => lines.push(format!("auth_ident_file = {}", quote(v))),
             "auth_user" => lines.push(format!("auth_user = {}", quote(v))),
             "auth_query" => lines.push(format!("auth_query = {}", quote(v))),
             "admin_users" => lines.push(format!("admin_users = {}", list(v))),

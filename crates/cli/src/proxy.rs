@@ -178,6 +178,7 @@ pub fn check_files(root: &config::Config) -> anyhow::Result<()> {
     if root.proxy.auth == ClientAuthMethod::Hba && !root.proxy.auth_hba_file.is_empty() {
         read_hba(&root.proxy.auth_hba_file)?;
     }
+    read_ident(&root.proxy.auth_ident_file)?;
     users(&root.proxy)?;
     Ok(())
 }
@@ -214,6 +215,19 @@ fn users(config: &config::ProxyConfig) -> anyhow::Result<Vec<pgopt_proxy::User>>
         }
     }
     Ok(users)
+}
+
+/// The maps of `proxy.auth_ident_file` (none when it is ""); an error names the file
+/// and line.
+fn read_ident(path: &str) -> anyhow::Result<Option<pgopt_proxy::ident::IdentMap>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("proxy.auth_ident_file: reading {path}: {e}"))?;
+    let maps = pgopt_proxy::ident::IdentMap::parse(&text)
+        .map_err(|(line, e)| anyhow::anyhow!("{path}:{line}: {e}"))?;
+    Ok(Some(maps))
 }
 
 /// The rules of `proxy.auth_hba_file`; an error names the file and line.
@@ -408,6 +422,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         },
         client_auth,
         hba,
+        ident: read_ident(&config.auth_ident_file)?.map(std::sync::Arc::new),
         users: users(config)?,
         auth_user: (!config.auth_user.is_empty()).then(|| config.auth_user.clone()),
         insight: pgopt_proxy::InsightSettings {

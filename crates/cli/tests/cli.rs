@@ -1187,3 +1187,23 @@ fn a_pgbouncer_ini_converts_to_a_config_that_serves_its_users() {
         std::fs::remove_file(path).unwrap();
     }
 }
+
+#[test]
+fn config_check_names_the_line_of_a_bad_ident_file() {
+    let maps = temp_file("ident.conf", "web www-data app\nweb /^(.*)$ \\1\n");
+    let config = temp_file(
+        "ident.toml",
+        &format!("[proxy]\nauth_ident_file = \"{}\"\n", maps.display()),
+    );
+    let out = pgopt(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let at = format!("{}:2: regular expressions", maps.display());
+    assert!(err.contains(&at), "{err}");
+    std::fs::write(&maps, "web www-data app\n").unwrap();
+    let out = pgopt(&["config", "check", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for path in [maps, config] {
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -77,6 +77,15 @@ pub struct Authenticated {
     pub refreshed: Option<Arc<Credentials>>,
 }
 
+/// How a client logs in: the method, whether its certificate must name the user
+/// (`clientcert=verify-full`), and the user name map that may stand in for the name.
+#[derive(Clone, Copy)]
+pub struct Login<'a> {
+    pub method: ClientAuth,
+    pub named_by_certificate: bool,
+    pub map: Option<(&'a crate::ident::IdentMap, &'a str)>,
+}
+
 /// Runs the exchange; on failure the client has been sent a FATAL error. A SCRAM
 /// login against a stored verifier (no plaintext) yields the user's keys, with which
 /// pgopt logs in to a server holding the same verifier.
@@ -86,18 +95,29 @@ pub struct Authenticated {
 /// SCRAM proof cannot be (it was made with the old verifier's salt), so that login
 /// fails, and the next one meets the fresh verifier.
 ///
-/// `method` comes with whether the client's certificate must also name the user (an
+/// `login` says too whether the client's certificate must also name the user (an
 /// hba rule's `clientcert=verify-full`): when it does not, the login fails as the
-/// method's own failure would, as in PostgreSQL.
+/// method's own failure would, as in PostgreSQL. A user name map (`map=NAME`) lets
+/// other system users (peer) or certificate names in as the user.
 pub async fn authenticate(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-    (method, named_by_certificate): (ClientAuth, bool),
+    login: Login<'_>,
     user: &str,
     creds: Option<&Credentials>,
     max_len: u32,
     refresh: Option<Refresh<'_>>,
 ) -> Result<Authenticated, ProxyError> {
+    let Login {
+        method,
+        named_by_certificate,
+        map,
+    } = login;
+    // The name the system (peer) or the certificate (cert) gives the client stands for
+    // `user`: the same name, or one the map pairs with it.
+    let names_user = |name: &[u8]| {
+        name == user.as_bytes() || map.is_some_and(|(ident, map)| ident.permits(map, name, user))
+    };
     let mut out = BytesMut::with_capacity(256);
     let mut refreshed = None;
     // As PostgreSQL: md5 for a user whose stored password is a SCRAM verifier is SCRAM,
@@ -112,8 +132,16 @@ pub async fn authenticate(
     };
     let (ok, keys) = match method {
         ClientAuth::Trust => (true, None),
-        ClientAuth::Peer => (peer_is(stream, user).await, None),
-        ClientAuth::Cert => (stream.peer_common_name().is_some_and(|cn| cn == user), None),
+        ClientAuth::Peer => (
+            peer_name(stream).await.is_some_and(|n| names_user(&n)),
+            None,
+        ),
+        ClientAuth::Cert => (
+            stream
+                .peer_common_name()
+                .is_some_and(|cn| names_user(cn.as_bytes())),
+            None,
+        ),
         ClientAuth::Md5 => {
             let answer = md5_exchange(stream, buf, &mut out, max_len).await?;
             let matches =
@@ -147,8 +175,10 @@ pub async fn authenticate(
     };
     let ok = ok
         && {
-            let named =
-                !named_by_certificate || stream.peer_common_name().is_some_and(|cn| cn == user);
+            let named = !named_by_certificate
+                || stream
+                    .peer_common_name()
+                    .is_some_and(|cn| names_user(cn.as_bytes()));
             if !named {
                 tracing::info!(
                 user,
@@ -190,24 +220,22 @@ pub async fn authenticate(
     })
 }
 
-/// Whether the client is on a Unix-domain socket and runs as the operating system user
-/// named `user` (its credentials from the kernel, its name from the user database).
-async fn peer_is(stream: &ClientStream, user: &str) -> bool {
+/// The name of the operating system user the client on a Unix-domain socket runs as
+/// (its credentials from the kernel, its name from the user database); `None` over
+/// TCP or when it has no name.
+async fn peer_name(stream: &ClientStream) -> Option<Vec<u8>> {
     let ClientStream::Unix(unix) = stream else {
-        return false;
+        return None;
     };
-    let Ok(uid) = unix.peer_cred().map(|cred| cred.uid()) else {
-        return false;
-    };
+    let uid = unix.peer_cred().ok()?.uid();
     // The user database may be remote (NSS): off the event loop.
-    let name = tokio::task::spawn_blocking(move || os_user_name(uid)).await;
-    match name {
-        Ok(Ok(name)) => name == user.as_bytes(),
+    match tokio::task::spawn_blocking(move || os_user_name(uid)).await {
+        Ok(Ok(name)) => Some(name),
         Ok(Err(why)) => {
             tracing::debug!(uid, "peer authentication: {why}");
-            false
+            None
         }
-        Err(_) => false,
+        Err(_) => None,
     }
 }
 

@@ -252,6 +252,8 @@ pub struct Config {
     /// Rules that pick each client's method instead of `client_auth` (`proxy.auth =
     /// "hba"` with `auth_hba_file`); the first that matches decides, none refuses.
     pub hba: Option<std::sync::Arc<crate::hba::Hba>>,
+    /// User name maps for the hba rules' `map=NAME` (`auth_ident_file`).
+    pub ident: Option<std::sync::Arc<crate::ident::IdentMap>>,
     pub users: Vec<User>,
     /// The user `auth_query` runs as (it must be in `users` or be the database's
     /// forced user); `None` turns `auth_query` off.
@@ -381,6 +383,25 @@ impl Config {
             Some(hba) => hba.needs_client_certificates(),
             None => self.client_auth == ClientAuth::Cert,
         };
+        if let Some(hba) = &self.hba {
+            for (map, line) in hba.maps() {
+                match &self.ident {
+                    None => {
+                        return Err(format!(
+                            "line {line} of auth_hba_file names map \"{map}\": user name maps \
+                             need proxy.auth_ident_file"
+                        ))
+                    }
+                    Some(ident) if !ident.has(map) => {
+                        return Err(format!(
+                            "line {line} of auth_hba_file names map \"{map}\", which \
+                             auth_ident_file does not have"
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         if cert && (self.client_tls.ca_file.is_none() || self.client_tls.mode == TlsMode::Disable) {
             return Err(
                 "the cert method and the clientcert option need TLS to clients with a CA file \
@@ -489,6 +510,7 @@ impl Default for Config {
             server_tls: ServerTls::default(),
             client_auth: ClientAuth::Trust,
             hba: None,
+            ident: None,
             users: Vec::new(),
             auth_user: None,
             auth_query: crate::auth_query::DEFAULT_AUTH_QUERY.to_string(),

@@ -20,9 +20,11 @@
 //! system user of the same name), `cert` (`hostssl` only: a client certificate that
 //! verifies against `client_tls.ca_file`, with the user name as its common name).
 //!
-//! One option, on `hostssl` rules, as in PostgreSQL: `clientcert=verify-ca` (the client
+//! Options, as in PostgreSQL: on `hostssl` rules `clientcert=verify-ca` (the client
 //! must also present a certificate that verifies against the CA file) or
-//! `clientcert=verify-full` (and its common name must be the user's name).
+//! `clientcert=verify-full` (and its common name must be the user's name); on `peer`
+//! and `cert` rules `map=NAME`, a user name map of `auth_ident_file` (see `ident.rs`)
+//! that lets other system users or certificate names in as a database user.
 
 use std::net::IpAddr;
 
@@ -43,6 +45,8 @@ struct Rule {
     address: Address,
     method: Method,
     client_cert: ClientCert,
+    /// `map=NAME`: the user name map of `auth_ident_file` for peer and cert.
+    map: Option<String>,
 }
 
 /// A rule's `clientcert` option.
@@ -107,6 +111,8 @@ pub struct Decision {
     pub method: Method,
     pub client_cert: ClientCert,
     pub line: usize,
+    /// Which rule (see [`Hba::map_of`]).
+    rule: usize,
 }
 
 impl Hba {
@@ -139,12 +145,26 @@ impl Hba {
     pub fn decide(&self, origin: Origin, database: &str, user: &str) -> Option<Decision> {
         self.rules
             .iter()
-            .find(|r| r.matches(origin, database, user))
-            .map(|r| Decision {
+            .enumerate()
+            .find(|(_, r)| r.matches(origin, database, user))
+            .map(|(rule, r)| Decision {
                 method: r.method,
                 client_cert: r.client_cert,
                 line: r.line,
+                rule,
             })
+    }
+
+    /// The user name map (`map=NAME`) of the rule that made `decision`.
+    pub fn map_of(&self, decision: &Decision) -> Option<&str> {
+        self.rules.get(decision.rule)?.map.as_deref()
+    }
+
+    /// Each user name map a rule names, with its line.
+    pub fn maps(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.rules
+            .iter()
+            .filter_map(|r| Some((r.map.as_deref()?, r.line)))
     }
 }
 
@@ -206,6 +226,7 @@ impl Rule {
             Method::Auth(ClientAuth::Cert) => ClientCert::VerifyFull,
             _ => ClientCert::Off,
         };
+        let mut map = None;
         for option in &fields[next + 1..] {
             let (name, value) = option.text.split_once('=').ok_or_else(|| {
                 format!(
@@ -213,9 +234,22 @@ impl Rule {
                     option.text
                 )
             })?;
+            if name == "map" {
+                if !matches!(
+                    method,
+                    Method::Auth(ClientAuth::Peer) | Method::Auth(ClientAuth::Cert)
+                ) {
+                    return Err("map is only supported with the peer and cert methods".into());
+                }
+                if value.is_empty() {
+                    return Err("map needs the name of a map in auth_ident_file".into());
+                }
+                map = Some(value.to_string());
+                continue;
+            }
             if name != "clientcert" {
                 return Err(format!(
-                    "authentication option {name:?} is not supported (clientcert is)"
+                    "authentication option {name:?} is not supported (clientcert and map are)"
                 ));
             }
             if kind != Kind::HostSsl {
@@ -244,6 +278,7 @@ impl Rule {
             address,
             method,
             client_cert,
+            map,
         })
     }
 
@@ -397,6 +432,12 @@ impl Field {
     fn items(&self) -> impl Iterator<Item = (String, bool)> + '_ {
         self.items.iter().cloned()
     }
+}
+
+/// A line's fields as `pg_hba.conf` and `pg_ident.conf` split them (at blanks outside
+/// double quotes; `#` starts a comment), without their quotes.
+pub(crate) fn plain_fields(line: &str) -> Result<Vec<String>, String> {
+    Ok(fields(line)?.into_iter().map(|f| f.text).collect())
 }
 
 /// Splits a line into fields at blanks, outside double quotes; `#` starts a comment.

@@ -17,6 +17,7 @@ mod error;
 mod fence;
 pub mod hba;
 mod http;
+pub mod ident;
 mod insight_views;
 mod io;
 mod metrics;

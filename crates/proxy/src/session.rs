@@ -192,14 +192,19 @@ async fn session(
     if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
     }
-    let Some((method, client_cert)) =
+    let Some((method, client_cert, map)) =
         client_method(&mut stream, shared, &config, info, database, user).await
     else {
         return Ok(());
     };
-    // clientcert=verify-full: the certificate names the user (the cert method checks
-    // that itself).
-    let named_by_certificate = client_cert == hba::ClientCert::VerifyFull;
+    let how = auth::Login {
+        method,
+        // clientcert=verify-full: the certificate names the user.
+        named_by_certificate: client_cert == hba::ClientCert::VerifyFull,
+        map: map
+            .as_deref()
+            .and_then(|map| Some((config.ident.as_deref()?, map))),
+    };
     let users = shared.users();
     let creds = users.get(user.as_str());
     if config.is_admin_database(database) {
@@ -208,7 +213,7 @@ async fn session(
             &mut buf,
             shared,
             &config,
-            (method, named_by_certificate),
+            how,
             user,
             creds,
             None,
@@ -314,7 +319,7 @@ async fn session(
         &mut buf,
         shared,
         &config,
-        (method, named_by_certificate),
+        how,
         user,
         creds.or(found.as_deref()),
         refresh,
@@ -570,8 +575,9 @@ async fn refuse_if_stopping(stream: &mut ClientStream, shared: &Shared) -> bool 
 }
 
 /// How the client logs in: `client_auth`, or what the first `hba` rule matching it
-/// says, with the certificate the rule asks for. `None` when no rule matches, the rule
-/// rejects it, or it has no certificate the rule asks for: it has been told so.
+/// says, with the certificate and the user name map the rule asks for. `None` when no
+/// rule matches, the rule rejects it, or it has no certificate the rule asks for: it
+/// has been told so.
 async fn client_method(
     stream: &mut ClientStream,
     shared: &Shared,
@@ -579,9 +585,9 @@ async fn client_method(
     info: &ClientInfo,
     database: &str,
     user: &str,
-) -> Option<(ClientAuth, hba::ClientCert)> {
+) -> Option<(ClientAuth, hba::ClientCert, Option<String>)> {
     let Some(hba) = &config.hba else {
-        return Some((config.client_auth, hba::ClientCert::Off));
+        return Some((config.client_auth, hba::ClientCert::Off, None));
     };
     let (origin, host, tls) = match (stream.is_unix(), info.addr.tcp()) {
         (false, Some(addr)) => {
@@ -608,7 +614,13 @@ async fn client_method(
             .await;
             return None;
         }
-        Some((hba::Method::Auth(method), client_cert)) => return Some((method, client_cert)),
+        Some((hba::Method::Auth(method), client_cert)) => {
+            let map = decision
+                .as_ref()
+                .and_then(|d| hba.map_of(d))
+                .map(str::to_string);
+            return Some((method, client_cert, map));
+        }
         Some((hba::Method::Reject, _)) => "auth_hba_file rejects connection for",
         None => "no auth_hba_file entry for",
     };
@@ -639,7 +651,7 @@ async fn login(
     buf: &mut BytesMut,
     shared: &Shared,
     config: &Config,
-    method: (ClientAuth, bool),
+    method: auth::Login<'_>,
     user: &str,
     creds: Option<&Credentials>,
     refresh: Option<auth::Refresh<'_>>,

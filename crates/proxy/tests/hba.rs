@@ -209,3 +209,46 @@ async fn challenge(proxy: &Proxy, user: &str) -> i32 {
     assert_eq!(head[0], b'R', "{head:?}");
     i32::from_be_bytes([head[5], head[6], head[7], head[8]])
 }
+
+#[tokio::test]
+async fn a_user_name_map_lets_another_system_user_in_by_peer() {
+    let dir = temp_dir("ident");
+    let socket = dir.to_str().unwrap();
+    let me = os_user();
+    let pg = Postgres::start().await.unwrap();
+    // The test's own system user may log in as webapp (and as itself), no one else.
+    let rules = "local app all peer map=web\n";
+    let mut config = config(&pg, &dir, rules);
+    let maps = format!("web {me} webapp\nweb {me} {me}\nweb someone-else alice\n");
+    config.ident = Some(Arc::new(
+        pgopt_proxy::ident::IdentMap::parse(&maps).unwrap(),
+    ));
+    // A rule naming a map the file lacks, or any map without a file: refused at start.
+    let mut missing = config.clone();
+    missing.hba = Some(Arc::new(
+        Hba::parse("local app all peer map=nosuch\n").unwrap(),
+    ));
+    let e = Proxy::start(missing).await.err().unwrap().to_string();
+    assert!(e.contains("map \"nosuch\""), "{e}");
+    let mut no_file = config.clone();
+    no_file.ident = None;
+    let e = Proxy::start(no_file).await.err().unwrap().to_string();
+    assert!(e.contains("auth_ident_file"), "{e}");
+
+    let proxy = Proxy::start(config).await.unwrap();
+    assert_eq!(
+        login(&proxy, socket, "webapp", None).await.unwrap(),
+        "postgres"
+    );
+    assert_eq!(login(&proxy, socket, &me, None).await.unwrap(), "postgres");
+    // alice is mapped from another system user, not from this one.
+    let e = login(&proxy, socket, "alice", None).await.unwrap_err();
+    assert_eq!(code(&e), Some("28000"), "{e}");
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert!(
+        message.contains("Peer authentication failed for user \"alice\""),
+        "{message}"
+    );
+    drop(proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

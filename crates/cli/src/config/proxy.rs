@@ -239,6 +239,9 @@ pub struct ProxyConfig {
     /// With `auth = "hba"`: a file of `pg_hba.conf` rules (local, host, hostssl,
     /// hostnossl; trust, reject, md5, scram-sha-256, peer), read at start and on RELOAD.
     pub auth_hba_file: String,
+    /// User name maps in `pg_ident.conf` form, for hba rules' `map=NAME` (peer, cert);
+    /// read at start and on RELOAD. "" is none.
+    pub auth_ident_file: String,
     /// Users and passwords in PgBouncer's `auth_file` form (`"user" "password"` per
     /// line), besides `users`; read at start and on RELOAD. "" is none.
     pub auth_file: String,
@@ -299,6 +302,7 @@ impl Default for ProxyConfig {
             server_tls_ca_file: String::new(),
             auth: ClientAuthMethod::Trust,
             auth_hba_file: String::new(),
+            auth_ident_file: String::new(),
             auth_file: String::new(),
             users: Vec::new(),
             auth_user: String::new(),
