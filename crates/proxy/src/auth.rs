@@ -52,10 +52,12 @@ impl Credentials {
     }
 }
 
-/// Prepares every configured user.
+/// Prepares every configured user. One with an empty password gets no credentials,
+/// as PgBouncer refuses empty passwords: it logs in only by a method that needs none
+/// (trust, peer, cert), or with the password `auth_query` finds for it.
 pub fn prepare_users(users: &[User]) -> Result<HashMap<String, Credentials>, ProxyError> {
     let mut map = HashMap::new();
-    for user in users {
+    for user in users.iter().filter(|u| !u.password.is_empty()) {
         map.insert(
             user.name.clone(),
             Credentials::from_stored(&user.name, &user.password)?,

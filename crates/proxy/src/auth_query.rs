@@ -69,7 +69,7 @@ pub async fn lookup(
             )))
         }
     };
-    match stored {
+    match stored.filter(|s| !s.is_empty()) {
         Some(stored) => Credentials::from_stored(user, &stored)
             .map(Some)
             .map_err(|e| LookupError::Failed(format!("the password found is unusable: {e}"))),

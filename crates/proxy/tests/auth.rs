@@ -421,3 +421,28 @@ async fn a_trusted_login_finds_its_server_password_by_auth_query() {
     c.batch_execute("SELECT 1").await.unwrap();
     assert_eq!(lookups(&admin, "app_user").await, 1);
 }
+
+#[tokio::test]
+async fn an_empty_password_logs_no_one_in_and_auth_query_still_answers() {
+    // app_user's real password is on the server (md5); the config lists it with its
+    // settings only, as a [users] entry from PgBouncer: no password.
+    let (pg, _admin, _proxy) =
+        counted_lookups(HostAuth::Md5, ClientAuth::Md5, Duration::from_secs(60)).await;
+    for method in [ClientAuth::Md5, ClientAuth::ScramSha256] {
+        let mut config = config_with_only(&pg, method, "serverpw".into());
+        config.users.push(User::new("app_user", ""));
+        config.users.push(User::new("nobody", ""));
+        config.auth_user = Some("postgres".into());
+        config.auth_query = "SELECT usename, passwd FROM pgopt_lookup($1)".into();
+        let proxy = Proxy::start(config).await.unwrap();
+        for user in ["app_user", "nobody"] {
+            let e = connect(&proxy, user, Some("")).await.unwrap_err();
+            assert_eq!(code(&e), Some("28P01"), "{method:?} {user}: {e}");
+        }
+        // The real password, found by auth_query (an md5 hash: md5 logins), still logs
+        // app_user in.
+        if method == ClientAuth::Md5 {
+            log_in(&proxy, "app_user", "apppw").await;
+        }
+    }
+}

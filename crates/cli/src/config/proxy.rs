@@ -133,7 +133,9 @@ impl DatabaseEntry {
 pub struct ProxyUser {
     pub name: String,
     /// Plaintext, an `md5…` hash or a `SCRAM-SHA-256$…` verifier. Printed masked.
-    /// Empty: the user's password is in `auth_file` (this entry gives its settings).
+    /// Empty: the user's password is in `auth_file` (this entry gives its settings), or
+    /// it has none (an empty password logs no one in: trust, peer, cert or
+    /// `auth_query` only).
     #[serde(default, serialize_with = "super::masked")]
     pub password: String,
     /// This user's pool mode, instead of its database's.
