@@ -143,10 +143,17 @@ impl Hba {
     /// The first rule matching a client of `user` asking for `database`; `None` when
     /// no rule does (the client is refused).
     pub fn decide(&self, origin: Origin, database: &str, user: &str) -> Option<Decision> {
+        self.decide_any(origin, &[database], user)
+    }
+
+    /// As [`Hba::decide`] for a database known by several names (the admin console,
+    /// `pgopt` and `pgbouncer`): a rule naming any of them matches, so a rule that
+    /// refuses one name refuses the other too.
+    pub fn decide_any(&self, origin: Origin, names: &[&str], user: &str) -> Option<Decision> {
         self.rules
             .iter()
             .enumerate()
-            .find(|(_, r)| r.matches(origin, database, user))
+            .find(|(_, r)| names.iter().any(|db| r.matches(origin, db, user)))
             .map(|(rule, r)| Decision {
                 method: r.method,
                 client_cert: r.client_cert,

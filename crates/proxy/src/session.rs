@@ -594,7 +594,16 @@ async fn client_method(
         }
         _ => (hba::Origin::Local, "[local]".to_string(), false),
     };
-    let decision = hba.decide(origin, database, user);
+    let decision = if config.is_admin_database(database) {
+        // The console by either of its names: rules for one hold for the other.
+        let names = [
+            crate::config::ADMIN_DATABASE,
+            crate::config::PGBOUNCER_ADMIN_DATABASE,
+        ];
+        hba.decide_any(origin, &names, user)
+    } else {
+        hba.decide(origin, database, user)
+    };
     let refusal = match decision.map(|d| (d.method, d.client_cert)) {
         // As PostgreSQL, before any password is asked for.
         Some((hba::Method::Auth(_), hba::ClientCert::VerifyCa | hba::ClientCert::VerifyFull))

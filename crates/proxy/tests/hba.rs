@@ -252,3 +252,40 @@ async fn a_user_name_map_lets_another_system_user_in_by_peer() {
     drop(proxy);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn rules_for_the_admin_console_hold_for_both_its_names() {
+    let dir = temp_dir("console");
+    let pg = Postgres::start().await.unwrap();
+    let port_of = |proxy: &Proxy| proxy.local_addr().port();
+    for (rules, refused) in [
+        // Refused by one name, then trusted by `all`: the other name is refused too.
+        (
+            "host pgopt all 127.0.0.1/32 reject\nhost all all 127.0.0.1/32 trust\n",
+            true,
+        ),
+        (
+            "host pgbouncer all 127.0.0.1/32 reject\nhost all all 127.0.0.1/32 trust\n",
+            true,
+        ),
+        (
+            "host app all 127.0.0.1/32 reject\nhost all all 127.0.0.1/32 trust\n",
+            false,
+        ),
+    ] {
+        let mut config = config(&pg, &dir, rules);
+        config.admin_users = vec!["postgres".into()];
+        let proxy = Proxy::start(config).await.unwrap();
+        for name in ["pgopt", "pgbouncer"] {
+            let got = common::client_at("127.0.0.1", port_of(&proxy), "postgres", name, None).await;
+            match (got, refused) {
+                (Err(e), true) => assert_eq!(code(&e), Some("28000"), "{rules}{name}: {e}"),
+                (Ok(console), false) => {
+                    console.simple_query("SHOW VERSION").await.unwrap();
+                }
+                (got, _) => panic!("{rules}{name}: {:?}", got.map(|_| "logged in")),
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
