@@ -113,21 +113,6 @@ impl Proxy {
             }
             more.push(bind_tcp(addr, config.so_reuseport).map_err(io)?);
         }
-        let (unix, unix_socket) = match &config.unix_socket_dir {
-            Some(dir) => {
-                let (socket, file) = net::UnixSocket::bind(
-                    dir,
-                    local_addr.port(),
-                    config.unix_socket_mode,
-                    config.unix_socket_group.as_deref(),
-                    beside,
-                )
-                .await
-                .map_err(io)?;
-                (Some(socket), Some(file))
-            }
-            None => (None, None),
-        };
         let admin = match config.admin_listen {
             Some(addr) => Some(bind_tcp(addr, config.so_reuseport).map_err(io)?),
             None => None,
@@ -146,6 +131,23 @@ impl Proxy {
                     source,
                 }
             })?;
+        // The Unix socket last of what can fail: taking over a running pgopt's path
+        // (so_reuseport) must not leave it without one when this start fails.
+        let (unix, unix_socket) = match &config.unix_socket_dir {
+            Some(dir) => {
+                let (socket, file) = net::UnixSocket::bind(
+                    dir,
+                    local_addr.port(),
+                    config.unix_socket_mode,
+                    config.unix_socket_group.as_deref(),
+                    beside,
+                )
+                .await
+                .map_err(io)?;
+                (Some(socket), Some(file))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(Shared::new(config, users, tls, server_tls, insight, cache));
         let mut tasks = vec![
             tokio::spawn(accept(listener, unix, shared.clone(), spawner.clone())),
@@ -276,6 +278,10 @@ fn bind_tcp(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
     };
     // As TcpListener::bind: a restart need not wait out TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    // `[::]` beside `0.0.0.0` (listen_also): each its own family, as PgBouncer.
+    if addr.is_ipv6() {
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
+    }
     if reuseport {
         socket.set_reuseport(true)?;
     }

@@ -1217,3 +1217,24 @@ async fn listen_also_takes_clients_on_more_addresses() {
         assert!(refused.is_err(), "{host}:{port} still accepts");
     }
 }
+
+#[tokio::test]
+async fn listen_also_takes_the_ipv6_wildcard_beside_the_ipv4_one() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 on this host: not checked");
+        return;
+    }
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    // Without IPV6_V6ONLY the second would find the port taken.
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    config.listen_also = vec!["[::]:0".parse().unwrap()];
+    let proxy = Proxy::start(config).await.unwrap();
+    let port = proxy.local_addr().port();
+    for host in ["127.0.0.1", "::1"] {
+        let client = common::client_at(host, port, "postgres", "app", None)
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+}
