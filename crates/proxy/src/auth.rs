@@ -116,9 +116,11 @@ pub async fn authenticate(
         map,
     } = login;
     // The name the system (peer) or the certificate (cert) gives the client stands for
-    // `user`: the same name, or one the map pairs with it.
-    let names_user = |name: &[u8]| {
-        name == user.as_bytes() || map.is_some_and(|(ident, map)| ident.permits(map, name, user))
+    // `user`: with a map, only when a line of it pairs the two (as PostgreSQL: the same
+    // name needs a line too); without one, when it is the same name.
+    let names_user = |name: &[u8]| match map {
+        Some((ident, map)) => ident.permits(map, name, user),
+        None => name == user.as_bytes(),
     };
     let mut out = BytesMut::with_capacity(256);
     let mut refreshed = None;

@@ -23,8 +23,9 @@
 //! Options, as in PostgreSQL: on `hostssl` rules `clientcert=verify-ca` (the client
 //! must also present a certificate that verifies against the CA file) or
 //! `clientcert=verify-full` (and its common name must be the user's name); on `peer`
-//! and `cert` rules `map=NAME`, a user name map of `auth_ident_file` (see `ident.rs`)
-//! that lets other system users or certificate names in as a database user.
+//! and `cert` rules `map=NAME`, a user name map of `auth_ident_file` (see `ident.rs`):
+//! then only the system users or certificate names it pairs with a database user
+//! log in as that user.
 
 use std::net::IpAddr;
 

@@ -1,8 +1,8 @@
 //! User name maps (`proxy.auth_ident_file`, PgBouncer's `auth_ident_file`, in
 //! PostgreSQL's `pg_ident.conf` form): an hba rule's `map=NAME` lets the `peer` and
-//! `cert` methods admit a client whose operating-system user (peer) or certificate
-//! common name (cert) differs from the database user it asks for, when a line of map
-//! NAME pairs the two.
+//! `cert` methods admit a client by its operating-system user (peer) or certificate
+//! common name (cert) as the database user a line of map NAME pairs it with — and,
+//! with a map, only then: as in PostgreSQL, the same name needs a line too.
 //!
 //! ```text
 //! # MAPNAME   SYSTEM-USERNAME   PG-USERNAME
@@ -69,7 +69,7 @@ impl IdentMap {
     }
 
     /// Whether map `map` has any line (a rule naming a map with none can never admit
-    /// anyone: worth a warning).
+    /// anyone: the config is refused).
     pub fn has(&self, map: &str) -> bool {
         self.lines.iter().any(|(m, _, _)| m == map)
     }

@@ -216,10 +216,11 @@ async fn a_user_name_map_lets_another_system_user_in_by_peer() {
     let socket = dir.to_str().unwrap();
     let me = os_user();
     let pg = Postgres::start().await.unwrap();
-    // The test's own system user may log in as webapp (and as itself), no one else.
+    // The test's own system user may log in as webapp, no one else.
     let rules = "local app all peer map=web\n";
     let mut config = config(&pg, &dir, rules);
-    let maps = format!("web {me} webapp\nweb {me} {me}\nweb someone-else alice\n");
+    // Not even as itself: with a map, only its lines count (as in PostgreSQL).
+    let maps = format!("web {me} webapp\nweb someone-else alice\n");
     config.ident = Some(Arc::new(
         pgopt_proxy::ident::IdentMap::parse(&maps).unwrap(),
     ));
@@ -240,7 +241,8 @@ async fn a_user_name_map_lets_another_system_user_in_by_peer() {
         login(&proxy, socket, "webapp", None).await.unwrap(),
         "postgres"
     );
-    assert_eq!(login(&proxy, socket, &me, None).await.unwrap(), "postgres");
+    let e = login(&proxy, socket, &me, None).await.unwrap_err();
+    assert_eq!(code(&e), Some("28000"), "{e}");
     // alice is mapped from another system user, not from this one.
     let e = login(&proxy, socket, "alice", None).await.unwrap_err();
     assert_eq!(code(&e), Some("28000"), "{e}");
