@@ -261,53 +261,56 @@ async fn session(
         return Ok(());
     }
     // A user the config does not list may be found on the server by auth_query
-    // (answers are kept for auth_query_cache_ttl): its password checks the client's
-    // (md5, SCRAM) and logs pgopt in to the server as that user (every method: a
-    // trusted, peer or certificate login needs the server's password too).
+    // (answers are kept for auth_query_cache_ttl).
     let mut found = None;
     let mut refresh = None;
     if let (Some(auth_user), None) = (&config.auth_user, creds) {
-        let lookup = |stale| {
-            auth_query::lookup_cached(
-                shared,
-                &shared.auth_cache,
-                config.auth_query_cache_ttl,
-                &db.name,
-                auth_user,
-                &config.auth_query,
-                user,
-                stale,
-            )
-        };
-        let lookup_started = tokio::time::Instant::now();
-        let looked_up = lookup(None).await;
-        // The server's time, not the client's: the login deadline waits it out.
-        deadline = deadline.map(|d| d + lookup_started.elapsed());
-        match looked_up {
-            Ok(answer) => {
-                found = answer.credentials;
-                if let (true, Some(kept)) = (answer.cached, found.clone()) {
-                    // A password that fails against a kept answer: look again once.
-                    let again: auth::Refresh<'_> = Box::pin(async move {
-                        match lookup(Some(kept)).await {
-                            Ok(answer) => answer.credentials,
-                            Err(_) => {
-                                tracing::warn!("auth_query failed when looked up again");
-                                None
+        if !matches!(
+            method,
+            ClientAuth::Trust | ClientAuth::Peer | ClientAuth::Cert
+        ) {
+            let lookup = |stale| {
+                auth_query::lookup_cached(
+                    shared,
+                    &shared.auth_cache,
+                    config.auth_query_cache_ttl,
+                    &db.name,
+                    auth_user,
+                    &config.auth_query,
+                    user,
+                    stale,
+                )
+            };
+            let lookup_started = tokio::time::Instant::now();
+            let looked_up = lookup(None).await;
+            // The server's time, not the client's: the login deadline waits it out.
+            deadline = deadline.map(|d| d + lookup_started.elapsed());
+            match looked_up {
+                Ok(answer) => {
+                    found = answer.credentials;
+                    if let (true, Some(kept)) = (answer.cached, found.clone()) {
+                        // A password that fails against a kept answer: look again once.
+                        let again: auth::Refresh<'_> = Box::pin(async move {
+                            match lookup(Some(kept)).await {
+                                Ok(answer) => answer.credentials,
+                                Err(_) => {
+                                    tracing::warn!("auth_query failed when looked up again");
+                                    None
+                                }
                             }
-                        }
-                    });
-                    refresh = Some(again);
+                        });
+                        refresh = Some(again);
+                    }
                 }
-            }
-            Err(LookupError::Checkout(code, message)) => {
-                send_fatal(&mut stream, code, &message).await;
-                return Ok(());
-            }
-            Err(LookupError::Failed(why)) => {
-                let message = format!("auth_query for user \"{user}\" failed: {why}");
-                send_fatal(&mut stream, sqlstate::CONNECTION_FAILURE, &message).await;
-                return Err(ProxyError::Protocol(message));
+                Err(LookupError::Checkout(code, message)) => {
+                    send_fatal(&mut stream, code, &message).await;
+                    return Ok(());
+                }
+                Err(LookupError::Failed(why)) => {
+                    let message = format!("auth_query for user \"{user}\" failed: {why}");
+                    send_fatal(&mut stream, sqlstate::CONNECTION_FAILURE, &message).await;
+                    return Err(ProxyError::Protocol(message));
+                }
             }
         }
     }

@@ -409,19 +409,6 @@ async fn clients_that_do_not_log_in_in_time_are_disconnected() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(common::value(&client, "SELECT 1").await, "1");
 }
-
-#[tokio::test]
-async fn a_trusted_login_finds_its_server_password_by_auth_query() {
-    // The server asks app_user for an md5 password; the client is trusted (as one
-    // by peer or certificate would be): pgopt logs in to the server with the hash
-    // auth_query finds.
-    let (_pg, admin, proxy) =
-        counted_lookups(HostAuth::Md5, ClientAuth::Trust, Duration::from_secs(60)).await;
-    let c = connect(&proxy, "app_user", None).await.unwrap();
-    c.batch_execute("SELECT 1").await.unwrap();
-    assert_eq!(lookups(&admin, "app_user").await, 1);
-}
-
 #[tokio::test]
 async fn an_empty_password_logs_no_one_in_and_auth_query_still_answers() {
     // app_user's real password is on the server (md5); the config lists it with its
