@@ -402,10 +402,24 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
         Command::WaitClose(db) => {
             // As PgBouncer's: as long as it takes (a client holding its connection in
             // a transaction holds this up too).
+            let mut stopping = false;
             while shared.closing(db.as_deref()) > 0 {
+                // A shutdown ends the wait (it closes everything anyway).
+                if shared.lifecycle_now() != crate::shared::Lifecycle::Running {
+                    stopping = true;
+                    break;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            complete(out, "WAIT_CLOSE")?;
+            if stopping {
+                error(
+                    out,
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    "WAIT_CLOSE: pgopt is shutting down",
+                )?;
+            } else {
+                complete(out, "WAIT_CLOSE")?;
+            }
         }
         Command::Kill(db) => {
             shared.kill(&db);

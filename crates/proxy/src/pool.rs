@@ -751,12 +751,13 @@ impl Pool {
                 *breaker = Breaker::default();
                 drop(breaker);
                 self.stats.server_connects.fetch_add(1, Relaxed);
+                // Its generation before it is listed: never seen as marked for closing.
+                conn.info.generation.store(generation, Relaxed);
                 self.servers.add(&conn.info);
                 lock(&self.params).get_or_insert_with(|| Arc::new(conn.params.clone()));
                 // Boxed: a checkout moves it several times per transaction.
                 let mut conn = Box::new(conn);
                 conn.generation = generation;
-                conn.info.generation.store(generation, Relaxed);
                 conn.permits = Some(permits);
                 Ok(Some(conn))
             }
@@ -1206,6 +1207,12 @@ impl Pools {
                 pool
             }
         }
+    }
+
+    /// Whether `pool` is the one of its (database, user, node) now (not one a RELOAD
+    /// replaced, whose connections end with the sessions still using them).
+    pub fn is_current(&self, pool: &Arc<Pool>) -> bool {
+        lock(&self.map).values().any(|p| Arc::ptr_eq(p, pool))
     }
 
     /// Every pool, sorted by (database, user, node).

@@ -338,15 +338,20 @@ impl Shared {
         }
     }
 
-    /// Server connections of `db` (or of every database) a RECONNECT or KILL marked
-    /// for closing that are still open.
+    /// Server connections of `db` (or of every database) that will close instead of
+    /// being used again, still open: marked by a RECONNECT or KILL, or of a pool a
+    /// RELOAD replaced (SHOW SERVERS' `close_needed`).
     pub fn closing(&self, db: Option<&str>) -> usize {
         self.live_pools()
             .iter()
             .filter(|pool| db.is_none_or(|d| pool.database == d))
             .map(|pool| {
                 let servers = pool.servers.list();
-                servers.iter().filter(|s| pool.close_needed(s)).count()
+                let replaced = !self.pools.is_current(pool);
+                servers
+                    .iter()
+                    .filter(|s| replaced || pool.close_needed(s))
+                    .count()
             })
             .sum()
     }

@@ -294,7 +294,11 @@ pub fn servers(shared: &Shared) -> Table {
         ("prepared_statements", Int),
         ("close_needed", Int),
     ]);
-    for pool in shared.pools.list() {
+    // Pools a RELOAD replaced too: their connections serve the sessions still on them.
+    let mut pools = shared.live_pools();
+    pools.sort_by_key(|p| (p.database.clone(), p.user.clone(), p.node_index()));
+    for pool in pools {
+        let replaced = !shared.pools.is_current(&pool);
         for s in pool.servers.list() {
             let (addr, port) = addr_parts(Some(&s.addr));
             let (laddr, lport) = addr_parts(s.local_addr.as_ref());
@@ -317,7 +321,7 @@ pub fn servers(shared: &Shared) -> Table {
                 (link != 0).then(|| link.to_string()),
                 t(s.backend_pid.to_string()),
                 n(s.prepared.load(Relaxed)),
-                n(u64::from(pool.close_needed(&s))),
+                n(u64::from(replaced || pool.close_needed(&s))),
             ]);
         }
     }

@@ -1486,6 +1486,36 @@ async fn wait_close_returns_once_the_connections_reconnect_marked_have_closed() 
         servers.iter().all(|s| s["close_needed"] == "0"),
         "{servers:?}"
     );
+    // A RELOAD that moves the database to another server: the old server's
+    // connections end with the last session on them, and WAIT_CLOSE waits for that.
+    drop(holder);
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let mut moved = common::config_for(&pg, PoolMode::Transaction, 2);
+    moved.admin_users = vec!["postgres".into()];
+    moved.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    moved.databases[0].dbname = "template1".into();
+    proxy.handle().apply(moved).unwrap();
+    let servers = show(&console, "SERVERS").await;
+    assert!(
+        servers.iter().any(|s| s["close_needed"] == "1"),
+        "{servers:?}"
+    );
+    let other = admin(&proxy).await;
+    let waiting = tokio::spawn(async move { other.simple_query("WAIT_CLOSE").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "WAIT_CLOSE returned with the old server's connection open"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    drop(holder);
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("WAIT_CLOSE returned once the old server's connection closed")
+        .unwrap()
+        .unwrap();
+
     // A database not configured is refused, as for RECONNECT.
     let e = console
         .simple_query("WAIT_CLOSE nosuchdb")
