@@ -94,8 +94,9 @@ fn split_key(line: &str) -> Option<(String, &str)> {
     (!key.is_empty()).then(|| (key.to_string(), value))
 }
 
-/// The `key=value` pairs of a libpq-style connection string (values may be
-/// single-quoted, with `\'` and `\\` escapes).
+/// The `key=value` pairs of a PgBouncer connection string: values may be
+/// single-quoted, a quote inside written twice (`''`); a backslash is itself, as
+/// PgBouncer reads it.
 fn conn_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut pairs = Vec::new();
     let mut rest = text.trim_start();
@@ -110,13 +111,13 @@ fn conn_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
         rest = rest[eq + 1..].trim_start();
         let mut value = String::new();
         if let Some(quoted) = rest.strip_prefix('\'') {
-            let mut chars = quoted.char_indices();
+            let mut chars = quoted.char_indices().peekable();
             let end = loop {
                 match chars.next() {
-                    Some((_, '\\')) => match chars.next() {
-                        Some((_, c)) => value.push(c),
-                        None => return Err(format!("an unterminated quote in {text:?}")),
-                    },
+                    Some((_, '\'')) if chars.peek().is_some_and(|(_, c)| *c == '\'') => {
+                        chars.next();
+                        value.push('\'');
+                    }
                     Some((i, '\'')) => break i + 1,
                     Some((_, c)) => value.push(c),
                     None => return Err(format!("an unterminated quote in {text:?}")),
@@ -296,8 +297,10 @@ pub fn convert(path: &str) -> Result<Converted, String> {
     let mut client_ca = false;
     let mut keepalive = None;
     let mut lines: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for s in &ini.pgbouncer {
         let key = s.key.to_ascii_lowercase();
+        seen.insert(key.clone());
         let v = s.value.as_str();
         let mut bad = |why: &str| notes.push(format!("{}: {why}", s.at()));
         let seconds = |v: &str| duration(v);
@@ -344,6 +347,14 @@ pub fn convert(path: &str) -> Result<Converted, String> {
             | "client_login_timeout"
             | "idle_transaction_timeout"
             | "server_check_delay" => match seconds(v) {
+                // PgBouncer's 0 for these is "never"; pgopt's would be "at once".
+                Some(d)
+                    if d == "0s"
+                        && matches!(key.as_str(), "query_wait_timeout" | "server_idle_timeout") =>
+                {
+                    bad("0 (never, in PgBouncer): written as 1000000000s, pgopt's longest");
+                    lines.push(format!("{key} = \"1000000000s\""));
+                }
                 Some(d) => lines.push(format!("{key} = {}", quote(&d))),
                 None => bad("expected a number of seconds"),
             },
@@ -409,16 +420,39 @@ pub fn convert(path: &str) -> Result<Converted, String> {
         }
     }
     // Where clients connect: PgBouncer listens on no TCP address unless told to.
-    let host = |a: &str| match a {
-        "*" => "0.0.0.0".to_string(),
-        a if a.contains(':') => format!("[{a}]"),
-        a => a.to_string(),
-    };
-    let mut addrs: Vec<String> = (listen_addr.as_deref().unwrap_or("").split(','))
+    // `*`: every IPv4 and IPv6 address; a host name: the addresses it resolves to now.
+    let mut addrs: Vec<String> = Vec::new();
+    for a in (listen_addr.as_deref().unwrap_or("").split(','))
         .map(str::trim)
         .filter(|a| !a.is_empty())
-        .map(host)
-        .collect();
+    {
+        let found: Vec<String> = match a {
+            "*" => vec!["0.0.0.0".into(), "[::]".into()],
+            a if a.parse::<std::net::IpAddr>().is_ok() && a.contains(':') => vec![format!("[{a}]")],
+            a if a.parse::<std::net::IpAddr>().is_ok() => vec![a.to_string()],
+            name => {
+                use std::net::ToSocketAddrs;
+                let resolved: Vec<String> = (name, 0)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("{path}: listen_addr: {name}: {e}"))?
+                    .map(|s| match s.ip() {
+                        std::net::IpAddr::V4(ip) => ip.to_string(),
+                        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    })
+                    .collect();
+                notes.push(format!(
+                    "{path}: listen_addr: {name} is written as the addresses it resolves to now: {}",
+                    resolved.join(", ")
+                ));
+                resolved
+            }
+        };
+        for f in found {
+            if !addrs.contains(&f) {
+                addrs.push(f);
+            }
+        }
+    }
     if addrs.is_empty() {
         notes.push(format!(
             "{path}: listen_addr: not set (PgBouncer: Unix socket only): pgopt also listens on 127.0.0.1"
@@ -431,8 +465,8 @@ pub fn convert(path: &str) -> Result<Converted, String> {
         let more: Vec<String> = addrs[1..].iter().map(with_port).collect();
         let _ = writeln!(out, "listen_also = [{}]", more.join(", "));
     }
-    if let Some(dir) = unix_socket_dir {
-        let _ = writeln!(out, "unix_socket_dir = {}", quote(&dir));
+    if let Some(dir) = &unix_socket_dir {
+        let _ = writeln!(out, "unix_socket_dir = {}", quote(dir));
     }
     let method = match auth.0.as_str() {
         m @ ("trust" | "md5" | "scram-sha-256" | "hba" | "cert") => m,
@@ -466,11 +500,21 @@ pub fn convert(path: &str) -> Result<Converted, String> {
     if let Some(on) = keepalive {
         let _ = writeln!(out, "tcp_keepalive = {on}");
     }
+    // PgBouncer's defaults where pgopt's differ, for the settings the file leaves out.
+    for (key, default) in [
+        ("pool_mode", "\"session\""),
+        ("max_client_conn", "100"),
+        ("server_connect_timeout", "\"15s\""),
+    ] {
+        if !seen.contains(key) {
+            let _ = writeln!(out, "{key} = {default}");
+        }
+    }
     for line in &lines {
         let _ = writeln!(out, "{line}");
     }
     for db in &ini.databases {
-        out.push_str(&database(db, &mut notes)?);
+        out.push_str(&database(db, unix_socket_dir.as_deref(), &mut notes)?);
     }
     for user in &ini.users {
         out.push_str(&user_entry(user, &mut notes)?);
@@ -484,7 +528,12 @@ pub fn convert(path: &str) -> Result<Converted, String> {
 }
 
 /// One `[databases]` entry as a `[[proxy.databases]]` table.
-fn database(s: &Setting, notes: &mut Vec<String>) -> Result<String, String> {
+/// `socket_dir`: PgBouncer's `unix_socket_dir`, where it reaches a server with no host.
+fn database(
+    s: &Setting,
+    socket_dir: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Result<String, String> {
     let pairs = conn_pairs(&s.value).map_err(|e| format!("{}: {e}", s.at()))?;
     let (mut host, mut port, mut dbname, mut user, mut password) =
         (None, "5432".to_string(), None, None, None);
@@ -539,8 +588,17 @@ fn database(s: &Setting, notes: &mut Vec<String>) -> Result<String, String> {
             ));
         }
     }
-    // No host: PgBouncer connects through the Unix socket in /tmp.
-    let host = host.unwrap_or_else(|| "/tmp".into());
+    // No host: PgBouncer connects through the Unix socket in its unix_socket_dir.
+    let host = match (host, socket_dir) {
+        (Some(host), _) => host,
+        (None, Some(dir)) => dir.to_string(),
+        (None, None) => {
+            return Err(format!(
+                "{}: no host, and unix_socket_dir is empty: give the server's host",
+                s.at()
+            ))
+        }
+    };
     if host.contains(',') {
         return Err(format!(
             "{}: host={host}: several hosts per database are not supported; give replicas in [[proxy.databases]].replicas",
@@ -607,15 +665,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connection_strings_split_as_libpq_does() {
-        let pairs = conn_pairs("host=db1 port=6543  dbname='my db' password='it\\'s'").unwrap();
+    fn connection_strings_split_as_pgbouncer_does() {
+        let pairs = conn_pairs("host=db1 port=6543  dbname='my db' password='it''s a\\b'").unwrap();
         assert_eq!(
             pairs,
             vec![
                 ("host".to_string(), "db1".to_string()),
                 ("port".into(), "6543".into()),
                 ("dbname".into(), "my db".into()),
-                ("password".into(), "it's".into()),
+                ("password".into(), "it's a\\b".into()),
             ]
         );
         assert!(conn_pairs("host db1").is_err());
@@ -627,7 +685,7 @@ mod tests {
     }
 
     #[test]
-    fn every_listen_address_is_carried_over() {
+    fn pgbouncers_settings_keep_their_meaning() {
         let dir = std::env::temp_dir().join(format!("pgopt-pgb-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ini = dir.join("pgbouncer.ini");
@@ -641,12 +699,48 @@ mod tests {
             "{}",
             c.toml
         );
+        let also = "listen_also = [\"[::1]:6433\", \"0.0.0.0:6433\", \"[::]:6433\"]\n";
+        assert!(c.toml.contains(also), "{}", c.toml);
+        // A host name: the addresses it resolves to, said in a note.
+        let c = convert_with("listen_addr = localhost\n");
+        let local = ["listen = \"127.0.0.1:6433\"", "listen = \"[::1]:6433\""];
+        assert!(local.iter().any(|l| c.toml.contains(l)), "{}", c.toml);
         assert!(
-            c.toml
-                .contains("listen_also = [\"[::1]:6433\", \"0.0.0.0:6433\"]\n"),
-            "{}",
-            c.toml
+            c.notes
+                .iter()
+                .any(|n| n.contains("localhost is written as")),
+            "{:?}",
+            c.notes
         );
+        // PgBouncer's defaults where pgopt's differ; its 0 for "never".
+        let c =
+            convert_with("query_wait_timeout = 0\nserver_idle_timeout = 0\nquery_timeout = 0\n");
+        for line in [
+            "pool_mode = \"session\"\n",
+            "max_client_conn = 100\n",
+            "server_connect_timeout = \"15s\"\n",
+            "query_wait_timeout = \"1000000000s\"\n",
+            "server_idle_timeout = \"1000000000s\"\n",
+            "query_timeout = \"0s\"\n",
+        ] {
+            assert!(c.toml.contains(line), "{line}{}", c.toml);
+        }
+        // A database without a host is reached through PgBouncer's socket directory.
+        let with_db = |socket_dir: &str| {
+            std::fs::write(
+                &ini,
+                format!(
+                    "[databases]\napp = dbname=shop\n[pgbouncer]\nunix_socket_dir ={socket_dir}\n"
+                ),
+            )
+            .unwrap();
+            convert(ini.to_str().unwrap())
+        };
+        let c = with_db(" /var/run/postgresql").unwrap();
+        let url = "postgres://%2Fvar%2Frun%2Fpostgresql:5432/shop";
+        assert!(c.toml.contains(url), "{}", c.toml);
+        let e = with_db("").err().unwrap();
+        assert!(e.contains("no host"), "{e}");
         for unset in ["", "listen_addr = \n", "listen_addr = , \n"] {
             let c = convert_with(unset);
             assert!(

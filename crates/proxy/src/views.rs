@@ -673,6 +673,11 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
             format!("{:?}", c.server_tls.mode).to_lowercase(),
             true,
         ),
+        (
+            "tls_mode",
+            format!("{:?}", c.client_tls.mode).to_lowercase(),
+            true,
+        ),
         ("auth_user", c.auth_user.clone().unwrap_or_default(), true),
         ("auth_query", c.auth_query.clone(), true),
         ("auth_query_cache_ttl", ms(c.auth_query_cache_ttl), true),
