@@ -5,7 +5,7 @@
 //! Every setting pgopt has is carried over with PgBouncer's meaning (its defaults
 //! where pgopt's differ: md5 auth, a socket in `/tmp`); every other one is reported
 //! with its line and why (not needed, or not supported), never silently dropped.
-//! The users file and the hba file are referred to, not copied: `proxy.auth_file`
+//! The users, hba and ident files are referred to, not copied: `proxy.auth_file`
 //! reads PgBouncer's user list as it is.
 
 use std::fmt::Write as _;

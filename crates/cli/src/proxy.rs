@@ -175,10 +175,19 @@ async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
 
 /// Reads the files the proxy's config names (`pgopt config check`): the hba rules.
 pub fn check_files(root: &config::Config) -> anyhow::Result<()> {
+    let ident = read_ident(&root.proxy.auth_ident_file)?;
     if root.proxy.auth == ClientAuthMethod::Hba && !root.proxy.auth_hba_file.is_empty() {
-        read_hba(&root.proxy.auth_hba_file)?;
+        let hba = read_hba(&root.proxy.auth_hba_file)?;
+        // As the proxy checks at start: each map a rule names is in the ident file.
+        for (map, line) in hba.maps() {
+            if !ident.as_ref().is_some_and(|i| i.has(map)) {
+                anyhow::bail!(
+                    "{}:{line}: map \"{map}\" is not in proxy.auth_ident_file",
+                    root.proxy.auth_hba_file
+                );
+            }
+        }
     }
-    read_ident(&root.proxy.auth_ident_file)?;
     users(&root.proxy)?;
     Ok(())
 }

@@ -1203,7 +1203,29 @@ fn config_check_names_the_line_of_a_bad_ident_file() {
     std::fs::write(&maps, "web www-data app\n").unwrap();
     let out = pgopt(&["config", "check", config.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    for path in [maps, config] {
+    // An hba rule naming a map the file lacks: check says so, as the start would.
+    let rules = temp_file(
+        "ident-hba.conf",
+        "local all all peer map=web\nlocal all all peer map=other\n",
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nauth = \"hba\"\nauth_hba_file = \"{}\"\nauth_ident_file = \"{}\"\n",
+            rules.display(),
+            maps.display()
+        ),
+    )
+    .unwrap();
+    let out = pgopt(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let at = format!(
+        "{}:2: map \"other\" is not in proxy.auth_ident_file",
+        rules.display()
+    );
+    assert!(err.contains(&at), "{err}");
+    for path in [maps, config, rules] {
         std::fs::remove_file(path).unwrap();
     }
 }

@@ -29,6 +29,12 @@ impl IdentMap {
             let fields = crate::hba::plain_fields(raw).map_err(|e| (number, e))?;
             match fields.as_slice() {
                 [] => continue,
+                [word, ..] if word.starts_with("include") => {
+                    return Err((
+                        number,
+                        format!("{word} is not supported: list the maps here"),
+                    ))
+                }
                 [map, system, user] => {
                     if system.starts_with('/') {
                         return Err((
@@ -36,6 +42,12 @@ impl IdentMap {
                             format!(
                                 "regular expressions ({system}) are not supported; list each system user name"
                             ),
+                        ));
+                    }
+                    if user == "all" {
+                        return Err((
+                            number,
+                            "all (PostgreSQL 16's any database user) is not supported; give a user name".into(),
                         ));
                     }
                     if user.starts_with('+') || user.contains("\\1") {
@@ -104,6 +116,8 @@ mod tests {
             ("web /^(.*)$ \\1", 1, "regular expressions"),
             ("web www-data +admins", 1, "group membership"),
             ("web \"www-data app", 1, "unterminated"),
+            ("web www-data all", 1, "not supported"),
+            ("include_dir maps.d", 1, "include_dir is not supported"),
         ] {
             let (at, e) = IdentMap::parse(text).unwrap_err();
             assert_eq!(at, line, "{text}: {e}");

@@ -236,7 +236,7 @@ pub struct ProxyConfig {
     pub server_tls_mode: ServerTlsModeSetting,
     /// PEM file of the CA certificates trusted for servers; "" is none.
     pub server_tls_ca_file: String,
-    /// trust | md5 | scram-sha-256
+    /// trust | md5 | scram-sha-256 | cert | hba
     pub auth: ClientAuthMethod,
     /// With `auth = "hba"`: a file of `pg_hba.conf` rules (local, host, hostssl,
     /// hostnossl; trust, reject, md5, scram-sha-256, peer), read at start and on RELOAD.
