@@ -1257,7 +1257,11 @@ async fn set_changes_a_setting_until_the_next_reload() {
         ("SET no_such_thing = 1", "42704", "unrecognized"),
         ("SET listen = '0.0.0.0:1'", "55P02", "a restart"),
         ("SET workers = 2", "55P02", "a restart"),
-        ("SET tls_mode = require", "55P02", "the config file and RELOAD"),
+        (
+            "SET tls_mode = require",
+            "55P02",
+            "the config file and RELOAD",
+        ),
         ("SET auth = md5", "55P02", "the config file and RELOAD"),
         ("SET default_pool_size = 0", "22023", "a whole number"),
         ("SET query_timeout = 'soon'", "22023", "a duration"),
