@@ -601,7 +601,12 @@ mod tests {
                 1,
                 "only accepts",
             ),
-            ("hostssl all all all md5 map=x", 1, "not supported"),
+            (
+                "hostssl all all all md5 map=x",
+                1,
+                "only supported with the peer and cert",
+            ),
+            ("hostssl all all all md5 ldapserver=x", 1, "not supported"),
             ("hostssl all all all md5 clientcert", 1, "name=value"),
             ("local @dbs all trust", 1, "file inclusions"),
             ("local all +admins trust", 1, "role membership"),
