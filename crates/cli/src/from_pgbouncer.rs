@@ -427,7 +427,12 @@ pub fn convert(path: &str) -> Result<Converted, String> {
         .filter(|a| !a.is_empty())
     {
         let found: Vec<String> = match a {
-            "*" => vec!["0.0.0.0".into(), "[::]".into()],
+            "*" => {
+                notes.push(format!(
+                    "{path}: listen_addr: * is written as 0.0.0.0 and [::]; drop [::] from listen_also on a host without IPv6"
+                ));
+                vec!["0.0.0.0".into(), "[::]".into()]
+            }
             a if a.parse::<std::net::IpAddr>().is_ok() && a.contains(':') => vec![format!("[{a}]")],
             a if a.parse::<std::net::IpAddr>().is_ok() => vec![a.to_string()],
             name => {

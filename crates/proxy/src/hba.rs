@@ -144,17 +144,27 @@ impl Hba {
     /// The first rule matching a client of `user` asking for `database`; `None` when
     /// no rule does (the client is refused).
     pub fn decide(&self, origin: Origin, database: &str, user: &str) -> Option<Decision> {
-        self.decide_any(origin, &[database], user)
+        self.decide_also(origin, database, None, user)
     }
 
-    /// As [`Hba::decide`] for a database known by several names (the admin console,
-    /// `pgopt` and `pgbouncer`): a rule naming any of them matches, so a rule that
-    /// refuses one name refuses the other too.
-    pub fn decide_any(&self, origin: Origin, names: &[&str], user: &str) -> Option<Decision> {
+    /// As [`Hba::decide`] for a database known by another name too (the admin
+    /// console, `pgopt` and `pgbouncer`): a rule naming either matches, so a rule that
+    /// refuses one name refuses the other too. `sameuser` is matched against the name
+    /// the client asked for alone, as PostgreSQL would.
+    pub fn decide_also(
+        &self,
+        origin: Origin,
+        database: &str,
+        also: Option<&str>,
+        user: &str,
+    ) -> Option<Decision> {
         self.rules
             .iter()
             .enumerate()
-            .find(|(_, r)| names.iter().any(|db| r.matches(origin, db, user)))
+            .find(|(_, r)| {
+                r.matches(origin, database, Some(user), user)
+                    || also.is_some_and(|other| r.matches(origin, other, None, user))
+            })
             .map(|(rule, r)| Decision {
                 method: r.method,
                 client_cert: r.client_cert,
@@ -290,7 +300,9 @@ impl Rule {
         })
     }
 
-    fn matches(&self, origin: Origin, database: &str, user: &str) -> bool {
+    /// `same_user`: the user `sameuser` compares the database with (`None`: it does
+    /// not match).
+    fn matches(&self, origin: Origin, database: &str, same_user: Option<&str>, user: &str) -> bool {
         let connection = match (self.kind, origin) {
             (Kind::Local, Origin::Local) => true,
             (Kind::Host, Origin::Host { .. }) => true,
@@ -307,7 +319,7 @@ impl Rule {
         };
         connection
             && address
-            && self.databases.matches(database, Some(user))
+            && self.databases.matches(database, same_user)
             && self.users.matches(user, None)
     }
 }

@@ -14,6 +14,9 @@
 //! membership (`+role`) are refused at parse time, naming the line: they would
 //! otherwise never match.
 
+/// No maps at all: what a rule naming a map finds when there is no ident file.
+pub static NO_MAPS: IdentMap = IdentMap { lines: Vec::new() };
+
 /// The lines of one file, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IdentMap {
@@ -29,7 +32,12 @@ impl IdentMap {
             let fields = crate::hba::plain_fields(raw).map_err(|e| (number, e))?;
             match fields.as_slice() {
                 [] => continue,
-                [word, ..] if word.starts_with("include") => {
+                [word, ..]
+                    if matches!(
+                        word.as_str(),
+                        "include" | "include_if_exists" | "include_dir"
+                    ) =>
+                {
                     return Err((
                         number,
                         format!("{word} is not supported: list the maps here"),

@@ -201,9 +201,11 @@ async fn session(
         method,
         // clientcert=verify-full: the certificate names the user.
         named_by_certificate: client_cert == hba::ClientCert::VerifyFull,
-        map: map
-            .as_deref()
-            .and_then(|map| Some((config.ident.as_deref()?, map))),
+        // A map without the ident file (refused at start and RELOAD) admits no one.
+        map: map.as_deref().map(|map| {
+            let ident = config.ident.as_deref().unwrap_or(&crate::ident::NO_MAPS);
+            (ident, map)
+        }),
     };
     let users = shared.users();
     let creds = users.get(user.as_str());
@@ -597,16 +599,16 @@ async fn client_method(
         }
         _ => (hba::Origin::Local, "[local]".to_string(), false),
     };
-    let decision = if config.is_admin_database(database) {
-        // The console by either of its names: rules for one hold for the other.
-        let names = [
-            crate::config::ADMIN_DATABASE,
-            crate::config::PGBOUNCER_ADMIN_DATABASE,
-        ];
-        hba.decide_any(origin, &names, user)
-    } else {
-        hba.decide(origin, database, user)
-    };
+    // The console by either of its names (when `pgbouncer` is one: no database entry
+    // takes it): rules for one hold for the other.
+    let other_name = [
+        crate::config::ADMIN_DATABASE,
+        crate::config::PGBOUNCER_ADMIN_DATABASE,
+    ]
+    .into_iter()
+    .find(|name| *name != database && config.is_admin_database(name));
+    let other_name = other_name.filter(|_| config.is_admin_database(database));
+    let decision = hba.decide_also(origin, database, other_name, user);
     let refusal = match decision.map(|d| (d.method, d.client_cert)) {
         // As PostgreSQL, before any password is asked for.
         Some((hba::Method::Auth(_), hba::ClientCert::VerifyCa | hba::ClientCert::VerifyFull))

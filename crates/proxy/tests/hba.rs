@@ -289,5 +289,22 @@ async fn rules_for_the_admin_console_hold_for_both_its_names() {
             }
         }
     }
+    // With a database entry named pgbouncer, that name is a database: its rules do
+    // not open the console.
+    let rules = "host pgbouncer all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n";
+    let mut config = config(&pg, &dir, rules);
+    config.admin_users = vec!["postgres".into()];
+    let mut named = config.databases[0].clone();
+    named.name = "pgbouncer".into();
+    config.databases.push(named);
+    let proxy = Proxy::start(config).await.unwrap();
+    let e = common::client_at("127.0.0.1", port_of(&proxy), "postgres", "pgopt", None)
+        .await
+        .expect_err("the console let in by the pgbouncer database's rule");
+    assert_eq!(code(&e), Some("28000"), "{e}");
+    let db = common::client_at("127.0.0.1", port_of(&proxy), "postgres", "pgbouncer", None)
+        .await
+        .unwrap();
+    assert_eq!(common::value(&db, "SELECT 1").await, "1");
     std::fs::remove_dir_all(&dir).unwrap();
 }
