@@ -210,7 +210,7 @@ async fn session(
     let users = shared.users();
     let creds = users.get(user.as_str());
     if config.is_admin_database(database) {
-        let exchange = login(
+        login(
             &mut stream,
             &mut buf,
             shared,
@@ -219,11 +219,9 @@ async fn session(
             user,
             creds,
             None,
-        );
-        let Some(logged_in) = before(deadline, exchange).await else {
-            return Err(login_timed_out(&mut stream, shared, &config).await);
-        };
-        logged_in?;
+            deadline,
+        )
+        .await?;
         let admin = config.admin_users.iter().any(|u| u == user);
         if !admin && !config.stats_users.iter().any(|u| u == user) {
             send_fatal(
@@ -316,7 +314,7 @@ async fn session(
             }
         }
     }
-    let exchange = login(
+    let login = login(
         &mut stream,
         &mut buf,
         shared,
@@ -325,11 +323,9 @@ async fn session(
         user,
         creds.or(found.as_deref()),
         refresh,
-    );
-    let Some(login) = before(deadline, exchange).await else {
-        return Err(login_timed_out(&mut stream, shared, &config).await);
-    };
-    let login = login?;
+        deadline,
+    )
+    .await?;
     log_login(&config, info, &stream, user, database);
     if login.refreshed.is_some() {
         found = login.refreshed;
@@ -654,8 +650,9 @@ async fn client_method(
     None
 }
 
-/// Authenticates the client; a failure is counted and the client told why. A SCRAM
-/// login against a stored verifier yields the user's keys.
+/// Authenticates the client, within `deadline` (client_login_timeout); a failure is
+/// counted and the client told why. A SCRAM login against a stored verifier yields
+/// the user's keys.
 #[allow(clippy::too_many_arguments)]
 async fn login(
     stream: &mut ClientStream,
@@ -666,8 +663,9 @@ async fn login(
     user: &str,
     creds: Option<&Credentials>,
     refresh: Option<auth::Refresh<'_>>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<auth::Authenticated, ProxyError> {
-    let result = auth::authenticate(
+    let exchange = auth::authenticate(
         stream,
         buf,
         method,
@@ -675,8 +673,10 @@ async fn login(
         creds,
         config.max_message_len,
         refresh,
-    )
-    .await;
+    );
+    let Some(result) = before(deadline, exchange).await else {
+        return Err(login_timed_out(stream, shared, config).await);
+    };
     if result.is_err() {
         shared.rejected_auth.fetch_add(1, Ordering::Relaxed);
     }
