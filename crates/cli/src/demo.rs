@@ -284,6 +284,7 @@ fn proxy_config(
             dbname: "saas".into(),
             user: None,
             password: None,
+            more_hosts: Default::default(),
             replicas: replicas
                 .iter()
                 .map(|r| pgopt_proxy::Replica {

@@ -561,6 +561,17 @@ fn database(
                 };
                 let _ = writeln!(extra, "{name} = {n}");
             }
+            "load_balance_hosts" => match value.as_str() {
+                "round-robin" | "disable" => {
+                    let _ = writeln!(extra, "load_balance_hosts = {}", quote(&value));
+                }
+                _ => {
+                    return Err(format!(
+                        "{}: load_balance_hosts: expected round-robin or disable",
+                        s.at()
+                    ))
+                }
+            },
             "pool_mode" => match value.as_str() {
                 "session" | "transaction" => {
                     let _ = writeln!(extra, "pool_mode = {}", quote(&value));
@@ -604,12 +615,6 @@ fn database(
             ))
         }
     };
-    if host.contains(',') {
-        return Err(format!(
-            "{}: host={host}: several hosts per database are not supported; give replicas in [[proxy.databases]].replicas",
-            s.at()
-        ));
-    }
     let mut url = String::from("postgres://");
     if let Some(user) = &user {
         url.push_str(&encode(user));
@@ -624,12 +629,20 @@ fn database(
             s.at()
         ));
     }
-    let host_part = if host.contains(':') && !host.starts_with('/') {
-        format!("[{host}]")
-    } else {
-        encode(&host)
-    };
-    let _ = write!(url, "{host_part}:{port}");
+    // A host list (`host=a,b`): each host with the one port.
+    let mut hosts = Vec::new();
+    for host in host.split(',').map(str::trim) {
+        if host.is_empty() {
+            return Err(format!("{}: host: an empty name in the list", s.at()));
+        }
+        let host_part = if host.contains(':') && !host.starts_with('/') {
+            format!("[{host}]")
+        } else {
+            encode(host)
+        };
+        hosts.push(format!("{host_part}:{port}"));
+    }
+    url.push_str(&hosts.join(","));
     if s.key != "*" {
         url.push('/');
         url.push_str(&encode(dbname.as_deref().unwrap_or(&s.key)));
@@ -746,6 +759,15 @@ mod tests {
         assert!(c.toml.contains(url), "{}", c.toml);
         let e = with_db("").err().unwrap();
         assert!(e.contains("no host"), "{e}");
+        // A host list, every host on the database's port, and its balance policy.
+        let hosts = "[databases]\napp = host=db1,db2,::1 port=6000 dbname=shop load_balance_hosts=disable\n";
+        std::fs::write(&ini, hosts).unwrap();
+        let c = convert(ini.to_str().unwrap()).unwrap();
+        let url = "upstream = \"postgres://db1:6000,db2:6000,[::1]:6000/shop\"\nload_balance_hosts = \"disable\"\n";
+        assert!(c.toml.contains(url), "{}", c.toml);
+        std::fs::write(&ini, "[databases]\napp = host=db1,,db2\n").unwrap();
+        let e = convert(ini.to_str().unwrap()).err().unwrap();
+        assert!(e.contains("an empty name"), "{e}");
         for unset in ["", "listen_addr = \n", "listen_addr = , \n"] {
             let c = convert_with(unset);
             assert!(

@@ -253,8 +253,15 @@ fn databases(
     args: &ProxyArgs,
 ) -> anyhow::Result<Vec<pgopt_proxy::Database>> {
     let config = &root.proxy;
-    let database = |name: &str, url: &str, replicas, pool| -> Result<_, String> {
+    let database = |name: &str,
+                    url: &str,
+                    replicas,
+                    pool,
+                    balance: Option<config::LoadBalanceHosts>|
+     -> Result<_, String> {
         let up = upstream::parse(url)?;
+        let round_robin =
+            balance.unwrap_or(config.load_balance_hosts) == config::LoadBalanceHosts::RoundRobin;
         Ok(pgopt_proxy::Database {
             name: if name.is_empty() {
                 up.dbname.clone()
@@ -263,6 +270,7 @@ fn databases(
             },
             host: up.host,
             port: up.port,
+            more_hosts: pgopt_proxy::MoreHosts::new(up.more_hosts, round_robin),
             dbname: up.dbname,
             user: up.user,
             password: up.password,
@@ -278,8 +286,14 @@ fn databases(
         .unwrap_or_else(|| config.upstream.clone());
     if !url.is_empty() {
         let replicas = replicas(&root.routing, &args.replica);
-        let db = database("", &url, replicas, pgopt_proxy::DatabasePool::default())
-            .map_err(|e| anyhow::anyhow!("proxy.upstream: {e}"))?;
+        let db = database(
+            "",
+            &url,
+            replicas,
+            pgopt_proxy::DatabasePool::default(),
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("proxy.upstream: {e}"))?;
         databases.push(("proxy.upstream".into(), db));
     } else if !args.replica.is_empty() || !root.routing.replicas.is_empty() {
         anyhow::bail!(
@@ -304,8 +318,14 @@ fn databases(
             }
         }
         let replicas = config::proxy_replicas(&entry.replicas);
-        let db = database(&entry.name, &entry.upstream.0, replicas, entry.pool())
-            .map_err(|e| anyhow::anyhow!("proxy.databases[{i}].upstream: {e}"))?;
+        let db = database(
+            &entry.name,
+            &entry.upstream.0,
+            replicas,
+            entry.pool(),
+            entry.load_balance_hosts,
+        )
+        .map_err(|e| anyhow::anyhow!("proxy.databases[{i}].upstream: {e}"))?;
         databases.push((format!("proxy.databases[{i}]"), db));
     }
     for (i, (key, db)) in databases.iter().enumerate() {
@@ -459,4 +479,43 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         cache: root.cache.settings(),
         ..pgopt_proxy::Config::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_list_takes_its_balance_policy_from_the_entry_or_the_proxy() {
+        let root = config::parse_text(
+            "pgopt.toml",
+            "[proxy]\nupstream = \"postgres://a@h1,h2:5433/main\"\nload_balance_hosts = \"disable\"\n\n\
+             [[proxy.databases]]\nname = \"rr\"\nupstream = \"postgres://a@h1,h2/r\"\n\
+             load_balance_hosts = \"round-robin\"\n\n\
+             [[proxy.databases]]\nname = \"one\"\nupstream = \"postgres://a@h1/o\"\n",
+        )
+        .unwrap();
+        let args = ProxyArgs {
+            listen: None,
+            upstream: None,
+            pool_mode: None,
+            pool_size: None,
+            admin_listen: None,
+            replica: Vec::new(),
+        };
+        let dbs = databases(&root, &args).unwrap();
+        let hosts = |i: usize| &dbs[i].more_hosts;
+        assert_eq!(dbs[0].hosts_text(), "h1,h2:5433");
+        assert_eq!(hosts(0).hosts, vec![("h2".to_string(), 5433)]);
+        assert!(!hosts(0).round_robin);
+        assert!(hosts(1).round_robin);
+        assert!(hosts(2).is_empty());
+        let bad = config::parse_text(
+            "pgopt.toml",
+            "[proxy]\nupstream = \"postgres://a@h/m\"\nload_balance_hosts = \"random\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("load_balance_hosts"), "{bad}");
+    }
 }

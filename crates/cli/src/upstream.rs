@@ -9,10 +9,12 @@ pub struct Upstream {
     pub password: Option<String>,
     pub host: String,
     pub port: u16,
+    /// The servers after the first of a host list (`HOST1:PORT1,HOST2:PORT2`).
+    pub more_hosts: Vec<(String, u16)>,
     pub dbname: String,
 }
 
-const FORM: &str = "postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?host=/SOCKET/DIR]";
+const FORM: &str = "postgres://USER[:PASSWORD]@HOST[:PORT][,HOST[:PORT]…]/DB[?host=/SOCKET/DIR]";
 
 /// A URL's parts after its scheme: user info, host and port, path, query.
 struct Parts<'a> {
@@ -73,39 +75,71 @@ pub fn parse(url: &str) -> Result<Upstream, String> {
         },
         None => (None, None),
     };
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("expected {FORM}: unclosed '[' in {url:?}"))?;
-        (h.to_string(), after.strip_prefix(':'))
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (decode(h)?, Some(p)),
-            None => (decode(hostport)?, None),
-        }
-    };
+    // HOST[:PORT], or a comma-separated list of them (a port of its own per host).
+    let mut hosts: Vec<(String, Option<String>)> = Vec::new();
+    for one in split_hosts(hostport) {
+        let (host, port) = if let Some(v6) = one.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("expected {FORM}: unclosed '[' in {url:?}"))?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match one.rsplit_once(':') {
+                Some((h, p)) => (decode(h)?, Some(p)),
+                None => (decode(one)?, None),
+            }
+        };
+        hosts.push((host, port.filter(|p| !p.is_empty()).map(str::to_string)));
+    }
     // The connection parameters libpq takes in the query win, as in libpq; others
     // are the server's business (sslmode is `proxy.server_tls_mode`) and are ignored.
-    let (mut host, mut port) = (host, port.map(str::to_string));
+    // As in libpq, `host=` and `port=` take comma-separated lists: one port for every
+    // host, or one per host.
+    let mut ports: Option<Vec<String>> = None;
     for (name, value) in params(query) {
         match name {
-            "host" => host = decode(value)?,
-            "port" => port = Some(decode(value)?),
+            "host" => {
+                hosts = (decode(value)?.split(','))
+                    .map(|h| (h.to_string(), None))
+                    .collect()
+            }
+            "port" => ports = Some(decode(value)?.split(',').map(str::to_string).collect()),
             "user" => user = Some(decode(value)?),
             "password" => password = Some(decode(value)?),
             "dbname" => dbname = decode(value)?,
             _ => {}
         }
     }
-    if host.is_empty() {
-        return Err(format!("expected {FORM}: no host in {url:?}"));
+    if let Some(ports) = ports {
+        match ports.len() {
+            1 => hosts.iter_mut().for_each(|h| h.1 = Some(ports[0].clone())),
+            n if n == hosts.len() => {
+                for (h, p) in hosts.iter_mut().zip(ports) {
+                    h.1 = Some(p);
+                }
+            }
+            n => {
+                return Err(format!(
+                    "expected {FORM}: {n} ports for {} hosts in {url:?} (give one port, or one per host)",
+                    hosts.len()
+                ))
+            }
+        }
     }
-    let port = match port.as_deref() {
-        Some(p) => p
-            .parse()
-            .map_err(|_| format!("expected {FORM}: port {p:?} is not a number from 1 to 65535"))?,
-        None => 5432,
-    };
+    let mut servers = Vec::with_capacity(hosts.len());
+    for (host, port) in hosts {
+        if host.is_empty() {
+            return Err(format!("expected {FORM}: no host in {url:?}"));
+        }
+        let port = match port.as_deref().filter(|p| !p.is_empty()) {
+            Some(p) => p.parse().ok().filter(|p: &u16| *p != 0).ok_or_else(|| {
+                format!("expected {FORM}: port {p:?} is not a number from 1 to 65535")
+            })?,
+            None => 5432,
+        };
+        servers.push((host, port));
+    }
+    let (host, port) = servers.remove(0);
     let user = user.filter(|u| !u.is_empty());
     let dbname = if dbname.is_empty() {
         user.clone().unwrap_or_else(|| "postgres".into())
@@ -117,8 +151,29 @@ pub fn parse(url: &str) -> Result<Upstream, String> {
         password,
         host,
         port,
+        more_hosts: servers,
         dbname,
     })
+}
+
+/// `HOST[:PORT],HOST[:PORT]…` split at the commas outside `[…]` (never empty: an
+/// empty text is one empty host).
+fn split_hosts(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0u32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 /// Whether `url` names a database (`…/DB`) rather than leaving it to the default.
@@ -201,6 +256,34 @@ mod tests {
             (u.host.as_str(), u.port, u.dbname.as_str()),
             ("db", 5433, "shop")
         );
+    }
+
+    #[test]
+    fn takes_a_host_list_as_libpq_does() {
+        let u = parse("postgres://app@db1:5433,[::1]:6000,db3/shop").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("db1", 5433));
+        assert_eq!(
+            u.more_hosts,
+            vec![("::1".to_string(), 6000), ("db3".to_string(), 5432)]
+        );
+        assert_eq!(u.dbname, "shop");
+        // In the query: one port for all, or one per host.
+        let u = parse("postgres://app@/shop?host=a,b&port=5444").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("a", 5444));
+        assert_eq!(u.more_hosts, vec![("b".to_string(), 5444)]);
+        let u = parse("postgres://app@/shop?host=a,/run/pg&port=1,2").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("a", 1));
+        assert_eq!(u.more_hosts, vec![("/run/pg".to_string(), 2)]);
+        let e = parse("postgres://app@/shop?host=a,b,c&port=1,2").unwrap_err();
+        assert!(e.contains("2 ports for 3 hosts"), "{e}");
+        let e = parse("postgres://app@a,,b/shop").unwrap_err();
+        assert!(e.contains("no host"), "{e}");
+        let e = parse("postgres://app@a:1,b:0/shop").unwrap_err();
+        assert!(e.contains("port \"0\""), "{e}");
+        assert!(parse("postgres://app@db/shop")
+            .unwrap()
+            .more_hosts
+            .is_empty());
     }
 
     #[test]

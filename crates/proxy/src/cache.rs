@@ -1494,6 +1494,8 @@ pub async fn follow_wal(
     let source = WalSource {
         host: db.host.clone(),
         port: db.port,
+        // In order, staying on the one that answers.
+        more_hosts: crate::config::MoreHosts::new(db.more_hosts.hosts.clone(), false),
         dbname: db.dbname.clone(),
         user,
         password,
@@ -1747,6 +1749,7 @@ mod tests {
             dbname: "app".into(),
             user: Some("owner".into()),
             password: Some("ownerpw".into()),
+            more_hosts: Default::default(),
             replicas: Vec::new(),
             pool: Default::default(),
         };

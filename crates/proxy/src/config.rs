@@ -66,6 +66,9 @@ pub struct Database {
     pub user: Option<String>,
     /// Password for the server login; else the client user's plaintext password.
     pub password: Option<String>,
+    /// More servers of this database after `host:port` (a host list), tried when a
+    /// connection to one fails; empty for one server.
+    pub more_hosts: MoreHosts,
     /// Streaming replicas of this server: read-only transactions go to them (see
     /// [`Routing`]). They take the same login as the primary.
     pub replicas: Vec<Replica>,
@@ -73,6 +76,79 @@ pub struct Database {
     /// `pool_mode=`); what is not set follows the proxy-wide value.
     pub pool: DatabasePool,
 }
+
+/// The servers of a database after its first (`postgres://a:5432,b:5432/db`, PgBouncer's
+/// `host=a,b`), and which one a new connection tries first: the next in turn
+/// (round robin, PgBouncer's default `load_balance_hosts=round-robin`) or the last that
+/// worked (`load_balance_hosts=disable`). Either way, when a server cannot be reached
+/// or refuses for any reason but the login's own (SQLSTATE class 28, or 3D000: no such
+/// database), the next is
+/// tried, so a client waits for a connection only while none of them answers.
+/// Clones share the turn.
+#[derive(Debug, Clone, Default)]
+pub struct MoreHosts {
+    pub hosts: Vec<(String, u16)>,
+    pub round_robin: bool,
+    /// The next server in turn (round robin), or the last that worked.
+    turn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Database {
+    /// The host, or with more hosts `host,host…`, each after the first with `:port`
+    /// when it is not `port` (SHOW DATABASES' host column, as PgBouncer's).
+    pub fn hosts_text(&self) -> String {
+        let mut text = self.host.clone();
+        for (host, port) in &self.more_hosts.hosts {
+            text.push(',');
+            text.push_str(host);
+            if *port != self.port {
+                text.push_str(&format!(":{port}"));
+            }
+        }
+        text
+    }
+}
+
+impl MoreHosts {
+    pub fn new(hosts: Vec<(String, u16)>, round_robin: bool) -> MoreHosts {
+        MoreHosts {
+            hosts,
+            round_robin,
+            turn: Default::default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// Where a new connection starts among `1 + hosts.len()` servers (0: the first).
+    pub fn first_to_try(&self) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = 1 + self.hosts.len();
+        if self.round_robin {
+            self.turn.fetch_add(1, Relaxed) % n
+        } else {
+            self.turn.load(Relaxed) % n
+        }
+    }
+
+    /// Server `i` (in `0..1 + hosts.len()`) took a connection.
+    pub fn worked(&self, i: usize) {
+        if !self.round_robin {
+            self.turn.store(i, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The same servers in the same order and policy, whatever the turn.
+impl PartialEq for MoreHosts {
+    fn eq(&self, other: &MoreHosts) -> bool {
+        (&self.hosts, self.round_robin) == (&other.hosts, other.round_robin)
+    }
+}
+
+impl Eq for MoreHosts {}
 
 /// Pool settings of one database that override the proxy-wide ones; `None` keeps
 /// the proxy-wide value.

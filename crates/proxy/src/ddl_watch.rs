@@ -96,6 +96,8 @@ pub async fn watch(
     let target = ServerTarget {
         host: db.host.clone(),
         port: db.port,
+        // In order, staying on the one that answers.
+        more_hosts: crate::config::MoreHosts::new(db.more_hosts.hosts.clone(), false),
         dbname: db.dbname.clone(),
         user,
         password,

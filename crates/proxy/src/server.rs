@@ -13,7 +13,7 @@ use pgopt_wire::startup::{CancelRequest, ProtocolVersion, StartupMessage};
 use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRAM_SHA_256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::Keepalive;
+use crate::config::{Keepalive, MoreHosts};
 use crate::net::{Endpoint, PgStream};
 use crate::server_tls::ServerTlsConnector;
 use crate::session_state::Applied;
@@ -25,6 +25,8 @@ use crate::ProxyError;
 pub struct ServerTarget {
     pub host: String,
     pub port: u16,
+    /// The database's other servers, tried in turn (see [`MoreHosts`]).
+    pub more_hosts: MoreHosts,
     pub dbname: String,
     pub user: String,
     /// Plaintext password for the server login.
@@ -37,13 +39,44 @@ pub struct ServerTarget {
 
 impl ServerTarget {
     pub fn describe(&self) -> String {
-        format!("{}:{}/{}", self.host, self.port, self.dbname)
+        format!("{}/{}", self.servers(), self.dbname)
     }
 
-    /// Same server, database and user (whatever the password).
+    /// `host:port`, or with more hosts `host:port,host:port,…`.
+    pub fn servers(&self) -> String {
+        let mut text = format!("{}:{}", self.host, self.port);
+        for (host, port) in &self.more_hosts.hosts {
+            text.push_str(&format!(",{host}:{port}"));
+        }
+        text
+    }
+
+    /// Same servers, database and user (whatever the password).
     pub fn same_login(&self, other: &ServerTarget) -> bool {
-        (&self.host, self.port, &self.dbname, &self.user)
-            == (&other.host, other.port, &other.dbname, &other.user)
+        (
+            &self.host,
+            self.port,
+            &self.more_hosts,
+            &self.dbname,
+            &self.user,
+        ) == (
+            &other.host,
+            other.port,
+            &other.more_hosts,
+            &other.dbname,
+            &other.user,
+        )
+    }
+
+    /// Server `i` of `host:port` and `more_hosts` (0: the first).
+    fn server(&self, i: usize) -> (&str, u16) {
+        match i.checked_sub(1) {
+            None => (&self.host, self.port),
+            Some(j) => {
+                let (host, port) = &self.more_hosts.hosts[j];
+                (host, *port)
+            }
+        }
     }
 }
 
@@ -119,34 +152,68 @@ impl ServerConn {
         keepalive: Option<Keepalive>,
         extra: &[(&str, &str)],
     ) -> Result<ServerConn, ProxyError> {
-        let connecting = Self::connect_inner(target, keys, max_len, keepalive, extra);
-        match tokio::time::timeout(timeout, connecting).await {
-            Ok(result) => result,
-            Err(_) => Err(ProxyError::Server {
-                server: target.describe(),
-                message: format!("no connection within {} ms", timeout.as_millis()),
-            }),
+        // With several servers, each gets `timeout` in turn (as libpq's
+        // connect_timeout), from the one `more_hosts` says, until one logs in.
+        let count = 1 + target.more_hosts.hosts.len();
+        let first = if count > 1 {
+            target.more_hosts.first_to_try()
+        } else {
+            0
+        };
+        let mut failed = Vec::new();
+        for k in 0..count {
+            let i = (first + k) % count;
+            let (host, port) = target.server(i);
+            let connecting =
+                Self::connect_inner(target, host, port, keys.clone(), max_len, keepalive, extra);
+            let error = match tokio::time::timeout(timeout, connecting).await {
+                Ok(Ok(conn)) => {
+                    target.more_hosts.worked(i);
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => e,
+                Err(_) => ProxyError::Server {
+                    server: format!("{host}:{port}/{}", target.dbname),
+                    message: format!("no connection within {} ms", timeout.as_millis()),
+                },
+            };
+            // The login itself was refused (its user, password or database): another
+            // server would refuse it too.
+            let login_refused = matches!(&error, ProxyError::Refused { code, .. }
+                if code.starts_with("28") || code == "3D000");
+            if count == 1 || login_refused {
+                return Err(error);
+            }
+            if k + 1 < count {
+                tracing::warn!(server = %format!("{host}:{port}"), error = %error, "trying the database's next server");
+            }
+            failed.push(error.to_string());
         }
+        Err(ProxyError::Server {
+            server: target.describe(),
+            message: format!("no server could be reached: {}", failed.join("; ")),
+        })
     }
 
     async fn connect_inner(
         target: &ServerTarget,
+        host: &str,
+        port: u16,
         keys: Option<ScramKeys>,
         max_len: u32,
         keepalive: Option<Keepalive>,
         extra: &[(&str, &str)],
     ) -> Result<ServerConn, ProxyError> {
-        let server = || target.describe();
-        let (stream, addr, local_addr) =
-            PgStream::connect(&target.host, target.port, keepalive.as_ref())
-                .await
-                .map_err(|e| ProxyError::Server {
-                    server: server(),
-                    message: e.to_string(),
-                })?;
+        let server = || format!("{host}:{port}/{}", target.dbname);
+        let (stream, addr, local_addr) = PgStream::connect(host, port, keepalive.as_ref())
+            .await
+            .map_err(|e| ProxyError::Server {
+                server: server(),
+                message: e.to_string(),
+            })?;
         // As libpq: no TLS over a Unix-domain socket, whatever the sslmode.
         let mut stream = match (&target.tls, stream) {
-            (Some(tls), PgStream::Plain(tcp)) => tls.negotiate(tcp, &target.host).await?,
+            (Some(tls), PgStream::Plain(tcp)) => tls.negotiate(tcp, host).await?,
             (_, stream) => stream,
         };
 
@@ -301,7 +368,7 @@ impl ServerConn {
                         secret_key: 0,
                     });
                     let tls = match (&target.tls, stream.is_tls()) {
-                        (Some(tls), true) => Some((tls.clone(), target.host.clone())),
+                        (Some(tls), true) => Some((tls.clone(), host.to_string())),
                         _ => None,
                     };
                     return Ok(ServerConn {

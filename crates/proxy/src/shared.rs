@@ -248,6 +248,7 @@ impl Shared {
         if let Some((_, n)) = &node {
             target.host = n.host.clone();
             target.port = n.port;
+            target.more_hosts = Default::default();
         }
         let index = node.as_ref().map_or(0, |(i, _)| i + 1);
         // A user's own settings are the server login's (the database's forced user
@@ -606,6 +607,7 @@ impl Shared {
                         Some(n) if Arc::ptr_eq(n, node) => {
                             target.host = n.host.clone();
                             target.port = n.port;
+                            target.more_hosts = Default::default();
                         }
                         _ => return false,
                     }
@@ -786,6 +788,7 @@ fn target_for<'a>(
     ServerTarget {
         host: db.host.clone(),
         port: db.port,
+        more_hosts: db.more_hosts.clone(),
         dbname: db.dbname.clone(),
         user: user.to_string(),
         password,

@@ -161,7 +161,7 @@ pub fn replicas(shared: &Shared) -> Table {
         table.push(vec![
             t(&router.database),
             t("primary"),
-            t(&db.host),
+            t(db.hosts_text()),
             n(db.port),
             n(router.settings.primary_weight),
             t(if up { "up" } else { "down" }),
@@ -529,7 +529,7 @@ pub fn databases(shared: &Shared) -> Table {
         let paused = mine.clone().count() > 0 && mine.clone().all(|p| p.is_paused());
         table.push(vec![
             t(&db.name),
-            t(&db.host),
+            t(db.hosts_text()),
             n(db.port),
             // The fallback entry's database is each client's own.
             (db.name != FALLBACK_DATABASE).then(|| db.dbname.clone()),

@@ -31,6 +31,8 @@ pub struct WalSource {
     pub password: Option<String>,
     pub connect_timeout: Duration,
     pub keepalive: Option<crate::config::Keepalive>,
+    /// The database's other servers.
+    pub more_hosts: crate::config::MoreHosts,
 }
 
 impl WalSource {
@@ -38,6 +40,7 @@ impl WalSource {
         ServerTarget {
             host: self.host.clone(),
             port: self.port,
+            more_hosts: self.more_hosts.clone(),
             dbname: self.dbname.clone(),
             user: self.user.clone(),
             password: self.password.clone(),

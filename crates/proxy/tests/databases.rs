@@ -19,6 +19,7 @@ fn database(pg: &Postgres, name: &str, dbname: &str, pool: DatabasePool) -> Data
         dbname: dbname.into(),
         user: None,
         password: pg.password().map(str::to_string),
+        more_hosts: Default::default(),
         replicas: Vec::new(),
         pool,
     }
@@ -362,4 +363,72 @@ async fn with_wal_listener_on_databases_reached_through_the_fallback_are_not_cac
         .unwrap();
     assert_eq!(common::value(&alpha, read).await, "behind");
     assert_eq!(hits(show(&console, "CACHE").await), 1);
+}
+
+/// The server ports of `n` clients of `db` held at once (session mode: each on its own
+/// server connection).
+async fn ports_of_clients(proxy: &Proxy, db: &str, n: usize) -> Vec<i32> {
+    let mut clients = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        let client = connect_to(proxy, db).await.unwrap();
+        ports.push(whereabouts(&client).await.1);
+        clients.push(client);
+    }
+    ports
+}
+
+#[tokio::test]
+async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
+    let mut a = Postgres::start().await.unwrap();
+    let b = Postgres::start().await.unwrap();
+    let (pa, pb) = (a.port() as i32, b.port() as i32);
+    let mut config = config_for(&a, PoolMode::Session, 8);
+    config.admin_users = vec!["postgres".into()];
+    let listed = |name: &str, round_robin: bool| Database {
+        more_hosts: pgopt_proxy::MoreHosts::new(vec![("127.0.0.1".into(), b.port())], round_robin),
+        ..database(&a, name, "postgres", DatabasePool::default())
+    };
+    config.databases = vec![listed("spread", true), listed("failover", false)];
+    let proxy = Proxy::start(config).await.unwrap();
+    let console = admin(&proxy).await;
+    let row = row_of(&console, "DATABASES", "name", "spread").await;
+    assert_eq!(row["host"], format!("127.0.0.1,127.0.0.1:{pb}"), "{row:?}");
+
+    // Round robin: each new server connection starts at the next host.
+    let ports = ports_of_clients(&proxy, "spread", 4).await;
+    assert_eq!(ports, vec![pa, pb, pa, pb]);
+    // The other policy stays on the first host while it answers.
+    assert_eq!(ports_of_clients(&proxy, "failover", 3).await, vec![pa; 3]);
+
+    // A login the servers refuse (SQLSTATE class 28) is refused at once, with the
+    // server's own error, not tried on the next host (whose error would be added).
+    let ghost = async {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(proxy.local_addr().port())
+            .user("ghost")
+            .dbname("spread")
+            .connect(NoTls)
+            .await?;
+        tokio::spawn(conn);
+        client.simple_query("SELECT 1").await
+    };
+    let e = ghost.await.unwrap_err();
+    let said = e.as_db_error().unwrap().message();
+    assert!(said.contains("\"ghost\" does not exist (28000)"), "{said}");
+    assert!(!said.contains(&pb.to_string()), "{said}");
+
+    // With the first server down, every client is served by the second, under either
+    // policy, and nobody sees an error.
+    a.stop();
+    assert_eq!(ports_of_clients(&proxy, "spread", 4).await, vec![pb; 4]);
+    assert_eq!(ports_of_clients(&proxy, "failover", 3).await, vec![pb; 3]);
+    // Back up: round robin uses it again; the failover policy stays where it worked.
+    // (Twice as many clients as before: half reuse the idle connections, half need new
+    // ones.)
+    a.restart().unwrap();
+    let ports = ports_of_clients(&proxy, "spread", 8).await;
+    assert_eq!(ports.iter().filter(|p| **p == pa).count(), 2, "{ports:?}");
+    assert_eq!(ports_of_clients(&proxy, "failover", 6).await, vec![pb; 6]);
 }

@@ -33,6 +33,7 @@ fn source_for(pg: &Postgres) -> WalSource {
         password: pg.password().map(str::to_string),
         connect_timeout: Duration::from_secs(5),
         keepalive: None,
+        more_hosts: Default::default(),
     }
 }
 

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 pub use bounded::{Bounded, Scale};
 pub use cache::CacheSection;
 pub use duration::{HumanDuration, KeepaliveSeconds};
-pub use proxy::{ClientAuthMethod, ProxyConfig, ServerTlsModeSetting, TlsModeSetting};
+pub use proxy::{
+    ClientAuthMethod, LoadBalanceHosts, ProxyConfig, ServerTlsModeSetting, TlsModeSetting,
+};
 pub use routing::{proxy_replicas, RoutingSection};
 
 /// A set secret as `pgopt config print` shows it.
@@ -55,7 +57,24 @@ pub(crate) fn mask_url_passwords(urls: &str) -> String {
         };
         format!("{scheme}://{user}{after}")
     };
-    urls.split(',').map(mask).collect::<Vec<_>>().join(",")
+    // A comma starts the next URL only where a scheme follows it: inside one URL it
+    // separates hosts (`h1,h2`) or is part of a password.
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, _) in urls.match_indices(',') {
+        let next = &urls[i + 1..];
+        let scheme = next.find("://").map(|end| &next[..end]);
+        if scheme.is_some_and(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        }) {
+            parts.push(&urls[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&urls[start..]);
+    parts.into_iter().map(mask).collect::<Vec<_>>().join(",")
 }
 
 /// Serializes a URL field with its passwords masked.

@@ -55,6 +55,18 @@ pub enum ServerTlsModeSetting {
     VerifyFull,
 }
 
+/// Which of a database's several hosts a new server connection tries first
+/// (PgBouncer's `load_balance_hosts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalanceHosts {
+    /// The next in turn.
+    #[default]
+    RoundRobin,
+    /// The last that worked (the first until one fails): failover, not balance.
+    Disable,
+}
+
 /// A `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` URL, checked as it is read (so a
 /// bad one is named with its line).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +113,9 @@ pub struct DatabaseEntry {
     /// Instead of `proxy.max_db_connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_db_connections: Option<Bounded<0, 100000>>,
+    /// Instead of `proxy.load_balance_hosts`, for an upstream with several hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balance_hosts: Option<LoadBalanceHosts>,
 }
 
 impl PoolMode {
@@ -175,6 +190,10 @@ pub struct ProxyConfig {
     pub upstream: String,
     /// More databases, each on its own server, with its own replicas.
     pub databases: Vec<DatabaseEntry>,
+    /// An upstream URL with several hosts (`postgres://a:5432,b:5432/db`): round-robin
+    /// (each new server connection starts at the next host) or disable (at the last
+    /// that worked). Either way a host that fails is skipped for the next.
+    pub load_balance_hosts: LoadBalanceHosts,
     /// session | transaction
     pub pool_mode: PoolMode,
     /// Server connections per (database, user).
@@ -271,6 +290,7 @@ impl Default for ProxyConfig {
             upstream: String::new(),
             databases: Vec::new(),
             pool_mode: PoolMode::Transaction,
+            load_balance_hosts: LoadBalanceHosts::RoundRobin,
             default_pool_size: Bounded(20),
             min_pool_size: Bounded(0),
             reserve_pool_size: Bounded(0),

@@ -343,6 +343,15 @@ hmac_key = "hmac-secret"
         "postgres://app@h/db?sslmode=require"
     );
     assert_eq!(mask_url_passwords("not a url"), "not a url");
+    // A host list, and a comma in a password: one URL; a scheme after a comma: two.
+    assert_eq!(
+        mask_url_passwords("postgres://app:p,w@h1:5432,h2:5433/db"),
+        "postgres://app:********@h1:5432,h2:5433/db"
+    );
+    assert_eq!(
+        mask_url_passwords("redis://:a@r1:6379,rediss://u:b,c@r2:6380"),
+        "redis://:********@r1:6379,rediss://u:********@r2:6380"
+    );
     assert_eq!(
         mask_url_passwords("postgres://app:pa?s@s@db/shop"),
         "postgres://app:********@db/shop"

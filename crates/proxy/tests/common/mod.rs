@@ -25,6 +25,7 @@ pub fn config_for(pg: &Postgres, mode: PoolMode, pool_size: usize) -> Config {
             dbname: "postgres".into(),
             user: None,
             password: pg.password().map(str::to_string),
+            more_hosts: Default::default(),
             replicas: Vec::new(),
             pool: Default::default(),
         }],
