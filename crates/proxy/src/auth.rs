@@ -197,6 +197,12 @@ pub async fn authenticate(
                 sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                 format!("Peer authentication failed for user \"{user}\""),
             ),
+            // As PostgreSQL: no certificate at all is told apart from one naming
+            // someone else.
+            ClientAuth::Cert if !stream.has_peer_certificate() => (
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                "connection requires a valid client certificate".to_string(),
+            ),
             ClientAuth::Cert => (
                 sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                 format!("certificate authentication failed for user \"{user}\""),

@@ -534,7 +534,12 @@ async fn cert_rules_take_a_client_certificate_named_for_the_user() {
     without_ca.client_tls.ca_file = None;
     let e = Proxy::start(without_ca).await.err().unwrap().to_string();
     assert!(e.contains("proxy.tls_ca_file"), "{e}");
+    // `auth = "cert"` without rules: the same two refusals.
+    let mut cert_for_all = config.clone();
+    cert_for_all.hba = None;
+    cert_for_all.client_auth = pgopt_proxy::ClientAuth::Cert;
     let proxy = Proxy::start(config).await.unwrap();
+    let cert_for_all = Proxy::start(cert_for_all).await.unwrap();
     let with_cert = |user: &str, crt: &PathBuf, key: &PathBuf| {
         format!(
             "host=127.0.0.1 user={user} sslmode=require sslcert={} sslkey={}",
@@ -562,11 +567,20 @@ async fn cert_rules_take_a_client_certificate_named_for_the_user() {
     // No certificate: refused before anything else, as PostgreSQL (cert implies
     // clientcert=verify-full).
     let none = "host=127.0.0.1 user=alice sslmode=require sslcert=/nonexistent sslkey=/nonexistent";
-    let e = psql_with(&pg, &proxy, none, sql).await.unwrap_err();
+    for proxy in [&proxy, &cert_for_all] {
+        let e = psql_with(&pg, proxy, none, sql).await.unwrap_err();
+        assert!(
+            e.contains("connection requires a valid client certificate"),
+            "{e}"
+        );
+    }
+    let bob = with_cert("bob", &alice_crt, &alice_key);
+    let e = psql_with(&pg, &cert_for_all, &bob, sql).await.unwrap_err();
     assert!(
-        e.contains("connection requires a valid client certificate"),
+        e.contains("certificate authentication failed for user \"bob\""),
         "{e}"
     );
+    drop(cert_for_all);
     // A certificate from a CA the proxy does not trust fails the handshake.
     let out = psql_with(
         &pg,
