@@ -297,10 +297,8 @@ pub fn convert(path: &str) -> Result<Converted, String> {
     let mut client_ca = false;
     let mut keepalive = None;
     let mut lines: Vec<String> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
     for s in &ini.pgbouncer {
         let key = s.key.to_ascii_lowercase();
-        seen.insert(key.clone());
         let v = s.value.as_str();
         let mut bad = |why: &str| notes.push(format!("{}: {why}", s.at()));
         let seconds = |v: &str| duration(v);
@@ -505,13 +503,21 @@ pub fn convert(path: &str) -> Result<Converted, String> {
     if let Some(on) = keepalive {
         let _ = writeln!(out, "tcp_keepalive = {on}");
     }
-    // PgBouncer's defaults where pgopt's differ, for the settings the file leaves out.
+    // A setting given twice (an %include overriding the main file): the last one
+    // counts, as in PgBouncer.
+    let key_of = |line: &str| line.split(" = ").next().unwrap_or("").to_string();
+    let mut kept = std::collections::HashSet::new();
+    lines.reverse();
+    lines.retain(|line| kept.insert(key_of(line)));
+    lines.reverse();
+    // PgBouncer's defaults where pgopt's differ, for the settings the file leaves out
+    // (or gives a value pgopt could not read: noted above).
     for (key, default) in [
         ("pool_mode", "\"session\""),
         ("max_client_conn", "100"),
         ("server_connect_timeout", "\"15s\""),
     ] {
-        if !seen.contains(key) {
+        if !kept.contains(key) {
             let _ = writeln!(out, "{key} = {default}");
         }
     }
@@ -730,6 +736,11 @@ mod tests {
             "{:?}",
             c.notes
         );
+        // A setting given twice: the last counts. One pgopt cannot read: its default.
+        let c = convert_with("max_client_conn = 50\nmax_client_conn = 70\npool_mode = often\n");
+        assert!(c.toml.contains("max_client_conn = 70\n"), "{}", c.toml);
+        assert!(!c.toml.contains("max_client_conn = 50\n"), "{}", c.toml);
+        assert!(c.toml.contains("pool_mode = \"session\"\n"), "{}", c.toml);
         // PgBouncer's defaults where pgopt's differ; its 0 for "never".
         let c =
             convert_with("query_wait_timeout = 0\nserver_idle_timeout = 0\nquery_timeout = 0\n");
