@@ -524,11 +524,17 @@ pub fn convert(path: &str) -> Result<Converted, String> {
     for line in &lines {
         let _ = writeln!(out, "{line}");
     }
-    for db in &ini.databases {
-        out.push_str(&database(db, unix_socket_dir.as_deref(), &mut notes)?);
+    // A database or user given twice: the last entry counts, as in PgBouncer.
+    let last = |list: &[Setting], i: usize| !list[i + 1..].iter().any(|s| s.key == list[i].key);
+    for (i, db) in ini.databases.iter().enumerate() {
+        if last(&ini.databases, i) {
+            out.push_str(&database(db, unix_socket_dir.as_deref(), &mut notes)?);
+        }
     }
-    for user in &ini.users {
-        out.push_str(&user_entry(user, &mut notes)?);
+    for (i, user) in ini.users.iter().enumerate() {
+        if last(&ini.users, i) {
+            out.push_str(&user_entry(user, &mut notes)?);
+        }
     }
     // What was written must load: a converter that writes what pgopt refuses helps no
     // one.
@@ -776,6 +782,17 @@ mod tests {
         let c = convert(ini.to_str().unwrap()).unwrap();
         let url = "upstream = \"postgres://db1:6000,db2:6000,[::1]:6000/shop\"\nload_balance_hosts = \"disable\"\n";
         assert!(c.toml.contains(url), "{}", c.toml);
+        let twice = "[databases]\napp = host=old\napp = host=new\n[users]\nbob = pool_mode=session\nbob = pool_mode=transaction\n";
+        std::fs::write(&ini, twice).unwrap();
+        let c = convert(ini.to_str().unwrap()).unwrap();
+        assert!(c.toml.contains("\"postgres://new:5432/app\""), "{}", c.toml);
+        assert!(!c.toml.contains("//old"), "{}", c.toml);
+        assert_eq!(c.toml.matches("name = \"bob\"").count(), 1, "{}", c.toml);
+        assert!(
+            c.toml.contains("pool_mode = \"transaction\"\n"),
+            "{}",
+            c.toml
+        );
         std::fs::write(&ini, "[databases]\napp = host=db1,,db2\n").unwrap();
         let e = convert(ini.to_str().unwrap()).err().unwrap();
         assert!(e.contains("an empty name"), "{e}");
