@@ -247,10 +247,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
     ),
     ("resolv_conf", "pgopt uses the system's resolver"),
     ("disable_pqexec", "not supported"),
-    (
-        "server_round_robin",
-        "pgopt reuses the most recently used idle connection",
-    ),
     ("server_fast_close", "not supported"),
     (
         "server_login_retry",
@@ -359,6 +355,7 @@ pub fn convert(path: &str) -> Result<Converted, String> {
             "log_connections"
             | "log_disconnections"
             | "application_name_add_host"
+            | "server_round_robin"
             | "so_reuseport" => match flag(v) {
                 Some(b) => lines.push(format!("{key} = {b}")),
                 None => bad("expected 0 or 1"),

@@ -395,6 +395,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         log_connections: config.log_connections,
         log_disconnections: config.log_disconnections,
         application_name_add_host: config.application_name_add_host,
+        server_round_robin: config.server_round_robin,
         pool_mode,
         default_pool_size: args.pool_size.unwrap_or(config.default_pool_size.get()) as usize,
         min_pool_size: config.min_pool_size.get() as usize,

@@ -262,6 +262,11 @@ pub struct Config {
     /// ` - HOST:PORT` of the client after its application_name (PgBouncer's
     /// `application_name_add_host`).
     pub application_name_add_host: bool,
+    /// Reuse the idle server connection that waited longest instead of the one used
+    /// last (PgBouncer's `server_round_robin`): load spreads over every connection (and
+    /// every host of a host list, or behind a load balancer), at the cost of idle
+    /// connections never timing out while traffic lasts.
+    pub server_round_robin: bool,
     pub pool_mode: PoolMode,
     /// Server connections per (database, user).
     pub default_pool_size: usize,
@@ -559,6 +564,7 @@ impl Default for Config {
             log_connections: false,
             log_disconnections: false,
             application_name_add_host: false,
+            server_round_robin: false,
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,
             min_pool_size: 0,
@@ -669,6 +675,7 @@ impl Config {
             "log_connections" => self.log_connections = flag()?,
             "log_disconnections" => self.log_disconnections = flag()?,
             "application_name_add_host" => self.application_name_add_host = flag()?,
+            "server_round_robin" => self.server_round_robin = flag()?,
             other => {
                 return Err(SetError::Unknown(format!(
                     "unrecognized configuration parameter \"{other}\" (SHOW CONFIG lists them)"

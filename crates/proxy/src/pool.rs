@@ -46,6 +46,9 @@ pub struct PoolLimits {
     pub max_message_len: u32,
     /// TCP keepalive on new connections, unless `None`.
     pub keepalive: Option<crate::config::Keepalive>,
+    /// Reuse the idle connection that waited longest (`server_round_robin`), not the
+    /// one used last.
+    pub round_robin: bool,
 }
 
 /// How a server connection pgopt opens for its own work counts under
@@ -409,7 +412,7 @@ impl Pool {
                 // `None` while this pool has an idle connection: closed for it.
                 for _ in 0..3 {
                     match self.permits(Some(deadline)).await {
-                        Ok(None) => drop(self.take_idle()),
+                        Ok(None) => drop(self.take_idle(false)),
                         Ok(got) => permits = got,
                         Err(_) => break,
                     }
@@ -676,7 +679,7 @@ impl Pool {
         deadline: Instant,
     ) -> (Result<Box<ServerConn>, CheckoutError>, bool) {
         let mut waited = false;
-        while let Some(conn) = self.take_idle() {
+        while let Some(conn) = self.take_idle(limits.round_robin) {
             let since_used = now.saturating_duration_since(conn.last_used);
             let expired = since_used > limits.idle_timeout
                 || now.saturating_duration_since(conn.created) > limits.lifetime;
@@ -781,13 +784,20 @@ impl Pool {
     }
 
     /// The most recently used idle connection of this thread's runtime, else the most
-    /// recently used of any (see `workers.rs`).
-    fn take_idle(&self) -> Option<Box<ServerConn>> {
+    /// recently used of any (see `workers.rs`); with `round_robin`, the least recently
+    /// used instead (the list is in the order they came back).
+    fn take_idle(&self, round_robin: bool) -> Option<Box<ServerConn>> {
         let mut idle = lock(&self.idle);
         let here = crate::workers::home();
-        match idle.iter().rposition(|c| c.home == here) {
-            Some(i) => Some(idle.remove(i)),
-            None => idle.pop(),
+        let mine = if round_robin {
+            idle.iter().position(|c| c.home == here)
+        } else {
+            idle.iter().rposition(|c| c.home == here)
+        };
+        match (mine, round_robin) {
+            (Some(i), _) => Some(idle.remove(i)),
+            (None, false) => idle.pop(),
+            (None, true) => (!idle.is_empty()).then(|| idle.remove(0)),
         }
     }
 

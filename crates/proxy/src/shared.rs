@@ -765,6 +765,7 @@ pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
         check_after: config.server_check_delay,
         max_message_len: config.max_message_len,
         keepalive: config.tcp_keepalive,
+        round_robin: config.server_round_robin,
     }
 }
 

@@ -617,6 +617,7 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
             on_off(c.application_name_add_host),
             true,
         ),
+        ("server_round_robin", on_off(c.server_round_robin), true),
         ("default_pool_size", c.default_pool_size.to_string(), true),
         ("min_pool_size", c.min_pool_size.to_string(), true),
         ("reserve_pool_size", c.reserve_pool_size.to_string(), true),

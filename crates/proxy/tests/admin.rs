@@ -1529,3 +1529,49 @@ async fn wait_close_returns_once_the_connections_reconnect_marked_have_closed() 
     let message = e.as_db_error().map(|d| d.message().to_string());
     assert!(message.unwrap_or_default().contains("nosuchdb"), "{e:?}");
 }
+
+/// The server backends one client's six transactions ran on, in transaction mode with
+/// three idle connections.
+async fn backends_of_six(client: &tokio_postgres::Client) -> std::collections::HashSet<i32> {
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let row = client.query_one("SELECT pg_backend_pid()", &[]).await;
+        pids.insert(row.unwrap().get(0));
+    }
+    pids
+}
+
+#[tokio::test]
+async fn server_round_robin_reuses_the_connection_idle_longest() {
+    let pg = Postgres::start().await.unwrap();
+    // One thread: every connection is the session thread's own.
+    let proxy = start_with(&pg, |c| {
+        c.workers = 1;
+        c.default_pool_size = 3;
+    })
+    .await;
+    let console = admin(&proxy).await;
+    // Three connections open at once, then idle.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = connect(&proxy, "postgres", None).await.unwrap();
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        clients.push(c);
+    }
+    for c in &clients {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    // By default the one used last comes back each time.
+    assert_eq!(backends_of_six(&clients[0]).await.len(), 1);
+    console
+        .simple_query("SET server_round_robin = 1")
+        .await
+        .unwrap();
+    assert_eq!(backends_of_six(&clients[0]).await.len(), 3);
+    let config = show(&console, "CONFIG").await;
+    let row = config
+        .iter()
+        .find(|r| r["key"] == "server_round_robin")
+        .unwrap();
+    assert_eq!(row["value"], "on");
+}

@@ -184,6 +184,8 @@ pub struct ProxyConfig {
     pub log_disconnections: bool,
     /// Add " - HOST:PORT" of the client to its application_name on the server.
     pub application_name_add_host: bool,
+    /// Reuse the idle server connection that waited longest, not the one used last.
+    pub server_round_robin: bool,
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` of the server to pool (printed with
     /// the password masked).
     #[serde(serialize_with = "super::masked_url")]
@@ -287,6 +289,7 @@ impl Default for ProxyConfig {
             log_connections: true,
             log_disconnections: true,
             application_name_add_host: false,
+            server_round_robin: false,
             upstream: String::new(),
             databases: Vec::new(),
             pool_mode: PoolMode::Transaction,
