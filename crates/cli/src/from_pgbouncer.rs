@@ -261,14 +261,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
     ("server_tls_protocols", "pgopt takes TLS 1.2 and 1.3"),
     ("server_tls_ciphers", "pgopt uses rustls' safe defaults"),
     (
-        "server_tls_key_file",
-        "pgopt sends no client certificate to servers",
-    ),
-    (
-        "server_tls_cert_file",
-        "pgopt sends no client certificate to servers",
-    ),
-    (
         "autodb_idle_timeout",
         "the \"*\" database's pools end when their last client leaves",
     ),
@@ -407,7 +399,9 @@ pub fn convert(path: &str) -> Result<Converted, String> {
                 };
                 lines.push(format!("server_tls_mode = {}", quote(mode)));
             }
-            "server_tls_ca_file" => lines.push(format!("server_tls_ca_file = {}", quote(v))),
+            "server_tls_ca_file" | "server_tls_cert_file" | "server_tls_key_file" => {
+                lines.push(format!("{key} = {}", quote(v)))
+            }
             other => match NOT_NEEDED.iter().find(|(k, _)| *k == other) {
                 Some((_, why)) => bad(&format!("not carried over: {why}")),
                 None => bad("not a setting pgopt has: not carried over"),

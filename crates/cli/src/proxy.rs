@@ -449,6 +449,10 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
             },
             ca_file: (!config.server_tls_ca_file.is_empty())
                 .then(|| config.server_tls_ca_file.clone().into()),
+            cert_file: (!config.server_tls_cert_file.is_empty())
+                .then(|| config.server_tls_cert_file.clone().into()),
+            key_file: (!config.server_tls_key_file.is_empty())
+                .then(|| config.server_tls_key_file.clone().into()),
         },
         client_auth,
         hba,

@@ -401,6 +401,10 @@ pub enum ServerTlsMode {
 pub struct ServerTls {
     pub mode: ServerTlsMode,
     pub ca_file: Option<std::path::PathBuf>,
+    /// A certificate (chain) and key pgopt presents to servers that ask for one
+    /// (PgBouncer's `server_tls_cert_file` and `server_tls_key_file`).
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// The name of the virtual database that serves the admin console.

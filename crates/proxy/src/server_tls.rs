@@ -76,12 +76,26 @@ impl ServerTlsConnector {
             chain,
             check_name: settings.mode == ServerTlsMode::VerifyFull,
         });
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        // A certificate of pgopt's own for servers that ask for one (`cert`
+        // authentication, `clientcert=verify-*` in their pg_hba.conf).
+        let config = match (&settings.cert_file, &settings.key_file) {
+            (Some(cert), Some(key)) => {
+                let (chain, key) = crate::tls::certificate_and_key(cert, key)?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| tls(format!("server_tls_cert_file {}: {e}", cert.display())))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err(tls(
+                "server_tls_cert_file and server_tls_key_file go together: give both or neither"
+                    .into(),
+            )),
+        };
         Ok(Some(ServerTlsConnector {
             settings: settings.clone(),
             connector: TlsConnector::from(Arc::new(config)),

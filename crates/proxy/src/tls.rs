@@ -11,14 +11,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::ProxyError;
 
-/// Loads a PEM certificate chain and private key into a TLS acceptor; with `ca_file`,
-/// clients are asked for a certificate, which must verify against those CAs when one
-/// is given (none is allowed).
-pub fn acceptor(
+/// A PEM certificate chain (at least one) and its private key.
+pub(crate) fn certificate_and_key(
     cert_file: &Path,
     key_file: &Path,
-    ca_file: Option<&Path>,
-) -> Result<TlsAcceptor, ProxyError> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ProxyError> {
     let tls = |what: String| ProxyError::Tls(what);
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -37,6 +34,19 @@ pub fn acceptor(
             key_file.display()
         ))
     })?;
+    Ok((certs, key))
+}
+
+/// Loads a PEM certificate chain and private key into a TLS acceptor; with `ca_file`,
+/// clients are asked for a certificate, which must verify against those CAs when one
+/// is given (none is allowed).
+pub fn acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+    ca_file: Option<&Path>,
+) -> Result<TlsAcceptor, ProxyError> {
+    let tls = |what: String| ProxyError::Tls(what);
+    let (certs, key) = certificate_and_key(cert_file, key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -254,6 +254,7 @@ async fn tls_to_servers_with_libpq_sslmodes() {
     let tls = |mode, ca_file: Option<&PathBuf>| ServerTls {
         mode,
         ca_file: ca_file.cloned(),
+        ..ServerTls::default()
     };
 
     // prefer (the default) and require encrypt without checking the certificate.
@@ -320,6 +321,7 @@ async fn a_server_name_the_certificate_lacks_fails_verify_full_but_not_verify_ca
     let tls = |mode| ServerTls {
         mode,
         ca_file: Some(ca.clone()),
+        ..ServerTls::default()
     };
     let proxy = proxy_to(&pg, "127.0.0.1", tls(ServerTlsMode::VerifyCa)).await;
     assert!(server_ssl(&proxy).await.unwrap());
@@ -338,6 +340,7 @@ async fn require_refuses_a_server_without_tls() {
         ServerTls {
             mode: ServerTlsMode::Require,
             ca_file: None,
+            ..ServerTls::default()
         },
     )
     .await;
@@ -415,6 +418,7 @@ async fn a_cancel_reaches_a_server_that_takes_only_tls() {
     config.server_tls = ServerTls {
         mode: ServerTlsMode::Require,
         ca_file: None,
+        ..ServerTls::default()
     };
     let proxy = Proxy::start(config).await.unwrap();
     let client = common::connect(&proxy, "postgres", None).await.unwrap();
@@ -700,4 +704,50 @@ async fn clientcert_options_ask_a_password_login_for_a_certificate_too() {
     );
     drop(proxy);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_server_that_asks_for_a_certificate_gets_pgopts_own() {
+    let dir = temp_dir("servercert");
+    let (ca, cert, key) = signed_certificate(&dir, "DNS:localhost,IP:127.0.0.1");
+    let (postgres_crt, postgres_key) = client_certificate(&dir, "postgres", false);
+    let pg = Postgres::builder().tls(&cert, &key).start().await.unwrap();
+    // Over TCP the server takes only TLS logins with a certificate its CA signed that
+    // names the user.
+    let ca_text = ca.to_str().unwrap().replace('\'', "''");
+    pg.psql(&format!("ALTER SYSTEM SET ssl_ca_file = '{ca_text}'"))
+        .unwrap();
+    std::fs::write(
+        pg.data_dir().join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 cert\n",
+    )
+    .unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+    let with = |cert_file: Option<&PathBuf>, key_file: Option<&PathBuf>| {
+        let mut config = config_for(&pg, PoolMode::Transaction, 2);
+        config.server_tls = ServerTls {
+            mode: ServerTlsMode::VerifyFull,
+            ca_file: Some(ca.clone()),
+            cert_file: cert_file.cloned(),
+            key_file: key_file.cloned(),
+        };
+        config
+    };
+    let proxy = Proxy::start(with(Some(&postgres_crt), Some(&postgres_key)))
+        .await
+        .unwrap();
+    assert!(server_ssl(&proxy).await.unwrap());
+    // Without one, the server refuses pgopt's login.
+    let proxy = Proxy::start(with(None, None)).await.unwrap();
+    let err = server_ssl(&proxy).await.unwrap_err();
+    let message = err.as_db_error().unwrap().message();
+    assert!(message.contains("certificate"), "{message}");
+    // Half a pair is refused at start.
+    let e = Proxy::start(with(Some(&postgres_crt), None))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("give both or neither"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -257,6 +257,10 @@ pub struct ProxyConfig {
     pub server_tls_mode: ServerTlsModeSetting,
     /// PEM file of the CA certificates trusted for servers; "" is none.
     pub server_tls_ca_file: String,
+    /// PEM certificate chain and private key pgopt presents to servers that ask for a
+    /// client certificate; "" presents none.
+    pub server_tls_cert_file: String,
+    pub server_tls_key_file: String,
     /// trust | md5 | scram-sha-256 | cert | hba
     pub auth: ClientAuthMethod,
     /// With `auth = "hba"`: a file of `pg_hba.conf` rules (local, host, hostssl,
@@ -325,6 +329,8 @@ impl Default for ProxyConfig {
             tls_ca_file: String::new(),
             server_tls_mode: ServerTlsModeSetting::Prefer,
             server_tls_ca_file: String::new(),
+            server_tls_cert_file: String::new(),
+            server_tls_key_file: String::new(),
             auth: ClientAuthMethod::Trust,
             auth_hba_file: String::new(),
             auth_ident_file: String::new(),
