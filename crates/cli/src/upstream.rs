@@ -57,10 +57,12 @@ fn params(query: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 pub fn parse(url: &str) -> Result<Upstream, String> {
+    // In messages, with its password masked (they reach logs and the admin console).
+    let shown = crate::config::mask_url_passwords(url);
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
-        .ok_or_else(|| format!("expected {FORM}, found {url:?}"))?;
+        .ok_or_else(|| format!("expected {FORM}, found {shown:?}"))?;
     let Parts {
         userinfo,
         hostport,
@@ -75,13 +77,15 @@ pub fn parse(url: &str) -> Result<Upstream, String> {
         },
         None => (None, None),
     };
-    // HOST[:PORT], or a comma-separated list of them (a port of its own per host).
-    let mut hosts: Vec<(String, Option<String>)> = Vec::new();
+    // HOST[:PORT], or a comma-separated list of them. As in libpq, hosts and ports are
+    // two lists: `host=` and `port=` in the query replace either one.
+    let mut hosts: Vec<String> = Vec::new();
+    let mut ports: Vec<String> = Vec::new();
     for one in split_hosts(hostport) {
         let (host, port) = if let Some(v6) = one.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("expected {FORM}: unclosed '[' in {url:?}"))?;
+                .ok_or_else(|| format!("expected {FORM}: unclosed '[' in {shown:?}"))?;
             (h.to_string(), after.strip_prefix(':'))
         } else {
             match one.rsplit_once(':') {
@@ -89,53 +93,42 @@ pub fn parse(url: &str) -> Result<Upstream, String> {
                 None => (decode(one)?, None),
             }
         };
-        hosts.push((host, port.filter(|p| !p.is_empty()).map(str::to_string)));
+        hosts.push(host);
+        ports.push(port.unwrap_or("").to_string());
     }
     // The connection parameters libpq takes in the query win, as in libpq; others
     // are the server's business (sslmode is `proxy.server_tls_mode`) and are ignored.
-    // As in libpq, `host=` and `port=` take comma-separated lists: one port for every
-    // host, or one per host.
-    let mut ports: Option<Vec<String>> = None;
     for (name, value) in params(query) {
         match name {
-            "host" => {
-                hosts = (decode(value)?.split(','))
-                    .map(|h| (h.to_string(), None))
-                    .collect()
-            }
-            "port" => ports = Some(decode(value)?.split(',').map(str::to_string).collect()),
+            "host" => hosts = decode(value)?.split(',').map(str::to_string).collect(),
+            "port" => ports = decode(value)?.split(',').map(str::to_string).collect(),
             "user" => user = Some(decode(value)?),
             "password" => password = Some(decode(value)?),
             "dbname" => dbname = decode(value)?,
             _ => {}
         }
     }
-    if let Some(ports) = ports {
-        match ports.len() {
-            1 => hosts.iter_mut().for_each(|h| h.1 = Some(ports[0].clone())),
-            n if n == hosts.len() => {
-                for (h, p) in hosts.iter_mut().zip(ports) {
-                    h.1 = Some(p);
-                }
-            }
-            n => {
-                return Err(format!(
-                    "expected {FORM}: {n} ports for {} hosts in {url:?} (give one port, or one per host)",
-                    hosts.len()
-                ))
-            }
-        }
+    // One port for every host, or one per host; an empty one is 5432.
+    if ports.len() == 1 {
+        ports = vec![ports[0].clone(); hosts.len()];
+    }
+    if ports.len() != hosts.len() {
+        return Err(format!(
+            "expected {FORM}: {} ports for {} hosts in {shown:?} (give one port, or one per host)",
+            ports.len(),
+            hosts.len()
+        ));
     }
     let mut servers = Vec::with_capacity(hosts.len());
-    for (host, port) in hosts {
+    for (host, port) in hosts.into_iter().zip(ports) {
         if host.is_empty() {
-            return Err(format!("expected {FORM}: no host in {url:?}"));
+            return Err(format!("expected {FORM}: no host in {shown:?}"));
         }
-        let port = match port.as_deref().filter(|p| !p.is_empty()) {
-            Some(p) => p.parse().ok().filter(|p: &u16| *p != 0).ok_or_else(|| {
+        let port = match port.as_str() {
+            "" => 5432,
+            p => p.parse().ok().filter(|p: &u16| *p != 0).ok_or_else(|| {
                 format!("expected {FORM}: port {p:?} is not a number from 1 to 65535")
             })?,
-            None => 5432,
         };
         servers.push((host, port));
     }
@@ -278,6 +271,15 @@ mod tests {
         assert!(e.contains("2 ports for 3 hosts"), "{e}");
         let e = parse("postgres://app@a,,b/shop").unwrap_err();
         assert!(e.contains("no host"), "{e}");
+        // The authority's port stays when only `host=` replaces the hosts.
+        let u = parse("postgres://app@:5433/shop?host=/run/pg").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("/run/pg", 5433));
+        let u = parse("postgres://app@:5433,:5434/shop?host=a,b").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("a", 5433));
+        assert_eq!(u.more_hosts, vec![("b".to_string(), 5434)]);
+        let e = parse("postgres://app:secret@a:1,b:2/shop?host=c").unwrap_err();
+        assert!(e.contains("2 ports for 1 hosts"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
         let e = parse("postgres://app@a:1,b:0/shop").unwrap_err();
         assert!(e.contains("port \"0\""), "{e}");
         assert!(parse("postgres://app@db/shop")

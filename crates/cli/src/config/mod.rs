@@ -62,7 +62,7 @@ pub(crate) fn mask_url_passwords(urls: &str) -> String {
     let mut parts = Vec::new();
     let mut start = 0;
     for (i, _) in urls.match_indices(',') {
-        let next = &urls[i + 1..];
+        let next = urls[i + 1..].trim_start();
         let scheme = next.find("://").map(|end| &next[..end]);
         if scheme.is_some_and(|s| {
             !s.is_empty()

@@ -353,6 +353,10 @@ hmac_key = "hmac-secret"
         "redis://:********@r1:6379,rediss://u:********@r2:6380"
     );
     assert_eq!(
+        mask_url_passwords("redis://:a@r1:6379, redis://:b@r2:6380"),
+        "redis://:********@r1:6379, redis://:********@r2:6380"
+    );
+    assert_eq!(
         mask_url_passwords("postgres://app:pa?s@s@db/shop"),
         "postgres://app:********@db/shop"
     );
