@@ -633,6 +633,12 @@ fn database(
         ));
     }
     // A host list (`host=a,b`): each host with the one port.
+    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
+        return Err(format!(
+            "{}: port={port}: expected a number from 1 to 65535",
+            s.at()
+        ));
+    }
     let mut hosts = Vec::new();
     for host in host.split(',').map(str::trim) {
         if host.is_empty() {
@@ -784,6 +790,9 @@ mod tests {
             "{}",
             c.toml
         );
+        std::fs::write(&ini, "[databases]\napp = host=a,b port=5432,5433\n").unwrap();
+        let e = convert(ini.to_str().unwrap()).err().unwrap();
+        assert!(e.contains("port=5432,5433: expected a number"), "{e}");
         std::fs::write(&ini, "[databases]\napp = host=db1,,db2\n").unwrap();
         let e = convert(ini.to_str().unwrap()).err().unwrap();
         assert!(e.contains("an empty name"), "{e}");

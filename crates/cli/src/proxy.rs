@@ -103,14 +103,15 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
         if db.name == pgopt_proxy::FALLBACK_DATABASE {
             println!(
                 "Any other database → {}:{}, the database of the client's name{own_pool}",
-                db.host, db.port
+                db.hosts_text(),
+                db.port
             );
             continue;
         }
         println!(
             "Database {} → {}:{}/{}{replicas}{own_pool}:  psql -h {} -p {} {}",
             db.name,
-            db.host,
+            db.hosts_text(),
             db.port,
             db.dbname,
             proxy.local_addr().ip(),

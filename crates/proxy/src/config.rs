@@ -81,8 +81,8 @@ pub struct Database {
 /// `host=a,b`), and which one a new connection tries first: the next in turn
 /// (round robin, PgBouncer's default `load_balance_hosts=round-robin`) or the last that
 /// worked (`load_balance_hosts=disable`). Either way, when a server cannot be reached
-/// or refuses for any reason but the login's own (SQLSTATE class 28, or 3D000: no such
-/// database), the next is
+/// or refuses for any reason but the login's own (28P01, a wrong password, or 3D000:
+/// no such database), the next is
 /// tried, so a client waits for a connection only while none of them answers.
 /// Clones share the turn.
 #[derive(Debug, Clone, Default)]
@@ -95,17 +95,30 @@ pub struct MoreHosts {
 
 impl Database {
     /// The host, or with more hosts `host,host…`, each after the first with `:port`
-    /// when it is not `port` (SHOW DATABASES' host column, as PgBouncer's).
+    /// when it is not `port` (SHOW DATABASES' host column, as PgBouncer's). An IPv6
+    /// address among several is in brackets.
     pub fn hosts_text(&self) -> String {
-        let mut text = self.host.clone();
+        if self.more_hosts.is_empty() {
+            return self.host.clone();
+        }
+        let mut text = bracketed(&self.host).into_owned();
         for (host, port) in &self.more_hosts.hosts {
             text.push(',');
-            text.push_str(host);
+            text.push_str(&bracketed(host));
             if *port != self.port {
                 text.push_str(&format!(":{port}"));
             }
         }
         text
+    }
+}
+
+/// A host as written before `:port`: an IPv6 address in brackets.
+pub fn bracketed(host: &str) -> Cow<'_, str> {
+    if host.contains(':') && !host.starts_with('/') {
+        Cow::Owned(format!("[{host}]"))
+    } else {
+        Cow::Borrowed(host)
     }
 }
 
@@ -718,6 +731,46 @@ pub fn parse_duration(text: &str) -> Option<(Duration, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_list_is_shown_as_pgbouncer_shows_it() {
+        let db = |more: Vec<(&str, u16)>| Database {
+            name: "d".into(),
+            host: "::1".into(),
+            port: 5432,
+            dbname: "d".into(),
+            user: None,
+            password: None,
+            more_hosts: MoreHosts::new(
+                more.into_iter().map(|(h, p)| (h.to_string(), p)).collect(),
+                true,
+            ),
+            replicas: Vec::new(),
+            pool: DatabasePool::default(),
+        };
+        assert_eq!(db(vec![]).hosts_text(), "::1");
+        let list = db(vec![
+            ("/run/pg", 5432),
+            ("10.0.0.2", 6000),
+            ("fe80::2", 5432),
+        ]);
+        assert_eq!(list.hosts_text(), "[::1],/run/pg,10.0.0.2:6000,[fe80::2]");
+        // Round robin moves on each time; the other policy stays where it worked.
+        let turns: Vec<usize> = (0..5).map(|_| list.more_hosts.first_to_try()).collect();
+        assert_eq!(turns, vec![0, 1, 2, 3, 0]);
+        let failover = MoreHosts::new(list.more_hosts.hosts.clone(), false);
+        assert_eq!(failover.first_to_try(), 0);
+        failover.worked(2);
+        assert_eq!((failover.first_to_try(), failover.first_to_try()), (2, 2));
+        // Clones share the turn; equality ignores it.
+        let copy = failover.clone();
+        copy.worked(1);
+        assert_eq!(failover.first_to_try(), 1);
+        assert_eq!(
+            failover,
+            MoreHosts::new(list.more_hosts.hosts.clone(), false)
+        );
+    }
 
     #[test]
     fn set_changes_one_setting_or_says_why_not() {

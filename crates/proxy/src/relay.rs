@@ -1211,7 +1211,9 @@ impl Relay {
                 .map_err(|e| e.to_string())?;
             conn.simple_query(cache.deps_query(), self.max_len).await
         };
-        let timeout = pool.limits().connect_timeout * 2;
+        // A connect (each server of a host list in turn), then the query.
+        let connect_timeout = pool.limits().connect_timeout;
+        let timeout = pool.target.connect_budget(connect_timeout) + connect_timeout;
         let deps = match tokio::time::timeout(timeout, read).await {
             Ok(Ok(rows)) => Some(crate::cache::Deps::from_rows(&rows)),
             outcome => {

@@ -272,15 +272,17 @@ impl Router {
             return false;
         };
         let max_len = primary.limits().max_message_len;
-        let timeout = primary
-            .limits()
-            .connect_timeout
-            .max(self.settings.check_interval);
+        let (connect_timeout, interval) = (
+            primary.limits().connect_timeout,
+            self.settings.check_interval,
+        );
         let started = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         let pools = std::iter::once(primary).chain(replicas);
         for (i, (pool, conn)) in pools.zip(conns.iter_mut()).enumerate() {
             let conn = conn.take();
+            // Long enough for a connect to try each server of a host list in turn.
+            let timeout = pool.target.connect_budget(connect_timeout).max(interval);
             set.spawn(async move {
                 let sql = if i == 0 { PRIMARY_CHECK } else { REPLICA_CHECK };
                 let result = tokio::time::timeout(timeout, check_one(&pool, conn, sql, max_len))

@@ -42,13 +42,19 @@ impl ServerTarget {
         format!("{}/{}", self.servers(), self.dbname)
     }
 
-    /// `host:port`, or with more hosts `host:port,host:port,…`.
+    /// `host:port`, or with more hosts `host:port,host:port,…` (IPv6 in brackets).
     pub fn servers(&self) -> String {
-        let mut text = format!("{}:{}", self.host, self.port);
+        let mut text = format!("{}:{}", crate::config::bracketed(&self.host), self.port);
         for (host, port) in &self.more_hosts.hosts {
-            text.push_str(&format!(",{host}:{port}"));
+            text.push_str(&format!(",{}:{port}", crate::config::bracketed(host)));
         }
         text
+    }
+
+    /// How long a connect may take when each server gets `timeout` in turn: a bound
+    /// around [`ServerConn::connect`] must let it reach the last one.
+    pub fn connect_budget(&self, timeout: Duration) -> Duration {
+        timeout.saturating_mul(1 + self.more_hosts.hosts.len() as u32)
     }
 
     /// Same servers, database and user (whatever the password).
@@ -177,10 +183,11 @@ impl ServerConn {
                     message: format!("no connection within {} ms", timeout.as_millis()),
                 },
             };
-            // The login itself was refused (its user, password or database): another
-            // server would refuse it too.
+            // The login itself was refused (a wrong password, no such database):
+            // another server would refuse it too. Other refusals (28000 is also a
+            // pg_hba.conf of one server's own, 57P03 one starting up) try the next.
             let login_refused = matches!(&error, ProxyError::Refused { code, .. }
-                if code.starts_with("28") || code == "3D000");
+                if code == "28P01" || code == "3D000");
             if count == 1 || login_refused {
                 return Err(error);
             }
@@ -191,7 +198,7 @@ impl ServerConn {
         }
         Err(ProxyError::Server {
             server: target.describe(),
-            message: format!("no server could be reached: {}", failed.join("; ")),
+            message: format!("no server took the connection: {}", failed.join("; ")),
         })
     }
 
@@ -618,6 +625,27 @@ async fn derived_keys(
 #[cfg(test)]
 mod derived_tests {
     use super::*;
+
+    #[test]
+    fn a_host_list_gets_a_connect_timeout_per_server() {
+        let mut target = ServerTarget {
+            host: "::1".into(),
+            port: 5432,
+            more_hosts: MoreHosts::default(),
+            dbname: "d".into(),
+            user: "u".into(),
+            password: None,
+            md5_hash: None,
+            tls: None,
+        };
+        let t = Duration::from_secs(5);
+        assert_eq!(target.connect_budget(t), t);
+        assert_eq!(target.describe(), "[::1]:5432/d");
+        target.more_hosts = MoreHosts::new(vec![("b".into(), 5433), ("c".into(), 5434)], true);
+        assert_eq!(target.connect_budget(t), Duration::from_secs(15));
+        assert_eq!(target.describe(), "[::1]:5432,b:5433,c:5434/d");
+        assert_eq!(target.server(2), ("c", 5434));
+    }
 
     #[tokio::test]
     async fn a_password_is_derived_once_per_salt() {

@@ -520,12 +520,21 @@ impl Shared {
     }
 
     /// [`Shared::apply`], with `changing` held by the caller.
-    fn apply_now(&self, new: Config) -> Result<(), ProxyError> {
+    fn apply_now(&self, mut new: Config) -> Result<(), ProxyError> {
         new.check().map_err(ProxyError::Config)?;
+        // A host list the reload leaves as it was keeps its turn (pools it keeps share
+        // it with those it makes).
+        let old = self.config();
+        for db in &mut new.databases {
+            if let Some(was) = old.databases.iter().find(|d| d.name == db.name) {
+                if was.more_hosts == db.more_hosts {
+                    db.more_hosts = was.more_hosts.clone();
+                }
+            }
+        }
         let users = prepare_users(&new.users)?;
         let tls = tls_acceptor_for(&new)?;
         let server_tls = ServerTlsConnector::new(&new.server_tls)?;
-        let old = self.config();
         // Passwords changed on the server or a new auth_query apply from now on.
         self.auth_cache.clear();
         match &self.insight {
@@ -566,7 +575,7 @@ impl Shared {
         let servers = |c: &Config| {
             c.databases
                 .iter()
-                .map(|d| (d.name.clone(), d.host.clone(), d.port, d.dbname.clone()))
+                .map(|d| (d.name.clone(), d.hosts_text(), d.port, d.dbname.clone()))
                 .collect::<Vec<_>>()
         };
         if self.cache.as_ref().is_some_and(|c| c.settings.wal_listener)

@@ -383,14 +383,33 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
     let mut a = Postgres::start().await.unwrap();
     let b = Postgres::start().await.unwrap();
     let (pa, pb) = (a.port() as i32, b.port() as i32);
-    let mut config = config_for(&a, PoolMode::Session, 8);
-    config.admin_users = vec!["postgres".into()];
-    let listed = |name: &str, round_robin: bool| Database {
-        more_hosts: pgopt_proxy::MoreHosts::new(vec![("127.0.0.1".into(), b.port())], round_robin),
-        ..database(&a, name, "postgres", DatabasePool::default())
+    // A role for a pool made after a RELOAD, on both servers.
+    for pg in [&a, &b] {
+        pg.psql("CREATE ROLE later LOGIN").unwrap();
+    }
+    // The config as a file would give it: each call makes its host lists anew.
+    let (a_port, b_port) = (a.port(), b.port());
+    let make_config = move || {
+        let mut config = common::config_for_port(a_port, PoolMode::Session, 8);
+        config.admin_users = vec!["postgres".into()];
+        let listed = |name: &str, dbname: &str, round_robin: bool| Database {
+            name: name.into(),
+            dbname: dbname.into(),
+            more_hosts: pgopt_proxy::MoreHosts::new(
+                vec![("127.0.0.1".into(), b_port)],
+                round_robin,
+            ),
+            ..config.databases[0].clone()
+        };
+        config.databases = vec![
+            listed("spread", "postgres", true),
+            listed("failover", "postgres", false),
+            listed("missing", "no_such_db", true),
+        ];
+        config
     };
-    config.databases = vec![listed("spread", true), listed("failover", false)];
-    let proxy = Proxy::start(config).await.unwrap();
+    let proxy = Proxy::start(make_config()).await.unwrap();
+    proxy.handle().set_reloader(move || Ok(make_config()));
     let console = admin(&proxy).await;
     let row = row_of(&console, "DATABASES", "name", "spread").await;
     assert_eq!(row["host"], format!("127.0.0.1,127.0.0.1:{pb}"), "{row:?}");
@@ -401,23 +420,33 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
     // The other policy stays on the first host while it answers.
     assert_eq!(ports_of_clients(&proxy, "failover", 3).await, vec![pa; 3]);
 
-    // A login the servers refuse (SQLSTATE class 28) is refused at once, with the
-    // server's own error, not tried on the next host (whose error would be added).
-    let ghost = async {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(proxy.local_addr().port())
-            .user("ghost")
-            .dbname("spread")
-            .connect(NoTls)
-            .await?;
-        tokio::spawn(conn);
-        client.simple_query("SELECT 1").await
+    // A login refused for a reason of one server's own (28000: its pg_hba.conf, or a
+    // role only some servers have) tries the next; the client hears both.
+    let refused = |user: &'static str, db: &'static str| {
+        let port = proxy.local_addr().port();
+        async move {
+            let (client, conn) = tokio_postgres::Config::new()
+                .host("127.0.0.1")
+                .port(port)
+                .user(user)
+                .dbname(db)
+                .connect(NoTls)
+                .await?;
+            tokio::spawn(conn);
+            client.simple_query("SELECT 1").await
+        }
     };
-    let e = ghost.await.unwrap_err();
-    let said = e.as_db_error().unwrap().message();
+    let e = refused("ghost", "spread").await.unwrap_err();
+    let said = e.as_db_error().unwrap().message().to_string();
     assert!(said.contains("\"ghost\" does not exist (28000)"), "{said}");
-    assert!(!said.contains(&pb.to_string()), "{said}");
+    for port in [pa, pb] {
+        assert!(said.contains(&format!(":{port}/")), "{said}");
+    }
+    // A database no server has (3D000) is refused at once, with its own SQLSTATE.
+    let e = refused("postgres", "missing").await.unwrap_err();
+    assert_eq!(code(&e), Some("3D000"), "{e}");
+    let said = e.as_db_error().unwrap().message();
+    assert!(said.contains("no_such_db"), "{said}");
 
     // With the first server down, every client is served by the second, under either
     // policy, and nobody sees an error.
@@ -431,4 +460,17 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
     let ports = ports_of_clients(&proxy, "spread", 8).await;
     assert_eq!(ports.iter().filter(|p| **p == pa).count(), 2, "{ports:?}");
     assert_eq!(ports_of_clients(&proxy, "failover", 6).await, vec![pb; 6]);
+    // A RELOAD that leaves the list as it was keeps its turn: a pool made after it
+    // (another user's) starts where the others are.
+    console.simple_query("RELOAD").await.unwrap();
+    let (later, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("later")
+        .dbname("failover")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(whereabouts(&later).await.1, pb);
 }

@@ -13,6 +13,13 @@ use tokio_postgres::NoTls;
 /// between the test's runtime and a session thread of the proxy's own, as `pgopt
 /// proxy` runs them (one runtime per core): every test covers both.
 pub fn config_for(pg: &Postgres, mode: PoolMode, pool_size: usize) -> Config {
+    let mut config = config_for_port(pg.port(), mode, pool_size);
+    config.databases[0].password = pg.password().map(str::to_string);
+    config
+}
+
+/// [`config_for`] for the server at 127.0.0.1:`port`, which takes no password.
+pub fn config_for_port(port: u16, mode: PoolMode, pool_size: usize) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         pool_mode: mode,
@@ -21,10 +28,10 @@ pub fn config_for(pg: &Postgres, mode: PoolMode, pool_size: usize) -> Config {
         databases: vec![Database {
             name: "app".into(),
             host: "127.0.0.1".into(),
-            port: pg.port(),
+            port,
             dbname: "postgres".into(),
             user: None,
-            password: pg.password().map(str::to_string),
+            password: None,
             more_hosts: Default::default(),
             replicas: Vec::new(),
             pool: Default::default(),
