@@ -258,11 +258,16 @@ fn databases(
                     url: &str,
                     replicas,
                     pool,
-                    balance: Option<config::LoadBalanceHosts>|
+                    (balance, attrs): (
+        Option<config::LoadBalanceHosts>,
+        Option<config::TargetSessionAttrs>,
+    )|
      -> Result<_, String> {
         let up = upstream::parse(url)?;
         let round_robin =
             balance.unwrap_or(config.load_balance_hosts) == config::LoadBalanceHosts::RoundRobin;
+        let read_write =
+            attrs.unwrap_or(config.target_session_attrs) == config::TargetSessionAttrs::ReadWrite;
         Ok(pgopt_proxy::Database {
             name: if name.is_empty() {
                 up.dbname.clone()
@@ -271,7 +276,8 @@ fn databases(
             },
             host: up.host,
             port: up.port,
-            more_hosts: pgopt_proxy::MoreHosts::new(up.more_hosts, round_robin),
+            more_hosts: pgopt_proxy::MoreHosts::new(up.more_hosts, round_robin)
+                .with_read_write(read_write),
             dbname: up.dbname,
             user: up.user,
             password: up.password,
@@ -292,7 +298,7 @@ fn databases(
             &url,
             replicas,
             pgopt_proxy::DatabasePool::default(),
-            None,
+            (None, None),
         )
         .map_err(|e| anyhow::anyhow!("proxy.upstream: {e}"))?;
         databases.push(("proxy.upstream".into(), db));
@@ -324,7 +330,7 @@ fn databases(
             &entry.upstream.0,
             replicas,
             entry.pool(),
-            entry.load_balance_hosts,
+            (entry.load_balance_hosts, entry.target_session_attrs),
         )
         .map_err(|e| anyhow::anyhow!("proxy.databases[{i}].upstream: {e}"))?;
         databases.push((format!("proxy.databases[{i}]"), db));
@@ -497,7 +503,7 @@ mod tests {
             "pgopt.toml",
             "[proxy]\nupstream = \"postgres://a@h1,h2:5433/main\"\nload_balance_hosts = \"disable\"\n\n\
              [[proxy.databases]]\nname = \"rr\"\nupstream = \"postgres://a@h1,h2/r\"\n\
-             load_balance_hosts = \"round-robin\"\n\n\
+             load_balance_hosts = \"round-robin\"\ntarget_session_attrs = \"read-write\"\n\n\
              [[proxy.databases]]\nname = \"one\"\nupstream = \"postgres://a@h1/o\"\n",
         )
         .unwrap();
@@ -515,6 +521,7 @@ mod tests {
         assert_eq!(hosts(0).hosts, vec![("h2".to_string(), 5433)]);
         assert!(!hosts(0).round_robin);
         assert!(hosts(1).round_robin);
+        assert!(hosts(1).read_write && !hosts(0).read_write);
         assert!(hosts(2).is_empty());
         let bad = config::parse_text(
             "pgopt.toml",

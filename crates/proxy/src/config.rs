@@ -89,6 +89,10 @@ pub struct Database {
 pub struct MoreHosts {
     pub hosts: Vec<(String, u16)>,
     pub round_robin: bool,
+    /// Only a server that takes writes will do (libpq's
+    /// `target_session_attrs=read-write`): one in recovery (a standby) counts as
+    /// failed and the next is tried. With one host too.
+    pub read_write: bool,
     /// The next server in turn (round robin), or the last that worked.
     turn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -127,8 +131,15 @@ impl MoreHosts {
         MoreHosts {
             hosts,
             round_robin,
+            read_write: false,
             turn: Default::default(),
         }
+    }
+
+    /// The same with [`MoreHosts::read_write`] set so.
+    pub fn with_read_write(mut self, on: bool) -> MoreHosts {
+        self.read_write = on;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,7 +168,8 @@ impl MoreHosts {
 /// The same servers in the same order and policy, whatever the turn.
 impl PartialEq for MoreHosts {
     fn eq(&self, other: &MoreHosts) -> bool {
-        (&self.hosts, self.round_robin) == (&other.hosts, other.round_robin)
+        (&self.hosts, self.round_robin, self.read_write)
+            == (&other.hosts, other.round_robin, other.read_write)
     }
 }
 

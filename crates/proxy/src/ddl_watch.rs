@@ -97,7 +97,8 @@ pub async fn watch(
         host: db.host.clone(),
         port: db.port,
         // In order, staying on the one that answers.
-        more_hosts: crate::config::MoreHosts::new(db.more_hosts.hosts.clone(), false),
+        more_hosts: crate::config::MoreHosts::new(db.more_hosts.hosts.clone(), false)
+            .with_read_write(db.more_hosts.read_write),
         dbname: db.dbname.clone(),
         user,
         password,

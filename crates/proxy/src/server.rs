@@ -173,10 +173,13 @@ impl ServerConn {
             let connecting =
                 Self::connect_inner(target, host, port, keys.clone(), max_len, keepalive, extra);
             let error = match tokio::time::timeout(timeout, connecting).await {
-                Ok(Ok(conn)) => {
-                    target.more_hosts.worked(i);
-                    return Ok(conn);
-                }
+                Ok(Ok(mut conn)) => match conn.takes_writes(target, timeout, max_len).await {
+                    Ok(()) => {
+                        target.more_hosts.worked(i);
+                        return Ok(conn);
+                    }
+                    Err(e) => e,
+                },
                 Ok(Err(e)) => e,
                 Err(_) => ProxyError::Server {
                     server: format!("{host}:{port}/{}", target.dbname),
@@ -200,6 +203,57 @@ impl ServerConn {
             server: target.describe(),
             message: format!("no server took the connection: {}", failed.join("; ")),
         })
+    }
+
+    /// With `read_write` asked for: whether the server takes writes, from its
+    /// `in_hot_standby` (PostgreSQL 14 and later say it at start-up), else by asking
+    /// `transaction_read_only`, as libpq's `target_session_attrs=read-write` does.
+    async fn takes_writes(
+        &mut self,
+        target: &ServerTarget,
+        timeout: Duration,
+        max_len: u32,
+    ) -> Result<(), ProxyError> {
+        if !target.more_hosts.read_write {
+            return Ok(());
+        }
+        let said = |name: &str| {
+            (self.params.iter())
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let read_only = match said("in_hot_standby") {
+            Some(v) => v == "on",
+            None => {
+                let asked = self.simple_query("SHOW transaction_read_only", max_len);
+                match tokio::time::timeout(timeout, asked).await {
+                    Ok(Ok(rows)) => {
+                        rows.first().and_then(|r| r.first()).cloned().flatten()
+                            != Some("off".to_string())
+                    }
+                    Ok(Err(e)) => return Err(self.refusal(target, e)),
+                    Err(_) => {
+                        return Err(
+                            self.refusal(target, "no answer to SHOW transaction_read_only".into())
+                        )
+                    }
+                }
+            }
+        };
+        if read_only {
+            return Err(self.refusal(
+                target,
+                "takes no writes (a standby), and target_session_attrs is read-write".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn refusal(&self, target: &ServerTarget, message: String) -> ProxyError {
+        ProxyError::Server {
+            server: format!("{}/{}", self.addr, target.dbname),
+            message,
+        }
     }
 
     async fn connect_inner(

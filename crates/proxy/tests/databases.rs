@@ -474,3 +474,36 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
     tokio::spawn(conn);
     assert_eq!(whereabouts(&later).await.1, pb);
 }
+
+#[tokio::test]
+async fn read_write_passes_over_a_standby_in_a_host_list() {
+    let primary = Postgres::start().await.unwrap();
+    let standby = Postgres::start_replica(&primary).await.unwrap();
+    let (pp, ps) = (primary.port() as i32, standby.port() as i32);
+    // The standby first, then the primary.
+    let listed = |name: &str, more: Vec<(String, u16)>, read_write: bool| Database {
+        more_hosts: pgopt_proxy::MoreHosts::new(more, true).with_read_write(read_write),
+        ..database(&standby, name, "postgres", DatabasePool::default())
+    };
+    let both = || vec![("127.0.0.1".to_string(), primary.port())];
+    let mut config = config_for(&standby, PoolMode::Session, 8);
+    config.databases = vec![
+        listed("any", both(), false),
+        listed("rw", both(), true),
+        listed("rw_standby_alone", Vec::new(), true),
+    ];
+    let proxy = Proxy::start(config).await.unwrap();
+    // Any server will do: round robin reaches both.
+    assert_eq!(ports_of_clients(&proxy, "any", 2).await, vec![ps, pp]);
+    // Read-write: the standby counts as failed, every connection is the primary's.
+    assert_eq!(ports_of_clients(&proxy, "rw", 3).await, vec![pp; 3]);
+    // A standby alone is an error that says why.
+    let e = async {
+        let client = connect_to(&proxy, "rw_standby_alone").await?;
+        client.simple_query("SELECT 1").await
+    }
+    .await
+    .unwrap_err();
+    let said = e.as_db_error().unwrap().message();
+    assert!(said.contains("takes no writes (a standby)"), "{said}");
+}

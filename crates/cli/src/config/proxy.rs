@@ -67,6 +67,18 @@ pub enum LoadBalanceHosts {
     Disable,
 }
 
+/// Which servers a connection may stay on (libpq's `target_session_attrs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSessionAttrs {
+    /// Any that logs in.
+    #[default]
+    Any,
+    /// Only one that takes writes: a standby counts as failed, and the next host of
+    /// the list is tried.
+    ReadWrite,
+}
+
 /// A `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` URL, checked as it is read (so a
 /// bad one is named with its line).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +128,9 @@ pub struct DatabaseEntry {
     /// Instead of `proxy.load_balance_hosts`, for an upstream with several hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balance_hosts: Option<LoadBalanceHosts>,
+    /// Instead of `proxy.target_session_attrs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_session_attrs: Option<TargetSessionAttrs>,
 }
 
 impl PoolMode {
@@ -196,6 +211,9 @@ pub struct ProxyConfig {
     /// (each new server connection starts at the next host) or disable (at the last
     /// that worked). Either way a host that fails is skipped for the next.
     pub load_balance_hosts: LoadBalanceHosts,
+    /// any | read-write: with read-write, a server in recovery (a standby) is not
+    /// used (the next host of a list is tried), as libpq's `target_session_attrs`.
+    pub target_session_attrs: TargetSessionAttrs,
     /// session | transaction
     pub pool_mode: PoolMode,
     /// Server connections per (database, user).
@@ -298,6 +316,7 @@ impl Default for ProxyConfig {
             databases: Vec::new(),
             pool_mode: PoolMode::Transaction,
             load_balance_hosts: LoadBalanceHosts::RoundRobin,
+            target_session_attrs: TargetSessionAttrs::Any,
             default_pool_size: Bounded(20),
             min_pool_size: Bounded(0),
             reserve_pool_size: Bounded(0),
