@@ -72,7 +72,7 @@ pub fn parse(url: &str) -> Result<Upstream, String> {
     let mut dbname = decode(path)?;
     let (mut user, mut password) = match userinfo {
         Some(info) => match info.split_once(':') {
-            Some((u, p)) => (Some(decode(u)?), Some(decode(p)?)),
+            Some((u, p)) => (Some(decode(u)?), Some(decode_password(p)?)),
             None => (Some(decode(info)?), None),
         },
         None => (None, None),
@@ -103,7 +103,7 @@ pub fn parse(url: &str) -> Result<Upstream, String> {
             "host" => hosts = decode(value)?.split(',').map(str::to_string).collect(),
             "port" => ports = decode(value)?.split(',').map(str::to_string).collect(),
             "user" => user = Some(decode(value)?),
-            "password" => password = Some(decode(value)?),
+            "password" => password = Some(decode_password(value)?),
             "dbname" => dbname = decode(value)?,
             _ => {}
         }
@@ -177,6 +177,14 @@ pub fn names_database(url: &str) -> bool {
         .unwrap_or(url);
     let parts = split(rest);
     !parts.path.is_empty() || params(parts.query).any(|(name, v)| name == "dbname" && !v.is_empty())
+}
+
+/// [`decode`] for a password: an error does not show it.
+fn decode_password(text: &str) -> Result<String, String> {
+    decode(text).map_err(|_| {
+        "the password has bad percent-encoding (write % as %25) or does not decode to UTF-8"
+            .to_string()
+    })
 }
 
 /// Percent-decoding (`%40` → `@`), for passwords with reserved characters.
@@ -277,6 +285,16 @@ mod tests {
         let u = parse("postgres://app@:5433,:5434/shop?host=a,b").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("a", 5433));
         assert_eq!(u.more_hosts, vec![("b".to_string(), 5434)]);
+        for bad in [
+            "postgres://app:50%off@db/shop",
+            "postgres://app@db/shop?password=50%off",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(
+                e.contains("password has bad percent-encoding") && !e.contains("off"),
+                "{e}"
+            );
+        }
         let e = parse("postgres://app:secret@a:1,b:2/shop?host=c").unwrap_err();
         assert!(e.contains("2 ports for 1 hosts"), "{e}");
         assert!(!e.contains("secret"), "{e}");
