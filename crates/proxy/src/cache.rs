@@ -1486,7 +1486,11 @@ pub(crate) fn wal_login(
 pub async fn follow_wal(
     cache: Arc<ProxyCache>,
     db: crate::config::Database,
-    (connect_timeout, keepalive): (Duration, Option<crate::config::Keepalive>),
+    (connect_timeout, keepalive, tls): (
+        Duration,
+        Option<crate::config::Keepalive>,
+        Option<crate::server_tls::ServerTlsConnector>,
+    ),
     mut lifecycle: tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
 ) {
     use crate::wal::{ensure_publication, listen, WalSource};
@@ -1502,6 +1506,7 @@ pub async fn follow_wal(
         password,
         connect_timeout,
         keepalive,
+        tls,
     };
     let publication = cache.settings.publication.clone();
     // Unique per process start, database and attempt (an old walsender may hold the

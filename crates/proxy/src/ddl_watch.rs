@@ -89,7 +89,11 @@ EXCEPTION WHEN undefined_object THEN NULL; END $d$";
 pub async fn watch(
     cache: Arc<ProxyCache>,
     db: crate::config::Database,
-    (connect_timeout, keepalive): (Duration, Option<crate::config::Keepalive>),
+    (connect_timeout, keepalive, tls): (
+        Duration,
+        Option<crate::config::Keepalive>,
+        Option<crate::server_tls::ServerTlsConnector>,
+    ),
     mut lifecycle: tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
 ) {
     let (user, password) = crate::cache::wal_login(&cache.settings, &db);
@@ -103,7 +107,7 @@ pub async fn watch(
         user,
         password,
         md5_hash: None,
-        tls: None,
+        tls,
     };
     let set_state = |state: &str| cache.counters.set_ddl_state(&db.name, state);
     let backoff = crate::cache::ListenerBackoff::new();

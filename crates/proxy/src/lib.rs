@@ -183,7 +183,11 @@ impl Proxy {
                 tasks.push(tokio::spawn(cache::follow_wal(
                     cache.clone(),
                     db.clone(),
-                    (config.server_connect_timeout, config.tcp_keepalive),
+                    (
+                        config.server_connect_timeout,
+                        config.tcp_keepalive,
+                        shared.server_tls(),
+                    ),
                     shared.lifecycle(),
                 )));
             }
@@ -199,7 +203,11 @@ impl Proxy {
                 tasks.push(tokio::spawn(ddl_watch::watch(
                     cache.clone(),
                     db.clone(),
-                    (config.server_connect_timeout, config.tcp_keepalive),
+                    (
+                        config.server_connect_timeout,
+                        config.tcp_keepalive,
+                        shared.server_tls(),
+                    ),
                     shared.lifecycle(),
                 )));
             }

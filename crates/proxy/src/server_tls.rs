@@ -21,17 +21,20 @@ use crate::config::{ServerTls, ServerTlsMode};
 use crate::net::PgStream;
 use crate::ProxyError;
 
-/// What a pool needs to open TLS connections; compared by settings, so a RELOAD that
-/// changes them replaces the pool.
+/// What a pool needs to open TLS connections; compared by settings and by what their
+/// files held when read, so a RELOAD that changes either (a certificate renewed in
+/// place too) replaces the pool.
 #[derive(Clone)]
 pub struct ServerTlsConnector {
     settings: ServerTls,
+    /// A hash of the CA, certificate and key files' contents.
+    material: u64,
     connector: TlsConnector,
 }
 
 impl PartialEq for ServerTlsConnector {
     fn eq(&self, other: &Self) -> bool {
-        self.settings == other.settings
+        (&self.settings, self.material) == (&other.settings, other.material)
     }
 }
 
@@ -49,9 +52,29 @@ impl ServerTlsConnector {
     /// `None` when TLS to servers is off.
     pub fn new(settings: &ServerTls) -> Result<Option<ServerTlsConnector>, ProxyError> {
         let tls = |what: String| ProxyError::Tls(what);
+        if settings.cert_file.is_some() != settings.key_file.is_some() {
+            return Err(tls(
+                "server_tls_cert_file and server_tls_key_file go together: give both or neither"
+                    .into(),
+            ));
+        }
         if settings.mode == ServerTlsMode::Disable {
+            if settings.cert_file.is_some() {
+                tracing::warn!("server_tls_cert_file is not used: server_tls_mode is disable");
+            }
             return Ok(None);
         }
+        let material = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            for file in [&settings.ca_file, &settings.cert_file, &settings.key_file] {
+                file.as_ref()
+                    .map(std::fs::read)
+                    .map(Result::ok)
+                    .hash(&mut hasher);
+            }
+            hasher.finish()
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = match &settings.ca_file {
             Some(file) => Some(Arc::new(load_roots(file)?)),
@@ -90,14 +113,11 @@ impl ServerTlsConnector {
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| tls(format!("server_tls_cert_file {}: {e}", cert.display())))?
             }
-            (None, None) => builder.with_no_client_auth(),
-            _ => return Err(tls(
-                "server_tls_cert_file and server_tls_key_file go together: give both or neither"
-                    .into(),
-            )),
+            _ => builder.with_no_client_auth(),
         };
         Ok(Some(ServerTlsConnector {
             settings: settings.clone(),
+            material,
             connector: TlsConnector::from(Arc::new(config)),
         }))
     }

@@ -33,6 +33,8 @@ pub struct WalSource {
     pub keepalive: Option<crate::config::Keepalive>,
     /// The database's other servers.
     pub more_hosts: crate::config::MoreHosts,
+    /// TLS as the pools' connections use it (`proxy.server_tls_*`), unless off.
+    pub tls: Option<crate::server_tls::ServerTlsConnector>,
 }
 
 impl WalSource {
@@ -45,7 +47,7 @@ impl WalSource {
             user: self.user.clone(),
             password: self.password.clone(),
             md5_hash: None,
-            tls: None,
+            tls: self.tls.clone(),
         }
     }
 }

@@ -711,9 +711,10 @@ async fn a_server_that_asks_for_a_certificate_gets_pgopts_own() {
     let dir = temp_dir("servercert");
     let (ca, cert, key) = signed_certificate(&dir, "DNS:localhost,IP:127.0.0.1");
     let (postgres_crt, postgres_key) = client_certificate(&dir, "postgres", false);
-    let pg = Postgres::builder().tls(&cert, &key).start().await.unwrap();
+    let (stranger_crt, stranger_key) = client_certificate(&dir, "postgres", true);
+    let mut pg = Postgres::builder().tls(&cert, &key).start().await.unwrap();
     // Over TCP the server takes only TLS logins with a certificate its CA signed that
-    // names the user.
+    // names the user (in force once the restart returns).
     let ca_text = ca.to_str().unwrap().replace('\'', "''");
     pg.psql(&format!("ALTER SYSTEM SET ssl_ca_file = '{ca_text}'"))
         .unwrap();
@@ -722,7 +723,11 @@ async fn a_server_that_asks_for_a_certificate_gets_pgopts_own() {
         "local all all trust\nhostssl all all 127.0.0.1/32 cert\n",
     )
     .unwrap();
-    pg.psql("SELECT pg_reload_conf()").unwrap();
+    pg.restart().unwrap();
+    // pgopt's certificate and key, at paths a renewal overwrites.
+    let (crt, key) = (dir.join("pgopt.crt"), dir.join("pgopt.key"));
+    std::fs::copy(&postgres_crt, &crt).unwrap();
+    std::fs::copy(&postgres_key, &key).unwrap();
     let with = |cert_file: Option<&PathBuf>, key_file: Option<&PathBuf>| {
         let mut config = config_for(&pg, PoolMode::Transaction, 2);
         config.server_tls = ServerTls {
@@ -733,21 +738,65 @@ async fn a_server_that_asks_for_a_certificate_gets_pgopts_own() {
         };
         config
     };
-    let proxy = Proxy::start(with(Some(&postgres_crt), Some(&postgres_key)))
-        .await
-        .unwrap();
-    assert!(server_ssl(&proxy).await.unwrap());
     // Without one, the server refuses pgopt's login.
     let proxy = Proxy::start(with(None, None)).await.unwrap();
     let err = server_ssl(&proxy).await.unwrap_err();
     let message = err.as_db_error().unwrap().message();
     assert!(message.contains("certificate"), "{message}");
-    // Half a pair is refused at start.
-    let e = Proxy::start(with(Some(&postgres_crt), None))
+    // A RELOAD that adds one: new server connections present it.
+    let config = with(Some(&crt), Some(&key));
+    proxy.handle().set_reloader(move || Ok(config.clone()));
+    proxy.handle().reload().unwrap();
+    assert!(server_ssl(&proxy).await.unwrap());
+    // Renewed in place (here by one the server's CA did not sign): the next RELOAD
+    // uses the files' new contents.
+    std::fs::copy(&stranger_crt, &crt).unwrap();
+    std::fs::copy(&stranger_key, &key).unwrap();
+    proxy.handle().reload().unwrap();
+    assert!(server_ssl(&proxy).await.is_err());
+    // Half a pair is refused at start, TLS to servers off or not.
+    for mode in [ServerTlsMode::VerifyFull, ServerTlsMode::Disable] {
+        let mut half = with(Some(&crt), None);
+        half.server_tls.mode = mode;
+        let e = Proxy::start(half).await.err().unwrap().to_string();
+        assert!(e.contains("give both or neither"), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_cache_listeners_reach_a_server_that_takes_only_tls() {
+    let dir = temp_dir("listeners");
+    let (cert, key) = certificate(&dir);
+    let mut pg = Postgres::builder()
+        .tls(&cert, &key)
+        .setting("wal_level", "logical")
+        .start()
         .await
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("give both or neither"), "{e}");
+        .unwrap();
+    pg.psql("CREATE TABLE items (id int PRIMARY KEY, v text)")
+        .unwrap();
+    hostssl_only(&pg);
+    // In force once the restart returns (a reload takes a moment).
+    pg.restart().unwrap();
+    let proxy = common::start_with(&pg, |c| {
+        c.server_tls = ServerTls {
+            mode: ServerTlsMode::Require,
+            ..ServerTls::default()
+        };
+        c.cache = pgopt_proxy::CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            wal_listener: true,
+            ddl_listener: true,
+            ..Default::default()
+        };
+    })
+    .await;
+    // Both log in over TLS, as the pools do (plain text is refused now).
+    common::wait_for_cache(&proxy, "streaming and listening", |r| {
+        r["wal"] == "streaming" && r["ddl"] == "listening"
+    })
+    .await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -34,6 +34,7 @@ fn source_for(pg: &Postgres) -> WalSource {
         connect_timeout: Duration::from_secs(5),
         keepalive: None,
         more_hosts: Default::default(),
+        tls: None,
     }
 }
 
