@@ -285,8 +285,22 @@ pub fn convert(path: &str) -> Result<Converted, String> {
     let mut client_ca = false;
     let mut keepalive = None;
     let mut lines: Vec<String> = Vec::new();
+    // The PgBouncer key each line came from: a setting given again (an %include
+    // overriding the main file) replaces what the earlier one wrote, even with
+    // nothing (PgBouncer's 0 pool size, a value pgopt could not read), as in PgBouncer
+    // the last one counts.
+    let mut line_keys: Vec<String> = Vec::new();
     for s in &ini.pgbouncer {
         let key = s.key.to_ascii_lowercase();
+        let mut i = 0;
+        while i < lines.len() {
+            if line_keys[i] == key {
+                lines.remove(i);
+                line_keys.remove(i);
+            } else {
+                i += 1;
+            }
+        }
         let v = s.value.as_str();
         let mut bad = |why: &str| notes.push(format!("{}: {why}", s.at()));
         let seconds = |v: &str| duration(v);
@@ -407,6 +421,7 @@ pub fn convert(path: &str) -> Result<Converted, String> {
                 None => bad("not a setting pgopt has: not carried over"),
             },
         }
+        line_keys.resize(lines.len(), key);
     }
     // Where clients connect: PgBouncer listens on no TCP address unless told to.
     // `*`: every IPv4 and IPv6 address; a host name: the addresses it resolves to now.
@@ -494,13 +509,8 @@ pub fn convert(path: &str) -> Result<Converted, String> {
     if let Some(on) = keepalive {
         let _ = writeln!(out, "tcp_keepalive = {on}");
     }
-    // A setting given twice (an %include overriding the main file): the last one
-    // counts, as in PgBouncer.
     let key_of = |line: &str| line.split(" = ").next().unwrap_or("").to_string();
-    let mut kept = std::collections::HashSet::new();
-    lines.reverse();
-    lines.retain(|line| kept.insert(key_of(line)));
-    lines.reverse();
+    let kept: std::collections::HashSet<String> = lines.iter().map(|l| key_of(l)).collect();
     // PgBouncer's defaults where pgopt's differ, for the settings the file leaves out
     // (or gives a value pgopt could not read: noted above).
     for (key, default) in [
@@ -740,10 +750,19 @@ mod tests {
             c.notes
         );
         // A setting given twice: the last counts. One pgopt cannot read: its default.
-        let c = convert_with("max_client_conn = 50\nmax_client_conn = 70\npool_mode = often\n");
+        let c = convert_with(
+            "max_client_conn = 50\nmax_client_conn = 70\npool_mode = transaction\npool_mode = often\n\
+             default_pool_size = 10\ndefault_pool_size = 0\n",
+        );
         assert!(c.toml.contains("max_client_conn = 70\n"), "{}", c.toml);
         assert!(!c.toml.contains("max_client_conn = 50\n"), "{}", c.toml);
         assert!(c.toml.contains("pool_mode = \"session\"\n"), "{}", c.toml);
+        assert!(
+            !c.toml.contains("pool_mode = \"transaction\""),
+            "{}",
+            c.toml
+        );
+        assert!(!c.toml.contains("default_pool_size"), "{}", c.toml);
         // PgBouncer's defaults where pgopt's differ; its 0 for "never".
         let c =
             convert_with("query_wait_timeout = 0\nserver_idle_timeout = 0\nquery_timeout = 0\n");
