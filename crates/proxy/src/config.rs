@@ -81,8 +81,7 @@ pub struct Database {
 /// `host=a,b`), and which one a new connection tries first: the next in turn
 /// (round robin, PgBouncer's default `load_balance_hosts=round-robin`) or the last that
 /// worked (`load_balance_hosts=disable`). Either way, when a server cannot be reached
-/// or refuses for any reason but the login's own (28P01, a wrong password, or 3D000:
-/// no such database), the next is
+/// or refuses for any reason but a wrong password (28P01), the next is
 /// tried, so a client waits for a connection only while none of them answers.
 /// Clones share the turn.
 #[derive(Debug, Clone, Default)]

@@ -1,5 +1,6 @@
 //! Server connections per (database, user): a number of slots (plus a reserve for
-//! clients that waited too long), idle connections reused most-recent first, waiting
+//! clients that waited too long), idle connections reused most-recent first (or,
+//! with `server_round_robin`, longest-idle first), waiting
 //! clients bounded by `query_wait_timeout`, PAUSE/RESUME, and a circuit breaker that
 //! fails clients fast while the server is down and retries with exponential backoff.
 //!
@@ -412,7 +413,8 @@ impl Pool {
                 // `None` while this pool has an idle connection: closed for it.
                 for _ in 0..3 {
                     match self.permits(Some(deadline)).await {
-                        Ok(None) => drop(self.take_idle(false)),
+                        // The one idle longest goes, as PgBouncer closes.
+                        Ok(None) => drop(self.take_idle(true)),
                         Ok(got) => permits = got,
                         Err(_) => break,
                     }
@@ -999,8 +1001,8 @@ impl Pool {
                     && c.looks_alive()
                     && self.current(c)
             });
-            // Long-idle ones go down to `min_size`, oldest-used first (the list is
-            // used from its end).
+            // Long-idle ones go down to `min_size`, oldest-used first (the list is in
+            // the order connections came back).
             let open = idle.len() + self.active.load(Relaxed);
             let mut spare = open.saturating_sub(limits.min_size);
             idle.retain(|c| {

@@ -51,10 +51,12 @@ impl ServerTarget {
         text
     }
 
-    /// How long a connect may take when each server gets `timeout` in turn: a bound
-    /// around [`ServerConn::connect`] must let it reach the last one.
+    /// How long a connect may take when each server gets `timeout` in turn (twice
+    /// with `read_write`: the log-in, then perhaps the question whether it takes
+    /// writes): a bound around [`ServerConn::connect`] must let it reach the last one.
     pub fn connect_budget(&self, timeout: Duration) -> Duration {
-        timeout.saturating_mul(1 + self.more_hosts.hosts.len() as u32)
+        let per_server = if self.more_hosts.read_write { 2 } else { 1 };
+        timeout.saturating_mul(per_server * (1 + self.more_hosts.hosts.len() as u32))
     }
 
     /// Same servers, database and user (whatever the password).
@@ -167,6 +169,9 @@ impl ServerConn {
             0
         };
         let mut failed = Vec::new();
+        // The first SQLSTATE a server refused with: the client hears it (3D000 when no
+        // server has the database) if no server takes the connection.
+        let mut refused_code = None;
         for k in 0..count {
             let i = (first + k) % count;
             let (host, port) = target.server(i);
@@ -186,22 +191,32 @@ impl ServerConn {
                     message: format!("no connection within {} ms", timeout.as_millis()),
                 },
             };
-            // The login itself was refused (a wrong password, no such database):
-            // another server would refuse it too. Other refusals (28000 is also a
-            // pg_hba.conf of one server's own, 57P03 one starting up) try the next.
-            let login_refused = matches!(&error, ProxyError::Refused { code, .. }
-                if code == "28P01" || code == "3D000");
-            if count == 1 || login_refused {
+            // A wrong password: not tried on every server in turn (each failure counts
+            // against the login on the server's side). Other refusals may be one
+            // server's own (28000: its pg_hba.conf; 3D000: a standby that has not
+            // replayed a new database yet; 57P03: starting up): the next is tried.
+            let wrong_password =
+                matches!(&error, ProxyError::Refused { code, .. } if code == "28P01");
+            if count == 1 || wrong_password {
                 return Err(error);
+            }
+            if let ProxyError::Refused { code, .. } = &error {
+                refused_code.get_or_insert_with(|| code.clone());
             }
             if k + 1 < count {
                 tracing::warn!(server = %format!("{host}:{port}"), error = %error, "trying the database's next server");
             }
             failed.push(error.to_string());
         }
-        Err(ProxyError::Server {
-            server: target.describe(),
-            message: format!("no server took the connection: {}", failed.join("; ")),
+        let message = format!("no server took the connection: {}", failed.join("; "));
+        let server = target.describe();
+        Err(match refused_code {
+            Some(code) => ProxyError::Refused {
+                server,
+                code,
+                message,
+            },
+            None => ProxyError::Server { server, message },
         })
     }
 
@@ -222,8 +237,10 @@ impl ServerConn {
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v.clone())
         };
+        // As libpq: a server in recovery, or one whose transactions are read-only by
+        // default, takes no writes.
         let read_only = match said("in_hot_standby") {
-            Some(v) => v == "on",
+            Some(v) => v == "on" || said("default_transaction_read_only").as_deref() == Some("on"),
             None => {
                 let asked = self.simple_query("SHOW transaction_read_only", max_len);
                 match tokio::time::timeout(timeout, asked).await {
@@ -699,6 +716,8 @@ mod derived_tests {
         assert_eq!(target.connect_budget(t), Duration::from_secs(15));
         assert_eq!(target.describe(), "[::1]:5432,b:5433,c:5434/d");
         assert_eq!(target.server(2), ("c", 5434));
+        target.more_hosts = target.more_hosts.clone().with_read_write(true);
+        assert_eq!(target.connect_budget(t), Duration::from_secs(30));
     }
 
     #[tokio::test]

@@ -527,7 +527,7 @@ impl Shared {
         let old = self.config();
         for db in &mut new.databases {
             if let Some(was) = old.databases.iter().find(|d| d.name == db.name) {
-                if was.more_hosts == db.more_hosts {
+                if (&was.host, was.port, &was.more_hosts) == (&db.host, db.port, &db.more_hosts) {
                     db.more_hosts = was.more_hosts.clone();
                 }
             }

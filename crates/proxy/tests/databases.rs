@@ -442,11 +442,15 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
     for port in [pa, pb] {
         assert!(said.contains(&format!(":{port}/")), "{said}");
     }
-    // A database no server has (3D000) is refused at once, with its own SQLSTATE.
+    // A database no server has: each is asked (a standby may lag behind), and the
+    // client hears 3D000.
     let e = refused("postgres", "missing").await.unwrap_err();
     assert_eq!(code(&e), Some("3D000"), "{e}");
     let said = e.as_db_error().unwrap().message();
     assert!(said.contains("no_such_db"), "{said}");
+    for port in [pa, pb] {
+        assert!(said.contains(&format!(":{port}/")), "{said}");
+    }
 
     // With the first server down, every client is served by the second, under either
     // policy, and nobody sees an error.
@@ -480,17 +484,30 @@ async fn read_write_passes_over_a_standby_in_a_host_list() {
     let primary = Postgres::start().await.unwrap();
     let standby = Postgres::start_replica(&primary).await.unwrap();
     let (pp, ps) = (primary.port() as i32, standby.port() as i32);
+    // A database whose transactions are read-only by default, on either server.
+    primary.psql("CREATE DATABASE ro").unwrap();
+    primary
+        .psql("ALTER DATABASE ro SET default_transaction_read_only = on")
+        .unwrap();
+    // Replayed on the standby before the proxy starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while standby.connect("ro").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "ro never replayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The standby first, then the primary.
-    let listed = |name: &str, more: Vec<(String, u16)>, read_write: bool| Database {
+    let on = |name: &str, dbname: &str, more: Vec<(String, u16)>, read_write: bool| Database {
         more_hosts: pgopt_proxy::MoreHosts::new(more, true).with_read_write(read_write),
-        ..database(&standby, name, "postgres", DatabasePool::default())
+        ..database(&standby, name, dbname, DatabasePool::default())
     };
+    let listed = |name: &str, more, read_write| on(name, "postgres", more, read_write);
     let both = || vec![("127.0.0.1".to_string(), primary.port())];
     let mut config = config_for(&standby, PoolMode::Session, 8);
     config.databases = vec![
         listed("any", both(), false),
         listed("rw", both(), true),
         listed("rw_standby_alone", Vec::new(), true),
+        on("rw_read_only_db", "ro", both(), true),
     ];
     let proxy = Proxy::start(config).await.unwrap();
     // Any server will do: round robin reaches both.
@@ -506,4 +523,44 @@ async fn read_write_passes_over_a_standby_in_a_host_list() {
     .unwrap_err();
     let said = e.as_db_error().unwrap().message();
     assert!(said.contains("takes no writes (a standby)"), "{said}");
+    // As libpq: read-only by default is no better, primary or not.
+    let e = async {
+        let client = connect_to(&proxy, "rw_read_only_db").await?;
+        client.simple_query("SELECT 1").await
+    }
+    .await
+    .unwrap_err();
+    let said = e.as_db_error().unwrap().message();
+    assert!(
+        said.contains(&format!(":{pp}/ro: takes no writes")),
+        "{said}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_not_tried_on_every_host() {
+    use pgopt_embedded::HostAuth;
+    let with_password = || {
+        Postgres::builder()
+            .password("right", HostAuth::ScramSha256)
+            .start()
+    };
+    let (a, b) = (
+        with_password().await.unwrap(),
+        with_password().await.unwrap(),
+    );
+    let mut config = config_for(&a, PoolMode::Transaction, 2);
+    config.databases[0].password = Some("wrong".into());
+    config.databases[0].more_hosts =
+        pgopt_proxy::MoreHosts::new(vec![("127.0.0.1".into(), b.port())], true);
+    let proxy = Proxy::start(config).await.unwrap();
+    let e = async {
+        let client = connect_to(&proxy, "app").await?;
+        client.simple_query("SELECT 1").await
+    }
+    .await
+    .unwrap_err();
+    let said = e.as_db_error().unwrap().message();
+    assert!(said.contains("(28P01)"), "{said}");
+    assert!(!said.contains(&format!(":{}/", b.port())), "{said}");
 }
