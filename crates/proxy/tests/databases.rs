@@ -30,15 +30,34 @@ async fn connect_to(
     proxy: &Proxy,
     db: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_as(proxy, "postgres", db).await
+}
+
+/// A client of the proxy's database `db` as `user`.
+async fn connect_as(
+    proxy: &Proxy,
+    user: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::Config::new()
         .host("127.0.0.1")
         .port(proxy.local_addr().port())
-        .user("postgres")
+        .user(user)
         .dbname(db)
         .connect(NoTls)
         .await?;
     tokio::spawn(conn);
     Ok(client)
+}
+
+/// Why `user` gets no server connection for `db` (refused at log-in in session mode,
+/// at the first query in transaction mode).
+async fn refusal(proxy: &Proxy, user: &str, db: &str) -> tokio_postgres::Error {
+    let tried = async {
+        let client = connect_as(proxy, user, db).await?;
+        client.simple_query("SELECT 1").await
+    };
+    tried.await.expect_err("a server connection was made")
 }
 
 /// The SHOW `what` row whose `key` column is `value`.
@@ -422,21 +441,7 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
 
     // A login refused for a reason of one server's own (28000: its pg_hba.conf, or a
     // role only some servers have) tries the next; the client hears both.
-    let refused = |user: &'static str, db: &'static str| {
-        let port = proxy.local_addr().port();
-        async move {
-            let (client, conn) = tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(port)
-                .user(user)
-                .dbname(db)
-                .connect(NoTls)
-                .await?;
-            tokio::spawn(conn);
-            client.simple_query("SELECT 1").await
-        }
-    };
-    let e = refused("ghost", "spread").await.unwrap_err();
+    let e = refusal(&proxy, "ghost", "spread").await;
     let said = e.as_db_error().unwrap().message().to_string();
     assert!(said.contains("\"ghost\" does not exist (28000)"), "{said}");
     for port in [pa, pb] {
@@ -444,7 +449,7 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
     }
     // A database no server has: each is asked (a standby may lag behind), and the
     // client hears 3D000.
-    let e = refused("postgres", "missing").await.unwrap_err();
+    let e = refusal(&proxy, "postgres", "missing").await;
     assert_eq!(code(&e), Some("3D000"), "{e}");
     let said = e.as_db_error().unwrap().message();
     assert!(said.contains("no_such_db"), "{said}");
@@ -467,15 +472,7 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
     // A RELOAD that leaves the list as it was keeps its turn: a pool made after it
     // (another user's) starts where the others are.
     console.simple_query("RELOAD").await.unwrap();
-    let (later, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(proxy.local_addr().port())
-        .user("later")
-        .dbname("failover")
-        .connect(NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let later = connect_as(&proxy, "later", "failover").await.unwrap();
     assert_eq!(whereabouts(&later).await.1, pb);
 }
 
@@ -515,21 +512,11 @@ async fn read_write_passes_over_a_standby_in_a_host_list() {
     // Read-write: the standby counts as failed, every connection is the primary's.
     assert_eq!(ports_of_clients(&proxy, "rw", 3).await, vec![pp; 3]);
     // A standby alone is an error that says why.
-    let e = async {
-        let client = connect_to(&proxy, "rw_standby_alone").await?;
-        client.simple_query("SELECT 1").await
-    }
-    .await
-    .unwrap_err();
+    let e = refusal(&proxy, "postgres", "rw_standby_alone").await;
     let said = e.as_db_error().unwrap().message();
     assert!(said.contains("takes no writes (a standby)"), "{said}");
     // As libpq: read-only by default is no better, primary or not.
-    let e = async {
-        let client = connect_to(&proxy, "rw_read_only_db").await?;
-        client.simple_query("SELECT 1").await
-    }
-    .await
-    .unwrap_err();
+    let e = refusal(&proxy, "postgres", "rw_read_only_db").await;
     let said = e.as_db_error().unwrap().message();
     assert!(
         said.contains(&format!(":{pp}/ro: takes no writes")),
@@ -554,12 +541,7 @@ async fn a_wrong_password_is_not_tried_on_every_host() {
     config.databases[0].more_hosts =
         pgopt_proxy::MoreHosts::new(vec![("127.0.0.1".into(), b.port())], true);
     let proxy = Proxy::start(config).await.unwrap();
-    let e = async {
-        let client = connect_to(&proxy, "app").await?;
-        client.simple_query("SELECT 1").await
-    }
-    .await
-    .unwrap_err();
+    let e = refusal(&proxy, "postgres", "app").await;
     let said = e.as_db_error().unwrap().message();
     assert!(said.contains("(28P01)"), "{said}");
     assert!(!said.contains(&format!(":{}/", b.port())), "{said}");
