@@ -1486,27 +1486,21 @@ pub(crate) fn wal_login(
 pub async fn follow_wal(
     cache: Arc<ProxyCache>,
     db: crate::config::Database,
-    (connect_timeout, keepalive, tls): (
-        Duration,
-        Option<crate::config::Keepalive>,
-        Option<crate::server_tls::ServerTlsConnector>,
-    ),
+    connect: ListenerConnect,
     mut lifecycle: tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
 ) {
     use crate::wal::{ensure_publication, listen, WalSource};
     let (user, password) = wal_login(&cache.settings, &db);
-    let source = WalSource {
+    let mut source = WalSource {
         host: db.host.clone(),
         port: db.port,
-        // In order, staying on the one that answers.
-        more_hosts: crate::config::MoreHosts::new(db.more_hosts.hosts.clone(), false)
-            .with_read_write(db.more_hosts.read_write),
+        more_hosts: db.more_hosts.in_order(),
         dbname: db.dbname.clone(),
         user,
         password,
-        connect_timeout,
-        keepalive,
-        tls,
+        connect_timeout: connect.connect_timeout,
+        keepalive: connect.keepalive,
+        tls: None,
     };
     let publication = cache.settings.publication.clone();
     // Unique per process start, database and attempt (an old walsender may hold the
@@ -1540,6 +1534,7 @@ pub async fn follow_wal(
     let mut streaming = false;
     loop {
         set_state("connecting".into());
+        source.tls = (connect.tls)();
         attempt += 1;
         let slot = format!("{base}_{attempt}");
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
@@ -1584,6 +1579,16 @@ pub async fn follow_wal(
         set_state(format!("down: {error}"));
         backoff.wait().await;
     }
+}
+
+/// How the cache's listeners reach their database's server: as the pools do, with
+/// server TLS read anew at each attempt (a RELOAD's reaches them when they next
+/// connect), and with a host list tried in order, staying on the one that answers.
+#[derive(Clone)]
+pub(crate) struct ListenerConnect {
+    pub connect_timeout: Duration,
+    pub keepalive: Option<crate::config::Keepalive>,
+    pub tls: Arc<dyn Fn() -> Option<crate::server_tls::ServerTlsConnector> + Send + Sync>,
 }
 
 /// The wait of a listener (the replication stream's, the schema changes') between

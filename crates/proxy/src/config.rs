@@ -97,6 +97,11 @@ pub struct MoreHosts {
 }
 
 impl Database {
+    /// `host:port,…` of its servers.
+    pub fn servers_text(&self) -> String {
+        servers_text(&self.host, self.port, &self.more_hosts)
+    }
+
     /// The host, or with more hosts `host,host…`, each after the first with `:port`
     /// when it is not `port` (SHOW DATABASES' host column, as PgBouncer's). An IPv6
     /// address among several is in brackets.
@@ -116,6 +121,19 @@ impl Database {
     }
 }
 
+/// `host:port`, with an IPv6 address in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    format!("{}:{port}", bracketed(host))
+}
+
+/// `host:port,host:port,…` of a server and the ones after it.
+pub fn servers_text(host: &str, port: u16, more: &MoreHosts) -> String {
+    std::iter::once(host_port(host, port))
+        .chain(more.hosts.iter().map(|(h, p)| host_port(h, *p)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A host as written before `:port`: an IPv6 address in brackets.
 pub fn bracketed(host: &str) -> Cow<'_, str> {
     if host.contains(':') && !host.starts_with('/') {
@@ -133,6 +151,12 @@ impl MoreHosts {
             read_write: false,
             turn: Default::default(),
         }
+    }
+
+    /// The same servers and `read_write`, tried in order and staying on the one that
+    /// answers, with a turn of their own (the cache's listeners').
+    pub fn in_order(&self) -> MoreHosts {
+        MoreHosts::new(self.hosts.clone(), false).with_read_write(self.read_write)
     }
 
     /// The same with [`MoreHosts::read_write`] set so.

@@ -18,7 +18,6 @@
 //! them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use pgopt_wire::split_frame;
@@ -89,30 +88,26 @@ EXCEPTION WHEN undefined_object THEN NULL; END $d$";
 pub async fn watch(
     cache: Arc<ProxyCache>,
     db: crate::config::Database,
-    (connect_timeout, keepalive, tls): (
-        Duration,
-        Option<crate::config::Keepalive>,
-        Option<crate::server_tls::ServerTlsConnector>,
-    ),
+    connect: crate::cache::ListenerConnect,
     mut lifecycle: tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
 ) {
     let (user, password) = crate::cache::wal_login(&cache.settings, &db);
-    let target = ServerTarget {
+    let mut target = ServerTarget {
         host: db.host.clone(),
         port: db.port,
-        // In order, staying on the one that answers.
-        more_hosts: crate::config::MoreHosts::new(db.more_hosts.hosts.clone(), false)
-            .with_read_write(db.more_hosts.read_write),
+        more_hosts: db.more_hosts.in_order(),
         dbname: db.dbname.clone(),
         user,
         password,
         md5_hash: None,
-        tls,
+        tls: None,
     };
+    let (connect_timeout, keepalive) = (connect.connect_timeout, connect.keepalive);
     let set_state = |state: &str| cache.counters.set_ddl_state(&db.name, state);
     let backoff = crate::cache::ListenerBackoff::new();
     loop {
         set_state("connecting");
+        target.tls = (connect.tls)();
         let run = async {
             let max_len = pgopt_wire::DEFAULT_MAX_MESSAGE_LEN;
             let mut conn =

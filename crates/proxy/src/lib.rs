@@ -149,6 +149,7 @@ impl Proxy {
             }
             None => (None, None),
         };
+        warn_about_host_lists(&config, cache.is_some());
         let shared = Arc::new(Shared::new(config, users, tls, server_tls, insight, cache));
         let mut tasks = vec![
             tokio::spawn(accept(listener, unix, shared.clone(), spawner.clone())),
@@ -183,11 +184,7 @@ impl Proxy {
                 tasks.push(tokio::spawn(cache::follow_wal(
                     cache.clone(),
                     db.clone(),
-                    (
-                        config.server_connect_timeout,
-                        config.tcp_keepalive,
-                        shared.server_tls(),
-                    ),
+                    listener_connect(&shared),
                     shared.lifecycle(),
                 )));
             }
@@ -203,11 +200,7 @@ impl Proxy {
                 tasks.push(tokio::spawn(ddl_watch::watch(
                     cache.clone(),
                     db.clone(),
-                    (
-                        config.server_connect_timeout,
-                        config.tcp_keepalive,
-                        shared.server_tls(),
-                    ),
+                    listener_connect(&shared),
                     shared.lifecycle(),
                 )));
             }
@@ -313,6 +306,43 @@ async fn listening(addr: SocketAddr) -> bool {
         tokio::time::timeout(std::time::Duration::from_secs(1), connect).await,
         Ok(Ok(_))
     )
+}
+
+/// Host lists that may hold a standby (no `target_session_attrs = read-write`): their
+/// databases are not cached (a fill could read a standby behind the versions it was
+/// taken under; see `Relay::new`), and with replicas their writes could reach a
+/// standby.
+fn warn_about_host_lists(config: &Config, cache: bool) {
+    for db in &config.databases {
+        if db.more_hosts.is_empty() || db.more_hosts.read_write {
+            continue;
+        }
+        if cache {
+            tracing::warn!(
+                database = %db.name,
+                "a host list without target_session_attrs = read-write may reach a standby: this database is not cached"
+            );
+        }
+        if !db.replicas.is_empty() {
+            tracing::warn!(
+                database = %db.name,
+                "a host list with replicas and without target_session_attrs = read-write: writes may reach a standby and fail"
+            );
+        }
+    }
+}
+
+/// How the cache's listeners connect, from the proxy's current config (read at
+/// start: `server_connect_timeout` and keepalive) and its server TLS (read at each
+/// attempt).
+fn listener_connect(shared: &Arc<Shared>) -> cache::ListenerConnect {
+    let config = shared.config();
+    let shared = Arc::downgrade(shared);
+    cache::ListenerConnect {
+        connect_timeout: config.server_connect_timeout,
+        keepalive: config.tcp_keepalive,
+        tls: Arc::new(move || shared.upgrade().and_then(|s| s.server_tls())),
+    }
 }
 
 /// The databases the config lists by name (not the `*` fallback's, which are not

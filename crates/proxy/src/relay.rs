@@ -250,7 +250,12 @@ impl Relay {
         // not cached.
         let unfollowed = cache.as_ref().is_some_and(|c| c.settings.wal_listener)
             && config.is_fallback(&pool.database);
-        let serve_cache = cache.is_some() && pool.mode == PoolMode::Transaction && !unfollowed;
+        // A host list that may hold a standby: a fill could read one behind the
+        // versions it was taken under, so it is not cached (a warning at start).
+        let hosts = &pool.target.more_hosts;
+        let maybe_standby = !hosts.is_empty() && !hosts.read_write;
+        let serve_cache =
+            cache.is_some() && pool.mode == PoolMode::Transaction && !unfollowed && !maybe_standby;
         let (login_user, database, _) = info.identity();
         let tracker = shared
             .insight

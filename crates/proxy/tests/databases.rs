@@ -479,6 +479,9 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
 #[tokio::test]
 async fn read_write_passes_over_a_standby_in_a_host_list() {
     let primary = Postgres::start().await.unwrap();
+    primary
+        .psql("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a')")
+        .unwrap();
     let standby = Postgres::start_replica(&primary).await.unwrap();
     let (pp, ps) = (primary.port() as i32, standby.port() as i32);
     // A database whose transactions are read-only by default, on either server.
@@ -500,12 +503,26 @@ async fn read_write_passes_over_a_standby_in_a_host_list() {
     let listed = |name: &str, more, read_write| on(name, "postgres", more, read_write);
     let both = || vec![("127.0.0.1".to_string(), primary.port())];
     let mut config = config_for(&standby, PoolMode::Session, 8);
+    // The cache serves transaction-mode pools: one each for `any` and `rw`.
+    let in_transaction_mode = |mut db: Database| {
+        db.name.push_str("_txn");
+        db.pool.mode = Some(PoolMode::Transaction);
+        db
+    };
     config.databases = vec![
         listed("any", both(), false),
         listed("rw", both(), true),
         listed("rw_standby_alone", Vec::new(), true),
         on("rw_read_only_db", "ro", both(), true),
+        in_transaction_mode(listed("any", both(), false)),
+        in_transaction_mode(listed("rw", both(), true)),
     ];
+    config.admin_users = vec!["postgres".into()];
+    config.cache = pgopt_proxy::CacheSettings {
+        enabled: true,
+        tables: vec!["items".into()],
+        ..Default::default()
+    };
     let proxy = Proxy::start(config).await.unwrap();
     // Any server will do: round robin reaches both.
     assert_eq!(ports_of_clients(&proxy, "any", 2).await, vec![ps, pp]);
@@ -518,6 +535,21 @@ async fn read_write_passes_over_a_standby_in_a_host_list() {
     // As libpq: read-only by default is no better, primary or not.
     let e = refusal(&proxy, "postgres", "rw_read_only_db").await;
     let said = e.as_db_error().unwrap().message();
+    // The cache: not for a list that may reach a standby (a fill there could be
+    // behind), as usual for a read-write one.
+    let console = admin(&proxy).await;
+    for (db, hits) in [("any_txn", 0), ("rw_txn", 2)] {
+        let before = common::counter(&show(&console, "CACHE").await[0], "hits");
+        let client = connect_to(&proxy, db).await.unwrap();
+        for _ in 0..3 {
+            client
+                .query_one("SELECT v FROM items WHERE id = 1", &[])
+                .await
+                .unwrap();
+        }
+        let after = common::counter(&show(&console, "CACHE").await[0], "hits");
+        assert_eq!(after - before, hits, "{db}");
+    }
     assert!(
         said.contains(&format!(":{pp}/ro: takes no writes")),
         "{said}"

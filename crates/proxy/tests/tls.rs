@@ -753,7 +753,10 @@ async fn a_server_that_asks_for_a_certificate_gets_pgopts_own() {
     std::fs::copy(&stranger_crt, &crt).unwrap();
     std::fs::copy(&stranger_key, &key).unwrap();
     proxy.handle().reload().unwrap();
-    assert!(server_ssl(&proxy).await.is_err());
+    let err = server_ssl(&proxy).await.unwrap_err();
+    let message = err.as_db_error().unwrap().message();
+    // The server's TLS alert: it does not know the new certificate's CA.
+    assert!(message.contains("UnknownCA"), "{message}");
     // Half a pair is refused at start, TLS to servers off or not.
     for mode in [ServerTlsMode::VerifyFull, ServerTlsMode::Disable] {
         let mut half = with(Some(&crt), None);
@@ -779,9 +782,11 @@ async fn the_cache_listeners_reach_a_server_that_takes_only_tls() {
     hostssl_only(&pg);
     // In force once the restart returns (a reload takes a moment).
     pg.restart().unwrap();
-    let proxy = common::start_with(&pg, |c| {
+    let with = |mode| {
+        let mut c = config_for(&pg, PoolMode::Transaction, 2);
+        c.admin_users = vec!["postgres".into()];
         c.server_tls = ServerTls {
-            mode: ServerTlsMode::Require,
+            mode,
             ..ServerTls::default()
         };
         c.cache = pgopt_proxy::CacheSettings {
@@ -791,9 +796,19 @@ async fn the_cache_listeners_reach_a_server_that_takes_only_tls() {
             ddl_listener: true,
             ..Default::default()
         };
+        c
+    };
+    // Without TLS to servers, the server refuses the listeners.
+    let proxy = Proxy::start(with(ServerTlsMode::Disable)).await.unwrap();
+    common::wait_for_cache(&proxy, "refused", |r| {
+        r["wal"].starts_with("down") && r["ddl"].starts_with("down")
     })
     .await;
-    // Both log in over TLS, as the pools do (plain text is refused now).
+    // A RELOAD that turns it on reaches them at their next attempt: both log in over
+    // TLS, as the pools do.
+    let config = with(ServerTlsMode::Require);
+    proxy.handle().set_reloader(move || Ok(config.clone()));
+    proxy.handle().reload().unwrap();
     common::wait_for_cache(&proxy, "streaming and listening", |r| {
         r["wal"] == "streaming" && r["ddl"] == "listening"
     })
