@@ -302,7 +302,9 @@ async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest
         }
         Ok::<_, String>((json, flagged))
     };
-    match tokio::time::timeout(Duration::from_secs(10), result).await {
+    // A connect that may try each server of a host list, then the EXPLAIN.
+    let bound = pool.target.connect_budget(pool.limits().connect_timeout) + Duration::from_secs(10);
+    match tokio::time::timeout(bound, result).await {
         Ok(Ok((json, scans))) => {
             plan.plan = Some(json);
             plan.seq_scans = scans;

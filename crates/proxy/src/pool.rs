@@ -413,7 +413,7 @@ impl Pool {
                 // `None` while this pool has an idle connection: closed for it.
                 for _ in 0..3 {
                     match self.permits(Some(deadline)).await {
-                        // The one idle longest goes, as PgBouncer closes.
+                        // The one idle longest (of this thread's, else of any) goes.
                         Ok(None) => drop(self.take_idle(true)),
                         Ok(got) => permits = got,
                         Err(_) => break,

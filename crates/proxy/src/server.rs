@@ -13,7 +13,7 @@ use pgopt_wire::startup::{CancelRequest, ProtocolVersion, StartupMessage};
 use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRAM_SHA_256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Keepalive, MoreHosts};
+use crate::config::{host_port, Keepalive, MoreHosts};
 use crate::net::{Endpoint, PgStream};
 use crate::server_tls::ServerTlsConnector;
 use crate::session_state::Applied;
@@ -44,11 +44,7 @@ impl ServerTarget {
 
     /// `host:port`, or with more hosts `host:port,host:port,…` (IPv6 in brackets).
     pub fn servers(&self) -> String {
-        let mut text = format!("{}:{}", crate::config::bracketed(&self.host), self.port);
-        for (host, port) in &self.more_hosts.hosts {
-            text.push_str(&format!(",{}:{port}", crate::config::bracketed(host)));
-        }
-        text
+        crate::config::servers_text(&self.host, self.port, &self.more_hosts)
     }
 
     /// How long a connect may take when each server gets `timeout` in turn (twice
@@ -187,7 +183,7 @@ impl ServerConn {
                 },
                 Ok(Err(e)) => e,
                 Err(_) => ProxyError::Server {
-                    server: format!("{host}:{port}/{}", target.dbname),
+                    server: format!("{}/{}", host_port(host, port), target.dbname),
                     message: format!("no connection within {} ms", timeout.as_millis()),
                 },
             };
@@ -204,7 +200,7 @@ impl ServerConn {
                 refused_code.get_or_insert_with(|| code.clone());
             }
             if k + 1 < count {
-                tracing::warn!(server = %format!("{host}:{port}"), error = %error, "trying the database's next server");
+                tracing::warn!(server = %host_port(host, port), error = %error, "trying the database's next server");
             }
             failed.push(error.to_string());
         }
@@ -232,22 +228,12 @@ impl ServerConn {
         if !target.more_hosts.read_write {
             return Ok(());
         }
-        let said = |name: &str| {
-            (self.params.iter())
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
-        // As libpq: a server in recovery, or one whose transactions are read-only by
-        // default, takes no writes.
-        let read_only = match said("in_hot_standby") {
-            Some(v) => v == "on" || said("default_transaction_read_only").as_deref() == Some("on"),
+        let read_only = match read_only_by_params(&self.params) {
+            Some(said) => said,
             None => {
                 let asked = self.simple_query("SHOW transaction_read_only", max_len);
                 match tokio::time::timeout(timeout, asked).await {
-                    Ok(Ok(rows)) => {
-                        rows.first().and_then(|r| r.first()).cloned().flatten()
-                            != Some("off".to_string())
-                    }
+                    Ok(Ok(rows)) => read_only_by_show(&rows),
                     Ok(Err(e)) => return Err(self.refusal(target, e)),
                     Err(_) => {
                         return Err(
@@ -282,7 +268,7 @@ impl ServerConn {
         keepalive: Option<Keepalive>,
         extra: &[(&str, &str)],
     ) -> Result<ServerConn, ProxyError> {
-        let server = || format!("{host}:{port}/{}", target.dbname);
+        let server = || format!("{}/{}", host_port(host, port), target.dbname);
         let (stream, addr, local_addr) = PgStream::connect(host, port, keepalive.as_ref())
             .await
             .map_err(|e| ProxyError::Server {
@@ -544,6 +530,30 @@ impl ServerConn {
     }
 }
 
+/// Whether a server takes no writes, from what it said at start-up, as libpq's
+/// `target_session_attrs=read-write` judges it: in recovery (`in_hot_standby`, from
+/// PostgreSQL 14) or read-only by default. `None`: it did not say (before 14).
+fn read_only_by_params(params: &[(String, String)]) -> Option<bool> {
+    let said = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let standby = said("in_hot_standby")?;
+    Some(standby == "on" || said("default_transaction_read_only") == Some("on"))
+}
+
+/// The same from `SHOW transaction_read_only`'s rows: anything but "off" is read-only.
+fn read_only_by_show(rows: &[Vec<Option<String>>]) -> bool {
+    rows.first()
+        .and_then(|r| r.first())
+        .cloned()
+        .flatten()
+        .as_deref()
+        != Some("off")
+}
+
 /// What pgopt's own queries on a server connection got back.
 pub struct QueryResult {
     /// The rows of the last result set, as text.
@@ -696,6 +706,31 @@ async fn derived_keys(
 #[cfg(test)]
 mod derived_tests {
     use super::*;
+
+    #[test]
+    fn read_write_is_judged_as_libpq_judges_it() {
+        let params = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let judge = |pairs: &[(&str, &str)]| read_only_by_params(&params(pairs));
+        assert_eq!(judge(&[("in_hot_standby", "off")]), Some(false));
+        assert_eq!(judge(&[("in_hot_standby", "on")]), Some(true));
+        let read_only_default = [
+            ("in_hot_standby", "off"),
+            ("default_transaction_read_only", "on"),
+        ];
+        assert_eq!(judge(&read_only_default), Some(true));
+        // Before PostgreSQL 14 nothing is said: asked, and only "off" takes writes.
+        assert_eq!(judge(&[("server_version", "13.9")]), None);
+        let row = |v: Option<&str>| vec![vec![v.map(str::to_string)]];
+        assert!(!read_only_by_show(&row(Some("off"))));
+        assert!(read_only_by_show(&row(Some("on"))));
+        assert!(read_only_by_show(&row(None)));
+        assert!(read_only_by_show(&[]));
+    }
 
     #[test]
     fn a_host_list_gets_a_connect_timeout_per_server() {

@@ -576,6 +576,11 @@ pub fn changeable(key: &str) -> Option<bool> {
 
 fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
     let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
     vec![
         ("listen", c.listen.to_string(), false),
         (
@@ -674,6 +679,9 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
             format!("{:?}", c.server_tls.mode).to_lowercase(),
             true,
         ),
+        ("server_tls_ca_file", path(&c.server_tls.ca_file), true),
+        ("server_tls_cert_file", path(&c.server_tls.cert_file), true),
+        ("server_tls_key_file", path(&c.server_tls.key_file), true),
         (
             "tls_mode",
             format!("{:?}", c.client_tls.mode).to_lowercase(),

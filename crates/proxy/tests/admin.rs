@@ -1530,13 +1530,13 @@ async fn wait_close_returns_once_the_connections_reconnect_marked_have_closed() 
     assert!(message.unwrap_or_default().contains("nosuchdb"), "{e:?}");
 }
 
-/// The server backends one client's six transactions ran on, in transaction mode with
-/// three idle connections.
-async fn backends_of_six(client: &tokio_postgres::Client) -> std::collections::HashSet<i32> {
-    let mut pids = std::collections::HashSet::new();
+/// The server backends one client's six transactions ran on, in order, in
+/// transaction mode with three idle connections.
+async fn backends_of_six(client: &tokio_postgres::Client) -> Vec<i32> {
+    let mut pids = Vec::new();
     for _ in 0..6 {
         let row = client.query_one("SELECT pg_backend_pid()", &[]).await;
-        pids.insert(row.unwrap().get(0));
+        pids.push(row.unwrap().get(0));
     }
     pids
 }
@@ -1562,12 +1562,17 @@ async fn server_round_robin_reuses_the_connection_idle_longest() {
         c.batch_execute("COMMIT").await.unwrap();
     }
     // By default the one used last comes back each time.
-    assert_eq!(backends_of_six(&clients[0]).await.len(), 1);
+    let pids = backends_of_six(&clients[0]).await;
+    assert!(pids.iter().all(|p| *p == pids[0]), "{pids:?}");
     console
         .simple_query("SET server_round_robin = 1")
         .await
         .unwrap();
-    assert_eq!(backends_of_six(&clients[0]).await.len(), 3);
+    // Round robin: the one idle longest, so each of the three in turn.
+    let pids = backends_of_six(&clients[0]).await;
+    let distinct: std::collections::HashSet<_> = pids.iter().collect();
+    assert_eq!(distinct.len(), 3, "{pids:?}");
+    assert_eq!(pids[..3], pids[3..], "{pids:?}");
     let config = show(&console, "CONFIG").await;
     let row = config
         .iter()
