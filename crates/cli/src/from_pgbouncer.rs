@@ -752,8 +752,16 @@ mod tests {
         // A setting given twice: the last counts. One pgopt cannot read: its default.
         let c = convert_with(
             "max_client_conn = 50\nmax_client_conn = 70\npool_mode = transaction\npool_mode = often\n\
-             default_pool_size = 10\ndefault_pool_size = 0\n",
+             default_pool_size = 10\ndefault_pool_size = 0\n\
+             server_round_robin = 1\nserver_tls_cert_file = /etc/pgb/c.crt\nserver_tls_key_file = /etc/pgb/c.key\n",
         );
+        for line in [
+            "server_round_robin = true\n",
+            "server_tls_cert_file = \"/etc/pgb/c.crt\"\n",
+            "server_tls_key_file = \"/etc/pgb/c.key\"\n",
+        ] {
+            assert!(c.toml.contains(line), "{line}{}", c.toml);
+        }
         assert!(c.toml.contains("max_client_conn = 70\n"), "{}", c.toml);
         assert!(!c.toml.contains("max_client_conn = 50\n"), "{}", c.toml);
         assert!(c.toml.contains("pool_mode = \"session\"\n"), "{}", c.toml);

@@ -9,7 +9,7 @@ use crate::config::{self, ClientAuthMethod, Loaded, ServerTlsModeSetting, TlsMod
 use crate::upstream;
 
 /// Flags override the `[proxy]` section of the config.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct ProxyArgs {
     /// Address clients connect to [default: 127.0.0.1:6432]
     #[arg(long, value_name = "HOST:PORT")]
@@ -102,17 +102,15 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
         };
         if db.name == pgopt_proxy::FALLBACK_DATABASE {
             println!(
-                "Any other database → {}:{}, the database of the client's name{own_pool}",
-                db.hosts_text(),
-                db.port
+                "Any other database → {}, the database of the client's name{own_pool}",
+                db.servers_text()
             );
             continue;
         }
         println!(
-            "Database {} → {}:{}/{}{replicas}{own_pool}:  psql -h {} -p {} {}",
+            "Database {} → {}/{}{replicas}{own_pool}:  psql -h {} -p {} {}",
             db.name,
-            db.hosts_text(),
-            db.port,
+            db.servers_text(),
             db.dbname,
             proxy.local_addr().ip(),
             proxy.local_addr().port(),
@@ -174,8 +172,29 @@ async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
     }
 }
 
-/// Reads the files the proxy's config names (`pgopt config check`): the hba rules.
+/// Reads the files the proxy's config names (`pgopt config check`): the hba rules,
+/// the user list, the server certificate pair; and the upstream URLs as the proxy
+/// reads them.
 pub fn check_files(root: &config::Config) -> anyhow::Result<()> {
+    let proxy = &root.proxy;
+    if !proxy.upstream.is_empty() || !proxy.databases.is_empty() {
+        databases(root, &ProxyArgs::default())?;
+    }
+    match (
+        proxy.server_tls_cert_file.as_str(),
+        proxy.server_tls_key_file.as_str(),
+    ) {
+        ("", "") => {}
+        ("", _) | (_, "") => anyhow::bail!(
+            "proxy.server_tls_cert_file and proxy.server_tls_key_file go together: give both or neither"
+        ),
+        (cert, key) => {
+            for (key_name, file) in [("server_tls_cert_file", cert), ("server_tls_key_file", key)] {
+                std::fs::File::open(file)
+                    .map_err(|e| anyhow::anyhow!("proxy.{key_name}: reading {file}: {e}"))?;
+            }
+        }
+    }
     let ident = read_ident(&root.proxy.auth_ident_file)?;
     if root.proxy.auth == ClientAuthMethod::Hba && !root.proxy.auth_hba_file.is_empty() {
         let hba = read_hba(&root.proxy.auth_hba_file)?;
@@ -507,15 +526,7 @@ mod tests {
              [[proxy.databases]]\nname = \"one\"\nupstream = \"postgres://a@h1/o\"\n",
         )
         .unwrap();
-        let args = ProxyArgs {
-            listen: None,
-            upstream: None,
-            pool_mode: None,
-            pool_size: None,
-            admin_listen: None,
-            replica: Vec::new(),
-        };
-        let dbs = databases(&root, &args).unwrap();
+        let dbs = databases(&root, &ProxyArgs::default()).unwrap();
         let hosts = |i: usize| &dbs[i].more_hosts;
         assert_eq!(dbs[0].hosts_text(), "h1,h2:5433");
         assert_eq!(hosts(0).hosts, vec![("h2".to_string(), 5433)]);
@@ -530,5 +541,28 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(bad.contains("load_balance_hosts"), "{bad}");
+    }
+
+    #[test]
+    fn config_check_reads_the_upstream_and_the_server_certificate_as_the_proxy_does() {
+        let check = |text: &str| {
+            let root = config::parse_text("pgopt.toml", text).unwrap();
+            check_files(&root).map_err(|e| e.to_string())
+        };
+        assert!(check("[proxy]\nupstream = \"postgres://a@h1,h2/m\"\n").is_ok());
+        assert!(check("[logging]\nlevel = \"info\"\n").is_ok());
+        let e = check("[proxy]\nupstream = \"postgres://a@h1,h2/m?port=1,2,3\"\n").unwrap_err();
+        assert!(e.contains("3 ports for 2 hosts"), "{e}");
+        let e = check(
+            "[proxy]\nupstream = \"postgres://a@h/m\"\nserver_tls_cert_file = \"/etc/hosts\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("give both or neither"), "{e}");
+        let e = check(
+            "[proxy]\nupstream = \"postgres://a@h/m\"\nserver_tls_cert_file = \"/etc/hosts\"\n\
+             server_tls_key_file = \"/nonexistent/pgopt.key\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("/nonexistent/pgopt.key"), "{e}");
     }
 }
