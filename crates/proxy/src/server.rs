@@ -55,6 +55,13 @@ impl ServerTarget {
         timeout.saturating_mul(per_server * (1 + self.more_hosts.hosts.len() as u32))
     }
 
+    /// The same login on a replica instead: its one server, no host list.
+    pub fn point_at(&mut self, node: &crate::routing::Node) {
+        self.host = node.host.clone();
+        self.port = node.port;
+        self.more_hosts = MoreHosts::default();
+    }
+
     /// Same servers, database and user (whatever the password).
     pub fn same_login(&self, other: &ServerTarget) -> bool {
         (

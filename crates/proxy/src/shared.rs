@@ -246,9 +246,7 @@ impl Shared {
         let server_tls = self.server_tls();
         let mut target = target_for(db, user, |name| users.get(name).or(found), server_tls);
         if let Some((_, n)) = &node {
-            target.host = n.host.clone();
-            target.port = n.port;
-            target.more_hosts = Default::default();
+            target.point_at(n);
         }
         let index = node.as_ref().map_or(0, |(i, _)| i + 1);
         // A user's own settings are the server login's (the database's forced user
@@ -613,11 +611,7 @@ impl Shared {
                 if let Some((i, node)) = &pool.node {
                     // The same replica, still in this database's router.
                     match routers.get(&db.name).and_then(|r| r.replicas.get(*i)) {
-                        Some(n) if Arc::ptr_eq(n, node) => {
-                            target.host = n.host.clone();
-                            target.port = n.port;
-                            target.more_hosts = Default::default();
-                        }
+                        Some(n) if Arc::ptr_eq(n, node) => target.point_at(n),
                         _ => return false,
                     }
                 }
