@@ -248,10 +248,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
     ("resolv_conf", "pgopt uses the system's resolver"),
     ("disable_pqexec", "not supported"),
     ("server_fast_close", "not supported"),
-    (
-        "server_login_retry",
-        "pgopt retries with a growing backoff (its circuit breaker)",
-    ),
     ("suspend_timeout", "pgopt has no online restart (SUSPEND)"),
     ("peer_id", "pgopt has no peering"),
     ("client_tls_protocols", "pgopt takes TLS 1.2 and 1.3"),
@@ -346,7 +342,8 @@ pub fn convert(path: &str) -> Result<Converted, String> {
             | "client_idle_timeout"
             | "client_login_timeout"
             | "idle_transaction_timeout"
-            | "server_check_delay" => match seconds(v) {
+            | "server_check_delay"
+            | "server_login_retry" => match seconds(v) {
                 // PgBouncer's 0 for these is "never"; pgopt's would be "at once".
                 Some(d)
                     if d == "0s"
@@ -753,10 +750,12 @@ mod tests {
         let c = convert_with(
             "max_client_conn = 50\nmax_client_conn = 70\npool_mode = transaction\npool_mode = often\n\
              default_pool_size = 10\ndefault_pool_size = 0\n\
-             server_round_robin = 1\nserver_tls_cert_file = /etc/pgb/c.crt\nserver_tls_key_file = /etc/pgb/c.key\n",
+             server_round_robin = 1\nserver_tls_cert_file = /etc/pgb/c.crt\nserver_tls_key_file = /etc/pgb/c.key\n\
+             server_login_retry = 5\n",
         );
         for line in [
             "server_round_robin = true\n",
+            "server_login_retry = \"5s\"\n",
             "server_tls_cert_file = \"/etc/pgb/c.crt\"\n",
             "server_tls_key_file = \"/etc/pgb/c.key\"\n",
         ] {

@@ -434,6 +434,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         server_idle_timeout: config.server_idle_timeout.0,
         server_lifetime: config.server_lifetime.0,
         server_check_delay: config.server_check_delay.0,
+        server_login_retry: config.server_login_retry.0,
         idle_transaction_timeout: config.idle_transaction_timeout.0,
         client_login_timeout: config.client_login_timeout.0,
         client_idle_timeout: config.client_idle_timeout.0,

@@ -94,6 +94,16 @@ pub struct MoreHosts {
     pub read_write: bool,
     /// The next server in turn (round robin), or the last that worked.
     turn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// When each server that failed a connection last did (by index), until one
+    /// succeeds: for `set_aside_ms` it is tried after the others.
+    failed_at:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<usize, std::time::Instant>>>,
+    /// How long a server of the list that failed a connection is tried only after
+    /// the others ([`Config::server_login_retry`], set by the proxy at start and
+    /// RELOAD): a host that is down, worse one that drops packets and costs a whole
+    /// `server_connect_timeout`, does not hold up every new connection whose turn
+    /// starts there.
+    set_aside_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Database {
@@ -150,7 +160,16 @@ impl MoreHosts {
             round_robin,
             read_write: false,
             turn: Default::default(),
+            failed_at: Default::default(),
+            set_aside_ms: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(15_000)),
         }
+    }
+
+    /// Sets how long a failed server is tried after the others (for every clone).
+    pub fn set_aside_for(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.set_aside_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The same servers and `read_write`, tried in order and staying on the one that
@@ -180,11 +199,42 @@ impl MoreHosts {
         }
     }
 
+    /// The order a new connection tries the `1 + hosts.len()` servers in: from
+    /// [`MoreHosts::first_to_try`] on, those that failed within `set_aside_for`'s
+    /// time last (still tried: they may be back).
+    pub fn order(&self) -> Vec<usize> {
+        let n = 1 + self.hosts.len();
+        let first = if n > 1 { self.first_to_try() } else { 0 };
+        let (mut fresh, mut aside) = (Vec::with_capacity(n), Vec::new());
+        let now = std::time::Instant::now();
+        let set_aside =
+            Duration::from_millis(self.set_aside_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let failed_at = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        for i in (0..n).map(|k| (first + k) % n) {
+            match failed_at.get(&i) {
+                Some(at) if now.saturating_duration_since(*at) < set_aside => aside.push(i),
+                _ => fresh.push(i),
+            }
+        }
+        fresh.append(&mut aside);
+        fresh
+    }
+
     /// Server `i` (in `0..1 + hosts.len()`) took a connection.
     pub fn worked(&self, i: usize) {
         if !self.round_robin {
             self.turn.store(i, std::sync::atomic::Ordering::Relaxed);
         }
+        if !self.hosts.is_empty() {
+            let mut failed_at = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+            failed_at.remove(&i);
+        }
+    }
+
+    /// Server `i` could not be reached or refused the connection.
+    pub fn failed(&self, i: usize) {
+        let mut failed_at = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        failed_at.insert(i, std::time::Instant::now());
     }
 }
 
@@ -340,6 +390,9 @@ pub struct Config {
     /// An idle server connection unused this long is checked with a round trip
     /// before a client gets it.
     pub server_check_delay: Duration,
+    /// A server of a host list that failed a connection is tried after the others
+    /// this long (PgBouncer's `server_login_retry`, 15 s).
+    pub server_login_retry: Duration,
     /// A client idle inside a transaction this long is disconnected (`25P03`) and its
     /// server connection closed; zero disables it.
     pub idle_transaction_timeout: Duration,
@@ -494,6 +547,14 @@ impl Config {
         }))
     }
 
+    /// Gives each database's host list `server_login_retry` (its clones, the pools'
+    /// targets, share it).
+    pub fn apply_login_retry(&self) {
+        for db in &self.databases {
+            db.more_hosts.set_aside_for(self.server_login_retry);
+        }
+    }
+
     /// Whether `name` is the admin console's: `pgopt`, or PgBouncer's `pgbouncer`
     /// when no database entry takes that name.
     pub fn is_admin_database(&self, name: &str) -> bool {
@@ -629,6 +690,7 @@ impl Default for Config {
             server_idle_timeout: Duration::from_secs(600),
             server_lifetime: Duration::from_secs(3600),
             server_check_delay: Duration::from_secs(30),
+            server_login_retry: Duration::from_secs(15),
             idle_transaction_timeout: Duration::ZERO,
             client_login_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::ZERO,
@@ -719,6 +781,7 @@ impl Config {
             "server_idle_timeout" => self.server_idle_timeout = duration()?,
             "server_lifetime" => self.server_lifetime = duration()?,
             "server_check_delay" => self.server_check_delay = duration()?,
+            "server_login_retry" => self.server_login_retry = duration()?,
             "idle_transaction_timeout" => self.idle_transaction_timeout = duration()?,
             "client_login_timeout" => self.client_login_timeout = duration()?,
             "client_idle_timeout" => self.client_idle_timeout = duration()?,
@@ -805,6 +868,15 @@ mod tests {
             failover,
             MoreHosts::new(list.more_hosts.hosts.clone(), false)
         );
+        // A server that failed goes last until it works again or its time is up.
+        let three = MoreHosts::new(vec![("b".into(), 1), ("c".into(), 1)], false);
+        three.failed(0);
+        assert_eq!(three.order(), vec![1, 2, 0]);
+        three.worked(0);
+        assert_eq!(three.order(), vec![0, 1, 2]);
+        three.failed(1);
+        three.set_aside_for(Duration::ZERO);
+        assert_eq!(three.order(), vec![0, 1, 2]);
     }
 
     #[test]

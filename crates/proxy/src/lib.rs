@@ -150,6 +150,7 @@ impl Proxy {
             None => (None, None),
         };
         warn_about_host_lists(&config, cache.is_some());
+        config.apply_login_retry();
         let shared = Arc::new(Shared::new(config, users, tls, server_tls, insight, cache));
         let mut tasks = vec![
             tokio::spawn(accept(listener, unix, shared.clone(), spawner.clone())),

@@ -166,17 +166,11 @@ impl ServerConn {
         // With several servers, each gets `timeout` in turn (as libpq's
         // connect_timeout), from the one `more_hosts` says, until one logs in.
         let count = 1 + target.more_hosts.hosts.len();
-        let first = if count > 1 {
-            target.more_hosts.first_to_try()
-        } else {
-            0
-        };
         let mut failed = Vec::new();
         // The first SQLSTATE a server refused with: the client hears it (3D000 when no
         // server has the database) if no server takes the connection.
         let mut refused_code = None;
-        for k in 0..count {
-            let i = (first + k) % count;
+        for (k, i) in target.more_hosts.order().into_iter().enumerate() {
             let (host, port) = target.server(i);
             let connecting =
                 Self::connect_inner(target, host, port, keys.clone(), max_len, keepalive, extra);
@@ -203,6 +197,7 @@ impl ServerConn {
             if count == 1 || wrong_password {
                 return Err(error);
             }
+            target.more_hosts.failed(i);
             if let ProxyError::Refused { code, .. } = &error {
                 refused_code.get_or_insert_with(|| code.clone());
             }

@@ -530,6 +530,7 @@ impl Shared {
                 }
             }
         }
+        new.apply_login_retry();
         let users = prepare_users(&new.users)?;
         let tls = tls_acceptor_for(&new)?;
         let server_tls = ServerTlsConnector::new(&new.server_tls)?;

@@ -639,6 +639,7 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
         ("server_idle_timeout", ms(c.server_idle_timeout), true),
         ("server_lifetime", ms(c.server_lifetime), true),
         ("server_check_delay", ms(c.server_check_delay), true),
+        ("server_login_retry", ms(c.server_login_retry), true),
         (
             "idle_transaction_timeout",
             ms(c.idle_transaction_timeout),

@@ -411,6 +411,8 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
     let make_config = move || {
         let mut config = common::config_for_port(a_port, PoolMode::Session, 8);
         config.admin_users = vec!["postgres".into()];
+        // A host that failed is tried after the others this long (see the restart).
+        config.server_login_retry = Duration::from_millis(300);
         let listed = |name: &str, dbname: &str, round_robin: bool| Database {
             name: name.into(),
             dbname: dbname.into(),
@@ -466,6 +468,7 @@ async fn a_host_list_spreads_connections_and_skips_a_server_that_is_down() {
     // (Twice as many clients as before: half reuse the idle connections, half need new
     // ones.)
     a.restart().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let ports = ports_of_clients(&proxy, "spread", 8).await;
     assert_eq!(ports.iter().filter(|p| **p == pa).count(), 2, "{ports:?}");
     assert_eq!(ports_of_clients(&proxy, "failover", 6).await, vec![pb; 6]);
@@ -577,4 +580,34 @@ async fn a_wrong_password_is_not_tried_on_every_host() {
     let said = e.as_db_error().unwrap().message();
     assert!(said.contains("(28P01)"), "{said}");
     assert!(!said.contains(&format!(":{}/", b.port())), "{said}");
+}
+
+#[tokio::test]
+async fn a_host_that_failed_is_tried_after_the_others_for_a_while() {
+    let pg = Postgres::start().await.unwrap();
+    // A "server" that accepts and never answers: each try costs a connect timeout.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = tries.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let mut config = config_for(&pg, PoolMode::Session, 8);
+    config.server_connect_timeout = Duration::from_millis(300);
+    config.databases = vec![Database {
+        port: hung_port,
+        more_hosts: pgopt_proxy::MoreHosts::new(vec![("127.0.0.1".into(), pg.port())], true),
+        ..database(&pg, "app", "postgres", DatabasePool::default())
+    }];
+    let proxy = Proxy::start(config).await.unwrap();
+    // Round robin starts every other connection at the hung host: it is tried once,
+    // then only after the server that answers.
+    let live = pg.port() as i32;
+    assert_eq!(ports_of_clients(&proxy, "app", 4).await, vec![live; 4]);
+    assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -234,6 +234,8 @@ pub struct ProxyConfig {
     pub server_lifetime: HumanDuration,
     /// Idle server connections unused this long get a round trip before reuse.
     pub server_check_delay: HumanDuration,
+    /// A host of a list that failed a connection is tried after the others this long.
+    pub server_login_retry: HumanDuration,
     /// Clients idle inside a transaction this long are disconnected; "0s" is off.
     pub idle_transaction_timeout: HumanDuration,
     /// A client must finish logging in (TLS, start-up, password) within this; "0s" is off.
@@ -328,6 +330,7 @@ impl Default for ProxyConfig {
             server_idle_timeout: HumanDuration(Duration::from_secs(600)),
             server_lifetime: HumanDuration(Duration::from_secs(3600)),
             server_check_delay: HumanDuration(Duration::from_secs(30)),
+            server_login_retry: HumanDuration(Duration::from_secs(15)),
             idle_transaction_timeout: HumanDuration(Duration::ZERO),
             client_login_timeout: HumanDuration(Duration::from_secs(60)),
             client_idle_timeout: HumanDuration(Duration::ZERO),
