@@ -300,6 +300,9 @@ pub fn convert(path: &str) -> Result<Converted, String> {
         let v = s.value.as_str();
         let mut bad = |why: &str| notes.push(format!("{}: {why}", s.at()));
         let seconds = |v: &str| duration(v);
+        if key == "server_login_retry" {
+            bad("carried over with another meaning: in pgopt, how long a host of a host list that failed is tried after the others (reconnects back off on their own)");
+        }
         match key.as_str() {
             "listen_addr" => listen_addr = Some(v.to_string()),
             "listen_port" => listen_port = v.to_string(),
@@ -752,6 +755,11 @@ mod tests {
              default_pool_size = 10\ndefault_pool_size = 0\n\
              server_round_robin = 1\nserver_tls_cert_file = /etc/pgb/c.crt\nserver_tls_key_file = /etc/pgb/c.key\n\
              server_login_retry = 5\n",
+        );
+        assert!(
+            c.notes.iter().any(|n| n.contains("another meaning")),
+            "{:?}",
+            c.notes
         );
         for line in [
             "server_round_robin = true\n",

@@ -84,7 +84,7 @@ pub struct Database {
 /// or refuses for any reason but a wrong password (28P01), the next is
 /// tried, so a client waits for a connection only while none of them answers.
 /// Clones share the turn.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MoreHosts {
     pub hosts: Vec<(String, u16)>,
     pub round_robin: bool,
@@ -161,7 +161,9 @@ impl MoreHosts {
             read_write: false,
             turn: Default::default(),
             failed_at: Default::default(),
-            set_aside_ms: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(15_000)),
+            set_aside_ms: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+                DEFAULT_LOGIN_RETRY.as_millis() as u64,
+            )),
         }
     }
 
@@ -173,9 +175,14 @@ impl MoreHosts {
     }
 
     /// The same servers and `read_write`, tried in order and staying on the one that
-    /// answers, with a turn of their own (the cache's listeners').
+    /// answers, with a turn of their own (the cache's listeners'); which servers
+    /// failed lately, and for how long that counts, are shared.
     pub fn in_order(&self) -> MoreHosts {
-        MoreHosts::new(self.hosts.clone(), false).with_read_write(self.read_write)
+        MoreHosts {
+            failed_at: self.failed_at.clone(),
+            set_aside_ms: self.set_aside_ms.clone(),
+            ..MoreHosts::new(self.hosts.clone(), false).with_read_write(self.read_write)
+        }
     }
 
     /// The same with [`MoreHosts::read_write`] set so.
@@ -188,33 +195,37 @@ impl MoreHosts {
         self.hosts.is_empty()
     }
 
-    /// Where a new connection starts among `1 + hosts.len()` servers (0: the first).
-    pub fn first_to_try(&self) -> usize {
+    /// The order a new connection tries the `1 + hosts.len()` servers in: from
+    /// the next in turn (round robin) or the last that worked on, those that failed
+    /// within `set_aside_for`'s time last (still tried: they may be back).
+    pub fn order(&self) -> Vec<usize> {
         use std::sync::atomic::Ordering::Relaxed;
         let n = 1 + self.hosts.len();
-        if self.round_robin {
-            self.turn.fetch_add(1, Relaxed) % n
+        if n == 1 {
+            return vec![0];
+        }
+        let now = std::time::Instant::now();
+        let set_aside = Duration::from_millis(self.set_aside_ms.load(Relaxed));
+        let failed_at = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        let is_aside = |i: &usize| {
+            failed_at
+                .get(i)
+                .is_some_and(|at| now.saturating_duration_since(*at) < set_aside)
+        };
+        // Round robin turns among the servers not set aside (the next of those each
+        // time, so they share the load evenly); the other policy starts at the last
+        // that worked.
+        let first = if self.round_robin {
+            0
         } else {
             self.turn.load(Relaxed) % n
-        }
-    }
-
-    /// The order a new connection tries the `1 + hosts.len()` servers in: from
-    /// [`MoreHosts::first_to_try`] on, those that failed within `set_aside_for`'s
-    /// time last (still tried: they may be back).
-    pub fn order(&self) -> Vec<usize> {
-        let n = 1 + self.hosts.len();
-        let first = if n > 1 { self.first_to_try() } else { 0 };
-        let (mut fresh, mut aside) = (Vec::with_capacity(n), Vec::new());
-        let now = std::time::Instant::now();
-        let set_aside =
-            Duration::from_millis(self.set_aside_ms.load(std::sync::atomic::Ordering::Relaxed));
-        let failed_at = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
-        for i in (0..n).map(|k| (first + k) % n) {
-            match failed_at.get(&i) {
-                Some(at) if now.saturating_duration_since(*at) < set_aside => aside.push(i),
-                _ => fresh.push(i),
-            }
+        };
+        let (mut fresh, mut aside): (Vec<usize>, Vec<usize>) =
+            (0..n).map(|k| (first + k) % n).partition(|i| !is_aside(i));
+        if self.round_robin && !fresh.is_empty() {
+            let turn = self.turn.fetch_add(1, Relaxed);
+            let k = turn % fresh.len();
+            fresh.rotate_left(k);
         }
         fresh.append(&mut aside);
         fresh
@@ -237,6 +248,16 @@ impl MoreHosts {
         failed_at.insert(i, std::time::Instant::now());
     }
 }
+
+/// One server: no list.
+impl Default for MoreHosts {
+    fn default() -> MoreHosts {
+        MoreHosts::new(Vec::new(), false)
+    }
+}
+
+/// PgBouncer's `server_login_retry` default.
+pub const DEFAULT_LOGIN_RETRY: Duration = Duration::from_secs(15);
 
 /// The same servers in the same order and policy, whatever the turn.
 impl PartialEq for MoreHosts {
@@ -690,7 +711,7 @@ impl Default for Config {
             server_idle_timeout: Duration::from_secs(600),
             server_lifetime: Duration::from_secs(3600),
             server_check_delay: Duration::from_secs(30),
-            server_login_retry: Duration::from_secs(15),
+            server_login_retry: DEFAULT_LOGIN_RETRY,
             idle_transaction_timeout: Duration::ZERO,
             client_login_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::ZERO,
@@ -854,16 +875,16 @@ mod tests {
         ]);
         assert_eq!(list.hosts_text(), "[::1],/run/pg,10.0.0.2:6000,[fe80::2]");
         // Round robin moves on each time; the other policy stays where it worked.
-        let turns: Vec<usize> = (0..5).map(|_| list.more_hosts.first_to_try()).collect();
+        let turns: Vec<usize> = (0..5).map(|_| list.more_hosts.order()[0]).collect();
         assert_eq!(turns, vec![0, 1, 2, 3, 0]);
         let failover = MoreHosts::new(list.more_hosts.hosts.clone(), false);
-        assert_eq!(failover.first_to_try(), 0);
+        assert_eq!(failover.order()[0], 0);
         failover.worked(2);
-        assert_eq!((failover.first_to_try(), failover.first_to_try()), (2, 2));
+        assert_eq!((failover.order()[0], failover.order()[0]), (2, 2));
         // Clones share the turn; equality ignores it.
         let copy = failover.clone();
         copy.worked(1);
-        assert_eq!(failover.first_to_try(), 1);
+        assert_eq!(failover.order()[0], 1);
         assert_eq!(
             failover,
             MoreHosts::new(list.more_hosts.hosts.clone(), false)
@@ -877,6 +898,12 @@ mod tests {
         three.failed(1);
         three.set_aside_for(Duration::ZERO);
         assert_eq!(three.order(), vec![0, 1, 2]);
+        // Round robin turns among the servers not set aside, evenly.
+        let spread = MoreHosts::new(vec![("b".into(), 1), ("c".into(), 1)], true);
+        spread.failed(0);
+        let firsts: Vec<usize> = (0..4).map(|_| spread.order()[0]).collect();
+        assert_eq!(firsts, vec![1, 2, 1, 2]);
+        assert_eq!(spread.order().last(), Some(&0));
     }
 
     #[test]

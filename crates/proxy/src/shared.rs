@@ -530,7 +530,6 @@ impl Shared {
                 }
             }
         }
-        new.apply_login_retry();
         let users = prepare_users(&new.users)?;
         let tls = tls_acceptor_for(&new)?;
         let server_tls = ServerTlsConnector::new(&new.server_tls)?;
@@ -657,6 +656,8 @@ impl Shared {
             )
         };
         let new_timeouts = timeouts(&new) != timeouts(&old);
+        // Last, with nothing left to fail: the lists' clones in pools it keeps see it.
+        new.apply_login_retry();
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         if new_timeouts {
             // Sessions waiting with a timer (or none) set by the old values.

@@ -598,6 +598,7 @@ async fn a_host_that_failed_is_tried_after_the_others_for_a_while() {
         }
     });
     let mut config = config_for(&pg, PoolMode::Session, 8);
+    config.admin_users = vec!["postgres".into()];
     config.server_connect_timeout = Duration::from_millis(300);
     config.databases = vec![Database {
         port: hung_port,
@@ -610,4 +611,13 @@ async fn a_host_that_failed_is_tried_after_the_others_for_a_while() {
     let live = pg.port() as i32;
     assert_eq!(ports_of_clients(&proxy, "app", 4).await, vec![live; 4]);
     assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // With server_login_retry 0 (SET, as RELOAD applies it) nothing is set aside: of
+    // two more connections (six clients, four reuse the idle ones) one starts there.
+    let console = admin(&proxy).await;
+    console
+        .simple_query("SET server_login_retry = 0")
+        .await
+        .unwrap();
+    assert_eq!(ports_of_clients(&proxy, "app", 6).await, vec![live; 6]);
+    assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
