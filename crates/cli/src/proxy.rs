@@ -172,6 +172,11 @@ async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
     }
 }
 
+/// A file setting: "" is none.
+fn file(path: &str) -> Option<std::path::PathBuf> {
+    (!path.is_empty()).then(|| path.into())
+}
+
 /// Reads the files the proxy's config names (`pgopt config check`): the hba rules,
 /// the user list, the server certificate pair; and the upstream URLs as the proxy
 /// reads them.
@@ -461,10 +466,9 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
                 TlsModeSetting::Prefer => pgopt_proxy::TlsMode::Prefer,
                 TlsModeSetting::Require => pgopt_proxy::TlsMode::Require,
             },
-            cert_file: (!config.tls_cert_file.is_empty())
-                .then(|| config.tls_cert_file.clone().into()),
-            key_file: (!config.tls_key_file.is_empty()).then(|| config.tls_key_file.clone().into()),
-            ca_file: (!config.tls_ca_file.is_empty()).then(|| config.tls_ca_file.clone().into()),
+            cert_file: file(&config.tls_cert_file),
+            key_file: file(&config.tls_key_file),
+            ca_file: file(&config.tls_ca_file),
         },
         server_tls: pgopt_proxy::ServerTls {
             mode: match config.server_tls_mode {
@@ -474,12 +478,9 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
                 ServerTlsModeSetting::VerifyCa => pgopt_proxy::ServerTlsMode::VerifyCa,
                 ServerTlsModeSetting::VerifyFull => pgopt_proxy::ServerTlsMode::VerifyFull,
             },
-            ca_file: (!config.server_tls_ca_file.is_empty())
-                .then(|| config.server_tls_ca_file.clone().into()),
-            cert_file: (!config.server_tls_cert_file.is_empty())
-                .then(|| config.server_tls_cert_file.clone().into()),
-            key_file: (!config.server_tls_key_file.is_empty())
-                .then(|| config.server_tls_key_file.clone().into()),
+            ca_file: file(&config.server_tls_ca_file),
+            cert_file: file(&config.server_tls_cert_file),
+            key_file: file(&config.server_tls_key_file),
         },
         client_auth,
         hba,
