@@ -92,6 +92,9 @@ pub struct Relay {
     server: Option<Checkout>,
     expected: Expected,
     statements: ClientStatements,
+    /// The server connection lent has the client's unnamed statement (it was parsed
+    /// or prepared again there since the checkout).
+    unnamed_here: bool,
     status: TransactionStatus,
     /// Transaction mode: statement names are rewritten so they work on any server.
     rewrite: bool,
@@ -272,6 +275,7 @@ impl Relay {
             server: None,
             expected: Expected::default(),
             statements: ClientStatements::default(),
+            unnamed_here: false,
             status: TransactionStatus::Idle,
             rewrite: pool.mode == PoolMode::Transaction,
             mode: pool.mode,
@@ -1418,6 +1422,10 @@ impl Relay {
                 })
             }
         };
+        if request == Request::Query {
+            // PostgreSQL drops the unnamed statement at a simple query.
+            self.statements.drop_unnamed();
+        }
         if self.rewrite && self.route_named(request, frame, parsed)? {
             return Ok(());
         }
@@ -1543,25 +1551,64 @@ impl Relay {
                     None => Parse::decode(body)?,
                 };
                 if parse.name.is_empty() {
-                    return Ok(false);
+                    let frame = Bytes::copy_from_slice(frame.as_bytes());
+                    let change = self.statements.parse_unnamed(frame.clone());
+                    self.unnamed_here = true;
+                    self.to_server.extend_from_slice(&frame);
+                    self.expected.push(Step::Parse {
+                        prepared: None,
+                        change,
+                    });
+                    return Ok(true);
                 }
                 let Ok(prepared) = Prepared::from_parse(&parse) else {
                     return Ok(false);
                 };
+                // PostgreSQL's checks come after its parser's: a syntax error wins.
+                let parses = |relay: &Self| relay.shared.analyzer.analyze(parse.query).is_ok();
+                let refusal = if self.status == TransactionStatus::Failed
+                    && self.expected.is_empty()
+                    && !ends_transaction(parse.query)
+                    && parses(self)
+                {
+                    // PostgreSQL refuses it before anything else (the server may have
+                    // the statement already, and pgopt would answer it).
+                    Some(in_failed_transaction_error())
+                } else if self.statements.taken(parse.name) && parses(self) {
+                    // The batch fails as it would there (in a failed transaction, with
+                    // PostgreSQL's first complaint).
+                    self.fail_open_batch();
+                    Some(if self.status == TransactionStatus::Failed {
+                        in_failed_transaction_error()
+                    } else {
+                        duplicate_statement_error(parse.name)
+                    })
+                } else {
+                    None
+                };
+                if let Some(error) = refusal {
+                    if let Some(error) = error {
+                        self.expected.push_error(error);
+                    }
+                    self.skipping = true;
+                    return Ok(true);
+                }
                 let prepared = Arc::new(prepared);
-                if self.server_conn().prepared.contains(&prepared.id) {
-                    self.expected.push(Step::Answer(b'1'));
+                let id = prepared.id;
+                let on_server = self.server_conn().prepared.contains(&id);
+                let epoch = self.pool.plan_epoch();
+                let change = self.statements.prepare(parse.name, prepared.clone(), epoch);
+                if on_server {
+                    self.expected.push(Step::Answer { tag: b'1', change });
                 } else {
                     self.send_parse(
                         &prepared,
-                        Step::Server {
-                            request,
-                            prepared: Some(prepared.id),
+                        Step::Parse {
+                            prepared: Some(id),
+                            change,
                         },
                     );
                 }
-                let epoch = self.pool.plan_epoch();
-                self.statements.insert(parse.name, prepared, epoch);
                 Ok(true)
             }
             Request::Bind => {
@@ -1569,6 +1616,9 @@ impl Relay {
                 let bind = BindHead::decode(body)?;
                 if let Some(tracker) = self.tracker.as_mut() {
                     tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
+                }
+                if bind.statement.is_empty() {
+                    self.ensure_unnamed();
                 }
                 let Some((prepared, outdated)) = self.client_statement(bind.statement) else {
                     return Ok(false);
@@ -1620,6 +1670,9 @@ impl Relay {
                 if describe.target != Target::Statement {
                     return Ok(false);
                 }
+                if describe.name.is_empty() {
+                    self.ensure_unnamed();
+                }
                 let Some((prepared, _)) = self.client_statement(describe.name) else {
                     return Ok(false);
                 };
@@ -1641,15 +1694,44 @@ impl Relay {
             }
             Request::Close => {
                 let close = Close::decode(body)?;
+                if close.target == Target::Statement && close.name.is_empty() {
+                    let change = self.statements.close_unnamed();
+                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.expected.push(Step::CloseUnnamed { change });
+                    return Ok(true);
+                }
                 if close.target != Target::Statement || close.name.is_empty() {
                     return Ok(false);
                 }
                 // The server keeps its copy for other clients; the name is the client's.
-                self.statements.remove(close.name);
-                self.expected.push(Step::Answer(b'3'));
+                let change = self.statements.close(close.name);
+                self.expected.push(Step::Answer { tag: b'3', change });
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    /// The client's name changes [`Expected`] settled: those that did not happen are
+    /// undone.
+    #[inline]
+    fn settle_names(&mut self) {
+        for (change, settled) in self.expected.take_settled() {
+            self.statements.settle(change, settled);
+        }
+    }
+
+    /// The client uses its unnamed statement: prepared again first when this server
+    /// connection does not have it (the client parsed it before a Sync, and another
+    /// connection was lent since). PostgreSQL's own error comes when it has none.
+    fn ensure_unnamed(&mut self) {
+        if self.unnamed_here {
+            return;
+        }
+        if let Some(parse) = self.statements.unnamed() {
+            self.to_server.extend_from_slice(parse);
+            self.expected.push(Step::InjectedUnnamed);
+            self.unnamed_here = true;
         }
     }
 
@@ -1742,18 +1824,15 @@ impl Relay {
         self.status == TransactionStatus::InTransaction || self.expected.observed_readies() > 0
     }
 
-    /// Parse, Bind and Execute of a statement that raises an error (its place in the
-    /// server's log says why), on the unnamed statement and portal.
+    /// An Execute of a portal that does not exist, named for why (the server's log
+    /// says so): it fails as a statement's error would, and touches neither the
+    /// unnamed statement nor the unnamed portal, which the client may still use.
     fn queue_failing_statement(&mut self) {
-        const FAIL: &[u8] = b"DO $pgopt$BEGIN RAISE EXCEPTION \
-            'pgopt refused a statement of this unsynced batch'; END$pgopt$";
-        let mut parse = Vec::with_capacity(FAIL.len() + 8);
-        parse.push(0); // the unnamed statement (a simple query drops it anyway)
-        parse.extend_from_slice(FAIL);
-        parse.extend_from_slice(&[0, 0, 0]); // no parameter types
-        frame_into(&mut self.to_server, b'P', &parse);
-        frame_into(&mut self.to_server, b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
-        frame_into(&mut self.to_server, b'E', &[0, 0, 0, 0, 0]);
+        const PORTAL: &[u8] = b"pgopt refused a statement of this unsynced batch\0";
+        let mut execute = Vec::with_capacity(PORTAL.len() + 4);
+        execute.extend_from_slice(PORTAL);
+        execute.extend_from_slice(&[0, 0, 0, 0]); // all rows
+        frame_into(&mut self.to_server, b'E', &execute);
     }
 
     /// Transaction mode: what a statement does to session state. A refusal comes back
@@ -1963,9 +2042,7 @@ impl Relay {
                             s.conn.prepared.remove(&id);
                         }
                     });
-                    for id in self.expected.take_skipped_deallocations() {
-                        self.statements.settle(id, false);
-                    }
+                    self.settle_names();
                     if self.expected.take_server_awaits_sync() {
                         // As the server: nothing but a Sync from the client goes on
                         // (it would be discarded, and answered with nothing).
@@ -2002,6 +2079,18 @@ impl Relay {
             };
             if verdict == Verdict::Relay && self.filling.is_some() {
                 self.capture(pos..end);
+            }
+            if verdict == Verdict::Relay && header.tag == b'E' && self.rewrite {
+                // The client's statement names, not the servers'.
+                if let Some(renamed) = self
+                    .statements
+                    .error_in_client_names(&self.sbuf[pos + 5..end])
+                {
+                    self.out.extend_from_slice(&self.sbuf[copied..pos]);
+                    self.out.extend_from_slice(&renamed);
+                    copied = end;
+                    edited = true;
+                }
             }
             if verdict == Verdict::Drop {
                 self.out.extend_from_slice(&self.sbuf[copied..pos]);
@@ -2200,6 +2289,7 @@ impl Relay {
             return None; // the client gets the server's error
         }
         self.expected.abandon();
+        self.settle_names();
         if let Some(tracker) = self.tracker.as_mut() {
             tracker.abandon();
         }
@@ -2270,6 +2360,7 @@ impl Relay {
                 if body == b"DISCARD ALL\0" {
                     conn.applied.clear();
                     self.settings.reset_all();
+                    self.statements.discard_all();
                 }
                 if let Some((change, sql, 0)) = &self.pending_change {
                     let confirmed = match change {
@@ -2625,6 +2716,7 @@ impl Relay {
             }
         }
         self.server = Some(checkout);
+        self.unnamed_here = false;
     }
 
     /// Takes the server connection back, and gives it the read buffer when nothing is
@@ -2685,6 +2777,7 @@ impl Relay {
         self.sbuf.clear();
         self.out.clear();
         self.expected.abandon();
+        self.settle_names();
         if let Some(tracker) = self.tracker.as_mut() {
             tracker.abandon();
         }
@@ -2965,6 +3058,49 @@ async fn reset_and_release(mut checkout: Checkout, max_len: u32) {
         checkout.conn.applied.clear();
         checkout.release();
     }
+}
+
+/// Whether a statement is one PostgreSQL takes in a failed transaction (its
+/// `IsTransactionExitStmt`: COMMIT, END, ROLLBACK or ABORT, also to a savepoint,
+/// PREPARE TRANSACTION), or an empty one.
+fn ends_transaction(sql: &str) -> bool {
+    let mut words = sql
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| !w.is_empty());
+    let Some(word) = words.next() else {
+        return true; // an empty query: PostgreSQL parses nothing, and checks nothing
+    };
+    let is = |w: &str, name: &str| w.eq_ignore_ascii_case(name);
+    ["commit", "end", "rollback", "abort"]
+        .iter()
+        .any(|w| is(word, w))
+        || (is(word, "prepare") && words.next().is_some_and(|w| is(w, "transaction")))
+}
+
+/// PostgreSQL's error for a statement in a failed transaction.
+fn in_failed_transaction_error() -> Option<Bytes> {
+    let mut out = BytesMut::new();
+    ErrorBuilder::new(
+        Severity::Error,
+        sqlstate::IN_FAILED_SQL_TRANSACTION,
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+    .encode_error(&mut out)
+    .ok()?;
+    Some(out.freeze())
+}
+
+/// PostgreSQL's error for a Parse of a statement name the client already has.
+fn duplicate_statement_error(name: &str) -> Option<Bytes> {
+    let mut out = BytesMut::new();
+    ErrorBuilder::new(
+        Severity::Error,
+        sqlstate::DUPLICATE_PSTATEMENT,
+        &format!("prepared statement \"{name}\" already exists"),
+    )
+    .encode_error(&mut out)
+    .ok()?;
+    Some(out.freeze())
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

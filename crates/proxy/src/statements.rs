@@ -59,25 +59,78 @@ impl Prepared {
 pub struct ClientStatement {
     pub prepared: Arc<Prepared>,
     pub epoch: u64,
+    /// A `DISCARD ALL` ran since it was prepared. PostgreSQL would have dropped it;
+    /// pgopt keeps it usable (a client that did not notice goes on working) but, as
+    /// PostgreSQL, lets a Parse take the name again.
+    pub discarded: bool,
 }
 
 /// One client's named statements.
+///
+/// `by_name` is what the client will have once everything it sent has run: a Parse,
+/// Close or `DEALLOCATE` changes it when sent, since the client's next messages may
+/// use the names at once. The server may yet skip one (after an error, up to the
+/// Sync) or refuse it (a failed transaction), and PostgreSQL's client would then
+/// still have what it had: each change is kept in `pending` until it is settled
+/// ([`ClientStatements::settle`]) and undone if it did not happen.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     /// foldhash: looked up on every Bind (SipHash cost ~150 instructions a lookup).
     by_name: foldhash::HashMap<String, ClientStatement>,
-    /// What each `DEALLOCATE` answered by the proxy and not yet settled removed, in
-    /// order: put back if the transaction turns out to have failed before it.
-    deallocated: VecDeque<(u64, Vec<(String, ClientStatement)>)>,
-    next_deallocation: u64,
-    /// The last `DEALLOCATE ALL`: names removed before it never come back.
-    last_all: Option<u64>,
+    /// Changes not settled yet, in the order sent.
+    pending: VecDeque<Change>,
+    next_change: u64,
+    /// The client's unnamed statement: its Parse as sent, kept to prepare it again
+    /// on another server connection (a client may Parse it in one batch and Bind it
+    /// in the next, after a Sync); gone when PostgreSQL would drop it (a failed
+    /// Parse of it, a simple query, a Close). Its changes are logged as those of
+    /// name "".
+    unnamed: Option<Bytes>,
+}
+
+/// How a change to a client's names turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Happened,
+    /// The server skipped it (after an error, up to the Sync), refused it (a failed
+    /// transaction), or it was never sent: undone.
+    Undone,
+    /// A Parse of the unnamed statement that failed: PostgreSQL drops the old one
+    /// first, so there is none.
+    Emptied,
+}
+
+fn unnamed_statement(parse: Bytes) -> ClientStatement {
+    ClientStatement {
+        prepared: Arc::new(Prepared {
+            id: 0,
+            server_name: String::new(),
+            parse,
+        }),
+        epoch: 0,
+        discarded: false,
+    }
+}
+
+/// One change to a client's names, and what each name it touched was before it.
+#[derive(Debug)]
+struct Change {
+    id: u64,
+    /// `DEALLOCATE ALL`: it touched every name, also those it found absent.
+    all: bool,
+    before: Vec<(String, Option<ClientStatement>)>,
 }
 
 impl ClientStatements {
     pub fn insert(&mut self, name: &str, prepared: Arc<Prepared>, epoch: u64) {
-        self.by_name
-            .insert(name.to_string(), ClientStatement { prepared, epoch });
+        self.by_name.insert(
+            name.to_string(),
+            ClientStatement {
+                prepared,
+                epoch,
+                discarded: false,
+            },
+        );
     }
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut ClientStatement> {
@@ -87,6 +140,50 @@ impl ClientStatements {
     /// Whether the client has a statement `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+
+    /// Whether PostgreSQL would refuse a Parse of `name` (42P05): the client has it,
+    /// and no `DISCARD ALL` dropped it since.
+    pub fn taken(&self, name: &str) -> bool {
+        self.by_name.get(name).is_some_and(|s| !s.discarded)
+    }
+
+    /// A server's ErrorResponse (its body) that names one of the client's statements
+    /// by its server name (`"pgopt_…"`), as the whole frame with the client's name
+    /// instead, as PostgreSQL would have named it; `None` when it names none.
+    pub fn error_in_client_names(&self, body: &[u8]) -> Option<Vec<u8>> {
+        const MARK: &[u8] = b"\"pgopt_";
+        if !body.windows(MARK.len()).any(|w| w == MARK) {
+            return None;
+        }
+        let mut out = vec![b'E', 0, 0, 0, 0];
+        let mut renamed = false;
+        for field in body.split(|&b| b == 0).filter(|f| !f.is_empty()) {
+            let text = String::from_utf8_lossy(&field[1..]);
+            let mut text = text.into_owned();
+            for (name, s) in &self.by_name {
+                let server = format!("\"{}\"", s.prepared.server_name);
+                if text.contains(&server) {
+                    text = text.replace(&server, &format!("\"{name}\""));
+                    renamed = true;
+                }
+            }
+            out.push(field[0]);
+            out.extend_from_slice(text.as_bytes());
+            out.push(0);
+        }
+        out.push(0);
+        let len = (out.len() - 1) as u32;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        renamed.then_some(out)
+    }
+
+    /// A `DISCARD ALL` ran: every name may be prepared again (see
+    /// [`ClientStatement::discarded`]).
+    pub fn discard_all(&mut self) {
+        for s in self.by_name.values_mut() {
+            s.discarded = true;
+        }
     }
 
     /// The SQL text of the client's statement `name`.
@@ -114,47 +211,116 @@ impl ClientStatements {
         }
     }
 
-    /// Whether the client had a statement of that name.
-    pub fn remove(&mut self, name: &str) -> bool {
-        self.by_name.remove(name).is_some()
+    /// The client's unnamed statement's Parse, if it has one.
+    pub fn unnamed(&self) -> Option<&Bytes> {
+        self.unnamed.as_ref()
+    }
+
+    /// The client's Parse (`frame`) of the unnamed statement. Its change id, to settle.
+    pub fn parse_unnamed(&mut self, frame: Bytes) -> u64 {
+        let before = self.unnamed.replace(frame).map(unnamed_statement);
+        self.log(false, vec![(String::new(), before)])
+    }
+
+    /// The client's Close of the unnamed statement. Its change id, to settle.
+    pub fn close_unnamed(&mut self) -> u64 {
+        let before = self.unnamed.take().map(unnamed_statement);
+        self.log(false, vec![(String::new(), before)])
+    }
+
+    /// A simple query dropped the unnamed statement (not undone).
+    pub fn drop_unnamed(&mut self) {
+        if self.unnamed.is_some() {
+            let change = self.close_unnamed();
+            self.settle(change, Settled::Happened);
+        }
+    }
+
+    /// The client's Parse of statement `name` (not one of its names: PostgreSQL
+    /// refuses that). Its change id, to settle.
+    pub fn prepare(&mut self, name: &str, prepared: Arc<Prepared>, epoch: u64) -> u64 {
+        let before = self.by_name.insert(
+            name.to_string(),
+            ClientStatement {
+                prepared,
+                epoch,
+                discarded: false,
+            },
+        );
+        self.log(false, vec![(name.to_string(), before)])
+    }
+
+    /// The client's Close of statement `name` (a name it does not have is no error).
+    /// Its change id, to settle.
+    pub fn close(&mut self, name: &str) -> u64 {
+        let before = self.by_name.remove(name);
+        self.log(false, vec![(name.to_string(), before)])
     }
 
     /// A `DEALLOCATE` of one of the client's statements (`None`: all of them),
-    /// answered by the proxy: the names are gone at once (later messages must not
-    /// find them) but can still come back, see [`ClientStatements::settle`].
-    /// Its id for [`Step::Deallocated`]; `None` when `name` is not one of the
-    /// client's.
+    /// answered by the proxy. Its change id for [`Step::Deallocated`]; `None` when
+    /// `name` is not one of the client's.
     pub fn deallocate(&mut self, name: Option<&str>) -> Option<u64> {
-        let id = self.next_deallocation;
-        let removed = match name {
+        Some(match name {
             None => {
-                self.last_all = Some(id);
-                self.by_name.drain().collect()
+                let removed = self.by_name.drain().map(|(n, s)| (n, Some(s))).collect();
+                self.log(true, removed)
             }
-            Some(name) => vec![self.by_name.remove_entry(name)?],
-        };
-        self.next_deallocation += 1;
-        self.deallocated.push_back((id, removed));
-        Some(id)
+            Some(name) => {
+                let (name, statement) = self.by_name.remove_entry(name)?;
+                self.log(false, vec![(name, Some(statement))])
+            }
+        })
     }
 
-    /// `DEALLOCATE` `id` was answered: `applied` is false when the transaction had
-    /// failed by then (PostgreSQL refuses it with 25P02), and its names come back
-    /// unless the client has prepared them again since. Older ones never answered
-    /// (the server skipped them after an error) come back too.
-    pub fn settle(&mut self, id: u64, applied: bool) {
-        while let Some((first, _)) = self.deallocated.front() {
-            if *first > id {
-                return;
-            }
-            let Some((first, removed)) = self.deallocated.pop_front() else {
-                return;
+    fn log(&mut self, all: bool, before: Vec<(String, Option<ClientStatement>)>) -> u64 {
+        let id = self.next_change;
+        self.next_change += 1;
+        self.pending.push_back(Change { id, all, before });
+        id
+    }
+
+    /// Change `id` is settled (see [`Settled`]). A later change of the same name
+    /// (or a later `DEALLOCATE ALL`) still decides what the name is now; undoing this
+    /// one only changes what that one found.
+    pub fn settle(&mut self, id: u64, settled: Settled) {
+        let Some(at) = self.pending.iter().position(|c| c.id == id) else {
+            return;
+        };
+        let Some(change) = self.pending.remove(at) else {
+            return;
+        };
+        if settled == Settled::Happened {
+            return;
+        }
+        for (name, before) in change.before {
+            let before = if settled == Settled::Emptied {
+                None
+            } else {
+                before
             };
-            let undone = first < id || !applied;
-            if undone && self.last_all.is_none_or(|all| all <= first) {
-                for (name, statement) in removed {
-                    self.by_name.entry(name).or_insert(statement);
+            // DEALLOCATE ALL leaves the unnamed statement alone.
+            let later =
+                self.pending.iter_mut().skip(at).find(|c| {
+                    (c.all && !name.is_empty()) || c.before.iter().any(|(n, _)| *n == name)
+                });
+            match later {
+                Some(later) => match later.before.iter_mut().find(|(n, _)| *n == name) {
+                    Some(found) => found.1 = before,
+                    // A DEALLOCATE ALL that found the name absent would have removed it.
+                    None => later.before.push((name, before)),
+                },
+                None if name.is_empty() => {
+                    self.unnamed = before.map(|s| s.prepared.parse.clone());
                 }
+                None => match before {
+                    Some(statement) => {
+                        self.by_name.insert(name, statement);
+                    }
+                    None => {
+                        self.by_name.remove(&name);
+                    }
+                },
             }
         }
     }
@@ -213,8 +379,17 @@ pub enum Step {
         request: Request,
         prepared: Option<u64>,
     },
+    /// The client's Parse of a named statement, sent as server statement `prepared`
+    /// (`None`: of the unnamed statement, sent as it came): forgotten if it fails, and
+    /// the client's name change `change` settled.
+    Parse { prepared: Option<u64>, change: u64 },
+    /// The client's Close of its unnamed statement, with its name change.
+    CloseUnnamed { change: u64 },
     /// A Parse the proxy injected: its ParseComplete is not the client's.
     Injected { prepared: u64 },
+    /// The client's unnamed statement prepared again by the proxy on this server
+    /// connection: its ParseComplete is not the client's.
+    InjectedUnnamed,
     /// A Close the proxy injected before preparing a statement again whose plan a
     /// schema change invalidated: its CloseComplete is not the client's.
     InjectedClose,
@@ -222,8 +397,8 @@ pub enum Step {
     /// its responses go to the client.
     Bind { statement: u64 },
     /// Not sent: the proxy answers with this message itself (ParseComplete `'1'` or
-    /// CloseComplete `'3'`).
-    Answer(u8),
+    /// CloseComplete `'3'`) and settles the client's name change `change`.
+    Answer { tag: u8, change: u64 },
     /// A simple-query `DEALLOCATE name` (`all`: `DEALLOCATE ALL`) of the client's own
     /// statements, answered by the proxy: CommandComplete and ReadyForQuery, or 25P02
     /// and ReadyForQuery if the transaction has failed by the time it is answered.
@@ -258,9 +433,10 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Expected {
     queue: VecDeque<Step>,
-    /// [`Step::Deallocated`] ids the server skipped (after an error, up to Sync):
-    /// never answered, not applied.
-    skipped_deallocations: Vec<u64>,
+    /// The client's name changes settled since the last
+    /// [`Expected::take_settled`]: whether each happened (one the server skipped,
+    /// after an error up to the Sync, or one that failed, did not).
+    settled: Vec<(u64, Settled)>,
     /// Encoded ErrorResponses for the [`Step::Error`]s in the queue, in order.
     errors: VecDeque<Bytes>,
     /// An error sent the server skipping to a Sync that is not queued yet (see
@@ -336,6 +512,8 @@ impl Expected {
     pub fn head_request(&self) -> Option<Request> {
         match self.queue.front() {
             Some(Step::Server { request, .. }) => Some(*request),
+            Some(Step::Parse { .. }) => Some(Request::Parse),
+            Some(Step::CloseUnnamed { .. }) => Some(Request::Close),
             Some(Step::Bind { .. }) => Some(Request::Bind),
             _ => None,
         }
@@ -364,7 +542,7 @@ impl Expected {
                     request: Request::Query,
                     ..
                 }
-                | Step::Answer(_)
+                | Step::Answer { .. }
                 | Step::Deallocated { .. }
                 | Step::InjectedQuery
                 | Step::InjectedSync { .. }
@@ -379,13 +557,26 @@ impl Expected {
 
     /// Forgets a [`Expected::lone_batch`] whose responses the proxy drops (to run it
     /// again).
-    /// The ids of DEALLOCATEs the server skipped since the last call.
-    pub fn take_skipped_deallocations(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.skipped_deallocations)
+    /// The client's name changes settled since the last call.
+    #[inline]
+    pub fn take_settled(&mut self) -> Vec<(u64, Settled)> {
+        std::mem::take(&mut self.settled)
     }
 
+    /// Forgets everything owed (a server connection lost, or a batch to run again):
+    /// the client's name changes still queued did not happen.
     pub fn abandon(&mut self) {
-        self.queue.clear();
+        for step in self.queue.drain(..) {
+            match step {
+                Step::Parse { change, .. }
+                | Step::Answer { change, .. }
+                | Step::CloseUnnamed { change }
+                | Step::Deallocated { id: change, .. } => {
+                    self.settled.push((change, Settled::Undone))
+                }
+                _ => {}
+            }
+        }
         self.errors.clear();
         self.commit_failed = false;
     }
@@ -406,22 +597,25 @@ impl Expected {
     pub fn owes_answer(&self) -> bool {
         matches!(
             self.queue.front(),
-            Some(Step::Answer(_) | Step::Deallocated { .. } | Step::Error | Step::Ready)
+            Some(Step::Answer { .. } | Step::Deallocated { .. } | Step::Error | Step::Ready)
         )
     }
 
     /// Answers the proxy owes at the head of the queue, now that everything before them
-    /// is done: appended to `out`. `deallocated` is told, in order, whether each
-    /// [`Step::Deallocated`] answered took effect.
+    /// is done: appended to `out`. `settled` is told, in order, whether each name
+    /// change answered took effect.
     pub fn answer_ready(
         &mut self,
         out: &mut BytesMut,
         status: TransactionStatus,
-        mut deallocated: impl FnMut(u64, bool),
+        mut settled: impl FnMut(u64, Settled),
     ) {
         loop {
             match self.queue.front().copied() {
-                Some(Step::Answer(tag)) => out.extend_from_slice(&[tag, 0, 0, 0, 4]),
+                Some(Step::Answer { tag, change }) => {
+                    out.extend_from_slice(&[tag, 0, 0, 0, 4]);
+                    settled(change, Settled::Happened);
+                }
                 Some(Step::Deallocated { all, id }) => {
                     let applied = status != TransactionStatus::Failed;
                     let commit_failed = std::mem::take(&mut self.commit_failed);
@@ -437,7 +631,12 @@ impl Expected {
                         )
                         .encode_error(out);
                     }
-                    deallocated(id, applied);
+                    let how = if applied {
+                        Settled::Happened
+                    } else {
+                        Settled::Undone
+                    };
+                    settled(id, how);
                     ReadyForQuery { status }.encode(out);
                 }
                 Some(Step::Error) => {
@@ -476,6 +675,18 @@ impl Expected {
                 }
                 _ => Verdict::Relay,
             },
+            Step::InjectedUnnamed => match tag {
+                b'1' => {
+                    self.queue.pop_front();
+                    Verdict::Drop
+                }
+                b'E' => {
+                    self.queue.pop_front();
+                    self.skip_to_sync(&mut forget);
+                    Verdict::Relay
+                }
+                _ => Verdict::Relay,
+            },
             Step::InjectedClose => match tag {
                 b'3' => {
                     self.queue.pop_front();
@@ -494,6 +705,43 @@ impl Expected {
                     self.skip_to_sync(&mut forget);
                 } else if tag == b'2' {
                     self.queue.pop_front();
+                }
+                Verdict::Relay
+            }
+            Step::Parse { prepared, change } => {
+                match tag {
+                    b'1' => {
+                        self.queue.pop_front();
+                        self.settled.push((change, Settled::Happened));
+                    }
+                    b'E' => {
+                        let settled = match prepared {
+                            Some(id) => {
+                                forget(id);
+                                Settled::Undone
+                            }
+                            None => Settled::Emptied,
+                        };
+                        self.settled.push((change, settled));
+                        self.queue.pop_front();
+                        self.skip_to_sync(&mut forget);
+                    }
+                    _ => {}
+                }
+                Verdict::Relay
+            }
+            Step::CloseUnnamed { change } => {
+                match tag {
+                    b'3' => {
+                        self.queue.pop_front();
+                        self.settled.push((change, Settled::Happened));
+                    }
+                    b'E' => {
+                        self.settled.push((change, Settled::Undone));
+                        self.queue.pop_front();
+                        self.skip_to_sync(&mut forget);
+                    }
+                    _ => {}
                 }
                 Verdict::Relay
             }
@@ -527,7 +775,7 @@ impl Expected {
                 }
                 Verdict::Drop
             }
-            Step::Answer(_) | Step::Deallocated { .. } | Step::Error | Step::Ready => {
+            Step::Answer { .. } | Step::Deallocated { .. } | Step::Error | Step::Ready => {
                 Verdict::Relay
             }
         }
@@ -552,11 +800,20 @@ impl Expected {
                     prepared: Some(id), ..
                 }
                 | Step::Injected { prepared: id } => forget(id),
+                Step::Parse { prepared, change } => {
+                    if let Some(id) = prepared {
+                        forget(id);
+                    }
+                    self.settled.push((change, Settled::Undone));
+                }
+                Step::Answer { change, .. } | Step::CloseUnnamed { change } => {
+                    self.settled.push((change, Settled::Undone))
+                }
                 // The server skipped the refused message's place too.
                 Step::Error => {
                     self.errors.pop_front();
                 }
-                Step::Deallocated { id, .. } => self.skipped_deallocations.push(id),
+                Step::Deallocated { id, .. } => self.settled.push((id, Settled::Undone)),
                 _ => {}
             }
             self.queue.pop_front();
@@ -621,7 +878,10 @@ mod tests {
             request: Request::Bind,
             prepared: None,
         });
-        e.push(Step::Answer(b'3'));
+        e.push(Step::Answer {
+            tag: b'3',
+            change: 0,
+        });
         e.push(Step::Server {
             request: Request::Sync,
             prepared: None,
@@ -657,7 +917,7 @@ mod tests {
         e.push(Step::Deallocated { all: true, id });
         assert!(names.deallocate(Some("a")).is_none(), "already gone");
         assert!(names.query_of("b").is_none());
-        names.insert("b", prepared(3), 0); // prepared again in the meantime
+        names.prepare("b", prepared(3), 0); // prepared again in the meantime
         let mut out = BytesMut::new();
         e.answer_ready(&mut out, TransactionStatus::Failed, |id, ok| {
             names.settle(id, ok)
@@ -687,14 +947,155 @@ mod tests {
         assert!(names.get_mut("a").is_none());
         assert!(e.is_empty());
 
-        // One the server skipped (never answered) comes back when a later one settles.
+        // One the server skipped (never answered) comes back.
         let skipped = names.deallocate(Some("b")).unwrap();
         names.insert("c", prepared(4), 0);
         let answered = names.deallocate(Some("c")).unwrap();
-        assert!(skipped < answered);
-        names.settle(answered, true);
+        names.settle(answered, Settled::Happened);
+        names.settle(skipped, Settled::Undone);
         assert!(names.get_mut("b").is_some(), "b is back");
         assert!(names.get_mut("c").is_none());
+    }
+
+    fn ids(names: &ClientStatements) -> Vec<(String, u64)> {
+        let mut ids: Vec<(String, u64)> = names
+            .by_name
+            .iter()
+            .map(|(n, s)| (n.clone(), s.prepared.id))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn name_changes_that_did_not_happen_are_undone_under_later_ones() {
+        let prepared = |id| {
+            Arc::new(Prepared {
+                id,
+                server_name: format!("pgopt_{id}"),
+                parse: Bytes::new(),
+            })
+        };
+        let named = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+            pairs.iter().map(|(n, i)| (n.to_string(), *i)).collect()
+        };
+        // A Parse skipped after an error: the name was never the client's.
+        let mut names = ClientStatements::default();
+        let parse = names.prepare("a", prepared(1), 0);
+        names.settle(parse, Settled::Undone);
+        assert_eq!(ids(&names), named(&[]));
+        assert!(names.pending.is_empty());
+
+        // A Close skipped: the statement is still there.
+        names.insert("a", prepared(1), 0);
+        let close = names.close("a");
+        assert_eq!(ids(&names), named(&[]));
+        names.settle(close, Settled::Undone);
+        assert_eq!(ids(&names), named(&[("a", 1)]));
+
+        // Close a (skipped), then Parse a again (happened): the new a stays, and the
+        // old one comes back if that Parse is undone after all.
+        let close = names.close("a");
+        let parse = names.prepare("a", prepared(2), 0);
+        names.settle(close, Settled::Undone);
+        assert_eq!(ids(&names), named(&[("a", 2)]));
+        names.settle(parse, Settled::Undone);
+        assert_eq!(ids(&names), named(&[("a", 1)]));
+
+        // A Parse of b undone under a later DEALLOCATE ALL that happened: gone
+        // either way; a DEALLOCATE ALL undone under a later Parse of a: the other
+        // names come back, the new a stays.
+        let parse = names.prepare("b", prepared(3), 0);
+        let all = names.deallocate(None).unwrap();
+        names.settle(parse, Settled::Undone);
+        names.settle(all, Settled::Happened);
+        assert_eq!(ids(&names), named(&[]));
+        names.insert("a", prepared(1), 0);
+        names.insert("c", prepared(4), 0);
+        let all = names.deallocate(None).unwrap();
+        let parse = names.prepare("a", prepared(5), 0);
+        names.settle(all, Settled::Undone);
+        assert_eq!(ids(&names), named(&[("a", 5), ("c", 4)]));
+        names.settle(parse, Settled::Happened);
+        assert_eq!(ids(&names), named(&[("a", 5), ("c", 4)]));
+        // A skipped Close of a name DEALLOCATE ALL later found absent: ALL removes it.
+        let close = names.close("c");
+        let all = names.deallocate(None).unwrap();
+        names.settle(close, Settled::Undone);
+        assert_eq!(ids(&names), named(&[]));
+        names.settle(all, Settled::Undone);
+        assert_eq!(ids(&names), named(&[("a", 5), ("c", 4)]));
+        assert!(names.pending.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_clients_statements() {
+        let mut names = ClientStatements::default();
+        let prepared = Arc::new(Prepared {
+            id: 1,
+            server_name: "pgopt_00000000000000aa".into(),
+            parse: Bytes::new(),
+        });
+        names.insert("s1", prepared, 0);
+        let body = b"SERROR\0C08P01\0Mbind message supplies 2 parameters, but prepared statement \"pgopt_00000000000000aa\" requires 1\0\0";
+        let frame = names.error_in_client_names(body).unwrap();
+        let want = b"SERROR\0C08P01\0Mbind message supplies 2 parameters, but prepared statement \"s1\" requires 1\0\0";
+        assert_eq!(&frame[5..], want);
+        assert_eq!(frame[0], b'E');
+        assert_eq!(
+            u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize,
+            frame.len() - 1
+        );
+        // Another statement's server name, or none: left as it is.
+        assert!(names
+            .error_in_client_names(b"SERROR\0Mprepared statement \"pgopt_00000000000000bb\"\0\0")
+            .is_none());
+        assert!(names
+            .error_in_client_names(b"SERROR\0Mdivision by zero\0\0")
+            .is_none());
+    }
+
+    #[test]
+    fn abandoning_or_skipping_settles_the_name_changes_queued() {
+        let mut e = Expected::default();
+        e.push(Step::Server {
+            request: Request::Bind,
+            prepared: None,
+        });
+        e.push(Step::Parse {
+            prepared: Some(1),
+            change: 10,
+        });
+        e.push(Step::Answer {
+            tag: b'3',
+            change: 11,
+        });
+        e.push(Step::Server {
+            request: Request::Sync,
+            prepared: None,
+        });
+        e.push(Step::Parse {
+            prepared: Some(2),
+            change: 12,
+        });
+        let (_, forgotten) = run(&mut e, b"EZ");
+        assert_eq!(forgotten, vec![1]);
+        assert_eq!(
+            e.take_settled(),
+            vec![(10, Settled::Undone), (11, Settled::Undone)]
+        );
+        run(&mut e, b"1");
+        assert_eq!(e.take_settled(), vec![(12, Settled::Happened)]);
+        e.push(Step::Parse {
+            prepared: Some(3),
+            change: 13,
+        });
+        e.push(Step::Deallocated { all: true, id: 14 });
+        e.abandon();
+        assert_eq!(
+            e.take_settled(),
+            vec![(13, Settled::Undone), (14, Settled::Undone)]
+        );
     }
 
     #[test]
@@ -709,7 +1110,10 @@ mod tests {
             request: Request::Bind,
             prepared: None,
         });
-        e.push(Step::Answer(b'1'));
+        e.push(Step::Answer {
+            tag: b'1',
+            change: 0,
+        });
         e.push(Step::Server {
             request: Request::Sync,
             prepared: None,

@@ -83,6 +83,8 @@ pub mod sqlstate {
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     /// `42601` syntax_error.
     pub const SYNTAX_ERROR: &str = "42601";
+    /// `42P05` duplicate_prepared_statement.
+    pub const DUPLICATE_PSTATEMENT: &str = "42P05";
     /// `53300` too_many_connections.
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     /// `54000` program_limit_exceeded (e.g. a message too large).
