@@ -32,7 +32,7 @@ use crate::session_state::{
 };
 use crate::shared::{Lifecycle, Shared};
 use crate::statements::{
-    deallocate_target, ClientStatements, Expected, Prepared, Request, Step, Verdict,
+    deallocate_target, ClientStatements, Expected, Prepared, Request, Settled, Step, Verdict,
 };
 use crate::stats::{error_code, error_field, ClientInfo, ClientState};
 use crate::ProxyError;
@@ -95,6 +95,9 @@ pub struct Relay {
     /// The server connection lent has the client's unnamed statement (it was parsed
     /// or prepared again there since the checkout).
     unnamed_here: bool,
+    /// A failover is routing a batch again on another server: its Parses may name
+    /// what its first run already did.
+    rerouting: bool,
     status: TransactionStatus,
     /// Transaction mode: statement names are rewritten so they work on any server.
     rewrite: bool,
@@ -276,6 +279,7 @@ impl Relay {
             expected: Expected::default(),
             statements: ClientStatements::default(),
             unnamed_here: false,
+            rerouting: false,
             status: TransactionStatus::Idle,
             rewrite: pool.mode == PoolMode::Transaction,
             mode: pool.mode,
@@ -749,10 +753,20 @@ impl Relay {
                 else {
                     return CacheLookup::Pass;
                 };
-                let prepares = parse
+                // A Parse of a name the client has: PostgreSQL's 42P05, from the server.
+                if parse
                     .as_ref()
-                    .filter(|p| !p.name.is_empty())
-                    .map(|p| (p.name.to_string(), prepared.clone()));
+                    .is_some_and(|p| self.statements.taken(p.name))
+                {
+                    return CacheLookup::Pass;
+                }
+                let prepares = parse.as_ref().map(|p| {
+                    (
+                        p.name.to_string(),
+                        prepared.clone(),
+                        frame.as_bytes().clone(),
+                    )
+                });
                 let shape = Shape::Extended {
                     parse: parse.is_some(),
                     describe,
@@ -967,12 +981,29 @@ impl Relay {
         cache: &ProxyCache,
         hit: &[u8],
         shape: Shape,
-        prepares: Option<(String, Arc<Prepared>)>,
+        prepares: Option<(String, Arc<Prepared>, Bytes)>,
         epoch: u64,
     ) {
         cache.counters.hits.fetch_add(1, Relaxed);
-        if let Some((name, prepared)) = prepares {
-            self.statements.insert(&name, prepared, epoch);
+        // What the request did to the client's statements, as the server would have:
+        // a Parse names one (the unnamed one too), a simple query drops the unnamed.
+        let unnamed = match prepares {
+            Some((name, _, parse)) if name.is_empty() => {
+                Some(self.statements.parse_unnamed(&parse))
+            }
+            Some((name, prepared, _)) => {
+                self.statements.insert(&name, prepared, epoch);
+                None
+            }
+            None if matches!(shape, Shape::Simple) && self.statements.unnamed().is_some() => {
+                Some(self.statements.close_unnamed())
+            }
+            None => None,
+        };
+        if let Some(change) = unnamed {
+            // Nothing was owed (see `look_up_cache`): it takes effect now.
+            self.statements.settle(change, Settled::Happened);
+            self.unnamed_here = false;
         }
         self.cbuf.clear();
         crate::cache::reply(shape, hit, &mut self.out);
@@ -1317,6 +1348,9 @@ impl Relay {
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
         let queued = self.to_server.len();
         let routed = self.route_frame(frame);
+        if matches!(frame.tag(), b'S' | b'Q') {
+            self.statements.end_batch();
+        }
         // Only what reaches the server opens or ends its implicit transaction (a
         // message pgopt answers, refuses or skips does neither). Flush, Close and COPY
         // messages do neither either.
@@ -1393,6 +1427,11 @@ impl Relay {
             b'E' => Request::Execute,
             b'S' => Request::Sync,
             b'Q' if self.rewrite => {
+                // PostgreSQL drops the unnamed statement at any simple query.
+                if self.statements.unnamed().is_some() {
+                    let change = self.statements.close_unnamed();
+                    self.expected.push(Step::Mark { change });
+                }
                 if self.deallocate_locally(frame.body()) {
                     return Ok(());
                 }
@@ -1422,10 +1461,6 @@ impl Relay {
                 })
             }
         };
-        if request == Request::Query {
-            // PostgreSQL drops the unnamed statement at a simple query.
-            self.statements.drop_unnamed();
-        }
         if self.rewrite && self.route_named(request, frame, parsed)? {
             return Ok(());
         }
@@ -1551,10 +1586,9 @@ impl Relay {
                     None => Parse::decode(body)?,
                 };
                 if parse.name.is_empty() {
-                    let frame = Bytes::copy_from_slice(frame.as_bytes());
-                    let change = self.statements.parse_unnamed(frame.clone());
+                    let change = self.statements.parse_unnamed(frame.as_bytes());
                     self.unnamed_here = true;
-                    self.to_server.extend_from_slice(&frame);
+                    self.to_server.extend_from_slice(frame.as_bytes());
                     self.expected.push(Step::Parse {
                         prepared: None,
                         change,
@@ -1566,19 +1600,21 @@ impl Relay {
                 };
                 // PostgreSQL's checks come after its parser's: a syntax error wins.
                 let parses = |relay: &Self| relay.shared.analyzer.analyze(parse.query).is_ok();
-                let refusal = if self.status == TransactionStatus::Failed
-                    && self.expected.is_empty()
-                    && !ends_transaction(parse.query)
-                    && parses(self)
-                {
+                // The status is the last ReadyForQuery's: sure only with nothing in
+                // flight and no batch open (a ROLLBACK may have run since).
+                let failed = self.status == TransactionStatus::Failed;
+                let surely_failed = failed && self.expected.is_empty() && !self.open_batch;
+                let ends = ends_transaction(parse.query);
+                let refusal = if surely_failed && !ends && parses(self) {
                     // PostgreSQL refuses it before anything else (the server may have
                     // the statement already, and pgopt would answer it).
                     Some(in_failed_transaction_error())
-                } else if self.statements.taken(parse.name) && parses(self) {
+                } else if !self.rerouting && self.statements.taken(parse.name) && parses(self) {
                     // The batch fails as it would there (in a failed transaction, with
-                    // PostgreSQL's first complaint).
+                    // PostgreSQL's first complaint). A batch pgopt runs again on
+                    // another server after a failover prepares its names again.
                     self.fail_open_batch();
-                    Some(if self.status == TransactionStatus::Failed {
+                    Some(if failed && !ends {
                         in_failed_transaction_error()
                     } else {
                         duplicate_statement_error(parse.name)
@@ -1598,7 +1634,16 @@ impl Relay {
                 let on_server = self.server_conn().prepared.contains(&id);
                 let epoch = self.pool.plan_epoch();
                 let change = self.statements.prepare(parse.name, prepared.clone(), epoch);
-                if on_server {
+                if on_server && failed && !ends {
+                    // PostgreSQL refuses it in a failed transaction: the server says
+                    // so (25P02 comes before its "already exists"). Nothing to forget
+                    // when it does: the server keeps its statement.
+                    self.to_server.extend_from_slice(&prepared.parse);
+                    self.expected.push(Step::Parse {
+                        prepared: None,
+                        change,
+                    });
+                } else if on_server {
                     self.expected.push(Step::Answer { tag: b'1', change });
                 } else {
                     self.send_parse(
@@ -1716,23 +1761,40 @@ impl Relay {
     /// undone.
     #[inline]
     fn settle_names(&mut self) {
-        for (change, settled) in self.expected.take_settled() {
+        for (change, settled) in self.expected.drain_settled() {
             self.statements.settle(change, settled);
+        }
+        if self.expected.take_unnamed_unsure() {
+            self.unnamed_here = false;
         }
     }
 
     /// The client uses its unnamed statement: prepared again first when this server
-    /// connection does not have it (the client parsed it before a Sync, and another
-    /// connection was lent since). PostgreSQL's own error comes when it has none.
+    /// connection may not have it (the client parsed it before a Sync, and another
+    /// connection was lent since). When the client has none, the server's (another
+    /// client's, or pgopt's) is closed first, so the server answers 26000 as
+    /// PostgreSQL would, and runs nothing of someone else's.
     fn ensure_unnamed(&mut self) {
         if self.unnamed_here {
             return;
         }
-        if let Some(parse) = self.statements.unnamed() {
-            self.to_server.extend_from_slice(parse);
-            self.expected.push(Step::InjectedUnnamed);
-            self.unnamed_here = true;
+        match self.statements.unnamed() {
+            Some(parse) => {
+                self.to_server.extend_from_slice(parse);
+                self.expected.push(Step::InjectedUnnamed);
+            }
+            None => {
+                let close = Close {
+                    target: Target::Statement,
+                    name: "",
+                };
+                if close.encode(&mut self.to_server).is_err() {
+                    return;
+                }
+                self.expected.push(Step::InjectedClose);
+            }
         }
+        self.unnamed_here = true;
     }
 
     /// Answers the proxy owes at the head of [`Expected`], now that everything
@@ -2240,6 +2302,8 @@ impl Relay {
             .map(|n| format!("pg_catalog.current_setting({}, true)", quote_literal(n)))
             .collect();
         let sql = format!("SELECT {}", columns.join(", "));
+        // A simple query: the server's unnamed statement is gone.
+        self.unnamed_here = false;
         match server.conn.simple_query(&sql, self.max_len).await {
             Ok(rows) if rows.len() == 1 => {
                 let applied = &mut server.conn.applied;
@@ -2818,11 +2882,14 @@ impl Relay {
             }
         }
         self.failover = None; // once only
+        self.rerouting = true;
         while let Ok(Some(frame)) = split_frame(&mut batch, self.max_len) {
             if let Err(e) = self.route(&frame) {
+                self.rerouting = false;
                 return Err(self.client_protocol_error(e).await);
             }
         }
+        self.rerouting = false;
         self.forward().await
     }
 
@@ -3064,6 +3131,10 @@ async fn reset_and_release(mut checkout: Checkout, max_len: u32) {
 /// `IsTransactionExitStmt`: COMMIT, END, ROLLBACK or ABORT, also to a savepoint,
 /// PREPARE TRANSACTION), or an empty one.
 fn ends_transaction(sql: &str) -> bool {
+    let sql = sql.trim_start();
+    if sql.starts_with("/*") || sql.starts_with("--") {
+        return true; // a comment first: the server judges
+    }
     let mut words = sql
         .split(|c: char| !c.is_ascii_alphabetic())
         .filter(|w| !w.is_empty());

@@ -83,9 +83,10 @@ pub struct ClientStatements {
     /// The client's unnamed statement: its Parse as sent, kept to prepare it again
     /// on another server connection (a client may Parse it in one batch and Bind it
     /// in the next, after a Sync); gone when PostgreSQL would drop it (a failed
-    /// Parse of it, a simple query, a Close). Its changes are logged as those of
-    /// name "".
+    /// Parse of it, a simple query, a Close). Logged as the names are.
     unnamed: Option<Bytes>,
+    /// The client's batches sent so far (each Sync or simple query ends one).
+    batch: u64,
 }
 
 /// How a change to a client's names turned out.
@@ -95,21 +96,9 @@ pub enum Settled {
     /// The server skipped it (after an error, up to the Sync), refused it (a failed
     /// transaction), or it was never sent: undone.
     Undone,
-    /// A Parse of the unnamed statement that failed: PostgreSQL drops the old one
-    /// first, so there is none.
+    /// A Parse that failed: PostgreSQL drops the old unnamed statement first, so
+    /// there is none (for a name, as `Undone`).
     Emptied,
-}
-
-fn unnamed_statement(parse: Bytes) -> ClientStatement {
-    ClientStatement {
-        prepared: Arc::new(Prepared {
-            id: 0,
-            server_name: String::new(),
-            parse,
-        }),
-        epoch: 0,
-        discarded: false,
-    }
 }
 
 /// One change to a client's names, and what each name it touched was before it.
@@ -119,6 +108,10 @@ struct Change {
     /// `DEALLOCATE ALL`: it touched every name, also those it found absent.
     all: bool,
     before: Vec<(String, Option<ClientStatement>)>,
+    /// What the unnamed statement was before, when the change was to it.
+    unnamed: Option<Option<Bytes>>,
+    /// The batch it was sent in.
+    batch: u64,
 }
 
 impl ClientStatements {
@@ -143,39 +136,66 @@ impl ClientStatements {
     }
 
     /// Whether PostgreSQL would refuse a Parse of `name` (42P05): the client has it,
-    /// and no `DISCARD ALL` dropped it since.
+    /// no `DISCARD ALL` dropped it since, and no change still unsettled from an
+    /// earlier batch touched it (one the server may yet skip: pgopt can't tell, and
+    /// lets the new Parse replace it, as it did before it checked). Within a batch,
+    /// what the server skips, it skips to the end.
     pub fn taken(&self, name: &str) -> bool {
         self.by_name.get(name).is_some_and(|s| !s.discarded)
+            && !self
+                .pending
+                .iter()
+                .any(|c| c.batch < self.batch && (c.all || c.before.iter().any(|(n, _)| n == name)))
+    }
+
+    /// The client ended a batch (a Sync or a simple query).
+    #[inline]
+    pub fn end_batch(&mut self) {
+        self.batch += 1;
     }
 
     /// A server's ErrorResponse (its body) that names one of the client's statements
-    /// by its server name (`"pgopt_…"`), as the whole frame with the client's name
-    /// instead, as PostgreSQL would have named it; `None` when it names none.
+    /// by its server name (`"pgopt_<16 hex digits>"`), as the whole frame with the
+    /// client's name instead, as PostgreSQL would have named it; `None` when it names
+    /// none. (When two of the client's names are one server statement, either.)
     pub fn error_in_client_names(&self, body: &[u8]) -> Option<Vec<u8>> {
         const MARK: &[u8] = b"\"pgopt_";
-        if !body.windows(MARK.len()).any(|w| w == MARK) {
-            return None;
-        }
-        let mut out = vec![b'E', 0, 0, 0, 0];
-        let mut renamed = false;
-        for field in body.split(|&b| b == 0).filter(|f| !f.is_empty()) {
-            let text = String::from_utf8_lossy(&field[1..]);
-            let mut text = text.into_owned();
-            for (name, s) in &self.by_name {
-                let server = format!("\"{}\"", s.prepared.server_name);
-                if text.contains(&server) {
-                    text = text.replace(&server, &format!("\"{name}\""));
-                    renamed = true;
-                }
+        const NAME_LEN: usize = MARK.len() - 1 + 16; // pgopt_ and the hex digits
+        let mut out: Option<Vec<u8>> = None;
+        let mut copied = 0;
+        let mut at = 0;
+        while let Some(found) = body[at..].windows(MARK.len()).position(|w| w == MARK) {
+            let start = at + found + 1; // the name, after its quote
+            at = start;
+            let Some(server) = body.get(start..start + NAME_LEN) else {
+                break;
+            };
+            if body.get(start + NAME_LEN) != Some(&b'"') {
+                continue;
             }
-            out.push(field[0]);
-            out.extend_from_slice(text.as_bytes());
-            out.push(0);
+            let Some(name) = self
+                .by_name
+                .iter()
+                .find(|(_, s)| s.prepared.server_name.as_bytes() == server)
+                .map(|(n, _)| n)
+            else {
+                continue;
+            };
+            let out = out.get_or_insert_with(|| {
+                let mut frame = Vec::with_capacity(body.len() + 5);
+                frame.extend_from_slice(&[b'E', 0, 0, 0, 0]);
+                frame
+            });
+            out.extend_from_slice(&body[copied..start]);
+            out.extend_from_slice(name.as_bytes());
+            copied = start + NAME_LEN;
+            at = copied;
         }
-        out.push(0);
+        let mut out = out?;
+        out.extend_from_slice(&body[copied..]);
         let len = (out.len() - 1) as u32;
         out[1..5].copy_from_slice(&len.to_be_bytes());
-        renamed.then_some(out)
+        Some(out)
     }
 
     /// A `DISCARD ALL` ran: every name may be prepared again (see
@@ -217,23 +237,29 @@ impl ClientStatements {
     }
 
     /// The client's Parse (`frame`) of the unnamed statement. Its change id, to settle.
-    pub fn parse_unnamed(&mut self, frame: Bytes) -> u64 {
-        let before = self.unnamed.replace(frame).map(unnamed_statement);
-        self.log(false, vec![(String::new(), before)])
+    /// (A client that parses the same text each time, as most do, is not copied again.)
+    pub fn parse_unnamed(&mut self, frame: &[u8]) -> u64 {
+        let frame = match &self.unnamed {
+            Some(same) if same[..] == *frame => same.clone(),
+            _ => Bytes::copy_from_slice(frame),
+        };
+        let before = self.unnamed.replace(frame);
+        self.log_unnamed(before)
     }
 
-    /// The client's Close of the unnamed statement. Its change id, to settle.
+    /// The client's Close of the unnamed statement, or a simple query, which drops
+    /// it. Its change id, to settle.
     pub fn close_unnamed(&mut self) -> u64 {
-        let before = self.unnamed.take().map(unnamed_statement);
-        self.log(false, vec![(String::new(), before)])
+        let before = self.unnamed.take();
+        self.log_unnamed(before)
     }
 
-    /// A simple query dropped the unnamed statement (not undone).
-    pub fn drop_unnamed(&mut self) {
-        if self.unnamed.is_some() {
-            let change = self.close_unnamed();
-            self.settle(change, Settled::Happened);
+    fn log_unnamed(&mut self, before: Option<Bytes>) -> u64 {
+        let id = self.log(false, Vec::new());
+        if let Some(change) = self.pending.back_mut() {
+            change.unnamed = Some(before);
         }
+        id
     }
 
     /// The client's Parse of statement `name` (not one of its names: PostgreSQL
@@ -276,7 +302,13 @@ impl ClientStatements {
     fn log(&mut self, all: bool, before: Vec<(String, Option<ClientStatement>)>) -> u64 {
         let id = self.next_change;
         self.next_change += 1;
-        self.pending.push_back(Change { id, all, before });
+        self.pending.push_back(Change {
+            id,
+            all,
+            before,
+            unnamed: None,
+            batch: self.batch,
+        });
         id
     }
 
@@ -293,26 +325,34 @@ impl ClientStatements {
         if settled == Settled::Happened {
             return;
         }
-        for (name, before) in change.before {
+        if let Some(before) = change.unnamed {
             let before = if settled == Settled::Emptied {
                 None
             } else {
                 before
             };
-            // DEALLOCATE ALL leaves the unnamed statement alone.
-            let later =
-                self.pending.iter_mut().skip(at).find(|c| {
-                    (c.all && !name.is_empty()) || c.before.iter().any(|(n, _)| *n == name)
-                });
+            match self
+                .pending
+                .iter_mut()
+                .skip(at)
+                .find(|c| c.unnamed.is_some())
+            {
+                Some(later) => later.unnamed = Some(before),
+                None => self.unnamed = before,
+            }
+        }
+        for (name, before) in change.before {
+            let later = self
+                .pending
+                .iter_mut()
+                .skip(at)
+                .find(|c| c.all || c.before.iter().any(|(n, _)| *n == name));
             match later {
                 Some(later) => match later.before.iter_mut().find(|(n, _)| *n == name) {
                     Some(found) => found.1 = before,
                     // A DEALLOCATE ALL that found the name absent would have removed it.
                     None => later.before.push((name, before)),
                 },
-                None if name.is_empty() => {
-                    self.unnamed = before.map(|s| s.prepared.parse.clone());
-                }
                 None => match before {
                     Some(statement) => {
                         self.by_name.insert(name, statement);
@@ -380,11 +420,15 @@ pub enum Step {
         prepared: Option<u64>,
     },
     /// The client's Parse of a named statement, sent as server statement `prepared`
-    /// (`None`: of the unnamed statement, sent as it came): forgotten if it fails, and
-    /// the client's name change `change` settled.
+    /// and forgotten if it fails (`None`: the unnamed statement, sent as it came, or a
+    /// statement the server has, whose failure drops nothing), and the client's name
+    /// change `change` settled.
     Parse { prepared: Option<u64>, change: u64 },
     /// The client's Close of its unnamed statement, with its name change.
     CloseUnnamed { change: u64 },
+    /// Not sent: the client's name change `change` takes effect here in the order of
+    /// things (a simple query's drop of the unnamed statement, before the query).
+    Mark { change: u64 },
     /// A Parse the proxy injected: its ParseComplete is not the client's.
     Injected { prepared: u64 },
     /// The client's unnamed statement prepared again by the proxy on this server
@@ -437,6 +481,10 @@ pub struct Expected {
     /// [`Expected::take_settled`]: whether each happened (one the server skipped,
     /// after an error up to the Sync, or one that failed, did not).
     settled: Vec<(u64, Settled)>,
+    /// A batch failed or was abandoned since the last
+    /// [`Expected::take_unnamed_unsure`]: the server's unnamed statement may not be
+    /// what the client's is.
+    unnamed_unsure: bool,
     /// Encoded ErrorResponses for the [`Step::Error`]s in the queue, in order.
     errors: VecDeque<Bytes>,
     /// An error sent the server skipping to a Sync that is not queued yet (see
@@ -543,6 +591,7 @@ impl Expected {
                     ..
                 }
                 | Step::Answer { .. }
+                | Step::Mark { .. }
                 | Step::Deallocated { .. }
                 | Step::InjectedQuery
                 | Step::InjectedSync { .. }
@@ -559,18 +608,27 @@ impl Expected {
     /// again).
     /// The client's name changes settled since the last call.
     #[inline]
-    pub fn take_settled(&mut self) -> Vec<(u64, Settled)> {
-        std::mem::take(&mut self.settled)
+    pub fn drain_settled(&mut self) -> std::vec::Drain<'_, (u64, Settled)> {
+        self.settled.drain(..)
+    }
+
+    /// Whether a batch failed or was abandoned since the last call (see
+    /// `unnamed_unsure`).
+    #[inline]
+    pub fn take_unnamed_unsure(&mut self) -> bool {
+        std::mem::take(&mut self.unnamed_unsure)
     }
 
     /// Forgets everything owed (a server connection lost, or a batch to run again):
     /// the client's name changes still queued did not happen.
     pub fn abandon(&mut self) {
+        self.unnamed_unsure = true;
         for step in self.queue.drain(..) {
             match step {
                 Step::Parse { change, .. }
                 | Step::Answer { change, .. }
                 | Step::CloseUnnamed { change }
+                | Step::Mark { change }
                 | Step::Deallocated { id: change, .. } => {
                     self.settled.push((change, Settled::Undone))
                 }
@@ -597,7 +655,13 @@ impl Expected {
     pub fn owes_answer(&self) -> bool {
         matches!(
             self.queue.front(),
-            Some(Step::Answer { .. } | Step::Deallocated { .. } | Step::Error | Step::Ready)
+            Some(
+                Step::Answer { .. }
+                    | Step::Mark { .. }
+                    | Step::Deallocated { .. }
+                    | Step::Error
+                    | Step::Ready
+            )
         )
     }
 
@@ -616,6 +680,7 @@ impl Expected {
                     out.extend_from_slice(&[tag, 0, 0, 0, 4]);
                     settled(change, Settled::Happened);
                 }
+                Some(Step::Mark { change }) => settled(change, Settled::Happened),
                 Some(Step::Deallocated { all, id }) => {
                     let applied = status != TransactionStatus::Failed;
                     let commit_failed = std::mem::take(&mut self.commit_failed);
@@ -775,9 +840,11 @@ impl Expected {
                 }
                 Verdict::Drop
             }
-            Step::Answer { .. } | Step::Deallocated { .. } | Step::Error | Step::Ready => {
-                Verdict::Relay
-            }
+            Step::Answer { .. }
+            | Step::Mark { .. }
+            | Step::Deallocated { .. }
+            | Step::Error
+            | Step::Ready => Verdict::Relay,
         }
     }
 
@@ -785,6 +852,7 @@ impl Expected {
     /// next Sync: those requests get no response, and Parses among them prepared nothing.
     fn skip_to_sync(&mut self, forget: &mut impl FnMut(u64)) {
         self.server_awaits_sync = true;
+        self.unnamed_unsure = true;
         while let Some(&step) = self.queue.front() {
             match step {
                 Step::Server {
@@ -806,9 +874,9 @@ impl Expected {
                     }
                     self.settled.push((change, Settled::Undone));
                 }
-                Step::Answer { change, .. } | Step::CloseUnnamed { change } => {
-                    self.settled.push((change, Settled::Undone))
-                }
+                Step::Answer { change, .. }
+                | Step::CloseUnnamed { change }
+                | Step::Mark { change } => self.settled.push((change, Settled::Undone)),
                 // The server skipped the refused message's place too.
                 Step::Error => {
                     self.errors.pop_front();
@@ -1081,11 +1149,14 @@ mod tests {
         let (_, forgotten) = run(&mut e, b"EZ");
         assert_eq!(forgotten, vec![1]);
         assert_eq!(
-            e.take_settled(),
+            e.drain_settled().collect::<Vec<_>>(),
             vec![(10, Settled::Undone), (11, Settled::Undone)]
         );
         run(&mut e, b"1");
-        assert_eq!(e.take_settled(), vec![(12, Settled::Happened)]);
+        assert_eq!(
+            e.drain_settled().collect::<Vec<_>>(),
+            vec![(12, Settled::Happened)]
+        );
         e.push(Step::Parse {
             prepared: Some(3),
             change: 13,
@@ -1093,7 +1164,7 @@ mod tests {
         e.push(Step::Deallocated { all: true, id: 14 });
         e.abandon();
         assert_eq!(
-            e.take_settled(),
+            e.drain_settled().collect::<Vec<_>>(),
             vec![(13, Settled::Undone), (14, Settled::Undone)]
         );
     }
