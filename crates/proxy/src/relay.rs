@@ -28,11 +28,13 @@ use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_er
 use crate::routing::Routes;
 use crate::session::{checkout_error, fail_checkout, CancelSlot};
 use crate::session_state::{
-    self, may_affect_session, quote_literal, Applied, Change, Settings, Verdict as SessionVerdict,
+    self, may_affect_session, quote_ident, quote_literal, Applied, Change, Settings,
+    Verdict as SessionVerdict,
 };
 use crate::shared::{Lifecycle, Shared};
 use crate::statements::{
-    deallocate_target, ClientStatements, Expected, Prepared, Request, Settled, Step, Verdict,
+    deallocate_target, ends_transaction, ClientStatements, Expected, Prepared, Request, Settled,
+    Step, Verdict,
 };
 use crate::stats::{error_code, error_field, ClientInfo, ClientState};
 use crate::ProxyError;
@@ -98,6 +100,10 @@ pub struct Relay {
     /// A failover is routing a batch again on another server: its Parses may name
     /// what its first run already did.
     rerouting: bool,
+    /// A portal was executed in a failed transaction and its batch is not answered
+    /// yet: it may have ended the transaction, and the last ReadyForQuery's status be
+    /// stale.
+    ending_in_flight: bool,
     status: TransactionStatus,
     /// Transaction mode: statement names are rewritten so they work on any server.
     rewrite: bool,
@@ -280,6 +286,7 @@ impl Relay {
             statements: ClientStatements::default(),
             unnamed_here: false,
             rerouting: false,
+            ending_in_flight: false,
             status: TransactionStatus::Idle,
             rewrite: pool.mode == PoolMode::Transaction,
             mode: pool.mode,
@@ -1348,8 +1355,12 @@ impl Relay {
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
         let queued = self.to_server.len();
         let routed = self.route_frame(frame);
-        if matches!(frame.tag(), b'S' | b'Q') {
-            self.statements.end_batch();
+        match frame.tag() {
+            b'S' | b'Q' => self.statements.end_batch(),
+            // In a failed transaction only COMMIT or ROLLBACK runs (anything else
+            // fails, and the rest of the batch is skipped): it ends the transaction.
+            b'E' if self.status == TransactionStatus::Failed => self.ending_in_flight = true,
+            _ => {}
         }
         // Only what reaches the server opens or ends its implicit transaction (a
         // message pgopt answers, refuses or skips does neither). Flush, Close and COPY
@@ -1614,7 +1625,7 @@ impl Relay {
                     // PostgreSQL's first complaint). A batch pgopt runs again on
                     // another server after a failover prepares its names again.
                     self.fail_open_batch();
-                    Some(if failed && !ends {
+                    Some(if failed && !ends && !self.ending_in_flight {
                         in_failed_transaction_error()
                     } else {
                         duplicate_statement_error(parse.name)
@@ -1634,7 +1645,7 @@ impl Relay {
                 let on_server = self.server_conn().prepared.contains(&id);
                 let epoch = self.pool.plan_epoch();
                 let change = self.statements.prepare(parse.name, prepared.clone(), epoch);
-                if on_server && failed && !ends {
+                if on_server && failed && !ends && !self.ending_in_flight {
                     // PostgreSQL refuses it in a failed transaction: the server says
                     // so (25P02 comes before its "already exists"). Nothing to forget
                     // when it does: the server keeps its statement.
@@ -2077,6 +2088,9 @@ impl Relay {
                 b'Z' => {
                     self.copy_in = false;
                     self.readies = self.readies.wrapping_add(1);
+                    if self.expected.observed_readies() <= 1 {
+                        self.ending_in_flight = false;
+                    }
                     self.status = match self.sbuf.get(pos + 5) {
                         Some(b'T') => TransactionStatus::InTransaction,
                         Some(b'E') => TransactionStatus::Failed,
@@ -2297,27 +2311,38 @@ impl Relay {
             return;
         };
         let names = std::mem::take(&mut self.resync);
-        let columns: Vec<String> = names
-            .iter()
-            .map(|n| format!("pg_catalog.current_setting({}, true)", quote_literal(n)))
-            .collect();
-        let sql = format!("SELECT {}", columns.join(", "));
         // A simple query: the server's unnamed statement is gone.
         self.unnamed_here = false;
-        match server.conn.simple_query(&sql, self.max_len).await {
-            Ok(rows) if rows.len() == 1 => {
-                let applied = &mut server.conn.applied;
-                for (name, value) in names.iter().zip(&rows[0]) {
-                    self.settings.adopt(name, value.clone(), applied);
+        // SHOW takes no snapshot, so a REPEATABLE READ transaction's first snapshot
+        // stays the client's first query's, as without pgopt; a custom setting (with
+        // a dot), which may not exist, is read with current_setting(…, true).
+        let mut values = Vec::with_capacity(names.len());
+        for name in &names {
+            let sql = if name.contains('.') {
+                format!(
+                    "SELECT pg_catalog.current_setting({}, true)",
+                    quote_literal(name)
+                )
+            } else {
+                format!("SHOW {}", quote_ident(name))
+            };
+            match server.conn.simple_query(&sql, self.max_len).await {
+                Ok(mut rows) if rows.len() == 1 && rows[0].len() == 1 => {
+                    values.push(rows[0].pop().flatten());
+                }
+                other => {
+                    tracing::warn!(
+                        ?other,
+                        "reading settings back after ROLLBACK TO SAVEPOINT failed; closing the server connection"
+                    );
+                    self.server_lost().await;
+                    return;
                 }
             }
-            other => {
-                tracing::warn!(
-                    ?other,
-                    "reading settings back after ROLLBACK TO SAVEPOINT failed; closing the server connection"
-                );
-                self.server_lost().await;
-            }
+        }
+        let applied = &mut server.conn.applied;
+        for (name, value) in names.iter().zip(values) {
+            self.settings.adopt(name, value, applied);
         }
     }
 
@@ -3125,27 +3150,6 @@ async fn reset_and_release(mut checkout: Checkout, max_len: u32) {
         checkout.conn.applied.clear();
         checkout.release();
     }
-}
-
-/// Whether a statement is one PostgreSQL takes in a failed transaction (its
-/// `IsTransactionExitStmt`: COMMIT, END, ROLLBACK or ABORT, also to a savepoint,
-/// PREPARE TRANSACTION), or an empty one.
-fn ends_transaction(sql: &str) -> bool {
-    let sql = sql.trim_start();
-    if sql.starts_with("/*") || sql.starts_with("--") {
-        return true; // a comment first: the server judges
-    }
-    let mut words = sql
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .filter(|w| !w.is_empty());
-    let Some(word) = words.next() else {
-        return true; // an empty query: PostgreSQL parses nothing, and checks nothing
-    };
-    let is = |w: &str, name: &str| w.eq_ignore_ascii_case(name);
-    ["commit", "end", "rollback", "abort"]
-        .iter()
-        .any(|w| is(word, w))
-        || (is(word, "prepare") && words.next().is_some_and(|w| is(w, "transaction")))
 }
 
 /// PostgreSQL's error for a statement in a failed transaction.

@@ -15,6 +15,27 @@ use pgopt_wire::backend::{CommandComplete, ReadyForQuery};
 use pgopt_wire::frontend::Parse;
 use pgopt_wire::{sqlstate, EncodeError, ErrorBuilder, Severity, TransactionStatus};
 
+/// Whether a statement is one PostgreSQL takes in a failed transaction (its
+/// `IsTransactionExitStmt`: COMMIT, END, ROLLBACK or ABORT, also to a savepoint,
+/// PREPARE TRANSACTION), or an empty one.
+pub fn ends_transaction(sql: &str) -> bool {
+    let sql = sql.trim_start();
+    if sql.starts_with("/*") || sql.starts_with("--") {
+        return true; // a comment first: the server judges
+    }
+    let mut words = sql
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| !w.is_empty());
+    let Some(word) = words.next() else {
+        return true; // an empty query: PostgreSQL parses nothing, and checks nothing
+    };
+    let is = |w: &str, name: &str| w.eq_ignore_ascii_case(name);
+    ["commit", "end", "rollback", "abort"]
+        .iter()
+        .any(|w| is(word, w))
+        || (is(word, "prepare") && words.next().is_some_and(|w| is(w, "transaction")))
+}
+
 /// A statement as the servers know it.
 #[derive(Debug)]
 pub struct Prepared {
@@ -112,6 +133,9 @@ struct Change {
     unnamed: Option<Option<Bytes>>,
     /// The batch it was sent in.
     batch: u64,
+    /// It happened; kept while an earlier one is unsettled, whose undoing must not
+    /// undo this one's effect.
+    done: bool,
 }
 
 impl ClientStatements {
@@ -142,10 +166,11 @@ impl ClientStatements {
     /// what the server skips, it skips to the end.
     pub fn taken(&self, name: &str) -> bool {
         self.by_name.get(name).is_some_and(|s| !s.discarded)
-            && !self
-                .pending
-                .iter()
-                .any(|c| c.batch < self.batch && (c.all || c.before.iter().any(|(n, _)| n == name)))
+            && !self.pending.iter().any(|c| {
+                !c.done
+                    && c.batch < self.batch
+                    && (c.all || c.before.iter().any(|(n, _)| n == name))
+            })
     }
 
     /// The client ended a batch (a Sync or a simple query).
@@ -308,6 +333,7 @@ impl ClientStatements {
             before,
             unnamed: None,
             batch: self.batch,
+            done: false,
         });
         id
     }
@@ -316,15 +342,17 @@ impl ClientStatements {
     /// (or a later `DEALLOCATE ALL`) still decides what the name is now; undoing this
     /// one only changes what that one found.
     pub fn settle(&mut self, id: u64, settled: Settled) {
-        let Some(at) = self.pending.iter().position(|c| c.id == id) else {
-            return;
-        };
-        let Some(change) = self.pending.remove(at) else {
+        let Some(at) = self.pending.iter().position(|c| c.id == id && !c.done) else {
             return;
         };
         if settled == Settled::Happened {
+            self.pending[at].done = true;
+            self.compact();
             return;
         }
+        let Some(change) = self.pending.remove(at) else {
+            return;
+        };
         if let Some(before) = change.unnamed {
             let before = if settled == Settled::Emptied {
                 None
@@ -362,6 +390,14 @@ impl ClientStatements {
                     }
                 },
             }
+        }
+        self.compact();
+    }
+
+    /// Changes that happened, with none unsettled before them, are forgotten.
+    fn compact(&mut self) {
+        while self.pending.front().is_some_and(|c| c.done) {
+            self.pending.pop_front();
         }
     }
 }
@@ -1094,6 +1130,28 @@ mod tests {
         names.settle(all, Settled::Undone);
         assert_eq!(ids(&names), named(&[("a", 5), ("c", 4)]));
         assert!(names.pending.is_empty());
+    }
+
+    #[test]
+    fn undoing_an_earlier_change_keeps_a_later_one_that_happened() {
+        let prepared = |id| {
+            Arc::new(Prepared {
+                id,
+                server_name: format!("pgopt_{id}"),
+                parse: Bytes::new(),
+            })
+        };
+        // Batch 1 closes a but an error skips it; batch 2, pipelined, closes a and
+        // is answered first (pgopt's own CloseComplete): a stays closed.
+        let mut names = ClientStatements::default();
+        names.insert("a", prepared(1), 0);
+        let skipped = names.close("a");
+        names.end_batch();
+        let closed = names.close("a");
+        names.settle(closed, Settled::Happened);
+        names.settle(skipped, Settled::Undone);
+        assert_eq!(ids(&names), vec![]);
+        assert!(names.pending.is_empty(), "settled changes are forgotten");
     }
 
     #[test]
