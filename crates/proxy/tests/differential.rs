@@ -10,7 +10,15 @@
 //! Each client reads and writes only its own rows, so what it sees does not depend on
 //! how the clients interleave. A failure prints the seed, the client and the messages
 //! sent up to the first difference. `DIFF_SEEDS=N` runs N more seeds (random ones,
-//! printed) and `DIFF_BATCHES=N` sets each client's number of batches.
+//! printed; one that crashes PostgreSQL itself is skipped), `DIFF_SEED_LIST=A,B`
+//! runs just those, `DIFF_BATCHES=N` sets each client's number of batches, and
+//! `DIFF_STRICT=1` turns off the tolerance for the known differences (see `alike`).
+//!
+//! Known and not fixed: in transaction mode a `RESET` of a start-up parameter (or
+//! `RESET ALL`) inside a transaction shows the server connection's value ("pgopt" for
+//! application_name) until the client's next transaction; in session mode until it
+//! leaves. Random seeds find it; the fixed ones here do not, and the session test
+//! leaves those statements out.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -72,8 +80,7 @@ const SIMPLE: &[&str] = &[
     "ROLLBACK",
     "BEGIN ISOLATION LEVEL REPEATABLE READ",
     "SAVEPOINT sp",
-    // Never without its SAVEPOINT: see `batch`.
-    "SAVEPOINT sp; ROLLBACK TO SAVEPOINT sp",
+    "ROLLBACK TO SAVEPOINT sp",
     "RELEASE SAVEPOINT sp",
     "SELECT 1/0",
     "SELEC 1",
@@ -131,17 +138,27 @@ fn cstr(out: &mut Vec<u8>, s: &str) {
     out.push(0);
 }
 
+/// A portal to execute, describe or close: the unnamed one only once bound in the
+/// batch (see `batch`).
+fn used_portal(rng: &mut Rng, bound: bool) -> &'static str {
+    match *rng.pick(PORTALS) {
+        "" if !bound => "p1",
+        portal => portal,
+    }
+}
+
 fn fill(sql: &str, id: i32, rng: &mut Rng) -> String {
     sql.replace("{id}", &id.to_string())
         .replace("{n}", &rng.below(50).to_string())
         .replace("{small}", &(rng.below(4) as i64 - 1).to_string())
 }
 
-/// One random batch for client `id`. (No `ROLLBACK TO SAVEPOINT` of a savepoint that
-/// does not exist: PostgreSQL 15.18 crashes (SIGSEGV) on an Execute of the unnamed
-/// portal after one, then a query of several statements, in the same transaction —
-/// `BEGIN`, `ROLLBACK TO SAVEPOINT sp`, `SELECT 1; SELECT 2`, then Execute("") and
-/// Sync, straight to the server.)
+/// One random batch for client `id`. The unnamed portal is executed, described or
+/// closed only after a Bind of it in the same batch: PostgreSQL 15.18 crashes
+/// (SIGSEGV) on an Execute of the unnamed portal a simple query left behind when a
+/// utility statement failed in it inside a transaction block — `BEGIN`, `DISCARD ALL`
+/// (refused there), then Execute("") and Sync, straight to the server; also after a
+/// failed `ROLLBACK TO SAVEPOINT`. Clients bind before they execute.
 fn batch(rng: &mut Rng, id: i32, leave_out: &[&str]) -> Batch {
     if rng.chance(2) && !leave_out.contains(&"DISCARD ALL") {
         // DISCARD ALL, then the client closes its statements: pgopt keeps them usable
@@ -177,6 +194,7 @@ fn batch(rng: &mut Rng, id: i32, leave_out: &[&str]) -> Batch {
     }
     let mut bytes = Vec::new();
     let mut text = String::new();
+    let mut bound = false; // a Bind of the unnamed portal in this batch
     for _ in 0..1 + rng.below(6) {
         let mut body = Vec::new();
         let tag = match rng.below(100) {
@@ -199,7 +217,8 @@ fn batch(rng: &mut Rng, id: i32, leave_out: &[&str]) -> Batch {
                 b'P'
             }
             25..=49 => {
-                let portal = rng.pick(PORTALS);
+                let portal = *rng.pick(PORTALS);
+                bound |= portal.is_empty();
                 let statement = rng.pick(STATEMENTS);
                 let count = *rng.pick(&[0usize, 1, 1, 1, 2]);
                 let values: Vec<Option<&str>> = (0..count).map(|_| *rng.pick(VALUES)).collect();
@@ -233,7 +252,7 @@ fn batch(rng: &mut Rng, id: i32, leave_out: &[&str]) -> Batch {
                 let (kind, name) = if rng.chance(50) {
                     (b'S', *rng.pick(STATEMENTS))
                 } else {
-                    (b'P', *rng.pick(PORTALS))
+                    (b'P', used_portal(rng, bound))
                 };
                 body.push(kind);
                 cstr(&mut body, name);
@@ -241,7 +260,7 @@ fn batch(rng: &mut Rng, id: i32, leave_out: &[&str]) -> Batch {
                 b'D'
             }
             62..=84 => {
-                let portal = *rng.pick(PORTALS);
+                let portal = used_portal(rng, bound);
                 let rows = *rng.pick(&[0u32, 0, 0, 2]);
                 cstr(&mut body, portal);
                 body.extend_from_slice(&rows.to_be_bytes());
@@ -252,7 +271,7 @@ fn batch(rng: &mut Rng, id: i32, leave_out: &[&str]) -> Batch {
                 let (kind, name) = if rng.chance(60) {
                     (b'S', *rng.pick(STATEMENTS))
                 } else {
-                    (b'P', *rng.pick(PORTALS))
+                    (b'P', used_portal(rng, bound))
                 };
                 body.push(kind);
                 cstr(&mut body, name);
@@ -452,11 +471,11 @@ fn without_statement_names(message: &str) -> String {
 
 /// Whether pgopt's reply is PostgreSQL's, but for two known differences:
 /// - a statement's name in an error, when two names are the same statement;
-/// - in a failed transaction, which error comes first: PostgreSQL checks a Bind's
-///   parameters (and answers a Describe) before it refuses anything with 25P02, but a
-///   server connection pgopt lends may lack the statement, and preparing it there is
-///   refused with 25P02 first. Either way the batch fails, and the transaction stays
-///   failed.
+/// - in a failed transaction, a Describe or Bind of a statement the server connection
+///   pgopt lends lacks: preparing it there is refused with 25P02, where PostgreSQL
+///   describes it, or checks the Bind's parameters first. pgopt's reply is then
+///   PostgreSQL's up to that point, then 25P02; the transaction stays failed either
+///   way. (`DIFF_STRICT=1` turns this off.)
 fn alike(want: Option<&Reply>, got: Option<&Reply>) -> bool {
     if want == got {
         return true;
@@ -470,15 +489,12 @@ fn alike(want: Option<&Reply>, got: Option<&Reply>) -> bool {
     if want == got {
         return true;
     }
-    let failed = |r: &Vec<String>| {
-        r.len() >= 2 && r[r.len() - 1] == "Z \"E\"" && r[r.len() - 2].starts_with("E ")
-    };
-    if !failed(&want) || !failed(&got) {
+    if std::env::var("DIFF_STRICT").is_ok() {
         return false;
     }
-    let (w, g) = (&want[..want.len() - 2], &got[..got.len() - 2]);
-    let refused = |r: &Vec<String>| r[r.len() - 2].contains("C25P02");
-    (refused(&got) && w.starts_with(g)) || (refused(&want) && g.starts_with(w))
+    let in_failed = |r: &Vec<String>| r.last().is_some_and(|z| z == "Z \"E\"");
+    let refused = got.len() >= 2 && got[got.len() - 2].contains("C25P02");
+    in_failed(&want) && in_failed(&got) && refused && want.starts_with(&got[..got.len() - 2])
 }
 
 /// Runs `seed`'s scripts straight to PostgreSQL, then through `proxy`, and reports
@@ -489,6 +505,7 @@ async fn compare(
     seed: u64,
     batches: usize,
     leave_out: &[&str],
+    explored: bool,
 ) -> Vec<String> {
     let admin = pg.connect("postgres").await.unwrap();
     let scripts: std::sync::Arc<Vec<Vec<Batch>>> = std::sync::Arc::new(
@@ -516,11 +533,26 @@ async fn compare(
     if !broken.is_empty() {
         let log = std::fs::read_to_string(pg.log_path()).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        panic!(
+        let report = format!(
             "seed {seed}: PostgreSQL itself failed:\n{}\nlog:\n{}",
             broken.join("\n"),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
+        if !explored {
+            panic!("{report}");
+        }
+        // A random seed that crashes PostgreSQL (see `batch`): skipped, once the
+        // server is back.
+        eprintln!("{report}\nskipped");
+        for _ in 0..100 {
+            if let Ok(admin) = pg.connect("postgres").await {
+                if admin.batch_execute("SELECT 1").await.is_ok() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        return Vec::new();
     }
     admin.batch_execute("TRUNCATE diff").await.unwrap();
     let proxied = run_all(proxy.local_addr(), "app", &scripts).await;
@@ -557,6 +589,12 @@ async fn setup(mode: PoolMode, tweak: impl FnOnce(&mut pgopt_proxy::Config)) -> 
 }
 
 fn seeds(fixed: &[u64]) -> Vec<u64> {
+    if let Ok(list) = std::env::var("DIFF_SEED_LIST") {
+        return list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+    }
     let mut seeds = fixed.to_vec();
     let more: usize = std::env::var("DIFF_SEEDS")
         .ok()
@@ -590,7 +628,8 @@ async fn check(
     let (pg, proxy) = setup(mode, tweak).await;
     let mut failures = Vec::new();
     for seed in seeds(fixed) {
-        failures.extend(compare(&pg, &proxy, seed, batches(), leave_out).await);
+        let explored = !fixed.contains(&seed);
+        failures.extend(compare(&pg, &proxy, seed, batches(), leave_out, explored).await);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -602,9 +641,7 @@ async fn transaction_mode_answers_as_postgresql_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_answers_as_postgresql_does() {
-    // Not yet: in session mode a RESET of application_name (or RESET ALL, DISCARD
-    // ALL) returns to the server connection's own "pgopt", not the client's start-up
-    // value.
+    // Not yet: see the RESET note at the top.
     let leave_out = ["RESET application_name", "RESET ALL", "DISCARD ALL"];
     check(PoolMode::Session, &[4], &leave_out, |c| {
         c.default_pool_size = CLIENTS as usize
@@ -614,9 +651,6 @@ async fn session_mode_answers_as_postgresql_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_result_cache_answers_as_postgresql_does() {
-    // Seed 7 differs: late in a failed transaction, a Bind of "s2" gets 26000 where
-    // PostgreSQL says 08P01 (not looked into yet). Seeds 5 and 10 crash PostgreSQL
-    // 15.18 itself (another pattern than the one `batch` avoids).
     check(PoolMode::Transaction, &[11, 12], &[], |c| {
         c.cache.enabled = true;
         c.cache.tables = vec!["diff".into()];
