@@ -1772,6 +1772,9 @@ impl Relay {
     /// undone.
     #[inline]
     fn settle_names(&mut self) {
+        if !self.expected.has_news() {
+            return;
+        }
         for (change, settled) in self.expected.drain_settled() {
             self.statements.settle(change, settled);
         }

@@ -342,6 +342,12 @@ impl ClientStatements {
     /// (or a later `DEALLOCATE ALL`) still decides what the name is now; undoing this
     /// one only changes what that one found.
     pub fn settle(&mut self, id: u64, settled: Settled) {
+        // The usual case: the oldest change happened.
+        if settled == Settled::Happened && self.pending.front().is_some_and(|c| c.id == id) {
+            self.pending.pop_front();
+            self.compact();
+            return;
+        }
         let Some(at) = self.pending.iter().position(|c| c.id == id && !c.done) else {
             return;
         };
@@ -642,6 +648,13 @@ impl Expected {
 
     /// Forgets a [`Expected::lone_batch`] whose responses the proxy drops (to run it
     /// again).
+    /// Whether anything was settled, or made the unnamed statement unsure, since the
+    /// last [`Expected::drain_settled`] and [`Expected::take_unnamed_unsure`].
+    #[inline]
+    pub fn has_news(&self) -> bool {
+        !self.settled.is_empty() || self.unnamed_unsure
+    }
+
     /// The client's name changes settled since the last call.
     #[inline]
     pub fn drain_settled(&mut self) -> std::vec::Drain<'_, (u64, Settled)> {
