@@ -104,6 +104,9 @@ pub struct Relay {
     /// yet: it may have ended the transaction, and the last ReadyForQuery's status be
     /// stale.
     ending_in_flight: bool,
+    /// A RESET (or DISCARD ALL) was confirmed: the server has its own defaults where
+    /// the client expects its start-up values, until they are applied again.
+    settings_behind: bool,
     status: TransactionStatus,
     /// Transaction mode: statement names are rewritten so they work on any server.
     rewrite: bool,
@@ -287,6 +290,7 @@ impl Relay {
             unnamed_here: false,
             rerouting: false,
             ending_in_flight: false,
+            settings_behind: false,
             status: TransactionStatus::Idle,
             rewrite: pool.mode == PoolMode::Transaction,
             mode: pool.mode,
@@ -1355,17 +1359,19 @@ impl Relay {
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
         let queued = self.to_server.len();
         let routed = self.route_frame(frame);
-        match frame.tag() {
-            b'S' | b'Q' => self.statements.end_batch(),
-            // In a failed transaction only COMMIT or ROLLBACK runs (anything else
-            // fails, and the rest of the batch is skipped): it ends the transaction.
-            b'E' if self.status == TransactionStatus::Failed => self.ending_in_flight = true,
-            _ => {}
+        if matches!(frame.tag(), b'S' | b'Q') {
+            self.statements.end_batch();
         }
         // Only what reaches the server opens or ends its implicit transaction (a
         // message pgopt answers, refuses or skips does neither). Flush, Close and COPY
         // messages do neither either.
         if self.to_server.len() > queued {
+            // In a failed transaction only COMMIT or ROLLBACK runs (anything else fails,
+            // and the rest of the batch is skipped): a portal executed, or a simple
+            // query, may end it before its ReadyForQuery says so.
+            if matches!(frame.tag(), b'E' | b'Q') && self.status == TransactionStatus::Failed {
+                self.ending_in_flight = true;
+            }
             match frame.tag() {
                 b'P' | b'B' | b'D' | b'E' => self.open_batch = true,
                 b'S' | b'Q' | b'F' => self.open_batch = false,
@@ -1376,6 +1382,19 @@ impl Relay {
     }
 
     fn route_frame(&mut self, frame: &Frame) -> Result<(), DecodeError> {
+        if self.settings_behind
+            && !self.open_batch
+            && !self.copy_in
+            && !self.skipping
+            && self.status != TransactionStatus::Failed
+            && self.server.is_some()
+        {
+            // A RESET took the server back to its own defaults, not the client's
+            // start-up values: those are applied again before the client's next
+            // statement, as PostgreSQL's RESET goes back to them.
+            self.settings_behind = false;
+            self.sync_settings();
+        }
         self.ryw.batch_ended = matches!(frame.tag(), b'Q' | b'S');
         if self.cache.is_some() {
             self.note_writes(frame);
@@ -1438,7 +1457,9 @@ impl Relay {
             b'E' => Request::Execute,
             b'S' => Request::Sync,
             b'Q' if self.rewrite => {
-                // PostgreSQL drops the unnamed statement at any simple query.
+                // PostgreSQL drops the unnamed statement at any simple query (pgopt may
+                // answer this one itself: the server's is closed before a later use).
+                self.unnamed_here = false;
                 if self.statements.unnamed().is_some() {
                     let change = self.statements.close_unnamed();
                     self.expected.push(Step::Mark { change });
@@ -1456,6 +1477,13 @@ impl Relay {
                         return Ok(());
                     }
                 }
+                Request::Query
+            }
+            // Session mode: a RESET is followed too (see `settings_behind`).
+            b'Q' if starts_with_word(frame.body(), b"reset") => {
+                let query = Query::decode(frame.body())?;
+                decoded_sql = Some(query.sql);
+                let _ = self.judge_session(query.sql, true);
                 Request::Query
             }
             b'Q' | b'F' => Request::Query,
@@ -1621,6 +1649,32 @@ impl Relay {
                     // the statement already, and pgopt would answer it).
                     Some(in_failed_transaction_error())
                 } else if !self.rerouting && self.statements.taken(parse.name) && parses(self) {
+                    // Whether the transaction is still failed (25P02) or a COMMIT or
+                    // ROLLBACK in flight ended it (42P05) only the server knows: a Parse
+                    // of the statement the name stands for, once the server has it,
+                    // gets the server's answer, which names the client's statement.
+                    if failed && !ends && self.ending_in_flight {
+                        let existing = self
+                            .statements
+                            .get_mut(parse.name)
+                            .map(|s| s.prepared.clone());
+                        if let Some(existing) = existing {
+                            if !self.server_conn().prepared.contains(&existing.id) {
+                                self.send_parse(
+                                    &existing,
+                                    Step::Injected {
+                                        prepared: existing.id,
+                                    },
+                                );
+                            }
+                            self.to_server.extend_from_slice(&existing.parse);
+                            self.expected.push(Step::Server {
+                                request,
+                                prepared: None,
+                            });
+                            return Ok(true);
+                        }
+                    }
                     // The batch fails as it would there (in a failed transaction, with
                     // PostgreSQL's first complaint). A batch pgopt runs again on
                     // another server after a failover prepares its names again.
@@ -1963,6 +2017,8 @@ impl Relay {
         for sql in self.settings.sync(&mut server.conn.applied) {
             if (Query { sql: &sql }).encode(&mut self.to_server).is_ok() {
                 self.expected.push(Step::InjectedQuery);
+                // A simple query: the server's unnamed statement is gone.
+                self.unnamed_here = false;
             }
         }
     }
@@ -2091,7 +2147,10 @@ impl Relay {
                 b'Z' => {
                     self.copy_in = false;
                     self.readies = self.readies.wrapping_add(1);
-                    if self.expected.observed_readies() <= 1 {
+                    if self.ending_in_flight
+                        && self.expected.all_server_readies() <= 1
+                        && !self.open_batch
+                    {
                         self.ending_in_flight = false;
                     }
                     self.status = match self.sbuf.get(pos + 5) {
@@ -2317,11 +2376,16 @@ impl Relay {
         // A simple query: the server's unnamed statement is gone.
         self.unnamed_here = false;
         // SHOW takes no snapshot, so a REPEATABLE READ transaction's first snapshot
-        // stays the client's first query's, as without pgopt; a custom setting (with
-        // a dot), which may not exist, is read with current_setting(…, true).
+        // stays the client's first query's, as without pgopt; any other name (a custom
+        // setting, which may not exist) is read with current_setting(…, true).
         let mut values = Vec::with_capacity(names.len());
         for name in &names {
-            let sql = if name.contains('.') {
+            // (A name that is not a plain identifier — a dot, or the tracked "session
+            // characteristics" — is not one SHOW takes.)
+            let plain = name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            let sql = if !plain {
                 format!(
                     "SELECT pg_catalog.current_setting({}, true)",
                     quote_literal(name)
@@ -2453,6 +2517,7 @@ impl Relay {
                     conn.applied.clear();
                     self.settings.reset_all();
                     self.statements.discard_all();
+                    self.settings_behind = true;
                 }
                 if let Some((change, sql, 0)) = &self.pending_change {
                     let confirmed = match change {
@@ -2468,6 +2533,7 @@ impl Relay {
                             applied,
                         );
                         self.settings.confirm(change, sql, applied);
+                        self.settings_behind |= !matches!(change, Change::Set(_));
                     }
                 }
                 // PostgreSQL undoes a transaction's SETs when it rolls back (a failed
@@ -2674,6 +2740,8 @@ impl Relay {
                         None => router.primary_writes.fetch_add(1, Relaxed),
                     };
                 }
+                self.settings_behind = false; // what this sync does
+                self.ending_in_flight = false;
                 self.sync_settings();
                 Lending::Lent
             }
@@ -2875,6 +2943,7 @@ impl Relay {
         }
         self.status = TransactionStatus::Idle;
         self.skipping = false;
+        self.ending_in_flight = false;
         self.pending_change = None;
         self.replay = None;
         self.replayed = false;
@@ -3153,6 +3222,16 @@ async fn reset_and_release(mut checkout: Checkout, max_len: u32) {
         checkout.conn.applied.clear();
         checkout.release();
     }
+}
+
+/// Whether a simple query's text (its body) starts with `word` (lower case), in any
+/// case, after white space.
+fn starts_with_word(body: &[u8], word: &[u8]) -> bool {
+    let text = body.trim_ascii_start();
+    text.len() > word.len()
+        && text[..word.len()].eq_ignore_ascii_case(word)
+        && !text[word.len()].is_ascii_alphanumeric()
+        && text[word.len()] != b'_'
 }
 
 /// PostgreSQL's error for a statement in a failed transaction.

@@ -36,6 +36,16 @@ pub struct Applied {
     version: u64,
 }
 
+/// Settings whose value is a list of quoted items (PostgreSQL's GUC_LIST_QUOTE):
+/// `SET name TO 'a, b'` would make it one item.
+const LIST_QUOTE: &[&str] = &[
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "local_preload_libraries",
+    "shared_preload_libraries",
+];
+
 /// Start-up parameters the proxy handles itself, never replayed.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
@@ -160,6 +170,12 @@ impl Settings {
                 continue;
             }
             statements.push(match setting {
+                // SET takes no snapshot (a sync inside a REPEATABLE READ transaction,
+                // after a RESET, must not fix its snapshot early); a list whose items
+                // are quoted (search_path…) would be one item to SET: set_config.
+                Setting::Value(v) if !LIST_QUOTE.contains(&name.as_str()) => {
+                    format!("SET {} TO {}", quote_ident(name), quote_literal(v))
+                }
                 Setting::Value(v) => format!(
                     "SELECT pg_catalog.set_config({}, {}, false)",
                     quote_literal(name),
@@ -502,7 +518,13 @@ mod tests {
         assert_eq!(first.len(), 3, "{first:?}");
         assert!(first
             .iter()
-            .any(|s| s.contains("'statement_timeout', '5s'")));
+            .any(|s| s == "SET \"statement_timeout\" TO '5s'"));
+        assert!(
+            first
+                .iter()
+                .any(|s| s.contains("set_config('search_path', 's1'")),
+            "a quoted list is set with set_config: {first:?}"
+        );
         assert!(client.sync(&mut server).is_empty(), "in sync");
         client.set("TimeZone", "SET TIME ZONE 'UTC'");
         assert_eq!(client.sync(&mut server), vec!["SET TIME ZONE 'UTC'"]);

@@ -520,7 +520,7 @@ pub enum Verdict {
 pub struct Expected {
     queue: VecDeque<Step>,
     /// The client's name changes settled since the last
-    /// [`Expected::take_settled`]: whether each happened (one the server skipped,
+    /// [`Expected::drain_settled`]: whether each happened (one the server skipped,
     /// after an error up to the Sync, or one that failed, did not).
     settled: Vec<(u64, Settled)>,
     /// A batch failed or was abandoned since the last
@@ -646,8 +646,6 @@ impl Expected {
         false
     }
 
-    /// Forgets a [`Expected::lone_batch`] whose responses the proxy drops (to run it
-    /// again).
     /// Whether anything was settled, or made the unnamed statement unsure, since the
     /// last [`Expected::drain_settled`] and [`Expected::take_unnamed_unsure`].
     #[inline]
