@@ -13,12 +13,6 @@
 //! printed; one that crashes PostgreSQL itself is skipped), `DIFF_SEED_LIST=A,B`
 //! runs just those, `DIFF_BATCHES=N` sets each client's number of batches, and
 //! `DIFF_STRICT=1` turns off the tolerance for the known differences (see `alike`).
-//!
-//! Known and not fixed: in transaction mode a `RESET` of a start-up parameter (or
-//! `RESET ALL`) inside a transaction shows the server connection's value ("pgopt" for
-//! application_name) until the client's next transaction; in session mode until it
-//! leaves. Random seeds find it; the fixed ones here do not, and the session test
-//! leaves those statements out.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -641,9 +635,7 @@ async fn transaction_mode_answers_as_postgresql_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_answers_as_postgresql_does() {
-    // Not yet: see the RESET note at the top.
-    let leave_out = ["RESET application_name", "RESET ALL", "DISCARD ALL"];
-    check(PoolMode::Session, &[4], &leave_out, |c| {
+    check(PoolMode::Session, &[4], &[], |c| {
         c.default_pool_size = CLIENTS as usize
     })
     .await;
