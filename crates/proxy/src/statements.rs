@@ -1012,13 +1012,6 @@ mod tests {
 
     #[test]
     fn a_deallocate_answered_in_a_failed_transaction_is_refused_and_undone() {
-        let prepared = |id| {
-            Arc::new(Prepared {
-                id,
-                server_name: format!("pgopt_{id}"),
-                parse: Bytes::new(),
-            })
-        };
         let mut names = ClientStatements::default();
         names.insert("a", prepared(1), 0);
         names.insert("b", prepared(2), 0);
@@ -1072,6 +1065,14 @@ mod tests {
         assert!(names.get_mut("c").is_none());
     }
 
+    fn prepared(id: u64) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            id,
+            server_name: format!("pgopt_{id}"),
+            parse: Bytes::new(),
+        })
+    }
+
     fn ids(names: &ClientStatements) -> Vec<(String, u64)> {
         let mut ids: Vec<(String, u64)> = names
             .by_name
@@ -1084,13 +1085,6 @@ mod tests {
 
     #[test]
     fn name_changes_that_did_not_happen_are_undone_under_later_ones() {
-        let prepared = |id| {
-            Arc::new(Prepared {
-                id,
-                server_name: format!("pgopt_{id}"),
-                parse: Bytes::new(),
-            })
-        };
         let named = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
             pairs.iter().map(|(n, i)| (n.to_string(), *i)).collect()
         };
@@ -1145,13 +1139,6 @@ mod tests {
 
     #[test]
     fn undoing_an_earlier_change_keeps_a_later_one_that_happened() {
-        let prepared = |id| {
-            Arc::new(Prepared {
-                id,
-                server_name: format!("pgopt_{id}"),
-                parse: Bytes::new(),
-            })
-        };
         // Batch 1 closes a but an error skips it; batch 2, pipelined, closes a and
         // is answered first (pgopt's own CloseComplete): a stays closed.
         let mut names = ClientStatements::default();
