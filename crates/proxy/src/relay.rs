@@ -1357,6 +1357,22 @@ impl Relay {
 
     /// Queues one client message for the server, rewriting statement names when needed.
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
+        if self.settings_behind
+            && self.status == TransactionStatus::Idle
+            && !self.open_batch
+            && !self.copy_in
+            && !self.skipping
+            && self.server.is_some()
+            && self.expected.all_server_readies() == 0
+        {
+            // A RESET took the server back to its own defaults, not the client's
+            // start-up values: those are applied again before the client's next
+            // statement, as PostgreSQL's RESET goes back to them. Only outside a
+            // transaction block, with nothing in flight: a value the server refuses
+            // (it is only logged, as at checkout) must not fail the client's block.
+            self.settings_behind = false;
+            self.sync_settings();
+        }
         let queued = self.to_server.len();
         let routed = self.route_frame(frame);
         if matches!(frame.tag(), b'S' | b'Q') {
@@ -1382,19 +1398,6 @@ impl Relay {
     }
 
     fn route_frame(&mut self, frame: &Frame) -> Result<(), DecodeError> {
-        if self.settings_behind
-            && !self.open_batch
-            && !self.copy_in
-            && !self.skipping
-            && self.status != TransactionStatus::Failed
-            && self.server.is_some()
-        {
-            // A RESET took the server back to its own defaults, not the client's
-            // start-up values: those are applied again before the client's next
-            // statement, as PostgreSQL's RESET goes back to them.
-            self.settings_behind = false;
-            self.sync_settings();
-        }
         self.ryw.batch_ended = matches!(frame.tag(), b'Q' | b'S');
         if self.cache.is_some() {
             self.note_writes(frame);
@@ -1481,9 +1484,12 @@ impl Relay {
             }
             // Session mode: a RESET is followed too (see `settings_behind`).
             b'Q' if starts_with_word(frame.body(), b"reset") => {
-                let query = Query::decode(frame.body())?;
-                decoded_sql = Some(query.sql);
-                let _ = self.judge_session(query.sql, true);
+                // Only followed: nothing is refused in session mode, and a message it
+                // can't read goes to the server as it came.
+                if let Ok(query) = Query::decode(frame.body()) {
+                    decoded_sql = Some(query.sql);
+                    self.follow_reset(query.sql);
+                }
                 Request::Query
             }
             b'Q' | b'F' => Request::Query,
@@ -1992,6 +1998,7 @@ impl Relay {
                     let applied = &mut server.conn.applied;
                     keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
                     self.settings.confirm(&change, sql, applied);
+                    self.settings_behind |= !matches!(change, Change::Set(_));
                 }
                 None
             }
@@ -2005,6 +2012,19 @@ impl Relay {
                     .record_error(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes());
                 Some(out.freeze())
             }
+        }
+    }
+
+    /// Session mode: a RESET the client sent is tracked as transaction mode tracks it
+    /// (confirmed by its CommandComplete), so its start-up values are applied again
+    /// after it; anything else is left alone.
+    fn follow_reset(&mut self, sql: &str) {
+        let Ok(analysis) = self.shared.analyzer.analyze(sql) else {
+            return;
+        };
+        if let SessionVerdict::Track(change) = session_state::judge(&analysis, sql) {
+            let before = self.expected.observed_readies();
+            self.pending_change = Some((change, sql.to_string(), before));
         }
     }
 
