@@ -1657,8 +1657,9 @@ impl Relay {
                 } else if !self.rerouting && self.statements.taken(parse.name) && parses(self) {
                     // Whether the transaction is still failed (25P02) or a COMMIT or
                     // ROLLBACK in flight ended it (42P05) only the server knows: a Parse
-                    // of the statement the name stands for, once the server has it,
-                    // gets the server's answer, which names the client's statement.
+                    // under the server name of the statement the name stands for, once
+                    // the server has it, gets the server's answer, which then names the
+                    // client's statement.
                     if failed && !ends && self.ending_in_flight {
                         let existing = self
                             .statements
@@ -1673,12 +1674,22 @@ impl Relay {
                                     },
                                 );
                             }
-                            self.to_server.extend_from_slice(&existing.parse);
-                            self.expected.push(Step::Server {
-                                request,
-                                prepared: None,
-                            });
-                            return Ok(true);
+                            // The client's query under that name: a failed transaction
+                            // refuses it first (it is no COMMIT or ROLLBACK), else the
+                            // name is taken. (The existing one's own text may be one
+                            // a failed transaction takes.)
+                            let probe = Parse {
+                                name: &existing.server_name,
+                                query: parse.query,
+                                param_types: parse.param_types,
+                            };
+                            if probe.encode(&mut self.to_server).is_ok() {
+                                self.expected.push(Step::Server {
+                                    request,
+                                    prepared: None,
+                                });
+                                return Ok(true);
+                            }
                         }
                     }
                     // The batch fails as it would there (in a failed transaction, with
