@@ -774,43 +774,9 @@ impl Expected {
             return Verdict::Relay;
         };
         match head {
-            Step::Injected { prepared } => match tag {
-                b'1' => {
-                    self.queue.pop_front();
-                    Verdict::Drop
-                }
-                b'E' => {
-                    forget(prepared);
-                    self.queue.pop_front();
-                    self.skip_to_sync(&mut forget);
-                    Verdict::Relay
-                }
-                _ => Verdict::Relay,
-            },
-            Step::InjectedUnnamed => match tag {
-                b'1' => {
-                    self.queue.pop_front();
-                    Verdict::Drop
-                }
-                b'E' => {
-                    self.queue.pop_front();
-                    self.skip_to_sync(&mut forget);
-                    Verdict::Relay
-                }
-                _ => Verdict::Relay,
-            },
-            Step::InjectedClose => match tag {
-                b'3' => {
-                    self.queue.pop_front();
-                    Verdict::Drop
-                }
-                b'E' => {
-                    self.queue.pop_front();
-                    self.skip_to_sync(&mut forget);
-                    Verdict::Relay
-                }
-                _ => Verdict::Relay,
-            },
+            Step::Injected { prepared } => self.injected(tag, b'1', Some(prepared), &mut forget),
+            Step::InjectedUnnamed => self.injected(tag, b'1', None, &mut forget),
+            Step::InjectedClose => self.injected(tag, b'3', None, &mut forget),
             Step::Bind { .. } => {
                 if tag == b'E' {
                     self.queue.pop_front();
@@ -893,6 +859,30 @@ impl Expected {
             | Step::Error
             | Step::Ready => Verdict::Relay,
         }
+    }
+
+    /// A Parse or Close pgopt sent itself: its completion (`done`) is not the
+    /// client's; its error is (the server then skips to the Sync), and the statement
+    /// it prepared, if any, is forgotten.
+    fn injected(
+        &mut self,
+        tag: u8,
+        done: u8,
+        prepared: Option<u64>,
+        forget: &mut impl FnMut(u64),
+    ) -> Verdict {
+        if tag == done {
+            self.queue.pop_front();
+            return Verdict::Drop;
+        }
+        if tag == b'E' {
+            if let Some(id) = prepared {
+                forget(id);
+            }
+            self.queue.pop_front();
+            self.skip_to_sync(forget);
+        }
+        Verdict::Relay
     }
 
     /// After an error in the extended protocol the server ignores everything up to the
