@@ -34,7 +34,7 @@ use crate::session_state::{
 use crate::shared::{Lifecycle, Shared};
 use crate::statements::{
     deallocate_target, ends_transaction, ClientStatements, Expected, Prepared, Request, Settled,
-    Step, Verdict,
+    Step, Verdict, IN_FAILED_TRANSACTION,
 };
 use crate::stats::{error_code, error_field, ClientInfo, ClientState};
 use crate::ProxyError;
@@ -1660,37 +1660,8 @@ impl Relay {
                     // under the server name of the statement the name stands for, once
                     // the server has it, gets the server's answer, which then names the
                     // client's statement.
-                    if failed && !ends && self.ending_in_flight {
-                        let existing = self
-                            .statements
-                            .get_mut(parse.name)
-                            .map(|s| s.prepared.clone());
-                        if let Some(existing) = existing {
-                            if !self.server_conn().prepared.contains(&existing.id) {
-                                self.send_parse(
-                                    &existing,
-                                    Step::Injected {
-                                        prepared: existing.id,
-                                    },
-                                );
-                            }
-                            // The client's query under that name: a failed transaction
-                            // refuses it first (it is no COMMIT or ROLLBACK), else the
-                            // name is taken. (The existing one's own text may be one
-                            // a failed transaction takes.)
-                            let probe = Parse {
-                                name: &existing.server_name,
-                                query: parse.query,
-                                param_types: parse.param_types,
-                            };
-                            if probe.encode(&mut self.to_server).is_ok() {
-                                self.expected.push(Step::Server {
-                                    request,
-                                    prepared: None,
-                                });
-                                return Ok(true);
-                            }
-                        }
+                    if failed && !ends && self.ending_in_flight && self.ask_server(&parse) {
+                        return Ok(true);
                     }
                     // The batch fails as it would there (in a failed transaction, with
                     // PostgreSQL's first complaint). A batch pgopt runs again on
@@ -1839,6 +1810,42 @@ impl Relay {
         }
     }
 
+    /// A Parse of a name the client has, in a transaction a COMMIT or ROLLBACK in
+    /// flight may have ended: the client's query is sent under the server name of the
+    /// statement the name stands for (prepared there first if needed). A failed
+    /// transaction refuses it first (it is no COMMIT or ROLLBACK: 25P02), else the name
+    /// is taken (42P05, which names the client's statement). (The existing statement's
+    /// own text may be one a failed transaction takes: not it, then.) `false` when it
+    /// could not be sent.
+    fn ask_server(&mut self, parse: &Parse<'_>) -> bool {
+        let Some(existing) = self
+            .statements
+            .get_mut(parse.name)
+            .map(|s| s.prepared.clone())
+        else {
+            return false;
+        };
+        if !self.server_conn().prepared.contains(&existing.id) {
+            let injected = Step::Injected {
+                prepared: existing.id,
+            };
+            self.send_parse(&existing, injected);
+        }
+        let probe = Parse {
+            name: &existing.server_name,
+            query: parse.query,
+            param_types: parse.param_types,
+        };
+        if probe.encode(&mut self.to_server).is_err() {
+            return false;
+        }
+        self.expected.push(Step::Server {
+            request: Request::Parse,
+            prepared: None,
+        });
+        true
+    }
+
     /// The client's name changes [`Expected`] settled: those that did not happen are
     /// undone.
     #[inline]
@@ -1906,8 +1913,7 @@ impl Relay {
         if self.status == TransactionStatus::Failed && self.expected.is_empty() {
             return false;
         }
-        let head = body.trim_ascii_start();
-        if head.len() < 10 || !head[..10].eq_ignore_ascii_case(b"deallocate") {
+        if !starts_with_word(body, b"deallocate") {
             return false;
         }
         let Ok(query) = Query::decode(body) else {
@@ -2014,14 +2020,11 @@ impl Relay {
                 None
             }
             SessionVerdict::Refuse(message) => {
-                let mut out = BytesMut::new();
-                ErrorBuilder::new(Severity::Error, sqlstate::FEATURE_NOT_SUPPORTED, &message)
-                    .encode_error(&mut out)
-                    .ok()?;
+                let error = error_response(sqlstate::FEATURE_NOT_SUPPORTED, &message)?;
                 self.pool
                     .stats
                     .record_error(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes());
-                Some(out.freeze())
+                Some(error)
             }
         }
     }
@@ -2798,12 +2801,8 @@ impl Relay {
                     };
                     let code = sqlstate::READ_ONLY_SQL_TRANSACTION;
                     self.pool.stats.record_error(code.as_bytes());
-                    let mut out = BytesMut::new();
-                    if ErrorBuilder::new(Severity::Error, code, &message)
-                        .encode_error(&mut out)
-                        .is_ok()
-                    {
-                        self.expected.push_error(out.freeze());
+                    if let Some(error) = error_response(code, &message) {
+                        self.expected.push_error(error);
                         return Lending::Refused;
                     }
                     return Lending::Closed;
@@ -3265,30 +3264,24 @@ fn starts_with_word(body: &[u8], word: &[u8]) -> bool {
         && text[word.len()] != b'_'
 }
 
+/// An ErrorResponse (severity ERROR) pgopt answers with.
+fn error_response(code: &str, message: &str) -> Option<Bytes> {
+    let mut out = BytesMut::new();
+    ErrorBuilder::new(Severity::Error, code, message)
+        .encode_error(&mut out)
+        .ok()?;
+    Some(out.freeze())
+}
+
 /// PostgreSQL's error for a statement in a failed transaction.
 fn in_failed_transaction_error() -> Option<Bytes> {
-    let mut out = BytesMut::new();
-    ErrorBuilder::new(
-        Severity::Error,
-        sqlstate::IN_FAILED_SQL_TRANSACTION,
-        "current transaction is aborted, commands ignored until end of transaction block",
-    )
-    .encode_error(&mut out)
-    .ok()?;
-    Some(out.freeze())
+    error_response(sqlstate::IN_FAILED_SQL_TRANSACTION, IN_FAILED_TRANSACTION)
 }
 
 /// PostgreSQL's error for a Parse of a statement name the client already has.
 fn duplicate_statement_error(name: &str) -> Option<Bytes> {
-    let mut out = BytesMut::new();
-    ErrorBuilder::new(
-        Severity::Error,
-        sqlstate::DUPLICATE_PSTATEMENT,
-        &format!("prepared statement \"{name}\" already exists"),
-    )
-    .encode_error(&mut out)
-    .ok()?;
-    Some(out.freeze())
+    let message = format!("prepared statement \"{name}\" already exists");
+    error_response(sqlstate::DUPLICATE_PSTATEMENT, &message)
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

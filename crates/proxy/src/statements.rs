@@ -36,6 +36,10 @@ pub fn ends_transaction(sql: &str) -> bool {
         || (is(word, "prepare") && words.next().is_some_and(|w| is(w, "transaction")))
 }
 
+/// PostgreSQL's message for a statement refused in a failed transaction (25P02).
+pub const IN_FAILED_TRANSACTION: &str =
+    "current transaction is aborted, commands ignored until end of transaction block";
+
 /// A statement as the servers know it.
 #[derive(Debug)]
 pub struct Prepared {
@@ -739,7 +743,7 @@ impl Expected {
                         let _ = ErrorBuilder::new(
                             Severity::Error,
                             sqlstate::IN_FAILED_SQL_TRANSACTION,
-                            "current transaction is aborted, commands ignored until end of transaction block",
+                            IN_FAILED_TRANSACTION,
                         )
                         .encode_error(out);
                     }
