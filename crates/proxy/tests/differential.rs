@@ -141,6 +141,19 @@ fn used_portal(rng: &mut Rng, bound: bool) -> &'static str {
     }
 }
 
+/// A Describe's or Close's target, a statement (`statements`% of the time) or a
+/// portal, written to `body`; its account for the report.
+fn target(rng: &mut Rng, bound: bool, statements: usize, body: &mut Vec<u8>) -> String {
+    let (kind, name) = if rng.chance(statements) {
+        (b'S', *rng.pick(STATEMENTS))
+    } else {
+        (b'P', used_portal(rng, bound))
+    };
+    body.push(kind);
+    cstr(body, name);
+    format!("{}, {name:?}", kind as char)
+}
+
 fn fill(sql: &str, id: i32, rng: &mut Rng) -> String {
     sql.replace("{id}", &id.to_string())
         .replace("{n}", &rng.below(50).to_string())
@@ -243,14 +256,8 @@ fn batch(rng: &mut Rng, id: i32, leave_out: &[&str]) -> Batch {
                 b'B'
             }
             50..=61 => {
-                let (kind, name) = if rng.chance(50) {
-                    (b'S', *rng.pick(STATEMENTS))
-                } else {
-                    (b'P', used_portal(rng, bound))
-                };
-                body.push(kind);
-                cstr(&mut body, name);
-                let _ = write!(text, "Describe({}, {name:?}) ", kind as char);
+                let target = target(rng, bound, 50, &mut body);
+                let _ = write!(text, "Describe({target}) ");
                 b'D'
             }
             62..=84 => {
@@ -262,14 +269,8 @@ fn batch(rng: &mut Rng, id: i32, leave_out: &[&str]) -> Batch {
                 b'E'
             }
             85..=93 => {
-                let (kind, name) = if rng.chance(60) {
-                    (b'S', *rng.pick(STATEMENTS))
-                } else {
-                    (b'P', used_portal(rng, bound))
-                };
-                body.push(kind);
-                cstr(&mut body, name);
-                let _ = write!(text, "Close({}, {name:?}) ", kind as char);
+                let target = target(rng, bound, 60, &mut body);
+                let _ = write!(text, "Close({target}) ");
                 b'C'
             }
             _ => {
