@@ -36,10 +36,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hmac::{Hmac, KeyInit, Mac};
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
-use redis::{FromRedisValue, Script};
+use redis::FromRedisValue;
 use sha2::Sha256;
 
 use crate::key::Key;
+use crate::resp::{Command, Pipe, Subscriber, Target};
 use crate::tables::{Source, TableStats};
 use crate::versions::Versions;
 
@@ -115,10 +116,28 @@ pub struct L2Counters {
     pub flushes: AtomicU64,
 }
 
+/// A connection for commands: pgopt's own client on a plain node (see
+/// [`crate::resp`]), the redis crate's for TLS and Redis Cluster.
 #[derive(Clone)]
 enum Conn {
+    Plain(Arc<Pipe>),
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
+}
+
+/// A Lua script, run by its SHA1.
+struct Lua {
+    code: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Lua {
+        Lua {
+            code,
+            hash: redis::Script::new(code).get_hash().to_string(),
+        }
+    }
 }
 
 impl Conn {
@@ -126,27 +145,38 @@ impl Conn {
     /// when Redis does not have it (a restart, SCRIPT FLUSH, a new node).
     async fn eval<T: FromRedisValue>(
         &mut self,
-        script: &Script,
-        cmd: &redis::Cmd,
+        script: &Lua,
+        cmd: &mut Command,
     ) -> redis::RedisResult<T> {
         match self.query(cmd).await {
             Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-                match self {
-                    Conn::Single(c) => script.prepare_invoke().load_async(c).await?,
-                    Conn::Cluster(c) => script.prepare_invoke().load_async(c).await?,
-                };
+                let mut load = Command::new("SCRIPT");
+                load.arg("LOAD").arg(script.code);
+                self.query::<()>(&mut load).await?;
                 self.query(cmd).await
             }
             result => result,
         }
     }
 
-    async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        match self {
-            Conn::Single(c) => cmd.query_async(c).await,
-            Conn::Cluster(c) => cmd.query_async(c).await,
-        }
+    async fn query<T: FromRedisValue>(&mut self, cmd: &mut Command) -> redis::RedisResult<T> {
+        let value = match self {
+            Conn::Plain(pipe) => pipe.query(cmd).await?,
+            Conn::Single(c) => crate_cmd(cmd).query_async(c).await?,
+            Conn::Cluster(c) => crate_cmd(cmd).query_async(c).await?,
+        };
+        T::from_redis_value(&value)
     }
+}
+
+/// `cmd` as the redis crate's command.
+fn crate_cmd(cmd: &Command) -> redis::Cmd {
+    let mut args = cmd.args();
+    let mut c = redis::cmd(std::str::from_utf8(args.next().unwrap_or_default()).unwrap_or(""));
+    for a in args {
+        c.arg(a);
+    }
+    c
 }
 
 /// Raises version counters Redis lost increments of (gone back in time): KEYS are
@@ -275,10 +305,10 @@ pub struct L2 {
     instance_arg: String,
     seq_key: String,
     channel: String,
-    read: Script,
-    raise: Script,
-    write: Script,
-    beat: Script,
+    read: Lua,
+    raise: Lua,
+    write: Lua,
+    beat: Lua,
     pub counters: L2Counters,
     /// Tables written while Redis was unreachable: incremented once it is back.
     /// Each with a count of the commits that owed it, so a payment only clears
@@ -286,8 +316,7 @@ pub struct L2 {
     owed: Mutex<HashMap<String, u64>>,
     reconnect: Arc<tokio::sync::Notify>,
     /// Confirmations received per sequence number of this instance's messages.
-    acks: Mutex<HashMap<u64, u64>>,
-    acked: tokio::sync::Notify,
+    acks: Mutex<HashMap<u64, Acks>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// When this instance's latest heartbeat to come back on the bus was sent (or it
     /// subscribed), in ms since `epoch`, plus one (0: never): the instance serves only
@@ -318,6 +347,14 @@ struct Delivery {
     /// received (such tables get no entry, so the map stays bounded by what is
     /// cached): a table first read later counts from then.
     untracked: Option<Instant>,
+}
+
+/// Confirmations of one of this instance's messages, and its writer once it waits.
+#[derive(Debug, Default)]
+struct Acks {
+    received: u64,
+    /// How many the writer waits for, and how it is woken.
+    writer: Option<(u64, tokio::sync::oneshot::Sender<()>)>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -474,9 +511,9 @@ impl Drop for L2 {
 /// An EVALSHA of `script` with `keys` keys: the caller adds the keys, then the
 /// arguments. Each is copied into the command's one buffer as it is added (redis'
 /// `ScriptInvocation` keeps each in a `Vec` of its own and copies them again).
-fn eval(script: &Script, keys: usize) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(keys);
+fn eval(script: &Lua, keys: usize) -> Command {
+    let mut cmd = Command::new("EVALSHA");
+    cmd.arg(&script.hash).num(keys as u64);
     cmd
 }
 
@@ -497,18 +534,27 @@ fn number(n: &[u8]) -> Option<u64> {
     })
 }
 
-/// A random number from the OS-seeded hasher and the clock (ids and starting
-/// versions: unpredictable enough, not secret).
+/// A random number (ids and starting versions: unpredictable enough, not secret):
+/// splitmix64 over a counter that starts at a seed from the OS-seeded hasher and the
+/// clock. (A commit takes one per table: seeding each anew cost more than the rest
+/// of building its command.)
 fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        AtomicU64::new(h.finish())
+    });
+    let mut z = next.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A version counter's starting value: random, below 10^14 so Lua's numbers print
@@ -550,15 +596,14 @@ impl L2 {
             seq_key: format!("{}{{pgopt}}seq:{instance:x}", config.prefix),
             channel: format!("{}invalidations", config.prefix),
             conn: Mutex::new(None),
-            read: Script::new(READ),
-            raise: Script::new(RAISE),
-            write: Script::new(WRITE),
-            beat: Script::new(BEAT),
+            read: Lua::new(READ),
+            raise: Lua::new(RAISE),
+            write: Lua::new(WRITE),
+            beat: Lua::new(BEAT),
             counters: L2Counters::default(),
             owed: Mutex::new(HashMap::new()),
             reconnect: Arc::new(tokio::sync::Notify::new()),
             acks: Mutex::new(HashMap::new()),
-            acked: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
             heard: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -653,14 +698,13 @@ impl L2 {
     }
 
     /// Adds the version key of each table (`<prefix>{pgopt}v:<table>`) to `cmd`.
-    fn version_keys<'a>(&self, cmd: &mut redis::Cmd, tables: impl IntoIterator<Item = &'a str>) {
-        let mut key = String::with_capacity(self.config.prefix.len() + 64);
+    fn version_keys<'a>(&self, cmd: &mut Command, tables: impl IntoIterator<Item = &'a str>) {
         for table in tables {
-            key.clear();
-            key.push_str(&self.config.prefix);
-            key.push_str("{pgopt}v:");
-            key.push_str(table);
-            cmd.arg(key.as_str());
+            cmd.arg_with(&[
+                self.config.prefix.as_bytes(),
+                b"{pgopt}v:",
+                table.as_bytes(),
+            ]);
         }
     }
 
@@ -691,8 +735,8 @@ impl L2 {
     async fn call<T: FromRedisValue>(
         &self,
         what: &str,
-        script: &Script,
-        cmd: &redis::Cmd,
+        script: &Lua,
+        cmd: &mut Command,
     ) -> Option<T> {
         let mut conn = self.connection()?;
         match tokio::time::timeout(self.config.timeout, conn.eval::<T>(script, cmd)).await {
@@ -737,11 +781,11 @@ impl L2 {
         if want {
             cmd.arg(self.entry_key(key));
         }
-        cmd.arg(u8::from(want));
+        cmd.num(u64::from(want));
         for _ in tables {
-            cmd.arg(first_version());
+            cmd.num(first_version());
         }
-        let mut reply: Vec<Vec<u8>> = self.call("lookup", &self.read, &cmd).await?;
+        let mut reply: Vec<Vec<u8>> = self.call("lookup", &self.read, &mut cmd).await?;
         let ttl_left = if want { reply.pop() } else { None }
             .and_then(|t| std::str::from_utf8(&t).ok()?.parse::<u64>().ok())
             .map(Duration::from_millis);
@@ -811,16 +855,16 @@ impl L2 {
             self.mac_key(),
             self.config.compress_min,
         );
-        let mut cmd = redis::cmd("SET");
+        let mut cmd = Command::new("SET");
         cmd.arg(self.entry_key(key))
             .arg(payload.as_ref())
             .arg("PX")
-            .arg(
+            .num(
                 u64::try_from(ttl.as_millis())
                     .unwrap_or(u64::MAX)
                     .clamp(1, MAX_TTL_MS),
             );
-        match tokio::time::timeout(self.config.timeout, conn.query::<()>(&cmd)).await {
+        match tokio::time::timeout(self.config.timeout, conn.query::<()>(&mut cmd)).await {
             Ok(Ok(())) => {
                 self.counters.stored.fetch_add(1, Relaxed);
             }
@@ -842,10 +886,10 @@ impl L2 {
         let mut cmd = eval(&self.raise, seen.len());
         self.version_keys(&mut cmd, seen.iter().map(|(t, _)| t.as_str()));
         for (_, v) in seen {
-            cmd.arg(*v);
+            cmd.num(*v);
         }
         let raised: Vec<usize> = self
-            .call("raise", &self.raise, &cmd)
+            .call("raise", &self.raise, &mut cmd)
             .await
             .unwrap_or_default();
         let tables: Vec<String> = raised
@@ -887,10 +931,10 @@ impl L2 {
             cmd.arg(t.as_str());
         }
         for _ in tables {
-            cmd.arg(first_version());
+            cmd.num(first_version());
         }
-        cmd.arg(first_version());
-        let reply: Vec<u8> = self.call("publish", &self.write, &cmd).await?;
+        cmd.num(first_version());
+        let reply: Vec<u8> = self.call("publish", &self.write, &mut cmd).await?;
         let mut numbers = numbers(&reply).filter(|v| v.len() == tables.len() + 2)?;
         let receivers = numbers.pop()?;
         let seq = numbers.pop()?;
@@ -905,36 +949,36 @@ impl L2 {
     /// client hears it ended.
     async fn await_acks(&self, seq: u64, receivers: u64) {
         let started = std::time::Instant::now();
-        let done = async {
-            loop {
-                let acked = self.acked.notified();
-                tokio::pin!(acked);
-                acked.as_mut().enable();
-                {
-                    let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-                    if acks.get(&seq).copied().unwrap_or(0) >= receivers {
-                        acks.remove(&seq);
-                        return;
-                    }
-                }
-                acked.await;
+        // (Each writer is woken by its own confirmations alone.)
+        let confirmed = {
+            let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = acks.entry(seq).or_default();
+            if entry.received >= receivers {
+                acks.remove(&seq);
+                None
+            } else {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                entry.writer = Some((receivers, tx));
+                Some(rx)
             }
         };
-        if tokio::time::timeout(self.lease() + self.config.timeout, done)
-            .await
-            .is_err()
-        {
-            self.counters.ack_timeouts.fetch_add(1, Relaxed);
-            tracing::debug!(
-                seq,
-                receivers,
-                "not every instance confirmed an invalidation in time"
-            );
+        if let Some(confirmed) = confirmed {
+            if tokio::time::timeout(self.lease() + self.config.timeout, confirmed)
+                .await
+                .is_err()
+            {
+                self.counters.ack_timeouts.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    seq,
+                    receivers,
+                    "not every instance confirmed an invalidation in time"
+                );
+            }
+            self.acks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&seq);
         }
-        self.acks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&seq);
         self.counters.ack_waits.fetch_add(1, Relaxed);
         self.counters
             .ack_wait_us
@@ -944,14 +988,22 @@ impl L2 {
     /// A subscriber applied this instance's message `seq`.
     fn ack_received(&self, seq: u64) {
         let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        *acks.entry(seq).or_default() += 1;
-        // Confirmations that came after their writer stopped waiting: sequences only
-        // grow, so the old ones go.
-        if acks.len() > 4096 {
-            acks.retain(|&s, _| s + 1024 > seq);
+        let entry = acks.entry(seq).or_default();
+        entry.received += 1;
+        if entry
+            .writer
+            .as_ref()
+            .is_some_and(|(want, _)| entry.received >= *want)
+        {
+            if let Some((_, writer)) = acks.remove(&seq).and_then(|a| a.writer) {
+                let _ = writer.send(());
+            }
         }
-        drop(acks);
-        self.acked.notify_waiters();
+        // Confirmations that came after their writer stopped waiting: sequences only
+        // grow, so the old ones go (a writer still waiting removes its own).
+        if acks.len() > 4096 {
+            acks.retain(|&s, a| a.writer.is_some() || s + 1024 > seq);
+        }
     }
 
     /// Redis Cluster: the master that owns the `{pgopt}` slot, as the cluster names it
@@ -962,16 +1014,16 @@ impl L2 {
     async fn bus_owner(&self) -> Option<(String, u16)> {
         let mut conn = self.connection()?;
         let timeout = self.config.timeout.max(Duration::from_secs(1));
-        let mut keyslot = redis::cmd("CLUSTER");
+        let mut keyslot = Command::new("CLUSTER");
         // Every key of pgopt's has this hash tag (one slot, so scripts may touch them all).
         keyslot.arg("KEYSLOT").arg("{pgopt}");
-        let slot: i64 = tokio::time::timeout(timeout, conn.query(&keyslot))
+        let slot: i64 = tokio::time::timeout(timeout, conn.query(&mut keyslot))
             .await
             .ok()?
             .ok()?;
-        let mut slots = redis::cmd("CLUSTER");
+        let mut slots = Command::new("CLUSTER");
         slots.arg("SLOTS");
-        let ranges: redis::Value = tokio::time::timeout(timeout, conn.query(&slots))
+        let ranges: redis::Value = tokio::time::timeout(timeout, conn.query(&mut slots))
             .await
             .ok()?
             .ok()?;
@@ -1020,11 +1072,11 @@ impl L2 {
         let Some(mut conn) = self.connection() else {
             return;
         };
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(self.ack_channel(instance)).arg(seq);
+        let mut cmd = Command::new("PUBLISH");
+        cmd.arg(self.ack_channel(instance)).num(seq);
         let timeout = self.config.timeout;
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(timeout, conn.query::<()>(&cmd)).await;
+            let _ = tokio::time::timeout(timeout, conn.query::<()>(&mut cmd)).await;
         });
     }
 
@@ -1063,6 +1115,8 @@ impl L2 {
                 Ok(Conn::Cluster(
                     builder.build()?.get_async_connection().await?,
                 ))
+            } else if let Some(target) = Target::of(urls[0])? {
+                Ok(Conn::Plain(Arc::new(Pipe::connect(&target).await?)))
             } else {
                 let client = client(urls[0], self.ca.as_deref())?;
                 Ok(Conn::Single(
@@ -1127,9 +1181,9 @@ async fn keep_connected(l2: Weak<L2>) {
             cmd.arg(&this.seq_key)
                 .arg(&this.channel)
                 .arg(&this.instance_arg)
-                .arg(first_version())
-                .arg(this.now_ms());
-            let _: Option<String> = this.call("heartbeat", &this.beat, &cmd).await;
+                .num(first_version())
+                .num(this.now_ms());
+            let _: Option<String> = this.call("heartbeat", &this.beat, &mut cmd).await;
             this.pay_owed().await;
             HEARTBEAT
         };
@@ -1150,7 +1204,6 @@ async fn listen(
     tables: Arc<TableStats>,
     flush: Arc<dyn Fn() + Send + Sync>,
 ) {
-    use futures_util::StreamExt;
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(this) = l2.upgrade() else { return };
@@ -1181,14 +1234,12 @@ async fn listen(
         // owed tables and the beat itself, each up to `timeout`), is dropped.
         let silence = CHANNEL_SILENCE + this.config.timeout * 4;
         drop(this);
-        let subscribed = tokio::time::timeout(timeout, async {
-            let client = client(&url, ca.as_deref())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&[&channel, &acks]).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        })
+        let subscribed = tokio::time::timeout(
+            timeout,
+            Bus::subscribe(&url, ca.as_deref(), &[&channel, &acks]),
+        )
         .await;
-        let pubsub = match subscribed {
+        let mut bus = match subscribed {
             Ok(Ok(p)) => p,
             _ => {
                 tokio::time::sleep(backoff).await;
@@ -1208,7 +1259,6 @@ async fn listen(
         tracing::info!("subscribed to the cache's invalidation channel");
         drop(this);
         let mut last: HashMap<u64, u64> = HashMap::new();
-        let mut stream = pubsub.into_on_message();
         // Cluster: the slot may move (a failover, a resharding); subscribed on its old
         // node, this instance would no longer be waited for. A task of its own checks
         // every few seconds (off this loop: its round trips must not delay messages).
@@ -1218,29 +1268,44 @@ async fn listen(
         // Every instance (this one included) sends a heartbeat every HEARTBEAT: a
         // channel silent for CHANNEL_SILENCE is taken as dropped (a half-open
         // connection).
+        // (One timer and one wait for the whole subscription: re-arming them for
+        // each message cost more than applying it.)
+        let moved_away = moved.notified();
+        tokio::pin!(moved_away);
+        let quiet = tokio::time::sleep(silence);
+        tokio::pin!(quiet);
+        let mut heard = Instant::now();
         loop {
             let next = tokio::select! {
-                next = tokio::time::timeout(silence, stream.next()) => next,
-                _ = moved.notified() => {
+                biased;
+                next = bus.next() => next,
+                () = &mut quiet => {
+                    if heard.elapsed() < silence {
+                        quiet.as_mut().reset((heard + silence).into());
+                        continue;
+                    }
+                    None
+                }
+                () = &mut moved_away => {
                     tracing::warn!(
                         "the cache bus's slot moved to another Redis node: subscribing there"
                     );
                     break;
                 }
             };
-            let Ok(Some(msg)) = next else { break };
+            let Some((channel, payload)) = next else {
+                break;
+            };
+            heard = Instant::now();
             let Some(this) = l2.upgrade() else { return };
-            if msg.get_channel_name() == acks {
-                if let Some(seq) = std::str::from_utf8(msg.get_payload_bytes())
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                {
+            if channel == acks.as_bytes() {
+                if let Some(seq) = number(&payload) {
                     this.ack_received(seq);
                 }
                 continue;
             }
             this.counters.messages.fetch_add(1, Relaxed);
-            let payload = msg.get_payload_bytes();
+            let payload = &payload[..];
             // Another instance's commit counts per table (this one's counted locally).
             let foreign = write_of(payload).is_some_and(|(instance, _)| instance != this.instance);
             let applied = apply(
@@ -1279,6 +1344,39 @@ async fn listen(
         this.counters.flushes.fetch_add(1, Relaxed);
         tracing::warn!("the cache's invalidation channel dropped: the local cache is flushed");
         flush();
+    }
+}
+
+/// The bus's subscription: pgopt's own client on a plain node (see [`crate::resp`]),
+/// the redis crate's for TLS.
+enum Bus {
+    Plain(Subscriber),
+    Crate(redis::aio::PubSubStream),
+}
+
+impl Bus {
+    async fn subscribe(url: &str, ca: Option<&[u8]>, channels: &[&str]) -> redis::RedisResult<Bus> {
+        if let Some(target) = Target::of(url)? {
+            return Ok(Bus::Plain(Subscriber::subscribe(&target, channels).await?));
+        }
+        let mut pubsub = client(url, ca)?.get_async_pubsub().await?;
+        pubsub.subscribe(channels).await?;
+        Ok(Bus::Crate(pubsub.into_on_message()))
+    }
+
+    /// The next message's channel and payload; `None` once the subscription ended.
+    async fn next(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        use futures_util::StreamExt;
+        match self {
+            Bus::Plain(s) => s.next().await.ok(),
+            Bus::Crate(s) => {
+                let msg = s.next().await?;
+                Some((
+                    msg.get_channel_name().as_bytes().to_vec(),
+                    msg.get_payload_bytes().to_vec(),
+                ))
+            }
+        }
     }
 }
 

@@ -22,6 +22,7 @@ mod flight;
 mod key;
 mod l1;
 mod l2;
+mod resp;
 mod shared;
 mod tables;
 mod versions;

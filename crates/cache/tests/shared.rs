@@ -257,3 +257,53 @@ async fn redis_gone_back_in_time_never_validates_a_stale_value() {
         .unwrap();
     assert_eq!(value, "fresh");
 }
+
+/// pgopt's own Redis client (a plain `redis://` URL) logs in as a user, selects the
+/// database the URL names, and loads its scripts again when Redis forgot them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_a_database_and_forgotten_scripts() {
+    let redis = Redis::start().await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", "app", "on", ">s@cret pass", "~*", "&*", "+@all"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("redis://app:s%40cret%20pass@127.0.0.1:{}/3", redis.port());
+    let (a, b) = (start_at(url.clone()).await, start_at(url).await);
+    let fills = AtomicUsize::new(0);
+    assert_eq!(get(&a, &fills, "v1").await, "v1");
+    assert_eq!(get(&b, &fills, "other").await, "v1", "shared through Redis");
+    // The keys are in database 3, not 0.
+    let in_db0: Vec<String> = redis::cmd("KEYS")
+        .arg("pgopt:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(in_db0.is_empty(), "{in_db0:?}");
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    a.invalidate(&["projects"]).await;
+    assert_eq!(get(&b, &fills, "v2").await, "v2", "the write reached B");
+    assert_eq!(fills.load(Ordering::SeqCst), 2);
+    assert_eq!(a.l2.counters.publish_failures.load(Ordering::Relaxed), 0);
+
+    // A wrong password: never serving, every call fills, nothing fails.
+    let wrong = format!("redis://app:nope@127.0.0.1:{}/3", redis.port());
+    let c = SharedCache::start(
+        L1Config::default(),
+        RedisConfig {
+            url: wrong,
+            ..RedisConfig::default()
+        },
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!c.serving());
+    assert_eq!(get(&c, &fills, "v3").await, "v3");
+    assert_eq!(get(&c, &fills, "v4").await, "v4");
+}
