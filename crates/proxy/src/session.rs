@@ -31,7 +31,7 @@ pub type CancelTarget = Mutex<Option<Arc<CancelRoute>>>;
 pub type CancelSlot = Arc<CancelTarget>;
 
 /// Serves the client on `stream` (TCP or a Unix-domain socket, as accepted).
-pub async fn run(mut stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) {
+pub async fn run(stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) {
     let local_addr = match &stream {
         ClientStream::Plain(tcp) => {
             let _ = tcp.set_nodelay(true);
@@ -53,12 +53,7 @@ pub async fn run(mut stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) 
                 "closing because: no more connections allowed (max_client_conn)"
             );
         }
-        send_fatal(
-            &mut stream,
-            sqlstate::TOO_MANY_CONNECTIONS,
-            "no more connections allowed (max_client_conn)",
-        )
-        .await;
+        refuse_over_limit(stream, &shared).await;
         return;
     };
     let client = shared
@@ -94,6 +89,32 @@ pub async fn run(mut stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) 
             age_s = format!("{:.1}", age.as_secs_f64()),
             "closing because: {why}"
         );
+    }
+}
+
+/// A client over max_client_conn, refused after its start-up packet as PostgreSQL
+/// refuses one over max_connections: an ErrorResponse in answer to an SSLRequest
+/// reaches a user of libpq (since its 2024 releases) as "server sent an error response
+/// during SSL exchange", without the reason. A CancelRequest is forwarded, as ever: a
+/// pooler at its limit is when cancels matter most. Bounded in time as a login is.
+async fn refuse_over_limit(stream: ClientStream, shared: &Shared) {
+    const MOST: std::time::Duration = std::time::Duration::from_secs(10);
+    let limit = shared.config().client_login_timeout;
+    let wait = if limit.is_zero() {
+        MOST
+    } else {
+        limit.min(MOST)
+    };
+    let mut buf = BytesMut::with_capacity(1024);
+    if let Ok(Ok((mut stream, Some(_)))) =
+        tokio::time::timeout(wait, read_startup(stream, &mut buf, shared)).await
+    {
+        send_fatal(
+            &mut stream,
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "no more connections allowed (max_client_conn)",
+        )
+        .await;
     }
 }
 

@@ -1238,3 +1238,55 @@ async fn listen_also_takes_the_ipv6_wildcard_beside_the_ipv4_one() {
         client.simple_query("SELECT 1").await.unwrap();
     }
 }
+
+/// A client over `max_client_conn` is refused after its start-up packet, as
+/// PostgreSQL refuses one over max_connections: libpq, which asks for TLS first
+/// (sslmode=prefer), shows the reason — an answer to its SSLRequest would read "server
+/// sent an error response during SSL exchange". And a cancel still gets through.
+#[tokio::test]
+async fn over_max_client_conn_psql_reads_why_and_a_cancel_gets_through() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.max_client_conn = 1;
+    let proxy = Proxy::start(config).await.unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+
+    let psql = pg.binaries().program("psql");
+    let target = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app sslmode=prefer",
+        proxy.local_addr().port()
+    );
+    // (Off the runtime: the proxy serves on it too.)
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&psql)
+            .arg(target)
+            .args(["-X", "-c", "SELECT 1"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no more connections allowed (max_client_conn)"),
+        "{stderr}"
+    );
+
+    // The one client's query is cancelled over a connection max_client_conn has no
+    // room for.
+    let token = client.cancel_token();
+    let watcher = pg.connect("postgres").await.unwrap();
+    let canceller = tokio::spawn(async move {
+        common::wait_until_running(&watcher, "SELECT pg_sleep(20)").await;
+        token.cancel_query(NoTls).await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let err = client
+        .batch_execute("SELECT pg_sleep(20)")
+        .await
+        .unwrap_err();
+    canceller.await.unwrap();
+    assert_eq!(code(&err), Some("57014"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
