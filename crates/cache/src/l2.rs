@@ -353,8 +353,25 @@ struct Delivery {
 #[derive(Debug, Default)]
 struct Acks {
     received: u64,
-    /// How many the writer waits for, and how it is woken.
-    writer: Option<(u64, tokio::sync::oneshot::Sender<()>)>,
+    /// How many each writer waits for, and how it is woken. (More than one when
+    /// Redis, failed over, handed out a sequence number again.)
+    writers: Vec<(u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+/// Takes a writer that stopped waiting (woken, timed out or cancelled) out of the
+/// confirmations of its message, and the entry once no writer is left.
+struct StopWaiting<'a>(&'a L2, u64);
+
+impl Drop for StopWaiting<'_> {
+    fn drop(&mut self) {
+        let mut acks = self.0.acks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = acks.get_mut(&self.1) {
+            entry.writers.retain(|(_, w)| !w.is_closed());
+            if entry.writers.is_empty() {
+                acks.remove(&self.1);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -949,24 +966,35 @@ impl L2 {
     /// client hears it ended.
     async fn await_acks(&self, seq: u64, receivers: u64) {
         let started = std::time::Instant::now();
-        // (Each writer is woken by its own confirmations alone.)
+        let deadline = tokio::time::Instant::now() + self.lease() + self.config.timeout;
+        // (Each writer is woken by its own message's confirmations alone.)
         let confirmed = {
             let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
             let entry = acks.entry(seq).or_default();
             if entry.received >= receivers {
-                acks.remove(&seq);
+                if entry.writers.is_empty() {
+                    acks.remove(&seq);
+                }
                 None
             } else {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                entry.writer = Some((receivers, tx));
+                entry.writers.push((receivers, tx));
                 Some(rx)
             }
         };
         if let Some(confirmed) = confirmed {
-            if tokio::time::timeout(self.lease() + self.config.timeout, confirmed)
-                .await
-                .is_err()
-            {
+            // (Declared before the receiver, so it runs after the receiver is gone.)
+            let _stop = StopWaiting(self, seq);
+            let on_time = match tokio::time::timeout_at(deadline, confirmed).await {
+                Ok(Ok(())) => true,
+                // Not woken, yet nothing left to wake it: the lease is waited out.
+                Ok(Err(_)) => {
+                    tokio::time::sleep_until(deadline).await;
+                    false
+                }
+                Err(_) => false,
+            };
+            if !on_time {
                 self.counters.ack_timeouts.fetch_add(1, Relaxed);
                 tracing::debug!(
                     seq,
@@ -974,10 +1002,6 @@ impl L2 {
                     "not every instance confirmed an invalidation in time"
                 );
             }
-            self.acks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&seq);
         }
         self.counters.ack_waits.fetch_add(1, Relaxed);
         self.counters
@@ -990,19 +1014,20 @@ impl L2 {
         let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
         let entry = acks.entry(seq).or_default();
         entry.received += 1;
-        if entry
-            .writer
-            .as_ref()
-            .is_some_and(|(want, _)| entry.received >= *want)
-        {
-            if let Some((_, writer)) = acks.remove(&seq).and_then(|a| a.writer) {
+        let received = entry.received;
+        let mut i = 0;
+        while i < entry.writers.len() {
+            if received >= entry.writers[i].0 {
+                let (_, writer) = entry.writers.swap_remove(i);
                 let _ = writer.send(());
+            } else {
+                i += 1;
             }
         }
         // Confirmations that came after their writer stopped waiting: sequences only
-        // grow, so the old ones go (a writer still waiting removes its own).
+        // grow, so the old ones go (a writer still waiting takes out its own).
         if acks.len() > 4096 {
-            acks.retain(|&s, a| a.writer.is_some() || s + 1024 > seq);
+            acks.retain(|&s, a| a.writers.iter().any(|(_, w)| !w.is_closed()) || s + 1024 > seq);
         }
     }
 
@@ -1274,14 +1299,14 @@ async fn listen(
         tokio::pin!(moved_away);
         let quiet = tokio::time::sleep(silence);
         tokio::pin!(quiet);
-        let mut heard = Instant::now();
+        let mut heard = tokio::time::Instant::now();
         loop {
             let next = tokio::select! {
                 biased;
                 next = bus.next() => next,
                 () = &mut quiet => {
                     if heard.elapsed() < silence {
-                        quiet.as_mut().reset((heard + silence).into());
+                        quiet.as_mut().reset(heard + silence);
                         continue;
                     }
                     None
@@ -1296,7 +1321,7 @@ async fn listen(
             let Some((channel, payload)) = next else {
                 break;
             };
-            heard = Instant::now();
+            heard = tokio::time::Instant::now();
             let Some(this) = l2.upgrade() else { return };
             if channel == acks.as_bytes() {
                 if let Some(seq) = number(&payload) {

@@ -5,8 +5,9 @@
 //! The redis crate's multiplexed connection parses every reply with a combinator parser
 //! and passes each call through a task of its own, and its subscriber does the same for
 //! every message: with Redis, that was most of the 46,000 instructions a commit cost
-//! pgopt (docs/benchmarks.md). TLS (`rediss://`), Unix sockets and Redis Cluster stay
-//! on the redis crate ([`Target::of`] says which).
+//! pgopt (docs/benchmarks.md). TLS (`rediss://`), Unix sockets and Redis Cluster's
+//! commands stay on the redis crate ([`Target::of`] says which); on a cluster the
+//! bus's subscription, on the node that owns its slot, is this client's too.
 
 use std::collections::VecDeque;
 use std::io;
@@ -27,9 +28,15 @@ const MAX_ELEMENTS: usize = 1 << 24;
 const MAX_DEPTH: usize = 8;
 /// Room kept at the front of a command for its `*<count>\r\n`.
 const HEAD: usize = 16;
+/// A command longer than this is written by a task of its own, so that a caller who
+/// gives up on a slow write (a large value) leaves it whole for the calls behind it.
+const LONG_COMMAND: usize = 64 * 1024;
+/// A read buffer grown past this (a large reply) goes back to its usual size once
+/// empty.
+const BUF_KEEP: usize = 1 << 20;
 
-/// Where and as whom to connect: a plain TCP node.
-#[derive(Debug, Clone, PartialEq)]
+/// Where and as whom to connect: a plain TCP node. (No `Debug`: it holds a password.)
+#[derive(Clone)]
 pub struct Target {
     host: String,
     port: u16,
@@ -353,7 +360,7 @@ fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
 /// One connection many callers share: each command is written whole under a lock, and
 /// a reader task hands each reply to the caller next in line.
 pub struct Pipe {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     waiting: Arc<Mutex<Waiting>>,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -390,7 +397,7 @@ impl Pipe {
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let reader = tokio::spawn(read_replies(read, buf, waiting.clone()));
         Ok(Pipe {
-            writer: tokio::sync::Mutex::new(write),
+            writer: Arc::new(tokio::sync::Mutex::new(write)),
             waiting,
             reader,
         })
@@ -400,13 +407,26 @@ impl Pipe {
     pub async fn query(&self, cmd: &mut Command) -> RedisResult<Value> {
         let (tx, rx) = oneshot::channel();
         {
-            let mut writer = self.writer.lock().await;
+            let mut writer = self.writer.clone().lock_owned().await;
             {
                 let mut waiting = lock(&self.waiting);
                 if let Some(why) = &waiting.closed {
                     return Err(broken(why.clone()));
                 }
                 waiting.queue.push_back(tx);
+            }
+            if cmd.wire().len() > LONG_COMMAND {
+                // Written whole whatever the caller does (the lock goes with it).
+                let wire = cmd.wire().to_vec();
+                let waiting = self.waiting.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = writer.write_all(&wire).await {
+                        lock(&waiting).close(&format!("writing to Redis failed: {e}"));
+                    }
+                });
+                return rx
+                    .await
+                    .unwrap_or_else(|_| Err(broken("the connection was dropped")));
             }
             let mut cut_off = CutOff(Some(&self.waiting));
             if let Err(e) = writer.write_all(cmd.wire()).await {
@@ -443,6 +463,9 @@ async fn read_replies(mut read: OwnedReadHalf, mut buf: BytesMut, waiting: Arc<M
                     return;
                 }
             }
+        }
+        if buf.is_empty() && buf.capacity() > BUF_KEEP {
+            buf = BytesMut::with_capacity(16 * 1024);
         }
         buf.reserve(16 * 1024);
         match read.read_buf(&mut buf).await {

@@ -307,3 +307,38 @@ async fn a_user_a_database_and_forgotten_scripts() {
     assert_eq!(get(&c, &fills, "v3").await, "v3");
     assert_eq!(get(&c, &fills, "v4").await, "v4");
 }
+
+/// A value of several MB (written by a task of its own on pgopt's Redis connection)
+/// goes through Redis whole, and small calls behind it still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_value_is_shared_whole() {
+    let redis = Redis::start().await.unwrap();
+    let (a, b) = (start(&redis).await, start(&redis).await);
+    // Incompressible: lz4 leaves it at its size.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let big: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let big = Bytes::from(big);
+    let fill = |v: Bytes| move || async move { Ok::<_, ()>(v) };
+    let k = || key("SELECT * FROM big");
+    assert_eq!(
+        a.get_or_set(k(), &["big"], TTL, fill(big.clone()))
+            .await
+            .unwrap(),
+        big
+    );
+    let got = b
+        .get_or_set(k(), &["big"], TTL, fill(Bytes::from_static(b"refilled")))
+        .await
+        .unwrap();
+    assert!(got == big, "B read another value ({} bytes)", got.len());
+    let fills = AtomicUsize::new(0);
+    assert_eq!(get(&a, &fills, "small").await, "small");
+    assert_eq!(get(&b, &fills, "other").await, "small");
+}
