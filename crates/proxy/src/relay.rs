@@ -60,6 +60,15 @@ enum Lending {
 /// many they are forgotten (a Bind of a forgotten one counts as a write to anything).
 const MAX_PARSED: usize = 10_000;
 
+/// How `SET SESSION CHARACTERISTICS AS TRANSACTION …` is tracked (its statement, under
+/// PostgreSQL's name for it, lower-cased), and the settings it sets.
+const CHARACTERISTICS: &str = "session characteristics";
+const CHARACTERISTICS_SET: [&str; 3] = [
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "default_transaction_deferrable",
+];
+
 /// Largest read batch kept for a failover to another node.
 const MAX_FAILOVER_BYTES: usize = 64 * 1024;
 
@@ -2406,7 +2415,20 @@ impl Relay {
             self.resync.clear();
             return;
         };
-        let names = std::mem::take(&mut self.resync);
+        let mut names = std::mem::take(&mut self.resync);
+        // SET SESSION CHARACTERISTICS is tracked by its statement, under a name no
+        // setting has: it is read back as the three settings it sets (else the
+        // connection would keep them unknown to pgopt, for the next client).
+        if let Some(i) = names.iter().position(|n| n == CHARACTERISTICS) {
+            names.swap_remove(i);
+            self.settings
+                .adopt(CHARACTERISTICS, None, &mut server.conn.applied);
+            for name in CHARACTERISTICS_SET {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
         // A simple query: the server's unnamed statement is gone.
         self.unnamed_here = false;
         // SHOW takes no snapshot, so a REPEATABLE READ transaction's first snapshot
@@ -2414,8 +2436,7 @@ impl Relay {
         // setting, which may not exist) is read with current_setting(…, true).
         let mut values = Vec::with_capacity(names.len());
         for name in &names {
-            // (A name that is not a plain identifier — a dot, or the tracked "session
-            // characteristics" — is not one SHOW takes.)
+            // (A name that is not a plain identifier — a dot — is not one SHOW takes.)
             let plain = name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');

@@ -1290,3 +1290,60 @@ async fn over_max_client_conn_psql_reads_why_and_a_cancel_gets_through() {
     assert_eq!(code(&err), Some("57014"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+/// `SET SESSION CHARACTERISTICS` (default_transaction_isolation and its two siblings)
+/// read back after ROLLBACK TO SAVEPOINT by the settings it sets: it stays its
+/// client's, and never reaches another client on the same server connection.
+#[tokio::test]
+async fn session_characteristics_survive_a_rollback_to_savepoint_and_stay_their_clients() {
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    a.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .unwrap();
+    for sql in [
+        "BEGIN",
+        "SAVEPOINT s",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        "ROLLBACK TO SAVEPOINT s",
+        "COMMIT",
+    ] {
+        a.batch_execute(sql).await.unwrap();
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            show(&a, "default_transaction_isolation").await,
+            "serializable"
+        );
+        assert_eq!(show(&a, "default_transaction_read_only").await, "off");
+        assert_eq!(
+            show(&other, "default_transaction_isolation").await,
+            "read committed"
+        );
+    }
+    // Kept past the savepoint: it stays.
+    for sql in [
+        "BEGIN",
+        "SAVEPOINT s",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+        "SAVEPOINT t",
+        "SET work_mem = '5MB'",
+        "ROLLBACK TO SAVEPOINT t",
+        "COMMIT",
+    ] {
+        a.batch_execute(sql).await.unwrap();
+    }
+    for _ in 0..2 {
+        assert_eq!(show(&a, "default_transaction_read_only").await, "on");
+        assert_eq!(
+            show(&a, "default_transaction_isolation").await,
+            "serializable"
+        );
+        assert_eq!(show(&other, "default_transaction_read_only").await, "off");
+        assert_eq!(
+            show(&other, "default_transaction_isolation").await,
+            "read committed"
+        );
+    }
+}
