@@ -181,7 +181,7 @@ pub async fn run(args: AdviseArgs, thresholds: &Thresholds) -> anyhow::Result<Ex
             out
         }
     };
-    print!("{out}");
+    out_str!("{out}");
     if let (Ok(report), true) = (&indexes, args.apply) {
         apply(&client, report, &args).await?;
     }
@@ -462,7 +462,7 @@ async fn apply(
         };
         bar.finish_and_clear();
         match result {
-            Ok(()) => eprintln!("done: {sql}"),
+            Ok(()) => err!("done: {sql}"),
             Err(e) => {
                 let message = e
                     .as_db_error()

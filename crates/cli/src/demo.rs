@@ -63,14 +63,14 @@ pub async fn run(config: &DemoConfig, args: DemoArgs) -> anyhow::Result<()> {
     tokio::select! {
         result = demo(settings, no_wait) => result,
         _ = crate::shutdown_signal() => {
-            eprintln!("\nInterrupted; stopping the embedded PostgreSQL.");
+            err!("\nInterrupted; stopping the embedded PostgreSQL.");
             Ok(())
         }
     }
 }
 
 async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
-    eprintln!("Starting an embedded PostgreSQL…");
+    err!("Starting an embedded PostgreSQL…");
     let mut builder = Postgres::builder();
     if settings.replicas.get() > 0 {
         // Commits flushed and streamed at once, as in production (the throwaway
@@ -84,7 +84,7 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
         .start()
         .await
         .context("starting the embedded PostgreSQL")?;
-    println!(
+    out!(
         "PostgreSQL {} on 127.0.0.1:{} (files in {}, deleted on exit)",
         pg.binaries().major,
         pg.port(),
@@ -123,7 +123,7 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     .await
     .context("loading the saas sample")?;
     bar.finish_and_clear();
-    println!(
+    out!(
         "Loaded {} rows into {} tables in {:.1} s (scale {}, seed {})",
         thousands(load.total_rows),
         load.rows_per_table.len(),
@@ -143,11 +143,11 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
 
     let mut replicas = Vec::new();
     for _ in 0..settings.replicas.get() {
-        eprintln!("Starting a streaming replica (pg_basebackup)…");
+        err!("Starting a streaming replica (pg_basebackup)…");
         let replica = Postgres::start_replica(&pg)
             .await
             .context("starting a streaming replica")?;
-        println!(
+        out!(
             "Replica on 127.0.0.1:{} (streaming from the primary)",
             replica.port()
         );
@@ -174,7 +174,7 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     let n_plus_one_top_up = match top_up_n_plus_one(&proxy, &through, &workload_opts).await {
         Ok(runs) => runs,
         Err(e) => {
-            eprintln!("(running the workload's N+1 pattern once more failed: {e:#})");
+            err!("(running the workload's N+1 pattern once more failed: {e:#})");
             0
         }
     };
@@ -210,7 +210,7 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     .await?;
 
     print_report("Workload", &direct, &workload_opts);
-    println!(
+    out!(
         "Through pgopt proxy: {} clients on {pool_size} server connections (transaction pooling)",
         workload_opts.clients
     );
@@ -223,45 +223,45 @@ async fn demo(settings: DemoConfig, no_wait: bool) -> anyhow::Result<()> {
     );
     print_comparison("pgopt with the result cache", &direct, &cached);
     if let Err(e) = print_cache_figures(&cached_proxy, pg.user()).await {
-        println!("(cache figures unavailable: {e:#})");
+        out!("(cache figures unavailable: {e:#})");
     }
     if let Err(e) = print_pool_figures(&proxy, pg.user()).await {
-        println!("(pool figures unavailable: {e:#})");
+        out!("(pool figures unavailable: {e:#})");
     }
     if !replicas.is_empty() {
         if let Err(e) = print_replica_split(&proxy, pg.user()).await {
-            println!("(replica figures unavailable: {e:#})");
+            out!("(replica figures unavailable: {e:#})");
         }
     }
     if n_plus_one_top_up > 0 {
-        println!(
+        out!(
             "\n(The run through pgopt ended before the workload's N+1 pattern came up; it was run \
              {n_plus_one_top_up} more time(s) through pgopt after the measurement.)"
         );
     }
     if let Err(e) = print_query_insight(&proxy, pg.user()).await {
-        println!("(query insight unavailable: {e:#})");
+        out!("(query insight unavailable: {e:#})");
     }
 
-    println!("\nConnect:  {}", pg.psql_command("saas"));
-    println!(
+    out!("\nConnect:  {}", pg.psql_command("saas"));
+    out!(
         "Through pgopt:  psql -h 127.0.0.1 -p {} -U postgres saas",
         proxy.local_addr().port()
     );
-    println!(
+    out!(
         "Admin:    psql -h 127.0.0.1 -p {} -U {} pgopt   (SHOW QUERIES, SHOW NPLUS1, SHOW POOLS, SHOW HELP)",
         proxy.local_addr().port(),
         pg.user()
     );
     if let Some(addr) = proxy.admin_addr() {
-        println!("Metrics:  http://{addr}/metrics");
-        println!("Insight:  http://{addr}/api/queries   (also /api/slow, /api/nplus1)");
+        out!("Metrics:  http://{addr}/metrics");
+        out!("Insight:  http://{addr}/api/queries   (also /api/slow, /api/nplus1)");
     }
-    println!("URL:      {}", pg.url("saas"));
+    out!("URL:      {}", pg.url("saas"));
     if no_wait {
         return Ok(());
     }
-    println!("Press Ctrl-C to stop; the database is deleted on exit.");
+    out!("Press Ctrl-C to stop; the database is deleted on exit.");
     std::future::pending::<()>().await;
     Ok(())
 }
@@ -346,10 +346,14 @@ fn cell(row: &tokio_postgres::SimpleQueryRow, column: &str) -> String {
 async fn print_query_insight(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
     let admin = admin_console(proxy, user).await?;
     let queries = show(&admin, "QUERIES").await?;
-    println!("\nBusiest query shapes through pgopt (SHOW QUERIES, by total time):");
-    println!(
+    out!("\nBusiest query shapes through pgopt (SHOW QUERIES, by total time):");
+    out!(
         "  {:>7} {:>8} {:>8} {:>8} {:>9}  query",
-        "calls", "p50 ms", "p95 ms", "p99 ms", "total ms"
+        "calls",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "total ms"
     );
     for r in queries.iter().take(8) {
         let mut query = cell(r, "query")
@@ -359,7 +363,7 @@ async fn print_query_insight(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::
         if query.chars().count() > 70 {
             query = query.chars().take(69).collect::<String>() + "…";
         }
-        println!(
+        out!(
             "  {:>7} {:>8} {:>8} {:>8} {:>9.0}  {query}",
             cell(r, "calls"),
             cell(r, "p50_ms"),
@@ -369,11 +373,11 @@ async fn print_query_insight(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::
         );
     }
     let mut findings = show(&admin, "NPLUS1").await?;
-    println!("N+1 findings (SHOW NPLUS1): {}", findings.len());
+    out!("N+1 findings (SHOW NPLUS1): {}", findings.len());
     // Loops inside a transaction first (the classic N+1), newest first within each kind.
     findings.sort_by_key(|f| cell(f, "kind") != "transaction");
     for f in findings.iter().take(3) {
-        println!(
+        out!(
             "  {} × {} ({}) from {}",
             cell(f, "count"),
             cell(f, "query"),
@@ -430,9 +434,9 @@ async fn top_up_n_plus_one(
 async fn print_replica_split(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::Result<()> {
     let admin = admin_console(proxy, user).await?;
     let rows = show(&admin, "REPLICAS").await?;
-    println!("Read/write split (SHOW REPLICAS):");
+    out!("Read/write split (SHOW REPLICAS):");
     for r in &rows {
-        println!(
+        out!(
             "  {:<8} {}:{:<6} {:<8} reads {:>8}  writes {:>7}  lag {} bytes / {} ms",
             cell(r, "role"),
             cell(r, "host"),
@@ -462,7 +466,7 @@ async fn print_pool_figures(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::R
     for r in stats.iter().filter(|r| r.get("database") == Some("saas")) {
         let xacts = num(r, "total_xact_count");
         let wait = num(r, "total_wait_time");
-        println!(
+        out!(
             "Pool (SHOW STATS): {} transactions, {} queries, {:.1} MB out; clients waited {} µs \
              for a server on average; {servers} server connections open (SHOW SERVERS)",
             xacts,
@@ -502,7 +506,7 @@ async fn run_workload(
 
 fn print_report(title: &str, report: &WorkloadReport, opts: &WorkloadOptions) {
     let secs = report.elapsed.as_secs_f64();
-    println!(
+    out!(
         "{title}: {} clients for {:.1} s: {} queries ({:.0}/s), {} errors",
         opts.clients,
         secs,
@@ -510,12 +514,17 @@ fn print_report(title: &str, report: &WorkloadReport, opts: &WorkloadOptions) {
         report.total_calls as f64 / secs.max(1e-9),
         report.total_errors
     );
-    println!(
+    out!(
         "\n  {:<12} {:>9} {:>7} {:>9} {:>9} {:>9}",
-        "query group", "queries", "errors", "p50 ms", "p95 ms", "p99 ms"
+        "query group",
+        "queries",
+        "errors",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms"
     );
     for g in &report.groups {
-        println!(
+        out!(
             "  {:<12} {:>9} {:>7} {:>9.2} {:>9.2} {:>9.2}",
             g.group,
             thousands(g.calls),
@@ -526,9 +535,9 @@ fn print_report(title: &str, report: &WorkloadReport, opts: &WorkloadOptions) {
         );
     }
     if let Some((name, message)) = report.first_error() {
-        println!("\n  first error ({name}): {message}");
+        out!("\n  first error ({name}): {message}");
     }
-    println!();
+    out!();
 }
 
 /// What the result cache did in the third run: SHOW CACHE.
@@ -538,7 +547,7 @@ async fn print_cache_figures(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::
     let Some(row) = rows.first() else {
         return Ok(());
     };
-    println!(
+    out!(
         "Result cache (SHOW CACHE): hit ratio {}, {} hits, {} misses, {} invalidating transactions, {} entries; pgopt's time on a hit p50 <= {} us, p99 <= {} us\n",
         cell(row, "hit_ratio"),
         cell(row, "hits"),
@@ -554,7 +563,7 @@ async fn print_cache_figures(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::
 /// Throughput and median latency through `what` relative to direct, measured in this run.
 fn print_comparison(what: &str, direct: &WorkloadReport, proxied: &WorkloadReport) {
     let qps = |r: &WorkloadReport| r.total_calls as f64 / r.elapsed.as_secs_f64().max(1e-9);
-    println!(
+    out!(
         "{what} / direct, this run: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (replicas, if any, share this machine's cores)\n",
         qps(proxied) / qps(direct).max(1e-9),
         proxied.p50_us as f64 / (direct.p50_us as f64).max(1.0),

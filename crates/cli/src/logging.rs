@@ -18,7 +18,10 @@ pub fn init(config: &LoggingConfig) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A stderr nobody reads any more drops the line: reporting that on stderr
+        // (the default) would panic.
+        .log_internal_errors(false);
     let _ = match config.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

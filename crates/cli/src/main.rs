@@ -1,5 +1,32 @@
 //! `pgopt`: one binary for the proxy, the advisor, operations and the demo.
 
+/// `println!` that never panics: a stdout nobody reads any more (`pgopt … | head`, a
+/// log collector gone) drops the line instead of taking pgopt down.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!`, as [`out!`].
+macro_rules! out_str {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout();
+        let _ = write!(stdout, $($arg)*);
+        let _ = stdout.flush();
+    }};
+}
+
+/// `eprintln!`, as [`out!`].
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod advise;
 mod auth_file;
 mod config;
@@ -74,7 +101,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pgopt: error: {e:#}");
+            err!("pgopt: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -88,9 +115,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let converted =
             from_pgbouncer::convert(&file.display().to_string()).map_err(|e| anyhow::anyhow!(e))?;
         for note in &converted.notes {
-            eprintln!("note: {note}");
+            err!("note: {note}");
         }
-        print!("{}", converted.toml);
+        out_str!("{}", converted.toml);
         return Ok(ExitCode::SUCCESS);
     }
     let file = cli.config.clone().or_else(|| {
@@ -128,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(advise::run(args, &loaded.config.advise))
         }
         Command::Config(ConfigCommand::Print) => {
-            print!("{}", toml::to_string_pretty(&loaded.config)?);
+            out_str!("{}", toml::to_string_pretty(&loaded.config)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check { .. } | ConfigCommand::FromPgbouncer { .. }) => {
@@ -144,11 +171,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         .and_then(|loaded| proxy::check_files(&loaded.config).map_err(|e| e.to_string()));
     match checked {
         Ok(()) => {
-            println!("{}: ok", file.display());
+            out!("{}: ok", file.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{e}");
+            err!("{e}");
             ExitCode::FAILURE
         }
     }

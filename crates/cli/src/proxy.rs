@@ -81,7 +81,7 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
     let proxy = pgopt_proxy::Proxy::start(proxy_config)
         .await
         .context("starting the proxy")?;
-    println!(
+    out!(
         "pgopt proxy on {} ({:?} pooling, {} server connections per database and user)",
         proxy.local_addr(),
         mode,
@@ -101,13 +101,13 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
             ),
         };
         if db.name == pgopt_proxy::FALLBACK_DATABASE {
-            println!(
+            out!(
                 "Any other database → {}, the database of the client's name{own_pool}",
                 db.servers_text()
             );
             continue;
         }
-        println!(
+        out!(
             "Database {} → {}/{}{replicas}{own_pool}:  psql -h {} -p {} {}",
             db.name,
             db.servers_text(),
@@ -118,10 +118,10 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(addr) = proxy.admin_addr() {
-        println!("Metrics:  http://{addr}/metrics");
+        out!("Metrics:  http://{addr}/metrics");
     }
     if let Some(user) = admin_users.first() {
-        println!(
+        out!(
             "Admin:    psql -h {} -p {} -U {user} pgopt   (SHOW HELP)",
             proxy.local_addr().ip(),
             proxy.local_addr().port()
@@ -155,17 +155,17 @@ async fn serve_signals(proxy: &pgopt_proxy::Proxy) -> anyhow::Result<()> {
                     .await
                     .unwrap_or_else(|e| Err(format!("the reload stopped: {e}")));
                 match reloaded {
-                    Ok(()) => eprintln!("pgopt proxy: configuration reloaded"),
-                    Err(e) => eprintln!("pgopt proxy: reload failed, keeping the running configuration: {e}"),
+                    Ok(()) => err!("pgopt proxy: configuration reloaded"),
+                    Err(e) => err!("pgopt proxy: reload failed, keeping the running configuration: {e}"),
                 }
             }
             _ = crate::shutdown_signal() => {
                 if draining {
-                    eprintln!("pgopt proxy: stopping now");
+                    err!("pgopt proxy: stopping now");
                     return Ok(());
                 }
                 draining = true;
-                eprintln!("pgopt proxy: shutting down, letting transactions finish (again to stop now)");
+                err!("pgopt proxy: shutting down, letting transactions finish (again to stop now)");
                 handle.shutdown();
             }
         }

@@ -1229,3 +1229,43 @@ fn config_check_names_the_line_of_a_bad_ident_file() {
         std::fs::remove_file(path).unwrap();
     }
 }
+
+/// `pgopt proxy` whose stdout and stderr are pipes nobody reads any more (`pgopt proxy
+/// | head -1`, a log collector gone) keeps serving, and stops on SIGTERM: a line it
+/// cannot write is dropped, never a panic that leaves the process hung.
+#[test]
+fn proxy_with_its_output_closed_serves_and_stops_on_sigterm() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pg = runtime.block_on(pgopt_embedded::Postgres::start()).unwrap();
+    let port = pgopt_embedded::free_port().unwrap();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &pg.url("postgres")])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads them: every write from now on fails with EPIPE.
+    drop(proxy.stdout.take());
+    drop(proxy.stderr.take());
+    for _ in 0..2 {
+        let out = psql_through(&pg, port, "postgres", "SELECT 41 + 1");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "42");
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(proxy.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = proxy.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = proxy.kill();
+            panic!("pgopt proxy did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
