@@ -96,9 +96,32 @@ pub async fn run(stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) {
 /// refuses one over max_connections: an ErrorResponse in answer to an SSLRequest
 /// reaches a user of libpq (since its 2024 releases) as "server sent an error response
 /// during SSL exchange", without the reason. A CancelRequest is forwarded, as ever: a
-/// pooler at its limit is when cancels matter most. Bounded in time as a login is.
-async fn refuse_over_limit(stream: ClientStream, shared: &Shared) {
-    const MOST: std::time::Duration = std::time::Duration::from_secs(10);
+/// pooler at its limit is when cancels matter most. Bounded in time as a login is, and
+/// in number.
+async fn refuse_over_limit(mut stream: ClientStream, shared: &Shared) {
+    const MOST: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Clients being refused this way at once: past it, a flood of connections is
+    /// answered at once without reading anything (sockets and handshakes stay bounded,
+    /// as PostgreSQL bounds its children still starting up).
+    const AT_ONCE: usize = 256;
+    static REFUSING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    struct Refusing;
+    impl Drop for Refusing {
+        fn drop(&mut self) {
+            REFUSING.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    if REFUSING.fetch_add(1, Ordering::Relaxed) >= AT_ONCE {
+        REFUSING.fetch_sub(1, Ordering::Relaxed);
+        send_fatal(
+            &mut stream,
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "no more connections allowed (max_client_conn)",
+        )
+        .await;
+        return;
+    }
+    let _refusing = Refusing;
     let limit = shared.config().client_login_timeout;
     let wait = if limit.is_zero() {
         MOST
