@@ -31,6 +31,8 @@ const HEAD: usize = 16;
 /// A command longer than this is written by a task of its own, so that a caller who
 /// gives up on a slow write (a large value) leaves it whole for the calls behind it.
 const LONG_COMMAND: usize = 64 * 1024;
+/// How long such a write may take.
+const LONG_WRITE: std::time::Duration = std::time::Duration::from_secs(30);
 /// A read buffer grown past this (a large reply) goes back to its usual size once
 /// empty.
 const BUF_KEEP: usize = 1 << 20;
@@ -420,8 +422,14 @@ impl Pipe {
                 let wire = cmd.wire().to_vec();
                 let waiting = self.waiting.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = writer.write_all(&wire).await {
-                        lock(&waiting).close(&format!("writing to Redis failed: {e}"));
+                    // (Bounded: a Redis that stopped reading must not keep the socket.)
+                    let write = tokio::time::timeout(LONG_WRITE, writer.write_all(&wire));
+                    match write.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            lock(&waiting).close(&format!("writing to Redis failed: {e}"))
+                        }
+                        Err(_) => lock(&waiting).close("a long write to Redis timed out"),
                     }
                 });
                 return rx
