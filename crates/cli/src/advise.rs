@@ -181,7 +181,7 @@ pub async fn run(args: AdviseArgs, thresholds: &Thresholds) -> anyhow::Result<Ex
             out
         }
     };
-    out_str!("{out}");
+    crate::emit(&out)?;
     if let (Ok(report), true) = (&indexes, args.apply) {
         apply(&client, report, &args).await?;
     }

@@ -9,14 +9,20 @@ macro_rules! out {
     }};
 }
 
-/// `print!`, as [`out!`].
-macro_rules! out_str {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout();
-        let _ = write!(stdout, $($arg)*);
-        let _ = stdout.flush();
-    }};
+/// A command's whole output (a config, a report): written and flushed, and a failure
+/// is the command's — but for a reader that left (`| head`), which ends it quietly.
+pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing the output"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `eprintln!`, as [`out!`].
@@ -117,7 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         for note in &converted.notes {
             err!("note: {note}");
         }
-        out_str!("{}", converted.toml);
+        emit(&converted.toml)?;
         return Ok(ExitCode::SUCCESS);
     }
     let file = cli.config.clone().or_else(|| {
@@ -155,7 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(advise::run(args, &loaded.config.advise))
         }
         Command::Config(ConfigCommand::Print) => {
-            out_str!("{}", toml::to_string_pretty(&loaded.config)?);
+            emit(&toml::to_string_pretty(&loaded.config)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check { .. } | ConfigCommand::FromPgbouncer { .. }) => {

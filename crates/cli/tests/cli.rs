@@ -1269,3 +1269,41 @@ fn proxy_with_its_output_closed_serves_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// A command whose whole purpose is its output fails when the output can't be written
+/// (a full disk), and says so; a reader that left (`| head`) ends it quietly.
+#[test]
+fn config_print_to_a_full_disk_fails_and_to_a_closed_pipe_ends_quietly() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["config", "print"])
+        .env_remove("PGOPT_CONFIG")
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("writing the output"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["config", "print"])
+        .env_remove("PGOPT_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
