@@ -223,10 +223,9 @@ async fn a_dead_server_gives_clients_08006_and_the_proxy_recovers() {
     }
 }
 
-#[tokio::test]
-async fn cancel_reaches_the_running_query() {
-    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
-    let client = connect(&proxy, "postgres", None).await.unwrap();
+/// `SELECT pg_sleep(20)` through `client`, cancelled with its cancel token once the
+/// server runs it: 57014, well before the sleep would end.
+async fn sleep_is_cancelled(pg: &Postgres, client: &tokio_postgres::Client) {
     let token = client.cancel_token();
     let watcher = pg.connect("postgres").await.unwrap();
     let canceller = tokio::spawn(async move {
@@ -241,6 +240,13 @@ async fn cancel_reaches_the_running_query() {
     canceller.await.unwrap();
     assert_eq!(code(&err), Some("57014"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_running_query() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    sleep_is_cancelled(&pg, &client).await;
     client.batch_execute("SELECT 1").await.unwrap();
 }
 
@@ -1275,20 +1281,7 @@ async fn over_max_client_conn_psql_reads_why_and_a_cancel_gets_through() {
 
     // The one client's query is cancelled over a connection max_client_conn has no
     // room for.
-    let token = client.cancel_token();
-    let watcher = pg.connect("postgres").await.unwrap();
-    let canceller = tokio::spawn(async move {
-        common::wait_until_running(&watcher, "SELECT pg_sleep(20)").await;
-        token.cancel_query(NoTls).await.unwrap();
-    });
-    let started = std::time::Instant::now();
-    let err = client
-        .batch_execute("SELECT pg_sleep(20)")
-        .await
-        .unwrap_err();
-    canceller.await.unwrap();
-    assert_eq!(code(&err), Some("57014"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(15));
+    sleep_is_cancelled(&pg, &client).await;
 }
 
 /// `SET SESSION CHARACTERISTICS` (default_transaction_isolation and its two siblings)
