@@ -983,7 +983,8 @@ impl L2 {
             }
         };
         if let Some(confirmed) = confirmed {
-            // (Declared before the receiver, so it runs after the receiver is gone.)
+            // (Dropped after the wait, which takes the receiver with it; a receiver
+            // still alive then is closed by the next sweep in `ack_received`.)
             let _stop = StopWaiting(self, seq);
             let on_time = match tokio::time::timeout_at(deadline, confirmed).await {
                 Ok(Ok(())) => true,

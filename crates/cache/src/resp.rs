@@ -432,17 +432,15 @@ impl Pipe {
                         Err(_) => lock(&waiting).close("a long write to Redis timed out"),
                     }
                 });
-                return rx
-                    .await
-                    .unwrap_or_else(|_| Err(broken("the connection was dropped")));
-            }
-            let mut cut_off = CutOff(Some(&self.waiting));
-            if let Err(e) = writer.write_all(cmd.wire()).await {
-                lock(&self.waiting).close(&format!("writing to Redis failed: {e}"));
+            } else {
+                let mut cut_off = CutOff(Some(&self.waiting));
+                let written = writer.write_all(cmd.wire()).await;
                 cut_off.0 = None;
-                return Err(e.into());
+                if let Err(e) = written {
+                    lock(&self.waiting).close(&format!("writing to Redis failed: {e}"));
+                    return Err(e.into());
+                }
             }
-            cut_off.0 = None;
         }
         rx.await
             .unwrap_or_else(|_| Err(broken("the connection was dropped")))

@@ -60,15 +60,6 @@ enum Lending {
 /// many they are forgotten (a Bind of a forgotten one counts as a write to anything).
 const MAX_PARSED: usize = 10_000;
 
-/// How `SET SESSION CHARACTERISTICS AS TRANSACTION …` is tracked (its statement, under
-/// PostgreSQL's name for it, lower-cased), and the settings it sets.
-const CHARACTERISTICS: &str = "session characteristics";
-const CHARACTERISTICS_SET: [&str; 3] = [
-    "default_transaction_isolation",
-    "default_transaction_read_only",
-    "default_transaction_deferrable",
-];
-
 /// Largest read batch kept for a failover to another node.
 const MAX_FAILOVER_BYTES: usize = 64 * 1024;
 
@@ -2419,11 +2410,17 @@ impl Relay {
         // SET SESSION CHARACTERISTICS is tracked by its statement, under a name no
         // setting has: it is read back as the three settings it sets (else the
         // connection would keep them unknown to pgopt, for the next client).
-        if let Some(i) = names.iter().position(|n| n == CHARACTERISTICS) {
+        if let Some(i) = names
+            .iter()
+            .position(|n| n == session_state::CHARACTERISTICS)
+        {
             names.swap_remove(i);
-            self.settings
-                .adopt(CHARACTERISTICS, None, &mut server.conn.applied);
-            for name in CHARACTERISTICS_SET {
+            self.settings.adopt(
+                session_state::CHARACTERISTICS,
+                None,
+                &mut server.conn.applied,
+            );
+            for name in session_state::CHARACTERISTICS_SET {
                 if !names.iter().any(|n| n == name) {
                     names.push(name.to_string());
                 }

@@ -36,6 +36,15 @@ pub struct Applied {
     version: u64,
 }
 
+/// How `SET SESSION CHARACTERISTICS AS TRANSACTION …` is tracked (its statement, under
+/// PostgreSQL's name for it, lower-cased), and the settings it sets.
+pub const CHARACTERISTICS: &str = "session characteristics";
+pub const CHARACTERISTICS_SET: [&str; 3] = [
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "default_transaction_deferrable",
+];
+
 /// Settings whose value is a list of quoted items (PostgreSQL's GUC_LIST_QUOTE):
 /// `SET name TO 'a, b'` would make it one item.
 const LIST_QUOTE: &[&str] = &[
