@@ -218,11 +218,11 @@ return {table.concat(out, ' ')}
 ";
 
 /// A commit: KEYS[1] the instance's sequence, then versions; ARGV: channel, instance,
-/// the tables' names, random values for missing versions, a random start for a
-/// missing sequence (a restarted sequence never reuses numbers whose late
-/// confirmations may still arrive). Increments the versions, publishes
-/// `w\0instance\0seq\0table\0version…`, returns the new versions, the sequence number
-/// and how many subscribers got the message, joined by spaces.
+/// the message's id (unique in the instance's life: what subscribers confirm), the
+/// tables' names, random values for missing versions, a random start for a missing
+/// sequence. Increments the versions, publishes
+/// `w\0instance\0seq\0id\0table\0version…`, returns the new versions, the sequence
+/// number and how many subscribers got the message, joined by spaces.
 const WRITE: &str = r"
 local seq
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -233,7 +233,7 @@ else
 end
 redis.call('EXPIRE', KEYS[1], 86400)
 local n = #KEYS - 1
-local msg = 'w\0' .. ARGV[2] .. '\0' .. string.format('%d', seq)
+local msg = 'w\0' .. ARGV[2] .. '\0' .. string.format('%d', seq) .. '\0' .. ARGV[3]
 local out = {}
 for i = 1, n do
   local k = KEYS[i + 1]
@@ -241,11 +241,11 @@ for i = 1, n do
   if redis.call('EXISTS', k) == 1 then
     v = string.format('%d', redis.call('INCR', k))
   else
-    v = ARGV[2 + n + i]
+    v = ARGV[3 + n + i]
     redis.call('SET', k, v)
   end
   out[i] = v
-  msg = msg .. '\0' .. ARGV[2 + i] .. '\0' .. v
+  msg = msg .. '\0' .. ARGV[3 + i] .. '\0' .. v
 end
 out[n + 1] = string.format('%d', seq)
 out[n + 2] = string.format('%d', redis.call('PUBLISH', ARGV[1], msg))
@@ -315,8 +315,12 @@ pub struct L2 {
     /// what it covered.
     owed: Mutex<HashMap<String, u64>>,
     reconnect: Arc<tokio::sync::Notify>,
-    /// Confirmations received per sequence number of this instance's messages.
+    /// Confirmations received per id of this instance's messages. (Not per sequence
+    /// number: after a failover Redis may hand one out again, while writers of the
+    /// first message with it still wait.)
     acks: Mutex<HashMap<u64, Acks>>,
+    /// The id of this instance's next message.
+    next_message: AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// When this instance's latest heartbeat to come back on the bus was sent (or it
     /// subscribed), in ms since `epoch`, plus one (0: never): the instance serves only
@@ -353,24 +357,18 @@ struct Delivery {
 #[derive(Debug, Default)]
 struct Acks {
     received: u64,
-    /// How many each writer waits for, and how it is woken. (More than one when
-    /// Redis, failed over, handed out a sequence number again.)
-    writers: Vec<(u64, tokio::sync::oneshot::Sender<()>)>,
+    /// How many the writer waits for, and how it is woken.
+    writer: Option<(u64, tokio::sync::oneshot::Sender<()>)>,
 }
 
-/// Takes a writer that stopped waiting (woken, timed out or cancelled) out of the
-/// confirmations of its message, and the entry once no writer is left.
+/// Takes the confirmations of a message out once its writer stopped waiting (woken,
+/// timed out or cancelled).
 struct StopWaiting<'a>(&'a L2, u64);
 
 impl Drop for StopWaiting<'_> {
     fn drop(&mut self) {
         let mut acks = self.0.acks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(entry) = acks.get_mut(&self.1) {
-            entry.writers.retain(|(_, w)| !w.is_closed());
-            if entry.writers.is_empty() {
-                acks.remove(&self.1);
-            }
-        }
+        acks.remove(&self.1);
     }
 }
 
@@ -621,6 +619,7 @@ impl L2 {
             owed: Mutex::new(HashMap::new()),
             reconnect: Arc::new(tokio::sync::Notify::new()),
             acks: Mutex::new(HashMap::new()),
+            next_message: AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
             heard: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -943,7 +942,8 @@ impl L2 {
         let mut cmd = eval(&self.write, 1 + tables.len());
         cmd.arg(&self.seq_key);
         self.version_keys(&mut cmd, tables.iter().map(String::as_str));
-        cmd.arg(&self.channel).arg(&self.instance_arg);
+        let id = self.next_message.fetch_add(1, Relaxed);
+        cmd.arg(&self.channel).arg(&self.instance_arg).num(id);
         for t in tables {
             cmd.arg(t.as_str());
         }
@@ -955,37 +955,32 @@ impl L2 {
         let mut numbers = numbers(&reply).filter(|v| v.len() == tables.len() + 2)?;
         let receivers = numbers.pop()?;
         let seq = numbers.pop()?;
-        self.await_acks(seq, receivers).await;
+        self.await_acks(id, seq, receivers).await;
         Some(tables.iter().cloned().zip(numbers).collect())
     }
 
-    /// Waits until every subscriber that got message `seq` (this instance's own
-    /// included) has applied it, or — one has not — until the lease is over, when an
+    /// Waits until every subscriber that got message `id` (sequence number `seq`,
+    /// this instance's own included) has applied it, or — one has not — until the lease is over, when an
     /// instance that never got the message has stopped serving (see
     /// [`L2::serving`]): either way no instance serves what the commit changed once its
     /// client hears it ended.
-    async fn await_acks(&self, seq: u64, receivers: u64) {
+    async fn await_acks(&self, id: u64, seq: u64, receivers: u64) {
         let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + self.lease() + self.config.timeout;
-        // (Each writer is woken by its own message's confirmations alone.)
         let confirmed = {
             let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = acks.entry(seq).or_default();
+            let entry = acks.entry(id).or_default();
             if entry.received >= receivers {
-                if entry.writers.is_empty() {
-                    acks.remove(&seq);
-                }
+                acks.remove(&id);
                 None
             } else {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                entry.writers.push((receivers, tx));
+                entry.writer = Some((receivers, tx));
                 Some(rx)
             }
         };
         if let Some(confirmed) = confirmed {
-            // (Dropped after the wait, which takes the receiver with it; a receiver
-            // still alive then is closed by the next sweep in `ack_received`.)
-            let _stop = StopWaiting(self, seq);
+            let _stop = StopWaiting(self, id);
             let on_time = match tokio::time::timeout_at(deadline, confirmed).await {
                 Ok(Ok(())) => true,
                 // Not woken, yet nothing left to wake it: the lease is waited out.
@@ -1010,25 +1005,24 @@ impl L2 {
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
     }
 
-    /// A subscriber applied this instance's message `seq`.
-    fn ack_received(&self, seq: u64) {
+    /// A subscriber applied this instance's message `id`.
+    fn ack_received(&self, id: u64) {
         let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = acks.entry(seq).or_default();
+        let entry = acks.entry(id).or_default();
         entry.received += 1;
-        let received = entry.received;
-        let mut i = 0;
-        while i < entry.writers.len() {
-            if received >= entry.writers[i].0 {
-                let (_, writer) = entry.writers.swap_remove(i);
+        if entry
+            .writer
+            .as_ref()
+            .is_some_and(|(wanted, _)| entry.received >= *wanted)
+        {
+            if let Some((_, writer)) = entry.writer.take() {
                 let _ = writer.send(());
-            } else {
-                i += 1;
             }
         }
-        // Confirmations that came after their writer stopped waiting: sequences only
-        // grow, so the old ones go (a writer still waiting takes out its own).
+        // Confirmations that came after their writer stopped waiting: ids only grow,
+        // so the old ones go (a writer still waiting takes out its own).
         if acks.len() > 4096 {
-            acks.retain(|&s, a| a.writers.iter().any(|(_, w)| !w.is_closed()) || s + 1024 > seq);
+            acks.retain(|&i, a| a.writer.is_some() || i + 1024 > id);
         }
     }
 
@@ -1093,13 +1087,13 @@ impl L2 {
         url
     }
 
-    /// Confirms to `instance` that its message `seq` was applied here.
-    fn send_ack(&self, instance: u64, seq: u64) {
+    /// Confirms to `instance` that its message `id` was applied here.
+    fn send_ack(&self, instance: u64, id: u64) {
         let Some(mut conn) = self.connection() else {
             return;
         };
         let mut cmd = Command::new("PUBLISH");
-        cmd.arg(self.ack_channel(instance)).num(seq);
+        cmd.arg(self.ack_channel(instance)).num(id);
         let timeout = self.config.timeout;
         tokio::spawn(async move {
             let _ = tokio::time::timeout(timeout, conn.query::<()>(&mut cmd)).await;
@@ -1325,8 +1319,8 @@ async fn listen(
             heard = tokio::time::Instant::now();
             let Some(this) = l2.upgrade() else { return };
             if channel == acks.as_bytes() {
-                if let Some(seq) = number(&payload) {
-                    this.ack_received(seq);
+                if let Some(id) = number(&payload) {
+                    this.ack_received(id);
                 }
                 continue;
             }
@@ -1350,8 +1344,8 @@ async fn listen(
             // The writer waits for this (after a flush too: nothing stale is left).
             match write_of(payload) {
                 // Its own message: no round trip to confirm it.
-                Some((instance, seq)) if instance == this.instance => this.ack_received(seq),
-                Some((instance, seq)) => this.send_ack(instance, seq),
+                Some((instance, id)) if instance == this.instance => this.ack_received(id),
+                Some((instance, id)) => this.send_ack(instance, id),
                 None => {}
             }
             // Its own heartbeat back: everything published before it is applied (above
@@ -1499,15 +1493,16 @@ fn own_beat(payload: &[u8], instance: u64) -> Option<u64> {
     (from == instance).then_some(sent)
 }
 
-/// The sender and sequence number of a commit's message.
+/// The sender of a commit's message and the message's id (what is confirmed).
 fn write_of(payload: &[u8]) -> Option<(u64, u64)> {
     let mut parts = payload.split(|&b| b == 0);
     if parts.next()? != b"w" {
         return None;
     }
     let instance = number(parts.next()?)?;
-    let seq = number(parts.next()?)?;
-    Some((instance, seq))
+    let _seq = number(parts.next()?)?;
+    let id = number(parts.next()?)?;
+    Some((instance, id))
 }
 
 /// Applies one message; `false` when invalidations may have been missed (a gap or a
@@ -1539,6 +1534,10 @@ fn apply(
     };
     last.insert(instance, seq);
     if kind == b"w" {
+        // The message's id: only its sender reads it.
+        if parts.next().and_then(number).is_none() {
+            return false;
+        }
         let mut changed = Vec::new();
         loop {
             match (parts.next(), parts.next()) {
@@ -1810,13 +1809,62 @@ mod tests {
         assert_eq!(d.remote_writes([("u", 3)]).unwrap().since("u"), Some(late));
     }
 
+    /// After a failover Redis may hand a sequence number out again while the writer
+    /// of its first message still waits: each writer counts its own message's
+    /// confirmations.
+    #[tokio::test]
+    async fn writers_of_one_sequence_number_wait_for_their_own_messages_confirmations() {
+        let l2 = L2::start(
+            RedisConfig {
+                // Nothing listens there: only the confirmations are exercised.
+                url: "redis://127.0.0.1:1".into(),
+                timeout: Duration::from_millis(100),
+                ..RedisConfig::default()
+            },
+            Arc::new(Versions::default()),
+            Arc::new(TableStats::default()),
+            Arc::new(|| {}),
+        )
+        .unwrap();
+        let (first, second) = (
+            l2.next_message.fetch_add(1, Relaxed),
+            l2.next_message.fetch_add(1, Relaxed),
+        );
+        let wait = |id| {
+            let l2 = l2.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                l2.await_acks(id, 7, 2).await;
+                started.elapsed()
+            })
+        };
+        let (a, b) = (wait(first), wait(second));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        l2.ack_received(first);
+        l2.ack_received(first);
+        let a = a.await.unwrap();
+        assert!(a < l2.lease(), "woken by its confirmations: {a:?}");
+        assert!(!b.is_finished(), "the other message has none yet");
+        l2.ack_received(second);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!b.is_finished(), "one of two");
+        l2.ack_received(second);
+        let b = b.await.unwrap();
+        assert!(b < l2.lease(), "{b:?}");
+        assert_eq!(l2.counters.ack_timeouts.load(Relaxed), 0);
+        assert!(
+            l2.acks.lock().unwrap().is_empty(),
+            "each writer took its own out"
+        );
+    }
+
     #[test]
     fn a_gap_or_a_restart_in_a_sequence_is_a_miss() {
         let v = Versions::default();
         v.observe([("t", 1)]);
         let mut last = HashMap::new();
         assert!(apply(
-            b"w\x005\x0010\x00t\x002",
+            b"w\x005\x0010\x001\x00t\x002",
             &mut last,
             &v,
             None,
@@ -1824,7 +1872,7 @@ mod tests {
         ));
         assert_eq!(v.snapshot(&["t"]).remote().next(), Some(("t", 2)));
         assert!(apply(
-            b"w\x005\x0011\x00t\x003\x00u\x001",
+            b"w\x005\x0011\x002\x00t\x003\x00u\x001",
             &mut last,
             &v,
             None,
@@ -1841,18 +1889,27 @@ mod tests {
             "a lost last message"
         );
         assert!(
-            !apply(b"w\x005\x0014\x00t\x004", &mut last, &v, None, |_| {}),
+            !apply(b"w\x005\x0014\x003\x00t\x004", &mut last, &v, None, |_| {}),
             "a gap"
         );
         assert!(
-            !apply(b"w\x005\x001\x00t\x001", &mut last, &v, None, |_| {}),
+            !apply(b"w\x005\x001\x004\x00t\x001", &mut last, &v, None, |_| {}),
             "a restart"
         );
         assert!(
-            apply(b"w\x006\x0099", &mut last, &v, None, |_| {}),
+            apply(b"w\x006\x0099\x001", &mut last, &v, None, |_| {}),
             "another instance's first"
         );
         assert!(!apply(b"w\x005", &mut last, &v, None, |_| {}));
-        assert!(!apply(b"w\x005\x002\x00t", &mut last, &v, None, |_| {}));
+        assert!(!apply(
+            b"w\x005\x002\x005\x00t",
+            &mut last,
+            &v,
+            None,
+            |_| {}
+        ));
+        assert!(!apply(b"w\x007\x002", &mut last, &v, None, |_| {}), "no id");
+        assert_eq!(write_of(b"w\x007\x002\x0031\x00t\x001"), Some((7, 31)));
+        assert_eq!(write_of(b"w\x007\x002"), None);
     }
 }
