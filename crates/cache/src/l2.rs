@@ -167,6 +167,27 @@ impl Conn {
         };
         T::from_redis_value(&value)
     }
+
+    /// Two commands sent together (one write on a plain node, a pipeline else).
+    async fn query_pair<A: FromRedisValue, B: FromRedisValue>(
+        &mut self,
+        first: &mut Command,
+        second: &mut Command,
+    ) -> redis::RedisResult<(A, B)> {
+        let (a, b) = match self {
+            Conn::Plain(pipe) => pipe.query_pair(first, second).await?,
+            Conn::Single(c) => crate_pair(first, second).query_async(c).await?,
+            Conn::Cluster(c) => crate_pair(first, second).query_async(c).await?,
+        };
+        Ok((A::from_redis_value(&a)?, B::from_redis_value(&b)?))
+    }
+}
+
+fn crate_pair(first: &Command, second: &Command) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.add_command(crate_cmd(first))
+        .add_command(crate_cmd(second));
+    pipe
 }
 
 /// `cmd` as the redis crate's command.
@@ -788,21 +809,65 @@ impl L2 {
         }
     }
 
-    /// The current versions of `tables` and, when L2 stores values, the value stored
-    /// under `key` if it was filled at exactly those versions. `None`: Redis is not
-    /// reachable now.
-    pub async fn lookup(&self, key: &Key, tables: &[String]) -> Option<Found> {
-        // A commit of this instance not yet counted in Redis: Redis' versions are
-        // behind it, so what they validate may predate it.
-        if !self
-            .owed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-        {
+    /// A lookup's versions, value and the value's time to live, by an MGET of the
+    /// version keys and the entry (pipelined with the entry's PTTL): a fraction of
+    /// the READ script's cost to Redis. `Some(None)`: a version is missing (the
+    /// script creates it); `None`: Redis was not reached.
+    #[allow(clippy::type_complexity)]
+    async fn peek(
+        &self,
+        key: &Key,
+        tables: &[String],
+        want: bool,
+    ) -> Option<Option<(Vec<u64>, Option<Vec<u8>>, Option<Duration>)>> {
+        let mut conn = self.connection()?;
+        let mut get = Command::new("MGET");
+        self.version_keys(&mut get, tables.iter().map(String::as_str));
+        let entry = want.then(|| self.entry_key(key));
+        let mut ttl = entry.map(|entry| {
+            get.arg(&entry);
+            let mut ttl = Command::new("PTTL");
+            ttl.arg(&entry);
+            ttl
+        });
+        let call = async {
+            match &mut ttl {
+                Some(ttl) => {
+                    let (got, left): (Vec<Option<Vec<u8>>>, i64) =
+                        conn.query_pair(&mut get, ttl).await?;
+                    Ok((got, Some(left)))
+                }
+                None => Ok((conn.query(&mut get).await?, None)),
+            }
+        };
+        let (mut got, left) = self.answered("lookup", call).await?;
+        if got.len() != tables.len() + usize::from(want) {
+            self.failed("lookup", "an unexpected reply");
             return None;
         }
-        let want = self.config.store_values;
+        let raw = if want { got.pop().flatten() } else { None };
+        let mut versions = Vec::with_capacity(tables.len());
+        for v in got {
+            let Some(v) = v else { return Some(None) };
+            let Some(v) = number(&v) else {
+                self.failed("lookup", "an unexpected version");
+                return None;
+            };
+            versions.push(v);
+        }
+        let ttl_left = left
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Duration::from_millis);
+        Some(Some((versions, raw, ttl_left)))
+    }
+
+    /// [`L2::peek`]'s answer by the READ script, which creates missing versions.
+    async fn read_creating(
+        &self,
+        key: &Key,
+        tables: &[String],
+        want: bool,
+    ) -> Option<(Vec<u64>, Option<Vec<u8>>, Option<Duration>)> {
         let mut cmd = eval(&self.read, tables.len() + usize::from(want));
         self.version_keys(&mut cmd, tables.iter().map(String::as_str));
         if want {
@@ -823,8 +888,30 @@ impl L2 {
             self.failed("lookup", "an unexpected reply");
             return None;
         };
+        Some((versions, raw.filter(|r| !r.is_empty()), ttl_left))
+    }
+
+    /// The current versions of `tables` and, when L2 stores values, the value stored
+    /// under `key` if it was filled at exactly those versions. `None`: Redis is not
+    /// reachable now.
+    pub async fn lookup(&self, key: &Key, tables: &[String]) -> Option<Found> {
+        // A commit of this instance not yet counted in Redis: Redis' versions are
+        // behind it, so what they validate may predate it.
+        if !self
+            .owed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            return None;
+        }
+        let want = self.config.store_values;
+        let (versions, raw, ttl_left) = match self.peek(key, tables, want).await? {
+            Some(found) => found,
+            None => self.read_creating(key, tables, want).await?,
+        };
         self.delivery().read(tables, &versions, self.now_ms());
-        let value = match raw.filter(|r| !r.is_empty()) {
+        let value = match raw {
             None => None,
             Some(raw) => match decode(&raw, key, self.mac_key(), self.config.max_value_bytes) {
                 Err(why) => {

@@ -40,11 +40,21 @@ async fn start_at(url: String) -> SharedCache {
 
 /// `cache.get_or_set` of the one key, counting fills; the value is `value`.
 async fn get(cache: &SharedCache, fills: &AtomicUsize, value: &'static str) -> Bytes {
+    get_for(cache, fills, value, TTL).await
+}
+
+/// [`get`], stored for `ttl`.
+async fn get_for(
+    cache: &SharedCache,
+    fills: &AtomicUsize,
+    value: &'static str,
+    ttl: Duration,
+) -> Bytes {
     cache
         .get_or_set(
             key("SELECT * FROM projects"),
             &["projects"],
-            TTL,
+            ttl,
             || async {
                 fills.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, ()>(Bytes::from_static(value.as_bytes()))
@@ -341,4 +351,27 @@ async fn a_large_value_is_shared_whole() {
     let fills = AtomicUsize::new(0);
     assert_eq!(get(&a, &fills, "small").await, "small");
     assert_eq!(get(&b, &fills, "other").await, "small");
+}
+
+/// A value read from Redis lives in memory no longer than it had left in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_from_redis_lives_no_longer_in_memory_than_it_had_left_there() {
+    let redis = Redis::start().await.unwrap();
+    let (a, b) = (start(&redis).await, start(&redis).await);
+    let fills = AtomicUsize::new(0);
+    // A stores it for 3 s; B, which would keep it a minute, reads it from Redis.
+    assert_eq!(
+        get_for(&a, &fills, "v1", Duration::from_secs(3)).await,
+        "v1"
+    );
+    assert_eq!(get(&b, &fills, "other").await, "v1");
+    assert_eq!(get(&b, &fills, "other").await, "v1", "from memory");
+    assert_eq!(fills.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(
+        get(&b, &fills, "v2").await,
+        "v2",
+        "gone from memory and Redis"
+    );
+    assert_eq!(fills.load(Ordering::SeqCst), 2);
 }
