@@ -160,6 +160,10 @@ pub struct Relay {
     /// Settings a ROLLBACK TO SAVEPOINT may have undone: read back from the server as
     /// soon as nothing is in flight.
     resync: Vec<String>,
+    /// Settings read back inside the open transaction: read again once it commits.
+    /// Inside it the server shows a SET LOCAL's (or `set_config(…, true)`'s) value,
+    /// which its end takes away, for the session's own.
+    reread_at_end: Vec<String>,
     /// The current batch's client messages, kept in case it must run again after a
     /// schema change (see `replan.rs`); `replayed`: this is its second run.
     replay: Option<Replay>,
@@ -319,6 +323,7 @@ impl Relay {
             tx_snapshot: None,
             rolled_back: false,
             resync: Vec::new(),
+            reread_at_end: Vec::new(),
             replay: None,
             settings_sql: None,
             key_buf: pgopt_cache::KeyBuf::default(),
@@ -2463,6 +2468,13 @@ impl Relay {
         for (name, value) in names.iter().zip(values) {
             self.settings.adopt(name, value, applied);
         }
+        if self.status != TransactionStatus::Idle {
+            for name in names {
+                if !self.reread_at_end.contains(&name) {
+                    self.reread_at_end.push(name);
+                }
+            }
+        }
     }
 
     /// A server message seen by the plan bookkeeping (see `replan.rs`): an error for a
@@ -2629,6 +2641,7 @@ impl Relay {
                             server.conn.applied = applied;
                         }
                         self.resync.clear();
+                        self.reread_at_end.clear();
                     } else if let Some((before, _)) = &self.tx_snapshot {
                         // To a savepoint: which SETs it undid only the server knows.
                         for name in self.settings.changed_since(before) {
@@ -2640,6 +2653,13 @@ impl Relay {
                 }
                 if self.status == TransactionStatus::Idle {
                     self.tx_snapshot = None;
+                    // Committed: the session's own values of what was read back inside
+                    // (read before the connection goes back to the pool).
+                    for name in std::mem::take(&mut self.reread_at_end) {
+                        if !self.resync.contains(&name) {
+                            self.resync.push(name);
+                        }
+                    }
                     // Before the client hears the transaction ended (this ReadyForQuery
                     // is written after), its writes' entries are gone. A rolled-back
                     // write invalidates too: more misses, never a stale row. Writes of

@@ -1287,6 +1287,38 @@ async fn over_max_client_conn_psql_reads_why_and_a_cancel_gets_through() {
 /// `SET SESSION CHARACTERISTICS` (default_transaction_isolation and its two siblings)
 /// read back after ROLLBACK TO SAVEPOINT by the settings it sets: it stays its
 /// client's, and never reaches another client on the same server connection.
+/// Read back inside a transaction after ROLLBACK TO SAVEPOINT, a setting shows its
+/// SET LOCAL value; the session's own comes back at COMMIT, and that is what the
+/// client keeps.
+#[tokio::test]
+async fn a_set_local_seen_after_rollback_to_savepoint_ends_with_its_transaction() {
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    a.batch_execute("SET work_mem = '2MB'").await.unwrap();
+    for local in [
+        "SET LOCAL work_mem = '1MB'",
+        "SELECT set_config('work_mem', '1MB', true)",
+    ] {
+        for sql in [
+            "BEGIN",
+            local,
+            "SAVEPOINT s",
+            "SET work_mem = '3MB'",
+            "ROLLBACK TO SAVEPOINT s",
+        ] {
+            a.batch_execute(sql).await.unwrap();
+        }
+        assert_eq!(show(&a, "work_mem").await, "1MB", "{local}: inside");
+        a.batch_execute("COMMIT").await.unwrap();
+        // (One server connection: each SHOW gives it the other client's settings.)
+        for _ in 0..2 {
+            assert_eq!(show(&a, "work_mem").await, "2MB", "{local}");
+            assert_eq!(show(&other, "work_mem").await, "4MB", "{local}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn session_characteristics_survive_a_rollback_to_savepoint_and_stay_their_clients() {
     let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
