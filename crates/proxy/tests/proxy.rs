@@ -1287,6 +1287,40 @@ async fn over_max_client_conn_psql_reads_why_and_a_cancel_gets_through() {
 /// `SET SESSION CHARACTERISTICS` (default_transaction_isolation and its two siblings)
 /// read back after ROLLBACK TO SAVEPOINT by the settings it sets: it stays its
 /// client's, and never reaches another client on the same server connection.
+/// SET TRANSACTION SNAPSHOT lasts as long as its transaction: it is not carried to
+/// the client's later transactions (where it would fail) nor taken off other clients.
+#[tokio::test]
+async fn set_transaction_snapshot_ends_with_its_transaction() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let exporter = pg.connect("postgres").await.unwrap();
+    exporter
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let snapshot: String = exporter
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    a.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    // (One server connection: each query gives it the other client's settings.)
+    for _ in 0..2 {
+        assert_eq!(show(&a, "work_mem").await, "4MB");
+        assert_eq!(show(&other, "work_mem").await, "4MB");
+    }
+    // Nothing was replayed or reset: either fails on the server.
+    let log = std::fs::read_to_string(pg.log_path()).unwrap();
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
 /// Read back inside a transaction after ROLLBACK TO SAVEPOINT, a setting shows its
 /// SET LOCAL value; the session's own comes back at COMMIT, and that is what the
 /// client keeps.

@@ -46,7 +46,7 @@ pub enum StatementKind {
 /// pool must refuse it or pin the client to its server connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SessionEffect {
-    /// `SET name …` (not `SET LOCAL`, not `SET TRANSACTION`).
+    /// `SET name …` (not `SET LOCAL`, not `SET TRANSACTION [SNAPSHOT]`).
     Set {
         name: String,
     },
@@ -514,7 +514,12 @@ impl<'c> Walker<'c> {
                         self.session_effects.insert(SessionEffect::ResetAll);
                         true
                     }
-                    Ok(VariableSetKind::VarSetMulti) if set.name == "TRANSACTION" => false,
+                    // (Both last only as long as the transaction.)
+                    Ok(VariableSetKind::VarSetMulti)
+                        if set.name == "TRANSACTION" || set.name == "TRANSACTION SNAPSHOT" =>
+                    {
+                        false
+                    }
                     _ => {
                         if !set.is_local {
                             self.session_effects.insert(SessionEffect::Set {

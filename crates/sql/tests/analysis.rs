@@ -379,6 +379,16 @@ fn session_effects() {
         vec![]
     );
     assert_eq!(
+        effects("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'"),
+        vec![]
+    );
+    assert_eq!(
+        effects("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+        vec![SessionEffect::Set {
+            name: "SESSION CHARACTERISTICS".into()
+        }]
+    );
+    assert_eq!(
         effects("RESET work_mem"),
         vec![SessionEffect::Reset {
             name: "work_mem".into()
