@@ -2598,6 +2598,15 @@ impl Relay {
                         );
                         self.settings.confirm(change, sql, applied);
                         self.settings_behind |= !matches!(change, Change::Set(_));
+                        // SET SESSION CHARACTERISTICS: read back as the settings it
+                        // sets, so it and a SET or RESET of one of them replay in the
+                        // order the client ran them.
+                        let characteristics = session_state::CHARACTERISTICS;
+                        if matches!(change, Change::Set(n) if n.eq_ignore_ascii_case(characteristics))
+                            && !self.resync.iter().any(|n| n == characteristics)
+                        {
+                            self.resync.push(characteristics.to_string());
+                        }
                     }
                 }
                 // PostgreSQL undoes a transaction's SETs when it rolls back (a failed

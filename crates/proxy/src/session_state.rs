@@ -37,7 +37,8 @@ pub struct Applied {
 }
 
 /// How `SET SESSION CHARACTERISTICS AS TRANSACTION …` is tracked (its statement, under
-/// PostgreSQL's name for it, lower-cased), and the settings it sets.
+/// PostgreSQL's name for it, lower-cased), and the settings it sets. The relay then
+/// reads those back, which takes its place (see `Relay::resync_settings`).
 pub const CHARACTERISTICS: &str = "session characteristics";
 pub const CHARACTERISTICS_SET: [&str; 3] = [
     "default_transaction_isolation",

@@ -1321,6 +1321,57 @@ async fn set_transaction_snapshot_ends_with_its_transaction() {
     assert!(!log.contains("ERROR"), "{log}");
 }
 
+/// SET SESSION CHARACTERISTICS and a SET or RESET of a setting it sets: the later
+/// one wins, as on PostgreSQL, also on the client's next server connection.
+#[tokio::test]
+async fn session_characteristics_and_a_set_of_the_same_setting_keep_their_order() {
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let characteristics = "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE";
+    for (sql, want) in [
+        (
+            [
+                characteristics,
+                "SET default_transaction_isolation = 'repeatable read'",
+            ],
+            "repeatable read",
+        ),
+        (
+            [
+                "SET default_transaction_isolation = 'repeatable read'",
+                characteristics,
+            ],
+            "serializable",
+        ),
+        (
+            [characteristics, "RESET default_transaction_isolation"],
+            "read committed",
+        ),
+        (["BEGIN", characteristics], "serializable"),
+    ] {
+        for s in sql {
+            a.batch_execute(s).await.unwrap();
+        }
+        if sql[0] == "BEGIN" {
+            a.batch_execute("COMMIT").await.unwrap();
+        }
+        // (One server connection: each SHOW gives it the other client's settings.)
+        for _ in 0..2 {
+            assert_eq!(
+                show(&a, "default_transaction_isolation").await,
+                want,
+                "{sql:?}"
+            );
+            assert_eq!(
+                show(&other, "default_transaction_isolation").await,
+                "read committed"
+            );
+        }
+        a.batch_execute("RESET ALL").await.unwrap();
+    }
+}
+
 /// Read back inside a transaction after ROLLBACK TO SAVEPOINT, a setting shows its
 /// SET LOCAL value; the session's own comes back at COMMIT, and that is what the
 /// client keeps.
