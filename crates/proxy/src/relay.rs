@@ -2616,6 +2616,15 @@ impl Relay {
                     self.rolled_back = true;
                 } else if body == b"COMMIT\0" {
                     self.tx_snapshot = None;
+                    // The session's own values of what was read back inside, read once
+                    // nothing is in flight (before the connection goes back to the pool,
+                    // or early in a transaction begun after this one, before anything
+                    // in it could SET LOCAL them).
+                    for name in std::mem::take(&mut self.reread_at_end) {
+                        if !self.resync.contains(&name) {
+                            self.resync.push(name);
+                        }
+                    }
                     // Committed now, though the ReadyForQuery may be far off (more
                     // statements of a simple query, an Execute with no Sync yet): the
                     // writes' entries end before the client hears of the commit. They
@@ -2649,7 +2658,9 @@ impl Relay {
                             self.settings = settings;
                             server.conn.applied = applied;
                         }
-                        self.resync.clear();
+                        // What was read back inside is restored with them. (Names left
+                        // from an earlier transaction's COMMIT are still read: a
+                        // harmless SHOW when this restored them too.)
                         self.reread_at_end.clear();
                     } else if let Some((before, _)) = &self.tx_snapshot {
                         // To a savepoint: which SETs it undid only the server knows.
@@ -2662,13 +2673,6 @@ impl Relay {
                 }
                 if self.status == TransactionStatus::Idle {
                     self.tx_snapshot = None;
-                    // Committed: the session's own values of what was read back inside
-                    // (read before the connection goes back to the pool).
-                    for name in std::mem::take(&mut self.reread_at_end) {
-                        if !self.resync.contains(&name) {
-                            self.resync.push(name);
-                        }
-                    }
                     // Before the client hears the transaction ended (this ReadyForQuery
                     // is written after), its writes' entries are gone. A rolled-back
                     // write invalidates too: more misses, never a stale row. Writes of

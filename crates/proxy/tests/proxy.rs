@@ -1284,9 +1284,6 @@ async fn over_max_client_conn_psql_reads_why_and_a_cancel_gets_through() {
     sleep_is_cancelled(&pg, &client).await;
 }
 
-/// `SET SESSION CHARACTERISTICS` (default_transaction_isolation and its two siblings)
-/// read back after ROLLBACK TO SAVEPOINT by the settings it sets: it stays its
-/// client's, and never reaches another client on the same server connection.
 /// SET TRANSACTION SNAPSHOT lasts as long as its transaction: it is not carried to
 /// the client's later transactions (where it would fail) nor taken off other clients.
 #[tokio::test]
@@ -1395,7 +1392,16 @@ async fn a_set_local_seen_after_rollback_to_savepoint_ends_with_its_transaction(
             a.batch_execute(sql).await.unwrap();
         }
         assert_eq!(show(&a, "work_mem").await, "1MB", "{local}: inside");
-        a.batch_execute("COMMIT").await.unwrap();
+        // Ended by a COMMIT alone, or with the next transaction begun in the same
+        // query, and that one rolled back.
+        let ends: &[&str] = if local.starts_with("SET") {
+            &["COMMIT"]
+        } else {
+            &["COMMIT; BEGIN", "ROLLBACK"]
+        };
+        for end in ends {
+            a.batch_execute(end).await.unwrap();
+        }
         // (One server connection: each SHOW gives it the other client's settings.)
         for _ in 0..2 {
             assert_eq!(show(&a, "work_mem").await, "2MB", "{local}");
@@ -1404,6 +1410,9 @@ async fn a_set_local_seen_after_rollback_to_savepoint_ends_with_its_transaction(
     }
 }
 
+/// `SET SESSION CHARACTERISTICS` (default_transaction_isolation and its two siblings)
+/// read back after ROLLBACK TO SAVEPOINT by the settings it sets: it stays its
+/// client's, and never reaches another client on the same server connection.
 #[tokio::test]
 async fn session_characteristics_survive_a_rollback_to_savepoint_and_stay_their_clients() {
     let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
