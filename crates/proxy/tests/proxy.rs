@@ -1284,6 +1284,55 @@ async fn over_max_client_conn_psql_reads_why_and_a_cancel_gets_through() {
     sleep_is_cancelled(&pg, &client).await;
 }
 
+/// RESET and RESET ALL inside a transaction block: undone by its ROLLBACK (also to a
+/// savepoint), kept by its COMMIT, and only ever its client's.
+#[tokio::test]
+async fn reset_inside_a_transaction_block_is_undone_by_its_rollback() {
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    for (sql, want) in [
+        (&["BEGIN", "RESET work_mem", "ROLLBACK"][..], "2MB"),
+        (&["BEGIN", "RESET ALL", "ROLLBACK"][..], "2MB"),
+        (
+            &[
+                "BEGIN",
+                "SAVEPOINT s",
+                "RESET work_mem",
+                "ROLLBACK TO SAVEPOINT s",
+                "COMMIT",
+            ][..],
+            "2MB",
+        ),
+        (
+            &[
+                "BEGIN",
+                "SAVEPOINT s",
+                "RESET ALL",
+                "ROLLBACK TO SAVEPOINT s",
+                "COMMIT",
+            ][..],
+            "2MB",
+        ),
+        (&["BEGIN", "RESET work_mem", "COMMIT"][..], "4MB"),
+        (&["BEGIN", "RESET ALL", "COMMIT"][..], "4MB"),
+        (
+            &["BEGIN", "RESET work_mem", "SELECT 1/0", "ROLLBACK"][..],
+            "2MB",
+        ),
+    ] {
+        a.batch_execute("SET work_mem = '2MB'").await.unwrap();
+        for s in sql {
+            let _ = a.batch_execute(s).await;
+        }
+        // (One server connection: each SHOW gives it the other client's settings.)
+        for _ in 0..2 {
+            assert_eq!(show(&a, "work_mem").await, want, "{sql:?}");
+            assert_eq!(show(&other, "work_mem").await, "4MB", "{sql:?}");
+        }
+    }
+}
+
 /// SET TRANSACTION SNAPSHOT lasts as long as its transaction: it is not carried to
 /// the client's later transactions (where it would fail) nor taken off other clients.
 #[tokio::test]
