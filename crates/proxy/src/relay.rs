@@ -1931,6 +1931,18 @@ impl Relay {
         };
         let Some(id) = id else { return false };
         self.end_open_batch(true);
+        // In a transaction block DEALLOCATE is a statement like any other: it takes
+        // the transaction's first snapshot, after which SET TRANSACTION ISOLATION
+        // LEVEL is refused. A query that takes it too, its answers dropped.
+        if self.in_block()
+            && self.server.is_some()
+            && (Query { sql: "SELECT" })
+                .encode(&mut self.to_server)
+                .is_ok()
+        {
+            self.expected.push(Step::InjectedQuery);
+            self.unnamed_here = false;
+        }
         self.expected.push(Step::Deallocated { all, id });
         true
     }

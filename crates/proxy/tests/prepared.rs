@@ -242,6 +242,19 @@ async fn deallocate_and_discard_variants_never_break_later_statements() {
         .await
         .unwrap_err();
     assert_eq!(common::code(&err), Some("26000"), "{err}");
+    // Inside a block it is a statement: the isolation level can't be set after it.
+    let s1 = a.prepare("SELECT 1").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("DEALLOCATE ALL").await.unwrap();
+    let err = a
+        .batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .unwrap_err();
+    assert_eq!(common::code(&err), Some("25001"), "{err}");
+    a.batch_execute("ROLLBACK").await.unwrap();
+    // (Not undone by the rollback, as on PostgreSQL.)
+    let err = a.query(&s1, &[]).await.unwrap_err();
+    assert_eq!(common::code(&err), Some("26000"), "{err}");
     // Inside a failed transaction PostgreSQL refuses everything but ROLLBACK.
     a.batch_execute("BEGIN").await.unwrap();
     assert!(a.batch_execute("SELECT 1/0").await.is_err());
