@@ -1934,7 +1934,9 @@ impl Relay {
         // In a transaction block DEALLOCATE is a statement like any other: it takes
         // the transaction's first snapshot, after which SET TRANSACTION ISOLATION
         // LEVEL is refused. A query that takes it too, its answers dropped.
+        // (Not into a COPY: the server would take it for a protocol violation.)
         if self.in_block()
+            && !self.copy_in
             && self.server.is_some()
             && (Query { sql: "SELECT" })
                 .encode(&mut self.to_server)
