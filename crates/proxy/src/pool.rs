@@ -171,6 +171,29 @@ pub enum CheckoutError {
 
 /// Invalidated statements remembered per pool.
 const MAX_INVALIDATED: usize = 4096;
+/// Statement descriptions kept per pool; past it they are forgotten and learnt again.
+const MAX_DESCRIPTIONS: usize = 4096;
+
+/// What a server answered a Describe of a statement: its ParameterDescription's body
+/// and whether it returns rows (a RowDescription, not NoData), at a plan epoch. In a
+/// failed transaction a server connection that lacks a client's statement can't
+/// prepare it, and pgopt answers for it from this, as PostgreSQL would.
+#[derive(Debug, Clone)]
+pub struct Description {
+    epoch: u64,
+    pub params: bytes::Bytes,
+    pub returns_rows: bool,
+}
+
+impl Description {
+    /// How many parameters the statement takes.
+    pub fn param_count(&self) -> usize {
+        match self.params.get(..2) {
+            Some(n) => usize::from(u16::from_be_bytes([n[0], n[1]])),
+            None => 0,
+        }
+    }
+}
 
 /// How much longer than the longest-waiting client one on the returned connection's
 /// own thread may have waited and still be served first.
@@ -238,6 +261,9 @@ pub struct Pool {
     /// not change result type"); `invalidated` maps each to the epoch it was seen at.
     plan_epoch: AtomicU64,
     invalidated: Mutex<HashMap<u64, u64>>,
+    /// What servers said statements take and give, by server statement (see
+    /// [`Description`]).
+    descriptions: Mutex<HashMap<u64, Description>>,
     /// A maintenance pass is running (they never overlap).
     pub maintaining: AtomicBool,
     /// Clients waiting for a connection, oldest first (see the module docs).
@@ -345,6 +371,7 @@ impl Pool {
             scram_keys: Mutex::new(None),
             plan_epoch: AtomicU64::new(0),
             invalidated: Mutex::new(HashMap::new()),
+            descriptions: Mutex::new(HashMap::new()),
             maintaining: AtomicBool::new(false),
             lobby: Mutex::new(VecDeque::new()),
             shrinking: Arc::new(AtomicUsize::new(0)),
@@ -382,6 +409,37 @@ impl Pool {
     /// Whether statement `id` was invalidated after `epoch`.
     pub fn invalidated_since(&self, id: u64, epoch: u64) -> bool {
         lock(&self.invalidated).get(&id).is_some_and(|e| *e > epoch)
+    }
+
+    /// Statement `id`'s description, if one was seen since its plan last changed.
+    pub fn description(&self, id: u64) -> Option<Description> {
+        let epoch = self.plan_epoch();
+        lock(&self.descriptions)
+            .get(&id)
+            .filter(|d| d.epoch == epoch)
+            .cloned()
+    }
+
+    /// Whether statement `id`'s description is known at the current epoch.
+    pub fn knows_description(&self, id: u64) -> bool {
+        self.description(id).is_some()
+    }
+
+    /// A server described statement `id`.
+    pub fn remember_description(&self, id: u64, params: bytes::Bytes, returns_rows: bool) {
+        let epoch = self.plan_epoch();
+        let mut descriptions = lock(&self.descriptions);
+        if descriptions.len() >= MAX_DESCRIPTIONS {
+            descriptions.clear();
+        }
+        descriptions.insert(
+            id,
+            Description {
+                epoch,
+                params,
+                returns_rows,
+            },
+        );
     }
 
     /// Brings a connection up to the current plan epoch: its statements invalidated

@@ -33,8 +33,8 @@ use crate::session_state::{
 };
 use crate::shared::{Lifecycle, Shared};
 use crate::statements::{
-    deallocate_target, ends_transaction, ClientStatements, Expected, Prepared, Request, Settled,
-    Step, Verdict, IN_FAILED_TRANSACTION,
+    deallocate_target, ends_transaction, statement_id, ClientStatements, Expected, Prepared,
+    Request, Settled, Step, Verdict, IN_FAILED_TRANSACTION,
 };
 use crate::stats::{error_code, error_field, ClientInfo, ClientState};
 use crate::ProxyError;
@@ -160,6 +160,10 @@ pub struct Relay {
     /// Settings a ROLLBACK TO SAVEPOINT may have undone: read back from the server as
     /// soon as nothing is in flight.
     resync: Vec<String>,
+    /// The ParameterDescription of a statement being described, until its
+    /// RowDescription or NoData says whether it returns rows (see
+    /// [`Relay::note_description`]).
+    described: Option<Bytes>,
     /// Settings read back inside the open transaction: read again once it commits.
     /// Inside it the server shows a SET LOCAL's (or `set_config(…, true)`'s) value,
     /// which its end takes away, for the session's own.
@@ -323,6 +327,7 @@ impl Relay {
             tx_snapshot: None,
             rolled_back: false,
             resync: Vec::new(),
+            described: None,
             reread_at_end: Vec::new(),
             replay: None,
             settings_sql: None,
@@ -1711,6 +1716,7 @@ impl Relay {
                             change,
                         },
                     );
+                    self.learn_description(&prepared);
                 }
                 Ok(true)
             }
@@ -1721,11 +1727,25 @@ impl Relay {
                     tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
                 }
                 if bind.statement.is_empty() {
+                    if !self.unnamed_here && self.surely_failed() {
+                        if let Some((id, false)) = self.unnamed_statement() {
+                            if self.bind_in_failed(id, "", bind.rest) {
+                                return Ok(true);
+                            }
+                        }
+                    }
                     self.ensure_unnamed();
                 }
                 let Some((prepared, outdated)) = self.client_statement(bind.statement) else {
                     return Ok(false);
                 };
+                if self.surely_failed()
+                    && !self.server_conn().prepared.contains(&prepared.id)
+                    && !prepared.query().is_none_or(ends_transaction)
+                    && self.bind_in_failed(prepared.id, bind.statement, bind.rest)
+                {
+                    return Ok(true);
+                }
                 if outdated {
                     // Its result shape changed since the client learned it: fine when
                     // the client asks for the portal's description, else PostgreSQL's
@@ -1774,11 +1794,36 @@ impl Relay {
                     return Ok(false);
                 }
                 if describe.name.is_empty() {
+                    // (Its id only to keep or use its description: in a failed
+                    // transaction, or not yet known.)
+                    let unnamed = self.unnamed_statement();
+                    if let Some((id, ends)) = unnamed {
+                        if !self.unnamed_here
+                            && !ends
+                            && self.surely_failed()
+                            && self.describe_in_failed(id)
+                        {
+                            return Ok(true);
+                        }
+                    }
                     self.ensure_unnamed();
+                    let Some((statement, _)) = unnamed else {
+                        return Ok(false);
+                    };
+                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.expected.push(Step::DescribeStatement { statement });
+                    return Ok(true);
                 }
                 let Some((prepared, _)) = self.client_statement(describe.name) else {
                     return Ok(false);
                 };
+                if self.surely_failed()
+                    && !self.server_conn().prepared.contains(&prepared.id)
+                    && !prepared.query().is_none_or(ends_transaction)
+                    && self.describe_in_failed(prepared.id)
+                {
+                    return Ok(true);
+                }
                 self.ensure_prepared(&prepared);
                 // The client learns the statement's current shape.
                 self.statements.refresh(prepared.id, self.pool.plan_epoch());
@@ -1789,9 +1834,8 @@ impl Relay {
                 if rewritten.encode(&mut self.to_server).is_err() {
                     return Ok(false);
                 }
-                self.expected.push(Step::Server {
-                    request,
-                    prepared: None,
+                self.expected.push(Step::DescribeStatement {
+                    statement: prepared.id,
                 });
                 Ok(true)
             }
@@ -2096,6 +2140,100 @@ impl Relay {
         Some((statement.prepared.clone(), outdated))
     }
 
+    /// The client's unnamed statement, if pgopt has its Parse: its id, and whether it
+    /// ends a transaction (a COMMIT or ROLLBACK, which a failed one takes).
+    fn unnamed_statement(&self) -> Option<(u64, bool)> {
+        let frame = self.statements.unnamed()?;
+        let parse = Parse::decode(frame.get(5..)?).ok()?;
+        Some((statement_id(&parse), ends_transaction(parse.query)))
+    }
+
+    /// The server's transaction is failed, and nothing in flight may end it (a portal
+    /// executed, or a simple query: a COMMIT or ROLLBACK).
+    fn surely_failed(&self) -> bool {
+        self.status == TransactionStatus::Failed
+            && !self.ending_in_flight
+            && self.expected.all_server_readies() == 0
+    }
+
+    /// A Describe of statement `id`, which this server connection lacks, in a failed
+    /// transaction, where it can't be prepared: answered as PostgreSQL answers it,
+    /// from what a server said of the statement before — its ParameterDescription and
+    /// NoData, or 25P02 when it returns rows. `false`: left to the server (its
+    /// description is not known; the server refuses the Parse pgopt sends first).
+    fn describe_in_failed(&mut self, id: u64) -> bool {
+        if !self.surely_failed() {
+            return false;
+        }
+        let Some(description) = self.pool.description(id) else {
+            return false;
+        };
+        if description.returns_rows {
+            if let Some(error) = in_failed_transaction_error() {
+                self.expected.push_error(error);
+            }
+            self.skipping = true;
+        } else {
+            let mut reply = BytesMut::with_capacity(description.params.len() + 10);
+            frame_into(&mut reply, b't', &description.params);
+            frame_into(&mut reply, b'n', &[]);
+            self.expected.push_reply(reply.freeze());
+        }
+        true
+    }
+
+    /// A Bind of statement `id` (the client's `name`), as [`Relay::describe_in_failed`]:
+    /// PostgreSQL checks the count of its parameters (`rest`: the Bind after the
+    /// names) first, then refuses it with 25P02.
+    fn bind_in_failed(&mut self, id: u64, name: &str, rest: &[u8]) -> bool {
+        if !self.surely_failed() {
+            return false;
+        }
+        let Some(description) = self.pool.description(id) else {
+            return false;
+        };
+        let count = |at: usize| {
+            rest.get(at..at + 2)
+                .map(|n| usize::from(u16::from_be_bytes([n[0], n[1]])))
+        };
+        let Some(formats) = count(0) else {
+            return false;
+        };
+        let Some(params) = count(2 + 2 * formats) else {
+            return false;
+        };
+        let wanted = description.param_count();
+        let error = if formats > 1 && formats != params {
+            let message =
+                format!("bind message has {formats} parameter formats but {params} parameters");
+            error_response(sqlstate::PROTOCOL_VIOLATION, &message)
+        } else if params != wanted {
+            let message = format!(
+                "bind message supplies {params} parameters, but prepared statement \"{name}\" requires {wanted}"
+            );
+            error_response(sqlstate::PROTOCOL_VIOLATION, &message)
+        } else {
+            in_failed_transaction_error()
+        };
+        if let Some(error) = error {
+            self.expected.push_error(error);
+        }
+        self.skipping = true;
+        true
+    }
+
+    /// A server's answer to a client's Describe of statement `id` (its
+    /// ParameterDescription, then RowDescription or NoData), kept for
+    /// [`Relay::describe_in_failed`] once per plan epoch.
+    fn note_description(&mut self, id: u64, tag: u8, body: std::ops::Range<usize>) {
+        if tag == b't' {
+            self.described = (!self.pool.knows_description(id))
+                .then(|| Bytes::copy_from_slice(&self.sbuf[body]));
+        } else if let Some(params) = self.described.take() {
+            self.pool.remember_description(id, params, tag == b'T');
+        }
+    }
+
     /// Prepares `prepared` on the current server first when it lacks it.
     fn ensure_prepared(&mut self, prepared: &Prepared) {
         if !self.server_conn().prepared.contains(&prepared.id) {
@@ -2105,6 +2243,24 @@ impl Relay {
                     prepared: prepared.id,
                 },
             );
+            self.learn_description(prepared);
+        }
+    }
+
+    /// Asks the server to describe `prepared`, just sent, when its description is not
+    /// known (once per statement and plan epoch, for [`Relay::describe_in_failed`]).
+    fn learn_description(&mut self, prepared: &Prepared) {
+        if self.status == TransactionStatus::Failed || self.pool.knows_description(prepared.id) {
+            return;
+        }
+        let describe = Describe {
+            target: Target::Statement,
+            name: &prepared.server_name,
+        };
+        if describe.encode(&mut self.to_server).is_ok() {
+            self.expected.push(Step::InjectedDescribe {
+                statement: prepared.id,
+            });
         }
     }
 
@@ -2227,6 +2383,11 @@ impl Relay {
                     // not see it.
                     let injected_sync = self.expected.head_is_injected_sync();
                     let injected_failure = self.expected.head_is_injected_failure();
+                    if matches!(header.tag, b't' | b'T' | b'n') {
+                        if let Some(id) = self.expected.head_describes() {
+                            self.note_description(id, header.tag, pos + 5..end);
+                        }
+                    }
                     let server = &mut self.server;
                     let verdict = self.expected.on_server_message(header.tag, |id| {
                         if let Some(s) = server.as_mut() {

@@ -56,12 +56,7 @@ impl Prepared {
     }
 
     pub fn from_parse(parse: &Parse<'_>) -> Result<Prepared, EncodeError> {
-        let mut hasher = DefaultHasher::new();
-        parse.query.hash(&mut hasher);
-        for oid in parse.param_types.iter() {
-            oid.hash(&mut hasher);
-        }
-        let id = hasher.finish();
+        let id = statement_id(parse);
         let server_name = format!("pgopt_{id:016x}");
         let mut buf = BytesMut::new();
         Parse {
@@ -76,6 +71,16 @@ impl Prepared {
             parse: buf.freeze(),
         })
     }
+}
+
+/// A statement's id on the servers: a hash of its text and parameter types.
+pub fn statement_id(parse: &Parse<'_>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    parse.query.hash(&mut hasher);
+    for oid in parse.param_types.iter() {
+        oid.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// One client's named statement, and the pool's plan epoch when the client last
@@ -486,6 +491,13 @@ pub enum Step {
     /// A Bind of a client's named statement, sent as server statement `statement`;
     /// its responses go to the client.
     Bind { statement: u64 },
+    /// A client's Describe of a statement (server statement `statement`, or the
+    /// unnamed one with that id): its responses go to the client, and what they say
+    /// is kept (see `pool::Description`).
+    DescribeStatement { statement: u64 },
+    /// A Describe pgopt sent itself after preparing server statement `statement`,
+    /// whose description it did not know: its responses are kept, not relayed.
+    InjectedDescribe { statement: u64 },
     /// Not sent: the proxy answers with this message itself (ParseComplete `'1'` or
     /// CloseComplete `'3'`) and settles the client's name change `change`.
     Answer { tag: u8, change: u64 },
@@ -609,6 +621,18 @@ impl Expected {
             Some(Step::Parse { .. }) => Some(Request::Parse),
             Some(Step::CloseUnnamed { .. }) => Some(Request::Close),
             Some(Step::Bind { .. }) => Some(Request::Bind),
+            Some(Step::DescribeStatement { .. }) => Some(Request::Describe),
+            _ => None,
+        }
+    }
+
+    /// The statement whose description the server sends next, if a client's
+    /// Describe of a statement is what it answers next.
+    pub fn head_describes(&self) -> Option<u64> {
+        match self.queue.front() {
+            Some(Step::DescribeStatement { statement } | Step::InjectedDescribe { statement }) => {
+                Some(*statement)
+            }
             _ => None,
         }
     }
@@ -688,6 +712,13 @@ impl Expected {
         }
         self.errors.clear();
         self.commit_failed = false;
+    }
+
+    /// Queues messages pgopt sends in the place of a server's answer to a request
+    /// (dropped, as the server's would be, if an error before it has the server skip
+    /// to the Sync).
+    pub fn push_reply(&mut self, reply: Bytes) {
+        self.push_error(reply);
     }
 
     /// Queues an ErrorResponse pgopt sends in the place of a server's.
@@ -781,6 +812,27 @@ impl Expected {
             Step::Injected { prepared } => self.injected(tag, b'1', Some(prepared), &mut forget),
             Step::InjectedUnnamed => self.injected(tag, b'1', None, &mut forget),
             Step::InjectedClose => self.injected(tag, b'3', None, &mut forget),
+            Step::DescribeStatement { .. } => {
+                if tag == b'E' {
+                    self.queue.pop_front();
+                    self.skip_to_sync(&mut forget);
+                } else if completes(Request::Describe, tag) {
+                    self.queue.pop_front();
+                }
+                Verdict::Relay
+            }
+            Step::InjectedDescribe { .. } => match tag {
+                b'E' => {
+                    self.queue.pop_front();
+                    self.skip_to_sync(&mut forget);
+                    Verdict::Relay
+                }
+                b'T' | b'n' => {
+                    self.queue.pop_front();
+                    Verdict::Drop
+                }
+                _ => Verdict::Drop,
+            },
             Step::Bind { .. } => {
                 if tag == b'E' {
                     self.queue.pop_front();
@@ -880,8 +932,11 @@ impl Expected {
             return Verdict::Drop;
         }
         if tag == b'E' {
-            if let Some(id) = prepared {
-                forget(id);
+            match prepared {
+                Some(id) => forget(id),
+                // The client's unnamed statement prepared again, or the Close before
+                // it: what the server's unnamed statement is now, pgopt can't tell.
+                None => self.unnamed_unsure = true,
             }
             self.queue.pop_front();
             self.skip_to_sync(forget);
@@ -891,9 +946,10 @@ impl Expected {
 
     /// After an error in the extended protocol the server ignores everything up to the
     /// next Sync: those requests get no response, and Parses among them prepared nothing.
+    /// (The client's own unnamed Parse or Close skipped is undone in its names, as on
+    /// the server; one pgopt sent to prepare it again leaves the server's unsure.)
     fn skip_to_sync(&mut self, forget: &mut impl FnMut(u64)) {
         self.server_awaits_sync = true;
-        self.unnamed_unsure = true;
         while let Some(&step) = self.queue.front() {
             match step {
                 Step::Server {
@@ -923,6 +979,7 @@ impl Expected {
                     self.errors.pop_front();
                 }
                 Step::Deallocated { id, .. } => self.settled.push((id, Settled::Undone)),
+                Step::InjectedUnnamed | Step::InjectedClose => self.unnamed_unsure = true,
                 _ => {}
             }
             self.queue.pop_front();

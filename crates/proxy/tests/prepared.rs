@@ -540,3 +540,83 @@ async fn after_a_schema_change_a_statement_prepared_again_works_on_every_server_
         7
     );
 }
+
+/// In a failed transaction a server connection that lacks a client's statement
+/// can't prepare it (PostgreSQL refuses every Parse but COMMIT's and ROLLBACK's): a
+/// Describe or Bind of it is answered as PostgreSQL answers it, from what a server
+/// said of the statement when it was first prepared.
+#[tokio::test]
+async fn describe_and_bind_in_a_failed_transaction_on_a_connection_without_the_statement() {
+    use pgopt_wire::frontend::{Bind, Describe, FrontendMessage as F, Parse, Query};
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |_| {}).await;
+    let admin = pg.connect("postgres").await.unwrap();
+    admin.batch_execute("CREATE TABLE t (a int)").await.unwrap();
+    let mut raw = Raw::connect(&proxy).await;
+    let parse = |name, query| {
+        F::Parse(Parse {
+            name,
+            query,
+            param_types: (&[]).into(),
+        })
+    };
+    raw.send(&[
+        parse("ins", "INSERT INTO t VALUES ($1::int)"),
+        parse("sel", "SELECT a FROM t WHERE a > $1::int"),
+        parse("rollback", "ROLLBACK"),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["1", "1", "1", "Z"]);
+    // The next transaction gets a server connection that never had them.
+    let console = common::admin(&proxy).await;
+    console.simple_query("RECONNECT app").await.unwrap();
+    for sql in ["BEGIN", "SELECT 1/0"] {
+        raw.send(&[F::Query(Query { sql })]).await;
+        raw.until_ready().await;
+    }
+    let describe = |name| {
+        F::Describe(Describe {
+            target: pgopt_wire::Target::Statement,
+            name,
+        })
+    };
+    let none: [pgopt_wire::Format; 0] = [];
+    let one: [Option<&[u8]>; 1] = [Some(b"1")];
+    let two: [Option<&[u8]>; 2] = [Some(b"1"), Some(b"2")];
+    let bind = |statement, params| {
+        F::Bind(Bind {
+            portal: "",
+            statement,
+            param_formats: (&none).into(),
+            params,
+            result_formats: (&none).into(),
+        })
+    };
+    // PostgreSQL describes the parameters of a statement that returns no rows, and
+    // refuses one that does.
+    raw.send(&[describe("ins"), F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["t", "n", "Z"]);
+    raw.send(&[describe("ins"), describe("sel"), describe("ins"), F::Sync])
+        .await;
+    assert_eq!(raw.until_ready().await, ["t", "n", "E25P02", "Z"]);
+    // A Bind: the count of its parameters first, then 25P02.
+    raw.send(&[bind("ins", (&two).into()), F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["E08P01", "Z"]);
+    raw.send(&[bind("sel", (&one).into()), F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["E25P02", "Z"]);
+    // ROLLBACK prepares, and ends the transaction.
+    let nothing: [Option<&[u8]>; 0] = [];
+    raw.send(&[
+        bind("rollback", (&nothing).into()),
+        F::Execute(pgopt_wire::frontend::Execute {
+            portal: "",
+            max_rows: 0,
+        }),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["2", "C", "Z"]);
+    raw.send(&[bind("ins", (&one).into()), F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["2", "Z"]);
+}
