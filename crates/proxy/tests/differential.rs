@@ -467,10 +467,12 @@ fn without_statement_names(message: &str) -> String {
 /// Whether pgopt's reply is PostgreSQL's, but for two known differences:
 /// - a statement's name in an error, when two names are the same statement;
 /// - in a failed transaction, a Describe or Bind of a statement the server connection
-///   pgopt lends lacks: preparing it there is refused with 25P02, where PostgreSQL
-///   describes it, or checks the Bind's parameters first. pgopt's reply is then
-///   PostgreSQL's up to that point, then 25P02; the transaction stays failed either
-///   way. (`DIFF_STRICT=1` turns this off.)
+///   pgopt lends lacks, when no server has described that statement yet (pgopt answers
+///   from a description; it learns one for each named statement it prepares, and from
+///   any client's Describe, but not for an unnamed statement): preparing it there is
+///   refused with 25P02, where PostgreSQL describes it, or checks the Bind's
+///   parameters first. pgopt's reply is then PostgreSQL's up to that point, then
+///   25P02; the transaction stays failed either way. (`DIFF_STRICT=1` turns this off.)
 fn alike(want: Option<&Reply>, got: Option<&Reply>) -> bool {
     if want == got {
         return true;
