@@ -177,7 +177,10 @@ const MAX_DESCRIPTIONS: usize = 4096;
 /// What a server answered a Describe of a statement: its ParameterDescription's body
 /// and whether it returns rows (a RowDescription, not NoData), at a plan epoch. In a
 /// failed transaction a server connection that lacks a client's statement can't
-/// prepare it, and pgopt answers for it from this, as PostgreSQL would.
+/// prepare it, and pgopt answers for it from this, as PostgreSQL would. (Keyed by the
+/// statement's text and declared types, as its `pgopt_…` server statements are:
+/// parameter types a schema change alters without a new plan epoch, or a different
+/// `search_path`, can make it stale for this rare answer.)
 #[derive(Debug, Clone)]
 pub struct Description {
     epoch: u64,

@@ -1395,7 +1395,11 @@ impl Relay {
             // In a failed transaction only COMMIT or ROLLBACK runs (anything else fails,
             // and the rest of the batch is skipped): a portal executed, or a simple
             // query, may end it before its ReadyForQuery says so.
-            if matches!(frame.tag(), b'E' | b'Q') && self.status == TransactionStatus::Failed {
+            // (Also with a Sync or query in flight: the transaction may fail by then.)
+            if matches!(frame.tag(), b'E' | b'Q')
+                && (self.status == TransactionStatus::Failed
+                    || self.expected.all_server_readies() > 0)
+            {
                 self.ending_in_flight = true;
             }
             match frame.tag() {
@@ -1794,25 +1798,17 @@ impl Relay {
                     return Ok(false);
                 }
                 if describe.name.is_empty() {
-                    // (Its id only to keep or use its description: in a failed
-                    // transaction, or not yet known.)
-                    let unnamed = self.unnamed_statement();
-                    if let Some((id, ends)) = unnamed {
-                        if !self.unnamed_here
-                            && !ends
-                            && self.surely_failed()
-                            && self.describe_in_failed(id)
-                        {
-                            return Ok(true);
+                    // (An unnamed statement's description is not learnt: its texts
+                    // may be many. One a named statement shares is used.)
+                    if !self.unnamed_here && self.surely_failed() {
+                        if let Some((id, false)) = self.unnamed_statement() {
+                            if self.describe_in_failed(id) {
+                                return Ok(true);
+                            }
                         }
                     }
                     self.ensure_unnamed();
-                    let Some((statement, _)) = unnamed else {
-                        return Ok(false);
-                    };
-                    self.to_server.extend_from_slice(frame.as_bytes());
-                    self.expected.push(Step::DescribeStatement { statement });
-                    return Ok(true);
+                    return Ok(false);
                 }
                 let Some((prepared, _)) = self.client_statement(describe.name) else {
                     return Ok(false);
@@ -1824,7 +1820,15 @@ impl Relay {
                 {
                     return Ok(true);
                 }
-                self.ensure_prepared(&prepared);
+                // (Prepared without a Describe of pgopt's: the client's teaches the same.)
+                if !self.server_conn().prepared.contains(&prepared.id) {
+                    self.send_parse(
+                        &prepared,
+                        Step::Injected {
+                            prepared: prepared.id,
+                        },
+                    );
+                }
                 // The client learns the statement's current shape.
                 self.statements.refresh(prepared.id, self.pool.plan_epoch());
                 let rewritten = Describe {

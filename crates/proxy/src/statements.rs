@@ -946,8 +946,9 @@ impl Expected {
 
     /// After an error in the extended protocol the server ignores everything up to the
     /// next Sync: those requests get no response, and Parses among them prepared nothing.
-    /// (The client's own unnamed Parse or Close skipped is undone in its names, as on
-    /// the server; one pgopt sent to prepare it again leaves the server's unsure.)
+    /// (A Close of the unnamed statement skipped is undone in the client's names, as on
+    /// the server. An unnamed Parse skipped — the client's, or one pgopt sent to
+    /// prepare it again — leaves the server's unsure: it may hold another client's.)
     fn skip_to_sync(&mut self, forget: &mut impl FnMut(u64)) {
         self.server_awaits_sync = true;
         while let Some(&step) = self.queue.front() {
@@ -966,8 +967,11 @@ impl Expected {
                 }
                 | Step::Injected { prepared: id } => forget(id),
                 Step::Parse { prepared, change } => {
-                    if let Some(id) = prepared {
-                        forget(id);
+                    match prepared {
+                        Some(id) => forget(id),
+                        // The unnamed statement (or a named one the server has, for
+                        // which this is needlessly careful).
+                        None => self.unnamed_unsure = true,
                     }
                     self.settled.push((change, Settled::Undone));
                 }

@@ -620,3 +620,56 @@ async fn describe_and_bind_in_a_failed_transaction_on_a_connection_without_the_s
     raw.send(&[bind("ins", (&one).into()), F::Sync]).await;
     assert_eq!(raw.until_ready().await, ["2", "Z"]);
 }
+
+/// An unnamed Parse the server skipped after an error leaves the server's unnamed
+/// statement what it was — on a pooled connection, maybe another client's: a Bind of
+/// the unnamed statement then never reaches that one.
+#[tokio::test]
+async fn a_skipped_unnamed_parse_never_lends_another_clients_unnamed_statement() {
+    use pgopt_wire::frontend::{Bind, Execute, FrontendMessage as F, Parse};
+    let (_pg, proxy) = start(1).await;
+    let none: [pgopt_wire::Format; 0] = [];
+    let nothing: [Option<&[u8]>; 0] = [];
+    let parse = |name, query| {
+        F::Parse(Parse {
+            name,
+            query,
+            param_types: (&[]).into(),
+        })
+    };
+    let bind = |statement| {
+        F::Bind(Bind {
+            portal: "",
+            statement,
+            param_formats: (&none).into(),
+            params: (&nothing).into(),
+            result_formats: (&none).into(),
+        })
+    };
+    let execute = F::Execute(Execute {
+        portal: "",
+        max_rows: 0,
+    });
+    let mut other = Raw::connect(&proxy).await;
+    other.send(&[parse("", "SELECT 'other'"), F::Sync]).await;
+    assert_eq!(other.until_ready().await, ["1", "Z"]);
+    let mut raw = Raw::connect(&proxy).await;
+    let run = |name, sql| [parse(name, sql), bind(name), execute];
+    let mut batch: Vec<F> = Vec::new();
+    batch.extend(run("b", "BEGIN"));
+    batch.extend(run("sp", "SAVEPOINT s"));
+    batch.push(F::Sync);
+    raw.send(&batch).await;
+    assert_eq!(raw.until_ready().await, ["1", "2", "C", "1", "2", "C", "Z"]);
+    let mut batch: Vec<F> = run("e", "SELECT 1/0").into();
+    batch.push(parse("", "SELECT 'mine'"));
+    batch.push(F::Sync);
+    raw.send(&batch).await;
+    // (Planned at the Bind, which fails.)
+    assert_eq!(raw.until_ready().await, ["1", "E22012", "Z"]);
+    let mut batch: Vec<F> = run("rb", "ROLLBACK TO SAVEPOINT s").into();
+    batch.extend([bind(""), execute, F::Sync]);
+    raw.send(&batch).await;
+    // As on PostgreSQL: the client has no unnamed statement.
+    assert_eq!(raw.until_ready().await, ["1", "2", "C", "E26000", "Z"]);
+}
