@@ -107,6 +107,10 @@ pub struct Relay {
     /// A RESET (or DISCARD ALL) was confirmed: the server has its own defaults where
     /// the client expects its start-up values, until they are applied again.
     settings_behind: bool,
+    /// A query applying this client's settings failed on a server connection (a
+    /// start-up value the server refuses): they are then not applied again inside a
+    /// transaction block, where a failure would fail the client's block.
+    settings_refused: bool,
     status: TransactionStatus,
     /// Transaction mode: statement names are rewritten so they work on any server.
     rewrite: bool,
@@ -299,6 +303,7 @@ impl Relay {
             rerouting: false,
             ending_in_flight: false,
             settings_behind: false,
+            settings_refused: false,
             status: TransactionStatus::Idle,
             rewrite: pool.mode == PoolMode::Transaction,
             mode: pool.mode,
@@ -1368,18 +1373,15 @@ impl Relay {
     /// Queues one client message for the server, rewriting statement names when needed.
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
         if self.settings_behind
-            && self.status == TransactionStatus::Idle
             && !self.open_batch
             && !self.copy_in
             && !self.skipping
-            && self.server.is_some()
             && self.expected.all_server_readies() == 0
+            && self.may_sync_settings_now()
         {
             // A RESET took the server back to its own defaults, not the client's
             // start-up values: those are applied again before the client's next
-            // statement, as PostgreSQL's RESET goes back to them. Only outside a
-            // transaction block, with nothing in flight: a value the server refuses
-            // (it is only logged, as at checkout) must not fail the client's block.
+            // statement, as PostgreSQL's RESET goes back to them.
             self.settings_behind = false;
             self.sync_settings();
         }
@@ -2109,6 +2111,23 @@ impl Relay {
         }
     }
 
+    /// Whether the client's settings may be applied again now, after a RESET: outside
+    /// a transaction block; inside one (not failed), only when no value of the client's
+    /// was ever refused (it is only logged, as at checkout: inside the block it would
+    /// fail the client's block) and plain SET and RESET do it (no snapshot taken).
+    fn may_sync_settings_now(&self) -> bool {
+        let Some(server) = self.server.as_ref() else {
+            return false;
+        };
+        match self.status {
+            TransactionStatus::Idle => true,
+            TransactionStatus::InTransaction => {
+                !self.settings_refused && self.settings.syncs_without_a_query(&server.conn.applied)
+            }
+            TransactionStatus::Failed => false,
+        }
+    }
+
     /// Brings the server connection just lent to the client's settings (start-up
     /// parameters and SETs), with queries whose responses the client never sees.
     fn sync_settings(&mut self) {
@@ -2735,6 +2754,10 @@ impl Relay {
             // Part of a query pgopt injected to apply the client's settings.
             if tag == b'E' {
                 let code = error_code(body).unwrap_or_default();
+                // (Refused in a failed transaction: no word on the value.)
+                if code != sqlstate::IN_FAILED_SQL_TRANSACTION.as_bytes() {
+                    self.settings_refused = true;
+                }
                 tracing::warn!(
                     sqlstate = %String::from_utf8_lossy(code),
                     "applying a client's settings on a server connection failed"

@@ -163,6 +163,16 @@ impl Settings {
         self.rehash();
     }
 
+    /// Whether [`Settings::sync`] would take `server` to these settings with SET and
+    /// RESET alone: no `SELECT set_config(…)`, which takes a snapshot (a transaction's
+    /// first, in REPEATABLE READ, must stay its client's first query's).
+    pub fn syncs_without_a_query(&self, server: &Applied) -> bool {
+        self.current.iter().all(|(name, setting)| {
+            server.map.get(name) == Some(setting)
+                || !(matches!(setting, Setting::Value(_)) && LIST_QUOTE.contains(&name.as_str()))
+        })
+    }
+
     /// The statements that make `server` match these settings (none when it does),
     /// and the server's new state. RESETs come first.
     pub fn sync(&self, server: &mut Applied) -> Vec<String> {
@@ -431,6 +441,18 @@ fn starts_word(text: &[u8], word: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_setting_is_synced_by_a_query_and_the_others_by_set_alone() {
+        let startup = |name: &str, value: &str| (name.to_string(), value.to_string());
+        let plain = Settings::from_startup(&[startup("application_name", "x")]);
+        assert!(plain.syncs_without_a_query(&Applied::default()));
+        let list = Settings::from_startup(&[startup("search_path", "a, b")]);
+        let mut server = Applied::default();
+        assert!(!list.syncs_without_a_query(&server));
+        assert!(list.sync(&mut server)[0].starts_with("SELECT pg_catalog.set_config"));
+        assert!(list.syncs_without_a_query(&server), "nothing left to apply");
+    }
 
     fn judged(sql: &str) -> Verdict {
         judge(&pgopt_sql::analyze(sql).unwrap(), sql)

@@ -1333,6 +1333,41 @@ async fn reset_inside_a_transaction_block_is_undone_by_its_rollback() {
     }
 }
 
+/// RESET inside a transaction block goes back to the client's start-up value, as on
+/// PostgreSQL, not to the pooled connection's own; without taking the transaction's
+/// snapshot. A client whose start-up value a server refused gets no re-application
+/// inside a block (it would fail the block).
+#[tokio::test]
+async fn reset_inside_a_block_goes_back_to_the_clients_start_up_values() {
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let a = connect_with_options(&proxy, "-c DateStyle=SQL,DMY").await;
+    for reset in ["RESET application_name", "RESET ALL"] {
+        a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .unwrap();
+        a.batch_execute("SET application_name = 'other'")
+            .await
+            .unwrap();
+        a.batch_execute("SET DateStyle = 'ISO, MDY'").await.unwrap();
+        a.batch_execute(reset).await.unwrap();
+        assert_eq!(show(&a, "application_name").await, "opts-test", "{reset}");
+        if reset == "RESET ALL" {
+            assert_eq!(show(&a, "DateStyle").await, "SQL, DMY");
+        }
+        // No query ran yet as far as the transaction knows: no snapshot taken.
+        a.batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            .await
+            .unwrap();
+        a.batch_execute("COMMIT").await.unwrap();
+    }
+    let bad = connect_with_options(&proxy, "-c TimeZone=Nowhere/Bogus").await;
+    let _ = bad.batch_execute("SELECT 1").await;
+    bad.batch_execute("BEGIN").await.unwrap();
+    bad.batch_execute("RESET TimeZone").await.unwrap();
+    bad.batch_execute("SELECT 1").await.unwrap();
+    bad.batch_execute("COMMIT").await.unwrap();
+}
+
 /// SET TRANSACTION SNAPSHOT lasts as long as its transaction: it is not carried to
 /// the client's later transactions (where it would fail) nor taken off other clients.
 #[tokio::test]
