@@ -1712,6 +1712,13 @@ impl Relay {
                         prepared: None,
                         change,
                     });
+                } else if on_server && (self.in_block() || failed && self.ending_in_flight) {
+                    // The server has it, but its answer is the server's to give: in a
+                    // block PostgreSQL's Parse takes the transaction's first snapshot
+                    // (SET TRANSACTION ISOLATION LEVEL is refused after it), and in a
+                    // failed one it is refused unless a COMMIT or ROLLBACK in flight
+                    // ended it. Parsed under a name of pgopt's and closed at once.
+                    self.probe_parse(&parse, change);
                 } else if on_server {
                     self.expected.push(Step::Answer { tag: b'1', change });
                 } else {
@@ -2161,6 +2168,33 @@ impl Relay {
             }
         }
         Some((statement.prepared.clone(), outdated))
+    }
+
+    /// A client's Parse of a statement the server connection has, sent under a name of
+    /// pgopt's and closed at once: its ParseComplete or error is the client's answer
+    /// (see where it is called).
+    fn probe_parse(&mut self, parse: &Parse<'_>, change: u64) {
+        const PROBE: &str = "pgopt_probe";
+        let probe = Parse {
+            name: PROBE,
+            query: parse.query,
+            param_types: parse.param_types,
+        };
+        let close = Close {
+            target: Target::Statement,
+            name: PROBE,
+        };
+        let mut sent = BytesMut::new();
+        if probe.encode(&mut sent).is_err() || close.encode(&mut sent).is_err() {
+            self.expected.push(Step::Answer { tag: b'1', change });
+            return;
+        }
+        self.to_server.extend_from_slice(&sent);
+        self.expected.push(Step::Parse {
+            prepared: None,
+            change,
+        });
+        self.expected.push(Step::InjectedClose);
     }
 
     /// The client's unnamed statement, if pgopt has its Parse: its id, and whether it

@@ -673,3 +673,22 @@ async fn a_skipped_unnamed_parse_never_lends_another_clients_unnamed_statement()
     // As on PostgreSQL: the client has no unnamed statement.
     assert_eq!(raw.until_ready().await, ["1", "2", "C", "E26000", "Z"]);
 }
+
+/// A Parse of a statement the server connection already has still reaches the server
+/// inside a transaction block: there PostgreSQL's Parse takes the transaction's first
+/// snapshot, after which the isolation level can't be set.
+#[tokio::test]
+async fn a_parse_inside_a_block_takes_the_snapshot_as_on_postgresql() {
+    let (_pg, proxy) = start(1).await;
+    let a = connect(&proxy).await;
+    a.prepare("SELECT 1").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    let again = a.prepare("SELECT 1").await.unwrap();
+    let err = a
+        .batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .unwrap_err();
+    assert_eq!(common::code(&err), Some("25001"), "{err}");
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(a.query_one(&again, &[]).await.unwrap().get::<_, i32>(0), 1);
+}
