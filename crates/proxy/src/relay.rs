@@ -2190,11 +2190,8 @@ impl Relay {
             return;
         }
         self.to_server.extend_from_slice(&sent);
-        self.expected.push(Step::Parse {
-            prepared: None,
-            change,
-        });
-        self.expected.push(Step::InjectedClose);
+        self.expected.push(Step::ProbeParse { change });
+        self.expected.push(Step::ProbeClose);
     }
 
     /// The client's unnamed statement, if pgopt has its Parse: its id, and whether it
@@ -2791,6 +2788,11 @@ impl Relay {
                 // (Refused in a failed transaction: no word on the value.)
                 if code != sqlstate::IN_FAILED_SQL_TRANSACTION.as_bytes() {
                     self.settings_refused = true;
+                    // The connection's record may now claim the refused value: other
+                    // clients, which would not send it again, must not trust it.
+                    if let Some(server) = self.server.as_mut() {
+                        server.conn.applied.refused = true;
+                    }
                 }
                 tracing::warn!(
                     sqlstate = %String::from_utf8_lossy(code),
@@ -2892,7 +2894,10 @@ impl Relay {
                             (self.tx_snapshot.take(), self.server.as_mut())
                         {
                             self.settings = settings;
+                            // (A refusal seen since stays known.)
+                            let refused = server.conn.applied.refused;
                             server.conn.applied = applied;
+                            server.conn.applied.refused |= refused;
                         }
                         // What was read back inside is restored with them. (Names left
                         // from an earlier transaction's COMMIT are still read: a

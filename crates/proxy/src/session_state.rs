@@ -34,6 +34,10 @@ pub struct Settings {
 pub struct Applied {
     map: BTreeMap<String, Setting>,
     version: u64,
+    /// A query applying settings failed here: `map` may hold a value the server
+    /// refused (it is only logged), so it is not trusted to apply values inside a
+    /// transaction block (see [`Settings::syncs_without_a_query`]).
+    pub refused: bool,
 }
 
 /// How `SET SESSION CHARACTERISTICS AS TRANSACTION …` is tracked (its statement, under
@@ -163,14 +167,31 @@ impl Settings {
         self.rehash();
     }
 
-    /// Whether [`Settings::sync`] would take `server` to these settings with SET and
-    /// RESET alone: no `SELECT set_config(…)`, which takes a snapshot (a transaction's
-    /// first, in REPEATABLE READ, must stay its client's first query's).
+    /// Whether [`Settings::sync`] can take `server` to these settings inside a
+    /// transaction block: with SET and RESET alone (no `SELECT set_config(…)`, which
+    /// takes a snapshot: a transaction's first, in REPEATABLE READ, must stay its
+    /// client's first query's), none of the three settings of the transaction itself
+    /// (PostgreSQL's RESET ALL leaves them, and refuses them after the first
+    /// snapshot), and on a connection where no settings query failed.
     pub fn syncs_without_a_query(&self, server: &Applied) -> bool {
-        self.current.iter().all(|(name, setting)| {
-            server.map.get(name) == Some(setting)
-                || !(matches!(setting, Setting::Value(_)) && LIST_QUOTE.contains(&name.as_str()))
-        })
+        const OF_THE_TRANSACTION: [&str; 3] = [
+            "transaction_isolation",
+            "transaction_read_only",
+            "transaction_deferrable",
+        ];
+        let plain = |name: &String, setting: Option<&Setting>| {
+            let list =
+                matches!(setting, Some(Setting::Value(_))) && LIST_QUOTE.contains(&name.as_str());
+            !(list || OF_THE_TRANSACTION.contains(&name.as_str()))
+        };
+        !server.refused
+            && self.current.iter().all(|(name, setting)| {
+                server.map.get(name) == Some(setting) || plain(name, Some(setting))
+            })
+            && server
+                .map
+                .keys()
+                .all(|name| self.current.contains_key(name) || plain(name, None))
     }
 
     /// The statements that make `server` match these settings (none when it does),
@@ -233,6 +254,7 @@ impl Applied {
     pub fn clear(&mut self) {
         self.map.clear();
         self.version = 0;
+        self.refused = false;
     }
 }
 
@@ -452,6 +474,16 @@ mod tests {
         assert!(!list.syncs_without_a_query(&server));
         assert!(list.sync(&mut server)[0].starts_with("SELECT pg_catalog.set_config"));
         assert!(list.syncs_without_a_query(&server), "nothing left to apply");
+        let of_the_transaction = Settings::from_startup(&[startup("transaction_read_only", "on")]);
+        assert!(!of_the_transaction.syncs_without_a_query(&Applied::default()));
+        let mut refused = Applied::default();
+        plain.sync(&mut refused);
+        assert!(plain.syncs_without_a_query(&refused));
+        refused.refused = true;
+        assert!(
+            !plain.syncs_without_a_query(&refused),
+            "a record not to trust"
+        );
     }
 
     fn judged(sql: &str) -> Verdict {

@@ -482,6 +482,11 @@ pub enum Step {
     Mark { change: u64 },
     /// A Parse the proxy injected: its ParseComplete is not the client's.
     Injected { prepared: u64 },
+    /// The client's Parse of a statement the server has, sent under a name of pgopt's
+    /// (see `Relay::probe_parse`): its answer is the client's, and settles `change`.
+    ProbeParse { change: u64 },
+    /// The Close of that name, right after it: its CloseComplete is not the client's.
+    ProbeClose,
     /// The client's unnamed statement prepared again by the proxy on this server
     /// connection: its ParseComplete is not the client's.
     InjectedUnnamed,
@@ -618,7 +623,7 @@ impl Expected {
     pub fn head_request(&self) -> Option<Request> {
         match self.queue.front() {
             Some(Step::Server { request, .. }) => Some(*request),
-            Some(Step::Parse { .. }) => Some(Request::Parse),
+            Some(Step::Parse { .. } | Step::ProbeParse { .. }) => Some(Request::Parse),
             Some(Step::CloseUnnamed { .. }) => Some(Request::Close),
             Some(Step::Bind { .. }) => Some(Request::Bind),
             Some(Step::DescribeStatement { .. }) => Some(Request::Describe),
@@ -701,6 +706,7 @@ impl Expected {
         for step in self.queue.drain(..) {
             match step {
                 Step::Parse { change, .. }
+                | Step::ProbeParse { change }
                 | Step::Answer { change, .. }
                 | Step::CloseUnnamed { change }
                 | Step::Mark { change }
@@ -818,6 +824,32 @@ impl Expected {
                     self.skip_to_sync(&mut forget);
                 } else if completes(Request::Describe, tag) {
                     self.queue.pop_front();
+                }
+                Verdict::Relay
+            }
+            Step::ProbeParse { change } => {
+                match tag {
+                    b'1' => {
+                        self.queue.pop_front();
+                        self.settled.push((change, Settled::Happened));
+                    }
+                    b'E' => {
+                        self.settled.push((change, Settled::Undone));
+                        self.queue.pop_front();
+                        self.skip_to_sync(&mut forget);
+                    }
+                    _ => {}
+                }
+                Verdict::Relay
+            }
+            Step::ProbeClose => {
+                if tag == b'3' {
+                    self.queue.pop_front();
+                    return Verdict::Drop;
+                }
+                if tag == b'E' {
+                    self.queue.pop_front();
+                    self.skip_to_sync(&mut forget);
                 }
                 Verdict::Relay
             }
@@ -977,7 +1009,8 @@ impl Expected {
                 }
                 Step::Answer { change, .. }
                 | Step::CloseUnnamed { change }
-                | Step::Mark { change } => self.settled.push((change, Settled::Undone)),
+                | Step::Mark { change }
+                | Step::ProbeParse { change } => self.settled.push((change, Settled::Undone)),
                 // The server skipped the refused message's place too.
                 Step::Error => {
                     self.errors.pop_front();

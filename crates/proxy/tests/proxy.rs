@@ -1360,12 +1360,18 @@ async fn reset_inside_a_block_goes_back_to_the_clients_start_up_values() {
             .unwrap();
         a.batch_execute("COMMIT").await.unwrap();
     }
-    let bad = connect_with_options(&proxy, "-c TimeZone=Nowhere/Bogus").await;
-    let _ = bad.batch_execute("SELECT 1").await;
-    bad.batch_execute("BEGIN").await.unwrap();
-    bad.batch_execute("RESET TimeZone").await.unwrap();
-    bad.batch_execute("SELECT 1").await.unwrap();
-    bad.batch_execute("COMMIT").await.unwrap();
+    // The second bad client gets the connection the first one's value was refused
+    // on, whose record claims it: no SET of its own at checkout, no refusal seen.
+    let first = connect_with_options(&proxy, "-c TimeZone=Nowhere/Bogus").await;
+    first.batch_execute("SELECT 1").await.unwrap();
+    let second = connect_with_options(&proxy, "-c TimeZone=Nowhere/Bogus").await;
+    for bad in [&second, &first] {
+        bad.batch_execute("SELECT 1").await.unwrap();
+        bad.batch_execute("BEGIN").await.unwrap();
+        bad.batch_execute("RESET TimeZone").await.unwrap();
+        bad.batch_execute("SELECT 1").await.unwrap();
+        bad.batch_execute("COMMIT").await.unwrap();
+    }
 }
 
 /// SET TRANSACTION SNAPSHOT lasts as long as its transaction: it is not carried to
