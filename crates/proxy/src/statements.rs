@@ -827,21 +827,7 @@ impl Expected {
                 }
                 Verdict::Relay
             }
-            Step::ProbeParse { change } => {
-                match tag {
-                    b'1' => {
-                        self.queue.pop_front();
-                        self.settled.push((change, Settled::Happened));
-                    }
-                    b'E' => {
-                        self.settled.push((change, Settled::Undone));
-                        self.queue.pop_front();
-                        self.skip_to_sync(&mut forget);
-                    }
-                    _ => {}
-                }
-                Verdict::Relay
-            }
+            Step::ProbeParse { change } => self.settles(tag, b'1', change, &mut forget),
             Step::ProbeClose => {
                 if tag == b'3' {
                     self.queue.pop_front();
@@ -896,21 +882,7 @@ impl Expected {
                 }
                 Verdict::Relay
             }
-            Step::CloseUnnamed { change } => {
-                match tag {
-                    b'3' => {
-                        self.queue.pop_front();
-                        self.settled.push((change, Settled::Happened));
-                    }
-                    b'E' => {
-                        self.settled.push((change, Settled::Undone));
-                        self.queue.pop_front();
-                        self.skip_to_sync(&mut forget);
-                    }
-                    _ => {}
-                }
-                Verdict::Relay
-            }
+            Step::CloseUnnamed { change } => self.settles(tag, b'3', change, &mut forget),
             Step::Server { request, prepared } => {
                 if tag == b'E' && !matches!(request, Request::Query | Request::Sync) {
                     if let Some(id) = prepared {
@@ -947,6 +919,20 @@ impl Expected {
             | Step::Error
             | Step::Ready => Verdict::Relay,
         }
+    }
+
+    /// A client's request whose answer (`done`, or an error) settles its name change
+    /// `change`; the answer is the client's.
+    fn settles(&mut self, tag: u8, done: u8, change: u64, forget: &mut impl FnMut(u64)) -> Verdict {
+        if tag == done {
+            self.queue.pop_front();
+            self.settled.push((change, Settled::Happened));
+        } else if tag == b'E' {
+            self.settled.push((change, Settled::Undone));
+            self.queue.pop_front();
+            self.skip_to_sync(forget);
+        }
+        Verdict::Relay
     }
 
     /// A Parse or Close pgopt sent itself: its completion (`done`) is not the
