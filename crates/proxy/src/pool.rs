@@ -425,7 +425,10 @@ impl Pool {
 
     /// Whether statement `id`'s description is known at the current epoch.
     pub fn knows_description(&self, id: u64) -> bool {
-        self.description(id).is_some()
+        let epoch = self.plan_epoch();
+        lock(&self.descriptions)
+            .get(&id)
+            .is_some_and(|d| d.epoch == epoch)
     }
 
     /// A server described statement `id`.

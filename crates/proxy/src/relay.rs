@@ -1740,11 +1740,9 @@ impl Relay {
                     tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
                 }
                 if bind.statement.is_empty() {
-                    if !self.unnamed_here && self.surely_failed() {
-                        if let Some((id, false)) = self.unnamed_statement() {
-                            if self.bind_in_failed(id, "", bind.rest) {
-                                return Ok(true);
-                            }
+                    if let Some(id) = self.unnamed_lacking_in_failed() {
+                        if self.bind_in_failed(id, "", bind.rest) {
+                            return Ok(true);
                         }
                     }
                     self.ensure_unnamed();
@@ -1752,9 +1750,7 @@ impl Relay {
                 let Some((prepared, outdated)) = self.client_statement(bind.statement) else {
                     return Ok(false);
                 };
-                if self.surely_failed()
-                    && !self.server_conn().prepared.contains(&prepared.id)
-                    && !prepared.query().is_none_or(ends_transaction)
+                if self.lacking_in_failed(&prepared)
                     && self.bind_in_failed(prepared.id, bind.statement, bind.rest)
                 {
                     return Ok(true);
@@ -1809,11 +1805,9 @@ impl Relay {
                 if describe.name.is_empty() {
                     // (An unnamed statement's description is not learnt: its texts
                     // may be many. One a named statement shares is used.)
-                    if !self.unnamed_here && self.surely_failed() {
-                        if let Some((id, false)) = self.unnamed_statement() {
-                            if self.describe_in_failed(id) {
-                                return Ok(true);
-                            }
+                    if let Some(id) = self.unnamed_lacking_in_failed() {
+                        if self.describe_in_failed(id) {
+                            return Ok(true);
                         }
                     }
                     self.ensure_unnamed();
@@ -1822,22 +1816,11 @@ impl Relay {
                 let Some((prepared, _)) = self.client_statement(describe.name) else {
                     return Ok(false);
                 };
-                if self.surely_failed()
-                    && !self.server_conn().prepared.contains(&prepared.id)
-                    && !prepared.query().is_none_or(ends_transaction)
-                    && self.describe_in_failed(prepared.id)
-                {
+                if self.lacking_in_failed(&prepared) && self.describe_in_failed(prepared.id) {
                     return Ok(true);
                 }
-                // (Prepared without a Describe of pgopt's: the client's teaches the same.)
-                if !self.server_conn().prepared.contains(&prepared.id) {
-                    self.send_parse(
-                        &prepared,
-                        Step::Injected {
-                            prepared: prepared.id,
-                        },
-                    );
-                }
+                // (No Describe of pgopt's after it: the client's teaches the same.)
+                self.prepare_here(&prepared);
                 // The client learns the statement's current shape.
                 self.statements.refresh(prepared.id, self.pool.plan_epoch());
                 let rewritten = Describe {
@@ -2194,12 +2177,25 @@ impl Relay {
         self.expected.push(Step::ProbeClose);
     }
 
-    /// The client's unnamed statement, if pgopt has its Parse: its id, and whether it
-    /// ends a transaction (a COMMIT or ROLLBACK, which a failed one takes).
-    fn unnamed_statement(&self) -> Option<(u64, bool)> {
+    /// Whether a Describe or Bind of `prepared` is one for [`Relay::describe_in_failed`]
+    /// or [`Relay::bind_in_failed`]: the transaction surely failed, this server
+    /// connection lacks the statement, and it is no COMMIT or ROLLBACK (which a failed
+    /// transaction prepares).
+    fn lacking_in_failed(&mut self, prepared: &Prepared) -> bool {
+        self.surely_failed()
+            && !self.server_conn().prepared.contains(&prepared.id)
+            && !prepared.query().is_none_or(ends_transaction)
+    }
+
+    /// [`Relay::lacking_in_failed`] for the client's unnamed statement (if pgopt has
+    /// its Parse): its id.
+    fn unnamed_lacking_in_failed(&self) -> Option<u64> {
+        if self.unnamed_here || !self.surely_failed() {
+            return None;
+        }
         let frame = self.statements.unnamed()?;
         let parse = Parse::decode(frame.get(5..)?).ok()?;
-        Some((statement_id(&parse), ends_transaction(parse.query)))
+        (!ends_transaction(parse.query)).then(|| statement_id(&parse))
     }
 
     /// The server's transaction is failed, and nothing in flight may end it (a portal
@@ -2215,10 +2211,8 @@ impl Relay {
     /// from what a server said of the statement before — its ParameterDescription and
     /// NoData, or 25P02 when it returns rows. `false`: left to the server (its
     /// description is not known; the server refuses the Parse pgopt sends first).
+    /// (Callers check [`Relay::lacking_in_failed`] first.)
     fn describe_in_failed(&mut self, id: u64) -> bool {
-        if !self.surely_failed() {
-            return false;
-        }
         let Some(description) = self.pool.description(id) else {
             return false;
         };
@@ -2240,9 +2234,6 @@ impl Relay {
     /// PostgreSQL checks the count of its parameters (`rest`: the Bind after the
     /// names) first, then refuses it with 25P02.
     fn bind_in_failed(&mut self, id: u64, name: &str, rest: &[u8]) -> bool {
-        if !self.surely_failed() {
-            return false;
-        }
         let Some(description) = self.pool.description(id) else {
             return false;
         };
@@ -2288,17 +2279,26 @@ impl Relay {
         }
     }
 
-    /// Prepares `prepared` on the current server first when it lacks it.
+    /// Prepares `prepared` on the current server first when it lacks it (and learns
+    /// its description, when unknown).
     fn ensure_prepared(&mut self, prepared: &Prepared) {
-        if !self.server_conn().prepared.contains(&prepared.id) {
-            self.send_parse(
-                prepared,
-                Step::Injected {
-                    prepared: prepared.id,
-                },
-            );
+        if self.prepare_here(prepared) {
             self.learn_description(prepared);
         }
+    }
+
+    /// Prepares `prepared` on the current server when it lacks it; whether it did.
+    fn prepare_here(&mut self, prepared: &Prepared) -> bool {
+        if self.server_conn().prepared.contains(&prepared.id) {
+            return false;
+        }
+        self.send_parse(
+            prepared,
+            Step::Injected {
+                prepared: prepared.id,
+            },
+        );
+        true
     }
 
     /// Asks the server to describe `prepared`, just sent, when its description is not

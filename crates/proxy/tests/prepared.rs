@@ -16,6 +16,17 @@ async fn connect(proxy: &Proxy) -> tokio_postgres::Client {
     common::connect(proxy, "postgres", None).await.unwrap()
 }
 
+/// The client's open transaction counts a query run (its first snapshot is taken):
+/// the isolation level can't be set any more (25001). Rolled back after.
+async fn assert_a_query_ran(client: &tokio_postgres::Client) {
+    let err = client
+        .batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .unwrap_err();
+    assert_eq!(common::code(&err), Some("25001"), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_work_on_whichever_server_connection_a_client_gets() {
     let (pg, proxy) = start(2).await;
@@ -246,12 +257,7 @@ async fn deallocate_and_discard_variants_never_break_later_statements() {
     let s1 = a.prepare("SELECT 1").await.unwrap();
     a.batch_execute("BEGIN").await.unwrap();
     a.batch_execute("DEALLOCATE ALL").await.unwrap();
-    let err = a
-        .batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-        .await
-        .unwrap_err();
-    assert_eq!(common::code(&err), Some("25001"), "{err}");
-    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_a_query_ran(&a).await;
     // (Not undone by the rollback, as on PostgreSQL.)
     let err = a.query(&s1, &[]).await.unwrap_err();
     assert_eq!(common::code(&err), Some("26000"), "{err}");
@@ -684,11 +690,6 @@ async fn a_parse_inside_a_block_takes_the_snapshot_as_on_postgresql() {
     a.prepare("SELECT 1").await.unwrap();
     a.batch_execute("BEGIN").await.unwrap();
     let again = a.prepare("SELECT 1").await.unwrap();
-    let err = a
-        .batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-        .await
-        .unwrap_err();
-    assert_eq!(common::code(&err), Some("25001"), "{err}");
-    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_a_query_ran(&a).await;
     assert_eq!(a.query_one(&again, &[]).await.unwrap().get::<_, i32>(0), 1);
 }
