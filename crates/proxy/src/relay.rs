@@ -2817,7 +2817,7 @@ impl Relay {
                 }
                 if body == b"DISCARD ALL\0" {
                     conn.applied.clear();
-                    self.settings.reset_all();
+                    self.settings.discard_all();
                     self.statements.discard_all();
                     self.settings_behind = true;
                 }

@@ -60,6 +60,13 @@ const LIST_QUOTE: &[&str] = &[
     "shared_preload_libraries",
 ];
 
+/// The settings PostgreSQL's RESET ALL leaves alone (GUC_NO_RESET_ALL) that a
+/// session keeps: the role and the session authorization (a change of which sets the
+/// role to `none`). The three of the transaction itself last no longer than it.
+const ROLE: &str = "role";
+const AUTHORIZATION: &str = "session_authorization";
+const NOT_RESET_BY_ALL: [&str; 2] = [ROLE, AUTHORIZATION];
+
 /// Start-up parameters the proxy handles itself, never replayed.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
@@ -102,28 +109,51 @@ impl Settings {
             }
             Change::Reset(name) => {
                 self.reset(name);
-                server.map.remove(&name.to_ascii_lowercase());
+                let name = name.to_ascii_lowercase();
+                server.map.remove(&name);
+                if name == AUTHORIZATION {
+                    server.map.remove(ROLE);
+                    if let Some(role) = self.current.get(ROLE) {
+                        server.map.insert(ROLE.to_string(), role.clone());
+                    }
+                }
                 server.version = version_of(&server.map);
             }
             Change::ResetAll => {
                 self.reset_all();
-                server.clear();
+                server.reset_all();
             }
+        }
+    }
+
+    /// A change of the session authorization (SET or RESET) also sets the role to
+    /// `none`: what RESET role then goes back to stays the start-up value.
+    fn authorization_changed(&mut self) {
+        if self.startup.contains_key(ROLE) {
+            self.current
+                .insert(ROLE.to_string(), Setting::Value("none".into()));
+        } else {
+            self.current.remove(ROLE);
         }
     }
 
     /// A successful `SET name …` (its statement text).
     pub fn set(&mut self, name: &str, statement: &str) {
-        self.current.insert(
-            name.to_ascii_lowercase(),
-            Setting::Statement(statement.to_string()),
-        );
+        let name = name.to_ascii_lowercase();
+        if name == AUTHORIZATION {
+            self.authorization_changed();
+        }
+        self.current
+            .insert(name, Setting::Statement(statement.to_string()));
         self.rehash();
     }
 
     /// A successful `RESET name`: back to the start-up value, if any.
     pub fn reset(&mut self, name: &str) {
         let name = name.to_ascii_lowercase();
+        if name == AUTHORIZATION {
+            self.authorization_changed();
+        }
         match self.startup.get(&name) {
             Some(v) => self.current.insert(name, v.clone()),
             None => self.current.remove(&name),
@@ -161,8 +191,23 @@ impl Settings {
         server.version = version_of(&server.map);
     }
 
-    /// RESET ALL or DISCARD ALL: back to the start-up parameters.
+    /// RESET ALL: back to the start-up parameters, but for the role and the session
+    /// authorization, which PostgreSQL's RESET ALL leaves as they are.
     pub fn reset_all(&mut self) {
+        let mut current = self.startup.clone();
+        for name in NOT_RESET_BY_ALL {
+            match self.current.get(name) {
+                Some(v) => current.insert(name.to_string(), v.clone()),
+                None => current.remove(name),
+            };
+        }
+        self.current = current;
+        self.rehash();
+    }
+
+    /// DISCARD ALL: back to the start-up parameters, the role and the session
+    /// authorization included.
+    pub fn discard_all(&mut self) {
         self.current = self.startup.clone();
         self.rehash();
     }
@@ -206,8 +251,14 @@ impl Settings {
                 statements.push(format!("RESET {}", quote_ident(name)));
             }
         }
+        // A change of the session authorization sets the role to none: it goes first
+        // (PostgreSQL's RESETs before it), and the client's role after it, always.
+        let authorization = self.current.get(AUTHORIZATION);
+        let reauthorized = server.map.get(AUTHORIZATION) != authorization;
+        let resets = statements.len();
         for (name, setting) in &self.current {
-            if server.map.get(name) == Some(setting) {
+            let fresh_role = reauthorized && name == ROLE;
+            if server.map.get(name) == Some(setting) && !fresh_role {
                 continue;
             }
             statements.push(match setting {
@@ -224,6 +275,10 @@ impl Settings {
                 ),
                 Setting::Statement(s) => s.clone(),
             });
+            if name == AUTHORIZATION {
+                let set = statements.pop().unwrap_or_default();
+                statements.insert(resets, set);
+            }
         }
         server.map = self.current.clone();
         server.version = self.version;
@@ -250,11 +305,19 @@ impl Settings {
 }
 
 impl Applied {
-    /// After DISCARD ALL or RESET ALL on the server: nothing applied any more.
+    /// After DISCARD ALL on the server: nothing applied any more.
     pub fn clear(&mut self) {
         self.map.clear();
         self.version = 0;
         self.refused = false;
+    }
+
+    /// After RESET ALL on the server: what it leaves (see [`Settings::reset_all`]).
+    pub fn reset_all(&mut self) {
+        self.map
+            .retain(|name, _| NOT_RESET_BY_ALL.contains(&name.as_str()));
+        self.version = version_of(&self.map);
+        self.refused &= !self.map.is_empty();
     }
 }
 
@@ -600,5 +663,32 @@ mod tests {
         client.reset_all();
         assert_eq!(client.sync(&mut server).len(), 3);
         assert_eq!(quote_literal("it's"), "'it''s'");
+        // The session authorization goes before the role (it sets the role to none),
+        // and RESET ALL keeps both.
+        client.set("session_authorization", "SET SESSION AUTHORIZATION r2");
+        client.set("role", "SET ROLE r1");
+        let mut fresh = Applied::default();
+        let statements = client.sync(&mut fresh);
+        let at = |s: &str| statements.iter().position(|x| x == s).unwrap();
+        assert!(
+            at("SET SESSION AUTHORIZATION r2") < at("SET ROLE r1"),
+            "{statements:?}"
+        );
+        client.reset_all();
+        fresh.reset_all();
+        let again = client.sync(&mut fresh);
+        assert!(
+            !again
+                .iter()
+                .any(|s| s.contains(" ROLE ") || s.contains("AUTHORIZATION")),
+            "{again:?}"
+        );
+        // A new session authorization drops the role, on both sides.
+        client.set("session_authorization", "SET SESSION AUTHORIZATION r3");
+        client.set("role", "SET ROLE r1");
+        assert_eq!(
+            client.sync(&mut fresh),
+            vec!["SET SESSION AUTHORIZATION r3", "SET ROLE r1"]
+        );
     }
 }

@@ -1376,6 +1376,84 @@ async fn reset_inside_a_block_goes_back_to_the_clients_start_up_values() {
 
 /// SET TRANSACTION SNAPSHOT lasts as long as its transaction: it is not carried to
 /// the client's later transactions (where it would fail) nor taken off other clients.
+/// SET ROLE and SET SESSION AUTHORIZATION follow their client as PostgreSQL keeps
+/// them: RESET ALL leaves both (they are not reset by it), a session authorization
+/// resets the role, and a role set after it is replayed after it.
+#[tokio::test]
+async fn role_and_session_authorization_survive_reset_all_and_replay_in_order() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql("CREATE ROLE r1; CREATE ROLE r2; GRANT r1 TO r2")
+        .unwrap();
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    let is = |u: &str, s: &str| (u.to_string(), s.to_string());
+    a.batch_execute("SET ROLE r1").await.unwrap();
+    a.batch_execute("RESET ALL").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            users(&a).await,
+            is("r1", "postgres"),
+            "RESET ALL keeps the role"
+        );
+        assert_eq!(users(&b).await, is("postgres", "postgres"));
+    }
+    a.batch_execute("SET SESSION AUTHORIZATION r2; SET ROLE r1")
+        .await
+        .unwrap_err(); // several statements: refused in transaction mode
+    a.batch_execute("SET SESSION AUTHORIZATION r2")
+        .await
+        .unwrap();
+    assert_eq!(
+        users(&a).await,
+        is("r2", "r2"),
+        "a session authorization resets the role"
+    );
+    assert_eq!(users(&b).await, is("postgres", "postgres"));
+    assert_eq!(users(&a).await, is("r2", "r2"));
+    a.batch_execute("SET ROLE r1").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(users(&b).await, is("postgres", "postgres"));
+        assert_eq!(
+            users(&a).await,
+            is("r1", "r2"),
+            "the role replays after the authorization"
+        );
+    }
+    a.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(users(&b).await, is("postgres", "postgres"));
+    assert_eq!(users(&a).await, is("r1", "r2"));
+    a.batch_execute("RESET SESSION AUTHORIZATION")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(users(&a).await, is("postgres", "postgres"));
+        assert_eq!(users(&b).await, is("postgres", "postgres"));
+    }
+    // A role among the start-up options: RESET ALL leaves a SET ROLE NONE after it.
+    let c = connect_with_options(&proxy, "-c role=r1").await;
+    assert_eq!(users(&c).await, is("r1", "postgres"));
+    assert_eq!(users(&b).await, is("postgres", "postgres"));
+    c.batch_execute("SET ROLE NONE").await.unwrap();
+    c.batch_execute("RESET ALL").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(users(&b).await, is("postgres", "postgres"));
+        assert_eq!(users(&c).await, is("postgres", "postgres"));
+    }
+    // DISCARD ALL goes back to the start-up role, as on PostgreSQL.
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(users(&b).await, is("postgres", "postgres"));
+    assert_eq!(users(&c).await, is("r1", "postgres"));
+}
+
+/// A client's current and session user.
+async fn users(c: &tokio_postgres::Client) -> (String, String) {
+    let row = c
+        .query_one("SELECT current_user::text, session_user::text", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 #[tokio::test]
 async fn set_transaction_snapshot_ends_with_its_transaction() {
     let (pg, proxy) = start(PoolMode::Transaction, 1).await;
