@@ -1904,6 +1904,13 @@ impl Relay {
         if self.expected.take_unnamed_unsure() {
             self.unnamed_here = false;
         }
+        // The server skipped pgopt's Close of a stale statement (and so the Parse
+        // after it, forgotten): closed and prepared again at its next use.
+        for id in self.expected.take_still_stale() {
+            if let Some(server) = self.server.as_mut() {
+                server.conn.stale.insert(id);
+            }
+        }
     }
 
     /// The client uses its unnamed statement: prepared again first when this server
@@ -1928,7 +1935,7 @@ impl Relay {
                 if close.encode(&mut self.to_server).is_err() {
                     return;
                 }
-                self.expected.push(Step::InjectedClose);
+                self.expected.push(Step::InjectedClose { stale: None });
             }
         }
         self.unnamed_here = true;
@@ -2329,7 +2336,9 @@ impl Relay {
                 name: &prepared.server_name,
             };
             if close.encode(&mut self.to_server).is_ok() {
-                self.expected.push(Step::InjectedClose);
+                self.expected.push(Step::InjectedClose {
+                    stale: Some(prepared.id),
+                });
             }
         }
         self.to_server.extend_from_slice(&prepared.parse);

@@ -490,9 +490,11 @@ pub enum Step {
     /// The client's unnamed statement prepared again by the proxy on this server
     /// connection: its ParseComplete is not the client's.
     InjectedUnnamed,
-    /// A Close the proxy injected before preparing a statement again whose plan a
-    /// schema change invalidated: its CloseComplete is not the client's.
-    InjectedClose,
+    /// A Close the proxy injected: of the unnamed statement (`stale: None`), or before
+    /// preparing statement `stale` again, whose plan a schema change invalidated. Its
+    /// CloseComplete is not the client's; skipped, it leaves the old copy on the server
+    /// (see [`Expected::take_still_stale`]).
+    InjectedClose { stale: Option<u64> },
     /// A Bind of a client's named statement, sent as server statement `statement`;
     /// its responses go to the client.
     Bind { statement: u64 },
@@ -553,6 +555,9 @@ pub struct Expected {
     /// An error sent the server skipping to a Sync that is not queued yet (see
     /// [`Expected::take_server_awaits_sync`]).
     server_awaits_sync: bool,
+    /// Statements whose injected Close the server skipped or refused since the last
+    /// [`Expected::take_still_stale`]: the server still has their old copies.
+    still_stale: Vec<u64>,
     /// The commit at a Sync pgopt sent to end a batch before its answer to a
     /// DEALLOCATE failed: as PostgreSQL's, that answer is the error and a
     /// ReadyForQuery, with no CommandComplete.
@@ -683,7 +688,14 @@ impl Expected {
     /// last [`Expected::drain_settled`] and [`Expected::take_unnamed_unsure`].
     #[inline]
     pub fn has_news(&self) -> bool {
-        !self.settled.is_empty() || self.unnamed_unsure
+        !self.settled.is_empty() || self.unnamed_unsure || !self.still_stale.is_empty()
+    }
+
+    /// Statements the server still has an old copy of (see `still_stale`), since the
+    /// last call.
+    #[inline]
+    pub fn take_still_stale(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.still_stale)
     }
 
     /// The client's name changes settled since the last call.
@@ -817,7 +829,16 @@ impl Expected {
         match head {
             Step::Injected { prepared } => self.injected(tag, b'1', Some(prepared), &mut forget),
             Step::InjectedUnnamed => self.injected(tag, b'1', None, &mut forget),
-            Step::InjectedClose => self.injected(tag, b'3', None, &mut forget),
+            Step::InjectedClose { stale: None } => self.injected(tag, b'3', None, &mut forget),
+            Step::InjectedClose { stale: Some(id) } => {
+                if tag == b'E' {
+                    self.still_stale.push(id);
+                    self.queue.pop_front();
+                    self.skip_to_sync(&mut forget);
+                    return Verdict::Relay;
+                }
+                self.injected(tag, b'3', None, &mut forget)
+            }
             Step::DescribeStatement { .. } => {
                 if tag == b'E' {
                     self.queue.pop_front();
@@ -1002,7 +1023,10 @@ impl Expected {
                     self.errors.pop_front();
                 }
                 Step::Deallocated { id, .. } => self.settled.push((id, Settled::Undone)),
-                Step::InjectedUnnamed | Step::InjectedClose => self.unnamed_unsure = true,
+                Step::InjectedUnnamed | Step::InjectedClose { stale: None } => {
+                    self.unnamed_unsure = true
+                }
+                Step::InjectedClose { stale: Some(id) } => self.still_stale.push(id),
                 _ => {}
             }
             self.queue.pop_front();

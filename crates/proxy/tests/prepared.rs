@@ -429,6 +429,86 @@ async fn a_schema_change_is_absorbed_for_a_client_that_describes_its_portal() {
     );
 }
 
+/// A statement to prepare again after a schema change, behind an error in its batch:
+/// the server skipped pgopt's Close and Parse of it and still has the old one, which
+/// is closed and prepared again at the next use (before, pgopt took it for gone and
+/// its Parse met 42P05 "already exists").
+#[tokio::test]
+async fn a_statement_prepared_again_behind_an_error_is_prepared_again_next_time() {
+    use pgopt_wire::frontend::{Bind, Execute, FrontendMessage as F, Parse, Query};
+    let (pg, proxy) = start(1).await;
+    let admin = pg.connect("postgres").await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[
+        F::Parse(Parse {
+            name: "s1",
+            query: "SELECT * FROM t",
+            param_types: (&[]).into(),
+        }),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["1", "Z"]);
+    assert_eq!(
+        exec_prepared(&mut raw, "s1").await,
+        ["2", "T1", "D1", "C", "Z"]
+    );
+    admin
+        .batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    // Inside a block: the client gets PostgreSQL's 0A000, and the statement is to be
+    // prepared again.
+    raw.send(&[F::Query(Query { sql: "BEGIN" })]).await;
+    raw.until_ready().await;
+    assert_eq!(exec_prepared(&mut raw, "s1").await, ["E0A000", "Z"]);
+    raw.send(&[F::Query(Query { sql: "ROLLBACK" })]).await;
+    raw.until_ready().await;
+    let none: [pgopt_wire::Format; 0] = [];
+    let params: [Option<&[u8]>; 0] = [];
+    let bind = |statement| {
+        F::Bind(Bind {
+            portal: "",
+            statement,
+            param_formats: (&none).into(),
+            params: (&params).into(),
+            result_formats: (&none).into(),
+        })
+    };
+    let execute = F::Execute(Execute {
+        portal: "",
+        max_rows: 0,
+    });
+    for _ in 0..2 {
+        raw.send(&[
+            F::Parse(Parse {
+                name: "",
+                query: "SELECT 1/0",
+                param_types: (&[]).into(),
+            }),
+            bind(""),
+            execute,
+            bind("s1"),
+            F::Describe(pgopt_wire::frontend::Describe {
+                target: pgopt_wire::Target::Portal,
+                name: "",
+            }),
+            execute,
+            F::Sync,
+        ])
+        .await;
+        assert_eq!(raw.until_ready().await, ["1", "E22012", "Z"]);
+    }
+    assert_eq!(
+        exec_prepared(&mut raw, "s1").await,
+        ["2", "T2", "D2", "C", "Z"]
+    );
+}
+
 #[tokio::test]
 async fn a_deallocate_pipelined_behind_a_failing_statement_gets_the_servers_answer() {
     use pgopt_wire::frontend::{FrontendMessage as F, Parse, Query};
