@@ -54,12 +54,15 @@ if [ "${PROXY:-pgopt}" = pgbouncer ]; then
     "${as_pg[@]}" "${wrap[@]}" pgbouncer "$tmp/pgbouncer.ini" >/dev/null 2>&1 &
     for _ in $(seq 60); do [ -s "$tmp/pgbouncer.pid" ] && break; sleep 1; done
   else
-    "${as_pg[@]}" pgbouncer -d "$tmp/pgbouncer.ini" >/dev/null 2>&1
+    # runuser starts a fresh session with the default fd limit: raised inside (5,000
+    # clients need more than 1,024).
+    "${as_pg[@]}" bash -c 'ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec pgbouncer -d "$1"' \
+      _ "$tmp/pgbouncer.ini" >/dev/null 2>&1
     sleep 1
   fi
   ppid=$(cat "$tmp/pgbouncer.pid")
 else
-  RUST_LOG=error "${wrap[@]}" "${PGOPT_BIN:-target/release/pgopt}" ${PGOPT_CONFIG:+--config "$PGOPT_CONFIG"} proxy --listen "127.0.0.1:$pgopt_port" \
+  PGOPT_PROXY__MAX_CLIENT_CONN=10000 RUST_LOG=error "${wrap[@]}" "${PGOPT_BIN:-target/release/pgopt}" ${PGOPT_CONFIG:+--config "$PGOPT_CONFIG"} proxy --listen "127.0.0.1:$pgopt_port" \
     --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" --pool-mode transaction --pool-size 20 >/dev/null 2>&1 &
   ppid=$!
   sleep 1
