@@ -2746,7 +2746,12 @@ impl Relay {
         if !again {
             return None; // the client gets the server's error
         }
-        self.expected.abandon();
+        let server = &mut self.server;
+        self.expected.abandon_refused_batch(|id| {
+            if let Some(s) = server.as_mut() {
+                s.conn.prepared.remove(&id);
+            }
+        });
         self.settle_names();
         if let Some(tracker) = self.tracker.as_mut() {
             tracker.abandon();

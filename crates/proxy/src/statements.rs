@@ -711,6 +711,18 @@ impl Expected {
         std::mem::take(&mut self.unnamed_unsure)
     }
 
+    /// A batch to run again, whose head Bind the server refused: what the server
+    /// skipped after it is accounted as [`Expected::skip_to_sync`] accounts it (the
+    /// Parses pgopt sent forgotten, a stale statement's skipped Close leaving it
+    /// stale), then everything owed is forgotten ([`Expected::abandon`]): the
+    /// connection stays the client's, so its record must match the server.
+    pub fn abandon_refused_batch(&mut self, mut forget: impl FnMut(u64)) {
+        self.queue.pop_front();
+        self.skip_to_sync(&mut forget);
+        self.server_awaits_sync = false;
+        self.abandon();
+    }
+
     /// Forgets everything owed (a server connection lost, or a batch to run again):
     /// the client's name changes still queued did not happen.
     pub fn abandon(&mut self) {
@@ -1058,6 +1070,31 @@ mod tests {
             .map(|&t| expected.on_server_message(t, |id| forgotten.push(id)))
             .collect();
         (verdicts, forgotten)
+    }
+
+    #[test]
+    fn a_batch_run_again_forgets_what_the_server_skipped_after_its_refused_bind() {
+        let mut e = Expected::default();
+        e.push(Step::Bind { statement: 1 });
+        e.push(Step::Server {
+            request: Request::Execute,
+            prepared: None,
+        });
+        e.push(Step::InjectedClose { stale: Some(2) });
+        e.push(Step::Injected { prepared: 2 });
+        e.push(Step::Bind { statement: 2 });
+        e.push(Step::Injected { prepared: 3 });
+        e.push(Step::Bind { statement: 3 });
+        e.push(Step::Server {
+            request: Request::Sync,
+            prepared: None,
+        });
+        let mut forgotten = Vec::new();
+        e.abandon_refused_batch(|id| forgotten.push(id));
+        assert_eq!(forgotten, [2, 3], "the Parses the server skipped");
+        assert_eq!(e.take_still_stale(), [2], "its old copy is still there");
+        assert!(e.is_empty());
+        assert!(!e.take_server_awaits_sync());
     }
 
     #[test]
