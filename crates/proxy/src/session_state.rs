@@ -67,6 +67,23 @@ const ROLE: &str = "role";
 const AUTHORIZATION: &str = "session_authorization";
 const NOT_RESET_BY_ALL: [&str; 2] = [ROLE, AUTHORIZATION];
 
+/// How a setting is applied: SET takes no snapshot (a sync inside a REPEATABLE READ
+/// transaction, after a RESET, must not fix its snapshot early); a list whose items
+/// are quoted (search_path…) would be one item to SET: set_config.
+fn set_statement(name: &str, setting: &Setting) -> String {
+    match setting {
+        Setting::Value(v) if !LIST_QUOTE.contains(&name) => {
+            format!("SET {} TO {}", quote_ident(name), quote_literal(v))
+        }
+        Setting::Value(v) => format!(
+            "SELECT pg_catalog.set_config({}, {}, false)",
+            quote_literal(name),
+            quote_literal(v)
+        ),
+        Setting::Statement(s) => s.clone(),
+    }
+}
+
 /// Start-up parameters the proxy handles itself, never replayed.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
@@ -240,45 +257,61 @@ impl Settings {
     }
 
     /// The statements that make `server` match these settings (none when it does),
-    /// and the server's new state. RESETs come first.
+    /// and the server's new state. RESETs come first. The session authorization and
+    /// the role come last, in that order (a change of the first sets the role to
+    /// none), and any the server has are undone before other settings change:
+    /// PostgreSQL checks a setting's privileges against the current user, and a
+    /// superuser-only one (`log_statement`…) would be refused under a client's role.
     pub fn sync(&self, server: &mut Applied) -> Vec<String> {
         if server.version == self.version {
             return Vec::new();
         }
+        let identity = |name: &str| NOT_RESET_BY_ALL.contains(&name);
+        let mut have = std::borrow::Cow::Borrowed(&server.map);
         let mut statements = Vec::new();
-        for name in server.map.keys() {
-            if !self.current.contains_key(name) {
+        let others_differ = self
+            .current
+            .iter()
+            .filter(|(name, _)| !identity(name))
+            .any(|(name, setting)| have.get(name) != Some(setting))
+            || have
+                .keys()
+                .any(|name| !identity(name) && !self.current.contains_key(name));
+        if others_differ && NOT_RESET_BY_ALL.iter().any(|n| have.contains_key(*n)) {
+            let have = have.to_mut();
+            // (RESET of the authorization sets the role to none too.)
+            if have.remove(AUTHORIZATION).is_some() {
+                statements.push(format!("RESET {}", quote_ident(AUTHORIZATION)));
+                have.remove(ROLE);
+            } else if have.remove(ROLE).is_some() {
+                statements.push(format!("RESET {}", quote_ident(ROLE)));
+            }
+        }
+        for name in have.keys() {
+            if !identity(name) && !self.current.contains_key(name) {
                 statements.push(format!("RESET {}", quote_ident(name)));
             }
         }
-        // A change of the session authorization sets the role to none: it goes first
-        // (PostgreSQL's RESETs before it), and the client's role after it, always.
-        let authorization = self.current.get(AUTHORIZATION);
-        let reauthorized = server.map.get(AUTHORIZATION) != authorization;
-        let resets = statements.len();
         for (name, setting) in &self.current {
-            let fresh_role = reauthorized && name == ROLE;
-            if server.map.get(name) == Some(setting) && !fresh_role {
-                continue;
+            if !identity(name) && have.get(name) != Some(setting) {
+                statements.push(set_statement(name, setting));
             }
-            statements.push(match setting {
-                // SET takes no snapshot (a sync inside a REPEATABLE READ transaction,
-                // after a RESET, must not fix its snapshot early); a list whose items
-                // are quoted (search_path…) would be one item to SET: set_config.
-                Setting::Value(v) if !LIST_QUOTE.contains(&name.as_str()) => {
-                    format!("SET {} TO {}", quote_ident(name), quote_literal(v))
-                }
-                Setting::Value(v) => format!(
-                    "SELECT pg_catalog.set_config({}, {}, false)",
-                    quote_literal(name),
-                    quote_literal(v)
-                ),
-                Setting::Statement(s) => s.clone(),
+        }
+        let reauthorized = have.get(AUTHORIZATION) != self.current.get(AUTHORIZATION);
+        if reauthorized {
+            statements.push(match self.current.get(AUTHORIZATION) {
+                Some(setting) => set_statement(AUTHORIZATION, setting),
+                None => format!("RESET {}", quote_ident(AUTHORIZATION)),
             });
-            if name == AUTHORIZATION {
-                let set = statements.pop().unwrap_or_default();
-                statements.insert(resets, set);
+        }
+        match self.current.get(ROLE) {
+            Some(role) if reauthorized || have.get(ROLE) != Some(role) => {
+                statements.push(set_statement(ROLE, role));
             }
+            None if !reauthorized && have.contains_key(ROLE) => {
+                statements.push(format!("RESET {}", quote_ident(ROLE)));
+            }
+            _ => {}
         }
         server.map = self.current.clone();
         server.version = self.version;
@@ -676,13 +709,15 @@ mod tests {
         );
         client.reset_all();
         fresh.reset_all();
+        // The other settings change as the login user: its authorization and role
+        // are undone first, and set again last.
         let again = client.sync(&mut fresh);
-        assert!(
-            !again
-                .iter()
-                .any(|s| s.contains(" ROLE ") || s.contains("AUTHORIZATION")),
-            "{again:?}"
+        assert_eq!(again[0], "RESET \"session_authorization\"", "{again:?}");
+        assert_eq!(
+            again[again.len() - 2..],
+            ["SET SESSION AUTHORIZATION r2", "SET ROLE r1"]
         );
+        assert!(client.sync(&mut fresh).is_empty());
         // A new session authorization drops the role, on both sides.
         client.set("session_authorization", "SET SESSION AUTHORIZATION r3");
         client.set("role", "SET ROLE r1");

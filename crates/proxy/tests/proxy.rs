@@ -1429,6 +1429,27 @@ async fn role_and_session_authorization_survive_reset_all_and_replay_in_order() 
         assert_eq!(users(&a).await, is("postgres", "postgres"));
         assert_eq!(users(&b).await, is("postgres", "postgres"));
     }
+    // A superuser-only setting made before the authorization changed: replayed, and
+    // undone for the next client, as the login user (r2 may not set it).
+    a.batch_execute("SET log_min_duration_statement = 123")
+        .await
+        .unwrap();
+    a.batch_execute("SET SESSION AUTHORIZATION r2")
+        .await
+        .unwrap();
+    a.batch_execute("SET ROLE r1").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(show(&b, "log_min_duration_statement").await, "-1");
+        assert_eq!(users(&b).await, is("postgres", "postgres"));
+        assert_eq!(show(&a, "log_min_duration_statement").await, "123ms");
+        assert_eq!(users(&a).await, is("r1", "r2"));
+    }
+    a.batch_execute("RESET SESSION AUTHORIZATION")
+        .await
+        .unwrap();
+    a.batch_execute("RESET log_min_duration_statement")
+        .await
+        .unwrap();
     // A role among the start-up options: RESET ALL leaves a SET ROLE NONE after it.
     let c = connect_with_options(&proxy, "-c role=r1").await;
     assert_eq!(users(&c).await, is("r1", "postgres"));
