@@ -264,6 +264,9 @@ pub struct Pool {
     /// not change result type"); `invalidated` maps each to the epoch it was seen at.
     plan_epoch: AtomicU64,
     invalidated: Mutex<HashMap<u64, u64>>,
+    /// Invalidations at or before this epoch may have been dropped from
+    /// `invalidated` (see [`Pool::invalidate_plan`]).
+    invalidated_floor: AtomicU64,
     /// What servers said statements take and give, by server statement (see
     /// [`Description`]).
     descriptions: Mutex<HashMap<u64, Description>>,
@@ -374,6 +377,7 @@ impl Pool {
             scram_keys: Mutex::new(None),
             plan_epoch: AtomicU64::new(0),
             invalidated: Mutex::new(HashMap::new()),
+            invalidated_floor: AtomicU64::new(0),
             descriptions: Mutex::new(HashMap::new()),
             maintaining: AtomicBool::new(false),
             lobby: Mutex::new(VecDeque::new()),
@@ -404,6 +408,7 @@ impl Pool {
             // Very old invalidations have reached every busy connection by now.
             let oldest = epoch.saturating_sub(MAX_INVALIDATED as u64 / 2);
             invalidated.retain(|_, e| *e > oldest);
+            self.invalidated_floor.fetch_max(oldest, SeqCst);
         }
         invalidated.insert(id, epoch);
         epoch
@@ -416,19 +421,23 @@ impl Pool {
 
     /// Statement `id`'s description, if one was seen since its plan last changed.
     pub fn description(&self, id: u64) -> Option<Description> {
-        let epoch = self.plan_epoch();
-        lock(&self.descriptions)
-            .get(&id)
-            .filter(|d| d.epoch == epoch)
-            .cloned()
+        let description = lock(&self.descriptions).get(&id).cloned()?;
+        self.unchanged_since(id, description.epoch)
+            .then_some(description)
     }
 
-    /// Whether statement `id`'s description is known at the current epoch.
+    /// Whether statement `id`'s description is known (and still holds).
     pub fn knows_description(&self, id: u64) -> bool {
-        let epoch = self.plan_epoch();
-        lock(&self.descriptions)
-            .get(&id)
-            .is_some_and(|d| d.epoch == epoch)
+        let epoch = lock(&self.descriptions).get(&id).map(|d| d.epoch);
+        epoch.is_some_and(|epoch| self.unchanged_since(id, epoch))
+    }
+
+    /// Whether statement `id`'s plan surely was not invalidated after `epoch`
+    /// (another statement's invalidation leaves its description standing).
+    fn unchanged_since(&self, id: u64, epoch: u64) -> bool {
+        let invalidated = lock(&self.invalidated);
+        epoch >= self.invalidated_floor.load(SeqCst)
+            && invalidated.get(&id).is_none_or(|e| *e <= epoch)
     }
 
     /// A server described statement `id`.

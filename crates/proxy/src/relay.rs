@@ -33,8 +33,8 @@ use crate::session_state::{
 };
 use crate::shared::{Lifecycle, Shared};
 use crate::statements::{
-    deallocate_target, ends_transaction, statement_id, ClientStatements, Expected, Prepared,
-    Request, Settled, Step, Verdict, IN_FAILED_TRANSACTION,
+    deallocate_target, ends_transaction, statement_id, surely_ends_transaction, ClientStatements,
+    Expected, Prepared, Request, Settled, Step, Verdict, IN_FAILED_TRANSACTION,
 };
 use crate::stats::{error_code, error_field, ClientInfo, ClientState};
 use crate::ProxyError;
@@ -104,6 +104,9 @@ pub struct Relay {
     /// yet: it may have ended the transaction, and the last ReadyForQuery's status be
     /// stale.
     ending_in_flight: bool,
+    /// A portal was executed in the batch still open (no Sync since): it may have
+    /// begun a transaction block that `status` doesn't show yet.
+    executed_unsynced: bool,
     /// A RESET (or DISCARD ALL) was confirmed: the server has its own defaults where
     /// the client expects its start-up values, until they are applied again.
     settings_behind: bool,
@@ -302,6 +305,7 @@ impl Relay {
             unnamed_here: false,
             rerouting: false,
             ending_in_flight: false,
+            executed_unsynced: false,
             settings_behind: false,
             settings_refused: false,
             status: TransactionStatus::Idle,
@@ -1409,6 +1413,8 @@ impl Relay {
                 b'S' | b'Q' | b'F' => self.open_batch = false,
                 _ => {}
             }
+            self.executed_unsynced =
+                self.open_batch && (self.executed_unsynced || frame.tag() == b'E');
         }
         routed
     }
@@ -1712,12 +1718,18 @@ impl Relay {
                         prepared: None,
                         change,
                     });
-                } else if on_server && (self.in_block() || failed && self.ending_in_flight) {
+                } else if on_server
+                    && (self.in_block()
+                        || self.executed_unsynced
+                        || failed && !surely_ends_transaction(parse.query))
+                {
                     // The server has it, but its answer is the server's to give: in a
-                    // block PostgreSQL's Parse takes the transaction's first snapshot
-                    // (SET TRANSACTION ISOLATION LEVEL is refused after it), and in a
-                    // failed one it is refused unless a COMMIT or ROLLBACK in flight
-                    // ended it. Parsed under a name of pgopt's and closed at once.
+                    // block (maybe begun by a portal executed earlier in this batch)
+                    // PostgreSQL's Parse takes the transaction's first snapshot (SET
+                    // TRANSACTION ISOLATION LEVEL is refused after it), and in a failed
+                    // one it is refused unless it ends the transaction (a comment
+                    // first: the server judges) or a COMMIT or ROLLBACK in flight ended
+                    // it. Parsed under a name of pgopt's and closed at once.
                     self.probe_parse(&parse, change);
                 } else if on_server {
                     self.expected.push(Step::Answer { tag: b'1', change });
@@ -1755,7 +1767,9 @@ impl Relay {
                 {
                     return Ok(true);
                 }
-                if outdated {
+                // (In a failed transaction PostgreSQL refuses the Bind before it
+                // checks the plan: the server answers.)
+                if outdated && !self.surely_failed() {
                     // Its result shape changed since the client learned it: fine when
                     // the client asks for the portal's description, else PostgreSQL's
                     // own error until it prepares the statement again.
@@ -1919,7 +1933,9 @@ impl Relay {
     /// client's, or pgopt's) is closed first, so the server answers 26000 as
     /// PostgreSQL would, and runs nothing of someone else's.
     fn ensure_unnamed(&mut self) {
-        if self.unnamed_here {
+        // (A Parse of it in a batch still in flight may yet be skipped, leaving the
+        // server's unnamed statement another client's: sent again.)
+        if self.unnamed_here && !self.statements.unnamed_unsettled_from_before() {
             return;
         }
         match self.statements.unnamed() {
@@ -2021,6 +2037,7 @@ impl Relay {
             relay_errors: success,
         });
         self.open_batch = false;
+        self.executed_unsynced = false;
     }
 
     /// A Parse pgopt refuses in a batch whose earlier messages reached the server, or
@@ -2206,11 +2223,10 @@ impl Relay {
     }
 
     /// The server's transaction is failed, and nothing in flight may end it (a portal
-    /// executed, or a simple query: a COMMIT or ROLLBACK).
+    /// executed, or a simple query: a COMMIT or ROLLBACK; what else is in flight, a
+    /// Sync or a Describe, leaves a failed transaction failed).
     fn surely_failed(&self) -> bool {
-        self.status == TransactionStatus::Failed
-            && !self.ending_in_flight
-            && self.expected.all_server_readies() == 0
+        self.status == TransactionStatus::Failed && !self.ending_in_flight
     }
 
     /// A Describe of statement `id`, which this server connection lacks, in a failed
@@ -3063,6 +3079,7 @@ impl Relay {
                 self.status = checkout.conn.status;
                 self.attach(checkout);
                 self.open_batch = false;
+                self.executed_unsynced = false;
                 self.ryw.replica = replica;
                 self.ryw.wrote = !read_only;
                 self.ryw.batch_ended = false;

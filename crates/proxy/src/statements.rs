@@ -18,22 +18,38 @@ use pgopt_wire::{sqlstate, EncodeError, ErrorBuilder, Severity, TransactionStatu
 /// Whether a statement is one PostgreSQL takes in a failed transaction (its
 /// `IsTransactionExitStmt`: COMMIT, END, ROLLBACK or ABORT, also to a savepoint,
 /// PREPARE TRANSACTION), or an empty one.
+/// (A comment first counts: the server judges; [`surely_ends_transaction`] does not
+/// count it.)
 pub fn ends_transaction(sql: &str) -> bool {
+    exits_transaction(sql).unwrap_or(true)
+}
+
+/// [`ends_transaction`], but `false` when only the server can tell (a comment first).
+pub fn surely_ends_transaction(sql: &str) -> bool {
+    exits_transaction(sql).unwrap_or(false)
+}
+
+/// `None`: a comment first, which pgopt does not read past.
+fn exits_transaction(sql: &str) -> Option<bool> {
     let sql = sql.trim_start();
     if sql.starts_with("/*") || sql.starts_with("--") {
-        return true; // a comment first: the server judges
+        return None;
     }
     let mut words = sql
         .split(|c: char| !c.is_ascii_alphabetic())
         .filter(|w| !w.is_empty());
     let Some(word) = words.next() else {
-        return true; // an empty query: PostgreSQL parses nothing, and checks nothing
+        return Some(true); // an empty query: PostgreSQL parses nothing, checks nothing
     };
     let is = |w: &str, name: &str| w.eq_ignore_ascii_case(name);
-    ["commit", "end", "rollback", "abort"]
-        .iter()
-        .any(|w| is(word, w))
-        || (is(word, "prepare") && words.next().is_some_and(|w| is(w, "transaction")))
+    let second = words.next();
+    // COMMIT PREPARED and ROLLBACK PREPARED end another (prepared) transaction.
+    let prepared = second.is_some_and(|w| is(w, "prepared"));
+    Some(
+        (["commit", "rollback"].iter().any(|w| is(word, w)) && !prepared)
+            || ["end", "abort"].iter().any(|w| is(word, w))
+            || (is(word, "prepare") && second.is_some_and(|w| is(w, "transaction"))),
+    )
 }
 
 /// PostgreSQL's message for a statement refused in a failed transaction (25P02).
@@ -180,6 +196,15 @@ impl ClientStatements {
                     && c.batch < self.batch
                     && (c.all || c.before.iter().any(|(n, _)| n == name))
             })
+    }
+
+    /// Whether a change to the unnamed statement sent in an earlier batch is still
+    /// unsettled: the server may yet skip it (an error before it), and a message of
+    /// this batch that uses the unnamed statement would get what was there before.
+    pub fn unnamed_unsettled_from_before(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|c| c.unnamed.is_some() && !c.done && c.batch < self.batch)
     }
 
     /// The client ended a batch (a Sync or a simple query).
@@ -1070,6 +1095,30 @@ mod tests {
             .map(|&t| expected.on_server_message(t, |id| forgotten.push(id)))
             .collect();
         (verdicts, forgotten)
+    }
+
+    #[test]
+    fn transaction_exit_statements_are_postgresqls() {
+        for sql in [
+            "COMMIT",
+            " rollback to savepoint s",
+            "END",
+            "abort",
+            "PREPARE TRANSACTION 'x'",
+            "",
+        ] {
+            assert!(surely_ends_transaction(sql), "{sql}");
+        }
+        for sql in [
+            "COMMIT PREPARED 'x'",
+            "ROLLBACK PREPARED 'x'",
+            "SELECT 1",
+            "PREPARE p AS SELECT 1",
+        ] {
+            assert!(!ends_transaction(sql), "{sql}");
+        }
+        assert!(ends_transaction("/* hint */ SELECT 1"));
+        assert!(!surely_ends_transaction("-- note\nCOMMIT"));
     }
 
     #[test]

@@ -707,6 +707,185 @@ async fn describe_and_bind_in_a_failed_transaction_on_a_connection_without_the_s
     assert_eq!(raw.until_ready().await, ["2", "Z"]);
 }
 
+/// In a failed transaction PostgreSQL refuses the Parse of anything but a transaction's
+/// end: also of a statement the server connection has, when its text starts with a
+/// comment (pgopt doesn't read past one) or is COMMIT PREPARED (which ends another
+/// transaction); and the Bind of a statement whose plan changed meets 25P02 before
+/// the plan is checked.
+#[tokio::test]
+async fn failed_transaction_refusals_for_statements_the_server_has() {
+    use pgopt_wire::frontend::{Bind, Execute, FrontendMessage as F, Parse, Query};
+    let (pg, proxy) = start(1).await;
+    let admin = pg.connect("postgres").await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let parse = |name, query| {
+        F::Parse(Parse {
+            name,
+            query,
+            param_types: (&[]).into(),
+        })
+    };
+    let none: [pgopt_wire::Format; 0] = [];
+    let nothing: [Option<&[u8]>; 0] = [];
+    let bind = |statement| {
+        F::Bind(Bind {
+            portal: "",
+            statement,
+            param_formats: (&none).into(),
+            params: (&nothing).into(),
+            result_formats: (&none).into(),
+        })
+    };
+    let execute = F::Execute(Execute {
+        portal: "",
+        max_rows: 0,
+    });
+    let mut a = Raw::connect(&proxy).await;
+    let mut b = Raw::connect(&proxy).await;
+    a.send(&[
+        parse("c1", "/* c */ SELECT 1"),
+        parse("p1", "COMMIT PREPARED 'x'"),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(a.until_ready().await, ["1", "1", "Z"]);
+    for raw in [&mut a, &mut b] {
+        raw.send(&[parse("s1", "SELECT * FROM t"), F::Sync]).await;
+        assert_eq!(raw.until_ready().await, ["1", "Z"]);
+    }
+    for sql in ["BEGIN", "SELECT 1/0"] {
+        a.send(&[F::Query(Query { sql })]).await;
+        a.until_ready().await;
+    }
+    for (name, sql) in [("c2", "/* c */ SELECT 1"), ("p2", "COMMIT PREPARED 'x'")] {
+        a.send(&[parse(name, sql), F::Sync]).await;
+        assert_eq!(a.until_ready().await, ["E25P02", "Z"], "{sql}");
+    }
+    a.send(&[F::Query(Query { sql: "ROLLBACK" })]).await;
+    a.until_ready().await;
+    a.send(&[bind("c2"), F::Sync]).await;
+    assert_eq!(a.until_ready().await, ["E26000", "Z"], "c2 was never made");
+    // b's s1 outdated by a's run after a schema change.
+    admin
+        .batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    assert_eq!(
+        exec_prepared(&mut a, "s1").await,
+        ["2", "T2", "D2", "C", "Z"]
+    );
+    for sql in ["BEGIN", "SELECT 1/0"] {
+        b.send(&[F::Query(Query { sql })]).await;
+        b.until_ready().await;
+    }
+    b.send(&[bind("s1"), execute, F::Sync]).await;
+    assert_eq!(b.until_ready().await, ["E25P02", "Z"]);
+}
+
+/// A client's Parse of a statement the server has, after a BEGIN executed earlier in
+/// the same batch: the server parses it too (it takes the block's first snapshot).
+#[tokio::test]
+async fn a_parse_after_a_begin_in_its_batch_takes_the_snapshot() {
+    use pgopt_wire::frontend::{Bind, Execute, FrontendMessage as F, Parse};
+    let (_pg, proxy) = start(1).await;
+    let parse = |name, query| {
+        F::Parse(Parse {
+            name,
+            query,
+            param_types: (&[]).into(),
+        })
+    };
+    let none: [pgopt_wire::Format; 0] = [];
+    let nothing: [Option<&[u8]>; 0] = [];
+    let bind = |statement| {
+        F::Bind(Bind {
+            portal: "",
+            statement,
+            param_formats: (&none).into(),
+            params: (&nothing).into(),
+            result_formats: (&none).into(),
+        })
+    };
+    let execute = F::Execute(Execute {
+        portal: "",
+        max_rows: 0,
+    });
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[parse("s1", "SELECT 1"), F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["1", "Z"]);
+    raw.send(&[
+        parse("", "BEGIN"),
+        bind(""),
+        execute,
+        parse("s2", "SELECT 1"),
+        parse("", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+        bind(""),
+        execute,
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(
+        raw.until_ready().await,
+        ["1", "2", "C", "1", "1", "2", "E25001", "Z"]
+    );
+}
+
+/// In a failed transaction, on a server connection without the statement, a Describe
+/// is answered from what is known of it: also after another statement's plan changed,
+/// and with a Sync still in flight before it.
+#[tokio::test]
+async fn failed_transaction_descriptions_outlive_other_statements_schema_changes() {
+    use pgopt_wire::frontend::{Describe, FrontendMessage as F, Parse, Query};
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |_| {}).await;
+    let admin = pg.connect("postgres").await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE t (a int); CREATE TABLE u (a int); INSERT INTO u VALUES (1)")
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[
+        F::Parse(Parse {
+            name: "ins",
+            query: "INSERT INTO t VALUES ($1::int)",
+            param_types: (&[]).into(),
+        }),
+        F::Parse(Parse {
+            name: "all_u",
+            query: "SELECT * FROM u",
+            param_types: (&[]).into(),
+        }),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["1", "1", "Z"]);
+    // Another statement's plan changes.
+    admin
+        .batch_execute("ALTER TABLE u ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    assert_eq!(
+        exec_prepared(&mut raw, "all_u").await,
+        ["2", "T2", "D2", "C", "Z"]
+    );
+    let console = common::admin(&proxy).await;
+    console.simple_query("RECONNECT app").await.unwrap();
+    for sql in ["BEGIN", "SELECT 1/0"] {
+        raw.send(&[F::Query(Query { sql })]).await;
+        raw.until_ready().await;
+    }
+    let describe = F::Describe(Describe {
+        target: pgopt_wire::Target::Statement,
+        name: "ins",
+    });
+    raw.send(&[describe, F::Sync, describe, F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["t", "n", "Z"]);
+    assert_eq!(raw.until_ready().await, ["t", "n", "Z"]);
+}
+
 /// An unnamed Parse the server skipped after an error leaves the server's unnamed
 /// statement what it was — on a pooled connection, maybe another client's: a Bind of
 /// the unnamed statement then never reaches that one.
@@ -758,6 +937,27 @@ async fn a_skipped_unnamed_parse_never_lends_another_clients_unnamed_statement()
     raw.send(&batch).await;
     // As on PostgreSQL: the client has no unnamed statement.
     assert_eq!(raw.until_ready().await, ["1", "2", "C", "E26000", "Z"]);
+    raw.send(&[F::Query(pgopt_wire::frontend::Query { sql: "ROLLBACK" })])
+        .await;
+    raw.until_ready().await;
+
+    // The same with the Bind pipelined behind the failing batch: sent before pgopt
+    // hears the Parse was skipped. Another client's statement (two columns) is never
+    // what it binds.
+    other.send(&[parse("", "SELECT 'other', 2"), F::Sync]).await;
+    assert_eq!(other.until_ready().await, ["1", "Z"]);
+    let mut batch: Vec<F> = run("e2", "SELECT 1/0").into();
+    batch.extend([
+        parse("", "SELECT 'mine'"),
+        F::Sync,
+        bind(""),
+        execute,
+        F::Sync,
+    ]);
+    raw.send(&batch).await;
+    assert_eq!(raw.until_ready().await, ["1", "E22012", "Z"]);
+    let second = raw.until_ready().await;
+    assert!(!second.contains(&"D2".to_string()), "{second:?}");
 }
 
 /// A Parse of a statement the server connection already has still reaches the server
