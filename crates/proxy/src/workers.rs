@@ -114,8 +114,10 @@ impl Spawner {
     /// Runs the session of the client on `stream` on the next runtime in turn.
     pub fn spawn_session(&self, stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        // (Boxed: a session's future is kilobytes, and a task's is moved several
+        // times as it is spawned; a box moves as a pointer.)
         if i == 0 {
-            tokio::spawn(crate::session::run(stream, peer, shared));
+            tokio::spawn(Box::pin(crate::session::run(stream, peer, shared)));
             return;
         }
         // The socket moves to that runtime's event loop.
@@ -126,13 +128,13 @@ impl Spawner {
                 return;
             }
         };
-        self.handles[i].spawn(async move {
+        self.handles[i].spawn(Box::pin(async move {
             match stream.attach() {
                 Ok(stream) => crate::session::run(stream, peer, shared).await,
                 Err(e) => {
                     tracing::warn!(client = %peer, error = %e, "handing a client to a session thread failed")
                 }
             }
-        });
+        }));
     }
 }
