@@ -220,9 +220,8 @@ pub async fn authenticate(
         send_fatal(stream, code, &message).await;
         return Err(ProxyError::Protocol(message));
     }
-    out.clear();
-    Authentication::Ok.encode(&mut out)?;
-    write_all(stream, &out).await?;
+    // (AuthenticationOk is the caller's to send, with what follows it: see
+    // `AUTHENTICATION_OK`.)
     // Keys from a verifier pgopt made up from a plaintext would not fit the server's.
     Ok(Authenticated {
         keys: keys.filter(|_| creds.is_some_and(|c| c.plaintext.is_none())),

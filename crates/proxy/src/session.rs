@@ -266,6 +266,7 @@ async fn session(
             deadline,
         )
         .await?;
+        write_all(&mut stream, AUTHENTICATION_OK).await?;
         let admin = config.admin_users.iter().any(|u| u == user);
         if !admin && !config.stats_users.iter().any(|u| u == user) {
             send_fatal(
@@ -377,11 +378,15 @@ async fn session(
     let keys = login.keys;
 
     // Logging in took round trips: a RELOAD or SHUTDOWN may have come meanwhile.
-    if refuse_if_stopping(&mut stream, shared).await {
+    // (A refusal from here on follows AuthenticationOk, as PostgreSQL's would.)
+    if shared.lifecycle_now() != Lifecycle::Running {
+        let _ = write_all(&mut stream, AUTHENTICATION_OK).await;
+        refuse_if_stopping(&mut stream, shared).await;
         return Ok(());
     }
     let Some(pool) = shared.pool_for(&db.name, user, found.as_deref()) else {
         // RELOAD removed it while the client logged in.
+        let _ = write_all(&mut stream, AUTHENTICATION_OK).await;
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
@@ -404,6 +409,7 @@ async fn session(
             match first_contact(&pool, routes.as_ref()).await {
                 Ok(params) => params,
                 Err(e) => {
+                    let _ = write_all(&mut stream, AUTHENTICATION_OK).await;
                     fail_checkout(&mut stream, &pool, e).await;
                     return Ok(());
                 }
@@ -420,6 +426,7 @@ async fn session(
     shared.register_cancel(key, &cancel_slot);
     let settings = Settings::from_startup(&startup.params);
     let mut out = BytesMut::with_capacity(512);
+    out.extend_from_slice(AUTHENTICATION_OK);
     for (name, value) in params.iter() {
         // The client's own start-up values, which pgopt applies on its server
         // connections, are the ones it must see.
@@ -694,8 +701,13 @@ async fn client_method(
     None
 }
 
+/// AuthenticationOk. As PostgreSQL, pgopt sends it with the messages that follow it
+/// (ParameterStatus … ReadyForQuery, or an error), in one write: a write less per
+/// login.
+const AUTHENTICATION_OK: &[u8] = b"R\0\0\0\x08\0\0\0\0";
+
 /// Authenticates the client, within `deadline` (client_login_timeout); a failure is
-/// counted and the client told why. A SCRAM login against a stored verifier yields
+/// counted and the client told why. (AuthenticationOk is the caller's to send.) A SCRAM login against a stored verifier yields
 /// the user's keys.
 #[allow(clippy::too_many_arguments)]
 async fn login(
