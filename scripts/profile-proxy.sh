@@ -4,7 +4,7 @@
 # 4 s in the middle of the run. Prints TPS and the proxy's CPU per transaction, then the
 # report (perf: by shared object and top symbols; strace: syscall counts).
 #
-# usage: scripts/profile-proxy.sh [MODE=simple|extended|prepared|tpcb|hot] [CLIENTS=16] [SECS=10] [TOOL=perf|strace|callgrind|none]
+# usage: scripts/profile-proxy.sh [MODE=simple|extended|prepared|tpcb|hot|connect] [CLIENTS=16] [SECS=10] [TOOL=perf|strace|callgrind|none]
 #        PROXY=pgbouncer (the same load through PgBouncer), PGOPT_CONFIG=FILE (pgopt's --config),
 #        PGOPT_BIN=FILE (another pgopt build, for an A/B),
 #        KEEP_PERF=FILE (keep perf.data), PERF_DUMP=FILE, PERF_TOP=N
@@ -35,6 +35,9 @@ start_pg "$tmp" "$pg_port" 10 -c synchronous_commit=off
 pgbench_script=(-S -M "$mode")
 case $mode in
   tpcb) pgbench_script=(-M simple) ;;
+  # connect: a new connection for every transaction (pgbench -C), as an application
+  # without a pool of its own makes them: the proxy's login path.
+  connect) pgbench_script=(-S -M simple -C) ;;
   hot)
     [ -n "${PGOPT_CONFIG:-}" ] || [ "${PROXY:-pgopt}" = pgbouncer ] ||
       echo "note: MODE hot without a PGOPT_CONFIG holding [cache]: no cache is measured" >&2
