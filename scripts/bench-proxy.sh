@@ -91,6 +91,9 @@ case_run "-S extended, 64 clients"  -S -M extended -c 64 -j 2
 # One thread per client: pgbench's blocking PQprepare would stall a thread's other clients.
 case_run "-S prepared, 16 clients"  -S -M prepared -c 16 -j 16
 case_run "TPC-B, 16 clients"        -M simple      -c 16 -j 2
+# A new connection for every transaction, as an application without a pool of its own
+# makes them: the login path (direct PostgreSQL forks a backend for each).
+case_run "-S simple, -C, 16 clients" -S -M simple   -C -c 16 -j 2
 # Thousands of clients on 20 server connections (issue 3); direct PostgreSQL can't.
 case_run "-S simple, 5000 clients"  -S -M simple   -c 5000 -j 2
 fi
