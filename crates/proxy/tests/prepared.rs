@@ -343,6 +343,33 @@ impl Raw {
     }
 }
 
+/// A Parse of `query` as statement `name`, with no parameter types given.
+fn parse<'a>(name: &'a str, query: &'a str) -> pgopt_wire::frontend::FrontendMessage<'a> {
+    pgopt_wire::frontend::FrontendMessage::Parse(pgopt_wire::frontend::Parse {
+        name,
+        query,
+        param_types: (&[]).into(),
+    })
+}
+
+/// A Bind of `statement` to the unnamed portal, without parameters.
+fn bind(statement: &str) -> pgopt_wire::frontend::FrontendMessage<'_> {
+    pgopt_wire::frontend::FrontendMessage::Bind(pgopt_wire::frontend::Bind {
+        portal: "",
+        statement,
+        param_formats: (&[]).into(),
+        params: (&[]).into(),
+        result_formats: (&[]).into(),
+    })
+}
+
+/// An Execute of the unnamed portal, every row.
+const EXECUTE: pgopt_wire::frontend::FrontendMessage<'static> =
+    pgopt_wire::frontend::FrontendMessage::Execute(pgopt_wire::frontend::Execute {
+        portal: "",
+        max_rows: 0,
+    });
+
 /// Bind s1, Describe the portal, Execute, Sync: what libpq's PQexecPrepared sends.
 async fn exec_prepared(raw: &mut Raw, statement: &str) -> Vec<String> {
     use pgopt_wire::frontend::{Bind, Describe, Execute, FrontendMessage as F};
@@ -370,9 +397,10 @@ async fn exec_prepared(raw: &mut Raw, statement: &str) -> Vec<String> {
     raw.until_ready().await
 }
 
-#[tokio::test]
-async fn a_schema_change_is_absorbed_for_a_client_that_describes_its_portal() {
-    use pgopt_wire::frontend::{FrontendMessage as F, Parse};
+/// A pool of one, table `t` (one row), and a raw client that prepared `s1` (`SELECT *
+/// FROM t`) and ran it before `t` gained a column: the server's plan of it is stale.
+async fn s1_before_a_schema_change() -> (Postgres, Proxy, tokio_postgres::Client, Raw) {
+    use pgopt_wire::frontend::FrontendMessage as F;
     let (pg, proxy) = start(1).await;
     let admin = pg.connect("postgres").await.unwrap();
     admin
@@ -380,25 +408,23 @@ async fn a_schema_change_is_absorbed_for_a_client_that_describes_its_portal() {
         .await
         .unwrap();
     let mut raw = Raw::connect(&proxy).await;
-    raw.send(&[
-        F::Parse(Parse {
-            name: "s1",
-            query: "SELECT * FROM t",
-            param_types: (&[]).into(),
-        }),
-        F::Sync,
-    ])
-    .await;
+    raw.send(&[parse("s1", "SELECT * FROM t"), F::Sync]).await;
     assert_eq!(raw.until_ready().await, ["1", "Z"]);
     assert_eq!(
         exec_prepared(&mut raw, "s1").await,
         ["2", "T1", "D1", "C", "Z"]
     );
-
     admin
         .batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
         .await
         .unwrap();
+    (pg, proxy, admin, raw)
+}
+
+#[tokio::test]
+async fn a_schema_change_is_absorbed_for_a_client_that_describes_its_portal() {
+    use pgopt_wire::frontend::FrontendMessage as F;
+    let (_pg, _proxy, admin, mut raw) = s1_before_a_schema_change().await;
     // PostgreSQL alone answers 0A000 "cached plan must not change result type"; pgopt
     // prepares the statement again and runs the batch again.
     assert_eq!(
@@ -435,32 +461,8 @@ async fn a_schema_change_is_absorbed_for_a_client_that_describes_its_portal() {
 /// its Parse met 42P05 "already exists").
 #[tokio::test]
 async fn a_statement_prepared_again_behind_an_error_is_prepared_again_next_time() {
-    use pgopt_wire::frontend::{Bind, Execute, FrontendMessage as F, Parse, Query};
-    let (pg, proxy) = start(1).await;
-    let admin = pg.connect("postgres").await.unwrap();
-    admin
-        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    let mut raw = Raw::connect(&proxy).await;
-    raw.send(&[
-        F::Parse(Parse {
-            name: "s1",
-            query: "SELECT * FROM t",
-            param_types: (&[]).into(),
-        }),
-        F::Sync,
-    ])
-    .await;
-    assert_eq!(raw.until_ready().await, ["1", "Z"]);
-    assert_eq!(
-        exec_prepared(&mut raw, "s1").await,
-        ["2", "T1", "D1", "C", "Z"]
-    );
-    admin
-        .batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
-        .await
-        .unwrap();
+    use pgopt_wire::frontend::{FrontendMessage as F, Query};
+    let (_pg, _proxy, _admin, mut raw) = s1_before_a_schema_change().await;
     // Inside a block: the client gets PostgreSQL's 0A000, and the statement is to be
     // prepared again.
     raw.send(&[F::Query(Query { sql: "BEGIN" })]).await;
@@ -468,36 +470,17 @@ async fn a_statement_prepared_again_behind_an_error_is_prepared_again_next_time(
     assert_eq!(exec_prepared(&mut raw, "s1").await, ["E0A000", "Z"]);
     raw.send(&[F::Query(Query { sql: "ROLLBACK" })]).await;
     raw.until_ready().await;
-    let none: [pgopt_wire::Format; 0] = [];
-    let params: [Option<&[u8]>; 0] = [];
-    let bind = |statement| {
-        F::Bind(Bind {
-            portal: "",
-            statement,
-            param_formats: (&none).into(),
-            params: (&params).into(),
-            result_formats: (&none).into(),
-        })
-    };
-    let execute = F::Execute(Execute {
-        portal: "",
-        max_rows: 0,
-    });
     for _ in 0..2 {
         raw.send(&[
-            F::Parse(Parse {
-                name: "",
-                query: "SELECT 1/0",
-                param_types: (&[]).into(),
-            }),
+            parse("", "SELECT 1/0"),
             bind(""),
-            execute,
+            EXECUTE,
             bind("s1"),
             F::Describe(pgopt_wire::frontend::Describe {
                 target: pgopt_wire::Target::Portal,
                 name: "",
             }),
-            execute,
+            EXECUTE,
             F::Sync,
         ])
         .await;
@@ -633,19 +616,12 @@ async fn after_a_schema_change_a_statement_prepared_again_works_on_every_server_
 /// said of the statement when it was first prepared.
 #[tokio::test]
 async fn describe_and_bind_in_a_failed_transaction_on_a_connection_without_the_statement() {
-    use pgopt_wire::frontend::{Bind, Describe, FrontendMessage as F, Parse, Query};
+    use pgopt_wire::frontend::{Bind, Describe, FrontendMessage as F, Query};
     let pg = Postgres::start().await.unwrap();
     let proxy = common::start_with(&pg, |_| {}).await;
     let admin = pg.connect("postgres").await.unwrap();
     admin.batch_execute("CREATE TABLE t (a int)").await.unwrap();
     let mut raw = Raw::connect(&proxy).await;
-    let parse = |name, query| {
-        F::Parse(Parse {
-            name,
-            query,
-            param_types: (&[]).into(),
-        })
-    };
     raw.send(&[
         parse("ins", "INSERT INTO t VALUES ($1::int)"),
         parse("sel", "SELECT a FROM t WHERE a > $1::int"),
@@ -714,35 +690,13 @@ async fn describe_and_bind_in_a_failed_transaction_on_a_connection_without_the_s
 /// the plan is checked.
 #[tokio::test]
 async fn failed_transaction_refusals_for_statements_the_server_has() {
-    use pgopt_wire::frontend::{Bind, Execute, FrontendMessage as F, Parse, Query};
+    use pgopt_wire::frontend::{FrontendMessage as F, Query};
     let (pg, proxy) = start(1).await;
     let admin = pg.connect("postgres").await.unwrap();
     admin
         .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
         .await
         .unwrap();
-    let parse = |name, query| {
-        F::Parse(Parse {
-            name,
-            query,
-            param_types: (&[]).into(),
-        })
-    };
-    let none: [pgopt_wire::Format; 0] = [];
-    let nothing: [Option<&[u8]>; 0] = [];
-    let bind = |statement| {
-        F::Bind(Bind {
-            portal: "",
-            statement,
-            param_formats: (&none).into(),
-            params: (&nothing).into(),
-            result_formats: (&none).into(),
-        })
-    };
-    let execute = F::Execute(Execute {
-        portal: "",
-        max_rows: 0,
-    });
     let mut a = Raw::connect(&proxy).await;
     let mut b = Raw::connect(&proxy).await;
     a.send(&[
@@ -781,7 +735,7 @@ async fn failed_transaction_refusals_for_statements_the_server_has() {
         b.send(&[F::Query(Query { sql })]).await;
         b.until_ready().await;
     }
-    b.send(&[bind("s1"), execute, F::Sync]).await;
+    b.send(&[bind("s1"), EXECUTE, F::Sync]).await;
     assert_eq!(b.until_ready().await, ["E25P02", "Z"]);
 }
 
@@ -789,41 +743,19 @@ async fn failed_transaction_refusals_for_statements_the_server_has() {
 /// the same batch: the server parses it too (it takes the block's first snapshot).
 #[tokio::test]
 async fn a_parse_after_a_begin_in_its_batch_takes_the_snapshot() {
-    use pgopt_wire::frontend::{Bind, Execute, FrontendMessage as F, Parse};
+    use pgopt_wire::frontend::FrontendMessage as F;
     let (_pg, proxy) = start(1).await;
-    let parse = |name, query| {
-        F::Parse(Parse {
-            name,
-            query,
-            param_types: (&[]).into(),
-        })
-    };
-    let none: [pgopt_wire::Format; 0] = [];
-    let nothing: [Option<&[u8]>; 0] = [];
-    let bind = |statement| {
-        F::Bind(Bind {
-            portal: "",
-            statement,
-            param_formats: (&none).into(),
-            params: (&nothing).into(),
-            result_formats: (&none).into(),
-        })
-    };
-    let execute = F::Execute(Execute {
-        portal: "",
-        max_rows: 0,
-    });
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&[parse("s1", "SELECT 1"), F::Sync]).await;
     assert_eq!(raw.until_ready().await, ["1", "Z"]);
     raw.send(&[
         parse("", "BEGIN"),
         bind(""),
-        execute,
+        EXECUTE,
         parse("s2", "SELECT 1"),
         parse("", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
         bind(""),
-        execute,
+        EXECUTE,
         F::Sync,
     ])
     .await;
@@ -838,7 +770,7 @@ async fn a_parse_after_a_begin_in_its_batch_takes_the_snapshot() {
 /// and with a Sync still in flight before it.
 #[tokio::test]
 async fn failed_transaction_descriptions_outlive_other_statements_schema_changes() {
-    use pgopt_wire::frontend::{Describe, FrontendMessage as F, Parse, Query};
+    use pgopt_wire::frontend::{Describe, FrontendMessage as F, Query};
     let pg = Postgres::start().await.unwrap();
     let proxy = common::start_with(&pg, |_| {}).await;
     let admin = pg.connect("postgres").await.unwrap();
@@ -848,16 +780,8 @@ async fn failed_transaction_descriptions_outlive_other_statements_schema_changes
         .unwrap();
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&[
-        F::Parse(Parse {
-            name: "ins",
-            query: "INSERT INTO t VALUES ($1::int)",
-            param_types: (&[]).into(),
-        }),
-        F::Parse(Parse {
-            name: "all_u",
-            query: "SELECT * FROM u",
-            param_types: (&[]).into(),
-        }),
+        parse("ins", "INSERT INTO t VALUES ($1::int)"),
+        parse("all_u", "SELECT * FROM u"),
         F::Sync,
     ])
     .await;
@@ -891,35 +815,13 @@ async fn failed_transaction_descriptions_outlive_other_statements_schema_changes
 /// the unnamed statement then never reaches that one.
 #[tokio::test]
 async fn a_skipped_unnamed_parse_never_lends_another_clients_unnamed_statement() {
-    use pgopt_wire::frontend::{Bind, Execute, FrontendMessage as F, Parse};
+    use pgopt_wire::frontend::FrontendMessage as F;
     let (_pg, proxy) = start(1).await;
-    let none: [pgopt_wire::Format; 0] = [];
-    let nothing: [Option<&[u8]>; 0] = [];
-    let parse = |name, query| {
-        F::Parse(Parse {
-            name,
-            query,
-            param_types: (&[]).into(),
-        })
-    };
-    let bind = |statement| {
-        F::Bind(Bind {
-            portal: "",
-            statement,
-            param_formats: (&none).into(),
-            params: (&nothing).into(),
-            result_formats: (&none).into(),
-        })
-    };
-    let execute = F::Execute(Execute {
-        portal: "",
-        max_rows: 0,
-    });
     let mut other = Raw::connect(&proxy).await;
     other.send(&[parse("", "SELECT 'other'"), F::Sync]).await;
     assert_eq!(other.until_ready().await, ["1", "Z"]);
     let mut raw = Raw::connect(&proxy).await;
-    let run = |name, sql| [parse(name, sql), bind(name), execute];
+    let run = |name, sql| [parse(name, sql), bind(name), EXECUTE];
     let mut batch: Vec<F> = Vec::new();
     batch.extend(run("b", "BEGIN"));
     batch.extend(run("sp", "SAVEPOINT s"));
@@ -933,7 +835,7 @@ async fn a_skipped_unnamed_parse_never_lends_another_clients_unnamed_statement()
     // (Planned at the Bind, which fails.)
     assert_eq!(raw.until_ready().await, ["1", "E22012", "Z"]);
     let mut batch: Vec<F> = run("rb", "ROLLBACK TO SAVEPOINT s").into();
-    batch.extend([bind(""), execute, F::Sync]);
+    batch.extend([bind(""), EXECUTE, F::Sync]);
     raw.send(&batch).await;
     // As on PostgreSQL: the client has no unnamed statement.
     assert_eq!(raw.until_ready().await, ["1", "2", "C", "E26000", "Z"]);
@@ -951,7 +853,7 @@ async fn a_skipped_unnamed_parse_never_lends_another_clients_unnamed_statement()
         parse("", "SELECT 'mine'"),
         F::Sync,
         bind(""),
-        execute,
+        EXECUTE,
         F::Sync,
     ]);
     raw.send(&batch).await;
