@@ -2257,8 +2257,14 @@ impl Relay {
     /// PostgreSQL checks the count of its parameters (`rest`: the Bind after the
     /// names) first, then refuses it with 25P02.
     fn bind_in_failed(&mut self, id: u64, name: &str, rest: &[u8]) -> bool {
-        let Some(description) = self.pool.description(id) else {
-            return false;
+        let wanted = match self.pool.description(id) {
+            Some(description) => description.param_count(),
+            // The unnamed statement's count is its Parse's (no Describe needed).
+            None if name.is_empty() => match self.unnamed_param_count() {
+                Some(count) => count,
+                None => return false,
+            },
+            None => return false,
         };
         let count = |at: usize| {
             rest.get(at..at + 2)
@@ -2270,7 +2276,6 @@ impl Relay {
         let Some(params) = count(2 + 2 * formats) else {
             return false;
         };
-        let wanted = description.param_count();
         let error = if formats > 1 && formats != params {
             let message =
                 format!("bind message has {formats} parameter formats but {params} parameters");
@@ -2288,6 +2293,19 @@ impl Relay {
         }
         self.skipping = true;
         true
+    }
+
+    /// How many parameters PostgreSQL gives the client's unnamed statement: the types
+    /// its Parse named, or the highest `$n` its text uses, whichever is more.
+    fn unnamed_param_count(&self) -> Option<usize> {
+        let frame = self.statements.unnamed()?;
+        let parse = Parse::decode(frame.get(5..)?).ok()?;
+        let used = pgopt_sql::parameter_spans(parse.query)
+            .iter()
+            .map(|(_, n)| *n as usize)
+            .max()
+            .unwrap_or(0);
+        Some(used.max(parse.param_types.len()))
     }
 
     /// A server's answer to a client's Describe of statement `id` (its

@@ -616,7 +616,7 @@ async fn after_a_schema_change_a_statement_prepared_again_works_on_every_server_
 /// said of the statement when it was first prepared.
 #[tokio::test]
 async fn describe_and_bind_in_a_failed_transaction_on_a_connection_without_the_statement() {
-    use pgopt_wire::frontend::{Bind, Describe, FrontendMessage as F, Query};
+    use pgopt_wire::frontend::{Bind, Describe, FrontendMessage as F};
     let pg = Postgres::start().await.unwrap();
     let proxy = common::start_with(&pg, |_| {}).await;
     let admin = pg.connect("postgres").await.unwrap();
@@ -626,17 +626,26 @@ async fn describe_and_bind_in_a_failed_transaction_on_a_connection_without_the_s
         parse("ins", "INSERT INTO t VALUES ($1::int)"),
         parse("sel", "SELECT a FROM t WHERE a > $1::int"),
         parse("rollback", "ROLLBACK"),
+        parse("", "SELECT $1::int, $2::text"),
         F::Sync,
     ])
     .await;
-    assert_eq!(raw.until_ready().await, ["1", "1", "1", "Z"]);
+    assert_eq!(raw.until_ready().await, ["1", "1", "1", "1", "Z"]);
     // The next transaction gets a server connection that never had them.
     let console = common::admin(&proxy).await;
     console.simple_query("RECONNECT app").await.unwrap();
-    for sql in ["BEGIN", "SELECT 1/0"] {
-        raw.send(&[F::Query(Query { sql })]).await;
-        raw.until_ready().await;
-    }
+    // (Not by simple queries, which would drop the unnamed statement.)
+    raw.send(&[
+        parse("b", "BEGIN"),
+        self::bind("b"),
+        EXECUTE,
+        parse("e", "SELECT 1/0"),
+        self::bind("e"),
+        EXECUTE,
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["1", "2", "C", "1", "E22012", "Z"]);
     let describe = |name| {
         F::Describe(Describe {
             target: pgopt_wire::Target::Statement,
@@ -666,6 +675,11 @@ async fn describe_and_bind_in_a_failed_transaction_on_a_connection_without_the_s
     raw.send(&[bind("ins", (&two).into()), F::Sync]).await;
     assert_eq!(raw.until_ready().await, ["E08P01", "Z"]);
     raw.send(&[bind("sel", (&one).into()), F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["E25P02", "Z"]);
+    // The unnamed statement's count is its Parse's: its highest $n.
+    raw.send(&[bind("", (&one).into()), F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["E08P01", "Z"]);
+    raw.send(&[bind("", (&two).into()), F::Sync]).await;
     assert_eq!(raw.until_ready().await, ["E25P02", "Z"]);
     // ROLLBACK prepares, and ends the transaction.
     let nothing: [Option<&[u8]>; 0] = [];
