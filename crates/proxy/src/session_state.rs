@@ -234,7 +234,8 @@ impl Settings {
     /// takes a snapshot: a transaction's first, in REPEATABLE READ, must stay its
     /// client's first query's), none of the three settings of the transaction itself
     /// (PostgreSQL's RESET ALL leaves them, and refuses them after the first
-    /// snapshot), and on a connection where no settings query failed.
+    /// snapshot), and on a connection where no settings query failed, with no role or
+    /// session authorization on either side.
     pub fn syncs_without_a_query(&self, server: &Applied) -> bool {
         const OF_THE_TRANSACTION: [&str; 3] = [
             "transaction_isolation",
@@ -246,7 +247,14 @@ impl Settings {
                 matches!(setting, Some(Setting::Value(_))) && LIST_QUOTE.contains(&name.as_str());
             !(list || OF_THE_TRANSACTION.contains(&name.as_str()))
         };
+        // (A role or session authorization: the sync would undo and set it again at
+        // session level, over a SET LOCAL ROLE of the block.)
+        let identity = |map: &BTreeMap<String, Setting>| {
+            NOT_RESET_BY_ALL.iter().any(|name| map.contains_key(*name))
+        };
         !server.refused
+            && !identity(&server.map)
+            && !identity(&self.current)
             && self.current.iter().all(|(name, setting)| {
                 server.map.get(name) == Some(setting) || plain(name, Some(setting))
             })

@@ -1450,6 +1450,21 @@ async fn role_and_session_authorization_survive_reset_all_and_replay_in_order() 
     a.batch_execute("RESET log_min_duration_statement")
         .await
         .unwrap();
+    // A RESET inside a block leaves the block's SET LOCAL ROLE alone.
+    let d = connect_with_options(&proxy, "-c work_mem=7MB").await;
+    for sql in [
+        "SET ROLE r1",
+        "BEGIN",
+        "SET LOCAL ROLE r2",
+        "RESET work_mem",
+    ] {
+        d.batch_execute(sql).await.unwrap();
+    }
+    assert_eq!(users(&d).await, is("r2", "postgres"));
+    d.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(users(&d).await, is("r1", "postgres"));
+    assert_eq!(show(&d, "work_mem").await, "7MB");
+    d.batch_execute("RESET ROLE").await.unwrap();
     // A role among the start-up options: RESET ALL leaves a SET ROLE NONE after it.
     let c = connect_with_options(&proxy, "-c role=r1").await;
     assert_eq!(users(&c).await, is("r1", "postgres"));
