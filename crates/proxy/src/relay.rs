@@ -1019,7 +1019,7 @@ impl Relay {
         // a Parse names one (the unnamed one too), a simple query drops the unnamed.
         let unnamed = match prepares {
             Some((name, _, parse)) if name.is_empty() => {
-                Some(self.statements.parse_unnamed(&parse))
+                Some(self.statements.parse_unnamed(&parse, false))
             }
             Some((name, prepared, _)) => {
                 self.statements.insert(&name, prepared, epoch);
@@ -1653,7 +1653,9 @@ impl Relay {
                     None => Parse::decode(body)?,
                 };
                 if parse.name.is_empty() {
-                    let change = self.statements.parse_unnamed(frame.as_bytes());
+                    let change = self
+                        .statements
+                        .parse_unnamed(frame.as_bytes(), !self.unnamed_here);
                     self.unnamed_here = true;
                     self.to_server.extend_from_slice(frame.as_bytes());
                     self.expected.push(Step::Parse {
@@ -1933,9 +1935,12 @@ impl Relay {
     /// client's, or pgopt's) is closed first, so the server answers 26000 as
     /// PostgreSQL would, and runs nothing of someone else's.
     fn ensure_unnamed(&mut self) {
-        // (A Parse of it in a batch still in flight may yet be skipped, leaving the
-        // server's unnamed statement another client's: sent again.)
-        if self.unnamed_here && !self.statements.unnamed_unsettled_from_before() {
+        // (A Parse of it in a batch still in flight, sent over another client's, may
+        // yet be skipped: sent again. Should that Parse fail on its own, the client
+        // hears its error again where PostgreSQL would say 26000; should it be
+        // skipped, the client's latest statement runs where PostgreSQL would run the
+        // one before: neither runs another client's.)
+        if self.unnamed_here && !self.statements.unnamed_may_be_foreign() {
             return;
         }
         match self.statements.unnamed() {

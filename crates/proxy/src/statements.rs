@@ -158,6 +158,9 @@ struct Change {
     unnamed: Option<Option<Bytes>>,
     /// The batch it was sent in.
     batch: u64,
+    /// A Parse of the unnamed statement sent when the server's may have been another
+    /// client's (see [`ClientStatements::unnamed_may_be_foreign`]).
+    over_foreign: bool,
     /// It happened; kept while an earlier one is unsettled, whose undoing must not
     /// undo this one's effect.
     done: bool,
@@ -198,13 +201,23 @@ impl ClientStatements {
             })
     }
 
-    /// Whether a change to the unnamed statement sent in an earlier batch is still
-    /// unsettled: the server may yet skip it (an error before it), and a message of
-    /// this batch that uses the unnamed statement would get what was there before.
-    pub fn unnamed_unsettled_from_before(&self) -> bool {
-        self.pending
+    /// Whether the server's unnamed statement may be another client's for a message of
+    /// this batch: a Parse of it sent over another client's, in an earlier batch, is
+    /// still unsettled (an error before it may have the server skip it), and this batch
+    /// changed the unnamed statement no more (a change of its own is what its messages
+    /// see, skipped or not).
+    pub fn unnamed_may_be_foreign(&self) -> bool {
+        let unnamed = |c: &&Change| c.unnamed.is_some();
+        !self
+            .pending
             .iter()
-            .any(|c| c.unnamed.is_some() && !c.done && c.batch < self.batch)
+            .filter(unnamed)
+            .any(|c| c.batch == self.batch)
+            && self
+                .pending
+                .iter()
+                .filter(unnamed)
+                .any(|c| c.over_foreign && !c.done && c.batch < self.batch)
     }
 
     /// The client ended a batch (a Sync or a simple query).
@@ -297,13 +310,19 @@ impl ClientStatements {
 
     /// The client's Parse (`frame`) of the unnamed statement. Its change id, to settle.
     /// (A client that parses the same text each time, as most do, is not copied again.)
-    pub fn parse_unnamed(&mut self, frame: &[u8]) -> u64 {
+    /// `over_foreign`: the server's unnamed statement may be another client's (see
+    /// [`ClientStatements::unnamed_may_be_foreign`]).
+    pub fn parse_unnamed(&mut self, frame: &[u8], over_foreign: bool) -> u64 {
         let frame = match &self.unnamed {
             Some(same) if same[..] == *frame => same.clone(),
             _ => Bytes::copy_from_slice(frame),
         };
         let before = self.unnamed.replace(frame);
-        self.log_unnamed(before)
+        let id = self.log_unnamed(before);
+        if let Some(change) = self.pending.back_mut() {
+            change.over_foreign = over_foreign;
+        }
+        id
     }
 
     /// The client's Close of the unnamed statement, or a simple query, which drops
@@ -367,6 +386,7 @@ impl ClientStatements {
             before,
             unnamed: None,
             batch: self.batch,
+            over_foreign: false,
             done: false,
         });
         id
@@ -1095,6 +1115,35 @@ mod tests {
             .map(|&t| expected.on_server_message(t, |id| forgotten.push(id)))
             .collect();
         (verdicts, forgotten)
+    }
+
+    #[test]
+    fn only_a_parse_over_another_clients_unnamed_statement_still_in_flight_is_a_risk() {
+        let mut names = ClientStatements::default();
+        let first = names.parse_unnamed(b"P-first", true);
+        assert!(
+            !names.unnamed_may_be_foreign(),
+            "the same batch sees its Parse"
+        );
+        names.end_batch();
+        assert!(names.unnamed_may_be_foreign(), "it may yet be skipped");
+        let second = names.parse_unnamed(b"P-second", false);
+        assert!(!names.unnamed_may_be_foreign(), "this batch's own Parse");
+        names.end_batch();
+        assert!(
+            names.unnamed_may_be_foreign(),
+            "the first is still in flight"
+        );
+        names.settle(first, Settled::Happened);
+        assert!(!names.unnamed_may_be_foreign(), "the first happened");
+        names.settle(second, Settled::Happened);
+        let third = names.parse_unnamed(b"P-third", false);
+        names.end_batch();
+        assert!(
+            !names.unnamed_may_be_foreign(),
+            "over the client's own: as PostgreSQL"
+        );
+        names.settle(third, Settled::Undone);
     }
 
     #[test]
