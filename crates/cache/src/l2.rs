@@ -1035,12 +1035,35 @@ impl L2 {
         let result = self.publish_now(tables).await;
         if result.is_none() {
             self.counters.publish_failures.fetch_add(1, Relaxed);
-            let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-            for t in tables {
-                *owed.entry(t.clone()).or_default() += 1;
+            {
+                let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+                for t in tables {
+                    *owed.entry(t.clone()).or_default() += 1;
+                }
             }
+            self.outlast_leases().await;
         }
         result
+    }
+
+    /// A commit no instance was told of (Redis not reached, or its answer late):
+    /// its client hears it ended only once every instance that heard from Redis when
+    /// this one last did has stopped serving, had Redis gone for it too — its lease
+    /// run out, counted from its last heartbeat back, which was sent no later than
+    /// this instance's next one would have failed. Commits after that wait no more.
+    /// (An instance that still reaches Redis when this one can't keeps serving: see
+    /// the README's note on `wal_listener`.)
+    async fn outlast_leases(&self) {
+        let heard = self.heard.load(Relaxed);
+        if heard == 0 {
+            return;
+        }
+        let until = self.epoch
+            + Duration::from_millis(heard - 1)
+            + HEARTBEAT
+            + self.config.timeout
+            + self.lease();
+        tokio::time::sleep_until(until.into()).await;
     }
 
     async fn publish_now(&self, tables: &[String]) -> Option<Vec<(String, u64)>> {

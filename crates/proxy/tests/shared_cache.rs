@@ -287,6 +287,40 @@ async fn lost_versions_and_forged_values_in_redis_are_misses() {
     assert_eq!(counter(&row, "l2_hits"), 0, "{row:?}");
 }
 
+/// A commit that could not be announced (Redis stopped answering) is acknowledged only
+/// once every instance that lost Redis too has stopped serving: right after it, the
+/// other instance's memory no longer answers with the old row. (Redis is paused, not
+/// killed: a closed connection would tell the other instance at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_redis_never_heard_of_waits_out_the_other_instances_leases() {
+    let (pg, redis) = setup().await;
+    let a_proxy = instance(&pg, &redis).await;
+    let b_proxy = instance(&pg, &redis).await;
+    let a = connect(&a_proxy, "postgres", None).await.unwrap();
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(value(&b, READ).await, "a");
+    }
+    assert!(counter(&cache_row(&b_proxy).await, "hits") >= 1);
+    let pid = redis.pid().expect("redis runs").to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let wrote = a
+        .batch_execute("UPDATE items SET v = 'unannounced' WHERE id = 1")
+        .await;
+    let read = value(&b, READ).await;
+    signal("-CONT");
+    wrote.unwrap();
+    assert_eq!(read, "unannounced");
+    assert!(counter(&cache_row(&a_proxy).await, "publish_failures") >= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_queries_go_to_postgresql_and_nothing_stale_is_served_after() {
     let (pg, mut redis) = setup().await;
