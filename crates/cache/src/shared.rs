@@ -96,6 +96,10 @@ impl SharedCache {
                     {
                         break None; // the leader hangs: fill for this caller
                     }
+                    // The lease may have run out while it waited.
+                    if !self.serving() {
+                        return fill().await;
+                    }
                 }
             }
         };
@@ -118,7 +122,9 @@ impl SharedCache {
             .map(|(t, v)| (t.to_string(), v))
             .collect();
         let key = ticket.key().clone();
-        let stored = cache.complete_fill_counted(ticket, value.clone(), ttl);
+        // (Not once the lease ran out while it filled: a commit this instance did not
+        // hear of may have been acknowledged meanwhile.)
+        let stored = self.serving() && cache.complete_fill_counted(ticket, value.clone(), ttl);
         drop(flight); // wakes the waiters: the value is in L1
         if stored {
             let remote: Vec<(&str, u64)> = remote.iter().map(|(t, v)| (t.as_str(), *v)).collect();

@@ -824,8 +824,9 @@ impl Relay {
                 // What follows is timed from the end of a wait (see `clock`).
                 self.clock = Instant::now();
                 match deps {
-                    Some(deps) => deps,
-                    None => return CacheLookup::Pass,
+                    // (The lease may have run out while it waited.)
+                    Some(deps) if cache.serving() => deps,
+                    _ => return CacheLookup::Pass,
                 }
             }
             (None, None) => return CacheLookup::Pass,
@@ -886,6 +887,10 @@ impl Relay {
                 pgopt_cache::Joined::Waiter(wait) => {
                     let _ = tokio::time::timeout(cache.cache.flight_timeout, wait).await;
                     self.clock = Instant::now();
+                    // The lease may have run out while it waited.
+                    if !cache.serving() {
+                        return CacheLookup::Pass;
+                    }
                 }
             }
         }
@@ -1117,6 +1122,13 @@ impl Relay {
                         .collect();
                     (l2, ticket.key().clone(), versions)
                 });
+                // (Not once the lease ran out while it filled: a commit this instance
+                // did not hear of may have been acknowledged meanwhile.)
+                if !cache.serving() {
+                    fill.ticket.tables().not_stored();
+                    counters.not_stored.fetch_add(1, Relaxed);
+                    return;
+                }
                 if cache
                     .cache
                     .complete_fill_counted(fill.ticket, reply.clone(), ttl)
