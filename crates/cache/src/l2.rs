@@ -348,6 +348,10 @@ pub struct L2 {
     /// subscribed), in ms since `epoch`, plus one (0: never): the instance serves only
     /// within its lease from then (see [`L2::serving`]).
     heard: AtomicU64,
+    /// When the first call Redis left unanswered since it last answered one was sent
+    /// (a [`L2::now_ms`] value; 0: Redis answered the latest): Redis stopped no later
+    /// than that for everyone (see [`L2::outlast_leases`]).
+    unanswered_since: AtomicU64,
     epoch: Instant,
     /// The bus's owner last warned about as missing from the URLs (once each).
     owner_warned: Mutex<Option<String>>,
@@ -644,6 +648,7 @@ impl L2 {
             next_message: AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
             heard: AtomicU64::new(0),
+            unanswered_since: AtomicU64::new(0),
             epoch: Instant::now(),
             owner_warned: Mutex::new(None),
             delivery: Mutex::new(Delivery {
@@ -787,19 +792,31 @@ impl L2 {
         what: &str,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
+        let sent = self.now_ms();
+        let unanswered = || {
+            let _ = self
+                .unanswered_since
+                .compare_exchange(0, sent, Relaxed, Relaxed);
+        };
         match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(Ok(v)) => Some(v),
+            Ok(Ok(v)) => {
+                self.unanswered_since.store(0, Relaxed);
+                Some(v)
+            }
             Ok(Err(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
                 // Redis answered, with an error: the connection is fine.
+                self.unanswered_since.store(0, Relaxed);
                 self.counters.errors.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, "a Redis {what} was refused");
                 None
             }
             Ok(Err(e)) => {
+                unanswered();
                 self.failed(what, &e.to_string());
                 None
             }
             Err(_) => {
+                unanswered();
                 self.failed(
                     what,
                     &format!("no answer within {} ms", self.config.timeout.as_millis()),
@@ -1046,23 +1063,34 @@ impl L2 {
         result
     }
 
-    /// A commit no instance was told of (Redis not reached, or its answer late):
-    /// its client hears it ended only once every instance that heard from Redis when
-    /// this one last did has stopped serving, had Redis gone for it too — its lease
-    /// run out, counted from its last heartbeat back, which was sent no later than
-    /// this instance's next one would have failed. Commits after that wait no more.
-    /// (An instance that still reaches Redis when this one can't keeps serving: see
-    /// the README's note on `wal_listener`.)
+    /// A commit no instance was told of because Redis did not answer (down, paused,
+    /// or its answer late): its client hears it ended only once every instance that
+    /// lost Redis too has stopped serving. Redis stopped answering no later than the
+    /// first call it left unanswered was sent, so every other instance's last
+    /// heartbeat back was sent before that, and its lease (the same for instances
+    /// with the same `timeout`) runs out within a lease and a timeout of it. Commits
+    /// after that wait no more; one Redis refused (it answered: the others still
+    /// reach it) waits not at all. (An instance that still reaches Redis when this
+    /// one can't keeps serving: see the README's note on `wal_listener`.)
     async fn outlast_leases(&self) {
-        let heard = self.heard.load(Relaxed);
-        if heard == 0 {
-            return;
-        }
-        let until = self.epoch
-            + Duration::from_millis(heard - 1)
-            + HEARTBEAT
-            + self.config.timeout
-            + self.lease();
+        let since = match self.unanswered_since.load(Relaxed) {
+            // Redis answered the latest call, and refused this one.
+            0 if self.connection().is_some() => return,
+            // Not connected, and nothing went unanswered since (never connected).
+            0 => {
+                let now = self.now_ms();
+                match self
+                    .unanswered_since
+                    .compare_exchange(0, now, Relaxed, Relaxed)
+                {
+                    Ok(_) => now,
+                    Err(since) => since,
+                }
+            }
+            since => since,
+        };
+        let until =
+            self.epoch + Duration::from_millis(since - 1) + self.config.timeout + self.lease();
         tokio::time::sleep_until(until.into()).await;
     }
 

@@ -103,6 +103,10 @@ impl SharedCache {
                 }
             }
         };
+        // (The lease may have run out during a wait that timed out.)
+        if !self.serving() {
+            return fill().await;
+        }
         let Some(found) = read_through(cache, &self.l2, key, &tags, ttl).await else {
             // Redis is not reachable: the fill answers, nothing is stored.
             return fill().await;
@@ -124,7 +128,12 @@ impl SharedCache {
         let key = ticket.key().clone();
         // (Not once the lease ran out while it filled: a commit this instance did not
         // hear of may have been acknowledged meanwhile.)
-        let stored = self.serving() && cache.complete_fill_counted(ticket, value.clone(), ttl);
+        let stored = if self.serving() {
+            cache.complete_fill_counted(ticket, value.clone(), ttl)
+        } else {
+            ticket.tables().not_stored();
+            false
+        };
         drop(flight); // wakes the waiters: the value is in L1
         if stored {
             let remote: Vec<(&str, u64)> = remote.iter().map(|(t, v)| (t.as_str(), *v)).collect();
