@@ -115,6 +115,8 @@ pub async fn authenticate(
         named_by_certificate,
         map,
     } = login;
+    // A client that has not logged in yet holds no more than this per message.
+    let max_len = max_len.min(AUTH_MESSAGE_LEN);
     // The name the system (peer) or the certificate (cert) gives the client stands for
     // `user`: with a map, only when a line of it pairs the two (as PostgreSQL: the same
     // name needs a line too); without one, when it is the same name.
@@ -165,7 +167,7 @@ pub async fn authenticate(
             (ok, None)
         }
         ClientAuth::ScramSha256 => {
-            match scram_exchange(stream, buf, &mut out, creds, max_len).await? {
+            match scram_exchange(stream, buf, &mut out, user, creds, max_len).await? {
                 Some(keys) => (true, Some(keys)),
                 None => {
                     if let Some(refresh) = refresh {
@@ -297,18 +299,39 @@ async fn md5_exchange(
     Ok(response.ok().map(|r| (salt, r)))
 }
 
+/// The longest password or SASL message a client may send, as PostgreSQL's
+/// `PG_MAX_AUTH_TOKEN_LENGTH`: before it has logged in, a client must not make pgopt
+/// buffer up to `max_message_len` (a GiB) for it.
+const AUTH_MESSAGE_LEN: u32 = 65_535;
+
+/// The key unknown users' mock salts are derived with: random, once per process.
+fn mock_key() -> Result<&'static [u8], ProxyError> {
+    static KEY: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    if let Some(key) = KEY.get() {
+        return Ok(key);
+    }
+    let mut key = [0u8; 16];
+    for chunk in key.chunks_mut(4) {
+        chunk.copy_from_slice(&md5::random_salt()?);
+    }
+    Ok(KEY.get_or_init(|| key))
+}
+
 async fn scram_exchange(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
+    user: &str,
     creds: Option<&Credentials>,
     max_len: u32,
 ) -> Result<Option<ScramKeys>, ProxyError> {
     // Unknown users run the whole exchange against a mock secret and fail at the end,
-    // so a client cannot tell which user names exist.
+    // so a client cannot tell which user names exist: its salt is the same at every
+    // try, as a real verifier's, and differs between names and between processes (one
+    // salt for all unknown names would tell them apart from real ones).
     let secret = match creds.and_then(|c| c.scram.clone()) {
         Some(secret) => secret,
-        None => ScramSecret::mock("unknown", b"pgopt")?,
+        None => ScramSecret::mock(user, mock_key()?)?,
     };
     let mut server = ScramServer::new(secret)?;
     let mechanisms = [SCRAM_SHA_256];

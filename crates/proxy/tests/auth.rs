@@ -433,3 +433,69 @@ async fn an_empty_password_logs_no_one_in_and_auth_query_still_answers() {
         }
     }
 }
+
+/// Before it has logged in, a client can't make pgopt hold more than PostgreSQL's
+/// 65,535 bytes for a password message (it used to buffer up to a GiB until the
+/// login timeout); and an unknown user's SCRAM salt, like a real user's, is the same at
+/// every try and differs from other names', so it tells no one which names exist.
+#[tokio::test]
+async fn logins_hold_little_for_a_stranger_and_tell_no_names_apart() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_with_only(
+        &pg,
+        ClientAuth::ScramSha256,
+        "secret".into(),
+    ))
+    .await
+    .unwrap();
+    let startup = |user: &str| {
+        let body = format!("\0\x03\0\0user\0{user}\0database\0app\0\0");
+        let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        m.extend_from_slice(body.as_bytes());
+        m
+    };
+    // A password message that says it is nearly a GiB long: refused at its header.
+    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    raw.write_all(&startup("postgres")).await.unwrap();
+    common::read_until(&mut raw, b'R').await;
+    let mut huge = vec![b'p'];
+    huge.extend_from_slice(&0x3fff_fff0_i32.to_be_bytes());
+    huge.extend_from_slice(&[b'x'; 1000]);
+    raw.write_all(&huge).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))
+        .await
+        .expect("still waiting for the rest of a GiB")
+        .unwrap();
+
+    // The salt in SCRAM's server-first message, for `user`.
+    let salt = |user: &str| {
+        let startup = startup(user);
+        let proxy = proxy.local_addr();
+        async move {
+            let mut raw = tokio::net::TcpStream::connect(proxy).await.unwrap();
+            raw.write_all(&startup).await.unwrap();
+            common::read_until(&mut raw, b'R').await;
+            let first = b"n,,n=,r=abcdefghijklmnopqrstuvwx";
+            let mut body = b"SCRAM-SHA-256\0".to_vec();
+            body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+            body.extend_from_slice(first);
+            raw.write_all(&common::message(b'p', &body)).await.unwrap();
+            let mut got = vec![0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            let text = String::from_utf8_lossy(&got[..n]).into_owned();
+            let start = text.find(",s=").expect("a server-first message") + 3;
+            text[start..].split(',').next().unwrap().to_string()
+        }
+    };
+    let ghost = salt("ghost").await;
+    assert_eq!(ghost, salt("ghost").await, "the same name, the same salt");
+    assert_ne!(ghost, salt("phantom").await, "another name, another salt");
+    assert_eq!(salt("postgres").await, salt("postgres").await);
+}
