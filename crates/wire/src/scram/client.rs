@@ -24,8 +24,18 @@ fn salt_and_iterations<'a>(
         .ok_or(AuthError::MalformedMessage(
             "iteration count is not a positive integer",
         ))?;
+    if iterations > MAX_ITERATIONS {
+        return Err(AuthError::MalformedMessage(
+            "iteration count is above 10,000,000",
+        ));
+    }
     Ok((salt, iterations))
 }
+
+/// The most PBKDF2 iterations a server may ask for: far above any real verifier's
+/// (PostgreSQL's default is 4,096), and seconds of CPU already. A server (or someone
+/// answering in its place) can't make the client spend minutes on one login.
+const MAX_ITERATIONS: u32 = 10_000_000;
 
 /// The gs2 header this client sends: no channel binding, no authzid.
 const GS2_HEADER: &str = "n,,";
@@ -92,7 +102,11 @@ impl ScramClient {
         }
         let server_first = utf8(data, "server-first is not UTF-8")?;
         let mut parts = server_first.split(',');
-        attr(parts.next(), b'r', "server-first has no nonce")?;
+        // (Checked before the slow derivation, as the next step checks it again.)
+        let nonce = attr(parts.next(), b'r', "server-first has no nonce")?;
+        if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
+            return Err(AuthError::NonceMismatch);
+        }
         salt_and_iterations(&mut parts).map(Some)
     }
 
@@ -275,6 +289,18 @@ mod tests {
         assert!(client
             .handle_server_first(b"r=rOprNGfwEbeRWgbNEkqOx,s=W22Z,i=0")
             .is_err());
+        // Before deriving keys (slow): the nonce, and a bounded iteration count.
+        let client = ScramClient::with_nonce("", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        assert_eq!(
+            client.key_params(b"r=other,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"),
+            Err(AuthError::NonceMismatch)
+        );
+        assert!(client
+            .key_params(b"r=rOprNGfwEbeRWgbNEkqOx,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4294967295")
+            .is_err());
+        assert!(client
+            .key_params(b"r=rOprNGfwEbeRWgbNEkqOx,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+            .is_ok_and(|p| p.is_some_and(|(_, i)| i == 4096)));
     }
 
     #[test]
