@@ -344,6 +344,19 @@ impl Tracker {
         self.pending.push_back(Pending::Sync);
     }
 
+    /// COPY FROM STDIN began: `syncs` Syncs sent behind its Execute are ignored by the
+    /// server (no ReadyForQuery answers them).
+    pub fn copy_in_began(&mut self, syncs: usize) {
+        for _ in 0..syncs {
+            match self.pending.get(1) {
+                Some(Pending::Sync) => {
+                    self.pending.remove(1);
+                }
+                _ => return,
+            }
+        }
+    }
+
     /// The batch in flight will run again (see `replan.rs`): its statements are
     /// forgotten, the second run counts.
     pub fn abandon(&mut self) {

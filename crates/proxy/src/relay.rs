@@ -2482,7 +2482,15 @@ impl Relay {
                         _ => TransactionStatus::Idle,
                     };
                 }
-                b'G' | b'W' => self.copy_in = true,
+                b'G' | b'W' => {
+                    self.copy_in = true;
+                    // (A Sync sent behind the COPY's Execute, before the client knew:
+                    // PostgreSQL ignores it.)
+                    let syncs = self.expected.copy_in_began();
+                    if let Some(tracker) = self.tracker.as_mut() {
+                        tracker.copy_in_began(syncs);
+                    }
+                }
                 b'C' | b'E' => self.copy_in = false,
                 _ => {}
             }

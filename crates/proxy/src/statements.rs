@@ -654,6 +654,27 @@ impl Expected {
                 .count()
     }
 
+    /// COPY FROM STDIN began (CopyInResponse) for the Execute at the head: the Syncs
+    /// the client sent right after it, before it knew, PostgreSQL ignores during COPY
+    /// (as it does Flush), and answers none of them. They are dropped; how many.
+    pub fn copy_in_began(&mut self) -> usize {
+        if self.head_request() != Some(Request::Execute) {
+            return 0;
+        }
+        let mut dropped = 0;
+        while matches!(
+            self.queue.get(1),
+            Some(Step::Server {
+                request: Request::Sync,
+                ..
+            })
+        ) {
+            self.queue.remove(1);
+            dropped += 1;
+        }
+        dropped
+    }
+
     pub fn server_readies(&self) -> usize {
         self.queue
             .iter()

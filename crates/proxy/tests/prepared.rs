@@ -889,3 +889,35 @@ async fn a_parse_inside_a_block_takes_the_snapshot_as_on_postgresql() {
     assert_a_query_ran(&a).await;
     assert_eq!(a.query_one(&again, &[]).await.unwrap().get::<_, i32>(0), 1);
 }
+
+/// COPY FROM STDIN through the extended protocol, as tokio-postgres and libpq's
+/// PQexecParams send it: Bind, Execute, Sync, then the data, CopyDone and a Sync.
+/// PostgreSQL ignores the first Sync (it came during COPY) and answers one
+/// ReadyForQuery; the server connection goes back to the pool after it.
+#[tokio::test]
+async fn copy_in_through_the_extended_protocol_leaves_the_connection_to_the_pool() {
+    use futures_util::SinkExt;
+    let (pg, proxy) = start(1).await;
+    pg.psql("CREATE TABLE c (id int)").unwrap();
+    let a = connect(&proxy).await;
+    let b = connect(&proxy).await;
+    for round in 0..3 {
+        let sink = a.copy_in("COPY c FROM STDIN").await.unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from_static(b"1\n2\n"))
+            .await
+            .unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 2);
+        // The other client gets the one server connection.
+        let counted: i64 = b
+            .query_one("SELECT count(*) FROM c", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(counted, 2 * (round + 1));
+        assert_eq!(
+            a.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0),
+            7
+        );
+    }
+}
