@@ -1212,6 +1212,18 @@ impl Checkout {
 
     /// [`Checkout::release`] with the time now, as the caller last read it.
     pub fn release_at(self, now: Instant) {
+        // A cancel of its last client's query is on its way. PostgreSQL ignores one
+        // that finds the backend idle, but one that arrives during the next client's
+        // query cancels that: lent again once it has arrived (PgBouncer's
+        // "being canceled").
+        if self.conn.cancel.in_flight() {
+            let route = self.conn.cancel.clone();
+            tokio::spawn(async move {
+                route.arrived().await;
+                self.release_at(Instant::now());
+            });
+            return;
+        }
         let Checkout {
             mut conn,
             slot,

@@ -100,6 +100,67 @@ pub struct CancelRoute {
     pub addr: Endpoint,
     pub key: CancelRequest,
     pub tls: Option<(ServerTlsConnector, String)>,
+    /// Cancels on their way to the server (see [`CancelRoute::arrived`]).
+    in_flight: std::sync::atomic::AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+impl CancelRoute {
+    pub fn new(
+        addr: Endpoint,
+        key: CancelRequest,
+        tls: Option<(ServerTlsConnector, String)>,
+    ) -> CancelRoute {
+        CancelRoute {
+            addr,
+            key,
+            tls,
+            in_flight: Default::default(),
+            settled: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether a cancel is on its way to this connection's backend.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// Returns once no cancel is on its way: each has reached the server (which
+    /// ignores one that finds its backend idle) or given up.
+    pub async fn arrived(&self) {
+        loop {
+            let settled = self.settled.notified();
+            if !self.in_flight() {
+                return;
+            }
+            settled.await;
+        }
+    }
+}
+
+/// Counts a cancel on its way to `R`'s backend while it lives.
+pub struct CancelInFlight<R: std::ops::Deref<Target = CancelRoute>>(pub R);
+
+impl<R: std::ops::Deref<Target = CancelRoute>> CancelInFlight<R> {
+    pub fn new(route: R) -> Self {
+        route
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CancelInFlight(route)
+    }
+}
+
+impl<R: std::ops::Deref<Target = CancelRoute>> Drop for CancelInFlight<R> {
+    fn drop(&mut self) {
+        let route = &*self.0;
+        if route
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            route.settled.notify_waiters();
+        }
+    }
 }
 
 /// A logged-in server connection, ready for queries.
@@ -445,11 +506,7 @@ impl ServerConn {
                         )),
                         stream,
                         addr: addr.clone(),
-                        cancel: Arc::new(CancelRoute {
-                            addr,
-                            key: cancel_key,
-                            tls,
-                        }),
+                        cancel: Arc::new(CancelRoute::new(addr, cancel_key, tls)),
                         params: server_params,
                         status: r.status,
                         home: crate::workers::home(),
@@ -638,6 +695,9 @@ async fn send(stream: &mut PgStream, bytes: &[u8]) -> Result<(), ProxyError> {
 /// over TLS — SSLRequest, handshake, then the request — when the connection to be
 /// canceled uses TLS, in plain text otherwise.
 pub async fn send_cancel(route: &CancelRoute, timeout: Duration) {
+    // (While it is on its way, the connection is not lent again: see
+    // `Checkout::release_at`.)
+    let _in_flight = CancelInFlight::new(route);
     let mut out = BytesMut::with_capacity(16);
     route.key.encode(&mut out);
     let attempt = async {

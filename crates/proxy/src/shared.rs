@@ -15,7 +15,7 @@ use crate::config::{Config, Database, TlsMode};
 use crate::observe::InsightState;
 use crate::pool::{Pool, PoolLimits, Pools};
 use crate::routing::{Router, Routes};
-use crate::server::{send_cancel, ServerTarget};
+use crate::server::{send_cancel, CancelInFlight, ServerTarget};
 use crate::server_tls::ServerTlsConnector;
 use crate::session::{CancelSlot, CancelTarget};
 use crate::stats::ClientRegistry;
@@ -454,15 +454,18 @@ impl Shared {
 
     /// Forwards a client's CancelRequest to the server running its query, if any.
     pub async fn forward_cancel(&self, request: CancelRequest) {
-        let route = {
+        // Counted on its way under the client's lock, which the relay takes to let
+        // the connection go: either the connection is not lent again until the
+        // cancel arrived, or the cancel finds no connection (its query ended).
+        let flight = {
             let cancels = lock(&self.cancels);
             cancels
                 .get(&(request.process_id, request.secret_key))
                 .and_then(Weak::upgrade)
-                .and_then(|slot| lock(&slot).clone())
+                .and_then(|slot| lock(&slot).clone().map(CancelInFlight::new))
         };
-        if let Some(route) = route {
-            send_cancel(&route, self.config().server_connect_timeout).await;
+        if let Some(flight) = flight {
+            send_cancel(&flight.0, self.config().server_connect_timeout).await;
         }
     }
 
