@@ -609,6 +609,16 @@ impl Relay {
         // When a request was answered from the cache: since when (its lookup).
         let mut served_from_cache: Option<Instant> = None;
         loop {
+            // COPY data after the COPY ended (it failed: the client sends the rest
+            // before it reads the error): PostgreSQL ignores it, and so does pgopt
+            // without a server — no checkout, no wait for routing, for it.
+            if self.server.is_none() && matches!(self.cbuf.first(), Some(b'd' | b'c' | b'f')) {
+                match split_frame(&mut self.cbuf, self.max_len) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(e) => return Err(self.client_protocol_error(e).await),
+                }
+            }
             // Routing judges a transaction by its first batch: wait until it is all
             // here (bounded, so a client can't make pgopt buffer without end).
             if self.server.is_none()

@@ -1670,3 +1670,44 @@ async fn session_characteristics_survive_a_rollback_to_savepoint_and_stay_their_
         );
     }
 }
+
+/// The rest of a COPY's data, sent after the COPY failed (psql streams it before it
+/// reads the error), is ignored as PostgreSQL ignores it: without a server connection
+/// it waits for none (it used to wait for one, and with a busy pool time out).
+#[tokio::test]
+async fn copy_data_after_a_failed_copy_waits_for_no_server_connection() {
+    use tokio::io::AsyncWriteExt;
+    let pg = Postgres::start().await.unwrap();
+    pg.psql("CREATE TABLE c (id int)").unwrap();
+    let proxy = common::start_with(&pg, |c| {
+        c.default_pool_size = 1;
+        c.query_wait_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut raw = common::raw_login(&proxy).await;
+    raw.write_all(&common::message(b'Q', b"COPY c FROM STDIN\0"))
+        .await
+        .unwrap();
+    common::read_until(&mut raw, b'G').await;
+    raw.write_all(&common::message(b'd', b"not a number\n"))
+        .await
+        .unwrap();
+    let types = common::read_until(&mut raw, b'Z').await;
+    assert!(types.contains(&b'E'), "{types:?}");
+    // Another client holds the only server connection meanwhile.
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        rest.extend(common::message(b'd', b"1\n"));
+    }
+    rest.extend(common::message(b'c', b""));
+    raw.write_all(&rest).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    b.batch_execute("COMMIT").await.unwrap();
+    raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
+        .await
+        .unwrap();
+    let types = common::read_until(&mut raw, b'Z').await;
+    assert_eq!(types, b"TDCZ", "the client goes on");
+}
