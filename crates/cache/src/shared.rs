@@ -90,23 +90,19 @@ impl SharedCache {
                 Joined::Leader(f) => break Some(f),
                 // Another caller is filling it: its result, unless it is slow.
                 Joined::Waiter(wait) => {
-                    if tokio::time::timeout(cache.flight_timeout, wait)
+                    let hangs = tokio::time::timeout(cache.flight_timeout, wait)
                         .await
-                        .is_err()
-                    {
-                        break None; // the leader hangs: fill for this caller
-                    }
+                        .is_err();
                     // The lease may have run out while it waited.
                     if !self.serving() {
                         return fill().await;
                     }
+                    if hangs {
+                        break None; // the leader hangs: fill for this caller
+                    }
                 }
             }
         };
-        // (The lease may have run out during a wait that timed out.)
-        if !self.serving() {
-            return fill().await;
-        }
         let Some(found) = read_through(cache, &self.l2, key, &tags, ttl).await else {
             // Redis is not reachable: the fill answers, nothing is stored.
             return fill().await;

@@ -2520,12 +2520,9 @@ impl Relay {
                             self.note_description(id, header.tag, pos + 5..end);
                         }
                     }
-                    let server = &mut self.server;
-                    let verdict = self.expected.on_server_message(header.tag, |id| {
-                        if let Some(s) = server.as_mut() {
-                            s.conn.prepared.remove(&id);
-                        }
-                    });
+                    let verdict = self
+                        .expected
+                        .on_server_message(header.tag, lacks(&mut self.server));
                     self.settle_names();
                     if self.expected.take_server_awaits_sync() {
                         // As the server: nothing but a Sync from the client goes on
@@ -2815,12 +2812,7 @@ impl Relay {
         if !again {
             return None; // the client gets the server's error
         }
-        let server = &mut self.server;
-        self.expected.abandon_refused_batch(|id| {
-            if let Some(s) = server.as_mut() {
-                s.conn.prepared.remove(&id);
-            }
-        });
+        self.expected.abandon_refused_batch(lacks(&mut self.server));
         self.settle_names();
         if let Some(tracker) = self.tracker.as_mut() {
             tracker.abandon();
@@ -3662,4 +3654,14 @@ fn duplicate_statement_error(name: &str) -> Option<Bytes> {
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The statement bookkeeping's `forget`: the server connection lacks statement `id`
+/// (pgopt's Parse of it was skipped or failed).
+fn lacks(server: &mut Option<Checkout>) -> impl FnMut(u64) + '_ {
+    move |id| {
+        if let Some(s) = server.as_mut() {
+            s.conn.prepared.remove(&id);
+        }
+    }
 }

@@ -707,8 +707,8 @@ async fn client_method(
 const AUTHENTICATION_OK: &[u8] = b"R\0\0\0\x08\0\0\0\0";
 
 /// Authenticates the client, within `deadline` (client_login_timeout); a failure is
-/// counted and the client told why. (AuthenticationOk is the caller's to send.) A SCRAM login against a stored verifier yields
-/// the user's keys.
+/// counted and the client told why. A SCRAM login against a stored verifier yields
+/// the user's keys. (AuthenticationOk is the caller's to send.)
 #[allow(clippy::too_many_arguments)]
 async fn login(
     stream: &mut ClientStream,

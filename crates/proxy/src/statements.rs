@@ -907,15 +907,13 @@ impl Expected {
         match head {
             Step::Injected { prepared } => self.injected(tag, b'1', Some(prepared), &mut forget),
             Step::InjectedUnnamed => self.injected(tag, b'1', None, &mut forget),
-            Step::InjectedClose { stale: None } => self.injected(tag, b'3', None, &mut forget),
-            Step::InjectedClose { stale: Some(id) } => {
+            // (A stale statement's Close refused: its old copy stays; the Parse after
+            // it, skipped, forgets it as well.)
+            Step::InjectedClose { stale } => {
                 if tag == b'E' {
-                    self.still_stale.push(id);
-                    self.queue.pop_front();
-                    self.skip_to_sync(&mut forget);
-                    return Verdict::Relay;
+                    self.still_stale.extend(stale);
                 }
-                self.injected(tag, b'3', None, &mut forget)
+                self.injected(tag, b'3', stale, &mut forget)
             }
             Step::DescribeStatement { .. } => {
                 if tag == b'E' {
