@@ -25,18 +25,26 @@ pub fn keep_alive(tcp: &tokio::net::TcpStream, keepalive: &crate::config::Keepal
     }
 }
 
-/// Reads one whole frame from a client (start-up and authentication only).
+/// Reads one whole frame from a client (start-up and authentication only). One that
+/// can't be a message (too long, a bad length) ends the connection with a FATAL
+/// 08P01 that says why.
 pub async fn read_frame(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     max_len: u32,
 ) -> Result<Frame, ProxyError> {
     loop {
-        if let Some(frame) = split_frame(buf, max_len).map_err(|source| ProxyError::Decode {
-            peer: "client",
-            source,
-        })? {
-            return Ok(frame);
+        match split_frame(buf, max_len) {
+            Ok(Some(frame)) => return Ok(frame),
+            Ok(None) => {}
+            Err(source) => {
+                let message = format!("invalid message from the client: {source}");
+                send_fatal(stream, pgopt_wire::sqlstate::PROTOCOL_VIOLATION, &message).await;
+                return Err(ProxyError::Decode {
+                    peer: "client",
+                    source,
+                });
+            }
         }
         if stream.read_buf(buf).await.map_err(ProxyError::client_io)? == 0 {
             return Err(ProxyError::client_io(

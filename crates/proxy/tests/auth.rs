@@ -470,6 +470,8 @@ async fn logins_hold_little_for_a_stranger_and_tell_no_names_apart() {
         .await
         .expect("still waiting for the rest of a GiB")
         .unwrap();
+    let said = String::from_utf8_lossy(&rest);
+    assert!(said.contains("08P01"), "told why: {said}");
 
     // The salt in SCRAM's server-first message, for `user`.
     let salt = |user: &str| {
