@@ -385,6 +385,34 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_word_is_not_the_shape_of_a_plain_date() {
+        let analyzer = Analyzer::default();
+        for (plain, clock) in [
+            (
+                "WHERE at < '2020-01-01'::timestamptz",
+                "WHERE at < 'now'::timestamptz",
+            ),
+            (
+                "WHERE at < E'2020-01-01'::date",
+                "WHERE at < E' Today'::date",
+            ),
+            (
+                "WHERE at < $$2020-01-01$$::date",
+                "WHERE at < $d$tomorrow$d$::date",
+            ),
+            (
+                "WHERE day IN ('2020-01-01', '2020-01-02')",
+                "WHERE day IN ('yesterday', 'today')",
+            ),
+        ] {
+            let plain = format!("SELECT count(*) FROM events {plain}");
+            let clock = format!("SELECT count(*) FROM events {clock}");
+            assert!(!analyzer.analyze(&plain).unwrap().volatile, "{plain}");
+            assert!(analyzer.analyze(&clock).unwrap().volatile, "{clock}");
+        }
+    }
+
+    #[test]
     fn threads_keep_their_own_copies_and_clear_reaches_them() {
         let analyzer = Analyzer::default();
         let sql = "SELECT v FROM t WHERE id = 1";

@@ -162,6 +162,7 @@ impl Stripped {
                 continue;
             }
             let text = &src[start..pos];
+            let kind = clock_kept(kind, text);
             if !matches!(in_list, InList::Idle) {
                 in_list = self.in_list_step(in_list, kind, text);
             }
@@ -335,6 +336,43 @@ fn starts_quote(src: &[u8], pos: usize) -> bool {
     }
 }
 
+/// A string literal that reads the clock ('now', 'today'…: [`is_clock_word`]) is kept
+/// in the key as it is, not as a placeholder: the analysis (volatile) differs from that
+/// of the same statement with a plain date, and the two must not share it. Returned
+/// as a kind that is written verbatim and ends an IN list.
+#[inline]
+fn clock_kept(kind: TokenKind, text: &[u8]) -> TokenKind {
+    if matches!(kind, TokenKind::String | TokenKind::DollarString) && is_clock_literal(text) {
+        TokenKind::QuotedIdent
+    } else {
+        kind
+    }
+}
+
+/// Whether a string token (`'…'`, `E'…'`, `$tag$…$tag$`…) holds a clock word.
+fn is_clock_literal(text: &[u8]) -> bool {
+    // The longest: a prefix, quotes, and spaces around the word.
+    if text.len() > 32 {
+        return false;
+    }
+    let inner = if text.last() == Some(&b'\'') {
+        match text.iter().position(|&b| b == b'\'') {
+            Some(q) if q + 1 < text.len() => &text[q + 1..text.len() - 1],
+            _ => return false,
+        }
+    } else {
+        // `$tag$…$tag$`: the tag runs to the second `$`.
+        let Some(tag) = text.iter().skip(1).position(|&b| b == b'$').map(|i| i + 2) else {
+            return false;
+        };
+        match text.get(tag..text.len().saturating_sub(tag)) {
+            Some(inner) => inner,
+            None => return false,
+        }
+    };
+    std::str::from_utf8(inner).is_ok_and(crate::functions::is_clock_word)
+}
+
 fn is_hint(comment: &[u8]) -> bool {
     comment
         .windows(6)
@@ -381,16 +419,16 @@ mod tests {
                 s.key.push(if pending_space == 2 { b'\n' } else { b' ' });
             }
             pending_space = 0;
-            in_list = s.in_list_step(in_list, tok.kind, text);
-            match tok.kind {
+            let kind = clock_kept(tok.kind, text);
+            in_list = s.in_list_step(in_list, kind, text);
+            match kind {
                 TokenKind::String | TokenKind::DollarString | TokenKind::Number => {
                     s.key.extend_from_slice(&LITERAL);
                     s.literals.push(tok.start..tok.end);
                 }
                 TokenKind::Word => s.key.extend(text.iter().map(u8::to_ascii_lowercase)),
                 _ => {
-                    if tok.kind == TokenKind::Punct && text == b")" && s.try_collapse(&mut in_list)
-                    {
+                    if kind == TokenKind::Punct && text == b")" && s.try_collapse(&mut in_list) {
                         continue;
                     }
                     s.push_escaped(text);
