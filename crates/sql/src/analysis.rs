@@ -101,10 +101,14 @@ pub struct AnalysisConfig {
 pub struct Analysis {
     /// Same value for the same query shape regardless of literals,
     /// whitespace, comments, keyword case and IN-list length. Schema names
-    /// and full relation names count.
+    /// and full relation names count. A text too long to parse whole is
+    /// analysed shortened (see `reduce.rs`: one row of a VALUES list, one value of
+    /// an IN list): its fingerprint is that of the shortened text, marked, so
+    /// long statements of one shape share one, apart from short ones.
     pub fingerprint: u64,
     /// The text with literals replaced by `$n` (as in pg_stat_statements);
-    /// IN lists of parameters become `($n /*, ... */)`.
+    /// IN lists of parameters become `($n /*, ... */)`. For a shortened text
+    /// (see `fingerprint`), the shortened text's, with [`SHORTENED`] after it.
     pub normalized: String,
     /// One entry per statement, in order.
     pub kinds: Vec<StatementKind>,
@@ -175,6 +179,12 @@ impl Analysis {
     }
 }
 
+/// Written after the normalized text of a statement analysed shortened.
+pub const SHORTENED: &str = " /* pgopt: shortened for analysis */";
+
+/// Mixed into the fingerprint of a statement analysed shortened.
+const SHORTENED_MARK: u64 = 0x7067_6f70_745f_7368;
+
 /// Analyses `sql` with the default configuration.
 pub fn analyze(sql: &str) -> Result<Analysis, SqlError> {
     analyze_with(sql, &AnalysisConfig::default())
@@ -182,11 +192,29 @@ pub fn analyze(sql: &str) -> Result<Analysis, SqlError> {
 
 /// Analyses `sql`; never panics (a panic inside the parser library is caught
 /// and reported as [`SqlError::Internal`]).
+///
+/// A text longer than 8 kB is shortened first where the analysis can't tell
+/// (`reduce.rs`): a bulk INSERT's rows after the first, long IN lists and long
+/// string literals. A parse error's position is then one in the shortened text.
 pub fn analyze_with(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlError> {
     if let Some(position) = sql.bytes().position(|b| b == 0) {
         return Err(SqlError::NulByte { position });
     }
-    match catch_unwind(AssertUnwindSafe(|| analyze_inner(sql, config))) {
+    let shortened = if sql.len() > crate::reduce::REDUCE_ABOVE {
+        crate::reduce::reduce(sql)
+    } else {
+        None
+    };
+    let text = shortened.as_deref().unwrap_or(sql);
+    let analysed = catch_unwind(AssertUnwindSafe(|| {
+        let mut analysis = analyze_inner(text, config)?;
+        if shortened.is_some() {
+            analysis.fingerprint = analysis.fingerprint.rotate_left(32) ^ SHORTENED_MARK;
+            analysis.normalized.push_str(SHORTENED);
+        }
+        Ok(analysis)
+    }));
+    match analysed {
         Ok(result) => result,
         Err(panic) => Err(SqlError::Internal {
             message: panic

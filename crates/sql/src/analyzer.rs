@@ -120,8 +120,16 @@ struct Local {
     last: Option<(String, CachedResult)>,
 }
 
-/// Texts up to this long are kept as the thread's last one.
-const LAST_MAX_LEN: usize = 4096;
+/// Texts up to this long are kept as the thread's last one (a bulk INSERT's too: its
+/// analysis is not cached, and each of the proxy's questions would strip it again).
+const LAST_MAX_LEN: usize = 16 << 20;
+
+/// Analyses of longer keys (a bulk INSERT's, with a placeholder per value) are not
+/// kept: such statements are analysed shortened (see `reduce.rs`) each time.
+const KEPT_KEY_MAX: usize = 16 * 1024;
+
+/// A thread's stripping buffer that grew past this for a long text is let go.
+const STRIPPED_KEPT: usize = 1 << 20;
 
 /// Analyses a thread keeps its own copies of; past this it starts again.
 const LOCAL_CAPACITY: usize = 2048;
@@ -244,7 +252,13 @@ impl Analyzer {
             return result;
         }
         let result = STRIPPED.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut stripped) => self.analyze_stripped(sql, &mut stripped),
+            Ok(mut stripped) => {
+                let result = self.analyze_stripped(sql, &mut stripped);
+                if sql.len() > STRIPPED_KEPT {
+                    *stripped = Stripped::new();
+                }
+                result
+            }
             Err(_) => self.analyze_stripped(sql, &mut Stripped::new()),
         });
         if sql.len() <= LAST_MAX_LEN {
@@ -256,6 +270,9 @@ impl Analyzer {
                 // not kept).
                 if local.owner == owner && self.clears.load(Ordering::Relaxed) == owner.1 {
                     let mut text = local.last.take().map(|(t, _)| t).unwrap_or_default();
+                    if text.capacity() > STRIPPED_KEPT && sql.len() <= STRIPPED_KEPT {
+                        text = String::new(); // a long one's buffer is let go
+                    }
                     text.clear();
                     text.push_str(sql);
                     local.last = Some((text, result.clone()));
@@ -316,6 +333,10 @@ impl Analyzer {
         }
         shard.misses.fetch_add(1, Ordering::Relaxed);
         let result = analyze_with(sql, &self.config).map(Arc::new);
+        if key.len() > KEPT_KEY_MAX {
+            // (Kept, such keys could fill the memory: the cache counts entries.)
+            return result;
+        }
         let mut map = shard.map.write();
         if map.len() >= self.per_shard && !map.contains_key(&hash) {
             map.retain(|_, e| e.used.swap(false, Ordering::Relaxed));

@@ -17,9 +17,12 @@ mod error;
 mod functions;
 mod hints;
 mod lexer;
+mod reduce;
 mod strip;
 
-pub use analysis::{analyze, analyze_with, Analysis, AnalysisConfig, SessionEffect, StatementKind};
+pub use analysis::{
+    analyze, analyze_with, Analysis, AnalysisConfig, SessionEffect, StatementKind, SHORTENED,
+};
 pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use error::SqlError;
 pub use functions::is_clock_word;

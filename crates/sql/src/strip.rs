@@ -350,7 +350,7 @@ fn clock_kept(kind: TokenKind, text: &[u8]) -> TokenKind {
 }
 
 /// Whether a string token (`'…'`, `E'…'`, `$tag$…$tag$`…) holds a clock word.
-fn is_clock_literal(text: &[u8]) -> bool {
+pub(crate) fn is_clock_literal(text: &[u8]) -> bool {
     // The longest: a prefix, quotes, and spaces around the word.
     if text.len() > 32 {
         return false;
