@@ -2,14 +2,14 @@
 //! psycopg 3 (scripts/compat/check.py, once with the libpq its wheel bundles and once
 //! over the system's older libpq) and node-postgres (scripts/compat/check.js) run the
 //! same checks in each proxy configuration; and a ~200 MB result streams through the
-//! proxy in bounded memory.
+//! proxy in bounded memory, also to a client that pipelines a big query behind it.
 //!
 //! The drivers are installed once by scripts/compat/install.sh (a virtualenv under
 //! target/compat-venv, node_modules under scripts/compat), which needs PyPI and npm
 //! the first time. The proxies run with `tls_mode = "prefer"` and a self-signed
 //! certificate, and the TLS check runs (`PGOPT_COMPAT_TLS=1`).
 
-use std::io::Read;
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -457,4 +457,106 @@ fn a_200_mb_result_streams_through_the_proxy_in_bounded_memory() {
         peak < PEAK_RSS_BOUND,
         "pgopt proxy peak RSS {peak} bytes (before: {baseline}), bound {PEAK_RSS_BOUND}"
     );
+    // Last, as it needs room for its own big query.
+    let started = Instant::now();
+    let pipelined = pipeline_behind_a_big_result(proxy.port, &rows);
+    assert!(
+        pipelined.is_ok(),
+        "pipelined: {pipelined:?}\n--- pgopt proxy log\n{}",
+        proxy.log()
+    );
+    let peak = peak_rss(proxy.pid());
+    eprintln!(
+        "pipelined: {RESULT_BYTES} bytes through the proxy in {:.1} s; peak RSS {:.1} MB",
+        started.elapsed().as_secs_f64(),
+        peak as f64 / 1048576.0
+    );
+    let bound = PEAK_RSS_BOUND + 3 * BIG_QUERY_LEN as u64;
+    assert!(
+        peak < bound,
+        "pgopt proxy peak RSS {peak} bytes after the pipelined case, bound {bound}"
+    );
+}
+
+/// The query sent behind the big result: larger than what the sockets between the
+/// proxy and PostgreSQL hold (about 4 MB of send buffer and 128 kB of receive buffer
+/// here), so the proxy's write of it waits while PostgreSQL still sends the result.
+const BIG_QUERY_LEN: usize = 24 << 20;
+
+/// Appends a protocol message.
+fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Reads one message: its tag and body.
+fn read_message(rd: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut header = [0u8; 5];
+    rd.read_exact(&mut header)?;
+    let len = u32::from_be_bytes(header[1..].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len.saturating_sub(4)];
+    rd.read_exact(&mut body)?;
+    Ok((header[0], body))
+}
+
+/// A client that pipelines `rows_sql` and a BIG_QUERY_LEN query behind it, reading
+/// while it writes (as libpq's pipeline mode does). PostgreSQL sends the whole result
+/// before it reads the second query: the proxy, still writing that query, must relay
+/// the result to the client as it comes rather than hold it.
+fn pipeline_behind_a_big_result(port: u16, rows_sql: &str) -> Result<(), String> {
+    let io = |e: std::io::Error| e.to_string();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(io)?;
+    let params = b"user\0postgres\0database\0postgres\0\0";
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&(8 + params.len() as u32).to_be_bytes());
+    startup.extend_from_slice(&196_608u32.to_be_bytes());
+    startup.extend_from_slice(params);
+    stream.write_all(&startup).map_err(io)?;
+    let mut rd = BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(io)?);
+    loop {
+        match read_message(&mut rd).map_err(io)? {
+            (b'Z', _) => break,
+            (b'E', body) => return Err(format!("login: {}", text(&body))),
+            _ => {}
+        }
+    }
+    let mut batch = Vec::with_capacity(BIG_QUERY_LEN + 1024);
+    message(&mut batch, b'Q', format!("{rows_sql}\0").as_bytes());
+    let padding = "y".repeat(BIG_QUERY_LEN);
+    message(
+        &mut batch,
+        b'Q',
+        format!("SELECT length('{padding}')\0").as_bytes(),
+    );
+    drop(padding);
+    let mut wr = stream;
+    let writer = std::thread::spawn(move || wr.write_all(&batch).map(|()| wr));
+    let (mut rows, mut readies, mut length) = (0u64, 0, None);
+    while readies < 2 {
+        match read_message(&mut rd).map_err(io)? {
+            (b'D', body) if readies == 0 => {
+                if body.len() != 2 + 4 + ROW_LEN as usize {
+                    return Err(format!("a row of {} bytes", body.len()));
+                }
+                rows += 1;
+            }
+            (b'D', body) => length = Some(text(&body[6..])),
+            (b'Z', _) => readies += 1,
+            (b'E', body) => return Err(format!("error: {}", text(&body))),
+            _ => {}
+        }
+    }
+    let mut wr = writer.join().unwrap().map_err(io)?;
+    let _ = wr.write_all(b"X\0\0\0\x04");
+    let want = BIG_QUERY_LEN.to_string();
+    if rows != ROWS || length.as_deref() != Some(want.as_str()) {
+        return Err(format!(
+            "{rows} rows (expected {ROWS}), length {length:?} (expected {want})"
+        ));
+    }
+    Ok(())
 }

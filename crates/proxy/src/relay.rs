@@ -91,6 +91,9 @@ pub struct Relay {
     /// Messages for the client when some are dropped or made up.
     out: BytesMut,
     to_server: BytesMut,
+    /// A [`Relay::forward`] is under way (what is added to `to_server` meanwhile goes
+    /// out with it).
+    forwarding: bool,
     server: Option<Checkout>,
     expected: Expected,
     statements: ClientStatements,
@@ -297,6 +300,7 @@ impl Relay {
             cbuf,
             // Taken from the server connection while one is lent (see `attach`).
             sbuf: BytesMut::new(),
+            forwarding: false,
             out: BytesMut::new(),
             to_server: BytesMut::new(),
             server: None,
@@ -2704,6 +2708,7 @@ impl Relay {
     async fn resync_settings(&mut self) {
         if self.resync.is_empty()
             || !self.expected.is_empty()
+            || !self.to_server.is_empty()
             || !self.sbuf.is_empty()
             || self.open_batch
             || self.dropping
@@ -3215,25 +3220,25 @@ impl Relay {
         (min > 0).then(|| router.pick(0, tried, primary_load).map(|i| (i, min)))?
     }
 
-    /// Writes `to_server` while buffering whatever the server sends meanwhile, so
-    /// neither side can block the other with full socket buffers.
+    /// Writes `to_server` while reading whatever the server sends meanwhile, so neither
+    /// side can block the other with full socket buffers. What the server sends is
+    /// relayed to the client as it comes (a pipelined query's big result, while the
+    /// server does not read the rest of the batch), not buffered without bound.
+    /// Messages added to `to_server` on the way (a batch run again) go out after it.
     async fn forward(&mut self) -> Result<(), ProxyError> {
-        let Some(server) = self.server.as_mut() else {
+        if self.forwarding {
+            // Reached from `handle_server` inside a forward: the forward under way
+            // sends what was added.
             return Ok(());
-        };
-        let broken = match &mut server.conn.stream {
-            PgStream::Plain(tcp) => {
-                let (mut rd, mut wr) = tcp.split();
-                !pump(&mut rd, &mut wr, &self.to_server, &mut self.sbuf, false).await
-            }
-            PgStream::Unix(unix) => {
-                let (mut rd, mut wr) = unix.split();
-                !pump(&mut rd, &mut wr, &self.to_server, &mut self.sbuf, false).await
-            }
-            PgStream::Tls(tls) => {
-                let (mut rd, mut wr) = tokio::io::split(tls.as_mut());
-                !pump(&mut rd, &mut wr, &self.to_server, &mut self.sbuf, true).await
-            }
+        }
+        self.forwarding = true;
+        let sent = self.send_to_server().await;
+        self.forwarding = false;
+        let broken = match sent {
+            Ok(broken) => broken,
+            // The client went away, or the server broke the protocol, part way:
+            // `to_server` stays, so the connection is not idle and is not lent again.
+            Err(e) => return Err(e),
         };
         self.to_server.clear();
         if broken && self.failover.is_some() {
@@ -3246,10 +3251,49 @@ impl Relay {
         Ok(())
     }
 
+    /// [`Relay::forward`]'s loop: `Ok(true)` when the connection broke.
+    async fn send_to_server(&mut self) -> Result<bool, ProxyError> {
+        let mut written = 0;
+        loop {
+            let Some(server) = self.server.as_mut() else {
+                return Ok(false);
+            };
+            // A read batch that may fail over is relayed only after it is all sent
+            // (it is small: see MAX_FAILOVER_BYTES).
+            let limit = if self.failover.is_some() {
+                usize::MAX
+            } else {
+                self.sbuf.len() + KEPT_READ_BUF
+            };
+            let data = &self.to_server;
+            let sbuf = &mut self.sbuf;
+            let pumped = match &mut server.conn.stream {
+                PgStream::Plain(tcp) => {
+                    let (mut rd, mut wr) = tcp.split();
+                    pump(&mut rd, &mut wr, data, &mut written, sbuf, limit, false).await
+                }
+                PgStream::Unix(unix) => {
+                    let (mut rd, mut wr) = unix.split();
+                    pump(&mut rd, &mut wr, data, &mut written, sbuf, limit, false).await
+                }
+                PgStream::Tls(tls) => {
+                    let (mut rd, mut wr) = tokio::io::split(tls.as_mut());
+                    pump(&mut rd, &mut wr, data, &mut written, sbuf, limit, true).await
+                }
+            };
+            match pumped {
+                Pumped::Sent => return Ok(false),
+                Pumped::Broken => return Ok(true),
+                Pumped::Full => Box::pin(self.handle_server()).await?,
+            }
+        }
+    }
+
     /// Nothing owed, no transaction open, nothing half-read: the server may serve others.
     fn server_idle(&self) -> bool {
         !(self.open_batch && self.server.is_some())
             && self.expected.is_empty()
+            && self.to_server.is_empty()
             && self.status == TransactionStatus::Idle
             && self.sbuf.is_empty()
             && !self.dropping
@@ -3432,33 +3476,57 @@ impl Relay {
     }
 }
 
-/// Writes `data` (and flushes it, under TLS) while reading what the server sends
-/// meanwhile into `sbuf`; `false` when either side broke.
-async fn pump<R, W>(rd: &mut R, wr: &mut W, data: &[u8], sbuf: &mut BytesMut, flush: bool) -> bool
+/// How a [`pump`] ended.
+enum Pumped {
+    /// All written (and flushed).
+    Sent,
+    /// Either side broke.
+    Broken,
+    /// `sbuf` reached the limit first: its messages are to be relayed before the rest.
+    Full,
+}
+
+/// Writes `data` from `written` on (and flushes it, under TLS) while reading what the
+/// server sends meanwhile into `sbuf`, until it is all sent or `sbuf` holds `limit`
+/// bytes.
+async fn pump<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    data: &[u8],
+    written: &mut usize,
+    sbuf: &mut BytesMut,
+    limit: usize,
+    flush: bool,
+) -> Pumped
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let mut written = 0;
-    while written < data.len() {
+    while *written < data.len() {
+        if sbuf.len() >= limit {
+            return Pumped::Full;
+        }
         tokio::select! {
-            w = wr.write(&data[written..]) => match w {
-                Ok(n) if n > 0 => written += n,
-                _ => return false,
+            w = wr.write(&data[*written..]) => match w {
+                Ok(n) if n > 0 => *written += n,
+                _ => return Pumped::Broken,
             },
             r = rd.read_buf(sbuf) => if !matches!(r, Ok(n) if n > 0) {
-                return false;
+                return Pumped::Broken;
             },
         }
     }
     if !flush {
-        return true;
+        return Pumped::Sent;
     }
     loop {
+        if sbuf.len() >= limit {
+            return Pumped::Full;
+        }
         tokio::select! {
-            f = wr.flush() => return f.is_ok(),
+            f = wr.flush() => return if f.is_ok() { Pumped::Sent } else { Pumped::Broken },
             r = rd.read_buf(sbuf) => if !matches!(r, Ok(n) if n > 0) {
-                return false;
+                return Pumped::Broken;
             },
         }
     }
