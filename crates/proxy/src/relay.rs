@@ -2452,15 +2452,16 @@ impl Relay {
         // Bytes before `copied` are in `out` (or dropped); `edited` once anything was.
         let mut copied = 0;
         let mut edited = false;
+        // A message pgopt can't relay (longer than max_message_len): what came before
+        // it goes out, then the client is told, and the connection closes.
+        let mut unrelayable = None;
         loop {
             let header = match peek_header(&self.sbuf[pos..], self.max_len) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(source) => {
-                    return Err(ProxyError::Decode {
-                        peer: "server",
-                        source,
-                    })
+                    unrelayable = Some(source);
+                    break;
                 }
             };
             let end = pos + header.frame_len();
@@ -2617,6 +2618,9 @@ impl Relay {
         };
         self.sbuf.advance(pos);
         result?;
+        if let Some(source) = unrelayable {
+            return Err(self.server_protocol_error(source).await);
+        }
         if let Some(batch) = self.rerun.take() {
             self.run_again(batch).await?;
         }
@@ -3335,6 +3339,22 @@ impl Relay {
             }
         }
         Some(checkout)
+    }
+
+    /// The server sent what pgopt can't relay: the client gets a FATAL that says so
+    /// (its server connection closes, in `let_go`).
+    async fn server_protocol_error(&mut self, source: DecodeError) -> ProxyError {
+        let hint = match source {
+            DecodeError::TooLong { .. } => " (raise max_message_len to relay it)",
+            _ => "",
+        };
+        let message = format!("pgopt can't relay the server's message: {source}{hint}");
+        tracing::warn!(client = %self.info.addr, "{message}");
+        self.close(sqlstate::PROTOCOL_VIOLATION, &message).await;
+        ProxyError::Decode {
+            peer: "server",
+            source,
+        }
     }
 
     async fn client_protocol_error(&mut self, e: DecodeError) -> ProxyError {

@@ -1711,3 +1711,25 @@ async fn copy_data_after_a_failed_copy_waits_for_no_server_connection() {
     let types = common::read_until(&mut raw, b'Z').await;
     assert_eq!(types, b"TDCZ", "the client goes on");
 }
+
+#[tokio::test]
+async fn a_server_message_over_max_message_len_ends_the_client_with_a_reason() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |c| {
+        c.max_message_len = 64 * 1024;
+        c.default_pool_size = 1;
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let rows = "SELECT n, repeat('x', n) FROM unnest(ARRAY[10, 100000]) n";
+    let e = client.simple_query(rows).await.unwrap_err();
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
+    assert_eq!(db.code().code(), "08P01", "{db:?}");
+    assert!(db.message().contains("max_message_len"), "{db:?}");
+    assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+    // The connection that was cut mid-message is gone, not lent: the next client
+    // (with the pool's only one) runs.
+    let next = connect(&proxy, "postgres", None).await.unwrap();
+    let row = next.query_one("SELECT 41 + 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+}
