@@ -1696,6 +1696,9 @@ async fn now_and_today_as_input_values_are_never_cached() {
     })
     .await;
     let client = connect(&proxy, "postgres", None).await.unwrap();
+    // The same shape with a plain date first: its analysis is not the clock word's.
+    let dated = "SELECT count(*)::text FROM events WHERE at < '2000-01-01'::timestamptz";
+    assert_eq!(value(&client, dated).await, "0");
     let literal = "SELECT count(*)::text FROM events WHERE at < 'now'::timestamptz";
     let bound = "SELECT count(*)::text FROM events WHERE at < $1::text::timestamptz";
     let count_bound = || async {
