@@ -145,6 +145,8 @@ pub struct Tracker {
     pending: VecDeque<Pending>,
     /// When the server message being handled came in (`on_server`'s `at`).
     now: Instant,
+    /// When the last statement recorded ended.
+    ended: Option<Instant>,
     statements: foldhash::HashMap<String, Option<Arc<Analysis>>>,
     unnamed_statement: Option<Arc<Analysis>>,
     portals: foldhash::HashMap<String, Option<Arc<Analysis>>>,
@@ -212,6 +214,7 @@ impl Tracker {
             addr,
             pending: VecDeque::new(),
             now: Instant::now(),
+            ended: None,
             statements: Default::default(),
             unnamed_statement: None,
             portals: Default::default(),
@@ -481,10 +484,14 @@ impl Tracker {
             Origin::Bind(n) => Some(n),
             _ => None,
         };
+        let end = self.now;
+        // A pipelined statement starts when the one before it ended, not when it came
+        // in behind it (as pg_stat_statements times it: queueing is not its time).
+        let start = self.ended.filter(|e| *e > start).unwrap_or(start);
+        self.ended = Some(end);
         let Some(analysis) = analysis else {
             return; // text the parser refused: the server's error says it all
         };
-        let end = self.now;
         let duration = end.duration_since(start);
         // Wall-clock time without a second clock read.
         let wall_us = crate::stats::unix_us_at(end);

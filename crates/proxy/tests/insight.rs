@@ -176,6 +176,30 @@ async fn percentiles_follow_a_known_latency_distribution() {
     assert!(!metrics.contains("pg_sleep"), "query text in the metrics");
 }
 
+#[tokio::test]
+async fn a_pipelined_statement_is_timed_from_when_the_one_before_it_ended() {
+    use tokio::io::AsyncWriteExt;
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let mut raw = common::raw_login(&proxy).await;
+    // Three quick statements sent behind a 400 ms one, in one write: they wait for it
+    // in the server's queue, which is not their own time.
+    let mut batch = common::message(b'Q', b"SELECT pg_sleep(0.4)\0");
+    for _ in 0..3 {
+        batch.extend(common::message(b'Q', b"SELECT 'quick' AS pipelined\0"));
+    }
+    raw.write_all(&batch).await.unwrap();
+    common::read_until_nth(&mut raw, b'Z', 4).await;
+    let sleep = &shapes(&proxy, "pg_sleep").await[0];
+    assert!(num(sleep, "max_ms") >= 400.0, "{sleep:?}");
+    let rows = shapes(&proxy, "pipelined").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let quick = &rows[0];
+    assert_eq!(num(quick, "calls"), 3.0);
+    // (Well under the 400 ms they waited; the first waited longest.)
+    assert!(num(quick, "max_ms") < 200.0, "{quick:?}");
+}
+
 /// The JSON body of a 200 answer to `GET path`.
 async fn http_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
     let response = http_get(addr, path).await;
