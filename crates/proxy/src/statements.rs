@@ -583,10 +583,40 @@ pub enum Verdict {
     Drop,
 }
 
+/// Steps that owe a ReadyForQuery, by kind (see [`Expected::all_server_readies`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Readies {
+    /// The client's Syncs and simple Queries sent.
+    server: usize,
+    /// Syncs pgopt sent to end a batch.
+    injected_syncs: usize,
+    /// pgopt's own queries.
+    injected_queries: usize,
+}
+
+impl Readies {
+    /// Counts `step` in (`by` 1) or out (-1).
+    fn count(&mut self, step: &Step, by: isize) {
+        let counter = match step {
+            Step::Server {
+                request: Request::Sync | Request::Query,
+                ..
+            } => &mut self.server,
+            Step::InjectedSync { .. } => &mut self.injected_syncs,
+            Step::InjectedQuery => &mut self.injected_queries,
+            _ => return,
+        };
+        *counter = counter.wrapping_add_signed(by);
+    }
+}
+
 /// Responses the client is owed, in order.
 #[derive(Debug, Default)]
 pub struct Expected {
     queue: VecDeque<Step>,
+    /// What in `queue` owes a ReadyForQuery, by kind, kept as steps come and go: the
+    /// relay asks for every message it routes, and a pipeline queues thousands.
+    readies: Readies,
     /// The client's name changes settled since the last
     /// [`Expected::drain_settled`]: whether each happened (one the server skipped,
     /// after an error up to the Sync, or one that failed, did not).
@@ -611,7 +641,20 @@ pub struct Expected {
 
 impl Expected {
     pub fn push(&mut self, step: Step) {
+        self.readies.count(&step, 1);
         self.queue.push_back(step);
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(step) = self.queue.pop_front() {
+            self.readies.count(&step, -1);
+        }
+    }
+
+    fn remove_second(&mut self) {
+        if let Some(step) = self.queue.remove(1) {
+            self.readies.count(&step, -1);
+        }
     }
 
     /// Whether an error just sent the server skipping messages up to a Sync the client
@@ -624,12 +667,19 @@ impl Expected {
     /// The ReadyForQuerys still to come that the relay observes as the client's:
     /// [`Expected::server_readies`] and those of Syncs pgopt sent to end a batch.
     pub fn observed_readies(&self) -> usize {
-        self.server_readies()
-            + self
-                .queue
-                .iter()
-                .filter(|s| matches!(s, Step::InjectedSync { .. }))
-                .count()
+        self.check_readies();
+        self.readies.server + self.readies.injected_syncs
+    }
+
+    /// (Debug builds: the counts kept match the queue's.)
+    fn check_readies(&self) {
+        if cfg!(debug_assertions) {
+            let mut counted = Readies::default();
+            for step in &self.queue {
+                counted.count(step, 1);
+            }
+            assert_eq!(counted, self.readies, "{:?}", self.queue);
+        }
     }
 
     /// Whether the next server message answers a Sync pgopt sent itself.
@@ -646,12 +696,7 @@ impl Expected {
     /// simple Query sent), not counting those of injected queries.
     /// Every ReadyForQuery the server still owes, pgopt's own queries' included.
     pub fn all_server_readies(&self) -> usize {
-        self.observed_readies()
-            + self
-                .queue
-                .iter()
-                .filter(|s| matches!(s, Step::InjectedQuery))
-                .count()
+        self.observed_readies() + self.readies.injected_queries
     }
 
     /// COPY FROM STDIN began (CopyInResponse) for the Execute at the head: the Syncs
@@ -669,25 +714,15 @@ impl Expected {
                 ..
             })
         ) {
-            self.queue.remove(1);
+            self.remove_second();
             dropped += 1;
         }
         dropped
     }
 
     pub fn server_readies(&self) -> usize {
-        self.queue
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s,
-                    Step::Server {
-                        request: Request::Sync | Request::Query,
-                        ..
-                    }
-                )
-            })
-            .count()
+        self.check_readies();
+        self.readies.server
     }
 
     /// The request the server answers next, if it is one the client sent.
@@ -783,7 +818,7 @@ impl Expected {
     /// stale), then everything owed is forgotten ([`Expected::abandon`]): the
     /// connection stays the client's, so its record must match the server.
     pub fn abandon_refused_batch(&mut self, mut forget: impl FnMut(u64)) {
-        self.queue.pop_front();
+        self.pop_front();
         self.skip_to_sync(&mut forget);
         self.server_awaits_sync = false;
         self.abandon();
@@ -793,6 +828,7 @@ impl Expected {
     /// the client's name changes still queued did not happen.
     pub fn abandon(&mut self) {
         self.unnamed_unsure = true;
+        self.readies = Readies::default();
         for step in self.queue.drain(..) {
             match step {
                 Step::Parse { change, .. }
@@ -820,7 +856,7 @@ impl Expected {
     /// Queues an ErrorResponse pgopt sends in the place of a server's.
     pub fn push_error(&mut self, error: Bytes) {
         self.errors.push_back(error);
-        self.queue.push_back(Step::Error);
+        self.push(Step::Error);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -890,7 +926,7 @@ impl Expected {
                 Some(Step::Ready) => ReadyForQuery { status }.encode(out),
                 _ => return,
             }
-            self.queue.pop_front();
+            self.pop_front();
         }
     }
 
@@ -917,50 +953,50 @@ impl Expected {
             }
             Step::DescribeStatement { .. } => {
                 if tag == b'E' {
-                    self.queue.pop_front();
+                    self.pop_front();
                     self.skip_to_sync(&mut forget);
                 } else if completes(Request::Describe, tag) {
-                    self.queue.pop_front();
+                    self.pop_front();
                 }
                 Verdict::Relay
             }
             Step::ProbeParse { change } => self.settles(tag, b'1', change, &mut forget),
             Step::ProbeClose => {
                 if tag == b'3' {
-                    self.queue.pop_front();
+                    self.pop_front();
                     return Verdict::Drop;
                 }
                 if tag == b'E' {
-                    self.queue.pop_front();
+                    self.pop_front();
                     self.skip_to_sync(&mut forget);
                 }
                 Verdict::Relay
             }
             Step::InjectedDescribe { .. } => match tag {
                 b'E' => {
-                    self.queue.pop_front();
+                    self.pop_front();
                     self.skip_to_sync(&mut forget);
                     Verdict::Relay
                 }
                 b'T' | b'n' => {
-                    self.queue.pop_front();
+                    self.pop_front();
                     Verdict::Drop
                 }
                 _ => Verdict::Drop,
             },
             Step::Bind { .. } => {
                 if tag == b'E' {
-                    self.queue.pop_front();
+                    self.pop_front();
                     self.skip_to_sync(&mut forget);
                 } else if tag == b'2' {
-                    self.queue.pop_front();
+                    self.pop_front();
                 }
                 Verdict::Relay
             }
             Step::Parse { prepared, change } => {
                 match tag {
                     b'1' => {
-                        self.queue.pop_front();
+                        self.pop_front();
                         self.settled.push((change, Settled::Happened));
                     }
                     b'E' => {
@@ -972,7 +1008,7 @@ impl Expected {
                             None => Settled::Emptied,
                         };
                         self.settled.push((change, settled));
-                        self.queue.pop_front();
+                        self.pop_front();
                         self.skip_to_sync(&mut forget);
                     }
                     _ => {}
@@ -985,10 +1021,10 @@ impl Expected {
                     if let Some(id) = prepared {
                         forget(id);
                     }
-                    self.queue.pop_front();
+                    self.pop_front();
                     self.skip_to_sync(&mut forget);
                 } else if completes(request, tag) {
-                    self.queue.pop_front();
+                    self.pop_front();
                 }
                 Verdict::Relay
             }
@@ -1000,13 +1036,13 @@ impl Expected {
             }
             Step::InjectedFailure => {
                 if tag == b'E' {
-                    self.queue.pop_front();
+                    self.pop_front();
                 }
                 Verdict::Drop
             }
             Step::InjectedQuery | Step::InjectedSync { .. } => {
                 if tag == b'Z' {
-                    self.queue.pop_front();
+                    self.pop_front();
                 }
                 Verdict::Drop
             }
@@ -1022,11 +1058,11 @@ impl Expected {
     /// `change`; the answer is the client's.
     fn settles(&mut self, tag: u8, done: u8, change: u64, forget: &mut impl FnMut(u64)) -> Verdict {
         if tag == done {
-            self.queue.pop_front();
+            self.pop_front();
             self.settled.push((change, Settled::Happened));
         } else if tag == b'E' {
             self.settled.push((change, Settled::Undone));
-            self.queue.pop_front();
+            self.pop_front();
             self.skip_to_sync(forget);
         }
         Verdict::Relay
@@ -1043,7 +1079,7 @@ impl Expected {
         forget: &mut impl FnMut(u64),
     ) -> Verdict {
         if tag == done {
-            self.queue.pop_front();
+            self.pop_front();
             return Verdict::Drop;
         }
         if tag == b'E' {
@@ -1053,7 +1089,7 @@ impl Expected {
                 // it: what the server's unnamed statement is now, pgopt can't tell.
                 None => self.unnamed_unsure = true,
             }
-            self.queue.pop_front();
+            self.pop_front();
             self.skip_to_sync(forget);
         }
         Verdict::Relay
@@ -1105,7 +1141,7 @@ impl Expected {
                 Step::InjectedClose { stale: Some(id) } => self.still_stale.push(id),
                 _ => {}
             }
-            self.queue.pop_front();
+            self.pop_front();
         }
     }
 }
