@@ -14,6 +14,7 @@
 #        BENCH_ONLY=proxy scripts/bench-proxy.sh ...     (just the proxy table)
 #        BENCH_SOCKETS=unix scripts/bench-proxy.sh ...  (every hop over Unix-domain sockets:
 #        pgbench to each target, and each proxy to PostgreSQL; else TCP on 127.0.0.1)
+#        BENCH_CASE=TEXT scripts/bench-proxy.sh ...     (only the proxy cases whose name holds TEXT)
 #        INSIGHT_ROUNDS=N pairs of phases (default 12), INSIGHT_PERIOD=S seconds per
 #        phase (default 5), INSIGHT_VERBOSE=1 (each pair on stderr), INSIGHT_AA=1 (an
 #        A/A line per case: the switching alone, insight on in both phases)
@@ -65,6 +66,7 @@ printf '%-28s %10s %10s %10s %9s %9s %11s %11s %13s %13s %13s\n' case direct pgb
   "pgb µs/tx" "opt µs/tx" "dir avg/p99" "pgb avg/p99" "opt avg/p99"
 case_run() {
   local name=$1; shift
+  [[ "$name" == *"${BENCH_CASE:-}"* ]] || return 0
   local d_lat=- d_p99=- b_lat=- b_p99=- o_lat o_p99
   if [ "$name" = "-S simple, 5000 clients" ]; then
     d_tps=n/a              # PostgreSQL itself takes max_connections = 100 clients
@@ -94,6 +96,12 @@ case_run "TPC-B, 16 clients"        -M simple      -c 16 -j 2
 # A new connection for every transaction, as an application without a pool of its own
 # makes them: the login path (direct PostgreSQL forks a backend for each).
 case_run "-S simple, -C, 16 clients" -S -M simple   -C -c 16 -j 2
+# Deep pipelines: each transaction is 1,000 point selects sent in one pipeline (libpq
+# pipeline mode, as psycopg's executemany and JDBC batches use it) and one Sync.
+{ echo '\set aid random(1, 100000 * :scale)'; echo '\startpipeline'
+  for _ in $(seq 1000); do echo 'SELECT abalance FROM pgbench_accounts WHERE aid = :aid;'; done
+  echo '\endpipeline'; } > "$tmp/pipeline.sql"
+case_run "-S pipelines of 1000, 4 cl" -f "$tmp/pipeline.sql" -M extended -c 4 -j 2
 # Thousands of clients on 20 server connections (issue 3); direct PostgreSQL can't.
 case_run "-S simple, 5000 clients"  -S -M simple   -c 5000 -j 2
 fi
