@@ -102,13 +102,14 @@ pub struct Analysis {
     /// Same value for the same query shape regardless of literals,
     /// whitespace, comments, keyword case and IN-list length. Schema names
     /// and full relation names count. A text too long to parse whole is
-    /// analysed shortened (see `reduce.rs`: one row of a VALUES list, one value of
-    /// an IN list): its fingerprint is that of the shortened text, marked, so
-    /// long statements of one shape share one, apart from short ones.
+    /// analysed shortened (see `reduce.rs`): when rows of a VALUES list were cut,
+    /// its fingerprint is that of the first row's statement, marked, so bulk
+    /// INSERTs of one shape share one, apart from one-row INSERTs.
     pub fingerprint: u64,
     /// The text with literals replaced by `$n` (as in pg_stat_statements);
-    /// IN lists of parameters become `($n /*, ... */)`. For a shortened text
-    /// (see `fingerprint`), the shortened text's, with [`SHORTENED`] after it.
+    /// IN lists of parameters become `($n /*, ... */)`. When rows of a VALUES list
+    /// were cut (see `fingerprint`), the first row's statement's, with
+    /// [`SHORTENED`] after it.
     pub normalized: String,
     /// One entry per statement, in order.
     pub kinds: Vec<StatementKind>,
@@ -200,15 +201,11 @@ pub fn analyze_with(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlE
     if let Some(position) = sql.bytes().position(|b| b == 0) {
         return Err(SqlError::NulByte { position });
     }
-    let shortened = if sql.len() > crate::reduce::REDUCE_ABOVE {
-        crate::reduce::reduce(sql)
-    } else {
-        None
-    };
-    let text = shortened.as_deref().unwrap_or(sql);
+    let shortened = crate::reduce::reduce(sql);
+    let text = shortened.as_ref().map_or(sql, |r| r.text.as_str());
     let analysed = catch_unwind(AssertUnwindSafe(|| {
         let mut analysis = analyze_inner(text, config)?;
-        if shortened.is_some() {
+        if shortened.as_ref().is_some_and(|r| r.rows_cut) {
             analysis.fingerprint = analysis.fingerprint.rotate_left(32) ^ SHORTENED_MARK;
             analysis.normalized.push_str(SHORTENED);
         }

@@ -26,10 +26,34 @@ pub(crate) const REDUCE_ABOVE: usize = 8 * 1024;
 /// String literals longer than this are emptied.
 const LONG_LITERAL: usize = 256;
 
-/// `sql` with what the analysis does not need cut (see the module's doc), or `None`
-/// when nothing was.
-pub(crate) fn reduce(sql: &str) -> Option<String> {
+/// A shortened text.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Reduced {
+    pub text: String,
+    /// Rows of a VALUES list were cut (its fingerprint and normalized text are not the
+    /// whole statement's).
+    pub rows_cut: bool,
+}
+
+/// `sql` shortened (see the module's doc), or `None` when it is not long or nothing
+/// was cut. Lists are cut only when the text is long without its literals: the
+/// verdict is then the same for every text of a shape (the analysis cache's key), so
+/// a shape's fingerprint does not depend on which of its texts came first.
+pub(crate) fn reduce(sql: &str) -> Option<Reduced> {
+    if sql.len() <= REDUCE_ABOVE {
+        return None;
+    }
+    let literals: usize = Lexer::new(sql)
+        .filter(|t| t.kind.is_literal())
+        .map(|t| t.end - t.start)
+        .sum();
+    reduce_with(sql, sql.len() - literals > REDUCE_ABOVE)
+}
+
+/// [`reduce`], cutting lists or not.
+fn reduce_with(sql: &str, cut_lists: bool) -> Option<Reduced> {
     let src = sql.as_bytes();
+    let mut rows_cut = false;
     let mut out = String::new();
     let mut copied = 0;
     let mut pos = 0;
@@ -53,8 +77,10 @@ pub(crate) fn reduce(sql: &str) -> Option<String> {
                     copied = tok.end;
                 }
             }
-            TokenKind::Word if text.eq_ignore_ascii_case(b"values") => after_values = true,
-            TokenKind::Word if text.eq_ignore_ascii_case(b"in") => after_in = true,
+            TokenKind::Word if cut_lists && text.eq_ignore_ascii_case(b"values") => {
+                after_values = true;
+            }
+            TokenKind::Word if cut_lists && text.eq_ignore_ascii_case(b"in") => after_in = true,
             TokenKind::Punct if text == b"(" => {
                 if was_after_values {
                     values_at = Some(depth);
@@ -93,6 +119,7 @@ pub(crate) fn reduce(sql: &str) -> Option<String> {
                     out.push_str(&sql[copied..tok.start]);
                     copied = end;
                     pos = end;
+                    rows_cut = true;
                 }
             }
             _ => {
@@ -106,7 +133,10 @@ pub(crate) fn reduce(sql: &str) -> Option<String> {
         return None;
     }
     out.push_str(&sql[copied..]);
-    Some(out)
+    Some(Reduced {
+        text: out,
+        rows_cut,
+    })
 }
 
 /// The next token from `pos` that is not whitespace or a comment.
@@ -202,22 +232,44 @@ fn emptied(literal: &str) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
 
+    fn cut(sql: &str) -> Option<String> {
+        reduce_with(sql, true).map(|r| r.text)
+    }
+
+    #[test]
+    fn lists_are_cut_only_when_the_text_is_long_without_its_literals() {
+        let rows = |n: usize, value: &str| {
+            let row = format!("(1, '{value}')");
+            format!("INSERT INTO t VALUES {}", vec![row; n].join(", "))
+        };
+        // Long for its values alone: only those are emptied.
+        let long_values = rows(40, &"y".repeat(LONG_LITERAL + 1));
+        let reduced = reduce(&long_values).unwrap();
+        assert!(!reduced.rows_cut);
+        assert_eq!(reduced.text, rows(40, ""));
+        // Long for its shape: rows are cut, whatever the values' length.
+        for value in ["", "a short one"] {
+            let sql = rows(2000, value);
+            let reduced = reduce(&sql).unwrap();
+            assert!(reduced.rows_cut);
+            assert_eq!(reduced.text, rows(1, value));
+        }
+        assert_eq!(reduce(&rows(3, "x")), None, "short");
+    }
+
     #[test]
     fn later_inert_rows_of_values_are_cut() {
         let sql = "INSERT INTO t (a, b) VALUES (1, 'x'), (2, NULL), (-3, '{1}'::int[]) RETURNING a";
         assert_eq!(
-            reduce(sql).as_deref(),
+            cut(sql).as_deref(),
             Some("INSERT INTO t (a, b) VALUES (1, 'x') RETURNING a")
         );
         let sql = "INSERT INTO t VALUES ($1, $2), ($3, $4), ($5, DEFAULT);";
-        assert_eq!(
-            reduce(sql).as_deref(),
-            Some("INSERT INTO t VALUES ($1, $2);")
-        );
+        assert_eq!(cut(sql).as_deref(), Some("INSERT INTO t VALUES ($1, $2);"));
         // A row that is not inert stays.
         let sql = "INSERT INTO t VALUES (1), (now()), (3), (4)";
         assert_eq!(
-            reduce(sql).as_deref(),
+            cut(sql).as_deref(),
             Some("INSERT INTO t VALUES (1), (now())")
         );
         for kept in [
@@ -228,7 +280,7 @@ mod tests {
             "SELECT * FROM (VALUES (1)) v",
             "INSERT INTO t VALUES (1)",
         ] {
-            assert_eq!(reduce(kept), None, "{kept}");
+            assert_eq!(cut(kept), None, "{kept}");
         }
     }
 
@@ -236,7 +288,7 @@ mod tests {
     fn long_in_lists_keep_their_first_value() {
         let sql = "SELECT * FROM t WHERE id IN (1, 2, 3) AND x NOT IN ('a', 'b', 'c', 'd')";
         assert_eq!(
-            reduce(sql).as_deref(),
+            cut(sql).as_deref(),
             Some("SELECT * FROM t WHERE id IN (1) AND x NOT IN ('a')")
         );
         for kept in [
@@ -246,7 +298,7 @@ mod tests {
             "SELECT * FROM t WHERE id IN (SELECT id FROM u)",
             "SELECT f(1, 2, 3)",
         ] {
-            assert_eq!(reduce(kept), None, "{kept}");
+            assert_eq!(cut(kept), None, "{kept}");
         }
     }
 
@@ -262,9 +314,9 @@ mod tests {
         ] {
             let sql = format!("SELECT length({literal}), 'short'");
             let want = format!("SELECT length({emptied}), 'short'");
-            assert_eq!(reduce(&sql), Some(want), "{literal:.20}");
+            assert_eq!(cut(&sql), Some(want), "{literal:.20}");
         }
         let unterminated = format!("SELECT '{long}");
-        assert_eq!(reduce(&unterminated), None);
+        assert_eq!(cut(&unterminated), None);
     }
 }
