@@ -7,8 +7,9 @@
 //! how many values an IN list holds, or what a long string says. Above
 //! [`REDUCE_ABOVE`] bytes, these are cut before parsing:
 //! - rows of a VALUES list after the first, when they hold nothing but inert values;
-//! - values of an IN list after the first, when the list holds three or more inert
-//!   values;
+//! - values of an IN list after the second, when the list holds three or more inert
+//!   values (two stay: pg_query's fingerprint and the normalized text treat lists of
+//!   two or more alike);
 //! - string literals longer than [`LONG_LITERAL`] bytes, emptied (the names of
 //!   relations, sequences and settings are far shorter, and so are clock words).
 //!
@@ -86,9 +87,9 @@ fn reduce_with(sql: &str, cut_lists: bool) -> Option<Reduced> {
                     values_at = Some(depth);
                 } else if was_after_in {
                     if let Some(list) = inert_list(src, tok.end) {
-                        if list.values >= 3 {
-                            // Kept up to the first comma, on from the `)`.
-                            out.push_str(&sql[copied..list.first_comma]);
+                        if let Some(second_comma) = list.second_comma {
+                            // Kept up to the second comma, on from the `)`.
+                            out.push_str(&sql[copied..second_comma]);
                             copied = list.close;
                             pos = list.close;
                         }
@@ -154,9 +155,8 @@ fn next_significant(src: &[u8], mut pos: usize) -> Option<Token> {
 
 /// A parenthesised list of inert values.
 struct InertList {
-    values: usize,
-    /// Where its first comma is (its `)` when it has one value).
-    first_comma: usize,
+    /// Where its second comma is, when it has three values or more.
+    second_comma: Option<usize>,
     /// Where its `)` is.
     close: usize,
 }
@@ -164,8 +164,8 @@ struct InertList {
 /// The list whose `(` ends at `pos`, when it holds only inert values (see the
 /// module's doc).
 fn inert_list(src: &[u8], mut pos: usize) -> Option<InertList> {
-    let mut values = 0;
-    let mut first_comma = None;
+    let mut commas = 0;
+    let mut second_comma = None;
     // Bytes of the previous significant token, for casts (`::type`).
     let mut prev: &[u8] = b"(";
     let mut in_value = false;
@@ -188,16 +188,17 @@ fn inert_list(src: &[u8], mut pos: usize) -> Option<InertList> {
                     if !in_value {
                         return None; // `()`, `(,` or `, ,`
                     }
-                    values += 1;
                     in_value = false;
                     if text == b")" {
                         return Some(InertList {
-                            values,
-                            first_comma: first_comma.unwrap_or(tok.start),
+                            second_comma,
                             close: tok.start,
                         });
                     }
-                    first_comma.get_or_insert(tok.start);
+                    commas += 1;
+                    if commas == 2 {
+                        second_comma = Some(tok.start);
+                    }
                     prev = text;
                     continue;
                 }
@@ -285,11 +286,11 @@ mod tests {
     }
 
     #[test]
-    fn long_in_lists_keep_their_first_value() {
+    fn long_in_lists_keep_their_first_two_values() {
         let sql = "SELECT * FROM t WHERE id IN (1, 2, 3) AND x NOT IN ('a', 'b', 'c', 'd')";
         assert_eq!(
             cut(sql).as_deref(),
-            Some("SELECT * FROM t WHERE id IN (1) AND x NOT IN ('a')")
+            Some("SELECT * FROM t WHERE id IN (1, 2) AND x NOT IN ('a', 'b')")
         );
         for kept in [
             "SELECT * FROM t WHERE id IN (1, 2)",
