@@ -205,9 +205,11 @@ pub fn analyze_with(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlE
     let text = shortened.as_ref().map_or(sql, |r| r.text.as_str());
     let analysed = catch_unwind(AssertUnwindSafe(|| {
         let mut analysis = analyze_inner(text, config)?;
-        if shortened.as_ref().is_some_and(|r| r.rows_cut) {
-            analysis.fingerprint = analysis.fingerprint.rotate_left(32) ^ SHORTENED_MARK;
-            analysis.normalized.push_str(SHORTENED);
+        if let Some(cuts) = shortened.as_ref().map(|r| &r.rows_cut_at) {
+            if !cuts.is_empty() {
+                mark_shortened(&mut analysis);
+                mark_shortened_parts(&mut analysis, text, cuts);
+            }
         }
         Ok(analysis)
     }));
@@ -220,6 +222,33 @@ pub fn analyze_with(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlE
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".to_owned()),
         }),
+    }
+}
+
+/// Marks an analysis of a statement whose VALUES rows were cut (see `fingerprint`).
+fn mark_shortened(analysis: &mut Analysis) {
+    analysis.fingerprint = analysis.fingerprint.rotate_left(32) ^ SHORTENED_MARK;
+    analysis.normalized.push_str(SHORTENED);
+}
+
+/// Marks the statements of a multi-statement `text` in which rows were cut (at
+/// `cuts`, byte offsets in `text`).
+fn mark_shortened_parts(analysis: &mut Analysis, text: &str, cuts: &[usize]) {
+    if analysis.parts.is_empty() {
+        return;
+    }
+    let Ok(pieces) = pg_query::split_with_parser(text) else {
+        return;
+    };
+    for (part, piece) in analysis.parts.iter_mut().zip(pieces) {
+        // (The pieces are slices of `text`.)
+        let start = piece.as_ptr() as usize - text.as_ptr() as usize;
+        if cuts
+            .iter()
+            .any(|&c| (start..=start + piece.len()).contains(&c))
+        {
+            mark_shortened(std::sync::Arc::make_mut(part));
+        }
     }
 }
 

@@ -31,30 +31,28 @@ const LONG_LITERAL: usize = 256;
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Reduced {
     pub text: String,
-    /// Rows of a VALUES list were cut (its fingerprint and normalized text are not the
-    /// whole statement's).
-    pub rows_cut: bool,
+    /// Where in `text` rows of a VALUES list were cut: the statements there have not
+    /// the whole statement's fingerprint and normalized text.
+    pub rows_cut_at: Vec<usize>,
 }
 
 /// `sql` shortened (see the module's doc), or `None` when it is not long or nothing
-/// was cut. Lists are cut only when the text is long without its literals: the
-/// verdict is then the same for every text of a shape (the analysis cache's key), so
-/// a shape's fingerprint does not depend on which of its texts came first.
+/// was cut. VALUES rows are cut only when the analysis cache's key (the stripped text)
+/// is long: the verdict is then the same for every text of a shape, so a shape's
+/// fingerprint does not depend on which of its texts came first. (Cutting an IN list
+/// to two values, or emptying a literal, changes neither.)
 pub(crate) fn reduce(sql: &str) -> Option<Reduced> {
     if sql.len() <= REDUCE_ABOVE {
         return None;
     }
-    let literals: usize = Lexer::new(sql)
-        .filter(|t| t.kind.is_literal())
-        .map(|t| t.end - t.start)
-        .sum();
-    reduce_with(sql, sql.len() - literals > REDUCE_ABOVE)
+    let cut_rows = crate::strip::strip_literals(sql).key().len() > REDUCE_ABOVE;
+    reduce_with(sql, cut_rows)
 }
 
-/// [`reduce`], cutting lists or not.
-fn reduce_with(sql: &str, cut_lists: bool) -> Option<Reduced> {
+/// [`reduce`], cutting VALUES rows or not.
+fn reduce_with(sql: &str, cut_rows: bool) -> Option<Reduced> {
     let src = sql.as_bytes();
-    let mut rows_cut = false;
+    let mut rows_cut_at = Vec::new();
     let mut out = String::new();
     let mut copied = 0;
     let mut pos = 0;
@@ -78,10 +76,10 @@ fn reduce_with(sql: &str, cut_lists: bool) -> Option<Reduced> {
                     copied = tok.end;
                 }
             }
-            TokenKind::Word if cut_lists && text.eq_ignore_ascii_case(b"values") => {
+            TokenKind::Word if cut_rows && text.eq_ignore_ascii_case(b"values") => {
                 after_values = true;
             }
-            TokenKind::Word if cut_lists && text.eq_ignore_ascii_case(b"in") => after_in = true,
+            TokenKind::Word if text.eq_ignore_ascii_case(b"in") => after_in = true,
             TokenKind::Punct if text == b"(" => {
                 if was_after_values {
                     values_at = Some(depth);
@@ -97,7 +95,13 @@ fn reduce_with(sql: &str, cut_lists: bool) -> Option<Reduced> {
                 }
                 depth += 1;
             }
-            TokenKind::Punct if text == b")" => depth = depth.saturating_sub(1),
+            TokenKind::Punct if text == b")" => {
+                depth = depth.saturating_sub(1);
+                // The parenthesis around a VALUES list closed (`(VALUES (1)) v`).
+                if values_at.is_some_and(|at| depth < at) {
+                    values_at = None;
+                }
+            }
             TokenKind::Punct if text == b"," && values_at == Some(depth) => {
                 // The inert rows from here on, up to one that is not, are cut with the
                 // comma before each.
@@ -120,7 +124,7 @@ fn reduce_with(sql: &str, cut_lists: bool) -> Option<Reduced> {
                     out.push_str(&sql[copied..tok.start]);
                     copied = end;
                     pos = end;
-                    rows_cut = true;
+                    rows_cut_at.push(out.len());
                 }
             }
             _ => {
@@ -136,7 +140,7 @@ fn reduce_with(sql: &str, cut_lists: bool) -> Option<Reduced> {
     out.push_str(&sql[copied..]);
     Some(Reduced {
         text: out,
-        rows_cut,
+        rows_cut_at,
     })
 }
 
@@ -238,7 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn lists_are_cut_only_when_the_text_is_long_without_its_literals() {
+    fn rows_are_cut_only_when_the_shape_is_long() {
         let rows = |n: usize, value: &str| {
             let row = format!("(1, '{value}')");
             format!("INSERT INTO t VALUES {}", vec![row; n].join(", "))
@@ -246,16 +250,28 @@ mod tests {
         // Long for its values alone: only those are emptied.
         let long_values = rows(40, &"y".repeat(LONG_LITERAL + 1));
         let reduced = reduce(&long_values).unwrap();
-        assert!(!reduced.rows_cut);
+        assert!(reduced.rows_cut_at.is_empty());
         assert_eq!(reduced.text, rows(40, ""));
         // Long for its shape: rows are cut, whatever the values' length.
         for value in ["", "a short one"] {
             let sql = rows(2000, value);
             let reduced = reduce(&sql).unwrap();
-            assert!(reduced.rows_cut);
+            assert_eq!(reduced.rows_cut_at.len(), 1);
             assert_eq!(reduced.text, rows(1, value));
         }
         assert_eq!(reduce(&rows(3, "x")), None, "short");
+        // An IN list is cut in any long text (to two values: the same fingerprint).
+        let list = vec!["1"; 5000].join(", ");
+        let sql = format!("SELECT * FROM t WHERE id IN ({list})");
+        let reduced = reduce(&sql).unwrap();
+        assert_eq!(reduced.text, "SELECT * FROM t WHERE id IN (1, 1)");
+        assert!(reduced.rows_cut_at.is_empty());
+    }
+
+    #[test]
+    fn a_closed_values_list_cuts_nothing_after_it() {
+        let sql = "SELECT * FROM (VALUES (1)) v JOIN t ON greatest((1), (2), (3)) = t.a";
+        assert_eq!(cut(sql), None);
     }
 
     #[test]

@@ -119,3 +119,23 @@ fn a_huge_literal_is_analysed_without_it() {
     assert!(grown < 64 << 20, "grew the peak RSS by {grown} bytes");
     assert_eq!(a.tables_written, vec!["app.docs".to_string()]);
 }
+
+#[test]
+fn in_a_multi_statement_text_only_the_cut_statement_is_marked() {
+    let insert = bulk_insert(5_000, "(-1, NULL, DEFAULT)");
+    let text = format!("BEGIN; {insert}; COMMIT");
+    let a = analysed(&text);
+    assert_eq!(a.parts.len(), 3, "{a:?}");
+    assert_eq!(a.parts[0].fingerprint, analysed("BEGIN").fingerprint);
+    assert_eq!(a.parts[1].fingerprint, analysed(&insert).fingerprint);
+    assert_ne!(
+        a.parts[1].fingerprint,
+        analysed(&bulk_insert(1, "(-1, NULL, DEFAULT)")).fingerprint
+    );
+    assert!(
+        a.parts[1].normalized.ends_with(SHORTENED),
+        "{}",
+        a.parts[1].normalized
+    );
+    assert_eq!(a.parts[2].fingerprint, analysed("COMMIT").fingerprint);
+}
