@@ -1184,8 +1184,8 @@ pub fn key_prefix(bytes: &mut Vec<u8>, database: &str, user: &str, settings: &[S
 }
 
 /// Whether a Bind's values part (formats, values, result formats) holds a value such
-/// as 'now' or 'today' ([`pgopt_sql::is_clock_word`]): bound to a date/time parameter,
-/// it reads the clock when the statement runs. Unreadable: `false` (the Bind fails
+/// as 'now', 'today' or '{now}' ([`pgopt_sql::reads_clock`]): bound to a date/time
+/// parameter, it reads the clock when the statement runs. Unreadable: `false` (the Bind fails
 /// on the server anyway).
 pub fn binds_clock_word(bind: &[u8]) -> bool {
     let i16_at = |at: usize| {
@@ -1213,7 +1213,7 @@ pub fn binds_clock_word(bind: &[u8]) -> bool {
         let Some(value) = bind.get(at..at + len) else {
             return false;
         };
-        if len <= 16 && std::str::from_utf8(value).is_ok_and(pgopt_sql::is_clock_word) {
+        if pgopt_sql::reads_clock_bytes(value) {
             return true;
         }
         at += len;
@@ -1635,6 +1635,39 @@ pub(crate) async fn until_stopped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Bind's values part: no formats (all text), `values`, no result formats.
+    fn bind_values(values: &[Option<&str>]) -> Vec<u8> {
+        let mut b = vec![0, 0];
+        b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v.as_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b.extend_from_slice(&[0, 0]);
+        b
+    }
+
+    #[test]
+    fn a_bound_clock_word_alone_or_in_an_array_or_range_reads_the_clock() {
+        for clock in ["now", " Today ", "{2020-01-01,now}", "[yesterday,)"] {
+            assert!(
+                binds_clock_word(&bind_values(&[Some("1"), None, Some(clock)])),
+                "{clock}"
+            );
+        }
+        for plain in ["2020-01-01", "snow", "Today I learned", "{2020-01-01}", ""] {
+            assert!(
+                !binds_clock_word(&bind_values(&[Some(plain), None])),
+                "{plain}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_catalog_read_dropped_or_never_finished_does_not_stop_caching() {

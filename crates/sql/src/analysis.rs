@@ -793,7 +793,7 @@ impl<'c> Walker<'c> {
                 // clock when the statement runs (typed or coerced, so any such string).
                 "AConst" => {
                     let text = child.pointer("/val/Sval/sval").and_then(Value::as_str);
-                    if text.is_some_and(functions::is_clock_word) {
+                    if text.is_some_and(functions::reads_clock) {
                         self.volatile = true;
                     }
                 }

@@ -425,6 +425,31 @@ mod tests {
                 "WHERE day IN ('2020-01-01', '2020-01-02')",
                 "WHERE day IN ('yesterday', 'today')",
             ),
+            // Escapes, padding, arrays and ranges (review findings).
+            (
+                "WHERE at < E'2020-01-01'::date",
+                r"WHERE at < E'\x6eow'::date",
+            ),
+            (
+                "WHERE at < E'2020-01-01'::date",
+                r"WHERE at < E'\156\u006Fw'::date",
+            ),
+            (
+                "WHERE at < U&'2020-01-01'::date",
+                r"WHERE at < U&'\006Eow'::date",
+            ),
+            (
+                "WHERE at < '2020-01-01'::date",
+                "WHERE at < '          now                    '::date",
+            ),
+            (
+                "WHERE at = ANY('{2020-01-01}'::date[])",
+                "WHERE at = ANY('{2020-01-01,now}'::date[])",
+            ),
+            (
+                "WHERE at <@ '[2020-01-01,)'::daterange",
+                "WHERE at <@ '[today,)'::daterange",
+            ),
         ] {
             let plain = format!("SELECT count(*) FROM events {plain}");
             let clock = format!("SELECT count(*) FROM events {clock}");

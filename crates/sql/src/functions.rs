@@ -111,6 +111,33 @@ pub(crate) fn is_volatile(name: &str) -> bool {
     ) || name.starts_with("pg_stat_get_")
 }
 
+/// Whether a value, given to a date/time input, reads the clock when the statement
+/// runs: a clock word ([`is_clock_word`]), or an array or range literal holding one
+/// (`'{now}'::timestamptz[]`, `'[today,)'::daterange`). A result that used one is
+/// volatile.
+pub fn reads_clock(text: &str) -> bool {
+    reads_clock_bytes(text.as_bytes())
+}
+
+/// [`reads_clock`] of bytes (not necessarily UTF-8). Spaces around a word are ASCII
+/// ones, as PostgreSQL's date/time parser skips.
+pub fn reads_clock_bytes(value: &[u8]) -> bool {
+    let value = value.trim_ascii();
+    let word = |w: &[u8]| {
+        w.len() <= 9
+            && [&b"now"[..], b"today", b"tomorrow", b"yesterday"]
+                .iter()
+                .any(|c| w.eq_ignore_ascii_case(c))
+    };
+    if word(value) {
+        return true;
+    }
+    matches!(value.first(), Some(b'{' | b'[' | b'('))
+        && value
+            .split(|b| !b.is_ascii_alphabetic())
+            .any(|w| !w.is_empty() && word(w))
+}
+
 /// Date/time input words whose value is read from the clock when a statement runs
 /// (`'now'::timestamptz`, `WHERE day = 'today'`): a result that used one is volatile.
 pub fn is_clock_word(text: &str) -> bool {

@@ -25,6 +25,6 @@ pub use analysis::{
 };
 pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use error::SqlError;
-pub use functions::is_clock_word;
+pub use functions::{is_clock_word, reads_clock, reads_clock_bytes};
 pub use hints::{parse_hints, CacheHint, Hints};
 pub use strip::{parameter_spans, strip_literals, Stripped};

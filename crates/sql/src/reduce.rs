@@ -13,7 +13,7 @@
 //! - string literals longer than [`LONG_LITERAL`] bytes, emptied (the names of
 //!   relations, sequences and settings are far shorter, and so are clock words).
 //!
-//! Inert: a literal (not a clock word: [`crate::is_clock_word`]), a parameter, NULL,
+//! Inert: a literal (not one that reads the clock: [`crate::reads_clock`]), a parameter, NULL,
 //! DEFAULT, TRUE, FALSE, a sign, a cast to a one-word type (`::jsonb`, `::int[]`).
 //! Anything else (a function call, a column, CURRENT_TIMESTAMP, a subquery) keeps its
 //! row or list whole.

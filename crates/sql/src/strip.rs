@@ -18,6 +18,7 @@
 
 use std::ops::Range;
 
+use crate::functions::reads_clock_bytes;
 use crate::lexer::{
     Lexer, Token, TokenKind, CLASS, IDENT_CONT, IDENT_START, NEWLINE, PUNCT, SPACE,
 };
@@ -336,7 +337,7 @@ fn starts_quote(src: &[u8], pos: usize) -> bool {
     }
 }
 
-/// A string literal that reads the clock ('now', 'today'…: [`is_clock_word`]) is kept
+/// A string literal that reads the clock ('now', 'today'…: [`crate::reads_clock`]) is kept
 /// in the key as it is, not as a placeholder: the analysis (volatile) differs from that
 /// of the same statement with a plain date, and the two must not share it. Returned
 /// as a kind that is written verbatim and ends an IN list.
@@ -349,28 +350,92 @@ fn clock_kept(kind: TokenKind, text: &[u8]) -> TokenKind {
     }
 }
 
-/// Whether a string token (`'…'`, `E'…'`, `$tag$…$tag$`…) holds a clock word.
+/// Whether a string token (`'…'`, `E'…'`, `$tag$…$tag$`…) may read the clock
+/// ([`crate::reads_clock`]): its value is decoded as PostgreSQL reads it (E'' escapes);
+/// a `U&'…'` string always may (its escape character can be set after it).
 pub(crate) fn is_clock_literal(text: &[u8]) -> bool {
-    // The longest: a prefix, quotes, and spaces around the word.
-    if text.len() > 32 {
-        return false;
-    }
-    let inner = if text.last() == Some(&b'\'') {
-        match text.iter().position(|&b| b == b'\'') {
-            Some(q) if q + 1 < text.len() => &text[q + 1..text.len() - 1],
-            _ => return false,
-        }
-    } else {
-        // `$tag$…$tag$`: the tag runs to the second `$`.
-        let Some(tag) = text.iter().skip(1).position(|&b| b == b'$').map(|i| i + 2) else {
+    if text.last() == Some(&b'\'') {
+        let Some(q) = text.iter().position(|&b| b == b'\'') else {
             return false;
         };
-        match text.get(tag..text.len().saturating_sub(tag)) {
-            Some(inner) => inner,
-            None => return false,
+        if q + 1 >= text.len() {
+            return false; // a lone quote: unterminated
         }
+        let inner = &text[q + 1..text.len() - 1];
+        return match &text[..q] {
+            [] | [b'n' | b'N'] => reads_clock_bytes(inner),
+            [b'e' | b'E'] if inner.contains(&b'\\') => reads_clock_bytes(&decode_escapes(inner)),
+            [b'e' | b'E'] => reads_clock_bytes(inner),
+            [b'u' | b'U', b'&'] => true,
+            // Bit strings.
+            _ => false,
+        };
+    }
+    // `$tag$…$tag$`: the tag runs to the second `$`.
+    let Some(tag) = text.iter().skip(1).position(|&b| b == b'$').map(|i| i + 2) else {
+        return false;
     };
-    std::str::from_utf8(inner).is_ok_and(crate::functions::is_clock_word)
+    text.get(tag..text.len().saturating_sub(tag))
+        .is_some_and(reads_clock_bytes)
+}
+
+/// The value of an `E'…'` string's body, as PostgreSQL's scanner reads its escapes
+/// (code points past ASCII become `?`: no clock word has one).
+fn decode_escapes(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let digits = |from: usize, max: usize, radix: u32| {
+        let mut value = 0u32;
+        let mut n = 0;
+        while n < max {
+            match body
+                .get(from + n)
+                .and_then(|&b| char::from(b).to_digit(radix))
+            {
+                Some(d) => value = value * radix + d,
+                None => break,
+            }
+            n += 1;
+        }
+        (value, n)
+    };
+    let ascii = |v: u32| u8::try_from(v).ok().filter(u8::is_ascii).unwrap_or(b'?');
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if b != b'\\' || i + 1 == body.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let c = body[i + 1];
+        i += 2;
+        match c {
+            b'x' => match digits(i, 2, 16) {
+                (_, 0) => out.push(b'x'),
+                (v, n) => {
+                    out.push(ascii(v));
+                    i += n;
+                }
+            },
+            b'0'..=b'7' => {
+                let (v, n) = digits(i - 1, 3, 8);
+                out.push(ascii(v));
+                i += n - 1;
+            }
+            b'u' | b'U' => {
+                let (v, n) = digits(i, if c == b'u' { 4 } else { 8 }, 16);
+                out.push(ascii(v));
+                i += n;
+            }
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn is_hint(comment: &[u8]) -> bool {
