@@ -3236,7 +3236,8 @@ impl Relay {
             return Ok(());
         }
         self.forwarding = true;
-        let sent = self.send_to_server().await;
+        let mut relayed = false;
+        let sent = self.send_to_server(&mut relayed).await;
         self.forwarding = false;
         let broken = match sent {
             Ok(broken) => broken,
@@ -3252,11 +3253,19 @@ impl Relay {
             self.server_lost().await;
             return Err(ProxyError::server_io(std::io::ErrorKind::BrokenPipe.into()));
         }
+        if relayed {
+            // What `handle_server` leaves for once the connection is idle, which it
+            // could not be while the rest of `to_server` was on its way (the last
+            // answer may have come then: a COPY's, before its last CopyData).
+            self.resync_settings().await;
+            self.after_write().await;
+        }
         Ok(())
     }
 
-    /// [`Relay::forward`]'s loop: `Ok(true)` when the connection broke.
-    async fn send_to_server(&mut self) -> Result<bool, ProxyError> {
+    /// [`Relay::forward`]'s loop: `Ok(true)` when the connection broke. `relayed`:
+    /// whether server messages were relayed on the way.
+    async fn send_to_server(&mut self, relayed: &mut bool) -> Result<bool, ProxyError> {
         let mut written = 0;
         loop {
             let Some(server) = self.server.as_mut() else {
@@ -3288,7 +3297,10 @@ impl Relay {
             match pumped {
                 Pumped::Sent => return Ok(false),
                 Pumped::Broken => return Ok(true),
-                Pumped::Full => Box::pin(self.handle_server()).await?,
+                Pumped::Full => {
+                    *relayed = true;
+                    Box::pin(self.handle_server()).await?;
+                }
             }
         }
     }
