@@ -1655,13 +1655,19 @@ mod tests {
 
     #[test]
     fn a_bound_clock_word_alone_or_in_an_array_or_range_reads_the_clock() {
-        for clock in ["now", " Today ", "{2020-01-01,now}", "[yesterday,)"] {
+        for clock in [
+            "now",
+            " Today ",
+            "today 10:00",
+            "{2020-01-01,now}",
+            "[yesterday,)",
+        ] {
             assert!(
                 binds_clock_word(&bind_values(&[Some("1"), None, Some(clock)])),
                 "{clock}"
             );
         }
-        for plain in ["2020-01-01", "snow", "Today I learned", "{2020-01-01}", ""] {
+        for plain in ["2020-01-01", "snow", "knowledge", "{2020-01-01}", ""] {
             assert!(
                 !binds_clock_word(&bind_values(&[Some(plain), None])),
                 "{plain}"

@@ -450,6 +450,18 @@ mod tests {
                 "WHERE at <@ '[2020-01-01,)'::daterange",
                 "WHERE at <@ '[today,)'::daterange",
             ),
+            (
+                "WHERE at < '2020-01-01 10:00'::timestamp",
+                "WHERE at < 'today 10:00'::timestamp",
+            ),
+            (
+                "WHERE at < '10:00 2020-01-01'",
+                "WHERE at < '10:00 tomorrow'",
+            ),
+            (
+                "WHERE day = '2020-01-01'::date",
+                "WHERE day = 'today+1'::date",
+            ),
         ] {
             let plain = format!("SELECT count(*) FROM events {plain}");
             let clock = format!("SELECT count(*) FROM events {clock}");

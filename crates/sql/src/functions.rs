@@ -111,31 +111,30 @@ pub(crate) fn is_volatile(name: &str) -> bool {
     ) || name.starts_with("pg_stat_get_")
 }
 
-/// Whether a value, given to a date/time input, reads the clock when the statement
-/// runs: a clock word ([`is_clock_word`]), or an array or range literal holding one
-/// (`'{now}'::timestamptz[]`, `'[today,)'::daterange`). A result that used one is
-/// volatile.
+/// Whether a value, given to a date/time input, may read the clock when the statement
+/// runs: it holds a clock word ([`is_clock_word`]) as a word of its own — alone
+/// (`' Now '`), with a time (`'today 10:00'`, `'10:00 tomorrow'`, `'today+1'`), or
+/// in an array or range literal (`'{now}'::timestamptz[]`, `'[today,)'`). A result
+/// that used one is volatile. Short values are taken as such whatever their other
+/// words (`'Today I learned'` too: PostgreSQL's parser would refuse it as a date,
+/// but which words it takes is not followed here); longer ones only as arrays or
+/// ranges.
 pub fn reads_clock(text: &str) -> bool {
     reads_clock_bytes(text.as_bytes())
 }
 
-/// [`reads_clock`] of bytes (not necessarily UTF-8). Spaces around a word are ASCII
-/// ones, as PostgreSQL's date/time parser skips.
+/// [`reads_clock`] of bytes (not necessarily UTF-8).
 pub fn reads_clock_bytes(value: &[u8]) -> bool {
     let value = value.trim_ascii();
-    let word = |w: &[u8]| {
-        w.len() <= 9
+    if value.len() > 64 && !matches!(value.first(), Some(b'{' | b'[' | b'(')) {
+        return false;
+    }
+    value.split(|b| !b.is_ascii_alphabetic()).any(|w| {
+        (3..=9).contains(&w.len())
             && [&b"now"[..], b"today", b"tomorrow", b"yesterday"]
                 .iter()
                 .any(|c| w.eq_ignore_ascii_case(c))
-    };
-    if word(value) {
-        return true;
-    }
-    matches!(value.first(), Some(b'{' | b'[' | b'('))
-        && value
-            .split(|b| !b.is_ascii_alphabetic())
-            .any(|w| !w.is_empty() && word(w))
+    })
 }
 
 /// Date/time input words whose value is read from the clock when a statement runs
