@@ -229,10 +229,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
     ("listen_backlog", "pgopt uses the system's backlog"),
     ("pkt_buf", "pgopt sizes its buffers itself"),
     ("sbuf_loopcnt", "pgopt's event loop needs no tuning"),
-    (
-        "max_packet_size",
-        "pgopt caps messages at 1 GiB, as PostgreSQL",
-    ),
     ("tcp_defer_accept", "not needed"),
     ("tcp_socket_buffer", "the system's buffers are used"),
     ("tcp_user_timeout", "not supported; TCP keepalive is"),
@@ -334,6 +330,14 @@ pub fn convert(path: &str) -> Result<Converted, String> {
                 // PgBouncer's 0 for the pool size means "use the default".
                 Ok(0) if key == "default_pool_size" => {}
                 Ok(n) => lines.push(format!("{key} = {n}")),
+                Err(_) => bad("expected a whole number"),
+            },
+            "max_packet_size" => match v.parse::<u64>() {
+                // pgopt's bounds: 64 kB (login messages) to PostgreSQL's 1 GiB - 1.
+                Ok(n) => lines.push(format!(
+                    "max_message_len = {}",
+                    n.clamp(65_536, 1_073_741_823)
+                )),
                 Err(_) => bad("expected a whole number"),
             },
             "reserve_pool_timeout"
@@ -778,6 +782,16 @@ mod tests {
             c.toml
         );
         assert!(!c.toml.contains("default_pool_size"), "{}", c.toml);
+        // max_packet_size is pgopt's max_message_len, within pgopt's bounds.
+        for (packet, len) in [
+            ("2147483647", 1_073_741_823),
+            ("16777216", 16_777_216),
+            ("100", 65_536),
+        ] {
+            let c = convert_with(&format!("max_packet_size = {packet}\n"));
+            let line = format!("max_message_len = {len}\n");
+            assert!(c.toml.contains(&line), "{line}{}", c.toml);
+        }
         // PgBouncer's defaults where pgopt's differ; its 0 for "never".
         let c =
             convert_with("query_wait_timeout = 0\nserver_idle_timeout = 0\nquery_timeout = 0\n");

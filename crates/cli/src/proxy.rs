@@ -433,6 +433,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         reserve_pool_size: config.reserve_pool_size.get() as usize,
         reserve_pool_timeout: config.reserve_pool_timeout.0,
         max_client_conn: config.max_client_conn.get() as usize,
+        max_message_len: config.max_message_len.get(),
         workers: config.workers.get() as usize,
         query_wait_timeout: config.query_wait_timeout.0,
         server_connect_timeout: config.server_connect_timeout.0,
@@ -510,7 +511,6 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         databases,
         routing: root.routing.policy(),
         cache: root.cache.settings(),
-        ..pgopt_proxy::Config::default()
     })
 }
 

@@ -225,6 +225,9 @@ pub struct ProxyConfig {
     pub reserve_pool_timeout: HumanDuration,
     /// Client connections accepted at once.
     pub max_client_conn: Bounded<1, 1000000>,
+    /// The longest protocol message, either way, in bytes (a client's is held whole
+    /// before it is relayed: this bounds a client's memory).
+    pub max_message_len: Bounded<65536, 1073741823>,
     /// Threads serving clients: 0 is one per core; 1 is a single-threaded event loop.
     pub workers: Bounded<0, 1024>,
     /// How long a client waits for a server connection.
@@ -324,6 +327,7 @@ impl Default for ProxyConfig {
             reserve_pool_size: Bounded(0),
             reserve_pool_timeout: HumanDuration(Duration::from_secs(5)),
             max_client_conn: Bounded(1000),
+            max_message_len: Bounded(pgopt_proxy::Config::default().max_message_len),
             workers: Bounded(0),
             query_wait_timeout: HumanDuration(Duration::from_secs(120)),
             server_connect_timeout: HumanDuration(Duration::from_secs(5)),
