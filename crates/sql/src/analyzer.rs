@@ -462,6 +462,16 @@ mod tests {
                 "WHERE day = '2020-01-01'::date",
                 "WHERE day = 'today+1'::date",
             ),
+            ("WHERE at < E'2020-01-01'::date", r"WHERE at < E'\556ow'::date"),
+            ("WHERE at < E'2020-01-01'::date", r"WHERE at < E'\013now'::date"),
+            (
+                "WHERE at < '2020-01-01'::timestamp",
+                "WHERE at < 'today                                                                    12:00'::timestamp",
+            ),
+            (
+                "WHERE at = ANY('{\"2020-01-01\"}'::date[])",
+                r#"WHERE at = ANY('{"n\ow"}'::date[])"#,
+            ),
         ] {
             let plain = format!("SELECT count(*) FROM events {plain}");
             let clock = format!("SELECT count(*) FROM events {clock}");

@@ -125,10 +125,27 @@ pub fn reads_clock(text: &str) -> bool {
 
 /// [`reads_clock`] of bytes (not necessarily UTF-8).
 pub fn reads_clock_bytes(value: &[u8]) -> bool {
-    let value = value.trim_ascii();
-    if value.len() > 64 && !matches!(value.first(), Some(b'{' | b'[' | b'(')) {
+    // C's isspace, as PostgreSQL's parser skips: \v too, which `trim_ascii` keeps.
+    let space = |b: &u8| b.is_ascii_whitespace() || *b == 0x0b;
+    let start = value.iter().position(|b| !space(b)).unwrap_or(value.len());
+    let value = &value[start..];
+    let array = matches!(value.first(), Some(b'{' | b'[' | b'('));
+    // Past 64 bytes but for spaces (which the parser drops), only arrays and ranges.
+    if !array && value.iter().filter(|b| !space(b)).nth(64).is_some() {
         return false;
     }
+    // (An array element's backslashes escape the next byte: `{"n\\ow"}` is `now`.)
+    let unescaped;
+    let value = if array && value.contains(&b'\\') {
+        unescaped = value
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\\')
+            .collect::<Vec<u8>>();
+        &unescaped[..]
+    } else {
+        value
+    };
     value.split(|b| !b.is_ascii_alphabetic()).any(|w| {
         (3..=9).contains(&w.len())
             && [&b"now"[..], b"today", b"tomorrow", b"yesterday"]

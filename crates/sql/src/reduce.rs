@@ -3,20 +3,21 @@
 //! pg_query's parse tree, and the analysis's view of it, cost hundreds of bytes per
 //! value: a 6 MB INSERT of 200,000 rows took 11 s and 3 GB to analyse, and a query
 //! with a 24 MB string literal 150 MB. What the analysis looks at (tables, functions,
-//! statement kinds, clock words) does not depend on how many rows a VALUES list has,
-//! how many values an IN list holds, or what a long string says. Above
-//! [`REDUCE_ABOVE`] bytes, these are cut before parsing:
-//! - rows of a VALUES list after the first, when they hold nothing but inert values;
+//! statement kinds, values that read the clock) does not depend on how many rows a
+//! VALUES list has, how many values an IN list holds, or what a long string says.
+//! Above [`REDUCE_ABOVE`] bytes, these are cut before parsing:
+//! - rows of a VALUES list after the first, when they hold nothing but inert values
+//!   (the first row with a value that reads the clock stays: the analysis needs one);
 //! - values of an IN list after the second, when the list holds three or more inert
-//!   values (two stay: pg_query's fingerprint and the normalized text treat lists of
-//!   two or more alike);
-//! - string literals longer than [`LONG_LITERAL`] bytes, emptied (the names of
-//!   relations, sequences and settings are far shorter, and so are clock words).
+//!   values and none reads the clock (two stay: pg_query's fingerprint and the
+//!   normalized text treat lists of two or more alike);
+//! - string literals longer than [`LONG_LITERAL`] bytes that can't read the clock,
+//!   emptied (the names of relations, sequences and settings are far shorter).
 //!
-//! Inert: a literal (not one that reads the clock: [`crate::reads_clock`]), a parameter, NULL,
-//! DEFAULT, TRUE, FALSE, a sign, a cast to a one-word type (`::jsonb`, `::int[]`).
-//! Anything else (a function call, a column, CURRENT_TIMESTAMP, a subquery) keeps its
-//! row or list whole.
+//! Inert: a literal, a parameter, NULL, DEFAULT, TRUE, FALSE, a sign, a cast to a
+//! one-word type (`::jsonb`, `::int[]`). Anything else (a function call, a column,
+//! CURRENT_TIMESTAMP, a subquery, two strings that PostgreSQL joins) keeps its row or
+//! list whole.
 
 use crate::lexer::{Lexer, Token, TokenKind};
 use crate::strip::is_clock_literal;
@@ -37,20 +38,23 @@ pub(crate) struct Reduced {
 }
 
 /// `sql` shortened (see the module's doc), or `None` when it is not long or nothing
-/// was cut. VALUES rows are cut only when the analysis cache's key (the stripped text)
-/// is long: the verdict is then the same for every text of a shape, so a shape's
-/// fingerprint does not depend on which of its texts came first. (Cutting an IN list
-/// to two values, or emptying a literal, changes neither.)
+/// was cut. VALUES rows, and IN lists of more than literals, are cut only when the
+/// analysis cache's key (the stripped text) is long: the verdict is then the same for
+/// every text of a shape, so a shape's fingerprint does not depend on which of its
+/// texts came first. (Cutting an IN list of literals to two, or emptying a literal,
+/// changes neither.)
 pub(crate) fn reduce(sql: &str) -> Option<Reduced> {
-    if sql.len() <= REDUCE_ABOVE {
+    // (A number's placeholder can be longer than the number: the key is measured.)
+    let long_shape = crate::strip::strip_literals(sql).key().len() > REDUCE_ABOVE;
+    if sql.len() <= REDUCE_ABOVE && !long_shape {
         return None;
     }
-    let cut_rows = crate::strip::strip_literals(sql).key().len() > REDUCE_ABOVE;
-    reduce_with(sql, cut_rows)
+    reduce_with(sql, long_shape)
 }
 
-/// [`reduce`], cutting VALUES rows or not.
-fn reduce_with(sql: &str, cut_rows: bool) -> Option<Reduced> {
+/// [`reduce`]; `long_shape`: the analysis key is long (VALUES rows, and lists of
+/// more than literals, are cut only then).
+fn reduce_with(sql: &str, long_shape: bool) -> Option<Reduced> {
     let src = sql.as_bytes();
     let mut rows_cut_at = Vec::new();
     let mut out = String::new();
@@ -62,13 +66,18 @@ fn reduce_with(sql: &str, cut_rows: bool) -> Option<Reduced> {
     // The word VALUES was the last significant token.
     let mut after_values = false;
     let mut after_in = false;
+    // A VALUES row holding a value that reads the clock was kept (one is enough for
+    // the analysis: later ones are cut like the rest).
+    let mut kept_clock_row = false;
     while let Some(tok) = next_significant(src, pos) {
         pos = tok.end;
         let text = &src[tok.start..tok.end];
         let was_after_values = std::mem::take(&mut after_values);
         let was_after_in = std::mem::take(&mut after_in);
         match tok.kind {
-            TokenKind::String | TokenKind::DollarString if text.len() > LONG_LITERAL => {
+            TokenKind::String | TokenKind::DollarString
+                if text.len() > LONG_LITERAL && !is_clock_literal(text) =>
+            {
                 if let Some(emptied) = emptied(&sql[tok.start..tok.end]) {
                     out.push_str(&sql[copied..tok.start]);
                     out.push_str(emptied.0);
@@ -76,7 +85,7 @@ fn reduce_with(sql: &str, cut_rows: bool) -> Option<Reduced> {
                     copied = tok.end;
                 }
             }
-            TokenKind::Word if cut_rows && text.eq_ignore_ascii_case(b"values") => {
+            TokenKind::Word if long_shape && text.eq_ignore_ascii_case(b"values") => {
                 after_values = true;
             }
             TokenKind::Word if text.eq_ignore_ascii_case(b"in") => after_in = true,
@@ -84,7 +93,12 @@ fn reduce_with(sql: &str, cut_rows: bool) -> Option<Reduced> {
                 if was_after_values {
                     values_at = Some(depth);
                 } else if was_after_in {
-                    if let Some(list) = inert_list(src, tok.end) {
+                    // Literals only: the key holds such a list as one placeholder, so
+                    // texts of one key may be long or not; the cut changes neither
+                    // fingerprint nor normalized text. Other lists are in the key.
+                    let list = inert_list(src, tok.end)
+                        .filter(|l| !l.clock && (l.literals_only || long_shape));
+                    if let Some(list) = list {
                         if let Some(second_comma) = list.second_comma {
                             // Kept up to the second comma, on from the `)`.
                             out.push_str(&sql[copied..second_comma]);
@@ -114,6 +128,12 @@ fn reduce_with(sql: &str, cut_rows: bool) -> Option<Reduced> {
                     let Some(row) = inert_list(src, open.end) else {
                         break;
                     };
+                    if row.clock && !kept_clock_row {
+                        // The cut ends before it; the next pass starts at it, and
+                        // keeps it.
+                        kept_clock_row = cut_to.is_none();
+                        break;
+                    }
                     cut_to = Some(row.close + 1);
                     match next_significant(src, row.close + 1) {
                         Some(comma) if &src[comma.start..comma.end] == b"," => at = comma.end,
@@ -163,6 +183,10 @@ struct InertList {
     second_comma: Option<usize>,
     /// Where its `)` is.
     close: usize,
+    /// A value reads the clock (see [`crate::reads_clock`]).
+    clock: bool,
+    /// Its values are literals, signed or not, and nothing else.
+    literals_only: bool,
 }
 
 /// The list whose `(` ends at `pos`, when it holds only inert values (see the
@@ -172,13 +196,29 @@ fn inert_list(src: &[u8], mut pos: usize) -> Option<InertList> {
     let mut second_comma = None;
     // Bytes of the previous significant token, for casts (`::type`).
     let mut prev: &[u8] = b"(";
+    let mut prev_kind = TokenKind::Punct;
     let mut in_value = false;
+    let (mut clock, mut literals_only) = (false, true);
+    // Of the value at hand: 0 nothing yet, 1 a sign, 2 a literal.
+    let mut element = 0u8;
     loop {
         let tok = next_significant(src, pos)?;
         pos = tok.end;
         let text = &src[tok.start..tok.end];
+        // As the key collapses a list: each value a literal, with a sign or not.
+        match text {
+            b"," | b")" => element = 0,
+            b"+" | b"-" if element == 0 => element = 1,
+            _ if tok.kind.is_literal() && element < 2 => element = 2,
+            _ => literals_only = false,
+        }
         let inert = match tok.kind {
-            TokenKind::String | TokenKind::DollarString => !is_clock_literal(text),
+            // Two strings in a row are one (across a newline): not looked into.
+            TokenKind::String | TokenKind::DollarString if prev_kind.is_literal() => false,
+            TokenKind::String | TokenKind::DollarString => {
+                clock |= is_clock_literal(text);
+                true
+            }
             TokenKind::Number | TokenKind::Param => true,
             TokenKind::Word => {
                 prev == b":"
@@ -197,6 +237,8 @@ fn inert_list(src: &[u8], mut pos: usize) -> Option<InertList> {
                         return Some(InertList {
                             second_comma,
                             close: tok.start,
+                            clock,
+                            literals_only,
                         });
                     }
                     commas += 1;
@@ -204,6 +246,7 @@ fn inert_list(src: &[u8], mut pos: usize) -> Option<InertList> {
                         second_comma = Some(tok.start);
                     }
                     prev = text;
+                    prev_kind = tok.kind;
                     continue;
                 }
                 b"+" | b"-" | b":" | b"[" | b"]" => true,
@@ -216,6 +259,7 @@ fn inert_list(src: &[u8], mut pos: usize) -> Option<InertList> {
         }
         in_value = true;
         prev = text;
+        prev_kind = tok.kind;
     }
 }
 
@@ -325,7 +369,6 @@ mod tests {
         for (literal, emptied) in [
             (format!("'{long}'"), "''"),
             (format!("E'{long}'"), "E''"),
-            (format!("U&'{long}'"), "U&''"),
             (format!("$$ {long} $$"), "$$$$"),
             (format!("$body${long}$body$"), "$body$$body$"),
         ] {
@@ -335,5 +378,40 @@ mod tests {
         }
         let unterminated = format!("SELECT '{long}");
         assert_eq!(cut(&unterminated), None);
+        // What may read the clock stays: a U&'' string, an array holding 'today'.
+        for kept in [format!("U&'{long}'"), format!("'{{{long},today}}'")] {
+            let sql = format!("SELECT {kept}::text");
+            assert_eq!(cut(&sql), None, "{kept:.20}");
+        }
+    }
+
+    #[test]
+    fn one_row_that_reads_the_clock_stays() {
+        let sql = "INSERT INTO t VALUES (1, 'a'), (2, 'now'), (3, 'b'), (4, 'today'), (5, 'c')";
+        assert_eq!(
+            cut(sql).as_deref(),
+            Some("INSERT INTO t VALUES (1, 'a'), (2, 'now')")
+        );
+        // In an IN list it keeps the list whole; so do strings PostgreSQL joins.
+        for kept in [
+            "SELECT * FROM t WHERE d IN ('2020-01-01', '2020-01-02', 'today')",
+            "SELECT * FROM t WHERE d IN ('a', 'b', 'no'\n'w')",
+        ] {
+            assert_eq!(cut(kept), None, "{kept}");
+        }
+    }
+
+    #[test]
+    fn lists_of_more_than_literals_are_cut_only_for_a_long_shape() {
+        let list = |value: &str| vec![value; 3000].join(", ");
+        for value in ["$1", "'a'::uuid", "3 - 1"] {
+            let sql = format!("SELECT * FROM t WHERE id IN ({})", list(value));
+            let long_shape = crate::strip::strip_literals(&sql).key().len() > REDUCE_ABOVE;
+            assert!(long_shape, "{value}");
+            assert!(reduce(&sql).is_some(), "{value}");
+            assert_eq!(reduce_with(&sql, false), None, "{value}");
+        }
+        let literals = format!("SELECT * FROM t WHERE id IN ({})", list("-7"));
+        assert!(reduce_with(&literals, false).is_some());
     }
 }

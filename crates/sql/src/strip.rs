@@ -418,8 +418,9 @@ fn decode_escapes(body: &[u8]) -> Vec<u8> {
                 }
             },
             b'0'..=b'7' => {
+                // PostgreSQL keeps the low byte (`\556` is `n`).
                 let (v, n) = digits(i - 1, 3, 8);
-                out.push(ascii(v));
+                out.push(ascii(v & 0xff));
                 i += n - 1;
             }
             b'u' | b'U' => {
