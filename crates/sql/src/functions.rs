@@ -114,11 +114,11 @@ pub(crate) fn is_volatile(name: &str) -> bool {
 /// Whether a value, given to a date/time input, may read the clock when the statement
 /// runs: it holds a clock word ([`is_clock_word`]) as a word of its own — alone
 /// (`' Now '`), with a time (`'today 10:00'`, `'10:00 tomorrow'`, `'today+1'`), or
-/// in an array or range literal (`'{now}'::timestamptz[]`, `'[today,)'`). A result
-/// that used one is volatile. Short values are taken as such whatever their other
-/// words (`'Today I learned'` too: PostgreSQL's parser would refuse it as a date,
-/// but which words it takes is not followed here); longer ones only as arrays or
-/// ranges.
+/// in an element of an array or range literal (`'{now}'::timestamptz[]`,
+/// `'[today,)'`). A result that used one is volatile. A value (an element) of up to 64
+/// bytes but for spaces is taken as such whatever its other words (`'Today I
+/// learned'` too: PostgreSQL's parser would refuse it as a date, but which words it
+/// takes is not followed here); a longer one is not a date.
 pub fn reads_clock(text: &str) -> bool {
     reads_clock_bytes(text.as_bytes())
 }
@@ -126,32 +126,63 @@ pub fn reads_clock(text: &str) -> bool {
 /// [`reads_clock`] of bytes (not necessarily UTF-8).
 pub fn reads_clock_bytes(value: &[u8]) -> bool {
     // C's isspace, as PostgreSQL's parser skips: \v too, which `trim_ascii` keeps.
-    let space = |b: &u8| b.is_ascii_whitespace() || *b == 0x0b;
-    let start = value.iter().position(|b| !space(b)).unwrap_or(value.len());
+    let space = |b: u8| b.is_ascii_whitespace() || b == 0x0b;
+    let start = value.iter().position(|&b| !space(b)).unwrap_or(value.len());
     let value = &value[start..];
     let array = matches!(value.first(), Some(b'{' | b'[' | b'('));
-    // Past 64 bytes but for spaces (which the parser drops), only arrays and ranges.
-    if !array && value.iter().filter(|b| !space(b)).nth(64).is_some() {
+    if !array && value.iter().filter(|&&b| !space(b)).nth(64).is_some() {
         return false;
     }
-    // (An array element's backslashes escape the next byte: `{"n\\ow"}` is `now`.)
-    let unescaped;
-    let value = if array && value.contains(&b'\\') {
-        unescaped = value
-            .iter()
-            .copied()
-            .filter(|&b| b != b'\\')
-            .collect::<Vec<u8>>();
-        &unescaped[..]
-    } else {
-        value
-    };
-    value.split(|b| !b.is_ascii_alphabetic()).any(|w| {
-        (3..=9).contains(&w.len())
+    // One pass: words (letters and `_`, so `is_today` is not `today`) in elements
+    // (an array's or range's, split at its punctuation; a value is one element).
+    // An array element's backslashes escape the next byte: `{"n\\ow"}` is `now`.
+    let mut word = [0u8; 9];
+    let mut word_len = 0usize;
+    let (mut element_len, mut element_clock) = (0usize, false);
+    let end_word = |word: &[u8; 9], len: usize| {
+        (3..=9).contains(&len)
             && [&b"now"[..], b"today", b"tomorrow", b"yesterday"]
                 .iter()
-                .any(|c| w.eq_ignore_ascii_case(c))
-    })
+                .any(|c| word[..len].eq_ignore_ascii_case(c))
+    };
+    // Inside an element's double quotes only the closing quote ends it.
+    let (mut quoted, mut escaped) = (false, false);
+    for &b in value {
+        if array && b == b'\\' && !escaped {
+            escaped = true;
+            continue;
+        }
+        let delimiter = array
+            && !escaped
+            && if quoted {
+                b == b'"'
+            } else {
+                matches!(b, b'{' | b'}' | b'[' | b']' | b'(' | b')' | b',' | b'"')
+            };
+        escaped = false;
+        if b.is_ascii_alphabetic() || b == b'_' {
+            if word_len < word.len() {
+                word[word_len] = b;
+            }
+            word_len += 1;
+        } else {
+            element_clock |= end_word(&word, word_len);
+            word_len = 0;
+        }
+        if delimiter {
+            if element_clock && element_len <= 64 {
+                return true;
+            }
+            (element_len, element_clock) = (0, false);
+            if b == b'"' {
+                quoted = !quoted;
+            }
+        } else if !space(b) {
+            element_len += 1;
+        }
+    }
+    element_clock |= end_word(&word, word_len);
+    element_clock && element_len <= 64
 }
 
 /// Date/time input words whose value is read from the clock when a statement runs
@@ -273,4 +304,38 @@ pub(crate) fn is_known_read_only(name: &str) -> bool {
             | "row_security_active" | "xmlelement" | "xmlforest" | "xmlconcat" | "xpath"
             | "xpath_exists" | "xmlparse" | "xmlserialize" | "xml_is_well_formed"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reads_clock;
+
+    #[test]
+    fn words_of_short_values_and_of_array_elements_read_the_clock() {
+        for clock in [
+            "now",
+            "\u{b} Today ",
+            "today 10:00",
+            "today10:00",
+            "now()",
+            "{2020-01-01,now}",
+            "[yesterday,)",
+            r#"{"n\ow"}"#,
+            "\u{b}{2020-01-01,2020-01-02,2020-01-03,2020-01-04,2020-01-05,2020-01-06,now}",
+        ] {
+            assert!(reads_clock(clock), "{clock:?}");
+        }
+        let prose =
+            "a long sentence, of more than sixty-four letters, that says now somewhere in it";
+        for plain in [
+            "2020-01-01",
+            "snow",
+            "is_today",
+            prose,
+            &format!(r#"{{"text": "{prose}"}}"#),
+            "",
+        ] {
+            assert!(!reads_clock(plain), "{plain:?}");
+        }
+    }
 }

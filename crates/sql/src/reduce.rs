@@ -11,8 +11,9 @@
 //! - values of an IN list after the second, when the list holds three or more inert
 //!   values and none reads the clock (two stay: pg_query's fingerprint and the
 //!   normalized text treat lists of two or more alike);
-//! - string literals longer than [`LONG_LITERAL`] bytes that can't read the clock,
-//!   emptied (the names of relations, sequences and settings are far shorter).
+//! - string literals longer than [`LONG_LITERAL`] bytes, emptied (the names of
+//!   relations, sequences and settings are far shorter), or made `'now'` when they
+//!   may read the clock (the analysis then says volatile, as of the whole).
 //!
 //! Inert: a literal, a parameter, NULL, DEFAULT, TRUE, FALSE, a sign, a cast to a
 //! one-word type (`::jsonb`, `::int[]`). Anything else (a function call, a column,
@@ -44,7 +45,11 @@ pub(crate) struct Reduced {
 /// texts came first. (Cutting an IN list of literals to two, or emptying a literal,
 /// changes neither.)
 pub(crate) fn reduce(sql: &str) -> Option<Reduced> {
-    // (A number's placeholder can be longer than the number: the key is measured.)
+    // A key is at most twice its text (a one-byte number's placeholder is two).
+    if sql.len() <= REDUCE_ABOVE / 2 {
+        return None;
+    }
+    // (So the key is measured: it can be longer than the text.)
     let long_shape = crate::strip::strip_literals(sql).key().len() > REDUCE_ABOVE;
     if sql.len() <= REDUCE_ABOVE && !long_shape {
         return None;
@@ -75,13 +80,15 @@ fn reduce_with(sql: &str, long_shape: bool) -> Option<Reduced> {
         let was_after_values = std::mem::take(&mut after_values);
         let was_after_in = std::mem::take(&mut after_in);
         match tok.kind {
-            TokenKind::String | TokenKind::DollarString
-                if text.len() > LONG_LITERAL && !is_clock_literal(text) =>
-            {
-                if let Some(emptied) = emptied(&sql[tok.start..tok.end]) {
+            TokenKind::String | TokenKind::DollarString if text.len() > LONG_LITERAL => {
+                if let Some((open, close)) = emptied(&sql[tok.start..tok.end]) {
                     out.push_str(&sql[copied..tok.start]);
-                    out.push_str(emptied.0);
-                    out.push_str(emptied.1);
+                    out.push_str(open);
+                    // One that may read the clock still does, for the analysis.
+                    if is_clock_literal(text) {
+                        out.push_str("now");
+                    }
+                    out.push_str(close);
                     copied = tok.end;
                 }
             }
@@ -92,6 +99,7 @@ fn reduce_with(sql: &str, long_shape: bool) -> Option<Reduced> {
             TokenKind::Punct if text == b"(" => {
                 if was_after_values {
                     values_at = Some(depth);
+                    kept_clock_row = false;
                 } else if was_after_in {
                     // Literals only: the key holds such a list as one placeholder, so
                     // texts of one key may be long or not; the cut changes neither
@@ -378,10 +386,14 @@ mod tests {
         }
         let unterminated = format!("SELECT '{long}");
         assert_eq!(cut(&unterminated), None);
-        // What may read the clock stays: a U&'' string, an array holding 'today'.
-        for kept in [format!("U&'{long}'"), format!("'{{{long},today}}'")] {
+        // What may read the clock still does: a U&'' string, an array holding 'today'.
+        for (kept, now) in [
+            (format!("U&'{long}'"), "U&'now'"),
+            (format!("'{{a,today}}{long}'"), "'now'"),
+            (format!("$x${{a,today}}{long}$x$"), "$x$now$x$"),
+        ] {
             let sql = format!("SELECT {kept}::text");
-            assert_eq!(cut(&sql), None, "{kept:.20}");
+            assert_eq!(cut(&sql), Some(format!("SELECT {now}::text")), "{kept:.20}");
         }
     }
 
