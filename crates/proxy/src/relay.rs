@@ -445,7 +445,10 @@ impl Relay {
                             self.handle_server().await?;
                             self.maybe_release();
                         }
-                        _ if self.failover.is_some() => self.fail_over().await?,
+                        _ if self.failover.is_some() => {
+                            self.fail_over().await?;
+                            self.maybe_release();
+                        }
                         _ => {
                             self.server_lost().await;
                             return Ok(());
@@ -2433,7 +2436,17 @@ impl Relay {
                 return Err(self.client_protocol_error(e).await);
             }
         }
-        self.forward().await
+        self.forward().await?;
+        self.handle_pumped().await
+    }
+
+    /// Handles what the server answered while a batch run again (or on another node)
+    /// was being written: it may be all the answers, with nothing more to read.
+    async fn handle_pumped(&mut self) -> Result<(), ProxyError> {
+        if self.sbuf.is_empty() || self.forwarding {
+            return Ok(());
+        }
+        Box::pin(self.handle_server()).await
     }
 
     fn server_conn(&mut self) -> &mut crate::server::ServerConn {
@@ -3461,7 +3474,8 @@ impl Relay {
             }
         }
         self.rerouting = false;
-        self.forward().await
+        self.forward().await?;
+        self.handle_pumped().await
     }
 
     /// The server connection broke: the client learns it with a proper error.
