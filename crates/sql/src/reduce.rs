@@ -21,7 +21,7 @@
 //! list whole.
 
 use crate::lexer::{Lexer, Token, TokenKind};
-use crate::strip::is_clock_literal;
+use crate::strip::{is_clock_literal, string_body};
 
 /// Texts up to this long are parsed as they are.
 pub(crate) const REDUCE_ABOVE: usize = 8 * 1024;
@@ -274,15 +274,10 @@ fn inert_list(src: &[u8], mut pos: usize) -> Option<InertList> {
 /// The string token `literal` with nothing between its quotes, in two pieces; `None`
 /// when it is unterminated (it runs to the end of the text).
 fn emptied(literal: &str) -> Option<(&str, &str)> {
-    if literal.len() >= 2 && literal.ends_with('\'') {
-        // The prefix (E, B, X, N, U&) and the opening quote, and the closing one.
-        let q = literal.find('\'')?;
-        return (q + 1 < literal.len()).then(|| (&literal[..=q], "'"));
-    }
-    // `$tag$…$tag$`: the tag runs to the second `$`.
-    let second = literal.get(1..)?.find('$')?;
-    let tag = &literal[..second + 2];
-    (literal.len() >= 2 * tag.len() && literal.ends_with(tag)).then_some((tag, tag))
+    let (start, end) = string_body(literal.as_bytes())?;
+    let (open, close) = (&literal[..start], &literal[end..]);
+    // (A dollar string's closing tag is its opening one.)
+    (!open.starts_with('$') || open == close).then_some((open, close))
 }
 
 #[cfg(test)]

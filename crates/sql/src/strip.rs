@@ -350,33 +350,38 @@ fn clock_kept(kind: TokenKind, text: &[u8]) -> TokenKind {
     }
 }
 
+/// Where a string token's body starts and ends: after its prefix and opening quote
+/// (`E'`, `$tag$`), before its closing one. `None` for an unterminated `'…` string.
+/// (An unterminated dollar string's "closing tag" is its last bytes.)
+pub(crate) fn string_body(text: &[u8]) -> Option<(usize, usize)> {
+    if text.last() == Some(&b'\'') {
+        let q = text.iter().position(|&b| b == b'\'')?;
+        return (q + 1 < text.len()).then_some((q + 1, text.len() - 1));
+    }
+    // `$tag$…$tag$`: the tag runs to the second `$`.
+    let tag = text.iter().skip(1).position(|&b| b == b'$')? + 2;
+    (text.len() >= 2 * tag).then_some((tag, text.len() - tag))
+}
+
 /// Whether a string token (`'…'`, `E'…'`, `$tag$…$tag$`…) may read the clock
 /// ([`crate::reads_clock`]): its value is decoded as PostgreSQL reads it (E'' escapes);
 /// a `U&'…'` string always may (its escape character can be set after it).
 pub(crate) fn is_clock_literal(text: &[u8]) -> bool {
-    if text.last() == Some(&b'\'') {
-        let Some(q) = text.iter().position(|&b| b == b'\'') else {
-            return false;
-        };
-        if q + 1 >= text.len() {
-            return false; // a lone quote: unterminated
-        }
-        let inner = &text[q + 1..text.len() - 1];
-        return match &text[..q] {
-            [] | [b'n' | b'N'] => reads_clock_bytes(inner),
-            [b'e' | b'E'] if inner.contains(&b'\\') => reads_clock_bytes(&decode_escapes(inner)),
-            [b'e' | b'E'] => reads_clock_bytes(inner),
-            [b'u' | b'U', b'&'] => true,
-            // Bit strings.
-            _ => false,
-        };
-    }
-    // `$tag$…$tag$`: the tag runs to the second `$`.
-    let Some(tag) = text.iter().skip(1).position(|&b| b == b'$').map(|i| i + 2) else {
+    let Some((start, end)) = string_body(text) else {
         return false;
     };
-    text.get(tag..text.len().saturating_sub(tag))
-        .is_some_and(reads_clock_bytes)
+    let body = &text[start..end];
+    if text[0] == b'$' {
+        return reads_clock_bytes(body);
+    }
+    match &text[..start - 1] {
+        [] | [b'n' | b'N'] => reads_clock_bytes(body),
+        [b'e' | b'E'] if body.contains(&b'\\') => reads_clock_bytes(&decode_escapes(body)),
+        [b'e' | b'E'] => reads_clock_bytes(body),
+        [b'u' | b'U', b'&'] => true,
+        // Bit strings.
+        _ => false,
+    }
 }
 
 /// The value of an `E'…'` string's body, as PostgreSQL's scanner reads its escapes
