@@ -1784,7 +1784,8 @@ impl Relay {
                 }
                 if bind.statement.is_empty() {
                     if let Some(id) = self.unnamed_lacking_in_failed() {
-                        if self.bind_in_failed(id, "", bind.rest) {
+                        let parse = self.statements.unnamed().cloned().unwrap_or_default();
+                        if self.bind_in_failed(id, "", &parse, bind.rest) {
                             return Ok(true);
                         }
                     }
@@ -1793,8 +1794,9 @@ impl Relay {
                 let Some((prepared, outdated)) = self.client_statement(bind.statement) else {
                     return Ok(false);
                 };
-                if self.lacking_in_failed(&prepared)
-                    && self.bind_in_failed(prepared.id, bind.statement, bind.rest)
+                if self.status == TransactionStatus::Failed
+                    && self.lacks_outside_end(&prepared)
+                    && self.bind_in_failed(prepared.id, bind.statement, &prepared.parse, bind.rest)
                 {
                     return Ok(true);
                 }
@@ -1850,7 +1852,8 @@ impl Relay {
                 if describe.name.is_empty() {
                     // (An unnamed statement's description is not learnt: its texts
                     // may be many. One a named statement shares is used.)
-                    if let Some(id) = self.unnamed_lacking_in_failed() {
+                    let id = self.unnamed_lacking_in_failed();
+                    if let Some(id) = id.filter(|_| self.surely_failed()) {
                         if self.describe_in_failed(id) {
                             return Ok(true);
                         }
@@ -2240,15 +2243,20 @@ impl Relay {
     /// connection lacks the statement, and it is no COMMIT or ROLLBACK (which a failed
     /// transaction prepares).
     fn lacking_in_failed(&mut self, prepared: &Prepared) -> bool {
-        self.surely_failed()
-            && !self.server_conn().prepared.contains(&prepared.id)
+        self.surely_failed() && self.lacks_outside_end(prepared)
+    }
+
+    /// This server connection lacks `prepared`, and it is no COMMIT or ROLLBACK.
+    fn lacks_outside_end(&mut self, prepared: &Prepared) -> bool {
+        !self.server_conn().prepared.contains(&prepared.id)
             && !prepared.query().is_none_or(ends_transaction)
     }
 
-    /// [`Relay::lacking_in_failed`] for the client's unnamed statement (if pgopt has
-    /// its Parse): its id.
+    /// The client's unnamed statement (if pgopt has its Parse), when the server lacks
+    /// it, the last ReadyForQuery said the transaction failed (whether it surely still
+    /// is, see [`Relay::surely_failed`]), and it is no COMMIT or ROLLBACK: its id.
     fn unnamed_lacking_in_failed(&self) -> Option<u64> {
-        if self.unnamed_here || !self.surely_failed() {
+        if self.unnamed_here || self.status != TransactionStatus::Failed {
             return None;
         }
         let frame = self.statements.unnamed()?;
@@ -2289,16 +2297,20 @@ impl Relay {
 
     /// A Bind of statement `id` (the client's `name`), as [`Relay::describe_in_failed`]:
     /// PostgreSQL checks the count of its parameters (`rest`: the Bind after the
-    /// names) first, then refuses it with 25P02.
-    fn bind_in_failed(&mut self, id: u64, name: &str, rest: &[u8]) -> bool {
+    /// names) first, then refuses it with 25P02. The count wanted is the one a server
+    /// described, else the one its Parse message (`parse`) gives. When a COMMIT or
+    /// ROLLBACK in flight may have ended the transaction, only wrong counts are
+    /// answered: they fail the Bind whether it ended or not (and the batch with it).
+    /// `false`: left to the server.
+    fn bind_in_failed(&mut self, id: u64, name: &str, parse: &[u8], rest: &[u8]) -> bool {
+        let surely = self.surely_failed();
         let wanted = match self.pool.description(id) {
             Some(description) => description.param_count(),
-            // The unnamed statement's count is its Parse's (no Describe needed).
-            None if name.is_empty() => match self.unnamed_param_count() {
+            // Else the count its Parse gives (no Describe needed).
+            None => match param_count(parse) {
                 Some(count) => count,
                 None => return false,
             },
-            None => return false,
         };
         let count = |at: usize| {
             rest.get(at..at + 2)
@@ -2319,27 +2331,19 @@ impl Relay {
                 "bind message supplies {params} parameters, but prepared statement \"{name}\" requires {wanted}"
             );
             error_response(sqlstate::PROTOCOL_VIOLATION, &message)
-        } else {
+        } else if surely {
             in_failed_transaction_error()
+        } else {
+            return false;
         };
+        if !surely {
+            self.fail_open_batch();
+        }
         if let Some(error) = error {
             self.expected.push_error(error);
         }
         self.skipping = true;
         true
-    }
-
-    /// How many parameters PostgreSQL gives the client's unnamed statement: the types
-    /// its Parse named, or the highest `$n` its text uses, whichever is more.
-    fn unnamed_param_count(&self) -> Option<usize> {
-        let frame = self.statements.unnamed()?;
-        let parse = Parse::decode(frame.get(5..)?).ok()?;
-        let used = pgopt_sql::parameter_spans(parse.query)
-            .iter()
-            .map(|(_, n)| *n as usize)
-            .max()
-            .unwrap_or(0);
-        Some(used.max(parse.param_types.len()))
     }
 
     /// A server's answer to a client's Describe of statement `id` (its
@@ -3753,6 +3757,19 @@ fn error_response(code: &str, message: &str) -> Option<Bytes> {
         .encode_error(&mut out)
         .ok()?;
     Some(out.freeze())
+}
+
+/// How many parameters PostgreSQL gives the statement of a Parse message (`frame`,
+/// header included): the types it names, or the highest `$n` its text uses,
+/// whichever is more.
+fn param_count(frame: &[u8]) -> Option<usize> {
+    let parse = Parse::decode(frame.get(5..)?).ok()?;
+    let used = pgopt_sql::parameter_spans(parse.query)
+        .iter()
+        .map(|(_, n)| *n as usize)
+        .max()
+        .unwrap_or(0);
+    Some(used.max(parse.param_types.len()))
 }
 
 /// PostgreSQL's error for a statement in a failed transaction.

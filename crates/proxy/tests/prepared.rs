@@ -634,18 +634,31 @@ async fn describe_and_bind_in_a_failed_transaction_on_a_connection_without_the_s
     // The next transaction gets a server connection that never had them.
     let console = common::admin(&proxy).await;
     console.simple_query("RECONNECT app").await.unwrap();
-    // (Not by simple queries, which would drop the unnamed statement.)
+    // (Not by simple queries, which would drop the unnamed statement.) Portal
+    // "empty", of an empty query, runs even once the transaction failed.
+    let empty = F::Bind(Bind {
+        portal: "empty",
+        statement: "empty",
+        param_formats: (&[]).into(),
+        params: (&[]).into(),
+        result_formats: (&[]).into(),
+    });
     raw.send(&[
         parse("b", "BEGIN"),
         self::bind("b"),
         EXECUTE,
+        parse("empty", ""),
+        empty,
         parse("e", "SELECT 1/0"),
         self::bind("e"),
         EXECUTE,
         F::Sync,
     ])
     .await;
-    assert_eq!(raw.until_ready().await, ["1", "2", "C", "1", "E22012", "Z"]);
+    assert_eq!(
+        raw.until_ready().await,
+        ["1", "2", "C", "1", "2", "1", "E22012", "Z"]
+    );
     let describe = |name| {
         F::Describe(Describe {
             target: pgopt_wire::Target::Statement,
@@ -681,6 +694,21 @@ async fn describe_and_bind_in_a_failed_transaction_on_a_connection_without_the_s
     assert_eq!(raw.until_ready().await, ["E08P01", "Z"]);
     raw.send(&[bind("", (&two).into()), F::Sync]).await;
     assert_eq!(raw.until_ready().await, ["E25P02", "Z"]);
+    // Behind an Execute, which might have been a ROLLBACK's, wrong counts still come
+    // first; right ones get the server's answer.
+    let run_empty = F::Execute(pgopt_wire::frontend::Execute {
+        portal: "empty",
+        max_rows: 0,
+    });
+    raw.send(&[run_empty, bind("ins", (&two).into()), F::Sync])
+        .await;
+    assert_eq!(raw.until_ready().await, ["I", "E08P01", "Z"]);
+    raw.send(&[run_empty, bind("", (&one).into()), F::Sync])
+        .await;
+    assert_eq!(raw.until_ready().await, ["I", "E08P01", "Z"]);
+    raw.send(&[run_empty, bind("ins", (&one).into()), F::Sync])
+        .await;
+    assert_eq!(raw.until_ready().await, ["I", "E25P02", "Z"]);
     // ROLLBACK prepares, and ends the transaction.
     let nothing: [Option<&[u8]>; 0] = [];
     raw.send(&[
