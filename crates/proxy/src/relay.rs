@@ -154,6 +154,10 @@ pub struct Relay {
     /// A SET/RESET/DISCARD sent, to be recorded when the server confirms it.
     /// (change, statement, ReadyForQuerys still due before its own).
     pending_change: Option<(Change, String, usize)>,
+    /// RESETs among several statements of a query sent: recorded at its ReadyForQuery
+    /// if no error came (see [`SessionVerdict::AfterRun`]). (resets, ReadyForQuerys
+    /// still due before its own, whether an error came.)
+    pending_resets: Option<(Vec<Change>, usize, bool)>,
     /// A Parse was refused: messages up to the next Sync are dropped.
     skipping: bool,
     /// No server could take a batch (routing, primary down): its messages are dropped
@@ -170,6 +174,16 @@ pub struct Relay {
     /// Settings a ROLLBACK TO SAVEPOINT may have undone: read back from the server as
     /// soon as nothing is in flight.
     resync: Vec<String>,
+    /// Names read back after a query (see [`SessionVerdict::AfterRun`]): with
+    /// `current_setting(name, true)`, which a name PostgreSQL does not know (the
+    /// statement failed) does not fail.
+    read_back_leniently: Vec<String>,
+    /// Statements (by id) that call `set_config(…, false)`: each Bind of one has
+    /// their settings read back.
+    set_config_statements: foldhash::HashMap<u64, Arc<[String]>>,
+    /// Names to read back are there because a query may have set them (see
+    /// [`Relay::reread`]).
+    reread_changes: bool,
     /// The ParameterDescription of a statement being described, until its
     /// RowDescription or NoData says whether it returns rows (see
     /// [`Relay::note_description`]).
@@ -334,12 +348,16 @@ impl Relay {
             xact_start: None,
             settings,
             pending_change: None,
+            pending_resets: None,
             skipping: false,
             discarding: false,
             copy_in: false,
             tx_snapshot: None,
             rolled_back: false,
             resync: Vec::new(),
+            read_back_leniently: Vec::new(),
+            set_config_statements: Default::default(),
+            reread_changes: false,
             described: None,
             reread_at_end: Vec::new(),
             replay: None,
@@ -1492,7 +1510,7 @@ impl Relay {
                     tracker.on_parse(&self.shared.analyzer, &parse);
                 }
                 let refusal = if self.worth_judging(parse.query.as_bytes()) {
-                    self.judge_session(parse.query, false)
+                    self.judge_session(parse.query, Some(&parse))
                 } else {
                     None
                 };
@@ -1524,7 +1542,7 @@ impl Relay {
                 if self.worth_judging(frame.body()) {
                     let query = Query::decode(frame.body())?;
                     decoded_sql = Some(query.sql);
-                    if let Some(refusal) = self.judge_session(query.sql, true) {
+                    if let Some(refusal) = self.judge_session(query.sql, None) {
                         self.end_open_batch(false);
                         self.expected.push_error(refusal);
                         self.expected.push(Step::Ready);
@@ -1783,6 +1801,14 @@ impl Relay {
                     tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
                 }
                 if bind.statement.is_empty() {
+                    if !self.set_config_statements.is_empty() {
+                        let parse = self.statements.unnamed().and_then(|f| {
+                            Parse::decode(f.get(5..)?).ok().map(|p| statement_id(&p))
+                        });
+                        if let Some(id) = parse {
+                            self.reread_bound(id);
+                        }
+                    }
                     if let Some(id) = self.unnamed_lacking_in_failed() {
                         let parse = self.statements.unnamed().cloned().unwrap_or_default();
                         if self.bind_in_failed(id, "", &parse, bind.rest) {
@@ -1794,6 +1820,9 @@ impl Relay {
                 let Some((prepared, outdated)) = self.client_statement(bind.statement) else {
                     return Ok(false);
                 };
+                if !self.set_config_statements.is_empty() {
+                    self.reread_bound(prepared.id);
+                }
                 if self.status == TransactionStatus::Failed
                     && self.lacks_outside_end(&prepared)
                     && self.bind_in_failed(prepared.id, bind.statement, &prepared.parse, bind.rest)
@@ -2121,10 +2150,24 @@ impl Relay {
         self.tracker.is_some() || may_affect_session(sql)
     }
 
-    fn judge_session(&mut self, sql: &str, simple: bool) -> Option<Bytes> {
+    fn judge_session(&mut self, sql: &str, parse: Option<&Parse<'_>>) -> Option<Bytes> {
+        let simple = parse.is_none();
         let analysis = self.shared.analyzer.analyze(sql).ok()?;
         match session_state::judge(&analysis, sql) {
             SessionVerdict::Relay => None,
+            SessionVerdict::AfterRun { reread, resets } => {
+                // Read back after this batch (a simple query runs it; a Parse may be
+                // executed in it), and after every batch that binds the statement.
+                self.reread(&reread);
+                if let Some(parse) = parse {
+                    let id = statement_id(parse);
+                    self.set_config_statements.insert(id, reread.into());
+                } else if !resets.is_empty() {
+                    let before = self.expected.observed_readies();
+                    self.pending_resets = Some((resets, before, false));
+                }
+                None
+            }
             SessionVerdict::Track(change) => {
                 if simple {
                     // Its CommandComplete comes after the ReadyForQuerys owed before it
@@ -2146,6 +2189,28 @@ impl Relay {
                     .record_error(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes());
                 Some(error)
             }
+        }
+    }
+
+    /// Settings a query may have set (see [`SessionVerdict::AfterRun`]): read back
+    /// from the server once nothing is in flight (see [`Relay::resync_settings`]).
+    fn reread(&mut self, names: &[String]) {
+        self.reread_changes |= !names.is_empty();
+        for name in names {
+            if !self.read_back_leniently.contains(name) {
+                self.read_back_leniently.push(name.clone());
+            }
+            if !self.resync.contains(name) {
+                self.resync.push(name.clone());
+            }
+        }
+    }
+
+    /// A Bind of statement `id`: the settings its `set_config(…, false)` calls set, if
+    /// any, are read back.
+    fn reread_bound(&mut self, id: u64) {
+        if let Some(names) = self.set_config_statements.get(&id).cloned() {
+            self.reread(&names);
         }
     }
 
@@ -2771,7 +2836,8 @@ impl Relay {
             // (A name that is not a plain identifier — a dot — is not one SHOW takes.)
             let plain = name
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && !self.read_back_leniently.contains(name);
             let sql = if !plain {
                 format!(
                     "SELECT pg_catalog.current_setting({}, true)",
@@ -2795,6 +2861,11 @@ impl Relay {
             }
         }
         let applied = &mut server.conn.applied;
+        if std::mem::take(&mut self.reread_changes) {
+            // What a query set in a transaction block is undone with it. (Names read
+            // back for other reasons correct what pgopt knew: no change of the block.)
+            keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
+        }
         for (name, value) in names.iter().zip(values) {
             self.settings.adopt(name, value, applied);
         }
@@ -2981,6 +3052,9 @@ impl Relay {
                 if let Some(code) = error_code(body) {
                     self.pool.stats.record_error(code);
                 }
+                if let Some((_, 0, failed)) = &mut self.pending_resets {
+                    *failed = true;
+                }
             }
             _ => {
                 if let Some(done) = self.replay.take() {
@@ -3036,6 +3110,26 @@ impl Relay {
                 }
                 self.pending_change = match self.pending_change.take() {
                     Some((c, s, n)) if n > 0 => Some((c, s, n - 1)),
+                    _ => None,
+                };
+                self.pending_resets = match self.pending_resets.take() {
+                    Some((resets, n, failed)) if n > 0 => Some((resets, n - 1, failed)),
+                    Some((resets, _, false)) => {
+                        if let Some(server) = self.server.as_mut() {
+                            let applied = &mut server.conn.applied;
+                            for reset in &resets {
+                                keep_before_change(
+                                    &mut self.tx_snapshot,
+                                    self.status,
+                                    &self.settings,
+                                    applied,
+                                );
+                                self.settings.confirm(reset, "", applied);
+                            }
+                            self.settings_behind = true;
+                        }
+                        None
+                    }
                     _ => None,
                 };
                 self.ready();
@@ -3436,6 +3530,7 @@ impl Relay {
         self.skipping = false;
         self.ending_in_flight = false;
         self.pending_change = None;
+        self.pending_resets = None;
         self.replay = None;
         self.replayed = false;
         self.dropping = false;

@@ -1,10 +1,12 @@
 //! Session state in transaction mode. A client's settings — its start-up parameters
-//! (search_path, DateStyle, TimeZone, application_name, `options=-c …`) and the SET
-//! statements it runs — follow it onto whichever server connection it is lent: each
-//! server connection remembers which settings pgopt applied to it, and on checkout the
+//! (search_path, DateStyle, TimeZone, application_name, `options=-c …`), the SET
+//! statements it runs and what its `set_config(…, false)` calls set (read back from
+//! the server) — follow it onto whichever server connection it is lent: each server
+//! connection remembers which settings pgopt applied to it, and on checkout the
 //! difference is applied before the client's first message. State that cannot follow
 //! a client (LISTEN, session advisory locks, temporary tables, SQL PREPARE, cursors
-//! WITH HOLD, set_config(…, false)) is refused with an error that names the feature.
+//! WITH HOLD, set_config with a name that is not a literal) is refused with an error
+//! that names the feature.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -405,6 +407,17 @@ pub enum Verdict {
     Relay,
     /// Tracked settings change, applied once the server confirms it.
     Track(Change),
+    /// Settings changed where their statement's CommandComplete can't confirm them:
+    /// by `set_config(name, …, false)`, or by SETs and RESETs among several
+    /// statements of one query (which all fail together when one fails).
+    AfterRun {
+        /// Read back from the server once the query has run (whatever it did), and
+        /// then followed as a SET is.
+        reread: Vec<String>,
+        /// RESETs (by name, or ALL) confirmed at the query's ReadyForQuery when it
+        /// met no error.
+        resets: Vec<Change>,
+    },
     /// Refused: the message names the feature and what to do instead.
     Refuse(String),
 }
@@ -419,7 +432,9 @@ pub enum Change {
 /// Decides what to do with a statement in transaction mode from its analysis.
 pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
     let single = analysis.kinds.len() <= 1;
-    let mut change = None;
+    let mut changes = Vec::new();
+    let mut discard = false;
+    let mut reread = Vec::new();
     for effect in &analysis.session_effects {
         let refuse = |feature: &str, instead: &str| {
             Verdict::Refuse(format!(
@@ -457,32 +472,75 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
                     "Use a cursor without HOLD inside a transaction, or a session-mode pool.",
                 )
             }
-            SessionEffect::SetConfig => {
-                return refuse(
-                    "set_config(…, …, false)",
-                    "Pass is_local = true inside a transaction (or use SET LOCAL), or run SET as \
-                     its own statement, which pgopt carries across server connections.",
-                )
+            SessionEffect::SetConfig => match pgopt_sql::set_config_names(sql) {
+                Some(names) => reread.extend(names),
+                None => {
+                    return refuse(
+                        "set_config(…, …, false) naming its setting other than by a string \
+                         literal",
+                        "Name the setting with a literal, pass is_local = true inside a \
+                         transaction (or use SET LOCAL), or run SET as its own statement, which \
+                         pgopt carries across server connections.",
+                    )
+                }
+            },
+            SessionEffect::Set { name } => changes.push(Change::Set(name.clone())),
+            SessionEffect::Reset { name } => changes.push(Change::Reset(name.clone())),
+            SessionEffect::ResetAll => changes.push(Change::ResetAll),
+            // DISCARD other than ALL changes no settings; the tag check sorts that out.
+            SessionEffect::Discard => {
+                discard = true;
+                changes.push(Change::ResetAll);
             }
-            SessionEffect::Set { name } => change = Some(Change::Set(name.clone())),
-            SessionEffect::Reset { name } => change = Some(Change::Reset(name.clone())),
-            SessionEffect::ResetAll | SessionEffect::Discard => change = Some(Change::ResetAll),
             SessionEffect::TempObject { .. }
             | SessionEffect::Unlisten { .. }
             | SessionEffect::Deallocate { .. } => {}
         }
     }
-    match change {
-        None => Verdict::Relay,
-        // DISCARD other than ALL changes no settings; the tag check sorts that out.
-        Some(c) if single => Verdict::Track(c),
-        Some(_) => Verdict::Refuse(
-            "SET, RESET or DISCARD in a query with several statements is not supported in \
-             transaction pooling mode: send it as a statement of its own, which pgopt carries \
-             across server connections"
-                .into(),
-        ),
+    if single && (changes.is_empty() || changes.len() == 1 && reread.is_empty()) {
+        return match changes.pop() {
+            None if !reread.is_empty() => Verdict::AfterRun {
+                reread,
+                resets: Vec::new(),
+            },
+            None => Verdict::Relay,
+            Some(c) => Verdict::Track(c),
+        };
     }
+    // Several statements: SETs are read back, RESETs confirmed if nothing failed —
+    // unless which came first matters (a name both SET and RESET, RESET ALL and a
+    // SET), which the effects don't say; DISCARD ALL can't run among others anyway.
+    if discard {
+        return several_refused();
+    }
+    let mut resets = Vec::new();
+    for change in changes {
+        match change {
+            Change::Set(name) => reread.push(name),
+            reset => resets.push(reset),
+        }
+    }
+    // A session authorization resets the role.
+    if reread.iter().any(|n| n == AUTHORIZATION) && !reread.iter().any(|n| n == ROLE) {
+        reread.push(ROLE.to_string());
+    }
+    let clash = resets.iter().any(|r| match r {
+        Change::Reset(name) => reread.contains(name),
+        _ => !reread.is_empty(),
+    });
+    if clash {
+        return several_refused();
+    }
+    Verdict::AfterRun { reread, resets }
+}
+
+fn several_refused() -> Verdict {
+    Verdict::Refuse(
+        "DISCARD, or a SET and a RESET of the same setting, in a query with several \
+         statements is not supported in transaction pooling mode: send it as a statement of \
+         its own, which pgopt carries across server connections"
+            .into(),
+    )
 }
 
 fn on_commit_drop(sql: &str) -> bool {
@@ -656,8 +714,10 @@ mod tests {
             ("CREATE TEMP TABLE t (x int)", "Temporary table"),
             ("PREPARE p AS SELECT 1", "PREPARE"),
             ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "WITH HOLD"),
-            ("SELECT set_config('a.b', '1', false)", "set_config"),
-            ("SET a.b = 1; SELECT 1", "several statements"),
+            ("SELECT set_config($1, '1', false)", "set_config"),
+            ("SET a.b = 1; RESET a.b", "several statements"),
+            ("SET a.b = 1; RESET ALL", "several statements"),
+            ("DISCARD ALL; SELECT 1", "several statements"),
         ] {
             match judged(sql) {
                 Verdict::Refuse(m) => assert!(m.contains(word), "{sql}: {m}"),
@@ -669,6 +729,38 @@ mod tests {
             Verdict::Relay
         );
         assert_eq!(judged("SELECT pg_advisory_xact_lock(1)"), Verdict::Relay);
+        // set_config by name: read back. Names differing only in literals share an
+        // analysis; the verdict is the text's own.
+        let after = |reread: &[&str], resets: Vec<Change>| Verdict::AfterRun {
+            reread: reread.iter().map(|s| s.to_string()).collect(),
+            resets,
+        };
+        assert_eq!(
+            judged("SELECT set_config('a.b', '1', false)"),
+            after(&["a.b"], vec![])
+        );
+        assert_eq!(
+            judged("SELECT set_config('JIT', 'off', false); SELECT set_config('a.b', '1', false)"),
+            after(&["a.b", "jit"], vec![])
+        );
+        assert_eq!(
+            judged("SELECT set_config('a.b', '1', true)"),
+            Verdict::Relay
+        );
+        // SET and RESET among several statements: read back, or confirmed once all ran.
+        assert_eq!(
+            judged("BEGIN; SET work_mem = '8MB'; COMMIT"),
+            after(&["work_mem"], vec![])
+        );
+        // asyncpg's reset at the release of a pooled connection.
+        assert_eq!(
+            judged("SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;"),
+            after(&[], vec![Change::ResetAll])
+        );
+        assert_eq!(
+            judged("RESET search_path; SET work_mem = '8MB'"),
+            after(&["work_mem"], vec![Change::Reset("search_path".into())])
+        );
     }
 
     #[test]

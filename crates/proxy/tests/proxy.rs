@@ -585,6 +585,115 @@ async fn transaction_mode_carries_startup_options_and_sets_across_server_connect
     }
 }
 
+/// `set_config(…, false)` (asyncpg runs one to turn jit off while it reads types)
+/// follows its client as a SET does: read back from the server once it ran, whatever
+/// value it computed, by a simple query or by each execution of a prepared
+/// statement; undone by a rollback; never seen by another client of the connection.
+#[tokio::test]
+async fn set_config_for_the_session_follows_its_client() {
+    // One server connection the two clients take turns on.
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    let user = "SELECT coalesce(current_setting('app.user', true), '')";
+    a.query(
+        "SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new",
+        &[],
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        assert_eq!(show(&b, "jit").await, "on");
+        assert_eq!(show(&a, "jit").await, "off");
+    }
+    // A value bound to a prepared statement, run twice.
+    let set_user = a
+        .prepare("SELECT set_config('app.user', $1, false)")
+        .await
+        .unwrap();
+    for name in ["alice", "bob"] {
+        a.query(&set_user, &[&name]).await.unwrap();
+        assert_eq!(common::value(&b, user).await, "");
+        assert_eq!(common::value(&a, user).await, name);
+    }
+    // In a transaction block: undone by ROLLBACK, kept by COMMIT.
+    for (end, want) in [("ROLLBACK", "bob"), ("COMMIT", "carol")] {
+        a.batch_execute("BEGIN; SELECT set_config('app.user', 'carol', false)")
+            .await
+            .unwrap();
+        assert_eq!(common::value(&a, user).await, "carol");
+        a.batch_execute(end).await.unwrap();
+        assert_eq!(common::value(&b, user).await, "", "{end}");
+        assert_eq!(common::value(&a, user).await, want, "{end}");
+    }
+    // A SET of it after: the SET's value.
+    a.batch_execute("SET jit = on").await.unwrap();
+    assert_eq!(show(&b, "jit").await, "on");
+    assert_eq!(show(&a, "jit").await, "on");
+    // A setting named by a parameter can't be known: refused by name.
+    let e = a
+        .query("SELECT set_config($1, 'x', false)", &[&"app.user"])
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
+    assert_eq!(db.code().code(), "0A000", "{db:?}");
+    assert!(db.message().contains("set_config"), "{db:?}");
+    assert_eq!(common::value(&a, user).await, "carol");
+}
+
+/// SET and RESET among several statements of one query (a block sent whole, the
+/// reset asyncpg's pool sends at each release) follow their client: SETs read back
+/// once the query ran, RESETs kept when nothing in it failed — as PostgreSQL, which
+/// undoes them all with the failed query's implicit transaction.
+#[tokio::test]
+async fn set_and_reset_among_several_statements_follow_their_client() {
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let a = connect_with_options(&proxy, "-c search_path=alpha,public -c work_mem=7MB").await;
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    let check = |a_want: [&'static str; 3]| {
+        let (a, b) = (&a, &b);
+        async move {
+            for _ in 0..2 {
+                assert_eq!(show(b, "work_mem").await, "4MB");
+                assert_eq!(show(b, "statement_timeout").await, "0");
+                let got = [
+                    show(a, "work_mem").await,
+                    show(a, "search_path").await,
+                    show(a, "statement_timeout").await,
+                ];
+                assert_eq!(got, a_want);
+            }
+        }
+    };
+    a.batch_execute("BEGIN; SET work_mem = '9MB'; SET statement_timeout = '5s'; COMMIT")
+        .await
+        .unwrap();
+    check(["9MB", "alpha,public", "5s"]).await;
+    // Undone with the query that failed.
+    let e = a
+        .batch_execute("SET work_mem = '10MB'; RESET statement_timeout; SELECT 1/0")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("22012"));
+    check(["9MB", "alpha,public", "5s"]).await;
+    a.batch_execute("SET search_path = public").await.unwrap();
+    a.batch_execute("RESET search_path; SET work_mem = '11MB'")
+        .await
+        .unwrap();
+    check(["11MB", "alpha,public", "5s"]).await;
+    // asyncpg's reset: back to the start-up values.
+    a.batch_execute("SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;")
+        .await
+        .unwrap();
+    check(["7MB", "alpha,public", "0"]).await;
+    // Rolled back with its block.
+    a.batch_execute("SET work_mem = '13MB'").await.unwrap();
+    a.batch_execute("BEGIN; RESET ALL").await.unwrap();
+    a.batch_execute("SET work_mem = '12MB'").await.unwrap();
+    a.batch_execute("ROLLBACK").await.unwrap();
+    check(["13MB", "alpha,public", "0"]).await;
+}
+
 #[tokio::test]
 async fn transaction_mode_refuses_session_state_by_name_and_stays_usable() {
     let (pg, proxy) = start(PoolMode::Transaction, 1).await;
@@ -612,8 +721,11 @@ async fn refuses_session_state(proxy: &Proxy) {
         ("SELECT pg_advisory_lock(7)", "pg_advisory_lock"),
         ("CREATE TEMP TABLE scratch (x int)", "Temporary table"),
         ("PREPARE p AS SELECT 1", "PREPARE"),
-        ("SELECT set_config('app.user', '1', false)", "set_config"),
-        ("SET work_mem = '8MB'; SELECT 1", "several statements"),
+        (
+            "SELECT set_config('app.' || 'user', '1', false)",
+            "set_config",
+        ),
+        ("SET work_mem = '8MB'; RESET work_mem", "several statements"),
     ] {
         let err = client.batch_execute(sql).await.unwrap_err();
         let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
@@ -1397,9 +1509,24 @@ async fn role_and_session_authorization_survive_reset_all_and_replay_in_order() 
         );
         assert_eq!(users(&b).await, is("postgres", "postgres"));
     }
+    // Among several statements: read back, the role with the authorization.
     a.batch_execute("SET SESSION AUTHORIZATION r2; SET ROLE r1")
         .await
-        .unwrap_err(); // several statements: refused in transaction mode
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(users(&a).await, is("r1", "r2"));
+        assert_eq!(users(&b).await, is("postgres", "postgres"));
+    }
+    a.batch_execute("SET SESSION AUTHORIZATION r2; SELECT 1")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(users(&a).await, is("r2", "r2"), "the role was reset");
+        assert_eq!(users(&b).await, is("postgres", "postgres"));
+    }
+    a.batch_execute("RESET SESSION AUTHORIZATION")
+        .await
+        .unwrap();
     a.batch_execute("SET SESSION AUTHORIZATION r2")
         .await
         .unwrap();

@@ -885,6 +885,56 @@ impl<'c> Walker<'c> {
     }
 }
 
+/// The settings the `set_config(name, value, is_local)` calls of `sql` may set for
+/// the session (not those with `is_local` the literal `true`), by the string literal
+/// naming each, lower-cased as PostgreSQL folds them; `None` when a call names its
+/// setting otherwise (a parameter, an expression) or `sql` does not parse. Read from
+/// the text itself: an analysis is shared by texts that differ in literals only.
+pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
+    fn collect(value: &Value, names: &mut Vec<String>) -> bool {
+        match value {
+            Value::Array(items) => items.iter().all(|item| collect(item, names)),
+            Value::Object(map) => {
+                if map.contains_key("funcname") && map.contains_key("agg_star") {
+                    let parts: Vec<&str> = match map.get("funcname") {
+                        Some(Value::Array(parts)) => parts
+                            .iter()
+                            .filter_map(|p| p.pointer("/node/String/sval").and_then(Value::as_str))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    let set_config = matches!(
+                        parts.as_slice(),
+                        ["set_config"] | ["pg_catalog", "set_config"]
+                    );
+                    if set_config && !set_config_is_local(map) {
+                        let name = map
+                            .get("args")
+                            .and_then(|a| a.get(0))
+                            .and_then(|a| a.pointer("/node/AConst/val/Sval/sval"))
+                            .and_then(Value::as_str);
+                        match name {
+                            Some(name) => names.push(name.to_ascii_lowercase()),
+                            None => return false,
+                        }
+                    }
+                }
+                map.values().all(|child| collect(child, names))
+            }
+            _ => true,
+        }
+    }
+    let parsed = pg_query::parse(sql, 0).ok()?;
+    let tree = serde_json::to_value(&parsed.protobuf).ok()?;
+    let mut names = Vec::new();
+    if !collect(&tree, &mut names) {
+        return None;
+    }
+    names.sort_unstable();
+    names.dedup();
+    Some(names)
+}
+
 /// `set_config(name, value, true)` with the keyword `true` as third argument.
 fn set_config_is_local(map: &Map<String, Value>) -> bool {
     map.get("args")
@@ -978,6 +1028,35 @@ fn collapse_param_lists(normalized: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_config_names_are_read_from_string_literals() {
+        let names = |sql| set_config_names(sql);
+        let want = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        // asyncpg's type introspection.
+        assert_eq!(
+            names("SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new"),
+            want(&["jit"])
+        );
+        assert_eq!(
+            names("SELECT pg_catalog.set_config('TimeZone', 'UTC', false), set_config('app.user', $1, false)"),
+            want(&["app.user", "timezone"])
+        );
+        // Local ones last no longer than the transaction.
+        assert_eq!(names("SELECT set_config('jit', 'off', true)"), want(&[]));
+        assert_eq!(names("SELECT set_config('jit', 'off', $1)"), want(&["jit"]));
+        assert_eq!(
+            names("SELECT x FROM (SELECT set_config('a.b', '1', false) x) s"),
+            want(&["a.b"])
+        );
+        // Named otherwise: unknown.
+        assert_eq!(names("SELECT set_config($1, 'off', false)"), None);
+        assert_eq!(names("SELECT set_config('j' || 'it', 'off', false)"), None);
+        assert_eq!(names("SELECT set_config(name, 'x', false) FROM t"), None);
+        assert_eq!(names("SELECT set_config("), None);
+        // Another schema's function of that name is not PostgreSQL's.
+        assert_eq!(names("SELECT app.set_config(x) FROM t"), want(&[]));
+    }
 
     #[test]
     fn param_lists_collapse_in_normalized_text() {

@@ -21,7 +21,8 @@ mod reduce;
 mod strip;
 
 pub use analysis::{
-    analyze, analyze_with, Analysis, AnalysisConfig, SessionEffect, StatementKind, SHORTENED,
+    analyze, analyze_with, set_config_names, Analysis, AnalysisConfig, SessionEffect,
+    StatementKind, SHORTENED,
 };
 pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use error::SqlError;
