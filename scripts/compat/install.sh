@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the client drivers of the compatibility check (check.py, check.js):
-#   psycopg 3 (requirements.txt) into a virtualenv at target/compat-venv,
+#   psycopg 3 and asyncpg (requirements.txt) into a virtualenv at target/compat-venv,
 #   node-postgres (package-lock.json) into scripts/compat/node_modules.
 # Idempotent and quick when both are up to date (stamp files hold the inputs they were
 # installed from). Safe to run from parallel test processes: one runs at a time.
@@ -28,11 +28,11 @@ apt_install() {
   fi
 }
 
-# psycopg 3 in target/compat-venv.
+# psycopg 3 and asyncpg in target/compat-venv.
 stamp="$venv/.pgopt-requirements.txt"
 if ! { [ -x "$venv/bin/python" ] && cmp -s "$here/requirements.txt" "$stamp" \
-       && "$venv/bin/python" -c 'import psycopg' 2>/dev/null; }; then
-  echo "==> installing psycopg into $venv" >&2
+       && "$venv/bin/python" -c 'import psycopg, asyncpg' 2>/dev/null; }; then
+  echo "==> installing psycopg and asyncpg into $venv" >&2
   make_venv() { rm -rf "$venv" && python3 -m venv "$venv" >/dev/null 2>&1; }
   # Debian's python3 makes virtualenvs only with python3-venv (ensurepip's wheels).
   if ! command -v python3 >/dev/null || ! make_venv; then

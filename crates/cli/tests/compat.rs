@@ -1,8 +1,9 @@
 //! Client compatibility through the real `pgopt proxy` binary and a real PostgreSQL:
 //! psycopg 3 (scripts/compat/check.py, once with the libpq its wheel bundles and once
-//! over the system's older libpq) and node-postgres (scripts/compat/check.js) run the
-//! same checks in each proxy configuration; and a ~200 MB result streams through the
-//! proxy in bounded memory, also to a client that pipelines a big query behind it.
+//! over the system's older libpq), node-postgres (scripts/compat/check.js) and asyncpg
+//! (scripts/compat/check_asyncpg.py, with checks of its own) run the same checks in
+//! each proxy configuration; and a ~200 MB result streams through the proxy in bounded
+//! memory, also to a client that pipelines a big query behind it.
 //!
 //! The drivers are installed once by scripts/compat/install.sh (a virtualenv under
 //! target/compat-venv, node_modules under scripts/compat), which needs PyPI and npm
@@ -192,6 +193,10 @@ enum Driver {
     /// psycopg 3's pure-Python implementation over the system's libpq (Debian's 15):
     /// older libpq, so other paths (`DEALLOCATE name`, PQcancel).
     PsycopgSystemLibpq,
+    /// asyncpg: its own protocol code; prepares everything, reads types from pg_type
+    /// after `set_config('jit', 'off', false)`, resets pooled connections with one
+    /// query of several statements.
+    Asyncpg,
 }
 
 impl Driver {
@@ -200,6 +205,7 @@ impl Driver {
         match self {
             Driver::Psycopg | Driver::PsycopgSystemLibpq => &["statement_cache"],
             Driver::NodePostgres => &[],
+            Driver::Asyncpg => &["types", "pool_reset", "cursor"],
         }
     }
 
@@ -219,6 +225,11 @@ impl Driver {
             Driver::NodePostgres => {
                 let mut cmd = Command::new("node");
                 cmd.arg(root.join("scripts/compat/check.js"));
+                cmd
+            }
+            Driver::Asyncpg => {
+                let mut cmd = Command::new(root.join("target/compat-venv/bin/python"));
+                cmd.arg(root.join("scripts/compat/check_asyncpg.py"));
                 cmd
             }
         }
@@ -245,9 +256,9 @@ fn run_checks(driver: Driver, proxy: &ProxyProcess, setup: &Setup) -> Output {
         .unwrap_or_else(|e| panic!("running the {driver:?} checks: {e}"))
 }
 
-/// Both drivers' checks through a proxy set up this way: each must exit 0 and report
-/// `ok` for every check in `want_ok`.
-fn both_drivers_pass(mode: &str, auth: &str, want_ok: &[&str]) {
+/// Every driver's checks through a proxy set up this way: each must exit 0 and report
+/// `ok` for every check in `want_ok` and its own.
+fn every_driver_passes(mode: &str, auth: &str, want_ok: &[&str]) {
     install_drivers();
     let pg = postgres_with_app_user();
     let setup = Setup {
@@ -264,6 +275,7 @@ fn both_drivers_pass(mode: &str, auth: &str, want_ok: &[&str]) {
     for driver in [
         Driver::Psycopg,
         Driver::NodePostgres,
+        Driver::Asyncpg,
         Driver::PsycopgSystemLibpq,
     ] {
         let started = Instant::now();
@@ -313,20 +325,20 @@ fn transaction_mode_checks() -> Vec<&'static str> {
 }
 
 #[test]
-fn psycopg_and_node_postgres_in_transaction_mode_with_scram() {
-    both_drivers_pass("transaction", "scram-sha-256", &transaction_mode_checks());
+fn client_drivers_in_transaction_mode_with_scram() {
+    every_driver_passes("transaction", "scram-sha-256", &transaction_mode_checks());
 }
 
 #[test]
-fn psycopg_and_node_postgres_in_transaction_mode_with_md5() {
-    both_drivers_pass("transaction", "md5", &transaction_mode_checks());
+fn client_drivers_in_transaction_mode_with_md5() {
+    every_driver_passes("transaction", "md5", &transaction_mode_checks());
 }
 
 #[test]
-fn psycopg_and_node_postgres_in_session_mode_with_listen_notify() {
+fn client_drivers_in_session_mode_with_listen_notify() {
     let mut want: Vec<&str> = EVERY_MODE.to_vec();
     want.push("listen_notify");
-    both_drivers_pass("session", "scram-sha-256", &want);
+    every_driver_passes("session", "scram-sha-256", &want);
 }
 
 /// Peak resident memory of a process (`VmHWM`), in bytes.
