@@ -101,6 +101,9 @@ pub fn plan_changed_error() -> Option<Bytes> {
         "cached plan must not change result type",
     )
     .hint("The table changed since the statement was prepared: prepare it again (pgopt then prepares it again on every server connection).")
+    // PostgreSQL's, which drivers look for: pgjdbc prepares the statement again and
+    // retries on it.
+    .routine("RevalidateCachedQuery")
     .encode_error(&mut out)
     .ok()?;
     Some(out.freeze())

@@ -573,6 +573,9 @@ async fn after_a_schema_change_a_statement_prepared_again_works_on_every_server_
     assert_eq!(common::code(&err), Some("0A000"), "{err}");
     let err = b.query_one(&old_b, &[]).await.unwrap_err();
     assert_eq!(common::code(&err), Some("0A000"), "{err}");
+    // With PostgreSQL's routine, which pgjdbc looks for to prepare it again itself.
+    let routine = err.as_db_error().and_then(|e| e.routine());
+    assert_eq!(routine, Some("RevalidateCachedQuery"), "{err:?}");
 
     // Prepared again (same text), the statement works on whichever connection: the
     // stale copies are closed and prepared again, not reused.

@@ -268,6 +268,7 @@ pub struct ErrorBuilder<'a> {
     message: &'a str,
     detail: Option<&'a str>,
     hint: Option<&'a str>,
+    routine: Option<&'a str>,
 }
 
 impl<'a> ErrorBuilder<'a> {
@@ -279,6 +280,7 @@ impl<'a> ErrorBuilder<'a> {
             message,
             detail: None,
             hint: None,
+            routine: None,
         }
     }
 
@@ -294,12 +296,20 @@ impl<'a> ErrorBuilder<'a> {
         self
     }
 
-    fn fields(&self) -> ([ErrorField<'a>; 6], usize) {
+    /// Adds the name of the PostgreSQL routine that reports this error, for clients
+    /// that tell errors apart by it (pgjdbc prepares a statement again on
+    /// `RevalidateCachedQuery`'s "cached plan must not change result type").
+    pub fn routine(mut self, routine: &'a str) -> Self {
+        self.routine = Some(routine);
+        self
+    }
+
+    fn fields(&self) -> ([ErrorField<'a>; 7], usize) {
         let severity = self.severity.as_str();
         let mut fields = [ErrorField {
             code: field::SEVERITY,
             value: severity,
-        }; 6];
+        }; 7];
         let mut n = 0;
         let mut push = |code, value| {
             fields[n] = ErrorField { code, value };
@@ -314,6 +324,9 @@ impl<'a> ErrorBuilder<'a> {
         }
         if let Some(hint) = self.hint {
             push(field::HINT, hint);
+        }
+        if let Some(routine) = self.routine {
+            push(field::ROUTINE, routine);
         }
         (fields, n)
     }
@@ -353,6 +366,7 @@ mod tests {
             b"SFATAL\0VFATAL\0C53300\0Mtoo many\0Hwait\0\0".as_slice()
         );
         let decoded = ErrorFields::decode(b'E', &out[5..]).unwrap();
+        assert_eq!(decoded.get(field::ROUTINE), None);
         assert_eq!(decoded.severity(), Some("FATAL"));
         assert_eq!(decoded.code(), Some("53300"));
         assert_eq!(decoded.message(), Some("too many"));
