@@ -178,9 +178,9 @@ pub struct Relay {
     /// `current_setting(name, true)`, which a name PostgreSQL does not know (the
     /// statement failed) does not fail.
     read_back_leniently: Vec<String>,
-    /// Statements (by id) that call `set_config(…, false)`: each Bind of one has
-    /// their settings read back.
-    set_config_statements: foldhash::HashMap<u64, Arc<[String]>>,
+    /// Statements (by id) whose run may set what pgopt reads back — `set_config(…,
+    /// false)`, SET SESSION CHARACTERISTICS: after each Bind of one, it is.
+    read_back_statements: foldhash::HashMap<u64, Arc<[String]>>,
     /// Names to read back are there because a query may have set them (see
     /// [`Relay::reread`]).
     reread_changes: bool,
@@ -356,7 +356,7 @@ impl Relay {
             rolled_back: false,
             resync: Vec::new(),
             read_back_leniently: Vec::new(),
-            set_config_statements: Default::default(),
+            read_back_statements: Default::default(),
             reread_changes: false,
             described: None,
             reread_at_end: Vec::new(),
@@ -1801,7 +1801,7 @@ impl Relay {
                     tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
                 }
                 if bind.statement.is_empty() {
-                    if !self.set_config_statements.is_empty() {
+                    if !self.read_back_statements.is_empty() {
                         let parse = self.statements.unnamed().and_then(|f| {
                             Parse::decode(f.get(5..)?).ok().map(|p| statement_id(&p))
                         });
@@ -1820,7 +1820,7 @@ impl Relay {
                 let Some((prepared, outdated)) = self.client_statement(bind.statement) else {
                     return Ok(false);
                 };
-                if !self.set_config_statements.is_empty() {
+                if !self.read_back_statements.is_empty() {
                     self.reread_bound(prepared.id);
                 }
                 if self.status == TransactionStatus::Failed
@@ -2161,7 +2161,7 @@ impl Relay {
                 self.reread(&reread);
                 if let Some(parse) = parse {
                     let id = statement_id(parse);
-                    self.set_config_statements.insert(id, reread.into());
+                    self.read_back_statements.insert(id, reread.into());
                 } else if !resets.is_empty() {
                     let before = self.expected.observed_readies();
                     self.pending_resets = Some((resets, before, false));
@@ -2179,6 +2179,13 @@ impl Relay {
                     keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
                     self.settings.confirm(&change, sql, applied);
                     self.settings_behind |= !matches!(change, Change::Set(_));
+                    // Read back once it ran: after each batch that binds it.
+                    let mut names = Vec::new();
+                    read_back_characteristics(&change, &mut names);
+                    if let (Some(parse), false) = (parse, names.is_empty()) {
+                        self.read_back_statements
+                            .insert(statement_id(parse), names.into());
+                    }
                 }
                 None
             }
@@ -2206,10 +2213,10 @@ impl Relay {
         }
     }
 
-    /// A Bind of statement `id`: the settings its `set_config(…, false)` calls set, if
-    /// any, are read back.
+    /// A Bind of statement `id`: what it may set (see `read_back_statements`), if
+    /// anything, is read back.
     fn reread_bound(&mut self, id: u64) {
-        if let Some(names) = self.set_config_statements.get(&id).cloned() {
+        if let Some(names) = self.read_back_statements.get(&id).cloned() {
             self.reread(&names);
         }
     }
@@ -3008,15 +3015,7 @@ impl Relay {
                         );
                         self.settings.confirm(change, sql, applied);
                         self.settings_behind |= !matches!(change, Change::Set(_));
-                        // SET SESSION CHARACTERISTICS: read back as the settings it
-                        // sets, so it and a SET or RESET of one of them replay in the
-                        // order the client ran them.
-                        let characteristics = session_state::CHARACTERISTICS;
-                        if matches!(change, Change::Set(n) if n.eq_ignore_ascii_case(characteristics))
-                            && !self.resync.iter().any(|n| n == characteristics)
-                        {
-                            self.resync.push(characteristics.to_string());
-                        }
+                        read_back_characteristics(change, &mut self.resync);
                     }
                 }
                 // PostgreSQL undoes a transaction's SETs when it rolls back (a failed
@@ -3791,6 +3790,20 @@ fn keep_before_change(
 ) {
     if status != TransactionStatus::Idle && snapshot.is_none() {
         *snapshot = Some((settings.clone(), applied.clone()));
+    }
+}
+
+/// SET SESSION CHARACTERISTICS, confirmed: read back as the settings it sets (see
+/// `Relay::resync_settings`), so it and a SET or RESET of one of them replay in the
+/// order the client ran them — and the connection never keeps it under its own name,
+/// which no setting has (the next client's sync would RESET that, in vain, and keep
+/// the isolation level).
+fn read_back_characteristics(change: &Change, resync: &mut Vec<String>) {
+    let characteristics = session_state::CHARACTERISTICS;
+    if matches!(change, Change::Set(n) if n.eq_ignore_ascii_case(characteristics))
+        && !resync.iter().any(|n| n == characteristics)
+    {
+        resync.push(characteristics.to_string());
     }
 }
 

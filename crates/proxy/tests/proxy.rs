@@ -1698,6 +1698,19 @@ async fn session_characteristics_and_a_set_of_the_same_setting_keep_their_order(
         }
         a.batch_execute("RESET ALL").await.unwrap();
     }
+    // By the extended protocol (pgjdbc's setTransactionIsolation) too: the connection
+    // lent to the others is put back to their isolation level.
+    a.execute(characteristics, &[]).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            show(&a, "default_transaction_isolation").await,
+            "serializable"
+        );
+        assert_eq!(
+            show(&other, "default_transaction_isolation").await,
+            "read committed"
+        );
+    }
 }
 
 /// Read back inside a transaction after ROLLBACK TO SAVEPOINT, a setting shows its
