@@ -2904,7 +2904,12 @@ impl Relay {
         if tag != b'E' {
             return None;
         }
-        let id = self.expected.head_bind()?;
+        // A Bind, or a Describe of a statement: a server copy prepared before the
+        // schema changed (another client's, maybe) fails either.
+        let id = self
+            .expected
+            .head_bind()
+            .or_else(|| self.expected.head_describes())?;
         if !is_plan_invalidated(&self.sbuf[body]) {
             return None;
         }

@@ -952,3 +952,39 @@ async fn copy_in_through_the_extended_protocol_leaves_the_connection_to_the_pool
         );
     }
 }
+
+/// A statement a server connection prepared before a schema change changed its
+/// result type: another client preparing the same text gets the server's copy, whose
+/// Describe (tokio-postgres, asyncpg and pgjdbc describe what they prepare) meets
+/// "cached plan must not change result type" — which PostgreSQL never gives a
+/// statement just parsed. The pool then prepares it again everywhere: the driver's
+/// retry (pgjdbc and asyncpg retry on that error) works, on every connection.
+#[tokio::test]
+async fn a_stale_copy_met_by_a_describe_is_prepared_again() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
+    let admin = pg.connect("postgres").await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let sql = "SELECT * FROM t";
+    let a = connect(&proxy).await;
+    assert_eq!(a.query(sql, &[]).await.unwrap()[0].len(), 1);
+    admin
+        .batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    let b = connect(&proxy).await;
+    let first = b.prepare(sql).await;
+    if let Err(e) = &first {
+        let routine = e.as_db_error().and_then(|e| e.routine());
+        assert_eq!(routine, Some("RevalidateCachedQuery"), "{e:?}");
+    }
+    let statement = b.prepare(sql).await.unwrap();
+    assert_eq!(statement.columns().len(), 2);
+    let rows = b.query(&statement, &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i32>("b"), 7);
+    // (The first client's own copy: PostgreSQL's error until it prepares it again.)
+    assert_eq!(a.prepare(sql).await.unwrap().columns().len(), 2);
+}
