@@ -157,7 +157,7 @@ pub struct Relay {
     /// RESETs among several statements of a query sent: recorded at its ReadyForQuery
     /// if no error came (see [`SessionVerdict::AfterRun`]). (resets, ReadyForQuerys
     /// still due before its own, whether an error came.)
-    pending_resets: Option<(Vec<Change>, usize, bool)>,
+    pending_resets: Vec<(Vec<Change>, usize, bool)>,
     /// A Parse was refused: messages up to the next Sync are dropped.
     skipping: bool,
     /// No server could take a batch (routing, primary down): its messages are dropped
@@ -174,9 +174,10 @@ pub struct Relay {
     /// Settings a ROLLBACK TO SAVEPOINT may have undone: read back from the server as
     /// soon as nothing is in flight.
     resync: Vec<String>,
-    /// Names read back after a query (see [`SessionVerdict::AfterRun`]): with
-    /// `current_setting(name, true)`, which a name PostgreSQL does not know (the
-    /// statement failed) does not fail.
+    /// Names read back after a query (see [`SessionVerdict::AfterRun`]): outside a
+    /// transaction block with `current_setting(name, true)`, which a name PostgreSQL
+    /// does not know (the statement failed) does not fail; inside one (where a SELECT
+    /// would take the transaction's snapshot) with SHOW, as others are.
     read_back_leniently: Vec<String>,
     /// Statements (by id) whose run may set what pgopt reads back — `set_config(…,
     /// false)`, SET SESSION CHARACTERISTICS: after each Bind of one, it is.
@@ -348,7 +349,7 @@ impl Relay {
             xact_start: None,
             settings,
             pending_change: None,
-            pending_resets: None,
+            pending_resets: Vec::new(),
             skipping: false,
             discarding: false,
             copy_in: false,
@@ -1801,14 +1802,6 @@ impl Relay {
                     tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
                 }
                 if bind.statement.is_empty() {
-                    if !self.read_back_statements.is_empty() {
-                        let parse = self.statements.unnamed().and_then(|f| {
-                            Parse::decode(f.get(5..)?).ok().map(|p| statement_id(&p))
-                        });
-                        if let Some(id) = parse {
-                            self.reread_bound(id);
-                        }
-                    }
                     if let Some(id) = self.unnamed_lacking_in_failed() {
                         let parse = self.statements.unnamed().cloned().unwrap_or_default();
                         if self.bind_in_failed(id, "", &parse, bind.rest) {
@@ -2160,11 +2153,16 @@ impl Relay {
                 // executed in it), and after every batch that binds the statement.
                 self.reread(&reread);
                 if let Some(parse) = parse {
-                    let id = statement_id(parse);
-                    self.read_back_statements.insert(id, reread.into());
+                    // (An unnamed statement is read back at its Parse: its Bind comes
+                    // in the same batch as a rule, and texts with literals in them
+                    // would be kept without end.)
+                    if !parse.name.is_empty() {
+                        let id = statement_id(parse);
+                        self.read_back_statements.insert(id, reread.into());
+                    }
                 } else if !resets.is_empty() {
                     let before = self.expected.observed_readies();
-                    self.pending_resets = Some((resets, before, false));
+                    self.pending_resets.push((resets, before, false));
                 }
                 None
             }
@@ -2179,12 +2177,17 @@ impl Relay {
                     keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
                     self.settings.confirm(&change, sql, applied);
                     self.settings_behind |= !matches!(change, Change::Set(_));
-                    // Read back once it ran: after each batch that binds it.
+                    // Read back once it ran: after each batch that binds it (an
+                    // unnamed one after its Parse's batch, which binds it as a rule).
                     let mut names = Vec::new();
                     read_back_characteristics(&change, &mut names);
-                    if let (Some(parse), false) = (parse, names.is_empty()) {
-                        self.read_back_statements
-                            .insert(statement_id(parse), names.into());
+                    match parse.filter(|_| !names.is_empty()) {
+                        Some(parse) if parse.name.is_empty() => self.reread(&names),
+                        Some(parse) => {
+                            let id = statement_id(parse);
+                            self.read_back_statements.insert(id, names.into());
+                        }
+                        None => {}
                     }
                 }
                 None
@@ -2197,6 +2200,28 @@ impl Relay {
                 Some(error)
             }
         }
+    }
+
+    /// A query's ReadyForQuery: the RESETs among its statements are kept if it met no
+    /// error (see [`SessionVerdict::AfterRun`]); those of queries behind it wait.
+    fn confirm_resets(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending_resets);
+        pending.retain_mut(|(resets, due, failed)| {
+            if *due > 0 {
+                *due -= 1;
+                return true;
+            }
+            if let Some(server) = self.server.as_mut().filter(|_| !*failed) {
+                let applied = &mut server.conn.applied;
+                for reset in resets.iter() {
+                    keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
+                    self.settings.confirm(reset, "", applied);
+                }
+                self.settings_behind = true;
+            }
+            false
+        });
+        self.pending_resets = pending;
     }
 
     /// Settings a query may have set (see [`SessionVerdict::AfterRun`]): read back
@@ -2844,7 +2869,9 @@ impl Relay {
             let plain = name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                && !self.read_back_leniently.contains(name);
+                // (Inside a block, SHOW: a name read back there was set there.)
+                && !(self.status == TransactionStatus::Idle
+                    && self.read_back_leniently.contains(name));
             let sql = if !plain {
                 format!(
                     "SELECT pg_catalog.current_setting({}, true)",
@@ -3056,8 +3083,8 @@ impl Relay {
                 if let Some(code) = error_code(body) {
                     self.pool.stats.record_error(code);
                 }
-                if let Some((_, 0, failed)) = &mut self.pending_resets {
-                    *failed = true;
+                for (_, due, failed) in &mut self.pending_resets {
+                    *failed |= *due == 0;
                 }
             }
             _ => {
@@ -3116,26 +3143,9 @@ impl Relay {
                     Some((c, s, n)) if n > 0 => Some((c, s, n - 1)),
                     _ => None,
                 };
-                self.pending_resets = match self.pending_resets.take() {
-                    Some((resets, n, failed)) if n > 0 => Some((resets, n - 1, failed)),
-                    Some((resets, _, false)) => {
-                        if let Some(server) = self.server.as_mut() {
-                            let applied = &mut server.conn.applied;
-                            for reset in &resets {
-                                keep_before_change(
-                                    &mut self.tx_snapshot,
-                                    self.status,
-                                    &self.settings,
-                                    applied,
-                                );
-                                self.settings.confirm(reset, "", applied);
-                            }
-                            self.settings_behind = true;
-                        }
-                        None
-                    }
-                    _ => None,
-                };
+                if !self.pending_resets.is_empty() {
+                    self.confirm_resets();
+                }
                 self.ready();
             }
         }
@@ -3534,7 +3544,7 @@ impl Relay {
         self.skipping = false;
         self.ending_in_flight = false;
         self.pending_change = None;
-        self.pending_resets = None;
+        self.pending_resets.clear();
         self.replay = None;
         self.replayed = false;
         self.dropping = false;

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
-use pgopt_sql::{Analysis, SessionEffect};
+use pgopt_sql::{Analysis, SessionEffect, StatementKind};
 
 /// How a setting is applied on a server connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -497,6 +497,18 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
             | SessionEffect::Deallocate { .. } => {}
         }
     }
+    // Names as PostgreSQL folds them (a quoted name keeps its case in the tree; the
+    // relay matches names exactly).
+    for name in &mut reread {
+        name.make_ascii_lowercase();
+    }
+    // A session authorization (set_config's too) resets the role.
+    let reread_role = |reread: &mut Vec<String>| {
+        if reread.iter().any(|n| n == AUTHORIZATION) && !reread.iter().any(|n| n == ROLE) {
+            reread.push(ROLE.to_string());
+        }
+    };
+    reread_role(&mut reread);
     if single && (changes.is_empty() || changes.len() == 1 && reread.is_empty()) {
         return match changes.pop() {
             None if !reread.is_empty() => Verdict::AfterRun {
@@ -516,19 +528,24 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
     let mut resets = Vec::new();
     for change in changes {
         match change {
-            Change::Set(name) => reread.push(name),
+            Change::Set(name) => reread.push(name.to_ascii_lowercase()),
             reset => resets.push(reset),
         }
     }
-    // A session authorization resets the role.
-    if reread.iter().any(|n| n == AUTHORIZATION) && !reread.iter().any(|n| n == ROLE) {
-        reread.push(ROLE.to_string());
-    }
+    reread_role(&mut reread);
     let clash = resets.iter().any(|r| match r {
-        Change::Reset(name) => reread.contains(name),
+        Change::Reset(name) => reread.iter().any(|n| n.eq_ignore_ascii_case(name)),
         _ => !reread.is_empty(),
     });
-    if clash {
+    // A RESET is kept when the query met no error: only so when nothing in the query
+    // but a leading BEGIN or the like ends a transaction (a ROLLBACK after it undoes
+    // it, an error after a COMMIT leaves it).
+    let ends_inside = analysis
+        .kinds
+        .iter()
+        .skip(1)
+        .any(|k| *k == StatementKind::Transaction);
+    if clash || !resets.is_empty() && ends_inside {
         return several_refused();
     }
     Verdict::AfterRun { reread, resets }
@@ -536,9 +553,10 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
 
 fn several_refused() -> Verdict {
     Verdict::Refuse(
-        "DISCARD, or a SET and a RESET of the same setting, in a query with several \
-         statements is not supported in transaction pooling mode: send it as a statement of \
-         its own, which pgopt carries across server connections"
+        "DISCARD, a SET and a RESET of the same setting, or RESET with COMMIT, ROLLBACK or \
+         SAVEPOINT after it, in a query with several statements is not supported in \
+         transaction pooling mode: send it as a statement of its own, which pgopt carries \
+         across server connections"
             .into(),
     )
 }
@@ -718,6 +736,8 @@ mod tests {
             ("SET a.b = 1; RESET a.b", "several statements"),
             ("SET a.b = 1; RESET ALL", "several statements"),
             ("DISCARD ALL; SELECT 1", "several statements"),
+            ("BEGIN; RESET work_mem; ROLLBACK", "several statements"),
+            ("RESET ALL; COMMIT; SELECT 1/0", "several statements"),
         ] {
             match judged(sql) {
                 Verdict::Refuse(m) => assert!(m.contains(word), "{sql}: {m}"),
@@ -760,6 +780,18 @@ mod tests {
         assert_eq!(
             judged("RESET search_path; SET work_mem = '8MB'"),
             after(&["work_mem"], vec![Change::Reset("search_path".into())])
+        );
+        assert_eq!(
+            judged("BEGIN; RESET search_path"),
+            after(&[], vec![Change::Reset("search_path".into())])
+        );
+        assert_eq!(
+            judged("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; SET \"App.User\" = 'a'"),
+            after(&["app.user", "session characteristics"], vec![])
+        );
+        assert_eq!(
+            judged("SELECT set_config('session_authorization', 'r2', false)"),
+            after(&["session_authorization", "role"], vec![])
         );
     }
 

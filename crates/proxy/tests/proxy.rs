@@ -692,6 +692,56 @@ async fn set_and_reset_among_several_statements_follow_their_client() {
     a.batch_execute("SET work_mem = '12MB'").await.unwrap();
     a.batch_execute("ROLLBACK").await.unwrap();
     check(["13MB", "alpha,public", "0"]).await;
+    // Two such queries pipelined: each one's RESETs kept at its own ReadyForQuery.
+    a.batch_execute("SET search_path = public").await.unwrap();
+    let (first, second) = tokio::join!(
+        a.batch_execute("RESET work_mem; SELECT 1"),
+        a.batch_execute("RESET search_path; SELECT 2"),
+    );
+    first.unwrap();
+    second.unwrap();
+    check(["7MB", "alpha,public", "0"]).await;
+    // SET SESSION CHARACTERISTICS among others: read back as the settings it sets.
+    a.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; SELECT 1")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        b.batch_execute("CREATE TEMP TABLE scratch (x int) ON COMMIT DROP")
+            .await
+            .unwrap();
+        assert_eq!(show(&a, "default_transaction_read_only").await, "on");
+    }
+    a.batch_execute("RESET default_transaction_read_only")
+        .await
+        .unwrap();
+}
+
+/// What is read back after a query inside a REPEATABLE READ block is read without
+/// taking the block's snapshot: the client's first query still takes it.
+#[tokio::test]
+async fn a_read_back_leaves_a_repeatable_read_snapshot_to_the_first_query() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE seen (x int)")
+        .await
+        .unwrap();
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SET work_mem = '8MB'")
+        .await
+        .unwrap();
+    direct
+        .batch_execute("INSERT INTO seen VALUES (1)")
+        .await
+        .unwrap();
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM seen", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the snapshot is the first query's");
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(show(&a, "work_mem").await, "8MB");
 }
 
 #[tokio::test]
