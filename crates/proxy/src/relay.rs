@@ -208,6 +208,10 @@ pub struct Relay {
     /// The buffer of the last batch kept that way, reused for the next one.
     replay_spare: BytesMut,
     replayed: bool,
+    /// The batch running again began with a Describe of a statement whose
+    /// ParameterDescription reached the client before the error: the second is
+    /// dropped.
+    described_before: bool,
     /// A failed first run's responses are dropped up to its ReadyForQuery; then the
     /// batch in `rerun` goes to the server again.
     dropping: bool,
@@ -367,6 +371,7 @@ impl Relay {
             tags_memo: None,
             replay_spare: BytesMut::new(),
             replayed: false,
+            described_before: false,
             dropping: false,
             open_batch: false,
             rerun: None,
@@ -1844,16 +1849,7 @@ impl Relay {
                 }
                 // A batch that starts here is kept, in case this server's plan of the
                 // statement turns out to be stale and the batch must run again.
-                if self.replay.is_none()
-                    && !self.replayed
-                    && self.status == TransactionStatus::Idle
-                    && self.expected.server_readies() == 0
-                {
-                    let mut replay = Replay::with_buffer(std::mem::take(&mut self.replay_spare));
-                    if replay.record(frame) {
-                        self.replay = Some(replay);
-                    }
-                }
+                self.keep_for_replay(frame);
                 self.ensure_prepared(&prepared);
                 if bind
                     .encode_renamed(&prepared.server_name, &mut self.to_server)
@@ -1889,6 +1885,10 @@ impl Relay {
                 if self.lacking_in_failed(&prepared) && self.describe_in_failed(prepared.id) {
                     return Ok(true);
                 }
+                // A batch that starts here is kept: the server's copy may be another
+                // client's from before a schema change, which PostgreSQL would not
+                // have for a statement just parsed (see `replan.rs`).
+                self.keep_for_replay(frame);
                 // (No Describe of pgopt's after it: the client's teaches the same.)
                 self.prepare_here(&prepared);
                 // The client learns the statement's current shape.
@@ -2516,6 +2516,22 @@ impl Relay {
 
     /// A server said a statement's result type changed: the pool and this connection
     /// prepare it again before its next use.
+    /// Starts keeping a batch at `frame` (a Bind, or a Describe of a statement) in
+    /// case it must run again (see `replan.rs`): outside a transaction, with nothing
+    /// before it in flight, and not on its second run.
+    fn keep_for_replay(&mut self, frame: &Frame) {
+        if self.replay.is_none()
+            && !self.replayed
+            && self.status == TransactionStatus::Idle
+            && self.expected.server_readies() == 0
+        {
+            let mut replay = Replay::with_buffer(std::mem::take(&mut self.replay_spare));
+            if replay.record(frame) {
+                self.replay = Some(replay);
+            }
+        }
+    }
+
     fn plan_invalidated(&mut self, id: u64) {
         self.pool.invalidate_plan(id);
         if let Some(server) = self.server.as_mut() {
@@ -2928,15 +2944,20 @@ impl Relay {
                 Verdict::Drop
             });
         }
+        if tag == b't' && self.described_before && self.expected.head_describes().is_some() {
+            self.described_before = false;
+            return Some(Verdict::Drop);
+        }
         if tag != b'E' {
             return None;
         }
-        // A Bind, or a Describe of a statement: a server copy prepared before the
-        // schema changed (another client's, maybe) fails either.
-        let id = self
-            .expected
-            .head_bind()
-            .or_else(|| self.expected.head_describes())?;
+        // A Bind, or a Describe of a statement (whose ParameterDescription came
+        // first): a server copy prepared before the schema changed (another client's,
+        // maybe) fails either.
+        let (id, described) = match self.expected.head_bind() {
+            Some(id) => (id, false),
+            None => (self.expected.head_describes()?, true),
+        };
         if !is_plan_invalidated(&self.sbuf[body]) {
             return None;
         }
@@ -2954,6 +2975,7 @@ impl Relay {
             tracker.abandon();
         }
         self.dropping = true;
+        self.described_before = described;
         Some(Verdict::Drop)
     }
 
@@ -3092,6 +3114,7 @@ impl Relay {
                     self.replay_spare = done.into_bytes();
                 }
                 self.replayed = false;
+                self.described_before = false;
                 self.failover = None;
                 if std::mem::take(&mut self.rolled_back) {
                     if self.status == TransactionStatus::Idle {
@@ -3547,6 +3570,7 @@ impl Relay {
         self.pending_resets.clear();
         self.replay = None;
         self.replayed = false;
+        self.described_before = false;
         self.dropping = false;
         self.rerun = None;
         let mut tried = 0;

@@ -7,8 +7,10 @@
 //!   re-prepares its copy before the next use (`Pool::invalidate_plan`);
 //! - a batch that failed this way is run again, transparently, when that is safe: it
 //!   began outside a transaction, it is the only batch in flight, and it asks for the
-//!   portal's row description (libpq's `PQexecPrepared`, psycopg, pgbench do), so the
-//!   client learns the new result shape with the rows;
+//!   portal's row description (libpq's `PQexecPrepared`, psycopg, pgbench do) or the
+//!   statement's (a driver preparing a statement a server connection already had from
+//!   another client: tokio-postgres, asyncpg, pgjdbc, postgres.js), so the client
+//!   learns the new result shape with the rows;
 //! - a client that would get rows of a new shape without asking for their description
 //!   gets the 0A000 error PostgreSQL itself would send, until it prepares the
 //!   statement again.
@@ -21,13 +23,15 @@ use crate::stats::error_field;
 /// Batches larger than this are not kept for a second run.
 const MAX_REPLAY_BYTES: usize = 16 * 1024;
 
-/// The client messages of one extended-query batch that starts with a Bind, kept
-/// until its ReadyForQuery in case it has to run again.
+/// The client messages of one extended-query batch that starts with a Bind or a
+/// Describe of a statement, kept until its ReadyForQuery in case it has to run again.
 #[derive(Debug, Default)]
 pub struct Replay {
     bytes: BytesMut,
     complete: bool,
-    describes_portal: bool,
+    /// A Describe of a portal or of a statement: the client learns the new result
+    /// shape from the run again.
+    describes: bool,
 }
 
 impl Replay {
@@ -49,7 +53,7 @@ impl Replay {
         }
         match frame.tag() {
             b'B' | b'E' | b'H' => {}
-            b'D' => self.describes_portal |= frame.body().first() == Some(&b'P'),
+            b'D' => self.describes = true,
             b'S' => self.complete = true,
             _ => return false,
         }
@@ -59,7 +63,7 @@ impl Replay {
 
     /// Complete up to its Sync, and the client will see the new row description.
     pub fn can_run_again(&self) -> bool {
-        self.complete && self.describes_portal
+        self.complete && self.describes
     }
 
     pub fn into_bytes(self) -> BytesMut {
@@ -134,6 +138,17 @@ mod tests {
         assert!(replay.can_run_again());
         assert_eq!(&replay.into_bytes()[..], &batch[..]);
         assert!(batch_describes_portal(&batch, 1 << 20));
+    }
+
+    #[test]
+    fn a_batch_from_a_statement_description_can_run_again() {
+        const DESCRIBE_STATEMENT: &[u8] = b"D\0\0\0\x08Ss1\0";
+        let batch = [DESCRIBE_STATEMENT, BIND, EXECUTE, SYNC].concat();
+        let mut replay = Replay::default();
+        for f in frames(&batch) {
+            assert!(replay.record(&f));
+        }
+        assert!(replay.can_run_again());
     }
 
     #[test]
