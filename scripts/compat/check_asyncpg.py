@@ -16,13 +16,14 @@ thing, plus what asyncpg does its own way:
 Tables and channels are named compat_apg_*_PID: runs can share a database.
 """
 
-import argparse
 import asyncio
 import os
 import sys
 import traceback
 
 import asyncpg
+
+import compat_args
 
 RUN = os.getpid()
 CHECK_TIMEOUT = 90.0
@@ -310,23 +311,7 @@ async def run_check(checks, name):
 
 
 def parse_args(argv):
-    env = os.environ.get
-    p = argparse.ArgumentParser(description="pgopt client compatibility check (asyncpg)")
-    p.add_argument("--host", default=env("PGOPT_COMPAT_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(env("PGOPT_COMPAT_PORT", "6432")))
-    p.add_argument("--db", default=env("PGOPT_COMPAT_DB", "compat"))
-    p.add_argument("--user", default=env("PGOPT_COMPAT_USER", "compat_app"))
-    p.add_argument("--password", default=env("PGOPT_COMPAT_PASSWORD"))
-    p.add_argument("--mode", choices=["transaction", "session"], default=env("PGOPT_COMPAT_MODE", "transaction"))
-    p.add_argument("--auth", choices=["scram-sha-256", "md5", "trust"], default=env("PGOPT_COMPAT_AUTH", "scram-sha-256"))
-    p.add_argument("--pool-size", type=int, default=int(env("PGOPT_COMPAT_POOL_SIZE", "0")))
-    p.add_argument("--checks", default=env("PGOPT_COMPAT_CHECKS", ",".join(CHECKS)))
-    args = p.parse_args(argv)
-    args.checks = [c.strip() for c in args.checks.split(",") if c.strip()]
-    unknown = [c for c in args.checks if c not in CHECKS]
-    if unknown:
-        p.error(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}")
-    return args
+    return compat_args.parse_args(argv, CHECKS, "pgopt client compatibility check (asyncpg)")
 
 
 async def main(argv):
