@@ -182,6 +182,10 @@ pub struct Relay {
     /// Statements (by id) whose run may set what pgopt reads back — `set_config(…,
     /// false)`, SET SESSION CHARACTERISTICS: after each Bind of one, it is.
     read_back_statements: foldhash::HashMap<u64, Arc<[String]>>,
+    /// The same for the client's unnamed statement (until its next Parse or simple
+    /// query): asyncpg without a statement cache parses in one batch, binds in the
+    /// next.
+    unnamed_read_back: Option<Arc<[String]>>,
     /// Names to read back are there because a query may have set them (see
     /// [`Relay::reread`]).
     reread_changes: bool,
@@ -208,10 +212,14 @@ pub struct Relay {
     /// The buffer of the last batch kept that way, reused for the next one.
     replay_spare: BytesMut,
     replayed: bool,
-    /// The batch running again began with a Describe of a statement whose
-    /// ParameterDescription reached the client before the error: the second is
-    /// dropped.
-    described_before: bool,
+    /// The batch kept began with a Describe of a statement: its ParameterDescription
+    /// is held (`held_t`) until the server says whether the copy described is stale,
+    /// so a run again sends the client only the fresh one.
+    hold_first_t: bool,
+    held_t: Option<Bytes>,
+    /// A server message of the batch kept was relayed: it can't run again (the
+    /// client would get that answer twice).
+    replay_relayed: bool,
     /// A failed first run's responses are dropped up to its ReadyForQuery; then the
     /// batch in `rerun` goes to the server again.
     dropping: bool,
@@ -362,6 +370,7 @@ impl Relay {
             resync: Vec::new(),
             read_back_leniently: Vec::new(),
             read_back_statements: Default::default(),
+            unnamed_read_back: None,
             reread_changes: false,
             described: None,
             reread_at_end: Vec::new(),
@@ -371,7 +380,9 @@ impl Relay {
             tags_memo: None,
             replay_spare: BytesMut::new(),
             replayed: false,
-            described_before: false,
+            hold_first_t: false,
+            held_t: None,
+            replay_relayed: false,
             dropping: false,
             open_batch: false,
             rerun: None,
@@ -1512,6 +1523,9 @@ impl Relay {
             b'P' if self.rewrite => {
                 let parse = Parse::decode(frame.body())?;
                 parsed = Some(parse);
+                if parse.name.is_empty() {
+                    self.unnamed_read_back = None;
+                }
                 if let Some(tracker) = self.tracker.as_mut() {
                     tracker.on_parse(&self.shared.analyzer, &parse);
                 }
@@ -1538,6 +1552,7 @@ impl Relay {
                 // PostgreSQL drops the unnamed statement at any simple query (pgopt may
                 // answer this one itself: the server's is closed before a later use).
                 self.unnamed_here = false;
+                self.unnamed_read_back = None;
                 if self.statements.unnamed().is_some() {
                     let change = self.statements.close_unnamed();
                     self.expected.push(Step::Mark { change });
@@ -1807,6 +1822,9 @@ impl Relay {
                     tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
                 }
                 if bind.statement.is_empty() {
+                    if let Some(names) = self.unnamed_read_back.clone() {
+                        self.reread(&names);
+                    }
                     if let Some(id) = self.unnamed_lacking_in_failed() {
                         let parse = self.statements.unnamed().cloned().unwrap_or_default();
                         if self.bind_in_failed(id, "", &parse, bind.rest) {
@@ -2153,13 +2171,7 @@ impl Relay {
                 // executed in it), and after every batch that binds the statement.
                 self.reread(&reread);
                 if let Some(parse) = parse {
-                    // (An unnamed statement is read back at its Parse: its Bind comes
-                    // in the same batch as a rule, and texts with literals in them
-                    // would be kept without end.)
-                    if !parse.name.is_empty() {
-                        let id = statement_id(parse);
-                        self.read_back_statements.insert(id, reread.into());
-                    }
+                    self.read_back_at_binds(parse, reread);
                 } else if !resets.is_empty() {
                     let before = self.expected.observed_readies();
                     self.pending_resets.push((resets, before, false));
@@ -2177,17 +2189,11 @@ impl Relay {
                     keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
                     self.settings.confirm(&change, sql, applied);
                     self.settings_behind |= !matches!(change, Change::Set(_));
-                    // Read back once it ran: after each batch that binds it (an
-                    // unnamed one after its Parse's batch, which binds it as a rule).
+                    // Read back once it ran: after each batch that binds it.
                     let mut names = Vec::new();
                     read_back_characteristics(&change, &mut names);
-                    match parse.filter(|_| !names.is_empty()) {
-                        Some(parse) if parse.name.is_empty() => self.reread(&names),
-                        Some(parse) => {
-                            let id = statement_id(parse);
-                            self.read_back_statements.insert(id, names.into());
-                        }
-                        None => {}
+                    if let (Some(parse), false) = (parse, names.is_empty()) {
+                        self.read_back_at_binds(parse, names);
                     }
                 }
                 None
@@ -2235,6 +2241,16 @@ impl Relay {
             if !self.resync.contains(name) {
                 self.resync.push(name.clone());
             }
+        }
+    }
+
+    /// Statement `parse` may set `names`: read back after each batch that binds it.
+    fn read_back_at_binds(&mut self, parse: &Parse<'_>, names: Vec<String>) {
+        if parse.name.is_empty() {
+            self.unnamed_read_back = Some(names.into());
+        } else {
+            let id = statement_id(parse);
+            self.read_back_statements.insert(id, names.into());
         }
     }
 
@@ -2522,14 +2538,24 @@ impl Relay {
     fn keep_for_replay(&mut self, frame: &Frame) {
         if self.replay.is_none()
             && !self.replayed
+            && !self.open_batch
             && self.status == TransactionStatus::Idle
             && self.expected.server_readies() == 0
         {
             let mut replay = Replay::with_buffer(std::mem::take(&mut self.replay_spare));
             if replay.record(frame) {
                 self.replay = Some(replay);
+                self.replay_relayed = false;
+                self.hold_first_t = frame.tag() == b'D';
             }
         }
+    }
+
+    /// The batch kept for a run again is over (or its connection gone).
+    fn forget_replay_state(&mut self) {
+        self.hold_first_t = false;
+        self.held_t = None;
+        self.replay_relayed = false;
     }
 
     fn plan_invalidated(&mut self, id: u64) {
@@ -2693,6 +2719,20 @@ impl Relay {
                     verdict
                 }
             };
+            if header.tag != b't' || self.held_t.is_none() {
+                if let Some(t) = self.held_t.take() {
+                    // The Describe's answer goes on: its ParameterDescription first.
+                    if verdict == Verdict::Relay {
+                        self.out.extend_from_slice(&self.sbuf[copied..pos]);
+                        self.out.extend_from_slice(&t);
+                        copied = pos;
+                        edited = true;
+                    }
+                }
+            }
+            if verdict == Verdict::Relay && self.replay.is_some() {
+                self.replay_relayed = true;
+            }
             if verdict == Verdict::Relay && self.filling.is_some() {
                 self.capture(pos..end);
             }
@@ -2882,12 +2922,12 @@ impl Relay {
         let mut values = Vec::with_capacity(names.len());
         for name in &names {
             // (A name that is not a plain identifier — a dot — is not one SHOW takes.)
+            let lenient = self.read_back_leniently.contains(name);
+            let in_block = self.status != TransactionStatus::Idle;
             let plain = name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                // (Inside a block, SHOW: a name read back there was set there.)
-                && !(self.status == TransactionStatus::Idle
-                    && self.read_back_leniently.contains(name));
+                && (!lenient || in_block);
             let sql = if !plain {
                 format!(
                     "SELECT pg_catalog.current_setting({}, true)",
@@ -2896,14 +2936,23 @@ impl Relay {
             } else {
                 format!("SHOW {}", quote_ident(name))
             };
-            match server.conn.simple_query(&sql, self.max_len).await {
+            // A name a query may have failed to set (one PostgreSQL does not know),
+            // inside a block: SHOW in a savepoint of pgopt's, whose error is undone
+            // (the block goes on, the name has no value).
+            let read = if plain && lenient && in_block {
+                read_in_savepoint(&mut server.conn, &sql, self.max_len).await
+            } else {
+                server.conn.simple_query(&sql, self.max_len).await
+            };
+            match read {
+                Ok(rows) if rows.is_empty() && plain && lenient && in_block => values.push(None),
                 Ok(mut rows) if rows.len() == 1 && rows[0].len() == 1 => {
                     values.push(rows[0].pop().flatten());
                 }
                 other => {
                     tracing::warn!(
                         ?other,
-                        "reading settings back after ROLLBACK TO SAVEPOINT failed; closing the server connection"
+                        "reading settings back failed; closing the server connection"
                     );
                     self.server_lost().await;
                     return;
@@ -2944,26 +2993,30 @@ impl Relay {
                 Verdict::Drop
             });
         }
-        if tag == b't' && self.described_before && self.expected.head_describes().is_some() {
-            self.described_before = false;
-            return Some(Verdict::Drop);
+        if tag == b't' && std::mem::take(&mut self.hold_first_t) {
+            if let Some(id) = self.expected.head_describes() {
+                self.note_description(id, tag, body.clone());
+                self.held_t = Some(Bytes::copy_from_slice(&self.sbuf[body.start - 5..body.end]));
+                return Some(Verdict::Drop);
+            }
         }
         if tag != b'E' {
             return None;
         }
-        // A Bind, or a Describe of a statement (whose ParameterDescription came
+        // A Bind, or a Describe of a statement (whose ParameterDescription, held, came
         // first): a server copy prepared before the schema changed (another client's,
         // maybe) fails either.
-        let (id, described) = match self.expected.head_bind() {
-            Some(id) => (id, false),
-            None => (self.expected.head_describes()?, true),
-        };
+        let id = self
+            .expected
+            .head_bind()
+            .or_else(|| self.expected.head_describes())?;
         if !is_plan_invalidated(&self.sbuf[body]) {
             return None;
         }
         self.plan_invalidated(id);
         let again = self.status == TransactionStatus::Idle
             && !self.replayed
+            && !self.replay_relayed
             && self.replay.as_ref().is_some_and(Replay::can_run_again)
             && self.expected.lone_batch();
         if !again {
@@ -2975,7 +3028,7 @@ impl Relay {
             tracker.abandon();
         }
         self.dropping = true;
-        self.described_before = described;
+        self.held_t = None;
         Some(Verdict::Drop)
     }
 
@@ -3114,7 +3167,7 @@ impl Relay {
                     self.replay_spare = done.into_bytes();
                 }
                 self.replayed = false;
-                self.described_before = false;
+                self.forget_replay_state();
                 self.failover = None;
                 if std::mem::take(&mut self.rolled_back) {
                     if self.status == TransactionStatus::Idle {
@@ -3570,7 +3623,7 @@ impl Relay {
         self.pending_resets.clear();
         self.replay = None;
         self.replayed = false;
-        self.described_before = false;
+        self.forget_replay_state();
         self.dropping = false;
         self.rerun = None;
         let mut tried = 0;
@@ -3830,6 +3883,29 @@ fn keep_before_change(
     if status != TransactionStatus::Idle && snapshot.is_none() {
         *snapshot = Some((settings.clone(), applied.clone()));
     }
+}
+
+/// Runs `sql` (a SHOW) inside a savepoint of pgopt's: its rows, or none when it
+/// failed (the savepoint undoes the error, and the transaction block goes on).
+async fn read_in_savepoint(
+    conn: &mut crate::server::ServerConn,
+    sql: &str,
+    max_len: u32,
+) -> Result<Vec<Vec<Option<String>>>, String> {
+    const SAVEPOINT: &str = "pgopt_read_back";
+    conn.simple_query(&format!("SAVEPOINT {SAVEPOINT}"), max_len)
+        .await?;
+    let rows = match conn.simple_query(sql, max_len).await {
+        Ok(rows) => rows,
+        Err(_) => {
+            conn.simple_query(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"), max_len)
+                .await?;
+            Vec::new()
+        }
+    };
+    conn.simple_query(&format!("RELEASE SAVEPOINT {SAVEPOINT}"), max_len)
+        .await?;
+    Ok(rows)
 }
 
 /// SET SESSION CHARACTERISTICS, confirmed: read back as the settings it sets (see

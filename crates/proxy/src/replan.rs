@@ -29,8 +29,9 @@ const MAX_REPLAY_BYTES: usize = 16 * 1024;
 pub struct Replay {
     bytes: BytesMut,
     complete: bool,
-    /// A Describe of a portal or of a statement: the client learns the new result
-    /// shape from the run again.
+    /// A Describe of a portal, or the batch starts with a Describe of a statement
+    /// (the one whose copy may be stale): the client learns the new result shape
+    /// from the run again.
     describes: bool,
 }
 
@@ -53,7 +54,10 @@ impl Replay {
         }
         match frame.tag() {
             b'B' | b'E' | b'H' => {}
-            b'D' => self.describes = true,
+            b'D' => {
+                let first = self.bytes.is_empty();
+                self.describes |= first || frame.body().first() == Some(&b'P');
+            }
             b'S' => self.complete = true,
             _ => return false,
         }
@@ -149,6 +153,13 @@ mod tests {
             assert!(replay.record(&f));
         }
         assert!(replay.can_run_again());
+        // Described later, another statement may be: the Bind's rows would come in
+        // a shape the client was not told.
+        let mut replay = Replay::default();
+        for f in frames(&[BIND, EXECUTE, DESCRIBE_STATEMENT, SYNC].concat()) {
+            assert!(replay.record(&f));
+        }
+        assert!(!replay.can_run_again());
     }
 
     #[test]

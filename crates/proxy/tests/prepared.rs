@@ -983,3 +983,108 @@ async fn a_stale_copy_met_by_a_describe_is_prepared_again() {
     // (The first client's own copy: PostgreSQL's error until it prepares it again.)
     assert_eq!(a.prepare(sql).await.unwrap().columns().len(), 2);
 }
+
+/// A batch is run again only from its first message, and only when nothing of it
+/// reached the client before the error: here an INSERT ran before the Describe that
+/// met a stale copy, so the client gets the error (and the INSERT rolls back with
+/// the batch), not an INSERT answered twice or a row silently lost.
+#[tokio::test]
+async fn a_stale_copy_met_in_the_middle_of_a_batch_fails_it_once() {
+    use pgopt_wire::frontend::{Describe, FrontendMessage as F};
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
+    let admin = pg.connect("postgres").await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE t (a int); CREATE TABLE log (x int)")
+        .await
+        .unwrap();
+    let a = connect(&proxy).await;
+    a.prepare("SELECT * FROM t").await.unwrap();
+    admin
+        .batch_execute("ALTER TABLE t ADD COLUMN b int")
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[
+        parse("s1", "SELECT * FROM t"),
+        parse("", "INSERT INTO log VALUES (1)"),
+        self::bind(""),
+        EXECUTE,
+        F::Describe(Describe {
+            target: pgopt_wire::Target::Statement,
+            name: "s1",
+        }),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(
+        raw.until_ready().await,
+        ["1", "1", "2", "C", "t", "E0A000", "Z"]
+    );
+    let logged: i64 = admin
+        .query_one("SELECT count(*) FROM log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 0, "rolled back with the batch the client saw fail");
+    // The statement is prepared again: described in the new shape.
+    raw.send(&[
+        F::Describe(Describe {
+            target: pgopt_wire::Target::Statement,
+            name: "s1",
+        }),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["t", "T2", "Z"]);
+}
+
+/// `set_config(…, false)` in an unnamed statement parsed in one batch and bound in
+/// the next (asyncpg without a statement cache, as behind a pooler): read back after
+/// the Bind's batch, so it follows its client and never stays for another.
+#[tokio::test]
+async fn set_config_in_an_unnamed_statement_bound_later_is_read_back() {
+    use pgopt_wire::frontend::{Bind, Describe, FrontendMessage as F};
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
+    let other = connect(&proxy).await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[
+        parse("", "SELECT set_config('app.tenant', $1, false)"),
+        F::Describe(Describe {
+            target: pgopt_wire::Target::Statement,
+            name: "",
+        }),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["1", "t", "T1", "Z"]);
+    let tenant: [Option<&[u8]>; 1] = [Some(b"t1")];
+    raw.send(&[
+        F::Bind(Bind {
+            portal: "",
+            statement: "",
+            param_formats: (&[]).into(),
+            params: (&tenant).into(),
+            result_formats: (&[]).into(),
+        }),
+        EXECUTE,
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["2", "D1", "C", "Z"]);
+    for _ in 0..2 {
+        let seen = common::value(
+            &other,
+            "SELECT coalesce(current_setting('app.tenant', true), '')",
+        )
+        .await;
+        assert_eq!(seen, "", "another client's tenant");
+        // (Divides by zero unless the client's own is there.)
+        raw.send(&[F::Query(pgopt_wire::frontend::Query {
+            sql: "SELECT 1 / (current_setting('app.tenant') = 't1')::int",
+        })])
+        .await;
+        assert_eq!(raw.until_ready().await, ["T1", "D1", "C", "Z"]);
+    }
+}

@@ -639,6 +639,18 @@ async fn set_config_for_the_session_follows_its_client() {
     assert_eq!(db.code().code(), "0A000", "{db:?}");
     assert!(db.message().contains("set_config"), "{db:?}");
     assert_eq!(common::value(&a, user).await, "carol");
+    // A name PostgreSQL does not know, undone by ROLLBACK TO SAVEPOINT: read back in
+    // a savepoint of pgopt's, the client's block goes on.
+    a.batch_execute("BEGIN; SAVEPOINT s").await.unwrap();
+    let e = a
+        .batch_execute("SELECT set_config('statment_timeout', '1s', false)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("42704"), "{e}");
+    a.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();
+    assert_eq!(common::value(&a, "SELECT 41 + 1").await, "42");
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(common::value(&a, user).await, "carol");
 }
 
 /// SET and RESET among several statements of one query (a block sent whole, the
