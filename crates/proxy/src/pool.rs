@@ -173,6 +173,8 @@ pub enum CheckoutError {
 const MAX_INVALIDATED: usize = 4096;
 /// Statement descriptions kept per pool; past it they are forgotten and learnt again.
 const MAX_DESCRIPTIONS: usize = 4096;
+/// The longest RowDescription kept with a description (a few hundred columns).
+const MAX_KEPT_ROWS: usize = 8192;
 
 /// What a server answered a Describe of a statement: its ParameterDescription's body
 /// and whether it returns rows (a RowDescription, not NoData), at a plan epoch. In a
@@ -186,6 +188,9 @@ pub struct Description {
     epoch: u64,
     pub params: bytes::Bytes,
     pub returns_rows: bool,
+    /// Its RowDescription's body, when it returns rows (kept up to
+    /// [`MAX_KEPT_ROWS`] bytes): what clients were told of its result shape.
+    pub rows: Option<bytes::Bytes>,
 }
 
 impl Description {
@@ -441,7 +446,7 @@ impl Pool {
     }
 
     /// A server described statement `id`.
-    pub fn remember_description(&self, id: u64, params: bytes::Bytes, returns_rows: bool) {
+    pub fn remember_description(&self, id: u64, params: bytes::Bytes, rows: Option<bytes::Bytes>) {
         let epoch = self.plan_epoch();
         let mut descriptions = lock(&self.descriptions);
         if descriptions.len() >= MAX_DESCRIPTIONS {
@@ -452,7 +457,8 @@ impl Pool {
             Description {
                 epoch,
                 params,
-                returns_rows,
+                returns_rows: rows.is_some(),
+                rows: rows.filter(|r| r.len() <= MAX_KEPT_ROWS),
             },
         );
     }

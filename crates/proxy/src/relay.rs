@@ -220,6 +220,10 @@ pub struct Relay {
     /// A server message of the batch kept was relayed: it can't run again (the
     /// client would get that answer twice).
     replay_relayed: bool,
+    /// A statement just prepared again on this connection, described to compare its
+    /// result shape with what clients were told, before the client's Bind of it goes
+    /// on (see [`Relay::check_shape_first`]).
+    shape_checking: Option<u64>,
     /// A failed first run's responses are dropped up to its ReadyForQuery; then the
     /// batch in `rerun` goes to the server again.
     dropping: bool,
@@ -383,6 +387,7 @@ impl Relay {
             hold_first_t: false,
             held_t: None,
             replay_relayed: false,
+            shape_checking: None,
             dropping: false,
             open_batch: false,
             rerun: None,
@@ -747,6 +752,15 @@ impl Relay {
                     &self.shared.analyzer,
                     |name| self.statements.query_of(name),
                 );
+            }
+            if frame.tag() == b'B' && self.check_shape_first(&frame) {
+                // The Bind waits for the answer, back in front of the client's bytes.
+                let mut cbuf = BytesMut::with_capacity(frame.as_bytes().len() + self.cbuf.len());
+                cbuf.extend_from_slice(frame.as_bytes());
+                cbuf.extend_from_slice(&self.cbuf);
+                self.cbuf = cbuf;
+                self.paused = true;
+                break;
             }
             if self.query_start.is_none() {
                 let now = self.clock;
@@ -1376,7 +1390,7 @@ impl Relay {
     /// back, unless a read-only transaction holds it). (A query pgopt answers itself
     /// waits too: [`Relay::own_answer_waits`], looked at first, as it sends a Flush.)
     fn held_back(&self) -> bool {
-        if self.dropping || self.rerun.is_some() {
+        if self.dropping || self.rerun.is_some() || self.shape_checking.is_some() {
             return true;
         }
         self.ryw.batch_ended && self.ryw.replica.is_some() && self.expected.server_readies() > 0
@@ -2244,6 +2258,83 @@ impl Relay {
         }
     }
 
+    /// Before a Bind of a client's statement this server connection lacks, whose
+    /// result shape clients were told: the statement is prepared here and described
+    /// (with a Flush), and the Bind waits for the answer. A shape other than the one
+    /// told (a schema change no server reported yet: a connection opened since
+    /// prepares it fresh, without PostgreSQL's "cached plan must not change result
+    /// type") invalidates the statement, so the Bind gets that error as PostgreSQL
+    /// would give it, instead of rows the client would read in the old shape.
+    /// Whether the Bind waits.
+    fn check_shape_first(&mut self, frame: &Frame) -> bool {
+        if !self.rewrite
+            || self.server.is_none()
+            || self.filling.is_some()
+            || self.shape_checking.is_some()
+            || self.skipping
+            || self.copy_in
+            || self.dropping
+            || self.status == TransactionStatus::Failed
+        {
+            return false;
+        }
+        let Ok(bind) = BindHead::decode(frame.body()) else {
+            return false;
+        };
+        if bind.statement.is_empty() {
+            return false;
+        }
+        let Some(prepared) = self
+            .statements
+            .get_mut(bind.statement)
+            .map(|s| s.prepared.clone())
+        else {
+            return false;
+        };
+        // (The description is looked up, under a lock, only for a statement this
+        // connection lacks: once per statement and connection.)
+        if self.server_conn().prepared.contains(&prepared.id)
+            || self
+                .pool
+                .description(prepared.id)
+                .and_then(|d| d.rows)
+                .is_none()
+        {
+            return false;
+        }
+        self.prepare_here(&prepared);
+        let describe = Describe {
+            target: Target::Statement,
+            name: &prepared.server_name,
+        };
+        if describe.encode(&mut self.to_server).is_err() {
+            return false;
+        }
+        self.expected.push(Step::InjectedDescribe {
+            statement: prepared.id,
+        });
+        frame_into(&mut self.to_server, b'H', &[]);
+        // The client's batch goes on from here (its Sync ends it): the connection is
+        // not idle meanwhile.
+        self.open_batch = true;
+        self.shape_checking = Some(prepared.id);
+        true
+    }
+
+    /// The answer to [`Relay::check_shape_first`]'s Describe (`tag` 'T' or 'n').
+    fn shape_checked(&mut self, id: u64, tag: u8, body: std::ops::Range<usize>) {
+        self.shape_checking = None;
+        let told = self.pool.description(id).and_then(|d| d.rows);
+        let same = tag == b'T' && told.is_some_and(|t| same_row_shape(&t, &self.sbuf[body]));
+        if !same {
+            tracing::info!(
+                client = %self.info.addr,
+                "a prepared statement's result type changed (schema change), seen preparing it again: its clients are told so"
+            );
+            self.plan_invalidated(id);
+        }
+    }
+
     /// Statement `parse` may set `names`: read back after each batch that binds it.
     fn read_back_at_binds(&mut self, parse: &Parse<'_>, names: Vec<String>) {
         if parse.name.is_empty() {
@@ -2467,7 +2558,8 @@ impl Relay {
             self.described = (!self.pool.knows_description(id))
                 .then(|| Bytes::copy_from_slice(&self.sbuf[body]));
         } else if let Some(params) = self.described.take() {
-            self.pool.remember_description(id, params, tag == b'T');
+            let rows = (tag == b'T').then(|| Bytes::copy_from_slice(&self.sbuf[body]));
+            self.pool.remember_description(id, params, rows);
         }
     }
 
@@ -2678,8 +2770,15 @@ impl Relay {
                     let injected_failure = self.expected.head_is_injected_failure();
                     if matches!(header.tag, b't' | b'T' | b'n') {
                         if let Some(id) = self.expected.head_describes() {
+                            if header.tag != b't' && self.shape_checking == Some(id) {
+                                self.shape_checked(id, header.tag, pos + 5..end);
+                            }
                             self.note_description(id, header.tag, pos + 5..end);
                         }
+                    } else if header.tag == b'E' {
+                        // (What was to be described failed: the Bind goes on, to
+                        // meet the server's error.)
+                        self.shape_checking = None;
                     }
                     let verdict = self
                         .expected
@@ -3621,6 +3720,7 @@ impl Relay {
         self.ending_in_flight = false;
         self.pending_change = None;
         self.pending_resets.clear();
+        self.shape_checking = None;
         self.replay = None;
         self.replayed = false;
         self.forget_replay_state();
@@ -3883,6 +3983,29 @@ fn keep_before_change(
     if status != TransactionStatus::Idle && snapshot.is_none() {
         *snapshot = Some((settings.clone(), applied.clone()));
     }
+}
+
+/// Whether two RowDescription bodies give rows of one shape, as PostgreSQL's plan
+/// cache judges a result type: the same columns, names, types and type modifiers
+/// (not the tables they come from, which a table dropped and created again changes).
+fn same_row_shape(a: &[u8], b: &[u8]) -> bool {
+    /// A column's name, type and type modifier.
+    type Column<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+    fn fields(mut body: &[u8]) -> Option<Vec<Column<'_>>> {
+        let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+        body = &body[2..];
+        let mut out = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let nul = body.iter().position(|&b| b == 0)?;
+            let name = &body[..nul];
+            let rest = body.get(nul + 1..nul + 1 + 18)?;
+            // table oid (4), column (2), type oid (4), length (2), modifier (4), format (2)
+            out.push((name, &rest[6..10], &rest[12..16]));
+            body = &body[nul + 1 + 18..];
+        }
+        Some(out)
+    }
+    matches!((fields(a), fields(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Runs `sql` (a SHOW) inside a savepoint of pgopt's: its rows, or none when it

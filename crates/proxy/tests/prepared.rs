@@ -1088,3 +1088,43 @@ async fn set_config_in_an_unnamed_statement_bound_later_is_read_back() {
         assert_eq!(raw.until_ready().await, ["T1", "D1", "C", "Z"]);
     }
 }
+
+/// A statement a client prepared before a schema change that changed its result
+/// type, run on a server connection opened since (which prepares it fresh, so the
+/// server has no old plan to refuse): pgopt describes the fresh copy first, sees the
+/// shape the client was told is gone, and the client gets PostgreSQL's "cached plan
+/// must not change result type" — not rows in a shape it would misread. A change that
+/// leaves the shape alone (a table dropped and made again) changes nothing.
+#[tokio::test]
+async fn a_changed_shape_is_caught_on_a_connection_that_prepares_it_fresh() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
+    let admin = pg.connect("postgres").await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let a = connect(&proxy).await;
+    let st = a.prepare("SELECT * FROM t").await.unwrap();
+    assert_eq!(a.query(&st, &[]).await.unwrap()[0].len(), 1);
+    let console = common::admin(&proxy).await;
+    // The same shape, on a new table: runs.
+    admin
+        .batch_execute("DROP TABLE t; CREATE TABLE t (a int); INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    console.simple_query("RECONNECT app").await.unwrap();
+    let row = a.query_one(&st, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2);
+    // Another shape: refused, as PostgreSQL refuses it.
+    admin
+        .batch_execute("ALTER TABLE t ADD COLUMN b text DEFAULT 'x'")
+        .await
+        .unwrap();
+    console.simple_query("RECONNECT app").await.unwrap();
+    let e = a.query(&st, &[]).await.unwrap_err();
+    assert_eq!(common::code(&e), Some("0A000"), "{e:?}");
+    // Prepared again, it runs in the new shape.
+    let st = a.prepare("SELECT * FROM t").await.unwrap();
+    assert_eq!(a.query(&st, &[]).await.unwrap()[0].len(), 2);
+}
