@@ -1917,6 +1917,9 @@ impl Relay {
                 if self.lacking_in_failed(&prepared) && self.describe_in_failed(prepared.id) {
                     return Ok(true);
                 }
+                if self.describe_in_block(&prepared) {
+                    return Ok(true);
+                }
                 // A batch that starts here is kept: the server's copy may be another
                 // client's from before a schema change, which PostgreSQL would not
                 // have for a statement just parsed (see `replan.rs`).
@@ -2496,6 +2499,33 @@ impl Relay {
             frame_into(&mut reply, b'n', &[]);
             self.expected.push_reply(reply.freeze());
         }
+        true
+    }
+
+    /// A Describe of a client's statement this server connection lacks, in a
+    /// transaction block (maybe): answered from what a server said of it, as PostgreSQL
+    /// describes a statement without taking a snapshot — a Parse of pgopt's would take
+    /// the block's first one (SET TRANSACTION ISOLATION LEVEL is refused after it).
+    /// `false` when its description is not known, or the connection has it.
+    fn describe_in_block(&mut self, prepared: &Prepared) -> bool {
+        if self.status == TransactionStatus::Failed
+            || !self.in_block()
+            || self.server_conn().prepared.contains(&prepared.id)
+        {
+            return false;
+        }
+        let Some(description) = self.pool.description(prepared.id) else {
+            return false;
+        };
+        let mut reply = BytesMut::with_capacity(description.params.len() + 10);
+        frame_into(&mut reply, b't', &description.params);
+        match (description.returns_rows, &description.rows) {
+            (false, _) => frame_into(&mut reply, b'n', &[]),
+            (true, Some(rows)) => frame_into(&mut reply, b'T', rows),
+            (true, None) => return false,
+        }
+        self.expected.push_reply(reply.freeze());
+        self.statements.refresh(prepared.id, self.pool.plan_epoch());
         true
     }
 

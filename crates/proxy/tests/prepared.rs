@@ -1128,3 +1128,38 @@ async fn a_changed_shape_is_caught_on_a_connection_that_prepares_it_fresh() {
     let st = a.prepare("SELECT * FROM t").await.unwrap();
     assert_eq!(a.query(&st, &[]).await.unwrap()[0].len(), 2);
 }
+
+/// In a transaction block, a Describe of a statement the server connection lacks is
+/// answered from what a server said of it: preparing it there would take the block's
+/// first snapshot, which PostgreSQL's Describe does not (SET TRANSACTION ISOLATION
+/// LEVEL would then be refused).
+#[tokio::test]
+async fn a_describe_in_a_block_takes_no_snapshot() {
+    use pgopt_wire::frontend::{Describe, FrontendMessage as F, Query};
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[parse("s1", "SELECT 1 AS one"), F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["1", "Z"]);
+    let describe = F::Describe(Describe {
+        target: pgopt_wire::Target::Statement,
+        name: "s1",
+    });
+    raw.send(&[describe, F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["t", "T1", "Z"]);
+    let console = common::admin(&proxy).await;
+    console.simple_query("RECONNECT app").await.unwrap();
+    raw.send(&[F::Query(Query { sql: "BEGIN" })]).await;
+    raw.until_ready().await;
+    raw.send(&[describe, F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["t", "T1", "Z"]);
+    raw.send(&[F::Query(Query {
+        sql: "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    })])
+    .await;
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    raw.send(&[self::bind("s1"), EXECUTE, F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["2", "D1", "C", "Z"]);
+    raw.send(&[F::Query(Query { sql: "COMMIT" })]).await;
+    raw.until_ready().await;
+}
