@@ -1454,19 +1454,7 @@ impl Relay {
 
     /// Queues one client message for the server, rewriting statement names when needed.
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
-        if self.settings_behind
-            && !self.open_batch
-            && !self.copy_in
-            && !self.skipping
-            && self.expected.all_server_readies() == 0
-            && self.may_sync_settings_now()
-        {
-            // A RESET took the server back to its own defaults, not the client's
-            // start-up values: those are applied again before the client's next
-            // statement, as PostgreSQL's RESET goes back to them.
-            self.settings_behind = false;
-            self.sync_settings();
-        }
+        self.sync_settings_if_behind();
         let queued = self.to_server.len();
         let routed = self.route_frame(frame);
         if matches!(frame.tag(), b'S' | b'Q') {
@@ -2261,6 +2249,22 @@ impl Relay {
         }
     }
 
+    /// A RESET took the server back to its own defaults, not the client's start-up
+    /// values: those are applied again before the client's next statement, as
+    /// PostgreSQL's RESET goes back to them.
+    fn sync_settings_if_behind(&mut self) {
+        if self.settings_behind
+            && !self.open_batch
+            && !self.copy_in
+            && !self.skipping
+            && self.expected.all_server_readies() == 0
+            && self.may_sync_settings_now()
+        {
+            self.settings_behind = false;
+            self.sync_settings();
+        }
+    }
+
     /// Before a Bind of a client's statement this server connection lacks, whose
     /// result shape clients were told: the statement is prepared here and described
     /// (with a Flush), and the Bind waits for the answer. A shape other than the one
@@ -2305,6 +2309,8 @@ impl Relay {
         {
             return false;
         }
+        // (Under the client's settings, as the Bind would have been.)
+        self.sync_settings_if_behind();
         self.prepare_here(&prepared);
         let describe = Describe {
             target: Target::Statement,
@@ -2325,19 +2331,6 @@ impl Relay {
     }
 
     /// The answer to [`Relay::check_shape_first`]'s Describe (`tag` 'T' or 'n').
-    fn shape_checked(&mut self, id: u64, tag: u8, body: std::ops::Range<usize>) {
-        self.shape_checking = None;
-        let told = self.pool.description(id).and_then(|d| d.rows);
-        let same = tag == b'T' && told.is_some_and(|t| same_row_shape(&t, &self.sbuf[body]));
-        if !same {
-            tracing::info!(
-                client = %self.info.addr,
-                "a prepared statement's result type changed (schema change), seen preparing it again: its clients are told so"
-            );
-            self.plan_invalidated(id);
-        }
-    }
-
     /// Statement `parse` may set `names`: read back after each batch that binds it.
     fn read_back_at_binds(&mut self, parse: &Parse<'_>, names: Vec<String>) {
         if parse.name.is_empty() {
@@ -2508,8 +2501,10 @@ impl Relay {
     /// the block's first one (SET TRANSACTION ISOLATION LEVEL is refused after it).
     /// `false` when its description is not known, or the connection has it.
     fn describe_in_block(&mut self, prepared: &Prepared) -> bool {
-        if self.status == TransactionStatus::Failed
-            || !self.in_block()
+        // (Not with a batch in flight, which may fail the block: PostgreSQL would
+        // then refuse the Describe.)
+        if self.status != TransactionStatus::InTransaction
+            || self.expected.all_server_readies() > 0
             || self.server_conn().prepared.contains(&prepared.id)
         {
             return false;
@@ -2590,6 +2585,39 @@ impl Relay {
         } else if let Some(params) = self.described.take() {
             let rows = (tag == b'T').then(|| Bytes::copy_from_slice(&self.sbuf[body]));
             self.pool.remember_description(id, params, rows);
+        } else {
+            self.compare_shape(id, tag, body);
+        }
+    }
+
+    /// A server described statement `id` (`tag` 'T' or 'n'), whose description the
+    /// pool knew: a fresh copy of it (a connection opened since a schema change has no
+    /// old plan to refuse) in another result shape than clients were told means they
+    /// are told so, as PostgreSQL's "cached plan must not change result type" tells
+    /// them. (A shape pgopt does not know — a RowDescription too long to keep, or none
+    /// any more — is no verdict.)
+    fn compare_shape(&mut self, id: u64, tag: u8, body: std::ops::Range<usize>) {
+        let Some(told) = self.pool.description(id) else {
+            return;
+        };
+        let same = match (told.returns_rows, &told.rows, tag) {
+            (false, _, b'n') => true,
+            (true, Some(rows), b'T') => same_row_shape(rows, &self.sbuf[body]),
+            (true, None, b'T') => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        tracing::info!(
+            client = %self.info.addr,
+            "a prepared statement's result type changed (schema change), seen describing it: its clients are told so"
+        );
+        let client_describes = self.expected.head_client_describes();
+        self.plan_invalidated(id);
+        if client_describes {
+            // This client learns the new shape with this answer.
+            self.statements.refresh(id, self.pool.plan_epoch());
         }
     }
 
@@ -2800,19 +2828,19 @@ impl Relay {
                     let injected_failure = self.expected.head_is_injected_failure();
                     if matches!(header.tag, b't' | b'T' | b'n') {
                         if let Some(id) = self.expected.head_describes() {
-                            if header.tag != b't' && self.shape_checking == Some(id) {
-                                self.shape_checked(id, header.tag, pos + 5..end);
-                            }
                             self.note_description(id, header.tag, pos + 5..end);
                         }
-                    } else if header.tag == b'E' {
-                        // (What was to be described failed: the Bind goes on, to
-                        // meet the server's error.)
-                        self.shape_checking = None;
                     }
                     let verdict = self
                         .expected
                         .on_server_message(header.tag, lacks(&mut self.server));
+                    if let Some(id) = self.shape_checking {
+                        // Answered, or skipped after an error in its batch: the Bind
+                        // goes on (to meet the server's error, if any).
+                        if !self.expected.owes_injected_describe(id) {
+                            self.shape_checking = None;
+                        }
+                    }
                     self.settle_names();
                     if self.expected.take_server_awaits_sync() {
                         // As the server: nothing but a Sync from the client goes on

@@ -748,6 +748,18 @@ impl Expected {
         }
     }
 
+    /// Whether the server answers a client's Describe of a statement next.
+    pub fn head_client_describes(&self) -> bool {
+        matches!(self.queue.front(), Some(Step::DescribeStatement { .. }))
+    }
+
+    /// Whether a Describe pgopt sent of statement `id` is still to be answered.
+    pub fn owes_injected_describe(&self, id: u64) -> bool {
+        self.queue
+            .iter()
+            .any(|s| matches!(s, Step::InjectedDescribe { statement } if *statement == id))
+    }
+
     /// The server statement of the Bind at the head of the queue, if a Bind of a
     /// client's named statement is what the server answers next.
     pub fn head_bind(&self) -> Option<u64> {
