@@ -16,6 +16,16 @@ async fn connect(proxy: &Proxy) -> tokio_postgres::Client {
     common::connect(proxy, "postgres", None).await.unwrap()
 }
 
+/// A PostgreSQL set up with `sql`, a proxy with one server connection (which the
+/// clients of a test take turns on), and a client of PostgreSQL itself.
+async fn on_one_connection(sql: &str) -> (Postgres, Proxy, tokio_postgres::Client) {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
+    let admin = pg.connect("postgres").await.unwrap();
+    admin.batch_execute(sql).await.unwrap();
+    (pg, proxy, admin)
+}
+
 /// The client's open transaction counts a query run (its first snapshot is taken):
 /// the isolation level can't be set any more (25001). Rolled back after.
 async fn assert_a_query_ran(client: &tokio_postgres::Client) {
@@ -961,13 +971,8 @@ async fn copy_in_through_the_extended_protocol_leaves_the_connection_to_the_pool
 /// the pool prepares it again everywhere.
 #[tokio::test]
 async fn a_stale_copy_met_by_a_describe_is_prepared_again() {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
-    let admin = pg.connect("postgres").await.unwrap();
-    admin
-        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
+    let (_pg, proxy, admin) =
+        on_one_connection("CREATE TABLE t (a int); INSERT INTO t VALUES (1)").await;
     let sql = "SELECT * FROM t";
     let a = connect(&proxy).await;
     assert_eq!(a.query(sql, &[]).await.unwrap()[0].len(), 1);
@@ -993,13 +998,8 @@ async fn a_stale_copy_met_by_a_describe_is_prepared_again() {
 #[tokio::test]
 async fn a_stale_copy_met_in_the_middle_of_a_batch_fails_it_without_running_any_twice() {
     use pgopt_wire::frontend::{Describe, FrontendMessage as F};
-    let pg = Postgres::start().await.unwrap();
-    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
-    let admin = pg.connect("postgres").await.unwrap();
-    admin
-        .batch_execute("CREATE TABLE t (a int); CREATE TABLE log (x int)")
-        .await
-        .unwrap();
+    let (_pg, proxy, admin) =
+        on_one_connection("CREATE TABLE t (a int); CREATE TABLE log (x int)").await;
     let a = connect(&proxy).await;
     a.prepare("SELECT * FROM t").await.unwrap();
     admin
@@ -1047,8 +1047,7 @@ async fn a_stale_copy_met_in_the_middle_of_a_batch_fails_it_without_running_any_
 #[tokio::test]
 async fn set_config_in_an_unnamed_statement_bound_later_is_read_back() {
     use pgopt_wire::frontend::{Bind, Describe, FrontendMessage as F};
-    let pg = Postgres::start().await.unwrap();
-    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
+    let (_pg, proxy, _admin) = on_one_connection("SELECT 1").await;
     let other = connect(&proxy).await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&[
@@ -1099,13 +1098,8 @@ async fn set_config_in_an_unnamed_statement_bound_later_is_read_back() {
 /// leaves the shape alone (a table dropped and made again) changes nothing.
 #[tokio::test]
 async fn a_changed_shape_is_caught_on_a_connection_that_prepares_it_fresh() {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
-    let admin = pg.connect("postgres").await.unwrap();
-    admin
-        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
+    let (_pg, proxy, admin) =
+        on_one_connection("CREATE TABLE t (a int); INSERT INTO t VALUES (1)").await;
     let a = connect(&proxy).await;
     let st = a.prepare("SELECT * FROM t").await.unwrap();
     assert_eq!(a.query(&st, &[]).await.unwrap()[0].len(), 1);
@@ -1138,8 +1132,7 @@ async fn a_changed_shape_is_caught_on_a_connection_that_prepares_it_fresh() {
 #[tokio::test]
 async fn a_describe_in_a_block_takes_no_snapshot() {
     use pgopt_wire::frontend::{Describe, FrontendMessage as F, Query};
-    let pg = Postgres::start().await.unwrap();
-    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
+    let (_pg, proxy, _admin) = on_one_connection("SELECT 1").await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(&[parse("s1", "SELECT 1 AS one"), F::Sync]).await;
     assert_eq!(raw.until_ready().await, ["1", "Z"]);
@@ -1172,13 +1165,8 @@ async fn a_describe_in_a_block_takes_no_snapshot() {
 #[tokio::test]
 async fn a_changed_shape_is_caught_behind_an_error_and_after_another_clients_prepare() {
     use pgopt_wire::frontend::{Describe, FrontendMessage as F, Query};
-    let pg = Postgres::start().await.unwrap();
-    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
-    let admin = pg.connect("postgres").await.unwrap();
-    admin
-        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
+    let (_pg, proxy, admin) =
+        on_one_connection("CREATE TABLE t (a int); INSERT INTO t VALUES (1)").await;
     let console = common::admin(&proxy).await;
     let mut raw = Raw::connect(&proxy).await;
     let describe = F::Describe(Describe {
