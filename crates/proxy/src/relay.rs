@@ -2948,6 +2948,10 @@ impl Relay {
         if let Some(source) = unrelayable {
             return Err(self.server_protocol_error(source).await);
         }
+        if self.dropping && !self.to_server.is_empty() {
+            // The Sync that ends a batch to run again (see `replan`).
+            self.forward().await?;
+        }
         if let Some(batch) = self.rerun.take() {
             self.run_again(batch).await?;
         }
@@ -3171,13 +3175,23 @@ impl Relay {
             return None;
         }
         self.plan_invalidated(id);
+        // A batch still open that has only described the statement so far (a
+        // driver that waits for the description before it binds, with a Flush:
+        // postgres.js) runs again too, ended by a Sync of pgopt's: nothing of it ran.
+        let whole =
+            self.replay.as_ref().is_some_and(Replay::can_run_again) && self.expected.lone_batch();
+        let open = !whole
+            && self.replay.as_ref().is_some_and(Replay::only_described)
+            && self.expected.all_server_readies() == 0;
         let again = self.status == TransactionStatus::Idle
             && !self.replayed
             && !self.replay_relayed
-            && self.replay.as_ref().is_some_and(Replay::can_run_again)
-            && self.expected.lone_batch();
+            && (whole || open);
         if !again {
             return None; // the client gets the server's error
+        }
+        if open {
+            frame_into(&mut self.to_server, b'S', &[]);
         }
         self.expected.abandon_refused_batch(lacks(&mut self.server));
         self.settle_names();

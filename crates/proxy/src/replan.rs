@@ -33,6 +33,8 @@ pub struct Replay {
     /// (the one whose copy may be stale): the client learns the new result shape
     /// from the run again.
     describes: bool,
+    /// A Bind or an Execute was kept.
+    runs: bool,
 }
 
 impl Replay {
@@ -53,7 +55,8 @@ impl Replay {
             return true;
         }
         match frame.tag() {
-            b'B' | b'E' | b'H' => {}
+            b'B' | b'E' => self.runs = true,
+            b'H' => {}
             b'D' => {
                 let first = self.bytes.is_empty();
                 self.describes |= first || frame.body().first() == Some(&b'P');
@@ -68,6 +71,11 @@ impl Replay {
     /// Complete up to its Sync, and the client will see the new row description.
     pub fn can_run_again(&self) -> bool {
         self.complete && self.describes
+    }
+
+    /// Not complete, and only a Describe of a statement (and Flushes) so far.
+    pub fn only_described(&self) -> bool {
+        !self.complete && self.describes && !self.runs
     }
 
     pub fn into_bytes(self) -> BytesMut {

@@ -328,22 +328,28 @@ impl Raw {
     /// Message tags up to ReadyForQuery, with the column count of each RowDescription
     /// and DataRow, and each error's SQLSTATE.
     async fn until_ready(&mut self) -> Vec<String> {
+        self.until(b'Z').await
+    }
+
+    /// Message tags up to the first of type `last`, as [`Raw::until_ready`] gives
+    /// them.
+    async fn until(&mut self, last: u8) -> Vec<String> {
         use pgopt_wire::backend::BackendMessage as B;
         use tokio::io::AsyncReadExt;
         let mut seen = Vec::new();
         loop {
             while let Some(frame) = pgopt_wire::split_frame(&mut self.buf, 1 << 24).unwrap() {
+                let tag = frame.tag();
                 let item = match frame.backend().unwrap() {
                     B::RowDescription(r) => format!("T{}", r.fields.len()),
                     B::DataRow(r) => format!("D{}", r.values.len()),
                     B::ErrorResponse(e) => format!("E{}", e.code().unwrap_or("")),
-                    B::ReadyForQuery(_) => {
-                        seen.push("Z".into());
-                        return seen;
-                    }
                     other => (other.tag() as char).to_string(),
                 };
                 seen.push(item);
+                if tag == last {
+                    return seen;
+                }
             }
             assert!(
                 self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
@@ -1208,4 +1214,37 @@ async fn a_changed_shape_is_caught_behind_an_error_and_after_another_clients_pre
     raw.send(&[self::bind("s1"), EXECUTE, F::Sync]).await;
     assert_eq!(raw.until_ready().await, ["E0A000", "Z"]);
     assert_eq!(other.query(&st, &[]).await.unwrap()[0].len(), 3);
+}
+
+/// A driver that prepares with a Flush and binds only once it has the description
+/// (postgres.js): when the server's copy is another client's from before a schema
+/// change, the Describe runs again (pgopt ends the failed batch with a Sync of its
+/// own; nothing in it ran), and the client gets the new description.
+#[tokio::test]
+async fn a_stale_copy_met_by_a_flushed_describe_is_described_again() {
+    use pgopt_wire::frontend::{Describe, FrontendMessage as F};
+    let (_pg, proxy, admin) =
+        on_one_connection("CREATE TABLE t (a int); INSERT INTO t VALUES (1)").await;
+    let a = connect(&proxy).await;
+    a.prepare("SELECT * FROM t").await.unwrap();
+    admin
+        .batch_execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7")
+        .await
+        .unwrap();
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[
+        parse("s1", "SELECT * FROM t"),
+        F::Describe(Describe {
+            target: pgopt_wire::Target::Statement,
+            name: "s1",
+        }),
+        F::Flush,
+    ])
+    .await;
+    let described = tokio::time::timeout(std::time::Duration::from_secs(10), raw.until(b'T'))
+        .await
+        .expect("no RowDescription within 10 s");
+    assert_eq!(described, ["1", "t", "T2"]);
+    raw.send(&[self::bind("s1"), EXECUTE, F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["2", "D2", "C", "Z"]);
 }
