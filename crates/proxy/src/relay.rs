@@ -2330,7 +2330,6 @@ impl Relay {
         true
     }
 
-    /// The answer to [`Relay::check_shape_first`]'s Describe (`tag` 'T' or 'n').
     /// Statement `parse` may set `names`: read back after each batch that binds it.
     fn read_back_at_binds(&mut self, parse: &Parse<'_>, names: Vec<String>) {
         if parse.name.is_empty() {
