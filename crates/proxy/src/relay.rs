@@ -2195,9 +2195,8 @@ impl Relay {
                     self.settings.confirm(&change, sql, applied);
                     self.settings_behind |= !matches!(change, Change::Set(_));
                     // Read back once it ran: after each batch that binds it.
-                    let mut names = Vec::new();
-                    read_back_characteristics(&change, &mut names);
-                    if let (Some(parse), false) = (parse, names.is_empty()) {
+                    if let (Some(parse), true) = (parse, sets_characteristics(&change)) {
+                        let names = vec![session_state::CHARACTERISTICS.to_string()];
                         self.read_back_at_binds(parse, names);
                     }
                 }
@@ -2291,6 +2290,20 @@ impl Relay {
         if bind.statement.is_empty() {
             return false;
         }
+        let Some(id) = self
+            .statements
+            .get_mut(bind.statement)
+            .map(|s| s.prepared.id)
+        else {
+            return false;
+        };
+        // (The description is looked up, under a lock, only for a statement this
+        // connection lacks: once per statement and connection.)
+        if self.server_conn().prepared.contains(&id)
+            || self.pool.description(id).and_then(|d| d.rows).is_none()
+        {
+            return false;
+        }
         let Some(prepared) = self
             .statements
             .get_mut(bind.statement)
@@ -2298,17 +2311,6 @@ impl Relay {
         else {
             return false;
         };
-        // (The description is looked up, under a lock, only for a statement this
-        // connection lacks: once per statement and connection.)
-        if self.server_conn().prepared.contains(&prepared.id)
-            || self
-                .pool
-                .description(prepared.id)
-                .and_then(|d| d.rows)
-                .is_none()
-        {
-            return false;
-        }
         // (Under the client's settings, as the Bind would have been.)
         self.sync_settings_if_behind();
         self.prepare_here(&prepared);
@@ -2485,11 +2487,8 @@ impl Relay {
                 self.expected.push_error(error);
             }
             self.skipping = true;
-        } else {
-            let mut reply = BytesMut::with_capacity(description.params.len() + 10);
-            frame_into(&mut reply, b't', &description.params);
-            frame_into(&mut reply, b'n', &[]);
-            self.expected.push_reply(reply.freeze());
+        } else if let Some(reply) = described_reply(&description) {
+            self.expected.push_reply(reply);
         }
         true
     }
@@ -2508,17 +2507,14 @@ impl Relay {
         {
             return false;
         }
-        let Some(description) = self.pool.description(prepared.id) else {
+        let Some(reply) = self
+            .pool
+            .description(prepared.id)
+            .and_then(|d| described_reply(&d))
+        else {
             return false;
         };
-        let mut reply = BytesMut::with_capacity(description.params.len() + 10);
-        frame_into(&mut reply, b't', &description.params);
-        match (description.returns_rows, &description.rows) {
-            (false, _) => frame_into(&mut reply, b'n', &[]),
-            (true, Some(rows)) => frame_into(&mut reply, b'T', rows),
-            (true, None) => return false,
-        }
-        self.expected.push_reply(reply.freeze());
+        self.expected.push_reply(reply);
         self.statements.refresh(prepared.id, self.pool.plan_epoch());
         true
     }
@@ -3292,7 +3288,12 @@ impl Relay {
                         );
                         self.settings.confirm(change, sql, applied);
                         self.settings_behind |= !matches!(change, Change::Set(_));
-                        read_back_characteristics(change, &mut self.resync);
+                        let characteristics = session_state::CHARACTERISTICS;
+                        if sets_characteristics(change)
+                            && !self.resync.iter().any(|n| n == characteristics)
+                        {
+                            self.resync.push(characteristics.to_string());
+                        }
                     }
                 }
                 // PostgreSQL undoes a transaction's SETs when it rolls back (a failed
@@ -4079,6 +4080,21 @@ fn same_row_shape(a: &[u8], b: &[u8]) -> bool {
     matches!((fields(a), fields(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// PostgreSQL's answer to a Describe of a statement, from what a server said of it:
+/// its ParameterDescription, then NoData or its RowDescription (`None` when that was
+/// too long to keep).
+fn described_reply(description: &crate::pool::Description) -> Option<Bytes> {
+    let rows_len = description.rows.as_ref().map_or(0, Bytes::len);
+    let mut reply = BytesMut::with_capacity(description.params.len() + rows_len + 10);
+    frame_into(&mut reply, b't', &description.params);
+    match (description.returns_rows, &description.rows) {
+        (false, _) => frame_into(&mut reply, b'n', &[]),
+        (true, Some(rows)) => frame_into(&mut reply, b'T', rows),
+        (true, None) => return None,
+    }
+    Some(reply.freeze())
+}
+
 /// Runs `sql` (a SHOW) inside a savepoint of pgopt's: its rows, or none when it
 /// failed (the savepoint undoes the error, and the transaction block goes on).
 async fn read_in_savepoint(
@@ -4102,18 +4118,13 @@ async fn read_in_savepoint(
     Ok(rows)
 }
 
-/// SET SESSION CHARACTERISTICS, confirmed: read back as the settings it sets (see
-/// `Relay::resync_settings`), so it and a SET or RESET of one of them replay in the
-/// order the client ran them — and the connection never keeps it under its own name,
-/// which no setting has (the next client's sync would RESET that, in vain, and keep
-/// the isolation level).
-fn read_back_characteristics(change: &Change, resync: &mut Vec<String>) {
-    let characteristics = session_state::CHARACTERISTICS;
-    if matches!(change, Change::Set(n) if n.eq_ignore_ascii_case(characteristics))
-        && !resync.iter().any(|n| n == characteristics)
-    {
-        resync.push(characteristics.to_string());
-    }
+/// Whether `change` is SET SESSION CHARACTERISTICS. Once run, it is read back as the
+/// settings it sets (see `Relay::resync_settings`), so it and a SET or RESET of one of
+/// them replay in the order the client ran them — and the connection never keeps it
+/// under its own name, which no setting has (the next client's sync would RESET that,
+/// in vain, and keep the isolation level).
+fn sets_characteristics(change: &Change) -> bool {
+    matches!(change, Change::Set(n) if n.eq_ignore_ascii_case(session_state::CHARACTERISTICS))
 }
 
 /// Appends a protocol message: type, length, body.
