@@ -13,7 +13,10 @@
 //!
 //! Types: `local`, `host`, `hostssl`, `hostnossl`. Databases and users: comma lists of
 //! names (double-quoted when they hold odd characters), `all`; databases also
-//! `sameuser`. Addresses: `all`, an IPv4 or IPv6 address with a `/prefix` (none: that
+//! `sameuser`, and `replication`, which as in PostgreSQL is what a physical replication
+//! connection (`replication=true`: pg_basebackup, a standby) matches, and all it
+//! matches (`all` and names do not; a logical one, `replication=database`, matches as
+//! any other connection to its database). Addresses: `all`, an IPv4 or IPv6 address with a `/prefix` (none: that
 //! host alone), or an address and a netmask. Methods: `trust`, `reject`, `md5` (SCRAM
 //! for a user whose stored password is a SCRAM verifier, as in PostgreSQL),
 //! `scram-sha-256`, `peer` (`local` only: the socket's peer must be the operating
@@ -42,6 +45,8 @@ struct Rule {
     line: usize,
     kind: Kind,
     databases: Names,
+    /// The databases say `replication`: physical replication connections match.
+    replication: bool,
     users: Names,
     address: Address,
     method: Method,
@@ -158,13 +163,23 @@ impl Hba {
         also: Option<&str>,
         user: &str,
     ) -> Option<Decision> {
+        self.first(|r| {
+            r.matches(origin, Some(database), Some(user), user)
+                || also.is_some_and(|other| r.matches(origin, Some(other), None, user))
+        })
+    }
+
+    /// The first rule matching a physical replication connection of `user`: one
+    /// whose databases say `replication`.
+    pub fn decide_physical(&self, origin: Origin, user: &str) -> Option<Decision> {
+        self.first(|r| r.matches(origin, None, None, user))
+    }
+
+    fn first(&self, matches: impl Fn(&Rule) -> bool) -> Option<Decision> {
         self.rules
             .iter()
             .enumerate()
-            .find(|(_, r)| {
-                r.matches(origin, database, Some(user), user)
-                    || also.is_some_and(|other| r.matches(origin, other, None, user))
-            })
+            .find(|(_, r)| matches(r))
             .map(|(rule, r)| Decision {
                 method: r.method,
                 client_cert: r.client_cert,
@@ -206,9 +221,9 @@ impl Rule {
             }
         };
         word(1, "the database")?;
-        let databases = Names::parse(&fields[1], true)?;
+        let (databases, replication) = Names::parse(&fields[1], true)?;
         word(2, "the user")?;
-        let users = Names::parse(&fields[2], false)?;
+        let (users, _) = Names::parse(&fields[2], false)?;
         let (address, next) = match kind {
             Kind::Local => (Address::None, 3),
             _ => {
@@ -292,6 +307,7 @@ impl Rule {
             line: 0,
             kind,
             databases,
+            replication,
             users,
             address,
             method,
@@ -301,8 +317,14 @@ impl Rule {
     }
 
     /// `same_user`: the user `sameuser` compares the database with (`None`: it does
-    /// not match).
-    fn matches(&self, origin: Origin, database: &str, same_user: Option<&str>, user: &str) -> bool {
+    /// not match). No `database`: a physical replication connection.
+    fn matches(
+        &self,
+        origin: Origin,
+        database: Option<&str>,
+        same_user: Option<&str>,
+        user: &str,
+    ) -> bool {
         let connection = match (self.kind, origin) {
             (Kind::Local, Origin::Local) => true,
             (Kind::Host, Origin::Host { .. }) => true,
@@ -319,20 +341,27 @@ impl Rule {
         };
         connection
             && address
-            && self.databases.matches(database, same_user)
+            && match database {
+                Some(name) => self.databases.matches(name, same_user),
+                None => self.replication,
+            }
             && self.users.matches(user, None)
     }
 }
 
 impl Names {
-    fn parse(field: &Field, databases: bool) -> Result<Names, String> {
+    /// The names, and for databases whether `replication` is among them.
+    fn parse(field: &Field, databases: bool) -> Result<(Names, bool), String> {
         let mut names = Vec::new();
+        let mut all = false;
         let mut same_user = false;
+        let mut replication = false;
         for (item, quoted) in field.items() {
             match item.as_str() {
-                "all" if !quoted => return Ok(Names::All),
+                "all" if !quoted => all = true,
                 "sameuser" if databases && !quoted => same_user = true,
-                "samerole" | "samegroup" | "replication" if databases && !quoted => {
+                "replication" if databases && !quoted => replication = true,
+                "samerole" | "samegroup" if databases && !quoted => {
                     return Err(format!("database keyword {item:?} is not supported"))
                 }
                 _ if !quoted && (item.starts_with('@') || item.starts_with('+')) => {
@@ -349,7 +378,12 @@ impl Names {
                 _ => names.push(item),
             }
         }
-        Ok(Names::Listed { names, same_user })
+        let names = if all {
+            Names::All
+        } else {
+            Names::Listed { names, same_user }
+        };
+        Ok((names, replication))
     }
 
     /// Whether `name` is covered; `user` for `sameuser`.
@@ -663,5 +697,33 @@ mod tests {
         let hba = Hba::parse("local \"all\" all trust").unwrap();
         assert_eq!(method(&hba, Origin::Local, "all", "x"), Some((TRUST, 1)));
         assert_eq!(method(&hba, Origin::Local, "app", "x"), None);
+    }
+
+    #[test]
+    fn replication_matches_physical_replication_connections_alone() {
+        let hba = Hba::parse(
+            "local   replication  walker        trust\n\
+             host    all,replication  both  all  md5\n\
+             host    \"replication\"  named  all  scram-sha-256\n\
+             host    all          all           all  reject\n",
+        )
+        .unwrap();
+        let physical = |origin, user| hba.decide_physical(origin, user).map(|d| d.line);
+        // `replication` matches a physical connection; `all` and names do not.
+        assert_eq!(physical(Origin::Local, "walker"), Some(1));
+        assert_eq!(physical(host("10.0.0.1", false), "both"), Some(2));
+        assert_eq!(physical(host("10.0.0.1", false), "named"), None);
+        assert_eq!(physical(host("10.0.0.1", false), "other"), None);
+        // Other connections (a logical one too) never match the keyword alone, and
+        // a quoted "replication" is a database's name.
+        assert_eq!(method(&hba, Origin::Local, "replication", "walker"), None);
+        assert_eq!(
+            method(&hba, host("10.0.0.1", false), "app", "both"),
+            Some((Method::Auth(ClientAuth::Md5), 2))
+        );
+        assert_eq!(
+            method(&hba, host("10.0.0.1", false), "replication", "named"),
+            Some((Method::Auth(ClientAuth::ScramSha256), 3))
+        );
     }
 }

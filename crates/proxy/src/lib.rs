@@ -27,6 +27,7 @@ mod plans;
 mod pool;
 mod relay;
 mod replan;
+mod replication;
 mod routing;
 mod server;
 mod server_tls;

@@ -790,6 +790,32 @@ impl Pool {
         }
     }
 
+    /// A connection to this pool's server outside the pool, with the start-up
+    /// parameters `extra` (a replication client's): not counted in its size or in
+    /// `max_db_connections`, never lent to another client (see `replication.rs`).
+    pub async fn connect_dedicated(
+        &self,
+        extra: &[(&str, &str)],
+    ) -> Result<ServerConn, crate::ProxyError> {
+        let limits = self.limits();
+        let keys = lock(&self.scram_keys).clone();
+        let result = ServerConn::connect_with(
+            &self.target,
+            keys,
+            limits.connect_timeout,
+            limits.max_message_len,
+            limits.keepalive,
+            extra,
+        )
+        .await;
+        let counter = match &result {
+            Ok(_) => &self.stats.server_connects,
+            Err(_) => &self.stats.server_connect_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        result
+    }
+
     /// Opens a connection. `None`: the database or the user is at its limit and
     /// either one of this pool's connections is idle now (take it), or (no `wait`,
     /// the deadline to wait for room until) there is no room at once.
@@ -1058,6 +1084,14 @@ impl Pool {
     /// pool's: it is closed when it comes back (SHOW SERVERS' `close_needed`).
     pub fn close_needed(&self, info: &crate::stats::ServerInfo) -> bool {
         info.generation.load(Relaxed) < self.generation.load(SeqCst)
+    }
+
+    /// Whether a listed connection will close instead of being used again (`replaced`:
+    /// its pool is one a RELOAD replaced). A replication client's never is: it is not
+    /// pooled, and ends with its client.
+    pub fn to_close(&self, info: &crate::stats::ServerInfo, replaced: bool) -> bool {
+        info.replication.get() == crate::replication::Replication::None
+            && (replaced || self.close_needed(info))
     }
 
     /// Closes every idle connection (PAUSE, SHUTDOWN, a server that went away).

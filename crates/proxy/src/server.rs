@@ -215,7 +215,8 @@ impl ServerConn {
         Self::connect_with(target, keys, timeout, max_len, keepalive, &[]).await
     }
 
-    /// [`ServerConn::connect`] with extra start-up parameters (`replication`).
+    /// [`ServerConn::connect`] with extra start-up parameters (`replication`; a
+    /// replication client's own; `user` and `database` among them are the target's).
     pub async fn connect_with(
         target: &ServerTarget,
         keys: Option<ScramKeys>,
@@ -348,9 +349,16 @@ impl ServerConn {
         let mut params = vec![
             ("user", target.user.as_str()),
             ("database", target.dbname.as_str()),
-            ("application_name", "pgopt"),
         ];
-        params.extend_from_slice(extra);
+        // A replication client's own application_name replaces pgopt's.
+        if !extra.iter().any(|(name, _)| *name == "application_name") {
+            params.push(("application_name", "pgopt"));
+        }
+        params.extend(
+            extra
+                .iter()
+                .filter(|(name, _)| *name != "user" && *name != "database"),
+        );
         StartupMessage {
             protocol: ProtocolVersion { major: 3, minor: 0 },
             params: List::from(params.as_slice()),

@@ -19,6 +19,7 @@ use crate::io::{close_tls, send_fatal, write_all};
 use crate::net::{ClientStream, Endpoint};
 use crate::pool::{CheckoutError, Pool, ServerParams};
 use crate::relay::Relay;
+use crate::replication::{self, Replication};
 use crate::routing::Routes;
 use crate::server::CancelRoute;
 use crate::session_state::Settings;
@@ -220,7 +221,16 @@ async fn session(
         return Ok(());
     }
     let mut startup = startup;
-    if config.application_name_add_host {
+    let replication = match Replication::of(&startup.params) {
+        Ok(replication) => replication,
+        Err(message) => {
+            send_fatal(&mut stream, sqlstate::INVALID_PARAMETER_VALUE, &message).await;
+            return Ok(());
+        }
+    };
+    // (Not for a replication client: a standby is named by its own application_name
+    // in synchronous_standby_names.)
+    if config.application_name_add_host && replication == Replication::None {
         add_host(&mut startup.params, &info.addr);
     }
     let Startup { user, database, .. } = &startup;
@@ -236,8 +246,16 @@ async fn session(
     if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
     }
-    let Some((method, client_cert, map)) =
-        client_method(&mut stream, shared, &config, info, database, user).await
+    let Some((method, client_cert, map)) = client_method(
+        &mut stream,
+        shared,
+        &config,
+        info,
+        database,
+        user,
+        replication,
+    )
+    .await
     else {
         return Ok(());
     };
@@ -253,6 +271,11 @@ async fn session(
     };
     let users = shared.users();
     let creds = users.get(user.as_str());
+    if config.is_admin_database(database) && replication != Replication::None {
+        let message = "pgopt's admin console takes no replication connections";
+        send_fatal(&mut stream, sqlstate::FEATURE_NOT_SUPPORTED, message).await;
+        return Ok(());
+    }
     if config.is_admin_database(database) {
         login(
             &mut stream,
@@ -288,10 +311,22 @@ async fn session(
         };
         return admin::serve(stream, buf, shared.clone(), info.clone(), role).await;
     }
-    let Some(db) = config.database(database) else {
+    // A physical replication connection names no database: PostgreSQL 16's tools and
+    // older send "replication". With one database configured, it goes to that one's
+    // server.
+    let db = config.database(database).or_else(|| {
+        (replication == Replication::Physical)
+            .then(|| config.sole_database())
+            .flatten()
+    });
+    let Some(db) = db else {
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
+    if db.name != *database {
+        // The views, and KILL, know it by the database it went to.
+        info.set_identity(user, &db.name, application_name);
+    }
     // Before any lookup on the server (auth_query) is made for it.
     if shared.is_disabled(&db.name) {
         let message = format!(
@@ -400,6 +435,9 @@ async fn session(
         }
     }
     let _member = PoolMember::new(&pool);
+    if replication != Replication::None {
+        return replication::serve(stream, buf, shared, info, &pool, &startup, replication).await;
+    }
     let params = match pool.params() {
         Some(params) => params,
         None => {
@@ -419,10 +457,7 @@ async fn session(
     info.set_state(ClientState::Idle, 0);
 
     let cancel_slot: CancelSlot = Arc::new(Mutex::new(None));
-    let key = CancelRequest {
-        process_id: next_process_id(),
-        secret_key: i32::from_be_bytes(md5::random_salt()?),
-    };
+    let key = new_cancel_key()?;
     shared.register_cancel(key, &cancel_slot);
     let settings = Settings::from_startup(&startup.params);
     let mut out = BytesMut::with_capacity(512);
@@ -634,6 +669,7 @@ async fn client_method(
     info: &ClientInfo,
     database: &str,
     user: &str,
+    replication: Replication,
 ) -> Option<(ClientAuth, hba::ClientCert, Option<String>)> {
     let Some(hba) = &config.hba else {
         return Some((config.client_auth, hba::ClientCert::Off, None));
@@ -655,7 +691,12 @@ async fn client_method(
     .into_iter()
     .find(|name| *name != database && config.is_admin_database(name));
     let other_name = other_name.filter(|_| config.is_admin_database(database));
-    let decision = hba.decide_also(origin, database, other_name, user);
+    let physical = replication == Replication::Physical;
+    let decision = if physical {
+        hba.decide_physical(origin, user)
+    } else {
+        hba.decide_also(origin, database, other_name, user)
+    };
     let refusal = match decision.map(|d| (d.method, d.client_cert)) {
         // As PostgreSQL, before any password is asked for.
         Some((hba::Method::Auth(_), hba::ClientCert::VerifyCa | hba::ClientCert::VerifyFull))
@@ -687,9 +728,18 @@ async fn client_method(
     } else {
         "no encryption"
     };
-    let message = format!(
-        "{refusal} host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"
-    );
+    // As PostgreSQL words it.
+    let message = match (physical, decision.is_some()) {
+        (false, _) => format!(
+            "{refusal} host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"
+        ),
+        (true, true) => format!(
+            "auth_hba_file rejects replication connection for host \"{host}\", user \"{user}\", {encryption}"
+        ),
+        (true, false) => format!(
+            "no auth_hba_file entry for replication connection from host \"{host}\", user \"{user}\", {encryption}"
+        ),
+    };
     tracing::info!(line = decision.map(|d| d.line), "{message}");
     shared.rejected_auth.fetch_add(1, Ordering::Relaxed);
     send_fatal(
@@ -704,7 +754,7 @@ async fn client_method(
 /// AuthenticationOk. As PostgreSQL, pgopt sends it with the messages that follow it
 /// (ParameterStatus … ReadyForQuery, or an error), in one write: a write less per
 /// login.
-const AUTHENTICATION_OK: &[u8] = b"R\0\0\0\x08\0\0\0\0";
+pub(crate) const AUTHENTICATION_OK: &[u8] = b"R\0\0\0\x08\0\0\0\0";
 
 /// Authenticates the client, within `deadline` (client_login_timeout); a failure is
 /// counted and the client told why. A SCRAM login against a stored verifier yields
@@ -837,6 +887,14 @@ pub fn checkout_error(pool: &Pool, error: CheckoutError) -> (&'static str, Strin
 }
 
 /// Process ids handed to clients (with a random secret key) for their CancelRequests.
+/// The cancel key a client is given: pgopt's own, never a server's.
+pub(crate) fn new_cancel_key() -> Result<CancelRequest, ProxyError> {
+    Ok(CancelRequest {
+        process_id: next_process_id(),
+        secret_key: i32::from_be_bytes(md5::random_salt()?),
+    })
+}
+
 fn next_process_id() -> i32 {
     static NEXT: AtomicI32 = AtomicI32::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff

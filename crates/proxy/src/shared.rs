@@ -349,7 +349,7 @@ impl Shared {
                 let replaced = !self.pools.is_current(pool);
                 servers
                     .iter()
-                    .filter(|s| replaced || pool.close_needed(s))
+                    .filter(|s| pool.to_close(s, replaced))
                     .count()
             })
             .sum()

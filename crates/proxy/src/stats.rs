@@ -234,6 +234,8 @@ pub struct ClientInfo {
     /// Wakes a session waiting for a server connection when it is KILLed (apart from
     /// `wake`, whose single permit the lifecycle's changes need).
     kill_signal: tokio::sync::Notify,
+    /// A replication client's kind (see `replication.rs`).
+    pub replication: crate::replication::ReplicationCell,
 }
 
 impl ClientInfo {
@@ -357,6 +359,7 @@ impl ClientRegistry {
             wake: tokio::sync::Notify::new(),
             killed: AtomicBool::new(false),
             kill_signal: tokio::sync::Notify::new(),
+            replication: Default::default(),
         });
         lock(&self.clients).insert(id, info.clone());
         ClientGuard {
@@ -403,6 +406,8 @@ pub struct ServerInfo {
     /// Its pool's generation when it was opened (see `Pool::reconnect`): older than
     /// the pool's, it is closed instead of reused (SHOW SERVERS' `close_needed`).
     pub generation: AtomicU64,
+    /// A replication client's own connection (see `replication.rs`).
+    pub replication: crate::replication::ReplicationCell,
 }
 
 impl ServerInfo {
@@ -419,6 +424,7 @@ impl ServerInfo {
             link: AtomicU64::new(0),
             prepared: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            replication: Default::default(),
         }
     }
 

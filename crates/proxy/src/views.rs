@@ -245,6 +245,7 @@ pub fn clients(shared: &Shared) -> Table {
         ("remote_pid", Int),
         ("tls", Text),
         ("application_name", Text),
+        ("replication", Text),
     ]);
     let now = unix_us_now();
     for c in shared.clients.list() {
@@ -271,6 +272,7 @@ pub fn clients(shared: &Shared) -> Table {
             n(c.remote_pid.unwrap_or(0)),
             t(c.tls.get().map_or("", String::as_str)),
             t(app),
+            t(c.replication.get().as_str()),
         ]);
     }
     table
@@ -293,6 +295,7 @@ pub fn servers(shared: &Shared) -> Table {
         ("remote_pid", Int),
         ("prepared_statements", Int),
         ("close_needed", Int),
+        ("replication", Text),
     ]);
     // Pools a RELOAD replaced too: their connections serve the sessions still on them.
     let mut pools = shared.live_pools();
@@ -321,7 +324,8 @@ pub fn servers(shared: &Shared) -> Table {
                 (link != 0).then(|| link.to_string()),
                 t(s.backend_pid.to_string()),
                 n(s.prepared.load(Relaxed)),
-                n(u64::from(replaced || pool.close_needed(&s))),
+                n(u64::from(pool.to_close(&s, replaced))),
+                t(s.replication.get().as_str()),
             ]);
         }
     }
