@@ -266,20 +266,37 @@ impl Postgres {
 
     /// Starts a streaming replica of `primary` (`pg_basebackup -R`) on another port.
     pub async fn start_replica(primary: &Postgres) -> Result<Postgres, Error> {
-        let (bins, run_as, port, password) = (
+        Self::start_replica_via(primary, primary.port, None).await
+    }
+
+    /// [`Postgres::start_replica`] whose base backup and streaming go through
+    /// 127.0.0.1:`port` (a proxy in front of `primary`), under `application_name`
+    /// (what `synchronous_standby_names` knows it by) when given.
+    pub async fn start_replica_via(
+        primary: &Postgres,
+        port: u16,
+        application_name: Option<&str>,
+    ) -> Result<Postgres, Error> {
+        let (bins, run_as, password) = (
             primary.bins.clone(),
             primary.run_as,
-            primary.port,
             primary.password.clone(),
         );
-        tokio::task::spawn_blocking(move || Self::replica_blocking(bins, run_as, port, password))
-            .await
-            .map_err(|e| Error::Join(e.to_string()))?
+        let mut conninfo = format!("host=127.0.0.1 port={port} user={SUPERUSER}");
+        if let Some(name) = application_name {
+            conninfo.push_str(&format!(" application_name={name}"));
+        }
+        tokio::task::spawn_blocking(move || {
+            Self::replica_blocking(bins, run_as, &conninfo, port, password)
+        })
+        .await
+        .map_err(|e| Error::Join(e.to_string()))?
     }
 
     fn replica_blocking(
         bins: PgBinaries,
         run_as: Option<RunAs>,
+        conninfo: &str,
         primary_port: u16,
         password: Option<String>,
     ) -> Result<Postgres, Error> {
@@ -288,10 +305,14 @@ impl Postgres {
         let data_dir = root.path().join("data");
         let socket_dir = root.subdir("sock", run_as)?;
         let mut cmd = Command::new(bins.program("pg_basebackup"));
-        cmd.args(["-h", "127.0.0.1", "-p", &primary_port.to_string()])
-            .args(["-U", SUPERUSER, "-D"])
-            .arg(&data_dir)
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        cmd.args(["-d", conninfo, "-D"]).arg(&data_dir).args([
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+        ]);
         if let Some(pw) = &password {
             cmd.env("PGPASSWORD", pw);
         }

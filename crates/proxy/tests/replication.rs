@@ -172,6 +172,74 @@ async fn pg_basebackup_and_pg_receivewal_stream_through_the_proxy() {
 }
 
 #[tokio::test]
+async fn a_synchronous_standby_streams_through_the_proxy_under_its_own_name() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let port = proxy.local_addr().port();
+    // Its base backup and its walreceiver both go through the proxy (pg_basebackup
+    // -R writes the proxy into primary_conninfo).
+    let standby = Postgres::start_replica_via(&pg, port, Some("standby1"))
+        .await
+        .unwrap();
+    let primary = pg.connect("postgres").await.unwrap();
+    primary
+        .batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'standby1'")
+        .await
+        .unwrap();
+    primary
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    wait_for("the standby streaming as synchronous", async || {
+        let sync: i64 = primary
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication
+                  WHERE application_name = 'standby1' AND sync_state = 'sync'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        sync == 1
+    })
+    .await;
+    // A commit that waits for the standby to apply it: under any other name than
+    // its own, it would wait for ever.
+    let commit = primary.batch_execute(
+        "SET synchronous_commit = remote_apply;
+         CREATE TABLE applied (id int);
+         INSERT INTO applied VALUES (1)",
+    );
+    tokio::time::timeout(Duration::from_secs(30), commit)
+        .await
+        .expect("the synchronous standby confirmed nothing")
+        .unwrap();
+    let on_standby = standby.connect("postgres").await.unwrap();
+    let n: i64 = on_standby
+        .query_one("SELECT count(*) FROM applied", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let clients = show(&admin(&proxy).await, "CLIENTS").await;
+    assert!(
+        clients.iter().any(|c| c["replication"] == "physical"
+            && c["application_name"] == "standby1"
+            && c["database"] == "app"),
+        "{clients:?}"
+    );
+    // Synchronous replication off again before the standby goes.
+    primary
+        .batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
+        .await
+        .unwrap();
+    primary
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_logical_subscription_and_pg_recvlogical_replicate_through_the_proxy() {
     let pg = Postgres::builder()
         .setting("wal_level", "logical")
