@@ -543,9 +543,6 @@ pub const PGBOUNCER_ADMIN_DATABASE: &str = "pgbouncer";
 pub const FALLBACK_DATABASE: &str = "*";
 
 impl Config {
-    /// The database clients reach by the name `name`: the entry of that name, else
-    /// the fallback entry (`*`) aimed at the server's database `name`. Never the admin
-    /// console, and never the `*` entry itself by name.
     /// The one database configured, when there is exactly one (and no fallback `*`).
     pub fn sole_database(&self) -> Option<Cow<'_, Database>> {
         match self.databases.as_slice() {
@@ -554,6 +551,9 @@ impl Config {
         }
     }
 
+    /// The database clients reach by the name `name`: the entry of that name, else
+    /// the fallback entry (`*`) aimed at the server's database `name`. Never the admin
+    /// console, and never the `*` entry itself by name.
     pub fn database(&self, name: &str) -> Option<Cow<'_, Database>> {
         if self.is_admin_database(name) {
             return None;

@@ -357,6 +357,12 @@ impl Names {
         let mut same_user = false;
         let mut replication = false;
         for (item, quoted) in field.items() {
+            if all {
+                // What follows `all` adds nothing but `replication` (and is not
+                // checked, as before `replication` was read).
+                replication |= databases && !quoted && item == "replication";
+                continue;
+            }
             match item.as_str() {
                 "all" if !quoted => all = true,
                 "sameuser" if databases && !quoted => same_user = true,
@@ -715,7 +721,9 @@ mod tests {
         assert_eq!(physical(host("10.0.0.1", false), "named"), None);
         assert_eq!(physical(host("10.0.0.1", false), "other"), None);
         // Other connections (a logical one too) never match the keyword alone, and
-        // a quoted "replication" is a database's name.
+        // a quoted "replication" is a database's name. What follows `all` is taken
+        // as before, unchecked.
+        assert!(Hba::parse("local all,@extra all trust").is_ok());
         assert_eq!(method(&hba, Origin::Local, "replication", "walker"), None);
         assert_eq!(
             method(&hba, host("10.0.0.1", false), "app", "both"),

@@ -631,12 +631,12 @@ impl Pool {
         })
     }
 
-    async fn wait_for_slot(
-        self: &Arc<Self>,
+    /// Waits while the pool is PAUSEd, up to `deadline` (then `WaitTimeout`).
+    async fn wait_unpaused(
+        &self,
         limits: &PoolLimits,
         deadline: Instant,
-    ) -> Result<Granted, CheckoutError> {
-        let timeout = || CheckoutError::WaitTimeout(limits.wait_timeout);
+    ) -> Result<(), CheckoutError> {
         while self.paused.load(SeqCst) {
             let resumed = self.resumed.notified();
             if self.closed.load(SeqCst) {
@@ -649,9 +649,19 @@ impl Pool {
                 .await
                 .is_err()
             {
-                return Err(timeout());
+                return Err(CheckoutError::WaitTimeout(limits.wait_timeout));
             }
         }
+        Ok(())
+    }
+
+    async fn wait_for_slot(
+        self: &Arc<Self>,
+        limits: &PoolLimits,
+        deadline: Instant,
+    ) -> Result<Granted, CheckoutError> {
+        self.wait_unpaused(limits, deadline).await?;
+        let timeout = || CheckoutError::WaitTimeout(limits.wait_timeout);
         let permit = |r: Result<OwnedSemaphorePermit, tokio::sync::AcquireError>| {
             r.map(Granted::Slot)
                 .map_err(|_| CheckoutError::ShuttingDown)
@@ -792,20 +802,25 @@ impl Pool {
 
     /// A connection to this pool's server outside the pool, with the start-up
     /// parameters `extra` (a replication client's): not counted in its size or in
-    /// `max_db_connections`, never lent to another client (see `replication.rs`).
+    /// `max_db_connections`, never lent to another client (see `replication.rs`). It
+    /// waits while the pool is PAUSEd (up to `query_wait_timeout`), as a checkout
+    /// does; its outcome does not move the database's turn in its host list.
     pub async fn connect_dedicated(
         &self,
         extra: &[(&str, &str)],
-    ) -> Result<ServerConn, crate::ProxyError> {
+    ) -> Result<ServerConn, CheckoutError> {
         let limits = self.limits();
+        self.wait_unpaused(&limits, Instant::now() + limits.wait_timeout)
+            .await?;
         let keys = lock(&self.scram_keys).clone();
-        let result = ServerConn::connect_with(
+        let result = ServerConn::connect_hosts(
             &self.target,
             keys,
             limits.connect_timeout,
             limits.max_message_len,
             limits.keepalive,
             extra,
+            false,
         )
         .await;
         let counter = match &result {
@@ -813,7 +828,7 @@ impl Pool {
             Err(_) => &self.stats.server_connect_errors,
         };
         counter.fetch_add(1, Relaxed);
-        result
+        result.map_err(CheckoutError::Connect)
     }
 
     /// Opens a connection. `None`: the database or the user is at its limit and

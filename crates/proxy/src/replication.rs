@@ -23,8 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::io::{send_fatal, write_all};
 use crate::net::ClientStream;
-use crate::pool::Pool;
-use crate::session::{new_cancel_key, CancelSlot, Startup, AUTHENTICATION_OK};
+use crate::pool::{CheckoutError, Pool};
+use crate::session::{checkout_error, new_cancel_key, CancelSlot, Startup, AUTHENTICATION_OK};
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::{unix_us_now, ClientInfo, ClientState};
 use crate::ProxyError;
@@ -44,20 +44,34 @@ pub enum Replication {
 impl Replication {
     /// Read as PostgreSQL reads it: `database`, or a boolean (`true`, `on`, `yes`,
     /// `1` and their unique prefixes, any case); anything else is refused with its
-    /// message.
-    pub fn of(params: &[(String, String)]) -> Result<Replication, String> {
-        let Some((_, value)) = params.iter().find(|(name, _)| name == "replication") else {
+    /// SQLSTATE and message. So is a second `replication` (PostgreSQL would take the
+    /// last, pgopt's rules and the server could read different ones).
+    pub fn of(params: &[(String, String)]) -> Result<Replication, (&'static str, String)> {
+        let mut given = params.iter().filter(|(name, _)| name == "replication");
+        let Some((_, value)) = given.next() else {
             return Ok(Replication::None);
         };
+        if given.next().is_some() {
+            let message = "parameter \"replication\" given more than once".to_string();
+            return Err((sqlstate::PROTOCOL_VIOLATION, message));
+        }
         if value == "database" {
             return Ok(Replication::Logical);
         }
         match parse_bool(value) {
             Some(true) => Ok(Replication::Physical),
             Some(false) => Ok(Replication::None),
-            None => Err(format!(
+            None => Err((sqlstate::INVALID_PARAMETER_VALUE, format!(
                 "invalid value for parameter \"replication\": \"{value}\" (valid values are \"false\", 0, \"true\", 1, \"database\")"
-            )),
+            ))),
+        }
+    }
+
+    /// What the server is sent for it.
+    fn value(self) -> &'static str {
+        match self {
+            Replication::Logical => "database",
+            _ => "true",
         }
     }
 
@@ -120,29 +134,38 @@ pub async fn serve(
 ) -> Result<(), ProxyError> {
     info.replication.set(kind);
     info.set_state(ClientState::Waiting, unix_us_now());
-    // The client's own parameters (its `replication` among them), for the walsender.
-    let extra: Vec<(&str, &str)> = startup
+    // The client's own parameters for the walsender, its `replication` as read here.
+    let mut extra: Vec<(&str, &str)> = startup
         .params
         .iter()
+        .filter(|(k, _)| k != "replication")
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    extra.push(("replication", kind.value()));
     let conn = match pool.connect_dedicated(&extra).await {
         Ok(conn) => conn,
         Err(e) => {
             // Before AuthenticationOk, as PostgreSQL refuses a login: the server's own
             // refusal (no pg_hba.conf entry for replication, no REPLICATION role…).
             let (code, message) = match e {
-                ProxyError::Refused { code, message, .. } => (code, message),
-                e => (
-                    sqlstate::CONNECTION_FAILURE.to_string(),
-                    format!("pgopt could not connect to the server: {e}"),
-                ),
+                CheckoutError::Connect(ProxyError::Refused { code, message, .. }) => {
+                    (code, message)
+                }
+                e => {
+                    let (code, message) = checkout_error(pool, e);
+                    (code.to_string(), message)
+                }
             };
             pool.stats.record_error(code.as_bytes());
             send_fatal(&mut stream, &code, &message).await;
             return Ok(());
         }
     };
+    // A shutdown or KILL may have come while it waited or connected.
+    if shared.lifecycle_now() != Lifecycle::Running || info.killed() {
+        send_fatal(&mut stream, sqlstate::ADMIN_SHUTDOWN, ended_why(shared)).await;
+        return Ok(());
+    }
     conn.info.replication.set(kind);
     conn.info.set_link(info.id, unix_us_now());
     pool.servers.add(&conn.info);
@@ -190,6 +213,7 @@ async fn relay(
             .write_all(&buf)
             .await
             .map_err(ProxyError::server_io)?;
+        server.flush().await.map_err(ProxyError::server_io)?;
     }
     let frames = Frames::default();
     let (mut client_read, mut client_write) = tokio::io::split(stream);
@@ -208,19 +232,26 @@ async fn relay(
             () = until_ended(shared, info) => true,
         }
     };
+    // The walsender goes first: a KILL frees its place whatever the client does.
+    drop((server_read, server_write));
+    let mut client = client_read.unsplit(client_write);
     if ended && frames.between() {
-        let why = if shared.lifecycle_now() >= Lifecycle::Closing {
-            "pgopt is shutting down"
-        } else {
-            "terminated by pgopt's admin console (KILL)"
-        };
-        let mut client = client_read.unsplit(client_write);
-        send_fatal(&mut client, sqlstate::ADMIN_SHUTDOWN, why).await;
-        let _ = client.shutdown().await;
-    } else {
-        let _ = client_write.shutdown().await;
+        send_fatal(&mut client, sqlstate::ADMIN_SHUTDOWN, ended_why(shared)).await;
     }
+    // (Bounded: a client that reads nothing would hold a TLS close for ever.)
+    let _ = tokio::time::timeout(CLOSE_WAIT, client.shutdown()).await;
     Ok(())
+}
+
+/// How long a client's connection may take to close.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn ended_why(shared: &Shared) -> &'static str {
+    if shared.lifecycle_now() >= Lifecycle::Draining {
+        "pgopt is shutting down"
+    } else {
+        "terminated by pgopt's admin console (KILL)"
+    }
 }
 
 /// Copies `from` to `to` until `from` ends or either fails; with `frames`, follows
@@ -240,6 +271,8 @@ where
             frames.writing(true);
         }
         to.write_all(&buf[..n]).await?;
+        // TLS holds written bytes until flushed.
+        to.flush().await?;
         if let Some(frames) = frames {
             frames.advance(&buf[..n]);
             frames.writing(false);
@@ -319,7 +352,7 @@ impl Frames {
 mod tests {
     use super::*;
 
-    fn of(value: &str) -> Result<Replication, String> {
+    fn of(value: &str) -> Result<Replication, (&'static str, String)> {
         Replication::of(&[("replication".to_string(), value.to_string())])
     }
 
@@ -333,8 +366,12 @@ mod tests {
         for no in ["false", "f", "no", "n", "off", "of", "0"] {
             assert_eq!(of(no), Ok(Replication::None), "{no}");
         }
+        let twice = [("replication", "true"), ("replication", "false")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(Replication::of(&twice).unwrap_err().0, "08P01");
         for bad in ["", "o", "Database", "2", "truth", "database "] {
-            let e = of(bad).unwrap_err();
+            let (code, e) = of(bad).unwrap_err();
+            assert_eq!(code, "22023");
             assert!(
                 e.contains("invalid value for parameter \"replication\""),
                 "{e}"

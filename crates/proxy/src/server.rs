@@ -225,6 +225,21 @@ impl ServerConn {
         keepalive: Option<Keepalive>,
         extra: &[(&str, &str)],
     ) -> Result<ServerConn, ProxyError> {
+        Self::connect_hosts(target, keys, timeout, max_len, keepalive, extra, true).await
+    }
+
+    /// [`ServerConn::connect_with`]; `note_turn`: whether a host that failed or worked
+    /// moves the turn the database's connections share (not for a replication
+    /// client's, whose refusals are its own).
+    pub async fn connect_hosts(
+        target: &ServerTarget,
+        keys: Option<ScramKeys>,
+        timeout: Duration,
+        max_len: u32,
+        keepalive: Option<Keepalive>,
+        extra: &[(&str, &str)],
+        note_turn: bool,
+    ) -> Result<ServerConn, ProxyError> {
         // With several servers, each gets `timeout` in turn (as libpq's
         // connect_timeout), from the one `more_hosts` says, until one logs in.
         let count = 1 + target.more_hosts.hosts.len();
@@ -239,7 +254,9 @@ impl ServerConn {
             let error = match tokio::time::timeout(timeout, connecting).await {
                 Ok(Ok(mut conn)) => match conn.takes_writes(target, timeout, max_len).await {
                     Ok(()) => {
-                        target.more_hosts.worked(i);
+                        if note_turn {
+                            target.more_hosts.worked(i);
+                        }
                         return Ok(conn);
                     }
                     Err(e) => e,
@@ -259,7 +276,9 @@ impl ServerConn {
             if count == 1 || wrong_password {
                 return Err(error);
             }
-            target.more_hosts.failed(i);
+            if note_turn {
+                target.more_hosts.failed(i);
+            }
             if let ProxyError::Refused { code, .. } = &error {
                 refused_code.get_or_insert_with(|| code.clone());
             }

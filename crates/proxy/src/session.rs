@@ -223,8 +223,8 @@ async fn session(
     let mut startup = startup;
     let replication = match Replication::of(&startup.params) {
         Ok(replication) => replication,
-        Err(message) => {
-            send_fatal(&mut stream, sqlstate::INVALID_PARAMETER_VALUE, &message).await;
+        Err((code, message)) => {
+            send_fatal(&mut stream, code, &message).await;
             return Ok(());
         }
     };
@@ -434,10 +434,11 @@ async fn session(
             pool.learn_keys(keys);
         }
     }
-    let _member = PoolMember::new(&pool);
     if replication != Replication::None {
+        // (Not a member of the pool: its server connection is not the pool's.)
         return replication::serve(stream, buf, shared, info, &pool, &startup, replication).await;
     }
+    let _member = PoolMember::new(&pool);
     let params = match pool.params() {
         Some(params) => params,
         None => {

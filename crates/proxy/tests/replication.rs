@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{admin, message, run, show, start_with, temp_dir};
+use common::{admin, certificate, message, run, show, start_with, temp_dir};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -419,7 +419,11 @@ async fn replication_clients_are_refused_as_postgresql_refuses_them_and_cancel_a
     );
     // The server's own refusal: a role without REPLICATION.
     let e = refused(psql("plain", "app", "database")).await;
-    assert!(e.contains("replication role"), "{e}");
+    // (PostgreSQL 16 and later say it otherwise.)
+    assert!(
+        e.contains("replication role") || e.contains("permission denied to start WAL sender"),
+        "{e}"
+    );
     let ok = run_tool(psql("walker", "replication", "true")).await;
     assert!(ok.contains('|'), "{ok}");
 
@@ -432,7 +436,19 @@ async fn replication_clients_are_refused_as_postgresql_refuses_them_and_cancel_a
         .map(|(_, body)| body.clone())
         .expect("BackendKeyData");
     raw.write_all(&query("SELECT pg_sleep(30)")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the walsender's query running", async || {
+        let running: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE backend_type = 'walsender' AND query = 'SELECT pg_sleep(30)'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        running == 1
+    })
+    .await;
     let mut cancel = 16i32.to_be_bytes().to_vec();
     cancel.extend_from_slice(&80877102i32.to_be_bytes());
     cancel.extend_from_slice(&key);
@@ -478,4 +494,82 @@ async fn replication_clients_are_refused_as_postgresql_refuses_them_and_cancel_a
         .unwrap();
     assert_eq!(n, 0, "{rest:?}");
     console.simple_query("RESUME app").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_base_backup_streams_over_tls_on_both_sides() {
+    let dir = temp_dir("replication-tls");
+    let (cert, key) = certificate(&dir);
+    let pg = Postgres::builder().tls(&cert, &key).start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.client_tls = pgopt_proxy::ClientTls {
+            mode: pgopt_proxy::TlsMode::Require,
+            cert_file: Some(cert.clone()),
+            key_file: Some(key.clone()),
+            ca_file: None,
+        };
+        c.server_tls = pgopt_proxy::ServerTls {
+            mode: pgopt_proxy::ServerTlsMode::Require,
+            ..Default::default()
+        };
+    })
+    .await;
+    let direct = pg.connect("postgres").await.unwrap();
+    // Some data, for a backup of more than a few packets.
+    direct
+        .batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g")
+        .await
+        .unwrap();
+    let backup = dir.join("data");
+    let mut basebackup = tool(&pg, "pg_basebackup");
+    basebackup
+        .args(["-d", &conninfo(&proxy, "sslmode=require")])
+        .arg("-D")
+        .arg(&backup)
+        .args(["-X", "stream", "-c", "fast", "--no-sync"]);
+    run_tool(basebackup).await;
+    let mut verify = tool(&pg, "pg_verifybackup");
+    verify.arg(&backup);
+    run_tool(verify).await;
+    // Both walsenders were reached over TLS.
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_replication_client_waits_out_a_pause_and_a_second_replication_value_is_refused() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let (mut twice, login) = raw_connect(
+        &proxy,
+        &[
+            ("database", "app"),
+            ("replication", "true"),
+            ("replication", "false"),
+        ],
+    )
+    .await;
+    let (tag, body) = login.last().unwrap();
+    assert_eq!(*tag, b'E');
+    assert_eq!(error_field(body, b'C'), "08P01");
+    let mut rest = Vec::new();
+    let _ = twice.read_to_end(&mut rest).await;
+
+    let console = admin(&proxy).await;
+    console.simple_query("PAUSE app").await.unwrap();
+    let connecting = tokio::spawn({
+        let addr = proxy.local_addr();
+        async move {
+            let mut raw = TcpStream::connect(addr).await.unwrap();
+            let body = b"\0\x03\0\0user\0postgres\0database\0app\0replication\0database\0\0";
+            let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+            startup.extend_from_slice(body);
+            raw.write_all(&startup).await.unwrap();
+            read_messages(&mut raw, b"ZE").await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!connecting.is_finished(), "logged in while paused");
+    console.simple_query("RESUME app").await.unwrap();
+    let login = connecting.await.unwrap();
+    assert_eq!(login.last().unwrap().0, b'Z', "{login:?}");
 }

@@ -10,33 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config_for, run, temp_dir};
+use common::{certificate, config_for, run, temp_dir};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::{ClientTls, PoolMode, Proxy, ServerTls, ServerTlsMode, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A self-signed certificate and key for localhost, made with the openssl tool.
-fn certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-    run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ]));
-    (cert, key)
-}
 
 async fn start(pg: &Postgres, mode: TlsMode, dir: &std::path::Path) -> Proxy {
     let (cert, key) = certificate(dir);
