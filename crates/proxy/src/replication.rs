@@ -13,14 +13,16 @@
 //! `replication` column; a CancelRequest reaches the walsender; KILL and a shutdown
 //! past `shutdown_timeout` end the pair (a drain waits for it, as for a transaction).
 
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use pgopt_wire::backend::{BackendKeyData, ParameterStatus, ReadyForQuery};
+use pgopt_wire::frontend::Query;
 use pgopt_wire::sqlstate;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::cache::{PendingWrites, ProxyCache};
 use crate::io::{send_fatal, write_all};
 use crate::net::ClientStream;
 use crate::pool::{CheckoutError, Pool};
@@ -175,7 +177,18 @@ pub async fn serve(
     let key = new_cancel_key()?;
     let cancel_slot: CancelSlot = Arc::new(Mutex::new(Some(conn.cancel.clone())));
     shared.register_cancel(key, &cancel_slot);
-    let result = relay(stream, buf, shared, info, conn, key).await;
+    // SQL on a logical walsender may write: the cache hears of it.
+    let watch = shared
+        .cache
+        .clone()
+        .filter(|_| kind == Replication::Logical)
+        .map(|cache| CacheWatch {
+            cache,
+            database: &pool.database,
+            analyzer: &shared.analyzer,
+            pending: Mutex::default(),
+        });
+    let result = relay(stream, buf, shared, info, conn, key, watch).await;
     shared.unregister_cancel(key);
     result
 }
@@ -187,6 +200,7 @@ async fn relay(
     info: &ClientInfo,
     conn: crate::server::ServerConn,
     key: pgopt_wire::startup::CancelRequest,
+    watch: Option<CacheWatch<'_>>,
 ) -> Result<(), ProxyError> {
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(AUTHENTICATION_OK);
@@ -207,25 +221,40 @@ async fn relay(
     write_all(&mut stream, &out).await?;
 
     let mut server = conn.stream;
+    let mut up_framer = Framer::default();
     if !buf.is_empty() {
         // What the client sent right behind its start-up packet.
+        if let Some(watch) = &watch {
+            up_framer.advance(&buf, b"Q", |_, body, _| watch.note(body));
+        }
         server
             .write_all(&buf)
             .await
             .map_err(ProxyError::server_io)?;
         server.flush().await.map_err(ProxyError::server_io)?;
     }
-    let frames = Frames::default();
+    let boundary = Boundary::default();
     let (mut client_read, mut client_write) = tokio::io::split(stream);
     let (mut server_read, mut server_write) = tokio::io::split(server);
     let ended = {
         let up = async {
-            let _ = pump(&mut client_read, &mut server_write, None).await;
+            let _ = pump_up(
+                &mut client_read,
+                &mut server_write,
+                up_framer,
+                watch.as_ref(),
+            )
+            .await;
             // The client is gone or said Terminate: the walsender ends too.
             let _ = server_write.shutdown().await;
             std::future::pending::<()>().await
         };
-        let down = pump(&mut server_read, &mut client_write, Some(&frames));
+        let down = pump_down(
+            &mut server_read,
+            &mut client_write,
+            &boundary,
+            watch.as_ref(),
+        );
         tokio::select! {
             () = up => false,
             _ = down => false,
@@ -234,8 +263,12 @@ async fn relay(
     };
     // The walsender goes first: a KILL frees its place whatever the client does.
     drop((server_read, server_write));
+    if let Some(watch) = &watch {
+        // A write whose end was not seen may have committed: its entries end too.
+        watch.settle().await;
+    }
     let mut client = client_read.unsplit(client_write);
-    if ended && frames.between() {
+    if ended && boundary.between() {
         send_fatal(&mut client, sqlstate::ADMIN_SHUTDOWN, ended_why(shared)).await;
     }
     // (Bounded: a client that reads nothing would hold a TLS close for ever.)
@@ -246,6 +279,10 @@ async fn relay(
 /// How long a client's connection may take to close.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The most of one client query kept for the cache's look at it (beyond it, the
+/// query counts as a write to everything).
+const MAX_KEPT_QUERY: usize = 1 << 20;
+
 fn ended_why(shared: &Shared) -> &'static str {
     if shared.lifecycle_now() >= Lifecycle::Draining {
         "pgopt is shutting down"
@@ -254,9 +291,14 @@ fn ended_why(shared: &Shared) -> &'static str {
     }
 }
 
-/// Copies `from` to `to` until `from` ends or either fails; with `frames`, follows
-/// where the bytes stand in the protocol's messages.
-async fn pump<R, W>(from: &mut R, to: &mut W, frames: Option<&Frames>) -> std::io::Result<()>
+/// Client to server: copies until the client ends or either side fails; with a
+/// `watch`, each Query is noted for the cache before it goes.
+async fn pump_up<R, W>(
+    from: &mut R,
+    to: &mut W,
+    mut framer: Framer,
+    watch: Option<&CacheWatch<'_>>,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -267,16 +309,57 @@ where
         if n == 0 {
             return Ok(());
         }
-        if let Some(frames) = frames {
-            frames.writing(true);
+        if let Some(watch) = watch {
+            framer.advance(&buf[..n], b"Q", |_, body, _| watch.note(body));
         }
         to.write_all(&buf[..n]).await?;
         // TLS holds written bytes until flushed.
         to.flush().await?;
-        if let Some(frames) = frames {
-            frames.advance(&buf[..n]);
-            frames.writing(false);
+    }
+}
+
+/// Server to client: copies until the server ends or either side fails, following
+/// where the bytes stand in its messages (see [`Boundary`]); with a `watch`, the
+/// writes of a transaction end their cache entries before the last byte of the
+/// ReadyForQuery that ends it goes.
+async fn pump_down<R, W>(
+    from: &mut R,
+    to: &mut W,
+    boundary: &Boundary,
+    watch: Option<&CacheWatch<'_>>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cuts = Vec::new();
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
         }
+        cuts.clear();
+        let keep: &[u8] = if watch.is_some() { b"Z" } else { b"" };
+        boundary.framer().advance(&buf[..n], keep, |_, body, end| {
+            if body == Some(&b"I"[..]) {
+                cuts.push(end - 1);
+            }
+        });
+        boundary.writing(true);
+        let mut at = 0;
+        for &cut in &cuts {
+            let Some(watch) = watch.filter(|w| w.pending()) else {
+                continue;
+            };
+            to.write_all(&buf[at..cut]).await?;
+            to.flush().await?;
+            watch.settle().await;
+            at = cut;
+        }
+        to.write_all(&buf[at..n]).await?;
+        to.flush().await?;
+        boundary.writing(false);
     }
 }
 
@@ -293,58 +376,162 @@ async fn until_ended(shared: &Shared, info: &ClientInfo) {
     }
 }
 
+/// The result cache's part in a logical replication client's SQL: a walsender of
+/// `replication=database` runs SQL too (simple protocol only), and its writes end
+/// the cache entries they reach as any client's do, when their transaction ends
+/// (a rollback too) and before the client hears it did.
+struct CacheWatch<'a> {
+    cache: Arc<ProxyCache>,
+    database: &'a str,
+    analyzer: &'a pgopt_sql::Analyzer,
+    pending: Mutex<PendingWrites>,
+}
+
+impl CacheWatch<'_> {
+    fn pending_writes(&self) -> std::sync::MutexGuard<'_, PendingWrites> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A Query about to go (`None`: too long to keep, a write to everything).
+    fn note(&self, body: Option<&[u8]>) {
+        let mut pending = self.pending_writes();
+        match body.map(Query::decode) {
+            Some(Ok(query)) if is_replication_command(query.sql) => {}
+            Some(Ok(query)) => pending.note(self.analyzer.analyze(query.sql).ok().as_deref()),
+            _ => pending.note(None),
+        }
+    }
+
+    fn pending(&self) -> bool {
+        !self.pending_writes().is_empty()
+    }
+
+    /// The transaction ended: the entries its writes reach end, here and in every
+    /// instance sharing Redis.
+    async fn settle(&self) {
+        let writes = self.pending_writes().take();
+        if writes.is_empty() {
+            return;
+        }
+        let (tags, _fence) = self.cache.invalidate(self.database, writes);
+        self.cache.publish(&tags).await;
+    }
+}
+
+/// Whether `sql` is a command of the replication protocol (the walsender reads the
+/// whole text as one when its first word is one), not SQL.
+fn is_replication_command(sql: &str) -> bool {
+    const COMMANDS: [&str; 9] = [
+        "IDENTIFY_SYSTEM",
+        "START_REPLICATION",
+        "CREATE_REPLICATION_SLOT",
+        "DROP_REPLICATION_SLOT",
+        "ALTER_REPLICATION_SLOT",
+        "READ_REPLICATION_SLOT",
+        "TIMELINE_HISTORY",
+        "BASE_BACKUP",
+        "UPLOAD_MANIFEST",
+    ];
+    let sql = sql.trim_start();
+    let word_end = sql
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(sql.len());
+    let word = &sql[..word_end];
+    COMMANDS.iter().any(|c| c.eq_ignore_ascii_case(word))
+}
+
 /// Where the bytes passed to the client stand: pgopt's own FATAL may go only between
 /// two of the server's messages, never inside one.
 #[derive(Default)]
-struct Frames(Mutex<FrameState>);
+struct Boundary {
+    framer: Mutex<Framer>,
+    /// A write to the client is under way (cut off, it ended anywhere).
+    writing: AtomicBool,
+}
 
+impl Boundary {
+    fn framer(&self) -> std::sync::MutexGuard<'_, Framer> {
+        self.framer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn writing(&self, on: bool) {
+        self.writing.store(on, Relaxed);
+    }
+
+    fn between(&self) -> bool {
+        !self.writing.load(Relaxed) && self.framer().between()
+    }
+}
+
+/// Follows a stream of protocol messages as its bytes pass, in pieces of any size,
+/// and hands over the whole bodies of the message types asked for.
 #[derive(Default)]
-struct FrameState {
+struct Framer {
     /// Bytes of the current message's body still to come.
     left: usize,
     /// The next header's bytes seen so far (a header may arrive in pieces).
     head: [u8; 5],
     have: usize,
-    /// A write to the client is under way (cut off, it ended anywhere).
-    writing: bool,
+    /// The current message's type and body so far, when it is one kept.
+    kept: Option<(u8, Vec<u8>)>,
+    /// The kept body went past [`MAX_KEPT_QUERY`].
+    overflow: bool,
 }
 
-impl Frames {
-    fn state(&self) -> std::sync::MutexGuard<'_, FrameState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn writing(&self, on: bool) {
-        self.state().writing = on;
-    }
-
-    fn advance(&self, mut bytes: &[u8]) {
-        let mut state = self.state();
-        let FrameState {
-            left, head, have, ..
-        } = &mut *state;
-        while !bytes.is_empty() {
-            if *left > 0 {
-                let k = (*left).min(bytes.len());
-                *left -= k;
-                bytes = &bytes[k..];
+impl Framer {
+    /// Walks `bytes`: for each message of a type in `keep` that ends in them,
+    /// `done(type, body, end)`, `end` being where it ends in `bytes` and the body
+    /// `None` when it was too long to keep.
+    fn advance(
+        &mut self,
+        bytes: &[u8],
+        keep: &[u8],
+        mut done: impl FnMut(u8, Option<&[u8]>, usize),
+    ) {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.left > 0 {
+                let k = self.left.min(bytes.len() - i);
+                if let Some((_, body)) = &mut self.kept {
+                    if body.len() + k <= MAX_KEPT_QUERY {
+                        body.extend_from_slice(&bytes[i..i + k]);
+                    } else {
+                        self.overflow = true;
+                    }
+                }
+                self.left -= k;
+                i += k;
+                if self.left == 0 {
+                    self.finish(i, &mut done);
+                }
                 continue;
             }
-            let k = (5 - *have).min(bytes.len());
-            head[*have..*have + k].copy_from_slice(&bytes[..k]);
-            *have += k;
-            bytes = &bytes[k..];
-            if *have == 5 {
+            let k = (5 - self.have).min(bytes.len() - i);
+            self.head[self.have..self.have + k].copy_from_slice(&bytes[i..i + k]);
+            self.have += k;
+            i += k;
+            if self.have == 5 {
+                self.have = 0;
+                let head = self.head;
                 let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-                *left = len.saturating_sub(4);
-                *have = 0;
+                self.left = len.saturating_sub(4);
+                self.kept = keep.contains(&head[0]).then(|| (head[0], Vec::new()));
+                self.overflow = false;
+                if self.left == 0 {
+                    self.finish(i, &mut done);
+                }
             }
         }
     }
 
+    fn finish(&mut self, end: usize, done: &mut impl FnMut(u8, Option<&[u8]>, usize)) {
+        if let Some((tag, body)) = self.kept.take() {
+            done(tag, (!self.overflow).then_some(body.as_slice()), end);
+        }
+    }
+
     fn between(&self) -> bool {
-        let state = self.state();
-        !state.writing && state.left == 0 && state.have == 0
+        self.left == 0 && self.have == 0
     }
 }
 
@@ -380,23 +567,61 @@ mod tests {
     }
 
     #[test]
-    fn frames_know_when_the_bytes_are_between_messages() {
-        let frames = Frames::default();
-        assert!(frames.between());
-        // A CopyData of 3 bytes, then a header cut after two bytes.
-        let mut bytes = vec![b'd', 0, 0, 0, 7, 1, 2, 3];
-        frames.advance(&bytes[..3]);
-        assert!(!frames.between());
-        frames.advance(&bytes[3..]);
-        assert!(frames.between());
-        bytes = vec![b'd', 0, 0, 0, 5, 9];
-        frames.advance(&bytes[..2]);
-        assert!(!frames.between());
-        frames.advance(&bytes[2..5]);
-        assert!(!frames.between());
-        frames.advance(&bytes[5..]);
-        assert!(frames.between());
-        frames.writing(true);
-        assert!(!frames.between());
+    fn the_framer_follows_messages_cut_anywhere_and_hands_over_those_kept() {
+        // A CopyData of 3 bytes, a ReadyForQuery, a Query: every split point.
+        let mut bytes = vec![b'd', 0, 0, 0, 7, 1, 2, 3, b'Z', 0, 0, 0, 5, b'I'];
+        bytes.extend_from_slice(&[b'Q', 0, 0, 0, 13]);
+        bytes.extend_from_slice(b"SELECT 1\0");
+        for cut in 0..=bytes.len() {
+            let mut framer = Framer::default();
+            let mut seen = Vec::new();
+            let mut between = Vec::new();
+            for (offset, part) in [(0, &bytes[..cut]), (cut, &bytes[cut..])] {
+                framer.advance(part, b"ZQ", |tag, body, end| {
+                    seen.push((tag, body.map(<[u8]>::to_vec), offset + end));
+                });
+                between.push(framer.between());
+            }
+            assert_eq!(
+                seen,
+                vec![
+                    (b'Z', Some(b"I".to_vec()), 14),
+                    (b'Q', Some(b"SELECT 1\0".to_vec()), bytes.len()),
+                ],
+                "cut at {cut}"
+            );
+            let at_a_boundary = [0, 8, 14, bytes.len()].contains(&cut);
+            assert_eq!(between, [at_a_boundary, true], "cut at {cut}");
+        }
+        // A body too long to keep is handed over as None.
+        let mut framer = Framer::default();
+        let len = (MAX_KEPT_QUERY + 5) as u32;
+        let mut long = vec![b'Q'];
+        long.extend_from_slice(&len.to_be_bytes());
+        long.resize(1 + len as usize, b'x');
+        let mut got = Vec::new();
+        framer.advance(&long, b"Q", |_, body, _| got.push(body.is_none()));
+        assert_eq!(got, [true]);
+    }
+
+    #[test]
+    fn replication_commands_are_told_from_sql() {
+        for command in [
+            "IDENTIFY_SYSTEM",
+            "  start_replication SLOT s LOGICAL 0/0",
+            "CREATE_REPLICATION_SLOT x LOGICAL pgoutput",
+            "BASE_BACKUP (CHECKPOINT 'fast')",
+        ] {
+            assert!(is_replication_command(command), "{command}");
+        }
+        for sql in [
+            "SELECT 1",
+            "SHOW work_mem",
+            "UPDATE t SET x = 1",
+            "IDENTIFY",
+            "",
+        ] {
+            assert!(!is_replication_command(sql), "{sql}");
+        }
     }
 }

@@ -573,3 +573,53 @@ async fn a_replication_client_waits_out_a_pause_and_a_second_replication_value_i
     let login = connecting.await.unwrap();
     assert_eq!(login.last().unwrap().0, b'Z', "{login:?}");
 }
+
+#[tokio::test]
+async fn sql_writes_on_a_logical_replication_connection_end_cached_entries() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = pgopt_proxy::CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            ..Default::default()
+        };
+    })
+    .await;
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'old')",
+        )
+        .await
+        .unwrap();
+    let reader = common::connect(&proxy, "postgres", None).await.unwrap();
+    let read = async || -> String {
+        reader
+            .query_one("SELECT v FROM items WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    // Cached: a write that bypasses pgopt is not seen.
+    assert_eq!(read().await, "old");
+    direct
+        .batch_execute("UPDATE items SET v = 'bypassed' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(read().await, "old", "the read was not cached");
+
+    // A write through a logical walsender's SQL session, in a transaction block:
+    // its entries end when it commits, before the writer hears it did.
+    let (mut raw, _) =
+        raw_connect(&proxy, &[("database", "app"), ("replication", "database")]).await;
+    raw.write_all(&query("IDENTIFY_SYSTEM")).await.unwrap();
+    read_messages(&mut raw, b"Z").await;
+    raw.write_all(&query("BEGIN; UPDATE items SET v = 'new' WHERE id = 1"))
+        .await
+        .unwrap();
+    read_messages(&mut raw, b"Z").await;
+    assert_eq!(read().await, "old", "not committed yet");
+    raw.write_all(&query("COMMIT")).await.unwrap();
+    read_messages(&mut raw, b"Z").await;
+    assert_eq!(read().await, "new");
+}
