@@ -13,7 +13,7 @@
 //! `replication` column; a CancelRequest reaches the walsender; KILL and a shutdown
 //! past `shutdown_timeout` end the pair (a drain waits for it, as for a transaction).
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -144,7 +144,17 @@ pub async fn serve(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     extra.push(("replication", kind.value()));
-    let conn = match pool.connect_dedicated(&extra).await {
+    let connecting = async {
+        tokio::select! {
+            r = pool.connect_dedicated(&extra) => Some(r),
+            () = info.until_killed() => None,
+        }
+    };
+    let Some(connected) = connecting.await else {
+        send_fatal(&mut stream, sqlstate::ADMIN_SHUTDOWN, ended_why(shared)).await;
+        return Ok(());
+    };
+    let conn = match connected {
         Ok(conn) => conn,
         Err(e) => {
             // Before AuthenticationOk, as PostgreSQL refuses a login: the server's own
@@ -187,6 +197,7 @@ pub async fn serve(
             database: &pool.database,
             analyzer: &shared.analyzer,
             pending: Mutex::default(),
+            outstanding: AtomicUsize::new(0),
         });
     let result = relay(stream, buf, shared, info, conn, key, watch).await;
     shared.unregister_cancel(key);
@@ -218,8 +229,11 @@ async fn relay(
     .encode(&mut out);
     // What the server sent beyond its start-up answers (nothing, unless asked).
     out.extend_from_slice(&conn.read_buf);
+    let boundary = Boundary::default();
+    boundary.framer().advance(&conn.read_buf, b"", |_, _, _| {});
     write_all(&mut stream, &out).await?;
 
+    let cancel = conn.cancel.clone();
     let mut server = conn.stream;
     let mut up_framer = Framer::default();
     if !buf.is_empty() {
@@ -227,16 +241,20 @@ async fn relay(
         if let Some(watch) = &watch {
             up_framer.advance(&buf, b"Q", |_, body, _| watch.note(body));
         }
-        server
-            .write_all(&buf)
-            .await
-            .map_err(ProxyError::server_io)?;
-        server.flush().await.map_err(ProxyError::server_io)?;
+        let sent = async {
+            server.write_all(&buf).await?;
+            server.flush().await
+        };
+        if let Err(e) = sent.await {
+            if let Some(watch) = &watch {
+                watch.settle(false).await;
+            }
+            return Err(ProxyError::server_io(e));
+        }
     }
-    let boundary = Boundary::default();
     let (mut client_read, mut client_write) = tokio::io::split(stream);
     let (mut server_read, mut server_write) = tokio::io::split(server);
-    let ended = {
+    let (ended, server_closed) = {
         let up = async {
             let _ = pump_up(
                 &mut client_read,
@@ -256,16 +274,26 @@ async fn relay(
             watch.as_ref(),
         );
         tokio::select! {
-            () = up => false,
-            _ = down => false,
-            () = until_ended(shared, info) => true,
+            () = up => (false, false),
+            r = down => (false, r.is_ok()),
+            () = until_ended(shared, info) => (true, false),
         }
     };
-    // The walsender goes first: a KILL frees its place whatever the client does.
-    drop((server_read, server_write));
-    if let Some(watch) = &watch {
-        // A write whose end was not seen may have committed: its entries end too.
-        watch.settle().await;
+    let server = server_read.unsplit(server_write);
+    match &watch {
+        // Writes in flight on a walsender still running: they are invalidated once it
+        // has finished them (in the background: the session ends now).
+        Some(watch) if !server_closed && watch.in_flight() => {
+            let framer = boundary.framer().clone();
+            watch.settle_departed(server, framer, cancel);
+        }
+        // The walsender goes first: a KILL frees its place whatever the client does.
+        Some(watch) => {
+            drop(server);
+            // A write whose end was not seen may have committed: its entries end too.
+            watch.settle(false).await;
+        }
+        None => drop(server),
     }
     let mut client = client_read.unsplit(client_write);
     if ended && boundary.between() {
@@ -333,33 +361,56 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut cuts = Vec::new();
+    let mut events = Vec::new();
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
             return Ok(());
         }
-        cuts.clear();
-        let keep: &[u8] = if watch.is_some() { b"Z" } else { b"" };
-        boundary.framer().advance(&buf[..n], keep, |_, body, end| {
-            if body == Some(&b"I"[..]) {
-                cuts.push(end - 1);
-            }
-        });
+        events.clear();
+        let keep: &[u8] = if watch.is_some() { b"ZC" } else { b"" };
+        boundary
+            .framer()
+            .advance(&buf[..n], keep, |tag, body, end| {
+                events.push((end - 1, Event::of(tag, body)));
+            });
         boundary.writing(true);
         let mut at = 0;
-        for &cut in &cuts {
-            let Some(watch) = watch.filter(|w| w.pending()) else {
+        for &(cut, event) in &events {
+            let Some(watch) = watch else { break };
+            let Some(keep) = watch.ends(event) else {
                 continue;
             };
+            // Up to the message's last byte: the client hears it once the cache has.
             to.write_all(&buf[at..cut]).await?;
             to.flush().await?;
-            watch.settle().await;
+            watch.settle(keep).await;
             at = cut;
         }
         to.write_all(&buf[at..n]).await?;
         to.flush().await?;
         boundary.writing(false);
+    }
+}
+
+/// A server message that may end a transaction, for the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// ReadyForQuery, with its transaction status.
+    Ready(u8),
+    /// CommandComplete of a COMMIT (also inside a query of several statements).
+    Commit,
+    Other,
+}
+
+impl Event {
+    fn of(tag: u8, body: Option<&[u8]>) -> Event {
+        match (tag, body) {
+            (b'Z', Some([status])) => Event::Ready(*status),
+            (b'Z', _) => Event::Ready(0),
+            (b'C', Some(body)) if body.starts_with(b"COMMIT") => Event::Commit,
+            _ => Event::Other,
+        }
     }
 }
 
@@ -385,6 +436,8 @@ struct CacheWatch<'a> {
     database: &'a str,
     analyzer: &'a pgopt_sql::Analyzer,
     pending: Mutex<PendingWrites>,
+    /// Queries sent whose ReadyForQuery has not come back.
+    outstanding: AtomicUsize,
 }
 
 impl CacheWatch<'_> {
@@ -394,6 +447,7 @@ impl CacheWatch<'_> {
 
     /// A Query about to go (`None`: too long to keep, a write to everything).
     fn note(&self, body: Option<&[u8]>) {
+        self.outstanding.fetch_add(1, Relaxed);
         let mut pending = self.pending_writes();
         match body.map(Query::decode) {
             Some(Ok(query)) if is_replication_command(query.sql) => {}
@@ -402,21 +456,103 @@ impl CacheWatch<'_> {
         }
     }
 
-    fn pending(&self) -> bool {
-        !self.pending_writes().is_empty()
+    /// Whether `event` ends writes: `Some(keep)`, `keep` when they stay noted (Queries
+    /// still in flight may run them, or more, later: pipelined ones are noted before
+    /// they run).
+    fn ends(&self, event: Event) -> Option<bool> {
+        let keep = match event {
+            Event::Ready(status) => {
+                let left = self.outstanding.load(Relaxed).saturating_sub(1);
+                self.outstanding.store(left, Relaxed);
+                if status != b'I' {
+                    return None;
+                }
+                left > 0
+            }
+            // The writes before it committed; those after it have yet to.
+            Event::Commit => true,
+            Event::Other => return None,
+        };
+        (!self.pending_writes().is_empty()).then_some(keep)
     }
 
-    /// The transaction ended: the entries its writes reach end, here and in every
-    /// instance sharing Redis.
-    async fn settle(&self) {
-        let writes = self.pending_writes().take();
+    /// Queries that may write are still in flight.
+    fn in_flight(&self) -> bool {
+        self.outstanding.load(Relaxed) > 0 && !self.pending_writes().is_empty()
+    }
+
+    /// The entries the writes noted reach end, here and in every instance sharing
+    /// Redis (`keep`: the writes stay noted).
+    async fn settle(&self, keep: bool) {
+        let writes = {
+            let mut pending = self.pending_writes();
+            if keep {
+                pending.clone()
+            } else {
+                pending.take()
+            }
+        };
         if writes.is_empty() {
             return;
         }
         let (tags, _fence) = self.cache.invalidate(self.database, writes);
-        self.cache.publish(&tags).await;
+        // Told to the other instances in a task of its own: it goes on if this
+        // session is cut off meanwhile (a KILL), and the client waits for it.
+        let cache = self.cache.clone();
+        let _ = tokio::spawn(async move { cache.publish(&tags).await }).await;
+    }
+
+    /// The client is gone (or KILLed) with Queries that may write in flight: the
+    /// walsender is sent nothing more and finishes what it has; once it has answered
+    /// them, or closed, their writes are invalidated, as a departed client's are on
+    /// a pooled connection. Past `cache.departed_write_timeout` the statement is
+    /// canceled; one that runs on even so has everything invalidated.
+    fn settle_departed(
+        &self,
+        mut server: crate::net::PgStream,
+        mut framer: Framer,
+        cancel: Arc<crate::server::CancelRoute>,
+    ) {
+        let mut writes = self.pending_writes().take();
+        let mut owed = self.outstanding.load(Relaxed);
+        let cache = self.cache.clone();
+        let database = self.database.to_string();
+        let wait = cache.settings.departed_write_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CLOSE_WAIT, server.shutdown()).await;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut deadline = tokio::time::Instant::now() + wait;
+            let mut canceled = false;
+            while owed > 0 {
+                match tokio::time::timeout_at(deadline, server.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => framer.advance(&buf[..n], b"Z", |_, _, _| {
+                        owed = owed.saturating_sub(1);
+                    }),
+                    // Closed: whatever committed has.
+                    Ok(_) => break,
+                    Err(_) if !canceled => {
+                        canceled = true;
+                        crate::server::send_cancel(&cancel, DEPARTED_CANCEL_GRACE).await;
+                        deadline = tokio::time::Instant::now() + DEPARTED_CANCEL_GRACE;
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "a departed replication client's statement did not end when canceled: every cached result is invalidated"
+                        );
+                        writes.note_unknown();
+                        break;
+                    }
+                }
+            }
+            drop(server);
+            let (tags, _fence) = cache.invalidate(&database, writes);
+            cache.publish(&tags).await;
+        });
     }
 }
+
+/// How long a departed replication client's canceled statement has to end.
+const DEPARTED_CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether `sql` is a command of the replication protocol (the walsender reads the
 /// whole text as one when its first word is one), not SQL.
@@ -437,7 +573,8 @@ fn is_replication_command(sql: &str) -> bool {
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .unwrap_or(sql.len());
     let word = &sql[..word_end];
-    COMMANDS.iter().any(|c| c.eq_ignore_ascii_case(word))
+    // (As PostgreSQL's replication scanner: upper case only; anything else is SQL.)
+    COMMANDS.contains(&word)
 }
 
 /// Where the bytes passed to the client stand: pgopt's own FATAL may go only between
@@ -465,7 +602,7 @@ impl Boundary {
 
 /// Follows a stream of protocol messages as its bytes pass, in pieces of any size,
 /// and hands over the whole bodies of the message types asked for.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Framer {
     /// Bytes of the current message's body still to come.
     left: usize,
@@ -608,7 +745,7 @@ mod tests {
     fn replication_commands_are_told_from_sql() {
         for command in [
             "IDENTIFY_SYSTEM",
-            "  start_replication SLOT s LOGICAL 0/0",
+            "  START_REPLICATION SLOT s LOGICAL 0/0",
             "CREATE_REPLICATION_SLOT x LOGICAL pgoutput",
             "BASE_BACKUP (CHECKPOINT 'fast')",
         ] {

@@ -63,6 +63,11 @@ async fn raw_connect(proxy: &Proxy, params: &[(&str, &str)]) -> (TcpStream, Vec<
 
 /// Messages (type, body) up to and including the first of a type in `last`.
 async fn read_messages(raw: &mut TcpStream, last: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    read_messages_n(raw, last, 1).await
+}
+
+/// [`read_messages`] up to the `n`-th message of a type in `last`.
+async fn read_messages_n(raw: &mut TcpStream, last: &[u8], mut n: usize) -> Vec<(u8, Vec<u8>)> {
     let (mut bytes, mut messages) = (Vec::new(), Vec::new());
     loop {
         while bytes.len() >= 5 {
@@ -74,7 +79,10 @@ async fn read_messages(raw: &mut TcpStream, last: &[u8]) -> Vec<(u8, Vec<u8>)> {
             messages.push((tag, bytes[5..1 + len].to_vec()));
             bytes.drain(..1 + len);
             if last.contains(&tag) {
-                return messages;
+                n -= 1;
+                if n == 0 {
+                    return messages;
+                }
             }
         }
         let mut buf = [0u8; 8192];
@@ -622,4 +630,79 @@ async fn sql_writes_on_a_logical_replication_connection_end_cached_entries() {
     raw.write_all(&query("COMMIT")).await.unwrap();
     read_messages(&mut raw, b"Z").await;
     assert_eq!(read().await, "new");
+    // A COMMIT in the middle of a Query: its writes' entries end there, not when the
+    // statements after it are done.
+    assert_eq!(read().await, "new");
+    // (The big row makes the server send what it has before the pg_sleep.)
+    raw.write_all(&query(
+        "BEGIN; UPDATE items SET v = 'mid' WHERE id = 1; COMMIT;
+         SELECT repeat('x', 100000); SELECT pg_sleep(2)",
+    ))
+    .await
+    .unwrap();
+    read_messages_n(&mut raw, b"C", 3).await;
+    assert_eq!(read().await, "mid");
+}
+
+#[tokio::test]
+async fn pipelined_and_departed_writes_on_a_logical_replication_connection_end_cached_entries_once_they_commit(
+) {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = pgopt_proxy::CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            ..Default::default()
+        };
+    })
+    .await;
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'old')",
+        )
+        .await
+        .unwrap();
+    let read_by = async |reader: &tokio_postgres::Client| -> String {
+        reader
+            .query_one("SELECT v FROM items WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let reader = common::connect(&proxy, "postgres", None).await.unwrap();
+    let read = async || read_by(&reader).await;
+    let replication = [("database", "app"), ("replication", "database")];
+
+    // Two Queries in one write: the first one's end is not the second one's.
+    let (mut raw, _) = raw_connect(&proxy, &replication).await;
+    let mut both = query("SELECT 1");
+    both.extend(query(
+        "UPDATE items SET v = 'piped' FROM pg_sleep(1) WHERE id = 1",
+    ));
+    raw.write_all(&both).await.unwrap();
+    read_messages(&mut raw, b"Z").await;
+    // Filled while the UPDATE runs: the old row, rightly then.
+    assert_eq!(read().await, "old");
+    read_messages(&mut raw, b"Z").await;
+    assert_eq!(read().await, "piped");
+
+    // A client KILLed while its write runs: the walsender finishes it, and its
+    // entries end once it has.
+    raw.write_all(&query(
+        "UPDATE items SET v = 'departed' FROM pg_sleep(1) WHERE id = 1",
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let console = admin(&proxy).await;
+    console.simple_query("KILL app").await.unwrap();
+    console.simple_query("RESUME app").await.unwrap();
+    // (KILL ended the reader too.)
+    let reader = common::connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(read_by(&reader).await, "piped", "filled before the commit");
+    wait_for("the departed write's entries ended", async || {
+        read_by(&reader).await == "departed"
+    })
+    .await;
 }
