@@ -320,6 +320,13 @@ async fn session(
             .flatten()
     });
     let Some(db) = db else {
+        if replication == Replication::Physical {
+            let message = format!(
+                "database \"{database}\" is not in pgopt's proxy.databases: a physical replication connection goes to the database it names, or with one database configured to that one; name an entry \"{database}\" (or \"*\") for it"
+            );
+            send_fatal(&mut stream, sqlstate::INVALID_CATALOG_NAME, &message).await;
+            return Ok(());
+        }
         unknown_database(&mut stream, database).await;
         return Ok(());
     };

@@ -386,6 +386,10 @@ async fn replication_clients_are_refused_as_postgresql_refuses_them_and_cancel_a
         c.hba = Some(std::sync::Arc::new(
             pgopt_proxy::hba::Hba::parse(rules).unwrap(),
         ));
+        // Two databases: a physical connection must name one.
+        let mut other = c.databases[0].clone();
+        other.name = "other".into();
+        c.databases.push(other);
     })
     .await;
     let direct = pg.connect("postgres").await.unwrap();
@@ -432,7 +436,12 @@ async fn replication_clients_are_refused_as_postgresql_refuses_them_and_cancel_a
         e.contains("replication role") || e.contains("permission denied to start WAL sender"),
         "{e}"
     );
-    let ok = run_tool(psql("walker", "replication", "true")).await;
+    let e = refused(psql("walker", "replication", "true")).await;
+    assert!(
+        e.contains("a physical replication connection goes to the database it names"),
+        "{e}"
+    );
+    let ok = run_tool(psql("walker", "other", "true")).await;
     assert!(ok.contains('|'), "{ok}");
 
     // A cancel reaches the walsender's query.
