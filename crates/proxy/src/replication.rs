@@ -12,6 +12,11 @@
 //! or `max_db_connections`. SHOW CLIENTS and SHOW SERVERS list both ends, with a
 //! `replication` column; a CancelRequest reaches the walsender; KILL and a shutdown
 //! past `shutdown_timeout` end the pair (a drain waits for it, as for a transaction).
+//!
+//! A logical walsender runs SQL too (simple protocol only). With the result cache on,
+//! its Queries are read as they pass, and their writes end the entries they reach as
+//! an ordinary client's do (`CacheWatch`); a walsender whose client left with writes
+//! in flight finishes them before they are invalidated, and only then closes.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -234,12 +239,13 @@ async fn relay(
     write_all(&mut stream, &out).await?;
 
     let cancel = conn.cancel.clone();
+    let conn_info = conn.info.clone();
     let mut server = conn.stream;
     let mut up_framer = Framer::default();
     if !buf.is_empty() {
         // What the client sent right behind its start-up packet.
         if let Some(watch) = &watch {
-            up_framer.advance(&buf, b"Q", |_, body, _| watch.note(body));
+            up_framer.advance(&buf, WATCHED, |tag, body, _| watch.note(tag, body));
         }
         let sent = async {
             server.write_all(&buf).await?;
@@ -282,10 +288,11 @@ async fn relay(
     let server = server_read.unsplit(server_write);
     match &watch {
         // Writes in flight on a walsender still running: they are invalidated once it
-        // has finished them (in the background: the session ends now).
+        // has finished them (in the background: the session ends now; the walsender
+        // ends once it has answered, or been canceled).
         Some(watch) if !server_closed && watch.in_flight() => {
             let framer = boundary.framer().clone();
-            watch.settle_departed(server, framer, cancel);
+            watch.settle_departed(server, framer, cancel, conn_info.clone());
         }
         // The walsender goes first: a KILL frees its place whatever the client does.
         Some(watch) => {
@@ -338,7 +345,7 @@ where
             return Ok(());
         }
         if let Some(watch) = watch {
-            framer.advance(&buf[..n], b"Q", |_, body, _| watch.note(body));
+            framer.advance(&buf[..n], WATCHED, |tag, body, _| watch.note(tag, body));
         }
         to.write_all(&buf[..n]).await?;
         // TLS holds written bytes until flushed.
@@ -376,8 +383,13 @@ where
             });
         boundary.writing(true);
         let mut at = 0;
-        for &(cut, event) in &events {
+        for (k, &(cut, event)) in events.iter().enumerate() {
             let Some(watch) = watch else { break };
+            // (A COMMIT whose idle ReadyForQuery came with it: that one settles.)
+            if event == Event::Commit && events.get(k + 1).map(|e| e.1) == Some(Event::Ready(b'I'))
+            {
+                continue;
+            }
             let Some(keep) = watch.ends(event) else {
                 continue;
             };
@@ -445,9 +457,14 @@ impl CacheWatch<'_> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A Query about to go (`None`: too long to keep, a write to everything).
-    fn note(&self, body: Option<&[u8]>) {
+    /// A client message about to go that the server answers with a ReadyForQuery
+    /// (see [`WATCHED`]); a Query's writes are noted (`None`: too long to keep, a
+    /// write to everything).
+    fn note(&self, tag: u8, body: Option<&[u8]>) {
         self.outstanding.fetch_add(1, Relaxed);
+        if tag != b'Q' {
+            return;
+        }
         let mut pending = self.pending_writes();
         match body.map(Query::decode) {
             Some(Ok(query)) if is_replication_command(query.sql) => {}
@@ -507,11 +524,13 @@ impl CacheWatch<'_> {
     /// them, or closed, their writes are invalidated, as a departed client's are on
     /// a pooled connection. Past `cache.departed_write_timeout` the statement is
     /// canceled; one that runs on even so has everything invalidated.
+    /// (`listed`: the walsender stays in SHOW SERVERS meanwhile.)
     fn settle_departed(
         &self,
         mut server: crate::net::PgStream,
         mut framer: Framer,
         cancel: Arc<crate::server::CancelRoute>,
+        listed: Arc<crate::stats::ServerInfo>,
     ) {
         let mut writes = self.pending_writes().take();
         let mut owed = self.outstanding.load(Relaxed);
@@ -522,16 +541,28 @@ impl CacheWatch<'_> {
             let _ = tokio::time::timeout(CLOSE_WAIT, server.shutdown()).await;
             let mut buf = vec![0u8; 64 * 1024];
             let mut deadline = tokio::time::Instant::now() + wait;
-            let mut canceled = false;
+            // As `relay::settle_writes`: once one statement was canceled, each one
+            // after it is too; one that outlives three cancels ends the wait.
+            let mut strikes = 0;
             while owed > 0 {
                 match tokio::time::timeout_at(deadline, server.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => framer.advance(&buf[..n], b"Z", |_, _, _| {
-                        owed = owed.saturating_sub(1);
-                    }),
+                    Ok(Ok(n)) if n > 0 => {
+                        let before = owed;
+                        framer.advance(&buf[..n], b"Z", |tag, _, _| {
+                            if tag == b'Z' {
+                                owed = owed.saturating_sub(1);
+                            }
+                        });
+                        if strikes > 0 && owed > 0 && owed < before {
+                            strikes = 1;
+                            crate::server::send_cancel(&cancel, DEPARTED_CANCEL_GRACE).await;
+                            deadline = tokio::time::Instant::now() + DEPARTED_CANCEL_GRACE;
+                        }
+                    }
                     // Closed: whatever committed has.
                     Ok(_) => break,
-                    Err(_) if !canceled => {
-                        canceled = true;
+                    Err(_) if strikes < DEPARTED_CANCEL_STRIKES => {
+                        strikes += 1;
                         crate::server::send_cancel(&cancel, DEPARTED_CANCEL_GRACE).await;
                         deadline = tokio::time::Instant::now() + DEPARTED_CANCEL_GRACE;
                     }
@@ -545,14 +576,22 @@ impl CacheWatch<'_> {
                 }
             }
             drop(server);
+            drop(listed);
             let (tags, _fence) = cache.invalidate(&database, writes);
             cache.publish(&tags).await;
         });
     }
 }
 
-/// How long a departed replication client's canceled statement has to end.
+/// How long a departed replication client's canceled statement has to end, and how
+/// many cancels it gets.
 const DEPARTED_CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const DEPARTED_CANCEL_STRIKES: u32 = 3;
+
+/// The client messages a walsender answers with a ReadyForQuery: a Query, a Sync
+/// (also the one that ends an extended-protocol batch it refused), a FunctionCall
+/// (refused).
+const WATCHED: &[u8] = b"QSF";
 
 /// Whether `sql` is a command of the replication protocol (the walsender reads the
 /// whole text as one when its first word is one), not SQL.

@@ -695,6 +695,17 @@ async fn pipelined_and_departed_writes_on_a_logical_replication_connection_end_c
     assert_eq!(read().await, "old");
     read_messages(&mut raw, b"Z").await;
     assert_eq!(read().await, "piped");
+    // A Sync first (a driver trying the extended protocol): answered with a
+    // ReadyForQuery of its own.
+    let mut both = message(b'S', b"");
+    both.extend(query(
+        "UPDATE items SET v = 'synced' FROM pg_sleep(1) WHERE id = 1",
+    ));
+    raw.write_all(&both).await.unwrap();
+    read_messages(&mut raw, b"Z").await;
+    assert_eq!(read().await, "piped");
+    read_messages(&mut raw, b"Z").await;
+    assert_eq!(read().await, "synced");
 
     // A client KILLed while its write runs: the walsender finishes it, and its
     // entries end once it has.
@@ -709,7 +720,7 @@ async fn pipelined_and_departed_writes_on_a_logical_replication_connection_end_c
     console.simple_query("RESUME app").await.unwrap();
     // (KILL ended the reader too.)
     let reader = common::connect(&proxy, "postgres", None).await.unwrap();
-    assert_eq!(read_by(&reader).await, "piped", "filled before the commit");
+    assert_eq!(read_by(&reader).await, "synced", "filled before the commit");
     wait_for("the departed write's entries ended", async || {
         read_by(&reader).await == "departed"
     })
