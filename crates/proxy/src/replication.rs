@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use pgopt_wire::backend::{BackendKeyData, ParameterStatus, ReadyForQuery};
 use pgopt_wire::frontend::Query;
 use pgopt_wire::sqlstate;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -31,7 +30,7 @@ use crate::cache::{PendingWrites, ProxyCache};
 use crate::io::{send_fatal, write_all};
 use crate::net::ClientStream;
 use crate::pool::{CheckoutError, Pool};
-use crate::session::{checkout_error, new_cancel_key, CancelSlot, Startup, AUTHENTICATION_OK};
+use crate::session::{checkout_error, login_reply, new_cancel_key, CancelSlot, Startup};
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::{unix_us_now, ClientInfo, ClientState};
 use crate::ProxyError;
@@ -218,20 +217,8 @@ async fn relay(
     key: pgopt_wire::startup::CancelRequest,
     watch: Option<CacheWatch<'_>>,
 ) -> Result<(), ProxyError> {
-    let mut out = BytesMut::with_capacity(512);
-    out.extend_from_slice(AUTHENTICATION_OK);
-    for (name, value) in &conn.params {
-        ParameterStatus { name, value }.encode(&mut out)?;
-    }
-    BackendKeyData {
-        process_id: key.process_id,
-        secret_key: key.secret_key,
-    }
-    .encode(&mut out);
-    ReadyForQuery {
-        status: conn.status,
-    }
-    .encode(&mut out);
+    let params = conn.params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let mut out = login_reply(params, key, conn.status)?;
     // What the server sent beyond its start-up answers (nothing, unless asked).
     out.extend_from_slice(&conn.read_buf);
     let boundary = Boundary::default();

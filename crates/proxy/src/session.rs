@@ -468,23 +468,12 @@ async fn session(
     let key = new_cancel_key()?;
     shared.register_cancel(key, &cancel_slot);
     let settings = Settings::from_startup(&startup.params);
-    let mut out = BytesMut::with_capacity(512);
-    out.extend_from_slice(AUTHENTICATION_OK);
-    for (name, value) in params.iter() {
-        // The client's own start-up values, which pgopt applies on its server
-        // connections, are the ones it must see.
-        let value = settings.startup_value(name).unwrap_or(value);
-        ParameterStatus { name, value }.encode(&mut out)?;
-    }
-    BackendKeyData {
-        process_id: key.process_id,
-        secret_key: key.secret_key,
-    }
-    .encode(&mut out);
-    ReadyForQuery {
-        status: TransactionStatus::Idle,
-    }
-    .encode(&mut out);
+    // The client's own start-up values, which pgopt applies on its server
+    // connections, are the ones it must see.
+    let shown = params
+        .iter()
+        .map(|(name, value)| (name.as_str(), settings.startup_value(name).unwrap_or(value)));
+    let out = login_reply(shown, key, TransactionStatus::Idle)?;
     let result = async {
         write_all(&mut stream, &out).await?;
         Relay::new(
@@ -762,7 +751,7 @@ async fn client_method(
 /// AuthenticationOk. As PostgreSQL, pgopt sends it with the messages that follow it
 /// (ParameterStatus … ReadyForQuery, or an error), in one write: a write less per
 /// login.
-pub(crate) const AUTHENTICATION_OK: &[u8] = b"R\0\0\0\x08\0\0\0\0";
+const AUTHENTICATION_OK: &[u8] = b"R\0\0\0\x08\0\0\0\0";
 
 /// Authenticates the client, within `deadline` (client_login_timeout); a failure is
 /// counted and the client told why. A SCRAM login against a stored verifier yields
@@ -895,6 +884,27 @@ pub fn checkout_error(pool: &Pool, error: CheckoutError) -> (&'static str, Strin
 }
 
 /// Process ids handed to clients (with a random secret key) for their CancelRequests.
+/// What a client hears once it is in: AuthenticationOk, the server's parameters,
+/// its cancel key and ReadyForQuery, in one buffer (one write).
+pub(crate) fn login_reply<'a>(
+    params: impl Iterator<Item = (&'a str, &'a str)>,
+    key: CancelRequest,
+    status: TransactionStatus,
+) -> Result<BytesMut, ProxyError> {
+    let mut out = BytesMut::with_capacity(512);
+    out.extend_from_slice(AUTHENTICATION_OK);
+    for (name, value) in params {
+        ParameterStatus { name, value }.encode(&mut out)?;
+    }
+    BackendKeyData {
+        process_id: key.process_id,
+        secret_key: key.secret_key,
+    }
+    .encode(&mut out);
+    ReadyForQuery { status }.encode(&mut out);
+    Ok(out)
+}
+
 /// The cancel key a client is given: pgopt's own, never a server's.
 pub(crate) fn new_cancel_key() -> Result<CancelRequest, ProxyError> {
     Ok(CancelRequest {

@@ -42,6 +42,16 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The first column of `sql`'s one row, a count.
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Waits until [`count`] of `sql` is `n`.
+async fn wait_for_count(what: &str, client: &tokio_postgres::Client, sql: &str, n: i64) {
+    wait_for(what, async || count(client, sql).await == n).await;
+}
+
 /// A raw client logged in with `params` (name, value pairs beside the user), and the
 /// messages of its login up to ReadyForQuery.
 async fn raw_connect(proxy: &Proxy, params: &[(&str, &str)]) -> (TcpStream, Vec<(u8, Vec<u8>)>) {
@@ -198,18 +208,13 @@ async fn a_synchronous_standby_streams_through_the_proxy_under_its_own_name() {
         .batch_execute("SELECT pg_reload_conf()")
         .await
         .unwrap();
-    wait_for("the standby streaming as synchronous", async || {
-        let sync: i64 = primary
-            .query_one(
-                "SELECT count(*) FROM pg_stat_replication
+    wait_for_count(
+        "the standby streaming as synchronous",
+        &primary,
+        "SELECT count(*) FROM pg_stat_replication
                   WHERE application_name = 'standby1' AND sync_state = 'sync'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        sync == 1
-    })
+        1,
+    )
     .await;
     // A commit that waits for the standby to apply it: under any other name than
     // its own, it would wait for ever.
@@ -223,11 +228,7 @@ async fn a_synchronous_standby_streams_through_the_proxy_under_its_own_name() {
         .expect("the synchronous standby confirmed nothing")
         .unwrap();
     let on_standby = standby.connect("postgres").await.unwrap();
-    let n: i64 = on_standby
-        .query_one("SELECT count(*) FROM applied", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&on_standby, "SELECT count(*) FROM applied").await;
     assert_eq!(n, 1);
     let clients = show(&admin(&proxy).await, "CLIENTS").await;
     assert!(
@@ -304,30 +305,20 @@ async fn a_logical_subscription_and_pg_recvlogical_replicate_through_the_proxy()
         ))
         .await
         .unwrap();
-    let count = async |n: i64| {
-        let got: i64 = target
-            .query_one("SELECT count(*) FROM items", &[])
-            .await
-            .unwrap()
-            .get(0);
-        got == n
-    };
-    wait_for("the initial copy", async || count(1).await).await;
+    let copied = async |n: i64| count(&target, "SELECT count(*) FROM items").await == n;
+    wait_for("the initial copy", async || copied(1).await).await;
     source
         .batch_execute("INSERT INTO items VALUES (2, 'two'), (3, 'three')")
         .await
         .unwrap();
-    wait_for("the change", async || count(3).await).await;
+    wait_for("the change", async || copied(3).await).await;
     // The walsender has the subscription's own application_name, and the proxy
     // lists the pair as logical replication.
-    let named: i64 = source
-        .query_one(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'sub'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let named = count(
+        &source,
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'sub'",
+    )
+    .await;
     assert_eq!(named, 1);
     let console = admin(&proxy).await;
     let clients = show(&console, "CLIENTS").await;
@@ -413,34 +404,30 @@ async fn replication_clients_are_refused_as_postgresql_refuses_them_and_cancel_a
         assert!(!out.status.success());
         stderr(&out)
     };
-    let e = refused(psql("postgres", "app", "sometimes")).await;
-    assert!(
-        e.contains("invalid value for parameter \"replication\""),
-        "{e}"
-    );
-    let e = refused(psql("postgres", "pgopt", "database")).await;
-    assert!(
-        e.contains("admin console takes no replication connections"),
-        "{e}"
-    );
-    // Physical replication matches the `replication` rule alone.
-    let e = refused(psql("postgres", "app", "true")).await;
-    assert!(
-        e.contains("no auth_hba_file entry for replication connection from host \"127.0.0.1\", user \"postgres\""),
-        "{e}"
-    );
-    // The server's own refusal: a role without REPLICATION.
-    let e = refused(psql("plain", "app", "database")).await;
-    // (PostgreSQL 16 and later say it otherwise.)
-    assert!(
-        e.contains("replication role") || e.contains("permission denied to start WAL sender"),
-        "{e}"
-    );
-    let e = refused(psql("walker", "replication", "true")).await;
-    assert!(
-        e.contains("a physical replication connection goes to the database it names"),
-        "{e}"
-    );
+    // pgopt's own refusals, then the server's: (user, database, replication, what
+    // the error says — one of).
+    let cases: [(&str, &str, &str, &[&str]); 5] = [
+        ("postgres", "app", "sometimes", &["invalid value for parameter \"replication\""]),
+        ("postgres", "pgopt", "database", &["admin console takes no replication connections"]),
+        // Physical replication matches the `replication` rule alone.
+        (
+            "postgres",
+            "app",
+            "true",
+            &["no auth_hba_file entry for replication connection from host \"127.0.0.1\", user \"postgres\""],
+        ),
+        // Two databases: a physical connection must name one.
+        ("walker", "replication", "true", &["a physical replication connection goes to the database it names"]),
+        // A role without REPLICATION (PostgreSQL 16 and later say it otherwise).
+        ("plain", "app", "database", &["replication role", "permission denied to start WAL sender"]),
+    ];
+    for (user, db, replication, wants) in cases {
+        let e = refused(psql(user, db, replication)).await;
+        assert!(
+            wants.iter().any(|w| e.contains(w)),
+            "{user} {db} {replication}: {e}"
+        );
+    }
     let ok = run_tool(psql("walker", "other", "true")).await;
     assert!(ok.contains('|'), "{ok}");
 
@@ -453,18 +440,13 @@ async fn replication_clients_are_refused_as_postgresql_refuses_them_and_cancel_a
         .map(|(_, body)| body.clone())
         .expect("BackendKeyData");
     raw.write_all(&query("SELECT pg_sleep(30)")).await.unwrap();
-    wait_for("the walsender's query running", async || {
-        let running: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
+    wait_for_count(
+        "the walsender's query running",
+        &direct,
+        "SELECT count(*) FROM pg_stat_activity
                   WHERE backend_type = 'walsender' AND query = 'SELECT pg_sleep(30)'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        running == 1
-    })
+        1,
+    )
     .await;
     let mut cancel = 16i32.to_be_bytes().to_vec();
     cancel.extend_from_slice(&80877102i32.to_be_bytes());
@@ -591,8 +573,8 @@ async fn a_replication_client_waits_out_a_pause_and_a_second_replication_value_i
     assert_eq!(login.last().unwrap().0, b'Z', "{login:?}");
 }
 
-#[tokio::test]
-async fn sql_writes_on_a_logical_replication_connection_end_cached_entries() {
+/// A server with table `items` (1, 'old'), a proxy caching it, and a direct client.
+async fn cached_items() -> (Postgres, Proxy, tokio_postgres::Client) {
     let pg = Postgres::start().await.unwrap();
     let proxy = start_with(&pg, |c| {
         c.cache = pgopt_proxy::CacheSettings {
@@ -609,14 +591,23 @@ async fn sql_writes_on_a_logical_replication_connection_end_cached_entries() {
         )
         .await
         .unwrap();
+    (pg, proxy, direct)
+}
+
+/// The cached row's value, read through the proxy by `reader`.
+async fn read_item(reader: &tokio_postgres::Client) -> String {
+    reader
+        .query_one("SELECT v FROM items WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn sql_writes_on_a_logical_replication_connection_end_cached_entries() {
+    let (_pg, proxy, direct) = cached_items().await;
     let reader = common::connect(&proxy, "postgres", None).await.unwrap();
-    let read = async || -> String {
-        reader
-            .query_one("SELECT v FROM items WHERE id = 1", &[])
-            .await
-            .unwrap()
-            .get(0)
-    };
+    let read = async || read_item(&reader).await;
     // Cached: a write that bypasses pgopt is not seen.
     assert_eq!(read().await, "old");
     direct
@@ -656,56 +647,29 @@ async fn sql_writes_on_a_logical_replication_connection_end_cached_entries() {
 #[tokio::test]
 async fn pipelined_and_departed_writes_on_a_logical_replication_connection_end_cached_entries_once_they_commit(
 ) {
-    let pg = Postgres::start().await.unwrap();
-    let proxy = start_with(&pg, |c| {
-        c.cache = pgopt_proxy::CacheSettings {
-            enabled: true,
-            tables: vec!["items".into()],
-            ..Default::default()
-        };
-    })
-    .await;
-    let direct = pg.connect("postgres").await.unwrap();
-    direct
-        .batch_execute(
-            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'old')",
-        )
-        .await
-        .unwrap();
-    let read_by = async |reader: &tokio_postgres::Client| -> String {
-        reader
-            .query_one("SELECT v FROM items WHERE id = 1", &[])
-            .await
-            .unwrap()
-            .get(0)
-    };
+    let (_pg, proxy, _direct) = cached_items().await;
     let reader = common::connect(&proxy, "postgres", None).await.unwrap();
-    let read = async || read_by(&reader).await;
+    let read = async || read_item(&reader).await;
     let replication = [("database", "app"), ("replication", "database")];
 
-    // Two Queries in one write: the first one's end is not the second one's.
+    // Two messages in one write, each answered with a ReadyForQuery: a Query, or a
+    // Sync (a driver trying the extended protocol), then a slow write. The first
+    // one's end is not the write's.
     let (mut raw, _) = raw_connect(&proxy, &replication).await;
-    let mut both = query("SELECT 1");
-    both.extend(query(
-        "UPDATE items SET v = 'piped' FROM pg_sleep(1) WHERE id = 1",
-    ));
-    raw.write_all(&both).await.unwrap();
-    read_messages(&mut raw, b"Z").await;
-    // Filled while the UPDATE runs: the old row, rightly then.
-    assert_eq!(read().await, "old");
-    read_messages(&mut raw, b"Z").await;
-    assert_eq!(read().await, "piped");
-    // A Sync first (a driver trying the extended protocol): answered with a
-    // ReadyForQuery of its own.
-    let mut both = message(b'S', b"");
-    both.extend(query(
-        "UPDATE items SET v = 'synced' FROM pg_sleep(1) WHERE id = 1",
-    ));
-    raw.write_all(&both).await.unwrap();
-    read_messages(&mut raw, b"Z").await;
-    assert_eq!(read().await, "piped");
-    read_messages(&mut raw, b"Z").await;
-    assert_eq!(read().await, "synced");
+    let mut before = "old";
+    for (first, value) in [(query("SELECT 1"), "piped"), (message(b'S', b""), "synced")] {
+        let mut both = first;
+        both.extend(query(&format!(
+            "UPDATE items SET v = '{value}' FROM pg_sleep(1) WHERE id = 1"
+        )));
+        raw.write_all(&both).await.unwrap();
+        read_messages(&mut raw, b"Z").await;
+        // Filled while the UPDATE runs: the row before it, rightly then.
+        assert_eq!(read().await, before);
+        read_messages(&mut raw, b"Z").await;
+        assert_eq!(read().await, value);
+        before = value;
+    }
 
     // A client KILLed while its write runs: the walsender finishes it, and its
     // entries end once it has.
@@ -720,9 +684,13 @@ async fn pipelined_and_departed_writes_on_a_logical_replication_connection_end_c
     console.simple_query("RESUME app").await.unwrap();
     // (KILL ended the reader too.)
     let reader = common::connect(&proxy, "postgres", None).await.unwrap();
-    assert_eq!(read_by(&reader).await, "synced", "filled before the commit");
+    assert_eq!(
+        read_item(&reader).await,
+        "synced",
+        "filled before the commit"
+    );
     wait_for("the departed write's entries ended", async || {
-        read_by(&reader).await == "departed"
+        read_item(&reader).await == "departed"
     })
     .await;
 }
