@@ -255,6 +255,9 @@ pub struct Relay {
     /// This client's ended writes whose commit position is not known yet: resolved
     /// with the position read once the connection is idle (see [`Relay::after_write`]).
     fence_tokens: Vec<FenceToken>,
+    /// The client ran SQL PREPARE in the current transaction block (see
+    /// `deallocate_sql`).
+    sql_prepared: bool,
     /// Tags this client's commits bumped, for the instances sharing Redis: told
     /// before the client hears the transaction ended.
     to_publish: Vec<String>,
@@ -399,6 +402,7 @@ impl Relay {
             cache,
             serve_cache,
             fence_tokens: Vec::new(),
+            sql_prepared: false,
             to_publish: Vec::new(),
             filling: None,
             login_user,
@@ -1433,12 +1437,15 @@ impl Relay {
                 .shared
                 .analyzer
                 .analyze(query.sql)
-                .is_ok_and(|analysis| {
-                    matches!(
-                        session_state::judge(&analysis, query.sql),
-                        SessionVerdict::Refuse(_)
-                    )
-                })
+                .is_ok_and(
+                    |analysis| match session_state::judge(&analysis, query.sql) {
+                        SessionVerdict::Refuse(_) => true,
+                        SessionVerdict::InBlockOnly(_) => {
+                            self.status != TransactionStatus::InTransaction
+                        }
+                        _ => false,
+                    },
+                )
     }
 
     /// On the primary, a batch after a read that is not all here yet: it is judged for
@@ -2202,7 +2209,14 @@ impl Relay {
                 }
                 None
             }
-            SessionVerdict::Refuse(message) => {
+            // A block's PREPARE: deallocated once the block ends (`deallocate_sql`).
+            SessionVerdict::InBlockOnly(_)
+                if simple && self.status == TransactionStatus::InTransaction =>
+            {
+                self.sql_prepared = true;
+                None
+            }
+            SessionVerdict::Refuse(message) | SessionVerdict::InBlockOnly(message) => {
                 let error = error_response(sqlstate::FEATURE_NOT_SUPPORTED, &message)?;
                 self.pool
                     .stats
@@ -2951,6 +2965,7 @@ impl Relay {
             self.run_again(batch).await?;
         }
         self.resync_settings().await;
+        self.deallocate_sql().await;
         self.after_write().await;
         Ok(())
     }
@@ -3031,6 +3046,41 @@ impl Relay {
         }
     }
 
+    /// A transaction block in which the client ran SQL PREPARE has ended: the
+    /// statements SQL prepared on the connection are deallocated before it goes back
+    /// to the pool (another client's PREPARE of the name would fail, or its EXECUTE run
+    /// this one's). If that fails the connection closes.
+    async fn deallocate_sql(&mut self) {
+        if !self.sql_prepared || !self.server_idle() {
+            return;
+        }
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        self.sql_prepared = false;
+        // A simple query: the server's unnamed statement is gone.
+        self.unnamed_here = false;
+        let listed = "SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql";
+        let mut done = server.conn.simple_query(listed, self.max_len).await;
+        if let Ok(rows) = &done {
+            let names: Vec<String> = rows
+                .iter()
+                .filter_map(|row| row.first().cloned().flatten())
+                .collect();
+            for name in names {
+                let sql = format!("DEALLOCATE {}", quote_ident(&name));
+                done = server.conn.simple_query(&sql, self.max_len).await;
+                if done.is_err() {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "deallocating a block's SQL prepared statements failed; closing the server connection");
+            self.server_lost().await;
+        }
+    }
+
     /// After ROLLBACK TO SAVEPOINT undid SETs: once nothing is in flight (and the
     /// transaction is not in a failed state), reads the affected settings back from the
     /// server, so the client and the connection's bookkeeping hold what PostgreSQL has.
@@ -3072,6 +3122,28 @@ impl Relay {
         }
         // A simple query: the server's unnamed statement is gone.
         self.unnamed_here = false;
+        // A set_config naming its setting by a column or an expression: every setting
+        // the session set is read back. (Its query, a SELECT, took the transaction's
+        // snapshot already: reading pg_settings takes none of the client's.)
+        if let Some(i) = names.iter().position(|n| n == pgopt_sql::ANY_SETTING) {
+            names.swap_remove(i);
+            let sql = "SELECT name FROM pg_catalog.pg_settings WHERE source = 'session'";
+            match server.conn.simple_query(sql, self.max_len).await {
+                Ok(rows) => {
+                    for name in rows.into_iter().filter_map(|mut row| row.pop().flatten()) {
+                        let name = name.to_ascii_lowercase();
+                        if !names.contains(&name) {
+                            names.push(name);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the session's settings failed; closing the server connection");
+                    self.server_lost().await;
+                    return;
+                }
+            }
+        }
         // SHOW takes no snapshot, so a REPEATABLE READ transaction's first snapshot
         // stays the client's first query's, as without pgopt; any other name (a custom
         // setting, which may not exist) is read with current_setting(…, true).
@@ -3630,6 +3702,7 @@ impl Relay {
             // could not be while the rest of `to_server` was on its way (the last
             // answer may have come then: a COPY's, before its last CopyData).
             self.resync_settings().await;
+            self.deallocate_sql().await;
             self.after_write().await;
         }
         Ok(())

@@ -5,8 +5,9 @@
 //! connection remembers which settings pgopt applied to it, and on checkout the
 //! difference is applied before the client's first message. State that cannot follow
 //! a client (LISTEN, session advisory locks, temporary tables, SQL PREPARE, cursors
-//! WITH HOLD, set_config with a name that is not a literal) is refused with an error
-//! that names the feature.
+//! WITH HOLD, set_config naming its setting by a parameter or an expression) is
+//! refused with an error that names the feature; a set_config naming it by a column
+//! of pg_settings (pg_dump) has every setting the session set read back.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -420,6 +421,10 @@ pub enum Verdict {
     },
     /// Refused: the message names the feature and what to do instead.
     Refuse(String),
+    /// SQL PREPARE: let through inside a transaction block, where the connection stays
+    /// with the client (pg_dump prepares and executes within its one transaction),
+    /// and deallocated when the block ends; refused outside one with the message.
+    InBlockOnly(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,12 +441,13 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
     let mut discard = false;
     let mut reread = Vec::new();
     for effect in &analysis.session_effects {
-        let refuse = |feature: &str, instead: &str| {
-            Verdict::Refuse(format!(
+        let refusal = |feature: &str, instead: &str| {
+            format!(
                 "{feature} is not supported in transaction pooling mode: the state would stay \
                  on a server connection other clients use. {instead}"
-            ))
+            )
         };
+        let refuse = |feature: &str, instead: &str| Verdict::Refuse(refusal(feature, instead));
         match effect {
             SessionEffect::Listen { .. } => {
                 return refuse(
@@ -460,11 +466,11 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
                 "Create it with ON COMMIT DROP inside a transaction, or use a session-mode pool.",
             ),
             SessionEffect::Prepare { name } => {
-                return refuse(
-                    &format!("SQL PREPARE ({name})"),
-                    "Use your driver's prepared statements (protocol-level), which pgopt keeps \
-                     across server connections.",
-                )
+                return Verdict::InBlockOnly(refusal(
+                    &format!("SQL PREPARE ({name}) outside a transaction block"),
+                    "Inside a block it lasts until the block ends. Use your driver's prepared \
+                     statements (protocol-level), which pgopt keeps across server connections.",
+                ));
             }
             SessionEffect::HoldCursor { name } => {
                 return refuse(
@@ -472,12 +478,14 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
                     "Use a cursor without HOLD inside a transaction, or a session-mode pool.",
                 )
             }
+            // (A call naming its setting by a column of pg_settings gives ANY_SETTING:
+            // every setting the session changed is read back.)
             SessionEffect::SetConfig => match pgopt_sql::set_config_names(sql) {
                 Some(names) => reread.extend(names),
                 None => {
                     return refuse(
                         "set_config(…, …, false) naming its setting other than by a string \
-                         literal",
+                         literal (or a column of pg_settings)",
                         "Name the setting with a literal, pass is_local = true inside a \
                          transaction (or use SET LOCAL), or run SET as its own statement, which \
                          pgopt carries across server connections.",
@@ -741,6 +749,10 @@ mod tests {
         ] {
             match judged(sql) {
                 Verdict::Refuse(m) => assert!(m.contains(word), "{sql}: {m}"),
+                // (Let through in a transaction block.)
+                Verdict::InBlockOnly(m) if word == "PREPARE" => {
+                    assert!(m.contains("outside a transaction block"), "{sql}: {m}")
+                }
                 v => panic!("{sql}: {v:?}"),
             }
         }

@@ -630,7 +630,8 @@ async fn set_config_for_the_session_follows_its_client() {
     a.batch_execute("SET jit = on").await.unwrap();
     assert_eq!(show(&b, "jit").await, "on");
     assert_eq!(show(&a, "jit").await, "on");
-    // A setting named by a parameter can't be known: refused by name.
+    // A setting named by a parameter can't be known (a custom one is in no view):
+    // refused by name.
     let e = a
         .query("SELECT set_config($1, 'x', false)", &[&"app.user"])
         .await
@@ -639,6 +640,18 @@ async fn set_config_for_the_session_follows_its_client() {
     assert_eq!(db.code().code(), "0A000", "{db:?}");
     assert!(db.message().contains("set_config"), "{db:?}");
     assert_eq!(common::value(&a, user).await, "carol");
+    // Named by a column of pg_settings (pg_dump's way since 15.8): every setting the
+    // session set is read back.
+    a.batch_execute(
+        "SELECT set_config(name, '3', false) FROM pg_settings WHERE name = 'extra_float_digits'",
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        assert_eq!(show(&b, "extra_float_digits").await, "1");
+        assert_eq!(show(&a, "extra_float_digits").await, "3");
+    }
+    a.batch_execute("RESET extra_float_digits").await.unwrap();
     // A name PostgreSQL does not know, undone by ROLLBACK TO SAVEPOINT: read back in
     // a savepoint of pgopt's, the client's block goes on.
     a.batch_execute("BEGIN; SAVEPOINT s").await.unwrap();
@@ -651,6 +664,104 @@ async fn set_config_for_the_session_follows_its_client() {
     assert_eq!(common::value(&a, "SELECT 41 + 1").await, "42");
     a.batch_execute("COMMIT").await.unwrap();
     assert_eq!(common::value(&a, user).await, "carol");
+}
+
+/// pg_dump (15.8 and later set a setting named by a column of pg_settings) with
+/// parallel workers, and pg_restore, through transaction mode.
+#[tokio::test]
+async fn pg_dump_and_pg_restore_run_through_transaction_mode() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 4);
+    let mut restored = config.databases[0].clone();
+    restored.name = "restored".into();
+    restored.dbname = "restored".into();
+    config.databases.push(restored);
+    let proxy = Proxy::start(config).await.unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE TABLE a AS SELECT g AS id FROM generate_series(1, 1000) g;
+             CREATE TABLE b AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 500) g;",
+        )
+        .await
+        .unwrap();
+    pg.create_database("restored").await.unwrap();
+    let dir = common::temp_dir("pg-dump").join("dump");
+    let port = proxy.local_addr().port().to_string();
+    let mut dump = Command::new(pg.binaries().program("pg_dump"));
+    dump.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-Fd",
+        "-j",
+        "2",
+        "-f",
+    ])
+    .arg(&dir)
+    .arg("app");
+    let mut restore = Command::new(pg.binaries().program("pg_restore"));
+    restore
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-j",
+            "2",
+            "-d",
+            "restored",
+        ])
+        .arg(&dir);
+    tokio::task::spawn_blocking(move || {
+        run(&mut dump);
+        run(&mut restore);
+    })
+    .await
+    .unwrap();
+    // pg_dump's SQL PREPAREs (in its transaction) are gone from the connections.
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..8 {
+        let left = common::value(
+            &client,
+            "SELECT count(*) FROM pg_prepared_statements WHERE from_sql",
+        )
+        .await;
+        assert_eq!(left, "0");
+    }
+    // SQL PREPARE lasts as long as its block; outside one it is refused.
+    client.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    client
+        .batch_execute("PREPARE two AS SELECT 2")
+        .await
+        .unwrap();
+    assert_eq!(common::value(&client, "EXECUTE two").await, "2");
+    client.batch_execute("COMMIT").await.unwrap();
+    let e = client.batch_execute("EXECUTE two").await.unwrap_err();
+    assert_eq!(code(&e), Some("26000"), "{e}");
+    let e = client
+        .batch_execute("PREPARE two AS SELECT 2")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("0A000"), "{e}");
+    let copy = pg.connect("restored").await.unwrap();
+    let counts: (i64, i64) = {
+        let row = copy
+            .query_one(
+                "SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(counts, (1000, 500));
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
 
 /// SET and RESET among several statements of one query (a block sent whole, the
@@ -783,10 +894,6 @@ async fn refuses_session_state(proxy: &Proxy) {
         ("SELECT pg_advisory_lock(7)", "pg_advisory_lock"),
         ("CREATE TEMP TABLE scratch (x int)", "Temporary table"),
         ("PREPARE p AS SELECT 1", "PREPARE"),
-        (
-            "SELECT set_config('app.' || 'user', '1', false)",
-            "set_config",
-        ),
         ("SET work_mem = '8MB'; RESET work_mem", "several statements"),
     ] {
         let err = client.batch_execute(sql).await.unwrap_err();

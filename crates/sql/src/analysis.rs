@@ -885,15 +885,33 @@ impl<'c> Walker<'c> {
     }
 }
 
+/// What `set_config_names` gives for a call that names its setting by a column of a
+/// query that reads `pg_settings`: any of the settings it lists may change (never a
+/// custom placeholder, which it does not list).
+pub const ANY_SETTING: &str = "*";
+
 /// The settings the `set_config(name, value, is_local)` calls of `sql` may set for
 /// the session (not those with `is_local` the literal `true`), by the string literal
-/// naming each, lower-cased as PostgreSQL folds them; `None` when a call names its
-/// setting otherwise (a parameter, an expression) or `sql` does not parse. Read from
-/// the text itself: an analysis is shared by texts that differ in literals only.
+/// naming each, lower-cased as PostgreSQL folds them, and [`ANY_SETTING`] for a call
+/// naming its setting by a column in a query that reads `pg_settings` (pg_dump's
+/// `set_config(name, …) FROM pg_settings WHERE name = …`); `None` when a call names
+/// its setting otherwise (a parameter, an expression: maybe a custom setting no view
+/// lists) or `sql` does not parse. Read from the text itself: an analysis is shared
+/// by texts that differ in literals only.
 pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
-    fn collect(value: &Value, names: &mut Vec<String>) -> bool {
+    fn reads_pg_settings(value: &Value) -> bool {
         match value {
-            Value::Array(items) => items.iter().all(|item| collect(item, names)),
+            Value::Array(items) => items.iter().any(reads_pg_settings),
+            Value::Object(map) => {
+                map.get("relname").and_then(Value::as_str) == Some("pg_settings")
+                    || map.values().any(reads_pg_settings)
+            }
+            _ => false,
+        }
+    }
+    fn collect(value: &Value, names: &mut Vec<String>, settings: bool) -> bool {
+        match value {
+            Value::Array(items) => items.iter().all(|item| collect(item, names, settings)),
             Value::Object(map) => {
                 if map.contains_key("funcname") && map.contains_key("agg_star") {
                     let parts: Vec<&str> = match map.get("funcname") {
@@ -908,18 +926,19 @@ pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
                         ["set_config"] | ["pg_catalog", "set_config"]
                     );
                     if set_config && !set_config_is_local(map) {
-                        let name = map
-                            .get("args")
-                            .and_then(|a| a.get(0))
+                        let arg = map.get("args").and_then(|a| a.get(0));
+                        let name = arg
                             .and_then(|a| a.pointer("/node/AConst/val/Sval/sval"))
                             .and_then(Value::as_str);
+                        let column = arg.and_then(|a| a.pointer("/node/ColumnRef")).is_some();
                         match name {
                             Some(name) => names.push(name.to_ascii_lowercase()),
+                            None if column && settings => names.push(ANY_SETTING.to_string()),
                             None => return false,
                         }
                     }
                 }
-                map.values().all(|child| collect(child, names))
+                map.values().all(|child| collect(child, names, settings))
             }
             _ => true,
         }
@@ -927,7 +946,7 @@ pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
     let parsed = pg_query::parse(sql, 0).ok()?;
     let tree = serde_json::to_value(&parsed.protobuf).ok()?;
     let mut names = Vec::new();
-    if !collect(&tree, &mut names) {
+    if !collect(&tree, &mut names, reads_pg_settings(&tree)) {
         return None;
     }
     names.sort_unstable();
@@ -1048,6 +1067,15 @@ mod tests {
         assert_eq!(
             names("SELECT x FROM (SELECT set_config('a.b', '1', false) x) s"),
             want(&["a.b"])
+        );
+        // Named by a column of pg_settings: any setting it lists.
+        assert_eq!(
+            names("SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'"),
+            want(&["*"])
+        );
+        assert_eq!(
+            names("SELECT set_config(s.name, 'on', false), set_config('jit', 'on', false) FROM pg_catalog.pg_settings s"),
+            want(&["*", "jit"])
         );
         // Named otherwise: unknown.
         assert_eq!(names("SELECT set_config($1, 'off', false)"), None);

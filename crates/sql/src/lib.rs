@@ -22,7 +22,7 @@ mod strip;
 
 pub use analysis::{
     analyze, analyze_with, set_config_names, Analysis, AnalysisConfig, SessionEffect,
-    StatementKind, SHORTENED,
+    StatementKind, ANY_SETTING, SHORTENED,
 };
 pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use error::SqlError;
