@@ -3101,6 +3101,19 @@ impl Relay {
             return;
         };
         let mut names = std::mem::take(&mut self.resync);
+        // Every setting the session set (a set_config naming its setting by a column of
+        // pg_settings) is read from pg_settings, a SELECT: in a block it would take a
+        // REPEATABLE READ transaction's snapshot before the client's first query, so it
+        // waits until the block has ended (the connection stays with the client until
+        // then, and the block's end does not undo a setting made before it).
+        let any = names.iter().position(|n| n == pgopt_sql::ANY_SETTING);
+        if let Some(i) = any.filter(|_| self.status != TransactionStatus::Idle) {
+            names.swap_remove(i);
+            self.resync.push(pgopt_sql::ANY_SETTING.to_string());
+            if names.is_empty() {
+                return;
+            }
+        }
         // SET SESSION CHARACTERISTICS is tracked by its statement, under a name no
         // setting has: it is read back as the three settings it sets (else the
         // connection would keep them unknown to pgopt, for the next client).
@@ -3122,12 +3135,28 @@ impl Relay {
         }
         // A simple query: the server's unnamed statement is gone.
         self.unnamed_here = false;
-        // A set_config naming its setting by a column or an expression: every setting
-        // the session set is read back. (Its query, a SELECT, took the transaction's
-        // snapshot already: reading pg_settings takes none of the client's.)
+        // A set_config naming its setting by a column of pg_settings (outside a block,
+        // see above): every setting the session set is read back, and every one the
+        // client or the connection had (the query may have reset one to its default).
+        // Not the three SET TRANSACTION sets, which outlive a transaction in pg_settings
+        // but are not the session's.
         if let Some(i) = names.iter().position(|n| n == pgopt_sql::ANY_SETTING) {
             names.swap_remove(i);
-            let sql = "SELECT name FROM pg_catalog.pg_settings WHERE source = 'session'";
+            let known: Vec<String> = self
+                .settings
+                .names()
+                .chain(server.conn.applied.names())
+                .filter(|n| !n.contains(' '))
+                .map(str::to_string)
+                .collect();
+            for name in known {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            let sql = "SELECT name FROM pg_catalog.pg_settings WHERE source = 'session' \
+                       AND name NOT IN ('transaction_isolation', 'transaction_read_only', \
+                       'transaction_deferrable')";
             match server.conn.simple_query(sql, self.max_len).await {
                 Ok(rows) => {
                     for name in rows.into_iter().filter_map(|mut row| row.pop().flatten()) {

@@ -91,6 +91,11 @@ fn set_statement(name: &str, setting: &Setting) -> String {
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
 impl Settings {
+    /// The names of the settings the client has (start-up values and SETs).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.current.keys().map(String::as_str)
+    }
+
     /// The settings a client's StartupMessage asks for.
     pub fn from_startup(params: &[(String, String)]) -> Settings {
         let mut startup = BTreeMap::new();
@@ -349,6 +354,11 @@ impl Settings {
 }
 
 impl Applied {
+    /// The names of the settings pgopt applied to the connection.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
     /// After DISCARD ALL on the server: nothing applied any more.
     pub fn clear(&mut self) {
         self.map.clear();
@@ -465,6 +475,17 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
                 &format!("Temporary table {name}"),
                 "Create it with ON COMMIT DROP inside a transaction, or use a session-mode pool.",
             ),
+            // A PREPARE alone, whose statement has no session effect of its own (each
+            // EXECUTE would have it unseen): let through in a block. Beside anything
+            // else, refused.
+            SessionEffect::Prepare { name } if !single || analysis.session_effects.len() > 1 => {
+                return refuse(
+                    &format!("SQL PREPARE ({name}) among other statements or session effects"),
+                    "Run the PREPARE alone, inside a transaction block (it lasts until the \
+                     block ends), or use your driver's prepared statements (protocol-level), \
+                     which pgopt keeps across server connections.",
+                )
+            }
             SessionEffect::Prepare { name } => {
                 return Verdict::InBlockOnly(refusal(
                     &format!("SQL PREPARE ({name}) outside a transaction block"),
@@ -740,6 +761,15 @@ mod tests {
             ("CREATE TEMP TABLE t (x int)", "Temporary table"),
             ("PREPARE p AS SELECT 1", "PREPARE"),
             ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "WITH HOLD"),
+            ("PREPARE p AS SELECT 1; SET search_path = x", "PREPARE"),
+            (
+                "PREPARE p AS SELECT 1; DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                "PREPARE",
+            ),
+            (
+                "PREPARE p AS SELECT set_config('app.tenant', '42', false)",
+                "session effects",
+            ),
             ("SELECT set_config($1, '1', false)", "set_config"),
             ("SET a.b = 1; RESET a.b", "several statements"),
             ("SET a.b = 1; RESET ALL", "several statements"),
@@ -750,7 +780,7 @@ mod tests {
             match judged(sql) {
                 Verdict::Refuse(m) => assert!(m.contains(word), "{sql}: {m}"),
                 // (Let through in a transaction block.)
-                Verdict::InBlockOnly(m) if word == "PREPARE" => {
+                Verdict::InBlockOnly(m) if sql == "PREPARE p AS SELECT 1" => {
                     assert!(m.contains("outside a transaction block"), "{sql}: {m}")
                 }
                 v => panic!("{sql}: {v:?}"),

@@ -651,6 +651,30 @@ async fn set_config_for_the_session_follows_its_client() {
         assert_eq!(show(&b, "extra_float_digits").await, "1");
         assert_eq!(show(&a, "extra_float_digits").await, "3");
     }
+    // One that resets a setting the client had SET (to its default: no longer the
+    // session's), and one in a block (read once the block has ended).
+    a.batch_execute("SET work_mem = '64MB'").await.unwrap();
+    a.batch_execute(
+        "SELECT set_config(name, NULL, false) FROM pg_settings WHERE name = 'work_mem'",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    a.batch_execute(
+        "SELECT set_config(name, '2', false) FROM pg_settings WHERE name = 'extra_float_digits'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(show(&a, "extra_float_digits").await, "2");
+    a.batch_execute("COMMIT").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(show(&b, "extra_float_digits").await, "1");
+        assert_eq!(show(&a, "extra_float_digits").await, "2");
+        assert_eq!(show(&a, "work_mem").await, "4MB");
+        assert_eq!(show(&b, "work_mem").await, "4MB");
+    }
     a.batch_execute("RESET extra_float_digits").await.unwrap();
     // A name PostgreSQL does not know, undone by ROLLBACK TO SAVEPOINT: read back in
     // a savepoint of pgopt's, the client's block goes on.

@@ -885,33 +885,84 @@ impl<'c> Walker<'c> {
     }
 }
 
-/// What `set_config_names` gives for a call that names its setting by a column of a
-/// query that reads `pg_settings`: any of the settings it lists may change (never a
-/// custom placeholder, which it does not list).
+/// What `set_config_names` gives for a call that names its setting by the column
+/// `name` of `pg_settings`: any of the settings it lists may change (never a custom
+/// placeholder, which it does not list).
 pub const ANY_SETTING: &str = "*";
 
 /// The settings the `set_config(name, value, is_local)` calls of `sql` may set for
 /// the session (not those with `is_local` the literal `true`), by the string literal
 /// naming each, lower-cased as PostgreSQL folds them, and [`ANY_SETTING`] for a call
-/// naming its setting by a column in a query that reads `pg_settings` (pg_dump's
-/// `set_config(name, …) FROM pg_settings WHERE name = …`); `None` when a call names
+/// naming its setting by `pg_settings.name` in one plain SELECT over `pg_settings`
+/// alone (pg_dump's `set_config(name, …) FROM pg_settings WHERE name = …`); `None`
+/// when a call names
 /// its setting otherwise (a parameter, an expression: maybe a custom setting no view
 /// lists) or `sql` does not parse. Read from the text itself: an analysis is shared
 /// by texts that differ in literals only.
 pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
-    fn reads_pg_settings(value: &Value) -> bool {
-        match value {
-            Value::Array(items) => items.iter().any(reads_pg_settings),
-            Value::Object(map) => {
-                map.get("relname").and_then(Value::as_str) == Some("pg_settings")
-                    || map.values().any(reads_pg_settings)
+    /// For a query that is one plain SELECT over `pg_settings` alone (no WITH, no
+    /// subquery, nothing else in FROM): the names its columns may be qualified by.
+    fn settings_scope(tree: &Value) -> Option<Vec<String>> {
+        fn count(value: &Value, key: &str) -> usize {
+            match value {
+                Value::Array(items) => items.iter().map(|v| count(v, key)).sum(),
+                Value::Object(map) => {
+                    usize::from(map.contains_key(key))
+                        + map.values().map(|v| count(v, key)).sum::<usize>()
+                }
+                _ => 0,
             }
-            _ => false,
         }
+        let stmts = tree.get("stmts")?.as_array()?;
+        let [stmt] = stmts.as_slice() else {
+            return None;
+        };
+        let select = stmt.pointer("/stmt/node/SelectStmt")?;
+        if count(tree, "SelectStmt") != 1 || select.get("with_clause").is_some_and(|w| !w.is_null())
+        {
+            return None;
+        }
+        let [from] = select.get("from_clause")?.as_array()?.as_slice() else {
+            return None;
+        };
+        let range = from.pointer("/node/RangeVar")?;
+        let schema = range
+            .get("schemaname")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if range.get("relname").and_then(Value::as_str) != Some("pg_settings")
+            || !matches!(schema, "" | "pg_catalog")
+        {
+            return None;
+        }
+        let mut scope = vec!["pg_settings".to_string()];
+        if let Some(alias) = range.pointer("/alias/aliasname").and_then(Value::as_str) {
+            scope = vec![alias.to_string()];
+        }
+        Some(scope)
     }
-    fn collect(value: &Value, names: &mut Vec<String>, settings: bool) -> bool {
+    /// Whether `arg` is pg_settings' column `name`, bare or qualified by `scope`.
+    fn settings_name(arg: &Value, scope: &[String]) -> bool {
+        let Some(fields) = arg
+            .pointer("/node/ColumnRef/fields")
+            .and_then(Value::as_array)
+        else {
+            return false;
+        };
+        let parts: Vec<&str> = fields
+            .iter()
+            .filter_map(|f| f.pointer("/node/String/sval").and_then(Value::as_str))
+            .collect();
+        parts.len() == fields.len()
+            && match parts.as_slice() {
+                ["name"] => true,
+                [qualifier, "name"] => scope.iter().any(|s| s == qualifier),
+                _ => false,
+            }
+    }
+    fn collect(value: &Value, names: &mut Vec<String>, scope: Option<&[String]>) -> bool {
         match value {
-            Value::Array(items) => items.iter().all(|item| collect(item, names, settings)),
+            Value::Array(items) => items.iter().all(|item| collect(item, names, scope)),
             Value::Object(map) => {
                 if map.contains_key("funcname") && map.contains_key("agg_star") {
                     let parts: Vec<&str> = match map.get("funcname") {
@@ -930,15 +981,17 @@ pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
                         let name = arg
                             .and_then(|a| a.pointer("/node/AConst/val/Sval/sval"))
                             .and_then(Value::as_str);
-                        let column = arg.and_then(|a| a.pointer("/node/ColumnRef")).is_some();
+                        let column = arg
+                            .zip(scope)
+                            .is_some_and(|(arg, scope)| settings_name(arg, scope));
                         match name {
                             Some(name) => names.push(name.to_ascii_lowercase()),
-                            None if column && settings => names.push(ANY_SETTING.to_string()),
+                            None if column => names.push(ANY_SETTING.to_string()),
                             None => return false,
                         }
                     }
                 }
-                map.values().all(|child| collect(child, names, settings))
+                map.values().all(|child| collect(child, names, scope))
             }
             _ => true,
         }
@@ -946,7 +999,8 @@ pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
     let parsed = pg_query::parse(sql, 0).ok()?;
     let tree = serde_json::to_value(&parsed.protobuf).ok()?;
     let mut names = Vec::new();
-    if !collect(&tree, &mut names, reads_pg_settings(&tree)) {
+    let scope = settings_scope(&tree);
+    if !collect(&tree, &mut names, scope.as_deref()) {
         return None;
     }
     names.sort_unstable();
@@ -1077,7 +1131,18 @@ mod tests {
             names("SELECT set_config(s.name, 'on', false), set_config('jit', 'on', false) FROM pg_catalog.pg_settings s"),
             want(&["*", "jit"])
         );
-        // Named otherwise: unknown.
+        // Named otherwise: unknown (a custom setting may hide behind a name that only
+        // looks like pg_settings').
+        for sql in [
+            "SELECT set_config(k, v, false) FROM (VALUES ('app.tenant', '42')) c(k, v) WHERE k NOT IN (SELECT name FROM pg_settings)",
+            "WITH pg_settings(name) AS (VALUES ('app.tenant')) SELECT set_config(name, '42', false) FROM pg_settings",
+            "SELECT set_config(name, '42', false) FROM app.pg_settings",
+            "SELECT set_config(t.name, '42', false) FROM pg_settings, t",
+            "SELECT set_config(setting, '42', false) FROM pg_settings",
+            "SELECT set_config(pg_settings.name, '1', false) FROM pg_settings s",
+        ] {
+            assert_eq!(names(sql), None, "{sql}");
+        }
         assert_eq!(names("SELECT set_config($1, 'off', false)"), None);
         assert_eq!(names("SELECT set_config('j' || 'it', 'off', false)"), None);
         assert_eq!(names("SELECT set_config(name, 'x', false) FROM t"), None);
