@@ -1266,6 +1266,12 @@ impl Checkout {
     }
 
     /// [`Checkout::release`] with the time now, as the caller last read it.
+    /// The connection holds state pgopt may not know (see `Relay::resync_settings`):
+    /// it is closed when released, never lent to another client.
+    pub fn close_at_release(&mut self) {
+        self.lifetime = Duration::ZERO;
+    }
+
     pub fn release_at(self, now: Instant) {
         // A cancel of its last client's query is on its way. PostgreSQL ignores one
         // that finds the backend idle, but one that arrives during the next client's

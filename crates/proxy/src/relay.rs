@@ -3154,9 +3154,15 @@ impl Relay {
                     names.push(name);
                 }
             }
+            // The query read a `pg_settings` pgopt can't be sure was the catalog's (a
+            // temporary table of that name comes first on search_path): a custom
+            // setting it named, which pg_settings does not list, would go unseen. The
+            // client's own settings are read back here; the connection is not lent
+            // again.
+            server.close_at_release();
             let sql = "SELECT name FROM pg_catalog.pg_settings WHERE source = 'session' \
                        AND name NOT IN ('transaction_isolation', 'transaction_read_only', \
-                       'transaction_deferrable')";
+                       'transaction_deferrable', 'seed')";
             match server.conn.simple_query(sql, self.max_len).await {
                 Ok(rows) => {
                     for name in rows.into_iter().filter_map(|mut row| row.pop().flatten()) {

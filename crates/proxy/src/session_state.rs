@@ -450,6 +450,14 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
     let mut changes = Vec::new();
     let mut discard = false;
     let mut reread = Vec::new();
+    // An UPDATE of pg_settings sets what it names (its rule calls set_config): read
+    // back as a set_config named by its column is.
+    let writes_settings = analysis.tables_written.iter().any(|t| {
+        t.eq_ignore_ascii_case("pg_settings") || t.eq_ignore_ascii_case("pg_catalog.pg_settings")
+    });
+    if writes_settings {
+        reread.push(pgopt_sql::ANY_SETTING.to_string());
+    }
     for effect in &analysis.session_effects {
         let refusal = |feature: &str, instead: &str| {
             format!(
@@ -478,7 +486,9 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
             // A PREPARE alone, whose statement has no session effect of its own (each
             // EXECUTE would have it unseen): let through in a block. Beside anything
             // else, refused.
-            SessionEffect::Prepare { name } if !single || analysis.session_effects.len() > 1 => {
+            SessionEffect::Prepare { name }
+                if !single || analysis.session_effects.len() > 1 || writes_settings =>
+            {
                 return refuse(
                     &format!("SQL PREPARE ({name}) among other statements or session effects"),
                     "Run the PREPARE alone, inside a transaction block (it lasts until the \
@@ -602,7 +612,8 @@ fn on_commit_drop(sql: &str) -> bool {
 
 /// A cheap pass that says whether a statement may have session effects at all, so
 /// only those pay for a parse: a statement starting with SET, RESET, LISTEN, PREPARE,
-/// DECLARE, CREATE or DISCARD, or text mentioning advisory locks, set_config or TEMP.
+/// DECLARE, CREATE or DISCARD, or text mentioning advisory locks, set_config,
+/// pg_settings or TEMP.
 pub fn may_affect_session(sql: &[u8]) -> bool {
     // Every statement's first word (a `;` inside a literal only adds a false alarm):
     // SET, RESET, LISTEN, PREPARE, DECLARE, CREATE or DISCARD.
@@ -639,6 +650,7 @@ pub fn may_affect_session(sql: &[u8]) -> bool {
     memchr::memchr_iter(b'_', sql).any(|at| {
         (before_is(at, b"advisory") && after_is(at, b"lock"))
             || (before_is(at, b"set") && after_is(at, b"config"))
+            || (before_is(at, b"pg") && after_is(at, b"settings"))
     }) || memchr::memchr2_iter(b'p', b'P', sql).any(|at| before_is(at, b"tem"))
 }
 
@@ -697,6 +709,19 @@ mod tests {
 
     fn judged(sql: &str) -> Verdict {
         judge(&pgopt_sql::analyze(sql).unwrap(), sql)
+    }
+
+    #[test]
+    fn an_update_of_pg_settings_is_read_back_as_any_setting() {
+        let sql = "UPDATE pg_settings SET setting = '1GB' WHERE name = 'work_mem'";
+        assert!(may_affect_session(sql.as_bytes()));
+        assert_eq!(
+            judged(sql),
+            Verdict::AfterRun {
+                reread: vec![pgopt_sql::ANY_SETTING.to_string()],
+                resets: Vec::new(),
+            }
+        );
     }
 
     #[test]
@@ -768,6 +793,10 @@ mod tests {
             ),
             (
                 "PREPARE p AS SELECT set_config('app.tenant', '42', false)",
+                "session effects",
+            ),
+            (
+                "PREPARE p AS UPDATE pg_settings SET setting = $1 WHERE name = 'work_mem'",
                 "session effects",
             ),
             ("SELECT set_config($1, '1', false)", "set_config"),

@@ -675,6 +675,27 @@ async fn set_config_for_the_session_follows_its_client() {
         assert_eq!(show(&a, "work_mem").await, "4MB");
         assert_eq!(show(&b, "work_mem").await, "4MB");
     }
+    // An UPDATE of pg_settings sets through the view's rule: read back too.
+    a.batch_execute("UPDATE pg_settings SET setting = '0' WHERE name = 'extra_float_digits'")
+        .await
+        .unwrap();
+    assert_eq!(show(&b, "extra_float_digits").await, "1");
+    assert_eq!(show(&a, "extra_float_digits").await, "0");
+    // A temporary table named pg_settings comes first on search_path: what it names
+    // (a custom setting pg_settings does not list) can't be read back, so the
+    // connection is closed rather than lent to another client.
+    a.batch_execute(
+        "BEGIN; CREATE TEMP TABLE pg_settings (name text) ON COMMIT DROP;
+         INSERT INTO pg_settings VALUES ('app.tenant')",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("SELECT set_config(name, '42', false) FROM pg_settings")
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    let tenant = "SELECT coalesce(current_setting('app.tenant', true), '')";
+    assert_eq!(common::value(&b, tenant).await, "");
     a.batch_execute("RESET extra_float_digits").await.unwrap();
     // A name PostgreSQL does not know, undone by ROLLBACK TO SAVEPOINT: read back in
     // a savepoint of pgopt's, the client's block goes on.

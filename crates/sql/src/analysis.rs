@@ -935,6 +935,14 @@ pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
         {
             return None;
         }
+        // (Column aliases could give another column the name `name`.)
+        let renamed = range
+            .pointer("/alias/colnames")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty());
+        if renamed {
+            return None;
+        }
         let mut scope = vec!["pg_settings".to_string()];
         if let Some(alias) = range.pointer("/alias/aliasname").and_then(Value::as_str) {
             scope = vec![alias.to_string()];
@@ -1140,6 +1148,7 @@ mod tests {
             "SELECT set_config(t.name, '42', false) FROM pg_settings, t",
             "SELECT set_config(setting, '42', false) FROM pg_settings",
             "SELECT set_config(pg_settings.name, '1', false) FROM pg_settings s",
+            "SELECT set_config(name, '42', false) FROM pg_settings s(n, name) WHERE n = 'application_name'",
         ] {
             assert_eq!(names(sql), None, "{sql}");
         }
