@@ -302,6 +302,8 @@ pub struct Checkout {
     active: Lent,
     /// `server_lifetime` when lent (no second look at the limits on release).
     lifetime: Duration,
+    /// Closed when released (see [`Checkout::close_at_release`]).
+    close: bool,
 }
 
 /// Counts one in a gauge while it lives (drop-safe across cancelled awaits).
@@ -594,6 +596,7 @@ impl Pool {
                             slot,
                             active,
                             lifetime: limits.lifetime,
+                            close: false,
                         }
                         .release();
                     }
@@ -628,6 +631,7 @@ impl Pool {
             slot,
             active,
             lifetime: limits.lifetime,
+            close: false,
         })
     }
 
@@ -1253,6 +1257,7 @@ impl Drop for Lobbied {
                 slot,
                 active,
                 lifetime,
+                close: false,
             }
             .release();
         }
@@ -1265,13 +1270,13 @@ impl Checkout {
         self.release_at(Instant::now());
     }
 
-    /// [`Checkout::release`] with the time now, as the caller last read it.
     /// The connection holds state pgopt may not know (see `Relay::resync_settings`):
     /// it is closed when released, never lent to another client.
     pub fn close_at_release(&mut self) {
-        self.lifetime = Duration::ZERO;
+        self.close = true;
     }
 
+    /// [`Checkout::release`] with the time now, as the caller last read it.
     pub fn release_at(self, now: Instant) {
         // A cancel of its last client's query is on its way. PostgreSQL ignores one
         // that finds the backend idle, but one that arrives during the next client's
@@ -1290,30 +1295,33 @@ impl Checkout {
             slot,
             active,
             lifetime,
+            close,
             ..
         } = self;
         let pool = active.0.clone();
-        let (slot, active) =
-            if now.saturating_duration_since(conn.created) <= lifetime && pool.current(&conn) {
-                conn.last_used = now;
-                conn.info.set_link(0, 0);
-                conn.info
-                    .prepared
-                    .store(conn.prepared.len() as u64, Relaxed);
-                let Some((conn, slot, active)) = pool.hand_over((conn, slot, active)) else {
-                    return;
-                };
-                // Looked at again under the lock RECONNECT empties the list with.
-                let mut idle = lock(&pool.idle);
-                if pool.current(&conn) {
-                    idle.push(conn);
-                }
-                drop(idle);
-                pool.went_idle();
-                (slot, active)
-            } else {
-                (slot, active)
+        let (slot, active) = if !close
+            && now.saturating_duration_since(conn.created) <= lifetime
+            && pool.current(&conn)
+        {
+            conn.last_used = now;
+            conn.info.set_link(0, 0);
+            conn.info
+                .prepared
+                .store(conn.prepared.len() as u64, Relaxed);
+            let Some((conn, slot, active)) = pool.hand_over((conn, slot, active)) else {
+                return;
             };
+            // Looked at again under the lock RECONNECT empties the list with.
+            let mut idle = lock(&pool.idle);
+            if pool.current(&conn) {
+                idle.push(conn);
+            }
+            drop(idle);
+            pool.went_idle();
+            (slot, active)
+        } else {
+            (slot, active)
+        };
         // Counted idle before no longer lent; the slot goes last, so a waiter finds
         // the connection idle.
         drop(active);

@@ -3146,7 +3146,7 @@ impl Relay {
                 .settings
                 .names()
                 .chain(server.conn.applied.names())
-                .filter(|n| !n.contains(' '))
+                .filter(|n| !n.contains(' ') && *n != "seed")
                 .map(str::to_string)
                 .collect();
             for name in known {

@@ -452,8 +452,11 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
     let mut reread = Vec::new();
     // An UPDATE of pg_settings sets what it names (its rule calls set_config): read
     // back as a set_config named by its column is.
+    // (By its last part: a name may carry the database and schema before it.)
     let writes_settings = analysis.tables_written.iter().any(|t| {
-        t.eq_ignore_ascii_case("pg_settings") || t.eq_ignore_ascii_case("pg_catalog.pg_settings")
+        t.rsplit('.')
+            .next()
+            .is_some_and(|rel| rel.eq_ignore_ascii_case("pg_settings"))
     });
     if writes_settings {
         reread.push(pgopt_sql::ANY_SETTING.to_string());
@@ -479,7 +482,8 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
                     "Use pg_advisory_xact_lock inside a transaction, or a session-mode pool.",
                 )
             }
-            SessionEffect::TempObject { name } if !on_commit_drop(sql) => return refuse(
+            // (One created ON COMMIT DROP is no effect: the analysis leaves it out.)
+            SessionEffect::TempObject { name } => return refuse(
                 &format!("Temporary table {name}"),
                 "Create it with ON COMMIT DROP inside a transaction, or use a session-mode pool.",
             ),
@@ -531,9 +535,7 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
                 discard = true;
                 changes.push(Change::ResetAll);
             }
-            SessionEffect::TempObject { .. }
-            | SessionEffect::Unlisten { .. }
-            | SessionEffect::Deallocate { .. } => {}
+            SessionEffect::Unlisten { .. } | SessionEffect::Deallocate { .. } => {}
         }
     }
     // Names as PostgreSQL folds them (a quoted name keeps its case in the tree; the
@@ -572,8 +574,9 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
         }
     }
     reread_role(&mut reread);
+    let any = reread.iter().any(|n| n == pgopt_sql::ANY_SETTING);
     let clash = resets.iter().any(|r| match r {
-        Change::Reset(name) => reread.iter().any(|n| n.eq_ignore_ascii_case(name)),
+        Change::Reset(name) => any || reread.iter().any(|n| n.eq_ignore_ascii_case(name)),
         _ => !reread.is_empty(),
     });
     // A RESET is kept when the query met no error: only so when nothing in the query
@@ -598,16 +601,6 @@ fn several_refused() -> Verdict {
          across server connections"
             .into(),
     )
-}
-
-fn on_commit_drop(sql: &str) -> bool {
-    let words: Vec<String> = sql
-        .split_ascii_whitespace()
-        .map(|w| w.to_ascii_lowercase())
-        .collect();
-    words
-        .windows(3)
-        .any(|w| w[0] == "on" && w[1] == "commit" && w[2].trim_end_matches(';') == "drop")
 }
 
 /// A cheap pass that says whether a statement may have session effects at all, so
@@ -647,11 +640,14 @@ pub fn may_affect_session(sql: &[u8]) -> bool {
         sql.get(at + 1..at + 1 + word.len())
             .is_some_and(|s| s.eq_ignore_ascii_case(word))
     };
-    memchr::memchr_iter(b'_', sql).any(|at| {
-        (before_is(at, b"advisory") && after_is(at, b"lock"))
-            || (before_is(at, b"set") && after_is(at, b"config"))
-            || (before_is(at, b"pg") && after_is(at, b"settings"))
-    }) || memchr::memchr2_iter(b'p', b'P', sql).any(|at| before_is(at, b"tem"))
+    // A Unicode-escaped name (U&"…") may spell any of them.
+    memchr::memchr_iter(b'&', sql).any(|at| at > 0 && sql[at - 1].eq_ignore_ascii_case(&b'u'))
+        || memchr::memchr_iter(b'_', sql).any(|at| {
+            (before_is(at, b"advisory") && after_is(at, b"lock"))
+                || (before_is(at, b"set") && after_is(at, b"config"))
+                || (before_is(at, b"pg") && after_is(at, b"settings"))
+        })
+        || memchr::memchr2_iter(b'p', b'P', sql).any(|at| before_is(at, b"tem"))
 }
 
 /// `text` from its first byte that is not white space, `(`, or inside a comment.
@@ -713,15 +709,29 @@ mod tests {
 
     #[test]
     fn an_update_of_pg_settings_is_read_back_as_any_setting() {
-        let sql = "UPDATE pg_settings SET setting = '1GB' WHERE name = 'work_mem'";
-        assert!(may_affect_session(sql.as_bytes()));
-        assert_eq!(
-            judged(sql),
-            Verdict::AfterRun {
-                reread: vec![pgopt_sql::ANY_SETTING.to_string()],
-                resets: Vec::new(),
-            }
-        );
+        for sql in [
+            "UPDATE pg_settings SET setting = '1GB' WHERE name = 'work_mem'",
+            "UPDATE postgres.pg_catalog.pg_settings SET setting = '1GB' WHERE name = 'work_mem'",
+        ] {
+            assert!(may_affect_session(sql.as_bytes()), "{sql}");
+            assert_eq!(
+                judged(sql),
+                Verdict::AfterRun {
+                    reread: vec![pgopt_sql::ANY_SETTING.to_string()],
+                    resets: Vec::new(),
+                },
+                "{sql}"
+            );
+        }
+        // Spelled with escapes: not passed over by the prefilter.
+        assert!(may_affect_session(
+            br#"UPDATE U&"pg\005fsettings" SET setting = 'x'"#
+        ));
+        // Beside a RESET of a name: which came first is not known.
+        match judged("UPDATE pg_settings SET setting = 'off' WHERE name = 'jit'; RESET jit") {
+            Verdict::Refuse(m) => assert!(m.contains("several statements"), "{m}"),
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]
@@ -784,6 +794,15 @@ mod tests {
             ("LISTEN chan", "LISTEN"),
             ("SELECT pg_advisory_lock(42)", "pg_advisory_lock"),
             ("CREATE TEMP TABLE t (x int)", "Temporary table"),
+            (
+                "CREATE TEMP TABLE t (x int) -- on commit drop",
+                "Temporary table",
+            ),
+            (
+                "CREATE TEMP TABLE a (x int); CREATE TEMP TABLE b (x int) ON COMMIT DROP",
+                "Temporary table a",
+            ),
+            ("SELECT 1 AS x INTO TEMP t", "Temporary table"),
             ("PREPARE p AS SELECT 1", "PREPARE"),
             ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "WITH HOLD"),
             ("PREPARE p AS SELECT 1; SET search_path = x", "PREPARE"),
@@ -817,6 +836,10 @@ mod tests {
         }
         assert_eq!(
             judged("CREATE TEMP TABLE t (x int) ON COMMIT DROP"),
+            Verdict::Relay
+        );
+        assert_eq!(
+            judged("CREATE TEMP TABLE t ON COMMIT DROP AS SELECT 1 AS x"),
             Verdict::Relay
         );
         assert_eq!(judged("SELECT pg_advisory_xact_lock(1)"), Verdict::Relay);

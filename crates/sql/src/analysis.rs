@@ -312,9 +312,13 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         session_dependent,
         locking,
         picks_rows,
-        session_effects,
+        mut session_effects,
+        dropped_at_commit,
         ..
     } = walker;
+    session_effects.retain(
+        |e| !matches!(e, SessionEffect::TempObject { name } if dropped_at_commit.contains(name)),
+    );
     Ok(Analysis {
         fingerprint,
         normalized,
@@ -466,6 +470,8 @@ struct Walker<'c> {
     user_function: bool,
     /// CTE names in scope, innermost last.
     ctes: Vec<String>,
+    /// Temporary tables created `ON COMMIT DROP`: no session effect.
+    dropped_at_commit: Vec<String>,
 }
 
 /// Fields of DDL statement nodes that name the object being changed.
@@ -487,6 +493,7 @@ impl<'c> Walker<'c> {
             modifies: false,
             unsafe_function: false,
             ctes: Vec::new(),
+            dropped_at_commit: Vec::new(),
         }
     }
 
@@ -502,6 +509,7 @@ impl<'c> Walker<'c> {
         self.locking = false;
 
         let kind = self.kind_and_effects(node);
+        self.note_dropped_at_commit(node);
         let read_only = match node {
             NodeEnum::ExplainStmt(explain) => {
                 // Without ANALYZE nothing executes: its targets are only read.
@@ -541,6 +549,40 @@ impl<'c> Walker<'c> {
 
     fn verdict_clean(&self) -> bool {
         !self.modifies && !self.locking && !self.unsafe_function
+    }
+
+    /// The table a CREATE TEMP TABLE … ON COMMIT DROP (or CREATE TABLE AS, SELECT INTO,
+    /// so) makes, which goes with its transaction.
+    fn note_dropped_at_commit(&mut self, node: &NodeEnum) {
+        use pg_query::protobuf::OnCommitAction;
+        let drop = OnCommitAction::OncommitDrop as i32;
+        let relation = match node {
+            NodeEnum::CreateStmt(c) if c.oncommit == drop => c.relation.as_ref(),
+            NodeEnum::CreateTableAsStmt(c) => c
+                .into
+                .as_ref()
+                .filter(|i| i.on_commit == drop)
+                .and_then(|i| i.rel.as_ref()),
+            NodeEnum::SelectStmt(s) => s
+                .into_clause
+                .as_ref()
+                .filter(|i| i.on_commit == drop)
+                .and_then(|i| i.rel.as_ref()),
+            _ => None,
+        };
+        if let Some(r) = relation {
+            let name = [
+                r.catalogname.as_str(),
+                r.schemaname.as_str(),
+                r.relname.as_str(),
+            ]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(".");
+            self.dropped_at_commit.push(name);
+        }
     }
 
     fn kind_and_effects(&mut self, node: &NodeEnum) -> StatementKind {
