@@ -64,8 +64,8 @@ const MAX_PARSED: usize = 10_000;
 const MAX_FAILOVER_BYTES: usize = 64 * 1024;
 
 /// The FATAL message of a session ended by KILL.
-const KILLED: &str = "terminating connection due to administrator command (KILL)";
-const SHUTTING_DOWN: &str = "terminating connection: pgopt is shutting down";
+pub(crate) const KILLED: &str = "terminating connection due to administrator command (KILL)";
+pub(crate) const SHUTTING_DOWN: &str = "terminating connection: pgopt is shutting down";
 
 /// Room for reading from a server (a big result streams through it).
 const SERVER_READ_BUF: usize = 16 * 1024;
@@ -2964,10 +2964,16 @@ impl Relay {
         if let Some(batch) = self.rerun.take() {
             self.run_again(batch).await?;
         }
+        self.settle_when_idle().await;
+        Ok(())
+    }
+
+    /// What waits for nothing to be in flight: settings read back, a block's SQL
+    /// prepared statements deallocated, then the commit's bookkeeping.
+    async fn settle_when_idle(&mut self) {
         self.resync_settings().await;
         self.deallocate_sql().await;
         self.after_write().await;
-        Ok(())
     }
 
     /// Read-your-writes: once a transaction on the primary that may have written has
@@ -3736,9 +3742,7 @@ impl Relay {
             // What `handle_server` leaves for once the connection is idle, which it
             // could not be while the rest of `to_server` was on its way (the last
             // answer may have come then: a COPY's, before its last CopyData).
-            self.resync_settings().await;
-            self.deallocate_sql().await;
-            self.after_write().await;
+            self.settle_when_idle().await;
         }
         Ok(())
     }

@@ -305,11 +305,12 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// query counts as a write to everything).
 const MAX_KEPT_QUERY: usize = 1 << 20;
 
+/// Why a pair ends: the shutdown, or else a KILL (the messages other sessions give).
 fn ended_why(shared: &Shared) -> &'static str {
     if shared.lifecycle_now() >= Lifecycle::Draining {
-        "pgopt is shutting down"
+        crate::relay::SHUTTING_DOWN
     } else {
-        "terminated by pgopt's admin console (KILL)"
+        crate::relay::KILLED
     }
 }
 

@@ -640,14 +640,15 @@ pub fn may_affect_session(sql: &[u8]) -> bool {
         sql.get(at + 1..at + 1 + word.len())
             .is_some_and(|s| s.eq_ignore_ascii_case(word))
     };
-    // A Unicode-escaped name (U&"…") may spell any of them.
-    memchr::memchr_iter(b'&', sql).any(|at| at > 0 && sql[at - 1].eq_ignore_ascii_case(&b'u'))
-        || memchr::memchr_iter(b'_', sql).any(|at| {
+    // One scan for `_` and `&`: a Unicode-escaped name (U&"…") may spell any of them.
+    memchr::memchr2_iter(b'_', b'&', sql).any(|at| match sql[at] {
+        b'&' => before_is(at, b"u"),
+        _ => {
             (before_is(at, b"advisory") && after_is(at, b"lock"))
                 || (before_is(at, b"set") && after_is(at, b"config"))
                 || (before_is(at, b"pg") && after_is(at, b"settings"))
-        })
-        || memchr::memchr2_iter(b'p', b'P', sql).any(|at| before_is(at, b"tem"))
+        }
+    }) || memchr::memchr2_iter(b'p', b'P', sql).any(|at| before_is(at, b"tem"))
 }
 
 /// `text` from its first byte that is not white space, `(`, or inside a comment.
