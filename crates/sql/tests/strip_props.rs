@@ -1,6 +1,6 @@
 //! Properties of the literal-stripping pre-normalizer.
 
-use pgopt_sql::strip_literals;
+use pgopt_sql::{reads_clock, strip_literals};
 use proptest::prelude::*;
 
 /// Non-literal tokens: keywords, identifiers, quoted identifiers, operators,
@@ -37,14 +37,20 @@ fn word() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A string's value that does not read the clock: 'now', 'today'… are kept in the key
+/// on purpose (see `clock_literals_stay_in_the_key`).
+fn value(pattern: &'static str) -> impl Strategy<Value = String> {
+    pattern.prop_filter("clock words are kept in the key", |s| !reads_clock(s))
+}
+
 /// A literal of some form with a value.
 fn literal() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<u32>().prop_map(|n| n.to_string()),
         (any::<u16>(), any::<u16>()).prop_map(|(a, b)| format!("{a}.{b}")),
-        "[a-z' ]{0,8}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
-        "[a-z]{0,8}".prop_map(|s| format!("$${s}$$")),
-        "[a-z]{0,8}".prop_map(|s| format!("E'{s}'")),
+        value("[a-z' ]{0,8}").prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
+        value("[a-z]{0,8}").prop_map(|s| format!("$${s}$$")),
+        value("[a-z]{0,8}").prop_map(|s| format!("E'{s}'")),
     ]
 }
 
@@ -97,6 +103,29 @@ proptest! {
     ) {
         let (x, y) = (render(&t, &a), render(&t, &b));
         prop_assert_eq!(strip_literals(&x).key().to_vec(), strip_literals(&y).key().to_vec(), "{} vs {}", x, y);
+    }
+
+    #[test]
+    fn clock_literals_stay_in_the_key(
+        t in template(),
+        a in prop::collection::vec(literal(), 1..8),
+        clock in prop_oneof![Just("now"), Just("today"), Just("Tomorrow"), Just(" yesterday ")],
+        form in 0..3usize,
+    ) {
+        // The first literal reads the clock: the key must differ from the same
+        // statement's with a plain value there.
+        let mut t = t;
+        if !t.iter().any(|x| matches!(x, Tok::Lit)) {
+            t.push(Tok::Lit);
+        }
+        let lit = match form {
+            0 => format!("'{clock}'"),
+            1 => format!("$${clock}$$"),
+            _ => format!("E'{clock}'"),
+        };
+        let clocked: Vec<String> = std::iter::once(lit).chain(a.iter().skip(1).cloned()).collect();
+        let (x, y) = (render(&t, &a), render(&t, &clocked));
+        prop_assert_ne!(strip_literals(&x).key().to_vec(), strip_literals(&y).key().to_vec(), "{} vs {}", x, y);
     }
 
     #[test]
