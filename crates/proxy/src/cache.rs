@@ -23,7 +23,7 @@ use pgopt_cache::{
     push_part, FillTicket, Flight, L1Config, L2Counters, RedisConfig, ResultCache, Source,
     TableStats, L2,
 };
-use pgopt_sql::{Analysis, StatementKind};
+use pgopt_sql::{Analysis, SessionEffect, StatementKind};
 use pgopt_wire::frontend::{Bind, Describe, Execute, Parse};
 use pgopt_wire::{Frame, Target};
 
@@ -1379,6 +1379,33 @@ impl PendingWrites {
         }
     }
 
+    /// [`note`](Self::note) on server connection `conn`, whose SQL-prepared statements
+    /// (`sql`, `None` when no connection is lent) it follows: a lone PREPARE runs
+    /// nothing and is only learnt, and an EXECUTE of a statement learnt is noted as
+    /// that statement's writes rather than as a write to everything.
+    pub fn note_sql(&mut self, analysis: Option<&Analysis>, sql: Option<&mut SqlStatements>) {
+        let (Some(a), Some(sql)) = (analysis, sql) else {
+            return self.note(analysis);
+        };
+        if sql.learn(a) {
+            return;
+        }
+        match a.executes.as_ref().and_then(|name| sql.by_name.get(name)) {
+            Some(writes) if writes.unknown => {
+                self.schema = true;
+                self.note_unknown();
+            }
+            Some(writes) => {
+                for t in &writes.tables {
+                    if !self.tables.iter().any(|x| x == t) {
+                        self.tables.push(t.clone());
+                    }
+                }
+            }
+            None => self.note(Some(a)),
+        }
+    }
+
     /// A write whose tables are unknown (a function call).
     pub fn note_unknown(&mut self) {
         if !self.tables.iter().any(|x| x == ALL) {
@@ -1392,6 +1419,71 @@ impl PendingWrites {
 
     pub fn take(&mut self) -> PendingWrites {
         std::mem::take(self)
+    }
+}
+
+/// The SQL-prepared statements (`PREPARE name AS …`) of one server connection, by
+/// name: the tables each may write, so an EXECUTE of one (pg_dump runs its queries
+/// so) is noted as that statement's writes rather than as a write to everything.
+///
+/// What is known of a name only ever grows while the connection may still hold it:
+/// a PREPARE of a name the server has already fails and leaves the first in place,
+/// and a DEALLOCATE may fail too, so a name prepared again adds its writes to those
+/// known, and one prepared in a text of several statements (or past the bounds) is
+/// taken to write anything. Only the server's word that every statement is gone (a
+/// DISCARD ALL or DEALLOCATE ALL completed, the connection reset) clears them.
+#[derive(Debug, Default)]
+pub struct SqlStatements {
+    by_name: foldhash::HashMap<String, SqlWrites>,
+}
+
+#[derive(Debug, Default)]
+struct SqlWrites {
+    /// Tags of the tables it writes.
+    tables: Vec<String>,
+    /// It may write tables its text does not name (a function that may write).
+    unknown: bool,
+}
+
+/// Names kept per connection, and tables per name, before a name is taken to write
+/// anything.
+const MAX_SQL_STATEMENTS: usize = 256;
+const MAX_SQL_TABLES: usize = 64;
+
+impl SqlStatements {
+    /// Learns what a text about to run PREPAREs: whether it is one PREPARE alone,
+    /// which runs nothing.
+    fn learn(&mut self, a: &Analysis) -> bool {
+        let mut prepares = a.session_effects.iter().filter_map(|e| match e {
+            SessionEffect::Prepare { name } => Some(name),
+            _ => None,
+        });
+        let Some(first) = prepares.next() else {
+            return false;
+        };
+        let lone = a.kinds.len() == 1 && a.session_effects.len() == 1;
+        let full = self.by_name.len() >= MAX_SQL_STATEMENTS;
+        for name in std::iter::once(first).chain(prepares) {
+            if full && !self.by_name.contains_key(name) {
+                // Not learnt: an EXECUTE of it writes anything.
+                continue;
+            }
+            let writes = self.by_name.entry(name.clone()).or_default();
+            writes.unknown |= !lone || a.unknown_writes;
+            for t in &a.tables_written {
+                let t = tag(t);
+                if !writes.tables.iter().any(|x| x == t) {
+                    writes.tables.push(t.to_string());
+                }
+            }
+            writes.unknown |= writes.tables.len() > MAX_SQL_TABLES;
+        }
+        lone
+    }
+
+    /// The server dropped every SQL-prepared statement.
+    pub fn clear(&mut self) {
+        self.by_name.clear();
     }
 }
 

@@ -1223,15 +1223,17 @@ impl Relay {
         let analyzer = &self.shared.analyzer;
         match frame.tag() {
             b'Q' => match Query::decode(frame.body()) {
-                Ok(query) => self
-                    .writes
-                    .note(analyzer.analyze(query.sql).ok().as_deref()),
+                Ok(query) => self.writes.note_sql(
+                    analyzer.analyze(query.sql).ok().as_deref(),
+                    sql_statements(&mut self.server),
+                ),
                 Err(_) => self.writes.note(None),
             },
             b'P' => match Parse::decode(frame.body()) {
                 Ok(parse) => {
                     let analysis = analyzer.analyze(parse.query).ok();
-                    self.writes.note(analysis.as_deref());
+                    self.writes
+                        .note_sql(analysis.as_deref(), sql_statements(&mut self.server));
                     // Binds in later transactions run it again.
                     if self.parsed.len() >= MAX_PARSED {
                         self.parsed.clear();
@@ -1252,7 +1254,9 @@ impl Relay {
                     Err(_) => None,
                 };
                 match analysis {
-                    Some(a) => self.writes.note(Some(&a)),
+                    Some(a) => self
+                        .writes
+                        .note_sql(Some(&a), sql_statements(&mut self.server)),
                     None => self.writes.note_unknown(),
                 }
             }
@@ -3081,9 +3085,12 @@ impl Relay {
                 }
             }
         }
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "deallocating a block's SQL prepared statements failed; closing the server connection");
-            self.server_lost().await;
+        match done {
+            Ok(_) => server.conn.sql_prepared.clear(),
+            Err(e) => {
+                tracing::warn!(error = %e, "deallocating a block's SQL prepared statements failed; closing the server connection");
+                self.server_lost().await;
+            }
         }
     }
 
@@ -3379,6 +3386,7 @@ impl Relay {
                     // The server dropped every statement; the client's names stay
                     // usable: pgopt prepares them again.
                     conn.prepared.clear();
+                    conn.sql_prepared.clear();
                 }
                 if body == b"DISCARD ALL\0" {
                     conn.applied.clear();
@@ -4253,6 +4261,11 @@ async fn read_server(server: &mut Option<Checkout>, buf: &mut BytesMut) -> std::
     }
 }
 
+/// The SQL-prepared statements of the server connection lent, if one is.
+fn sql_statements(server: &mut Option<Checkout>) -> Option<&mut crate::cache::SqlStatements> {
+    server.as_mut().map(|s| &mut s.conn.sql_prepared)
+}
+
 /// `DISCARD ALL` so the next client starts clean; on any trouble the connection closes.
 async fn reset_and_release(mut checkout: Checkout, max_len: u32) {
     const RESET: &[u8] = b"Q\0\0\0\x10DISCARD ALL\0";
@@ -4275,6 +4288,7 @@ async fn reset_and_release(mut checkout: Checkout, max_len: u32) {
     .await;
     if let Ok(Ok(true)) = done {
         checkout.conn.prepared.clear();
+        checkout.conn.sql_prepared.clear();
         checkout.conn.applied.clear();
         checkout.release();
     }

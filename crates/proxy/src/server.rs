@@ -178,6 +178,8 @@ pub struct ServerConn {
     /// Statements still on the server whose plans a schema change invalidated: closed
     /// before they are prepared again.
     pub stale: foldhash::HashSet<u64>,
+    /// What its SQL-prepared statements write, for the cache (see `cache.rs`).
+    pub sql_prepared: crate::cache::SqlStatements,
     /// The pool's plan epoch this connection's statements were last checked against.
     pub plan_epoch: u64,
     pub created: Instant,
@@ -539,6 +541,7 @@ impl ServerConn {
                         home: crate::workers::home(),
                         prepared: Default::default(),
                         stale: Default::default(),
+                        sql_prepared: Default::default(),
                         plan_epoch: 0,
                         created: now,
                         generation: 0,

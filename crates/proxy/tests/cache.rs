@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{admin, connect, counter, pgbench_init, run, show, start_with, wait_for_cache};
 use pgopt_embedded::Postgres;
-use pgopt_proxy::{CacheSettings, Proxy};
+use pgopt_proxy::{CacheSettings, PoolMode, Proxy};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The first column of the first row of a simple query, as text.
@@ -89,6 +89,11 @@ async fn setup() -> (Postgres, Proxy) {
 
 /// [`setup`], with the cache's settings changed by `tweak`.
 async fn setup_with(tweak: impl FnOnce(&mut CacheSettings)) -> (Postgres, Proxy) {
+    setup_in(PoolMode::Transaction, tweak).await
+}
+
+/// [`setup_with`] in pool mode `mode`.
+async fn setup_in(mode: PoolMode, tweak: impl FnOnce(&mut CacheSettings)) -> (Postgres, Proxy) {
     let pg = Postgres::start().await.unwrap();
     pg.psql(
         "CREATE TABLE items (id int PRIMARY KEY, v text);
@@ -103,6 +108,7 @@ async fn setup_with(tweak: impl FnOnce(&mut CacheSettings)) -> (Postgres, Proxy)
     )
     .unwrap();
     let proxy = start_with(&pg, |c| {
+        c.pool_mode = mode;
         c.cache = CacheSettings {
             enabled: true,
             tables: vec!["items".into(), "public.events".into()],
@@ -475,6 +481,95 @@ async fn settings_and_ddl_change_what_is_served() {
     utc.simple_query("TRUNCATE items").await.unwrap();
     let n = "SELECT count(*) FROM items";
     assert_eq!(value(&utc, n).await, "0");
+}
+
+/// Whether item 1's read and the events' read are still served from the cache after
+/// `ops` ran one by one through `client` (`!` before one that must fail), both
+/// changed behind pgopt's back before them.
+async fn kept_after(pg: &Postgres, client: &Client, ops: &[&str]) -> (bool, bool) {
+    let (items, events) = ("SELECT v FROM items WHERE id = 1", "SELECT id FROM events");
+    let before = (value(client, items).await, value(client, events).await);
+    pg.psql("UPDATE items SET v = v || '+' WHERE id = 1; UPDATE events SET id = id + 1")
+        .unwrap();
+    for op in ops {
+        match op.strip_prefix('!') {
+            Some(op) => assert!(client.simple_query(op).await.is_err(), "{op}"),
+            None => {
+                client
+                    .simple_query(op)
+                    .await
+                    .unwrap_or_else(|e| panic!("{op}: {e:?}"));
+            }
+        }
+    }
+    (
+        value(client, items).await == before.0,
+        value(client, events).await == before.1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_of_an_sql_prepared_statement_invalidates_what_it_writes() {
+    // Transaction mode, as pg_dump runs: PREPARE and EXECUTE in a block. A read
+    // executed ends nothing; a write ends its own table's entries only.
+    let (pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = [
+        "BEGIN",
+        "PREPARE r(int) AS SELECT v FROM items WHERE id = $1",
+        "EXECUTE r(1)",
+        "COMMIT",
+    ];
+    assert_eq!(kept_after(&pg, &client, &read).await, (true, true));
+    let write = [
+        "BEGIN",
+        "PREPARE w AS UPDATE events SET id = id",
+        "EXECUTE w",
+        "COMMIT",
+    ];
+    assert_eq!(kept_after(&pg, &client, &write).await, (true, false));
+    // An argument that may write: anything.
+    let nextval = [
+        "BEGIN",
+        "PREPARE r(bigint) AS SELECT v FROM items WHERE id = $1",
+        "EXECUTE r(nextval('s') * 0)",
+        "COMMIT",
+    ];
+    assert_eq!(kept_after(&pg, &client, &nextval).await, (false, false));
+
+    // A DEALLOCATE that failed (in a failed subtransaction), and a PREPARE of the name
+    // again that failed for it: w still writes events.
+    let ops = [
+        "BEGIN",
+        "PREPARE w AS UPDATE events SET id = id",
+        "SAVEPOINT a",
+        "!SELECT 1/0",
+        "!DEALLOCATE w",
+        "ROLLBACK TO a",
+        "SAVEPOINT b",
+        "!PREPARE w AS SELECT v FROM items",
+        "ROLLBACK TO b",
+        "EXECUTE w",
+        "COMMIT",
+    ];
+    assert_eq!(kept_after(&pg, &client, &ops).await, (true, false));
+    // A user function's writes are unknown.
+    let ops = [
+        "BEGIN",
+        "PREPARE f AS SELECT set_v('f')",
+        "EXECUTE f",
+        "COMMIT",
+    ];
+    assert_eq!(kept_after(&pg, &client, &ops).await, (false, false));
+    // Each block's statements are deallocated at its end: names are learnt afresh.
+    assert_eq!(kept_after(&pg, &client, &read).await, (true, true));
+    let ops = [
+        "BEGIN",
+        "PREPARE w AS SELECT v FROM items",
+        "EXECUTE w",
+        "COMMIT",
+    ];
+    assert_eq!(kept_after(&pg, &client, &ops).await, (true, true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,6 +151,11 @@ pub struct Analysis {
     pub begins_read_only: bool,
     /// `pgopt:` comment hints.
     pub hints: Hints,
+    /// The text is one `EXECUTE name(…)` of an SQL-prepared statement whose arguments
+    /// call nothing that may write: `Some(name)`. Its writes are then that statement's
+    /// (what its PREPARE names), which the text itself does not say, so
+    /// [`unknown_writes`](Self::unknown_writes) is set all the same.
+    pub executes: Option<String>,
     /// A text of several statements: each one's own analysis, in order (as
     /// pg_stat_statements records them one by one). Empty for a single statement.
     pub parts: Vec<std::sync::Arc<Analysis>>,
@@ -268,6 +273,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
     let mut kinds = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut read_only = !parsed.protobuf.stmts.is_empty();
     let mut unknown_writes = false;
+    let mut executes = None;
     let mut begins_read_only = parsed
         .protobuf
         .stmts
@@ -290,6 +296,10 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
                     | StatementKind::Merge
                     | StatementKind::Copy
             );
+        if let NodeEnum::ExecuteStmt(execute) = node {
+            let lone = parsed.protobuf.stmts.len() == 1 && !walker.unsafe_function;
+            executes = lone.then(|| execute.name.clone());
+        }
         unknown_writes |= walker.unsafe_function
             || truncates_cascade(node)
             || (!stmt_read_only && !names_a_write && !writes_no_data(node));
@@ -336,6 +346,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         session_effects: session_effects.into_iter().collect(),
         begins_read_only,
         hints,
+        executes,
         parts: split_parts(sql, config, kinds_len)?,
     })
 }

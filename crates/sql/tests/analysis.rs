@@ -510,6 +510,26 @@ fn writes_the_text_does_not_name_are_unknown() {
 }
 
 #[test]
+fn a_lone_execute_names_its_statement() {
+    let executes = |sql: &str| analyze(sql).unwrap().executes;
+    assert_eq!(executes("EXECUTE q(1, 'a')").as_deref(), Some("q"));
+    assert_eq!(executes("execute \"Q x\"").as_deref(), Some("Q x"));
+    assert!(analyze("EXECUTE q").unwrap().unknown_writes);
+    for sql in [
+        // An argument that may write, another statement, or EXECUTE inside another.
+        "EXECUTE q(f())",
+        "EXECUTE q(nextval('s'))",
+        "EXECUTE q; SELECT 1",
+        "SELECT 1; EXECUTE q",
+        "CREATE TABLE t AS EXECUTE q",
+        "EXPLAIN ANALYZE EXECUTE q",
+        "SELECT 1",
+    ] {
+        assert_eq!(executes(sql), None, "{sql}");
+    }
+}
+
+#[test]
 fn limits_and_distinct_on_pick_rows() {
     for sql in [
         "SELECT * FROM t LIMIT 5",
