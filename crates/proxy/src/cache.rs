@@ -1387,22 +1387,16 @@ impl PendingWrites {
         let (Some(a), Some(sql)) = (analysis, sql) else {
             return self.note(analysis);
         };
-        if sql.learn(a) {
-            return;
-        }
-        match a.executes.as_ref().and_then(|name| sql.by_name.get(name)) {
-            Some(writes) if writes.unknown => {
-                self.schema = true;
-                self.note_unknown();
-            }
-            Some(writes) => {
-                for t in &writes.tables {
+        match sql.follow(a) {
+            Followed::Prepare => {}
+            Followed::Execute(tables) => {
+                for t in tables {
                     if !self.tables.iter().any(|x| x == t) {
                         self.tables.push(t.clone());
                     }
                 }
             }
-            None => self.note(Some(a)),
+            Followed::Other => self.note(Some(a)),
         }
     }
 
@@ -1429,47 +1423,61 @@ impl PendingWrites {
 /// What is known of a name only ever grows while the connection may still hold it:
 /// a PREPARE of a name the server has already fails and leaves the first in place,
 /// and a DEALLOCATE may fail too, so a name prepared again adds its writes to those
-/// known, and one prepared in a text of several statements (or past the bounds) is
-/// taken to write anything. Only the server's word that every statement is gone (a
-/// DISCARD ALL or DEALLOCATE ALL completed, the connection reset) clears them.
+/// known, and one prepared in a text of several statements is taken to write
+/// anything. That holds only while every PREPARE the connection ran passed here: once
+/// something may have run SQL pgopt does not see (a user function, DO, CALL, an
+/// EXECUTE of a statement not followed) the connection is blind, and every EXECUTE is
+/// a write to everything again. Only a connection whose SQL-prepared statements are
+/// known gone while nothing is in flight (a block's deallocated, the connection reset)
+/// starts afresh. (A trigger or rule that PREPAREs is not followed.)
 #[derive(Debug, Default)]
 pub struct SqlStatements {
     by_name: foldhash::HashMap<String, SqlWrites>,
+    blind: bool,
 }
 
 #[derive(Debug, Default)]
 struct SqlWrites {
     /// Tags of the tables it writes.
     tables: Vec<String>,
-    /// It may write tables its text does not name (a function that may write).
+    /// It may write tables its text does not name, or run SQL (a user function).
     unknown: bool,
 }
 
-/// Names kept per connection, and tables per name, before a name is taken to write
-/// anything.
+/// Names followed per connection, and tables per name, before the connection is blind
+/// (a name is written as anything).
 const MAX_SQL_STATEMENTS: usize = 256;
 const MAX_SQL_TABLES: usize = 64;
 
+/// What [`SqlStatements::follow`] makes of a text about to run.
+enum Followed<'a> {
+    /// One PREPARE alone: it runs nothing.
+    Prepare,
+    /// One EXECUTE of a statement followed: it writes these tables.
+    Execute(&'a [String]),
+    /// Anything else: as the text says.
+    Other,
+}
+
 impl SqlStatements {
-    /// Learns what a text about to run PREPAREs: whether it is one PREPARE alone,
-    /// which runs nothing.
-    fn learn(&mut self, a: &Analysis) -> bool {
-        let mut prepares = a.session_effects.iter().filter_map(|e| match e {
+    fn follow(&mut self, a: &Analysis) -> Followed<'_> {
+        if self.blind {
+            return Followed::Other;
+        }
+        let prepared = a.session_effects.iter().filter_map(|e| match e {
             SessionEffect::Prepare { name } => Some(name),
             _ => None,
         });
-        let Some(first) = prepares.next() else {
-            return false;
-        };
         let lone = a.kinds.len() == 1 && a.session_effects.len() == 1;
-        let full = self.by_name.len() >= MAX_SQL_STATEMENTS;
-        for name in std::iter::once(first).chain(prepares) {
-            if full && !self.by_name.contains_key(name) {
-                // Not learnt: an EXECUTE of it writes anything.
-                continue;
+        let mut prepares = false;
+        for name in prepared {
+            prepares = true;
+            if self.by_name.len() >= MAX_SQL_STATEMENTS && !self.by_name.contains_key(name) {
+                self.blind = true;
+                return Followed::Other;
             }
             let writes = self.by_name.entry(name.clone()).or_default();
-            writes.unknown |= !lone || a.unknown_writes;
+            writes.unknown |= !lone || a.unknown_writes || a.user_functions;
             for t in &a.tables_written {
                 let t = tag(t);
                 if !writes.tables.iter().any(|x| x == t) {
@@ -1478,12 +1486,27 @@ impl SqlStatements {
             }
             writes.unknown |= writes.tables.len() > MAX_SQL_TABLES;
         }
-        lone
+        if prepares && lone {
+            return Followed::Prepare;
+        }
+        if let Some(name) = &a.executes {
+            match self.by_name.get(name) {
+                Some(w) if !w.unknown && !a.user_functions => return Followed::Execute(&w.tables),
+                // Its statement may run SQL unseen.
+                _ => self.blind = true,
+            }
+        }
+        // A user function, DO, CALL, an EXECUTE inside another statement…
+        let runs_unseen = a.kinds.contains(&StatementKind::Other) && a.unknown_writes;
+        self.blind |= a.user_functions || runs_unseen;
+        Followed::Other
     }
 
-    /// The server dropped every SQL-prepared statement.
+    /// Every SQL-prepared statement of the connection is gone, and nothing is in
+    /// flight.
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.blind = false;
     }
 }
 
@@ -1727,6 +1750,84 @@ pub(crate) async fn until_stopped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tables `texts`, run one by one on one connection, note for the cache.
+    fn noted(sql: &mut SqlStatements, texts: &[&str]) -> Vec<String> {
+        let mut writes = PendingWrites::default();
+        for text in texts {
+            let analysis = pgopt_sql::analyze(text).unwrap();
+            writes.note_sql(Some(&analysis), Some(sql));
+        }
+        let mut tables = writes.tables;
+        tables.sort();
+        tables
+    }
+
+    #[test]
+    fn an_execute_writes_what_its_prepare_names_while_every_prepare_is_seen() {
+        let mut sql = SqlStatements::default();
+        let prepare = [
+            "PREPARE r AS SELECT * FROM a",
+            "PREPARE w AS UPDATE b SET x = 1",
+        ];
+        assert!(
+            noted(&mut sql, &prepare).is_empty(),
+            "a PREPARE runs nothing"
+        );
+        assert!(noted(&mut sql, &["EXECUTE r"]).is_empty());
+        assert_eq!(noted(&mut sql, &["EXECUTE w"]), ["b"]);
+        // Prepared again (it fails while the first stands): both.
+        assert!(noted(&mut sql, &["PREPARE w AS DELETE FROM public.c"]).is_empty());
+        assert_eq!(noted(&mut sql, &["EXECUTE w"]), ["b", "c"]);
+        // DEALLOCATE ALL or DISCARD ALL may fail, or be followed by a PREPARE pipelined
+        // behind it: nothing is forgotten.
+        let again = ["DEALLOCATE ALL", "DISCARD ALL", "PREPARE r AS SELECT 1"];
+        assert!(noted(&mut sql, &again).is_empty());
+        assert_eq!(noted(&mut sql, &["EXECUTE w"]), ["b", "c"]);
+        // Inside another statement, or beside one: anything.
+        for text in [
+            "EXPLAIN ANALYZE EXECUTE r",
+            "CREATE TABLE t AS EXECUTE r",
+            "EXECUTE r; SELECT 1",
+        ] {
+            assert!(
+                noted(&mut sql, &[text]).contains(&ALL.to_string()),
+                "{text}"
+            );
+        }
+        // Unknown writes in the statement, or an argument: anything.
+        for text in ["EXECUTE m", "EXECUTE f", "EXECUTE nobody"] {
+            let mut sql = SqlStatements::default();
+            noted(
+                &mut sql,
+                &["PREPARE m AS SELECT 1; SELECT 2", "PREPARE f AS SELECT f()"],
+            );
+            assert_eq!(noted(&mut sql, &[text]), [ALL], "{text}");
+            // …and it may have PREPAREd unseen: the connection is blind.
+            noted(&mut sql, &["PREPARE r AS SELECT 1"]);
+            assert_eq!(noted(&mut sql, &["EXECUTE r"]), [ALL], "after {text}");
+        }
+        let mut sql = SqlStatements::default();
+        assert_eq!(noted(&mut sql, &["EXECUTE r(nextval('s'))"]), [ALL]);
+        for blinding in [
+            "DO $$ BEGIN END $$",
+            "CALL p()",
+            "SELECT g()",
+            "EXECUTE nobody",
+        ] {
+            let mut sql = SqlStatements::default();
+            noted(&mut sql, &[blinding, "PREPARE r AS SELECT 1"]);
+            assert_eq!(noted(&mut sql, &["EXECUTE r"]), [ALL], "after {blinding}");
+            // Until the connection's statements are known gone.
+            sql.clear();
+            noted(&mut sql, &["PREPARE r AS SELECT 1"]);
+            assert!(noted(&mut sql, &["EXECUTE r"]).is_empty());
+        }
+        // Side-effecting built-ins run no SQL.
+        let mut sql = SqlStatements::default();
+        noted(&mut sql, &["SELECT nextval('s')", "PREPARE r AS SELECT 1"]);
+        assert!(noted(&mut sql, &["EXECUTE r"]).is_empty());
+    }
 
     /// A Bind's values part: no formats (all text), `values`, no result formats.
     fn bind_values(values: &[Option<&str>]) -> Vec<u8> {

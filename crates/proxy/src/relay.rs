@@ -3386,7 +3386,6 @@ impl Relay {
                     // The server dropped every statement; the client's names stay
                     // usable: pgopt prepares them again.
                     conn.prepared.clear();
-                    conn.sql_prepared.clear();
                 }
                 if body == b"DISCARD ALL\0" {
                     conn.applied.clear();

@@ -561,6 +561,14 @@ async fn an_execute_of_an_sql_prepared_statement_invalidates_what_it_writes() {
         "COMMIT",
     ];
     assert_eq!(kept_after(&pg, &client, &ops).await, (false, false));
+    // EXECUTE inside another statement: what it runs, the text does not say.
+    let ops = [
+        "BEGIN",
+        "PREPARE w AS UPDATE events SET id = id",
+        "EXPLAIN ANALYZE EXECUTE w",
+        "COMMIT",
+    ];
+    assert_eq!(kept_after(&pg, &client, &ops).await, (false, false));
     // Each block's statements are deallocated at its end: names are learnt afresh.
     assert_eq!(kept_after(&pg, &client, &read).await, (true, true));
     let ops = [

@@ -301,6 +301,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
             executes = lone.then(|| execute.name.clone());
         }
         unknown_writes |= walker.unsafe_function
+            || walker.executes
             || truncates_cascade(node)
             || (!stmt_read_only && !names_a_write && !writes_no_data(node));
         kinds.push(kind);
@@ -477,6 +478,10 @@ struct Walker<'c> {
     modifies: bool,
     /// Per statement: a function not known to be read-only was called.
     unsafe_function: bool,
+    /// Per statement: an SQL-prepared statement is executed (anywhere in it: `EXPLAIN
+    /// ANALYZE EXECUTE`, `CREATE TABLE AS EXECUTE` too), whose writes the text does not
+    /// name.
+    executes: bool,
     /// A function that is not a known built-in was called.
     user_function: bool,
     /// CTE names in scope, innermost last.
@@ -503,6 +508,7 @@ impl<'c> Walker<'c> {
             session_effects: BTreeSet::new(),
             modifies: false,
             unsafe_function: false,
+            executes: false,
             ctes: Vec::new(),
             dropped_at_commit: Vec::new(),
         }
@@ -516,6 +522,7 @@ impl<'c> Walker<'c> {
         })?;
         self.modifies = false;
         self.unsafe_function = false;
+        self.executes = false;
         let locking_before = self.locking;
         self.locking = false;
 
@@ -532,6 +539,8 @@ impl<'c> Walker<'c> {
                     self.walk(&tree, false);
                     let planned = std::mem::replace(&mut self.written, written);
                     self.read.extend(planned);
+                    // Nor is a statement EXECUTE names run.
+                    self.executes = false;
                 }
                 let inner_select = explain
                     .query
@@ -817,6 +826,10 @@ impl<'c> Walker<'c> {
                 "TruncateStmt" => {
                     self.modifies = true;
                     self.body(child, &["relations"]);
+                }
+                "ExecuteStmt" => {
+                    self.executes = true;
+                    self.walk(child, false);
                 }
                 "SelectStmt" => {
                     if select_picks_rows(child) {

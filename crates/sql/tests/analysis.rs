@@ -527,6 +527,15 @@ fn a_lone_execute_names_its_statement() {
     ] {
         assert_eq!(executes(sql), None, "{sql}");
     }
+    // What an EXECUTE anywhere runs, the text does not say.
+    for sql in [
+        "CREATE TABLE t AS EXECUTE q",
+        "EXPLAIN ANALYZE EXECUTE q",
+        "EXECUTE q; SELECT 1",
+    ] {
+        assert!(analyze(sql).unwrap().unknown_writes, "{sql}");
+    }
+    assert!(!analyze("EXPLAIN EXECUTE q").unwrap().unknown_writes);
 }
 
 #[test]
