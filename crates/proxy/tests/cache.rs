@@ -581,6 +581,37 @@ async fn an_execute_of_an_sql_prepared_statement_invalidates_what_it_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_ins_that_change_no_table_invalidate_nothing() {
+    // Advisory locks (job queues take one per job), sequences (an ORM's id before each
+    // INSERT), settings and notifications change no rows a read could be served.
+    let (pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let ops = [
+        "BEGIN",
+        "SELECT pg_advisory_xact_lock(7)",
+        "SELECT nextval('s')",
+        "SELECT set_config('application_name', 'x', true)",
+        "SELECT pg_notify('c', 'x')",
+        "COMMIT",
+    ];
+    assert_eq!(kept_after(&pg, &client, &ops).await, (true, true));
+    assert_eq!(
+        kept_after(
+            &pg,
+            &client,
+            &["SELECT nextval('s'), pg_try_advisory_xact_lock(1)"]
+        )
+        .await,
+        (true, true)
+    );
+    // A user function may write anything.
+    assert_eq!(
+        kept_after(&pg, &client, &["SELECT set_v('f')"]).await,
+        (false, false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_make_one_trip_and_flush_ends_entries() {
     let (pg, proxy) = setup().await;
     pg.psql("INSERT INTO items SELECT g, 'v' FROM generate_series(3, 200000) g")

@@ -120,10 +120,12 @@ pub struct Analysis {
     pub tables_written: Vec<String>,
     /// Functions called, as written (`nextval`, `app.f`), sorted.
     pub functions: Vec<String>,
-    /// May write what the text doesn't name: a function that may write
-    /// (side-effecting built-ins, user functions not declared read-only), DO, CALL,
-    /// EXECUTE, GRANT/REVOKE, policies, `TRUNCATE … CASCADE`, and any other
-    /// statement that is not read-only yet names no table it writes.
+    /// May write tables the text doesn't name: a function that may (user functions
+    /// not declared read-only, dblink), DO, CALL, EXECUTE, GRANT/REVOKE, policies,
+    /// `TRUNCATE … CASCADE`, and any other statement that is not read-only yet names
+    /// no table it writes. Not the other side-effecting built-ins (`nextval`,
+    /// `set_config`, advisory locks, `pg_notify`, large objects…): they change no
+    /// table's rows (a sequence is not a table here; nor is a catalog).
     pub unknown_writes: bool,
     /// Calls a function that is not a known built-in (declared read-only or not):
     /// what it reads is unknown.
@@ -300,7 +302,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
             let lone = parsed.protobuf.stmts.len() == 1 && !walker.unsafe_function;
             executes = lone.then(|| execute.name.clone());
         }
-        unknown_writes |= walker.unsafe_function
+        unknown_writes |= walker.unnamed_writes
             || walker.executes
             || truncates_cascade(node)
             || (!stmt_read_only && !names_a_write && !writes_no_data(node));
@@ -478,6 +480,9 @@ struct Walker<'c> {
     modifies: bool,
     /// Per statement: a function not known to be read-only was called.
     unsafe_function: bool,
+    /// Per statement: a function that may write tables the text does not name was
+    /// called (a user function not declared read-only, dblink).
+    unnamed_writes: bool,
     /// Per statement: an SQL-prepared statement is executed (anywhere in it: `EXPLAIN
     /// ANALYZE EXECUTE`, `CREATE TABLE AS EXECUTE` too), whose writes the text does not
     /// name.
@@ -508,6 +513,7 @@ impl<'c> Walker<'c> {
             session_effects: BTreeSet::new(),
             modifies: false,
             unsafe_function: false,
+            unnamed_writes: false,
             executes: false,
             ctes: Vec::new(),
             dropped_at_commit: Vec::new(),
@@ -522,6 +528,7 @@ impl<'c> Walker<'c> {
         })?;
         self.modifies = false;
         self.unsafe_function = false;
+        self.unnamed_writes = false;
         self.executes = false;
         let locking_before = self.locking;
         self.locking = false;
@@ -928,6 +935,7 @@ impl<'c> Walker<'c> {
         match builtin {
             Some(f) if functions::is_side_effecting(f) => {
                 self.unsafe_function = true;
+                self.unnamed_writes |= functions::writes_tables(f);
                 if functions::is_session_advisory_lock(f) {
                     self.session_effects.insert(SessionEffect::AdvisoryLock);
                 }
@@ -939,6 +947,7 @@ impl<'c> Walker<'c> {
             _ if listed(&config.read_only_functions) => self.user_function = true,
             _ => {
                 self.unsafe_function = true;
+                self.unnamed_writes = true;
                 self.user_function = true;
             }
         }

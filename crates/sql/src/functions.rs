@@ -59,6 +59,14 @@ pub(crate) fn is_side_effecting(name: &str) -> bool {
         || name == "lowrite"
 }
 
+/// Side-effecting built-ins that may change rows of tables a query can read: dblink's
+/// (its SQL may run on this database). The others change settings, locks,
+/// sequences, large objects, files, replication state or statistics: no table a
+/// result could be cached from (sequences and catalogs never are).
+pub(crate) fn writes_tables(name: &str) -> bool {
+    name.starts_with("dblink")
+}
+
 /// Session-level advisory locks (held past the transaction).
 pub(crate) fn is_session_advisory_lock(name: &str) -> bool {
     matches!(

@@ -490,8 +490,24 @@ fn writes_the_text_does_not_name_are_unknown() {
         "TRUNCATE t CASCADE",
         "COMMIT PREPARED 'x'",
         "UPDATE u SET a = 1; DO $$ BEGIN UPDATE t SET a = 1; END $$",
+        "SELECT dblink_exec('dbname=app', 'DELETE FROM t')",
+        "SELECT nextval('s'), f()",
     ] {
         assert!(unknown(sql), "{sql}");
+    }
+    // Side-effecting built-ins that change no table's rows.
+    for sql in [
+        "SELECT nextval('s')",
+        "SELECT setval('s', 10)",
+        "INSERT INTO t VALUES (nextval('s'))",
+        "SELECT pg_advisory_xact_lock(1)",
+        "SELECT pg_try_advisory_lock(1)",
+        "SELECT set_config('search_path', '', false)",
+        "SELECT pg_notify('c', 'x')",
+        "SELECT lo_unlink(1)",
+    ] {
+        let a = analyze(sql).unwrap();
+        assert!(!a.unknown_writes && !a.read_only, "{sql}");
     }
     for sql in [
         "UPDATE t SET a = 1; UPDATE t SET a = 2",
