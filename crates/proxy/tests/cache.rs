@@ -581,6 +581,34 @@ async fn an_execute_of_an_sql_prepared_statement_invalidates_what_it_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_dump_through_pgopt_ends_no_entry() {
+    // It reads the catalog with helpers such as acldefault(), sets its settings with
+    // set_config(), and PREPAREs and EXECUTEs its queries: nothing it runs writes.
+    let (pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let (items, events) = ("SELECT v FROM items WHERE id = 1", "SELECT id FROM events");
+    let before = (value(&client, items).await, value(&client, events).await);
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1; UPDATE events SET id = 9")
+        .unwrap();
+    let mut dump = std::process::Command::new(pg.binaries().program("pg_dump"));
+    dump.args([
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-f",
+        "/dev/null",
+        "app",
+    ])
+    .args(["-p", &proxy.local_addr().port().to_string()]);
+    tokio::task::spawn_blocking(move || run(&mut dump))
+        .await
+        .unwrap();
+    assert_eq!(value(&client, items).await, before.0);
+    assert_eq!(value(&client, events).await, before.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn built_ins_that_change_no_table_invalidate_nothing() {
     // Advisory locks (job queues take one per job), sequences (an ORM's id before each
     // INSERT), settings and notifications change no rows a read could be served.

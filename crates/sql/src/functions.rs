@@ -311,6 +311,16 @@ pub(crate) fn is_known_read_only(name: &str) -> bool {
             | "inet_server_addr" | "inet_server_port" | "pg_jit_available"
             | "row_security_active" | "xmlelement" | "xmlforest" | "xmlconcat" | "xpath"
             | "xpath_exists" | "xmlparse" | "xmlserialize" | "xml_is_well_formed"
+            // catalog helpers (pg_dump's and psql's queries)
+            | "acldefault" | "aclexplode" | "makeaclitem" | "pg_describe_object"
+            | "pg_identify_object" | "pg_identify_object_as_address" | "pg_filenode_relation"
+            | "pg_collation_is_visible" | "pg_conversion_is_visible"
+            | "pg_opclass_is_visible" | "pg_operator_is_visible" | "pg_opfamily_is_visible"
+            | "pg_statistics_obj_is_visible" | "pg_ts_config_is_visible"
+            | "pg_ts_dict_is_visible" | "pg_ts_parser_is_visible"
+            | "pg_ts_template_is_visible" | "pg_sequence_parameters"
+            | "pg_column_is_updatable" | "pg_relation_is_updatable" | "pg_is_in_recovery"
+            | "pg_relation_is_publishable"
     )
 }
 

@@ -194,6 +194,9 @@ fn read_only_verdicts() {
         "SELECT pg_sleep(1)",
         "SELECT currval('s')",
         "WITH r AS (SELECT 1) SELECT * FROM r",
+        // Catalog helpers pg_dump and psql's \d call.
+        "SELECT acldefault('r', relowner), pg_catalog.pg_relation_is_publishable(oid) FROM pg_class",
+        "SELECT pg_describe_object(classid, objid, 0), pg_get_expr(adbin, adrelid) FROM d",
     ] {
         assert!(read_only(yes), "{yes} should be read-only");
     }
