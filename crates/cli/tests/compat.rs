@@ -343,13 +343,18 @@ fn client_drivers_in_session_mode_with_listen_notify() {
 
 /// Peak resident memory of a process (`VmHWM`), in bytes.
 fn peak_rss(pid: u32) -> u64 {
+    memory(pid, "VmHWM:")
+}
+
+/// A process's `/proc/PID/status` figure `field` (in kB there), in bytes.
+fn memory(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"));
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"));
     kb * 1024
 }
 
@@ -502,6 +507,30 @@ fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// A session of user postgres through the proxy at `port`, logged in (trust): the
+/// stream to write to, and a reader of it.
+fn log_in(port: u16) -> Result<(TcpStream, BufReader<TcpStream>), String> {
+    let io = |e: std::io::Error| e.to_string();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(io)?;
+    let params = b"user\0postgres\0database\0postgres\0\0";
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&(8 + params.len() as u32).to_be_bytes());
+    startup.extend_from_slice(&196_608u32.to_be_bytes());
+    startup.extend_from_slice(params);
+    stream.write_all(&startup).map_err(io)?;
+    let mut rd = BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(io)?);
+    loop {
+        match read_message(&mut rd).map_err(io)? {
+            (b'Z', _) => return Ok((stream, rd)),
+            (b'E', body) => return Err(format!("login: {}", text(&body))),
+            _ => {}
+        }
+    }
+}
+
 /// Reads one message: its tag and body.
 fn read_message(rd: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
     let mut header = [0u8; 5];
@@ -518,24 +547,7 @@ fn read_message(rd: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
 /// the result to the client as it comes rather than hold it.
 fn pipeline_behind_a_big_result(port: u16, rows_sql: &str) -> Result<(), String> {
     let io = |e: std::io::Error| e.to_string();
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(io)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .map_err(io)?;
-    let params = b"user\0postgres\0database\0postgres\0\0";
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&(8 + params.len() as u32).to_be_bytes());
-    startup.extend_from_slice(&196_608u32.to_be_bytes());
-    startup.extend_from_slice(params);
-    stream.write_all(&startup).map_err(io)?;
-    let mut rd = BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(io)?);
-    loop {
-        match read_message(&mut rd).map_err(io)? {
-            (b'Z', _) => break,
-            (b'E', body) => return Err(format!("login: {}", text(&body))),
-            _ => {}
-        }
-    }
+    let (stream, mut rd) = log_in(port)?;
     let mut batch = Vec::with_capacity(BIG_QUERY_LEN + 1024);
     message(&mut batch, b'Q', format!("{rows_sql}\0").as_bytes());
     let padding = "y".repeat(BIG_QUERY_LEN);
@@ -571,4 +583,101 @@ fn pipeline_behind_a_big_result(port: u16, rows_sql: &str) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+/// One message larger than anything else a session sends or gets.
+const BIG_MESSAGE: usize = 64 << 20;
+
+/// Sends `batch` and reads up to its ReadyForQuery: the first column of the last
+/// DataRow, as text (its length when longer than 20 bytes).
+fn round_trip(wr: &mut TcpStream, rd: &mut impl Read, batch: &[u8]) -> Result<String, String> {
+    let io = |e: std::io::Error| e.to_string();
+    wr.write_all(batch).map_err(io)?;
+    let mut value = String::new();
+    loop {
+        match read_message(rd).map_err(io)? {
+            (b'D', body) if body.len() > 26 => value = format!("{} bytes", body.len() - 6),
+            (b'D', body) => value = text(&body[6..]),
+            (b'Z', _) => return Ok(value),
+            (b'E', body) => return Err(format!("error: {}", text(&body))),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn one_large_message_costs_at_most_twice_its_size_and_is_not_kept() {
+    // A bulk value in a query's text, in a Bind, and in a row back: the proxy holds a
+    // whole message at a time (the client's read, and its copy to the server), then
+    // gives the room back, also while the client stays connected (session mode:
+    // connected to the same server connection for life).
+    let pg = Postgres::builder()
+        .preload_extensions(false)
+        .start_blocking()
+        .expect("starting PostgreSQL");
+    for mode in ["transaction", "session"] {
+        let proxy = ProxyProcess::start(&Setup {
+            name: "large",
+            upstream: pg.url("postgres"),
+            mode,
+            auth: "trust",
+            users: &[],
+        });
+        let (mut wr, mut rd) = log_in(proxy.port).unwrap();
+        let (rss_before, peak_before) = (memory(proxy.pid(), "VmRSS:"), peak_rss(proxy.pid()));
+        let value = "y".repeat(BIG_MESSAGE);
+        let mut query = Vec::new();
+        message(
+            &mut query,
+            b'Q',
+            format!("SELECT length('{value}')\0").as_bytes(),
+        );
+        let mut bind_body = b"\0\0\0\0\0\x01".to_vec();
+        bind_body.extend_from_slice(&(BIG_MESSAGE as u32).to_be_bytes());
+        bind_body.extend_from_slice(value.as_bytes());
+        bind_body.extend_from_slice(b"\0\0");
+        drop(value);
+        let mut extended = Vec::new();
+        message(&mut extended, b'P', b"\0SELECT length($1::text)\0\0\0");
+        message(&mut extended, b'B', &bind_body);
+        drop(bind_body);
+        message(&mut extended, b'E', b"\0\0\0\0\0");
+        message(&mut extended, b'S', b"");
+        let mut row = Vec::new();
+        let sql = format!("SELECT repeat('x', {BIG_MESSAGE})\0");
+        message(&mut row, b'Q', sql.as_bytes());
+        let want = BIG_MESSAGE.to_string();
+        for (what, batch, want) in [
+            ("query text", query, want.clone()),
+            ("Bind", extended, want),
+            ("row", row, format!("{BIG_MESSAGE} bytes")),
+        ] {
+            let got = round_trip(&mut wr, &mut rd, &batch);
+            assert_eq!(
+                got.as_deref(),
+                Ok(want.as_str()),
+                "{mode}, {what}:\n{}",
+                proxy.log()
+            );
+        }
+        // (The allocator gives a freed large block back at once.)
+        std::thread::sleep(Duration::from_millis(200));
+        let (rss, peak) = (memory(proxy.pid(), "VmRSS:"), peak_rss(proxy.pid()));
+        eprintln!(
+            "{mode}: pgopt proxy RSS {:.1} MB before, {:.1} MB after 3 x {} MB messages \
+             (peak {:.1} MB, {:.1} MB before)",
+            rss_before as f64 / 1048576.0,
+            rss as f64 / 1048576.0,
+            BIG_MESSAGE >> 20,
+            peak as f64 / 1048576.0,
+            peak_before as f64 / 1048576.0,
+        );
+        assert!(
+            rss < rss_before + (BIG_MESSAGE / 4) as u64,
+            "{mode}: RSS {rss} bytes after, {rss_before} before"
+        );
+        let bound = peak_before + (BIG_MESSAGE * 5 / 2) as u64;
+        assert!(peak < bound, "{mode}: peak RSS {peak} bytes, bound {bound}");
+        let _ = wr.write_all(b"X\0\0\0\x04");
+    }
 }

@@ -23,6 +23,22 @@ use pgopt_sql::{Analysis, Analyzer};
 use pgopt_wire::frontend::{Bind, Parse};
 use pgopt_wire::Format;
 
+/// The longest client text or Bind message a session's insight keeps a copy of (for
+/// the parameters and text of a slow statement's plan): a bulk value is not copied,
+/// nor held for the session's life.
+const MAX_KEPT_TEXT: usize = 64 * 1024;
+
+/// `text` into `kept`, or `kept` emptied (its allocation given back) when `text` is
+/// longer than [`MAX_KEPT_TEXT`].
+fn keep_text(kept: &mut String, text: &str) {
+    kept.clear();
+    if text.len() <= MAX_KEPT_TEXT {
+        kept.push_str(text);
+    } else if kept.capacity() > MAX_KEPT_TEXT {
+        *kept = String::new();
+    }
+}
+
 use crate::plans::{PlanRequest, PlanSettings, Plans};
 use crate::stats::error_field;
 
@@ -232,16 +248,16 @@ impl Tracker {
         }
     }
 
-    /// Parse: the statement is analysed once, here.
+    /// Parse: the statement is analysed once, here. (A text longer than
+    /// [`MAX_KEPT_TEXT`] is not kept: it is analysed again when sent again.)
     pub fn on_parse(&mut self, analyzer: &Analyzer, parse: &Parse<'_>) {
         let (name, query) = (parse.name, parse.query);
         let analysis = if name.is_empty() {
-            if self.unnamed_text == query && self.unnamed_statement.is_some() {
+            if !query.is_empty() && self.unnamed_text == query && self.unnamed_statement.is_some() {
                 return;
             }
             self.unnamed_statement = analyzer.analyze(query).ok();
-            self.unnamed_text.clear();
-            self.unnamed_text.push_str(query);
+            keep_text(&mut self.unnamed_text, query);
             self.unnamed_statement.clone()
         } else {
             let analysis = analyzer.analyze(query).ok();
@@ -273,8 +289,13 @@ impl Tracker {
         } else {
             self.portals.insert(portal.to_string(), analysis);
         }
+        // (A larger one, a bulk value, is not copied: its parameters are not shown.)
         self.last_bind.clear();
-        self.last_bind.extend_from_slice(frame);
+        if frame.len() <= MAX_KEPT_TEXT {
+            self.last_bind.extend_from_slice(frame);
+        } else if self.last_bind.capacity() > MAX_KEPT_TEXT {
+            self.last_bind = BytesMut::new();
+        }
         self.binds += 1;
     }
 
@@ -318,8 +339,7 @@ impl Tracker {
     pub fn on_query(&mut self, analyzer: &Analyzer, sql: &str, at: Instant) {
         self.simple_seq += 1;
         if self.capture_text {
-            self.last_simple.clear();
-            self.last_simple.push_str(sql);
+            keep_text(&mut self.last_simple, sql);
         }
         self.pending.push_back(Pending::Simple {
             analysis: analyzer.analyze(sql).ok(),
@@ -561,10 +581,15 @@ impl Tracker {
                     .as_ref()
                     .is_some_and(|u| Arc::ptr_eq(u, &analysis));
                 let sql = match origin {
-                    Origin::Simple(seq) if full && seq == self.simple_seq => {
+                    // (Not kept when too long: see `keep_text`.)
+                    Origin::Simple(seq)
+                        if full && seq == self.simple_seq && !self.last_simple.is_empty() =>
+                    {
                         Some(self.last_simple.clone())
                     }
-                    Origin::Bind(_) if values.is_some() && unnamed => {
+                    Origin::Bind(_)
+                        if values.is_some() && unnamed && !self.unnamed_text.is_empty() =>
+                    {
                         Some(self.unnamed_text.clone())
                     }
                     _ => None,

@@ -73,6 +73,33 @@ const SERVER_READ_BUF: usize = 16 * 1024;
 /// the pool (the next checkout starts a new one of `SERVER_READ_BUF`).
 const KEPT_READ_BUF: usize = 8 * SERVER_READ_BUF;
 
+/// A client's read buffer, or what waits for its server, that grew past this for one
+/// large message is given back once empty (see [`shed`]).
+const KEPT_CLIENT_BUF: usize = 64 * 1024;
+
+/// `buf`, once empty, dropped when its allocation grew past [`KEPT_CLIENT_BUF`]: a
+/// client that once sent a 200 MB value would otherwise keep that much of pgopt's
+/// memory for its session's life. (`capacity()` counts only what follows the bytes
+/// consumed; reclaiming an empty buffer's whole allocation is free, and fails while
+/// frames split from it are still alive.)
+fn shed(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.try_reclaim(KEPT_CLIENT_BUF + 1) {
+        *buf = BytesMut::new();
+    }
+}
+
+/// Room for the rest of the message whose start `buf` holds, made at once: growing
+/// by doubling as a large message arrives would copy it over and over, and leave up
+/// to twice its size allocated.
+fn reserve_message(buf: &mut BytesMut, max_len: u32) {
+    if let Ok(Some(header)) = peek_header(buf, max_len) {
+        let rest = header.frame_len().saturating_sub(buf.len());
+        if rest > buf.capacity() - buf.len() {
+            buf.reserve(rest);
+        }
+    }
+}
+
 /// An ErrorResponse or NoticeResponse that says the server is ending the connection:
 /// FATAL or PANIC, or a shutdown SQLSTATE (`57P01`-`57P03`; an immediate shutdown
 /// sends a WARNING with `57P01` before it closes).
@@ -482,7 +509,7 @@ impl Relay {
             // the server's bytes first, which the client's next request waits on anyway.
             tokio::select! {
                 biased;
-                read = read_server(&mut self.server, &mut self.sbuf), if has_server => {
+                read = read_server(&mut self.server, &mut self.sbuf, self.max_len), if has_server => {
                     match read {
                         Ok(n) if n > 0 => {
                             self.sent += n as u64;
@@ -500,7 +527,7 @@ impl Relay {
                     }
                 }
                 // A paused client's messages are buffered only up to a bound.
-                read = self.client.read_buf(&mut self.cbuf),
+                read = read_message(&mut self.client, &mut self.cbuf, self.max_len),
                     if !self.paused || self.cbuf.len() < MAX_FAILOVER_BYTES => {
                     if let Ok(n) = read {
                         self.received += n as u64;
@@ -801,6 +828,8 @@ impl Relay {
         }
         // Everything may have been answered here without the server.
         self.maybe_release();
+        shed(&mut self.cbuf);
+        shed(&mut self.out);
         Ok(!terminate)
     }
 
@@ -1506,9 +1535,11 @@ impl Relay {
             // second run could not bind or describe it.
             let after_close =
                 matches!(frame.tag(), b'B' | b'D') && holds_close(batch, self.max_len);
-            batch.extend_from_slice(frame.as_bytes());
-            if batch.len() > MAX_FAILOVER_BYTES || after_close {
+            // (Measured before the copy: a large message is not copied only to go.)
+            if batch.len() + frame.as_bytes().len() > MAX_FAILOVER_BYTES || after_close {
                 self.failover = None;
+            } else {
+                batch.extend_from_slice(frame.as_bytes());
             }
         }
         if self.skipping {
@@ -2957,6 +2988,12 @@ impl Relay {
             r
         };
         self.sbuf.advance(pos);
+        // One grown for a large message is not kept while the connection stays lent
+        // (a session-mode client holds it for life).
+        if self.sbuf.is_empty() && self.sbuf.try_reclaim(KEPT_READ_BUF + 1) {
+            self.sbuf = BytesMut::with_capacity(SERVER_READ_BUF);
+        }
+        shed(&mut self.out);
         result?;
         if let Some(source) = unrelayable {
             return Err(self.server_protocol_error(source).await);
@@ -3738,6 +3775,7 @@ impl Relay {
             Err(e) => return Err(e),
         };
         self.to_server.clear();
+        shed(&mut self.to_server);
         if broken && self.failover.is_some() {
             return Box::pin(self.fail_over()).await;
         }
@@ -4253,9 +4291,16 @@ fn frame_into(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-async fn read_server(server: &mut Option<Checkout>, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_server(
+    server: &mut Option<Checkout>,
+    buf: &mut BytesMut,
+    max_len: u32,
+) -> std::io::Result<usize> {
     match server {
-        Some(checkout) => checkout.conn.stream.read_buf(buf).await,
+        Some(checkout) => {
+            reserve_message(buf, max_len);
+            checkout.conn.stream.read_buf(buf).await
+        }
         None => std::future::pending().await,
     }
 }
@@ -4263,6 +4308,16 @@ async fn read_server(server: &mut Option<Checkout>, buf: &mut BytesMut) -> std::
 /// The SQL-prepared statements of the server connection lent, if one is.
 fn sql_statements(server: &mut Option<Checkout>) -> Option<&mut crate::cache::SqlStatements> {
     server.as_mut().map(|s| &mut s.conn.sql_prepared)
+}
+
+/// Reads from the client into `cbuf`, with room made for a large message at once.
+async fn read_message(
+    client: &mut ClientStream,
+    cbuf: &mut BytesMut,
+    max_len: u32,
+) -> std::io::Result<usize> {
+    reserve_message(cbuf, max_len);
+    client.read_buf(cbuf).await
 }
 
 /// `DISCARD ALL` so the next client starts clean; on any trouble the connection closes.

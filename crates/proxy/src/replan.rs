@@ -64,8 +64,12 @@ impl Replay {
             b'S' => self.complete = true,
             _ => return false,
         }
+        // (Measured before the copy: a large message is not copied only to go.)
+        if self.bytes.len() + frame.as_bytes().len() > MAX_REPLAY_BYTES {
+            return false;
+        }
         self.bytes.extend_from_slice(frame.as_bytes());
-        self.bytes.len() <= MAX_REPLAY_BYTES
+        true
     }
 
     /// Complete up to its Sync, and the client will see the new row description.
