@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# One large message at a time through pgopt and PgBouncer, side by side with direct
+# PostgreSQL, in one run: a client (psycopg 3) sends an MB-sized bytea value in a Bind,
+# sends it again inlined in a simple query's text (client-side binding: hex, twice the
+# size), and reads it back in one row. Each proxy is a fresh process per round; after
+# the three, with the client still connected, its resident memory (VmRSS) and its peak
+# (VmHWM) are read from /proc. Prints wall seconds per target and each proxy's memory.
+#
+# usage: scripts/bench-large-messages.sh [MB=64] [ROUNDS=3]
+#        PGOPT_BIN=FILE scripts/bench-large-messages.sh ...   (another pgopt build;
+#        default: a release build of this tree)
+# psycopg comes from scripts/compat/install.sh (run here; it needs PyPI the first time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mb=${1:-64}
+rounds=${2:-3}
+bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+command -v pgbouncer >/dev/null || { echo "missing pgbouncer (apt-get install pgbouncer)" >&2; exit 1; }
+scripts/compat/install.sh >/dev/null
+python=target/compat-venv/bin/python
+if [ -z "${PGOPT_BIN:-}" ]; then
+  cargo build --release -q -p pgopt-cli
+  PGOPT_BIN=target/release/pgopt
+fi
+secs=0
+. scripts/bench-lib.sh   # start_pg, stop_pg, free_port, pgbouncer_config
+
+tmp=$(mktemp -d /tmp/pgopt-large-XXXXXX)
+pg_port=$(free_port); proxy_port=$(free_port)
+proxy_pid=
+cleanup() {
+  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null
+  stop_pg "$tmp"
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+start_pg "$tmp" "$pg_port" 1
+"$bindir/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres postgres \
+  -c "CREATE TABLE blobs (id serial PRIMARY KEY, b bytea)"
+pgbouncer_config "$tmp" "$pg_port" "$proxy_port" 4
+
+# The client: the three round trips, then (still connected) the proxy's memory.
+cat > "$tmp/client.py" <<'PY'
+import os, sys, time, psycopg
+port, mb, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+def memory():
+    if pid == "-":
+        return "-", "-"
+    status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status"))
+    return tuple(str(int(status[k].split()[0]) // 1024) for k in ("VmRSS", "VmHWM"))
+value = os.urandom(mb << 20)
+t0 = time.time()
+with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                     autocommit=True) as conn:
+    conn.execute("TRUNCATE blobs")
+    conn.execute("INSERT INTO blobs (b) VALUES (%b)", (value,))
+    with psycopg.ClientCursor(conn) as cur:
+        cur.execute("INSERT INTO blobs (b) VALUES (%s)", (value,))
+    row = conn.execute("SELECT b FROM blobs LIMIT 1", binary=True).fetchone()
+    assert row[0] == value
+    wall = time.time() - t0
+    time.sleep(0.2)
+    rss, peak = memory()
+print(f"{wall:.2f} {rss} {peak}")
+PY
+
+printf '%s, %s MB values, %s, %s cores\n' "$(date -u +%F)" "$mb" "$PGOPT_BIN" "$(nproc)"
+printf '%-6s %9s %12s %14s %16s %10s %13s %15s\n' round "direct s" "PgBouncer s" \
+  "PgBouncer RSS" "PgBouncer peak" "pgopt s" "pgopt RSS MB" "pgopt peak MB"
+for round in $(seq "$rounds"); do
+  read -r direct _ _ < <("$python" "$tmp/client.py" "$pg_port" "$mb" -)
+  "${as_pg[@]}" pgbouncer "$tmp/pgbouncer.ini" >/dev/null 2>&1 &
+  for _ in $(seq 50); do [ -s "$tmp/pgbouncer.pid" ] && "$bindir/pg_isready" -q -h 127.0.0.1 -p "$proxy_port" && break; sleep 0.1; done
+  proxy_pid=$(cat "$tmp/pgbouncer.pid")
+  read -r bouncer bouncer_rss bouncer_peak < <("$python" "$tmp/client.py" "$proxy_port" "$mb" "$proxy_pid")
+  kill "$proxy_pid"; while kill -0 "$proxy_pid" 2>/dev/null; do sleep 0.1; done; proxy_pid=
+  rm -f "$tmp/pgbouncer.pid"
+  RUST_LOG=error "$PGOPT_BIN" proxy --listen "127.0.0.1:$proxy_port" \
+    --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres" \
+    --pool-mode transaction --pool-size 4 >/dev/null 2>&1 &
+  proxy_pid=$!
+  for _ in $(seq 50); do "$bindir/pg_isready" -q -h 127.0.0.1 -p "$proxy_port" && break; sleep 0.1; done
+  read -r pgopt pgopt_rss pgopt_peak < <("$python" "$tmp/client.py" "$proxy_port" "$mb" "$proxy_pid")
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=
+  printf '%-6s %9s %12s %14s %16s %10s %13s %15s\n' "$round" "$direct" "$bouncer" \
+    "$bouncer_rss" "$bouncer_peak" "$pgopt" "$pgopt_rss" "$pgopt_peak"
+done
