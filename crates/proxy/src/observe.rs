@@ -173,6 +173,8 @@ pub struct Tracker {
     /// The text of the latest unnamed Parse: drivers send the same one again and
     /// again (libpq's extended protocol), analysed once.
     unnamed_text: String,
+    /// Instead, for a text too long to keep: its length and hash.
+    unnamed_long: Option<(usize, u64)>,
     /// Bind parameters are decoded for samples, the slow log and plans (not when
     /// every consumer has them off).
     sample_params: bool,
@@ -238,6 +240,7 @@ impl Tracker {
             last_bind: BytesMut::new(),
             binds: 0,
             unnamed_text: String::new(),
+            unnamed_long: None,
             sample_params,
             route: None,
             settings: (u64::MAX, Arc::from(Vec::new())),
@@ -248,16 +251,26 @@ impl Tracker {
         }
     }
 
-    /// Parse: the statement is analysed once, here. (A text longer than
-    /// [`MAX_KEPT_TEXT`] is not kept: it is analysed again when sent again.)
+    /// Parse: the statement is analysed once, here. (Of an unnamed text longer than
+    /// [`MAX_KEPT_TEXT`] only the length and a hash are kept, to know it again.)
     pub fn on_parse(&mut self, analyzer: &Analyzer, parse: &Parse<'_>) {
         let (name, query) = (parse.name, parse.query);
         let analysis = if name.is_empty() {
-            if !query.is_empty() && self.unnamed_text == query && self.unnamed_statement.is_some() {
+            let long = (query.len() > MAX_KEPT_TEXT).then(|| {
+                use std::hash::BuildHasher;
+                let hash = foldhash::fast::FixedState::with_seed(0).hash_one(query);
+                (query.len(), hash)
+            });
+            let same = match long {
+                Some(_) => long == self.unnamed_long,
+                None => !query.is_empty() && self.unnamed_text == query,
+            };
+            if same && self.unnamed_statement.is_some() {
                 return;
             }
             self.unnamed_statement = analyzer.analyze(query).ok();
             keep_text(&mut self.unnamed_text, query);
+            self.unnamed_long = long;
             self.unnamed_statement.clone()
         } else {
             let analysis = analyzer.analyze(query).ok();
@@ -305,6 +318,7 @@ impl Tracker {
             (true, true) => {
                 self.unnamed_statement = None;
                 self.unnamed_text.clear();
+                self.unnamed_long = None;
             }
             (true, false) => {
                 self.statements.remove(name);

@@ -74,28 +74,37 @@ const SERVER_READ_BUF: usize = 16 * 1024;
 const KEPT_READ_BUF: usize = 8 * SERVER_READ_BUF;
 
 /// A client's read buffer, or what waits for its server, that grew past this for one
-/// large message is given back once empty (see [`shed`]).
-const KEPT_CLIENT_BUF: usize = 64 * 1024;
+/// large message is given back once empty (see [`shed`]). Also the largest request
+/// the cache looks up (its key copies the text and values).
+const KEPT_CLIENT_BUF: usize = 256 * 1024;
 
-/// `buf`, once empty, dropped when its allocation grew past [`KEPT_CLIENT_BUF`]: a
+/// What a client buffer given back starts again with.
+const CLIENT_BUF: usize = 8 * 1024;
+
+/// Room made at a time for a large message as it arrives (see [`reserve_message`]).
+const MESSAGE_STEP: usize = 1 << 20;
+
+/// `buf`, once empty, replaced when its allocation grew past [`KEPT_CLIENT_BUF`]: a
 /// client that once sent a 200 MB value would otherwise keep that much of pgopt's
-/// memory for its session's life. (`capacity()` counts only what follows the bytes
-/// consumed; reclaiming an empty buffer's whole allocation is free, and fails while
-/// frames split from it are still alive.)
+/// memory for its session's life. (On an empty buffer `try_reclaim(n)` succeeds when
+/// the whole allocation holds `n` bytes; when frames split from it still share the
+/// allocation, dropping this handle leaves it to them.)
 fn shed(buf: &mut BytesMut) {
     if buf.is_empty() && buf.try_reclaim(KEPT_CLIENT_BUF + 1) {
-        *buf = BytesMut::new();
+        *buf = BytesMut::with_capacity(CLIENT_BUF);
     }
 }
 
-/// Room for the rest of the message whose start `buf` holds, made at once: growing
-/// by doubling as a large message arrives would copy it over and over, and leave up
-/// to twice its size allocated.
+/// Room for more of the message whose start `buf` holds: as much again as has arrived
+/// (at least [`MESSAGE_STEP`]), never past its end. Growing by doubling from a few
+/// kilobytes would leave up to twice the message allocated; room for all of it at
+/// once would let a header alone (a length up to `max_message_len`) claim it.
 fn reserve_message(buf: &mut BytesMut, max_len: u32) {
     if let Ok(Some(header)) = peek_header(buf, max_len) {
         let rest = header.frame_len().saturating_sub(buf.len());
-        if rest > buf.capacity() - buf.len() {
-            buf.reserve(rest);
+        let spare = buf.capacity() - buf.len();
+        if rest > spare {
+            buf.reserve(rest.min(buf.len().max(MESSAGE_STEP)));
         }
     }
 }
@@ -842,10 +851,13 @@ impl Relay {
             return CacheLookup::Pass;
         };
         let started = self.clock;
+        // (A request larger than KEPT_CLIENT_BUF, a bulk value, is not: its key would
+        // copy it, and the key's buffer keep the room.)
         if !self.expected.is_empty()
             || self.status != TransactionStatus::Idle
             || self.skipping
             || !cache.serving()
+            || frame.as_bytes().len() > KEPT_CLIENT_BUF
         {
             return CacheLookup::Pass;
         }
@@ -878,7 +890,7 @@ impl Relay {
                     .parse
                     .get(5..)
                     .and_then(|body| Parse::decode(body).ok())
-                    .map(|p| Cow::Owned(p.query.to_string()))
+                    .map(|p| Cow::<str>::Owned(p.query.to_string()))
                 else {
                     return CacheLookup::Pass;
                 };
@@ -900,6 +912,9 @@ impl Relay {
                     parse: parse.is_some(),
                     describe,
                 };
+                if sql.len() + values.len() > KEPT_CLIENT_BUF {
+                    return CacheLookup::Pass;
+                }
                 (
                     sql,
                     Some(prepared.parse.clone()),
@@ -4402,5 +4417,44 @@ fn lacks(server: &mut Option<Checkout>) -> impl FnMut(u64) + '_ {
         if let Some(s) = server.as_mut() {
             s.conn.prepared.remove(&id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_for_a_large_message_follows_what_arrived() {
+        // A header alone claims 1 GiB: room for a step, not for all of it.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"Q\x3f\xff\xff\xff");
+        reserve_message(&mut buf, pgopt_wire::DEFAULT_MAX_MESSAGE_LEN);
+        assert!(buf.capacity() >= MESSAGE_STEP && buf.capacity() < 4 * MESSAGE_STEP);
+        // 2 MB of a 3 MB message here: room for the rest.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"Q");
+        buf.extend_from_slice(&(3u32 << 20).to_be_bytes());
+        buf.resize(2 << 20, b'x');
+        reserve_message(&mut buf, pgopt_wire::DEFAULT_MAX_MESSAGE_LEN);
+        assert!(buf.capacity() > 3 << 20, "{}", buf.capacity());
+        // A message longer than max_len gets no room: it is refused when read.
+        let mut buf = BytesMut::from(&b"Q\x3f\xff\xff\xff"[..]);
+        reserve_message(&mut buf, 1 << 20);
+        assert!(buf.capacity() < MESSAGE_STEP);
+    }
+
+    #[test]
+    fn a_buffer_grown_for_one_message_is_given_back_once_empty() {
+        let mut buf = BytesMut::with_capacity(4 * KEPT_CLIENT_BUF);
+        buf.extend_from_slice(b"abc");
+        shed(&mut buf);
+        assert!(buf.capacity() >= 4 * KEPT_CLIENT_BUF, "not while it holds bytes");
+        buf.clear();
+        shed(&mut buf);
+        assert_eq!((buf.len(), buf.capacity()), (0, CLIENT_BUF));
+        let mut small = BytesMut::with_capacity(KEPT_CLIENT_BUF);
+        shed(&mut small);
+        assert_eq!(small.capacity(), KEPT_CLIENT_BUF);
     }
 }
