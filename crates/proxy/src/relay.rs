@@ -4449,7 +4449,10 @@ mod tests {
         let mut buf = BytesMut::with_capacity(4 * KEPT_CLIENT_BUF);
         buf.extend_from_slice(b"abc");
         shed(&mut buf);
-        assert!(buf.capacity() >= 4 * KEPT_CLIENT_BUF, "not while it holds bytes");
+        assert!(
+            buf.capacity() >= 4 * KEPT_CLIENT_BUF,
+            "not while it holds bytes"
+        );
         buf.clear();
         shed(&mut buf);
         assert_eq!((buf.len(), buf.capacity()), (0, CLIENT_BUF));
