@@ -1384,8 +1384,13 @@ impl PendingWrites {
     /// nothing and is only learnt, and an EXECUTE of a statement learnt is noted as
     /// that statement's writes rather than as a write to everything.
     pub fn note_sql(&mut self, analysis: Option<&Analysis>, sql: Option<&mut SqlStatements>) {
-        let (Some(a), Some(sql)) = (analysis, sql) else {
+        let Some(sql) = sql else {
             return self.note(analysis);
+        };
+        let Some(a) = analysis else {
+            // Text the parser refuses may PREPARE all the same.
+            sql.go_blind();
+            return self.note(None);
         };
         match sql.follow(a) {
             Followed::Prepare => {}
@@ -1426,10 +1431,11 @@ impl PendingWrites {
 /// known, and one prepared in a text of several statements is taken to write
 /// anything. That holds only while every PREPARE the connection ran passed here: once
 /// something may have run SQL pgopt does not see (a user function, DO, CALL, an
-/// EXECUTE of a statement not followed) the connection is blind, and every EXECUTE is
-/// a write to everything again. Only a connection whose SQL-prepared statements are
-/// known gone while nothing is in flight (a block's deallocated, the connection reset)
-/// starts afresh. (A trigger or rule that PREPAREs is not followed.)
+/// EXECUTE of a statement not followed, a FunctionCall, text the parser refuses) the
+/// connection is blind, and every EXECUTE is a write to everything again. Only a
+/// connection whose SQL-prepared statements are known gone while nothing is in flight
+/// (a block's deallocated, the connection reset) starts afresh. (A PREPARE run by a
+/// trigger, a rule, or a function a view or a column default calls is not seen.)
 #[derive(Debug, Default)]
 pub struct SqlStatements {
     by_name: foldhash::HashMap<String, SqlWrites>,
@@ -1497,9 +1503,14 @@ impl SqlStatements {
             }
         }
         // A user function, DO, CALL, an EXECUTE inside another statement…
-        let runs_unseen = a.kinds.contains(&StatementKind::Other) && a.unknown_writes;
-        self.blind |= a.user_functions || runs_unseen;
+        self.blind |= a.user_functions || a.unknown_writes;
         Followed::Other
+    }
+
+    /// Something ran that pgopt can't read (a FunctionCall, a Bind of a statement
+    /// whose text is unknown, text the parser refuses): it may have PREPAREd.
+    pub fn go_blind(&mut self) {
+        self.blind = true;
     }
 
     /// Every SQL-prepared statement of the connection is gone, and nothing is in
@@ -1813,6 +1824,7 @@ mod tests {
             "DO $$ BEGIN END $$",
             "CALL p()",
             "SELECT g()",
+            "SELECT lo_restock(1)",
             "EXECUTE nobody",
         ] {
             let mut sql = SqlStatements::default();
@@ -1823,6 +1835,16 @@ mod tests {
             noted(&mut sql, &["PREPARE r AS SELECT 1"]);
             assert!(noted(&mut sql, &["EXECUTE r"]).is_empty());
         }
+        // Text the parser refuses, or a FunctionCall, may PREPARE too.
+        let mut sql = SqlStatements::default();
+        let mut writes = PendingWrites::default();
+        writes.note_sql(None, Some(&mut sql));
+        noted(&mut sql, &["PREPARE r AS SELECT 1"]);
+        assert_eq!(noted(&mut sql, &["EXECUTE r"]), [ALL]);
+        let mut sql = SqlStatements::default();
+        sql.go_blind();
+        noted(&mut sql, &["PREPARE r AS SELECT 1"]);
+        assert_eq!(noted(&mut sql, &["EXECUTE r"]), [ALL]);
         // Side-effecting built-ins run no SQL.
         let mut sql = SqlStatements::default();
         noted(&mut sql, &["SELECT nextval('s')", "PREPARE r AS SELECT 1"]);

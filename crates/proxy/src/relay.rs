@@ -96,9 +96,10 @@ fn shed(buf: &mut BytesMut) {
 }
 
 /// Room for more of the message whose start `buf` holds: as much again as has arrived
-/// (at least [`MESSAGE_STEP`]), never past its end. Growing by doubling from a few
-/// kilobytes would leave up to twice the message allocated; room for all of it at
-/// once would let a header alone (a length up to `max_message_len`) claim it.
+/// (at least [`MESSAGE_STEP`]), asked for no further than its end — growth in big
+/// steps rather than from a few kilobytes, and never all at once: that would let a
+/// header alone (a length up to `max_message_len`) claim it. (The buffer may round a
+/// step up to twice its capacity; only what arrives is written, and resident.)
 fn reserve_message(buf: &mut BytesMut, max_len: u32) {
     if let Ok(Some(header)) = peek_header(buf, max_len) {
         let rest = header.frame_len().saturating_sub(buf.len());
@@ -1301,10 +1302,20 @@ impl Relay {
                     Some(a) => self
                         .writes
                         .note_sql(Some(&a), sql_statements(&mut self.server)),
-                    None => self.writes.note_unknown(),
+                    None => {
+                        if let Some(sql) = sql_statements(&mut self.server) {
+                            sql.go_blind();
+                        }
+                        self.writes.note_unknown();
+                    }
                 }
             }
-            b'F' => self.writes.note_unknown(),
+            b'F' => {
+                if let Some(sql) = sql_statements(&mut self.server) {
+                    sql.go_blind();
+                }
+                self.writes.note_unknown();
+            }
             b'C' => {
                 if let Ok(close) = Close::decode(frame.body()) {
                     if close.target == Target::Statement {

@@ -59,12 +59,61 @@ pub(crate) fn is_side_effecting(name: &str) -> bool {
         || name == "lowrite"
 }
 
-/// Side-effecting built-ins that may change rows of tables a query can read: dblink's
-/// (its SQL may run on this database). The others change settings, locks,
-/// sequences, large objects, files, replication state or statistics: no table a
-/// result could be cached from (sequences and catalogs never are).
+/// Side-effecting functions ([`is_side_effecting`]) that may change rows of tables a
+/// query can read: dblink's (its SQL may run on this database), and any name
+/// [`is_side_effecting`] matches by its prefix alone but PostgreSQL does not have (a
+/// user's `lo_restock`). The built-ins change settings, locks, sequences, large
+/// objects, files, replication state or statistics: no table a result could be
+/// cached from (sequences and catalogs never are).
 pub(crate) fn writes_tables(name: &str) -> bool {
-    name.starts_with("dblink")
+    let prefixed = [
+        "lo_",
+        "dblink",
+        "pg_stat_reset",
+        "pg_replication_origin_",
+        "pg_create_",
+    ];
+    prefixed.iter().any(|p| name.starts_with(p))
+        && !matches!(
+            name,
+            "lo_creat"
+                | "lo_create"
+                | "lo_open"
+                | "lo_close"
+                | "lo_lseek"
+                | "lo_lseek64"
+                | "lo_tell"
+                | "lo_tell64"
+                | "lo_truncate"
+                | "lo_truncate64"
+                | "lo_unlink"
+                | "lo_import"
+                | "lo_export"
+                | "lo_get"
+                | "lo_put"
+                | "lo_from_bytea"
+                | "pg_stat_reset"
+                | "pg_stat_reset_shared"
+                | "pg_stat_reset_single_table_counters"
+                | "pg_stat_reset_single_function_counters"
+                | "pg_stat_reset_slru"
+                | "pg_stat_reset_replication_slot"
+                | "pg_stat_reset_subscription_stats"
+                | "pg_replication_origin_create"
+                | "pg_replication_origin_drop"
+                | "pg_replication_origin_oid"
+                | "pg_replication_origin_session_setup"
+                | "pg_replication_origin_session_reset"
+                | "pg_replication_origin_session_is_setup"
+                | "pg_replication_origin_session_progress"
+                | "pg_replication_origin_xact_setup"
+                | "pg_replication_origin_xact_reset"
+                | "pg_replication_origin_advance"
+                | "pg_replication_origin_progress"
+                | "pg_create_physical_replication_slot"
+                | "pg_create_logical_replication_slot"
+                | "pg_create_restore_point"
+        )
 }
 
 /// Session-level advisory locks (held past the transaction).

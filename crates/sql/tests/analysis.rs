@@ -494,6 +494,10 @@ fn writes_the_text_does_not_name_are_unknown() {
         "COMMIT PREPARED 'x'",
         "UPDATE u SET a = 1; DO $$ BEGIN UPDATE t SET a = 1; END $$",
         "SELECT dblink_exec('dbname=app', 'DELETE FROM t')",
+        // Names built-ins' prefixes match, but PostgreSQL does not have: a user's.
+        "SELECT lo_restock(1)",
+        "SELECT pg_stat_reset_my_table()",
+        "SELECT pg_create_order_replication_slot()",
         "SELECT nextval('s'), f()",
     ] {
         assert!(unknown(sql), "{sql}");
