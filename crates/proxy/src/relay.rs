@@ -84,13 +84,15 @@ const CLIENT_BUF: usize = 8 * 1024;
 /// Room made at a time for a large message as it arrives (see [`reserve_message`]).
 const MESSAGE_STEP: usize = 1 << 20;
 
-/// `buf`, once empty, replaced when its allocation grew past [`KEPT_CLIENT_BUF`]: a
-/// client that once sent a 200 MB value would otherwise keep that much of pgopt's
-/// memory for its session's life. (On an empty buffer `try_reclaim(n)` succeeds when
-/// the whole allocation holds `n` bytes; when frames split from it still share the
-/// allocation, dropping this handle leaves it to them.)
+/// `buf`, once empty, replaced when it grew past [`KEPT_CLIENT_BUF`]: a client that
+/// once sent a 200 MB value would otherwise keep that much of pgopt's memory for its
+/// session's life. For a buffer written from its start and cleared, never advanced
+/// (what waits for the server, the reply buffer): its capacity is its allocation. (A
+/// read buffer, advanced as messages are taken, is replaced by its reader when it held
+/// more than that.)
+#[inline]
 fn shed(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.try_reclaim(KEPT_CLIENT_BUF + 1) {
+    if buf.is_empty() && buf.capacity() > KEPT_CLIENT_BUF {
         *buf = BytesMut::with_capacity(CLIENT_BUF);
     }
 }
@@ -100,7 +102,11 @@ fn shed(buf: &mut BytesMut) {
 /// steps rather than from a few kilobytes, and never all at once: that would let a
 /// header alone (a length up to `max_message_len`) claim it. (The buffer may round a
 /// step up to twice its capacity; only what arrives is written, and resident.)
+#[inline]
 fn reserve_message(buf: &mut BytesMut, max_len: u32) {
+    if buf.len() < 5 {
+        return;
+    }
     if let Ok(Some(header)) = peek_header(buf, max_len) {
         let rest = header.frame_len().saturating_sub(buf.len());
         let spare = buf.capacity() - buf.len();
@@ -515,11 +521,14 @@ impl Relay {
                     (None, None) => std::future::pending().await,
                 }
             };
+            // Room for the rest of a large message either side is part way through.
+            reserve_message(&mut self.sbuf, self.max_len);
+            reserve_message(&mut self.cbuf, self.max_len);
             // Biased: no random branch order (a thread-local RNG draw per message);
             // the server's bytes first, which the client's next request waits on anyway.
             tokio::select! {
                 biased;
-                read = read_server(&mut self.server, &mut self.sbuf, self.max_len), if has_server => {
+                read = read_server(&mut self.server, &mut self.sbuf), if has_server => {
                     match read {
                         Ok(n) if n > 0 => {
                             self.sent += n as u64;
@@ -537,7 +546,7 @@ impl Relay {
                     }
                 }
                 // A paused client's messages are buffered only up to a bound.
-                read = read_message(&mut self.client, &mut self.cbuf, self.max_len),
+                read = self.client.read_buf(&mut self.cbuf),
                     if !self.paused || self.cbuf.len() < MAX_FAILOVER_BYTES => {
                     if let Ok(n) = read {
                         self.received += n as u64;
@@ -690,6 +699,7 @@ impl Relay {
     /// Handles the whole messages in `cbuf`. `Ok(false)`: the session is over.
     async fn handle_client(&mut self) -> Result<bool, ProxyError> {
         self.clock = Instant::now();
+        let grown = self.cbuf.len() > KEPT_CLIENT_BUF;
         let mut terminate = false;
         if self.expected.is_empty() {
             self.follow_insight();
@@ -838,7 +848,11 @@ impl Relay {
         }
         // Everything may have been answered here without the server.
         self.maybe_release();
-        shed(&mut self.cbuf);
+        // A read buffer that held a large message: replaced once empty (frames split
+        // from it keep the allocation only while they live).
+        if grown && self.cbuf.is_empty() {
+            self.cbuf = BytesMut::with_capacity(CLIENT_BUF);
+        }
         shed(&mut self.out);
         Ok(!terminate)
     }
@@ -2824,6 +2838,7 @@ impl Relay {
     /// the statement bookkeeping says; without any, the bytes go out as they came.
     async fn handle_server(&mut self) -> Result<(), ProxyError> {
         self.clock = Instant::now();
+        let grown = self.sbuf.len() > KEPT_READ_BUF;
         let mut pos = 0;
         // Bytes before `copied` are in `out` (or dropped); `edited` once anything was.
         let mut copied = 0;
@@ -3016,7 +3031,7 @@ impl Relay {
         self.sbuf.advance(pos);
         // One grown for a large message is not kept while the connection stays lent
         // (a session-mode client holds it for life).
-        if self.sbuf.is_empty() && self.sbuf.try_reclaim(KEPT_READ_BUF + 1) {
+        if grown && self.sbuf.is_empty() {
             self.sbuf = BytesMut::with_capacity(SERVER_READ_BUF);
         }
         shed(&mut self.out);
@@ -4317,16 +4332,9 @@ fn frame_into(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-async fn read_server(
-    server: &mut Option<Checkout>,
-    buf: &mut BytesMut,
-    max_len: u32,
-) -> std::io::Result<usize> {
+async fn read_server(server: &mut Option<Checkout>, buf: &mut BytesMut) -> std::io::Result<usize> {
     match server {
-        Some(checkout) => {
-            reserve_message(buf, max_len);
-            checkout.conn.stream.read_buf(buf).await
-        }
+        Some(checkout) => checkout.conn.stream.read_buf(buf).await,
         None => std::future::pending().await,
     }
 }
@@ -4334,16 +4342,6 @@ async fn read_server(
 /// The SQL-prepared statements of the server connection lent, if one is.
 fn sql_statements(server: &mut Option<Checkout>) -> Option<&mut crate::cache::SqlStatements> {
     server.as_mut().map(|s| &mut s.conn.sql_prepared)
-}
-
-/// Reads from the client into `cbuf`, with room made for a large message at once.
-async fn read_message(
-    client: &mut ClientStream,
-    cbuf: &mut BytesMut,
-    max_len: u32,
-) -> std::io::Result<usize> {
-    reserve_message(cbuf, max_len);
-    client.read_buf(cbuf).await
 }
 
 /// `DISCARD ALL` so the next client starts clean; on any trouble the connection closes.
