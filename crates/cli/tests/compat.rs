@@ -606,11 +606,11 @@ fn round_trip(wr: &mut TcpStream, rd: &mut impl Read, batch: &[u8]) -> Result<St
 }
 
 #[test]
-fn one_large_message_costs_at_most_twice_its_size_and_is_not_kept() {
+fn one_large_message_costs_about_its_size_and_is_not_kept() {
     // A bulk value in a query's text, in a Bind, and in a row back: the proxy holds a
-    // whole message at a time (the client's read, and its copy to the server), then
-    // gives the room back, also while the client stays connected (session mode:
-    // connected to the same server connection for life).
+    // whole message at a time (read whole, then queued for the server as it came, not
+    // copied), then gives the room back, also while the client stays connected
+    // (session mode: connected to the same server connection for life).
     let pg = Postgres::builder()
         .preload_extensions(false)
         .start_blocking()
@@ -676,7 +676,7 @@ fn one_large_message_costs_at_most_twice_its_size_and_is_not_kept() {
             rss < rss_before + (BIG_MESSAGE / 4) as u64,
             "{mode}: RSS {rss} bytes after, {rss_before} before"
         );
-        let bound = peak_before + (BIG_MESSAGE * 5 / 2) as u64;
+        let bound = peak_before + (BIG_MESSAGE * 3 / 2) as u64;
         assert!(peak < bound, "{mode}: peak RSS {peak} bytes, bound {bound}");
         let _ = wr.write_all(b"X\0\0\0\x04");
     }

@@ -78,6 +78,10 @@ const KEPT_READ_BUF: usize = 8 * SERVER_READ_BUF;
 /// the cache looks up (its key copies the text and values).
 const KEPT_CLIENT_BUF: usize = 256 * 1024;
 
+/// A client message this long or longer goes to the server as it came, not copied
+/// into `to_server` (see [`Relay::queue_frame`]).
+const DIRECT_FRAME: usize = 64 * 1024;
+
 /// What a client buffer given back starts again with.
 const CLIENT_BUF: usize = 8 * 1024;
 
@@ -134,6 +138,10 @@ pub struct Relay {
     /// Messages for the client when some are dropped or made up.
     out: BytesMut,
     to_server: BytesMut,
+    /// Client messages of [`DIRECT_FRAME`] bytes or more queued for the server as they
+    /// came, not copied into `to_server`: each with the length of `to_server` it
+    /// follows (see [`Relay::queue_frame`]).
+    to_server_direct: Vec<(usize, Bytes)>,
     /// A [`Relay::forward`] is under way (what is added to `to_server` meanwhile goes
     /// out with it).
     forwarding: bool,
@@ -380,6 +388,7 @@ impl Relay {
             forwarding: false,
             out: BytesMut::new(),
             to_server: BytesMut::new(),
+            to_server_direct: Vec::new(),
             server: None,
             expected: Expected::default(),
             statements: ClientStatements::default(),
@@ -822,7 +831,7 @@ impl Relay {
                 return Err(self.client_protocol_error(e).await);
             }
         }
-        if !self.to_server.is_empty() {
+        if !self.nothing_outgoing() {
             self.forward().await?;
         }
         // Answers the proxy owes right now (nothing before them is pending).
@@ -1535,7 +1544,7 @@ impl Relay {
     /// Queues one client message for the server, rewriting statement names when needed.
     fn route(&mut self, frame: &Frame) -> Result<(), DecodeError> {
         self.sync_settings_if_behind();
-        let queued = self.to_server.len();
+        let queued = (self.to_server.len(), self.to_server_direct.len());
         let routed = self.route_frame(frame);
         if matches!(frame.tag(), b'S' | b'Q') {
             self.statements.end_batch();
@@ -1543,7 +1552,7 @@ impl Relay {
         // Only what reaches the server opens or ends its implicit transaction (a
         // message pgopt answers, refuses or skips does neither). Flush, Close and COPY
         // messages do neither either.
-        if self.to_server.len() > queued {
+        if (self.to_server.len(), self.to_server_direct.len()) != queued {
             // In a failed transaction only COMMIT or ROLLBACK runs (anything else fails,
             // and the rest of the batch is skipped): a portal executed, or a simple
             // query, may end it before its ReadyForQuery says so.
@@ -1669,7 +1678,7 @@ impl Relay {
             b'Q' | b'F' => Request::Query,
             // Flush and COPY data/done/fail: no response of their own.
             b'H' | b'd' | b'c' | b'f' => {
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.queue_frame(frame);
                 return Ok(());
             }
             // Anything else has no place here: the session ends with 08P01.
@@ -1683,7 +1692,7 @@ impl Relay {
         if self.rewrite && self.route_named(request, frame, parsed)? {
             return Ok(());
         }
-        self.to_server.extend_from_slice(frame.as_bytes());
+        self.queue_frame(frame);
         self.expected.push(Step::Server {
             request,
             prepared: None,
@@ -1809,7 +1818,7 @@ impl Relay {
                         .statements
                         .parse_unnamed(frame.as_bytes(), !self.unnamed_here);
                     self.unnamed_here = true;
-                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.queue_frame(frame);
                     self.expected.push(Step::Parse {
                         prepared: None,
                         change,
@@ -1953,10 +1962,7 @@ impl Relay {
                 // statement turns out to be stale and the batch must run again.
                 self.keep_for_replay(frame);
                 self.ensure_prepared(&prepared);
-                if bind
-                    .encode_renamed(&prepared.server_name, &mut self.to_server)
-                    .is_err()
-                {
+                if !self.queue_renamed_bind(&bind, &prepared.server_name, frame) {
                     return Ok(false);
                 }
                 self.expected.push(Step::Bind {
@@ -3039,7 +3045,7 @@ impl Relay {
         if let Some(source) = unrelayable {
             return Err(self.server_protocol_error(source).await);
         }
-        if self.dropping && !self.to_server.is_empty() {
+        if self.dropping && !self.nothing_outgoing() {
             // The Sync that ends a batch to run again (see `replan`).
             self.forward().await?;
         }
@@ -3179,7 +3185,7 @@ impl Relay {
     async fn resync_settings(&mut self) {
         if self.resync.is_empty()
             || !self.expected.is_empty()
-            || !self.to_server.is_empty()
+            || !self.nothing_outgoing()
             || !self.sbuf.is_empty()
             || self.open_batch
             || self.dropping
@@ -3816,6 +3822,7 @@ impl Relay {
             Err(e) => return Err(e),
         };
         self.to_server.clear();
+        self.to_server_direct.clear();
         shed(&mut self.to_server);
         if broken && self.failover.is_some() {
             return Box::pin(self.fail_over()).await;
@@ -3836,8 +3843,14 @@ impl Relay {
     /// [`Relay::forward`]'s loop: `Ok(true)` when the connection broke. `relayed`:
     /// whether server messages were relayed on the way.
     async fn send_to_server(&mut self, relayed: &mut bool) -> Result<bool, ProxyError> {
+        // Of everything outgoing: `to_server` with the direct frames in their places.
         let mut written = 0;
         loop {
+            let total = if self.to_server_direct.is_empty() {
+                self.to_server.len()
+            } else {
+                self.outgoing_len()
+            };
             let Some(server) = self.server.as_mut() else {
                 return Ok(false);
             };
@@ -3848,24 +3861,34 @@ impl Relay {
             } else {
                 self.sbuf.len() + KEPT_READ_BUF
             };
-            let data = &self.to_server;
+            // The piece `written` falls in, from its start.
+            let (data, start) = if self.to_server_direct.is_empty() {
+                (&self.to_server[..], 0)
+            } else {
+                outgoing_piece(&self.to_server, &self.to_server_direct, written)
+            };
+            let last = start + data.len() == total;
+            let mut done = written - start;
             let sbuf = &mut self.sbuf;
             let pumped = match &mut server.conn.stream {
                 PgStream::Plain(tcp) => {
                     let (mut rd, mut wr) = tcp.split();
-                    pump(&mut rd, &mut wr, data, &mut written, sbuf, limit, false).await
+                    pump(&mut rd, &mut wr, data, &mut done, sbuf, limit, false).await
                 }
                 PgStream::Unix(unix) => {
                     let (mut rd, mut wr) = unix.split();
-                    pump(&mut rd, &mut wr, data, &mut written, sbuf, limit, false).await
+                    pump(&mut rd, &mut wr, data, &mut done, sbuf, limit, false).await
                 }
                 PgStream::Tls(tls) => {
                     let (mut rd, mut wr) = tokio::io::split(tls.as_mut());
-                    pump(&mut rd, &mut wr, data, &mut written, sbuf, limit, true).await
+                    pump(&mut rd, &mut wr, data, &mut done, sbuf, limit, last).await
                 }
             };
+            written = start + done;
             match pumped {
-                Pumped::Sent => return Ok(false),
+                // (Messages added meanwhile, after the last piece: the loop sends them.)
+                Pumped::Sent if written == total => return Ok(false),
+                Pumped::Sent => {}
                 Pumped::Broken => return Ok(true),
                 Pumped::Full => {
                     *relayed = true;
@@ -3875,11 +3898,63 @@ impl Relay {
         }
     }
 
+    /// Queues a client message for the server as it came: a large one by reference
+    /// (no copy of a bulk value; see `to_server_direct`).
+    fn queue_frame(&mut self, frame: &Frame) {
+        if frame.as_bytes().len() >= DIRECT_FRAME {
+            let at = self.to_server.len();
+            self.to_server_direct.push((at, frame.as_bytes().clone()));
+        } else {
+            self.to_server.extend_from_slice(frame.as_bytes());
+        }
+    }
+
+    /// [`Relay::queue_frame`] of a Bind under `name`, the server's name for its
+    /// statement: a large one's head is written anew, its values queued as they came.
+    /// `false` when it can't be encoded.
+    fn queue_renamed_bind(&mut self, bind: &BindHead<'_>, name: &str, frame: &Frame) -> bool {
+        let whole = frame.as_bytes();
+        if whole.len() < DIRECT_FRAME {
+            return bind.encode_renamed(name, &mut self.to_server).is_ok();
+        }
+        let len = 4 + bind.portal.len() + 1 + name.len() + 1 + bind.rest.len();
+        let Ok(len) = u32::try_from(len) else {
+            return false;
+        };
+        if bind.portal.contains('\0') || name.contains('\0') {
+            return false;
+        }
+        self.to_server.extend_from_slice(b"B");
+        self.to_server.extend_from_slice(&len.to_be_bytes());
+        for part in [bind.portal, name] {
+            self.to_server.extend_from_slice(part.as_bytes());
+            self.to_server.extend_from_slice(b"\0");
+        }
+        // (`rest` runs to the end of the message.)
+        let rest = whole.slice(whole.len() - bind.rest.len()..);
+        self.to_server_direct.push((self.to_server.len(), rest));
+        true
+    }
+
+    /// Bytes queued for the server: `to_server` and the direct frames.
+    fn outgoing_len(&self) -> usize {
+        self.to_server.len()
+            + self
+                .to_server_direct
+                .iter()
+                .map(|(_, b)| b.len())
+                .sum::<usize>()
+    }
+
+    fn nothing_outgoing(&self) -> bool {
+        self.to_server.is_empty() && self.to_server_direct.is_empty()
+    }
+
     /// Nothing owed, no transaction open, nothing half-read: the server may serve others.
     fn server_idle(&self) -> bool {
         !(self.open_batch && self.server.is_some())
             && self.expected.is_empty()
-            && self.to_server.is_empty()
+            && self.nothing_outgoing()
             && self.status == TransactionStatus::Idle
             && self.sbuf.is_empty()
             && !self.dropping
@@ -4136,6 +4211,31 @@ where
             },
         }
     }
+}
+
+/// What is queued for the server, in order, is `to_server` cut at each direct frame's
+/// place with the frame between (see `Relay::to_server_direct`): the piece byte `at`
+/// of it falls in, and where that piece starts. Past the end: the (empty) end of the
+/// last piece.
+fn outgoing_piece<'a>(
+    to_server: &'a [u8],
+    direct: &'a [(usize, Bytes)],
+    at: usize,
+) -> (&'a [u8], usize) {
+    let (mut start, mut from) = (0, 0);
+    for (place, frame) in direct {
+        let before = &to_server[from..*place];
+        if at < start + before.len() {
+            return (before, start);
+        }
+        start += before.len();
+        from = *place;
+        if at < start + frame.len() {
+            return (frame, start);
+        }
+        start += frame.len();
+    }
+    (&to_server[from..], start)
 }
 
 /// How long a departed client's statement is read for after each cancel (see
@@ -4451,6 +4551,33 @@ mod tests {
         let mut buf = BytesMut::from(&b"Q\x3f\xff\xff\xff"[..]);
         reserve_message(&mut buf, 1 << 20);
         assert!(buf.capacity() < MESSAGE_STEP);
+    }
+
+    #[test]
+    fn outgoing_bytes_are_to_server_with_the_direct_frames_in_their_places() {
+        let direct = [
+            (2, Bytes::from_static(b"XY")),
+            (2, Bytes::from_static(b"Z")),
+            (4, Bytes::from_static(b"W")),
+        ];
+        let to_server = b"abcde";
+        // a b X Y Z c d W e
+        let mut sent = Vec::new();
+        let mut at = 0;
+        loop {
+            let (piece, start) = outgoing_piece(to_server, &direct, at);
+            assert!(start <= at && at <= start + piece.len());
+            if piece.is_empty() || at == start + piece.len() {
+                break;
+            }
+            sent.extend_from_slice(&piece[at - start..]);
+            at = start + piece.len();
+        }
+        assert_eq!(sent, b"abXYZcdWe");
+        assert_eq!(outgoing_piece(to_server, &[], 3), (&to_server[..], 0));
+        let first = [(0, Bytes::from_static(b"XY"))];
+        assert_eq!(outgoing_piece(b"", &first, 0), (&b"XY"[..], 0));
+        assert_eq!(outgoing_piece(b"", &first, 2), (&b""[..], 2));
     }
 
     #[test]

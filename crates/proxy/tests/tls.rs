@@ -239,6 +239,25 @@ async fn tls_to_servers_with_libpq_sslmodes() {
         let proxy = proxy_to(&pg, "127.0.0.1", tls(mode, None)).await;
         assert!(server_ssl(&proxy).await.unwrap(), "{mode:?}");
     }
+    // Values of hundreds of kilobytes (queued for the server as they came, then
+    // flushed through TLS) arrive whole: in a Bind, and in a query's text.
+    let proxy = proxy_to(&pg, "127.0.0.1", tls(ServerTlsMode::Require, None)).await;
+    let client = common::connect(&proxy, "postgres", None).await.unwrap();
+    let v = "abcdefghij".repeat(50_000);
+    let bound = client
+        .prepare("SELECT length($1::text), md5($1::text)")
+        .await
+        .unwrap();
+    let row = client.query_one(&bound, &[&v]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 500_000);
+    let inline = client
+        .simple_query(&format!("SELECT md5('{v}')"))
+        .await
+        .unwrap();
+    let Some(tokio_postgres::SimpleQueryMessage::Row(inline)) = inline.get(1) else {
+        panic!("{inline:?}");
+    };
+    assert_eq!(Some(row.get::<_, &str>(1)), inline.get(0));
     let proxy = proxy_to(&pg, "127.0.0.1", tls(ServerTlsMode::Disable, None)).await;
     assert!(!server_ssl(&proxy).await.unwrap());
     // verify-full by IP address and by name, both in the certificate.
