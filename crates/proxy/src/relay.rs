@@ -3918,7 +3918,8 @@ impl Relay {
             return bind.encode_renamed(name, &mut self.to_server).is_ok();
         }
         let len = 4 + bind.portal.len() + 1 + name.len() + 1 + bind.rest.len();
-        let Ok(len) = u32::try_from(len) else {
+        // (A message length is an Int32.)
+        let Ok(len) = i32::try_from(len) else {
             return false;
         };
         if bind.portal.contains('\0') || name.contains('\0') {
