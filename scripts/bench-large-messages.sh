@@ -29,7 +29,8 @@ tmp=$(mktemp -d /tmp/pgopt-large-XXXXXX)
 pg_port=$(free_port); proxy_port=$(free_port)
 proxy_pid=
 cleanup() {
-  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null
+  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
+  pkill -f "pgbouncer $tmp/pgbouncer.ini" 2>/dev/null || true
   stop_pg "$tmp"
   rm -rf "$tmp"
 }

@@ -660,7 +660,8 @@ fn one_large_message_costs_about_its_size_and_is_not_kept() {
                 proxy.log()
             );
         }
-        // (The allocator gives a freed large block back at once.)
+        // (pgopt's upkeep after the ReadyForQuery; glibc gives a freed large block,
+        // mapped on its own, back at once.)
         std::thread::sleep(Duration::from_millis(200));
         let (rss, peak) = (memory(proxy.pid(), "VmRSS:"), peak_rss(proxy.pid()));
         eprintln!(

@@ -1426,7 +1426,9 @@ impl PendingWrites {
 /// so) is noted as that statement's writes rather than as a write to everything.
 ///
 /// What is known of a name only ever grows while the connection may still hold it:
-/// a PREPARE of a name the server has already fails and leaves the first in place,
+/// a PREPARE of a name the server has already fails and leaves the first in place
+/// (one a Parse prepared too: EXECUTE runs protocol statements, which are taken to
+/// write anything),
 /// and a DEALLOCATE may fail too, so a name prepared again adds its writes to those
 /// known, and one prepared in a text of several statements is taken to write
 /// anything. That holds only while every PREPARE the connection ran passed here: once
@@ -1496,7 +1498,12 @@ impl SqlStatements {
             return Followed::Prepare;
         }
         if let Some(name) = &a.executes {
-            match self.by_name.get(name) {
+            // (pgopt's own names, `pgopt_…`, are protocol statements: not followed.)
+            match self
+                .by_name
+                .get(name)
+                .filter(|_| !name.starts_with("pgopt_"))
+            {
                 Some(w) if !w.unknown && !a.user_functions => return Followed::Execute(&w.tables),
                 // Its statement may run SQL unseen.
                 _ => self.blind = true,
@@ -1505,6 +1512,19 @@ impl SqlStatements {
         // A user function, DO, CALL, an EXECUTE inside another statement…
         self.blind |= a.user_functions || a.unknown_writes;
         Followed::Other
+    }
+
+    /// A statement prepared through the protocol (a Parse with a name, as it reaches the
+    /// server): EXECUTE runs those too, and their writes are not followed here.
+    pub fn prepared_by_protocol(&mut self, name: &str) {
+        if name.is_empty() {
+            return;
+        }
+        if self.by_name.len() >= MAX_SQL_STATEMENTS && !self.by_name.contains_key(name) {
+            self.blind = true;
+            return;
+        }
+        self.by_name.entry(name.to_string()).or_default().unknown = true;
     }
 
     /// Something ran that pgopt can't read (a FunctionCall, a Bind of a statement
@@ -1835,6 +1855,14 @@ mod tests {
             noted(&mut sql, &["PREPARE r AS SELECT 1"]);
             assert!(noted(&mut sql, &["EXECUTE r"]).is_empty());
         }
+        // pgopt's own names are protocol statements; a Parse's name is not followed.
+        let mut sql = SqlStatements::default();
+        noted(&mut sql, &["PREPARE pgopt_1 AS SELECT 1"]);
+        assert_eq!(noted(&mut sql, &["EXECUTE pgopt_1"]), [ALL]);
+        let mut sql = SqlStatements::default();
+        sql.prepared_by_protocol("s1");
+        noted(&mut sql, &["PREPARE s1 AS SELECT 1"]);
+        assert_eq!(noted(&mut sql, &["EXECUTE s1"]), [ALL]);
         // Text the parser refuses, or a FunctionCall, may PREPARE too.
         let mut sql = SqlStatements::default();
         let mut writes = PendingWrites::default();

@@ -70,12 +70,14 @@ pub(crate) const SHUTTING_DOWN: &str = "terminating connection: pgopt is shuttin
 /// Room for reading from a server (a big result streams through it).
 const SERVER_READ_BUF: usize = 16 * 1024;
 /// A server connection's read buffer above this size is dropped when it goes back to
-/// the pool (the next checkout starts a new one of `SERVER_READ_BUF`).
+/// the pool (the next checkout starts a new one of `SERVER_READ_BUF`), and, while it
+/// is lent, once it has held more than this and is empty again.
 const KEPT_READ_BUF: usize = 8 * SERVER_READ_BUF;
 
-/// A client's read buffer, or what waits for its server, that grew past this for one
-/// large message is given back once empty (see [`shed`]). Also the largest request
-/// the cache looks up (its key copies the text and values).
+/// A client's read buffer that held more than this (one large message), or a write
+/// buffer that grew past it, is replaced once empty (see [`shed`] and the end of
+/// `Relay::handle_client`). Also the largest request the cache looks up (its key
+/// copies the text and values).
 const KEPT_CLIENT_BUF: usize = 256 * 1024;
 
 /// A client message this long or longer goes to the server as it came, not copied
@@ -139,8 +141,8 @@ pub struct Relay {
     out: BytesMut,
     to_server: BytesMut,
     /// Client messages of [`DIRECT_FRAME`] bytes or more queued for the server as they
-    /// came, not copied into `to_server`: each with the length of `to_server` it
-    /// follows (see [`Relay::queue_frame`]).
+    /// came (a renamed Bind's values after its head), not copied into `to_server`:
+    /// each with the length of `to_server` it follows (see [`Relay::queue_frame`]).
     to_server_direct: Vec<(usize, Bytes)>,
     /// A [`Relay::forward`] is under way (what is added to `to_server` meanwhile goes
     /// out with it).
@@ -1299,6 +1301,12 @@ impl Relay {
             },
             b'P' => match Parse::decode(frame.body()) {
                 Ok(parse) => {
+                    // (In transaction mode the server's name is pgopt's, `pgopt_…`.)
+                    if !self.rewrite {
+                        if let Some(sql) = sql_statements(&mut self.server) {
+                            sql.prepared_by_protocol(parse.name);
+                        }
+                    }
                     let analysis = analyzer.analyze(parse.query).ok();
                     self.writes
                         .note_sql(analysis.as_deref(), sql_statements(&mut self.server));

@@ -581,6 +581,57 @@ async fn an_execute_of_an_sql_prepared_statement_invalidates_what_it_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_in_session_mode_of_a_statement_a_parse_named_writes_anything() {
+    // A session-mode user's writes end the entries transaction-mode readers are
+    // served. EXECUTE runs statements prepared through the protocol too (their names
+    // are the client's in session mode), which no PREPARE told pgopt about.
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a');
+         CREATE TABLE events (id int, at timestamptz);
+         INSERT INTO events VALUES (1, now());
+         CREATE ROLE sess LOGIN; GRANT ALL ON items, events TO sess;",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into(), "events".into()],
+            ..CacheSettings::default()
+        };
+        let mut sess = pgopt_proxy::User::new("sess", "unused");
+        sess.pool_mode = Some(PoolMode::Session);
+        c.users = vec![sess];
+    })
+    .await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    let writer = connect(&proxy, "sess", None).await.unwrap();
+    let _update = writer.prepare("UPDATE events SET id = id").await.unwrap();
+    let name = value(
+        &writer,
+        "SELECT name FROM pg_prepared_statements WHERE statement LIKE 'UPDATE%'",
+    )
+    .await;
+    let read = "SELECT id FROM events";
+    let before = value(&reader, read).await;
+    pg.psql("UPDATE events SET id = id + 1").unwrap();
+    assert_eq!(value(&reader, read).await, before, "served from the cache");
+    // The name is taken: this PREPARE fails, and its EXECUTE runs the UPDATE.
+    let prepare = format!("PREPARE {name} AS SELECT v FROM items");
+    assert!(writer.simple_query(&prepare).await.is_err());
+    writer
+        .simple_query(&format!("EXECUTE {name}"))
+        .await
+        .unwrap();
+    assert_ne!(
+        value(&reader, read).await,
+        before,
+        "the EXECUTE's write ended it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pg_dump_through_pgopt_ends_no_entry() {
     // It reads the catalog with helpers such as acldefault(), sets its settings with
     // set_config(), and PREPAREs and EXECUTEs its queries: nothing it runs writes.
