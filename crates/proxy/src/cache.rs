@@ -1340,6 +1340,13 @@ fn tag(table: &str) -> &str {
     }
 }
 
+/// `t` into `tags`, unless there already.
+fn add_tag(tags: &mut Vec<String>, t: &str) {
+    if !tags.iter().any(|x| x == t) {
+        tags.push(t.to_string());
+    }
+}
+
 /// What the writes of the current transaction will invalidate when it ends.
 #[derive(Debug, Default, Clone)]
 pub struct PendingWrites {
@@ -1372,10 +1379,7 @@ impl PendingWrites {
             return;
         }
         for table in &a.tables_written {
-            let t = tag(table);
-            if !self.tables.iter().any(|x| x == t) {
-                self.tables.push(t.to_string());
-            }
+            add_tag(&mut self.tables, tag(table));
         }
     }
 
@@ -1396,9 +1400,7 @@ impl PendingWrites {
             Followed::Prepare => {}
             Followed::Execute(tables) => {
                 for t in tables {
-                    if !self.tables.iter().any(|x| x == t) {
-                        self.tables.push(t.clone());
-                    }
+                    add_tag(&mut self.tables, t);
                 }
             }
             Followed::Other => self.note(Some(a)),
@@ -1407,9 +1409,7 @@ impl PendingWrites {
 
     /// A write whose tables are unknown (a function call).
     pub fn note_unknown(&mut self) {
-        if !self.tables.iter().any(|x| x == ALL) {
-            self.tables.push(ALL.to_string());
-        }
+        add_tag(&mut self.tables, ALL);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1487,10 +1487,7 @@ impl SqlStatements {
             let writes = self.by_name.entry(name.clone()).or_default();
             writes.unknown |= !lone || a.unknown_writes || a.user_functions;
             for t in &a.tables_written {
-                let t = tag(t);
-                if !writes.tables.iter().any(|x| x == t) {
-                    writes.tables.push(t.to_string());
-                }
+                add_tag(&mut writes.tables, tag(t));
             }
             writes.unknown |= writes.tables.len() > MAX_SQL_TABLES;
         }

@@ -817,7 +817,7 @@ impl Pool {
         self.wait_unpaused(&limits, Instant::now() + limits.wait_timeout)
             .await?;
         let keys = lock(&self.scram_keys).clone();
-        let result = ServerConn::connect_hosts(
+        let result = ServerConn::connect_with(
             &self.target,
             keys,
             limits.connect_timeout,

@@ -214,26 +214,14 @@ impl ServerConn {
         max_len: u32,
         keepalive: Option<Keepalive>,
     ) -> Result<ServerConn, ProxyError> {
-        Self::connect_with(target, keys, timeout, max_len, keepalive, &[]).await
+        Self::connect_with(target, keys, timeout, max_len, keepalive, &[], true).await
     }
 
     /// [`ServerConn::connect`] with extra start-up parameters (`replication`; a
     /// replication client's own; `user` and `database` among them are the target's).
+    /// `note_turn`: whether a host that failed or worked moves the turn the database's
+    /// connections share (not for a replication client's, whose refusals are its own).
     pub async fn connect_with(
-        target: &ServerTarget,
-        keys: Option<ScramKeys>,
-        timeout: Duration,
-        max_len: u32,
-        keepalive: Option<Keepalive>,
-        extra: &[(&str, &str)],
-    ) -> Result<ServerConn, ProxyError> {
-        Self::connect_hosts(target, keys, timeout, max_len, keepalive, extra, true).await
-    }
-
-    /// [`ServerConn::connect_with`]; `note_turn`: whether a host that failed or worked
-    /// moves the turn the database's connections share (not for a replication
-    /// client's, whose refusals are its own).
-    pub async fn connect_hosts(
         target: &ServerTarget,
         keys: Option<ScramKeys>,
         timeout: Duration,

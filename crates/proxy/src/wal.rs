@@ -141,6 +141,7 @@ pub async fn listen(
         max_len,
         source.keepalive,
         &[("replication", "database")],
+        true,
     )
     .await?;
     let slot_ident = crate::session_state::quote_ident(slot);
