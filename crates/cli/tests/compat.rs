@@ -585,6 +585,113 @@ fn pipeline_behind_a_big_result(port: u16, rows_sql: &str) -> Result<(), String>
     Ok(())
 }
 
+#[test]
+fn a_large_row_goes_through_as_it_arrives() {
+    // A row from the server, in a simple query's result, an extended one's and a COPY
+    // TO's: passed to the client as its bytes come, so the proxy's peak memory stays
+    // about where it was (PgBouncer's way), in both pool modes.
+    let pg = Postgres::builder()
+        .preload_extensions(false)
+        .start_blocking()
+        .expect("starting PostgreSQL");
+    for mode in ["transaction", "session"] {
+        let proxy = ProxyProcess::start(&Setup {
+            name: "rows",
+            upstream: pg.url("postgres"),
+            mode,
+            auth: "trust",
+            users: &[],
+        });
+        let (mut wr, mut rd) = log_in(proxy.port).unwrap();
+        let peak_before = peak_rss(proxy.pid());
+        let sql = format!("SELECT repeat('x', {BIG_MESSAGE})");
+        let mut simple = Vec::new();
+        message(&mut simple, b'Q', format!("{sql}\0").as_bytes());
+        let mut extended = Vec::new();
+        message(&mut extended, b'P', format!("\0{sql}\0\0\0").as_bytes());
+        message(&mut extended, b'B', b"\0\0\0\0\0\0\0\0");
+        message(&mut extended, b'E', b"\0\0\0\0\0");
+        message(&mut extended, b'S', b"");
+        let mut copy = Vec::new();
+        message(
+            &mut copy,
+            b'Q',
+            format!("COPY ({sql}) TO STDOUT\0").as_bytes(),
+        );
+        for (what, batch, want) in [
+            ("simple", simple, format!("{BIG_MESSAGE} bytes")),
+            ("extended", extended, format!("{BIG_MESSAGE} bytes")),
+            // (The row and its newline.)
+            ("COPY", copy, format!("{} bytes copied", BIG_MESSAGE + 1)),
+        ] {
+            let got = round_trip(&mut wr, &mut rd, &batch);
+            assert_eq!(
+                got.as_deref(),
+                Ok(want.as_str()),
+                "{mode}, {what}:\n{}",
+                proxy.log()
+            );
+        }
+        let peak = peak_rss(proxy.pid());
+        eprintln!(
+            "{mode}: pgopt proxy peak RSS {:.1} MB before, {:.1} MB after 3 rows of {} MB",
+            peak_before as f64 / 1048576.0,
+            peak as f64 / 1048576.0,
+            BIG_MESSAGE >> 20,
+        );
+        let bound = peak_before + (BIG_MESSAGE / 8) as u64;
+        assert!(peak < bound, "{mode}: peak RSS {peak} bytes, bound {bound}");
+        let _ = wr.write_all(b"X\0\0\0\x04");
+    }
+}
+
+#[test]
+fn a_server_lost_part_way_through_a_row_closes_the_client_without_a_stray_error() {
+    // The client has had part of a row when its server backend ends: an error now
+    // would read as the row's bytes, so pgopt closes the connection without one.
+    let pg = Postgres::builder()
+        .preload_extensions(false)
+        .start_blocking()
+        .expect("starting PostgreSQL");
+    for mode in ["transaction", "session"] {
+        let proxy = ProxyProcess::start(&Setup {
+            name: "lost",
+            upstream: pg.url("postgres"),
+            mode,
+            auth: "trust",
+            users: &[],
+        });
+        let (mut wr, mut rd) = log_in(proxy.port).unwrap();
+        wr.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut query = Vec::new();
+        let sql = format!("SELECT repeat('x', {BIG_MESSAGE}) AS row_part_way\0");
+        message(&mut query, b'Q', sql.as_bytes());
+        wr.write_all(&query).unwrap();
+        assert_eq!(read_message(&mut rd).unwrap().0, b'T');
+        let mut head = [0u8; 11];
+        rd.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], b'D', "{mode}");
+        let mut part = vec![0u8; 1 << 20];
+        rd.read_exact(&mut part).unwrap();
+        pg.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE query LIKE '%row_part_way%' AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+        // The rest that came before the end, then the end: nothing but the row's bytes.
+        let mut rest = Vec::new();
+        let _ = rd.read_to_end(&mut rest);
+        part.extend_from_slice(&rest);
+        assert!(
+            part.len() < BIG_MESSAGE,
+            "{mode}: the whole row came ({} bytes)",
+            part.len()
+        );
+        let stray = part.iter().position(|&b| b != b'x');
+        assert_eq!(stray, None, "{mode}: {} bytes of the row", part.len());
+    }
+}
+
 /// One message larger than anything else a session sends or gets.
 const BIG_MESSAGE: usize = 64 << 20;
 
@@ -598,6 +705,7 @@ fn round_trip(wr: &mut TcpStream, rd: &mut impl Read, batch: &[u8]) -> Result<St
         match read_message(rd).map_err(io)? {
             (b'D', body) if body.len() > 26 => value = format!("{} bytes", body.len() - 6),
             (b'D', body) => value = text(&body[6..]),
+            (b'd', body) => value = format!("{} bytes copied", body.len()),
             (b'Z', _) => return Ok(value),
             (b'E', body) => return Err(format!("error: {}", text(&body))),
             _ => {}

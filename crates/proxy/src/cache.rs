@@ -1586,6 +1586,11 @@ impl Fill {
 }
 
 impl Fill {
+    /// Whether `len` more bytes of rows keep the result within `max`.
+    pub fn fits(&self, len: usize, max: usize) -> bool {
+        self.description.len() + self.rows.len() + len <= max
+    }
+
     pub fn new(
         ticket: FillTicket,
         ttl: Duration,

@@ -84,6 +84,12 @@ const KEPT_CLIENT_BUF: usize = 256 * 1024;
 /// into `to_server` (see [`Relay::queue_frame`]).
 const DIRECT_FRAME: usize = 64 * 1024;
 
+/// A row from the server this long or longer (a DataRow, or CopyData of a COPY TO)
+/// is passed to the client as its bytes arrive, not held whole (see
+/// `Relay::passing`): a 1 GB value costs a read buffer, not a gigabyte. Unless the
+/// cache may store it (it is held whole then, up to `cache.max_result_bytes`).
+const PASS_FRAME: usize = 64 * 1024;
+
 /// What a client buffer given back starts again with.
 const CLIENT_BUF: usize = 8 * 1024;
 
@@ -135,8 +141,16 @@ pub struct Relay {
     client: ClientStream,
     /// Client bytes not yet handled: at most a partial message.
     cbuf: BytesMut,
-    /// Server bytes not yet handled: at most a partial message.
+    /// Server bytes not yet handled: at most a partial message, or the start of the
+    /// rest of one being passed through (see `passing`).
     sbuf: BytesMut,
+    /// Bytes still to come of a large row (DataRow or CopyData) that goes to the
+    /// client as it arrives instead of being held whole (see [`PASS_FRAME`]): the next
+    /// `passing` server bytes are the rest of it, relayed (or dropped, when its verdict
+    /// was to drop it) as they come. The client is part way through a message
+    /// meanwhile: pgopt writes nothing of its own to it.
+    passing: usize,
+    pass_relay: bool,
     /// Messages for the client when some are dropped or made up.
     out: BytesMut,
     to_server: BytesMut,
@@ -387,6 +401,8 @@ impl Relay {
             cbuf,
             // Taken from the server connection while one is lent (see `attach`).
             sbuf: BytesMut::new(),
+            passing: 0,
+            pass_relay: false,
             forwarding: false,
             out: BytesMut::new(),
             to_server: BytesMut::new(),
@@ -532,8 +548,13 @@ impl Relay {
                     (None, None) => std::future::pending().await,
                 }
             };
-            // Room for the rest of a large message either side is part way through.
-            reserve_message(&mut self.sbuf, self.max_len);
+            // Room for the rest of a large message either side is part way through
+            // (a row passed through needs only a read's worth).
+            if self.passing > 0 {
+                self.sbuf.reserve(SERVER_READ_BUF);
+            } else {
+                reserve_message(&mut self.sbuf, self.max_len);
+            }
             reserve_message(&mut self.cbuf, self.max_len);
             // Biased: no random branch order (a thread-local RNG draw per message);
             // the server's bytes first, which the client's next request waits on anyway.
@@ -605,6 +626,21 @@ impl Relay {
     /// Ends the session with a FATAL error; a server connection mid-transaction closes.
     async fn close(&mut self, code: &str, message: &str) {
         self.pool.stats.record_error(code.as_bytes());
+        self.send_fatal(code, message).await;
+    }
+
+    /// Sends the client a FATAL error, unless it is part way through a row (see
+    /// `passing`), where an error would read as the row's bytes: it is only logged
+    /// then, and the connection closes.
+    async fn send_fatal(&mut self, code: &str, message: &str) {
+        if self.passing > 0 && self.pass_relay {
+            tracing::info!(
+                client = %self.info.addr,
+                code,
+                "closing a client part way through a row: {message}"
+            );
+            return;
+        }
         send_fatal(&mut self.client, code, message).await;
     }
 
@@ -842,7 +878,8 @@ impl Relay {
         if self.failover.is_none() || self.expected.server_readies() == 0 {
             self.answer_owed();
         }
-        if !self.out.is_empty() {
+        // (Not while a row passes through: they follow it, from `handle_server`.)
+        if !self.out.is_empty() && self.passing == 0 {
             self.failover = None; // the client has been told something
             let until = self.write_deadline();
             write_all_bounded(&mut self.client, &self.out, &self.info, until).await?;
@@ -1196,12 +1233,7 @@ impl Relay {
         let counters = &cache.counters;
         match fill.capture(&self.sbuf[range], cache.settings.max_result_bytes) {
             Capture::Going => {}
-            Capture::Abandon => {
-                if let Some(fill) = self.filling.take() {
-                    fill.ticket.tables().not_stored();
-                }
-                counters.not_stored.fetch_add(1, Relaxed);
-            }
+            Capture::Abandon => self.abandon_fill(),
             Capture::Done(reply) => {
                 let Some(fill) = self.filling.take() else {
                     return;
@@ -1286,6 +1318,46 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// The result being captured for the cache is not stored.
+    fn abandon_fill(&mut self) {
+        if let (Some(fill), Some(cache)) = (self.filling.take(), &self.cache) {
+            fill.ticket.tables().not_stored();
+            cache.counters.not_stored.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Whether a large row part way here goes to the client as it arrives (see
+    /// `passing`): a DataRow or a COPY's CopyData of [`PASS_FRAME`] or more that the
+    /// cache would not store anyway.
+    fn may_pass(&mut self, tag: u8, len: usize) -> bool {
+        if !matches!(tag, b'D' | b'd') || len < PASS_FRAME || self.held_t.is_some() {
+            return false;
+        }
+        if let (Some(fill), Some(cache)) = (&self.filling, &self.cache) {
+            if tag == b'D' && fill.fits(len, cache.settings.max_result_bytes) {
+                return false; // held whole, to be stored
+            }
+            self.abandon_fill();
+        }
+        true
+    }
+
+    /// Passes on what has come of a row part way through (see `passing`): whether it
+    /// is all through, and what follows it in `sbuf` is to be handled.
+    async fn pass_on(&mut self) -> Result<bool, ProxyError> {
+        let n = self.passing.min(self.sbuf.len());
+        self.passing -= n;
+        let result = if self.pass_relay {
+            let until = self.write_deadline();
+            write_all_bounded(&mut self.client, &self.sbuf[..n], &self.info, until).await
+        } else {
+            Ok(())
+        };
+        self.sbuf.advance(n);
+        result?;
+        Ok(self.passing == 0)
     }
 
     /// Notes what a client message about to run may write, for the cache.
@@ -1378,7 +1450,15 @@ impl Relay {
                 let buf = std::mem::take(&mut self.sbuf);
                 let wait = cache.settings.departed_write_timeout;
                 let until_end = self.open_batch;
-                let settle = settle_writes(checkout, buf, in_flight, until_end, self.max_len, wait);
+                let skip = std::mem::take(&mut self.passing);
+                let settle = settle_writes(
+                    checkout,
+                    (buf, skip),
+                    in_flight,
+                    until_end,
+                    self.max_len,
+                    wait,
+                );
                 tokio::spawn(async move {
                     let mut writes = writes;
                     if !settle.await {
@@ -2852,11 +2932,16 @@ impl Relay {
     /// the statement bookkeeping says; without any, the bytes go out as they came.
     async fn handle_server(&mut self) -> Result<(), ProxyError> {
         self.clock = Instant::now();
+        if self.passing > 0 && !self.pass_on().await? {
+            return Ok(());
+        }
         let grown = self.sbuf.len() > KEPT_READ_BUF;
         let mut pos = 0;
         // Bytes before `copied` are in `out` (or dropped); `edited` once anything was.
+        // (Anything already in `out` was held back while a row passed through: it
+        // goes first.)
         let mut copied = 0;
-        let mut edited = false;
+        let mut edited = !self.out.is_empty();
         // A message pgopt can't relay (longer than max_message_len): what came before
         // it goes out, then the client is told, and the connection closes.
         let mut unrelayable = None;
@@ -2870,7 +2955,9 @@ impl Relay {
                 }
             };
             let end = pos + header.frame_len();
-            if end > self.sbuf.len() {
+            // A large row, part way here: passed through as it comes (see `passing`).
+            let partial = end > self.sbuf.len();
+            if partial && !self.may_pass(header.tag, header.frame_len()) {
                 break;
             }
             if pos == 0 {
@@ -2991,6 +3078,19 @@ impl Relay {
             }
             if verdict == Verdict::Relay && self.filling.is_some() {
                 self.capture(pos..end);
+            }
+            if partial {
+                // (Not a message any of the bookkeeping above reads.)
+                let have = self.sbuf.len();
+                if verdict == Verdict::Drop {
+                    self.out.extend_from_slice(&self.sbuf[copied..pos]);
+                    copied = have;
+                    edited = true;
+                }
+                self.passing = end - have;
+                self.pass_relay = verdict == Verdict::Relay;
+                pos = have;
+                break;
             }
             if verdict == Verdict::Relay && header.tag == b'E' && self.rewrite {
                 // The client's statement names, not the servers'.
@@ -3195,6 +3295,7 @@ impl Relay {
             || !self.expected.is_empty()
             || !self.nothing_outgoing()
             || !self.sbuf.is_empty()
+            || self.passing > 0
             || self.open_batch
             || self.dropping
             || self.status == TransactionStatus::Failed
@@ -3966,6 +4067,7 @@ impl Relay {
             && self.nothing_outgoing()
             && self.status == TransactionStatus::Idle
             && self.sbuf.is_empty()
+            && self.passing == 0
             && !self.dropping
     }
 
@@ -4024,12 +4126,8 @@ impl Relay {
     }
 
     async fn client_protocol_error(&mut self, e: DecodeError) -> ProxyError {
-        send_fatal(
-            &mut self.client,
-            sqlstate::PROTOCOL_VIOLATION,
-            &e.to_string(),
-        )
-        .await;
+        self.send_fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+            .await;
         self.let_go(); // its state is unknown: closed
         ProxyError::Decode {
             peer: "client",
@@ -4056,13 +4154,11 @@ impl Relay {
         let mut batch = self.failover.take().unwrap_or_default();
         let replica = self.ryw.replica;
         // What was captured came from the failed replica: not stored.
-        if let (Some(fill), Some(cache)) = (self.filling.take(), &self.cache) {
-            fill.ticket.tables().not_stored();
-            cache.counters.not_stored.fetch_add(1, Relaxed);
-        }
+        self.abandon_fill();
         self.server = None;
         self.unlink();
         self.sbuf.clear();
+        self.passing = 0;
         self.out.clear();
         self.expected.abandon();
         self.settle_names();
@@ -4135,8 +4231,7 @@ impl Relay {
         self.pool
             .stats
             .record_error(sqlstate::CONNECTION_FAILURE.as_bytes());
-        send_fatal(
-            &mut self.client,
+        self.send_fatal(
             sqlstate::CONNECTION_FAILURE,
             "server closed the connection unexpectedly",
         )
@@ -4252,8 +4347,8 @@ fn outgoing_piece<'a>(
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 const CANCEL_STRIKES: u32 = 3;
 
-/// Closes `checkout`'s sending side, then reads its answers (after those in `buf`)
-/// until `owed` ReadyForQuery have come (with `until_end`, until the server closes:
+/// Closes `checkout`'s sending side, then reads its answers (after those in `buf`,
+/// and the rest of a row part way through: its length, `skip`) until `owed` ReadyForQuery have come (with `until_end`, until the server closes:
 /// statements with no Sync after them may still run) or the connection ends: nothing
 /// it runs can commit after that. Past `wait` the running statement is canceled, and
 /// each one after it (pipelined statements run in turn), else one could commit after
@@ -4261,7 +4356,7 @@ const CANCEL_STRIKES: u32 = 3;
 /// `false` when cancels did not end it. The connection is closed at the end.
 async fn settle_writes(
     mut checkout: Checkout,
-    mut buf: BytesMut,
+    (mut buf, mut skip): (BytesMut, usize),
     mut owed: usize,
     until_end: bool,
     max_len: u32,
@@ -4278,7 +4373,7 @@ async fn settle_writes(
     let mut deadline = tokio::time::Instant::now() + wait;
     let mut strikes = 0;
     loop {
-        let next = next_ready(&mut conn.stream, &mut buf, max_len);
+        let next = next_ready(&mut conn.stream, &mut buf, &mut skip, max_len);
         match tokio::time::timeout_at(deadline, next).await {
             Ok(Some(false)) => return true,
             // A message that can't be read: what runs after it is unknown.
@@ -4319,15 +4414,26 @@ async fn settle_writes(
 }
 
 /// Reads `stream` up to its next ReadyForQuery (`Some(true)`), or its end
-/// (`Some(false)`: closed or failed); `None` for a message that can't be read.
-async fn next_ready(stream: &mut PgStream, buf: &mut BytesMut, max_len: u32) -> Option<bool> {
+/// (`Some(false)`: closed or failed); `None` for a message that can't be read. The
+/// first `skip` bytes are the rest of a message, passed over.
+async fn next_ready(
+    stream: &mut PgStream,
+    buf: &mut BytesMut,
+    skip: &mut usize,
+    max_len: u32,
+) -> Option<bool> {
     loop {
-        loop {
-            match split_frame(buf, max_len) {
-                Ok(Some(frame)) if frame.tag() == b'Z' => return Some(true),
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(_) => return None,
+        let n = (*skip).min(buf.len());
+        buf.advance(n);
+        *skip -= n;
+        if *skip == 0 {
+            loop {
+                match split_frame(buf, max_len) {
+                    Ok(Some(frame)) if frame.tag() == b'Z' => return Some(true),
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return None,
+                }
             }
         }
         if !matches!(stream.read_buf(buf).await, Ok(n) if n > 0) {

@@ -869,6 +869,55 @@ async fn extended_protocol_reads_are_cached_per_statement_and_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_rows_are_stored_up_to_the_size_limit_and_passed_through_past_it() {
+    // A row of 200 kB (held whole, as the cache may store it) and one of 2 MB (past
+    // max_result_bytes: passed to the client as it arrives, and not stored), in
+    // both protocols: every read gets the whole value.
+    let (pg, proxy) = setup_with(|c| c.max_result_bytes = 1 << 20).await;
+    pg.psql(
+        "INSERT INTO items SELECT 10, string_agg(chr(97 + i % 26), '') FROM generate_series(1, 200000) i;
+         INSERT INTO items SELECT 11, string_agg(chr(97 + i % 23), '') FROM generate_series(1, 2000000) i;",
+    )
+    .unwrap();
+    let want = |len: usize, modulus: usize| -> String {
+        (1..=len)
+            .map(|i| (b'a' + (i % modulus) as u8) as char)
+            .collect()
+    };
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    for (id, len, modulus) in [(10, 200_000, 26), (11, 2_000_000, 23)] {
+        let sql = format!("SELECT v FROM items WHERE id = {id}");
+        let expected = want(len, modulus);
+        // (Kept: a statement dropped is closed in a batch of its own, which may come
+        // with the next query, then not looked up.)
+        let stmt = client.prepare(&sql).await.unwrap();
+        for _ in 0..2 {
+            // Beside another client's reads on the same pool.
+            let reads = async {
+                let simple = value(&client, &sql).await;
+                let extended: String = client.query_one(&stmt, &[]).await.unwrap().get(0);
+                (simple, extended)
+            };
+            let ((simple, extended), seven) = tokio::join!(reads, other.query_one("SELECT 7", &[]));
+            assert!(simple == expected, "simple protocol, id {id}");
+            assert!(extended == expected, "extended protocol, id {id}");
+            assert_eq!(seven.unwrap().get::<_, i32>(0), 7);
+        }
+    }
+    let stats = cache_row(&proxy).await;
+    // The 200 kB row stored once per protocol and hit once each; the 2 MB one never.
+    assert_eq!(counter(&stats, "stored"), 2, "{stats:?}");
+    assert_eq!(counter(&stats, "hits"), 2, "{stats:?}");
+    // The connections are whole: the next reads are right.
+    assert_eq!(
+        value(&client, "SELECT v FROM items WHERE id = 1").await,
+        "a"
+    );
+    assert_eq!(value(&other, "SELECT v FROM items WHERE id = 2").await, "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_reads_hit_the_cache_in_every_protocol_mode() {
     let pg = Postgres::start().await.unwrap();
     pgbench_init(&pg);

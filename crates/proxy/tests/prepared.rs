@@ -1314,6 +1314,113 @@ async fn large_values_reach_the_server_whole_in_every_kind_of_message() {
     assert_eq!(got, want);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_rows_reach_the_client_whole_in_every_kind_of_response() {
+    // Rows of 64 kB and more go to the client as they arrive, not held whole: in a
+    // result of several, beside a small one, in a COPY TO, through a cursor, before an
+    // error; another client takes turns on the one server connection meanwhile.
+    use futures_util::TryStreamExt;
+    let (pg, proxy) = start(1).await;
+    pg.psql(
+        "CREATE TABLE big (id int, v text);
+         INSERT INTO big SELECT n, string_agg(chr(97 + (i * 7 + n) % 26), '' ORDER BY i)
+           FROM (VALUES (1, 70000), (2, 300000), (3, 1500000)) AS s(n, len),
+                generate_series(1, len) AS i
+          GROUP BY n;
+         INSERT INTO big VALUES (4, 'small');",
+    )
+    .unwrap();
+    let value = |id: usize| -> String {
+        match id {
+            4 => "small".into(),
+            _ => {
+                let len = [70_000, 300_000, 1_500_000][id - 1];
+                (1..=len)
+                    .map(|i| (b'a' + ((i * 7 + id) % 26) as u8) as char)
+                    .collect()
+            }
+        }
+    };
+    let a = connect(&proxy).await;
+    let b = connect(&proxy).await;
+    let others = || async {
+        for _ in 0..5 {
+            assert_eq!(
+                b.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0),
+                7
+            );
+        }
+    };
+    let texts = |messages: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+        messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let all: Vec<String> = (1..=4).map(value).collect();
+
+    // Extended protocol, a result of four rows.
+    let (rows, ()) = tokio::join!(a.query("SELECT v FROM big ORDER BY id", &[]), others());
+    let got: Vec<String> = rows.unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(
+        got == all,
+        "extended: lengths {:?}",
+        got.iter().map(String::len).collect::<Vec<_>>()
+    );
+
+    // Simple protocol, two statements.
+    let sql = "SELECT v FROM big WHERE id = 3; SELECT v FROM big WHERE id = 4";
+    let (messages, ()) = tokio::join!(a.simple_query(sql), others());
+    assert!(texts(messages.unwrap()) == all[2..], "simple");
+
+    // COPY TO STDOUT: a CopyData per row.
+    let copy = async {
+        let stream = a
+            .copy_out("COPY (SELECT v FROM big ORDER BY id) TO STDOUT")
+            .await
+            .unwrap();
+        let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+        chunks.concat()
+    };
+    let (copied, ()) = tokio::join!(copy, others());
+    let want: String = all.iter().map(|v| format!("{v}\n")).collect();
+    assert!(copied == want.as_bytes(), "COPY: {} bytes", copied.len());
+
+    // A cursor in a transaction block, fetched in two steps.
+    let fetch = async {
+        let mut got = Vec::new();
+        for sql in [
+            "BEGIN",
+            "DECLARE c CURSOR FOR SELECT v FROM big ORDER BY id",
+        ] {
+            a.simple_query(sql).await.unwrap();
+        }
+        for sql in ["FETCH 2 FROM c", "FETCH ALL FROM c"] {
+            got.extend(texts(a.simple_query(sql).await.unwrap()));
+        }
+        a.simple_query("COMMIT").await.unwrap();
+        got
+    };
+    let (got, ()) = tokio::join!(fetch, others());
+    assert!(got == all, "cursor");
+
+    // An error after large rows: the client gets it, and the connection goes on.
+    let failing = "SELECT CASE WHEN id < 4 THEN v ELSE (1 / 0)::text END FROM big ORDER BY id";
+    let (failed, ()) = tokio::join!(a.simple_query(failing), others());
+    let error = failed.unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+    );
+    let row = a
+        .query_one("SELECT length(v) FROM big WHERE id = 2", &[])
+        .await;
+    assert_eq!(row.unwrap().get::<_, i32>(0), 300_000);
+}
+
 /// The server's md5 of `text`, sent as a bound parameter.
 async fn server_md5(client: &tokio_postgres::Client, text: &str) -> String {
     let row = client
