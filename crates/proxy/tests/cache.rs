@@ -875,8 +875,8 @@ async fn large_rows_are_stored_up_to_the_size_limit_and_passed_through_past_it()
     // both protocols: every read gets the whole value.
     let (pg, proxy) = setup_with(|c| c.max_result_bytes = 1 << 20).await;
     pg.psql(
-        "INSERT INTO items SELECT 10, string_agg(chr(97 + i % 26), '') FROM generate_series(1, 200000) i;
-         INSERT INTO items SELECT 11, string_agg(chr(97 + i % 23), '') FROM generate_series(1, 2000000) i;",
+        "INSERT INTO items SELECT 10, string_agg(chr(97 + i % 26), '' ORDER BY i) FROM generate_series(1, 200000) i;
+         INSERT INTO items SELECT 11, string_agg(chr(97 + i % 23), '' ORDER BY i) FROM generate_series(1, 2000000) i;",
     )
     .unwrap();
     let want = |len: usize, modulus: usize| -> String {
