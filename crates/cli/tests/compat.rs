@@ -586,10 +586,10 @@ fn pipeline_behind_a_big_result(port: u16, rows_sql: &str) -> Result<(), String>
 }
 
 #[test]
-fn a_large_row_goes_through_as_it_arrives() {
+fn a_large_row_goes_through_either_way_as_it_arrives() {
     // A row from the server, in a simple query's result, an extended one's and a COPY
-    // TO's: passed to the client as its bytes come, so the proxy's peak memory stays
-    // about where it was (PgBouncer's way), in both pool modes.
+    // TO's, and one to it in a COPY FROM: passed on as its bytes come, so the proxy's
+    // peak memory stays about where it was (PgBouncer's way), in both pool modes.
     let pg = Postgres::builder()
         .preload_extensions(false)
         .start_blocking()
@@ -603,6 +603,13 @@ fn a_large_row_goes_through_as_it_arrives() {
             users: &[],
         });
         let (mut wr, mut rd) = log_in(proxy.port).unwrap();
+        let mut create = Vec::new();
+        message(
+            &mut create,
+            b'Q',
+            b"DROP TABLE IF EXISTS copied; CREATE TABLE copied (v text)\0",
+        );
+        round_trip(&mut wr, &mut rd, &create).unwrap();
         let peak_before = peak_rss(proxy.pid());
         let sql = format!("SELECT repeat('x', {BIG_MESSAGE})");
         let mut simple = Vec::new();
@@ -632,9 +639,35 @@ fn a_large_row_goes_through_as_it_arrives() {
                 proxy.log()
             );
         }
+        // COPY FROM STDIN: a CopyData of one row, once the server asked for data.
+        let mut start = Vec::new();
+        message(&mut start, b'Q', b"COPY copied FROM STDIN\0");
+        wr.write_all(&start).unwrap();
+        let (tag, body) = read_message(&mut rd).unwrap();
+        assert_eq!(tag, b'G', "{mode}: {}", text(&body));
+        let mut row = vec![b'z'; BIG_MESSAGE + 1];
+        row[BIG_MESSAGE] = b'\n';
+        let mut data = Vec::new();
+        message(&mut data, b'd', &row);
+        drop(row);
+        message(&mut data, b'c', b"");
+        assert_eq!(
+            round_trip(&mut wr, &mut rd, &data).as_deref(),
+            Ok(""),
+            "{mode}"
+        );
+        drop(data);
+        let mut check = Vec::new();
+        let sql = "SELECT length(v) FROM copied WHERE v ~ '^z+$'\0";
+        message(&mut check, b'Q', sql.as_bytes());
+        let want = BIG_MESSAGE.to_string();
+        assert_eq!(
+            round_trip(&mut wr, &mut rd, &check).as_deref(),
+            Ok(want.as_str())
+        );
         let peak = peak_rss(proxy.pid());
         eprintln!(
-            "{mode}: pgopt proxy peak RSS {:.1} MB before, {:.1} MB after 3 rows of {} MB",
+            "{mode}: pgopt proxy peak RSS {:.1} MB before, {:.1} MB after 4 rows of {} MB",
             peak_before as f64 / 1048576.0,
             peak as f64 / 1048576.0,
             BIG_MESSAGE >> 20,

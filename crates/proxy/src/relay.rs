@@ -151,6 +151,10 @@ pub struct Relay {
     /// meanwhile: pgopt writes nothing of its own to it.
     passing: usize,
     pass_relay: bool,
+    /// The same the other way: bytes still to come of a client's large CopyData, sent
+    /// to the server as they arrive (see [`Relay::start_copy_pass`]); `cbuf` starts
+    /// with the rest of it.
+    client_passing: usize,
     /// Messages for the client when some are dropped or made up.
     out: BytesMut,
     to_server: BytesMut,
@@ -403,6 +407,7 @@ impl Relay {
             sbuf: BytesMut::new(),
             passing: 0,
             pass_relay: false,
+            client_passing: 0,
             forwarding: false,
             out: BytesMut::new(),
             to_server: BytesMut::new(),
@@ -555,7 +560,11 @@ impl Relay {
             } else {
                 reserve_message(&mut self.sbuf, self.max_len);
             }
-            reserve_message(&mut self.cbuf, self.max_len);
+            if self.client_passing > 0 {
+                self.cbuf.reserve(CLIENT_BUF);
+            } else {
+                reserve_message(&mut self.cbuf, self.max_len);
+            }
             // Biased: no random branch order (a thread-local RNG draw per message);
             // the server's bytes first, which the client's next request waits on anyway.
             tokio::select! {
@@ -753,7 +762,11 @@ impl Relay {
         }
         // When a request was answered from the cache: since when (its lookup).
         let mut served_from_cache: Option<Instant> = None;
+        self.pass_copy_data();
         loop {
+            if self.client_passing > 0 {
+                break;
+            }
             // COPY data after the COPY ended (it failed: the client sends the rest
             // before it reads the error): PostgreSQL ignores it, and so does pgopt
             // without a server — no checkout, no wait for routing, for it.
@@ -786,6 +799,9 @@ impl Relay {
                 break;
             }
             if self.server.is_some() && self.batch_incomplete() {
+                break;
+            }
+            if self.start_copy_pass() {
                 break;
             }
             let frame = match split_frame(&mut self.cbuf, self.max_len) {
@@ -1358,6 +1374,42 @@ impl Relay {
         self.sbuf.advance(n);
         result?;
         Ok(self.passing == 0)
+    }
+
+    /// A large CopyData part way here (of [`PASS_FRAME`] or more, in a COPY FROM the
+    /// server has begun): what came of it goes to the server at once, and the rest as
+    /// it arrives (see [`Relay::pass_copy_data`]), so a 1 GB row is not held whole.
+    /// Its routing is a whole one's: nothing to note, and too large to keep for a run
+    /// again or a failover.
+    fn start_copy_pass(&mut self) -> bool {
+        if self.server.is_none() || !self.copy_in || self.skipping || self.discarding {
+            return false;
+        }
+        let len = match pgopt_wire::peek_header(&self.cbuf, self.max_len) {
+            Ok(Some(h)) if h.tag == b'd' && h.frame_len() >= PASS_FRAME => h.frame_len(),
+            _ => return false,
+        };
+        if len <= self.cbuf.len() {
+            return false; // here whole: relayed as such
+        }
+        self.sync_settings_if_behind();
+        self.ryw.batch_ended = false;
+        self.failover = None;
+        self.replay = None;
+        self.client_passing = len;
+        self.pass_copy_data();
+        true
+    }
+
+    /// Queues for the server what has come of a CopyData passed through.
+    fn pass_copy_data(&mut self) {
+        let n = self.client_passing.min(self.cbuf.len());
+        if n == 0 {
+            return;
+        }
+        self.client_passing -= n;
+        let piece = self.cbuf.split_to(n).freeze();
+        self.to_server_direct.push((self.to_server.len(), piece));
     }
 
     /// Notes what a client message about to run may write, for the cache.
@@ -3296,6 +3348,7 @@ impl Relay {
             || !self.nothing_outgoing()
             || !self.sbuf.is_empty()
             || self.passing > 0
+            || self.client_passing > 0
             || self.open_batch
             || self.dropping
             || self.status == TransactionStatus::Failed
@@ -4068,6 +4121,7 @@ impl Relay {
             && self.status == TransactionStatus::Idle
             && self.sbuf.is_empty()
             && self.passing == 0
+            && self.client_passing == 0
             && !self.dropping
     }
 

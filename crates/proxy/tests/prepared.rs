@@ -1312,6 +1312,30 @@ async fn large_values_reach_the_server_whole_in_every_kind_of_message() {
         .unwrap()
         .get(0);
     assert_eq!(got, want);
+    // A COPY that fails at its first row while a large one is on its way: the client
+    // gets the error, nothing is written, and the one server connection goes on.
+    let sink = a.copy_in("COPY big FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from("x\tbad id\n")).await.unwrap();
+    let row = format!("20\t{}\n", value(2_000_000, 20));
+    let sent = sink.send(bytes::Bytes::from(row)).await;
+    let finished = match sent {
+        Ok(()) => sink.finish().await,
+        Err(e) => Err(e),
+    };
+    let error = finished.unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION),
+        "{error:?}"
+    );
+    let row = b
+        .query_one("SELECT count(*) FROM big WHERE id >= 10", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 3);
+    let row = a.query_one("SELECT 8", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
