@@ -153,8 +153,10 @@ pub struct Relay {
     pass_relay: bool,
     /// The same the other way: bytes still to come of a client's large CopyData, sent
     /// to the server as they arrive (see [`Relay::start_copy_pass`]); `cbuf` starts
-    /// with the rest of it.
+    /// with the rest of it. Dropped instead (`client_pass_drop`) where a whole one
+    /// would be: without a server, or after an error in its batch.
     client_passing: usize,
+    client_pass_drop: bool,
     /// Messages for the client when some are dropped or made up.
     out: BytesMut,
     to_server: BytesMut,
@@ -408,6 +410,7 @@ impl Relay {
             passing: 0,
             pass_relay: false,
             client_passing: 0,
+            client_pass_drop: false,
             forwarding: false,
             out: BytesMut::new(),
             to_server: BytesMut::new(),
@@ -529,9 +532,13 @@ impl Relay {
                 self.read_timeouts();
             }
             let has_server = self.server.is_some();
+            // (Also a client that stopped part way through a CopyData after the server
+            // ended the COPY: it holds the connection, owed nothing.)
             let idle_in_transaction = has_server
                 && !self.idle_transaction_timeout.is_zero()
-                && (self.status != TransactionStatus::Idle || self.open_batch)
+                && (self.status != TransactionStatus::Idle
+                    || self.open_batch
+                    || self.client_passes())
                 && self.expected.is_empty();
             // As PgBouncer's: not a client holding a server connection (session mode).
             let idle_client = !has_server
@@ -762,7 +769,10 @@ impl Relay {
         }
         // When a request was answered from the cache: since when (its lookup).
         let mut served_from_cache: Option<Instant> = None;
-        self.pass_copy_data();
+        let was_passing = self.client_passes();
+        if self.client_passing > 0 {
+            self.pass_copy_data();
+        }
         loop {
             if self.client_passing > 0 {
                 break;
@@ -771,6 +781,9 @@ impl Relay {
             // before it reads the error): PostgreSQL ignores it, and so does pgopt
             // without a server — no checkout, no wait for routing, for it.
             if self.server.is_none() && matches!(self.cbuf.first(), Some(b'd' | b'c' | b'f')) {
+                if self.start_copy_pass() {
+                    break;
+                }
                 match split_frame(&mut self.cbuf, self.max_len) {
                     Ok(Some(_)) => continue,
                     Ok(None) => break,
@@ -909,6 +922,11 @@ impl Relay {
         }
         if !self.sbuf.is_empty() {
             self.handle_server().await?;
+        }
+        if was_passing && !self.client_passes() {
+            // What waited for the connection to be idle, which it could not be while
+            // the CopyData went through (the COPY may have ended meanwhile).
+            self.settle_when_idle().await;
         }
         // Everything may have been answered here without the server.
         self.maybe_release();
@@ -1381,35 +1399,47 @@ impl Relay {
     /// it arrives (see [`Relay::pass_copy_data`]), so a 1 GB row is not held whole.
     /// Its routing is a whole one's: nothing to note, and too large to keep for a run
     /// again or a failover.
+    #[inline]
     fn start_copy_pass(&mut self) -> bool {
-        if self.server.is_none() || !self.copy_in || self.skipping || self.discarding {
+        if self.cbuf.first() != Some(&b'd') {
             return false;
         }
         let len = match pgopt_wire::peek_header(&self.cbuf, self.max_len) {
-            Ok(Some(h)) if h.tag == b'd' && h.frame_len() >= PASS_FRAME => h.frame_len(),
+            Ok(Some(h)) if h.frame_len() >= PASS_FRAME => h.frame_len(),
             _ => return false,
         };
         if len <= self.cbuf.len() {
-            return false; // here whole: relayed as such
+            return false; // here whole: handled as such
         }
-        self.sync_settings_if_behind();
-        self.ryw.batch_ended = false;
-        self.failover = None;
-        self.replay = None;
+        // Where a whole one would be dropped: without a server (the COPY ended:
+        // PostgreSQL ignores what follows), or skipped to the Sync after an error.
+        let drop = self.server.is_none() || self.skipping || self.discarding;
+        if !drop {
+            // (After the COPY failed, the server reads it whole, then drops it.)
+            self.sync_settings_if_behind();
+            self.ryw.batch_ended = false;
+            self.failover = None;
+            self.replay = None;
+        }
         self.client_passing = len;
+        self.client_pass_drop = drop;
         self.pass_copy_data();
         true
     }
 
-    /// Queues for the server what has come of a CopyData passed through.
+    /// Queues for the server (or drops) what has come of a CopyData passed through.
     fn pass_copy_data(&mut self) {
         let n = self.client_passing.min(self.cbuf.len());
         if n == 0 {
             return;
         }
         self.client_passing -= n;
-        let piece = self.cbuf.split_to(n).freeze();
-        self.to_server_direct.push((self.to_server.len(), piece));
+        if self.client_pass_drop {
+            self.cbuf.advance(n);
+        } else {
+            let piece = self.cbuf.split_to(n).freeze();
+            self.to_server_direct.push((self.to_server.len(), piece));
+        }
     }
 
     /// Notes what a client message about to run may write, for the cache.
@@ -3348,7 +3378,7 @@ impl Relay {
             || !self.nothing_outgoing()
             || !self.sbuf.is_empty()
             || self.passing > 0
-            || self.client_passing > 0
+            || self.client_passes()
             || self.open_batch
             || self.dropping
             || self.status == TransactionStatus::Failed
@@ -4121,8 +4151,14 @@ impl Relay {
             && self.status == TransactionStatus::Idle
             && self.sbuf.is_empty()
             && self.passing == 0
-            && self.client_passing == 0
+            && !self.client_passes()
             && !self.dropping
+    }
+
+    /// A client's CopyData is part way to the server: it holds the connection, and
+    /// pgopt sends the server nothing of its own, until the rest is through.
+    fn client_passes(&self) -> bool {
+        self.client_passing > 0 && !self.client_pass_drop
     }
 
     fn maybe_release(&mut self) {

@@ -1447,6 +1447,103 @@ async fn large_rows_reach_the_client_whole_in_every_kind_of_response() {
     assert_eq!(row.unwrap().get::<_, i32>(0), 300_000);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_data_part_way_holds_its_connection_until_it_is_through() {
+    // The one server connection: a client's COPY fails at its first row while a large
+    // row is part way to the server (which reads it whole before it drops it). The
+    // connection stays the client's until the rest is through, then does what waited
+    // for it to be idle (the SQL statement prepared in the block before is
+    // deallocated) before another client gets it; a client that stops there is cut
+    // by idle_transaction_timeout.
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let pg = Postgres::start().await.unwrap();
+    pg.psql("CREATE TABLE t (id int)").unwrap();
+    let row = {
+        let mut body = b"1\t".to_vec();
+        body.resize(1 << 20, b'7');
+        body.push(b'\n');
+        common::message(b'd', &body)
+    };
+    let (head, rest) = row.split_at(300_000);
+    for timeout in [Duration::ZERO, Duration::from_millis(500)] {
+        let proxy = common::start_with(&pg, |c| {
+            c.default_pool_size = 1;
+            c.idle_transaction_timeout = timeout;
+        })
+        .await;
+        let mut raw = common::raw_login(&proxy).await;
+        for sql in ["BEGIN", "PREPARE p AS SELECT 1"] {
+            raw.write_all(&common::message(b'Q', format!("{sql}\0").as_bytes()))
+                .await
+                .unwrap();
+            common::read_until(&mut raw, b'Z').await;
+        }
+        let mut batch = common::message(b'Q', b"COMMIT\0");
+        batch.extend(common::message(b'Q', b"COPY t FROM STDIN\0"));
+        raw.write_all(&batch).await.unwrap();
+        assert_eq!(common::read_until(&mut raw, b'G').await, b"CZG");
+        raw.write_all(&common::message(b'd', b"x\n")).await.unwrap();
+        raw.write_all(head).await.unwrap();
+        assert_eq!(common::read_until(&mut raw, b'Z').await, b"EZ");
+        let other = connect(&proxy).await;
+        let prepared = "SELECT count(*) FROM pg_prepared_statements WHERE from_sql";
+        if timeout.is_zero() {
+            // The other client waits for the connection.
+            let waiting = other.query_one(prepared, &[]);
+            tokio::pin!(waiting);
+            let early = tokio::time::timeout(Duration::from_millis(500), &mut waiting).await;
+            assert!(
+                early.is_err(),
+                "the connection was lent part way through a CopyData"
+            );
+            raw.write_all(rest).await.unwrap();
+            raw.write_all(&common::message(b'c', b"")).await.unwrap();
+            let row = tokio::time::timeout(Duration::from_secs(30), waiting)
+                .await
+                .expect("the other client never got the connection")
+                .unwrap();
+            assert_eq!(
+                row.get::<_, i64>(0),
+                0,
+                "the block's PREPARE was left behind"
+            );
+            raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
+                .await
+                .unwrap();
+            assert_eq!(common::read_until(&mut raw, b'Z').await, b"TDCZ");
+            // A large row after the COPY failed and its connection went back: dropped
+            // as it comes, as PostgreSQL would.
+            raw.write_all(&common::message(b'Q', b"COPY t FROM STDIN\0"))
+                .await
+                .unwrap();
+            assert_eq!(common::read_until(&mut raw, b'G').await, b"G");
+            raw.write_all(&common::message(b'd', b"x\n")).await.unwrap();
+            assert_eq!(common::read_until(&mut raw, b'Z').await, b"EZ");
+            raw.write_all(head).await.unwrap();
+            let row = other
+                .query_one("SELECT count(*) FROM t", &[])
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, i64>(0), 0);
+            raw.write_all(rest).await.unwrap();
+            raw.write_all(&common::message(b'c', b"")).await.unwrap();
+            raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
+                .await
+                .unwrap();
+            assert_eq!(common::read_until(&mut raw, b'Z').await, b"TDCZ");
+        } else {
+            // Cut: the other client gets the connection.
+            let row = tokio::time::timeout(Duration::from_secs(10), other.query_one(prepared, &[]))
+                .await
+                .expect("the stalled client kept the connection")
+                .unwrap();
+            assert_eq!(row.get::<_, i64>(0), 0);
+            assert_eq!(common::read_until(&mut raw, b'E').await, b"E");
+        }
+    }
+}
+
 /// The server's md5 of `text`, sent as a bound parameter.
 async fn server_md5(client: &tokio_postgres::Client, text: &str) -> String {
     let row = client
