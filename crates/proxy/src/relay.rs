@@ -157,6 +157,9 @@ pub struct Relay {
     /// would be: without a server, or after an error in its batch.
     client_passing: usize,
     client_pass_drop: bool,
+    /// The last of a CopyData passed through is queued: once sent, what waited for
+    /// the connection to be idle (which it could not be meanwhile) runs.
+    copy_passed: bool,
     /// Messages for the client when some are dropped or made up.
     out: BytesMut,
     to_server: BytesMut,
@@ -411,6 +414,7 @@ impl Relay {
             pass_relay: false,
             client_passing: 0,
             client_pass_drop: false,
+            copy_passed: false,
             forwarding: false,
             out: BytesMut::new(),
             to_server: BytesMut::new(),
@@ -769,7 +773,6 @@ impl Relay {
         }
         // When a request was answered from the cache: since when (its lookup).
         let mut served_from_cache: Option<Instant> = None;
-        let was_passing = self.client_passes();
         if self.client_passing > 0 {
             self.pass_copy_data();
         }
@@ -922,11 +925,6 @@ impl Relay {
         }
         if !self.sbuf.is_empty() {
             self.handle_server().await?;
-        }
-        if was_passing && !self.client_passes() {
-            // What waited for the connection to be idle, which it could not be while
-            // the CopyData went through (the COPY may have ended meanwhile).
-            self.settle_when_idle().await;
         }
         // Everything may have been answered here without the server.
         self.maybe_release();
@@ -1378,22 +1376,6 @@ impl Relay {
         true
     }
 
-    /// Passes on what has come of a row part way through (see `passing`): whether it
-    /// is all through, and what follows it in `sbuf` is to be handled.
-    async fn pass_on(&mut self) -> Result<bool, ProxyError> {
-        let n = self.passing.min(self.sbuf.len());
-        self.passing -= n;
-        let result = if self.pass_relay {
-            let until = self.write_deadline();
-            write_all_bounded(&mut self.client, &self.sbuf[..n], &self.info, until).await
-        } else {
-            Ok(())
-        };
-        self.sbuf.advance(n);
-        result?;
-        Ok(self.passing == 0)
-    }
-
     /// A large CopyData part way here (of [`PASS_FRAME`] or more, in a COPY FROM the
     /// server has begun): what came of it goes to the server at once, and the rest as
     /// it arrives (see [`Relay::pass_copy_data`]), so a 1 GB row is not held whole.
@@ -1415,16 +1397,39 @@ impl Relay {
         // PostgreSQL ignores what follows), or skipped to the Sync after an error.
         let drop = self.server.is_none() || self.skipping || self.discarding;
         if !drop {
-            // (After the COPY failed, the server reads it whole, then drops it.)
+            // What `handle_client` and `route` do for a whole one. (After the COPY
+            // failed, the server reads it whole, then drops it.)
+            if self.ryw.batch_ended && self.routes.is_some() {
+                // Not a read-only batch: its writes hold the client's reads back.
+                self.ryw.wrote = true;
+            }
             self.sync_settings_if_behind();
             self.ryw.batch_ended = false;
             self.failover = None;
-            self.replay = None;
+            if !self.replay.as_ref().is_some_and(Replay::is_complete) {
+                self.replay = None;
+            }
         }
         self.client_passing = len;
         self.client_pass_drop = drop;
         self.pass_copy_data();
         true
+    }
+
+    /// The server ended the COPY (an error) part way through a CopyData it now reads
+    /// only to drop, and owes nothing: rather than hold the connection until the
+    /// client sends the rest (it may never), transaction mode closes it and drops
+    /// the rest as it comes, as PostgreSQL would.
+    fn end_copy_pass_early(&mut self) {
+        if !self.client_passes() || self.forwarding || !self.between_requests() {
+            return;
+        }
+        self.client_pass_drop = true;
+        self.copy_passed = false;
+        // (Its SQL prepared statements go with it.)
+        self.sql_prepared = false;
+        self.server = None;
+        self.unlink();
     }
 
     /// Queues for the server (or drops) what has come of a CopyData passed through.
@@ -1439,6 +1444,8 @@ impl Relay {
         } else {
             let piece = self.cbuf.split_to(n).freeze();
             self.to_server_direct.push((self.to_server.len(), piece));
+            // Its forward then does what waited for the connection to be idle.
+            self.copy_passed = self.client_passing == 0;
         }
     }
 
@@ -3014,16 +3021,30 @@ impl Relay {
     /// the statement bookkeeping says; without any, the bytes go out as they came.
     async fn handle_server(&mut self) -> Result<(), ProxyError> {
         self.clock = Instant::now();
-        if self.passing > 0 && !self.pass_on().await? {
-            return Ok(());
-        }
         let grown = self.sbuf.len() > KEPT_READ_BUF;
         let mut pos = 0;
         // Bytes before `copied` are in `out` (or dropped); `edited` once anything was.
-        // (Anything already in `out` was held back while a row passed through: it
-        // goes first.)
         let mut copied = 0;
         let mut edited = !self.out.is_empty();
+        if self.passing > 0 {
+            // The rest of a row passed through (see `passing`) comes first.
+            let n = self.passing.min(self.sbuf.len());
+            self.passing -= n;
+            if !self.pass_relay {
+                copied = n; // dropped
+                edited = true;
+            } else if edited {
+                // pgopt's own answers held back meanwhile (see `handle_client`) go
+                // after it.
+                let held = self.out.split();
+                self.out.extend_from_slice(&self.sbuf[..n]);
+                self.out.unsplit(held);
+                copied = n;
+            }
+            pos = n;
+        }
+        // Where the server's messages start.
+        let first = pos;
         // A message pgopt can't relay (longer than max_message_len): what came before
         // it goes out, then the client is told, and the connection closes.
         let mut unrelayable = None;
@@ -3042,7 +3063,7 @@ impl Relay {
             if partial && !self.may_pass(header.tag, header.frame_len()) {
                 break;
             }
-            if pos == 0 {
+            if pos == first {
                 // Answers held back for the server's first message (a possible
                 // failover) go before it.
                 self.answer_owed();
@@ -4023,10 +4044,11 @@ impl Relay {
             self.server_lost().await;
             return Err(ProxyError::server_io(std::io::ErrorKind::BrokenPipe.into()));
         }
-        if relayed {
+        if relayed || std::mem::take(&mut self.copy_passed) {
             // What `handle_server` leaves for once the connection is idle, which it
             // could not be while the rest of `to_server` was on its way (the last
-            // answer may have come then: a COPY's, before its last CopyData).
+            // answer may have come then: a COPY's, before its last CopyData), or while
+            // a CopyData was part way through.
             self.settle_when_idle().await;
         }
         Ok(())
@@ -4145,13 +4167,17 @@ impl Relay {
 
     /// Nothing owed, no transaction open, nothing half-read: the server may serve others.
     fn server_idle(&self) -> bool {
+        self.between_requests() && !self.client_passes()
+    }
+
+    /// [`Relay::server_idle`] but for a client's CopyData part way through.
+    fn between_requests(&self) -> bool {
         !(self.open_batch && self.server.is_some())
             && self.expected.is_empty()
             && self.nothing_outgoing()
             && self.status == TransactionStatus::Idle
             && self.sbuf.is_empty()
             && self.passing == 0
-            && !self.client_passes()
             && !self.dropping
     }
 
@@ -4162,6 +4188,9 @@ impl Relay {
     }
 
     fn maybe_release(&mut self) {
+        if self.client_passing > 0 && self.rewrite {
+            self.end_copy_pass_early();
+        }
         if self.rewrite && self.server_idle() {
             if let Some(checkout) = self.detach() {
                 self.unlink();

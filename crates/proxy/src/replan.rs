@@ -72,6 +72,11 @@ impl Replay {
         true
     }
 
+    /// Complete up to its Sync (what follows is not kept).
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
     /// Complete up to its Sync, and the client will see the new row description.
     pub fn can_run_again(&self) -> bool {
         self.complete && self.describes

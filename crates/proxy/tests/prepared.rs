@@ -1448,13 +1448,14 @@ async fn large_rows_reach_the_client_whole_in_every_kind_of_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_data_part_way_holds_its_connection_until_it_is_through() {
+async fn a_copy_that_fails_part_way_through_a_large_row_lets_its_connection_go() {
     // The one server connection: a client's COPY fails at its first row while a large
-    // row is part way to the server (which reads it whole before it drops it). The
-    // connection stays the client's until the rest is through, then does what waited
-    // for it to be idle (the SQL statement prepared in the block before is
-    // deallocated) before another client gets it; a client that stops there is cut
-    // by idle_transaction_timeout.
+    // row is part way to the server, which would read the rest only to drop it. In
+    // transaction mode the connection is closed rather than held for a client that
+    // may never send the rest (another client gets a fresh one at once, without the
+    // SQL statement the block prepared), and the rest is dropped as it comes. In
+    // session mode the connection is the client's: one that stops there is cut by
+    // idle_transaction_timeout.
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     let pg = Postgres::start().await.unwrap();
@@ -1466,10 +1467,15 @@ async fn a_copy_data_part_way_holds_its_connection_until_it_is_through() {
         common::message(b'd', &body)
     };
     let (head, rest) = row.split_at(300_000);
-    for timeout in [Duration::ZERO, Duration::from_millis(500)] {
+    // A bad first row and the start of the large one, in one write.
+    let mut failing = common::message(b'd', b"x\n");
+    failing.extend_from_slice(head);
+    let prepared = "SELECT count(*) FROM pg_prepared_statements WHERE from_sql";
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
         let proxy = common::start_with(&pg, |c| {
+            c.pool_mode = mode;
             c.default_pool_size = 1;
-            c.idle_transaction_timeout = timeout;
+            c.idle_transaction_timeout = Duration::from_millis(500);
         })
         .await;
         let mut raw = common::raw_login(&proxy).await;
@@ -1483,62 +1489,35 @@ async fn a_copy_data_part_way_holds_its_connection_until_it_is_through() {
         batch.extend(common::message(b'Q', b"COPY t FROM STDIN\0"));
         raw.write_all(&batch).await.unwrap();
         assert_eq!(common::read_until(&mut raw, b'G').await, b"CZG");
-        raw.write_all(&common::message(b'd', b"x\n")).await.unwrap();
-        raw.write_all(head).await.unwrap();
+        raw.write_all(&failing).await.unwrap();
         assert_eq!(common::read_until(&mut raw, b'Z').await, b"EZ");
         let other = connect(&proxy).await;
-        let prepared = "SELECT count(*) FROM pg_prepared_statements WHERE from_sql";
-        if timeout.is_zero() {
-            // The other client waits for the connection.
-            let waiting = other.query_one(prepared, &[]);
-            tokio::pin!(waiting);
-            let early = tokio::time::timeout(Duration::from_millis(500), &mut waiting).await;
-            assert!(
-                early.is_err(),
-                "the connection was lent part way through a CopyData"
-            );
+        let count = tokio::time::timeout(Duration::from_secs(10), other.query_one(prepared, &[]));
+        let row = count
+            .await
+            .expect("the connection stayed with the client part way through a CopyData")
+            .unwrap();
+        assert_eq!(
+            row.get::<_, i64>(0),
+            0,
+            "{mode:?}: the block's PREPARE was left behind"
+        );
+        if mode == PoolMode::Transaction {
+            // The client goes on: the rest of its row, the end of its COPY, a query.
+            tokio::time::sleep(Duration::from_millis(700)).await;
             raw.write_all(rest).await.unwrap();
             raw.write_all(&common::message(b'c', b"")).await.unwrap();
-            let row = tokio::time::timeout(Duration::from_secs(30), waiting)
-                .await
-                .expect("the other client never got the connection")
-                .unwrap();
-            assert_eq!(
-                row.get::<_, i64>(0),
-                0,
-                "the block's PREPARE was left behind"
-            );
             raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
                 .await
                 .unwrap();
             assert_eq!(common::read_until(&mut raw, b'Z').await, b"TDCZ");
-            // A large row after the COPY failed and its connection went back: dropped
-            // as it comes, as PostgreSQL would.
-            raw.write_all(&common::message(b'Q', b"COPY t FROM STDIN\0"))
-                .await
-                .unwrap();
-            assert_eq!(common::read_until(&mut raw, b'G').await, b"G");
-            raw.write_all(&common::message(b'd', b"x\n")).await.unwrap();
-            assert_eq!(common::read_until(&mut raw, b'Z').await, b"EZ");
-            raw.write_all(head).await.unwrap();
             let row = other
                 .query_one("SELECT count(*) FROM t", &[])
                 .await
                 .unwrap();
             assert_eq!(row.get::<_, i64>(0), 0);
-            raw.write_all(rest).await.unwrap();
-            raw.write_all(&common::message(b'c', b"")).await.unwrap();
-            raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
-                .await
-                .unwrap();
-            assert_eq!(common::read_until(&mut raw, b'Z').await, b"TDCZ");
         } else {
-            // Cut: the other client gets the connection.
-            let row = tokio::time::timeout(Duration::from_secs(10), other.query_one(prepared, &[]))
-                .await
-                .expect("the stalled client kept the connection")
-                .unwrap();
-            assert_eq!(row.get::<_, i64>(0), 0);
+            // Cut: its FATAL, and the other client had the connection after it.
             assert_eq!(common::read_until(&mut raw, b'E').await, b"E");
         }
     }
