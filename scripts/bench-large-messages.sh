@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One large message at a time through pgopt and PgBouncer, side by side with direct
-# PostgreSQL, in one run: a client (psycopg 3) sends an MB-sized bytea value in a Bind,
-# sends it again inlined in a simple query's text (client-side binding: hex, twice the
-# size), and reads it back in one row. Each proxy is a fresh process per round; after
-# the three, with the client still connected, its resident memory (VmRSS) and its peak
-# (VmHWM) are read from /proc. Prints wall seconds per target and each proxy's memory.
+# PostgreSQL, in one run: a client (psycopg 3) reads an MB-sized bytea value back in
+# one row, copies it out (COPY TO) and in (COPY FROM), then sends it in a Bind and
+# again inlined in a simple query's text (client-side binding: hex, twice the size).
+# Each proxy is a fresh process per round; with the client still connected, its peak
+# memory (VmHWM) after the rows, and its resident memory (VmRSS) and peak after
+# everything, are read from /proc. Prints wall seconds per target and each proxy's
+# memory in MB.
 #
 # usage: scripts/bench-large-messages.sh [MB=64] [ROUNDS=3]
 #        PGOPT_BIN=FILE scripts/bench-large-messages.sh ...   (another pgopt build;
@@ -40,40 +42,55 @@ start_pg "$tmp" "$pg_port" 1
   -c "CREATE TABLE blobs (id serial PRIMARY KEY, b bytea)"
 pgbouncer_config "$tmp" "$pg_port" "$proxy_port" 4
 
-# The client: the three round trips, then (still connected) the proxy's memory.
+# The client: rows first (one read back, a COPY TO and a COPY FROM of it), then the
+# two INSERTs; with the client still connected, the proxy's memory after the rows and
+# after everything. The value is put in place directly, not through the proxy.
 cat > "$tmp/client.py" <<'PY'
 import os, sys, time, psycopg
-port, mb, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, direct, mb, pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 def memory():
     if pid == "-":
         return "-", "-"
     status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status"))
     return tuple(str(int(status[k].split()[0]) // 1024) for k in ("VmRSS", "VmHWM"))
+def dsn(p):
+    return f"host=127.0.0.1 port={p} user=postgres dbname=postgres"
 value = os.urandom(mb << 20)
-t0 = time.time()
-with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
-                     autocommit=True) as conn:
+with psycopg.connect(dsn(direct), autocommit=True) as conn:
     conn.execute("TRUNCATE blobs")
+    conn.execute("INSERT INTO blobs (b) VALUES (%b)", (value,))
+t0 = time.time()
+with psycopg.connect(dsn(port), autocommit=True) as conn:
+    row = conn.execute("SELECT b FROM blobs LIMIT 1", binary=True).fetchone()
+    assert row[0] == value
+    with conn.cursor().copy("COPY (SELECT b FROM blobs LIMIT 1) TO STDOUT") as copy:
+        copied = b"".join(bytes(chunk) for chunk in copy)
+    assert len(copied) > 2 * len(value)
+    del copied
+    with conn.cursor().copy("COPY blobs (b) FROM STDIN") as copy:
+        copy.write_row((value,))
+    time.sleep(0.2)
+    _, rows_peak = memory()
     conn.execute("INSERT INTO blobs (b) VALUES (%b)", (value,))
     with psycopg.ClientCursor(conn) as cur:
         cur.execute("INSERT INTO blobs (b) VALUES (%s)", (value,))
-    row = conn.execute("SELECT b FROM blobs LIMIT 1", binary=True).fetchone()
-    assert row[0] == value
+    n = conn.execute("SELECT count(*) FROM blobs WHERE b = %b", (value,)).fetchone()[0]
+    assert n == 4, n
     wall = time.time() - t0
     time.sleep(0.2)
     rss, peak = memory()
-print(f"{wall:.2f} {rss} {peak}")
+print(f"{wall:.2f} {rss} {rows_peak} {peak}")
 PY
 
 printf '%s, %s MB values, %s, %s cores\n' "$(date -u +%F)" "$mb" "$PGOPT_BIN" "$(nproc)"
-printf '%-6s %9s %12s %14s %16s %10s %13s %15s\n' round "direct s" "PgBouncer s" \
-  "PgBouncer RSS" "PgBouncer peak" "pgopt s" "pgopt RSS MB" "pgopt peak MB"
+printf '%-6s %9s | %12s %5s %10s %6s | %8s %5s %10s %6s\n' round "direct s" \
+  "PgBouncer s" RSS "rows peak" peak "pgopt s" RSS "rows peak" peak
 for round in $(seq "$rounds"); do
-  read -r direct _ _ < <("$python" "$tmp/client.py" "$pg_port" "$mb" -)
+  read -r direct _ _ _ < <("$python" "$tmp/client.py" "$pg_port" "$pg_port" "$mb" -)
   "${as_pg[@]}" pgbouncer "$tmp/pgbouncer.ini" >/dev/null 2>&1 &
   for _ in $(seq 50); do [ -s "$tmp/pgbouncer.pid" ] && "$bindir/pg_isready" -q -h 127.0.0.1 -p "$proxy_port" && break; sleep 0.1; done
   proxy_pid=$(cat "$tmp/pgbouncer.pid")
-  read -r bouncer bouncer_rss bouncer_peak < <("$python" "$tmp/client.py" "$proxy_port" "$mb" "$proxy_pid")
+  read -r bouncer bouncer_rss bouncer_rows bouncer_peak < <("$python" "$tmp/client.py" "$proxy_port" "$pg_port" "$mb" "$proxy_pid")
   kill "$proxy_pid"; while kill -0 "$proxy_pid" 2>/dev/null; do sleep 0.1; done; proxy_pid=
   rm -f "$tmp/pgbouncer.pid"
   RUST_LOG=error "$PGOPT_BIN" proxy --listen "127.0.0.1:$proxy_port" \
@@ -81,8 +98,9 @@ for round in $(seq "$rounds"); do
     --pool-mode transaction --pool-size 4 >/dev/null 2>&1 &
   proxy_pid=$!
   for _ in $(seq 50); do "$bindir/pg_isready" -q -h 127.0.0.1 -p "$proxy_port" && break; sleep 0.1; done
-  read -r pgopt pgopt_rss pgopt_peak < <("$python" "$tmp/client.py" "$proxy_port" "$mb" "$proxy_pid")
+  read -r pgopt pgopt_rss pgopt_rows pgopt_peak < <("$python" "$tmp/client.py" "$proxy_port" "$pg_port" "$mb" "$proxy_pid")
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=
-  printf '%-6s %9s %12s %14s %16s %10s %13s %15s\n' "$round" "$direct" "$bouncer" \
-    "$bouncer_rss" "$bouncer_peak" "$pgopt" "$pgopt_rss" "$pgopt_peak"
+  printf '%-6s %9s | %12s %5s %10s %6s | %8s %5s %10s %6s\n' "$round" "$direct" \
+    "$bouncer" "$bouncer_rss" "$bouncer_rows" "$bouncer_peak" \
+    "$pgopt" "$pgopt_rss" "$pgopt_rows" "$pgopt_peak"
 done
