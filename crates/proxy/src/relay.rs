@@ -981,6 +981,10 @@ impl Relay {
                         _ => return CacheLookup::Pass,
                     },
                 };
+                // (Measured before the statement's text is copied: a bulk one is not.)
+                if prepared.parse.len() + values.len() > KEPT_CLIENT_BUF {
+                    return CacheLookup::Pass;
+                }
                 let Some(sql) = prepared
                     .parse
                     .get(5..)
@@ -1007,9 +1011,6 @@ impl Relay {
                     parse: parse.is_some(),
                     describe,
                 };
-                if sql.len() + values.len() > KEPT_CLIENT_BUF {
-                    return CacheLookup::Pass;
-                }
                 (
                     sql,
                     Some(prepared.parse.clone()),
