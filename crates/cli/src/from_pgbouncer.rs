@@ -231,7 +231,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
     ("sbuf_loopcnt", "pgopt's event loop needs no tuning"),
     ("tcp_defer_accept", "not needed"),
     ("tcp_socket_buffer", "the system's buffers are used"),
-    ("tcp_user_timeout", "not supported; TCP keepalive is"),
     ("dns_max_ttl", "pgopt resolves host names when it connects"),
     (
         "dns_nxdomain_ttl",
@@ -377,6 +376,11 @@ pub fn convert(path: &str) -> Result<Converted, String> {
             "tcp_keepidle" | "tcp_keepintvl" => match v.parse::<u64>() {
                 Ok(n) => lines.push(format!("{key} = {}", quote(&format!("{n}s")))),
                 Err(_) => bad("expected a number of seconds"),
+            },
+            // (Milliseconds in PgBouncer; 0 is the system's in both.)
+            "tcp_user_timeout" => match v.parse::<u64>() {
+                Ok(n) => lines.push(format!("tcp_user_timeout = {}", quote(&format!("{n}ms")))),
+                Err(_) => bad("expected a number of milliseconds"),
             },
             "tcp_keepcnt" => match v.parse::<u64>() {
                 Ok(n) => lines.push(format!("tcp_keepcnt = {n}")),
@@ -791,6 +795,14 @@ mod tests {
             let c = convert_with(&format!("max_packet_size = {packet}\n"));
             let line = format!("max_message_len = {len}\n");
             assert!(c.toml.contains(&line), "{line}{}", c.toml);
+        }
+        // tcp_user_timeout is in milliseconds.
+        let c = convert_with("tcp_user_timeout = 30000\ntcp_keepalive = 0\n");
+        for line in [
+            "tcp_user_timeout = \"30000ms\"\n",
+            "tcp_keepalive = false\n",
+        ] {
+            assert!(c.toml.contains(line), "{line}{}", c.toml);
         }
         // PgBouncer's defaults where pgopt's differ; its 0 for "never".
         let c =

@@ -447,11 +447,15 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         query_timeout: config.query_timeout.0,
         max_db_connections: config.max_db_connections.get() as usize,
         max_user_connections: config.max_user_connections.get() as usize,
-        tcp_keepalive: config.tcp_keepalive.then_some(pgopt_proxy::Keepalive {
-            idle: config.tcp_keepidle.0,
-            interval: config.tcp_keepintvl.0,
-            count: config.tcp_keepcnt.get(),
-        }),
+        tcp_keepalive: (config.tcp_keepalive || !config.tcp_user_timeout.0.is_zero()).then_some(
+            pgopt_proxy::Keepalive {
+                probes: config.tcp_keepalive,
+                idle: config.tcp_keepidle.0,
+                interval: config.tcp_keepintvl.0,
+                count: config.tcp_keepcnt.get(),
+                user_timeout: config.tcp_user_timeout.0,
+            },
+        ),
         shutdown_timeout: config.shutdown_timeout.0,
         admin_users: if config.admin_users.is_empty() {
             // The operator who owns the (first) upstream login runs the console.

@@ -348,11 +348,29 @@ impl Default for Routing {
 /// TCP keepalive on client and server sockets: a peer gone without a word (a crashed
 /// host, a NAT that dropped the flow) is found and its connection closed. Zero
 /// values keep the system's own (on Linux: 2 h idle, 75 s apart, 9 probes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
+    /// Whether keepalive probes are sent (false: only `user_timeout` is set).
+    pub probes: bool,
     pub idle: Duration,
     pub interval: Duration,
     pub count: u32,
+    /// TCP_USER_TIMEOUT (PgBouncer's `tcp_user_timeout`): how long data sent may go
+    /// unacknowledged before the connection is dropped, also while probes go out;
+    /// zero keeps the system's (on Linux, retransmissions for about 15 minutes).
+    pub user_timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            probes: true,
+            idle: Duration::ZERO,
+            interval: Duration::ZERO,
+            count: 0,
+            user_timeout: Duration::ZERO,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -8,8 +8,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::net::ClientStream;
 use crate::ProxyError;
 
-/// Turns TCP keepalive on for `tcp` with `keepalive`'s timings (zero: the system's).
+/// Turns TCP keepalive on for `tcp` with `keepalive`'s timings (zero: the system's),
+/// and sets its user timeout.
 pub fn keep_alive(tcp: &tokio::net::TcpStream, keepalive: &crate::config::Keepalive) {
+    let socket = socket2::SockRef::from(tcp);
+    if !keepalive.user_timeout.is_zero() {
+        if let Err(e) = socket.set_tcp_user_timeout(Some(keepalive.user_timeout)) {
+            tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+        }
+    }
+    if !keepalive.probes {
+        return;
+    }
     let mut params = socket2::TcpKeepalive::new();
     if !keepalive.idle.is_zero() {
         params = params.with_time(keepalive.idle);
@@ -20,7 +30,7 @@ pub fn keep_alive(tcp: &tokio::net::TcpStream, keepalive: &crate::config::Keepal
     if keepalive.count > 0 {
         params = params.with_retries(keepalive.count);
     }
-    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&params) {
+    if let Err(e) = socket.set_tcp_keepalive(&params) {
         tracing::debug!(error = %e, "could not set TCP keepalive");
     }
 }
@@ -128,5 +138,31 @@ pub async fn send_fatal(stream: &mut ClientStream, code: &str, message: &str) {
 pub async fn close_tls(stream: &mut ClientStream) {
     if stream.is_tls() {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::Keepalive;
+
+    #[tokio::test]
+    async fn keepalive_and_the_user_timeout_are_set_on_the_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (probes, user_timeout) in [(true, 7_000), (false, 2_500), (true, 0)] {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let keepalive = Keepalive {
+                probes,
+                user_timeout: Duration::from_millis(user_timeout),
+                ..Keepalive::default()
+            };
+            super::keep_alive(&tcp, &keepalive);
+            let socket = socket2::SockRef::from(&tcp);
+            assert_eq!(socket.keepalive().unwrap(), probes);
+            let set = socket.tcp_user_timeout().unwrap().unwrap_or_default();
+            assert_eq!(set, Duration::from_millis(user_timeout));
+        }
     }
 }

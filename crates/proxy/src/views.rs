@@ -655,14 +655,19 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
         (
             "tcp_keepalive",
             match c.tcp_keepalive {
-                None => "off".to_string(),
-                Some(k) => format!(
+                Some(k) if k.probes => format!(
                     "on (idle {}, interval {}, count {})",
                     ms(k.idle),
                     ms(k.interval),
                     k.count
                 ),
+                _ => "off".to_string(),
             },
+            true,
+        ),
+        (
+            "tcp_user_timeout",
+            ms(c.tcp_keepalive.map_or(Duration::ZERO, |k| k.user_timeout)),
             true,
         ),
         ("shutdown_timeout", ms(c.shutdown_timeout), true),

@@ -1496,6 +1496,7 @@ async fn client_and_server_sockets_have_tcp_keepalive_unless_it_is_off() {
             idle: Duration::from_secs(30),
             interval: Duration::from_secs(5),
             count: 3,
+            ..Default::default()
         });
         let proxy = Proxy::start(config).await.unwrap();
         let client = connect(&proxy, "postgres", None).await.unwrap();

@@ -254,6 +254,9 @@ pub struct ProxyConfig {
     pub tcp_keepidle: KeepaliveSeconds,
     pub tcp_keepintvl: KeepaliveSeconds,
     pub tcp_keepcnt: Bounded<0, 127>,
+    /// How long data sent on a client or server socket may go unacknowledged before
+    /// the connection is dropped (TCP_USER_TIMEOUT); "0s": the system's.
+    pub tcp_user_timeout: HumanDuration,
     /// Server connections one database's pools (every user's) may hold open together;
     /// 0 is no limit.
     pub max_db_connections: Bounded<0, 100000>,
@@ -343,6 +346,7 @@ impl Default for ProxyConfig {
             tcp_keepidle: KeepaliveSeconds(Duration::ZERO),
             tcp_keepintvl: KeepaliveSeconds(Duration::ZERO),
             tcp_keepcnt: Bounded(0),
+            tcp_user_timeout: HumanDuration(Duration::ZERO),
             max_db_connections: Bounded(0),
             max_user_connections: Bounded(0),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),

@@ -382,6 +382,21 @@ fn keepalive_timings_the_kernel_would_refuse_are_config_errors() {
         "[proxy]\ntcp_keepidle = \"30s\"\ntcp_keepintvl = \"0s\"\n",
     );
     assert!(ok.is_ok(), "{:?}", ok.err());
+    // TCP_USER_TIMEOUT takes milliseconds, with or without keepalive.
+    let ok = parse_text(
+        "pgopt.toml",
+        "[proxy]\ntcp_keepalive = false\ntcp_user_timeout = \"2500ms\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.proxy.tcp_user_timeout.0,
+        std::time::Duration::from_millis(2500)
+    );
+    let e = err("[proxy]\ntcp_user_timeout = \"soon\"\n");
+    assert!(
+        e.starts_with("pgopt.toml:2: proxy.tcp_user_timeout:"),
+        "{e}"
+    );
 }
 
 #[test]
