@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One large message at a time through pgopt and PgBouncer, side by side with direct
 # PostgreSQL, in one run: a client (psycopg 3) reads an MB-sized bytea value back in
-# one row, copies it out (COPY TO) and in (COPY FROM), then sends it in a Bind and
-# again inlined in a simple query's text (client-side binding: hex, twice the size).
+# one row, copies it out (COPY TO: one CopyData) and in (COPY FROM: psycopg sends
+# 128 kB pieces), then sends it in a Bind and again inlined in a simple query's text
+# (client-side binding: hex, twice the size).
 # Each proxy is a fresh process per round; with the client still connected, its peak
 # memory (VmHWM) after the rows, and its resident memory (VmRSS) and peak after
 # everything, are read from /proc. Prints wall seconds per target and each proxy's

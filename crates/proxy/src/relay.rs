@@ -572,7 +572,7 @@ impl Relay {
                 reserve_message(&mut self.sbuf, self.max_len);
             }
             if self.client_passing > 0 {
-                self.cbuf.reserve(CLIENT_BUF);
+                self.cbuf.reserve(DIRECT_FRAME);
             } else {
                 reserve_message(&mut self.cbuf, self.max_len);
             }
@@ -1422,7 +1422,15 @@ impl Relay {
     /// client sends the rest (it may never), transaction mode closes it and drops
     /// the rest as it comes, as PostgreSQL would.
     fn end_copy_pass_early(&mut self) {
-        if !self.client_passes() || self.forwarding || !self.between_requests() {
+        // (Not while something waits to be read from this connection once idle: the
+        // settings a statement set, the WAL position after a write.)
+        if !self.client_passes()
+            || self.forwarding
+            || !self.between_requests()
+            || !self.resync.is_empty()
+            || self.ryw.commit_pending
+            || !self.fence_tokens.is_empty()
+        {
             return;
         }
         self.client_pass_drop = true;
@@ -3027,6 +3035,8 @@ impl Relay {
         // Bytes before `copied` are in `out` (or dropped); `edited` once anything was.
         let mut copied = 0;
         let mut edited = !self.out.is_empty();
+        // pgopt's own answers held back while a row is part way to the client.
+        let mut held = None;
         if self.passing > 0 {
             // The rest of a row passed through (see `passing`) comes first.
             let n = self.passing.min(self.sbuf.len());
@@ -3034,13 +3044,19 @@ impl Relay {
             if !self.pass_relay {
                 copied = n; // dropped
                 edited = true;
-            } else if edited {
-                // pgopt's own answers held back meanwhile (see `handle_client`) go
-                // after it.
-                let held = self.out.split();
+            } else if self.passing > 0 {
+                // Still part way: nothing of pgopt's goes out (`sbuf` holds no more).
+                if edited {
+                    held = Some(self.out.split());
+                    edited = false;
+                }
+            } else {
+                // Its end: what follows, answers included, goes after it.
+                let answers = self.out.split();
                 self.out.extend_from_slice(&self.sbuf[..n]);
-                self.out.unsplit(held);
+                self.out.unsplit(answers);
                 copied = n;
+                edited = true;
             }
             pos = n;
         }
@@ -3247,6 +3263,9 @@ impl Relay {
             r
         };
         self.sbuf.advance(pos);
+        if let Some(held) = held {
+            self.out.unsplit(held);
+        }
         // One grown for a large message is not kept while the connection stays lent
         // (a session-mode client holds it for life).
         if grown && self.sbuf.is_empty() {

@@ -1521,6 +1521,49 @@ async fn a_copy_that_fails_part_way_through_a_large_row_lets_its_connection_go()
             assert_eq!(common::read_until(&mut raw, b'E').await, b"E");
         }
     }
+    // A setting a statement before the COPY set is read back from its connection
+    // once the rest is through, not lost with a connection closed early.
+    let proxy = common::start_with(&pg, |c| c.default_pool_size = 1).await;
+    let mut raw = common::raw_login(&proxy).await;
+    let mut batch = common::message(
+        b'Q',
+        b"SELECT set_config('application_name', 'kept', false)\0",
+    );
+    batch.extend(common::message(b'Q', b"COPY t FROM STDIN\0"));
+    raw.write_all(&batch).await.unwrap();
+    assert_eq!(common::read_until(&mut raw, b'G').await, b"TDCSZG");
+    raw.write_all(&failing).await.unwrap();
+    assert_eq!(common::read_until(&mut raw, b'Z').await, b"EZ");
+    raw.write_all(rest).await.unwrap();
+    raw.write_all(&common::message(b'c', b"")).await.unwrap();
+    let other = connect(&proxy).await;
+    // (Not another client's.)
+    assert_ne!(common::value(&other, "SHOW application_name").await, "kept");
+    raw.write_all(&common::message(b'Q', b"SHOW application_name\0"))
+        .await
+        .unwrap();
+    let reply = read_reply(&mut raw).await;
+    assert!(
+        reply.windows(4).any(|w| w == b"kept"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
+/// The bytes `raw` receives up to and including a ReadyForQuery.
+async fn read_reply(raw: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut reply = Vec::new();
+    while !(reply.len() >= 6 && reply[reply.len() - 6] == b'Z') {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .expect("no ReadyForQuery in 10 s")
+            .unwrap();
+        assert!(n > 0, "closed");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    reply
 }
 
 /// The server's md5 of `text`, sent as a bound parameter.
