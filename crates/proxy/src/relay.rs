@@ -784,7 +784,7 @@ impl Relay {
             // before it reads the error): PostgreSQL ignores it, and so does pgopt
             // without a server — no checkout, no wait for routing, for it.
             if self.server.is_none() && matches!(self.cbuf.first(), Some(b'd' | b'c' | b'f')) {
-                if self.start_copy_pass() {
+                if self.cbuf.first() == Some(&b'd') && self.start_copy_pass() {
                     break;
                 }
                 match split_frame(&mut self.cbuf, self.max_len) {
@@ -817,7 +817,7 @@ impl Relay {
             if self.server.is_some() && self.batch_incomplete() {
                 break;
             }
-            if self.start_copy_pass() {
+            if self.cbuf.first() == Some(&b'd') && self.start_copy_pass() {
                 break;
             }
             let frame = match split_frame(&mut self.cbuf, self.max_len) {
@@ -1382,11 +1382,8 @@ impl Relay {
     /// it arrives (see [`Relay::pass_copy_data`]), so a 1 GB row is not held whole.
     /// Its routing is a whole one's: nothing to note, and too large to keep for a run
     /// again or a failover.
-    #[inline]
+    #[cold]
     fn start_copy_pass(&mut self) -> bool {
-        if self.cbuf.first() != Some(&b'd') {
-            return false;
-        }
         let len = match pgopt_wire::peek_header(&self.cbuf, self.max_len) {
             Ok(Some(h)) if h.frame_len() >= PASS_FRAME => h.frame_len(),
             _ => return false,
@@ -1421,6 +1418,7 @@ impl Relay {
     /// only to drop, and owes nothing: rather than hold the connection until the
     /// client sends the rest (it may never), transaction mode closes it and drops
     /// the rest as it comes, as PostgreSQL would.
+    #[cold]
     fn end_copy_pass_early(&mut self) {
         // (Not while something waits to be read from this connection once idle: the
         // settings a statement set, the WAL position after a write.)
@@ -4186,11 +4184,13 @@ impl Relay {
     }
 
     /// Nothing owed, no transaction open, nothing half-read: the server may serve others.
+    #[inline]
     fn server_idle(&self) -> bool {
         self.between_requests() && !self.client_passes()
     }
 
     /// [`Relay::server_idle`] but for a client's CopyData part way through.
+    #[inline]
     fn between_requests(&self) -> bool {
         !(self.open_batch && self.server.is_some())
             && self.expected.is_empty()
@@ -4203,6 +4203,7 @@ impl Relay {
 
     /// A client's CopyData is part way to the server: it holds the connection, and
     /// pgopt sends the server nothing of its own, until the rest is through.
+    #[inline]
     fn client_passes(&self) -> bool {
         self.client_passing > 0 && !self.client_pass_drop
     }
