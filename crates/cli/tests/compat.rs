@@ -408,17 +408,8 @@ fn read_rows(psql: &mut Child, pause: Duration) -> Result<(), String> {
 
 #[test]
 fn a_200_mb_result_streams_through_the_proxy_in_bounded_memory() {
-    let pg = Postgres::builder()
-        .preload_extensions(false)
-        .start_blocking()
-        .expect("starting PostgreSQL");
-    let proxy = ProxyProcess::start(&Setup {
-        name: "stream",
-        upstream: pg.url("postgres"),
-        mode: "transaction",
-        auth: "trust",
-        users: &[],
-    });
+    let pg = plain_postgres();
+    let proxy = trust_proxy(&pg, "stream", "transaction");
     let psql = |sql: &str| {
         let mut cmd = Command::new(pg.binaries().program("psql"));
         cmd.args(["-h", "127.0.0.1", "-p", &proxy.port.to_string()])
@@ -590,18 +581,9 @@ fn a_large_row_goes_through_either_way_as_it_arrives() {
     // A row from the server, in a simple query's result, an extended one's and a COPY
     // TO's, and one to it in a COPY FROM: passed on as its bytes come, so the proxy's
     // peak memory stays about where it was (PgBouncer's way), in both pool modes.
-    let pg = Postgres::builder()
-        .preload_extensions(false)
-        .start_blocking()
-        .expect("starting PostgreSQL");
+    let pg = plain_postgres();
     for mode in ["transaction", "session"] {
-        let proxy = ProxyProcess::start(&Setup {
-            name: "rows",
-            upstream: pg.url("postgres"),
-            mode,
-            auth: "trust",
-            users: &[],
-        });
+        let proxy = trust_proxy(&pg, "rows", mode);
         let (mut wr, mut rd) = log_in(proxy.port).unwrap();
         let mut create = Vec::new();
         message(
@@ -682,18 +664,9 @@ fn a_large_row_goes_through_either_way_as_it_arrives() {
 fn a_server_lost_part_way_through_a_row_closes_the_client_without_a_stray_error() {
     // The client has had part of a row when its server backend ends: an error now
     // would read as the row's bytes, so pgopt closes the connection without one.
-    let pg = Postgres::builder()
-        .preload_extensions(false)
-        .start_blocking()
-        .expect("starting PostgreSQL");
+    let pg = plain_postgres();
     for mode in ["transaction", "session"] {
-        let proxy = ProxyProcess::start(&Setup {
-            name: "lost",
-            upstream: pg.url("postgres"),
-            mode,
-            auth: "trust",
-            users: &[],
-        });
+        let proxy = trust_proxy(&pg, "lost", mode);
         let (mut wr, mut rd) = log_in(proxy.port).unwrap();
         wr.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut query = Vec::new();
@@ -725,6 +698,25 @@ fn a_server_lost_part_way_through_a_row_closes_the_client_without_a_stray_error(
     }
 }
 
+/// A PostgreSQL without preloaded extensions, for the proxy tests below.
+fn plain_postgres() -> Postgres {
+    Postgres::builder()
+        .preload_extensions(false)
+        .start_blocking()
+        .expect("starting PostgreSQL")
+}
+
+/// The pgopt binary in pool mode `mode`, trusting every client, in front of `pg`.
+fn trust_proxy(pg: &Postgres, name: &str, mode: &str) -> ProxyProcess {
+    ProxyProcess::start(&Setup {
+        name,
+        upstream: pg.url("postgres"),
+        mode,
+        auth: "trust",
+        users: &[],
+    })
+}
+
 /// One message larger than anything else a session sends or gets.
 const BIG_MESSAGE: usize = 64 << 20;
 
@@ -752,18 +744,9 @@ fn one_large_message_costs_about_its_size_and_is_not_kept() {
     // whole message at a time (read whole, then queued for the server as it came, not
     // copied), then gives the room back, also while the client stays connected
     // (session mode: connected to the same server connection for life).
-    let pg = Postgres::builder()
-        .preload_extensions(false)
-        .start_blocking()
-        .expect("starting PostgreSQL");
+    let pg = plain_postgres();
     for mode in ["transaction", "session"] {
-        let proxy = ProxyProcess::start(&Setup {
-            name: "large",
-            upstream: pg.url("postgres"),
-            mode,
-            auth: "trust",
-            users: &[],
-        });
+        let proxy = trust_proxy(&pg, "large", mode);
         let (mut wr, mut rd) = log_in(proxy.port).unwrap();
         let (rss_before, peak_before) = (memory(proxy.pid(), "VmRSS:"), peak_rss(proxy.pid()));
         let value = "y".repeat(BIG_MESSAGE);

@@ -1377,11 +1377,12 @@ impl Relay {
         true
     }
 
-    /// A large CopyData part way here (of [`PASS_FRAME`] or more, in a COPY FROM the
-    /// server has begun): what came of it goes to the server at once, and the rest as
-    /// it arrives (see [`Relay::pass_copy_data`]), so a 1 GB row is not held whole.
-    /// Its routing is a whole one's: nothing to note, and too large to keep for a run
-    /// again or a failover.
+    /// A large CopyData part way here (of [`PASS_FRAME`] or more): what came of it
+    /// goes to the server at once, and the rest as it arrives (see
+    /// [`Relay::pass_copy_data`]), so a 1 GB row is not held whole; or is dropped as
+    /// it comes where a whole one would be. Its routing is a whole one's: nothing to
+    /// note, a write for read-your-writes, and too large to keep for a run again or a
+    /// failover.
     #[cold]
     fn start_copy_pass(&mut self) -> bool {
         let len = match pgopt_wire::peek_header(&self.cbuf, self.max_len) {

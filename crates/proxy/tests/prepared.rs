@@ -1550,6 +1550,61 @@ async fn a_copy_that_fails_part_way_through_a_large_row_lets_its_connection_go()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_rows_pass_both_ways_at_once() {
+    // A client pipelines a query whose row is 4 MB, a COPY FROM and a CopyData of
+    // 4 MB behind it, without waiting: the server sends the row while the CopyData is
+    // part way through pgopt (each passed on as it comes), then takes the data.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LEN: usize = 4 << 20;
+    let (pg, proxy) = start(1).await;
+    pg.psql("CREATE TABLE t (v text)").unwrap();
+    let raw = common::raw_login(&proxy).await;
+    let (mut rd, mut wr) = raw.into_split();
+    let mut batch = common::message(b'Q', format!("SELECT repeat('r', {LEN})\0").as_bytes());
+    batch.extend(common::message(b'Q', b"COPY t FROM STDIN\0"));
+    let mut row = vec![b'w'; LEN];
+    row.push(b'\n');
+    batch.extend(common::message(b'd', &row));
+    batch.extend(common::message(b'c', b""));
+    // The CopyData in two parts, the row coming back between them.
+    let writer = tokio::spawn(async move {
+        let (first, rest) = batch.split_at(batch.len() - LEN / 2);
+        wr.write_all(first).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        wr.write_all(rest).await.unwrap();
+        wr
+    });
+    // Every message, with the DataRow's value checked as it is read.
+    let mut tags = Vec::new();
+    let mut readies = 0;
+    while readies < 2 {
+        let mut head = [0u8; 5];
+        rd.read_exact(&mut head).await.unwrap();
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        rd.read_exact(&mut body).await.unwrap();
+        if head[0] == b'D' {
+            assert_eq!(body.len(), 6 + LEN);
+            assert!(body[6..].iter().all(|&b| b == b'r'), "the row's bytes");
+        }
+        readies += usize::from(head[0] == b'Z');
+        tags.push(head[0]);
+    }
+    assert_eq!(tags, b"TDCZGCZ");
+    let _wr = writer.await.unwrap();
+    let client = connect(&proxy).await;
+    let row = client
+        .query_one(
+            "SELECT count(*), sum(length(v)) FROM t WHERE v ~ '^w+$'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1);
+    assert_eq!(row.get::<_, i64>(1), LEN as i64);
+}
+
 /// The bytes `raw` receives up to and including a ReadyForQuery.
 async fn read_reply(raw: &mut tokio::net::TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
