@@ -579,8 +579,9 @@ fn pipeline_behind_a_big_result(port: u16, rows_sql: &str) -> Result<(), String>
 #[test]
 fn a_large_row_goes_through_either_way_as_it_arrives() {
     // A row from the server, in a simple query's result, an extended one's and a COPY
-    // TO's, and one to it in a COPY FROM: passed on as its bytes come, so the proxy's
-    // peak memory stays about where it was (PgBouncer's way), in both pool modes.
+    // TO's, and a value to it in a COPY FROM and in two Binds: passed on as its bytes
+    // come, so the proxy's peak memory stays about where it was (PgBouncer's way), in
+    // both pool modes.
     let pg = plain_postgres();
     for mode in ["transaction", "session"] {
         let proxy = trust_proxy(&pg, "rows", mode);
@@ -607,11 +608,37 @@ fn a_large_row_goes_through_either_way_as_it_arrives() {
             b'Q',
             format!("COPY ({sql}) TO STDOUT\0").as_bytes(),
         );
+        // A value to the server in a Bind: of a statement prepared before, and of
+        // the unnamed one in the same batch.
+        let mut prepare = Vec::new();
+        message(&mut prepare, b'P', b"big\0SELECT length($1::text)\0\0\0");
+        message(&mut prepare, b'S', b"");
+        let mut bind = b"\0big\0\0\0\0\x01".to_vec();
+        bind.extend_from_slice(&(BIG_MESSAGE as u32).to_be_bytes());
+        bind.resize(bind.len() + BIG_MESSAGE, b'v');
+        bind.extend_from_slice(b"\0\0");
+        let mut named = Vec::new();
+        message(&mut named, b'B', &bind);
+        message(&mut named, b'E', b"\0\0\0\0\0");
+        message(&mut named, b'S', b"");
+        let mut unnamed = Vec::new();
+        message(&mut unnamed, b'P', b"\0SELECT length($1::text)\0\0\0");
+        bind.remove(1);
+        bind.remove(1);
+        bind.remove(1);
+        message(&mut unnamed, b'B', &bind);
+        drop(bind);
+        message(&mut unnamed, b'E', b"\0\0\0\0\0");
+        message(&mut unnamed, b'S', b"");
+        let length = BIG_MESSAGE.to_string();
         for (what, batch, want) in [
             ("simple", simple, format!("{BIG_MESSAGE} bytes")),
             ("extended", extended, format!("{BIG_MESSAGE} bytes")),
             // (The row and its newline.)
             ("COPY", copy, format!("{} bytes copied", BIG_MESSAGE + 1)),
+            ("Parse", prepare, String::new()),
+            ("named Bind", named, length.clone()),
+            ("unnamed Bind", unnamed, length),
         ] {
             let got = round_trip(&mut wr, &mut rd, &batch);
             assert_eq!(
@@ -649,7 +676,7 @@ fn a_large_row_goes_through_either_way_as_it_arrives() {
         );
         let peak = peak_rss(proxy.pid());
         eprintln!(
-            "{mode}: pgopt proxy peak RSS {:.1} MB before, {:.1} MB after 4 rows of {} MB",
+            "{mode}: pgopt proxy peak RSS {:.1} MB before, {:.1} MB after 6 values of {} MB",
             peak_before as f64 / 1048576.0,
             peak as f64 / 1048576.0,
             BIG_MESSAGE >> 20,

@@ -137,6 +137,17 @@ fn is_going_away(body: &[u8]) -> bool {
         || matches!(error_code(body), Some(b"57P01" | b"57P02" | b"57P03"))
 }
 
+/// A large Bind passed through (see [`Relay::bind_stand_in`]).
+struct BindPass {
+    /// What had come of it: its head and the start of its values.
+    original: Bytes,
+    /// The values that had come (a slice of `original`), and the length of them all.
+    values: Bytes,
+    values_len: usize,
+    /// Its bytes still to come.
+    left: usize,
+}
+
 pub struct Relay {
     client: ClientStream,
     /// Client bytes not yet handled: at most a partial message.
@@ -160,6 +171,9 @@ pub struct Relay {
     /// The last of a CopyData passed through is queued: once sent, what waited for
     /// the connection to be idle (which it could not be meanwhile) runs.
     copy_passed: bool,
+    /// A large Bind part way here, routed by a stand-in of its head (see
+    /// [`Relay::bind_stand_in`]) until the stand-in is queued, which queues this.
+    bind_pass: Option<BindPass>,
     /// Messages for the client when some are dropped or made up.
     out: BytesMut,
     to_server: BytesMut,
@@ -415,6 +429,7 @@ impl Relay {
             client_passing: 0,
             client_pass_drop: false,
             copy_passed: false,
+            bind_pass: None,
             forwarding: false,
             out: BytesMut::new(),
             to_server: BytesMut::new(),
@@ -777,6 +792,7 @@ impl Relay {
             self.pass_copy_data();
         }
         loop {
+            self.settle_bind_pass();
             if self.client_passing > 0 {
                 break;
             }
@@ -820,10 +836,17 @@ impl Relay {
             if self.cbuf.first() == Some(&b'd') && self.start_copy_pass() {
                 break;
             }
-            let frame = match split_frame(&mut self.cbuf, self.max_len) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => return Err(self.client_protocol_error(e).await),
+            let stand_in = match self.cbuf.first() {
+                Some(b'B') => self.bind_stand_in(),
+                _ => None,
+            };
+            let frame = match stand_in {
+                Some(frame) => frame,
+                None => match split_frame(&mut self.cbuf, self.max_len) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => return Err(self.client_protocol_error(e).await),
+                },
             };
             if frame.tag() == b'X' {
                 terminate = true;
@@ -844,6 +867,7 @@ impl Relay {
             if self.server.is_none()
                 && self.serve_cache
                 && matches!(frame.tag(), b'Q' | b'P' | b'B')
+                && self.bind_pass.is_none()
             {
                 // Timed from the read (see `clock`).
                 let started = self.clock;
@@ -875,18 +899,25 @@ impl Relay {
             } else if self.ryw.batch_ended && self.routes.is_some() && !self.ryw.wrote {
                 // A later batch on the primary, pipelined behind a read or in the same
                 // transaction: a write in it must hold the client's next reads back.
-                self.ryw.wrote = !crate::routing::read_only_batch(
-                    &frame,
-                    &self.cbuf,
-                    self.max_len,
-                    &self.shared.analyzer,
-                    |name| self.statements.query_of(name),
-                );
+                // (What follows a large Bind passed through is not here: taken as one.)
+                self.ryw.wrote = self.bind_pass.is_some()
+                    || !crate::routing::read_only_batch(
+                        &frame,
+                        &self.cbuf,
+                        self.max_len,
+                        &self.shared.analyzer,
+                        |name| self.statements.query_of(name),
+                    );
             }
             if frame.tag() == b'B' && self.check_shape_first(&frame) {
-                // The Bind waits for the answer, back in front of the client's bytes.
-                let mut cbuf = BytesMut::with_capacity(frame.as_bytes().len() + self.cbuf.len());
-                cbuf.extend_from_slice(frame.as_bytes());
+                // The Bind waits for the answer, back in front of the client's bytes
+                // (one passed through as it came, to be passed when it goes on).
+                let bytes = match self.bind_pass.take() {
+                    Some(pass) => pass.original,
+                    None => frame.as_bytes().clone(),
+                };
+                let mut cbuf = BytesMut::with_capacity(bytes.len() + self.cbuf.len());
+                cbuf.extend_from_slice(&bytes);
                 cbuf.extend_from_slice(&self.cbuf);
                 self.cbuf = cbuf;
                 self.paused = true;
@@ -897,10 +928,16 @@ impl Relay {
                 self.query_start = Some(now);
                 self.xact_start.get_or_insert(now);
             }
+            let standing_in = self.bind_pass.is_some();
             if let Err(e) = self.route(&frame) {
                 return Err(self.client_protocol_error(e).await);
             }
+            if standing_in && !self.replay.as_ref().is_some_and(Replay::is_complete) {
+                // (It kept the stand-in: the batch can't run again.)
+                self.replay = None;
+            }
         }
+        self.settle_bind_pass();
         if !self.nothing_outgoing() {
             self.forward().await?;
         }
@@ -1375,6 +1412,99 @@ impl Relay {
             self.abandon_fill();
         }
         true
+    }
+
+    /// A Bind of [`KEPT_CLIENT_BUF`] or more (past what the cache looks up) part way
+    /// here, its two names in: it is routed by a stand-in, a Bind of the same names
+    /// with no values, and goes to the server as it came (renamed in transaction
+    /// mode), its values as they arrive (see `client_passing`), instead of being held
+    /// whole. Not where the values or what follows the Bind are read: in a failed
+    /// transaction (answered from the statement's description), for a statement whose
+    /// result shape may have changed (the client's Describe after it is looked for),
+    /// in a COPY, while a batch runs again.
+    #[cold]
+    fn bind_stand_in(&mut self) -> Option<Frame> {
+        let len = match pgopt_wire::peek_header(&self.cbuf, self.max_len) {
+            Ok(Some(h)) if h.frame_len() >= KEPT_CLIENT_BUF => h.frame_len(),
+            _ => return None,
+        };
+        if len <= self.cbuf.len()
+            || self.status == TransactionStatus::Failed
+            || self.copy_in
+            || self.dropping
+            || self.shape_checking.is_some()
+        {
+            return None;
+        }
+        let body = &self.cbuf[5..];
+        let portal_end = body.iter().position(|&b| b == 0)?;
+        let statement_end = portal_end + 1 + body[portal_end + 1..].iter().position(|&b| b == 0)?;
+        let portal = std::str::from_utf8(&body[..portal_end]).ok()?;
+        let statement = std::str::from_utf8(&body[portal_end + 1..statement_end]).ok()?;
+        if self.rewrite && !statement.is_empty() {
+            let epoch = self.pool.plan_epoch();
+            if let Some(s) = self.statements.get_mut(statement) {
+                if s.epoch != epoch && self.pool.invalidated_since(s.prepared.id, s.epoch) {
+                    return None;
+                }
+            }
+        }
+        let mut stand_in = BytesMut::new();
+        let names = portal.len() + 1 + statement.len() + 1;
+        stand_in.extend_from_slice(b"B");
+        stand_in.extend_from_slice(&(4 + names as u32 + 6).to_be_bytes());
+        for name in [portal, statement] {
+            stand_in.extend_from_slice(name.as_bytes());
+            stand_in.extend_from_slice(b"\0");
+        }
+        // No parameter formats, no values, no result formats.
+        stand_in.extend_from_slice(&[0; 6]);
+        let frame = Frame::from_bytes(stand_in.freeze(), self.max_len).ok()?;
+        let head = 5 + names;
+        let original = self.cbuf.split().freeze();
+        self.bind_pass = Some(BindPass {
+            values: original.slice(head..),
+            values_len: len - head,
+            left: len - original.len(),
+            original,
+        });
+        // Too large to keep for a failover (nor, below, for a run again).
+        self.failover = None;
+        Some(frame)
+    }
+
+    /// Queues the Bind passed through under `portal` and `statement` (the server's
+    /// name): its head anew, then its values as they came and as they come. `false`
+    /// when its length can't be written (the Int32 it is).
+    fn queue_bind_pass(&mut self, portal: &str, statement: &str) -> bool {
+        let Some(pass) = self.bind_pass.take() else {
+            return false;
+        };
+        let len = 4 + portal.len() + 1 + statement.len() + 1 + pass.values_len;
+        let Ok(len) = i32::try_from(len) else {
+            self.bind_pass = Some(pass);
+            return false;
+        };
+        self.to_server.extend_from_slice(b"B");
+        self.to_server.extend_from_slice(&len.to_be_bytes());
+        for name in [portal, statement] {
+            self.to_server.extend_from_slice(name.as_bytes());
+            self.to_server.extend_from_slice(b"\0");
+        }
+        self.to_server_direct
+            .push((self.to_server.len(), pass.values));
+        self.client_passing = pass.left;
+        self.client_pass_drop = false;
+        true
+    }
+
+    /// A Bind passed through that its stand-in's routing did not queue (skipped after
+    /// an error, refused, answered by pgopt): the rest of it is dropped as it comes.
+    fn settle_bind_pass(&mut self) {
+        if let Some(pass) = self.bind_pass.take() {
+            self.client_passing = pass.left;
+            self.client_pass_drop = true;
+        }
     }
 
     /// A large CopyData part way here (of [`PASS_FRAME`] or more): what came of it
@@ -3839,7 +3969,9 @@ impl Relay {
     /// `routing.rs`), else on the primary. A replica that fails to connect leaves the
     /// rotation and the next one is tried, the primary last.
     async fn checkout(&mut self, first: &Frame) -> Lending {
+        // (A large Bind passed through: what follows it is not here to judge.)
         let read_only = self.routes.is_some()
+            && self.bind_pass.is_none()
             && crate::routing::read_only_batch(
                 first,
                 &self.cbuf,
@@ -4134,6 +4266,12 @@ impl Relay {
     /// Queues a client message for the server as it came: a large one by reference
     /// (no copy of a bulk value; see `to_server_direct`).
     fn queue_frame(&mut self, frame: &Frame) {
+        if frame.tag() == b'B' && self.bind_pass.is_some() {
+            if let Ok(bind) = BindHead::decode(frame.body()) {
+                self.queue_bind_pass(bind.portal, bind.statement);
+                return;
+            }
+        }
         if frame.as_bytes().len() >= DIRECT_FRAME {
             let at = self.to_server.len();
             self.to_server_direct.push((at, frame.as_bytes().clone()));
@@ -4146,6 +4284,9 @@ impl Relay {
     /// statement: a large one's head is written anew, its values queued as they came.
     /// `false` when it can't be encoded.
     fn queue_renamed_bind(&mut self, bind: &BindHead<'_>, name: &str, frame: &Frame) -> bool {
+        if self.bind_pass.is_some() {
+            return self.queue_bind_pass(bind.portal, name);
+        }
         let whole = frame.as_bytes();
         if whole.len() < DIRECT_FRAME {
             return bind.encode_renamed(name, &mut self.to_server).is_ok();

@@ -1605,6 +1605,71 @@ async fn large_rows_pass_both_ways_at_once() {
     assert_eq!(row.get::<_, i64>(1), LEN as i64);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_binds_pass_through_or_go_as_the_server_would_take_them() {
+    // Binds of 256 kB or more go to the server as they arrive: in session mode, after
+    // a Parse pgopt refuses (the rest dropped as it comes, as the server would skip
+    // it), and in a failed transaction (held whole: pgopt answers from the
+    // statement's description there).
+    use tokio::io::AsyncWriteExt;
+    let value =
+        |len: usize| -> String { (0..len).map(|i| (b'a' + (i % 23) as u8) as char).collect() };
+    let pg = Postgres::start().await.unwrap();
+    pg.psql("CREATE TABLE big (id int, v text)").unwrap();
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let proxy = common::start_with(&pg, |c| {
+            c.pool_mode = mode;
+            c.default_pool_size = 1;
+        })
+        .await;
+        let client = connect(&proxy).await;
+        let insert = client
+            .prepare("INSERT INTO big VALUES ($1, $2)")
+            .await
+            .unwrap();
+        let check = client
+            .prepare("SELECT length(v), v = $2 FROM big WHERE id = $1")
+            .await
+            .unwrap();
+        let id = if mode == PoolMode::Session { 1 } else { 2 };
+        let v = value(1_500_000);
+        assert_eq!(client.execute(&insert, &[&id, &v]).await.unwrap(), 1);
+        let row = client.query_one(&check, &[&id, &v]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 1_500_000, "{mode:?}");
+        assert!(row.get::<_, bool>(1), "{mode:?}: the value differs");
+        // In a failed transaction: the server's 25P02, then the rollback.
+        client.batch_execute("BEGIN").await.unwrap();
+        assert!(client.batch_execute("SELECT 1 / 0").await.is_err());
+        let err = client.execute(&insert, &[&9, &v]).await.unwrap_err();
+        assert_eq!(common::code(&err), Some("25P02"), "{mode:?}: {err}");
+        client.batch_execute("ROLLBACK").await.unwrap();
+        if mode == PoolMode::Transaction {
+            // A Parse pgopt refuses, a large Bind behind it in the same batch: the
+            // error, then the ReadyForQuery of the batch's Sync; nothing of it ran.
+            let mut raw = common::raw_login(&proxy).await;
+            let mut batch = common::message(b'P', b"\0LISTEN x\0\0\0");
+            let mut bind = b"\0\0\0\0\0\x01".to_vec();
+            bind.extend_from_slice(&(1_000_000u32).to_be_bytes());
+            bind.resize(bind.len() + 1_000_000, b'q');
+            bind.extend_from_slice(b"\0\0");
+            batch.extend(common::message(b'B', &bind));
+            batch.extend(common::message(b'E', b"\0\0\0\0\0"));
+            batch.extend(common::message(b'S', b""));
+            raw.write_all(&batch).await.unwrap();
+            assert_eq!(common::read_until(&mut raw, b'Z').await, b"EZ");
+            raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
+                .await
+                .unwrap();
+            assert_eq!(common::read_until(&mut raw, b'Z').await, b"TDCZ");
+        }
+        let row = client
+            .query_one("SELECT count(*) FROM big", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), id as i64, "{mode:?}");
+    }
+}
+
 /// The bytes `raw` receives up to and including a ReadyForQuery.
 async fn read_reply(raw: &mut tokio::net::TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
