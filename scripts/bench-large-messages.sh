@@ -5,9 +5,9 @@
 # 128 kB pieces), then sends it in a Bind and again inlined in a simple query's text
 # (client-side binding: hex, twice the size).
 # Each proxy is a fresh process per round; with the client still connected, its peak
-# memory (VmHWM) after the rows, and its resident memory (VmRSS) and peak after
-# everything, are read from /proc. Prints wall seconds per target and each proxy's
-# memory in MB.
+# memory (VmHWM) after the rows and after the Bind, and its resident memory (VmRSS)
+# and peak after everything, are read from /proc. Prints wall seconds per target and
+# each proxy's memory in MB.
 #
 # usage: scripts/bench-large-messages.sh [MB=64] [ROUNDS=3]
 #        PGOPT_BIN=FILE scripts/bench-large-messages.sh ...   (another pgopt build;
@@ -73,6 +73,8 @@ with psycopg.connect(dsn(port), autocommit=True) as conn:
     time.sleep(0.2)
     _, rows_peak = memory()
     conn.execute("INSERT INTO blobs (b) VALUES (%b)", (value,))
+    time.sleep(0.2)
+    _, bind_peak = memory()
     with psycopg.ClientCursor(conn) as cur:
         cur.execute("INSERT INTO blobs (b) VALUES (%s)", (value,))
     n = conn.execute("SELECT count(*) FROM blobs WHERE b = %b", (value,)).fetchone()[0]
@@ -80,18 +82,18 @@ with psycopg.connect(dsn(port), autocommit=True) as conn:
     wall = time.time() - t0
     time.sleep(0.2)
     rss, peak = memory()
-print(f"{wall:.2f} {rss} {rows_peak} {peak}")
+print(f"{wall:.2f} {rss} {rows_peak} {bind_peak} {peak}")
 PY
 
 printf '%s, %s MB values, %s, %s cores\n' "$(date -u +%F)" "$mb" "$PGOPT_BIN" "$(nproc)"
-printf '%-6s %9s | %12s %5s %10s %6s | %8s %5s %10s %6s\n' round "direct s" \
-  "PgBouncer s" RSS "rows peak" peak "pgopt s" RSS "rows peak" peak
+printf '%-6s %9s | %12s %5s %10s %10s %6s | %8s %5s %10s %10s %6s\n' round "direct s" \
+  "PgBouncer s" RSS "rows peak" "Bind peak" peak "pgopt s" RSS "rows peak" "Bind peak" peak
 for round in $(seq "$rounds"); do
-  read -r direct _ _ _ < <("$python" "$tmp/client.py" "$pg_port" "$pg_port" "$mb" -)
+  read -r direct _ _ _ _ < <("$python" "$tmp/client.py" "$pg_port" "$pg_port" "$mb" -)
   "${as_pg[@]}" pgbouncer "$tmp/pgbouncer.ini" >/dev/null 2>&1 &
   for _ in $(seq 50); do [ -s "$tmp/pgbouncer.pid" ] && "$bindir/pg_isready" -q -h 127.0.0.1 -p "$proxy_port" && break; sleep 0.1; done
   proxy_pid=$(cat "$tmp/pgbouncer.pid")
-  read -r bouncer bouncer_rss bouncer_rows bouncer_peak < <("$python" "$tmp/client.py" "$proxy_port" "$pg_port" "$mb" "$proxy_pid")
+  read -r bouncer bouncer_rss bouncer_rows bouncer_bind bouncer_peak < <("$python" "$tmp/client.py" "$proxy_port" "$pg_port" "$mb" "$proxy_pid")
   kill "$proxy_pid"; while kill -0 "$proxy_pid" 2>/dev/null; do sleep 0.1; done; proxy_pid=
   rm -f "$tmp/pgbouncer.pid"
   RUST_LOG=error "$PGOPT_BIN" proxy --listen "127.0.0.1:$proxy_port" \
@@ -99,9 +101,9 @@ for round in $(seq "$rounds"); do
     --pool-mode transaction --pool-size 4 >/dev/null 2>&1 &
   proxy_pid=$!
   for _ in $(seq 50); do "$bindir/pg_isready" -q -h 127.0.0.1 -p "$proxy_port" && break; sleep 0.1; done
-  read -r pgopt pgopt_rss pgopt_rows pgopt_peak < <("$python" "$tmp/client.py" "$proxy_port" "$pg_port" "$mb" "$proxy_pid")
+  read -r pgopt pgopt_rss pgopt_rows pgopt_bind pgopt_peak < <("$python" "$tmp/client.py" "$proxy_port" "$pg_port" "$mb" "$proxy_pid")
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=
-  printf '%-6s %9s | %12s %5s %10s %6s | %8s %5s %10s %6s\n' "$round" "$direct" \
-    "$bouncer" "$bouncer_rss" "$bouncer_rows" "$bouncer_peak" \
-    "$pgopt" "$pgopt_rss" "$pgopt_rows" "$pgopt_peak"
+  printf '%-6s %9s | %12s %5s %10s %10s %6s | %8s %5s %10s %10s %6s\n' "$round" "$direct" \
+    "$bouncer" "$bouncer_rss" "$bouncer_rows" "$bouncer_bind" "$bouncer_peak" \
+    "$pgopt" "$pgopt_rss" "$pgopt_rows" "$pgopt_bind" "$pgopt_peak"
 done
