@@ -291,7 +291,9 @@ impl Tracker {
 
     /// A Bind of `statement` into `portal`; `frame` is the whole message, decoded
     /// only if its parameters are wanted.
-    pub fn on_bind(&mut self, portal: &str, statement: &str, frame: &[u8]) {
+    /// `frame`: the whole Bind, `None` for one passed through as it came (its
+    /// values not shown).
+    pub fn on_bind(&mut self, portal: &str, statement: &str, frame: Option<&[u8]>) {
         let analysis = if statement.is_empty() {
             self.unnamed_statement.clone()
         } else {
@@ -304,7 +306,8 @@ impl Tracker {
         }
         // (A larger one, a bulk value, is not copied: its parameters are not shown.)
         self.last_bind.clear();
-        if frame.len() <= MAX_KEPT_TEXT {
+        let frame = frame.unwrap_or(&[]);
+        if !frame.is_empty() && frame.len() <= MAX_KEPT_TEXT {
             self.last_bind.extend_from_slice(frame);
         } else if self.last_bind.capacity() > MAX_KEPT_TEXT {
             self.last_bind = BytesMut::new();
@@ -756,7 +759,7 @@ mod tests {
             }
             .encode(&mut frame)
             .unwrap();
-            tracker.on_bind("", "", &frame);
+            tracker.on_bind("", "", Some(&frame));
             tracker.on_execute("", Instant::now());
             tracker.on_sync();
             tracker.on_server(b'C', b"SELECT 1\0", false, false, Instant::now());

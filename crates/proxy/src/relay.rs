@@ -90,6 +90,10 @@ const DIRECT_FRAME: usize = 64 * 1024;
 /// cache may store it (it is held whole then, up to `cache.max_result_bytes`).
 const PASS_FRAME: usize = 64 * 1024;
 
+/// How far into a large Bind its two names are looked for (PostgreSQL's names are at
+/// most 63 bytes): one whose names run longer is held whole.
+const MAX_BIND_NAMES: usize = 1024;
+
 /// What a client buffer given back starts again with.
 const CLIENT_BUF: usize = 8 * 1024;
 
@@ -553,12 +557,13 @@ impl Relay {
             let has_server = self.server.is_some();
             // (Also a client that stopped part way through a CopyData after the server
             // ended the COPY: it holds the connection, owed nothing.)
+            // A client part way through a message passed to the server is waited for
+            // as one idle in transaction is (its server waits on it, owing nothing).
             let idle_in_transaction = has_server
                 && !self.idle_transaction_timeout.is_zero()
-                && (self.status != TransactionStatus::Idle
-                    || self.open_batch
-                    || self.client_passes())
-                && self.expected.is_empty();
+                && (self.client_passes()
+                    || (self.status != TransactionStatus::Idle || self.open_batch)
+                        && self.expected.is_empty());
             // As PgBouncer's: not a client holding a server connection (session mode).
             let idle_client = !has_server
                 && !self.client_idle_timeout.is_zero()
@@ -712,7 +717,8 @@ impl Relay {
     /// when the request it works on runs past it. A ReadyForQuery ends a request, so
     /// each one in a pipeline gets the whole time from when the one before it ended.
     fn query_deadline(&mut self) -> Option<Instant> {
-        if self.expected.is_empty() {
+        // (Not while the server waits for the rest of a client's message.)
+        if self.expected.is_empty() || self.client_passes() {
             self.query_since = None;
             return None;
         }
@@ -792,7 +798,9 @@ impl Relay {
             self.pass_copy_data();
         }
         loop {
-            self.settle_bind_pass();
+            if self.bind_pass.is_some() {
+                self.settle_bind_pass();
+            }
             if self.client_passing > 0 {
                 break;
             }
@@ -836,8 +844,14 @@ impl Relay {
             if self.cbuf.first() == Some(&b'd') && self.start_copy_pass() {
                 break;
             }
-            let stand_in = match self.cbuf.first() {
-                Some(b'B') => self.bind_stand_in(),
+            // (Only a Bind past the cache's limit and not all here is looked at.)
+            let stand_in = match self.cbuf.get(..5) {
+                Some([b'B', len @ ..])
+                    if u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize
+                        >= KEPT_CLIENT_BUF =>
+                {
+                    self.bind_stand_in()
+                }
                 _ => None,
             };
             let frame = match stand_in {
@@ -937,7 +951,9 @@ impl Relay {
                 self.replay = None;
             }
         }
-        self.settle_bind_pass();
+        if self.bind_pass.is_some() {
+            self.settle_bind_pass();
+        }
         if !self.nothing_outgoing() {
             self.forward().await?;
         }
@@ -1428,7 +1444,9 @@ impl Relay {
             Ok(Some(h)) if h.frame_len() >= KEPT_CLIENT_BUF => h.frame_len(),
             _ => return None,
         };
+        // (With replicas: the batch behind it must be seen to route it.)
         if len <= self.cbuf.len()
+            || self.routes.is_some()
             || self.status == TransactionStatus::Failed
             || self.copy_in
             || self.dropping
@@ -1436,7 +1454,9 @@ impl Relay {
         {
             return None;
         }
-        let body = &self.cbuf[5..];
+        // The two names, looked for in the first bytes only (a read at a time must not
+        // scan again what came before).
+        let body = &self.cbuf[5..self.cbuf.len().min(5 + MAX_BIND_NAMES)];
         let portal_end = body.iter().position(|&b| b == 0)?;
         let statement_end = portal_end + 1 + body[portal_end + 1..].iter().position(|&b| b == 0)?;
         let portal = std::str::from_utf8(&body[..portal_end]).ok()?;
@@ -1500,6 +1520,7 @@ impl Relay {
 
     /// A Bind passed through that its stand-in's routing did not queue (skipped after
     /// an error, refused, answered by pgopt): the rest of it is dropped as it comes.
+    #[cold]
     fn settle_bind_pass(&mut self) {
         if let Some(pass) = self.bind_pass.take() {
             self.client_passing = pass.left;
@@ -2102,7 +2123,8 @@ impl Relay {
             }
             b'B' => {
                 let bind = BindHead::decode(frame.body())?;
-                tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
+                let whole = self.bind_pass.is_none().then(|| &frame.as_bytes()[..]);
+                tracker.on_bind(bind.portal, bind.statement, whole);
             }
             b'C' => {
                 let close = Close::decode(frame.body())?;
@@ -2227,7 +2249,8 @@ impl Relay {
                 // Only the names are read; the parameters go on as bytes.
                 let bind = BindHead::decode(body)?;
                 if let Some(tracker) = self.tracker.as_mut() {
-                    tracker.on_bind(bind.portal, bind.statement, frame.as_bytes());
+                    let whole = self.bind_pass.is_none().then(|| &frame.as_bytes()[..]);
+                    tracker.on_bind(bind.portal, bind.statement, whole);
                 }
                 if bind.statement.is_empty() {
                     if let Some(names) = self.unnamed_read_back.clone() {

@@ -1607,10 +1607,11 @@ async fn large_rows_pass_both_ways_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_binds_pass_through_or_go_as_the_server_would_take_them() {
-    // Binds of 256 kB or more go to the server as they arrive: in session mode, after
-    // a Parse pgopt refuses (the rest dropped as it comes, as the server would skip
-    // it), and in a failed transaction (held whole: pgopt answers from the
-    // statement's description there).
+    // Binds of 256 kB or more go to the server as they arrive, in both pool modes; in
+    // transaction mode also after a Parse pgopt refuses (the rest dropped as it comes,
+    // as the server would skip it), and on a connection that lacks the statement
+    // (held while pgopt prepares and describes it there, then passed); held whole in
+    // a failed transaction (pgopt answers from the statement's description there).
     use tokio::io::AsyncWriteExt;
     let value =
         |len: usize| -> String { (0..len).map(|i| (b'a' + (i % 23) as u8) as char).collect() };
@@ -1668,6 +1669,26 @@ async fn large_binds_pass_through_or_go_as_the_server_would_take_them() {
             .unwrap();
         assert_eq!(row.get::<_, i64>(0), id as i64, "{mode:?}");
     }
+    // Transaction mode, two server connections: a statement with rows is prepared on
+    // one while another client holds the other, then bound on the other.
+    let proxy = common::start_with(&pg, |c| c.default_pool_size = 2).await;
+    let (a, b, c) = (
+        connect(&proxy).await,
+        connect(&proxy).await,
+        connect(&proxy).await,
+    );
+    b.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let sum = a
+        .prepare("SELECT length($2::text) + $1::int, md5($2::text)")
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+    let v = value(1_200_000);
+    let row = a.query_one(&sum, &[&3, &v]).await.unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1_200_003);
+    assert_eq!(row.get::<_, String>(1), server_md5(&b, &v).await);
 }
 
 /// The bytes `raw` receives up to and including a ReadyForQuery.
