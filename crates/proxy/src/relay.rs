@@ -557,13 +557,16 @@ impl Relay {
             let has_server = self.server.is_some();
             // (Also a client that stopped part way through a CopyData after the server
             // ended the COPY: it holds the connection, owed nothing.)
-            // A client part way through a message passed to the server is waited for
-            // as one idle in transaction is (its server waits on it, owing nothing).
+            // (Also a client that stopped part way through a CopyData after the server
+            // ended the COPY: it holds the connection, owed nothing. While something
+            // is owed, query_timeout bounds a client part way through a message passed
+            // on, as it bounds the request.)
             let idle_in_transaction = has_server
                 && !self.idle_transaction_timeout.is_zero()
-                && (self.client_passes()
-                    || (self.status != TransactionStatus::Idle || self.open_batch)
-                        && self.expected.is_empty());
+                && (self.status != TransactionStatus::Idle
+                    || self.open_batch
+                    || self.client_passes())
+                && self.expected.is_empty();
             // As PgBouncer's: not a client holding a server connection (session mode).
             let idle_client = !has_server
                 && !self.client_idle_timeout.is_zero()
@@ -717,8 +720,7 @@ impl Relay {
     /// when the request it works on runs past it. A ReadyForQuery ends a request, so
     /// each one in a pipeline gets the whole time from when the one before it ended.
     fn query_deadline(&mut self) -> Option<Instant> {
-        // (Not while the server waits for the rest of a client's message.)
-        if self.expected.is_empty() || self.client_passes() {
+        if self.expected.is_empty() {
             self.query_since = None;
             return None;
         }
@@ -808,12 +810,14 @@ impl Relay {
             // before it reads the error): PostgreSQL ignores it, and so does pgopt
             // without a server — no checkout, no wait for routing, for it.
             if self.server.is_none() && matches!(self.cbuf.first(), Some(b'd' | b'c' | b'f')) {
-                if self.cbuf.first() == Some(&b'd') && self.start_copy_pass() {
-                    break;
-                }
                 match split_frame(&mut self.cbuf, self.max_len) {
                     Ok(Some(_)) => continue,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if self.cbuf.first() == Some(&b'd') {
+                            self.start_copy_pass();
+                        }
+                        break;
+                    }
                     Err(e) => return Err(self.client_protocol_error(e).await),
                 }
             }
@@ -841,26 +845,14 @@ impl Relay {
             if self.server.is_some() && self.batch_incomplete() {
                 break;
             }
-            if self.cbuf.first() == Some(&b'd') && self.start_copy_pass() {
-                break;
-            }
-            // (Only a Bind past the cache's limit and not all here is looked at.)
-            let stand_in = match self.cbuf.get(..5) {
-                Some([b'B', len @ ..])
-                    if u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize
-                        >= KEPT_CLIENT_BUF =>
-                {
-                    self.bind_stand_in()
-                }
-                _ => None,
-            };
-            let frame = match stand_in {
-                Some(frame) => frame,
-                None => match split_frame(&mut self.cbuf, self.max_len) {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(e) => return Err(self.client_protocol_error(e).await),
+            let frame = match split_frame(&mut self.cbuf, self.max_len) {
+                Ok(Some(frame)) => frame,
+                // Part way here: a large CopyData or Bind goes on as it comes.
+                Ok(None) => match self.pass_partial() {
+                    Some(frame) => frame,
+                    None => break,
                 },
+                Err(e) => return Err(self.client_protocol_error(e).await),
             };
             if frame.tag() == b'X' {
                 terminate = true;
@@ -1430,6 +1422,20 @@ impl Relay {
         true
     }
 
+    /// The message `cbuf` starts with is part way here: a large CopyData starts
+    /// passing (`None`: the loop stops), a large Bind gives its stand-in.
+    #[cold]
+    fn pass_partial(&mut self) -> Option<Frame> {
+        match self.cbuf.first() {
+            Some(b'd') => {
+                self.start_copy_pass();
+                None
+            }
+            Some(b'B') => self.bind_stand_in(),
+            _ => None,
+        }
+    }
+
     /// A Bind of [`KEPT_CLIENT_BUF`] or more (past what the cache looks up) part way
     /// here, its two names in: it is routed by a stand-in, a Bind of the same names
     /// with no values, and goes to the server as it came (renamed in transaction
@@ -1491,6 +1497,14 @@ impl Relay {
         // Too large to keep for a failover (nor, below, for a run again).
         self.failover = None;
         Some(frame)
+    }
+
+    /// [`Relay::queue_frame`] of a Bind's stand-in: the Bind as it came.
+    #[cold]
+    fn queue_stand_in(&mut self, frame: &Frame) {
+        if let Ok(bind) = BindHead::decode(frame.body()) {
+            self.queue_bind_pass(bind.portal, bind.statement);
+        }
     }
 
     /// Queues the Bind passed through under `portal` and `statement` (the server's
@@ -4289,11 +4303,10 @@ impl Relay {
     /// Queues a client message for the server as it came: a large one by reference
     /// (no copy of a bulk value; see `to_server_direct`).
     fn queue_frame(&mut self, frame: &Frame) {
-        if frame.tag() == b'B' && self.bind_pass.is_some() {
-            if let Ok(bind) = BindHead::decode(frame.body()) {
-                self.queue_bind_pass(bind.portal, bind.statement);
-                return;
-            }
+        if self.bind_pass.is_some() && frame.tag() == b'B' {
+            // (Never the stand-in itself: if the Bind can't be written, none goes.)
+            self.queue_stand_in(frame);
+            return;
         }
         if frame.as_bytes().len() >= DIRECT_FRAME {
             let at = self.to_server.len();
