@@ -869,25 +869,25 @@ impl Relay {
                 }
                 continue;
             }
-            let mut fill = None;
-            if self.server.is_none()
-                && self.serve_cache
-                && matches!(frame.tag(), b'Q' | b'P' | b'B')
-                && self.bind_pass.is_none()
-            {
-                // Timed from the read (see `clock`).
-                let started = self.clock;
-                match self.look_up_cache(&frame).await {
-                    CacheLookup::Served => {
-                        // Timed up to the reply's write, below.
-                        served_from_cache.get_or_insert(started);
-                        continue;
-                    }
-                    CacheLookup::Fill(f) => fill = Some(f),
-                    CacheLookup::Pass => {}
-                }
-            }
             if self.server.is_none() {
+                // (A fill lives only here: nothing to drop for a batch's later messages.)
+                let mut fill = None;
+                if self.serve_cache
+                    && matches!(frame.tag(), b'Q' | b'P' | b'B')
+                    && self.bind_pass.is_none()
+                {
+                    // Timed from the read (see `clock`).
+                    let started = self.clock;
+                    match self.look_up_cache(&frame).await {
+                        CacheLookup::Served => {
+                            // Timed up to the reply's write, below.
+                            served_from_cache.get_or_insert(started);
+                            continue;
+                        }
+                        CacheLookup::Fill(f) => fill = Some(f),
+                        CacheLookup::Pass => {}
+                    }
+                }
                 match self.checkout(&frame).await {
                     Lending::Lent => {
                         self.filling = fill;
