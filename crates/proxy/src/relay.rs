@@ -166,14 +166,15 @@ pub struct Relay {
     /// meanwhile: pgopt writes nothing of its own to it.
     passing: usize,
     pass_relay: bool,
-    /// The same the other way: bytes still to come of a client's large CopyData, sent
-    /// to the server as they arrive (see [`Relay::start_copy_pass`]); `cbuf` starts
-    /// with the rest of it. Dropped instead (`client_pass_drop`) where a whole one
-    /// would be: without a server, or after an error in its batch.
+    /// The same the other way: bytes still to come of a client's large CopyData or
+    /// Bind, sent to the server as they arrive (see [`Relay::start_copy_pass`],
+    /// [`Relay::bind_stand_in`]); `cbuf` starts with the rest of it. Dropped instead
+    /// (`client_pass_drop`) where a whole one would be: without a server, or after an
+    /// error in its batch.
     client_passing: usize,
     client_pass_drop: bool,
-    /// The last of a CopyData passed through is queued: once sent, what waited for
-    /// the connection to be idle (which it could not be meanwhile) runs.
+    /// The last of a client message passed through is queued: once sent, what waited
+    /// for the connection to be idle (which it could not be meanwhile) runs.
     copy_passed: bool,
     /// A large Bind part way here, routed by a stand-in of its head (see
     /// [`Relay::bind_stand_in`]) until the stand-in is queued, which queues this.
@@ -555,8 +556,6 @@ impl Relay {
                 self.read_timeouts();
             }
             let has_server = self.server.is_some();
-            // (Also a client that stopped part way through a CopyData after the server
-            // ended the COPY: it holds the connection, owed nothing.)
             // (Also a client that stopped part way through a CopyData after the server
             // ended the COPY: it holds the connection, owed nothing. While something
             // is owed, query_timeout bounds a client part way through a message passed
@@ -1549,13 +1548,13 @@ impl Relay {
     /// note, a write for read-your-writes, and too large to keep for a run again or a
     /// failover.
     #[cold]
-    fn start_copy_pass(&mut self) -> bool {
+    fn start_copy_pass(&mut self) {
         let len = match pgopt_wire::peek_header(&self.cbuf, self.max_len) {
             Ok(Some(h)) if h.frame_len() >= PASS_FRAME => h.frame_len(),
-            _ => return false,
+            _ => return,
         };
         if len <= self.cbuf.len() {
-            return false; // here whole: handled as such
+            return; // here whole: handled as such
         }
         // Where a whole one would be dropped: without a server (the COPY ended:
         // PostgreSQL ignores what follows), or skipped to the Sync after an error.
@@ -1577,7 +1576,6 @@ impl Relay {
         self.client_passing = len;
         self.client_pass_drop = drop;
         self.pass_copy_data();
-        true
     }
 
     /// The server ended the COPY (an error) part way through a CopyData it now reads
@@ -1605,7 +1603,8 @@ impl Relay {
         self.unlink();
     }
 
-    /// Queues for the server (or drops) what has come of a CopyData passed through.
+    /// Queues for the server (or drops) what has come of a client message passed
+    /// through (a CopyData or a Bind).
     fn pass_copy_data(&mut self) {
         let n = self.client_passing.min(self.cbuf.len());
         if n == 0 {
@@ -4236,7 +4235,7 @@ impl Relay {
             // What `handle_server` leaves for once the connection is idle, which it
             // could not be while the rest of `to_server` was on its way (the last
             // answer may have come then: a COPY's, before its last CopyData), or while
-            // a CopyData was part way through.
+            // a client's CopyData or Bind was part way through.
             self.settle_when_idle().await;
         }
         Ok(())
@@ -4304,7 +4303,8 @@ impl Relay {
     /// (no copy of a bulk value; see `to_server_direct`).
     fn queue_frame(&mut self, frame: &Frame) {
         if self.bind_pass.is_some() && frame.tag() == b'B' {
-            // (Never the stand-in itself: if the Bind can't be written, none goes.)
+            // (Never the stand-in itself. Its length always fits: a message comes under
+            // max_message_len, at most 1 GB, and a renamed one differs by a name.)
             self.queue_stand_in(frame);
             return;
         }
@@ -4367,7 +4367,7 @@ impl Relay {
         self.between_requests() && !self.client_passes()
     }
 
-    /// [`Relay::server_idle`] but for a client's CopyData part way through.
+    /// [`Relay::server_idle`] but for a client's message part way through.
     #[inline]
     fn between_requests(&self) -> bool {
         !(self.open_batch && self.server.is_some())
@@ -4379,8 +4379,9 @@ impl Relay {
             && !self.dropping
     }
 
-    /// A client's CopyData is part way to the server: it holds the connection, and
-    /// pgopt sends the server nothing of its own, until the rest is through.
+    /// A client's CopyData or Bind is part way to the server: it holds the
+    /// connection, and pgopt sends the server nothing of its own, until the rest is
+    /// through.
     #[inline]
     fn client_passes(&self) -> bool {
         self.client_passing > 0 && !self.client_pass_drop
