@@ -14,14 +14,9 @@ cd "$(dirname "$0")/.."
 rows=${1:-200000}
 rounds=${2:-3}
 bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-scripts/compat/install.sh >/dev/null
-python=target/compat-venv/bin/python
-if [ -z "${PGOPT_BIN:-}" ]; then
-  cargo build --release -q -p pgopt-cli
-  PGOPT_BIN=target/release/pgopt
-fi
 secs=0
-. scripts/bench-lib.sh   # start_pg, stop_pg, free_port, cpu_ticks, ticks
+. scripts/bench-lib.sh   # start_pg, stop_pg, free_port, cpu_ticks, ticks, client_tools
+client_tools
 
 tmp=$(mktemp -d /tmp/pgopt-bulk-XXXXXX)
 pg_port=$(free_port); pgopt_port=$(free_port)

@@ -19,14 +19,9 @@ mb=${1:-64}
 rounds=${2:-3}
 bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 command -v pgbouncer >/dev/null || { echo "missing pgbouncer (apt-get install pgbouncer)" >&2; exit 1; }
-scripts/compat/install.sh >/dev/null
-python=target/compat-venv/bin/python
-if [ -z "${PGOPT_BIN:-}" ]; then
-  cargo build --release -q -p pgopt-cli
-  PGOPT_BIN=target/release/pgopt
-fi
 secs=0
-. scripts/bench-lib.sh   # start_pg, stop_pg, free_port, pgbouncer_config
+. scripts/bench-lib.sh   # start_pg, stop_pg, free_port, pgbouncer_config, client_tools
+client_tools
 
 tmp=$(mktemp -d /tmp/pgopt-large-XXXXXX)
 pg_port=$(free_port); proxy_port=$(free_port)

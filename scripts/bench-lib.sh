@@ -5,6 +5,18 @@
 # pgbench connects to $bench_host: 127.0.0.1, or a directory of Unix-domain sockets.
 bench_host=${bench_host:-127.0.0.1}
 
+# client_tools: $python, the compat venv's (psycopg and the other drivers, installed by
+# scripts/compat/install.sh: PyPI the first time), and $PGOPT_BIN, the pgopt measured —
+# as given, else a release build of this tree.
+client_tools() {
+  scripts/compat/install.sh >/dev/null
+  python=target/compat-venv/bin/python
+  if [ -z "${PGOPT_BIN:-}" ]; then
+    cargo build --release -q -p pgopt-cli
+    PGOPT_BIN=target/release/pgopt
+  fi
+}
+
 # Run as root, PostgreSQL runs as postgres.
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then as_pg=(runuser -u postgres --); fi

@@ -1577,7 +1577,7 @@ impl Fill {
             _ => return Capture::Abandon,
         };
         part.extend_from_slice(frame);
-        if self.description.len() + self.rows.len() > max {
+        if !self.fits(0, max) {
             Capture::Abandon
         } else {
             Capture::Going

@@ -796,7 +796,7 @@ impl Relay {
         // When a request was answered from the cache: since when (its lookup).
         let mut served_from_cache: Option<Instant> = None;
         if self.client_passing > 0 {
-            self.pass_copy_data();
+            self.pass_client_bytes();
         }
         loop {
             if self.bind_pass.is_some() {
@@ -1475,17 +1475,13 @@ impl Relay {
             }
         }
         let mut stand_in = BytesMut::new();
-        let names = portal.len() + 1 + statement.len() + 1;
-        stand_in.extend_from_slice(b"B");
-        stand_in.extend_from_slice(&(4 + names as u32 + 6).to_be_bytes());
-        for name in [portal, statement] {
-            stand_in.extend_from_slice(name.as_bytes());
-            stand_in.extend_from_slice(b"\0");
+        if !bind_head(&mut stand_in, portal, statement, 6) {
+            return None;
         }
+        let head = stand_in.len();
         // No parameter formats, no values, no result formats.
         stand_in.extend_from_slice(&[0; 6]);
         let frame = Frame::from_bytes(stand_in.freeze(), self.max_len).ok()?;
-        let head = 5 + names;
         let original = self.cbuf.split().freeze();
         self.bind_pass = Some(BindPass {
             values: original.slice(head..),
@@ -1513,16 +1509,9 @@ impl Relay {
         let Some(pass) = self.bind_pass.take() else {
             return false;
         };
-        let len = 4 + portal.len() + 1 + statement.len() + 1 + pass.values_len;
-        let Ok(len) = i32::try_from(len) else {
+        if !bind_head(&mut self.to_server, portal, statement, pass.values_len) {
             self.bind_pass = Some(pass);
             return false;
-        };
-        self.to_server.extend_from_slice(b"B");
-        self.to_server.extend_from_slice(&len.to_be_bytes());
-        for name in [portal, statement] {
-            self.to_server.extend_from_slice(name.as_bytes());
-            self.to_server.extend_from_slice(b"\0");
         }
         self.to_server_direct
             .push((self.to_server.len(), pass.values));
@@ -1543,7 +1532,7 @@ impl Relay {
 
     /// A large CopyData part way here (of [`PASS_FRAME`] or more): what came of it
     /// goes to the server at once, and the rest as it arrives (see
-    /// [`Relay::pass_copy_data`]), so a 1 GB row is not held whole; or is dropped as
+    /// [`Relay::pass_client_bytes`]), so a 1 GB row is not held whole; or is dropped as
     /// it comes where a whole one would be. Its routing is a whole one's: nothing to
     /// note, a write for read-your-writes, and too large to keep for a run again or a
     /// failover.
@@ -1575,7 +1564,7 @@ impl Relay {
         }
         self.client_passing = len;
         self.client_pass_drop = drop;
-        self.pass_copy_data();
+        self.pass_client_bytes();
     }
 
     /// The server ended the COPY (an error) part way through a CopyData it now reads
@@ -1605,7 +1594,7 @@ impl Relay {
 
     /// Queues for the server (or drops) what has come of a client message passed
     /// through (a CopyData or a Bind).
-    fn pass_copy_data(&mut self) {
+    fn pass_client_bytes(&mut self) {
         let n = self.client_passing.min(self.cbuf.len());
         if n == 0 {
             return;
@@ -4327,19 +4316,8 @@ impl Relay {
         if whole.len() < DIRECT_FRAME {
             return bind.encode_renamed(name, &mut self.to_server).is_ok();
         }
-        let len = 4 + bind.portal.len() + 1 + name.len() + 1 + bind.rest.len();
-        // (A message length is an Int32.)
-        let Ok(len) = i32::try_from(len) else {
+        if !bind_head(&mut self.to_server, bind.portal, name, bind.rest.len()) {
             return false;
-        };
-        if bind.portal.contains('\0') || name.contains('\0') {
-            return false;
-        }
-        self.to_server.extend_from_slice(b"B");
-        self.to_server.extend_from_slice(&len.to_be_bytes());
-        for part in [bind.portal, name] {
-            self.to_server.extend_from_slice(part.as_bytes());
-            self.to_server.extend_from_slice(b"\0");
         }
         // (`rest` runs to the end of the message.)
         let rest = whole.slice(whole.len() - bind.rest.len()..);
@@ -4759,6 +4737,26 @@ async fn next_ready(
             return Some(false);
         }
     }
+}
+
+/// Writes a Bind's type, length and two names into `dst`, for `values_len` bytes of
+/// the rest to follow (its formats, values and result formats). `false`, with
+/// nothing written, when a name holds a NUL or the length is past an Int32.
+fn bind_head(dst: &mut BytesMut, portal: &str, statement: &str, values_len: usize) -> bool {
+    let len = 4 + portal.len() + 1 + statement.len() + 1 + values_len;
+    let Ok(len) = i32::try_from(len) else {
+        return false;
+    };
+    if portal.contains('\0') || statement.contains('\0') {
+        return false;
+    }
+    dst.extend_from_slice(b"B");
+    dst.extend_from_slice(&len.to_be_bytes());
+    for name in [portal, statement] {
+        dst.extend_from_slice(name.as_bytes());
+        dst.extend_from_slice(b"\0");
+    }
+    true
 }
 
 /// Whether the client messages in `batch` include a Close.
