@@ -904,15 +904,13 @@ impl Relay {
             } else if self.ryw.batch_ended && self.routes.is_some() && !self.ryw.wrote {
                 // A later batch on the primary, pipelined behind a read or in the same
                 // transaction: a write in it must hold the client's next reads back.
-                // (What follows a large Bind passed through is not here: taken as one.)
-                self.ryw.wrote = self.bind_pass.is_some()
-                    || !crate::routing::read_only_batch(
-                        &frame,
-                        &self.cbuf,
-                        self.max_len,
-                        &self.shared.analyzer,
-                        |name| self.statements.query_of(name),
-                    );
+                self.ryw.wrote = !crate::routing::read_only_batch(
+                    &frame,
+                    &self.cbuf,
+                    self.max_len,
+                    &self.shared.analyzer,
+                    |name| self.statements.query_of(name),
+                );
             }
             if frame.tag() == b'B' && self.check_shape_first(&frame) {
                 // The Bind waits for the answer, back in front of the client's bytes
@@ -1449,7 +1447,8 @@ impl Relay {
             Ok(Some(h)) if h.frame_len() >= KEPT_CLIENT_BUF => h.frame_len(),
             _ => return None,
         };
-        // (With replicas: the batch behind it must be seen to route it.)
+        // (With replicas: the batch behind it must be seen to route it; `checkout`
+        // and the read-your-writes check read it.)
         if len <= self.cbuf.len()
             || self.routes.is_some()
             || self.status == TransactionStatus::Failed
@@ -3994,9 +3993,7 @@ impl Relay {
     /// `routing.rs`), else on the primary. A replica that fails to connect leaves the
     /// rotation and the next one is tried, the primary last.
     async fn checkout(&mut self, first: &Frame) -> Lending {
-        // (A large Bind passed through: what follows it is not here to judge.)
         let read_only = self.routes.is_some()
-            && self.bind_pass.is_none()
             && crate::routing::read_only_batch(
                 first,
                 &self.cbuf,
