@@ -7,31 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=()
-need_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || packages+=("$1"); }
-
-pg_major=15
-need_pkg "postgresql-$pg_major"          # initdb/postgres for the embedded servers
-need_pkg "postgresql-$pg_major-hypopg"   # hypothetical indexes (advisor)
-need_pkg "postgresql-$pg_major-pg-qualstats"
-need_pkg redis-server                    # L2 cache tests
-need_pkg pgbouncer                       # side-by-side benchmarks
-need_pkg libclang-dev                    # pg_query's build (bindgen)
-need_pkg openssl                         # certificates for the TLS tests
-
-missing=("${packages[@]}")
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then
-    echo "==> installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  else
-    echo "missing packages; install them with:" >&2
-    echo "  sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
-  fi
-fi
+. scripts/deps.sh   # ensure_packages, demo_packages
+# What the demo needs, and: redis-server for the L2 cache tests, pgbouncer for the
+# side-by-side benchmarks, openssl for the TLS tests' certificates.
+ensure_packages "${demo_packages[@]}" redis-server pgbouncer openssl
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
