@@ -548,16 +548,26 @@ async fn print_cache_figures(proxy: &pgopt_proxy::Proxy, user: &str) -> anyhow::
         return Ok(());
     };
     out!(
-        "Result cache (SHOW CACHE): hit ratio {}, {} hits, {} misses, {} invalidating transactions, {} entries; pgopt's time on a hit p50 <= {} us, p99 <= {} us\n",
+        "Result cache (SHOW CACHE): hit ratio {}, {} hits, {} misses, {} invalidating transactions, {} entries; pgopt's time on a hit p50 {}, p99 {}\n",
         cell(row, "hit_ratio"),
         cell(row, "hits"),
         cell(row, "misses"),
         cell(row, "invalidations"),
         cell(row, "entries"),
-        cell(row, "hit_p50_us"),
-        cell(row, "hit_p99_us"),
+        hit_bound(row, "hit_p50_us"),
+        hit_bound(row, "hit_p99_us"),
     );
     Ok(())
+}
+
+/// A hit-time quantile of SHOW CACHE: its bucket's bound; NULL is no hits, or past the
+/// last bound.
+fn hit_bound(row: &tokio_postgres::SimpleQueryRow, column: &str) -> String {
+    match cell(row, column).as_str() {
+        "" if cell(row, "hits") == "0" => "n/a".into(),
+        "" => "over 1 s".into(),
+        us => format!("<= {us} us"),
+    }
 }
 
 /// Throughput and median latency through `what` relative to direct, measured in this run.

@@ -177,8 +177,11 @@ impl Default for CacheCounters {
 /// Upper bounds (ms) of the staleness buckets of writes seen on the replication stream.
 pub const STALENESS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
 /// Upper bounds (µs) of the hit-time buckets.
-pub const HIT_US: [u64; 14] = [
-    2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 5000,
+/// (A hit's time runs until its reply is written: a client slow to read stretches it,
+/// hence the bounds up to a second.)
+pub const HIT_US: [u64; 18] = [
+    2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 5000, 10_000, 50_000, 100_000,
+    1_000_000,
 ];
 
 /// A fixed-bucket histogram, lock-free: a count per upper bound, and one past the last.
@@ -1052,6 +1055,13 @@ fn stored_rows(value: &[u8]) -> Vec<Vec<Option<String>>> {
     rows
 }
 
+/// A quantile's bucket bound as SHOW CACHE shows it: NULL with no samples, and past the
+/// last bound (`u64::MAX`), where no bound is known (the Prometheus histogram counts those
+/// in its `+Inf` bucket).
+fn bound_cell(bound: Option<u64>) -> Option<String> {
+    bound.filter(|&b| b != u64::MAX).map(|b| b.to_string())
+}
+
 /// SHOW CACHE: what the result cache holds and has done (one row; none when the
 /// cache is off).
 pub fn view(cache: Option<&ProxyCache>) -> Table {
@@ -1114,11 +1124,11 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         n(l1.stale),
         n(l1.evictions),
         n(c.invalidations.load(Relaxed)),
-        c.hit_time.quantile_bound(0.5).map(|v| v.to_string()),
-        c.hit_time.quantile_bound(0.99).map(|v| v.to_string()),
+        bound_cell(c.hit_time.quantile_bound(0.5)),
+        bound_cell(c.hit_time.quantile_bound(0.99)),
         t(listeners_shown(&c.wal_states, cache.settings.wal_listener)),
         n(c.wal_commits.load(Relaxed)),
-        c.wal_staleness.quantile_bound(0.99).map(|v| v.to_string()),
+        bound_cell(c.wal_staleness.quantile_bound(0.99)),
         t(listeners_shown(&c.ddl_states, cache.settings.ddl_listener)),
         n(c.ddl_changes.load(Relaxed)),
     ];
@@ -2076,7 +2086,13 @@ mod tests {
         }
         assert_eq!(b.quantile_bound(0.4), Some(5));
         assert_eq!(b.quantile_bound(0.5), Some(50));
+        assert_eq!(b.quantile_bound(0.99), Some(10_000));
+        assert_eq!(bound_cell(b.quantile_bound(0.99)).as_deref(), Some("10000"));
+        b.record(2_000_000);
+        b.record(2_000_000);
         assert_eq!(b.quantile_bound(0.99), Some(u64::MAX));
+        // Past the last bound SHOW CACHE shows NULL, not u64::MAX.
+        assert_eq!(bound_cell(b.quantile_bound(0.99)), None);
     }
 
     #[test]
