@@ -535,6 +535,7 @@ impl<'c> Walker<'c> {
 
         let kind = self.kind_and_effects(node);
         self.note_dropped_at_commit(node);
+        self.note_made_in_temp_schema(node);
         let read_only = match node {
             NodeEnum::ExplainStmt(explain) => {
                 // Without ANALYZE nothing executes: its targets are only read.
@@ -576,6 +577,63 @@ impl<'c> Walker<'c> {
 
     fn verdict_clean(&self) -> bool {
         !self.modifies && !self.locking && !self.unsafe_function
+    }
+
+    /// An object made in the session's temporary schema by naming it (`CREATE TABLE
+    /// pg_temp.t`, `pg_temp_3.t`, a view, sequence, type or function there): temporary
+    /// as if made with TEMP, though the parse tree does not say so.
+    fn note_made_in_temp_schema(&mut self, node: &NodeEnum) {
+        fn temp_schema(schema: &str) -> bool {
+            schema == "pg_temp"
+                || schema
+                    .strip_prefix("pg_temp_")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        }
+        let relation = match node {
+            NodeEnum::CreateStmt(c) => c.relation.as_ref(),
+            NodeEnum::CreateTableAsStmt(c) => c.into.as_ref().and_then(|i| i.rel.as_ref()),
+            NodeEnum::SelectStmt(s) => s.into_clause.as_ref().and_then(|i| i.rel.as_ref()),
+            NodeEnum::ViewStmt(v) => v.view.as_ref(),
+            NodeEnum::CreateSeqStmt(s) => s.sequence.as_ref(),
+            NodeEnum::CompositeTypeStmt(c) => c.typevar.as_ref(),
+            _ => None,
+        };
+        let name = match relation {
+            Some(r) if temp_schema(&r.schemaname) => [
+                r.catalogname.as_str(),
+                r.schemaname.as_str(),
+                r.relname.as_str(),
+            ]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("."),
+            Some(_) => return,
+            None => {
+                // Functions and types: a qualified name's parts.
+                let parts = match node {
+                    NodeEnum::CreateFunctionStmt(f) => &f.funcname,
+                    NodeEnum::CreateEnumStmt(e) => &e.type_name,
+                    NodeEnum::CreateDomainStmt(d) => &d.domainname,
+                    NodeEnum::DefineStmt(d) => &d.defnames,
+                    _ => return,
+                };
+                let parts: Vec<&str> = parts
+                    .iter()
+                    .filter_map(|p| match &p.node {
+                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                match parts.as_slice() {
+                    [.., schema, _] if temp_schema(schema) => parts.join("."),
+                    _ => return,
+                }
+            }
+        };
+        self.session_effects
+            .insert(SessionEffect::TempObject { name });
     }
 
     /// The table a CREATE TEMP TABLE … ON COMMIT DROP (or CREATE TABLE AS, SELECT INTO,

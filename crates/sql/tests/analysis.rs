@@ -427,6 +427,40 @@ fn session_effects() {
         vec![SessionEffect::TempObject { name: "tmp".into() }]
     );
     assert_eq!(effects("CREATE TABLE perm (id int)"), vec![]);
+    // Made in the temporary schema by naming it: temporary all the same.
+    for (sql, name) in [
+        ("CREATE TABLE pg_temp.secrets (v text)", "pg_temp.secrets"),
+        ("CREATE TABLE pg_temp_3.t (v text)", "pg_temp_3.t"),
+        ("CREATE TABLE pg_temp.t AS SELECT 1", "pg_temp.t"),
+        ("SELECT 1 INTO pg_temp.t", "pg_temp.t"),
+        ("CREATE VIEW pg_temp.v AS SELECT 1", "pg_temp.v"),
+        ("CREATE SEQUENCE pg_temp.s", "pg_temp.s"),
+        ("CREATE TYPE pg_temp.c AS (a int)", "pg_temp.c"),
+        ("CREATE TYPE pg_temp.e AS ENUM ('a')", "pg_temp.e"),
+        ("CREATE DOMAIN pg_temp.d AS int", "pg_temp.d"),
+        (
+            "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "pg_temp.f",
+        ),
+    ] {
+        assert_eq!(
+            effects(sql),
+            vec![SessionEffect::TempObject { name: name.into() }],
+            "{sql}"
+        );
+    }
+    assert_eq!(
+        effects("CREATE TABLE pg_temp.t (id int) ON COMMIT DROP"),
+        vec![]
+    );
+    for sql in [
+        "CREATE TABLE pg_temporary.t (id int)",
+        "CREATE TABLE pg_temp_x.t (id int)",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "INSERT INTO pg_temp.t VALUES (1)",
+    ] {
+        assert_eq!(effects(sql), vec![], "{sql}");
+    }
     assert_eq!(
         effects("PREPARE q AS SELECT 1"),
         vec![SessionEffect::Prepare { name: "q".into() }]
