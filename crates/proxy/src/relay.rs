@@ -195,6 +195,10 @@ pub struct Relay {
     /// The server connection lent has the client's unnamed statement (it was parsed
     /// or prepared again there since the checkout).
     unnamed_here: bool,
+    /// Since the checkout, this client sent the server connection lent something that
+    /// may have called nextval (anything not judged read-only): only then may
+    /// `lastval()`/`currval()` run, which read the session's sequence values.
+    sequence_here: bool,
     /// A failover is routing a batch again on another server: its Parses may name
     /// what its first run already did.
     rerouting: bool,
@@ -443,6 +447,7 @@ impl Relay {
             expected: Expected::default(),
             statements: ClientStatements::default(),
             unnamed_here: false,
+            sequence_here: false,
             rerouting: false,
             ending_in_flight: false,
             executed_unsynced: false,
@@ -1962,6 +1967,8 @@ impl Relay {
                 let refusal = if self.worth_judging(parse.query.as_bytes()) {
                     self.judge_session(parse.query, Some(&parse))
                 } else {
+                    // (Not looked at: it may call nextval.)
+                    self.sequence_here = true;
                     None
                 };
                 if let Some(refusal) = refusal {
@@ -1973,6 +1980,11 @@ impl Relay {
                 Request::Parse
             }
             b'P' => Request::Parse,
+            b'B' if self.rewrite => {
+                // (A named statement's may call nextval.)
+                self.sequence_here = true;
+                Request::Bind
+            }
             b'B' => Request::Bind,
             b'D' => Request::Describe,
             b'C' => Request::Close,
@@ -1999,6 +2011,8 @@ impl Relay {
                         self.expected.push(Step::Ready);
                         return Ok(());
                     }
+                } else {
+                    self.sequence_here = true;
                 }
                 Request::Query
             }
@@ -2595,7 +2609,20 @@ impl Relay {
 
     fn judge_session(&mut self, sql: &str, parse: Option<&Parse<'_>>) -> Option<Bytes> {
         let simple = parse.is_none();
-        let analysis = self.shared.analyzer.analyze(sql).ok()?;
+        let Ok(analysis) = self.shared.analyzer.analyze(sql) else {
+            self.sequence_here = true;
+            return None;
+        };
+        // lastval()/currval() as the first thing on a connection (nothing before it since
+        // the checkout, nor beside it in the text, may have called nextval) would read
+        // the sequence values another client left in the server's session.
+        if !self.sequence_here
+            && analysis.read_only
+            && session_state::reads_session_sequences(&analysis)
+        {
+            return self.refusal(&session_state::sequence_refusal());
+        }
+        self.sequence_here |= !analysis.read_only;
         match session_state::judge(&analysis, sql) {
             SessionVerdict::Relay => None,
             SessionVerdict::AfterRun { reread, resets } => {
@@ -2637,13 +2664,18 @@ impl Relay {
                 None
             }
             SessionVerdict::Refuse(message) | SessionVerdict::InBlockOnly(message) => {
-                let error = error_response(sqlstate::FEATURE_NOT_SUPPORTED, &message)?;
-                self.pool
-                    .stats
-                    .record_error(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes());
-                Some(error)
+                self.refusal(&message)
             }
         }
+    }
+
+    /// A session feature transaction mode can't carry, refused (0A000).
+    fn refusal(&mut self, message: &str) -> Option<Bytes> {
+        let error = error_response(sqlstate::FEATURE_NOT_SUPPORTED, message)?;
+        self.pool
+            .stats
+            .record_error(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes());
+        Some(error)
     }
 
     /// A query's ReadyForQuery: the RESETs among its statements are kept if it met no
@@ -4385,11 +4417,13 @@ impl Relay {
         }
         self.server = Some(checkout);
         self.unnamed_here = false;
+        self.sequence_here = false;
     }
 
     /// Takes the server connection back, and gives it the read buffer when nothing is
     /// left in it (always so once the server is idle).
     fn detach(&mut self) -> Option<Checkout> {
+        self.sequence_here = false;
         let mut checkout = self.server.take()?;
         if self.sbuf.is_empty() && checkout.conn.read_buf.is_empty() {
             std::mem::swap(&mut self.sbuf, &mut checkout.conn.read_buf);

@@ -606,7 +606,7 @@ fn several_refused() -> Verdict {
 /// A cheap pass that says whether a statement may have session effects at all, so
 /// only those pay for a parse: a statement starting with SET, RESET, LISTEN, PREPARE,
 /// DECLARE, CREATE or DISCARD, or text mentioning advisory locks, set_config,
-/// pg_settings or TEMP.
+/// pg_settings, TEMP, lastval or currval.
 pub fn may_affect_session(sql: &[u8]) -> bool {
     // Every statement's first word (a `;` inside a literal only adds a false alarm):
     // SET, RESET, LISTEN, PREPARE, DECLARE, CREATE or DISCARD.
@@ -649,6 +649,31 @@ pub fn may_affect_session(sql: &[u8]) -> bool {
                 || (before_is(at, b"pg") && after_is(at, b"settings"))
         }
     }) || memchr::memchr2_iter(b'p', b'P', sql).any(|at| before_is(at, b"tem"))
+        || memchr::memchr2_iter(b'v', b'V', sql)
+            .any(|at| (before_is(at, b"last") || before_is(at, b"curr")) && after_is(at, b"al"))
+}
+
+/// Whether `analysis` calls `lastval()` or `currval()`, which read the sequence values
+/// the server session's own `nextval` calls left: in transaction mode, those of whichever
+/// client had the connection last, unless this one advanced them since its checkout.
+pub fn reads_session_sequences(analysis: &Analysis) -> bool {
+    analysis.functions.iter().any(|f| {
+        matches!(
+            f.as_str(),
+            "lastval" | "currval" | "pg_catalog.lastval" | "pg_catalog.currval"
+        )
+    })
+}
+
+/// The refusal of a `lastval()`/`currval()` that would read another client's sequence
+/// values (see [`reads_session_sequences`]).
+pub fn sequence_refusal() -> String {
+    "lastval()/currval() outside the transaction that called nextval is not supported in \
+     transaction pooling mode: the server connection may be another client's last, and \
+     its session's sequence values that client's. Read the value in the same transaction \
+     or query as the INSERT or nextval (INSERT … RETURNING id is the usual way), or use a \
+     session-mode pool."
+        .into()
 }
 
 /// `text` from its first byte that is not white space, `(`, or inside a comment.
@@ -759,6 +784,8 @@ mod tests {
             "SELECT pg_catalog.SET_CONFIG('a.b', '1', false)",
             "CREATE TABLE pg_temp.t (x int)",
             "select 1 into temp t",
+            "SELECT lastval()",
+            "select CURRVAL('s')",
         ] {
             assert!(may_affect_session(sql.as_bytes()), "{sql}");
         }

@@ -934,12 +934,22 @@ async fn transaction_mode_refuses_session_state_by_name_and_stays_usable() {
 /// and what it can carry (SET, transaction-scoped locks and temp tables) is let through.
 async fn refuses_session_state(proxy: &Proxy) {
     let client = connect(proxy, "postgres", None).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS serials (id serial PRIMARY KEY, v int)")
+        .await
+        .unwrap();
     for (sql, feature) in [
         ("LISTEN jobs", "LISTEN"),
         ("SELECT pg_advisory_lock(7)", "pg_advisory_lock"),
         ("CREATE TEMP TABLE scratch (x int)", "Temporary table"),
+        // Named into the temporary schema, it is as temporary.
+        ("CREATE TABLE pg_temp.secrets (v text)", "Temporary table"),
         ("PREPARE p AS SELECT 1", "PREPARE"),
         ("SET work_mem = '8MB'; RESET work_mem", "several statements"),
+        // The sequence values of a connection's session are those of its last client
+        // unless this one called nextval there since its checkout.
+        ("SELECT lastval()", "lastval()"),
+        ("SELECT currval('serials_id_seq')", "lastval()/currval()"),
     ] {
         let err = client.batch_execute(sql).await.unwrap_err();
         let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
@@ -950,6 +960,47 @@ async fn refuses_session_state(proxy: &Proxy) {
     // Extended protocol: refused at Parse, the connection goes on.
     let err = client.prepare("LISTEN jobs").await.unwrap_err();
     assert_eq!(code(&err), Some("0A000"), "{err}");
+    // lastval() after an INSERT in a transaction of its own: refused, whichever way.
+    client
+        .execute("INSERT INTO serials (v) VALUES (1)", &[])
+        .await
+        .unwrap();
+    let err = client.query_one("SELECT lastval()", &[]).await.unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    // In the transaction (or the query) that called nextval, it reads its own value.
+    let id = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let inserted = id(client
+        .simple_query("INSERT INTO serials (v) VALUES (2) RETURNING id")
+        .await
+        .unwrap());
+    let both = id(client
+        .simple_query("INSERT INTO serials (v) VALUES (3); SELECT lastval()")
+        .await
+        .unwrap());
+    assert_eq!(
+        both.parse::<i64>().unwrap(),
+        inserted.parse::<i64>().unwrap() + 1
+    );
+    client.batch_execute("BEGIN").await.unwrap();
+    let row = client
+        .query_one("INSERT INTO serials (v) VALUES (4) RETURNING id", &[])
+        .await
+        .unwrap();
+    let in_block: i32 = row.get(0);
+    let current: i64 = client
+        .query_one("SELECT currval('serials_id_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(current, i64::from(in_block));
+    client.batch_execute("COMMIT").await.unwrap();
     let n: i32 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 42);
     // What transaction mode can carry is allowed.
