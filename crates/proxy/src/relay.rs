@@ -2016,8 +2016,9 @@ impl Relay {
                 }
                 Request::Query
             }
-            // Session mode: a RESET is followed too (see `settings_behind`).
-            b'Q' if starts_with_word(frame.body(), b"reset") => {
+            // Session mode: a RESET is followed too (see `settings_behind`), and a SET
+            // that may be one (SET x TO DEFAULT, SET TIME ZONE LOCAL).
+            b'Q' if starts_with_word(frame.body(), b"reset") || may_set_default(frame.body()) => {
                 // Only followed: nothing is refused in session mode, and a message it
                 // can't read goes to the server as it came.
                 if let Ok(query) = Query::decode(frame.body()) {
@@ -3898,7 +3899,9 @@ impl Relay {
                 if let Some((change, sql, 0)) = &self.pending_change {
                     let confirmed = match change {
                         Change::Set(_) => body == b"SET\0",
-                        Change::Reset(_) | Change::ResetAll => body == b"RESET\0",
+                        // (SET x TO DEFAULT is a RESET tagged SET.)
+                        Change::Reset(_) => body == b"RESET\0" || body == b"SET\0",
+                        Change::ResetAll => body == b"RESET\0",
                     };
                     if confirmed {
                         let applied = &mut conn.applied;
@@ -4943,6 +4946,15 @@ fn starts_with_word(body: &[u8], word: &[u8]) -> bool {
         && text[..word.len()].eq_ignore_ascii_case(word)
         && !text[word.len()].is_ascii_alphanumeric()
         && text[word.len()] != b'_'
+}
+
+/// A SET that may reset its setting: `SET x TO DEFAULT`, `SET TIME ZONE LOCAL`.
+fn may_set_default(body: &[u8]) -> bool {
+    let has = |word: &[u8]| {
+        body.windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    starts_with_word(body, b"set") && (has(b"default") || has(b"local"))
 }
 
 /// An ErrorResponse (severity ERROR) pgopt answers with.

@@ -140,6 +140,14 @@ async fn session_mode_keeps_settings_and_resets_them_for_the_next_client() {
         .unwrap()
         .get(0);
     assert_eq!(name, "pgopt", "session state leaked to the next client");
+    drop(b);
+    // SET … TO DEFAULT goes back to the client's start-up value, as RESET does.
+    let c = connect_with_options(&proxy, "-c work_mem=7MB").await;
+    for sql in ["SET work_mem TO DEFAULT", "RESET work_mem"] {
+        c.batch_execute("SET work_mem = '3MB'").await.unwrap();
+        c.batch_execute(sql).await.unwrap();
+        assert_eq!(show(&c, "work_mem").await, "7MB", "{sql}");
+    }
 }
 
 #[tokio::test]
@@ -514,6 +522,21 @@ async fn transaction_mode_carries_startup_options_and_sets_across_server_connect
     a.batch_execute("RESET search_path").await.unwrap();
     assert_eq!(show(&b, "search_path").await, "beta");
     assert_eq!(show(&a, "search_path").await, "alpha,public");
+    // SET … TO DEFAULT is a RESET, simple or extended (it was replayed as a SET of the
+    // server's default).
+    for (set, default) in [
+        ("SET work_mem TO DEFAULT", "SET work_mem = DEFAULT"),
+        ("SET SESSION work_mem = DEFAULT", "SET work_mem TO DEFAULT"),
+    ] {
+        a.batch_execute("SET work_mem = '3MB'").await.unwrap();
+        a.batch_execute(set).await.unwrap();
+        assert_eq!(show(&plain, "work_mem").await, "4MB");
+        assert_eq!(show(&a, "work_mem").await, "7MB", "{set}");
+        a.batch_execute("SET work_mem = '3MB'").await.unwrap();
+        a.execute(default, &[]).await.unwrap();
+        assert_eq!(show(&b, "work_mem").await, "4MB");
+        assert_eq!(show(&a, "work_mem").await, "7MB", "{default}");
+    }
     b.batch_execute("RESET ALL").await.unwrap();
     assert_eq!(show(&a, "work_mem").await, "7MB");
     assert_eq!(show(&b, "statement_timeout").await, "0");

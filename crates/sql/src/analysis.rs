@@ -695,6 +695,14 @@ impl<'c> Walker<'c> {
                         self.session_effects.insert(SessionEffect::ResetAll);
                         true
                     }
+                    // SET x TO DEFAULT, SET TIME ZONE LOCAL: a RESET (to the start-up
+                    // value, where the session had one), tagged SET.
+                    Ok(VariableSetKind::VarSetDefault) if !set.is_local => {
+                        self.session_effects.insert(SessionEffect::Reset {
+                            name: set.name.clone(),
+                        });
+                        false
+                    }
                     // (Both last only as long as the transaction.)
                     Ok(VariableSetKind::VarSetMulti)
                         if set.name == "TRANSACTION" || set.name == "TRANSACTION SNAPSHOT" =>

@@ -413,6 +413,21 @@ fn session_effects() {
         vec![SessionEffect::AdvisoryLock]
     );
     assert_eq!(effects("SELECT pg_advisory_xact_lock(7)"), vec![]);
+    // SET … TO DEFAULT (and SET TIME ZONE LOCAL) is a RESET; SET LOCAL lasts only the
+    // transaction.
+    for (sql, name) in [
+        ("SET work_mem TO DEFAULT", "work_mem"),
+        ("SET SESSION search_path = DEFAULT", "search_path"),
+        ("SET TIME ZONE LOCAL", "timezone"),
+        ("SET TIME ZONE DEFAULT", "timezone"),
+    ] {
+        assert_eq!(
+            effects(sql),
+            vec![SessionEffect::Reset { name: name.into() }],
+            "{sql}"
+        );
+    }
+    assert_eq!(effects("SET LOCAL work_mem TO DEFAULT"), vec![]);
     assert_eq!(
         effects("SELECT set_config('a.b', 'c', false)"),
         vec![SessionEffect::SetConfig]
