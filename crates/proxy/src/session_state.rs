@@ -375,10 +375,37 @@ impl Applied {
     }
 }
 
+/// The words of the `options` start-up parameter as PostgreSQL splits them
+/// (`pg_split_opts`): at white space, where a backslash takes the next character as
+/// it is (`-c application_name=my\ app`, `search_path=a\,b`).
+fn split_options(options: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = options.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return words;
+        }
+        let mut word = String::new();
+        while let Some(c) = chars.next_if(|c| !c.is_ascii_whitespace()) {
+            match c {
+                '\\' => {
+                    if let Some(next) = chars.next() {
+                        word.push(next);
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        words.push(word);
+    }
+}
+
 /// `-c name=value` and `--name=value` pairs of the `options` start-up parameter.
 fn parse_options(options: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut words = options.split_ascii_whitespace();
+    let words = split_options(options);
+    let mut words = words.iter().map(String::as_str);
     while let Some(w) = words.next() {
         let pair = if w == "-c" {
             words.next()
@@ -706,6 +733,25 @@ fn starts_word(text: &[u8], word: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_split_as_postgresql_splits_them() {
+        assert_eq!(
+            parse_options(r"-c application_name=my\ app --search-path=a\,b -cwork_mem=7MB"),
+            vec![
+                ("application_name".to_string(), "my app".to_string()),
+                ("search_path".to_string(), r"a,b".to_string()),
+                ("work_mem".to_string(), "7MB".to_string()),
+            ]
+        );
+        assert_eq!(
+            parse_options("  -c  x.y=a\\\\b\t-c x.z=\\"),
+            vec![
+                ("x.y".to_string(), r"a\b".to_string()),
+                ("x.z".to_string(), String::new()),
+            ]
+        );
+    }
 
     #[test]
     fn a_list_setting_is_synced_by_a_query_and_the_others_by_set_alone() {

@@ -502,6 +502,11 @@ async fn transaction_mode_carries_startup_options_and_sets_across_server_connect
         assert_eq!(show(&plain, "search_path").await, "\"$user\", public");
         assert_eq!(show(&a, "application_name").await, "opts-test");
     }
+    // Options split as PostgreSQL splits them: a backslash keeps the next character.
+    let escaped = connect_with_options(&proxy, r"-c search_path=x\,\ y -c work_mem=5MB").await;
+    assert_eq!(show(&escaped, "search_path").await, "x, y");
+    assert_eq!(show(&escaped, "work_mem").await, "5MB");
+    drop(escaped);
     // A SET outside a transaction follows its client only.
     b.batch_execute("SET statement_timeout = '1234ms'")
         .await
