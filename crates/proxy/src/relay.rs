@@ -4457,7 +4457,17 @@ impl Relay {
     }
 
     async fn client_protocol_error(&mut self, e: DecodeError) -> ProxyError {
-        self.send_fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+        let message = match &e {
+            // A client_encoding other than UTF8 with text beyond ASCII in a query.
+            DecodeError::InvalidUtf8 { field: "query", .. } => format!(
+                "{e}: pgopt reads query text as UTF-8, so a client_encoding other than UTF8 \
+                 (LATIN1, WIN1252, SJIS…) can send only ASCII in queries through it; connect \
+                 with client_encoding UTF8 (PostgreSQL converts between it and the \
+                 database's encoding)"
+            ),
+            _ => e.to_string(),
+        };
+        self.send_fatal(sqlstate::PROTOCOL_VIOLATION, &message)
             .await;
         self.let_go(); // its state is unknown: closed
         ProxyError::Decode {
