@@ -222,10 +222,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
         "server_check_query",
         "pgopt checks an idle connection with an empty query",
     ),
-    (
-        "max_prepared_statements",
-        "pgopt carries named prepared statements in transaction mode always",
-    ),
     ("listen_backlog", "pgopt uses the system's backlog"),
     ("pkt_buf", "pgopt sizes its buffers itself"),
     ("sbuf_loopcnt", "pgopt's event loop needs no tuning"),
@@ -329,6 +325,14 @@ pub fn convert(path: &str) -> Result<Converted, String> {
                 // PgBouncer's 0 for the pool size means "use the default".
                 Ok(0) if key == "default_pool_size" => {}
                 Ok(n) => lines.push(format!("{key} = {n}")),
+                Err(_) => bad("expected a whole number"),
+            },
+            "max_prepared_statements" => match v.parse::<u64>() {
+                Ok(0) => bad(
+                    "0 turns PgBouncer's prepared statements off in transaction mode; pgopt \
+                     carries them always, with its own limit per server connection (1000)",
+                ),
+                Ok(n) => lines.push(format!("max_prepared_statements = {}", n.min(1_000_000))),
                 Err(_) => bad("expected a whole number"),
             },
             "max_packet_size" => match v.parse::<u64>() {
@@ -796,6 +800,22 @@ mod tests {
             let line = format!("max_message_len = {len}\n");
             assert!(c.toml.contains(&line), "{line}{}", c.toml);
         }
+        // max_prepared_statements: the same limit; its 0 (off) keeps pgopt's.
+        let c = convert_with("max_prepared_statements = 200\n");
+        assert!(
+            c.toml.contains("max_prepared_statements = 200\n"),
+            "{}",
+            c.toml
+        );
+        let c = convert_with("max_prepared_statements = 0\n");
+        assert!(!c.toml.contains("max_prepared_statements"), "{}", c.toml);
+        assert!(
+            c.notes
+                .iter()
+                .any(|n| n.contains("max_prepared_statements")),
+            "{:?}",
+            c.notes
+        );
         // tcp_user_timeout is in milliseconds.
         let c = convert_with("tcp_user_timeout = 30000\ntcp_keepalive = 0\n");
         for line in [

@@ -434,6 +434,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
         reserve_pool_timeout: config.reserve_pool_timeout.0,
         max_client_conn: config.max_client_conn.get() as usize,
         max_message_len: config.max_message_len.get(),
+        max_prepared_statements: config.max_prepared_statements.get() as usize,
         workers: config.workers.get() as usize,
         query_wait_timeout: config.query_wait_timeout.0,
         server_connect_timeout: config.server_connect_timeout.0,

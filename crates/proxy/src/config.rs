@@ -488,6 +488,9 @@ pub struct Config {
     pub databases: Vec<Database>,
     /// Largest message accepted from a client or server.
     pub max_message_len: u32,
+    /// Statements pgopt keeps prepared on one server connection (transaction mode):
+    /// past it, the one unused longest is closed there (0: no limit).
+    pub max_prepared_statements: usize,
     /// Query insight: statistics per query shape, slow log, N+1 detection.
     pub insight: crate::observe::InsightSettings,
     /// How reads are spread over the databases' replicas.
@@ -760,12 +763,16 @@ impl Default for Config {
             auth_query_cache_ttl: Duration::from_secs(60),
             databases: Vec::new(),
             max_message_len: pgopt_wire::DEFAULT_MAX_MESSAGE_LEN,
+            max_prepared_statements: DEFAULT_MAX_PREPARED_STATEMENTS,
             insight: crate::observe::InsightSettings::default(),
             routing: Routing::default(),
             cache: crate::cache::CacheSettings::default(),
         }
     }
 }
+
+/// `max_prepared_statements`' default: a few megabytes of plans per server connection.
+pub const DEFAULT_MAX_PREPARED_STATEMENTS: usize = 1000;
 
 /// Why the admin console's `SET` refused a setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -822,6 +829,7 @@ impl Config {
             "max_client_conn" => self.max_client_conn = count(1, 1_000_000)?,
             "max_db_connections" => self.max_db_connections = count(0, 100_000)?,
             "max_user_connections" => self.max_user_connections = count(0, 100_000)?,
+            "max_prepared_statements" => self.max_prepared_statements = count(0, 1_000_000)?,
             "reserve_pool_timeout" => self.reserve_pool_timeout = duration()?,
             "query_wait_timeout" => self.query_wait_timeout = duration()?,
             "server_connect_timeout" => self.server_connect_timeout = duration()?,
@@ -940,6 +948,8 @@ mod tests {
         c.set("query_timeout", "2.5").unwrap();
         c.set("query_wait_timeout", "250ms").unwrap();
         c.set("server_lifetime", "2min").unwrap();
+        c.set("max_prepared_statements", "0").unwrap();
+        assert_eq!(c.max_prepared_statements, 0);
         assert_eq!(c.default_pool_size, 50);
         assert_eq!(c.pool_mode, PoolMode::Session);
         assert_eq!(c.query_timeout, Duration::from_millis(2500));

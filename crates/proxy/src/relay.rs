@@ -2223,6 +2223,9 @@ impl Relay {
                 let prepared = Arc::new(prepared);
                 let id = prepared.id;
                 let on_server = self.server_conn().prepared.contains(&id);
+                if on_server {
+                    self.server_conn().prepared.touch(id);
+                }
                 let epoch = self.pool.plan_epoch();
                 let change = self.statements.prepare(parse.name, prepared.clone(), epoch);
                 if on_server && failed && !ends && !self.ending_in_flight {
@@ -3094,6 +3097,7 @@ impl Relay {
     /// Prepares `prepared` on the current server when it lacks it; whether it did.
     fn prepare_here(&mut self, prepared: &Prepared) -> bool {
         if self.server_conn().prepared.contains(&prepared.id) {
+            self.server_conn().prepared.touch(prepared.id);
             return false;
         }
         self.send_parse(
@@ -3125,6 +3129,24 @@ impl Relay {
     /// Sends `prepared`'s Parse, expecting `step`; a stale copy on the server (its plan
     /// invalidated by a schema change) is closed first.
     fn send_parse(&mut self, prepared: &Prepared, step: Step) {
+        let max = self.shared.config().max_prepared_statements;
+        // Past the limit, the statements unused longest are closed first (the limit
+        // may be passed while this checkout uses more). If the server skips a Close,
+        // that copy is closed before it is prepared again.
+        while let Some(victim) = self.server_conn().prepared.evict(max) {
+            let name = crate::statements::server_name(victim);
+            let close = Close {
+                target: Target::Statement,
+                name: &name,
+            };
+            if close.encode(&mut self.to_server).is_ok() {
+                self.expected.push(Step::InjectedClose {
+                    stale: Some(victim),
+                });
+            } else {
+                self.server_conn().stale.insert(victim);
+            }
+        }
         let server = self.server_conn();
         server.prepared.insert(prepared.id);
         if server.stale.remove(&prepared.id) {
@@ -4418,6 +4440,7 @@ impl Relay {
                 self.sbuf.reserve(SERVER_READ_BUF);
             }
         }
+        checkout.conn.prepared.new_checkout();
         self.server = Some(checkout);
         self.unnamed_here = false;
         self.sequence_here = false;

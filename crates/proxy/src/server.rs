@@ -174,7 +174,7 @@ pub struct ServerConn {
     pub params: Vec<(String, String)>,
     pub status: TransactionStatus,
     /// Statements pgopt prepared on this connection (see `statements.rs`).
-    pub prepared: foldhash::HashSet<u64>,
+    pub prepared: crate::statements::PreparedSet,
     /// Statements still on the server whose plans a schema change invalidated: closed
     /// before they are prepared again.
     pub stale: foldhash::HashSet<u64>,

@@ -73,7 +73,7 @@ impl Prepared {
 
     pub fn from_parse(parse: &Parse<'_>) -> Result<Prepared, EncodeError> {
         let id = statement_id(parse);
-        let server_name = format!("pgopt_{id:016x}");
+        let server_name = server_name(id);
         let mut buf = BytesMut::new();
         Parse {
             name: &server_name,
@@ -87,6 +87,74 @@ impl Prepared {
             parse: buf.freeze(),
         })
     }
+}
+
+/// The statements pgopt prepared on one server connection, each with the checkout
+/// that last used it, so that past `max_prepared_statements` the one unused longest
+/// is closed (as PgBouncer's `max_prepared_statements` does): clients that each
+/// prepare statements of their own would otherwise fill the server's memory.
+#[derive(Debug, Default)]
+pub struct PreparedSet {
+    used: foldhash::HashMap<u64, u64>,
+    /// The connection's checkouts so far: the current one's number.
+    checkout: u64,
+}
+
+impl PreparedSet {
+    pub fn contains(&self, id: &u64) -> bool {
+        self.used.contains_key(id)
+    }
+
+    /// Adds `id`, used by the current checkout.
+    pub fn insert(&mut self, id: u64) {
+        self.used.insert(id, self.checkout);
+    }
+
+    /// Marks `id` used by the current checkout, if the connection has it.
+    pub fn touch(&mut self, id: u64) {
+        if let Some(at) = self.used.get_mut(&id) {
+            *at = self.checkout;
+        }
+    }
+
+    pub fn remove(&mut self, id: &u64) -> bool {
+        self.used.remove(id).is_some()
+    }
+
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// A new checkout: what it uses is kept over what earlier ones used.
+    pub fn new_checkout(&mut self) {
+        self.checkout += 1;
+    }
+
+    /// With `max` or more statements (`max` > 0), the one unused longest that the
+    /// current checkout has not used (its portals may still run), removed: to be
+    /// closed on the server. `None` under the limit, or when the current checkout uses
+    /// them all.
+    pub fn evict(&mut self, max: usize) -> Option<u64> {
+        if max == 0 || self.used.len() < max {
+            return None;
+        }
+        let (&id, _) = self
+            .used
+            .iter()
+            .filter(|(_, &at)| at < self.checkout)
+            .min_by_key(|(&id, &at)| (at, id))?;
+        self.used.remove(&id);
+        Some(id)
+    }
+}
+
+/// A statement's name on the servers, from its id.
+pub fn server_name(id: u64) -> String {
+    format!("pgopt_{id:016x}")
 }
 
 /// A statement's id on the servers: a hash of its text and parameter types.
@@ -1173,6 +1241,27 @@ fn completes(request: Request, tag: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn past_the_limit_the_statement_unused_longest_goes_but_never_one_this_checkout_used() {
+        let mut set = super::PreparedSet::default();
+        set.new_checkout();
+        set.insert(1);
+        set.insert(2);
+        set.new_checkout();
+        set.insert(3);
+        set.touch(1);
+        // Under the limit, or no limit: nothing goes.
+        assert_eq!(set.evict(4), None);
+        assert_eq!(set.evict(0), None);
+        // 2 was last used a checkout before 1 and 3; those two this checkout used.
+        assert_eq!(set.evict(3), Some(2));
+        assert!(!set.contains(&2));
+        assert_eq!(set.evict(2), None, "the rest are this checkout's");
+        set.new_checkout();
+        set.touch(3);
+        assert_eq!(set.evict(2), Some(1));
+        assert_eq!(set.len(), 1);
+    }
     use super::*;
 
     fn run(expected: &mut Expected, tags: &[u8]) -> (Vec<Verdict>, Vec<u64>) {

@@ -703,6 +703,11 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
         ("admin_users", c.admin_users.join(","), true),
         ("stats_users", c.stats_users.join(","), true),
         ("max_message_len", c.max_message_len.to_string(), true),
+        (
+            "max_prepared_statements",
+            c.max_prepared_statements.to_string(),
+            true,
+        ),
     ]
 }
 

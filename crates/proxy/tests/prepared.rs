@@ -1715,3 +1715,57 @@ async fn server_md5(client: &tokio_postgres::Client, text: &str) -> String {
         .unwrap();
     row.get(0)
 }
+
+/// Past `max_prepared_statements` on a server connection, the statements unused
+/// longest are closed there and prepared again where a client next uses them; never
+/// one the current transaction used (its portals may still run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_limit_the_statements_unused_longest_are_closed_on_the_server() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |c| {
+        c.default_pool_size = 1;
+        c.max_prepared_statements = 3;
+    })
+    .await;
+    let mut client = connect(&proxy).await;
+    let other = connect(&proxy).await;
+    let on_server = || async {
+        let n: i64 = other
+            .query_one(
+                "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgopt_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let mut statements = Vec::new();
+    for i in 0..6 {
+        let sql = format!("SELECT {i}::int + $1");
+        statements.push(client.prepare(&sql).await.unwrap());
+        assert!(on_server().await <= 3, "after {} statements", i + 1);
+    }
+    // Every one still runs: those closed are prepared again, others closed instead.
+    for round in 0..2 {
+        for (i, s) in statements.iter().enumerate() {
+            let v: i32 = client.query_one(s, &[&10]).await.unwrap().get(0);
+            assert_eq!(v, i as i32 + 10, "round {round}");
+            assert!(on_server().await <= 3);
+        }
+    }
+    // One transaction may use more than the limit: none it used is closed under it.
+    let tx = client.transaction().await.unwrap();
+    let portal = tx.bind(&statements[0], &[&1]).await.unwrap();
+    for (i, s) in statements.iter().enumerate() {
+        let v: i32 = tx.query_one(s, &[&1]).await.unwrap().get(0);
+        assert_eq!(v, i as i32 + 1);
+    }
+    let rows = tx.query_portal(&portal, 0).await.unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), 1);
+    tx.commit().await.unwrap();
+    let extra = client.prepare("SELECT 100 + $1::int").await.unwrap();
+    let v: i32 = client.query_one(&extra, &[&1]).await.unwrap().get(0);
+    assert_eq!(v, 101);
+    assert!(on_server().await <= 3);
+}

@@ -228,6 +228,9 @@ pub struct ProxyConfig {
     /// The longest protocol message, either way, in bytes (a client's is held whole
     /// before it is relayed: this bounds a client's memory).
     pub max_message_len: Bounded<65536, 1073741823>,
+    /// Statements pgopt keeps prepared on one server connection in transaction mode;
+    /// past it the one unused longest is closed there. 0: no limit.
+    pub max_prepared_statements: Bounded<0, 1000000>,
     /// Threads serving clients: 0 is one per core; 1 is a single-threaded event loop.
     pub workers: Bounded<0, 1024>,
     /// How long a client waits for a server connection.
@@ -331,6 +334,9 @@ impl Default for ProxyConfig {
             reserve_pool_timeout: HumanDuration(Duration::from_secs(5)),
             max_client_conn: Bounded(1000),
             max_message_len: Bounded(pgopt_proxy::Config::default().max_message_len),
+            max_prepared_statements: Bounded(
+                pgopt_proxy::Config::default().max_prepared_statements as u32,
+            ),
             workers: Bounded(0),
             query_wait_timeout: HumanDuration(Duration::from_secs(120)),
             server_connect_timeout: HumanDuration(Duration::from_secs(5)),
