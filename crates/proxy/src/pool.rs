@@ -256,6 +256,10 @@ pub struct Pool {
     pub waiting: AtomicUsize,
     /// Shut down: no more checkouts.
     closed: AtomicBool,
+    /// Replaced or removed by a RELOAD (its database's server or pool mode changed, or
+    /// the database is gone): its clients are closed before their next transaction
+    /// rather than run it on the old server.
+    retired: AtomicBool,
     /// See [`ServerConn::generation`] and [`Pool::reconnect`].
     generation: AtomicU64,
     /// Shared with the database's other pools on this node (`max_db_connections`).
@@ -378,6 +382,7 @@ impl Pool {
             clients: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             db_limit,
             user_limit,
@@ -1113,6 +1118,17 @@ impl Pool {
             && (replaced || self.close_needed(info))
     }
 
+    /// A RELOAD replaced or removed it (see `retired`); its idle connections close.
+    pub fn retire(&self) {
+        self.retired.store(true, Relaxed);
+        self.close_idle();
+    }
+
+    /// Whether a RELOAD replaced or removed it.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
+    }
+
     /// Closes every idle connection (PAUSE, SHUTDOWN, a server that went away).
     pub fn close_idle(&self) -> usize {
         let closed = std::mem::take(&mut *lock(&self.idle));
@@ -1353,7 +1369,8 @@ impl Pool {
 
 impl Pools {
     /// The pool of (database, user, node) if `fits`, else a new one from `make` in its
-    /// place (clients of the old one finish on it).
+    /// place: clients of the old one finish on it when only its password changed, and
+    /// are closed before their next transaction when its server or mode did.
     pub fn get_or_replace(
         &self,
         (database, user, node): (&str, &str, usize),
@@ -1365,10 +1382,14 @@ impl Pools {
         match map.get(&key) {
             Some(pool) if fits(pool) => pool.clone(),
             old => {
-                if let Some(old) = old {
-                    old.close_idle();
-                }
                 let pool = make();
+                if let Some(old) = old {
+                    if pool.target.same_login(&old.target) && pool.mode == old.mode {
+                        old.close_idle();
+                    } else {
+                        old.retire();
+                    }
+                }
                 map.insert(key, pool.clone());
                 pool
             }

@@ -4064,6 +4064,24 @@ impl Relay {
     /// [`Relay::checkout`] for a transaction known to be read-only or not, skipping
     /// the replicas in `tried` (a bit each).
     async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> Lending {
+        if self.pool.is_retired() {
+            // A RELOAD moved its database to another server (a failover), changed its
+            // pool mode or removed it: the client is not to run another transaction on
+            // the old server. It reconnects to the new pool, as PgBouncer's clients
+            // end up there.
+            let database = &self.pool.database;
+            let message = if self.shared.config().database(database).is_some() {
+                format!(
+                    "terminating connection: a RELOAD changed database \"{database}\"'s server or \
+                     pool mode; reconnect"
+                )
+            } else {
+                format!("terminating connection: a RELOAD removed database \"{database}\"")
+            };
+            tracing::info!(client = %self.info.addr, "{message}");
+            self.close(sqlstate::ADMIN_SHUTDOWN, &message).await;
+            return Lending::Closed;
+        }
         let requested_us = crate::stats::unix_us_at(self.clock);
         self.info.set_state(ClientState::Waiting, requested_us);
         let mut attempts = 0;

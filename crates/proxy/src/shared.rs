@@ -512,8 +512,10 @@ impl Shared {
 
     /// Applies a new config. Takes effect at once: users, auth method, pool limits,
     /// timeouts (connected sessions' too), max_client_conn, the slow log, N+1 and plan-capture settings, pausing
-    /// or resuming query insight (`insight.enabled`). Databases whose server changed get new pools (clients
-    /// already connected finish on the old ones). `listen`, `admin_listen` and
+    /// or resuming query insight (`insight.enabled`). Databases whose server or pool mode changed,
+    /// or that are gone, get new pools (or none): their connected clients are closed before their
+    /// next transaction (see `Pool::retire`); a new password alone makes a new pool for new
+    /// clients, and those connected finish on the old one. `listen`, `admin_listen` and
     /// `routing.safe_functions` need a restart.
     pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
         let _changing = lock(&self.changing);
@@ -605,32 +607,53 @@ impl Shared {
         for (user, limit) in lock(&self.user_limits).iter() {
             limit.set_max(new.max_user_connections_of(user));
         }
-        for pool in self.pools.list() {
+        // Whether a pool logs in to the same server in the same pool mode as the new
+        // config says (`same_login`, `same_mode`), and whether in every respect, its
+        // password and TLS included (`same_server`).
+        let compare = |pool: &Pool| {
             let db = new.database(&pool.database);
             let db = db.as_deref();
-            let same_server = db.is_some_and(|db| {
+            let (same_login, same_server) = db.map_or((false, false), |db| {
                 let mut target =
                     target_for(db, &pool.user, |name| users.get(name), server_tls.clone());
                 if let Some((i, node)) = &pool.node {
                     // The same replica, still in this database's router.
                     match routers.get(&db.name).and_then(|r| r.replicas.get(*i)) {
                         Some(n) if Arc::ptr_eq(n, node) => target.point_at(n),
-                        _ => return false,
+                        _ => return (false, false),
                     }
                 }
                 // An auth_query user's password came from the server, not the config.
                 let listed = users.contains_key(&target.user) || db.password.is_some();
-                target.same_login(&pool.target) && (!listed || target == pool.target)
+                let same_login = target.same_login(&pool.target);
+                (same_login, same_login && (!listed || target == pool.target))
             });
-            match db {
-                Some(db)
-                    if same_server && new.pool_mode_for(db, &pool.target.user) == pool.mode =>
-                {
-                    pool.set_limits(limits_for(&new, db));
-                }
-                _ => {
+            let same_mode =
+                db.is_some_and(|db| new.pool_mode_for(db, &pool.target.user) == pool.mode);
+            (same_login && same_mode, same_server && same_mode)
+        };
+        // Pools an earlier RELOAD replaced for a new password, which clients still use:
+        // retired too when their server or mode is not the new config's.
+        for pool in self.live_pools() {
+            if !pool.is_retired() && !self.pools.is_current(&pool) && !compare(&pool).0 {
+                pool.retire();
+            }
+        }
+        for pool in self.pools.list() {
+            let db = new.database(&pool.database);
+            match (db, compare(&pool)) {
+                (Some(db), (_, true)) => pool.set_limits(limits_for(&new, &db)),
+                // A new password or TLS setting: new clients get a new pool, those
+                // connected finish on this one.
+                (Some(_), (true, false)) => {
                     self.pools.remove(&pool);
                     pool.close_idle();
+                }
+                // Another server (a failover), another pool mode, or no database:
+                // its clients are closed before their next transaction.
+                _ => {
+                    self.pools.remove(&pool);
+                    pool.retire();
                 }
             }
         }

@@ -1032,11 +1032,72 @@ async fn reconnect_reaches_a_pool_a_reload_replaced_that_a_client_still_uses() {
         .unwrap();
     assert_eq!(backend_pid(&a).await, before, "the transaction goes on");
     a.batch_execute("COMMIT").await.unwrap();
+    // Its next transaction would run on the old server: the client is closed instead,
+    // and a new one gets a connection of the new pool.
+    let e = a.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(code(&e) == Some("57P01") || e.is_closed(), "{e:?}");
+    let b = connect(&proxy, "postgres", None).await.unwrap();
     assert_ne!(
-        backend_pid(&a).await,
+        backend_pid(&b).await,
         before,
         "a connection opened before RECONNECT was used again"
     );
+}
+
+/// The port of the server `client`'s statement runs on.
+async fn server_port(client: &tokio_postgres::Client) -> String {
+    common::value(client, "SHOW port").await
+}
+
+/// A RELOAD that moves a database to another server (a failover), changes its pool
+/// mode or removes it: clients already connected finish their transaction on the old
+/// server, then are closed rather than run another there (they reconnect to the new
+/// one); a new password alone leaves them be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_a_database_closes_its_clients_before_their_next_transaction() {
+    let pg = Postgres::start().await.unwrap();
+    let other = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let handle = proxy.handle();
+    let reload = |config: pgopt_proxy::Config| {
+        let mut config = config;
+        config.admin_users = vec!["postgres".into()];
+        handle.set_reloader(move || Ok(config.clone()));
+        handle.reload().unwrap();
+    };
+    // A new password alone: the clients stay.
+    let stays = connect(&proxy, "postgres", None).await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.databases[0].password = Some("unused".into());
+    reload(config);
+    assert_eq!(server_port(&stays).await, pg.port().to_string());
+    // Moved to the other server: a transaction under way ends where it began.
+    let moved = connect(&proxy, "postgres", None).await.unwrap();
+    moved.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(server_port(&moved).await, pg.port().to_string());
+    reload(config_for(&other, PoolMode::Transaction, 2));
+    assert_eq!(server_port(&moved).await, pg.port().to_string());
+    moved.batch_execute("COMMIT").await.unwrap();
+    for client in [&moved, &stays] {
+        let e = client.batch_execute("SELECT 1").await.unwrap_err();
+        let db = e.as_db_error().expect("a FATAL before the close");
+        assert_eq!(db.code().code(), "57P01", "{db:?}");
+        assert!(db.message().contains("RELOAD changed database"), "{db:?}");
+    }
+    let fresh = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(server_port(&fresh).await, other.port().to_string());
+    // Another pool mode.
+    reload(config_for(&other, PoolMode::Session, 2));
+    let e = fresh.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&e), Some("57P01"), "{e:?}");
+    // Removed.
+    let last = connect(&proxy, "postgres", None).await.unwrap();
+    let mut config = config_for(&other, PoolMode::Session, 2);
+    config.databases[0].name = "elsewhere".into();
+    reload(config);
+    let e = last.batch_execute("SELECT 1").await.unwrap_err();
+    let db = e.as_db_error().expect("a FATAL before the close");
+    assert!(db.message().contains("RELOAD removed database"), "{db:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1164,14 +1225,16 @@ async fn shutdown_tells_a_client_waiting_on_a_pool_a_reload_replaced_at_once() {
     let holder = connect(&proxy, "postgres", None).await.unwrap();
     let waiter = connect(&proxy, "postgres", None).await.unwrap();
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    // The pool is replaced; both sessions stay on the old one.
+    let waiting = tokio::spawn(async move { waiter.batch_execute("SELECT 2").await });
+    still_waiting(&waiting, "the pool's only connection is held").await;
+    // The pool is replaced; both sessions stay on the old one for the transaction
+    // under way and the one waiting.
     let mut config = config_for(&pg, PoolMode::Transaction, 1);
     config.admin_users = vec!["postgres".into()];
     config.databases[0].host = "localhost".into();
     let handle = proxy.handle();
     handle.set_reloader(move || Ok(config.clone()));
     handle.reload().unwrap();
-    let waiting = tokio::spawn(async move { waiter.batch_execute("SELECT 2").await });
     still_waiting(&waiting, "the old pool's only connection is held").await;
     proxy.handle().shutdown();
     let e = finished(waiting, "the waiter heard of the shutdown")
