@@ -1161,6 +1161,13 @@ impl Pool {
                     true
                 }
             });
+            // More open than the pool's size (a RELOAD or SET shrank it): idle ones go
+            // at once, oldest-used first, as PgBouncer's "too many servers in the pool"
+            // (no more than the size can be lent anyway).
+            let open = idle.len() + self.active.load(Relaxed);
+            let excess = open.saturating_sub(limits.size.max(limits.min_size));
+            let excess = excess.min(idle.len());
+            idle.drain(..excess);
         }
         // After a failure, probe the server once the backoff ends, so the pool finds
         // it back without a client paying for the attempt.

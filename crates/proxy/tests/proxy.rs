@@ -1,7 +1,7 @@
 //! The proxy with real clients (tokio-postgres, psql, pgbench) against a real PostgreSQL.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod common;
 
@@ -1133,6 +1133,24 @@ async fn a_saturated_pool_shrinks_on_reload_while_clients_keep_it_busy() {
         after <= 2,
         "{after} connections busy at once after shrinking to 2"
     );
+    // The connections past the new size close (PgBouncer's "too many servers in the
+    // pool"), not only at server_idle_timeout.
+    let open = || async {
+        common::value(
+            &direct,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgopt'",
+        )
+        .await
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open().await.parse::<u32>().unwrap() > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{} open after shrinking to 2",
+            open().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
