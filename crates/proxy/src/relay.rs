@@ -2449,6 +2449,11 @@ impl Relay {
                 server.conn.stale.insert(id);
             }
         }
+        for id in self.expected.take_closed() {
+            if let Some(server) = self.server.as_mut() {
+                server.conn.stale.remove(&id);
+            }
+        }
     }
 
     /// The client uses its unnamed statement: prepared again first when this server
@@ -3131,9 +3136,11 @@ impl Relay {
     fn send_parse(&mut self, prepared: &Prepared, step: Step) {
         let max = self.shared.config().max_prepared_statements;
         // Past the limit, the statements unused longest are closed first (the limit
-        // may be passed while this checkout uses more). If the server skips a Close,
-        // that copy is closed before it is prepared again.
+        // may be passed while this checkout uses more). Each counts as stale until the
+        // server confirms its Close: one prepared again before then (a batch pipelined
+        // behind, the Close skipped after an error) is closed again first.
         while let Some(victim) = self.server_conn().prepared.evict(max) {
+            self.server_conn().stale.insert(victim);
             let name = crate::statements::server_name(victim);
             let close = Close {
                 target: Target::Statement,
@@ -3143,8 +3150,6 @@ impl Relay {
                 self.expected.push(Step::InjectedClose {
                     stale: Some(victim),
                 });
-            } else {
-                self.server_conn().stale.insert(victim);
             }
         }
         let server = self.server_conn();

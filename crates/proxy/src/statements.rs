@@ -603,10 +603,11 @@ pub enum Step {
     /// The client's unnamed statement prepared again by the proxy on this server
     /// connection: its ParseComplete is not the client's.
     InjectedUnnamed,
-    /// A Close the proxy injected: of the unnamed statement (`stale: None`), or before
-    /// preparing statement `stale` again, whose plan a schema change invalidated. Its
-    /// CloseComplete is not the client's; skipped, it leaves the old copy on the server
-    /// (see [`Expected::take_still_stale`]).
+    /// A Close the proxy injected: of the unnamed statement (`stale: None`), before
+    /// preparing statement `stale` again (its plan a schema change invalidated), or of
+    /// statement `stale` past `max_prepared_statements`. Its CloseComplete is not the
+    /// client's (see [`Expected::take_closed`]); skipped, it leaves the old copy on the
+    /// server (see [`Expected::take_still_stale`]).
     InjectedClose { stale: Option<u64> },
     /// A Bind of a client's named statement, sent as server statement `statement`;
     /// its responses go to the client.
@@ -701,6 +702,9 @@ pub struct Expected {
     /// Statements whose injected Close the server skipped or refused since the last
     /// [`Expected::take_still_stale`]: the server still has their old copies.
     still_stale: Vec<u64>,
+    /// Statements whose injected Close the server confirmed (see
+    /// [`Expected::take_closed`]).
+    closed: Vec<u64>,
     /// The commit at a Sync pgopt sent to end a batch before its answer to a
     /// DEALLOCATE failed: as PostgreSQL's, that answer is the error and a
     /// ReadyForQuery, with no CommandComplete.
@@ -869,7 +873,10 @@ impl Expected {
     /// last [`Expected::drain_settled`] and [`Expected::take_unnamed_unsure`].
     #[inline]
     pub fn has_news(&self) -> bool {
-        !self.settled.is_empty() || self.unnamed_unsure || !self.still_stale.is_empty()
+        !self.settled.is_empty()
+            || self.unnamed_unsure
+            || !self.still_stale.is_empty()
+            || !self.closed.is_empty()
     }
 
     /// Statements the server still has an old copy of (see `still_stale`), since the
@@ -877,6 +884,12 @@ impl Expected {
     #[inline]
     pub fn take_still_stale(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.still_stale)
+    }
+
+    /// Statements whose Close pgopt injected (a stale copy, or one closed past
+    /// `max_prepared_statements`) the server confirmed: no old copy is left of them.
+    pub fn take_closed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.closed)
     }
 
     /// The client's name changes settled since the last call.
@@ -1026,8 +1039,10 @@ impl Expected {
             // (A stale statement's Close refused: its old copy stays; the Parse after
             // it, skipped, forgets it as well.)
             Step::InjectedClose { stale } => {
-                if tag == b'E' {
-                    self.still_stale.extend(stale);
+                match tag {
+                    b'E' => self.still_stale.extend(stale),
+                    b'3' => self.closed.extend(stale),
+                    _ => {}
                 }
                 self.injected(tag, b'3', stale, &mut forget)
             }

@@ -1769,3 +1769,60 @@ async fn past_the_limit_the_statements_unused_longest_are_closed_on_the_server()
     assert_eq!(v, 101);
     assert!(on_server().await <= 3);
 }
+
+/// A statement closed past the limit whose Close the server skipped (an error earlier
+/// in its batch), used again in a batch pipelined behind: closed again before it is
+/// prepared again, not prepared over its old copy (42P05).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_statement_used_again_behind_a_failed_batch_is_prepared_cleanly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = Postgres::start().await.unwrap();
+    let proxy = common::start_with(&pg, |c| {
+        c.default_pool_size = 1;
+        c.max_prepared_statements = 2;
+    })
+    .await;
+    let mut raw = common::raw_login(&proxy).await;
+    let parse =
+        |name: &str, sql: &str| common::message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+    let bind = |name: &str| common::message(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes());
+    let execute = common::message(b'E', b"\0\0\0\0\0");
+    let sync = common::message(b'S', b"");
+    for (name, sql) in [("a", "SELECT 1"), ("b", "SELECT 2")] {
+        raw.write_all(&[parse(name, sql), sync.clone()].concat())
+            .await
+            .unwrap();
+        common::read_until(&mut raw, b'Z').await;
+    }
+    // `c` closes `a` (unused longest) first; the division fails before that Close.
+    let pipeline = [
+        common::run_unnamed("SELECT 1/0", b'H'),
+        parse("c", "SELECT 3"),
+        sync.clone(),
+        bind("a"),
+        execute.clone(),
+        sync.clone(),
+    ]
+    .concat();
+    raw.write_all(&pipeline).await.unwrap();
+    let mut reply = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reply.iter().filter(|&&b| b == b'Z').count() < 2
+        || !reply.windows(8).any(|w| w == b"SELECT 1")
+    {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, raw.read(&mut buf))
+            .await
+            .expect("the pipeline's answers")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("22012"), "the division's error: {text}");
+    assert!(
+        !text.contains("42P05"),
+        "prepared over its old copy: {text}"
+    );
+    assert!(text.contains("SELECT 1"), "`a` ran: {text}");
+}
