@@ -1967,8 +1967,9 @@ impl Relay {
                 let refusal = if self.worth_judging(parse.query.as_bytes()) {
                     self.judge_session(parse.query, Some(&parse))
                 } else {
-                    // (Not looked at: it may call nextval.)
-                    self.sequence_here = true;
+                    // (Not looked at: it may call nextval when it runs.)
+                    self.sequence_here |= parse.name.is_empty()
+                        && !session_state::cannot_advance(parse.query.as_bytes());
                     None
                 };
                 if let Some(refusal) = refusal {
@@ -1980,11 +1981,6 @@ impl Relay {
                 Request::Parse
             }
             b'P' => Request::Parse,
-            b'B' if self.rewrite => {
-                // (A named statement's may call nextval.)
-                self.sequence_here = true;
-                Request::Bind
-            }
             b'B' => Request::Bind,
             b'D' => Request::Describe,
             b'C' => Request::Close,
@@ -2012,7 +2008,7 @@ impl Relay {
                         return Ok(());
                     }
                 } else {
-                    self.sequence_here = true;
+                    self.sequence_here |= !session_state::cannot_advance(frame.body());
                 }
                 Request::Query
             }
@@ -2288,6 +2284,12 @@ impl Relay {
                 };
                 if !self.read_back_statements.is_empty() {
                     self.reread_bound(prepared.id);
+                }
+                if let Some(error) = self.sequences_at_bind(&prepared, bind.statement.is_empty()) {
+                    self.fail_open_batch();
+                    self.expected.push_error(error);
+                    self.skipping = true;
+                    return Ok(true);
                 }
                 if self.status == TransactionStatus::Failed
                     && self.lacks_outside_end(&prepared)
@@ -2618,20 +2620,17 @@ impl Relay {
 
     fn judge_session(&mut self, sql: &str, parse: Option<&Parse<'_>>) -> Option<Bytes> {
         let simple = parse.is_none();
+        // A named statement runs at its Binds, judged there (`sequences_at_bind`).
+        let runs_now = parse.is_none_or(|p| p.name.is_empty());
         let Ok(analysis) = self.shared.analyzer.analyze(sql) else {
-            self.sequence_here = true;
+            self.sequence_here |= runs_now;
             return None;
         };
-        // lastval()/currval() as the first thing on a connection (nothing before it since
-        // the checkout, nor beside it in the text, may have called nextval) would read
-        // the sequence values another client left in the server's session.
-        if !self.sequence_here
-            && analysis.read_only
-            && session_state::reads_session_sequences(&analysis)
-        {
-            return self.refusal(&session_state::sequence_refusal());
+        if runs_now {
+            if let Some(refusal) = self.judge_sequences(&analysis) {
+                return Some(refusal);
+            }
         }
-        self.sequence_here |= !analysis.read_only;
         match session_state::judge(&analysis, sql) {
             SessionVerdict::Relay => None,
             SessionVerdict::AfterRun { reread, resets } => {
@@ -2674,6 +2673,43 @@ impl Relay {
             }
             SessionVerdict::Refuse(message) | SessionVerdict::InBlockOnly(message) => {
                 self.refusal(&message)
+            }
+        }
+    }
+
+    /// lastval()/currval() as the first thing on a connection (nothing before it since
+    /// the checkout, nor beside it in a query of several statements, may have called
+    /// nextval) would read the sequence values another client left in the server's
+    /// session: refused. Else notes whether the statement may call nextval.
+    fn judge_sequences(&mut self, analysis: &pgopt_sql::Analysis) -> Option<Bytes> {
+        if self.sequence_here {
+            return None;
+        }
+        let advances = session_state::may_advance_sequences(analysis);
+        if session_state::reads_session_sequences(analysis)
+            && !(advances && analysis.kinds.len() > 1)
+        {
+            return self.refusal(&session_state::sequence_refusal());
+        }
+        self.sequence_here = advances;
+        None
+    }
+
+    /// [`Relay::judge_sequences`] for a Bind of a client's named statement, the first
+    /// message of a transaction that runs it (its Parse was not judged so: it runs here).
+    fn sequences_at_bind(&mut self, prepared: &Prepared, unnamed: bool) -> Option<Bytes> {
+        // (The unnamed statement was judged at its Parse.)
+        if self.sequence_here || unnamed {
+            return None;
+        }
+        match prepared
+            .query()
+            .and_then(|sql| self.shared.analyzer.analyze(sql).ok())
+        {
+            Some(analysis) => self.judge_sequences(&analysis),
+            None => {
+                self.sequence_here = true;
+                None
             }
         }
     }

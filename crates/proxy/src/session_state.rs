@@ -692,6 +692,53 @@ pub fn reads_session_sequences(analysis: &Analysis) -> bool {
     })
 }
 
+/// Whether `analysis` may call nextval (or setval): anything that is not read-only but
+/// a transaction's control, SET, RESET or SHOW (BEGIN does not advance a sequence).
+pub fn may_advance_sequences(analysis: &Analysis) -> bool {
+    !analysis.read_only
+        && analysis.kinds.iter().any(|k| {
+            !matches!(
+                k,
+                StatementKind::Transaction
+                    | StatementKind::Set
+                    | StatementKind::Reset
+                    | StatementKind::Show
+            )
+        })
+}
+
+/// A statement that surely calls no nextval, from its first word (for text not
+/// analysed): BEGIN, START, COMMIT, END, ROLLBACK, SAVEPOINT, RELEASE, SET, RESET,
+/// SHOW, alone.
+pub fn cannot_advance(sql: &[u8]) -> bool {
+    let first = skip_blanks_and_comments(sql);
+    let word_end = first
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(first.len());
+    let (word, rest) = first.split_at(word_end);
+    let one_statement = memchr::memchr(b';', rest).is_none_or(|at| {
+        rest[at + 1..]
+            .iter()
+            .all(|b| b.is_ascii_whitespace() || *b == 0)
+    });
+    one_statement
+        && [
+            &b"begin"[..],
+            b"start",
+            b"commit",
+            b"end",
+            b"rollback",
+            b"savepoint",
+            b"release",
+            b"set",
+            b"reset",
+            b"show",
+        ]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
+}
+
 /// The refusal of a `lastval()`/`currval()` that would read another client's sequence
 /// values (see [`reads_session_sequences`]).
 pub fn sequence_refusal() -> String {
@@ -733,6 +780,22 @@ fn starts_word(text: &[u8], word: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_transaction_control_set_and_show_alone_surely_advance_no_sequence() {
+        for sql in ["BEGIN", "begin isolation level serializable;", " COMMIT\0", "SET x = 1"] {
+            assert!(cannot_advance(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "SELECT nextval('s')",
+            "BEGIN; INSERT INTO t VALUES (1)",
+            "settle",
+            "",
+        ] {
+            assert!(!cannot_advance(sql.as_bytes()), "{sql}");
+        }
+    }
 
     #[test]
     fn options_split_as_postgresql_splits_them() {

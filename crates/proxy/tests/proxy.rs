@@ -1046,6 +1046,31 @@ async fn refuses_session_state(proxy: &Proxy) {
         .get(0);
     assert_eq!(current, i64::from(in_block));
     client.batch_execute("COMMIT").await.unwrap();
+    // BEGIN calls no nextval; nor does a write that only reads the sequence.
+    client.batch_execute("BEGIN").await.unwrap();
+    let err = client.batch_execute("SELECT lastval()").await.unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let err = client
+        .batch_execute("INSERT INTO serials (v) SELECT currval('serials_id_seq')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    // A statement prepared ahead is judged where it runs.
+    let read = client
+        .prepare("SELECT currval('serials_id_seq')")
+        .await
+        .unwrap();
+    let err = client.query_one(&read, &[]).await.unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    client.batch_execute("BEGIN").await.unwrap();
+    let row = client
+        .query_one("INSERT INTO serials (v) VALUES (5) RETURNING id", &[])
+        .await
+        .unwrap();
+    let current: i64 = client.query_one(&read, &[]).await.unwrap().get(0);
+    assert_eq!(current, i64::from(row.get::<_, i32>(0)));
+    client.batch_execute("COMMIT").await.unwrap();
     let n: i32 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 42);
     // What transaction mode can carry is allowed.
