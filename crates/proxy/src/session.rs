@@ -619,10 +619,29 @@ async fn read_startup_packets(
                     .await;
                     return Ok(StartupStep::Done(None));
                 };
+                // A newer 3.x than 3.0, or protocol options (`_pq_.…`): as PostgreSQL,
+                // NegotiateProtocolVersion says 3.0 and none of the options, and the
+                // login goes on (a client must not take them as accepted).
+                let options: Vec<&str> = m
+                    .params
+                    .iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| k.starts_with("_pq_."))
+                    .collect();
+                if m.protocol.minor > 0 || !options.is_empty() {
+                    let mut out = bytes::BytesMut::new();
+                    let negotiate = pgopt_wire::backend::NegotiateProtocolVersion {
+                        newest_minor: 0,
+                        unrecognized: options.as_slice().into(),
+                    };
+                    if negotiate.encode(&mut out).is_ok() {
+                        write_all(stream, &out).await?;
+                    }
+                }
                 let params = m
                     .params
                     .iter()
-                    .filter(|(k, _)| *k != "user" && *k != "database")
+                    .filter(|(k, _)| *k != "user" && *k != "database" && !k.starts_with("_pq_."))
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
                 return Ok(StartupStep::Done(Some(Startup {

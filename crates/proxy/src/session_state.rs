@@ -783,7 +783,12 @@ mod tests {
 
     #[test]
     fn only_transaction_control_set_and_show_alone_surely_advance_no_sequence() {
-        for sql in ["BEGIN", "begin isolation level serializable;", " COMMIT\0", "SET x = 1"] {
+        for sql in [
+            "BEGIN",
+            "begin isolation level serializable;",
+            " COMMIT\0",
+            "SET x = 1",
+        ] {
             assert!(cannot_advance(sql.as_bytes()), "{sql}");
         }
         for sql in [

@@ -272,6 +272,34 @@ async fn a_client_waiting_too_long_for_a_server_gets_57014() {
     holder.batch_execute("COMMIT").await.unwrap();
 }
 
+/// A client asking for protocol 3.2 with a protocol option hears, as from PostgreSQL,
+/// NegotiateProtocolVersion (3.0, the option not recognised), then logs in on 3.0.
+#[tokio::test]
+async fn a_newer_minor_protocol_is_negotiated_down_to_3_0() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let body = b"\0\x03\0\x02user\0postgres\0database\0app\0_pq_.foo\0bar\0\0";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    raw.write_all(&startup).await.unwrap();
+    let mut head = [0u8; 5];
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], b'v', "NegotiateProtocolVersion first");
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut rest = vec![0u8; len - 4];
+    raw.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest[..8], &[0, 0, 0, 0, 0, 0, 0, 1], "3.0, one option");
+    assert_eq!(&rest[8..], b"_pq_.foo\0");
+    // The login goes on, and the option is not taken for a setting.
+    read_until(&mut raw, b'Z').await;
+    raw.write_all(&message(b'Q', b"SELECT 1\0")).await.unwrap();
+    let types = read_until(&mut raw, b'Z').await;
+    assert!(!types.contains(&b'E'), "{types:?}");
+}
+
 #[tokio::test]
 async fn a_malformed_message_closes_only_that_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
