@@ -60,11 +60,27 @@ pub async fn run(stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) {
     let client = shared
         .clients
         .register(peer.clone(), local_addr, stream.peer_pid());
+    // The session's log lines carry its client (the user and database once known).
+    // Entered at each poll (`instrument`): a span entered across an await stayed
+    // entered for the other sessions the thread ran meanwhile, whose lines then named
+    // a chain of clients.
+    let span = tracing::debug_span!(
+        "client",
+        id = client.info.id,
+        user = tracing::field::Empty,
+        db = tracing::field::Empty
+    );
     let (ended, fatal) = crate::io::FATAL
-        .scope(std::cell::RefCell::new(None), async {
-            let ended = session(stream, &shared, &client.info).await;
-            (ended, crate::io::FATAL.with(|f| f.take()))
-        })
+        .scope(
+            std::cell::RefCell::new(None),
+            tracing::Instrument::instrument(
+                async {
+                    let ended = session(stream, &shared, &client.info).await;
+                    (ended, crate::io::FATAL.with(|f| f.take()))
+                },
+                span,
+            ),
+        )
         .await;
     match &ended {
         Ok(()) => tracing::debug!(%peer, "client session ended"),
@@ -240,8 +256,9 @@ async fn session(
         .find(|(k, _)| k == "application_name")
         .map_or("", |(_, v)| v.as_str());
     info.set_identity(user, database, application_name);
-    let span = tracing::debug_span!("client", id = info.id, %user, db = %database);
-    let _enter = span.enter();
+    let span = tracing::Span::current();
+    span.record("user", tracing::field::display(user));
+    span.record("db", tracing::field::display(database));
 
     if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
