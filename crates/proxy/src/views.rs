@@ -462,14 +462,9 @@ pub fn totals(shared: &Shared) -> Table {
 /// SHOW USERS: the users the config lists and the server logins of pools (a client's
 /// user, or its database's forced user); `pool_mode` is the user's own (empty: its
 /// databases'), and the server connections its pools hold.
-pub fn users(shared: &Shared) -> Table {
-    let mut table = Table::new(&[
-        ("name", Text),
-        ("pool_mode", Text),
-        ("max_user_connections", Int),
-        ("current_connections", Int),
-    ]);
-    let config = shared.config();
+/// The users SHOW USERS lists: configured ones and those of pools (logins by
+/// `auth_query`, or with trust), sorted.
+fn user_names(shared: &Shared, config: &Config) -> Vec<String> {
     let mut names: Vec<String> = config
         .users
         .iter()
@@ -478,7 +473,18 @@ pub fn users(shared: &Shared) -> Table {
         .collect();
     names.sort();
     names.dedup();
-    for name in names {
+    names
+}
+
+pub fn users(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        ("name", Text),
+        ("pool_mode", Text),
+        ("max_user_connections", Int),
+        ("current_connections", Int),
+    ]);
+    let config = shared.config();
+    for name in user_names(shared, &config) {
         let mode = config.user(&name).and_then(|u| u.pool_mode);
         let max = config.max_user_connections_of(&name) as u64;
         let open = shared.user_connections(&name) as u64;
@@ -725,7 +731,7 @@ pub fn lists(shared: &Shared) -> Table {
         .count();
     let rows: [(&str, usize); 12] = [
         ("databases", config.databases.len()),
-        ("users", shared.users().len()),
+        ("users", user_names(shared, &config).len()),
         ("pools", pools.len()),
         ("free_clients", 0),
         ("used_clients", clients.len() - login),

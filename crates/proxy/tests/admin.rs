@@ -136,6 +136,13 @@ async fn show_views_report_what_clients_did() {
             "PgBouncer's {name} in SHOW LISTS: {names:?}"
         );
     }
+    // Its users are SHOW USERS' (with trust logins, none configured).
+    let users = lists.iter().find(|r| r["list"] == "users").unwrap();
+    assert_eq!(
+        users["items"],
+        show(&admin, "USERS").await.len().to_string(),
+        "{lists:?}"
+    );
     let err = admin.query("SHOW POOLS", &[]).await.unwrap_err();
     assert_eq!(code(&err), Some("0A000"), "{err}");
     assert!(!show(&admin, "HELP").await.is_empty());
