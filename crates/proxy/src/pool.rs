@@ -292,6 +292,9 @@ pub struct Pool {
 struct Breaker {
     failures: u32,
     down_until: Option<Instant>,
+    /// When the last failure was counted: connects that had started by then failed
+    /// with it, and do not double the backoff again.
+    failed_at: Option<Instant>,
     last_error: String,
 }
 
@@ -867,6 +870,7 @@ impl Pool {
         // Read before the connect: a RECONNECT while it is under way makes it old.
         let generation = self.generation.load(SeqCst);
         let keys = lock(&self.scram_keys).clone();
+        let started = Instant::now();
         let result = ServerConn::connect(
             &self.target,
             keys,
@@ -897,11 +901,21 @@ impl Pool {
             }
             Err(e) => {
                 self.stats.server_connect_errors.fetch_add(1, Relaxed);
+                // Connects under way together (clients arriving at once when the server
+                // went) are one failure: the backoff grows once per round of attempts,
+                // not once per client, so a server back soon is found back soon.
+                let again = breaker.failed_at.is_some_and(|at| started < at);
+                if !again {
+                    breaker.failures += 1;
+                }
                 let backoff = BACKOFF_START
-                    .saturating_mul(1 << breaker.failures.min(16))
+                    .saturating_mul(1 << (breaker.failures - 1).min(16))
                     .min(BACKOFF_MAX);
-                breaker.failures += 1;
-                breaker.down_until = Some(Instant::now() + backoff);
+                let now = Instant::now();
+                if !again {
+                    breaker.failed_at = Some(now);
+                    breaker.down_until = Some(now + backoff);
+                }
                 breaker.last_error = e.to_string();
                 tracing::warn!(
                     server = %self.target.describe(),
