@@ -4149,6 +4149,21 @@ impl Relay {
                     self.close(sqlstate::ADMIN_SHUTDOWN, self.killed_why()).await;
                     return Lending::Closed;
                 }
+                // The client canceled its request while it waited: it fails as a
+                // statement canceled in PostgreSQL does, and never runs.
+                () = self.cancel.waiting.notified() => {
+                    self.clock = Instant::now();
+                    self.info.set_state(ClientState::Idle, 0);
+                    let code = sqlstate::QUERY_CANCELED;
+                    self.pool.stats.record_error(code.as_bytes());
+                    match error_response(code, "canceling statement due to user request") {
+                        Some(error) => {
+                            self.expected.push_error(error);
+                            return Lending::Refused;
+                        }
+                        None => return Lending::Closed,
+                    }
+                }
             };
             match checked_out {
                 Ok(mut checkout) => {
@@ -4207,7 +4222,7 @@ impl Relay {
                 checkout.conn.info.set_link(self.info.id, lent_us);
                 self.info.set_link(checkout.conn.info.id);
                 self.info.set_state(ClientState::Active, lent_us);
-                *lock(&self.cancel) = Some(checkout.conn.cancel.clone());
+                *lock(&self.cancel.route) = Some(checkout.conn.cancel.clone());
                 self.status = checkout.conn.status;
                 self.attach(checkout);
                 self.open_batch = false;
@@ -4563,7 +4578,7 @@ impl Relay {
         // Writes whose position was not read: fenced up to the primary's next check.
         self.fence_tokens.clear();
         self.query_since = None;
-        *lock(&self.cancel) = None;
+        *lock(&self.cancel.route) = None;
         self.info.set_link(0);
         self.info.set_state(ClientState::Idle, 0);
     }
@@ -4664,7 +4679,7 @@ impl Relay {
     /// The client is gone: its server connection goes back to the pool only when
     /// nothing is in flight; a session-mode connection is reset first.
     fn finish(mut self) {
-        *lock(&self.cancel) = None;
+        *lock(&self.cancel.route) = None;
         if !self.server_idle() {
             // Closed (the server aborts what was running, once it notices).
             self.let_go();

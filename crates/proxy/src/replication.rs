@@ -189,7 +189,10 @@ pub async fn serve(
     info.set_state(ClientState::Active, unix_us_now());
 
     let key = new_cancel_key()?;
-    let cancel_slot: CancelSlot = Arc::new(Mutex::new(Some(conn.cancel.clone())));
+    let cancel_slot: CancelSlot = Arc::new(crate::session::CancelTarget {
+        route: Mutex::new(Some(conn.cancel.clone())),
+        waiting: Default::default(),
+    });
     shared.register_cancel(key, &cancel_slot);
     // SQL on a logical walsender may write: the cache hears of it.
     let watch = shared

@@ -28,7 +28,14 @@ use crate::stats::{ClientInfo, ClientState};
 use crate::ProxyError;
 
 /// Where a client's CancelRequest must go while it holds a server connection.
-pub type CancelTarget = Mutex<Option<Arc<CancelRoute>>>;
+/// Where a client's cancel requests go: the server connection lent to it, if any, and
+/// else its wait for one (a cancel while it waits fails the request, as PostgreSQL
+/// cancels a statement waiting on a lock).
+#[derive(Default)]
+pub struct CancelTarget {
+    pub route: Mutex<Option<Arc<CancelRoute>>>,
+    pub waiting: tokio::sync::Notify,
+}
 pub type CancelSlot = Arc<CancelTarget>;
 
 /// Serves the client on `stream` (TCP or a Unix-domain socket, as accepted).
@@ -481,7 +488,7 @@ async fn session(
     };
     info.set_state(ClientState::Idle, 0);
 
-    let cancel_slot: CancelSlot = Arc::new(Mutex::new(None));
+    let cancel_slot: CancelSlot = Arc::default();
     let key = new_cancel_key()?;
     shared.register_cancel(key, &cancel_slot);
     let settings = Settings::from_startup(&startup.params);

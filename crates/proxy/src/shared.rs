@@ -459,10 +459,20 @@ impl Shared {
         // cancel arrived, or the cancel finds no connection (its query ended).
         let flight = {
             let cancels = lock(&self.cancels);
-            cancels
+            let Some(slot) = cancels
                 .get(&(request.process_id, request.secret_key))
                 .and_then(Weak::upgrade)
-                .and_then(|slot| lock(&slot).clone().map(CancelInFlight::new))
+            else {
+                return;
+            };
+            // (Counted in flight under the lock, as said above.)
+            let route = lock(&slot.route);
+            let flight = route.clone().map(CancelInFlight::new);
+            if flight.is_none() {
+                // No server connection: a client waiting for one gives up its request.
+                slot.waiting.notify_waiters();
+            }
+            flight
         };
         if let Some(flight) = flight {
             send_cancel(&flight.0, self.config().server_connect_timeout).await;

@@ -1650,3 +1650,40 @@ async fn server_round_robin_reuses_the_connection_idle_longest() {
         .unwrap();
     assert_eq!(row["value"], "on");
 }
+
+/// A cancel request from a client waiting for a server connection (the pool is busy)
+/// fails its request with 57014 at once, as PostgreSQL cancels a statement waiting on
+/// a lock; the statement never runs, and the client goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_waiting_for_a_connection_fails_the_request_which_never_runs() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.default_pool_size = 1;
+        c.query_wait_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder
+        .batch_execute("CREATE TABLE marks (v int); BEGIN; SELECT 1")
+        .await
+        .unwrap();
+    let waiter = connect(&proxy, "postgres", None).await.unwrap();
+    let token = waiter.cancel_token();
+    let waiter = std::sync::Arc::new(waiter);
+    let w = waiter.clone();
+    let waiting =
+        tokio::spawn(async move { w.batch_execute("INSERT INTO marks VALUES (1)").await });
+    still_waiting(&waiting, "the pool's only connection is held").await;
+    token.cancel_query(NoTls).await.unwrap();
+    let e = finished(waiting, "the cancel ended the wait")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("57014"), "{e:?}");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let n: i64 = waiter
+        .query_one("SELECT count(*) FROM marks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the canceled INSERT ran");
+}
