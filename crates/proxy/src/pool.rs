@@ -851,6 +851,9 @@ impl Pool {
         limits: &PoolLimits,
         wait: Option<Instant>,
     ) -> Result<Option<Box<ServerConn>>, CheckoutError> {
+        // When this attempt found the breaker closed (a wait for room after it belongs
+        // to the same round of attempts).
+        let started = Instant::now();
         {
             let breaker = lock(&self.breaker);
             if let Some(until) = breaker.down_until {
@@ -870,7 +873,6 @@ impl Pool {
         // Read before the connect: a RECONNECT while it is under way makes it old.
         let generation = self.generation.load(SeqCst);
         let keys = lock(&self.scram_keys).clone();
-        let started = Instant::now();
         let result = ServerConn::connect(
             &self.target,
             keys,
@@ -1132,10 +1134,11 @@ impl Pool {
             && (replaced || self.close_needed(info))
     }
 
-    /// A RELOAD replaced or removed it (see `retired`); its idle connections close.
+    /// A RELOAD replaced or removed it (see `retired`): its connections close, the
+    /// idle ones now and the others when released (as at RECONNECT).
     pub fn retire(&self) {
         self.retired.store(true, Relaxed);
-        self.close_idle();
+        self.reconnect();
     }
 
     /// Whether a RELOAD replaced or removed it.
@@ -1175,11 +1178,12 @@ impl Pool {
                     true
                 }
             });
-            // More open than the pool's size (a RELOAD or SET shrank it): idle ones go
-            // at once, oldest-used first, as PgBouncer's "too many servers in the pool"
-            // (no more than the size can be lent anyway).
+            // More open than the pool's size and its reserve (a RELOAD or SET shrank
+            // it): idle ones go at once, oldest-used first, as PgBouncer's "too many
+            // servers in the pool" (no more than that can be lent anyway).
             let open = idle.len() + self.active.load(Relaxed);
-            let excess = open.saturating_sub(limits.size.max(limits.min_size));
+            let most = limits.size.max(limits.min_size) + limits.reserve_size;
+            let excess = open.saturating_sub(most);
             let excess = excess.min(idle.len());
             idle.drain(..excess);
         }

@@ -873,6 +873,16 @@ impl Relay {
                 }
                 continue;
             }
+            // Session mode keeps its connection between transactions: a client of a pool
+            // a RELOAD retired is closed before its next one there.
+            if !self.rewrite
+                && self.status == TransactionStatus::Idle
+                && self.expected.is_empty()
+                && self.retired()
+            {
+                self.close_retired().await;
+                return Ok(false);
+            }
             if self.server.is_none() {
                 // (A fill lives only here: nothing to drop for a batch's later messages.)
                 let mut fill = None;
@@ -4105,22 +4115,8 @@ impl Relay {
     /// [`Relay::checkout`] for a transaction known to be read-only or not, skipping
     /// the replicas in `tried` (a bit each).
     async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> Lending {
-        if self.pool.is_retired() {
-            // A RELOAD moved its database to another server (a failover), changed its
-            // pool mode or removed it: the client is not to run another transaction on
-            // the old server. It reconnects to the new pool, as PgBouncer's clients
-            // end up there.
-            let database = &self.pool.database;
-            let message = if self.shared.config().database(database).is_some() {
-                format!(
-                    "terminating connection: a RELOAD changed database \"{database}\"'s server or \
-                     pool mode; reconnect"
-                )
-            } else {
-                format!("terminating connection: a RELOAD removed database \"{database}\"")
-            };
-            tracing::info!(client = %self.info.addr, "{message}");
-            self.close(sqlstate::ADMIN_SHUTDOWN, &message).await;
+        if self.retired() {
+            self.close_retired().await;
             return Lending::Closed;
         }
         let requested_us = crate::stats::unix_us_at(self.clock);
@@ -4204,6 +4200,12 @@ impl Relay {
             }
         };
         match result {
+            // Waiting when a RELOAD retired the pool: not on the old server either.
+            Ok((checkout, _)) if self.retired() => {
+                checkout.release();
+                self.close_retired().await;
+                Lending::Closed
+            }
             Ok((checkout, _)) if self.info.killed() => {
                 // KILLed while it waited (a KILLed database stays paused).
                 checkout.release();
@@ -4281,6 +4283,33 @@ impl Relay {
                 Lending::Closed
             }
         }
+    }
+
+    /// A RELOAD moved the client's database to another server (a failover), changed
+    /// its pool mode or its replicas, or removed it (see `Pool::retire`).
+    fn retired(&self) -> bool {
+        self.pool.is_retired()
+            || self
+                .routes
+                .as_ref()
+                .is_some_and(|r| r.pools.iter().any(|p| p.is_retired()))
+    }
+
+    /// Closes a client of a retired pool before its next transaction: it is not to run
+    /// another on the old server. It reconnects to the new pool, as PgBouncer's clients
+    /// end up there.
+    async fn close_retired(&mut self) {
+        let database = &self.pool.database;
+        let message = if self.shared.config().database(database).is_some() {
+            format!(
+                "terminating connection: a RELOAD changed database \"{database}\"'s servers or \
+                 pool mode; reconnect"
+            )
+        } else {
+            format!("terminating connection: a RELOAD removed database \"{database}\"")
+        };
+        tracing::info!(client = %self.info.addr, "{message}");
+        self.close(sqlstate::ADMIN_SHUTDOWN, &message).await;
     }
 
     /// The replica for a read-only transaction, or `None` for the primary: after the

@@ -27,7 +27,6 @@ use crate::shared::{Lifecycle, Shared};
 use crate::stats::{ClientInfo, ClientState};
 use crate::ProxyError;
 
-/// Where a client's CancelRequest must go while it holds a server connection.
 /// Where a client's cancel requests go: the server connection lent to it, if any, and
 /// else its wait for one (a cancel while it waits fails the request, as PostgreSQL
 /// cancels a statement waiting on a lock).

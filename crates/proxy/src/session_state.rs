@@ -692,17 +692,28 @@ pub fn reads_session_sequences(analysis: &Analysis) -> bool {
     })
 }
 
-/// Whether `analysis` may call nextval (or setval): anything that is not read-only but
-/// a transaction's control, SET, RESET or SHOW (BEGIN does not advance a sequence).
+/// Whether `analysis` may call nextval (or setval): a statement that writes, runs DDL
+/// or something else (CALL, DO, EXECUTE…), a call of nextval or setval, or of a function
+/// pgopt does not know. A transaction's control, SET, RESET, SHOW and EXPLAIN do not,
+/// nor does a SELECT of known functions only (whatever else the query holds: `BEGIN;
+/// SELECT lastval()` advances nothing).
 pub fn may_advance_sequences(analysis: &Analysis) -> bool {
-    !analysis.read_only
-        && analysis.kinds.iter().any(|k| {
+    analysis.unknown_writes
+        || analysis.kinds.iter().any(|k| {
             !matches!(
                 k,
-                StatementKind::Transaction
+                StatementKind::Select
+                    | StatementKind::Transaction
                     | StatementKind::Set
                     | StatementKind::Reset
                     | StatementKind::Show
+                    | StatementKind::Explain
+            )
+        })
+        || analysis.functions.iter().any(|f| {
+            matches!(
+                f.as_str(),
+                "nextval" | "setval" | "pg_catalog.nextval" | "pg_catalog.setval"
             )
         })
 }

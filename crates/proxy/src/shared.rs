@@ -452,7 +452,8 @@ impl Shared {
         lock(&self.cancels).remove(&(key.process_id, key.secret_key));
     }
 
-    /// Forwards a client's CancelRequest to the server running its query, if any.
+    /// Forwards a client's CancelRequest to the server running its query, if any; a
+    /// client waiting for a server connection instead gives up its request.
     pub async fn forward_cancel(&self, request: CancelRequest) {
         // Counted on its way under the client's lock, which the relay takes to let
         // the connection go: either the connection is not lent again until the

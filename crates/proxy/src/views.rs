@@ -459,9 +459,6 @@ pub fn totals(shared: &Shared) -> Table {
     table
 }
 
-/// SHOW USERS: the users the config lists and the server logins of pools (a client's
-/// user, or its database's forced user); `pool_mode` is the user's own (empty: its
-/// databases'), and the server connections its pools hold.
 /// The users SHOW USERS lists: configured ones and those of pools (logins by
 /// `auth_query`, or with trust), sorted.
 fn user_names(shared: &Shared, config: &Config) -> Vec<String> {
@@ -476,6 +473,9 @@ fn user_names(shared: &Shared, config: &Config) -> Vec<String> {
     names
 }
 
+/// SHOW USERS: the users the config lists and the server logins of pools (a client's
+/// user, or its database's forced user); `pool_mode` is the user's own (empty: its
+/// databases'), and the server connections its pools hold.
 pub fn users(shared: &Shared) -> Table {
     let mut table = Table::new(&[
         ("name", Text),

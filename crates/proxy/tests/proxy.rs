@@ -1074,9 +1074,16 @@ async fn refuses_session_state(proxy: &Proxy) {
         .get(0);
     assert_eq!(current, i64::from(in_block));
     client.batch_execute("COMMIT").await.unwrap();
-    // BEGIN calls no nextval; nor does a write that only reads the sequence.
+    // BEGIN calls no nextval, sent alone or with the read; nor does a write that only
+    // reads the sequence.
     client.batch_execute("BEGIN").await.unwrap();
     let err = client.batch_execute("SELECT lastval()").await.unwrap_err();
+    assert_eq!(code(&err), Some("0A000"), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let err = client
+        .batch_execute("BEGIN; SELECT lastval(); COMMIT")
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), Some("0A000"), "{err}");
     client.batch_execute("ROLLBACK").await.unwrap();
     let err = client
