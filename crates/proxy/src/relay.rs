@@ -4137,6 +4137,12 @@ impl Relay {
                 (Some(i), Some(routes)) => routes.pool(i).clone(),
                 _ => self.pool.clone(),
             };
+            if let (Some(i), true) = (replica, pool.is_retired()) {
+                // A replica a RELOAD took out of the database's list: not read from
+                // again (another replica or the primary serves it).
+                tried |= 1 << i.min(63);
+                continue;
+            }
             // Biased: a checkout that needs no wait never registers for a KILL.
             let checked_out = tokio::select! {
                 biased;
@@ -4286,13 +4292,9 @@ impl Relay {
     }
 
     /// A RELOAD moved the client's database to another server (a failover), changed
-    /// its pool mode or its replicas, or removed it (see `Pool::retire`).
+    /// its pool mode, or removed it (see `Pool::retire`).
     fn retired(&self) -> bool {
         self.pool.is_retired()
-            || self
-                .routes
-                .as_ref()
-                .is_some_and(|r| r.pools.iter().any(|p| p.is_retired()))
     }
 
     /// Closes a client of a retired pool before its next transaction: it is not to run

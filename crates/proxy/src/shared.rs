@@ -628,10 +628,20 @@ impl Shared {
                 let mut target =
                     target_for(db, &pool.user, |name| users.get(name), server_tls.clone());
                 if let Some((i, node)) = &pool.node {
-                    // The same replica, still in this database's router.
-                    match routers.get(&db.name).and_then(|r| r.replicas.get(*i)) {
+                    // The same replica, still in this database's router; else one still
+                    // configured (a router made anew for another replica list): its
+                    // clients may read on there until they reconnect.
+                    let router = routers.get(&db.name);
+                    match router.and_then(|r| r.replicas.get(*i)) {
                         Some(n) if Arc::ptr_eq(n, node) => target.point_at(n),
-                        _ => return (false, false),
+                        _ => {
+                            let kept = router.is_some_and(|r| {
+                                r.replicas
+                                    .iter()
+                                    .any(|n| (&n.host, n.port) == (&node.host, node.port))
+                            });
+                            return (kept, false);
+                        }
                     }
                 }
                 // An auth_query user's password came from the server, not the config.

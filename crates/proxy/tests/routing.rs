@@ -794,3 +794,25 @@ async fn user_functions_run_on_a_replica_only_when_listed_as_safe() {
         "one unlisted function keeps it on the primary"
     );
 }
+
+/// A replica a RELOAD takes out of the database's list is not read from again by
+/// clients connected before it (their reads go to the primary), and they stay
+/// connected: the primary did not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_removed_by_reload_is_not_read_from_by_clients_connected_before() {
+    let primary = Postgres::start().await.unwrap();
+    let replica = Postgres::start_replica(&primary).await.unwrap();
+    let mut config = common::config_for(&primary, pgopt_proxy::PoolMode::Transaction, 4);
+    config.admin_users = vec!["postgres".into()];
+    with_replicas(&mut config, &[&replica]);
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    value(&client, "SELECT 1").await;
+    wait_for_state(&proxy, "up").await;
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+    config.databases[0].replicas.clear();
+    proxy.handle().apply(config).unwrap();
+    for _ in 0..3 {
+        assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "f");
+    }
+}
