@@ -544,7 +544,10 @@ impl<'c> Walker<'c> {
                     self.walk(&tree, false);
                 } else {
                     let written = std::mem::take(&mut self.written);
+                    // Nor does it take a lock or set anything, or make a table.
+                    let effects = self.session_effects.clone();
                     self.walk(&tree, false);
+                    self.session_effects = effects;
                     let planned = std::mem::replace(&mut self.written, written);
                     self.read.extend(planned);
                     // Nor is a statement EXECUTE names run.
@@ -558,6 +561,17 @@ impl<'c> Walker<'c> {
                         |n| matches!(n, NodeEnum::SelectStmt(s) if s.into_clause.is_none()),
                     );
                 !analyze && inner_select && self.verdict_clean()
+            }
+            // A view's query runs only when the view is read: its calls take no lock
+            // and set nothing now (a TEMP view is still one).
+            NodeEnum::ViewStmt(_) => {
+                let effects = self.session_effects.clone();
+                self.walk(&tree, false);
+                let made = std::mem::replace(&mut self.session_effects, effects);
+                self.session_effects.extend(made.into_iter().filter(|e| {
+                    !matches!(e, SessionEffect::AdvisoryLock | SessionEffect::SetConfig)
+                }));
+                false
             }
             _ => {
                 if let NodeEnum::DropStmt(drop) = node {

@@ -413,6 +413,23 @@ fn session_effects() {
         vec![SessionEffect::AdvisoryLock]
     );
     assert_eq!(effects("SELECT pg_advisory_xact_lock(7)"), vec![]);
+    // Not run now: a view's query, or a statement EXPLAIN only plans.
+    for sql in [
+        "CREATE VIEW v AS SELECT pg_try_advisory_lock(1)",
+        "EXPLAIN SELECT pg_advisory_lock(1)",
+        "EXPLAIN SELECT set_config('a.b', 'c', false)",
+        "EXPLAIN CREATE TEMP TABLE t AS SELECT 1",
+    ] {
+        assert_eq!(effects(sql), vec![], "{sql}");
+    }
+    assert_eq!(
+        effects("EXPLAIN ANALYZE SELECT pg_advisory_lock(1)"),
+        vec![SessionEffect::AdvisoryLock]
+    );
+    assert_eq!(
+        effects("CREATE TEMP VIEW v AS SELECT pg_advisory_lock(1)"),
+        vec![SessionEffect::TempObject { name: "v".into() }]
+    );
     // SET … TO DEFAULT (and SET TIME ZONE LOCAL) is a RESET; SET LOCAL lasts only the
     // transaction.
     for (sql, name) in [
