@@ -613,16 +613,7 @@ impl<'c> Walker<'c> {
             _ => None,
         };
         let name = match relation {
-            Some(r) if temp_schema(&r.schemaname) => [
-                r.catalogname.as_str(),
-                r.schemaname.as_str(),
-                r.relname.as_str(),
-            ]
-            .iter()
-            .filter(|p| !p.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join("."),
+            Some(r) if temp_schema(&r.schemaname) => qualified_name(r),
             Some(_) => return,
             None => {
                 // Functions and types: a qualified name's parts.
@@ -670,17 +661,7 @@ impl<'c> Walker<'c> {
             _ => None,
         };
         if let Some(r) = relation {
-            let name = [
-                r.catalogname.as_str(),
-                r.schemaname.as_str(),
-                r.relname.as_str(),
-            ]
-            .iter()
-            .filter(|p| !p.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(".");
-            self.dropped_at_commit.push(name);
+            self.dropped_at_commit.push(qualified_name(r));
         }
     }
 
@@ -1038,6 +1019,21 @@ impl<'c> Walker<'c> {
         self.volatile |= listed(&config.volatile_functions);
         self.functions.insert(name);
     }
+}
+
+/// A relation's name as written (`catalog.schema.name`, the parts given), as the
+/// walk names it (see `range_var`).
+fn qualified_name(r: &pg_query::protobuf::RangeVar) -> String {
+    [
+        r.catalogname.as_str(),
+        r.schemaname.as_str(),
+        r.relname.as_str(),
+    ]
+    .iter()
+    .filter(|p| !p.is_empty())
+    .copied()
+    .collect::<Vec<_>>()
+    .join(".")
 }
 
 /// What `set_config_names` gives for a call that names its setting by the column
