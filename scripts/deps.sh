@@ -22,11 +22,12 @@ ensure_packages() {
 }
 
 # What building pgopt and running its demo need: initdb/postgres for the embedded
-# servers, the extensions the advisor uses when present, and libclang for pg_query's
-# build (bindgen).
+# servers, the extensions the advisor uses when present, and a C compiler and libclang
+# for pg_query's build (cc, bindgen).
 demo_packages=(
   "postgresql-$pg_major"
   "postgresql-$pg_major-hypopg"
   "postgresql-$pg_major-pg-qualstats"
+  gcc
   libclang-dev
 )

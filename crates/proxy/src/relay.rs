@@ -878,6 +878,7 @@ impl Relay {
             if !self.rewrite
                 && self.status == TransactionStatus::Idle
                 && self.expected.is_empty()
+                && !self.open_batch
                 && self.retired()
             {
                 self.close_retired().await;
@@ -5097,7 +5098,7 @@ fn may_set_default(body: &[u8]) -> bool {
 
 /// What ends a client's wait for a server connection: a KILL (`true`), or its cancel
 /// request (`false`). One future for both keeps the wait's `select!` small (a third
-/// branch there made each checkout copy its futures, some 800 instructions).
+/// branch there made each checkout copy its futures, about 1,000 instructions).
 async fn interrupted(info: &ClientInfo, cancel: &crate::session::CancelTarget) -> bool {
     tokio::select! {
         biased;

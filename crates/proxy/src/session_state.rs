@@ -694,7 +694,8 @@ pub fn reads_session_sequences(analysis: &Analysis) -> bool {
 
 /// Whether `analysis` may call nextval (or setval): a statement that writes, runs DDL
 /// or something else (CALL, DO, EXECUTE…), a call of nextval or setval, or of a function
-/// pgopt does not know. A transaction's control, SET, RESET, SHOW and EXPLAIN do not,
+/// pgopt does not know. A transaction's control, SET, RESET, SHOW and EXPLAIN (taken so
+/// even with ANALYZE: a refusal too many, never one too few) do not,
 /// nor does a SELECT of known functions only (whatever else the query holds: `BEGIN;
 /// SELECT lastval()` advances nothing).
 pub fn may_advance_sequences(analysis: &Analysis) -> bool {

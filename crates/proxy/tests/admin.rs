@@ -244,6 +244,25 @@ async fn connect_db(
 
 /// Asserts that `task` (a client waiting for a server connection) is still waiting
 /// after a while.
+/// Until SHOW POOLS counts `n` clients waiting for a server connection (10 s at most;
+/// the proxy's admin_users must hold postgres).
+async fn until_waiting(proxy: &Proxy, n: u64) {
+    let console = admin(proxy).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pools = show(&console, "POOLS").await;
+        let waiting: u64 = pools
+            .iter()
+            .map(|p| p["cl_waiting"].parse::<u64>().unwrap())
+            .sum();
+        if waiting >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} never waiting: {pools:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>, why_not: &str) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!task.is_finished(), "{why_not}");
@@ -1229,15 +1248,16 @@ async fn shutdown_tells_a_client_waiting_on_a_pool_a_reload_replaced_at_once() {
     let proxy = start_with(&pg, |c| {
         c.default_pool_size = 1;
         c.shutdown_timeout = Duration::from_secs(20);
+        c.admin_users = vec!["postgres".into()];
     })
     .await;
     let holder = connect(&proxy, "postgres", None).await.unwrap();
     let waiter = connect(&proxy, "postgres", None).await.unwrap();
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let waiting = tokio::spawn(async move { waiter.batch_execute("SELECT 2").await });
-    still_waiting(&waiting, "the pool's only connection is held").await;
-    // The pool is replaced; both sessions stay on the old one for the transaction
-    // under way and the one waiting.
+    until_waiting(&proxy, 1).await;
+    // The pool is replaced; the holder's transaction goes on on the old one, and the
+    // waiter waits there still (it is closed if it gets a connection).
     let mut config = config_for(&pg, PoolMode::Transaction, 1);
     config.admin_users = vec!["postgres".into()];
     config.databases[0].host = "localhost".into();
@@ -1662,6 +1682,7 @@ async fn a_cancel_while_waiting_for_a_connection_fails_the_request_which_never_r
     let proxy = start_with(&pg, |c| {
         c.default_pool_size = 1;
         c.query_wait_timeout = Duration::from_secs(60);
+        c.admin_users = vec!["postgres".into()];
     })
     .await;
     let holder = connect(&proxy, "postgres", None).await.unwrap();
@@ -1675,7 +1696,7 @@ async fn a_cancel_while_waiting_for_a_connection_fails_the_request_which_never_r
     let w = waiter.clone();
     let waiting =
         tokio::spawn(async move { w.batch_execute("INSERT INTO marks VALUES (1)").await });
-    still_waiting(&waiting, "the pool's only connection is held").await;
+    until_waiting(&proxy, 1).await;
     token.cancel_query(NoTls).await.unwrap();
     let e = finished(waiting, "the cancel ended the wait")
         .await
