@@ -28,7 +28,7 @@ use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_er
 use crate::routing::Routes;
 use crate::session::{checkout_error, fail_checkout, CancelSlot};
 use crate::session_state::{
-    self, may_affect_session, quote_ident, quote_literal, Applied, Change, Settings,
+    self, may_affect_session, quote_ident, quote_literal, Applied, Change, SequenceUse, Settings,
     Verdict as SessionVerdict,
 };
 use crate::shared::{Lifecycle, Shared};
@@ -2637,8 +2637,8 @@ impl Relay {
             self.sequence_here |= runs_now;
             return None;
         };
-        if runs_now {
-            if let Some(refusal) = self.judge_sequences(&analysis) {
+        if runs_now && !self.sequence_here {
+            if let Some(refusal) = self.judge_sequences(SequenceUse::of(&analysis)) {
                 return Some(refusal);
             }
         }
@@ -2692,17 +2692,11 @@ impl Relay {
     /// the checkout, nor beside it in a query of several statements, may have called
     /// nextval) would read the sequence values another client left in the server's
     /// session: refused. Else notes whether the statement may call nextval.
-    fn judge_sequences(&mut self, analysis: &pgopt_sql::Analysis) -> Option<Bytes> {
-        if self.sequence_here {
-            return None;
-        }
-        let advances = session_state::may_advance_sequences(analysis);
-        if session_state::reads_session_sequences(analysis)
-            && !(advances && analysis.kinds.len() > 1)
-        {
+    fn judge_sequences(&mut self, used: SequenceUse) -> Option<Bytes> {
+        if used.refused_first() {
             return self.refusal(&session_state::sequence_refusal());
         }
-        self.sequence_here = advances;
+        self.sequence_here = used.advances;
         None
     }
 
@@ -2713,11 +2707,13 @@ impl Relay {
         if self.sequence_here || unnamed {
             return None;
         }
-        match prepared
-            .query()
-            .and_then(|sql| self.shared.analyzer.analyze(sql).ok())
-        {
-            Some(analysis) => self.judge_sequences(&analysis),
+        let analyzer = &self.shared.analyzer;
+        let used = *prepared.sequences.get_or_init(|| {
+            let analysis = analyzer.analyze(prepared.query()?).ok()?;
+            Some(SequenceUse::of(&analysis))
+        });
+        match used {
+            Some(used) => self.judge_sequences(used),
             None => {
                 self.sequence_here = true;
                 None

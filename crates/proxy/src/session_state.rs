@@ -751,6 +751,34 @@ pub fn cannot_advance(sql: &[u8]) -> bool {
         .any(|w| word.eq_ignore_ascii_case(w))
 }
 
+/// What a statement does with the session's sequences, for the `lastval()`/`currval()`
+/// check: worked out once per statement text (a named statement keeps it).
+#[derive(Debug, Clone, Copy)]
+pub struct SequenceUse {
+    /// It reads them ([`reads_session_sequences`]).
+    pub reads: bool,
+    /// It may advance them ([`may_advance_sequences`]).
+    pub advances: bool,
+    /// It is several statements (a read after an advance among them is its own).
+    pub several: bool,
+}
+
+impl SequenceUse {
+    pub fn of(analysis: &Analysis) -> SequenceUse {
+        SequenceUse {
+            reads: reads_session_sequences(analysis),
+            advances: may_advance_sequences(analysis),
+            several: analysis.kinds.len() > 1,
+        }
+    }
+
+    /// Refused as the first thing on a connection: it reads sequence values that no
+    /// statement of its own may have set.
+    pub fn refused_first(self) -> bool {
+        self.reads && !(self.advances && self.several)
+    }
+}
+
 /// The refusal of a `lastval()`/`currval()` that would read another client's sequence
 /// values (see [`reads_session_sequences`]).
 pub fn sequence_refusal() -> String {

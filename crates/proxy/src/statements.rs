@@ -63,6 +63,9 @@ pub struct Prepared {
     pub server_name: String,
     /// The Parse message under `server_name`, ready to send.
     pub parse: Bytes,
+    /// What it does with the session's sequences, once asked (`None`: its text does
+    /// not parse); see `Relay::sequences_at_bind`.
+    pub sequences: std::sync::OnceLock<Option<crate::session_state::SequenceUse>>,
 }
 
 impl Prepared {
@@ -85,6 +88,7 @@ impl Prepared {
             id,
             server_name,
             parse: buf.freeze(),
+            sequences: Default::default(),
         })
     }
 }
@@ -1474,6 +1478,7 @@ mod tests {
             id,
             server_name: format!("pgopt_{id}"),
             parse: Bytes::new(),
+            sequences: Default::default(),
         })
     }
 
@@ -1563,6 +1568,7 @@ mod tests {
             id: 1,
             server_name: "pgopt_00000000000000aa".into(),
             parse: Bytes::new(),
+            sequences: Default::default(),
         });
         names.insert("s1", prepared, 0);
         let body = b"SERROR\0C08P01\0Mbind message supplies 2 parameters, but prepared statement \"pgopt_00000000000000aa\" requires 1\0\0";
