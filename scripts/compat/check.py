@@ -233,6 +233,48 @@ class Checks:
                         raise CheckFailed(f"a new client preparing statement {k}: {describe(e)}") from e
                     expect(cur.fetchone()[0] == r + k, f"a new client's statement {k}")
 
+    # 2d. SQL DEALLOCATE sent in the extended protocol (as psycopg's execute sends it
+    # with parameters or in pipeline mode, where its statement cache deallocates so with
+    # libpq < 17): the named
+    # statement is gone, and the name can be prepared again, as on PostgreSQL.
+    def deallocate(self):
+        def status(result):
+            return pq.ExecStatus(result.status).name, result.error_field(pq.DiagnosticField.SQLSTATE)
+
+        with self.connect() as conn:
+            pg = conn.pgconn
+            for target in ["compat_dealloc", "ALL"]:
+                r = pg.prepare(b"compat_dealloc", b"SELECT 1")
+                expect(status(r) == ("COMMAND_OK", None), f"PREPARE before DEALLOCATE {target}: {status(r)}")
+                # (PQexecParams: psycopg's execute without parameters is a simple query.)
+                sql = f"DEALLOCATE {target}"
+                tag = b"DEALLOCATE ALL" if target == "ALL" else b"DEALLOCATE"
+                r = pg.exec_params(sql.encode(), [])
+                expect(
+                    status(r) == ("COMMAND_OK", None) and r.command_status == tag,
+                    f"{sql} (extended protocol): {status(r)} {r.error_message!r}",
+                )
+                r = pg.exec_prepared(b"compat_dealloc", [])
+                expect(status(r)[1] == b"26000", f"after DEALLOCATE {target} the statement ran: {status(r)}")
+                r = pg.prepare(b"compat_dealloc", b"SELECT 2")
+                expect(status(r) == ("COMMAND_OK", None), f"prepared again after DEALLOCATE {target}: {status(r)}")
+                r = pg.exec_prepared(b"compat_dealloc", [])
+                expect(r.get_value(0, 0) == b"2", f"prepared again after DEALLOCATE {target}")
+                conn.execute("DEALLOCATE ALL")
+            # psycopg's cache evicting in pipeline mode.
+            texts = [f"SELECT %s::int + {k} AS n /* piped {k} */" for k in range(5)]
+            conn.prepared_max = 2
+            for r in range(3):
+                with conn.pipeline():
+                    cursors = []
+                    for k, text in enumerate(texts):
+                        cur = conn.cursor()
+                        cur.execute(text, (r,), prepare=True)
+                        cursors.append(cur)
+                for k, cur in enumerate(cursors):
+                    n = cur.fetchone()[0]
+                    expect(n == r + k, f"pipelined statement {k}, round {r}, gave {n}")
+
     # 2c. A schema change under a prepared statement: PostgreSQL alone answers
     # "cached plan must not change result type"; through pgopt psycopg (which asks for
     # the portal's description) gets the new columns on every server connection.
@@ -456,7 +498,7 @@ class Checks:
             expect(row == (1,), f"SELECT 1 over TLS gave {row!r}")
 
 
-CHECKS = ["multi_statement", "prepared", "statement_cache", "schema_change", "copy", "cancel", "tx_error", "listen_notify", "auth", "tls"]
+CHECKS = ["multi_statement", "prepared", "statement_cache", "deallocate", "schema_change", "copy", "cancel", "tx_error", "listen_notify", "auth", "tls"]
 
 
 def describe(e):

@@ -203,7 +203,7 @@ impl Driver {
     /// Checks only this driver runs (the others report them skipped).
     fn own_checks(self) -> &'static [&'static str] {
         match self {
-            Driver::Psycopg | Driver::PsycopgSystemLibpq => &["statement_cache"],
+            Driver::Psycopg | Driver::PsycopgSystemLibpq => &["statement_cache", "deallocate"],
             Driver::NodePostgres => &[],
             Driver::Asyncpg => &["types", "pool_reset", "cursor"],
         }

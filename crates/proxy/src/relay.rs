@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use pgopt_wire::backend::CommandComplete;
 use pgopt_wire::frontend::{Bind, BindHead, Close, Describe, Execute, Parse, Query};
 use pgopt_wire::{
     peek_header, split_frame, sqlstate, DecodeError, ErrorBuilder, Frame, Severity, Target,
@@ -33,8 +34,9 @@ use crate::session_state::{
 };
 use crate::shared::{Lifecycle, Shared};
 use crate::statements::{
-    deallocate_target, ends_transaction, statement_id, surely_ends_transaction, ClientStatements,
-    Expected, Prepared, Request, Settled, Step, Verdict, IN_FAILED_TRANSACTION,
+    deallocate_stand_in, deallocate_target, ends_transaction, stand_in_target, statement_id,
+    surely_ends_transaction, ClientStatements, Expected, Prepared, Request, Settled, Step, Verdict,
+    IN_FAILED_TRANSACTION,
 };
 use crate::stats::{error_code, error_field, ClientInfo, ClientState};
 use crate::ProxyError;
@@ -199,6 +201,13 @@ pub struct Relay {
     /// may have called nextval (anything not judged read-only): only then may
     /// `lastval()`/`currval()` run, which read the session's sequence values.
     sequence_here: bool,
+    /// The client parsed a `DEALLOCATE` of its own statements, sent as a stand-in
+    /// (see `statements::deallocate_stand_in`): its Binds are looked at.
+    stand_ins: bool,
+    /// Portals bound to a `DEALLOCATE` stand-in, with what each deallocates (`None`:
+    /// ALL), for their Executes. (One a transaction's end dropped stays listed: its
+    /// Execute gets the server's 34000, which undoes the change.)
+    stand_in_portals: Vec<(String, Option<String>)>,
     /// A failover is routing a batch again on another server: its Parses may name
     /// what its first run already did.
     rerouting: bool,
@@ -448,6 +457,8 @@ impl Relay {
             statements: ClientStatements::default(),
             unnamed_here: false,
             sequence_here: false,
+            stand_ins: false,
+            stand_in_portals: Vec::new(),
             rerouting: false,
             ending_in_flight: false,
             executed_unsynced: false,
@@ -2173,107 +2184,18 @@ impl Relay {
                     Some(parse) => parse,
                     None => Parse::decode(body)?,
                 };
-                if parse.name.is_empty() {
-                    let change = self
-                        .statements
-                        .parse_unnamed(frame.as_bytes(), !self.unnamed_here);
-                    self.unnamed_here = true;
-                    self.queue_frame(frame);
-                    self.expected.push(Step::Parse {
-                        prepared: None,
-                        change,
-                    });
-                    return Ok(true);
+                if let Some(stand_in) = self.deallocate_stand_in(&parse) {
+                    let parse = Parse::decode(stand_in.body())?;
+                    return self.route_parse(&stand_in, parse);
                 }
-                let Ok(prepared) = Prepared::from_parse(&parse) else {
-                    return Ok(false);
-                };
-                // PostgreSQL's checks come after its parser's: a syntax error wins.
-                let parses = |relay: &Self| relay.shared.analyzer.analyze(parse.query).is_ok();
-                // The status is the last ReadyForQuery's: sure only with nothing in
-                // flight and no batch open (a ROLLBACK may have run since).
-                let failed = self.status == TransactionStatus::Failed;
-                let surely_failed = failed && self.expected.is_empty() && !self.open_batch;
-                let ends = ends_transaction(parse.query);
-                let refusal = if surely_failed && !ends && parses(self) {
-                    // PostgreSQL refuses it before anything else (the server may have
-                    // the statement already, and pgopt would answer it).
-                    Some(in_failed_transaction_error())
-                } else if !self.rerouting && self.statements.taken(parse.name) && parses(self) {
-                    // Whether the transaction is still failed (25P02) or a COMMIT or
-                    // ROLLBACK in flight ended it (42P05) only the server knows: a Parse
-                    // under the server name of the statement the name stands for, once
-                    // the server has it, gets the server's answer, which then names the
-                    // client's statement.
-                    if failed && !ends && self.ending_in_flight && self.ask_server(&parse) {
-                        return Ok(true);
-                    }
-                    // The batch fails as it would there (in a failed transaction, with
-                    // PostgreSQL's first complaint). A batch pgopt runs again on
-                    // another server after a failover prepares its names again.
-                    self.fail_open_batch();
-                    Some(if failed && !ends && !self.ending_in_flight {
-                        in_failed_transaction_error()
-                    } else {
-                        duplicate_statement_error(parse.name)
-                    })
-                } else {
-                    None
-                };
-                if let Some(error) = refusal {
-                    if let Some(error) = error {
-                        self.expected.push_error(error);
-                    }
-                    self.skipping = true;
-                    return Ok(true);
-                }
-                let prepared = Arc::new(prepared);
-                let id = prepared.id;
-                let on_server = self.server_conn().prepared.contains(&id);
-                if on_server {
-                    self.server_conn().prepared.touch(id);
-                }
-                let epoch = self.pool.plan_epoch();
-                let change = self.statements.prepare(parse.name, prepared.clone(), epoch);
-                if on_server && failed && !ends && !self.ending_in_flight {
-                    // PostgreSQL refuses it in a failed transaction: the server says
-                    // so (25P02 comes before its "already exists"). Nothing to forget
-                    // when it does: the server keeps its statement.
-                    self.to_server.extend_from_slice(&prepared.parse);
-                    self.expected.push(Step::Parse {
-                        prepared: None,
-                        change,
-                    });
-                } else if on_server
-                    && (self.in_block()
-                        || self.executed_unsynced
-                        || failed && !surely_ends_transaction(parse.query))
-                {
-                    // The server has it, but its answer is the server's to give: in a
-                    // block (maybe begun by a portal executed earlier in this batch)
-                    // PostgreSQL's Parse takes the transaction's first snapshot (SET
-                    // TRANSACTION ISOLATION LEVEL is refused after it), and in a failed
-                    // one it is refused unless it ends the transaction (a comment
-                    // first: the server judges) or a COMMIT or ROLLBACK in flight ended
-                    // it. Parsed under a name of pgopt's and closed at once.
-                    self.probe_parse(&parse, change);
-                } else if on_server {
-                    self.expected.push(Step::Answer { tag: b'1', change });
-                } else {
-                    self.send_parse(
-                        &prepared,
-                        Step::Parse {
-                            prepared: Some(id),
-                            change,
-                        },
-                    );
-                    self.learn_description(&prepared);
-                }
-                Ok(true)
+                self.route_parse(frame, parse)
             }
             Request::Bind => {
                 // Only the names are read; the parameters go on as bytes.
                 let bind = BindHead::decode(body)?;
+                if self.stand_ins {
+                    self.note_stand_in_portal(&bind);
+                }
                 if let Some(tracker) = self.tracker.as_mut() {
                     let whole = self.bind_pass.is_none().then(|| &frame.as_bytes()[..]);
                     tracker.on_bind(bind.portal, bind.statement, whole);
@@ -2402,8 +2324,197 @@ impl Relay {
                 self.expected.push(Step::Answer { tag: b'3', change });
                 Ok(true)
             }
+            Request::Execute if !self.stand_in_portals.is_empty() => self.execute_stand_in(frame),
             _ => Ok(false),
         }
+    }
+
+    /// [`Relay::route_named`] of a Parse (`frame`, decoded as `parse`).
+    fn route_parse(&mut self, frame: &Frame, parse: Parse<'_>) -> Result<bool, DecodeError> {
+        if parse.name.is_empty() {
+            let change = self
+                .statements
+                .parse_unnamed(frame.as_bytes(), !self.unnamed_here);
+            self.unnamed_here = true;
+            self.queue_frame(frame);
+            self.expected.push(Step::Parse {
+                prepared: None,
+                change,
+            });
+            return Ok(true);
+        }
+        let Ok(prepared) = Prepared::from_parse(&parse) else {
+            return Ok(false);
+        };
+        // PostgreSQL's checks come after its parser's: a syntax error wins.
+        let parses = |relay: &Self| relay.shared.analyzer.analyze(parse.query).is_ok();
+        // The status is the last ReadyForQuery's: sure only with nothing in
+        // flight and no batch open (a ROLLBACK may have run since).
+        let failed = self.status == TransactionStatus::Failed;
+        let surely_failed = failed && self.expected.is_empty() && !self.open_batch;
+        let ends = ends_transaction(parse.query);
+        let refusal = if surely_failed && !ends && parses(self) {
+            // PostgreSQL refuses it before anything else (the server may have
+            // the statement already, and pgopt would answer it).
+            Some(in_failed_transaction_error())
+        } else if !self.rerouting && self.statements.taken(parse.name) && parses(self) {
+            // Whether the transaction is still failed (25P02) or a COMMIT or
+            // ROLLBACK in flight ended it (42P05) only the server knows: a Parse
+            // under the server name of the statement the name stands for, once
+            // the server has it, gets the server's answer, which then names the
+            // client's statement.
+            if failed && !ends && self.ending_in_flight && self.ask_server(&parse) {
+                return Ok(true);
+            }
+            // The batch fails as it would there (in a failed transaction, with
+            // PostgreSQL's first complaint). A batch pgopt runs again on
+            // another server after a failover prepares its names again.
+            self.fail_open_batch();
+            Some(if failed && !ends && !self.ending_in_flight {
+                in_failed_transaction_error()
+            } else {
+                duplicate_statement_error(parse.name)
+            })
+        } else {
+            None
+        };
+        if let Some(error) = refusal {
+            if let Some(error) = error {
+                self.expected.push_error(error);
+            }
+            self.skipping = true;
+            return Ok(true);
+        }
+        let prepared = Arc::new(prepared);
+        let id = prepared.id;
+        let on_server = self.server_conn().prepared.contains(&id);
+        if on_server {
+            self.server_conn().prepared.touch(id);
+        }
+        let epoch = self.pool.plan_epoch();
+        let change = self.statements.prepare(parse.name, prepared.clone(), epoch);
+        if on_server && failed && !ends && !self.ending_in_flight {
+            // PostgreSQL refuses it in a failed transaction: the server says
+            // so (25P02 comes before its "already exists"). Nothing to forget
+            // when it does: the server keeps its statement.
+            self.to_server.extend_from_slice(&prepared.parse);
+            self.expected.push(Step::Parse {
+                prepared: None,
+                change,
+            });
+        } else if on_server
+            && (self.in_block()
+                || self.executed_unsynced
+                || failed && !surely_ends_transaction(parse.query))
+        {
+            // The server has it, but its answer is the server's to give: in a
+            // block (maybe begun by a portal executed earlier in this batch)
+            // PostgreSQL's Parse takes the transaction's first snapshot (SET
+            // TRANSACTION ISOLATION LEVEL is refused after it), and in a failed
+            // one it is refused unless it ends the transaction (a comment
+            // first: the server judges) or a COMMIT or ROLLBACK in flight ended
+            // it. Parsed under a name of pgopt's and closed at once.
+            self.probe_parse(&parse, change);
+        } else if on_server {
+            self.expected.push(Step::Answer { tag: b'1', change });
+        } else {
+            self.send_parse(
+                &prepared,
+                Step::Parse {
+                    prepared: Some(id),
+                    change,
+                },
+            );
+            self.learn_description(&prepared);
+        }
+        Ok(true)
+    }
+
+    /// A client's Parse of `DEALLOCATE name`, one of its statements, or of
+    /// `DEALLOCATE ALL`, as its stand-in's Parse (see
+    /// `statements::deallocate_stand_in`); `None` for any other.
+    fn deallocate_stand_in(&mut self, parse: &Parse<'_>) -> Option<Frame> {
+        if !starts_with_word(parse.query.as_bytes(), b"deallocate") {
+            return None;
+        }
+        let target = deallocate_target(parse.query)?;
+        // (Another name is the server's to refuse, or a block's PREPARE.)
+        if target
+            .as_ref()
+            .is_some_and(|n| !self.statements.contains(n))
+        {
+            return None;
+        }
+        let text = deallocate_stand_in(target.as_deref());
+        let mut buf = BytesMut::new();
+        Parse {
+            name: parse.name,
+            query: &text,
+            param_types: parse.param_types,
+        }
+        .encode(&mut buf)
+        .ok()?;
+        let frame = Frame::from_bytes(buf.freeze(), self.max_len).ok()?;
+        self.stand_ins = true;
+        Some(frame)
+    }
+
+    /// A Bind, once the client has parsed a `DEALLOCATE` stand-in: a portal of one is
+    /// listed with what it deallocates, any other forgotten.
+    fn note_stand_in_portal(&mut self, bind: &BindHead<'_>) {
+        let target = if bind.statement.is_empty() {
+            let parse = self
+                .statements
+                .unnamed()
+                .and_then(|p| Parse::decode(p.get(5..)?).ok());
+            parse.and_then(|p| stand_in_target(p.query))
+        } else {
+            self.statements
+                .query_of(bind.statement)
+                .and_then(stand_in_target)
+        };
+        self.stand_in_portals
+            .retain(|(portal, _)| portal != bind.portal);
+        if let Some(target) = target {
+            self.stand_in_portals
+                .push((bind.portal.to_string(), target));
+        }
+    }
+
+    /// The client's Execute of a portal: of a `DEALLOCATE` stand-in, the client's
+    /// names change here, as PostgreSQL's do when it runs it, and the server runs the
+    /// stand-in, whose answer settles the change. A name the client no longer has (it
+    /// closed it after the Parse) is PostgreSQL's 26000.
+    fn execute_stand_in(&mut self, frame: &Frame) -> Result<bool, DecodeError> {
+        let execute = Execute::decode(frame.body())?;
+        let Some((_, target)) = self
+            .stand_in_portals
+            .iter()
+            .find(|(p, _)| p == execute.portal)
+        else {
+            return Ok(false);
+        };
+        let all = target.is_none();
+        let target = target.clone();
+        let Some(change) = self.statements.deallocate(target.as_deref()) else {
+            let name = target.unwrap_or_default();
+            let message = format!("prepared statement \"{name}\" does not exist");
+            if let Some(error) = error_response(sqlstate::INVALID_SQL_STATEMENT_NAME, &message) {
+                self.fail_open_batch();
+                self.expected.push_error(error);
+            }
+            self.skipping = true;
+            return Ok(true);
+        };
+        if let Some(tracker) = self.tracker.as_mut() {
+            tracker.on_execute(execute.portal, self.clock);
+            if all {
+                tracker.forget_statements();
+            }
+        }
+        self.queue_frame(frame);
+        self.expected.push(Step::Deallocate { all, change });
+        Ok(true)
     }
 
     /// A Parse of a name the client has, in a transaction a COMMIT or ROLLBACK in
@@ -3476,6 +3587,17 @@ impl Relay {
                 {
                     self.out.extend_from_slice(&self.sbuf[copied..pos]);
                     self.out.extend_from_slice(&renamed);
+                    copied = end;
+                    edited = true;
+                }
+            }
+            if header.tag == b'C' {
+                if let Some(all) = self.expected.take_renamed() {
+                    // A DEALLOCATE's stand-in ran: the client hears DEALLOCATE's tag.
+                    let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
+                    self.out.extend_from_slice(&self.sbuf[copied..pos]);
+                    // (A short fixed tag: encoding cannot fail.)
+                    let _ = CommandComplete { tag }.encode(&mut self.out);
                     copied = end;
                     edited = true;
                 }

@@ -565,6 +565,48 @@ pub fn deallocate_target(sql: &str) -> Option<Option<String>> {
     plain.then(|| Some(name.to_ascii_lowercase()))
 }
 
+/// How a client's Parse of `DEALLOCATE name` (one of its own statements) or
+/// `DEALLOCATE ALL` goes to the server in transaction mode, with what it deallocates
+/// written after it: the server's statements are pgopt's, shared with other clients,
+/// and its `DEALLOCATE` would not know the client's names (26000). The client's names
+/// change when a portal of it is executed (see `Relay::execute_stand_in`). `DO`, as
+/// `DEALLOCATE`, answers NoData to a Describe, takes the transaction's snapshot, and
+/// fails in a failed transaction; its CommandComplete is renamed.
+const DEALLOCATE_STAND_IN: &str = "DO 'BEGIN END' -- pgopt: DEALLOCATE ";
+
+/// The stand-in's text for a `DEALLOCATE` of `target` (`None`: ALL). A name is
+/// written in hex: nothing in it can end the comment.
+pub fn deallocate_stand_in(target: Option<&str>) -> String {
+    use std::fmt::Write;
+    let mut text = String::from(DEALLOCATE_STAND_IN);
+    match target {
+        None => text.push_str("ALL"),
+        Some(name) => {
+            text.push_str("x'");
+            for b in name.bytes() {
+                let _ = write!(text, "{b:02x}");
+            }
+            text.push('\'');
+        }
+    }
+    text
+}
+
+/// What a stand-in's text (see [`deallocate_stand_in`]) deallocates: `Some(None)` all
+/// the client's statements, `Some(Some(name))` one; `None` for any other text.
+pub fn stand_in_target(query: &str) -> Option<Option<String>> {
+    let rest = query.strip_prefix(DEALLOCATE_STAND_IN)?;
+    if rest == "ALL" {
+        return Some(None);
+    }
+    let hex = rest.strip_prefix("x'")?.strip_suffix('\'')?;
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok().map(Some)
+}
+
 /// What a request sent to the server (or skipped) owes the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
@@ -630,6 +672,11 @@ pub enum Step {
     /// statements, answered by the proxy: CommandComplete and ReadyForQuery, or 25P02
     /// and ReadyForQuery if the transaction has failed by the time it is answered.
     Deallocated { all: bool, id: u64 },
+    /// The client's Execute of a portal of a `DEALLOCATE` stand-in (see
+    /// [`deallocate_stand_in`]; `all`: of `DEALLOCATE ALL`): its CommandComplete is
+    /// renamed (see [`Expected::take_renamed`]) and settles the name change `change`;
+    /// an error, or the server skipping it, undoes it.
+    Deallocate { all: bool, change: u64 },
     /// A query pgopt sent itself (settings for this client): every response to it,
     /// up to and including its ReadyForQuery, is dropped.
     InjectedQuery,
@@ -713,6 +760,9 @@ pub struct Expected {
     /// DEALLOCATE failed: as PostgreSQL's, that answer is the error and a
     /// ReadyForQuery, with no CommandComplete.
     commit_failed: bool,
+    /// The CommandComplete just accounted for answers a [`Step::Deallocate`]: the
+    /// client is told `DEALLOCATE ALL` (`true`) or `DEALLOCATE` instead.
+    renamed: Option<bool>,
 }
 
 impl Expected {
@@ -775,6 +825,13 @@ impl Expected {
         self.observed_readies() + self.readies.injected_queries
     }
 
+    /// Whether the CommandComplete just accounted for is a DEALLOCATE's, and of ALL
+    /// (see [`Step::Deallocate`]).
+    #[inline]
+    pub fn take_renamed(&mut self) -> Option<bool> {
+        self.renamed.take()
+    }
+
     /// COPY FROM STDIN began (CopyInResponse) for the Execute at the head: the Syncs
     /// the client sent right after it, before it knew, PostgreSQL ignores during COPY
     /// (as it does Flush), and answers none of them. They are dropped; how many.
@@ -808,6 +865,7 @@ impl Expected {
             Some(Step::Parse { .. } | Step::ProbeParse { .. }) => Some(Request::Parse),
             Some(Step::CloseUnnamed { .. }) => Some(Request::Close),
             Some(Step::Bind { .. }) => Some(Request::Bind),
+            Some(Step::Deallocate { .. }) => Some(Request::Execute),
             Some(Step::DescribeStatement { .. }) => Some(Request::Describe),
             _ => None,
         }
@@ -933,6 +991,7 @@ impl Expected {
                 | Step::Answer { change, .. }
                 | Step::CloseUnnamed { change }
                 | Step::Mark { change }
+                | Step::Deallocate { change, .. }
                 | Step::Deallocated { id: change, .. } => {
                     self.settled.push((change, Settled::Undone))
                 }
@@ -1115,6 +1174,12 @@ impl Expected {
                 Verdict::Relay
             }
             Step::CloseUnnamed { change } => self.settles(tag, b'3', change, &mut forget),
+            Step::Deallocate { all, change } => {
+                if tag == b'C' {
+                    self.renamed = Some(all);
+                }
+                self.settles(tag, b'C', change, &mut forget)
+            }
             Step::Server { request, prepared } => {
                 if tag == b'E' && !matches!(request, Request::Query | Request::Sync) {
                     if let Some(id) = prepared {
@@ -1228,6 +1293,7 @@ impl Expected {
                 Step::Answer { change, .. }
                 | Step::CloseUnnamed { change }
                 | Step::Mark { change }
+                | Step::Deallocate { change, .. }
                 | Step::ProbeParse { change } => self.settled.push((change, Settled::Undone)),
                 // The server skipped the refused message's place too.
                 Step::Error => {
@@ -1677,6 +1743,25 @@ mod tests {
         assert!(!e.is_empty());
         run(&mut e, b"CZ");
         assert!(e.is_empty());
+    }
+
+    #[test]
+    fn stand_ins_say_what_they_deallocate() {
+        for target in [None, Some("s1"), Some("S 1*/\n--x'"), Some("")] {
+            let text = deallocate_stand_in(target);
+            assert_eq!(stand_in_target(&text), Some(target.map(str::to_string)));
+            // Nothing of the name is SQL: it is hex, within the comment's line.
+            let written = &text[DEALLOCATE_STAND_IN.len()..];
+            assert!(written
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'\''));
+        }
+        assert_eq!(stand_in_target("DO 'BEGIN END'"), None);
+        assert_eq!(stand_in_target(&format!("{DEALLOCATE_STAND_IN}x'7'")), None);
+        assert_eq!(
+            stand_in_target(&format!("{DEALLOCATE_STAND_IN}x'ff'")),
+            None
+        );
     }
 
     #[test]

@@ -290,6 +290,8 @@ async fn deallocate_and_discard_variants_never_break_later_statements() {
 struct Raw {
     stream: tokio::net::TcpStream,
     buf: bytes::BytesMut,
+    /// Every CommandComplete's tag so far, in order.
+    tags: Vec<String>,
 }
 
 impl Raw {
@@ -311,6 +313,7 @@ impl Raw {
         let mut raw = Raw {
             stream,
             buf: bytes::BytesMut::new(),
+            tags: Vec::new(),
         };
         raw.until_ready().await;
         raw
@@ -344,6 +347,10 @@ impl Raw {
                     B::RowDescription(r) => format!("T{}", r.fields.len()),
                     B::DataRow(r) => format!("D{}", r.values.len()),
                     B::ErrorResponse(e) => format!("E{}", e.code().unwrap_or("")),
+                    B::CommandComplete(c) => {
+                        self.tags.push(c.tag.to_string());
+                        "C".to_string()
+                    }
                     other => (other.tag() as char).to_string(),
                 };
                 seen.push(item);
@@ -407,6 +414,146 @@ async fn exec_prepared(raw: &mut Raw, statement: &str) -> Vec<String> {
             portal: "",
             max_rows: 0,
         }),
+        F::Sync,
+    ])
+    .await;
+    raw.until_ready().await
+}
+
+/// The extended protocol's `DEALLOCATE` (psycopg's in pipeline mode with libpq < 17,
+/// any driver's prepared `DEALLOCATE ALL`) of the client's own statements, or of
+/// all of them, works as on PostgreSQL: the server has them under pgopt's names.
+#[tokio::test]
+async fn an_extended_deallocate_of_the_clients_statements_works_as_on_postgresql() {
+    use pgopt_wire::frontend::{FrontendMessage as F, Query};
+    let (_pg, proxy) = start(1).await;
+    let mut raw = Raw::connect(&proxy).await;
+    let other = connect(&proxy).await;
+    let theirs = other.prepare("SELECT 1").await.unwrap();
+    async fn prepare(raw: &mut Raw, name: &str) {
+        raw.send(&[
+            parse(name, "SELECT 1"),
+            pgopt_wire::frontend::FrontendMessage::Sync,
+        ])
+        .await;
+        assert_eq!(raw.until_ready().await, ["1", "Z"], "{name}");
+    }
+    // Parse, Bind, Describe portal, Execute, Sync: what PQexecParams sends.
+    async fn run(raw: &mut Raw, sql: &str) -> Vec<String> {
+        raw.send(&[parse("", sql), bind("")]).await;
+        exec_prepared_tail(raw).await
+    }
+    let works = ["2", "T1", "D1", "C", "Z"];
+    prepare(&mut raw, "s1").await;
+    assert_eq!(
+        run(&mut raw, "DEALLOCATE s1").await,
+        ["1", "2", "n", "C", "Z"]
+    );
+    assert_eq!(raw.tags.last().unwrap(), "DEALLOCATE");
+    assert_eq!(exec_prepared(&mut raw, "s1").await, ["E26000", "Z"]);
+    prepare(&mut raw, "s1").await;
+    assert_eq!(exec_prepared(&mut raw, "s1").await, works);
+    assert_eq!(
+        run(&mut raw, "deallocate prepare S1").await,
+        ["1", "2", "n", "C", "Z"]
+    );
+    assert_eq!(exec_prepared(&mut raw, "s1").await, ["E26000", "Z"]);
+    // A name the client doesn't have is PostgreSQL's 26000.
+    assert_eq!(
+        run(&mut raw, "DEALLOCATE s1").await,
+        ["1", "2", "n", "E26000", "Z"]
+    );
+
+    // DEALLOCATE ALL, prepared under a name: that goes too, and the names can be
+    // prepared again (before, they stayed the client's: 42P05 "already exists").
+    prepare(&mut raw, "s1").await;
+    prepare(&mut raw, "s2").await;
+    raw.send(&[parse("d", "DEALLOCATE ALL"), bind("d")]).await;
+    assert_eq!(
+        exec_prepared_tail(&mut raw).await,
+        ["1", "2", "n", "C", "Z"]
+    );
+    assert_eq!(raw.tags.last().unwrap(), "DEALLOCATE ALL");
+    for name in ["s1", "s2", "d"] {
+        assert_eq!(
+            exec_prepared(&mut raw, name).await,
+            ["E26000", "Z"],
+            "{name}"
+        );
+    }
+    prepare(&mut raw, "s1").await;
+    prepare(&mut raw, "s2").await;
+    // Pipelined: prepared again behind it, in one batch.
+    raw.send(&[parse("", "DEALLOCATE s1"), bind(""), EXECUTE])
+        .await;
+    raw.send(&[parse("s1", "SELECT 1"), bind("s1")]).await;
+    assert_eq!(
+        exec_prepared_tail(&mut raw).await,
+        ["1", "2", "C", "1", "2", "T1", "D1", "C", "Z"]
+    );
+    // An error before it in its batch: skipped, nothing deallocated.
+    raw.send(&[parse("bad", "SELEC"), parse("", "DEALLOCATE ALL"), bind("")])
+        .await;
+    assert_eq!(exec_prepared_tail(&mut raw).await, ["E42601", "Z"]);
+    assert_eq!(exec_prepared(&mut raw, "s2").await, works);
+    // An error after it: it happened (statements are not transactional).
+    raw.send(&[
+        parse("", "DEALLOCATE s2"),
+        bind(""),
+        EXECUTE,
+        parse("bad", "SELEC"),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["1", "2", "C", "E42601", "Z"]);
+    assert_eq!(exec_prepared(&mut raw, "s2").await, ["E26000", "Z"]);
+    // In a failed transaction: refused (25P02), nothing deallocated.
+    raw.send(&[F::Query(Query {
+        sql: "BEGIN; SELECT 1/0",
+    })])
+    .await;
+    assert_eq!(raw.until_ready().await, ["C", "E22012", "Z"]);
+    assert_eq!(run(&mut raw, "DEALLOCATE s1").await, ["E25P02", "Z"]);
+    raw.send(&[F::Query(Query { sql: "ROLLBACK" })]).await;
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    assert_eq!(exec_prepared(&mut raw, "s1").await, works);
+    // In a live block it takes the transaction's snapshot, as DEALLOCATE does.
+    raw.send(&[F::Query(Query { sql: "BEGIN" })]).await;
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    assert_eq!(
+        run(&mut raw, "DEALLOCATE s1").await,
+        ["1", "2", "n", "C", "Z"]
+    );
+    raw.send(&[F::Query(Query {
+        sql: "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    })])
+    .await;
+    assert_eq!(raw.until_ready().await, ["E25001", "Z"]);
+    raw.send(&[F::Query(Query { sql: "ROLLBACK" })]).await;
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    assert_eq!(exec_prepared(&mut raw, "s1").await, ["E26000", "Z"]);
+    // The other client's statement of the same text, on the same server connection,
+    // was never touched.
+    assert_eq!(
+        other
+            .query_one(&theirs, &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+}
+
+/// Describe the unnamed portal, Execute it, Sync; the replies up to ReadyForQuery
+/// (those of messages sent before too).
+async fn exec_prepared_tail(raw: &mut Raw) -> Vec<String> {
+    use pgopt_wire::frontend::{Describe, FrontendMessage as F};
+    raw.send(&[
+        F::Describe(Describe {
+            target: pgopt_wire::Target::Portal,
+            name: "",
+        }),
+        EXECUTE,
         F::Sync,
     ])
     .await;

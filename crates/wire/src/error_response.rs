@@ -83,6 +83,8 @@ pub mod sqlstate {
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     /// `42601` syntax_error.
     pub const SYNTAX_ERROR: &str = "42601";
+    /// `26000` invalid_sql_statement_name: no such prepared statement.
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
     /// `42P05` duplicate_prepared_statement.
     pub const DUPLICATE_PSTATEMENT: &str = "42P05";
     /// `53300` too_many_connections.
