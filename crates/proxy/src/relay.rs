@@ -2007,7 +2007,12 @@ impl Relay {
             b'D' => Request::Describe,
             b'C' => Request::Close,
             b'E' => Request::Execute,
-            b'S' => Request::Sync,
+            b'S' => {
+                if !self.stand_in_portals.is_empty() {
+                    self.end_stand_in_portals(true);
+                }
+                Request::Sync
+            }
             b'Q' if self.rewrite => {
                 // PostgreSQL drops the unnamed statement at any simple query (pgopt may
                 // answer this one itself: the server's is closed before a later use).
@@ -2016,6 +2021,9 @@ impl Relay {
                 if self.statements.unnamed().is_some() {
                     let change = self.statements.close_unnamed();
                     self.expected.push(Step::Mark { change });
+                }
+                if !self.stand_in_portals.is_empty() {
+                    self.end_stand_in_portals(false);
                 }
                 if self.deallocate_locally(frame.body()) {
                     return Ok(());
@@ -2184,9 +2192,13 @@ impl Relay {
                     Some(parse) => parse,
                     None => Parse::decode(body)?,
                 };
-                if let Some(stand_in) = self.deallocate_stand_in(&parse) {
-                    let parse = Parse::decode(stand_in.body())?;
-                    return self.route_parse(&stand_in, parse);
+                // (A cheap look first: every Parse comes here.)
+                let first = parse.query.trim_ascii_start().as_bytes().first();
+                if first.map(u8::to_ascii_lowercase) == Some(b'd') {
+                    if let Some(stand_in) = self.deallocate_stand_in(&parse) {
+                        let parse = Parse::decode(stand_in.body())?;
+                        return self.route_parse(&stand_in, parse);
+                    }
                 }
                 self.route_parse(frame, parse)
             }
@@ -2310,6 +2322,10 @@ impl Relay {
             }
             Request::Close => {
                 let close = Close::decode(body)?;
+                if close.target == Target::Portal && !self.stand_in_portals.is_empty() {
+                    self.stand_in_portals
+                        .retain(|(portal, _)| portal != close.name);
+                }
                 if close.target == Target::Statement && close.name.is_empty() {
                     let change = self.statements.close_unnamed();
                     self.to_server.extend_from_slice(frame.as_bytes());
@@ -2330,6 +2346,7 @@ impl Relay {
     }
 
     /// [`Relay::route_named`] of a Parse (`frame`, decoded as `parse`).
+    #[inline(always)]
     fn route_parse(&mut self, frame: &Frame, parse: Parse<'_>) -> Result<bool, DecodeError> {
         if parse.name.is_empty() {
             let change = self
@@ -2433,6 +2450,7 @@ impl Relay {
     /// A client's Parse of `DEALLOCATE name`, one of its statements, or of
     /// `DEALLOCATE ALL`, as its stand-in's Parse (see
     /// `statements::deallocate_stand_in`); `None` for any other.
+    #[cold]
     fn deallocate_stand_in(&mut self, parse: &Parse<'_>) -> Option<Frame> {
         if !starts_with_word(parse.query.as_bytes(), b"deallocate") {
             return None;
@@ -2443,6 +2461,12 @@ impl Relay {
             .as_ref()
             .is_some_and(|n| !self.statements.contains(n))
         {
+            return None;
+        }
+        if target.is_none() && self.sql_prepared {
+            // A block's SQL PREPAREs go too: DEALLOCATE ALL goes as it came, and the
+            // client's names change at its Execute as a stand-in's do.
+            self.stand_ins = true;
             return None;
         }
         let text = deallocate_stand_in(target.as_deref());
@@ -2462,22 +2486,36 @@ impl Relay {
     /// A Bind, once the client has parsed a `DEALLOCATE` stand-in: a portal of one is
     /// listed with what it deallocates, any other forgotten.
     fn note_stand_in_portal(&mut self, bind: &BindHead<'_>) {
+        // (A DEALLOCATE ALL sent as it came deallocates the client's names too.)
+        let target_of =
+            |q: &str| stand_in_target(q).or_else(|| deallocate_target(q).filter(Option::is_none));
         let target = if bind.statement.is_empty() {
             let parse = self
                 .statements
                 .unnamed()
                 .and_then(|p| Parse::decode(p.get(5..)?).ok());
-            parse.and_then(|p| stand_in_target(p.query))
+            parse.and_then(|p| target_of(p.query))
         } else {
-            self.statements
-                .query_of(bind.statement)
-                .and_then(stand_in_target)
+            self.statements.query_of(bind.statement).and_then(target_of)
         };
         self.stand_in_portals
             .retain(|(portal, _)| portal != bind.portal);
         if let Some(target) = target {
             self.stand_in_portals
                 .push((bind.portal.to_string(), target));
+        }
+    }
+
+    /// Portals a Sync or simple query ends (`sync`: a Sync): the unnamed one at a
+    /// simple query, every one when no transaction block may be open (its implicit
+    /// transaction ends). A stand-in's listed as one after that may be another
+    /// portal (a cursor DECLAREd under its name).
+    fn end_stand_in_portals(&mut self, sync: bool) {
+        if !self.in_block() {
+            self.stand_in_portals.clear();
+        } else if !sync {
+            self.stand_in_portals
+                .retain(|(portal, _)| !portal.is_empty());
         }
     }
 
@@ -2508,9 +2546,6 @@ impl Relay {
         };
         if let Some(tracker) = self.tracker.as_mut() {
             tracker.on_execute(execute.portal, self.clock);
-            if all {
-                tracker.forget_statements();
-            }
         }
         self.queue_frame(frame);
         self.expected.push(Step::Deallocate { all, change });

@@ -1174,12 +1174,19 @@ impl Expected {
                 Verdict::Relay
             }
             Step::CloseUnnamed { change } => self.settles(tag, b'3', change, &mut forget),
-            Step::Deallocate { all, change } => {
-                if tag == b'C' {
+            Step::Deallocate { all, change } => match tag {
+                b'C' => {
                     self.renamed = Some(all);
+                    self.settles(tag, b'C', change, &mut forget)
                 }
-                self.settles(tag, b'C', change, &mut forget)
-            }
+                // (No stand-in's answer: the portal was another, a cursor.)
+                b'I' | b's' => {
+                    self.pop_front();
+                    self.settled.push((change, Settled::Undone));
+                    Verdict::Relay
+                }
+                _ => self.settles(tag, b'C', change, &mut forget),
+            },
             Step::Server { request, prepared } => {
                 if tag == b'E' && !matches!(request, Request::Query | Request::Sync) {
                     if let Some(id) = prepared {

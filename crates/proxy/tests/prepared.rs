@@ -532,6 +532,59 @@ async fn an_extended_deallocate_of_the_clients_statements_works_as_on_postgresql
     raw.send(&[F::Query(Query { sql: "ROLLBACK" })]).await;
     assert_eq!(raw.until_ready().await, ["C", "Z"]);
     assert_eq!(exec_prepared(&mut raw, "s1").await, ["E26000", "Z"]);
+    // A portal of one, once its transaction is over, is no stand-in's: a cursor
+    // DECLAREd under its name runs as itself.
+    prepare(&mut raw, "s1").await;
+    let none: [pgopt_wire::Format; 0] = [];
+    let values: [Option<&[u8]>; 0] = [];
+    raw.send(&[
+        parse("", "DEALLOCATE ALL"),
+        F::Bind(pgopt_wire::frontend::Bind {
+            portal: "c1",
+            statement: "",
+            param_formats: (&none).into(),
+            params: (&values).into(),
+            result_formats: (&none).into(),
+        }),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["1", "2", "Z"]);
+    raw.send(&[F::Query(Query {
+        sql: "BEGIN; DECLARE c1 CURSOR FOR SELECT generate_series(1, 3)",
+    })])
+    .await;
+    assert_eq!(raw.until_ready().await, ["C", "C", "Z"]);
+    raw.send(&[
+        F::Execute(pgopt_wire::frontend::Execute {
+            portal: "c1",
+            max_rows: 2,
+        }),
+        F::Sync,
+    ])
+    .await;
+    assert_eq!(raw.until_ready().await, ["D1", "D1", "s", "Z"]);
+    raw.send(&[F::Query(Query { sql: "COMMIT" })]).await;
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    assert_eq!(exec_prepared(&mut raw, "s1").await, works);
+    // A block's SQL PREPARE goes with DEALLOCATE ALL too, as the client's names do.
+    for sql in ["BEGIN", "PREPARE q AS SELECT 1"] {
+        raw.send(&[F::Query(Query { sql })]).await;
+        assert_eq!(raw.until_ready().await, ["C", "Z"], "{sql}");
+    }
+    assert_eq!(
+        run(&mut raw, "DEALLOCATE ALL").await,
+        ["1", "2", "n", "C", "Z"]
+    );
+    assert_eq!(raw.tags.last().unwrap(), "DEALLOCATE ALL");
+    raw.send(&[F::Query(Query {
+        sql: "PREPARE q AS SELECT 2",
+    })])
+    .await;
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    raw.send(&[F::Query(Query { sql: "COMMIT" })]).await;
+    assert_eq!(raw.until_ready().await, ["C", "Z"]);
+    assert_eq!(exec_prepared(&mut raw, "s1").await, ["E26000", "Z"]);
     // The other client's statement of the same text, on the same server connection,
     // was never touched.
     assert_eq!(
