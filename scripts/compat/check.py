@@ -275,6 +275,18 @@ class Checks:
                     n = cur.fetchone()[0]
                     expect(n == r + k, f"pipelined statement {k}, round {r}, gave {n}")
 
+    # 2e. A client_encoding other than UTF8: psycopg encodes queries in it, and they go
+    # through as sent, prepared or not, with a setting beyond ASCII carried along.
+    def encoding(self):
+        with self.connect(client_encoding="latin1") as conn:
+            conn.execute("SET compat.word = 'ñandú'")
+            for i in range(2 * max(self.args.pool_size, 2)):
+                for prepare in (True, False):
+                    row = conn.execute("SELECT ascii('é'), %s::text || 'é'", ("à",), prepare=prepare).fetchone()
+                    expect(row == (233, "àé"), f"LATIN1 round {i}, prepare={prepare}: {row!r}")
+                row = conn.execute("SELECT current_setting('compat.word')").fetchone()
+                expect(row == ("ñandú",), f"LATIN1 setting, round {i}: {row!r}")
+
     # 2c. A schema change under a prepared statement: PostgreSQL alone answers
     # "cached plan must not change result type"; through pgopt psycopg (which asks for
     # the portal's description) gets the new columns on every server connection.
@@ -498,7 +510,7 @@ class Checks:
             expect(row == (1,), f"SELECT 1 over TLS gave {row!r}")
 
 
-CHECKS = ["multi_statement", "prepared", "statement_cache", "deallocate", "schema_change", "copy", "cancel", "tx_error", "listen_notify", "auth", "tls"]
+CHECKS = ["multi_statement", "prepared", "statement_cache", "deallocate", "encoding", "schema_change", "copy", "cancel", "tx_error", "listen_notify", "auth", "tls"]
 
 
 def describe(e):

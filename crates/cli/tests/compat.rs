@@ -203,7 +203,9 @@ impl Driver {
     /// Checks only this driver runs (the others report them skipped).
     fn own_checks(self) -> &'static [&'static str] {
         match self {
-            Driver::Psycopg | Driver::PsycopgSystemLibpq => &["statement_cache", "deallocate"],
+            Driver::Psycopg | Driver::PsycopgSystemLibpq => {
+                &["statement_cache", "deallocate", "encoding"]
+            }
             Driver::NodePostgres => &[],
             Driver::Asyncpg => &["types", "pool_reset", "cursor"],
         }

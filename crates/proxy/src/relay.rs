@@ -201,6 +201,8 @@ pub struct Relay {
     /// may have called nextval (anything not judged read-only): only then may
     /// `lastval()`/`currval()` run, which read the session's sequence values.
     sequence_here: bool,
+    /// [`Settings::encoding_salt`] of the client's settings, and their version.
+    salt_memo: Option<(u64, u64)>,
     /// The client parsed a `DEALLOCATE` of its own statements, sent as a stand-in
     /// (see `statements::deallocate_stand_in`): its Binds are looked at.
     stand_ins: bool,
@@ -459,6 +461,7 @@ impl Relay {
             sequence_here: false,
             stand_ins: false,
             stand_in_portals: Vec::new(),
+            salt_memo: None,
             rerouting: false,
             ending_in_flight: false,
             executed_unsynced: false,
@@ -1026,6 +1029,7 @@ impl Relay {
             return CacheLookup::Pass;
         }
         let epoch = self.pool.plan_epoch();
+        let salt = self.encoding_salt();
         // The request, owned: its text, statement, bind values, shape, and the named
         // statement its Parse gives the client.
         let (sql, statement, bind, shape, prepares) = match frame.tag() {
@@ -1040,7 +1044,7 @@ impl Relay {
                     return CacheLookup::Pass;
                 };
                 let prepared = match &parse {
-                    Some(p) => match Prepared::from_parse(p) {
+                    Some(p) => match Prepared::from_parse(p, salt) {
                         Ok(prepared) => Arc::new(prepared),
                         Err(_) => return CacheLookup::Pass,
                     },
@@ -1870,7 +1874,8 @@ impl Relay {
     /// own statements ([`Relay::deallocate_locally`]) or a refusal (`judge_session`).
     /// Nothing is decided here.
     fn answers_itself(&self, body: &[u8]) -> bool {
-        let Ok(query) = Query::decode(body) else {
+        let mut owned = String::new();
+        let Ok(query) = Query::decode_escaped(body, &mut owned) else {
             return false;
         };
         match deallocate_target(query.sql) {
@@ -1976,9 +1981,11 @@ impl Relay {
         // session check and the tracker.
         let mut parsed = None;
         let mut decoded_sql = None;
+        // (Text that is not UTF-8, escaped: see `pgopt_wire::text`.)
+        let mut escaped = String::new();
         let request = match frame.tag() {
             b'P' if self.rewrite => {
-                let parse = Parse::decode(frame.body())?;
+                let parse = Parse::decode_escaped(frame.body(), &mut escaped)?;
                 parsed = Some(parse);
                 if parse.name.is_empty() {
                     self.unnamed_read_back = None;
@@ -2029,7 +2036,7 @@ impl Relay {
                     return Ok(());
                 }
                 if self.worth_judging(frame.body()) {
-                    let query = Query::decode(frame.body())?;
+                    let query = Query::decode_escaped(frame.body(), &mut escaped)?;
                     decoded_sql = Some(query.sql);
                     if let Some(refusal) = self.judge_session(query.sql, None) {
                         self.end_open_batch(false);
@@ -2082,9 +2089,10 @@ impl Relay {
                     tracker.on_execute(Execute::decode(frame.body())?.portal, self.clock)
                 }
                 (Request::Query, b'Q') => {
+                    let mut owned = String::new();
                     let sql = match decoded_sql {
                         Some(sql) => sql,
-                        None => Query::decode(frame.body())?.sql,
+                        None => Query::decode_escaped(frame.body(), &mut owned)?.sql,
                     };
                     tracker.on_query(&self.shared.analyzer, sql, self.clock)
                 }
@@ -2160,7 +2168,8 @@ impl Relay {
         match frame.tag() {
             b'P' | b'B' if self.rewrite => {}
             b'P' => {
-                let parse = Parse::decode(frame.body())?;
+                let mut owned = String::new();
+                let parse = Parse::decode_escaped(frame.body(), &mut owned)?;
                 tracker.on_parse(&self.shared.analyzer, &parse);
             }
             b'B' => {
@@ -2186,11 +2195,12 @@ impl Relay {
         parse: Option<Parse<'_>>,
     ) -> Result<bool, DecodeError> {
         let body = frame.body();
+        let mut escaped = String::new();
         match request {
             Request::Parse => {
                 let parse = match parse {
                     Some(parse) => parse,
-                    None => Parse::decode(body)?,
+                    None => Parse::decode_escaped(body, &mut escaped)?,
                 };
                 // (A cheap look first: every Parse comes here.)
                 let first = parse.query.trim_ascii_start().as_bytes().first();
@@ -2360,7 +2370,7 @@ impl Relay {
             });
             return Ok(true);
         }
-        let Ok(prepared) = Prepared::from_parse(&parse) else {
+        let Ok(prepared) = Prepared::from_parse(&parse, self.encoding_salt()) else {
             return Ok(false);
         };
         // PostgreSQL's checks come after its parser's: a syntax error wins.
@@ -2445,6 +2455,20 @@ impl Relay {
             self.learn_description(&prepared);
         }
         Ok(true)
+    }
+
+    /// What the client's `client_encoding` adds to its statements' ids (see
+    /// `statements::statement_id`), worked out again only when its settings change.
+    fn encoding_salt(&mut self) -> u64 {
+        let version = self.settings.version();
+        match self.salt_memo {
+            Some((v, salt)) if v == version => salt,
+            _ => {
+                let salt = self.settings.encoding_salt();
+                self.salt_memo = Some((version, salt));
+                salt
+            }
+        }
     }
 
     /// A client's Parse of `DEALLOCATE name`, one of its statements, or of
@@ -3001,7 +3025,7 @@ impl Relay {
         if parse.name.is_empty() {
             self.unnamed_read_back = Some(names.into());
         } else {
-            let id = statement_id(parse);
+            let id = statement_id(parse, self.encoding_salt());
             self.read_back_statements.insert(id, names.into());
         }
     }
@@ -3126,7 +3150,8 @@ impl Relay {
         }
         let frame = self.statements.unnamed()?;
         let parse = Parse::decode(frame.get(5..)?).ok()?;
-        (!ends_transaction(parse.query)).then(|| statement_id(&parse))
+        let salt = self.settings.encoding_salt();
+        (!ends_transaction(parse.query)).then(|| statement_id(&parse, salt))
     }
 
     /// The server's transaction is failed, and nothing in flight may end it (a portal
@@ -4740,12 +4765,11 @@ impl Relay {
 
     async fn client_protocol_error(&mut self, e: DecodeError) -> ProxyError {
         let message = match &e {
-            // A client_encoding other than UTF8 with text beyond ASCII in a query.
-            DecodeError::InvalidUtf8 { field: "query", .. } => format!(
-                "{e}: pgopt reads query text as UTF-8, so a client_encoding other than UTF8 \
-                 (LATIN1, WIN1252, SJIS…) can send only ASCII in queries through it; connect \
-                 with client_encoding UTF8 (PostgreSQL converts between it and the \
-                 database's encoding)"
+            // A client_encoding other than UTF8 with a name beyond ASCII (query text
+            // is read escaped: see `pgopt_wire::text`).
+            DecodeError::InvalidUtf8 { .. } => format!(
+                "{e}: pgopt reads the names of statements and portals as UTF-8, so in a \
+                 client_encoding other than UTF8 (LATIN1, WIN1252, SJIS…) they must be ASCII"
             ),
             _ => e.to_string(),
         };

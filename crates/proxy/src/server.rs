@@ -677,7 +677,7 @@ impl ServerConn {
                 BackendMessage::DataRow(row) => rows.push(
                     row.values
                         .iter()
-                        .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                        .map(|v| v.map(|b| pgopt_wire::text::escape(b).into_owned()))
                         .collect(),
                 ),
                 BackendMessage::ErrorResponse(e) if error.is_none() => {

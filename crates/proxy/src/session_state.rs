@@ -96,6 +96,28 @@ impl Settings {
         self.current.keys().map(String::as_str)
     }
 
+    /// What a client's text means beyond ASCII, for statement ids (see
+    /// `statements::statement_id`): 0 for UTF8 (or the server's default), else a hash
+    /// of how the client set its `client_encoding`. (Two spellings of one encoding
+    /// only share less.)
+    pub fn encoding_salt(&self) -> u64 {
+        let written = match self.current.get("client_encoding") {
+            None => return 0,
+            Some(Setting::Value(v) | Setting::Statement(v)) => v,
+        };
+        let letters: String = written
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if letters.ends_with("utf8") || letters.ends_with("unicode") {
+            return 0;
+        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&letters, &mut hasher);
+        std::hash::Hasher::finish(&hasher) | 1
+    }
+
     /// The settings a client's StartupMessage asks for.
     pub fn from_startup(params: &[(String, String)]) -> Settings {
         let mut startup = BTreeMap::new();
@@ -308,7 +330,12 @@ impl Settings {
                 statements.push(format!("RESET {}", quote_ident(name)));
             }
         }
-        for (name, setting) in &self.current {
+        // The client's encoding first: the server reads each query's text in the
+        // encoding set when it arrives, and other values may be beyond ASCII.
+        const ENCODING: &str = "client_encoding";
+        let encoding = self.current.get_key_value(ENCODING);
+        let others = self.current.iter().filter(|(name, _)| *name != ENCODING);
+        for (name, setting) in encoding.into_iter().chain(others) {
             if !identity(name) && have.get(name) != Some(setting) {
                 statements.push(set_statement(name, setting));
             }

@@ -74,8 +74,10 @@ impl Prepared {
         Parse::decode(self.parse.get(5..)?).ok().map(|p| p.query)
     }
 
-    pub fn from_parse(parse: &Parse<'_>) -> Result<Prepared, EncodeError> {
-        let id = statement_id(parse);
+    /// The server statement for `parse` from a client whose `client_encoding` gives
+    /// `salt` (see `Settings::encoding_salt`).
+    pub fn from_parse(parse: &Parse<'_>, salt: u64) -> Result<Prepared, EncodeError> {
+        let id = statement_id(parse, salt);
         let server_name = server_name(id);
         let mut buf = BytesMut::new();
         Parse {
@@ -161,10 +163,16 @@ pub fn server_name(id: u64) -> String {
     format!("pgopt_{id:016x}")
 }
 
-/// A statement's id on the servers: a hash of its text and parameter types.
-pub fn statement_id(parse: &Parse<'_>) -> u64 {
+/// A statement's id on the servers: a hash of its text and parameter types, and of
+/// the client's `client_encoding` unless UTF8 (`salt`, see `Settings::encoding_salt`):
+/// the same bytes are another text in another encoding (0xE9 is é in LATIN1, И in
+/// KOI8R), and the server reads a statement's text once, when it is prepared.
+pub fn statement_id(parse: &Parse<'_>, salt: u64) -> u64 {
     let mut hasher = DefaultHasher::new();
     parse.query.hash(&mut hasher);
+    if salt != 0 {
+        salt.hash(&mut hasher);
+    }
     for oid in parse.param_types.iter() {
         oid.hash(&mut hasher);
     }
@@ -1813,9 +1821,9 @@ mod tests {
             param_types: (&[25u32]).into(),
         };
         let (pa, pb, pc) = (
-            Prepared::from_parse(&a).unwrap(),
-            Prepared::from_parse(&b).unwrap(),
-            Prepared::from_parse(&c).unwrap(),
+            Prepared::from_parse(&a, 0).unwrap(),
+            Prepared::from_parse(&b, 0).unwrap(),
+            Prepared::from_parse(&c, 0).unwrap(),
         );
         assert_eq!(pa.server_name, pb.server_name);
         assert_ne!(pa.server_name, pc.server_name);

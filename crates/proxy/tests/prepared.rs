@@ -292,20 +292,28 @@ struct Raw {
     buf: bytes::BytesMut,
     /// Every CommandComplete's tag so far, in order.
     tags: Vec<String>,
+    /// Every DataRow's first value so far, in order.
+    values: Vec<Option<Vec<u8>>>,
 }
 
 impl Raw {
     async fn connect(proxy: &Proxy) -> Raw {
+        Raw::connect_with(proxy, &[]).await
+    }
+
+    /// [`Raw::connect`] with more start-up parameters.
+    async fn connect_with(proxy: &Proxy, more: &[(&str, &str)]) -> Raw {
         use pgopt_wire::startup::{ProtocolVersion, StartupMessage};
         use tokio::io::AsyncWriteExt;
         let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
             .await
             .unwrap();
         let mut out = bytes::BytesMut::new();
-        let params = [("user", "postgres"), ("database", "app")];
+        let mut params = vec![("user", "postgres"), ("database", "app")];
+        params.extend_from_slice(more);
         StartupMessage {
             protocol: ProtocolVersion { major: 3, minor: 0 },
-            params: pgopt_wire::List::from(&params),
+            params: pgopt_wire::List::from(&params[..]),
         }
         .encode(&mut out)
         .unwrap();
@@ -314,6 +322,7 @@ impl Raw {
             stream,
             buf: bytes::BytesMut::new(),
             tags: Vec::new(),
+            values: Vec::new(),
         };
         raw.until_ready().await;
         raw
@@ -345,7 +354,11 @@ impl Raw {
                 let tag = frame.tag();
                 let item = match frame.backend().unwrap() {
                     B::RowDescription(r) => format!("T{}", r.fields.len()),
-                    B::DataRow(r) => format!("D{}", r.values.len()),
+                    B::DataRow(r) => {
+                        let first = r.values.iter().next().flatten();
+                        self.values.push(first.map(<[u8]>::to_vec));
+                        format!("D{}", r.values.len())
+                    }
                     B::ErrorResponse(e) => format!("E{}", e.code().unwrap_or("")),
                     B::CommandComplete(c) => {
                         self.tags.push(c.tag.to_string());
@@ -595,6 +608,64 @@ async fn an_extended_deallocate_of_the_clients_statements_works_as_on_postgresql
             .get::<_, i32>(0),
         1
     );
+}
+
+/// Clients whose client_encoding is not UTF8 send text PostgreSQL reads in it: it
+/// goes through as sent, in both modes, with and without named statements, and the
+/// same bytes from clients of two encodings are two statements on the server (0xE9 is
+/// é in LATIN1, И in KOI8R). Settings beyond ASCII follow the client.
+#[tokio::test]
+async fn text_in_other_encodings_goes_through_as_sent() {
+    use pgopt_wire::frontend::{FrontendMessage as F, Query};
+    use pgopt_wire::text::escape;
+    let pg = Postgres::start().await.unwrap();
+    let session = Proxy::start(common::config_for(&pg, PoolMode::Session, 1))
+        .await
+        .unwrap();
+    let transaction = common::start_with(&pg, |c| c.default_pool_size = 1).await;
+    let text = escape(b"SELECT ascii('\xe9'), '\xe9'::text");
+    let first = |raw: &Raw| raw.values.last().cloned().flatten();
+    for proxy in [&session, &transaction] {
+        let mut latin1 = Raw::connect_with(proxy, &[("client_encoding", "LATIN1")]).await;
+        raw_query(&mut latin1, &text).await;
+        assert_eq!(first(&latin1).as_deref(), Some(&b"233"[..]));
+        latin1.send(&[parse("s1", &text), F::Sync]).await;
+        assert_eq!(latin1.until_ready().await, ["1", "Z"]);
+        assert_eq!(
+            exec_prepared(&mut latin1, "s1").await,
+            ["2", "T2", "D2", "C", "Z"]
+        );
+        assert_eq!(first(&latin1).as_deref(), Some(&b"233"[..]));
+    }
+    drop(session);
+    let mut latin1 = Raw::connect_with(&transaction, &[("client_encoding", "LATIN1")]).await;
+    let mut koi8 = Raw::connect_with(&transaction, &[("client_encoding", "KOI8R")]).await;
+    for raw in [&mut latin1, &mut koi8] {
+        raw.send(&[parse("s1", &text), F::Sync]).await;
+        // (ParameterStatus as pgopt applies the client's encoding: as it was.)
+        let mut seen = raw.until_ready().await;
+        seen.retain(|m| m != "S");
+        assert_eq!(seen, ["1", "Z"]);
+    }
+    raw_query(&mut latin1, &escape(b"SET my.var = '\xe9t\xe9'")).await;
+    for _ in 0..2 {
+        exec_prepared(&mut latin1, "s1").await;
+        assert_eq!(first(&latin1).as_deref(), Some(&b"233"[..]), "é");
+        exec_prepared(&mut koi8, "s1").await;
+        assert_eq!(first(&koi8).as_deref(), Some(&b"1048"[..]), "И");
+        raw_query(&mut latin1, "SELECT current_setting('my.var')").await;
+        assert_eq!(first(&latin1).as_deref(), Some(&b"\xe9t\xe9"[..]));
+    }
+
+    async fn raw_query(raw: &mut Raw, sql: &str) {
+        raw.send(&[F::Query(Query { sql })]).await;
+        let seen = raw.until_ready().await;
+        assert_eq!(seen.last().map(String::as_str), Some("Z"), "{seen:?}");
+        assert!(
+            !seen.iter().any(|m| m.starts_with('E')),
+            "{sql:?}: {seen:?}"
+        );
+    }
 }
 
 /// Describe the unnamed portal, Execute it, Sync; the replies up to ReadyForQuery

@@ -172,9 +172,33 @@ impl<'a> Query<'a> {
         Ok(Query { sql })
     }
 
-    /// Appends the message.
+    /// As [`Query::decode`], but text that is not UTF-8 is escaped (see
+    /// [`crate::text`]) into `owned`, which the query then borrows.
+    pub fn decode_escaped(body: &'a [u8], owned: &'a mut String) -> Result<Self, DecodeError> {
+        let mut r = BodyReader::new(Tag(tag::QUERY), body);
+        let sql = r.cstr_bytes("query")?;
+        r.finish()?;
+        Ok(Query {
+            sql: escaped(sql, owned),
+        })
+    }
+
+    /// Appends the message (escaped text as the bytes it stands for).
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        write_message(dst, tag::QUERY, |w| w.cstr("query", self.sql))
+        write_message(dst, tag::QUERY, |w| {
+            w.cstr_bytes("query", &crate::text::unescape(self.sql))
+        })
+    }
+}
+
+/// `bytes` as text, escaped into `owned` when they must be (see [`crate::text`]).
+fn escaped<'a>(bytes: &'a [u8], owned: &'a mut String) -> &'a str {
+    match crate::text::escape(bytes) {
+        std::borrow::Cow::Borrowed(text) => text,
+        std::borrow::Cow::Owned(text) => {
+            *owned = text;
+            owned
+        }
     }
 }
 
@@ -205,11 +229,27 @@ impl<'a> Parse<'a> {
         })
     }
 
-    /// Appends the message.
+    /// As [`Parse::decode`], but query text that is not UTF-8 is escaped (see
+    /// [`crate::text`]) into `owned`, which the message then borrows.
+    pub fn decode_escaped(body: &'a [u8], owned: &'a mut String) -> Result<Self, DecodeError> {
+        let mut r = BodyReader::new(Tag(tag::PARSE), body);
+        let name = r.cstr("statement name")?;
+        let query = r.cstr_bytes("query")?;
+        let count = r.u16("parameter type count")?;
+        let param_types = List::read_counted(&mut r, count.into(), "parameter types")?;
+        r.finish()?;
+        Ok(Parse {
+            name,
+            query: escaped(query, owned),
+            param_types,
+        })
+    }
+
+    /// Appends the message (escaped text as the bytes it stands for).
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         write_message(dst, tag::PARSE, |w| {
             w.cstr("statement name", self.name)?;
-            w.cstr("query", self.query)?;
+            w.cstr_bytes("query", &crate::text::unescape(self.query))?;
             self.param_types.write_counted_u16(w, "parameter types")
         })
     }

@@ -13,7 +13,9 @@
 //! Decoding never panics, whatever the input: a malformed message is a
 //! [`DecodeError`] naming the message and field. Text fields are `&str`: a
 //! message whose text is not UTF-8 (a `client_encoding` other than UTF8) fails
-//! to decode with [`DecodeError::InvalidUtf8`] and is best relayed raw.
+//! to decode with [`DecodeError::InvalidUtf8`] and is best relayed raw, but for a
+//! Query's or Parse's SQL, which `decode_escaped` reads through [`text::escape`]
+//! and every encoder writes through [`text::unescape`].
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -42,6 +44,7 @@ pub mod md5;
 pub mod replication;
 pub mod scram;
 pub mod startup;
+pub mod text;
 
 pub use authentication::{Authentication, AUTHENTICATION, SCRAM_SHA_256};
 pub use constant_time::constant_time_eq;

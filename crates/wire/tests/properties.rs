@@ -143,6 +143,38 @@ proptest! {
         let _ = ErrorFields::decode(b'E', &body);
     }
 
+    /// Any text, UTF-8 or not, escaped and decoded, encodes as the same bytes; and
+    /// no two texts share an escaped form.
+    #[test]
+    fn escaped_text_comes_back_as_its_bytes(
+        a in proptest::collection::vec(prop_oneof![any::<u8>(), Just(0xF4u8), Just(0x8Fu8), Just(0xBEu8), Just(0xBFu8)], 0..40),
+        b in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        use pgopt_wire::frontend::{Parse, Query};
+        use pgopt_wire::text::{escape, unescape};
+        let escaped = escape(&a);
+        prop_assert_eq!(&*unescape(&escaped), &a[..]);
+        if a != b {
+            prop_assert_ne!(escape(&a), escape(&b));
+        }
+        let a: Vec<u8> = a.into_iter().filter(|&x| x != 0).collect();
+        let mut body = a.clone();
+        body.push(0);
+        let mut owned = String::new();
+        let query = Query::decode_escaped(&body, &mut owned).unwrap();
+        let mut out = BytesMut::new();
+        query.encode(&mut out).unwrap();
+        prop_assert_eq!(&out[5..], &body[..]);
+        let mut body = b"s\0".to_vec();
+        body.extend_from_slice(&a);
+        body.extend_from_slice(&[0, 0, 0]);
+        let mut owned = String::new();
+        let parse = Parse::decode_escaped(&body, &mut owned).unwrap();
+        let mut out = BytesMut::new();
+        parse.encode(&mut out).unwrap();
+        prop_assert_eq!(&out[5..], &body[..]);
+    }
+
     #[test]
     fn frame_splitter_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128), max_len in 0u32..200) {
         let mut buf = BytesMut::from(&bytes[..]);
