@@ -1640,6 +1640,24 @@ impl Relay {
         }
     }
 
+    /// [`Relay::note_writes`] of SQL that is not UTF-8 (escaped, see
+    /// `pgopt_wire::text`): a read is nothing; anything else writes everything (its
+    /// names, escaped, are not the catalog's), and the connection's SQL-prepared
+    /// statements are unknown. The analysis of a read, for its Binds.
+    fn note_unreadable_writes(&mut self, sql: &str) -> Option<Arc<pgopt_sql::Analysis>> {
+        let analysis = self.shared.analyzer.analyze(sql).ok();
+        match analysis {
+            Some(a) if a.read_only => Some(a),
+            _ => {
+                if let Some(sql) = sql_statements(&mut self.server) {
+                    sql.go_blind();
+                }
+                self.writes.note(None);
+                None
+            }
+        }
+    }
+
     /// Notes what a client message about to run may write, for the cache.
     fn note_writes(&mut self, frame: &Frame) {
         let analyzer = &self.shared.analyzer;
@@ -1649,7 +1667,12 @@ impl Relay {
                     analyzer.analyze(query.sql).ok().as_deref(),
                     sql_statements(&mut self.server),
                 ),
-                Err(_) => self.writes.note(None),
+                Err(_) => {
+                    let mut owned = String::new();
+                    let query = Query::decode_escaped(frame.body(), &mut owned);
+                    let sql = query.map(|q| q.sql).unwrap_or_default();
+                    self.note_unreadable_writes(sql);
+                }
             },
             b'P' => match Parse::decode(frame.body()) {
                 Ok(parse) => {
@@ -1668,7 +1691,18 @@ impl Relay {
                     }
                     self.parsed.insert(parse.name.to_string(), analysis);
                 }
-                Err(_) => self.writes.note(None),
+                Err(_) => {
+                    let mut owned = String::new();
+                    if let Ok(parse) = Parse::decode_escaped(frame.body(), &mut owned) {
+                        let analysis = self.note_unreadable_writes(parse.query);
+                        if self.parsed.len() >= MAX_PARSED {
+                            self.parsed.clear();
+                        }
+                        self.parsed.insert(parse.name.to_string(), analysis);
+                    } else {
+                        self.writes.note(None);
+                    }
+                }
             },
             b'B' => {
                 let analysis = match Bind::decode(frame.body()) {

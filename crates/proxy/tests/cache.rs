@@ -2100,3 +2100,78 @@ async fn the_ddl_listener_refuses_a_schema_another_role_owns() {
     .await;
     assert_eq!(made, "0");
 }
+
+/// A client whose client_encoding is LATIN1, with text beyond ASCII: never cached, its
+/// writes (simple and extended) end the entries they may reach before it hears its
+/// ReadyForQuery, and its reads end none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_in_another_encoding_is_not_cached_and_its_writes_invalidate() {
+    use common::{message, raw_login, read_until};
+    use tokio::io::AsyncWriteExt;
+    let (pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&client, read).await, "a");
+    let mut latin1 = raw_login(&proxy).await;
+    let mut run = async |body: &[u8], end: u8| {
+        latin1.write_all(body).await.unwrap();
+        let seen = read_until(&mut latin1, end).await;
+        assert!(!seen.contains(&b'E'), "{seen:?}");
+    };
+    run(&message(b'Q', b"SET client_encoding = 'LATIN1'\0"), b'Z').await;
+    // Reads: served by PostgreSQL each time, and the UTF8 client's entry stays.
+    let before = cache_row(&proxy).await;
+    for _ in 0..2 {
+        run(
+            &message(b'Q', b"SELECT v, 'caf\xe9' FROM items WHERE id = 1\0"),
+            b'Z',
+        )
+        .await;
+    }
+    let after = cache_row(&proxy).await;
+    assert_eq!(
+        counter(&after, "hits"),
+        counter(&before, "hits"),
+        "{after:?}"
+    );
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&client, read).await, "a", "still cached");
+    // Writes: simple, then extended.
+    run(
+        &message(b'Q', b"UPDATE items SET v = 'caf\xe9' WHERE id = 2\0"),
+        b'Z',
+    )
+    .await;
+    assert_eq!(value(&client, read).await, "behind");
+    // (Stored again once the catalog, read again after a write pgopt could not
+    // read, is in.)
+    let stored = counter(&cache_row(&proxy).await, "stored");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter(&cache_row(&proxy).await, "stored") == stored {
+        assert!(std::time::Instant::now() < deadline, "never stored again");
+        assert_eq!(value(&client, read).await, "behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.psql("UPDATE items SET v = 'behind again' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&client, read).await, "behind", "cached again");
+    run(
+        &run_unnamed_latin1(b"UPDATE items SET v = 'd\xe9j\xe0' WHERE id = 2"),
+        b'Z',
+    )
+    .await;
+    assert_eq!(value(&client, read).await, "behind again");
+
+    /// `common::run_unnamed` of raw SQL bytes, with a Sync.
+    fn run_unnamed_latin1(sql: &[u8]) -> Vec<u8> {
+        let mut parse = vec![0];
+        parse.extend_from_slice(sql);
+        parse.extend_from_slice(b"\0\0\0");
+        let mut batch = message(b'P', &parse);
+        batch.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+        batch.extend(message(b'E', b"\0\0\0\0\0"));
+        batch.extend(message(b'S', b""));
+        batch
+    }
+}
