@@ -834,8 +834,15 @@ impl ProxyCache {
     }
 
     /// A transaction committed on the server, seen on the replication stream: what it
-    /// changed (triggers and cascades included) ends its entries.
-    pub fn invalidate_committed(&self, database: &str, committed: &crate::wal::Committed) {
+    /// changed (triggers and cascades included) ends its entries, here and, through
+    /// Redis' versions, in L2 (whose values the local bump alone leaves valid: an L1
+    /// miss would find the old result there until its TTL) and on instances that
+    /// follow no stream. (Each instance that follows one publishes it too.)
+    pub fn invalidate_committed(
+        self: &Arc<Self>,
+        database: &str,
+        committed: &crate::wal::Committed,
+    ) {
         let tables: Vec<String> = committed
             .tables
             .iter()
@@ -845,6 +852,7 @@ impl ProxyCache {
         // Before the bump: a replica's fill that sees it must have replayed the commit.
         self.fences.advance(database, &tags, committed.end_lsn);
         self.bump(&tags, Source::Stream);
+        self.publish_later(tags);
         let now = pgopt_wire::replication::pg_epoch_micros(std::time::SystemTime::now());
         let late_ms = (now - committed.commit_time).max(0) as u64 / 1000;
         let c = &self.counters;

@@ -761,3 +761,51 @@ async fn two_instances_share_results_and_invalidations_through_a_redis_cluster()
     wait_for_redis(&b_proxy, "up").await;
     alternate_writes(&a, &b, 10, "moved", false).await;
 }
+
+/// A write made directly on PostgreSQL, heard on the replication stream, ends the
+/// value in Redis too: neither the instance that heard it nor one that follows no
+/// stream goes on serving the old result from L2 (until its TTL, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_bypasses_pgopt_heard_on_the_stream_ends_its_value_in_redis() {
+    let pg = Postgres::builder()
+        .setting("wal_level", "logical")
+        .start()
+        .await
+        .unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a'), (2, 'b');",
+    )
+    .unwrap();
+    let redis = Redis::start().await.unwrap();
+    let listening = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            wal_listener: true,
+            redis: Some(RedisConfig {
+                url: redis.url(),
+                hmac_key: Some(b"test key".to_vec()),
+                timeout: Duration::from_millis(500),
+                ..RedisConfig::default()
+            }),
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    wait_for_redis(&listening, "up").await;
+    wait_for_cache(&listening, "streaming", |r| r["wal"] == "streaming").await;
+    let deaf = instance(&pg, &redis).await;
+    let (a, b) = (
+        connect(&listening, "postgres", None).await.unwrap(),
+        connect(&deaf, "postgres", None).await.unwrap(),
+    );
+    fill_then_change_behind(&pg, &listening, &a).await;
+    for (client, who) in [(&b, "the instance without a stream"), (&a, "the listener")] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while value(client, READ).await != "behind" {
+            assert!(Instant::now() < deadline, "{who} serves the old value");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
