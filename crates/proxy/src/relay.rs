@@ -201,6 +201,10 @@ pub struct Relay {
     /// may have called nextval (anything not judged read-only): only then may
     /// `lastval()`/`currval()` run, which read the session's sequence values.
     sequence_here: bool,
+    /// The session reads a backslash in a `'…'` string as an escape
+    /// (`standard_conforming_strings` off, as the server last reported it): pgopt's
+    /// parser does not, so text with a backslash is not read for the cache.
+    backslash_escapes: bool,
     /// [`Settings::encoding_salt`] of the client's settings, and their version.
     salt_memo: Option<(u64, u64)>,
     /// The client parsed a `DEALLOCATE` of its own statements, sent as a stand-in
@@ -434,6 +438,17 @@ impl Relay {
         let serve_cache =
             cache.is_some() && pool.mode == PoolMode::Transaction && !unfollowed && !maybe_standby;
         let (login_user, database, _) = info.identity();
+        let conforming = match settings.startup_value(STANDARD_CONFORMING_STRINGS) {
+            Some(v) => v.to_string(),
+            None => pool
+                .params()
+                .and_then(|p| {
+                    p.iter()
+                        .find(|(name, _)| name == STANDARD_CONFORMING_STRINGS)
+                        .map(|(_, v)| v.clone())
+                })
+                .unwrap_or_else(|| "on".into()),
+        };
         let tracker = shared
             .insight
             .as_ref()
@@ -462,6 +477,7 @@ impl Relay {
             stand_ins: false,
             stand_in_portals: Vec::new(),
             salt_memo: None,
+            backslash_escapes: !setting_is_on(&conforming),
             rerouting: false,
             ending_in_flight: false,
             executed_unsynced: false,
@@ -1025,6 +1041,7 @@ impl Relay {
             || self.skipping
             || !cache.serving()
             || frame.as_bytes().len() > KEPT_CLIENT_BUF
+            || self.backslash_escapes && (frame.tag() != b'Q' || escapes_differ(true, frame.body()))
         {
             return CacheLookup::Pass;
         }
@@ -1661,6 +1678,20 @@ impl Relay {
     /// Notes what a client message about to run may write, for the cache.
     fn note_writes(&mut self, frame: &Frame) {
         let analyzer = &self.shared.analyzer;
+        if matches!(frame.tag(), b'Q' | b'P')
+            && escapes_differ(self.backslash_escapes, frame.body())
+        {
+            // Its strings may hide what it runs: it may write anything.
+            if let Some(sql) = sql_statements(&mut self.server) {
+                sql.go_blind();
+            }
+            self.writes.note(None);
+            let mut owned = String::new();
+            if let Ok(parse) = Parse::decode_escaped(frame.body(), &mut owned) {
+                self.parsed.insert(parse.name.to_string(), None);
+            }
+            return;
+        }
         match frame.tag() {
             b'Q' => match Query::decode(frame.body()) {
                 Ok(query) => self.writes.note_sql(
@@ -1711,6 +1742,7 @@ impl Relay {
                         None => self
                             .statements
                             .query_of(bind.statement)
+                            .filter(|sql| !escapes_differ(self.backslash_escapes, sql.as_bytes()))
                             .and_then(|sql| analyzer.analyze(sql).ok()),
                     },
                     Err(_) => None,
@@ -3580,6 +3612,13 @@ impl Relay {
                     }
                 }
                 b'C' | b'E' => self.copy_in = false,
+                b'S' => {
+                    let body = &self.sbuf[pos + 5..end];
+                    if let Some(value) = body.strip_prefix(b"standard_conforming_strings\0") {
+                        let value = value.strip_suffix(b"\0").unwrap_or(value);
+                        self.backslash_escapes = value != b"on";
+                    }
+                }
                 _ => {}
             }
             let verdict = match self.replan(header.tag, pos + 5..end) {
@@ -5349,6 +5388,21 @@ fn in_failed_transaction_error() -> Option<Bytes> {
 fn duplicate_statement_error(name: &str) -> Option<Bytes> {
     let message = format!("prepared statement \"{name}\" already exists");
     error_response(sqlstate::DUPLICATE_PSTATEMENT, &message)
+}
+
+const STANDARD_CONFORMING_STRINGS: &str = "standard_conforming_strings";
+
+/// Whether a boolean setting's value is true, as PostgreSQL reads it (a prefix of
+/// `on`, `true` or `yes`, or `1`).
+fn setting_is_on(value: &str) -> bool {
+    let v = value.trim().to_ascii_lowercase();
+    v == "on" || v == "1" || (!v.is_empty() && ("true".starts_with(&v) || "yes".starts_with(&v)))
+}
+
+/// Whether SQL `text` may read otherwise than pgopt's parser reads it: a backslash,
+/// when the session reads one in a `'…'` string as an escape.
+fn escapes_differ(backslash_escapes: bool, text: &[u8]) -> bool {
+    backslash_escapes && memchr::memchr(b'\\', text).is_some()
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -2175,3 +2175,40 @@ async fn text_in_another_encoding_is_not_cached_and_its_writes_invalidate() {
         batch
     }
 }
+
+/// With `standard_conforming_strings` off a backslash in a `'…'` string escapes the
+/// quote after it, which pgopt's parser does not read so: text with one is not cached
+/// (`random()` hidden behind `'\'`), and the server's report of the setting is
+/// followed (a RESET turns caching back on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_read_otherwise_with_standard_conforming_strings_off_is_not_cached() {
+    let (_pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    client
+        .batch_execute("SET standard_conforming_strings = off; SET escape_string_warning = off")
+        .await
+        .unwrap();
+    let hidden = "SELECT '\\' , ' AS a, random()::text AS r -- '\nFROM items WHERE id = 1";
+    let r = |rows: Vec<String>| rows[1].clone();
+    let first = r(row(&client, hidden).await);
+    assert_ne!(r(row(&client, hidden).await), first, "random() was cached");
+    let plain = "SELECT v FROM items WHERE id = 1";
+    let stored = counter(&cache_row(&proxy).await, "stored");
+    value(&client, plain).await;
+    assert_eq!(
+        counter(&cache_row(&proxy).await, "stored"),
+        stored + 1,
+        "no backslash"
+    );
+    client
+        .batch_execute("RESET standard_conforming_strings")
+        .await
+        .unwrap();
+    let conforming = "SELECT 'a\\' AS a, v FROM items WHERE id = 1";
+    value(&client, conforming).await;
+    assert_eq!(
+        counter(&cache_row(&proxy).await, "stored"),
+        stored + 2,
+        "on again"
+    );
+}
