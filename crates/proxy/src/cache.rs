@@ -1055,7 +1055,7 @@ fn stored_rows(value: &[u8]) -> Vec<Vec<Option<String>>> {
             rows.push(
                 row.values
                     .iter()
-                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .map(|v| v.map(|b| pgopt_wire::text::escape(b).into_owned()))
                     .collect(),
             );
         }
@@ -1276,6 +1276,11 @@ pub fn extended_batch<'a>(
     let parse = match frames.peek() {
         Some((b'P', body)) => {
             let parse = Parse::decode(body).ok()?;
+            // (Text with characters pgopt escapes bytes as would not be written back
+            // as it came: see `pgopt_wire::text`.)
+            if pgopt_wire::text::is_escaped(parse.query) {
+                return None;
+            }
             frames.next();
             Some(parse)
         }

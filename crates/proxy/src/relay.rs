@@ -205,8 +205,10 @@ pub struct Relay {
     /// (`standard_conforming_strings` off, as the server last reported it): pgopt's
     /// parser does not, so text with a backslash is not read for the cache.
     backslash_escapes: bool,
-    /// [`Settings::encoding_salt`] of the client's settings, and their version.
-    salt_memo: Option<(u64, u64)>,
+    /// [`Relay::encoding`] of the client's settings, and their version.
+    encoding_memo: Option<(u64, Encoding)>,
+    /// The server's `client_encoding` for a client that sets none.
+    default_encoding: String,
     /// The client parsed a `DEALLOCATE` of its own statements, sent as a stand-in
     /// (see `statements::deallocate_stand_in`): its Binds are looked at.
     stand_ins: bool,
@@ -476,7 +478,15 @@ impl Relay {
             sequence_here: false,
             stand_ins: false,
             stand_in_portals: Vec::new(),
-            salt_memo: None,
+            encoding_memo: None,
+            default_encoding: pool
+                .params()
+                .and_then(|p| {
+                    p.iter()
+                        .find(|(name, _)| name == "client_encoding")
+                        .map(|(_, v)| v.clone())
+                })
+                .unwrap_or_else(|| "UTF8".into()),
             backslash_escapes: !setting_is_on(&conforming),
             rerouting: false,
             ending_in_flight: false,
@@ -1051,8 +1061,11 @@ impl Relay {
         // statement its Parse gives the client.
         let (sql, statement, bind, shape, prepares) = match frame.tag() {
             b'Q' if self.cbuf.is_empty() => match Query::decode(frame.body()) {
-                Ok(q) => (Cow::Borrowed(q.sql), None, Vec::new(), Shape::Simple, None),
-                Err(_) => return CacheLookup::Pass,
+                // (Text with characters pgopt escapes bytes as: see `pgopt_wire::text`.)
+                Ok(q) if !pgopt_wire::text::is_escaped(q.sql) => {
+                    (Cow::Borrowed(q.sql), None, Vec::new(), Shape::Simple, None)
+                }
+                _ => return CacheLookup::Pass,
             },
             b'P' | b'B' => {
                 let Some((parse, bind, values, describe)) =
@@ -2120,7 +2133,7 @@ impl Relay {
             b'Q' if starts_with_word(frame.body(), b"reset") || may_set_default(frame.body()) => {
                 // Only followed: nothing is refused in session mode, and a message it
                 // can't read goes to the server as it came.
-                if let Ok(query) = Query::decode(frame.body()) {
+                if let Ok(query) = Query::decode_escaped(frame.body(), &mut escaped) {
                     decoded_sql = Some(query.sql);
                     self.follow_reset(query.sql);
                 }
@@ -2338,6 +2351,12 @@ impl Relay {
                         return Ok(true);
                     }
                 }
+                if let Some(error) = self.encoding_changed(&prepared, bind.statement) {
+                    self.fail_open_batch();
+                    self.expected.push_error(error);
+                    self.skipping = true;
+                    return Ok(true);
+                }
                 // A batch that starts here is kept, in case this server's plan of the
                 // statement turns out to be stale and the batch must run again.
                 self.keep_for_replay(frame);
@@ -2374,6 +2393,12 @@ impl Relay {
                     return Ok(true);
                 }
                 if self.describe_in_block(&prepared) {
+                    return Ok(true);
+                }
+                if let Some(error) = self.encoding_changed(&prepared, describe.name) {
+                    self.fail_open_batch();
+                    self.expected.push_error(error);
+                    self.skipping = true;
                     return Ok(true);
                 }
                 // A batch that starts here is kept: the server's copy may be another
@@ -2526,14 +2551,48 @@ impl Relay {
     /// What the client's `client_encoding` adds to its statements' ids (see
     /// `statements::statement_id`), worked out again only when its settings change.
     fn encoding_salt(&mut self) -> u64 {
+        self.encoding().salt
+    }
+
+    /// The client's encoding as pgopt reads it, worked out again only when its
+    /// settings change.
+    fn encoding(&mut self) -> Encoding {
         let version = self.settings.version();
-        match self.salt_memo {
-            Some((v, salt)) if v == version => salt,
+        match self.encoding_memo {
+            Some((v, encoding)) if v == version => encoding,
             _ => {
-                let salt = self.settings.encoding_salt();
-                self.salt_memo = Some((version, salt));
-                salt
+                let encoding = self.encoding_now();
+                self.encoding_memo = Some((version, encoding));
+                encoding
             }
+        }
+    }
+
+    /// A statement whose text, beyond ASCII, was parsed under another client_encoding
+    /// than the client's now, and which the server connection lacks: PostgreSQL's
+    /// keeps its meaning, and pgopt can't prepare it again so. The error (0A000).
+    fn encoding_changed(&mut self, prepared: &Prepared, name: &str) -> Option<Bytes> {
+        let parsed_under = prepared.encoding?;
+        if parsed_under == self.encoding_salt()
+            || self.server_conn().prepared.contains(&prepared.id)
+        {
+            return None;
+        }
+        let message = format!(
+            "prepared statement \"{name}\" was prepared under another client_encoding: \
+             pgopt cannot prepare it again on another server connection as PostgreSQL \
+             keeps it; prepare it again"
+        );
+        error_response(sqlstate::FEATURE_NOT_SUPPORTED, &message)
+    }
+
+    /// [`Relay::encoding`], worked out now.
+    fn encoding_now(&self) -> Encoding {
+        let default = &self.default_encoding;
+        let name = self.settings.encoding_name(default);
+        Encoding {
+            salt: self.settings.encoding_salt(default),
+            ascii_trails: ASCII_TRAILS.contains(&name.as_str()),
         }
     }
 
@@ -2870,6 +2929,10 @@ impl Relay {
         // A named statement runs at its Binds, judged there (`sequences_at_bind`).
         let runs_now = parse.is_none_or(|p| p.name.is_empty());
         let Ok(analysis) = self.shared.analyzer.analyze(sql) else {
+            if pgopt_wire::text::is_escaped(sql) && self.encoding().ascii_trails {
+                // PostgreSQL reads it otherwise: what it does to the session is unknown.
+                return self.refusal(&multibyte_refusal());
+            }
             self.sequence_here |= runs_now;
             return None;
         };
@@ -2903,6 +2966,10 @@ impl Relay {
                     keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
                     self.settings.confirm(&change, sql, applied);
                     self.settings_behind |= !matches!(change, Change::Set(_));
+                    let dependents = self.settings.encoding_dependents(&change);
+                    if !dependents.is_empty() {
+                        self.reread(&dependents);
+                    }
                     // Read back once it ran: after each batch that binds it.
                     if let (Some(parse), true) = (parse, sets_characteristics(&change)) {
                         let names = vec![session_state::CHARACTERISTICS.to_string()];
@@ -2945,7 +3012,7 @@ impl Relay {
         }
         let analyzer = &self.shared.analyzer;
         let used = *prepared.sequences.get_or_init(|| {
-            let analysis = analyzer.analyze(prepared.query()?).ok()?;
+            let analysis = analyzer.analyze(&prepared.text()?).ok()?;
             Some(SequenceUse::of(&analysis))
         });
         match used {
@@ -3065,6 +3132,13 @@ impl Relay {
         else {
             return false;
         };
+        // (Refused at the Bind: see `Relay::encoding_changed`.)
+        if prepared
+            .encoding
+            .is_some_and(|parsed_under| parsed_under != self.encoding_salt())
+        {
+            return false;
+        }
         // (Under the client's settings, as the Bind would have been.)
         self.sync_settings_if_behind();
         self.prepare_here(&prepared);
@@ -3204,7 +3278,7 @@ impl Relay {
     /// This server connection lacks `prepared`, and it is no COMMIT or ROLLBACK.
     fn lacks_outside_end(&mut self, prepared: &Prepared) -> bool {
         !self.server_conn().prepared.contains(&prepared.id)
-            && !prepared.query().is_none_or(ends_transaction)
+            && !prepared.text().is_none_or(|text| ends_transaction(&text))
     }
 
     /// The client's unnamed statement (if pgopt has its Parse), when the server lacks
@@ -3216,7 +3290,7 @@ impl Relay {
         }
         let frame = self.statements.unnamed()?;
         let parse = Parse::decode(frame.get(5..)?).ok()?;
-        let salt = self.settings.encoding_salt();
+        let salt = self.encoding_now().salt;
         (!ends_transaction(parse.query)).then(|| statement_id(&parse, salt))
     }
 
@@ -4238,6 +4312,11 @@ impl Relay {
                         );
                         self.settings.confirm(change, sql, applied);
                         self.settings_behind |= !matches!(change, Change::Set(_));
+                        for name in self.settings.encoding_dependents(change) {
+                            if !self.resync.contains(&name) {
+                                self.resync.push(name);
+                            }
+                        }
                         let characteristics = session_state::CHARACTERISTICS;
                         if sets_characteristics(change)
                             && !self.resync.iter().any(|n| n == characteristics)
@@ -5392,6 +5471,35 @@ fn duplicate_statement_error(name: &str) -> Option<Bytes> {
 
 const STANDARD_CONFORMING_STRINGS: &str = "standard_conforming_strings";
 
+/// The client's encoding as pgopt reads it (see `Settings::encoding_name`).
+#[derive(Debug, Clone, Copy)]
+struct Encoding {
+    /// For statement ids: see `statements::statement_id`.
+    salt: u64,
+    /// Its characters may end in an ASCII byte (see [`ASCII_TRAILS`]).
+    ascii_trails: bool,
+}
+
+/// Encodings (as `Settings::encoding_name` writes them, aliases too) whose two-byte
+/// characters may end in an ASCII byte (`\`, `[`…): pgopt, which reads text byte by
+/// byte, may read such text otherwise than PostgreSQL (see `pgopt_wire::text`).
+const ASCII_TRAILS: &[&str] = &[
+    "sjis",
+    "shiftjis",
+    "mskanji",
+    "win932",
+    "windows932",
+    "shiftjis2004",
+    "big5",
+    "win950",
+    "windows950",
+    "gbk",
+    "win936",
+    "windows936",
+    "gb18030",
+    "johab",
+];
+
 /// Whether a boolean setting's value is true, as PostgreSQL reads it (a prefix of
 /// `on`, `true` or `yes`, or `1`).
 fn setting_is_on(value: &str) -> bool {
@@ -5403,6 +5511,16 @@ fn setting_is_on(value: &str) -> bool {
 /// when the session reads one in a `'…'` string as an escape.
 fn escapes_differ(backslash_escapes: bool, text: &[u8]) -> bool {
     backslash_escapes && memchr::memchr(b'\\', text).is_some()
+}
+
+/// Why SQL pgopt could not read in an encoding whose characters may end in an ASCII
+/// byte is refused in transaction mode.
+fn multibyte_refusal() -> String {
+    "SQL in this client_encoding that pgopt's parser cannot read (a character whose \
+     second byte is ASCII, such as \\ or [, outside a string) is not supported in \
+     transaction pooling mode: pgopt could not tell what it does to the session; quote \
+     such identifiers, or use client_encoding UTF8"
+        .to_string()
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -672,7 +672,19 @@ impl ServerConn {
                 }
                 continue;
             };
-            match frame.backend().map_err(|e| e.to_string())? {
+            let message = match frame.backend() {
+                Ok(message) => message,
+                // Text not in UTF-8 (a client_encoding other than UTF8, with messages
+                // in another language): read on to the ReadyForQuery all the same, or
+                // the connection would be left a response behind.
+                Err(_) => {
+                    if frame.tag() == b'E' && error.is_none() {
+                        error = Some(lossy_error(frame.body()));
+                    }
+                    continue;
+                }
+            };
+            match message {
                 BackendMessage::RowDescription(_) => rows.clear(),
                 BackendMessage::DataRow(row) => rows.push(
                     row.values
@@ -698,6 +710,21 @@ impl ServerConn {
             }
         }
     }
+}
+
+/// An ErrorResponse body whose text is not UTF-8, as [`ServerConn::query`] words an
+/// error: its message (lossily) and SQLSTATE.
+fn lossy_error(body: &[u8]) -> String {
+    let mut message = "error".to_string();
+    let mut code = "?????".to_string();
+    for field in body.split(|&b| b == 0) {
+        match field.split_first() {
+            Some((b'M', text)) => message = String::from_utf8_lossy(text).into_owned(),
+            Some((b'C', text)) => code = String::from_utf8_lossy(text).into_owned(),
+            _ => {}
+        }
+    }
+    format!("{message} ({code})")
 }
 
 /// Writes start-up messages (flushed: under TLS a write may stay buffered).
@@ -786,6 +813,12 @@ async fn derived_keys(
 #[cfg(test)]
 mod derived_tests {
     use super::*;
+
+    #[test]
+    fn an_error_in_another_encoding_is_worded_lossily() {
+        let body = b"SERREUR\0C22012\0Mdivision par z\xe9ro\0\0";
+        assert_eq!(lossy_error(body), "division par z\u{fffd}ro (22012)");
+    }
 
     #[test]
     fn read_write_is_judged_as_libpq_judges_it() {

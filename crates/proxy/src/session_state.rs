@@ -87,6 +87,31 @@ fn set_statement(name: &str, setting: &Setting) -> String {
     }
 }
 
+/// The value a `SET [SESSION] name {TO | =} value` or `SET NAMES value` statement
+/// gives: its first word after the name, unquoted ('' for one pgopt can't read).
+fn statement_value(statement: &str) -> &str {
+    let lower = statement.to_ascii_lowercase();
+    let Some(at) = ["client_encoding", "names"]
+        .iter()
+        .find_map(|key| lower.find(key).map(|i| i + key.len()))
+    else {
+        return "";
+    };
+    let rest = statement[at..].trim_start();
+    let rest = match rest.get(..2) {
+        Some(to) if to.eq_ignore_ascii_case("to") => &rest[2..],
+        _ => rest.strip_prefix('=').unwrap_or(rest),
+    }
+    .trim_start();
+    match rest.strip_prefix(['\'', '"']) {
+        Some(quoted) => quoted.split(['\'', '"']).next().unwrap_or(""),
+        None => rest
+            .split(|c: char| c.is_whitespace() || c == ';')
+            .next()
+            .unwrap_or(""),
+    }
+}
+
 /// Start-up parameters the proxy handles itself, never replayed.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
@@ -97,25 +122,54 @@ impl Settings {
     }
 
     /// What a client's text means beyond ASCII, for statement ids (see
-    /// `statements::statement_id`): 0 for UTF8 (or the server's default), else a hash
-    /// of how the client set its `client_encoding`. (Two spellings of one encoding
-    /// only share less.)
-    pub fn encoding_salt(&self) -> u64 {
-        let written = match self.current.get("client_encoding") {
-            None => return 0,
-            Some(Setting::Value(v) | Setting::Statement(v)) => v,
-        };
-        let letters: String = written
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .map(|c| c.to_ascii_lowercase())
-            .collect();
-        if letters.ends_with("utf8") || letters.ends_with("unicode") {
+    /// `statements::statement_id`): 0 for UTF8, else a hash of the name of its
+    /// `client_encoding` (`default`: the server's, when the client set none). (Two
+    /// spellings of one encoding only share less.)
+    pub fn encoding_salt(&self, default: &str) -> u64 {
+        let letters = self.encoding_name(default);
+        if letters == "utf8" || letters == "unicode" {
             return 0;
         }
         let mut hasher = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&letters, &mut hasher);
         std::hash::Hasher::finish(&hasher) | 1
+    }
+
+    /// After `change`, the settings to read back from the server: when it changed
+    /// the client's encoding, those whose recorded text is beyond ASCII (written in
+    /// the old encoding, a replay under the new one would change or refuse them).
+    pub fn encoding_dependents(&self, change: &Change) -> Vec<String> {
+        let encoding = match change {
+            Change::Set(name) | Change::Reset(name) => name.eq_ignore_ascii_case("client_encoding"),
+            Change::ResetAll => true,
+        };
+        if !encoding {
+            return Vec::new();
+        }
+        self.current
+            .iter()
+            .filter(|(name, setting)| {
+                let (Setting::Value(text) | Setting::Statement(text)) = setting;
+                *name != "client_encoding" && !text.is_ascii()
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The client's `client_encoding` (`default` when it set none), lower case, its
+    /// letters and digits only: from a start-up value, or the value a `SET
+    /// client_encoding …` or `SET NAMES …` statement gives.
+    pub fn encoding_name(&self, default: &str) -> String {
+        let written = match self.current.get("client_encoding") {
+            None => default,
+            Some(Setting::Value(v)) => v,
+            Some(Setting::Statement(s)) => statement_value(s),
+        };
+        written
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
     }
 
     /// The settings a client's StartupMessage asks for.
@@ -847,6 +901,23 @@ fn starts_word(text: &[u8], word: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_encoding_a_set_statement_names() {
+        for (statement, value) in [
+            ("SET client_encoding TO 'LATIN1' -- was utf8", "LATIN1"),
+            ("set session client_encoding = \"KOI8R\"", "KOI8R"),
+            ("SET NAMES latin1;", "latin1"),
+            ("SET client_encoding=utf8", "utf8"),
+        ] {
+            assert_eq!(statement_value(statement), value, "{statement}");
+        }
+        let settings = Settings::from_startup(&[("client_encoding".into(), "UTF-8".into())]);
+        assert_eq!(settings.encoding_salt("LATIN1"), 0);
+        let settings = Settings::from_startup(&[]);
+        assert_eq!(settings.encoding_salt("UTF8"), 0);
+        assert_ne!(settings.encoding_salt("LATIN1"), 0);
+    }
 
     #[test]
     fn only_transaction_control_set_and_show_alone_surely_advance_no_sequence() {

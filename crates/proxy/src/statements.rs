@@ -63,15 +63,25 @@ pub struct Prepared {
     pub server_name: String,
     /// The Parse message under `server_name`, ready to send.
     pub parse: Bytes,
+    /// The client's encoding salt its text was parsed under (see [`statement_id`]);
+    /// `None` for ASCII text, which means the same in every encoding.
+    pub encoding: Option<u64>,
     /// What it does with the session's sequences, once asked (`None`: its text does
     /// not parse); see `Relay::sequences_at_bind`.
     pub sequences: std::sync::OnceLock<Option<crate::session_state::SequenceUse>>,
 }
 
 impl Prepared {
-    /// The statement's SQL text.
+    /// The statement's SQL text (`None` when it is not UTF-8: see [`Prepared::text`]).
     pub fn query(&self) -> Option<&str> {
         Parse::decode(self.parse.get(5..)?).ok().map(|p| p.query)
+    }
+
+    /// The statement's SQL text, escaped when it is not UTF-8 (see `pgopt_wire::text`).
+    pub fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        let body = self.parse.get(5..)?;
+        let rest = &body[memchr::memchr(0, body)? + 1..];
+        Some(pgopt_wire::text::escape(&rest[..memchr::memchr(0, rest)?]))
     }
 
     /// The server statement for `parse` from a client whose `client_encoding` gives
@@ -89,6 +99,7 @@ impl Prepared {
         Ok(Prepared {
             id,
             server_name,
+            encoding: (!parse.query.is_ascii()).then_some(salt),
             parse: buf.freeze(),
             sequences: Default::default(),
         })
@@ -163,14 +174,15 @@ pub fn server_name(id: u64) -> String {
     format!("pgopt_{id:016x}")
 }
 
-/// A statement's id on the servers: a hash of its text and parameter types, and of
-/// the client's `client_encoding` unless UTF8 (`salt`, see `Settings::encoding_salt`):
-/// the same bytes are another text in another encoding (0xE9 is é in LATIN1, И in
-/// KOI8R), and the server reads a statement's text once, when it is prepared.
+/// A statement's id on the servers: a hash of its text and parameter types, and, for
+/// text beyond ASCII, of the client's `client_encoding` unless UTF8 (`salt`, see
+/// `Settings::encoding_salt`): the same bytes are another text in another encoding
+/// (0xE9 is é in LATIN1, И in KOI8R), and the server reads a statement's text once,
+/// when it is prepared.
 pub fn statement_id(parse: &Parse<'_>, salt: u64) -> u64 {
     let mut hasher = DefaultHasher::new();
     parse.query.hash(&mut hasher);
-    if salt != 0 {
+    if salt != 0 && !parse.query.is_ascii() {
         salt.hash(&mut hasher);
     }
     for oid in parse.param_types.iter() {
@@ -1559,6 +1571,7 @@ mod tests {
             id,
             server_name: format!("pgopt_{id}"),
             parse: Bytes::new(),
+            encoding: None,
             sequences: Default::default(),
         })
     }
@@ -1649,6 +1662,7 @@ mod tests {
             id: 1,
             server_name: "pgopt_00000000000000aa".into(),
             parse: Bytes::new(),
+            encoding: None,
             sequences: Default::default(),
         });
         names.insert("s1", prepared, 0);

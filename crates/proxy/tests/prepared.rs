@@ -656,6 +656,36 @@ async fn text_in_other_encodings_goes_through_as_sent() {
         raw_query(&mut latin1, "SELECT current_setting('my.var')").await;
         assert_eq!(first(&latin1).as_deref(), Some(&b"\xe9t\xe9"[..]));
     }
+    // A statement beyond ASCII keeps the meaning it was parsed with: prepared again
+    // on a new server connection under the client's encoding, or refused (0A000)
+    // once the client's encoding changed, where pgopt can't.
+    let admin = common::admin(&transaction).await;
+    admin.simple_query("RECONNECT app").await.unwrap();
+    let mut seen = exec_prepared(&mut latin1, "s1").await;
+    seen.retain(|m| m != "S"); // (ParameterStatus as its encoding is applied)
+    assert_eq!(seen, ["2", "T2", "D2", "C", "Z"], "prepared again");
+    assert_eq!(
+        first(&latin1).as_deref(),
+        Some(&b"233"[..]),
+        "prepared again"
+    );
+    raw_query(&mut latin1, "SET client_encoding = 'UTF8'").await;
+    admin.simple_query("RECONNECT app").await.unwrap();
+    let mut seen = exec_prepared(&mut latin1, "s1").await;
+    seen.retain(|m| m != "S");
+    assert_eq!(seen, ["E0A000", "Z"]);
+    // The setting made in LATIN1 was read back in UTF8, and so applied there.
+    raw_query(&mut latin1, "SELECT current_setting('my.var')").await;
+    assert_eq!(first(&latin1).as_deref(), Some("été".as_bytes()));
+    // SJIS, whose characters may end in an ASCII byte: SQL pgopt can't read so is
+    // refused in transaction mode (ー is 81 5B, `[`), SQL it reads goes through.
+    let mut sjis = Raw::connect_with(&transaction, &[("client_encoding", "SJIS")]).await;
+    let setting = escape(b"SET search_path TO \x83\x86\x81\x5b\x83\x55\x81\x5b");
+    sjis.send(&[F::Query(Query { sql: &setting })]).await;
+    let mut seen = sjis.until_ready().await;
+    seen.retain(|m| m != "S");
+    assert_eq!(seen, ["E0A000", "Z"]);
+    raw_query(&mut sjis, &escape(b"SELECT '\x83\x86\x81\x5b'")).await;
 
     async fn raw_query(raw: &mut Raw, sql: &str) {
         raw.send(&[F::Query(Query { sql })]).await;

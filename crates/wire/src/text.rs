@@ -11,10 +11,14 @@
 //!
 //! An ASCII byte is always itself, so a text's words, quotes and semicolons are where
 //! they are in the client's encoding: its analysis holds for every encoding whose
-//! multi-byte characters use bytes of 0x80 and up only (LATIN1…, WIN125x, EUC, UTF8).
-//! SJIS, BIG5, GBK, UHC and GB18030 characters may end in an ASCII byte: an `E''`
-//! string ending in one whose last byte is `\` is read otherwise than PostgreSQL
-//! reads it.
+//! multi-byte characters use bytes of 0x80 and up only (LATIN1…, WIN125x, KOI8, EUC,
+//! UTF8), and for UHC, whose second bytes below 0x80 are letters. SJIS,
+//! SHIFT_JIS_2004, BIG5, GBK, GB18030 and JOHAB characters may end in an ASCII byte
+//! such as `\`, `[` or `|`: outside a string (an unquoted identifier) such text may
+//! not parse, and in an `E''` or `U&''` string (or any, with
+//! `standard_conforming_strings` off) a `\` may end it otherwise than PostgreSQL,
+//! which reads the text after converting it, ends it. The proxy refuses SQL in those
+//! encodings that it cannot parse in transaction mode.
 
 use std::borrow::Cow;
 
