@@ -316,6 +316,11 @@ pub struct Deps {
     /// (`pg_rewrite.ev_action`), which names every relation and function by OID.
     /// With why, for the log (see [`Deps::uncached_listed`]).
     uncacheable: foldhash::HashMap<String, String>,
+    /// Names of columns of a date or time type (arrays of one too), and of columns of
+    /// any other type: a statement converting a column to a date or time is cached
+    /// only when every column of its name is one (see `Analysis::datetime_casts`).
+    datetime_columns: foldhash::HashSet<String>,
+    other_columns: foldhash::HashSet<String>,
     /// The schema generation the catalog was read in (see [`ProxyCache::set_deps`]):
     /// a fill tagged from this map is stored only while it is current.
     pub generation: u64,
@@ -350,6 +355,16 @@ SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_trigger t \
 UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_rewrite r \
   JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relkind <> 'v' AND r.rulename <> '_RETURN' \
+UNION ALL \
+SELECT DISTINCT 'd', a.attname, CASE WHEN t.typcategory = 'D' OR e.typcategory = 'D' \
+    THEN 'd' ELSE 'x' END \
+  FROM pg_catalog.pg_attribute a \
+  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+  JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+  LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem AND t.typcategory = 'A' \
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped \
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
 UNION ALL \
 SELECT 's', c.relname, CASE WHEN c.relrowsecurity THEN 'it has row-level security' \
     WHEN c.relpersistence = 't' THEN 'it is a temporary table' \
@@ -446,6 +461,12 @@ impl Deps {
                     }
                 }
                 "u" => uncovered.push(a),
+                "d" if b == "d" => {
+                    deps.datetime_columns.insert(a);
+                }
+                "d" => {
+                    deps.other_columns.insert(a);
+                }
                 _ => {}
             }
         }
@@ -510,6 +531,11 @@ impl Deps {
             .collect();
         out.sort();
         out
+    }
+
+    /// Whether every column named `name` is of a date or time type.
+    fn datetime_column(&self, name: &str) -> bool {
+        self.datetime_columns.contains(name) && !self.other_columns.contains(name)
     }
 
     /// The tags of a read of `relation`: itself, and for a view every relation it
@@ -741,6 +767,14 @@ impl ProxyCache {
     pub fn tags(&self, analysis: &Analysis, deps: &Deps) -> Option<(Vec<String>, Duration)> {
         // A user function may read tables the text doesn't name.
         if !analysis.cacheable() || analysis.tables_read.is_empty() || analysis.user_functions {
+            return None;
+        }
+        // A text column converted to a date or time: 'now' in it reads the clock.
+        if !analysis
+            .datetime_casts
+            .iter()
+            .all(|c| deps.datetime_column(c))
+        {
             return None;
         }
         let hint = analysis.hints.cache.as_ref();

@@ -2212,3 +2212,28 @@ async fn text_read_otherwise_with_standard_conforming_strings_off_is_not_cached(
         "on again"
     );
 }
+
+/// A text column converted to a date or time reads the clock for 'now' in it: not
+/// cached. A timestamp column converted so is (the catalog says which is which).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_column_converted_to_a_time_is_not_cached_a_timestamp_column_is() {
+    let (_pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    client
+        .batch_execute("UPDATE items SET v = 'now' WHERE id = 2")
+        .await
+        .unwrap();
+    let clock = "SELECT v::timestamptz::text FROM items WHERE id = 2";
+    let first = value(&client, clock).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_ne!(value(&client, clock).await, first, "served from the cache");
+    let stored = counter(&cache_row(&proxy).await, "stored");
+    let day = "SELECT at::date::text, max(at)::date::text FROM events WHERE id = 1 GROUP BY at";
+    assert_eq!(value(&client, day).await, "2024-01-01");
+    let stored_after = counter(&cache_row(&proxy).await, "stored");
+    assert_eq!(
+        stored_after,
+        stored + 1,
+        "a timestamptz column's date is cached"
+    );
+}

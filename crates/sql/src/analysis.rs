@@ -137,6 +137,12 @@ pub struct Analysis {
     /// Calls something whose value changes per call (now(), random(),
     /// nextval(), CURRENT_TIMESTAMP, TABLESAMPLE…).
     pub volatile: bool,
+    /// Columns (by name) converted to a date or time type (`v::timestamptz`,
+    /// `date(v)`, `max(v)::date`): from text, `'now'` or `'today'` in one reads the
+    /// clock when the statement runs, so a result of it may be cached only if every
+    /// column of that name is a date or time. (A conversion of anything but a column,
+    /// a constant, a parameter or a date/time function's result is `volatile`.)
+    pub datetime_casts: Vec<String>,
     /// Result depends on session state (currval, current_setting…).
     pub session_dependent: bool,
     /// Takes row or table locks explicitly (FOR UPDATE/SHARE…, LOCK TABLE).
@@ -322,6 +328,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         written,
         functions,
         volatile,
+        datetime_casts,
         session_dependent,
         locking,
         picks_rows,
@@ -343,6 +350,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         user_functions: user_function,
         read_only,
         volatile,
+        datetime_casts: datetime_casts.into_iter().collect(),
         session_dependent,
         locking,
         picks_rows,
@@ -472,6 +480,7 @@ struct Walker<'c> {
     written: BTreeSet<String>,
     functions: BTreeSet<String>,
     volatile: bool,
+    datetime_casts: BTreeSet<String>,
     session_dependent: bool,
     locking: bool,
     picks_rows: bool,
@@ -495,6 +504,52 @@ struct Walker<'c> {
     dropped_at_commit: Vec<String>,
 }
 
+/// The types a text converted to reads the clock for `'now'`, `'today'`…
+const CLOCK_TYPES: &[&str] = &["date", "time", "timetz", "timestamp", "timestamptz"];
+
+/// Built-in functions whose result is a date, time or timestamp (never text).
+const DATETIME_RESULTS: &[&str] = &[
+    "date_trunc",
+    "date_bin",
+    "make_date",
+    "make_time",
+    "make_timestamp",
+    "make_timestamptz",
+    "to_timestamp",
+    "to_date",
+    "timezone",
+    "now",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "date",
+    "time",
+    "timetz",
+    "timestamp",
+    "timestamptz",
+];
+
+/// Whether a TypeCast's `type_name` is a date or time type (or an array of one).
+fn is_clock_type(type_name: Option<&Value>) -> bool {
+    type_name
+        .and_then(|t| t.get("names"))
+        .and_then(Value::as_array)
+        .and_then(|names| names.last())
+        .and_then(|n| n.pointer("/node/String/sval"))
+        .and_then(Value::as_str)
+        .is_some_and(|name| CLOCK_TYPES.contains(&name))
+}
+
+/// A ColumnRef's column name (its last field); `None` for `*`.
+fn column_name(column_ref: &Value) -> Option<&str> {
+    column_ref
+        .get("fields")
+        .and_then(Value::as_array)
+        .and_then(|fields| fields.last())
+        .and_then(|f| f.pointer("/node/String/sval"))
+        .and_then(Value::as_str)
+}
+
 /// Fields of DDL statement nodes that name the object being changed.
 const DDL_TARGET_FIELDS: &[&str] = &["relation", "view", "into", "base_stmt", "sequence"];
 
@@ -506,6 +561,7 @@ impl<'c> Walker<'c> {
             written: BTreeSet::new(),
             functions: BTreeSet::new(),
             volatile: false,
+            datetime_casts: BTreeSet::new(),
             session_dependent: false,
             locking: false,
             picks_rows: false,
@@ -923,6 +979,13 @@ impl<'c> Walker<'c> {
                     self.volatile = true;
                     self.walk(child, false);
                 }
+                "TypeCast" => {
+                    if is_clock_type(child.get("type_name")) {
+                        self.converted_to_datetime(child.get("arg"));
+                    }
+                    let t = target || target_fields.contains(&key.as_str());
+                    self.walk(child, t);
+                }
                 // 'now', 'today', 'tomorrow', 'yesterday': a date/time input reads the
                 // clock when the statement runs (typed or coerced, so any such string).
                 "AConst" => {
@@ -978,6 +1041,46 @@ impl<'c> Walker<'c> {
         }
     }
 
+    /// `arg` (a node) is converted to a date or time type: see
+    /// [`Analysis::datetime_casts`].
+    fn converted_to_datetime(&mut self, arg: Option<&Value>) {
+        let Some(Value::Object(node)) = arg.and_then(|a| a.get("node")) else {
+            return;
+        };
+        let Some((kind, inner)) = node.iter().next() else {
+            return;
+        };
+        match kind.as_str() {
+            // A constant is looked at as a constant ('now'), a parameter's value where
+            // it is bound.
+            "AConst" | "ParamRef" => {}
+            "ColumnRef" => match column_name(inner) {
+                Some(name) => {
+                    self.datetime_casts.insert(name.to_string());
+                }
+                None => self.volatile = true,
+            },
+            "TypeCast" if is_clock_type(inner.get("type_name")) => {}
+            "FuncCall" => {
+                let name = inner
+                    .get("funcname")
+                    .and_then(Value::as_array)
+                    .and_then(|parts| parts.last())
+                    .and_then(|p| p.pointer("/node/String/sval"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let args = inner.get("args").and_then(Value::as_array);
+                match (name, args.map(Vec::as_slice)) {
+                    _ if DATETIME_RESULTS.contains(&name) => {}
+                    // The column's own type.
+                    ("min" | "max", Some([arg])) => self.converted_to_datetime(Some(arg)),
+                    _ => self.volatile = true,
+                }
+            }
+            _ => self.volatile = true,
+        }
+    }
+
     fn func_call(&mut self, map: &Map<String, Value>) {
         let Some(Value::Array(parts)) = map.get("funcname") else {
             return;
@@ -991,6 +1094,14 @@ impl<'c> Walker<'c> {
             [n] | ["pg_catalog", n] => Some(*n),
             _ => None,
         };
+        // `timestamptz(v)`: a conversion, as `v::timestamptz` is.
+        if builtin.is_some_and(|f| CLOCK_TYPES.contains(&f)) {
+            if let Some(Value::Array(args)) = map.get("args") {
+                if let [arg] = args.as_slice() {
+                    self.converted_to_datetime(Some(arg));
+                }
+            }
+        }
         let config = self.config;
         let listed = |list: &[String]| list.contains(&name);
         match builtin {

@@ -320,6 +320,38 @@ fn unparsable_sql_is_an_error() {
     ));
 }
 
+/// A conversion to a date or time reads the clock for a text `'now'`: of a column,
+/// the column is named (the cache checks its type); of an expression that may be
+/// text, it is volatile.
+#[test]
+fn conversions_to_dates_and_times() {
+    for (sql, columns) in [
+        ("SELECT v::timestamptz FROM t", vec!["v"]),
+        ("SELECT CAST(t.v AS timestamp) FROM t", vec!["v"]),
+        (
+            "SELECT date(created_at), at::time FROM t",
+            vec!["at", "created_at"],
+        ),
+        ("SELECT max(v)::date FROM t GROUP BY k", vec!["v"]),
+        ("SELECT date_trunc('day', at)::date FROM t", vec![]),
+        ("SELECT '2024-01-01'::date, $1::timestamptz FROM t", vec![]),
+        ("SELECT v::text FROM t", vec![]),
+    ] {
+        let a = analyze(sql).unwrap();
+        assert!(!a.volatile, "{sql}");
+        assert_eq!(a.datetime_casts, columns, "{sql}");
+    }
+    for sql in [
+        "SELECT ('n' || 'ow')::timestamptz FROM t",
+        "SELECT ARRAY[v]::timestamptz[] FROM t",
+        "SELECT timestamptz(lower(v)) FROM t",
+        "SELECT (j ->> 'at')::date FROM t",
+        "SELECT v::text::date FROM t",
+    ] {
+        assert!(analyze(sql).unwrap().volatile, "{sql}");
+    }
+}
+
 #[test]
 fn volatile_detection() {
     for yes in [
