@@ -205,6 +205,16 @@ pub struct Relay {
     /// (`standard_conforming_strings` off, as the server last reported it): pgopt's
     /// parser does not, so text with a backslash is not read for the cache.
     backslash_escapes: bool,
+    /// A change of the client's settings was confirmed since the last ReadyForQuery:
+    /// the ParameterStatus the server reports before that one is its (see
+    /// [`Relay::note_reported_setting`]).
+    tracked_since_ready: bool,
+    /// The values of [`FOLLOWED`] settings the server last reported to this client
+    /// (at login, the ones it was shown), and as they were at its last idle
+    /// ReadyForQuery; whether one changed since with no change pgopt followed.
+    reported: Vec<(String, String)>,
+    idle_reported: Vec<(String, String)>,
+    untracked_report: bool,
     /// [`Relay::encoding`] of the client's settings, and their version.
     encoding_memo: Option<(u64, Encoding)>,
     /// The server's `client_encoding` for a client that sets none.
@@ -451,6 +461,18 @@ impl Relay {
                 })
                 .unwrap_or_else(|| "on".into()),
         };
+        // What the client was shown at login of the settings whose changes the server
+        // reports (see `note_reported_setting`).
+        let reported: Vec<(String, String)> = pool
+            .params()
+            .iter()
+            .flat_map(|p| p.iter())
+            .filter(|(name, _)| FOLLOWED.contains(&name.to_ascii_lowercase().as_str()))
+            .map(|(name, v)| {
+                let shown = settings.startup_value(name).unwrap_or(v);
+                (name.to_ascii_lowercase(), shown.to_string())
+            })
+            .collect();
         let tracker = shared
             .insight
             .as_ref()
@@ -479,6 +501,10 @@ impl Relay {
             stand_ins: false,
             stand_in_portals: Vec::new(),
             encoding_memo: None,
+            tracked_since_ready: false,
+            reported: reported.clone(),
+            idle_reported: reported,
+            untracked_report: false,
             default_encoding: pool
                 .params()
                 .and_then(|p| {
@@ -2966,6 +2992,7 @@ impl Relay {
                     keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
                     self.settings.confirm(&change, sql, applied);
                     self.settings_behind |= !matches!(change, Change::Set(_));
+                    self.tracked_since_ready = true;
                     let dependents = self.settings.encoding_dependents(&change);
                     if !dependents.is_empty() {
                         self.reread(&dependents);
@@ -3593,6 +3620,59 @@ impl Relay {
             .conn
     }
 
+    /// A ParameterStatus from the server (its body in `sbuf`): the session reads
+    /// backslashes as `standard_conforming_strings` says; and in transaction mode a
+    /// [`FOLLOWED`] setting's value is noted, and whether it changed with no change
+    /// pgopt followed (a function or DO block calling `set_config(…, false)`, or SET
+    /// LOCAL, which its transaction's end undoes): see [`Relay::reported_at_idle`].
+    fn note_reported_setting(&mut self, body: std::ops::Range<usize>) {
+        let body = &self.sbuf[body];
+        let mut fields = body.split(|&b| b == 0);
+        let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
+            return;
+        };
+        if name == STANDARD_CONFORMING_STRINGS.as_bytes() {
+            self.backslash_escapes = value != b"on";
+            return;
+        }
+        if !self.rewrite {
+            return;
+        }
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        if !FOLLOWED.contains(&name.as_str()) {
+            return;
+        }
+        let value = String::from_utf8_lossy(value).into_owned();
+        match self.reported.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) if *v == value => return,
+            Some((_, v)) => *v = value,
+            None => self.reported.push((name, value)),
+        }
+        self.untracked_report |= !self.tracked_since_ready
+            && self.pending_change.is_none()
+            && !self.expected.head_is_pgopts();
+    }
+
+    /// An idle ReadyForQuery: a [`FOLLOWED`] setting whose value differs from the last
+    /// idle one after a change pgopt did not follow is read back, so the client's
+    /// settings (and the cache's key) hold it and the next client of the connection
+    /// does not inherit it. (Settings PostgreSQL does not report, `search_path` among
+    /// them, are not seen so.)
+    fn reported_at_idle(&mut self) {
+        if std::mem::take(&mut self.untracked_report) {
+            let changed: Vec<String> = self
+                .reported
+                .iter()
+                .filter(|r| !self.idle_reported.contains(r))
+                .map(|(name, _)| name.clone())
+                .collect();
+            self.reread(&changed);
+        }
+        if self.reported != self.idle_reported {
+            self.idle_reported.clone_from(&self.reported);
+        }
+    }
+
     /// Relays the whole messages in `sbuf` to the client, dropping and adding the ones
     /// the statement bookkeeping says; without any, the bytes go out as they came.
     async fn handle_server(&mut self) -> Result<(), ProxyError> {
@@ -3663,6 +3743,10 @@ impl Relay {
             match header.tag {
                 b'Z' => {
                     self.copy_in = false;
+                    self.tracked_since_ready = false;
+                    if self.sbuf.get(pos + 5) == Some(&b'I') {
+                        self.reported_at_idle();
+                    }
                     self.readies = self.readies.wrapping_add(1);
                     if self.ending_in_flight
                         && self.expected.all_server_readies() <= 1
@@ -3686,13 +3770,7 @@ impl Relay {
                     }
                 }
                 b'C' | b'E' => self.copy_in = false,
-                b'S' => {
-                    let body = &self.sbuf[pos + 5..end];
-                    if let Some(value) = body.strip_prefix(b"standard_conforming_strings\0") {
-                        let value = value.strip_suffix(b"\0").unwrap_or(value);
-                        self.backslash_escapes = value != b"on";
-                    }
-                }
+                b'S' => self.note_reported_setting(pos + 5..end),
                 _ => {}
             }
             let verdict = match self.replan(header.tag, pos + 5..end) {
@@ -4312,6 +4390,7 @@ impl Relay {
                         );
                         self.settings.confirm(change, sql, applied);
                         self.settings_behind |= !matches!(change, Change::Set(_));
+                        self.tracked_since_ready = true;
                         for name in self.settings.encoding_dependents(change) {
                             if !self.resync.contains(&name) {
                                 self.resync.push(name);
@@ -5470,6 +5549,17 @@ fn duplicate_statement_error(name: &str) -> Option<Bytes> {
 }
 
 const STANDARD_CONFORMING_STRINGS: &str = "standard_conforming_strings";
+
+/// Settings PostgreSQL reports changes of (ParameterStatus), lower case, whose changes
+/// pgopt did not follow are read back (see `Relay::note_reported_setting`).
+const FOLLOWED: &[&str] = &[
+    "timezone",
+    "datestyle",
+    "intervalstyle",
+    "application_name",
+    "client_encoding",
+    "default_transaction_read_only",
+];
 
 /// The client's encoding as pgopt reads it (see `Settings::encoding_name`).
 #[derive(Debug, Clone, Copy)]

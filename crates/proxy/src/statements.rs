@@ -828,6 +828,14 @@ impl Expected {
         }
     }
 
+    /// Whether the next server message answers a query or Sync pgopt sent itself.
+    pub fn head_is_pgopts(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(Step::InjectedQuery | Step::InjectedSync { .. })
+        )
+    }
+
     /// Whether the next server message answers a Sync pgopt sent itself.
     pub fn head_is_injected_sync(&self) -> bool {
         matches!(self.queue.front(), Some(Step::InjectedSync { .. }))

@@ -2262,3 +2262,44 @@ async fn a_server_message_over_max_message_len_ends_the_client_with_a_reason() {
     let row = next.query_one("SELECT 41 + 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
 }
+
+/// A function or DO block that calls `set_config(…, false)` on a setting PostgreSQL
+/// reports (TimeZone, DateStyle…) changes the caller's session, which pgopt did not
+/// see in the text: the server's ParameterStatus has it read back, so the caller keeps
+/// it on other server connections and the next client of this one does not get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_setting_a_function_changes_follows_its_caller_only() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql(
+        "CREATE FUNCTION sneaky_tz() RETURNS void LANGUAGE sql AS \
+         $$ SELECT set_config('TimeZone', 'Asia/Tokyo', false) $$",
+    )
+    .unwrap();
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    let show = async |c: &tokio_postgres::Client| -> String {
+        c.query_one("SELECT current_setting('TimeZone')", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let before = show(&b).await;
+    assert_ne!(before, "Asia/Tokyo");
+    a.simple_query("SELECT sneaky_tz()").await.unwrap();
+    assert_eq!(show(&b).await, before, "the next client of the connection");
+    assert_eq!(show(&a).await, "Asia/Tokyo", "the caller keeps it");
+    // SET LOCAL lasts its transaction only.
+    a.batch_execute("BEGIN; SET LOCAL TimeZone = 'America/New_York'; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(show(&a).await, "Asia/Tokyo", "after SET LOCAL");
+    assert_eq!(show(&b).await, before, "after SET LOCAL");
+    a.batch_execute("DO $$BEGIN PERFORM set_config('DateStyle', 'German', false); END$$")
+        .await
+        .unwrap();
+    let style = "SELECT current_setting('DateStyle')";
+    let b_style: String = b.query_one(style, &[]).await.unwrap().get(0);
+    assert!(!b_style.contains("German"), "{b_style}");
+    let a_style: String = a.query_one(style, &[]).await.unwrap().get(0);
+    assert!(a_style.contains("German"), "{a_style}");
+}
