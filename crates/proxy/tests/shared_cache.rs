@@ -18,6 +18,15 @@ async fn cache_row(proxy: &Proxy) -> HashMap<String, String> {
 
 /// A proxy caching `items`, sharing `redis` (with an HMAC key).
 async fn instance(pg: &Postgres, redis: &Redis) -> Proxy {
+    instance_with(pg, redis, |_| {}).await
+}
+
+/// [`instance`], its cache settings changed by `tweak`.
+async fn instance_with(
+    pg: &Postgres,
+    redis: &Redis,
+    tweak: impl FnOnce(&mut CacheSettings),
+) -> Proxy {
     let proxy = start_with(pg, |c| {
         c.cache = CacheSettings {
             enabled: true,
@@ -30,6 +39,7 @@ async fn instance(pg: &Postgres, redis: &Redis) -> Proxy {
             }),
             ..CacheSettings::default()
         };
+        tweak(&mut c.cache);
     })
     .await;
     wait_for_redis(&proxy, "up").await;
@@ -778,22 +788,7 @@ async fn a_write_that_bypasses_pgopt_heard_on_the_stream_ends_its_value_in_redis
     )
     .unwrap();
     let redis = Redis::start().await.unwrap();
-    let listening = start_with(&pg, |c| {
-        c.cache = CacheSettings {
-            enabled: true,
-            tables: vec!["items".into()],
-            wal_listener: true,
-            redis: Some(RedisConfig {
-                url: redis.url(),
-                hmac_key: Some(b"test key".to_vec()),
-                timeout: Duration::from_millis(500),
-                ..RedisConfig::default()
-            }),
-            ..CacheSettings::default()
-        };
-    })
-    .await;
-    wait_for_redis(&listening, "up").await;
+    let listening = instance_with(&pg, &redis, |c| c.wal_listener = true).await;
     wait_for_cache(&listening, "streaming", |r| r["wal"] == "streaming").await;
     let deaf = instance(&pg, &redis).await;
     let (a, b) = (

@@ -216,31 +216,30 @@ pub struct Parse<'a> {
 impl<'a> Parse<'a> {
     /// Decodes a Parse body.
     pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        Self::read(body, |r, bytes| r.utf8(bytes, "query"))
+    }
+
+    /// As [`Parse::decode`], but query text that is not UTF-8 is escaped (see
+    /// [`crate::text`]) into `owned`, which the message then borrows.
+    pub fn decode_escaped(body: &'a [u8], owned: &'a mut String) -> Result<Self, DecodeError> {
+        Self::read(body, |_, bytes| Ok(escaped(bytes, owned)))
+    }
+
+    /// A Parse body, its query text made a `str` by `text`.
+    fn read(
+        body: &'a [u8],
+        text: impl FnOnce(&BodyReader<'a>, &'a [u8]) -> Result<&'a str, DecodeError>,
+    ) -> Result<Self, DecodeError> {
         let mut r = BodyReader::new(Tag(tag::PARSE), body);
         let name = r.cstr("statement name")?;
-        let query = r.cstr("query")?;
+        let query = r.cstr_bytes("query")?;
+        let query = text(&r, query)?;
         let count = r.u16("parameter type count")?;
         let param_types = List::read_counted(&mut r, count.into(), "parameter types")?;
         r.finish()?;
         Ok(Parse {
             name,
             query,
-            param_types,
-        })
-    }
-
-    /// As [`Parse::decode`], but query text that is not UTF-8 is escaped (see
-    /// [`crate::text`]) into `owned`, which the message then borrows.
-    pub fn decode_escaped(body: &'a [u8], owned: &'a mut String) -> Result<Self, DecodeError> {
-        let mut r = BodyReader::new(Tag(tag::PARSE), body);
-        let name = r.cstr("statement name")?;
-        let query = r.cstr_bytes("query")?;
-        let count = r.u16("parameter type count")?;
-        let param_types = List::read_counted(&mut r, count.into(), "parameter types")?;
-        r.finish()?;
-        Ok(Parse {
-            name,
-            query: escaped(query, owned),
             param_types,
         })
     }
