@@ -504,28 +504,6 @@ struct Walker<'c> {
     dropped_at_commit: Vec<String>,
 }
 
-/// A DO statement's body (its `AS` string).
-fn do_body(do_stmt: &Value) -> Option<&str> {
-    do_stmt
-        .get("args")?
-        .as_array()?
-        .iter()
-        .filter_map(|a| a.pointer("/node/DefElem"))
-        .find(|d| d.get("defname").and_then(Value::as_str) == Some("as"))?
-        .pointer("/arg/node/String/sval")?
-        .as_str()
-}
-
-/// Whether procedural code may change the session's settings: it names `set_config`
-/// or has the word SET or RESET (an UPDATE's SET too: then they are only read back).
-fn may_set_settings(body: &str) -> bool {
-    let lower = body.to_ascii_lowercase();
-    lower.contains("set_config")
-        || lower
-            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-            .any(|word| word == "set" || word == "reset")
-}
-
 /// The types a text converted to reads the clock for `'now'`, `'today'`…
 const CLOCK_TYPES: &[&str] = &["date", "time", "timetz", "timestamp", "timestamptz"];
 
@@ -1001,15 +979,6 @@ impl<'c> Walker<'c> {
                     self.volatile = true;
                     self.walk(child, false);
                 }
-                "DoStmt" => {
-                    // Its body runs here: a SET or set_config in it changes the session
-                    // (read back: see `set_config_names`).
-                    if do_body(child).is_some_and(may_set_settings) {
-                        self.session_effects.insert(SessionEffect::SetConfig);
-                    }
-                    let t = target || target_fields.contains(&key.as_str());
-                    self.walk(child, t);
-                }
                 "TypeCast" => {
                     if is_clock_type(child.get("type_name")) {
                         self.converted_to_datetime(child.get("arg"));
@@ -1265,12 +1234,6 @@ pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
         match value {
             Value::Array(items) => items.iter().all(|item| collect(item, names, scope)),
             Value::Object(map) => {
-                // A DO body that may set settings: any may have changed.
-                if let Some(body) = map.get("DoStmt").and_then(do_body) {
-                    if may_set_settings(body) {
-                        names.push(ANY_SETTING.to_string());
-                    }
-                }
                 if map.contains_key("funcname") && map.contains_key("agg_star") {
                     let parts: Vec<&str> = match map.get("funcname") {
                         Some(Value::Array(parts)) => parts
