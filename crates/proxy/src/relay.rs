@@ -215,6 +215,7 @@ pub struct Relay {
     reported: Vec<(String, String)>,
     idle_reported: Vec<(String, String)>,
     untracked_report: bool,
+    reported_moved: bool,
     /// [`Relay::encoding`] of the client's settings, and their version.
     encoding_memo: Option<(u64, Encoding)>,
     /// The server's `client_encoding` for a client that sets none.
@@ -505,6 +506,7 @@ impl Relay {
             reported: reported.clone(),
             idle_reported: reported,
             untracked_report: false,
+            reported_moved: false,
             default_encoding: pool
                 .params()
                 .and_then(|p| {
@@ -1701,7 +1703,10 @@ impl Relay {
     /// names, escaped, are not the catalog's), and the connection's SQL-prepared
     /// statements are unknown. The analysis of a read, for its Binds.
     fn note_unreadable_writes(&mut self, sql: &str) -> Option<Arc<pgopt_sql::Analysis>> {
-        let analysis = self.shared.analyzer.analyze(sql).ok();
+        // (In an encoding whose characters may end in `\`, an E'' string may end
+        // elsewhere than pgopt reads: nothing it reads is trusted.)
+        let trusted = !self.encoding().ascii_trails;
+        let analysis = self.shared.analyzer.analyze(sql).ok().filter(|_| trusted);
         match analysis {
             Some(a) if a.read_only => Some(a),
             _ => {
@@ -3633,7 +3638,6 @@ impl Relay {
         };
         if name == STANDARD_CONFORMING_STRINGS.as_bytes() {
             self.backslash_escapes = value != b"on";
-            return;
         }
         if !self.rewrite {
             return;
@@ -3642,12 +3646,13 @@ impl Relay {
         if !FOLLOWED.contains(&name.as_str()) {
             return;
         }
-        let value = String::from_utf8_lossy(value).into_owned();
+        let value = pgopt_wire::text::escape(value).into_owned();
         match self.reported.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) if *v == value => return,
             Some((_, v)) => *v = value,
             None => self.reported.push((name, value)),
         }
+        self.reported_moved = true;
         self.untracked_report |= !self.tracked_since_ready
             && self.pending_change.is_none()
             && !self.expected.head_is_pgopts();
@@ -3658,7 +3663,12 @@ impl Relay {
     /// settings (and the cache's key) hold it and the next client of the connection
     /// does not inherit it. (Settings PostgreSQL does not report, `search_path` among
     /// them, are not seen so.)
+    #[inline]
     fn reported_at_idle(&mut self) {
+        // (`reported` moved on since the last idle one: the usual case is not.)
+        if !std::mem::take(&mut self.reported_moved) {
+            return;
+        }
         if std::mem::take(&mut self.untracked_report) {
             let changed: Vec<String> = self
                 .reported
@@ -5553,6 +5563,7 @@ const STANDARD_CONFORMING_STRINGS: &str = "standard_conforming_strings";
 /// Settings PostgreSQL reports changes of (ParameterStatus), lower case, whose changes
 /// pgopt did not follow are read back (see `Relay::note_reported_setting`).
 const FOLLOWED: &[&str] = &[
+    "standard_conforming_strings",
     "timezone",
     "datestyle",
     "intervalstyle",

@@ -135,14 +135,14 @@ impl Settings {
         std::hash::Hasher::finish(&hasher) | 1
     }
 
-    /// After `change`, the settings to read back from the server: when it changed
-    /// the client's encoding, those whose recorded text is beyond ASCII (written in
-    /// the old encoding, a replay under the new one would change or refuse them).
+    /// After `change`, the settings to read back from the server: when it set the
+    /// client's encoding, those whose recorded text is beyond ASCII (written in the
+    /// old encoding, a replay under the new one would change or refuse them).
     pub fn encoding_dependents(&self, change: &Change) -> Vec<String> {
-        let encoding = match change {
-            Change::Set(name) | Change::Reset(name) => name.eq_ignore_ascii_case("client_encoding"),
-            Change::ResetAll => true,
-        };
+        // (Not a RESET: the server goes back to its own defaults first, and the client's
+        // start-up values are applied again after any read-back.)
+        let encoding =
+            matches!(change, Change::Set(name) if name.eq_ignore_ascii_case("client_encoding"));
         if !encoding {
             return Vec::new();
         }

@@ -2302,4 +2302,19 @@ async fn a_reported_setting_a_function_changes_follows_its_caller_only() {
     assert!(!b_style.contains("German"), "{b_style}");
     let a_style: String = a.query_one(style, &[]).await.unwrap().get(0);
     assert!(a_style.contains("German"), "{a_style}");
+    // standard_conforming_strings too (the cache reads backslashes by it).
+    let scs = "SELECT current_setting('standard_conforming_strings')";
+    a.batch_execute(
+        "DO $$BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); END$$",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b.query_one(scs, &[]).await.unwrap().get::<_, String>(0),
+        "on"
+    );
+    assert_eq!(
+        a.query_one(scs, &[]).await.unwrap().get::<_, String>(0),
+        "off"
+    );
 }

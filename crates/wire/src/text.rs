@@ -41,7 +41,8 @@ fn is_escape(c: char) -> bool {
 /// usual case, at the cost of the UTF-8 check), else escaped.
 pub fn escape(bytes: &[u8]) -> Cow<'_, str> {
     if let Ok(text) = std::str::from_utf8(bytes) {
-        if memchr::memchr(LEAD, bytes).is_none() || !text.chars().any(is_escape) {
+        // (A plain look for the lead byte: most texts are short, and have none.)
+        if !bytes.contains(&LEAD) || !text.chars().any(is_escape) {
             return Cow::Borrowed(text);
         }
     }
@@ -68,7 +69,7 @@ pub fn escape(bytes: &[u8]) -> Cow<'_, str> {
 
 /// The bytes [`escape`] made `text` of.
 pub fn unescape(text: &str) -> Cow<'_, [u8]> {
-    if memchr::memchr(LEAD, text.as_bytes()).is_none() || !text.chars().any(is_escape) {
+    if !text.as_bytes().contains(&LEAD) || !text.chars().any(is_escape) {
         return Cow::Borrowed(text.as_bytes());
     }
     let mut out = Vec::with_capacity(text.len());
