@@ -569,6 +569,14 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
     if writes_settings {
         reread.push(pgopt_sql::ANY_SETTING.to_string());
     }
+    // A DO block runs its body here, which the analysis (shared by texts that differ
+    // in literals, the body one of them) does not read: one that may set a setting has
+    // every setting the session set read back.
+    if statement_starts_with(sql.as_bytes(), b"do") {
+        if let Some(names) = pgopt_sql::set_config_names(sql) {
+            reread.extend(names.into_iter().filter(|n| n == pgopt_sql::ANY_SETTING));
+        }
+    }
     for effect in &analysis.session_effects {
         let refusal = |feature: &str, instead: &str| {
             format!(
@@ -715,6 +723,13 @@ fn several_refused() -> Verdict {
 /// only those pay for a parse: a statement starting with SET, RESET, LISTEN, PREPARE,
 /// DECLARE, CREATE or DISCARD, or text mentioning advisory locks, set_config,
 /// pg_settings, TEMP, lastval or currval.
+/// Whether a statement of `sql` begins with `word` (a `;` inside a literal may give a
+/// false alarm).
+fn statement_starts_with(sql: &[u8], word: &[u8]) -> bool {
+    sql.split(|&b| b == b';')
+        .any(|piece| starts_word(skip_blanks_and_comments(piece), word))
+}
+
 pub fn may_affect_session(sql: &[u8]) -> bool {
     // Every statement's first word (a `;` inside a literal only adds a false alarm):
     // SET, RESET, LISTEN, PREPARE, DECLARE, CREATE or DISCARD.
@@ -726,7 +741,7 @@ pub fn may_affect_session(sql: &[u8]) -> bool {
             Some(b'r') => &[b"reset"],
             Some(b'l') => &[b"listen"],
             Some(b'p') => &[b"prepare"],
-            Some(b'd') => &[b"declare", b"discard"],
+            Some(b'd') => &[b"declare", b"discard", b"do"],
             Some(b'c') => &[b"create"],
             _ => &[],
         };

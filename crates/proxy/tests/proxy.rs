@@ -2317,4 +2317,25 @@ async fn a_reported_setting_a_function_changes_follows_its_caller_only() {
         a.query_one(scs, &[]).await.unwrap().get::<_, String>(0),
         "off"
     );
+    // search_path, which PostgreSQL does not report: a DO block that may set a setting
+    // has the session's read back (whatever DO came before it).
+    a.batch_execute("DO $$BEGIN PERFORM 1; END$$")
+        .await
+        .unwrap();
+    let path = "SELECT current_setting('search_path')";
+    let b_path: String = b.query_one(path, &[]).await.unwrap().get(0);
+    for body in [
+        "PERFORM set_config('search_path', 'tenant_1, public', false)",
+        "SET search_path TO tenant_2, public",
+    ] {
+        a.batch_execute(&format!("DO $$BEGIN {body}; END$$"))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.query_one(path, &[]).await.unwrap().get::<_, String>(0),
+            b_path
+        );
+        let a_path: String = a.query_one(path, &[]).await.unwrap().get(0);
+        assert!(a_path.starts_with("tenant_"), "{body}: {a_path}");
+    }
 }

@@ -504,6 +504,48 @@ struct Walker<'c> {
     dropped_at_commit: Vec<String>,
 }
 
+/// A DO statement's body (its `AS` string).
+fn do_body(do_stmt: &Value) -> Option<&str> {
+    do_stmt
+        .get("args")?
+        .as_array()?
+        .iter()
+        .filter_map(|a| a.pointer("/node/DefElem"))
+        .find(|d| d.get("defname").and_then(Value::as_str) == Some("as"))?
+        .pointer("/arg/node/String/sval")?
+        .as_str()
+}
+
+/// Whether procedural code may change the session's settings: it names `set_config`,
+/// or a SET or RESET begins one of its statements (after `;`, BEGIN, THEN, ELSE, LOOP,
+/// or a quote: dynamic SQL), not an UPDATE's or an ALTER's SET.
+pub fn may_set_settings(body: &str) -> bool {
+    let lower = body.to_ascii_lowercase();
+    if lower.contains("set_config") {
+        return true;
+    }
+    let mut previous = ";";
+    let mut rest = lower.as_str();
+    while !rest.is_empty() {
+        rest = rest.trim_start();
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(rest.len(), |at| at.max(1));
+        let (token, after) = rest.split_at(end);
+        if matches!(token, "set" | "reset")
+            && matches!(
+                previous,
+                ";" | "begin" | "then" | "else" | "loop" | "'" | "$"
+            )
+        {
+            return true;
+        }
+        previous = token;
+        rest = after;
+    }
+    false
+}
+
 /// The types a text converted to reads the clock for `'now'`, `'today'`…
 const CLOCK_TYPES: &[&str] = &["date", "time", "timetz", "timestamp", "timestamptz"];
 
@@ -1234,6 +1276,12 @@ pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
         match value {
             Value::Array(items) => items.iter().all(|item| collect(item, names, scope)),
             Value::Object(map) => {
+                // A DO body that may set settings: any may have changed.
+                if let Some(body) = map.get("DoStmt").and_then(do_body) {
+                    if may_set_settings(body) {
+                        names.push(ANY_SETTING.to_string());
+                    }
+                }
                 if map.contains_key("funcname") && map.contains_key("agg_star") {
                     let parts: Vec<&str> = match map.get("funcname") {
                         Some(Value::Array(parts)) => parts

@@ -21,8 +21,8 @@ mod reduce;
 mod strip;
 
 pub use analysis::{
-    analyze, analyze_with, set_config_names, Analysis, AnalysisConfig, SessionEffect,
-    StatementKind, ANY_SETTING, SHORTENED,
+    analyze, analyze_with, may_set_settings, set_config_names, Analysis, AnalysisConfig,
+    SessionEffect, StatementKind, ANY_SETTING, SHORTENED,
 };
 pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use error::SqlError;

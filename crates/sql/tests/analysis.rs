@@ -352,6 +352,28 @@ fn conversions_to_dates_and_times() {
     }
 }
 
+/// Procedural code that may change the session's settings (a DO block's body).
+#[test]
+fn procedural_code_that_may_set_settings() {
+    use pgopt_sql::may_set_settings;
+    for yes in [
+        "BEGIN PERFORM set_config('search_path', 't', false); END",
+        "BEGIN SET search_path TO t; END",
+        "BEGIN IF x THEN RESET timezone; END IF; END",
+        "BEGIN EXECUTE 'SET search_path TO ' || quote_ident(t); END",
+    ] {
+        assert!(may_set_settings(yes), "{yes}");
+    }
+    for no in [
+        "BEGIN UPDATE t SET v = 1; END",
+        "BEGIN INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 2; END",
+        "BEGIN ALTER TABLE t ALTER COLUMN v SET DEFAULT 1; END",
+        "BEGIN PERFORM 1; END",
+    ] {
+        assert!(!may_set_settings(no), "{no}");
+    }
+}
+
 #[test]
 fn volatile_detection() {
     for yes in [
