@@ -528,9 +528,13 @@ pub fn may_set_settings(body: &str) -> bool {
     let mut rest = lower.as_str();
     while !rest.is_empty() {
         rest = rest.trim_start();
-        let end = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .map_or(rest.len(), |at| at.max(1));
+        // A word, or one character (whole: it may be beyond ASCII).
+        let first = rest.chars().next().map_or(1, char::len_utf8);
+        let end = match rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            Some(0) => first,
+            Some(at) => at,
+            None => rest.len(),
+        };
         let (token, after) = rest.split_at(end);
         if matches!(token, "set" | "reset")
             && matches!(

@@ -369,6 +369,8 @@ fn procedural_code_that_may_set_settings() {
         "BEGIN INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 2; END",
         "BEGIN ALTER TABLE t ALTER COLUMN v SET DEFAULT 1; END",
         "BEGIN PERFORM 1; END",
+        "BEGIN RAISE NOTICE 'é ü'; END",
+        "é",
     ] {
         assert!(!may_set_settings(no), "{no}");
     }

@@ -82,6 +82,12 @@ fn render(template: &[Tok], literals: &[String]) -> String {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
+    /// Any body, whatever its characters: an answer, never a panic.
+    #[test]
+    fn reading_procedural_code_for_settings_never_panics(body in "\\PC{0,60}", word in "(set|reset|;|'| |é)*") {
+        let _ = pgopt_sql::may_set_settings(&format!("{word}{body}{word}"));
+    }
+
     #[test]
     fn never_panics_on_arbitrary_text(s in any::<String>()) {
         let stripped = strip_literals(&s);
