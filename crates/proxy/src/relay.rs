@@ -1072,6 +1072,7 @@ impl Relay {
             return CacheLookup::Pass;
         };
         let started = self.clock;
+        let backslashes_differ = self.backslash_escapes || self.encoding().ascii_trails;
         // (A request larger than KEPT_CLIENT_BUF, a bulk value, is not: its key would
         // copy it, and the key's buffer keep the room.)
         if !self.expected.is_empty()
@@ -1079,7 +1080,7 @@ impl Relay {
             || self.skipping
             || !cache.serving()
             || frame.as_bytes().len() > KEPT_CLIENT_BUF
-            || self.backslash_escapes && (frame.tag() != b'Q' || escapes_differ(true, frame.body()))
+            || backslashes_differ && (frame.tag() != b'Q' || escapes_differ(true, frame.body()))
         {
             return CacheLookup::Pass;
         }
@@ -1704,8 +1705,8 @@ impl Relay {
     /// statements are unknown. The analysis of a read, for its Binds.
     fn note_unreadable_writes(&mut self, sql: &str) -> Option<Arc<pgopt_sql::Analysis>> {
         // (In an encoding whose characters may end in `\`, an E'' string may end
-        // elsewhere than pgopt reads: nothing it reads is trusted.)
-        let trusted = !self.encoding().ascii_trails;
+        // elsewhere than pgopt reads: text with a `\` is not trusted.)
+        let trusted = !self.encoding().ascii_trails || !sql.contains('\\');
         let analysis = self.shared.analyzer.analyze(sql).ok().filter(|_| trusted);
         match analysis {
             Some(a) if a.read_only => Some(a),
@@ -1721,10 +1722,10 @@ impl Relay {
 
     /// Notes what a client message about to run may write, for the cache.
     fn note_writes(&mut self, frame: &Frame) {
+        // (A `\` may also end an SJIS-like character, and so a string elsewhere.)
+        let backslashes_differ = self.backslash_escapes || self.encoding().ascii_trails;
         let analyzer = &self.shared.analyzer;
-        if matches!(frame.tag(), b'Q' | b'P')
-            && escapes_differ(self.backslash_escapes, frame.body())
-        {
+        if matches!(frame.tag(), b'Q' | b'P') && escapes_differ(backslashes_differ, frame.body()) {
             // Its strings may hide what it runs: it may write anything.
             if let Some(sql) = sql_statements(&mut self.server) {
                 sql.go_blind();
@@ -1786,7 +1787,7 @@ impl Relay {
                         None => self
                             .statements
                             .query_of(bind.statement)
-                            .filter(|sql| !escapes_differ(self.backslash_escapes, sql.as_bytes()))
+                            .filter(|sql| !escapes_differ(backslashes_differ, sql.as_bytes()))
                             .and_then(|sql| analyzer.analyze(sql).ok()),
                     },
                     Err(_) => None,

@@ -719,10 +719,6 @@ fn several_refused() -> Verdict {
     )
 }
 
-/// A cheap pass that says whether a statement may have session effects at all, so
-/// only those pay for a parse: a statement starting with SET, RESET, LISTEN, PREPARE,
-/// DECLARE, CREATE or DISCARD, or text mentioning advisory locks, set_config,
-/// pg_settings, TEMP, lastval or currval.
 /// Whether a statement of `sql` begins with `word` (a `;` inside a literal may give a
 /// false alarm).
 fn statement_starts_with(sql: &[u8], word: &[u8]) -> bool {
@@ -730,6 +726,10 @@ fn statement_starts_with(sql: &[u8], word: &[u8]) -> bool {
         .any(|piece| starts_word(skip_blanks_and_comments(piece), word))
 }
 
+/// A cheap pass that says whether a statement may have session effects at all, so
+/// only those pay for a parse: a statement starting with SET, RESET, LISTEN, PREPARE,
+/// DECLARE, CREATE, DISCARD or DO, or text mentioning advisory locks, set_config,
+/// pg_settings, TEMP, lastval or currval.
 pub fn may_affect_session(sql: &[u8]) -> bool {
     // Every statement's first word (a `;` inside a literal only adds a false alarm):
     // SET, RESET, LISTEN, PREPARE, DECLARE, CREATE or DISCARD.

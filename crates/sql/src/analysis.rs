@@ -516,38 +516,69 @@ fn do_body(do_stmt: &Value) -> Option<&str> {
         .as_str()
 }
 
-/// Whether procedural code may change the session's settings: it names `set_config`,
-/// or a SET or RESET begins one of its statements (after `;`, BEGIN, THEN, ELSE, LOOP,
-/// or a quote: dynamic SQL), not an UPDATE's or an ALTER's SET.
+/// Whether procedural code may change the session's settings: it names `set_config`
+/// or `pg_settings`, or a SET (not SET LOCAL, CONSTRAINTS or TRANSACTION) or RESET
+/// begins one of its statements (after `;`, BEGIN, THEN, ELSE or LOOP, or EXECUTE's
+/// quote: dynamic SQL), not an UPDATE's or an ALTER's SET. Comments are left out.
 pub fn may_set_settings(body: &str) -> bool {
-    let lower = body.to_ascii_lowercase();
-    if lower.contains("set_config") {
+    let lower = without_comments(&body.to_ascii_lowercase());
+    if lower.contains("set_config") || lower.contains("pg_settings") {
         return true;
     }
-    let mut previous = ";";
-    let mut rest = lower.as_str();
-    while !rest.is_empty() {
+    let tokens = words_and_marks(&lower);
+    tokens.iter().enumerate().any(|(i, token)| {
+        let before = |n: usize| i.checked_sub(n).map_or(";", |at| tokens[at]);
+        let starts = matches!(before(1), ";" | "begin" | "then" | "else" | "loop")
+            || (before(1) == "'" && before(2) == "execute");
+        let after = tokens.get(i + 1).copied().unwrap_or("");
+        starts
+            && (*token == "reset"
+                || *token == "set" && !matches!(after, "local" | "constraints" | "transaction"))
+    })
+}
+
+/// `text` with its `--` and `/* */` comments taken out (quotes aside: a comment
+/// mark inside a string cuts it short too).
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(['-', '/']) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(line) = rest.strip_prefix("--") {
+            rest = line.find('\n').map_or("", |end| &line[end..]);
+        } else if let Some(block) = rest.strip_prefix("/*") {
+            out.push(' ');
+            rest = block.find("*/").map_or("", |end| &block[end + 2..]);
+        } else {
+            let one = rest.chars().next().map_or(1, char::len_utf8);
+            out.push_str(&rest[..one]);
+            rest = &rest[one..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The words (letters, digits, `_`) and other characters of `text`, one by one,
+/// blanks left out.
+fn words_and_marks(text: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let mut rest = text;
+    loop {
         rest = rest.trim_start();
-        // A word, or one character (whole: it may be beyond ASCII).
-        let first = rest.chars().next().map_or(1, char::len_utf8);
+        let Some(first) = rest.chars().next() else {
+            return tokens;
+        };
         let end = match rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            Some(0) => first,
+            Some(0) => first.len_utf8(),
             Some(at) => at,
             None => rest.len(),
         };
         let (token, after) = rest.split_at(end);
-        if matches!(token, "set" | "reset")
-            && matches!(
-                previous,
-                ";" | "begin" | "then" | "else" | "loop" | "'" | "$"
-            )
-        {
-            return true;
-        }
-        previous = token;
+        tokens.push(token);
         rest = after;
     }
-    false
 }
 
 /// The types a text converted to reads the clock for `'now'`, `'today'`…
@@ -1284,6 +1315,14 @@ pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
                 if let Some(body) = map.get("DoStmt").and_then(do_body) {
                     if may_set_settings(body) {
                         names.push(ANY_SETTING.to_string());
+                        // (pg_settings lists neither these nor custom settings.)
+                        let lower = body.to_ascii_lowercase();
+                        if lower.contains("role") {
+                            names.push("role".to_string());
+                        }
+                        if lower.contains("authorization") {
+                            names.push("session_authorization".to_string());
+                        }
                     }
                 }
                 if map.contains_key("funcname") && map.contains_key("agg_star") {

@@ -361,6 +361,10 @@ fn procedural_code_that_may_set_settings() {
         "BEGIN SET search_path TO t; END",
         "BEGIN IF x THEN RESET timezone; END IF; END",
         "BEGIN EXECUTE 'SET search_path TO ' || quote_ident(t); END",
+        "BEGIN\n -- the tenant's schema\n SET search_path TO t; END",
+        "BEGIN /* its schema */ SET search_path TO t; END",
+        "BEGIN UPDATE pg_settings SET setting = 't' WHERE name = 'search_path'; END",
+        "BEGIN SET ROLE app_ro; END",
     ] {
         assert!(may_set_settings(yes), "{yes}");
     }
@@ -371,6 +375,11 @@ fn procedural_code_that_may_set_settings() {
         "BEGIN PERFORM 1; END",
         "BEGIN RAISE NOTICE 'é ü'; END",
         "é",
+        "BEGIN SET LOCAL lock_timeout = '1s'; SET CONSTRAINTS ALL DEFERRED; END",
+        "BEGIN SET TRANSACTION READ ONLY; END",
+        "BEGIN IF status = 'reset' THEN RAISE NOTICE 'reset done'; END IF; END",
+        "BEGIN EXECUTE 'UPDATE ' || quote_ident(t) || ' SET v = 1'; END",
+        "BEGIN -- done; reset counters\n PERFORM 1; END",
     ] {
         assert!(!may_set_settings(no), "{no}");
     }
