@@ -574,7 +574,9 @@ pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
     // every setting the session set read back.
     if statement_starts_with(sql.as_bytes(), b"do") {
         if let Some(names) = pgopt_sql::set_config_names(sql) {
-            reread.extend(names.into_iter().filter(|n| n == pgopt_sql::ANY_SETTING));
+            // (Any other name is read back too: a set_config outside the body adds
+            // its own.)
+            reread.extend(names);
         }
     }
     for effect in &analysis.session_effects {

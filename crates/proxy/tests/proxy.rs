@@ -2338,4 +2338,18 @@ async fn a_reported_setting_a_function_changes_follows_its_caller_only() {
         let a_path: String = a.query_one(path, &[]).await.unwrap().get(0);
         assert!(a_path.starts_with("tenant_"), "{body}: {a_path}");
     }
+    // The role, which pg_settings does not list either.
+    pg.psql("CREATE ROLE app_ro").unwrap();
+    a.batch_execute("DO $$BEGIN SET ROLE app_ro; END$$")
+        .await
+        .unwrap();
+    let user = "SELECT current_user::text";
+    assert_eq!(
+        b.query_one(user, &[]).await.unwrap().get::<_, String>(0),
+        "postgres"
+    );
+    assert_eq!(
+        a.query_one(user, &[]).await.unwrap().get::<_, String>(0),
+        "app_ro"
+    );
 }
