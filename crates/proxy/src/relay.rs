@@ -451,29 +451,33 @@ impl Relay {
         let serve_cache =
             cache.is_some() && pool.mode == PoolMode::Transaction && !unfollowed && !maybe_standby;
         let (login_user, database, _) = info.identity();
-        let conforming = match settings.startup_value(STANDARD_CONFORMING_STRINGS) {
-            Some(v) => v.to_string(),
-            None => pool
-                .params()
-                .and_then(|p| {
-                    p.iter()
-                        .find(|(name, _)| name == STANDARD_CONFORMING_STRINGS)
-                        .map(|(_, v)| v.clone())
-                })
-                .unwrap_or_else(|| "on".into()),
-        };
         // What the client was shown at login of the settings whose changes the server
-        // reports (see `note_reported_setting`).
-        let reported: Vec<(String, String)> = pool
-            .params()
+        // reports (see `note_reported_setting`): the server's, or its own start-up
+        // value.
+        let params = pool.params().unwrap_or_default();
+        let reported: Vec<(String, String)> = params
             .iter()
-            .flat_map(|p| p.iter())
             .filter(|(name, _)| FOLLOWED.contains(&name.to_ascii_lowercase().as_str()))
             .map(|(name, v)| {
                 let shown = settings.startup_value(name).unwrap_or(v);
                 (name.to_ascii_lowercase(), shown.to_string())
             })
             .collect();
+        let shown = |name: &str| {
+            reported
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let conforming = settings
+            .startup_value(STANDARD_CONFORMING_STRINGS)
+            .map(str::to_string)
+            .or_else(|| shown(STANDARD_CONFORMING_STRINGS))
+            .unwrap_or_else(|| "on".into());
+        let default_encoding = params
+            .iter()
+            .find(|(name, _)| name == "client_encoding")
+            .map_or_else(|| "UTF8".into(), |(_, v)| v.clone());
         let tracker = shared
             .insight
             .as_ref()
@@ -503,18 +507,11 @@ impl Relay {
             stand_in_portals: Vec::new(),
             encoding_memo: None,
             tracked_since_ready: false,
-            reported: reported.clone(),
-            idle_reported: reported,
+            idle_reported: reported.clone(),
+            reported,
             untracked_report: false,
             reported_moved: false,
-            default_encoding: pool
-                .params()
-                .and_then(|p| {
-                    p.iter()
-                        .find(|(name, _)| name == "client_encoding")
-                        .map(|(_, v)| v.clone())
-                })
-                .unwrap_or_else(|| "UTF8".into()),
+            default_encoding,
             backslash_escapes: !setting_is_on(&conforming),
             rerouting: false,
             ending_in_flight: false,
@@ -1711,13 +1708,19 @@ impl Relay {
         match analysis {
             Some(a) if a.read_only => Some(a),
             _ => {
-                if let Some(sql) = sql_statements(&mut self.server) {
-                    sql.go_blind();
-                }
-                self.writes.note(None);
+                self.note_unknown_sql();
                 None
             }
         }
+    }
+
+    /// SQL pgopt can't read runs: it may write anything, and the connection's
+    /// SQL-prepared statements are unknown.
+    fn note_unknown_sql(&mut self) {
+        if let Some(sql) = sql_statements(&mut self.server) {
+            sql.go_blind();
+        }
+        self.writes.note(None);
     }
 
     /// Notes what a client message about to run may write, for the cache.
@@ -1726,11 +1729,8 @@ impl Relay {
         let backslashes_differ = self.backslash_escapes || self.encoding().ascii_trails;
         let analyzer = &self.shared.analyzer;
         if matches!(frame.tag(), b'Q' | b'P') && escapes_differ(backslashes_differ, frame.body()) {
-            // Its strings may hide what it runs: it may write anything.
-            if let Some(sql) = sql_statements(&mut self.server) {
-                sql.go_blind();
-            }
-            self.writes.note(None);
+            // Its strings may hide what it runs.
+            self.note_unknown_sql();
             let mut owned = String::new();
             if let Ok(parse) = Parse::decode_escaped(frame.body(), &mut owned) {
                 self.parsed.insert(parse.name.to_string(), None);
@@ -2113,9 +2113,7 @@ impl Relay {
                     None
                 };
                 if let Some(refusal) = refusal {
-                    self.fail_open_batch();
-                    self.expected.push_error(refusal);
-                    self.skipping = true;
+                    self.refuse_batch(Some(refusal));
                     return Ok(());
                 }
                 Request::Parse
@@ -2352,9 +2350,7 @@ impl Relay {
                     self.reread_bound(prepared.id);
                 }
                 if let Some(error) = self.sequences_at_bind(&prepared, bind.statement.is_empty()) {
-                    self.fail_open_batch();
-                    self.expected.push_error(error);
-                    self.skipping = true;
+                    self.refuse_batch(Some(error));
                     return Ok(true);
                 }
                 if self.status == TransactionStatus::Failed
@@ -2372,21 +2368,18 @@ impl Relay {
                     if self.replayed || batch_describes_portal(&self.cbuf, self.max_len) {
                         self.statements.refresh(prepared.id, self.pool.plan_epoch());
                     } else {
-                        if let Some(error) = plan_changed_error() {
+                        let error = plan_changed_error();
+                        if error.is_some() {
                             self.pool
                                 .stats
                                 .record_error(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes());
-                            self.fail_open_batch();
-                            self.expected.push_error(error);
                         }
-                        self.skipping = true;
+                        self.refuse_batch(error);
                         return Ok(true);
                     }
                 }
                 if let Some(error) = self.encoding_changed(&prepared, bind.statement) {
-                    self.fail_open_batch();
-                    self.expected.push_error(error);
-                    self.skipping = true;
+                    self.refuse_batch(Some(error));
                     return Ok(true);
                 }
                 // A batch that starts here is kept, in case this server's plan of the
@@ -2428,9 +2421,7 @@ impl Relay {
                     return Ok(true);
                 }
                 if let Some(error) = self.encoding_changed(&prepared, describe.name) {
-                    self.fail_open_batch();
-                    self.expected.push_error(error);
-                    self.skipping = true;
+                    self.refuse_batch(Some(error));
                     return Ok(true);
                 }
                 // A batch that starts here is kept: the server's copy may be another
@@ -2718,11 +2709,10 @@ impl Relay {
         let Some(change) = self.statements.deallocate(target.as_deref()) else {
             let name = target.unwrap_or_default();
             let message = format!("prepared statement \"{name}\" does not exist");
-            if let Some(error) = error_response(sqlstate::INVALID_SQL_STATEMENT_NAME, &message) {
-                self.fail_open_batch();
-                self.expected.push_error(error);
-            }
-            self.skipping = true;
+            self.refuse_batch(error_response(
+                sqlstate::INVALID_SQL_STATEMENT_NAME,
+                &message,
+            ));
             return Ok(true);
         };
         if let Some(tracker) = self.tracker.as_mut() {
@@ -2882,6 +2872,17 @@ impl Relay {
         }
         self.expected.push(Step::Deallocated { all, id });
         true
+    }
+
+    /// A message pgopt refuses in an extended-protocol batch: the batch fails there
+    /// (see [`Relay::fail_open_batch`]) with `error`, and, as after a server's
+    /// error, nothing more of it goes on until the client's Sync.
+    fn refuse_batch(&mut self, error: Option<Bytes>) {
+        if let Some(error) = error {
+            self.fail_open_batch();
+            self.expected.push_error(error);
+        }
+        self.skipping = true;
     }
 
     /// A simple query pgopt answers itself ends what the server holds open of an

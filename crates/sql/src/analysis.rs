@@ -518,67 +518,43 @@ fn do_body(do_stmt: &Value) -> Option<&str> {
 
 /// Whether procedural code may change the session's settings: it names `set_config`
 /// or `pg_settings`, or a SET (not SET LOCAL, CONSTRAINTS or TRANSACTION) or RESET
-/// begins one of its statements (after `;`, BEGIN, THEN, ELSE or LOOP, or EXECUTE's
-/// quote: dynamic SQL), not an UPDATE's or an ALTER's SET. Comments are left out.
+/// begins one of its statements (after `;`, BEGIN, THEN, ELSE or LOOP, or a string
+/// EXECUTE runs), not an UPDATE's or an ALTER's SET. Comments are left out.
 pub fn may_set_settings(body: &str) -> bool {
-    let lower = without_comments(&body.to_ascii_lowercase());
+    let lower = body.to_ascii_lowercase();
     if lower.contains("set_config") || lower.contains("pg_settings") {
         return true;
     }
-    let tokens = words_and_marks(&lower);
-    tokens.iter().enumerate().any(|(i, token)| {
-        let before = |n: usize| i.checked_sub(n).map_or(";", |at| tokens[at]);
-        let starts = matches!(before(1), ";" | "begin" | "then" | "else" | "loop")
-            || (before(1) == "'" && before(2) == "execute");
-        let after = tokens.get(i + 1).copied().unwrap_or("");
-        starts
-            && (*token == "reset"
-                || *token == "set" && !matches!(after, "local" | "constraints" | "transaction"))
-    })
-}
-
-/// `text` with its `--` and `/* */` comments taken out (quotes aside: a comment
-/// mark inside a string cuts it short too).
-fn without_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find(['-', '/']) {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        if let Some(line) = rest.strip_prefix("--") {
-            rest = line.find('\n').map_or("", |end| &line[end..]);
-        } else if let Some(block) = rest.strip_prefix("/*") {
-            out.push(' ');
-            rest = block.find("*/").map_or("", |end| &block[end + 2..]);
-        } else {
-            let one = rest.chars().next().map_or(1, char::len_utf8);
-            out.push_str(&rest[..one]);
-            rest = &rest[one..];
+    let tokens: Vec<_> = Lexer::new(&lower)
+        .filter(|t| {
+            !matches!(
+                t.kind,
+                TokenKind::Whitespace { .. } | TokenKind::LineComment | TokenKind::BlockComment
+            )
+        })
+        .collect();
+    let text = |i: usize| &lower[tokens[i].start..tokens[i].end];
+    let sets = |words: &[&str]| match words {
+        ["reset", ..] => true,
+        ["set", next, ..] => !matches!(*next, "local" | "constraints" | "transaction"),
+        ["set"] => true,
+        _ => false,
+    };
+    (0..tokens.len()).any(|i| {
+        let before = if i == 0 { ";" } else { text(i - 1) };
+        match tokens[i].kind {
+            TokenKind::Word if matches!(before, ";" | "begin" | "then" | "else" | "loop") => {
+                let words: Vec<&str> = (i..tokens.len().min(i + 2)).map(text).collect();
+                sets(&words)
+            }
+            // EXECUTE 'SET …': its first words.
+            TokenKind::String | TokenKind::DollarString if before == "execute" => {
+                let inner = text(i).trim_matches(|c| c == '\'' || c == '$');
+                sets(&inner.split_whitespace().take(2).collect::<Vec<_>>())
+            }
+            _ => false,
         }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The words (letters, digits, `_`) and other characters of `text`, one by one,
-/// blanks left out.
-fn words_and_marks(text: &str) -> Vec<&str> {
-    let mut tokens = Vec::new();
-    let mut rest = text;
-    loop {
-        rest = rest.trim_start();
-        let Some(first) = rest.chars().next() else {
-            return tokens;
-        };
-        let end = match rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            Some(0) => first.len_utf8(),
-            Some(at) => at,
-            None => rest.len(),
-        };
-        let (token, after) = rest.split_at(end);
-        tokens.push(token);
-        rest = after;
-    }
+    })
 }
 
 /// The types a text converted to reads the clock for `'now'`, `'today'`…
