@@ -15,6 +15,7 @@ pub mod config;
 mod ddl_watch;
 mod error;
 mod fence;
+mod function_settings;
 pub mod hba;
 mod http;
 pub mod ident;

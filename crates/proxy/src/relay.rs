@@ -324,6 +324,11 @@ pub struct Relay {
     /// Inside it the server shows a SET LOCAL's (or `set_config(…, true)`'s) value,
     /// which its end takes away, for the session's own.
     reread_at_end: Vec<String>,
+    /// Transaction mode: the database's functions whose run may change settings (see
+    /// `function_settings.rs`), as last read; refreshed at a checkout when stale.
+    function_settings: Option<Arc<crate::function_settings::FunctionSettings>>,
+    /// A CREATE ran in the open transaction: once it ends, the functions are read again.
+    creates: bool,
     /// The current batch's client messages, kept in case it must run again after a
     /// schema change (see `replan.rs`); `replayed`: this is its second run.
     replay: Option<Replay>,
@@ -553,6 +558,8 @@ impl Relay {
             reread_changes: false,
             described: None,
             reread_at_end: Vec::new(),
+            function_settings: None,
+            creates: false,
             replay: None,
             settings_sql: None,
             key_buf: pgopt_cache::KeyBuf::default(),
@@ -1999,15 +2006,19 @@ impl Relay {
                 .shared
                 .analyzer
                 .analyze(query.sql)
-                .is_ok_and(
-                    |analysis| match session_state::judge(&analysis, query.sql) {
+                .is_ok_and(|analysis| {
+                    match session_state::judge(
+                        &analysis,
+                        query.sql,
+                        &self.hidden_settings(&analysis, query.sql),
+                    ) {
                         SessionVerdict::Refuse(_) => true,
                         SessionVerdict::InBlockOnly(_) => {
                             self.status != TransactionStatus::InTransaction
                         }
                         _ => false,
-                    },
-                )
+                    }
+                })
     }
 
     /// On the primary, a batch after a read that is not all here yet: it is judged for
@@ -2954,7 +2965,51 @@ impl Relay {
     /// ([`session_state::may_affect_session`]) finds a statement that may change
     /// session state.
     fn worth_judging(&self, sql: &[u8]) -> bool {
-        self.tracker.is_some() || may_affect_session(sql)
+        self.tracker.is_some()
+            || may_affect_session(sql)
+            || self
+                .function_settings
+                .as_ref()
+                .is_some_and(|f| f.mentioned(sql))
+    }
+
+    /// What a statement may set through the functions it calls (see
+    /// `function_settings.rs`), to read back after it.
+    fn hidden_settings(&self, analysis: &pgopt_sql::Analysis, sql: &str) -> Vec<String> {
+        match &self.function_settings {
+            Some(f) => f.reread(analysis, sql),
+            None => Vec::new(),
+        }
+    }
+
+    /// At a checkout in transaction mode: the database's functions that may change
+    /// settings, read on the connection just lent (before anything of the client's)
+    /// when the last read is stale, or taken from the store when another session has
+    /// read them since. A failed read is logged; the last one (if any) stays in use.
+    async fn refresh_function_settings(&mut self) {
+        let store = &self.shared.function_settings;
+        let generation = store.generation();
+        if self
+            .function_settings
+            .as_ref()
+            .is_some_and(|f| f.fresh(self.clock, generation))
+        {
+            return;
+        }
+        let (current, ticket) = store.get(&self.database, self.clock);
+        self.function_settings = current;
+        let (Some(ticket), Some(server)) = (ticket, self.server.as_mut()) else {
+            return;
+        };
+        let sql = crate::function_settings::QUERY;
+        let read = match server.conn.simple_query(sql, self.max_len).await {
+            Ok(rows) => Some(crate::function_settings::FunctionSettings::from_rows(&rows)),
+            Err(e) => {
+                tracing::warn!(database = %self.database, error = %e, "reading which functions may change settings failed; trying again in a while");
+                None
+            }
+        };
+        self.function_settings = store.set(&self.database, ticket, read, Instant::now());
     }
 
     fn judge_session(&mut self, sql: &str, parse: Option<&Parse<'_>>) -> Option<Bytes> {
@@ -2974,7 +3029,11 @@ impl Relay {
                 return Some(refusal);
             }
         }
-        match session_state::judge(&analysis, sql) {
+        // A CREATE (a function, trigger, view…): the catalog is read again once it ended.
+        self.creates |= analysis.kinds.contains(&pgopt_sql::StatementKind::Ddl)
+            && session_state::statement_starts_with(sql.as_bytes(), b"create");
+        let hidden = self.hidden_settings(&analysis, sql);
+        match session_state::judge(&analysis, sql, &hidden) {
             SessionVerdict::Relay => None,
             SessionVerdict::AfterRun { reread, resets } => {
                 // Read back after this batch (a simple query runs it; a Parse may be
@@ -3219,7 +3278,7 @@ impl Relay {
         let Ok(analysis) = self.shared.analyzer.analyze(sql) else {
             return;
         };
-        if let SessionVerdict::Track(change) = session_state::judge(&analysis, sql) {
+        if let SessionVerdict::Track(change) = session_state::judge(&analysis, sql, &[]) {
             let before = self.expected.observed_readies();
             self.pending_change = Some((change, sql.to_string(), before));
         }
@@ -4487,6 +4546,9 @@ impl Relay {
                 }
                 if self.status == TransactionStatus::Idle {
                     self.tx_snapshot = None;
+                    if std::mem::take(&mut self.creates) {
+                        self.shared.function_settings.changed();
+                    }
                     // Before the client hears the transaction ended (this ReadyForQuery
                     // is written after), its writes' entries are gone. A rolled-back
                     // write invalidates too: more misses, never a stale row. Writes of
@@ -4676,6 +4738,9 @@ impl Relay {
                 }
                 self.settings_behind = false; // what this sync does
                 self.ending_in_flight = false;
+                if self.rewrite {
+                    self.refresh_function_settings().await;
+                }
                 self.sync_settings();
                 Lending::Lent
             }

@@ -552,12 +552,13 @@ pub enum Change {
     ResetAll,
 }
 
-/// Decides what to do with a statement in transaction mode from its analysis.
-pub fn judge(analysis: &Analysis, sql: &str) -> Verdict {
+/// Decides what to do with a statement in transaction mode from its analysis. `hidden`:
+/// what the functions it calls may set (see `function_settings.rs`), read back after it.
+pub fn judge(analysis: &Analysis, sql: &str, hidden: &[String]) -> Verdict {
     let single = analysis.kinds.len() <= 1;
     let mut changes = Vec::new();
     let mut discard = false;
-    let mut reread = Vec::new();
+    let mut reread = hidden.to_vec();
     // An UPDATE of pg_settings sets what it names (its rule calls set_config): read
     // back as a set_config named by its column is.
     // (By its last part: a name may carry the database and schema before it.)
@@ -723,7 +724,7 @@ fn several_refused() -> Verdict {
 
 /// Whether a statement of `sql` begins with `word` (a `;` inside a literal may give a
 /// false alarm).
-fn statement_starts_with(sql: &[u8], word: &[u8]) -> bool {
+pub fn statement_starts_with(sql: &[u8], word: &[u8]) -> bool {
     sql.split(|&b| b == b';')
         .any(|piece| starts_word(skip_blanks_and_comments(piece), word))
 }
@@ -999,7 +1000,7 @@ mod tests {
     }
 
     fn judged(sql: &str) -> Verdict {
-        judge(&pgopt_sql::analyze(sql).unwrap(), sql)
+        judge(&pgopt_sql::analyze(sql).unwrap(), sql, &[])
     }
 
     #[test]

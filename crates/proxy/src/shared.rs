@@ -67,6 +67,8 @@ pub struct Shared {
     pub accepted: AtomicU64,
     /// Statement analysis (cached by shape) for session-state checks.
     pub analyzer: pgopt_sql::Analyzer,
+    /// Transaction mode: each database's functions whose run may change settings.
+    pub function_settings: crate::function_settings::Store,
     /// TLS to clients, when configured (swapped on RELOAD).
     tls: RwLock<Option<TlsAcceptor>>,
     /// TLS to servers, unless disabled (swapped on RELOAD).
@@ -144,6 +146,7 @@ impl Shared {
             rejected_auth: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             analyzer,
+            function_settings: Default::default(),
             auth_cache: crate::auth_query::LookupCache::default(),
         }
     }

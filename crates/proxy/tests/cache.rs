@@ -483,6 +483,38 @@ async fn settings_and_ddl_change_what_is_served() {
     assert_eq!(value(&utc, n).await, "0");
 }
 
+/// A tenant's schema a function sets (`search_path`, which PostgreSQL does not report)
+/// is in its caller's key: the tenant never gets the default schema's rows from the
+/// cache, nor another client the tenant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_path_a_function_sets_is_in_the_callers_key() {
+    let (pg, proxy) = setup().await;
+    pg.psql(
+        "CREATE SCHEMA tenant_1; \
+         CREATE TABLE tenant_1.items (id int PRIMARY KEY, v text); \
+         INSERT INTO tenant_1.items VALUES (1, 'tenant'); \
+         CREATE FUNCTION enter(t text) RETURNS void LANGUAGE plpgsql AS \
+           $$BEGIN EXECUTE format('SET search_path = %I, public', t); END$$",
+    )
+    .unwrap();
+    let tenant = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    for _ in 0..2 {
+        assert_eq!(value(&other, read).await, "a");
+    }
+    tenant
+        .simple_query("SELECT enter('tenant_1')")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(value(&tenant, read).await, "tenant");
+        assert_eq!(value(&other, read).await, "a");
+    }
+    let stats = cache_row(&proxy).await;
+    assert!(counter(&stats, "hits") >= 3, "{stats:?}");
+}
+
 /// Whether item 1's read and the events' read are still served from the cache after
 /// `ops` ran one by one through `client` (`!` before one that must fail), both
 /// changed behind pgopt's back before them.

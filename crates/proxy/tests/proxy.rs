@@ -2263,6 +2263,95 @@ async fn a_server_message_over_max_message_len_ends_the_client_with_a_reason() {
     assert_eq!(row.get::<_, i32>(0), 42);
 }
 
+/// A function that sets a setting PostgreSQL does not report (`search_path`, a custom
+/// one) — in its body, through a function it calls, in a trigger — changes the
+/// caller's session: pgopt reads its catalog for such functions and reads the settings
+/// back after a call, so the caller keeps them and the next client of the connection
+/// does not get them. A setting the body names is read back on the same connection;
+/// one named at run time has every setting read back and the connection closed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_a_function_changes_follow_its_caller_only() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql(
+        "CREATE SCHEMA tenant_1; CREATE SCHEMA tenant_2; \
+         CREATE FUNCTION set_tenant(t text) RETURNS void LANGUAGE plpgsql AS $$BEGIN \
+           EXECUTE format('SET search_path = %I, public', t); \
+           PERFORM set_config('app.tenant', t, false); END$$; \
+         CREATE FUNCTION enter(t text) RETURNS int LANGUAGE sql AS \
+           $$ SELECT set_tenant(t); SELECT 1 $$; \
+         CREATE PROCEDURE enter_proc(t text) LANGUAGE plpgsql AS \
+           $$BEGIN PERFORM enter(t); END$$; \
+         CREATE TABLE audit (id int); \
+         CREATE FUNCTION audit_trg() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN SET lock_timeout = '7s'; RETURN NEW; END$$; \
+         CREATE TRIGGER audit_t BEFORE INSERT ON audit \
+           FOR EACH ROW EXECUTE FUNCTION audit_trg(); \
+         CREATE FUNCTION set_any(n text, v text) RETURNS void LANGUAGE plpgsql AS \
+           $$BEGIN EXECUTE format('SET %I = %L', n, v); END$$",
+    )
+    .unwrap();
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    let setting = async |c: &tokio_postgres::Client, name: &str| -> String {
+        let sql = format!("SELECT coalesce(current_setting('{name}', true), '')");
+        c.query_one(&sql, &[]).await.unwrap().get(0)
+    };
+    let b_path = setting(&b, "search_path").await;
+    let pid = async |c: &tokio_postgres::Client| -> i32 {
+        c.query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let first_pid = pid(&a).await;
+    for (call, tenant) in [
+        ("SELECT set_tenant('tenant_1')", "tenant_1"),
+        ("SELECT enter('tenant_2')", "tenant_2"),
+        ("CALL enter_proc('tenant_1')", "tenant_1"),
+        ("BEGIN; SELECT 1 FROM enter('tenant_2'); COMMIT", "tenant_2"),
+        ("SELECT public.SET_TENANT('tenant_1')", "tenant_1"),
+    ] {
+        a.batch_execute(call).await.unwrap();
+        assert_eq!(setting(&b, "search_path").await, b_path, "{call}");
+        assert_eq!(setting(&b, "app.tenant").await, "", "{call}");
+        let a_path = setting(&a, "search_path").await;
+        assert!(a_path.starts_with(tenant), "{call}: {a_path}");
+        assert_eq!(setting(&a, "app.tenant").await, tenant, "{call}");
+    }
+    // Through the extended protocol, a named statement run twice.
+    let statement = a.prepare("SELECT set_tenant($1)").await.unwrap();
+    for tenant in ["tenant_2", "tenant_1"] {
+        a.execute(&statement, &[&tenant]).await.unwrap();
+        assert_eq!(setting(&b, "search_path").await, b_path, "{tenant}");
+        assert!(setting(&a, "search_path").await.starts_with(tenant));
+    }
+    // A trigger's function.
+    a.batch_execute("INSERT INTO audit VALUES (1)")
+        .await
+        .unwrap();
+    assert_ne!(setting(&b, "lock_timeout").await, "7s");
+    assert_eq!(setting(&a, "lock_timeout").await, "7s");
+    // Names read back: the pool's one connection stayed.
+    assert_eq!(pid(&b).await, first_pid);
+    // A function created through pgopt is seen at once.
+    a.batch_execute(
+        "CREATE FUNCTION slow_down() RETURNS void LANGUAGE plpgsql AS \
+         $$BEGIN SET statement_timeout = '9s'; END$$",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("SELECT slow_down()").await.unwrap();
+    assert_ne!(setting(&b, "statement_timeout").await, "9s");
+    assert_eq!(setting(&a, "statement_timeout").await, "9s");
+    // A setting named at run time: every setting is read back.
+    a.batch_execute("SELECT set_any('work_mem', '7MB')")
+        .await
+        .unwrap();
+    assert_ne!(setting(&b, "work_mem").await, "7MB");
+    assert_eq!(setting(&a, "work_mem").await, "7MB");
+    assert!(setting(&a, "search_path").await.starts_with("tenant_1"));
+}
+
 /// A function or DO block that calls `set_config(…, false)` on a setting PostgreSQL
 /// reports (TimeZone, DateStyle…) changes the caller's session, which pgopt did not
 /// see in the text: the server's ParameterStatus has it read back, so the caller keeps

@@ -516,47 +516,6 @@ fn do_body(do_stmt: &Value) -> Option<&str> {
         .as_str()
 }
 
-/// Whether procedural code may change the session's settings: it names `set_config`
-/// or `pg_settings`, or a SET (not SET LOCAL, CONSTRAINTS or TRANSACTION) or RESET
-/// begins one of its statements (after `;`, BEGIN, THEN, ELSE or LOOP, or a string
-/// EXECUTE runs), not an UPDATE's or an ALTER's SET. Comments are left out.
-pub fn may_set_settings(body: &str) -> bool {
-    let lower = body.to_ascii_lowercase();
-    if lower.contains("set_config") || lower.contains("pg_settings") {
-        return true;
-    }
-    let tokens: Vec<_> = Lexer::new(&lower)
-        .filter(|t| {
-            !matches!(
-                t.kind,
-                TokenKind::Whitespace { .. } | TokenKind::LineComment | TokenKind::BlockComment
-            )
-        })
-        .collect();
-    let text = |i: usize| &lower[tokens[i].start..tokens[i].end];
-    let sets = |words: &[&str]| match words {
-        ["reset", ..] => true,
-        ["set", next, ..] => !matches!(*next, "local" | "constraints" | "transaction"),
-        ["set"] => true,
-        _ => false,
-    };
-    (0..tokens.len()).any(|i| {
-        let before = if i == 0 { ";" } else { text(i - 1) };
-        match tokens[i].kind {
-            TokenKind::Word if matches!(before, ";" | "begin" | "then" | "else" | "loop") => {
-                let words: Vec<&str> = (i..tokens.len().min(i + 2)).map(text).collect();
-                sets(&words)
-            }
-            // EXECUTE 'SET …': its first words.
-            TokenKind::String | TokenKind::DollarString if before == "execute" => {
-                let inner = text(i).trim_matches(|c| c == '\'' || c == '$');
-                sets(&inner.split_whitespace().take(2).collect::<Vec<_>>())
-            }
-            _ => false,
-        }
-    })
-}
-
 /// The types a text converted to reads the clock for `'now'`, `'today'`…
 const CLOCK_TYPES: &[&str] = &["date", "time", "timetz", "timestamp", "timestamptz"];
 
@@ -1289,17 +1248,7 @@ pub fn set_config_names(sql: &str) -> Option<Vec<String>> {
             Value::Object(map) => {
                 // A DO body that may set settings: any may have changed.
                 if let Some(body) = map.get("DoStmt").and_then(do_body) {
-                    if may_set_settings(body) {
-                        names.push(ANY_SETTING.to_string());
-                        // (pg_settings lists neither these nor custom settings.)
-                        let lower = body.to_ascii_lowercase();
-                        if lower.contains("role") {
-                            names.push("role".to_string());
-                        }
-                        if lower.contains("authorization") {
-                            names.push("session_authorization".to_string());
-                        }
-                    }
+                    names.extend(crate::procedural::settings_set_by(body).reread());
                 }
                 if map.contains_key("funcname") && map.contains_key("agg_star") {
                     let parts: Vec<&str> = match map.get("funcname") {

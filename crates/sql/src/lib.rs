@@ -17,15 +17,17 @@ mod error;
 mod functions;
 mod hints;
 mod lexer;
+mod procedural;
 mod reduce;
 mod strip;
 
 pub use analysis::{
-    analyze, analyze_with, may_set_settings, set_config_names, Analysis, AnalysisConfig,
-    SessionEffect, StatementKind, ANY_SETTING, SHORTENED,
+    analyze, analyze_with, set_config_names, Analysis, AnalysisConfig, SessionEffect,
+    StatementKind, ANY_SETTING, SHORTENED,
 };
 pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use error::SqlError;
 pub use functions::{is_clock_word, reads_clock, reads_clock_bytes};
 pub use hints::{parse_hints, CacheHint, Hints};
+pub use procedural::{body_words, settings_set_by, settings_set_by_other, SettingsSet};
 pub use strip::{parameter_spans, strip_literals, Stripped};

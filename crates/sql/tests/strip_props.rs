@@ -85,7 +85,10 @@ proptest! {
     /// Any body, whatever its characters: an answer, never a panic.
     #[test]
     fn reading_procedural_code_for_settings_never_panics(body in "\\PC{0,60}", word in "(set|reset|;|'| |é)*") {
-        let _ = pgopt_sql::may_set_settings(&format!("{word}{body}{word}"));
+        let text = format!("{word}{body}{word}");
+        let _ = pgopt_sql::settings_set_by(&text);
+        let _ = pgopt_sql::settings_set_by_other(&text);
+        let _ = pgopt_sql::body_words(&text);
     }
 
     #[test]
