@@ -3001,6 +3001,12 @@ impl Relay {
         let (Some(ticket), Some(server)) = (ticket, self.server.as_mut()) else {
             return;
         };
+        // (What the server sent while the connection was idle waits in `sbuf`, read
+        // first: the read is left for another checkout.)
+        if !self.sbuf.is_empty() {
+            self.function_settings = store.set(&self.database, ticket, None, Instant::now());
+            return;
+        }
         let sql = crate::function_settings::QUERY;
         let read = match server.conn.simple_query(sql, self.max_len).await {
             Ok(rows) => Some(crate::function_settings::FunctionSettings::from_rows(&rows)),
