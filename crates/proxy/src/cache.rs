@@ -1686,7 +1686,7 @@ pub(crate) fn wal_login(
 /// Follows `db`'s committed changes for the cache (see [`CacheSettings::wal_listener`]):
 /// creates the publication if missing, listens on a temporary slot, and invalidates
 /// what each commit changed. Whenever the stream (re)starts everything is invalidated
-/// (commits before it were not seen). On failure it waits (1 s, doubling up to 30 s)
+/// (commits before it were not seen), on every instance sharing Redis too. On failure it waits (1 s, doubling up to 30 s)
 /// and starts again; it ends when the proxy stops.
 pub async fn follow_wal(
     cache: Arc<ProxyCache>,
@@ -1751,9 +1751,12 @@ pub async fn follow_wal(
             while let Some(committed) = rx.recv().await {
                 if committed.tables.is_empty() {
                     // Commits before the stream were not seen: replicas' fills wait
-                    // for a primary position read after now.
+                    // for a primary position read after now. Nor by the instances
+                    // sharing Redis (none may have had a stream then): L2's values and
+                    // theirs end too, as with a commit heard on the stream.
                     cache.fences.unresolved_all(&db.name);
                     cache.bump(&[ALL.to_string()], Source::Stream);
+                    cache.publish_later(vec![ALL.to_string()]);
                     if !std::mem::replace(&mut streaming, true) {
                         cache.counters.wal_streaming.fetch_add(1, Relaxed);
                     }

@@ -772,6 +772,73 @@ async fn two_instances_share_results_and_invalidations_through_a_redis_cluster()
     alternate_writes(&a, &b, 10, "moved", false).await;
 }
 
+/// A write made directly on PostgreSQL while the listener's stream is down is never
+/// heard: when the stream starts again everything ends, in Redis too, so no instance
+/// goes on serving a value the gap may have changed (from L2, or from an instance
+/// without a stream's L1 — until its TTL, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_the_listeners_gap_ends_every_value_in_redis_once_it_is_back() {
+    let pg = Postgres::builder()
+        .setting("wal_level", "logical")
+        .start()
+        .await
+        .unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a'), (2, 'b');",
+    )
+    .unwrap();
+    let redis = Redis::start().await.unwrap();
+    let listening = instance_with(&pg, &redis, |c| c.wal_listener = true).await;
+    wait_for_cache(&listening, "streaming", |r| r["wal"] == "streaming").await;
+    let deaf = instance(&pg, &redis).await;
+    let (a, b) = (
+        connect(&listening, "postgres", None).await.unwrap(),
+        connect(&deaf, "postgres", None).await.unwrap(),
+    );
+    assert_eq!(value(&b, READ).await, "a");
+    wait_for_cache(&deaf, "stored in Redis", |r| counter(r, "l2_stored") > 0).await;
+    assert_eq!(value(&b, READ).await, "a");
+    // The stream ends (its temporary slot with it); a write in the gap.
+    let (direct, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let slots = async || -> i64 {
+        let sql = "SELECT count(*) FROM pg_replication_slots";
+        direct.query_one(sql, &[]).await.unwrap().get(0)
+    };
+    direct
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE backend_type = 'walsender'",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slots().await > 0 {
+        assert!(Instant::now() < deadline, "the slot stays");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    direct
+        .batch_execute("UPDATE items SET v = 'gap' WHERE id = 1")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slots().await == 0 {
+        assert!(Instant::now() < deadline, "no stream again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_cache(&listening, "streaming again", |r| r["wal"] == "streaming").await;
+    for (client, who) in [(&b, "the instance without a stream"), (&a, "the listener")] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while value(client, READ).await != "gap" {
+            assert!(Instant::now() < deadline, "{who} serves the old value");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// A write made directly on PostgreSQL, heard on the replication stream, ends the
 /// value in Redis too: neither the instance that heard it nor one that follows no
 /// stream goes on serving the old result from L2 (until its TTL, before).
