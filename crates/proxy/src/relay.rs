@@ -329,6 +329,9 @@ pub struct Relay {
     function_settings: Option<Arc<crate::function_settings::FunctionSettings>>,
     /// A CREATE ran in the open transaction: once it ends, the functions are read again.
     creates: bool,
+    /// The [`FunctionSettings::signature`](crate::function_settings::FunctionSettings)
+    /// the client's named statements were last judged against.
+    statements_judged: u64,
     /// The current batch's client messages, kept in case it must run again after a
     /// schema change (see `replan.rs`); `replayed`: this is its second run.
     replay: Option<Replay>,
@@ -560,6 +563,7 @@ impl Relay {
             reread_at_end: Vec::new(),
             function_settings: None,
             creates: false,
+            statements_judged: 0,
             replay: None,
             settings_sql: None,
             key_buf: pgopt_cache::KeyBuf::default(),
@@ -2982,40 +2986,106 @@ impl Relay {
         }
     }
 
-    /// At a checkout in transaction mode: the database's functions that may change
-    /// settings, read on the connection just lent (before anything of the client's)
-    /// when the last read is stale, or taken from the store when another session has
-    /// read them since. A failed read is logged; the last one (if any) stays in use.
+    /// Before a checkout in transaction mode: the database's functions that may change
+    /// settings (see `function_settings.rs`), when the last read is stale. One session
+    /// reads the catalog; one whose last read is from before a schema change (or that
+    /// has none) waits for that read, the others use the last read meanwhile.
     async fn refresh_function_settings(&mut self) {
+        use crate::function_settings::Access;
         let store = &self.shared.function_settings;
-        let generation = store.generation();
-        if self
-            .function_settings
-            .as_ref()
-            .is_some_and(|f| f.fresh(self.clock, generation))
+        for _ in 0..2 {
+            let generation = store.generation();
+            if self
+                .function_settings
+                .as_ref()
+                .is_some_and(|f| f.fresh(self.clock, generation))
+            {
+                return;
+            }
+            match store.get(&self.database, self.clock) {
+                Access::Use(f) => {
+                    self.function_settings = f;
+                    break;
+                }
+                Access::Read { ticket, done, last } => {
+                    let wait = !store.current(last.as_ref());
+                    self.function_settings = last;
+                    let (pool, shared, database) = (
+                        self.pool.clone(),
+                        self.shared.clone(),
+                        self.database.clone(),
+                    );
+                    let read = async move {
+                        let read = crate::function_settings::read(&pool, &database).await;
+                        let read =
+                            shared
+                                .function_settings
+                                .set(&database, ticket, read, Instant::now());
+                        drop(done);
+                        read
+                    };
+                    if wait {
+                        self.function_settings = read.await;
+                        // What follows is timed from the end of the wait (see `clock`).
+                        self.clock = Instant::now();
+                    } else {
+                        tokio::spawn(read);
+                    }
+                    break;
+                }
+                Access::Wait { mut done, last } => {
+                    let wait = !store.current(last.as_ref());
+                    self.function_settings = last;
+                    if !wait {
+                        break;
+                    }
+                    let budget = crate::function_settings::read_budget(&self.pool);
+                    let _ = tokio::time::timeout(budget, done.changed()).await;
+                    self.clock = Instant::now();
+                }
+            }
+        }
+        self.rejudge_statements();
+    }
+
+    /// When the functions that may change settings are not those the client's named
+    /// statements were judged against (each at its Parse): what each may set through
+    /// them is found again, and read back after its Binds from now on. (A name found
+    /// before stays: reading it back costs a round trip, never a wrong value.)
+    fn rejudge_statements(&mut self) {
+        let Some(functions) = self.function_settings.clone() else {
+            return;
+        };
+        if std::mem::replace(&mut self.statements_judged, functions.signature)
+            == functions.signature
         {
             return;
         }
-        let (current, ticket) = store.get(&self.database, self.clock);
-        self.function_settings = current;
-        let (Some(ticket), Some(server)) = (ticket, self.server.as_mut()) else {
-            return;
-        };
-        // (What the server sent while the connection was idle waits in `sbuf`, read
-        // first: the read is left for another checkout.)
-        if !self.sbuf.is_empty() {
-            self.function_settings = store.set(&self.database, ticket, None, Instant::now());
-            return;
-        }
-        let sql = crate::function_settings::QUERY;
-        let read = match server.conn.simple_query(sql, self.max_len).await {
-            Ok(rows) => Some(crate::function_settings::FunctionSettings::from_rows(&rows)),
-            Err(e) => {
-                tracing::warn!(database = %self.database, error = %e, "reading which functions may change settings failed; trying again in a while");
-                None
+        let mut found = Vec::new();
+        for (id, sql) in self.statements.texts() {
+            if !functions.mentioned(sql.as_bytes()) {
+                continue;
             }
-        };
-        self.function_settings = store.set(&self.database, ticket, read, Instant::now());
+            if let Ok(analysis) = self.shared.analyzer.analyze(&sql) {
+                let names = functions.reread(&analysis, &sql);
+                if !names.is_empty() {
+                    found.push((id, names));
+                }
+            }
+        }
+        for (id, names) in found {
+            let mut all: Vec<String> = self
+                .read_back_statements
+                .get(&id)
+                .map(|known| known.to_vec())
+                .unwrap_or_default();
+            for name in names {
+                if !all.contains(&name) {
+                    all.push(name);
+                }
+            }
+            self.read_back_statements.insert(id, all.into());
+        }
     }
 
     fn judge_session(&mut self, sql: &str, parse: Option<&Parse<'_>>) -> Option<Bytes> {
@@ -3035,9 +3105,9 @@ impl Relay {
                 return Some(refusal);
             }
         }
-        // A CREATE (a function, trigger, view…): the catalog is read again once it ended.
+        // A CREATE of a function, trigger, view…: the catalog is read again once it ended.
         self.creates |= analysis.kinds.contains(&pgopt_sql::StatementKind::Ddl)
-            && session_state::statement_starts_with(sql.as_bytes(), b"create");
+            && crate::function_settings::creates_callers(sql);
         let hidden = self.hidden_settings(&analysis, sql);
         match session_state::judge(&analysis, sql, &hidden) {
             SessionVerdict::Relay => None,
@@ -4609,6 +4679,9 @@ impl Relay {
             self.close_retired().await;
             return Lending::Closed;
         }
+        if self.rewrite {
+            self.refresh_function_settings().await;
+        }
         let requested_us = crate::stats::unix_us_at(self.clock);
         self.info.set_state(ClientState::Waiting, requested_us);
         let mut attempts = 0;
@@ -4744,9 +4817,6 @@ impl Relay {
                 }
                 self.settings_behind = false; // what this sync does
                 self.ending_in_flight = false;
-                if self.rewrite {
-                    self.refresh_function_settings().await;
-                }
                 self.sync_settings();
                 Lending::Lent
             }

@@ -386,6 +386,14 @@ impl ClientStatements {
         })
     }
 
+    /// Every statement of the client's: its server statement's id and its text (see
+    /// [`Prepared::text`]).
+    pub fn texts(&self) -> impl Iterator<Item = (u64, std::borrow::Cow<'_, str>)> {
+        self.by_name
+            .values()
+            .filter_map(|s| Some((s.prepared.id, s.prepared.text()?)))
+    }
+
     /// The client's statements on server statement `id` now know its current shape.
     pub fn refresh(&mut self, id: u64, epoch: u64) {
         for s in self.by_name.values_mut() {

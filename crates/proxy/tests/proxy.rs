@@ -2287,7 +2287,18 @@ async fn settings_a_function_changes_follow_its_caller_only() {
          CREATE TRIGGER audit_t BEFORE INSERT ON audit \
            FOR EACH ROW EXECUTE FUNCTION audit_trg(); \
          CREATE FUNCTION set_any(n text, v text) RETURNS void LANGUAGE plpgsql AS \
-           $$BEGIN EXECUTE format('SET %I = %L', n, v); END$$",
+           $$BEGIN EXECUTE format('SET %I = %L', n, v); END$$; \
+         CREATE FUNCTION \"Enter\"(t text) RETURNS int LANGUAGE sql \
+           BEGIN ATOMIC SELECT enter(t); END; \
+         CREATE VIEW entered AS SELECT enter('tenant_2') AS x; \
+         CREATE VIEW entered_too AS SELECT * FROM entered; \
+         CREATE TABLE parted (id int) PARTITION BY RANGE (id); \
+         CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10); \
+         CREATE FUNCTION parted_trg() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN SET idle_in_transaction_session_timeout = '8s'; RETURN NEW; END$$; \
+         CREATE TRIGGER parted_1_t BEFORE INSERT ON parted_1 \
+           FOR EACH ROW EXECUTE FUNCTION parted_trg(); \
+         CREATE FUNCTION later() RETURNS void LANGUAGE sql AS 'SELECT 1'",
     )
     .unwrap();
     let a = connect(&proxy, "postgres", None).await.unwrap();
@@ -2310,6 +2321,12 @@ async fn settings_a_function_changes_follow_its_caller_only() {
         ("CALL enter_proc('tenant_1')", "tenant_1"),
         ("BEGIN; SELECT 1 FROM enter('tenant_2'); COMMIT", "tenant_2"),
         ("SELECT public.SET_TENANT('tenant_1')", "tenant_1"),
+        ("SELECT \"Enter\"('tenant_2')", "tenant_2"),
+        ("SELECT * FROM entered_too", "tenant_2"),
+        (
+            "DO $$BEGIN PERFORM set_tenant('tenant_1'); END$$",
+            "tenant_1",
+        ),
     ] {
         a.batch_execute(call).await.unwrap();
         assert_eq!(setting(&b, "search_path").await, b_path, "{call}");
@@ -2325,12 +2342,32 @@ async fn settings_a_function_changes_follow_its_caller_only() {
         assert_eq!(setting(&b, "search_path").await, b_path, "{tenant}");
         assert!(setting(&a, "search_path").await.starts_with(tenant));
     }
-    // A trigger's function.
+    // A trigger's function; a partition's, the statement naming its parent.
     a.batch_execute("INSERT INTO audit VALUES (1)")
         .await
         .unwrap();
     assert_ne!(setting(&b, "lock_timeout").await, "7s");
     assert_eq!(setting(&a, "lock_timeout").await, "7s");
+    a.batch_execute("INSERT INTO parted VALUES (1)")
+        .await
+        .unwrap();
+    let idle = "idle_in_transaction_session_timeout";
+    assert_ne!(setting(&b, idle).await, "8s");
+    assert_eq!(setting(&a, idle).await, "8s");
+    // A statement prepared before its function set anything: judged again once the
+    // function is replaced (through pgopt).
+    let later = a.prepare("SELECT later()").await.unwrap();
+    a.execute(&later, &[]).await.unwrap();
+    a.batch_execute(
+        "CREATE OR REPLACE FUNCTION public.later() RETURNS void LANGUAGE plpgsql AS \
+         $$BEGIN SET search_path = tenant_2, public; END$$",
+    )
+    .await
+    .unwrap();
+    a.execute(&later, &[]).await.unwrap();
+    assert_eq!(setting(&b, "search_path").await, b_path);
+    let a_path = setting(&a, "search_path").await;
+    assert!(a_path.starts_with("tenant_2"), "{a_path}");
     // Names read back: the pool's one connection stayed.
     assert_eq!(pid(&b).await, first_pid);
     // A function created through pgopt is seen at once.
@@ -2349,7 +2386,7 @@ async fn settings_a_function_changes_follow_its_caller_only() {
         .unwrap();
     assert_ne!(setting(&b, "work_mem").await, "7MB");
     assert_eq!(setting(&a, "work_mem").await, "7MB");
-    assert!(setting(&a, "search_path").await.starts_with("tenant_1"));
+    assert!(setting(&a, "search_path").await.starts_with("tenant_2"));
 }
 
 /// A function or DO block that calls `set_config(…, false)` on a setting PostgreSQL

@@ -129,8 +129,9 @@ fn string_inside(token: &str) -> &str {
 /// - a SET or RESET that begins one of its statements (after `;`, BEGIN, THEN, ELSE
 ///   or LOOP), not SET LOCAL, SET CONSTRAINTS or SET TRANSACTION, nor an UPDATE's or an
 ///   ALTER's SET;
-/// - a SET or RESET a string begins that EXECUTE runs, `format()` fills in, or is
-///   assigned (`:=`): its name when written in the string, else any;
+/// - what a string that EXECUTE runs, `format()` or `concat()` fills in, or is
+///   assigned to a variable (`:=`, `=`) sets, read as code (its name when written in
+///   the string, else any); the settings a SET beginning any other string names;
 /// - `set_config(name, value, is_local)` unless `is_local` is the literal `true`: the
 ///   name when a string literal, else any;
 /// - `pg_settings` named (an UPDATE of it sets settings), or `set_config` named in
@@ -140,7 +141,30 @@ fn string_inside(token: &str) -> &str {
 /// (pg_settings lists neither). Comments are left out.
 pub fn settings_set_by(body: &str) -> SettingsSet {
     let lower = body.to_ascii_lowercase();
-    let tokens: Vec<_> = Lexer::new(&lower)
+    let mut set = scan(&lower, 0);
+    if set.any {
+        if lower.contains("role") {
+            set.name("role");
+        }
+        if lower.contains("authorization") {
+            set.name("session_authorization");
+        }
+    }
+    set
+}
+
+/// How deep strings inside strings are read (`EXECUTE 'EXECUTE ''SET …'''`).
+const MAX_DEPTH: usize = 4;
+
+/// Words that may come before an `=` that compares rather than assigns.
+const NOT_ASSIGNED: &[&str] = &[
+    "if", "elsif", "while", "when", "until", "return", "case", "and", "or", "not", "perform",
+    "select", "where", "exit", "continue", "assert", "raise",
+];
+
+/// [`settings_set_by`] of lower-cased code, `depth` strings in.
+fn scan(lower: &str, depth: usize) -> SettingsSet {
+    let tokens: Vec<_> = Lexer::new(lower)
         .filter(|t| {
             !matches!(
                 t.kind,
@@ -150,13 +174,13 @@ pub fn settings_set_by(body: &str) -> SettingsSet {
         .collect();
     let text = |i: usize| &lower[tokens[i].start..tokens[i].end];
     let before = |i: usize, n: usize| if i < n { ";" } else { text(i - n) };
+    let boundary =
+        |word: &str| matches!(word, ";" | "begin" | "then" | "else" | "loop" | "declare");
     let mut set = SettingsSet::default();
     for (i, token) in tokens.iter().enumerate() {
         match token.kind {
             TokenKind::Word => match text(i) {
-                "set" | "reset"
-                    if matches!(before(i, 1), ";" | "begin" | "then" | "else" | "loop") =>
-                {
+                "set" | "reset" if boundary(before(i, 1)) => {
                     // The statement's text, up to its `;`.
                     let end = tokens[i..]
                         .iter()
@@ -166,7 +190,7 @@ pub fn settings_set_by(body: &str) -> SettingsSet {
                         set.merge(&s);
                     }
                 }
-                "set_config" => match set_config_call(&tokens, &lower, i) {
+                "set_config" => match set_config_call(&tokens, lower, i) {
                     Some(Some(name)) => set.name(&name),
                     Some(None) => {}
                     None => set.any = true,
@@ -174,38 +198,36 @@ pub fn settings_set_by(body: &str) -> SettingsSet {
                 "pg_settings" => set.any = true,
                 _ => {}
             },
-            TokenKind::String | TokenKind::DollarString => {
-                let inside = string_inside(text(i)).trim_start();
-                if inside.contains("set_config") || inside.contains("pg_settings") {
-                    set.any = true;
-                }
-                // (`:=` is two tokens.)
+            TokenKind::String | TokenKind::DollarString if depth < MAX_DEPTH => {
+                // A string is SQL that may run: what it sets is read as code. Where it
+                // plainly runs (EXECUTE, format() or concat() fills it in, it is
+                // assigned: `:=`, or `=` after a variable's name) all of it counts;
+                // elsewhere only the settings a SET it begins with names (a message
+                // saying 'reset' is no RESET; a string after `||` begins nothing).
+                // (A quote doubled in a string is one in the code it holds.)
+                let inside = match token.kind {
+                    TokenKind::String => string_inside(text(i)).replace("''", "'"),
+                    _ => string_inside(text(i)).to_string(),
+                };
+                let inner = scan(&inside, depth + 1);
+                let assigned = before(i, 1) == "="
+                    && (before(i, 2) == ":"
+                        || i >= 2
+                            && tokens[i - 2].kind == TokenKind::Word
+                            && boundary(before(i, 3))
+                            && !NOT_ASSIGNED.contains(&text(i - 2)));
                 let runs = match before(i, 1) {
                     "execute" => true,
-                    "=" => before(i, 2) == ":",
-                    "(" => before(i, 2) == "format",
-                    _ => false,
+                    "(" => matches!(before(i, 2), "format" | "concat"),
+                    _ => assigned,
                 };
-                let starts = |word: &str| {
-                    inside.strip_prefix(word).is_some_and(|rest| {
-                        rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_whitespace())
-                    })
-                };
-                if runs && (starts("set") || starts("reset")) {
-                    if let Some(s) = set_statement(inside) {
-                        set.merge(&s);
-                    }
+                if runs {
+                    set.merge(&inner);
+                } else if inside.trim_start().starts_with("set ") && before(i, 1) != "|" {
+                    set.names.extend(inner.names);
                 }
             }
             _ => {}
-        }
-    }
-    if set.any {
-        if lower.contains("role") {
-            set.name("role");
-        }
-        if lower.contains("authorization") {
-            set.name("session_authorization");
         }
     }
     set
@@ -369,6 +391,25 @@ mod tests {
             &[],
         );
         named("BEGIN -- set search_path\n PERFORM 1; END", &[]);
+        named(
+            "BEGIN EXECUTE 'SET search_path = a; SET app.tenant = ''1'''; END",
+            &["app.tenant", "search_path"],
+        );
+        named(
+            "DECLARE q text := 'SET work_mem = 1'; BEGIN EXECUTE q; END",
+            &["work_mem"],
+        );
+        named("BEGIN q = 'RESET work_mem'; EXECUTE q; END", &["work_mem"]);
+        named(
+            "DECLARE q text = 'SET work_mem TO 1'; BEGIN EXECUTE q; END",
+            &["work_mem"],
+        );
+        named("BEGIN IF q = 'reset' THEN PERFORM 1; END IF; END", &[]);
+        named("BEGIN EXECUTE 'EXECUTE ''SET jit = off'''; END", &["jit"]);
+        named(
+            "BEGIN EXECUTE 'SELECT set_config(''search_path'', ''x'', false)'; END",
+            &["search_path"],
+        );
     }
 
     #[test]
@@ -379,8 +420,10 @@ mod tests {
             "BEGIN PERFORM set_config(name, value, false); END",
             "BEGIN UPDATE pg_settings SET setting = 't' WHERE name = 'search_path'; END",
             "BEGIN RESET ALL; END",
-            "BEGIN EXECUTE 'SELECT set_config(''search_path'', ''x'', false)'; END",
+            "BEGIN EXECUTE 'SELECT set_config(' || quote_literal(n) || ', ''x'', false)'; END",
             "BEGIN SET \"search_path\" TO t; END",
+            "BEGIN EXECUTE concat('SET ', n, ' = 1'); END",
+            "BEGIN q := 'SET ' || quote_ident(n) || ' = 1'; EXECUTE q; END",
         ] {
             assert!(names(body).0, "{body}");
         }
