@@ -1284,32 +1284,42 @@ impl L2 {
     async fn connect(&self) -> Result<Conn, String> {
         let urls: Vec<&str> = self.config.url.split(',').map(str::trim).collect();
         let attempt = async {
-            if self.config.cluster {
-                let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone());
-                // (`certs` turns TLS on: only for rediss:// URLs.)
-                if let Some(ca) = self
-                    .ca
-                    .as_ref()
-                    .filter(|_| urls[0].starts_with("rediss://"))
-                {
-                    builder = builder.certs(certificates(ca));
-                }
-                Ok(Conn::Cluster(
-                    builder.build()?.get_async_connection().await?,
-                ))
-            } else if let Some(target) = Target::of(urls[0])? {
-                Ok(Conn::Plain(Arc::new(Pipe::connect(&target).await?)))
-            } else {
-                let client = client(urls[0], self.ca.as_deref())?;
-                Ok(Conn::Single(
-                    client.get_multiplexed_async_connection().await?,
-                ))
-            }
+            let mut conn = self.open(&urls).await?;
+            // A Redis that takes connections but answers nothing (paused, or its
+            // machine swapping) is not reached: each call would wait its timeout.
+            conn.query::<redis::Value>(&mut Command::new("PING"))
+                .await?;
+            Ok::<Conn, redis::RedisError>(conn)
         };
         match tokio::time::timeout(self.config.timeout.max(Duration::from_secs(1)), attempt).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(redis::RedisError::to_string(&e)),
             Err(_) => Err("connecting timed out".into()),
+        }
+    }
+
+    /// A connection to Redis at `urls` (the first, or the cluster they are seeds of).
+    async fn open(&self, urls: &[&str]) -> redis::RedisResult<Conn> {
+        if self.config.cluster {
+            let mut builder = redis::cluster::ClusterClientBuilder::new(urls.to_vec());
+            // (`certs` turns TLS on: only for rediss:// URLs.)
+            if let Some(ca) = self
+                .ca
+                .as_ref()
+                .filter(|_| urls[0].starts_with("rediss://"))
+            {
+                builder = builder.certs(certificates(ca));
+            }
+            Ok(Conn::Cluster(
+                builder.build()?.get_async_connection().await?,
+            ))
+        } else if let Some(target) = Target::of(urls[0])? {
+            Ok(Conn::Plain(Arc::new(Pipe::connect(&target).await?)))
+        } else {
+            let client = client(urls[0], self.ca.as_deref())?;
+            Ok(Conn::Single(
+                client.get_multiplexed_async_connection().await?,
+            ))
         }
     }
 }

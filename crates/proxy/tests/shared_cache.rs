@@ -76,6 +76,16 @@ async fn fill_then_change_behind(pg: &Postgres, proxy: &Proxy, client: &Client) 
         .unwrap();
 }
 
+/// Sends `redis-server` signal `name` (`-STOP`, `-CONT`).
+fn signal(redis: &Redis, name: &str) {
+    let pid = redis.pid().expect("redis runs").to_string();
+    let status = std::process::Command::new("kill")
+        .args([name, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 async fn redis_client(redis: &Redis) -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis.url())
         .unwrap()
@@ -312,23 +322,43 @@ async fn a_commit_redis_never_heard_of_waits_out_the_other_instances_leases() {
         assert_eq!(value(&b, READ).await, "a");
     }
     assert!(counter(&cache_row(&b_proxy).await, "hits") >= 1);
-    let pid = redis.pid().expect("redis runs").to_string();
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    signal("-STOP");
+    signal(&redis, "-STOP");
     let wrote = a
         .batch_execute("UPDATE items SET v = 'unannounced' WHERE id = 1")
         .await;
     let read = value(&b, READ).await;
-    signal("-CONT");
+    signal(&redis, "-CONT");
     wrote.unwrap();
     assert_eq!(read, "unannounced");
     assert!(counter(&cache_row(&a_proxy).await, "publish_failures") >= 1);
+}
+
+/// A Redis that takes connections but answers nothing (paused) is not taken for one
+/// that is back: pgopt connects again only once Redis answers, so it stays down, and
+/// writes stop waiting for it once the other instances' leases are over (each waited
+/// out the call's timeout before, about a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_is_not_taken_for_one_that_is_back() {
+    let (pg, redis) = setup().await;
+    let proxy = instance(&pg, &redis).await;
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&a, READ).await, "a");
+    signal(&redis, "-STOP");
+    a.batch_execute("UPDATE items SET v = 'unannounced' WHERE id = 1")
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let row = cache_row(&proxy).await;
+        assert_eq!(row["redis"], "down", "{row:?}");
+        a.batch_execute("UPDATE items SET v = 'x' WHERE id = 2")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&redis, "-CONT");
+    wait_for_redis(&proxy, "up").await;
+    assert_eq!(value(&a, READ).await, "unannounced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
