@@ -1197,7 +1197,7 @@ impl Relay {
         };
         let version = self.settings.version();
         if self.key_buf.needs_prefix(version) {
-            let settings = self.settings_statements();
+            let settings = self.settings.key_statements();
             let (database, user) = (&self.database, &self.login_user);
             self.key_buf.set_prefix(version, |b| {
                 crate::cache::key_prefix(b, database, user, &settings)

@@ -23,6 +23,23 @@ pub enum Setting {
     Statement(String),
 }
 
+/// Settings that change no query's rows or their text: names, timeouts, what is
+/// logged or sent as notices. A query that reads one (`current_setting`, SHOW) depends
+/// on the session and is never cached.
+pub const RESULT_NEUTRAL: &[&str] = &[
+    "application_name",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "transaction_timeout",
+    "client_min_messages",
+    "log_min_duration_statement",
+    "log_statement",
+    "log_min_messages",
+    "log_min_error_statement",
+];
+
 /// The settings one client expects, by lower-case parameter name.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -423,6 +440,19 @@ impl Settings {
     /// The statements that give a fresh server connection these settings.
     pub fn statements(&self) -> Vec<String> {
         self.sync(&mut Applied::default())
+    }
+
+    /// [`Settings::statements`] without the settings no query's result depends on
+    /// (see [`RESULT_NEUTRAL`]): what the result cache's key holds, so clients that
+    /// differ only in them (psql and an application, by `application_name`) share
+    /// entries.
+    pub fn key_statements(&self) -> Vec<String> {
+        let mut shaping = self.clone();
+        shaping
+            .current
+            .retain(|name, _| !RESULT_NEUTRAL.contains(&name.as_str()));
+        shaping.rehash();
+        shaping.statements()
     }
 
     /// Start-up values a client gave for `name` (to overlay ParameterStatus).

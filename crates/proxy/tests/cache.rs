@@ -483,6 +483,53 @@ async fn settings_and_ddl_change_what_is_served() {
     assert_eq!(value(&utc, n).await, "0");
 }
 
+/// Clients that differ only in settings no result depends on (`application_name`,
+/// timeouts) share entries; one that reads such a setting is not cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_no_result_depends_on_are_not_in_the_key() {
+    let (_pg, proxy) = setup().await;
+    let client = async |app: &str| {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(proxy.local_addr().port())
+            .user("postgres")
+            .dbname("app")
+            .application_name(app)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    let (psql, app) = (client("psql").await, client("app").await);
+    let read = "SELECT v FROM items WHERE id = 1";
+    // (A read right after pgopt set a reported setting on the connection, the
+    // ParameterStatus relayed among its reply, is not stored: psql reads till a hit.)
+    for _ in 0..3 {
+        assert_eq!(value(&psql, read).await, "a");
+    }
+    let before = counter(&cache_row(&proxy).await, "hits");
+    assert!(before >= 1);
+    assert_eq!(value(&app, read).await, "a");
+    assert_eq!(counter(&cache_row(&proxy).await, "hits"), before + 1);
+    let name = "SELECT current_setting('application_name') FROM items WHERE id = 1";
+    for _ in 0..2 {
+        assert_eq!(value(&psql, name).await, "psql");
+        assert_eq!(value(&app, name).await, "app");
+    }
+    // A setting results do depend on still parts them.
+    app.batch_execute("SET extra_float_digits = 1")
+        .await
+        .unwrap();
+    let float = "SELECT (id / 3.0)::float8::text FROM items WHERE id = 1";
+    for _ in 0..3 {
+        value(&psql, float).await;
+    }
+    let before = counter(&cache_row(&proxy).await, "hits");
+    value(&app, float).await;
+    assert_eq!(counter(&cache_row(&proxy).await, "hits"), before);
+}
+
 /// A tenant's schema a function sets (`search_path`, which PostgreSQL does not report)
 /// is in its caller's key: the tenant never gets the default schema's rows from the
 /// cache, nor another client the tenant's.
