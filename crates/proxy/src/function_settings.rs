@@ -1,8 +1,9 @@
 //! Transaction mode: the functions (and procedures) whose run may change the session's
 //! settings — `SET search_path` or `set_config('app.tenant', …, false)` in a body, or a
-//! call of such a function — read from the database's catalog, and the relations whose
-//! use runs one (a trigger, a view, a column default, a policy, a check constraint; a
-//! view over such a relation, a parent of one).
+//! call of such a function, or an aggregate's — read from the database's catalog, and
+//! the relations whose use runs one (a trigger, a view, a column default, a policy, a
+//! check constraint, an index expression; a view over such a relation, a parent of one,
+//! a table whose foreign keys cascade into one).
 //!
 //! PostgreSQL reports only a few settings' changes (ParameterStatus); a `search_path`
 //! a function sets would stay on the server connection for the next client, and out of
@@ -10,12 +11,13 @@
 //! may set read back after it (see `session_state::judge`), as a SET's are.
 //!
 //! The catalog is read on a connection of pgopt's own to the primary (so no client's
-//! settings, nor a replica's lag, shape the read): a session's first checkout waits
-//! for it; later reads, once per [`MAX_AGE`] per database and after a CREATE of a
-//! function, procedure, trigger, view, rule or policy through pgopt, run in the
-//! background while the last one stays in use.
+//! settings, nor a replica's lag, shape the read): a session with none read yet waits
+//! for it, and so does every session after a CREATE of a function, procedure, trigger,
+//! view, rule or policy through pgopt; reads once per [`MAX_AGE`] run in the
+//! background while the last one stays in use. Every body is read (and the calls
+//! followed in memory) only when a digest of pg_proc's rows has moved.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,32 +36,45 @@ const RETRY: Duration = Duration::from_secs(5);
 /// How long the query may run, beyond the connect.
 const QUERY_TIME: Duration = Duration::from_secs(10);
 
-/// Functions (by name) whose source may set settings, and every function that names
-/// one of them, transitively; the relations depending on any of them, and the views
-/// and parents that reach those. Bodies written as SQL-standard `BEGIN ATOMIC` are
-/// read as the names of the functions they call. (No backslash in it: its text means
-/// the same whatever `standard_conforming_strings` says. What the rows mean: see
-/// [`FunctionSettings::from_rows`].)
-pub const QUERY: &str = "\
-WITH RECURSIVE src AS ( \
+/// How long a [`read`] through `pool` may take: a connect (each server of a host list
+/// in turn), then [`QUERY_TIME`].
+pub fn read_budget(pool: &Pool) -> Duration {
+    let connect = pool.limits().connect_timeout;
+    pool.target.connect_budget(connect) + connect + QUERY_TIME
+}
+
+/// The database's user functions as procedural code: (oid, name, language, body). A
+/// body written as SQL-standard `BEGIN ATOMIC` is read as the names of the functions it
+/// calls, an aggregate's as those of its own (transition, final…) functions.
+const FUNCTIONS: &str = "\
+WITH src AS ( \
   SELECT p.oid, p.proname, l.lanname, \
-    CASE WHEN pg_catalog.to_jsonb(p) ->> 'prosqlbody' IS NOT NULL THEN \
+    CASE WHEN p.prokind = 'a' THEN \
+      (SELECT pg_catalog.string_agg(q.proname, ' ') FROM pg_catalog.pg_depend d \
+        JOIN pg_catalog.pg_proc q ON q.oid = d.refobjid \
+        WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid \
+        AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass) \
+    WHEN pg_catalog.to_jsonb(p) ->> 'prosqlbody' IS NOT NULL THEN \
       (SELECT pg_catalog.string_agg(q.proname, ' ') FROM pg_catalog.regexp_matches( \
           pg_catalog.to_jsonb(p) ->> 'prosqlbody', \
           ':(funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') m \
         JOIN pg_catalog.pg_proc q ON q.oid = m[2]::pg_catalog.oid) \
     ELSE p.prosrc END AS body \
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
-  WHERE p.oid >= 16384 AND l.lanname NOT IN ('c', 'internal')), \
-cand AS ( \
-  SELECT s.oid, s.proname FROM src s \
-    WHERE s.body ~* '(set_config|pg_settings|(^|[^a-z0-9_$])(set|reset)([^a-z0-9_$]|$))' \
-  UNION \
-  SELECT s.oid, s.proname FROM src s JOIN cand c \
-    ON pg_catalog.strpos(pg_catalog.lower(s.body), pg_catalog.lower(c.proname)) > 0), \
-rels AS ( \
+  WHERE p.oid >= 16384 AND (l.lanname NOT IN ('c', 'internal') OR p.prokind = 'a')) \
+SELECT 'f', s.proname, s.lanname, s.body, s.oid::pg_catalog.text FROM src s";
+
+/// The relations whose use runs one of the functions `oids` — a trigger's, a rule's
+/// or view's, a column default's, a policy's, a check constraint's, an index
+/// expression's — as `('r', relation, function)`, and those that reach one — a view
+/// over it, its parent, a table whose foreign keys cascade into it — as `('e',
+/// relation, the one it reaches)`.
+fn relations_query(oids: &str) -> String {
+    format!(
+        "\
+WITH RECURSIVE rels AS ( \
   SELECT DISTINCT r.oid, c.proname FROM pg_catalog.pg_depend d \
-    JOIN cand c ON c.oid = d.refobjid \
+    JOIN pg_catalog.pg_proc c ON c.oid = d.refobjid \
     JOIN pg_catalog.pg_class r ON r.oid = CASE d.classid \
       WHEN 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN \
         (SELECT x.tgrelid FROM pg_catalog.pg_trigger x WHERE x.oid = d.objid) \
@@ -71,8 +86,11 @@ rels AS ( \
         (SELECT x.polrelid FROM pg_catalog.pg_policy x WHERE x.oid = d.objid) \
       WHEN 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN \
         (SELECT x.conrelid FROM pg_catalog.pg_constraint x WHERE x.oid = d.objid) \
+      WHEN 'pg_catalog.pg_class'::pg_catalog.regclass THEN \
+        (SELECT x.indrelid FROM pg_catalog.pg_index x WHERE x.indexrelid = d.objid) \
       END \
-    WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass), \
+    WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+    AND d.refobjid = ANY (ARRAY[{oids}]::pg_catalog.oid[])), \
 reach AS ( \
   SELECT DISTINCT r.oid, r.oid AS root FROM rels r \
   UNION \
@@ -83,27 +101,35 @@ reach AS ( \
       JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid \
       WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-      AND d.refobjid = reach.oid AND w.ev_class <> reach.oid) x) \
-SELECT 'f', s.proname, s.lanname, s.body FROM src s WHERE s.oid IN (SELECT c.oid FROM cand c) \
-UNION ALL \
+      AND d.refobjid = reach.oid AND w.ev_class <> reach.oid \
+    UNION ALL \
+    SELECT k.confrelid FROM pg_catalog.pg_constraint k \
+      WHERE k.conrelid = reach.oid AND k.contype = 'f' \
+      AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))) x) \
 SELECT 'r', r.relname, c.proname, '' FROM rels c JOIN pg_catalog.pg_class r ON r.oid = c.oid \
 UNION ALL \
 SELECT DISTINCT 'e', a.relname, b.relname, '' FROM reach \
   JOIN pg_catalog.pg_class a ON a.oid = reach.oid \
   JOIN pg_catalog.pg_class b ON b.oid = reach.root \
-  WHERE reach.oid <> reach.root";
-
-/// How long a [`read`] through `pool` may take: a connect (each server of a host list
-/// in turn), then [`QUERY_TIME`].
-pub fn read_budget(pool: &Pool) -> Duration {
-    let connect = pool.limits().connect_timeout;
-    pool.target.connect_budget(connect) + connect + QUERY_TIME
+  WHERE reach.oid <> reach.root"
+    )
 }
 
-/// Reads `database`'s [`QUERY`] on a connection of pgopt's own through `pool` (the
-/// primary's), within the pool's connect budget and [`QUERY_TIME`]; `None` (logged)
-/// when that fails.
-pub async fn read(pool: &Pool, database: &str) -> Option<FunctionSettings> {
+/// A digest of the user functions' catalog rows (a CREATE OR REPLACE, a rename, a
+/// DROP each change it): while it stays, what was found in their bodies stands.
+const FUNCTIONS_DIGEST: &str = "\
+SELECT pg_catalog.md5(pg_catalog.string_agg(p.oid::pg_catalog.text || ':' || \
+  p.xmin::pg_catalog.text, ',' ORDER BY p.oid)) FROM pg_catalog.pg_proc p WHERE p.oid >= 16384";
+
+/// Reads `database`'s functions that may change settings on a connection of pgopt's
+/// own through `pool` (the primary's), within [`read_budget`]: every user function's
+/// body (unless the functions are as `last` found them: then only those it found),
+/// then the relations that run the functions found; `None` (logged) when that fails.
+pub async fn read(
+    pool: &Pool,
+    database: &str,
+    last: Option<&FunctionSettings>,
+) -> Option<FunctionSettings> {
     let limits = pool.limits();
     let budget = read_budget(pool);
     let read = async {
@@ -115,10 +141,40 @@ pub async fn read(pool: &Pool, database: &str) -> Option<FunctionSettings> {
         let max_len = limits.max_message_len;
         conn.simple_query("SET statement_timeout = 0; SET lock_timeout = 0", max_len)
             .await?;
-        conn.simple_query(QUERY, max_len).await
+        let digest = conn
+            .simple_query(FUNCTIONS_DIGEST, max_len)
+            .await?
+            .pop()
+            .and_then(|mut row| row.pop().flatten())
+            .unwrap_or_default();
+        let mut rows = match last.filter(|l| l.digest == digest) {
+            Some(last) => last.found.to_vec(),
+            None => conn.simple_query(FUNCTIONS, max_len).await?,
+        };
+        let found = FunctionSettings::from_rows(&rows);
+        // The rows of the functions found, kept for the next read.
+        rows.retain(|row| {
+            let name = row.get(1).cloned().flatten().unwrap_or_default();
+            found.functions.contains_key(&name.to_ascii_lowercase())
+        });
+        let oids: Vec<&str> = rows
+            .iter()
+            .filter_map(|row| row.get(4)?.as_deref())
+            .collect();
+        let mut all = rows.clone();
+        if !oids.is_empty() {
+            let relations = conn
+                .simple_query(&relations_query(&oids.join(",")), max_len)
+                .await?;
+            all.extend(relations);
+        }
+        let mut read = FunctionSettings::from_rows(&all);
+        read.digest = digest;
+        read.found = rows.into();
+        Ok::<_, String>(read)
     };
     match tokio::time::timeout(budget, read).await {
-        Ok(Ok(rows)) => Some(FunctionSettings::from_rows(&rows)),
+        Ok(Ok(read)) => Some(read),
         outcome => {
             let error = match outcome {
                 Ok(Err(e)) => e,
@@ -163,63 +219,84 @@ pub struct FunctionSettings {
     words: Option<aho_corasick::AhoCorasick>,
     /// What was found, hashed: two reads that found the same share it.
     pub signature: u64,
+    /// [`FUNCTIONS_DIGEST`] when read, and the rows of the functions found then.
+    digest: String,
+    found: Arc<[Vec<Option<String>>]>,
     /// When read, and the store's generation then.
     read_at: Option<Instant>,
     generation: u64,
 }
 
 impl FunctionSettings {
-    /// From [`QUERY`]'s rows: `('f', name, language, body)` for each candidate function
-    /// (one whose body may set a setting, or names a candidate), `('r', relation,
-    /// function, '')` for each relation a candidate is used by, `('e', relation, other,
-    /// '')` for each view over such a relation (or over such a view) and each parent of
-    /// one. A candidate is kept when its body sets a setting or names a kept function
-    /// (followed to a fixed point).
+    /// From [`read`]'s rows: `('f', name, language, body, oid)` for each user function,
+    /// `('r', relation, function, '')` for each relation a function found is used by,
+    /// `('e', relation, other, '')` for each relation that reaches such a relation (see
+    /// [`relations_query`]). A function is found when its body sets a setting or names
+    /// a function found (its callers take on what it sets, through any depth of calls).
     pub fn from_rows(rows: &[Vec<Option<String>>]) -> FunctionSettings {
-        let mut sets: HashMap<String, SettingsSet> = HashMap::new();
-        let mut calls: Vec<(String, BTreeSet<String>)> = Vec::new();
+        let field = |row: &Vec<Option<String>>, i: usize| -> String {
+            row.get(i).cloned().flatten().unwrap_or_default()
+        };
+        // Every function's name, an index each (overloads and schemas share one).
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for row in rows.iter().filter(|row| field(row, 0) == "f") {
+            let count = index.len();
+            index
+                .entry(field(row, 1).to_ascii_lowercase())
+                .or_insert(count);
+        }
+        let mut sets = vec![SettingsSet::default(); index.len()];
+        // Callee → callers.
+        let mut callers: Vec<Vec<usize>> = vec![Vec::new(); index.len()];
         let mut uses: Vec<(String, String)> = Vec::new();
         let mut reaches: Vec<(String, String)> = Vec::new();
         for row in rows {
-            let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-            match field(0).as_str() {
+            match field(row, 0).as_str() {
                 "f" => {
-                    let (name, language, body) =
-                        (field(1).to_ascii_lowercase(), field(2), field(3));
+                    let (language, body) = (field(row, 2), field(row, 3));
+                    let me = index[&field(row, 1).to_ascii_lowercase()];
                     let set = match language.as_str() {
                         "plpgsql" | "sql" => pgopt_sql::settings_set_by(&body),
                         _ => pgopt_sql::settings_set_by_other(&body),
                     };
-                    sets.entry(name.clone()).or_default().merge(&set);
-                    calls.push((name, pgopt_sql::body_words(&body)));
+                    sets[me].merge(&set);
+                    for word in pgopt_sql::body_words(&body) {
+                        if let Some(&callee) = index.get(&word) {
+                            if callee != me {
+                                callers[callee].push(me);
+                            }
+                        }
+                    }
                 }
-                "r" => uses.push((field(1).to_ascii_lowercase(), field(2).to_ascii_lowercase())),
-                "e" => reaches.push((field(1).to_ascii_lowercase(), field(2).to_ascii_lowercase())),
+                "r" => uses.push((
+                    field(row, 1).to_ascii_lowercase(),
+                    field(row, 2).to_ascii_lowercase(),
+                )),
+                "e" => reaches.push((
+                    field(row, 1).to_ascii_lowercase(),
+                    field(row, 2).to_ascii_lowercase(),
+                )),
                 _ => {}
             }
         }
-        // Callers take on what their callees may set.
-        loop {
-            let mut changed = false;
-            for (name, words) in &calls {
-                let mut gained = SettingsSet::default();
-                for word in words.iter().filter(|w| *w != name) {
-                    if let Some(set) = sets.get(word) {
-                        gained.merge(set);
-                    }
+        // What a function may set reaches its callers, theirs, and so on.
+        let mut work: Vec<usize> = (0..sets.len()).filter(|&i| !sets[i].is_empty()).collect();
+        while let Some(callee) = work.pop() {
+            let set = sets[callee].clone();
+            for &caller in &callers[callee] {
+                if sets[caller].merge(&set) {
+                    work.push(caller);
                 }
-                if !gained.is_empty() {
-                    changed |= sets.entry(name.clone()).or_default().merge(&gained);
-                }
-            }
-            if !changed {
-                break;
             }
         }
-        sets.retain(|_, set| !set.is_empty());
+        let functions: HashMap<String, SettingsSet> = index
+            .into_iter()
+            .map(|(name, i)| (name, std::mem::take(&mut sets[i])))
+            .filter(|(_, set)| !set.is_empty())
+            .collect();
         let mut relations: HashMap<String, SettingsSet> = HashMap::new();
         for (relation, function) in uses {
-            if let Some(set) = sets.get(&function) {
+            if let Some(set) = functions.get(&function) {
                 relations.entry(relation).or_default().merge(set);
             }
         }
@@ -228,7 +305,7 @@ impl FunctionSettings {
                 relations.entry(relation).or_default().merge(&set);
             }
         }
-        let names: Vec<&String> = sets.keys().chain(relations.keys()).collect();
+        let names: Vec<&String> = functions.keys().chain(relations.keys()).collect();
         let words = (!names.is_empty())
             .then(|| {
                 aho_corasick::AhoCorasick::builder()
@@ -240,7 +317,7 @@ impl FunctionSettings {
         let signature = {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::hash::DefaultHasher::new();
-            for map in [&sets, &relations] {
+            for map in [&functions, &relations] {
                 let mut entries: Vec<_> = map.iter().collect();
                 entries.sort_by(|a, b| a.0.cmp(b.0));
                 for (name, set) in entries {
@@ -251,10 +328,12 @@ impl FunctionSettings {
             hasher.finish()
         };
         FunctionSettings {
-            functions: sets,
+            functions,
             relations,
             words,
             signature,
+            digest: String::new(),
+            found: Arc::new([]),
             read_at: None,
             generation: 0,
         }
@@ -509,6 +588,39 @@ mod tests {
         assert!(!f.mentioned(b"select upd()"));
         assert!(f.mentioned(b"select * from \"t\""));
         assert!(!FunctionSettings::from_rows(&[]).mentioned(b"select 1"));
+    }
+
+    #[test]
+    fn a_deep_chain_of_callers_and_a_cycle_are_followed() {
+        let mut rows = vec![row(&[
+            "f",
+            "c0",
+            "plpgsql",
+            "BEGIN SET search_path = t; END",
+        ])];
+        for i in 1..2000 {
+            let body = format!("BEGIN PERFORM c{}(); END", i - 1);
+            rows.push(row(&["f", &format!("c{i}"), "plpgsql", &body]));
+        }
+        // A cycle that sets nothing, and one that calls into the chain.
+        rows.push(row(&[
+            "f",
+            "x",
+            "plpgsql",
+            "BEGIN UPDATE t SET v = 1; PERFORM y(); END",
+        ]));
+        rows.push(row(&["f", "y", "plpgsql", "BEGIN PERFORM x(); END"]));
+        rows.push(row(&["f", "p", "plpgsql", "BEGIN PERFORM q(); END"]));
+        rows.push(row(&[
+            "f",
+            "q",
+            "plpgsql",
+            "BEGIN PERFORM p(); PERFORM c1999(); END",
+        ]));
+        let f = FunctionSettings::from_rows(&rows);
+        assert_eq!(reread(&f, "SELECT c1999()"), ["search_path"]);
+        assert_eq!(reread(&f, "SELECT p()"), ["search_path"]);
+        assert!(reread(&f, "SELECT x()").is_empty());
     }
 
     #[test]

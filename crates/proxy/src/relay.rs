@@ -3009,14 +3009,15 @@ impl Relay {
                 }
                 Access::Read { ticket, done, last } => {
                     let wait = !store.current(last.as_ref());
-                    self.function_settings = last;
+                    self.function_settings.clone_from(&last);
                     let (pool, shared, database) = (
                         self.pool.clone(),
                         self.shared.clone(),
                         self.database.clone(),
                     );
                     let read = async move {
-                        let read = crate::function_settings::read(&pool, &database).await;
+                        let read =
+                            crate::function_settings::read(&pool, &database, last.as_deref()).await;
                         let read =
                             shared
                                 .function_settings

@@ -2298,7 +2298,17 @@ async fn settings_a_function_changes_follow_its_caller_only() {
            $$BEGIN SET idle_in_transaction_session_timeout = '8s'; RETURN NEW; END$$; \
          CREATE TRIGGER parted_1_t BEFORE INSERT ON parted_1 \
            FOR EACH ROW EXECUTE FUNCTION parted_trg(); \
-         CREATE FUNCTION later() RETURNS void LANGUAGE sql AS 'SELECT 1'",
+         CREATE FUNCTION later() RETURNS void LANGUAGE sql AS 'SELECT 1'; \
+         CREATE FUNCTION pick(acc text, v text) RETURNS text LANGUAGE plpgsql AS \
+           $$BEGIN PERFORM set_config('app.picked', v, false); RETURN v; END$$; \
+         CREATE AGGREGATE last_picked(text) (SFUNC = pick, STYPE = text); \
+         CREATE TABLE orders (id int PRIMARY KEY); \
+         CREATE TABLE lines (order_id int REFERENCES orders ON DELETE CASCADE); \
+         CREATE FUNCTION lines_trg() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN PERFORM set_config('app.deleted', 'yes', false); RETURN OLD; END$$; \
+         CREATE TRIGGER lines_t BEFORE DELETE ON lines \
+           FOR EACH ROW EXECUTE FUNCTION lines_trg(); \
+         INSERT INTO orders VALUES (1); INSERT INTO lines VALUES (1)",
     )
     .unwrap();
     let a = connect(&proxy, "postgres", None).await.unwrap();
@@ -2354,6 +2364,17 @@ async fn settings_a_function_changes_follow_its_caller_only() {
     let idle = "idle_in_transaction_session_timeout";
     assert_ne!(setting(&b, idle).await, "8s");
     assert_eq!(setting(&a, idle).await, "8s");
+    // An aggregate's transition function; a trigger a foreign key's cascade fires.
+    a.batch_execute("SELECT last_picked(v) FROM (VALUES ('p')) t (v)")
+        .await
+        .unwrap();
+    assert_eq!(setting(&b, "app.picked").await, "");
+    assert_eq!(setting(&a, "app.picked").await, "p");
+    a.batch_execute("DELETE FROM orders WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(setting(&b, "app.deleted").await, "");
+    assert_eq!(setting(&a, "app.deleted").await, "yes");
     // A statement prepared before its function set anything: judged again once the
     // function is replaced (through pgopt).
     let later = a.prepare("SELECT later()").await.unwrap();
@@ -2387,6 +2408,17 @@ async fn settings_a_function_changes_follow_its_caller_only() {
     assert_ne!(setting(&b, "work_mem").await, "7MB");
     assert_eq!(setting(&a, "work_mem").await, "7MB");
     assert!(setting(&a, "search_path").await.starts_with("tenant_2"));
+    // The role so named, which pg_settings does not list, follows its caller too.
+    pg.psql("CREATE ROLE tenant_role").unwrap();
+    a.batch_execute("SELECT set_any('role', 'tenant_role')")
+        .await
+        .unwrap();
+    let user = "SELECT current_user::text";
+    let who = async |c: &tokio_postgres::Client| -> String {
+        c.query_one(user, &[]).await.unwrap().get(0)
+    };
+    assert_eq!(who(&b).await, "postgres");
+    assert_eq!(who(&a).await, "tenant_role");
 }
 
 /// A function or DO block that calls `set_config(…, false)` on a setting PostgreSQL

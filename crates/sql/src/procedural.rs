@@ -137,18 +137,15 @@ fn string_inside(token: &str) -> &str {
 /// - `pg_settings` named (an UPDATE of it sets settings), or `set_config` named in
 ///   any other way: any.
 ///
-/// With "any", `role` and `session_authorization` are added when the body names them
-/// (pg_settings lists neither). Comments are left out.
+/// With "any", `role` and `session_authorization` are added (pg_settings lists
+/// neither). Comments are left out.
 pub fn settings_set_by(body: &str) -> SettingsSet {
     let lower = body.to_ascii_lowercase();
     let mut set = scan(&lower, 0);
     if set.any {
-        if lower.contains("role") {
-            set.name("role");
-        }
-        if lower.contains("authorization") {
-            set.name("session_authorization");
-        }
+        // (A name built at run time may be either.)
+        set.name("role");
+        set.name("session_authorization");
     }
     set
 }
@@ -427,10 +424,11 @@ mod tests {
         ] {
             assert!(names(body).0, "{body}");
         }
-        // A role it may name: read back too.
-        let (any, names) = names("BEGIN EXECUTE format('SET %I TO %I', 'role', r); END");
+        // The role and the session authorization, which pg_settings does not list: read
+        // back too.
+        let (any, names) = names("BEGIN EXECUTE format('SET %I TO %L', n, v); END");
         assert!(any);
-        assert_eq!(names, ["role"]);
+        assert_eq!(names, ["role", "session_authorization"]);
     }
 
     #[test]
