@@ -357,10 +357,15 @@ impl FunctionSettings {
 
     /// What a statement may set through the functions it calls and the relations it
     /// uses (a DO block: the functions its body names), as names to read back.
+    #[inline]
     pub fn reread(&self, analysis: &Analysis, sql: &str) -> Vec<String> {
         if self.words.is_none() {
             return Vec::new();
         }
+        self.reread_found(analysis, sql)
+    }
+
+    fn reread_found(&self, analysis: &Analysis, sql: &str) -> Vec<String> {
         let last = |name: &str| name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
         let mut set = SettingsSet::default();
         for function in &analysis.functions {
@@ -373,7 +378,7 @@ impl FunctionSettings {
                 set.merge(s);
             }
         }
-        if crate::session_state::statement_starts_with(sql.as_bytes(), b"do") {
+        if crate::session_state::is_do(analysis, sql) {
             for word in pgopt_sql::body_words(sql) {
                 if let Some(s) = self.functions.get(&word) {
                     set.merge(s);
@@ -385,10 +390,15 @@ impl FunctionSettings {
 
     /// Whether this read is still to be used at `now` with the store at `generation`.
     pub fn fresh(&self, now: Instant, generation: u64) -> bool {
-        self.generation == generation
-            && self
-                .read_at
-                .is_some_and(|at| now.saturating_duration_since(at) < MAX_AGE)
+        self.fresh_until(generation)
+            .is_some_and(|until| now < until)
+    }
+
+    /// Until when this read is to be used while the store stays at `generation`.
+    pub fn fresh_until(&self, generation: u64) -> Option<Instant> {
+        self.read_at
+            .filter(|_| self.generation == generation)
+            .map(|at| at + MAX_AGE)
     }
 }
 

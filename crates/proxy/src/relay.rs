@@ -327,6 +327,9 @@ pub struct Relay {
     /// Transaction mode: the database's functions whose run may change settings (see
     /// `function_settings.rs`), as last read; refreshed at a checkout when stale.
     function_settings: Option<Arc<crate::function_settings::FunctionSettings>>,
+    /// Until when `function_settings` is fresh, with the store at this generation.
+    function_settings_until: Instant,
+    function_settings_generation: u64,
     /// A CREATE ran in the open transaction: once it ends, the functions are read again.
     creates: bool,
     /// The [`FunctionSettings::signature`](crate::function_settings::FunctionSettings)
@@ -562,6 +565,8 @@ impl Relay {
             described: None,
             reread_at_end: Vec::new(),
             function_settings: None,
+            function_settings_until: Instant::now(),
+            function_settings_generation: 0,
             creates: false,
             statements_judged: 0,
             replay: None,
@@ -3000,7 +3005,7 @@ impl Relay {
                 .as_ref()
                 .is_some_and(|f| f.fresh(self.clock, generation))
             {
-                return;
+                break;
             }
             match store.get(&self.database, self.clock) {
                 Access::Use(f) => {
@@ -3046,6 +3051,13 @@ impl Relay {
                 }
             }
         }
+        let generation = store.generation();
+        let until = self
+            .function_settings
+            .as_ref()
+            .and_then(|f| f.fresh_until(generation));
+        self.function_settings_until = until.unwrap_or(self.clock);
+        self.function_settings_generation = generation;
         self.rejudge_statements();
     }
 
@@ -4680,7 +4692,11 @@ impl Relay {
             self.close_retired().await;
             return Lending::Closed;
         }
-        if self.rewrite {
+        // (The usual case, a read still fresh, costs two compares here.)
+        if self.rewrite
+            && !(self.function_settings_until > self.clock
+                && self.function_settings_generation == self.shared.function_settings.generation())
+        {
             self.refresh_function_settings().await;
         }
         let requested_us = crate::stats::unix_us_at(self.clock);

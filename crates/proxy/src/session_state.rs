@@ -603,7 +603,7 @@ pub fn judge(analysis: &Analysis, sql: &str, hidden: &[String]) -> Verdict {
     // A DO block runs its body here, which the analysis (shared by texts that differ
     // in literals, the body one of them) does not read: one that may set a setting has
     // every setting the session set read back.
-    if statement_starts_with(sql.as_bytes(), b"do") {
+    if is_do(analysis, sql) {
         if let Some(names) = pgopt_sql::set_config_names(sql) {
             // (Any other name is read back too: a set_config outside the body adds
             // its own.)
@@ -750,6 +750,12 @@ fn several_refused() -> Verdict {
          across server connections"
             .into(),
     )
+}
+
+/// Whether `sql` (analysed as `analysis`) may hold a DO block: one of its statements is
+/// of kind "other" (the text is scanned only then) and begins with DO.
+pub fn is_do(analysis: &Analysis, sql: &str) -> bool {
+    analysis.kinds.contains(&StatementKind::Other) && statement_starts_with(sql.as_bytes(), b"do")
 }
 
 /// Whether a statement of `sql` begins with `word` (a `;` inside a literal may give a
