@@ -1286,9 +1286,17 @@ impl L2 {
         let attempt = async {
             let mut conn = self.open(&urls).await?;
             // A Redis that takes connections but answers nothing (paused, or its
-            // machine swapping) is not reached: each call would wait its timeout.
-            conn.query::<redis::Value>(&mut Command::new("PING"))
-                .await?;
+            // machine swapping) is not reached: each call would wait its timeout. Any
+            // reply counts (an ACL may refuse PING). (Not a cluster's: PING goes to
+            // every primary there, and one down would keep the healthy ones unused.)
+            if !self.config.cluster {
+                match conn.query::<redis::Value>(&mut Command::new("PING")).await {
+                    Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                        return Err(e)
+                    }
+                    _ => {}
+                }
+            }
             Ok::<Conn, redis::RedisError>(conn)
         };
         match tokio::time::timeout(self.config.timeout.max(Duration::from_secs(1)), attempt).await {
