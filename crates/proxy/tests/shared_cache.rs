@@ -802,12 +802,9 @@ async fn two_instances_share_results_and_invalidations_through_a_redis_cluster()
     alternate_writes(&a, &b, 10, "moved", false).await;
 }
 
-/// A write made directly on PostgreSQL while the listener's stream is down is never
-/// heard: when the stream starts again everything ends, in Redis too, so no instance
-/// goes on serving a value the gap may have changed (from L2, or from an instance
-/// without a stream's L1 — until its TTL, before).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_in_the_listeners_gap_ends_every_value_in_redis_once_it_is_back() {
+/// PostgreSQL (`wal_level = logical`, [`items_db`]'s table), Redis, an instance
+/// following the replication stream (streaming) and one that does not.
+async fn listening_and_deaf() -> (Postgres, Redis, Proxy, Proxy) {
     let pg = Postgres::builder()
         .setting("wal_level", "logical")
         .start()
@@ -822,6 +819,16 @@ async fn a_write_in_the_listeners_gap_ends_every_value_in_redis_once_it_is_back(
     let listening = instance_with(&pg, &redis, |c| c.wal_listener = true).await;
     wait_for_cache(&listening, "streaming", |r| r["wal"] == "streaming").await;
     let deaf = instance(&pg, &redis).await;
+    (pg, redis, listening, deaf)
+}
+
+/// A write made directly on PostgreSQL while the listener's stream is down is never
+/// heard: when the stream starts again everything ends, in Redis too, so no instance
+/// goes on serving a value the gap may have changed (from L2, or from an instance
+/// without a stream's L1 — until its TTL, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_the_listeners_gap_ends_every_value_in_redis_once_it_is_back() {
+    let (pg, _redis, listening, deaf) = listening_and_deaf().await;
     let (a, b) = (
         connect(&listening, "postgres", None).await.unwrap(),
         connect(&deaf, "postgres", None).await.unwrap(),
@@ -874,20 +881,7 @@ async fn a_write_in_the_listeners_gap_ends_every_value_in_redis_once_it_is_back(
 /// stream goes on serving the old result from L2 (until its TTL, before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_bypasses_pgopt_heard_on_the_stream_ends_its_value_in_redis() {
-    let pg = Postgres::builder()
-        .setting("wal_level", "logical")
-        .start()
-        .await
-        .unwrap();
-    pg.psql(
-        "CREATE TABLE items (id int PRIMARY KEY, v text);
-         INSERT INTO items VALUES (1, 'a'), (2, 'b');",
-    )
-    .unwrap();
-    let redis = Redis::start().await.unwrap();
-    let listening = instance_with(&pg, &redis, |c| c.wal_listener = true).await;
-    wait_for_cache(&listening, "streaming", |r| r["wal"] == "streaming").await;
-    let deaf = instance(&pg, &redis).await;
+    let (pg, _redis, listening, deaf) = listening_and_deaf().await;
     let (a, b) = (
         connect(&listening, "postgres", None).await.unwrap(),
         connect(&deaf, "postgres", None).await.unwrap(),
