@@ -64,16 +64,19 @@ WITH src AS ( \
   WHERE p.oid >= 16384 AND (l.lanname NOT IN ('c', 'internal') OR p.prokind = 'a')) \
 SELECT 'f', s.proname, s.lanname, s.body, s.oid::pg_catalog.text FROM src s";
 
-/// The relations whose use runs one of the functions `oids` — a trigger's, a rule's
-/// or view's, a column default's, a policy's, a check constraint's, an index
-/// expression's — as `('r', relation, function)`, and those that reach one — a view
-/// over it, its parent, a table whose foreign keys cascade into it — as `('e',
-/// relation, the one it reaches)`.
+/// The relations whose use runs one of the functions `oids`, as `('r', relation,
+/// function, kind)`: kind `a` when reading it may (a view's or rule's query, a
+/// policy), `w` when only a write does (a trigger, a column default, a check
+/// constraint, an index expression); and those that reach such a relation — a view
+/// over it (the same kind), its parent, a table whose foreign keys cascade into it
+/// (`w`).
 fn relations_query(oids: &str) -> String {
     format!(
         "\
 WITH RECURSIVE rels AS ( \
-  SELECT DISTINCT r.oid, c.proname FROM pg_catalog.pg_depend d \
+  SELECT DISTINCT r.oid, c.proname, CASE WHEN d.classid IN \
+      ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass) \
+      THEN 'a' ELSE 'w' END AS kind FROM pg_catalog.pg_depend d \
     JOIN pg_catalog.pg_proc c ON c.oid = d.refobjid \
     JOIN pg_catalog.pg_class r ON r.oid = CASE d.classid \
       WHEN 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN \
@@ -92,34 +95,33 @@ WITH RECURSIVE rels AS ( \
     WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
     AND d.refobjid = ANY (ARRAY[{oids}]::pg_catalog.oid[])), \
 reach AS ( \
-  SELECT DISTINCT r.oid, r.oid AS root FROM rels r \
+  SELECT r.oid, r.proname, r.kind FROM rels r \
   UNION \
-  SELECT x.next, reach.root FROM reach CROSS JOIN LATERAL ( \
-    SELECT i.inhparent AS next FROM pg_catalog.pg_inherits i WHERE i.inhrelid = reach.oid \
+  SELECT x.next, reach.proname, x.kind FROM reach CROSS JOIN LATERAL ( \
+    SELECT i.inhparent AS next, 'w'::pg_catalog.text AS kind FROM pg_catalog.pg_inherits i \
+      WHERE i.inhrelid = reach.oid \
     UNION ALL \
-    SELECT w.ev_class FROM pg_catalog.pg_depend d \
+    SELECT w.ev_class, reach.kind FROM pg_catalog.pg_depend d \
       JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid \
       WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
       AND d.refobjid = reach.oid AND w.ev_class <> reach.oid \
     UNION ALL \
-    SELECT k.confrelid FROM pg_catalog.pg_constraint k \
+    SELECT k.confrelid, 'w' FROM pg_catalog.pg_constraint k \
       WHERE k.conrelid = reach.oid AND k.contype = 'f' \
       AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))) x) \
-SELECT 'r', r.relname, c.proname, '' FROM rels c JOIN pg_catalog.pg_class r ON r.oid = c.oid \
-UNION ALL \
-SELECT DISTINCT 'e', a.relname, b.relname, '' FROM reach \
-  JOIN pg_catalog.pg_class a ON a.oid = reach.oid \
-  JOIN pg_catalog.pg_class b ON b.oid = reach.root \
-  WHERE reach.oid <> reach.root"
+SELECT DISTINCT 'r', c.relname, reach.proname, reach.kind FROM reach \
+  JOIN pg_catalog.pg_class c ON c.oid = reach.oid"
     )
 }
 
 /// A digest of the user functions' catalog rows (a CREATE OR REPLACE, a rename, a
 /// DROP each change it): while it stays, what was found in their bodies stands.
+/// (SHA-256, not MD5, which a server in FIPS mode refuses.)
 const FUNCTIONS_DIGEST: &str = "\
-SELECT pg_catalog.md5(pg_catalog.string_agg(p.oid::pg_catalog.text || ':' || \
-  p.xmin::pg_catalog.text, ',' ORDER BY p.oid)) FROM pg_catalog.pg_proc p WHERE p.oid >= 16384";
+SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.string_agg( \
+  p.oid::pg_catalog.text || ':' || p.xmin::pg_catalog.text, ',' ORDER BY p.oid), 'UTF8')), \
+  'hex') FROM pg_catalog.pg_proc p WHERE p.oid >= 16384";
 
 /// Reads `database`'s functions that may change settings on a connection of pgopt's
 /// own through `pool` (the primary's), within [`read_budget`]: every user function's
@@ -147,30 +149,40 @@ pub async fn read(
             .pop()
             .and_then(|mut row| row.pop().flatten())
             .unwrap_or_default();
-        let mut rows = match last.filter(|l| l.digest == digest) {
+        let rows = match last.filter(|l| l.digest == digest) {
             Some(last) => last.found.to_vec(),
             None => conn.simple_query(FUNCTIONS, max_len).await?,
         };
-        let found = FunctionSettings::from_rows(&rows);
-        // The rows of the functions found, kept for the next read.
-        rows.retain(|row| {
-            let name = row.get(1).cloned().flatten().unwrap_or_default();
-            found.functions.contains_key(&name.to_ascii_lowercase())
-        });
+        let name_of = |row: &Vec<Option<String>>| {
+            row.get(1)
+                .cloned()
+                .flatten()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        };
+        let first = FunctionSettings::from_rows(&rows);
         let oids: Vec<&str> = rows
             .iter()
+            .filter(|row| first.functions.contains_key(&name_of(row)))
             .filter_map(|row| row.get(4)?.as_deref())
             .collect();
-        let mut all = rows.clone();
-        if !oids.is_empty() {
-            let relations = conn
-                .simple_query(&relations_query(&oids.join(",")), max_len)
-                .await?;
-            all.extend(relations);
-        }
+        let relations = match oids.is_empty() {
+            true => Vec::new(),
+            false => {
+                conn.simple_query(&relations_query(&oids.join(",")), max_len)
+                    .await?
+            }
+        };
+        let mut all = rows;
+        all.extend(relations);
         let mut read = FunctionSettings::from_rows(&all);
+        // The functions found, kept for the next read while they stay as they are.
+        all.retain(|row| {
+            row.first().cloned().flatten().as_deref() == Some("f")
+                && read.functions.contains_key(&name_of(row))
+        });
         read.digest = digest;
-        read.found = rows.into();
+        read.found = all.into();
         Ok::<_, String>(read)
     };
     match tokio::time::timeout(budget, read).await {
@@ -212,8 +224,10 @@ pub fn creates_callers(sql: &str) -> bool {
 pub struct FunctionSettings {
     /// By name, lower-cased (overloads and schemas merged).
     functions: HashMap<String, SettingsSet>,
-    /// By name, lower-cased.
-    relations: HashMap<String, SettingsSet>,
+    /// Relations by name, lower-cased: those reading runs a function of (a view, a
+    /// policy), and those writing does (those too, and a trigger, a default…).
+    read_relations: HashMap<String, SettingsSet>,
+    written_relations: HashMap<String, SettingsSet>,
     /// Both kinds of name, for [`FunctionSettings::mentioned`] (`None` when there
     /// are none).
     words: Option<aho_corasick::AhoCorasick>,
@@ -229,10 +243,10 @@ pub struct FunctionSettings {
 
 impl FunctionSettings {
     /// From [`read`]'s rows: `('f', name, language, body, oid)` for each user function,
-    /// `('r', relation, function, '')` for each relation a function found is used by,
-    /// `('e', relation, other, '')` for each relation that reaches such a relation (see
-    /// [`relations_query`]). A function is found when its body sets a setting or names
-    /// a function found (its callers take on what it sets, through any depth of calls).
+    /// `('r', relation, function, kind)` for each relation a function is used by (see
+    /// [`relations_query`]; an empty kind is `a`). A function is found when its body
+    /// sets a setting, names a function found (its callers take on what it sets,
+    /// through any depth of calls), or names a relation whose writes run one.
     pub fn from_rows(rows: &[Vec<Option<String>>]) -> FunctionSettings {
         let field = |row: &Vec<Option<String>>, i: usize| -> String {
             row.get(i).cloned().flatten().unwrap_or_default()
@@ -248,64 +262,82 @@ impl FunctionSettings {
         let mut sets = vec![SettingsSet::default(); index.len()];
         // Callee → callers.
         let mut callers: Vec<Vec<usize>> = vec![Vec::new(); index.len()];
-        let mut uses: Vec<(String, String)> = Vec::new();
-        let mut reaches: Vec<(String, String)> = Vec::new();
-        for row in rows {
-            match field(row, 0).as_str() {
-                "f" => {
-                    let (language, body) = (field(row, 2), field(row, 3));
-                    let me = index[&field(row, 1).to_ascii_lowercase()];
-                    let set = match language.as_str() {
-                        "plpgsql" | "sql" => pgopt_sql::settings_set_by(&body),
-                        _ => pgopt_sql::settings_set_by_other(&body),
-                    };
-                    sets[me].merge(&set);
-                    for word in pgopt_sql::body_words(&body) {
-                        if let Some(&callee) = index.get(&word) {
-                            if callee != me {
-                                callers[callee].push(me);
-                            }
-                        }
+        let mut uses: Vec<(String, String, bool)> = Vec::new();
+        for row in rows.iter().filter(|row| field(row, 0) == "r") {
+            let read = matches!(field(row, 3).as_str(), "a" | "");
+            uses.push((
+                field(row, 1).to_ascii_lowercase(),
+                field(row, 2).to_ascii_lowercase(),
+                read,
+            ));
+        }
+        let used: std::collections::HashSet<&str> = uses
+            .iter()
+            .map(|(relation, _, _)| relation.as_str())
+            .collect();
+        // Functions that name a relation a function is used by.
+        let mut naming: Vec<(usize, String)> = Vec::new();
+        for row in rows.iter().filter(|row| field(row, 0) == "f") {
+            let (language, body) = (field(row, 2), field(row, 3));
+            let me = index[&field(row, 1).to_ascii_lowercase()];
+            let set = match language.as_str() {
+                "plpgsql" | "sql" => pgopt_sql::settings_set_by(&body),
+                _ => pgopt_sql::settings_set_by_other(&body),
+            };
+            sets[me].merge(&set);
+            for word in pgopt_sql::body_words(&body) {
+                if let Some(&callee) = index.get(&word) {
+                    if callee != me {
+                        callers[callee].push(me);
                     }
                 }
-                "r" => uses.push((
-                    field(row, 1).to_ascii_lowercase(),
-                    field(row, 2).to_ascii_lowercase(),
-                )),
-                "e" => reaches.push((
-                    field(row, 1).to_ascii_lowercase(),
-                    field(row, 2).to_ascii_lowercase(),
-                )),
-                _ => {}
+                if used.contains(word.as_str()) {
+                    naming.push((me, word));
+                }
             }
         }
         // What a function may set reaches its callers, theirs, and so on.
-        let mut work: Vec<usize> = (0..sets.len()).filter(|&i| !sets[i].is_empty()).collect();
-        while let Some(callee) = work.pop() {
-            let set = sets[callee].clone();
-            for &caller in &callers[callee] {
-                if sets[caller].merge(&set) {
-                    work.push(caller);
+        let propagate = |sets: &mut Vec<SettingsSet>, mut work: Vec<usize>| {
+            while let Some(callee) = work.pop() {
+                let set = sets[callee].clone();
+                for &caller in &callers[callee] {
+                    if sets[caller].merge(&set) {
+                        work.push(caller);
+                    }
+                }
+            }
+        };
+        let seeds = (0..sets.len()).filter(|&i| !sets[i].is_empty()).collect();
+        propagate(&mut sets, seeds);
+        let relations = |sets: &Vec<SettingsSet>, reads: bool| {
+            let mut map: HashMap<String, SettingsSet> = HashMap::new();
+            for (relation, function, read) in &uses {
+                let set = index.get(function).map(|&i| &sets[i]);
+                if let Some(set) = set.filter(|set| !set.is_empty() && (*read || !reads)) {
+                    map.entry(relation.clone()).or_default().merge(set);
+                }
+            }
+            map
+        };
+        // A function that names a relation whose writes run one (an INSERT into a
+        // table whose trigger sets something) may too: it, and its callers.
+        let written = relations(&sets, false);
+        let mut seeds = Vec::new();
+        for (me, relation) in &naming {
+            if let Some(set) = written.get(relation) {
+                if sets[*me].merge(set) {
+                    seeds.push(*me);
                 }
             }
         }
+        propagate(&mut sets, seeds);
+        let (read_relations, written_relations) = (relations(&sets, true), relations(&sets, false));
         let functions: HashMap<String, SettingsSet> = index
             .into_iter()
             .map(|(name, i)| (name, std::mem::take(&mut sets[i])))
             .filter(|(_, set)| !set.is_empty())
             .collect();
-        let mut relations: HashMap<String, SettingsSet> = HashMap::new();
-        for (relation, function) in uses {
-            if let Some(set) = functions.get(&function) {
-                relations.entry(relation).or_default().merge(set);
-            }
-        }
-        for (relation, root) in reaches {
-            if let Some(set) = relations.get(&root).cloned() {
-                relations.entry(relation).or_default().merge(&set);
-            }
-        }
-        let names: Vec<&String> = functions.keys().chain(relations.keys()).collect();
+        let names: Vec<&String> = functions.keys().chain(written_relations.keys()).collect();
         let words = (!names.is_empty())
             .then(|| {
                 aho_corasick::AhoCorasick::builder()
@@ -317,7 +349,7 @@ impl FunctionSettings {
         let signature = {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::hash::DefaultHasher::new();
-            for map in [&functions, &relations] {
+            for map in [&functions, &read_relations, &written_relations] {
                 let mut entries: Vec<_> = map.iter().collect();
                 entries.sort_by(|a, b| a.0.cmp(b.0));
                 for (name, set) in entries {
@@ -329,7 +361,8 @@ impl FunctionSettings {
         };
         FunctionSettings {
             functions,
-            relations,
+            read_relations,
+            written_relations,
             words,
             signature,
             digest: String::new(),
@@ -373,8 +406,17 @@ impl FunctionSettings {
                 set.merge(s);
             }
         }
-        for relation in analysis.tables_read.iter().chain(&analysis.tables_written) {
-            if let Some(s) = self.relations.get(&last(relation)) {
+        // (Reading runs a view's functions, a policy's; writing a trigger's too.)
+        let reads = analysis
+            .tables_read
+            .iter()
+            .map(|r| (r, &self.read_relations));
+        let writes = analysis
+            .tables_written
+            .iter()
+            .map(|r| (r, &self.written_relations));
+        for (relation, map) in reads.chain(writes) {
+            if let Some(s) = map.get(&last(relation)) {
                 set.merge(s);
             }
         }
@@ -403,16 +445,26 @@ impl FunctionSettings {
 }
 
 enum State {
+    /// None read yet.
+    Empty,
     Ready(Arc<FunctionSettings>),
     /// A read under way since then, the last good one meanwhile; `done` changes (its
-    /// sender is dropped) when the read ends, or is given up.
+    /// sender is dropped) when the read ends, or is given up. `failing`: the read
+    /// before it failed (no session waits for this one).
     Loading {
         since: Instant,
         last: Option<Arc<FunctionSettings>>,
         done: watch::Receiver<()>,
+        failing: bool,
     },
     /// The last read failed then: the last good one until it is tried again.
     Failed(Instant, Option<Arc<FunctionSettings>>),
+}
+
+/// One database's reads, and its generation, which moves on at a schema change.
+struct Database {
+    state: State,
+    generation: Arc<AtomicU64>,
 }
 
 /// What a session is to do for a database's [`FunctionSettings`] (see [`Store::get`]).
@@ -422,89 +474,118 @@ pub enum Access {
     Use(Option<Arc<FunctionSettings>>),
     /// Read the catalog (then [`Store::set`] with `ticket`, the generation the read
     /// began in, and drop `done`: sessions waiting for it look again); `last` meanwhile.
+    /// `failing`: the read before failed (whoever needs a fresh one does not wait).
     Read {
         ticket: u64,
         done: watch::Sender<()>,
         last: Option<Arc<FunctionSettings>>,
+        failing: bool,
     },
-    /// Another session reads it: wait for `done` to change when `last` won't do.
+    /// Another session reads it: wait for `done` to change when `last` won't do (and
+    /// the read before did not fail).
     Wait {
         done: watch::Receiver<()>,
         last: Option<Arc<FunctionSettings>>,
+        failing: bool,
     },
 }
 
 /// Every database's [`FunctionSettings`], shared by the sessions.
 #[derive(Default)]
 pub struct Store {
-    databases: Mutex<HashMap<String, State>>,
-    /// Moves on when a schema change may have changed what a read found.
-    generation: AtomicU64,
+    databases: Mutex<HashMap<String, Database>>,
 }
 
 impl Store {
-    /// The generation now (see [`FunctionSettings::fresh`]).
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Relaxed)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Database>> {
+        self.databases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A schema change (a CREATE through pgopt committed): every database's is read
-    /// again at its next use, and no session uses one read before.
-    pub fn changed(&self) {
-        self.generation.fetch_add(1, Relaxed);
+    /// `database`'s generation (see [`FunctionSettings::fresh`]), which a session keeps
+    /// to tell at a glance whether its read is still current.
+    pub fn generation(&self, database: &str) -> Arc<AtomicU64> {
+        let mut map = self.lock();
+        let db = map.entry(database.to_string()).or_insert_with(|| Database {
+            state: State::Empty,
+            generation: Arc::default(),
+        });
+        db.generation.clone()
     }
 
-    /// Whether `f` was read in the current generation (else a schema change since
-    /// may have changed what it would find).
-    pub fn current(&self, f: Option<&Arc<FunctionSettings>>) -> bool {
-        f.is_some_and(|f| f.generation == self.generation())
+    /// A schema change in `database` (a CREATE through pgopt committed): its functions
+    /// are read again at the next use, and a session whose read is from before waits
+    /// for that read.
+    pub fn changed(&self, database: &str) {
+        self.generation(database).fetch_add(1, Relaxed);
+    }
+
+    /// Whether `f` was read in `database`'s current generation (else a schema change
+    /// since may have changed what it would find).
+    pub fn current(&self, database: &str, f: Option<&Arc<FunctionSettings>>) -> bool {
+        let generation = self.generation(database).load(Relaxed);
+        f.is_some_and(|f| f.generation == generation)
     }
 
     /// What to do for `database` at `now`.
     pub fn get(&self, database: &str, now: Instant) -> Access {
-        let generation = self.generation();
-        let mut map = self.databases.lock().unwrap_or_else(|p| p.into_inner());
-        let last = match map.remove(database) {
-            Some(State::Ready(f)) if f.fresh(now, generation) => {
-                map.insert(database.to_string(), State::Ready(f.clone()));
+        let mut map = self.lock();
+        let db = map.entry(database.to_string()).or_insert_with(|| Database {
+            state: State::Empty,
+            generation: Arc::default(),
+        });
+        let generation = db.generation.load(Relaxed);
+        let (last, failing) = match std::mem::replace(&mut db.state, State::Empty) {
+            State::Ready(f) if f.fresh(now, generation) => {
+                db.state = State::Ready(f.clone());
                 return Access::Use(Some(f));
             }
             // (A read given up — its session went — is no read under way.)
-            Some(State::Loading { since, last, done })
-                if now.saturating_duration_since(since) < MAX_AGE && done.has_changed().is_ok() =>
-            {
+            State::Loading {
+                since,
+                last,
+                done,
+                failing,
+            } if now.saturating_duration_since(since) < MAX_AGE && done.has_changed().is_ok() => {
                 let wait = Access::Wait {
                     done: done.clone(),
                     last: last.clone(),
+                    failing,
                 };
-                map.insert(database.to_string(), State::Loading { since, last, done });
+                db.state = State::Loading {
+                    since,
+                    last,
+                    done,
+                    failing,
+                };
                 return wait;
             }
-            Some(State::Failed(at, last)) if now.saturating_duration_since(at) < RETRY => {
-                map.insert(database.to_string(), State::Failed(at, last.clone()));
+            State::Failed(at, last) if now.saturating_duration_since(at) < RETRY => {
+                db.state = State::Failed(at, last.clone());
                 return Access::Use(last);
             }
-            Some(State::Ready(f)) => Some(f),
-            Some(State::Loading { last, .. } | State::Failed(_, last)) => last,
-            None => None,
+            State::Ready(f) => (Some(f), false),
+            State::Loading { last, failing, .. } => (last, failing),
+            State::Failed(_, last) => (last, true),
+            State::Empty => (None, false),
         };
         let (sender, receiver) = watch::channel(());
-        map.insert(
-            database.to_string(),
-            State::Loading {
-                since: now,
-                last: last.clone(),
-                done: receiver,
-            },
-        );
+        db.state = State::Loading {
+            since: now,
+            last: last.clone(),
+            done: receiver,
+            failing,
+        };
         Access::Read {
             ticket: generation,
             done: sender,
             last,
+            failing,
         }
     }
 
-    /// The outcome of a read with `ticket` (see [`Store::get`]): what to use now.
+    /// The outcome of a read with `ticket` (see [`Store::get`]): what to use now. (A
+    /// read older than the one stored, which began in an earlier generation, is
+    /// dropped.)
     pub fn set(
         &self,
         database: &str,
@@ -512,13 +593,18 @@ impl Store {
         read: Option<FunctionSettings>,
         now: Instant,
     ) -> Option<Arc<FunctionSettings>> {
-        let mut map = self.databases.lock().unwrap_or_else(|p| p.into_inner());
-        let last = match map.remove(database) {
-            Some(State::Ready(f)) => Some(f),
-            Some(State::Loading { last, .. } | State::Failed(_, last)) => last,
-            None => None,
+        let mut map = self.lock();
+        let db = map.get_mut(database)?;
+        let last = match std::mem::replace(&mut db.state, State::Empty) {
+            State::Ready(f) if f.generation > ticket => {
+                db.state = State::Ready(f.clone());
+                return Some(f);
+            }
+            State::Ready(f) => Some(f),
+            State::Loading { last, .. } | State::Failed(_, last) => last,
+            State::Empty => None,
         };
-        let state = match read {
+        db.state = match read {
             Some(mut f) => {
                 f.read_at = Some(now);
                 f.generation = ticket;
@@ -526,12 +612,11 @@ impl Store {
             }
             None => State::Failed(now, last),
         };
-        let current = match &state {
+        match &db.state {
             State::Ready(f) => Some(f.clone()),
-            State::Loading { last, .. } | State::Failed(_, last) => last.clone(),
-        };
-        map.insert(database.to_string(), state);
-        current
+            State::Failed(_, last) | State::Loading { last, .. } => last.clone(),
+            State::Empty => None,
+        }
     }
 }
 
@@ -558,7 +643,7 @@ mod tests {
             ]),
             row(&["f", "outer_fn", "sql", "SELECT set_tenant('x'); SELECT 1"]),
             row(&["f", "Outermost", "plpgsql", "BEGIN PERFORM outer_fn(); END"]),
-            row(&["f", "upd", "plpgsql", "BEGIN UPDATE t SET v = 'a'; END"]),
+            row(&["f", "upd", "plpgsql", "BEGIN UPDATE audit SET v = 'a'; END"]),
             row(&["f", "upd_caller", "plpgsql", "BEGIN PERFORM upd(); END"]),
             row(&[
                 "f",
@@ -572,31 +657,38 @@ mod tests {
                 "plpython3u",
                 "plpy.execute('SET ' + name + ' = 1')",
             ]),
-            row(&["r", "t", "trg", ""]),
-            row(&["r", "tv", "outer_fn", ""]),
-            row(&["r", "u", "upd", ""]),
+            row(&["f", "plain", "sql", "SELECT 1"]),
+            row(&["r", "audit", "trg", "w"]),
+            row(&["r", "tv", "outer_fn", "a"]),
+            row(&["r", "tv2", "outer_fn", "a"]),
+            row(&["r", "t_parent", "trg", "w"]),
         ]);
         assert_eq!(reread(&f, "SELECT set_tenant('a')"), ["search_path"]);
         assert_eq!(reread(&f, "SELECT app.OUTERMOST()"), ["search_path"]);
         assert_eq!(reread(&f, "CALL outer_fn()"), ["search_path"]);
+        // A write to a table whose trigger sets something, in a function: it and its
+        // callers; reading the table runs no trigger.
+        assert_eq!(reread(&f, "SELECT upd_caller()"), ["app.last"]);
+        assert_eq!(reread(&f, "INSERT INTO audit VALUES (1)"), ["app.last"]);
+        assert_eq!(reread(&f, "DELETE FROM t_parent"), ["app.last"]);
+        assert!(reread(&f, "SELECT * FROM audit JOIN t_parent USING (id)").is_empty());
+        assert!(reread(&f, "SELECT plain()").is_empty());
         assert_eq!(
-            reread(&f, "SELECT upd_caller(), upd()"),
-            Vec::<String>::new()
-        );
-        assert_eq!(reread(&f, "INSERT INTO t VALUES (1)"), ["app.last"]);
-        assert_eq!(
-            reread(&f, "SELECT * FROM public.tv JOIN u USING (x)"),
+            reread(&f, "SELECT * FROM public.tv JOIN tv2 USING (x)"),
             ["search_path"]
         );
-        assert_eq!(reread(&f, "SELECT dyn()"), ["*"]);
+        assert_eq!(
+            reread(&f, "SELECT dyn()"),
+            ["*", "role", "session_authorization"]
+        );
         assert_eq!(
             reread(&f, "DO $$BEGIN PERFORM set_tenant('a'); END$$"),
             ["search_path"]
         );
         assert!(f.mentioned(b"select SET_TENANT(1)"));
-        assert!(f.mentioned(b"insert into T values (1)"));
-        assert!(!f.mentioned(b"select upd()"));
-        assert!(f.mentioned(b"select * from \"t\""));
+        assert!(f.mentioned(b"insert into AUDIT values (1)"));
+        assert!(!f.mentioned(b"select plain()"));
+        assert!(f.mentioned(b"select * from \"audit\""));
         assert!(!FunctionSettings::from_rows(&[]).mentioned(b"select 1"));
     }
 
@@ -662,22 +754,27 @@ mod tests {
         let store = Store::default();
         let now = Instant::now();
         let read = |store: &Store, at: Instant| match store.get("db", at) {
-            Access::Read { ticket, done, last } => Some((ticket, done, last)),
+            Access::Read {
+                ticket,
+                done,
+                last,
+                failing,
+            } => Some((ticket, done, last, failing)),
             _ => None,
         };
-        let (ticket, done, last) = read(&store, now).expect("the first use reads");
-        assert!(last.is_none());
+        let (ticket, done, last, failing) = read(&store, now).expect("the first use reads");
+        assert!(last.is_none() && !failing);
         // Others meanwhile wait for it.
         let Access::Wait { done: waiting, .. } = store.get("db", now) else {
             panic!("a second read");
         };
         let read_now = store.set("db", ticket, Some(FunctionSettings::default()), now);
-        assert!(read_now.is_some() && store.current(read_now.as_ref()));
+        assert!(read_now.is_some() && store.current("db", read_now.as_ref()));
         drop(done);
         assert!(waiting.has_changed().is_err(), "the waiters are told");
         assert!(matches!(store.get("db", now), Access::Use(Some(_))));
         // Stale by age: one session reads, the others wait or use the last read.
-        let (ticket, done, last) = read(&store, now + MAX_AGE).unwrap();
+        let (ticket, done, last, _) = read(&store, now + MAX_AGE).unwrap();
         assert!(last.is_some());
         assert!(matches!(
             store.get("db", now + MAX_AGE),
@@ -685,19 +782,41 @@ mod tests {
         ));
         // A read given up (its session went): the next session reads.
         drop(done);
-        let (_, _, _) = read(&store, now + MAX_AGE).expect("read again");
-        // A failed read keeps the last one until it is tried again.
+        let (_, _, _, _) = read(&store, now + MAX_AGE).expect("read again");
+        // A failed read keeps the last one until it is tried again, and no session
+        // waits for the read after it.
         store.set("db", ticket, None, now + MAX_AGE);
         assert!(matches!(
             store.get("db", now + MAX_AGE),
             Access::Use(Some(_))
         ));
         let later = now + MAX_AGE + RETRY;
-        let (ticket, _done, _) = read(&store, later).unwrap();
+        let (ticket, _done, _, failing) = read(&store, later).unwrap();
+        assert!(failing);
+        assert!(matches!(
+            store.get("db", later),
+            Access::Wait { failing: true, .. }
+        ));
         let read_now = store.set("db", ticket, Some(FunctionSettings::default()), later);
-        // A schema change: the last read is no longer current, and is read again.
-        store.changed();
-        assert!(!store.current(read_now.as_ref()));
-        assert!(read(&store, later).is_some());
+        // A schema change: the last read is no longer current, and is read again;
+        // another database's stays.
+        let (other, _done, _, _) = match store.get("other", later) {
+            Access::Read {
+                ticket,
+                done,
+                last,
+                failing,
+            } => (ticket, done, last, failing),
+            _ => panic!("other reads"),
+        };
+        let other_read = store.set("other", other, Some(FunctionSettings::default()), later);
+        store.changed("db");
+        assert!(!store.current("db", read_now.as_ref()));
+        assert!(store.current("other", other_read.as_ref()));
+        let (newer, _done, _, _) = read(&store, later).unwrap();
+        store.set("db", newer, Some(FunctionSettings::default()), later);
+        // A read begun before the change, ending after: dropped.
+        let kept = store.set("db", ticket, Some(FunctionSettings::default()), later);
+        assert!(store.current("db", kept.as_ref()));
     }
 }

@@ -327,9 +327,11 @@ pub struct Relay {
     /// Transaction mode: the database's functions whose run may change settings (see
     /// `function_settings.rs`), as last read; refreshed at a checkout when stale.
     function_settings: Option<Arc<crate::function_settings::FunctionSettings>>,
-    /// Until when `function_settings` is fresh, with the store at this generation.
+    /// Until when `function_settings` is fresh, while the database's generation (kept
+    /// here once looked up) stays as seen.
     function_settings_until: Instant,
-    function_settings_generation: u64,
+    function_settings_generation: Option<Arc<std::sync::atomic::AtomicU64>>,
+    function_settings_seen: u64,
     /// A CREATE ran in the open transaction: once it ends, the functions are read again.
     creates: bool,
     /// The [`FunctionSettings::signature`](crate::function_settings::FunctionSettings)
@@ -566,7 +568,8 @@ impl Relay {
             reread_at_end: Vec::new(),
             function_settings: None,
             function_settings_until: Instant::now(),
-            function_settings_generation: 0,
+            function_settings_generation: None,
+            function_settings_seen: 0,
             creates: false,
             statements_judged: 0,
             replay: None,
@@ -2994,17 +2997,23 @@ impl Relay {
     /// Before a checkout in transaction mode: the database's functions that may change
     /// settings (see `function_settings.rs`), when the last read is stale. One session
     /// reads the catalog; one whose last read is from before a schema change (or that
-    /// has none) waits for that read, the others use the last read meanwhile.
+    /// has none) waits for that read — unless the read before it failed — the others
+    /// use the last read meanwhile. A wait lasts a read's time at most.
     async fn refresh_function_settings(&mut self) {
         use crate::function_settings::Access;
-        let store = &self.shared.function_settings;
-        for _ in 0..2 {
-            let generation = store.generation();
-            if self
-                .function_settings
-                .as_ref()
-                .is_some_and(|f| f.fresh(self.clock, generation))
-            {
+        let shared = self.shared.clone();
+        let store = &shared.function_settings;
+        let generation = self
+            .function_settings_generation
+            .get_or_insert_with(|| store.generation(&self.database))
+            .clone();
+        let deadline = Instant::now() + crate::function_settings::read_budget(&self.pool);
+        loop {
+            let fresh = |f: &Option<Arc<crate::function_settings::FunctionSettings>>, now| {
+                f.as_ref()
+                    .is_some_and(|f| f.fresh(now, generation.load(Relaxed)))
+            };
+            if fresh(&self.function_settings, self.clock) {
                 break;
             }
             match store.get(&self.database, self.clock) {
@@ -3012,8 +3021,13 @@ impl Relay {
                     self.function_settings = f;
                     break;
                 }
-                Access::Read { ticket, done, last } => {
-                    let wait = !store.current(last.as_ref());
+                Access::Read {
+                    ticket,
+                    done,
+                    last,
+                    failing,
+                } => {
+                    let wait = !failing && !store.current(&self.database, last.as_ref());
                     self.function_settings.clone_from(&last);
                     let (pool, shared, database) = (
                         self.pool.clone(),
@@ -3039,25 +3053,27 @@ impl Relay {
                     }
                     break;
                 }
-                Access::Wait { mut done, last } => {
-                    let wait = !store.current(last.as_ref());
+                Access::Wait {
+                    mut done,
+                    last,
+                    failing,
+                } => {
+                    let wait = !failing && !store.current(&self.database, last.as_ref());
                     self.function_settings = last;
-                    if !wait {
+                    if !wait || Instant::now() >= deadline {
                         break;
                     }
-                    let budget = crate::function_settings::read_budget(&self.pool);
-                    let _ = tokio::time::timeout(budget, done.changed()).await;
+                    let _ = tokio::time::timeout_at(deadline.into(), done.changed()).await;
                     self.clock = Instant::now();
                 }
             }
         }
-        let generation = store.generation();
         let until = self
             .function_settings
             .as_ref()
-            .and_then(|f| f.fresh_until(generation));
+            .and_then(|f| f.fresh_until(generation.load(Relaxed)));
         self.function_settings_until = until.unwrap_or(self.clock);
-        self.function_settings_generation = generation;
+        self.function_settings_seen = generation.load(Relaxed);
         self.rejudge_statements();
     }
 
@@ -4636,7 +4652,7 @@ impl Relay {
                 if self.status == TransactionStatus::Idle {
                     self.tx_snapshot = None;
                     if std::mem::take(&mut self.creates) {
-                        self.shared.function_settings.changed();
+                        self.shared.function_settings.changed(&self.database);
                     }
                     // Before the client hears the transaction ended (this ReadyForQuery
                     // is written after), its writes' entries are gone. A rolled-back
@@ -4695,7 +4711,10 @@ impl Relay {
         // (The usual case, a read still fresh, costs two compares here.)
         if self.rewrite
             && !(self.function_settings_until > self.clock
-                && self.function_settings_generation == self.shared.function_settings.generation())
+                && self
+                    .function_settings_generation
+                    .as_ref()
+                    .is_some_and(|g| g.load(Relaxed) == self.function_settings_seen))
         {
             self.refresh_function_settings().await;
         }

@@ -2308,7 +2308,9 @@ async fn settings_a_function_changes_follow_its_caller_only() {
            $$BEGIN PERFORM set_config('app.deleted', 'yes', false); RETURN OLD; END$$; \
          CREATE TRIGGER lines_t BEFORE DELETE ON lines \
            FOR EACH ROW EXECUTE FUNCTION lines_trg(); \
-         INSERT INTO orders VALUES (1); INSERT INTO lines VALUES (1)",
+         INSERT INTO orders VALUES (1); INSERT INTO lines VALUES (1); \
+         CREATE FUNCTION log_it() RETURNS void LANGUAGE sql AS \
+           $$ INSERT INTO audit VALUES (2) $$",
     )
     .unwrap();
     let a = connect(&proxy, "postgres", None).await.unwrap();
@@ -2356,6 +2358,11 @@ async fn settings_a_function_changes_follow_its_caller_only() {
     a.batch_execute("INSERT INTO audit VALUES (1)")
         .await
         .unwrap();
+    assert_ne!(setting(&b, "lock_timeout").await, "7s");
+    assert_eq!(setting(&a, "lock_timeout").await, "7s");
+    // A function that writes that table (a.'s lock_timeout set back first).
+    a.batch_execute("SET lock_timeout = 0").await.unwrap();
+    a.batch_execute("SELECT log_it()").await.unwrap();
     assert_ne!(setting(&b, "lock_timeout").await, "7s");
     assert_eq!(setting(&a, "lock_timeout").await, "7s");
     a.batch_execute("INSERT INTO parted VALUES (1)")
@@ -2419,6 +2426,12 @@ async fn settings_a_function_changes_follow_its_caller_only() {
     };
     assert_eq!(who(&b).await, "postgres");
     assert_eq!(who(&a).await, "tenant_role");
+    // SET SESSION SCHEMA in a DO block is search_path's.
+    a.batch_execute("DO $$BEGIN SET SESSION SCHEMA 'tenant_1'; END$$")
+        .await
+        .unwrap();
+    assert_eq!(setting(&b, "search_path").await, b_path);
+    assert_eq!(setting(&a, "search_path").await, "tenant_1");
 }
 
 /// A function or DO block that calls `set_config(…, false)` on a setting PostgreSQL

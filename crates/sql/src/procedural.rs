@@ -56,7 +56,14 @@ fn set_statement(text: &str) -> Option<SettingsSet> {
         .filter(|w| !w.is_empty());
     let mut set = SettingsSet::default();
     let verb = words.next()?;
-    let (first, second) = (words.next(), words.next());
+    let (mut first, mut second) = (words.next(), words.next());
+    // SET SESSION name is SET name (TIME ZONE, SCHEMA… too).
+    if verb == "set"
+        && first == Some("session")
+        && !matches!(second, Some("characteristics" | "authorization"))
+    {
+        (first, second) = (second, words.next());
+    }
     let name = match (verb, first) {
         (_, None) => None,
         ("set", Some("local" | "constraints" | "transaction" | "seed")) => return None,
@@ -76,8 +83,7 @@ fn set_statement(text: &str) -> Option<SettingsSet> {
                 set.name("role");
                 return Some(set);
             }
-            // (SET SESSION name; RESET SESSION AUTHORIZATION only.)
-            other if verb == "set" => other,
+            // (RESET SESSION AUTHORIZATION only.)
             _ => None,
         },
         ("reset", Some("all")) => None,
@@ -299,6 +305,10 @@ pub fn settings_set_by_other(body: &str) -> SettingsSet {
             }
         }
     }
+    if set.any {
+        set.name("role");
+        set.name("session_authorization");
+    }
     set
 }
 
@@ -345,6 +355,9 @@ mod tests {
         named("BEGIN SET search_path TO t; END", &["search_path"]);
         named("BEGIN SET search_path=t; END", &["search_path"]);
         named("BEGIN SET SESSION app.tenant = '5'; END", &["app.tenant"]);
+        named("BEGIN SET SESSION SCHEMA 'tenant_1'; END", &["search_path"]);
+        named("BEGIN SET SESSION TIME ZONE 'UTC'; END", &["timezone"]);
+        named("BEGIN SET SESSION XML OPTION DOCUMENT; END", &["xmloption"]);
         named("BEGIN IF x THEN RESET timezone; END IF; END", &["timezone"]);
         named("BEGIN SET TIME ZONE 'UTC'; END", &["timezone"]);
         named("BEGIN SET ROLE app_ro; END", &["role"]);
