@@ -1286,15 +1286,24 @@ impl L2 {
         let attempt = async {
             let mut conn = self.open(&urls).await?;
             // A Redis that takes connections but answers nothing (paused, or its
-            // machine swapping) is not reached: each call would wait its timeout. Any
-            // reply counts (an ACL may refuse PING). (Not a cluster's: PING goes to
-            // every primary there, and one down would keep the healthy ones unused.)
+            // machine swapping) is not reached: each call would wait its timeout. A
+            // refusal counts as an answer (an ACL may refuse PING), but for one that
+            // says the connection is not usable: no or a wrong password, a dataset
+            // still loading. (Not a cluster's: PING goes to every primary there, and
+            // one down would keep the healthy ones unused; its connect has had its
+            // slots answered.)
             if !self.config.cluster {
-                match conn.query::<redis::Value>(&mut Command::new("PING")).await {
-                    Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                        return Err(e)
+                if let Err(e) = conn.query::<redis::Value>(&mut Command::new("PING")).await {
+                    let text = e.to_string();
+                    let refused = matches!(
+                        e.kind(),
+                        redis::ErrorKind::ResponseError | redis::ErrorKind::ExtensionError
+                    ) && !["NOAUTH", "WRONGPASS", "LOADING"]
+                        .iter()
+                        .any(|code| text.contains(code));
+                    if !refused {
+                        return Err(e);
                     }
-                    _ => {}
                 }
             }
             Ok::<Conn, redis::RedisError>(conn)
