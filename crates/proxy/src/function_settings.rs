@@ -15,7 +15,9 @@
 //! for it, and so does every session after a CREATE of a function, procedure, trigger,
 //! view, rule or policy through pgopt; reads once per [`MAX_AGE`] run in the
 //! background while the last one stays in use. Every body is read (and the calls
-//! followed in memory) only when a digest of pg_proc's rows has moved.
+//! followed in memory) only when a digest of the functions and of what depends on them
+//! has moved. A database is known by its server and name there, whatever name its
+//! clients use.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -65,18 +67,21 @@ WITH src AS ( \
 SELECT 'f', s.proname, s.lanname, s.body, s.oid::pg_catalog.text FROM src s";
 
 /// The relations whose use runs one of the functions `oids`, as `('r', relation,
-/// function, kind)`: kind `a` when reading it may (a view's or rule's query, a
-/// policy), `w` when only a write does (a trigger, a column default, a check
-/// constraint, an index expression); and those that reach such a relation — a view
+/// function, kind)`: kind `a` when reading it may (a view's query, a policy), `w`
+/// when only a write does (a trigger, a rule ON INSERT/UPDATE/DELETE, a column default,
+/// a check constraint, an index expression); and those that reach such a relation — a view
 /// over it (the same kind), its parent, a table whose foreign keys cascade into it
 /// (`w`).
 fn relations_query(oids: &str) -> String {
     format!(
         "\
 WITH RECURSIVE rels AS ( \
-  SELECT DISTINCT r.oid, c.proname, CASE WHEN d.classid IN \
-      ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass) \
-      THEN 'a' ELSE 'w' END AS kind FROM pg_catalog.pg_depend d \
+  SELECT DISTINCT r.oid, c.proname, CASE d.classid \
+      WHEN 'pg_catalog.pg_policy'::pg_catalog.regclass THEN 'a' \
+      WHEN 'pg_catalog.pg_rewrite'::pg_catalog.regclass THEN \
+        (SELECT CASE x.ev_type WHEN '1' THEN 'a' ELSE 'w' END \
+          FROM pg_catalog.pg_rewrite x WHERE x.oid = d.objid) \
+      ELSE 'w' END AS kind FROM pg_catalog.pg_depend d \
     JOIN pg_catalog.pg_proc c ON c.oid = d.refobjid \
     JOIN pg_catalog.pg_class r ON r.oid = CASE d.classid \
       WHEN 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN \
@@ -115,13 +120,32 @@ SELECT DISTINCT 'r', c.relname, reach.proname, reach.kind FROM reach \
     )
 }
 
+/// At most this many rounds of relations are read (a trigger's function that writes
+/// a table whose trigger's function writes another…).
+const MAX_ROUNDS: usize = 8;
+
 /// A digest of the user functions' catalog rows (a CREATE OR REPLACE, a rename, a
-/// DROP each change it): while it stays, what was found in their bodies stands.
-/// (SHA-256, not MD5, which a server in FIPS mode refuses.)
+/// DROP each change it), of what depends on them (a trigger, a policy…), of the user
+/// rules and views, the inheritance and the foreign keys: while it stays, what was found
+/// in the bodies stands (a function that names a relation is found by what the
+/// relation runs). (SHA-256, not MD5, which a server in FIPS mode refuses.)
 const FUNCTIONS_DIGEST: &str = "\
-SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.string_agg( \
-  p.oid::pg_catalog.text || ':' || p.xmin::pg_catalog.text, ',' ORDER BY p.oid), 'UTF8')), \
-  'hex') FROM pg_catalog.pg_proc p WHERE p.oid >= 16384";
+SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to( \
+  coalesce((SELECT pg_catalog.string_agg(p.oid::pg_catalog.text || ':' || \
+    p.xmin::pg_catalog.text, ',' ORDER BY p.oid) FROM pg_catalog.pg_proc p \
+    WHERE p.oid >= 16384), '') || '|' || \
+  coalesce((SELECT pg_catalog.string_agg(d.classid::pg_catalog.text || ':' || \
+    d.objid::pg_catalog.text || ':' || d.refobjid::pg_catalog.text, ',' \
+    ORDER BY d.classid, d.objid, d.refobjid) FROM pg_catalog.pg_depend d \
+    WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+    AND d.refobjid >= 16384), '') || '|' || \
+  coalesce((SELECT pg_catalog.string_agg(r.oid::pg_catalog.text, ',' ORDER BY r.oid) \
+    FROM pg_catalog.pg_rewrite r WHERE r.oid >= 16384), '') || '|' || \
+  coalesce((SELECT pg_catalog.string_agg(i.inhrelid::pg_catalog.text || ':' || \
+    i.inhparent::pg_catalog.text, ',' ORDER BY i.inhrelid, i.inhparent) \
+    FROM pg_catalog.pg_inherits i), '') || '|' || \
+  coalesce((SELECT pg_catalog.string_agg(k.oid::pg_catalog.text, ',' ORDER BY k.oid) \
+    FROM pg_catalog.pg_constraint k WHERE k.contype = 'f'), ''), 'UTF8')), 'hex')";
 
 /// Reads `database`'s functions that may change settings on a connection of pgopt's
 /// own through `pool` (the primary's), within [`read_budget`]: every user function's
@@ -160,21 +184,28 @@ pub async fn read(
                 .unwrap_or_default()
                 .to_ascii_lowercase()
         };
-        let first = FunctionSettings::from_rows(&rows);
-        let oids: Vec<&str> = rows
-            .iter()
-            .filter(|row| first.functions.contains_key(&name_of(row)))
-            .filter_map(|row| row.get(4)?.as_deref())
-            .collect();
-        let relations = match oids.is_empty() {
-            true => Vec::new(),
-            false => {
-                conn.simple_query(&relations_query(&oids.join(",")), max_len)
-                    .await?
-            }
-        };
+        // The relations of the functions found, then of those found through them (a
+        // trigger's function that writes a table whose trigger sets something…).
         let mut all = rows;
-        all.extend(relations);
+        let mut queried: std::collections::HashSet<String> = Default::default();
+        for _ in 0..MAX_ROUNDS {
+            let found = FunctionSettings::from_rows(&all);
+            let oids: Vec<String> = all
+                .iter()
+                .filter(|row| row.first().cloned().flatten().as_deref() == Some("f"))
+                .filter(|row| found.functions.contains_key(&name_of(row)))
+                .filter_map(|row| row.get(4).cloned().flatten())
+                .filter(|oid| !queried.contains(oid))
+                .collect();
+            if oids.is_empty() {
+                break;
+            }
+            let relations = conn
+                .simple_query(&relations_query(&oids.join(",")), max_len)
+                .await?;
+            queried.extend(oids);
+            all.extend(relations);
+        }
         let mut read = FunctionSettings::from_rows(&all);
         // The functions found, kept for the next read while they stay as they are.
         all.retain(|row| {
@@ -596,14 +627,15 @@ impl Store {
         let mut map = self.lock();
         let db = map.get_mut(database)?;
         let last = match std::mem::replace(&mut db.state, State::Empty) {
-            State::Ready(f) if f.generation > ticket => {
-                db.state = State::Ready(f.clone());
-                return Some(f);
-            }
             State::Ready(f) => Some(f),
             State::Loading { last, .. } | State::Failed(_, last) => last,
             State::Empty => None,
         };
+        if let Some(newer) = last.as_ref().filter(|f| f.generation > ticket) {
+            let newer = newer.clone();
+            db.state = State::Ready(newer.clone());
+            return Some(newer);
+        }
         db.state = match read {
             Some(mut f) => {
                 f.read_at = Some(now);

@@ -331,6 +331,8 @@ pub struct Relay {
     /// here once looked up) stays as seen.
     function_settings_until: Instant,
     function_settings_generation: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The store's key for the database: its server and name there.
+    function_settings_key: String,
     function_settings_seen: u64,
     /// A CREATE ran in the open transaction: once it ends, the functions are read again.
     creates: bool,
@@ -569,6 +571,7 @@ impl Relay {
             function_settings: None,
             function_settings_until: Instant::now(),
             function_settings_generation: None,
+            function_settings_key: String::new(),
             function_settings_seen: 0,
             creates: false,
             statements_judged: 0,
@@ -3003,9 +3006,17 @@ impl Relay {
         use crate::function_settings::Access;
         let shared = self.shared.clone();
         let store = &shared.function_settings;
+        // (By server and database name: names a client may use for the same database
+        // share what a schema change through either moved.)
+        if self.function_settings_key.is_empty() {
+            let target = &self.pool.target;
+            self.function_settings_key =
+                format!("{}:{}/{}", target.host, target.port, target.dbname);
+        }
+        let key = self.function_settings_key.clone();
         let generation = self
             .function_settings_generation
-            .get_or_insert_with(|| store.generation(&self.database))
+            .get_or_insert_with(|| store.generation(&key))
             .clone();
         let deadline = Instant::now() + crate::function_settings::read_budget(&self.pool);
         loop {
@@ -3016,7 +3027,7 @@ impl Relay {
             if fresh(&self.function_settings, self.clock) {
                 break;
             }
-            match store.get(&self.database, self.clock) {
+            match store.get(&key, self.clock) {
                 Access::Use(f) => {
                     self.function_settings = f;
                     break;
@@ -3027,38 +3038,39 @@ impl Relay {
                     last,
                     failing,
                 } => {
-                    let wait = !failing && !store.current(&self.database, last.as_ref());
+                    let wait = !failing && !store.current(&key, last.as_ref());
                     self.function_settings.clone_from(&last);
-                    let (pool, shared, database) = (
-                        self.pool.clone(),
-                        self.shared.clone(),
-                        self.database.clone(),
-                    );
+                    let (pool, shared, key) = (self.pool.clone(), self.shared.clone(), key.clone());
+                    // (What the last read found in the bodies is kept only within its
+                    // generation.)
+                    let kept = last.filter(|_| !wait);
                     let read = async move {
                         let read =
-                            crate::function_settings::read(&pool, &database, last.as_deref()).await;
-                        let read =
-                            shared
-                                .function_settings
-                                .set(&database, ticket, read, Instant::now());
+                            crate::function_settings::read(&pool, &key, kept.as_deref()).await;
+                        let read = shared
+                            .function_settings
+                            .set(&key, ticket, read, Instant::now());
                         drop(done);
                         read
                     };
-                    if wait {
-                        self.function_settings = read.await;
-                        // What follows is timed from the end of the wait (see `clock`).
-                        self.clock = Instant::now();
-                    } else {
+                    if !wait {
                         tokio::spawn(read);
+                        break;
                     }
-                    break;
+                    self.function_settings = read.await;
+                    // What follows is timed from the end of the wait (see `clock`).
+                    self.clock = Instant::now();
+                    // (A schema change while it read: again, within the wait's time.)
+                    if ticket == generation.load(Relaxed) || Instant::now() >= deadline {
+                        break;
+                    }
                 }
                 Access::Wait {
                     mut done,
                     last,
                     failing,
                 } => {
-                    let wait = !failing && !store.current(&self.database, last.as_ref());
+                    let wait = !failing && !store.current(&key, last.as_ref());
                     self.function_settings = last;
                     if !wait || Instant::now() >= deadline {
                         break;
@@ -3068,12 +3080,13 @@ impl Relay {
                 }
             }
         }
+        let seen = generation.load(Relaxed);
         let until = self
             .function_settings
             .as_ref()
-            .and_then(|f| f.fresh_until(generation.load(Relaxed)));
+            .and_then(|f| f.fresh_until(seen));
         self.function_settings_until = until.unwrap_or(self.clock);
-        self.function_settings_seen = generation.load(Relaxed);
+        self.function_settings_seen = seen;
         self.rejudge_statements();
     }
 
@@ -4652,7 +4665,8 @@ impl Relay {
                 if self.status == TransactionStatus::Idle {
                     self.tx_snapshot = None;
                     if std::mem::take(&mut self.creates) {
-                        self.shared.function_settings.changed(&self.database);
+                        let key = &self.function_settings_key;
+                        self.shared.function_settings.changed(key);
                     }
                     // Before the client hears the transaction ended (this ReadyForQuery
                     // is written after), its writes' entries are gone. A rolled-back

@@ -2310,7 +2310,15 @@ async fn settings_a_function_changes_follow_its_caller_only() {
            FOR EACH ROW EXECUTE FUNCTION lines_trg(); \
          INSERT INTO orders VALUES (1); INSERT INTO lines VALUES (1); \
          CREATE FUNCTION log_it() RETURNS void LANGUAGE sql AS \
-           $$ INSERT INTO audit VALUES (2) $$",
+           $$ INSERT INTO audit VALUES (2) $$; \
+         CREATE TABLE booked (id int); \
+         CREATE FUNCTION booked_trg() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END$$; \
+         CREATE TRIGGER booked_t AFTER INSERT ON booked \
+           FOR EACH ROW EXECUTE FUNCTION booked_trg(); \
+         CREATE TABLE late (id int); \
+         CREATE FUNCTION write_late() RETURNS void LANGUAGE sql AS \
+           $$ INSERT INTO late VALUES (1) $$",
     )
     .unwrap();
     let a = connect(&proxy, "postgres", None).await.unwrap();
@@ -2408,6 +2416,24 @@ async fn settings_a_function_changes_follow_its_caller_only() {
     a.batch_execute("SELECT slow_down()").await.unwrap();
     assert_ne!(setting(&b, "statement_timeout").await, "9s");
     assert_eq!(setting(&a, "statement_timeout").await, "9s");
+    // A trigger whose function writes a table whose trigger sets something.
+    a.batch_execute("SET lock_timeout = 0").await.unwrap();
+    a.batch_execute("INSERT INTO booked VALUES (3)")
+        .await
+        .unwrap();
+    assert_ne!(setting(&b, "lock_timeout").await, "7s");
+    assert_eq!(setting(&a, "lock_timeout").await, "7s");
+    // A trigger created (through pgopt) after the functions were read: a function
+    // writing its table, found at once.
+    a.batch_execute("SET lock_timeout = 0").await.unwrap();
+    a.batch_execute(
+        "CREATE TRIGGER late_t BEFORE INSERT ON late FOR EACH ROW EXECUTE FUNCTION audit_trg()",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("SELECT write_late()").await.unwrap();
+    assert_ne!(setting(&b, "lock_timeout").await, "7s");
+    assert_eq!(setting(&a, "lock_timeout").await, "7s");
     // A setting named at run time: every setting is read back.
     a.batch_execute("SELECT set_any('work_mem', '7MB')")
         .await
