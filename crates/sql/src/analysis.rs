@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::error::SqlError;
 use crate::functions;
 use crate::hints::{parse_hints, Hints};
-use crate::lexer::{Lexer, TokenKind};
+use crate::lexer::TokenKind;
 
 /// What a statement is, by its top-level parse node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1337,14 +1337,7 @@ fn is_ddl_tag(tag: &str) -> bool {
 /// Rewrites `IN ($1, $2, $3)` as `IN ($1 /*, ... */)` (as PostgreSQL 18's
 /// pg_stat_statements shows squashed lists).
 fn collapse_param_lists(normalized: &str) -> String {
-    let tokens: Vec<_> = Lexer::new(normalized)
-        .filter(|t| {
-            !matches!(
-                t.kind,
-                TokenKind::Whitespace { .. } | TokenKind::LineComment | TokenKind::BlockComment
-            )
-        })
-        .collect();
+    let tokens = crate::lexer::significant(normalized);
     let text = |i: usize| &normalized[tokens[i].start..tokens[i].end];
     let mut out = String::with_capacity(normalized.len());
     let mut copied = 0;

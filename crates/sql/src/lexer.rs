@@ -339,6 +339,18 @@ impl Iterator for Lexer<'_> {
     }
 }
 
+/// The tokens of `src` but whitespace and comments.
+pub(crate) fn significant(src: &str) -> Vec<Token> {
+    Lexer::new(src)
+        .filter(|t| {
+            !matches!(
+                t.kind,
+                TokenKind::Whitespace { .. } | TokenKind::LineComment | TokenKind::BlockComment
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

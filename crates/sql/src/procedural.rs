@@ -167,14 +167,7 @@ const NOT_ASSIGNED: &[&str] = &[
 
 /// [`settings_set_by`] of lower-cased code, `depth` strings in.
 fn scan(lower: &str, depth: usize) -> SettingsSet {
-    let tokens: Vec<_> = Lexer::new(lower)
-        .filter(|t| {
-            !matches!(
-                t.kind,
-                TokenKind::Whitespace { .. } | TokenKind::LineComment | TokenKind::BlockComment
-            )
-        })
-        .collect();
+    let tokens = crate::lexer::significant(lower);
     let text = |i: usize| &lower[tokens[i].start..tokens[i].end];
     let before = |i: usize, n: usize| if i < n { ";" } else { text(i - n) };
     let boundary =
