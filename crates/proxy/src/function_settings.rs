@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use pgopt_sql::{Analysis, SettingsSet};
 
 use crate::pool::{Pool, Room};
+use crate::shared::Shared;
 
 /// How long a read of the catalog is used; a function created without pgopt (or by
 /// other DDL than CREATE) is seen within this time.
@@ -177,13 +178,6 @@ pub async fn read(
             Some(last) => last.found.to_vec(),
             None => conn.simple_query(FUNCTIONS, max_len).await?,
         };
-        let name_of = |row: &Vec<Option<String>>| {
-            row.get(1)
-                .cloned()
-                .flatten()
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-        };
         // The relations of the functions found, then of those found through them (a
         // trigger's function that writes a table whose trigger sets something…).
         let mut all = rows;
@@ -192,9 +186,8 @@ pub async fn read(
             let found = FunctionSettings::from_rows(&all);
             let oids: Vec<String> = all
                 .iter()
-                .filter(|row| row.first().cloned().flatten().as_deref() == Some("f"))
-                .filter(|row| found.functions.contains_key(&name_of(row)))
-                .filter_map(|row| row.get(4).cloned().flatten())
+                .filter(|row| found.finds(row))
+                .map(|row| field(row, 4).to_string())
                 .filter(|oid| !queried.contains(oid))
                 .collect();
             if oids.is_empty() {
@@ -208,10 +201,7 @@ pub async fn read(
         }
         let mut read = FunctionSettings::from_rows(&all);
         // The functions found, kept for the next read while they stay as they are.
-        all.retain(|row| {
-            row.first().cloned().flatten().as_deref() == Some("f")
-                && read.functions.contains_key(&name_of(row))
-        });
+        all.retain(|row| read.finds(row));
         read.digest = digest;
         read.found = all.into();
         Ok::<_, String>(read)
@@ -250,6 +240,11 @@ pub fn creates_callers(sql: &str) -> bool {
     })
 }
 
+/// Field `i` of a catalog row ("" when null or missing).
+fn field(row: &[Option<String>], i: usize) -> &str {
+    row.get(i).and_then(Option::as_deref).unwrap_or("")
+}
+
 /// One database's functions and relations whose use may change settings.
 #[derive(Debug, Default)]
 pub struct FunctionSettings {
@@ -279,9 +274,6 @@ impl FunctionSettings {
     /// sets a setting, names a function found (its callers take on what it sets,
     /// through any depth of calls), or names a relation whose writes run one.
     pub fn from_rows(rows: &[Vec<Option<String>>]) -> FunctionSettings {
-        let field = |row: &Vec<Option<String>>, i: usize| -> String {
-            row.get(i).cloned().flatten().unwrap_or_default()
-        };
         // Every function's name, an index each (overloads and schemas share one).
         let mut index: HashMap<String, usize> = HashMap::new();
         for row in rows.iter().filter(|row| field(row, 0) == "f") {
@@ -295,7 +287,7 @@ impl FunctionSettings {
         let mut callers: Vec<Vec<usize>> = vec![Vec::new(); index.len()];
         let mut uses: Vec<(String, String, bool)> = Vec::new();
         for row in rows.iter().filter(|row| field(row, 0) == "r") {
-            let read = matches!(field(row, 3).as_str(), "a" | "");
+            let read = matches!(field(row, 3), "a" | "");
             uses.push((
                 field(row, 1).to_ascii_lowercase(),
                 field(row, 2).to_ascii_lowercase(),
@@ -311,12 +303,12 @@ impl FunctionSettings {
         for row in rows.iter().filter(|row| field(row, 0) == "f") {
             let (language, body) = (field(row, 2), field(row, 3));
             let me = index[&field(row, 1).to_ascii_lowercase()];
-            let set = match language.as_str() {
-                "plpgsql" | "sql" => pgopt_sql::settings_set_by(&body),
-                _ => pgopt_sql::settings_set_by_other(&body),
+            let set = match language {
+                "plpgsql" | "sql" => pgopt_sql::settings_set_by(body),
+                _ => pgopt_sql::settings_set_by_other(body),
             };
             sets[me].merge(&set);
-            for word in pgopt_sql::body_words(&body) {
+            for word in pgopt_sql::body_words(body) {
                 if let Some(&callee) = index.get(&word) {
                     if callee != me {
                         callers[callee].push(me);
@@ -403,6 +395,15 @@ impl FunctionSettings {
         }
     }
 
+    /// Whether `row` is a function's (see [`FunctionSettings::from_rows`]) that this
+    /// read found.
+    fn finds(&self, row: &[Option<String>]) -> bool {
+        field(row, 0) == "f"
+            && self
+                .functions
+                .contains_key(&field(row, 1).to_ascii_lowercase())
+    }
+
     /// Whether `sql` may name one of the functions or relations (a cheap pass before
     /// a statement is analysed, as `session_state::may_affect_session` is).
     pub fn mentioned(&self, sql: &[u8]) -> bool {
@@ -475,8 +476,10 @@ impl FunctionSettings {
     }
 }
 
+#[derive(Default)]
 enum State {
     /// None read yet.
+    #[default]
     Empty,
     Ready(Arc<FunctionSettings>),
     /// A read under way since then, the last good one meanwhile; `done` changes (its
@@ -493,6 +496,7 @@ enum State {
 }
 
 /// One database's reads, and its generation, which moves on at a schema change.
+#[derive(Default)]
 struct Database {
     state: State,
     generation: Arc<AtomicU64>,
@@ -521,6 +525,117 @@ pub enum Access {
     },
 }
 
+/// A session's side of its database's reads (see [`Store`]): the read it uses, and until
+/// when that stands without a look at the store.
+#[derive(Default)]
+pub struct Followed {
+    /// The read in use (`None`: none yet, or none could be made).
+    pub current: Option<Arc<FunctionSettings>>,
+    /// The store's key for the database: its server and name there (two names for one
+    /// database share what a schema change through either moved).
+    key: String,
+    /// The database's generation, looked up once, and its value when `current` was
+    /// taken; until when `current` is fresh then.
+    generation: Option<Arc<AtomicU64>>,
+    seen: u64,
+    until: Option<Instant>,
+}
+
+impl Followed {
+    /// Whether the read in use stands at `now` (the usual case: two compares and a
+    /// load).
+    #[inline]
+    pub fn fresh(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| until > now)
+            && self
+                .generation
+                .as_ref()
+                .is_some_and(|g| g.load(Relaxed) == self.seen)
+    }
+
+    /// A schema change (a CREATE through pgopt committed) in this session's database.
+    pub fn changed(&self, store: &Store) {
+        store.changed(&self.key);
+    }
+
+    /// Brings the read in use up to date for a session of `pool` at `clock` (moved on
+    /// past any wait): one session reads the catalog; one whose read is from before a
+    /// schema change (or that has none) waits for that read — unless the read before it
+    /// failed — the others use the last read meanwhile, while it runs in the
+    /// background. A wait lasts a read's time at most.
+    pub async fn refresh(&mut self, shared: &Arc<Shared>, pool: &Arc<Pool>, clock: &mut Instant) {
+        let store = &shared.function_settings;
+        if self.key.is_empty() {
+            let target = &pool.target;
+            self.key = format!("{}:{}/{}", target.host, target.port, target.dbname);
+        }
+        let key = self.key.clone();
+        let generation = self
+            .generation
+            .get_or_insert_with(|| store.generation(&key))
+            .clone();
+        let deadline = Instant::now() + read_budget(pool);
+        loop {
+            let now = generation.load(Relaxed);
+            if self.current.as_ref().is_some_and(|f| f.fresh(*clock, now)) {
+                break;
+            }
+            match store.get(&key, *clock) {
+                Access::Use(f) => {
+                    self.current = f;
+                    break;
+                }
+                Access::Read {
+                    ticket,
+                    done,
+                    last,
+                    failing,
+                } => {
+                    let wait = !failing && !store.current(&key, last.as_ref());
+                    self.current.clone_from(&last);
+                    let (pool, shared, key) = (pool.clone(), shared.clone(), key.clone());
+                    // (What the last read found in the bodies is kept only within its
+                    // generation.)
+                    let kept = last.filter(|_| !wait);
+                    let read = async move {
+                        let read = read(&pool, &key, kept.as_deref()).await;
+                        let read = shared
+                            .function_settings
+                            .set(&key, ticket, read, Instant::now());
+                        drop(done);
+                        read
+                    };
+                    if !wait {
+                        tokio::spawn(read);
+                        break;
+                    }
+                    self.current = read.await;
+                    *clock = Instant::now();
+                    // (A schema change while it read: again, within the wait's time.)
+                    if ticket == generation.load(Relaxed) || *clock >= deadline {
+                        break;
+                    }
+                }
+                Access::Wait {
+                    mut done,
+                    last,
+                    failing,
+                } => {
+                    let wait = !failing && !store.current(&key, last.as_ref());
+                    self.current = last;
+                    if !wait || Instant::now() >= deadline {
+                        break;
+                    }
+                    let _ = tokio::time::timeout_at(deadline.into(), done.changed()).await;
+                    *clock = Instant::now();
+                }
+            }
+        }
+        self.seen = generation.load(Relaxed);
+        self.until = self.current.as_ref().and_then(|f| f.fresh_until(self.seen));
+    }
+}
+
 /// Every database's [`FunctionSettings`], shared by the sessions.
 #[derive(Default)]
 pub struct Store {
@@ -536,10 +651,7 @@ impl Store {
     /// to tell at a glance whether its read is still current.
     pub fn generation(&self, database: &str) -> Arc<AtomicU64> {
         let mut map = self.lock();
-        let db = map.entry(database.to_string()).or_insert_with(|| Database {
-            state: State::Empty,
-            generation: Arc::default(),
-        });
+        let db = map.entry(database.to_string()).or_default();
         db.generation.clone()
     }
 
@@ -560,12 +672,9 @@ impl Store {
     /// What to do for `database` at `now`.
     pub fn get(&self, database: &str, now: Instant) -> Access {
         let mut map = self.lock();
-        let db = map.entry(database.to_string()).or_insert_with(|| Database {
-            state: State::Empty,
-            generation: Arc::default(),
-        });
+        let db = map.entry(database.to_string()).or_default();
         let generation = db.generation.load(Relaxed);
-        let (last, failing) = match std::mem::replace(&mut db.state, State::Empty) {
+        let (last, failing) = match std::mem::take(&mut db.state) {
             State::Ready(f) if f.fresh(now, generation) => {
                 db.state = State::Ready(f.clone());
                 return Access::Use(Some(f));
@@ -626,7 +735,7 @@ impl Store {
     ) -> Option<Arc<FunctionSettings>> {
         let mut map = self.lock();
         let db = map.get_mut(database)?;
-        let last = match std::mem::replace(&mut db.state, State::Empty) {
+        let last = match std::mem::take(&mut db.state) {
             State::Ready(f) => Some(f),
             State::Loading { last, .. } | State::Failed(_, last) => last,
             State::Empty => None,

@@ -325,15 +325,8 @@ pub struct Relay {
     /// which its end takes away, for the session's own.
     reread_at_end: Vec<String>,
     /// Transaction mode: the database's functions whose run may change settings (see
-    /// `function_settings.rs`), as last read; refreshed at a checkout when stale.
-    function_settings: Option<Arc<crate::function_settings::FunctionSettings>>,
-    /// Until when `function_settings` is fresh, while the database's generation (kept
-    /// here once looked up) stays as seen.
-    function_settings_until: Instant,
-    function_settings_generation: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// The store's key for the database: its server and name there.
-    function_settings_key: String,
-    function_settings_seen: u64,
+    /// `function_settings.rs`), as last read; refreshed before a checkout when stale.
+    function_settings: crate::function_settings::Followed,
     /// A CREATE ran in the open transaction: once it ends, the functions are read again.
     creates: bool,
     /// The [`FunctionSettings::signature`](crate::function_settings::FunctionSettings)
@@ -568,11 +561,7 @@ impl Relay {
             reread_changes: false,
             described: None,
             reread_at_end: Vec::new(),
-            function_settings: None,
-            function_settings_until: Instant::now(),
-            function_settings_generation: None,
-            function_settings_key: String::new(),
-            function_settings_seen: 0,
+            function_settings: Default::default(),
             creates: false,
             statements_judged: 0,
             replay: None,
@@ -2984,6 +2973,7 @@ impl Relay {
             || may_affect_session(sql)
             || self
                 .function_settings
+                .current
                 .as_ref()
                 .is_some_and(|f| f.mentioned(sql))
     }
@@ -2991,103 +2981,10 @@ impl Relay {
     /// What a statement may set through the functions it calls (see
     /// `function_settings.rs`), to read back after it.
     fn hidden_settings(&self, analysis: &pgopt_sql::Analysis, sql: &str) -> Vec<String> {
-        match &self.function_settings {
+        match &self.function_settings.current {
             Some(f) => f.reread(analysis, sql),
             None => Vec::new(),
         }
-    }
-
-    /// Before a checkout in transaction mode: the database's functions that may change
-    /// settings (see `function_settings.rs`), when the last read is stale. One session
-    /// reads the catalog; one whose last read is from before a schema change (or that
-    /// has none) waits for that read — unless the read before it failed — the others
-    /// use the last read meanwhile. A wait lasts a read's time at most.
-    async fn refresh_function_settings(&mut self) {
-        use crate::function_settings::Access;
-        let shared = self.shared.clone();
-        let store = &shared.function_settings;
-        // (By server and database name: names a client may use for the same database
-        // share what a schema change through either moved.)
-        if self.function_settings_key.is_empty() {
-            let target = &self.pool.target;
-            self.function_settings_key =
-                format!("{}:{}/{}", target.host, target.port, target.dbname);
-        }
-        let key = self.function_settings_key.clone();
-        let generation = self
-            .function_settings_generation
-            .get_or_insert_with(|| store.generation(&key))
-            .clone();
-        let deadline = Instant::now() + crate::function_settings::read_budget(&self.pool);
-        loop {
-            let fresh = |f: &Option<Arc<crate::function_settings::FunctionSettings>>, now| {
-                f.as_ref()
-                    .is_some_and(|f| f.fresh(now, generation.load(Relaxed)))
-            };
-            if fresh(&self.function_settings, self.clock) {
-                break;
-            }
-            match store.get(&key, self.clock) {
-                Access::Use(f) => {
-                    self.function_settings = f;
-                    break;
-                }
-                Access::Read {
-                    ticket,
-                    done,
-                    last,
-                    failing,
-                } => {
-                    let wait = !failing && !store.current(&key, last.as_ref());
-                    self.function_settings.clone_from(&last);
-                    let (pool, shared, key) = (self.pool.clone(), self.shared.clone(), key.clone());
-                    // (What the last read found in the bodies is kept only within its
-                    // generation.)
-                    let kept = last.filter(|_| !wait);
-                    let read = async move {
-                        let read =
-                            crate::function_settings::read(&pool, &key, kept.as_deref()).await;
-                        let read = shared
-                            .function_settings
-                            .set(&key, ticket, read, Instant::now());
-                        drop(done);
-                        read
-                    };
-                    if !wait {
-                        tokio::spawn(read);
-                        break;
-                    }
-                    self.function_settings = read.await;
-                    // What follows is timed from the end of the wait (see `clock`).
-                    self.clock = Instant::now();
-                    // (A schema change while it read: again, within the wait's time.)
-                    if ticket == generation.load(Relaxed) || Instant::now() >= deadline {
-                        break;
-                    }
-                }
-                Access::Wait {
-                    mut done,
-                    last,
-                    failing,
-                } => {
-                    let wait = !failing && !store.current(&key, last.as_ref());
-                    self.function_settings = last;
-                    if !wait || Instant::now() >= deadline {
-                        break;
-                    }
-                    let _ = tokio::time::timeout_at(deadline.into(), done.changed()).await;
-                    self.clock = Instant::now();
-                }
-            }
-        }
-        let seen = generation.load(Relaxed);
-        let until = self
-            .function_settings
-            .as_ref()
-            .and_then(|f| f.fresh_until(seen));
-        self.function_settings_until = until.unwrap_or(self.clock);
-        self.function_settings_seen = seen;
-        self.rejudge_statements();
     }
 
     /// When the functions that may change settings are not those the client's named
@@ -3095,7 +2992,7 @@ impl Relay {
     /// them is found again, and read back after its Binds from now on. (A name found
     /// before stays: reading it back costs a round trip, never a wrong value.)
     fn rejudge_statements(&mut self) {
-        let Some(functions) = self.function_settings.clone() else {
+        let Some(functions) = self.function_settings.current.clone() else {
             return;
         };
         if std::mem::replace(&mut self.statements_judged, functions.signature)
@@ -4665,8 +4562,8 @@ impl Relay {
                 if self.status == TransactionStatus::Idle {
                     self.tx_snapshot = None;
                     if std::mem::take(&mut self.creates) {
-                        let key = &self.function_settings_key;
-                        self.shared.function_settings.changed(key);
+                        let store = &self.shared.function_settings;
+                        self.function_settings.changed(store);
                     }
                     // Before the client hears the transaction ended (this ReadyForQuery
                     // is written after), its writes' entries are gone. A rolled-back
@@ -4722,15 +4619,14 @@ impl Relay {
             self.close_retired().await;
             return Lending::Closed;
         }
-        // (The usual case, a read still fresh, costs two compares here.)
-        if self.rewrite
-            && !(self.function_settings_until > self.clock
-                && self
-                    .function_settings_generation
-                    .as_ref()
-                    .is_some_and(|g| g.load(Relaxed) == self.function_settings_seen))
-        {
-            self.refresh_function_settings().await;
+        // The functions that may change settings (see `function_settings.rs`): a read
+        // still fresh, the usual case, costs two compares and a load here.
+        if self.rewrite && !self.function_settings.fresh(self.clock) {
+            let (shared, pool) = (self.shared.clone(), self.pool.clone());
+            self.function_settings
+                .refresh(&shared, &pool, &mut self.clock)
+                .await;
+            self.rejudge_statements();
         }
         let requested_us = crate::stats::unix_us_at(self.clock);
         self.info.set_state(ClientState::Waiting, requested_us);

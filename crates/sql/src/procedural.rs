@@ -42,6 +42,16 @@ impl SettingsSet {
         any.into_iter().chain(self.names.iter().cloned()).collect()
     }
 
+    /// With "any", the role and the session authorization too, which pg_settings does
+    /// not list (a name built at run time may be either).
+    fn with_identity(mut self) -> SettingsSet {
+        if self.any {
+            self.name("role");
+            self.name("session_authorization");
+        }
+        self
+    }
+
     fn name(&mut self, name: &str) {
         self.names.insert(name.to_string());
     }
@@ -147,13 +157,7 @@ fn string_inside(token: &str) -> &str {
 /// neither). Comments are left out.
 pub fn settings_set_by(body: &str) -> SettingsSet {
     let lower = body.to_ascii_lowercase();
-    let mut set = scan(&lower, 0);
-    if set.any {
-        // (A name built at run time may be either.)
-        set.name("role");
-        set.name("session_authorization");
-    }
-    set
+    scan(&lower, 0).with_identity()
 }
 
 /// How deep strings inside strings are read (`EXECUTE 'EXECUTE ''SET …'''`).
@@ -298,11 +302,7 @@ pub fn settings_set_by_other(body: &str) -> SettingsSet {
             }
         }
     }
-    if set.any {
-        set.name("role");
-        set.name("session_authorization");
-    }
-    set
+    set.with_identity()
 }
 
 /// The words `body` names — identifiers, quoted or not, and the words of its strings,
