@@ -520,7 +520,7 @@ impl Relay {
             untracked_report: false,
             reported_moved: false,
             default_encoding,
-            backslash_escapes: !setting_is_on(&conforming),
+            backslash_escapes: crate::replication::parse_bool(conforming.trim()) != Some(true),
             rerouting: false,
             ending_in_flight: false,
             executed_unsynced: false,
@@ -5689,13 +5689,6 @@ const ASCII_TRAILS: &[&str] = &[
     "gb18030",
     "johab",
 ];
-
-/// Whether a boolean setting's value is true, as PostgreSQL reads it (a prefix of
-/// `on`, `true` or `yes`, or `1`).
-fn setting_is_on(value: &str) -> bool {
-    let v = value.trim().to_ascii_lowercase();
-    v == "on" || v == "1" || (!v.is_empty() && ("true".starts_with(&v) || "yes".starts_with(&v)))
-}
 
 /// Whether SQL `text` may read otherwise than pgopt's parser reads it: a backslash,
 /// when the session reads one in a `'…'` string as an escape.

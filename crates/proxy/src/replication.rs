@@ -114,7 +114,7 @@ impl ReplicationCell {
 }
 
 /// PostgreSQL's `parse_bool`: a whole word or a unique prefix of one, any case.
-fn parse_bool(value: &str) -> Option<bool> {
+pub(crate) fn parse_bool(value: &str) -> Option<bool> {
     let v = value.to_ascii_lowercase();
     let prefix_of = |word: &str, min: usize| v.len() >= min && word.starts_with(v.as_str());
     if prefix_of("true", 1) || prefix_of("yes", 1) || prefix_of("on", 2) || v == "1" {
