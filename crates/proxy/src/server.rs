@@ -672,17 +672,15 @@ impl ServerConn {
                 }
                 continue;
             };
-            let message = match frame.backend() {
-                Ok(message) => message,
-                // Text not in UTF-8 (a client_encoding other than UTF8, with messages
-                // in another language): read on to the ReadyForQuery all the same, or
-                // the connection would be left a response behind.
-                Err(_) => {
-                    if frame.tag() == b'E' && error.is_none() {
-                        error = Some(lossy_error(frame.body()));
-                    }
-                    continue;
-                }
+            // An error's text may not be UTF-8 (a client_encoding other than UTF8,
+            // with messages in another language): read lossily, and on to the
+            // ReadyForQuery all the same, or the connection would be left mid-reply.
+            if frame.tag() == b'E' {
+                error.get_or_insert_with(|| error_text(frame.body()));
+                continue;
+            }
+            let Ok(message) = frame.backend() else {
+                continue;
             };
             match message {
                 BackendMessage::RowDescription(_) => rows.clear(),
@@ -692,13 +690,6 @@ impl ServerConn {
                         .map(|v| v.map(|b| pgopt_wire::text::escape(b).into_owned()))
                         .collect(),
                 ),
-                BackendMessage::ErrorResponse(e) if error.is_none() => {
-                    error = Some(format!(
-                        "{} ({})",
-                        e.message().unwrap_or("error"),
-                        e.code().unwrap_or("?????")
-                    ));
-                }
                 BackendMessage::ReadyForQuery(r) => {
                     return Ok(QueryResult {
                         rows,
@@ -712,19 +703,20 @@ impl ServerConn {
     }
 }
 
-/// An ErrorResponse body whose text is not UTF-8, as [`ServerConn::query`] words an
-/// error: its message (lossily) and SQLSTATE.
-fn lossy_error(body: &[u8]) -> String {
-    let mut message = "error".to_string();
-    let mut code = "?????".to_string();
-    for field in body.split(|&b| b == 0) {
-        match field.split_first() {
-            Some((b'M', text)) => message = String::from_utf8_lossy(text).into_owned(),
-            Some((b'C', text)) => code = String::from_utf8_lossy(text).into_owned(),
-            _ => {}
-        }
-    }
-    format!("{message} ({code})")
+/// How [`ServerConn::query`] words an ErrorResponse: its message and SQLSTATE (read
+/// lossily: the text may not be UTF-8).
+fn error_text(body: &[u8]) -> String {
+    let field = |wanted, missing| {
+        crate::stats::error_field(body, wanted).map_or_else(
+            || missing,
+            |text| String::from_utf8_lossy(text).into_owned(),
+        )
+    };
+    format!(
+        "{} ({})",
+        field(b'M', "error".to_string()),
+        field(b'C', "?????".to_string())
+    )
 }
 
 /// Writes start-up messages (flushed: under TLS a write may stay buffered).
@@ -817,7 +809,7 @@ mod derived_tests {
     #[test]
     fn an_error_in_another_encoding_is_worded_lossily() {
         let body = b"SERREUR\0C22012\0Mdivision par z\xe9ro\0\0";
-        assert_eq!(lossy_error(body), "division par z\u{fffd}ro (22012)");
+        assert_eq!(error_text(body), "division par z\u{fffd}ro (22012)");
     }
 
     #[test]
