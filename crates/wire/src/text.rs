@@ -41,8 +41,7 @@ fn is_escape(c: char) -> bool {
 /// usual case, at the cost of the UTF-8 check), else escaped.
 pub fn escape(bytes: &[u8]) -> Cow<'_, str> {
     if let Ok(text) = std::str::from_utf8(bytes) {
-        // (A plain look for the lead byte: most texts are short, and have none.)
-        if !bytes.contains(&LEAD) || !text.chars().any(is_escape) {
+        if !is_escaped(text) {
             return Cow::Borrowed(text);
         }
     }
@@ -69,7 +68,7 @@ pub fn escape(bytes: &[u8]) -> Cow<'_, str> {
 
 /// The bytes [`escape`] made `text` of.
 pub fn unescape(text: &str) -> Cow<'_, [u8]> {
-    if !text.as_bytes().contains(&LEAD) || !text.chars().any(is_escape) {
+    if !is_escaped(text) {
         return Cow::Borrowed(text.as_bytes());
     }
     let mut out = Vec::with_capacity(text.len());
@@ -84,9 +83,12 @@ pub fn unescape(text: &str) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// Whether `text` was escaped from bytes that are not UTF-8 as they stand.
+/// Whether `text` holds an escape character: it was escaped from bytes that are not
+/// UTF-8 as they stand (or, as bytes given to [`escape`], it holds one already).
+#[inline]
 pub fn is_escaped(text: &str) -> bool {
-    matches!(unescape(text), Cow::Owned(_))
+    // (A plain look for the lead byte first: most texts are short, and have none.)
+    text.as_bytes().contains(&LEAD) && text.chars().any(is_escape)
 }
 
 #[cfg(test)]
