@@ -2673,17 +2673,21 @@ impl Relay {
     /// A Bind, once the client has parsed a `DEALLOCATE` stand-in: a portal of one is
     /// listed with what it deallocates, any other forgotten.
     fn note_stand_in_portal(&mut self, bind: &BindHead<'_>) {
-        // (A DEALLOCATE ALL sent as it came deallocates the client's names too.)
-        let target_of =
-            |q: &str| stand_in_target(q).or_else(|| deallocate_target(q).filter(Option::is_none));
+        // (A DEALLOCATE ALL sent as it came deallocates the client's names too. Either
+        // begins with a `d`, looked at before the text is decoded: every Bind comes
+        // here.)
+        let target_of = |parse: &Bytes| {
+            let query = crate::statements::query_bytes(parse)?;
+            if !matches!(query.trim_ascii_start().first(), Some(b'd' | b'D')) {
+                return None;
+            }
+            let q = Parse::decode(parse.get(5..)?).ok()?.query;
+            stand_in_target(q).or_else(|| deallocate_target(q).filter(Option::is_none))
+        };
         let target = if bind.statement.is_empty() {
-            let parse = self
-                .statements
-                .unnamed()
-                .and_then(|p| Parse::decode(p.get(5..)?).ok());
-            parse.and_then(|p| target_of(p.query))
+            self.statements.unnamed().and_then(target_of)
         } else {
-            self.statements.query_of(bind.statement).and_then(target_of)
+            self.statements.parse_of(bind.statement).and_then(target_of)
         };
         self.stand_in_portals
             .retain(|(portal, _)| portal != bind.portal);

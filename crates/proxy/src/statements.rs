@@ -56,6 +56,13 @@ fn exits_transaction(sql: &str) -> Option<bool> {
 pub const IN_FAILED_TRANSACTION: &str =
     "current transaction is aborted, commands ignored until end of transaction block";
 
+/// The query text of Parse message `parse` (the whole frame), as bytes: not decoded.
+pub fn query_bytes(parse: &[u8]) -> Option<&[u8]> {
+    let body = parse.get(5..)?;
+    let rest = &body[memchr::memchr(0, body)? + 1..];
+    Some(&rest[..memchr::memchr(0, rest)?])
+}
+
 /// A statement as the servers know it.
 #[derive(Debug)]
 pub struct Prepared {
@@ -79,9 +86,7 @@ impl Prepared {
 
     /// The statement's SQL text, escaped when it is not UTF-8 (see `pgopt_wire::text`).
     pub fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
-        let body = self.parse.get(5..)?;
-        let rest = &body[memchr::memchr(0, body)? + 1..];
-        Some(pgopt_wire::text::escape(&rest[..memchr::memchr(0, rest)?]))
+        Some(pgopt_wire::text::escape(query_bytes(&self.parse)?))
     }
 
     /// The server statement for `parse` from a client whose `client_encoding` gives
@@ -368,6 +373,12 @@ impl ClientStatements {
         for s in self.by_name.values_mut() {
             s.discarded = true;
         }
+    }
+
+    /// The Parse (the whole frame, under the server's name) of the client's statement
+    /// `name`.
+    pub fn parse_of(&self, name: &str) -> Option<&Bytes> {
+        Some(&self.by_name.get(name)?.prepared.parse)
     }
 
     /// The SQL text of the client's statement `name`.
