@@ -316,11 +316,10 @@ pub struct Deps {
     /// (`pg_rewrite.ev_action`), which names every relation and function by OID.
     /// With why, for the log (see [`Deps::uncached_listed`]).
     uncacheable: foldhash::HashMap<String, String>,
-    /// Names of columns of a date or time type (arrays of one too), and of columns of
-    /// any other type: a statement converting a column to a date or time is cached
-    /// only when every column of its name is one (see `Analysis::datetime_casts`).
+    /// Names every column of which is of a date or time type (arrays of one too): a
+    /// statement converting a column to a date or time is cached only when its name
+    /// is one of these (see `Analysis::datetime_casts`).
     datetime_columns: foldhash::HashSet<String>,
-    other_columns: foldhash::HashSet<String>,
     /// The schema generation the catalog was read in (see [`ProxyCache::set_deps`]):
     /// a fill tagged from this map is stored only while it is current.
     pub generation: u64,
@@ -356,15 +355,15 @@ UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_rewrite r \
   JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relkind <> 'v' AND r.rulename <> '_RETURN' \
 UNION ALL \
-SELECT DISTINCT 'd', a.attname, CASE WHEN t.typcategory = 'D' OR e.typcategory = 'D' \
-    THEN 'd' ELSE 'x' END \
-  FROM pg_catalog.pg_attribute a \
+SELECT 'd', a.attname, '' FROM pg_catalog.pg_attribute a \
   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
   LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem AND t.typcategory = 'A' \
   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped \
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+  GROUP BY a.attname \
+  HAVING pg_catalog.bool_and(coalesce(t.typcategory = 'D' OR e.typcategory = 'D', false)) \
 UNION ALL \
 SELECT 's', c.relname, CASE WHEN c.relrowsecurity THEN 'it has row-level security' \
     WHEN c.relpersistence = 't' THEN 'it is a temporary table' \
@@ -461,11 +460,8 @@ impl Deps {
                     }
                 }
                 "u" => uncovered.push(a),
-                "d" if b == "d" => {
-                    deps.datetime_columns.insert(a);
-                }
                 "d" => {
-                    deps.other_columns.insert(a);
+                    deps.datetime_columns.insert(a);
                 }
                 _ => {}
             }
@@ -535,7 +531,7 @@ impl Deps {
 
     /// Whether every column named `name` is of a date or time type.
     fn datetime_column(&self, name: &str) -> bool {
-        self.datetime_columns.contains(name) && !self.other_columns.contains(name)
+        self.datetime_columns.contains(name)
     }
 
     /// The tags of a read of `relation`: itself, and for a view every relation it
