@@ -167,6 +167,8 @@ pub enum CheckoutError {
     Down { error: String, retry_in: Duration },
     /// The proxy is shutting down.
     ShuttingDown,
+    /// A RELOAD replaced or removed the pool (see [`Pool::retire`]).
+    Retired,
 }
 
 /// Invalidated statements remembered per pool.
@@ -652,7 +654,7 @@ impl Pool {
         while self.paused.load(SeqCst) {
             let resumed = self.resumed.notified();
             if self.closed.load(SeqCst) {
-                return Err(CheckoutError::ShuttingDown);
+                return Err(self.closed_error());
             }
             if !self.paused.load(SeqCst) {
                 break;
@@ -675,8 +677,7 @@ impl Pool {
         self.wait_unpaused(limits, deadline).await?;
         let timeout = || CheckoutError::WaitTimeout(limits.wait_timeout);
         let permit = |r: Result<OwnedSemaphorePermit, tokio::sync::AcquireError>| {
-            r.map(Granted::Slot)
-                .map_err(|_| CheckoutError::ShuttingDown)
+            r.map(Granted::Slot).map_err(|_| self.closed_error())
         };
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             return Ok(Granted::Slot(slot));
@@ -1000,6 +1001,15 @@ impl Pool {
         self.resumed.notify_waiters();
     }
 
+    /// Why a checkout of a closed pool fails: shutdown or a RELOAD.
+    fn closed_error(&self) -> CheckoutError {
+        if self.is_retired() {
+            CheckoutError::Retired
+        } else {
+            CheckoutError::ShuttingDown
+        }
+    }
+
     /// Shutdown: every waiting and future checkout fails with `ShuttingDown`.
     pub fn close(&self) {
         self.closed.store(true, SeqCst);
@@ -1135,10 +1145,13 @@ impl Pool {
     }
 
     /// A RELOAD replaced or removed it (see `retired`): its connections close, the
-    /// idle ones now and the others when released (as at RECONNECT).
+    /// idle ones now and the others when released (as at RECONNECT), and every waiting
+    /// and later checkout fails with `Retired` (its clients move to the new pool, or
+    /// are closed).
     pub fn retire(&self) {
-        self.retired.store(true, Relaxed);
+        self.retired.store(true, SeqCst);
         self.reconnect();
+        self.close();
     }
 
     /// Whether a RELOAD replaced or removed it.

@@ -27,7 +27,7 @@ use crate::observe::Tracker;
 use crate::pool::{Checkout, CheckoutError, Pool};
 use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
 use crate::routing::Routes;
-use crate::session::{checkout_error, fail_checkout, CancelSlot};
+use crate::session::{checkout_error, fail_checkout, CancelSlot, Membership};
 use crate::session_state::{
     self, may_affect_session, quote_ident, quote_literal, Applied, Change, SequenceUse, Settings,
     Verdict as SessionVerdict,
@@ -373,6 +373,12 @@ pub struct Relay {
     tracker: Option<Tracker>,
     /// Replica routing (see `routing.rs`), when the database has replicas.
     routes: Option<Routes>,
+    /// [`Shared::routes_version`] `routes` were made at: a RELOAD that changed a
+    /// database's replicas makes them again before the next checkout.
+    routes_seen: u64,
+    /// The client's place among its pool's clients, and what it logged in with, for a
+    /// move to another pool (see [`Relay::follow_reload`]).
+    membership: Membership,
     /// Read-your-writes: the client's last write, by WAL position and by time.
     ryw: ReadYourWritesState,
     /// The client messages of a read on a replica, kept until the client has been sent
@@ -437,7 +443,7 @@ impl Relay {
     pub fn new(
         client: ClientStream,
         cbuf: BytesMut,
-        (pool, routes): (Arc<Pool>, Option<Routes>),
+        (pool, routes, membership): (Arc<Pool>, Option<Routes>, Membership),
         shared: Arc<Shared>,
         cancel: CancelSlot,
         info: Arc<ClientInfo>,
@@ -445,19 +451,10 @@ impl Relay {
     ) -> Relay {
         // Before the config: a RELOAD in between is read again at the first request.
         let timeouts_version = shared.timeouts_version.load(SeqCst);
+        let routes_seen = shared.routes_version.load(SeqCst);
         let config = shared.config();
         let cache = shared.cache.clone();
-        // A database reached through the `*` fallback has no replication listener: with
-        // `wal_listener` on, writes that bypass pgopt would go unseen there, so it is
-        // not cached.
-        let unfollowed = cache.as_ref().is_some_and(|c| c.settings.wal_listener)
-            && config.is_fallback(&pool.database);
-        // A host list that may hold a standby: a fill could read one behind the
-        // versions it was taken under, so it is not cached (a warning at start).
-        let hosts = &pool.target.more_hosts;
-        let maybe_standby = !hosts.is_empty() && !hosts.read_write;
-        let serve_cache =
-            cache.is_some() && pool.mode == PoolMode::Transaction && !unfollowed && !maybe_standby;
+        let serve_cache = serves_cache(&shared, &pool);
         let (login_user, database, _) = info.identity();
         // What the client was shown at login of the settings whose changes the server
         // reports (see `note_reported_setting`): the server's, or its own start-up
@@ -579,6 +576,8 @@ impl Relay {
             rerun: None,
             tracker,
             routes,
+            routes_seen,
+            membership,
             ryw: ReadYourWritesState::default(),
             failover: None,
             paused: false,
@@ -4605,6 +4604,11 @@ impl Relay {
     /// `routing.rs`), else on the primary. A replica that fails to connect leaves the
     /// rotation and the next one is tried, the primary last.
     async fn checkout(&mut self, first: &Frame) -> Lending {
+        if self.shared.routes_version.load(Relaxed) != self.routes_seen {
+            // A RELOAD changed a database's replicas.
+            self.routes_seen = self.shared.routes_version.load(SeqCst);
+            self.routes = self.membership.routes(&self.shared, &self.pool);
+        }
         let read_only = self.routes.is_some()
             && crate::routing::read_only_batch(
                 first,
@@ -4619,7 +4623,7 @@ impl Relay {
     /// [`Relay::checkout`] for a transaction known to be read-only or not, skipping
     /// the replicas in `tried` (a bit each).
     async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> Lending {
-        if self.retired() {
+        if self.retired() && !self.follow_reload() {
             self.close_retired().await;
             return Lending::Closed;
         }
@@ -4714,6 +4718,9 @@ impl Relay {
                         routes.router.replicas[i].failed(&checkout_error(&pool, e).1);
                         tried |= 1 << i.min(63);
                     }
+                    // A RELOAD took the replica out of the list while this client
+                    // waited there.
+                    (Some(i), Some(_), CheckoutError::Retired) => tried |= 1 << i.min(63),
                     _ => break Err((pool, e)),
                 },
             }
@@ -4722,6 +4729,9 @@ impl Relay {
             // Waiting when a RELOAD retired the pool: not on the old server either.
             Ok((checkout, _)) if self.retired() => {
                 checkout.release();
+                if self.follow_reload() {
+                    return Box::pin(self.checkout_for(read_only, 0)).await;
+                }
                 self.close_retired().await;
                 Lending::Closed
             }
@@ -4770,6 +4780,14 @@ impl Relay {
                 self.sync_settings();
                 Lending::Lent
             }
+            // A RELOAD retired the pool while this client waited there.
+            Err((_, CheckoutError::Retired)) => {
+                if self.follow_reload() {
+                    return Box::pin(self.checkout_for(read_only, 0)).await;
+                }
+                self.close_retired().await;
+                Lending::Closed
+            }
             Err((pool, e)) => {
                 // What comes next (a pipelined request's checkout) starts after this.
                 self.clock = Instant::now();
@@ -4808,6 +4826,38 @@ impl Relay {
     /// its pool mode, or removed it (see `Pool::retire`).
     fn retired(&self) -> bool {
         self.pool.is_retired()
+    }
+
+    /// A RELOAD retired the client's pool: between transactions, a transaction-mode
+    /// client moves to the pool the config now gives its database and user, and its
+    /// next transaction runs on the new server, as PgBouncer's clients do after a
+    /// failover. Its settings and named statements go with it (they are applied and
+    /// prepared on each server connection it gets). `false` when it can't move: in
+    /// session mode (its session lives on the old server), or when the database is
+    /// gone or its pool mode changed.
+    fn follow_reload(&mut self) -> bool {
+        if !self.rewrite || self.server.is_some() {
+            return false;
+        }
+        let Some((pool, routes)) = self.membership.rejoin(&self.shared, self.mode) else {
+            return false;
+        };
+        tracing::info!(
+            client = %self.info.addr,
+            "a RELOAD moved database \"{}\" to {}:{}: the client follows",
+            pool.database,
+            pool.target.host,
+            pool.target.port
+        );
+        self.serve_cache = serves_cache(&self.shared, &pool);
+        self.pool = pool;
+        self.routes = routes;
+        self.routes_seen = self.shared.routes_version.load(SeqCst);
+        // The new server's catalog is read anew, and what the client learned of its
+        // statements' result shapes is checked against the new pool's invalidations.
+        self.function_settings = Default::default();
+        self.statements.rebase();
+        true
     }
 
     /// Closes a client of a retired pool before its next transaction: it is not to run
@@ -5708,6 +5758,23 @@ fn multibyte_refusal() -> String {
      transaction pooling mode: pgopt could not tell what it does to the session; quote \
      such identifiers, or use client_encoding UTF8"
         .to_string()
+}
+
+/// Whether a client of `pool` is served from the result cache: in transaction mode,
+/// unless writes that bypass pgopt could go unseen or a fill could read a standby.
+fn serves_cache(shared: &Shared, pool: &Pool) -> bool {
+    let Some(cache) = &shared.cache else {
+        return false;
+    };
+    // A database reached through the `*` fallback has no replication listener: with
+    // `wal_listener` on, writes that bypass pgopt would go unseen there, so it is
+    // not cached.
+    let unfollowed = cache.settings.wal_listener && shared.config().is_fallback(&pool.database);
+    // A host list that may hold a standby: a fill could read one behind the
+    // versions it was taken under, so it is not cached (a warning at start).
+    let hosts = &pool.target.more_hosts;
+    let maybe_standby = !hosts.is_empty() && !hosts.read_write;
+    pool.mode == PoolMode::Transaction && !unfollowed && !maybe_standby
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

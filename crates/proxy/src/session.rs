@@ -26,6 +26,7 @@ use crate::session_state::Settings;
 use crate::shared::{Lifecycle, Shared};
 use crate::stats::{ClientInfo, ClientState};
 use crate::ProxyError;
+use pgopt_wire::scram::ScramKeys;
 
 /// Where a client's cancel requests go: the server connection lent to it, if any, and
 /// else its wait for one (a cancel while it waits fails the request, as PostgreSQL
@@ -456,19 +457,17 @@ async fn session(
         return Ok(());
     };
     let routes = shared.routes_for(&pool, found.as_deref());
-    if let Some(keys) = keys {
-        if pool.target.user == *user {
-            for replica in routes.iter().flat_map(|r| &r.pools) {
-                replica.learn_keys(keys.clone());
-            }
-            pool.learn_keys(keys);
-        }
-    }
+    learn_keys(&pool, routes.as_ref(), user, keys.as_ref());
     if replication != Replication::None {
         // (Not a member of the pool: its server connection is not the pool's.)
         return replication::serve(stream, buf, shared, info, &pool, &startup, replication).await;
     }
-    let _member = PoolMember::new(&pool);
+    let membership = Membership {
+        pool: PoolMember::new(&pool),
+        user: user.to_string(),
+        found,
+        keys,
+    };
     let params = match pool.params() {
         Some(params) => params,
         None => {
@@ -502,7 +501,7 @@ async fn session(
         Relay::new(
             stream,
             buf,
-            (pool, routes),
+            (pool, routes, membership),
             shared.clone(),
             cancel_slot,
             info.clone(),
@@ -855,6 +854,58 @@ async fn before<T>(
     }
 }
 
+/// A client's SCRAM keys from its login, kept by its pools (and their replicas') for
+/// servers that take the client's own password: only where the server login is the
+/// client's own user.
+fn learn_keys(pool: &Pool, routes: Option<&Routes>, user: &str, keys: Option<&ScramKeys>) {
+    let Some(keys) = keys.filter(|_| pool.target.user == user) else {
+        return;
+    };
+    for replica in routes.iter().flat_map(|r| &r.pools) {
+        replica.learn_keys(keys.clone());
+    }
+    pool.learn_keys(keys.clone());
+}
+
+/// A logged-in client's place among its pool's clients, and what it logged in with
+/// that joining another pool takes again: the credentials `auth_query` found and the
+/// SCRAM keys of its login (see [`Membership::rejoin`]).
+pub struct Membership {
+    pool: PoolMember,
+    user: String,
+    found: Option<Arc<Credentials>>,
+    keys: Option<ScramKeys>,
+}
+
+impl Membership {
+    /// The pool the config now gives the client's database and user, in pool mode
+    /// `mode`, with its replicas: a RELOAD retired the client's (a failover moved the
+    /// database to another server). The client counts there from now on. `None`,
+    /// the client staying where it is, when the database is gone or its pool mode
+    /// changed.
+    pub fn rejoin(
+        &mut self,
+        shared: &Shared,
+        mode: crate::config::PoolMode,
+    ) -> Option<(Arc<Pool>, Option<Routes>)> {
+        let database = &self.pool.0.database;
+        let pool = shared.pool_for(database, &self.user, self.found.as_deref())?;
+        if pool.mode != mode || pool.is_retired() {
+            return None;
+        }
+        let routes = self.routes(shared, &pool);
+        self.pool = PoolMember::new(&pool);
+        Some((pool, routes))
+    }
+
+    /// The replicas a client of `pool` reads from, as the config now lists them.
+    pub fn routes(&self, shared: &Shared, pool: &Arc<Pool>) -> Option<Routes> {
+        let routes = shared.routes_for(pool, self.found.as_deref());
+        learn_keys(pool, routes.as_ref(), &self.user, self.keys.as_ref());
+        routes
+    }
+}
+
 /// Counts a logged-in client in its pool while it lives.
 struct PoolMember(Arc<Pool>);
 
@@ -922,6 +973,13 @@ pub fn checkout_error(pool: &Pool, error: CheckoutError) -> (&'static str, Strin
             ),
         ),
         CheckoutError::ShuttingDown => (sqlstate::ADMIN_SHUTDOWN, "pgopt is shutting down".into()),
+        CheckoutError::Retired => (
+            sqlstate::ADMIN_SHUTDOWN,
+            format!(
+                "terminating connection: a RELOAD changed database \"{}\"; reconnect",
+                pool.database
+            ),
+        ),
     }
 }
 

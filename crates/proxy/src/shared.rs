@@ -47,6 +47,9 @@ pub struct Shared {
     pub clients: Arc<ClientRegistry>,
     /// Moves on when a RELOAD changes a session timeout: sessions read them again.
     pub timeouts_version: AtomicU64,
+    /// Bumped when a RELOAD changes a database's replicas: connected clients make
+    /// their routes again before their next transaction.
+    pub routes_version: AtomicU64,
     client_slots: Arc<Semaphore>,
     max_client_conn: AtomicUsize,
     cancels: Mutex<HashMap<(i32, i32), Weak<CancelTarget>>>,
@@ -135,6 +138,7 @@ impl Shared {
             user_limits: Mutex::default(),
             clients: Arc::default(),
             timeouts_version: AtomicU64::new(0),
+            routes_version: AtomicU64::new(0),
             cancels: Mutex::new(HashMap::new()),
             lifecycle: watch::Sender::new(Lifecycle::Running),
             reloader: Mutex::new(None),
@@ -697,7 +701,17 @@ impl Shared {
         *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = server_tls;
+        let same_routers = {
+            let old = self.routers.read().unwrap_or_else(|p| p.into_inner());
+            old.len() == routers.len()
+                && routers
+                    .iter()
+                    .all(|(db, r)| old.get(db).is_some_and(|o| Arc::ptr_eq(o, r)))
+        };
         *self.routers.write().unwrap_or_else(|p| p.into_inner()) = routers;
+        if !same_routers {
+            self.routes_version.fetch_add(1, SeqCst);
+        }
         let timeouts = |c: &Config| {
             (
                 c.idle_transaction_timeout,

@@ -414,6 +414,14 @@ impl ClientStatements {
         }
     }
 
+    /// The client moved to another pool (see `Relay::follow_reload`): what it learned
+    /// of its statements' result shapes dates from before any invalidation there.
+    pub fn rebase(&mut self) {
+        for s in self.by_name.values_mut() {
+            s.epoch = 0;
+        }
+    }
+
     /// The client's unnamed statement's Parse, if it has one.
     pub fn unnamed(&self) -> Option<&Bytes> {
         self.unnamed.as_ref()

@@ -1058,13 +1058,9 @@ async fn reconnect_reaches_a_pool_a_reload_replaced_that_a_client_still_uses() {
         .unwrap();
     assert_eq!(backend_pid(&a).await, before, "the transaction goes on");
     a.batch_execute("COMMIT").await.unwrap();
-    // Its next transaction would run on the old server: the client is closed instead,
-    // and a new one gets a connection of the new pool.
-    let e = a.batch_execute("SELECT 1").await.unwrap_err();
-    assert!(code(&e) == Some("57P01") || e.is_closed(), "{e:?}");
-    let b = connect(&proxy, "postgres", None).await.unwrap();
+    // Its next transaction runs on the new pool.
     assert_ne!(
-        backend_pid(&b).await,
+        backend_pid(&a).await,
         before,
         "a connection opened before RECONNECT was used again"
     );
@@ -1075,14 +1071,24 @@ async fn server_port(client: &tokio_postgres::Client) -> String {
     common::value(client, "SHOW port").await
 }
 
-/// A RELOAD that moves a database to another server (a failover), changes its pool
-/// mode or removes it: clients already connected finish their transaction on the old
-/// server, then are closed rather than run another there (they reconnect to the new
-/// one); a new password alone leaves them be.
+/// A RELOAD that moves a database to another server (a failover): a transaction-mode
+/// client finishes the transaction under way on the old server, then runs its next one
+/// on the new server with its settings and prepared statements, as PgBouncer's do; one
+/// waiting for a connection of the old pool moves at once. A session-mode client,
+/// whose session lives on the old server, and clients of a database whose pool mode
+/// changed or that is gone are closed before their next transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_that_moves_a_database_closes_its_clients_before_their_next_transaction() {
+async fn a_reload_that_moves_a_database_moves_its_clients_after_their_transaction() {
     let pg = Postgres::start().await.unwrap();
     let other = Postgres::start().await.unwrap();
+    for server in [&pg, &other] {
+        let port = server.port();
+        server
+            .psql(&format!(
+                "CREATE TABLE t (port int); INSERT INTO t VALUES ({port})"
+            ))
+            .unwrap();
+    }
     let proxy = start_with(&pg, |_| {}).await;
     let handle = proxy.handle();
     let reload = |config: pgopt_proxy::Config| {
@@ -1091,7 +1097,7 @@ async fn a_reload_that_moves_a_database_closes_its_clients_before_their_next_tra
         handle.set_reloader(move || Ok(config.clone()));
         handle.reload().unwrap();
     };
-    // A new password alone: the clients stay.
+    // A new password alone: the clients stay on their pool.
     let stays = connect(&proxy, "postgres", None).await.unwrap();
     let mut config = config_for(&pg, PoolMode::Transaction, 2);
     config.databases[0].password = Some("unused".into());
@@ -1099,25 +1105,69 @@ async fn a_reload_that_moves_a_database_closes_its_clients_before_their_next_tra
     assert_eq!(server_port(&stays).await, pg.port().to_string());
     // Moved to the other server: a transaction under way ends where it began.
     let moved = connect(&proxy, "postgres", None).await.unwrap();
+    moved
+        .batch_execute("SET application_name = 'mover'")
+        .await
+        .unwrap();
+    let statement = moved.prepare("SELECT port FROM t").await.unwrap();
     moved.batch_execute("BEGIN").await.unwrap();
     assert_eq!(server_port(&moved).await, pg.port().to_string());
-    reload(config_for(&other, PoolMode::Transaction, 2));
+    reload(config_for(&other, PoolMode::Transaction, 1));
     assert_eq!(server_port(&moved).await, pg.port().to_string());
+    // The other server's only connection is held: a client's wait there is seen.
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(server_port(&holder).await, other.port().to_string());
     moved.batch_execute("COMMIT").await.unwrap();
+    let port = proxy.local_addr().port();
+    let waiting = tokio::spawn(async move {
+        let waiter = common::connect_port(port, "postgres").await.unwrap();
+        let port = common::value(&waiter, "SHOW port").await;
+        (waiter, port)
+    });
+    until_waiting(&proxy, 1).await;
+    // Back to the first server: the client waiting on the other's pool moves too.
+    reload(config_for(&pg, PoolMode::Transaction, 2));
+    let (_waiter, waited) = finished(waiting, "the waiter never moved to the new pool").await;
+    assert_eq!(waited, pg.port().to_string());
     for client in [&moved, &stays] {
-        let e = client.batch_execute("SELECT 1").await.unwrap_err();
-        let db = e.as_db_error().expect("a FATAL before the close");
-        assert_eq!(db.code().code(), "57P01", "{db:?}");
-        assert!(db.message().contains("RELOAD changed database"), "{db:?}");
+        assert_eq!(server_port(client).await, pg.port().to_string());
     }
-    let fresh = connect(&proxy, "postgres", None).await.unwrap();
-    assert_eq!(server_port(&fresh).await, other.port().to_string());
-    // Another pool mode.
+    // Its settings and prepared statement went with it.
+    assert_eq!(
+        common::value(&moved, "SHOW application_name").await,
+        "mover"
+    );
+    let rows = moved.query(&statement, &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), i32::from(pg.port()));
+    // SHOW POOLS counts the clients where they are now (the holder is still in its
+    // transaction on the other server).
+    let pools = show(&admin(&proxy).await, "POOLS").await;
+    let app = pools
+        .iter()
+        .find(|p| p["database"] == "app" && p["user"] == "postgres")
+        .unwrap();
+    assert_eq!(
+        num(app, "cl_active") + num(app, "cl_waiting"),
+        3,
+        "{pools:?}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(server_port(&holder).await, pg.port().to_string());
+    // Another pool mode: closed.
+    reload(config_for(&pg, PoolMode::Session, 2));
+    let e = moved.batch_execute("SELECT 1").await.unwrap_err();
+    let db = e.as_db_error().expect("a FATAL before the close");
+    assert_eq!(db.code().code(), "57P01", "{db:?}");
+    assert!(db.message().contains("RELOAD changed database"), "{db:?}");
+    // A session-mode client moved to another server: closed before its next
+    // transaction (its session is on the old one).
+    let session = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(server_port(&session).await, pg.port().to_string());
     reload(config_for(&other, PoolMode::Session, 2));
-    let e = fresh.batch_execute("SELECT 1").await.unwrap_err();
+    let e = session.batch_execute("SELECT 1").await.unwrap_err();
     assert_eq!(code(&e), Some("57P01"), "{e:?}");
-    // Removed: a session-mode client, which keeps its server connection between
-    // transactions, is closed before its next one all the same.
+    // Removed: closed all the same.
     let last = connect(&proxy, "postgres", None).await.unwrap();
     assert_eq!(server_port(&last).await, other.port().to_string());
     let mut config = config_for(&other, PoolMode::Session, 2);
@@ -1256,11 +1306,11 @@ async fn shutdown_tells_a_client_waiting_on_a_pool_a_reload_replaced_at_once() {
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let waiting = tokio::spawn(async move { waiter.batch_execute("SELECT 2").await });
     until_waiting(&proxy, 1).await;
-    // The pool is replaced; the holder's transaction goes on on the old one, and the
-    // waiter waits there still (it is closed if it gets a connection).
+    // The pool is replaced for a new password: the holder's transaction goes on on
+    // the old one, and the waiter waits there still.
     let mut config = config_for(&pg, PoolMode::Transaction, 1);
     config.admin_users = vec!["postgres".into()];
-    config.databases[0].host = "localhost".into();
+    config.databases[0].password = Some("unused".into());
     let handle = proxy.handle();
     handle.set_reloader(move || Ok(config.clone()));
     handle.reload().unwrap();

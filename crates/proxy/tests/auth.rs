@@ -155,6 +155,38 @@ async fn auth_query_finds_users_the_config_does_not_list() {
     );
 }
 
+/// A RELOAD that moves the database to another server (here the same one under
+/// another name): clients whose server logins take the SCRAM keys of their own login,
+/// one of a user `auth_query` found among them, move to the new pool and log in there.
+#[tokio::test]
+async fn clients_a_reload_moves_log_in_to_the_new_server_with_what_their_login_gave() {
+    let (pg, admin) = scram_postgres().await;
+    admin
+        .batch_execute("CREATE ROLE app_user LOGIN PASSWORD 'apppw'")
+        .await
+        .unwrap();
+    let stored = stored_password(&pg, "postgres").await;
+    let mut config = config_with_only(&pg, ClientAuth::ScramSha256, stored);
+    config.auth_user = Some("postgres".into());
+    config.admin_users = vec!["postgres".into()];
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let mut clients = Vec::new();
+    for (user, password) in [("postgres", "serverpw"), ("app_user", "apppw")] {
+        let client = connect(&proxy, user, Some(password)).await.unwrap();
+        let before = pid(&client).await;
+        clients.push((client, before));
+    }
+    config.databases[0].host = "localhost".into();
+    let handle = proxy.handle();
+    handle.set_reloader(move || Ok(config.clone()));
+    handle.reload().unwrap();
+    for (client, (pid_before, user)) in &clients {
+        let (pid_now, user_now) = pid(client).await;
+        assert_ne!(pid_now, *pid_before, "{user} stayed on the old pool");
+        assert_eq!(&user_now, user);
+    }
+}
+
 /// A server asking for `host_auth` where `app_user` has the password `apppw`, stored
 /// as `host_auth` stores it, and an `auth_query` that notes each lookup in the table
 /// `auth_lookups`; a proxy asking clients for `client_auth`, keeping answers `ttl`.

@@ -592,6 +592,8 @@ async fn replicas_added_by_reload_take_new_reads_and_session_mode_stays_on_the_p
     value(&fresh, "SELECT 1").await;
     wait_for_state(&proxy, "up").await;
     assert_eq!(value(&fresh, "SELECT pg_is_in_recovery()").await, "t");
+    // A client connected before reads there too.
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
 
     // Session mode: a session's state lives on one server, the primary.
     config.pool_mode = pgopt_proxy::PoolMode::Session;
