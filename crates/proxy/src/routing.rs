@@ -267,7 +267,7 @@ impl Router {
 
     /// Runs one round of checks on the primary and every replica; `false` when there
     /// is no login to check with yet.
-    async fn check_all(&self, conns: &mut [Option<ServerConn>]) -> bool {
+    async fn check_all(&self, conns: &mut [Option<(Weak<Pool>, ServerConn)>]) -> bool {
         let Some((primary, replicas)) = lock(&self.pools).clone() else {
             return false;
         };
@@ -280,7 +280,12 @@ impl Router {
         let mut set = tokio::task::JoinSet::new();
         let pools = std::iter::once(primary).chain(replicas);
         for (i, (pool, conn)) in pools.zip(conns.iter_mut()).enumerate() {
-            let conn = conn.take();
+            // A connection of a pool since replaced (a RELOAD moved the node) is
+            // dropped: the check logs in to the node as it is configured now.
+            let conn = conn
+                .take()
+                .filter(|(of, _)| Weak::ptr_eq(of, &Arc::downgrade(&pool)))
+                .map(|(_, conn)| conn);
             // Long enough for a connect to try each server of a host list in turn.
             let timeout = pool.target.connect_budget(connect_timeout).max(interval);
             set.spawn(async move {
@@ -288,7 +293,10 @@ impl Router {
                 let result = tokio::time::timeout(timeout, check_one(&pool, conn, sql, max_len))
                     .await
                     .unwrap_or_else(|_| Err("health check timed out".to_string()));
-                (i, result)
+                (
+                    i,
+                    result.map(|(conn, row)| ((Arc::downgrade(&pool), conn), row)),
+                )
             });
         }
         let mut results: Vec<Option<Result<Vec<Option<String>>, String>>> =
@@ -420,7 +428,7 @@ async fn check_one(
 /// The checker: one round every `check_interval` until the router is dropped or the
 /// proxy stops. Until a first client brings a login it looks again every 50 ms.
 async fn check_loop(router: Weak<Router>, mut lifecycle: watch::Receiver<Lifecycle>) {
-    let mut conns: Vec<Option<ServerConn>> = Vec::new();
+    let mut conns: Vec<Option<(Weak<Pool>, ServerConn)>> = Vec::new();
     loop {
         let wait = {
             let Some(router) = router.upgrade() else {

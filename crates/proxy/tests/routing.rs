@@ -818,3 +818,51 @@ async fn a_replica_removed_by_reload_is_not_read_from_by_clients_connected_befor
         assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "f");
     }
 }
+
+/// `X/Y` (a WAL position as PostgreSQL shows it) as one number.
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// A RELOAD that moves the primary to another server and keeps the replica list: the
+/// health checker reads the new primary's WAL position, not the old one's through the
+/// connection it kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_follows_a_primary_a_reload_moved() {
+    let primary = Postgres::start().await.unwrap();
+    // Far ahead of a new server's WAL position.
+    primary
+        .psql(
+            "CREATE TABLE big AS SELECT g, repeat('x', 200) AS v FROM generate_series(1, 100000) g",
+        )
+        .unwrap();
+    let replica = Postgres::start_replica(&primary).await.unwrap();
+    let other = Postgres::start().await.unwrap();
+    let mut config = common::config_for(&primary, pgopt_proxy::PoolMode::Transaction, 4);
+    config.admin_users = vec!["postgres".into()];
+    with_replicas(&mut config, &[&replica]);
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    value(&client, "SELECT 1").await;
+    wait_for_state(&proxy, "up").await;
+    config.databases[0].port = other.port();
+    proxy.handle().apply(config).unwrap();
+    // The client moves to the new primary's pool, which the checker then logs in with.
+    value(&client, "SELECT 1").await;
+    let direct = other.connect("postgres").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = replica_rows(&proxy).await;
+        let shown = rows.iter().find(|r| r["role"] == "primary").unwrap()["replay_lsn"].clone();
+        let now = value(&direct, "SELECT pg_current_wal_lsn()::text").await;
+        if lsn(&shown) <= lsn(&now) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the checker still reads the old primary: {shown} against {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
