@@ -245,7 +245,9 @@ pub struct Pool {
     paused: AtomicBool,
     resumed: Notify,
     breaker: Mutex<Breaker>,
-    pub stats: PoolStats,
+    /// Shared with the pool a RELOAD replaced for the same (database, user, node):
+    /// SHOW STATS and /metrics totals go on across it.
+    pub stats: Arc<PoolStats>,
     pub servers: ServerRegistry,
     /// Connections lent to clients, and being opened.
     pub active: AtomicUsize,
@@ -357,13 +359,13 @@ impl Pool {
     /// A pool counted in `db_limit` (its database's on its node) and `user_limit` (its
     /// user's).
     pub fn new(
-        database: &str,
-        user: &str,
+        (database, user): (&str, &str),
         mode: PoolMode,
         target: ServerTarget,
         limits: PoolLimits,
         node: Option<(usize, Arc<Node>)>,
         (db_limit, user_limit): (Arc<ConnLimit>, Arc<ConnLimit>),
+        stats: Arc<PoolStats>,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             database: database.to_string(),
@@ -379,7 +381,7 @@ impl Pool {
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             breaker: Mutex::new(Breaker::default()),
-            stats: PoolStats::default(),
+            stats,
             servers: ServerRegistry::default(),
             active: AtomicUsize::new(0),
             connecting: AtomicUsize::new(0),
@@ -473,6 +475,30 @@ impl Pool {
                 rows: rows.filter(|r| r.len() <= MAX_KEPT_ROWS),
             },
         );
+    }
+
+    /// A client moved here from pool `from` (see `Relay::follow_reload`): what `from`'s
+    /// server said of statements `ids`, unless this pool has its own, so that the
+    /// result shape the client was told is checked here too.
+    pub fn adopt_descriptions(&self, from: &Pool, ids: impl Iterator<Item = u64>) {
+        for id in ids {
+            if self.knows_description(id) {
+                continue;
+            }
+            if let Some(description) = from.description(id) {
+                let epoch = self.plan_epoch();
+                let mut descriptions = lock(&self.descriptions);
+                if descriptions.len() < MAX_DESCRIPTIONS {
+                    descriptions.insert(
+                        id,
+                        Description {
+                            epoch,
+                            ..description
+                        },
+                    );
+                }
+            }
+        }
     }
 
     /// Brings a connection up to the current plan epoch: its statements invalidated
@@ -1388,6 +1414,9 @@ impl Checkout {
 #[derive(Default)]
 pub struct Pools {
     map: Mutex<HashMap<(String, String, usize), Arc<Pool>>>,
+    /// The statistics of pools a RELOAD took out of the map, for the pool made next
+    /// for the same key.
+    carried: Mutex<HashMap<(String, String, usize), Arc<PoolStats>>>,
 }
 
 impl Pool {
@@ -1413,14 +1442,16 @@ impl Pools {
         &self,
         (database, user, node): (&str, &str, usize),
         fits: impl FnOnce(&Pool) -> bool,
-        make: impl FnOnce() -> Arc<Pool>,
+        make: impl FnOnce(Arc<PoolStats>) -> Arc<Pool>,
     ) -> Arc<Pool> {
         let mut map = lock(&self.map);
         let key = (database.to_string(), user.to_string(), node);
         match map.get(&key) {
             Some(pool) if fits(pool) => pool.clone(),
             old => {
-                let pool = make();
+                let carried = lock(&self.carried).remove(&key);
+                let stats = old.map(|o| o.stats.clone()).or(carried);
+                let pool = make(stats.unwrap_or_default());
                 if let Some(old) = old {
                     if pool.target.same_login(&old.target) && pool.mode == old.mode {
                         old.close_idle();
@@ -1459,10 +1490,21 @@ impl Pools {
         before - map.len()
     }
 
-    /// Drops `pool` from the map; clients using it keep it.
-    pub fn remove(&self, pool: &Pool) -> Option<Arc<Pool>> {
+    /// Drops `pool` from the map, unless another took its place there meanwhile;
+    /// clients using it keep it. Its statistics go on in the next pool made for its
+    /// key.
+    pub fn remove(&self, pool: &Pool) {
         let key = (pool.database.clone(), pool.user.clone(), pool.node_index());
-        lock(&self.map).remove(&key)
+        let mut map = lock(&self.map);
+        if map.get(&key).is_some_and(|p| std::ptr::eq(&**p, pool)) {
+            map.remove(&key);
+            lock(&self.carried).insert(key, pool.stats.clone());
+        }
+    }
+
+    /// Forgets the statistics kept for pools of databases `kept` says are gone.
+    pub fn keep_carried(&self, kept: impl Fn(&str) -> bool) {
+        lock(&self.carried).retain(|(database, _, _), _| kept(database));
     }
 }
 

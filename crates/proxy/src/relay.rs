@@ -960,6 +960,13 @@ impl Relay {
                 return Ok(false);
             }
             if self.server.is_none() {
+                // A transaction-mode client of a pool a RELOAD retired moves to the new
+                // one first (or is closed): its cache verdict and routes are the new
+                // pool's.
+                if self.retired() && !self.follow_reload() {
+                    self.close_retired().await;
+                    return Ok(false);
+                }
                 // (A fill lives only here: nothing to drop for a batch's later messages.)
                 let mut fill = None;
                 if self.serve_cache
@@ -4622,11 +4629,8 @@ impl Relay {
 
     /// [`Relay::checkout`] for a transaction known to be read-only or not, skipping
     /// the replicas in `tried` (a bit each).
+    /// (A pool retired meanwhile fails the checkout with `CheckoutError::Retired`.)
     async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> Lending {
-        if self.retired() && !self.follow_reload() {
-            self.close_retired().await;
-            return Lending::Closed;
-        }
         // The functions that may change settings (see `function_settings.rs`): a read
         // still fresh, the usual case, costs two compares and a load here.
         if self.rewrite && !self.function_settings.fresh(self.clock) {
@@ -4836,7 +4840,10 @@ impl Relay {
     /// session mode (its session lives on the old server), or when the database is
     /// gone or its pool mode changed.
     fn follow_reload(&mut self) -> bool {
-        if !self.rewrite || self.server.is_some() {
+        if !self.rewrite
+            || self.server.is_some()
+            || self.shared.lifecycle_now() != Lifecycle::Running
+        {
             return false;
         }
         let Some((pool, routes)) = self.membership.rejoin(&self.shared, self.mode) else {
@@ -4850,6 +4857,7 @@ impl Relay {
             pool.target.port
         );
         self.serve_cache = serves_cache(&self.shared, &pool);
+        pool.adopt_descriptions(&self.pool, self.statements.ids());
         self.pool = pool;
         self.routes = routes;
         self.routes_seen = self.shared.routes_version.load(SeqCst);
@@ -4857,6 +4865,8 @@ impl Relay {
         // statements' result shapes is checked against the new pool's invalidations.
         self.function_settings = Default::default();
         self.statements.rebase();
+        // WAL positions of the old server say nothing of the new one's.
+        self.ryw = Default::default();
         true
     }
 

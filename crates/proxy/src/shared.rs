@@ -209,7 +209,10 @@ impl Shared {
                 self.node_pool(&primary.database, &primary.user, found, Some(node))
             })
             .collect::<Option<Vec<_>>>()?;
-        router.adopt(primary, &pools, self.lifecycle());
+        // (Not for a pool a RELOAD replaced, which a client connected before uses.)
+        if self.pools.is_current(primary) {
+            router.adopt(primary, &pools, self.lifecycle());
+        }
         Some(Routes { router, pools })
     }
 
@@ -263,19 +266,19 @@ impl Shared {
         Some(self.pools.get_or_replace(
             (database, user, index),
             |pool| pool.target == target && pool.mode == mode,
-            || {
+            |stats| {
                 let db_limit = self.db_limit(database, index);
                 db_limit.set_max(config.max_db_connections_of(db));
                 let user_limit = self.user_limit(&login);
                 user_limit.set_max(config.max_user_connections_of(&login));
                 let pool = Pool::new(
-                    database,
-                    user,
+                    (database, user),
                     mode,
                     target.clone(),
                     limits_for(&config, db),
                     node,
                     (db_limit, user_limit),
+                    stats,
                 );
                 if paused {
                     pool.pause();
@@ -660,11 +663,15 @@ impl Shared {
                 db.is_some_and(|db| new.pool_mode_for(db, &pool.target.user) == pool.mode);
             (same_login && same_mode, same_server && same_mode)
         };
+        // What becomes of each pool, done once the new config is in place: a client
+        // a retired pool wakes moves to the pool the new config gives it.
+        let mut retiring = Vec::new();
+        let mut replaced = Vec::new();
         // Pools an earlier RELOAD replaced for a new password, which clients still use:
         // retired too when their server or mode is not the new config's.
         for pool in self.live_pools() {
             if !pool.is_retired() && !self.pools.is_current(&pool) && !compare(&pool).0 {
-                pool.retire();
+                retiring.push(pool);
             }
         }
         for pool in self.pools.list() {
@@ -673,16 +680,11 @@ impl Shared {
                 (Some(db), (_, true)) => pool.set_limits(limits_for(&new, &db)),
                 // A new password or TLS setting: new clients get a new pool, those
                 // connected finish on this one.
-                (Some(_), (true, false)) => {
-                    self.pools.remove(&pool);
-                    pool.close_idle();
-                }
+                (Some(_), (true, false)) => replaced.push(pool),
                 // Another server (a failover), another pool mode, or no database:
-                // its clients are closed before their next transaction.
-                _ => {
-                    self.pools.remove(&pool);
-                    pool.retire();
-                }
+                // its transaction-mode clients move to the new pool between
+                // transactions; the others are closed before their next one.
+                _ => retiring.push(pool),
             }
         }
         let max = new.max_client_conn;
@@ -709,9 +711,6 @@ impl Shared {
                     .all(|(db, r)| old.get(db).is_some_and(|o| Arc::ptr_eq(o, r)))
         };
         *self.routers.write().unwrap_or_else(|p| p.into_inner()) = routers;
-        if !same_routers {
-            self.routes_version.fetch_add(1, SeqCst);
-        }
         let timeouts = |c: &Config| {
             (
                 c.idle_transaction_timeout,
@@ -722,7 +721,20 @@ impl Shared {
         let new_timeouts = timeouts(&new) != timeouts(&old);
         // Last, with nothing left to fail: the lists' clones in pools it keeps see it.
         new.apply_login_retry();
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        let new = Arc::new(new);
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        for pool in replaced {
+            self.pools.remove(&pool);
+            pool.close_idle();
+        }
+        for pool in retiring {
+            self.pools.remove(&pool);
+            pool.retire();
+        }
+        self.pools.keep_carried(|db| new.database(db).is_some());
+        if !same_routers {
+            self.routes_version.fetch_add(1, SeqCst);
+        }
         if new_timeouts {
             // Sessions waiting with a timer (or none) set by the old values.
             self.timeouts_version.fetch_add(1, SeqCst);

@@ -422,6 +422,11 @@ impl ClientStatements {
         }
     }
 
+    /// The server statement of each of the client's named statements.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_name.values().map(|s| s.prepared.id)
+    }
+
     /// The client's unnamed statement's Parse, if it has one.
     pub fn unnamed(&self) -> Option<&Bytes> {
         self.unnamed.as_ref()

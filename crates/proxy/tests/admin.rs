@@ -1043,11 +1043,10 @@ async fn reconnect_reaches_a_pool_a_reload_replaced_that_a_client_still_uses() {
     let a = connect(&proxy, "postgres", None).await.unwrap();
     a.batch_execute("BEGIN").await.unwrap();
     let before = backend_pid(&a).await;
-    // The server's address changes: the pool is replaced; `a`'s session stays on
-    // the old one.
+    // A new password: the pool is replaced; `a` stays on the old one.
     let mut config = config_for(&pg, PoolMode::Transaction, 2);
     config.admin_users = vec!["postgres".into()];
-    config.databases[0].host = "localhost".into();
+    config.databases[0].password = Some("unused".into());
     let handle = proxy.handle();
     handle.set_reloader(move || Ok(config.clone()));
     handle.reload().unwrap();
@@ -1058,7 +1057,7 @@ async fn reconnect_reaches_a_pool_a_reload_replaced_that_a_client_still_uses() {
         .unwrap();
     assert_eq!(backend_pid(&a).await, before, "the transaction goes on");
     a.batch_execute("COMMIT").await.unwrap();
-    // Its next transaction runs on the new pool.
+    // Its next transaction, on the old pool, gets a new connection there.
     assert_ne!(
         backend_pid(&a).await,
         before,
@@ -1110,6 +1109,16 @@ async fn a_reload_that_moves_a_database_moves_its_clients_after_their_transactio
         .await
         .unwrap();
     let statement = moved.prepare("SELECT port FROM t").await.unwrap();
+    for _ in 0..40 {
+        moved.batch_execute("SELECT 1").await.unwrap();
+    }
+    let xacts = || async {
+        let stats = show(&admin(&proxy).await, "STATS").await;
+        let app = stats.iter().find(|r| r["database"] == "app").unwrap();
+        num(app, "total_xact_count")
+    };
+    let xacts_before = xacts().await;
+    assert!(xacts_before >= 40, "{xacts_before}");
     moved.batch_execute("BEGIN").await.unwrap();
     assert_eq!(server_port(&moved).await, pg.port().to_string());
     reload(config_for(&other, PoolMode::Transaction, 1));
@@ -1152,6 +1161,12 @@ async fn a_reload_that_moves_a_database_moves_its_clients_after_their_transactio
         3,
         "{pools:?}"
     );
+    // SHOW STATS' totals go on across the pools.
+    let xacts_after = xacts().await;
+    assert!(
+        xacts_after > xacts_before,
+        "{xacts_after} after {xacts_before}"
+    );
     holder.batch_execute("COMMIT").await.unwrap();
     assert_eq!(server_port(&holder).await, pg.port().to_string());
     // Another pool mode: closed.
@@ -1176,6 +1191,34 @@ async fn a_reload_that_moves_a_database_moves_its_clients_after_their_transactio
     let e = last.batch_execute("SELECT 1").await.unwrap_err();
     let db = e.as_db_error().expect("a FATAL before the close");
     assert!(db.message().contains("RELOAD removed database"), "{db:?}");
+}
+
+/// A client a RELOAD moved to another server whose table has another shape: its
+/// statement prepared on the first server gets PostgreSQL's "cached plan must not
+/// change result type", not rows in a shape it would misread; prepared again, it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_clients_statement_whose_shape_differs_there_is_refused() {
+    let pg = Postgres::start().await.unwrap();
+    let other = Postgres::start().await.unwrap();
+    pg.psql("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    other
+        .psql("CREATE TABLE t (a int, b text); INSERT INTO t VALUES (2, 'x')")
+        .unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let statement = client.prepare("SELECT * FROM t").await.unwrap();
+    assert_eq!(client.query(&statement, &[]).await.unwrap()[0].len(), 1);
+    let mut config = config_for(&other, PoolMode::Transaction, 2);
+    config.admin_users = vec!["postgres".into()];
+    let handle = proxy.handle();
+    handle.set_reloader(move || Ok(config.clone()));
+    handle.reload().unwrap();
+    let e = client.query(&statement, &[]).await.unwrap_err();
+    assert_eq!(code(&e), Some("0A000"), "{e:?}");
+    let statement = client.prepare("SELECT * FROM t").await.unwrap();
+    let rows = client.query(&statement, &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
