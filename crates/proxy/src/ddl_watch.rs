@@ -84,12 +84,14 @@ DO $d$ BEGIN PERFORM pg_catalog.set_config('idle_session_timeout', '0', false); 
 EXCEPTION WHEN undefined_object THEN NULL; END $d$";
 
 /// Listens for `db`'s schema changes until the proxy stops; on failure it waits (1 s,
-/// doubling up to 30 s) and starts again.
+/// doubling up to 30 s) and starts again. Each change is also told to `changed` (the
+/// functions that may set settings are read again).
 pub async fn watch(
     cache: Arc<ProxyCache>,
     db: crate::config::Database,
     connect: crate::cache::ListenerConnect,
     mut lifecycle: tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
+    changed: impl Fn(),
 ) {
     let (user, password) = crate::cache::wal_login(&cache.settings, &db);
     let mut target = ServerTarget {
@@ -128,10 +130,12 @@ pub async fn watch(
             // Changes before now were not heard: everything is read again (here; every
             // instance has its own listener).
             cache.schema_changed_elsewhere(&db.name, false);
+            changed();
             set_state("listening");
             backoff.reset();
             notifications(&mut conn, max_len, || {
                 cache.schema_changed_elsewhere(&db.name, true);
+                changed();
                 cache
                     .counters
                     .ddl_changes

@@ -219,24 +219,60 @@ pub async fn read(
     }
 }
 
-/// Whether `sql` may CREATE something that runs a function: a function or procedure,
-/// a trigger, a view, a rule or a policy (or replaces one); not a temporary one.
+/// Whether `sql` may change what runs a function, or the names callers use: a CREATE
+/// of a function, procedure, aggregate, trigger, view, rule or policy (or a
+/// replacement), of a table that is a partition, inherits, or has defaults, checks or
+/// foreign keys, not a temporary one; an ALTER of a function, procedure, aggregate,
+/// table, view or policy (a rename, a new default, ATTACH PARTITION…).
 pub fn creates_callers(sql: &str) -> bool {
     sql.split(';').any(|statement| {
         let lower = statement.trim_start().to_ascii_lowercase();
         let mut words = lower.split_ascii_whitespace();
-        if words.next() != Some("create") {
-            return false;
-        }
-        words
-            .take(4)
-            .take_while(|w| !matches!(*w, "temp" | "temporary"))
-            .any(|w| {
-                matches!(
-                    w,
-                    "function" | "procedure" | "trigger" | "view" | "rule" | "policy" | "replace"
+        match words.next() {
+            Some("create") => {
+                let mut table = false;
+                let found = words
+                    .by_ref()
+                    .take(4)
+                    .take_while(|w| !matches!(*w, "temp" | "temporary"))
+                    .any(|w| {
+                        table |= w == "table";
+                        matches!(
+                            w,
+                            "function"
+                                | "procedure"
+                                | "aggregate"
+                                | "trigger"
+                                | "view"
+                                | "rule"
+                                | "policy"
+                                | "replace"
+                        )
+                    });
+                found
+                    || table
+                        && lower.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| {
+                            matches!(
+                                w,
+                                "partition" | "inherits" | "default" | "check" | "references"
+                            )
+                        })
+            }
+            Some("alter") => matches!(
+                words.next(),
+                Some(
+                    "function"
+                        | "procedure"
+                        | "routine"
+                        | "aggregate"
+                        | "table"
+                        | "view"
+                        | "materialized"
+                        | "policy"
                 )
-            })
+            ),
+            _ => false,
+        }
     })
 }
 
@@ -525,6 +561,11 @@ pub enum Access {
     },
 }
 
+/// The [`Store`]'s key for database `dbname` on server `host:port`.
+pub fn store_key(host: &str, port: u16, dbname: &str) -> String {
+    format!("{host}:{port}/{dbname}")
+}
+
 /// A session's side of its database's reads (see [`Store`]): the read it uses, and until
 /// when that stands without a look at the store.
 #[derive(Default)]
@@ -567,7 +608,7 @@ impl Followed {
         let store = &shared.function_settings;
         if self.key.is_empty() {
             let target = &pool.target;
-            self.key = format!("{}:{}/{}", target.host, target.port, target.dbname);
+            self.key = store_key(&target.host, target.port, &target.dbname);
         }
         let key = self.key.clone();
         let generation = self
@@ -876,6 +917,16 @@ mod tests {
             "CREATE RECURSIVE VIEW v (n) AS SELECT 1",
             "CREATE POLICY p ON t USING (true)",
             "CREATE MATERIALIZED VIEW m AS SELECT 1",
+            "CREATE AGGREGATE a (int) (SFUNC = f, STYPE = int)",
+            "CREATE TABLE p_2 PARTITION OF p FOR VALUES FROM (10) TO (20)",
+            "CREATE TABLE t (id int DEFAULT f())",
+            "CREATE UNLOGGED TABLE t (id int CHECK (f(id)))",
+            "CREATE TABLE t (id int REFERENCES u ON DELETE CASCADE)",
+            "ALTER FUNCTION f() RENAME TO g",
+            "alter procedure p() set schema s",
+            "ALTER TABLE p ATTACH PARTITION p_3 FOR VALUES FROM (20) TO (30)",
+            "ALTER TABLE t ALTER COLUMN id SET DEFAULT f()",
+            "ALTER POLICY p ON t USING (f())",
         ] {
             assert!(creates_callers(yes), "{yes}");
         }
@@ -883,8 +934,10 @@ mod tests {
             "CREATE TABLE t (id int)",
             "CREATE INDEX ON t (id)",
             "CREATE TEMP VIEW v AS SELECT 1",
-            "CREATE TEMPORARY TABLE trigger_log (id int)",
+            "CREATE TEMPORARY TABLE trigger_log (id int CHECK (id > 0))",
             "SELECT 'create function'",
+            "ALTER ROLE r SET search_path = x",
+            "ALTER SYSTEM SET work_mem = '8MB'",
         ] {
             assert!(!creates_callers(no), "{no}");
         }

@@ -200,11 +200,14 @@ impl Proxy {
                 "cache.ddl_listener listens on the listed databases only: schema changes in databases reached through \"*\" are heard within 30 s",
             );
             for db in listed {
+                let key = function_settings::store_key(&db.host, db.port, &db.dbname);
+                let functions = shared.clone();
                 tasks.push(tokio::spawn(ddl_watch::watch(
                     cache.clone(),
                     db.clone(),
                     listener_connect(&shared),
                     shared.lifecycle(),
+                    move || functions.function_settings.changed(&key),
                 )));
             }
         }

@@ -2316,3 +2316,50 @@ async fn a_text_column_converted_to_a_time_is_not_cached_a_timestamp_column_is()
         "a timestamptz column's date is cached"
     );
 }
+
+/// A function made directly on PostgreSQL that sets `search_path`: once the schema
+/// change listener hears it, a call through pgopt has the setting read back at once
+/// (not up to 30 s later), so it follows the caller and not the next client of the
+/// server connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ddl_listener_has_a_function_made_behind_pgopts_back_followed_at_once() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql("CREATE SCHEMA elsewhere").unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.default_pool_size = 1;
+        c.cache = CacheSettings {
+            enabled: true,
+            ddl_listener: true,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let listening = wait_for_cache(&proxy, "listening for schema changes", |r| {
+        r["ddl"] == "listening"
+    })
+    .await;
+    let heard = counter(&listening, "ddl_changes");
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    let path = "SHOW search_path";
+    let before = value(&b, path).await;
+    direct(&pg)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION go_elsewhere() RETURNS void LANGUAGE plpgsql AS \
+             $$BEGIN SET search_path = elsewhere, public; END$$",
+        )
+        .await
+        .unwrap();
+    wait_for_cache(&proxy, "hearing the change", |r| {
+        counter(r, "ddl_changes") > heard
+    })
+    .await;
+    a.batch_execute("SELECT go_elsewhere()").await.unwrap();
+    assert_eq!(
+        value(&b, path).await,
+        before,
+        "the next client of the connection"
+    );
+    assert_eq!(value(&a, path).await, "elsewhere, public");
+}

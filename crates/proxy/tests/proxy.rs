@@ -2416,6 +2416,13 @@ async fn settings_a_function_changes_follow_its_caller_only() {
     a.batch_execute("SELECT slow_down()").await.unwrap();
     assert_ne!(setting(&b, "statement_timeout").await, "9s");
     assert_eq!(setting(&a, "statement_timeout").await, "9s");
+    // A function renamed through pgopt is known by its new name at once.
+    a.batch_execute("SET statement_timeout = 0; ALTER FUNCTION slow_down() RENAME TO slower")
+        .await
+        .unwrap();
+    a.batch_execute("SELECT slower()").await.unwrap();
+    assert_ne!(setting(&b, "statement_timeout").await, "9s");
+    assert_eq!(setting(&a, "statement_timeout").await, "9s");
     // A trigger whose function writes a table whose trigger sets something.
     a.batch_execute("SET lock_timeout = 0").await.unwrap();
     a.batch_execute("INSERT INTO booked VALUES (3)")
