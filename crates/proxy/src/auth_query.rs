@@ -40,12 +40,17 @@ pub async fn lookup(
     query: &str,
     user: &str,
 ) -> Result<Option<Credentials>, LookupError> {
-    let pool = shared
-        .pool_for(database, auth_user, None)
-        .ok_or_else(|| LookupError::Failed(format!("database \"{database}\" is gone")))?;
-    let mut checkout = match pool.checkout().await {
-        Ok(c) => c,
-        Err(e) => return Err(checkout_failed(&pool, e)),
+    let mut retried = false;
+    let (pool, mut checkout) = loop {
+        let pool = shared
+            .pool_for(database, auth_user, None)
+            .ok_or_else(|| LookupError::Failed(format!("database \"{database}\" is gone")))?;
+        match pool.checkout().await {
+            Ok(c) => break (pool, c),
+            // A RELOAD retired the pool meanwhile: once more, on the one it made.
+            Err(CheckoutError::Retired) if !retried => retried = true,
+            Err(e) => return Err(checkout_failed(&pool, e)),
+        }
     };
     let limits = pool.limits();
     let answer = tokio::time::timeout(

@@ -450,39 +450,45 @@ async fn session(
         refuse_if_stopping(&mut stream, shared).await;
         return Ok(());
     }
-    let Some(pool) = shared.pool_for(&db.name, user, found.as_deref()) else {
+    let Some(mut pool) = shared.pool_for(&db.name, user, found.as_deref()) else {
         // RELOAD removed it while the client logged in.
         let _ = write_all(&mut stream, AUTHENTICATION_OK).await;
         unknown_database(&mut stream, database).await;
         return Ok(());
     };
-    let routes = shared.routes_for(&pool, found.as_deref());
+    let mut routes = shared.routes_for(&pool, found.as_deref());
     learn_keys(&pool, routes.as_ref(), user, keys.as_ref());
     if replication != Replication::None {
         // (Not a member of the pool: its server connection is not the pool's.)
         return replication::serve(stream, buf, shared, info, &pool, &startup, replication).await;
     }
-    let membership = Membership {
+    let mut membership = Membership {
         pool: PoolMember::new(&pool),
         user: user.to_string(),
         found,
         keys,
     };
-    let params = match pool.params() {
-        Some(params) => params,
-        None => {
-            // The first client of a pool: connecting now also tells it whether the
-            // server is up, before it sends a query.
-            info.set_state(ClientState::Waiting, crate::stats::unix_us_now());
-            match first_contact(&pool, routes.as_ref()).await {
-                Ok(params) => params,
-                Err(e) => {
-                    let _ = write_all(&mut stream, AUTHENTICATION_OK).await;
-                    fail_checkout(&mut stream, &pool, e).await;
-                    return Ok(());
-                }
+    let params = loop {
+        if let Some(params) = pool.params() {
+            break params;
+        }
+        // The first client of a pool: connecting now also tells it whether the
+        // server is up, before it sends a query.
+        info.set_state(ClientState::Waiting, crate::stats::unix_us_now());
+        let error = match first_contact(&pool, routes.as_ref()).await {
+            Ok(params) => break params,
+            Err(e) => e,
+        };
+        // A RELOAD retired the pool meanwhile: the one the config gives now.
+        if matches!(error, CheckoutError::Retired) {
+            if let Some((now, its_routes)) = membership.rejoin(shared, pool.mode) {
+                (pool, routes) = (now, its_routes);
+                continue;
             }
         }
+        let _ = write_all(&mut stream, AUTHENTICATION_OK).await;
+        fail_checkout(&mut stream, &pool, error).await;
+        return Ok(());
     };
     info.set_state(ClientState::Idle, 0);
 
