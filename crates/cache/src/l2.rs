@@ -1011,6 +1011,41 @@ impl L2 {
         }
     }
 
+    /// Another instance's replication stream started with `marker` written into the
+    /// WAL, and this instance's stream — up, with every commit before it heard and
+    /// published — has reached it: told through Redis for a minute (see
+    /// [`L2::stream_marker_reached`]). `false` when Redis was not reached.
+    pub async fn reach_stream_marker(&self, marker: &str) -> bool {
+        let Some(mut conn) = self.connection() else {
+            return false;
+        };
+        let mut cmd = Command::new("SET");
+        cmd.arg(self.marker_key(marker))
+            .arg("1")
+            .arg("PX")
+            .num(60_000);
+        self.answered("stream marker", conn.query::<()>(&mut cmd))
+            .await
+            .is_some()
+    }
+
+    /// Whether another instance's stream reached `marker` (see
+    /// [`L2::reach_stream_marker`]).
+    pub async fn stream_marker_reached(&self, marker: &str) -> bool {
+        let Some(mut conn) = self.connection() else {
+            return false;
+        };
+        let mut cmd = Command::new("EXISTS");
+        cmd.arg(self.marker_key(marker));
+        self.answered("stream marker", conn.query::<i64>(&mut cmd))
+            .await
+            .is_some_and(|n| n == 1)
+    }
+
+    fn marker_key(&self, marker: &str) -> String {
+        format!("{}{{pgopt}}m:{marker}", self.config.prefix)
+    }
+
     /// Redis was behind versions this instance saw (`seen`: table, version), as after
     /// a failover that lost increments: each counter still behind is set to what was
     /// seen and those tables are published (incremented past it, every instance

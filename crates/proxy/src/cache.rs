@@ -129,6 +129,10 @@ pub struct CacheCounters {
     /// nothing is served or stored (for any database: entries are not told apart).
     pub wal_listeners: std::sync::atomic::AtomicUsize,
     pub wal_streaming: std::sync::atomic::AtomicUsize,
+    /// Streams that started and ended every value (here and, with Redis, shared),
+    /// and those another instance's stream vouched for (see `wal::MARKER_PREFIX`).
+    pub wal_gap_flushes: AtomicU64,
+    pub wal_gaps_covered: AtomicU64,
     /// The schema change listeners: each database's state (SHOW CACHE's `ddl`), and
     /// the changes heard.
     pub ddl_states: Mutex<std::collections::BTreeMap<String, String>>,
@@ -167,6 +171,8 @@ impl Default for CacheCounters {
             wal_states: Mutex::default(),
             wal_listeners: std::sync::atomic::AtomicUsize::new(0),
             wal_streaming: std::sync::atomic::AtomicUsize::new(0),
+            wal_gap_flushes: AtomicU64::new(0),
+            wal_gaps_covered: AtomicU64::new(0),
             ddl_states: Mutex::default(),
             ddl_changes: AtomicU64::new(0),
             hit_time: Buckets::new(&HIT_US),
@@ -1120,6 +1126,8 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         ("wal", Kind::Text),
         ("wal_commits", Kind::Int),
         ("wal_p99_ms", Kind::Int),
+        ("wal_gap_flushes", Kind::Int),
+        ("wal_gaps_covered", Kind::Int),
         ("ddl", Kind::Text),
         ("ddl_changes", Kind::Int),
         ("redis", Kind::Text),
@@ -1167,6 +1175,8 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         t(listeners_shown(&c.wal_states, cache.settings.wal_listener)),
         n(c.wal_commits.load(Relaxed)),
         bound_cell(c.wal_staleness.quantile_bound(0.99)),
+        n(c.wal_gap_flushes.load(Relaxed)),
+        n(c.wal_gaps_covered.load(Relaxed)),
         t(listeners_shown(&c.ddl_states, cache.settings.ddl_listener)),
         n(c.ddl_changes.load(Relaxed)),
     ];
@@ -1690,7 +1700,7 @@ pub async fn follow_wal(
     connect: ListenerConnect,
     mut lifecycle: tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
 ) {
-    use crate::wal::{ensure_publication, listen, WalSource};
+    use crate::wal::{ensure_publication, listen, WalEvent, WalSource};
     let (user, password) = wal_login(&cache.settings, &db);
     let mut source = WalSource {
         host: db.host.clone(),
@@ -1739,27 +1749,58 @@ pub async fn follow_wal(
         attempt += 1;
         let slot = format!("{base}_{attempt}");
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        // With Redis, a start marker another instance's stream may vouch for.
+        let markers = cache.l2.is_some();
         let run = async {
             ensure_publication(&source, &publication).await?;
-            listen(&source, &publication, &slot, tx).await
+            listen(&source, &publication, &slot, markers, tx).await
         };
         let consume = async {
-            while let Some(committed) = rx.recv().await {
-                if committed.tables.is_empty() {
-                    // Commits before the stream were not seen: replicas' fills wait
-                    // for a primary position read after now. Nor by the instances
-                    // sharing Redis (none may have had a stream then): L2's values and
-                    // theirs end too, as with a commit heard on the stream.
-                    cache.fences.unresolved_all(&db.name);
-                    cache.bump(&[ALL.to_string()], Source::Stream);
-                    cache.publish_later(vec![ALL.to_string()]);
-                    if !std::mem::replace(&mut streaming, true) {
-                        cache.counters.wal_streaming.fetch_add(1, Relaxed);
+            // Every commit before the stream's position was heard, here or (before it
+            // started) by another instance: another's start marker may be vouched for.
+            let mut whole = false;
+            let mut own = None;
+            while let Some(event) = rx.recv().await {
+                match event {
+                    WalEvent::Started { marker } => {
+                        // Commits before the stream were not seen here: replicas'
+                        // fills wait for a primary position read after now, and this
+                        // instance's entries end (nothing is served meanwhile).
+                        cache.fences.unresolved_all(&db.name);
+                        cache.bump(&[ALL.to_string()], Source::Stream);
+                        // Nor by the instances sharing Redis, unless one's stream was
+                        // up throughout and has reached the marker: else L2's values
+                        // and theirs end too, as with a commit heard on the stream.
+                        let vouched = match (&marker, &cache.l2) {
+                            (Some(marker), Some(l2)) => marker_reached(l2, marker).await,
+                            _ => false,
+                        };
+                        if vouched {
+                            cache.counters.wal_gaps_covered.fetch_add(1, Relaxed);
+                            tracing::info!(
+                                database = %db.name,
+                                "replication stream started: another instance's stream heard every commit before it, so what Redis holds stays"
+                            );
+                        } else {
+                            cache.counters.wal_gap_flushes.fetch_add(1, Relaxed);
+                            cache.publish(&[ALL.to_string()]).await;
+                        }
+                        (whole, own) = (true, marker);
+                        if !std::mem::replace(&mut streaming, true) {
+                            cache.counters.wal_streaming.fetch_add(1, Relaxed);
+                        }
+                        set_state("streaming".into());
                     }
-                    set_state("streaming".into());
-                } else {
-                    backoff.reset();
-                    cache.invalidate_committed(&db.name, &committed);
+                    WalEvent::Committed(committed) => {
+                        backoff.reset();
+                        cache.invalidate_committed(&db.name, &committed);
+                    }
+                    WalEvent::Marker(marker) if whole && own.as_ref() != Some(&marker) => {
+                        if let Some(l2) = cache.l2.clone() {
+                            tokio::spawn(async move { l2.reach_stream_marker(&marker).await });
+                        }
+                    }
+                    WalEvent::Marker(_) => {}
                 }
             }
         };
@@ -1782,6 +1823,24 @@ pub async fn follow_wal(
         );
         set_state(format!("down: {error}"));
         backoff.wait().await;
+    }
+}
+
+/// How long a listener whose stream starts waits for another instance's stream to
+/// reach its start marker before it ends every value shared in Redis.
+const MARKER_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether another instance's stream reached `marker` within [`MARKER_WAIT`].
+async fn marker_reached(l2: &L2, marker: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + MARKER_WAIT;
+    loop {
+        if l2.stream_marker_reached(marker).await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -318,6 +318,22 @@ fn cache(m: &mut Page, shared: &Shared) {
             ),
         ]);
     }
+    if cache.settings.wal_listener {
+        families.extend([
+            (
+                "pgopt_cache_wal_gap_flushes_total",
+                "counter",
+                "Replication streams that (re)started and ended every cached value, shared ones too: no other instance's stream heard the commits before them.",
+                c.wal_gap_flushes.load(Relaxed),
+            ),
+            (
+                "pgopt_cache_wal_gaps_covered_total",
+                "counter",
+                "Replication streams that (re)started while another instance's stream heard every commit before them: only this instance's values ended.",
+                c.wal_gaps_covered.load(Relaxed),
+            ),
+        ]);
+    }
     if let Some(l2) = &cache.l2 {
         let r = &l2.counters;
         families.extend([

@@ -61,6 +61,27 @@ pub struct Committed {
     pub commit_time: i64,
 }
 
+/// What a listener's stream tells its consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalEvent {
+    /// The stream starts here (the slot exists): what committed before was not seen
+    /// on it. `marker`: what the listener wrote into the WAL after the slot's start
+    /// (see [`MARKER_PREFIX`]), when it could.
+    Started {
+        marker: Option<String>,
+    },
+    Committed(Committed),
+    /// Another listener's marker (or this one's own), reached in the stream: every
+    /// commit before it has been streamed here.
+    Marker(String),
+}
+
+/// The prefix of the logical decoding message a listener writes once its slot exists
+/// (its content: the slot's name, unique). Another pgopt instance whose stream was up
+/// throughout reaches it after every commit before it, and says so through Redis: the
+/// commits in this listener's gap were all heard, so nothing need be ended for them.
+pub const MARKER_PREFIX: &str = "pgopt.stream_start";
+
 /// How often the listener tells the server how far it has read.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -120,13 +141,16 @@ pub async fn ensure_publication(source: &WalSource, publication: &str) -> Result
 }
 
 /// Streams committed changes into `out` until the connection ends or `out` is closed,
-/// after a first [`Committed`] with no tables once the slot exists (what committed
-/// before it is not streamed). `slot` names the temporary slot (unique per listener).
+/// after a first [`WalEvent::Started`] once the slot exists (what committed before it
+/// is not streamed). `slot` names the temporary slot (unique per listener). With
+/// `markers` (on PostgreSQL 14 and later), a [`MARKER_PREFIX`] message is written
+/// after the slot's start, and such messages in the stream are passed on.
 pub async fn listen(
     source: &WalSource,
     publication: &str,
     slot: &str,
-    out: mpsc::Sender<Committed>,
+    markers: bool,
+    out: mpsc::Sender<WalEvent>,
 ) -> Result<(), ProxyError> {
     let target = &source.target();
     let (timeout, max_len) = (source.connect_timeout, pgopt_wire::DEFAULT_MAX_MESSAGE_LEN);
@@ -153,19 +177,50 @@ pub async fn listen(
     )
     .await
     .map_err(|e| failed(format!("creating replication slot {slot}: {e}")))?;
-    // The stream starts here: a first message with no tables tells the consumer that
-    // anything committed before was not seen.
-    let start_marker = Committed {
-        end_lsn: 0,
-        tables: Vec::new(),
-        commit_time: 0,
+    // Logical decoding messages reach pgoutput's consumers from PostgreSQL 14 on.
+    let markers = markers
+        && conn
+            .params
+            .iter()
+            .find(|(name, _)| name == "server_version")
+            .and_then(|(_, v)| {
+                v.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .is_some_and(|major| major >= 14);
+    let marker = if markers {
+        // After the slot's start: every commit before it is before the marker too.
+        let sql = format!(
+            "SELECT pg_catalog.pg_logical_emit_message(false, {}, {})",
+            crate::session_state::quote_literal(MARKER_PREFIX),
+            crate::session_state::quote_literal(slot)
+        );
+        match conn.simple_query(&sql, max_len).await {
+            Ok(_) => Some(slot.to_string()),
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the replication stream's start marker failed");
+                None
+            }
+        }
+    } else {
+        None
     };
-    if out.send(start_marker).await.is_err() {
+    // The stream starts here: what committed before was not seen.
+    if out
+        .send(WalEvent::Started {
+            marker: marker.clone(),
+        })
+        .await
+        .is_err()
+    {
         return Ok(());
     }
     let start = format!(
-        "START_REPLICATION SLOT {slot_ident} LOGICAL 0/0 (proto_version '1', publication_names {})",
-        crate::session_state::quote_literal(&crate::session_state::quote_ident(publication))
+        "START_REPLICATION SLOT {slot_ident} LOGICAL 0/0 (proto_version '1', publication_names {}{})",
+        crate::session_state::quote_literal(&crate::session_state::quote_ident(publication)),
+        if markers { ", messages 'true'" } else { "" }
     );
     let mut buf = BytesMut::new();
     Query { sql: &start }
@@ -236,20 +291,28 @@ pub async fn listen(
                         flushed = end;
                         if !changed.is_empty() {
                             let tables = std::mem::take(&mut changed).into_iter().collect();
-                            if out
-                                .send(Committed {
-                                    end_lsn: end,
-                                    tables,
-                                    commit_time: time,
-                                })
-                                .await
-                                .is_err()
-                            {
+                            let committed = Committed {
+                                end_lsn: end,
+                                tables,
+                                commit_time: time,
+                            };
+                            if out.send(WalEvent::Committed(committed)).await.is_err() {
                                 return Ok(());
                             }
                         }
                     }
-                    Ok(Change::Begin { .. }) | Ok(Change::Other(_)) => {}
+                    Ok(Change::Message {
+                        transactional: false,
+                        prefix,
+                        content,
+                        ..
+                    }) if prefix == MARKER_PREFIX => {
+                        let marker = String::from_utf8_lossy(content).into_owned();
+                        if out.send(WalEvent::Marker(marker)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(Change::Begin { .. } | Change::Message { .. } | Change::Other(_)) => {}
                     Err(e) => return Err(failed(format!("pgoutput: {e}"))),
                 },
                 Err(e) => return Err(failed(format!("replication stream: {e}"))),

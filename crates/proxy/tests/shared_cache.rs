@@ -876,6 +876,87 @@ async fn a_write_in_the_listeners_gap_ends_every_value_in_redis_once_it_is_back(
     }
 }
 
+/// Two instances with streams: when one's stream ends and starts again, the other's,
+/// up throughout, heard every commit in the gap and reaches the start marker written
+/// into the WAL; what Redis and the other instances hold stays (a rolling restart no
+/// longer empties the shared cache once per instance). A write in the gap still ends
+/// its value everywhere, heard on the other stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_gap_another_instances_stream_covered_keeps_what_redis_holds() {
+    let (pg, redis, first, deaf) = listening_and_deaf().await;
+    let second = instance_with(&pg, &redis, |c| c.wal_listener = true).await;
+    wait_for_cache(&second, "streaming", |r| r["wal"] == "streaming").await;
+    let gaps = async || {
+        let (mut flushes, mut covered) = (0, 0);
+        for proxy in [&first, &second] {
+            let row = cache_row(proxy).await;
+            flushes += counter(&row, "wal_gap_flushes");
+            covered += counter(&row, "wal_gaps_covered");
+        }
+        (flushes, covered)
+    };
+    let (flushes, covered) = gaps().await;
+    let reader = connect(&deaf, "postgres", None).await.unwrap();
+    assert_eq!(value(&reader, READ).await, "a");
+    wait_for_cache(&deaf, "stored in Redis", |r| counter(r, "l2_stored") > 0).await;
+    let (direct, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let active = async || -> i64 {
+        let sql = "SELECT count(*) FROM pg_replication_slots WHERE active";
+        direct.query_one(sql, &[]).await.unwrap().get(0)
+    };
+    assert_eq!(active().await, 2);
+    // One stream ends and starts again, then the other (`min`, `max`); a write in the
+    // second gap.
+    let mut expected = (flushes, covered);
+    for (which, write) in [
+        ("min", ""),
+        ("max", "UPDATE items SET v = 'gap' WHERE id = 1"),
+    ] {
+        let before = cache_row(&deaf).await;
+        direct
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend({which}(active_pid)) FROM pg_replication_slots; \
+                 {write}"
+            ))
+            .await
+            .unwrap();
+        expected.1 += 1;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gaps().await != expected {
+            assert!(
+                Instant::now() < deadline,
+                "no start vouched for: {:?}, expected {expected:?}",
+                gaps().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if write.is_empty() {
+            // The value in Redis and the deaf instance's copy stayed.
+            assert_eq!(value(&reader, READ).await, "a");
+            let after = cache_row(&deaf).await;
+            assert_eq!(
+                counter(&after, "hits"),
+                counter(&before, "hits") + 1,
+                "{after:?}"
+            );
+        } else {
+            // The write in the gap, heard on the other stream, ends its value
+            // everywhere.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while value(&reader, READ).await != "gap" {
+                assert!(
+                    Instant::now() < deadline,
+                    "the write in the gap was not heard"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// A write made directly on PostgreSQL, heard on the replication stream, ends the
 /// value in Redis too: neither the instance that heard it nor one that follows no
 /// stream goes on serving the old result from L2 (until its TTL, before).

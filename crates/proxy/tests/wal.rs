@@ -6,20 +6,22 @@
 use std::time::Duration;
 
 use pgopt_embedded::Postgres;
-use pgopt_proxy::wal::{ensure_publication, listen, Committed, WalSource};
+use pgopt_proxy::wal::{ensure_publication, listen, WalEvent, WalSource};
 use tokio::sync::mpsc;
 
-/// The next commit's tables (the stream's start marker, with none, is skipped).
-async fn next(rx: &mut mpsc::Receiver<Committed>) -> Vec<String> {
-    loop {
-        let tables = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("a commit within 10 s")
-            .expect("the listener is running")
-            .tables;
-        if !tables.is_empty() {
-            return tables;
-        }
+/// The next event within 10 s.
+async fn event(rx: &mut mpsc::Receiver<WalEvent>) -> WalEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("the listener is running")
+}
+
+/// The next commit's tables.
+async fn next(rx: &mut mpsc::Receiver<WalEvent>) -> Vec<String> {
+    match event(rx).await {
+        WalEvent::Committed(committed) => committed.tables,
+        other => panic!("{other:?} instead of a commit"),
     }
 }
 
@@ -64,7 +66,17 @@ async fn committed_changes_arrive_with_every_table_they_touched() {
     ensure_publication(&source, "pgopt").await.unwrap();
     ensure_publication(&source, "pgopt").await.unwrap(); // again: already there
     let (tx, mut rx) = mpsc::channel(16);
-    let listener = tokio::spawn(async move { listen(&source, "pgopt", "pgopt_test", tx).await });
+    let listener =
+        tokio::spawn(async move { listen(&source, "pgopt", "pgopt_test", true, tx).await });
+    // The stream starts with the marker written after the slot's start, which comes
+    // back in the stream; others' messages with another prefix do not.
+    assert_eq!(
+        event(&mut rx).await,
+        WalEvent::Started {
+            marker: Some("pgopt_test".into())
+        }
+    );
+    assert_eq!(event(&mut rx).await, WalEvent::Marker("pgopt_test".into()));
     // Changes count from the slot's creation: wait until it streams.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -88,7 +100,10 @@ async fn committed_changes_arrive_with_every_table_they_touched() {
 
     // A trigger's write arrives with the statement's.
     direct
-        .execute("INSERT INTO items VALUES (1, 'a')", &[])
+        .batch_execute(
+            "SELECT pg_logical_emit_message(false, 'other', 'x'); \
+             INSERT INTO items VALUES (1, 'a')",
+        )
         .await
         .unwrap();
     assert_eq!(next(&mut rx).await, ["public.audit", "public.items"]);

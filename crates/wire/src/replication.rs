@@ -79,7 +79,15 @@ pub enum Change<'a> {
     Truncate {
         relations: Vec<u32>,
     },
-    /// Type, Origin, logical decoding Message…: nothing to invalidate.
+    /// A logical decoding message (`pg_logical_emit_message`), sent when the
+    /// `messages` option is on (PostgreSQL 14 and later).
+    Message {
+        transactional: bool,
+        lsn: u64,
+        prefix: &'a str,
+        content: &'a [u8],
+    },
+    /// Type, Origin…: nothing to invalidate.
     Other(u8),
 }
 
@@ -126,6 +134,18 @@ impl<'a> Change<'a> {
                     relations.push(r.u32("relation OID")?);
                 }
                 Change::Truncate { relations }
+            }
+            b'M' => {
+                let transactional = r.u8("flags")? & 1 == 1;
+                let lsn = r.u64("message LSN")?;
+                let prefix = r.cstr("message prefix")?;
+                let len = r.u32("message length")?;
+                Change::Message {
+                    transactional,
+                    lsn,
+                    prefix,
+                    content: r.bytes(len as usize, "message content")?,
+                }
             }
             other => Change::Other(other),
         })
@@ -187,6 +207,24 @@ mod tests {
         lying.extend_from_slice(&u32::MAX.to_be_bytes());
         lying.push(0);
         assert!(Change::decode(&lying).is_err());
+        let mut message = vec![b'M', 0];
+        message.extend_from_slice(&0x10u64.to_be_bytes());
+        message.extend_from_slice(b"pgopt.stream\0");
+        message.extend_from_slice(&3u32.to_be_bytes());
+        message.extend_from_slice(b"abc");
+        assert_eq!(
+            Change::decode(&message).unwrap(),
+            Change::Message {
+                transactional: false,
+                lsn: 0x10,
+                prefix: "pgopt.stream",
+                content: b"abc",
+            }
+        );
+        // Content longer than the bytes present: an error.
+        let length_end = message.len() - 4;
+        message[length_end] = 9;
+        assert!(Change::decode(&message).is_err());
         for n in 0..64 {
             let junk: Vec<u8> = (0..n).map(|i| (i * 37 + n) as u8).collect();
             let _ = Change::decode(&junk);
