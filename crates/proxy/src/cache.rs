@@ -1795,7 +1795,14 @@ pub async fn follow_wal(
                         backoff.reset();
                         cache.invalidate_committed(&db.name, &committed);
                     }
-                    WalEvent::Marker(marker) if whole && own.as_ref() != Some(&marker) => {
+                    // (Only for a stream of the same publication: another may not carry
+                    // the same tables.)
+                    WalEvent::Marker(marker)
+                        if whole
+                            && own.as_ref() != Some(&marker)
+                            && marker.split_once('\n').map(|(p, _)| p)
+                                == Some(publication.as_str()) =>
+                    {
                         if let Some(l2) = cache.l2.clone() {
                             tokio::spawn(async move { l2.reach_stream_marker(&marker).await });
                         }

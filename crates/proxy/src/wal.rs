@@ -77,7 +77,8 @@ pub enum WalEvent {
 }
 
 /// The prefix of the logical decoding message a listener writes once its slot exists
-/// (its content: the slot's name, unique). Another pgopt instance whose stream was up
+/// (its content: the publication's name and the slot's, unique, on two lines: a
+/// stream of another publication may not carry the same tables). Another pgopt instance whose stream was up
 /// throughout reaches it after every commit before it, and says so through Redis: the
 /// commits in this listener's gap were all heard, so nothing need be ended for them.
 pub const MARKER_PREFIX: &str = "pgopt.stream_start";
@@ -192,13 +193,14 @@ pub async fn listen(
             .is_some_and(|major| major >= 14);
     let marker = if markers {
         // After the slot's start: every commit before it is before the marker too.
+        let content = format!("{publication}\n{slot}");
         let sql = format!(
             "SELECT pg_catalog.pg_logical_emit_message(false, {}, {})",
             crate::session_state::quote_literal(MARKER_PREFIX),
-            crate::session_state::quote_literal(slot)
+            crate::session_state::quote_literal(&content)
         );
         match conn.simple_query(&sql, max_len).await {
-            Ok(_) => Some(slot.to_string()),
+            Ok(_) => Some(content),
             Err(e) => {
                 tracing::warn!(error = %e, "writing the replication stream's start marker failed");
                 None

@@ -73,10 +73,13 @@ async fn committed_changes_arrive_with_every_table_they_touched() {
     assert_eq!(
         event(&mut rx).await,
         WalEvent::Started {
-            marker: Some("pgopt_test".into())
+            marker: Some("pgopt\npgopt_test".into())
         }
     );
-    assert_eq!(event(&mut rx).await, WalEvent::Marker("pgopt_test".into()));
+    assert_eq!(
+        event(&mut rx).await,
+        WalEvent::Marker("pgopt\npgopt_test".into())
+    );
     // Changes count from the slot's creation: wait until it streams.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
