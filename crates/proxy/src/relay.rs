@@ -244,6 +244,15 @@ pub struct Relay {
     /// start-up value the server refuses): they are then not applied again inside a
     /// transaction block, where a failure would fail the client's block.
     settings_refused: bool,
+    /// [`Relay::sync_settings`] sent a statement setting the client's session
+    /// authorization or role; at a checkout, the client's request then waits for its
+    /// answer (`identity_pending`, see [`Relay::held_back`]).
+    identity_injected: bool,
+    identity_pending: bool,
+    /// Setting the client's session authorization or role failed (the role was
+    /// dropped, or is not on the server a RELOAD moved the database to): the session
+    /// ends rather than run as another role. (SQLSTATE, message.)
+    identity_refused: Option<(String, String)>,
     status: TransactionStatus,
     /// Transaction mode: statement names are rewritten so they work on any server.
     rewrite: bool,
@@ -523,6 +532,9 @@ impl Relay {
             executed_unsynced: false,
             settings_behind: false,
             settings_refused: false,
+            identity_injected: false,
+            identity_pending: false,
+            identity_refused: None,
             status: TransactionStatus::Idle,
             rewrite: pool.mode == PoolMode::Transaction,
             mode: pool.mode,
@@ -618,11 +630,22 @@ impl Relay {
         let wake = info.wake.notified();
         tokio::pin!(wake);
         while go_on {
+            if let Some((code, why)) = self.identity_refused.take() {
+                let message = format!(
+                    "pgopt could not set this session's role on a server connection ({why}): \
+                     the session ends rather than run as another role"
+                );
+                tracing::warn!(client = %self.info.addr, "{message}");
+                self.close(&code, &message).await;
+                self.let_go();
+                break;
+            }
             if self.paused
                 && (self.server.is_none() || !(self.held_back() || self.own_answer_waits()))
             {
                 // What held the client's messages back is over.
                 self.paused = false;
+                self.identity_pending = false;
                 self.arm_query_timer();
                 go_on = self.handle_client().await?;
                 continue;
@@ -989,6 +1012,21 @@ impl Relay {
                     Lending::Lent => {
                         self.filling = fill;
                         self.note_fill_route();
+                        if std::mem::take(&mut self.identity_injected) {
+                            // The request waits until the role is known to be set:
+                            // back in front of the client's bytes.
+                            let bytes = match self.bind_pass.take() {
+                                Some(pass) => pass.original,
+                                None => frame.as_bytes().clone(),
+                            };
+                            let mut cbuf = BytesMut::with_capacity(bytes.len() + self.cbuf.len());
+                            cbuf.extend_from_slice(&bytes);
+                            cbuf.extend_from_slice(&self.cbuf);
+                            self.cbuf = cbuf;
+                            self.identity_pending = true;
+                            self.paused = true;
+                            break;
+                        }
                     }
                     Lending::Closed => return Ok(false),
                     Lending::Refused => {
@@ -1975,6 +2013,9 @@ impl Relay {
         if self.dropping || self.rerun.is_some() || self.shape_checking.is_some() {
             return true;
         }
+        if self.identity_pending && self.expected.head_is_injected_query() {
+            return true;
+        }
         self.ryw.batch_ended && self.ryw.replica.is_some() && self.expected.server_readies() > 0
     }
 
@@ -2892,7 +2933,7 @@ impl Relay {
                 .encode(&mut self.to_server)
                 .is_ok()
         {
-            self.expected.push(Step::InjectedQuery);
+            self.expected.push(Step::InjectedQuery { identity: false });
             self.unnamed_here = false;
         }
         self.expected.push(Step::Deallocated { all, id });
@@ -3332,9 +3373,13 @@ impl Relay {
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        for sql in self.settings.sync(&mut server.conn.applied) {
-            if (Query { sql: &sql }).encode(&mut self.to_server).is_ok() {
-                self.expected.push(Step::InjectedQuery);
+        let (statements, identity_from) =
+            self.settings.sync_identity_last(&mut server.conn.applied);
+        for (i, sql) in statements.iter().enumerate() {
+            if (Query { sql }).encode(&mut self.to_server).is_ok() {
+                let identity = i >= identity_from;
+                self.expected.push(Step::InjectedQuery { identity });
+                self.identity_injected |= identity;
                 // A simple query: the server's unnamed statement is gone.
                 self.unnamed_here = false;
             }
@@ -4433,6 +4478,15 @@ impl Relay {
             // Part of a query pgopt injected to apply the client's settings.
             if tag == b'E' {
                 let code = error_code(body).unwrap_or_default();
+                if self.expected.head_is_identity() {
+                    // The session would run as the login user, or the role another
+                    // client left: it ends instead (see `identity_refused`).
+                    let why = error_field(body, b'M').unwrap_or_default();
+                    self.identity_refused = Some((
+                        String::from_utf8_lossy(code).into_owned(),
+                        String::from_utf8_lossy(why).into_owned(),
+                    ));
+                }
                 // (Refused in a failed transaction: no word on the value.)
                 if code != sqlstate::IN_FAILED_SQL_TRANSACTION.as_bytes() {
                     self.settings_refused = true;
@@ -4631,6 +4685,7 @@ impl Relay {
     /// the replicas in `tried` (a bit each).
     /// (A pool retired meanwhile fails the checkout with `CheckoutError::Retired`.)
     async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> Lending {
+        self.identity_injected = false;
         // The functions that may change settings (see `function_settings.rs`): a read
         // still fresh, the usual case, costs two compares and a load here.
         if self.rewrite && !self.function_settings.fresh(self.clock) {
@@ -5101,7 +5156,8 @@ impl Relay {
         if self.client_passing > 0 && self.rewrite {
             self.end_copy_pass_early();
         }
-        if self.rewrite && self.server_idle() {
+        // (Not while a request waits for its role to be set on this connection.)
+        if self.rewrite && !self.identity_pending && self.server_idle() {
             if let Some(checkout) = self.detach() {
                 self.unlink();
                 checkout.release_at(self.clock);

@@ -372,8 +372,14 @@ impl Settings {
     /// PostgreSQL checks a setting's privileges against the current user, and a
     /// superuser-only one (`log_statement`…) would be refused under a client's role.
     pub fn sync(&self, server: &mut Applied) -> Vec<String> {
+        self.sync_identity_last(server).0
+    }
+
+    /// [`Settings::sync`], and the index of its first statement that sets the session
+    /// authorization or role (the length when none does).
+    pub fn sync_identity_last(&self, server: &mut Applied) -> (Vec<String>, usize) {
         if server.version == self.version {
-            return Vec::new();
+            return (Vec::new(), 0);
         }
         let identity = |name: &str| NOT_RESET_BY_ALL.contains(&name);
         let mut have = std::borrow::Cow::Borrowed(&server.map);
@@ -411,6 +417,7 @@ impl Settings {
                 statements.push(set_statement(name, setting));
             }
         }
+        let identity_from = statements.len();
         let reauthorized = have.get(AUTHORIZATION) != self.current.get(AUTHORIZATION);
         if reauthorized {
             statements.push(match self.current.get(AUTHORIZATION) {
@@ -429,7 +436,7 @@ impl Settings {
         }
         server.map = self.current.clone();
         server.version = self.version;
-        statements
+        (statements, identity_from)
     }
 
     /// Equal versions, equal settings.

@@ -730,8 +730,9 @@ pub enum Step {
     /// an error, or the server skipping it, undoes it.
     Deallocate { all: bool, change: u64 },
     /// A query pgopt sent itself (settings for this client): every response to it,
-    /// up to and including its ReadyForQuery, is dropped.
-    InjectedQuery,
+    /// up to and including its ReadyForQuery, is dropped. `identity`: it sets the
+    /// session authorization or role (see `Relay::identity_refused`).
+    InjectedQuery { identity: bool },
     /// Extended-protocol messages pgopt sent itself ending in a Sync (to end a
     /// client's unsynced batch before answering a simple query itself): every
     /// response up to and including the Sync's ReadyForQuery is dropped, errors too
@@ -775,7 +776,7 @@ impl Readies {
                 ..
             } => &mut self.server,
             Step::InjectedSync { .. } => &mut self.injected_syncs,
-            Step::InjectedQuery => &mut self.injected_queries,
+            Step::InjectedQuery { .. } => &mut self.injected_queries,
             _ => return,
         };
         *counter = counter.wrapping_add_signed(by);
@@ -864,8 +865,23 @@ impl Expected {
     pub fn head_is_pgopts(&self) -> bool {
         matches!(
             self.queue.front(),
-            Some(Step::InjectedQuery | Step::InjectedSync { .. })
+            Some(Step::InjectedQuery { .. } | Step::InjectedSync { .. })
         )
+    }
+
+    /// Whether the next server message answers a query pgopt sent to set the client's
+    /// session authorization or role.
+    pub fn head_is_identity(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(Step::InjectedQuery { identity: true })
+        )
+    }
+
+    /// Whether the next server message answers a query pgopt sent for the client's
+    /// settings.
+    pub fn head_is_injected_query(&self) -> bool {
+        matches!(self.queue.front(), Some(Step::InjectedQuery { .. }))
     }
 
     /// Whether the next server message answers a Sync pgopt sent itself.
@@ -980,7 +996,7 @@ impl Expected {
                 | Step::Answer { .. }
                 | Step::Mark { .. }
                 | Step::Deallocated { .. }
-                | Step::InjectedQuery
+                | Step::InjectedQuery { .. }
                 | Step::InjectedSync { .. }
                 | Step::InjectedFailure
                 | Step::Error
@@ -1271,7 +1287,7 @@ impl Expected {
                 }
                 Verdict::Drop
             }
-            Step::InjectedQuery | Step::InjectedSync { .. } => {
+            Step::InjectedQuery { .. } | Step::InjectedSync { .. } => {
                 if tag == b'Z' {
                     self.pop_front();
                 }

@@ -2557,3 +2557,66 @@ async fn a_reported_setting_a_function_changes_follows_its_caller_only() {
         "app_ro"
     );
 }
+
+/// A client's `SET ROLE` is applied on every server connection it gets; when that
+/// fails (the role was dropped since, or is missing on the server a RELOAD moved the
+/// database to), the client's request does not run as the login user: the session
+/// ends with the server's error, and nothing of the request ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_can_no_longer_be_set_ends_the_session_before_its_request_runs() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql(
+        "CREATE ROLE tenant; CREATE TABLE written (who text); \
+         GRANT INSERT, SELECT ON written TO tenant",
+    )
+    .unwrap();
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    let who = "SELECT current_user::text";
+    a.batch_execute("SET ROLE tenant").await.unwrap();
+    // The pool's one connection goes to b (its role reset), then back to a, whose
+    // role is set again before its request, extended protocol or simple.
+    assert_eq!(
+        b.query_one(who, &[]).await.unwrap().get::<_, String>(0),
+        "postgres"
+    );
+    assert_eq!(
+        a.query_one(who, &[]).await.unwrap().get::<_, String>(0),
+        "tenant"
+    );
+    assert_eq!(
+        b.query_one(who, &[]).await.unwrap().get::<_, String>(0),
+        "postgres"
+    );
+    a.batch_execute("INSERT INTO written VALUES (current_user)")
+        .await
+        .unwrap();
+    // The role goes away; b has the connection last.
+    assert_eq!(
+        b.query_one(who, &[]).await.unwrap().get::<_, String>(0),
+        "postgres"
+    );
+    pg.psql("REVOKE ALL ON written FROM tenant; DROP ROLE tenant")
+        .unwrap();
+    let e = a
+        .batch_execute("INSERT INTO written VALUES (current_user)")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().expect("an error from pgopt");
+    assert!(db.message().contains("role"), "{db:?}");
+    assert!(a.is_closed() || a.batch_execute("SELECT 1").await.is_err());
+    let rows = pg.connect("postgres").await.unwrap();
+    let written: Vec<String> = rows
+        .query("SELECT who FROM written", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(written, ["tenant"], "the request ran as another role");
+    // The pool goes on for others.
+    assert_eq!(
+        b.query_one(who, &[]).await.unwrap().get::<_, String>(0),
+        "postgres"
+    );
+}
