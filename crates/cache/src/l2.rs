@@ -1012,16 +1012,25 @@ impl L2 {
     }
 
     /// Another instance's replication stream started with `marker` written into the
-    /// WAL, and this instance's stream — up, with every commit before it heard and
-    /// published — has reached it: told through Redis for a minute (see
-    /// [`L2::stream_marker_reached`]). `false` when Redis was not reached.
-    pub async fn reach_stream_marker(&self, marker: &str) -> bool {
+    /// WAL at `lsn`, and this instance's stream — up, with every commit before it heard
+    /// and published — has reached it: told through Redis for a minute (see
+    /// [`L2::stream_marker_reached`]). Not while a publish is owed (Redis does not count
+    /// every commit heard yet). `false` when not told.
+    pub async fn reach_stream_marker(&self, marker: &str, lsn: u64) -> bool {
+        if !self
+            .owed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            return false;
+        }
         let Some(mut conn) = self.connection() else {
             return false;
         };
         let mut cmd = Command::new("SET");
         cmd.arg(self.marker_key(marker))
-            .arg("1")
+            .num(lsn)
             .arg("PX")
             .num(60_000);
         self.answered("stream marker", conn.query::<()>(&mut cmd))
@@ -1029,17 +1038,19 @@ impl L2 {
             .is_some()
     }
 
-    /// Whether another instance's stream reached `marker` (see
-    /// [`L2::reach_stream_marker`]).
-    pub async fn stream_marker_reached(&self, marker: &str) -> bool {
+    /// Whether another instance's stream reached `marker` at `lsn`, where this
+    /// instance wrote it (see [`L2::reach_stream_marker`]): a message with the same
+    /// text elsewhere in the WAL proves nothing.
+    pub async fn stream_marker_reached(&self, marker: &str, lsn: u64) -> bool {
         let Some(mut conn) = self.connection() else {
             return false;
         };
-        let mut cmd = Command::new("EXISTS");
+        let mut cmd = Command::new("GET");
         cmd.arg(self.marker_key(marker));
-        self.answered("stream marker", conn.query::<i64>(&mut cmd))
+        self.answered("stream marker", conn.query::<Option<u64>>(&mut cmd))
             .await
-            .is_some_and(|n| n == 1)
+            .flatten()
+            == Some(lsn)
     }
 
     fn marker_key(&self, marker: &str) -> String {

@@ -1772,7 +1772,9 @@ pub async fn follow_wal(
                         // up throughout and has reached the marker: else L2's values
                         // and theirs end too, as with a commit heard on the stream.
                         let vouched = match (&marker, &cache.l2) {
-                            (Some(marker), Some(l2)) => marker_reached(l2, marker).await,
+                            (Some((marker, lsn)), Some(l2)) => {
+                                marker_reached(l2, marker, *lsn).await
+                            }
                             _ => false,
                         };
                         if vouched {
@@ -1797,17 +1799,17 @@ pub async fn follow_wal(
                     }
                     // (Only for a stream of the same publication: another may not carry
                     // the same tables.)
-                    WalEvent::Marker(marker)
+                    WalEvent::Marker(marker, lsn)
                         if whole
-                            && own.as_ref() != Some(&marker)
-                            && marker.split_once('\n').map(|(p, _)| p)
+                            && own.as_ref().map(|(m, _)| m) != Some(&marker)
+                            && marker.rsplit_once('\n').map(|(p, _)| p)
                                 == Some(publication.as_str()) =>
                     {
                         if let Some(l2) = cache.l2.clone() {
-                            tokio::spawn(async move { l2.reach_stream_marker(&marker).await });
+                            tokio::spawn(async move { l2.reach_stream_marker(&marker, lsn).await });
                         }
                     }
-                    WalEvent::Marker(_) => {}
+                    WalEvent::Marker(..) => {}
                 }
             }
         };
@@ -1837,11 +1839,12 @@ pub async fn follow_wal(
 /// reach its start marker before it ends every value shared in Redis.
 const MARKER_WAIT: Duration = Duration::from_secs(1);
 
-/// Whether another instance's stream reached `marker` within [`MARKER_WAIT`].
-async fn marker_reached(l2: &L2, marker: &str) -> bool {
+/// Whether another instance's stream reached `marker`, written at `lsn`, within
+/// [`MARKER_WAIT`].
+async fn marker_reached(l2: &L2, marker: &str, lsn: u64) -> bool {
     let deadline = tokio::time::Instant::now() + MARKER_WAIT;
     loop {
-        if l2.stream_marker_reached(marker).await {
+        if l2.stream_marker_reached(marker, lsn).await {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

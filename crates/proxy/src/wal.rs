@@ -66,19 +66,21 @@ pub struct Committed {
 pub enum WalEvent {
     /// The stream starts here (the slot exists): what committed before was not seen
     /// on it. `marker`: what the listener wrote into the WAL after the slot's start
-    /// (see [`MARKER_PREFIX`]), when it could.
+    /// (see [`MARKER_PREFIX`]), and where, when it could.
     Started {
-        marker: Option<String>,
+        marker: Option<(String, u64)>,
     },
     Committed(Committed),
-    /// Another listener's marker (or this one's own), reached in the stream: every
-    /// commit before it has been streamed here.
-    Marker(String),
+    /// A listener's marker (another's, or this one's own) and its position, reached in
+    /// the stream: every commit before it has been streamed here.
+    Marker(String, u64),
 }
 
 /// The prefix of the logical decoding message a listener writes once its slot exists
 /// (its content: the publication's name and the slot's, unique, on two lines: a
-/// stream of another publication may not carry the same tables). Another pgopt instance whose stream was up
+/// stream of another publication may not carry the same tables). Transactional, so
+/// that its commit flushes it and it reaches other streams at once, after every
+/// commit before it. Another pgopt instance whose stream was up
 /// throughout reaches it after every commit before it, and says so through Redis: the
 /// commits in this listener's gap were all heard, so nothing need be ended for them.
 pub const MARKER_PREFIX: &str = "pgopt.stream_start";
@@ -194,13 +196,22 @@ pub async fn listen(
     let marker = if markers {
         // After the slot's start: every commit before it is before the marker too.
         let content = format!("{publication}\n{slot}");
+        // (Its commit waits for no synchronous standby: a standby down would hold the
+        // stream's start.)
         let sql = format!(
-            "SELECT pg_catalog.pg_logical_emit_message(false, {}, {})",
+            "SET synchronous_commit = local; \
+             SELECT pg_catalog.pg_logical_emit_message(true, {}, {})::text",
             crate::session_state::quote_literal(MARKER_PREFIX),
             crate::session_state::quote_literal(&content)
         );
-        match conn.simple_query(&sql, max_len).await {
-            Ok(_) => Some(content),
+        let written = conn.simple_query(&sql, max_len).await.map(|rows| {
+            rows.first()
+                .and_then(|row| row.first().cloned().flatten())
+                .and_then(|lsn| crate::routing::parse_lsn(&lsn))
+        });
+        match written {
+            Ok(Some(lsn)) => Some((content, lsn)),
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "writing the replication stream's start marker failed");
                 None
@@ -304,13 +315,13 @@ pub async fn listen(
                         }
                     }
                     Ok(Change::Message {
-                        transactional: false,
                         prefix,
                         content,
+                        lsn,
                         ..
                     }) if prefix == MARKER_PREFIX => {
                         let marker = String::from_utf8_lossy(content).into_owned();
-                        if out.send(WalEvent::Marker(marker)).await.is_err() {
+                        if out.send(WalEvent::Marker(marker, lsn)).await.is_err() {
                             return Ok(());
                         }
                     }

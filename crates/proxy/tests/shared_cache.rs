@@ -908,18 +908,26 @@ async fn a_stream_gap_another_instances_stream_covered_keeps_what_redis_holds() 
         direct.query_one(sql, &[]).await.unwrap().get(0)
     };
     assert_eq!(active().await, 2);
-    // One stream ends and starts again, then the other (`min`, `max`); a write in the
-    // second gap.
+    // One stream ends and starts again, then the other (each instance's slots are
+    // named by its start, `<start>_<attempt>`); a write in the second gap.
     let mut expected = (flushes, covered);
-    for (which, write) in [
-        ("min", ""),
-        ("max", "UPDATE items SET v = 'gap' WHERE id = 1"),
-    ] {
+    let mut restarted = String::from("none");
+    for write in ["", "UPDATE items SET v = 'gap' WHERE id = 1"] {
         let before = cache_row(&deaf).await;
+        let slot: String = direct
+            .query_one(
+                "SELECT slot_name::text FROM pg_replication_slots \
+                 WHERE active AND slot_name NOT LIKE $1 || '%' ORDER BY slot_name LIMIT 1",
+                &[&restarted],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        restarted = slot.rsplit_once('_').unwrap().0.to_string();
         direct
             .batch_execute(&format!(
-                "SELECT pg_terminate_backend({which}(active_pid)) FROM pg_replication_slots; \
-                 {write}"
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE slot_name = '{slot}'; {write}"
             ))
             .await
             .unwrap();
