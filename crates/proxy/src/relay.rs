@@ -249,6 +249,9 @@ pub struct Relay {
     /// answer (`identity_pending`, see [`Relay::held_back`]).
     identity_injected: bool,
     identity_pending: bool,
+    /// The client has had a server connection (in session mode, its session lives
+    /// there from then on).
+    lent_once: bool,
     /// Setting the client's session authorization or role failed (the role was
     /// dropped, or is not on the server a RELOAD moved the database to): the session
     /// ends rather than run as another role. (SQLSTATE, message.)
@@ -534,6 +537,7 @@ impl Relay {
             settings_refused: false,
             identity_injected: false,
             identity_pending: false,
+            lent_once: false,
             identity_refused: None,
             status: TransactionStatus::Idle,
             rewrite: pool.mode == PoolMode::Transaction,
@@ -752,6 +756,16 @@ impl Relay {
                         break;
                     }
                     self.closing = state >= Lifecycle::Draining;
+                    // A RELOAD moved the database or changed its replicas: an idle
+                    // client follows now, so SHOW POOLS counts it where it is and the
+                    // new pool opens its minimum (one that can't move is closed at its
+                    // next request).
+                    if self.server.is_none() && self.expected.is_empty() {
+                        if self.retired() {
+                            self.follow_reload();
+                        }
+                        self.follow_routes();
+                    }
                 }
             }
         }
@@ -4665,11 +4679,7 @@ impl Relay {
     /// `routing.rs`), else on the primary. A replica that fails to connect leaves the
     /// rotation and the next one is tried, the primary last.
     async fn checkout(&mut self, first: &Frame) -> Lending {
-        if self.shared.routes_version.load(Relaxed) != self.routes_seen {
-            // A RELOAD changed a database's replicas.
-            self.routes_seen = self.shared.routes_version.load(SeqCst);
-            self.routes = self.membership.routes(&self.shared, &self.pool);
-        }
+        self.follow_routes();
         let read_only = self.routes.is_some()
             && crate::routing::read_only_batch(
                 first,
@@ -4887,15 +4897,25 @@ impl Relay {
         self.pool.is_retired()
     }
 
+    /// A RELOAD changed a database's replicas: the client's routes are made again.
+    fn follow_routes(&mut self) {
+        if self.shared.routes_version.load(Relaxed) != self.routes_seen {
+            self.routes_seen = self.shared.routes_version.load(SeqCst);
+            self.routes = self.membership.routes(&self.shared, &self.pool);
+        }
+    }
+
     /// A RELOAD retired the client's pool: between transactions, a transaction-mode
     /// client moves to the pool the config now gives its database and user, and its
     /// next transaction runs on the new server, as PgBouncer's clients do after a
     /// failover. Its settings and named statements go with it (they are applied and
     /// prepared on each server connection it gets). `false` when it can't move: in
-    /// session mode (its session lives on the old server), or when the database is
-    /// gone or its pool mode changed.
+    /// session mode once it had a server connection (its session lives on the old
+    /// server), or when the database is gone or its pool mode changed.
     fn follow_reload(&mut self) -> bool {
-        if !self.rewrite
+        // (A session-mode client that never had a server connection has no session
+        // on the old server yet: it moves too.)
+        if !(self.rewrite || !self.lent_once)
             || self.server.is_some()
             || self.shared.lifecycle_now() != Lifecycle::Running
         {
@@ -5176,6 +5196,7 @@ impl Relay {
         }
         checkout.conn.prepared.new_checkout();
         self.server = Some(checkout);
+        self.lent_once = true;
         self.unnamed_here = false;
         self.sequence_here = false;
     }

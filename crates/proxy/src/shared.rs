@@ -727,6 +727,7 @@ impl Shared {
             self.pools.remove(&pool);
             pool.close_idle();
         }
+        let moved = !retiring.is_empty();
         for pool in retiring {
             self.pools.remove(&pool);
             pool.retire();
@@ -734,6 +735,12 @@ impl Shared {
         self.pools.keep_carried(|db| new.database(db).is_some());
         if !same_routers {
             self.routes_version.fetch_add(1, SeqCst);
+        }
+        if moved || !same_routers {
+            // Idle clients follow at once (see `Relay::serve`).
+            for client in self.clients.list() {
+                client.wake.notify_one();
+            }
         }
         if new_timeouts {
             // Sessions waiting with a timer (or none) set by the old values.

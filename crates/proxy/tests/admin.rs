@@ -1193,6 +1193,72 @@ async fn a_reload_that_moves_a_database_moves_its_clients_after_their_transactio
     assert!(db.message().contains("RELOAD removed database"), "{db:?}");
 }
 
+/// Idle clients follow a RELOAD that moves their database at once, not at their next
+/// request: SHOW POOLS counts them on the new pool, which opens its minimum on the new
+/// server. In session mode a client still waiting for its first server connection
+/// moves too (it has no session on the old server yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_and_session_clients_not_yet_served_follow_a_move_at_once() {
+    let pg = Postgres::start().await.unwrap();
+    let other = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |c| c.admin_users = vec!["postgres".into()]).await;
+    let handle = proxy.handle();
+    let reload = |config: pgopt_proxy::Config| {
+        let mut config = config;
+        config.admin_users = vec!["postgres".into()];
+        handle.set_reloader(move || Ok(config.clone()));
+        handle.reload().unwrap();
+    };
+    let idle = [
+        connect(&proxy, "postgres", None).await.unwrap(),
+        connect(&proxy, "postgres", None).await.unwrap(),
+    ];
+    for client in &idle {
+        client.batch_execute("SELECT 1").await.unwrap();
+    }
+    let mut config = config_for(&other, PoolMode::Transaction, 2);
+    config.min_pool_size = 2;
+    reload(config);
+    let console = admin(&proxy).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pools = show(&console, "POOLS").await;
+        let app = pools.iter().find(|p| p["database"] == "app");
+        let followed = app.is_some_and(|p| {
+            num(p, "cl_active") + num(p, "cl_waiting") == 2
+                && num(p, "sv_idle") + num(p, "sv_used") >= 2
+        });
+        if followed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle clients did not follow: {pools:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for client in &idle {
+        assert_eq!(server_port(client).await, other.port().to_string());
+    }
+    // Session mode, one connection: a client holds it; another waits for it.
+    reload(config_for(&other, PoolMode::Session, 1));
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(server_port(&holder).await, other.port().to_string());
+    let port = proxy.local_addr().port();
+    let waiting = tokio::spawn(async move {
+        let waiter = common::connect_port(port, "postgres").await.unwrap();
+        let port = common::value(&waiter, "SHOW port").await;
+        (waiter, port)
+    });
+    until_waiting(&proxy, 1).await;
+    reload(config_for(&pg, PoolMode::Session, 1));
+    let (_waiter, waited) = finished(waiting, "the waiter never moved").await;
+    assert_eq!(waited, pg.port().to_string());
+    // The holder's session lives on the old server: closed before its next query.
+    let e = holder.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(code(&e) == Some("57P01") || e.is_closed(), "{e:?}");
+}
+
 /// A client a RELOAD moved to another server whose table has another shape: its
 /// statement prepared on the first server gets PostgreSQL's "cached plan must not
 /// change result type", not rows in a shape it would misread; prepared again, it runs.
