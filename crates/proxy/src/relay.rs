@@ -4915,7 +4915,7 @@ impl Relay {
     fn follow_reload(&mut self) -> bool {
         // (A session-mode client that never had a server connection has no session
         // on the old server yet: it moves too.)
-        if !(self.rewrite || !self.lent_once)
+        if (!self.rewrite && self.lent_once)
             || self.server.is_some()
             || self.shared.lifecycle_now() != Lifecycle::Running
         {

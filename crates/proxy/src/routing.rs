@@ -180,10 +180,26 @@ const PRIMARY_DOWN_AFTER: u32 = 3;
 const HISTORY: usize = 4096;
 
 impl Router {
-    pub fn new(database: &str, replicas: &[Replica], settings: Routing) -> Router {
+    /// The router of `database`'s `replicas`; after a RELOAD that changed the replica
+    /// list of `old`'s, a replica still listed (same address and weight) keeps its
+    /// node — its state, replay position and load — so reads go on there without
+    /// waiting for a check.
+    pub fn after(
+        old: Option<&Router>,
+        database: &str,
+        replicas: &[Replica],
+        settings: Routing,
+    ) -> Router {
+        let node = |r: &Replica| {
+            old.into_iter()
+                .flat_map(|o| &o.replicas)
+                .find(|n| (&n.host, n.port, n.weight) == (&r.host, r.port, r.weight.max(1)))
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Node::new(r)))
+        };
         Router {
             database: database.to_string(),
-            replicas: replicas.iter().map(|r| Arc::new(Node::new(r))).collect(),
+            replicas: replicas.iter().map(node).collect(),
             settings,
             primary_lsn: AtomicU64::new(0),
             primary_up: AtomicBool::new(true),
@@ -716,7 +732,7 @@ mod tests {
                 weight: 3,
             },
         ];
-        let router = Router::new("db", &replicas, Routing::default());
+        let router = Router::after(None, "db", &replicas, Routing::default());
         assert_eq!(
             router.pick(0, 0, None),
             None,

@@ -100,7 +100,12 @@ fn routers_for(
         .map(|db| {
             let router = match old.get(&db.name) {
                 Some(r) if r.same_as(&db.replicas, &config.routing) => r.clone(),
-                _ => Arc::new(Router::new(&db.name, &db.replicas, config.routing.clone())),
+                was => Arc::new(Router::after(
+                    was.map(|r| &**r),
+                    &db.name,
+                    &db.replicas,
+                    config.routing.clone(),
+                )),
             };
             (db.name.clone(), router)
         })

@@ -866,3 +866,26 @@ async fn the_checker_follows_a_primary_a_reload_moved() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A RELOAD that adds a replica keeps what is known of the ones still listed: reads
+/// go on to a replica at once, not to the primary until the new list is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_still_listed_after_a_reload_take_reads_at_once() {
+    let primary = Postgres::start().await.unwrap();
+    let first = Postgres::start_replica(&primary).await.unwrap();
+    let second = Postgres::start_replica(&primary).await.unwrap();
+    let mut config = common::config_for(&primary, pgopt_proxy::PoolMode::Transaction, 4);
+    config.admin_users = vec!["postgres".into()];
+    with_replicas(&mut config, &[&first]);
+    // Checks far apart: a read right after the RELOAD comes before the next one.
+    config.routing.check_interval = Duration::from_secs(30);
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    value(&client, "SELECT 1").await;
+    wait_for_state(&proxy, "up").await;
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+    with_replicas(&mut config, &[&first, &second]);
+    config.routing.check_interval = Duration::from_secs(30);
+    proxy.handle().apply(config).unwrap();
+    assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
+}
