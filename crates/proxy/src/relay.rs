@@ -4511,7 +4511,9 @@ impl Relay {
                     }
                 }
                 tracing::warn!(
+                    client = %self.info.addr,
                     sqlstate = %String::from_utf8_lossy(code),
+                    error = %String::from_utf8_lossy(error_field(body, b'M').unwrap_or_default()),
                     "applying a client's settings on a server connection failed"
                 );
             }
