@@ -988,6 +988,7 @@ impl Relay {
             // Session mode keeps its connection between transactions: a client of a pool
             // a RELOAD retired is closed before its next one there.
             if !self.rewrite
+                && self.lent_once
                 && self.status == TransactionStatus::Idle
                 && self.expected.is_empty()
                 && !self.open_batch
@@ -1027,18 +1028,11 @@ impl Relay {
                         self.filling = fill;
                         self.note_fill_route();
                         if std::mem::take(&mut self.identity_injected) {
-                            // The request waits until the role is known to be set:
-                            // back in front of the client's bytes.
                             let bytes = match self.bind_pass.take() {
                                 Some(pass) => pass.original,
                                 None => frame.as_bytes().clone(),
                             };
-                            let mut cbuf = BytesMut::with_capacity(bytes.len() + self.cbuf.len());
-                            cbuf.extend_from_slice(&bytes);
-                            cbuf.extend_from_slice(&self.cbuf);
-                            self.cbuf = cbuf;
-                            self.identity_pending = true;
-                            self.paused = true;
+                            self.hold_for_identity(&bytes);
                             break;
                         }
                     }
@@ -1080,6 +1074,17 @@ impl Relay {
                 let now = self.clock;
                 self.query_start = Some(now);
                 self.xact_start.get_or_insert(now);
+            }
+            // Settings applied again after a RESET: a role among them is known to be set
+            // before the request runs (see `identity_pending`).
+            self.sync_settings_if_behind();
+            if std::mem::take(&mut self.identity_injected) {
+                let bytes = match self.bind_pass.take() {
+                    Some(pass) => pass.original,
+                    None => frame.as_bytes().clone(),
+                };
+                self.hold_for_identity(&bytes);
+                break;
             }
             let standing_in = self.bind_pass.is_some();
             if let Err(e) = self.route(&frame) {
@@ -4068,6 +4073,13 @@ impl Relay {
         if to_client > 0 {
             self.failover = None;
         }
+        if self.identity_refused.is_some() {
+            // The client's role could not be set: nothing that ran without it reaches
+            // the client (a read run again elsewhere; the session ends, in `serve`).
+            self.sbuf.clear();
+            self.out.clear();
+            return Ok(());
+        }
         // Other instances hear of this batch's commits before the client does.
         self.publish().await;
         let result = if !edited {
@@ -4899,6 +4911,17 @@ impl Relay {
         self.pool.is_retired()
     }
 
+    /// The request in `bytes` waits until the role pgopt just sent for the client is
+    /// known to be set: back in front of the client's bytes (see `identity_pending`).
+    fn hold_for_identity(&mut self, bytes: &[u8]) {
+        let mut cbuf = BytesMut::with_capacity(bytes.len() + self.cbuf.len());
+        cbuf.extend_from_slice(bytes);
+        cbuf.extend_from_slice(&self.cbuf);
+        self.cbuf = cbuf;
+        self.identity_pending = true;
+        self.paused = true;
+    }
+
     /// A RELOAD changed a database's replicas: the client's routes are made again.
     fn follow_routes(&mut self) {
         if self.shared.routes_version.load(Relaxed) != self.routes_seen {
@@ -5297,6 +5320,14 @@ impl Relay {
         self.dropping = false;
         self.rerun = None;
         let mut tried = 0;
+        if std::mem::take(&mut self.identity_pending) {
+            // It broke while the request waited for the client's role there: the
+            // request, never sent, goes through a checkout again (still `paused`).
+            if let (Some(i), Some(routes)) = (replica, &self.routes) {
+                routes.router.replicas[i].failed("the server connection broke");
+            }
+            return Ok(());
+        }
         if let (Some(i), Some(routes)) = (replica, &self.routes) {
             let node = &routes.router.replicas[i];
             node.failed("the server connection broke during a read");

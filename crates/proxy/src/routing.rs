@@ -166,6 +166,9 @@ pub struct Router {
     /// Pools the checker connects with (the first client's: the checker needs a login).
     pools: Mutex<Option<CheckPools>>,
     checker_started: AtomicBool,
+    /// A RELOAD replaced it (see [`Router::after`]): its checker stops, leaving the
+    /// nodes it shares with the new router to the new one's.
+    pub superseded: AtomicBool,
     /// Spreads ties over the replicas.
     turn: AtomicUsize,
 }
@@ -210,6 +213,7 @@ impl Router {
             history: Mutex::new(VecDeque::new()),
             pools: Mutex::new(None),
             checker_started: AtomicBool::new(false),
+            superseded: AtomicBool::new(false),
             turn: AtomicUsize::new(0),
         }
     }
@@ -450,6 +454,9 @@ async fn check_loop(router: Weak<Router>, mut lifecycle: watch::Receiver<Lifecyc
             let Some(router) = router.upgrade() else {
                 return;
             };
+            if router.superseded.load(Relaxed) {
+                return;
+            }
             conns.resize_with(router.replicas.len() + 1, || None);
             if router.check_all(&mut conns).await {
                 router.settings.check_interval

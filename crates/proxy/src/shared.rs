@@ -710,6 +710,10 @@ impl Shared {
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = server_tls;
         let same_routers = {
             let old = self.routers.read().unwrap_or_else(|p| p.into_inner());
+            let kept = |r: &Arc<Router>| routers.values().any(|n| Arc::ptr_eq(n, r));
+            for router in old.values().filter(|r| !kept(r)) {
+                router.superseded.store(true, Relaxed);
+            }
             old.len() == routers.len()
                 && routers
                     .iter()
