@@ -634,7 +634,8 @@ impl Relay {
         let wake = info.wake.notified();
         tokio::pin!(wake);
         while go_on {
-            if let Some((code, why)) = self.identity_refused.take() {
+            if self.identity_refused.is_some() {
+                let (code, why) = self.identity_refused.take().unwrap_or_default();
                 let message = format!(
                     "pgopt could not set this session's role on a server connection ({why}): \
                      the session ends rather than run as another role"
@@ -1077,14 +1078,16 @@ impl Relay {
             }
             // Settings applied again after a RESET: a role among them is known to be set
             // before the request runs (see `identity_pending`).
-            self.sync_settings_if_behind();
-            if std::mem::take(&mut self.identity_injected) {
-                let bytes = match self.bind_pass.take() {
-                    Some(pass) => pass.original,
-                    None => frame.as_bytes().clone(),
-                };
-                self.hold_for_identity(&bytes);
-                break;
+            if self.settings_behind {
+                self.sync_settings_if_behind();
+                if std::mem::take(&mut self.identity_injected) {
+                    let bytes = match self.bind_pass.take() {
+                        Some(pass) => pass.original,
+                        None => frame.as_bytes().clone(),
+                    };
+                    self.hold_for_identity(&bytes);
+                    break;
+                }
             }
             let standing_in = self.bind_pass.is_some();
             if let Err(e) = self.route(&frame) {
