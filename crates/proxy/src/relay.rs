@@ -1029,11 +1029,7 @@ impl Relay {
                         self.filling = fill;
                         self.note_fill_route();
                         if std::mem::take(&mut self.identity_injected) {
-                            let bytes = match self.bind_pass.take() {
-                                Some(pass) => pass.original,
-                                None => frame.as_bytes().clone(),
-                            };
-                            self.hold_for_identity(&bytes);
+                            self.hold_for_identity(&frame);
                             break;
                         }
                     }
@@ -1081,11 +1077,7 @@ impl Relay {
             if self.settings_behind {
                 self.sync_settings_if_behind();
                 if std::mem::take(&mut self.identity_injected) {
-                    let bytes = match self.bind_pass.take() {
-                        Some(pass) => pass.original,
-                        None => frame.as_bytes().clone(),
-                    };
-                    self.hold_for_identity(&bytes);
+                    self.hold_for_identity(&frame);
                     break;
                 }
             }
@@ -4914,11 +4906,16 @@ impl Relay {
         self.pool.is_retired()
     }
 
-    /// The request in `bytes` waits until the role pgopt just sent for the client is
-    /// known to be set: back in front of the client's bytes (see `identity_pending`).
-    fn hold_for_identity(&mut self, bytes: &[u8]) {
+    /// The request `frame` begins waits until the role pgopt just sent for the client
+    /// is known to be set: back in front of the client's bytes (one passed through as
+    /// it came, to be passed when it goes on; see `identity_pending`).
+    fn hold_for_identity(&mut self, frame: &Frame) {
+        let bytes = match self.bind_pass.take() {
+            Some(pass) => pass.original,
+            None => frame.as_bytes().clone(),
+        };
         let mut cbuf = BytesMut::with_capacity(bytes.len() + self.cbuf.len());
-        cbuf.extend_from_slice(bytes);
+        cbuf.extend_from_slice(&bytes);
         cbuf.extend_from_slice(&self.cbuf);
         self.cbuf = cbuf;
         self.identity_pending = true;

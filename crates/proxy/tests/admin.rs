@@ -1065,6 +1065,17 @@ async fn reconnect_reaches_a_pool_a_reload_replaced_that_a_client_still_uses() {
     );
 }
 
+/// A client of `proxy` in a task of its own, and the port of the server its `SHOW
+/// port` ran on (it may wait for a connection first).
+fn show_port_later(proxy: &Proxy) -> tokio::task::JoinHandle<(tokio_postgres::Client, String)> {
+    let port = proxy.local_addr().port();
+    tokio::spawn(async move {
+        let client = common::connect_port(port, "postgres").await.unwrap();
+        let port = common::value(&client, "SHOW port").await;
+        (client, port)
+    })
+}
+
 /// The port of the server `client`'s statement runs on.
 async fn server_port(client: &tokio_postgres::Client) -> String {
     common::value(client, "SHOW port").await
@@ -1128,12 +1139,7 @@ async fn a_reload_that_moves_a_database_moves_its_clients_after_their_transactio
     holder.batch_execute("BEGIN").await.unwrap();
     assert_eq!(server_port(&holder).await, other.port().to_string());
     moved.batch_execute("COMMIT").await.unwrap();
-    let port = proxy.local_addr().port();
-    let waiting = tokio::spawn(async move {
-        let waiter = common::connect_port(port, "postgres").await.unwrap();
-        let port = common::value(&waiter, "SHOW port").await;
-        (waiter, port)
-    });
+    let waiting = show_port_later(&proxy);
     until_waiting(&proxy, 1).await;
     // Back to the first server: the client waiting on the other's pool moves too.
     reload(config_for(&pg, PoolMode::Transaction, 2));
@@ -1244,12 +1250,7 @@ async fn idle_clients_and_session_clients_not_yet_served_follow_a_move_at_once()
     reload(config_for(&other, PoolMode::Session, 1));
     let holder = connect(&proxy, "postgres", None).await.unwrap();
     assert_eq!(server_port(&holder).await, other.port().to_string());
-    let port = proxy.local_addr().port();
-    let waiting = tokio::spawn(async move {
-        let waiter = common::connect_port(port, "postgres").await.unwrap();
-        let port = common::value(&waiter, "SHOW port").await;
-        (waiter, port)
-    });
+    let waiting = show_port_later(&proxy);
     until_waiting(&proxy, 1).await;
     reload(config_for(&pg, PoolMode::Session, 1));
     let (_waiter, waited) = finished(waiting, "the waiter never moved").await;
