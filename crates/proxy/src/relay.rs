@@ -1054,17 +1054,8 @@ impl Relay {
                 );
             }
             if frame.tag() == b'B' && self.check_shape_first(&frame) {
-                // The Bind waits for the answer, back in front of the client's bytes
-                // (one passed through as it came, to be passed when it goes on).
-                let bytes = match self.bind_pass.take() {
-                    Some(pass) => pass.original,
-                    None => frame.as_bytes().clone(),
-                };
-                let mut cbuf = BytesMut::with_capacity(bytes.len() + self.cbuf.len());
-                cbuf.extend_from_slice(&bytes);
-                cbuf.extend_from_slice(&self.cbuf);
-                self.cbuf = cbuf;
-                self.paused = true;
+                // The Bind waits for the answer.
+                self.put_back(&frame);
                 break;
             }
             if self.query_start.is_none() {
@@ -4907,9 +4898,16 @@ impl Relay {
     }
 
     /// The request `frame` begins waits until the role pgopt just sent for the client
-    /// is known to be set: back in front of the client's bytes (one passed through as
-    /// it came, to be passed when it goes on; see `identity_pending`).
+    /// is known to be set (see `identity_pending`).
     fn hold_for_identity(&mut self, frame: &Frame) {
+        self.put_back(frame);
+        self.identity_pending = true;
+    }
+
+    /// `frame` waits, back in front of the client's bytes (one passed through as it
+    /// came, to be passed when it goes on), until what held it back is over (see
+    /// `paused`).
+    fn put_back(&mut self, frame: &Frame) {
         let bytes = match self.bind_pass.take() {
             Some(pass) => pass.original,
             None => frame.as_bytes().clone(),
@@ -4918,7 +4916,6 @@ impl Relay {
         cbuf.extend_from_slice(&bytes);
         cbuf.extend_from_slice(&self.cbuf);
         self.cbuf = cbuf;
-        self.identity_pending = true;
         self.paused = true;
     }
 

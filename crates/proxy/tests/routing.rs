@@ -797,6 +797,24 @@ async fn user_functions_run_on_a_replica_only_when_listed_as_safe() {
     );
 }
 
+/// A proxy in transaction mode (its config, to change and apply again) routing to
+/// `replicas`, up, and a client that has logged in.
+async fn reloadable(
+    primary: &Postgres,
+    replicas: &[&Postgres],
+    tweak: impl FnOnce(&mut Config),
+) -> (Config, Proxy, Client) {
+    let mut config = common::config_for(primary, pgopt_proxy::PoolMode::Transaction, 4);
+    config.admin_users = vec!["postgres".into()];
+    with_replicas(&mut config, replicas);
+    tweak(&mut config);
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    value(&client, "SELECT 1").await;
+    wait_for_state(&proxy, "up").await;
+    (config, proxy, client)
+}
+
 /// A replica a RELOAD takes out of the database's list is not read from again by
 /// clients connected before it (their reads go to the primary), and they stay
 /// connected: the primary did not change.
@@ -804,13 +822,7 @@ async fn user_functions_run_on_a_replica_only_when_listed_as_safe() {
 async fn a_replica_removed_by_reload_is_not_read_from_by_clients_connected_before() {
     let primary = Postgres::start().await.unwrap();
     let replica = Postgres::start_replica(&primary).await.unwrap();
-    let mut config = common::config_for(&primary, pgopt_proxy::PoolMode::Transaction, 4);
-    config.admin_users = vec!["postgres".into()];
-    with_replicas(&mut config, &[&replica]);
-    let proxy = Proxy::start(config.clone()).await.unwrap();
-    let client = connect(&proxy, "postgres", None).await.unwrap();
-    value(&client, "SELECT 1").await;
-    wait_for_state(&proxy, "up").await;
+    let (mut config, proxy, client) = reloadable(&primary, &[&replica], |_| {}).await;
     assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
     config.databases[0].replicas.clear();
     proxy.handle().apply(config).unwrap();
@@ -839,13 +851,7 @@ async fn the_checker_follows_a_primary_a_reload_moved() {
         .unwrap();
     let replica = Postgres::start_replica(&primary).await.unwrap();
     let other = Postgres::start().await.unwrap();
-    let mut config = common::config_for(&primary, pgopt_proxy::PoolMode::Transaction, 4);
-    config.admin_users = vec!["postgres".into()];
-    with_replicas(&mut config, &[&replica]);
-    let proxy = Proxy::start(config.clone()).await.unwrap();
-    let client = connect(&proxy, "postgres", None).await.unwrap();
-    value(&client, "SELECT 1").await;
-    wait_for_state(&proxy, "up").await;
+    let (mut config, proxy, client) = reloadable(&primary, &[&replica], |_| {}).await;
     config.databases[0].port = other.port();
     proxy.handle().apply(config).unwrap();
     // The client moves to the new primary's pool, which the checker then logs in with.
@@ -874,15 +880,9 @@ async fn replicas_still_listed_after_a_reload_take_reads_at_once() {
     let primary = Postgres::start().await.unwrap();
     let first = Postgres::start_replica(&primary).await.unwrap();
     let second = Postgres::start_replica(&primary).await.unwrap();
-    let mut config = common::config_for(&primary, pgopt_proxy::PoolMode::Transaction, 4);
-    config.admin_users = vec!["postgres".into()];
-    with_replicas(&mut config, &[&first]);
     // Checks far apart: a read right after the RELOAD comes before the next one.
-    config.routing.check_interval = Duration::from_secs(30);
-    let proxy = Proxy::start(config.clone()).await.unwrap();
-    let client = connect(&proxy, "postgres", None).await.unwrap();
-    value(&client, "SELECT 1").await;
-    wait_for_state(&proxy, "up").await;
+    let slow = |c: &mut Config| c.routing.check_interval = Duration::from_secs(30);
+    let (mut config, proxy, client) = reloadable(&primary, &[&first], slow).await;
     assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
     with_replicas(&mut config, &[&first, &second]);
     config.routing.check_interval = Duration::from_secs(30);
