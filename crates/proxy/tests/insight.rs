@@ -712,8 +712,10 @@ async fn metrics_label_only_the_busiest_shapes() {
         c.insight.plans.enabled = false;
     })
     .await;
-    // 30 cheap shapes once each, then 20 shapes of 200 ms each (10 clients at a time):
-    // the 20 slow ones have the most total time, however slow the machine.
+    // 30 cheap shapes once each, then 20 shapes of 1 s each (10 clients at a time):
+    // the 20 slow ones have the most total time, however slow the machine (the first
+    // cheap one waits for the session's first catalog read, and a loaded machine has
+    // taken it past 200 ms).
     let client = connect(&proxy, "postgres", None).await.unwrap();
     for n in 0..30 {
         client
@@ -727,7 +729,7 @@ async fn metrics_label_only_the_busiest_shapes() {
     }
     futures_util::future::join_all(clients.iter().enumerate().map(|(i, client)| async move {
         for n in (i..20).step_by(10) {
-            let sql = format!("SELECT pg_sleep(0.2), s{n} FROM (SELECT 1 AS s{n}) s");
+            let sql = format!("SELECT pg_sleep(1), s{n} FROM (SELECT 1 AS s{n}) s");
             client.simple_query(&sql).await.unwrap();
         }
     }))

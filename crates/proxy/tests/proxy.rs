@@ -1259,6 +1259,9 @@ async fn waits_timing_out_while_connections_are_handed_over_leak_no_slot() {
     let mut config = config_for(&pg, PoolMode::Transaction, 2);
     config.query_wait_timeout = Duration::from_millis(30);
     let proxy = Proxy::start(config).await.unwrap();
+    // The pool's first client checks the server at login (a checkout, which the 30 ms
+    // wait would cut short on a loaded machine): done once before.
+    connect(&proxy, "postgres", None).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     let mut tasks = Vec::new();
     let port = proxy.local_addr().port();
