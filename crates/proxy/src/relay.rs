@@ -3134,9 +3134,16 @@ impl Relay {
                     if !dependents.is_empty() {
                         self.reread(&dependents);
                     }
-                    // Read back once it ran: after each batch that binds it.
-                    if let (Some(parse), true) = (parse, sets_characteristics(&change)) {
-                        let names = vec![session_state::CHARACTERISTICS.to_string()];
+                    // Read back after each batch that binds it: a client may run it again
+                    // later (Bind and Execute with no new Parse), after another change.
+                    if let Some(parse) = parse {
+                        let names = match &change {
+                            _ if sets_characteristics(&change) => {
+                                vec![session_state::CHARACTERISTICS.to_string()]
+                            }
+                            Change::Set(name) | Change::Reset(name) => vec![name.clone()],
+                            Change::ResetAll => self.settings.names().map(str::to_string).collect(),
+                        };
                         self.read_back_at_binds(parse, names);
                     }
                 }

@@ -2623,3 +2623,40 @@ async fn a_role_that_can_no_longer_be_set_ends_the_session_before_its_request_ru
         "postgres"
     );
 }
+
+/// A prepared SET run again (Bind and Execute, no new Parse) after another change:
+/// what it sets is read back after each run, so the client keeps it on its next
+/// server connection and the next client of this one does not get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_set_run_again_is_followed_each_time() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql("CREATE ROLE tenant").unwrap();
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    let who = "SELECT current_user::text";
+    let set = a.prepare("SET ROLE tenant").await.unwrap();
+    let reset = a.prepare("RESET ROLE").await.unwrap();
+    let path = a.prepare("SET search_path = pg_catalog").await.unwrap();
+    let unpath = a.prepare("RESET search_path").await.unwrap();
+    for statement in [&set, &reset, &set, &path, &unpath, &path] {
+        a.execute(statement, &[]).await.unwrap();
+    }
+    assert_eq!(
+        b.query_one(who, &[]).await.unwrap().get::<_, String>(0),
+        "postgres"
+    );
+    assert_ne!(common::value(&b, "SHOW search_path").await, "pg_catalog");
+    assert_eq!(
+        a.query_one(who, &[]).await.unwrap().get::<_, String>(0),
+        "tenant"
+    );
+    assert_eq!(common::value(&a, "SHOW search_path").await, "pg_catalog");
+    for statement in [&reset, &unpath] {
+        a.execute(statement, &[]).await.unwrap();
+    }
+    assert_eq!(
+        a.query_one(who, &[]).await.unwrap().get::<_, String>(0),
+        "postgres"
+    );
+    assert_ne!(common::value(&a, "SHOW search_path").await, "pg_catalog");
+}
