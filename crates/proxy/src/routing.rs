@@ -69,7 +69,8 @@ impl NodeState {
 pub struct Node {
     pub host: String,
     pub port: u16,
-    pub weight: u32,
+    /// (A RELOAD may change it: a replica still listed keeps its node.)
+    pub weight: AtomicU32,
     state: AtomicU8,
     /// `pg_last_wal_replay_lsn()` at the last check.
     pub replay_lsn: AtomicU64,
@@ -90,7 +91,7 @@ impl Node {
         Node {
             host: replica.host.clone(),
             port: replica.port,
-            weight: replica.weight.max(1),
+            weight: AtomicU32::new(replica.weight.max(1)),
             state: AtomicU8::new(NodeState::Unknown as u8),
             replay_lsn: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
@@ -184,7 +185,7 @@ const HISTORY: usize = 4096;
 
 impl Router {
     /// The router of `database`'s `replicas`; after a RELOAD that changed the replica
-    /// list of `old`'s, a replica still listed (same address and weight) keeps its
+    /// list of `old`'s, a replica still listed (same address; its weight is updated) keeps its
     /// node — its state, replay position and load — so reads go on there without
     /// waiting for a check.
     pub fn after(
@@ -196,8 +197,9 @@ impl Router {
         let node = |r: &Replica| {
             old.into_iter()
                 .flat_map(|o| &o.replicas)
-                .find(|n| (&n.host, n.port, n.weight) == (&r.host, r.port, r.weight.max(1)))
+                .find(|n| (&n.host, n.port) == (&r.host, r.port))
                 .cloned()
+                .inspect(|n| n.weight.store(r.weight.max(1), Relaxed))
                 .unwrap_or_else(|| Arc::new(Node::new(r)))
         };
         Router {
@@ -228,11 +230,9 @@ impl Router {
     pub fn same_as(&self, replicas: &[Replica], settings: &Routing) -> bool {
         self.settings == *settings
             && self.replicas.len() == replicas.len()
-            && self
-                .replicas
-                .iter()
-                .zip(replicas)
-                .all(|(n, r)| (&n.host, n.port, n.weight) == (&r.host, r.port, r.weight.max(1)))
+            && self.replicas.iter().zip(replicas).all(|(n, r)| {
+                (&n.host, n.port, n.weight.load(Relaxed)) == (&r.host, r.port, r.weight.max(1))
+            })
     }
 
     /// A client's pools for this database: the checker logs in with them. Starts the
@@ -271,7 +271,7 @@ impl Router {
             {
                 continue;
             }
-            let score = load_score(node.outstanding.load(Relaxed), node.weight);
+            let score = load_score(node.outstanding.load(Relaxed), node.weight.load(Relaxed));
             if best.is_none_or(|(_, s)| score < s) {
                 best = Some((i, score));
             }

@@ -181,7 +181,7 @@ pub fn replicas(shared: &Shared) -> Table {
                 t("replica"),
                 t(&node.host),
                 n(node.port),
-                n(node.weight),
+                n(node.weight.load(Relaxed)),
                 t(node.state().as_str()),
                 t(format_lsn(node.replay_lsn.load(Relaxed))),
                 n(node.lag_bytes.load(Relaxed)),

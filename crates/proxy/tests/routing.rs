@@ -873,8 +873,9 @@ async fn the_checker_follows_a_primary_a_reload_moved() {
     }
 }
 
-/// A RELOAD that adds a replica keeps what is known of the ones still listed: reads
-/// go on to a replica at once, not to the primary until the new list is checked.
+/// A RELOAD that adds a replica, and gives one still listed a new weight, keeps what
+/// is known of the ones still listed: reads go on to a replica at once, not to the
+/// primary until the new list is checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_still_listed_after_a_reload_take_reads_at_once() {
     let primary = Postgres::start().await.unwrap();
@@ -886,6 +887,8 @@ async fn replicas_still_listed_after_a_reload_take_reads_at_once() {
     assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
     with_replicas(&mut config, &[&first, &second]);
     config.routing.check_interval = Duration::from_secs(30);
+    // A new weight for the one still listed keeps what is known of it too.
+    config.databases[0].replicas[0].weight = 3;
     proxy.handle().apply(config).unwrap();
     assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
 }
