@@ -2659,4 +2659,24 @@ async fn a_prepared_set_run_again_is_followed_each_time() {
         "postgres"
     );
     assert_ne!(common::value(&a, "SHOW search_path").await, "pg_catalog");
+    // set_config, and SET SESSION AUTHORIZATION, the same way.
+    let config = a
+        .prepare("SELECT set_config('role', 'tenant', false)")
+        .await
+        .unwrap();
+    let auth = a.prepare("SET SESSION AUTHORIZATION tenant").await.unwrap();
+    let unauth = a.prepare("RESET SESSION AUTHORIZATION").await.unwrap();
+    let as_whom = async |c: &tokio_postgres::Client| -> String {
+        c.query_one(who, &[]).await.unwrap().get(0)
+    };
+    for statement in [&config, &reset, &config] {
+        a.execute(statement, &[]).await.unwrap();
+    }
+    assert_eq!(as_whom(&b).await, "postgres");
+    assert_eq!(as_whom(&a).await, "tenant");
+    for statement in [&reset, &auth, &unauth, &auth] {
+        a.execute(statement, &[]).await.unwrap();
+    }
+    assert_eq!(as_whom(&b).await, "postgres");
+    assert_eq!(as_whom(&a).await, "tenant");
 }
