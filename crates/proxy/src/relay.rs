@@ -321,6 +321,9 @@ pub struct Relay {
     /// Statements (by id) whose run may set what pgopt reads back — `set_config(…,
     /// false)`, SET SESSION CHARACTERISTICS: after each Bind of one, it is.
     read_back_statements: foldhash::HashMap<u64, Arc<[String]>>,
+    /// The client's named statements (by id) that RESET a setting (or all): confirmed
+    /// again at each Bind, as at their Parse.
+    resets_at_binds: foldhash::HashMap<u64, Change>,
     /// The same for the client's unnamed statement (until its next Parse or simple
     /// query): asyncpg without a statement cache parses in one batch, binds in the
     /// next.
@@ -570,6 +573,7 @@ impl Relay {
             resync: Vec::new(),
             read_back_leniently: Vec::new(),
             read_back_statements: Default::default(),
+            resets_at_binds: Default::default(),
             unnamed_read_back: None,
             reread_changes: false,
             described: None,
@@ -2416,6 +2420,9 @@ impl Relay {
                 if !self.read_back_statements.is_empty() {
                     self.reread_bound(prepared.id);
                 }
+                if !self.resets_at_binds.is_empty() {
+                    self.reset_bound(prepared.id);
+                }
                 if let Some(error) = self.sequences_at_bind(&prepared, bind.statement.is_empty()) {
                     self.refuse_batch(Some(error));
                     return Ok(true);
@@ -3134,17 +3141,26 @@ impl Relay {
                     if !dependents.is_empty() {
                         self.reread(&dependents);
                     }
-                    // Read back after each batch that binds it: a client may run it again
-                    // later (Bind and Execute with no new Parse), after another change.
-                    if let Some(parse) = parse {
-                        let names = match &change {
-                            _ if sets_characteristics(&change) => {
-                                vec![session_state::CHARACTERISTICS.to_string()]
-                            }
-                            Change::Set(name) | Change::Reset(name) => vec![name.clone()],
-                            Change::ResetAll => self.settings.names().map(str::to_string).collect(),
-                        };
-                        self.read_back_at_binds(parse, names);
+                    // A client may run it again later (Bind and Execute with no new
+                    // Parse), after another change: a SET is read back after each batch
+                    // that binds it; a RESET is confirmed again at each Bind (the
+                    // server's RESET gives its own default, where the client's start-up
+                    // value is applied again).
+                    match (parse, &change) {
+                        (Some(parse), _) if sets_characteristics(&change) => {
+                            let names = vec![session_state::CHARACTERISTICS.to_string()];
+                            self.read_back_at_binds(parse, names);
+                        }
+                        (Some(parse), Change::Set(name)) => {
+                            self.read_back_at_binds(parse, vec![name.clone()]);
+                        }
+                        (Some(parse), Change::Reset(_) | Change::ResetAll)
+                            if !parse.name.is_empty() =>
+                        {
+                            let id = statement_id(parse, self.encoding_salt());
+                            self.resets_at_binds.insert(id, change.clone());
+                        }
+                        _ => {}
                     }
                 }
                 None
@@ -3339,6 +3355,20 @@ impl Relay {
             let id = statement_id(parse, self.encoding_salt());
             self.read_back_statements.insert(id, names.into());
         }
+    }
+
+    /// A Bind of statement `id`: the RESET it runs (see `resets_at_binds`), if it is
+    /// one, is confirmed again.
+    fn reset_bound(&mut self, id: u64) {
+        let (Some(change), Some(server)) = (self.resets_at_binds.get(&id), self.server.as_mut())
+        else {
+            return;
+        };
+        let applied = &mut server.conn.applied;
+        keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
+        self.settings.confirm(change, "", applied);
+        self.settings_behind = true;
+        self.tracked_since_ready = true;
     }
 
     /// A Bind of statement `id`: what it may set (see `read_back_statements`), if
