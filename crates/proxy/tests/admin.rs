@@ -1065,6 +1065,14 @@ async fn reconnect_reaches_a_pool_a_reload_replaced_that_a_client_still_uses() {
     );
 }
 
+/// RELOADs `proxy` with `config` (postgres an admin user).
+fn reload_with(proxy: &Proxy, mut config: pgopt_proxy::Config) {
+    config.admin_users = vec!["postgres".into()];
+    let handle = proxy.handle();
+    handle.set_reloader(move || Ok(config.clone()));
+    handle.reload().unwrap();
+}
+
 /// A client of `proxy` in a task of its own, and the port of the server its `SHOW
 /// port` ran on (it may wait for a connection first).
 fn show_port_later(proxy: &Proxy) -> tokio::task::JoinHandle<(tokio_postgres::Client, String)> {
@@ -1100,13 +1108,7 @@ async fn a_reload_that_moves_a_database_moves_its_clients_after_their_transactio
             .unwrap();
     }
     let proxy = start_with(&pg, |_| {}).await;
-    let handle = proxy.handle();
-    let reload = |config: pgopt_proxy::Config| {
-        let mut config = config;
-        config.admin_users = vec!["postgres".into()];
-        handle.set_reloader(move || Ok(config.clone()));
-        handle.reload().unwrap();
-    };
+    let reload = |config| reload_with(&proxy, config);
     // A new password alone: the clients stay on their pool.
     let stays = connect(&proxy, "postgres", None).await.unwrap();
     let mut config = config_for(&pg, PoolMode::Transaction, 2);
@@ -1208,13 +1210,7 @@ async fn idle_clients_and_session_clients_not_yet_served_follow_a_move_at_once()
     let pg = Postgres::start().await.unwrap();
     let other = Postgres::start().await.unwrap();
     let proxy = start_with(&pg, |c| c.admin_users = vec!["postgres".into()]).await;
-    let handle = proxy.handle();
-    let reload = |config: pgopt_proxy::Config| {
-        let mut config = config;
-        config.admin_users = vec!["postgres".into()];
-        handle.set_reloader(move || Ok(config.clone()));
-        handle.reload().unwrap();
-    };
+    let reload = |config| reload_with(&proxy, config);
     let idle = [
         connect(&proxy, "postgres", None).await.unwrap(),
         connect(&proxy, "postgres", None).await.unwrap(),
