@@ -918,15 +918,19 @@ impl L2 {
     /// The current versions of `tables` and, when L2 stores values, the value stored
     /// under `key` if it was filled at exactly those versions. `None`: Redis is not
     /// reachable now.
-    pub async fn lookup(&self, key: &Key, tables: &[String]) -> Option<Found> {
-        // A commit of this instance not yet counted in Redis: Redis' versions are
-        // behind it, so what they validate may predate it.
-        if !self
+    /// Commits of this instance not yet counted in Redis (see `owed`).
+    fn owes(&self) -> bool {
+        !self
             .owed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
-        {
+    }
+
+    pub async fn lookup(&self, key: &Key, tables: &[String]) -> Option<Found> {
+        // A commit of this instance not yet counted in Redis: Redis' versions are
+        // behind it, so what they validate may predate it.
+        if self.owes() {
             return None;
         }
         let want = self.config.store_values;
@@ -1017,12 +1021,7 @@ impl L2 {
     /// [`L2::stream_marker_reached`]). Not while a publish is owed (Redis does not count
     /// every commit heard yet). `false` when not told.
     pub async fn reach_stream_marker(&self, marker: &str, lsn: u64) -> bool {
-        if !self
-            .owed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-        {
+        if self.owes() {
             return false;
         }
         let Some(mut conn) = self.connection() else {

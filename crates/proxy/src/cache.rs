@@ -1756,9 +1756,9 @@ pub async fn follow_wal(
             listen(&source, &publication, &slot, markers, tx).await
         };
         let consume = async {
-            // Every commit before the stream's position was heard, here or (before it
-            // started) by another instance: another's start marker may be vouched for.
-            let mut whole = false;
+            // This stream's own start marker. (Markers come after `Started`, whose
+            // flush or vouch made every commit before the stream's position heard:
+            // another's marker may be vouched for from then on.)
             let mut own = None;
             while let Some(event) = rx.recv().await {
                 match event {
@@ -1787,7 +1787,7 @@ pub async fn follow_wal(
                             cache.counters.wal_gap_flushes.fetch_add(1, Relaxed);
                             cache.publish(&[ALL.to_string()]).await;
                         }
-                        (whole, own) = (true, marker);
+                        own = marker;
                         if !std::mem::replace(&mut streaming, true) {
                             cache.counters.wal_streaming.fetch_add(1, Relaxed);
                         }
@@ -1800,8 +1800,7 @@ pub async fn follow_wal(
                     // (Only for a stream of the same publication: another may not carry
                     // the same tables.)
                     WalEvent::Marker(marker, lsn)
-                        if whole
-                            && own.as_ref().map(|(m, _)| m) != Some(&marker)
+                        if own.as_ref().map(|(m, _)| m) != Some(&marker)
                             && marker.rsplit_once('\n').map(|(p, _)| p)
                                 == Some(publication.as_str()) =>
                     {

@@ -182,11 +182,11 @@ pub async fn read(
         // trigger's function that writes a table whose trigger sets something…).
         let mut all = rows;
         let mut queried: std::collections::HashSet<String> = Default::default();
+        let mut read = FunctionSettings::from_rows(&all);
         for _ in 0..MAX_ROUNDS {
-            let found = FunctionSettings::from_rows(&all);
             let oids: Vec<String> = all
                 .iter()
-                .filter(|row| found.finds(row))
+                .filter(|row| read.finds(row))
                 .map(|row| field(row, 4).to_string())
                 .filter(|oid| !queried.contains(oid))
                 .collect();
@@ -198,8 +198,8 @@ pub async fn read(
                 .await?;
             queried.extend(oids);
             all.extend(relations);
+            read = FunctionSettings::from_rows(&all);
         }
-        let mut read = FunctionSettings::from_rows(&all);
         // The functions found, kept for the next read while they stay as they are.
         all.retain(|row| read.finds(row));
         read.digest = digest;

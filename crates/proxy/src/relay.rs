@@ -4835,11 +4835,7 @@ impl Relay {
             // Waiting when a RELOAD retired the pool: not on the old server either.
             Ok((checkout, _)) if self.retired() => {
                 checkout.release();
-                if self.follow_reload() {
-                    return Box::pin(self.checkout_for(read_only, 0)).await;
-                }
-                self.close_retired().await;
-                Lending::Closed
+                self.after_retired(read_only).await
             }
             Ok((checkout, _)) if self.info.killed() => {
                 // KILLed while it waited (a KILLed database stays paused).
@@ -4887,13 +4883,7 @@ impl Relay {
                 Lending::Lent
             }
             // A RELOAD retired the pool while this client waited there.
-            Err((_, CheckoutError::Retired)) => {
-                if self.follow_reload() {
-                    return Box::pin(self.checkout_for(read_only, 0)).await;
-                }
-                self.close_retired().await;
-                Lending::Closed
-            }
+            Err((_, CheckoutError::Retired)) => self.after_retired(read_only).await,
             Err((pool, e)) => {
                 // What comes next (a pipelined request's checkout) starts after this.
                 self.clock = Instant::now();
@@ -4956,10 +4946,21 @@ impl Relay {
         self.paused = true;
     }
 
+    /// A RELOAD retired the pool while this client waited there: it checks out from
+    /// the new one, or is closed when it can't move (see [`Relay::follow_reload`]).
+    async fn after_retired(&mut self, read_only: bool) -> Lending {
+        if self.follow_reload() {
+            return Box::pin(self.checkout_for(read_only, 0)).await;
+        }
+        self.close_retired().await;
+        Lending::Closed
+    }
+
     /// A RELOAD changed a database's replicas: the client's routes are made again.
     fn follow_routes(&mut self) {
-        if self.shared.routes_version.load(Relaxed) != self.routes_seen {
-            self.routes_seen = self.shared.routes_version.load(SeqCst);
+        let version = self.shared.routes_version.load(SeqCst);
+        if version != self.routes_seen {
+            self.routes_seen = version;
             self.routes = self.membership.routes(&self.shared, &self.pool);
         }
     }
@@ -4980,7 +4981,7 @@ impl Relay {
         {
             return false;
         }
-        let Some((pool, routes)) = self.membership.rejoin(&self.shared, self.mode) else {
+        let Some((pool, routes)) = self.membership.rejoin(&self.shared) else {
             return false;
         };
         tracing::info!(

@@ -481,7 +481,7 @@ async fn session(
         };
         // A RELOAD retired the pool meanwhile: the one the config gives now.
         if matches!(error, CheckoutError::Retired) {
-            if let Some((now, its_routes)) = membership.rejoin(shared, pool.mode) {
+            if let Some((now, its_routes)) = membership.rejoin(shared) {
                 (pool, routes) = (now, its_routes);
                 continue;
             }
@@ -884,19 +884,15 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// The pool the config now gives the client's database and user, in pool mode
-    /// `mode`, with its replicas: a RELOAD retired the client's (a failover moved the
-    /// database to another server). The client counts there from now on. `None`,
-    /// the client staying where it is, when the database is gone or its pool mode
-    /// changed.
-    pub fn rejoin(
-        &mut self,
-        shared: &Shared,
-        mode: crate::config::PoolMode,
-    ) -> Option<(Arc<Pool>, Option<Routes>)> {
-        let database = &self.pool.0.database;
-        let pool = shared.pool_for(database, &self.user, self.found.as_deref())?;
-        if pool.mode != mode || pool.is_retired() {
+    /// The pool the config now gives the client's database and user, in the pool mode
+    /// of the client's, with its replicas: a RELOAD retired the client's (a failover
+    /// moved the database to another server). The client counts there from now on.
+    /// `None`, the client staying where it is, when the database is gone or its pool
+    /// mode changed.
+    pub fn rejoin(&mut self, shared: &Shared) -> Option<(Arc<Pool>, Option<Routes>)> {
+        let was = &self.pool.0;
+        let pool = shared.pool_for(&was.database, &self.user, self.found.as_deref())?;
+        if pool.mode != was.mode || pool.is_retired() {
             return None;
         }
         let routes = self.routes(shared, &pool);

@@ -710,14 +710,15 @@ impl Shared {
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = server_tls;
         let same_routers = {
             let old = self.routers.read().unwrap_or_else(|p| p.into_inner());
-            let kept = |r: &Arc<Router>| routers.values().any(|n| Arc::ptr_eq(n, r));
-            for router in old.values().filter(|r| !kept(r)) {
-                router.superseded.store(true, Relaxed);
+            // (`routers_for` keeps a router only under its own database's name.)
+            let mut same = old.len() == routers.len();
+            for (db, router) in old.iter() {
+                if !routers.get(db).is_some_and(|n| Arc::ptr_eq(n, router)) {
+                    router.superseded.store(true, Relaxed);
+                    same = false;
+                }
             }
-            old.len() == routers.len()
-                && routers
-                    .iter()
-                    .all(|(db, r)| old.get(db).is_some_and(|o| Arc::ptr_eq(o, r)))
+            same
         };
         *self.routers.write().unwrap_or_else(|p| p.into_inner()) = routers;
         let timeouts = |c: &Config| {
