@@ -3417,6 +3417,11 @@ impl Relay {
         };
         let (statements, identity_from) =
             self.settings.sync_identity_last(&mut server.conn.applied);
+        if !statements.is_empty() {
+            // The client's cancels wait for them (see `CancelTarget::setting_up`).
+            let _route = lock(&self.cancel.route);
+            self.cancel.setting_up.store(true, Relaxed);
+        }
         for (i, sql) in statements.iter().enumerate() {
             if (Query { sql }).encode(&mut self.to_server).is_ok() {
                 let identity = i >= identity_from;
@@ -4525,6 +4530,9 @@ impl Relay {
         let body = &self.sbuf[body];
         if verdict == Verdict::Drop {
             // Part of a query pgopt injected to apply the client's settings.
+            if tag == b'Z' && !self.expected.head_is_injected_query() {
+                self.settings_answered();
+            }
             if tag == b'E' {
                 let code = error_code(body).unwrap_or_default();
                 if self.expected.head_is_identity() {
@@ -4855,7 +4863,7 @@ impl Relay {
                 checkout.conn.info.set_link(self.info.id, lent_us);
                 self.info.set_link(checkout.conn.info.id);
                 self.info.set_state(ClientState::Active, lent_us);
-                *lock(&self.cancel.route) = Some(checkout.conn.cancel.clone());
+                let cancel_route = checkout.conn.cancel.clone();
                 self.status = checkout.conn.status;
                 self.attach(checkout);
                 self.open_batch = false;
@@ -4880,6 +4888,8 @@ impl Relay {
                 self.settings_behind = false; // what this sync does
                 self.ending_in_flight = false;
                 self.sync_settings();
+                // (After the sync: a cancel from now on waits for its queries.)
+                *lock(&self.cancel.route) = Some(cancel_route);
                 Lending::Lent
             }
             // A RELOAD retired the pool while this client waited there.
@@ -5313,12 +5323,39 @@ impl Relay {
         }
     }
 
+    /// pgopt's queries applying the client's settings are answered: a cancel that
+    /// came meanwhile goes to the server now, for the client's request (see
+    /// `CancelTarget::setting_up`). (A request held back for its role is sent right
+    /// after, well before a cancel's new connection reaches the server.)
+    fn settings_answered(&self) {
+        let route = lock(&self.cancel.route);
+        if !self.cancel.setting_up.swap(false, Relaxed)
+            || !self.cancel.deferred.swap(false, Relaxed)
+        {
+            return;
+        }
+        if let Some(route) = route.clone() {
+            // In flight from now: the connection is not lent again before it arrives.
+            let flight = crate::server::CancelInFlight::new(route);
+            let timeout = self.shared.config().server_connect_timeout;
+            tokio::spawn(async move { crate::server::send_cancel(&flight.0, timeout).await });
+        }
+    }
+
+    /// No cancel goes to the server connection any more (nor waits for it).
+    fn drop_cancel_route(&self) {
+        let mut route = lock(&self.cancel.route);
+        *route = None;
+        self.cancel.setting_up.store(false, Relaxed);
+        self.cancel.deferred.store(false, Relaxed);
+    }
+
     /// No server connection any more: cancel requests have nowhere to go.
     fn unlink(&mut self) {
         // Writes whose position was not read: fenced up to the primary's next check.
         self.fence_tokens.clear();
         self.query_since = None;
-        *lock(&self.cancel.route) = None;
+        self.drop_cancel_route();
         self.info.set_link(0);
         self.info.set_state(ClientState::Idle, 0);
     }
@@ -5427,7 +5464,7 @@ impl Relay {
     /// The client is gone: its server connection goes back to the pool only when
     /// nothing is in flight; a session-mode connection is reset first.
     fn finish(mut self) {
-        *lock(&self.cancel.route) = None;
+        self.drop_cancel_route();
         if !self.server_idle() {
             // Closed (the server aborts what was running, once it notices).
             self.let_go();

@@ -191,7 +191,7 @@ pub async fn serve(
     let key = new_cancel_key()?;
     let cancel_slot: CancelSlot = Arc::new(crate::session::CancelTarget {
         route: Mutex::new(Some(conn.cancel.clone())),
-        waiting: Default::default(),
+        ..Default::default()
     });
     shared.register_cancel(key, &cancel_slot);
     // SQL on a logical walsender may write: the cache hears of it.

@@ -1,7 +1,7 @@
 //! One client connection: start-up, authentication, then the relay between the client
 //! and whichever server connection its pool lends it.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -35,6 +35,13 @@ use pgopt_wire::scram::ScramKeys;
 pub struct CancelTarget {
     pub route: Mutex<Option<Arc<CancelRoute>>>,
     pub waiting: tokio::sync::Notify,
+    /// Read and written under `route`'s lock. pgopt's own queries applying the
+    /// client's settings (its role, search_path…) run on the connection ahead of the
+    /// client's request: a cancel now would cancel one of them, and the request would
+    /// then run without it. The cancel waits (`deferred`) until they are answered
+    /// (see `Relay::settings_answered`).
+    pub setting_up: AtomicBool,
+    pub deferred: AtomicBool,
 }
 pub type CancelSlot = Arc<CancelTarget>;
 

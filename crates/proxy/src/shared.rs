@@ -483,6 +483,11 @@ impl Shared {
             };
             // (Counted in flight under the lock, as said above.)
             let route = lock(&slot.route);
+            if route.is_some() && slot.setting_up.load(Relaxed) {
+                // It goes once pgopt's queries ahead of the request are answered.
+                slot.deferred.store(true, Relaxed);
+                return;
+            }
             let flight = route.clone().map(CancelInFlight::new);
             if flight.is_none() {
                 // No server connection: a client waiting for one gives up its request.

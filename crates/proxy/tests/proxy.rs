@@ -2624,6 +2624,76 @@ async fn a_role_that_can_no_longer_be_set_ends_the_session_before_its_request_ru
     );
 }
 
+/// A cancel that arrives while pgopt applies the client's settings on a server
+/// connection, its request not yet running, waits for them: the settings are applied
+/// and the cancel reaches the request. (It used to cancel pgopt's SET, and the request
+/// then ran without the client's value: under another client's search_path, say.)
+#[tokio::test]
+async fn a_cancel_while_pgopt_applies_the_clients_settings_reaches_its_request() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    // A fresh server connection looks the configuration up in pg_ts_config: pgopt's
+    // SET of the client's value waits there while the lock is held.
+    let locker = pg.connect("postgres").await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK pg_ts_config IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname("app")
+        .options("-c default_text_search_config=simple");
+    let (client, conn) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let token = client.cancel_token();
+    let request = tokio::spawn(async move {
+        let answer = client
+            .simple_query("SELECT current_setting('default_text_search_config'), pg_sleep(5)")
+            .await
+            .map(|messages| {
+                messages.into_iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                    _ => None,
+                })
+            });
+        (client, answer)
+    });
+    // (Watched from outside the locker's transaction, whose view of the activity
+    // would stay as it first read it.)
+    let watcher = pg.connect("postgres").await.unwrap();
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query ILIKE '%default_text_search_config%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel_query(NoTls).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    locker.batch_execute("COMMIT").await.unwrap();
+    let (client, answer) = request.await.unwrap();
+    match answer {
+        Err(e) => assert_eq!(code(&e), Some("57014"), "{e}"),
+        Ok(value) => panic!("the request ran, with default_text_search_config {value:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(
+        common::value(&client, "SHOW default_text_search_config").await,
+        "pg_catalog.simple"
+    );
+}
+
 /// A prepared SET run again (Bind and Execute, no new Parse) after another change:
 /// what it sets is read back after each run, so the client keeps it on its next
 /// server connection and the next client of this one does not get it.
