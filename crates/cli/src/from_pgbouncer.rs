@@ -354,14 +354,8 @@ pub fn convert(path: &str) -> Result<Converted, String> {
             | "idle_transaction_timeout"
             | "server_check_delay"
             | "server_login_retry" => match seconds(v) {
-                // PgBouncer's 0 for these is "never"; pgopt's would be "at once".
-                Some(d)
-                    if d == "0s"
-                        && matches!(key.as_str(), "query_wait_timeout" | "server_idle_timeout") =>
-                {
-                    bad("0 (never, in PgBouncer): written as 1000000000s, pgopt's longest");
-                    lines.push(format!("{key} = \"1000000000s\""));
-                }
+                // (A 0 means what it does in PgBouncer: off for the timeouts, used once
+                // for server_lifetime, checked always for server_check_delay.)
                 Some(d) => lines.push(format!("{key} = {}", quote(&d))),
                 None => bad("expected a number of seconds"),
             },
@@ -824,15 +818,15 @@ mod tests {
         ] {
             assert!(c.toml.contains(line), "{line}{}", c.toml);
         }
-        // PgBouncer's defaults where pgopt's differ; its 0 for "never".
+        // PgBouncer's defaults where pgopt's differ; its 0 for "off", pgopt's too.
         let c =
             convert_with("query_wait_timeout = 0\nserver_idle_timeout = 0\nquery_timeout = 0\n");
         for line in [
             "pool_mode = \"session\"\n",
             "max_client_conn = 100\n",
             "server_connect_timeout = \"15s\"\n",
-            "query_wait_timeout = \"1000000000s\"\n",
-            "server_idle_timeout = \"1000000000s\"\n",
+            "query_wait_timeout = \"0s\"\n",
+            "server_idle_timeout = \"0s\"\n",
             "query_timeout = \"0s\"\n",
         ] {
             assert!(c.toml.contains(line), "{line}{}", c.toml);

@@ -419,10 +419,13 @@ pub struct Config {
     /// single-threaded runtime (see `workers.rs`); 0: one per core, counted at start.
     /// 1: every session on the starting runtime. Read at start only.
     pub workers: usize,
-    /// How long a client waits for a server connection before `57014`.
+    /// How long a client waits for a server connection before `57014`; zero is no
+    /// limit (PgBouncer's 0), see [`or_never`] for this and the next two.
     pub query_wait_timeout: Duration,
+    /// Connecting and logging in to a server; zero is no limit.
     pub server_connect_timeout: Duration,
-    /// Idle server connections older than this are closed when next checked out.
+    /// Idle server connections older than this are closed when next checked out;
+    /// zero is never.
     pub server_idle_timeout: Duration,
     /// Server connections older than this are closed when they come back to the pool.
     pub server_lifetime: Duration,
@@ -856,6 +859,19 @@ impl Config {
     }
 }
 
+/// The longest duration pgopt takes (10⁹ s, some 31 years).
+pub const NEVER: Duration = Duration::from_secs(1_000_000_000);
+
+/// A timeout whose zero means no limit, as PgBouncer's `query_wait_timeout`,
+/// `server_connect_timeout` and `server_idle_timeout` do: the duration to wait.
+pub fn or_never(timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        NEVER
+    } else {
+        timeout
+    }
+}
+
 /// `30s`, `500ms`, `2m` or `2min`, `1h`, `1d`, `1.5s`, or a bare number of seconds;
 /// never negative, at most 10⁹ s. With whether a unit was written: the config file
 /// takes a bare number only when it is 0, admin SET takes any as seconds (PgBouncer's).
@@ -877,7 +893,7 @@ pub fn parse_duration(text: &str) -> Option<(Duration, bool)> {
     };
     Duration::try_from_secs_f64(seconds)
         .ok()
-        .filter(|d| d.as_secs() <= 1_000_000_000)
+        .filter(|d| *d <= NEVER)
         .map(|d| (d, !unit.is_empty()))
 }
 

@@ -5337,7 +5337,7 @@ impl Relay {
         if let Some(route) = route.clone() {
             // In flight from now: the connection is not lent again before it arrives.
             let flight = crate::server::CancelInFlight::new(route);
-            let timeout = self.shared.config().server_connect_timeout;
+            let timeout = crate::config::or_never(self.shared.config().server_connect_timeout);
             tokio::spawn(async move { crate::server::send_cancel(&flight.0, timeout).await });
         }
     }

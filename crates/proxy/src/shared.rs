@@ -11,7 +11,7 @@ use pgopt_wire::startup::CancelRequest;
 use tokio::sync::{watch, Semaphore};
 
 use crate::auth::{prepare_users, Credentials};
-use crate::config::{Config, Database, TlsMode};
+use crate::config::{or_never, Config, Database, TlsMode};
 use crate::observe::InsightState;
 use crate::pool::{Pool, PoolLimits, Pools};
 use crate::routing::{Router, Routes};
@@ -496,7 +496,7 @@ impl Shared {
             flight
         };
         if let Some(flight) = flight {
-            send_cancel(&flight.0, self.config().server_connect_timeout).await;
+            send_cancel(&flight.0, or_never(self.config().server_connect_timeout)).await;
         }
     }
 
@@ -861,10 +861,10 @@ pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
         min_size: config.min_pool_size_of(db),
         reserve_size: config.reserve_pool_size_of(db),
         reserve_timeout: config.reserve_pool_timeout,
-        connect_timeout: config.server_connect_timeout,
-        idle_timeout: config.server_idle_timeout,
+        connect_timeout: or_never(config.server_connect_timeout),
+        idle_timeout: or_never(config.server_idle_timeout),
         lifetime: config.server_lifetime,
-        wait_timeout: config.query_wait_timeout,
+        wait_timeout: or_never(config.query_wait_timeout),
         check_after: config.server_check_delay,
         max_message_len: config.max_message_len,
         keepalive: config.tcp_keepalive,

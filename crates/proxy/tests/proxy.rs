@@ -272,6 +272,33 @@ async fn a_client_waiting_too_long_for_a_server_gets_57014() {
     holder.batch_execute("COMMIT").await.unwrap();
 }
 
+/// As in PgBouncer, a `query_wait_timeout`, `server_connect_timeout` or
+/// `server_idle_timeout` of 0 is no limit (a converted PgBouncer config has them), not
+/// a wait that ends at once.
+#[tokio::test]
+async fn timeouts_of_zero_are_no_limit() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = config_for(&pg, PoolMode::Transaction, 1);
+    config.query_wait_timeout = Duration::ZERO;
+    config.server_connect_timeout = Duration::ZERO;
+    config.server_idle_timeout = Duration::ZERO;
+    let proxy = Proxy::start(config).await.unwrap();
+    let holder = connect(&proxy, "postgres", None).await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = connect(&proxy, "postgres", None).await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.batch_execute("SELECT 1").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "{:?}", waiting.await);
+    holder.batch_execute("COMMIT").await.unwrap();
+    waiting.await.unwrap().unwrap();
+    // The idle connection is not closed for its idle time either.
+    let pid = "SELECT pg_backend_pid()";
+    let before: i32 = holder.query_one(pid, &[]).await.unwrap().get(0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after: i32 = holder.query_one(pid, &[]).await.unwrap().get(0);
+    assert_eq!(before, after);
+}
+
 /// A client asking for protocol 3.2 with a protocol option hears, as from PostgreSQL,
 /// NegotiateProtocolVersion (3.0, the option not recognised), then logs in on 3.0.
 #[tokio::test]

@@ -233,9 +233,11 @@ pub struct ProxyConfig {
     pub max_prepared_statements: Bounded<0, 1000000>,
     /// Threads serving clients: 0 is one per core; 1 is a single-threaded event loop.
     pub workers: Bounded<0, 1024>,
-    /// How long a client waits for a server connection.
+    /// How long a client waits for a server connection; "0s" is no limit.
     pub query_wait_timeout: HumanDuration,
+    /// Connecting and logging in to a server; "0s" is no limit.
     pub server_connect_timeout: HumanDuration,
+    /// Idle server connections older than this are closed; "0s" is never.
     pub server_idle_timeout: HumanDuration,
     pub server_lifetime: HumanDuration,
     /// Idle server connections unused this long get a round trip before reuse.
