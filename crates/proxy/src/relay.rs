@@ -3137,6 +3137,7 @@ impl Relay {
                     self.settings.confirm(&change, sql, applied);
                     self.settings_behind |= !matches!(change, Change::Set(_));
                     self.tracked_since_ready = true;
+                    self.drop_read_backs_reset_by(&change);
                     let dependents = self.settings.encoding_dependents(&change);
                     if !dependents.is_empty() {
                         self.reread(&dependents);
@@ -3234,6 +3235,9 @@ impl Relay {
                 for reset in resets.iter() {
                     keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
                     self.settings.confirm(reset, "", applied);
+                }
+                for reset in resets.iter() {
+                    self.drop_read_backs_reset_by(reset);
                 }
                 self.settings_behind = true;
             }
@@ -3369,6 +3373,26 @@ impl Relay {
         self.settings.confirm(change, "", applied);
         self.settings_behind = true;
         self.tracked_since_ready = true;
+        let change = change.clone();
+        self.drop_read_backs_reset_by(&change);
+    }
+
+    /// A RESET confirmed: what it resets is read back no more (see `resync`). The
+    /// server has its own default there now, the client its start-up value, applied
+    /// again before its next statement; a read-back would take the server's for the
+    /// client's (a SET then RESET ALL in one batch: the client's application_name
+    /// became "pgopt" for good).
+    fn drop_read_backs_reset_by(&mut self, change: &Change) {
+        self.resync.retain(|name| !change.resets(name));
+    }
+
+    /// Whether a RESET of the query the server runs now takes `name` back to the
+    /// client's start-up value: the server's report of its own default then is no
+    /// change of the client's (see [`Relay::note_reported_setting`]).
+    fn reset_running(&self, name: &str) -> bool {
+        self.pending_resets
+            .iter()
+            .any(|(resets, due, _)| *due == 0 && resets.iter().any(|r| r.resets(name)))
     }
 
     /// A Bind of statement `id`: what it may set (see `read_back_statements`), if
@@ -3825,6 +3849,7 @@ impl Relay {
             return;
         }
         let value = pgopt_wire::text::escape(value).into_owned();
+        let reset = self.reset_running(&name);
         match self.reported.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) if *v == value => return,
             Some((_, v)) => *v = value,
@@ -3833,7 +3858,8 @@ impl Relay {
         self.reported_moved = true;
         self.untracked_report |= !self.tracked_since_ready
             && self.pending_change.is_none()
-            && !self.expected.head_is_pgopts();
+            && !self.expected.head_is_pgopts()
+            && !reset;
     }
 
     /// An idle ReadyForQuery: a [`FOLLOWED`] setting whose value differs from the last
@@ -4600,6 +4626,8 @@ impl Relay {
                         self.settings.confirm(change, sql, applied);
                         self.settings_behind |= !matches!(change, Change::Set(_));
                         self.tracked_since_ready = true;
+                        // (As `drop_read_backs_reset_by`, with `self` borrowed.)
+                        self.resync.retain(|name| !change.resets(name));
                         for name in self.settings.encoding_dependents(change) {
                             if !self.resync.contains(&name) {
                                 self.resync.push(name);

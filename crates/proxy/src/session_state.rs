@@ -589,6 +589,18 @@ pub enum Change {
     ResetAll,
 }
 
+impl Change {
+    /// Whether this RESET takes setting `name` (lower case) back to its start-up value.
+    /// (Not the "every setting" of a read-back: ALL leaves the role.)
+    pub fn resets(&self, name: &str) -> bool {
+        match self {
+            Change::Set(_) => false,
+            Change::Reset(reset) => reset.eq_ignore_ascii_case(name),
+            Change::ResetAll => !NOT_RESET_BY_ALL.contains(&name) && name != pgopt_sql::ANY_SETTING,
+        }
+    }
+}
+
 /// Decides what to do with a statement in transaction mode from its analysis. `hidden`:
 /// what the functions it calls may set (see `function_settings.rs`), read back after it.
 pub fn judge(analysis: &Analysis, sql: &str, hidden: &[String]) -> Verdict {

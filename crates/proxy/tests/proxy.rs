@@ -2721,6 +2721,114 @@ async fn a_cancel_while_pgopt_applies_the_clients_settings_reaches_its_request()
     );
 }
 
+/// A raw client of `app` with start-up values (`application_name` myapp, TimeZone
+/// Asia/Tokyo and search_path s1 through `options`).
+async fn raw_login_with_startup_values(proxy: &Proxy) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let body = b"\0\x03\0\0user\0postgres\0database\0app\0application_name\0myapp\0\
+                 options\0-c TimeZone=Asia/Tokyo -c search_path=s1\0\0";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    raw.write_all(&startup).await.unwrap();
+    read_until(&mut raw, b'Z').await;
+    raw
+}
+
+/// The first column of the first row `sql` (a simple query) gives the raw client.
+async fn raw_value(raw: &mut tokio::net::TcpStream, sql: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(&message(b'Q', format!("{sql}\0").as_bytes()))
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut value = None;
+    loop {
+        let mut at = 0;
+        while let Some(head) = reply.get(at..at + 5) {
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let Some(body) = reply.get(at + 5..at + 1 + len) else {
+                break;
+            };
+            match head[0] {
+                b'D' if value.is_none() => {
+                    let n = i32::from_be_bytes([body[2], body[3], body[4], body[5]]) as usize;
+                    value = Some(String::from_utf8(body[6..6 + n].to_vec()).unwrap());
+                }
+                b'E' => panic!("{sql}: {}", String::from_utf8_lossy(body)),
+                b'Z' => return value.expect("a row"),
+                _ => {}
+            }
+            at += 1 + len;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed");
+        reply.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// RESET ALL among other statements of a query (asyncpg's pool sends `SELECT
+/// pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` at each release), or
+/// after SETs in one extended-protocol batch, takes the client back to its start-up
+/// values, as in PostgreSQL; the server connection's own defaults, which it reports
+/// or a SET's read-back would give, never become the client's.
+#[tokio::test]
+async fn reset_all_among_statements_or_in_a_batch_gives_back_the_start_up_values() {
+    use tokio::io::AsyncWriteExt;
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql("CREATE SCHEMA s1; CREATE SCHEMA s2").unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let mut raw = raw_login_with_startup_values(&proxy).await;
+    let values = "SELECT current_setting('application_name') || ' ' || \
+                  current_setting('TimeZone') || ' ' || current_setting('search_path')";
+    let start_up = "myapp Asia/Tokyo s1";
+    assert_eq!(raw_value(&mut raw, values).await, start_up);
+    for reset in [
+        "SELECT 1; RESET ALL",
+        "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
+    ] {
+        assert_eq!(
+            raw_value(&mut raw, "SET TimeZone = 'UTC'; SHOW TimeZone").await,
+            "UTC"
+        );
+        raw_value(&mut raw, &format!("{reset}; SELECT 1")).await;
+        assert_eq!(raw_value(&mut raw, values).await, start_up, "{reset}");
+        // The next client of the connection gets its own values, and this one its.
+        other.batch_execute("SELECT 1").await.unwrap();
+        assert_eq!(raw_value(&mut raw, values).await, start_up, "{reset}");
+    }
+    // One batch, one Sync: SETs, then RESET ALL.
+    let mut batch = Vec::new();
+    for sql in [
+        "SET application_name = 'tmp'",
+        "SET search_path = s2",
+        "SET TimeZone = 'UTC'",
+        "RESET ALL",
+    ] {
+        batch.extend(run_unnamed_without_end(sql));
+    }
+    batch.extend(message(b'S', b""));
+    raw.write_all(&batch).await.unwrap();
+    read_until(&mut raw, b'Z').await;
+    assert_eq!(raw_value(&mut raw, values).await, start_up);
+    other.batch_execute("SELECT 1").await.unwrap();
+    assert_eq!(raw_value(&mut raw, values).await, start_up);
+}
+
+/// Parse, Bind and Execute of `sql` as the unnamed statement and portal.
+fn run_unnamed_without_end(sql: &str) -> Vec<u8> {
+    let mut batch = message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    batch.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(message(b'E', b"\0\0\0\0\0"));
+    batch
+}
+
 /// A prepared SET run again (Bind and Execute, no new Parse) after another change:
 /// what it sets is read back after each run, so the client keeps it on its next
 /// server connection and the next client of this one does not get it.
