@@ -276,6 +276,8 @@ pub struct Pool {
     /// Counts statements whose plan a schema change invalidated ("cached plan must
     /// not change result type"); `invalidated` maps each to the epoch it was seen at.
     plan_epoch: AtomicU64,
+    /// Counts schema changes clients made through pgopt (see [`Pool::schema_changed`]).
+    schema_epoch: AtomicU64,
     invalidated: Mutex<HashMap<u64, u64>>,
     /// Invalidations at or before this epoch may have been dropped from
     /// `invalidated` (see [`Pool::invalidate_plan`]).
@@ -395,6 +397,7 @@ impl Pool {
             user_limit,
             scram_keys: Mutex::new(None),
             plan_epoch: AtomicU64::new(0),
+            schema_epoch: AtomicU64::new(0),
             invalidated: Mutex::new(HashMap::new()),
             invalidated_floor: AtomicU64::new(0),
             descriptions: Mutex::new(HashMap::new()),
@@ -431,6 +434,15 @@ impl Pool {
         }
         invalidated.insert(id, epoch);
         epoch
+    }
+
+    /// A client ran a statement that may change a statement's result shape (an ALTER,
+    /// a DROP, a CREATE OR REPLACE): every connection prepares its statements afresh
+    /// before their next use (see [`ServerConn::schema_changed`]), as PostgreSQL
+    /// prepares a statement sent again. A connection's copy from before would give a
+    /// fresh Parse inside a transaction "cached plan must not change result type".
+    pub fn schema_changed(&self) {
+        self.schema_epoch.fetch_add(1, SeqCst);
     }
 
     /// Whether statement `id` was invalidated after `epoch`.
@@ -504,6 +516,11 @@ impl Pool {
     /// Brings a connection up to the current plan epoch: its statements invalidated
     /// since it last looked become stale.
     pub fn refresh_plans(&self, conn: &mut ServerConn) {
+        let schema = self.schema_epoch.load(SeqCst);
+        if conn.schema_epoch != schema {
+            conn.schema_epoch = schema;
+            conn.schema_changed();
+        }
         let epoch = self.plan_epoch();
         if conn.plan_epoch == epoch {
             return;

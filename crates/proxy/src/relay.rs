@@ -2440,7 +2440,8 @@ impl Relay {
                     // the client asks for the portal's description, else PostgreSQL's
                     // own error until it prepares the statement again.
                     if self.replayed || batch_describes_portal(&self.cbuf, self.max_len) {
-                        self.statements.refresh(prepared.id, self.pool.plan_epoch());
+                        let epoch = self.pool.plan_epoch();
+                        self.statements.refresh(bind.statement, epoch);
                     } else {
                         let error = plan_changed_error();
                         if error.is_some() {
@@ -2491,7 +2492,7 @@ impl Relay {
                 if self.lacking_in_failed(&prepared) && self.describe_in_failed(prepared.id) {
                     return Ok(true);
                 }
-                if self.describe_in_block(&prepared) {
+                if self.describe_in_block(&prepared, describe.name) {
                     return Ok(true);
                 }
                 if let Some(error) = self.encoding_changed(&prepared, describe.name) {
@@ -2505,7 +2506,8 @@ impl Relay {
                 // (No Describe of pgopt's after it: the client's teaches the same.)
                 self.prepare_here(&prepared);
                 // The client learns the statement's current shape.
-                self.statements.refresh(prepared.id, self.pool.plan_epoch());
+                self.statements
+                    .refresh(describe.name, self.pool.plan_epoch());
                 let rewritten = Describe {
                     target: Target::Statement,
                     name: &prepared.server_name,
@@ -2515,6 +2517,7 @@ impl Relay {
                 }
                 self.expected.push(Step::DescribeStatement {
                     statement: prepared.id,
+                    serial: self.statements.serial(describe.name),
                 });
                 Ok(true)
             }
@@ -3108,8 +3111,11 @@ impl Relay {
             }
         }
         // A CREATE of a function, trigger, view…: the catalog is read again once it ended.
-        self.creates |= analysis.kinds.contains(&pgopt_sql::StatementKind::Ddl)
-            && crate::function_settings::creates_callers(sql);
+        let ddl = analysis.kinds.contains(&pgopt_sql::StatementKind::Ddl);
+        self.creates |= ddl && crate::function_settings::creates_callers(sql);
+        if ddl && session_state::may_change_shapes(sql.as_bytes()) {
+            self.schema_changed();
+        }
         let hidden = self.hidden_settings(&analysis, sql);
         match session_state::judge(&analysis, sql, &hidden) {
             SessionVerdict::Relay => None,
@@ -3176,6 +3182,16 @@ impl Relay {
             SessionVerdict::Refuse(message) | SessionVerdict::InBlockOnly(message) => {
                 self.refusal(&message)
             }
+        }
+    }
+
+    /// The client is changing the schema: statements are prepared afresh on every
+    /// server connection of the pool before their next use, on this one from the
+    /// statement after this (see `Pool::schema_changed`).
+    fn schema_changed(&mut self) {
+        self.pool.schema_changed();
+        if let Some(server) = self.server.as_mut() {
+            server.conn.schema_changed();
         }
     }
 
@@ -3561,7 +3577,7 @@ impl Relay {
     /// describes a statement without taking a snapshot — a Parse of pgopt's would take
     /// the block's first one (SET TRANSACTION ISOLATION LEVEL is refused after it).
     /// `false` when its description is not known, or the connection has it.
-    fn describe_in_block(&mut self, prepared: &Prepared) -> bool {
+    fn describe_in_block(&mut self, prepared: &Prepared, name: &str) -> bool {
         // (Not with a batch in flight, which may fail the block: PostgreSQL would
         // then refuse the Describe.)
         if self.status != TransactionStatus::InTransaction
@@ -3578,7 +3594,7 @@ impl Relay {
             return false;
         };
         self.expected.push_reply(reply);
-        self.statements.refresh(prepared.id, self.pool.plan_epoch());
+        self.statements.refresh(name, self.pool.plan_epoch());
         true
     }
 
@@ -3671,11 +3687,12 @@ impl Relay {
             client = %self.info.addr,
             "a prepared statement's result type changed (schema change), seen describing it: its clients are told so"
         );
-        let client_describes = self.expected.head_client_describes();
+        let described = self.expected.head_client_describes();
         self.plan_invalidated(id);
-        if client_describes {
-            // This client learns the new shape with this answer.
-            self.statements.refresh(id, self.pool.plan_epoch());
+        if let Some(serial) = described {
+            // This client's statement learns the new shape with this answer.
+            self.statements
+                .refresh_serial(serial, self.pool.plan_epoch());
         }
     }
 

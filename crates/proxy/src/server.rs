@@ -182,6 +182,8 @@ pub struct ServerConn {
     pub sql_prepared: crate::cache::SqlStatements,
     /// The pool's plan epoch this connection's statements were last checked against.
     pub plan_epoch: u64,
+    /// The pool's schema epoch likewise (see `Pool::schema_changed`).
+    pub schema_epoch: u64,
     pub created: Instant,
     /// Its pool's generation when it was opened: RECONNECT and KILL move the pool to
     /// the next, and connections of an older one are closed instead of reused.
@@ -204,6 +206,15 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
+    /// A schema change may have changed what any statement here takes or gives: each
+    /// is closed and prepared afresh before its next use, as PostgreSQL prepares a
+    /// statement a client sends again (see `Relay::check_shape_first` for a client's
+    /// statement prepared before the change).
+    pub fn schema_changed(&mut self) {
+        let prepared = self.prepared.take_all();
+        self.stale.extend(prepared);
+    }
+
     /// Connects, starts up and authenticates within `timeout`. `keys`, learned from a
     /// client's SCRAM login, answer a SCRAM challenge when no plaintext is configured.
     /// `keepalive`: TCP keepalive on its socket, unless `None`.
@@ -531,6 +542,7 @@ impl ServerConn {
                         stale: Default::default(),
                         sql_prepared: Default::default(),
                         plan_epoch: 0,
+                        schema_epoch: 0,
                         created: now,
                         generation: 0,
                         last_used: now,

@@ -787,7 +787,8 @@ pub fn statement_starts_with(sql: &[u8], word: &[u8]) -> bool {
 /// A cheap pass that says whether a statement may have session effects at all, so
 /// only those pay for a parse: a statement starting with SET, RESET, LISTEN, PREPARE,
 /// DECLARE, CREATE, DISCARD or DO, or text mentioning advisory locks, set_config,
-/// pg_settings, TEMP, lastval or currval.
+/// pg_settings, TEMP, lastval or currval; or one starting with ALTER or DROP, which
+/// may change prepared statements' shapes (see [`may_change_shapes`]).
 pub fn may_affect_session(sql: &[u8]) -> bool {
     // Every statement's first word (a `;` inside a literal only adds a false alarm):
     // SET, RESET, LISTEN, PREPARE, DECLARE, CREATE or DISCARD.
@@ -799,8 +800,9 @@ pub fn may_affect_session(sql: &[u8]) -> bool {
             Some(b'r') => &[b"reset"],
             Some(b'l') => &[b"listen"],
             Some(b'p') => &[b"prepare"],
-            Some(b'd') => &[b"declare", b"discard", b"do"],
+            Some(b'd') => &[b"declare", b"discard", b"do", b"drop"],
             Some(b'c') => &[b"create"],
+            Some(b'a') => &[b"alter"],
             _ => &[],
         };
         if leading.iter().any(|w| starts_word(first, w)) {
@@ -963,6 +965,23 @@ fn skip_blanks_and_comments(mut text: &[u8]) -> &[u8] {
     }
 }
 
+/// Whether a statement of `sql` may change what prepared statements take or give (a
+/// table's or a type's columns, a view's, a function's result): an ALTER, a DROP, or
+/// a CREATE OR REPLACE (a `;` inside a literal may give a false alarm).
+pub fn may_change_shapes(sql: &[u8]) -> bool {
+    sql.split(|&b| b == b';').any(|piece| {
+        let first = skip_blanks_and_comments(piece);
+        if starts_word(first, b"alter") || starts_word(first, b"drop") {
+            return true;
+        }
+        if !starts_word(first, b"create") {
+            return false;
+        }
+        let or = skip_blanks_and_comments(&first[b"create".len()..]);
+        starts_word(or, b"or") && starts_word(skip_blanks_and_comments(&or[2..]), b"replace")
+    })
+}
+
 fn starts_word(text: &[u8], word: &[u8]) -> bool {
     text.len() >= word.len()
         && text[..word.len()].eq_ignore_ascii_case(word)
@@ -1082,6 +1101,28 @@ mod tests {
         match judged("UPDATE pg_settings SET setting = 'off' WHERE name = 'jit'; RESET jit") {
             Verdict::Refuse(m) => assert!(m.contains("several statements"), "{m}"),
             v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn statements_that_may_change_shapes() {
+        for sql in [
+            "ALTER TABLE t ADD COLUMN z int",
+            "BEGIN; drop view v",
+            "/* m */ CREATE OR REPLACE VIEW v AS SELECT 1",
+            "create  or\n replace function f() returns int language sql as 'select 1'",
+        ] {
+            assert!(may_change_shapes(sql.as_bytes()), "{sql}");
+            assert!(may_affect_session(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "CREATE TABLE t (a int)",
+            "CREATE ORDINARY",
+            "SELECT 'alter'",
+            "TRUNCATE t",
+            "UPDATE t SET dropped = true",
+        ] {
+            assert!(!may_change_shapes(sql.as_bytes()), "{sql}");
         }
     }
 

@@ -147,6 +147,11 @@ impl PreparedSet {
         self.used.clear();
     }
 
+    /// Every statement, removed.
+    pub fn take_all(&mut self) -> Vec<u64> {
+        self.used.drain().map(|(id, _)| id).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.used.len()
     }
@@ -202,6 +207,10 @@ pub fn statement_id(parse: &Parse<'_>, salt: u64) -> u64 {
 pub struct ClientStatement {
     pub prepared: Arc<Prepared>,
     pub epoch: u64,
+    /// Which of the client's Parses made it (names of one text share a server
+    /// statement, but not what the client learned of its shape: see
+    /// [`ClientStatements::refresh`]).
+    pub serial: u64,
     /// A `DISCARD ALL` ran since it was prepared. PostgreSQL would have dropped it;
     /// pgopt keeps it usable (a client that did not notice goes on working) but, as
     /// PostgreSQL, lets a Parse take the name again.
@@ -230,6 +239,8 @@ pub struct ClientStatements {
     unnamed: Option<Bytes>,
     /// The client's batches sent so far (each Sync or simple query ends one).
     batch: u64,
+    /// The last [`ClientStatement::serial`] given.
+    serial: u64,
 }
 
 /// How a change to a client's names turned out.
@@ -265,11 +276,13 @@ struct Change {
 
 impl ClientStatements {
     pub fn insert(&mut self, name: &str, prepared: Arc<Prepared>, epoch: u64) {
+        self.serial += 1;
         self.by_name.insert(
             name.to_string(),
             ClientStatement {
                 prepared,
                 epoch,
+                serial: self.serial,
                 discarded: false,
             },
         );
@@ -405,13 +418,26 @@ impl ClientStatements {
             .filter_map(|s| Some((s.prepared.id, s.prepared.text()?)))
     }
 
-    /// The client's statements on server statement `id` now know its current shape.
-    pub fn refresh(&mut self, id: u64, epoch: u64) {
-        for s in self.by_name.values_mut() {
-            if s.prepared.id == id {
-                s.epoch = epoch;
-            }
+    /// The client's statement `name` now knows its current shape. (Only it: another
+    /// name of the same text, prepared before a schema change, still expects the old
+    /// shape, and gets PostgreSQL's "cached plan must not change result type".)
+    pub fn refresh(&mut self, name: &str, epoch: u64) {
+        if let Some(s) = self.by_name.get_mut(name) {
+            s.epoch = epoch;
         }
+    }
+
+    /// [`ClientStatements::refresh`] of the statement of [`ClientStatement::serial`]
+    /// `serial`, if the client still has it.
+    pub fn refresh_serial(&mut self, serial: u64, epoch: u64) {
+        if let Some(s) = self.by_name.values_mut().find(|s| s.serial == serial) {
+            s.epoch = epoch;
+        }
+    }
+
+    /// The [`ClientStatement::serial`] of statement `name` (0: none).
+    pub fn serial(&self, name: &str) -> u64 {
+        self.by_name.get(name).map_or(0, |s| s.serial)
     }
 
     /// The client moved to another pool (see `Relay::follow_reload`): what it learned
@@ -467,11 +493,13 @@ impl ClientStatements {
     /// The client's Parse of statement `name` (not one of its names: PostgreSQL
     /// refuses that). Its change id, to settle.
     pub fn prepare(&mut self, name: &str, prepared: Arc<Prepared>, epoch: u64) -> u64 {
+        self.serial += 1;
         let before = self.by_name.insert(
             name.to_string(),
             ClientStatement {
                 prepared,
                 epoch,
+                serial: self.serial,
                 discarded: false,
             },
         );
@@ -711,9 +739,10 @@ pub enum Step {
     /// its responses go to the client.
     Bind { statement: u64 },
     /// A client's Describe of a statement (server statement `statement`, or the
-    /// unnamed one with that id): its responses go to the client, and what they say
-    /// is kept (see `pool::Description`).
-    DescribeStatement { statement: u64 },
+    /// unnamed one with that id; the client's by [`ClientStatement::serial`], 0 for
+    /// the unnamed one): its responses go to the client, and what they say is kept
+    /// (see `pool::Description`).
+    DescribeStatement { statement: u64, serial: u64 },
     /// A Describe pgopt sent itself after preparing server statement `statement`,
     /// whose description it did not know: its responses are kept, not relayed.
     InjectedDescribe { statement: u64 },
@@ -951,16 +980,20 @@ impl Expected {
     /// Describe of a statement is what it answers next.
     pub fn head_describes(&self) -> Option<u64> {
         match self.queue.front() {
-            Some(Step::DescribeStatement { statement } | Step::InjectedDescribe { statement }) => {
-                Some(*statement)
-            }
+            Some(
+                Step::DescribeStatement { statement, .. } | Step::InjectedDescribe { statement },
+            ) => Some(*statement),
             _ => None,
         }
     }
 
-    /// Whether the server answers a client's Describe of a statement next.
-    pub fn head_client_describes(&self) -> bool {
-        matches!(self.queue.front(), Some(Step::DescribeStatement { .. }))
+    /// When the server answers a client's Describe of a statement next: the client's
+    /// statement, by [`ClientStatement::serial`].
+    pub fn head_client_describes(&self) -> Option<u64> {
+        match self.queue.front() {
+            Some(Step::DescribeStatement { serial, .. }) => Some(*serial),
+            _ => None,
+        }
     }
 
     /// Whether a Describe pgopt sent of statement `id` is still to be answered.

@@ -930,6 +930,99 @@ async fn after_a_schema_change_a_statement_prepared_again_works_on_every_server_
     );
 }
 
+/// A statement prepared afresh after a schema change, in the transaction that made
+/// it (a migration: psycopg prepares a query again after an ALTER, under a new name),
+/// is prepared afresh on the server too, as PostgreSQL prepares it. Reusing the
+/// server's copy from before the change failed with 0A000, and the migration rolled
+/// back.
+#[tokio::test]
+async fn a_statement_prepared_after_a_schema_change_in_its_transaction_is_prepared_afresh() {
+    let (_pg, proxy, admin) =
+        on_one_connection("CREATE TABLE pt (a int, b text); INSERT INTO pt VALUES (1, 'x')").await;
+    let client = connect(&proxy).await;
+    let sql = "SELECT * FROM pt WHERE a = $1";
+    let before = client.prepare(sql).await.unwrap();
+    assert_eq!(client.query(&before, &[&1i32]).await.unwrap().len(), 1);
+    client
+        .batch_execute("BEGIN; ALTER TABLE pt ADD COLUMN z int DEFAULT 5")
+        .await
+        .unwrap();
+    let after = client.prepare(sql).await.unwrap();
+    assert_eq!(after.columns().len(), 3);
+    let row = client.query_one(&after, &[&1i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>("z"), 5);
+    client.batch_execute("COMMIT").await.unwrap();
+    let z: i32 = admin
+        .query_one("SELECT z FROM pt", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(z, 5, "the migration was rolled back");
+    // The statement prepared before the change gets PostgreSQL's error, as there.
+    let err = client.query(&before, &[&1i32]).await.unwrap_err();
+    assert_eq!(common::code(&err), Some("0A000"), "{err}");
+}
+
+/// A schema change a client made through pgopt has every server connection of the
+/// pool prepare its statements afresh, not only the one it ran on: a client's fresh
+/// Parse inside a transaction on another connection works too, also for a client that
+/// binds it without describing it first (as psycopg and libpq's PQprepare do).
+#[tokio::test]
+async fn after_a_schema_change_through_pgopt_fresh_statements_work_on_every_connection() {
+    use tokio::io::AsyncWriteExt;
+    let pg = Postgres::start().await.unwrap();
+    let mut config = common::config_for(&pg, PoolMode::Transaction, 2);
+    config.workers = 1;
+    let proxy = Proxy::start(config).await.unwrap();
+    pg.psql("CREATE TABLE pt (a int, b text); INSERT INTO pt VALUES (1, 'x')")
+        .unwrap();
+    let (a, b, c) = (
+        connect(&proxy).await,
+        connect(&proxy).await,
+        connect(&proxy).await,
+    );
+    let sql = "SELECT *, pg_backend_pid() AS pid FROM pt WHERE a = $1";
+    // The statement on both server connections: each client holds one.
+    let mut pids = Vec::new();
+    for client in [&a, &b] {
+        client.batch_execute("BEGIN").await.unwrap();
+        let statement = client.prepare(sql).await.unwrap();
+        let row = client.query_one(&statement, &[&1i32]).await.unwrap();
+        pids.push(row.get::<_, i32>("pid"));
+    }
+    assert_ne!(pids[0], pids[1]);
+    for client in [&a, &b] {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    c.batch_execute("ALTER TABLE pt ADD COLUMN z int DEFAULT 5")
+        .await
+        .unwrap();
+    // Prepared afresh in a transaction on each connection (each raw client holds
+    // one), and bound with no Describe of the statement.
+    let mut raws = Vec::new();
+    for _ in 0..2 {
+        let mut raw = common::raw_login(&proxy).await;
+        raw.write_all(&common::message(b'Q', b"BEGIN\0"))
+            .await
+            .unwrap();
+        common::read_until(&mut raw, b'Z').await;
+        let mut batch = common::message(b'P', format!("fresh\0{sql}\0\0\0").as_bytes());
+        batch.extend(common::message(b'S', b""));
+        batch.extend(common::message(b'B', b"\0fresh\0\0\0\0\x01\0\0\0\x011\0\0"));
+        batch.extend(common::message(b'E', b"\0\0\0\0\0"));
+        batch.extend(common::message(b'S', b""));
+        raw.write_all(&batch).await.unwrap();
+        assert_eq!(common::read_until_nth(&mut raw, b'Z', 2).await, b"1Z2DCZ");
+        raws.push(raw);
+    }
+    for raw in &mut raws {
+        raw.write_all(&common::message(b'Q', b"COMMIT\0"))
+            .await
+            .unwrap();
+        common::read_until(raw, b'Z').await;
+    }
+}
+
 /// In a failed transaction a server connection that lacks a client's statement
 /// can't prepare it (PostgreSQL refuses every Parse but COMMIT's and ROLLBACK's): a
 /// Describe or Bind of it is answered as PostgreSQL answers it, from what a server
