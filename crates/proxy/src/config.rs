@@ -412,7 +412,8 @@ pub struct Config {
     /// Extra server connections per pool for clients that waited `reserve_pool_timeout`.
     pub reserve_pool_size: usize,
     pub reserve_pool_timeout: Duration,
-    /// Client connections accepted at once; more get `53300`.
+    /// Client connections accepted at once; more get `53300`, but for the admin
+    /// console's.
     pub max_client_conn: usize,
     /// Threads that serve client sessions in turn, as configured (`proxy.workers`):
     /// the runtime the proxy starts on and `workers - 1` more, each running its own

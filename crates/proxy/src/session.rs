@@ -59,21 +59,27 @@ pub async fn run(stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) {
         _ => Some(peer.clone()),
     };
     shared.accepted.fetch_add(1, Ordering::Relaxed);
-    let Ok(_client_slot) = shared.client_slots().try_acquire_owned() else {
-        shared.rejected_max_clients.fetch_add(1, Ordering::Relaxed);
-        if shared.config().log_disconnections {
-            tracing::info!(
-                target: "pgopt::connections",
-                client = %peer,
-                "closing because: no more connections allowed (max_client_conn)"
-            );
-        }
-        refuse_over_limit(stream, &shared).await;
-        return;
+    let peer_pid = stream.peer_pid();
+    // Over max_client_conn only the admin console gets in, as in PgBouncer: an operator
+    // can still look at, and end, a connection storm.
+    let (_client_slot, start) = match shared.client_slots().try_acquire_owned() {
+        Ok(slot) => (Some(slot), Start::Fresh(stream)),
+        Err(_) => match refuse_over_limit(stream, &shared).await {
+            Some(admin) => (None, admin),
+            None => {
+                shared.rejected_max_clients.fetch_add(1, Ordering::Relaxed);
+                if shared.config().log_disconnections {
+                    tracing::info!(
+                        target: "pgopt::connections",
+                        client = %peer,
+                        "closing because: no more connections allowed (max_client_conn)"
+                    );
+                }
+                return;
+            }
+        },
     };
-    let client = shared
-        .clients
-        .register(peer.clone(), local_addr, stream.peer_pid());
+    let client = shared.clients.register(peer.clone(), local_addr, peer_pid);
     // The session's log lines carry its client (the user and database once known).
     // Entered at each poll (`instrument`): a span entered across an await stayed
     // entered for the other sessions the thread ran meanwhile, whose lines then named
@@ -89,7 +95,7 @@ pub async fn run(stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) {
             std::cell::RefCell::new(None),
             tracing::Instrument::instrument(
                 async {
-                    let ended = session(stream, &shared, &client.info).await;
+                    let ended = session(start, &shared, &client.info).await;
                     (ended, crate::io::FATAL.with(|f| f.take()))
                 },
                 span,
@@ -123,13 +129,20 @@ pub async fn run(stream: ClientStream, peer: Endpoint, shared: Arc<Shared>) {
     }
 }
 
+/// How a session starts: with its connection as accepted, or with its start-up packet
+/// already read (a client of the admin console over max_client_conn).
+enum Start {
+    Fresh(ClientStream),
+    Read(ClientStream, Startup, BytesMut),
+}
+
 /// A client over max_client_conn, refused after its start-up packet as PostgreSQL
 /// refuses one over max_connections: an ErrorResponse in answer to an SSLRequest
 /// reaches a user of libpq (since its 2024 releases) as "server sent an error response
 /// during SSL exchange", without the reason. A CancelRequest is forwarded, as ever: a
 /// pooler at its limit is when cancels matter most. Bounded in time as a login is, and
-/// in number.
-async fn refuse_over_limit(mut stream: ClientStream, shared: &Shared) {
+/// in number. A client of the admin console is let in: returned, to be served.
+async fn refuse_over_limit(mut stream: ClientStream, shared: &Shared) -> Option<Start> {
     const MOST: std::time::Duration = std::time::Duration::from_secs(5);
     /// Clients being refused this way at once: past it, a flood of connections is
     /// answered at once without reading anything (sockets and handshakes stay bounded,
@@ -150,7 +163,7 @@ async fn refuse_over_limit(mut stream: ClientStream, shared: &Shared) {
             "no more connections allowed (max_client_conn)",
         )
         .await;
-        return;
+        return None;
     }
     let _refusing = Refusing;
     let limit = shared.config().client_login_timeout;
@@ -160,9 +173,12 @@ async fn refuse_over_limit(mut stream: ClientStream, shared: &Shared) {
         limit.min(MOST)
     };
     let mut buf = BytesMut::with_capacity(1024);
-    if let Ok(Ok((mut stream, Some(_)))) =
+    if let Ok(Ok((mut stream, Some(startup)))) =
         tokio::time::timeout(wait, read_startup(stream, &mut buf, shared)).await
     {
+        if shared.config().is_admin_database(&startup.database) {
+            return Some(Start::Read(stream, startup, buf));
+        }
         send_fatal(
             &mut stream,
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -170,6 +186,7 @@ async fn refuse_over_limit(mut stream: ClientStream, shared: &Shared) {
         )
         .await;
     }
+    None
 }
 
 /// PgBouncer's `application_name_add_host`: ` - HOST:PORT` after the client's
@@ -217,23 +234,29 @@ pub struct Startup {
 }
 
 async fn session(
-    stream: ClientStream,
+    start: Start,
     shared: &Arc<Shared>,
     info: &Arc<ClientInfo>,
 ) -> Result<(), ProxyError> {
     let config = shared.config();
-    let mut buf = BytesMut::with_capacity(8192);
     // Logging in (TLS, start-up, password) is bounded: a client that connects and
     // stalls would hold one of max_client_conn's places for ever.
     let mut deadline = (!config.client_login_timeout.is_zero())
         .then(|| tokio::time::Instant::now() + config.client_login_timeout);
-    let Some(started) = before(deadline, read_startup(stream, &mut buf, shared)).await else {
-        // (The stream went with the read: closed without a word, as PostgreSQL does
-        // when a start-up packet does not come in time.)
-        tracing::debug!(client = %info.addr, "no start-up packet within client_login_timeout");
-        return Ok(());
+    let (mut buf, (mut stream, startup)) = match start {
+        Start::Fresh(stream) => {
+            let mut buf = BytesMut::with_capacity(8192);
+            let Some(started) = before(deadline, read_startup(stream, &mut buf, shared)).await
+            else {
+                // (The stream went with the read: closed without a word, as PostgreSQL
+                // does when a start-up packet does not come in time.)
+                tracing::debug!(client = %info.addr, "no start-up packet within client_login_timeout");
+                return Ok(());
+            };
+            (buf, started?)
+        }
+        Start::Read(stream, startup, buf) => (buf, (stream, Some(startup))),
     };
-    let (mut stream, startup) = started?;
     if let Some(tls) = stream.tls_description() {
         let _ = info.tls.set(tls);
     }

@@ -1785,6 +1785,7 @@ async fn over_max_client_conn_psql_reads_why_and_a_cancel_gets_through() {
     let pg = Postgres::start().await.unwrap();
     let mut config = config_for(&pg, PoolMode::Transaction, 2);
     config.max_client_conn = 1;
+    config.admin_users = vec!["postgres".into()];
     let proxy = Proxy::start(config).await.unwrap();
     let client = connect(&proxy, "postgres", None).await.unwrap();
 
@@ -1809,6 +1810,11 @@ async fn over_max_client_conn_psql_reads_why_and_a_cancel_gets_through() {
         stderr.contains("no more connections allowed (max_client_conn)"),
         "{stderr}"
     );
+
+    // The admin console still lets an operator in, as PgBouncer's does.
+    let admin = common::admin(&proxy).await;
+    let pools = admin.simple_query("SHOW POOLS").await.unwrap();
+    assert!(pools.len() > 1, "{pools:?}");
 
     // The one client's query is cancelled over a connection max_client_conn has no
     // room for.
