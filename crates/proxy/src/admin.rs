@@ -383,9 +383,33 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
                 Err(e) => error(out, sqlstate::CONNECTION_EXCEPTION, &format!("RELOAD: {e}"))?,
             }
         }
+        // As PgBouncer, a PAUSE of what is paused, or a RESUME of what is not, is an
+        // error (a script that pauses twice would else resume once and think it done).
+        Command::Pause(db)
+            if db
+                .as_deref()
+                .map_or(shared.paused_all(), |d| shared.is_db_paused(d)) =>
+        {
+            let message = match db {
+                Some(db) => format!("database {db} is already paused"),
+                None => "pgopt is already paused".into(),
+            };
+            error(out, sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, &message)?;
+        }
         Command::Pause(db) => {
             pause(shared, db.as_deref()).await;
             complete(out, "PAUSE")?;
+        }
+        Command::Resume(db)
+            if !db
+                .as_deref()
+                .map_or(shared.any_paused(), |d| shared.is_db_paused(d)) =>
+        {
+            let message = match db {
+                Some(db) => format!("database {db} is not paused"),
+                None => "pgopt is not paused".into(),
+            };
+            error(out, sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, &message)?;
         }
         Command::Resume(db) => {
             shared.set_paused(db.as_deref(), false);

@@ -981,9 +981,14 @@ pub fn checkout_error(pool: &Pool, error: CheckoutError) -> (&'static str, Strin
         CheckoutError::WaitTimeout(wait) => (
             sqlstate::QUERY_CANCELED,
             format!(
-                "query_wait_timeout: no server connection for {} ms (pool of {} is busy)",
+                "query_wait_timeout: no server connection for {} ms (pool of {} is {})",
                 wait.as_millis(),
-                pool.target.describe()
+                pool.target.describe(),
+                if pool.is_paused() {
+                    "paused: RESUME in pgopt's admin console"
+                } else {
+                    "busy"
+                }
             ),
         ),
         // A database the fallback entry sent the client to that the server lacks.

@@ -375,6 +375,19 @@ impl Shared {
         lock(&self.paused).0
     }
 
+    /// Whether database `db` is paused: by PAUSE of it or of everything (whether it
+    /// has pools yet or not).
+    pub fn is_db_paused(&self, db: &str) -> bool {
+        let paused = lock(&self.paused);
+        paused.0 || paused.1.contains(db)
+    }
+
+    /// Whether anything is paused.
+    pub fn any_paused(&self) -> bool {
+        let paused = lock(&self.paused);
+        paused.0 || !paused.1.is_empty()
+    }
+
     /// PAUSE (`true`) or RESUME (`false`) one database's pools, or all of them.
     pub fn set_paused(&self, db: Option<&str>, on: bool) {
         // Lock order: `paused` before the pool map (as in `pool_for`).

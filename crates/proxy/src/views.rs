@@ -511,8 +511,9 @@ pub fn databases(shared: &Shared) -> Table {
         ("pool_mode", Text),
         ("max_connections", Int),
         ("current_connections", Int),
-        ("paused", Text),
-        ("disabled", Text),
+        // 0 or 1, as PgBouncer's (pgbouncer_exporter reads them as numbers).
+        ("paused", Int),
+        ("disabled", Int),
     ]);
     let config = shared.config();
     let pools = shared.pools.list();
@@ -536,7 +537,6 @@ pub fn databases(shared: &Shared) -> Table {
             .clone()
             .map(|p| p.active.load(Relaxed) + p.idle_count())
             .sum();
-        let paused = mine.clone().count() > 0 && mine.clone().all(|p| p.is_paused());
         table.push(vec![
             t(&db.name),
             t(db.hosts_text()),
@@ -550,8 +550,8 @@ pub fn databases(shared: &Shared) -> Table {
             t(mode_name(config.pool_mode_of(db))),
             n(config.max_db_connections_of(db) as u64),
             n(current as u64),
-            t(yes_no(paused)),
-            t(yes_no(shared.is_disabled(&db.name))),
+            n(u64::from(shared.is_db_paused(&db.name))),
+            n(u64::from(shared.is_disabled(&db.name))),
         ]);
     }
     table

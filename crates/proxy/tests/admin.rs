@@ -297,6 +297,24 @@ async fn connect_port_db(
 async fn pause_waits_for_transactions_and_resume_lets_queries_run() {
     let pg = Postgres::start().await.unwrap();
     let proxy = start_with(&pg, |_| {}).await;
+    // A database is paused (0 or 1, as PgBouncer shows it) before it has a pool too;
+    // as in PgBouncer, what is paused can't be paused again, nor resumed twice.
+    let early = admin(&proxy).await;
+    let paused = |rows: Vec<std::collections::HashMap<String, String>>| {
+        let app = rows.iter().find(|r| r["name"] == "app").cloned().unwrap();
+        app["paused"].clone()
+    };
+    assert_eq!(paused(show(&early, "DATABASES").await), "0");
+    early.simple_query("PAUSE").await.unwrap();
+    assert_eq!(paused(show(&early, "DATABASES").await), "1");
+    let again = early.simple_query("PAUSE").await.unwrap_err();
+    assert_eq!(code(&again), Some("55000"), "{again}");
+    early.simple_query("RESUME").await.unwrap();
+    assert_eq!(paused(show(&early, "DATABASES").await), "0");
+    for resume in ["RESUME", "RESUME app"] {
+        let err = early.simple_query(resume).await.unwrap_err();
+        assert_eq!(code(&err), Some("55000"), "{resume}: {err}");
+    }
     let a = connect(&proxy, "postgres", None).await.unwrap();
     let b = connect(&proxy, "postgres", None).await.unwrap();
     a.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -318,6 +336,8 @@ async fn pause_waits_for_transactions_and_resume_lets_queries_run() {
         .unwrap();
     let pools = show(&console, "POOLS").await;
     assert_eq!(pools[0]["paused"], "yes");
+    let err = console.simple_query("PAUSE app").await.unwrap_err();
+    assert_eq!(code(&err), Some("55000"), "{err}");
     assert_eq!(
         num(&pools[0], "sv_idle"),
         0,
@@ -727,9 +747,9 @@ async fn disable_refuses_new_clients_and_enable_takes_them_again() {
     assert_eq!(common::value(&before, "SELECT 1").await, "1");
     let app =
         |rows: Vec<HashMap<String, String>>| rows.into_iter().find(|r| r["name"] == "app").unwrap();
-    assert_eq!(app(show(&console, "DATABASES").await)["disabled"], "yes");
+    assert_eq!(app(show(&console, "DATABASES").await)["disabled"], "1");
     console.simple_query("ENABLE app").await.unwrap();
-    assert_eq!(app(show(&console, "DATABASES").await)["disabled"], "no");
+    assert_eq!(app(show(&console, "DATABASES").await)["disabled"], "0");
     let after = connect(&proxy, "postgres", None).await.unwrap();
     assert_eq!(common::value(&after, "SELECT 2").await, "2");
 }
@@ -1630,6 +1650,12 @@ async fn pgbouncers_admin_database_name_serves_monitoring_made_for_pgbouncer() {
                 rows[0].contains_key(*column),
                 "SHOW {view} has no {column}: {rows:?}"
             );
+        }
+    }
+    // Gauges the exporter parses as numbers.
+    for row in show(&console, "DATABASES").await {
+        for column in ["paused", "disabled", "pool_size", "current_connections"] {
+            assert!(row[column].parse::<f64>().is_ok(), "{column}: {row:?}");
         }
     }
     // The server connection, idle past server_check_delay, is sv_used (a check comes
