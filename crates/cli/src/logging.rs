@@ -16,8 +16,13 @@ pub fn init(config: &LoggingConfig) {
             config.level.as_str()
         ))
     });
+    // Colours only on a terminal: a log file or journal gets plain lines, as
+    // PgBouncer's (NO_COLOR turns them off on a terminal too).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         // A stderr nobody reads any more drops the line: reporting that on stderr
         // (the default) would panic.

@@ -713,6 +713,11 @@ fn proxy_logs_each_login_and_why_each_client_went() {
     for what in wanted {
         assert!(logged(&lines, what), "no {what:?} in:\n{lines}");
     }
+    // A log file gets plain text, no terminal colour codes.
+    assert!(
+        !lines.contains('\x1b'),
+        "colour codes in a log file:\n{lines}"
+    );
 }
 
 /// Kills a child process when dropped (an assertion failing first included).
