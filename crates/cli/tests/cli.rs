@@ -871,6 +871,20 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
         ("2", "transaction"),
         "{databases}"
     );
+    // SHOW CONFIG's defaults are what `pgopt proxy` takes for what the file leaves out.
+    let out = psql_through(&pg, port, "pgopt", "SHOW CONFIG");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    // (admin_users: left out, the upstream's user, which the file sets.)
+    let set_here = ["listen", "default_pool_size", "workers", "admin_users"];
+    for line in shown.lines() {
+        let cols: Vec<&str> = line.split('|').collect();
+        if let [key, value, default, _] = cols[..] {
+            if !set_here.contains(&key) {
+                assert_eq!(value, default, "SHOW CONFIG {key}:\n{shown}");
+            }
+        }
+    }
     let out = psql_through(&pg, port, "reports", "SELECT 1");
     assert!(!out.status.success());
     assert!(

@@ -38,6 +38,9 @@ pub type Reloader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
 pub struct Shared {
     config: RwLock<Arc<Config>>,
+    /// The config the proxy started with: what settings a RELOAD can't change
+    /// (`listen`, `workers`…) stay at, whatever the file says now (SHOW CONFIG).
+    config_at_start: Arc<Config>,
     users: RwLock<Arc<HashMap<String, Credentials>>>,
     pub pools: Pools,
     /// Per (database, node): the server connections its pools hold open together.
@@ -136,6 +139,7 @@ impl Shared {
             server_tls: RwLock::new(server_tls),
             client_slots: Arc::new(Semaphore::new(config.max_client_conn)),
             max_client_conn: AtomicUsize::new(config.max_client_conn),
+            config_at_start: Arc::new(config.clone()),
             config: RwLock::new(Arc::new(config)),
             users: RwLock::new(Arc::new(users)),
             pools: Pools::default(),
@@ -161,6 +165,11 @@ impl Shared {
     }
 
     /// The config in force (a snapshot: RELOAD swaps in a new one).
+    /// The config the proxy started with (see `config_at_start`).
+    pub fn started_config(&self) -> &Config {
+        &self.config_at_start
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.config
             .read()

@@ -566,13 +566,30 @@ pub fn config(shared: &Shared) -> Table {
         ("changeable", Text),
     ]);
     let current = shared.config();
-    let defaults = Config::default();
     let now = settings(&current);
-    let before = settings(&defaults);
-    for ((key, value, changeable), (_, default, _)) in now.into_iter().zip(before) {
+    let at_start = settings(shared.started_config());
+    let defaults = settings(&shown_defaults());
+    for (((key, value, changeable), (_, started, _)), (_, default, _)) in
+        now.into_iter().zip(at_start).zip(defaults)
+    {
+        // A setting only a restart changes is shown as in effect, not as the file
+        // a RELOAD read has it (PgBouncer's SHOW CONFIG does the same).
+        let value = if changeable { value } else { started };
         table.push(vec![t(key), t(value), t(default), t(yes_no(changeable))]);
     }
     table
+}
+
+/// What `pgopt proxy` takes for a setting its config file leaves out: the library's
+/// defaults (for embedding and tests) but for one thread per core and a log line per
+/// login and per client gone. (`pgopt-cli`'s test of SHOW CONFIG keeps the two in step.)
+fn shown_defaults() -> Config {
+    Config {
+        workers: 0,
+        log_connections: true,
+        log_disconnections: true,
+        ..Config::default()
+    }
 }
 
 /// Whether RELOAD changes `key` (SHOW CONFIG's `changeable`); `None` when SHOW CONFIG

@@ -1547,14 +1547,18 @@ async fn set_changes_a_setting_until_the_next_reload() {
         "2"
     );
 
-    // The next RELOAD reads the config again: the SETs are gone.
+    // The next RELOAD reads the config again: the SETs are gone. A setting only a
+    // restart changes is shown as in effect, not as the file now has it.
+    let listening = setting(&show(&console, "CONFIG").await, "listen");
     let mut file = config_for(&pg, PoolMode::Transaction, 2);
     file.admin_users = vec!["postgres".into()];
+    file.listen = "127.0.0.1:1".parse().unwrap();
     proxy.handle().set_reloader(move || Ok(file.clone()));
     console.simple_query("RELOAD").await.unwrap();
     let config = show(&console, "CONFIG").await;
     assert_eq!(setting(&config, "pool_mode"), "transaction");
     assert_eq!(setting(&config, "max_client_conn"), "1000");
+    assert_eq!(setting(&config, "listen"), listening);
 }
 
 #[tokio::test]
