@@ -94,7 +94,7 @@ pub fn render(shared: &Shared) -> String {
         "Logged-in clients of a pool: active (may run queries) and waiting for a server.",
     );
     for p in &pools {
-        let waiting = p.waiting.load(Relaxed) as u64;
+        let waiting = p.clients_waiting() as u64;
         let clients = p.clients.load(Relaxed) as u64;
         let l = label(p);
         m.sample(
@@ -116,7 +116,7 @@ pub fn render(shared: &Shared) -> String {
     for p in &pools {
         let l = label(p);
         for (state, v) in [
-            ("active", p.active.load(Relaxed)),
+            ("active", p.servers_lent()),
             ("idle", p.idle_count()),
             ("login", p.connecting.load(Relaxed)),
         ] {

@@ -258,6 +258,9 @@ pub struct Pool {
     /// Logged-in clients of this pool, and those among them waiting for a server.
     pub clients: AtomicUsize,
     pub waiting: AtomicUsize,
+    /// Checkouts counted in `active` that wait for room under `max_db_connections`
+    /// or `max_user_connections` (see [`HeldBack`]).
+    held_back: AtomicUsize,
     /// Shut down: no more checkouts.
     closed: AtomicBool,
     /// Replaced or removed by a RELOAD (its database's server or pool mode changed, or
@@ -335,6 +338,25 @@ impl Drop for Gauge<'_> {
     }
 }
 
+/// A client's checkout waiting for room under `max_db_connections` or
+/// `max_user_connections`: its slot is counted as lent (PAUSE waits for it), but it
+/// has no server connection yet, so SHOW POOLS and /metrics count it as a waiting
+/// client and no active server meanwhile, as SHOW CLIENTS and SHOW SERVERS do.
+struct HeldBack<'a>(&'a Pool);
+
+impl<'a> HeldBack<'a> {
+    fn new(pool: &'a Pool) -> HeldBack<'a> {
+        pool.held_back.fetch_add(1, SeqCst);
+        HeldBack(pool)
+    }
+}
+
+impl Drop for HeldBack<'_> {
+    fn drop(&mut self) {
+        self.0.held_back.fetch_sub(1, SeqCst);
+    }
+}
+
 /// Counts a connection as lent (`Pool::active`) while it lives.
 struct Lent(Arc<Pool>);
 
@@ -390,6 +412,7 @@ impl Pool {
             testing: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            held_back: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -540,13 +563,13 @@ impl Pool {
         let limits = self.limits();
         let permits = match room {
             Room::Uncounted => None,
-            Room::Spare => self.permits(None).await.ok().flatten(),
+            Room::Spare => self.permits(None, false).await.ok().flatten(),
             Room::Wait => {
                 let deadline = Instant::now() + limits.connect_timeout;
                 let mut permits = None;
                 // `None` while this pool has an idle connection: closed for it.
                 for _ in 0..3 {
-                    match self.permits(Some(deadline)).await {
+                    match self.permits(Some(deadline), false).await {
                         // The one idle longest (of this thread's, else of any) goes.
                         Ok(None) => drop(self.take_idle(true)),
                         Ok(got) => permits = got,
@@ -910,7 +933,8 @@ impl Pool {
                 }
             }
         }
-        let Some(permits) = self.permits(wait).await? else {
+        // (Waiting for room only in a client's checkout.)
+        let Some(permits) = self.permits(wait, wait.is_some()).await? else {
             return Ok(None);
         };
         let connecting = Gauge::up(&self.connecting);
@@ -1063,6 +1087,18 @@ impl Pool {
         lock(&self.lobby).clear();
     }
 
+    /// Clients waiting for a server connection: for a slot, or with one, for room
+    /// under a connection limit (SHOW POOLS' `cl_waiting`).
+    pub fn clients_waiting(&self) -> usize {
+        self.waiting.load(Relaxed) + self.held_back.load(Relaxed)
+    }
+
+    /// Server connections lent to clients (SHOW POOLS' `sv_active`).
+    pub fn servers_lent(&self) -> usize {
+        let held_back = self.held_back.load(Relaxed);
+        self.active.load(Relaxed).saturating_sub(held_back)
+    }
+
     /// Whether any server connection is lent or being opened (PAUSE waits for none).
     pub fn busy(&self) -> bool {
         self.active.load(SeqCst) + self.connecting.load(SeqCst) > 0
@@ -1071,26 +1107,28 @@ impl Pool {
     /// Room in both of its limits, the database's and the user's (see
     /// [`Pool::permit`]), never one held while waiting for the other (other users of
     /// the database, or the user's other databases, would wait for room nobody uses).
+    /// `client`: for a client's checkout, counted as lent (see [`HeldBack`]).
     async fn permits(
         &self,
         wait: Option<Instant>,
+        client: bool,
     ) -> Result<Option<[ConnPermit; 2]>, CheckoutError> {
         let (db, user) = (&self.db_limit, &self.user_limit);
         loop {
-            let Some(d) = self.permit(db, wait).await? else {
+            let Some(d) = self.permit(db, wait, client).await? else {
                 return Ok(None);
             };
-            if let Some(u) = self.permit(user, None).await? {
+            if let Some(u) = self.permit(user, None, client).await? {
                 return Ok(Some([d, u]));
             }
             drop(d);
             if wait.is_none() {
                 return Ok(None);
             }
-            let Some(u) = self.permit(user, wait).await? else {
+            let Some(u) = self.permit(user, wait, client).await? else {
                 return Ok(None);
             };
-            if let Some(d) = self.permit(db, None).await? {
+            if let Some(d) = self.permit(db, None, client).await? {
                 return Ok(Some([d, u]));
             }
         }
@@ -1106,9 +1144,11 @@ impl Pool {
         &self,
         limit: &Arc<ConnLimit>,
         wait: Option<Instant>,
+        client: bool,
     ) -> Result<Option<ConnPermit>, CheckoutError> {
         // Announced before the checks it waits after: a release in between wakes it.
         let mut waiting = None;
+        let mut _held_back = None;
         loop {
             let freed = limit.freed.notified();
             tokio::pin!(freed);
@@ -1131,6 +1171,7 @@ impl Pool {
             };
             if waiting.is_none() {
                 waiting = Some(Gauge::up(&limit.waiting));
+                _held_back = client.then(|| HeldBack::new(self));
                 continue;
             }
             if self.idle_count() > 0 {

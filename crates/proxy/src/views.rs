@@ -99,7 +99,7 @@ pub fn pools(shared: &Shared) -> Table {
     let check_after = shared.config().server_check_delay;
     for pool in shared.pools.list() {
         let (idle, used) = pool.idle_counts(check_after);
-        let waiting = pool.waiting.load(Relaxed) as u64;
+        let waiting = pool.clients_waiting() as u64;
         let clients = pool.clients.load(Relaxed) as u64;
         let wait = max_wait
             .get(&(pool.database.clone(), pool.user.clone()))
@@ -110,7 +110,7 @@ pub fn pools(shared: &Shared) -> Table {
             t(&pool.user),
             n(clients.saturating_sub(waiting)),
             n(waiting),
-            n(pool.active.load(Relaxed) as u64),
+            n(pool.servers_lent() as u64),
             n(idle as u64),
             n(used as u64),
             n(pool.testing.load(Relaxed) as u64),
@@ -535,7 +535,7 @@ pub fn databases(shared: &Shared) -> Table {
         let mine = pools.iter().filter(|p| p.database == db.name);
         let current: usize = mine
             .clone()
-            .map(|p| p.active.load(Relaxed) + p.idle_count())
+            .map(|p| p.servers_lent() + p.idle_count())
             .sum();
         table.push(vec![
             t(&db.name),

@@ -854,6 +854,19 @@ async fn at_max_db_connections_a_waiter_takes_its_own_pools_connection_once_idle
     let a3 = connect(&proxy, "postgres", None).await.unwrap();
     let waiting = tokio::spawn(async move { common::value(&a3, "SELECT 9").await });
     still_waiting(&waiting, "a third server connection was opened").await;
+    // It is a waiting client with no server connection, in SHOW POOLS as in SHOW
+    // CLIENTS and SHOW SERVERS.
+    let pools = show(&admin(&proxy).await, "POOLS").await;
+    let pool = pools.iter().find(|p| p["database"] == "app").unwrap();
+    assert_eq!(
+        (
+            &*pool["cl_active"],
+            &*pool["cl_waiting"],
+            &*pool["sv_active"]
+        ),
+        ("2", "1", "2"),
+        "{pool:?}"
+    );
     a1.batch_execute("COMMIT").await.unwrap();
     let nine = finished(waiting, "the waiter took the connection that went idle").await;
     assert_eq!(nine, "9");
