@@ -11,7 +11,8 @@ use pgopt_wire::backend::{
 };
 use pgopt_wire::frontend::Query;
 use pgopt_wire::{
-    split_frame, sqlstate, EncodeError, ErrorBuilder, Format, List, Severity, TransactionStatus,
+    split_frame, sqlstate, DecodeError, EncodeError, ErrorBuilder, Format, List, Severity,
+    TransactionStatus,
 };
 use tokio::io::AsyncReadExt;
 
@@ -233,11 +234,29 @@ pub async fn serve(
             b'Q' => {
                 let sql = match Query::decode(frame.body()) {
                     Ok(q) => q.sql,
+                    // As PostgreSQL: text that is not UTF-8 is an error, and the
+                    // session goes on.
+                    Err(DecodeError::InvalidUtf8 { .. }) => {
+                        error(
+                            &mut out,
+                            sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
+                            "invalid byte sequence for encoding \"UTF8\" (the admin console reads UTF-8)",
+                        )?;
+                        ready(&mut out);
+                        continue;
+                    }
+                    // A malformed message ends the session, with the reason.
                     Err(source) => {
+                        send_fatal(
+                            &mut stream,
+                            sqlstate::PROTOCOL_VIOLATION,
+                            &source.to_string(),
+                        )
+                        .await;
                         return Err(ProxyError::Decode {
                             peer: "client",
                             source,
-                        })
+                        });
                     }
                 };
                 match parse(sql) {
@@ -260,6 +279,15 @@ pub async fn serve(
             }
             b'S' => {
                 skipping = false;
+                ready(&mut out);
+            }
+            // A function call is answered as a query is: with a ReadyForQuery.
+            b'F' => {
+                error(
+                    &mut out,
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "the pgopt admin console runs no functions: send its commands as simple queries",
+                )?;
                 ready(&mut out);
             }
             _ if skipping => {}

@@ -168,6 +168,50 @@ async fn show_views_report_what_clients_did() {
         .starts_with("HTTP/1.1 404"));
 }
 
+/// Bad input on the console is answered as PostgreSQL answers it: text that is not
+/// UTF-8 is an error and the session goes on; a function call gets its error and a
+/// ReadyForQuery (a client would wait for it); a malformed message ends the session
+/// with the reason.
+#[tokio::test]
+async fn the_console_answers_bad_input_as_postgresql_does() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let body = b"\0\x03\0\0user\0postgres\0database\0pgopt\0\0";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    raw.write_all(&startup).await.unwrap();
+    common::read_until(&mut raw, b'Z').await;
+    raw.write_all(&common::message(b'Q', b"SHOW \xff\xfe\0"))
+        .await
+        .unwrap();
+    assert_eq!(common::read_until(&mut raw, b'Z').await, b"EZ");
+    raw.write_all(&common::message(b'F', b"\0\0\0\x01\0\0\0\0\0\0"))
+        .await
+        .unwrap();
+    assert_eq!(common::read_until(&mut raw, b'Z').await, b"EZ");
+    raw.write_all(&common::message(b'Q', b"SHOW POOLS\0"))
+        .await
+        .unwrap();
+    let reply = common::read_until(&mut raw, b'Z').await;
+    assert_eq!(reply.last(), Some(&b'Z'));
+    assert!(!reply.contains(&b'E'), "{reply:?}");
+    // No terminator: a FATAL, then the connection closes.
+    raw.write_all(&common::message(b'Q', b"SHOW POOLS"))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.first(), Some(&b'E'), "{rest:?}");
+    assert!(String::from_utf8_lossy(&rest).contains("FATAL"), "{rest:?}");
+}
+
 #[tokio::test]
 async fn only_admin_users_get_the_console_and_psql_can_use_it() {
     let pg = Postgres::start().await.unwrap();

@@ -109,6 +109,8 @@ pub mod sqlstate {
     pub const UNDEFINED_OBJECT: &str = "42704";
     /// `22023` invalid_parameter_value.
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    /// `22021` character_not_in_repertoire: text not valid in its encoding.
+    pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
     /// `55P02` cant_change_runtime_param.
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
 }
