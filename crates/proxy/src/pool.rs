@@ -550,7 +550,7 @@ impl Pool {
         }
         for (id, e) in lock(&self.invalidated).iter() {
             if *e > conn.plan_epoch && conn.prepared.remove(id) {
-                conn.stale.insert(*id);
+                conn.mark_stale(*id);
             }
         }
         conn.plan_epoch = epoch;

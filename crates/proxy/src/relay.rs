@@ -2857,12 +2857,12 @@ impl Relay {
         // after it, forgotten): closed and prepared again at its next use.
         for id in self.expected.take_still_stale() {
             if let Some(server) = self.server.as_mut() {
-                server.conn.stale.insert(id);
+                server.conn.mark_stale(id);
             }
         }
-        for id in self.expected.take_closed() {
+        for (id, mark) in self.expected.take_closed() {
             if let Some(server) = self.server.as_mut() {
-                server.conn.stale.remove(&id);
+                server.conn.closed(id, mark);
             }
         }
     }
@@ -2894,7 +2894,10 @@ impl Relay {
                 if close.encode(&mut self.to_server).is_err() {
                     return;
                 }
-                self.expected.push(Step::InjectedClose { stale: None });
+                self.expected.push(Step::InjectedClose {
+                    stale: None,
+                    mark: 0,
+                });
             }
         }
         self.unnamed_here = true;
@@ -3745,7 +3748,8 @@ impl Relay {
         // server confirms its Close: one prepared again before then (a batch pipelined
         // behind, the Close skipped after an error) is closed again first.
         while let Some(victim) = self.server_conn().prepared.evict(max) {
-            self.server_conn().stale.insert(victim);
+            self.server_conn().mark_stale(victim);
+            let mark = self.server_conn().stale_mark();
             let name = crate::statements::server_name(victim);
             let close = Close {
                 target: Target::Statement,
@@ -3754,12 +3758,14 @@ impl Relay {
             if close.encode(&mut self.to_server).is_ok() {
                 self.expected.push(Step::InjectedClose {
                     stale: Some(victim),
+                    mark,
                 });
             }
         }
         let server = self.server_conn();
         server.prepared.insert(prepared.id);
-        if server.stale.remove(&prepared.id) {
+        if server.unmark_stale(prepared.id) {
+            let mark = server.stale_mark();
             let close = Close {
                 target: Target::Statement,
                 name: &prepared.server_name,
@@ -3767,6 +3773,7 @@ impl Relay {
             if close.encode(&mut self.to_server).is_ok() {
                 self.expected.push(Step::InjectedClose {
                     stale: Some(prepared.id),
+                    mark,
                 });
             }
         }

@@ -176,8 +176,10 @@ pub struct ServerConn {
     /// Statements pgopt prepared on this connection (see `statements.rs`).
     pub prepared: crate::statements::PreparedSet,
     /// Statements still on the server whose plans a schema change invalidated: closed
-    /// before they are prepared again.
-    pub stale: foldhash::HashSet<u64>,
+    /// before they are prepared again. Each with when it was marked (`stale_marks`): a
+    /// Close sent before a later mark leaves it stale (see [`ServerConn::closed`]).
+    stale: foldhash::HashMap<u64, u64>,
+    stale_marks: u64,
     /// What its SQL-prepared statements write, for the cache (see `cache.rs`).
     pub sql_prepared: crate::cache::SqlStatements,
     /// The pool's plan epoch this connection's statements were last checked against.
@@ -211,8 +213,36 @@ impl ServerConn {
     /// statement a client sends again (see `Relay::check_shape_first` for a client's
     /// statement prepared before the change).
     pub fn schema_changed(&mut self) {
-        let prepared = self.prepared.take_all();
-        self.stale.extend(prepared);
+        for id in self.prepared.take_all() {
+            self.mark_stale(id);
+        }
+    }
+
+    /// Statement `id`'s copy on the server is stale: closed before it is prepared
+    /// again.
+    pub fn mark_stale(&mut self, id: u64) {
+        self.stale_marks += 1;
+        self.stale.insert(id, self.stale_marks);
+    }
+
+    /// Whether statement `id` was stale, no longer so: its Close is on its way (sent
+    /// as of [`ServerConn::stale_mark`], which the Close's answer brings back).
+    pub fn unmark_stale(&mut self, id: u64) -> bool {
+        self.stale.remove(&id).is_some()
+    }
+
+    /// The latest mark: a Close sent now closes what was marked up to it.
+    pub fn stale_mark(&self) -> u64 {
+        self.stale_marks
+    }
+
+    /// The server confirmed a Close of statement `id` sent as of `mark`: its copy is
+    /// gone, unless it was prepared again and marked stale since (a schema change
+    /// pipelined behind), when the copy the server has now is still stale.
+    pub fn closed(&mut self, id: u64, mark: u64) {
+        if self.stale.get(&id).is_some_and(|at| *at <= mark) {
+            self.stale.remove(&id);
+        }
     }
 
     /// Connects, starts up and authenticates within `timeout`. `keys`, learned from a
@@ -540,6 +570,7 @@ impl ServerConn {
                         home: crate::workers::home(),
                         prepared: Default::default(),
                         stale: Default::default(),
+                        stale_marks: 0,
                         sql_prepared: Default::default(),
                         plan_epoch: 0,
                         schema_epoch: 0,

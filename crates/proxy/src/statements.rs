@@ -734,7 +734,7 @@ pub enum Step {
     /// statement `stale` past `max_prepared_statements`. Its CloseComplete is not the
     /// client's (see [`Expected::take_closed`]); skipped, it leaves the old copy on the
     /// server (see [`Expected::take_still_stale`]).
-    InjectedClose { stale: Option<u64> },
+    InjectedClose { stale: Option<u64>, mark: u64 },
     /// A Bind of a client's named statement, sent as server statement `statement`;
     /// its responses go to the client.
     Bind { statement: u64 },
@@ -837,7 +837,7 @@ pub struct Expected {
     still_stale: Vec<u64>,
     /// Statements whose injected Close the server confirmed (see
     /// [`Expected::take_closed`]).
-    closed: Vec<u64>,
+    closed: Vec<(u64, u64)>,
     /// The commit at a Sync pgopt sent to end a batch before its answer to a
     /// DEALLOCATE failed: as PostgreSQL's, that answer is the error and a
     /// ReadyForQuery, with no CommandComplete.
@@ -1059,7 +1059,8 @@ impl Expected {
 
     /// Statements whose Close pgopt injected (a stale copy, or one closed past
     /// `max_prepared_statements`) the server confirmed: no old copy is left of them.
-    pub fn take_closed(&mut self) -> Vec<u64> {
+    /// Each with the stale mark it was sent as of (see `ServerConn::closed`).
+    pub fn take_closed(&mut self) -> Vec<(u64, u64)> {
         std::mem::take(&mut self.closed)
     }
 
@@ -1210,10 +1211,10 @@ impl Expected {
             Step::InjectedUnnamed => self.injected(tag, b'1', None, &mut forget),
             // (A stale statement's Close refused: its old copy stays; the Parse after
             // it, skipped, forgets it as well.)
-            Step::InjectedClose { stale } => {
+            Step::InjectedClose { stale, mark } => {
                 match tag {
                     b'E' => self.still_stale.extend(stale),
-                    b'3' => self.closed.extend(stale),
+                    b'3' => self.closed.extend(stale.map(|id| (id, mark))),
                     _ => {}
                 }
                 self.injected(tag, b'3', stale, &mut forget)
@@ -1416,10 +1417,12 @@ impl Expected {
                     self.errors.pop_front();
                 }
                 Step::Deallocated { id, .. } => self.settled.push((id, Settled::Undone)),
-                Step::InjectedUnnamed | Step::InjectedClose { stale: None } => {
+                Step::InjectedUnnamed | Step::InjectedClose { stale: None, .. } => {
                     self.unnamed_unsure = true
                 }
-                Step::InjectedClose { stale: Some(id) } => self.still_stale.push(id),
+                Step::InjectedClose {
+                    stale: Some(id), ..
+                } => self.still_stale.push(id),
                 _ => {}
             }
             self.pop_front();
@@ -1535,7 +1538,10 @@ mod tests {
             request: Request::Execute,
             prepared: None,
         });
-        e.push(Step::InjectedClose { stale: Some(2) });
+        e.push(Step::InjectedClose {
+            stale: Some(2),
+            mark: 0,
+        });
         e.push(Step::Injected { prepared: 2 });
         e.push(Step::Bind { statement: 2 });
         e.push(Step::Injected { prepared: 3 });

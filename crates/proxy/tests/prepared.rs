@@ -963,6 +963,50 @@ async fn a_statement_prepared_after_a_schema_change_in_its_transaction_is_prepar
     assert_eq!(common::code(&err), Some("0A000"), "{err}");
 }
 
+/// A stale statement prepared again (Close and Parse; one that returns no rows, so
+/// its Bind does not wait for a shape check) with a schema change pipelined right
+/// behind it: once the server confirms the Close, the statement is still known
+/// stale (the change came after the Parse), so its next use closes it again rather
+/// than prepare it over the copy the server has (42P05 on every later use, for every
+/// client of the connection).
+#[tokio::test]
+async fn a_schema_change_pipelined_behind_a_statement_prepared_again_leaves_it_usable() {
+    use tokio::io::AsyncWriteExt;
+    let (_pg, proxy, _admin) =
+        on_one_connection("CREATE TABLE pt (a int); INSERT INTO pt VALUES (1)").await;
+    let mut raw = common::raw_login(&proxy).await;
+    let prepare = |sql: &str| {
+        let mut batch = common::message(b'P', format!("s1\0{sql}\0\0\0").as_bytes());
+        batch.extend(common::message(b'S', b""));
+        batch
+    };
+    let run_s1 = || {
+        let mut batch = common::message(b'B', b"\0s1\0\0\0\0\0\0\0");
+        batch.extend(common::message(b'E', b"\0\0\0\0\0"));
+        batch
+    };
+    raw.write_all(&prepare("UPDATE pt SET a = a"))
+        .await
+        .unwrap();
+    assert_eq!(common::read_until(&mut raw, b'Z').await, b"1Z");
+    // A schema change makes s1's copy stale.
+    raw.write_all(&common::message(b'Q', b"ALTER TABLE pt ADD COLUMN b int\0"))
+        .await
+        .unwrap();
+    common::read_until(&mut raw, b'Z').await;
+    // s1 used (closed and prepared again) with another change pipelined behind it.
+    let mut batch = run_s1();
+    batch.extend(common::run_unnamed("ALTER TABLE pt ADD COLUMN c int", b'S'));
+    raw.write_all(&batch).await.unwrap();
+    assert_eq!(common::read_until(&mut raw, b'Z').await, b"2C12CZ");
+    for _ in 0..3 {
+        let mut batch = run_s1();
+        batch.extend(common::message(b'S', b""));
+        raw.write_all(&batch).await.unwrap();
+        assert_eq!(common::read_until(&mut raw, b'Z').await, b"2CZ");
+    }
+}
+
 /// A schema change a client made through pgopt has every server connection of the
 /// pool prepare its statements afresh, not only the one it ran on: a client's fresh
 /// Parse inside a transaction on another connection works too, also for a client that
