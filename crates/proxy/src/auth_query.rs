@@ -54,7 +54,7 @@ pub async fn lookup(
     };
     let limits = pool.limits();
     let answer = tokio::time::timeout(
-        limits.connect_timeout,
+        limits.round_trip(),
         run(&mut checkout.conn, query, user, limits.max_message_len),
     )
     .await;
@@ -70,7 +70,7 @@ pub async fn lookup(
         Err(_) => {
             return Err(LookupError::Failed(format!(
                 "no answer within {} ms",
-                limits.connect_timeout.as_millis()
+                limits.round_trip().as_millis()
             )))
         }
     };

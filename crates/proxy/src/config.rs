@@ -863,6 +863,19 @@ impl Config {
 /// The longest duration pgopt takes (10⁹ s, some 31 years).
 pub const NEVER: Duration = Duration::from_secs(1_000_000_000);
 
+/// The bound of a round trip pgopt makes on a server connection (a health check, a
+/// WAL position read, an `auth_query` lookup) and of its own connections' work (the
+/// routing checker, catalog reads, the cache's listeners): `server_connect_timeout`,
+/// or when that is 0 (no limit on a client's connect) PgBouncer's default of 15 s, so
+/// a server that stopped answering holds none of them for good.
+pub fn round_trip_bound(server_connect_timeout: Duration) -> Duration {
+    if server_connect_timeout.is_zero() || server_connect_timeout >= NEVER {
+        Duration::from_secs(15)
+    } else {
+        server_connect_timeout
+    }
+}
+
 /// A timeout whose zero means no limit, as PgBouncer's `query_wait_timeout`,
 /// `server_connect_timeout` and `server_idle_timeout` do: the duration to wait.
 pub fn or_never(timeout: Duration) -> Duration {
@@ -955,6 +968,18 @@ mod tests {
         let firsts: Vec<usize> = (0..4).map(|_| spread.order()[0]).collect();
         assert_eq!(firsts, vec![1, 2, 1, 2]);
         assert_eq!(spread.order().last(), Some(&0));
+    }
+
+    #[test]
+    fn a_zero_timeout_is_no_limit_but_round_trips_stay_bounded() {
+        assert_eq!(or_never(Duration::ZERO), NEVER);
+        assert_eq!(or_never(Duration::from_secs(3)), Duration::from_secs(3));
+        // A client's connect with no limit; a health check, a WAL position read or a
+        // cancel on its way still end.
+        for zero in [Duration::ZERO, or_never(Duration::ZERO)] {
+            assert_eq!(round_trip_bound(zero), Duration::from_secs(15));
+        }
+        assert_eq!(round_trip_bound(Duration::from_secs(3)), Duration::from_secs(3));
     }
 
     #[test]

@@ -42,7 +42,7 @@ const QUERY_TIME: Duration = Duration::from_secs(10);
 /// How long a [`read`] through `pool` may take: a connect (each server of a host list
 /// in turn), then [`QUERY_TIME`].
 pub fn read_budget(pool: &Pool) -> Duration {
-    let connect = pool.limits().connect_timeout;
+    let connect = pool.limits().round_trip();
     pool.target.connect_budget(connect) + connect + QUERY_TIME
 }
 

@@ -345,7 +345,7 @@ fn listener_connect(shared: &Arc<Shared>) -> cache::ListenerConnect {
     let config = shared.config();
     let shared = Arc::downgrade(shared);
     cache::ListenerConnect {
-        connect_timeout: config::or_never(config.server_connect_timeout),
+        connect_timeout: config::round_trip_bound(config.server_connect_timeout),
         keepalive: config.tcp_keepalive,
         tls: Arc::new(move || shared.upgrade().and_then(|s| s.server_tls())),
     }

@@ -303,7 +303,7 @@ async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest
         Ok::<_, String>((json, flagged))
     };
     // A connect that may try each server of a host list, then the EXPLAIN.
-    let bound = pool.target.connect_budget(pool.limits().connect_timeout) + Duration::from_secs(10);
+    let bound = pool.target.connect_budget(pool.limits().round_trip()) + Duration::from_secs(10);
     match tokio::time::timeout(bound, result).await {
         Ok(Ok((json, scans))) => {
             plan.plan = Some(json);

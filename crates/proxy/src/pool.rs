@@ -37,6 +37,8 @@ pub struct PoolLimits {
     /// Extra connections for clients that waited longer than `reserve_timeout`.
     pub reserve_size: usize,
     pub reserve_timeout: Duration,
+    /// A connect and log-in for a client (0 in the config: no limit, see
+    /// [`PoolLimits::round_trip`] for the rest).
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub lifetime: Duration,
@@ -50,6 +52,14 @@ pub struct PoolLimits {
     /// Reuse the idle connection that waited longest (`server_round_robin`), not the
     /// one used last.
     pub round_robin: bool,
+}
+
+impl PoolLimits {
+    /// The bound of a round trip on a server connection, and of pgopt's own
+    /// connections (see [`crate::config::round_trip_bound`]).
+    pub fn round_trip(&self) -> Duration {
+        crate::config::round_trip_bound(self.connect_timeout)
+    }
 }
 
 /// How a server connection pgopt opens for its own work counts under
@@ -565,7 +575,7 @@ impl Pool {
             Room::Uncounted => None,
             Room::Spare => self.permits(None, false).await.ok().flatten(),
             Room::Wait => {
-                let deadline = Instant::now() + limits.connect_timeout;
+                let deadline = Instant::now() + limits.round_trip();
                 let mut permits = None;
                 // `None` while this pool has an idle connection: closed for it.
                 for _ in 0..3 {
@@ -590,10 +600,11 @@ impl Pool {
             ));
         }
         let keys = lock(&self.scram_keys).clone();
+        // (pgopt's own: bounded even when a client's connect is not.)
         let mut conn = ServerConn::connect(
             &self.target,
             keys,
-            limits.connect_timeout,
+            limits.round_trip(),
             limits.max_message_len,
             limits.keepalive,
         )
@@ -863,7 +874,7 @@ impl Pool {
                 waited = true;
                 let _testing = Gauge::up(&self.testing);
                 if !conn
-                    .check(limits.connect_timeout, limits.max_message_len)
+                    .check(limits.round_trip(), limits.max_message_len)
                     .await
                 {
                     continue;

@@ -1989,7 +1989,7 @@ impl Relay {
             conn.simple_query(cache.deps_query(), self.max_len).await
         };
         // A connect (each server of a host list in turn), then the query.
-        let connect_timeout = pool.limits().connect_timeout;
+        let connect_timeout = pool.limits().round_trip();
         let timeout = pool.target.connect_budget(connect_timeout) + connect_timeout;
         let deps = match tokio::time::timeout(timeout, read).await {
             Ok(Ok(rows)) => Some(crate::cache::Deps::from_rows(&rows)),
@@ -4240,7 +4240,7 @@ impl Relay {
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        let timeout = self.pool.limits().connect_timeout;
+        let timeout = self.pool.limits().round_trip();
         match crate::routing::commit_lsn(&mut server.conn, self.max_len, timeout).await {
             Ok(lsn) => {
                 if routing_wants_lsn {
@@ -4860,7 +4860,7 @@ impl Relay {
                     }
                     let node = &routes.router.replicas[i];
                     tried |= 1 << i.min(63);
-                    let timeout = pool.limits().connect_timeout;
+                    let timeout = pool.limits().round_trip();
                     match crate::routing::replay_lsn(&mut checkout.conn, self.max_len, timeout)
                         .await
                     {
@@ -5389,7 +5389,8 @@ impl Relay {
         if let Some(route) = route.clone() {
             // In flight from now: the connection is not lent again before it arrives.
             let flight = crate::server::CancelInFlight::new(route);
-            let timeout = crate::config::or_never(self.shared.config().server_connect_timeout);
+            let timeout =
+                crate::config::round_trip_bound(self.shared.config().server_connect_timeout);
             tokio::spawn(async move { crate::server::send_cancel(&flight.0, timeout).await });
         }
     }

@@ -292,10 +292,8 @@ impl Router {
             return false;
         };
         let max_len = primary.limits().max_message_len;
-        let (connect_timeout, interval) = (
-            primary.limits().connect_timeout,
-            self.settings.check_interval,
-        );
+        let (connect_timeout, interval) =
+            (primary.limits().round_trip(), self.settings.check_interval);
         let started = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         let pools = std::iter::once(primary).chain(replicas);

@@ -518,7 +518,9 @@ impl Shared {
             flight
         };
         if let Some(flight) = flight {
-            send_cancel(&flight.0, or_never(self.config().server_connect_timeout)).await;
+            // (Bounded: the connection is not lent again until it arrives.)
+            let timeout = crate::config::round_trip_bound(self.config().server_connect_timeout);
+            send_cancel(&flight.0, timeout).await;
         }
     }
 
