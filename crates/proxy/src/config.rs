@@ -979,7 +979,10 @@ mod tests {
         for zero in [Duration::ZERO, or_never(Duration::ZERO)] {
             assert_eq!(round_trip_bound(zero), Duration::from_secs(15));
         }
-        assert_eq!(round_trip_bound(Duration::from_secs(3)), Duration::from_secs(3));
+        assert_eq!(
+            round_trip_bound(Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
     }
 
     #[test]

@@ -344,6 +344,9 @@ pub struct Relay {
     function_settings: crate::function_settings::Followed,
     /// A CREATE ran in the open transaction: once it ends, the functions are read again.
     creates: bool,
+    /// A statement that may change shapes ran in the open transaction (see
+    /// [`Relay::schema_changed`]).
+    changed_schema: bool,
     /// The [`FunctionSettings::signature`](crate::function_settings::FunctionSettings)
     /// the client's named statements were last judged against.
     statements_judged: u64,
@@ -580,6 +583,7 @@ impl Relay {
             reread_at_end: Vec::new(),
             function_settings: Default::default(),
             creates: false,
+            changed_schema: false,
             statements_judged: 0,
             replay: None,
             settings_sql: None,
@@ -3191,8 +3195,11 @@ impl Relay {
     /// The client is changing the schema: statements are prepared afresh on every
     /// server connection of the pool before their next use, on this one from the
     /// statement after this (see `Pool::schema_changed`).
+    /// Again once the transaction that made it ends (`changed_schema`): connections
+    /// checked out meanwhile prepared their statements against the schema before it.
     fn schema_changed(&mut self) {
         self.pool.schema_changed();
+        self.changed_schema = true;
         if let Some(server) = self.server.as_mut() {
             server.conn.schema_changed();
         }
@@ -4736,6 +4743,9 @@ impl Relay {
                 }
                 if self.status == TransactionStatus::Idle {
                     self.tx_snapshot = None;
+                    if std::mem::take(&mut self.changed_schema) {
+                        self.pool.schema_changed();
+                    }
                     if std::mem::take(&mut self.creates) {
                         let store = &self.shared.function_settings;
                         self.function_settings.changed(store);

@@ -966,19 +966,46 @@ fn skip_blanks_and_comments(mut text: &[u8]) -> &[u8] {
 }
 
 /// Whether a statement of `sql` may change what prepared statements take or give (a
-/// table's or a type's columns, a view's, a function's result): an ALTER, a DROP, or
-/// a CREATE OR REPLACE (a `;` inside a literal may give a false alarm).
+/// table's or a type's columns, a view's, a function's result, what a name resolves
+/// to): an ALTER or DROP of a table, view, type, domain, function, schema, extension…,
+/// or a CREATE OR REPLACE (a `;` inside a literal may give a false alarm). Not one of
+/// a sequence, index, role, trigger, policy or publication, which jobs run often
+/// (partition maintenance) and which change no statement's shape.
 pub fn may_change_shapes(sql: &[u8]) -> bool {
+    /// What an ALTER or DROP may name that changes shapes or names.
+    const SHAPING: [&[u8]; 16] = [
+        b"table",
+        b"view",
+        b"materialized",
+        b"foreign",
+        b"type",
+        b"domain",
+        b"function",
+        b"procedure",
+        b"routine",
+        b"aggregate",
+        b"operator",
+        b"cast",
+        b"schema",
+        b"extension",
+        b"rule",
+        b"collation",
+    ];
     sql.split(|&b| b == b';').any(|piece| {
         let first = skip_blanks_and_comments(piece);
-        if starts_word(first, b"alter") || starts_word(first, b"drop") {
-            return true;
-        }
-        if !starts_word(first, b"create") {
+        let verb = if starts_word(first, b"alter") {
+            b"alter".len()
+        } else if starts_word(first, b"drop") {
+            b"drop".len()
+        } else if starts_word(first, b"create") {
+            let or = skip_blanks_and_comments(&first[b"create".len()..]);
+            return starts_word(or, b"or")
+                && starts_word(skip_blanks_and_comments(&or[2..]), b"replace");
+        } else {
             return false;
-        }
-        let or = skip_blanks_and_comments(&first[b"create".len()..]);
-        starts_word(or, b"or") && starts_word(skip_blanks_and_comments(&or[2..]), b"replace")
+        };
+        let object = skip_blanks_and_comments(&first[verb..]);
+        SHAPING.iter().any(|word| starts_word(object, word))
     })
 }
 
@@ -1111,6 +1138,9 @@ mod tests {
             "BEGIN; drop view v",
             "/* m */ CREATE OR REPLACE VIEW v AS SELECT 1",
             "create  or\n replace function f() returns int language sql as 'select 1'",
+            "ALTER TYPE mood ADD VALUE 'meh'",
+            "DROP EXTENSION hstore CASCADE",
+            "alter materialized view m rename to n",
         ] {
             assert!(may_change_shapes(sql.as_bytes()), "{sql}");
             assert!(may_affect_session(sql.as_bytes()), "{sql}");
@@ -1121,6 +1151,11 @@ mod tests {
             "SELECT 'alter'",
             "TRUNCATE t",
             "UPDATE t SET dropped = true",
+            "ALTER SEQUENCE s RESTART",
+            "DROP INDEX i",
+            "ALTER ROLE r SET work_mem = '1MB'",
+            "DROP TRIGGER t ON x",
+            "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO r",
         ] {
             assert!(!may_change_shapes(sql.as_bytes()), "{sql}");
         }
