@@ -661,6 +661,8 @@ impl Relay {
                 self.identity_pending = false;
                 self.arm_query_timer();
                 go_on = self.handle_client().await?;
+                // (A cancel deferred while it was held back goes now.)
+                self.settings_answered();
                 continue;
             }
             if self.closing && self.server_idle() {
@@ -3467,11 +3469,7 @@ impl Relay {
         };
         let (statements, identity_from) =
             self.settings.sync_identity_last(&mut server.conn.applied);
-        if !statements.is_empty() {
-            // The client's cancels wait for them (see `CancelTarget::setting_up`).
-            let _route = lock(&self.cancel.route);
-            self.cancel.setting_up.store(true, Relaxed);
-        }
+        let mut sent = false;
         for (i, sql) in statements.iter().enumerate() {
             if (Query { sql }).encode(&mut self.to_server).is_ok() {
                 let identity = i >= identity_from;
@@ -3479,7 +3477,14 @@ impl Relay {
                 self.identity_injected |= identity;
                 // A simple query: the server's unnamed statement is gone.
                 self.unnamed_here = false;
+                sent = true;
             }
+        }
+        if sent {
+            // The client's cancels wait for them (see `CancelTarget::setting_up`).
+            // (Nothing is written to the server before this returns.)
+            let _route = lock(&self.cancel.route);
+            self.cancel.setting_up.store(true, Relaxed);
         }
     }
 
@@ -4587,7 +4592,7 @@ impl Relay {
         let body = &self.sbuf[body];
         if verdict == Verdict::Drop {
             // Part of a query pgopt injected to apply the client's settings.
-            if tag == b'Z' && !self.expected.head_is_injected_query() {
+            if tag == b'Z' {
                 self.settings_answered();
             }
             if tag == b'E' {
@@ -4925,7 +4930,13 @@ impl Relay {
                 checkout.conn.info.set_link(self.info.id, lent_us);
                 self.info.set_link(checkout.conn.info.id);
                 self.info.set_state(ClientState::Active, lent_us);
-                let cancel_route = checkout.conn.cancel.clone();
+                {
+                    let mut route = lock(&self.cancel.route);
+                    // Cancels from now on wait for pgopt's queries applying the
+                    // client's settings, if any (see `settings_answered`, below).
+                    self.cancel.setting_up.store(true, Relaxed);
+                    *route = Some(checkout.conn.cancel.clone());
+                }
                 self.status = checkout.conn.status;
                 self.attach(checkout);
                 self.open_batch = false;
@@ -4950,8 +4961,8 @@ impl Relay {
                 self.settings_behind = false; // what this sync does
                 self.ending_in_flight = false;
                 self.sync_settings();
-                // (After the sync: a cancel from now on waits for its queries.)
-                *lock(&self.cancel.route) = Some(cancel_route);
+                // (None sent: cancels go straight to the server again.)
+                self.settings_answered();
                 Lending::Lent
             }
             // A RELOAD retired the pool while this client waited there.
@@ -5385,11 +5396,16 @@ impl Relay {
         }
     }
 
-    /// pgopt's queries applying the client's settings are answered: a cancel that
-    /// came meanwhile goes to the server now, for the client's request (see
-    /// `CancelTarget::setting_up`). (A request held back for its role is sent right
-    /// after, well before a cancel's new connection reaches the server.)
+    /// pgopt's queries applying the client's settings are answered, and the client's
+    /// request is on its way (not held back for its role or a shape check): a cancel
+    /// that came meanwhile goes to the server now, for the request (see
+    /// `CancelTarget::setting_up`). (Its new connection reaches the server well after
+    /// the request, written as this task goes on.) Called at their last answer, after a
+    /// checkout, and when a held-back request goes on.
     fn settings_answered(&self) {
+        if self.paused || self.expected.owes_injected_query() {
+            return;
+        }
         let route = lock(&self.cancel.route);
         if !self.cancel.setting_up.swap(false, Relaxed)
             || !self.cancel.deferred.swap(false, Relaxed)

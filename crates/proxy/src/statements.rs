@@ -907,6 +907,11 @@ impl Expected {
         )
     }
 
+    /// Whether a query pgopt sent for the client's settings is still to be answered.
+    pub fn owes_injected_query(&self) -> bool {
+        self.readies.injected_queries > 0
+    }
+
     /// Whether the next server message answers a query pgopt sent for the client's
     /// settings.
     pub fn head_is_injected_query(&self) -> bool {

@@ -2727,6 +2727,66 @@ async fn a_cancel_while_pgopt_applies_the_clients_settings_reaches_its_request()
     );
 }
 
+/// The same for the client's role, whose request waits for the role to be set: the
+/// cancel waits for the role and then reaches the request, and the session goes on
+/// with its role. (It used to cancel pgopt's SET ROLE, and the session was ended
+/// rather than run as another role.)
+#[tokio::test]
+async fn a_cancel_while_pgopt_sets_the_clients_role_reaches_its_request() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql("CREATE ROLE tenant").unwrap();
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    let b = connect(&proxy, "postgres", None).await.unwrap();
+    a.batch_execute("SET ROLE tenant").await.unwrap();
+    // The pool's one connection goes to b (its role reset): a's next request has its
+    // role set again first.
+    assert_eq!(common::value(&b, "SELECT current_user").await, "postgres");
+    // A change to the role makes the server look it up again in pg_authid, which the
+    // lock holds back. (Logins need pg_authid too: connected before.)
+    let watcher = pg.connect("postgres").await.unwrap();
+    let locker = pg.connect("postgres").await.unwrap();
+    locker
+        .batch_execute("ALTER ROLE tenant CONNECTION LIMIT 10")
+        .await
+        .unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK pg_authid IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let token = a.cancel_token();
+    let request = tokio::spawn(async move {
+        let answer = a.batch_execute("SELECT pg_sleep(5)").await;
+        (a, answer)
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "pgopt's SET ROLE never waited");
+        let waiting: i64 = watcher
+            .query_one(
+                // (The function, not the view, which joins pg_authid.)
+                "SELECT count(*) FROM pg_stat_get_activity(NULL) \
+                 WHERE wait_event_type = 'Lock' AND query ILIKE 'SET%role%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel_query(NoTls).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    locker.batch_execute("COMMIT").await.unwrap();
+    let (a, answer) = request.await.unwrap();
+    let e = answer.expect_err("the request was not cancelled");
+    assert_eq!(code(&e), Some("57014"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(common::value(&a, "SELECT current_user").await, "tenant");
+}
+
 /// A raw client of `app` with start-up values (`application_name` myapp, TimeZone
 /// Asia/Tokyo and search_path s1 through `options`).
 async fn raw_login_with_startup_values(proxy: &Proxy) -> tokio::net::TcpStream {
