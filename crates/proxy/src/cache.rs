@@ -1227,14 +1227,25 @@ pub struct Request<'a> {
     pub shape: Shape,
 }
 
-/// The key of a request: who asks (database, user), the settings that shape results
-/// (every SET the client made, start-up options included, as the statements that
-/// would apply them), and the exact request: text, parameter types, values and
-/// formats, and its shape. This is the first half, the parts a session's keys share
-/// while its settings stay (see [`pgopt_cache::KeyBuf`]); [`key_request`] the second.
-pub fn key_prefix(bytes: &mut Vec<u8>, database: &str, user: &str, settings: &[String]) {
+/// The key of a request: who asks (database, user), where the answer comes from (the
+/// server or host list, server database and login: instances sharing Redis may send
+/// one database name elsewhere, or log in as another user, and a RELOAD may move it),
+/// the settings that shape results (every SET the client made, start-up options
+/// included, as the statements that would apply them), and the exact request: text,
+/// parameter types, values and formats, and its shape. This is the first half, the
+/// parts a session's keys share while its settings and pool stay (see
+/// [`pgopt_cache::KeyBuf`]); [`key_request`] the second.
+pub fn key_prefix(
+    bytes: &mut Vec<u8>,
+    (database, user): (&str, &str),
+    server: &crate::server::ServerTarget,
+    settings: &[String],
+) {
     push_part(bytes, b'd', Some(database.as_bytes()));
     push_part(bytes, b'u', Some(user.as_bytes()));
+    push_part(bytes, b'h', Some(server.servers().as_bytes()));
+    push_part(bytes, b'b', Some(server.dbname.as_bytes()));
+    push_part(bytes, b'l', Some(server.user.as_bytes()));
     push_part(bytes, b'n', Some(&(settings.len() as u64).to_be_bytes()));
     for statement in settings {
         push_part(bytes, b's', Some(statement.as_bytes()));

@@ -1258,8 +1258,9 @@ impl Relay {
         if self.key_buf.needs_prefix(version) {
             let settings = self.settings.key_statements();
             let (database, user) = (&self.database, &self.login_user);
+            let server = &self.pool.target;
             self.key_buf.set_prefix(version, |b| {
-                crate::cache::key_prefix(b, database, user, &settings)
+                crate::cache::key_prefix(b, (database, user), server, &settings)
             });
         }
         self.key_buf
@@ -5075,6 +5076,8 @@ impl Relay {
             pool.target.port
         );
         self.serve_cache = serves_cache(&self.shared, &pool);
+        // The cache's keys name the server: built anew for the new one.
+        self.key_buf = Default::default();
         pool.adopt_descriptions(&self.pool, self.statements.ids());
         self.pool = pool;
         self.routes = routes;

@@ -1007,6 +1007,34 @@ async fn a_schema_change_pipelined_behind_a_statement_prepared_again_leaves_it_u
     }
 }
 
+/// A driver's prepare and first run in one batch (Parse, Describe, Bind, Execute,
+/// Sync) of a text a server connection had from before a schema change made behind
+/// pgopt's back: answered as PostgreSQL answers a fresh Parse, in the new shape.
+#[tokio::test]
+async fn a_prepare_and_run_in_one_batch_after_a_schema_change_behind_pgopts_back() {
+    use tokio::io::AsyncWriteExt;
+    let (_pg, proxy, admin) =
+        on_one_connection("CREATE TABLE kv (k int, v int); INSERT INTO kv VALUES (1, 2)").await;
+    let batch = || {
+        let mut batch = common::message(b'P', b"s\0SELECT * FROM kv WHERE k = $1\0\0\0");
+        batch.extend(common::message(b'D', b"Ss\0"));
+        batch.extend(common::message(b'B', b"\0s\0\0\0\0\x01\0\0\0\x011\0\0"));
+        batch.extend(common::message(b'E', b"\0\0\0\0\0"));
+        batch.extend(common::message(b'S', b""));
+        batch
+    };
+    let mut first = common::raw_login(&proxy).await;
+    first.write_all(&batch()).await.unwrap();
+    assert_eq!(common::read_until(&mut first, b'Z').await, b"1tT2DCZ");
+    admin
+        .batch_execute("ALTER TABLE kv ADD COLUMN w int DEFAULT 3")
+        .await
+        .unwrap();
+    let mut second = common::raw_login(&proxy).await;
+    second.write_all(&batch()).await.unwrap();
+    assert_eq!(common::read_until(&mut second, b'Z').await, b"1tT2DCZ");
+}
+
 /// A schema change a client made through pgopt has every server connection of the
 /// pool prepare its statements afresh, not only the one it ran on: a client's fresh
 /// Parse inside a transaction on another connection works too, also for a client that

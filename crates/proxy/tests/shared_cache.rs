@@ -207,6 +207,49 @@ async fn a_write_through_one_instance_is_seen_by_the_next_read_through_the_other
 /// A COMMIT answered through a Flush, with no Sync yet: PostgreSQL has committed, so
 /// the other instance learns of it before the writer hears the CommandComplete, not
 /// at its ReadyForQuery.
+/// Two instances whose database of one name goes to different server databases (or
+/// logs in as different server users) on one Redis: neither is served the other's
+/// rows. The key holds the server, database and login a result came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_whose_database_goes_elsewhere_share_no_entries() {
+    let (pg, redis) = setup().await;
+    pg.psql("CREATE DATABASE other").unwrap();
+    let other = pg.connect("other").await.unwrap();
+    other
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'z')",
+        )
+        .await
+        .unwrap();
+    let a = instance(&pg, &redis).await;
+    let b = start_with(&pg, |c| {
+        c.databases[0].dbname = "other".into();
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            redis: Some(RedisConfig {
+                url: redis.url(),
+                hmac_key: Some(b"test key".to_vec()),
+                timeout: Duration::from_millis(500),
+                ..RedisConfig::default()
+            }),
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    wait_for_redis(&b, "up").await;
+    let read = "SELECT v FROM items WHERE id = 1";
+    let through_a = connect(&a, "postgres", None).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(value(&through_a, read).await, "a");
+    }
+    wait_for_cache(&a, "stored", |r| counter(r, "stored") > 0).await;
+    let through_b = connect(&b, "postgres", None).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(value(&through_b, read).await, "z", "another database's row");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_before_any_sync_reaches_the_other_instance_at_once() {
     let (pg, redis) = setup().await;
