@@ -322,6 +322,11 @@ pub struct Deps {
     /// (`pg_rewrite.ev_action`), which names every relation and function by OID.
     /// With why, for the log (see [`Deps::uncached_listed`]).
     uncacheable: foldhash::HashMap<String, String>,
+    /// Names of functions (lower case) defined outside the system schemas that are not
+    /// immutable: a call of one by a built-in's name (`length`, `lower`) may run the
+    /// user's function (search_path, an argument type only it takes), which may write
+    /// or read anything: not cached (see [`Deps::calls_user_function`]).
+    user_functions: foldhash::HashSet<String>,
     /// Names every column of which is of a date or time type (arrays of one too): a
     /// statement converting a column to a date or time is cached only when its name
     /// is one of these (see `Analysis::datetime_casts`).
@@ -376,6 +381,10 @@ SELECT 's', c.relname, CASE WHEN c.relrowsecurity THEN 'it has row-level securit
     WHEN c.relpersistence = 'u' THEN 'it is unlogged' ELSE 'it is a foreign table' END \
   FROM pg_catalog.pg_class c \
   WHERE c.relrowsecurity OR c.relpersistence IN ('t', 'u') OR c.relkind = 'f' \
+UNION ALL \
+SELECT DISTINCT 'f', p.proname, '' FROM pg_catalog.pg_proc p \
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.provolatile <> 'i' \
 UNION ALL \
 SELECT DISTINCT 's', v.relname, 'the view calls a user function' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
@@ -466,6 +475,9 @@ impl Deps {
                     }
                 }
                 "u" => uncovered.push(a),
+                "f" => {
+                    deps.user_functions.insert(a.to_lowercase());
+                }
                 "d" => {
                     deps.datetime_columns.insert(a);
                 }
@@ -533,6 +545,21 @@ impl Deps {
             .collect();
         out.sort();
         out
+    }
+
+    /// Whether a statement calling `functions` (as written, see
+    /// `Analysis::functions`) may call a user function the analysis took for a
+    /// built-in: one of that name exists, and the call does not name `pg_catalog`.
+    fn calls_user_function(&self, functions: &[String]) -> bool {
+        !self.user_functions.is_empty()
+            && functions.iter().any(|f| {
+                let f = f.to_ascii_lowercase();
+                match f.rsplit_once('.') {
+                    Some((schema, _)) if schema.trim_matches('"') == "pg_catalog" => false,
+                    Some((_, name)) => self.user_functions.contains(name.trim_matches('"')),
+                    None => self.user_functions.contains(f.trim_matches('"')),
+                }
+            })
     }
 
     /// Whether every column named `name` is of a date or time type.
@@ -767,8 +794,12 @@ impl ProxyCache {
     /// relation it reads listed — and every relation must be known to the catalog and
     /// cacheable; a view is tagged with what it reads.
     pub fn tags(&self, analysis: &Analysis, deps: &Deps) -> Option<(Vec<String>, Duration)> {
-        // A user function may read tables the text doesn't name.
-        if !analysis.cacheable() || analysis.tables_read.is_empty() || analysis.user_functions {
+        // A user function may read tables the text doesn't name (or write).
+        if !analysis.cacheable()
+            || analysis.tables_read.is_empty()
+            || analysis.user_functions
+            || deps.calls_user_function(&analysis.functions)
+        {
             return None;
         }
         // A text column converted to a date or time: 'now' in it reads the clock.

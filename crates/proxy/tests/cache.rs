@@ -120,6 +120,33 @@ async fn setup_in(mode: PoolMode, tweak: impl FnOnce(&mut CacheSettings)) -> (Po
     (pg, proxy)
 }
 
+/// A function of the user's with a built-in's name (`length(int)`, which PostgreSQL's
+/// own lacks) is the user's, called as it is: its result is not cached, so it runs each
+/// time (here, a write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_function_named_as_a_built_in_is_not_cached() {
+    let (pg, proxy) = setup().await;
+    pg.psql(
+        "CREATE TABLE calls (n int); INSERT INTO calls VALUES (0); \
+         CREATE FUNCTION public.length(int) RETURNS int LANGUAGE sql AS \
+           $$ UPDATE calls SET n = n + 1 RETURNING n $$",
+    )
+    .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for want in ["1", "2", "3"] {
+        assert_eq!(
+            value(&client, "SELECT length(id) FROM items WHERE id = 1").await,
+            want
+        );
+    }
+    // The built-in itself, named so, still is.
+    let read = "SELECT pg_catalog.length(v) FROM items WHERE id = 1";
+    for _ in 0..2 {
+        assert_eq!(value(&client, read).await, "1");
+    }
+    assert!(counter(&cache_row(&proxy).await, "hits") > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_served_from_the_cache_until_a_write_through_pgopt() {
     let (pg, proxy) = setup().await;
