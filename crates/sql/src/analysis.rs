@@ -565,6 +565,15 @@ fn column_name(column_ref: &Value) -> Option<&str> {
 /// Fields of DDL statement nodes that name the object being changed.
 const DDL_TARGET_FIELDS: &[&str] = &["relation", "view", "into", "base_stmt", "sequence"];
 
+/// Whether an `AlterTableCmd` takes the table into a parent or out of one.
+fn is_inherit_change(cmd: &Value) -> bool {
+    use pg_query::protobuf::AlterTableType;
+    let subtype = cmd.get("subtype").and_then(Value::as_i64);
+    subtype.is_some_and(|s| {
+        s == AlterTableType::AtAddInherit as i64 || s == AlterTableType::AtDropInherit as i64
+    })
+}
+
 impl<'c> Walker<'c> {
     fn new(config: &'c AnalysisConfig) -> Self {
         Walker {
@@ -1010,6 +1019,8 @@ impl<'c> Walker<'c> {
                     self.modifies = true;
                     self.body(child, DDL_TARGET_FIELDS);
                 }
+                // `ALTER TABLE c [NO] INHERIT p`: the parent's rows change too.
+                "AlterTableCmd" if is_inherit_change(child) => self.body(child, &["def"]),
                 k => {
                     let t = target || target_fields.contains(&k);
                     self.walk(child, t);

@@ -171,6 +171,10 @@ fn tables_of_writes() {
         (v(&[]), v(&["s.t"]))
     );
     assert_eq!(tables("DROP TABLE a, s.b"), (v(&[]), v(&["a", "s.b"])));
+    // A child taken into or out of a parent changes the parent's rows too.
+    for inherit in ["ALTER TABLE c INHERIT p", "ALTER TABLE c NO INHERIT p"] {
+        assert_eq!(tables(inherit), (v(&[]), v(&["c", "p"])), "{inherit}");
+    }
     assert_eq!(
         tables("CREATE TABLE n AS SELECT * FROM src"),
         (v(&["src"]), v(&["n"]))
