@@ -437,6 +437,9 @@ enum CacheLookup {
     Served,
     Fill(Fill),
     Pass,
+    /// The client canceled its request while it waited for another session's fill of
+    /// its key: it fails with 57014, as a statement waiting on a lock does.
+    Canceled,
 }
 
 /// Where the current transaction runs and what the client wrote, for routing.
@@ -1032,6 +1035,14 @@ impl Relay {
                         }
                         CacheLookup::Fill(f) => fill = Some(f),
                         CacheLookup::Pass => {}
+                        // Answered with its error, as a refused checkout is.
+                        CacheLookup::Canceled => {
+                            match frame.tag() {
+                                b'Q' | b'F' | b'S' => self.expected.push(Step::Ready),
+                                _ => self.discarding = true,
+                            }
+                            continue;
+                        }
                     }
                 }
                 match self.checkout(&frame).await {
@@ -1293,10 +1304,23 @@ impl Relay {
                     flight = Some(f);
                     break;
                 }
-                // Another session is filling this key: its result, unless it is slow.
+                // Another session is filling this key: its result, unless it is slow,
+                // or the client cancels its request meanwhile.
                 pgopt_cache::Joined::Waiter(wait) => {
-                    let _ = tokio::time::timeout(cache.cache.flight_timeout, wait).await;
+                    let canceled = tokio::select! {
+                        _ = tokio::time::timeout(cache.cache.flight_timeout, wait) => false,
+                        () = self.cancel.waiting.notified() => true,
+                    };
                     self.clock = Instant::now();
+                    if canceled {
+                        let code = sqlstate::QUERY_CANCELED;
+                        self.pool.stats.record_error(code.as_bytes());
+                        let message = "canceling statement due to user request";
+                        if let Some(error) = error_response(code, message) {
+                            self.expected.push_error(error);
+                            return CacheLookup::Canceled;
+                        }
+                    }
                     // The lease may have run out while it waited.
                     if !cache.serving() {
                         return CacheLookup::Pass;

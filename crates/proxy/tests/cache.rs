@@ -120,6 +120,62 @@ async fn setup_in(mode: PoolMode, tweak: impl FnOnce(&mut CacheSettings)) -> (Po
     (pg, proxy)
 }
 
+/// A client waiting for another session's fill of its key can cancel its request, as
+/// one waiting on a lock in PostgreSQL can: 57014 at once, not after the fill or
+/// `flight_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_another_sessions_fill_can_cancel() {
+    let (pg, proxy) = setup().await;
+    let locker = direct(&pg).await;
+    let watcher = direct(&pg).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let read = "SELECT v FROM items WHERE id = 2";
+    let leader = connect(&proxy, "postgres", None).await.unwrap();
+    let filling = tokio::spawn(async move { value(&leader, read).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fill never waited"
+        );
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT v FROM items%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiter = connect(&proxy, "postgres", None).await.unwrap();
+    let token = waiter.cancel_token();
+    let waiting = tokio::spawn(async move { waiter.simple_query(read).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second read did not wait for the fill"
+    );
+    let started = std::time::Instant::now();
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the cancel did not end the wait")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(filling.await.unwrap(), "b");
+}
+
 /// A function of the user's with a built-in's name (`length(int)`, which PostgreSQL's
 /// own lacks) is the user's, called as it is: its result is not cached, so it runs each
 /// time (here, a write).
