@@ -3160,6 +3160,11 @@ impl Relay {
                 if let Some(parse) = parse {
                     self.read_back_at_binds(parse, reread);
                 } else if !resets.is_empty() {
+                    // (What was queued before them is read back no more: see
+                    // `drop_read_backs_reset_by`; what a later batch queues is.)
+                    for reset in &resets {
+                        self.drop_read_backs_reset_by(reset);
+                    }
                     let before = self.expected.observed_readies();
                     self.pending_resets.push((resets, before, false));
                 }
@@ -3167,6 +3172,8 @@ impl Relay {
             }
             SessionVerdict::Track(change) => {
                 if simple {
+                    // (As for the RESETs among several statements, above.)
+                    self.drop_read_backs_reset_by(&change);
                     // Its CommandComplete comes after the ReadyForQuerys owed before it
                     // (those of Syncs pgopt sent to end a batch too: they are observed).
                     let before = self.expected.observed_readies();
@@ -3288,9 +3295,6 @@ impl Relay {
                 for reset in resets.iter() {
                     keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
                     self.settings.confirm(reset, "", applied);
-                }
-                for reset in resets.iter() {
-                    self.drop_read_backs_reset_by(reset);
                 }
                 self.settings_behind = true;
             }
@@ -3430,11 +3434,12 @@ impl Relay {
         self.drop_read_backs_reset_by(&change);
     }
 
-    /// A RESET confirmed: what it resets is read back no more (see `resync`). The
-    /// server has its own default there now, the client its start-up value, applied
-    /// again before its next statement; a read-back would take the server's for the
-    /// client's (a SET then RESET ALL in one batch: the client's application_name
-    /// became "pgopt" for good).
+    /// A RESET sent: what it resets, queued to be read back before it, is read back no
+    /// more (see `resync`). Once it ran the server has its own default there, the
+    /// client its start-up value, applied again before its next statement; a read-back
+    /// would take the server's for the client's (a SET then RESET ALL in one batch: the
+    /// client's application_name became "pgopt" for good). Read-backs a batch sent after
+    /// it queues stand.
     fn drop_read_backs_reset_by(&mut self, change: &Change) {
         self.resync.retain(|name| !change.resets(name));
     }
@@ -4687,8 +4692,6 @@ impl Relay {
                         self.settings.confirm(change, sql, applied);
                         self.settings_behind |= !matches!(change, Change::Set(_));
                         self.tracked_since_ready = true;
-                        // (As `drop_read_backs_reset_by`, with `self` borrowed.)
-                        self.resync.retain(|name| !change.resets(name));
                         for name in self.settings.encoding_dependents(change) {
                             if !self.resync.contains(&name) {
                                 self.resync.push(name);
