@@ -517,7 +517,20 @@ fn do_body(do_stmt: &Value) -> Option<&str> {
 }
 
 /// The types a text converted to reads the clock for `'now'`, `'today'`…
-const CLOCK_TYPES: &[&str] = &["date", "time", "timetz", "timestamp", "timestamptz"];
+const CLOCK_TYPES: &[&str] = &[
+    "date",
+    "time",
+    "timetz",
+    "timestamp",
+    "timestamptz",
+    // Ranges of them: their bounds are read as the type's input ('now').
+    "daterange",
+    "tsrange",
+    "tstzrange",
+    "datemultirange",
+    "tsmultirange",
+    "tstzmultirange",
+];
 
 /// Built-in functions whose result is a date, time or timestamp (never text).
 const DATETIME_RESULTS: &[&str] = &[
@@ -999,6 +1012,17 @@ impl<'c> Walker<'c> {
                 "RangeTableSample" => {
                     self.volatile = true;
                     self.walk(child, false);
+                }
+                // A column of a date or time type a function's record is read into
+                // (`jsonb_to_record(…) AS x(a timestamptz)`): text there is converted
+                // at run time, and 'now' reads the clock. (In a CREATE TABLE, harmless:
+                // DDL is never cached.)
+                "ColumnDef" => {
+                    if is_clock_type(child.get("type_name")) {
+                        self.volatile = true;
+                    }
+                    let t = target || target_fields.contains(&key.as_str());
+                    self.walk(child, t);
                 }
                 "TypeCast" => {
                     if is_clock_type(child.get("type_name")) {

@@ -156,6 +156,8 @@ pub(crate) fn is_volatile(name: &str) -> bool {
             | "pg_current_snapshot"
             | "array_shuffle"
             | "array_sample"
+            // The one-argument form is from the current date (both are taken so).
+            | "age"
             | "pg_sleep"
             | "pg_sleep_for"
             | "pg_sleep_until"
@@ -322,7 +324,7 @@ pub(crate) fn is_known_read_only(name: &str) -> bool {
             | "width_bucket" | "gcd" | "lcm" | "factorial" | "scale" | "min_scale"
             | "trim_scale" | "erf" | "erfc" | "gamma" | "lgamma"
             // dates and times
-            | "date_trunc" | "date_part" | "extract" | "age" | "isfinite" | "date_bin"
+            | "date_trunc" | "date_part" | "extract" | "isfinite" | "date_bin"
             | "date_add" | "date_subtract" | "timezone" | "overlaps"
             // arrays, sets, ranges
             | "cardinality" | "unnest" | "generate_series" | "generate_subscripts"

@@ -408,6 +408,13 @@ fn volatile_detection() {
         "SELECT * FROM t WHERE day = date 'today'",
         "SELECT * FROM t WHERE day < ' Tomorrow '",
         "SELECT 'yesterday'::date",
+        // Text converted at run time into a range of dates or times, or into a
+        // record's date or time column ('now' in it reads the clock).
+        "SELECT ('[' || msg || ',infinity)')::tstzrange FROM log WHERE id = 1",
+        "SELECT ('[' || msg || ',infinity)')::tsmultirange FROM log",
+        "SELECT x.a FROM log, jsonb_to_record(jsonb_build_object('a', msg)) AS x(a timestamptz)",
+        // The one-argument age() is from the current date.
+        "SELECT age(ts) FROM items WHERE id = 1",
     ] {
         assert!(analyze(yes).unwrap().volatile, "{yes} should be volatile");
     }
