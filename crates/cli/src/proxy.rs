@@ -73,7 +73,8 @@ enum PoolModeArg {
 }
 
 pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
-    let proxy_config = build(&loaded.config, args.clone())?;
+    let proxy_config = build(&loaded.config, args.clone())
+        .map_err(|e| anyhow::anyhow!(config::at_line(loaded.file.as_deref(), &format!("{e:#}"))))?;
     let admin_users = proxy_config.admin_users.clone();
     let mode = proxy_config.pool_mode;
     let size = proxy_config.default_pool_size;
@@ -132,7 +133,8 @@ pub async fn run(loaded: &Loaded, args: ProxyArgs) -> anyhow::Result<()> {
     handle.set_reloader(move || {
         let overrides = config::env_overrides().map_err(|e| e.to_string())?;
         let loaded = config::load(file.as_deref(), &overrides).map_err(|e| e.to_string())?;
-        build(&loaded.config, args.clone()).map_err(|e| format!("{e:#}"))
+        build(&loaded.config, args.clone())
+            .map_err(|e| config::at_line(loaded.file.as_deref(), &format!("{e:#}")))
     });
     serve_signals(&proxy).await
 }
@@ -221,6 +223,15 @@ pub fn check_files(root: &config::Config) -> anyhow::Result<()> {
 /// takes the file's (its settings with the file's password, as PgBouncer's `[users]`).
 /// A user with a password in both, or a bad line in the file (named), is an error.
 fn users(config: &config::ProxyConfig) -> anyhow::Result<Vec<pgopt_proxy::User>> {
+    // One entry per user: a second would take over the first's password unseen.
+    for (i, user) in config.users.iter().enumerate() {
+        if config.users[..i].iter().any(|u| u.name == user.name) {
+            anyhow::bail!(
+                "proxy.users[{i}]: user {:?} is already listed; give each user one entry",
+                user.name
+            );
+        }
+    }
     let mut users: Vec<pgopt_proxy::User> = config
         .users
         .iter()
@@ -405,9 +416,7 @@ fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::
     }
     let hba = match (config.auth, config.auth_hba_file.as_str()) {
         (ClientAuthMethod::Hba, "") => {
-            anyhow::bail!(
-                "proxy.auth_hba_file: a file of rules is needed with proxy.auth = \"hba\""
-            )
+            anyhow::bail!("proxy.auth: \"hba\" needs a file of rules: set proxy.auth_hba_file")
         }
         (ClientAuthMethod::Hba, path) => Some(std::sync::Arc::new(read_hba(path)?)),
         (_, "") => None,

@@ -663,10 +663,12 @@ fn proxy_names_the_line_of_a_bad_hba_file() {
         upstream[1],
     ]);
     let err = text(&out.stderr);
-    assert!(
-        err.contains("proxy.auth_hba_file: a file of rules is needed"),
-        "{err}"
+    // Named with the file and line of the key.
+    let at = format!(
+        "{}:2: proxy.auth: \"hba\" needs a file of rules",
+        without.display()
     );
+    assert!(err.contains(&at), "{err}");
     for path in [rules, config, without] {
         std::fs::remove_file(path).unwrap();
     }
@@ -904,12 +906,28 @@ fn proxy_serves_each_database_of_the_config_from_its_own_upstream() {
     );
     let out = pgopt(&["--config", twice.to_str().unwrap(), "proxy"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr)
-            .contains("proxy.databases[0]: a database named \"postgres\" is already configured"),
-        "{}",
-        text(&out.stderr)
+    let at = format!(
+        "{}:4: proxy.databases[0]: a database named \"postgres\" is already configured",
+        twice.display()
     );
+    assert!(text(&out.stderr).contains(&at), "{}", text(&out.stderr));
+    // A user listed twice too.
+    let users_twice = temp_file(
+        "users-twice.toml",
+        &format!(
+            "[proxy]\nupstream = \"{}\"\n\n[[proxy.users]]\nname = \"u\"\npassword = \"a\"\n\n\
+             [[proxy.users]]\nname = \"u\"\npassword = \"b\"\n",
+            pg.url("postgres")
+        ),
+    );
+    let out = pgopt(&["--config", users_twice.to_str().unwrap(), "proxy"]);
+    assert_eq!(out.status.code(), Some(1));
+    let at = format!(
+        "{}:8: proxy.users[1]: user \"u\" is already listed",
+        users_twice.display()
+    );
+    assert!(text(&out.stderr).contains(&at), "{}", text(&out.stderr));
+    std::fs::remove_file(&users_twice).unwrap();
     // The admin console's name is refused too, and replicas need a database.
     let admin = temp_file(
         "databases-admin.toml",

@@ -323,6 +323,67 @@ pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Loade
     })
 }
 
+/// A message about a config key (`proxy.databases[1].upstream: …`, as the checks made
+/// after parsing word theirs) with the file and line of that key in front, when the
+/// key is in `file` (else as it is): `pgopt.toml:14: proxy.databases[1].upstream: …`.
+pub fn at_line(file: Option<&Path>, message: &str) -> String {
+    let located = file.and_then(|path| {
+        let (key, _) = message.split_once(": ")?;
+        let text = std::fs::read_to_string(path).ok()?;
+        let line = line_of_key(&text, key)?;
+        Some(format!("{}:{line}: {message}", path.display()))
+    });
+    located.unwrap_or_else(|| message.to_string())
+}
+
+/// The line (1-based) of `key` (`proxy.auth`, `proxy.databases[1].upstream`,
+/// `proxy.users[0]`) in TOML `text` laid out as tables: the key's line in its table,
+/// or for an entry of an array of tables its `[[…]]` line. `None` when not found (a
+/// key written inline, or set by an environment variable).
+pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    // The table part (`proxy.databases`, with the entry's index) and the key in it.
+    let (table, index, leaf) = match key.rfind(']') {
+        Some(close) => {
+            let open = key[..close].rfind('[')?;
+            let index: usize = key[open + 1..close].parse().ok()?;
+            let leaf = key[close + 1..].strip_prefix('.').unwrap_or("");
+            (&key[..open], Some(index), leaf)
+        }
+        None => {
+            let (table, leaf) = key.rsplit_once('.')?;
+            (table, None, leaf)
+        }
+    };
+    let mut seen = 0;
+    let mut inside = false;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed: String = line
+            .split('#')
+            .next()?
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        if trimmed.starts_with('[') {
+            inside = match index {
+                Some(i) if trimmed == format!("[[{table}]]") => {
+                    seen += 1;
+                    if seen == i + 1 && leaf.is_empty() {
+                        return Some(n + 1);
+                    }
+                    seen == i + 1
+                }
+                None => trimmed == format!("[{table}]"),
+                _ => false,
+            };
+            continue;
+        }
+        if inside && !leaf.is_empty() && trimmed.split('=').next() == Some(leaf) {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 /// Parses and validates TOML text; errors carry `origin:LINE`.
 pub fn parse_text(origin: &str, text: &str) -> Result<Config, ConfigError> {
     let de = toml::Deserializer::new(text);

@@ -12,6 +12,38 @@ fn defaults_need_no_file() {
 }
 
 #[test]
+fn checks_after_parsing_name_the_line_of_their_key() {
+    let text = "[proxy]\nauth = \"hba\" # rules\n\n[[proxy.databases]]\nname = \"a\"\n\
+                upstream = \"postgres://h/a\"\n\n[[proxy.databases]]\nname = \"a\"\n\
+                upstream = \"not a url\"\n";
+    assert_eq!(line_of_key(text, "proxy.auth"), Some(2));
+    assert_eq!(line_of_key(text, "proxy.databases[0].upstream"), Some(6));
+    assert_eq!(line_of_key(text, "proxy.databases[1].upstream"), Some(10));
+    assert_eq!(line_of_key(text, "proxy.databases[1]"), Some(8));
+    assert_eq!(line_of_key(text, "proxy.databases[2]"), None);
+    assert_eq!(line_of_key(text, "proxy.listen"), None);
+    let path = std::env::temp_dir().join(format!("pgopt-at-line-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let message = at_line(
+        Some(&path),
+        "proxy.databases[1]: a database named \"a\" is already configured",
+    );
+    assert_eq!(
+        message,
+        format!(
+            "{}:8: proxy.databases[1]: a database named \"a\" is already configured",
+            path.display()
+        )
+    );
+    // A key the file lacks (set by an environment variable): as it was.
+    assert_eq!(
+        at_line(Some(&path), "proxy.listen: bad"),
+        "proxy.listen: bad"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
 fn unknown_key_names_file_line_and_key() {
     let e = err("[demo]\nscale = 1.0\nscal = 2\n");
     assert!(
