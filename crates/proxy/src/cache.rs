@@ -304,7 +304,8 @@ pub struct Deps {
     /// Parent → children, and child → parents.
     children: foldhash::HashMap<String, Vec<String>>,
     parents: foldhash::HashMap<String, Vec<String>>,
-    /// Tables with user triggers or rules.
+    /// Tables with user triggers or rules, or whose column defaults or checks call a
+    /// user function: a write to one may write anything.
     unbounded: foldhash::HashSet<String>,
     /// Relations not cached: row-level security (policies may read other tables, and
     /// differ per role), views calling user functions, temporary tables (one name,
@@ -365,6 +366,18 @@ SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_trigger t \
 UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_rewrite r \
   JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relkind <> 'v' AND r.rulename <> '_RETURN' \
+UNION ALL \
+SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_depend d \
+  JOIN pg_catalog.pg_attrdef ad ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+    AND ad.oid = d.objid \
+  JOIN pg_catalog.pg_class c ON c.oid = ad.adrelid \
+  WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 \
+UNION ALL \
+SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_depend d \
+  JOIN pg_catalog.pg_constraint k ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+    AND k.oid = d.objid \
+  JOIN pg_catalog.pg_class c ON c.oid = k.conrelid \
+  WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 \
 UNION ALL \
 SELECT 'd', a.attname, '' FROM pg_catalog.pg_attribute a \
   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \

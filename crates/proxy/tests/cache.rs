@@ -176,6 +176,29 @@ async fn a_client_waiting_for_another_sessions_fill_can_cancel() {
     assert_eq!(filling.await.unwrap(), "b");
 }
 
+/// A write to a table whose column default (or check) calls a user function may
+/// write anything that function writes: the cache takes it as a write to everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_calling_a_user_function_invalidates_what_it_may_write() {
+    let (pg, proxy) = setup().await;
+    pg.psql(
+        "CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS \
+           $$ UPDATE items SET v = 'bumped' WHERE id = 2 RETURNING 1 $$; \
+         CREATE TABLE kd (k int, v int DEFAULT bump())",
+    )
+    .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 2";
+    for _ in 0..2 {
+        assert_eq!(value(&client, read).await, "b");
+    }
+    client
+        .batch_execute("INSERT INTO kd (k) VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, read).await, "bumped");
+}
+
 /// A function of the user's with a built-in's name (`length(int)`, which PostgreSQL's
 /// own lacks) is the user's, called as it is: its result is not cached, so it runs each
 /// time (here, a write).
