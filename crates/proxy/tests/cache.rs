@@ -135,26 +135,7 @@ async fn a_client_waiting_for_another_sessions_fill_can_cancel() {
     let read = "SELECT v FROM items WHERE id = 2";
     let leader = connect(&proxy, "postgres", None).await.unwrap();
     let filling = tokio::spawn(async move { value(&leader, read).await });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fill never waited"
-        );
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT v FROM items%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until_waiting_on_lock(&watcher, "SELECT v FROM items%").await;
     let waiter = connect(&proxy, "postgres", None).await.unwrap();
     let token = waiter.cancel_token();
     let waiting = tokio::spawn(async move { waiter.simple_query(read).await.map(|_| ()) });

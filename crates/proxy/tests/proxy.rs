@@ -2696,21 +2696,7 @@ async fn a_cancel_while_pgopt_applies_the_clients_settings_reaches_its_request()
     // (Watched from outside the locker's transaction, whose view of the activity
     // would stay as it first read it.)
     let watcher = pg.connect("postgres").await.unwrap();
-    loop {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query ILIKE '%default_text_search_config%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until_waiting_on_lock(&watcher, "%default_text_search_config%").await;
     token.cancel_query(NoTls).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
@@ -2758,24 +2744,7 @@ async fn a_cancel_while_pgopt_sets_the_clients_role_reaches_its_request() {
         let answer = a.batch_execute("SELECT pg_sleep(5)").await;
         (a, answer)
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(Instant::now() < deadline, "pgopt's SET ROLE never waited");
-        let waiting: i64 = watcher
-            .query_one(
-                // (The function, not the view, which joins pg_authid.)
-                "SELECT count(*) FROM pg_stat_get_activity(NULL) \
-                 WHERE wait_event_type = 'Lock' AND query ILIKE 'SET%role%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until_waiting_on_lock(&watcher, "SET%role%").await;
     token.cancel_query(NoTls).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();

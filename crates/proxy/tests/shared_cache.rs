@@ -27,7 +27,18 @@ async fn instance_with(
     redis: &Redis,
     tweak: impl FnOnce(&mut CacheSettings),
 ) -> Proxy {
+    instance_configured(pg, redis, |_| {}, tweak).await
+}
+
+/// [`instance_with`], its proxy config changed by `configure` first.
+async fn instance_configured(
+    pg: &Postgres,
+    redis: &Redis,
+    configure: impl FnOnce(&mut pgopt_proxy::Config),
+    tweak: impl FnOnce(&mut CacheSettings),
+) -> Proxy {
     let proxy = start_with(pg, |c| {
+        configure(c);
         c.cache = CacheSettings {
             enabled: true,
             tables: vec!["items".into()],
@@ -222,22 +233,13 @@ async fn instances_whose_database_goes_elsewhere_share_no_entries() {
         .await
         .unwrap();
     let a = instance(&pg, &redis).await;
-    let b = start_with(&pg, |c| {
-        c.databases[0].dbname = "other".into();
-        c.cache = CacheSettings {
-            enabled: true,
-            tables: vec!["items".into()],
-            redis: Some(RedisConfig {
-                url: redis.url(),
-                hmac_key: Some(b"test key".to_vec()),
-                timeout: Duration::from_millis(500),
-                ..RedisConfig::default()
-            }),
-            ..CacheSettings::default()
-        };
-    })
+    let b = instance_configured(
+        &pg,
+        &redis,
+        |c| c.databases[0].dbname = "other".into(),
+        |_| {},
+    )
     .await;
-    wait_for_redis(&b, "up").await;
     let read = "SELECT v FROM items WHERE id = 1";
     let through_a = connect(&a, "postgres", None).await.unwrap();
     for _ in 0..2 {

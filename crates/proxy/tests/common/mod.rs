@@ -219,6 +219,33 @@ pub async fn wait_until_running(watcher: &tokio_postgres::Client, query: &str) {
     }
 }
 
+/// Waits (up to 20 s) until a statement whose text matches `pattern` (ILIKE) waits
+/// on a lock. Through `pg_stat_get_activity`, not the view, which joins pg_authid (a
+/// test may hold that locked). `watcher` must be outside a transaction block: one
+/// reads the activity once per transaction.
+pub async fn wait_until_waiting_on_lock(watcher: &tokio_postgres::Client, pattern: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no statement like {pattern:?} waited on a lock"
+        );
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_get_activity(NULL) \
+                 WHERE wait_event_type = 'Lock' AND query ILIKE $1",
+                &[&pattern],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The first column of the first row of a simple query, as text.
 pub async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
     let messages = client
