@@ -368,15 +368,11 @@ SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_rewrite r \
   JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relkind <> 'v' AND r.rulename <> '_RETURN' \
 UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_depend d \
-  JOIN pg_catalog.pg_attrdef ad ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
-    AND ad.oid = d.objid \
-  JOIN pg_catalog.pg_class c ON c.oid = ad.adrelid \
-  WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 \
-UNION ALL \
-SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_depend d \
-  JOIN pg_catalog.pg_constraint k ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
-    AND k.oid = d.objid \
-  JOIN pg_catalog.pg_class c ON c.oid = k.conrelid \
+  LEFT JOIN pg_catalog.pg_attrdef ad \
+    ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND ad.oid = d.objid \
+  LEFT JOIN pg_catalog.pg_constraint k \
+    ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND k.oid = d.objid \
+  JOIN pg_catalog.pg_class c ON c.oid = coalesce(ad.adrelid, k.conrelid) \
   WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 \
 UNION ALL \
 SELECT 'd', a.attname, '' FROM pg_catalog.pg_attribute a \

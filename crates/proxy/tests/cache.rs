@@ -165,19 +165,24 @@ async fn a_default_calling_a_user_function_invalidates_what_it_may_write() {
     pg.psql(
         "CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS \
            $$ UPDATE items SET v = 'bumped' WHERE id = 2 RETURNING 1 $$; \
-         CREATE TABLE kd (k int, v int DEFAULT bump())",
+         CREATE TABLE kd (k int, v int DEFAULT bump()); \
+         CREATE FUNCTION checked(int) RETURNS bool LANGUAGE sql AS \
+           $$ UPDATE items SET v = 'checked' WHERE id = 1 RETURNING true $$; \
+         CREATE TABLE kc (k int CHECK (checked(k)))",
     )
     .unwrap();
     let client = connect(&proxy, "postgres", None).await.unwrap();
-    let read = "SELECT v FROM items WHERE id = 2";
-    for _ in 0..2 {
-        assert_eq!(value(&client, read).await, "b");
+    for (id, before, write, after) in [
+        (2, "b", "INSERT INTO kd (k) VALUES (1)", "bumped"),
+        (1, "a", "INSERT INTO kc VALUES (1)", "checked"),
+    ] {
+        let read = format!("SELECT v FROM items WHERE id = {id}");
+        for _ in 0..2 {
+            assert_eq!(value(&client, &read).await, before);
+        }
+        client.batch_execute(write).await.unwrap();
+        assert_eq!(value(&client, &read).await, after, "{write}");
     }
-    client
-        .batch_execute("INSERT INTO kd (k) VALUES (1)")
-        .await
-        .unwrap();
-    assert_eq!(value(&client, read).await, "bumped");
 }
 
 /// A function of the user's with a built-in's name (`length(int)`, which PostgreSQL's
