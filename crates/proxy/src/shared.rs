@@ -772,6 +772,10 @@ impl Shared {
             pool.retire();
         }
         self.pools.keep_carried(|db| new.database(db).is_some());
+        // A database the config no longer has is paused or disabled no more: added
+        // again, it starts afresh, as a new entry does.
+        lock(&self.paused).1.retain(|db| new.database(db).is_some());
+        lock(&self.disabled).retain(|db| new.database(db).is_some());
         if !same_routers {
             self.routes_version.fetch_add(1, SeqCst);
         }

@@ -1150,6 +1150,27 @@ fn reload_with(proxy: &Proxy, mut config: pgopt_proxy::Config) {
     handle.reload().unwrap();
 }
 
+/// A database paused (or disabled), taken out by a RELOAD and put back by the next,
+/// starts afresh: its clients are not held for a RESUME nobody can give it meanwhile.
+#[tokio::test]
+async fn a_database_removed_and_added_again_is_neither_paused_nor_disabled() {
+    let pg = Postgres::start().await.unwrap();
+    let proxy = start_with(&pg, |_| {}).await;
+    let console = admin(&proxy).await;
+    console.simple_query("PAUSE app").await.unwrap();
+    console.simple_query("DISABLE app").await.unwrap();
+    let mut without = config_for(&pg, PoolMode::Transaction, 2);
+    without.databases[0].name = "elsewhere".into();
+    reload_with(&proxy, without);
+    reload_with(&proxy, config_for(&pg, PoolMode::Transaction, 2));
+    let databases = show(&console, "DATABASES").await;
+    let app = databases.iter().find(|r| r["name"] == "app").unwrap();
+    assert_eq!((&*app["paused"], &*app["disabled"]), ("0", "0"), "{app:?}");
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let ran = tokio::time::timeout(Duration::from_secs(5), client.simple_query("SELECT 1"));
+    assert!(ran.await.expect("still paused").is_ok());
+}
+
 /// A client of `proxy` in a task of its own, and the port of the server its `SHOW
 /// port` ran on (it may wait for a connection first).
 fn show_port_later(proxy: &Proxy) -> tokio::task::JoinHandle<(tokio_postgres::Client, String)> {
