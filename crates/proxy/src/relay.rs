@@ -4958,13 +4958,7 @@ impl Relay {
                 checkout.conn.info.set_link(self.info.id, lent_us);
                 self.info.set_link(checkout.conn.info.id);
                 self.info.set_state(ClientState::Active, lent_us);
-                {
-                    let mut route = lock(&self.cancel.route);
-                    // Cancels from now on wait for pgopt's queries applying the
-                    // client's settings, if any (see `settings_answered`, below).
-                    self.cancel.setting_up.store(true, Relaxed);
-                    *route = Some(checkout.conn.cancel.clone());
-                }
+                let cancel_route = checkout.conn.cancel.clone();
                 self.status = checkout.conn.status;
                 self.attach(checkout);
                 self.open_batch = false;
@@ -4989,8 +4983,10 @@ impl Relay {
                 self.settings_behind = false; // what this sync does
                 self.ending_in_flight = false;
                 self.sync_settings();
-                // (None sent: cancels go straight to the server again.)
-                self.settings_answered();
+                // After the sync, which makes cancels wait for its queries, if any (one
+                // lock per checkout). A cancel just before finds no connection, as one
+                // that comes before the request was sent: nothing of it is written yet.
+                *lock(&self.cancel.route) = Some(cancel_route);
                 Lending::Lent
             }
             // A RELOAD retired the pool while this client waited there.

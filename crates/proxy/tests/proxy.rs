@@ -2854,6 +2854,30 @@ async fn reset_all_among_statements_or_in_a_batch_gives_back_the_start_up_values
     assert_eq!(raw_value(&mut raw, values).await, start_up);
     other.batch_execute("SELECT 1").await.unwrap();
     assert_eq!(raw_value(&mut raw, values).await, start_up);
+    // A RESET alone in a batch, its portal described (as JDBC and pgx send it), also
+    // as a fresh client's first request.
+    for (i, reset) in ["RESET ALL", "RESET TimeZone", "SET TimeZone TO DEFAULT"]
+        .iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        if i < 3 {
+            raw_value(&mut raw, "SET TimeZone = 'UTC'; SELECT 1").await;
+        } else {
+            raw = raw_login_with_startup_values(&proxy).await;
+        }
+        let mut batch = common::message(b'P', format!("\0{reset}\0\0\0").as_bytes());
+        batch.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+        batch.extend(message(b'D', b"P\0"));
+        batch.extend(message(b'E', b"\0\0\0\0\0"));
+        batch.extend(message(b'S', b""));
+        raw.write_all(&batch).await.unwrap();
+        read_until(&mut raw, b'Z').await;
+        assert_eq!(raw_value(&mut raw, values).await, start_up, "{reset}");
+        other.batch_execute("SELECT 1").await.unwrap();
+        assert_eq!(raw_value(&mut raw, values).await, start_up, "{reset}");
+    }
 }
 
 /// Parse, Bind and Execute of `sql` as the unnamed statement and portal.
