@@ -187,6 +187,17 @@ const MAX_INVALIDATED: usize = 4096;
 const MAX_DESCRIPTIONS: usize = 4096;
 /// The longest RowDescription kept with a description (a few hundred columns).
 const MAX_KEPT_ROWS: usize = 8192;
+/// Earlier shapes kept per statement (see [`Pool::description_at`]).
+const MAX_SUPERSEDED: usize = 4;
+
+/// A description a plan invalidation superseded, and the plan epochs over which it
+/// held: from `from` (the statement's invalidation before, or 0) up to `until`.
+#[derive(Debug)]
+struct Superseded {
+    from: u64,
+    until: u64,
+    description: Description,
+}
 
 /// What a server answered a Describe of a statement: its ParameterDescription's body
 /// and whether it returns rows (a RowDescription, not NoData), at a plan epoch. In a
@@ -298,6 +309,9 @@ pub struct Pool {
     /// What servers said statements take and give, by server statement (see
     /// [`Description`]).
     descriptions: Mutex<HashMap<u64, Description>>,
+    /// The shapes statements had before their plans were invalidated, each with the
+    /// plan epochs it held over (see [`Pool::description_at`]).
+    superseded: Mutex<HashMap<u64, Vec<Superseded>>>,
     /// A maintenance pass is running (they never overlap).
     pub maintaining: AtomicBool,
     /// Clients waiting for a connection, oldest first (see the module docs).
@@ -434,6 +448,7 @@ impl Pool {
             invalidated: Mutex::new(HashMap::new()),
             invalidated_floor: AtomicU64::new(0),
             descriptions: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
             maintaining: AtomicBool::new(false),
             lobby: Mutex::new(VecDeque::new()),
             shrinking: Arc::new(AtomicUsize::new(0)),
@@ -457,8 +472,16 @@ impl Pool {
     /// A server said server statement `id`'s result type changed: every connection's
     /// copy is prepared again before its next use. Returns the new epoch.
     pub fn invalidate_plan(&self, id: u64) -> u64 {
+        // The shape clients were told until now, for a client that learned it (see
+        // `description_at`).
+        let told = self.description(id);
         let mut invalidated = lock(&self.invalidated);
         let epoch = self.plan_epoch.fetch_add(1, SeqCst) + 1;
+        let from = invalidated
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| self.invalidated_floor.load(SeqCst));
+        self.supersede(id, told, from, epoch);
         if invalidated.len() >= MAX_INVALIDATED {
             // Very old invalidations have reached every busy connection by now.
             let oldest = epoch.saturating_sub(MAX_INVALIDATED as u64 / 2);
@@ -476,6 +499,38 @@ impl Pool {
     /// fresh Parse inside a transaction "cached plan must not change result type".
     pub fn schema_changed(&self) {
         self.schema_epoch.fetch_add(1, SeqCst);
+    }
+
+    /// Keeps `told`, statement `id`'s description over plan epochs `from..until`.
+    fn supersede(&self, id: u64, told: Option<Description>, from: u64, until: u64) {
+        // (Unknown: what it was told over the epochs just ended stays unknown.)
+        let Some(description) = told else {
+            return;
+        };
+        let mut superseded = lock(&self.superseded);
+        if superseded.len() >= MAX_DESCRIPTIONS {
+            superseded.clear();
+        }
+        let kept = superseded.entry(id).or_default();
+        if kept.len() >= MAX_SUPERSEDED {
+            kept.remove(0);
+        }
+        kept.push(Superseded {
+            from,
+            until,
+            description,
+        });
+    }
+
+    /// The description statement `id` had at plan epoch `epoch`, which it has no
+    /// more (a schema change invalidated its plan since): what a client that learned
+    /// its shape then was told. `None` when that is not known.
+    pub fn description_at(&self, id: u64, epoch: u64) -> Option<Description> {
+        lock(&self.superseded)
+            .get(&id)?
+            .iter()
+            .find(|s| s.from <= epoch && epoch < s.until)
+            .map(|s| s.description.clone())
     }
 
     /// Whether statement `id` was invalidated after `epoch`.

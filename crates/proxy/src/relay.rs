@@ -24,7 +24,7 @@ use crate::fence::FenceToken;
 use crate::io::{send_fatal, write_all_bounded};
 use crate::net::{ClientStream, PgStream};
 use crate::observe::Tracker;
-use crate::pool::{Checkout, CheckoutError, Pool};
+use crate::pool::{Checkout, CheckoutError, Description, Pool};
 use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
 use crate::routing::Routes;
 use crate::session::{checkout_error, fail_checkout, CancelSlot, Membership};
@@ -377,6 +377,10 @@ pub struct Relay {
     /// result shape with what clients were told, before the client's Bind of it goes
     /// on (see [`Relay::check_shape_first`]).
     shape_checking: Option<u64>,
+    /// A client's statement whose plan was invalidated since it learned its shape,
+    /// described afresh to see whether its shape is back to what the client was told
+    /// (the schema change rolled back, or undone): then it runs, as on PostgreSQL.
+    recheck: Option<Recheck>,
     /// A failed first run's responses are dropped up to its ReadyForQuery; then the
     /// batch in `rerun` goes to the server again.
     dropping: bool,
@@ -598,6 +602,7 @@ impl Relay {
             held_t: None,
             replay_relayed: false,
             shape_checking: None,
+            recheck: None,
             dropping: false,
             open_batch: false,
             rerun: None,
@@ -2470,7 +2475,10 @@ impl Relay {
                     // Its result shape changed since the client learned it: fine when
                     // the client asks for the portal's description, else PostgreSQL's
                     // own error until it prepares the statement again.
-                    if self.replayed || batch_describes_portal(&self.cbuf, self.max_len) {
+                    if self.replayed
+                        || batch_describes_portal(&self.cbuf, self.max_len)
+                        || self.shape_is_back(prepared.id)
+                    {
                         let epoch = self.pool.plan_epoch();
                         self.statements.refresh(bind.statement, epoch);
                     } else {
@@ -3366,9 +3374,19 @@ impl Relay {
         else {
             return false;
         };
-        // (The description is looked up, under a lock, only for a statement this
-        // connection lacks: once per statement and connection.)
-        if self.server_conn().prepared.contains(&id)
+        if self.rechecking(id) {
+            // Answered: the Bind goes on, to take the verdict.
+            return false;
+        }
+        let told = self.told_if_outdated(bind.statement);
+        if told.is_some() {
+            // Described afresh: a copy this connection has may be from before.
+            if self.server_conn().prepared.remove(&id) {
+                self.server_conn().mark_stale(id);
+            }
+        } else if self.server_conn().prepared.contains(&id)
+            // (The description is looked up, under a lock, only for a statement this
+            // connection lacks: once per statement and connection.)
             || self.pool.description(id).and_then(|d| d.rows).is_none()
         {
             return false;
@@ -3405,7 +3423,40 @@ impl Relay {
         // not idle meanwhile.
         self.open_batch = true;
         self.shape_checking = Some(prepared.id);
+        self.recheck = told.map(|told| Recheck {
+            id: prepared.id,
+            told,
+            same: None,
+        });
         true
+    }
+
+    /// What the client's statement `name` was told of its result shape, when a
+    /// schema change invalidated its plan since (and what it was told is known), and
+    /// its Bind would otherwise get "cached plan must not change result type".
+    fn told_if_outdated(&mut self, name: &str) -> Option<Description> {
+        if self.replayed || batch_describes_portal(&self.cbuf, self.max_len) {
+            return None; // its Bind learns the new shape anyway
+        }
+        let epoch = self.pool.plan_epoch();
+        let s = self.statements.get_mut(name)?;
+        if s.epoch == epoch || !self.pool.invalidated_since(s.prepared.id, s.epoch) {
+            return None;
+        }
+        self.pool
+            .description_at(s.prepared.id, s.epoch)
+            .filter(|told| !told.returns_rows || told.rows.is_some())
+    }
+
+    /// Whether statement `id` is described afresh (see [`Relay::recheck`]).
+    fn rechecking(&self, id: u64) -> bool {
+        self.recheck.as_ref().is_some_and(|r| r.id == id)
+    }
+
+    /// Whether statement `id`, described afresh before its Bind (see
+    /// [`Relay::check_shape_first`]), has the shape its client was told again.
+    fn shape_is_back(&mut self, id: u64) -> bool {
+        matches!(self.recheck.take(), Some(r) if r.id == id && r.same == Some(true))
     }
 
     /// Statement `parse` may set `names`: read back after each batch that binds it.
@@ -3698,10 +3749,17 @@ impl Relay {
     /// ParameterDescription, then RowDescription or NoData), kept for
     /// [`Relay::describe_in_failed`] once per plan epoch.
     fn note_description(&mut self, id: u64, tag: u8, body: std::ops::Range<usize>) {
+        if let Some(recheck) = self.recheck.as_mut().filter(|r| r.id == id && tag != b't') {
+            recheck.same = Some(same_shape(&recheck.told, tag, &self.sbuf[body.clone()]));
+        }
         if tag == b't' {
-            self.described = (!self.pool.knows_description(id))
-                .then(|| Bytes::copy_from_slice(&self.sbuf[body]));
+            // (A statement described afresh is learnt afresh: its shape may be back.)
+            let learn = self.rechecking(id) || !self.pool.knows_description(id);
+            self.described = learn.then(|| Bytes::copy_from_slice(&self.sbuf[body]));
         } else if let Some(params) = self.described.take() {
+            if self.rechecking(id) {
+                self.compare_shape(id, tag, body.clone());
+            }
             let rows = (tag == b'T').then(|| Bytes::copy_from_slice(&self.sbuf[body]));
             self.pool.remember_description(id, params, rows);
         } else {
@@ -3719,13 +3777,7 @@ impl Relay {
         let Some(told) = self.pool.description(id) else {
             return;
         };
-        let same = match (told.returns_rows, &told.rows, tag) {
-            (false, _, b'n') => true,
-            (true, Some(rows), b'T') => same_row_shape(rows, &self.sbuf[body]),
-            (true, None, b'T') => true,
-            _ => false,
-        };
-        if same {
+        if same_shape(&told, tag, &self.sbuf[body]) {
             return;
         }
         tracing::info!(
@@ -4034,6 +4086,8 @@ impl Relay {
                     {
                         self.ending_in_flight = false;
                     }
+                    // (A verdict the batch's Bind did not take is not one for later.)
+                    self.recheck = None;
                     self.status = match self.sbuf.get(pos + 5) {
                         Some(b'T') => TransactionStatus::InTransaction,
                         Some(b'E') => TransactionStatus::Failed,
@@ -5491,6 +5545,7 @@ impl Relay {
         self.pending_change = None;
         self.pending_resets.clear();
         self.shape_checking = None;
+        self.recheck = None;
         self.replay = None;
         self.replayed = false;
         self.forget_replay_state();
@@ -5821,6 +5876,27 @@ fn keep_before_change(
 /// Whether two RowDescription bodies give rows of one shape, as PostgreSQL's plan
 /// cache judges a result type: the same columns, names, types and type modifiers
 /// (not the tables they come from, which a table dropped and created again changes).
+/// Whether a server's answer to a Describe of a statement (`tag` 'T' or 'n', with
+/// `body`) gives the result shape `told` (one not kept is taken as the same).
+fn same_shape(told: &Description, tag: u8, body: &[u8]) -> bool {
+    match (told.returns_rows, &told.rows, tag) {
+        (false, _, b'n') => true,
+        (true, Some(rows), b'T') => same_row_shape(rows, body),
+        (true, None, b'T') => true,
+        _ => false,
+    }
+}
+
+/// See [`Relay::recheck`].
+struct Recheck {
+    /// The statement described afresh.
+    id: u64,
+    /// The shape its client was told.
+    told: Description,
+    /// Whether the server's answer gives that shape, once in.
+    same: Option<bool>,
+}
+
 fn same_row_shape(a: &[u8], b: &[u8]) -> bool {
     /// A column's name, type and type modifier.
     type Column<'a> = (&'a [u8], &'a [u8], &'a [u8]);

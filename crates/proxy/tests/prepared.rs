@@ -963,6 +963,68 @@ async fn a_statement_prepared_after_a_schema_change_in_its_transaction_is_prepar
     assert_eq!(common::code(&err), Some("0A000"), "{err}");
 }
 
+/// What a prepared `SELECT * FROM {table}` gives `client` through a schema change
+/// rolled back, then one undone: its column count, or the error's SQLSTATE.
+async fn through_changes_undone(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    let run = |st: tokio_postgres::Statement| async move {
+        match client.query(&st, &[]).await {
+            Ok(rows) => rows[0].len().to_string(),
+            Err(e) => common::code(&e).unwrap_or("?").to_string(),
+        }
+    };
+    let st = client
+        .prepare(&format!("SELECT * FROM {table}"))
+        .await
+        .unwrap();
+    let mut seen = vec![run(st.clone()).await];
+    client
+        .batch_execute(&format!("BEGIN; ALTER TABLE {table} ADD COLUMN b int"))
+        .await
+        .unwrap();
+    seen.push(run(st.clone()).await);
+    client.batch_execute("ROLLBACK").await.unwrap();
+    seen.push(run(st.clone()).await);
+    for change in ["ADD COLUMN c int", "DROP COLUMN c"] {
+        client
+            .batch_execute(&format!("ALTER TABLE {table} {change}"))
+            .await
+            .unwrap();
+        seen.push(run(st.clone()).await);
+    }
+    seen
+}
+
+/// A statement whose result shape a schema change altered gets "cached plan must not
+/// change result type" as long as the shape differs, and runs again once the change
+/// is rolled back or undone, through pgopt as on PostgreSQL (before, pgopt refused
+/// it for good).
+#[tokio::test]
+async fn a_statement_runs_again_once_its_shape_is_back() {
+    let (_pg, proxy, admin) = on_one_connection(
+        "CREATE TABLE direct_t (a int); INSERT INTO direct_t VALUES (1); \
+         CREATE TABLE pooled_t (a int); INSERT INTO pooled_t VALUES (1)",
+    )
+    .await;
+    let expected = ["1", "0A000", "1", "0A000", "1"];
+    assert_eq!(through_changes_undone(&admin, "direct_t").await, expected);
+    let client = connect(&proxy).await;
+    assert_eq!(through_changes_undone(&client, "pooled_t").await, expected);
+    // Another client's statement of the same text, prepared before, too.
+    admin
+        .batch_execute("ALTER TABLE pooled_t ADD COLUMN d int")
+        .await
+        .unwrap();
+    let other = connect(&proxy).await;
+    let st = other.prepare("SELECT * FROM pooled_t").await.unwrap();
+    assert_eq!(other.query(&st, &[]).await.unwrap()[0].len(), 2);
+    client
+        .batch_execute("ALTER TABLE pooled_t DROP COLUMN d")
+        .await
+        .unwrap();
+    let e = other.query(&st, &[]).await.unwrap_err();
+    assert_eq!(common::code(&e), Some("0A000"), "{e}");
+}
+
 /// A stale statement prepared again (Close and Parse; one that returns no rows, so
 /// its Bind does not wait for a shape check) with a schema change pipelined right
 /// behind it: once the server confirms the Close, the statement is still known
