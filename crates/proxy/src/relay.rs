@@ -321,6 +321,10 @@ pub struct Relay {
     /// Statements (by id) whose run may set what pgopt reads back — `set_config(…,
     /// false)`, SET SESSION CHARACTERISTICS: after each Bind of one, it is.
     read_back_statements: foldhash::HashMap<u64, Arc<[String]>>,
+    /// Named statements (by id) that may change prepared statements' shapes (an
+    /// ALTER, a DROP…): each Bind of one is a schema change (see
+    /// [`Relay::schema_changed`]), as its Parse was.
+    schema_changers: foldhash::HashSet<u64>,
     /// The client's named statements (by id) that RESET a setting (or all): confirmed
     /// again at each Bind, as at their Parse.
     resets_at_binds: foldhash::HashMap<u64, Change>,
@@ -583,6 +587,7 @@ impl Relay {
             resync: Vec::new(),
             read_back_leniently: Vec::new(),
             read_back_statements: Default::default(),
+            schema_changers: Default::default(),
             resets_at_binds: Default::default(),
             unnamed_read_back: None,
             reread_changes: false,
@@ -2506,6 +2511,10 @@ impl Relay {
                 self.expected.push(Step::Bind {
                     statement: prepared.id,
                 });
+                if !self.schema_changers.is_empty() && self.schema_changers.contains(&prepared.id) {
+                    // (Its own copy too: prepared afresh behind it.)
+                    self.schema_changed();
+                }
                 Ok(true)
             }
             Request::Describe => {
@@ -3157,6 +3166,10 @@ impl Relay {
         self.creates |= ddl && crate::function_settings::creates_callers(sql);
         if ddl && session_state::may_change_shapes(sql.as_bytes()) {
             self.schema_changed();
+            if let Some(parse) = parse.filter(|p| !p.name.is_empty()) {
+                let id = statement_id(parse, self.encoding_salt());
+                self.schema_changers.insert(id);
+            }
         }
         let hidden = self.hidden_settings(&analysis, sql);
         match session_state::judge(&analysis, sql, &hidden) {

@@ -963,6 +963,37 @@ async fn a_statement_prepared_after_a_schema_change_in_its_transaction_is_prepar
     assert_eq!(common::code(&err), Some("0A000"), "{err}");
 }
 
+/// A schema change in a named statement is seen each time the statement runs, not
+/// only when it is prepared: the server connection's statements are prepared afresh
+/// after it (before, a fresh Parse of one in a transaction got "cached plan must not
+/// change result type" from the server's copy from before the change).
+#[tokio::test]
+async fn a_schema_change_in_a_named_statement_is_seen_each_time_it_runs() {
+    let (_pg, proxy, admin) =
+        on_one_connection("CREATE TABLE pt (a int, b text); INSERT INTO pt VALUES (1, 'x')").await;
+    let (changer, reader) = (connect(&proxy).await, connect(&proxy).await);
+    let drop_z = changer
+        .prepare("ALTER TABLE pt DROP COLUMN IF EXISTS z")
+        .await
+        .unwrap();
+    changer.execute(&drop_z, &[]).await.unwrap();
+    // Behind pgopt's back; the reader's statement is prepared in the new shape.
+    admin
+        .batch_execute("ALTER TABLE pt ADD COLUMN z int DEFAULT 5")
+        .await
+        .unwrap();
+    let sql = "SELECT * FROM pt";
+    let st = reader.prepare(sql).await.unwrap();
+    assert_eq!(reader.query(&st, &[]).await.unwrap()[0].len(), 3);
+    changer.execute(&drop_z, &[]).await.unwrap();
+    let fresh = connect(&proxy).await;
+    fresh.batch_execute("BEGIN").await.unwrap();
+    let st = fresh.prepare(sql).await.unwrap();
+    assert_eq!(st.columns().len(), 2);
+    assert_eq!(fresh.query(&st, &[]).await.unwrap()[0].len(), 2);
+    fresh.batch_execute("COMMIT").await.unwrap();
+}
+
 /// What a prepared `SELECT * FROM {table}` gives `client` through a schema change
 /// rolled back, then one undone: its column count, or the error's SQLSTATE.
 async fn through_changes_undone(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
