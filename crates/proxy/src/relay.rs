@@ -4779,6 +4779,10 @@ impl Relay {
                     self.rolled_back = true;
                 } else if body == b"COMMIT\0" {
                     self.tx_snapshot = None;
+                    // (Not at the ReadyForQuery: the same query may begin another.)
+                    if std::mem::take(&mut self.changed_schema) {
+                        self.pool.schema_changed();
+                    }
                     // The session's own values of what was read back inside, read once
                     // nothing is in flight (before the connection goes back to the pool,
                     // or early in a transaction begun after this one, before anything

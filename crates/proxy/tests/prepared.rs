@@ -994,6 +994,52 @@ async fn a_schema_change_in_a_named_statement_is_seen_each_time_it_runs() {
     fresh.batch_execute("COMMIT").await.unwrap();
 }
 
+/// A statement prepared again on another server connection while a transaction that
+/// changes the schema is open (not blocked: a function takes no lock against it) has
+/// the old shape: once that transaction commits, statements are prepared afresh
+/// again, so a fresh Parse in a transaction there gets the new shape, not the
+/// server's "cached plan must not change result type". (Before, a COMMIT followed by
+/// a BEGIN in the same query left that for the next transaction's end.)
+#[tokio::test]
+async fn statements_prepared_during_a_schema_change_are_prepared_afresh_after_its_commit() {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = common::config_for(&pg, PoolMode::Transaction, 2);
+    config.workers = 1;
+    let proxy = Proxy::start(config).await.unwrap();
+    pg.psql("CREATE FUNCTION f() RETURNS TABLE (a int) LANGUAGE sql AS 'SELECT 1'")
+        .unwrap();
+    let (changer, reader, fresh) = (
+        connect(&proxy).await,
+        connect(&proxy).await,
+        connect(&proxy).await,
+    );
+    let sql = "SELECT * FROM f()";
+    // The changer holds one server connection, the reader gets the other.
+    changer.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let st = reader.prepare(sql).await.unwrap();
+    assert_eq!(reader.query(&st, &[]).await.unwrap()[0].len(), 1);
+    changer
+        .batch_execute(
+            "DROP FUNCTION f(); \
+             CREATE FUNCTION f() RETURNS TABLE (a int, b int) LANGUAGE sql AS 'SELECT 1, 2'",
+        )
+        .await
+        .unwrap();
+    // Prepared afresh there, before the commit: the old shape.
+    assert_eq!(reader.query(&st, &[]).await.unwrap()[0].len(), 1);
+    // (A transaction begun in the same query: the commit is seen at its tag.)
+    changer
+        .batch_execute("COMMIT; BEGIN; SELECT 1")
+        .await
+        .unwrap();
+    fresh.batch_execute("BEGIN").await.unwrap();
+    let st = fresh.prepare(sql).await.unwrap();
+    assert_eq!(st.columns().len(), 2);
+    assert_eq!(fresh.query(&st, &[]).await.unwrap()[0].len(), 2);
+    fresh.batch_execute("COMMIT").await.unwrap();
+    changer.batch_execute("COMMIT").await.unwrap();
+}
+
 /// What a prepared `SELECT * FROM {table}` gives `client` through a schema change
 /// rolled back, then one undone: its column count, or the error's SQLSTATE.
 async fn through_changes_undone(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
