@@ -428,14 +428,25 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
             pause(shared, db.as_deref()).await;
             complete(out, "PAUSE")?;
         }
+        // As PgBouncer's, a PAUSE of everything and one of a database are apart: each
+        // RESUME undoes its own (the message says which other stands).
         Command::Resume(db)
             if !db
                 .as_deref()
-                .map_or(shared.any_paused(), |d| shared.is_db_paused(d)) =>
+                .map_or(shared.paused_all(), |d| shared.is_db_paused(d)) =>
         {
             let message = match db {
+                Some(db) if shared.paused_all() => format!(
+                    "database {db} is not paused itself: all of pgopt is (RESUME without a database)"
+                ),
                 Some(db) => format!("database {db} is not paused"),
-                None => "pgopt is not paused".into(),
+                None => match shared.paused_dbs().as_slice() {
+                    [] => "pgopt is not paused".into(),
+                    dbs => format!(
+                        "pgopt is not paused as a whole; paused databases: {} (RESUME <database>)",
+                        dbs.join(", ")
+                    ),
+                },
             };
             error(out, sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, &message)?;
         }

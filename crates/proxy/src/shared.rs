@@ -384,41 +384,32 @@ impl Shared {
         lock(&self.paused).0
     }
 
-    /// Whether database `db` is paused: by PAUSE of it or of everything (whether it
-    /// has pools yet or not).
+    /// Whether database `db` itself is paused (PAUSE of it, or KILL), whether it has
+    /// pools yet or not. As PgBouncer's, this is apart from a PAUSE of everything:
+    /// each is undone by its own RESUME.
     pub fn is_db_paused(&self, db: &str) -> bool {
-        let paused = lock(&self.paused);
-        paused.0 || paused.1.contains(db)
+        lock(&self.paused).1.contains(db)
     }
 
-    /// Whether anything is paused.
-    pub fn any_paused(&self) -> bool {
-        let paused = lock(&self.paused);
-        paused.0 || !paused.1.is_empty()
+    /// Databases paused themselves (see [`Shared::is_db_paused`]), sorted.
+    pub fn paused_dbs(&self) -> Vec<String> {
+        let mut dbs: Vec<String> = lock(&self.paused).1.iter().cloned().collect();
+        dbs.sort();
+        dbs
     }
 
-    /// PAUSE (`true`) or RESUME (`false`) one database's pools, or all of them.
+    /// PAUSE (`true`) or RESUME (`false`) one database, or everything (which leaves
+    /// the databases paused themselves paused: as PgBouncer's flags, the two are
+    /// apart). A database's pools are paused while either is.
     pub fn set_paused(&self, db: Option<&str>, on: bool) {
         // Lock order: `paused` before the pool map (as in `pool_for`).
         let mut paused = lock(&self.paused);
         match (db, on) {
-            (None, on) => *paused = (on, HashSet::new()),
+            (None, on) => paused.0 = on,
             (Some(db), true) => {
                 paused.1.insert(db.to_string());
             }
             (Some(db), false) => {
-                if paused.0 {
-                    // Everything was paused: now everything but `db` is (the
-                    // fallback's databases too, by the name they go by).
-                    paused.0 = false;
-                    paused.1 = self
-                        .config()
-                        .databases
-                        .iter()
-                        .map(|d| d.name.clone())
-                        .chain(self.live_pools().iter().map(|p| p.database.clone()))
-                        .collect();
-                }
                 paused.1.remove(db);
             }
         }

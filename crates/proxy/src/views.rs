@@ -550,7 +550,9 @@ pub fn databases(shared: &Shared) -> Table {
             t(mode_name(config.pool_mode_of(db))),
             n(config.max_db_connections_of(db) as u64),
             n(current as u64),
-            n(u64::from(shared.is_db_paused(&db.name))),
+            n(u64::from(
+                shared.paused_all() || shared.is_db_paused(&db.name),
+            )),
             n(u64::from(shared.is_disabled(&db.name))),
         ]);
     }

@@ -359,6 +359,29 @@ async fn pause_waits_for_transactions_and_resume_lets_queries_run() {
         let err = early.simple_query(resume).await.unwrap_err();
         assert_eq!(code(&err), Some("55000"), "{resume}: {err}");
     }
+    // As PgBouncer's, a PAUSE of everything and one of a database are apart: each
+    // RESUME undoes its own, and says which other stands (before, RESUME undid both
+    // and RESUME app undid the PAUSE of everything for app).
+    early.simple_query("PAUSE app").await.unwrap();
+    early.simple_query("PAUSE").await.unwrap();
+    early.simple_query("RESUME").await.unwrap();
+    assert_eq!(paused(show(&early, "DATABASES").await), "1");
+    let err = early.simple_query("RESUME").await.unwrap_err();
+    assert!(
+        format!("{err:?}").contains("paused databases: app"),
+        "{err:?}"
+    );
+    early.simple_query("RESUME app").await.unwrap();
+    early.simple_query("PAUSE").await.unwrap();
+    let err = early.simple_query("RESUME app").await.unwrap_err();
+    assert_eq!(code(&err), Some("55000"), "{err}");
+    assert!(format!("{err:?}").contains("all of pgopt is"), "{err:?}");
+    assert_eq!(paused(show(&early, "DATABASES").await), "1");
+    early.simple_query("PAUSE app").await.unwrap();
+    early.simple_query("RESUME app").await.unwrap();
+    assert_eq!(paused(show(&early, "DATABASES").await), "1");
+    early.simple_query("RESUME").await.unwrap();
+    assert_eq!(paused(show(&early, "DATABASES").await), "0");
     let a = connect(&proxy, "postgres", None).await.unwrap();
     let b = connect(&proxy, "postgres", None).await.unwrap();
     a.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -392,7 +415,7 @@ async fn pause_waits_for_transactions_and_resume_lets_queries_run() {
     let waiting = tokio::spawn(async move { b.simple_query("SELECT 2").await.map(|_| ()) });
     still_waiting(&waiting, "a query ran while paused").await;
     assert_eq!(num(&show(&console, "POOLS").await[0], "cl_waiting"), 1);
-    console.simple_query("RESUME").await.unwrap();
+    console.simple_query("RESUME app").await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("RESUME releases the waiting query")
