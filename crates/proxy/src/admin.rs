@@ -290,14 +290,23 @@ pub async fn serve(
                 )?;
                 ready(&mut out);
             }
-            _ if skipping => {}
-            _ => {
+            // As PostgreSQL: a Flush has nothing to flush here, and COPY messages
+            // outside a COPY are ignored.
+            b'H' | b'd' | b'c' | b'f' => {}
+            b'P' | b'B' | b'D' | b'E' | b'C' if skipping => {}
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
                 skipping = true;
                 error(
                     &mut out,
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     "the pgopt admin console speaks only the simple query protocol",
                 )?;
+            }
+            // What no frontend sends ends the session, as on PostgreSQL.
+            tag => {
+                let message = format!("invalid frontend message type {tag}");
+                send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, &message).await;
+                return Ok(());
             }
         }
     }

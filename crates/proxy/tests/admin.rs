@@ -199,17 +199,44 @@ async fn the_console_answers_bad_input_as_postgresql_does() {
     let reply = common::read_until(&mut raw, b'Z').await;
     assert_eq!(reply.last(), Some(&b'Z'));
     assert!(!reply.contains(&b'E'), "{reply:?}");
-    // No terminator: a FATAL, then the connection closes.
-    raw.write_all(&common::message(b'Q', b"SHOW POOLS"))
-        .await
-        .unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(rest.first(), Some(&b'E'), "{rest:?}");
-    assert!(String::from_utf8_lossy(&rest).contains("FATAL"), "{rest:?}");
+    // A Flush, and COPY messages outside a COPY, are passed over as PostgreSQL does
+    // (before, each was an error with no ReadyForQuery); an extended-protocol batch
+    // gets one error and its Sync a ReadyForQuery.
+    let mut batch = common::message(b'H', b"");
+    batch.extend(common::message(b'd', b"x"));
+    batch.extend(common::message(b'c', b""));
+    batch.extend(common::message(b'f', b"no\0"));
+    batch.extend(common::message(b'P', b"\0SHOW POOLS\0\0\0"));
+    batch.extend(common::message(b'H', b""));
+    batch.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(common::message(b'S', b""));
+    batch.extend(common::message(b'Q', b"SHOW VERSION\0"));
+    raw.write_all(&batch).await.unwrap();
+    assert_eq!(common::read_until_nth(&mut raw, b'Z', 2).await, b"EZTDCZ");
+    // No terminator, or a message type no frontend sends: a FATAL, then the
+    // connection closes.
+    for (bad, what) in [
+        (common::message(b'Q', b"SHOW POOLS"), "terminator"),
+        (
+            common::message(b'z', b""),
+            "invalid frontend message type 122",
+        ),
+    ] {
+        let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+            .await
+            .unwrap();
+        raw.write_all(&startup).await.unwrap();
+        common::read_until(&mut raw, b'Z').await;
+        raw.write_all(&bad).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest.first(), Some(&b'E'), "{rest:?}");
+        let text = String::from_utf8_lossy(&rest);
+        assert!(text.contains("FATAL") && text.contains(what), "{text}");
+    }
 }
 
 #[tokio::test]
