@@ -3688,8 +3688,10 @@ impl Relay {
     /// `false` when its description is not known, or the connection has it.
     fn describe_in_block(&mut self, prepared: &Prepared, name: &str) -> bool {
         // (Not with a batch in flight, which may fail the block: PostgreSQL would
-        // then refuse the Describe.)
+        // then refuse the Describe. Nor after a schema change in the block, which
+        // took its snapshot anyway: what a server said may be the old shape.)
         if self.status != TransactionStatus::InTransaction
+            || self.changed_schema
             || self.expected.all_server_readies() > 0
             || self.server_conn().prepared.contains(&prepared.id)
         {

@@ -1040,6 +1040,41 @@ async fn statements_prepared_during_a_schema_change_are_prepared_afresh_after_it
     changer.batch_execute("COMMIT").await.unwrap();
 }
 
+/// In a block that changed the schema, a Describe of a statement prepared before is
+/// answered by the server, which prepares it afresh: the new shape (before, pgopt
+/// answered the old one from what a server had said, and the Bind after it then got
+/// "cached plan must not change result type").
+#[tokio::test]
+async fn a_describe_after_a_schema_change_in_its_block_gives_the_new_shape() {
+    use pgopt_wire::frontend::{Describe, FrontendMessage as F, Query};
+    let (_pg, proxy, _admin) =
+        on_one_connection("CREATE TABLE t (a int); INSERT INTO t VALUES (1)").await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(&[parse("s1", "SELECT * FROM t"), F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["1", "Z"]);
+    assert_eq!(
+        exec_prepared(&mut raw, "s1").await,
+        ["2", "T1", "D1", "C", "Z"]
+    );
+    raw.send(&[F::Query(Query {
+        sql: "BEGIN; ALTER TABLE t ADD COLUMN b int DEFAULT 7",
+    })])
+    .await;
+    raw.until_ready().await;
+    let describe = F::Describe(Describe {
+        target: pgopt_wire::Target::Statement,
+        name: "s1",
+    });
+    raw.send(&[describe, F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["t", "T2", "Z"]);
+    assert_eq!(
+        exec_prepared(&mut raw, "s1").await,
+        ["2", "T2", "D2", "C", "Z"]
+    );
+    raw.send(&[F::Query(Query { sql: "COMMIT" })]).await;
+    raw.until_ready().await;
+}
+
 /// What a prepared `SELECT * FROM {table}` gives `client` through a schema change
 /// rolled back, then one undone: its column count, or the error's SQLSTATE.
 async fn through_changes_undone(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
