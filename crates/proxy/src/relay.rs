@@ -249,13 +249,18 @@ pub struct Relay {
     /// answer (`identity_pending`, see [`Relay::held_back`]).
     identity_injected: bool,
     identity_pending: bool,
+    /// The client's start-up values were applied on a server connection once (see
+    /// [`Relay::sync_settings`]).
+    startup_checked: bool,
     /// The client has had a server connection (in session mode, its session lives
     /// there from then on).
     lent_once: bool,
     /// Setting the client's session authorization or role failed (the role was
     /// dropped, or is not on the server a RELOAD moved the database to): the session
-    /// ends rather than run as another role. (SQLSTATE, message.)
-    identity_refused: Option<(String, String)>,
+    /// ends rather than run as another role. Or a start-up value the client gave was
+    /// refused the first time it was applied: the session ends, as PostgreSQL
+    /// refuses the login. (SQLSTATE, message, whether it was the role.)
+    identity_refused: Option<(String, String, bool)>,
     status: TransactionStatus,
     /// Transaction mode: statement names are rewritten so they work on any server.
     rewrite: bool,
@@ -556,6 +561,7 @@ impl Relay {
             identity_pending: false,
             lent_once: false,
             identity_refused: None,
+            startup_checked: false,
             status: TransactionStatus::Idle,
             rewrite: pool.mode == PoolMode::Transaction,
             mode: pool.mode,
@@ -656,12 +662,21 @@ impl Relay {
         tokio::pin!(wake);
         while go_on {
             if self.identity_refused.is_some() {
-                let (code, why) = self.identity_refused.take().unwrap_or_default();
-                let message = format!(
-                    "pgopt could not set this session's role on a server connection ({why}): \
-                     the session ends rather than run as another role"
+                let (code, why, role) = self.identity_refused.take().unwrap_or_default();
+                let message = if role {
+                    format!(
+                        "pgopt could not set this session's role on a server connection ({why}): \
+                         the session ends rather than run as another role"
+                    )
+                } else {
+                    // As PostgreSQL's FATAL at the login.
+                    why
+                };
+                tracing::warn!(
+                    client = %self.info.addr,
+                    %code,
+                    "the server refused the session's role or a start-up value: the session ends: {message}"
                 );
-                tracing::warn!(client = %self.info.addr, "{message}");
                 self.close(&code, &message).await;
                 self.let_go();
                 break;
@@ -2999,7 +3014,10 @@ impl Relay {
                 .encode(&mut self.to_server)
                 .is_ok()
         {
-            self.expected.push(Step::InjectedQuery { identity: false });
+            self.expected.push(Step::InjectedQuery {
+                identity: false,
+                first: false,
+            });
             self.unnamed_here = false;
         }
         self.expected.push(Step::Deallocated { all, id });
@@ -3563,12 +3581,15 @@ impl Relay {
         };
         let (statements, identity_from) =
             self.settings.sync_identity_last(&mut server.conn.applied);
+        // The client's start-up values, applied for the first time, are held as its
+        // role is: PostgreSQL refuses a login with a value it refuses.
+        let first = !std::mem::replace(&mut self.startup_checked, true);
         let mut sent = false;
         for (i, sql) in statements.iter().enumerate() {
             if (Query { sql }).encode(&mut self.to_server).is_ok() {
                 let identity = i >= identity_from;
-                self.expected.push(Step::InjectedQuery { identity });
-                self.identity_injected |= identity;
+                self.expected.push(Step::InjectedQuery { identity, first });
+                self.identity_injected |= identity || first;
                 // A simple query: the server's unnamed statement is gone.
                 self.unnamed_here = false;
                 sent = true;
@@ -4696,13 +4717,15 @@ impl Relay {
             }
             if tag == b'E' {
                 let code = error_code(body).unwrap_or_default();
-                if self.expected.head_is_identity() {
+                if let Some(role) = self.expected.head_is_identity() {
                     // The session would run as the login user, or the role another
-                    // client left: it ends instead (see `identity_refused`).
+                    // client left, or without a value it asked for: it ends instead
+                    // (see `identity_refused`).
                     let why = error_field(body, b'M').unwrap_or_default();
                     self.identity_refused = Some((
                         String::from_utf8_lossy(code).into_owned(),
                         String::from_utf8_lossy(why).into_owned(),
+                        role,
                     ));
                 }
                 // (Refused in a failed transaction: no word on the value.)

@@ -760,8 +760,9 @@ pub enum Step {
     Deallocate { all: bool, change: u64 },
     /// A query pgopt sent itself (settings for this client): every response to it,
     /// up to and including its ReadyForQuery, is dropped. `identity`: it sets the
-    /// session authorization or role (see `Relay::identity_refused`).
-    InjectedQuery { identity: bool },
+    /// session authorization or role; `first`: it applies start-up values the client
+    /// gave, the first time (see `Relay::identity_refused`).
+    InjectedQuery { identity: bool, first: bool },
     /// Extended-protocol messages pgopt sent itself ending in a Sync (to end a
     /// client's unsynced batch before answering a simple query itself): every
     /// response up to and including the Sync's ReadyForQuery is dropped, errors too
@@ -899,12 +900,14 @@ impl Expected {
     }
 
     /// Whether the next server message answers a query pgopt sent to set the client's
-    /// session authorization or role.
-    pub fn head_is_identity(&self) -> bool {
-        matches!(
-            self.queue.front(),
-            Some(Step::InjectedQuery { identity: true })
-        )
+    /// session authorization or role (`Some(true)`), or to apply its start-up values
+    /// the first time (`Some(false)`): a failure of either ends the session.
+    pub fn head_is_identity(&self) -> Option<bool> {
+        match self.queue.front() {
+            Some(Step::InjectedQuery { identity: true, .. }) => Some(true),
+            Some(Step::InjectedQuery { first: true, .. }) => Some(false),
+            _ => None,
+        }
     }
 
     /// Whether a query pgopt sent for the client's settings is still to be answered.
