@@ -231,6 +231,13 @@ pub async fn serve(
         };
         match frame.tag() {
             b'X' => return Ok(()),
+            b'S' => {
+                skipping = false;
+                ready(&mut out);
+            }
+            // As PostgreSQL after an error in an extended-protocol batch: everything
+            // up to its Sync is passed over.
+            _ if skipping => {}
             b'Q' => {
                 let sql = match Query::decode(frame.body()) {
                     Ok(q) => q.sql,
@@ -277,10 +284,6 @@ pub async fn serve(
                 }
                 ready(&mut out);
             }
-            b'S' => {
-                skipping = false;
-                ready(&mut out);
-            }
             // A function call is answered as a query is: with a ReadyForQuery.
             b'F' => {
                 error(
@@ -293,7 +296,6 @@ pub async fn serve(
             // As PostgreSQL: a Flush has nothing to flush here, and COPY messages
             // outside a COPY are ignored.
             b'H' | b'd' | b'c' | b'f' => {}
-            b'P' | b'B' | b'D' | b'E' | b'C' if skipping => {}
             b'P' | b'B' | b'D' | b'E' | b'C' => {
                 skipping = true;
                 error(

@@ -201,7 +201,8 @@ async fn the_console_answers_bad_input_as_postgresql_does() {
     assert!(!reply.contains(&b'E'), "{reply:?}");
     // A Flush, and COPY messages outside a COPY, are passed over as PostgreSQL does
     // (before, each was an error with no ReadyForQuery); an extended-protocol batch
-    // gets one error and its Sync a ReadyForQuery.
+    // gets one error, what follows up to its Sync (a query too) is passed over, and the
+    // Sync gets a ReadyForQuery.
     let mut batch = common::message(b'H', b"");
     batch.extend(common::message(b'd', b"x"));
     batch.extend(common::message(b'c', b""));
@@ -209,6 +210,7 @@ async fn the_console_answers_bad_input_as_postgresql_does() {
     batch.extend(common::message(b'P', b"\0SHOW POOLS\0\0\0"));
     batch.extend(common::message(b'H', b""));
     batch.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(common::message(b'Q', b"SHOW POOLS\0"));
     batch.extend(common::message(b'S', b""));
     batch.extend(common::message(b'Q', b"SHOW VERSION\0"));
     raw.write_all(&batch).await.unwrap();
