@@ -209,6 +209,8 @@ struct Superseded {
 #[derive(Debug, Clone)]
 pub struct Description {
     epoch: u64,
+    /// The pool's schema epoch when it was said (see [`Pool::current_description`]).
+    schema: u64,
     pub params: bytes::Bytes,
     pub returns_rows: bool,
     /// Its RowDescription's body, when it returns rows (kept up to
@@ -481,6 +483,9 @@ impl Pool {
             .get(&id)
             .copied()
             .unwrap_or_else(|| self.invalidated_floor.load(SeqCst));
+        // (One an invalidation meanwhile superseded, and another then replaced, is not
+        // what clients were told over `from..epoch`.)
+        let told = told.filter(|d| d.epoch >= from);
         self.supersede(id, told, from, epoch);
         if invalidated.len() >= MAX_INVALIDATED {
             // Very old invalidations have reached every busy connection by now.
@@ -545,6 +550,14 @@ impl Pool {
             .then_some(description)
     }
 
+    /// Statement `id`'s description, if one was seen since its plan last changed and
+    /// since the last schema change through pgopt (an older one may be of the old
+    /// schema, with no plan invalidated yet to show it).
+    pub fn current_description(&self, id: u64) -> Option<Description> {
+        let schema = self.schema_epoch.load(SeqCst);
+        self.description(id).filter(|d| d.schema == schema)
+    }
+
     /// Whether statement `id`'s description is known (and still holds).
     pub fn knows_description(&self, id: u64) -> bool {
         let epoch = lock(&self.descriptions).get(&id).map(|d| d.epoch);
@@ -562,6 +575,7 @@ impl Pool {
     /// A server described statement `id`.
     pub fn remember_description(&self, id: u64, params: bytes::Bytes, rows: Option<bytes::Bytes>) {
         let epoch = self.plan_epoch();
+        let schema = self.schema_epoch.load(SeqCst);
         let mut descriptions = lock(&self.descriptions);
         if descriptions.len() >= MAX_DESCRIPTIONS {
             descriptions.clear();
@@ -570,6 +584,7 @@ impl Pool {
             id,
             Description {
                 epoch,
+                schema,
                 params,
                 returns_rows: rows.is_some(),
                 rows: rows.filter(|r| r.len() <= MAX_KEPT_ROWS),
@@ -593,6 +608,7 @@ impl Pool {
                         id,
                         Description {
                             epoch,
+                            schema: self.schema_epoch.load(SeqCst),
                             ..description
                         },
                     );

@@ -3466,17 +3466,18 @@ impl Relay {
     /// schema change invalidated its plan since (and what it was told is known), and
     /// its Bind would otherwise get "cached plan must not change result type".
     fn told_if_outdated(&mut self, name: &str) -> Option<Description> {
-        if self.replayed || batch_describes_portal(&self.cbuf, self.max_len) {
-            return None; // its Bind learns the new shape anyway
-        }
         let epoch = self.pool.plan_epoch();
         let s = self.statements.get_mut(name)?;
         if s.epoch == epoch || !self.pool.invalidated_since(s.prepared.id, s.epoch) {
             return None;
         }
-        self.pool
+        let told = self
+            .pool
             .description_at(s.prepared.id, s.epoch)
-            .filter(|told| !told.returns_rows || told.rows.is_some())
+            .filter(|told| !told.returns_rows || told.rows.is_some())?;
+        // (Its Bind learns the new shape anyway.)
+        let learns = self.replayed || batch_describes_portal(&self.cbuf, self.max_len);
+        (!learns).then_some(told)
     }
 
     /// Whether statement `id` is described afresh (see [`Relay::recheck`]).
@@ -3720,7 +3721,7 @@ impl Relay {
         }
         let Some(reply) = self
             .pool
-            .description(prepared.id)
+            .current_description(prepared.id)
             .and_then(|d| described_reply(&d))
         else {
             return false;
@@ -3789,17 +3790,25 @@ impl Relay {
             recheck.same = Some(same_shape(&recheck.told, tag, &self.sbuf[body.clone()]));
         }
         if tag == b't' {
-            // (A statement described afresh is learnt afresh: its shape may be back.)
-            let learn = self.rechecking(id) || !self.pool.knows_description(id);
+            // (Learnt afresh when described afresh, its shape may be back, or when
+            // what is known is from before a schema change.)
+            let learn = self.rechecking(id) || self.pool.current_description(id).is_none();
             self.described = learn.then(|| Bytes::copy_from_slice(&self.sbuf[body]));
         } else if let Some(params) = self.described.take() {
-            if self.rechecking(id) {
-                self.compare_shape(id, tag, body.clone());
-            }
+            // (Against what clients were told, if known.)
+            self.compare_shape(id, tag, body.clone());
             let rows = (tag == b'T').then(|| Bytes::copy_from_slice(&self.sbuf[body]));
             self.pool.remember_description(id, params, rows);
         } else {
             self.compare_shape(id, tag, body);
+        }
+        if tag != b't' {
+            if let Some(serial) = self.expected.head_client_describes() {
+                // The client's statement learns its shape as it is now (a Describe of
+                // pgopt's before it may have found a change).
+                self.statements
+                    .refresh_serial(serial, self.pool.plan_epoch());
+            }
         }
     }
 
@@ -3820,13 +3829,8 @@ impl Relay {
             client = %self.info.addr,
             "a prepared statement's result type changed (schema change), seen describing it: its clients are told so"
         );
-        let described = self.expected.head_client_describes();
+        // (A client's Describe this answers learns the new shape: `note_description`.)
         self.plan_invalidated(id);
-        if let Some(serial) = described {
-            // This client's statement learns the new shape with this answer.
-            self.statements
-                .refresh_serial(serial, self.pool.plan_epoch());
-        }
     }
 
     /// Prepares `prepared` on the current server first when it lacks it (and learns
@@ -3855,7 +3859,9 @@ impl Relay {
     /// Asks the server to describe `prepared`, just sent, when its description is not
     /// known (once per statement and plan epoch, for [`Relay::describe_in_failed`]).
     fn learn_description(&mut self, prepared: &Prepared) {
-        if self.status == TransactionStatus::Failed || self.pool.knows_description(prepared.id) {
+        if self.status == TransactionStatus::Failed
+            || self.pool.current_description(prepared.id).is_some()
+        {
             return;
         }
         let describe = Describe {
@@ -4123,7 +4129,9 @@ impl Relay {
                         self.ending_in_flight = false;
                     }
                     // (A verdict the batch's Bind did not take is not one for later.)
-                    self.recheck = None;
+                    if self.shape_checking.is_none() {
+                        self.recheck = None;
+                    }
                     self.status = match self.sbuf.get(pos + 5) {
                         Some(b'T') => TransactionStatus::InTransaction,
                         Some(b'E') => TransactionStatus::Failed,
@@ -4804,8 +4812,9 @@ impl Relay {
                     self.rolled_back = true;
                 } else if body == b"COMMIT\0" {
                     self.tx_snapshot = None;
-                    // (Not at the ReadyForQuery: the same query may begin another.)
-                    if std::mem::take(&mut self.changed_schema) {
+                    // (Not only at the ReadyForQuery: the same query may begin another,
+                    // which may change the schema too, as the flag tells.)
+                    if self.changed_schema {
                         self.pool.schema_changed();
                     }
                     // The session's own values of what was read back inside, read once

@@ -1073,6 +1073,23 @@ async fn a_describe_after_a_schema_change_in_its_block_gives_the_new_shape() {
     );
     raw.send(&[F::Query(Query { sql: "COMMIT" })]).await;
     raw.until_ready().await;
+    // Another client's change, committed: what a server said before it is not the
+    // answer in a later block either.
+    let other = connect(&proxy).await;
+    other
+        .batch_execute("ALTER TABLE t ADD COLUMN c int DEFAULT 8")
+        .await
+        .unwrap();
+    raw.send(&[F::Query(Query { sql: "BEGIN" })]).await;
+    raw.until_ready().await;
+    raw.send(&[describe, F::Sync]).await;
+    assert_eq!(raw.until_ready().await, ["t", "T3", "Z"]);
+    assert_eq!(
+        exec_prepared(&mut raw, "s1").await,
+        ["2", "T3", "D3", "C", "Z"]
+    );
+    raw.send(&[F::Query(Query { sql: "COMMIT" })]).await;
+    raw.until_ready().await;
 }
 
 /// What a prepared `SELECT * FROM {table}` gives `client` through a schema change
