@@ -3398,10 +3398,10 @@ impl Relay {
         if bind.statement.is_empty() {
             return false;
         }
-        let Some(id) = self
+        let Some((id, learnt)) = self
             .statements
             .get_mut(bind.statement)
-            .map(|s| s.prepared.id)
+            .map(|s| (s.prepared.id, s.epoch))
         else {
             return false;
         };
@@ -3409,7 +3409,11 @@ impl Relay {
             // Answered: the Bind goes on, to take the verdict.
             return false;
         }
-        let told = self.told_if_outdated(bind.statement);
+        let told = if learnt == self.pool.plan_epoch() {
+            None
+        } else {
+            self.told_if_outdated(id, learnt)
+        };
         if told.is_some() {
             // Described afresh: a copy this connection has may be from before.
             if self.server_conn().prepared.remove(&id) {
@@ -3462,18 +3466,17 @@ impl Relay {
         true
     }
 
-    /// What the client's statement `name` was told of its result shape, when a
-    /// schema change invalidated its plan since (and what it was told is known), and
-    /// its Bind would otherwise get "cached plan must not change result type".
-    fn told_if_outdated(&mut self, name: &str) -> Option<Description> {
-        let epoch = self.pool.plan_epoch();
-        let s = self.statements.get_mut(name)?;
-        if s.epoch == epoch || !self.pool.invalidated_since(s.prepared.id, s.epoch) {
+    /// What a client's statement `id`, which learnt its shape at plan epoch `learnt`,
+    /// was told of it, when a schema change invalidated its plan since (and what it
+    /// was told is known), and its Bind would otherwise get "cached plan must not
+    /// change result type".
+    fn told_if_outdated(&self, id: u64, learnt: u64) -> Option<Description> {
+        if !self.pool.invalidated_since(id, learnt) {
             return None;
         }
         let told = self
             .pool
-            .description_at(s.prepared.id, s.epoch)
+            .description_at(id, learnt)
             .filter(|told| !told.returns_rows || told.rows.is_some())?;
         // (Its Bind learns the new shape anyway.)
         let learns = self.replayed || batch_describes_portal(&self.cbuf, self.max_len);
