@@ -261,6 +261,9 @@ pub struct ProxyCache {
     /// The generation in `deps`, readable without its lock (each fill's completion
     /// checks it).
     deps_generation: AtomicU64,
+    /// Some database has a view that may write (see [`Deps::reads_writing_view`]):
+    /// reads are then looked at for them.
+    writing_views: std::sync::atomic::AtomicBool,
     /// The catalog query for [`Deps`]: [`DEPS_QUERY`], with the replication
     /// listener's coverage when it is on.
     deps_query: String,
@@ -328,6 +331,9 @@ pub struct Deps {
     /// user's function (search_path, an argument type only it takes), which may write
     /// or read anything: not cached (see [`Deps::calls_user_function`]).
     user_functions: foldhash::HashSet<String>,
+    /// Views whose query calls a volatile user function (or reads such a view): a
+    /// read of one may write anything that function writes.
+    writing_views: foldhash::HashSet<String>,
     /// Names every column of which is of a date or time type (arrays of one too): a
     /// statement converting a column to a date or time is cached only when its name
     /// is one of these (see `Analysis::datetime_casts`).
@@ -394,6 +400,14 @@ UNION ALL \
 SELECT DISTINCT 'f', p.proname, '' FROM pg_catalog.pg_proc p \
   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.provolatile <> 'i' \
+UNION ALL \
+SELECT DISTINCT 'w', v.relname, '' FROM pg_catalog.pg_depend d \
+  JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
+  JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
+  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+  WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid >= 16384 \
+  AND p.provolatile = 'v' AND v.relkind = 'v' \
 UNION ALL \
 SELECT DISTINCT 's', v.relname, 'the view calls a user function' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
@@ -484,6 +498,9 @@ impl Deps {
                     }
                 }
                 "u" => uncovered.push(a),
+                "w" => {
+                    deps.writing_views.insert(a);
+                }
                 "f" => {
                     deps.user_functions.insert(a.to_lowercase());
                 }
@@ -492,6 +509,22 @@ impl Deps {
                 }
                 _ => {}
             }
+        }
+        // A view over a view that may write may write too.
+        loop {
+            let more: Vec<String> = deps
+                .view_reads
+                .iter()
+                .filter(|(v, reads)| {
+                    !deps.writing_views.contains(*v)
+                        && reads.iter().any(|r| deps.writing_views.contains(r))
+                })
+                .map(|(v, _)| v.clone())
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            deps.writing_views.extend(more);
         }
         // A parent's reads include its children's rows.
         let mut todo: Vec<(String, &str)> = uncovered
@@ -554,6 +587,11 @@ impl Deps {
             .collect();
         out.sort();
         out
+    }
+
+    /// Whether reading `tables` reads a view that may write (see `writing_views`).
+    pub fn reads_writing_view(&self, tables: &[String]) -> bool {
+        !self.writing_views.is_empty() && tables.iter().any(|t| self.writing_views.contains(tag(t)))
     }
 
     /// Whether a statement calling `functions` (as written, see
@@ -681,6 +719,7 @@ impl ProxyCache {
             counters: CacheCounters::default(),
             deps: Mutex::new((Default::default(), 0)),
             deps_generation: AtomicU64::new(0),
+            writing_views: std::sync::atomic::AtomicBool::new(false),
             uncached_warned: Mutex::default(),
             deps_query: match settings.wal_listener {
                 true => DEPS_QUERY.to_string() + &uncovered_query(&settings.publication),
@@ -737,6 +776,9 @@ impl ProxyCache {
     pub fn set_deps(&self, database: &str, ticket: u64, deps: Option<Deps>) {
         if let Some(d) = &deps {
             self.warn_uncached(database, d);
+            if !d.writing_views.is_empty() {
+                self.writing_views.store(true, Relaxed);
+            }
         }
         let state = match deps {
             Some(mut d) => {
@@ -787,6 +829,18 @@ impl ProxyCache {
     /// not stored.
     pub fn deps_generation(&self) -> u64 {
         self.deps_generation.load(Relaxed)
+    }
+
+    /// Whether a read-only statement that reads `tables` in `database` may write what
+    /// the cache can't tell: it reads a view that calls a volatile user function (see
+    /// [`Deps::reads_writing_view`]); also while the database's dependencies are
+    /// being read, once some database was found with such a view. (A lock only then.)
+    pub fn reads_writing_view(&self, database: &str, tables: &[String]) -> bool {
+        if !self.writing_views.load(Relaxed) || tables.is_empty() {
+            return false;
+        }
+        self.ready_deps(database)
+            .is_none_or(|deps| deps.reads_writing_view(tables))
     }
 
     /// The schema may have changed: the dependencies are read again before anything

@@ -1843,6 +1843,17 @@ impl Relay {
         self.writes.note(None);
     }
 
+    /// A statement that reads a view calling a volatile user function may write
+    /// anything that function writes: noted as a write to everything.
+    fn note_view_writes(&mut self, analysis: Option<&pgopt_sql::Analysis>) {
+        let (Some(cache), Some(a)) = (&self.cache, analysis) else {
+            return;
+        };
+        if cache.reads_writing_view(&self.database, &a.tables_read) {
+            self.writes.note_unknown();
+        }
+    }
+
     /// Notes what a client message about to run may write, for the cache.
     fn note_writes(&mut self, frame: &Frame) {
         // (A `\` may also end an SJIS-like character, and so a string elsewhere.)
@@ -1859,10 +1870,12 @@ impl Relay {
         }
         match frame.tag() {
             b'Q' => match Query::decode(frame.body()) {
-                Ok(query) => self.writes.note_sql(
-                    analyzer.analyze(query.sql).ok().as_deref(),
-                    sql_statements(&mut self.server),
-                ),
+                Ok(query) => {
+                    let analysis = analyzer.analyze(query.sql).ok();
+                    self.writes
+                        .note_sql(analysis.as_deref(), sql_statements(&mut self.server));
+                    self.note_view_writes(analysis.as_deref());
+                }
                 Err(_) => {
                     let mut owned = String::new();
                     let query = Query::decode_escaped(frame.body(), &mut owned);
@@ -1881,6 +1894,7 @@ impl Relay {
                     let analysis = analyzer.analyze(parse.query).ok();
                     self.writes
                         .note_sql(analysis.as_deref(), sql_statements(&mut self.server));
+                    self.note_view_writes(analysis.as_deref());
                     // Binds in later transactions run it again.
                     if self.parsed.len() >= MAX_PARSED {
                         self.parsed.clear();
@@ -1913,9 +1927,11 @@ impl Relay {
                     Err(_) => None,
                 };
                 match analysis {
-                    Some(a) => self
-                        .writes
-                        .note_sql(Some(&a), sql_statements(&mut self.server)),
+                    Some(a) => {
+                        self.writes
+                            .note_sql(Some(&a), sql_statements(&mut self.server));
+                        self.note_view_writes(Some(&a));
+                    }
                     None => {
                         if let Some(sql) = sql_statements(&mut self.server) {
                             sql.go_blind();

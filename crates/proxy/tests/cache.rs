@@ -157,6 +157,37 @@ async fn a_client_waiting_for_another_sessions_fill_can_cancel() {
     assert_eq!(filling.await.unwrap(), "b");
 }
 
+/// A read of a view that calls a volatile user function (or of a view over one) may
+/// write anything that function writes: the cache takes it as a write to everything.
+/// Before, what the function wrote kept its cached reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_calling_a_volatile_user_function_invalidates_what_it_may_write() {
+    let (pg, proxy) = setup().await;
+    pg.psql(
+        "CREATE FUNCTION bump(text) RETURNS int LANGUAGE sql AS \
+           $$ UPDATE items SET v = $1 WHERE id = 2 RETURNING 1 $$; \
+         CREATE VIEW bumps AS SELECT bump('by the view') AS n; \
+         CREATE VIEW over_bumps AS SELECT n FROM bumps",
+    )
+    .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 2";
+    for (view, now) in [("bumps", "by the view"), ("over_bumps", "by the view")] {
+        client
+            .batch_execute("UPDATE items SET v = 'b' WHERE id = 2")
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            assert_eq!(value(&client, read).await, "b");
+        }
+        client
+            .batch_execute(&format!("SELECT * FROM {view}"))
+            .await
+            .unwrap();
+        assert_eq!(value(&client, read).await, now, "{view}");
+    }
+}
+
 /// A write to a table whose column default (or check) calls a user function may
 /// write anything that function writes: the cache takes it as a write to everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
