@@ -5170,7 +5170,9 @@ impl Relay {
             Some(pass) => pass.original,
             None => frame.as_bytes().clone(),
         };
-        let mut cbuf = BytesMut::with_capacity(bytes.len() + self.cbuf.len());
+        // (Not sized to fit: the client's later reads would fill what room is left, a
+        // few bytes at a time, and a batch would be handled before it is all in.)
+        let mut cbuf = BytesMut::with_capacity((bytes.len() + self.cbuf.len()).max(CLIENT_BUF));
         cbuf.extend_from_slice(&bytes);
         cbuf.extend_from_slice(&self.cbuf);
         self.cbuf = cbuf;
