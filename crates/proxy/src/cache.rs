@@ -1465,6 +1465,34 @@ pub fn extended_batch<'a>(
         .then_some((parse, bind, values, describe))
 }
 
+/// Whether `buf` starts with part of a batch [`extended_batch`] may take — `[Parse]
+/// Bind [Describe] Execute Sync` — whose Sync is not here yet: its first message
+/// whole, and every message here in that order. The server answers nothing of it
+/// before its Sync, so the relay waits for the rest before it looks the batch up.
+pub fn batch_partly_here(buf: &[u8], max_len: u32) -> bool {
+    // Where each message may come: Parse, Bind, Describe, Execute.
+    let mut at = 0;
+    let mut pos = 0;
+    let mut whole = 0;
+    while let Ok(Some(header)) = pgopt_wire::peek_header(&buf[pos..], max_len) {
+        let step = match header.tag {
+            b'P' if at == 0 => 1,
+            b'B' if at <= 1 => 2,
+            b'D' if at == 2 => 3,
+            b'E' if (2..=3).contains(&at) => 4,
+            _ => return false, // a Sync, or no batch the cache takes
+        };
+        let end = pos + header.frame_len();
+        at = step;
+        if end > buf.len() {
+            break;
+        }
+        whole += 1;
+        pos = end;
+    }
+    whole > 0
+}
+
 /// A stored reply: the RowDescription part, then the rows and CommandComplete.
 fn stored(description: &[u8], rows: &[u8]) -> Bytes {
     let mut value = BytesMut::with_capacity(4 + description.len() + rows.len());

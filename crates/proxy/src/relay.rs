@@ -986,6 +986,11 @@ impl Relay {
             {
                 break;
             }
+            // The cache looks an extended-protocol read up as a whole batch: wait until
+            // it is all here (a long query may come in pieces).
+            if self.server.is_none() && self.serve_cache && !self.discarding && self.batch_comes() {
+                break;
+            }
             if self.server.is_some() && self.own_answer_waits() {
                 // The server holds its answers to a batch without a Flush: one is sent,
                 // as PostgreSQL would flush them once it reads the query.
@@ -1852,6 +1857,32 @@ impl Relay {
         if cache.reads_writing_view(&self.database, &a.tables_read) {
             self.writes.note_unknown();
         }
+    }
+
+    /// Whether `cbuf` holds the start of a batch the cache may serve, whose Sync is
+    /// still to come (see [`crate::cache::batch_partly_here`]), and which is no COPY
+    /// (whose server answers its Execute before the Sync, and whose client may wait
+    /// for that).
+    fn batch_comes(&self) -> bool {
+        if self.cbuf.len() >= KEPT_CLIENT_BUF
+            || !crate::cache::batch_partly_here(&self.cbuf, self.max_len)
+        {
+            return false;
+        }
+        // (Its first message is whole here.)
+        let body = &self.cbuf[5..];
+        let mut fields = body.split(|&b| b == 0);
+        let query = match self.cbuf[0] {
+            // A Parse: its name, then its text.
+            b'P' => fields.nth(1),
+            // A Bind: its portal, then its statement's name.
+            _ => fields
+                .nth(1)
+                .and_then(|name| std::str::from_utf8(name).ok())
+                .and_then(|name| self.statements.query_of(name))
+                .map(str::as_bytes),
+        };
+        query.is_some_and(|q| !session_state::statement_starts_with(q, b"copy"))
     }
 
     /// Notes what a client message about to run may write, for the cache.

@@ -524,6 +524,34 @@ async fn a_cached_read_after_an_unsynced_batch_still_commits_it() {
     assert_eq!(value(&watcher, written).await, "1", "and stays so");
 }
 
+/// An extended-protocol read whose batch arrives in pieces (a long query over a
+/// network comes in several segments) is looked up once it is all here; before, the
+/// first piece went to the server and the read past the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_arrives_in_pieces_is_cached_as_a_whole() {
+    use tokio::io::AsyncWriteExt;
+    let (_pg, proxy) = setup().await;
+    let mut raw = common::raw_login(&proxy).await;
+    let batch = common::run_unnamed("SELECT v FROM items WHERE id = 1", b'S');
+    // The Parse and part of the Bind, then the rest.
+    let cut = batch.len() - 15;
+    let hits = counter(&cache_row(&proxy).await, "hits");
+    for _ in 0..2 {
+        raw.write_all(&batch[..cut]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        raw.write_all(&batch[cut..]).await.unwrap();
+        assert_eq!(common::read_until(&mut raw, b'Z').await, b"12DCZ");
+    }
+    assert_eq!(counter(&cache_row(&proxy).await, "hits"), hits + 1);
+    // A COPY is not held back: the server answers its Execute at once, before the
+    // Sync (its client may wait for that before it sends the data).
+    let copy = common::run_unnamed("COPY items FROM STDIN", b'S');
+    raw.write_all(&copy[..copy.len() - 5]).await.unwrap();
+    let answered = common::read_until(&mut raw, b'G');
+    let answered = tokio::time::timeout(Duration::from_secs(5), answered).await;
+    assert!(answered.is_ok(), "the COPY's Execute waited for its Sync");
+}
+
 /// An unsynced batch that pgopt itself commits (with a Sync, before answering the
 /// client's DEALLOCATE of its own statement) invalidates what it wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
