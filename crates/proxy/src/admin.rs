@@ -436,8 +436,16 @@ async fn run(shared: &Arc<Shared>, command: Command, out: &mut BytesMut) -> Resu
             error(out, sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, &message)?;
         }
         Command::Pause(db) => {
-            pause(shared, db.as_deref()).await;
-            complete(out, "PAUSE")?;
+            if pause(shared, db.as_deref()).await {
+                complete(out, "PAUSE")?;
+            } else {
+                // A script that took this for done would go on as if nothing ran.
+                error(
+                    out,
+                    sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    "PAUSE: a RESUME came before every server connection was back: nothing is paused",
+                )?;
+            }
         }
         // As PgBouncer's, a PAUSE of everything and one of a database are apart: each
         // RESUME undoes its own (the message says which other stands).
@@ -515,15 +523,16 @@ fn unknown_db(shared: &Shared, db: Option<&str>) -> Option<String> {
 }
 
 /// PAUSE: new transactions wait; returns once every lent server connection is back,
-/// then closes the idle ones (as PgBouncer does).
-async fn pause(shared: &Shared, db: Option<&str>) {
+/// then closes the idle ones (as PgBouncer does). `false`: a RESUME ended it first.
+async fn pause(shared: &Shared, db: Option<&str>) -> bool {
     shared.set_paused(db, true);
     let mine = |p: &&Arc<crate::pool::Pool>| db.is_none_or(|d| p.database == d);
     loop {
         let pools = shared.live_pools();
         // RESUME from another console ends the wait.
-        if !pools.iter().filter(mine).any(|p| p.is_paused()) {
-            return;
+        let still = db.map_or(shared.paused_all(), |d| shared.is_db_paused(d));
+        if !still {
+            return false;
         }
         if !pools.iter().filter(mine).any(|p| p.busy()) {
             break;
@@ -533,6 +542,7 @@ async fn pause(shared: &Shared, db: Option<&str>) {
     for pool in shared.live_pools().iter().filter(mine) {
         pool.close_idle();
     }
+    true
 }
 
 fn encode_table(table: &Table, out: &mut BytesMut) -> Result<(), EncodeError> {

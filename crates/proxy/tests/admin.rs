@@ -452,6 +452,20 @@ async fn pause_waits_for_transactions_and_resume_lets_queries_run() {
         .unwrap();
     let err = console.simple_query("PAUSE nosuchdb").await.unwrap_err();
     assert_eq!(code(&err), Some("3D000"));
+
+    // A RESUME from another console while a PAUSE waits for a transaction: that PAUSE
+    // ends with an error, not as if it were done (before, it said PAUSE).
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let pausing = tokio::spawn(async move { console.simple_query("PAUSE").await.map(|_| ()) });
+    still_waiting(&pausing, "PAUSE returned with a transaction open").await;
+    admin(&proxy).await.simple_query("RESUME").await.unwrap();
+    let paused = tokio::time::timeout(Duration::from_secs(10), pausing)
+        .await
+        .expect("the RESUME ends the PAUSE's wait")
+        .unwrap();
+    let err = paused.unwrap_err();
+    assert_eq!(code(&err), Some("55000"), "{err}");
+    a.batch_execute("COMMIT").await.unwrap();
 }
 
 #[tokio::test]
