@@ -3639,6 +3639,7 @@ impl Relay {
         for (i, sql) in statements.iter().enumerate() {
             if (Query { sql }).encode(&mut self.to_server).is_ok() {
                 let identity = i >= identity_from;
+                let first = first && session_state::checked_at_login(sql);
                 self.expected.push(Step::InjectedQuery { identity, first });
                 self.identity_injected |= identity || first;
                 // A simple query: the server's unnamed statement is gone.
@@ -4775,7 +4776,14 @@ impl Relay {
             }
             if tag == b'E' {
                 let code = error_code(body).unwrap_or_default();
-                if let Some(role) = self.expected.head_is_identity() {
+                // (Not a setting PostgreSQL takes only at connection start: it would
+                // have taken it; no pooled connection can.)
+                let at_start_only = code == sqlstate::CANT_CHANGE_RUNTIME_PARAM.as_bytes();
+                if let Some(role) = self
+                    .expected
+                    .head_is_identity()
+                    .filter(|role| *role || !at_start_only)
+                {
                     // The session would run as the login user, or the role another
                     // client left, or without a value it asked for: it ends instead
                     // (see `identity_refused`).

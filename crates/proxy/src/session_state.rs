@@ -90,6 +90,28 @@ const NOT_RESET_BY_ALL: [&str; 2] = [ROLE, AUTHORIZATION];
 /// How a setting is applied: SET takes no snapshot (a sync inside a REPEATABLE READ
 /// transaction, after a RESET, must not fix its snapshot early); a list whose items
 /// are quoted (search_path…) would be one item to SET: set_config.
+/// Settings whose start-up value PostgreSQL takes at login unchecked, but checks
+/// when it is SET (`temp_tablespaces`: a tablespace that does not exist is skipped
+/// from a client's start-up, an error from a SET): a failure to apply one is no
+/// reason to end the session (the server then keeps its own value, which uses no
+/// such tablespace either).
+const UNCHECKED_AT_LOGIN: &[&str] = &["temp_tablespaces"];
+
+/// Whether a statement [`Settings::sync`] sent applies a start-up value PostgreSQL
+/// checks at login (see [`UNCHECKED_AT_LOGIN`]): its failure refuses the session.
+pub fn checked_at_login(statement: &str) -> bool {
+    !UNCHECKED_AT_LOGIN.iter().any(|name| {
+        // (`set_statement`'s two forms: the name quoted, or a literal.)
+        statement
+            .strip_prefix("SET \"")
+            .and_then(|rest| rest.strip_prefix(name))
+            .is_some_and(|rest| rest.starts_with("\" TO "))
+            || statement
+                .strip_prefix("SELECT pg_catalog.set_config('")
+                .is_some_and(|rest| rest.starts_with(name) && rest[name.len()..].starts_with('\''))
+    })
+}
+
 fn set_statement(name: &str, setting: &Setting) -> String {
     match setting {
         Setting::Value(v) if !LIST_QUOTE.contains(&name) => {
@@ -1128,6 +1150,22 @@ mod tests {
         match judged("UPDATE pg_settings SET setting = 'off' WHERE name = 'jit'; RESET jit") {
             Verdict::Refuse(m) => assert!(m.contains("several statements"), "{m}"),
             v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn start_up_values_postgresql_checks_at_login() {
+        let value = |name: &str| set_statement(name, &Setting::Value("x".into()));
+        for name in UNCHECKED_AT_LOGIN {
+            assert!(!checked_at_login(&value(name)), "{name}");
+        }
+        for name in [
+            "statement_timeout",
+            "search_path",
+            "default_tablespaces_x",
+            "role",
+        ] {
+            assert!(checked_at_login(&value(name)), "{name}");
         }
     }
 

@@ -563,6 +563,7 @@ async fn a_start_up_value_the_server_refuses_ends_the_session_before_its_request
     let options = [
         ("-c statement_timeout=abc", "postgres", "22023"),
         ("-c no_such_setting=1", "postgres", "42704"),
+        ("-c default_tablespace=nosuch", "postgres", "22023"),
         ("-c log_statement=all", "plain", "42501"),
     ];
     // (Each twice: the server connection a value was refused on is closed with the
@@ -599,6 +600,26 @@ async fn a_start_up_value_the_server_refuses_ends_the_session_before_its_request
         assert_eq!(db.severity(), "FATAL", "{options}: {err}");
         assert_eq!(db.message(), direct.as_db_error().unwrap().message());
         assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+    }
+    // What PostgreSQL takes at login, though no SET can apply it there (a setting of
+    // connection start only) or its SET would fail (a tablespace that does not exist,
+    // which a start-up value may name): the session goes on without it, as before.
+    for options in ["-c log_disconnections=on", "-c temp_tablespaces=nosuch"] {
+        let direct = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(pg.port())
+            .user("postgres")
+            .dbname("postgres")
+            .options(options)
+            .connect(tokio_postgres::NoTls)
+            .await;
+        assert!(direct.is_ok(), "{options}");
+        let client = connect_with_options(&proxy, options).await;
+        assert_eq!(
+            show(&client, "server_version_num").await.len(),
+            6,
+            "{options}"
+        );
     }
     // Nothing ran, and the server connection serves the next client as it should.
     let next = connect(&proxy, "postgres", None).await.unwrap();
