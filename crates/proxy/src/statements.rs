@@ -1209,6 +1209,11 @@ impl Expected {
     pub fn on_server_message(&mut self, tag: u8, mut forget: impl FnMut(u64)) -> Verdict {
         // Asynchronous messages may come at any time.
         if matches!(tag, b'N' | b'A' | b'S') {
+            // But a notice a query of pgopt's applying the client's settings drew (a
+            // RESET of a transaction setting outside a block warns) is pgopt's.
+            if tag == b'N' && matches!(self.queue.front(), Some(Step::InjectedQuery { .. })) {
+                return Verdict::Drop;
+            }
             return Verdict::Relay;
         }
         let Some(&head) = self.queue.front() else {

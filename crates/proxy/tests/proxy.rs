@@ -635,6 +635,27 @@ async fn a_start_up_value_the_server_refuses_ends_the_session_before_its_request
     assert_eq!(show(&fine, "statement_timeout").await, "5s");
 }
 
+/// A notice the server gives pgopt's own query bringing a connection to a client's
+/// settings (a WARNING for a RESET of a transaction setting outside a block, after a
+/// client that gave one at start-up) is pgopt's: the client does not see it (before,
+/// it came ahead of the answer to its first query).
+#[tokio::test]
+async fn notices_of_pgopts_own_settings_queries_stay_with_pgopt() {
+    use tokio::io::AsyncWriteExt;
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let serializable = connect_with_options(&proxy, "-c transaction_isolation=serializable").await;
+    serializable.batch_execute("SELECT 1").await.unwrap();
+    let mut raw = common::raw_login(&proxy).await;
+    raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
+        .await
+        .unwrap();
+    let reply = common::read_until(&mut raw, b'Z').await;
+    assert!(
+        reply.ends_with(b"TDCZ") && !reply.contains(&b'N'),
+        "{reply:?}"
+    );
+}
+
 async fn show(client: &tokio_postgres::Client, setting: &str) -> String {
     client
         .query_one(&format!("SHOW {setting}"), &[])
