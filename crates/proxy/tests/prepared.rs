@@ -26,6 +26,32 @@ async fn on_one_connection(sql: &str) -> (Postgres, Proxy, tokio_postgres::Clien
     (pg, proxy, admin)
 }
 
+/// A PostgreSQL set up with `sql`, a proxy with two server connections on one
+/// thread, and three clients of it.
+async fn on_two_connections(
+    sql: &str,
+) -> (
+    Postgres,
+    Proxy,
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Client,
+        tokio_postgres::Client,
+    ),
+) {
+    let pg = Postgres::start().await.unwrap();
+    let mut config = common::config_for(&pg, PoolMode::Transaction, 2);
+    config.workers = 1;
+    let proxy = Proxy::start(config).await.unwrap();
+    pg.psql(sql).unwrap();
+    let clients = (
+        connect(&proxy).await,
+        connect(&proxy).await,
+        connect(&proxy).await,
+    );
+    (pg, proxy, clients)
+}
+
 /// The client's open transaction counts a query run (its first snapshot is taken):
 /// the isolation level can't be set any more (25001). Rolled back after.
 async fn assert_a_query_ran(client: &tokio_postgres::Client) {
@@ -1002,17 +1028,9 @@ async fn a_schema_change_in_a_named_statement_is_seen_each_time_it_runs() {
 /// a BEGIN in the same query left that for the next transaction's end.)
 #[tokio::test]
 async fn statements_prepared_during_a_schema_change_are_prepared_afresh_after_its_commit() {
-    let pg = Postgres::start().await.unwrap();
-    let mut config = common::config_for(&pg, PoolMode::Transaction, 2);
-    config.workers = 1;
-    let proxy = Proxy::start(config).await.unwrap();
-    pg.psql("CREATE FUNCTION f() RETURNS TABLE (a int) LANGUAGE sql AS 'SELECT 1'")
-        .unwrap();
-    let (changer, reader, fresh) = (
-        connect(&proxy).await,
-        connect(&proxy).await,
-        connect(&proxy).await,
-    );
+    let (_pg, _proxy, (changer, reader, fresh)) =
+        on_two_connections("CREATE FUNCTION f() RETURNS TABLE (a int) LANGUAGE sql AS 'SELECT 1'")
+            .await;
     let sql = "SELECT * FROM f()";
     // The changer holds one server connection, the reader gets the other.
     changer.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -1233,17 +1251,8 @@ async fn a_prepare_and_run_in_one_batch_after_a_schema_change_behind_pgopts_back
 #[tokio::test]
 async fn after_a_schema_change_through_pgopt_fresh_statements_work_on_every_connection() {
     use tokio::io::AsyncWriteExt;
-    let pg = Postgres::start().await.unwrap();
-    let mut config = common::config_for(&pg, PoolMode::Transaction, 2);
-    config.workers = 1;
-    let proxy = Proxy::start(config).await.unwrap();
-    pg.psql("CREATE TABLE pt (a int, b text); INSERT INTO pt VALUES (1, 'x')")
-        .unwrap();
-    let (a, b, c) = (
-        connect(&proxy).await,
-        connect(&proxy).await,
-        connect(&proxy).await,
-    );
+    let (_pg, proxy, (a, b, c)) =
+        on_two_connections("CREATE TABLE pt (a int, b text); INSERT INTO pt VALUES (1, 'x')").await;
     let sql = "SELECT *, pg_backend_pid() AS pid FROM pt WHERE a = $1";
     // The statement on both server connections: each client holds one.
     let mut pids = Vec::new();
