@@ -558,6 +558,17 @@ impl Pool {
         self.description(id).filter(|d| d.schema == schema)
     }
 
+    /// Whether statement `id`'s description is known since the last schema change
+    /// through pgopt (see [`Pool::current_description`]), without copying it.
+    pub fn knows_current_description(&self, id: u64) -> bool {
+        let schema = self.schema_epoch.load(SeqCst);
+        let epoch = lock(&self.descriptions)
+            .get(&id)
+            .filter(|d| d.schema == schema)
+            .map(|d| d.epoch);
+        epoch.is_some_and(|epoch| self.unchanged_since(id, epoch))
+    }
+
     /// Whether statement `id`'s description is known (and still holds).
     pub fn knows_description(&self, id: u64) -> bool {
         let epoch = lock(&self.descriptions).get(&id).map(|d| d.epoch);
@@ -600,7 +611,7 @@ impl Pool {
             if self.knows_description(id) {
                 continue;
             }
-            if let Some(description) = from.description(id) {
+            if let Some(description) = from.current_description(id) {
                 let epoch = self.plan_epoch();
                 let mut descriptions = lock(&self.descriptions);
                 if descriptions.len() < MAX_DESCRIPTIONS {

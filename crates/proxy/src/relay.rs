@@ -1215,9 +1215,18 @@ impl Relay {
                         Ok(prepared) => Arc::new(prepared),
                         Err(_) => return CacheLookup::Pass,
                     },
-                    // A statement whose result shape may have changed: the server's way.
+                    // A statement whose result shape may have changed: the server's way
+                    // (its shape check, or its error). So is one whose shape no server
+                    // gave since the last schema change through pgopt: the client's
+                    // description of it may be old, and a fill or a hit would give it
+                    // rows in the new shape.
                     None => match self.statements.get_mut(bind.statement) {
-                        Some(s) if s.epoch == epoch => s.prepared.clone(),
+                        Some(s)
+                            if s.epoch == epoch
+                                && self.pool.knows_current_description(s.prepared.id) =>
+                        {
+                            s.prepared.clone()
+                        }
                         _ => return CacheLookup::Pass,
                     },
                 };

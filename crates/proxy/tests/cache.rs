@@ -552,6 +552,35 @@ async fn a_batch_that_arrives_in_pieces_is_cached_as_a_whole() {
     assert!(answered.is_ok(), "the COPY's Execute waited for its Sync");
 }
 
+/// A statement a client described before a schema change through pgopt (its table
+/// gained a column) gets PostgreSQL's "cached plan must not change result type", not
+/// rows in the new shape: not from a fill, nor from another client's entry in the new
+/// shape (before, both gave it three columns where it was told two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_described_before_a_schema_change_gets_no_rows_of_the_new_shape() {
+    let (_pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let sql = "SELECT * FROM items WHERE id = $1";
+    let st = client.prepare(sql).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(client.query_one(&st, &[&1i32]).await.unwrap().len(), 2);
+    }
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    other
+        .batch_execute("ALTER TABLE items ADD COLUMN z int DEFAULT 7")
+        .await
+        .unwrap();
+    let e = client.query(&st, &[&1i32]).await.unwrap_err();
+    assert_eq!(common::code(&e), Some("0A000"), "{e}");
+    // Another client's statement of the same text, in the new shape, fills the entry.
+    let fresh = other.prepare(sql).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(other.query_one(&fresh, &[&1i32]).await.unwrap().len(), 3);
+    }
+    let e = client.query(&st, &[&1i32]).await.unwrap_err();
+    assert_eq!(common::code(&e), Some("0A000"), "{e}");
+}
+
 /// An unsynced batch that pgopt itself commits (with a Sync, before answering the
 /// client's DEALLOCATE of its own statement) invalidates what it wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
