@@ -261,9 +261,12 @@ pub struct ProxyCache {
     /// The generation in `deps`, readable without its lock (each fill's completion
     /// checks it).
     deps_generation: AtomicU64,
-    /// Some database has a view that may write (see [`Deps::reads_writing_view`]):
-    /// reads are then looked at for them.
-    writing_views: std::sync::atomic::AtomicBool,
+    /// Per database, the views that may write (see `Deps`'s `writing_views`), as
+    /// the latest read of its catalog found them (kept while it is read again), and
+    /// a count of their changes (0: none was ever found), for sessions to keep a copy
+    /// of their database's (see [`ProxyCache::writing_views`]).
+    writing_views: Mutex<foldhash::HashMap<String, Arc<foldhash::HashSet<String>>>>,
+    writing_views_changes: AtomicU64,
     /// The catalog query for [`Deps`]: [`DEPS_QUERY`], with the replication
     /// listener's coverage when it is on.
     deps_query: String,
@@ -589,11 +592,6 @@ impl Deps {
         out
     }
 
-    /// Whether reading `tables` reads a view that may write (see `writing_views`).
-    pub fn reads_writing_view(&self, tables: &[String]) -> bool {
-        !self.writing_views.is_empty() && tables.iter().any(|t| self.writing_views.contains(tag(t)))
-    }
-
     /// Whether a statement calling `functions` (as written, see
     /// `Analysis::functions`) may call a user function the analysis took for a
     /// built-in: one of that name exists, and the call does not name `pg_catalog`.
@@ -719,7 +717,8 @@ impl ProxyCache {
             counters: CacheCounters::default(),
             deps: Mutex::new((Default::default(), 0)),
             deps_generation: AtomicU64::new(0),
-            writing_views: std::sync::atomic::AtomicBool::new(false),
+            writing_views: Mutex::default(),
+            writing_views_changes: AtomicU64::new(0),
             uncached_warned: Mutex::default(),
             deps_query: match settings.wal_listener {
                 true => DEPS_QUERY.to_string() + &uncovered_query(&settings.publication),
@@ -776,8 +775,15 @@ impl ProxyCache {
     pub fn set_deps(&self, database: &str, ticket: u64, deps: Option<Deps>) {
         if let Some(d) = &deps {
             self.warn_uncached(database, d);
-            if !d.writing_views.is_empty() {
-                self.writing_views.store(true, Relaxed);
+            let mut views = self.writing_views.lock().unwrap_or_else(|p| p.into_inner());
+            let known = views.get(database).map(|v| v.as_ref());
+            let changed = match known {
+                Some(known) => *known != d.writing_views,
+                None => !d.writing_views.is_empty(),
+            };
+            if changed {
+                views.insert(database.to_string(), Arc::new(d.writing_views.clone()));
+                self.writing_views_changes.fetch_add(1, Relaxed);
             }
         }
         let state = match deps {
@@ -831,16 +837,16 @@ impl ProxyCache {
         self.deps_generation.load(Relaxed)
     }
 
-    /// Whether a read-only statement that reads `tables` in `database` may write what
-    /// the cache can't tell: it reads a view that calls a volatile user function (see
-    /// [`Deps::reads_writing_view`]); also while the database's dependencies are
-    /// being read, once some database was found with such a view. (A lock only then.)
-    pub fn reads_writing_view(&self, database: &str, tables: &[String]) -> bool {
-        if !self.writing_views.load(Relaxed) || tables.is_empty() {
-            return false;
-        }
-        self.ready_deps(database)
-            .is_none_or(|deps| deps.reads_writing_view(tables))
+    /// How many times the views that may write changed, in any database (0: none
+    /// was ever found): a session's copy of its database's is good while this stays.
+    pub fn writing_views_changes(&self) -> u64 {
+        self.writing_views_changes.load(Relaxed)
+    }
+
+    /// `database`'s views that may write (see `Deps`'s `writing_views`).
+    pub fn writing_views(&self, database: &str) -> Option<Arc<foldhash::HashSet<String>>> {
+        let views = self.writing_views.lock().unwrap_or_else(|p| p.into_inner());
+        views.get(database).filter(|v| !v.is_empty()).cloned()
     }
 
     /// The schema may have changed: the dependencies are read again before anything
@@ -1528,6 +1534,11 @@ pub fn reply(shape: Shape, value: &[u8], out: &mut BytesMut) {
 }
 
 /// A table's tag: its name without the schema.
+/// Whether `tables` (as a statement names them) include one of `views`.
+pub fn reads_one_of(views: &foldhash::HashSet<String>, tables: &[String]) -> bool {
+    !views.is_empty() && tables.iter().any(|t| views.contains(tag(t)))
+}
+
 fn tag(table: &str) -> &str {
     // Bytes, not `rsplit`: this runs for every table every write names.
     match table.bytes().rposition(|b| b == b'.') {

@@ -330,6 +330,9 @@ pub struct Relay {
     /// ALTER, a DROP…): each Bind of one is a schema change (see
     /// [`Relay::schema_changed`]), as its Parse was.
     schema_changers: foldhash::HashSet<u64>,
+    /// The cache's views that may write in this database, as of a count of their
+    /// changes (see [`Relay::note_view_writes`]).
+    writing_views: (u64, Option<Arc<foldhash::HashSet<String>>>),
     /// The client's named statements (by id) that RESET a setting (or all): confirmed
     /// again at each Bind, as at their Parse.
     resets_at_binds: foldhash::HashMap<u64, Change>,
@@ -594,6 +597,7 @@ impl Relay {
             read_back_leniently: Vec::new(),
             read_back_statements: Default::default(),
             schema_changers: Default::default(),
+            writing_views: (0, None),
             resets_at_binds: Default::default(),
             unnamed_read_back: None,
             reread_changes: false,
@@ -1863,7 +1867,16 @@ impl Relay {
         let (Some(cache), Some(a)) = (&self.cache, analysis) else {
             return;
         };
-        if cache.reads_writing_view(&self.database, &a.tables_read) {
+        // (No lock: the session's copy of its database's, while none changed.)
+        let changes = cache.writing_views_changes();
+        if changes == 0 || a.tables_read.is_empty() {
+            return;
+        }
+        if self.writing_views.0 != changes {
+            self.writing_views = (changes, cache.writing_views(&self.database));
+        }
+        let views = self.writing_views.1.as_deref();
+        if views.is_some_and(|v| crate::cache::reads_one_of(v, &a.tables_read)) {
             self.writes.note_unknown();
         }
     }
