@@ -1480,7 +1480,15 @@ pub fn batch_partly_here(buf: &[u8], max_len: u32) -> bool {
     let mut at = 0;
     let mut pos = 0;
     let mut whole = 0;
-    while let Ok(Some(header)) = pgopt_wire::peek_header(&buf[pos..], max_len) {
+    let mut parsed: Option<&[u8]> = None;
+    loop {
+        let header = match pgopt_wire::peek_header(&buf[pos..], max_len) {
+            Ok(Some(header)) => header,
+            // Part of a header: more to come.
+            Ok(None) => break,
+            // A malformed one: the relay reports it, without waiting.
+            Err(_) => return false,
+        };
         let step = match header.tag {
             b'P' if at == 0 => 1,
             b'B' if at <= 1 => 2,
@@ -1492,6 +1500,23 @@ pub fn batch_partly_here(buf: &[u8], max_len: u32) -> bool {
         at = step;
         if end > buf.len() {
             break;
+        }
+        // The statement a Parse names, and the one the Bind after it binds: the
+        // same, or no batch the cache takes (which may be a COPY's).
+        fn name(body: &[u8], skip: usize) -> Option<&[u8]> {
+            body.split(|&b| b == 0).nth(skip)
+        }
+        let body = &buf[pos + 5..end];
+        match header.tag {
+            b'P' => parsed = Some(body),
+            b'B' => {
+                if let Some(parse) = parsed {
+                    if name(parse, 0) != name(body, 1) {
+                        return false;
+                    }
+                }
+            }
+            _ => {}
         }
         whole += 1;
         pos = end;
@@ -2050,6 +2075,44 @@ pub(crate) async fn until_stopped(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn batches_partly_here_are_waited_for_only_when_the_cache_may_take_them() {
+        let m = |tag: u8, body: &[u8]| {
+            let mut v = vec![tag];
+            v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            v.extend_from_slice(body);
+            v
+        };
+        let parse = m(b'P', b"s1\0SELECT 1\0\0\0");
+        let bind = |statement: &[u8]| {
+            let mut body = b"\0".to_vec();
+            body.extend_from_slice(statement);
+            body.extend_from_slice(b"\0\0\0\0\0\0\0");
+            m(b'B', &body)
+        };
+        let describe = m(b'D', b"P\0");
+        let execute = m(b'E', b"\0\0\0\0\0");
+        let sync = m(b'S', b"");
+        let cat = |parts: &[&[u8]]| parts.concat();
+        let here = |buf: &[u8]| super::batch_partly_here(buf, 1 << 20);
+        // Prefixes of [Parse] Bind [Describe] Execute, the last message whole or not.
+        assert!(here(&parse));
+        assert!(here(&cat(&[&parse, &bind(b"s1")])));
+        assert!(here(&cat(&[&parse, &bind(b"s1"), &describe, &execute])));
+        assert!(here(&cat(&[&bind(b"s1"), &execute[..3]])));
+        assert!(here(&cat(&[&parse, &bind(b"s1"), &execute, &sync[..2]])));
+        // Whole, nothing here, another shape, or a Bind of another statement.
+        assert!(!here(&cat(&[&parse, &bind(b"s1"), &execute, &sync])));
+        assert!(!here(b""));
+        assert!(!here(&parse[..4]));
+        assert!(!here(&cat(&[&parse, &sync])));
+        assert!(!here(&cat(&[&bind(b"s1"), &execute, &execute])));
+        assert!(!here(&cat(&[&parse, &bind(b"s2")])));
+        assert!(!here(&cat(&[&describe, &execute])));
+        // A malformed header after a whole message: no wait (the relay reports it).
+        assert!(!here(&cat(&[&parse, b"B\0\0\0\x01"])));
+    }
+
     use super::*;
 
     /// The tables `texts`, run one by one on one connection, note for the cache.

@@ -533,8 +533,9 @@ async fn a_batch_that_arrives_in_pieces_is_cached_as_a_whole() {
     let (_pg, proxy) = setup().await;
     let mut raw = common::raw_login(&proxy).await;
     let batch = common::run_unnamed("SELECT v FROM items WHERE id = 1", b'S');
-    // The Parse and part of the Bind, then the rest.
-    let cut = batch.len() - 15;
+    // The Parse and part of the Bind (13 bytes, before an Execute of 10 and a Sync of
+    // 5), then the rest.
+    let cut = batch.len() - 20;
     let hits = counter(&cache_row(&proxy).await, "hits");
     for _ in 0..2 {
         raw.write_all(&batch[..cut]).await.unwrap();
