@@ -236,8 +236,9 @@ pub async fn serve(
                 ready(&mut out);
             }
             // As PostgreSQL after an error in an extended-protocol batch: everything
-            // up to its Sync is passed over.
-            _ if skipping => {}
+            // up to its Sync is passed over (but a type no frontend sends, below).
+            b'Q' | b'F' | b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'd' | b'c' | b'f'
+                if skipping => {}
             b'Q' => {
                 let sql = match Query::decode(frame.body()) {
                     Ok(q) => q.sql,

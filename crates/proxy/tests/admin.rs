@@ -215,10 +215,14 @@ async fn the_console_answers_bad_input_as_postgresql_does() {
     batch.extend(common::message(b'Q', b"SHOW VERSION\0"));
     raw.write_all(&batch).await.unwrap();
     assert_eq!(common::read_until_nth(&mut raw, b'Z', 2).await, b"EZTDCZ");
-    // No terminator, or a message type no frontend sends: a FATAL, then the
-    // connection closes.
+    // No terminator, or a message type no frontend sends (also while the rest of a
+    // failed extended-protocol batch is passed over): a FATAL, then the connection
+    // closes.
+    let mut skipping = common::message(b'P', b"\0SHOW POOLS\0\0\0");
+    skipping.extend(common::message(b'z', b""));
     for (bad, what) in [
         (common::message(b'Q', b"SHOW POOLS"), "terminator"),
+        (skipping, "invalid frontend message type 122"),
         (
             common::message(b'z', b""),
             "invalid frontend message type 122",
