@@ -4798,14 +4798,7 @@ impl Relay {
             }
             if tag == b'E' {
                 let code = error_code(body).unwrap_or_default();
-                // (Not a setting PostgreSQL takes only at connection start: it would
-                // have taken it; no pooled connection can.)
-                let at_start_only = code == sqlstate::CANT_CHANGE_RUNTIME_PARAM.as_bytes();
-                if let Some(role) = self
-                    .expected
-                    .head_is_identity()
-                    .filter(|role| *role || !at_start_only)
-                {
+                if let Some(role) = self.expected.head_is_identity() {
                     // The session would run as the login user, or the role another
                     // client left, or without a value it asked for: it ends instead
                     // (see `identity_refused`).

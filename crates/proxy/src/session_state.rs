@@ -87,19 +87,29 @@ const ROLE: &str = "role";
 const AUTHORIZATION: &str = "session_authorization";
 const NOT_RESET_BY_ALL: [&str; 2] = [ROLE, AUTHORIZATION];
 
-/// How a setting is applied: SET takes no snapshot (a sync inside a REPEATABLE READ
-/// transaction, after a RESET, must not fix its snapshot early); a list whose items
-/// are quoted (search_path…) would be one item to SET: set_config.
-/// Settings whose start-up value PostgreSQL takes at login unchecked, but checks
-/// when it is SET (`temp_tablespaces`: a tablespace that does not exist is skipped
-/// from a client's start-up, an error from a SET): a failure to apply one is no
-/// reason to end the session (the server then keeps its own value, which uses no
-/// such tablespace either).
-const UNCHECKED_AT_LOGIN: &[&str] = &["temp_tablespaces"];
+/// Settings whose start-up value PostgreSQL takes at login but a SET can't apply
+/// as it does: `temp_tablespaces` (a tablespace that does not exist is skipped from
+/// a client's start-up, an error from a SET; the server then keeps its own value,
+/// which uses no such tablespace either), and those of connection start only (a SET
+/// gets 55P02; a pooled connection can't take them). A failure to apply one is no
+/// reason to end the session: it is logged.
+const UNCHECKED_AT_LOGIN: &[&str] = &[
+    "temp_tablespaces",
+    "log_connections",
+    "log_disconnections",
+    "ignore_system_indexes",
+    "post_auth_delay",
+    "jit_debugging_support",
+    "jit_profiling_support",
+];
 
 /// Whether a statement [`Settings::sync`] sent applies a start-up value PostgreSQL
-/// checks at login (see [`UNCHECKED_AT_LOGIN`]): its failure refuses the session.
+/// checks at login (see [`UNCHECKED_AT_LOGIN`]): its failure refuses the session. (A
+/// RESET of what another client left is pgopt's own: not the client's value.)
 pub fn checked_at_login(statement: &str) -> bool {
+    if statement.starts_with("RESET ") {
+        return false;
+    }
     !UNCHECKED_AT_LOGIN.iter().any(|name| {
         // (`set_statement`'s two forms: the name quoted, or a literal.)
         statement
@@ -112,6 +122,9 @@ pub fn checked_at_login(statement: &str) -> bool {
     })
 }
 
+/// How a setting is applied: SET takes no snapshot (a sync inside a REPEATABLE READ
+/// transaction, after a RESET, must not fix its snapshot early); a list whose items
+/// are quoted (search_path…) would be one item to SET: set_config.
 fn set_statement(name: &str, setting: &Setting) -> String {
     match setting {
         Setting::Value(v) if !LIST_QUOTE.contains(&name) => {
@@ -1167,6 +1180,7 @@ mod tests {
         ] {
             assert!(checked_at_login(&value(name)), "{name}");
         }
+        assert!(!checked_at_login("RESET \"log_disconnections\""));
     }
 
     #[test]

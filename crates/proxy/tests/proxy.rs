@@ -564,6 +564,7 @@ async fn a_start_up_value_the_server_refuses_ends_the_session_before_its_request
         ("-c statement_timeout=abc", "postgres", "22023"),
         ("-c no_such_setting=1", "postgres", "42704"),
         ("-c default_tablespace=nosuch", "postgres", "22023"),
+        ("-c max_connections=5", "postgres", "55P02"),
         ("-c log_statement=all", "plain", "42501"),
     ];
     // (Each twice: the server connection a value was refused on is closed with the
