@@ -265,7 +265,7 @@ pub struct ProxyCache {
     /// the latest read of its catalog found them (kept while it is read again), and
     /// a count of their changes (0: none was ever found), for sessions to keep a copy
     /// of their database's (see [`ProxyCache::writing_views`]).
-    writing_views: Mutex<foldhash::HashMap<String, Arc<foldhash::HashSet<String>>>>,
+    writing_views: Mutex<foldhash::HashMap<String, Arc<Writers>>>,
     writing_views_changes: AtomicU64,
     /// The catalog query for [`Deps`]: [`DEPS_QUERY`], with the replication
     /// listener's coverage when it is on.
@@ -337,6 +337,12 @@ pub struct Deps {
     /// Views whose query calls a volatile user function (or reads such a view): a
     /// read of one may write anything that function writes.
     writing_views: foldhash::HashSet<String>,
+    /// What calls a user function that is not immutable without naming it: the
+    /// symbols of such operators, and the names of types a cast to which, or a domain
+    /// whose check, calls one. A statement whose text has one is not cached, and may
+    /// write anything (see [`calls_hidden`]). Tables with a column of such a domain
+    /// are `unbounded`.
+    hidden_calls: Vec<String>,
     /// Names every column of which is of a date or time type (arrays of one too): a
     /// statement converting a column to a date or time is cached only when its name
     /// is one of these (see `Analysis::datetime_casts`).
@@ -403,6 +409,33 @@ UNION ALL \
 SELECT DISTINCT 'f', p.proname, '' FROM pg_catalog.pg_proc p \
   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.provolatile <> 'i' \
+UNION ALL \
+SELECT DISTINCT 'h', o.oprname, '' FROM pg_catalog.pg_operator o \
+  JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode \
+  WHERE o.oid >= 16384 AND p.provolatile <> 'i' \
+UNION ALL \
+SELECT DISTINCT 'h', t.typname, '' FROM pg_catalog.pg_cast c \
+  JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc \
+  JOIN pg_catalog.pg_type t ON t.oid = c.casttarget \
+  WHERE p.oid >= 16384 AND p.provolatile <> 'i' \
+UNION ALL \
+SELECT DISTINCT 'h', t.typname, '' FROM pg_catalog.pg_type t \
+  JOIN pg_catalog.pg_constraint k ON k.contypid = t.oid \
+  JOIN pg_catalog.pg_depend d ON d.objid = k.oid \
+  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+  WHERE t.typtype = 'd' AND d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+  AND p.oid >= 16384 AND p.provolatile <> 'i' \
+UNION ALL \
+SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_attribute a \
+  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+  JOIN pg_catalog.pg_constraint k ON k.contypid = a.atttypid \
+  JOIN pg_catalog.pg_depend d ON d.objid = k.oid \
+  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+  WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') \
+  AND d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+  AND p.oid >= 16384 AND p.provolatile <> 'i' \
 UNION ALL \
 SELECT DISTINCT 'w', v.relname, '' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
@@ -503,6 +536,12 @@ impl Deps {
                 "u" => uncovered.push(a),
                 "w" => {
                     deps.writing_views.insert(a);
+                }
+                "h" => {
+                    let a = a.to_ascii_lowercase();
+                    if !deps.hidden_calls.contains(&a) {
+                        deps.hidden_calls.push(a);
+                    }
                 }
                 "f" => {
                     deps.user_functions.insert(a.to_lowercase());
@@ -775,14 +814,17 @@ impl ProxyCache {
     pub fn set_deps(&self, database: &str, ticket: u64, deps: Option<Deps>) {
         if let Some(d) = &deps {
             self.warn_uncached(database, d);
+            let writers = Writers {
+                views: d.writing_views.clone(),
+                hidden: d.hidden_calls.clone(),
+            };
             let mut views = self.writing_views.lock().unwrap_or_else(|p| p.into_inner());
-            let known = views.get(database).map(|v| v.as_ref());
-            let changed = match known {
-                Some(known) => *known != d.writing_views,
-                None => !d.writing_views.is_empty(),
+            let changed = match views.get(database) {
+                Some(known) => **known != writers,
+                None => !writers.is_empty(),
             };
             if changed {
-                views.insert(database.to_string(), Arc::new(d.writing_views.clone()));
+                views.insert(database.to_string(), Arc::new(writers));
                 self.writing_views_changes.fetch_add(1, Relaxed);
             }
         }
@@ -843,8 +885,8 @@ impl ProxyCache {
         self.writing_views_changes.load(Relaxed)
     }
 
-    /// `database`'s views that may write (see `Deps`'s `writing_views`).
-    pub fn writing_views(&self, database: &str) -> Option<Arc<foldhash::HashSet<String>>> {
+    /// What in `database` may write unseen (see [`Writers`]).
+    pub fn writing_views(&self, database: &str) -> Option<Arc<Writers>> {
         let views = self.writing_views.lock().unwrap_or_else(|p| p.into_inner());
         views.get(database).filter(|v| !v.is_empty()).cloned()
     }
@@ -868,6 +910,7 @@ impl ProxyCache {
             || analysis.tables_read.is_empty()
             || analysis.user_functions
             || deps.calls_user_function(&analysis.functions)
+            || calls_hidden(&deps.hidden_calls, &analysis.normalized)
         {
             return None;
         }
@@ -1559,6 +1602,45 @@ pub fn reply(shape: Shape, value: &[u8], out: &mut BytesMut) {
 }
 
 /// A table's tag: its name without the schema.
+/// What in a database may write tables a statement does not name, unseen by its
+/// text: views that call a volatile user function, and operators, casts and domains
+/// that call one (see `Deps`'s `writing_views` and `hidden_calls`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Writers {
+    views: foldhash::HashSet<String>,
+    hidden: Vec<String>,
+}
+
+impl Writers {
+    fn is_empty(&self) -> bool {
+        self.views.is_empty() && self.hidden.is_empty()
+    }
+
+    /// Whether a statement (`analysis`) may write through one of them.
+    pub fn reached_by(&self, analysis: &Analysis) -> bool {
+        reads_one_of(&self.views, &analysis.tables_read)
+            || calls_hidden(&self.hidden, &analysis.normalized)
+    }
+}
+
+/// Whether statement text `sql` (normalized) may call one of `hidden` (see `Deps`'s
+/// `hidden_calls`): an operator's symbol anywhere in it, a type's name as a word.
+pub fn calls_hidden(hidden: &[String], sql: &str) -> bool {
+    if hidden.is_empty() {
+        return false;
+    }
+    let sql = sql.to_ascii_lowercase();
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    hidden.iter().any(|h| {
+        if !h.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            return sql.contains(h.as_str());
+        }
+        sql.match_indices(h.as_str()).any(|(at, _)| {
+            !word(sql[..at].chars().next_back()) && !word(sql[at + h.len()..].chars().next())
+        })
+    })
+}
+
 /// Whether `tables` (as a statement names them) include one of `views`.
 pub fn reads_one_of(views: &foldhash::HashSet<String>, tables: &[String]) -> bool {
     !views.is_empty() && tables.iter().any(|t| views.contains(tag(t)))

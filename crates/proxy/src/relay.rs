@@ -332,7 +332,7 @@ pub struct Relay {
     schema_changers: foldhash::HashSet<u64>,
     /// The cache's views that may write in this database, as of a count of their
     /// changes (see [`Relay::note_view_writes`]).
-    writing_views: (u64, Option<Arc<foldhash::HashSet<String>>>),
+    writing_views: (u64, Option<Arc<crate::cache::Writers>>),
     /// The client's named statements (by id) that RESET a setting (or all): confirmed
     /// again at each Bind, as at their Parse.
     resets_at_binds: foldhash::HashMap<u64, Change>,
@@ -1861,22 +1861,27 @@ impl Relay {
         self.writes.note(None);
     }
 
-    /// A statement that reads a view calling a volatile user function may write
-    /// anything that function writes: noted as a write to everything.
+    /// A statement that reads a view calling a volatile user function, or uses an
+    /// operator, cast or domain that calls one, may write anything that function
+    /// writes: noted as a write to everything.
     fn note_view_writes(&mut self, analysis: Option<&pgopt_sql::Analysis>) {
         let (Some(cache), Some(a)) = (&self.cache, analysis) else {
             return;
         };
         // (No lock: the session's copy of its database's, while none changed.)
         let changes = cache.writing_views_changes();
-        if changes == 0 || a.tables_read.is_empty() {
+        if changes == 0 {
             return;
         }
         if self.writing_views.0 != changes {
             self.writing_views = (changes, cache.writing_views(&self.database));
         }
-        let views = self.writing_views.1.as_deref();
-        if views.is_some_and(|v| crate::cache::reads_one_of(v, &a.tables_read)) {
+        if self
+            .writing_views
+            .1
+            .as_ref()
+            .is_some_and(|w| w.reached_by(a))
+        {
             self.writes.note_unknown();
         }
     }

@@ -188,6 +188,64 @@ async fn a_view_calling_a_volatile_user_function_invalidates_what_it_may_write()
     }
 }
 
+/// An operator, a cast or a domain check that calls a volatile user function calls it
+/// without naming it: a statement using one is not cached (the function runs each
+/// time, as its writes need) and is taken as a write to everything. Before, both were
+/// missed: a hit skipped the function, and what it wrote kept its cached reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_casts_and_domains_calling_user_functions_are_seen() {
+    let (pg, proxy) = setup().await;
+    pg.psql(
+        "CREATE TABLE calls (n int); \
+         CREATE FUNCTION logged(int) RETURNS boolean LANGUAGE sql AS \
+           $$ INSERT INTO calls VALUES ($1) RETURNING true $$; \
+         CREATE FUNCTION bump(int, int) RETURNS boolean LANGUAGE sql AS \
+           $$ UPDATE items SET v = 'by the operator' WHERE id = 2 RETURNING true $$; \
+         CREATE OPERATOR ##> (LEFTARG = int, RIGHTARG = int, FUNCTION = bump); \
+         CREATE DOMAIN logged_int AS int CHECK (logged(VALUE)); \
+         CREATE TYPE wrapped AS (n int); \
+         CREATE FUNCTION wrap(int) RETURNS wrapped LANGUAGE sql AS \
+           $$ INSERT INTO calls VALUES ($1) RETURNING ROW($1)::wrapped $$; \
+         CREATE CAST (int AS wrapped) WITH FUNCTION wrap(int); \
+         CREATE DOMAIN bumping_int AS int CHECK (bump(VALUE, 0)); \
+         CREATE TABLE bumping (x bumping_int)",
+    )
+    .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let direct = direct(&pg).await;
+    let calls = "SELECT count(*) FROM calls";
+    for read in [
+        "SELECT id::logged_int FROM items WHERE id = 1",
+        "SELECT (id::wrapped).n FROM items WHERE id = 1",
+    ] {
+        let before: i64 = value(&direct, calls).await.parse().unwrap();
+        for _ in 0..2 {
+            assert_eq!(value(&client, read).await, "1", "{read}");
+        }
+        let after: i64 = value(&direct, calls).await.parse().unwrap();
+        assert_eq!(after - before, 2, "{read} was served from the cache");
+    }
+    let read = "SELECT v FROM items WHERE id = 2";
+    for _ in 0..2 {
+        assert_eq!(value(&client, read).await, "b");
+    }
+    client.batch_execute("SELECT 1 ##> 2").await.unwrap();
+    assert_eq!(value(&client, read).await, "by the operator");
+    // A write to a table with a column of such a domain may write what its check does.
+    client
+        .batch_execute("UPDATE items SET v = 'b' WHERE id = 2")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(value(&client, read).await, "b");
+    }
+    client
+        .batch_execute("INSERT INTO bumping VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, read).await, "by the operator");
+}
+
 /// A write to a table whose column default (or check) calls a user function may
 /// write anything that function writes: the cache takes it as a write to everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
