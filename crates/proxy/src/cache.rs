@@ -339,10 +339,13 @@ pub struct Deps {
     writing_views: foldhash::HashSet<String>,
     /// What calls a user function that is not immutable without naming it: the
     /// symbols of such operators, and the names of types a cast to which, or a domain
-    /// whose check, calls one. A statement whose text has one is not cached, and may
-    /// write anything (see [`calls_hidden`]). Tables with a column of such a domain
-    /// are `unbounded`.
+    /// whose check, calls one. A statement whose text has one is not cached, and,
+    /// when the function is volatile, may write anything (see [`calls_hidden`]).
+    /// Tables with a column of such a domain (volatile) are `unbounded`.
     hidden_calls: Vec<String>,
+    /// Those of `hidden_calls` whose function is volatile (a stable one may not
+    /// write).
+    hidden_writers: Vec<String>,
     /// Names every column of which is of a date or time type (arrays of one too): a
     /// statement converting a column to a date or time is cached only when its name
     /// is one of these (see `Analysis::datetime_casts`).
@@ -410,16 +413,16 @@ SELECT DISTINCT 'f', p.proname, '' FROM pg_catalog.pg_proc p \
   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.provolatile <> 'i' \
 UNION ALL \
-SELECT DISTINCT 'h', o.oprname, '' FROM pg_catalog.pg_operator o \
+SELECT DISTINCT 'h', o.oprname, p.provolatile::pg_catalog.text FROM pg_catalog.pg_operator o \
   JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode \
   WHERE o.oid >= 16384 AND p.provolatile <> 'i' \
 UNION ALL \
-SELECT DISTINCT 'h', t.typname, '' FROM pg_catalog.pg_cast c \
+SELECT DISTINCT 'h', t.typname, p.provolatile::pg_catalog.text FROM pg_catalog.pg_cast c \
   JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc \
   JOIN pg_catalog.pg_type t ON t.oid = c.casttarget \
   WHERE p.oid >= 16384 AND p.provolatile <> 'i' \
 UNION ALL \
-SELECT DISTINCT 'h', t.typname, '' FROM pg_catalog.pg_type t \
+SELECT DISTINCT 'h', t.typname, p.provolatile::pg_catalog.text FROM pg_catalog.pg_type t \
   JOIN pg_catalog.pg_constraint k ON k.contypid = t.oid \
   JOIN pg_catalog.pg_depend d ON d.objid = k.oid \
   JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
@@ -435,7 +438,7 @@ SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_attribute a \
   WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') \
   AND d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-  AND p.oid >= 16384 AND p.provolatile <> 'i' \
+  AND p.oid >= 16384 AND p.provolatile = 'v' \
 UNION ALL \
 SELECT DISTINCT 'w', v.relname, '' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
@@ -539,6 +542,10 @@ impl Deps {
                 }
                 "h" => {
                     let a = a.to_ascii_lowercase();
+                    // (Only a volatile function may write.)
+                    if b == "v" && !deps.hidden_writers.contains(&a) {
+                        deps.hidden_writers.push(a.clone());
+                    }
                     if !deps.hidden_calls.contains(&a) {
                         deps.hidden_calls.push(a);
                     }
@@ -816,7 +823,7 @@ impl ProxyCache {
             self.warn_uncached(database, d);
             let writers = Writers {
                 views: d.writing_views.clone(),
-                hidden: d.hidden_calls.clone(),
+                hidden: d.hidden_writers.clone(),
             };
             let mut views = self.writing_views.lock().unwrap_or_else(|p| p.into_inner());
             let changed = match views.get(database) {

@@ -208,7 +208,9 @@ async fn operators_casts_and_domains_calling_user_functions_are_seen() {
            $$ INSERT INTO calls VALUES ($1) RETURNING ROW($1)::wrapped $$; \
          CREATE CAST (int AS wrapped) WITH FUNCTION wrap(int); \
          CREATE DOMAIN bumping_int AS int CHECK (bump(VALUE, 0)); \
-         CREATE TABLE bumping (x bumping_int)",
+         CREATE TABLE bumping (x bumping_int); \
+         CREATE FUNCTION peek(int, int) RETURNS boolean LANGUAGE sql STABLE AS 'SELECT true'; \
+         CREATE OPERATOR #? (LEFTARG = int, RIGHTARG = int, FUNCTION = peek)",
     )
     .unwrap();
     let client = connect(&proxy, "postgres", None).await.unwrap();
@@ -244,6 +246,14 @@ async fn operators_casts_and_domains_calling_user_functions_are_seen() {
         .await
         .unwrap();
     assert_eq!(value(&client, read).await, "by the operator");
+    // A stable one: not cached, but no write (what was cached stays).
+    let hits = counter(&cache_row(&proxy).await, "hits");
+    for _ in 0..2 {
+        let stable = "SELECT v FROM items WHERE id = 1 AND 1 #? 2";
+        assert_eq!(value(&client, stable).await, "a");
+    }
+    assert_eq!(value(&client, read).await, "by the operator");
+    assert_eq!(counter(&cache_row(&proxy).await, "hits"), hits + 1);
 }
 
 /// A write to a table whose column default (or check) calls a user function may
