@@ -559,6 +559,9 @@ impl Deps {
                 _ => {}
             }
         }
+        // (In one order whatever the rows': equal lists compare equal.)
+        deps.hidden_calls.sort();
+        deps.hidden_writers.sort();
         // A view over a view that may write may write too.
         loop {
             let more: Vec<String> = deps
@@ -1608,7 +1611,6 @@ pub fn reply(shape: Shape, value: &[u8], out: &mut BytesMut) {
     out.extend_from_slice(b"Z\0\0\0\x05I");
 }
 
-/// A table's tag: its name without the schema.
 /// What in a database may write tables a statement does not name, unseen by its
 /// text: views that call a volatile user function, and operators, casts and domains
 /// that call one (see `Deps`'s `writing_views` and `hidden_calls`).
@@ -1631,19 +1633,36 @@ impl Writers {
 }
 
 /// Whether statement text `sql` (normalized) may call one of `hidden` (see `Deps`'s
-/// `hidden_calls`): an operator's symbol anywhere in it, a type's name as a word.
+/// `hidden_calls`): an operator's symbol standing alone (not part of a longer
+/// operator: a user `=` is not in `<=`), or a type's name cast to with `::` (a
+/// column or alias of that name is no call; `CAST(x AS t)` is not looked for).
 pub fn calls_hidden(hidden: &[String], sql: &str) -> bool {
+    const OPERATOR: &str = "+-*/<>=~!@#%^&|`?";
     if hidden.is_empty() {
         return false;
     }
     let sql = sql.to_ascii_lowercase();
     let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let operator = |c: Option<char>| c.is_some_and(|c| OPERATOR.contains(c));
     hidden.iter().any(|h| {
-        if !h.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
-            return sql.contains(h.as_str());
-        }
+        let is_type = h.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
         sql.match_indices(h.as_str()).any(|(at, _)| {
-            !word(sql[..at].chars().next_back()) && !word(sql[at + h.len()..].chars().next())
+            let (before, after) = (&sql[..at], &sql[at + h.len()..]);
+            if !is_type {
+                return !operator(before.chars().next_back()) && !operator(after.chars().next());
+            }
+            if word(after.chars().next()) {
+                return false;
+            }
+            // `::t`, `:: t`, `::schema.t`, `::"t"`.
+            let mut before = before.trim_end_matches('"');
+            if let Some(rest) = before.strip_suffix('.') {
+                before = rest
+                    .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '"');
+            } else if word(before.chars().next_back()) {
+                return false;
+            }
+            before.trim_end().ends_with("::")
         })
     })
 }
@@ -1653,6 +1672,7 @@ pub fn reads_one_of(views: &foldhash::HashSet<String>, tables: &[String]) -> boo
     !views.is_empty() && tables.iter().any(|t| views.contains(tag(t)))
 }
 
+/// A table's tag: its name without the schema.
 fn tag(table: &str) -> &str {
     // Bytes, not `rsplit`: this runs for every table every write names.
     match table.bytes().rposition(|b| b == b'.') {
@@ -2164,6 +2184,33 @@ pub(crate) async fn until_stopped(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hidden_calls_are_found_as_operators_and_casts() {
+        let hidden = |names: &[&str], sql: &str| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            super::calls_hidden(&names, sql)
+        };
+        assert!(hidden(&["##>"], "SELECT 1 ##> 2"));
+        assert!(hidden(&["="], "SELECT * FROM t WHERE a = $1"));
+        assert!(!hidden(
+            &["="],
+            "SELECT * FROM t WHERE a <= $1 AND b >= $2 AND c != $3"
+        ));
+        assert!(!hidden(&["-"], "SELECT 1 -- a comment"));
+        assert!(hidden(&["email"], "SELECT $1::email"));
+        assert!(hidden(&["email"], "SELECT x:: public.Email FROM t"));
+        assert!(hidden(&["email"], "SELECT x::\"email\" FROM t"));
+        assert!(!hidden(
+            &["email"],
+            "SELECT email FROM users WHERE email = $1"
+        ));
+        assert!(!hidden(
+            &["email"],
+            "SELECT x AS email, $1::email_address FROM t"
+        ));
+        assert!(!hidden(&[], "SELECT $1::email"));
+    }
+
     #[test]
     fn batches_partly_here_are_waited_for_only_when_the_cache_may_take_them() {
         let m = |tag: u8, body: &[u8]| {
