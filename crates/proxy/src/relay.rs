@@ -3916,6 +3916,11 @@ impl Relay {
     fn ensure_prepared(&mut self, prepared: &Prepared) {
         if self.prepare_here(prepared) {
             self.learn_description(prepared);
+        } else if self.serve_cache {
+            // The cache serves a Bind of it only once its current shape is known
+            // (see `look_up_cache`): one a schema change, or the pool's forgetting,
+            // left unknown is learnt again here.
+            self.learn_description(prepared);
         }
     }
 
@@ -3938,7 +3943,7 @@ impl Relay {
     /// known (once per statement and plan epoch, for [`Relay::describe_in_failed`]).
     fn learn_description(&mut self, prepared: &Prepared) {
         if self.status == TransactionStatus::Failed
-            || self.pool.current_description(prepared.id).is_some()
+            || self.pool.knows_current_description(prepared.id)
         {
             return;
         }
