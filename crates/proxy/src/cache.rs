@@ -261,12 +261,12 @@ pub struct ProxyCache {
     /// The generation in `deps`, readable without its lock (each fill's completion
     /// checks it).
     deps_generation: AtomicU64,
-    /// Per database, the views that may write (see `Deps`'s `writing_views`), as
-    /// the latest read of its catalog found them (kept while it is read again), and
-    /// a count of their changes (0: none was ever found), for sessions to keep a copy
-    /// of their database's (see [`ProxyCache::writing_views`]).
-    writing_views: Mutex<foldhash::HashMap<String, Arc<Writers>>>,
-    writing_views_changes: AtomicU64,
+    /// Per database, what may write unseen (see [`Writers`]), as the latest read of
+    /// its catalog found it (kept while it is read again), and a count of changes
+    /// (0: nothing was ever found), for sessions to keep a copy of their database's
+    /// (see [`ProxyCache::writers`]).
+    writers: Mutex<foldhash::HashMap<String, Arc<Writers>>>,
+    writers_changes: AtomicU64,
     /// The catalog query for [`Deps`]: [`DEPS_QUERY`], with the replication
     /// listener's coverage when it is on.
     deps_query: String,
@@ -766,8 +766,8 @@ impl ProxyCache {
             counters: CacheCounters::default(),
             deps: Mutex::new((Default::default(), 0)),
             deps_generation: AtomicU64::new(0),
-            writing_views: Mutex::default(),
-            writing_views_changes: AtomicU64::new(0),
+            writers: Mutex::default(),
+            writers_changes: AtomicU64::new(0),
             uncached_warned: Mutex::default(),
             deps_query: match settings.wal_listener {
                 true => DEPS_QUERY.to_string() + &uncovered_query(&settings.publication),
@@ -828,14 +828,14 @@ impl ProxyCache {
                 views: d.writing_views.clone(),
                 hidden: d.hidden_writers.clone(),
             };
-            let mut views = self.writing_views.lock().unwrap_or_else(|p| p.into_inner());
-            let changed = match views.get(database) {
+            let mut known = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = match known.get(database) {
                 Some(known) => **known != writers,
                 None => !writers.is_empty(),
             };
             if changed {
-                views.insert(database.to_string(), Arc::new(writers));
-                self.writing_views_changes.fetch_add(1, Relaxed);
+                known.insert(database.to_string(), Arc::new(writers));
+                self.writers_changes.fetch_add(1, Relaxed);
             }
         }
         let state = match deps {
@@ -889,16 +889,16 @@ impl ProxyCache {
         self.deps_generation.load(Relaxed)
     }
 
-    /// How many times the views that may write changed, in any database (0: none
+    /// How many times what may write unseen changed, in any database (0: nothing
     /// was ever found): a session's copy of its database's is good while this stays.
-    pub fn writing_views_changes(&self) -> u64 {
-        self.writing_views_changes.load(Relaxed)
+    pub fn writers_changes(&self) -> u64 {
+        self.writers_changes.load(Relaxed)
     }
 
     /// What in `database` may write unseen (see [`Writers`]).
-    pub fn writing_views(&self, database: &str) -> Option<Arc<Writers>> {
-        let views = self.writing_views.lock().unwrap_or_else(|p| p.into_inner());
-        views.get(database).filter(|v| !v.is_empty()).cloned()
+    pub fn writers(&self, database: &str) -> Option<Arc<Writers>> {
+        let writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        writers.get(database).filter(|w| !w.is_empty()).cloned()
     }
 
     /// The schema may have changed: the dependencies are read again before anything

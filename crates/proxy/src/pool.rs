@@ -561,17 +561,21 @@ impl Pool {
     /// Whether statement `id`'s description is known since the last schema change
     /// through pgopt (see [`Pool::current_description`]), without copying it.
     pub fn knows_current_description(&self, id: u64) -> bool {
-        let schema = self.schema_epoch.load(SeqCst);
-        let epoch = lock(&self.descriptions)
-            .get(&id)
-            .filter(|d| d.schema == schema)
-            .map(|d| d.epoch);
-        epoch.is_some_and(|epoch| self.unchanged_since(id, epoch))
+        self.knows(id, Some(self.schema_epoch.load(SeqCst)))
     }
 
     /// Whether statement `id`'s description is known (and still holds).
     pub fn knows_description(&self, id: u64) -> bool {
-        let epoch = lock(&self.descriptions).get(&id).map(|d| d.epoch);
+        self.knows(id, None)
+    }
+
+    /// Whether statement `id`'s description is known and holds (and was said at
+    /// schema epoch `schema`, when given), without copying it.
+    fn knows(&self, id: u64, schema: Option<u64>) -> bool {
+        let epoch = lock(&self.descriptions)
+            .get(&id)
+            .filter(|d| schema.is_none_or(|s| d.schema == s))
+            .map(|d| d.epoch);
         epoch.is_some_and(|epoch| self.unchanged_since(id, epoch))
     }
 

@@ -330,9 +330,9 @@ pub struct Relay {
     /// ALTER, a DROP…): each Bind of one is a schema change (see
     /// [`Relay::schema_changed`]), as its Parse was.
     schema_changers: foldhash::HashSet<u64>,
-    /// The cache's views that may write in this database, as of a count of their
-    /// changes (see [`Relay::note_view_writes`]).
-    writing_views: (u64, Option<Arc<crate::cache::Writers>>),
+    /// What may write unseen in this database, as of a count of its changes (see
+    /// [`Relay::note_sql_writes`]).
+    writers: (u64, Option<Arc<crate::cache::Writers>>),
     /// The client's named statements (by id) that RESET a setting (or all): confirmed
     /// again at each Bind, as at their Parse.
     resets_at_binds: foldhash::HashMap<u64, Change>,
@@ -597,7 +597,7 @@ impl Relay {
             read_back_leniently: Vec::new(),
             read_back_statements: Default::default(),
             schema_changers: Default::default(),
-            writing_views: (0, None),
+            writers: (0, None),
             resets_at_binds: Default::default(),
             unnamed_read_back: None,
             reread_changes: false,
@@ -1861,27 +1861,25 @@ impl Relay {
         self.writes.note(None);
     }
 
-    /// A statement that reads a view calling a volatile user function, or uses an
-    /// operator, cast or domain that calls one, may write anything that function
-    /// writes: noted as a write to everything.
-    fn note_view_writes(&mut self, analysis: Option<&pgopt_sql::Analysis>) {
+    /// Notes what a statement (`analysis`) may write, for the cache: what its text
+    /// names (see `PendingWrites::note_sql`), and everything when it reads a view
+    /// calling a volatile user function, or uses an operator, cast or domain that
+    /// calls one (see `cache::Writers`), as that function may write anything.
+    fn note_sql_writes(&mut self, analysis: Option<&pgopt_sql::Analysis>) {
+        self.writes
+            .note_sql(analysis, sql_statements(&mut self.server));
         let (Some(cache), Some(a)) = (&self.cache, analysis) else {
             return;
         };
         // (No lock: the session's copy of its database's, while none changed.)
-        let changes = cache.writing_views_changes();
+        let changes = cache.writers_changes();
         if changes == 0 {
             return;
         }
-        if self.writing_views.0 != changes {
-            self.writing_views = (changes, cache.writing_views(&self.database));
+        if self.writers.0 != changes {
+            self.writers = (changes, cache.writers(&self.database));
         }
-        if self
-            .writing_views
-            .1
-            .as_ref()
-            .is_some_and(|w| w.reached_by(a))
-        {
+        if self.writers.1.as_ref().is_some_and(|w| w.reached_by(a)) {
             self.writes.note_unknown();
         }
     }
@@ -1930,9 +1928,7 @@ impl Relay {
             b'Q' => match Query::decode(frame.body()) {
                 Ok(query) => {
                     let analysis = analyzer.analyze(query.sql).ok();
-                    self.writes
-                        .note_sql(analysis.as_deref(), sql_statements(&mut self.server));
-                    self.note_view_writes(analysis.as_deref());
+                    self.note_sql_writes(analysis.as_deref());
                 }
                 Err(_) => {
                     let mut owned = String::new();
@@ -1950,9 +1946,7 @@ impl Relay {
                         }
                     }
                     let analysis = analyzer.analyze(parse.query).ok();
-                    self.writes
-                        .note_sql(analysis.as_deref(), sql_statements(&mut self.server));
-                    self.note_view_writes(analysis.as_deref());
+                    self.note_sql_writes(analysis.as_deref());
                     // Binds in later transactions run it again.
                     if self.parsed.len() >= MAX_PARSED {
                         self.parsed.clear();
@@ -1985,11 +1979,7 @@ impl Relay {
                     Err(_) => None,
                 };
                 match analysis {
-                    Some(a) => {
-                        self.writes
-                            .note_sql(Some(&a), sql_statements(&mut self.server));
-                        self.note_view_writes(Some(&a));
-                    }
+                    Some(a) => self.note_sql_writes(Some(&a)),
                     None => {
                         if let Some(sql) = sql_statements(&mut self.server) {
                             sql.go_blind();
@@ -3870,7 +3860,7 @@ impl Relay {
         if tag == b't' {
             // (Learnt afresh when described afresh, its shape may be back, or when
             // what is known is from before a schema change.)
-            let learn = self.rechecking(id) || self.pool.current_description(id).is_none();
+            let learn = self.rechecking(id) || !self.pool.knows_current_description(id);
             self.described = learn.then(|| Bytes::copy_from_slice(&self.sbuf[body]));
         } else if let Some(params) = self.described.take() {
             // (Against what clients were told, if known.)
