@@ -920,7 +920,7 @@ impl ProxyCache {
             || analysis.tables_read.is_empty()
             || analysis.user_functions
             || deps.calls_user_function(&analysis.functions)
-            || calls_hidden(&deps.hidden_calls, &analysis.normalized)
+            || calls_hidden(&deps.hidden_calls, analysis)
         {
             return None;
         }
@@ -1627,44 +1627,25 @@ impl Writers {
 
     /// Whether a statement (`analysis`) may write through one of them.
     pub fn reached_by(&self, analysis: &Analysis) -> bool {
-        reads_one_of(&self.views, &analysis.tables_read)
-            || calls_hidden(&self.hidden, &analysis.normalized)
+        reads_one_of(&self.views, &analysis.tables_read) || calls_hidden(&self.hidden, analysis)
     }
 }
 
-/// Whether statement text `sql` (normalized) may call one of `hidden` (see `Deps`'s
-/// `hidden_calls`): an operator's symbol standing alone (not part of a longer
-/// operator: a user `=` is not in `<=`), or a type's name cast to with `::` (a
-/// column or alias of that name is no call; `CAST(x AS t)` is not looked for).
-pub fn calls_hidden(hidden: &[String], sql: &str) -> bool {
-    const OPERATOR: &str = "+-*/<>=~!@#%^&|`?";
+/// Whether a statement (`analysis`) may call one of `hidden` (see `Deps`'s
+/// `hidden_calls`): an operator it calls, its syntax's too (`=` for IN…), by
+/// symbol; a type it casts to, or calls by name as a function (`t(x)`). (By name
+/// only: a user `+` for one type keeps every statement adding anything out.)
+pub fn calls_hidden(hidden: &[String], analysis: &Analysis) -> bool {
     if hidden.is_empty() {
         return false;
     }
-    let sql = sql.to_ascii_lowercase();
-    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-    let operator = |c: Option<char>| c.is_some_and(|c| OPERATOR.contains(c));
-    hidden.iter().any(|h| {
-        let is_type = h.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
-        sql.match_indices(h.as_str()).any(|(at, _)| {
-            let (before, after) = (&sql[..at], &sql[at + h.len()..]);
-            if !is_type {
-                return !operator(before.chars().next_back()) && !operator(after.chars().next());
-            }
-            if word(after.chars().next()) {
-                return false;
-            }
-            // `::t`, `:: t`, `::schema.t`, `::"t"`.
-            let mut before = before.trim_end_matches('"');
-            if let Some(rest) = before.strip_suffix('.') {
-                before = rest
-                    .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '"');
-            } else if word(before.chars().next_back()) {
-                return false;
-            }
-            before.trim_end().ends_with("::")
-        })
-    })
+    let called = |f: &String| {
+        let f = f.rsplit('.').next().unwrap_or(f).trim_matches('"');
+        hidden.iter().any(|h| h.eq_ignore_ascii_case(f))
+    };
+    analysis.operators.iter().any(|o| hidden.contains(o))
+        || analysis.type_names.iter().any(|t| hidden.contains(t))
+        || analysis.functions.iter().any(called)
 }
 
 /// Whether `tables` (as a statement names them) include one of `views`.
@@ -2188,18 +2169,23 @@ mod tests {
     fn hidden_calls_are_found_as_operators_and_casts() {
         let hidden = |names: &[&str], sql: &str| {
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            super::calls_hidden(&names, sql)
+            super::calls_hidden(&names, &pgopt_sql::analyze(sql).unwrap())
         };
         assert!(hidden(&["##>"], "SELECT 1 ##> 2"));
         assert!(hidden(&["="], "SELECT * FROM t WHERE a = $1"));
+        assert!(hidden(&["="], "SELECT * FROM t WHERE a IN ($1, $2)"));
+        assert!(hidden(&["<="], "SELECT * FROM t WHERE a BETWEEN $1 AND $2"));
         assert!(!hidden(
             &["="],
             "SELECT * FROM t WHERE a <= $1 AND b >= $2 AND c != $3"
         ));
         assert!(!hidden(&["-"], "SELECT 1 -- a comment"));
+        assert!(!hidden(&["-"], "SELECT '-' /* - */"));
         assert!(hidden(&["email"], "SELECT $1::email"));
         assert!(hidden(&["email"], "SELECT x:: public.Email FROM t"));
         assert!(hidden(&["email"], "SELECT x::\"email\" FROM t"));
+        assert!(hidden(&["email"], "SELECT CAST(x AS email) FROM t"));
+        assert!(hidden(&["email"], "SELECT public.email(x) FROM t"));
         assert!(!hidden(
             &["email"],
             "SELECT email FROM users WHERE email = $1"

@@ -193,7 +193,7 @@ async fn cached_then_written(client: &Client, read: &str, statement: &str, after
 }
 
 /// An operator, a cast or a domain check that calls a volatile user function calls it
-/// without naming it: a statement using one is not cached (the function runs each
+/// without naming it (nor the operator, for one the syntax implies, as LIKE's ~~): a statement using one is not cached (the function runs each
 /// time, as its writes need) and is taken as a write to everything. Before, both were
 /// missed: a hit skipped the function, and what it wrote kept its cached reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +214,11 @@ async fn operators_casts_and_domains_calling_user_functions_are_seen() {
          CREATE DOMAIN bumping_int AS int CHECK (bump(VALUE, 0)); \
          CREATE TABLE bumping (x bumping_int); \
          CREATE FUNCTION peek(int, int) RETURNS boolean LANGUAGE sql STABLE AS 'SELECT true'; \
-         CREATE OPERATOR #? (LEFTARG = int, RIGHTARG = int, FUNCTION = peek)",
+         CREATE OPERATOR #? (LEFTARG = int, RIGHTARG = int, FUNCTION = peek); \
+         CREATE TYPE tagged AS (n int); \
+         CREATE FUNCTION tag_like(tagged, text) RETURNS boolean LANGUAGE sql AS \
+           $$ INSERT INTO calls VALUES (($1).n) RETURNING true $$; \
+         CREATE OPERATOR ~~ (LEFTARG = tagged, RIGHTARG = text, FUNCTION = tag_like)",
     )
     .unwrap();
     let client = connect(&proxy, "postgres", None).await.unwrap();
@@ -223,6 +227,9 @@ async fn operators_casts_and_domains_calling_user_functions_are_seen() {
     for read in [
         "SELECT id::logged_int FROM items WHERE id = 1",
         "SELECT (id::wrapped).n FROM items WHERE id = 1",
+        "SELECT (CAST(id AS wrapped)).n FROM items WHERE id = 1",
+        // (The user's ~~, which LIKE calls.)
+        "SELECT id FROM items WHERE id = 1 AND ROW(id)::tagged LIKE 'x'",
     ] {
         let before: i64 = value(&direct, calls).await.parse().unwrap();
         for _ in 0..2 {

@@ -143,6 +143,19 @@ pub struct Analysis {
     /// column of that name is a date or time. (A conversion of anything but a column,
     /// a constant, a parameter or a date/time function's result is `volatile`.)
     pub datetime_casts: Vec<String>,
+    /// Operators called, by symbol (the last part of `OPERATOR(s.+)`), with those
+    /// the syntax calls without writing them: `=` for IN, `CASE x WHEN`, IS [NOT]
+    /// DISTINCT FROM, NULLIF, `USING` and NATURAL joins, `IN (subquery)`, GROUP BY,
+    /// DISTINCT, PARTITION BY and UNION, INTERSECT and EXCEPT without ALL; `<>` for
+    /// NOT IN; `>=` and `<=` (`<` and `>` for NOT) for BETWEEN; `~~`, `~~*` and
+    /// their negations for [I]LIKE; `~` for SIMILAR TO. Sorted. (Not the comparison
+    /// support functions ORDER BY and hashing call: they are no operator's.)
+    pub operators: Vec<String>,
+    /// Types converted to by name, lower case, without their schema: casts (`x::t`,
+    /// `CAST(x AS t)`, `t 'literal'`, arrays of one) and column definitions
+    /// (`… AS x(a t)`). Sorted. (Not a conversion written as a call, `t(x)`: that is
+    /// in [`functions`](Self::functions).)
+    pub type_names: Vec<String>,
     /// Result depends on session state (currval, current_setting…).
     pub session_dependent: bool,
     /// Takes row or table locks explicitly (FOR UPDATE/SHARE…, LOCK TABLE).
@@ -329,6 +342,8 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         functions,
         volatile,
         datetime_casts,
+        operators,
+        type_names,
         session_dependent,
         locking,
         picks_rows,
@@ -351,6 +366,8 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         read_only,
         volatile,
         datetime_casts: datetime_casts.into_iter().collect(),
+        operators: operators.into_iter().collect(),
+        type_names: type_names.into_iter().collect(),
         session_dependent,
         locking,
         picks_rows,
@@ -425,6 +442,26 @@ fn select_picks_rows(select: &Value) -> bool {
             .any(|k| select.get(*k).is_some_and(select_picks_rows))
 }
 
+/// A SELECT that compares rows for equality, here or in a branch of its set
+/// operation: GROUP BY, DISTINCT, or UNION, INTERSECT or EXCEPT without ALL.
+fn select_compares(select: &Value) -> bool {
+    use pg_query::protobuf::SetOperation;
+    let non_empty = |k: &str| {
+        select
+            .get(k)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    let set_op = select.get("op").and_then(Value::as_i64).unwrap_or(0);
+    let all = select.get("all").and_then(Value::as_bool) == Some(true);
+    non_empty("group_clause")
+        || non_empty("distinct_clause")
+        || (set_op > SetOperation::SetopNone as i64 && !all)
+        || ["larg", "rarg"]
+            .iter()
+            .any(|k| select.get(*k).is_some_and(select_compares))
+}
+
 /// `TRUNCATE … CASCADE`: it empties every table with a foreign key to the named ones.
 fn truncates_cascade(node: &NodeEnum) -> bool {
     matches!(node, NodeEnum::TruncateStmt(t)
@@ -481,6 +518,8 @@ struct Walker<'c> {
     functions: BTreeSet<String>,
     volatile: bool,
     datetime_casts: BTreeSet<String>,
+    operators: BTreeSet<String>,
+    type_names: BTreeSet<String>,
     session_dependent: bool,
     locking: bool,
     picks_rows: bool,
@@ -596,6 +635,8 @@ impl<'c> Walker<'c> {
             functions: BTreeSet::new(),
             volatile: false,
             datetime_casts: BTreeSet::new(),
+            operators: BTreeSet::new(),
+            type_names: BTreeSet::new(),
             session_dependent: false,
             locking: false,
             picks_rows: false,
@@ -964,6 +1005,7 @@ impl<'c> Walker<'c> {
             }
         }
         for (key, child) in map {
+            self.note_operators_and_types(key, child);
             match key.as_str() {
                 "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
                     self.modifies = true;
@@ -1052,6 +1094,74 @@ impl<'c> Walker<'c> {
             }
         }
         self.ctes.truncate(scope);
+    }
+
+    /// Notes the operators a node calls, and the types it converts to (see
+    /// [`Analysis::operators`] and [`Analysis::type_names`]).
+    fn note_operators_and_types(&mut self, key: &str, node: &Value) {
+        use pg_query::protobuf::{AExprKind, SubLinkType};
+        let last = |names: Option<&Value>| {
+            names
+                .and_then(Value::as_array)
+                .and_then(|names| names.last())
+                .and_then(|n| n.pointer("/node/String/sval"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let non_empty = |k: &str| {
+            node.get(k)
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        };
+        let int = |k: &str| node.get(k).and_then(Value::as_i64).unwrap_or(0);
+        let mut equality = false;
+        match key {
+            "AExpr" => {
+                let Some(name) = last(node.get("name")) else {
+                    return;
+                };
+                let kind = int("kind");
+                let between = [AExprKind::AexprBetween, AExprKind::AexprBetweenSym];
+                let not_between = [AExprKind::AexprNotBetween, AExprKind::AexprNotBetweenSym];
+                if between.iter().any(|k| *k as i64 == kind) {
+                    self.operators.extend([">=".to_string(), "<=".to_string()]);
+                } else if not_between.iter().any(|k| *k as i64 == kind) {
+                    self.operators.extend(["<".to_string(), ">".to_string()]);
+                } else {
+                    self.operators.insert(name);
+                }
+            }
+            "SubLink" => match last(node.get("oper_name")) {
+                Some(name) => {
+                    self.operators.insert(name);
+                }
+                // `x IN (SELECT …)`.
+                None => equality = int("sub_link_type") == SubLinkType::AnySublink as i64,
+            },
+            "CaseExpr" => equality = node.get("arg").is_some_and(|a| !a.is_null()),
+            "JoinExpr" => {
+                equality = non_empty("using_clause")
+                    || node.get("is_natural").and_then(Value::as_bool) == Some(true);
+            }
+            "SelectStmt" => equality = select_compares(node),
+            // A window: named (WINDOW w AS …), or a call's own (a bare WindowDef).
+            "WindowDef" => equality = non_empty("partition_clause"),
+            "FuncCall" => {
+                equality = node
+                    .pointer("/over/partition_clause")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty());
+            }
+            "TypeCast" | "ColumnDef" => {
+                if let Some(name) = last(node.get("type_name").and_then(|t| t.get("names"))) {
+                    self.type_names.insert(name.to_lowercase());
+                }
+            }
+            _ => {}
+        }
+        if equality {
+            self.operators.insert("=".to_string());
+        }
     }
 
     fn body(&mut self, value: &Value, target_fields: &[&str]) {

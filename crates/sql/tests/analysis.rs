@@ -727,3 +727,60 @@ fn limits_and_distinct_on_pick_rows() {
         assert!(!analyze(sql).unwrap().picks_rows, "{sql}");
     }
 }
+
+/// Operators and casts a statement calls, those its syntax implies too.
+#[test]
+fn operators_and_type_names_include_what_the_syntax_implies() {
+    let ops = |sql: &str| analyze(sql).unwrap().operators;
+    let types = |sql: &str| analyze(sql).unwrap().type_names;
+    assert_eq!(ops("SELECT a + 1 ##> b FROM t"), ["##>", "+"]);
+    assert_eq!(ops("SELECT a OPERATOR(app.===) b FROM t"), ["==="]);
+    assert_eq!(ops("SELECT * FROM t WHERE a IN (1, 2)"), ["="]);
+    assert_eq!(ops("SELECT * FROM t WHERE a NOT IN (1, 2)"), ["<>"]);
+    assert_eq!(ops("SELECT * FROM t WHERE a BETWEEN 1 AND 2"), ["<=", ">="]);
+    assert_eq!(
+        ops("SELECT * FROM t WHERE a NOT BETWEEN SYMMETRIC 1 AND 2"),
+        ["<", ">"]
+    );
+    assert_eq!(ops("SELECT * FROM t WHERE a LIKE 'x%'"), ["~~"]);
+    assert_eq!(ops("SELECT * FROM t WHERE a NOT ILIKE 'x%'"), ["!~~*"]);
+    assert_eq!(ops("SELECT * FROM t WHERE a SIMILAR TO 'x'"), ["~"]);
+    assert_eq!(ops("SELECT * FROM t WHERE a = ANY($1)"), ["="]);
+    assert_eq!(
+        ops("SELECT * FROM t WHERE a < ALL (SELECT b FROM u)"),
+        ["<"]
+    );
+    for sql in [
+        "SELECT * FROM t WHERE a IN (SELECT b FROM u)",
+        "SELECT CASE a WHEN 1 THEN 'one' END FROM t",
+        "SELECT * FROM t WHERE a IS DISTINCT FROM $1",
+        "SELECT NULLIF(a, b) FROM t",
+        "SELECT * FROM t JOIN u USING (id)",
+        "SELECT * FROM t NATURAL JOIN u",
+        "SELECT a FROM t GROUP BY a",
+        "SELECT DISTINCT a FROM t",
+        "SELECT a FROM t UNION SELECT b FROM u",
+        "SELECT a FROM t UNION ALL (SELECT b FROM u INTERSECT SELECT c FROM v)",
+        "SELECT sum(a) OVER (PARTITION BY b) FROM t",
+        "SELECT sum(a) OVER w FROM t WINDOW w AS (PARTITION BY b)",
+    ] {
+        assert_eq!(ops(sql), ["="], "{sql}");
+    }
+    for sql in [
+        "SELECT a FROM t UNION ALL SELECT b FROM u",
+        "SELECT CASE WHEN a THEN 1 END FROM t ORDER BY a",
+        "SELECT * FROM t WHERE a IS NULL",
+    ] {
+        assert!(ops(sql).is_empty(), "{sql}");
+    }
+    assert_eq!(
+        types("SELECT $1::Email, CAST(a AS app.\"Dom\"), ARRAY[b]::tags[], int4 '1' FROM t"),
+        ["dom", "email", "int4", "tags"]
+    );
+    assert_eq!(
+        types("SELECT * FROM jsonb_to_record($1) AS x(a email)"),
+        ["email"]
+    );
+    // A column, alias or comment of a type's name is no cast.
+    assert!(types("SELECT email AS email FROM t /* ::email */").is_empty());
+}
