@@ -355,8 +355,45 @@ pub struct Deps {
     pub generation: u64,
 }
 
+/// For [`DEPS_QUERY`]: `p`, the function a dependency `d` calls: the one it names,
+/// or an operator's.
+macro_rules! called {
+    () => {
+        "JOIN pg_catalog.pg_proc p ON p.oid = CASE d.refclassid \
+  WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid \
+  WHEN 'pg_catalog.pg_operator'::pg_catalog.regclass THEN (SELECT o.oprcode::pg_catalog.oid \
+    FROM pg_catalog.pg_operator o WHERE o.oid = d.refobjid) END "
+    };
+}
+
+/// For [`DEPS_QUERY`]: `x (oid, vol)`, types whose values are checked by a user
+/// function that is not immutable, and that function's volatility: domains whose
+/// check calls one (by name or by operator), and what holds one — a domain over it,
+/// an array of it, a composite type (a table's row too) with a field of it.
+macro_rules! checked_types {
+    () => {
+        concat!(
+            "(WITH RECURSIVE dom(oid, vol) AS ( \
+  SELECT k.contypid, p.provolatile::pg_catalog.text FROM pg_catalog.pg_constraint k \
+  JOIN pg_catalog.pg_depend d ON d.objid = k.oid ",
+            called!(),
+            "\
+  WHERE k.contypid <> 0 AND d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+  AND p.oid >= 16384 AND p.provolatile <> 'i' \
+  UNION \
+  SELECT t.oid, dom.vol FROM dom \
+  LEFT JOIN pg_catalog.pg_attribute f ON f.atttypid = dom.oid AND f.attnum > 0 \
+  JOIN pg_catalog.pg_type t ON t.typbasetype = dom.oid \
+    OR t.typelem = dom.oid AND t.typcategory = 'A' \
+    OR t.typtype = 'c' AND t.typrelid = f.attrelid \
+) SELECT oid, vol FROM dom) x "
+        )
+    };
+}
+
 /// One round trip for [`Deps`]: (what, a, b) rows (for `s`, b says why).
-pub const DEPS_QUERY: &str = "\
+pub const DEPS_QUERY: &str = concat!(
+    "\
 SELECT 'r', c.relname, ''::pg_catalog.text FROM pg_catalog.pg_class c \
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
@@ -391,7 +428,10 @@ SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_depend d \
   LEFT JOIN pg_catalog.pg_constraint k \
     ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND k.oid = d.objid \
   JOIN pg_catalog.pg_class c ON c.oid = coalesce(ad.adrelid, k.conrelid) \
-  WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 \
+  ",
+    called!(),
+    "\
+  WHERE p.oid >= 16384 \
 UNION ALL \
 SELECT 'd', a.attname, '' FROM pg_catalog.pg_attribute a \
   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
@@ -422,37 +462,37 @@ SELECT DISTINCT 'h', t.typname, p.provolatile::pg_catalog.text FROM pg_catalog.p
   JOIN pg_catalog.pg_type t ON t.oid = c.casttarget \
   WHERE p.oid >= 16384 AND p.provolatile <> 'i' \
 UNION ALL \
-SELECT DISTINCT 'h', t.typname, p.provolatile::pg_catalog.text FROM pg_catalog.pg_type t \
-  JOIN pg_catalog.pg_constraint k ON k.contypid = t.oid \
-  JOIN pg_catalog.pg_depend d ON d.objid = k.oid \
-  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
-  WHERE t.typtype = 'd' AND d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
-  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-  AND p.oid >= 16384 AND p.provolatile <> 'i' \
+SELECT DISTINCT 'h', t.typname, x.vol FROM \
+  ",
+    checked_types!(),
+    "\
+  JOIN pg_catalog.pg_type t ON t.oid = x.oid \
 UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_attribute a \
   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-  JOIN pg_catalog.pg_constraint k ON k.contypid = a.atttypid \
-  JOIN pg_catalog.pg_depend d ON d.objid = k.oid \
-  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
-  WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') \
-  AND d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
-  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-  AND p.oid >= 16384 AND p.provolatile = 'v' \
+  JOIN \
+  ",
+    checked_types!(),
+    "\
+  ON x.oid = a.atttypid \
+  WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') AND x.vol = 'v' \
 UNION ALL \
 SELECT DISTINCT 'w', v.relname, '' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
   JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
-  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
-  WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid >= 16384 \
+  ",
+    called!(),
+    "\
+  WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND p.oid >= 16384 \
   AND p.provolatile = 'v' AND v.relkind = 'v' \
 UNION ALL \
 SELECT DISTINCT 's', v.relname, 'the view calls a user function' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
   JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
-  WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384 \
+  ",
+    called!(),
+    "\
+  WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND p.oid >= 16384 \
 UNION ALL \
 SELECT DISTINCT 's', v.relname, \
   'the view reads a catalog, calls a built-in function that is neither immutable nor one of \
@@ -474,7 +514,8 @@ the stable date, format and JSON functions pgopt allows, or samples' \
           'to_jsonb', 'row_to_json', 'array_to_json', 'json_build_object', \
           'jsonb_build_object', 'json_build_array', 'jsonb_build_array', 'json_agg', \
           'jsonb_agg', 'json_object_agg', 'jsonb_object_agg') \
-          OR p.proname ~ '^(date|timestamp|timestamptz)_(eq|ne|lt|le|gt|ge|cmp)_(date|timestamp|timestamptz)$'))))";
+          OR p.proname ~ '^(date|timestamp|timestamptz)_(eq|ne|lt|le|gt|ge|cmp)_(date|timestamp|timestamptz)$'))))"
+);
 
 /// With the replication listener on ([`CacheSettings::wal_listener`]), what
 /// [`DEPS_QUERY`] adds: tables and materialized views whose changes the listener's

@@ -218,7 +218,16 @@ async fn operators_casts_and_domains_calling_user_functions_are_seen() {
          CREATE TYPE tagged AS (n int); \
          CREATE FUNCTION tag_like(tagged, text) RETURNS boolean LANGUAGE sql AS \
            $$ INSERT INTO calls VALUES (($1).n) RETURNING true $$; \
-         CREATE OPERATOR ~~ (LEFTARG = tagged, RIGHTARG = text, FUNCTION = tag_like)",
+         CREATE OPERATOR ~~ (LEFTARG = tagged, RIGHTARG = text, FUNCTION = tag_like); \
+         CREATE DOMAIN relogged_int AS logged_int; \
+         CREATE FUNCTION logged2(int, int) RETURNS boolean LANGUAGE sql AS \
+           $$ INSERT INTO calls VALUES ($1) RETURNING true $$; \
+         CREATE OPERATOR #@ (LEFTARG = int, RIGHTARG = int, FUNCTION = logged2); \
+         CREATE DOMAIN op_logged_int AS int CHECK (VALUE #@ 0); \
+         CREATE TABLE bumping_many (x bumping_int[]); \
+         CREATE TYPE bumping_pair AS (x bumping_int, y int); \
+         CREATE TABLE bumping_pairs (p bumping_pair); \
+         CREATE TABLE bumped_default (k int, b boolean DEFAULT 1 ##> 2)",
     )
     .unwrap();
     let client = connect(&proxy, "postgres", None).await.unwrap();
@@ -230,6 +239,9 @@ async fn operators_casts_and_domains_calling_user_functions_are_seen() {
         "SELECT (CAST(id AS wrapped)).n FROM items WHERE id = 1",
         // (The user's ~~, which LIKE calls.)
         "SELECT id FROM items WHERE id = 1 AND ROW(id)::tagged LIKE 'x'",
+        // A domain over one, and one whose check calls it through an operator.
+        "SELECT id::relogged_int FROM items WHERE id = 1",
+        "SELECT id::op_logged_int FROM items WHERE id = 1",
     ] {
         let before: i64 = value(&direct, calls).await.parse().unwrap();
         for _ in 0..2 {
@@ -241,7 +253,15 @@ async fn operators_casts_and_domains_calling_user_functions_are_seen() {
     let read = "SELECT v FROM items WHERE id = 2";
     // (The second: a write to a table with a column of such a domain may write what
     // its check does.)
-    for statement in ["SELECT 1 ##> 2", "INSERT INTO bumping VALUES (1)"] {
+    for statement in [
+        "SELECT 1 ##> 2",
+        "INSERT INTO bumping VALUES (1)",
+        // (Arrays and composite types of one too, and a default calling one through
+        // an operator.)
+        "INSERT INTO bumping_many VALUES ('{1}')",
+        "INSERT INTO bumping_pairs VALUES (ROW(1, 2))",
+        "INSERT INTO bumped_default (k) VALUES (1)",
+    ] {
         cached_then_written(&client, read, statement, "by the operator").await;
     }
     // A stable one: not cached, but no write (what was cached stays).
