@@ -366,10 +366,12 @@ macro_rules! called {
     };
 }
 
-/// For [`DEPS_QUERY`]: `x (oid, vol)`, types whose values are checked by a user
-/// function that is not immutable, and that function's volatility: domains whose
-/// check calls one (by name or by operator), and what holds one — a domain over it,
-/// an array of it, a composite type (a table's row too) with a field of it.
+/// For [`DEPS_QUERY`]: `x (oid, vol)`, types whose values may be made or checked by
+/// a user function that is not immutable, and that function's volatility: domains
+/// whose check calls one (by name or by operator), types an implicit or assignment
+/// cast makes with one (an INSERT of another type's value calls it), and what holds
+/// one — a domain over it, an array of it, a composite type (a table's row too) with
+/// a field of it.
 macro_rules! checked_types {
     () => {
         concat!(
@@ -380,6 +382,10 @@ macro_rules! checked_types {
             "\
   WHERE k.contypid <> 0 AND d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
   AND p.oid >= 16384 AND p.provolatile <> 'i' \
+  UNION \
+  SELECT c.casttarget, p.provolatile::pg_catalog.text FROM pg_catalog.pg_cast c \
+  JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc \
+  WHERE c.castcontext IN ('a', 'i') AND p.oid >= 16384 AND p.provolatile <> 'i' \
   UNION \
   SELECT t.oid, dom.vol FROM dom \
   LEFT JOIN pg_catalog.pg_attribute f ON f.atttypid = dom.oid AND f.attnum > 0 \

@@ -227,7 +227,12 @@ async fn operators_casts_and_domains_calling_user_functions_are_seen() {
          CREATE TABLE bumping_many (x bumping_int[]); \
          CREATE TYPE bumping_pair AS (x bumping_int, y int); \
          CREATE TABLE bumping_pairs (p bumping_pair); \
-         CREATE TABLE bumped_default (k int, b boolean DEFAULT 1 ##> 2)",
+         CREATE TABLE bumped_default (k int, b boolean DEFAULT 1 ##> 2); \
+         CREATE TYPE stamped AS (n int); \
+         CREATE FUNCTION stamp(int) RETURNS stamped LANGUAGE sql AS \
+           $$ UPDATE items SET v = 'by the operator' WHERE id = 2 RETURNING ROW($1)::stamped $$; \
+         CREATE CAST (int AS stamped) WITH FUNCTION stamp(int) AS ASSIGNMENT; \
+         CREATE TABLE stamps (s stamped)",
     )
     .unwrap();
     let client = connect(&proxy, "postgres", None).await.unwrap();
@@ -261,6 +266,8 @@ async fn operators_casts_and_domains_calling_user_functions_are_seen() {
         "INSERT INTO bumping_many VALUES ('{1}')",
         "INSERT INTO bumping_pairs VALUES (ROW(1, 2))",
         "INSERT INTO bumped_default (k) VALUES (1)",
+        // (An assignment cast's.)
+        "INSERT INTO stamps VALUES (1)",
     ] {
         cached_then_written(&client, read, statement, "by the operator").await;
     }
