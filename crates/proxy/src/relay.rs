@@ -3647,8 +3647,10 @@ impl Relay {
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        let (statements, identity_from) =
-            self.settings.sync_identity_last(&mut server.conn.applied);
+        let in_block = self.status != TransactionStatus::Idle;
+        let (statements, identity_from) = self
+            .settings
+            .sync_identity_last(&mut server.conn.applied, in_block);
         // The client's start-up values, applied for the first time, are held as its
         // role is: PostgreSQL refuses a login with a value it refuses.
         let first = !std::mem::replace(&mut self.startup_checked, true);

@@ -124,11 +124,18 @@ pub fn checked_at_login(statement: &str) -> bool {
 
 /// How a setting is applied: SET takes no snapshot (a sync inside a REPEATABLE READ
 /// transaction, after a RESET, must not fix its snapshot early); a list whose items
-/// are quoted (search_path…) would be one item to SET: set_config.
-fn set_statement(name: &str, setting: &Setting) -> String {
+/// are quoted (search_path…) would be one item to SET: set_config, which takes one,
+/// but for `in_block`, where its items are SET one by one (see [`list_items`]; the
+/// same list, though SHOW then spaces it as PostgreSQL writes a SET list).
+fn set_statement(name: &str, setting: &Setting, in_block: bool) -> String {
     match setting {
         Setting::Value(v) if !LIST_QUOTE.contains(&name) => {
             format!("SET {} TO {}", quote_ident(name), quote_literal(v))
+        }
+        Setting::Value(v) if in_block && list_items(v).is_some() => {
+            let items = list_items(v).unwrap_or_default();
+            let items: Vec<String> = items.iter().map(|i| quote_literal(i)).collect();
+            format!("SET {} TO {}", quote_ident(name), items.join(", "))
         }
         Setting::Value(v) => format!(
             "SELECT pg_catalog.set_config({}, {}, false)",
@@ -136,6 +143,51 @@ fn set_statement(name: &str, setting: &Setting) -> String {
             quote_literal(v)
         ),
         Setting::Statement(s) => s.clone(),
+    }
+}
+
+/// The items of a list setting's value as PostgreSQL reads them
+/// (`SplitIdentifierString`): separated by commas, an unquoted one lower-cased, a
+/// double-quoted one as it is (`""` a quote). Each, SET as a string, is quoted again
+/// as an identifier where it needs it: the same list. `None` for an empty or
+/// malformed one (set_config takes it as it is).
+fn list_items(value: &str) -> Option<Vec<String>> {
+    let mut items = Vec::new();
+    let mut rest = value.trim_start();
+    loop {
+        let item;
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') if quoted[i + 1..].starts_with('"') => {
+                        out.push('"');
+                        chars.next();
+                    }
+                    (i, '"') => break i + 1,
+                    (_, c) => out.push(c),
+                }
+            };
+            item = out;
+            rest = &quoted[end..];
+        } else {
+            let end = rest
+                .find(|c: char| c == ',' || c.is_ascii_whitespace())
+                .unwrap_or(rest.len());
+            item = rest[..end].to_ascii_lowercase();
+            rest = &rest[end..];
+        }
+        if item.is_empty() {
+            return None;
+        }
+        items.push(item);
+        rest = rest.trim_start();
+        match rest.strip_prefix(',') {
+            Some(next) => rest = next.trim_start(),
+            None if rest.is_empty() => return Some(items),
+            None => return None,
+        }
     }
 }
 
@@ -379,8 +431,8 @@ impl Settings {
             "transaction_deferrable",
         ];
         let plain = |name: &String, setting: Option<&Setting>| {
-            let list =
-                matches!(setting, Some(Setting::Value(_))) && LIST_QUOTE.contains(&name.as_str());
+            let list = matches!(setting, Some(Setting::Value(v)) if list_items(v).is_none())
+                && LIST_QUOTE.contains(&name.as_str());
             !(list || OF_THE_TRANSACTION.contains(&name.as_str()))
         };
         // (A role or session authorization: the sync would undo and set it again at
@@ -407,12 +459,14 @@ impl Settings {
     /// PostgreSQL checks a setting's privileges against the current user, and a
     /// superuser-only one (`log_statement`…) would be refused under a client's role.
     pub fn sync(&self, server: &mut Applied) -> Vec<String> {
-        self.sync_identity_last(server).0
+        self.sync_identity_last(server, false).0
     }
 
     /// [`Settings::sync`], and the index of its first statement that sets the session
-    /// authorization or role (the length when none does).
-    pub fn sync_identity_last(&self, server: &mut Applied) -> (Vec<String>, usize) {
+    /// authorization or role (the length when none does). `in_block`: inside a
+    /// transaction block, where no statement may take a snapshot (see
+    /// [`Settings::syncs_without_a_query`]).
+    pub fn sync_identity_last(&self, server: &mut Applied, in_block: bool) -> (Vec<String>, usize) {
         if server.version == self.version {
             return (Vec::new(), 0);
         }
@@ -449,20 +503,20 @@ impl Settings {
         let others = self.current.iter().filter(|(name, _)| *name != ENCODING);
         for (name, setting) in encoding.into_iter().chain(others) {
             if !identity(name) && have.get(name) != Some(setting) {
-                statements.push(set_statement(name, setting));
+                statements.push(set_statement(name, setting, in_block));
             }
         }
         let identity_from = statements.len();
         let reauthorized = have.get(AUTHORIZATION) != self.current.get(AUTHORIZATION);
         if reauthorized {
             statements.push(match self.current.get(AUTHORIZATION) {
-                Some(setting) => set_statement(AUTHORIZATION, setting),
+                Some(setting) => set_statement(AUTHORIZATION, setting, in_block),
                 None => format!("RESET {}", quote_ident(AUTHORIZATION)),
             });
         }
         match self.current.get(ROLE) {
             Some(role) if reauthorized || have.get(ROLE) != Some(role) => {
-                statements.push(set_statement(ROLE, role));
+                statements.push(set_statement(ROLE, role, in_block));
             }
             None if !reauthorized && have.contains_key(ROLE) => {
                 statements.push(format!("RESET {}", quote_ident(ROLE)));
@@ -1114,11 +1168,30 @@ mod tests {
     }
 
     #[test]
+    fn list_values_split_as_postgresql_splits_them() {
+        let items = |v: &str| list_items(v).map(|i| i.join("|"));
+        assert_eq!(items(r#""$user", public"#).as_deref(), Some("$user|public"));
+        assert_eq!(items(r#" A ,"B""c",d"#).as_deref(), Some(r#"a|B"c|d"#));
+        for malformed in ["", " ", "a b", "a,,b", "a,", r#""a"#, r#""""#] {
+            assert_eq!(items(malformed), None, "{malformed:?}");
+        }
+    }
+
+    #[test]
     fn a_list_setting_is_synced_by_a_query_and_the_others_by_set_alone() {
         let startup = |name: &str, value: &str| (name.to_string(), value.to_string());
         let plain = Settings::from_startup(&[startup("application_name", "x")]);
         assert!(plain.syncs_without_a_query(&Applied::default()));
-        let list = Settings::from_startup(&[startup("search_path", "a, b")]);
+        // A list: set_config outside a block, its items SET one by one in one.
+        let list = Settings::from_startup(&[startup("search_path", "\"$user\", App,b")]);
+        assert!(list.syncs_without_a_query(&Applied::default()));
+        assert!(list.sync(&mut Applied::default())[0].starts_with("SELECT pg_catalog.set_config"));
+        assert_eq!(
+            list.sync_identity_last(&mut Applied::default(), true).0,
+            [r#"SET "search_path" TO '$user', 'app', 'b'"#]
+        );
+        // One PostgreSQL would not split (set_config takes it as it is).
+        let list = Settings::from_startup(&[startup("search_path", "a b")]);
         let mut server = Applied::default();
         assert!(!list.syncs_without_a_query(&server));
         assert!(list.sync(&mut server)[0].starts_with("SELECT pg_catalog.set_config"));
@@ -1168,7 +1241,7 @@ mod tests {
 
     #[test]
     fn start_up_values_postgresql_checks_at_login() {
-        let value = |name: &str| set_statement(name, &Setting::Value("x".into()));
+        let value = |name: &str| set_statement(name, &Setting::Value("x".into()), false);
         for name in UNCHECKED_AT_LOGIN {
             assert!(!checked_at_login(&value(name)), "{name}");
         }

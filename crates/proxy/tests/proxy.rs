@@ -1979,12 +1979,20 @@ async fn reset_inside_a_transaction_block_is_undone_by_its_rollback() {
 /// RESET inside a transaction block goes back to the client's start-up value, as on
 /// PostgreSQL, not to the pooled connection's own; without taking the transaction's
 /// snapshot. A client whose start-up value a server refused gets no re-application
-/// inside a block (it would fail the block).
+/// inside a block (it would fail the block). A list (search_path) too: before, the
+/// block went on with the server's own search_path, and read another schema's table.
 #[tokio::test]
 async fn reset_inside_a_block_goes_back_to_the_clients_start_up_values() {
-    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
-    let a = connect_with_options(&proxy, "-c DateStyle=SQL,DMY").await;
-    for reset in ["RESET application_name", "RESET ALL"] {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql(
+        "CREATE SCHEMA \"App\"; CREATE TABLE \"App\".marker (v text); \
+         INSERT INTO \"App\".marker VALUES ('app'); \
+         CREATE TABLE public.marker (v text); INSERT INTO public.marker VALUES ('public')",
+    )
+    .unwrap();
+    let a =
+        connect_with_options(&proxy, "-c DateStyle=SQL,DMY -c search_path=\"App\",public").await;
+    for reset in ["RESET application_name", "RESET ALL", "RESET search_path"] {
         a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
             .unwrap();
@@ -1992,8 +2000,11 @@ async fn reset_inside_a_block_goes_back_to_the_clients_start_up_values() {
             .await
             .unwrap();
         a.batch_execute("SET DateStyle = 'ISO, MDY'").await.unwrap();
+        a.batch_execute("SET search_path = public").await.unwrap();
         a.batch_execute(reset).await.unwrap();
-        assert_eq!(show(&a, "application_name").await, "opts-test", "{reset}");
+        if reset != "RESET search_path" {
+            assert_eq!(show(&a, "application_name").await, "opts-test", "{reset}");
+        }
         if reset == "RESET ALL" {
             assert_eq!(show(&a, "DateStyle").await, "SQL, DMY");
         }
@@ -2001,6 +2012,10 @@ async fn reset_inside_a_block_goes_back_to_the_clients_start_up_values() {
         a.batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
             .await
             .unwrap();
+        if reset != "RESET application_name" {
+            let marker = a.query_one("SELECT v FROM marker", &[]).await.unwrap();
+            assert_eq!(marker.get::<_, String>(0), "app", "{reset}");
+        }
         a.batch_execute("COMMIT").await.unwrap();
     }
 }
