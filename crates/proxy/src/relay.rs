@@ -240,6 +240,10 @@ pub struct Relay {
     /// A RESET (or DISCARD ALL) was confirmed: the server has its own defaults where
     /// the client expects its start-up values, until they are applied again.
     settings_behind: bool,
+    /// An Execute went to the server since `settings_behind` was set (the RESET's, as
+    /// a rule): the client's next statement, even in the same batch, must run with
+    /// the start-up values again (see `Relay::sync_settings_in_batch`).
+    reset_executed: bool,
     /// A query applying this client's settings failed on a server connection (a
     /// start-up value the server refuses): they are then not applied again inside a
     /// transaction block, where a failure would fail the client's block.
@@ -340,6 +344,9 @@ pub struct Relay {
     /// query): asyncpg without a statement cache parses in one batch, binds in the
     /// next.
     unnamed_read_back: Option<Arc<[String]>>,
+    /// The RESET the client's unnamed statement runs, if it is one (until its next
+    /// Parse or simple query): confirmed again at each Bind, as a named one's.
+    unnamed_reset: Option<Change>,
     /// Names to read back are there because a query may have set them (see
     /// [`Relay::reread`]).
     reread_changes: bool,
@@ -559,6 +566,7 @@ impl Relay {
             ending_in_flight: false,
             executed_unsynced: false,
             settings_behind: false,
+            reset_executed: false,
             settings_refused: false,
             identity_injected: false,
             identity_pending: false,
@@ -600,6 +608,7 @@ impl Relay {
             writers: (0, None),
             resets_at_binds: Default::default(),
             unnamed_read_back: None,
+            unnamed_reset: None,
             reread_changes: false,
             described: None,
             reread_at_end: Vec::new(),
@@ -1121,6 +1130,9 @@ impl Relay {
             // Settings applied again after a RESET: a role among them is known to be set
             // before the request runs (see `identity_pending`).
             if self.settings_behind {
+                if self.reset_executed && matches!(frame.tag(), b'P' | b'B') {
+                    self.sync_settings_in_batch();
+                }
                 self.sync_settings_if_behind();
                 if std::mem::take(&mut self.identity_injected) {
                     self.hold_for_identity(&frame);
@@ -1131,6 +1143,7 @@ impl Relay {
             if let Err(e) = self.route(&frame) {
                 return Err(self.client_protocol_error(e).await);
             }
+            self.reset_executed |= self.settings_behind && frame.tag() == b'E';
             if standing_in && !self.replay.as_ref().is_some_and(Replay::is_complete) {
                 // (It kept the stand-in: the batch can't run again.)
                 self.replay = None;
@@ -2291,6 +2304,7 @@ impl Relay {
                 parsed = Some(parse);
                 if parse.name.is_empty() {
                     self.unnamed_read_back = None;
+                    self.unnamed_reset = None;
                 }
                 if let Some(tracker) = self.tracker.as_mut() {
                     tracker.on_parse(&self.shared.analyzer, &parse);
@@ -2325,6 +2339,7 @@ impl Relay {
                 // answer this one itself: the server's is closed before a later use).
                 self.unnamed_here = false;
                 self.unnamed_read_back = None;
+                self.unnamed_reset = None;
                 if self.statements.unnamed().is_some() {
                     let change = self.statements.close_unnamed();
                     self.expected.push(Step::Mark { change });
@@ -2526,6 +2541,9 @@ impl Relay {
                     if let Some(names) = self.unnamed_read_back.clone() {
                         self.reread(&names);
                     }
+                    if let Some(change) = self.unnamed_reset.clone() {
+                        self.reset_bound(&change);
+                    }
                     if let Some(id) = self.unnamed_lacking_in_failed() {
                         let parse = self.statements.unnamed().cloned().unwrap_or_default();
                         if self.bind_in_failed(id, "", &parse, bind.rest) {
@@ -2541,7 +2559,9 @@ impl Relay {
                     self.reread_bound(prepared.id);
                 }
                 if !self.resets_at_binds.is_empty() {
-                    self.reset_bound(prepared.id);
+                    if let Some(change) = self.resets_at_binds.get(&prepared.id).cloned() {
+                        self.reset_bound(&change);
+                    }
                 }
                 if let Some(error) = self.sequences_at_bind(&prepared, bind.statement.is_empty()) {
                     self.refuse_batch(Some(error));
@@ -3306,8 +3326,11 @@ impl Relay {
                             self.read_back_at_binds(parse, vec![name.clone()]);
                         }
                         (Some(parse), Change::Reset(_) | Change::ResetAll)
-                            if !parse.name.is_empty() =>
+                            if parse.name.is_empty() =>
                         {
+                            self.unnamed_reset = Some(change.clone());
+                        }
+                        (Some(parse), Change::Reset(_) | Change::ResetAll) => {
                             let id = statement_id(parse, self.encoding_salt());
                             self.resets_at_binds.insert(id, change.clone());
                         }
@@ -3434,6 +3457,48 @@ impl Relay {
             self.settings_behind = false;
             self.sync_settings();
         }
+    }
+
+    /// A RESET ran (or was sent) in a batch whose later statements are on their way:
+    /// waiting for the server's answer to apply the start-up values again
+    /// ([`Relay::sync_settings_if_behind`]) would let them run with the server's own
+    /// defaults (a driver's pipeline: RESET ALL, then a query, then Sync). They are
+    /// applied here, in the batch, as SET statements of the unnamed statement (a
+    /// simple query would end the batch's transaction), whose answers are dropped —
+    /// when SETs alone do it (see [`Settings::syncs_without_a_query`]) and the server
+    /// has not refused one of the client's values.
+    fn sync_settings_in_batch(&mut self) {
+        self.reset_executed = false;
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        if self.skipping
+            || self.copy_in
+            || self.settings_refused
+            || self.status == TransactionStatus::Failed
+            || !self.settings.syncs_without_a_query(&server.conn.applied)
+        {
+            return;
+        }
+        let (statements, _) = self
+            .settings
+            .sync_identity_last(&mut server.conn.applied, true);
+        for sql in &statements {
+            let mut parse = Vec::with_capacity(sql.len() + 4);
+            parse.push(0);
+            parse.extend_from_slice(sql.as_bytes());
+            parse.extend_from_slice(&[0, 0, 0]);
+            frame_into(&mut self.to_server, b'P', &parse);
+            // Unnamed portal and statement, no parameters, text results.
+            frame_into(&mut self.to_server, b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
+            frame_into(&mut self.to_server, b'E', &[0, 0, 0, 0, 0]);
+            self.expected.push(Step::InjectedStatement);
+        }
+        if !statements.is_empty() {
+            // The client's unnamed statement is prepared again before its next use.
+            self.unnamed_here = false;
+        }
+        self.settings_behind = false;
     }
 
     /// Before a Bind of a client's statement this server connection lacks, whose
@@ -3568,11 +3633,10 @@ impl Relay {
         }
     }
 
-    /// A Bind of statement `id`: the RESET it runs (see `resets_at_binds`), if it is
-    /// one, is confirmed again.
-    fn reset_bound(&mut self, id: u64) {
-        let (Some(change), Some(server)) = (self.resets_at_binds.get(&id), self.server.as_mut())
-        else {
+    /// A Bind of a statement that runs RESET `change` (see `resets_at_binds` and
+    /// `unnamed_reset`): confirmed again.
+    fn reset_bound(&mut self, change: &Change) {
+        let Some(server) = self.server.as_mut() else {
             return;
         };
         let applied = &mut server.conn.applied;
@@ -3580,8 +3644,7 @@ impl Relay {
         self.settings.confirm(change, "", applied);
         self.settings_behind = true;
         self.tracked_since_ready = true;
-        let change = change.clone();
-        self.drop_read_backs_reset_by(&change);
+        self.drop_read_backs_reset_by(change);
     }
 
     /// A RESET sent: what it resets, queued to be read back before it, is read back no

@@ -501,9 +501,20 @@ impl Settings {
         const ENCODING: &str = "client_encoding";
         let encoding = self.current.get_key_value(ENCODING);
         let others = self.current.iter().filter(|(name, _)| *name != ENCODING);
+        // Lists SET item by item: the server's value is spaced as PostgreSQL writes a
+        // SET list (`a, b`), not as the client wrote it; outside a block it is set
+        // again as written.
+        let mut spaced = Vec::new();
         for (name, setting) in encoding.into_iter().chain(others) {
             if !identity(name) && have.get(name) != Some(setting) {
-                statements.push(set_statement(name, setting, in_block));
+                let statement = set_statement(name, setting, in_block);
+                if matches!(setting, Setting::Value(_))
+                    && LIST_QUOTE.contains(&name.as_str())
+                    && statement.starts_with("SET ")
+                {
+                    spaced.push((name.clone(), statement.clone()));
+                }
+                statements.push(statement);
             }
         }
         let identity_from = statements.len();
@@ -525,6 +536,12 @@ impl Settings {
         }
         server.map = self.current.clone();
         server.version = self.version;
+        if !spaced.is_empty() {
+            for (name, statement) in spaced {
+                server.map.insert(name, Setting::Statement(statement));
+            }
+            server.version = version_of(&server.map);
+        }
         (statements, identity_from)
     }
 
@@ -1186,10 +1203,14 @@ mod tests {
         let list = Settings::from_startup(&[startup("search_path", "\"$user\", App,b")]);
         assert!(list.syncs_without_a_query(&Applied::default()));
         assert!(list.sync(&mut Applied::default())[0].starts_with("SELECT pg_catalog.set_config"));
+        let mut server = Applied::default();
         assert_eq!(
-            list.sync_identity_last(&mut Applied::default(), true).0,
+            list.sync_identity_last(&mut server, true).0,
             [r#"SET "search_path" TO '$user', 'app', 'b'"#]
         );
+        // Set again as written once out of the block.
+        assert!(list.sync(&mut server)[0].starts_with("SELECT pg_catalog.set_config"));
+        assert!(list.sync(&mut server).is_empty());
         // One PostgreSQL would not split (set_config takes it as it is).
         let list = Settings::from_startup(&[startup("search_path", "a b")]);
         let mut server = Applied::default();

@@ -763,6 +763,12 @@ pub enum Step {
     /// session authorization or role; `first`: it applies start-up values the client
     /// gave, the first time (see `Relay::identity_refused`).
     InjectedQuery { identity: bool, first: bool },
+    /// A statement pgopt sent itself in the client's batch as Parse, Bind and Execute
+    /// of the unnamed statement and portal, with no Sync (the client's start-up
+    /// values applied again after a RESET in its batch): its ParseComplete,
+    /// BindComplete and CommandComplete are dropped. Its error is relayed: the server
+    /// then skips the client's requests up to its Sync, and the client hears why.
+    InjectedStatement,
     /// Extended-protocol messages pgopt sent itself ending in a Sync (to end a
     /// client's unsynced batch before answering a simple query itself): every
     /// response up to and including the Sync's ReadyForQuery is dropped, errors too
@@ -1211,7 +1217,12 @@ impl Expected {
         if matches!(tag, b'N' | b'A' | b'S') {
             // But a notice a query of pgopt's applying the client's settings drew (a
             // RESET of a transaction setting outside a block warns) is pgopt's.
-            if tag == b'N' && matches!(self.queue.front(), Some(Step::InjectedQuery { .. })) {
+            if tag == b'N'
+                && matches!(
+                    self.queue.front(),
+                    Some(Step::InjectedQuery { .. } | Step::InjectedStatement)
+                )
+            {
                 return Verdict::Drop;
             }
             return Verdict::Relay;
@@ -1334,6 +1345,20 @@ impl Expected {
                 }
                 Verdict::Drop
             }
+            Step::InjectedStatement => match tag {
+                b'C' => {
+                    self.pop_front();
+                    Verdict::Drop
+                }
+                b'E' => {
+                    // (The unnamed statement is the failed Parse's, or none.)
+                    self.unnamed_unsure = true;
+                    self.pop_front();
+                    self.skip_to_sync(&mut forget);
+                    Verdict::Relay
+                }
+                _ => Verdict::Drop,
+            },
             Step::InjectedQuery { .. } | Step::InjectedSync { .. } => {
                 if tag == b'Z' {
                     self.pop_front();

@@ -2989,6 +2989,99 @@ async fn reset_all_among_statements_or_in_a_batch_gives_back_the_start_up_values
     }
 }
 
+/// A driver's pipeline (psycopg's, asyncpg's): statements after a RESET in the same
+/// batch, or in a batch sent before its answer came, run with the client's start-up
+/// values, as on PostgreSQL. Before, they ran with the server's own defaults (the
+/// start-up values were applied again only once the pipeline was answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_pipelined_after_a_reset_run_with_the_start_up_values() {
+    use tokio::io::AsyncWriteExt;
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql("CREATE SCHEMA s1").unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let mut raw = raw_login_with_startup_values(&proxy).await;
+    let values = "SELECT current_setting('application_name') || ' ' || \
+                  current_setting('TimeZone') || ' ' || current_setting('search_path')";
+    let start_up = "myapp Asia/Tokyo s1";
+    let sync = || message(b'S', b"");
+    let cat = |parts: &[Vec<u8>]| parts.concat();
+    let set = run_unnamed_without_end("SET TimeZone = 'UTC'");
+    let reset_all = run_unnamed_without_end("RESET ALL");
+    let reset_one = run_unnamed_without_end("RESET search_path");
+    let read = run_unnamed_without_end(values);
+    // The unnamed statement (RESET ALL) bound and run again, then the read.
+    let again = cat(&[
+        message(b'B', b"\0\0\0\0\0\0\0\0"),
+        message(b'E', b"\0\0\0\0\0"),
+    ]);
+    let path = run_unnamed_without_end("SET search_path = public");
+    for (i, pipeline) in [
+        cat(&[set.clone(), reset_all.clone(), read.clone(), sync()]),
+        cat(&[set.clone(), reset_all.clone(), sync(), read.clone(), sync()]),
+        cat(&[path.clone(), reset_one, read.clone(), sync()]),
+        cat(&[set.clone(), reset_all.clone(), again, read.clone(), sync()]),
+        // In a block.
+        cat(&[
+            run_unnamed_without_end("BEGIN"),
+            path,
+            reset_all,
+            read.clone(),
+            run_unnamed_without_end("COMMIT"),
+            sync(),
+        ]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        raw.write_all(&pipeline).await.unwrap();
+        let syncs = pipeline.windows(5).filter(|m| m == b"S\0\0\0\x04").count();
+        let rows = raw_rows(&mut raw, syncs).await;
+        assert_eq!(rows, [start_up], "pipeline {i}");
+        assert_eq!(raw_value(&mut raw, values).await, start_up, "pipeline {i}");
+        // The next client of the connection gets its own values, and this one its.
+        let theirs = common::value(&other, "SHOW search_path").await;
+        assert_eq!(theirs, "\"$user\", public", "pipeline {i}");
+        assert_eq!(raw_value(&mut raw, values).await, start_up, "pipeline {i}");
+    }
+}
+
+/// The first column of each DataRow the raw client receives up to its `readies`-th
+/// ReadyForQuery (an ErrorResponse fails the test).
+async fn raw_rows(raw: &mut tokio::net::TcpStream, mut readies: usize) -> Vec<String> {
+    use tokio::io::AsyncReadExt;
+    let (mut reply, mut at, mut rows) = (Vec::new(), 0, Vec::new());
+    loop {
+        while let Some(head) = reply.get(at..at + 5) {
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let Some(body) = reply.get(at + 5..at + 1 + len) else {
+                break;
+            };
+            match head[0] {
+                b'D' => {
+                    let n = i32::from_be_bytes([body[2], body[3], body[4], body[5]]) as usize;
+                    rows.push(String::from_utf8(body[6..6 + n].to_vec()).unwrap());
+                }
+                b'E' => panic!("{}", String::from_utf8_lossy(body)),
+                b'Z' => {
+                    readies -= 1;
+                    if readies == 0 {
+                        return rows;
+                    }
+                }
+                _ => {}
+            }
+            at += 1 + len;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .expect("a reply in 10 s")
+            .unwrap();
+        assert!(n > 0, "closed");
+        reply.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Parse, Bind and Execute of `sql` as the unnamed statement and portal.
 fn run_unnamed_without_end(sql: &str) -> Vec<u8> {
     let mut batch = message(b'P', format!("\0{sql}\0\0\0").as_bytes());
