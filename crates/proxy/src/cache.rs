@@ -366,22 +366,24 @@ macro_rules! called {
     };
 }
 
-/// For [`DEPS_QUERY`]: `x (oid, vol)`, types whose values may be made or checked by
-/// a user function that is not immutable, and that function's volatility: domains
-/// whose check calls one (by name or by operator), types an implicit or assignment
-/// cast makes with one (an INSERT of another type's value calls it), and what holds
-/// one — a domain over it, an array of it, a composite type (a table's row too) with
-/// a field of it.
+/// For [`DEPS_QUERY`], before its first row: `dom (oid, vol)`, types whose values may
+/// be made or checked by a function that is not immutable, and that function's
+/// volatility (`s` for a built-in, which writes no table): domains whose check calls
+/// one (by name or by operator; `now()`, `nextval()`…), types an implicit or
+/// assignment cast of the user's makes with one (an INSERT of another type's value
+/// calls it), and what holds one — a domain over it, an array of it, a composite type
+/// (a table's row too) with a field of it.
 macro_rules! checked_types {
     () => {
         concat!(
-            "(WITH RECURSIVE dom(oid, vol) AS ( \
-  SELECT k.contypid, p.provolatile::pg_catalog.text FROM pg_catalog.pg_constraint k \
+            "WITH RECURSIVE dom(oid, vol) AS ( \
+  SELECT k.contypid, CASE WHEN p.oid >= 16384 THEN p.provolatile::pg_catalog.text ELSE 's' END \
+  FROM pg_catalog.pg_constraint k \
   JOIN pg_catalog.pg_depend d ON d.objid = k.oid ",
             called!(),
             "\
   WHERE k.contypid <> 0 AND d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
-  AND p.oid >= 16384 AND p.provolatile <> 'i' \
+  AND p.provolatile <> 'i' \
   UNION \
   SELECT c.casttarget, p.provolatile::pg_catalog.text FROM pg_catalog.pg_cast c \
   JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc \
@@ -392,13 +394,42 @@ macro_rules! checked_types {
   JOIN pg_catalog.pg_type t ON t.typbasetype = dom.oid \
     OR t.typelem = dom.oid AND t.typcategory = 'A' \
     OR t.typtype = 'c' AND t.typrelid = f.attrelid \
-) SELECT oid, vol FROM dom) x "
+) "
         )
+    };
+}
+
+/// For [`DEPS_QUERY`]: `v`, the views whose query depends on type `x.oid` (a
+/// conversion to it), from `dom x`.
+macro_rules! views_of_checked_types {
+    () => {
+        "FROM pg_catalog.pg_depend d \
+  JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
+  JOIN pg_catalog.pg_class v ON v.oid = r.ev_class \
+  JOIN dom x ON x.oid = d.refobjid \
+  WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+  AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND v.relkind = 'v' "
+    };
+}
+
+/// For [`DEPS_QUERY`]: `c` and `p`, the relations with a column of a type of the
+/// user's that an implicit cast converts with `p`, a function of the user's that is
+/// not immutable: a read of one may call it unseen (`x + 1` of a column of it).
+macro_rules! implicitly_converted {
+    () => {
+        "FROM pg_catalog.pg_attribute a \
+  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+  JOIN pg_catalog.pg_cast k ON k.castsource = a.atttypid \
+  JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc \
+  WHERE k.castcontext = 'i' AND a.atttypid >= 16384 AND p.oid >= 16384 \
+  AND p.provolatile <> 'i' AND a.attnum > 0 AND NOT a.attisdropped \
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
     };
 }
 
 /// One round trip for [`Deps`]: (what, a, b) rows (for `s`, b says why).
 pub const DEPS_QUERY: &str = concat!(
+    checked_types!(),
     "\
 SELECT 'r', c.relname, ''::pg_catalog.text FROM pg_catalog.pg_class c \
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -457,31 +488,56 @@ SELECT 's', c.relname, CASE WHEN c.relrowsecurity THEN 'it has row-level securit
 UNION ALL \
 SELECT DISTINCT 'f', p.proname, '' FROM pg_catalog.pg_proc p \
   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.provolatile <> 'i' \
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND (p.provolatile <> 'i' \
+    OR p.prokind = 'a' AND EXISTS (SELECT 1 FROM pg_catalog.pg_aggregate g \
+      JOIN pg_catalog.pg_proc f ON f.oid IN (g.aggtransfn, g.aggfinalfn, g.aggcombinefn, \
+        g.aggserialfn, g.aggdeserialfn, g.aggmtransfn, g.aggminvtransfn, g.aggmfinalfn) \
+      WHERE g.aggfnoid = p.oid AND f.provolatile <> 'i')) \
 UNION ALL \
 SELECT DISTINCT 'h', o.oprname, p.provolatile::pg_catalog.text FROM pg_catalog.pg_operator o \
-  JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode \
-  WHERE o.oid >= 16384 AND p.provolatile <> 'i' \
+  JOIN pg_catalog.pg_operator x ON x.oid IN (o.oid, o.oprcom, o.oprnegate) \
+  JOIN pg_catalog.pg_proc p ON p.oid = x.oprcode \
+  WHERE x.oid >= 16384 AND p.provolatile <> 'i' \
+UNION ALL \
+SELECT DISTINCT 'h', o.oprname, p.provolatile::pg_catalog.text FROM pg_catalog.pg_amproc m \
+  JOIN pg_catalog.pg_proc p ON p.oid = m.amproc \
+  JOIN pg_catalog.pg_amop ao ON ao.amopfamily = m.amprocfamily \
+  JOIN pg_catalog.pg_operator o ON o.oid = ao.amopopr \
+  WHERE p.oid >= 16384 AND p.provolatile <> 'i' \
 UNION ALL \
 SELECT DISTINCT 'h', t.typname, p.provolatile::pg_catalog.text FROM pg_catalog.pg_cast c \
   JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc \
   JOIN pg_catalog.pg_type t ON t.oid = c.casttarget \
   WHERE p.oid >= 16384 AND p.provolatile <> 'i' \
 UNION ALL \
-SELECT DISTINCT 'h', t.typname, x.vol FROM \
-  ",
-    checked_types!(),
-    "\
+SELECT DISTINCT 'h', t.typname, x.vol FROM dom x \
   JOIN pg_catalog.pg_type t ON t.oid = x.oid \
 UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_attribute a \
   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-  JOIN \
-  ",
-    checked_types!(),
-    "\
-  ON x.oid = a.atttypid \
+  JOIN dom x ON x.oid = a.atttypid \
   WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') AND x.vol = 'v' \
+UNION ALL \
+SELECT DISTINCT 's', v.relname, \
+  'the view converts to a type whose check calls a function that is not immutable' \
+  ",
+    views_of_checked_types!(),
+    "\
+UNION ALL \
+SELECT DISTINCT 'w', v.relname, '' ",
+    views_of_checked_types!(),
+    "\
+  AND x.vol = 'v' \
+UNION ALL \
+SELECT DISTINCT 's', c.relname, \
+  'a column''s type converts implicitly with a user function that is not immutable' ",
+    implicitly_converted!(),
+    "\
+UNION ALL \
+SELECT DISTINCT 'w', c.relname, '' ",
+    implicitly_converted!(),
+    "\
+  AND p.provolatile = 'v' \
 UNION ALL \
 SELECT DISTINCT 'w', v.relname, '' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
@@ -1680,19 +1736,32 @@ impl Writers {
 
 /// Whether a statement (`analysis`) may call one of `hidden` (see `Deps`'s
 /// `hidden_calls`): an operator it calls, its syntax's too (`=` for IN…), by
-/// symbol; a type it casts to, or calls by name as a function (`t(x)`). (By name
-/// only: a user `+` for one type keeps every statement adding anything out.)
+/// symbol; a type it casts to, or calls by name as a function (`t(x)`); any type,
+/// when it fills a row of a type it names as a value (`jsonb_populate_record(t, …)`,
+/// a table's row type). (By name only: a user `+` for one type keeps every
+/// statement adding anything out.)
 pub fn calls_hidden(hidden: &[String], analysis: &Analysis) -> bool {
+    const FILLS_ROWS: [&str; 5] = [
+        "json_populate_record",
+        "json_populate_recordset",
+        "jsonb_populate_record",
+        "jsonb_populate_recordset",
+        "populate_record",
+    ];
     if hidden.is_empty() {
         return false;
     }
-    let called = |f: &String| {
+    let name = |f: &'_ String| -> String {
         let f = f.rsplit('.').next().unwrap_or(f).trim_matches('"');
-        hidden.iter().any(|h| h.eq_ignore_ascii_case(f))
+        f.to_ascii_lowercase()
     };
+    let is_type = |h: &String| h.starts_with(|c: char| c.is_alphanumeric() || c == '_');
     analysis.operators.iter().any(|o| hidden.contains(o))
         || analysis.type_names.iter().any(|t| hidden.contains(t))
-        || analysis.functions.iter().any(called)
+        || analysis.functions.iter().any(|f| {
+            let f = name(f);
+            hidden.contains(&f) || FILLS_ROWS.contains(&f.as_str()) && hidden.iter().any(is_type)
+        })
 }
 
 /// Whether `tables` (as a statement names them) include one of `views`.

@@ -281,6 +281,101 @@ async fn operators_casts_and_domains_calling_user_functions_are_seen() {
     assert_eq!(counter(&cache_row(&proxy).await, "hits"), hits + 1);
 }
 
+/// Functions PostgreSQL calls for what a statement does, not for what it names: a
+/// domain check filling a row from JSON, an operator class's comparison for ORDER BY,
+/// an implicit cast, a check calling a built-in that is not immutable (`nextval`), a
+/// view converting to a checked domain, a user aggregate named as a built-in, a query
+/// `ts_stat` runs, and an operator's negator the planner puts in its place. Each runs
+/// on every read (here each logs a row, or moves a sequence): none is served from the
+/// cache. (An exploratory test found every one served from it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_postgresql_makes_unnamed_are_not_skipped() {
+    let (pg, proxy) = setup_with(|c| {
+        let more = ["rows_of", "pairs", "boxes", "logged_view"];
+        c.tables.extend(more.map(String::from));
+    })
+    .await;
+    pg.psql(
+        "CREATE TABLE calls (what text); \
+         CREATE FUNCTION logged(w text) RETURNS boolean LANGUAGE plpgsql AS \
+           $$ BEGIN INSERT INTO calls VALUES (w); RETURN true; END $$; \
+         CREATE DOMAIN logged_text AS text CHECK (logged(VALUE)); \
+         CREATE TABLE rows_of (id int, c logged_text); INSERT INTO rows_of VALUES (1, 'a'); \
+         CREATE TYPE pair AS (v int); \
+         CREATE FUNCTION pair_cmp(a pair, b pair) RETURNS int LANGUAGE plpgsql AS \
+           $$ BEGIN PERFORM logged('cmp'); RETURN CASE WHEN a.v < b.v THEN -1 \
+              WHEN a.v > b.v THEN 1 ELSE 0 END; END $$; \
+         CREATE FUNCTION pair_lt(a pair, b pair) RETURNS boolean LANGUAGE sql IMMUTABLE \
+           AS 'SELECT a.v < b.v'; \
+         CREATE FUNCTION pair_le(a pair, b pair) RETURNS boolean LANGUAGE sql IMMUTABLE \
+           AS 'SELECT a.v <= b.v'; \
+         CREATE FUNCTION pair_eq(a pair, b pair) RETURNS boolean LANGUAGE sql IMMUTABLE \
+           AS 'SELECT a.v = b.v'; \
+         CREATE FUNCTION pair_ge(a pair, b pair) RETURNS boolean LANGUAGE sql IMMUTABLE \
+           AS 'SELECT a.v >= b.v'; \
+         CREATE FUNCTION pair_gt(a pair, b pair) RETURNS boolean LANGUAGE sql IMMUTABLE \
+           AS 'SELECT a.v > b.v'; \
+         CREATE OPERATOR < (LEFTARG = pair, RIGHTARG = pair, FUNCTION = pair_lt); \
+         CREATE OPERATOR <= (LEFTARG = pair, RIGHTARG = pair, FUNCTION = pair_le); \
+         CREATE OPERATOR = (LEFTARG = pair, RIGHTARG = pair, FUNCTION = pair_eq); \
+         CREATE OPERATOR >= (LEFTARG = pair, RIGHTARG = pair, FUNCTION = pair_ge); \
+         CREATE OPERATOR > (LEFTARG = pair, RIGHTARG = pair, FUNCTION = pair_gt); \
+         CREATE OPERATOR CLASS pair_ops DEFAULT FOR TYPE pair USING btree AS \
+           OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >, \
+           FUNCTION 1 pair_cmp(pair, pair); \
+         CREATE TABLE pairs (id int, p pair); \
+         INSERT INTO pairs VALUES (1, ROW(2)), (2, ROW(1)); \
+         CREATE TYPE boxed AS (v int); \
+         CREATE FUNCTION unbox(b boxed) RETURNS int LANGUAGE plpgsql AS \
+           $$ BEGIN PERFORM logged('unbox'); RETURN b.v; END $$; \
+         CREATE CAST (boxed AS int) WITH FUNCTION unbox(boxed) AS IMPLICIT; \
+         CREATE TABLE boxes (id int, b boxed); INSERT INTO boxes VALUES (1, ROW(1)); \
+         CREATE SEQUENCE checks; \
+         CREATE DOMAIN counted AS bigint CHECK (nextval('checks') > 0); \
+         CREATE VIEW logged_view AS SELECT id, 'x'::logged_text AS c FROM items; \
+         CREATE FUNCTION pair_max(s pair, p pair) RETURNS pair LANGUAGE plpgsql AS \
+           $$ BEGIN PERFORM logged('max'); RETURN p; END $$; \
+         CREATE AGGREGATE max(pair) (SFUNC = pair_max, STYPE = pair); \
+         CREATE FUNCTION ne_logged(a int, b int) RETURNS boolean LANGUAGE plpgsql AS \
+           $$ BEGIN PERFORM logged('ne'); RETURN a <> b; END $$; \
+         CREATE FUNCTION eq_plain(a int, b int) RETURNS boolean LANGUAGE plpgsql IMMUTABLE \
+           AS $$ BEGIN RETURN a = b; END $$; \
+         CREATE OPERATOR !== (LEFTARG = int, RIGHTARG = int, FUNCTION = ne_logged); \
+         CREATE OPERATOR === (LEFTARG = int, RIGHTARG = int, FUNCTION = eq_plain, \
+           NEGATOR = !==)",
+    )
+    .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let direct = direct(&pg).await;
+    let logged = "SELECT count(*) FROM calls";
+    let checks = "SELECT last_value FROM checks";
+    for (read, counter) in [
+        (
+            "SELECT (jsonb_populate_record(r, '{\"c\": \"q\"}')).id FROM rows_of r",
+            logged,
+        ),
+        ("SELECT id FROM pairs ORDER BY p LIMIT 1", logged),
+        ("SELECT b + 1 FROM boxes", logged),
+        ("SELECT id, 5::counted FROM items WHERE id = 1", checks),
+        ("SELECT id, c FROM logged_view WHERE id = 1", logged),
+        ("SELECT max(p) FROM pairs", logged),
+        (
+            "SELECT count(*) FROM items, ts_stat('SELECT to_tsvector(''a'') \
+             WHERE logged(''ts'')') s",
+            logged,
+        ),
+        ("SELECT id FROM items WHERE NOT (id === 1)", logged),
+    ] {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            value(&client, read).await;
+            seen.push(value(&direct, counter).await);
+        }
+        seen.dedup();
+        assert_eq!(seen.len(), 3, "{read} was served from the cache: {seen:?}");
+    }
+}
+
 /// A write to a table whose column default (or check) calls a user function may
 /// write anything that function writes: the cache takes it as a write to everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,10 +146,12 @@ pub struct Analysis {
     /// Operators called, by symbol (the last part of `OPERATOR(s.+)`), with those
     /// the syntax calls without writing them: `=` for IN, `CASE x WHEN`, IS [NOT]
     /// DISTINCT FROM, NULLIF, `USING` and NATURAL joins, `IN (subquery)`, GROUP BY,
-    /// DISTINCT, PARTITION BY and UNION, INTERSECT and EXCEPT without ALL; `<>` for
-    /// NOT IN; `>=` and `<=` (`<` and `>` for NOT) for BETWEEN; `~~`, `~~*` and
-    /// their negations for [I]LIKE; `~` for SIMILAR TO. Sorted. (Not the comparison
-    /// support functions ORDER BY and hashing call: they are no operator's.)
+    /// DISTINCT (an aggregate's too), PARTITION BY and UNION, INTERSECT and EXCEPT
+    /// without ALL; `<` for ORDER BY (a window's or an aggregate's too); `<>` for NOT
+    /// IN; `>=` and `<=` (`<` and `>` for NOT) for BETWEEN; `~~`, `~~*` and their
+    /// negations for [I]LIKE; `~` for SIMILAR TO. Sorted. (What sorting and grouping
+    /// call is their operator class's comparison or hash function: the catalog read
+    /// lists such a function of the user's under its family's operators.)
     pub operators: Vec<String>,
     /// Types converted to by name, lower case, without their schema: casts (`x::t`,
     /// `CAST(x AS t)`, `t 'literal'`, arrays of one) and column definitions
@@ -1114,7 +1116,7 @@ impl<'c> Walker<'c> {
                 .is_some_and(|a| !a.is_empty())
         };
         let int = |k: &str| node.get(k).and_then(Value::as_i64).unwrap_or(0);
-        let mut equality = false;
+        let (mut equality, mut order) = (false, false);
         match key {
             "AExpr" => {
                 let Some(name) = last(node.get("name")) else {
@@ -1143,14 +1145,24 @@ impl<'c> Walker<'c> {
                 equality = non_empty("using_clause")
                     || node.get("is_natural").and_then(Value::as_bool) == Some(true);
             }
-            "SelectStmt" => equality = select_compares(node),
+            "SelectStmt" => {
+                equality = select_compares(node);
+                order = non_empty("sort_clause");
+            }
             // A window: named (WINDOW w AS …), or a call's own (a bare WindowDef).
-            "WindowDef" => equality = non_empty("partition_clause"),
+            "WindowDef" => {
+                equality = non_empty("partition_clause");
+                order = non_empty("order_clause");
+            }
             "FuncCall" => {
-                equality = node
-                    .pointer("/over/partition_clause")
-                    .and_then(Value::as_array)
-                    .is_some_and(|a| !a.is_empty());
+                let over = |k: &str| {
+                    node.pointer(&format!("/over/{k}"))
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| !a.is_empty())
+                };
+                equality = over("partition_clause")
+                    || node.get("agg_distinct").and_then(Value::as_bool) == Some(true);
+                order = over("order_clause") || non_empty("agg_order");
             }
             "TypeCast" | "ColumnDef" => {
                 if let Some(name) = last(node.get("type_name").and_then(|t| t.get("names"))) {
@@ -1161,6 +1173,9 @@ impl<'c> Walker<'c> {
         }
         if equality {
             self.operators.insert("=".to_string());
+        }
+        if order {
+            self.operators.insert("<".to_string());
         }
     }
 

@@ -167,6 +167,21 @@ pub(crate) fn is_volatile(name: &str) -> bool {
             | "pg_last_wal_receive_lsn"
             | "pg_last_xact_replay_timestamp"
             | "pg_is_in_recovery"
+            // Sizes and files of relations, which writes change.
+            | "pg_relation_size"
+            | "pg_total_relation_size"
+            | "pg_table_size"
+            | "pg_indexes_size"
+            | "pg_database_size"
+            | "pg_tablespace_size"
+            | "pg_relation_filenode"
+            | "pg_relation_filepath"
+            | "pg_filenode_relation"
+            | "pg_conf_load_time"
+            | "pg_blocking_pids"
+            | "pg_safe_snapshot_blocking_pids"
+            | "pg_xact_status"
+            | "txid_status"
     ) || name.starts_with("pg_stat_get_")
 }
 
@@ -288,7 +303,9 @@ pub(crate) fn is_known_read_only(name: &str) -> bool {
         || name.starts_with("jsonb_")
         || name.starts_with("array_")
         || name.starts_with("regexp_")
-        || name.starts_with("ts_")
+        // (But for the two that run a query given as text: what it reads, and calls,
+        // is unknown.)
+        || name.starts_with("ts_") && !matches!(name, "ts_stat" | "ts_rewrite")
         || name.starts_with("to_")
         || name.starts_with("make_")
         || name.starts_with("justify_")

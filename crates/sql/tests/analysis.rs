@@ -767,8 +767,16 @@ fn operators_and_type_names_include_what_the_syntax_implies() {
         assert_eq!(ops(sql), ["="], "{sql}");
     }
     for sql in [
+        "SELECT a FROM t ORDER BY a",
+        "SELECT rank() OVER (ORDER BY a) FROM t",
+        "SELECT string_agg(a, ',' ORDER BY a) FROM t",
+    ] {
+        assert_eq!(ops(sql), ["<"], "{sql}");
+    }
+    assert_eq!(ops("SELECT count(DISTINCT a) FROM t"), ["="]);
+    for sql in [
         "SELECT a FROM t UNION ALL SELECT b FROM u",
-        "SELECT CASE WHEN a THEN 1 END FROM t ORDER BY a",
+        "SELECT CASE WHEN a THEN 1 END FROM t",
         "SELECT * FROM t WHERE a IS NULL",
     ] {
         assert!(ops(sql).is_empty(), "{sql}");
