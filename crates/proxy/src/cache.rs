@@ -359,10 +359,11 @@ pub struct Deps {
 /// or an operator's.
 macro_rules! called {
     () => {
-        "JOIN pg_catalog.pg_proc p ON p.oid = CASE d.refclassid \
-  WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid \
-  WHEN 'pg_catalog.pg_operator'::pg_catalog.regclass THEN (SELECT o.oprcode::pg_catalog.oid \
-    FROM pg_catalog.pg_operator o WHERE o.oid = d.refobjid) END "
+        "LEFT JOIN pg_catalog.pg_operator co \
+    ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND co.oid = d.refobjid \
+  JOIN pg_catalog.pg_proc p ON p.oid = CASE \
+    WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid \
+    ELSE co.oprcode::pg_catalog.oid END "
     };
 }
 
@@ -468,7 +469,7 @@ SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_depend d \
   ",
     called!(),
     "\
-  WHERE p.oid >= 16384 \
+  WHERE p.oid >= 16384 AND d.refobjid >= 16384 \
 UNION ALL \
 SELECT 'd', a.attname, '' FROM pg_catalog.pg_attribute a \
   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
@@ -546,7 +547,7 @@ SELECT DISTINCT 'w', v.relname, '' FROM pg_catalog.pg_depend d \
     called!(),
     "\
   WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND p.oid >= 16384 \
-  AND p.provolatile = 'v' AND v.relkind = 'v' \
+  AND d.refobjid >= 16384 AND p.provolatile = 'v' AND v.relkind = 'v' \
 UNION ALL \
 SELECT DISTINCT 's', v.relname, 'the view calls a user function' FROM pg_catalog.pg_depend d \
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
@@ -555,6 +556,7 @@ SELECT DISTINCT 's', v.relname, 'the view calls a user function' FROM pg_catalog
     called!(),
     "\
   WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND p.oid >= 16384 \
+  AND d.refobjid >= 16384 \
 UNION ALL \
 SELECT DISTINCT 's', v.relname, \
   'the view reads a catalog, calls a built-in function that is neither immutable nor one of \
@@ -872,9 +874,14 @@ impl ProxyCache {
             writers: Mutex::default(),
             writers_changes: AtomicU64::new(0),
             uncached_warned: Mutex::default(),
+            // (JIT would compile the long query, on its own connection, each time: a
+            // quarter of a second to seconds, for a read of 50 ms.)
             deps_query: match settings.wal_listener {
-                true => DEPS_QUERY.to_string() + &uncovered_query(&settings.publication),
-                false => DEPS_QUERY.to_string(),
+                true => format!(
+                    "SET jit = off; {DEPS_QUERY}{}",
+                    uncovered_query(&settings.publication)
+                ),
+                false => format!("SET jit = off; {DEPS_QUERY}"),
             },
             fences: Arc::new(Fences::default()),
         }))
