@@ -440,6 +440,14 @@ pub struct Relay {
     /// The client ran SQL PREPARE in the current transaction block (see
     /// `deallocate_sql`).
     sql_prepared: bool,
+    /// The client ran code that may leave state on the session pgopt does not see (a
+    /// DO block, or a function, trigger… whose body may make a temporary table, take
+    /// an advisory lock…): the connection is checked once idle (see
+    /// `check_session_state`).
+    state_check: bool,
+    /// It did: the connection stays with the client, which it now belongs to, until
+    /// the client leaves (it then closes).
+    pinned: bool,
     /// Tags this client's commits bumped, for the instances sharing Redis: told
     /// before the client hears the transaction ended.
     to_publish: Vec<String>,
@@ -641,6 +649,8 @@ impl Relay {
             serve_cache,
             fence_tokens: Vec::new(),
             sql_prepared: false,
+            state_check: false,
+            pinned: false,
             to_publish: Vec::new(),
             filling: None,
             login_user,
@@ -3432,8 +3442,13 @@ impl Relay {
     /// Settings a query may have set (see [`SessionVerdict::AfterRun`]): read back
     /// from the server once nothing is in flight (see [`Relay::resync_settings`]).
     fn reread(&mut self, names: &[String]) {
-        self.reread_changes |= !names.is_empty();
         for name in names {
+            if name == pgopt_sql::SESSION_STATE {
+                // Not a setting: what the connection holds is checked instead.
+                self.state_check = true;
+                continue;
+            }
+            self.reread_changes = true;
             if !self.read_back_leniently.contains(name) {
                 self.read_back_leniently.push(name.clone());
             }
@@ -4478,7 +4493,67 @@ impl Relay {
     async fn settle_when_idle(&mut self) {
         self.resync_settings().await;
         self.deallocate_sql().await;
+        self.check_session_state().await;
         self.after_write().await;
+    }
+
+    /// After a transaction that ran code which may leave state on the session (see
+    /// `state_check`): a temporary relation or function, a session advisory lock, a
+    /// cursor WITH HOLD, an SQL-prepared statement or a LISTEN the connection holds
+    /// now is the client's, as in session pooling — other clients must neither see
+    /// it nor be blocked by it, and this one may use it in its next transaction. The
+    /// connection then stays with the client, and closes when it leaves. (Refused
+    /// when written as a statement of its own; this is what a DO block, a function
+    /// or a trigger did.) If the check fails the connection closes.
+    async fn check_session_state(&mut self) {
+        const LEFT: &str = "SELECT pg_catalog.concat_ws(', ', \
+            CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class \
+              WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+              OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc \
+              WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
+              THEN 'temporary objects' END, \
+            CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
+              AND pid = pg_catalog.pg_backend_pid()) THEN 'session advisory locks' END, \
+            CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable) \
+              THEN 'cursors WITH HOLD' END, \
+            CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements \
+              WHERE from_sql) THEN 'SQL-prepared statements' END, \
+            CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()) \
+              THEN 'LISTEN' END)";
+        if !self.state_check || self.pinned || !self.rewrite || !self.server_idle() {
+            return;
+        }
+        let Some(server) = self.server.as_mut() else {
+            self.state_check = false;
+            return;
+        };
+        self.state_check = false;
+        // A simple query: the server's unnamed statement is gone.
+        self.unnamed_here = false;
+        match server.conn.simple_query(LEFT, self.max_len).await {
+            Ok(rows) => {
+                let left = rows
+                    .into_iter()
+                    .next()
+                    .and_then(|mut row| row.pop().flatten())
+                    .unwrap_or_default();
+                if !left.is_empty() {
+                    self.pinned = true;
+                    server.close_at_release();
+                    tracing::warn!(
+                        client = %self.info.addr,
+                        state = %left,
+                        "code the client ran (a DO block, a function or trigger) left state on its \
+                         server connection that transaction pooling can't carry: the client \
+                         keeps that connection until it leaves, which then closes"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checking a server connection for session state failed; closing it");
+                self.server_lost().await;
+            }
+        }
     }
 
     /// Read-your-writes: once a transaction on the primary that may have written has
@@ -5591,7 +5666,7 @@ impl Relay {
             self.end_copy_pass_early();
         }
         // (Not while a request waits for its role to be set on this connection.)
-        if self.rewrite && !self.identity_pending && self.server_idle() {
+        if self.rewrite && !self.identity_pending && !self.pinned && self.server_idle() {
             if let Some(checkout) = self.detach() {
                 self.unlink();
                 checkout.release_at(self.clock);

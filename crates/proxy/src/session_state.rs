@@ -734,6 +734,10 @@ pub fn judge(analysis: &Analysis, sql: &str, hidden: &[String]) -> Verdict {
             // its own.)
             reread.extend(names);
         }
+        // (A temporary table, an advisory lock… its body may make: checked for.)
+        if pgopt_sql::leaves_session_state(&sql.to_ascii_lowercase()) {
+            reread.push(pgopt_sql::SESSION_STATE.to_string());
+        }
     }
     for effect in &analysis.session_effects {
         let refusal = |feature: &str, instead: &str| {

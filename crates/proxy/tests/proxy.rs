@@ -2989,6 +2989,79 @@ async fn reset_all_among_statements_or_in_a_batch_gives_back_the_start_up_values
     }
 }
 
+/// Session state a DO block or a function leaves (a temporary table, a session
+/// advisory lock…), which pgopt refuses as a statement of its own but can't see in
+/// code: the connection then stays with its client, which may use the state in its
+/// next transactions as on PostgreSQL; no other client sees it or waits on it, and the
+/// connection closes when the client leaves. Before, the next client of the connection
+/// read the first one's temporary table, and the lock was held for good. Code that
+/// leaves nothing (a transaction-level lock) keeps pooling as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_left_by_code_keeps_the_connection_with_its_client() {
+    let (pg, proxy) = start(PoolMode::Transaction, 2).await;
+    pg.psql(
+        "CREATE FUNCTION lock_it(k bigint) RETURNS void LANGUAGE plpgsql AS \
+           $$ BEGIN PERFORM pg_advisory_lock(k); END $$; \
+         CREATE FUNCTION lock_briefly(k bigint) RETURNS void LANGUAGE plpgsql AS \
+           $$ BEGIN PERFORM pg_advisory_xact_lock(k); END $$",
+    )
+    .unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    let pid = "SELECT pg_backend_pid()::text";
+    for (i, made) in [
+        "DO $$ BEGIN CREATE TEMP TABLE secrets (v text); \
+         INSERT INTO secrets VALUES ('mine'); END $$",
+        "SELECT lock_it(4242)",
+        "DO $$ BEGIN EXECUTE 'DECLARE c CURSOR WITH HOLD FOR SELECT 1'; END $$",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = connect(&proxy, "postgres", None).await.unwrap();
+        let b = connect(&proxy, "postgres", None).await.unwrap();
+        a.batch_execute(made).await.unwrap();
+        let mine = common::value(&a, pid).await;
+        for _ in 0..3 {
+            assert_eq!(common::value(&a, pid).await, mine, "{made}");
+            assert_ne!(common::value(&b, pid).await, mine, "{made}");
+        }
+        if i == 0 {
+            assert_eq!(common::value(&a, "SELECT v FROM secrets").await, "mine");
+            let err = b.batch_execute("SELECT v FROM secrets").await.unwrap_err();
+            assert_eq!(code(&err), Some("42P01"), "{err}");
+        }
+        drop(a);
+        // Its connection closes, and what it held with it.
+        let gone = format!("SELECT count(*)::text FROM pg_stat_activity WHERE pid = {mine}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while common::value(&direct, &gone).await != "0" {
+            assert!(Instant::now() < deadline, "{made}: its connection stayed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let free = "SELECT pg_try_advisory_lock(4242)::text";
+        assert_eq!(common::value(&direct, free).await, "true");
+        direct
+            .batch_execute("SELECT pg_advisory_unlock_all()")
+            .await
+            .unwrap();
+    }
+    // A function that may leave state, and leaves none (a transaction-level lock):
+    // its client holds no connection after it. (Holding one, the other two clients'
+    // blocks would not both get one of the two.)
+    let a = connect(&proxy, "postgres", None).await.unwrap();
+    a.batch_execute("SELECT lock_briefly(1)").await.unwrap();
+    let (b, c) = (
+        connect(&proxy, "postgres", None).await.unwrap(),
+        connect(&proxy, "postgres", None).await.unwrap(),
+    );
+    for client in [&b, &c] {
+        tokio::time::timeout(Duration::from_secs(5), client.batch_execute("BEGIN"))
+            .await
+            .expect("a connection for each block")
+            .unwrap();
+    }
+}
+
 /// A driver's pipeline (psycopg's, asyncpg's): statements after a RESET in the same
 /// batch, or in a batch sent before its answer came, run with the client's start-up
 /// values, as on PostgreSQL. Before, they ran with the server's own defaults (the

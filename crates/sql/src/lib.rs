@@ -29,5 +29,8 @@ pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use error::SqlError;
 pub use functions::{is_clock_word, reads_clock, reads_clock_bytes};
 pub use hints::{parse_hints, CacheHint, Hints};
-pub use procedural::{body_words, settings_set_by, settings_set_by_other, SettingsSet};
+pub use procedural::{
+    body_words, leaves_session_state, settings_set_by, settings_set_by_other, SettingsSet,
+    SESSION_STATE,
+};
 pub use strip::{parameter_spans, strip_literals, Stripped};

@@ -21,6 +21,13 @@ pub struct SettingsSet {
 }
 
 impl SettingsSet {
+    /// Notes [`SESSION_STATE`] when code `lower` may leave state on the session.
+    fn note_session_state(&mut self, lower: &str) {
+        if leaves_session_state(lower) {
+            self.names.insert(SESSION_STATE.to_string());
+        }
+    }
+
     /// Nothing is set.
     pub fn is_empty(&self) -> bool {
         !self.any && self.names.is_empty()
@@ -157,7 +164,46 @@ fn string_inside(token: &str) -> &str {
 /// neither). Comments are left out.
 pub fn settings_set_by(body: &str) -> SettingsSet {
     let lower = body.to_ascii_lowercase();
-    scan(&lower, 0).with_identity()
+    let mut set = scan(&lower, 0).with_identity();
+    set.note_session_state(&lower);
+    set
+}
+
+/// The name under which a [`SettingsSet`] says its code may leave state on the
+/// session other than settings (see [`leaves_session_state`]): no setting's (it has
+/// spaces).
+pub const SESSION_STATE: &str = "pgopt session state";
+
+/// Whether code (lower-cased; its strings, which `EXECUTE` may run, included) may
+/// leave state on the session that outlives the transaction, other than settings: a
+/// temporary table, view, sequence or function (`TEMP`, `TEMPORARY`, `pg_temp`), a
+/// session-level advisory lock, LISTEN, a cursor `WITH HOLD`, an SQL `PREPARE`, a
+/// named dblink connection. By its words alone: a false alarm only costs a check.
+pub fn leaves_session_state(lower: &str) -> bool {
+    const WORDS: [&str; 11] = [
+        "temp",
+        "temporary",
+        "pg_temp",
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+        "listen",
+        "hold",
+        "prepare",
+        "dblink_connect",
+    ];
+    let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    WORDS.iter().any(|word| {
+        lower.match_indices(word).any(|(at, _)| {
+            let after = lower[at + word.len()..].chars().next();
+            // (`pg_temp_3`, a backend's own temporary schema, too.)
+            let after_ok = !ident(after)
+                || *word == "pg_temp" && lower[at + word.len()..].starts_with('_')
+                || *word == "dblink_connect";
+            !ident(lower[..at].chars().next_back()) && after_ok
+        })
+    })
 }
 
 /// How deep strings inside strings are read (`EXECUTE 'EXECUTE ''SET …'''`).
@@ -286,6 +332,7 @@ fn set_config_call(
 pub fn settings_set_by_other(body: &str) -> SettingsSet {
     let lower = body.to_ascii_lowercase();
     let mut set = SettingsSet::default();
+    set.note_session_state(&lower);
     if lower.contains("set_config") || lower.contains("pg_settings") {
         set.any = true;
     }
