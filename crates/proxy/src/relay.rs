@@ -4175,6 +4175,29 @@ impl Relay {
             && !reset;
     }
 
+    /// A ParameterStatus (`body`) of a setting the client has its start-up value of,
+    /// re-encoded with that value, when the server's differs.
+    fn reported_as_start_up(&self, body: std::ops::Range<usize>) -> Option<Vec<u8>> {
+        let mut fields = self.sbuf[body].split(|&b| b == 0);
+        let (name, value) = (fields.next()?, fields.next()?);
+        let name = std::str::from_utf8(name).ok()?;
+        let start_up = self.settings.current_startup_value(name)?;
+        if start_up.as_bytes() == value {
+            return None;
+        }
+        let start_up = pgopt_wire::text::unescape(start_up);
+        let mut body = Vec::with_capacity(name.len() + start_up.len() + 2);
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&start_up);
+        body.push(0);
+        let mut message = Vec::with_capacity(body.len() + 5);
+        message.push(b'S');
+        message.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        message.extend_from_slice(&body);
+        Some(message)
+    }
+
     /// An idle ReadyForQuery: a [`FOLLOWED`] setting whose value differs from the last
     /// idle one after a change pgopt did not follow is read back, so the client's
     /// settings (and the cache's key) hold it and the next client of the connection
@@ -4374,6 +4397,22 @@ impl Relay {
                         copied = pos;
                         edited = true;
                     }
+                }
+            }
+            if verdict == Verdict::Relay
+                && header.tag == b'S'
+                && self.settings_behind
+                && !partial
+                && self.rewrite
+            {
+                // A RESET took the server to its own default, which it reports: the
+                // client hears its start-up value, as PostgreSQL's RESET reports it
+                // (pgopt sets it again before the client's next statement).
+                if let Some(reported) = self.reported_as_start_up(pos + 5..end) {
+                    self.out.extend_from_slice(&self.sbuf[copied..pos]);
+                    self.out.extend_from_slice(&reported);
+                    copied = end;
+                    edited = true;
                 }
             }
             if verdict == Verdict::Relay && self.replay.is_some() {

@@ -568,6 +568,16 @@ impl Settings {
         shaping.statements()
     }
 
+    /// The client's value of `name` now when it is its start-up value (as after a
+    /// RESET): what PostgreSQL would report it has.
+    pub fn current_startup_value(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        match (self.current.get(&name), self.startup.get(&name)) {
+            (Some(Setting::Value(v)), Some(Setting::Value(s))) if v == s => Some(v),
+            _ => None,
+        }
+    }
+
     /// Start-up values a client gave for `name` (to overlay ParameterStatus).
     pub fn startup_value(&self, name: &str) -> Option<&str> {
         match self.startup.get(&name.to_ascii_lowercase()) {

@@ -3118,6 +3118,65 @@ async fn statements_pipelined_after_a_reset_run_with_the_start_up_values() {
     }
 }
 
+/// What a RESET reports (ParameterStatus) is the client's start-up value it goes back
+/// to, as PostgreSQL reports it, not the server connection's own default. Before, a
+/// driver heard `Etc/UTC` and `pgopt` after RESET ALL, and kept them (psycopg's
+/// `info.timezone`) until the start-up values were set again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_reports_the_start_up_values() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let mut raw = raw_login_with_startup_values(&proxy).await;
+    for reset in ["RESET ALL", "RESET TimeZone", "SET TimeZone TO DEFAULT"] {
+        raw_value(
+            &mut raw,
+            "SET TimeZone = 'UTC'; SET application_name = 'x'; SELECT 1",
+        )
+        .await;
+        raw.write_all(&message(b'Q', format!("{reset}\0").as_bytes()))
+            .await
+            .unwrap();
+        // The ParameterStatus messages up to the ReadyForQuery.
+        let (mut reply, mut at, mut reported) = (Vec::new(), 0, Vec::new());
+        'read: loop {
+            while let Some(head) = reply.get(at..at + 5) {
+                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                let Some(body) = reply.get(at + 5..at + 1 + len) else {
+                    break;
+                };
+                match head[0] {
+                    b'S' => {
+                        let text = String::from_utf8(body.to_vec()).unwrap();
+                        let mut fields = text.split('\0');
+                        let (name, value) = (fields.next().unwrap(), fields.next().unwrap());
+                        reported.push((name.to_string(), value.to_string()));
+                    }
+                    b'Z' => break 'read,
+                    _ => {}
+                }
+                at += 1 + len;
+            }
+            let mut buf = [0u8; 4096];
+            let n = raw.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        let of = |name: &str| {
+            reported
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(of("TimeZone").as_deref(), Some("Asia/Tokyo"), "{reset}");
+        if reset == "RESET ALL" {
+            assert_eq!(of("application_name").as_deref(), Some("myapp"));
+        }
+        let values = "SELECT current_setting('TimeZone')";
+        assert_eq!(raw_value(&mut raw, values).await, "Asia/Tokyo", "{reset}");
+    }
+}
+
 /// The first column of each DataRow the raw client receives up to its `readies`-th
 /// ReadyForQuery (an ErrorResponse fails the test).
 async fn raw_rows(raw: &mut tokio::net::TcpStream, mut readies: usize) -> Vec<String> {
