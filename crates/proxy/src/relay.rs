@@ -205,10 +205,12 @@ pub struct Relay {
     /// (`standard_conforming_strings` off, as the server last reported it): pgopt's
     /// parser does not, so text with a backslash is not read for the cache.
     backslash_escapes: bool,
-    /// A change of the client's settings was confirmed since the last ReadyForQuery:
-    /// the ParameterStatus the server reports before that one is its (see
-    /// [`Relay::note_reported_setting`]).
-    tracked_since_ready: bool,
+    /// A change of the client's settings was confirmed, whose batch ends at the
+    /// `tracked_readies`-th ReadyForQuery to come (of the client's batches, not
+    /// pgopt's own queries): the ParameterStatus the server reports before that one
+    /// is its (see [`Relay::note_reported_setting`]). (A count, not a flag: a batch
+    /// sent before the one before it was answered has its changes confirmed early.)
+    tracked_readies: usize,
     /// The values of [`FOLLOWED`] settings the server last reported to this client
     /// (at login, the ones it was shown), and as they were at its last idle
     /// ReadyForQuery; whether one changed since with no change pgopt followed.
@@ -316,6 +318,12 @@ pub struct Relay {
     copy_in: bool,
     /// The settings before the open transaction's first SET, restored if it rolls back.
     tx_snapshot: Option<(Settings, Applied)>,
+    /// `tx_snapshot` was taken for a change in an extended-protocol batch outside a
+    /// known block, with the ReadyForQuerys owed before that batch's: the batch's
+    /// implicit transaction, which an error in it rolls back (`batch_failed`), undoes
+    /// the change as a ROLLBACK would.
+    batch_snapshot: Option<usize>,
+    batch_failed: bool,
     /// A ROLLBACK came since the last ReadyForQuery: the whole transaction (restore the
     /// snapshot) or, when still in a transaction, ROLLBACK TO SAVEPOINT.
     rolled_back: bool,
@@ -563,7 +571,7 @@ impl Relay {
             stand_ins: false,
             stand_in_portals: Vec::new(),
             encoding_memo: None,
-            tracked_since_ready: false,
+            tracked_readies: 0,
             idle_reported: reported.clone(),
             reported,
             untracked_report: false,
@@ -608,6 +616,8 @@ impl Relay {
             discarding: false,
             copy_in: false,
             tx_snapshot: None,
+            batch_snapshot: None,
+            batch_failed: false,
             rolled_back: false,
             resync: Vec::new(),
             read_back_leniently: Vec::new(),
@@ -1140,10 +1150,11 @@ impl Relay {
             // Settings applied again after a RESET: a role among them is known to be set
             // before the request runs (see `identity_pending`).
             if self.settings_behind {
-                if self.reset_executed && matches!(frame.tag(), b'P' | b'B') {
+                self.sync_settings_if_behind();
+                if self.settings_behind && self.reset_executed && matches!(frame.tag(), b'P' | b'B')
+                {
                     self.sync_settings_in_batch();
                 }
-                self.sync_settings_if_behind();
                 if std::mem::take(&mut self.identity_injected) {
                     self.hold_for_identity(&frame);
                     break;
@@ -3311,12 +3322,13 @@ impl Relay {
                     // (those of Syncs pgopt sent to end a batch too: they are observed).
                     let before = self.expected.observed_readies();
                     self.pending_change = Some((change, sql.to_string(), before));
-                } else if let Some(server) = self.server.as_mut() {
+                } else if self.server.is_some() {
+                    self.keep_before_batch_change();
+                    let server = self.server.as_mut()?;
                     let applied = &mut server.conn.applied;
-                    keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
                     self.settings.confirm(&change, sql, applied);
                     self.settings_behind |= !matches!(change, Change::Set(_));
-                    self.tracked_since_ready = true;
+                    self.tracked_until_ready();
                     self.drop_read_backs_reset_by(&change);
                     let dependents = self.settings.encoding_dependents(&change);
                     if !dependents.is_empty() {
@@ -3481,7 +3493,10 @@ impl Relay {
     /// applied here, in the batch, as SET statements of the unnamed statement (a
     /// simple query would end the batch's transaction), whose answers are dropped —
     /// when SETs alone do it (see [`Settings::syncs_without_a_query`]) and the server
-    /// has not refused one of the client's values.
+    /// has not refused one of the client's values. Between two batches (the answers
+    /// of the one before still owed), as the simple queries of a sync: a SET in the
+    /// next batch's implicit transaction would make it a pipeline's, where PostgreSQL
+    /// refuses DISCARD ALL (25001).
     fn sync_settings_in_batch(&mut self) {
         self.reset_executed = false;
         let Some(server) = self.server.as_mut() else {
@@ -3493,6 +3508,11 @@ impl Relay {
             || self.status == TransactionStatus::Failed
             || !self.settings.syncs_without_a_query(&server.conn.applied)
         {
+            return;
+        }
+        if !self.open_batch {
+            self.settings_behind = false;
+            self.sync_settings();
             return;
         }
         let (statements, _) = self
@@ -3651,15 +3671,30 @@ impl Relay {
     /// A Bind of a statement that runs RESET `change` (see `resets_at_binds` and
     /// `unnamed_reset`): confirmed again.
     fn reset_bound(&mut self, change: &Change) {
+        self.keep_before_batch_change();
         let Some(server) = self.server.as_mut() else {
             return;
         };
         let applied = &mut server.conn.applied;
-        keep_before_change(&mut self.tx_snapshot, self.status, &self.settings, applied);
         self.settings.confirm(change, "", applied);
         self.settings_behind = true;
-        self.tracked_since_ready = true;
+        self.tracked_until_ready();
         self.drop_read_backs_reset_by(change);
+    }
+
+    /// Before a change a client's Parse or Bind confirms (an extended-protocol SET or
+    /// RESET, which the server runs later): what to go back to if its transaction rolls
+    /// back — a block's ROLLBACK, or, outside one, an error in the batch, which rolls
+    /// back its implicit transaction (see `batch_snapshot`).
+    fn keep_before_batch_change(&mut self) {
+        let Some(server) = self.server.as_ref() else {
+            return;
+        };
+        if self.tx_snapshot.is_none() {
+            self.tx_snapshot = Some((self.settings.clone(), server.conn.applied.clone()));
+            self.batch_snapshot =
+                (self.status == TransactionStatus::Idle).then(|| self.expected.observed_readies());
+        }
     }
 
     /// A RESET sent: what it resets, queued to be read back before it, is read back no
@@ -4169,10 +4204,31 @@ impl Relay {
             None => self.reported.push((name, value)),
         }
         self.reported_moved = true;
-        self.untracked_report |= !self.tracked_since_ready
+        self.untracked_report |= self.tracked_readies == 0
             && self.pending_change.is_none()
             && !self.expected.head_is_pgopts()
             && !reset;
+    }
+
+    /// A change of the client's settings was confirmed: what the server reports up to
+    /// the end of the batch being sent (the next ReadyForQuery owed after those owed
+    /// now) is the change's (see `tracked_readies`).
+    fn tracked_until_ready(&mut self) {
+        let through = self.expected.observed_readies() + 1;
+        self.tracked_readies = self.tracked_readies.max(through);
+    }
+
+    /// A ParameterStatus (`body`) pgopt's own settings query drew: how PostgreSQL
+    /// writes a start-up value it applied (see `Settings::note_shown`).
+    fn note_shown(&mut self, body: std::ops::Range<usize>) {
+        let mut fields = self.sbuf[body].split(|&b| b == 0);
+        let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
+            return;
+        };
+        let (Ok(name), value) = (std::str::from_utf8(name), pgopt_wire::text::escape(value)) else {
+            return;
+        };
+        self.settings.note_shown(name, &value);
     }
 
     /// A ParameterStatus (`body`) of a setting the client has its start-up value of,
@@ -4293,7 +4349,9 @@ impl Relay {
             match header.tag {
                 b'Z' => {
                     self.copy_in = false;
-                    self.tracked_since_ready = false;
+                    if !self.expected.head_is_injected_query() {
+                        self.tracked_readies = self.tracked_readies.saturating_sub(1);
+                    }
                     if self.sbuf.get(pos + 5) == Some(&b'I') {
                         self.reported_at_idle();
                     }
@@ -4324,7 +4382,12 @@ impl Relay {
                     }
                 }
                 b'C' | b'E' => self.copy_in = false,
-                b'S' => self.note_reported_setting(pos + 5..end),
+                b'S' => {
+                    if self.rewrite && self.expected.head_is_pgopts() {
+                        self.note_shown(pos + 5..end);
+                    }
+                    self.note_reported_setting(pos + 5..end);
+                }
                 _ => {}
             }
             let verdict = match self.replan(header.tag, pos + 5..end) {
@@ -5043,7 +5106,8 @@ impl Relay {
                         );
                         self.settings.confirm(change, sql, applied);
                         self.settings_behind |= !matches!(change, Change::Set(_));
-                        self.tracked_since_ready = true;
+                        // (Its query's ReadyForQuery is the next.)
+                        self.tracked_readies = self.tracked_readies.max(1);
                         for name in self.settings.encoding_dependents(change) {
                             if !self.resync.contains(&name) {
                                 self.resync.push(name);
@@ -5098,6 +5162,7 @@ impl Relay {
                 for (_, due, failed) in &mut self.pending_resets {
                     *failed |= *due == 0;
                 }
+                self.batch_failed |= self.batch_snapshot == Some(0);
             }
             _ => {
                 if let Some(done) = self.replay.take() {
@@ -5106,6 +5171,20 @@ impl Relay {
                 self.replayed = false;
                 self.forget_replay_state();
                 self.failover = None;
+                // An error in an extended batch outside a block rolled its implicit
+                // transaction back, and the changes confirmed in it with it.
+                let batch_failed = std::mem::take(&mut self.batch_failed);
+                if batch_failed && self.status == TransactionStatus::Idle {
+                    self.rolled_back = true;
+                }
+                // (A batch before the one the snapshot is for: it stays.)
+                let later_batch = match self.batch_snapshot {
+                    Some(due) if due > 0 => {
+                        self.batch_snapshot = Some(due - 1);
+                        true
+                    }
+                    _ => false,
+                };
                 if std::mem::take(&mut self.rolled_back) {
                     if self.status == TransactionStatus::Idle {
                         // The whole transaction: its SETs are gone.
@@ -5131,8 +5210,11 @@ impl Relay {
                         }
                     }
                 }
-                if self.status == TransactionStatus::Idle {
+                if self.status == TransactionStatus::Idle && !later_batch {
                     self.tx_snapshot = None;
+                    self.batch_snapshot = None;
+                }
+                if self.status == TransactionStatus::Idle {
                     if std::mem::take(&mut self.changed_schema) {
                         self.pool.schema_changed();
                     }

@@ -44,6 +44,9 @@ pub const RESULT_NEUTRAL: &[&str] = &[
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     startup: BTreeMap<String, Setting>,
+    /// How PostgreSQL reported a start-up value once applied (`Asia/Tokyo` for
+    /// `asia/tokyo`, `ISO, MDY` for `iso`): what a RESET back to it reports.
+    shown: BTreeMap<String, String>,
     current: BTreeMap<String, Setting>,
     /// A hash of `current`; equal versions mean equal settings (0: none).
     version: u64,
@@ -292,6 +295,7 @@ impl Settings {
         let mut s = Settings {
             current: startup.clone(),
             startup,
+            shown: BTreeMap::new(),
             version: 0,
         };
         s.rehash();
@@ -569,12 +573,27 @@ impl Settings {
     }
 
     /// The client's value of `name` now when it is its start-up value (as after a
-    /// RESET): what PostgreSQL would report it has.
+    /// RESET): what PostgreSQL would report it has, as it reported it when applied.
     pub fn current_startup_value(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
         match (self.current.get(&name), self.startup.get(&name)) {
-            (Some(Setting::Value(v)), Some(Setting::Value(s))) if v == s => Some(v),
+            (Some(Setting::Value(v)), Some(Setting::Value(s))) if v == s => {
+                Some(self.shown.get(&name).map_or(v.as_str(), String::as_str))
+            }
             _ => None,
+        }
+    }
+
+    /// The server reported `value` for `name` while pgopt applied this client's
+    /// settings: when that is its start-up value, how PostgreSQL writes it.
+    pub fn note_shown(&mut self, name: &str, value: &str) {
+        let name = name.to_ascii_lowercase();
+        if let (Some(Setting::Value(v)), Some(Setting::Value(s))) =
+            (self.current.get(&name), self.startup.get(&name))
+        {
+            if v == s && !self.shown.contains_key(&name) {
+                self.shown.insert(name, value.to_string());
+            }
         }
     }
 

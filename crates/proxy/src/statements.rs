@@ -901,7 +901,7 @@ impl Expected {
     pub fn head_is_pgopts(&self) -> bool {
         matches!(
             self.queue.front(),
-            Some(Step::InjectedQuery { .. } | Step::InjectedSync { .. })
+            Some(Step::InjectedQuery { .. } | Step::InjectedSync { .. } | Step::InjectedStatement)
         )
     }
 

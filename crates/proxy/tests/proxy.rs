@@ -2868,12 +2868,20 @@ async fn a_cancel_while_pgopt_sets_the_clients_role_reaches_its_request() {
 /// A raw client of `app` with start-up values (`application_name` myapp, TimeZone
 /// Asia/Tokyo and search_path s1 through `options`).
 async fn raw_login_with_startup_values(proxy: &Proxy) -> tokio::net::TcpStream {
+    raw_login_with_options(proxy, "-c TimeZone=Asia/Tokyo -c search_path=s1").await
+}
+
+/// A raw client of `app` (`application_name` myapp) with start-up `options`.
+async fn raw_login_with_options(proxy: &Proxy, options: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
         .await
         .unwrap();
-    let body = b"\0\x03\0\0user\0postgres\0database\0app\0application_name\0myapp\0\
-                 options\0-c TimeZone=Asia/Tokyo -c search_path=s1\0\0";
+    let body = format!(
+        "\0\x03\0\0user\0postgres\0database\0app\0application_name\0myapp\0\
+         options\0{options}\0\0"
+    );
+    let body = body.as_bytes();
     let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     startup.extend_from_slice(body);
     raw.write_all(&startup).await.unwrap();
@@ -3003,7 +3011,9 @@ async fn session_state_left_by_code_keeps_the_connection_with_its_client() {
         "CREATE FUNCTION lock_it(k bigint) RETURNS void LANGUAGE plpgsql AS \
            $$ BEGIN PERFORM pg_advisory_lock(k); END $$; \
          CREATE FUNCTION lock_briefly(k bigint) RETURNS void LANGUAGE plpgsql AS \
-           $$ BEGIN PERFORM pg_advisory_xact_lock(k); END $$",
+           $$ BEGIN PERFORM pg_advisory_xact_lock(k); END $$; \
+         CREATE FUNCTION run_sql(q text) RETURNS void LANGUAGE plpgsql AS \
+           $$ BEGIN EXECUTE q; END $$",
     )
     .unwrap();
     let direct = pg.connect("postgres").await.unwrap();
@@ -3013,6 +3023,8 @@ async fn session_state_left_by_code_keeps_the_connection_with_its_client() {
          INSERT INTO secrets VALUES ('mine'); END $$",
         "SELECT lock_it(4242)",
         "DO $$ BEGIN EXECUTE 'DECLARE c CURSOR WITH HOLD FOR SELECT 1'; END $$",
+        // Dynamic SQL: what it runs is not in the function's text.
+        "SELECT run_sql('SELECT pg_advisory_lock(4242)')",
     ]
     .into_iter()
     .enumerate()
@@ -3126,7 +3138,8 @@ async fn statements_pipelined_after_a_reset_run_with_the_start_up_values() {
 async fn a_reset_reports_the_start_up_values() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
-    let mut raw = raw_login_with_startup_values(&proxy).await;
+    // (As PostgreSQL writes it: `Asia/Tokyo`.)
+    let mut raw = raw_login_with_options(&proxy, "-c TimeZone=asia/tokyo").await;
     for reset in ["RESET ALL", "RESET TimeZone", "SET TimeZone TO DEFAULT"] {
         raw_value(
             &mut raw,
@@ -3175,6 +3188,70 @@ async fn a_reset_reports_the_start_up_values() {
         let values = "SELECT current_setting('TimeZone')";
         assert_eq!(raw_value(&mut raw, values).await, "Asia/Tokyo", "{reset}");
     }
+}
+
+/// A RESET (or SET) in an extended-protocol batch that then fails is undone with the
+/// batch's implicit transaction, as on PostgreSQL: the client keeps the value it had,
+/// and the next client of the connection does not get it. Before, pgopt took the RESET
+/// as done: the client's SET stayed on the connection for the next client, and the
+/// client itself was told its start-up value. And DISCARD ALL after a RESET, each in
+/// its own batch, sent together: it runs (before, the start-up values set again went
+/// into its batch, where PostgreSQL refuses DISCARD ALL with 25001).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_in_a_failed_batch_is_undone_with_it() {
+    use tokio::io::AsyncWriteExt;
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    pg.psql("CREATE SCHEMA s1; CREATE SCHEMA s2").unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let mut raw = raw_login_with_startup_values(&proxy).await;
+    let sync = || message(b'S', b"");
+    let fail = run_unnamed_without_end("SELECT 1/0");
+    for (set, change, show, want) in [
+        ("SET work_mem = '9MB'", "RESET work_mem", "work_mem", "9MB"),
+        (
+            "SET work_mem = '9MB'",
+            "SET work_mem TO DEFAULT",
+            "work_mem",
+            "9MB",
+        ),
+        ("SET work_mem = '9MB'", "RESET ALL", "work_mem", "9MB"),
+        (
+            "SET search_path = s2",
+            "RESET search_path",
+            "search_path",
+            "s2",
+        ),
+        (
+            "SET work_mem = '5MB'",
+            "SET work_mem = '6MB'",
+            "work_mem",
+            "5MB",
+        ),
+    ] {
+        raw_value(&mut raw, &format!("{set}; SELECT 1")).await;
+        let batch = [run_unnamed_without_end(change), fail.clone(), sync()].concat();
+        raw.write_all(&batch).await.unwrap();
+        read_until(&mut raw, b'Z').await;
+        let sql = format!("SELECT current_setting('{show}')");
+        assert_eq!(raw_value(&mut raw, &sql).await, want, "{change}");
+        // The other client of the one connection has its own.
+        let theirs = common::value(&other, "SHOW work_mem").await;
+        assert_eq!(theirs, "4MB", "{change}");
+        assert_eq!(raw_value(&mut raw, &sql).await, want, "{change}");
+        raw_value(&mut raw, "RESET ALL; SELECT 1").await;
+    }
+    // RESET, then DISCARD ALL: two batches, one write.
+    let batch = [
+        run_unnamed_without_end("RESET TimeZone"),
+        sync(),
+        run_unnamed_without_end("DISCARD ALL"),
+        sync(),
+    ]
+    .concat();
+    raw.write_all(&batch).await.unwrap();
+    assert_eq!(raw_rows(&mut raw, 2).await, Vec::<String>::new());
+    let values = "SELECT current_setting('TimeZone')";
+    assert_eq!(raw_value(&mut raw, values).await, "Asia/Tokyo");
 }
 
 /// The first column of each DataRow the raw client receives up to its `readies`-th

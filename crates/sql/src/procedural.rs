@@ -178,9 +178,12 @@ pub const SESSION_STATE: &str = "pgopt session state";
 /// leave state on the session that outlives the transaction, other than settings: a
 /// temporary table, view, sequence or function (`TEMP`, `TEMPORARY`, `pg_temp`), a
 /// session-level advisory lock, LISTEN, a cursor `WITH HOLD`, an SQL `PREPARE`, a
-/// named dblink connection. By its words alone: a false alarm only costs a check.
+/// named dblink connection — or any of them through dynamic SQL (`EXECUTE q`). By its
+/// words alone: a false alarm only costs a check.
 pub fn leaves_session_state(lower: &str) -> bool {
-    const WORDS: [&str; 11] = [
+    const WORDS: [&str; 12] = [
+        // Dynamic SQL: what it runs is not in the text.
+        "execute",
         "temp",
         "temporary",
         "pg_temp",
@@ -378,9 +381,42 @@ pub fn body_words(body: &str) -> BTreeSet<String> {
 mod tests {
     use super::*;
 
+    /// The settings a body sets (not whether it may leave other state).
     fn names(body: &str) -> (bool, Vec<String>) {
         let set = settings_set_by(body);
-        (set.any, set.names.into_iter().collect())
+        let names = set.names.into_iter().filter(|n| n != SESSION_STATE);
+        (set.any, names.collect())
+    }
+
+    #[test]
+    fn code_that_may_leave_session_state_is_found_by_its_words() {
+        for body in [
+            "BEGIN CREATE TEMP TABLE t (x int); END",
+            "BEGIN CREATE TEMPORARY VIEW v AS SELECT 1; END",
+            "BEGIN CREATE TABLE pg_temp.t (x int); END",
+            "BEGIN CREATE TABLE pg_temp_3.t (x int); END",
+            "BEGIN PERFORM pg_advisory_lock(1); END",
+            "SELECT pg_try_advisory_lock_shared(1)",
+            "BEGIN LISTEN jobs; END",
+            "BEGIN EXECUTE 'DECLARE c CURSOR WITH HOLD FOR SELECT 1'; END",
+            "BEGIN EXECUTE q; END",
+            "PERFORM dblink_connect('c', 'dbname=x')",
+        ] {
+            assert!(
+                settings_set_by(body).names.contains(SESSION_STATE),
+                "{body}"
+            );
+        }
+        for body in [
+            "BEGIN PERFORM pg_advisory_xact_lock(1); END",
+            "SELECT temperature, holder, listener FROM readings",
+            "BEGIN UPDATE t SET x = 1; END",
+        ] {
+            assert!(
+                !settings_set_by(body).names.contains(SESSION_STATE),
+                "{body}"
+            );
+        }
     }
 
     #[test]
@@ -489,7 +525,11 @@ mod tests {
         let set = settings_set_by_other("plpy.execute(\"SET search_path TO %s\" % t)\nx = set()");
         assert_eq!(
             (set.any, set.names.into_iter().collect::<Vec<_>>()),
-            (false, vec!["search_path".to_string()])
+            // (Its dynamic SQL may leave other state too.)
+            (
+                false,
+                vec![SESSION_STATE.to_string(), "search_path".to_string()]
+            )
         );
         assert!(settings_set_by_other("$dbh->do(q{SELECT set_config($n, $v, false)})").any);
         assert!(settings_set_by_other("return set([1, 2])").is_empty());
