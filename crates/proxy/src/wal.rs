@@ -249,6 +249,8 @@ pub async fn listen(
     let mut relations: HashMap<u32, String> = HashMap::new();
     let mut changed: BTreeSet<String> = BTreeSet::new();
     let mut flushed = 0u64;
+    // Between a Begin and its Commit: the WAL end a keepalive gives is not all handled.
+    let mut in_transaction = false;
     let mut last_status = Instant::now();
     let mut streaming = false;
     loop {
@@ -280,7 +282,14 @@ pub async fn listen(
                 return Err(failed(format!("replication: {message}")));
             }
             b'd' => match StreamMessage::decode(frame.body()) {
-                Ok(StreamMessage::Keepalive { reply, .. }) => {
+                Ok(StreamMessage::Keepalive { end, reply }) => {
+                    // Everything up to the server's WAL end was handled (WAL of no
+                    // transaction here — checkpoints, other databases' — yields no
+                    // message): confirmed as flushed, as pg_recvlogical does. A
+                    // server shutting down waits for that before it stops.
+                    if !in_transaction && changed.is_empty() {
+                        flushed = flushed.max(end);
+                    }
                     if reply {
                         send_status(&mut conn, flushed, false).await?;
                         last_status = Instant::now();
@@ -301,7 +310,8 @@ pub async fn listen(
                         }
                     }
                     Ok(Change::Commit { end, time, .. }) => {
-                        flushed = end;
+                        in_transaction = false;
+                        flushed = flushed.max(end);
                         if !changed.is_empty() {
                             let tables = std::mem::take(&mut changed).into_iter().collect();
                             let committed = Committed {
@@ -325,7 +335,8 @@ pub async fn listen(
                             return Ok(());
                         }
                     }
-                    Ok(Change::Begin { .. } | Change::Message { .. } | Change::Other(_)) => {}
+                    Ok(Change::Begin { .. }) => in_transaction = true,
+                    Ok(Change::Message { .. } | Change::Other(_)) => {}
                     Err(e) => return Err(failed(format!("pgoutput: {e}"))),
                 },
                 Err(e) => return Err(failed(format!("replication stream: {e}"))),

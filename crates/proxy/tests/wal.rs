@@ -155,3 +155,57 @@ async fn no_publication_that_would_block_updates_on_tables_without_replica_ident
     ensure_publication(&source, "pgopt").await.unwrap();
     pg.psql("UPDATE nokey SET v = 3").unwrap();
 }
+
+/// A fast shutdown of the server ends while the listener streams: the listener
+/// confirms, from the keepalives, the WAL it had nothing to hear of (a checkpoint's,
+/// another database's), which a walsender waits for before it stops. Before, only the
+/// last commit's end was confirmed, and PostgreSQL stayed "shutting down", refusing
+/// every connection, until pgopt went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_shuts_down_while_the_listener_streams() {
+    let mut pg = Postgres::builder()
+        .setting("wal_level", "logical")
+        .start()
+        .await
+        .unwrap();
+    let direct = pg.connect("postgres").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    direct.batch_execute("CREATE DATABASE other").await.unwrap();
+    let source = source_for(&pg);
+    ensure_publication(&source, "pgopt").await.unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let listener =
+        tokio::spawn(async move { listen(&source, "pgopt", "pgopt_stop", true, tx).await });
+    assert!(matches!(event(&mut rx).await, WalEvent::Started { .. }));
+    assert!(matches!(event(&mut rx).await, WalEvent::Marker(..)));
+    direct
+        .batch_execute("INSERT INTO items VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, ["public.items"]);
+    // WAL past the last commit it hears of.
+    let other = pg.connect("other").await.unwrap();
+    other
+        .batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1); CHECKPOINT")
+        .await
+        .unwrap();
+    drop((direct, other));
+    // (Status updates go every few seconds, and on the walsender's request.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    // The listener hears that its stream ended.
+    let ended = tokio::time::timeout(Duration::from_secs(10), listener).await;
+    assert!(matches!(ended, Ok(Ok(Err(_)))), "{ended:?}");
+    drop(pg);
+}
