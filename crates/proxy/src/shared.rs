@@ -561,8 +561,8 @@ impl Shared {
     /// or resuming query insight (`insight.enabled`). Databases whose server or pool mode changed,
     /// or that are gone, get new pools (or none): their connected clients are closed before their
     /// next transaction (see `Pool::retire`); a new password alone makes a new pool for new
-    /// clients, and those connected finish on the old one. `listen`, `admin_listen` and
-    /// `routing.safe_functions` need a restart.
+    /// clients, and those connected finish on the old one. `listen`, `admin_listen`,
+    /// `[cache]` and `routing.safe_functions` need a restart.
     pub fn apply(&self, new: Config) -> Result<(), ProxyError> {
         let _changing = lock(&self.changing);
         self.apply_now(new)
@@ -633,6 +633,14 @@ impl Shared {
             tracing::warn!(
                 "cache.wal_listener follows the databases pgopt started with: restart it for \
                  writes that bypass pgopt to added or moved databases to invalidate the cache"
+            );
+        }
+        if new.cache != old.cache {
+            // (Read at start: its tables, TTLs, listeners and Redis shape what every
+            // session and entry holds.)
+            tracing::warn!(
+                "[cache] changes take effect after a restart: until then the cache serves \
+                 as configured at start (CACHE FLUSH on the admin console empties it now)"
             );
         }
         if new.routing.safe_functions != old.routing.safe_functions {
