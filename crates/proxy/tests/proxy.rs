@@ -2865,6 +2865,12 @@ async fn a_cancel_while_pgopt_sets_the_clients_role_reaches_its_request() {
     assert_eq!(common::value(&a, "SELECT current_user").await, "tenant");
 }
 
+/// What a client of [`raw_login_with_startup_values`] reads with
+/// [`START_UP_VALUES`]: its start-up values.
+const START_UP: &str = "myapp Asia/Tokyo s1";
+const START_UP_VALUES: &str = "SELECT current_setting('application_name') || ' ' || \
+                               current_setting('TimeZone') || ' ' || current_setting('search_path')";
+
 /// A raw client of `app` with start-up values (`application_name` myapp, TimeZone
 /// Asia/Tokyo and search_path s1 through `options`).
 async fn raw_login_with_startup_values(proxy: &Proxy) -> tokio::net::TcpStream {
@@ -2937,9 +2943,7 @@ async fn reset_all_among_statements_or_in_a_batch_gives_back_the_start_up_values
     pg.psql("CREATE SCHEMA s1; CREATE SCHEMA s2").unwrap();
     let other = connect(&proxy, "postgres", None).await.unwrap();
     let mut raw = raw_login_with_startup_values(&proxy).await;
-    let values = "SELECT current_setting('application_name') || ' ' || \
-                  current_setting('TimeZone') || ' ' || current_setting('search_path')";
-    let start_up = "myapp Asia/Tokyo s1";
+    let (values, start_up) = (START_UP_VALUES, START_UP);
     assert_eq!(raw_value(&mut raw, values).await, start_up);
     for reset in [
         "SELECT 1; RESET ALL",
@@ -3085,9 +3089,7 @@ async fn statements_pipelined_after_a_reset_run_with_the_start_up_values() {
     pg.psql("CREATE SCHEMA s1").unwrap();
     let other = connect(&proxy, "postgres", None).await.unwrap();
     let mut raw = raw_login_with_startup_values(&proxy).await;
-    let values = "SELECT current_setting('application_name') || ' ' || \
-                  current_setting('TimeZone') || ' ' || current_setting('search_path')";
-    let start_up = "myapp Asia/Tokyo s1";
+    let (values, start_up) = (START_UP_VALUES, START_UP);
     let sync = || message(b'S', b"");
     let cat = |parts: &[Vec<u8>]| parts.concat();
     let set = run_unnamed_without_end("SET TimeZone = 'UTC'");
@@ -3136,7 +3138,7 @@ async fn statements_pipelined_after_a_reset_run_with_the_start_up_values() {
 /// `info.timezone`) until the start-up values were set again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_reports_the_start_up_values() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
     // (As PostgreSQL writes it: `Asia/Tokyo`.)
     let mut raw = raw_login_with_options(&proxy, "-c TimeZone=asia/tokyo").await;
@@ -3150,30 +3152,16 @@ async fn a_reset_reports_the_start_up_values() {
             .await
             .unwrap();
         // The ParameterStatus messages up to the ReadyForQuery.
-        let (mut reply, mut at, mut reported) = (Vec::new(), 0, Vec::new());
-        'read: loop {
-            while let Some(head) = reply.get(at..at + 5) {
-                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-                let Some(body) = reply.get(at + 5..at + 1 + len) else {
-                    break;
-                };
-                match head[0] {
-                    b'S' => {
-                        let text = String::from_utf8(body.to_vec()).unwrap();
-                        let mut fields = text.split('\0');
-                        let (name, value) = (fields.next().unwrap(), fields.next().unwrap());
-                        reported.push((name.to_string(), value.to_string()));
-                    }
-                    b'Z' => break 'read,
-                    _ => {}
-                }
-                at += 1 + len;
-            }
-            let mut buf = [0u8; 4096];
-            let n = raw.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed");
-            reply.extend_from_slice(&buf[..n]);
-        }
+        let reported: Vec<(String, String)> = raw_messages(&mut raw, 1)
+            .await
+            .into_iter()
+            .filter(|(tag, _)| *tag == b'S')
+            .map(|(_, body)| {
+                let text = String::from_utf8(body).unwrap();
+                let mut fields = text.split('\0').map(str::to_string);
+                (fields.next().unwrap(), fields.next().unwrap())
+            })
+            .collect();
         let of = |name: &str| {
             reported
                 .iter()
@@ -3254,41 +3242,51 @@ async fn a_change_in_a_failed_batch_is_undone_with_it() {
     assert_eq!(raw_value(&mut raw, values).await, "Asia/Tokyo");
 }
 
-/// The first column of each DataRow the raw client receives up to its `readies`-th
-/// ReadyForQuery (an ErrorResponse fails the test).
-async fn raw_rows(raw: &mut tokio::net::TcpStream, mut readies: usize) -> Vec<String> {
+/// The messages (type, body) the raw client receives up to its `readies`-th
+/// ReadyForQuery.
+async fn raw_messages(raw: &mut tokio::net::TcpStream, mut readies: usize) -> Vec<(u8, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
-    let (mut reply, mut at, mut rows) = (Vec::new(), 0, Vec::new());
+    let (mut reply, mut at, mut messages) = (Vec::new(), 0, Vec::new());
     loop {
         while let Some(head) = reply.get(at..at + 5) {
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
             let Some(body) = reply.get(at + 5..at + 1 + len) else {
                 break;
             };
-            match head[0] {
-                b'D' => {
-                    let n = i32::from_be_bytes([body[2], body[3], body[4], body[5]]) as usize;
-                    rows.push(String::from_utf8(body[6..6 + n].to_vec()).unwrap());
-                }
-                b'E' => panic!("{}", String::from_utf8_lossy(body)),
-                b'Z' => {
-                    readies -= 1;
-                    if readies == 0 {
-                        return rows;
-                    }
-                }
-                _ => {}
-            }
+            messages.push((head[0], body.to_vec()));
             at += 1 + len;
+            if head[0] == b'Z' {
+                readies -= 1;
+                if readies == 0 {
+                    return messages;
+                }
+            }
         }
         let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), raw.read(&mut buf))
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
             .await
             .expect("a reply in 10 s")
             .unwrap();
         assert!(n > 0, "closed");
         reply.extend_from_slice(&buf[..n]);
     }
+}
+
+/// The first column of each DataRow the raw client receives up to its `readies`-th
+/// ReadyForQuery (an ErrorResponse fails the test).
+async fn raw_rows(raw: &mut tokio::net::TcpStream, readies: usize) -> Vec<String> {
+    let mut rows = Vec::new();
+    for (tag, body) in raw_messages(raw, readies).await {
+        match tag {
+            b'D' => {
+                let n = i32::from_be_bytes([body[2], body[3], body[4], body[5]]) as usize;
+                rows.push(String::from_utf8(body[6..6 + n].to_vec()).unwrap());
+            }
+            b'E' => panic!("{}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+    rows
 }
 
 /// Parse, Bind and Execute of `sql` as the unnamed statement and portal.
