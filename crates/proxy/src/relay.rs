@@ -2802,7 +2802,21 @@ impl Relay {
             // it. Parsed under a name of pgopt's and closed at once.
             self.probe_parse(&parse, change);
         } else if on_server {
-            self.expected.push(Step::Answer { tag: b'1', change });
+            // Prepared afresh, as PostgreSQL plans a fresh Parse: the connection's
+            // copy may be from before a schema change made outside pgopt, whose Bind
+            // would fail with "cached plan must not change result type", which no
+            // statement just parsed gets. (Closed, then parsed again, pipelined.)
+            let server = self.server_conn();
+            server.prepared.remove(&id);
+            server.mark_stale(id);
+            self.send_parse(
+                &prepared,
+                Step::Parse {
+                    prepared: Some(id),
+                    change,
+                },
+            );
+            self.learn_description(&prepared);
         } else {
             self.send_parse(
                 &prepared,
