@@ -1758,16 +1758,14 @@ pub fn calls_hidden(hidden: &[String], analysis: &Analysis) -> bool {
     if hidden.is_empty() {
         return false;
     }
-    let name = |f: &'_ String| -> String {
-        let f = f.rsplit('.').next().unwrap_or(f).trim_matches('"');
-        f.to_ascii_lowercase()
-    };
     let is_type = |h: &String| h.starts_with(|c: char| c.is_alphanumeric() || c == '_');
     analysis.operators.iter().any(|o| hidden.contains(o))
         || analysis.type_names.iter().any(|t| hidden.contains(t))
         || analysis.functions.iter().any(|f| {
-            let f = name(f);
-            hidden.contains(&f) || FILLS_ROWS.contains(&f.as_str()) && hidden.iter().any(is_type)
+            let f = f.rsplit('.').next().unwrap_or(f).trim_matches('"');
+            hidden.iter().any(|h| h.eq_ignore_ascii_case(f))
+                || FILLS_ROWS.iter().any(|r| r.eq_ignore_ascii_case(f))
+                    && hidden.iter().any(is_type)
         })
 }
 

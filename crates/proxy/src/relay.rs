@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use pgopt_wire::backend::CommandComplete;
+use pgopt_wire::backend::{CommandComplete, ParameterStatus};
 use pgopt_wire::frontend::{Bind, BindHead, Close, Describe, Execute, Parse, Query};
 use pgopt_wire::{
     peek_header, split_frame, sqlstate, DecodeError, ErrorBuilder, Frame, Severity, Target,
@@ -2801,23 +2801,17 @@ impl Relay {
             // first: the server judges) or a COMMIT or ROLLBACK in flight ended
             // it. Parsed under a name of pgopt's and closed at once.
             self.probe_parse(&parse, change);
-        } else if on_server {
-            // Prepared afresh, as PostgreSQL plans a fresh Parse: the connection's
-            // copy may be from before a schema change made outside pgopt, whose Bind
-            // would fail with "cached plan must not change result type", which no
-            // statement just parsed gets. (Closed, then parsed again, pipelined.)
-            let server = self.server_conn();
-            server.prepared.remove(&id);
-            server.mark_stale(id);
-            self.send_parse(
-                &prepared,
-                Step::Parse {
-                    prepared: Some(id),
-                    change,
-                },
-            );
-            self.learn_description(&prepared);
         } else {
+            if on_server {
+                // Prepared afresh, as PostgreSQL plans a fresh Parse: the
+                // connection's copy may be from before a schema change made outside
+                // pgopt, whose Bind would fail with "cached plan must not change
+                // result type", which no statement just parsed gets. (Marked stale:
+                // `send_parse` closes it first, pipelined.)
+                let server = self.server_conn();
+                server.prepared.remove(&id);
+                server.mark_stale(id);
+            }
             self.send_parse(
                 &prepared,
                 Step::Parse {
@@ -4195,9 +4189,7 @@ impl Relay {
     /// pgopt followed (a function or DO block calling `set_config(…, false)`, or SET
     /// LOCAL, which its transaction's end undoes): see [`Relay::reported_at_idle`].
     fn note_reported_setting(&mut self, body: std::ops::Range<usize>) {
-        let body = &self.sbuf[body];
-        let mut fields = body.split(|&b| b == 0);
-        let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
+        let Some((name, value)) = status_fields(&self.sbuf[body]) else {
             return;
         };
         if name == STANDARD_CONFORMING_STRINGS.as_bytes() {
@@ -4235,36 +4227,28 @@ impl Relay {
     /// A ParameterStatus (`body`) pgopt's own settings query drew: how PostgreSQL
     /// writes a start-up value it applied (see `Settings::note_shown`).
     fn note_shown(&mut self, body: std::ops::Range<usize>) {
-        let mut fields = self.sbuf[body].split(|&b| b == 0);
-        let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
+        let Some((name, value)) = status_fields(&self.sbuf[body]) else {
             return;
         };
-        let (Ok(name), value) = (std::str::from_utf8(name), pgopt_wire::text::escape(value)) else {
-            return;
-        };
-        self.settings.note_shown(name, &value);
+        if let Ok(name) = std::str::from_utf8(name) {
+            self.settings
+                .note_shown(name, &pgopt_wire::text::escape(value));
+        }
     }
 
     /// A ParameterStatus (`body`) of a setting the client has its start-up value of,
     /// re-encoded with that value, when the server's differs.
-    fn reported_as_start_up(&self, body: std::ops::Range<usize>) -> Option<Vec<u8>> {
-        let mut fields = self.sbuf[body].split(|&b| b == 0);
-        let (name, value) = (fields.next()?, fields.next()?);
+    fn reported_as_start_up(&self, body: std::ops::Range<usize>) -> Option<BytesMut> {
+        let (name, value) = status_fields(&self.sbuf[body])?;
         let name = std::str::from_utf8(name).ok()?;
         let start_up = self.settings.current_startup_value(name)?;
-        if start_up.as_bytes() == value {
+        let start_up = pgopt_wire::text::unescape(start_up);
+        if *start_up == *value {
             return None;
         }
-        let start_up = pgopt_wire::text::unescape(start_up);
-        let mut body = Vec::with_capacity(name.len() + start_up.len() + 2);
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(&start_up);
-        body.push(0);
-        let mut message = Vec::with_capacity(body.len() + 5);
-        message.push(b'S');
-        message.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        message.extend_from_slice(&body);
+        let value = std::str::from_utf8(&start_up).ok()?;
+        let mut message = BytesMut::new();
+        ParameterStatus { name, value }.encode(&mut message).ok()?;
         Some(message)
     }
 
@@ -6366,6 +6350,12 @@ fn sets_characteristics(change: &Change) -> bool {
 }
 
 /// Appends a protocol message: type, length, body.
+/// A ParameterStatus body's name and value.
+fn status_fields(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut fields = body.split(|&b| b == 0);
+    Some((fields.next()?, fields.next()?))
+}
+
 fn frame_into(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.extend_from_slice(&[tag]);
     out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
