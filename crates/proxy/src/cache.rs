@@ -1494,7 +1494,8 @@ pub struct Request<'a> {
 /// server or host list, server database and login: instances sharing Redis may send
 /// one database name elsewhere, or log in as another user, and a RELOAD may move it),
 /// the settings that shape results (every SET the client made, start-up options
-/// included, as the statements that would apply them), and the exact request: text,
+/// included, as the statements that would apply them, and the server's own defaults
+/// of those it reports: see `session_state::Defaults`), and the exact request: text,
 /// parameter types, values and formats, and its shape. This is the first half, the
 /// parts a session's keys share while its settings and pool stay (see
 /// [`pgopt_cache::KeyBuf`]); [`key_request`] the second.
@@ -1503,6 +1504,7 @@ pub fn key_prefix(
     (database, user): (&str, &str),
     server: &crate::server::ServerTarget,
     settings: &[String],
+    defaults: &crate::session_state::Defaults,
 ) {
     push_part(bytes, b'd', Some(database.as_bytes()));
     push_part(bytes, b'u', Some(user.as_bytes()));
@@ -1512,6 +1514,9 @@ pub fn key_prefix(
     push_part(bytes, b'n', Some(&(settings.len() as u64).to_be_bytes()));
     for statement in settings {
         push_part(bytes, b's', Some(statement.as_bytes()));
+    }
+    for (_, value) in defaults.values() {
+        push_part(bytes, b'D', Some(value.as_bytes()));
     }
 }
 
@@ -1995,6 +2000,9 @@ pub struct Fill {
     pub replica_replayed: Option<u64>,
     /// The generation of the dependency map its tags came from.
     pub deps_generation: u64,
+    /// The hash of the server defaults its key holds: a connection with others
+    /// stores nothing (see `session_state::Defaults`).
+    pub defaults: u64,
 }
 
 /// What one server message does to a fill: `Some(reply)` at its ReadyForQuery (idle)
@@ -2039,6 +2047,7 @@ impl Fill {
         ttl: Duration,
         flight: Option<Flight>,
         deps_generation: u64,
+        defaults: u64,
     ) -> Fill {
         Fill {
             ticket,
@@ -2048,6 +2057,7 @@ impl Fill {
             _flight: flight,
             replica_replayed: None,
             deps_generation,
+            defaults,
         }
     }
 }

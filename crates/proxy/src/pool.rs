@@ -265,6 +265,10 @@ pub struct Pool {
     idle: Mutex<Vec<Box<ServerConn>>>,
     /// What the server said about itself at start-up, for clients' ParameterStatus.
     params: Mutex<Option<ServerParams>>,
+    /// The server's defaults of the settings the cache keys on, as its newest
+    /// connection had them (see [`Pool::defaults_seen`]), and their hash.
+    defaults: Mutex<crate::session_state::Defaults>,
+    defaults_hash: AtomicU64,
     paused: AtomicBool,
     resumed: Notify,
     breaker: Mutex<Breaker>,
@@ -428,6 +432,8 @@ impl Pool {
             limits: Mutex::new(limits),
             idle: Mutex::new(Vec::new()),
             params: Mutex::new(None),
+            defaults: Mutex::default(),
+            defaults_hash: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             breaker: Mutex::new(Breaker::default()),
@@ -786,7 +792,7 @@ impl Pool {
         // look for a server that closed it since, and a move to this thread's event
         // loop when it comes from another. A dead one: its slot takes or opens another.
         let handed = handed
-            .filter(|conn| conn.looks_alive() && self.current(conn))
+            .filter(|conn| conn.looks_alive() && self.is_current(conn))
             .and_then(|conn| conn.rehome().ok());
         let (conn, waited) = match handed {
             Some(conn) => (Ok(conn), false),
@@ -950,7 +956,7 @@ impl Pool {
             let since_used = now.saturating_duration_since(conn.last_used);
             let expired = since_used > limits.idle_timeout
                 || now.saturating_duration_since(conn.created) > limits.lifetime;
-            if expired || !conn.looks_alive() || !self.current(&conn) {
+            if expired || !conn.looks_alive() || !self.is_current(&conn) {
                 continue;
             }
             let Ok(mut conn) = conn.rehome() else {
@@ -1059,7 +1065,9 @@ impl Pool {
                 // Its generation before it is listed: never seen as marked for closing.
                 conn.info.generation.store(generation, Relaxed);
                 self.servers.add(&conn.info);
-                lock(&self.params).get_or_insert_with(|| Arc::new(conn.params.clone()));
+                if !self.defaults_seen(&conn.defaults) {
+                    lock(&self.params).get_or_insert_with(|| Arc::new(conn.params.clone()));
+                }
                 // Boxed: a checkout moves it several times per transaction.
                 let mut conn = Box::new(conn);
                 conn.generation = generation;
@@ -1116,6 +1124,44 @@ impl Pool {
     /// Server parameters seen at start-up, once any connection was made.
     pub fn params(&self) -> Option<ServerParams> {
         lock(&self.params).clone()
+    }
+
+    /// A connection's defaults of the settings the cache keys on (see
+    /// `session_state::Defaults`): a new login's, or ones a reload of the server's
+    /// configuration changed. Other than the pool's, they become the pool's, so
+    /// entries made under the old ones are not served (an ALTER DATABASE … SET, or
+    /// ALTER SYSTEM and a reload, made directly on the server), and clients logging in
+    /// later are told them. Whether they did.
+    pub fn defaults_seen(&self, seen: &crate::session_state::Defaults) -> bool {
+        let mut defaults = lock(&self.defaults);
+        if *defaults == *seen {
+            return false;
+        }
+        let first = defaults.hash() == 0;
+        defaults.clone_from(seen);
+        self.defaults_hash.store(seen.hash(), SeqCst);
+        drop(defaults);
+        let mut params = lock(&self.params);
+        if let Some(old) = params.as_ref() {
+            let mut new = Vec::clone(old);
+            for (name, value) in &mut new {
+                if let Some((_, v)) = seen.values().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                    value.clear();
+                    value.push_str(v);
+                }
+            }
+            *params = Some(Arc::new(new));
+        }
+        !first
+    }
+
+    /// The hash of [`Pool::defaults`] (every cache lookup reads it).
+    pub fn defaults_hash(&self) -> u64 {
+        self.defaults_hash.load(Relaxed)
+    }
+
+    pub fn defaults(&self) -> crate::session_state::Defaults {
+        lock(&self.defaults).clone()
     }
 
     pub fn idle_count(&self) -> usize {
@@ -1294,7 +1340,7 @@ impl Pool {
     }
 
     /// Whether `conn` was opened since the last [`Pool::reconnect`].
-    fn current(&self, conn: &ServerConn) -> bool {
+    pub fn is_current(&self, conn: &ServerConn) -> bool {
         conn.generation == self.generation.load(SeqCst)
     }
 
@@ -1308,6 +1354,10 @@ impl Pool {
             self.generation.fetch_add(1, SeqCst);
             std::mem::take(&mut *idle)
         };
+        // The new connections' defaults may be others (what an ALTER DATABASE … SET
+        // changed): until one logs in, none is known, and the cache serves nothing.
+        *lock(&self.defaults) = Default::default();
+        self.defaults_hash.store(0, SeqCst);
         drop(closed); // (the sockets close outside the lock)
     }
 
@@ -1358,7 +1408,7 @@ impl Pool {
             idle.retain(|c| {
                 now.duration_since(c.created) <= limits.lifetime
                     && c.looks_alive()
-                    && self.current(c)
+                    && self.is_current(c)
             });
             // Long-idle ones go down to `min_size`, oldest-used first (the list is in
             // the order connections came back).
@@ -1536,7 +1586,7 @@ impl Checkout {
         let pool = active.0.clone();
         let (slot, active) = if !close
             && now.saturating_duration_since(conn.created) <= lifetime
-            && pool.current(&conn)
+            && pool.is_current(&conn)
         {
             conn.last_used = now;
             conn.info.set_link(0, 0);
@@ -1548,7 +1598,7 @@ impl Checkout {
             };
             // Looked at again under the lock RECONNECT empties the list with.
             let mut idle = lock(&pool.idle);
-            if pool.current(&conn) {
+            if pool.is_current(&conn) {
                 idle.push(conn);
             }
             drop(idle);

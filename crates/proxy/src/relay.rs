@@ -386,6 +386,8 @@ pub struct Relay {
     /// Cache keys are built here: the database, user and settings part is written
     /// again only when the settings change.
     key_buf: pgopt_cache::KeyBuf,
+    /// The hash of the server defaults `key_buf`'s prefix holds.
+    key_defaults: u64,
     /// The cache's verdict on the last statement looked up: its tags and TTL (or not
     /// cacheable), for that analysis, catalog and cache (see [`Relay::cache_tags`]).
     tags_memo: Option<TagsMemo>,
@@ -453,6 +455,15 @@ pub struct Relay {
     /// an advisory lock…): the connection is checked once idle (see
     /// `check_session_state`).
     state_check: bool,
+    /// Reported settings of `session_state::KEYED_DEFAULTS` the client has no value
+    /// of its own for that changed with no change pgopt followed: a reload of the
+    /// server's configuration may have changed their defaults (see
+    /// [`Relay::check_defaults`]).
+    defaults_check: Vec<String>,
+    /// The transaction ran something that may change the server's defaults of
+    /// settings (`session_state::alters_defaults`): once it ends, every pool's server
+    /// connections are replaced and the cache flushed.
+    defaults_altered: bool,
     /// It did: the connection stays with the client, which it now belongs to, until
     /// the client leaves (it then closes).
     pinned: bool,
@@ -637,6 +648,7 @@ impl Relay {
             replay: None,
             settings_sql: None,
             key_buf: pgopt_cache::KeyBuf::default(),
+            key_defaults: 0,
             tags_memo: None,
             replay_spare: BytesMut::new(),
             replayed: false,
@@ -660,6 +672,8 @@ impl Relay {
             fence_tokens: Vec::new(),
             sql_prepared: false,
             state_check: false,
+            defaults_check: Vec::new(),
+            defaults_altered: false,
             pinned: false,
             to_publish: Vec::new(),
             filling: None,
@@ -1342,13 +1356,16 @@ impl Relay {
             bind: &bind,
             shape,
         };
-        let version = self.settings.version();
+        // (The two hashes' combination: a change of either needs a new prefix.)
+        let version = self.settings.version() ^ self.pool.defaults_hash().rotate_left(1);
         if self.key_buf.needs_prefix(version) {
             let settings = self.settings.key_statements();
             let (database, user) = (&self.database, &self.login_user);
             let server = &self.pool.target;
+            let defaults = self.pool.defaults();
+            self.key_defaults = defaults.hash();
             self.key_buf.set_prefix(version, |b| {
-                crate::cache::key_prefix(b, (database, user), server, &settings)
+                crate::cache::key_prefix(b, (database, user), server, &settings, &defaults)
             });
         }
         self.key_buf
@@ -1426,12 +1443,14 @@ impl Relay {
             }
             cache.counters.misses.fetch_add(1, Relaxed);
             ticket.tables().miss();
-            return CacheLookup::Fill(Fill::new(ticket, ttl, flight, deps.generation));
+            let defaults = self.key_defaults;
+            return CacheLookup::Fill(Fill::new(ticket, ttl, flight, deps.generation, defaults));
         }
         cache.counters.misses.fetch_add(1, Relaxed);
         let ticket = cache.cache.begin_fill(key, tags);
         ticket.tables().miss();
-        CacheLookup::Fill(Fill::new(ticket, ttl, flight, deps.generation))
+        let defaults = self.key_defaults;
+        CacheLookup::Fill(Fill::new(ticket, ttl, flight, deps.generation, defaults))
     }
 
     /// [`Settings::statements`], rendered again only when the settings changed (equal
@@ -1603,8 +1622,16 @@ impl Relay {
                     }
                 }
                 // Its tags came from a dependency map a schema change has replaced since
-                // (a view that reads other tables now would be tagged wrong).
-                if fill.deps_generation != cache.deps_generation() {
+                // (a view that reads other tables now would be tagged wrong); or it ran
+                // on a connection whose server defaults are not its key's (older or
+                // newer than the pool's newest), or that a RECONNECT marked as old (an
+                // ALTER DATABASE … SET through pgopt: its defaults may be the old ones).
+                let server = self.server.as_ref().map(|s| &s.conn);
+                if fill.deps_generation != cache.deps_generation()
+                    || server.is_none_or(|conn| {
+                        conn.defaults.hash() != fill.defaults || !self.pool.is_current(conn)
+                    })
+                {
                     fill.ticket.tables().not_stored();
                     counters.not_stored.fetch_add(1, Relaxed);
                     return;
@@ -3295,6 +3322,8 @@ impl Relay {
         // A CREATE of a function, trigger, view…: the catalog is read again once it ended.
         let ddl = analysis.kinds.contains(&pgopt_sql::StatementKind::Ddl);
         self.creates |= ddl && crate::function_settings::creates_callers(sql);
+        self.defaults_altered |=
+            session_state::alters_defaults(sql.as_bytes(), &analysis.functions);
         if ddl && session_state::may_change_shapes(sql.as_bytes()) {
             self.schema_changed();
             if let Some(parse) = parse.filter(|p| !p.name.is_empty()) {
@@ -4270,6 +4299,16 @@ impl Relay {
                 .filter(|r| !self.idle_reported.contains(r))
                 .map(|(name, _)| name.clone())
                 .collect();
+            if self.cache.is_some() {
+                for name in &changed {
+                    if session_state::KEYED_DEFAULTS.contains(&name.as_str())
+                        && !self.settings.names().any(|n| n == name)
+                        && !self.defaults_check.contains(name)
+                    {
+                        self.defaults_check.push(name.clone());
+                    }
+                }
+            }
             self.reread(&changed);
         }
         if self.reported != self.idle_reported {
@@ -4592,9 +4631,58 @@ impl Relay {
     /// prepared statements deallocated, then the commit's bookkeeping.
     async fn settle_when_idle(&mut self) {
         self.resync_settings().await;
+        self.check_defaults().await;
         self.deallocate_sql().await;
         self.check_session_state().await;
         self.after_write().await;
+    }
+
+    /// Settings of `session_state::KEYED_DEFAULTS` changed with no change the client
+    /// made that pgopt followed, and the client has no value of its own for them
+    /// (`defaults_check`): those the session has not set (a reload of the server's
+    /// configuration changed them, not a function calling set_config) are the
+    /// connection's defaults now, and the pool's (see `Pool::defaults_seen`), so
+    /// entries made under the old ones are not served; the client does not keep them as
+    /// values of its own (read back meanwhile), and follows the server's defaults on.
+    async fn check_defaults(&mut self) {
+        if self.defaults_check.is_empty() || !self.server_idle() {
+            return;
+        }
+        let names = std::mem::take(&mut self.defaults_check);
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let listed: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
+        let sql = format!(
+            "SELECT pg_catalog.lower(name) FROM pg_catalog.pg_settings \
+             WHERE source <> 'session' AND pg_catalog.lower(name) IN ({})",
+            listed.join(", ")
+        );
+        // A simple query: the server's unnamed statement is gone.
+        self.unnamed_here = false;
+        match server.conn.simple_query(&sql, self.max_len).await {
+            Ok(rows) => {
+                for name in rows.into_iter().filter_map(|mut row| row.pop().flatten()) {
+                    let Some((_, value)) = self.reported.iter().find(|(n, _)| *n == name) else {
+                        continue;
+                    };
+                    server.conn.defaults.set(&name, value);
+                    self.settings.adopt(&name, None, &mut server.conn.applied);
+                }
+                if self.pool.defaults_seen(&server.conn.defaults) {
+                    tracing::info!(
+                        database = %self.database,
+                        "the server's defaults of settings results depend on changed (a reload \
+                         of its configuration): the cache's entries made under the old ones \
+                         are not served"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the server's defaults failed; closing the server connection");
+                self.server_lost().await;
+            }
+        }
     }
 
     /// After a transaction that ran code which may leave state on the session (see
@@ -5215,6 +5303,16 @@ impl Relay {
                 if self.status == TransactionStatus::Idle {
                     if std::mem::take(&mut self.changed_schema) {
                         self.pool.schema_changed();
+                    }
+                    if std::mem::take(&mut self.defaults_altered) {
+                        // Sessions that begin after it take the new defaults: so do the
+                        // pools' connections, and the cache's entries are made again
+                        // (settings PostgreSQL does not report are not in its key).
+                        // (Rolled back: a flush and new connections, nothing worse.)
+                        self.shared.reconnect(None);
+                        if let Some(cache) = &self.cache {
+                            cache.flush(None);
+                        }
                     }
                     if std::mem::take(&mut self.creates) {
                         let store = &self.shared.function_settings;

@@ -195,6 +195,9 @@ pub struct ServerConn {
     pub info: Arc<ServerInfo>,
     /// Client settings pgopt applied here (see `session_state.rs`).
     pub applied: Applied,
+    /// The server's defaults of the settings the cache keys on (see
+    /// `session_state::Defaults`).
+    pub defaults: crate::session_state::Defaults,
     /// The session thread whose runtime this connection's socket is registered with
     /// (see `workers.rs`).
     pub home: usize,
@@ -556,6 +559,7 @@ impl ServerConn {
                         (Some(tls), true) => Some((tls.clone(), host.to_string())),
                         _ => None,
                     };
+                    let defaults = crate::session_state::Defaults::from_params(&server_params);
                     return Ok(ServerConn {
                         info: Arc::new(ServerInfo::new(
                             addr.clone(),
@@ -578,6 +582,7 @@ impl ServerConn {
                         generation: 0,
                         last_used: now,
                         applied: Applied::default(),
+                        defaults,
                         read_buf: BytesMut::new(),
                         permits: None,
                     });

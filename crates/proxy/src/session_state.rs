@@ -40,6 +40,68 @@ pub const RESULT_NEUTRAL: &[&str] = &[
     "log_min_error_statement",
 ];
 
+/// Settings PostgreSQL reports (ParameterStatus) that shape results, whose server
+/// defaults (postgresql.conf, ALTER SYSTEM, ALTER DATABASE or ROLE … SET) a client
+/// that sets none reads: their values on the pool's server connections are part of
+/// the cache's key (see [`Defaults`]), lower case.
+pub const KEYED_DEFAULTS: [&str; 4] = [
+    "timezone",
+    "datestyle",
+    "intervalstyle",
+    "standard_conforming_strings",
+];
+
+/// A server connection's own values of [`KEYED_DEFAULTS`] (those it reported at
+/// login, or since, when a reload changed one), and their hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Defaults {
+    hash: u64,
+    values: [String; 4],
+}
+
+impl Defaults {
+    /// The values among a login's ParameterStatus `params`.
+    pub fn from_params(params: &[(String, String)]) -> Defaults {
+        let mut defaults = Defaults::default();
+        for (name, value) in params {
+            defaults.set(name, value);
+        }
+        defaults
+    }
+
+    /// Takes `value` as the default of `name`, if one of [`KEYED_DEFAULTS`]; whether
+    /// that changed it.
+    pub fn set(&mut self, name: &str, value: &str) -> bool {
+        let Some(i) = KEYED_DEFAULTS
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(name))
+        else {
+            return false;
+        };
+        if self.values[i] == value {
+            return false;
+        }
+        self.values[i] = value.to_string();
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.values.hash(&mut hasher);
+        self.hash = hasher.finish();
+        true
+    }
+
+    /// 0 when none is known.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Name and value of each.
+    pub fn values(&self) -> impl Iterator<Item = (&str, &str)> {
+        KEYED_DEFAULTS
+            .iter()
+            .zip(&self.values)
+            .map(|(n, v)| (*n, v.as_str()))
+    }
+}
+
 /// The settings one client expects, by lower-case parameter name.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -953,7 +1015,7 @@ pub fn may_affect_session(sql: &[u8]) -> bool {
         }
     }
     // Words anywhere, found from their rare bytes (SIMD scans) rather than byte by byte:
-    // `advisory_lock` and `set_config` from their `_`, `temp` (TEMP, TEMPORARY, pg_temp)
+    // `advisory_lock`, `set_config` and `reload_conf` from their `_`, `temp` (TEMP, TEMPORARY, pg_temp)
     // from its `p`.
     let before_is = |at: usize, word: &[u8]| {
         at >= word.len() && sql[at - word.len()..at].eq_ignore_ascii_case(word)
@@ -968,6 +1030,7 @@ pub fn may_affect_session(sql: &[u8]) -> bool {
         _ => {
             (before_is(at, b"advisory") && after_is(at, b"lock"))
                 || (before_is(at, b"set") && after_is(at, b"config"))
+                || (before_is(at, b"reload") && after_is(at, b"conf"))
                 || (before_is(at, b"pg") && after_is(at, b"settings"))
         }
     }) || memchr::memchr2_iter(b'p', b'P', sql).any(|at| before_is(at, b"tem"))
@@ -1146,6 +1209,32 @@ pub fn may_change_shapes(sql: &[u8]) -> bool {
         let object = skip_blanks_and_comments(&first[verb..]);
         SHAPING.iter().any(|word| starts_word(object, word))
     })
+}
+
+/// Whether a statement of `sql` may change the server's defaults of settings: ALTER
+/// DATABASE, ROLE or USER … SET or RESET (for sessions that begin after it), ALTER
+/// SYSTEM (at the next reload), or a call of `pg_reload_conf` (`functions`: the
+/// statement's, as [`Analysis::functions`] lists them). (A `;` or a word inside a
+/// literal may give a false alarm.)
+pub fn alters_defaults(sql: &[u8], functions: &[String]) -> bool {
+    let alters = |piece: &[u8]| {
+        let first = skip_blanks_and_comments(piece);
+        if !starts_word(first, b"alter") {
+            return false;
+        }
+        let object = skip_blanks_and_comments(&first[b"alter".len()..]);
+        starts_word(object, b"system")
+            || ([b"database".as_slice(), b"role", b"user"]
+                .iter()
+                .any(|w| starts_word(object, w))
+                && object
+                    .split(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+                    .any(|w| w.eq_ignore_ascii_case(b"set") || w.eq_ignore_ascii_case(b"reset")))
+    };
+    sql.split(|&b| b == b';').any(alters)
+        || functions
+            .iter()
+            .any(|f| f.rsplit('.').next() == Some("pg_reload_conf"))
 }
 
 fn starts_word(text: &[u8], word: &[u8]) -> bool {
@@ -1338,6 +1427,50 @@ mod tests {
         ] {
             assert!(!may_change_shapes(sql.as_bytes()), "{sql}");
         }
+    }
+
+    #[test]
+    fn statements_that_may_alter_defaults() {
+        let none: &[String] = &[];
+        for sql in [
+            "ALTER DATABASE app SET TimeZone = 'UTC'",
+            "alter role r in database app reset all",
+            "BEGIN; /* x */ ALTER USER u SET search_path = a",
+            "ALTER SYSTEM SET bytea_output = 'escape'",
+        ] {
+            assert!(alters_defaults(sql.as_bytes(), none), "{sql}");
+            assert!(may_affect_session(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "ALTER ROLE r PASSWORD 'x'",
+            "ALTER DATABASE app RENAME TO b",
+            "SELECT 'alter system'",
+            "ALTER TABLE t SET (fillfactor = 70)",
+        ] {
+            assert!(!alters_defaults(sql.as_bytes(), none), "{sql}");
+        }
+        let sql = "SELECT pg_catalog.pg_reload_conf()";
+        assert!(may_affect_session(sql.as_bytes()));
+        let analysis = pgopt_sql::Analyzer::default().analyze(sql).unwrap();
+        assert!(alters_defaults(sql.as_bytes(), &analysis.functions));
+    }
+
+    #[test]
+    fn defaults_follow_the_keyed_settings_only() {
+        let params = |tz: &str| {
+            vec![
+                ("TimeZone".to_string(), tz.to_string()),
+                ("application_name".to_string(), "x".to_string()),
+            ]
+        };
+        let utc = Defaults::from_params(&params("UTC"));
+        assert_ne!(utc.hash(), 0);
+        assert_eq!(utc, Defaults::from_params(&params("UTC")));
+        let mut moved = utc.clone();
+        assert!(!moved.set("application_name", "y"));
+        assert!(moved.set("timezone", "Asia/Tokyo"));
+        assert_ne!(moved.hash(), utc.hash());
+        assert_eq!(moved, Defaults::from_params(&params("Asia/Tokyo")));
     }
 
     #[test]

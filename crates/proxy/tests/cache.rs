@@ -2735,3 +2735,67 @@ async fn the_ddl_listener_has_a_function_made_behind_pgopts_back_followed_at_onc
     );
     assert_eq!(value(&a, path).await, "elsewhere, public");
 }
+
+/// A change of the server's own defaults (ALTER SYSTEM and a reload, ALTER DATABASE …
+/// SET) changes what a client that set nothing reads, as it does on PostgreSQL: entries
+/// made under the old defaults are not served (checklist 39).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_the_servers_defaults_changes_what_is_served() {
+    let (pg, proxy) = setup().await;
+    let read = "SELECT at::text FROM events WHERE id = 1";
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(value(&client, read).await, "2024-01-01 00:00:00+00");
+    }
+    let hits = counter(&cache_row(&proxy).await, "hits");
+    assert!(hits >= 1, "the read was cached");
+
+    // Made directly on PostgreSQL: the pooled connections take it at their next
+    // command, and pgopt hears it there.
+    pg.psql("ALTER SYSTEM SET TimeZone = 'Asia/Tokyo'").unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+    let watcher = direct(&pg).await;
+    let direct_reads = value(&watcher, read).await;
+    assert_eq!(direct_reads, "2024-01-01 09:00:00+09");
+    let later = connect(&proxy, "postgres", None).await.unwrap();
+    let unlisted = "SELECT v FROM unlisted";
+    value(&later, unlisted).await; // a command on a pooled connection
+    for _ in 0..2 {
+        assert_eq!(value(&later, read).await, direct_reads);
+        assert_eq!(value(&client, read).await, direct_reads);
+    }
+
+    // ALTER DATABASE … SET through pgopt: sessions that begin after it take it, and so
+    // do pgopt's pooled connections.
+    client
+        .batch_execute("ALTER DATABASE postgres SET DateStyle = 'SQL, DMY'")
+        .await
+        .unwrap();
+    let direct_reads = value(&direct(&pg).await, read).await;
+    assert_eq!(direct_reads, "01/01/2024 09:00:00 JST");
+    let later = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(value(&later, read).await, direct_reads);
+    }
+
+    // Made directly, then RECONNECT in the admin console (as with PgBouncer): the new
+    // connections' defaults are the key's.
+    pg.psql("ALTER DATABASE postgres SET IntervalStyle = 'iso_8601'")
+        .unwrap();
+    let span = "SELECT (at - '2023-12-31'::timestamptz)::text FROM events WHERE id = 1";
+    let later = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..2 {
+        value(&later, span).await;
+    }
+    admin(&proxy)
+        .await
+        .batch_execute("RECONNECT")
+        .await
+        .unwrap();
+    let direct_reads = value(&direct(&pg).await, span).await;
+    assert_eq!(direct_reads, "P1DT9H");
+    let later = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(value(&later, span).await, direct_reads);
+    }
+}
