@@ -261,6 +261,10 @@ pub struct ProxyCache {
     /// The generation in `deps`, readable without its lock (each fill's completion
     /// checks it).
     deps_generation: AtomicU64,
+    /// [`SCHEMA`]'s version when last looked at, and the versions' bump count then
+    /// (see [`ProxyCache::follow_schema_tag`]).
+    schema_seen: AtomicU64,
+    bumps_seen: AtomicU64,
     /// Per database, what may write unseen (see [`Writers`]), as the latest read of
     /// its catalog found it (kept while it is read again), and a count of changes
     /// (0: nothing was ever found), for sessions to keep a copy of their database's
@@ -292,6 +296,13 @@ enum DepsState {
 /// (a new view, trigger or foreign key) are seen within this long.
 pub const DEPS_MAX_AGE: Duration = Duration::from_secs(30);
 const DEPS_RETRY: Duration = Duration::from_secs(5);
+
+/// A tag no entry carries, published with a schema change through pgopt (and with a
+/// CACHE FLUSH): its version moving — a message from another instance, or a flush
+/// because messages may have been lost — has the dependency map read again, as after
+/// a schema change through this instance (a trigger or partition another instance
+/// made changes what a write here reaches).
+const SCHEMA: &str = "*schema";
 
 /// What a write to a table reaches beyond the table, from the catalog: views read
 /// their base tables; foreign keys with ON DELETE/UPDATE CASCADE, SET NULL or SET
@@ -843,13 +854,15 @@ impl ProxyCache {
             },
             TableStats::new(MAX_TABLES, Some(ALL)),
         );
+        // Tracked from the start: other instances' messages move its version.
+        cache.versions.snapshot(&[SCHEMA]);
         let l2 = match &settings.redis {
             None => None,
             Some(redis) => {
                 // Invalidations may have been missed: every entry carries ALL.
                 let (versions, tables) = (cache.versions.clone(), cache.tables.clone());
                 let flush = Arc::new(move || {
-                    versions.bump(&[ALL]);
+                    versions.bump(&[ALL, SCHEMA]);
                     tables.invalidated(&[ALL], Source::Bus, &versions);
                 });
                 Some(
@@ -871,6 +884,8 @@ impl ProxyCache {
             counters: CacheCounters::default(),
             deps: Mutex::new((Default::default(), 0)),
             deps_generation: AtomicU64::new(0),
+            schema_seen: AtomicU64::new(0),
+            bumps_seen: AtomicU64::new(0),
             writers: Mutex::default(),
             writers_changes: AtomicU64::new(0),
             uncached_warned: Mutex::default(),
@@ -908,6 +923,7 @@ impl ProxyCache {
     /// `now`: the caller's clock (see `Relay::clock`), read before the lock: another
     /// session may have stored a later moment (hence saturating).
     pub fn deps(&self, database: &str, now: Instant) -> (Option<Arc<Deps>>, Option<u64>) {
+        self.follow_schema_tag();
         let mut guard = self.deps.lock().unwrap_or_else(|p| p.into_inner());
         let (map, generation) = &mut *guard;
         match map.get(database) {
@@ -926,6 +942,21 @@ impl ProxyCache {
                 map.insert(database.to_string(), DepsState::Loading(now));
                 (None, Some(*generation))
             }
+        }
+    }
+
+    /// Another instance changed the schema ([`SCHEMA`]'s version moved): the
+    /// dependencies are read again. (Only once some version moved since the last look:
+    /// most lookups read one counter.)
+    fn follow_schema_tag(&self) {
+        let versions = &self.cache.versions;
+        let bumps = versions.bumps.load(Relaxed);
+        if self.bumps_seen.swap(bumps, Relaxed) == bumps {
+            return;
+        }
+        let schema = versions.get(SCHEMA);
+        if self.schema_seen.swap(schema, Relaxed) != schema {
+            self.schema_changed();
         }
     }
 
@@ -1083,7 +1114,10 @@ impl ProxyCache {
         if writes.tables.is_empty() {
             return (Vec::new(), None);
         }
-        let tags = self.reach(database, &writes.tables, true);
+        let mut tags = self.reach(database, &writes.tables, true);
+        if writes.schema && self.l2.is_some() {
+            tags.push(SCHEMA.to_string());
+        }
         let publish = if self.l2.is_some() {
             tags.clone()
         } else {
@@ -1179,13 +1213,16 @@ impl ProxyCache {
         self.cache.l1.clear();
         self.bump(&[ALL.to_string()], Source::Stream);
         if publish {
-            self.publish_later(vec![ALL.to_string()]);
+            self.publish_later(vec![ALL.to_string(), SCHEMA.to_string()]);
         }
     }
 
     /// `CACHE FLUSH [table]`, on every instance sharing Redis.
     pub fn flush(self: &Arc<Self>, table: Option<&str>) {
-        let tags = vec![table.map_or(ALL, tag).to_string()];
+        let mut tags = vec![table.map_or(ALL, tag).to_string()];
+        if table.is_none() {
+            tags.push(SCHEMA.to_string());
+        }
         self.bump(&tags, Source::Local);
         if table.is_none() {
             self.cache.l1.clear();

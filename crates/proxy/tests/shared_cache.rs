@@ -1029,3 +1029,55 @@ async fn a_write_that_bypasses_pgopt_heard_on_the_stream_ends_its_value_in_redis
         }
     }
 }
+
+/// A schema change through one instance (here a trigger that writes another cached
+/// table) reaches the other's dependency map with its invalidation: the other's next
+/// write follows the trigger, as the writer's does. Before, the other went on with
+/// its old map for up to 30 s, and entries of the trigger's table outlived the write
+/// on both instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_through_one_instance_reaches_the_others_dependency_map() {
+    let (pg, redis) = setup().await;
+    pg.psql("CREATE TABLE log (id int)").unwrap();
+    let tables = |c: &mut CacheSettings| c.tables = vec!["items".into(), "log".into()];
+    let a_proxy = instance_with(&pg, &redis, tables).await;
+    let b_proxy = instance_with(&pg, &redis, tables).await;
+    let a = connect(&a_proxy, "postgres", None).await.unwrap();
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+    // Heartbeats first (see the test above).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let logged = "SELECT count(*) FROM log";
+    for client in [&a, &b] {
+        for _ in 0..2 {
+            assert_eq!(value(client, logged).await, "0");
+        }
+    }
+    assert_eq!(value(&b, READ).await, "a");
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
+    a.batch_execute(
+        "CREATE FUNCTION logged() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO log VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER logged AFTER UPDATE ON items
+           FOR EACH ROW EXECUTE FUNCTION logged()",
+    )
+    .await
+    .unwrap();
+    // B has heard of it once its entry of items has ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(&b, READ).await != "behind" {
+        assert!(
+            Instant::now() < deadline,
+            "B never heard of the schema change"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for client in [&a, &b] {
+        assert_eq!(value(client, logged).await, "0");
+    }
+    b.batch_execute("UPDATE items SET v = 'c' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&b, logged).await, "1", "through the writer");
+    assert_eq!(value(&a, logged).await, "1", "through the other instance");
+}
