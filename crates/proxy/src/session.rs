@@ -492,6 +492,15 @@ async fn session(
         // (Not a member of the pool: its server connection is not the pool's.)
         return replication::serve(stream, buf, shared, info, &pool, &startup, replication).await;
     }
+    let settings = Settings::from_startup(&startup.params);
+    if settings.startup_value("transaction_isolation").is_some() {
+        // PostgreSQL refuses it at login (the session's start has taken a snapshot);
+        // pgopt would have applied it to no transaction of the client's.
+        let _ = write_all(&mut stream, AUTHENTICATION_OK).await;
+        let message = "SET TRANSACTION ISOLATION LEVEL must be called before any query";
+        send_fatal(&mut stream, sqlstate::ACTIVE_SQL_TRANSACTION, message).await;
+        return Ok(());
+    }
     let mut membership = Membership {
         pool: PoolMember::new(&pool),
         user: user.to_string(),
@@ -525,7 +534,6 @@ async fn session(
     let cancel_slot: CancelSlot = Arc::default();
     let key = new_cancel_key()?;
     shared.register_cancel(key, &cancel_slot);
-    let settings = Settings::from_startup(&startup.params);
     // The client's own start-up values, which pgopt applies on its server
     // connections, are the ones it must see.
     let shown = params

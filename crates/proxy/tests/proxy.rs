@@ -536,6 +536,41 @@ async fn pgbench_simple_and_extended_through_the_proxy() {
     }
 }
 
+/// `transaction_isolation` as a start-up value: PostgreSQL refuses the login (25001),
+/// and so does pgopt. Before, pgopt took the client and applied it to none of its
+/// transactions.
+#[tokio::test]
+async fn transaction_isolation_at_start_up_is_refused_as_postgresql_refuses_it() {
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let options = "-c transaction_isolation=serializable";
+    let login = |port: u16, dbname: &'static str| async move {
+        tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .dbname(dbname)
+            .options(options)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map(|_| ())
+            .unwrap_err()
+    };
+    let direct = login(pg.port(), "postgres").await;
+    let through = login(proxy.local_addr().port(), "app").await;
+    for err in [&direct, &through] {
+        assert_eq!(common::code(err), Some("25001"), "{err}");
+        assert_eq!(err.as_db_error().unwrap().severity(), "FATAL");
+    }
+    assert_eq!(
+        through.as_db_error().unwrap().message(),
+        direct.as_db_error().unwrap().message()
+    );
+    // The session characteristic is a start-up value PostgreSQL takes.
+    let client =
+        connect_with_options(&proxy, "-c default_transaction_isolation=serializable").await;
+    assert_eq!(show(&client, "transaction_isolation").await, "serializable");
+}
+
 async fn connect_with_options(proxy: &Proxy, options: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::Config::new()
         .host("127.0.0.1")

@@ -71,6 +71,8 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     /// `55000` object_not_in_prerequisite_state (e.g. a feature that is off).
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    /// `25001` active_sql_transaction.
+    pub const ACTIVE_SQL_TRANSACTION: &str = "25001";
     /// `25006` read_only_sql_transaction.
     pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
     /// `28000` invalid_authorization_specification (no such user, not allowed).
