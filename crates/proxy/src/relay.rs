@@ -5405,26 +5405,46 @@ impl Relay {
                 continue;
             }
             // Biased: a checkout that needs no wait never registers for a KILL.
-            let checked_out = tokio::select! {
-                biased;
-                checked_out = pool.checkout_from(self.clock) => checked_out,
-                killed = interrupted(&self.info, &self.cancel) => {
-                    if killed {
-                        self.close(sqlstate::ADMIN_SHUTDOWN, self.killed_why()).await;
-                        return Lending::Closed;
-                    }
-                    // The client canceled its request while it waited: it fails as a
-                    // statement canceled in PostgreSQL does, and never runs.
-                    self.clock = Instant::now();
-                    self.info.set_state(ClientState::Idle, 0);
-                    let code = sqlstate::QUERY_CANCELED;
-                    self.pool.stats.record_error(code.as_bytes());
-                    match error_response(code, "canceling statement due to user request") {
-                        Some(error) => {
-                            self.expected.push_error(error);
-                            return Lending::Refused;
+            let checked_out = {
+                let checkout = pool.checkout_from(self.clock);
+                tokio::pin!(checkout);
+                loop {
+                    tokio::select! {
+                    biased;
+                    checked_out = &mut checkout => break checked_out,
+                    // A client that leaves while it waits: what it sent never runs, as
+                    // with PgBouncer (it may be retried elsewhere, and would run
+                    // twice). Whatever else it sends meanwhile waits its turn, bounded.
+                    read = self.client.read_buf(&mut self.cbuf), if self.cbuf.len() < MAX_FAILOVER_BYTES => {
+                        match read {
+                            Ok(n) if n > 0 => {
+                                self.received += n as u64;
+                            }
+                            _ => {
+                                self.info.set_state(ClientState::Idle, 0);
+                                return Lending::Closed;
+                            }
                         }
-                        None => return Lending::Closed,
+                    }
+                    killed = interrupted(&self.info, &self.cancel) => {
+                        if killed {
+                            self.close(sqlstate::ADMIN_SHUTDOWN, self.killed_why()).await;
+                            return Lending::Closed;
+                        }
+                        // The client canceled its request while it waited: it fails as a
+                        // statement canceled in PostgreSQL does, and never runs.
+                        self.clock = Instant::now();
+                        self.info.set_state(ClientState::Idle, 0);
+                        let code = sqlstate::QUERY_CANCELED;
+                        self.pool.stats.record_error(code.as_bytes());
+                        match error_response(code, "canceling statement due to user request") {
+                            Some(error) => {
+                                self.expected.push_error(error);
+                                return Lending::Refused;
+                            }
+                            None => return Lending::Closed,
+                        }
+                    }
                     }
                 }
             };

@@ -493,12 +493,18 @@ async fn session(
         return replication::serve(stream, buf, shared, info, &pool, &startup, replication).await;
     }
     let settings = Settings::from_startup(&startup.params);
-    if settings.startup_value("transaction_isolation").is_some() {
-        // PostgreSQL refuses it at login (the session's start has taken a snapshot);
-        // pgopt would have applied it to no transaction of the client's.
+    // PostgreSQL refuses these at login (the session's start has taken a snapshot);
+    // pgopt would have applied them to no transaction of the client's.
+    let refused = [
+        ("transaction_isolation", "SET TRANSACTION ISOLATION LEVEL"),
+        ("transaction_deferrable", "SET TRANSACTION [NOT] DEFERRABLE"),
+    ]
+    .into_iter()
+    .find(|(name, _)| settings.startup_value(name).is_some());
+    if let Some((_, statement)) = refused {
         let _ = write_all(&mut stream, AUTHENTICATION_OK).await;
-        let message = "SET TRANSACTION ISOLATION LEVEL must be called before any query";
-        send_fatal(&mut stream, sqlstate::ACTIVE_SQL_TRANSACTION, message).await;
+        let message = format!("{statement} must be called before any query");
+        send_fatal(&mut stream, sqlstate::ACTIVE_SQL_TRANSACTION, &message).await;
         return Ok(());
     }
     let mut membership = Membership {

@@ -536,35 +536,39 @@ async fn pgbench_simple_and_extended_through_the_proxy() {
     }
 }
 
-/// `transaction_isolation` as a start-up value: PostgreSQL refuses the login (25001),
-/// and so does pgopt. Before, pgopt took the client and applied it to none of its
-/// transactions.
+/// `transaction_isolation` or `transaction_deferrable` as a start-up value:
+/// PostgreSQL refuses the login (25001), and so does pgopt. Before, pgopt took the
+/// client and applied it to none of its transactions.
 #[tokio::test]
 async fn transaction_isolation_at_start_up_is_refused_as_postgresql_refuses_it() {
     let (pg, proxy) = start(PoolMode::Transaction, 1).await;
-    let options = "-c transaction_isolation=serializable";
-    let login = |port: u16, dbname: &'static str| async move {
-        tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(port)
-            .user("postgres")
-            .dbname(dbname)
-            .options(options)
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map(|_| ())
-            .unwrap_err()
-    };
-    let direct = login(pg.port(), "postgres").await;
-    let through = login(proxy.local_addr().port(), "app").await;
-    for err in [&direct, &through] {
-        assert_eq!(common::code(err), Some("25001"), "{err}");
-        assert_eq!(err.as_db_error().unwrap().severity(), "FATAL");
+    for options in [
+        "-c transaction_isolation=serializable",
+        "-c transaction_deferrable=on",
+    ] {
+        let login = |port: u16, dbname: &'static str| async move {
+            tokio_postgres::Config::new()
+                .host("127.0.0.1")
+                .port(port)
+                .user("postgres")
+                .dbname(dbname)
+                .options(options)
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map(|_| ())
+                .unwrap_err()
+        };
+        let direct = login(pg.port(), "postgres").await;
+        let through = login(proxy.local_addr().port(), "app").await;
+        for err in [&direct, &through] {
+            assert_eq!(common::code(err), Some("25001"), "{err}");
+            assert_eq!(err.as_db_error().unwrap().severity(), "FATAL");
+        }
+        assert_eq!(
+            through.as_db_error().unwrap().message(),
+            direct.as_db_error().unwrap().message()
+        );
     }
-    assert_eq!(
-        through.as_db_error().unwrap().message(),
-        direct.as_db_error().unwrap().message()
-    );
     // The session characteristic is a start-up value PostgreSQL takes.
     let client =
         connect_with_options(&proxy, "-c default_transaction_isolation=serializable").await;
@@ -672,15 +676,15 @@ async fn a_start_up_value_the_server_refuses_ends_the_session_before_its_request
 }
 
 /// A notice the server gives pgopt's own query bringing a connection to a client's
-/// settings (a WARNING for a RESET of a transaction setting outside a block, after a
-/// client that gave one at start-up) is pgopt's: the client does not see it (before,
+/// settings (DEBUG messages of the RESET of `client_min_messages`, after a client
+/// that set it to debug5 at start-up) is pgopt's: the client does not see it (before,
 /// it came ahead of the answer to its first query).
 #[tokio::test]
 async fn notices_of_pgopts_own_settings_queries_stay_with_pgopt() {
     use tokio::io::AsyncWriteExt;
     let (_pg, proxy) = start(PoolMode::Transaction, 1).await;
-    let serializable = connect_with_options(&proxy, "-c transaction_isolation=serializable").await;
-    serializable.batch_execute("SELECT 1").await.unwrap();
+    let chatty = connect_with_options(&proxy, "-c client_min_messages=debug5").await;
+    chatty.batch_execute("SELECT 1").await.unwrap();
     let mut raw = common::raw_login(&proxy).await;
     raw.write_all(&common::message(b'Q', b"SELECT 1\0"))
         .await
@@ -1417,6 +1421,83 @@ async fn clients_that_stop_waiting_leave_the_connection_to_the_next_one() {
         .get(0);
     assert_eq!(again, pid);
     assert!(started.elapsed() < Duration::from_millis(250));
+}
+
+/// A client that sent a query while it waited for a server connection (the pool
+/// busy, or PAUSEd) and then left: its query never runs, in either pool mode, as with
+/// PgBouncer. Before, it ran once a connection came free: an application that gave
+/// up and retried elsewhere wrote twice.
+#[tokio::test]
+async fn a_query_whose_client_left_while_it_waited_never_runs() {
+    use tokio::io::AsyncWriteExt;
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let pg = Postgres::start().await.unwrap();
+        pg.psql("CREATE TABLE ran (n int)").unwrap();
+        let mut config = config_for(&pg, mode, 1);
+        config.admin_users = vec!["postgres".into()];
+        let proxy = Proxy::start(config).await.unwrap();
+        let admin = common::admin(&proxy).await;
+        let ran = "SELECT count(*) FROM ran";
+        for paused in [false, true] {
+            let mut holder = Some(connect(&proxy, "postgres", None).await.unwrap());
+            let ends = async |holder: &mut Option<tokio_postgres::Client>| {
+                let holder = holder.take().unwrap();
+                holder.batch_execute("COMMIT").await.unwrap();
+            };
+            let begin = holder.as_ref().unwrap().batch_execute("BEGIN").await;
+            begin.unwrap();
+            let mut raws = Vec::new();
+            for _ in 0..3 {
+                raws.push(raw_login(&proxy).await);
+            }
+            if paused {
+                // (The holder's transaction ends first: PAUSE waits for it.)
+                ends(&mut holder).await;
+                // (In session mode it holds its connection until it has gone.)
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                admin.batch_execute("PAUSE").await.unwrap();
+            }
+            for raw in &mut raws {
+                let insert = message(b'Q', b"INSERT INTO ran VALUES (1)\0");
+                raw.write_all(&insert).await.unwrap();
+            }
+            let waiting = |rows: Vec<std::collections::HashMap<String, String>>| {
+                rows.iter()
+                    .map(|r| r["cl_waiting"].parse::<u64>().unwrap())
+                    .sum::<u64>()
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while waiting(common::show(&admin, "POOLS").await) < 3 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{mode:?}: the clients never waited"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            drop(raws);
+            // (A connection that comes free at the moment its client leaves may still
+            // go to it, as in PgBouncer: the test lets pgopt see them leave first.)
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while waiting(common::show(&admin, "POOLS").await) > 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{mode:?}: the clients that left still wait"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if paused {
+                admin.batch_execute("RESUME").await.unwrap();
+            } else {
+                ends(&mut holder).await;
+            }
+            let next = connect(&proxy, "postgres", None).await.unwrap();
+            assert_eq!(
+                common::value(&next, ran).await,
+                "0",
+                "{mode:?}, paused {paused}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
