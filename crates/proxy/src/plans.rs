@@ -255,11 +255,18 @@ async fn capture(shared: &Shared, settings: &PlanSettings, request: &PlanRequest
         error: None,
         seq_scans: Vec::new(),
     };
+    // (The pool of a database's forced user is that user's.)
+    let config = shared.config();
+    let user = config
+        .database(&request.database)
+        .map_or(request.user.clone(), |db| {
+            crate::shared::pool_user(&db, &request.user).to_string()
+        });
     let pool = shared
         .pools
         .list()
         .into_iter()
-        .find(|p| p.database == request.database && p.user == request.user);
+        .find(|p| p.database == request.database && p.user == user);
     let Some(pool) = pool else {
         plan.error = Some("the pool is gone".into());
         return plan;

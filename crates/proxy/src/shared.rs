@@ -268,25 +268,41 @@ impl Shared {
         let db = config.database(database)?;
         let db = db.as_ref();
         let server_tls = self.server_tls();
-        let mut target = target_for(db, user, |name| users.get(name).or(found), server_tls);
+        // (What auth_query found is the client's: the password of a forced user only
+        // when the client logged in as that user.)
+        let creds_of = |name: &str| users.get(name).or(found.filter(|_| name == user));
+        let mut target = target_for(db, user, creds_of, server_tls);
         if let Some((_, n)) = &node {
             target.point_at(n);
         }
         let index = node.as_ref().map_or(0, |(i, _)| i + 1);
         // A user's own settings are the server login's (the database's forced user
-        // when it has one), as PgBouncer keys them.
+        // when it has one), as PgBouncer keys them; so is the pool: every client of a
+        // database that forces a user shares one pool of `pool_size` (not one per
+        // client user), as in PgBouncer.
         let login = target.user.clone();
+        let pooled = pool_user(db, user);
         let mode = config.pool_mode_for(db, &login);
+        // A client that brings no password for the forced user (only another login
+        // knew it, from auth_query) takes the pool as it is.
+        let keeps = |pool: &Pool| {
+            pool.target == target
+                || (db.user.is_some()
+                    && target.password.is_none()
+                    && target.md5_hash.is_none()
+                    && pool.target.same_login(&target)
+                    && pool.target.tls.is_some() == target.tls.is_some())
+        };
         Some(self.pools.get_or_replace(
-            (database, user, index),
-            |pool| pool.target == target && pool.mode == mode,
+            (database, pooled, index),
+            |pool| keeps(pool) && pool.mode == mode,
             |stats| {
                 let db_limit = self.db_limit(database, index);
                 db_limit.set_max(config.max_db_connections_of(db));
                 let user_limit = self.user_limit(&login);
                 user_limit.set_max(config.max_user_connections_of(&login));
                 let pool = Pool::new(
-                    (database, user),
+                    (database, pooled),
                     mode,
                     target.clone(),
                     limits_for(&config, db),
@@ -901,6 +917,12 @@ pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
 
 /// Where a pool logs in: as the database's forced user with its configured password,
 /// else as the client's user with what pgopt knows of that user's password.
+/// The user a client of `db` logging in as `user` is pooled under: the database's
+/// forced user when it has one.
+pub fn pool_user<'a>(db: &'a Database, user: &'a str) -> &'a str {
+    db.user.as_deref().unwrap_or(user)
+}
+
 fn target_for<'a>(
     db: &Database,
     user: &str,

@@ -89,9 +89,14 @@ pub fn pools(shared: &Shared) -> Table {
     ]);
     let now = unix_us_now();
     let mut max_wait: HashMap<(String, String), Duration> = HashMap::new();
+    let config = shared.config();
     for c in shared.clients.list() {
         if let Some(w) = c.waiting_for(now) {
             let (user, db, _) = c.identity();
+            // (The pool of a database's forced user is that user's.)
+            let user = config.database(&db).map_or(user.clone(), |d| {
+                crate::shared::pool_user(&d, &user).to_string()
+            });
             let e = max_wait.entry((db, user)).or_default();
             *e = (*e).max(w);
         }

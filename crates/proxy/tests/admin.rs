@@ -1511,6 +1511,36 @@ async fn max_user_connections_counts_a_databases_forced_user() {
     assert_eq!(row["max_user_connections"], "1");
 }
 
+/// A database that forces a user has one pool, that user's, whatever users its
+/// clients log in as (as PgBouncer pools them): `pool_size` bounds the server
+/// connections of all of them. Before, each client user had a pool of its own.
+#[tokio::test]
+async fn clients_of_a_database_that_forces_a_user_share_its_pool() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql("CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN")
+        .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.databases[0].user = Some("postgres".into());
+        c.default_pool_size = 1;
+    })
+    .await;
+    let alice = connect(&proxy, "alice", None).await.unwrap();
+    alice.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let port = proxy.local_addr().port();
+    let waiting = tokio::spawn(async move {
+        let bob = common::connect_port(port, "bob").await.unwrap();
+        common::value(&bob, "SELECT current_user").await
+    });
+    still_waiting(&waiting, "a second server connection was opened for bob").await;
+    let pools = show(&admin(&proxy).await, "POOLS").await;
+    let app: Vec<_> = pools.iter().filter(|r| r["database"] == "app").collect();
+    assert_eq!(app.len(), 1, "{pools:?}");
+    assert_eq!(app[0]["user"], "postgres");
+    assert_eq!(app[0]["cl_waiting"], "1", "{pools:?}");
+    alice.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(finished(waiting, "room was made").await, "postgres");
+}
+
 #[tokio::test]
 async fn a_client_waiting_for_its_users_room_holds_none_of_its_databases() {
     let pg = Postgres::start().await.unwrap();
