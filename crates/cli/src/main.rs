@@ -171,10 +171,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    // The files the config names are checked too (the hba rules, the users file).
-    let checked = config::load(Some(file), &[])
+    // The files the config names are checked too (the hba rules, the users file, TLS
+    // certificates), and the environment's overrides applied, as the proxy does.
+    let checked = config::env_overrides()
+        .and_then(|overrides| config::load(Some(file), &overrides))
         .map_err(|e| e.to_string())
-        .and_then(|loaded| proxy::check_files(&loaded.config).map_err(|e| e.to_string()));
+        .and_then(|loaded| {
+            let located = |e: anyhow::Error| config::at_line(Some(file), &format!("{e:#}"));
+            proxy::check_files(&loaded.config).map_err(located)?;
+            let proxy = &loaded.config.proxy;
+            if !proxy.upstream.is_empty() || !proxy.databases.is_empty() {
+                proxy::build(&loaded.config, Default::default()).map_err(located)?;
+            }
+            Ok(())
+        });
     match checked {
         Ok(()) => {
             out!("{}: ok", file.display());

@@ -394,7 +394,15 @@ fn databases(
     Ok(databases)
 }
 
-fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::Config> {
+/// The proxy's config from the file's (and the command line's), its TLS files read
+/// as the proxy reads them at start and RELOAD: an error names its key.
+pub(crate) fn build(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::Config> {
+    let built = build_unchecked(root, args)?;
+    pgopt_proxy::check_tls(&built).map_err(|(key, e)| anyhow::anyhow!("proxy.{key}: {e}"))?;
+    Ok(built)
+}
+
+fn build_unchecked(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgopt_proxy::Config> {
     let (config, insight) = (&root.proxy, &root.insight);
     let databases = databases(root, &args)?;
     let pool_mode = match args.pool_mode {

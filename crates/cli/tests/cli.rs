@@ -78,6 +78,63 @@ fn config_check_names_file_line_and_key() {
     );
 }
 
+/// `config check` refuses what `pgopt proxy` refuses, with the file and line:
+/// checks made after parsing (a database named twice), TLS files, and the
+/// environment's overrides. Before, it printed some of these without a location and
+/// passed the others, which the proxy then refused at start.
+#[test]
+fn config_check_refuses_what_the_proxy_refuses_with_its_line() {
+    let upstream = "upstream = \"postgres://app@127.0.0.1:5432/app\"\n";
+    let cases = [
+        (
+            "[[proxy.databases]]\nname = \"a\"\n{u}[[proxy.databases]]\nname = \"a\"\n{u}",
+            ":4: proxy.databases[1]: a database named \"a\" is already configured",
+        ),
+        (
+            "[proxy]\n{u}tls_mode = \"require\"\n",
+            ":3: proxy.tls_mode: TLS: TLS to clients needs a certificate file",
+        ),
+        (
+            "[proxy]\n{u}tls_mode = \"require\"\ntls_cert_file = \"/nonexistent/c.pem\"\n\
+             tls_key_file = \"/nonexistent/k.pem\"\n",
+            ":3: proxy.tls_mode: TLS: reading certificates from /nonexistent/c.pem",
+        ),
+        (
+            "[proxy]\n{u}server_tls_mode = \"verify-full\"\n",
+            ":3: proxy.server_tls_mode: TLS: server_tls_mode VerifyFull needs a CA file",
+        ),
+    ];
+    for (i, (config, want)) in cases.into_iter().enumerate() {
+        let path = temp_file(
+            &format!("refused{i}.toml"),
+            &config.replace("{u}", upstream),
+        );
+        let out = pgopt(&["config", "check", path.to_str().unwrap()]);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{config}");
+        let err = text(&out.stderr);
+        assert!(
+            err.starts_with(&format!("{}{want}", path.display())),
+            "{err}"
+        );
+    }
+    let path = temp_file("overridden.toml", &format!("[proxy]\n{upstream}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["config", "check", path.to_str().unwrap()])
+        .env("PGOPT_PROXY__DEFAULT_POOL_SIZE", "many")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "environment variable PGOPT_PROXY__DEFAULT_POOL_SIZE: proxy.default_pool_size"
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_bad_config_stops_any_command_with_one_line() {
     let path = temp_file("typo.toml", "[demo]\nscael = 1\n");

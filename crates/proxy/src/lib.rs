@@ -82,6 +82,15 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
 }
 
+/// The TLS settings of `config` as [`Proxy::start`] and RELOAD read them (files
+/// read, certificates parsed); an error comes with the config key it is about
+/// (`tls_mode` for TLS to clients, `server_tls_mode` to servers).
+pub fn check_tls(config: &Config) -> Result<(), (&'static str, ProxyError)> {
+    shared::tls_acceptor_for(config).map_err(|e| ("tls_mode", e))?;
+    server_tls::ServerTlsConnector::new(&config.server_tls).map_err(|e| ("server_tls_mode", e))?;
+    Ok(())
+}
+
 impl Proxy {
     /// Binds `config.listen` (and `config.admin_listen` for `/metrics`) and starts
     /// serving clients on the current tokio runtime.
