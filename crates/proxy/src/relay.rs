@@ -1401,15 +1401,25 @@ impl Relay {
                 // Another session is filling this key: its result, unless it is slow,
                 // or the client cancels its request meanwhile.
                 pgopt_cache::Joined::Waiter(wait) => {
-                    let canceled = tokio::select! {
-                        _ = tokio::time::timeout(cache.cache.flight_timeout, wait) => false,
-                        () = self.cancel.waiting.notified() => true,
+                    // The client's statement_timeout bounds the wait, as it bounds the
+                    // statement in PostgreSQL (the server's own is not known here:
+                    // past `flight_timeout` the statement runs, and it applies).
+                    let flight_timeout = cache.cache.flight_timeout;
+                    let statement_timeout = self
+                        .settings
+                        .statement_timeout()
+                        .filter(|t| *t < flight_timeout);
+                    let ended = tokio::select! {
+                        waited = tokio::time::timeout(statement_timeout.unwrap_or(flight_timeout), wait) => {
+                            (waited.is_err() && statement_timeout.is_some())
+                                .then_some("canceling statement due to statement timeout")
+                        }
+                        () = self.cancel.waiting.notified() => Some("canceling statement due to user request"),
                     };
                     self.clock = Instant::now();
-                    if canceled {
+                    if let Some(message) = ended {
                         let code = sqlstate::QUERY_CANCELED;
                         self.pool.stats.record_error(code.as_bytes());
-                        let message = "canceling statement due to user request";
                         if let Some(error) = error_response(code, message) {
                             self.expected.push_error(error);
                             return CacheLookup::Canceled;

@@ -259,8 +259,13 @@ fn list_items(value: &str) -> Option<Vec<String>> {
 /// The value a `SET [SESSION] name {TO | =} value` or `SET NAMES value` statement
 /// gives: its first word after the name, unquoted ('' for one pgopt can't read).
 fn statement_value(statement: &str) -> &str {
+    statement_value_of(statement, &["client_encoding", "names"])
+}
+
+/// The value a `SET` of one of `keys` gives (`SET k TO 'v'`, `SET k = v`), or `""`.
+fn statement_value_of<'a>(statement: &'a str, keys: &[&str]) -> &'a str {
     let lower = statement.to_ascii_lowercase();
-    let Some(at) = ["client_encoding", "names"]
+    let Some(at) = keys
         .iter()
         .find_map(|key| lower.find(key).map(|i| i + key.len()))
     else {
@@ -644,6 +649,32 @@ impl Settings {
             }
             _ => None,
         }
+    }
+
+    /// The client's own `statement_timeout` (a start-up value or a SET), when it set
+    /// one PostgreSQL reads as a time (milliseconds without a unit); `None` for 0
+    /// (off), none or DEFAULT.
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        let value = match self.current.get("statement_timeout")? {
+            Setting::Value(v) => v.as_str(),
+            Setting::Statement(s) => statement_value_of(s, &["statement_timeout"]),
+        };
+        let value = value.trim();
+        let split = value
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(value.len());
+        let number: f64 = value[..split].parse().ok()?;
+        let ms = match value[split..].trim().to_ascii_lowercase().as_str() {
+            "" | "ms" => 1.0,
+            "us" => 0.001,
+            "s" => 1_000.0,
+            "min" => 60_000.0,
+            "h" => 3_600_000.0,
+            "d" => 86_400_000.0,
+            _ => return None,
+        };
+        let ms = number * ms;
+        (ms >= 1.0 && ms.is_finite()).then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
     }
 
     /// The server reported `value` for `name` while pgopt applied this client's
@@ -1453,6 +1484,30 @@ mod tests {
         assert!(may_affect_session(sql.as_bytes()));
         let analysis = pgopt_sql::Analyzer::default().analyze(sql).unwrap();
         assert!(alters_defaults(sql.as_bytes(), &analysis.functions));
+    }
+
+    #[test]
+    fn statement_timeout_is_read_in_postgresqls_units() {
+        let of = |statement: &str| {
+            let mut settings = Settings::from_startup(&[]);
+            settings.set("statement_timeout", statement);
+            settings.statement_timeout()
+        };
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(of("SET statement_timeout = '300ms'"), Some(ms(300)));
+        assert_eq!(of("set statement_timeout to 1500"), Some(ms(1500)));
+        assert_eq!(of("SET statement_timeout = '2s'"), Some(ms(2000)));
+        assert_eq!(
+            of("SET SESSION statement_timeout TO '1 min'"),
+            Some(ms(60_000))
+        );
+        assert_eq!(of("SET statement_timeout = 0"), None);
+        assert_eq!(of("SET statement_timeout TO DEFAULT"), None);
+        let startup = Settings::from_startup(&[(
+            "options".to_string(),
+            "-c statement_timeout=5s".to_string(),
+        )]);
+        assert_eq!(startup.statement_timeout(), Some(ms(5000)));
     }
 
     #[test]

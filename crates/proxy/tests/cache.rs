@@ -157,6 +157,43 @@ async fn a_client_waiting_for_another_sessions_fill_can_cancel() {
     assert_eq!(filling.await.unwrap(), "b");
 }
 
+/// A client waiting for another session's fill of its key waits no longer than its
+/// statement_timeout, as its statement would run no longer on PostgreSQL: 57014,
+/// "canceling statement due to statement timeout". Before, it waited up to
+/// `flight_timeout` (5 s), then ran the statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_another_sessions_fill_waits_no_longer_than_its_statement_timeout() {
+    let (pg, proxy) = setup().await;
+    let locker = direct(&pg).await;
+    let watcher = direct(&pg).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let read = "SELECT v FROM items WHERE id = 2";
+    let leader = connect(&proxy, "postgres", None).await.unwrap();
+    let filling = tokio::spawn(async move { value(&leader, read).await });
+    common::wait_until_waiting_on_lock(&watcher, "SELECT v FROM items%").await;
+    let waiter = connect(&proxy, "postgres", None).await.unwrap();
+    waiter
+        .batch_execute("SET statement_timeout = '300ms'")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = waiter.simple_query(read).await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e}");
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "canceling statement due to statement timeout"
+    );
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(filling.await.unwrap(), "b");
+    assert_eq!(value(&waiter, read).await, "b");
+}
+
 /// A read of a view that calls a volatile user function (or of a view over one) may
 /// write anything that function writes: the cache takes it as a write to everything.
 /// Before, what the function wrote kept its cached reads.
