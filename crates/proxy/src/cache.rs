@@ -265,6 +265,9 @@ pub struct ProxyCache {
     /// (see [`ProxyCache::follow_schema_tag`]).
     schema_seen: AtomicU64,
     bumps_seen: AtomicU64,
+    /// What else a schema change another instance made calls for (the functions that
+    /// may set settings are read again: see `function_settings.rs`).
+    schema_hook: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// Per database, what may write unseen (see [`Writers`]), as the latest read of
     /// its catalog found it (kept while it is read again), and a count of changes
     /// (0: nothing was ever found), for sessions to keep a copy of their database's
@@ -886,6 +889,7 @@ impl ProxyCache {
             deps_generation: AtomicU64::new(0),
             schema_seen: AtomicU64::new(0),
             bumps_seen: AtomicU64::new(0),
+            schema_hook: std::sync::OnceLock::new(),
             writers: Mutex::default(),
             writers_changes: AtomicU64::new(0),
             uncached_warned: Mutex::default(),
@@ -946,9 +950,11 @@ impl ProxyCache {
     }
 
     /// Another instance changed the schema ([`SCHEMA`]'s version moved): the
-    /// dependencies are read again. (Only once some version moved since the last look:
-    /// most lookups read one counter.)
-    fn follow_schema_tag(&self) {
+    /// dependencies are read again, and what [`ProxyCache::on_schema_elsewhere`]
+    /// asked for runs. (Only once some version moved since the last look: most calls
+    /// read one counter.) Each lookup calls it, and each checkout of a server
+    /// connection.
+    pub fn follow_schema_tag(&self) {
         let versions = &self.cache.versions;
         let bumps = versions.bumps.load(Relaxed);
         if self.bumps_seen.swap(bumps, Relaxed) == bumps {
@@ -957,7 +963,16 @@ impl ProxyCache {
         let schema = versions.get(SCHEMA);
         if self.schema_seen.swap(schema, Relaxed) != schema {
             self.schema_changed();
+            if let Some(hook) = self.schema_hook.get() {
+                hook();
+            }
         }
+    }
+
+    /// Runs `hook` after each schema change another instance made (see
+    /// [`ProxyCache::follow_schema_tag`]); set once.
+    pub fn on_schema_elsewhere(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.schema_hook.set(hook);
     }
 
     /// The outcome of reading `database`'s dependencies with `ticket`; dropped when
@@ -1115,7 +1130,7 @@ impl ProxyCache {
             return (Vec::new(), None);
         }
         let mut tags = self.reach(database, &writes.tables, true);
-        if writes.schema && self.l2.is_some() {
+        if writes.ddl && self.l2.is_some() {
             tags.push(SCHEMA.to_string());
         }
         let publish = if self.l2.is_some() {
@@ -1838,6 +1853,10 @@ pub struct PendingWrites {
     tables: Vec<String>,
     /// DDL or something that may run it (CALL, DO…): the catalog is read again.
     schema: bool,
+    /// DDL itself (or text the parser refuses): other instances sharing Redis read
+    /// their catalogs again too ([`SCHEMA`]). (Not for a CALL or DO, which an
+    /// application may run all the time; their DDL reaches others within 30 s.)
+    ddl: bool,
 }
 
 impl PendingWrites {
@@ -1848,6 +1867,7 @@ impl PendingWrites {
         let Some(a) = analysis else {
             // Text the parser refuses may be DDL all the same.
             self.schema = true;
+            self.ddl = true;
             self.note_unknown();
             return;
         };
@@ -1855,6 +1875,7 @@ impl PendingWrites {
             return;
         }
         // DDL, or something that may run it (DO, CALL…): the catalog is read again.
+        self.ddl |= a.kinds.contains(&StatementKind::Ddl);
         self.schema |= a
             .kinds
             .iter()

@@ -703,6 +703,14 @@ impl Store {
         self.generation(database).fetch_add(1, Relaxed);
     }
 
+    /// A schema change in some database (another pgopt instance made it): every
+    /// database's functions are read again at their next use.
+    pub fn changed_all(&self) {
+        for db in self.lock().values() {
+            db.generation.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Whether `f` was read in `database`'s current generation (else a schema change
     /// since may have changed what it would find).
     pub fn current(&self, database: &str, f: Option<&Arc<FunctionSettings>>) -> bool {

@@ -202,6 +202,15 @@ impl Proxy {
             }
         }
         let socket_path = unix_socket.as_ref().map(net::SocketFile::path);
+        if let Some(cache) = &shared.cache {
+            // (Weak: the cache is the shared state's.)
+            let weak = Arc::downgrade(&shared);
+            cache.on_schema_elsewhere(Box::new(move || {
+                if let Some(shared) = weak.upgrade() {
+                    shared.function_settings.changed_all();
+                }
+            }));
+        }
         if let Some(cache) = shared.cache.as_ref().filter(|c| c.settings.ddl_listener) {
             let config = shared.config();
             let listed = listed_databases(

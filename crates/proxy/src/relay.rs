@@ -5381,6 +5381,11 @@ impl Relay {
     /// (A pool retired meanwhile fails the checkout with `CheckoutError::Retired`.)
     async fn checkout_for(&mut self, read_only: bool, mut tried: u64) -> Lending {
         self.identity_injected = false;
+        // A schema change another instance made is followed before the functions are
+        // judged (one load when nothing moved).
+        if let Some(cache) = &self.cache {
+            cache.follow_schema_tag();
+        }
         // The functions that may change settings (see `function_settings.rs`): a read
         // still fresh, the usual case, costs two compares and a load here.
         if self.rewrite && !self.function_settings.fresh(self.clock) {

@@ -1081,3 +1081,40 @@ async fn a_schema_change_through_one_instance_reaches_the_others_dependency_map(
     assert_eq!(value(&b, logged).await, "1", "through the writer");
     assert_eq!(value(&a, logged).await, "1", "through the other instance");
 }
+
+/// A function that sets a setting, created through one instance, is known to the
+/// other at once: a call through it has the setting read back, and the next client
+/// of the server connection does not inherit it. Before, the other went on with its
+/// old list of such functions for up to 30 s, and the setting leaked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_sets_a_setting_made_through_one_instance_is_followed_by_the_other() {
+    let (pg, redis) = setup().await;
+    let a_proxy = instance(&pg, &redis).await;
+    let b_proxy = instance_configured(&pg, &redis, |c| c.default_pool_size = 1, |_| {}).await;
+    let a = connect(&a_proxy, "postgres", None).await.unwrap();
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+    let next = connect(&b_proxy, "postgres", None).await.unwrap();
+    // Heartbeats first (see the first test).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(value(&b, READ).await, "a");
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
+    a.batch_execute(
+        "CREATE FUNCTION elsewhere() RETURNS void LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM set_config('search_path', 'elsewhere', false); END $$",
+    )
+    .await
+    .unwrap();
+    // B has heard of it once its entry of items has ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(&b, READ).await != "behind" {
+        assert!(
+            Instant::now() < deadline,
+            "B never heard of the schema change"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.batch_execute("SELECT elsewhere()").await.unwrap();
+    assert_eq!(value(&b, "SHOW search_path").await, "elsewhere");
+    assert_eq!(value(&next, "SHOW search_path").await, "\"$user\", public");
+}
