@@ -238,6 +238,24 @@ impl PgStream {
         }
     }
 
+    /// Whether the peer has closed the connection (or reset it), asked of the socket
+    /// itself: a peek, a syscall whatever the event loop has seen (for a rare path:
+    /// a client that waited, just as its wait ended).
+    pub fn peer_left(&self) -> bool {
+        let peeked = match self {
+            PgStream::Plain(tcp) => peek(tcp),
+            PgStream::Tls(tls) => peek(tls.get_ref().0),
+            PgStream::Unix(unix) => peek(unix),
+        };
+        match peeked {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ),
+        }
+    }
+
     /// Runs the server side of the TLS handshake on a plain TCP stream.
     pub async fn upgrade(self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<PgStream> {
         match self {

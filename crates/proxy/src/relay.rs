@@ -5510,6 +5510,13 @@ impl Relay {
                 checkout.release();
                 self.after_retired(read_only).await
             }
+            // The client left just as a connection came free (its leaving not yet
+            // seen by the event loop): its request is dropped, as during the wait.
+            Ok((checkout, _)) if checkout.ready_at != self.clock && self.client.peer_left() => {
+                checkout.release();
+                self.info.set_state(ClientState::Idle, 0);
+                Lending::Closed
+            }
             Ok((checkout, _)) if self.info.killed() => {
                 // KILLed while it waited (a KILLed database stays paused).
                 checkout.release();
