@@ -269,6 +269,10 @@ pub struct Pool {
     /// connection had them (see [`Pool::defaults_seen`]), and their hash.
     defaults: Mutex<crate::session_state::Defaults>,
     defaults_hash: AtomicU64,
+    /// How the server reported clients' start-up values it spells otherwise (by
+    /// lower-case name and value as written: `asia/tokyo` is `Asia/Tokyo`), so later
+    /// clients are told its spelling at login (see `Settings::spell_startup`).
+    spellings: Mutex<HashMap<(String, String), String>>,
     paused: AtomicBool,
     resumed: Notify,
     breaker: Mutex<Breaker>,
@@ -434,6 +438,7 @@ impl Pool {
             params: Mutex::new(None),
             defaults: Mutex::default(),
             defaults_hash: AtomicU64::new(0),
+            spellings: Mutex::default(),
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             breaker: Mutex::new(Breaker::default()),
@@ -1153,6 +1158,24 @@ impl Pool {
             *params = Some(Arc::new(new));
         }
         !first
+    }
+
+    /// The server reported a client's start-up value `written` of `name` as `spelt`.
+    pub fn note_spelling(&self, name: &str, written: &str, spelt: &str) {
+        /// Distinct values remembered, at most (a value only a client sends is one).
+        const MAX: usize = 256;
+        let mut spellings = lock(&self.spellings);
+        if spellings.len() < MAX {
+            let key = (name.to_ascii_lowercase(), written.to_string());
+            spellings.insert(key, spelt.to_string());
+        }
+    }
+
+    /// How the server spelt start-up value `written` of `name` (lower case) before.
+    pub fn spelling(&self, name: &str, written: &str) -> Option<String> {
+        lock(&self.spellings)
+            .get(&(name.to_string(), written.to_string()))
+            .cloned()
     }
 
     /// The hash of [`Pool::defaults`] (every cache lookup reads it).

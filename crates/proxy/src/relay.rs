@@ -4270,8 +4270,10 @@ impl Relay {
             return;
         };
         if let Ok(name) = std::str::from_utf8(name) {
-            self.settings
-                .note_shown(name, &pgopt_wire::text::escape(value));
+            let value = pgopt_wire::text::escape(value);
+            if let Some(written) = self.settings.note_shown(name, &value) {
+                self.pool.note_spelling(name, &written, &value);
+            }
         }
     }
 

@@ -541,10 +541,16 @@ async fn session(
     let key = new_cancel_key()?;
     shared.register_cancel(key, &cancel_slot);
     // The client's own start-up values, which pgopt applies on its server
-    // connections, are the ones it must see.
-    let shown = params
-        .iter()
-        .map(|(name, value)| (name.as_str(), settings.startup_value(name).unwrap_or(value)));
+    // connections, are the ones it must see, spelt as PostgreSQL spells them.
+    let mut settings = settings;
+    settings.spell_startup(&params, |name, raw| pool.spelling(name, raw));
+    let shown = params.iter().map(|(name, value)| {
+        let own = settings.current_startup_value(name);
+        (
+            name.as_str(),
+            own.or(settings.startup_value(name)).unwrap_or(value),
+        )
+    });
     let out = login_reply(shown, key, TransactionStatus::Idle)?;
     let result = async {
         write_all(&mut stream, &out).await?;

@@ -679,15 +679,20 @@ impl Settings {
 
     /// The server reported `value` for `name` while pgopt applied this client's
     /// settings: when that is its start-up value, how PostgreSQL writes it.
-    pub fn note_shown(&mut self, name: &str, value: &str) {
+    /// The value as the client wrote it when this is the first report of it, spelt
+    /// otherwise (for the pool to remember: see [`Settings::spell_startup`]).
+    pub fn note_shown(&mut self, name: &str, value: &str) -> Option<String> {
         let name = name.to_ascii_lowercase();
         if let (Some(Setting::Value(v)), Some(Setting::Value(s))) =
             (self.current.get(&name), self.startup.get(&name))
         {
             if v == s && !self.shown.contains_key(&name) {
+                let written = (value != s).then(|| s.clone());
                 self.shown.insert(name, value.to_string());
+                return written;
             }
         }
+        None
     }
 
     /// Start-up values a client gave for `name` (to overlay ParameterStatus).
@@ -697,6 +702,85 @@ impl Settings {
             _ => None,
         }
     }
+
+    /// How PostgreSQL writes the client's start-up values: DateStyle and
+    /// IntervalStyle read here (`iso` is `ISO, MDY` over a server whose default is
+    /// `ISO, MDY`), given the server's own values (`server`, its login's
+    /// ParameterStatus), others as `known` (name, value as written) says a server
+    /// reported them to an earlier client (`asia/tokyo` is `Asia/Tokyo`): what the
+    /// client is told at login, as PostgreSQL tells it. (Applying a value the server
+    /// connection already has draws no ParameterStatus to learn it from; a driver may
+    /// need PostgreSQL's spelling: psycopg to read dates, or to know the time zone.)
+    /// A value not known stays as written.
+    pub fn spell_startup(
+        &mut self,
+        server: &[(String, String)],
+        known: impl Fn(&str, &str) -> Option<String>,
+    ) {
+        for (name, setting) in &self.startup {
+            if let Setting::Value(raw) = setting {
+                if let Some(spelt) = known(name, raw) {
+                    self.shown.insert(name.clone(), spelt);
+                }
+            }
+        }
+        let server_value = |name: &str| {
+            server
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        for name in ["datestyle", "intervalstyle"] {
+            let Some(Setting::Value(raw)) = self.startup.get(name) else {
+                continue;
+            };
+            let spelt = match name {
+                "datestyle" => server_value(name).and_then(|now| datestyle_spelt(raw, now)),
+                _ => intervalstyle_spelt(raw),
+            };
+            if let Some(spelt) = spelt {
+                self.shown.insert(name.to_string(), spelt);
+            }
+        }
+    }
+}
+
+/// PostgreSQL's DateStyle after `value` is applied over `now` (its `check_datestyle`:
+/// a style and an order, each kept from `now` when not named; GERMAN implies DMY
+/// unless an order is named). `None` for what is not read here (DEFAULT, a typo).
+fn datestyle_spelt(value: &str, now: &str) -> Option<String> {
+    let (mut style, mut order) = now.split_once(", ")?;
+    let mut ordered = false;
+    for token in value
+        .split(|c: char| c == ',' || c.is_ascii_whitespace())
+        .filter(|t| !t.is_empty())
+    {
+        let token = token.to_ascii_uppercase();
+        match token.as_str() {
+            "ISO" => style = "ISO",
+            "SQL" => style = "SQL",
+            "POSTGRES" => style = "Postgres",
+            "GERMAN" => {
+                style = "German";
+                if !ordered {
+                    order = "DMY";
+                }
+            }
+            "YMD" => (order, ordered) = ("YMD", true),
+            "DMY" | "EURO" | "EUROPEAN" => (order, ordered) = ("DMY", true),
+            "MDY" | "US" | "NONEURO" | "NONEUROPEAN" => (order, ordered) = ("MDY", true),
+            _ => return None,
+        }
+    }
+    Some(format!("{style}, {order}"))
+}
+
+/// PostgreSQL's IntervalStyle for `value` (its names, in lower case).
+fn intervalstyle_spelt(value: &str) -> Option<String> {
+    let lower = value.trim().to_ascii_lowercase();
+    ["postgres", "postgres_verbose", "sql_standard", "iso_8601"]
+        .contains(&lower.as_str())
+        .then_some(lower)
 }
 
 impl Applied {
@@ -1484,6 +1568,34 @@ mod tests {
         assert!(may_affect_session(sql.as_bytes()));
         let analysis = pgopt_sql::Analyzer::default().analyze(sql).unwrap();
         assert!(alters_defaults(sql.as_bytes(), &analysis.functions));
+    }
+
+    #[test]
+    fn datestyle_and_intervalstyle_are_spelt_as_postgresql_spells_them() {
+        assert_eq!(
+            datestyle_spelt("iso", "ISO, MDY").as_deref(),
+            Some("ISO, MDY")
+        );
+        assert_eq!(
+            datestyle_spelt("sql, dmy", "ISO, MDY").as_deref(),
+            Some("SQL, DMY")
+        );
+        assert_eq!(
+            datestyle_spelt("euro", "Postgres, MDY").as_deref(),
+            Some("Postgres, DMY")
+        );
+        assert_eq!(
+            datestyle_spelt("German", "ISO, MDY").as_deref(),
+            Some("German, DMY")
+        );
+        assert_eq!(
+            datestyle_spelt("ymd German", "ISO, MDY").as_deref(),
+            Some("German, YMD")
+        );
+        assert_eq!(datestyle_spelt("default", "ISO, MDY"), None);
+        assert_eq!(datestyle_spelt("isoo", "ISO, MDY"), None);
+        assert_eq!(intervalstyle_spelt("ISO_8601").as_deref(), Some("iso_8601"));
+        assert_eq!(intervalstyle_spelt("iso"), None);
     }
 
     #[test]

@@ -3249,6 +3249,69 @@ async fn statements_pipelined_after_a_reset_run_with_the_start_up_values() {
     }
 }
 
+/// A client's start-up DateStyle, IntervalStyle and TimeZone are reported as
+/// PostgreSQL spells them (`ISO, MDY` for `iso`): the first two at login, as
+/// PostgreSQL does, a time zone's name (which only the server spells) before the
+/// answer to the first such client's first query, and at later ones' login. Before,
+/// a client kept its own spelling: psycopg refused to read a date ("unexpected
+/// DateStyle: iso"), or took `asia/tokyo` for an unknown zone.
+#[tokio::test]
+async fn start_up_values_are_reported_as_postgresql_spells_them() {
+    use tokio::io::AsyncWriteExt;
+    let pg = Postgres::start().await.unwrap();
+    // (With the cache on, the settings are applied by a query of pgopt's own, ahead
+    // of the client's: what it draws is what the client must hear.)
+    let proxy = common::start_with(&pg, |c| {
+        c.pool_mode = PoolMode::Transaction;
+        c.cache.enabled = true;
+        c.cache.tables = vec!["items".into()];
+    })
+    .await;
+    let options = "-c DateStyle=iso -c IntervalStyle=ISO_8601 -c TimeZone=asia/tokyo";
+    let reported = async |port: u16, database: &str| {
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let body =
+            format!("\0\x03\0\0user\0postgres\0database\0{database}\0options\0{options}\0\0");
+        let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        startup.extend_from_slice(body.as_bytes());
+        raw.write_all(&startup).await.unwrap();
+        let statuses = |messages: Vec<(u8, Vec<u8>)>| {
+            messages
+                .into_iter()
+                .filter(|(tag, _)| *tag == b'S')
+                .map(|(_, body)| {
+                    let text = String::from_utf8(body).unwrap();
+                    let mut fields = text.split('\0').map(str::to_string);
+                    (fields.next().unwrap(), fields.next().unwrap())
+                })
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        let login = statuses(raw_messages(&mut raw, 1).await);
+        raw.write_all(&message(b'Q', b"SELECT 1\0")).await.unwrap();
+        let mut after = login.clone();
+        after.extend(statuses(raw_messages(&mut raw, 1).await));
+        (login, after)
+    };
+    let (direct_login, direct_after) = reported(pg.port(), "postgres").await;
+    let (login, after) = reported(proxy.local_addr().port(), "app").await;
+    assert_eq!(direct_login["DateStyle"], "ISO, MDY");
+    for name in ["DateStyle", "IntervalStyle"] {
+        assert_eq!(login[name], direct_login[name], "{name} at login");
+    }
+    for name in ["DateStyle", "IntervalStyle", "TimeZone"] {
+        assert_eq!(after[name], direct_after[name], "{name}");
+    }
+    // A later client with the same values is told PostgreSQL's spelling at login,
+    // though its server connection has them already (nothing is reported to it).
+    let (login, after) = reported(proxy.local_addr().port(), "app").await;
+    for name in ["DateStyle", "IntervalStyle", "TimeZone"] {
+        assert_eq!(login[name], direct_login[name], "{name} at a later login");
+        assert_eq!(after[name], direct_after[name], "{name} later");
+    }
+}
+
 /// What a RESET reports (ParameterStatus) is the client's start-up value it goes back
 /// to, as PostgreSQL reports it, not the server connection's own default. Before, a
 /// driver heard `Etc/UTC` and `pgopt` after RESET ALL, and kept them (psycopg's
