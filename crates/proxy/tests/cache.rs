@@ -2836,3 +2836,123 @@ async fn a_change_of_the_servers_defaults_changes_what_is_served() {
         assert_eq!(value(&later, span).await, direct_reads);
     }
 }
+
+/// Checklist 1: two databases of one proxy, with a table of one name and other rows:
+/// the same query text gets each database's rows, cached apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_databases_of_one_proxy_share_no_entries() {
+    let (pg, proxy) = setup_with(|_| {}).await;
+    drop(proxy);
+    pg.psql("CREATE DATABASE db2").unwrap();
+    let second = tokio_postgres::connect(&pg.url("db2"), tokio_postgres::NoTls).await;
+    let (second, conn) = second.unwrap();
+    tokio::spawn(conn);
+    second
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'other')")
+        .await
+        .unwrap();
+    let proxy = start_with(&pg, |c| {
+        let mut db2 = c.databases[0].clone();
+        db2.name = "app2".into();
+        db2.dbname = "db2".into();
+        c.databases.push(db2);
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let port = proxy.local_addr().port();
+    let app = common::client_at("127.0.0.1", port, "postgres", "app", None)
+        .await
+        .unwrap();
+    let app2 = common::client_at("127.0.0.1", port, "postgres", "app2", None)
+        .await
+        .unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    for _ in 0..2 {
+        assert_eq!(value(&app, read).await, "a");
+        assert_eq!(value(&app2, read).await, "other");
+    }
+    let stats = cache_row(&proxy).await;
+    assert_eq!(counter(&stats, "hits"), 2, "{stats:?}");
+}
+
+/// Checklist 4: settings that change a result's text are in the key, per session, and
+/// a RESET ALL or DISCARD ALL goes back to the key of the start-up values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_settings_of_each_session_are_in_the_key() {
+    let (pg, proxy) = setup().await;
+    pg.psql(
+        "ALTER TABLE items ADD COLUMN b bytea DEFAULT '\\x01ff', ADD COLUMN f float8 DEFAULT 1 / 3.0,
+           ADD COLUMN span interval DEFAULT '1 day 2 hours', ADD COLUMN d date DEFAULT '2024-02-03'",
+    )
+    .unwrap();
+    let read = "SELECT b::text, f::text, span::text, d::text FROM items WHERE id = 1";
+    let plain = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let defaults = [
+        "\\x01ff",
+        "0.3333333333333333",
+        "1 day 02:00:00",
+        "2024-02-03",
+    ];
+    for _ in 0..2 {
+        assert_eq!(row(&plain, read).await, defaults);
+    }
+    let changed = "SET bytea_output = 'escape'; SET extra_float_digits = 0; \
+                   SET IntervalStyle = 'iso_8601'; SET DateStyle = 'SQL, DMY'";
+    other.batch_execute(changed).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            row(&other, read).await,
+            ["\\001\\377", "0.333333333333333", "P1DT2H", "03/02/2024"]
+        );
+        assert_eq!(row(&plain, read).await, defaults);
+    }
+    for reset in ["RESET ALL", "DISCARD ALL"] {
+        other.batch_execute(changed).await.unwrap();
+        assert_ne!(row(&other, read).await, defaults);
+        other.batch_execute(reset).await.unwrap();
+        assert_eq!(row(&other, read).await, defaults, "{reset}");
+    }
+}
+
+/// Checklists 13-15: a block that reads, writes and reads again sees its write, and
+/// once rolled back the old value is read again (pgopt ends the entry of a
+/// rolled-back write too: a miss, never a stale row); a read in a failed transaction
+/// gets 25P02, not cached rows; a committed block's write is read after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_and_failed_transactions_and_a_block_that_writes() {
+    let (_pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    for _ in 0..2 {
+        assert_eq!(value(&client, read).await, "a");
+    }
+    // A block that reads, writes and reads again, then rolls back.
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(value(&client, read).await, "a");
+    client
+        .batch_execute("UPDATE items SET v = 'mine' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, read).await, "mine");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(value(&client, read).await, "a");
+    }
+    // A failed transaction: the read is refused, as PostgreSQL refuses it.
+    client.batch_execute("BEGIN").await.unwrap();
+    client.batch_execute("SELECT 1/0").await.unwrap_err();
+    let e = client.simple_query(read).await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("25P02"), "{e}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // A block that writes and commits: the next read has the write.
+    client
+        .batch_execute("BEGIN; UPDATE items SET v = 'kept' WHERE id = 1; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, read).await, "kept");
+}
