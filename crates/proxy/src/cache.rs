@@ -1121,9 +1121,11 @@ impl ProxyCache {
     /// and the write's fence, pending until the commit's WAL position is known (see
     /// `fence.rs`: taken before the bump; dropped unresolved, it waits for the
     /// primary's next health check).
+    /// (`fence`: the key of the database's server, see `fence::key`.)
     pub fn invalidate(
         &self,
         database: &str,
+        fence: &str,
         writes: PendingWrites,
     ) -> (Vec<String>, Option<FenceToken>) {
         if writes.tables.is_empty() {
@@ -1138,7 +1140,7 @@ impl ProxyCache {
         } else {
             Vec::new()
         };
-        let fence = self.fences.begin(database, tags);
+        let fence = self.fences.begin(fence, tags);
         self.bump(fence.tags(), Source::Local);
         if writes.schema {
             self.schema_changed();
@@ -1189,6 +1191,7 @@ impl ProxyCache {
     pub fn invalidate_committed(
         self: &Arc<Self>,
         database: &str,
+        fence: &str,
         committed: &crate::wal::Committed,
     ) {
         let tables: Vec<String> = committed
@@ -1198,7 +1201,7 @@ impl ProxyCache {
             .collect();
         let tags = self.reach(database, &tables, false);
         // Before the bump: a replica's fill that sees it must have replayed the commit.
-        self.fences.advance(database, &tags, committed.end_lsn);
+        self.fences.advance(fence, &tags, committed.end_lsn);
         self.bump(&tags, Source::Stream);
         self.publish_later(tags);
         let now = pgopt_wire::replication::pg_epoch_micros(std::time::SystemTime::now());
@@ -1222,8 +1225,8 @@ impl ProxyCache {
     /// `publish`: Redis' versions move on too, so an L1 miss finds no value from
     /// before the change in L2 (for a change heard; not when the listener merely
     /// (re)connects, which would flush every instance sharing Redis each time).
-    pub fn schema_changed_elsewhere(self: &Arc<Self>, database: &str, publish: bool) {
-        self.fences.unresolved_all(database);
+    pub fn schema_changed_elsewhere(self: &Arc<Self>, fence: &str, publish: bool) {
+        self.fences.unresolved_all(fence);
         self.schema_changed();
         self.cache.l1.clear();
         self.bump(&[ALL.to_string()], Source::Stream);
@@ -2214,7 +2217,9 @@ pub async fn follow_wal(
                         // Commits before the stream were not seen here: replicas'
                         // fills wait for a primary position read after now, and this
                         // instance's entries end (nothing is served meanwhile).
-                        cache.fences.unresolved_all(&db.name);
+                        cache
+                            .fences
+                            .unresolved_all(&crate::fence::key_of_database(&db));
                         cache.bump(&[ALL.to_string()], Source::Stream);
                         // Nor by the instances sharing Redis, unless one's stream was
                         // up throughout and has reached the marker: else L2's values
@@ -2243,7 +2248,11 @@ pub async fn follow_wal(
                     }
                     WalEvent::Committed(committed) => {
                         backoff.reset();
-                        cache.invalidate_committed(&db.name, &committed);
+                        cache.invalidate_committed(
+                            &db.name,
+                            &crate::fence::key_of_database(&db),
+                            &committed,
+                        );
                     }
                     // (Only for a stream of the same publication: another may not carry
                     // the same tables.)

@@ -129,12 +129,12 @@ pub async fn watch(
                 .map_err(|e| failed("LISTEN", e))?;
             // Changes before now were not heard: everything is read again (here; every
             // instance has its own listener).
-            cache.schema_changed_elsewhere(&db.name, false);
+            cache.schema_changed_elsewhere(&crate::fence::key_of_database(&db), false);
             changed();
             set_state("listening");
             backoff.reset();
             notifications(&mut conn, max_len, || {
-                cache.schema_changed_elsewhere(&db.name, true);
+                cache.schema_changed_elsewhere(&crate::fence::key_of_database(&db), true);
                 changed();
                 cache
                     .counters

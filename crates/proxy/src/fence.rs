@@ -40,6 +40,23 @@ use pgopt_cache::RemoteWrites;
 
 use crate::cache::ALL;
 
+/// The key fences are kept under: the primary's server and database (two database
+/// entries of pgopt may reach one server database, and a write through one must
+/// fence the other's replica fills; positions of different servers don't compare).
+pub fn key(host: &str, port: u16, dbname: &str) -> String {
+    format!("{host}:{port}/{dbname}")
+}
+
+/// [`key`] of a pool's server.
+pub fn key_of(target: &crate::server::ServerTarget) -> String {
+    key(&target.host, target.port, &target.dbname)
+}
+
+/// [`key`] of a configured database.
+pub fn key_of_database(db: &crate::config::Database) -> String {
+    key(&db.host, db.port, &db.dbname)
+}
+
 /// foldhash: a write's commit marks each of its tags (SipHash was most of that).
 type HashMap<K, V> = StdMap<K, V, foldhash::fast::RandomState>;
 

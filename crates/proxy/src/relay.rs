@@ -1618,7 +1618,7 @@ impl Relay {
                         // A version whose bus message has not arrived yet.
                         Some(None) => false,
                         remote => cache.fences.covers(
-                            &self.database,
+                            &crate::fence::key_of(&self.pool.target),
                             snapshot.tables(),
                             replayed,
                             primary,
@@ -2092,6 +2092,7 @@ impl Relay {
                 if (in_flight > 0 || self.open_batch) && !self.writes.is_empty() =>
             {
                 let database = self.database.clone();
+                let fence_key = crate::fence::key_of(&self.pool.target);
                 let writes = self.writes.take();
                 let buf = std::mem::take(&mut self.sbuf);
                 let wait = cache.settings.departed_write_timeout;
@@ -2111,7 +2112,7 @@ impl Relay {
                         writes.note_unknown();
                     }
                     // Its fence is dropped unresolved: the position is not read here.
-                    let (tags, _fence) = cache.invalidate(&database, writes);
+                    let (tags, _fence) = cache.invalidate(&database, &fence_key, writes);
                     cache.publish(&tags).await;
                 });
             }
@@ -2127,7 +2128,8 @@ impl Relay {
     /// Other instances learn of it from [`Relay::publish`] or [`Relay::publish_later`].
     fn invalidate_writes(&mut self) {
         if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
-            let (tags, fence) = cache.invalidate(&self.database, self.writes.take());
+            let key = crate::fence::key_of(&self.pool.target);
+            let (tags, fence) = cache.invalidate(&self.database, &key, self.writes.take());
             self.to_publish.extend(tags);
             self.fence_tokens.extend(fence);
         }
@@ -2137,7 +2139,8 @@ impl Relay {
     /// may still commit them (or more) later.
     fn invalidate_kept_writes(&mut self) {
         if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
-            let (tags, fence) = cache.invalidate(&self.database, self.writes.clone());
+            let key = crate::fence::key_of(&self.pool.target);
+            let (tags, fence) = cache.invalidate(&self.database, &key, self.writes.clone());
             self.to_publish.extend(tags);
             self.fence_tokens.extend(fence);
         }

@@ -202,6 +202,7 @@ pub async fn serve(
         .map(|cache| CacheWatch {
             cache,
             database: &pool.database,
+            fence: crate::fence::key_of(&pool.target),
             analyzer: &shared.analyzer,
             pending: Mutex::default(),
             outstanding: AtomicUsize::new(0),
@@ -437,6 +438,8 @@ async fn until_ended(shared: &Shared, info: &ClientInfo) {
 struct CacheWatch<'a> {
     cache: Arc<ProxyCache>,
     database: &'a str,
+    /// The key of the database's server (see `fence::key`).
+    fence: String,
     analyzer: &'a pgopt_sql::Analyzer,
     pending: Mutex<PendingWrites>,
     /// Queries sent whose ReadyForQuery has not come back.
@@ -503,7 +506,7 @@ impl CacheWatch<'_> {
         if writes.is_empty() {
             return;
         }
-        let (tags, _fence) = self.cache.invalidate(self.database, writes);
+        let (tags, _fence) = self.cache.invalidate(self.database, &self.fence, writes);
         // Told to the other instances in a task of its own: it goes on if this
         // session is cut off meanwhile (a KILL), and the client waits for it.
         let cache = self.cache.clone();
@@ -527,6 +530,7 @@ impl CacheWatch<'_> {
         let mut owed = self.outstanding.load(Relaxed);
         let cache = self.cache.clone();
         let database = self.database.to_string();
+        let fence = self.fence.clone();
         let wait = cache.settings.departed_write_timeout;
         tokio::spawn(async move {
             let _ = tokio::time::timeout(CLOSE_WAIT, server.shutdown()).await;
@@ -568,7 +572,7 @@ impl CacheWatch<'_> {
             }
             drop(server);
             drop(listed);
-            let (tags, _fence) = cache.invalidate(&database, writes);
+            let (tags, _fence) = cache.invalidate(&database, &fence, writes);
             cache.publish(&tags).await;
         });
     }

@@ -405,3 +405,67 @@ async fn with_redis_another_instances_write_fences_a_lagging_replica() {
         "{after:?}"
     );
 }
+
+/// A write through another database entry of pgopt that reaches the same server
+/// database (here one without replicas) fences the lagging replica's fills as a write
+/// through the same entry does: the old row read there is not stored, and once the
+/// replica caught up the write is read. Before, fences were kept per entry, and the
+/// stale fill was served until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_another_entry_of_the_same_database_fences_a_lagging_replica() {
+    let primary = Postgres::start().await.unwrap();
+    primary
+        .psql(
+            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'old');",
+        )
+        .unwrap();
+    let replica = Postgres::start_replica(&primary).await.unwrap();
+    let proxy = start_with(&primary, |c| {
+        let mut admin_db = c.databases[0].clone();
+        admin_db.name = "admin".into();
+        c.databases[0].replicas = vec![Replica {
+            host: "127.0.0.1".into(),
+            port: replica.port(),
+            weight: 1,
+        }];
+        c.databases.push(admin_db);
+        c.routing.check_interval = Duration::from_millis(100);
+        c.routing.max_lag_bytes = u64::MAX;
+        c.routing.max_lag = Duration::from_secs(3600);
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    value(&reader, "SELECT 1").await;
+    wait_for_replica(&proxy, "up", |r| r["state"] == "up").await;
+    let port = proxy.local_addr().port();
+    let writer = common::client_at("127.0.0.1", port, "postgres", "admin", None)
+        .await
+        .unwrap();
+    assert_eq!(value(&reader, READ).await, "old");
+    assert_eq!(value(&reader, READ).await, "old");
+
+    replica.psql("SELECT pg_wal_replay_pause()").unwrap();
+    writer
+        .batch_execute("UPDATE items SET v = 'new' WHERE id = 1")
+        .await
+        .unwrap();
+    let before = cache_row(&proxy).await;
+    assert_eq!(value(&reader, READ).await, "old", "the replica lags");
+    let after = cache_row(&proxy).await;
+    let written = lsn(&value(&writer, "SELECT pg_current_wal_insert_lsn()::text").await);
+    replica.psql("SELECT pg_wal_replay_resume()").unwrap();
+    wait_for_replica(&proxy, "caught up", |r| lsn(&r["replay_lsn"]) >= written).await;
+    for _ in 0..3 {
+        assert_eq!(value(&reader, READ).await, "new", "no stale entry");
+    }
+    assert_eq!(
+        counter(&after, "stored"),
+        counter(&before, "stored"),
+        "{after:?}"
+    );
+}
