@@ -5370,7 +5370,10 @@ impl Relay {
     /// rotation and the next one is tried, the primary last.
     async fn checkout(&mut self, first: &Frame) -> Lending {
         self.follow_routes();
+        // (A replica refuses a SERIALIZABLE transaction: the client's default one goes
+        // to the primary, as `BEGIN ISOLATION LEVEL SERIALIZABLE` does.)
         let read_only = self.routes.is_some()
+            && !self.settings.serializable_by_default()
             && crate::routing::read_only_batch(
                 first,
                 &self.cbuf,

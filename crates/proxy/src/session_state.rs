@@ -651,6 +651,20 @@ impl Settings {
         }
     }
 
+    /// Whether the client's transactions are SERIALIZABLE unless they say otherwise
+    /// (its `default_transaction_isolation`, set at start-up, by SET, SET SESSION
+    /// CHARACTERISTICS or set_config, read back): a replica refuses them.
+    pub fn serializable_by_default(&self) -> bool {
+        let value = match self.current.get("default_transaction_isolation") {
+            Some(Setting::Value(v)) => v.as_str(),
+            Some(Setting::Statement(s)) => {
+                statement_value_of(s, &["default_transaction_isolation"])
+            }
+            None => return false,
+        };
+        value.trim().eq_ignore_ascii_case("serializable")
+    }
+
     /// The client's own `statement_timeout` (a start-up value or a SET), when it set
     /// one PostgreSQL reads as a time (milliseconds without a unit); `None` for 0
     /// (off), none or DEFAULT.

@@ -892,3 +892,54 @@ async fn replicas_still_listed_after_a_reload_take_reads_at_once() {
     proxy.handle().apply(config).unwrap();
     assert_eq!(value(&client, "SELECT pg_is_in_recovery()").await, "t");
 }
+
+/// A client whose transactions are SERIALIZABLE by default (a start-up value, SET,
+/// SET SESSION CHARACTERISTICS or set_config) reads on the primary, as one that
+/// begins `ISOLATION LEVEL SERIALIZABLE` does: a replica refuses such a transaction.
+/// Before, every read of such a client failed with 0A000 ("cannot use serializable
+/// mode in a hot standby").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_serializable_by_default_reads_on_the_primary() {
+    let (_primary, _replica, proxy) = primary_and_replica(|_| {}).await;
+    let recovery = "SELECT pg_is_in_recovery()";
+    let plain = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(
+        value(&plain, recovery).await,
+        "t",
+        "reads go to the replica"
+    );
+    let (started, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.local_addr().port())
+        .user("postgres")
+        .dbname("app")
+        .options("-c default_transaction_isolation=serializable")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(value(&started, recovery).await, "f");
+    assert_eq!(
+        value(&started, "SHOW transaction_isolation").await,
+        "serializable"
+    );
+    for set in [
+        "SET default_transaction_isolation = 'serializable'",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SELECT set_config('default_transaction_isolation', 'serializable', false)",
+    ] {
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        client.batch_execute(set).await.unwrap();
+        assert_eq!(value(&client, recovery).await, "f", "{set}");
+        assert_eq!(
+            value(&client, "SELECT count(*) FROM items").await,
+            "0",
+            "{set}"
+        );
+        client
+            .batch_execute("SET default_transaction_isolation = 'read committed'")
+            .await
+            .unwrap();
+        assert_eq!(value(&client, recovery).await, "t", "{set}, then back");
+    }
+}
