@@ -286,111 +286,162 @@ impl Router {
     }
 
     /// Runs one round of checks on the primary and every replica; `false` when there
-    /// is no login to check with yet.
-    async fn check_all(&self, conns: &mut [Option<(Weak<Pool>, ServerConn)>]) -> bool {
+    /// is no login to check with yet. Each node's result is taken as it comes; the
+    /// round waits for them up to one `check_interval`: a node that does not answer
+    /// (frozen, or cut off without a reset) holds up neither the others' checks nor
+    /// the next round, in which it is skipped while its check runs (its own timeout
+    /// ends it).
+    async fn check_all(&self, checks: &mut Checks) -> bool {
         let Some((primary, replicas)) = lock(&self.pools).clone() else {
             return false;
         };
         let max_len = primary.limits().max_message_len;
         let (connect_timeout, interval) =
             (primary.limits().round_trip(), self.settings.check_interval);
-        let started = Instant::now();
-        let mut set = tokio::task::JoinSet::new();
+        let nodes = 1 + replicas.len();
+        checks.conns.resize_with(nodes, || None);
+        checks.running.resize_with(nodes, || None);
         let pools = std::iter::once(primary).chain(replicas);
-        for (i, (pool, conn)) in pools.zip(conns.iter_mut()).enumerate() {
+        for (i, pool) in pools.enumerate() {
+            if checks.running[i].is_some() {
+                continue;
+            }
             // A connection of a pool since replaced (a RELOAD moved the node) is
             // dropped: the check logs in to the node as it is configured now.
-            let conn = conn
+            let conn = checks.conns[i]
                 .take()
                 .filter(|(of, _)| Weak::ptr_eq(of, &Arc::downgrade(&pool)))
                 .map(|(_, conn)| conn);
             // Long enough for a connect to try each server of a host list in turn.
             let timeout = pool.target.connect_budget(connect_timeout).max(interval);
-            set.spawn(async move {
+            let started = Instant::now();
+            let task = checks.set.spawn(async move {
                 let sql = if i == 0 { PRIMARY_CHECK } else { REPLICA_CHECK };
                 let result = tokio::time::timeout(timeout, check_one(&pool, conn, sql, max_len))
                     .await
                     .unwrap_or_else(|_| Err("health check timed out".to_string()));
                 (
                     i,
+                    started,
                     result.map(|(conn, row)| ((Arc::downgrade(&pool), conn), row)),
                 )
             });
+            checks.running[i] = Some((task.id(), started));
         }
-        let mut results: Vec<Option<Result<Vec<Option<String>>, String>>> =
-            (0..conns.len()).map(|_| None).collect();
-        while let Some(joined) = set.join_next().await {
-            let Ok((i, result)) = joined else { continue };
-            results[i] = Some(result.map(|(conn, row)| {
-                conns[i] = Some(conn);
+        let deadline = tokio::time::Instant::now() + interval;
+        while checks.running.iter().any(Option::is_some) {
+            let joined = tokio::select! {
+                joined = checks.set.join_next() => joined,
+                () = tokio::time::sleep_until(deadline) => break,
+            };
+            let Some(joined) = joined else { break };
+            let (i, started, result) = match joined {
+                Ok(done) => done,
+                Err(e) => {
+                    // (A check that panicked: its node is down until the next.)
+                    let id = e.id();
+                    if let Some(i) = checks
+                        .running
+                        .iter()
+                        .position(|t| t.is_some_and(|(t, _)| t == id))
+                    {
+                        checks.running[i] = None;
+                        self.take_result(i, Instant::now(), Err("health check failed".into()));
+                    }
+                    continue;
+                }
+            };
+            checks.running[i] = None;
+            let row = result.map(|(conn, row)| {
+                checks.conns[i] = Some(conn);
                 row
-            }));
+            });
+            self.take_result(i, started, row);
         }
-        let now = Instant::now();
-        match results.first().cloned().flatten() {
-            Some(Ok(row)) => {
-                if let Some(lsn) = row
-                    .first()
-                    .cloned()
-                    .flatten()
-                    .as_deref()
-                    .and_then(parse_lsn)
-                {
-                    self.primary_lsn.store(lsn, Relaxed);
-                    *lock(&self.primary_checked) = Some((started, lsn));
-                    let mut history = lock(&self.history);
-                    if history.back().is_none_or(|&(_, last)| last != lsn) {
-                        history.push_back((now, lsn));
-                        if history.len() > HISTORY {
-                            history.pop_front();
-                        }
-                    }
+        // A replica whose check has gone unanswered for a while takes no reads until
+        // it answers (its check's own timeout may be long: `server_connect_timeout`).
+        let overdue = interval.saturating_mul(3).max(Duration::from_secs(1));
+        for (i, running) in checks.running.iter().enumerate().skip(1) {
+            if let (Some((_, started)), Some(node)) = (running, self.replicas.get(i - 1)) {
+                let waited = started.elapsed();
+                if waited >= overdue && node.state() == NodeState::Up {
+                    let why = format!("health check unanswered for {} ms", waited.as_millis());
+                    node.set_state(NodeState::Down, Some(why));
                 }
-                self.primary_failures.store(0, Relaxed);
-                if !self.primary_up.swap(true, Relaxed) {
-                    tracing::info!(database = %self.database, "primary answers health checks again");
-                }
-            }
-            _ => {
-                let failures = self.primary_failures.fetch_add(1, Relaxed) + 1;
-                if failures >= PRIMARY_DOWN_AFTER && self.primary_up.swap(false, Relaxed) {
-                    tracing::warn!(database = %self.database, "primary failed its health check");
-                }
-            }
-        }
-        let primary_lsn = self.primary_lsn.load(Relaxed);
-        for (node, result) in self.replicas.iter().zip(results.into_iter().skip(1)) {
-            match result {
-                Some(Ok(row)) => {
-                    let in_recovery = row.first().cloned().flatten().as_deref() == Some("t");
-                    let replay = row.get(1).cloned().flatten().as_deref().and_then(parse_lsn);
-                    let Some(replay) = replay.filter(|_| in_recovery) else {
-                        node.set_state(
-                            NodeState::NotReplica,
-                            Some("pg_is_in_recovery() is false".into()),
-                        );
-                        continue;
-                    };
-                    node.replay_lsn.store(replay, Relaxed);
-                    let lag_bytes = primary_lsn.saturating_sub(replay);
-                    let lag = self.lag_behind(replay, now);
-                    node.lag_bytes.store(lag_bytes, Relaxed);
-                    node.lag_ms.store(lag.as_millis() as u64, Relaxed);
-                    let s = &self.settings;
-                    if lag_bytes > s.max_lag_bytes || lag > s.max_lag {
-                        node.set_state(
-                            NodeState::Lagging,
-                            Some(format!("{lag_bytes} bytes, {} ms behind", lag.as_millis())),
-                        );
-                    } else {
-                        node.set_state(NodeState::Up, None);
-                    }
-                }
-                Some(Err(e)) => node.set_state(NodeState::Down, Some(e)),
-                None => node.set_state(NodeState::Down, Some("health check failed".into())),
             }
         }
         true
+    }
+
+    /// Node `i`'s check (0: the primary), begun at `started`.
+    fn take_result(&self, i: usize, started: Instant, result: Result<Vec<Option<String>>, String>) {
+        let now = Instant::now();
+        if i == 0 {
+            match result {
+                Ok(row) => {
+                    if let Some(lsn) = row
+                        .first()
+                        .cloned()
+                        .flatten()
+                        .as_deref()
+                        .and_then(parse_lsn)
+                    {
+                        self.primary_lsn.store(lsn, Relaxed);
+                        *lock(&self.primary_checked) = Some((started, lsn));
+                        let mut history = lock(&self.history);
+                        if history.back().is_none_or(|&(_, last)| last != lsn) {
+                            history.push_back((now, lsn));
+                            if history.len() > HISTORY {
+                                history.pop_front();
+                            }
+                        }
+                    }
+                    self.primary_failures.store(0, Relaxed);
+                    if !self.primary_up.swap(true, Relaxed) {
+                        tracing::info!(database = %self.database, "primary answers health checks again");
+                    }
+                }
+                Err(_) => {
+                    let failures = self.primary_failures.fetch_add(1, Relaxed) + 1;
+                    if failures >= PRIMARY_DOWN_AFTER && self.primary_up.swap(false, Relaxed) {
+                        tracing::warn!(database = %self.database, "primary failed its health check");
+                    }
+                }
+            }
+            return;
+        }
+        let Some(node) = self.replicas.get(i - 1) else {
+            return;
+        };
+        let primary_lsn = self.primary_lsn.load(Relaxed);
+        match result {
+            Ok(row) => {
+                let in_recovery = row.first().cloned().flatten().as_deref() == Some("t");
+                let replay = row.get(1).cloned().flatten().as_deref().and_then(parse_lsn);
+                let Some(replay) = replay.filter(|_| in_recovery) else {
+                    node.set_state(
+                        NodeState::NotReplica,
+                        Some("pg_is_in_recovery() is false".into()),
+                    );
+                    return;
+                };
+                node.replay_lsn.store(replay, Relaxed);
+                let lag_bytes = primary_lsn.saturating_sub(replay);
+                let lag = self.lag_behind(replay, now);
+                node.lag_bytes.store(lag_bytes, Relaxed);
+                node.lag_ms.store(lag.as_millis() as u64, Relaxed);
+                let s = &self.settings;
+                if lag_bytes > s.max_lag_bytes || lag > s.max_lag {
+                    node.set_state(
+                        NodeState::Lagging,
+                        Some(format!("{lag_bytes} bytes, {} ms behind", lag.as_millis())),
+                    );
+                } else {
+                    node.set_state(NodeState::Up, None);
+                }
+            }
+            Err(e) => node.set_state(NodeState::Down, Some(e)),
+        }
     }
 
     /// How long ago the primary first passed `replay`: zero when the replica has
@@ -445,8 +496,25 @@ async fn check_one(
 
 /// The checker: one round every `check_interval` until the router is dropped or the
 /// proxy stops. Until a first client brings a login it looks again every 50 ms.
+/// The checker's state across rounds: each node's kept connection, and its check
+/// under way (its task's id), if any.
+#[derive(Default)]
+struct Checks {
+    conns: Vec<Option<(Weak<Pool>, ServerConn)>>,
+    running: Vec<Option<(tokio::task::Id, Instant)>>,
+    set: tokio::task::JoinSet<CheckDone>,
+}
+
+/// A node's check ended: its index, when it began, and its connection (to keep) and
+/// row, or why it failed.
+type CheckDone = (
+    usize,
+    Instant,
+    Result<((Weak<Pool>, ServerConn), Vec<Option<String>>), String>,
+);
+
 async fn check_loop(router: Weak<Router>, mut lifecycle: watch::Receiver<Lifecycle>) {
-    let mut conns: Vec<Option<(Weak<Pool>, ServerConn)>> = Vec::new();
+    let mut checks = Checks::default();
     loop {
         let wait = {
             let Some(router) = router.upgrade() else {
@@ -455,8 +523,7 @@ async fn check_loop(router: Weak<Router>, mut lifecycle: watch::Receiver<Lifecyc
             if router.superseded.load(Relaxed) {
                 return;
             }
-            conns.resize_with(router.replicas.len() + 1, || None);
-            if router.check_all(&mut conns).await {
+            if router.check_all(&mut checks).await {
                 router.settings.check_interval
             } else {
                 Duration::from_millis(50)

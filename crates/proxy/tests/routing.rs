@@ -943,3 +943,60 @@ async fn a_client_serializable_by_default_reads_on_the_primary() {
         assert_eq!(value(&client, recovery).await, "t", "{set}, then back");
     }
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `pg`'s postmaster and every process it forked.
+fn signal_all(pg: &Postgres, signal: &str) {
+    let pid = pg.pid().expect("the server runs").to_string();
+    let _ = std::process::Command::new("pkill")
+        .args([signal, "-P", &pid])
+        .status();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A replica that stops answering (frozen: every process of it stopped, its sockets
+/// open) leaves the rotation once its check has gone unanswered for a second, and
+/// holds up no other node's checks: another replica that falls behind leaves the
+/// rotation in about `max_lag`. Before, each round waited for the frozen one's check
+/// to time out (15 s here), which kept it and the other in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_holds_up_no_other_nodes_checks() {
+    let primary = Postgres::start().await.unwrap();
+    primary.psql("CREATE TABLE items (id int)").unwrap();
+    let frozen = Postgres::start_replica(&primary).await.unwrap();
+    let lagging = Postgres::start_replica(&primary).await.unwrap();
+    let proxy = start_with(&primary, |c| {
+        with_replicas(c, &[&frozen, &lagging]);
+        c.routing.max_lag = Duration::from_secs(1);
+        c.server_connect_timeout = Duration::from_secs(15);
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    value(&client, "SELECT 1").await;
+    wait_for_state(&proxy, "up").await;
+    signal_all(&frozen, "-STOP");
+    lagging.psql("SELECT pg_wal_replay_pause()").unwrap();
+    primary.psql("INSERT INTO items VALUES (1)").unwrap();
+    let state = |rows: &[HashMap<String, String>], pg: &Postgres| {
+        let port = pg.port().to_string();
+        let row = rows.iter().find(|r| r["port"] == port);
+        row.map(|r| r["state"].clone()).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let result = loop {
+        let rows = replica_rows(&proxy).await;
+        if state(&rows, &lagging) == "lagging" && state(&rows, &frozen) == "down" {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err(rows);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    signal_all(&frozen, "-CONT");
+    lagging.psql("SELECT pg_wal_replay_resume()").unwrap();
+    result.unwrap_or_else(|rows| panic!("the replicas stayed in: {rows:?}"));
+}
