@@ -5099,9 +5099,13 @@ impl Relay {
         Some(Verdict::Drop)
     }
 
-    /// A query cycle ended (ReadyForQuery): the pool's counters learn of it.
+    /// A query cycle ended (ReadyForQuery): the pool's counters learn of it — the
+    /// replica's pool's, for a transaction routed to a replica.
     fn ready(&mut self) {
-        let stats = &self.pool.stats;
+        let stats = match (self.ryw.replica, &self.routes) {
+            (Some(i), Some(routes)) => &routes.pools[i].stats,
+            _ => &self.pool.stats,
+        };
         let now = self.clock;
         stats.queries.fetch_add(1, Relaxed);
         if let Some(start) = self.query_start {

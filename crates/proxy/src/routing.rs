@@ -187,7 +187,8 @@ impl Router {
     /// The router of `database`'s `replicas`; after a RELOAD that changed the replica
     /// list of `old`'s, a replica still listed (same address; its weight is updated) keeps its
     /// node — its state, replay position and load — so reads go on there without
-    /// waiting for a check.
+    /// waiting for a check; the primary's counts of transactions go on from `old`'s
+    /// (counters never go back).
     pub fn after(
         old: Option<&Router>,
         database: &str,
@@ -210,8 +211,8 @@ impl Router {
             primary_up: AtomicBool::new(true),
             primary_failures: AtomicU32::new(0),
             primary_checked: Mutex::new(None),
-            primary_writes: AtomicU64::new(0),
-            primary_reads: AtomicU64::new(0),
+            primary_writes: AtomicU64::new(old.map_or(0, |o| o.primary_writes.load(Relaxed))),
+            primary_reads: AtomicU64::new(old.map_or(0, |o| o.primary_reads.load(Relaxed))),
             history: Mutex::new(VecDeque::new()),
             pools: Mutex::new(None),
             checker_started: AtomicBool::new(false),

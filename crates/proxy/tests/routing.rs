@@ -206,6 +206,14 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
         "{metrics}"
     );
     assert!(metrics.contains("pgopt_primary_transactions_total{database=\"app\",kind=\"write\"}"));
+    // The replica's pool counts the transactions that ran there.
+    let replica_transactions: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("pgopt_transactions_total{") && l.contains(",replica=\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(replica_transactions >= 5, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -999,4 +1007,36 @@ async fn a_frozen_replica_holds_up_no_other_nodes_checks() {
     signal_all(&frozen, "-CONT");
     lagging.psql("SELECT pg_wal_replay_resume()").unwrap();
     result.unwrap_or_else(|rows| panic!("the replicas stayed in: {rows:?}"));
+}
+
+/// A RELOAD that changes only a replica's weight (or the list) keeps the primary's
+/// counts of transactions: counters never go back. Before, they restarted at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primarys_counts_go_on_across_a_reload_of_the_replicas() {
+    let primary = Postgres::start().await.unwrap();
+    primary.psql("CREATE TABLE items (id int)").unwrap();
+    let replica = Postgres::start_replica(&primary).await.unwrap();
+    let mut config = common::config_for(&primary, pgopt_proxy::PoolMode::Transaction, 4);
+    config.admin_users = vec!["postgres".into()];
+    with_replicas(&mut config, &[&replica]);
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    value(&client, "SELECT 1").await;
+    wait_for_state(&proxy, "up").await;
+    for i in 0..3 {
+        client
+            .batch_execute(&format!("INSERT INTO items VALUES ({i})"))
+            .await
+            .unwrap();
+    }
+    let writes = async || -> u64 {
+        let rows = replica_rows(&proxy).await;
+        let primary = rows.iter().find(|r| r["role"] == "primary").unwrap();
+        primary["writes"].parse().unwrap()
+    };
+    let before = writes().await;
+    assert!(before >= 3, "{before}");
+    config.databases[0].replicas[0].weight = 2;
+    proxy.handle().apply(config).unwrap();
+    assert!(writes().await >= before);
 }
