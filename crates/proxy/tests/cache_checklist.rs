@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{admin, connect, counter, show, start_with};
+use common::{admin, code, connect, counter, show, start_with};
 use pgopt_embedded::Postgres;
 use pgopt_proxy::{CacheSettings, Proxy};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -56,6 +56,14 @@ async fn rows(client: &Client, sql: &str) -> Vec<String> {
     try_rows(client, sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+}
+
+/// The SQLSTATE `sql` fails with (it must fail).
+async fn error_code(client: &Client, sql: &str) -> String {
+    match try_rows(client, sql).await {
+        Ok(rows) => panic!("{sql} gave {rows:?}, not an error"),
+        Err(e) => code(&e).unwrap_or("none").to_string(),
+    }
 }
 
 async fn cache_row(proxy: &Proxy) -> std::collections::HashMap<String, String> {
@@ -235,4 +243,261 @@ async fn a_name_that_comes_to_mean_another_table_is_read_afresh() {
     .await;
     assert_eq!(rows(&client, read).await, ["r2"], "r is the first r again");
     assert_eq!(rows(&client, "SELECT v FROM r_new").await, ["r_new2"]);
+}
+
+/// #37: CREATE OR REPLACE FUNCTION through pgopt. A user function called by name is
+/// never cached (README: "Never cached: … user functions"), so its new body shows at
+/// once. An immutable one PostgreSQL calls under a built-in's name (`length(int)`,
+/// which pg_catalog lacks) or behind an operator is cached like the built-in: a new
+/// body ends those entries, and a new volatility makes the read uncached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_function_changes_or_ends_what_is_cached() {
+    let (_pg, proxy, behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');
+         CREATE TABLE side (n int); INSERT INTO side VALUES (7);
+         CREATE FUNCTION public.length(int) RETURNS int IMMUTABLE LANGUAGE sql
+           AS $$ SELECT $1 * 100 $$;
+         CREATE FUNCTION plus(int, int) RETURNS int IMMUTABLE LANGUAGE sql
+           AS $$ SELECT $1 + $2 $$;
+         CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = plus);
+         CREATE FUNCTION named(int) RETURNS int IMMUTABLE LANGUAGE sql
+           AS $$ SELECT $1 * 10 $$;",
+        &["items"],
+    )
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+
+    // Called by its own name: not cached, whatever its volatility.
+    let read = "SELECT named(id) FROM items WHERE id = 1";
+    let before = hits(&proxy).await;
+    for _ in 0..2 {
+        assert_eq!(rows(&client, read).await, ["10"]);
+    }
+    assert_eq!(
+        hits(&proxy).await,
+        before,
+        "{read} was served from the cache"
+    );
+    run(
+        &other,
+        "CREATE OR REPLACE FUNCTION named(int) RETURNS int IMMUTABLE LANGUAGE sql \
+           AS $$ SELECT $1 * 20 $$",
+    )
+    .await;
+    assert_eq!(rows(&client, read).await, ["20"]);
+
+    // Under a built-in's name, and behind an operator: cached while immutable…
+    for (read, first, body, second, signature) in [
+        (
+            "SELECT length(id) FROM items WHERE id = 1",
+            "100",
+            "SELECT $1 * 200",
+            "200",
+            "public.length(int)",
+        ),
+        (
+            "SELECT id ### 1 FROM items WHERE id = 1",
+            "2",
+            "SELECT $1 + $2 + 1000",
+            "1002",
+            "plus(int, int)",
+        ),
+    ] {
+        cached(&proxy, &client, read, &[first]).await;
+        // …a new body through pgopt (another session) ends the entries…
+        run(
+            &other,
+            &format!(
+                "CREATE OR REPLACE FUNCTION {signature} RETURNS int IMMUTABLE \
+                 LANGUAGE sql AS $$ {body} $$"
+            ),
+        )
+        .await;
+        assert_eq!(rows(&client, read).await, [second], "{read}: new body");
+        cached(&proxy, &client, read, &[second]).await;
+        // …and the same function made volatile, reading a table pgopt does not cache,
+        // is run each time: a change of that table behind pgopt's back shows at once.
+        run(
+            &other,
+            &format!(
+                "CREATE OR REPLACE FUNCTION {signature} RETURNS int VOLATILE \
+                 LANGUAGE sql AS $$ SELECT n FROM side $$"
+            ),
+        )
+        .await;
+        let n = value_of(&behind, "SELECT n FROM side").await;
+        assert_eq!(rows(&client, read).await, [n.as_str()], "{read}: volatile");
+        run(&behind, "UPDATE side SET n = n + 1").await;
+        let n = value_of(&behind, "SELECT n FROM side").await;
+        assert_eq!(
+            rows(&client, read).await,
+            [n],
+            "{read}: not cached once volatile"
+        );
+    }
+}
+
+/// The first column of the first row, as text.
+async fn value_of(client: &Client, sql: &str) -> String {
+    rows(client, sql).await.remove(0)
+}
+
+/// #2, #38, #45: roles. Role B never gets role A's entry (no privilege, other rows
+/// under row-level security); GRANT, REVOKE, ALTER POLICY, ENABLE/DISABLE ROW LEVEL
+/// SECURITY and BYPASSRLS through pgopt take effect at once; SET ROLE and SET SESSION
+/// AUTHORIZATION change what a session reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_reads_what_it_may_see_and_privilege_changes_hold_at_once() {
+    let (_pg, proxy, behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');
+         CREATE TABLE notes (owner text, v text);
+         INSERT INTO notes VALUES ('alice', 'for alice'), ('bob', 'for bob');
+         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY own ON notes USING (owner = current_user);
+         CREATE VIEW my_notes WITH (security_invoker = true) AS SELECT v FROM notes;
+         CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; CREATE ROLE carol LOGIN;
+         GRANT SELECT ON items TO alice; GRANT SELECT (id) ON items TO carol;
+         GRANT SELECT ON notes, my_notes TO alice, bob;",
+        &["items", "notes", "my_notes"],
+    )
+    .await;
+    let admin_session = connect(&proxy, "postgres", None).await.unwrap();
+    let alice = connect(&proxy, "alice", None).await.unwrap();
+    let bob = connect(&proxy, "bob", None).await.unwrap();
+    let carol = connect(&proxy, "carol", None).await.unwrap();
+
+    // #2: alice's read is cached; bob, without SELECT, and carol, with SELECT on
+    // another column only, get 42501 every time.
+    let read = "SELECT v FROM items WHERE id = 1";
+    cached(&proxy, &alice, read, &["a"]).await;
+    for _ in 0..2 {
+        assert_eq!(error_code(&bob, read).await, "42501", "bob");
+        assert_eq!(error_code(&carol, read).await, "42501", "carol");
+    }
+    assert_eq!(rows(&carol, "SELECT id FROM items").await, ["1"]);
+
+    // #38: GRANT and REVOKE through pgopt hold at once, both ways.
+    run(&admin_session, "GRANT SELECT ON items TO bob").await;
+    cached(&proxy, &bob, read, &["a"]).await;
+    run(&admin_session, "REVOKE SELECT ON items FROM bob").await;
+    assert_eq!(error_code(&bob, read).await, "42501", "revoked");
+    // A role's membership granted and revoked.
+    run(&admin_session, "GRANT alice TO bob").await;
+    cached(&proxy, &bob, read, &["a"]).await;
+    run(&admin_session, "REVOKE alice FROM bob").await;
+    assert_eq!(error_code(&bob, read).await, "42501", "membership revoked");
+    // A column privilege granted and revoked.
+    run(&admin_session, "GRANT SELECT (v) ON items TO carol").await;
+    cached(&proxy, &carol, read, &["a"]).await;
+    run(&admin_session, "REVOKE SELECT (v) ON items FROM carol").await;
+    assert_eq!(error_code(&carol, read).await, "42501", "column revoked");
+
+    // #2: row-level security on current_user: the same text, each role its rows,
+    // directly on the table and through a security_invoker view.
+    for notes in [
+        "SELECT v FROM notes ORDER BY v",
+        "SELECT v FROM my_notes ORDER BY v",
+    ] {
+        for _ in 0..2 {
+            assert_eq!(rows(&alice, notes).await, ["for alice"], "{notes}");
+            assert_eq!(rows(&bob, notes).await, ["for bob"], "{notes}");
+            // The superuser bypasses row-level security.
+            assert_eq!(
+                rows(&admin_session, notes).await,
+                ["for alice", "for bob"],
+                "{notes}"
+            );
+        }
+    }
+    let notes = "SELECT v FROM notes ORDER BY v";
+    // #38: ALTER POLICY through pgopt.
+    run(&admin_session, "ALTER POLICY own ON notes USING (true)").await;
+    assert_eq!(
+        rows(&bob, notes).await,
+        ["for alice", "for bob"],
+        "policy true"
+    );
+    run(
+        &admin_session,
+        "ALTER POLICY own ON notes USING (owner = current_user)",
+    )
+    .await;
+    assert_eq!(rows(&bob, notes).await, ["for bob"], "policy back");
+    // DISABLE ROW LEVEL SECURITY: every row for everyone, and cached…
+    run(
+        &admin_session,
+        "ALTER TABLE notes DISABLE ROW LEVEL SECURITY",
+    )
+    .await;
+    cached(&proxy, &alice, notes, &["for alice", "for bob"]).await;
+    cached(&proxy, &bob, notes, &["for alice", "for bob"]).await;
+    // …ENABLE again: each role its own rows at once.
+    run(
+        &admin_session,
+        "ALTER TABLE notes ENABLE ROW LEVEL SECURITY",
+    )
+    .await;
+    assert_eq!(rows(&alice, notes).await, ["for alice"], "enabled again");
+    assert_eq!(rows(&bob, notes).await, ["for bob"], "enabled again");
+    // BYPASSRLS given and taken.
+    run(&admin_session, "ALTER ROLE bob BYPASSRLS").await;
+    assert_eq!(
+        rows(&bob, notes).await,
+        ["for alice", "for bob"],
+        "bypassrls"
+    );
+    run(&admin_session, "ALTER ROLE bob NOBYPASSRLS").await;
+    assert_eq!(rows(&bob, notes).await, ["for bob"], "nobypassrls");
+
+    // SET ROLE in one session (#2), with current_user (#45): the superuser's entry is
+    // cached and stale (the row changed behind pgopt); as bob the read fails, as
+    // alice it runs, and back as the superuser it is served again.
+    let session = connect(&proxy, "postgres", None).await.unwrap();
+    cached_then_changed_behind(
+        &proxy,
+        &session,
+        &behind,
+        read,
+        &["a"],
+        "UPDATE items SET v = 'a2' WHERE id = 1",
+    )
+    .await;
+    run(&session, "SET ROLE bob").await;
+    assert_eq!(error_code(&session, read).await, "42501", "SET ROLE bob");
+    assert_eq!(rows(&session, "SELECT current_user").await, ["bob"]);
+    assert_eq!(rows(&session, notes).await, ["for bob"], "SET ROLE bob");
+    assert_eq!(
+        rows(&session, "SELECT v FROM my_notes ORDER BY v").await,
+        ["for bob"],
+        "SET ROLE bob"
+    );
+    run(&session, "SET ROLE alice").await;
+    assert_eq!(rows(&session, "SELECT current_user").await, ["alice"]);
+    assert_eq!(rows(&session, notes).await, ["for alice"], "SET ROLE alice");
+    assert_eq!(
+        rows(&session, "SELECT v FROM my_notes ORDER BY v").await,
+        ["for alice"],
+        "SET ROLE alice"
+    );
+    // alice may read items (whether alice's login's entry is served or not).
+    let as_alice = rows(&session, read).await;
+    assert!(as_alice == ["a"] || as_alice == ["a2"], "{as_alice:?}");
+    run(&session, "RESET ROLE").await;
+    assert_eq!(rows(&session, "SELECT current_user").await, ["postgres"]);
+    assert_eq!(
+        rows(&session, notes).await,
+        ["for alice", "for bob"],
+        "RESET ROLE"
+    );
+    run(&session, "SET SESSION AUTHORIZATION bob").await;
+    assert_eq!(rows(&session, "SELECT session_user").await, ["bob"]);
+    assert_eq!(
+        error_code(&session, read).await,
+        "42501",
+        "SET SESSION AUTHORIZATION bob"
+    );
+    run(&session, "RESET SESSION AUTHORIZATION").await;
+    assert_eq!(rows(&session, "SELECT session_user").await, ["postgres"]);
+    assert!(!rows(&session, read).await.is_empty());
 }
