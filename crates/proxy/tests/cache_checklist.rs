@@ -501,3 +501,200 @@ async fn each_role_reads_what_it_may_see_and_privilege_changes_hold_at_once() {
     assert_eq!(rows(&session, "SELECT session_user").await, ["postgres"]);
     assert!(!rows(&session, read).await.is_empty());
 }
+
+/// #33, #25: TRUNCATE (of the table, of a referenced table with CASCADE, with
+/// RESTART IDENTITY) and foreign keys ON UPDATE CASCADE and ON DELETE SET NULL
+/// (through two levels) end the cached reads of every table they change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncates_and_foreign_key_actions_end_what_they_change() {
+    let (_pg, proxy, behind) = setup(
+        "CREATE TABLE tr (v text); INSERT INTO tr VALUES ('x');
+         CREATE TABLE tp (id int PRIMARY KEY); INSERT INTO tp VALUES (1);
+         CREATE TABLE tc (pid int REFERENCES tp); INSERT INTO tc VALUES (1);
+         CREATE TABLE ti (id int GENERATED ALWAYS AS IDENTITY, v text);
+         INSERT INTO ti (v) VALUES ('one'), ('two');
+         CREATE TABLE parent (id int PRIMARY KEY); INSERT INTO parent VALUES (1);
+         CREATE TABLE child (id int PRIMARY KEY,
+           pid int UNIQUE REFERENCES parent ON UPDATE CASCADE ON DELETE SET NULL);
+         INSERT INTO child VALUES (10, 1);
+         CREATE TABLE grandchild (id int, cpid int REFERENCES child (pid) ON UPDATE CASCADE);
+         INSERT INTO grandchild VALUES (100, 1);",
+        &["tr", "tp", "tc", "ti", "parent", "child", "grandchild"],
+    )
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let mut writer = connect(&proxy, "postgres", None).await.unwrap();
+
+    // #33: TRUNCATE of a cached table (and a stale entry of it: a row added behind).
+    let read = "SELECT v FROM tr ORDER BY v";
+    cached_then_changed_behind(
+        &proxy,
+        &client,
+        &behind,
+        read,
+        &["x"],
+        "INSERT INTO tr VALUES ('y')",
+    )
+    .await;
+    run(&writer, "TRUNCATE tr").await;
+    assert_eq!(
+        rows(&client, read).await,
+        Vec::<String>::new(),
+        "TRUNCATE tr"
+    );
+    // In a transaction, by the extended protocol.
+    run(&writer, "INSERT INTO tr VALUES ('z')").await;
+    cached(&proxy, &client, read, &["z"]).await;
+    let tx = writer.transaction().await.unwrap();
+    tx.execute("TRUNCATE TABLE tr", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        rows(&client, read).await,
+        Vec::<String>::new(),
+        "TRUNCATE TABLE"
+    );
+
+    // TRUNCATE of the referenced table with CASCADE empties the referencing one.
+    let referencing = "SELECT pid FROM tc";
+    cached(&proxy, &client, referencing, &["1"]).await;
+    cached(&proxy, &client, "SELECT id FROM tp", &["1"]).await;
+    run(&writer, "TRUNCATE tp CASCADE").await;
+    assert_eq!(
+        rows(&client, referencing).await,
+        Vec::<String>::new(),
+        "TRUNCATE tp CASCADE"
+    );
+    assert_eq!(
+        rows(&client, "SELECT id FROM tp").await,
+        Vec::<String>::new()
+    );
+
+    // RESTART IDENTITY: the next row is 1 again.
+    let ids = "SELECT id, v FROM ti ORDER BY id";
+    cached(&proxy, &client, ids, &["1|one", "2|two"]).await;
+    run(&writer, "TRUNCATE ti RESTART IDENTITY").await;
+    assert_eq!(
+        rows(&client, ids).await,
+        Vec::<String>::new(),
+        "RESTART IDENTITY"
+    );
+    cached(&proxy, &client, ids, &[]).await;
+    run(&writer, "INSERT INTO ti (v) VALUES ('again')").await;
+    assert_eq!(rows(&client, ids).await, ["1|again"]);
+
+    // #25: ON UPDATE CASCADE from parent to child to grandchild, each cached.
+    let child = "SELECT id, coalesce(pid::text, 'null') FROM child";
+    let grandchild = "SELECT id, coalesce(cpid::text, 'null') FROM grandchild";
+    cached(&proxy, &client, child, &["10|1"]).await;
+    cached(&proxy, &client, grandchild, &["100|1"]).await;
+    writer
+        .execute("UPDATE parent SET id = 2 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows(&client, child).await, ["10|2"], "ON UPDATE CASCADE");
+    assert_eq!(
+        rows(&client, grandchild).await,
+        ["100|2"],
+        "ON UPDATE CASCADE, two levels"
+    );
+    // ON DELETE SET NULL, which in turn updates the grandchild.
+    cached(&proxy, &client, child, &["10|2"]).await;
+    cached(&proxy, &client, grandchild, &["100|2"]).await;
+    run(&writer, "DELETE FROM parent WHERE id = 2").await;
+    assert_eq!(
+        rows(&client, child).await,
+        ["10|null"],
+        "ON DELETE SET NULL"
+    );
+    assert_eq!(
+        rows(&client, grandchild).await,
+        ["100|null"],
+        "ON DELETE SET NULL, then ON UPDATE CASCADE"
+    );
+}
+
+/// #16: inside REPEATABLE READ and SERIALIZABLE transactions nothing is served from
+/// the cache nor stored: the transaction reads its snapshot, and what it read never
+/// reaches other sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeatable_read_and_serializable_transactions_read_their_snapshot() {
+    let (_pg, proxy, behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a'), (2, 'b');",
+        &["items"],
+    )
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let one = "SELECT v FROM items WHERE id = 1";
+    let two = "SELECT v FROM items WHERE id = 2";
+    for (level, n) in [("REPEATABLE READ", 1), ("SERIALIZABLE", 2)] {
+        run(
+            &other,
+            "UPDATE items SET v = 'a' WHERE id = 1; UPDATE items SET v = 'b' WHERE id = 2",
+        )
+        .await;
+        // A stale entry of item 1: 'a' cached, 'a1' on PostgreSQL.
+        let a1 = format!("a{n}");
+        cached_then_changed_behind(
+            &proxy,
+            &client,
+            &behind,
+            one,
+            &["a"],
+            &format!("UPDATE items SET v = '{a1}' WHERE id = 1"),
+        )
+        .await;
+        let before = hits(&proxy).await;
+        run(&client, &format!("BEGIN ISOLATION LEVEL {level}")).await;
+        assert_eq!(
+            rows(&client, one).await,
+            [a1.as_str()],
+            "{level}: not the entry"
+        );
+        assert_eq!(rows(&client, two).await, ["b"], "{level}");
+        // The extended protocol too.
+        let got: String = client.query_one(one, &[]).await.unwrap().get(0);
+        assert_eq!(got, a1, "{level}, extended");
+        assert_eq!(
+            hits(&proxy).await,
+            before,
+            "{level}: a hit in the transaction"
+        );
+        // Another session writes item 2 through pgopt, and caches the new value.
+        let b2 = format!("b{n}");
+        run(&other, &format!("UPDATE items SET v = '{b2}' WHERE id = 2")).await;
+        cached(&proxy, &other, two, &[b2.as_str()]).await;
+        // The transaction still reads its snapshot, neither the entry nor the row.
+        let before = hits(&proxy).await;
+        assert_eq!(rows(&client, two).await, ["b"], "{level}: its snapshot");
+        assert_eq!(rows(&client, one).await, [a1.as_str()], "{level}");
+        assert_eq!(
+            hits(&proxy).await,
+            before,
+            "{level}: a hit in the transaction"
+        );
+        // What it read inside was not stored: item 2 cached outside is still b2…
+        assert_eq!(rows(&other, two).await, [b2.as_str()], "{level}");
+        run(&client, "COMMIT").await;
+        // …and after the commit the session reads what is committed.
+        assert_eq!(
+            rows(&client, two).await,
+            [b2.as_str()],
+            "{level}: committed"
+        );
+        // A read run inside the transaction after a write through pgopt ended the
+        // table's entries (its snapshot, older than that write) is not stored.
+        let three = "SELECT v FROM items WHERE id = 2 AND v IS NOT NULL";
+        run(&client, &format!("BEGIN ISOLATION LEVEL {level}")).await;
+        assert_eq!(rows(&client, three).await, [b2.as_str()]);
+        run(&other, "UPDATE items SET v = 'b9' WHERE id = 2").await;
+        assert_eq!(
+            rows(&client, three).await,
+            [b2.as_str()],
+            "{level}: snapshot"
+        );
+        run(&client, "COMMIT").await;
+        assert_eq!(rows(&other, three).await, ["b9"], "{level}: stored inside");
+    }
+}
