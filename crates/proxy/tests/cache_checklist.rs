@@ -698,3 +698,196 @@ async fn repeatable_read_and_serializable_transactions_read_their_snapshot() {
         assert_eq!(rows(&other, three).await, ["b9"], "{level}: stored inside");
     }
 }
+
+/// The messages (type, body) a raw client gets up to its `n`-th ReadyForQuery.
+async fn raw_replies(raw: &mut tokio::net::TcpStream, n: usize) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let (mut buf, mut messages, mut ready) = (Vec::new(), Vec::new(), 0);
+    loop {
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 1 + len {
+                break;
+            }
+            let message: Vec<u8> = buf.drain(..1 + len).collect();
+            if message[0] == b'Z' {
+                ready += 1;
+            }
+            messages.push((message[0], message[5..].to_vec()));
+            if ready == n {
+                return messages;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), raw.read(&mut chunk));
+        let got = read.await.expect("no reply in 10 s").unwrap();
+        assert!(got > 0, "closed after {messages:?}");
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+/// What a raw exchange read: each DataRow's first column, and each ReadyForQuery's
+/// status, in order (`!` for an ErrorResponse).
+fn raw_summary(messages: &[(u8, Vec<u8>)]) -> (Vec<String>, String) {
+    let (mut values, mut statuses) = (Vec::new(), String::new());
+    for (tag, body) in messages {
+        match tag {
+            b'D' => {
+                let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+                values.push(if len < 0 {
+                    "null".to_string()
+                } else {
+                    String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()
+                });
+            }
+            b'Z' => statuses.push(body[0] as char),
+            b'E' => statuses.push('!'),
+            _ => {}
+        }
+    }
+    (values, statuses)
+}
+
+/// Parse, Bind and Execute of `sql` (unnamed statement and portal, text results).
+fn parse_bind_execute(sql: &str) -> Vec<u8> {
+    let mut batch = common::message(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    batch.extend(common::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(common::message(b'E', b"\0\0\0\0\0"));
+    batch
+}
+
+/// Sends `batch` and reads up to the `syncs`-th ReadyForQuery.
+async fn raw_round(
+    raw: &mut tokio::net::TcpStream,
+    batch: &[u8],
+    syncs: usize,
+) -> (Vec<String>, String) {
+    use tokio::io::AsyncWriteExt;
+    raw.write_all(batch).await.unwrap();
+    raw_summary(&raw_replies(raw, syncs).await)
+}
+
+/// #17: a BEGIN sent ahead of a cacheable read in the extended protocol — in the same
+/// Sync as JDBC's `setAutoCommit(false)` sends it, pipelined in its own Sync, or as
+/// tokio-postgres' `transaction()` — puts the read in a transaction block: not served
+/// from a (stale) entry, but what PostgreSQL has, and not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_pipelined_before_a_read_keeps_it_from_the_cache() {
+    let (_pg, proxy, behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');",
+        &["items"],
+    )
+    .await;
+    let read = "SELECT v FROM items WHERE id = 1";
+    let sync = common::message(b'S', b"");
+    let mut raw = common::raw_login(&proxy).await;
+    let fill = [parse_bind_execute(read), sync.clone()].concat();
+    let mut version = 0;
+
+    // Each form, after a stale entry of its own read (cached as 'aN', 'aN+1' on
+    // PostgreSQL).
+    for form in ["one sync", "two syncs", "query_typed", "transaction"] {
+        version += 1;
+        let (old, new) = (format!("a{}", version - 1), format!("a{version}"));
+        // (through pgopt: it ends the entries of the forms before)
+        run(
+            &connect(&proxy, "postgres", None).await.unwrap(),
+            &format!("UPDATE items SET v = '{old}' WHERE id = 1"),
+        )
+        .await;
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        let typed = || async {
+            let rows = client.query_typed(read, &[]).await.unwrap();
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        };
+        let prepared = || async {
+            let rows = client.query(read, &[]).await.unwrap();
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        };
+        // Fill, then a hit, of the form's own read outside any transaction.
+        for i in 0..2 {
+            let before = hits(&proxy).await;
+            let got = match form {
+                "one sync" | "two syncs" => raw_round(&mut raw, &fill, 1).await.0,
+                "query_typed" => typed().await,
+                _ => prepared().await,
+            };
+            assert_eq!(got, [old.as_str()], "{form}: outside");
+            if i == 1 {
+                assert_eq!(hits(&proxy).await, before + 1, "{form}: not cached");
+            }
+        }
+        run(
+            &behind,
+            &format!("UPDATE items SET v = '{new}' WHERE id = 1"),
+        )
+        .await;
+        let before = hits(&proxy).await;
+        let inside = match form {
+            "one sync" => {
+                let batch = [parse_bind_execute("BEGIN"), fill.clone()].concat();
+                let (values, statuses) = raw_round(&mut raw, &batch, 1).await;
+                assert_eq!(statuses, "T", "{form}");
+                values
+            }
+            "two syncs" => {
+                let batch = [parse_bind_execute("BEGIN"), sync.clone(), fill.clone()].concat();
+                let (values, statuses) = raw_round(&mut raw, &batch, 2).await;
+                assert_eq!(statuses, "TT", "{form}");
+                values
+            }
+            "query_typed" => {
+                let (begin, read) = tokio::join!(client.query_typed("BEGIN", &[]), typed());
+                begin.unwrap();
+                read
+            }
+            _ => {
+                // What `Client::transaction()` sends (it takes the client mutably).
+                client.batch_execute("BEGIN").await.unwrap();
+                prepared().await
+            }
+        };
+        assert_eq!(inside, [new.as_str()], "{form}: served from the cache");
+        assert_eq!(
+            hits(&proxy).await,
+            before,
+            "{form}: a hit in the transaction"
+        );
+        // A write through pgopt commits meanwhile; the block reads again (read
+        // committed: the new row) and commits.
+        let committed = format!("{new}-c");
+        run(
+            &connect(&proxy, "postgres", None).await.unwrap(),
+            &format!("UPDATE items SET v = '{committed}' WHERE id = 1"),
+        )
+        .await;
+        match form {
+            "one sync" | "two syncs" => {
+                let (values, statuses) = raw_round(&mut raw, &fill, 1).await;
+                assert_eq!(values, [committed.as_str()], "{form}");
+                assert_eq!(statuses, "T", "{form}");
+                let commit = [parse_bind_execute("COMMIT"), sync.clone()].concat();
+                assert_eq!(raw_round(&mut raw, &commit, 1).await.1, "I");
+            }
+            "query_typed" => {
+                assert_eq!(typed().await, [committed.as_str()], "{form}");
+                client.query_typed("COMMIT", &[]).await.unwrap();
+            }
+            _ => {
+                assert_eq!(prepared().await, [committed.as_str()], "{form}");
+                client.batch_execute("COMMIT").await.unwrap();
+            }
+        }
+        // Nothing read inside was stored: outside, the committed row.
+        let outside = match form {
+            "one sync" | "two syncs" => raw_round(&mut raw, &fill, 1).await.0,
+            "query_typed" => typed().await,
+            _ => prepared().await,
+        };
+        assert_eq!(outside, [committed.as_str()], "{form}: after the block");
+    }
+}
