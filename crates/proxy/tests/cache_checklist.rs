@@ -891,3 +891,159 @@ async fn a_begin_pipelined_before_a_read_keeps_it_from_the_cache() {
         assert_eq!(outside, [committed.as_str()], "{form}: after the block");
     }
 }
+
+/// #10: the other forms of write through pgopt end the written table's entries
+/// before the writer's ReadyForQuery: INSERT … ON CONFLICT DO UPDATE, MERGE, writable
+/// CTEs (never cached themselves: each run writes), UPDATE … FROM, DELETE … USING,
+/// COPY FROM STDIN; in the simple and the extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_form_of_write_ends_the_written_tables_entries() {
+    use futures_util::SinkExt;
+    let (_pg, proxy, behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a'), (2, 'b');
+         CREATE TABLE src (id int, v text);",
+        &["items"],
+    )
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let writer = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT id, v FROM items ORDER BY id";
+    // PostgreSQL's rows now, through the direct client.
+    let truth = || async { rows(&behind, read).await };
+
+    // (what, rows to have first, written behind pgopt, the write)
+    let writes: &[(&str, &str, &str)] = &[
+        (
+            "INSERT … ON CONFLICT DO UPDATE",
+            "",
+            "INSERT INTO items VALUES (1, 'upserted') ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v",
+        ),
+        (
+            "INSERT … ON CONFLICT DO NOTHING of a new row",
+            "",
+            "INSERT INTO items VALUES (3, 'c') ON CONFLICT (id) DO NOTHING",
+        ),
+        (
+            "MERGE",
+            "",
+            "MERGE INTO items i USING (VALUES (2, 'merged'), (4, 'merged-new')) s (id, v) \
+             ON i.id = s.id WHEN MATCHED THEN UPDATE SET v = s.v \
+             WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v)",
+        ),
+        (
+            "MERGE … DELETE",
+            "INSERT INTO items VALUES (4, 'd')",
+            "MERGE INTO items i USING (VALUES (4)) s (id) ON i.id = s.id \
+             WHEN MATCHED THEN DELETE",
+        ),
+        (
+            "writable CTE",
+            "INSERT INTO items VALUES (3, 'c')",
+            "WITH d AS (DELETE FROM items WHERE id = 3 RETURNING *) SELECT count(*) FROM d",
+        ),
+        (
+            "writable CTE reading the table it writes",
+            "",
+            "WITH u AS (UPDATE items SET v = 'cte' WHERE id = 2 RETURNING id) \
+             SELECT v FROM items WHERE id = 1",
+        ),
+        (
+            "UPDATE … FROM",
+            "INSERT INTO src VALUES (2, 'from src')",
+            "UPDATE items SET v = s.v FROM src s WHERE items.id = s.id",
+        ),
+        (
+            "DELETE … USING",
+            "INSERT INTO src VALUES (2, 'gone')",
+            "DELETE FROM items USING src WHERE items.id = src.id AND src.v = 'gone'",
+        ),
+        (
+            "UPDATE of the schema-qualified table under an alias",
+            "",
+            "UPDATE public.items AS x SET v = 'aliased' WHERE x.id = 1",
+        ),
+        (
+            "INSERT … SELECT",
+            "INSERT INTO src VALUES (5, 'selected')",
+            "INSERT INTO items SELECT id, v FROM src",
+        ),
+    ];
+    for (what, prep, write) in writes {
+        for extended in [false, true] {
+            // Items 1 and 2 as at the start, src empty, then the write's own rows:
+            // all behind pgopt (src is not cached).
+            run(
+                &behind,
+                &format!(
+                    "DELETE FROM items; INSERT INTO items VALUES (1, 'a'), (2, 'b'); \
+                     TRUNCATE src; {prep}"
+                ),
+            )
+            .await;
+            // (through pgopt, so that the entry of the read is the rows now)
+            run(&writer, "UPDATE items SET v = v WHERE id = 1").await;
+            let before = truth().await;
+            cached(
+                &proxy,
+                &client,
+                read,
+                &before.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await;
+            if extended {
+                writer
+                    .execute(*write, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{write}: {e:?}"));
+            } else {
+                run(&writer, write).await;
+            }
+            let after = truth().await;
+            assert_ne!(after, before, "{what} ({write}) changed nothing");
+            assert_eq!(
+                rows(&client, read).await,
+                after,
+                "{what}, extended: {extended}"
+            );
+        }
+    }
+
+    // A writable CTE is never served from the cache: each run deletes, so the count
+    // differs.
+    let cte = "WITH d AS (DELETE FROM items WHERE id >= 10 RETURNING *) SELECT count(*) FROM d";
+    run(&writer, "INSERT INTO items VALUES (10, 'x'), (11, 'y')").await;
+    assert_eq!(rows(&client, cte).await, ["2"]);
+    assert_eq!(rows(&client, cte).await, ["0"], "a writable CTE was cached");
+    run(&writer, "INSERT INTO items VALUES (10, 'x')").await;
+    let count: i64 = client.query_one(cte, &[]).await.unwrap().get(0);
+    assert_eq!(count, 1);
+    let count: i64 = client.query_one(cte, &[]).await.unwrap().get(0);
+    assert_eq!(count, 0, "a writable CTE was cached (extended)");
+
+    // COPY FROM STDIN, text and CSV, completing normally.
+    for (copy, data) in [
+        ("COPY items FROM STDIN", "20\tcopied\n21\tcopied too\n"),
+        (
+            "COPY items (id, v) FROM STDIN WITH (FORMAT csv)",
+            "22,\"copied, csv\"\n",
+        ),
+    ] {
+        let before = truth().await;
+        cached(
+            &proxy,
+            &client,
+            read,
+            &before.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .await;
+        let sink = writer.copy_in::<_, bytes::Bytes>(copy).await.unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(data)).await.unwrap();
+        let copied = sink.finish().await.unwrap();
+        assert!(copied > 0, "{copy}");
+        let after = truth().await;
+        assert_ne!(after, before);
+        assert_eq!(rows(&client, read).await, after, "{copy}");
+    }
+}
