@@ -1047,3 +1047,212 @@ async fn every_form_of_write_ends_the_written_tables_entries() {
         assert_eq!(rows(&client, read).await, after, "{copy}");
     }
 }
+
+/// #27, #28, #29: partitions attached, detached, created and dropped through pgopt;
+/// inheritance children; nested, security_barrier and updatable views and CREATE OR
+/// REPLACE VIEW; materialized views refreshed through pgopt. After each schema
+/// change, a write through pgopt to what a cached read now reaches ends its entry
+/// (the dependency map was read again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_inheritance_views_and_materialized_views_follow_schema_changes() {
+    let (_pg, proxy, behind) = setup(
+        "CREATE TABLE m (at int, v text) PARTITION BY RANGE (at);
+         CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (10);
+         INSERT INTO m VALUES (1, 'one');
+         CREATE TABLE m2 (at int, v text); INSERT INTO m2 VALUES (15, 'fifteen');
+         CREATE TABLE base (v text); INSERT INTO base VALUES ('base');
+         CREATE TABLE kid (extra int) INHERITS (base); INSERT INTO kid VALUES ('kid', 1);
+         CREATE TABLE vt (id int PRIMARY KEY, v text); INSERT INTO vt VALUES (1, 'x'), (2, 'y');
+         CREATE TABLE vt2 (id int PRIMARY KEY, v text); INSERT INTO vt2 VALUES (1, 'other');
+         CREATE VIEW v1 AS SELECT id, v FROM vt WHERE id < 10;
+         CREATE VIEW v2 AS SELECT v FROM v1 WHERE id = 1;
+         CREATE VIEW vsb WITH (security_barrier) AS SELECT id, v FROM vt;
+         CREATE MATERIALIZED VIEW mv AS SELECT count(*) AS n FROM vt;
+         CREATE UNIQUE INDEX ON mv (n);",
+        &[
+            "m", "m1", "m2", "m3", "base", "kid", "kid2", "vt", "vt2", "v1", "v2", "vsb", "mv",
+        ],
+    )
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let writer = connect(&proxy, "postgres", None).await.unwrap();
+
+    // #27: ATTACH PARTITION: the parent's rows and, once attached, the partition's
+    // writes through its own name.
+    let parent = "SELECT v FROM m ORDER BY at";
+    cached(&proxy, &client, parent, &["one"]).await;
+    run(
+        &writer,
+        "ALTER TABLE m ATTACH PARTITION m2 FOR VALUES FROM (10) TO (20)",
+    )
+    .await;
+    assert_eq!(rows(&client, parent).await, ["one", "fifteen"], "ATTACH");
+    cached(&proxy, &client, parent, &["one", "fifteen"]).await;
+    run(&writer, "INSERT INTO m2 VALUES (16, 'sixteen')").await;
+    assert_eq!(
+        rows(&client, parent).await,
+        ["one", "fifteen", "sixteen"],
+        "a write to the attached partition"
+    );
+    // The partition's read, written through the parent.
+    let part = "SELECT v FROM m2 ORDER BY at";
+    cached(&proxy, &client, part, &["fifteen", "sixteen"]).await;
+    run(&writer, "UPDATE m SET v = 'XV' WHERE at = 15").await;
+    assert_eq!(
+        rows(&client, part).await,
+        ["XV", "sixteen"],
+        "through the parent"
+    );
+    // A partition created through pgopt, then written by its own name.
+    run(
+        &writer,
+        "CREATE TABLE m3 PARTITION OF m FOR VALUES FROM (20) TO (30)",
+    )
+    .await;
+    cached(&proxy, &client, parent, &["one", "XV", "sixteen"]).await;
+    run(&writer, "INSERT INTO m3 VALUES (25, 'twenty-five')").await;
+    assert_eq!(
+        rows(&client, parent).await,
+        ["one", "XV", "sixteen", "twenty-five"],
+        "a write to a partition created through pgopt"
+    );
+    // DETACH and DROP of a partition.
+    cached(
+        &proxy,
+        &client,
+        parent,
+        &["one", "XV", "sixteen", "twenty-five"],
+    )
+    .await;
+    run(&writer, "ALTER TABLE m DETACH PARTITION m2").await;
+    assert_eq!(
+        rows(&client, parent).await,
+        ["one", "twenty-five"],
+        "DETACH"
+    );
+    cached(&proxy, &client, parent, &["one", "twenty-five"]).await;
+    run(&writer, "DROP TABLE m3").await;
+    assert_eq!(rows(&client, parent).await, ["one"], "DROP partition");
+    // TRUNCATE of the parent empties a cached partition.
+    let first = "SELECT v FROM m1";
+    cached(&proxy, &client, first, &["one"]).await;
+    run(&writer, "TRUNCATE m").await;
+    assert_eq!(
+        rows(&client, first).await,
+        Vec::<String>::new(),
+        "TRUNCATE m"
+    );
+
+    // #27: inheritance: a write to the child ends the parent's entries, and one
+    // through the parent the child's.
+    let all = "SELECT v FROM base ORDER BY v";
+    cached(&proxy, &client, all, &["base", "kid"]).await;
+    run(&writer, "INSERT INTO kid VALUES ('kid+', 2)").await;
+    assert_eq!(
+        rows(&client, all).await,
+        ["base", "kid", "kid+"],
+        "child write"
+    );
+    let kid = "SELECT v FROM kid ORDER BY v";
+    cached(&proxy, &client, kid, &["kid", "kid+"]).await;
+    run(&writer, "UPDATE base SET v = upper(v)").await;
+    assert_eq!(rows(&client, kid).await, ["KID", "KID+"], "parent write");
+    // A child created through pgopt, then written; then no longer a child.
+    run(&writer, "CREATE TABLE kid2 () INHERITS (base)").await;
+    cached(&proxy, &client, all, &["BASE", "KID", "KID+"]).await;
+    run(&writer, "INSERT INTO kid2 VALUES ('kid2')").await;
+    assert_eq!(
+        rows(&client, all).await,
+        ["BASE", "KID", "KID+", "kid2"],
+        "a write to a child created through pgopt"
+    );
+    cached(&proxy, &client, all, &["BASE", "KID", "KID+", "kid2"]).await;
+    run(&writer, "ALTER TABLE kid NO INHERIT base").await;
+    assert_eq!(rows(&client, all).await, ["BASE", "kid2"], "NO INHERIT");
+
+    // #28: a view over a view, and a security_barrier view: a write to the base
+    // table ends both.
+    let nested = "SELECT v FROM v2";
+    let barrier = "SELECT v FROM vsb ORDER BY id";
+    cached(&proxy, &client, nested, &["x"]).await;
+    cached(&proxy, &client, barrier, &["x", "y"]).await;
+    run(&writer, "UPDATE vt SET v = 'x2' WHERE id = 1").await;
+    assert_eq!(rows(&client, nested).await, ["x2"], "nested view");
+    assert_eq!(
+        rows(&client, barrier).await,
+        ["x2", "y"],
+        "security_barrier"
+    );
+    // Writes through the (updatable) views end the base table's entries.
+    let table = "SELECT v FROM vt ORDER BY id";
+    cached(&proxy, &client, table, &["x2", "y"]).await;
+    run(&writer, "UPDATE v1 SET v = 'via v1' WHERE id = 2").await;
+    assert_eq!(rows(&client, table).await, ["x2", "via v1"], "UPDATE v1");
+    cached(&proxy, &client, table, &["x2", "via v1"]).await;
+    run(&writer, "INSERT INTO vsb VALUES (3, 'via vsb')").await;
+    assert_eq!(
+        rows(&client, table).await,
+        ["x2", "via v1", "via vsb"],
+        "INSERT INTO vsb"
+    );
+    // CREATE OR REPLACE VIEW of the inner view: the outer one's entries end.
+    cached(&proxy, &client, nested, &["x2"]).await;
+    run(
+        &writer,
+        "CREATE OR REPLACE VIEW v1 AS SELECT id, upper(v) AS v FROM vt WHERE id < 10",
+    )
+    .await;
+    assert_eq!(rows(&client, nested).await, ["X2"], "v1 replaced");
+    // …and of the outer one.
+    cached(&proxy, &client, nested, &["X2"]).await;
+    run(
+        &writer,
+        "CREATE OR REPLACE VIEW v2 AS SELECT v FROM v1 WHERE id = 2",
+    )
+    .await;
+    assert_eq!(rows(&client, nested).await, ["VIA V1"], "v2 replaced");
+    // The inner view replaced to read another table: a write to that table ends the
+    // outer view's entries.
+    run(
+        &writer,
+        "CREATE OR REPLACE VIEW v1 AS SELECT id, v FROM vt2",
+    )
+    .await;
+    run(
+        &writer,
+        "CREATE OR REPLACE VIEW v2 AS SELECT v FROM v1 WHERE id = 1",
+    )
+    .await;
+    cached(&proxy, &client, nested, &["other"]).await;
+    run(&writer, "UPDATE vt2 SET v = 'other2'").await;
+    assert_eq!(
+        rows(&client, nested).await,
+        ["other2"],
+        "a write to what the replaced view reads"
+    );
+
+    // #29: REFRESH MATERIALIZED VIEW [CONCURRENTLY] through pgopt, after rows added
+    // behind pgopt (so the cached count is the old one, as PostgreSQL's until then).
+    let count = "SELECT n FROM mv";
+    for (refresh, want) in [
+        ("REFRESH MATERIALIZED VIEW mv", "4"),
+        ("REFRESH MATERIALIZED VIEW CONCURRENTLY mv", "5"),
+    ] {
+        let before = rows(&behind, count).await;
+        cached(
+            &proxy,
+            &client,
+            count,
+            &before.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .await;
+        run(
+            &behind,
+            &format!("INSERT INTO vt VALUES ({want}0, 'behind')"),
+        )
+        .await;
+        assert_eq!(rows(&client, count).await, before, "not refreshed yet");
+        run(&writer, refresh).await;
+        assert_eq!(rows(&client, count).await, [want], "{refresh}");
+    }
+}
