@@ -84,11 +84,11 @@ async fn cached(proxy: &Proxy, client: &Client, read: &str, want: &[&str]) {
     assert_eq!(rows(client, read).await, strings(want), "{read}");
     let before = hits(proxy).await;
     assert_eq!(rows(client, read).await, strings(want), "{read}");
-    let after = hits(proxy).await;
+    let after = cache_row(proxy).await;
     assert_eq!(
-        after,
+        counter(&after, "hits"),
         before + 1,
-        "{read}: the second read was not served from the cache"
+        "{read}: the second read was not served from the cache: {after:?}"
     );
 }
 
@@ -335,6 +335,33 @@ async fn a_replaced_function_changes_or_ends_what_is_cached() {
             [n],
             "{read}: not cached once volatile"
         );
+        // Made immutable again (PostgreSQL takes the word for it, though it reads a
+        // table): cached, even stale after a change of `side` behind pgopt…
+        run(
+            &other,
+            &format!(
+                "CREATE OR REPLACE FUNCTION {signature} RETURNS int IMMUTABLE \
+                 LANGUAGE sql AS $$ SELECT n FROM side $$"
+            ),
+        )
+        .await;
+        let n = value_of(&behind, "SELECT n FROM side").await;
+        cached_then_changed_behind(
+            &proxy,
+            &client,
+            &behind,
+            read,
+            &[n.as_str()],
+            "UPDATE side SET n = n + 1",
+        )
+        .await;
+        // …until ALTER FUNCTION … VOLATILE through pgopt: run each time again.
+        run(&other, &format!("ALTER FUNCTION {signature} VOLATILE")).await;
+        let n = value_of(&behind, "SELECT n FROM side").await;
+        assert_eq!(rows(&client, read).await, [n], "{read}: ALTER FUNCTION");
+        run(&behind, "UPDATE side SET n = n + 1").await;
+        let n = value_of(&behind, "SELECT n FROM side").await;
+        assert_eq!(rows(&client, read).await, [n], "{read}: volatile again");
     }
 }
 
@@ -377,18 +404,24 @@ async fn each_role_reads_what_it_may_see_and_privilege_changes_hold_at_once() {
     }
     assert_eq!(rows(&carol, "SELECT id FROM items").await, ["1"]);
 
-    // #38: GRANT and REVOKE through pgopt hold at once, both ways.
+    // #38: GRANT and REVOKE through pgopt hold at once, both ways. (After each
+    // change, the superuser's read has the catalog read again through its own pool
+    // first: under load, bob's first reads after a GRANT sometimes went past the
+    // cache altogether, see the report of this file's commit.)
     run(&admin_session, "GRANT SELECT ON items TO bob").await;
+    rows(&admin_session, read).await;
     cached(&proxy, &bob, read, &["a"]).await;
     run(&admin_session, "REVOKE SELECT ON items FROM bob").await;
     assert_eq!(error_code(&bob, read).await, "42501", "revoked");
     // A role's membership granted and revoked.
     run(&admin_session, "GRANT alice TO bob").await;
+    rows(&admin_session, read).await;
     cached(&proxy, &bob, read, &["a"]).await;
     run(&admin_session, "REVOKE alice FROM bob").await;
     assert_eq!(error_code(&bob, read).await, "42501", "membership revoked");
     // A column privilege granted and revoked.
     run(&admin_session, "GRANT SELECT (v) ON items TO carol").await;
+    rows(&admin_session, read).await;
     cached(&proxy, &carol, read, &["a"]).await;
     run(&admin_session, "REVOKE SELECT (v) ON items FROM carol").await;
     assert_eq!(error_code(&carol, read).await, "42501", "column revoked");
@@ -628,7 +661,25 @@ async fn repeatable_read_and_serializable_transactions_read_their_snapshot() {
     let other = connect(&proxy, "postgres", None).await.unwrap();
     let one = "SELECT v FROM items WHERE id = 1";
     let two = "SELECT v FROM items WHERE id = 2";
-    for (level, n) in [("REPEATABLE READ", 1), ("SERIALIZABLE", 2)] {
+    // Each way in, its statements sent one by one (pgopt refuses a SET and a RESET
+    // of one setting in one query string in transaction pooling mode).
+    for (n, level) in [
+        (1, &["BEGIN ISOLATION LEVEL REPEATABLE READ"][..]),
+        (2, &["START TRANSACTION ISOLATION LEVEL SERIALIZABLE"]),
+        (
+            3,
+            &["BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"],
+        ),
+        (
+            4,
+            &[
+                "SET default_transaction_isolation = 'serializable'",
+                "BEGIN",
+                "RESET default_transaction_isolation",
+            ],
+        ),
+    ] {
+        let level = level.join("; ");
         run(
             &other,
             "UPDATE items SET v = 'a' WHERE id = 1; UPDATE items SET v = 'b' WHERE id = 2",
@@ -646,7 +697,9 @@ async fn repeatable_read_and_serializable_transactions_read_their_snapshot() {
         )
         .await;
         let before = hits(&proxy).await;
-        run(&client, &format!("BEGIN ISOLATION LEVEL {level}")).await;
+        for statement in level.split("; ") {
+            run(&client, statement).await;
+        }
         assert_eq!(
             rows(&client, one).await,
             [a1.as_str()],
@@ -686,7 +739,9 @@ async fn repeatable_read_and_serializable_transactions_read_their_snapshot() {
         // A read run inside the transaction after a write through pgopt ended the
         // table's entries (its snapshot, older than that write) is not stored.
         let three = "SELECT v FROM items WHERE id = 2 AND v IS NOT NULL";
-        run(&client, &format!("BEGIN ISOLATION LEVEL {level}")).await;
+        for statement in level.split("; ") {
+            run(&client, statement).await;
+        }
         assert_eq!(rows(&client, three).await, [b2.as_str()]);
         run(&other, "UPDATE items SET v = 'b9' WHERE id = 2").await;
         assert_eq!(
@@ -1020,6 +1075,15 @@ async fn every_form_of_write_ends_the_written_tables_entries() {
     assert_eq!(count, 1);
     let count: i64 = client.query_one(cte, &[]).await.unwrap().get(0);
     assert_eq!(count, 0, "a writable CTE was cached (extended)");
+    // Not even when a hint opts it in.
+    let hinted = format!("/* pgopt:cache */ {cte}");
+    run(&writer, "INSERT INTO items VALUES (10, 'x')").await;
+    assert_eq!(rows(&client, &hinted).await, ["1"]);
+    assert_eq!(
+        rows(&client, &hinted).await,
+        ["0"],
+        "a hinted writable CTE was cached"
+    );
 
     // COPY FROM STDIN, text and CSV, completing normally.
     for (copy, data) in [
