@@ -120,11 +120,9 @@ async fn setup_in(mode: PoolMode, tweak: impl FnOnce(&mut CacheSettings)) -> (Po
     (pg, proxy)
 }
 
-/// A client waiting for another session's fill of its key can cancel its request, as
-/// one waiting on a lock in PostgreSQL can: 57014 at once, not after the fill or
-/// `flight_timeout`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_waiting_for_another_sessions_fill_can_cancel() {
+/// [`READ_HELD`] of item 2, filled by a client whose query waits on a lock a direct
+/// session holds (`COMMIT` it to let the fill end, which the task returns).
+async fn a_fill_held_by_a_lock() -> (Postgres, Proxy, Client, tokio::task::JoinHandle<String>) {
     let (pg, proxy) = setup().await;
     let locker = direct(&pg).await;
     let watcher = direct(&pg).await;
@@ -132,13 +130,23 @@ async fn a_client_waiting_for_another_sessions_fill_can_cancel() {
         .batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let read = "SELECT v FROM items WHERE id = 2";
     let leader = connect(&proxy, "postgres", None).await.unwrap();
-    let filling = tokio::spawn(async move { value(&leader, read).await });
+    let filling = tokio::spawn(async move { value(&leader, READ_HELD).await });
     common::wait_until_waiting_on_lock(&watcher, "SELECT v FROM items%").await;
+    (pg, proxy, locker, filling)
+}
+
+const READ_HELD: &str = "SELECT v FROM items WHERE id = 2";
+
+/// A client waiting for another session's fill of its key can cancel its request, as
+/// one waiting on a lock in PostgreSQL can: 57014 at once, not after the fill or
+/// `flight_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_another_sessions_fill_can_cancel() {
+    let (_pg, proxy, locker, filling) = a_fill_held_by_a_lock().await;
     let waiter = connect(&proxy, "postgres", None).await.unwrap();
     let token = waiter.cancel_token();
-    let waiting = tokio::spawn(async move { waiter.simple_query(read).await.map(|_| ()) });
+    let waiting = tokio::spawn(async move { waiter.simple_query(READ_HELD).await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !waiting.is_finished(),
@@ -163,24 +171,14 @@ async fn a_client_waiting_for_another_sessions_fill_can_cancel() {
 /// `flight_timeout` (5 s), then ran the statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_waiting_for_another_sessions_fill_waits_no_longer_than_its_statement_timeout() {
-    let (pg, proxy) = setup().await;
-    let locker = direct(&pg).await;
-    let watcher = direct(&pg).await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let read = "SELECT v FROM items WHERE id = 2";
-    let leader = connect(&proxy, "postgres", None).await.unwrap();
-    let filling = tokio::spawn(async move { value(&leader, read).await });
-    common::wait_until_waiting_on_lock(&watcher, "SELECT v FROM items%").await;
+    let (_pg, proxy, locker, filling) = a_fill_held_by_a_lock().await;
     let waiter = connect(&proxy, "postgres", None).await.unwrap();
     waiter
         .batch_execute("SET statement_timeout = '300ms'")
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let e = waiter.simple_query(read).await.unwrap_err();
+    let e = waiter.simple_query(READ_HELD).await.unwrap_err();
     let waited = started.elapsed();
     assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e}");
     assert_eq!(
@@ -191,7 +189,7 @@ async fn a_client_waiting_for_another_sessions_fill_waits_no_longer_than_its_sta
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
     locker.batch_execute("COMMIT").await.unwrap();
     assert_eq!(filling.await.unwrap(), "b");
-    assert_eq!(value(&waiter, read).await, "b");
+    assert_eq!(value(&waiter, READ_HELD).await, "b");
 }
 
 /// A read of a view that calls a volatile user function (or of a view over one) may

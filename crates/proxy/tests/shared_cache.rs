@@ -1030,6 +1030,20 @@ async fn a_write_that_bypasses_pgopt_heard_on_the_stream_ends_its_value_in_redis
     }
 }
 
+/// Reads `READ` through `b` until it gives 'behind' (set directly on PostgreSQL after
+/// `b` cached the row, 10 s at most): `b` has heard of the schema change another
+/// instance made since, which ended every entry.
+async fn heard_behind(b: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(b, READ).await != "behind" {
+        assert!(
+            Instant::now() < deadline,
+            "B never heard of the schema change"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A schema change through one instance (here a trigger that writes another cached
 /// table) reaches the other's dependency map with its invalidation: the other's next
 /// write follows the trigger, as the writer's does. Before, the other went on with
@@ -1063,15 +1077,7 @@ async fn a_schema_change_through_one_instance_reaches_the_others_dependency_map(
     )
     .await
     .unwrap();
-    // B has heard of it once its entry of items has ended.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while value(&b, READ).await != "behind" {
-        assert!(
-            Instant::now() < deadline,
-            "B never heard of the schema change"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    heard_behind(&b).await;
     for client in [&a, &b] {
         assert_eq!(value(client, logged).await, "0");
     }
@@ -1105,15 +1111,7 @@ async fn a_function_that_sets_a_setting_made_through_one_instance_is_followed_by
     )
     .await
     .unwrap();
-    // B has heard of it once its entry of items has ended.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while value(&b, READ).await != "behind" {
-        assert!(
-            Instant::now() < deadline,
-            "B never heard of the schema change"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    heard_behind(&b).await;
     b.batch_execute("SELECT elsewhere()").await.unwrap();
     assert_eq!(value(&b, "SHOW search_path").await, "elsewhere");
     assert_eq!(value(&next, "SHOW search_path").await, "\"$user\", public");
