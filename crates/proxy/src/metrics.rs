@@ -93,14 +93,12 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "Logged-in clients of a pool: active (may run queries) and waiting for a server.",
     );
-    for p in &pools {
-        let waiting = p.clients_waiting() as u64;
-        let clients = p.clients.load(Relaxed) as u64;
+    for (p, (active, waiting)) in pools.iter().zip(crate::views::client_counts(&pools)) {
         let l = label(p);
         m.sample(
             "pgopt_pool_clients",
             &format!("{l},state=\"active\""),
-            clients.saturating_sub(waiting),
+            active,
         );
         m.sample(
             "pgopt_pool_clients",

@@ -102,10 +102,10 @@ pub fn pools(shared: &Shared) -> Table {
         }
     }
     let check_after = shared.config().server_check_delay;
-    for pool in shared.pools.list() {
+    let pools = shared.pools.list();
+    let counts = client_counts(&pools);
+    for (pool, (active, waiting)) in pools.into_iter().zip(counts) {
         let (idle, used) = pool.idle_counts(check_after);
-        let waiting = pool.clients_waiting() as u64;
-        let clients = pool.clients.load(Relaxed) as u64;
         let wait = max_wait
             .get(&(pool.database.clone(), pool.user.clone()))
             .copied()
@@ -113,7 +113,7 @@ pub fn pools(shared: &Shared) -> Table {
         table.push(vec![
             t(&pool.database),
             t(&pool.user),
-            n(clients.saturating_sub(waiting)),
+            n(active),
             n(waiting),
             n(pool.servers_lent() as u64),
             n(idle as u64),
@@ -130,6 +130,37 @@ pub fn pools(shared: &Shared) -> Table {
         ]);
     }
     table
+}
+
+/// Each pool's clients, active and waiting for a server. A client counts in its own
+/// pool's row (its database and user on the primary) unless it waits for, or holds,
+/// a replica's connection: then in that replica's (a replica's pool has no members of
+/// its own).
+pub(crate) fn client_counts(pools: &[std::sync::Arc<crate::pool::Pool>]) -> Vec<(u64, u64)> {
+    let mut on_replicas: HashMap<(&str, &str), u64> = HashMap::new();
+    for pool in pools.iter().filter(|p| p.node_index() > 0) {
+        let here = (pool.clients_waiting() + pool.servers_lent()) as u64;
+        *on_replicas
+            .entry((pool.database.as_str(), pool.user.as_str()))
+            .or_default() += here;
+    }
+    pools
+        .iter()
+        .map(|pool| {
+            let waiting = pool.clients_waiting() as u64;
+            let active = match pool.node_index() {
+                0 => {
+                    let key = (pool.database.as_str(), pool.user.as_str());
+                    let elsewhere = on_replicas.get(&key).copied().unwrap_or_default();
+                    (pool.clients.load(Relaxed) as u64)
+                        .saturating_sub(waiting)
+                        .saturating_sub(elsewhere)
+                }
+                _ => pool.servers_lent() as u64,
+            };
+            (active, waiting)
+        })
+        .collect()
 }
 
 /// SHOW REPLICAS: per database with replicas, the primary and each replica — health,

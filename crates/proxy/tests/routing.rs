@@ -1040,3 +1040,41 @@ async fn the_primarys_counts_go_on_across_a_reload_of_the_replicas() {
     proxy.handle().apply(config).unwrap();
     assert!(writes().await >= before);
 }
+
+/// SHOW POOLS counts a client once: in the replica's row while it waits for, or holds,
+/// one of the replica's connections, else in its own pool's. Before, a client waiting
+/// for a replica counted as active on the primary's row too (14 clients for 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_pools_counts_clients_of_replicas_once() {
+    let (_primary, _replica, proxy) = primary_and_replica(|c| c.default_pool_size = 2).await;
+    let port = proxy.local_addr().port();
+    let mut sleepers = Vec::new();
+    for _ in 0..8 {
+        sleepers.push(tokio::spawn(async move {
+            let client = common::connect_port(port, "postgres").await.unwrap();
+            value(&client, "SELECT pg_sleep(1)").await;
+        }));
+    }
+    let admin = admin(&proxy).await;
+    let of = |row: &HashMap<String, String>, column: &str| -> u64 { row[column].parse().unwrap() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pools = show(&admin, "POOLS").await;
+        let app: Vec<_> = pools.iter().filter(|r| r["database"] == "app").collect();
+        let replica = app.iter().find(|r| r["node"] != "primary");
+        if let Some(replica) = replica.filter(|r| of(r, "cl_waiting") == 6) {
+            let total: u64 = app
+                .iter()
+                .map(|r| of(r, "cl_active") + of(r, "cl_waiting"))
+                .sum();
+            assert_eq!(total, 8, "{pools:?}");
+            assert_eq!(of(replica, "cl_active"), 2, "{pools:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pools:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for sleeper in sleepers {
+        sleeper.await.unwrap();
+    }
+}
