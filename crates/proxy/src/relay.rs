@@ -467,6 +467,10 @@ pub struct Relay {
     /// It did: the connection stays with the client, which it now belongs to, until
     /// the client leaves (it then closes).
     pinned: bool,
+    /// The server told the client why it ends the session (a FATAL ErrorResponse, as
+    /// when an administrator terminates the backend): once the connection closes,
+    /// the client has heard why, and pgopt adds no error of its own.
+    fatal_relayed: bool,
     /// Tags this client's commits bumped, for the instances sharing Redis: told
     /// before the client hears the transaction ended.
     to_publish: Vec<String>,
@@ -674,6 +678,7 @@ impl Relay {
             state_check: false,
             defaults_check: Vec::new(),
             defaults_altered: false,
+            fatal_relayed: false,
             pinned: false,
             to_publish: Vec::new(),
             filling: None,
@@ -5138,6 +5143,12 @@ impl Relay {
     fn observe(&mut self, tag: u8, body: std::ops::Range<usize>, verdict: Verdict) {
         let body_end = body.end;
         let body = &self.sbuf[body];
+        if tag == b'E'
+            && verdict == Verdict::Relay
+            && crate::stats::error_field(body, b'V').is_some_and(|s| s == b"FATAL" || s == b"PANIC")
+        {
+            self.fatal_relayed = true;
+        }
         if verdict == Verdict::Drop {
             // Part of a query pgopt injected to apply the client's settings.
             if tag == b'Z' {
@@ -6151,11 +6162,14 @@ impl Relay {
         self.pool
             .stats
             .record_error(sqlstate::CONNECTION_FAILURE.as_bytes());
-        self.send_fatal(
-            sqlstate::CONNECTION_FAILURE,
-            "server closed the connection unexpectedly",
-        )
-        .await;
+        // (The server's own FATAL said why, as PostgreSQL's does before it closes.)
+        if !self.fatal_relayed {
+            self.send_fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "server closed the connection unexpectedly",
+            )
+            .await;
+        }
     }
 
     /// The client is gone: its server connection goes back to the pool only when

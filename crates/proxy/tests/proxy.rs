@@ -3533,3 +3533,48 @@ async fn a_prepared_set_run_again_is_followed_each_time() {
     assert_eq!(as_whom(&b).await, "postgres");
     assert_eq!(as_whom(&a).await, "tenant");
 }
+
+/// A server connection whose backend an administrator terminates mid-transaction:
+/// the client hears PostgreSQL's FATAL (57P01) and the connection closes, as without
+/// pgopt. Before, pgopt's own 08006 came after it.
+#[tokio::test]
+async fn a_terminated_backend_gives_the_client_postgresqls_fatal_alone() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (pg, proxy) = start(PoolMode::Transaction, 1).await;
+    let mut raw = raw_login(&proxy).await;
+    raw.write_all(&message(b'Q', b"BEGIN\0")).await.unwrap();
+    read_until(&mut raw, b'Z').await;
+    pg.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'pgopt' AND state = 'idle in transaction'",
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the connection closed");
+    let mut codes = Vec::new();
+    let mut at = 0;
+    while let Some(head) = reply.get(at..at + 5) {
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let body = &reply[at + 5..at + 1 + len];
+        if head[0] == b'E' {
+            let fields = String::from_utf8_lossy(body).into_owned();
+            let code = fields
+                .split('\0')
+                .find_map(|f| f.strip_prefix('C').map(str::to_string));
+            codes.push(code.unwrap_or_default());
+        }
+        at += 1 + len;
+    }
+    assert_eq!(codes, ["57P01"]);
+}
