@@ -1255,6 +1255,16 @@ impl Pool {
 
     /// Clients waiting for a server connection: for a slot, or with one, for room
     /// under a connection limit (SHOW POOLS' `cl_waiting`).
+    /// How long the longest-waiting client in line for one of this pool's connections
+    /// has waited (none waiting: zero).
+    pub fn longest_wait(&self) -> Duration {
+        let lobby = lock(&self.lobby);
+        lobby
+            .iter()
+            .find(|w| !w.to.is_closed())
+            .map_or(Duration::ZERO, |w| w.since.elapsed())
+    }
+
     pub fn clients_waiting(&self) -> usize {
         self.waiting.load(Relaxed) + self.held_back.load(Relaxed)
     }

@@ -104,12 +104,24 @@ pub fn pools(shared: &Shared) -> Table {
     let check_after = shared.config().server_check_delay;
     let pools = shared.pools.list();
     let counts = client_counts(&pools);
+    let routed: Vec<(String, String)> = pools
+        .iter()
+        .filter(|p| p.node_index() > 0)
+        .map(|p| (p.database.clone(), p.user.clone()))
+        .collect();
     for (pool, (active, waiting)) in pools.into_iter().zip(counts) {
         let (idle, used) = pool.idle_counts(check_after);
-        let wait = max_wait
-            .get(&(pool.database.clone(), pool.user.clone()))
-            .copied()
-            .unwrap_or_default();
+        // A database with replicas: each node's own line (a client's wait says not
+        // for which node).
+        let key = (pool.database.clone(), pool.user.clone());
+        let wait = match routed.contains(&key) {
+            true => pool.longest_wait(),
+            false => max_wait
+                .get(&key)
+                .copied()
+                .unwrap_or_default()
+                .max(pool.longest_wait()),
+        };
         table.push(vec![
             t(&pool.database),
             t(&pool.user),

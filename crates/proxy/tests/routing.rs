@@ -1042,8 +1042,9 @@ async fn the_primarys_counts_go_on_across_a_reload_of_the_replicas() {
 }
 
 /// SHOW POOLS counts a client once: in the replica's row while it waits for, or holds,
-/// one of the replica's connections, else in its own pool's. Before, a client waiting
-/// for a replica counted as active on the primary's row too (14 clients for 8).
+/// one of the replica's connections, else in its own pool's; and each row's maxwait is
+/// that node's. Before, a client waiting for a replica counted as active on the
+/// primary's row too (14 clients for 8), and every row had the same maxwait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_pools_counts_clients_of_replicas_once() {
     let (_primary, _replica, proxy) = primary_and_replica(|c| c.default_pool_size = 2).await;
@@ -1069,6 +1070,13 @@ async fn show_pools_counts_clients_of_replicas_once() {
                 .sum();
             assert_eq!(total, 8, "{pools:?}");
             assert_eq!(of(replica, "cl_active"), 2, "{pools:?}");
+            // Each node's longest wait is its own.
+            let primary = app.iter().find(|r| r["node"] == "primary").unwrap();
+            assert_eq!(
+                of(primary, "maxwait") + of(primary, "maxwait_us"),
+                0,
+                "{pools:?}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "{pools:?}");
