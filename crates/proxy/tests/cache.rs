@@ -2954,3 +2954,53 @@ async fn rolled_back_and_failed_transactions_and_a_block_that_writes() {
         .unwrap();
     assert_eq!(value(&client, read).await, "kept");
 }
+
+/// Checklists 44 and 46: reads of a cached table that have effects, or read the
+/// session, are never served from the cache (each runs on PostgreSQL every time):
+/// sequences, advisory locks, notifications, set_config, locking reads, SELECT INTO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_with_effects_are_never_served_from_the_cache() {
+    let (pg, proxy) = setup().await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let watcher = direct(&pg).await;
+    value(&client, "SELECT nextval('s')").await;
+    let reads = [
+        "SELECT v, nextval('s') FROM items WHERE id = 1",
+        "SELECT v, currval('s') FROM items WHERE id = 1",
+        "SELECT v, lastval() FROM items WHERE id = 1",
+        "SELECT v, setval('s', 100) FROM items WHERE id = 1",
+        "SELECT v, pg_advisory_lock(11) FROM items WHERE id = 1",
+        "SELECT v, pg_try_advisory_xact_lock(12) FROM items WHERE id = 1",
+        "SELECT v, pg_notify('c', v) FROM items WHERE id = 1",
+        "SELECT v, set_config('app.x', v, false) FROM items WHERE id = 1",
+        "SELECT v FROM items WHERE id = 1 FOR UPDATE",
+        "SELECT v FROM items WHERE id = 1 FOR NO KEY UPDATE",
+        "SELECT v FROM items WHERE id = 1 FOR SHARE",
+        "SELECT v FROM items WHERE id = 1 FOR KEY SHARE",
+    ];
+    for read in reads {
+        let before = cache_row(&proxy).await;
+        for _ in 0..2 {
+            // (A statement transaction mode refuses is no read served either.)
+            let _ = client.simple_query(read).await;
+        }
+        let after = cache_row(&proxy).await;
+        for counter_name in ["hits", "stored"] {
+            assert_eq!(
+                counter(&after, counter_name),
+                counter(&before, counter_name),
+                "{read}: {after:?}"
+            );
+        }
+    }
+    // The effects happened each time (a session lock is refused in transaction mode).
+    assert_eq!(value(&watcher, "SELECT last_value FROM s").await, "100");
+    let next = "SELECT v, nextval('s') FROM items WHERE id = 1";
+    assert_eq!(row(&client, next).await, ["a", "101"]);
+    assert_eq!(row(&client, next).await, ["a", "102"]);
+    // SELECT INTO writes a table: run twice, the second finds it there.
+    let into = "SELECT v INTO copied FROM items WHERE id = 1";
+    client.batch_execute(into).await.unwrap();
+    let e = client.batch_execute(into).await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42P07"), "{e}");
+}
