@@ -198,6 +198,47 @@ struct Verifier {
     check_name: bool,
 }
 
+impl Verifier {
+    /// Without a CA to check against (sslmode prefer or require), a certificate the
+    /// verifier's parser refuses (an X.509 v1 certificate, which `openssl x509 -req`
+    /// makes without extensions, and libpq takes) is taken as libpq takes it: its
+    /// handshake signature proves nothing that an unchecked certificate would.
+    fn unchecked(
+        &self,
+        verified: Result<HandshakeSignatureValid, rustls::Error>,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        match verified {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::Other(_) | CertificateError::BadEncoding,
+            )) if self.chain.is_none() => Ok(HandshakeSignatureValid::assertion()),
+            other => other,
+        }
+    }
+}
+
+/// Whether the certificate's subject common name is `name` (a DNS name, case aside,
+/// `*.` standing for one label; or an IP address), as libpq reads it.
+fn common_name_matches(cert: &CertificateDer<'_>, name: &ServerName<'_>) -> bool {
+    let Some(cn) = crate::tls::common_name(cert) else {
+        return false;
+    };
+    match name {
+        ServerName::DnsName(dns) => {
+            let host = dns.as_ref();
+            match cn.strip_prefix("*.") {
+                Some(domain) => host
+                    .split_once('.')
+                    .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(domain)),
+                None => host.eq_ignore_ascii_case(&cn),
+            }
+        }
+        ServerName::IpAddress(ip) => cn
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|parsed| std::net::IpAddr::from(*ip) == parsed),
+        _ => false,
+    }
+}
+
 impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
@@ -214,6 +255,14 @@ impl ServerCertVerifier for Verifier {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            // A certificate with no subjectAltName: its subject's common name is the
+            // name checked, as libpq checks it.
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                presented,
+                ..
+            })) if presented.is_empty() && common_name_matches(end_entity, server_name) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
@@ -224,12 +273,12 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
+        self.unchecked(verify_tls12_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        ))
     }
 
     fn verify_tls13_signature(
@@ -238,12 +287,12 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
+        self.unchecked(verify_tls13_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        ))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -162,6 +162,17 @@ async fn a_missing_certificate_is_a_clear_start_error() {
 /// A CA, and a server certificate it signed for `names` (subjectAltName entries such
 /// as `DNS:localhost,IP:127.0.0.1`): (ca.crt, server.crt, server.key).
 fn signed_certificate(dir: &std::path::Path, names: &str) -> (PathBuf, PathBuf, PathBuf) {
+    signed_certificate_as(dir, "server", Some(&format!("subjectAltName={names}")))
+}
+
+/// [`signed_certificate`] with subject common name `cn` and the extensions `ext` (a
+/// line of an openssl extension file); none: an X.509 v1 certificate, as PostgreSQL's
+/// documentation makes one with OpenSSL 3.0.
+fn signed_certificate_as(
+    dir: &std::path::Path,
+    cn: &str,
+    ext: Option<&str>,
+) -> (PathBuf, PathBuf, PathBuf) {
     let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
     let ec = [
         "-newkey",
@@ -175,11 +186,11 @@ fn signed_certificate(dir: &std::path::Path, names: &str) -> (PathBuf, PathBuf, 
         .args(ec)
         .args(["-keyout", &p("ca.key"), "-out", &p("ca.crt")]));
     run(Command::new("openssl")
-        .args(["req", "-new", "-subj", "/CN=server"])
+        .args(["req", "-new", "-subj", &format!("/CN={cn}")])
         .args(ec)
         .args(["-keyout", &p("server.key"), "-out", &p("server.csr")]));
-    std::fs::write(dir.join("san.ext"), format!("subjectAltName={names}\n")).unwrap();
-    run(Command::new("openssl").args([
+    let mut sign = Command::new("openssl");
+    sign.args([
         "x509",
         "-req",
         "-days",
@@ -191,11 +202,14 @@ fn signed_certificate(dir: &std::path::Path, names: &str) -> (PathBuf, PathBuf, 
         "-CAkey",
         &p("ca.key"),
         "-CAcreateserial",
-        "-extfile",
-        &p("san.ext"),
         "-out",
         &p("server.crt"),
-    ]));
+    ]);
+    if let Some(ext) = ext {
+        std::fs::write(dir.join("server.ext"), format!("{ext}\n")).unwrap();
+        sign.args(["-extfile", &p("server.ext")]);
+    }
+    run(&mut sign);
     (
         dir.join("ca.crt"),
         dir.join("server.crt"),
@@ -306,6 +320,52 @@ async fn tls_to_servers_with_libpq_sslmodes() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), 2_000_000);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A server certificate without extensions (X.509 v1, as `openssl x509 -req` makes
+/// one without `-extfile`, PostgreSQL's documented recipe with OpenSSL 3.0) is taken in
+/// prefer and require, as libpq takes it; and verify-full of a certificate with no
+/// subjectAltName checks its common name, as libpq does. Before, the first server was
+/// unreachable in every mode, the default included, and the second failed
+/// verify-full.
+#[tokio::test]
+async fn certificates_without_extensions_or_names_are_read_as_libpq_reads_them() {
+    let dir = temp_dir("v1");
+    let (_ca, cert, key) = signed_certificate_as(&dir, "server", None);
+    let text = run(Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&cert));
+    assert!(text.contains("Version: 1"), "{text}");
+    let pg = Postgres::builder().tls(&cert, &key).start().await.unwrap();
+    for mode in [ServerTlsMode::Prefer, ServerTlsMode::Require] {
+        let tls = ServerTls {
+            mode,
+            ..ServerTls::default()
+        };
+        let proxy = proxy_to(&pg, "127.0.0.1", tls).await;
+        assert!(server_ssl(&proxy).await.unwrap(), "{mode:?}");
+    }
+    drop(pg);
+    let _ = std::fs::remove_dir_all(dir);
+
+    let dir = temp_dir("cn");
+    let (ca, cert, key) =
+        signed_certificate_as(&dir, "localhost", Some("basicConstraints=CA:FALSE"));
+    let pg = Postgres::builder().tls(&cert, &key).start().await.unwrap();
+    let tls = ServerTls {
+        mode: ServerTlsMode::VerifyFull,
+        ca_file: Some(ca),
+        ..ServerTls::default()
+    };
+    let proxy = proxy_to(&pg, "localhost", tls.clone()).await;
+    assert!(
+        server_ssl(&proxy).await.unwrap(),
+        "the common name is the host's"
+    );
+    let proxy = proxy_to(&pg, "127.0.0.1", tls).await;
+    let err = server_ssl(&proxy).await.unwrap_err();
+    assert_eq!(common::code(&err), Some("08006"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
