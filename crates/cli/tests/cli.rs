@@ -103,6 +103,14 @@ fn config_check_refuses_what_the_proxy_refuses_with_its_line() {
             "[proxy]\n{u}server_tls_mode = \"verify-full\"\n",
             ":3: proxy.server_tls_mode: TLS: server_tls_mode VerifyFull needs a CA file",
         ),
+        (
+            "[proxy]\n{u}auth = \"cert\"\n",
+            ":3: proxy.auth: configuration: the cert method and the clientcert option need TLS",
+        ),
+        (
+            "[proxy]\n{u}auth = \"md5\"\nusers = [ { name = \"a\", password = \"SCRAM-SHA-256$x\" } ]\n",
+            ":4: proxy.users: authentication: invalid stored password",
+        ),
     ];
     for (i, (config, want)) in cases.into_iter().enumerate() {
         let path = temp_file(
@@ -1399,5 +1407,66 @@ fn config_print_to_a_full_disk_fails_and_to_a_closed_pipe_ends_quietly() {
         !text(&out.stderr).contains("panicked"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// A user name with a line break, refused by the hba rules before any password: the
+/// log line of the refusal keeps it on one line (escaped), so a client can't forge a
+/// line of the log (a fake login) with its name.
+#[test]
+fn a_refused_name_with_a_line_break_forges_no_log_line() {
+    use std::io::{Read, Write};
+    let rules = temp_file("forge.hba", "host app all 127.0.0.1/32 trust\n");
+    let config = temp_file(
+        "forge.toml",
+        &format!(
+            "[proxy]\nauth = \"hba\"\nauth_hba_file = \"{}\"\n",
+            rules.display()
+        ),
+    );
+    let port = pgopt_embedded::free_port().unwrap();
+    let log = std::env::temp_dir().join(format!("pgopt-cli-{}-forge.log", std::process::id()));
+    let proxy = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["--config", config.to_str().unwrap()])
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", "postgres://app@127.0.0.1:1/app"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let proxy = Killed(proxy);
+    let forged = "FORGED pgopt::connections: login user=\"postgres\"";
+    let user = format!("x\n{forged}");
+    let body = format!("\0\x03\0\0user\0{user}\0database\0nodb\0\0");
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body.as_bytes());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => break stream,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    };
+    stream.write_all(&startup).unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&b'E'), "{reply:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines = loop {
+        let lines = std::fs::read_to_string(&log).unwrap();
+        if lines.contains("no auth_hba_file entry") || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(proxy);
+    for path in [rules, config, log] {
+        let _ = std::fs::remove_file(path);
+    }
+    assert!(lines.contains("no auth_hba_file entry"), "{lines}");
+    assert!(
+        !lines.lines().any(|l| l.starts_with("FORGED")),
+        "a forged line:\n{lines}"
     );
 }

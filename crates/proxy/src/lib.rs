@@ -82,10 +82,15 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
 }
 
-/// The TLS settings of `config` as [`Proxy::start`] and RELOAD read them (files
-/// read, certificates parsed); an error comes with the config key it is about
-/// (`tls_mode` for TLS to clients, `server_tls_mode` to servers).
+/// What [`Proxy::start`] and RELOAD check of `config` beyond its values: the auth
+/// method's needs, users' stored passwords, the TLS files (read, certificates
+/// parsed). An error comes with the config key it is about (`auth`, `users`,
+/// `tls_mode` for TLS to clients, `server_tls_mode` to servers).
 pub fn check_tls(config: &Config) -> Result<(), (&'static str, ProxyError)> {
+    config
+        .check()
+        .map_err(|e| ("auth", ProxyError::Config(e)))?;
+    auth::prepare_users(&config.users).map_err(|e| ("users", e))?;
     shared::tls_acceptor_for(config).map_err(|e| ("tls_mode", e))?;
     server_tls::ServerTlsConnector::new(&config.server_tls).map_err(|e| ("server_tls_mode", e))?;
     Ok(())
