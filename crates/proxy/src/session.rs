@@ -294,8 +294,9 @@ async fn session(
         .map_or("", |(_, v)| v.as_str());
     info.set_identity(user, database, application_name);
     let span = tracing::Span::current();
-    span.record("user", tracing::field::display(user));
-    span.record("db", tracing::field::display(database));
+    // (Debug-quoted: names are the client's bytes, line breaks included.)
+    span.record("user", tracing::field::debug(user));
+    span.record("db", tracing::field::debug(database));
 
     if refuse_if_stopping(&mut stream, shared).await {
         return Ok(());
@@ -797,7 +798,7 @@ async fn client_method(
             if !stream.has_peer_certificate() =>
         {
             let message = "connection requires a valid client certificate";
-            tracing::info!(line = decision.map(|d| d.line), user, "{message}");
+            tracing::info!(line = decision.map(|d| d.line), ?user, "{message}");
             shared.rejected_auth.fetch_add(1, Ordering::Relaxed);
             send_fatal(
                 stream,
@@ -834,7 +835,13 @@ async fn client_method(
             "no auth_hba_file entry for replication connection from host \"{host}\", user \"{user}\", {encryption}"
         ),
     };
-    tracing::info!(line = decision.map(|d| d.line), "{message}");
+    // (Logged with its control characters escaped: a name sent with a line break
+    // must not forge a line of the log.)
+    tracing::info!(
+        line = decision.map(|d| d.line),
+        "{}",
+        message.escape_debug()
+    );
     shared.rejected_auth.fetch_add(1, Ordering::Relaxed);
     send_fatal(
         stream,
