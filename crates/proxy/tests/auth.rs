@@ -533,3 +533,30 @@ async fn logins_hold_little_for_a_stranger_and_tell_no_names_apart() {
     assert_ne!(ghost, salt("phantom").await, "another name, another salt");
     assert_eq!(salt("postgres").await, salt("postgres").await);
 }
+
+/// Plaintext passwords in the config with characters SASLprep changes (a combining
+/// accent, a no-break space) log clients in and log in to the server, as libpq and
+/// PostgreSQL prepare them. Before, pgopt used the raw bytes: 28P01 both ways.
+#[tokio::test]
+async fn non_ascii_plaintext_passwords_are_prepared_as_postgresql_prepares_them() {
+    let (pg, admin) = scram_postgres().await;
+    let passwords = [("ivan", "cafe\u{301}x"), ("judy", "pass\u{a0}word")];
+    for (role, password) in passwords {
+        admin
+            .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+            .await
+            .unwrap();
+    }
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.databases[0].password = None;
+    config.client_auth = ClientAuth::ScramSha256;
+    config.users = passwords
+        .iter()
+        .map(|(role, password)| User::new(*role, password.to_string()))
+        .collect();
+    let proxy = Proxy::start(config).await.unwrap();
+    for (role, password) in passwords {
+        log_in(&proxy, role, password).await;
+    }
+    refused(&proxy, "ivan", "cafex").await;
+}

@@ -4,11 +4,10 @@
 //! clients sending `n,,` or `y,,` are served, `p=` is refused.
 //!
 //! # SASLprep
-//! Passwords go through [`saslprep`], which returns ASCII passwords unchanged —
-//! exactly what PostgreSQL's `pg_saslprep` ends up using for them. Non-ASCII
-//! passwords are used as raw UTF-8 without NFKC normalization, so a non-ASCII
-//! password that SASLprep would change does not match a verifier PostgreSQL
-//! built from it.
+//! Passwords go through [`saslprep`], as PostgreSQL's `pg_saslprep` prepares them:
+//! ASCII unchanged, anything else normalized by SASLprep (RFC 4013: non-ASCII spaces
+//! to spaces, NFKC), and used as written when SASLprep refuses it (a prohibited
+//! character).
 //!
 //! A typical server exchange (the proxy authenticating a client):
 //!
@@ -46,10 +45,16 @@ const NONCE_LEN: usize = 18;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Prepares a password for SCRAM: ASCII passes unchanged; anything else is
-/// used as raw bytes (see the module docs for the limitation).
+/// Prepares a password for SCRAM as PostgreSQL does (see the module docs).
 pub fn saslprep(password: &str) -> Cow<'_, [u8]> {
-    Cow::Borrowed(password.as_bytes())
+    if password.is_ascii() {
+        return Cow::Borrowed(password.as_bytes());
+    }
+    match stringprep::saslprep(password) {
+        Ok(Cow::Borrowed(prepared)) => Cow::Borrowed(prepared.as_bytes()),
+        Ok(Cow::Owned(prepared)) => Cow::Owned(prepared.into_bytes()),
+        Err(_) => Cow::Borrowed(password.as_bytes()),
+    }
 }
 
 fn keyed(key: &[u8]) -> HmacSha256 {
@@ -143,6 +148,16 @@ fn utf8<'a>(data: &'a [u8], what: &'static str) -> Result<&'a str, AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_prepared_as_postgresql_prepares_them() {
+        assert_eq!(&*saslprep("plain ascii"), b"plain ascii");
+        // A combining accent composes (NFKC); a no-break space is a space.
+        assert_eq!(&*saslprep("cafe\u{301}x"), "caf\u{e9}x".as_bytes());
+        assert_eq!(&*saslprep("pass\u{a0}word"), b"pass word");
+        // Prohibited (a control character beyond ASCII): used as written.
+        assert_eq!(&*saslprep("a\u{80}b"), "a\u{80}b".as_bytes());
+    }
 
     #[test]
     fn hi_matches_pbkdf2_test_vector() {
