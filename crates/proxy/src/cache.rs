@@ -1165,6 +1165,14 @@ impl ProxyCache {
         }
     }
 
+    /// A cacheable request of `tags` goes to the server because the cache can't serve
+    /// now (Redis or the replication listener down): a miss, in the totals and per
+    /// table, so the hit ratio shows the outage.
+    pub fn bypassed(&self, tags: &[String]) {
+        self.counters.misses.fetch_add(1, Relaxed);
+        self.cache.tables.resolve(tags).miss();
+    }
+
     /// [`ProxyCache::publish`] in the background (no client waits for it).
     pub fn publish_later(self: &Arc<Self>, tags: Vec<String>) {
         if self.l2.is_some() && !tags.is_empty() {

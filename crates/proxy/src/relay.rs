@@ -1240,10 +1240,11 @@ impl Relay {
         let backslashes_differ = self.backslash_escapes || self.encoding().ascii_trails;
         // (A request larger than KEPT_CLIENT_BUF, a bulk value, is not: its key would
         // copy it, and the key's buffer keep the room.)
+        // (Not serving — Redis or the replication listener down — is found once the
+        // request is known cacheable: counted as a miss, as it goes to the server.)
         if !self.expected.is_empty()
             || self.status != TransactionStatus::Idle
             || self.skipping
-            || !cache.serving()
             || frame.as_bytes().len() > KEPT_CLIENT_BUF
             || backslashes_differ && (frame.tag() != b'Q' || escapes_differ(true, frame.body()))
         {
@@ -1340,9 +1341,8 @@ impl Relay {
                 // What follows is timed from the end of a wait (see `clock`).
                 self.clock = Instant::now();
                 match deps {
-                    // (The lease may have run out while it waited.)
-                    Some(deps) if cache.serving() => deps,
-                    _ => return CacheLookup::Pass,
+                    Some(deps) => deps,
+                    None => return CacheLookup::Pass,
                 }
             }
             (None, None) => return CacheLookup::Pass,
@@ -1353,6 +1353,10 @@ impl Relay {
         let (tags, ttl) = (&tagged.0, tagged.1);
         // A value 'now' or 'today' bound to a date/time parameter reads the clock.
         if crate::cache::binds_clock_word(&bind) {
+            return CacheLookup::Pass;
+        }
+        if !cache.serving() {
+            cache.bypassed(tags);
             return CacheLookup::Pass;
         }
         let request = crate::cache::Request {
@@ -1444,6 +1448,7 @@ impl Relay {
             self.clock = Instant::now();
             let Some(found) = found else {
                 // Redis is not reachable: PostgreSQL answers, nothing is stored.
+                cache.bypassed(tags);
                 return CacheLookup::Pass;
             };
             let ticket = found.ticket;

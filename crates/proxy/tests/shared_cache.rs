@@ -452,6 +452,19 @@ async fn with_redis_down_queries_go_to_postgresql_and_nothing_stale_is_served_af
         assert!(r.await.expect("a reader failed") > 0);
     }
     assert!(counter(&cache_row(&a_proxy).await, "publish_failures") >= 1);
+    // Reads the cache can't serve count as misses, in the totals and per table, so
+    // the hit ratio shows the outage.
+    let misses = |row: &HashMap<String, String>| counter(row, "misses");
+    let table_misses = async || {
+        let tables = show(&admin(&a_proxy).await, "CACHE TABLES").await;
+        counter(&tables[0], "misses")
+    };
+    let (before, table_before) = (misses(&cache_row(&a_proxy).await), table_misses().await);
+    for _ in 0..3 {
+        value(&a, READ).await;
+    }
+    assert_eq!(misses(&cache_row(&a_proxy).await), before + 3);
+    assert_eq!(table_misses().await, table_before + 3);
 
     redis.restart().unwrap();
     wait_for_redis(&a_proxy, "up").await;
