@@ -1406,7 +1406,10 @@ fn certificates(ca: &[u8]) -> redis::TlsCertificates {
 /// Keeps the command connection up (reconnecting with backoff), pays owed
 /// increments, and sends the heartbeat.
 async fn keep_connected(l2: Weak<L2>) {
+    /// A failing connect is logged as a warning at most this often (else at debug).
+    const WARN_EVERY: Duration = Duration::from_secs(60);
     let mut backoff = Duration::from_millis(100);
+    let mut warned: Option<std::time::Instant> = None;
     loop {
         let Some(this) = l2.upgrade() else { return };
         let wait = if this.connection().is_none() {
@@ -1417,13 +1420,23 @@ async fn keep_connected(l2: Weak<L2>) {
                         tracing::info!("Redis reached: the shared cache is on");
                     }
                     backoff = Duration::from_millis(100);
+                    warned = None;
                     // (Lookups stay misses until this is done: see `lookup`.)
                     this.pay_owed().await;
                     HEARTBEAT
                 }
                 Err(e) => {
                     this.counters.errors.fetch_add(1, Relaxed);
-                    tracing::debug!(error = %e, "connecting to Redis failed");
+                    if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                        warned = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            error = %e,
+                            "connecting to Redis failed: the shared cache serves nothing until \
+                             it is reached (trying again)"
+                        );
+                    } else {
+                        tracing::debug!(error = %e, "connecting to Redis failed");
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     backoff
                 }

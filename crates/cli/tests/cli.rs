@@ -1470,3 +1470,46 @@ fn a_refused_name_with_a_line_break_forges_no_log_line() {
         "a forged line:\n{lines}"
     );
 }
+
+/// Redis that can't be reached (nothing listens) is a warning in the log at the
+/// default level, naming why: the shared cache serves nothing meanwhile. Before, the
+/// failures were logged at debug only, and a wrong password turned the cache off
+/// unseen.
+#[test]
+fn a_redis_that_cannot_be_reached_is_a_warning() {
+    let redis_port = pgopt_embedded::free_port().unwrap();
+    let config = temp_file(
+        "redis-down.toml",
+        &format!(
+            "[cache]\nenabled = true\ntables = [\"t\"]\n\n[cache.redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\n"
+        ),
+    );
+    let port = pgopt_embedded::free_port().unwrap();
+    let log = std::env::temp_dir().join(format!("pgopt-cli-{}-redis.log", std::process::id()));
+    let proxy = Command::new(env!("CARGO_BIN_EXE_pgopt"))
+        .args(["--config", config.to_str().unwrap()])
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", "postgres://app@127.0.0.1:1/app"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let proxy = Killed(proxy);
+    let warned = |lines: &str| {
+        lines
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("connecting to Redis failed"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines = loop {
+        let lines = std::fs::read_to_string(&log).unwrap();
+        if warned(&lines) || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(proxy);
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&config);
+    assert!(warned(&lines), "{lines}");
+}
