@@ -1424,17 +1424,7 @@ fn a_refused_name_with_a_line_break_forges_no_log_line() {
             rules.display()
         ),
     );
-    let port = pgopt_embedded::free_port().unwrap();
-    let log = std::env::temp_dir().join(format!("pgopt-cli-{}-forge.log", std::process::id()));
-    let proxy = Command::new(env!("CARGO_BIN_EXE_pgopt"))
-        .args(["--config", config.to_str().unwrap()])
-        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--upstream", "postgres://app@127.0.0.1:1/app"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let proxy = Killed(proxy);
+    let (proxy, port, log) = logged_proxy(&config, "forge");
     let forged = "FORGED pgopt::connections: login user=\"postgres\"";
     let user = format!("x\n{forged}");
     let body = format!("\0\x03\0\0user\0{user}\0database\0nodb\0\0");
@@ -1452,14 +1442,7 @@ fn a_refused_name_with_a_line_break_forges_no_log_line() {
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
     assert_eq!(reply.first(), Some(&b'E'), "{reply:?}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let lines = loop {
-        let lines = std::fs::read_to_string(&log).unwrap();
-        if lines.contains("no auth_hba_file entry") || std::time::Instant::now() > deadline {
-            break lines;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let lines = log_until(&log, |lines| lines.contains("no auth_hba_file entry"));
     drop(proxy);
     for path in [rules, config, log] {
         let _ = std::fs::remove_file(path);
@@ -1484,8 +1467,25 @@ fn a_redis_that_cannot_be_reached_is_a_warning() {
             "[cache]\nenabled = true\ntables = [\"t\"]\n\n[cache.redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\n"
         ),
     );
+    let (proxy, _, log) = logged_proxy(&config, "redis");
+    let warned = |lines: &str| {
+        lines
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("connecting to Redis failed"))
+    };
+    let lines = log_until(&log, warned);
+    drop(proxy);
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&config);
+    assert!(warned(&lines), "{lines}");
+}
+
+/// `pgopt proxy` with `config`, on a free port, in front of a server that isn't there,
+/// its log (stderr) written to a file named for `what`: the process (killed when
+/// dropped), its port and the log's path.
+fn logged_proxy(config: &std::path::Path, what: &str) -> (Killed, u16, std::path::PathBuf) {
     let port = pgopt_embedded::free_port().unwrap();
-    let log = std::env::temp_dir().join(format!("pgopt-cli-{}-redis.log", std::process::id()));
+    let log = std::env::temp_dir().join(format!("pgopt-cli-{}-{what}.log", std::process::id()));
     let proxy = Command::new(env!("CARGO_BIN_EXE_pgopt"))
         .args(["--config", config.to_str().unwrap()])
         .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
@@ -1494,22 +1494,17 @@ fn a_redis_that_cannot_be_reached_is_a_warning() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let proxy = Killed(proxy);
-    let warned = |lines: &str| {
-        lines
-            .lines()
-            .any(|l| l.contains("WARN") && l.contains("connecting to Redis failed"))
-    };
+    (Killed(proxy), port, log)
+}
+
+/// The log at `path` once `done` says so of it, or after 10 s.
+fn log_until(path: &std::path::Path, done: impl Fn(&str) -> bool) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let lines = loop {
-        let lines = std::fs::read_to_string(&log).unwrap();
-        if warned(&lines) || std::time::Instant::now() > deadline {
-            break lines;
+    loop {
+        let lines = std::fs::read_to_string(path).unwrap();
+        if done(&lines) || std::time::Instant::now() > deadline {
+            return lines;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    drop(proxy);
-    let _ = std::fs::remove_file(&log);
-    let _ = std::fs::remove_file(&config);
-    assert!(warned(&lines), "{lines}");
+    }
 }
