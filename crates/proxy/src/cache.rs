@@ -2191,6 +2191,7 @@ pub async fn follow_wal(
         .take(52)
         .collect();
     let mut attempt = 0u32;
+    let fence = crate::fence::key_of_database(&db);
     let set_state = |state: String| {
         cache
             .counters
@@ -2225,9 +2226,7 @@ pub async fn follow_wal(
                         // Commits before the stream were not seen here: replicas'
                         // fills wait for a primary position read after now, and this
                         // instance's entries end (nothing is served meanwhile).
-                        cache
-                            .fences
-                            .unresolved_all(&crate::fence::key_of_database(&db));
+                        cache.fences.unresolved_all(&fence);
                         cache.bump(&[ALL.to_string()], Source::Stream);
                         // Nor by the instances sharing Redis, unless one's stream was
                         // up throughout and has reached the marker: else L2's values
@@ -2256,11 +2255,7 @@ pub async fn follow_wal(
                     }
                     WalEvent::Committed(committed) => {
                         backoff.reset();
-                        cache.invalidate_committed(
-                            &db.name,
-                            &crate::fence::key_of_database(&db),
-                            &committed,
-                        );
+                        cache.invalidate_committed(&db.name, &fence, &committed);
                     }
                     // (Only for a stream of the same publication: another may not carry
                     // the same tables.)

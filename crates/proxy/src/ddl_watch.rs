@@ -94,6 +94,7 @@ pub async fn watch(
     changed: impl Fn(),
 ) {
     let (user, password) = crate::cache::wal_login(&cache.settings, &db);
+    let fence = crate::fence::key_of_database(&db);
     let mut target = ServerTarget {
         host: db.host.clone(),
         port: db.port,
@@ -129,12 +130,12 @@ pub async fn watch(
                 .map_err(|e| failed("LISTEN", e))?;
             // Changes before now were not heard: everything is read again (here; every
             // instance has its own listener).
-            cache.schema_changed_elsewhere(&crate::fence::key_of_database(&db), false);
+            cache.schema_changed_elsewhere(&fence, false);
             changed();
             set_state("listening");
             backoff.reset();
             notifications(&mut conn, max_len, || {
-                cache.schema_changed_elsewhere(&crate::fence::key_of_database(&db), true);
+                cache.schema_changed_elsewhere(&fence, true);
                 changed();
                 cache
                     .counters

@@ -255,6 +255,9 @@ pub struct Pool {
     pub user: String,
     pub mode: PoolMode,
     pub target: ServerTarget,
+    /// `fence::key_of(&target)`, made once: a primary's pool's is its database's key
+    /// for the cache's write fences (each commit that wrote passes it).
+    pub fence_key: String,
     /// The replica this pool's connections go to; `None`: the database's primary.
     pub node: Option<(usize, Arc<Node>)>,
     limits: Mutex<PoolLimits>,
@@ -429,6 +432,7 @@ impl Pool {
             database: database.to_string(),
             user: user.to_string(),
             mode,
+            fence_key: crate::fence::key_of(&target),
             target,
             node,
             slots: Arc::new(Semaphore::new(limits.size)),

@@ -1628,7 +1628,7 @@ impl Relay {
                         // A version whose bus message has not arrived yet.
                         Some(None) => false,
                         remote => cache.fences.covers(
-                            &crate::fence::key_of(&self.pool.target),
+                            &self.pool.fence_key,
                             snapshot.tables(),
                             replayed,
                             primary,
@@ -2102,7 +2102,7 @@ impl Relay {
                 if (in_flight > 0 || self.open_batch) && !self.writes.is_empty() =>
             {
                 let database = self.database.clone();
-                let fence_key = crate::fence::key_of(&self.pool.target);
+                let fence_key = self.pool.fence_key.clone();
                 let writes = self.writes.take();
                 let buf = std::mem::take(&mut self.sbuf);
                 let wait = cache.settings.departed_write_timeout;
@@ -2138,8 +2138,8 @@ impl Relay {
     /// Other instances learn of it from [`Relay::publish`] or [`Relay::publish_later`].
     fn invalidate_writes(&mut self) {
         if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
-            let key = crate::fence::key_of(&self.pool.target);
-            let (tags, fence) = cache.invalidate(&self.database, &key, self.writes.take());
+            let key = &self.pool.fence_key;
+            let (tags, fence) = cache.invalidate(&self.database, key, self.writes.take());
             self.to_publish.extend(tags);
             self.fence_tokens.extend(fence);
         }
@@ -2149,8 +2149,8 @@ impl Relay {
     /// may still commit them (or more) later.
     fn invalidate_kept_writes(&mut self) {
         if let Some(cache) = self.cache.as_ref().filter(|_| !self.writes.is_empty()) {
-            let key = crate::fence::key_of(&self.pool.target);
-            let (tags, fence) = cache.invalidate(&self.database, &key, self.writes.clone());
+            let key = &self.pool.fence_key;
+            let (tags, fence) = cache.invalidate(&self.database, key, self.writes.clone());
             self.to_publish.extend(tags);
             self.fence_tokens.extend(fence);
         }

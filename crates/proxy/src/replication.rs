@@ -202,7 +202,7 @@ pub async fn serve(
         .map(|cache| CacheWatch {
             cache,
             database: &pool.database,
-            fence: crate::fence::key_of(&pool.target),
+            fence: pool.fence_key.clone(),
             analyzer: &shared.analyzer,
             pending: Mutex::default(),
             outstanding: AtomicUsize::new(0),

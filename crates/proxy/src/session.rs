@@ -493,7 +493,7 @@ async fn session(
         // (Not a member of the pool: its server connection is not the pool's.)
         return replication::serve(stream, buf, shared, info, &pool, &startup, replication).await;
     }
-    let settings = Settings::from_startup(&startup.params);
+    let mut settings = Settings::from_startup(&startup.params);
     // PostgreSQL refuses these at login (the session's start has taken a snapshot);
     // pgopt would have applied them to no transaction of the client's.
     let refused = [
@@ -543,7 +543,6 @@ async fn session(
     shared.register_cancel(key, &cancel_slot);
     // The client's own start-up values, which pgopt applies on its server
     // connections, are the ones it must see, spelt as PostgreSQL spells them.
-    let mut settings = settings;
     settings.spell_startup(&params, |name, raw| pool.spelling(name, raw));
     let shown = params.iter().map(|(name, value)| {
         let own = settings.current_startup_value(name);

@@ -655,25 +655,24 @@ impl Settings {
     /// (its `default_transaction_isolation`, set at start-up, by SET, SET SESSION
     /// CHARACTERISTICS or set_config, read back): a replica refuses them.
     pub fn serializable_by_default(&self) -> bool {
-        let value = match self.current.get("default_transaction_isolation") {
-            Some(Setting::Value(v)) => v.as_str(),
-            Some(Setting::Statement(s)) => {
-                statement_value_of(s, &["default_transaction_isolation"])
-            }
-            None => return false,
-        };
-        value.trim().eq_ignore_ascii_case("serializable")
+        self.current_value("default_transaction_isolation")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("serializable"))
+    }
+
+    /// The client's own value of `name` (lower case): a start-up or read-back value,
+    /// or what its SET statement gives.
+    fn current_value(&self, name: &str) -> Option<&str> {
+        match self.current.get(name)? {
+            Setting::Value(v) => Some(v),
+            Setting::Statement(s) => Some(statement_value_of(s, &[name])),
+        }
     }
 
     /// The client's own `statement_timeout` (a start-up value or a SET), when it set
     /// one PostgreSQL reads as a time (milliseconds without a unit); `None` for 0
     /// (off), none or DEFAULT.
     pub fn statement_timeout(&self) -> Option<std::time::Duration> {
-        let value = match self.current.get("statement_timeout")? {
-            Setting::Value(v) => v.as_str(),
-            Setting::Statement(s) => statement_value_of(s, &["statement_timeout"]),
-        };
-        let value = value.trim();
+        let value = self.current_value("statement_timeout")?.trim();
         let split = value
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(value.len());

@@ -54,11 +54,7 @@ async fn logical_postgres() -> Postgres {
 
 /// A client of PostgreSQL itself, past pgopt.
 async fn direct(pg: &Postgres) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
+    pg.connect("postgres").await.unwrap()
 }
 
 /// Three reads of item 1 ('a') through `proxy`, none served from the cache or stored

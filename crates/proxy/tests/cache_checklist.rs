@@ -14,11 +14,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// A client of PostgreSQL itself, past pgopt.
 async fn direct(pg: &Postgres) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
+    pg.connect("postgres").await.unwrap()
 }
 
 /// PostgreSQL with `schema`, a proxy in front of it caching reads of `tables`, and a
