@@ -687,7 +687,10 @@ impl Settings {
             _ => return None,
         };
         let ms = number * ms;
-        (ms >= 1.0 && ms.is_finite()).then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
+        // (A number too large for a Duration: none, not a panic.)
+        (ms >= 1.0)
+            .then(|| std::time::Duration::try_from_secs_f64(ms / 1000.0).ok())
+            .flatten()
     }
 
     /// The server reported `value` for `name` while pgopt applied this client's
@@ -1628,6 +1631,10 @@ mod tests {
         );
         assert_eq!(of("SET statement_timeout = 0"), None);
         assert_eq!(of("SET statement_timeout TO DEFAULT"), None);
+        assert_eq!(
+            of("SET statement_timeout = '99999999999999999999999999d'"),
+            None
+        );
         let startup = Settings::from_startup(&[(
             "options".to_string(),
             "-c statement_timeout=5s".to_string(),
