@@ -68,6 +68,11 @@ pub struct CacheSettings {
     /// the listener logs in as the database's user, else none.
     pub wal_password: Option<String>,
     pub publication: String,
+    /// With the listener on: how far behind its stream may fall before nothing is
+    /// served or stored until it catches up (fail closed), timed by probes written
+    /// into the WAL every quarter of it (at most every second; see `wal::Lag`).
+    /// Zero: not watched. PostgreSQL 14 and later.
+    pub wal_max_lag: Duration,
     /// Hear schema changes made directly on the server at once (see `ddl_watch.rs`):
     /// an event trigger, made with the listener's login (a superuser), notifies a
     /// connection of pgopt's.
@@ -99,6 +104,7 @@ impl Default for CacheSettings {
             wal_user: None,
             wal_password: None,
             publication: "pgopt_cache".into(),
+            wal_max_lag: Duration::from_secs(5),
             ddl_listener: false,
             redis: None,
             verify_fraction: 0.0,
@@ -133,6 +139,10 @@ pub struct CacheCounters {
     /// and those another instance's stream vouched for (see `wal::MARKER_PREFIX`).
     pub wal_gap_flushes: AtomicU64,
     pub wal_gaps_covered: AtomicU64,
+    /// Each database's stream lag (ms) as its probes last timed it (see
+    /// `wal::Lag::lag`), and the times a stream fell over `wal_max_lag` behind.
+    pub wal_lags: Mutex<std::collections::BTreeMap<String, u64>>,
+    pub wal_lag_stops: AtomicU64,
     /// The schema change listeners: each database's state (SHOW CACHE's `ddl`), and
     /// the changes heard.
     pub ddl_states: Mutex<std::collections::BTreeMap<String, String>>,
@@ -173,6 +183,8 @@ impl Default for CacheCounters {
             wal_streaming: std::sync::atomic::AtomicUsize::new(0),
             wal_gap_flushes: AtomicU64::new(0),
             wal_gaps_covered: AtomicU64::new(0),
+            wal_lags: Mutex::default(),
+            wal_lag_stops: AtomicU64::new(0),
             ddl_states: Mutex::default(),
             ddl_changes: AtomicU64::new(0),
             hit_time: Buckets::new(&HIT_US),
@@ -1386,6 +1398,12 @@ fn listeners_shown(states: &Mutex<std::collections::BTreeMap<String, String>>, o
     }
 }
 
+/// The largest of the streams' lags (ms) as their probes last timed them, if any did.
+pub fn wal_lag(c: &CacheCounters) -> Option<u64> {
+    let lags = c.wal_lags.lock().unwrap_or_else(|p| p.into_inner());
+    lags.values().copied().max()
+}
+
 /// How many rows a stored reply holds.
 pub fn row_count(value: &[u8]) -> u64 {
     let mut at = value
@@ -1454,6 +1472,8 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         ("wal_p99_ms", Kind::Int),
         ("wal_gap_flushes", Kind::Int),
         ("wal_gaps_covered", Kind::Int),
+        ("wal_lag_ms", Kind::Int),
+        ("wal_lag_stops", Kind::Int),
         ("ddl", Kind::Text),
         ("ddl_changes", Kind::Int),
         ("redis", Kind::Text),
@@ -1503,6 +1523,8 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         bound_cell(c.wal_staleness.quantile_bound(0.99)),
         n(c.wal_gap_flushes.load(Relaxed)),
         n(c.wal_gaps_covered.load(Relaxed)),
+        wal_lag(c).map(|ms| ms.to_string()),
+        n(c.wal_lag_stops.load(Relaxed)),
         t(listeners_shown(&c.ddl_states, cache.settings.ddl_listener)),
         n(c.ddl_changes.load(Relaxed)),
     ];
@@ -2159,7 +2181,8 @@ pub async fn follow_wal(
     connect: ListenerConnect,
     mut lifecycle: tokio::sync::watch::Receiver<crate::shared::Lifecycle>,
 ) {
-    use crate::wal::{ensure_publication, listen, WalEvent, WalSource};
+    use crate::wal::{ensure_publication, listen, Lag, WalEvent, WalSource};
+    use std::sync::atomic::AtomicBool;
     let (user, password) = wal_login(&cache.settings, &db);
     let mut source = WalSource {
         host: db.host.clone(),
@@ -2201,8 +2224,18 @@ pub async fn follow_wal(
             .insert(db.name.clone(), state);
     };
     let backoff = ListenerBackoff::new();
-    // Whether this listener counts in `wal_streaming`.
-    let mut streaming = false;
+    // Whether this listener counts in `wal_streaming`: streaming, and not lagging.
+    let counted = AtomicBool::new(false);
+    let count = |on: bool| {
+        if counted.swap(on, Relaxed) != on {
+            if on {
+                cache.counters.wal_streaming.fetch_add(1, Relaxed);
+            } else {
+                cache.counters.wal_streaming.fetch_sub(1, Relaxed);
+            }
+        }
+    };
+    let max_lag = cache.settings.wal_max_lag;
     loop {
         set_state("connecting".into());
         source.tls = (connect.tls)();
@@ -2211,6 +2244,97 @@ pub async fn follow_wal(
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         // With Redis, a start marker another instance's stream may vouch for.
         let markers = cache.l2.is_some();
+        // Once the stream started with probes: its lag, and whether it is over
+        // `max_lag` (then nothing is served until it is back under).
+        let lag: Mutex<Option<(Lag, bool)>> = Mutex::new(None);
+        let judge = |now: Instant| {
+            let mut guard = lag.lock().unwrap_or_else(|p| p.into_inner());
+            let Some((watch, behind)) = guard.as_mut() else {
+                return;
+            };
+            let late = u64::try_from(watch.lag(now).as_millis()).unwrap_or(u64::MAX);
+            cache
+                .counters
+                .wal_lags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(db.name.clone(), late);
+            let unheard = watch.unheard(now);
+            let over = unheard > max_lag;
+            let was = std::mem::replace(behind, over);
+            drop(guard);
+            if over {
+                set_state(format!(
+                    "lagging: commits of the last {} ms may be unheard",
+                    unheard.as_millis()
+                ));
+            }
+            match (was, over) {
+                (false, true) => {
+                    count(false);
+                    cache.counters.wal_lag_stops.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        database = %db.name,
+                        unheard_ms = unheard.as_millis() as u64,
+                        max_lag_ms = max_lag.as_millis() as u64,
+                        "the cache's replication stream is further behind than cache.wal_max_lag: nothing is served from the cache until it catches up"
+                    );
+                }
+                (true, false) => {
+                    count(true);
+                    set_state("streaming".into());
+                    tracing::info!(
+                        database = %db.name,
+                        lag_ms = late,
+                        "the cache's replication stream caught up: the cache serves again"
+                    );
+                }
+                _ => {}
+            }
+        };
+        // Writes a probe at each tick (a quarter of `max_lag`, at most a second) once
+        // the stream started, the next once the last is written, and judges the lag
+        // at each tick meanwhile (a server that hangs holds a probe).
+        let probe = async {
+            if max_lag.is_zero() {
+                return std::future::pending::<()>().await;
+            }
+            let every = (max_lag / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut conn = None;
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                judge(now);
+                let sent = lag
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                    .map(|(watch, _)| watch.send(now));
+                let Some(seq) = sent else {
+                    continue;
+                };
+                let emitting = crate::wal::emit_probe(&source, &mut conn, &slot, seq);
+                tokio::pin!(emitting);
+                let written = loop {
+                    tokio::select! {
+                        written = &mut emitting => break written,
+                        _ = tick.tick() => judge(Instant::now()),
+                    }
+                };
+                match written {
+                    Ok(()) => failing = false,
+                    Err(error) if !std::mem::replace(&mut failing, true) => tracing::warn!(
+                        database = %db.name,
+                        %error,
+                        "writing a probe to time the cache's replication stream failed: once it is cache.wal_max_lag behind, nothing is served from the cache"
+                    ),
+                    Err(_) => {}
+                }
+            }
+        };
         let run = async {
             ensure_publication(&source, &publication).await?;
             listen(&source, &publication, &slot, markers, tx).await
@@ -2222,7 +2346,7 @@ pub async fn follow_wal(
             let mut own = None;
             while let Some(event) = rx.recv().await {
                 match event {
-                    WalEvent::Started { marker } => {
+                    WalEvent::Started { marker, probes } => {
                         // Commits before the stream were not seen here: replicas'
                         // fills wait for a primary position read after now, and this
                         // instance's entries end (nothing is served meanwhile).
@@ -2248,10 +2372,21 @@ pub async fn follow_wal(
                             cache.publish(&[ALL.to_string()]).await;
                         }
                         own = marker;
-                        if !std::mem::replace(&mut streaming, true) {
-                            cache.counters.wal_streaming.fetch_add(1, Relaxed);
+                        if probes && !max_lag.is_zero() {
+                            *lag.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some((Lag::new(Instant::now()), false));
                         }
+                        count(true);
                         set_state("streaming".into());
+                    }
+                    WalEvent::Probe(seq) => {
+                        let now = Instant::now();
+                        if let Some((watch, _)) =
+                            lag.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+                        {
+                            watch.back(seq, now);
+                        }
+                        judge(now);
                     }
                     WalEvent::Committed(committed) => {
                         backoff.reset();
@@ -2274,11 +2409,17 @@ pub async fn follow_wal(
         };
         let outcome = tokio::select! {
             (result, ()) = async { tokio::join!(run, consume) } => result,
+            // (Probes go on until the stream ends.)
+            () = probe => Ok(()),
             () = until_stopped(&mut lifecycle) => return,
         };
-        if std::mem::replace(&mut streaming, false) {
-            cache.counters.wal_streaming.fetch_sub(1, Relaxed);
-        }
+        count(false);
+        cache
+            .counters
+            .wal_lags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&db.name);
         let error = match outcome {
             Ok(()) => "the replication stream ended".to_string(),
             Err(e) => e.to_string(),

@@ -330,6 +330,18 @@ fn cache(m: &mut Page, shared: &Shared) {
                 "Replication streams that (re)started while another instance's stream heard every commit before them: only this instance's values ended.",
                 c.wal_gaps_covered.load(Relaxed),
             ),
+            (
+                "pgopt_cache_wal_lag_stops_total",
+                "counter",
+                "Times a replication stream fell further behind than cache.wal_max_lag: nothing was served from the cache until it caught up.",
+                c.wal_lag_stops.load(Relaxed),
+            ),
+            (
+                "pgopt_cache_wal_lag_milliseconds",
+                "gauge",
+                "The replication streams' largest lag, as the probes pgopt writes into the WAL last timed it (0 before any came back).",
+                crate::cache::wal_lag(c).unwrap_or(0),
+            ),
         ]);
     }
     if let Some(l2) = &cache.l2 {

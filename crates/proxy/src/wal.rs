@@ -8,7 +8,7 @@
 //! a pgopt that dies holds no WAL back. The publication (`FOR ALL TABLES`) is created
 //! once if missing, which needs a superuser; a DBA can create it instead.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -69,11 +69,15 @@ pub enum WalEvent {
     /// (see [`MARKER_PREFIX`]), and where, when it could.
     Started {
         marker: Option<(String, u64)>,
+        /// Whether the stream carries this listener's probes (see [`PROBE_PREFIX`]).
+        probes: bool,
     },
     Committed(Committed),
     /// A listener's marker (another's, or this one's own) and its position, reached in
     /// the stream: every commit before it has been streamed here.
     Marker(String, u64),
+    /// This listener's probe `seq` came back (see [`PROBE_PREFIX`]).
+    Probe(u64),
 }
 
 /// The prefix of the logical decoding message a listener writes once its slot exists
@@ -84,6 +88,115 @@ pub enum WalEvent {
 /// throughout reaches it after every commit before it, and says so through Redis: the
 /// commits in this listener's gap were all heard, so nothing need be ended for them.
 pub const MARKER_PREFIX: &str = "pgopt.stream_start";
+
+/// The prefix of the messages a listener writes into the WAL, every so often, to time
+/// its stream (see [`Lag`]); content: the slot's name and a sequence number, on two
+/// lines. Transactional, as [`MARKER_PREFIX`]'s, for the same reason (a
+/// non-transactional message on PostgreSQL before 17 may wait for a later flush).
+pub const PROBE_PREFIX: &str = "pgopt.probe";
+
+/// How far behind a stream is, timed with probes: messages a listener writes into the
+/// WAL on a connection of its own ([`emit_probe`]) and sees again on its stream. A
+/// probe that came back vouches that every commit before it was sent has been heard.
+#[derive(Debug)]
+pub struct Lag {
+    /// Probes on their way, oldest first: sequence number and when it was sent.
+    out: VecDeque<(u64, Instant)>,
+    next: u64,
+    /// When the newest probe that came back was sent (or the stream started).
+    heard_to: Instant,
+    /// The round trip of the newest probe that came back.
+    last: Duration,
+}
+
+impl Lag {
+    /// A stream that starts at `now` (what committed before it is not its concern).
+    pub fn new(now: Instant) -> Lag {
+        Lag {
+            out: VecDeque::new(),
+            next: 0,
+            heard_to: now,
+            last: Duration::ZERO,
+        }
+    }
+
+    /// A probe is sent at `now`: its sequence number.
+    pub fn send(&mut self, now: Instant) -> u64 {
+        self.next += 1;
+        self.out.push_back((self.next, now));
+        self.next
+    }
+
+    /// Probe `seq` came back at `now` (and those before it were lost, if still out).
+    pub fn back(&mut self, seq: u64, now: Instant) {
+        while let Some(&(first, sent)) = self.out.front() {
+            if first > seq {
+                break;
+            }
+            self.out.pop_front();
+            if first == seq {
+                self.heard_to = self.heard_to.max(sent);
+                self.last = now.saturating_duration_since(sent);
+            }
+        }
+    }
+
+    /// How long a commit may have gone unheard at `now`: since the newest probe that
+    /// came back was sent.
+    pub fn unheard(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.heard_to)
+    }
+
+    /// The stream's lag at `now`: the newest round trip, or the oldest probe still out
+    /// if it has been out longer.
+    pub fn lag(&self, now: Instant) -> Duration {
+        let waiting = self.out.front().map_or(Duration::ZERO, |&(_, sent)| {
+            now.saturating_duration_since(sent)
+        });
+        self.last.max(waiting)
+    }
+}
+
+/// Writes probe `seq` of `slot` into the WAL (see [`PROBE_PREFIX`]) on `conn`, a
+/// plain connection to the stream's server, opened on `source` first if `None`.
+pub async fn emit_probe(
+    source: &WalSource,
+    conn: &mut Option<ServerConn>,
+    slot: &str,
+    seq: u64,
+) -> Result<(), String> {
+    let max_len = pgopt_wire::DEFAULT_MAX_MESSAGE_LEN;
+    if conn.is_none() {
+        let mut opened = ServerConn::connect(
+            &source.target(),
+            None,
+            source.connect_timeout,
+            max_len,
+            source.keepalive,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        // (Its commit waits for no synchronous standby: a standby down would make the
+        // stream look late.)
+        opened
+            .simple_query("SET synchronous_commit = local", max_len)
+            .await?;
+        *conn = Some(opened);
+    }
+    let Some(open) = conn.as_mut() else {
+        return Ok(());
+    };
+    let sql = format!(
+        "SELECT pg_catalog.pg_logical_emit_message(true, {}, {})::text",
+        crate::session_state::quote_literal(PROBE_PREFIX),
+        crate::session_state::quote_literal(&format!("{slot}\n{seq}"))
+    );
+    let written = open.simple_query(&sql, max_len).await.map(|_| ());
+    if written.is_err() {
+        *conn = None;
+    }
+    written
+}
 
 /// How often the listener tells the server how far it has read.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -147,7 +260,8 @@ pub async fn ensure_publication(source: &WalSource, publication: &str) -> Result
 /// after a first [`WalEvent::Started`] once the slot exists (what committed before it
 /// is not streamed). `slot` names the temporary slot (unique per listener). With
 /// `markers` (on PostgreSQL 14 and later), a [`MARKER_PREFIX`] message is written
-/// after the slot's start, and such messages in the stream are passed on.
+/// after the slot's start, and such messages in the stream are passed on. (On
+/// PostgreSQL 14 and later this listener's own probes are passed on too.)
 pub async fn listen(
     source: &WalSource,
     publication: &str,
@@ -181,18 +295,18 @@ pub async fn listen(
     .await
     .map_err(|e| failed(format!("creating replication slot {slot}: {e}")))?;
     // Logical decoding messages reach pgoutput's consumers from PostgreSQL 14 on.
-    let markers = markers
-        && conn
-            .params
-            .iter()
-            .find(|(name, _)| name == "server_version")
-            .and_then(|(_, v)| {
-                v.split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            })
-            .is_some_and(|major| major >= 14);
+    let messages = conn
+        .params
+        .iter()
+        .find(|(name, _)| name == "server_version")
+        .and_then(|(_, v)| {
+            v.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .is_some_and(|major| major >= 14);
+    let markers = markers && messages;
     let marker = if markers {
         // After the slot's start: every commit before it is before the marker too.
         let content = format!("{publication}\n{slot}");
@@ -224,6 +338,7 @@ pub async fn listen(
     if out
         .send(WalEvent::Started {
             marker: marker.clone(),
+            probes: messages,
         })
         .await
         .is_err()
@@ -233,7 +348,7 @@ pub async fn listen(
     let start = format!(
         "START_REPLICATION SLOT {slot_ident} LOGICAL 0/0 (proto_version '1', publication_names {}{})",
         crate::session_state::quote_literal(&crate::session_state::quote_ident(publication)),
-        if markers { ", messages 'true'" } else { "" }
+        if messages { ", messages 'true'" } else { "" }
     );
     let mut buf = BytesMut::new();
     Query { sql: &start }
@@ -335,6 +450,19 @@ pub async fn listen(
                             return Ok(());
                         }
                     }
+                    Ok(Change::Message {
+                        prefix, content, ..
+                    }) if prefix == PROBE_PREFIX => {
+                        let seq = std::str::from_utf8(content)
+                            .ok()
+                            .and_then(|c| c.strip_prefix(slot)?.strip_prefix('\n'))
+                            .and_then(|seq| seq.parse().ok());
+                        if let Some(seq) = seq {
+                            if out.send(WalEvent::Probe(seq)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
                     Ok(Change::Begin { .. }) => in_transaction = true,
                     Ok(Change::Message { .. } | Change::Other(_)) => {}
                     Err(e) => return Err(failed(format!("pgoutput: {e}"))),
@@ -365,4 +493,42 @@ async fn send_status(conn: &mut ServerConn, flushed: u64, reply: bool) -> Result
         .await
         .map_err(ProxyError::server_io)?;
     conn.stream.flush().await.map_err(ProxyError::server_io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_back_vouches_for_what_was_sent_before_it() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut lag = Lag::new(start);
+        assert_eq!(lag.unheard(at(300)), Duration::from_millis(300));
+        let first = lag.send(at(100));
+        let second = lag.send(at(200));
+        // Out longer than any round trip so far: the oldest probe's age is the lag.
+        assert_eq!(lag.lag(at(250)), Duration::from_millis(150));
+        lag.back(first, at(240));
+        assert_eq!(lag.unheard(at(300)), Duration::from_millis(200));
+        assert_eq!(lag.lag(at(260)), Duration::from_millis(140));
+        lag.back(second, at(260));
+        assert_eq!(lag.lag(at(900)), Duration::from_millis(60));
+        assert_eq!(lag.unheard(at(900)), Duration::from_millis(700));
+    }
+
+    #[test]
+    fn a_later_probe_back_clears_earlier_ones_still_out() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut lag = Lag::new(start);
+        let _lost = lag.send(at(10));
+        let later = lag.send(at(20));
+        lag.back(later, at(30));
+        assert_eq!(lag.lag(at(1000)), Duration::from_millis(10));
+        assert_eq!(lag.unheard(at(1000)), Duration::from_millis(980));
+        // A stray repeat changes nothing.
+        lag.back(later, at(2000));
+        assert_eq!(lag.lag(at(2000)), Duration::from_millis(10));
+    }
 }

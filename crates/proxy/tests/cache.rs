@@ -1748,6 +1748,120 @@ async fn writes_that_bypass_pgopt_invalidate_through_the_replication_stream() {
     }
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: i32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A stopped process, continued when dropped (a test that fails must not leave the
+/// server unable to shut down).
+struct Stopped(i32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+/// A stream that falls further behind than `cache.wal_max_lag` — here its walsender is
+/// stopped, as a server busy decoding a bulk load would hold it — stops the cache: a
+/// write that bypasses pgopt meanwhile is read from PostgreSQL once the lag is seen,
+/// never the old value from the cache for longer; once the stream catches up the
+/// cache serves again (checklist #60: lag over a threshold fails closed, with an
+/// alert).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_further_behind_than_wal_max_lag_stops_the_cache_until_it_catches_up() {
+    let pg = logical_postgres().await;
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a');",
+    )
+    .unwrap();
+    let max_lag = Duration::from_secs(1);
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            wal_listener: true,
+            wal_max_lag: max_lag,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    // Streaming, and the stream timed by a probe that came back.
+    wait_for_cache(&proxy, "timed", |r| {
+        r["wal"] == "streaming" && !r["wal_lag_ms"].is_empty()
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(value(&client, read).await, "a");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter(&cache_row(&proxy).await, "hits") == 0 {
+        assert!(std::time::Instant::now() < deadline, "never served");
+        assert_eq!(value(&client, read).await, "a");
+    }
+
+    let direct = direct(&pg).await;
+    let walsender: i32 = direct
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    signal(walsender, "STOP");
+    let stopped = Stopped(walsender);
+    direct
+        .execute("UPDATE items SET v = 'direct' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let written = std::time::Instant::now();
+    // The stream never tells of the write; the lag does, within wal_max_lag and a
+    // probe's interval (a quarter of it), give or take a poll.
+    while value(&client, read).await != "direct" {
+        assert!(
+            written.elapsed() < max_lag * 3,
+            "the old value was served past wal_max_lag: {:?}",
+            cache_row(&proxy).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = cache_row(&proxy).await;
+    assert!(stats["wal"].starts_with("lagging"), "{stats:?}");
+    assert_eq!(counter(&stats, "wal_lag_stops"), 1, "{stats:?}");
+    // (The oldest probe still out was sent a probe interval after the last one back.)
+    assert!(
+        counter(&stats, "wal_lag_ms") >= max_lag.as_millis() as u64 / 2,
+        "{stats:?}"
+    );
+    // Nothing served nor stored while it lags.
+    let hits = counter(&stats, "hits");
+    for _ in 0..3 {
+        assert_eq!(value(&client, read).await, "direct");
+    }
+    assert_eq!(counter(&cache_row(&proxy).await, "hits"), hits);
+    let metrics = common::http_get(proxy.admin_addr().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("\npgopt_cache_wal_lag_stops_total 1\n"),
+        "{metrics}"
+    );
+
+    drop(stopped);
+    wait_for_cache(&proxy, "caught up", |r| r["wal"] == "streaming").await;
+    assert_eq!(value(&client, read).await, "direct");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter(&cache_row(&proxy).await, "hits") == hits {
+        assert!(std::time::Instant::now() < deadline, "never served again");
+        assert_eq!(value(&client, read).await, "direct");
+    }
+}
+
 /// With the replication listener on, what its publication does not carry is not
 /// cached: a write there that bypasses pgopt would never be seen. Here the DBA made the
 /// publication for some tables only; one table is published with a row filter, one

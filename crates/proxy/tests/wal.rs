@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use pgopt_embedded::Postgres;
-use pgopt_proxy::wal::{ensure_publication, listen, WalEvent, WalSource};
+use pgopt_proxy::wal::{emit_probe, ensure_publication, listen, WalEvent, WalSource};
 use tokio::sync::mpsc;
 
 /// The next event within 10 s.
@@ -66,12 +66,14 @@ async fn committed_changes_arrive_with_every_table_they_touched() {
     ensure_publication(&source, "pgopt").await.unwrap();
     ensure_publication(&source, "pgopt").await.unwrap(); // again: already there
     let (tx, mut rx) = mpsc::channel(16);
+    let prober = source.clone();
     let listener =
         tokio::spawn(async move { listen(&source, "pgopt", "pgopt_test", true, tx).await });
     // The stream starts with the marker written after the slot's start, which comes
     // back in the stream; others' messages with another prefix do not.
     let WalEvent::Started {
         marker: Some((marker, at)),
+        probes: true,
     } = event(&mut rx).await
     else {
         panic!("no start marker first");
@@ -108,6 +110,15 @@ async fn committed_changes_arrive_with_every_table_they_touched() {
         .await
         .unwrap();
     assert_eq!(next(&mut rx).await, ["public.audit", "public.items"]);
+    // The listener's own probes come back with their number; another slot's do not.
+    let mut conn = None;
+    emit_probe(&prober, &mut conn, "pgopt_other", 1)
+        .await
+        .unwrap();
+    emit_probe(&prober, &mut conn, "pgopt_test", 7)
+        .await
+        .unwrap();
+    assert_eq!(event(&mut rx).await, WalEvent::Probe(7));
     // A rolled-back transaction sends nothing; the next commit comes next.
     direct
         .batch_execute("BEGIN; UPDATE items SET v = 'rolled back'; ROLLBACK;")

@@ -35,6 +35,10 @@ pub struct CacheSection {
     #[serde(serialize_with = "super::masked")]
     pub wal_password: String,
     pub publication: String,
+    /// How far behind the listener's stream may fall (timed by probes it writes into
+    /// the WAL) before nothing is served from the cache until it catches up; 0: not
+    /// watched.
+    pub wal_max_lag: HumanDuration,
     /// Hear schema changes made directly on the server at once: an event trigger
     /// (made with the listener's login, which must be a superuser) notifies pgopt.
     pub ddl_listener: bool,
@@ -123,6 +127,7 @@ impl Default for CacheSection {
             wal_user: String::new(),
             wal_password: String::new(),
             publication: d.publication,
+            wal_max_lag: HumanDuration(d.wal_max_lag),
             ddl_listener: d.ddl_listener,
             redis: RedisSection::default(),
             verify_fraction: Share(d.verify_fraction),
@@ -153,6 +158,7 @@ impl CacheSection {
             verify_fraction: self.verify_fraction.0,
             departed_write_timeout: self.departed_write_timeout.0,
             publication: self.publication.clone(),
+            wal_max_lag: self.wal_max_lag.0,
             ddl_listener: self.ddl_listener,
             redis: self
                 .redis
