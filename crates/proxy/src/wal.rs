@@ -241,9 +241,12 @@ pub async fn ensure_publication(source: &WalSource, publication: &str) -> Result
             ),
         });
     }
+    // (Another instance starting too may create it between the check and the CREATE:
+    // the loser's CREATE fails with 23505, or 42710 once the winner committed.)
     let sql = format!(
         "DO $pgopt$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {name}) \
-         THEN EXECUTE pg_catalog.format('CREATE PUBLICATION %I FOR ALL TABLES', {name}); END IF; END $pgopt$"
+         THEN EXECUTE pg_catalog.format('CREATE PUBLICATION %I FOR ALL TABLES', {name}); END IF; \
+         EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL; END $pgopt$"
     );
     conn.simple_query(&sql, max_len)
         .await

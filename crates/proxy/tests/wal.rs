@@ -220,3 +220,37 @@ async fn the_server_shuts_down_while_the_listener_streams() {
     assert!(matches!(ended, Ok(Ok(Err(_)))), "{ended:?}");
     drop(pg);
 }
+
+/// Instances starting together each make sure the publication exists: none fails
+/// because another created it between its check and its CREATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_creating_the_publication_at_once_all_succeed() {
+    let pg = Postgres::builder()
+        .setting("wal_level", "logical")
+        .start()
+        .await
+        .unwrap();
+    let source = source_for(&pg);
+    let direct = pg.connect("postgres").await.unwrap();
+    for round in 0..30 {
+        let name = format!("pgopt_race_{round}");
+        let racers: Vec<_> = (0..16)
+            .map(|_| {
+                let (source, name) = (source.clone(), name.clone());
+                tokio::spawn(async move { ensure_publication(&source, &name).await })
+            })
+            .collect();
+        for racer in racers {
+            racer.await.unwrap().unwrap();
+        }
+        let made: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_publication WHERE pubname = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(made, 1);
+    }
+}
