@@ -1862,6 +1862,105 @@ async fn a_stream_further_behind_than_wal_max_lag_stops_the_cache_until_it_catch
     }
 }
 
+/// `sql`'s one value through a new client of `proxy`, retried (for up to 20 s) until
+/// it is `want`: after a failover the pool's first tries may meet the old primary.
+async fn once_reconnected(proxy: &Proxy, sql: &str, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(client) = connect(proxy, "postgres", None).await {
+            if let Ok(messages) = client.simple_query(sql).await {
+                let row = messages.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(row) => Some(row),
+                    _ => None,
+                });
+                if let Some(row) = row {
+                    last = row.get(0).unwrap_or("NULL").to_string();
+                    if last == want {
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{sql} never gave {want:?} (last {last:?}): {:?}",
+        cache_row(proxy).await
+    );
+}
+
+/// `sql`'s value read twice through a new client of `proxy`, and whether that served
+/// a hit.
+async fn served(proxy: &Proxy, sql: &str) -> (String, bool) {
+    let hits = counter(&cache_row(proxy).await, "hits");
+    let client = connect(proxy, "postgres", None).await.unwrap();
+    let first = value(&client, sql).await;
+    assert_eq!(value(&client, sql).await, first);
+    (first, counter(&cache_row(proxy).await, "hits") > hits)
+}
+
+/// A failover (checklist #61): the primary stops and its streaming replica is
+/// promoted. The listener re-attaches to the new primary (the database's next host,
+/// `read_write`), everything cached before ends (commits in the gap went unheard), and
+/// writes on the new primary that bypass pgopt invalidate through the new stream: its
+/// new timeline confuses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_the_listener_follows_the_promoted_primary() {
+    let mut primary = logical_postgres().await;
+    primary
+        .psql(
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             INSERT INTO items VALUES (1, 'a');",
+        )
+        .unwrap();
+    let standby = Postgres::start_replica(&primary).await.unwrap();
+    let proxy = start_with(&primary, |c| {
+        c.databases[0].more_hosts =
+            pgopt_proxy::MoreHosts::new(vec![("127.0.0.1".into(), standby.port())], false)
+                .with_read_write(true);
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            wal_listener: true,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    wait_for_cache(&proxy, "streaming", |r| r["wal"] == "streaming").await;
+    let read = "SELECT v FROM items WHERE id = 1";
+    assert_eq!(served(&proxy, read).await, ("a".to_string(), true));
+    let gaps = counter(&cache_row(&proxy).await, "wal_gap_flushes");
+
+    primary.stop();
+    standby.psql("SELECT pg_promote()").unwrap();
+    // Written on the new primary before pgopt's stream is back on it.
+    standby
+        .psql("UPDATE items SET v = 'promoted' WHERE id = 1")
+        .unwrap();
+    wait_for_cache(&proxy, "streaming from the new primary", |r| {
+        r["wal"] == "streaming" && counter(r, "wal_gap_flushes") > gaps
+    })
+    .await;
+    once_reconnected(&proxy, read, "promoted").await;
+    assert_eq!(served(&proxy, read).await, ("promoted".to_string(), true));
+    // The new stream carries the new primary's commits.
+    standby
+        .psql("UPDATE items SET v = 'direct' WHERE id = 1")
+        .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while value(&client, read).await != "direct" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a write on the new primary was never seen: {:?}",
+            cache_row(&proxy).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served(&proxy, read).await, ("direct".to_string(), true));
+}
+
 /// With the replication listener on, what its publication does not carry is not
 /// cached: a write there that bypasses pgopt would never be seen. Here the DBA made the
 /// publication for some tables only; one table is published with a row filter, one
