@@ -1316,3 +1316,218 @@ async fn partitions_inheritance_views_and_materialized_views_follow_schema_chang
         assert_eq!(rows(&client, count).await, [want], "{refresh}");
     }
 }
+
+/// A raw client of PostgreSQL itself (database `postgres`), after its ReadyForQuery:
+/// the replies pgopt's are compared with.
+async fn raw_direct(pg: &Postgres) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut raw = tokio::net::TcpStream::connect((pg.host(), pg.port()))
+        .await
+        .unwrap();
+    let body = b"\0\x03\0\0user\0postgres\0database\0postgres\0\0";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    raw.write_all(&startup).await.unwrap();
+    common::read_until(&mut raw, b'Z').await;
+    raw
+}
+
+/// A Parse of `sql` as statement `name`, with parameter type OIDs `types`.
+fn parse(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
+    let mut body = format!("{name}\0{sql}\0").into_bytes();
+    body.extend((types.len() as i16).to_be_bytes());
+    for t in types {
+        body.extend(t.to_be_bytes());
+    }
+    common::message(b'P', &body)
+}
+
+/// A Bind of statement `statement` to the unnamed portal: `params` in text, results
+/// in the format codes `results` (none: all text; one: all that one).
+fn bind(statement: &str, params: &[&str], results: &[i16]) -> Vec<u8> {
+    let mut body = format!("\0{statement}\0").into_bytes();
+    body.extend(0i16.to_be_bytes());
+    body.extend((params.len() as i16).to_be_bytes());
+    for p in params {
+        body.extend((p.len() as i32).to_be_bytes());
+        body.extend(p.as_bytes());
+    }
+    body.extend((results.len() as i16).to_be_bytes());
+    for r in results {
+        body.extend(r.to_be_bytes());
+    }
+    common::message(b'B', &body)
+}
+
+/// Describe of the unnamed portal (its RowDescription carries the format codes),
+/// Execute of it, and Sync.
+fn describe_execute_sync() -> Vec<u8> {
+    let mut batch = common::message(b'D', b"P\0");
+    batch.extend(common::message(b'E', b"\0\0\0\0\0"));
+    batch.extend(common::message(b'S', b""));
+    batch
+}
+
+/// Sends `batch` (one Sync or Query) and returns every message of the reply.
+async fn exchange(raw: &mut tokio::net::TcpStream, batch: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::AsyncWriteExt;
+    raw.write_all(batch).await.unwrap();
+    raw_replies(raw, 1).await
+}
+
+/// Messages as (type, body) with the body's bytes as text, for a failure's report.
+fn readable(messages: &[(u8, Vec<u8>)]) -> Vec<(char, String)> {
+    let text = |b: &[u8]| b.escape_ascii().to_string();
+    messages
+        .iter()
+        .map(|(t, b)| (*t as char, text(b)))
+        .collect()
+}
+
+/// #5: in the extended protocol, what makes PostgreSQL's reply differ for one text
+/// and one Bind value keeps entries apart: the parameter types a Parse declares and
+/// the result format codes a Bind asks for, column by column. Each reply through
+/// pgopt, filled or served, is PostgreSQL's byte for byte (RowDescription, DataRow,
+/// CommandComplete). And a statement name Closed or DEALLOCATEd and Parsed again as
+/// another statement runs the new one, not the old one's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_reads_are_keyed_by_parameter_types_and_result_formats_and_a_reused_name_runs_its_new_statement(
+) {
+    let (pg, proxy, _behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text, n numeric, at timestamptz, f float8);
+         INSERT INTO items VALUES (1, 'a', 1.50, '2024-01-02 03:04:05+00', 0.1),
+                                  (2, 'b', 2.25, '2025-06-07 08:09:10+00', -2.5);",
+        &["items"],
+    )
+    .await;
+    let mut through = common::raw_login(&proxy).await;
+    let mut direct = raw_direct(&pg).await;
+    // (The first cacheable read has the catalog read.)
+    let warm = [
+        parse_bind_execute("SELECT v FROM items WHERE id = 1"),
+        common::message(b'S', b""),
+    ]
+    .concat();
+    assert_eq!(raw_summary(&exchange(&mut through, &warm).await).0, ["a"]);
+
+    // One text, one value ('01'), the parameter declared int4, text, float8 and left
+    // to PostgreSQL (unknown → text): 1, 01, 1, 01, each with its own column type.
+    let typed = "SELECT $1 AS p, v FROM items WHERE id = 1";
+    let requests: Vec<Vec<u8>> = [&[23u32][..], &[25], &[701], &[0]]
+        .iter()
+        .map(|types| {
+            [
+                parse("", typed, types),
+                bind("", &["01"], &[]),
+                describe_execute_sync(),
+            ]
+            .concat()
+        })
+        .collect();
+    // Column by column text and binary results of one statement and value.
+    let formatted = "SELECT id, v, n, at, f FROM items WHERE id = $1";
+    let formats: [&[i16]; 5] = [&[], &[1], &[0, 1, 0, 1, 0], &[1, 0, 1, 0, 1], &[0]];
+    let requests: Vec<Vec<u8>> = requests
+        .into_iter()
+        .chain(formats.iter().map(|results| {
+            [
+                parse("", formatted, &[]),
+                bind("", &["2"], results),
+                describe_execute_sync(),
+            ]
+            .concat()
+        }))
+        .collect();
+    let mut replies = Vec::new();
+    for request in &requests {
+        replies.push(exchange(&mut direct, request).await);
+    }
+    // The int4 and text replies differ (else the test shows nothing).
+    assert_eq!(raw_summary(&replies[0]).0, ["1"]);
+    assert_eq!(raw_summary(&replies[1]).0, ["01"]);
+    assert_ne!(replies[5], replies[6], "text and binary replies are alike");
+    // Filled in turn, then each served from its own entry.
+    for round in 0..2 {
+        let before = hits(&proxy).await;
+        for (i, request) in requests.iter().enumerate() {
+            assert_eq!(
+                readable(&exchange(&mut through, request).await),
+                readable(&replies[i]),
+                "request {i}, round {round}"
+            );
+        }
+        if round == 1 {
+            assert_eq!(
+                hits(&proxy).await,
+                before + requests.len() as u64,
+                "not each from its entry"
+            );
+        }
+    }
+
+    // A named statement, filled and then a hit…
+    let sync = common::message(b'S', b"");
+    let run_s = [
+        bind("s", &[], &[]),
+        common::message(b'E', b"\0\0\0\0\0"),
+        sync.clone(),
+    ]
+    .concat();
+    let one = "SELECT v FROM items WHERE id = 1 AND id > 0";
+    let prepared = exchange(&mut through, &[parse("s", one, &[]), sync.clone()].concat()).await;
+    assert_eq!(raw_summary(&prepared).1, "I");
+    for _ in 0..2 {
+        assert_eq!(raw_summary(&exchange(&mut through, &run_s).await).0, ["a"]);
+    }
+    // …Closed and Parsed again as another statement in one batch: its rows, then its
+    // own entry's.
+    let close = common::message(b'C', b"Ss\0");
+    let two = "SELECT v FROM items WHERE id = 2 AND id > 0";
+    let again = [close, parse("s", two, &[]), run_s.clone()].concat();
+    assert_eq!(
+        raw_summary(&exchange(&mut through, &again).await).0,
+        ["b"],
+        "Close"
+    );
+    assert_eq!(
+        raw_summary(&exchange(&mut through, &run_s).await).0,
+        ["b"],
+        "Close"
+    );
+    // DEALLOCATE in a simple query, then a Parse of the name.
+    let deallocate = common::message(b'Q', b"DEALLOCATE s\0");
+    assert_eq!(
+        raw_summary(&exchange(&mut through, &deallocate).await).1,
+        "I"
+    );
+    let upper = "SELECT upper(v) FROM items WHERE id = 1";
+    let again = [parse("s", upper, &[]), run_s.clone()].concat();
+    assert_eq!(
+        raw_summary(&exchange(&mut through, &again).await).0,
+        ["A"],
+        "DEALLOCATE"
+    );
+    assert_eq!(
+        raw_summary(&exchange(&mut through, &run_s).await).0,
+        ["A"],
+        "DEALLOCATE"
+    );
+    // DEALLOCATE in the extended protocol and the new Parse in the same batch.
+    let again = [
+        parse_bind_execute("DEALLOCATE s"),
+        parse("s", one, &[]),
+        run_s.clone(),
+    ]
+    .concat();
+    assert_eq!(
+        raw_summary(&exchange(&mut through, &again).await).0,
+        ["a"],
+        "DEALLOCATE, extended"
+    );
+    // Each name of another client's is its own: the same name, another statement.
+    let mut other = common::raw_login(&proxy).await;
+    let theirs = [parse("s", two, &[]), run_s.clone()].concat();
+    assert_eq!(raw_summary(&exchange(&mut other, &theirs).await).0, ["b"]);
+    assert_eq!(raw_summary(&exchange(&mut through, &run_s).await).0, ["a"]);
+    assert_eq!(raw_summary(&exchange(&mut other, &run_s).await).0, ["b"]);
+}
