@@ -9,7 +9,7 @@ mod common;
 
 use common::{admin, code, connect, counter, show, start_with};
 use pgopt_embedded::Postgres;
-use pgopt_proxy::{CacheSettings, Proxy};
+use pgopt_proxy::{CacheSettings, PoolMode, Proxy};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// A client of PostgreSQL itself, past pgopt.
@@ -1602,6 +1602,136 @@ async fn foreign_tables_and_dblink_are_never_served_from_the_cache() {
         before,
         "a foreign read was served from the cache: {after:?}"
     );
+}
+
+/// #31: temporary tables. Transaction mode lets one live only inside a transaction
+/// (ON COMMIT DROP; others are refused): named as a cached table, it shadows it there
+/// — in an explicit block, in one query string, and in an extended-protocol pipeline
+/// under one Sync (one implicit transaction) — and the reads get its rows, not the
+/// entry's, nor is what they read stored. Session mode, where temporary tables live
+/// on, is never served from the cache: two sessions with a temporary `t` (and a
+/// temporary `items`) of their own each read their own rows, and an `ON COMMIT
+/// DELETE ROWS` table reads as PostgreSQL has it, inside a transaction and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_tables_are_each_sessions_own_and_never_served_from_the_cache() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');")
+        .unwrap();
+    // Database `sess`: the same database, in session mode.
+    let proxy = caching(&pg, &["items", "t", "d"], |c| {
+        let mut sess = c.databases[0].clone();
+        sess.name = "sess".into();
+        sess.pool.mode = Some(PoolMode::Session);
+        c.databases.push(sess);
+    })
+    .await;
+    let port = proxy.local_addr().port();
+    let session = || common::client_at("127.0.0.1", port, "postgres", "sess", None);
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+
+    // Transaction mode. (Refused: a temporary table that outlives its transaction.)
+    assert_eq!(
+        error_code(
+            &client,
+            "CREATE TEMP TABLE d (v text) ON COMMIT DELETE ROWS"
+        )
+        .await,
+        "0A000"
+    );
+    // (The refused statement's DDL still ends entries, at the next read's end: one
+    // read to settle that first.)
+    assert_eq!(rows(&client, read).await, ["a"]);
+    cached(&proxy, &client, read, &["a"]).await;
+    run(
+        &client,
+        "BEGIN; CREATE TEMP TABLE items ON COMMIT DROP AS SELECT 1 AS id, 'in block'::text AS v",
+    )
+    .await;
+    assert_eq!(rows(&client, read).await, ["in block"]);
+    run(&client, "COMMIT").await;
+    cached(&proxy, &client, read, &["a"]).await;
+    let one_string = format!(
+        "CREATE TEMP TABLE items ON COMMIT DROP AS SELECT 1 AS id, 'one string'::text AS v; {read}"
+    );
+    assert_eq!(rows(&client, &one_string).await, ["one string"]);
+    cached(&proxy, &client, read, &["a"]).await;
+    let mut raw = common::raw_login(&proxy).await;
+    let pipeline = [
+        parse_bind_execute(
+            "CREATE TEMP TABLE items ON COMMIT DROP AS SELECT 1 AS id, 'pipelined'::text AS v",
+        ),
+        parse_bind_execute(read),
+        common::message(b'S', b""),
+    ]
+    .concat();
+    assert_eq!(
+        raw_round(&mut raw, &pipeline, 1).await,
+        (strings(&["pipelined"]), "I".to_string()),
+        "a pipeline's temporary table"
+    );
+    assert_eq!(rows(&client, read).await, ["a"], "stored from inside");
+
+    // Session mode: two sessions, each its own temporary tables.
+    let (s1, s2) = (session().await.unwrap(), session().await.unwrap());
+    for (s, n) in [(&s1, "one"), (&s2, "two")] {
+        run(
+            s,
+            &format!(
+                "CREATE TEMP TABLE t (v text); INSERT INTO t VALUES ('{n}');
+                 CREATE TEMP TABLE items (id int, v text); INSERT INTO items VALUES (1, 'temp {n}')"
+            ),
+        )
+        .await;
+    }
+    let before = hits(&proxy).await;
+    for _ in 0..2 {
+        for (s, n) in [(&s1, "one"), (&s2, "two")] {
+            assert_eq!(rows(s, "SELECT v FROM t").await, [n]);
+            let extended: String = s.query_one("SELECT v FROM t", &[]).await.unwrap().get(0);
+            assert_eq!(extended, n);
+            assert_eq!(rows(s, read).await, [format!("temp {n}")]);
+        }
+    }
+    assert_eq!(
+        hits(&proxy).await,
+        before,
+        "a temporary table's read was a hit"
+    );
+    assert_eq!(rows(&client, read).await, ["a"]);
+
+    // ON COMMIT DELETE ROWS: the rows live to the end of their transaction.
+    let d = "SELECT v FROM d";
+    let none = Vec::<String>::new();
+    run(&s1, "CREATE TEMP TABLE d (v text) ON COMMIT DELETE ROWS").await;
+    run(&s1, "BEGIN; INSERT INTO d VALUES ('x')").await;
+    assert_eq!(rows(&s1, d).await, ["x"]);
+    assert_eq!(rows(&s1, d).await, ["x"]);
+    run(&s1, "COMMIT").await;
+    assert_eq!(rows(&s1, d).await, none, "after COMMIT");
+    run(&s1, "INSERT INTO d VALUES ('y')").await;
+    assert_eq!(rows(&s1, d).await, none, "after an INSERT of its own");
+    assert_eq!(
+        rows(&s1, &format!("INSERT INTO d VALUES ('z'); {d}")).await,
+        ["z"]
+    );
+    assert_eq!(rows(&s1, d).await, none, "after the query string");
+    assert_eq!(
+        rows(
+            &s2,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'd' AND schemaname LIKE 'pg_temp%'"
+        )
+        .await
+        .len(),
+        1
+    );
+    assert_eq!(error_code(&s2, d).await, "42P01", "another session's d");
+
+    // A session after s1 left (its connection reset) has no `t`.
+    drop(s1);
+    let s3 = session().await.unwrap();
+    assert_eq!(error_code(&s3, "SELECT v FROM t").await, "42P01");
+    assert_eq!(rows(&s3, read).await, ["a"]);
 }
 
 // ---------------------------------------------------------------------------------
