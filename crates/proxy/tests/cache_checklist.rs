@@ -1734,6 +1734,75 @@ async fn temporary_tables_are_each_sessions_own_and_never_served_from_the_cache(
     assert_eq!(rows(&s3, read).await, ["a"]);
 }
 
+/// The whole reply to `batch` from PostgreSQL itself and through pgopt `times` times:
+/// each reply through pgopt must be PostgreSQL's, message for message.
+async fn replies_as_postgresql_does(
+    direct: &mut tokio::net::TcpStream,
+    through: &mut tokio::net::TcpStream,
+    batch: &[u8],
+    times: usize,
+    what: &str,
+) -> Vec<(u8, Vec<u8>)> {
+    let want = exchange(direct, batch).await;
+    for i in 0..times {
+        let got = exchange(through, batch).await;
+        assert_eq!(readable(&got), readable(&want), "{what}, read {i}");
+    }
+    want
+}
+
+/// #54: a cacheable read whose function raises a NOTICE or a WARNING (an immutable
+/// PL/pgSQL function under a built-in's name, cached as the built-in would be, and
+/// one behind an operator), and a user function called by its own name: every read
+/// through pgopt, the first and the repeated ones, in either protocol, gets the
+/// notice as PostgreSQL sends it (the whole reply is PostgreSQL's, byte for byte).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_gets_the_notices_and_warnings_postgresql_sends() {
+    let (pg, proxy, _behind) = setup(NOISY, &["items"]).await;
+    let mut through = common::raw_login(&proxy).await;
+    let mut direct = raw_direct(&pg).await;
+    let sync = common::message(b'S', b"");
+    let warm = [
+        parse_bind_execute("SELECT v FROM items WHERE id = 1"),
+        sync.clone(),
+    ]
+    .concat();
+    assert_eq!(raw_summary(&exchange(&mut through, &warm).await).0, ["a"]);
+    for (read, severity) in [
+        ("SELECT length(id) FROM items WHERE id = 1", "NOTICE"),
+        ("SELECT id ### 1 FROM items WHERE id = 1", "WARNING"),
+        ("SELECT noisy(id) FROM items WHERE id = 1", "NOTICE"),
+    ] {
+        let simple = common::message(b'Q', format!("{read}\0").as_bytes());
+        let extended = [parse_bind_execute(read), sync.clone()].concat();
+        for (protocol, batch) in [("simple", simple), ("extended", extended)] {
+            let what = format!("{read} ({protocol})");
+            let want =
+                replies_as_postgresql_does(&mut direct, &mut through, &batch, 3, &what).await;
+            // (PostgreSQL's reply has the notice, so the comparison shows it.)
+            let notice = want.iter().find(|(tag, _)| *tag == b'N');
+            let notice = notice.unwrap_or_else(|| panic!("{what}: no notice: {want:?}"));
+            let severity = format!("S{severity}\0");
+            assert!(
+                notice.1.starts_with(severity.as_bytes()),
+                "{what}: {notice:?}"
+            );
+        }
+    }
+}
+
+/// Items, and functions that raise a NOTICE or a WARNING: `length(int)` (immutable,
+/// under a built-in's name), `###` (an operator over an immutable one), `noisy(int)`.
+const NOISY: &str = "
+    CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');
+    CREATE FUNCTION public.length(int) RETURNS int IMMUTABLE LANGUAGE plpgsql
+      AS $$ BEGIN RAISE NOTICE 'length of %', $1; RETURN $1 * 100; END $$;
+    CREATE FUNCTION warned(int, int) RETURNS int IMMUTABLE LANGUAGE plpgsql
+      AS $$ BEGIN RAISE WARNING 'adding % and %', $1, $2; RETURN $1 + $2; END $$;
+    CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = warned);
+    CREATE FUNCTION noisy(int) RETURNS int IMMUTABLE LANGUAGE plpgsql
+      AS $$ BEGIN RAISE NOTICE 'noisy %', $1; RETURN $1; END $$;";
+
 // ---------------------------------------------------------------------------------
 // Product bugs these checklist cases found: each test below fails against pgopt as it
 // is (the commit message has the steps, what is expected and what happens).
@@ -1786,4 +1855,37 @@ async fn a_write_through_a_foreign_table_ends_the_entries_of_the_table_it_writes
         (strings(&["via ft"]), strings(&["2"])),
         "the remote table's entries outlived writes through the foreign table"
     );
+}
+
+/// #54 (BUG): `client_min_messages` is left out of the cache key (a setting "no
+/// result depends on"), yet it decides whether a reply holds a notice. A session that
+/// set it to `warning` fills the entry of a read whose function raises a NOTICE with
+/// a reply that has none (a plain result, so stored); a session at the default then
+/// gets that entry, without the NOTICE PostgreSQL sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_filled_with_notices_turned_off_is_not_served_without_them() {
+    let (pg, proxy, _behind) = setup(NOISY, &["items"]).await;
+    let sync = common::message(b'S', b"");
+    let warm = [
+        parse_bind_execute("SELECT v FROM items WHERE id = 1"),
+        sync.clone(),
+    ]
+    .concat();
+    let mut quiet = common::raw_login(&proxy).await;
+    assert_eq!(raw_summary(&exchange(&mut quiet, &warm).await).0, ["a"]);
+    let set = common::message(b'Q', b"SET client_min_messages = warning\0");
+    assert_eq!(raw_summary(&exchange(&mut quiet, &set).await).1, "I");
+    let mut through = common::raw_login(&proxy).await;
+    let mut direct = raw_direct(&pg).await;
+    for read in [
+        "SELECT length(id) FROM items WHERE id = 1",
+        "SELECT length(id) + 0 FROM items WHERE id = 1",
+    ] {
+        let simple = common::message(b'Q', format!("{read}\0").as_bytes());
+        // The quiet session's fill: no notice (as PostgreSQL, for that session).
+        let filled = exchange(&mut quiet, &simple).await;
+        assert!(filled.iter().all(|(tag, _)| *tag != b'N'), "{filled:?}");
+        // A session at the default gets the NOTICE from PostgreSQL.
+        replies_as_postgresql_does(&mut direct, &mut through, &simple, 2, read).await;
+    }
 }
