@@ -1803,6 +1803,192 @@ const NOISY: &str = "
     CREATE FUNCTION noisy(int) RETURNS int IMMUTABLE LANGUAGE plpgsql
       AS $$ BEGIN RAISE NOTICE 'noisy %', $1; RETURN $1; END $$;";
 
+/// Items 1 'a' and 2 'b'.
+const ITEMS: &str =
+    "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a'), (2, 'b');";
+
+/// #55: CancelRequests sent for a client's reads served from the cache (some land
+/// during a hit, some between two) while the pool's only server connection runs
+/// another client's statement: each read is its row or 57014, the other client's
+/// statement is not canceled (a cancel of a client with no server connection goes
+/// nowhere), and the session goes on: a hit, a write, the write's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_for_a_hit_cancels_nothing_else_and_the_session_goes_on() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(ITEMS).unwrap();
+    let proxy = caching(&pg, &["items"], |c| c.default_pool_size = 1).await;
+    let watcher = direct(&pg).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let sleeper = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    cached(&proxy, &client, read, &["a"]).await;
+    let sleeping =
+        tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(2)").await.map(|_| ()) });
+    common::wait_until_running(&watcher, "SELECT pg_sleep").await;
+    let token = client.cancel_token();
+    let before = hits(&proxy).await;
+    let mut served = 0;
+    for _ in 0..20 {
+        let (got, cancel) = tokio::join!(
+            try_rows(&client, read),
+            token.cancel_query(tokio_postgres::NoTls)
+        );
+        cancel.unwrap();
+        match got {
+            Ok(got) => {
+                assert_eq!(got, ["a"]);
+                served += 1;
+            }
+            Err(e) => assert_eq!(code(&e), Some("57014"), "{e}"),
+        }
+    }
+    assert!(
+        !sleeping.is_finished(),
+        "the cancels came after the statement"
+    );
+    assert_eq!(
+        hits(&proxy).await,
+        before + served,
+        "a read went to PostgreSQL"
+    );
+    sleeping
+        .await
+        .unwrap()
+        .expect("another client's statement was canceled");
+    assert_eq!(rows(&client, read).await, ["a"]);
+    run(&client, "UPDATE items SET v = 'after' WHERE id = 1").await;
+    assert_eq!(rows(&client, read).await, ["after"]);
+}
+
+/// #55: statement_timeout. A hit under it is served; a fill that PostgreSQL cancels
+/// for the timeout (it waits on a lock) gives the client 57014 and stores nothing:
+/// once the lock is gone, the read has the row committed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_statement_timeout_hits_are_served_and_a_timed_out_fill_stores_nothing() {
+    let (pg, proxy, _behind) = setup(ITEMS, &["items"]).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let (read, held) = (
+        "SELECT v FROM items WHERE id = 1",
+        "SELECT v FROM items WHERE id = 2",
+    );
+    cached(&proxy, &client, read, &["a"]).await;
+    run(&client, "SET statement_timeout = '200ms'").await;
+    cached(&proxy, &client, read, &["a"]).await;
+    let locker = direct(&pg).await;
+    run(&locker, "BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE").await;
+    let stored = counter(&cache_row(&proxy).await, "stored");
+    let e = try_rows(&client, held).await.unwrap_err();
+    assert_eq!(code(&e), Some("57014"), "{e}");
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "canceling statement due to statement timeout"
+    );
+    run(&locker, "UPDATE items SET v = 'b2' WHERE id = 2; COMMIT").await;
+    let row = cache_row(&proxy).await;
+    assert_eq!(
+        counter(&row, "stored"),
+        stored,
+        "the canceled fill was stored: {row:?}"
+    );
+    assert_eq!(rows(&client, held).await, ["b2"]);
+    run(&client, "RESET statement_timeout").await;
+    cached(&proxy, &client, held, &["b2"]).await;
+}
+
+/// #55: the client filling a key others wait for cancels its read, or leaves in the
+/// middle of it (its fill waits on a lock a direct session holds while it changes
+/// the row). The leader gets 57014 (or is gone); each waiter gets the row committed
+/// when the lock goes, nothing canceled or half stored is served after, and the pool
+/// of two connections serves four clients at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_a_fill_whose_client_cancels_or_leaves_get_the_committed_row() {
+    let (pg, proxy, _behind) = setup(ITEMS, &["items"]).await;
+    let watcher = direct(&pg).await;
+    let held = "SELECT v FROM items WHERE id = 2";
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    cached(&proxy, &reader, "SELECT v FROM items WHERE id = 1", &["a"]).await;
+    for (round, leaves) in [(1, false), (2, true)] {
+        let new = format!("b{round}");
+        // (A write through pgopt ends the last round's entry.)
+        run(&reader, "UPDATE items SET v = v WHERE id = 2").await;
+        let locker = direct(&pg).await;
+        run(
+            &locker,
+            &format!(
+                "BEGIN; UPDATE items SET v = '{new}' WHERE id = 2; \
+                 LOCK TABLE items IN ACCESS EXCLUSIVE MODE"
+            ),
+        )
+        .await;
+        let (leader, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(proxy.local_addr().port())
+            .user("postgres")
+            .dbname("app")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let connection = tokio::spawn(connection);
+        let token = leader.cancel_token();
+        let leading = tokio::spawn(async move {
+            try_rows(&leader, held)
+                .await
+                .map_err(|e| code(&e).unwrap_or("none").to_string())
+        });
+        common::wait_until_waiting_on_lock(&watcher, "SELECT v FROM items%").await;
+        let mut waiters = Vec::new();
+        for _ in 0..2 {
+            let waiter = connect(&proxy, "postgres", None).await.unwrap();
+            waiters.push(tokio::spawn(async move { rows(&waiter, held).await }));
+        }
+        // (Nothing to poll: the waiters wait inside pgopt, not on PostgreSQL.)
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "a waiter did not wait"
+        );
+        if leaves {
+            connection.abort();
+            leading.abort();
+        } else {
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+            assert_eq!(leading.await.unwrap(), Err("57014".to_string()));
+        }
+        run(&locker, "COMMIT").await;
+        for waiter in waiters {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await;
+            assert_eq!(
+                got.expect("a waiter never got its rows").unwrap(),
+                [new.as_str()]
+            );
+        }
+        assert_eq!(rows(&reader, held).await, [new.as_str()], "round {round}");
+        cached(&proxy, &reader, held, &[new.as_str()]).await;
+    }
+    // The pool is whole: four clients at once, each a read and a write.
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let client = connect(&proxy, "postgres", None).await.unwrap();
+        clients.push(async move {
+            rows(&client, "SELECT count(*) FROM items").await;
+            run(
+                &client,
+                &format!("UPDATE items SET v = 'w{i}' WHERE id = 1"),
+            )
+            .await;
+        });
+    }
+    let all = futures_util::future::join_all(clients);
+    tokio::time::timeout(std::time::Duration::from_secs(10), all)
+        .await
+        .expect("the pool did not serve four clients");
+    let last = rows(&direct(&pg).await, "SELECT v FROM items WHERE id = 1").await;
+    assert_eq!(
+        rows(&reader, "SELECT v FROM items WHERE id = 1").await,
+        last
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // Product bugs these checklist cases found: each test below fails against pgopt as it
 // is (the commit message has the steps, what is expected and what happens).
