@@ -1989,6 +1989,102 @@ async fn waiters_on_a_fill_whose_client_cancels_or_leaves_get_the_committed_row(
     );
 }
 
+/// SHOW CACHE's `bytes`, /api/cache's and /metrics' `pgopt_cache_bytes` are within
+/// `max` (and SHOW CACHE's `max_bytes` is `max`).
+async fn within_limit(proxy: &Proxy, max: u64, what: &str) {
+    let row = cache_row(proxy).await;
+    assert_eq!(counter(&row, "max_bytes"), max);
+    assert!(counter(&row, "bytes") <= max, "{what}: {row:?}");
+    let addr = proxy.admin_addr().unwrap();
+    let api = common::http_get(addr, "/api/cache").await;
+    let (_, body) = api.split_once("\r\n\r\n").unwrap();
+    let api: serde_json::Value = serde_json::from_str(body).unwrap();
+    let bytes = api[0]["bytes"].as_u64().unwrap_or_else(|| panic!("{api}"));
+    assert!(bytes <= max, "{what}: /api/cache {api}");
+    let metrics = common::http_get(addr, "/metrics").await;
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pgopt_cache_bytes "))
+        .unwrap_or_else(|| panic!("no pgopt_cache_bytes: {metrics}"));
+    assert!(gauge.parse::<u64>().unwrap() <= max, "{what}: {gauge}");
+}
+
+/// #63: a cache with room for little (`cache.max_bytes` 256 kB) under thousands of
+/// distinct keys from four clients at once and results from 10 kB to past the limit
+/// (260 kB): SHOW CACHE's `bytes`, /api/cache's and /metrics' never pass the limit,
+/// entries are evicted and counted, a hot read still hits, and every read — served,
+/// filled, or filled again after its entry was evicted, and after a write through
+/// pgopt — has PostgreSQL's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_cache_stays_within_max_bytes_under_many_keys_and_large_results() {
+    const MAX: u64 = 256 << 10;
+    const KEYS: usize = 3000;
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, {KEYS}) g;
+         CREATE TABLE big (id int PRIMARY KEY, v text);
+         INSERT INTO big SELECT g, repeat(chr(96 + g), g * 10000) FROM generate_series(1, 26) g;"
+    ))
+    .unwrap();
+    let proxy = caching(&pg, &["items", "big"], |c| c.cache.max_bytes = MAX).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(&proxy, "postgres", None).await.unwrap());
+    }
+    // Item `id`'s read, and big row `id`'s (its length and first letter).
+    let item = |id: usize, suffix: &'static str| {
+        (
+            format!("SELECT v FROM items WHERE id = {id}"),
+            format!("v{id}{suffix}"),
+        )
+    };
+    let big = |id: usize| {
+        (
+            format!("SELECT length(v), left(v, 1) FROM big WHERE id = {id}"),
+            format!("{}|{}", id * 10000, (b'a' + id as u8 - 1) as char),
+        )
+    };
+    let hot = "SELECT v FROM items WHERE id = 1";
+    let rounds = 6;
+    for pass in 0..2 {
+        let suffix = if pass == 0 { "" } else { "!" };
+        for round in 0..rounds {
+            // A share of the keys, spread over the clients at once.
+            let reads = clients.iter().enumerate().map(|(c, client)| async move {
+                let per = KEYS / rounds / 4;
+                for k in 0..per {
+                    let id = 1 + round * KEYS / rounds + c * per + k;
+                    let (sql, want) = item(id, if id.is_multiple_of(2) { suffix } else { "" });
+                    assert_eq!(rows(client, &sql).await, [want], "pass {pass}");
+                }
+                for id in (1 + c..=26).step_by(4) {
+                    let (sql, want) = big(id);
+                    assert_eq!(rows(client, &sql).await, [want], "pass {pass}");
+                }
+            });
+            futures_util::future::join_all(reads).await;
+            for _ in 0..3 {
+                assert_eq!(rows(&clients[0], hot).await, ["v1"]);
+            }
+            within_limit(&proxy, MAX, &format!("pass {pass}, round {round}")).await;
+        }
+        // Every other item changed through pgopt: the second pass must read it.
+        if pass == 0 {
+            run(
+                &clients[1],
+                "UPDATE items SET v = v || '!' WHERE id % 2 = 0",
+            )
+            .await;
+        }
+    }
+    let row = cache_row(&proxy).await;
+    assert!(counter(&row, "evictions") > 0, "{row:?}");
+    assert!(counter(&row, "hits") > 0, "{row:?}");
+    assert!(counter(&row, "entries") > 0, "{row:?}");
+    assert!(counter(&row, "stored") > (MAX / 1000), "{row:?}");
+}
+
 // ---------------------------------------------------------------------------------
 // Product bugs these checklist cases found: each test below fails against pgopt as it
 // is (the commit message has the steps, what is expected and what happens).
