@@ -1129,3 +1129,191 @@ async fn a_function_that_sets_a_setting_made_through_one_instance_is_followed_by
     assert_eq!(value(&b, "SHOW search_path").await, "elsewhere");
     assert_eq!(value(&next, "SHOW search_path").await, "\"$user\", public");
 }
+
+/// Makes Redis ACL user `user` (password `<user>-pw`) that may use every command but
+/// the dangerous ones, on keys and channels starting with `prefix` only.
+async fn tenant_user(r: &mut redis::aio::MultiplexedConnection, user: &str, prefix: &str) {
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(user)
+        .arg("on")
+        .arg(format!(">{user}-pw"))
+        .arg(format!("~{prefix}*"))
+        .arg(format!("&{prefix}*"))
+        .arg("+@all")
+        .arg("-@dangerous")
+        .query_async(r)
+        .await
+        .unwrap();
+}
+
+/// An instance of tenant `user`: Redis as that ACL user, its keys and channel under
+/// `prefix`.
+async fn tenant(pg: &Postgres, redis: &Redis, user: &str, prefix: &str) -> Proxy {
+    let url = format!("redis://{user}:{user}-pw@127.0.0.1:{}", redis.port());
+    instance_with(pg, redis, |c| {
+        let r = c.redis.as_mut().unwrap();
+        r.url = url;
+        r.prefix = prefix.to_string();
+    })
+    .await
+}
+
+/// #66: tenants sharing one Redis, each with its own key prefix and its own ACL user
+/// limited to that prefix's keys and channels (`~prefix*`, `&prefix*`), over one
+/// database, so that only the prefix tells their entries apart. Tenant A's two
+/// instances share their entries (an L2 hit) and invalidations (a write through one
+/// is read through the other at once); tenant B, whose user can't reach A's keys or
+/// channel, takes nothing of A's (its read has the row changed behind, not A's
+/// entry), caches and sees its own writes; neither instance's user was ever refused
+/// (ACL LOG empty, no Redis errors), every key and channel is under one of the two
+/// prefixes, and the ACL does refuse a tenant the other's keys and channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_with_their_own_prefix_and_acl_user_share_nothing_and_each_works() {
+    let (pg, redis) = setup().await;
+    let mut r = redis_client(&redis).await;
+    tenant_user(&mut r, "tenant_a", "ta:").await;
+    tenant_user(&mut r, "tenant_b", "tb:").await;
+    let a1_proxy = tenant(&pg, &redis, "tenant_a", "ta:").await;
+    let a2_proxy = tenant(&pg, &redis, "tenant_a", "ta:").await;
+    let b_proxy = tenant(&pg, &redis, "tenant_b", "tb:").await;
+    let a1 = connect(&a1_proxy, "postgres", None).await.unwrap();
+    let a2 = connect(&a2_proxy, "postgres", None).await.unwrap();
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+
+    // A1 fills Redis; the row changes behind pgopt's back.
+    fill_then_change_behind(&pg, &a1_proxy, &a1).await;
+    // A2, the same tenant: A1's entry, from Redis.
+    assert_eq!(value(&a2, READ).await, "a", "tenant A's entry");
+    assert_eq!(counter(&cache_row(&a2_proxy).await, "l2_hits"), 1);
+    // B: not A's entry, though the key is A's but for the prefix.
+    assert_eq!(value(&b, READ).await, "behind", "tenant A's entry for B");
+    assert_eq!(value(&b, READ).await, "behind");
+    let row = cache_row(&b_proxy).await;
+    assert_eq!(counter(&row, "l2_hits"), 0, "{row:?}");
+    assert_eq!(counter(&row, "hits"), 1, "B caches: {row:?}");
+    // Each tenant's writes reach its own instances.
+    a2.batch_execute("UPDATE items SET v = 'by a2' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&a1, READ).await, "by a2", "A2's write through A1");
+    b.batch_execute("UPDATE items SET v = 'by b' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&b, READ).await, "by b", "B's own write");
+    assert_eq!(value(&b, READ).await, "by b");
+    assert_eq!(value(&a2, "SELECT v FROM items WHERE id = 2").await, "b");
+
+    // Every key and channel is one tenant's.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(keys.iter().any(|k| k.starts_with("ta:")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("tb:")), "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("ta:") || k.starts_with("tb:")),
+        "{keys:?}"
+    );
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    for bus in ["ta:invalidations", "tb:invalidations"] {
+        assert!(channels.iter().any(|c| c == bus), "{channels:?}");
+    }
+    assert!(
+        channels
+            .iter()
+            .all(|c| c.starts_with("ta:") || c.starts_with("tb:")),
+        "{channels:?}"
+    );
+    // Nothing either instance asked was refused, and Redis never failed them.
+    let refused: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    for proxy in [&a1_proxy, &a2_proxy, &b_proxy] {
+        let row = cache_row(proxy).await;
+        assert_eq!(counter(&row, "redis_errors"), 0, "{row:?}");
+        assert_eq!(row["redis"], "up", "{row:?}");
+    }
+    // And the ACL holds: tenant A's user can't read B's keys nor publish on B's
+    // channel.
+    let as_a = redis::Client::open(format!(
+        "redis://tenant_a:tenant_a-pw@127.0.0.1:{}",
+        redis.port()
+    ))
+    .unwrap();
+    let mut as_a = as_a.get_multiplexed_async_connection().await.unwrap();
+    let b_key = keys.iter().find(|k| k.starts_with("tb:")).unwrap();
+    let e = redis::cmd("GET")
+        .arg(b_key)
+        .query_async::<redis::Value>(&mut as_a)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("NOPERM"), "{e}");
+    let e = redis::cmd("PUBLISH")
+        .arg("tb:invalidations")
+        .arg("x")
+        .query_async::<redis::Value>(&mut as_a)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("NOPERM"), "{e}");
+}
+
+/// #66: an instance whose ACL user may not use the key prefix it is configured with
+/// (tenant B's user, tenant A's prefix) gets no entry, version or channel of A's: it
+/// never serves from the cache — every read has PostgreSQL's row of the moment, a
+/// row changed behind pgopt's back too — SHOW CACHE says why (`no-channel`, Redis
+/// errors), and it leaves nothing in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_acl_user_cannot_reach_its_prefix_reads_postgresql() {
+    let (pg, redis) = setup().await;
+    let mut r = redis_client(&redis).await;
+    tenant_user(&mut r, "tenant_b", "tb:").await;
+    let url = format!("redis://tenant_b:tenant_b-pw@127.0.0.1:{}", redis.port());
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            redis: Some(RedisConfig {
+                url,
+                prefix: "ta:".into(),
+                hmac_key: Some(b"test key".to_vec()),
+                timeout: Duration::from_millis(500),
+                ..RedisConfig::default()
+            }),
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(value(&client, READ).await, "a");
+    }
+    pg.psql("UPDATE items SET v = 'behind' WHERE id = 1")
+        .unwrap();
+    assert_eq!(value(&client, READ).await, "behind");
+    client
+        .batch_execute("UPDATE items SET v = 'through' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, READ).await, "through");
+    let row = cache_row(&proxy).await;
+    assert_eq!(row["redis"], "no-channel", "{row:?}");
+    assert!(counter(&row, "redis_errors") > 0, "{row:?}");
+    assert_eq!(counter(&row, "hits"), 0, "{row:?}");
+    assert_eq!(counter(&row, "l2_stored"), 0, "{row:?}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}
