@@ -1148,13 +1148,14 @@ async fn tenant_user(r: &mut redis::aio::MultiplexedConnection, user: &str, pref
 }
 
 /// An instance of tenant `user`: Redis as that ACL user, its keys and channel under
-/// `prefix`.
-async fn tenant(pg: &Postgres, redis: &Redis, user: &str, prefix: &str) -> Proxy {
+/// `prefix`, its values signed with `hmac`.
+async fn tenant(pg: &Postgres, redis: &Redis, user: &str, prefix: &str, hmac: &[u8]) -> Proxy {
     let url = format!("redis://{user}:{user}-pw@127.0.0.1:{}", redis.port());
     instance_with(pg, redis, |c| {
         let r = c.redis.as_mut().unwrap();
         r.url = url;
         r.prefix = prefix.to_string();
+        r.hmac_key = Some(hmac.to_vec());
     })
     .await
 }
@@ -1174,9 +1175,9 @@ async fn tenants_with_their_own_prefix_and_acl_user_share_nothing_and_each_works
     let mut r = redis_client(&redis).await;
     tenant_user(&mut r, "tenant_a", "ta:").await;
     tenant_user(&mut r, "tenant_b", "tb:").await;
-    let a1_proxy = tenant(&pg, &redis, "tenant_a", "ta:").await;
-    let a2_proxy = tenant(&pg, &redis, "tenant_a", "ta:").await;
-    let b_proxy = tenant(&pg, &redis, "tenant_b", "tb:").await;
+    let a1_proxy = tenant(&pg, &redis, "tenant_a", "ta:", b"test key").await;
+    let a2_proxy = tenant(&pg, &redis, "tenant_a", "ta:", b"test key").await;
+    let b_proxy = tenant(&pg, &redis, "tenant_b", "tb:", b"test key").await;
     let a1 = connect(&a1_proxy, "postgres", None).await.unwrap();
     let a2 = connect(&a2_proxy, "postgres", None).await.unwrap();
     let b = connect(&b_proxy, "postgres", None).await.unwrap();
@@ -1316,4 +1317,49 @@ async fn an_instance_whose_acl_user_cannot_reach_its_prefix_reads_postgresql() {
         .await
         .unwrap();
     assert!(keys.is_empty(), "{keys:?}");
+}
+
+/// #66, #67: tenants with HMAC keys of their own. Tenant A's values and versions
+/// copied under tenant B's prefix (what someone who may write B's keys could plant)
+/// are refused by B's key: B's read is PostgreSQL's row, not A's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_values_planted_under_a_prefix_are_refused_by_its_hmac_key() {
+    let (pg, redis) = setup().await;
+    let mut r = redis_client(&redis).await;
+    tenant_user(&mut r, "tenant_a", "ta:").await;
+    tenant_user(&mut r, "tenant_b", "tb:").await;
+    let a_proxy = tenant(&pg, &redis, "tenant_a", "ta:", b"key of a").await;
+    let a = connect(&a_proxy, "postgres", None).await.unwrap();
+    fill_then_change_behind(&pg, &a_proxy, &a).await;
+    // A's entries and versions, copied under B's prefix.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ta:{pgopt}[ev]:*")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(keys.iter().any(|k| k.contains("}e:")), "{keys:?}");
+    for key in &keys {
+        let v: Vec<u8> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let planted = format!("tb:{}", &key["ta:".len()..]);
+        let _: () = redis::cmd("SET")
+            .arg(planted)
+            .arg(v)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    let b_proxy = tenant(&pg, &redis, "tenant_b", "tb:", b"key of b").await;
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+    assert_eq!(
+        value(&b, READ).await,
+        "behind",
+        "tenant A's value served to B"
+    );
+    let row = cache_row(&b_proxy).await;
+    assert_eq!(counter(&row, "l2_hits"), 0, "{row:?}");
+    assert_eq!(counter(&row, "l2_rejected"), 1, "{row:?}");
 }
