@@ -337,7 +337,8 @@ pub struct Deps {
     children: foldhash::HashMap<String, Vec<String>>,
     parents: foldhash::HashMap<String, Vec<String>>,
     /// Tables with user triggers or rules, or whose column defaults or checks call a
-    /// user function: a write to one may write anything.
+    /// user function, and foreign tables (a foreign server may be this one, written
+    /// through a connection of its own): a write to one may write anything.
     unbounded: foldhash::HashSet<String>,
     /// Relations not cached: row-level security (policies may read other tables, and
     /// differ per role), views calling user functions, temporary tables (one name,
@@ -485,6 +486,8 @@ SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_trigger t \
 UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_rewrite r \
   JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relkind <> 'v' AND r.rulename <> '_RETURN' \
+UNION ALL \
+SELECT 't', c.relname, '' FROM pg_catalog.pg_class c WHERE c.relkind = 'f' \
 UNION ALL \
 SELECT DISTINCT 't', c.relname, '' FROM pg_catalog.pg_depend d \
   LEFT JOIN pg_catalog.pg_attrdef ad \

@@ -2085,16 +2085,10 @@ async fn a_small_cache_stays_within_max_bytes_under_many_keys_and_large_results(
     assert!(counter(&row, "stored") > (MAX / 1000), "{row:?}");
 }
 
-// ---------------------------------------------------------------------------------
-// Product bugs these checklist cases found: each test below fails against pgopt as it
-// is (the commit message has the steps, what is expected and what happens).
-// ---------------------------------------------------------------------------------
-
-/// #30 (BUG): a write through pgopt to a foreign table changes the table it points to
-/// (here on the same server, listed in `cache.tables`), but pgopt tags the write with
-/// the foreign table's name only: the cached reads of the remote table live on, and
-/// pgopt serves their old rows after a write it relayed itself. (A dblink_exec() is a
-/// user function call, which ends every entry: that one is fine.)
+/// #30: a write through pgopt to a foreign table changes the table it points to (here
+/// on the same server, listed in `cache.tables`): it ends every entry, as a write to a
+/// table with a trigger does, since where a foreign server writes is not known. (A
+/// dblink_exec() is a user function call, which ends every entry too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_a_foreign_table_ends_the_entries_of_the_table_it_writes() {
     let pg = Postgres::start().await.unwrap();
@@ -2139,11 +2133,10 @@ async fn a_write_through_a_foreign_table_ends_the_entries_of_the_table_it_writes
     );
 }
 
-/// #54 (BUG): `client_min_messages` is left out of the cache key (a setting "no
-/// result depends on"), yet it decides whether a reply holds a notice. A session that
-/// set it to `warning` fills the entry of a read whose function raises a NOTICE with
-/// a reply that has none (a plain result, so stored); a session at the default then
-/// gets that entry, without the NOTICE PostgreSQL sends it.
+/// #54: `client_min_messages` decides whether a reply holds a notice, so it is in the
+/// cache's key. A session that set it to `warning` fills the entry of a read whose
+/// function raises a NOTICE with a reply that has none; a session at the default does
+/// not get that entry, but the NOTICE PostgreSQL sends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_filled_with_notices_turned_off_is_not_served_without_them() {
     let (pg, proxy, _behind) = setup(NOISY, &["items"]).await;
