@@ -24,7 +24,8 @@ pub enum Setting {
 }
 
 /// Settings that change no query's rows or their text: names, timeouts, what is
-/// logged or sent as notices. A query that reads one (`current_setting`, SHOW) depends
+/// logged. (Not `client_min_messages`: a reply holds the notices it lets through, and a
+/// hit replays them.) A query that reads one (`current_setting`, SHOW) depends
 /// on the session and is never cached.
 pub const RESULT_NEUTRAL: &[&str] = &[
     "application_name",
@@ -33,7 +34,6 @@ pub const RESULT_NEUTRAL: &[&str] = &[
     "idle_in_transaction_session_timeout",
     "idle_session_timeout",
     "transaction_timeout",
-    "client_min_messages",
     "log_min_duration_statement",
     "log_statement",
     "log_min_messages",
