@@ -8,7 +8,8 @@
 //!   version means a miss, never "valid".
 //! - **Values:** an entry in Redis holds its full key, the versions its query was
 //!   filled at and the reply, lz4-compressed above a size, behind an HMAC-SHA256 over
-//!   everything (keyed with `hmac_key`): a forged or corrupted value is rejected. It
+//!   everything (keyed with `hmac_key`'s HMAC of the prefix): a forged or corrupted
+//!   value, or one copied from under another prefix, is rejected. It
 //!   is served only while every version it holds is the current one, read in the
 //!   same round trip.
 //! - **Bus:** a commit's increments and its invalidation message are one script, so
@@ -317,6 +318,9 @@ pub struct Found {
 /// L2 and the bus, with the tasks that keep them connected.
 pub struct L2 {
     config: RedisConfig,
+    /// The key of the values' HMAC: `hmac_key`'s HMAC of the prefix, so a value
+    /// copied under another prefix (another tenant's, sharing the HMAC key) is refused.
+    mac_key: [u8; MAC_LEN],
     /// The CA certificate (PEM) for `rediss://`, if not the system's.
     ca: Option<Vec<u8>>,
     conn: Mutex<Option<Conn>>,
@@ -630,8 +634,15 @@ impl L2 {
             client(url.trim(), ca.as_deref())?;
         }
         let instance = random() >> 1;
+        let mac_key = {
+            let key = config.hmac_key.as_deref().unwrap_or(b"pgopt-cache");
+            let mut input = b"pgopt values under prefix ".to_vec();
+            input.extend_from_slice(config.prefix.as_bytes());
+            mac(key, &input)
+        };
         let l2 = Arc::new(L2 {
             ca,
+            mac_key,
             instance,
             instance_arg: instance.to_string(),
             seq_key: format!("{}{{pgopt}}seq:{instance:x}", config.prefix),
@@ -978,7 +989,7 @@ impl L2 {
     }
 
     fn mac_key(&self) -> &[u8] {
-        self.config.hmac_key.as_deref().unwrap_or(b"pgopt-cache")
+        &self.mac_key
     }
 
     /// Stores `value` for `key`, filled at `versions` (the remote versions read before

@@ -1319,47 +1319,55 @@ async fn an_instance_whose_acl_user_cannot_reach_its_prefix_reads_postgresql() {
     assert!(keys.is_empty(), "{keys:?}");
 }
 
-/// #66, #67: tenants with HMAC keys of their own. Tenant A's values and versions
-/// copied under tenant B's prefix (what someone who may write B's keys could plant)
-/// are refused by B's key: B's read is PostgreSQL's row, not A's value.
+/// #66, #67: tenant A's values and versions copied under another tenant's prefix
+/// (what someone who may write that tenant's keys could plant) are refused: by the
+/// other tenant's own HMAC key, and also when both share one (each prefix signs with
+/// a key of its own derived from it). The other tenant's read is PostgreSQL's row, not
+/// A's value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenants_values_planted_under_a_prefix_are_refused_by_its_hmac_key() {
     let (pg, redis) = setup().await;
     let mut r = redis_client(&redis).await;
     tenant_user(&mut r, "tenant_a", "ta:").await;
-    tenant_user(&mut r, "tenant_b", "tb:").await;
     let a_proxy = tenant(&pg, &redis, "tenant_a", "ta:", b"key of a").await;
     let a = connect(&a_proxy, "postgres", None).await.unwrap();
     fill_then_change_behind(&pg, &a_proxy, &a).await;
-    // A's entries and versions, copied under B's prefix.
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("ta:{pgopt}[ev]:*")
         .query_async(&mut r)
         .await
         .unwrap();
     assert!(keys.iter().any(|k| k.contains("}e:")), "{keys:?}");
-    for key in &keys {
-        let v: Vec<u8> = redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut r)
-            .await
-            .unwrap();
-        let planted = format!("tb:{}", &key["ta:".len()..]);
-        let _: () = redis::cmd("SET")
-            .arg(planted)
-            .arg(v)
-            .query_async(&mut r)
-            .await
-            .unwrap();
+    let others: [(&str, &str, &[u8]); 2] = [
+        ("tenant_b", "tb:", b"key of b"),
+        ("tenant_c", "tc:", b"key of a"),
+    ];
+    for (user, prefix, hmac_key) in others {
+        tenant_user(&mut r, user, prefix).await;
+        // A's entries and versions, copied under this tenant's prefix.
+        for key in &keys {
+            let v: Vec<u8> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            let planted = format!("{prefix}{}", &key["ta:".len()..]);
+            let _: () = redis::cmd("SET")
+                .arg(planted)
+                .arg(v)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+        }
+        let other_proxy = tenant(&pg, &redis, user, prefix, hmac_key).await;
+        let other = connect(&other_proxy, "postgres", None).await.unwrap();
+        assert_eq!(
+            value(&other, READ).await,
+            "behind",
+            "tenant A's value served to {user}"
+        );
+        let row = cache_row(&other_proxy).await;
+        assert_eq!(counter(&row, "l2_hits"), 0, "{user}: {row:?}");
+        assert_eq!(counter(&row, "l2_rejected"), 1, "{user}: {row:?}");
     }
-    let b_proxy = tenant(&pg, &redis, "tenant_b", "tb:", b"key of b").await;
-    let b = connect(&b_proxy, "postgres", None).await.unwrap();
-    assert_eq!(
-        value(&b, READ).await,
-        "behind",
-        "tenant A's value served to B"
-    );
-    let row = cache_row(&b_proxy).await;
-    assert_eq!(counter(&row, "l2_hits"), 0, "{row:?}");
-    assert_eq!(counter(&row, "l2_rejected"), 1, "{row:?}");
 }
