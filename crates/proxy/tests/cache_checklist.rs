@@ -2164,3 +2164,59 @@ async fn a_read_filled_with_notices_turned_off_is_not_served_without_them() {
         replies_as_postgresql_does(&mut direct, &mut through, &simple, 2, read).await;
     }
 }
+
+/// #19, the fill/invalidate race on a real server: a slow read (a scan of half a
+/// million rows) takes its snapshot, a write through pgopt commits while it runs, and
+/// the read returns the old count, as PostgreSQL must. pgopt took the table's version
+/// before the read ran, so that result is not stored: the next read has the new count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fill_a_commit_overtakes_is_not_stored() {
+    let (_pg, proxy, behind) = setup(
+        "CREATE TABLE big (id int, v text);
+         INSERT INTO big SELECT g, 'x' FROM generate_series(1, 500000) g;",
+        &["big"],
+    )
+    .await;
+    let slow = "SELECT count(*) FROM big WHERE md5(v || id) <> ''";
+    let writer = connect(&proxy, "postgres", None).await.unwrap();
+    let mut count = 500_000;
+    // A round whose write landed before the read's snapshot proves nothing: again.
+    for _ in 0..5 {
+        let stored = counter(&cache_row(&proxy).await, "stored");
+        let reader = connect(&proxy, "postgres", None).await.unwrap();
+        let read = tokio::spawn(async move { rows(&reader, slow).await });
+        // The read is running on the server (its snapshot taken).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let running = rows(
+                &behind,
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE state = 'active' AND query LIKE 'SELECT count(*) FROM big WHERE md5%'",
+            )
+            .await;
+            if running == ["1"] {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the read never ran");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        run(&writer, "INSERT INTO big VALUES (0, 'y')").await;
+        count += 1;
+        let read = read.await.unwrap();
+        if read == [(count - 1).to_string()] {
+            let row = cache_row(&proxy).await;
+            assert_eq!(
+                counter(&row, "stored"),
+                stored,
+                "the overtaken fill was stored: {row:?}"
+            );
+            let reader = connect(&proxy, "postgres", None).await.unwrap();
+            for _ in 0..2 {
+                assert_eq!(rows(&reader, slow).await, [count.to_string()]);
+            }
+            return;
+        }
+        assert_eq!(read, [count.to_string()]);
+    }
+    panic!("the write never committed while the read ran");
+}
