@@ -290,6 +290,22 @@ redis.call('PUBLISH', ARGV[1], 'hb\0' .. ARGV[2] .. '\0' .. seq .. '\0' .. ARGV[
 return seq
 ";
 
+/// An instance's goodbye: `bye\0instance\0seq`, in its sequence as a heartbeat is (none
+/// when it has no sequence).
+const BYE: &str = r"
+local seq = redis.call('GET', KEYS[1])
+if seq then
+  redis.call('PUBLISH', ARGV[1], 'bye\0' .. ARGV[2] .. '\0' .. seq)
+  return seq
+end
+return ''
+";
+
+/// How long an instance on the bus may stay quiet before the others give it up for
+/// gone (a crash: it said no goodbye) and serve again, ending every value first (it
+/// may have committed a write it never announced).
+const PEER_GONE: Duration = Duration::from_secs(10);
+
 /// How often every instance publishes a heartbeat on the bus.
 const HEARTBEAT: Duration = Duration::from_millis(200);
 /// A channel silent this long (plus what may delay a beat) is taken as dropped: L1 is
@@ -335,6 +351,9 @@ pub struct L2 {
     raise: Lua,
     write: Lua,
     beat: Lua,
+    bye: Lua,
+    /// [`L2::leave`] ran: no goodbye again when dropped.
+    left: std::sync::atomic::AtomicBool,
     pub counters: L2Counters,
     /// Tables written while Redis was unreachable: incremented once it is back.
     /// Each with a count of the commits that owed it, so a payment only clears
@@ -361,6 +380,22 @@ pub struct L2 {
     owner_warned: Mutex<Option<String>>,
     /// Which remote versions have had every message of their commits received.
     delivery: Mutex<Delivery>,
+    /// The other instances sharing the bus, by id, each with when its latest
+    /// heartbeat arrived (a [`L2::now_ms`] value): one gone quiet may be committing
+    /// writes it cannot announce (see [`L2::serving`]).
+    peers: Mutex<Peers>,
+    /// Until when (a [`L2::now_ms`] value) every peer has been heard from recently
+    /// enough ([`L2::peer_lease`]); `u64::MAX` without peers.
+    peers_until: AtomicU64,
+}
+
+/// The other instances on the bus (see `L2::peers`).
+#[derive(Debug, Default)]
+struct Peers {
+    heard: HashMap<u64, u64>,
+    /// When the bus was last subscribed (a [`L2::now_ms`] value): a peer is given up
+    /// for gone only after [`PEER_GONE`] of silence since then too.
+    subscribed: u64,
 }
 
 /// What the bus has delivered (see [`L2::remote_writes`]).
@@ -550,6 +585,21 @@ impl Drop for L2 {
         {
             task.abort();
         }
+        // A goodbye on the way out (within a runtime), unless `leave` said it.
+        if self.left.load(Relaxed) {
+            return;
+        }
+        let (Some(mut conn), Ok(runtime)) =
+            (self.connection(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let mut cmd = self.bye_command();
+        let wait = self.config.timeout.max(Duration::from_millis(100));
+        runtime.spawn(async move {
+            let bye = Lua::new(BYE);
+            let _ = tokio::time::timeout(wait, conn.eval::<redis::Value>(&bye, &mut cmd)).await;
+        });
     }
 }
 
@@ -652,6 +702,8 @@ impl L2 {
             raise: Lua::new(RAISE),
             write: Lua::new(WRITE),
             beat: Lua::new(BEAT),
+            bye: Lua::new(BYE),
+            left: std::sync::atomic::AtomicBool::new(false),
             counters: L2Counters::default(),
             owed: Mutex::new(HashMap::new()),
             reconnect: Arc::new(tokio::sync::Notify::new()),
@@ -668,6 +720,8 @@ impl L2 {
                 baseline: Instant::now(),
                 untracked: None,
             }),
+            peers: Mutex::default(),
+            peers_until: AtomicU64::new(u64::MAX),
             config,
         });
         if l2.config.hmac_key.is_none() && l2.config.store_values {
@@ -697,11 +751,112 @@ impl L2 {
     /// timeout more (see `await_acks`), so an instance cut off from Redis, or lagging
     /// behind its messages, has stopped serving by the time that writer's client hears
     /// its commit ended.
+    /// Nor while another instance on the bus has gone quiet for [`L2::peer_lease`]:
+    /// cut off from Redis, it may be committing writes it cannot announce (its
+    /// writers wait out a longer lease, see `outlast_leases`), until it is heard again,
+    /// says it leaves, or is given up for gone after [`PEER_GONE`].
     pub fn serving(&self) -> bool {
         let heard = self.heard.load(Relaxed);
+        let now = self.now_ms();
         self.counters.bus_up.load(Relaxed)
             && heard > 0
-            && self.epoch.elapsed().as_millis() < u128::from(heard - 1) + self.lease().as_millis()
+            && u128::from(now) < u128::from(heard) + self.lease().as_millis()
+            && now < self.peers_until.load(Relaxed)
+    }
+
+    /// How long another instance may be quiet while this one serves: its lease less a
+    /// timeout, so that this one stops before a writer cut off from Redis lets its
+    /// client go (`outlast_leases` waits a lease and a timeout from when Redis stopped
+    /// answering it, and its last heartbeat reached Redis before that).
+    fn peer_lease(&self) -> Duration {
+        self.lease().saturating_sub(self.config.timeout)
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, Peers> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Recomputes `peers_until` from `peers`.
+    fn peers_changed(&self, peers: &Peers) {
+        let lease = u64::try_from(self.peer_lease().as_millis()).unwrap_or(u64::MAX);
+        let until = peers
+            .heard
+            .values()
+            .map(|&at| at.saturating_add(lease))
+            .min()
+            .unwrap_or(u64::MAX);
+        self.peers_until.store(until, Relaxed);
+    }
+
+    /// How many other instances share the bus (each heard within [`PEER_GONE`]).
+    pub fn peer_count(&self) -> usize {
+        self.peers().heard.len()
+    }
+
+    /// Instance `id`'s heartbeat arrived.
+    fn peer_heard(&self, id: u64) {
+        let mut peers = self.peers();
+        peers.heard.insert(id, self.now_ms());
+        self.peers_changed(&peers);
+    }
+
+    /// Instance `id` said it leaves (it shut down).
+    fn peer_left(&self, id: u64) {
+        let mut peers = self.peers();
+        if peers.heard.remove(&id).is_some() {
+            tracing::info!(
+                instance = id,
+                "another pgopt instance sharing the cache left"
+            );
+        }
+        self.peers_changed(&peers);
+    }
+
+    /// The peers quiet for [`PEER_GONE`] (and since the bus was subscribed) are given
+    /// up: `true` if any was (their unannounced commits, if any, must end everything).
+    fn peers_gone(&self) -> bool {
+        let now = self.now_ms();
+        let gone = u64::try_from(PEER_GONE.as_millis()).unwrap_or(u64::MAX);
+        let mut peers = self.peers();
+        let since = peers.subscribed;
+        let before = peers.heard.len();
+        peers
+            .heard
+            .retain(|_, at| now.saturating_sub((*at).max(since)) < gone);
+        let dropped = before - peers.heard.len();
+        if dropped > 0 {
+            self.peers_changed(&peers);
+        }
+        dropped > 0
+    }
+
+    /// Tells the other instances this one leaves, so that they need not wait for its
+    /// heartbeats (see [`L2::serving`]); its heartbeats stop. Call at shutdown.
+    pub async fn leave(&self) {
+        self.left.store(true, Relaxed);
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        let Some(mut conn) = self.connection() else {
+            return;
+        };
+        let mut cmd = self.bye_command();
+        let said = conn.eval::<redis::Value>(&self.bye, &mut cmd);
+        let _ =
+            tokio::time::timeout(self.config.timeout.max(Duration::from_millis(100)), said).await;
+    }
+
+    fn bye_command(&self) -> Command {
+        let mut cmd = eval(&self.bye, 1);
+        cmd.arg(&self.seq_key)
+            .arg(&self.channel)
+            .arg(&self.instance_arg);
+        cmd
     }
 
     /// How long the bus may be silent while this instance serves: three heartbeats
@@ -1531,8 +1686,11 @@ async fn listen(
         // dropped) may have missed a message: gone before anything is served again.
         this.missed();
         flush();
-        // Subscribed: every message from now on comes (and L1 was just flushed).
+        // Subscribed: every message from now on comes (and L1 was just flushed). The
+        // peers are served again once each is heard (what they wrote meanwhile was
+        // announced, or is owed and announced when they are back).
         this.heard_at(this.now_ms());
+        this.peers().subscribed = this.now_ms();
         this.counters.bus_up.store(true, Relaxed);
         tracing::info!("subscribed to the cache's invalidation channel");
         drop(this);
@@ -1611,6 +1769,26 @@ async fn listen(
             if let Some(sent) = own_beat(payload, this.instance) {
                 this.heard_at(sent);
                 this.delivery().beat_back(sent);
+                if this.peers_gone() {
+                    tracing::warn!(
+                        "another pgopt instance sharing the cache went quiet without a goodbye: \
+                         every cached value ends (it may have committed writes it never announced)"
+                    );
+                    this.missed();
+                    this.counters.flushes.fetch_add(1, Relaxed);
+                    flush();
+                    let l2 = l2.clone();
+                    tokio::spawn(async move {
+                        if let Some(this) = l2.upgrade() {
+                            this.publish(&[crate::ALL.to_string()]).await;
+                        }
+                    });
+                }
+            } else if let Some((kind, from)) = peer_word(payload, this.instance) {
+                match kind {
+                    PeerWord::Beat => this.peer_heard(from),
+                    PeerWord::Bye => this.peer_left(from),
+                }
             }
         }
         if let Some(watcher) = watcher {
@@ -1751,6 +1929,24 @@ fn own_beat(payload: &[u8], instance: u64) -> Option<u64> {
     (from == instance).then_some(sent)
 }
 
+/// What another instance's heartbeat or goodbye says.
+enum PeerWord {
+    Beat,
+    Bye,
+}
+
+/// A heartbeat or goodbye of an instance other than `instance`, and its sender.
+fn peer_word(payload: &[u8], instance: u64) -> Option<(PeerWord, u64)> {
+    let mut parts = payload.split(|&b| b == 0);
+    let kind = match parts.next()? {
+        b"hb" => PeerWord::Beat,
+        b"bye" => PeerWord::Bye,
+        _ => return None,
+    };
+    let from = number(parts.next()?)?;
+    (from != instance).then_some((kind, from))
+}
+
 /// The sender of a commit's message and the message's id (what is confirmed).
 fn write_of(payload: &[u8]) -> Option<(u64, u64)> {
     let mut parts = payload.split(|&b| b == 0);
@@ -1787,9 +1983,14 @@ fn apply(
         // every fill reads, so it sets the baseline.
         (_, None) => true,
         (b"w", Some(s)) => seq == s + 1,
-        (b"hb", Some(s)) => seq == s,
+        (b"hb" | b"bye", Some(s)) => seq == s,
         _ => false,
     };
+    if kind == b"bye" {
+        // Its sequence ends here; a new one would start afresh.
+        last.remove(&instance);
+        return in_order;
+    }
     last.insert(instance, seq);
     if kind == b"w" {
         // The message's id: only its sender reads it.

@@ -1480,6 +1480,7 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
         ("ddl", Kind::Text),
         ("ddl_changes", Kind::Int),
         ("redis", Kind::Text),
+        ("redis_peers", Kind::Int),
         ("l2_hits", Kind::Int),
         ("l2_misses", Kind::Int),
         ("l2_stored", Kind::Int),
@@ -1533,6 +1534,7 @@ pub fn view(cache: Option<&ProxyCache>) -> Table {
     ];
     let l2 = cache.l2.as_ref().map(|l2| &l2.counters);
     row.push(t(redis_state(cache)));
+    row.push(n(cache.l2.as_ref().map_or(0, |l2| l2.peer_count() as u64)));
     let count = |f: fn(&L2Counters) -> &AtomicU64| n(l2.map_or(0, |c| f(c).load(Relaxed)));
     row.extend([
         count(|c| &c.hits),

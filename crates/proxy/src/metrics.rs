@@ -354,6 +354,12 @@ fn cache(m: &mut Page, shared: &Shared) {
                 u64::from(crate::cache::redis_state(cache) == "up"),
             ),
             (
+                "pgopt_cache_redis_peers",
+                "gauge",
+                "Other pgopt instances heard on the cache's Redis bus (one gone quiet stops this one serving until it is heard again, says goodbye, or is given up after 10 s).",
+                l2.peer_count() as u64,
+            ),
+            (
                 "pgopt_cache_l2_hits_total",
                 "counter",
                 "Requests answered from Redis (L2).",

@@ -864,6 +864,10 @@ impl Shared {
             for pool in shared.live_pools() {
                 pool.close_idle();
             }
+            // The other instances sharing Redis need not wait for this one's heartbeats.
+            if let Some(l2) = shared.cache.as_ref().and_then(|c| c.l2.as_ref()) {
+                l2.leave().await;
+            }
             shared.set_lifecycle(Lifecycle::Stopped);
         });
     }

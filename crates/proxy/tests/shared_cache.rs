@@ -1371,3 +1371,167 @@ async fn another_tenants_values_planted_under_a_prefix_are_refused_by_its_hmac_k
         assert_eq!(counter(&row, "l2_rejected"), 1, "{user}: {row:?}");
     }
 }
+
+/// A TCP forwarder to `redis` the test can freeze: bytes stop flowing both ways while
+/// the connections stay open, as when a network partition cuts one instance off.
+struct Forwarder {
+    url: String,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn forwarder(redis: &Redis) -> Forwarder {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let frozen = std::sync::Arc::new(AtomicBool::new(false));
+    let (to, held) = (redis.port(), frozen.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut into) in [(cr, sw), (sr, cw)] {
+                let held = held.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        while held.load(SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        if into.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    Forwarder { url, frozen }
+}
+
+/// #57: an instance cut off from Redis while the others still reach it. Its commit
+/// cannot be announced; the others stop serving once it has gone quiet (before its
+/// writer hears the commit ended), and serve again once it is back and has announced
+/// what it wrote — or, for an instance that ends, once it says goodbye.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_redis_keeps_the_others_from_serving_its_writes_stale() {
+    let (pg, redis) = setup().await;
+    let cut = forwarder(&redis).await;
+    let a = instance_with(&pg, &redis, |c| {
+        if let Some(r) = c.redis.as_mut() {
+            r.url = cut.url.clone();
+        }
+    })
+    .await;
+    let b = instance(&pg, &redis).await;
+    // Each has heard the other (one never heard from is not waited for).
+    for proxy in [&a, &b] {
+        wait_for_cache(proxy, "the other instance heard", |r| {
+            counter(r, "redis_peers") == 1
+        })
+        .await;
+    }
+    let (writer, reader) = (
+        connect(&a, "postgres", None).await.unwrap(),
+        connect(&b, "postgres", None).await.unwrap(),
+    );
+    // B serves item 1 from its cache.
+    assert_eq!(value(&reader, READ).await, "a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&cache_row(&b).await, "hits") == 0 {
+        assert!(Instant::now() < deadline, "B never served");
+        assert_eq!(value(&reader, READ).await, "a");
+    }
+
+    cut.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer
+        .batch_execute("UPDATE items SET v = 'unannounced' WHERE id = 1")
+        .await
+        .unwrap();
+    // The writer heard its commit ended: B has stopped serving by now.
+    assert_eq!(value(&reader, READ).await, "unannounced");
+    let hits = counter(&cache_row(&b).await, "hits");
+    for _ in 0..3 {
+        assert_eq!(value(&reader, READ).await, "unannounced");
+    }
+    let row = cache_row(&b).await;
+    assert_eq!(
+        counter(&row, "hits"),
+        hits,
+        "B served while A was cut off: {row:?}"
+    );
+
+    // A is back: it announces what it owes, and B serves again.
+    cut.frozen.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_for_redis(&a, "up").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter(&cache_row(&b).await, "hits") == hits {
+        assert!(
+            Instant::now() < deadline,
+            "B never served again: {:?}",
+            cache_row(&b).await
+        );
+        assert_eq!(value(&reader, READ).await, "unannounced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An instance that shuts down says goodbye: B goes on serving.
+    let stopping = a.handle();
+    stopping.shutdown();
+    a.wait().await;
+    let hits = counter(&cache_row(&b).await, "hits");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(value(&reader, READ).await, "unannounced");
+    assert_eq!(
+        counter(&cache_row(&b).await, "hits"),
+        hits + 1,
+        "{:?}",
+        cache_row(&b).await
+    );
+}
+
+/// #57: an instance that goes quiet for good without a goodbye (it crashed, or stays
+/// cut off) is given up after 10 s: the others serve again, every value ended first,
+/// since it may have committed a write it never announced (here one made directly on
+/// PostgreSQL stands for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_quiet_for_good_is_given_up_and_what_it_may_have_written_ends() {
+    let (pg, redis) = setup().await;
+    let cut = forwarder(&redis).await;
+    let a = instance_with(&pg, &redis, |c| {
+        if let Some(r) = c.redis.as_mut() {
+            r.url = cut.url.clone();
+        }
+    })
+    .await;
+    let b = instance(&pg, &redis).await;
+    wait_for_cache(&b, "A heard", |r| counter(r, "redis_peers") == 1).await;
+    let reader = connect(&b, "postgres", None).await.unwrap();
+    assert_eq!(value(&reader, READ).await, "a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&cache_row(&b).await, "hits") == 0 {
+        assert!(Instant::now() < deadline, "B never served");
+        assert_eq!(value(&reader, READ).await, "a");
+    }
+    cut.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    pg.psql("UPDATE items SET v = 'never announced' WHERE id = 1")
+        .unwrap();
+    wait_for_cache(&b, "A given up", |r| counter(r, "redis_peers") == 0).await;
+    let hits = counter(&cache_row(&b).await, "hits");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(value(&reader, READ).await, "never announced");
+        if counter(&cache_row(&b).await, "hits") > hits {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never served again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(a);
+}
