@@ -1631,6 +1631,7 @@ async fn temporary_tables_are_each_sessions_own_and_never_served_from_the_cache(
     let read = "SELECT v FROM items WHERE id = 1";
 
     // Transaction mode. (Refused: a temporary table that outlives its transaction.)
+    cached(&proxy, &client, read, &["a"]).await;
     assert_eq!(
         error_code(
             &client,
@@ -1639,10 +1640,14 @@ async fn temporary_tables_are_each_sessions_own_and_never_served_from_the_cache(
         .await,
         "0A000"
     );
-    // (The refused statement's DDL still ends entries, at the next read's end: one
-    // read to settle that first.)
+    // A refused statement never ran: its DDL ends no entry.
+    let before = hits(&proxy).await;
     assert_eq!(rows(&client, read).await, ["a"]);
-    cached(&proxy, &client, read, &["a"]).await;
+    assert_eq!(
+        hits(&proxy).await,
+        before + 1,
+        "the refused DDL ended entries"
+    );
     run(
         &client,
         "BEGIN; CREATE TEMP TABLE items ON COMMIT DROP AS SELECT 1 AS id, 'in block'::text AS v",
