@@ -182,6 +182,12 @@ pub(crate) fn is_volatile(name: &str) -> bool {
             | "pg_safe_snapshot_blocking_pids"
             | "pg_xact_status"
             | "txid_status"
+            // Volatile in the catalog too, though read-only; and the server's start,
+            // which a restart changes with no write pgopt hears.
+            | "pg_jit_available"
+            | "pg_partition_tree"
+            | "pg_partition_ancestors"
+            | "pg_postmaster_start_time"
     ) || name.starts_with("pg_stat_get_")
 }
 

@@ -419,6 +419,13 @@ fn volatile_detection() {
         "SELECT x.a FROM log, jsonb_to_record(jsonb_build_object('a', msg)) AS x(a timestamptz)",
         // The one-argument age() is from the current date.
         "SELECT age(ts) FROM items WHERE id = 1",
+        // Read-only, but volatile in the catalog (or, the start time, changed by a
+        // restart no write announces).
+        "SELECT id, pg_blocking_pids(id) FROM items",
+        "SELECT pg_jit_available() FROM items",
+        "SELECT * FROM items, pg_partition_tree('items')",
+        "SELECT pg_partition_ancestors('items') FROM items",
+        "SELECT pg_postmaster_start_time() FROM items",
     ] {
         assert!(analyze(yes).unwrap().volatile, "{yes} should be volatile");
     }
