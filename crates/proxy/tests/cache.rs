@@ -134,6 +134,9 @@ async fn a_fill_held_by_a_lock() -> (Postgres, Proxy, Client, tokio::task::JoinH
 
 const READ_HELD: &str = "SELECT v FROM items WHERE id = 2";
 
+/// Item 1's value.
+const READ: &str = "SELECT v FROM items WHERE id = 1";
+
 /// A client waiting for another session's fill of its key can cancel its request, as
 /// one waiting on a lock in PostgreSQL can: 57014 at once, not after the fill or
 /// `flight_timeout`.
@@ -1959,6 +1962,123 @@ async fn after_a_failover_the_listener_follows_the_promoted_primary() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(served(&proxy, read).await, ("direct".to_string(), true));
+}
+
+/// Checklist #32: this database subscribes to a publication on another server. Rows
+/// the subscription applies (written on the publisher, never through pgopt) are
+/// commits on this server like any other: the listener's stream carries them and
+/// what they change is read afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_subscription_applies_invalidate_through_the_stream() {
+    let publisher = logical_postgres().await;
+    publisher
+        .psql(
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             INSERT INTO items VALUES (1, 'a');
+             CREATE PUBLICATION upstream FOR TABLE items;",
+        )
+        .unwrap();
+    let pg = logical_postgres().await;
+    pg.psql("CREATE TABLE items (id int PRIMARY KEY, v text)")
+        .unwrap();
+    // (Not in a transaction block: a statement of its own.)
+    pg.psql(&format!(
+        "CREATE SUBSCRIPTION downstream CONNECTION 'host=127.0.0.1 port={} dbname=postgres user=postgres{}' PUBLICATION upstream",
+        publisher.port(),
+        publisher
+            .password()
+            .map(|p| format!(" password={p}"))
+            .unwrap_or_default()
+    ))
+    .unwrap();
+    let here = direct(&pg).await;
+    eventually(
+        &here,
+        "SELECT count(*)::text FROM items",
+        "1",
+        Duration::from_secs(20),
+        "the initial copy",
+    )
+    .await;
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            wal_listener: true,
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    wait_for_cache(&proxy, "streaming", |r| r["wal"] == "streaming").await;
+    assert_eq!(served(&proxy, READ).await, ("a".to_string(), true));
+    publisher
+        .psql("UPDATE items SET v = 'published' WHERE id = 1")
+        .unwrap();
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    eventually(
+        &client,
+        READ,
+        "published",
+        Duration::from_secs(10),
+        "the subscription's write, through pgopt",
+    )
+    .await;
+    assert_eq!(served(&proxy, READ).await, ("published".to_string(), true));
+}
+
+/// Checklist #20: a COMMIT through pgopt held on the server (a deferred constraint
+/// trigger sleeps a second) while another client keeps reading — and filling — the
+/// row it changes. Until the commit is visible the old row is right; from the moment
+/// the writer hears its COMMIT ended, every read has the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_filled_during_a_held_commit_are_never_served_once_it_ends() {
+    let (pg, proxy) = setup().await;
+    pg.psql(
+        "CREATE FUNCTION held() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER held AFTER UPDATE ON items
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION held();",
+    )
+    .unwrap();
+    let writer = connect(&proxy, "postgres", None).await.unwrap();
+    let reader = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&reader, READ).await, "a");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let reads = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            let at = std::time::Instant::now();
+            seen.push((at, value(&reader, READ).await));
+        }
+        seen
+    });
+    writer
+        .batch_execute("BEGIN; UPDATE items SET v = 'held' WHERE id = 1")
+        .await
+        .unwrap();
+    let committing = std::time::Instant::now();
+    writer.batch_execute("COMMIT").await.unwrap();
+    let ended = std::time::Instant::now();
+    assert!(
+        ended - committing >= Duration::from_secs(1),
+        "the commit was not held"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reads.await.unwrap();
+    let during = seen
+        .iter()
+        .filter(|(at, _)| *at > committing && *at < ended)
+        .count();
+    assert!(during > 10, "only {during} reads while the commit was held");
+    for (at, v) in &seen {
+        if *at > ended {
+            assert_eq!(v, "held", "a read after the COMMIT ended");
+        }
+    }
+    let stats = cache_row(&proxy).await;
+    assert!(counter(&stats, "hits") > 0, "{stats:?}");
 }
 
 /// With the replication listener on, what its publication does not carry is not

@@ -2173,7 +2173,8 @@ async fn a_read_filled_with_notices_turned_off_is_not_served_without_them() {
 /// #19, the fill/invalidate race on a real server: a slow read (a scan of half a
 /// million rows) takes its snapshot, a write through pgopt commits while it runs, and
 /// the read returns the old count, as PostgreSQL must. pgopt took the table's version
-/// before the read ran, so that result is not stored: the next read has the new count.
+/// before the read ran, so that result is never served: the next reads have the new
+/// count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_fill_a_commit_overtakes_is_not_stored() {
     let (_pg, proxy, behind) = setup(
@@ -2187,7 +2188,6 @@ async fn a_slow_fill_a_commit_overtakes_is_not_stored() {
     let mut count = 500_000;
     // A round whose write landed before the read's snapshot proves nothing: again.
     for _ in 0..5 {
-        let stored = counter(&cache_row(&proxy).await, "stored");
         let reader = connect(&proxy, "postgres", None).await.unwrap();
         let read = tokio::spawn(async move { rows(&reader, slow).await });
         // The read is running on the server (its snapshot taken).
@@ -2209,19 +2209,81 @@ async fn a_slow_fill_a_commit_overtakes_is_not_stored() {
         count += 1;
         let read = read.await.unwrap();
         if read == [(count - 1).to_string()] {
-            let row = cache_row(&proxy).await;
-            assert_eq!(
-                counter(&row, "stored"),
-                stored,
-                "the overtaken fill was stored: {row:?}"
-            );
+            // Never served. (It may have been stored, if its result reached pgopt
+            // before the writer's commit did on a busy machine: the commit's
+            // invalidation then ends it.)
             let reader = connect(&proxy, "postgres", None).await.unwrap();
             for _ in 0..2 {
-                assert_eq!(rows(&reader, slow).await, [count.to_string()]);
+                assert_eq!(
+                    rows(&reader, slow).await,
+                    [count.to_string()],
+                    "{:?}",
+                    cache_row(&proxy).await
+                );
             }
             return;
         }
         assert_eq!(read, [count.to_string()]);
     }
     panic!("the write never committed while the read ran");
+}
+
+/// #15: savepoints. Inside a transaction nothing is served from the cache; a write
+/// rolled back to a savepoint and one kept both give PostgreSQL's answers there, and
+/// after COMMIT the kept one is read, not the entry from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_rolled_back_or_kept_read_as_postgresql_does() {
+    let (_pg, proxy, _behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');",
+        &["items"],
+    )
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    cached(&proxy, &client, read, &["a"]).await;
+    let before = hits(&proxy).await;
+    run(
+        &client,
+        "BEGIN; SAVEPOINT s; UPDATE items SET v = 'undone' WHERE id = 1",
+    )
+    .await;
+    assert_eq!(rows(&client, read).await, ["undone"]);
+    run(&client, "ROLLBACK TO SAVEPOINT s").await;
+    assert_eq!(rows(&client, read).await, ["a"]);
+    run(
+        &client,
+        "SAVEPOINT t; UPDATE items SET v = 'kept' WHERE id = 1; RELEASE t",
+    )
+    .await;
+    assert_eq!(rows(&client, read).await, ["kept"]);
+    // A failed statement, rolled back to its savepoint: the transaction goes on.
+    run(&client, "SAVEPOINT u").await;
+    assert_eq!(error_code(&client, "SELECT 1/0 FROM items").await, "22012");
+    run(&client, "ROLLBACK TO SAVEPOINT u").await;
+    assert_eq!(rows(&client, read).await, ["kept"]);
+    assert_eq!(hits(&proxy).await, before, "served inside the transaction");
+    run(&client, "COMMIT").await;
+    cached(&proxy, &client, read, &["kept"]).await;
+}
+
+/// #26: a procedure called with CALL that writes a cached table ends its entries, as a
+/// function call or a DO block does (what it writes is not known here: everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_procedure_called_with_call_ends_what_it_writes() {
+    let (_pg, proxy, _behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');
+         CREATE PROCEDURE set_v(t text) LANGUAGE sql AS $$ UPDATE items SET v = t WHERE id = 1 $$;",
+        &["items"],
+    )
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let writer = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT v FROM items WHERE id = 1";
+    cached(&proxy, &client, read, &["a"]).await;
+    run(&writer, "CALL set_v('called')").await;
+    assert_eq!(rows(&client, read).await, ["called"]);
+    // In the extended protocol too.
+    cached(&proxy, &client, read, &["called"]).await;
+    writer.execute("CALL set_v($1)", &[&"bound"]).await.unwrap();
+    assert_eq!(rows(&client, read).await, ["bound"]);
 }
