@@ -295,6 +295,10 @@ pub struct ProxyCache {
     /// What a fill that ran on a replica must have replayed to be stored (see
     /// `fence.rs`).
     pub fences: Arc<Fences>,
+    /// With the listener on: the databases a listener follows, each with its servers
+    /// and database (`ServerTarget::describe`), as at start. Only their clients are
+    /// served (see [`ProxyCache::follows`]).
+    followed: Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// A database's [`Deps`]: being read, read (until a schema change or
@@ -918,7 +922,30 @@ impl ProxyCache {
                 false => format!("SET jit = off; {DEPS_QUERY}"),
             },
             fences: Arc::new(Fences::default()),
+            followed: Mutex::default(),
         }))
+    }
+
+    /// A listener follows `db` (see `follow_wal`).
+    pub fn follow(&self, db: &crate::config::Database) {
+        let servers = format!("{}/{}", db.servers_text(), db.dbname);
+        self.followed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(db.name.clone(), servers);
+    }
+
+    /// Whether writes that bypass pgopt to `database` on `target` are followed (always
+    /// with the listener off): not for a database reached through `*`, added by a
+    /// RELOAD, moved by one to other servers, or never cached (no listener then).
+    pub fn follows(&self, database: &str, target: &crate::server::ServerTarget) -> bool {
+        !self.settings.wal_listener
+            || self
+                .followed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(database)
+                .is_some_and(|servers| *servers == target.describe())
     }
 
     /// The query that reads a database's [`Deps`].

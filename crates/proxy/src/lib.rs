@@ -193,6 +193,15 @@ impl Proxy {
                 "cache.wal_listener follows the listed databases only: databases reached through \"*\" are not cached",
             );
             for db in listed {
+                // A database never cached (session mode, or a host list that may hold a
+                // standby, see `Relay::serves_cache`) has no listener: its stream
+                // would hold up the others' (nothing is served until all stream).
+                let mode = db.pool.mode.unwrap_or(config.pool_mode);
+                let maybe_standby = !db.more_hosts.is_empty() && !db.more_hosts.read_write;
+                if mode != PoolMode::Transaction || maybe_standby {
+                    continue;
+                }
+                cache.follow(db);
                 // Counted before any streams: nothing is served until all do.
                 cache
                     .counters

@@ -6701,10 +6701,10 @@ fn serves_cache(shared: &Shared, pool: &Pool) -> bool {
     let Some(cache) = &shared.cache else {
         return false;
     };
-    // A database reached through the `*` fallback has no replication listener: with
-    // `wal_listener` on, writes that bypass pgopt would go unseen there, so it is
-    // not cached.
-    let unfollowed = cache.settings.wal_listener && shared.config().is_fallback(&pool.database);
+    // With `wal_listener` on, a database no listener follows on these servers (reached
+    // through the `*` fallback, added or moved by a RELOAD) is not cached: writes that
+    // bypass pgopt would go unseen there.
+    let unfollowed = !cache.follows(&pool.database, &pool.target);
     // A host list that may hold a standby: a fill could read one behind the
     // versions it was taken under, so it is not cached (a warning at start).
     let hosts = &pool.target.more_hosts;

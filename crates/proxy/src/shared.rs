@@ -647,8 +647,8 @@ impl Shared {
             && servers(&new) != servers(&old)
         {
             tracing::warn!(
-                "cache.wal_listener follows the databases pgopt started with: restart it for \
-                 writes that bypass pgopt to added or moved databases to invalidate the cache"
+                "cache.wal_listener follows the databases pgopt started with: added or moved \
+                 databases are not cached until a restart"
             );
         }
         if new.cache != old.cache {

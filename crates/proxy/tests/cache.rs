@@ -2081,6 +2081,68 @@ async fn reads_filled_during_a_held_commit_are_never_served_once_it_ends() {
     assert!(counter(&stats, "hits") > 0, "{stats:?}");
 }
 
+/// With the listener on, only databases a listener follows are cached. One that is
+/// never cached (a host list that may reach a standby) gets no listener, so its
+/// servers being down keeps nothing else from the cache; one a RELOAD moves to another
+/// server or database is not cached until a restart (the listener still follows where
+/// it was): a write made there directly is read at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_databases_a_listener_follows_are_cached() {
+    let pg = logical_postgres().await;
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a');",
+    )
+    .unwrap();
+    let other = pg.create_database("other").await.unwrap();
+    other
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             INSERT INTO items VALUES (1, 'o');",
+        )
+        .await
+        .unwrap();
+    // Two ports nothing listens on.
+    let dead = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (down, down_too) = (dead(), dead());
+    let configure = |c: &mut pgopt_proxy::Config| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            wal_listener: true,
+            ..CacheSettings::default()
+        };
+        let mut anylist = c.databases[0].clone();
+        anylist.name = "anylist".into();
+        anylist.port = down;
+        anylist.more_hosts =
+            pgopt_proxy::MoreHosts::new(vec![("127.0.0.1".into(), down_too)], false);
+        c.databases.push(anylist);
+    };
+    let proxy = start_with(&pg, configure).await;
+    wait_for_cache(&proxy, "streaming", |r| r["wal"] == "streaming").await;
+    assert_eq!(served(&proxy, READ).await, ("a".to_string(), true));
+
+    let mut moved = common::config_for(&pg, PoolMode::Transaction, 2);
+    moved.admin_users = vec!["postgres".into()];
+    moved.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    configure(&mut moved);
+    moved.databases[0].dbname = "other".into();
+    proxy.handle().apply(moved).unwrap();
+    assert_eq!(served(&proxy, READ).await, ("o".to_string(), false));
+    other
+        .batch_execute("UPDATE items SET v = 'direct' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(served(&proxy, READ).await, ("direct".to_string(), false));
+}
+
 /// With the replication listener on, what its publication does not carry is not
 /// cached: a write there that bypasses pgopt would never be seen. Here the DBA made the
 /// publication for some tables only; one table is published with a row filter, one
