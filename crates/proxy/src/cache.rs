@@ -2268,6 +2268,10 @@ pub async fn follow_wal(
         }
     };
     let max_lag = cache.settings.wal_max_lag;
+    // A stream silent this long starts again (on whichever server answers first).
+    let restart_after = (max_lag * 3).max(Duration::from_secs(5));
+    // When a stop for lag was last logged as a warning.
+    let loud: Mutex<Option<Instant>> = Mutex::new(None);
     loop {
         set_state("connecting".into());
         source.tls = (connect.tls)();
@@ -2276,94 +2280,110 @@ pub async fn follow_wal(
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         // With Redis, a start marker another instance's stream may vouch for.
         let markers = cache.l2.is_some();
-        // Once the stream started with probes: its lag, and whether it is over
-        // `max_lag` (then nothing is served until it is back under).
-        let lag: Mutex<Option<(Lag, bool)>> = Mutex::new(None);
-        let judge = |now: Instant| {
+        // Once the stream started with probes, what they tell of it.
+        let lag: Mutex<Option<LagState>> = Mutex::new(None);
+        // Judges the lag at `now`: over `max_lag`, nothing is served until it is back
+        // under. Returns why the stream should start again, when it has been silent
+        // for so long that it looks stuck (a server that hangs, a stalled connection).
+        let judge = |now: Instant| -> Option<String> {
             let mut guard = lag.lock().unwrap_or_else(|p| p.into_inner());
-            let Some((watch, behind)) = guard.as_mut() else {
-                return;
-            };
-            let late = u64::try_from(watch.lag(now).as_millis()).unwrap_or(u64::MAX);
+            let state = guard.as_mut()?;
+            let late = u64::try_from(state.watch.lag(now).as_millis()).unwrap_or(u64::MAX);
             cache
                 .counters
                 .wal_lags
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(db.name.clone(), late);
-            let unheard = watch.unheard(now);
+            let unheard = state.watch.unheard(now);
             let over = unheard > max_lag;
-            let was = std::mem::replace(behind, over);
+            let was = std::mem::replace(&mut state.behind, over);
+            let failing = state.failing.clone();
             drop(guard);
+            let unheard_ms = u64::try_from(unheard.as_millis()).unwrap_or(u64::MAX);
             if over {
-                set_state(format!(
-                    "lagging: commits of the last {} ms may be unheard",
-                    unheard.as_millis()
-                ));
+                set_state(match &failing {
+                    Some(error) => format!(
+                        "lagging: commits of the last {unheard_ms} ms may be unheard (writing probes fails: {error})"
+                    ),
+                    None => format!("lagging: commits of the last {unheard_ms} ms may be unheard"),
+                });
             }
             match (was, over) {
                 (false, true) => {
                     count(false);
                     cache.counters.wal_lag_stops.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        database = %db.name,
-                        unheard_ms = unheard.as_millis() as u64,
-                        max_lag_ms = max_lag.as_millis() as u64,
-                        "the cache's replication stream is further behind than cache.wal_max_lag: nothing is served from the cache until it catches up"
-                    );
+                    // (At most a warning a minute: a stream near the bound flaps.)
+                    let mut warned = loud.lock().unwrap_or_else(|p| p.into_inner());
+                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                        *warned = Some(Instant::now());
+                        tracing::warn!(
+                            database = %db.name,
+                            unheard_ms,
+                            max_lag_ms = max_lag.as_millis() as u64,
+                            "the cache's replication stream is further behind than cache.wal_max_lag: nothing is served from the cache until it catches up (SHOW CACHE's wal_lag_stops counts each time)"
+                        );
+                    }
                 }
                 (true, false) => {
                     count(true);
                     set_state("streaming".into());
-                    tracing::info!(
-                        database = %db.name,
-                        lag_ms = late,
-                        "the cache's replication stream caught up: the cache serves again"
-                    );
+                    tracing::debug!(database = %db.name, lag_ms = late, "the cache's replication stream caught up");
                 }
                 _ => {}
             }
+            (unheard > restart_after).then(|| {
+                format!("no probe came back on the stream for {unheard_ms} ms: starting it again")
+            })
         };
         // Writes a probe at each tick (a quarter of `max_lag`, at most a second) once
         // the stream started, the next once the last is written, and judges the lag
-        // at each tick meanwhile (a server that hangs holds a probe).
+        // at each tick meanwhile (a server that hangs holds a probe). Ends, with why,
+        // when the stream should start again.
         let probe = async {
             if max_lag.is_zero() {
-                return std::future::pending::<()>().await;
+                return std::future::pending::<String>().await;
             }
             let every = (max_lag / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut conn = None;
-            let mut failing = false;
             loop {
                 tick.tick().await;
                 let now = Instant::now();
-                judge(now);
+                if let Some(restart) = judge(now) {
+                    return restart;
+                }
                 let sent = lag
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .as_mut()
-                    .map(|(watch, _)| watch.send(now));
-                let Some(seq) = sent else {
+                    .map(|state| (state.watch.send(now), state.server.clone()));
+                let Some((seq, server)) = sent else {
                     continue;
                 };
-                let emitting = crate::wal::emit_probe(&source, &mut conn, &slot, seq);
+                let emitting = crate::wal::emit_probe(&source, &mut conn, &server, &slot, seq);
                 tokio::pin!(emitting);
                 let written = loop {
                     tokio::select! {
                         written = &mut emitting => break written,
-                        _ = tick.tick() => judge(Instant::now()),
+                        _ = tick.tick() => if let Some(restart) = judge(Instant::now()) {
+                            return restart;
+                        },
                     }
                 };
-                match written {
-                    Ok(()) => failing = false,
-                    Err(error) if !std::mem::replace(&mut failing, true) => tracing::warn!(
-                        database = %db.name,
-                        %error,
-                        "writing a probe to time the cache's replication stream failed: once it is cache.wal_max_lag behind, nothing is served from the cache"
-                    ),
-                    Err(_) => {}
+                let failing = written.err();
+                let mut guard = lag.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(state) = guard.as_mut().filter(|s| s.failing != failing) {
+                    // (Each new reason once: not each probe.)
+                    if let Some(error) = &failing {
+                        tracing::warn!(
+                            database = %db.name,
+                            %error,
+                            "writing a probe to time the cache's replication stream failed: once it is cache.wal_max_lag behind, nothing is served from the cache"
+                        );
+                    }
+                    state.failing = failing;
                 }
             }
         };
@@ -2378,7 +2398,11 @@ pub async fn follow_wal(
             let mut own = None;
             while let Some(event) = rx.recv().await {
                 match event {
-                    WalEvent::Started { marker, probes } => {
+                    WalEvent::Started {
+                        marker,
+                        probes,
+                        server,
+                    } => {
                         // Commits before the stream were not seen here: replicas'
                         // fills wait for a primary position read after now, and this
                         // instance's entries end (nothing is served meanwhile).
@@ -2405,20 +2429,24 @@ pub async fn follow_wal(
                         }
                         own = marker;
                         if probes && !max_lag.is_zero() {
-                            *lag.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some((Lag::new(Instant::now()), false));
+                            *lag.lock().unwrap_or_else(|p| p.into_inner()) = Some(LagState {
+                                watch: Lag::new(Instant::now()),
+                                behind: false,
+                                server,
+                                failing: None,
+                            });
                         }
                         count(true);
                         set_state("streaming".into());
                     }
                     WalEvent::Probe(seq) => {
                         let now = Instant::now();
-                        if let Some((watch, _)) =
-                            lag.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+                        if let Some(state) = lag.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
                         {
-                            watch.back(seq, now);
+                            state.watch.back(seq, now);
                         }
-                        judge(now);
+                        // (A restart is the probes' to start.)
+                        let _ = judge(now);
                     }
                     WalEvent::Committed(committed) => {
                         backoff.reset();
@@ -2440,9 +2468,8 @@ pub async fn follow_wal(
             }
         };
         let outcome = tokio::select! {
-            (result, ()) = async { tokio::join!(run, consume) } => result,
-            // (Probes go on until the stream ends.)
-            () = probe => Ok(()),
+            (result, ()) = async { tokio::join!(run, consume) } => result.map_err(|e| e.to_string()),
+            restart = probe => Err(restart),
             () = until_stopped(&mut lifecycle) => return,
         };
         count(false);
@@ -2454,7 +2481,7 @@ pub async fn follow_wal(
             .remove(&db.name);
         let error = match outcome {
             Ok(()) => "the replication stream ended".to_string(),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         tracing::warn!(
             database = %db.name,
@@ -2465,6 +2492,17 @@ pub async fn follow_wal(
         set_state(format!("down: {error}"));
         backoff.wait().await;
     }
+}
+
+/// A listener's stream as its probes tell it (see `follow_wal`).
+struct LagState {
+    watch: crate::wal::Lag,
+    /// Further behind than `wal_max_lag`: nothing is served.
+    behind: bool,
+    /// The server the stream is on: probes are written there.
+    server: String,
+    /// Why writing probes fails, while it does.
+    failing: Option<String>,
 }
 
 /// How long a listener whose stream starts waits for another instance's stream to

@@ -339,8 +339,20 @@ fn cache(m: &mut Page, shared: &Shared) {
             (
                 "pgopt_cache_wal_lag_milliseconds",
                 "gauge",
-                "The replication streams' largest lag, as the probes pgopt writes into the WAL last timed it (0 before any came back).",
+                "The replication streams' largest lag: the newest probe's round trip, or how long the oldest probe still out has been (0 while no stream is timed).",
                 crate::cache::wal_lag(c).unwrap_or(0),
+            ),
+            (
+                "pgopt_cache_wal_listeners",
+                "gauge",
+                "Databases with a replication listener (cache.wal_listener).",
+                c.wal_listeners.load(Relaxed) as u64,
+            ),
+            (
+                "pgopt_cache_wal_listeners_streaming",
+                "gauge",
+                "Listeners streaming and within cache.wal_max_lag: the cache serves only while every listener does.",
+                c.wal_streaming.load(Relaxed) as u64,
             ),
         ]);
     }

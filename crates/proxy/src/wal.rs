@@ -71,6 +71,9 @@ pub enum WalEvent {
         marker: Option<(String, u64)>,
         /// Whether the stream carries this listener's probes (see [`PROBE_PREFIX`]).
         probes: bool,
+        /// The server the stream is on (of the database's hosts, its address as
+        /// connected to): probes must be written there.
+        server: String,
     },
     Committed(Committed),
     /// A listener's marker (another's, or this one's own) and its position, reached in
@@ -158,10 +161,13 @@ impl Lag {
 }
 
 /// Writes probe `seq` of `slot` into the WAL (see [`PROBE_PREFIX`]) on `conn`, a
-/// plain connection to the stream's server, opened on `source` first if `None`.
+/// plain connection to the stream's server `server`, opened on `source` first if
+/// `None` (refused if it reaches another of the database's servers: a probe there
+/// would never come back on the stream).
 pub async fn emit_probe(
     source: &WalSource,
     conn: &mut Option<ServerConn>,
+    server: &str,
     slot: &str,
     seq: u64,
 ) -> Result<(), String> {
@@ -176,6 +182,12 @@ pub async fn emit_probe(
         )
         .await
         .map_err(|e| e.to_string())?;
+        if opened.addr.to_string() != server {
+            return Err(format!(
+                "the probe's connection reached {}, not the stream's server {server}",
+                opened.addr
+            ));
+        }
         // (Its commit waits for no synchronous standby: a standby down would make the
         // stream look late.)
         opened
@@ -342,6 +354,7 @@ pub async fn listen(
         .send(WalEvent::Started {
             marker: marker.clone(),
             probes: messages,
+            server: conn.addr.to_string(),
         })
         .await
         .is_err()

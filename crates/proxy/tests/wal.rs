@@ -74,6 +74,7 @@ async fn committed_changes_arrive_with_every_table_they_touched() {
     let WalEvent::Started {
         marker: Some((marker, at)),
         probes: true,
+        server,
     } = event(&mut rx).await
     else {
         panic!("no start marker first");
@@ -112,13 +113,20 @@ async fn committed_changes_arrive_with_every_table_they_touched() {
     assert_eq!(next(&mut rx).await, ["public.audit", "public.items"]);
     // The listener's own probes come back with their number; another slot's do not.
     let mut conn = None;
-    emit_probe(&prober, &mut conn, "pgopt_other", 1)
+    emit_probe(&prober, &mut conn, &server, "pgopt_other", 1)
         .await
         .unwrap();
-    emit_probe(&prober, &mut conn, "pgopt_test", 7)
+    emit_probe(&prober, &mut conn, &server, "pgopt_test", 7)
         .await
         .unwrap();
     assert_eq!(event(&mut rx).await, WalEvent::Probe(7));
+    // A probe connection that reaches another server than the stream's writes nothing.
+    let mut elsewhere = None;
+    let refused = emit_probe(&prober, &mut elsewhere, "192.0.2.1:5432", "pgopt_test", 8)
+        .await
+        .unwrap_err();
+    assert!(refused.contains("not the stream's server"), "{refused}");
+    assert!(elsewhere.is_none());
     // A rolled-back transaction sends nothing; the next commit comes next.
     direct
         .batch_execute("BEGIN; UPDATE items SET v = 'rolled back'; ROLLBACK;")

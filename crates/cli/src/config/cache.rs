@@ -38,7 +38,7 @@ pub struct CacheSection {
     /// How far behind the listener's stream may fall (timed by probes it writes into
     /// the WAL) before nothing is served from the cache until it catches up; 0: not
     /// watched.
-    pub wal_max_lag: HumanDuration,
+    pub wal_max_lag: MaxLag,
     /// Hear schema changes made directly on the server at once: an event trigger
     /// (made with the listener's login, which must be a superuser) notifies pgopt.
     pub ddl_listener: bool,
@@ -127,7 +127,7 @@ impl Default for CacheSection {
             wal_user: String::new(),
             wal_password: String::new(),
             publication: d.publication,
-            wal_max_lag: HumanDuration(d.wal_max_lag),
+            wal_max_lag: MaxLag(HumanDuration(d.wal_max_lag)),
             ddl_listener: d.ddl_listener,
             redis: RedisSection::default(),
             verify_fraction: Share(d.verify_fraction),
@@ -158,12 +158,29 @@ impl CacheSection {
             verify_fraction: self.verify_fraction.0,
             departed_write_timeout: self.departed_write_timeout.0,
             publication: self.publication.clone(),
-            wal_max_lag: self.wal_max_lag.0,
+            wal_max_lag: self.wal_max_lag.0 .0,
             ddl_listener: self.ddl_listener,
             redis: self
                 .redis
                 .config(usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX)),
         }
+    }
+}
+
+/// `wal_max_lag`: 0 (not watched) or at least 100 ms (probes go every quarter of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct MaxLag(pub HumanDuration);
+
+impl<'de> Deserialize<'de> for MaxLag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let lag = HumanDuration::deserialize(d)?;
+        if !lag.0.is_zero() && lag.0 < std::time::Duration::from_millis(100) {
+            return Err(de::Error::custom(format!(
+                "expected \"0s\" (not watched) or at least \"100ms\", found \"{lag}\""
+            )));
+        }
+        Ok(MaxLag(lag))
     }
 }
 

@@ -196,6 +196,17 @@ fn cache_rules_and_redis_are_read_and_checked() {
         .redis
         .is_none());
 
+    let e = err("[cache]\nwal_max_lag = \"1ms\"\n");
+    assert!(e.starts_with("pgopt.toml:2: cache.wal_max_lag"), "{e}");
+    assert!(e.contains("at least \"100ms\""), "{e}");
+    for fine in ["0s", "100ms", "5s"] {
+        parse_text(
+            "pgopt.toml",
+            &format!("[cache]\nwal_max_lag = \"{fine}\"\n"),
+        )
+        .unwrap();
+    }
+
     let e = err("[cache]\nfingerprints = [\"not hex\"]\n");
     assert!(e.starts_with("pgopt.toml:2: cache.fingerprints"), "{e}");
     assert!(e.contains("16 hex digits"), "{e}");
