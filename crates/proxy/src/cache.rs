@@ -2269,7 +2269,9 @@ pub async fn follow_wal(
     };
     let max_lag = cache.settings.wal_max_lag;
     // A stream silent this long starts again (on whichever server answers first).
-    let restart_after = (max_lag * 3).max(Duration::from_secs(5));
+    let restart_after = max_lag.saturating_mul(3).max(Duration::from_secs(5));
+    // A probe not written within this long is given up (its connection closed).
+    let probe_timeout = max_lag.max(Duration::from_secs(1));
     // When a stop for lag was last logged as a warning.
     let loud: Mutex<Option<Instant>> = Mutex::new(None);
     loop {
@@ -2280,11 +2282,14 @@ pub async fn follow_wal(
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         // With Redis, a start marker another instance's stream may vouch for.
         let markers = cache.l2.is_some();
-        // Once the stream started with probes, what they tell of it.
+        // Once the stream started with probes, what they tell of it; and when the
+        // stream last sent anything.
         let lag: Mutex<Option<LagState>> = Mutex::new(None);
+        let heard = crate::wal::Heard::default();
         // Judges the lag at `now`: over `max_lag`, nothing is served until it is back
-        // under. Returns why the stream should start again, when it has been silent
-        // for so long that it looks stuck (a server that hangs, a stalled connection).
+        // under. Returns why the stream should start again, when it has sent nothing
+        // for so long, though asked for replies, that it looks stuck (a server that
+        // hangs, a stalled connection). (Probes that fail only keep the cache off.)
         let judge = |now: Instant| -> Option<String> {
             let mut guard = lag.lock().unwrap_or_else(|p| p.into_inner());
             let state = guard.as_mut()?;
@@ -2332,8 +2337,12 @@ pub async fn follow_wal(
                 }
                 _ => {}
             }
-            (unheard > restart_after).then(|| {
-                format!("no probe came back on the stream for {unheard_ms} ms: starting it again")
+            let silent = heard.silent();
+            (over && silent > restart_after).then(|| {
+                format!(
+                    "the replication stream sent nothing for {} ms: starting it again",
+                    silent.as_millis()
+                )
             })
         };
         // Writes a probe at each tick (a quarter of `max_lag`, at most a second) once
@@ -2362,17 +2371,29 @@ pub async fn follow_wal(
                 let Some((seq, server)) = sent else {
                     continue;
                 };
-                let emitting = crate::wal::emit_probe(&source, &mut conn, &server, &slot, seq);
-                tokio::pin!(emitting);
-                let written = loop {
-                    tokio::select! {
-                        written = &mut emitting => break written,
-                        _ = tick.tick() => if let Some(restart) = judge(Instant::now()) {
-                            return restart;
-                        },
+                let written = {
+                    let emitting = tokio::time::timeout(
+                        probe_timeout,
+                        crate::wal::emit_probe(&source, &mut conn, &server, &slot, seq),
+                    );
+                    tokio::pin!(emitting);
+                    loop {
+                        tokio::select! {
+                            written = &mut emitting => break written,
+                            _ = tick.tick() => if let Some(restart) = judge(Instant::now()) {
+                                return restart;
+                            },
+                        }
                     }
                 };
-                let failing = written.err();
+                let failing = match written {
+                    Ok(written) => written.err(),
+                    Err(_) => {
+                        // (Its connection may be mid-query: a new one next time.)
+                        conn = None;
+                        Some(format!("no answer within {} ms", probe_timeout.as_millis()))
+                    }
+                };
                 let mut guard = lag.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(state) = guard.as_mut().filter(|s| s.failing != failing) {
                     // (Each new reason once: not each probe.)
@@ -2389,7 +2410,7 @@ pub async fn follow_wal(
         };
         let run = async {
             ensure_publication(&source, &publication).await?;
-            listen(&source, &publication, &slot, markers, tx).await
+            listen(&source, &publication, &slot, markers, &heard, tx).await
         };
         let consume = async {
             // This stream's own start marker. (Markers come after `Started`, whose

@@ -210,8 +210,42 @@ pub async fn emit_probe(
     written
 }
 
-/// How often the listener tells the server how far it has read.
-const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the listener tells the server how far it has read, asking for a reply:
+/// a walsender that answers nothing for a while is stuck (see [`Heard`]).
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// When a listener's stream last sent anything (a change, a keepalive): a stream
+/// silent for long, though asked for replies, is stuck (a server that hangs, a
+/// stalled connection) and is started again.
+#[derive(Debug)]
+pub struct Heard {
+    base: Instant,
+    ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Heard {
+    fn default() -> Self {
+        Heard {
+            base: Instant::now(),
+            ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heard {
+    /// The stream sent something now.
+    pub fn now(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the stream has been silent (since the listener began, if it never
+    /// sent anything).
+    pub fn silent(&self) -> Duration {
+        let at = Duration::from_millis(self.ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(at)
+    }
+}
 
 /// Creates `publication` for all tables unless it exists. A publication of updates
 /// and deletes makes PostgreSQL refuse them on a table without a replica identity (no
@@ -282,6 +316,7 @@ pub async fn listen(
     publication: &str,
     slot: &str,
     markers: bool,
+    heard: &Heard,
     out: mpsc::Sender<WalEvent>,
 ) -> Result<(), ProxyError> {
     let target = &source.target();
@@ -395,7 +430,7 @@ pub async fn listen(
                         _ => return Err(failed("the replication connection closed".into())),
                     },
                     () = tokio::time::sleep(status_due), if streaming => {
-                        send_status(&mut conn, flushed, false).await?;
+                        send_status(&mut conn, flushed, true).await?;
                         last_status = Instant::now();
                         continue;
                     }
@@ -404,6 +439,7 @@ pub async fn listen(
             }
             Err(e) => return Err(failed(e.to_string())),
         };
+        heard.now();
         match frame.tag() {
             b'W' => streaming = true,
             b'E' => {

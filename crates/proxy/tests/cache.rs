@@ -2149,6 +2149,60 @@ async fn only_databases_a_listener_follows_are_cached() {
     assert_eq!(served(&proxy, READ).await, ("direct".to_string(), false));
 }
 
+/// Probes that cannot be written (here the listener's role may not call
+/// pg_logical_emit_message) keep the cache off — the stream's lag can't be known — and
+/// say why; the stream itself answers, so it is not started again (each start would
+/// end every value). Once probes can be written, the cache serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_probes_keep_the_cache_off_without_restarting_a_live_stream() {
+    let pg = Postgres::builder()
+        .setting("wal_level", "logical")
+        .password("serverpw", pgopt_embedded::HostAuth::ScramSha256)
+        .start()
+        .await
+        .unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a');
+         CREATE PUBLICATION pgopt_cache FOR ALL TABLES;
+         CREATE ROLE walreader LOGIN REPLICATION PASSWORD 'walpw';
+         REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC;",
+    )
+    .unwrap();
+    let proxy = start_with(&pg, |c| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            wal_listener: true,
+            wal_user: Some("walreader".into()),
+            wal_password: Some("walpw".into()),
+            wal_max_lag: Duration::from_secs(1),
+            ..CacheSettings::default()
+        };
+    })
+    .await;
+    let stats = wal_state(&proxy, |wal| wal.contains("writing probes fails")).await;
+    assert!(stats["wal"].contains("permission denied"), "{stats:?}");
+    let gaps = counter(&stats, "wal_gap_flushes");
+    // Longer than a stuck stream is given (three times wal_max_lag, at least 5 s).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(served(&proxy, READ).await, ("a".to_string(), false));
+    let stats = cache_row(&proxy).await;
+    assert!(stats["wal"].starts_with("lagging"), "{stats:?}");
+    assert_eq!(
+        counter(&stats, "wal_gap_flushes"),
+        gaps,
+        "restarted: {stats:?}"
+    );
+
+    pg.psql("GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO walreader")
+        .unwrap();
+    wal_state(&proxy, |wal| wal == "streaming").await;
+    assert_eq!(served(&proxy, READ).await.0, "a");
+    assert_eq!(served(&proxy, READ).await, ("a".to_string(), true));
+    assert_eq!(counter(&cache_row(&proxy).await, "wal_gap_flushes"), gaps);
+}
+
 /// With the replication listener on, what its publication does not carry is not
 /// cached: a write there that bypasses pgopt would never be seen. Here the DBA made the
 /// publication for some tables only; one table is published with a row filter, one

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use pgopt_embedded::Postgres;
-use pgopt_proxy::wal::{emit_probe, ensure_publication, listen, WalEvent, WalSource};
+use pgopt_proxy::wal::{emit_probe, ensure_publication, listen, Heard, WalEvent, WalSource};
 use tokio::sync::mpsc;
 
 /// The next event within 10 s.
@@ -67,8 +67,9 @@ async fn committed_changes_arrive_with_every_table_they_touched() {
     ensure_publication(&source, "pgopt").await.unwrap(); // again: already there
     let (tx, mut rx) = mpsc::channel(16);
     let prober = source.clone();
-    let listener =
-        tokio::spawn(async move { listen(&source, "pgopt", "pgopt_test", true, tx).await });
+    let listener = tokio::spawn(async move {
+        listen(&source, "pgopt", "pgopt_test", true, &Heard::default(), tx).await
+    });
     // The stream starts with the marker written after the slot's start, which comes
     // back in the stream; others' messages with another prefix do not.
     let WalEvent::Started {
@@ -196,8 +197,9 @@ async fn the_server_shuts_down_while_the_listener_streams() {
     let source = source_for(&pg);
     ensure_publication(&source, "pgopt").await.unwrap();
     let (tx, mut rx) = mpsc::channel(16);
-    let listener =
-        tokio::spawn(async move { listen(&source, "pgopt", "pgopt_stop", true, tx).await });
+    let listener = tokio::spawn(async move {
+        listen(&source, "pgopt", "pgopt_stop", true, &Heard::default(), tx).await
+    });
     assert!(matches!(event(&mut rx).await, WalEvent::Started { .. }));
     assert!(matches!(event(&mut rx).await, WalEvent::Marker(..)));
     direct
