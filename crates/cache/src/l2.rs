@@ -585,8 +585,9 @@ impl Drop for L2 {
         {
             task.abort();
         }
-        // A goodbye on the way out (within a runtime), unless `leave` said it.
-        if self.left.load(Relaxed) {
+        // A goodbye on the way out (within a runtime), unless `leave` said it, or a
+        // commit is still owed (see `leave`).
+        if self.left.load(Relaxed) || self.owes() {
             return;
         }
         let (Some(mut conn), Ok(runtime)) =
@@ -793,10 +794,18 @@ impl L2 {
         self.peers().heard.len()
     }
 
-    /// Instance `id`'s heartbeat arrived.
+    /// Instance `id`'s heartbeat arrived. It was published after this instance's own
+    /// latest heartbeat to come back (Redis delivers in order): its lease is counted
+    /// from when that one was sent, not from its arrival, which a lagging reader or a
+    /// late delivery would put later.
     fn peer_heard(&self, id: u64) {
+        let at = match self.heard.load(Relaxed) {
+            0 => self.now_ms(),
+            heard => heard,
+        };
         let mut peers = self.peers();
-        peers.heard.insert(id, self.now_ms());
+        let entry = peers.heard.entry(id).or_default();
+        *entry = (*entry).max(at);
         self.peers_changed(&peers);
     }
 
@@ -832,15 +841,26 @@ impl L2 {
 
     /// Tells the other instances this one leaves, so that they need not wait for its
     /// heartbeats (see [`L2::serving`]); its heartbeats stop. Call at shutdown.
+    /// No goodbye while it owes Redis a commit: the others then give it up after
+    /// [`PEER_GONE`], ending every value.
     pub async fn leave(&self) {
         self.left.store(true, Relaxed);
-        for task in self
+        let tasks: Vec<_> = self
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
-        {
+            .collect();
+        for task in &tasks {
             task.abort();
+        }
+        // (A heartbeat under way must not land after the goodbye.)
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.pay_owed().await;
+        if self.owes() {
+            return;
         }
         let Some(mut conn) = self.connection() else {
             return;
@@ -1609,14 +1629,18 @@ async fn keep_connected(l2: Weak<L2>) {
             }
         } else {
             // The beat first: a payment may wait for confirmations, and this
-            // instance's lease runs from its beats (see `L2::serving`).
-            let mut cmd = eval(&this.beat, 1);
-            cmd.arg(&this.seq_key)
-                .arg(&this.channel)
-                .arg(&this.instance_arg)
-                .num(first_version())
-                .num(this.now_ms());
-            let _: Option<String> = this.call("heartbeat", &this.beat, &mut cmd).await;
+            // instance's lease runs from its beats (see `L2::serving`). None while it
+            // owes Redis a commit: the others must not take it for one that announced
+            // all it wrote (see `L2::peer_lease`).
+            if !this.owes() {
+                let mut cmd = eval(&this.beat, 1);
+                cmd.arg(&this.seq_key)
+                    .arg(&this.channel)
+                    .arg(&this.instance_arg)
+                    .num(first_version())
+                    .num(this.now_ms());
+                let _: Option<String> = this.call("heartbeat", &this.beat, &mut cmd).await;
+            }
             this.pay_owed().await;
             HEARTBEAT
         };
@@ -1777,12 +1801,15 @@ async fn listen(
                     this.missed();
                     this.counters.flushes.fetch_add(1, Relaxed);
                     flush();
-                    let l2 = l2.clone();
-                    tokio::spawn(async move {
-                        if let Some(this) = l2.upgrade() {
-                            this.publish(&[crate::ALL.to_string()]).await;
-                        }
-                    });
+                    // Owed, so that nothing is looked up in Redis until its versions
+                    // have moved past whatever that instance wrote.
+                    *this
+                        .owed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(crate::ALL.to_string())
+                        .or_default() += 1;
+                    this.reconnect.notify_one();
                 }
             } else if let Some((kind, from)) = peer_word(payload, this.instance) {
                 match kind {

@@ -56,6 +56,14 @@ impl SharedCache {
         self.l2.serving()
     }
 
+    /// Tells the other processes sharing Redis that this one leaves, so they need not
+    /// wait for its heartbeats (else they serve nothing for about 10 s, then end every
+    /// value). Call before the process exits: the goodbye its drop sends may not run
+    /// once the runtime shuts down.
+    pub async fn close(&self) {
+        self.l2.leave().await;
+    }
+
     /// The value under `key`: from memory, else from Redis when it was filled at the
     /// tags' current versions, else `fill`'s — stored in both for `ttl`, tagged with
     /// `tags`. Concurrent callers in this process wait for one fill (another runs when

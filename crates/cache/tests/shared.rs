@@ -91,6 +91,23 @@ async fn two_caches_share_values_and_invalidations_through_redis() {
     a.invalidate(&["users"]).await;
     assert_eq!(get(&b, &fills, "other").await, "v5");
     assert_eq!(fills.load(Ordering::SeqCst), 5);
+
+    // A closes: B, once it heard it, need not wait out its silence to serve on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.l2.peer_count() == 0 {
+        assert!(Instant::now() < deadline, "A was never heard");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.l2.peer_count() > 0 {
+        assert!(Instant::now() < deadline, "the goodbye never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(b.serving());
+    assert_eq!(get(&b, &fills, "other").await, "v5");
+    assert_eq!(fills.load(Ordering::SeqCst), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

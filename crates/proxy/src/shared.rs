@@ -864,9 +864,13 @@ impl Shared {
             for pool in shared.live_pools() {
                 pool.close_idle();
             }
-            // The other instances sharing Redis need not wait for this one's heartbeats.
+            // The other instances sharing Redis need not wait for this one's heartbeats
+            // (unless clients still run here: then they give it up in time, ending
+            // every value).
             if let Some(l2) = shared.cache.as_ref().and_then(|c| c.l2.as_ref()) {
-                l2.leave().await;
+                if shared.clients.len() == 0 {
+                    l2.leave().await;
+                }
             }
             shared.set_lifecycle(Lifecycle::Stopped);
         });
