@@ -928,11 +928,10 @@ impl ProxyCache {
 
     /// A listener follows `db` (see `follow_wal`).
     pub fn follow(&self, db: &crate::config::Database) {
-        let servers = format!("{}/{}", db.servers_text(), db.dbname);
         self.followed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(db.name.clone(), servers);
+            .insert(db.name.clone(), servers_of(db));
     }
 
     /// Whether writes that bypass pgopt to `database` on `target` are followed (always
@@ -2274,7 +2273,25 @@ pub async fn follow_wal(
     let probe_timeout = max_lag.max(Duration::from_secs(1));
     // When a stop for lag was last logged as a warning.
     let loud: Mutex<Option<Instant>> = Mutex::new(None);
+    let servers = servers_of(&db);
     loop {
+        // A RELOAD moved or removed the database: it is not cached any more (see
+        // `ProxyCache::follows`), and this stream, of its old servers, must not hold up
+        // the others'.
+        if (connect.current)(&db.name).as_deref() != Some(servers.as_str()) {
+            cache.counters.wal_listeners.fetch_sub(1, Relaxed);
+            cache
+                .counters
+                .wal_states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&db.name);
+            tracing::warn!(
+                database = %db.name,
+                "a RELOAD moved or removed this database: its replication listener stops, and it is not cached until pgopt restarts"
+            );
+            return;
+        }
         set_state("connecting".into());
         source.tls = (connect.tls)();
         attempt += 1;
@@ -2553,6 +2570,18 @@ pub(crate) struct ListenerConnect {
     pub connect_timeout: Duration,
     pub keepalive: Option<crate::config::Keepalive>,
     pub tls: Arc<dyn Fn() -> Option<crate::server_tls::ServerTlsConnector> + Send + Sync>,
+    /// A database's servers and database as the config has them now (see
+    /// [`servers_of`]); `None` once a RELOAD removed it.
+    pub current: Arc<CurrentServers>,
+}
+
+/// See [`ListenerConnect::current`].
+pub(crate) type CurrentServers = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// A configured database's servers and database, as `ServerTarget::describe` gives a
+/// pool's.
+pub(crate) fn servers_of(db: &crate::config::Database) -> String {
+    format!("{}/{}", db.servers_text(), db.dbname)
 }
 
 /// The wait of a listener (the replication stream's, the schema changes') between

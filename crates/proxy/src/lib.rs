@@ -196,9 +196,14 @@ impl Proxy {
                 // A database never cached (session mode, or a host list that may hold a
                 // standby, see `Relay::serves_cache`) has no listener: its stream
                 // would hold up the others' (nothing is served until all stream).
-                let mode = db.pool.mode.unwrap_or(config.pool_mode);
+                // (A user of its own pool mode may reach it in transaction mode.)
+                let transaction = config.pool_mode_of(db) == PoolMode::Transaction
+                    || config
+                        .users
+                        .iter()
+                        .any(|u| u.pool_mode == Some(PoolMode::Transaction));
                 let maybe_standby = !db.more_hosts.is_empty() && !db.more_hosts.read_write;
-                if mode != PoolMode::Transaction || maybe_standby {
+                if !transaction || maybe_standby {
                     continue;
                 }
                 cache.follow(db);
@@ -379,7 +384,16 @@ fn listener_connect(shared: &Arc<Shared>) -> cache::ListenerConnect {
     cache::ListenerConnect {
         connect_timeout: config::round_trip_bound(config.server_connect_timeout),
         keepalive: config.tcp_keepalive,
-        tls: Arc::new(move || shared.upgrade().and_then(|s| s.server_tls())),
+        tls: Arc::new({
+            let shared = shared.clone();
+            move || shared.upgrade().and_then(|s| s.server_tls())
+        }),
+        current: Arc::new(move |name| {
+            let shared = shared.upgrade()?;
+            let config = shared.config();
+            let db = config.databases.iter().find(|d| d.name == name)?;
+            Some(cache::servers_of(db))
+        }),
     }
 }
 

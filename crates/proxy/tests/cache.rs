@@ -2203,6 +2203,71 @@ async fn failing_probes_keep_the_cache_off_without_restarting_a_live_stream() {
     assert_eq!(counter(&cache_row(&proxy).await, "wal_gap_flushes"), gaps);
 }
 
+/// A database a RELOAD moves keeps no listener on its old servers once its stream
+/// ends: here its old database is dropped, and the other database is still served
+/// from the cache (a listener retrying there forever held the whole cache off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_databases_listener_stops_instead_of_holding_up_the_others() {
+    let pg = logical_postgres().await;
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'a');",
+    )
+    .unwrap();
+    for name in ["two", "three"] {
+        pg.create_database(name).await.unwrap();
+    }
+    let configure = |c: &mut pgopt_proxy::Config| {
+        c.cache = CacheSettings {
+            enabled: true,
+            tables: vec!["items".into()],
+            wal_listener: true,
+            ..CacheSettings::default()
+        };
+        let mut two = c.databases[0].clone();
+        two.name = "app2".into();
+        two.dbname = "two".into();
+        c.databases.push(two);
+    };
+    let proxy = start_with(&pg, configure).await;
+    wait_for_cache(&proxy, "streaming", |r| {
+        r["wal"] == "app: streaming, app2: streaming"
+    })
+    .await;
+    let mut moved = common::config_for(&pg, PoolMode::Transaction, 2);
+    moved.admin_users = vec!["postgres".into()];
+    moved.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    configure(&mut moved);
+    moved.databases[1].dbname = "three".into();
+    proxy.handle().apply(moved).unwrap();
+    // (Its stream ended first: its temporary slot goes with it, and then the
+    // database can go.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = pg.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE backend_type = 'walsender' AND datname = 'two'",
+        );
+        if pg.psql("DROP DATABASE two WITH (FORCE)").is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_cache(&proxy, "app2's listener gone", |r| r["wal"] == "streaming").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !served(&proxy, READ).await.1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            cache_row(&proxy).await
+        );
+    }
+}
+
 /// With the replication listener on, what its publication does not carry is not
 /// cached: a write there that bypasses pgopt would never be seen. Here the DBA made the
 /// publication for some tables only; one table is published with a row filter, one
