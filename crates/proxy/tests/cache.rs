@@ -2155,31 +2155,12 @@ async fn only_databases_a_listener_follows_are_cached() {
 /// end every value). Once probes can be written, the cache serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_probes_keep_the_cache_off_without_restarting_a_live_stream() {
-    let pg = Postgres::builder()
-        .setting("wal_level", "logical")
-        .password("serverpw", pgopt_embedded::HostAuth::ScramSha256)
-        .start()
-        .await
-        .unwrap();
-    pg.psql(
-        "CREATE TABLE items (id int PRIMARY KEY, v text);
-         INSERT INTO items VALUES (1, 'a');
-         CREATE PUBLICATION pgopt_cache FOR ALL TABLES;
-         CREATE ROLE walreader LOGIN REPLICATION PASSWORD 'walpw';
-         REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC;",
+    let (pg, proxy) = replication_role_with(
+        Some("walreader"),
+        Some("walpw"),
+        "REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC;",
+        |c| c.wal_max_lag = Duration::from_secs(1),
     )
-    .unwrap();
-    let proxy = start_with(&pg, |c| {
-        c.cache = CacheSettings {
-            enabled: true,
-            tables: vec!["items".into()],
-            wal_listener: true,
-            wal_user: Some("walreader".into()),
-            wal_password: Some("walpw".into()),
-            wal_max_lag: Duration::from_secs(1),
-            ..CacheSettings::default()
-        };
-    })
     .await;
     let stats = wal_state(&proxy, |wal| wal.contains("writing probes fails")).await;
     assert!(stats["wal"].contains("permission denied"), "{stats:?}");
@@ -2338,18 +2319,30 @@ async fn with_the_listener_what_its_publication_leaves_out_is_not_cached() {
 /// `walreader` with REPLICATION and its own password `walpw`; a proxy whose
 /// listener logs in with `wal_user` / `wal_password`.
 async fn replication_role(wal_user: Option<&str>, wal_password: Option<&str>) -> (Postgres, Proxy) {
+    replication_role_with(wal_user, wal_password, "", |_| {}).await
+}
+
+/// [`replication_role`], with `sql` run after the set-up and the cache's settings
+/// changed by `tweak`.
+async fn replication_role_with(
+    wal_user: Option<&str>,
+    wal_password: Option<&str>,
+    sql: &str,
+    tweak: impl FnOnce(&mut CacheSettings),
+) -> (Postgres, Proxy) {
     let pg = Postgres::builder()
         .setting("wal_level", "logical")
         .password("serverpw", pgopt_embedded::HostAuth::ScramSha256)
         .start()
         .await
         .unwrap();
-    pg.psql(
+    pg.psql(&format!(
         "CREATE TABLE items (id int PRIMARY KEY, v text);
          INSERT INTO items VALUES (1, 'a');
          CREATE PUBLICATION pgopt_cache FOR ALL TABLES;
-         CREATE ROLE walreader LOGIN REPLICATION PASSWORD 'walpw';",
-    )
+         CREATE ROLE walreader LOGIN REPLICATION PASSWORD 'walpw';
+         {sql}"
+    ))
     .unwrap();
     let proxy = start_with(&pg, |c| {
         c.cache = CacheSettings {
@@ -2360,6 +2353,7 @@ async fn replication_role(wal_user: Option<&str>, wal_password: Option<&str>) ->
             wal_password: wal_password.map(str::to_string),
             ..CacheSettings::default()
         };
+        tweak(&mut c.cache);
     })
     .await;
     (pg, proxy)

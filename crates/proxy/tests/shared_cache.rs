@@ -1416,6 +1416,19 @@ async fn forwarder(redis: &Redis) -> Forwarder {
     Forwarder { url, frozen }
 }
 
+/// Two instances on `redis`, the first reaching it through a [`forwarder`].
+async fn one_behind_a_forwarder(pg: &Postgres, redis: &Redis) -> (Forwarder, Proxy, Proxy) {
+    let cut = forwarder(redis).await;
+    let a = instance_with(pg, redis, |c| {
+        if let Some(r) = c.redis.as_mut() {
+            r.url = cut.url.clone();
+        }
+    })
+    .await;
+    let b = instance(pg, redis).await;
+    (cut, a, b)
+}
+
 /// #57: an instance cut off from Redis while the others still reach it. Its commit
 /// cannot be announced; the others stop serving once it has gone quiet (before its
 /// writer hears the commit ended), and serve again once it is back and has announced
@@ -1423,14 +1436,7 @@ async fn forwarder(redis: &Redis) -> Forwarder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_cut_off_from_redis_keeps_the_others_from_serving_its_writes_stale() {
     let (pg, redis) = setup().await;
-    let cut = forwarder(&redis).await;
-    let a = instance_with(&pg, &redis, |c| {
-        if let Some(r) = c.redis.as_mut() {
-            r.url = cut.url.clone();
-        }
-    })
-    .await;
-    let b = instance(&pg, &redis).await;
+    let (cut, a, b) = one_behind_a_forwarder(&pg, &redis).await;
     // Each has heard the other (one never heard from is not waited for).
     for proxy in [&a, &b] {
         wait_for_cache(proxy, "the other instance heard", |r| {
@@ -1503,14 +1509,7 @@ async fn an_instance_cut_off_from_redis_keeps_the_others_from_serving_its_writes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_quiet_for_good_is_given_up_and_what_it_may_have_written_ends() {
     let (pg, redis) = setup().await;
-    let cut = forwarder(&redis).await;
-    let a = instance_with(&pg, &redis, |c| {
-        if let Some(r) = c.redis.as_mut() {
-            r.url = cut.url.clone();
-        }
-    })
-    .await;
-    let b = instance(&pg, &redis).await;
+    let (cut, a, b) = one_behind_a_forwarder(&pg, &redis).await;
     wait_for_cache(&b, "A heard", |r| counter(r, "redis_peers") == 1).await;
     let reader = connect(&b, "postgres", None).await.unwrap();
     assert_eq!(value(&reader, READ).await, "a");
