@@ -2287,3 +2287,71 @@ async fn a_procedure_called_with_call_ends_what_it_writes() {
     writer.execute("CALL set_v($1)", &[&"bound"]).await.unwrap();
     assert_eq!(rows(&client, read).await, ["bound"]);
 }
+
+/// #49: simple-protocol hits are PostgreSQL's reply byte for byte — RowDescription
+/// (names, type OIDs and modifiers, formats), every DataRow with NULLs and
+/// multi-row results, CommandComplete's tag — and confirmed served from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_query_hits_are_postgresqls_reply_byte_for_byte() {
+    let (pg, proxy, _behind) = setup(
+        "CREATE TABLE wide (id int PRIMARY KEY, name varchar(20), price numeric(10,2),
+           at timestamptz, tags text[], doc jsonb, note text);
+         INSERT INTO wide VALUES
+           (1, 'one', 1.50, '2024-01-01 00:00:00+00', '{a,b}', '{\"k\": 1}', NULL),
+           (2, 'two', NULL, NULL, '{}', '[]', 'x'),
+           (3, '', 0, '2024-02-29 12:34:56.789+00', NULL, 'null', '');",
+        &["wide"],
+    )
+    .await;
+    let mut direct = raw_direct(&pg).await;
+    let mut through = common::raw_login(&proxy).await;
+    for read in [
+        "SELECT * FROM wide ORDER BY id",
+        "SELECT id AS \"Id\", price * 2 AS doubled, tags[1] FROM wide WHERE id > 1 ORDER BY id",
+        "SELECT count(*), max(at) FROM wide",
+        "SELECT * FROM wide WHERE id = 99",
+    ] {
+        let query = common::message(b'Q', format!("{read}\0").as_bytes());
+        let before = hits(&proxy).await;
+        replies_as_postgresql_does(&mut direct, &mut through, &query, 3, read).await;
+        assert!(
+            hits(&proxy).await > before,
+            "{read}: never served from the cache"
+        );
+    }
+}
+
+/// #2: views whose rows depend on who reads them — filtering on current_user, or
+/// owned by a role whose privileges differ — give each user its own rows, never
+/// another's from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_that_filter_on_the_reader_give_each_user_its_own_rows() {
+    let (_pg, proxy, _behind) = setup(
+        "CREATE TABLE notes (owner text, body text);
+         INSERT INTO notes VALUES ('alice', 'a1'), ('bob', 'b1');
+         CREATE VIEW mine AS SELECT body FROM notes WHERE owner = current_user;
+         CREATE VIEW mine_too AS SELECT body FROM notes WHERE owner = session_user;
+         CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN;
+         GRANT SELECT ON notes, mine, mine_too TO alice, bob;",
+        &["notes", "mine", "mine_too"],
+    )
+    .await;
+    let alice = connect(&proxy, "alice", None).await.unwrap();
+    let bob = connect(&proxy, "bob", None).await.unwrap();
+    let before = hits(&proxy).await;
+    for read in [
+        "SELECT body FROM mine",
+        "SELECT body FROM mine_too",
+        // (Not a view: cached, the user in its key.)
+        "SELECT body FROM notes WHERE owner = current_user",
+    ] {
+        for _ in 0..3 {
+            assert_eq!(rows(&alice, read).await, ["a1"], "{read}");
+            assert_eq!(rows(&bob, read).await, ["b1"], "{read}");
+        }
+    }
+    assert!(
+        hits(&proxy).await > before,
+        "nothing was served from the cache"
+    );
+}
