@@ -1534,3 +1534,40 @@ async fn an_instance_quiet_for_good_is_given_up_and_what_it_may_have_written_end
     }
     drop(a);
 }
+
+/// #59: the invalidation channel's connection dropped (CLIENT KILL TYPE pubsub) while
+/// another instance writes: the instance that missed the message serves nothing
+/// while unsubscribed and empties its memory when subscribed again, so it reads the
+/// write, never its old entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_subscription_misses_no_write() {
+    let (pg, redis) = setup().await;
+    let (a, b) = (instance(&pg, &redis).await, instance(&pg, &redis).await);
+    let (writer, reader) = (
+        connect(&a, "postgres", None).await.unwrap(),
+        connect(&b, "postgres", None).await.unwrap(),
+    );
+    assert_eq!(value(&reader, READ).await, "a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&cache_row(&b).await, "hits") == 0 {
+        assert!(Instant::now() < deadline, "B never served");
+        assert_eq!(value(&reader, READ).await, "a");
+    }
+    let flushes = counter(&cache_row(&b).await, "bus_flushes");
+    let mut r = redis_client(&redis).await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    writer
+        .batch_execute("UPDATE items SET v = 'while dropped' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&reader, READ).await, "while dropped");
+    wait_for_redis(&b, "up").await;
+    assert_eq!(value(&reader, READ).await, "while dropped");
+    assert!(counter(&cache_row(&b).await, "bus_flushes") > flushes);
+}
