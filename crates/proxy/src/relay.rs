@@ -2048,14 +2048,22 @@ impl Relay {
                 }
             },
             b'B' => {
+                let registered = |bind: &Bind<'_>| {
+                    self.statements
+                        .query_of(bind.statement)
+                        .filter(|sql| !escapes_differ(backslashes_differ, sql.as_bytes()))
+                        .and_then(|sql| analyzer.analyze(sql).ok())
+                };
                 let analysis = match Bind::decode(frame.body()) {
+                    // In transaction mode the statement registry knows what a name
+                    // holds: a Parse of a name the client has (refused, 42P05) or one
+                    // the server skipped after an error left it as it was, where
+                    // `parsed` took the refused text (a write read as a read). (The
+                    // unnamed statement is not a name it keeps.)
+                    Ok(bind) if self.rewrite && !bind.statement.is_empty() => registered(&bind),
                     Ok(bind) => match self.parsed.get(bind.statement) {
                         Some(analysis) => analysis.clone(),
-                        None => self
-                            .statements
-                            .query_of(bind.statement)
-                            .filter(|sql| !escapes_differ(backslashes_differ, sql.as_bytes()))
-                            .and_then(|sql| analyzer.analyze(sql).ok()),
+                        None => registered(&bind),
                     },
                     Err(_) => None,
                 };

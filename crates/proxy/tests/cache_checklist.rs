@@ -2355,3 +2355,60 @@ async fn views_that_filter_on_the_reader_give_each_user_its_own_rows() {
         "nothing was served from the cache"
     );
 }
+
+/// A Parse of a name the client already has is refused (42P05), and a Parse after an
+/// error in its batch is skipped: either way the name keeps its statement, so a Bind
+/// of it runs the old statement — here a write — and invalidates what that writes, not
+/// what the refused text would have (found by the differential cache run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_of_a_name_a_refused_parse_did_not_change_invalidates_what_it_writes() {
+    let (_pg, proxy, _behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');",
+        &["items"],
+    )
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT count(*) FROM items";
+    let mut raw = common::raw_login(&proxy).await;
+    let sync = common::message(b'S', b"");
+    let prepare = [
+        parse("w", "INSERT INTO items VALUES ($1::int, 'w')", &[]),
+        sync.clone(),
+    ]
+    .concat();
+    assert_eq!(raw_summary(&exchange(&mut raw, &prepare).await).1, "I");
+    for (id, (what, refused)) in (2..).zip([
+        // A name the client has.
+        (
+            "refused",
+            [parse("w", "SELECT 1", &[]), sync.clone()].concat(),
+        ),
+        // A Close and a Parse skipped after an error earlier in their batch.
+        (
+            "skipped",
+            [
+                parse_bind_execute("SELECT 1/0"),
+                common::message(b'C', b"Sw\0"),
+                parse("w", "SELECT 2", &[]),
+                sync.clone(),
+            ]
+            .concat(),
+        ),
+    ]) {
+        cached(&proxy, &client, read, &[&(id - 1).to_string()]).await;
+        let (_, statuses) = raw_summary(&exchange(&mut raw, &refused).await);
+        assert!(statuses.contains('!'), "{what}: {statuses}");
+        let run = [
+            bind("w", &[&id.to_string()], &[]),
+            common::message(b'E', b"\0\0\0\0\0"),
+            sync.clone(),
+        ]
+        .concat();
+        assert_eq!(
+            raw_summary(&exchange(&mut raw, &run).await).1,
+            "I",
+            "{what}"
+        );
+        assert_eq!(rows(&client, read).await, [id.to_string()], "{what}");
+    }
+}
