@@ -43,6 +43,16 @@ async fn eventually(client: &Client, sql: &str, want: &str, within: Duration, wh
     }
 }
 
+/// The cache of `items`, with the replication listener on.
+fn listening_on_items() -> CacheSettings {
+    CacheSettings {
+        enabled: true,
+        tables: vec!["items".into()],
+        wal_listener: true,
+        ..CacheSettings::default()
+    }
+}
+
 /// PostgreSQL with `wal_level = logical`, for the replication listener.
 async fn logical_postgres() -> Postgres {
     Postgres::builder()
@@ -1928,12 +1938,7 @@ async fn after_a_failover_the_listener_follows_the_promoted_primary() {
         c.databases[0].more_hosts =
             pgopt_proxy::MoreHosts::new(vec![("127.0.0.1".into(), standby.port())], false)
                 .with_read_write(true);
-        c.cache = CacheSettings {
-            enabled: true,
-            tables: vec!["items".into()],
-            wal_listener: true,
-            ..CacheSettings::default()
-        };
+        c.cache = listening_on_items();
     })
     .await;
     wait_for_cache(&proxy, "streaming", |r| r["wal"] == "streaming").await;
@@ -2007,12 +2012,7 @@ async fn writes_a_subscription_applies_invalidate_through_the_stream() {
     )
     .await;
     let proxy = start_with(&pg, |c| {
-        c.cache = CacheSettings {
-            enabled: true,
-            tables: vec!["items".into()],
-            wal_listener: true,
-            ..CacheSettings::default()
-        };
+        c.cache = listening_on_items();
     })
     .await;
     wait_for_cache(&proxy, "streaming", |r| r["wal"] == "streaming").await;
@@ -2118,12 +2118,7 @@ async fn only_databases_a_listener_follows_are_cached() {
     };
     let (down, down_too) = (dead(), dead());
     let configure = |c: &mut pgopt_proxy::Config| {
-        c.cache = CacheSettings {
-            enabled: true,
-            tables: vec!["items".into()],
-            wal_listener: true,
-            ..CacheSettings::default()
-        };
+        c.cache = listening_on_items();
         let mut anylist = c.databases[0].clone();
         anylist.name = "anylist".into();
         anylist.port = down;
@@ -2199,12 +2194,7 @@ async fn a_moved_databases_listener_stops_instead_of_holding_up_the_others() {
         pg.create_database(name).await.unwrap();
     }
     let configure = |c: &mut pgopt_proxy::Config| {
-        c.cache = CacheSettings {
-            enabled: true,
-            tables: vec!["items".into()],
-            wal_listener: true,
-            ..CacheSettings::default()
-        };
+        c.cache = listening_on_items();
         let mut two = c.databases[0].clone();
         two.name = "app2".into();
         two.dbname = "two".into();
@@ -2424,12 +2414,7 @@ async fn with_two_databases_nothing_is_served_until_both_replication_streams_run
         other.port = plain.port();
         other.password = plain.password().map(str::to_string);
         c.databases.push(other);
-        c.cache = CacheSettings {
-            enabled: true,
-            tables: vec!["items".into()],
-            wal_listener: true,
-            ..CacheSettings::default()
-        };
+        c.cache = listening_on_items();
     })
     .await;
     // The first database's stream runs (it reports a direct write)…

@@ -1416,6 +1416,17 @@ async fn forwarder(redis: &Redis) -> Forwarder {
     Forwarder { url, frozen }
 }
 
+/// Reads item 1 ('a') through `reader`, a client of `proxy`, until one is served from
+/// its cache (within 10 s).
+async fn served_from_the_cache(proxy: &Proxy, reader: &Client) {
+    assert_eq!(value(reader, READ).await, "a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&cache_row(proxy).await, "hits") == 0 {
+        assert!(Instant::now() < deadline, "never served from the cache");
+        assert_eq!(value(reader, READ).await, "a");
+    }
+}
+
 /// Two instances on `redis`, the first reaching it through a [`forwarder`].
 async fn one_behind_a_forwarder(pg: &Postgres, redis: &Redis) -> (Forwarder, Proxy, Proxy) {
     let cut = forwarder(redis).await;
@@ -1449,12 +1460,7 @@ async fn an_instance_cut_off_from_redis_keeps_the_others_from_serving_its_writes
         connect(&b, "postgres", None).await.unwrap(),
     );
     // B serves item 1 from its cache.
-    assert_eq!(value(&reader, READ).await, "a");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while counter(&cache_row(&b).await, "hits") == 0 {
-        assert!(Instant::now() < deadline, "B never served");
-        assert_eq!(value(&reader, READ).await, "a");
-    }
+    served_from_the_cache(&b, &reader).await;
 
     cut.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
     writer
@@ -1512,12 +1518,7 @@ async fn an_instance_quiet_for_good_is_given_up_and_what_it_may_have_written_end
     let (cut, a, b) = one_behind_a_forwarder(&pg, &redis).await;
     wait_for_cache(&b, "A heard", |r| counter(r, "redis_peers") == 1).await;
     let reader = connect(&b, "postgres", None).await.unwrap();
-    assert_eq!(value(&reader, READ).await, "a");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while counter(&cache_row(&b).await, "hits") == 0 {
-        assert!(Instant::now() < deadline, "B never served");
-        assert_eq!(value(&reader, READ).await, "a");
-    }
+    served_from_the_cache(&b, &reader).await;
     cut.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
     pg.psql("UPDATE items SET v = 'never announced' WHERE id = 1")
         .unwrap();
@@ -1547,12 +1548,7 @@ async fn a_dropped_subscription_misses_no_write() {
         connect(&a, "postgres", None).await.unwrap(),
         connect(&b, "postgres", None).await.unwrap(),
     );
-    assert_eq!(value(&reader, READ).await, "a");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while counter(&cache_row(&b).await, "hits") == 0 {
-        assert!(Instant::now() < deadline, "B never served");
-        assert_eq!(value(&reader, READ).await, "a");
-    }
+    served_from_the_cache(&b, &reader).await;
     let flushes = counter(&cache_row(&b).await, "bus_flushes");
     let mut r = redis_client(&redis).await;
     let _: i64 = redis::cmd("CLIENT")
