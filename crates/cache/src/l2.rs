@@ -577,14 +577,7 @@ impl std::fmt::Debug for L2 {
 
 impl Drop for L2 {
     fn drop(&mut self) {
-        for task in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            task.abort();
-        }
+        self.abort_tasks();
         // A goodbye on the way out (within a runtime), unless `leave` said it, or a
         // commit is still owed (see `leave`).
         if self.left.load(Relaxed) || self.owes() {
@@ -845,17 +838,8 @@ impl L2 {
     /// [`PEER_GONE`], ending every value.
     pub async fn leave(&self) {
         self.left.store(true, Relaxed);
-        let tasks: Vec<_> = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for task in &tasks {
-            task.abort();
-        }
         // (A heartbeat under way must not land after the goodbye.)
-        for task in tasks {
+        for task in self.abort_tasks() {
             let _ = task.await;
         }
         self.pay_owed().await;
@@ -869,6 +853,21 @@ impl L2 {
         let said = conn.eval::<redis::Value>(&self.bye, &mut cmd);
         let _ =
             tokio::time::timeout(self.config.timeout.max(Duration::from_millis(100)), said).await;
+    }
+
+    /// Stops the background tasks (connection, heartbeats, the bus): their handles,
+    /// to wait for.
+    fn abort_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for task in &tasks {
+            task.abort();
+        }
+        tasks
     }
 
     fn bye_command(&self) -> Command {

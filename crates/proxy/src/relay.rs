@@ -1992,6 +1992,19 @@ impl Relay {
     }
 
     /// Notes what a client message about to run may write, for the cache.
+    /// Keeps what a Parse of `name` was read to run, for Binds in later transactions.
+    /// In transaction mode only the unnamed statement's: a named one's Binds read the
+    /// statement registry (see `note_writes`).
+    fn keep_parsed(&mut self, name: &str, analysis: Option<Arc<pgopt_sql::Analysis>>) {
+        if self.rewrite && !name.is_empty() {
+            return;
+        }
+        if self.parsed.len() >= MAX_PARSED {
+            self.parsed.clear();
+        }
+        self.parsed.insert(name.to_string(), analysis);
+    }
+
     fn note_writes(&mut self, frame: &Frame) {
         // (A `\` may also end an SJIS-like character, and so a string elsewhere.)
         let backslashes_differ = self.backslash_escapes || self.encoding().ascii_trails;
@@ -2001,7 +2014,7 @@ impl Relay {
             self.note_unknown_sql();
             let mut owned = String::new();
             if let Ok(parse) = Parse::decode_escaped(frame.body(), &mut owned) {
-                self.parsed.insert(parse.name.to_string(), None);
+                self.keep_parsed(parse.name, None);
             }
             return;
         }
@@ -2028,20 +2041,13 @@ impl Relay {
                     }
                     let analysis = analyzer.analyze(parse.query).ok();
                     self.note_sql_writes(analysis.as_deref());
-                    // Binds in later transactions run it again.
-                    if self.parsed.len() >= MAX_PARSED {
-                        self.parsed.clear();
-                    }
-                    self.parsed.insert(parse.name.to_string(), analysis);
+                    self.keep_parsed(parse.name, analysis);
                 }
                 Err(_) => {
                     let mut owned = String::new();
                     if let Ok(parse) = Parse::decode_escaped(frame.body(), &mut owned) {
                         let analysis = self.note_unreadable_writes(parse.query);
-                        if self.parsed.len() >= MAX_PARSED {
-                            self.parsed.clear();
-                        }
-                        self.parsed.insert(parse.name.to_string(), analysis);
+                        self.keep_parsed(parse.name, analysis);
                     } else {
                         self.writes.note(None);
                     }
