@@ -195,6 +195,11 @@ impl MoreHosts {
         self.hosts.is_empty()
     }
 
+    /// A host list without `read_write`: a connection may reach a standby.
+    pub fn may_reach_standby(&self) -> bool {
+        !self.is_empty() && !self.read_write
+    }
+
     /// The order a new connection tries the `1 + hosts.len()` servers in: from
     /// the next in turn (round robin) or the last that worked on, those that failed
     /// within `set_aside_for`'s time last (still tried: they may be back).

@@ -202,8 +202,7 @@ impl Proxy {
                         .users
                         .iter()
                         .any(|u| u.pool_mode == Some(PoolMode::Transaction));
-                let maybe_standby = !db.more_hosts.is_empty() && !db.more_hosts.read_write;
-                if !transaction || maybe_standby {
+                if !transaction || db.more_hosts.may_reach_standby() {
                     continue;
                 }
                 cache.follow(db);
@@ -357,7 +356,7 @@ async fn listening(addr: SocketAddr) -> bool {
 /// standby.
 fn warn_about_host_lists(config: &Config, cache: bool) {
     for db in &config.databases {
-        if db.more_hosts.is_empty() || db.more_hosts.read_write {
+        if !db.more_hosts.may_reach_standby() {
             continue;
         }
         if cache {

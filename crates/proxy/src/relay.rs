@@ -1991,7 +1991,6 @@ impl Relay {
         query.is_some_and(|q| !session_state::statement_starts_with(q, b"copy"))
     }
 
-    /// Notes what a client message about to run may write, for the cache.
     /// Keeps what a Parse of `name` was read to run, for Binds in later transactions.
     /// In transaction mode only the unnamed statement's: a named one's Binds read the
     /// statement registry (see `note_writes`).
@@ -2005,6 +2004,7 @@ impl Relay {
         self.parsed.insert(name.to_string(), analysis);
     }
 
+    /// Notes what a client message about to run may write, for the cache.
     fn note_writes(&mut self, frame: &Frame) {
         // (A `\` may also end an SJIS-like character, and so a string elsewhere.)
         let backslashes_differ = self.backslash_escapes || self.encoding().ascii_trails;
@@ -6721,8 +6721,7 @@ fn serves_cache(shared: &Shared, pool: &Pool) -> bool {
     let unfollowed = !cache.follows(&pool.database, &pool.target);
     // A host list that may hold a standby: a fill could read one behind the
     // versions it was taken under, so it is not cached (a warning at start).
-    let hosts = &pool.target.more_hosts;
-    let maybe_standby = !hosts.is_empty() && !hosts.read_write;
+    let maybe_standby = pool.target.more_hosts.may_reach_standby();
     pool.mode == PoolMode::Transaction && !unfollowed && !maybe_standby
 }
 
