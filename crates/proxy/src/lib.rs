@@ -24,6 +24,7 @@ mod io;
 mod metrics;
 mod net;
 mod observe;
+mod parses;
 mod plans;
 mod pool;
 mod relay;

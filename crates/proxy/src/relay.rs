@@ -24,6 +24,7 @@ use crate::fence::FenceToken;
 use crate::io::{send_fatal, write_all_bounded};
 use crate::net::{ClientStream, PgStream};
 use crate::observe::Tracker;
+use crate::parses::Bound;
 use crate::pool::{Checkout, CheckoutError, Description, Pool};
 use crate::replan::{batch_describes_portal, is_plan_invalidated, plan_changed_error, Replay};
 use crate::routing::Routes;
@@ -57,10 +58,6 @@ enum Lending {
     /// The client was sent a FATAL error: the session is over.
     Closed,
 }
-
-/// Statements' analyses kept per client for the cache's write bookkeeping; past this
-/// many they are forgotten (a Bind of a forgotten one counts as a write to anything).
-const MAX_PARSED: usize = 10_000;
 
 /// Largest read batch kept for a failover to another node.
 const MAX_FAILOVER_BYTES: usize = 64 * 1024;
@@ -479,10 +476,13 @@ pub struct Relay {
     /// The client's login and database (they don't change in a session).
     login_user: String,
     database: String,
-    /// What the open transaction's writes invalidate when it ends, and the analysis
-    /// of each statement the client parsed (by name), for its later Binds.
+    /// What the open transaction's writes invalidate when it ends.
     writes: PendingWrites,
-    parsed: std::collections::HashMap<String, Option<Arc<pgopt_sql::Analysis>>>,
+    /// Session mode: what each of the client's statement names holds, for the writes
+    /// of its Binds, and the change id of the Parse being routed (settled by
+    /// `Step::Parse`). (Transaction mode reads the statement registry.)
+    parses: crate::parses::SessionParses,
+    parse_change: Option<u64>,
     shared: Arc<Shared>,
 }
 
@@ -685,7 +685,8 @@ impl Relay {
             login_user,
             database,
             writes: PendingWrites::default(),
-            parsed: std::collections::HashMap::new(),
+            parses: Default::default(),
+            parse_change: None,
             shared,
         }
     }
@@ -1991,17 +1992,35 @@ impl Relay {
         query.is_some_and(|q| !session_state::statement_starts_with(q, b"copy"))
     }
 
-    /// Keeps what a Parse of `name` was read to run, for Binds in later transactions.
-    /// In transaction mode only the unnamed statement's: a named one's Binds read the
-    /// statement registry (see `note_writes`).
+    /// Session mode: keeps what a Parse of `name` was read to run, for its Binds once
+    /// the server has answered it (see `SessionParses`). (In transaction mode the
+    /// statement registry knows what each name holds.)
     fn keep_parsed(&mut self, name: &str, analysis: Option<Arc<pgopt_sql::Analysis>>) {
-        if self.rewrite && !name.is_empty() {
-            return;
+        if !self.rewrite {
+            self.parse_change = Some(self.parses.parse(name, analysis));
         }
-        if self.parsed.len() >= MAX_PARSED {
-            self.parsed.clear();
+    }
+
+    /// Transaction mode: what a Bind of the client's unnamed statement may run (see
+    /// `ClientStatements::unnamed_candidates`). When the client has none, anything
+    /// (pgopt closes the server's first, and the Bind fails). `backslashes_differ`: as
+    /// in `note_writes`.
+    fn unnamed_bound(&self, backslashes_differ: bool) -> Bound {
+        let analyze = |parse: &bytes::Bytes| {
+            let parse = Parse::decode(parse.get(5..)?).ok()?;
+            if escapes_differ(backslashes_differ, parse.query.as_bytes()) {
+                return None;
+            }
+            self.shared.analyzer.analyze(parse.query).ok()
+        };
+        let mut candidates = self.statements.unnamed_candidates().map(analyze);
+        match candidates.next() {
+            Some(first) => Bound {
+                first,
+                more: candidates.collect(),
+            },
+            None => Bound::default(),
         }
-        self.parsed.insert(name.to_string(), analysis);
     }
 
     /// Notes what a client message about to run may write, for the cache.
@@ -2054,35 +2073,38 @@ impl Relay {
                 }
             },
             b'B' => {
-                let registered = |bind: &Bind<'_>| {
-                    self.statements
-                        .query_of(bind.statement)
-                        .filter(|sql| !escapes_differ(backslashes_differ, sql.as_bytes()))
-                        .and_then(|sql| analyzer.analyze(sql).ok())
-                };
-                let analysis = match Bind::decode(frame.body()) {
-                    // In transaction mode the statement registry knows what a name
-                    // holds: a Parse of a name the client has (refused, 42P05) or one
-                    // the server skipped after an error left it as it was, where
-                    // `parsed` took the refused text (a write read as a read). (The
-                    // unnamed statement is not a name it keeps.)
-                    Ok(bind) if self.rewrite && !bind.statement.is_empty() => registered(&bind),
-                    Ok(bind) => match self.parsed.get(bind.statement) {
-                        Some(analysis) => analysis.clone(),
-                        None => registered(&bind),
+                // What the name holds once the server has answered its Parses: one
+                // refused (a name the client has, 42P05) or skipped (after an error
+                // earlier in its batch) leaves the name as it was. The text as sent
+                // would read a write as a read.
+                let bound = match Bind::decode(frame.body()) {
+                    Ok(bind) if self.rewrite && bind.statement.is_empty() => {
+                        self.unnamed_bound(backslashes_differ)
+                    }
+                    Ok(bind) if self.rewrite => Bound {
+                        first: self
+                            .statements
+                            .query_of(bind.statement)
+                            .filter(|sql| !escapes_differ(backslashes_differ, sql.as_bytes()))
+                            .and_then(|sql| analyzer.analyze(sql).ok()),
+                        more: Vec::new(),
                     },
-                    Err(_) => None,
+                    Ok(bind) => self.parses.bound(bind.statement),
+                    Err(_) => Bound::default(),
                 };
-                match analysis {
-                    Some(a) => self.note_sql_writes(Some(&a)),
-                    None => {
-                        if let Some(sql) = sql_statements(&mut self.server) {
-                            sql.go_blind();
+                for held in std::iter::once(bound.first).chain(bound.more) {
+                    match held {
+                        Some(a) => self.note_sql_writes(Some(&a)),
+                        None => {
+                            if let Some(sql) = sql_statements(&mut self.server) {
+                                sql.go_blind();
+                            }
+                            self.writes.note_unknown();
                         }
-                        self.writes.note_unknown();
                     }
                 }
             }
+            b'S' if !self.rewrite => self.parses.sync(),
             b'F' => {
                 if let Some(sql) = sql_statements(&mut self.server) {
                     sql.go_blind();
@@ -2091,8 +2113,8 @@ impl Relay {
             }
             b'C' => {
                 if let Ok(close) = Close::decode(frame.body()) {
-                    if close.target == Target::Statement {
-                        self.parsed.remove(close.name);
+                    if close.target == Target::Statement && !self.rewrite {
+                        self.parses.close(close.name);
                     }
                 }
             }
@@ -2478,10 +2500,19 @@ impl Relay {
             return Ok(());
         }
         self.queue_frame(frame);
-        self.expected.push(Step::Server {
-            request,
-            prepared: None,
-        });
+        // (Session mode, with the cache: a Parse whose answer settles what its name
+        // holds.)
+        let step = match self.parse_change.take() {
+            Some(change) if request == Request::Parse => Step::Parse {
+                prepared: None,
+                change,
+            },
+            _ => Step::Server {
+                request,
+                prepared: None,
+            },
+        };
+        self.expected.push(step);
         if let Some(tracker) = self.tracker.as_mut() {
             // Statements that reach the server: their completions come back.
             match (request, frame.tag()) {
@@ -3088,7 +3119,11 @@ impl Relay {
             return;
         }
         for (change, settled) in self.expected.drain_settled() {
-            self.statements.settle(change, settled);
+            if self.rewrite {
+                self.statements.settle(change, settled);
+            } else {
+                self.parses.settle(change, settled);
+            }
         }
         if self.expected.take_unnamed_unsure() {
             self.unnamed_here = false;

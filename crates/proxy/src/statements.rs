@@ -458,6 +458,22 @@ impl ClientStatements {
         self.unnamed.as_ref()
     }
 
+    /// What a Bind of the unnamed statement sent now may run, each a Parse message as
+    /// the client sent it: the client's latest (what it has once everything it sent has
+    /// run) and, while a change to it from an earlier batch is unsettled and this batch
+    /// made none, each statement such a change replaced (the server may yet skip the
+    /// change). Within a batch, what the server skips, it skips to the end: a Bind
+    /// behind a change of its own batch runs that change's statement, or nothing.
+    pub fn unnamed_candidates(&self) -> impl Iterator<Item = &Bytes> {
+        let unsettled = |c: &&Change| c.unnamed.is_some() && !c.done;
+        let pending = || self.pending.iter().filter(unsettled);
+        let own = pending().any(|c| c.batch == self.batch);
+        let replaced = pending()
+            .filter(move |c| !own && c.batch < self.batch)
+            .filter_map(|c| c.unnamed.as_ref()?.as_ref());
+        self.unnamed.iter().chain(replaced)
+    }
+
     /// The client's Parse (`frame`) of the unnamed statement. Its change id, to settle.
     /// (A client that parses the same text each time, as most do, is not copied again.)
     /// `over_foreign`: the server's unnamed statement may be another client's (see
