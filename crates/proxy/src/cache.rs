@@ -1611,7 +1611,8 @@ pub struct Request<'a> {
 /// one database name elsewhere, or log in as another user, and a RELOAD may move it),
 /// the settings that shape results (every SET the client made, start-up options
 /// included, as the statements that would apply them, and the server's own defaults
-/// of those it reports: see `session_state::Defaults`), and the exact request: text,
+/// of those it reports, and a digest of those it does not: see
+/// `session_state::Defaults`), and the exact request: text,
 /// parameter types, values and formats, and its shape. This is the first half, the
 /// parts a session's keys share while its settings and pool stay (see
 /// [`pgopt_cache::KeyBuf`]); [`key_request`] the second.
@@ -1634,6 +1635,7 @@ pub fn key_prefix(
     for (_, value) in defaults.values() {
         push_part(bytes, b'D', Some(value.as_bytes()));
     }
+    push_part(bytes, b'U', Some(defaults.unreported()));
 }
 
 /// Whether a Bind's values part (formats, values, result formats) holds a value such

@@ -52,6 +52,9 @@ pub struct PoolLimits {
     /// Reuse the idle connection that waited longest (`server_round_robin`), not the
     /// one used last.
     pub round_robin: bool,
+    /// Read each new connection's defaults of the settings PostgreSQL does not report
+    /// (the cache keys on them: see `session_state::UNREPORTED_DEFAULTS`).
+    pub read_defaults: bool,
 }
 
 impl PoolLimits {
@@ -1053,7 +1056,7 @@ impl Pool {
         // Read before the connect: a RECONNECT while it is under way makes it old.
         let generation = self.generation.load(SeqCst);
         let keys = lock(&self.scram_keys).clone();
-        let result = ServerConn::connect(
+        let mut result = ServerConn::connect(
             &self.target,
             keys,
             limits.connect_timeout,
@@ -1061,6 +1064,13 @@ impl Pool {
             limits.keepalive,
         )
         .await;
+        if let (Ok(conn), true) = (&mut result, limits.read_defaults) {
+            let read =
+                conn.read_defaults(&self.target, limits.round_trip(), limits.max_message_len);
+            if let Err(e) = read.await {
+                result = Err(e);
+            }
+        }
         drop(connecting);
         let mut breaker = lock(&self.breaker);
         match result {

@@ -369,6 +369,28 @@ impl ServerConn {
         Ok(())
     }
 
+    /// Reads the connection's values of the settings that shape results PostgreSQL
+    /// does not report (`session_state::UNREPORTED_DEFAULTS`), for the cache's key,
+    /// within `timeout`. An error: the connection is of no use.
+    pub async fn read_defaults(
+        &mut self,
+        target: &ServerTarget,
+        timeout: Duration,
+        max_len: u32,
+    ) -> Result<(), ProxyError> {
+        let query = crate::session_state::Defaults::UNREPORTED_QUERY;
+        let row = match tokio::time::timeout(timeout, self.simple_query(query, max_len)).await {
+            Ok(Ok(rows)) => rows.into_iter().next(),
+            Ok(Err(e)) => return Err(self.refusal(target, format!("reading its settings: {e}"))),
+            Err(_) => None,
+        };
+        let Some(row) = row else {
+            return Err(self.refusal(target, "no answer to the read of its settings".into()));
+        };
+        self.defaults.set_unreported(&row);
+        Ok(())
+    }
+
     fn refusal(&self, target: &ServerTarget, message: String) -> ProxyError {
         ProxyError::Server {
             server: format!("{}/{}", self.addr, target.dbname),

@@ -51,15 +51,64 @@ pub const KEYED_DEFAULTS: [&str; 4] = [
     "standard_conforming_strings",
 ];
 
+/// Settings that shape results PostgreSQL does not report, whose server defaults a
+/// client that sets none reads as well: with the cache on, a server connection's
+/// values are read once it logs in (see [`Defaults::UNREPORTED_QUERY`]) and their digest
+/// is part of the cache's key. Without it, an `ALTER DATABASE … SET search_path` made
+/// directly had the connections made after it served what those made before read.
+pub const UNREPORTED_DEFAULTS: [&str; 17] = [
+    "search_path",
+    "extra_float_digits",
+    "bytea_output",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "default_text_search_config",
+    "transform_null_equals",
+    "xmlbinary",
+    "xmloption",
+    "row_security",
+    "array_nulls",
+    "timezone_abbreviations",
+    "quote_all_identifiers",
+    "client_min_messages",
+    "escape_string_warning",
+    "gin_fuzzy_search_limit",
+];
+
 /// A server connection's own values of [`KEYED_DEFAULTS`] (those it reported at
-/// login, or since, when a reload changed one), and their hash.
+/// login, or since, when a reload changed one), the digest of its values of
+/// [`UNREPORTED_DEFAULTS`] when they were read, and their hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Defaults {
     hash: u64,
     values: [String; 4],
+    /// SHA-256 of the values of [`UNREPORTED_DEFAULTS`], its first half (all zero:
+    /// not read).
+    unreported: [u8; 16],
 }
 
 impl Defaults {
+    /// Reads [`UNREPORTED_DEFAULTS`] on a server connection, in order, in one row.
+    pub const UNREPORTED_QUERY: &str = "SELECT \
+        pg_catalog.current_setting('search_path', true), \
+        pg_catalog.current_setting('extra_float_digits', true), \
+        pg_catalog.current_setting('bytea_output', true), \
+        pg_catalog.current_setting('lc_monetary', true), \
+        pg_catalog.current_setting('lc_numeric', true), \
+        pg_catalog.current_setting('lc_time', true), \
+        pg_catalog.current_setting('default_text_search_config', true), \
+        pg_catalog.current_setting('transform_null_equals', true), \
+        pg_catalog.current_setting('xmlbinary', true), \
+        pg_catalog.current_setting('xmloption', true), \
+        pg_catalog.current_setting('row_security', true), \
+        pg_catalog.current_setting('array_nulls', true), \
+        pg_catalog.current_setting('timezone_abbreviations', true), \
+        pg_catalog.current_setting('quote_all_identifiers', true), \
+        pg_catalog.current_setting('client_min_messages', true), \
+        pg_catalog.current_setting('escape_string_warning', true), \
+        pg_catalog.current_setting('gin_fuzzy_search_limit', true)";
+
     /// The values among a login's ParameterStatus `params`.
     pub fn from_params(params: &[(String, String)]) -> Defaults {
         let mut defaults = Defaults::default();
@@ -67,6 +116,31 @@ impl Defaults {
             defaults.set(name, value);
         }
         defaults
+    }
+
+    /// Takes `row`, the answer to [`Defaults::UNREPORTED_QUERY`] (`None`: a setting
+    /// this server does not have).
+    pub fn set_unreported(&mut self, row: &[Option<String>]) {
+        use sha2::Digest;
+        let mut digest = sha2::Sha256::new();
+        for (name, value) in UNREPORTED_DEFAULTS.iter().zip(row) {
+            digest.update(name.as_bytes());
+            match value {
+                Some(value) => {
+                    digest.update(b"=");
+                    digest.update(value.as_bytes());
+                }
+                None => digest.update(b"-"),
+            }
+            digest.update(b"\0");
+        }
+        self.unreported.copy_from_slice(&digest.finalize()[..16]);
+        self.rehash();
+    }
+
+    /// The digest of the values of [`UNREPORTED_DEFAULTS`] (all zero: not read).
+    pub fn unreported(&self) -> &[u8; 16] {
+        &self.unreported
     }
 
     /// Takes `value` as the default of `name`, if one of [`KEYED_DEFAULTS`]; whether
@@ -82,10 +156,15 @@ impl Defaults {
             return false;
         }
         self.values[i] = value.to_string();
+        self.rehash();
+        true
+    }
+
+    fn rehash(&mut self) {
         let mut hasher = std::hash::DefaultHasher::new();
         self.values.hash(&mut hasher);
+        self.unreported.hash(&mut hasher);
         self.hash = hasher.finish();
-        true
     }
 
     /// 0 when none is known.
@@ -1658,6 +1737,37 @@ mod tests {
         assert!(moved.set("timezone", "Asia/Tokyo"));
         assert_ne!(moved.hash(), utc.hash());
         assert_eq!(moved, Defaults::from_params(&params("Asia/Tokyo")));
+        // The settings PostgreSQL does not report: their digest.
+        let row = |path: &str| {
+            let mut row = vec![Some("x".to_string()); UNREPORTED_DEFAULTS.len()];
+            row[0] = Some(path.to_string());
+            row
+        };
+        let mut read = utc.clone();
+        read.set_unreported(&row("public"));
+        assert_ne!(read.hash(), utc.hash());
+        assert_ne!(read.unreported(), utc.unreported());
+        let mut again = utc.clone();
+        again.set_unreported(&row("public"));
+        assert_eq!(again, read);
+        again.set_unreported(&row("elsewhere, public"));
+        assert_ne!(again.hash(), read.hash());
+        assert_eq!(utc.unreported(), &[0; 16]);
+    }
+
+    #[test]
+    fn the_unreported_defaults_query_reads_each_in_order() {
+        let query = Defaults::UNREPORTED_QUERY;
+        let mut at = 0;
+        for name in UNREPORTED_DEFAULTS {
+            let call = format!("current_setting('{name}', true)");
+            let found = query[at..].find(&call).unwrap_or_else(|| panic!("{name}"));
+            at += found + call.len();
+        }
+        assert_eq!(
+            query.matches("current_setting").count(),
+            UNREPORTED_DEFAULTS.len()
+        );
     }
 
     #[test]

@@ -920,6 +920,7 @@ pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
         max_message_len: config.max_message_len,
         keepalive: config.tcp_keepalive,
         round_robin: config.server_round_robin,
+        read_defaults: config.cache.enabled,
     }
 }
 

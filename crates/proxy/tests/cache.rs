@@ -3328,6 +3328,38 @@ async fn a_change_of_the_servers_defaults_changes_what_is_served() {
     for _ in 0..2 {
         assert_eq!(value(&later, span).await, direct_reads);
     }
+
+    // Defaults PostgreSQL does not report (search_path, extra_float_digits,
+    // bytea_output), made directly, then RECONNECT: pgopt reads them at each login.
+    pg.psql(
+        "CREATE SCHEMA elsewhere; CREATE TABLE elsewhere.items (id int, v text);
+         INSERT INTO elsewhere.items VALUES (1, 'elsewhere')",
+    )
+    .unwrap();
+    let shaped = "SELECT v || ' ' || (id / 3.0)::float8::text || ' ' || \
+                  'ab'::bytea::text FROM items WHERE id = 1";
+    let before = value(&direct(&pg).await, shaped).await;
+    assert_eq!(before, "a 0.3333333333333333 \\x6162");
+    for _ in 0..2 {
+        assert_eq!(value(&later, shaped).await, before);
+    }
+    pg.psql(
+        "ALTER DATABASE postgres SET search_path = elsewhere, public;
+         ALTER DATABASE postgres SET extra_float_digits = 0;
+         ALTER DATABASE postgres SET bytea_output = 'escape'",
+    )
+    .unwrap();
+    admin(&proxy)
+        .await
+        .batch_execute("RECONNECT")
+        .await
+        .unwrap();
+    let direct_reads = value(&direct(&pg).await, shaped).await;
+    assert_eq!(direct_reads, "elsewhere 0.333333333333333 ab");
+    let later = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(value(&later, shaped).await, direct_reads);
+    }
 }
 
 /// Checklist 1: two databases of one proxy, with a table of one name and other rows:
