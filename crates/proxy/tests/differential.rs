@@ -691,6 +691,18 @@ async fn session_mode_answers_as_postgresql_does() {
     .await;
 }
 
+/// Session mode with the cache on: its clients are not served from it, but their
+/// writes are followed (a Parse's answer settles what its name holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_with_the_cache_answers_as_postgresql_does() {
+    check(PoolMode::Session, &[5], &[], |c| {
+        c.default_pool_size = CLIENTS as usize;
+        c.cache.enabled = true;
+        c.cache.tables = vec!["diff".into()];
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_result_cache_answers_as_postgresql_does() {
     check(
