@@ -79,7 +79,7 @@ pub struct CacheSettings {
     pub ddl_listener: bool,
     /// `[cache.redis]`: L2 and invalidations shared with other pgopt instances.
     pub redis: Option<RedisConfig>,
-    /// The share of simple-protocol hits run again on PostgreSQL (on a connection of
+    /// The share of hits run again on PostgreSQL (on a connection of
     /// pgopt's own, in the background) and compared row by row: a built-in proof that
     /// what is served is what PostgreSQL has (0 = off).
     pub verify_fraction: f64,
@@ -1321,6 +1321,10 @@ pub fn redis_state(cache: &ProxyCache) -> &'static str {
 /// A hit to run again on PostgreSQL (see [`CacheSettings::verify_fraction`]).
 pub struct Verify {
     pub sql: String,
+    /// Extended protocol: the statement (a Parse: text and parameter types) and the
+    /// Bind's values part (parameter formats and values, result formats), run again as
+    /// the unnamed statement and portal.
+    pub extended: Option<(Bytes, Vec<u8>)>,
     /// A LIMIT or DISTINCT ON may pick other rows on a re-run: then other rows
     /// prove nothing.
     pub picks_rows: bool,
@@ -1380,7 +1384,17 @@ impl ProxyCache {
             // The server gives up too, not just this wait.
             conn.simple_query("SET statement_timeout = '10s'", max_len)
                 .await?;
-            conn.simple_query(&hit.sql, max_len).await
+            match &hit.extended {
+                None => conn.simple_query(&hit.sql, max_len).await,
+                Some((statement, bind)) => {
+                    let batch = extended_again(statement, bind)?;
+                    let result = conn.query(&batch, max_len).await?;
+                    match result.error {
+                        Some(e) => Err(e),
+                        None => Ok(result.rows),
+                    }
+                }
+            }
         };
         let fresh = tokio::time::timeout(Duration::from_secs(11), fresh).await;
         // Long enough for a write through pgopt (on any instance) that committed
@@ -1410,6 +1424,33 @@ impl ProxyCache {
         };
         outcome.fetch_add(1, Relaxed);
     }
+}
+
+/// A hit's extended-protocol request run again on pgopt's own connection, as the
+/// unnamed statement and portal: Parse (from `statement`, a Parse message), Bind (its
+/// values part `bind`), Execute of every row, Sync.
+fn extended_again(statement: &[u8], bind: &[u8]) -> Result<Vec<u8>, String> {
+    let parse = statement
+        .get(5..)
+        .and_then(|body| Parse::decode(body).ok())
+        .ok_or("the statement is not a Parse")?;
+    let mut out = BytesMut::new();
+    let unnamed = Parse { name: "", ..parse };
+    unnamed.encode(&mut out).map_err(|e| e.to_string())?;
+    // Bind: portal and statement unnamed, then the values part as the client sent it.
+    let len = u32::try_from(4 + 2 + bind.len()).map_err(|e| e.to_string())?;
+    out.extend_from_slice(b"B");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(b"\0\0");
+    out.extend_from_slice(bind);
+    pgopt_wire::frontend::Execute {
+        portal: "",
+        max_rows: 0,
+    }
+    .encode(&mut out)
+    .map_err(|e| e.to_string())?;
+    out.extend_from_slice(b"S\0\0\0\x04");
+    Ok(out.to_vec())
 }
 
 /// The listeners' state: one database's as it is, several as `db: state, …`.

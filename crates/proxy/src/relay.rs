@@ -1393,7 +1393,8 @@ impl Relay {
                 let hit = hit.value;
                 self.serve_hit(&cache, &hit, shape, prepares, epoch);
                 self.note_hit(&analysis, started, &hit);
-                self.maybe_verify(&cache, shape, &sql, &analysis, served_at, &hit);
+                let request = (&sql[..], request.statement.as_ref(), &bind[..]);
+                self.maybe_verify(&cache, request, &analysis, served_at, &hit);
                 return CacheLookup::Served;
             }
             if look > 0 {
@@ -1459,7 +1460,8 @@ impl Relay {
                 self.note_hit(&analysis, started, &value);
                 // (Without `current` the versions moved during the round trip: no
                 // claim.)
-                self.maybe_verify(&cache, shape, &sql, &analysis, found.current, &value);
+                let request = (&sql[..], request.statement.as_ref(), &bind[..]);
+                self.maybe_verify(&cache, request, &analysis, found.current, &value);
                 return CacheLookup::Served;
             }
             cache.counters.misses.fetch_add(1, Relaxed);
@@ -1525,19 +1527,19 @@ impl Relay {
         }
     }
 
-    /// Runs a sampled simple-protocol hit again on PostgreSQL in the background (see
-    /// `cache.verify_fraction`).
+    /// Runs a sampled hit again on PostgreSQL in the background (see
+    /// `cache.verify_fraction`). `request`: its text, and in the extended protocol its
+    /// statement (a Parse) and Bind values part.
     fn maybe_verify(
         &self,
         cache: &Arc<ProxyCache>,
-        shape: Shape,
-        sql: &str,
+        (sql, statement, bind): (&str, Option<&Bytes>, &[u8]),
         analysis: &pgopt_sql::Analysis,
         snapshot: Option<pgopt_cache::Snapshot>,
         hit: &Bytes,
     ) {
         let n = cache.counters.hits.load(Relaxed);
-        let Some(snapshot) = snapshot.filter(|_| shape == Shape::Simple) else {
+        let Some(snapshot) = snapshot else {
             return;
         };
         let Some(slot) = cache.sample_hit(n) else {
@@ -1545,6 +1547,7 @@ impl Relay {
         };
         let verify = crate::cache::Verify {
             sql: sql.to_string(),
+            extended: statement.map(|s| (s.clone(), bind.to_vec())),
             picks_rows: analysis.picks_rows,
             settings: self.settings.statements(),
             value: hit.clone(),

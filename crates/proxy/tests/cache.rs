@@ -2643,6 +2643,22 @@ async fn the_verifier_runs_hits_again_and_counts_what_differs() {
     assert_eq!(shape["calls"], "3", "{shape:?}");
     assert_eq!(shape["cache_hits"], "2", "{shape:?}");
     assert_eq!(shape["rows"], "3", "{shape:?}");
+
+    // The extended protocol (tokio-postgres: a named statement, binary results): its
+    // hits are run again too.
+    let extended = "SELECT v FROM items WHERE id = $1";
+    let get = || async {
+        let row = client.query_one(extended, &[&1i32]).await.unwrap();
+        row.get::<_, String>(0)
+    };
+    let verified = counter(&cache_row(&proxy).await, "verified");
+    assert_eq!(get().await, "later");
+    assert_eq!(get().await, "later");
+    let row = wait_for("verified", verified + 1).await;
+    assert_eq!(counter(&row, "mismatches"), 1, "{row:?}");
+    pg.psql("UPDATE items SET v = 'last' WHERE id = 1").unwrap();
+    assert_eq!(get().await, "later");
+    wait_for("mismatches", 2).await;
 }
 
 /// SHOW CACHE TABLES as (table → row).

@@ -44,7 +44,7 @@ pub struct CacheSection {
     pub ddl_listener: bool,
     /// L2 and invalidations shared between pgopt instances.
     pub redis: RedisSection,
-    /// The share of simple-protocol hits run again on PostgreSQL and compared (SHOW
+    /// The share of hits run again on PostgreSQL and compared (SHOW
     /// CACHE's `verified` and `mismatches`).
     pub verify_fraction: Share,
     /// How long a write whose client left mid-statement is waited for before pgopt
