@@ -2474,3 +2474,132 @@ async fn a_bind_of_a_name_a_refused_parse_did_not_change_invalidates_what_it_wri
         }
     }
 }
+
+/// A locale PostgreSQL accepts for lc_monetary and lc_numeric whose to_char() and
+/// money output differ from the C locale's, if the machine has one (the test then
+/// compares values too); else `POSIX`, accepted and alike, so that only the hit
+/// counters show whether the setting is in the key.
+async fn another_locale(direct: &Client, read: &str) -> (String, bool) {
+    let c = rows(direct, read).await;
+    for name in [
+        "de_DE.UTF-8",
+        "de_DE.utf8",
+        "fr_FR.UTF-8",
+        "fr_FR.utf8",
+        "nl_NL.UTF-8",
+        "sv_SE.UTF-8",
+    ] {
+        let set = format!("SET lc_monetary = '{name}'; SET lc_numeric = '{name}'");
+        let ok = direct.batch_execute(&set).await.is_ok();
+        let theirs = if ok { rows(direct, read).await } else { vec![] };
+        run(direct, "RESET lc_monetary; RESET lc_numeric").await;
+        if ok && theirs != c {
+            return (name.to_string(), true);
+        }
+    }
+    ("POSIX".to_string(), false)
+}
+
+/// #4: lc_monetary and lc_numeric change what to_char() and money print, and
+/// client_encoding the bytes of the same text: a read cached under one is never
+/// served to a session under another (by SET, SET LOCAL inside a block, or a start-up
+/// parameter), each gets what PostgreSQL gives under its settings, and once a SET
+/// LOCAL's block ends the session reads under its own settings again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monetary_numeric_and_encoding_settings_each_get_their_own_entries() {
+    let (pg, proxy, behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text, n numeric);
+         INSERT INTO items VALUES (1, 'café', 1234.5);",
+        &["items"],
+    )
+    .await;
+    let read = "SELECT to_char(n, 'L9G999D99'), n::money, to_char(n, '9G999D99') \
+                FROM items WHERE id = 1";
+    let (locale, differs) = another_locale(&behind, read).await;
+    let set = format!("SET lc_monetary = '{locale}'; SET lc_numeric = '{locale}'");
+    let in_c = rows(&behind, read).await;
+    run(&behind, &set).await;
+    let in_other = rows(&behind, read).await;
+    if differs {
+        assert_ne!(in_c, in_other);
+    } else {
+        eprintln!("no locale beyond C here: only the hit counters show the key");
+    }
+    let plain = connect(&proxy, "postgres", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let in_c: Vec<&str> = in_c.iter().map(String::as_str).collect();
+    cached(&proxy, &plain, read, &in_c).await;
+    run(&other, &set).await;
+    let before = hits(&proxy).await;
+    assert_eq!(rows(&other, read).await, in_other, "{locale}");
+    assert_eq!(hits(&proxy).await, before, "{locale}: served the C entry");
+    let in_other: Vec<&str> = in_other.iter().map(String::as_str).collect();
+    cached(&proxy, &other, read, &in_other).await;
+    assert_eq!(rows(&plain, read).await, in_c, "C after {locale}'s entry");
+    // SET LOCAL in a block: PostgreSQL's answer under it, then the session's own
+    // settings once the block ends (committed or rolled back).
+    let local = format!("SET LOCAL lc_monetary = '{locale}'; SET LOCAL lc_numeric = '{locale}'");
+    for end in ["COMMIT", "ROLLBACK"] {
+        for block in ["BEGIN", "BEGIN READ ONLY"] {
+            run(&plain, block).await;
+            run(&plain, &local).await;
+            let before = hits(&proxy).await;
+            assert_eq!(rows(&plain, read).await, in_other, "{block}, SET LOCAL");
+            assert_eq!(hits(&proxy).await, before, "{block}: served from the cache");
+            run(&plain, end).await;
+            assert_eq!(rows(&plain, read).await, in_c, "after {block} … {end}");
+            assert_eq!(rows(&other, read).await, in_other, "{block} … {end}");
+        }
+    }
+
+    // client_encoding: the same read of 'café' under UTF8 and LATIN1 (SET, or a
+    // start-up parameter) gets each PostgreSQL's bytes.
+    let text = common::message(b'Q', b"SELECT v, n FROM items WHERE id = 1\0");
+    let latin1 = common::message(b'Q', b"SET client_encoding = 'LATIN1'\0");
+    let mut utf8_direct = raw_direct(&pg).await;
+    let mut latin1_direct = raw_direct(&pg).await;
+    exchange(&mut latin1_direct, &latin1).await;
+    let utf8_reply = exchange(&mut utf8_direct, &text).await;
+    let latin1_reply = exchange(&mut latin1_direct, &text).await;
+    assert_eq!(raw_summary(&utf8_reply).0, ["caf\u{e9}"]);
+    assert_ne!(utf8_reply, latin1_reply);
+    let mut utf8_through = common::raw_login(&proxy).await;
+    let mut latin1_through = common::raw_login(&proxy).await;
+    exchange(&mut latin1_through, &latin1).await;
+    let mut started_latin1 = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let body = b"\0\x03\0\0user\0postgres\0database\0app\0client_encoding\0LATIN1\0\0";
+    let startup = [&((body.len() + 4) as i32).to_be_bytes()[..], &body[..]].concat();
+    raw_round(&mut started_latin1, &startup, 1).await;
+    for round in 0..3 {
+        for (raw, want, what) in [
+            (&mut utf8_through, &utf8_reply, "UTF8"),
+            (&mut latin1_through, &latin1_reply, "LATIN1"),
+            (&mut started_latin1, &latin1_reply, "LATIN1 at start-up"),
+        ] {
+            // (pgopt may relay a ParameterStatus of the client's own encoding, set
+            // again on a server connection another client had: never another's.)
+            let mut got = exchange(raw, &text).await;
+            got.retain(|(tag, body)| {
+                let own = format!(
+                    "client_encoding\0{}\0",
+                    &what[..what.find(' ').unwrap_or(what.len())]
+                );
+                *tag != b'S' || {
+                    assert_eq!(
+                        body.escape_ascii().to_string(),
+                        own.as_bytes().escape_ascii().to_string(),
+                        "{what}"
+                    );
+                    false
+                }
+            });
+            assert_eq!(readable(&got), readable(want), "{what}, read {round}");
+        }
+    }
+    assert_eq!(
+        rows(&plain, "SELECT v FROM items WHERE id = 1").await,
+        ["café"]
+    );
+}
