@@ -2603,3 +2603,99 @@ async fn monetary_numeric_and_encoding_settings_each_get_their_own_entries() {
         ["café"]
     );
 }
+
+/// A table `t` of four columns and two rows, for the ALTER TABLE tests.
+const SHAPED: &str = "DROP TABLE IF EXISTS t;
+     CREATE TABLE t (id int PRIMARY KEY, a text, b int, c text);
+     INSERT INTO t VALUES (1, 'x', 10, 'c1'), (2, 'y', 20, 'c2');";
+
+/// `SELECT * FROM t` in the simple protocol, and in the extended one with a Describe
+/// of its portal: through pgopt twice, each reply PostgreSQL's byte for byte
+/// (RowDescription's names and types, the rows), and the second a hit.
+async fn star_as_postgresql_gives_it(
+    proxy: &Proxy,
+    direct: &mut tokio::net::TcpStream,
+    through: &mut tokio::net::TcpStream,
+    what: &str,
+) {
+    let read = "SELECT * FROM t ORDER BY id";
+    let simple = common::message(b'Q', format!("{read}\0").as_bytes());
+    let extended = [
+        parse("", read, &[]),
+        bind("", &[], &[]),
+        describe_execute_sync(),
+    ]
+    .concat();
+    for (batch, protocol) in [(simple, "simple"), (extended, "extended")] {
+        let want = exchange(direct, &batch).await;
+        let got = exchange(through, &batch).await;
+        assert_eq!(readable(&got), readable(&want), "{what}, {protocol}");
+        let before = hits(proxy).await;
+        let got = exchange(through, &batch).await;
+        assert_eq!(readable(&got), readable(&want), "{what}, {protocol}, again");
+        assert_eq!(
+            hits(proxy).await,
+            before + 1,
+            "{what}, {protocol}: not served from the cache"
+        );
+    }
+}
+
+/// #35: ALTER TABLE DROP COLUMN, RENAME COLUMN, ALTER COLUMN TYPE (with new values),
+/// SET DEFAULT, and CREATE INDEX, through pgopt and then made directly on PostgreSQL
+/// with `cache.ddl_listener`: each `SELECT * FROM t` read through pgopt after it —
+/// its entry from before the change cached — has PostgreSQL's RowDescription and
+/// rows in the new shape, byte for byte, in the simple and the extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_select_star_has_the_shape_an_alter_table_gave() {
+    let (pg, proxy, behind) = setup(SHAPED, &["t"]).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let mut direct = raw_direct(&pg).await;
+    let mut through = common::raw_login(&proxy).await;
+    // (The first cacheable read has the catalog read.)
+    rows(&client, "SELECT id FROM t").await;
+    star_as_postgresql_gives_it(&proxy, &mut direct, &mut through, "at first").await;
+    let changes = [
+        "ALTER TABLE t DROP COLUMN c",
+        "ALTER TABLE t RENAME COLUMN a TO renamed",
+        "ALTER TABLE t ALTER COLUMN b TYPE text USING (b * 2)::text",
+        "ALTER TABLE t ALTER COLUMN renamed SET DEFAULT 'dflt'",
+        "CREATE INDEX t_b ON t (b)",
+    ];
+    for ddl in changes {
+        run(&client, ddl).await;
+        star_as_postgresql_gives_it(&proxy, &mut direct, &mut through, ddl).await;
+    }
+    // The default is PostgreSQL's for a row written after it.
+    run(&client, "INSERT INTO t (id, b) VALUES (3, '60')").await;
+    assert_eq!(
+        rows(&client, "SELECT * FROM t WHERE id = 3").await,
+        ["3|dflt|60"]
+    );
+    star_as_postgresql_gives_it(&proxy, &mut direct, &mut through, "the insert").await;
+    drop((client, through, proxy));
+
+    // The same changes made directly on PostgreSQL, heard by the schema change
+    // listener of a proxy that caches `t`.
+    behind.batch_execute(SHAPED).await.unwrap();
+    let proxy = caching(&pg, &["t"], |c| c.cache.ddl_listener = true).await;
+    let listening = common::wait_for_cache(&proxy, "listening for schema changes", |r| {
+        r["ddl"] == "listening"
+    })
+    .await;
+    let mut heard = common::counter(&listening, "ddl_changes");
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let mut through = common::raw_login(&proxy).await;
+    rows(&client, "SELECT id FROM t").await;
+    star_as_postgresql_gives_it(&proxy, &mut direct, &mut through, "at first, listening").await;
+    for ddl in changes {
+        behind.batch_execute(ddl).await.unwrap();
+        let row = common::wait_for_cache(&proxy, "hearing the change", |r| {
+            common::counter(r, "ddl_changes") > heard
+        })
+        .await;
+        heard = common::counter(&row, "ddl_changes");
+        let what = format!("{ddl}, made directly");
+        star_as_postgresql_gives_it(&proxy, &mut direct, &mut through, &what).await;
+    }
+}
