@@ -2699,3 +2699,150 @@ async fn a_cached_select_star_has_the_shape_an_alter_table_gave() {
         star_as_postgresql_gives_it(&proxy, &mut direct, &mut through, &what).await;
     }
 }
+
+/// #39: DROP SCHEMA … CASCADE through pgopt (and made directly, heard by the schema
+/// change listener) of a schema whose table was cached, by its qualified name and
+/// through search_path: reads fail with 42P01 as PostgreSQL says, and the schema and
+/// table made again directly, with other rows, are read afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_schemas_tables_are_not_served_and_made_again_are_read_afresh() {
+    let schema = "DROP SCHEMA IF EXISTS s CASCADE; CREATE SCHEMA s;
+                  CREATE TABLE s.t (id int PRIMARY KEY, v text);
+                  INSERT INTO s.t VALUES (1, 'old');";
+    let (pg, proxy, behind) = setup(schema, &["t"]).await;
+    for listening in [false, true] {
+        let proxy = if listening {
+            behind.batch_execute(schema).await.unwrap();
+            let proxy = caching(&pg, &["t"], |c| c.cache.ddl_listener = true).await;
+            common::wait_for_cache(&proxy, "listening for schema changes", |r| {
+                r["ddl"] == "listening"
+            })
+            .await;
+            proxy
+        } else {
+            caching(&pg, &["t"], |_| {}).await
+        };
+        let qualified = connect(&proxy, "postgres", None).await.unwrap();
+        let pathed = connect(&proxy, "postgres", None).await.unwrap();
+        run(&pathed, "SET search_path = s, public").await;
+        let (by_name, by_path) = ("SELECT v FROM s.t", "SELECT v FROM t");
+        cached(&proxy, &qualified, by_name, &["old"]).await;
+        cached(&proxy, &pathed, by_path, &["old"]).await;
+        let drop = "DROP SCHEMA s CASCADE";
+        if listening {
+            let heard = common::counter(&cache_row(&proxy).await, "ddl_changes");
+            behind.batch_execute(drop).await.unwrap();
+            common::wait_for_cache(&proxy, "hearing the DROP SCHEMA", |r| {
+                common::counter(r, "ddl_changes") > heard
+            })
+            .await;
+        } else {
+            run(&qualified, drop).await;
+        }
+        let what = if listening {
+            "made directly"
+        } else {
+            "through pgopt"
+        };
+        assert_eq!(error_code(&qualified, by_name).await, "42P01", "{what}");
+        assert_eq!(error_code(&pathed, by_path).await, "42P01", "{what}");
+        behind
+            .batch_execute(
+                "CREATE SCHEMA s; CREATE TABLE s.t (id int PRIMARY KEY, v text);
+                 INSERT INTO s.t VALUES (1, 'new');",
+            )
+            .await
+            .unwrap();
+        if listening {
+            // (The CREATEs are heard too; the reads below may be misses till then.)
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(rows(&qualified, by_name).await, ["new"], "{what}");
+        assert_eq!(rows(&pathed, by_path).await, ["new"], "{what}");
+    }
+    drop(proxy);
+}
+
+/// #39: ALTER DATABASE … SET search_path and ALTER ROLE … SET search_path through
+/// pgopt, once their reads were cached: a session that begins after it reads the
+/// table the new default names, as a new session of PostgreSQL's does. And DROP
+/// DATABASE … WITH (FORCE) through pgopt of another database pgopt caches: its reads
+/// fail, and once it is made again with other rows (made directly), they are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_defaults_and_a_database_made_again_are_read_afresh() {
+    let pg = Postgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'public');
+         CREATE SCHEMA other; CREATE TABLE other.items (id int PRIMARY KEY, v text);
+         INSERT INTO other.items VALUES (1, 'other');
+         CREATE ROLE alice LOGIN; GRANT USAGE ON SCHEMA other TO alice;
+         GRANT SELECT ON items, other.items TO alice;",
+    )
+    .unwrap();
+    pg.psql("CREATE DATABASE db2").unwrap();
+    let db2 =
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'db2')";
+    let second = || async {
+        let url = pg.url("db2");
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    second().await.batch_execute(db2).await.unwrap();
+    let proxy = caching(&pg, &["items"], |c| {
+        let mut app2 = c.databases[0].clone();
+        app2.name = "app2".into();
+        app2.dbname = "db2".into();
+        c.databases.push(app2);
+    })
+    .await;
+    let port = proxy.local_addr().port();
+    let read = "SELECT v FROM items WHERE id = 1";
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let alice = connect(&proxy, "alice", None).await.unwrap();
+    cached(&proxy, &client, read, &["public"]).await;
+    cached(&proxy, &alice, read, &["public"]).await;
+
+    run(
+        &client,
+        "ALTER DATABASE postgres SET search_path = other, public",
+    )
+    .await;
+    let later = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(rows(&direct(&pg).await, read).await, ["other"]);
+    for _ in 0..2 {
+        assert_eq!(rows(&later, read).await, ["other"], "ALTER DATABASE");
+    }
+    run(&client, "ALTER DATABASE postgres RESET search_path").await;
+    run(&client, "ALTER ROLE alice SET search_path = other, public").await;
+    let alice_later = connect(&proxy, "alice", None).await.unwrap();
+    let postgres_later = connect(&proxy, "postgres", None).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(rows(&alice_later, read).await, ["other"], "ALTER ROLE");
+        assert_eq!(rows(&postgres_later, read).await, ["public"], "ALTER ROLE");
+    }
+
+    // DROP DATABASE of the database `app2` reaches.
+    let app2 = common::client_at("127.0.0.1", port, "postgres", "app2", None)
+        .await
+        .unwrap();
+    cached(&proxy, &app2, read, &["db2"]).await;
+    run(&client, "DROP DATABASE db2 WITH (FORCE)").await;
+    let gone = common::client_at("127.0.0.1", port, "postgres", "app2", None).await;
+    if let Ok(gone) = gone {
+        let got = try_rows(&gone, read).await;
+        assert!(got.is_err(), "a read of a dropped database: {got:?}");
+    }
+    run(&client, "CREATE DATABASE db2").await;
+    let db2 = db2.replace("'db2'", "'db2 again'");
+    second().await.batch_execute(&db2).await.unwrap();
+    let app2 = common::client_at("127.0.0.1", port, "postgres", "app2", None)
+        .await
+        .unwrap();
+    assert_eq!(rows(&direct(&pg).await, read).await, ["public"]);
+    for _ in 0..2 {
+        assert_eq!(rows(&app2, read).await, ["db2 again"], "DROP DATABASE");
+    }
+}
