@@ -2846,3 +2846,154 @@ async fn new_defaults_and_a_database_made_again_are_read_afresh() {
         assert_eq!(rows(&app2, read).await, ["db2 again"], "DROP DATABASE");
     }
 }
+
+/// #42, #43, #45: reads of a cached table that also read the clock, chance, the
+/// session or the transaction are never served from the cache nor stored, in either
+/// protocol: each read has the row as PostgreSQL has it now (changed behind pgopt's
+/// back before every read), SHOW CACHE's hits and stored do not move, and values that
+/// change from one statement to the next (the clock, random(), a new transaction id)
+/// change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_the_clock_chance_and_the_session_are_never_cached() {
+    let (_pg, proxy, behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'v0');
+         CREATE ROLE alice LOGIN; GRANT SELECT ON items TO alice;",
+        &["items"],
+    )
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let alice = connect(&proxy, "alice", None).await.unwrap();
+    // (The first cacheable read has the catalog read; a plain read is cached.)
+    cached(&proxy, &client, "SELECT v FROM items WHERE id = 1", &["v0"]).await;
+    // Each: the read (its first column `v`, its second the value), and whether the
+    // value differs from statement to statement.
+    let reads = [
+        ("SELECT v, now()::text FROM items WHERE id = 1", true),
+        (
+            "SELECT v, current_timestamp::text FROM items WHERE id = 1",
+            true,
+        ),
+        ("SELECT v, CURRENT_TIME::text FROM items WHERE id = 1", true),
+        (
+            "SELECT v, localtimestamp::text FROM items WHERE id = 1",
+            true,
+        ),
+        (
+            "SELECT v, statement_timestamp()::text FROM items WHERE id = 1",
+            true,
+        ),
+        (
+            "SELECT v, clock_timestamp()::text FROM items WHERE id = 1",
+            true,
+        ),
+        ("SELECT v, timeofday() FROM items WHERE id = 1", true),
+        ("SELECT v, random()::text FROM items WHERE id = 1", true),
+        (
+            "SELECT v, gen_random_uuid()::text FROM items WHERE id = 1",
+            true,
+        ),
+        (
+            "SELECT v, txid_current()::text FROM items WHERE id = 1",
+            true,
+        ),
+        (
+            "SELECT v, pg_current_xact_id()::text FROM items WHERE id = 1",
+            true,
+        ),
+        (
+            "SELECT v, 'x' FROM items WHERE id = 1 ORDER BY random()",
+            false,
+        ),
+        (
+            "SELECT v, 'x' FROM items TABLESAMPLE BERNOULLI (100) WHERE id = 1",
+            false,
+        ),
+        (
+            "SELECT v, 'x' FROM items TABLESAMPLE SYSTEM (100) WHERE id = 1",
+            false,
+        ),
+        (
+            "SELECT v, current_setting('application_name') FROM items WHERE id = 1",
+            false,
+        ),
+        (
+            "SELECT v, pg_backend_pid()::text FROM items WHERE id = 1",
+            false,
+        ),
+        (
+            "SELECT v, inet_client_addr()::text FROM items WHERE id = 1",
+            false,
+        ),
+        (
+            "SELECT v, inet_client_port()::text FROM items WHERE id = 1",
+            false,
+        ),
+    ];
+    let mut n = 0;
+    for (read, changes) in reads {
+        for extended in [false, true] {
+            let before = cache_row(&proxy).await;
+            let mut seen = Vec::new();
+            for who in [&client, &alice, &client] {
+                n += 1;
+                let v = format!("v{n}");
+                let change = format!("UPDATE items SET v = '{v}' WHERE id = 1");
+                behind.batch_execute(&change).await.unwrap();
+                let got = if extended {
+                    let row = who.query_one(read, &[]).await;
+                    let row = row.unwrap_or_else(|e| panic!("{read}: {e:?}"));
+                    format!("{}|{}", row.get::<_, String>(0), row.get::<_, String>(1))
+                } else {
+                    rows(who, read).await.remove(0)
+                };
+                let (got_v, value) = got.split_once('|').unwrap();
+                assert_eq!(got_v, v, "{read} (extended: {extended}): a stale row");
+                if changes {
+                    assert!(!seen.contains(&value.to_string()), "{read}: {value} again");
+                }
+                seen.push(value.to_string());
+            }
+            let after = cache_row(&proxy).await;
+            for name in ["hits", "stored"] {
+                assert_eq!(
+                    common::counter(&after, name),
+                    common::counter(&before, name),
+                    "{read} (extended: {extended}): {name} moved: {after:?}"
+                );
+            }
+        }
+    }
+    // The user is in the key (README: keyed by database and user): reads of
+    // current_user and session_user may be cached, but each session gets its own
+    // user's name, also after SET ROLE, SET SESSION AUTHORIZATION and RESET ROLE.
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let users = "SELECT v, current_user::text, session_user::text, user::text \
+                 FROM items WHERE id = 1";
+    let v = format!("v{n}");
+    for _ in 0..2 {
+        for (who, sql, want) in [
+            (&client, "RESET ROLE", ["postgres", "postgres"]),
+            (&alice, "RESET ROLE", ["alice", "alice"]),
+            (&other, "SET ROLE alice", ["alice", "postgres"]),
+            (&client, "RESET ROLE", ["postgres", "postgres"]),
+            (&other, "RESET ROLE", ["postgres", "postgres"]),
+            (
+                &other,
+                "SET SESSION AUTHORIZATION alice",
+                ["alice", "alice"],
+            ),
+            (&client, "RESET ROLE", ["postgres", "postgres"]),
+            (
+                &other,
+                "RESET SESSION AUTHORIZATION",
+                ["postgres", "postgres"],
+            ),
+        ] {
+            run(who, sql).await;
+            let [current, session] = want;
+            let want = format!("{v}|{current}|{session}|{current}");
+            assert_eq!(rows(who, users).await, [want], "after {sql}");
+        }
+    }
+}
