@@ -2997,3 +2997,79 @@ async fn reads_of_the_clock_chance_and_the_session_are_never_cached() {
         }
     }
 }
+
+/// #2: rows that depend on who reads them through SECURITY DEFINER code: a function
+/// owned by the superuser returning the session user's rows, called in a read of a
+/// cached table and behind a view (a STABLE user function: never served from the
+/// cache), read by two roles and by a third session after SET ROLE, SET SESSION
+/// AUTHORIZATION and RESET: each gets PostgreSQL's rows for its user, never
+/// another's, though a plain read of the table is served from the cache meanwhile.
+/// (Row-level security and security_invoker views: see
+/// each_role_reads_what_it_may_see_and_privilege_changes_hold_at_once; tables with
+/// row-level security are never cached.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_definer_code_gives_each_user_its_own_rows() {
+    let (_pg, proxy, behind) = setup(
+        "CREATE TABLE notes (owner text, body text);
+         INSERT INTO notes VALUES ('alice', 'a1'), ('bob', 'b1'), ('postgres', 'p1');
+         CREATE FUNCTION my_bodies() RETURNS SETOF text LANGUAGE sql STABLE
+           SECURITY DEFINER AS $$ SELECT body FROM notes WHERE owner = session_user $$;
+         REVOKE ALL ON FUNCTION my_bodies() FROM PUBLIC;
+         CREATE VIEW defined AS SELECT b AS body FROM my_bodies() AS b;
+         CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN;
+         GRANT EXECUTE ON FUNCTION my_bodies() TO alice, bob;
+         GRANT SELECT (body) ON notes TO alice, bob; GRANT SELECT ON defined TO alice, bob;",
+        &["notes", "defined"],
+    )
+    .await;
+    let alice = connect(&proxy, "alice", None).await.unwrap();
+    let bob = connect(&proxy, "bob", None).await.unwrap();
+    let other = connect(&proxy, "postgres", None).await.unwrap();
+    let plain = "SELECT body FROM notes WHERE body LIKE '%1' ORDER BY body";
+    let all = ["a1", "b1", "p1"];
+    cached(&proxy, &alice, plain, &all).await;
+    cached(&proxy, &bob, plain, &all).await;
+    let reads = [
+        "SELECT body FROM defined ORDER BY body",
+        "SELECT body FROM notes WHERE body IN (SELECT my_bodies()) ORDER BY body",
+        "SELECT my_bodies()",
+    ];
+    // (Each round changes a row behind pgopt's back, which a read served from the
+    // cache would not show.)
+    for round in 0..3 {
+        let before = hits(&proxy).await;
+        let update = format!("UPDATE notes SET body = body || '' WHERE owner = 'x{round}'");
+        behind.batch_execute(&update).await.unwrap();
+        for read in reads {
+            assert_eq!(rows(&alice, read).await, ["a1"], "alice: {read}");
+            assert_eq!(rows(&bob, read).await, ["b1"], "bob: {read}");
+            assert_eq!(rows(&other, read).await, ["p1"], "postgres: {read}");
+        }
+        assert_eq!(
+            hits(&proxy).await,
+            before,
+            "a SECURITY DEFINER call was served"
+        );
+        assert_eq!(rows(&alice, plain).await, all);
+    }
+    // The superuser's session as alice: SET ROLE (session_user stays postgres), SET
+    // SESSION AUTHORIZATION (alice), and back.
+    for round in 0..2 {
+        for (sql, want) in [
+            ("SET ROLE alice", "p1"),
+            ("RESET ROLE", "p1"),
+            ("SET SESSION AUTHORIZATION alice", "a1"),
+            ("RESET SESSION AUTHORIZATION", "p1"),
+            ("SET SESSION AUTHORIZATION bob", "b1"),
+            // (As in PostgreSQL, RESET ALL leaves the session authorization be.)
+            ("RESET ALL", "b1"),
+            ("DISCARD ALL", "p1"),
+        ] {
+            run(&other, sql).await;
+            for read in reads {
+                assert_eq!(rows(&other, read).await, [want], "{sql}, {round}: {read}");
+                assert_eq!(rows(&alice, read).await, ["a1"], "{sql}, {round}: {read}");
+            }
+        }
+    }
+}
