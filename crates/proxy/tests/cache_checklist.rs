@@ -3073,3 +3073,114 @@ async fn security_definer_code_gives_each_user_its_own_rows() {
         }
     }
 }
+
+/// An Execute of the unnamed portal for at most `max_rows` rows (0: all).
+fn execute(max_rows: i32) -> Vec<u8> {
+    let mut body = vec![0u8];
+    body.extend(max_rows.to_be_bytes());
+    common::message(b'E', &body)
+}
+
+/// #52: reads a client takes part by part — an Execute with a row limit
+/// (PortalSuspended, then the rest), a cursor's FETCHes in a block — and COPY (SELECT
+/// …) TO STDOUT: each reply is PostgreSQL's (byte for byte for the Executes), read
+/// from PostgreSQL even when the same full read is cached and the rows changed behind
+/// pgopt's back since, nothing of them is stored or served from the cache, and a full
+/// read after a limited one is PostgreSQL's full answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portals_taken_in_parts_cursors_and_copy_out_are_read_from_postgresql() {
+    let (pg, proxy, behind) = setup(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items SELECT i, 'v' || i FROM generate_series(1, 5) i;",
+        &["items"],
+    )
+    .await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let mut direct = raw_direct(&pg).await;
+    let mut through = common::raw_login(&proxy).await;
+    let read = "SELECT v FROM items ORDER BY id";
+    let sync = common::message(b'S', b"");
+    let flush = common::message(b'H', b"");
+    let open = [parse("", read, &[]), bind("", &[], &[])].concat();
+    // A limit the first time this text is read through pgopt; then the full read.
+    let parts = [
+        open.clone(),
+        execute(2),
+        execute(2),
+        execute(0),
+        sync.clone(),
+    ]
+    .concat();
+    let full = [open.clone(), execute(0), sync.clone()].concat();
+    let before = cache_row(&proxy).await;
+    let want = replies_as_postgresql_does(&mut direct, &mut through, &parts, 2, "parts").await;
+    let tags: String = want.iter().map(|(t, _)| *t as char).collect();
+    assert_eq!(tags, "12DDsDDsDCZ");
+    let after = cache_row(&proxy).await;
+    for name in ["hits", "stored"] {
+        assert_eq!(
+            common::counter(&after, name),
+            common::counter(&before, name),
+            "{name}: {after:?}"
+        );
+    }
+    let whole = replies_as_postgresql_does(&mut direct, &mut through, &full, 1, "full").await;
+    assert_eq!(raw_summary(&whole).0, ["v1", "v2", "v3", "v4", "v5"]);
+    let all = ["v1", "v2", "v3", "v4", "v5"];
+    cached(&proxy, &client, read, &all).await;
+    let before = hits(&proxy).await;
+    assert_eq!(
+        raw_summary(&exchange(&mut through, &full).await).0,
+        all,
+        "extended"
+    );
+    assert_eq!(
+        hits(&proxy).await,
+        before + 1,
+        "the full extended read is cached"
+    );
+
+    // Changed behind pgopt's back: the cached full reads are stale now, and what is
+    // taken in parts is PostgreSQL's.
+    behind
+        .batch_execute("UPDATE items SET v = 'new' || id")
+        .await
+        .unwrap();
+    let before = cache_row(&proxy).await;
+    replies_as_postgresql_does(&mut direct, &mut through, &parts, 2, "parts, changed").await;
+    // Limited Executes answered through Flush, then the rest and the Sync.
+    let first = [open.clone(), execute(3), flush].concat();
+    let rest = [execute(0), sync.clone()].concat();
+    use tokio::io::AsyncWriteExt;
+    through.write_all(&first).await.unwrap();
+    common::read_until(&mut through, b's').await;
+    let got = exchange(&mut through, &rest).await;
+    assert_eq!(raw_summary(&got), (strings(&["new4", "new5"]), "I".into()));
+    // A cursor in a block, fetched in two steps.
+    run(&client, "BEGIN").await;
+    run(&client, &format!("DECLARE c CURSOR FOR {read}")).await;
+    let mut fetched = rows(&client, "FETCH 2 FROM c").await;
+    fetched.extend(rows(&client, "FETCH ALL FROM c").await);
+    run(&client, "COMMIT").await;
+    let new = ["new1", "new2", "new3", "new4", "new5"];
+    assert_eq!(fetched, new, "cursor");
+    // COPY TO STDOUT, twice.
+    use futures_util::TryStreamExt;
+    for _ in 0..2 {
+        let copy = format!("COPY ({read}) TO STDOUT");
+        let stream = client.copy_out(copy.as_str()).await.unwrap();
+        let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+        assert_eq!(chunks.concat(), b"new1\nnew2\nnew3\nnew4\nnew5\n", "COPY");
+    }
+    let after = cache_row(&proxy).await;
+    for name in ["hits", "stored"] {
+        assert_eq!(
+            common::counter(&after, name),
+            common::counter(&before, name),
+            "{name}: {after:?}"
+        );
+    }
+    // (The full read's entry, from before the change behind pgopt, is still served:
+    // so the reads above were not served from the cache, they would have been old.)
+    assert_eq!(rows(&client, read).await, all);
+}
