@@ -12,7 +12,8 @@
 #        CALLGRIND_KEEP=FILE keeps the profile for callgrind_annotate, CALLGRIND_ARGS more
 #        valgrind options ("--cache-sim=yes": simulated cache misses too)
 # (tpcb: pgbench's default TPC-B-like script, simple protocol, instead of -S; hot: point
-# reads of HOT_KEYS accounts, for the result cache's hit path with a [cache] config)
+# reads of HOT_KEYS accounts, for the result cache's hit path with a [cache] config, in
+# the simple protocol or HOT_PROTOCOL=extended)
 set -euo pipefail
 ulimit -n 20000 2>/dev/null || true
 cd "$(dirname "$0")/.."
@@ -43,7 +44,7 @@ case $mode in
       echo "note: MODE hot without a PGOPT_CONFIG holding [cache]: no cache is measured" >&2
     printf '\\set aid random(1, %s)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' "${HOT_KEYS:-100}" > "$tmp/hot.sql"
     chmod a+r "$tmp/hot.sql"
-    pgbench_script=(-M simple -f "$tmp/hot.sql") ;;
+    pgbench_script=(-M "${HOT_PROTOCOL:-simple}" -f "$tmp/hot.sql") ;;
 esac
 wrap=()
 # callgrind: the proxy's own instructions per transaction, repeatable whatever the host does.
