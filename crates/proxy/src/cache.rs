@@ -87,6 +87,10 @@ pub struct CacheSettings {
     /// connection held) before it is canceled; its tables are invalidated when it
     /// ends, everything if the cancel did not end it either.
     pub departed_write_timeout: Duration,
+    /// How long a catalog read of what writes reach, and of who may read what, is
+    /// trusted: schema and privilege changes made directly (with no `ddl_listener`,
+    /// and role changes, which fire no event trigger) are seen within this long.
+    pub catalog_refresh: Duration,
 }
 
 impl Default for CacheSettings {
@@ -109,6 +113,7 @@ impl Default for CacheSettings {
             redis: None,
             verify_fraction: 0.0,
             departed_write_timeout: Duration::from_secs(60),
+            catalog_refresh: DEPS_MAX_AGE,
         }
     }
 }
@@ -292,6 +297,9 @@ pub struct ProxyCache {
     /// Per database, the tables of `cache.tables` last reported as never cached (a
     /// warning is logged when this changes).
     uncached_warned: Mutex<foldhash::HashMap<String, Vec<(String, String)>>>,
+    /// Per database, the digest of privileges its last catalog read found (see
+    /// [`Deps::privileges`]).
+    privileges_seen: Mutex<foldhash::HashMap<String, String>>,
     /// What a fill that ran on a replica must have replayed to be stored (see
     /// `fence.rs`).
     pub fences: Arc<Fences>,
@@ -311,8 +319,9 @@ enum DepsState {
     Failed(Instant),
 }
 
-/// How long the catalog's dependencies are trusted: schema changes that bypass pgopt
-/// (a new view, trigger or foreign key) are seen within this long.
+/// How long the catalog's dependencies are trusted by default
+/// ([`CacheSettings::catalog_refresh`]): schema changes that bypass pgopt (a new view,
+/// trigger or foreign key) are seen within this long.
 pub const DEPS_MAX_AGE: Duration = Duration::from_secs(30);
 const DEPS_RETRY: Duration = Duration::from_secs(5);
 
@@ -333,6 +342,8 @@ const SCHEMA: &str = "*schema";
 pub struct Deps {
     /// Every table, view, materialized view and foreign table.
     relations: foldhash::HashSet<String>,
+    /// A digest of who may read what (see [`privileges`]).
+    privileges: String,
     /// View → the relations its query reads.
     view_reads: foldhash::HashMap<String, Vec<String>>,
     /// Referenced table → tables a write to it may change through a foreign key.
@@ -456,6 +467,39 @@ macro_rules! implicitly_converted {
   WHERE k.castcontext = 'i' AND a.atttypid >= 16384 AND p.oid >= 16384 \
   AND p.provolatile <> 'i' AND a.attnum > 0 AND NOT a.attisdropped \
   AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
+    };
+}
+
+/// [`DEPS_QUERY`]'s last row ('a'): a digest of who may read what — role memberships
+/// and attributes, the privileges of relations, columns, schemas and functions, row
+/// security and policies. A change made directly (GRANT or REVOKE of a role, ALTER ROLE
+/// … BYPASSRLS, a REVOKE with no `ddl_listener`) is seen at the next read (see
+/// [`ProxyCache::set_deps`]).
+macro_rules! privileges {
+    () => {
+        " \
+UNION ALL \
+SELECT 'a', pg_catalog.md5(pg_catalog.concat_ws('|', \
+  (SELECT pg_catalog.string_agg(m.roleid::pg_catalog.text || ':' || m.member::pg_catalog.text, \
+    ',' ORDER BY m.roleid, m.member) FROM pg_catalog.pg_auth_members m), \
+  (SELECT pg_catalog.string_agg(r.oid::pg_catalog.text || ':' || r.rolsuper::pg_catalog.text \
+    || r.rolinherit::pg_catalog.text || r.rolbypassrls::pg_catalog.text, ',' ORDER BY r.oid) \
+    FROM pg_catalog.pg_roles r), \
+  (SELECT pg_catalog.string_agg(c.oid::pg_catalog.text || ':' || \
+    coalesce(c.relacl::pg_catalog.text, '') || c.relrowsecurity::pg_catalog.text || \
+    c.relforcerowsecurity::pg_catalog.text, ',' ORDER BY c.oid) FROM pg_catalog.pg_class c \
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')), \
+  (SELECT pg_catalog.string_agg(a.attrelid::pg_catalog.text || '.' || a.attnum::pg_catalog.text \
+    || ':' || a.attacl::pg_catalog.text, ',' ORDER BY a.attrelid, a.attnum) \
+    FROM pg_catalog.pg_attribute a WHERE a.attacl IS NOT NULL), \
+  (SELECT pg_catalog.string_agg(n.oid::pg_catalog.text || ':' || n.nspacl::pg_catalog.text, ',' \
+    ORDER BY n.oid) FROM pg_catalog.pg_namespace n WHERE n.nspacl IS NOT NULL), \
+  (SELECT pg_catalog.string_agg(p.oid::pg_catalog.text || ':' || p.proacl::pg_catalog.text, ',' \
+    ORDER BY p.oid) FROM pg_catalog.pg_proc p WHERE p.proacl IS NOT NULL), \
+  (SELECT pg_catalog.string_agg(o.oid::pg_catalog.text || ':' || o.polpermissive::pg_catalog.text \
+    || o.polcmd::pg_catalog.text || o.polroles::pg_catalog.text || \
+    coalesce(pg_catalog.pg_get_expr(o.polqual, o.polrelid), ''), ',' ORDER BY o.oid) \
+    FROM pg_catalog.pg_policy o))), ''::pg_catalog.text"
     };
 }
 
@@ -611,7 +655,8 @@ the stable date, format and JSON functions pgopt allows, or samples' \
           'to_jsonb', 'row_to_json', 'array_to_json', 'json_build_object', \
           'jsonb_build_object', 'json_build_array', 'jsonb_build_array', 'json_agg', \
           'jsonb_agg', 'json_object_agg', 'jsonb_object_agg') \
-          OR p.proname ~ '^(date|timestamp|timestamptz)_(eq|ne|lt|le|gt|ge|cmp)_(date|timestamp|timestamptz)$'))))"
+          OR p.proname ~ '^(date|timestamp|timestamptz)_(eq|ne|lt|le|gt|ge|cmp)_(date|timestamp|timestamptz)$'))))",
+    privileges!()
 );
 
 /// With the replication listener on ([`CacheSettings::wal_listener`]), what
@@ -657,6 +702,7 @@ impl Deps {
                 "r" => {
                     deps.relations.insert(a);
                 }
+                "a" => deps.privileges = a,
                 "v" => deps.view_reads.entry(a).or_default().push(b),
                 "c" => deps.cascades.entry(a).or_default().push(b),
                 "i" => {
@@ -912,6 +958,7 @@ impl ProxyCache {
             writers: Mutex::default(),
             writers_changes: AtomicU64::new(0),
             uncached_warned: Mutex::default(),
+            privileges_seen: Mutex::default(),
             // (JIT would compile the long query, on its own connection, each time: a
             // quarter of a second to seconds, for a read of 50 ms.)
             deps_query: match settings.wal_listener {
@@ -973,11 +1020,14 @@ impl ProxyCache {
         let (map, generation) = &mut *guard;
         match map.get(database) {
             Some(DepsState::Ready(deps, at))
-                if now.saturating_duration_since(*at) < DEPS_MAX_AGE =>
+                if now.saturating_duration_since(*at) < self.settings.catalog_refresh =>
             {
                 (Some(deps.clone()), None)
             }
-            Some(DepsState::Loading(at)) if now.saturating_duration_since(*at) < DEPS_MAX_AGE => {
+            Some(DepsState::Loading(at))
+                if now.saturating_duration_since(*at)
+                    < DEPS_MAX_AGE.max(self.settings.catalog_refresh) =>
+            {
                 (None, None)
             }
             Some(DepsState::Failed(at)) if now.saturating_duration_since(*at) < DEPS_RETRY => {
@@ -1017,10 +1067,18 @@ impl ProxyCache {
     }
 
     /// The outcome of reading `database`'s dependencies with `ticket`; dropped when
-    /// the schema changed since the read began.
-    pub fn set_deps(&self, database: &str, ticket: u64, deps: Option<Deps>) {
+    /// the schema changed since the read began. Whether privileges changed since the
+    /// last read (then every entry must end: see [`ProxyCache::privileges_changed`]).
+    pub fn set_deps(&self, database: &str, ticket: u64, deps: Option<Deps>) -> bool {
+        let mut privileges_moved = false;
         if let Some(d) = &deps {
             self.warn_uncached(database, d);
+            let mut seen = self
+                .privileges_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let before = seen.insert(database.to_string(), d.privileges.clone());
+            privileges_moved = before.is_some_and(|before| before != d.privileges);
             let writers = Writers {
                 views: d.writing_views.clone(),
                 hidden: d.hidden_writers.clone(),
@@ -1047,6 +1105,21 @@ impl ProxyCache {
         if *generation == ticket {
             map.insert(database.to_string(), state);
         }
+        privileges_moved
+    }
+
+    /// A catalog read found privileges changed (made directly: through pgopt a GRANT
+    /// or REVOKE ends everything at its commit): every entry ends, here and on the
+    /// instances sharing Redis, as who may read what is in no entry's tags.
+    pub fn privileges_changed(self: &Arc<Self>, database: &str) {
+        tracing::info!(
+            %database,
+            "privileges changed (roles, grants or row security, made directly): the cache's entries end"
+        );
+        let tags = vec![ALL.to_string()];
+        self.bump(&tags, Source::Local);
+        self.cache.l1.clear();
+        self.publish_later(tags);
     }
 
     /// Logs the tables of `cache.tables` that `database`'s catalog says are never

@@ -2249,7 +2249,11 @@ impl Relay {
                 None
             }
         };
-        cache.set_deps(database, ticket, deps);
+        if cache.set_deps(database, ticket, deps) {
+            if let Some(cache) = &self.cache {
+                cache.privileges_changed(database);
+            }
+        }
         // (Not `deps`: when a schema change dropped this read, that would mark it
         // loading again with no one to read it.)
         cache.ready_deps(database)

@@ -50,6 +50,9 @@ pub struct CacheSection {
     /// How long a write whose client left mid-statement is waited for before pgopt
     /// cancels it (its tables are invalidated when it ends).
     pub departed_write_timeout: HumanDuration,
+    /// How long a read of the catalog (what writes reach, who may read what) is
+    /// trusted: schema and privilege changes made directly are seen within this long.
+    pub catalog_refresh: CatalogRefresh,
 }
 
 /// `[cache.redis]`: off while `url` is empty.
@@ -132,6 +135,7 @@ impl Default for CacheSection {
             redis: RedisSection::default(),
             verify_fraction: Share(d.verify_fraction),
             departed_write_timeout: HumanDuration(d.departed_write_timeout),
+            catalog_refresh: CatalogRefresh(HumanDuration(d.catalog_refresh)),
         }
     }
 }
@@ -157,6 +161,7 @@ impl CacheSection {
             wal_password: (!self.wal_password.is_empty()).then(|| self.wal_password.clone()),
             verify_fraction: self.verify_fraction.0,
             departed_write_timeout: self.departed_write_timeout.0,
+            catalog_refresh: self.catalog_refresh.0 .0,
             publication: self.publication.clone(),
             wal_max_lag: self.wal_max_lag.0 .0,
             ddl_listener: self.ddl_listener,
@@ -181,6 +186,23 @@ impl<'de> Deserialize<'de> for MaxLag {
             )));
         }
         Ok(MaxLag(lag))
+    }
+}
+
+/// `catalog_refresh`: at least 1 s (each lookup after it reads the catalog again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct CatalogRefresh(pub HumanDuration);
+
+impl<'de> Deserialize<'de> for CatalogRefresh {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let every = HumanDuration::deserialize(d)?;
+        if every.0 < std::time::Duration::from_secs(1) {
+            return Err(de::Error::custom(format!(
+                "expected at least \"1s\", found \"{every}\""
+            )));
+        }
+        Ok(CatalogRefresh(every))
     }
 }
 

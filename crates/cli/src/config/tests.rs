@@ -207,6 +207,15 @@ fn cache_rules_and_redis_are_read_and_checked() {
         .unwrap();
     }
 
+    let e = err("[cache]\ncatalog_refresh = \"500ms\"\n");
+    assert!(e.starts_with("pgopt.toml:2: cache.catalog_refresh"), "{e}");
+    assert!(e.contains("at least \"1s\""), "{e}");
+    let parsed = parse_text("pgopt.toml", "[cache]\ncatalog_refresh = \"2m\"\n").unwrap();
+    assert_eq!(
+        parsed.cache.settings().catalog_refresh,
+        std::time::Duration::from_secs(120)
+    );
+
     let e = err("[cache]\nfingerprints = [\"not hex\"]\n");
     assert!(e.starts_with("pgopt.toml:2: cache.fingerprints"), "{e}");
     assert!(e.contains("16 hex digits"), "{e}");
