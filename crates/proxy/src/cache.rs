@@ -298,8 +298,10 @@ pub struct ProxyCache {
     /// warning is logged when this changes).
     uncached_warned: Mutex<foldhash::HashMap<String, Vec<(String, String)>>>,
     /// Per database, the digest of privileges its last catalog read found (see
-    /// [`Deps::privileges`]).
+    /// [`Deps::privileges`]); per database and login, that of the unreported defaults
+    /// ([`Deps::defaults`]: role settings differ).
     privileges_seen: Mutex<foldhash::HashMap<String, String>>,
+    defaults_seen: Mutex<foldhash::HashMap<(String, String), String>>,
     /// What a fill that ran on a replica must have replayed to be stored (see
     /// `fence.rs`).
     pub fences: Arc<Fences>,
@@ -307,6 +309,13 @@ pub struct ProxyCache {
     /// and database (`ServerTarget::describe`), as at start. Only their clients are
     /// served (see [`ProxyCache::follows`]).
     followed: Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// What a catalog read found changed since the last (see [`ProxyCache::set_deps`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DepsNews {
+    pub privileges: bool,
+    pub defaults: bool,
 }
 
 /// A database's [`Deps`]: being read, read (until a schema change or
@@ -344,6 +353,8 @@ pub struct Deps {
     relations: foldhash::HashSet<String>,
     /// A digest of who may read what (see [`privileges`]).
     privileges: String,
+    /// A digest of a new session's defaults of the settings PostgreSQL does not report.
+    defaults: String,
     /// View → the relations its query reads.
     view_reads: foldhash::HashMap<String, Vec<String>>,
     /// Referenced table → tables a write to it may change through a foreign key.
@@ -470,7 +481,10 @@ macro_rules! implicitly_converted {
     };
 }
 
-/// [`DEPS_QUERY`]'s last row ('a'): a digest of who may read what — role memberships
+/// [`DEPS_QUERY`]'s last rows. 'g': a digest of a new session's values of the settings
+/// PostgreSQL does not report (`session_state::UNREPORTED_DEFAULTS`), which ALTER
+/// SYSTEM and a reload change on pooled connections silently (see
+/// [`ProxyCache::set_deps`]). 'a': a digest of who may read what — role memberships
 /// and attributes, the privileges of relations, columns, schemas and functions, row
 /// security and policies. A change made directly (GRANT or REVOKE of a role, ALTER ROLE
 /// … BYPASSRLS, a REVOKE with no `ddl_listener`) is seen at the next read (see
@@ -499,7 +513,14 @@ SELECT 'a', pg_catalog.md5(pg_catalog.concat_ws('|', \
   (SELECT pg_catalog.string_agg(o.oid::pg_catalog.text || ':' || o.polpermissive::pg_catalog.text \
     || o.polcmd::pg_catalog.text || o.polroles::pg_catalog.text || \
     coalesce(pg_catalog.pg_get_expr(o.polqual, o.polrelid), ''), ',' ORDER BY o.oid) \
-    FROM pg_catalog.pg_policy o))), ''::pg_catalog.text"
+    FROM pg_catalog.pg_policy o))), ''::pg_catalog.text \
+UNION ALL \
+SELECT 'g', pg_catalog.md5(pg_catalog.string_agg(s.name || '=' || s.setting, ',' ORDER BY s.name)), \
+  ''::pg_catalog.text FROM pg_catalog.pg_settings s WHERE pg_catalog.lower(s.name) IN ( \
+  'search_path', 'extra_float_digits', 'bytea_output', 'lc_monetary', 'lc_numeric', 'lc_time', \
+  'default_text_search_config', 'transform_null_equals', 'xmlbinary', 'xmloption', \
+  'row_security', 'array_nulls', 'timezone_abbreviations', 'quote_all_identifiers', \
+  'client_min_messages', 'escape_string_warning', 'gin_fuzzy_search_limit')"
     };
 }
 
@@ -703,6 +724,7 @@ impl Deps {
                     deps.relations.insert(a);
                 }
                 "a" => deps.privileges = a,
+                "g" => deps.defaults = a,
                 "v" => deps.view_reads.entry(a).or_default().push(b),
                 "c" => deps.cascades.entry(a).or_default().push(b),
                 "i" => {
@@ -959,6 +981,7 @@ impl ProxyCache {
             writers_changes: AtomicU64::new(0),
             uncached_warned: Mutex::default(),
             privileges_seen: Mutex::default(),
+            defaults_seen: Mutex::default(),
             // (JIT would compile the long query, on its own connection, each time: a
             // quarter of a second to seconds, for a read of 50 ms.)
             deps_query: match settings.wal_listener {
@@ -1066,11 +1089,19 @@ impl ProxyCache {
         let _ = self.schema_hook.set(hook);
     }
 
-    /// The outcome of reading `database`'s dependencies with `ticket`; dropped when
-    /// the schema changed since the read began. Whether privileges changed since the
-    /// last read (then every entry must end: see [`ProxyCache::privileges_changed`]).
-    pub fn set_deps(&self, database: &str, ticket: u64, deps: Option<Deps>) -> bool {
-        let mut privileges_moved = false;
+    /// The outcome of reading `database`'s dependencies with `ticket`, as `login`;
+    /// dropped when the schema changed since the read began. What changed since the
+    /// last read: privileges (then every entry must end: see
+    /// [`ProxyCache::privileges_changed`]), and a new session's defaults of settings
+    /// PostgreSQL does not report (then the database's pooled connections, which may
+    /// have taken them silently, are replaced: new ones read them for the key).
+    pub fn set_deps(
+        &self,
+        (database, login): (&str, &str),
+        ticket: u64,
+        deps: Option<Deps>,
+    ) -> DepsNews {
+        let mut news = DepsNews::default();
         if let Some(d) = &deps {
             self.warn_uncached(database, d);
             let mut seen = self
@@ -1078,7 +1109,12 @@ impl ProxyCache {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let before = seen.insert(database.to_string(), d.privileges.clone());
-            privileges_moved = before.is_some_and(|before| before != d.privileges);
+            news.privileges = before.is_some_and(|before| before != d.privileges);
+            drop(seen);
+            let mut seen = self.defaults_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (database.to_string(), login.to_string());
+            let before = seen.insert(key, d.defaults.clone());
+            news.defaults = before.is_some_and(|before| before != d.defaults);
             let writers = Writers {
                 views: d.writing_views.clone(),
                 hidden: d.hidden_writers.clone(),
@@ -1105,7 +1141,7 @@ impl ProxyCache {
         if *generation == ticket {
             map.insert(database.to_string(), state);
         }
-        privileges_moved
+        news
     }
 
     /// A catalog read found privileges changed (made directly: through pgopt a GRANT
@@ -2964,13 +3000,13 @@ mod tests {
         // A schema change while it was read: its result is dropped, and nobody is
         // left marked as reading.
         cache.schema_changed();
-        cache.set_deps("app", ticket, Some(Deps::default()));
+        cache.set_deps(("app", "u"), ticket, Some(Deps::default()));
         assert!(cache.ready_deps("app").is_none());
         let ticket = cache
             .deps("app", now)
             .1
             .expect("the next lookup reads again");
-        cache.set_deps("app", ticket, Some(Deps::default()));
+        cache.set_deps(("app", "u"), ticket, Some(Deps::default()));
         assert_eq!(cache.ready_deps("app").map(|d| d.generation), Some(ticket));
         // A read whose session went before it finished is given up in time.
         cache.schema_changed();

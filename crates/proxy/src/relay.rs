@@ -2249,10 +2249,19 @@ impl Relay {
                 None
             }
         };
-        if cache.set_deps(database, ticket, deps) {
+        let news = cache.set_deps((database, &pool.target.user), ticket, deps);
+        if news.privileges {
             if let Some(cache) = &self.cache {
                 cache.privileges_changed(database);
             }
+        }
+        if news.defaults {
+            tracing::info!(
+                %database,
+                "the server's defaults of settings results depend on changed (made directly): \
+                 the pools' connections are replaced"
+            );
+            self.shared.reconnect(Some(database));
         }
         // (Not `deps`: when a schema change dropped this read, that would mark it
         // loading again with no one to read it.)

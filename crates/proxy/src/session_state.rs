@@ -1768,6 +1768,13 @@ mod tests {
             query.matches("current_setting").count(),
             UNREPORTED_DEFAULTS.len()
         );
+        // The catalog read's digest of them too.
+        for name in UNREPORTED_DEFAULTS {
+            assert!(
+                crate::cache::DEPS_QUERY.contains(&format!("'{name}'")),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -3378,6 +3378,37 @@ async fn a_change_of_the_servers_defaults_changes_what_is_served() {
     }
 }
 
+/// Defaults of settings PostgreSQL does not report, changed directly: by ALTER SYSTEM
+/// and a reload, which pooled connections take at once without a word, or ALTER
+/// DATABASE … SET, which sessions opened later take. The next catalog read
+/// (`catalog_refresh`, 1 s here) sees them: the pools' connections are replaced, and
+/// no entry made under the old ones is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreported_defaults_changed_directly_are_seen_at_the_next_catalog_read() {
+    let refresh = std::time::Duration::from_secs(1);
+    let (pg, proxy) = setup_with(|c| c.catalog_refresh = refresh).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let shaped = "SELECT v || ' ' || (id / 3.0)::float8::text || ' ' || \
+                  'ab'::bytea::text FROM items WHERE id = 1";
+    for change in [
+        "ALTER SYSTEM SET extra_float_digits = 0",
+        "ALTER DATABASE postgres SET bytea_output = 'escape'",
+    ] {
+        let before = value(&direct(&pg).await, shaped).await;
+        for _ in 0..2 {
+            assert_eq!(value(&client, shaped).await, before, "{change}");
+        }
+        pg.psql(change).unwrap();
+        pg.psql("SELECT pg_reload_conf()").unwrap();
+        let after = value(&direct(&pg).await, shaped).await;
+        assert_ne!(after, before, "{change}");
+        tokio::time::sleep(refresh + std::time::Duration::from_millis(200)).await;
+        for _ in 0..2 {
+            assert_eq!(value(&client, shaped).await, after, "{change}");
+        }
+    }
+}
+
 /// Checklist 1: two databases of one proxy, with a table of one name and other rows:
 /// the same query text gets each database's rows, cached apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
