@@ -297,10 +297,10 @@ pub struct ProxyCache {
     /// Per database, the tables of `cache.tables` last reported as never cached (a
     /// warning is logged when this changes).
     uncached_warned: Mutex<foldhash::HashMap<String, Vec<(String, String)>>>,
-    /// Per database, the digest of privileges its last catalog read found (see
-    /// [`Deps::privileges`]); per database and login, that of the unreported defaults
-    /// ([`Deps::defaults`]: role settings differ).
-    privileges_seen: Mutex<foldhash::HashMap<String, String>>,
+    /// Per database, the privileges its last catalog read found (see
+    /// [`Deps::privileges`]); per database and login, the digest of the unreported
+    /// defaults ([`Deps::defaults`]: role settings differ).
+    privileges_seen: Mutex<foldhash::HashMap<String, foldhash::HashMap<String, String>>>,
     defaults_seen: Mutex<foldhash::HashMap<(String, String), String>>,
     /// What a fill that ran on a replica must have replayed to be stored (see
     /// `fence.rs`).
@@ -309,6 +309,16 @@ pub struct ProxyCache {
     /// and database (`ServerTarget::describe`), as at start. Only their clients are
     /// served (see [`ProxyCache::follows`]).
     followed: Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// Whether an object found in both catalog reads allows other reads now (see
+/// [`privileges`]).
+fn privileges_moved(
+    before: &foldhash::HashMap<String, String>,
+    now: &foldhash::HashMap<String, String>,
+) -> bool {
+    now.iter()
+        .any(|(object, allows)| before.get(object).is_some_and(|was| was != allows))
 }
 
 /// What a catalog read found changed since the last (see [`ProxyCache::set_deps`]).
@@ -351,8 +361,8 @@ const SCHEMA: &str = "*schema";
 pub struct Deps {
     /// Every table, view, materialized view and foreign table.
     relations: foldhash::HashSet<String>,
-    /// A digest of who may read what (see [`privileges`]).
-    privileges: String,
+    /// Who may read what, per object (see [`privileges`]).
+    privileges: foldhash::HashMap<String, String>,
     /// A digest of a new session's defaults of the settings PostgreSQL does not report.
     defaults: String,
     /// View → the relations its query reads.
@@ -484,36 +494,40 @@ macro_rules! implicitly_converted {
 /// [`DEPS_QUERY`]'s last rows. 'g': a digest of a new session's values of the settings
 /// PostgreSQL does not report (`session_state::UNREPORTED_DEFAULTS`), which ALTER
 /// SYSTEM and a reload change on pooled connections silently (see
-/// [`ProxyCache::set_deps`]). 'a': a digest of who may read what — role memberships
-/// and attributes, the privileges of relations, columns, schemas and functions, row
-/// security and policies. A change made directly (GRANT or REVOKE of a role, ALTER ROLE
-/// … BYPASSRLS, a REVOKE with no `ddl_listener`) is seen at the next read (see
-/// [`ProxyCache::set_deps`]).
+/// [`ProxyCache::set_deps`]). 'p': who may read what, per object — a role's attributes
+/// and memberships; a relation's privileges, its columns', its row security and
+/// policies (temporary ones left out); a schema's and a user function's privileges. A
+/// change made directly (GRANT or REVOKE of a role, ALTER ROLE … BYPASSRLS, a REVOKE
+/// with no `ddl_listener`) is seen at the next read (see [`ProxyCache::set_deps`]);
+/// objects made or dropped since are not compared (what a new one allows was read by
+/// no entry).
 macro_rules! privileges {
     () => {
         " \
 UNION ALL \
-SELECT 'a', pg_catalog.md5(pg_catalog.concat_ws('|', \
-  (SELECT pg_catalog.string_agg(m.roleid::pg_catalog.text || ':' || m.member::pg_catalog.text, \
-    ',' ORDER BY m.roleid, m.member) FROM pg_catalog.pg_auth_members m), \
-  (SELECT pg_catalog.string_agg(r.oid::pg_catalog.text || ':' || r.rolsuper::pg_catalog.text \
-    || r.rolinherit::pg_catalog.text || r.rolbypassrls::pg_catalog.text, ',' ORDER BY r.oid) \
-    FROM pg_catalog.pg_roles r), \
-  (SELECT pg_catalog.string_agg(c.oid::pg_catalog.text || ':' || \
-    coalesce(c.relacl::pg_catalog.text, '') || c.relrowsecurity::pg_catalog.text || \
-    c.relforcerowsecurity::pg_catalog.text, ',' ORDER BY c.oid) FROM pg_catalog.pg_class c \
-    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')), \
-  (SELECT pg_catalog.string_agg(a.attrelid::pg_catalog.text || '.' || a.attnum::pg_catalog.text \
-    || ':' || a.attacl::pg_catalog.text, ',' ORDER BY a.attrelid, a.attnum) \
-    FROM pg_catalog.pg_attribute a WHERE a.attacl IS NOT NULL), \
-  (SELECT pg_catalog.string_agg(n.oid::pg_catalog.text || ':' || n.nspacl::pg_catalog.text, ',' \
-    ORDER BY n.oid) FROM pg_catalog.pg_namespace n WHERE n.nspacl IS NOT NULL), \
-  (SELECT pg_catalog.string_agg(p.oid::pg_catalog.text || ':' || p.proacl::pg_catalog.text, ',' \
-    ORDER BY p.oid) FROM pg_catalog.pg_proc p WHERE p.proacl IS NOT NULL), \
-  (SELECT pg_catalog.string_agg(o.oid::pg_catalog.text || ':' || o.polpermissive::pg_catalog.text \
-    || o.polcmd::pg_catalog.text || o.polroles::pg_catalog.text || \
-    coalesce(pg_catalog.pg_get_expr(o.polqual, o.polrelid), ''), ',' ORDER BY o.oid) \
-    FROM pg_catalog.pg_policy o))), ''::pg_catalog.text \
+SELECT 'p', 'c' || c.oid::pg_catalog.text, pg_catalog.concat_ws(':', \
+  coalesce(c.relacl::pg_catalog.text, ''), c.relrowsecurity::pg_catalog.text, \
+  c.relforcerowsecurity::pg_catalog.text, \
+  coalesce((SELECT pg_catalog.string_agg(a.attnum::pg_catalog.text || '=' || \
+    a.attacl::pg_catalog.text, ',' ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
+    WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL), ''), \
+  coalesce((SELECT pg_catalog.string_agg(o.polname::pg_catalog.text || '=' || \
+    o.polpermissive::pg_catalog.text || o.polcmd::pg_catalog.text || \
+    o.polroles::pg_catalog.text || coalesce(pg_catalog.pg_get_expr(o.polqual, o.polrelid), ''), \
+    ',' ORDER BY o.polname) FROM pg_catalog.pg_policy o WHERE o.polrelid = c.oid), '')) \
+  FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+  AND c.relpersistence <> 't' \
+UNION ALL \
+SELECT 'p', 'u' || r.oid::pg_catalog.text, pg_catalog.concat_ws(':', r.rolsuper::pg_catalog.text, \
+  r.rolinherit::pg_catalog.text, r.rolbypassrls::pg_catalog.text, \
+  coalesce((SELECT pg_catalog.string_agg(m.roleid::pg_catalog.text, ',' ORDER BY m.roleid) \
+    FROM pg_catalog.pg_auth_members m WHERE m.member = r.oid), '')) FROM pg_catalog.pg_roles r \
+UNION ALL \
+SELECT 'p', 'n' || n.oid::pg_catalog.text, coalesce(n.nspacl::pg_catalog.text, '') \
+  FROM pg_catalog.pg_namespace n \
+UNION ALL \
+SELECT 'p', 'f' || p.oid::pg_catalog.text, coalesce(p.proacl::pg_catalog.text, '') \
+  FROM pg_catalog.pg_proc p WHERE p.oid >= 16384 \
 UNION ALL \
 SELECT 'g', pg_catalog.md5(pg_catalog.string_agg(s.name || '=' || s.setting, ',' ORDER BY s.name)), \
   ''::pg_catalog.text FROM pg_catalog.pg_settings s WHERE pg_catalog.lower(s.name) IN ( \
@@ -723,7 +737,9 @@ impl Deps {
                 "r" => {
                     deps.relations.insert(a);
                 }
-                "a" => deps.privileges = a,
+                "p" => {
+                    deps.privileges.insert(a, b);
+                }
                 "g" => deps.defaults = a,
                 "v" => deps.view_reads.entry(a).or_default().push(b),
                 "c" => deps.cascades.entry(a).or_default().push(b),
@@ -1102,14 +1118,17 @@ impl ProxyCache {
         deps: Option<Deps>,
     ) -> DepsNews {
         let mut news = DepsNews::default();
-        if let Some(d) = &deps {
+        let mut deps = deps;
+        if let Some(d) = &mut deps {
             self.warn_uncached(database, d);
+            let privileges = std::mem::take(&mut d.privileges);
             let mut seen = self
                 .privileges_seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let before = seen.insert(database.to_string(), d.privileges.clone());
-            news.privileges = before.is_some_and(|before| before != d.privileges);
+            let before = seen.insert(database.to_string(), privileges);
+            news.privileges =
+                before.is_some_and(|before| privileges_moved(&before, &seen[database]));
             drop(seen);
             let mut seen = self.defaults_seen.lock().unwrap_or_else(|p| p.into_inner());
             let key = (database.to_string(), login.to_string());
@@ -3171,5 +3190,28 @@ mod tests {
         );
         let expected = [&b"1\0\0\0\x042\0\0\0\x04"[..], &rows[..], b"Z\0\0\0\x05I"].concat();
         assert_eq!(&out[..], expected);
+    }
+
+    #[test]
+    fn privileges_move_only_for_objects_read_both_times() {
+        let map = |pairs: &[(&str, &str)]| -> foldhash::HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let before = map(&[
+            ("c1", "{a=r/o}:false:false::"),
+            ("u2", "false:true:false:3"),
+        ]);
+        // The same, plus an object made since and one dropped: nothing moved.
+        let later = map(&[("c1", "{a=r/o}:false:false::"), ("c9", "{}:false:false::")]);
+        assert!(!privileges_moved(&before, &later));
+        // A role's membership taken away.
+        let revoked = map(&[("c1", "{a=r/o}:false:false::"), ("u2", "false:true:false:")]);
+        assert!(privileges_moved(&before, &revoked));
+        // A relation's privileges.
+        let granted = map(&[("c1", "{a=r/o,b=r/o}:false:false::")]);
+        assert!(privileges_moved(&before, &granted));
     }
 }

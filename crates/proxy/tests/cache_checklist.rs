@@ -3226,4 +3226,23 @@ async fn privileges_changed_directly_end_the_entries_at_the_next_catalog_read() 
         // it past the cache.)
         run(&reader, "SELECT 1").await;
     }
+    // Objects made directly (a staging table and its grant, a temporary table) end
+    // nothing: no entry read them.
+    let owner = connect(&proxy, "postgres", None).await.unwrap();
+    cached(&proxy, &owner, read, &["a"]).await;
+    behind
+        .batch_execute(
+            "CREATE TABLE staging (x int); GRANT SELECT ON staging TO reader;
+             CREATE TEMP TABLE scratch (x int)",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(refresh + std::time::Duration::from_millis(200)).await;
+    let before = hits(&proxy).await;
+    assert_eq!(rows(&owner, read).await, ["a"]);
+    assert_eq!(
+        hits(&proxy).await,
+        before + 1,
+        "a table made directly ended it"
+    );
 }
