@@ -2838,9 +2838,19 @@ async fn new_defaults_and_a_database_made_again_are_read_afresh() {
     run(&client, "CREATE DATABASE db2").await;
     let db2 = db2.replace("'db2'", "'db2 again'");
     second().await.batch_execute(&db2).await.unwrap();
-    let app2 = common::client_at("127.0.0.1", port, "postgres", "app2", None)
-        .await
-        .unwrap();
+    // (The failed reads above may have the pool wait out its backoff first: 08006
+    // "server is down … retries in" until then.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let app2 = loop {
+        match common::client_at("127.0.0.1", port, "postgres", "app2", None).await {
+            Ok(app2) if try_rows(&app2, "SELECT 1").await.is_ok() => break app2,
+            other => {
+                let error = other.err().map(|e| e.to_string());
+                assert!(std::time::Instant::now() < deadline, "{error:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
     assert_eq!(rows(&direct(&pg).await, read).await, ["public"]);
     for _ in 0..2 {
         assert_eq!(rows(&app2, read).await, ["db2 again"], "DROP DATABASE");
