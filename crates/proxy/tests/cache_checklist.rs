@@ -80,6 +80,23 @@ async fn hits(proxy: &Proxy) -> u64 {
     counter(&cache_row(proxy).await, "hits")
 }
 
+/// Asserts SHOW CACHE's `hits` and `stored` did not move from `before` (what ran since
+/// was neither served from the cache nor stored); `what` for the failure's report.
+async fn nothing_served_or_stored(
+    proxy: &Proxy,
+    before: &std::collections::HashMap<String, String>,
+    what: &str,
+) {
+    let after = cache_row(proxy).await;
+    for name in ["hits", "stored"] {
+        assert_eq!(
+            counter(&after, name),
+            counter(before, name),
+            "{what}: {name} moved: {after:?}"
+        );
+    }
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -2964,14 +2981,8 @@ async fn reads_of_the_clock_chance_and_the_session_are_never_cached() {
                 }
                 seen.push(value.to_string());
             }
-            let after = cache_row(&proxy).await;
-            for name in ["hits", "stored"] {
-                assert_eq!(
-                    common::counter(&after, name),
-                    common::counter(&before, name),
-                    "{read} (extended: {extended}): {name} moved: {after:?}"
-                );
-            }
+            let what = format!("{read} (extended: {extended})");
+            nothing_served_or_stored(&proxy, &before, &what).await;
         }
     }
     // The user is in the key (README: keyed by database and user): reads of
@@ -3126,14 +3137,7 @@ async fn portals_taken_in_parts_cursors_and_copy_out_are_read_from_postgresql() 
     let want = replies_as_postgresql_does(&mut direct, &mut through, &parts, 2, "parts").await;
     let tags: String = want.iter().map(|(t, _)| *t as char).collect();
     assert_eq!(tags, "12DDsDDsDCZ");
-    let after = cache_row(&proxy).await;
-    for name in ["hits", "stored"] {
-        assert_eq!(
-            common::counter(&after, name),
-            common::counter(&before, name),
-            "{name}: {after:?}"
-        );
-    }
+    nothing_served_or_stored(&proxy, &before, "taken in parts").await;
     let whole = replies_as_postgresql_does(&mut direct, &mut through, &full, 1, "full").await;
     assert_eq!(raw_summary(&whole).0, ["v1", "v2", "v3", "v4", "v5"]);
     let all = ["v1", "v2", "v3", "v4", "v5"];
@@ -3182,14 +3186,7 @@ async fn portals_taken_in_parts_cursors_and_copy_out_are_read_from_postgresql() 
         let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
         assert_eq!(chunks.concat(), b"new1\nnew2\nnew3\nnew4\nnew5\n", "COPY");
     }
-    let after = cache_row(&proxy).await;
-    for name in ["hits", "stored"] {
-        assert_eq!(
-            common::counter(&after, name),
-            common::counter(&before, name),
-            "{name}: {after:?}"
-        );
-    }
+    nothing_served_or_stored(&proxy, &before, "taken in parts").await;
     // (The full read's entry, from before the change behind pgopt, is still served:
     // so the reads above were not served from the cache, they would have been old.
     // Read by a new client: `client` may still have the Close of the COPY's statement
