@@ -148,6 +148,12 @@ impl KeyBuf {
 
     /// Writes the prefix, with [`push_part`], for `version`.
     pub fn set_prefix(&mut self, version: u64, prefix: impl FnOnce(&mut Vec<u8>)) {
+        /// Room taken at once for a session's first key: a prefix (names, settings,
+        /// defaults) and a short statement fit, with no growth part by part.
+        const FIRST: usize = 512;
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve(FIRST);
+        }
         self.bytes.clear();
         prefix(&mut self.bytes);
         self.prefix = self.bytes.len();
