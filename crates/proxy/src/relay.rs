@@ -2402,6 +2402,11 @@ impl Relay {
             // After a refused Parse, as the server would after an error: nothing up to
             // Sync runs. The Sync goes on (a bare one gets a ReadyForQuery back).
             if frame.tag() != b'S' {
+                // (A Parse noted for the cache that never reaches the server changes no
+                // name.)
+                if let Some(change) = self.parse_change.take() {
+                    self.parses.settle(change, Settled::Undone);
+                }
                 return Ok(());
             }
             self.skipping = false;
@@ -2523,10 +2528,16 @@ impl Relay {
                 prepared: None,
                 change,
             },
-            _ => Step::Server {
-                request,
-                prepared: None,
-            },
+            noted => {
+                // (A Parse noted that went no further changes no name.)
+                if let Some(change) = noted {
+                    self.parses.settle(change, Settled::Undone);
+                }
+                Step::Server {
+                    request,
+                    prepared: None,
+                }
+            }
         };
         self.expected.push(step);
         if let Some(tracker) = self.tracker.as_mut() {
