@@ -297,10 +297,11 @@ pub struct ProxyCache {
     /// Per database, the tables of `cache.tables` last reported as never cached (a
     /// warning is logged when this changes).
     uncached_warned: Mutex<foldhash::HashMap<String, Vec<(String, String)>>>,
-    /// Per database, the privileges its last catalog read found (see
-    /// [`Deps::privileges`]); per database and login, the digest of the unreported
-    /// defaults ([`Deps::defaults`]: role settings differ).
-    privileges_seen: Mutex<foldhash::HashMap<String, foldhash::HashMap<String, String>>>,
+    /// Per database and login (what a login's read prints differs: role settings, a
+    /// policy's expression by the search_path), the privileges and the unreported
+    /// defaults its last catalog read found (see [`Deps::privileges`],
+    /// [`Deps::defaults`]).
+    privileges_seen: Mutex<foldhash::HashMap<(String, String), foldhash::HashMap<String, String>>>,
     defaults_seen: Mutex<foldhash::HashMap<(String, String), String>>,
     /// What a fill that ran on a replica must have replayed to be stored (see
     /// `fence.rs`).
@@ -363,7 +364,7 @@ pub struct Deps {
     relations: foldhash::HashSet<String>,
     /// Who may read what, per object (see [`privileges`]).
     privileges: foldhash::HashMap<String, String>,
-    /// A digest of a new session's defaults of the settings PostgreSQL does not report.
+    /// A new session's defaults of the settings PostgreSQL does not report.
     defaults: String,
     /// View → the relations its query reads.
     view_reads: foldhash::HashMap<String, Vec<String>>,
@@ -495,8 +496,11 @@ macro_rules! implicitly_converted {
 /// PostgreSQL does not report (`session_state::UNREPORTED_DEFAULTS`), which ALTER
 /// SYSTEM and a reload change on pooled connections silently (see
 /// [`ProxyCache::set_deps`]). 'p': who may read what, per object — a role's attributes
-/// and memberships; a relation's privileges, its columns', its row security and
-/// policies (temporary ones left out); a schema's and a user function's privileges. A
+/// and memberships; a relation's owner, options (a view's `security_invoker`…),
+/// privileges, its columns', its row security and policies (temporary ones left out);
+/// a schema's owner and privileges; a user function's owner, SECURITY DEFINER and
+/// privileges. (A policy's expression is printed as the reading login's search_path
+/// shows it: compared per database and login.) A
 /// change made directly (GRANT or REVOKE of a role, ALTER ROLE … BYPASSRLS, a REVOKE
 /// with no `ddl_listener`) is seen at the next read (see [`ProxyCache::set_deps`]);
 /// objects made or dropped since are not compared (what a new one allows was read by
@@ -506,6 +510,7 @@ macro_rules! privileges {
         " \
 UNION ALL \
 SELECT 'p', 'c' || c.oid::pg_catalog.text, pg_catalog.concat_ws(':', \
+  c.relowner::pg_catalog.text, coalesce(c.reloptions::pg_catalog.text, ''), \
   coalesce(c.relacl::pg_catalog.text, ''), c.relrowsecurity::pg_catalog.text, \
   c.relforcerowsecurity::pg_catalog.text, \
   coalesce((SELECT pg_catalog.string_agg(a.attnum::pg_catalog.text || '=' || \
@@ -523,15 +528,16 @@ SELECT 'p', 'u' || r.oid::pg_catalog.text, pg_catalog.concat_ws(':', r.rolsuper:
   coalesce((SELECT pg_catalog.string_agg(m.roleid::pg_catalog.text, ',' ORDER BY m.roleid) \
     FROM pg_catalog.pg_auth_members m WHERE m.member = r.oid), '')) FROM pg_catalog.pg_roles r \
 UNION ALL \
-SELECT 'p', 'n' || n.oid::pg_catalog.text, coalesce(n.nspacl::pg_catalog.text, '') \
-  FROM pg_catalog.pg_namespace n \
+SELECT 'p', 'n' || n.oid::pg_catalog.text, n.nspowner::pg_catalog.text || ':' || \
+  coalesce(n.nspacl::pg_catalog.text, '') FROM pg_catalog.pg_namespace n \
 UNION ALL \
-SELECT 'p', 'f' || p.oid::pg_catalog.text, coalesce(p.proacl::pg_catalog.text, '') \
+SELECT 'p', 'f' || p.oid::pg_catalog.text, p.proowner::pg_catalog.text || ':' || \
+  p.prosecdef::pg_catalog.text || ':' || coalesce(p.proacl::pg_catalog.text, '') \
   FROM pg_catalog.pg_proc p WHERE p.oid >= 16384 \
 UNION ALL \
-SELECT 'g', pg_catalog.md5(pg_catalog.string_agg(s.name || '=' || s.setting, ',' ORDER BY s.name)), \
-  ''::pg_catalog.text FROM pg_catalog.pg_settings s WHERE pg_catalog.lower(s.name) IN ( \
-  'search_path', 'extra_float_digits', 'bytea_output', 'lc_monetary', 'lc_numeric', 'lc_time', \
+SELECT 'g', '', pg_catalog.string_agg(s.name || '=' || s.setting, ',' ORDER BY s.name) \
+  FROM pg_catalog.pg_settings s WHERE pg_catalog.lower(s.name) IN ( \
+  'role', 'search_path', 'extra_float_digits', 'bytea_output', 'lc_monetary', 'lc_numeric', 'lc_time', \
   'default_text_search_config', 'transform_null_equals', 'xmlbinary', 'xmloption', \
   'row_security', 'array_nulls', 'timezone_abbreviations', 'quote_all_identifiers', \
   'client_min_messages', 'escape_string_warning', 'gin_fuzzy_search_limit')"
@@ -740,7 +746,8 @@ impl Deps {
                 "p" => {
                     deps.privileges.insert(a, b);
                 }
-                "g" => deps.defaults = a,
+                // (In the third column: the second is of type name, 63 bytes at most.)
+                "g" => deps.defaults = b,
                 "v" => deps.view_reads.entry(a).or_default().push(b),
                 "c" => deps.cascades.entry(a).or_default().push(b),
                 "i" => {
@@ -1063,10 +1070,7 @@ impl ProxyCache {
             {
                 (Some(deps.clone()), None)
             }
-            Some(DepsState::Loading(at))
-                if now.saturating_duration_since(*at)
-                    < DEPS_MAX_AGE.max(self.settings.catalog_refresh) =>
-            {
+            Some(DepsState::Loading(at)) if now.saturating_duration_since(*at) < DEPS_MAX_AGE => {
                 (None, None)
             }
             Some(DepsState::Failed(at)) if now.saturating_duration_since(*at) < DEPS_RETRY => {
@@ -1126,9 +1130,9 @@ impl ProxyCache {
                 .privileges_seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let before = seen.insert(database.to_string(), privileges);
-            news.privileges =
-                before.is_some_and(|before| privileges_moved(&before, &seen[database]));
+            let key = (database.to_string(), login.to_string());
+            let before = seen.insert(key.clone(), privileges);
+            news.privileges = before.is_some_and(|before| privileges_moved(&before, &seen[&key]));
             drop(seen);
             let mut seen = self.defaults_seen.lock().unwrap_or_else(|p| p.into_inner());
             let key = (database.to_string(), login.to_string());

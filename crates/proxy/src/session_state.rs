@@ -56,7 +56,8 @@ pub const KEYED_DEFAULTS: [&str; 4] = [
 /// values are read once it logs in (see [`Defaults::UNREPORTED_QUERY`]) and their digest
 /// is part of the cache's key. Without it, an `ALTER DATABASE … SET search_path` made
 /// directly had the connections made after it served what those made before read.
-pub const UNREPORTED_DEFAULTS: [&str; 17] = [
+pub const UNREPORTED_DEFAULTS: [&str; 18] = [
+    "role",
     "search_path",
     "extra_float_digits",
     "bytea_output",
@@ -91,6 +92,7 @@ pub struct Defaults {
 impl Defaults {
     /// Reads [`UNREPORTED_DEFAULTS`] on a server connection, in order, in one row.
     pub const UNREPORTED_QUERY: &str = "SELECT \
+        pg_catalog.current_setting('role', true), \
         pg_catalog.current_setting('search_path', true), \
         pg_catalog.current_setting('extra_float_digits', true), \
         pg_catalog.current_setting('bytea_output', true), \

@@ -3202,20 +3202,24 @@ async fn portals_taken_in_parts_cursors_and_copy_out_are_read_from_postgresql() 
 
 /// #38, made directly on PostgreSQL (which fires no event trigger for role changes,
 /// and here there is no `ddl_listener` at all): a role's membership taken away, a
-/// column's privilege revoked, end what was cached at the next catalog read
-/// (`catalog_refresh`, 30 s by default, 1 s here), so the role gets PostgreSQL's
-/// answer, not rows it may no longer read.
+/// column's privilege revoked, a table given to another owner end what was cached at
+/// the next catalog read (`catalog_refresh`, 30 s by default, 1 s here), so the role gets
+/// PostgreSQL's answer, not rows it may no longer read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileges_changed_directly_end_the_entries_at_the_next_catalog_read() {
     let pg = Postgres::start().await.unwrap();
     pg.psql(
         "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');
          CREATE ROLE reader LOGIN; CREATE ROLE readers; GRANT readers TO reader;
-         GRANT SELECT ON items TO readers; GRANT SELECT (id) ON items TO reader;",
+         GRANT SELECT ON items TO readers; GRANT SELECT (id) ON items TO reader;
+         CREATE TABLE mine (id int); INSERT INTO mine VALUES (7); ALTER TABLE mine OWNER TO reader;",
     )
     .unwrap();
     let refresh = std::time::Duration::from_secs(1);
-    let proxy = caching(&pg, &["items"], |c| c.cache.catalog_refresh = refresh).await;
+    let proxy = caching(&pg, &["items", "mine"], |c| {
+        c.cache.catalog_refresh = refresh
+    })
+    .await;
     let behind = direct(&pg).await;
     let reader = connect(&proxy, "reader", None).await.unwrap();
     let read = "SELECT v FROM items WHERE id = 1";
@@ -3223,6 +3227,12 @@ async fn privileges_changed_directly_end_the_entries_at_the_next_catalog_read() 
     for (change, query, cached_rows) in [
         ("REVOKE readers FROM reader", read, "a"),
         ("REVOKE SELECT (id) ON items FROM reader", by_id, "1"),
+        // (Its privileges stay the default: only the owner moves.)
+        (
+            "ALTER TABLE mine OWNER TO postgres",
+            "SELECT id FROM mine",
+            "7",
+        ),
     ] {
         cached(&proxy, &reader, query, &[cached_rows]).await;
         behind.batch_execute(change).await.unwrap();
