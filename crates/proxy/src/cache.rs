@@ -301,8 +301,7 @@ pub struct ProxyCache {
     /// policy's expression by the search_path), the privileges and the unreported
     /// defaults its last catalog read found (see [`Deps::privileges`],
     /// [`Deps::defaults`]).
-    privileges_seen: Mutex<foldhash::HashMap<(String, String), foldhash::HashMap<String, String>>>,
-    defaults_seen: Mutex<foldhash::HashMap<(String, String), String>>,
+    catalog_seen: Mutex<foldhash::HashMap<(String, String), CatalogSeen>>,
     /// What a fill that ran on a replica must have replayed to be stored (see
     /// `fence.rs`).
     pub fences: Arc<Fences>,
@@ -320,6 +319,14 @@ fn privileges_moved(
 ) -> bool {
     now.iter()
         .any(|(object, allows)| before.get(object).is_some_and(|was| was != allows))
+}
+
+/// What a login's last catalog read found of who may read what and of a new session's
+/// unreported defaults (see [`Deps::privileges`], [`Deps::defaults`]).
+#[derive(Debug)]
+struct CatalogSeen {
+    privileges: foldhash::HashMap<String, String>,
+    defaults: String,
 }
 
 /// What a catalog read found changed since the last (see [`ProxyCache::set_deps`]).
@@ -1003,8 +1010,7 @@ impl ProxyCache {
             writers: Mutex::default(),
             writers_changes: AtomicU64::new(0),
             uncached_warned: Mutex::default(),
-            privileges_seen: Mutex::default(),
-            defaults_seen: Mutex::default(),
+            catalog_seen: Mutex::default(),
             // (JIT would compile the long query, on its own connection, each time: a
             // quarter of a second to seconds, for a read of 50 ms.)
             deps_query: match settings.wal_listener {
@@ -1125,19 +1131,19 @@ impl ProxyCache {
         let mut deps = deps;
         if let Some(d) = &mut deps {
             self.warn_uncached(database, d);
-            let privileges = std::mem::take(&mut d.privileges);
-            let mut seen = self
-                .privileges_seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let now = CatalogSeen {
+                privileges: std::mem::take(&mut d.privileges),
+                defaults: std::mem::take(&mut d.defaults),
+            };
+            let mut seen = self.catalog_seen.lock().unwrap_or_else(|p| p.into_inner());
             let key = (database.to_string(), login.to_string());
-            let before = seen.insert(key.clone(), privileges);
-            news.privileges = before.is_some_and(|before| privileges_moved(&before, &seen[&key]));
-            drop(seen);
-            let mut seen = self.defaults_seen.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (database.to_string(), login.to_string());
-            let before = seen.insert(key, d.defaults.clone());
-            news.defaults = before.is_some_and(|before| before != d.defaults);
+            if let Some(before) = seen.get(&key) {
+                news = DepsNews {
+                    privileges: privileges_moved(&before.privileges, &now.privileges),
+                    defaults: before.defaults != now.defaults,
+                };
+            }
+            seen.insert(key, now);
             let writers = Writers {
                 views: d.writing_views.clone(),
                 hidden: d.hidden_writers.clone(),

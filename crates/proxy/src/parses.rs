@@ -55,11 +55,11 @@ pub struct Bound {
 impl SessionParses {
     /// The client sent a Parse of `name`, whose statement is `held`. Its change id, for
     /// the server's answer to settle (see `Step::Parse`).
-    pub fn parse(&mut self, name: &str, held: Held) -> u64 {
+    pub fn parse(&mut self, name: String, held: Held) -> u64 {
         self.next_change += 1;
         self.pending.push_back(Pending {
             change: self.next_change,
-            name: name.to_string(),
+            name,
             held,
             batch: self.batch,
         });
@@ -136,7 +136,7 @@ mod tests {
         let mut p = SessionParses::default();
         // Never parsed: anything.
         assert_eq!(texts(&p.bound("w")), [None]);
-        let first = p.parse("w", held("INSERT INTO t VALUES (1)"));
+        let first = p.parse("w".into(), held("INSERT INTO t VALUES (1)"));
         // In its own batch: its statement only.
         assert_eq!(texts(&p.bound("w")), [insert()]);
         p.sync();
@@ -145,13 +145,13 @@ mod tests {
         p.settle(first, Settled::Happened);
         assert_eq!(texts(&p.bound("w")), [insert()]);
         // A Parse the server skips (or refuses) leaves the INSERT.
-        let second = p.parse("w", held("SELECT 1"));
+        let second = p.parse("w".into(), held("SELECT 1"));
         p.sync();
         assert_eq!(texts(&p.bound("w")), [insert(), select()]);
         p.settle(second, Settled::Undone);
         assert_eq!(texts(&p.bound("w")), [insert()]);
         // Other names are their own.
-        let other = p.parse("", held("SELECT 1"));
+        let other = p.parse("".into(), held("SELECT 1"));
         p.settle(other, Settled::Happened);
         assert_eq!(texts(&p.bound("w")), [insert()]);
         assert_eq!(texts(&p.bound("")), [select()]);

@@ -479,10 +479,11 @@ pub struct Relay {
     /// What the open transaction's writes invalidate when it ends.
     writes: PendingWrites,
     /// Session mode: what each of the client's statement names holds, for the writes
-    /// of its Binds, and the change id of the Parse being routed (settled by
-    /// `Step::Parse`). (Transaction mode reads the statement registry.)
+    /// of its Binds, and what the Parse being routed holds (taken in once it goes to
+    /// the server, as a `Step::Parse` its answer settles). (Transaction mode reads the
+    /// statement registry.)
     parses: crate::parses::SessionParses,
-    parse_change: Option<u64>,
+    parse_noted: Option<(String, crate::parses::Held)>,
     shared: Arc<Shared>,
 }
 
@@ -686,7 +687,7 @@ impl Relay {
             database,
             writes: PendingWrites::default(),
             parses: Default::default(),
-            parse_change: None,
+            parse_noted: None,
             shared,
         }
     }
@@ -2000,7 +2001,7 @@ impl Relay {
     /// statement registry knows what each name holds.)
     fn keep_parsed(&mut self, name: &str, analysis: Option<Arc<pgopt_sql::Analysis>>) {
         if !self.rewrite {
-            self.parse_change = Some(self.parses.parse(name, analysis));
+            self.parse_noted = Some((name.to_string(), analysis));
         }
     }
 
@@ -2402,11 +2403,6 @@ impl Relay {
             // After a refused Parse, as the server would after an error: nothing up to
             // Sync runs. The Sync goes on (a bare one gets a ReadyForQuery back).
             if frame.tag() != b'S' {
-                // (A Parse noted for the cache that never reaches the server changes no
-                // name.)
-                if let Some(change) = self.parse_change.take() {
-                    self.parses.settle(change, Settled::Undone);
-                }
                 return Ok(());
             }
             self.skipping = false;
@@ -2522,22 +2518,16 @@ impl Relay {
         }
         self.queue_frame(frame);
         // (Session mode, with the cache: a Parse whose answer settles what its name
-        // holds.)
-        let step = match self.parse_change.take() {
-            Some(change) if request == Request::Parse => Step::Parse {
+        // holds. One noted that went no further, skipped, changes no name.)
+        let step = match self.parse_noted.take() {
+            Some((name, held)) if request == Request::Parse => Step::Parse {
                 prepared: None,
-                change,
+                change: self.parses.parse(name, held),
             },
-            noted => {
-                // (A Parse noted that went no further changes no name.)
-                if let Some(change) = noted {
-                    self.parses.settle(change, Settled::Undone);
-                }
-                Step::Server {
-                    request,
-                    prepared: None,
-                }
-            }
+            _ => Step::Server {
+                request,
+                prepared: None,
+            },
         };
         self.expected.push(step);
         if let Some(tracker) = self.tracker.as_mut() {

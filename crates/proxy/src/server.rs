@@ -378,7 +378,7 @@ impl ServerConn {
         timeout: Duration,
         max_len: u32,
     ) -> Result<(), ProxyError> {
-        let query = crate::session_state::Defaults::UNREPORTED_QUERY;
+        let query = crate::session_state::Defaults::unreported_query();
         let row = match tokio::time::timeout(timeout, self.simple_query(query, max_len)).await {
             Ok(Ok(rows)) => rows.into_iter().next(),
             Ok(Err(e)) => return Err(self.refusal(target, format!("reading its settings: {e}"))),

@@ -53,7 +53,7 @@ pub const KEYED_DEFAULTS: [&str; 4] = [
 
 /// Settings that shape results PostgreSQL does not report, whose server defaults a
 /// client that sets none reads as well: with the cache on, a server connection's
-/// values are read once it logs in (see [`Defaults::UNREPORTED_QUERY`]) and their digest
+/// values are read once it logs in (see [`Defaults::unreported_query`]) and their digest
 /// is part of the cache's key. Without it, an `ALTER DATABASE … SET search_path` made
 /// directly had the connections made after it served what those made before read.
 pub const UNREPORTED_DEFAULTS: [&str; 18] = [
@@ -91,25 +91,16 @@ pub struct Defaults {
 
 impl Defaults {
     /// Reads [`UNREPORTED_DEFAULTS`] on a server connection, in order, in one row.
-    pub const UNREPORTED_QUERY: &str = "SELECT \
-        pg_catalog.current_setting('role', true), \
-        pg_catalog.current_setting('search_path', true), \
-        pg_catalog.current_setting('extra_float_digits', true), \
-        pg_catalog.current_setting('bytea_output', true), \
-        pg_catalog.current_setting('lc_monetary', true), \
-        pg_catalog.current_setting('lc_numeric', true), \
-        pg_catalog.current_setting('lc_time', true), \
-        pg_catalog.current_setting('default_text_search_config', true), \
-        pg_catalog.current_setting('transform_null_equals', true), \
-        pg_catalog.current_setting('xmlbinary', true), \
-        pg_catalog.current_setting('xmloption', true), \
-        pg_catalog.current_setting('row_security', true), \
-        pg_catalog.current_setting('array_nulls', true), \
-        pg_catalog.current_setting('timezone_abbreviations', true), \
-        pg_catalog.current_setting('quote_all_identifiers', true), \
-        pg_catalog.current_setting('client_min_messages', true), \
-        pg_catalog.current_setting('escape_string_warning', true), \
-        pg_catalog.current_setting('gin_fuzzy_search_limit', true)";
+    pub fn unreported_query() -> &'static str {
+        static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        QUERY.get_or_init(|| {
+            let calls: Vec<String> = UNREPORTED_DEFAULTS
+                .iter()
+                .map(|name| format!("pg_catalog.current_setting('{name}', true)"))
+                .collect();
+            format!("SELECT {}", calls.join(", "))
+        })
+    }
 
     /// The values among a login's ParameterStatus `params`.
     pub fn from_params(params: &[(String, String)]) -> Defaults {
@@ -120,7 +111,7 @@ impl Defaults {
         defaults
     }
 
-    /// Takes `row`, the answer to [`Defaults::UNREPORTED_QUERY`] (`None`: a setting
+    /// Takes `row`, the answer to [`Defaults::unreported_query`] (`None`: a setting
     /// this server does not have).
     pub fn set_unreported(&mut self, row: &[Option<String>]) {
         use sha2::Digest;
@@ -1759,7 +1750,7 @@ mod tests {
 
     #[test]
     fn the_unreported_defaults_query_reads_each_in_order() {
-        let query = Defaults::UNREPORTED_QUERY;
+        let query = Defaults::unreported_query();
         let mut at = 0;
         for name in UNREPORTED_DEFAULTS {
             let call = format!("current_setting('{name}', true)");
