@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use pgopt_wire::frontend::FrontendMessage;
 use pgopt_wire::scram::{ScramKeys, ScramSecret, ScramServer};
-use pgopt_wire::{md5, sqlstate, Authentication, List, SCRAM_SHA_256};
+use pgopt_wire::{md5, sqlstate, Authentication, List};
 
 use crate::config::{ClientAuth, User};
 use crate::io::{read_frame, send_fatal, write_all};
@@ -80,12 +80,14 @@ pub struct Authenticated {
 }
 
 /// How a client logs in: the method, whether its certificate must name the user
-/// (`clientcert=verify-full`), and the user name map that may stand in for the name.
+/// (`clientcert=verify-full`), the user name map that may stand in for the name, and
+/// over TLS the channel binding data SCRAM may bind to (`tls-server-end-point`).
 #[derive(Clone, Copy)]
 pub struct Login<'a> {
     pub method: ClientAuth,
     pub named_by_certificate: bool,
     pub map: Option<(&'a crate::ident::IdentMap, &'a str)>,
+    pub end_point: Option<&'a [u8]>,
 }
 
 /// Runs the exchange; on failure the client has been sent a FATAL error. A SCRAM
@@ -114,6 +116,7 @@ pub async fn authenticate(
         method,
         named_by_certificate,
         map,
+        end_point,
     } = login;
     // A client that has not logged in yet holds no more than this per message.
     let max_len = max_len.min(AUTH_MESSAGE_LEN);
@@ -167,7 +170,7 @@ pub async fn authenticate(
             (ok, None)
         }
         ClientAuth::ScramSha256 => {
-            match scram_exchange(stream, buf, &mut out, user, creds, max_len).await? {
+            match scram_exchange(stream, buf, &mut out, user, creds, end_point, max_len).await? {
                 Some(keys) => (true, Some(keys)),
                 None => {
                     if let Some(refresh) = refresh {
@@ -323,6 +326,7 @@ async fn scram_exchange(
     out: &mut BytesMut,
     user: &str,
     creds: Option<&Credentials>,
+    end_point: Option<&[u8]>,
     max_len: u32,
 ) -> Result<Option<ScramKeys>, ProxyError> {
     // Unknown users run the whole exchange against a mock secret and fail at the end,
@@ -334,9 +338,11 @@ async fn scram_exchange(
         None => ScramSecret::mock(user, mock_key()?)?,
     };
     let mut server = ScramServer::new(secret)?;
-    let mechanisms = [SCRAM_SHA_256];
+    if let Some(end_point) = end_point {
+        server = server.with_channel_binding(end_point.to_vec());
+    }
     Authentication::Sasl {
-        mechanisms: List::from(&mechanisms),
+        mechanisms: List::from(server.mechanisms()),
     }
     .encode(out)?;
     write_all(stream, out).await?;
@@ -348,11 +354,13 @@ async fn scram_exchange(
     let Ok(initial) = r.sasl_initial() else {
         return Ok(None);
     };
-    if initial.mechanism != SCRAM_SHA_256 {
-        return Ok(None);
-    }
-    let Ok(server_first) = server.handle_client_first(initial.data.unwrap_or_default()) else {
-        return Ok(None);
+    let data = initial.data.unwrap_or_default();
+    let server_first = match server.handle_sasl_initial(initial.mechanism, data) {
+        Ok(first) => first,
+        Err(e) => {
+            tracing::info!(user, "SCRAM: {e}");
+            return Ok(None);
+        }
     };
     out.clear();
     Authentication::SaslContinue {

@@ -231,6 +231,9 @@ pub struct Startup {
     pub database: String,
     /// Every other parameter (application_name, search_path, options, …), in order.
     pub params: Vec<(String, String)>,
+    /// Over TLS: the channel binding data of the certificate the client was shown
+    /// (`tls-server-end-point`), when SCRAM-SHA-256-PLUS can be offered.
+    pub end_point: Option<Arc<[u8]>>,
 }
 
 async fn session(
@@ -323,6 +326,7 @@ async fn session(
             let ident = config.ident.as_deref().unwrap_or(&crate::ident::NO_MAPS);
             (ident, map)
         }),
+        end_point: startup.end_point.as_deref(),
     };
     let users = shared.users();
     let creds = users.get(user.as_str());
@@ -608,13 +612,19 @@ async fn read_startup(
     match startup {
         StartupStep::Upgrade(acceptor) => {
             let tls = stream
-                .upgrade(&acceptor)
+                .upgrade(&acceptor.tls)
                 .await
                 .map_err(|e| ProxyError::Tls(format!("handshake with a client: {e}")))?;
             // Start-up again, encrypted this time (a second SSLRequest is answered 'N').
             let mut tls = tls;
             match read_startup_packets(&mut tls, buf, shared).await? {
-                StartupStep::Done(s) => Ok((tls, s)),
+                StartupStep::Done(s) => Ok((
+                    tls,
+                    s.map(|s| Startup {
+                        end_point: acceptor.end_point,
+                        ..s
+                    }),
+                )),
                 StartupStep::Upgrade(_) => Ok((tls, None)),
             }
         }
@@ -625,7 +635,7 @@ async fn read_startup(
 enum StartupStep {
     Done(Option<Startup>),
     /// The client asked for TLS and was told 'S': the handshake comes next.
-    Upgrade(tokio_rustls::TlsAcceptor),
+    Upgrade(crate::tls::Acceptor),
 }
 
 async fn read_startup_packets(
@@ -726,6 +736,7 @@ async fn read_startup_packets(
                     user: user.to_string(),
                     database: m.database().unwrap_or(user).to_string(),
                     params,
+                    end_point: None,
                 })));
             }
             Err(source) => return Err(reject_startup(stream, source).await),

@@ -19,8 +19,8 @@ use crate::server::{send_cancel, CancelInFlight, ServerTarget};
 use crate::server_tls::ServerTlsConnector;
 use crate::session::{CancelSlot, CancelTarget};
 use crate::stats::ClientRegistry;
+use crate::tls::Acceptor;
 use crate::ProxyError;
-use tokio_rustls::TlsAcceptor;
 
 /// Where the proxy is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -76,7 +76,7 @@ pub struct Shared {
     /// Transaction mode: each database's functions whose run may change settings.
     pub function_settings: crate::function_settings::Store,
     /// TLS to clients, when configured (swapped on RELOAD).
-    tls: RwLock<Option<TlsAcceptor>>,
+    tls: RwLock<Option<Acceptor>>,
     /// TLS to servers, unless disabled (swapped on RELOAD).
     server_tls: RwLock<Option<ServerTlsConnector>>,
     /// Query insight, unless disabled at start (RELOAD applies its settings, keeping
@@ -119,7 +119,7 @@ impl Shared {
     pub fn new(
         config: Config,
         users: HashMap<String, Credentials>,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Acceptor>,
         server_tls: Option<ServerTlsConnector>,
         insight: Option<Arc<InsightState>>,
         cache: Option<Arc<crate::cache::ProxyCache>>,
@@ -177,7 +177,7 @@ impl Shared {
             .clone()
     }
 
-    pub fn tls_acceptor(&self) -> Option<TlsAcceptor> {
+    pub fn tls_acceptor(&self) -> Option<Acceptor> {
         self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -879,7 +879,7 @@ impl Shared {
 
 /// The TLS acceptor a config asks for: none when TLS is disabled; an error naming the
 /// missing or bad file otherwise.
-pub fn tls_acceptor_for(config: &Config) -> Result<Option<TlsAcceptor>, ProxyError> {
+pub fn tls_acceptor_for(config: &Config) -> Result<Option<Acceptor>, ProxyError> {
     let tls = &config.client_tls;
     if tls.mode == TlsMode::Disable {
         return Ok(None);

@@ -37,6 +37,17 @@ pub(crate) fn certificate_and_key(
     Ok((certs, key))
 }
 
+/// How clients' TLS is accepted: the acceptor, and the channel binding data of the
+/// certificate it presents (`tls-server-end-point`, see [`end_point`]), with which
+/// SCRAM-SHA-256-PLUS is offered.
+#[derive(Clone)]
+pub struct Acceptor {
+    pub tls: TlsAcceptor,
+    /// `None` when the certificate's signature names no hash to use (Ed25519,
+    /// RSA-PSS): then clients are offered SCRAM-SHA-256 only.
+    pub end_point: Option<Arc<[u8]>>,
+}
+
 /// Loads a PEM certificate chain and private key into a TLS acceptor; with `ca_file`,
 /// clients are asked for a certificate, which must verify against those CAs when one
 /// is given (none is allowed).
@@ -44,9 +55,10 @@ pub fn acceptor(
     cert_file: &Path,
     key_file: &Path,
     ca_file: Option<&Path>,
-) -> Result<TlsAcceptor, ProxyError> {
+) -> Result<Acceptor, ProxyError> {
     let tls = |what: String| ProxyError::Tls(what);
     let (certs, key) = certificate_and_key(cert_file, key_file)?;
+    let end_point = end_point(&certs[0]).map(Arc::from);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -78,7 +90,44 @@ pub fn acceptor(
     // certificate checked once, however long ago (expired since, or its CA dropped).
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Acceptor {
+        tls: TlsAcceptor::from(Arc::new(config)),
+        end_point,
+    })
+}
+
+/// The `tls-server-end-point` channel binding data of a certificate (RFC 5929): its
+/// hash by the hash of its signature algorithm, SHA-256 for MD5 and SHA-1, as
+/// PostgreSQL and libpq compute it. `None` for a signature with no hash of its own
+/// (Ed25519, RSA-PSS) or bytes that are not a certificate: libpq could not compute it
+/// either, so SCRAM-SHA-256-PLUS must not be offered.
+pub fn end_point(der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    // Certificate: the to-be-signed part, then the signature algorithm.
+    let (cert, _) = expect(der, 0x30)?;
+    let (_, rest) = expect(cert, 0x30)?;
+    let (algorithm, _) = expect(rest, 0x30)?;
+    let (oid, _) = expect(algorithm, 0x06)?;
+    let (&last, prefix) = oid.split_last()?;
+    // 1.2.840.113549.1.1.n (RSA) and 1.2.840.10045.4.1 / 4.3.n (ECDSA).
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    let bits = match (prefix, last) {
+        // md5WithRSAEncryption, sha1WithRSAEncryption, ecdsa-with-SHA1.
+        (RSA, 4 | 5) | (ECDSA, 1) => 256,
+        (RSA, 11) | (ECDSA_SHA2, 2) => 256,
+        (RSA, 12) | (ECDSA_SHA2, 3) => 384,
+        (RSA, 13) | (ECDSA_SHA2, 4) => 512,
+        (RSA, 14) | (ECDSA_SHA2, 1) => 224,
+        _ => return None,
+    };
+    Some(match bits {
+        224 => sha2::Sha224::digest(der).to_vec(),
+        256 => sha2::Sha256::digest(der).to_vec(),
+        384 => sha2::Sha384::digest(der).to_vec(),
+        _ => sha2::Sha512::digest(der).to_vec(),
+    })
 }
 
 /// The common name of a certificate's subject (its first, as PostgreSQL reads it);
@@ -218,7 +267,79 @@ mod tests {
                 let mut bytes = der.to_vec();
                 bytes[at] = value;
                 let _ = common_name(&bytes);
+                let _ = end_point(&bytes);
             }
         }
+    }
+
+    /// The channel binding data is the certificate's fingerprint by the hash its
+    /// signature names (openssl's own figure), SHA-256 for SHA-1; none for Ed25519.
+    #[test]
+    fn the_end_point_hash_follows_the_signature_algorithm() {
+        let dir = std::env::temp_dir().join(format!("pgopt-ep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key, pem) = (dir.join("k.pem"), dir.join("c.pem"));
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        for (new_key, sign_with, hash) in [
+            ("ec:P-256", "-sha256", Some("-sha256")),
+            ("ec:P-384", "-sha384", Some("-sha384")),
+            ("ec:P-256", "-sha224", Some("-sha224")),
+            ("rsa:2048", "-sha512", Some("-sha512")),
+            ("rsa:2048", "-sha1", Some("-sha256")),
+            ("ed25519", "", None),
+        ] {
+            let curve;
+            let mut args = vec!["req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=x"];
+            match new_key.split_once(':') {
+                Some(("ec", name)) => {
+                    curve = format!("ec_paramgen_curve:{name}");
+                    args.extend(["-newkey", "ec", "-pkeyopt", &curve]);
+                }
+                _ => args.extend(["-newkey", new_key]),
+            }
+            if !sign_with.is_empty() {
+                args.push(sign_with);
+            }
+            args.extend([
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                pem.to_str().unwrap(),
+            ]);
+            openssl(&args);
+            let der = CertificateDer::pem_file_iter(&pem)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap();
+            let expected = hash.map(|hash| {
+                let text = openssl(&[
+                    "x509",
+                    "-noout",
+                    "-fingerprint",
+                    hash,
+                    "-in",
+                    pem.to_str().unwrap(),
+                ]);
+                let hex = text.trim().rsplit_once('=').unwrap().1.replace(':', "");
+                (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect::<Vec<u8>>()
+            });
+            assert_eq!(end_point(&der), expected, "{new_key} {sign_with}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

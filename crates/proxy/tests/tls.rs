@@ -871,3 +871,98 @@ async fn the_cache_listeners_reach_a_server_that_takes_only_tls() {
     .await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// SCRAM over TLS binds to the channel (SCRAM-SHA-256-PLUS, `tls-server-end-point`),
+/// as PostgreSQL offers it: libpq's `channel_binding=require` logs in with
+/// certificates signed with SHA-384 and SHA-512 (a RELOAD changes the certificate and
+/// the hash with it). A certificate whose signature names no hash (Ed25519) offers no
+/// binding: `require` is refused by libpq, the default (`prefer`) logs in without.
+#[tokio::test]
+async fn scram_over_tls_binds_to_the_channel() {
+    let dir = temp_dir("binding");
+    let pg = Postgres::start().await.unwrap();
+    let certificate = |name: &str, key_args: &[&str]| {
+        let (crt, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .args(key_args)
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt));
+        (crt, key)
+    };
+    let p384 = certificate(
+        "p384",
+        &[
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-sha384",
+        ],
+    );
+    let rsa = certificate("rsa", &["-newkey", "rsa:2048", "-sha512"]);
+    let ed25519 = certificate("ed25519", &["-newkey", "ed25519"]);
+    let mut config = config_for(&pg, PoolMode::Transaction, 2);
+    config.databases[0].user = Some("postgres".into());
+    config.users = vec![pgopt_proxy::User::new("alice", "alice-secret")];
+    config.admin_users = vec!["alice".into()];
+    let rules = "hostssl app,pgopt alice 127.0.0.1/32 scram-sha-256\nhost all all all reject\n";
+    config.hba = Some(Arc::new(pgopt_proxy::hba::Hba::parse(rules).unwrap()));
+    let with = move |(cert, key): (PathBuf, PathBuf)| {
+        let mut config = config.clone();
+        config.client_tls = ClientTls {
+            mode: TlsMode::Prefer,
+            cert_file: Some(cert),
+            key_file: Some(key),
+            ca_file: None,
+        };
+        config
+    };
+    let proxy = Proxy::start(with(p384)).await.unwrap();
+    let login = |password: &str, binding: &str| {
+        format!("host=127.0.0.1 user=alice password={password} sslmode=require channel_binding={binding}")
+    };
+    let sql = "SELECT 40 + 2";
+    for binding in ["require", "prefer", "disable"] {
+        let out = psql_with(&pg, &proxy, &login("alice-secret", binding), sql).await;
+        assert_eq!(out.unwrap(), "42", "channel_binding={binding}");
+    }
+    let console = format!("{} dbname=pgopt", login("alice-secret", "require"));
+    let out = psql_with(&pg, &proxy, &console, "SHOW VERSION").await;
+    assert!(out.unwrap().contains("pgopt"));
+    let e = psql_with(&pg, &proxy, &login("wrong", "require"), sql)
+        .await
+        .unwrap_err();
+    assert!(e.contains("password authentication failed"), "{e}");
+
+    let reload_with = |cert| {
+        let config = with(cert);
+        proxy.handle().set_reloader(move || Ok(config.clone()));
+        proxy.handle().reload().unwrap();
+    };
+    reload_with(rsa);
+    let out = psql_with(&pg, &proxy, &login("alice-secret", "require"), sql).await;
+    assert_eq!(out.unwrap(), "42");
+
+    reload_with(ed25519);
+    let e = psql_with(&pg, &proxy, &login("alice-secret", "require"), sql)
+        .await
+        .unwrap_err();
+    assert!(e.contains("channel binding"), "{e}");
+    let out = psql_with(&pg, &proxy, &login("alice-secret", "prefer"), sql).await;
+    assert_eq!(out.unwrap(), "42");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -13,6 +13,8 @@ pub const AUTHENTICATION: u8 = b'R';
 
 /// The SASL mechanism this crate implements.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// The SASL mechanism with channel binding (`tls-server-end-point`, over TLS).
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
 /// An authentication request or result from the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

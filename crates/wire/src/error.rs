@@ -181,8 +181,9 @@ pub enum AuthError {
     /// A SCRAM message does not follow RFC 5802's grammar.
     #[error("malformed SCRAM message: {0}")]
     MalformedMessage(&'static str),
-    /// The client asked for channel binding (`p=`), which this side does not offer.
-    #[error("SCRAM channel binding is not supported")]
+    /// The client asked for a channel binding type (`p=NAME`) other than
+    /// `tls-server-end-point`, the only one offered.
+    #[error("unsupported SCRAM channel-binding type")]
     ChannelBindingNotSupported,
     /// The nonce in client-final or server-first does not continue the exchange's nonce.
     #[error("SCRAM nonce does not match")]

@@ -46,7 +46,7 @@ pub mod scram;
 pub mod startup;
 pub mod text;
 
-pub use authentication::{Authentication, AUTHENTICATION, SCRAM_SHA_256};
+pub use authentication::{Authentication, AUTHENTICATION, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 pub use constant_time::constant_time_eq;
 pub use copy::{CopyData, CopyFail, CopyResponse};
 pub use error::{AuthError, DecodeError, Direction, EncodeError, Tag};

@@ -1,7 +1,8 @@
 //! SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL speaks it: the stored
 //! verifier ([`ScramSecret`]), the server side ([`ScramServer`]) and the client
-//! side ([`ScramClient`]). Channel binding (`SCRAM-SHA-256-PLUS`) is not offered:
-//! clients sending `n,,` or `y,,` are served, `p=` is refused.
+//! side ([`ScramClient`]). The server side binds to the TLS channel
+//! (`SCRAM-SHA-256-PLUS` with `tls-server-end-point`) when given the hash of its
+//! certificate; the client side does not bind (it sends `n,,`).
 //!
 //! # SASLprep
 //! Passwords go through [`saslprep`], as PostgreSQL's `pg_saslprep` prepares them:

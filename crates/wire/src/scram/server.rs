@@ -1,18 +1,21 @@
-//! The server side of SCRAM-SHA-256: read client-first, answer server-first,
-//! check the proof in client-final, answer server-final.
+//! The server side of SCRAM-SHA-256 and SCRAM-SHA-256-PLUS: read client-first,
+//! answer server-first, check the proof (and the channel binding) in client-final,
+//! answer server-final.
 
 use std::fmt;
 
 use super::{
     attr, b64, hmac, random_nonce, sha256, unb64, utf8, valid_nonce, xor, ScramKeys, ScramSecret,
 };
+use crate::authentication::{SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 use crate::constant_time::constant_time_eq;
 use crate::error::AuthError;
 
 /// One SCRAM-SHA-256 exchange on the server side.
 ///
-/// Send AuthenticationSASL offering `SCRAM-SHA-256`; pass the data of the
-/// client's SASLInitialResponse to [`ScramServer::handle_client_first`] and
+/// Send AuthenticationSASL offering [`ScramServer::mechanisms`]; pass the
+/// mechanism and data of the client's SASLInitialResponse to
+/// [`ScramServer::handle_sasl_initial`] and
 /// send its answer as AuthenticationSASLContinue; pass the SASLResponse data to
 /// [`ScramServer::handle_client_final`] and send its answer as
 /// AuthenticationSASLFinal followed by AuthenticationOk. Any error ends the
@@ -21,13 +24,21 @@ pub struct ScramServer {
     secret: ScramSecret,
     server_nonce: String,
     state: State,
+    /// `tls-server-end-point` data (RFC 5929: the hash of the server's certificate)
+    /// when the connection runs over TLS and the hash is known: then
+    /// `SCRAM-SHA-256-PLUS` is offered first, as PostgreSQL offers it.
+    binding: Option<Vec<u8>>,
 }
+
+/// The only channel binding type PostgreSQL knows.
+const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
 
 enum State {
     Initial,
     SentServerFirst {
-        /// The gs2 header the client sent (`n,,` or `y,,`), echoed in `c=`.
-        gs2_header: String,
+        /// What `c=` must hold: the gs2 header the client sent (`n,,`, `y,,` or
+        /// `p=tls-server-end-point,,`), followed by the binding data for `p`.
+        binding: Vec<u8>,
         /// client nonce + server nonce.
         nonce: String,
         /// `client-first-bare,server-first,` — the start of AuthMessage.
@@ -52,19 +63,83 @@ impl ScramServer {
             secret,
             server_nonce: server_nonce.into(),
             state: State::Initial,
+            binding: None,
         }
     }
 
-    /// Reads client-first (`n,,n=user,r=nonce`) and returns server-first
-    /// (`r=nonce,s=salt,i=iterations`). The user name in the message is ignored,
-    /// as PostgreSQL does: the user is the one from the startup packet.
+    /// Offers `SCRAM-SHA-256-PLUS` with `tls-server-end-point` data (the hash of
+    /// the certificate this side presented, RFC 5929), for an exchange over TLS.
+    pub fn with_channel_binding(mut self, end_point: Vec<u8>) -> ScramServer {
+        self.binding = Some(end_point);
+        self
+    }
+
+    /// The mechanisms to offer in AuthenticationSASL, as PostgreSQL orders them.
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.binding.is_some() {
+            &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+        } else {
+            &[SCRAM_SHA_256]
+        }
+    }
+
+    /// Reads the client's choice of mechanism and its client-first, as
+    /// [`ScramServer::handle_client_first`]. The choice must agree with the gs2
+    /// header, as PostgreSQL checks it: `-PLUS` only when offered and with `p=`,
+    /// and a client that says it could bind (`y`) when binding was offered is
+    /// refused (someone in the middle took `-PLUS` off the list).
+    pub fn handle_sasl_initial(
+        &mut self,
+        mechanism: &str,
+        data: &[u8],
+    ) -> Result<String, AuthError> {
+        let plus = match mechanism {
+            SCRAM_SHA_256 => false,
+            SCRAM_SHA_256_PLUS if self.binding.is_some() => true,
+            _ => {
+                self.state = State::Failed;
+                return Err(AuthError::MalformedMessage(
+                    "the client chose a SASL mechanism that was not offered",
+                ));
+            }
+        };
+        self.first(plus, data)
+    }
+
+    /// Reads client-first (`n,,n=user,r=nonce`) of `SCRAM-SHA-256` and returns
+    /// server-first (`r=nonce,s=salt,i=iterations`). The user name in the message
+    /// is ignored, as PostgreSQL does: the user is the one from the startup packet.
     pub fn handle_client_first(&mut self, data: &[u8]) -> Result<String, AuthError> {
+        self.first(false, data)
+    }
+
+    fn first(&mut self, plus: bool, data: &[u8]) -> Result<String, AuthError> {
         if !matches!(self.state, State::Initial) {
             return Err(AuthError::OutOfOrder("client-first after the first step"));
         }
         self.state = State::Failed;
         let text = utf8(data, "client-first is not UTF-8")?;
         let (gs2_header, bare) = split_gs2_header(text)?;
+        let mut binding = gs2_header.as_bytes().to_vec();
+        match (gs2_header.as_bytes()[0], plus) {
+            (b'n', false) => {}
+            (b'y', false) if self.binding.is_none() => {}
+            (b'y', false) => return Err(AuthError::MalformedMessage(
+                "the client supports channel binding but thinks the server does not, and this server does",
+            )),
+            (b'p', true) => {
+                if gs2_header.split(',').next() != Some(&format!("p={TLS_SERVER_END_POINT}")[..]) {
+                    return Err(AuthError::ChannelBindingNotSupported);
+                }
+                binding.extend_from_slice(self.binding.as_deref().unwrap_or_default());
+            }
+            (b'p', false) => return Err(AuthError::MalformedMessage(
+                "the client chose SCRAM-SHA-256 without channel binding, but its message has channel binding data",
+            )),
+            _ => return Err(AuthError::MalformedMessage(
+                "the client chose SCRAM-SHA-256-PLUS, but its message has no channel binding data",
+            )),
+        }
         let mut parts = bare.split(',');
         let first = parts.next();
         if first.is_some_and(|p| p.starts_with("m=")) {
@@ -86,7 +161,7 @@ impl ScramServer {
             self.secret.iterations()
         );
         self.state = State::SentServerFirst {
-            gs2_header: gs2_header.to_owned(),
+            binding,
             nonce,
             auth_prefix: format!("{bare},{server_first},"),
         };
@@ -98,7 +173,7 @@ impl ScramServer {
     /// proof does not match.
     pub fn handle_client_final(&mut self, data: &[u8]) -> Result<String, AuthError> {
         let State::SentServerFirst {
-            gs2_header,
+            binding: expected,
             nonce,
             auth_prefix,
         } = std::mem::replace(&mut self.state, State::Failed)
@@ -111,7 +186,7 @@ impl ScramServer {
             .ok_or(AuthError::MalformedMessage("client-final has no proof"))?;
         let mut parts = without_proof.split(',');
         let binding = attr(parts.next(), b'c', "client-final has no channel binding")?;
-        if unb64(binding, "channel binding is not base64")? != gs2_header.as_bytes() {
+        if unb64(binding, "channel binding is not base64")? != expected {
             return Err(AuthError::MalformedMessage(
                 "channel binding does not match client-first",
             ));
@@ -157,22 +232,28 @@ impl ScramServer {
     }
 }
 
-/// Splits `gs2-header` (`n,,` / `y,,`) from client-first-bare.
+/// Splits `gs2-header` (`n,,` / `y,,` / `p=NAME,,`) from client-first-bare.
 fn split_gs2_header(text: &str) -> Result<(&str, &str), AuthError> {
-    match text.as_bytes().first() {
-        Some(b'n' | b'y') => {}
-        Some(b'p') => return Err(AuthError::ChannelBindingNotSupported),
-        _ => {
-            return Err(AuthError::MalformedMessage(
-                "client-first has no channel binding flag",
-            ))
-        }
-    }
     let mut parts = text.splitn(3, ',');
     let flag = parts.next().unwrap_or_default();
     let authzid = parts.next();
     let bare = parts.next();
-    if flag.len() != 1 {
+    let well_formed = match flag.as_bytes() {
+        [b'n' | b'y'] => true,
+        [b'p', b'=', name @ ..] => {
+            !name.is_empty()
+                && name
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(b))
+        }
+        [] => {
+            return Err(AuthError::MalformedMessage(
+                "client-first has no channel binding flag",
+            ))
+        }
+        _ => false,
+    };
+    if !well_formed {
         return Err(AuthError::MalformedMessage(
             "client-first has a malformed channel binding flag",
         ));
@@ -236,10 +317,10 @@ mod tests {
     #[test]
     fn refuses_channel_binding_and_authzid_and_bad_order() {
         let mut server = rfc7677_server();
-        assert_eq!(
+        assert!(matches!(
             server.handle_client_first(b"p=tls-server-end-point,,n=,r=abc"),
-            Err(AuthError::ChannelBindingNotSupported)
-        );
+            Err(AuthError::MalformedMessage(_))
+        ));
         assert!(matches!(
             server.handle_client_first(b"n,,n=,r=abc"),
             Err(AuthError::OutOfOrder(_))
@@ -284,6 +365,85 @@ mod tests {
             assert!(!server.is_authenticated());
             assert!(server.client_keys().is_none());
         }
+    }
+
+    /// The RFC 7677 exchange over a channel bound with `data`: the client's
+    /// final message without its proof, then with the proof computed for it.
+    fn bound_final(gs2: &str, data: &[u8]) -> String {
+        let salt = unb64("W22ZaJ0SNY7soEsUEjb6gQ==", "salt").unwrap();
+        let secret = ScramSecret::from_password_with_salt("pencil", &salt, 4096).unwrap();
+        let nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let mut c = gs2.as_bytes().to_vec();
+        c.extend_from_slice(data);
+        let without_proof = format!("c={},r={nonce}", b64(&c));
+        let auth_message = format!(
+            "n=user,r=rOprNGfwEbeRWgbNEkqO,r={nonce},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,{without_proof}"
+        );
+        let salted = super::super::salted_password(b"pencil", &salt, 4096);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        let signature = hmac(secret.stored_key(), &[auth_message.as_bytes()]);
+        format!("{without_proof},p={}", b64(&xor(&client_key, &signature)))
+    }
+
+    #[test]
+    fn binds_to_the_channel_when_offered() {
+        const END_POINT: &[u8] = b"the certificate's hash";
+        const GS2: &str = "p=tls-server-end-point,,";
+        let bound = || rfc7677_server().with_channel_binding(END_POINT.to_vec());
+        assert_eq!(bound().mechanisms(), [SCRAM_SHA_256_PLUS, SCRAM_SHA_256]);
+        assert_eq!(rfc7677_server().mechanisms(), [SCRAM_SHA_256]);
+
+        // The right hash logs in; another one (a server in the middle, with its own
+        // certificate) does not, though the password is right.
+        for (data, ok) in [(END_POINT, true), (&b"another certificate"[..], false)] {
+            let mut server = bound();
+            server
+                .handle_sasl_initial(
+                    SCRAM_SHA_256_PLUS,
+                    format!("{GS2}n=user,r=rOprNGfwEbeRWgbNEkqO").as_bytes(),
+                )
+                .unwrap();
+            let result = server.handle_client_final(bound_final(GS2, data).as_bytes());
+            assert_eq!(result.is_ok(), ok, "{result:?}");
+            assert_eq!(server.is_authenticated(), ok);
+        }
+        // Without binding, over the same channel, the exchange works as before.
+        let mut server = bound();
+        server
+            .handle_sasl_initial(SCRAM_SHA_256, b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")
+            .unwrap();
+        server
+            .handle_client_final(bound_final("n,,", b"").as_bytes())
+            .unwrap();
+
+        // Choices that do not agree with what was offered or with the header.
+        for (server, mechanism, first) in [
+            // -PLUS not offered (no TLS).
+            (rfc7677_server(), SCRAM_SHA_256_PLUS, format!("{GS2}n=,r=a")),
+            // Offered, but a man in the middle struck it from the list.
+            (bound(), SCRAM_SHA_256, "y,,n=,r=a".to_string()),
+            (bound(), SCRAM_SHA_256_PLUS, "n,,n=,r=a".to_string()),
+            (bound(), SCRAM_SHA_256, format!("{GS2}n=,r=a")),
+            (
+                bound(),
+                SCRAM_SHA_256_PLUS,
+                "p=tls-unique,,n=,r=a".to_string(),
+            ),
+            (bound(), SCRAM_SHA_256_PLUS, "p=,,n=,r=a".to_string()),
+            (bound(), "SCRAM-SHA-1", "n,,n=,r=a".to_string()),
+        ] {
+            let mut server = server;
+            assert!(
+                server
+                    .handle_sasl_initial(mechanism, first.as_bytes())
+                    .is_err(),
+                "{mechanism} {first}"
+            );
+        }
+        // `y` is fine where nothing was offered.
+        assert!(rfc7677_server()
+            .handle_sasl_initial(SCRAM_SHA_256, b"y,,n=,r=a")
+            .is_ok());
     }
 
     #[test]
