@@ -177,6 +177,16 @@ impl PgStream {
         crate::tls::common_name(certs.first()?)
     }
 
+    /// The `tls-server-end-point` channel binding data of the peer's certificate (the
+    /// server's, on a connection pgopt made), for SCRAM-SHA-256-PLUS; `None` in plain
+    /// text or when its signature names no hash ([`crate::tls::end_point`]).
+    pub fn peer_end_point(&self) -> Option<Vec<u8>> {
+        let PgStream::Tls(tls) = self else {
+            return None;
+        };
+        crate::tls::end_point(tls.get_ref().1.peer_certificates()?.first()?)
+    }
+
     /// The TLS version and cipher suite in use, as PgBouncer's SHOW CLIENTS `tls`
     /// column has them (`TLSv1.3/TLS13_AES_256_GCM_SHA384`); `None` in plain text.
     pub fn tls_description(&self) -> Option<String> {

@@ -510,14 +510,16 @@ impl ServerConn {
                                     message: "offers no SASL mechanism pgopt supports".into(),
                                 });
                             }
-                            let client = match (&target.password, &keys) {
+                            let mut client = match (&target.password, &keys) {
                                 (Some(pw), _) => ScramClient::new(pw)?,
                                 (None, Some(keys)) => ScramClient::with_keys(keys.clone())?,
                                 (None, None) => return Err(missing("a SCRAM-SHA-256 password")),
                             };
+                            let offered: Vec<&str> = mechanisms.iter().collect();
+                            let mechanism = client.binding(&offered, stream.peer_end_point());
                             let first = client.client_first();
                             SaslInitialResponse {
-                                mechanism: SCRAM_SHA_256,
+                                mechanism,
                                 data: Some(first.as_bytes()),
                             }
                             .encode(&mut out)?;

@@ -1,4 +1,5 @@
-//! The client side of SCRAM-SHA-256: how the proxy logs in to a server.
+//! The client side of SCRAM-SHA-256 (and SCRAM-SHA-256-PLUS over TLS): how the
+//! proxy logs in to a server.
 
 use std::fmt;
 
@@ -37,8 +38,20 @@ fn salt_and_iterations<'a>(
 /// answering in its place) can't make the client spend minutes on one login.
 const MAX_ITERATIONS: u32 = 10_000_000;
 
-/// The gs2 header this client sends: no channel binding, no authzid.
+/// The gs2 header without channel binding, and no authzid.
 const GS2_HEADER: &str = "n,,";
+
+/// How the exchange treats channel binding, chosen by [`ScramClient::binding`] from
+/// what the server offered, as libpq chooses it.
+enum Binding {
+    /// `n,,`: no TLS, or no hash of the server's certificate to bind to.
+    None,
+    /// `y,,`: this side could bind but the server offered no `-PLUS`; a server that
+    /// does offer it refuses this (someone in the middle struck it from the list).
+    Unoffered,
+    /// `p=tls-server-end-point,,` and the hash of the server's certificate.
+    EndPoint(Vec<u8>),
+}
 
 /// One SCRAM-SHA-256 exchange on the client side.
 ///
@@ -51,6 +64,7 @@ pub struct ScramClient {
     client_first_bare: String,
     client_nonce: String,
     state: State,
+    binding: Binding,
 }
 
 enum Credentials {
@@ -89,6 +103,38 @@ impl ScramClient {
             client_first_bare: format!("n={user},r={nonce}"),
             client_nonce: nonce.to_owned(),
             state: State::Initial,
+            binding: Binding::None,
+        }
+    }
+
+    /// Over TLS, with the `tls-server-end-point` data of the server's certificate
+    /// (RFC 5929; `None` when its signature names no hash): binds the exchange to
+    /// the channel when the server offered `SCRAM-SHA-256-PLUS`, as libpq's
+    /// `channel_binding=prefer` does, and otherwise says it could have (`y`).
+    /// Returns the mechanism to name in the SASLInitialResponse.
+    pub fn binding(&mut self, offered: &[&str], end_point: Option<Vec<u8>>) -> &'static str {
+        use crate::authentication::{SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
+        match end_point {
+            Some(end_point) if offered.contains(&SCRAM_SHA_256_PLUS) => {
+                self.binding = Binding::EndPoint(end_point);
+                SCRAM_SHA_256_PLUS
+            }
+            Some(_) => {
+                self.binding = Binding::Unoffered;
+                SCRAM_SHA_256
+            }
+            None => {
+                self.binding = Binding::None;
+                SCRAM_SHA_256
+            }
+        }
+    }
+
+    fn gs2_header(&self) -> &'static str {
+        match self.binding {
+            Binding::None => GS2_HEADER,
+            Binding::Unoffered => "y,,",
+            Binding::EndPoint(_) => "p=tls-server-end-point,,",
         }
     }
 
@@ -118,7 +164,7 @@ impl ScramClient {
 
     /// client-first, the data of the SASLInitialResponse.
     pub fn client_first(&self) -> String {
-        format!("{GS2_HEADER}{}", self.client_first_bare)
+        format!("{}{}", self.gs2_header(), self.client_first_bare)
     }
 
     /// Reads server-first (`r=nonce,s=salt,i=iterations`) and returns
@@ -153,7 +199,11 @@ impl ScramClient {
             }
             Credentials::Keys(keys) => (keys.client_key, keys.server_key),
         };
-        let without_proof = format!("c={},r={nonce}", b64(GS2_HEADER.as_bytes()));
+        let mut binding = self.gs2_header().as_bytes().to_vec();
+        if let Binding::EndPoint(end_point) = &self.binding {
+            binding.extend_from_slice(end_point);
+        }
+        let without_proof = format!("c={},r={nonce}", b64(&binding));
         let auth_message = [
             self.client_first_bare.as_bytes(),
             b",",
@@ -234,6 +284,50 @@ mod tests {
             .verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
             .unwrap();
         assert!(client.is_complete());
+    }
+
+    /// With our server: bound when both sides have the same certificate hash, refused
+    /// when they differ (someone in the middle), and `y` refused by a server that
+    /// offered binding.
+    #[test]
+    fn binds_to_the_channel_with_our_server() {
+        use crate::authentication::{SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
+        let secret = ScramSecret::from_password("pw", 4096).unwrap();
+        let exchange = |server_end: Option<&[u8]>, client_end: Option<&[u8]>| {
+            let mut server = ScramServer::new(secret.clone()).unwrap();
+            if let Some(end) = server_end {
+                server = server.with_channel_binding(end.to_vec());
+            }
+            let mut client = ScramClient::new("pw").unwrap();
+            let mechanism = client.binding(server.mechanisms(), client_end.map(<[u8]>::to_vec));
+            let first = server.handle_sasl_initial(mechanism, client.client_first().as_bytes())?;
+            let last = client.handle_server_first(first.as_bytes())?;
+            let last = server.handle_client_final(last.as_bytes())?;
+            client.verify_server_final(last.as_bytes())?;
+            Ok::<_, AuthError>((mechanism, client.client_first()))
+        };
+        let (mechanism, first) = exchange(Some(b"cert"), Some(b"cert")).unwrap();
+        assert_eq!(mechanism, SCRAM_SHA_256_PLUS);
+        assert!(first.starts_with("p=tls-server-end-point,,"), "{first}");
+        assert_eq!(
+            exchange(Some(b"cert"), Some(b"the middle's cert")),
+            Err(AuthError::WrongPassword)
+        );
+        // No hash here: no binding, and the server that offered it takes that.
+        let (mechanism, first) = exchange(Some(b"cert"), None).unwrap();
+        assert_eq!((mechanism, &first[..3]), (SCRAM_SHA_256, "n,,"));
+        // A server offering none (no TLS on its side, or an old one) takes `y`.
+        let (mechanism, first) = exchange(None, Some(b"cert")).unwrap();
+        assert_eq!((mechanism, &first[..3]), (SCRAM_SHA_256, "y,,"));
+        // `y` where the server did offer binding: refused.
+        let mut server = ScramServer::new(secret.clone())
+            .unwrap()
+            .with_channel_binding(b"cert".to_vec());
+        let mut client = ScramClient::new("pw").unwrap();
+        let mechanism = client.binding(&[SCRAM_SHA_256], Some(b"cert".to_vec()));
+        assert!(server
+            .handle_sasl_initial(mechanism, client.client_first().as_bytes())
+            .is_err());
     }
 
     #[test]
