@@ -53,7 +53,8 @@ pub struct PoolLimits {
     /// one used last.
     pub round_robin: bool,
     /// Read each new connection's defaults of the settings PostgreSQL does not report
-    /// (the cache keys on them: see `session_state::UNREPORTED_DEFAULTS`).
+    /// (the cache keys on them: see `session_state::UNREPORTED_DEFAULTS`), and their
+    /// default isolation (a replica refuses SERIALIZABLE).
     pub read_defaults: bool,
 }
 
@@ -275,6 +276,9 @@ pub struct Pool {
     /// connection had them (see [`Pool::defaults_seen`]), and their hash.
     defaults: Mutex<crate::session_state::Defaults>,
     defaults_hash: AtomicU64,
+    /// Its newest connection's sessions default to SERIALIZABLE (read with the
+    /// defaults, see `ServerConn::serializable_default`).
+    serializable_default: AtomicBool,
     /// How the server reported clients' start-up values it spells otherwise (by
     /// lower-case name and value as written: `asia/tokyo` is `Asia/Tokyo`), so later
     /// clients are told its spelling at login (see `Settings::spell_startup`).
@@ -445,6 +449,7 @@ impl Pool {
             params: Mutex::new(None),
             defaults: Mutex::default(),
             defaults_hash: AtomicU64::new(0),
+            serializable_default: AtomicBool::new(false),
             spellings: Mutex::default(),
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
@@ -1084,6 +1089,10 @@ impl Pool {
                 // Its generation before it is listed: never seen as marked for closing.
                 conn.info.generation.store(generation, Relaxed);
                 self.servers.add(&conn.info);
+                if limits.read_defaults {
+                    self.serializable_default
+                        .store(conn.serializable_default, Relaxed);
+                }
                 if !self.defaults_seen(&conn.defaults) {
                     lock(&self.params).get_or_insert_with(|| Arc::new(conn.params.clone()));
                 }
@@ -1143,6 +1152,12 @@ impl Pool {
     /// Server parameters seen at start-up, once any connection was made.
     pub fn params(&self) -> Option<ServerParams> {
         lock(&self.params).clone()
+    }
+
+    /// Whether its newest connection's sessions default to SERIALIZABLE (known only
+    /// where the defaults are read: with the cache, or for a database with replicas).
+    pub fn serializable_by_default(&self) -> bool {
+        self.serializable_default.load(Relaxed)
     }
 
     /// A connection's defaults of the settings the cache keys on (see

@@ -5457,9 +5457,14 @@ impl Relay {
     async fn checkout(&mut self, first: &Frame) -> Lending {
         self.follow_routes();
         // (A replica refuses a SERIALIZABLE transaction: the client's default one goes
-        // to the primary, as `BEGIN ISOLATION LEVEL SERIALIZABLE` does.)
+        // to the primary, as `BEGIN ISOLATION LEVEL SERIALIZABLE` does, whether the
+        // client set it or the server's sessions have it — ALTER ROLE or DATABASE …
+        // SET, the server's config.)
         let read_only = self.routes.is_some()
-            && !self.settings.serializable_by_default()
+            && !self
+                .settings
+                .serializable_by_default()
+                .unwrap_or_else(|| self.pool.serializable_by_default())
             && crate::routing::read_only_batch(
                 first,
                 &self.cbuf,
@@ -5562,6 +5567,15 @@ impl Relay {
                     let (Some(i), Some(routes)) = (replica, &self.routes) else {
                         break Ok((checkout, replica));
                     };
+                    // The replica's own sessions default to SERIALIZABLE (its config,
+                    // not the primary's), which it refuses: another node.
+                    if checkout.conn.serializable_default
+                        && self.settings.serializable_by_default().is_none()
+                    {
+                        tried |= 1 << i.min(63);
+                        checkout.release();
+                        continue;
+                    }
                     if verify == 0 {
                         break Ok((checkout, replica));
                     }

@@ -463,8 +463,11 @@ fn load_score(outstanding: usize, weight: u32) -> u64 {
 }
 
 const PRIMARY_CHECK: &str = "SELECT pg_catalog.pg_current_wal_lsn()";
-const REPLICA_CHECK: &str =
-    "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_replay_lsn()";
+/// In a READ COMMITTED block: the checker logs in as a client's user, whose sessions
+/// may be SERIALIZABLE by default (ALTER ROLE … SET), and a replica refuses those a
+/// SELECT.
+const REPLICA_CHECK: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; \
+     SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_replay_lsn(); COMMIT";
 
 /// One check on `conn` (connected first when there is none); the connection comes
 /// back when it is still good.
@@ -705,7 +708,14 @@ pub async fn replay_lsn(
     max_len: u32,
     timeout: Duration,
 ) -> Result<u64, String> {
-    let sql = "SELECT pg_catalog.pg_last_wal_replay_lsn()";
+    // (A session SERIALIZABLE by default can't run a SELECT on a replica: in a READ
+    // COMMITTED block there.)
+    let sql = if conn.serializable_default {
+        "BEGIN ISOLATION LEVEL READ COMMITTED; \
+         SELECT pg_catalog.pg_last_wal_replay_lsn(); COMMIT"
+    } else {
+        "SELECT pg_catalog.pg_last_wal_replay_lsn()"
+    };
     lsn_query(conn, sql, max_len, timeout).await
 }
 

@@ -198,6 +198,10 @@ pub struct ServerConn {
     /// The server's defaults of the settings the cache keys on (see
     /// `session_state::Defaults`).
     pub defaults: crate::session_state::Defaults,
+    /// Its sessions' transactions are SERIALIZABLE unless they say otherwise (its
+    /// `default_transaction_isolation`, from an ALTER ROLE or DATABASE … SET or the
+    /// server's config), read with the defaults: a replica refuses them.
+    pub serializable_default: bool,
     /// The session thread whose runtime this connection's socket is registered with
     /// (see `workers.rs`).
     pub home: usize,
@@ -371,7 +375,8 @@ impl ServerConn {
 
     /// Reads the connection's values of the settings that shape results PostgreSQL
     /// does not report (`session_state::UNREPORTED_DEFAULTS`), for the cache's key,
-    /// within `timeout`. An error: the connection is of no use.
+    /// and its `default_transaction_isolation`, for replica routing, within
+    /// `timeout`. An error: the connection is of no use.
     pub async fn read_defaults(
         &mut self,
         target: &ServerTarget,
@@ -388,6 +393,10 @@ impl ServerConn {
             return Err(self.refusal(target, "no answer to the read of its settings".into()));
         };
         self.defaults.set_unreported(&row);
+        self.serializable_default = row
+            .get(crate::session_state::UNREPORTED_DEFAULTS.len())
+            .and_then(Option::as_deref)
+            .is_some_and(|v| v.eq_ignore_ascii_case("serializable"));
         Ok(())
     }
 
@@ -607,6 +616,7 @@ impl ServerConn {
                         last_used: now,
                         applied: Applied::default(),
                         defaults,
+                        serializable_default: false,
                         read_buf: BytesMut::new(),
                         permits: None,
                     });

@@ -90,15 +90,23 @@ pub struct Defaults {
 }
 
 impl Defaults {
-    /// Reads [`UNREPORTED_DEFAULTS`] on a server connection, in order, in one row.
+    /// Reads [`UNREPORTED_DEFAULTS`] on a server connection, in order, in one row,
+    /// and after them `default_transaction_isolation` (not in the digest: it does
+    /// not shape a statement's result, but a replica refuses SERIALIZABLE). In a
+    /// READ COMMITTED block: a session SERIALIZABLE by default on a replica can't run
+    /// a SELECT of its own.
     pub fn unreported_query() -> &'static str {
         static QUERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         QUERY.get_or_init(|| {
             let calls: Vec<String> = UNREPORTED_DEFAULTS
                 .iter()
+                .chain(&["default_transaction_isolation"])
                 .map(|name| format!("pg_catalog.current_setting('{name}', true)"))
                 .collect();
-            format!("SELECT {}", calls.join(", "))
+            format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {}; COMMIT",
+                calls.join(", ")
+            )
         })
     }
 
@@ -725,10 +733,15 @@ impl Settings {
 
     /// Whether the client's transactions are SERIALIZABLE unless they say otherwise
     /// (its `default_transaction_isolation`, set at start-up, by SET, SET SESSION
-    /// CHARACTERISTICS or set_config, read back): a replica refuses them.
-    pub fn serializable_by_default(&self) -> bool {
-        self.current_value("default_transaction_isolation")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("serializable"))
+    /// CHARACTERISTICS or set_config, read back): a replica refuses them. `None`
+    /// when the client set none (or set DEFAULT): the server's default holds.
+    pub fn serializable_by_default(&self) -> Option<bool> {
+        let value = self.current_value("default_transaction_isolation")?.trim();
+        let value = value.trim_matches('\'');
+        if value.eq_ignore_ascii_case("default") {
+            return None;
+        }
+        Some(value.eq_ignore_ascii_case("serializable"))
     }
 
     /// The client's own value of `name` (lower case): a start-up or read-back value,
@@ -1757,9 +1770,11 @@ mod tests {
             let found = query[at..].find(&call).unwrap_or_else(|| panic!("{name}"));
             at += found + call.len();
         }
+        // Then the default isolation, for routing (not in the digest).
+        assert!(query[at..].contains("current_setting('default_transaction_isolation', true)"));
         assert_eq!(
             query.matches("current_setting").count(),
-            UNREPORTED_DEFAULTS.len()
+            UNREPORTED_DEFAULTS.len() + 1
         );
         // The catalog read's digest of them too.
         for name in UNREPORTED_DEFAULTS {

@@ -920,7 +920,9 @@ pub fn limits_for(config: &Config, db: &Database) -> PoolLimits {
         max_message_len: config.max_message_len,
         keepalive: config.tcp_keepalive,
         round_robin: config.server_round_robin,
-        read_defaults: config.cache.enabled,
+        // (With replicas, for their sessions' default isolation: a replica refuses
+        // SERIALIZABLE.)
+        read_defaults: config.cache.enabled || !db.replicas.is_empty(),
     }
 }
 

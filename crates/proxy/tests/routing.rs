@@ -952,6 +952,100 @@ async fn a_client_serializable_by_default_reads_on_the_primary() {
     }
 }
 
+/// Sessions the server itself makes SERIALIZABLE by default (`ALTER ROLE … SET
+/// default_transaction_isolation`, which the replica has too, as a catalog row) read
+/// on the primary: pgopt reads each server connection's default isolation at login.
+/// Before, every read of such a user went to the replica and failed with 0A000
+/// ("cannot use serializable mode in a hot standby"). A client that sets another
+/// isolation for itself reads on the replica again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_serializable_by_the_servers_default_read_on_the_primary() {
+    let (primary, replica, proxy) = primary_and_replica(|_| {}).await;
+    primary
+        .psql(
+            "CREATE ROLE reader LOGIN; GRANT SELECT ON items TO reader; \
+             ALTER ROLE reader SET default_transaction_isolation = 'serializable'",
+        )
+        .unwrap();
+    let direct = common::client_at("127.0.0.1", replica.port(), "postgres", "postgres", None)
+        .await
+        .unwrap();
+    let replayed = "SELECT count(*) FROM pg_db_role_setting s \
+                    JOIN pg_roles r ON r.oid = s.setrole WHERE rolname = 'reader'";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while value(&direct, replayed).await != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never replayed the role"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovery = "SELECT pg_is_in_recovery()";
+    // The routing checker logs in with the newest client's login: once its
+    // connection to the replica is gone, it checks as the reader.
+    let first = connect(&proxy, "reader", None).await.unwrap();
+    assert_eq!(value(&first, recovery).await, "f");
+    value(
+        &direct,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'pgopt' AND usename = 'postgres'",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let reader = connect(&proxy, "reader", None).await.unwrap();
+        assert_eq!(value(&reader, recovery).await, "f");
+        assert_eq!(value(&reader, "SELECT count(*) FROM items").await, "0");
+        assert_eq!(
+            value(&reader, "SHOW transaction_isolation").await,
+            "serializable"
+        );
+        reader
+            .batch_execute("SET default_transaction_isolation = 'read committed'")
+            .await
+            .unwrap();
+        // (Once the replica has replayed what the primary had when the SET ran there:
+        // read-your-writes.)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while value(&reader, recovery).await != "t" {
+            assert!(
+                Instant::now() < deadline,
+                "its own isolation: still on the primary {:?}",
+                replica_rows(&proxy).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(value(&reader, "SELECT count(*) FROM items").await, "0");
+        reader
+            .batch_execute("RESET default_transaction_isolation")
+            .await
+            .unwrap();
+        assert_eq!(value(&reader, recovery).await, "f", "the role's again");
+    }
+    // Other users still read on the replica.
+    let plain = connect(&proxy, "postgres", None).await.unwrap();
+    assert_eq!(value(&plain, recovery).await, "t");
+    let rows = replica_rows(&proxy).await;
+    assert!(rows.iter().all(|r| r["state"] == "up"), "{rows:?}");
+
+    // The primary's own config (not replicated): its sessions are SERIALIZABLE, the
+    // replica's are not. A client gets the primary's transactions, as it would
+    // connecting there.
+    primary
+        .psql("CREATE ROLE third LOGIN; GRANT SELECT ON items TO third")
+        .unwrap();
+    primary
+        .psql("ALTER SYSTEM SET default_transaction_isolation = 'serializable'")
+        .unwrap();
+    primary.psql("SELECT pg_reload_conf()").unwrap();
+    let third = connect(&proxy, "third", None).await.unwrap();
+    assert_eq!(value(&third, recovery).await, "f");
+    assert_eq!(
+        value(&third, "SHOW transaction_isolation").await,
+        "serializable"
+    );
+}
+
 /// Sends `signal` (`-STOP`, `-CONT`) to `pg`'s postmaster and every process it forked.
 fn signal_all(pg: &Postgres, signal: &str) {
     let pid = pg.pid().expect("the server runs").to_string();
