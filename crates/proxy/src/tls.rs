@@ -98,22 +98,24 @@ pub fn acceptor(
 
 /// The `tls-server-end-point` channel binding data of a certificate (RFC 5929): its
 /// hash by the hash of its signature algorithm, SHA-256 for MD5 and SHA-1, as
-/// PostgreSQL and libpq compute it. `None` for a signature with no hash of its own
-/// (Ed25519, RSA-PSS) or bytes that are not a certificate: libpq could not compute it
-/// either, so SCRAM-SHA-256-PLUS must not be offered.
+/// PostgreSQL and libpq compute it (RSA-PSS by the hash its parameters name, as
+/// OpenSSL's `X509_get_signature_info` gives it). `None` for a signature with no hash
+/// of its own (Ed25519) or bytes that are not a certificate: libpq could not compute
+/// it either, so SCRAM-SHA-256-PLUS must not be offered.
 pub fn end_point(der: &[u8]) -> Option<Vec<u8>> {
     use sha2::Digest;
     // Certificate: the to-be-signed part, then the signature algorithm.
     let (cert, _) = expect(der, 0x30)?;
     let (_, rest) = expect(cert, 0x30)?;
     let (algorithm, _) = expect(rest, 0x30)?;
-    let (oid, _) = expect(algorithm, 0x06)?;
+    let (oid, params) = expect(algorithm, 0x06)?;
     let (&last, prefix) = oid.split_last()?;
     // 1.2.840.113549.1.1.n (RSA) and 1.2.840.10045.4.1 / 4.3.n (ECDSA).
     const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
     const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
     const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
     let bits = match (prefix, last) {
+        (RSA, 10) => pss_hash_bits(params)?,
         // md5WithRSAEncryption, sha1WithRSAEncryption, ecdsa-with-SHA1.
         (RSA, 4 | 5) | (ECDSA, 1) => 256,
         (RSA, 11) | (ECDSA_SHA2, 2) => 256,
@@ -177,6 +179,29 @@ pub fn common_name(der: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+/// The hash an RSASSA-PSS signature's parameters name (RFC 4055: `[0]` hashAlgorithm,
+/// SHA-1 when absent), in bits of the hash to bind with: SHA-1 binds with SHA-256.
+fn pss_hash_bits(params: &[u8]) -> Option<u32> {
+    // 2.16.840.1.101.3.4.2.n: sha256, sha384, sha512, sha224.
+    const SHA2: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02];
+    const SHA1: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1a];
+    let (params, _) = expect(params, 0x30)?;
+    let Some((hash, _)) = expect(params, 0xa0) else {
+        return Some(256);
+    };
+    let (algorithm, _) = expect(hash, 0x30)?;
+    let (oid, _) = expect(algorithm, 0x06)?;
+    let (&last, prefix) = oid.split_last()?;
+    match (prefix, last) {
+        (SHA2, 1) => Some(256),
+        (SHA2, 2) => Some(384),
+        (SHA2, 3) => Some(512),
+        (SHA2, 4) => Some(224),
+        _ if oid == SHA1 => Some(256),
+        _ => None,
+    }
 }
 
 /// One DER element of `tag` at the start of `input`: its content and what follows.
@@ -297,6 +322,8 @@ mod tests {
             ("ec:P-256", "-sha224", Some("-sha224")),
             ("rsa:2048", "-sha512", Some("-sha512")),
             ("rsa:2048", "-sha1", Some("-sha256")),
+            ("rsa-pss:2048", "-sha384", Some("-sha384")),
+            ("rsa-pss:2048", "-sha256", Some("-sha256")),
             ("ed25519", "", None),
         ] {
             let curve;
@@ -305,6 +332,11 @@ mod tests {
                 Some(("ec", name)) => {
                     curve = format!("ec_paramgen_curve:{name}");
                     args.extend(["-newkey", "ec", "-pkeyopt", &curve]);
+                }
+                // RSA-PSS signatures (`-sigopt`), the hash in their parameters.
+                Some(("rsa-pss", bits)) => {
+                    curve = format!("rsa:{bits}");
+                    args.extend(["-newkey", &curve, "-sigopt", "rsa_padding_mode:pss"]);
                 }
                 _ => args.extend(["-newkey", new_key]),
             }

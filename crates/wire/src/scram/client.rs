@@ -311,7 +311,9 @@ mod tests {
         assert!(first.starts_with("p=tls-server-end-point,,"), "{first}");
         assert_eq!(
             exchange(Some(b"cert"), Some(b"the middle's cert")),
-            Err(AuthError::WrongPassword)
+            Err(AuthError::MalformedMessage(
+                "channel binding does not match client-first"
+            ))
         );
         // No hash here: no binding, and the server that offered it takes that.
         let (mechanism, first) = exchange(Some(b"cert"), None).unwrap();
