@@ -708,14 +708,11 @@ pub async fn replay_lsn(
     max_len: u32,
     timeout: Duration,
 ) -> Result<u64, String> {
-    // (A session SERIALIZABLE by default can't run a SELECT on a replica: in a READ
-    // COMMITTED block there.)
-    let sql = if conn.serializable_default {
-        "BEGIN ISOLATION LEVEL READ COMMITTED; \
-         SELECT pg_catalog.pg_last_wal_replay_lsn(); COMMIT"
-    } else {
-        "SELECT pg_catalog.pg_last_wal_replay_lsn()"
-    };
+    // (A session SERIALIZABLE by default — by the server's default, or a SET a
+    // client left on the connection — can't run a SELECT on a replica: in a READ
+    // COMMITTED block there. The connection is idle: nothing of a client's is open.)
+    let sql = "BEGIN ISOLATION LEVEL READ COMMITTED; \
+               SELECT pg_catalog.pg_last_wal_replay_lsn(); COMMIT";
     lsn_query(conn, sql, max_len, timeout).await
 }
 
