@@ -2282,7 +2282,36 @@ impl Relay {
         if self.identity_pending && self.expected.head_is_injected_query() {
             return true;
         }
+        if self.unnamed_use_waits() {
+            return true;
+        }
         self.ryw.batch_ended && self.ryw.replica.is_some() && self.expected.server_readies() > 0
+    }
+
+    /// Transaction mode: whether the next message (a Bind or a Describe) uses the
+    /// client's unnamed statement while a Parse of it, sent over another client's in
+    /// an earlier batch, is still unanswered. It waits for the answer. Should the
+    /// server skip that Parse (an error before it in its batch), the name keeps the
+    /// client's statement from before, which is then prepared here again and runs, as
+    /// PostgreSQL runs it; sent at once, pgopt could only prepare the newer text again
+    /// (it can't let the server's unnamed statement run: it may be another client's).
+    fn unnamed_use_waits(&self) -> bool {
+        if !self.rewrite || self.expected.is_empty() {
+            return false;
+        }
+        let uses_unnamed = match self.cbuf.first() {
+            // A Bind: its portal's name, then an empty statement name.
+            Some(b'B') => {
+                self.cbuf
+                    .get(5..)
+                    .and_then(|body| memchr::memchr(0, body).and_then(|end| body.get(end + 1)))
+                    == Some(&0)
+            }
+            // A Describe of the unnamed statement.
+            Some(b'D') => self.cbuf.get(5..7) == Some(b"S\0"),
+            _ => false,
+        };
+        uses_unnamed && self.statements.unnamed_may_be_foreign()
     }
 
     /// Whether the next message is a simple query pgopt would answer itself (see
