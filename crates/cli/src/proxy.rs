@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::config::{self, ClientAuthMethod, Loaded, ServerTlsModeSetting, TlsModeSetting};
+use crate::config::{
+    self, ChannelBindingSetting, ClientAuthMethod, Loaded, ServerTlsModeSetting, TlsModeSetting,
+};
 use crate::upstream;
 
 /// Flags override the `[proxy]` section of the config.
@@ -492,6 +494,7 @@ fn build_unchecked(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgo
             cert_file: file(&config.tls_cert_file),
             key_file: file(&config.tls_key_file),
             ca_file: file(&config.tls_ca_file),
+            channel_binding: config.tls_channel_binding,
         },
         server_tls: pgopt_proxy::ServerTls {
             mode: match config.server_tls_mode {
@@ -504,6 +507,11 @@ fn build_unchecked(root: &config::Config, args: ProxyArgs) -> anyhow::Result<pgo
             ca_file: file(&config.server_tls_ca_file),
             cert_file: file(&config.server_tls_cert_file),
             key_file: file(&config.server_tls_key_file),
+            channel_binding: match config.server_channel_binding {
+                ChannelBindingSetting::Disable => pgopt_proxy::ChannelBinding::Disable,
+                ChannelBindingSetting::Prefer => pgopt_proxy::ChannelBinding::Prefer,
+                ChannelBindingSetting::Require => pgopt_proxy::ChannelBinding::Require,
+            },
         },
         client_auth,
         hba,

@@ -521,7 +521,7 @@ pub enum TlsMode {
 }
 
 /// TLS to clients: the mode and the PEM files of the certificate chain and key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientTls {
     pub mode: TlsMode,
     pub cert_file: Option<std::path::PathBuf>,
@@ -530,6 +530,38 @@ pub struct ClientTls {
     /// `client_tls_ca_file`): TLS clients are asked for one, one that does not verify
     /// fails the handshake, and none is allowed (only the `cert` method needs one).
     pub ca_file: Option<std::path::PathBuf>,
+    /// SCRAM over TLS offers SCRAM-SHA-256-PLUS (channel binding) first, as
+    /// PostgreSQL does (the default). Off, only SCRAM-SHA-256 is offered, as PgBouncer
+    /// offers it: for clients whose binding is computed wrongly for pgopt's
+    /// certificate.
+    pub channel_binding: bool,
+}
+
+impl Default for ClientTls {
+    fn default() -> Self {
+        ClientTls {
+            mode: TlsMode::default(),
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            channel_binding: true,
+        }
+    }
+}
+
+/// Whether pgopt's SCRAM login to a server binds to the TLS channel (libpq's
+/// `channel_binding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelBinding {
+    /// Never: SCRAM-SHA-256 with `n`, as before pgopt bound (for a relay that ends
+    /// TLS and passes the server's SCRAM-SHA-256-PLUS offer through).
+    Disable,
+    /// When the server offers it over TLS (and the certificate names a hash).
+    #[default]
+    Prefer,
+    /// Always: a server that asks for anything but SCRAM-SHA-256-PLUS over TLS, or
+    /// lets pgopt in without it, is refused.
+    Require,
 }
 
 /// Whether pgopt uses TLS to servers, and what it checks: libpq's `sslmode` values,
@@ -557,6 +589,8 @@ pub struct ServerTls {
     /// (PgBouncer's `server_tls_cert_file` and `server_tls_key_file`).
     pub cert_file: Option<std::path::PathBuf>,
     pub key_file: Option<std::path::PathBuf>,
+    /// SCRAM bound to the TLS channel (libpq's `channel_binding`).
+    pub channel_binding: ChannelBinding,
 }
 
 /// The name of the virtual database that serves the admin console.

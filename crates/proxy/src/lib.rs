@@ -53,9 +53,9 @@ use tokio::task::JoinHandle;
 pub use auth_query::DEFAULT_AUTH_QUERY;
 pub use cache::CacheSettings;
 pub use config::{
-    ClientAuth, ClientTls, Config, Database, DatabasePool, Keepalive, MoreHosts, PoolMode,
-    ReadYourWrites, Replica, Routing, ServerTls, ServerTlsMode, TlsMode, User, ADMIN_DATABASE,
-    FALLBACK_DATABASE,
+    ChannelBinding, ClientAuth, ClientTls, Config, Database, DatabasePool, Keepalive, MoreHosts,
+    PoolMode, ReadYourWrites, Replica, Routing, ServerTls, ServerTlsMode, TlsMode, User,
+    ADMIN_DATABASE, FALLBACK_DATABASE,
 };
 pub use error::ProxyError;
 pub use observe::InsightSettings;

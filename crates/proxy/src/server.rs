@@ -10,10 +10,12 @@ use pgopt_wire::backend::BackendMessage;
 use pgopt_wire::frontend::{PasswordMessage, Query, SaslInitialResponse, SaslResponse};
 use pgopt_wire::scram::{ScramClient, ScramKeys};
 use pgopt_wire::startup::{CancelRequest, ProtocolVersion, StartupMessage};
-use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRAM_SHA_256};
+use pgopt_wire::{
+    md5, split_frame, Authentication, List, TransactionStatus, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{host_port, Keepalive, MoreHosts};
+use crate::config::{host_port, ChannelBinding, Keepalive, MoreHosts};
 use crate::net::{Endpoint, PgStream};
 use crate::server_tls::ServerTlsConnector;
 use crate::session_state::Applied;
@@ -452,6 +454,21 @@ impl ServerConn {
 
         let mut buf = BytesMut::with_capacity(4096);
         let mut scram: Option<ScramClient> = None;
+        // libpq's `channel_binding`; with `require`, whether the SCRAM exchange under
+        // way is bound.
+        let binding = target
+            .tls
+            .as_ref()
+            .map_or(ChannelBinding::Prefer, ServerTlsConnector::channel_binding);
+        let mut bound = false;
+        let unbound = |what: &str| {
+            ProxyError::Server {
+            server: server(),
+            message: format!(
+                "{what}, and proxy.server_channel_binding is \"require\" (SCRAM-SHA-256-PLUS over TLS)"
+            ),
+        }
+        };
         let mut server_params = Vec::new();
         let mut cancel_key = None;
         loop {
@@ -492,8 +509,21 @@ impl ServerConn {
                             target.user
                         ),
                     };
+                    let require = binding == ChannelBinding::Require;
                     match auth {
+                        Authentication::Ok
+                            if require
+                                && !(bound
+                                    && scram.as_ref().is_some_and(ScramClient::is_complete)) =>
+                        {
+                            return Err(unbound("let pgopt in without SCRAM channel binding"));
+                        }
                         Authentication::Ok => {}
+                        Authentication::CleartextPassword | Authentication::Md5Password { .. }
+                            if require =>
+                        {
+                            return Err(unbound("asks for a password rather than SCRAM"));
+                        }
                         Authentication::CleartextPassword => {
                             let password = target
                                 .password
@@ -525,7 +555,19 @@ impl ServerConn {
                                 (None, None) => return Err(missing("a SCRAM-SHA-256 password")),
                             };
                             let offered: Vec<&str> = mechanisms.iter().collect();
-                            let mechanism = client.binding(&offered, stream.peer_end_point());
+                            let end_point = match binding {
+                                ChannelBinding::Disable => None,
+                                _ => stream.peer_end_point(),
+                            };
+                            let mechanism = client.binding(&offered, end_point);
+                            bound = mechanism == SCRAM_SHA_256_PLUS;
+                            if require && !bound {
+                                return Err(unbound(if stream.is_tls() {
+                                    "offers no SCRAM-SHA-256-PLUS (or its certificate names no hash to bind with)"
+                                } else {
+                                    "is reached without TLS"
+                                }));
+                            }
                             let first = client.client_first();
                             SaslInitialResponse {
                                 mechanism,

@@ -59,6 +59,12 @@ impl ServerTlsConnector {
             ));
         }
         if settings.mode == ServerTlsMode::Disable {
+            if settings.channel_binding == crate::config::ChannelBinding::Require {
+                return Err(tls(
+                    "server_channel_binding \"require\" needs TLS to servers: server_tls_mode is disable"
+                        .into(),
+                ));
+            }
             if settings.cert_file.is_some() {
                 tracing::warn!("server_tls_cert_file is not used: server_tls_mode is disable");
             }
@@ -120,6 +126,11 @@ impl ServerTlsConnector {
             material,
             connector: TlsConnector::from(Arc::new(config)),
         }))
+    }
+
+    /// Whether SCRAM logins bind to the TLS channel (libpq's `channel_binding`).
+    pub fn channel_binding(&self) -> crate::config::ChannelBinding {
+        self.settings.channel_binding
     }
 
     /// Asks the server for TLS on a fresh connection and runs the handshake; a server

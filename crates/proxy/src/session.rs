@@ -326,7 +326,11 @@ async fn session(
             let ident = config.ident.as_deref().unwrap_or(&crate::ident::NO_MAPS);
             (ident, map)
         }),
-        end_point: startup.end_point.as_deref(),
+        // (Not offered when turned off: `client_tls.channel_binding`.)
+        end_point: startup
+            .end_point
+            .as_deref()
+            .filter(|_| config.client_tls.channel_binding),
     };
     let users = shared.users();
     let creds = users.get(user.as_str());

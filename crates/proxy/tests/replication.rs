@@ -506,6 +506,7 @@ async fn a_base_backup_streams_over_tls_on_both_sides() {
             cert_file: Some(cert.clone()),
             key_file: Some(key.clone()),
             ca_file: None,
+            ..Default::default()
         };
         c.server_tls = pgopt_proxy::ServerTls {
             mode: pgopt_proxy::ServerTlsMode::Require,

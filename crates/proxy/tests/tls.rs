@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{certificate, config_for, run, temp_dir};
 use pgopt_embedded::Postgres;
-use pgopt_proxy::{ClientTls, PoolMode, Proxy, ServerTls, ServerTlsMode, TlsMode};
+use pgopt_proxy::{ChannelBinding, ClientTls, PoolMode, Proxy, ServerTls, ServerTlsMode, TlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn start(pg: &Postgres, mode: TlsMode, dir: &std::path::Path) -> Proxy {
@@ -23,6 +23,7 @@ async fn start(pg: &Postgres, mode: TlsMode, dir: &std::path::Path) -> Proxy {
         cert_file: Some(cert),
         key_file: Some(key),
         ca_file: None,
+        ..Default::default()
     };
     config.unix_socket_dir = Some(dir.to_str().unwrap().to_string());
     config.admin_users = vec!["postgres".into()];
@@ -154,6 +155,7 @@ async fn a_missing_certificate_is_a_clear_start_error() {
         cert_file: Some("/nonexistent/server.crt".into()),
         key_file: Some("/nonexistent/server.key".into()),
         ca_file: None,
+        ..Default::default()
     };
     let err = Proxy::start(config).await.err().unwrap().to_string();
     assert!(err.contains("/nonexistent/server.crt"), "{err}");
@@ -586,6 +588,7 @@ async fn cert_rules_take_a_client_certificate_named_for_the_user() {
         cert_file: Some(cert),
         key_file: Some(key),
         ca_file: Some(ca),
+        ..Default::default()
     };
     let rules = "hostssl app alice,bob 127.0.0.1/32 cert\nhost all all all reject\n";
     config.hba = Some(Arc::new(pgopt_proxy::hba::Hba::parse(rules).unwrap()));
@@ -684,6 +687,7 @@ async fn clientcert_options_ask_a_password_login_for_a_certificate_too() {
         cert_file: Some(cert),
         key_file: Some(key),
         ca_file: Some(ca),
+        ..Default::default()
     };
     let rules = "hostssl app,pgopt alice 127.0.0.1/32 md5 clientcert=verify-full\n\
                  hostssl app bob 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n\
@@ -791,6 +795,7 @@ async fn a_server_that_asks_for_a_certificate_gets_pgopts_own() {
             ca_file: Some(ca.clone()),
             cert_file: cert_file.cloned(),
             key_file: key_file.cloned(),
+            ..ServerTls::default()
         };
         config
     };
@@ -928,6 +933,7 @@ async fn scram_over_tls_binds_to_the_channel() {
             cert_file: Some(cert),
             key_file: Some(key),
             ca_file: None,
+            ..Default::default()
         };
         config
     };
@@ -958,6 +964,21 @@ async fn scram_over_tls_binds_to_the_channel() {
     assert_eq!(out.unwrap(), "42");
 
     reload_with(ed25519);
+    let e = psql_with(&pg, &proxy, &login("alice-secret", "require"), sql)
+        .await
+        .unwrap_err();
+    assert!(e.contains("channel binding"), "{e}");
+    let out = psql_with(&pg, &proxy, &login("alice-secret", "prefer"), sql).await;
+    assert_eq!(out.unwrap(), "42");
+
+    // Turned off (`tls_channel_binding = false`): SCRAM-SHA-256 alone, as PgBouncer.
+    let mut config = with(certificate(
+        "again",
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    ));
+    config.client_tls.channel_binding = false;
+    proxy.handle().set_reloader(move || Ok(config.clone()));
+    proxy.handle().reload().unwrap();
     let e = psql_with(&pg, &proxy, &login("alice-secret", "require"), sql)
         .await
         .unwrap_err();
@@ -1097,15 +1118,45 @@ async fn scram_to_servers_over_tls_binds_to_the_channel() {
     let middle_dir = temp_dir("middle");
     let (middle_cert, middle_key) = certificate(&middle_dir);
     let middle = man_in_the_middle(pg.port(), middle_cert, middle_key).await;
+    let through = |binding| {
+        let mut config = config_for(&pg, PoolMode::Transaction, 2);
+        config.databases[0].port = middle;
+        config.server_tls = ServerTls {
+            channel_binding: binding,
+            ..require.clone()
+        };
+        Proxy::start(config)
+    };
+    let message = |err: tokio_postgres::Error| {
+        err.as_db_error()
+            .map_or(err.to_string(), |e| e.message().to_string())
+    };
+    let proxy = through(ChannelBinding::Prefer).await.unwrap();
+    let e = message(server_ssl(&proxy).await.unwrap_err());
+    assert!(e.contains("channel binding"), "{e}");
+    // `server_channel_binding = "disable"`: for a relay that ends TLS on purpose.
+    let proxy = through(ChannelBinding::Disable).await.unwrap();
+    assert!(server_ssl(&proxy).await.unwrap());
+
+    // `require`: bound straight to the server; refused by a server that lets pgopt in
+    // without binding (trust here), and with no TLS to servers at all.
+    let bound = ServerTls {
+        channel_binding: ChannelBinding::Require,
+        ..require.clone()
+    };
+    let proxy = proxy_to(&pg, "127.0.0.1", bound.clone()).await;
+    assert!(server_ssl(&proxy).await.unwrap());
+    let trusting = Postgres::builder().tls(&cert, &key).start().await.unwrap();
+    let proxy = proxy_to(&trusting, "127.0.0.1", bound.clone()).await;
+    let e = message(server_ssl(&proxy).await.unwrap_err());
+    assert!(e.contains("without SCRAM channel binding"), "{e}");
     let mut config = config_for(&pg, PoolMode::Transaction, 2);
-    config.databases[0].port = middle;
-    config.server_tls = require;
-    let proxy = Proxy::start(config).await.unwrap();
-    let err = server_ssl(&proxy).await.unwrap_err();
-    let message = err
-        .as_db_error()
-        .map_or(err.to_string(), |e| e.message().to_string());
-    assert!(message.contains("channel binding"), "{message}");
+    config.server_tls = ServerTls {
+        mode: ServerTlsMode::Disable,
+        ..bound
+    };
+    let e = Proxy::start(config).await.err().unwrap().to_string();
+    assert!(e.contains("server_channel_binding"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(middle_dir);
 }

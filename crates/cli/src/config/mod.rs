@@ -16,8 +16,8 @@ pub use bounded::{Bounded, Scale};
 pub use cache::CacheSection;
 pub use duration::{HumanDuration, KeepaliveSeconds};
 pub use proxy::{
-    ClientAuthMethod, LoadBalanceHosts, ProxyConfig, ServerTlsModeSetting, TargetSessionAttrs,
-    TlsModeSetting,
+    ChannelBindingSetting, ClientAuthMethod, LoadBalanceHosts, ProxyConfig, ServerTlsModeSetting,
+    TargetSessionAttrs, TlsModeSetting,
 };
 pub use routing::{proxy_replicas, RoutingSection};
 

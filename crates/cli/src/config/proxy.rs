@@ -55,6 +55,17 @@ pub enum ServerTlsModeSetting {
     VerifyFull,
 }
 
+/// Whether pgopt's SCRAM login to servers binds to the TLS channel: libpq's
+/// `channel_binding` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBindingSetting {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+}
+
 /// Which of a database's several hosts a new server connection tries first
 /// (PgBouncer's `load_balance_hosts`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -284,6 +295,9 @@ pub struct ProxyConfig {
     /// PEM file of the CAs whose client certificates are accepted (asked of every TLS
     /// client; the `cert` method needs one); "" asks for none.
     pub tls_ca_file: String,
+    /// SCRAM over TLS offers SCRAM-SHA-256-PLUS (channel binding) first, as
+    /// PostgreSQL does; false offers SCRAM-SHA-256 alone, as PgBouncer does.
+    pub tls_channel_binding: bool,
     /// TLS to servers: disable | prefer | require | verify-ca | verify-full.
     pub server_tls_mode: ServerTlsModeSetting,
     /// PEM file of the CA certificates trusted for servers; "" is none.
@@ -292,6 +306,9 @@ pub struct ProxyConfig {
     /// client certificate; "" presents none.
     pub server_tls_cert_file: String,
     pub server_tls_key_file: String,
+    /// pgopt's SCRAM login to servers over TLS: disable | prefer (bound when the
+    /// server offers SCRAM-SHA-256-PLUS) | require (libpq's `channel_binding`).
+    pub server_channel_binding: ChannelBindingSetting,
     /// trust | md5 | scram-sha-256 | cert | hba
     pub auth: ClientAuthMethod,
     /// With `auth = "hba"`: a file of `pg_hba.conf` rules (local, host, hostssl,
@@ -365,10 +382,12 @@ impl Default for ProxyConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             tls_ca_file: String::new(),
+            tls_channel_binding: true,
             server_tls_mode: ServerTlsModeSetting::Prefer,
             server_tls_ca_file: String::new(),
             server_tls_cert_file: String::new(),
             server_tls_key_file: String::new(),
+            server_channel_binding: ChannelBindingSetting::Prefer,
             auth: ClientAuthMethod::Trust,
             auth_hba_file: String::new(),
             auth_ident_file: String::new(),
