@@ -320,6 +320,30 @@ fn mock_key() -> Result<&'static [u8], ProxyError> {
     Ok(KEY.get_or_init(|| key))
 }
 
+/// A SCRAM exchange that failed with `e`: a wrong password (or an unknown user) is
+/// the caller's to report (28P01, `None`); a message out of SCRAM's grammar or a
+/// channel binding that does not check out is told the client here, as PostgreSQL
+/// tells it (08P01), and the login ends.
+async fn scram_refused(
+    stream: &mut ClientStream,
+    user: &str,
+    e: pgopt_wire::AuthError,
+) -> Result<Option<ScramKeys>, ProxyError> {
+    use pgopt_wire::AuthError;
+    let message = match e {
+        AuthError::WrongPassword | AuthError::NonceMismatch => return Ok(None),
+        AuthError::MalformedMessage("channel binding does not match client-first") => {
+            "SCRAM channel binding check failed".to_string()
+        }
+        AuthError::ChannelBindingNotSupported => "unsupported SCRAM channel-binding type".into(),
+        // ("malformed SCRAM message: …", as PostgreSQL's with its detail.)
+        other => other.to_string(),
+    };
+    tracing::info!(user, "SCRAM: {message}");
+    send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, &message).await;
+    Err(ProxyError::Protocol(message))
+}
+
 async fn scram_exchange(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
@@ -357,10 +381,7 @@ async fn scram_exchange(
     let data = initial.data.unwrap_or_default();
     let server_first = match server.handle_sasl_initial(initial.mechanism, data) {
         Ok(first) => first,
-        Err(e) => {
-            tracing::info!(user, "SCRAM: {e}");
-            return Ok(None);
-        }
+        Err(e) => return scram_refused(stream, user, e).await,
     };
     out.clear();
     Authentication::SaslContinue {
@@ -373,8 +394,9 @@ async fn scram_exchange(
     let Ok(FrontendMessage::AuthResponse(r)) = frame.frontend() else {
         return Ok(None);
     };
-    let Ok(server_final) = server.handle_client_final(r.sasl().data) else {
-        return Ok(None);
+    let server_final = match server.handle_client_final(r.sasl().data) {
+        Ok(last) => last,
+        Err(e) => return scram_refused(stream, user, e).await,
     };
     out.clear();
     Authentication::SaslFinal {

@@ -560,3 +560,62 @@ async fn non_ascii_plaintext_passwords_are_prepared_as_postgresql_prepares_them(
     }
     refused(&proxy, "ivan", "cafex").await;
 }
+
+/// A SCRAM message out of the exchange's rules is refused as PostgreSQL refuses it,
+/// with 08P01 and what was wrong, not as a wrong password (28P01): choosing
+/// SCRAM-SHA-256-PLUS where it was not offered (no TLS), or saying it binds while
+/// choosing SCRAM-SHA-256. A well-formed exchange with a wrong proof is still 28P01.
+#[tokio::test]
+async fn scram_messages_out_of_order_are_protocol_violations() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config_with_only(
+        &pg,
+        ClientAuth::ScramSha256,
+        "secret".into(),
+    ))
+    .await
+    .unwrap();
+    let body = "\0\x03\0\0user\0postgres\0database\0app\0\0";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body.as_bytes());
+    for (mechanism, first, said) in [
+        (
+            "SCRAM-SHA-256-PLUS",
+            "p=tls-server-end-point,,n=,r=abcdefgh",
+            "a SASL mechanism that was not offered",
+        ),
+        (
+            "SCRAM-SHA-256",
+            "p=tls-server-end-point,,n=,r=abcdefgh",
+            "without channel binding",
+        ),
+        (
+            "SCRAM-SHA-256",
+            "x,,n=,r=abcdefgh",
+            "malformed SCRAM message",
+        ),
+    ] {
+        let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+            .await
+            .unwrap();
+        raw.write_all(&startup).await.unwrap();
+        common::read_until(&mut raw, b'R').await;
+        let mut body = format!("{mechanism}\0").into_bytes();
+        body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+        body.extend_from_slice(first.as_bytes());
+        raw.write_all(&common::message(b'p', &body)).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))
+            .await
+            .expect("the login ends")
+            .unwrap();
+        let text = String::from_utf8_lossy(&rest);
+        assert!(text.contains("C08P01"), "{mechanism} {first}: {text}");
+        assert!(text.contains(said), "{mechanism} {first}: {text}");
+    }
+    let e = connect(&proxy, "postgres", Some("wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("28P01"), "{e}");
+}
