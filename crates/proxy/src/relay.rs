@@ -2296,7 +2296,8 @@ impl Relay {
     /// PostgreSQL runs it; sent at once, pgopt could only prepare the newer text again
     /// (it can't let the server's unnamed statement run: it may be another client's).
     fn unnamed_use_waits(&self) -> bool {
-        if !self.rewrite || self.expected.is_empty() {
+        // (Not while skipping to the Sync after a refusal: the message is dropped.)
+        if !self.rewrite || self.skipping || self.expected.is_empty() {
             return false;
         }
         let uses_unnamed = match self.cbuf.first() {
