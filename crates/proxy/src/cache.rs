@@ -2116,7 +2116,8 @@ impl PendingWrites {
             self.note_unknown();
             return;
         };
-        if a.read_only {
+        // (An index made or dropped, CLUSTER, COMMENT…: no query's result changes.)
+        if a.read_only || a.maintenance {
             return;
         }
         // DDL, or something that may run it (DO, CALL…): the catalog is read again.

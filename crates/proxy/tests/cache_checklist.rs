@@ -2652,11 +2652,15 @@ async fn star_as_postgresql_gives_it(
     }
 }
 
-/// #35: ALTER TABLE DROP COLUMN, RENAME COLUMN, ALTER COLUMN TYPE (with new values),
-/// SET DEFAULT, and CREATE INDEX, through pgopt and then made directly on PostgreSQL
-/// with `cache.ddl_listener`: each `SELECT * FROM t` read through pgopt after it —
-/// its entry from before the change cached — has PostgreSQL's RowDescription and
-/// rows in the new shape, byte for byte, in the simple and the extended protocol.
+/// #35: ALTER TABLE DROP COLUMN, RENAME COLUMN, ALTER COLUMN TYPE (with new values)
+/// and SET DEFAULT, through pgopt and then made directly on PostgreSQL with
+/// `cache.ddl_listener`: each `SELECT * FROM t` read through pgopt after it — its
+/// entry from before the change cached — has PostgreSQL's RowDescription and rows in
+/// the new shape, byte for byte, in the simple and the extended protocol.
+///
+/// #35 and #41's (S) part: what changes no result — CREATE, ALTER, REINDEX and DROP
+/// INDEX, CLUSTER, COMMENT, extended statistics — ends nothing, through pgopt or
+/// made directly (the listener is not told). Before, each ended every entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_select_star_has_the_shape_an_alter_table_gave() {
     let (pg, proxy, behind) = setup(SHAPED, &["t"]).await;
@@ -2671,11 +2675,24 @@ async fn a_cached_select_star_has_the_shape_an_alter_table_gave() {
         "ALTER TABLE t RENAME COLUMN a TO renamed",
         "ALTER TABLE t ALTER COLUMN b TYPE text USING (b * 2)::text",
         "ALTER TABLE t ALTER COLUMN renamed SET DEFAULT 'dflt'",
-        "CREATE INDEX t_b ON t (b)",
     ];
     for ddl in changes {
         run(&client, ddl).await;
         star_as_postgresql_gives_it(&proxy, &mut direct, &mut through, ddl).await;
+    }
+    let read = "SELECT id FROM t ORDER BY id";
+    let ids = rows(&client, read).await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    cached(&proxy, &client, read, &ids).await;
+    for maintenance in NO_RESULT_CHANGES {
+        run(&client, maintenance).await;
+        let before = hits(&proxy).await;
+        assert_eq!(rows(&client, read).await, strings(&ids), "{maintenance}");
+        assert_eq!(
+            hits(&proxy).await,
+            before + 1,
+            "{maintenance}: the entry ended"
+        );
     }
     // The default is PostgreSQL's for a row written after it.
     run(&client, "INSERT INTO t (id, b) VALUES (3, '60')").await;
@@ -2709,7 +2726,44 @@ async fn a_cached_select_star_has_the_shape_an_alter_table_gave() {
         let what = format!("{ddl}, made directly");
         star_as_postgresql_gives_it(&proxy, &mut direct, &mut through, &what).await;
     }
+    // Made directly, they notify nothing: the next notification heard is the ALTER's
+    // after them (notifications come in commit order), and the entry lives until it.
+    rows(&client, read).await;
+    cached(&proxy, &client, read, &ids).await;
+    for maintenance in NO_RESULT_CHANGES {
+        behind.batch_execute(maintenance).await.unwrap();
+    }
+    let before = hits(&proxy).await;
+    assert_eq!(rows(&client, read).await, strings(&ids));
+    behind
+        .batch_execute("ALTER TABLE t ADD COLUMN z int")
+        .await
+        .unwrap();
+    let row = common::wait_for_cache(&proxy, "hearing the ALTER", |r| {
+        common::counter(r, "ddl_changes") > heard
+    })
+    .await;
+    assert_eq!(
+        common::counter(&row, "ddl_changes"),
+        heard + 1,
+        "only the ALTER was heard"
+    );
+    assert!(hits(&proxy).await > before, "served until the ALTER");
 }
+
+/// Statements that change no row and no query's result (#35, #41): run on `t` of
+/// [`SHAPED`] after the ALTERs above, each ends no cached entry.
+const NO_RESULT_CHANGES: [&str; 9] = [
+    "CREATE INDEX t_b ON t (b)",
+    "CREATE UNIQUE INDEX CONCURRENTLY t_id ON t (id)",
+    "ALTER INDEX t_b RENAME TO t_b2",
+    "REINDEX TABLE t",
+    "CLUSTER t USING t_id",
+    "COMMENT ON TABLE t IS 'maintained'",
+    "CREATE STATISTICS t_stats ON id, b FROM t",
+    "DROP STATISTICS t_stats",
+    "DROP INDEX t_b2",
+];
 
 /// #39: DROP SCHEMA … CASCADE through pgopt (and made directly, heard by the schema
 /// change listener) of a schema whose table was cached, by its qualified name and

@@ -130,6 +130,12 @@ pub struct Analysis {
     /// Calls a function that is not a known built-in (declared read-only or not):
     /// what it reads is unknown.
     pub user_functions: bool,
+    /// Every statement changes what the tables hold and what queries return in no way
+    /// (a result cache needs to end nothing for it): CREATE, ALTER, DROP and REINDEX of
+    /// indexes, CLUSTER, COMMENT, extended statistics — and calls no user function (an
+    /// index expression's runs at the build). Still not read-only: it goes to the
+    /// primary.
+    pub maintenance: bool,
     /// Safe to run on a replica: only SELECT/VALUES/SHOW/EXPLAIN without
     /// ANALYZE, no row locks, no writable CTE, no side-effecting or unknown
     /// user function.
@@ -295,6 +301,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
     let mut walker = Walker::new(config);
     let mut kinds = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut read_only = !parsed.protobuf.stmts.is_empty();
+    let mut maintenance = read_only;
     let mut unknown_writes = false;
     let mut executes = None;
     let mut begins_read_only = parsed
@@ -329,6 +336,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
             || (!stmt_read_only && !names_a_write && !writes_no_data(node));
         kinds.push(kind);
         read_only &= stmt_read_only;
+        maintenance &= changes_no_result(node);
         // After the read-only BEGIN: reads, or the block's end (a COMMIT and then a
         // write, or a new read-write block, is not a read-only text).
         if i > 0 && !stmt_read_only && !continues_or_ends_block(node) {
@@ -338,6 +346,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
     let hints = parse_hints(sql);
     let kinds_len = kinds.len();
     let user_function = walker.user_function;
+    let maintenance = maintenance && !user_function && !walker.unsafe_function;
     let Walker {
         read,
         written,
@@ -365,6 +374,7 @@ fn analyze_inner(sql: &str, config: &AnalysisConfig) -> Result<Analysis, SqlErro
         functions: functions.into_iter().collect(),
         unknown_writes,
         user_functions: user_function,
+        maintenance,
         read_only,
         volatile,
         datetime_casts: datetime_casts.into_iter().collect(),
@@ -473,6 +483,32 @@ fn truncates_cascade(node: &NodeEnum) -> bool {
 /// Statements that are not read-only yet change no table data: transaction control,
 /// settings, locking reads, cursors, LISTEN/NOTIFY, prepared-statement bookkeeping,
 /// VACUUM, LOCK, EXPLAIN.
+/// A statement that changes no row and no query's result (see
+/// [`Analysis::maintenance`]): index maintenance, CLUSTER, COMMENT, extended
+/// statistics.
+fn changes_no_result(node: &NodeEnum) -> bool {
+    match node {
+        NodeEnum::IndexStmt(_)
+        | NodeEnum::ReindexStmt(_)
+        | NodeEnum::ClusterStmt(_)
+        | NodeEnum::CommentStmt(_)
+        | NodeEnum::CreateStatsStmt(_)
+        | NodeEnum::AlterStatsStmt(_) => true,
+        NodeEnum::DropStmt(drop) => matches!(
+            ObjectType::try_from(drop.remove_type),
+            Ok(ObjectType::ObjectIndex | ObjectType::ObjectStatisticExt)
+        ),
+        // ALTER INDEX … (RENAME, SET TABLESPACE, ATTACH PARTITION, SET (…)).
+        NodeEnum::AlterTableStmt(alter) => {
+            ObjectType::try_from(alter.objtype) == Ok(ObjectType::ObjectIndex)
+        }
+        NodeEnum::RenameStmt(rename) => {
+            ObjectType::try_from(rename.rename_type) == Ok(ObjectType::ObjectIndex)
+        }
+        _ => false,
+    }
+}
+
 fn writes_no_data(node: &NodeEnum) -> bool {
     use pg_query::protobuf::TransactionStmtKind as T;
     if let NodeEnum::TransactionStmt(t) = node {
@@ -1540,6 +1576,43 @@ fn collapse_param_lists(normalized: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Index maintenance, CLUSTER, COMMENT and extended statistics change no result;
+    /// anything else beside them, or an index expression calling a user function
+    /// (run at the build), does.
+    #[test]
+    fn maintenance_is_what_changes_no_result() {
+        let maintenance = |sql: &str| analyze(sql).unwrap().maintenance;
+        for sql in [
+            "CREATE INDEX t_b ON t (b)",
+            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_x ON s.t (lower(b))",
+            "DROP INDEX t_b",
+            "DROP INDEX CONCURRENTLY IF EXISTS s.t_b",
+            "ALTER INDEX t_b RENAME TO t_c",
+            "ALTER INDEX t_b SET (fillfactor = 70)",
+            "REINDEX TABLE t",
+            "CLUSTER t USING t_b",
+            "COMMENT ON TABLE t IS 'x'",
+            "CREATE STATISTICS st ON a, b FROM t",
+            "DROP STATISTICS st",
+            "CREATE INDEX a ON t (b); COMMENT ON INDEX a IS 'y'",
+        ] {
+            assert!(maintenance(sql), "{sql}");
+            assert!(!analyze(sql).unwrap().read_only, "{sql}: the primary's");
+        }
+        for sql in [
+            "CREATE INDEX t_f ON t (my_function(b))",
+            "CREATE INDEX a ON t (b); INSERT INTO t VALUES (1)",
+            "ALTER TABLE t ADD COLUMN z int",
+            "ALTER TABLE t RENAME TO u",
+            "DROP TABLE t",
+            "TRUNCATE t",
+            "SELECT 1",
+            "CREATE TABLE u (id int)",
+        ] {
+            assert!(!maintenance(sql), "{sql}");
+        }
+    }
 
     #[test]
     fn set_config_names_are_read_from_string_literals() {
