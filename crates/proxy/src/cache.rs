@@ -2116,7 +2116,7 @@ impl PendingWrites {
             self.note_unknown();
             return;
         };
-        // (An index made or dropped, CLUSTER, COMMENT…: no query's result changes.)
+        // (An index made or dropped, CLUSTER…: no query's result changes.)
         if a.read_only || a.maintenance {
             return;
         }

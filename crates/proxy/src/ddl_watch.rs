@@ -5,7 +5,7 @@
 //! read (`DEPS_MAX_AGE`), and entries it changed lived on until their TTL. With the
 //! listener, an event trigger on each listed database calls `pg_notify('pgopt_ddl')`
 //! at the end of every DDL command (but those on temporary objects, and those that
-//! change no result: indexes, extended statistics, COMMENT, REINDEX), and a connection
+//! change no result: indexes, extended statistics, REINDEX), and a connection
 //! of pgopt's LISTENs on that channel: each notification flushes the cache (every
 //! database's: entries are not told apart by database; L2 too) and has the
 //! dependencies read again before anything more is cached.
@@ -61,7 +61,7 @@ BEGIN \
           END IF; \
         ELSIF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
             WHERE (schema_name IS NULL OR schema_name NOT LIKE 'pg\\_temp%') \
-            AND command_tag NOT IN ('COMMENT', 'REINDEX') \
+            AND command_tag <> 'REINDEX' \
             AND object_type NOT IN ('index', 'statistics object')) THEN \
           PERFORM pg_notify('pgopt_ddl', ''); \
         END IF; \

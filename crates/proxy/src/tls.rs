@@ -233,33 +233,10 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 mod tests {
     use super::*;
 
-    /// The common name of a certificate openssl made; no panic on any prefix of it or
-    /// on bytes that are not a certificate.
-    #[test]
-    fn the_common_name_is_read_and_bad_bytes_are_none() {
-        let dir = std::env::temp_dir().join(format!("pgopt-cn-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (key, pem) = (dir.join("k.pem"), dir.join("c.pem"));
+    /// Runs openssl with `args`; its standard output.
+    fn openssl(args: &[&str]) -> String {
         let out = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args([
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/O=pgopt/CN=alice smith/OU=x",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&pem)
+            .args(args)
             .output()
             .unwrap();
         assert!(
@@ -267,6 +244,33 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The common name of a certificate openssl made; no panic on any prefix of it or
+    /// on bytes that are not a certificate.
+    #[test]
+    fn the_common_name_is_read_and_bad_bytes_are_none() {
+        let dir = std::env::temp_dir().join(format!("pgopt-cn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key, pem) = (dir.join("k.pem"), dir.join("c.pem"));
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/O=pgopt/CN=alice smith/OU=x",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            pem.to_str().unwrap(),
+        ]);
         let der = CertificateDer::pem_file_iter(&pem)
             .unwrap()
             .next()
@@ -304,18 +308,6 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pgopt-ep-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (key, pem) = (dir.join("k.pem"), dir.join("c.pem"));
-        let openssl = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
         for (new_key, sign_with, hash) in [
             ("ec:P-256", "-sha256", Some("-sha256")),
             ("ec:P-384", "-sha384", Some("-sha384")),

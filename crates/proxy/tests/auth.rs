@@ -474,19 +474,7 @@ async fn an_empty_password_logs_no_one_in_and_auth_query_still_answers() {
 async fn logins_hold_little_for_a_stranger_and_tell_no_names_apart() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(config_with_only(
-        &pg,
-        ClientAuth::ScramSha256,
-        "secret".into(),
-    ))
-    .await
-    .unwrap();
-    let startup = |user: &str| {
-        let body = format!("\0\x03\0\0user\0{user}\0database\0app\0\0");
-        let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        m.extend_from_slice(body.as_bytes());
-        m
-    };
+    let proxy = scram_proxy(&pg).await;
     // A password message that says it is nearly a GiB long: refused at its header.
     let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
         .await
@@ -561,6 +549,20 @@ async fn non_ascii_plaintext_passwords_are_prepared_as_postgresql_prepares_them(
     refused(&proxy, "ivan", "cafex").await;
 }
 
+/// A proxy whose clients log in with SCRAM only, as `postgres` with password `secret`.
+async fn scram_proxy(pg: &Postgres) -> Proxy {
+    let config = config_with_only(pg, ClientAuth::ScramSha256, "secret".into());
+    Proxy::start(config).await.unwrap()
+}
+
+/// A StartupMessage (protocol 3.0) for `user` and database `app`.
+fn startup(user: &str) -> Vec<u8> {
+    let body = format!("\0\x03\0\0user\0{user}\0database\0app\0\0");
+    let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    m.extend_from_slice(body.as_bytes());
+    m
+}
+
 /// A SCRAM message out of the exchange's rules is refused as PostgreSQL refuses it,
 /// with 08P01 and what was wrong, not as a wrong password (28P01): choosing
 /// SCRAM-SHA-256-PLUS where it was not offered (no TLS), or saying it binds while
@@ -569,16 +571,7 @@ async fn non_ascii_plaintext_passwords_are_prepared_as_postgresql_prepares_them(
 async fn scram_messages_out_of_order_are_protocol_violations() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pg = Postgres::start().await.unwrap();
-    let proxy = Proxy::start(config_with_only(
-        &pg,
-        ClientAuth::ScramSha256,
-        "secret".into(),
-    ))
-    .await
-    .unwrap();
-    let body = "\0\x03\0\0user\0postgres\0database\0app\0\0";
-    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    startup.extend_from_slice(body.as_bytes());
+    let proxy = scram_proxy(&pg).await;
     for (mechanism, first, said) in [
         (
             "SCRAM-SHA-256-PLUS",
@@ -599,7 +592,7 @@ async fn scram_messages_out_of_order_are_protocol_violations() {
         let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
             .await
             .unwrap();
-        raw.write_all(&startup).await.unwrap();
+        raw.write_all(&startup("postgres")).await.unwrap();
         common::read_until(&mut raw, b'R').await;
         let mut body = format!("{mechanism}\0").into_bytes();
         body.extend_from_slice(&(first.len() as i32).to_be_bytes());

@@ -2659,8 +2659,9 @@ async fn star_as_postgresql_gives_it(
 /// the new shape, byte for byte, in the simple and the extended protocol.
 ///
 /// #35 and #41's (S) part: what changes no result — CREATE, ALTER, REINDEX and DROP
-/// INDEX, CLUSTER, COMMENT, extended statistics — ends nothing, through pgopt or
-/// made directly (the listener is not told). Before, each ended every entry.
+/// INDEX, CLUSTER, extended statistics — ends nothing, through pgopt or made
+/// directly (the listener is not told). Before, each ended the table's entries
+/// through pgopt, and every entry made directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_select_star_has_the_shape_an_alter_table_gave() {
     let (pg, proxy, behind) = setup(SHAPED, &["t"]).await;
@@ -2753,16 +2754,15 @@ async fn a_cached_select_star_has_the_shape_an_alter_table_gave() {
 
 /// Statements that change no row and no query's result (#35, #41): run on `t` of
 /// [`SHAPED`] after the ALTERs above, each ends no cached entry.
-const NO_RESULT_CHANGES: [&str; 9] = [
+const NO_RESULT_CHANGES: [&str; 8] = [
     "CREATE INDEX t_b ON t (b)",
     "CREATE UNIQUE INDEX CONCURRENTLY t_id ON t (id)",
-    "ALTER INDEX t_b RENAME TO t_b2",
+    "ALTER INDEX t_b SET (fillfactor = 70)",
     "REINDEX TABLE t",
     "CLUSTER t USING t_id",
-    "COMMENT ON TABLE t IS 'maintained'",
     "CREATE STATISTICS t_stats ON id, b FROM t",
     "DROP STATISTICS t_stats",
-    "DROP INDEX t_b2",
+    "DROP INDEX t_b",
 ];
 
 /// #39: DROP SCHEMA … CASCADE through pgopt (and made directly, heard by the schema

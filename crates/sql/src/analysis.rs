@@ -132,9 +132,10 @@ pub struct Analysis {
     pub user_functions: bool,
     /// Every statement changes what the tables hold and what queries return in no way
     /// (a result cache needs to end nothing for it): CREATE, ALTER, DROP and REINDEX of
-    /// indexes, CLUSTER, COMMENT, extended statistics — and calls no user function (an
-    /// index expression's runs at the build). Still not read-only: it goes to the
-    /// primary.
+    /// indexes, CLUSTER, extended statistics — and calls no user function (an index
+    /// expression's runs at the build). Still not read-only: it goes to the primary.
+    /// (Queries reading such definitions — `pg_get_indexdef()`, `to_regclass()` — are
+    /// not cached.)
     pub maintenance: bool,
     /// Safe to run on a replica: only SELECT/VALUES/SHOW/EXPLAIN without
     /// ANALYZE, no row locks, no writable CTE, no side-effecting or unknown
@@ -480,35 +481,33 @@ fn truncates_cascade(node: &NodeEnum) -> bool {
         if t.behavior() == pg_query::protobuf::DropBehavior::DropCascade)
 }
 
-/// Statements that are not read-only yet change no table data: transaction control,
-/// settings, locking reads, cursors, LISTEN/NOTIFY, prepared-statement bookkeeping,
-/// VACUUM, LOCK, EXPLAIN.
 /// A statement that changes no row and no query's result (see
-/// [`Analysis::maintenance`]): index maintenance, CLUSTER, COMMENT, extended
-/// statistics.
+/// [`Analysis::maintenance`]): index maintenance, CLUSTER, extended statistics. (Not
+/// COMMENT, which `obj_description()` reads; not an index's RENAME, which PostgreSQL
+/// lets rename a table too.)
 fn changes_no_result(node: &NodeEnum) -> bool {
     match node {
         NodeEnum::IndexStmt(_)
         | NodeEnum::ReindexStmt(_)
         | NodeEnum::ClusterStmt(_)
-        | NodeEnum::CommentStmt(_)
         | NodeEnum::CreateStatsStmt(_)
         | NodeEnum::AlterStatsStmt(_) => true,
         NodeEnum::DropStmt(drop) => matches!(
             ObjectType::try_from(drop.remove_type),
             Ok(ObjectType::ObjectIndex | ObjectType::ObjectStatisticExt)
         ),
-        // ALTER INDEX … (RENAME, SET TABLESPACE, ATTACH PARTITION, SET (…)).
+        // ALTER INDEX … SET TABLESPACE, ATTACH PARTITION, SET (…) (on anything but an
+        // index, PostgreSQL refuses them).
         NodeEnum::AlterTableStmt(alter) => {
             ObjectType::try_from(alter.objtype) == Ok(ObjectType::ObjectIndex)
-        }
-        NodeEnum::RenameStmt(rename) => {
-            ObjectType::try_from(rename.rename_type) == Ok(ObjectType::ObjectIndex)
         }
         _ => false,
     }
 }
 
+/// Statements that are not read-only yet change no table data: transaction control,
+/// settings, locking reads, cursors, LISTEN/NOTIFY, prepared-statement bookkeeping,
+/// VACUUM, LOCK, EXPLAIN.
 fn writes_no_data(node: &NodeEnum) -> bool {
     use pg_query::protobuf::TransactionStmtKind as T;
     if let NodeEnum::TransactionStmt(t) = node {
@@ -1588,14 +1587,12 @@ mod tests {
             "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_x ON s.t (lower(b))",
             "DROP INDEX t_b",
             "DROP INDEX CONCURRENTLY IF EXISTS s.t_b",
-            "ALTER INDEX t_b RENAME TO t_c",
             "ALTER INDEX t_b SET (fillfactor = 70)",
             "REINDEX TABLE t",
             "CLUSTER t USING t_b",
-            "COMMENT ON TABLE t IS 'x'",
             "CREATE STATISTICS st ON a, b FROM t",
             "DROP STATISTICS st",
-            "CREATE INDEX a ON t (b); COMMENT ON INDEX a IS 'y'",
+            "CREATE INDEX a ON t (b); DROP INDEX a",
         ] {
             assert!(maintenance(sql), "{sql}");
             assert!(!analyze(sql).unwrap().read_only, "{sql}: the primary's");
@@ -1605,12 +1602,23 @@ mod tests {
             "CREATE INDEX a ON t (b); INSERT INTO t VALUES (1)",
             "ALTER TABLE t ADD COLUMN z int",
             "ALTER TABLE t RENAME TO u",
+            // (ALTER INDEX … RENAME renames a table too; COMMENT is read back.)
+            "ALTER INDEX t RENAME TO u",
+            "COMMENT ON TABLE t IS 'x'",
             "DROP TABLE t",
             "TRUNCATE t",
             "SELECT 1",
             "CREATE TABLE u (id int)",
         ] {
             assert!(!maintenance(sql), "{sql}");
+        }
+        // What such DDL changes is never cached.
+        for sql in [
+            "SELECT id, pg_get_indexdef('t_b'::regclass) FROM t",
+            "SELECT id FROM t WHERE to_regclass('t_b') IS NOT NULL",
+            "SELECT pg_catalog.pg_index_has_property('t_b'::regclass, 'clusterable') FROM t",
+        ] {
+            assert!(!analyze(sql).unwrap().cacheable(), "{sql}");
         }
     }
 

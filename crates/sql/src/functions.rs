@@ -188,6 +188,16 @@ pub(crate) fn is_volatile(name: &str) -> bool {
             | "pg_partition_tree"
             | "pg_partition_ancestors"
             | "pg_postmaster_start_time"
+            // Indexes' and extended statistics' definitions, and names resolved in
+            // the catalog at run time: DDL that changes no table's rows changes them
+            // without ending cached results (see `Analysis::maintenance`).
+            | "pg_get_indexdef"
+            | "pg_get_statisticsobjdef"
+            | "pg_get_statisticsobjdef_columns"
+            | "pg_get_statisticsobjdef_expressions"
+            | "pg_index_has_property"
+            | "pg_index_column_has_property"
+            | "to_regclass"
     ) || name.starts_with("pg_stat_get_")
 }
 
