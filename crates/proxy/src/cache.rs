@@ -421,6 +421,9 @@ pub struct Deps {
     /// statement converting a column to a date or time is cached only when its name
     /// is one of these (see `Analysis::datetime_casts`).
     datetime_columns: foldhash::HashSet<String>,
+    /// Event triggers of the database's own (not pgopt's) are enabled: see
+    /// [`Writers`].
+    event_triggers: bool,
     /// The schema generation the catalog was read in (see [`ProxyCache::set_deps`]):
     /// a fill tagged from this map is stored only while it is current.
     pub generation: u64,
@@ -703,7 +706,10 @@ the stable date, format and JSON functions pgopt allows, or samples' \
           'to_jsonb', 'row_to_json', 'array_to_json', 'json_build_object', \
           'jsonb_build_object', 'json_build_array', 'jsonb_build_array', 'json_agg', \
           'jsonb_agg', 'json_object_agg', 'jsonb_object_agg') \
-          OR p.proname ~ '^(date|timestamp|timestamptz)_(eq|ne|lt|le|gt|ge|cmp)_(date|timestamp|timestamptz)$'))))",
+          OR p.proname ~ '^(date|timestamp|timestamptz)_(eq|ne|lt|le|gt|ge|cmp)_(date|timestamp|timestamptz)$')))) \
+UNION ALL \
+SELECT 'e', e.evtname, '' FROM pg_catalog.pg_event_trigger e \
+  WHERE e.evtenabled <> 'D' AND e.evtname NOT IN ('pgopt_ddl', 'pgopt_ddl_drop')",
     privileges!()
 );
 
@@ -792,6 +798,7 @@ impl Deps {
                 "d" => {
                     deps.datetime_columns.insert(a);
                 }
+                "e" => deps.event_triggers = true,
                 _ => {}
             }
         }
@@ -1147,6 +1154,7 @@ impl ProxyCache {
             let writers = Writers {
                 views: d.writing_views.clone(),
                 hidden: d.hidden_writers.clone(),
+                event_triggers: d.event_triggers,
             };
             let mut known = self.writers.lock().unwrap_or_else(|p| p.into_inner());
             let changed = match known.get(database) {
@@ -2030,16 +2038,22 @@ pub fn reply(shape: Shape, value: &[u8], out: &mut BytesMut) {
 pub struct Writers {
     views: foldhash::HashSet<String>,
     hidden: Vec<String>,
+    /// The database has event triggers of its own (not pgopt's): DDL runs their
+    /// functions, which may write anything (an audit log of DDL).
+    event_triggers: bool,
 }
 
 impl Writers {
     fn is_empty(&self) -> bool {
-        self.views.is_empty() && self.hidden.is_empty()
+        self.views.is_empty() && self.hidden.is_empty() && !self.event_triggers
     }
 
     /// Whether a statement (`analysis`) may write through one of them.
     pub fn reached_by(&self, analysis: &Analysis) -> bool {
-        reads_one_of(&self.views, &analysis.tables_read) || calls_hidden(&self.hidden, analysis)
+        (self.event_triggers
+            && (analysis.maintenance || analysis.kinds.contains(&StatementKind::Ddl)))
+            || reads_one_of(&self.views, &analysis.tables_read)
+            || calls_hidden(&self.hidden, analysis)
     }
 }
 

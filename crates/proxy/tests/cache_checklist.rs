@@ -2752,6 +2752,34 @@ async fn a_cached_select_star_has_the_shape_an_alter_table_gave() {
     assert!(hits(&proxy).await > before, "served until the ALTER");
 }
 
+/// An event trigger of the database's own runs its function at DDL — here an audit
+/// log's INSERT: DDL through pgopt then ends what may read that log, whatever table
+/// the DDL named (an index made, a column added). Before, the log's cached count was
+/// served unchanged (the ALTER since the cache began, the index since DDL that changes
+/// no result ends nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_through_pgopt_ends_what_an_event_trigger_may_write() {
+    let schema = "CREATE TABLE ddl_log (id serial, tag text);
+        CREATE TABLE t (id int PRIMARY KEY, b int);
+        CREATE FUNCTION log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS
+          $$ BEGIN INSERT INTO ddl_log (tag) VALUES (tg_tag); END $$;
+        CREATE EVENT TRIGGER audit ON ddl_command_end EXECUTE FUNCTION log_ddl();";
+    let (_pg, proxy, _behind) = setup(schema, &["ddl_log", "t"]).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let read = "SELECT count(*) FROM ddl_log";
+    let mut logged = 0;
+    for ddl in [
+        "CREATE INDEX t_b ON t (b)",
+        "ALTER TABLE t ADD COLUMN z int",
+        "CREATE STATISTICS t_s ON id, b FROM t",
+    ] {
+        cached(&proxy, &client, read, &[&logged.to_string()]).await;
+        run(&client, ddl).await;
+        logged += 1;
+        assert_eq!(rows(&client, read).await, [logged.to_string()], "{ddl}");
+    }
+}
+
 /// Statements that change no row and no query's result (#35, #41): run on `t` of
 /// [`SHAPED`] after the ALTERs above, each ends no cached entry.
 const NO_RESULT_CHANGES: [&str; 8] = [
