@@ -439,7 +439,8 @@ class Checks {
         const r = await client.query('SELECT 1 AS n')
         expect(r.rows[0].n === 1, 'SELECT 1 over TLS')
       },
-      { ssl: { rejectUnauthorized: false } },
+      // With SCRAM, SCRAM-SHA-256-PLUS: bound to the TLS channel when offered.
+      { ssl: { rejectUnauthorized: false }, enableChannelBinding: true },
     )
   }
 }

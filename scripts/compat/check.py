@@ -504,7 +504,9 @@ class Checks:
     def tls(self):
         if os.environ.get("PGOPT_COMPAT_TLS") != "1":
             return "skip", "needs a proxy with TLS configured; set PGOPT_COMPAT_TLS=1 to run it"
-        with self.connect(sslmode="require") as conn:
+        # With SCRAM, bound to the TLS channel (SCRAM-SHA-256-PLUS), as libpq insists.
+        binding = dict(channel_binding="require") if self.args.auth == "scram-sha-256" else {}
+        with self.connect(sslmode="require", **binding) as conn:
             expect(conn.pgconn.ssl_in_use, "sslmode=require connected without TLS")
             row = conn.execute("SELECT 1").fetchone()
             expect(row == (1,), f"SELECT 1 over TLS gave {row!r}")

@@ -310,13 +310,16 @@ fn every_driver_passes(mode: &str, auth: &str, want_ok: &[&str]) {
     );
 }
 
-const EVERY_MODE: [&str; 6] = [
+/// (`tls`: with SCRAM, psycopg's libpq requires channel binding, and node-postgres
+/// binds when offered.)
+const EVERY_MODE: [&str; 7] = [
     "multi_statement",
     "prepared",
     "copy",
     "cancel",
     "tx_error",
     "auth",
+    "tls",
 ];
 
 /// Transaction mode also re-prepares statements after a schema change.
