@@ -5,7 +5,8 @@
 //! read (`DEPS_MAX_AGE`), and entries it changed lived on until their TTL. With the
 //! listener, an event trigger on each listed database calls `pg_notify('pgopt_ddl')`
 //! at the end of every DDL command (but those on temporary objects, and those that
-//! change no result: indexes, extended statistics, REINDEX), and a connection
+//! change no result: indexes, extended statistics, REINDEX — unless the database has
+//! event triggers of its own, which any DDL may run), and a connection
 //! of pgopt's LISTENs on that channel: each notification flushes the cache (every
 //! database's: entries are not told apart by database; L2 too) and has the
 //! dependencies read again before anything more is cached.
@@ -49,24 +50,26 @@ BEGIN \
     RAISE EXCEPTION 'schema pgopt belongs to another role: pgopt keeps its event trigger function only in a schema of its own'; \
   END IF; \
   IF pg_catalog.obj_description(pg_catalog.to_regprocedure('pgopt.ddl_notify()'), 'pg_proc') \
-      IS DISTINCT FROM 'pgopt ddl_notify 4' THEN \
+      IS DISTINCT FROM 'pgopt ddl_notify 5' THEN \
     CREATE OR REPLACE FUNCTION pgopt.ddl_notify() RETURNS event_trigger LANGUAGE plpgsql \
       SET search_path = pg_catalog AS $f$ \
+      DECLARE others boolean := EXISTS (SELECT 1 FROM pg_event_trigger \
+        WHERE evtenabled <> 'D' AND evtname NOT IN ('pgopt_ddl', 'pgopt_ddl_drop')); \
       BEGIN \
         IF TG_EVENT = 'sql_drop' THEN \
           IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() \
               WHERE NOT is_temporary \
-              AND object_type NOT IN ('index', 'statistics object')) THEN \
+              AND (others OR object_type NOT IN ('index', 'statistics object'))) THEN \
             PERFORM pg_notify('pgopt_ddl', ''); \
           END IF; \
         ELSIF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
             WHERE (schema_name IS NULL OR schema_name NOT LIKE 'pg\\_temp%') \
-            AND command_tag <> 'REINDEX' \
-            AND object_type NOT IN ('index', 'statistics object')) THEN \
+            AND (others OR command_tag <> 'REINDEX' \
+              AND object_type NOT IN ('index', 'statistics object'))) THEN \
           PERFORM pg_notify('pgopt_ddl', ''); \
         END IF; \
       END $f$; \
-    COMMENT ON FUNCTION pgopt.ddl_notify() IS 'pgopt ddl_notify 4'; \
+    COMMENT ON FUNCTION pgopt.ddl_notify() IS 'pgopt ddl_notify 5'; \
   END IF; \
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgopt_ddl') THEN \
     CREATE EVENT TRIGGER pgopt_ddl ON ddl_command_end EXECUTE FUNCTION pgopt.ddl_notify(); \

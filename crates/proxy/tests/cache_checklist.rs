@@ -2754,9 +2754,10 @@ async fn a_cached_select_star_has_the_shape_an_alter_table_gave() {
 
 /// An event trigger of the database's own runs its function at DDL — here an audit
 /// log's INSERT: DDL through pgopt then ends what may read that log, whatever table
-/// the DDL named (an index made, a column added). Before, the log's cached count was
-/// served unchanged (the ALTER since the cache began, the index since DDL that changes
-/// no result ends nothing).
+/// the DDL named (an index made, a column added), and the schema change listener
+/// hears an index made directly too. Before, the log's cached count was served
+/// unchanged (the ALTER since the cache began, the index since DDL that changes no
+/// result ends nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_through_pgopt_ends_what_an_event_trigger_may_write() {
     let schema = "CREATE TABLE ddl_log (id serial, tag text);
@@ -2764,7 +2765,7 @@ async fn ddl_through_pgopt_ends_what_an_event_trigger_may_write() {
         CREATE FUNCTION log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS
           $$ BEGIN INSERT INTO ddl_log (tag) VALUES (tg_tag); END $$;
         CREATE EVENT TRIGGER audit ON ddl_command_end EXECUTE FUNCTION log_ddl();";
-    let (_pg, proxy, _behind) = setup(schema, &["ddl_log", "t"]).await;
+    let (pg, proxy, behind) = setup(schema, &["ddl_log", "t"]).await;
     let client = connect(&proxy, "postgres", None).await.unwrap();
     let read = "SELECT count(*) FROM ddl_log";
     let mut logged = 0;
@@ -2778,6 +2779,29 @@ async fn ddl_through_pgopt_ends_what_an_event_trigger_may_write() {
         logged += 1;
         assert_eq!(rows(&client, read).await, [logged.to_string()], "{ddl}");
     }
+    drop((client, proxy));
+
+    // Made directly, heard by the schema change listener: the event trigger's write
+    // too, though an index alone would end nothing.
+    let proxy = caching(&pg, &["ddl_log", "t"], |c| c.cache.ddl_listener = true).await;
+    let listening = common::wait_for_cache(&proxy, "listening for schema changes", |r| {
+        r["ddl"] == "listening"
+    })
+    .await;
+    let heard = common::counter(&listening, "ddl_changes");
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    // (The listener's own set-up logged its CREATE SCHEMA, FUNCTION and COMMENT.)
+    let logged: u64 = rows(&client, read).await[0].parse().unwrap();
+    cached(&proxy, &client, read, &[&logged.to_string()]).await;
+    behind
+        .batch_execute("CREATE INDEX t_id_b ON t (id, b)")
+        .await
+        .unwrap();
+    common::wait_for_cache(&proxy, "hearing the index", |r| {
+        common::counter(r, "ddl_changes") > heard
+    })
+    .await;
+    assert_eq!(rows(&client, read).await, [(logged + 1).to_string()]);
 }
 
 /// Statements that change no row and no query's result (#35, #41): run on `t` of
