@@ -766,8 +766,18 @@ fn settings(c: &Config) -> Vec<(&'static str, String, bool)> {
         ("server_tls_cert_file", path(&c.server_tls.cert_file), true),
         ("server_tls_key_file", path(&c.server_tls.key_file), true),
         (
+            "server_channel_binding",
+            format!("{:?}", c.server_tls.channel_binding).to_lowercase(),
+            true,
+        ),
+        (
             "tls_mode",
             format!("{:?}", c.client_tls.mode).to_lowercase(),
+            true,
+        ),
+        (
+            "tls_channel_binding",
+            c.client_tls.channel_binding.to_string(),
             true,
         ),
         ("auth_user", c.auth_user.clone().unwrap_or_default(), true),

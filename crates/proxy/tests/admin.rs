@@ -1882,6 +1882,13 @@ async fn pgbouncers_admin_database_name_serves_monitoring_made_for_pgbouncer() {
         .find(|r| r["key"] == "max_client_conn")
         .unwrap();
     assert!(max["value"].parse::<f64>().is_ok(), "{max:?}");
+    for (key, value) in [
+        ("tls_channel_binding", "true"),
+        ("server_channel_binding", "prefer"),
+    ] {
+        let row = config.iter().find(|r| r["key"] == key);
+        assert_eq!(row.map(|r| r["value"].as_str()), Some(value), "{key}");
+    }
     // SHOW STATE follows PAUSE and RESUME of everything.
     let state = |rows: Vec<HashMap<String, String>>| {
         rows.iter()
