@@ -330,13 +330,10 @@ async fn scram_refused(
     e: pgopt_wire::AuthError,
 ) -> Result<Option<ScramKeys>, ProxyError> {
     use pgopt_wire::AuthError;
+    // (The others' texts are PostgreSQL's: "SCRAM channel binding check failed",
+    // "malformed SCRAM message: …" with its detail.)
     let message = match e {
         AuthError::WrongPassword | AuthError::NonceMismatch => return Ok(None),
-        AuthError::MalformedMessage("channel binding does not match client-first") => {
-            "SCRAM channel binding check failed".to_string()
-        }
-        AuthError::ChannelBindingNotSupported => "unsupported SCRAM channel-binding type".into(),
-        // ("malformed SCRAM message: …", as PostgreSQL's with its detail.)
         other => other.to_string(),
     };
     tracing::info!(user, "SCRAM: {message}");

@@ -10,9 +10,7 @@ use pgopt_wire::backend::BackendMessage;
 use pgopt_wire::frontend::{PasswordMessage, Query, SaslInitialResponse, SaslResponse};
 use pgopt_wire::scram::{ScramClient, ScramKeys};
 use pgopt_wire::startup::{CancelRequest, ProtocolVersion, StartupMessage};
-use pgopt_wire::{
-    md5, split_frame, Authentication, List, TransactionStatus, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
-};
+use pgopt_wire::{md5, split_frame, Authentication, List, TransactionStatus, SCRAM_SHA_256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{host_port, ChannelBinding, Keepalive, MoreHosts};
@@ -454,20 +452,17 @@ impl ServerConn {
 
         let mut buf = BytesMut::with_capacity(4096);
         let mut scram: Option<ScramClient> = None;
-        // libpq's `channel_binding`; with `require`, whether the SCRAM exchange under
-        // way is bound.
+        // libpq's `channel_binding`.
         let binding = target
             .tls
             .as_ref()
             .map_or(ChannelBinding::Prefer, ServerTlsConnector::channel_binding);
-        let mut bound = false;
-        let unbound = |what: &str| {
-            ProxyError::Server {
+        let unbound = |what: &str| ProxyError::Server {
             server: server(),
             message: format!(
-                "{what}, and proxy.server_channel_binding is \"require\" (SCRAM-SHA-256-PLUS over TLS)"
+                "{what}, and proxy.server_channel_binding is \"require\" \
+                 (SCRAM-SHA-256-PLUS over TLS)"
             ),
-        }
         };
         let mut server_params = Vec::new();
         let mut cancel_key = None;
@@ -513,8 +508,9 @@ impl ServerConn {
                     match auth {
                         Authentication::Ok
                             if require
-                                && !(bound
-                                    && scram.as_ref().is_some_and(ScramClient::is_complete)) =>
+                                && !scram
+                                    .as_ref()
+                                    .is_some_and(|c| c.is_bound() && c.is_complete()) =>
                         {
                             return Err(unbound("let pgopt in without SCRAM channel binding"));
                         }
@@ -560,8 +556,7 @@ impl ServerConn {
                                 _ => stream.peer_end_point(),
                             };
                             let mechanism = client.binding(&offered, end_point);
-                            bound = mechanism == SCRAM_SHA_256_PLUS;
-                            if require && !bound {
+                            if require && !client.is_bound() {
                                 return Err(unbound(if stream.is_tls() {
                                     "offers no SCRAM-SHA-256-PLUS (or its certificate names no hash to bind with)"
                                 } else {

@@ -115,6 +115,14 @@ async fn cached(proxy: &Proxy, client: &Client, read: &str, want: &[&str]) {
     );
 }
 
+/// `read` gives `want`, served from the cache (SHOW CACHE's hits one more); `what`
+/// says what should not have ended the entry.
+async fn served(proxy: &Proxy, client: &Client, read: &str, want: &[&str], what: &str) {
+    let before = hits(proxy).await;
+    assert_eq!(rows(client, read).await, strings(want), "{what}: {read}");
+    assert_eq!(hits(proxy).await, before + 1, "{what}");
+}
+
 /// [`cached`], then `change` directly on PostgreSQL: `read` through pgopt still
 /// gives `want`, from the cache, though PostgreSQL has other rows now.
 async fn cached_then_changed_behind(
@@ -1658,13 +1666,14 @@ async fn temporary_tables_are_each_sessions_own_and_never_served_from_the_cache(
         "0A000"
     );
     // A refused statement never ran: its DDL ends no entry.
-    let before = hits(&proxy).await;
-    assert_eq!(rows(&client, read).await, ["a"]);
-    assert_eq!(
-        hits(&proxy).await,
-        before + 1,
-        "the refused DDL ended entries"
-    );
+    served(
+        &proxy,
+        &client,
+        read,
+        &["a"],
+        "the refused DDL ended entries",
+    )
+    .await;
     run(
         &client,
         "BEGIN; CREATE TEMP TABLE items ON COMMIT DROP AS SELECT 1 AS id, 'in block'::text AS v",
@@ -2687,13 +2696,8 @@ async fn a_cached_select_star_has_the_shape_an_alter_table_gave() {
     cached(&proxy, &client, read, &ids).await;
     for maintenance in NO_RESULT_CHANGES {
         run(&client, maintenance).await;
-        let before = hits(&proxy).await;
-        assert_eq!(rows(&client, read).await, strings(&ids), "{maintenance}");
-        assert_eq!(
-            hits(&proxy).await,
-            before + 1,
-            "{maintenance}: the entry ended"
-        );
+        let what = format!("{maintenance}: the entry ended");
+        served(&proxy, &client, read, &ids, &what).await;
     }
     // The default is PostgreSQL's for a row written after it.
     run(&client, "INSERT INTO t (id, b) VALUES (3, '60')").await;
@@ -3355,11 +3359,12 @@ async fn privileges_changed_directly_end_the_entries_at_the_next_catalog_read() 
         .await
         .unwrap();
     tokio::time::sleep(refresh + std::time::Duration::from_millis(200)).await;
-    let before = hits(&proxy).await;
-    assert_eq!(rows(&owner, read).await, ["a"]);
-    assert_eq!(
-        hits(&proxy).await,
-        before + 1,
-        "a table made directly ended it"
-    );
+    served(
+        &proxy,
+        &owner,
+        read,
+        &["a"],
+        "a table made directly ended it",
+    )
+    .await;
 }

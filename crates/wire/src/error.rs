@@ -185,6 +185,11 @@ pub enum AuthError {
     /// `tls-server-end-point`, the only one offered.
     #[error("unsupported SCRAM channel-binding type")]
     ChannelBindingNotSupported,
+    /// client-final's channel binding (`c=`) is not client-first's gs2 header with the
+    /// binding data this side has: another certificate (someone in the middle), or
+    /// another header.
+    #[error("SCRAM channel binding check failed")]
+    ChannelBindingMismatch,
     /// The nonce in client-final or server-first does not continue the exchange's nonce.
     #[error("SCRAM nonce does not match")]
     NonceMismatch,

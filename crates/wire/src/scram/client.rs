@@ -246,6 +246,12 @@ impl ScramClient {
     pub fn is_complete(&self) -> bool {
         matches!(self.state, State::Done)
     }
+
+    /// Whether the exchange binds to the channel (SCRAM-SHA-256-PLUS, see
+    /// [`ScramClient::binding`]).
+    pub fn is_bound(&self) -> bool {
+        matches!(self.binding, Binding::EndPoint(_))
+    }
 }
 
 impl fmt::Debug for ScramClient {
@@ -311,9 +317,7 @@ mod tests {
         assert!(first.starts_with("p=tls-server-end-point,,"), "{first}");
         assert_eq!(
             exchange(Some(b"cert"), Some(b"the middle's cert")),
-            Err(AuthError::MalformedMessage(
-                "channel binding does not match client-first"
-            ))
+            Err(AuthError::ChannelBindingMismatch)
         );
         // No hash here: no binding, and the server that offered it takes that.
         let (mechanism, first) = exchange(Some(b"cert"), None).unwrap();

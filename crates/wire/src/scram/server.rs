@@ -187,9 +187,7 @@ impl ScramServer {
         let mut parts = without_proof.split(',');
         let binding = attr(parts.next(), b'c', "client-final has no channel binding")?;
         if unb64(binding, "channel binding is not base64")? != expected {
-            return Err(AuthError::MalformedMessage(
-                "channel binding does not match client-first",
-            ));
+            return Err(AuthError::ChannelBindingMismatch);
         }
         let client_nonce = attr(parts.next(), b'r', "client-final has no nonce")?;
         if client_nonce != nonce {
@@ -351,7 +349,7 @@ mod tests {
             ),
             (
                 client_final_ok.replace("c=biws", "c=eSws"),
-                AuthError::MalformedMessage("channel binding does not match client-first"),
+                AuthError::ChannelBindingMismatch,
             ),
         ] {
             let mut server = rfc7677_server();
