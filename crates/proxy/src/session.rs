@@ -702,7 +702,11 @@ async fn read_startup_packets(
                     .await;
                     return Ok(StartupStep::Done(None));
                 }
-                let Some(user) = m.user() else {
+                // As PostgreSQL: an empty name is no name, an empty database is the
+                // user's, and both are cut to a name's 63 bytes before any rule or
+                // secret is looked up (the server would cut them itself: a rule or
+                // an auth_query must see the role the login ends up as).
+                let Some(user) = m.user().filter(|u| !u.is_empty()) else {
                     send_fatal(
                         stream,
                         sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -736,9 +740,10 @@ async fn read_startup_packets(
                     .filter(|(k, _)| *k != "user" && *k != "database" && !k.starts_with("_pq_."))
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
+                let database = m.database().filter(|d| !d.is_empty()).unwrap_or(user);
                 return Ok(StartupStep::Done(Some(Startup {
-                    user: user.to_string(),
-                    database: m.database().unwrap_or(user).to_string(),
+                    user: name_data(user).to_string(),
+                    database: name_data(database).to_string(),
                     params,
                     end_point: None,
                 })));
@@ -746,6 +751,24 @@ async fn read_startup_packets(
             Err(source) => return Err(reject_startup(stream, source).await),
         }
     }
+}
+
+/// The longest name PostgreSQL keeps, in bytes (`NAMEDATALEN` - 1).
+const NAME_DATA_LEN: usize = 63;
+
+/// `name` as PostgreSQL keeps it: its first 63 bytes. (PostgreSQL cuts a start-up
+/// packet's names at the byte; a role created with a longer name was cut at a
+/// character, which is what this keeps too: a name cut within a character names no
+/// role either way.)
+fn name_data(name: &str) -> &str {
+    if name.len() <= NAME_DATA_LEN {
+        return name;
+    }
+    let mut end = NAME_DATA_LEN;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 async fn unknown_database(stream: &mut ClientStream, database: &str) {
@@ -1094,4 +1117,21 @@ pub(crate) fn new_cancel_key() -> Result<CancelRequest, ProxyError> {
 fn next_process_id() -> i32 {
     static NEXT: AtomicI32 = AtomicI32::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_data;
+
+    #[test]
+    fn names_are_cut_to_postgresqls_63_bytes_at_a_character() {
+        let long = "a".repeat(70);
+        assert_eq!(name_data(&long), &long[..63]);
+        assert_eq!(name_data("app"), "app");
+        let exact = "b".repeat(63);
+        assert_eq!(name_data(&exact), exact);
+        // 62 bytes, then a two-byte character across the 63rd: cut before it.
+        let across = format!("{}é", "c".repeat(62));
+        assert_eq!(name_data(&across), &across[..62]);
+    }
 }

@@ -193,6 +193,58 @@ async fn md5_rules_take_scram_for_a_scram_verifier_as_postgresql_does() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Names are cut to PostgreSQL's 63 bytes before any rule is matched, as the server
+/// cuts them: a longer name can't slip past a rule for the role it logs in as. An
+/// empty user name is no name (28000), as in PostgreSQL.
+#[tokio::test]
+async fn rules_match_names_as_postgresql_cuts_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("long");
+    let victim = "v".repeat(63);
+    let rules = format!(
+        "host app {victim} 127.0.0.1/32 reject\n\
+         host app all 127.0.0.1/32 trust\n"
+    );
+    let pg = Postgres::start().await.unwrap();
+    let proxy = Proxy::start(config(&pg, &dir, &rules)).await.unwrap();
+    let local = "127.0.0.1";
+    assert_eq!(
+        login(&proxy, local, "alice", None).await.unwrap(),
+        "postgres"
+    );
+    for name in [victim.clone(), format!("{victim}x"), format!("{victim}xyz")] {
+        let e = login(&proxy, local, &name, None).await.unwrap_err();
+        assert_eq!(code(&e), Some("28000"), "{name}: {e}");
+        let message = e.as_db_error().unwrap().message().to_string();
+        assert!(
+            message.contains(&format!(
+                "rejects connection for host \"127.0.0.1\", user \"{victim}\""
+            )),
+            "{message}"
+        );
+    }
+    let body = b"\0\x03\0\0user\0\0database\0app\0\0";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    raw.write_all(&startup).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        raw.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the login ends")
+    .unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("C28000"), "{text}");
+    assert!(text.contains("no PostgreSQL user name specified"), "{text}");
+    drop(proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The authentication request the proxy answers a StartupMessage of `user` with (5:
 /// MD5Password, 10: SASL).
 async fn challenge(proxy: &Proxy, user: &str) -> i32 {
