@@ -88,8 +88,18 @@ fn checkout_failed(pool: &Pool, error: CheckoutError) -> LookupError {
     LookupError::Checkout(code, message)
 }
 
-/// One Parse/Bind/Execute/Sync round with `user` as `$1`: the first row's last
-/// column (or the server's error), and the transaction status at the end.
+/// Run first, in the lookup's own (implicit) transaction: the search path and the
+/// role the connection had at login, whatever a client of `auth_user`'s pool left
+/// set on it (in transaction mode its settings stay on the connection). A
+/// `SET search_path` naming a schema with a `pg_shadow` of its own, or a `SET ROLE`,
+/// must not choose whose password a login is checked against.
+const LOOKUP_SETTINGS: &str = "SELECT pg_catalog.set_config('search_path', s.reset_val, true), \
+     pg_catalog.set_config('role', 'none', true) \
+     FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'search_path'";
+
+/// One Parse/Bind/Execute round of [`LOOKUP_SETTINGS`], then one with `user` as `$1`,
+/// and a Sync: the first row's last column (or the server's error), and the
+/// transaction status at the end.
 async fn run(
     conn: &mut ServerConn,
     query: &str,
@@ -98,19 +108,34 @@ async fn run(
 ) -> Result<(Result<Option<String>, String>, TransactionStatus), String> {
     let mut out = BytesMut::with_capacity(256);
     let encode = |out: &mut BytesMut| -> Result<(), ProxyError> {
-        Parse {
-            name: "",
-            query,
-            param_types: List::from(&[]),
-        }
-        .encode(out)?;
         let params = [Some(user.as_bytes())];
-        Bind {
-            portal: "",
-            statement: "",
-            param_formats: List::from(&[]),
-            params: List::from(&params),
-            result_formats: List::from(&[]),
+        for (query, params) in [(LOOKUP_SETTINGS, &params[..0]), (query, &params[..])] {
+            Parse {
+                name: "",
+                query,
+                param_types: List::from(&[]),
+            }
+            .encode(out)?;
+            Bind {
+                portal: "",
+                statement: "",
+                param_formats: List::from(&[]),
+                params: List::from(params),
+                result_formats: List::from(&[]),
+            }
+            .encode(out)?;
+            if params.is_empty() {
+                Execute {
+                    portal: "",
+                    max_rows: 0,
+                }
+                .encode(out)?;
+            }
+        }
+        // (Its RowDescription starts the rows read: the settings' row is not one.)
+        pgopt_wire::frontend::Describe {
+            target: pgopt_wire::Target::Portal,
+            name: "",
         }
         .encode(out)?;
         Execute {
@@ -286,8 +311,10 @@ pub async fn lookup_cached(
     })
 }
 
-/// PgBouncer's default `auth_query`.
-pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+/// The default `auth_query`: PgBouncer's, with its later versions' refusal of an
+/// expired password (`VALID UNTIL` past: no password, as PostgreSQL refuses it).
+/// `pg_shadow` lists only roles that may log in.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, CASE WHEN valuntil < now() THEN NULL ELSE passwd END FROM pg_shadow WHERE usename = $1";
 
 #[cfg(test)]
 mod tests {

@@ -155,6 +155,69 @@ async fn auth_query_finds_users_the_config_does_not_list() {
     );
 }
 
+/// The lookup runs with the search path and role the connection had at login: a
+/// client of `auth_user`'s pool that leaves `SET search_path` on its (transaction
+/// mode) connection, naming a schema with a `pg_shadow` of its own, can't choose the
+/// password another user's login is checked against. And the default query gives no
+/// password for a role whose `VALID UNTIL` has passed, as PostgreSQL refuses it: a
+/// pooled connection already logged in as that role is not lent to it.
+#[tokio::test]
+async fn auth_query_lookups_ignore_what_clients_left_set_and_expired_passwords() {
+    let (pg, admin) = scram_postgres().await;
+    admin
+        .batch_execute(
+            "CREATE ROLE app_user LOGIN PASSWORD 'apppw';
+             CREATE ROLE decoy PASSWORD 'attackpw';
+             CREATE SCHEMA evil;
+             CREATE VIEW evil.pg_shadow AS
+               SELECT 'app_user'::name AS usename, NULL::timestamptz AS valuntil,
+                      (SELECT rolpassword FROM pg_catalog.pg_authid
+                        WHERE rolname = 'decoy') AS passwd;",
+        )
+        .await
+        .unwrap();
+    let mut config = config_with_only(&pg, ClientAuth::ScramSha256, "serverpw".into());
+    config.default_pool_size = 1;
+    config.auth_user = Some("postgres".into());
+    config.auth_query_cache_ttl = Duration::ZERO;
+    let proxy = Proxy::start(config).await.unwrap();
+    // app_user's pool has a connection logged in, idle.
+    let c = connect(&proxy, "app_user", Some("apppw")).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+    drop(c);
+    // auth_user's one connection keeps what its client set.
+    let attacker = connect(&proxy, "postgres", Some("serverpw")).await.unwrap();
+    attacker
+        .batch_execute("SET search_path = evil, pg_catalog")
+        .await
+        .unwrap();
+    assert_eq!(
+        common::value(&attacker, "SELECT count(*)::text FROM pg_shadow").await,
+        "1"
+    );
+    let err = connect(&proxy, "app_user", Some("attackpw"))
+        .await
+        .expect_err("a password from the client's pg_shadow accepted");
+    assert_eq!(code(&err), Some("28P01"), "{err}");
+    let c = connect(&proxy, "app_user", Some("apppw")).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+    drop(c);
+    // The client's own setting is still its own.
+    assert_eq!(
+        common::value(&attacker, "SHOW search_path").await,
+        "evil, pg_catalog"
+    );
+
+    admin
+        .batch_execute("ALTER ROLE app_user VALID UNTIL '2000-01-01'")
+        .await
+        .unwrap();
+    let err = connect(&proxy, "app_user", Some("apppw"))
+        .await
+        .expect_err("an expired password accepted");
+    assert_eq!(code(&err), Some("28P01"), "{err}");
+}
+
 /// A RELOAD that moves the database to another server (here the same one under
 /// another name): clients whose server logins take the SCRAM keys of their own login,
 /// one of a user `auth_query` found among them, move to the new pool and log in there.
