@@ -17,6 +17,8 @@ pub struct Redis {
     child: Option<Child>,
     program: PathBuf,
     port: u16,
+    /// The cluster bus port of a cluster node (`--cluster-port`), else `None`.
+    bus_port: Option<u16>,
     log_path: PathBuf,
     root: TempRoot,
 }
@@ -30,6 +32,16 @@ impl Redis {
     }
 
     pub fn start_blocking() -> Result<Redis, Error> {
+        Self::start_node(false)
+    }
+
+    /// Starts a `redis-server` with cluster mode on (its bus on another free port,
+    /// `nodes.conf` in its own directory), not yet part of any cluster.
+    pub fn start_cluster_node_blocking() -> Result<Redis, Error> {
+        Self::start_node(true)
+    }
+
+    fn start_node(cluster: bool) -> Result<Redis, Error> {
         let program = find_on_path("redis-server").ok_or(Error::ProgramNotFound {
             program: "redis-server",
             package: "redis-server",
@@ -39,6 +51,7 @@ impl Redis {
             child: None,
             program,
             port: 0,
+            bus_port: None,
             log_path: root.path().join("redis.log"),
             root,
         };
@@ -46,6 +59,10 @@ impl Redis {
         loop {
             attempt += 1;
             redis.port = process::free_port()?;
+            if cluster {
+                // The default (port + 10000) is past 65535 for high ports.
+                redis.bus_port = Some(process::free_port()?);
+            }
             match redis.spawn() {
                 Err(Error::ExitedEarly { log_tail, .. })
                     if attempt < 5 && log_tail.contains("Address already in use") =>
@@ -60,9 +77,21 @@ impl Redis {
 
     fn spawn(&mut self) -> Result<(), Error> {
         let port = self.port.to_string();
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no", "--daemonize", "no"])
+            .args(["--appendonly", "no", "--daemonize", "no"]);
+        if let Some(bus) = self.bus_port {
+            command
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .args(["--cluster-config-file", "nodes.conf"]);
+        }
+        let mut child = command
             .arg("--dir")
             .arg(self.root.path())
             .arg("--logfile")

@@ -608,19 +608,9 @@ async fn redis_over_tls_with_a_password_and_a_wrong_password() {
 
 /// Three `redis-server`s forming one Redis Cluster (masters only), stopped on drop.
 struct RedisCluster {
-    children: Vec<std::process::Child>,
+    /// Stopped when dropped.
+    _nodes: Vec<Redis>,
     ports: Vec<u16>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl RedisCluster {
@@ -707,57 +697,14 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 }
 
 fn redis_cluster() -> RedisCluster {
-    use std::process::{Command, Stdio};
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    let nodes: Vec<Redis> = (0..3)
+        .map(|_| Redis::start_cluster_node_blocking().unwrap())
+        .collect();
+    let cluster = RedisCluster {
+        ports: nodes.iter().map(|n| n.port()).collect(),
+        _nodes: nodes,
     };
-    let dir = std::env::temp_dir().join(format!(
-        "pgopt-redis-cluster-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    let mut cluster = RedisCluster {
-        children: Vec::new(),
-        ports: Vec::new(),
-        dir,
-    };
-    for i in 0..3 {
-        let node_dir = cluster.dir.join(i.to_string());
-        std::fs::create_dir_all(&node_dir).unwrap();
-        let (port, bus) = (free_port(), free_port());
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            // The bus port is port + 10000 unless set: past 65535 for high ports.
-            .args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                &bus.to_string(),
-            ])
-            .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--save", "", "--appendonly", "no"])
-            .current_dir(&node_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        cluster.children.push(child);
-        cluster.ports.push(port);
-    }
     let deadline = Instant::now() + Duration::from_secs(20);
-    for &port in &cluster.ports {
-        while redis_cli(port, &["ping"]).trim() != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis node {port} never answered"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
     let nodes: Vec<String> = cluster
         .ports
         .iter()
