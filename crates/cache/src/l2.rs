@@ -375,6 +375,9 @@ pub struct L2 {
     /// (a [`L2::now_ms`] value; 0: Redis answered the latest): Redis stopped no later
     /// than that for everyone (see [`L2::outlast_leases`]).
     unanswered_since: AtomicU64,
+    /// When this instance began to owe Redis a commit (a [`L2::now_ms`] value; 0: it
+    /// owes none): its heartbeats stopped then (see `keep_connected`).
+    owing_since: AtomicU64,
     epoch: Instant,
     /// The bus's owner last warned about as missing from the URLs (once each).
     owner_warned: Mutex<Option<String>>,
@@ -706,6 +709,7 @@ impl L2 {
             tasks: Mutex::new(Vec::new()),
             heard: AtomicU64::new(0),
             unanswered_since: AtomicU64::new(0),
+            owing_since: AtomicU64::new(0),
             epoch: Instant::now(),
             owner_warned: Mutex::new(None),
             delivery: Mutex::new(Delivery {
@@ -1287,38 +1291,33 @@ impl L2 {
                 for t in tables {
                     *owed.entry(t.clone()).or_default() += 1;
                 }
+                let _ = self
+                    .owing_since
+                    .compare_exchange(0, self.now_ms(), Relaxed, Relaxed);
             }
             self.outlast_leases().await;
         }
         result
     }
 
-    /// A commit no instance was told of because Redis did not answer (down, paused,
-    /// or its answer late): its client hears it ended only once every instance that
-    /// lost Redis too has stopped serving. Redis stopped answering no later than the
-    /// first call it left unanswered was sent, so every other instance's last
-    /// heartbeat back was sent before that, and its lease (the same for instances
-    /// with the same `timeout`) runs out within a lease and a timeout of it. Commits
-    /// after that wait no more; one Redis refused (it answered: the others still
-    /// reach it) waits not at all. (An instance that still reaches Redis when this
-    /// one can't keeps serving: see the README's note on `wal_listener`.)
+    /// A commit no instance was told of (Redis did not answer, or refused it: out of
+    /// memory, read-only, …): its client hears it ended only once every other
+    /// instance has stopped serving. This one's heartbeats stopped when it began to
+    /// owe, and those of one that lost Redis too stop coming back no later than the
+    /// first call Redis left unanswered was sent; each other instance's lease on it
+    /// (the same for instances with the same `timeout`) runs out within a lease and a
+    /// timeout of the earlier of the two. Commits after that wait no more. (An
+    /// instance that still reaches Redis when this one can't stops serving once this
+    /// one has gone quiet: see [`L2::serving`].)
     async fn outlast_leases(&self) {
         let since = match self.unanswered_since.load(Relaxed) {
-            // Redis answered the latest call, and refused this one.
-            0 if self.connection().is_some() => return,
-            // Not connected, and nothing went unanswered since (never connected).
-            0 => {
-                let now = self.now_ms();
-                match self
-                    .unanswered_since
-                    .compare_exchange(0, now, Relaxed, Relaxed)
-                {
-                    Ok(_) => now,
-                    Err(since) => since,
-                }
-            }
-            since => since,
-        };
+            0 => self.owing_since.load(Relaxed),
+            unanswered => match self.owing_since.load(Relaxed) {
+                0 => unanswered,
+                owing => owing.min(unanswered),
+            },
+        }
+        .max(1);
         let until =
             self.epoch + Duration::from_millis(since - 1) + self.config.timeout + self.lease();
         tokio::time::sleep_until(until.into()).await;
@@ -1507,6 +1506,9 @@ impl L2 {
                 if left.get(t) == Some(n) {
                     left.remove(t);
                 }
+            }
+            if left.is_empty() {
+                self.owing_since.store(0, Relaxed);
             }
         }
     }

@@ -378,6 +378,54 @@ async fn a_commit_redis_never_heard_of_waits_out_the_other_instances_leases() {
     assert!(counter(&cache_row(&a_proxy).await, "publish_failures") >= 1);
 }
 
+/// A commit whose script Redis refuses (here out of memory: `maxmemory` reached
+/// under `noeviction`) is no more announced than one it never heard: its writer
+/// waits until the other instance, hearing no more beats from it, has stopped
+/// serving. Once Redis takes writes again the commit is counted and both serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_redis_refuses_waits_out_the_other_instances_leases() {
+    let (pg, redis) = setup().await;
+    let a_proxy = instance(&pg, &redis).await;
+    let b_proxy = instance(&pg, &redis).await;
+    for proxy in [&a_proxy, &b_proxy] {
+        wait_for_cache(proxy, "the other instance heard", |r| {
+            counter(r, "redis_peers") == 1
+        })
+        .await;
+    }
+    let a = connect(&a_proxy, "postgres", None).await.unwrap();
+    let b = connect(&b_proxy, "postgres", None).await.unwrap();
+    served_from_the_cache(&b_proxy, &b).await;
+    let mut r = redis_client(&redis).await;
+    let config = |key: &'static str, value: &'static str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg(key).arg(value);
+        cmd
+    };
+    let _: () = config("maxmemory-policy", "noeviction")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: () = config("maxmemory", "1").query_async(&mut r).await.unwrap();
+    a.batch_execute("UPDATE items SET v = 'refused' WHERE id = 1")
+        .await
+        .unwrap();
+    let read = value(&b, READ).await;
+    let _: () = config("maxmemory", "0").query_async(&mut r).await.unwrap();
+    assert_eq!(read, "refused");
+    assert!(counter(&cache_row(&a_proxy).await, "publish_failures") >= 1);
+    // Counted once Redis takes writes again: each instance serves the new row.
+    for (proxy, client) in [(&a_proxy, &a), (&b_proxy, &b)] {
+        let hits = counter(&cache_row(proxy).await, "hits");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while counter(&cache_row(proxy).await, "hits") == hits {
+            assert!(Instant::now() < deadline, "{:?}", cache_row(proxy).await);
+            assert_eq!(value(client, READ).await, "refused");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// A Redis that takes connections but answers nothing (paused) is not taken for one
 /// that is back: pgopt connects again only once Redis answers, so it stays down, and
 /// writes stop waiting for it once the other instances' leases are over (each waited
