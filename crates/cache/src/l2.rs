@@ -603,6 +603,16 @@ impl Drop for L2 {
 /// An EVALSHA of `script` with `keys` keys: the caller adds the keys, then the
 /// arguments. Each is copied into the command's one buffer as it is added (redis'
 /// `ScriptInvocation` keeps each in a `Vec` of its own and copies them again).
+/// The invalidation channel of `prefix`'s keys in database `db`. Pub/sub ignores
+/// databases: deployments on two databases of one Redis, with the same prefix, must
+/// not hear each other's versions and heartbeats.
+fn channel(prefix: &str, db: i64) -> String {
+    match db {
+        0 => format!("{prefix}invalidations"),
+        db => format!("{prefix}db{db}:invalidations"),
+    }
+}
+
 fn eval(script: &Lua, keys: usize) -> Command {
     let mut cmd = Command::new("EVALSHA");
     cmd.arg(&script.hash).num(keys as u64);
@@ -677,8 +687,12 @@ impl L2 {
             })?),
         };
         // Parsed now: a bad URL is a configuration error.
-        for url in config.url.split(',') {
-            client(url.trim(), ca.as_deref())?;
+        let mut db = 0;
+        for (i, url) in config.url.split(',').enumerate() {
+            let parsed = client(url.trim(), ca.as_deref())?;
+            if i == 0 {
+                db = parsed.get_connection_info().redis.db;
+            }
         }
         let instance = random() >> 1;
         let mac_key = {
@@ -693,7 +707,7 @@ impl L2 {
             instance,
             instance_arg: instance.to_string(),
             seq_key: format!("{}{{pgopt}}seq:{instance:x}", config.prefix),
-            channel: format!("{}invalidations", config.prefix),
+            channel: channel(&config.prefix, db),
             conn: Mutex::new(None),
             read: Lua::new(READ),
             raise: Lua::new(RAISE),

@@ -426,6 +426,44 @@ async fn a_commit_redis_refuses_waits_out_the_other_instances_leases() {
     }
 }
 
+/// Deployments on two databases of one Redis, with the same prefix, are apart: pub/sub
+/// ignores databases, so each database has its own channel and neither takes the
+/// other's heartbeats for a peer's (nor its versions for the tables it caches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_on_two_redis_databases_do_not_hear_each_other() {
+    let (pg, redis) = setup().await;
+    let on = |db: u32| {
+        let url = format!("{}/{db}", redis.url());
+        move |c: &mut CacheSettings| {
+            if let Some(r) = c.redis.as_mut() {
+                r.url = url;
+            }
+        }
+    };
+    let one = [
+        instance_with(&pg, &redis, on(1)).await,
+        instance_with(&pg, &redis, on(1)).await,
+    ];
+    let two = instance_with(&pg, &redis, on(2)).await;
+    for proxy in &one {
+        wait_for_cache(proxy, "the other instance on db 1 heard", |r| {
+            counter(r, "redis_peers") == 1
+        })
+        .await;
+    }
+    // Many heartbeats later, still one peer each, and none for db 2's instance.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for proxy in &one {
+        assert_eq!(counter(&cache_row(proxy).await, "redis_peers"), 1);
+    }
+    let row = cache_row(&two).await;
+    assert_eq!(counter(&row, "redis_peers"), 0, "{row:?}");
+    // Each database still carries its own invalidations.
+    let writer = connect(&one[0], "postgres", None).await.unwrap();
+    let reader = connect(&one[1], "postgres", None).await.unwrap();
+    alternate_writes(&writer, &reader, 2, "db1-", true).await;
+}
+
 /// A Redis that takes connections but answers nothing (paused) is not taken for one
 /// that is back: pgopt connects again only once Redis answers, so it stays down, and
 /// writes stop waiting for it once the other instances' leases are over (each waited
