@@ -686,6 +686,14 @@ impl L2 {
                 ))
             })?),
         };
+        if config.prefix.contains(['{', '}']) {
+            // Redis Cluster hashes a key by its first `{…}`: `{pgopt}` must be it.
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "the cache's Redis prefix may not hold '{' or '}' (Redis Cluster's hash tags)",
+                config.prefix.clone(),
+            )));
+        }
         // Parsed now: a bad URL is a configuration error.
         let mut db = 0;
         for (i, url) in config.url.split(',').enumerate() {

@@ -65,6 +65,8 @@ pub struct RedisSection {
     pub url: String,
     pub cluster: bool,
     /// Before every key and the channel: instances sharing a prefix share entries.
+    /// No braces: pgopt's hash tag (`{pgopt}`) must be the first in every key.
+    #[serde(deserialize_with = "key_prefix")]
     pub prefix: String,
     /// Store results in Redis; off: Redis carries invalidations only.
     pub store_values: bool,
@@ -170,6 +172,19 @@ impl CacheSection {
                 .config(usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX)),
         }
     }
+}
+
+/// `[cache.redis] prefix`: without `{` or `}`. Redis Cluster hashes a key by its first
+/// `{…}`: one in the prefix would come before `{pgopt}` and scatter pgopt's keys over
+/// slots (the scripts then fail, and the channel is followed on the wrong node).
+fn key_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let prefix = String::deserialize(d)?;
+    if prefix.contains(['{', '}']) {
+        return Err(de::Error::custom(format!(
+            "expected no '{{' or '}}' (Redis Cluster's hash tags), found \"{prefix}\""
+        )));
+    }
+    Ok(prefix)
 }
 
 /// `wal_max_lag`: 0 (not watched) or at least 100 ms (probes go every quarter of it).

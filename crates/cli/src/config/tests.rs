@@ -207,6 +207,11 @@ fn cache_rules_and_redis_are_read_and_checked() {
         .unwrap();
     }
 
+    let e = err("[cache.redis]\nprefix = \"app{1}:\"\n");
+    assert!(e.starts_with("pgopt.toml:2: cache.redis.prefix"), "{e}");
+    assert!(e.contains("hash tags"), "{e}");
+    let parsed = parse_text("pgopt.toml", "[cache.redis]\nprefix = \"app1:\"\n").unwrap();
+    assert_eq!(parsed.cache.redis.prefix, "app1:");
     let e = err("[cache]\ncatalog_refresh = \"500ms\"\n");
     assert!(e.starts_with("pgopt.toml:2: cache.catalog_refresh"), "{e}");
     assert!(e.contains("at least \"1s\""), "{e}");
