@@ -295,11 +295,43 @@ async fn md5_exchange(
     Authentication::Md5Password { salt }.encode(out)?;
     write_all(stream, out).await?;
     let frame = read_frame(stream, buf, max_len).await?;
+    expect_response(stream, &frame, "password").await?;
     let response = match frame.frontend() {
         Ok(FrontendMessage::AuthResponse(r)) => r.password().map(|p| p.password.to_string()),
         _ => return Ok(None),
     };
-    Ok(response.ok().map(|r| (salt, r)))
+    match response {
+        Ok(response) => Ok(Some((salt, response))),
+        Err(_) => refuse(stream, "invalid password packet size").await,
+    }
+}
+
+/// A client's answer in a password or SASL exchange is a PasswordMessage ('p'):
+/// another message ends the login with PostgreSQL's 08P01 ("expected password
+/// response, got message type 81"), not as a wrong password would.
+async fn expect_response(
+    stream: &mut ClientStream,
+    frame: &pgopt_wire::Frame,
+    exchange: &str,
+) -> Result<(), ProxyError> {
+    if frame.tag() == b'p' {
+        return Ok(());
+    }
+    refuse(
+        stream,
+        &format!(
+            "expected {exchange} response, got message type {}",
+            frame.tag()
+        ),
+    )
+    .await
+}
+
+/// Ends a login whose client broke the exchange's protocol (08P01, `message`).
+async fn refuse<T>(stream: &mut ClientStream, message: &str) -> Result<T, ProxyError> {
+    tracing::info!("login refused: {message}");
+    send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, message).await;
+    Err(ProxyError::Protocol(message.to_string()))
 }
 
 /// The longest password or SASL message a client may send, as PostgreSQL's
@@ -321,24 +353,27 @@ fn mock_key() -> Result<&'static [u8], ProxyError> {
 }
 
 /// A SCRAM exchange that failed with `e`: a wrong password (or an unknown user) is
-/// the caller's to report (28P01, `None`); a message out of SCRAM's grammar or a
-/// channel binding that does not check out is told the client here, as PostgreSQL
-/// tells it (08P01), and the login ends.
+/// the caller's to report (28P01, `None`); a message out of SCRAM's grammar, a nonce
+/// that does not continue the exchange's or a channel binding that does not check
+/// out is told the client here, as PostgreSQL tells it (08P01), and the login ends.
 async fn scram_refused(
     stream: &mut ClientStream,
     user: &str,
     e: pgopt_wire::AuthError,
 ) -> Result<Option<ScramKeys>, ProxyError> {
     use pgopt_wire::AuthError;
-    // (The others' texts are PostgreSQL's: "SCRAM channel binding check failed",
-    // "malformed SCRAM message: …" with its detail.)
+    // (The texts are PostgreSQL's: "SCRAM channel binding check failed", "malformed
+    // SCRAM message: …" with its detail, and "invalid SCRAM response" with "Nonce
+    // does not match.")
+    if matches!(e, AuthError::WrongPassword) {
+        return Ok(None);
+    }
+    tracing::info!(user, "SCRAM: {e}");
     let message = match e {
-        AuthError::WrongPassword | AuthError::NonceMismatch => return Ok(None),
+        AuthError::NonceMismatch => "invalid SCRAM response".to_string(),
         other => other.to_string(),
     };
-    tracing::info!(user, "SCRAM: {message}");
-    send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, &message).await;
-    Err(ProxyError::Protocol(message))
+    refuse(stream, &message).await
 }
 
 async fn scram_exchange(
@@ -369,6 +404,7 @@ async fn scram_exchange(
     write_all(stream, out).await?;
 
     let frame = read_frame(stream, buf, max_len).await?;
+    expect_response(stream, &frame, "SASL").await?;
     let Ok(FrontendMessage::AuthResponse(r)) = frame.frontend() else {
         return Ok(None);
     };
@@ -388,6 +424,7 @@ async fn scram_exchange(
     write_all(stream, out).await?;
 
     let frame = read_frame(stream, buf, max_len).await?;
+    expect_response(stream, &frame, "SASL").await?;
     let Ok(FrontendMessage::AuthResponse(r)) = frame.frontend() else {
         return Ok(None);
     };

@@ -618,6 +618,82 @@ async fn scram_proxy(pg: &Postgres) -> Proxy {
     Proxy::start(config).await.unwrap()
 }
 
+/// What a raw client logging in as `postgres` hears until the connection ends, having
+/// sent each of `answers` after an `R` (Authentication) message of the proxy.
+async fn login_ends(proxy: &Proxy, answers: &[Vec<u8>]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    raw.write_all(&startup("postgres")).await.unwrap();
+    for answer in answers {
+        common::read_until(&mut raw, b'R').await;
+        raw.write_all(answer).await.unwrap();
+    }
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest))
+        .await
+        .expect("the login ends")
+        .unwrap();
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
+/// As PostgreSQL: a message other than a password's where one is expected, a
+/// password message that is not a string, and a SCRAM proof whose nonce does not
+/// continue the exchange end the login with 08P01 and its own text, not as a wrong
+/// password (28P01).
+#[tokio::test]
+async fn answers_out_of_the_exchange_are_protocol_violations() {
+    let pg = Postgres::start().await.unwrap();
+    let query = common::message(b'Q', b"SELECT 1\0");
+    let initial = {
+        let first = "n,,n=,r=abcdefgh";
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+        body.extend_from_slice(first.as_bytes());
+        common::message(b'p', &body)
+    };
+    let proof = "A".repeat(43) + "=";
+    let wrong_nonce = common::message(b'p', format!("c=biws,r=abcdefghXX,p={proof}").as_bytes());
+
+    let scram = scram_proxy(&pg).await;
+    let md5 = Proxy::start(config_with_only(&pg, ClientAuth::Md5, "secret".into()))
+        .await
+        .unwrap();
+    for (proxy, answers, said) in [
+        (
+            &scram,
+            vec![query.clone()],
+            "expected SASL response, got message type 81",
+        ),
+        (
+            &scram,
+            vec![initial.clone(), query.clone()],
+            "expected SASL response, got message type 81",
+        ),
+        (&scram, vec![initial, wrong_nonce], "invalid SCRAM response"),
+        (
+            &md5,
+            vec![query],
+            "expected password response, got message type 81",
+        ),
+        (
+            &md5,
+            vec![common::message(b'p', b"no terminator")],
+            "invalid password packet size",
+        ),
+    ] {
+        let text = login_ends(proxy, &answers).await;
+        assert!(text.contains("C08P01"), "{said}: {text}");
+        assert!(text.contains(said), "{said}: {text}");
+    }
+    for proxy in [&scram, &md5] {
+        let e = connect(proxy, "postgres", Some("wrong")).await.unwrap_err();
+        assert_eq!(code(&e), Some("28P01"), "{e}");
+        connect(proxy, "postgres", Some("secret")).await.unwrap();
+    }
+}
+
 /// A StartupMessage (protocol 3.0) for `user` and database `app`.
 fn startup(user: &str) -> Vec<u8> {
     let body = format!("\0\x03\0\0user\0{user}\0database\0app\0\0");
