@@ -455,7 +455,7 @@ async fn a_portal_read_in_steps_before_its_sync_keeps_its_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psql_multi_statement_and_copy_in_and_out() {
+async fn psql_multi_statement_copy_in_and_out_and_large_objects() {
     let (pg, proxy) = start(PoolMode::Transaction, 2).await;
     let port = proxy.local_addr().port().to_string();
     let psql = pg.binaries().program("psql");
@@ -498,6 +498,31 @@ async fn psql_multi_statement_and_copy_in_and_out() {
         .args(["-c", "COPY (SELECT * FROM c ORDER BY id) TO STDOUT"]));
     assert_eq!(out.lines().count(), 5000);
     assert_eq!(out.lines().last(), Some("4999\tnote 4999"));
+
+    // Large objects: libpq's lo_* calls are FunctionCall messages, in a transaction
+    // psql opens around them.
+    let dir = std::env::temp_dir().join(format!("pgopt-lo-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (file, back) = (dir.join("in"), dir.join("out"));
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let out = run(Command::new(&psql)
+        .args(base)
+        .args(["-c", &format!("\\lo_import '{}'", file.display())])
+        .args(["-c", "\\echo :LASTOID"]));
+    let oid = out.trim().to_string();
+    assert!(oid.parse::<u32>().is_ok_and(|oid| oid > 0), "{out}");
+    run(Command::new(&psql)
+        .args(base)
+        .args(["-c", &format!("\\lo_export {oid} '{}'", back.display())]));
+    assert!(
+        std::fs::read(&back).unwrap() == bytes,
+        "the large object differs"
+    );
+    run(Command::new(&psql)
+        .args(base)
+        .args(["-c", &format!("\\lo_unlink {oid}")]));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
