@@ -603,6 +603,12 @@ impl Drop for L2 {
 /// An EVALSHA of `script` with `keys` keys: the caller adds the keys, then the
 /// arguments. Each is copied into the command's one buffer as it is added (redis'
 /// `ScriptInvocation` keeps each in a `Vec` of its own and copies them again).
+/// What sending `bytes` to Redis may take beyond a call's `timeout`: 20 ms a MB
+/// (50 MB/s, a slow network's pace).
+fn transfer_time(bytes: usize) -> Duration {
+    Duration::from_millis(u64::try_from(bytes / 50_000).unwrap_or(u64::MAX))
+}
+
 /// The invalidation channel of `prefix`'s keys in database `db`. Pub/sub ignores
 /// databases: deployments on two databases of one Redis, with the same prefix, must
 /// not hear each other's versions and heartbeats.
@@ -1003,13 +1009,23 @@ impl L2 {
         what: &str,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
+        self.answered_within(what, self.config.timeout, call).await
+    }
+
+    /// [`L2::answered`], allowing `timeout` for the answer.
+    async fn answered_within<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
         let sent = self.now_ms();
         let unanswered = || {
             let _ = self
                 .unanswered_since
                 .compare_exchange(0, sent, Relaxed, Relaxed);
         };
-        match tokio::time::timeout(self.config.timeout, call).await {
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(v)) => {
                 self.unanswered_since.store(0, Relaxed);
                 Some(v)
@@ -1030,7 +1046,7 @@ impl L2 {
                 unanswered();
                 self.failed(
                     what,
-                    &format!("no answer within {} ms", self.config.timeout.as_millis()),
+                    &format!("no answer within {} ms", timeout.as_millis()),
                 );
                 None
             }
@@ -1217,12 +1233,14 @@ impl L2 {
                     .unwrap_or(u64::MAX)
                     .clamp(1, MAX_TTL_MS),
             );
-        match tokio::time::timeout(self.config.timeout, conn.query::<()>(&mut cmd)).await {
-            Ok(Ok(())) => {
-                self.counters.stored.fetch_add(1, Relaxed);
-            }
-            Ok(Err(e)) => self.failed("store", &e.to_string()),
-            Err(_) => self.failed("store", "timed out"),
+        // A large value takes longer than `timeout` to send: not a failure (which
+        // drops the connection every other call shares) unless slower than that.
+        let within = self.config.timeout + transfer_time(payload.len());
+        let stored = self
+            .answered_within("store", within, conn.query::<()>(&mut cmd))
+            .await;
+        if stored.is_some() {
+            self.counters.stored.fetch_add(1, Relaxed);
         }
     }
 
@@ -2188,6 +2206,19 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_value_is_given_time_to_reach_redis() {
+        assert_eq!(transfer_time(1_000), Duration::ZERO);
+        assert_eq!(transfer_time(1_000_000), Duration::from_millis(20));
+        assert_eq!(transfer_time(64 << 20), Duration::from_millis(1342));
+    }
+
+    #[test]
+    fn each_redis_database_has_its_own_channel() {
+        assert_eq!(channel("pgopt:", 0), "pgopt:invalidations");
+        assert_eq!(channel("pgopt:", 3), "pgopt:db3:invalidations");
+    }
 
     #[test]
     fn script_replies_are_read_as_numbers_or_refused() {

@@ -464,6 +464,60 @@ async fn deployments_on_two_redis_databases_do_not_hear_each_other() {
     alternate_writes(&writer, &reader, 2, "db1-", true).await;
 }
 
+/// A value Redis refuses to store (here its ACL user may not SET values; out of
+/// memory is another cause) is a miss next time, not a failure of the connection: pgopt does not
+/// drop and rebuild the connection every other call shares for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_redis_refuses_to_store_keeps_the_connection() {
+    let (pg, redis) = setup().await;
+    let mut r = redis_client(&redis).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nostore")
+        // Everything but a SET of a value (an `e:` key); the scripts' SETs are allowed.
+        .arg(&[
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-set",
+            "(+set ~pgopt:{pgopt}[^e]*)",
+        ])
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let url = format!("redis://nostore:pw@127.0.0.1:{}", redis.port());
+    let proxy = instance_with(&pg, &redis, |c| c.redis.as_mut().unwrap().url = url).await;
+    let client = connect(&proxy, "postgres", None).await.unwrap();
+    let connections = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    let mut info = redis::cmd("INFO");
+    info.arg("stats");
+    let before = connections(info.query_async(&mut r).await.unwrap());
+    // Fills of two rows, each a value Redis refuses.
+    for id in [1, 2] {
+        client
+            .query(&format!("SELECT v FROM items WHERE id = {id}"), &[])
+            .await
+            .unwrap();
+    }
+    wait_for_cache(&proxy, "two stores refused", |row| {
+        counter(row, "redis_errors") >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = connections(info.query_async(&mut r).await.unwrap());
+    let row = cache_row(&proxy).await;
+    assert_eq!(counter(&row, "l2_stored"), 0, "{row:?}");
+    assert_eq!(row["redis"], "up", "{row:?}");
+    assert_eq!(after, before, "pgopt connected to Redis again: {row:?}");
+}
+
 /// A Redis that takes connections but answers nothing (paused) is not taken for one
 /// that is back: pgopt connects again only once Redis answers, so it stays down, and
 /// writes stop waiting for it once the other instances' leases are over (each waited
