@@ -378,6 +378,8 @@ pub struct L2 {
     /// When this instance began to owe Redis a commit (a [`L2::now_ms`] value; 0: it
     /// owes none): its heartbeats stopped then (see `keep_connected`).
     owing_since: AtomicU64,
+    /// When a refused call was last logged as a warning (a [`L2::now_ms`] value).
+    refusal_warned: AtomicU64,
     epoch: Instant,
     /// The bus's owner last warned about as missing from the URLs (once each).
     owner_warned: Mutex<Option<String>>,
@@ -738,6 +740,7 @@ impl L2 {
             heard: AtomicU64::new(0),
             unanswered_since: AtomicU64::new(0),
             owing_since: AtomicU64::new(0),
+            refusal_warned: AtomicU64::new(0),
             epoch: Instant::now(),
             owner_warned: Mutex::new(None),
             delivery: Mutex::new(Delivery {
@@ -1034,7 +1037,20 @@ impl L2 {
                 // Redis answered, with an error: the connection is fine.
                 self.unanswered_since.store(0, Relaxed);
                 self.counters.errors.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, "a Redis {what} was refused");
+                // Once a minute at most: a Redis out of memory refuses every store
+                // and beat.
+                let now = self.now_ms();
+                let last = self.refusal_warned.load(Relaxed);
+                if (last == 0 || now.saturating_sub(last) >= 60_000)
+                    && self
+                        .refusal_warned
+                        .compare_exchange(last, now, Relaxed, Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(error = %e, "a Redis {what} was refused (warned once a minute; SHOW CACHE's redis_errors counts them)");
+                } else {
+                    tracing::debug!(error = %e, "a Redis {what} was refused");
+                }
                 None
             }
             Ok(Err(e)) => {
