@@ -666,35 +666,63 @@ fn tls_redis() -> TlsRedis {
             .unwrap();
         assert!(ok.success(), "openssl {args}");
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args(["--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"])
-        .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
-        .args([
-            "--requirepass",
-            "secret",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Another test's server may take the free port before this one binds it: then
+    // this one exits, and starts again on another.
+    let mut attempt = 0;
+    let (child, port) = loop {
+        attempt += 1;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.join(format!("redis-{attempt}.log"));
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"])
+            .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+            .args([
+                "--requirepass",
+                "secret",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--logfile")
+            .arg(&log)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ready = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(attempt < 5, "redis-server exited: {status}");
+                break false;
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Ready to accept connections") {
+                break true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server never ready: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if ready {
+            break (child, port);
+        }
+    };
     TlsRedis {
         child,
         port,
