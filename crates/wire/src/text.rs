@@ -87,8 +87,9 @@ pub fn unescape(text: &str) -> Cow<'_, [u8]> {
 /// UTF-8 as they stand (or, as bytes given to [`escape`], it holds one already).
 #[inline]
 pub fn is_escaped(text: &str) -> bool {
-    // (A plain look for the lead byte first: most texts are short, and have none.)
-    text.as_bytes().contains(&LEAD) && text.chars().any(is_escape)
+    // (A look for the lead byte first, most texts have none: memchr's, several
+    // times faster than the slice's own `contains` on a query's length.)
+    memchr::memchr(LEAD, text.as_bytes()).is_some() && text.chars().any(is_escape)
 }
 
 #[cfg(test)]
