@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use pgopt_sql::StatementKind;
 use pgopt_wire::backend::{CommandComplete, ParameterStatus};
 use pgopt_wire::frontend::{Bind, BindHead, Close, Describe, Execute, Parse, Query};
 use pgopt_wire::{
@@ -3439,10 +3440,16 @@ impl Relay {
             }
         }
         // A CREATE of a function, trigger, view…: the catalog is read again once it ended.
-        let ddl = analysis.kinds.contains(&pgopt_sql::StatementKind::Ddl);
+        let ddl = analysis.kinds.contains(&StatementKind::Ddl);
         self.creates |= ddl && crate::function_settings::creates_callers(sql);
-        self.defaults_altered |=
-            session_state::alters_defaults(sql.as_bytes(), &analysis.functions);
+        // (ALTER SYSTEM, ALTER ROLE or DATABASE … SET are `Other`: only statements of
+        // those kinds have their text looked at.)
+        let utility = analysis
+            .kinds
+            .iter()
+            .any(|k| matches!(k, StatementKind::Ddl | StatementKind::Other));
+        let text: &[u8] = if utility { sql.as_bytes() } else { b"" };
+        self.defaults_altered |= session_state::alters_defaults(text, &analysis.functions);
         if ddl && session_state::may_change_shapes(sql.as_bytes()) {
             self.schema_changed();
             if let Some(parse) = parse.filter(|p| !p.name.is_empty()) {
@@ -4751,6 +4758,17 @@ impl Relay {
     /// What waits for nothing to be in flight: settings read back, a block's SQL
     /// prepared statements deallocated, then the commit's bookkeeping.
     async fn settle_when_idle(&mut self) {
+        // Nothing to settle (the usual case): each step would return at once, but only
+        // after its future was made and polled.
+        if self.resync.is_empty()
+            && self.defaults_check.is_empty()
+            && !self.sql_prepared
+            && !self.state_check
+            && !self.ryw.commit_pending
+            && self.fence_tokens.is_empty()
+        {
+            return;
+        }
         self.resync_settings().await;
         self.check_defaults().await;
         self.deallocate_sql().await;
