@@ -457,9 +457,15 @@ async fn session(
                     return Ok(());
                 }
                 Err(LookupError::Failed(why)) => {
-                    let message = format!("auth_query for user \"{user}\" failed: {why}");
+                    // Why is for the log only: a client not logged in yet learns nothing
+                    // of the server's tables, errors or stored passwords (PgBouncer and
+                    // PostgreSQL tell it as little).
+                    tracing::warn!(user, "auth_query failed: {why}");
+                    let message = format!(
+                        "auth_query for user \"{user}\" failed (the reason is in pgopt's log)"
+                    );
                     send_fatal(&mut stream, sqlstate::CONNECTION_FAILURE, &message).await;
-                    return Err(ProxyError::Protocol(message));
+                    return Err(ProxyError::Protocol(format!("{message}: {why}")));
                 }
             }
         }
