@@ -152,7 +152,7 @@ pub async fn authenticate(
             None,
         ),
         ClientAuth::Md5 => {
-            let answer = md5_exchange(stream, buf, &mut out, max_len).await?;
+            let answer = md5_exchange(stream, buf, &mut out, user, max_len).await?;
             let matches =
                 |c: Option<&Credentials>| match (&answer, c.and_then(|c| c.md5.as_deref())) {
                     (Some((salt, response)), Some(stored)) => {
@@ -289,20 +289,21 @@ async fn md5_exchange(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
+    user: &str,
     max_len: u32,
 ) -> Result<Option<([u8; 4], String)>, ProxyError> {
     let salt = md5::random_salt()?;
     Authentication::Md5Password { salt }.encode(out)?;
     write_all(stream, out).await?;
     let frame = read_frame(stream, buf, max_len).await?;
-    expect_response(stream, &frame, "password").await?;
+    expect_response(stream, user, &frame, "password").await?;
     let response = match frame.frontend() {
         Ok(FrontendMessage::AuthResponse(r)) => r.password().map(|p| p.password.to_string()),
         _ => return Ok(None),
     };
     match response {
         Ok(response) => Ok(Some((salt, response))),
-        Err(_) => refuse(stream, "invalid password packet size").await,
+        Err(e) => refuse(stream, user, "invalid password packet size", &e).await,
     }
 }
 
@@ -311,25 +312,29 @@ async fn md5_exchange(
 /// response, got message type 81"), not as a wrong password would.
 async fn expect_response(
     stream: &mut ClientStream,
+    user: &str,
     frame: &pgopt_wire::Frame,
     exchange: &str,
 ) -> Result<(), ProxyError> {
     if frame.tag() == b'p' {
         return Ok(());
     }
-    refuse(
-        stream,
-        &format!(
-            "expected {exchange} response, got message type {}",
-            frame.tag()
-        ),
-    )
-    .await
+    let message = format!(
+        "expected {exchange} response, got message type {}",
+        frame.tag()
+    );
+    refuse(stream, user, &message, &message).await
 }
 
-/// Ends a login whose client broke the exchange's protocol (08P01, `message`).
-async fn refuse<T>(stream: &mut ClientStream, message: &str) -> Result<T, ProxyError> {
-    tracing::info!("login refused: {message}");
+/// Ends `user`'s login, whose client broke the exchange's protocol (08P01,
+/// `message`); `why` is logged.
+async fn refuse<T>(
+    stream: &mut ClientStream,
+    user: &str,
+    message: &str,
+    why: &(dyn std::fmt::Display + Sync),
+) -> Result<T, ProxyError> {
+    tracing::info!(user, "login refused: {why}");
     send_fatal(stream, sqlstate::PROTOCOL_VIOLATION, message).await;
     Err(ProxyError::Protocol(message.to_string()))
 }
@@ -363,17 +368,16 @@ async fn scram_refused(
 ) -> Result<Option<ScramKeys>, ProxyError> {
     use pgopt_wire::AuthError;
     // (The texts are PostgreSQL's: "SCRAM channel binding check failed", "malformed
-    // SCRAM message: …" with its detail, and "invalid SCRAM response" with "Nonce
-    // does not match.")
+    // SCRAM message: …" with its detail, and "invalid SCRAM response", whose DETAIL
+    // "Nonce does not match." goes to the log only.)
     if matches!(e, AuthError::WrongPassword) {
         return Ok(None);
     }
-    tracing::info!(user, "SCRAM: {e}");
-    let message = match e {
+    let message = match &e {
         AuthError::NonceMismatch => "invalid SCRAM response".to_string(),
         other => other.to_string(),
     };
-    refuse(stream, &message).await
+    refuse(stream, user, &message, &e).await
 }
 
 async fn scram_exchange(
@@ -404,7 +408,7 @@ async fn scram_exchange(
     write_all(stream, out).await?;
 
     let frame = read_frame(stream, buf, max_len).await?;
-    expect_response(stream, &frame, "SASL").await?;
+    expect_response(stream, user, &frame, "SASL").await?;
     let Ok(FrontendMessage::AuthResponse(r)) = frame.frontend() else {
         return Ok(None);
     };
@@ -424,7 +428,7 @@ async fn scram_exchange(
     write_all(stream, out).await?;
 
     let frame = read_frame(stream, buf, max_len).await?;
-    expect_response(stream, &frame, "SASL").await?;
+    expect_response(stream, user, &frame, "SASL").await?;
     let Ok(FrontendMessage::AuthResponse(r)) = frame.frontend() else {
         return Ok(None);
     };

@@ -88,18 +88,27 @@ fn checkout_failed(pool: &Pool, error: CheckoutError) -> LookupError {
     LookupError::Checkout(code, message)
 }
 
-/// Run first, in the lookup's own (implicit) transaction: the search path and the
-/// role the connection had at login, whatever a client of `auth_user`'s pool left
-/// set on it (in transaction mode its settings stay on the connection). A
-/// `SET search_path` naming a schema with a `pg_shadow` of its own, or a `SET ROLE`,
-/// must not choose whose password a login is checked against.
-const LOOKUP_SETTINGS: &str = "SELECT pg_catalog.set_config('search_path', s.reset_val, true), \
-     pg_catalog.set_config('role', 'none', true) \
-     FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'search_path'";
+/// Run before the lookup, in a transaction block of its own: the search path and the
+/// role the connection had at login (its role's and database's defaults: `ALTER ROLE
+/// auth_user SET role = …` stays), whatever a client of `auth_user`'s pool left set
+/// on it (in transaction mode its settings stay on the connection). A `SET
+/// search_path` naming a schema with a `pg_shadow` of its own, or a `SET ROLE`, must
+/// not choose whose password a login is checked against. (`SET LOCAL`: undone when
+/// the block ends; in a block, so that the server logs no warning.)
+const BEFORE_LOOKUP: [&str; 3] = [
+    "BEGIN",
+    "SET LOCAL search_path TO DEFAULT",
+    "SET LOCAL role TO DEFAULT",
+];
 
-/// One Parse/Bind/Execute round of [`LOOKUP_SETTINGS`], then one with `user` as `$1`,
-/// and a Sync: the first row's last column (or the server's error), and the
-/// transaction status at the end.
+/// Ends the lookup's block: what the query did (an audit row of a lookup function)
+/// stays, as when it ran on its own.
+const AFTER_LOOKUP: &str = "COMMIT";
+
+/// [`BEFORE_LOOKUP`], the query with `user` as `$1`, [`AFTER_LOOKUP`], each a
+/// Parse/Bind/Execute round, and a Sync: the query's first row's last column (or the
+/// server's error), and the transaction status at the end (after an error, the block
+/// is rolled back first).
 async fn run(
     conn: &mut ServerConn,
     query: &str,
@@ -109,10 +118,14 @@ async fn run(
     let mut out = BytesMut::with_capacity(256);
     let encode = |out: &mut BytesMut| -> Result<(), ProxyError> {
         let params = [Some(user.as_bytes())];
-        for (query, params) in [(LOOKUP_SETTINGS, &params[..0]), (query, &params[..])] {
+        let statements = BEFORE_LOOKUP
+            .iter()
+            .map(|sql| (*sql, &params[..0]))
+            .chain([(query, &params[..]), (AFTER_LOOKUP, &params[..0])]);
+        for (sql, params) in statements {
             Parse {
                 name: "",
-                query,
+                query: sql,
                 param_types: List::from(&[]),
             }
             .encode(out)?;
@@ -124,31 +137,26 @@ async fn run(
                 result_formats: List::from(&[]),
             }
             .encode(out)?;
-            if params.is_empty() {
-                Execute {
-                    portal: "",
-                    max_rows: 0,
+            if !params.is_empty() {
+                // Its RowDescription (or NoData) starts the rows read.
+                pgopt_wire::frontend::Describe {
+                    target: pgopt_wire::Target::Portal,
+                    name: "",
                 }
                 .encode(out)?;
             }
+            Execute {
+                portal: "",
+                max_rows: 0,
+            }
+            .encode(out)?;
         }
-        // (Its RowDescription starts the rows read: the settings' row is not one.)
-        pgopt_wire::frontend::Describe {
-            target: pgopt_wire::Target::Portal,
-            name: "",
-        }
-        .encode(out)?;
-        Execute {
-            portal: "",
-            max_rows: 0,
-        }
-        .encode(out)?;
         FrontendMessage::Sync.encode(out)?;
         Ok(())
     };
     encode(&mut out).map_err(|e| e.to_string())?;
-    let result = conn.query(&out, max_len).await?;
-    let outcome = match result.error {
+    let mut result = conn.query(&out, max_len).await?;
+    let outcome = match result.error.take() {
         Some(e) => Err(e),
         // The first row's last column.
         None => Ok(result
@@ -156,6 +164,14 @@ async fn run(
             .first()
             .and_then(|row| row.last().cloned().flatten())),
     };
+    if result.status == TransactionStatus::Failed {
+        // The error left the block aborted: ended, so the connection goes back.
+        out.clear();
+        FrontendMessage::Query(pgopt_wire::frontend::Query { sql: "ROLLBACK" })
+            .encode(&mut out)
+            .map_err(|e| e.to_string())?;
+        result = conn.query(&out, max_len).await?;
+    }
     Ok((outcome, result.status))
 }
 

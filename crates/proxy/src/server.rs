@@ -802,7 +802,8 @@ impl ServerConn {
                 continue;
             };
             match message {
-                BackendMessage::RowDescription(_) => rows.clear(),
+                // The rows are the last described statement's: none for NoData.
+                BackendMessage::RowDescription(_) | BackendMessage::NoData => rows.clear(),
                 BackendMessage::DataRow(row) => rows.push(
                     row.values
                         .iter()

@@ -220,6 +220,63 @@ async fn auth_query_lookups_ignore_what_clients_left_set_and_expired_passwords()
     assert_eq!(code(&err), Some("28P01"), "{err}");
 }
 
+/// The lookup runs as the role auth_user logs in with: `ALTER ROLE … SET role` (here
+/// what lets a NOINHERIT auth_user run the lookup function) is kept, whatever role a
+/// client of its pool left set. And an auth_query that answers no rows at all (a
+/// CALL) finds no one: nothing else the lookup runs is taken for a password.
+#[tokio::test]
+async fn auth_query_runs_as_auth_users_login_role_and_rows_are_only_its_own() {
+    let (pg, admin) = scram_postgres().await;
+    admin
+        .batch_execute(
+            "CREATE ROLE app_user LOGIN PASSWORD 'apppw';
+             CREATE ROLE reader;
+             CREATE ROLE looker LOGIN NOINHERIT PASSWORD 'lookpw';
+             GRANT reader TO looker;
+             ALTER ROLE looker SET role = 'reader';
+             CREATE FUNCTION lookup(u name, OUT usename name, OUT passwd text)
+               SECURITY DEFINER LANGUAGE sql
+               AS 'SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = u';
+             REVOKE EXECUTE ON FUNCTION lookup(name) FROM PUBLIC;
+             GRANT EXECUTE ON FUNCTION lookup(name) TO reader;
+             CREATE PROCEDURE check_user(u name) LANGUAGE sql AS 'SELECT 1';",
+        )
+        .await
+        .unwrap();
+    let mut config = config_with_only(&pg, ClientAuth::ScramSha256, "serverpw".into());
+    config.users.push(User::new("looker", "lookpw"));
+    config.default_pool_size = 1;
+    config.auth_user = Some("looker".into());
+    config.auth_query = "SELECT usename, passwd FROM lookup($1)".into();
+    config.auth_query_cache_ttl = Duration::ZERO;
+    let proxy = Proxy::start(config.clone()).await.unwrap();
+    let c = connect(&proxy, "app_user", Some("apppw")).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+    drop(c);
+    // A client of auth_user's one connection leaves another role set.
+    let looker = connect(&proxy, "looker", Some("lookpw")).await.unwrap();
+    looker.batch_execute("SET ROLE NONE").await.unwrap();
+    assert_eq!(
+        common::value(&looker, "SELECT current_user::text").await,
+        "looker"
+    );
+    let c = connect(&proxy, "app_user", Some("apppw")).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+    assert_eq!(
+        common::value(&looker, "SELECT current_user::text").await,
+        "looker"
+    );
+
+    config.auth_query = "CALL check_user($1)".into();
+    let proxy = Proxy::start(config).await.unwrap();
+    for password in ["none", "apppw"] {
+        let err = connect(&proxy, "app_user", Some(password))
+            .await
+            .expect_err("a user found by a query that answers no rows");
+        assert_eq!(code(&err), Some("28P01"), "{password}: {err}");
+    }
+}
+
 /// A RELOAD that moves the database to another server (here the same one under
 /// another name): clients whose server logins take the SCRAM keys of their own login,
 /// one of a user `auth_query` found among them, move to the new pool and log in there.
