@@ -605,6 +605,12 @@ impl Drop for L2 {
 /// An EVALSHA of `script` with `keys` keys: the caller adds the keys, then the
 /// arguments. Each is copied into the command's one buffer as it is added (redis'
 /// `ScriptInvocation` keeps each in a `Vec` of its own and copies them again).
+/// Whether Redis answered `e` (an error reply: out of memory, read-only, no
+/// permission…), rather than failing to answer.
+fn is_refusal(e: &redis::RedisError) -> bool {
+    !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout())
+}
+
 /// What sending `bytes` to Redis may take beyond a call's `timeout`: 20 ms a MB
 /// (50 MB/s, a slow network's pace).
 fn transfer_time(bytes: usize) -> Duration {
@@ -617,7 +623,8 @@ fn transfer_time(bytes: usize) -> Duration {
 fn channel(prefix: &str, db: i64) -> String {
     match db {
         0 => format!("{prefix}invalidations"),
-        db => format!("{prefix}db{db}:invalidations"),
+        // (After the name: no prefix of database 0 can name the same channel.)
+        db => format!("{prefix}invalidations:db{db}"),
     }
 }
 
@@ -994,6 +1001,24 @@ impl L2 {
         self.reconnect.notify_one();
     }
 
+    /// Redis refused a call (it answered, with an error: the connection is fine).
+    fn refused(&self, what: &str, e: &redis::RedisError) {
+        self.counters.errors.fetch_add(1, Relaxed);
+        // Once a minute at most: a Redis out of memory refuses every store and beat.
+        let now = self.now_ms();
+        let last = self.refusal_warned.load(Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 60_000)
+            && self
+                .refusal_warned
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = %e, "a Redis {what} was refused (warned once a minute; SHOW CACHE's redis_errors counts them)");
+        } else {
+            tracing::debug!(error = %e, "a Redis {what} was refused");
+        }
+    }
+
     /// Runs `cmd`, an EVALSHA of `script` (see [`eval`]); `None` when it failed.
     async fn call<T: FromRedisValue>(
         &self,
@@ -1012,45 +1037,20 @@ impl L2 {
         what: &str,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
-        self.answered_within(what, self.config.timeout, call).await
-    }
-
-    /// [`L2::answered`], allowing `timeout` for the answer.
-    async fn answered_within<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        call: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Option<T> {
         let sent = self.now_ms();
         let unanswered = || {
             let _ = self
                 .unanswered_since
                 .compare_exchange(0, sent, Relaxed, Relaxed);
         };
-        match tokio::time::timeout(timeout, call).await {
+        match tokio::time::timeout(self.config.timeout, call).await {
             Ok(Ok(v)) => {
                 self.unanswered_since.store(0, Relaxed);
                 Some(v)
             }
-            Ok(Err(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
-                // Redis answered, with an error: the connection is fine.
+            Ok(Err(e)) if is_refusal(&e) => {
                 self.unanswered_since.store(0, Relaxed);
-                self.counters.errors.fetch_add(1, Relaxed);
-                // Once a minute at most: a Redis out of memory refuses every store
-                // and beat.
-                let now = self.now_ms();
-                let last = self.refusal_warned.load(Relaxed);
-                if (last == 0 || now.saturating_sub(last) >= 60_000)
-                    && self
-                        .refusal_warned
-                        .compare_exchange(last, now, Relaxed, Relaxed)
-                        .is_ok()
-                {
-                    tracing::warn!(error = %e, "a Redis {what} was refused (warned once a minute; SHOW CACHE's redis_errors counts them)");
-                } else {
-                    tracing::debug!(error = %e, "a Redis {what} was refused");
-                }
+                self.refused(what, &e);
                 None
             }
             Ok(Err(e)) => {
@@ -1062,7 +1062,7 @@ impl L2 {
                 unanswered();
                 self.failed(
                     what,
-                    &format!("no answer within {} ms", timeout.as_millis()),
+                    &format!("no answer within {} ms", self.config.timeout.as_millis()),
                 );
                 None
             }
@@ -1251,12 +1251,15 @@ impl L2 {
             );
         // A large value takes longer than `timeout` to send: not a failure (which
         // drops the connection every other call shares) unless slower than that.
+        // (Not one of the calls `unanswered_since` counts: its allowance is longer.)
         let within = self.config.timeout + transfer_time(payload.len());
-        let stored = self
-            .answered_within("store", within, conn.query::<()>(&mut cmd))
-            .await;
-        if stored.is_some() {
-            self.counters.stored.fetch_add(1, Relaxed);
+        match tokio::time::timeout(within, conn.query::<()>(&mut cmd)).await {
+            Ok(Ok(())) => {
+                self.counters.stored.fetch_add(1, Relaxed);
+            }
+            Ok(Err(e)) if is_refusal(&e) => self.refused("store", &e),
+            Ok(Err(e)) => self.failed("store", &e.to_string()),
+            Err(_) => self.failed("store", "timed out"),
         }
     }
 
@@ -1860,12 +1863,14 @@ async fn listen(
                     flush();
                     // Owed, so that nothing is looked up in Redis until its versions
                     // have moved past whatever that instance wrote.
-                    *this
-                        .owed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(crate::ALL.to_string())
-                        .or_default() += 1;
+                    {
+                        let mut owed = this.owed.lock().unwrap_or_else(|p| p.into_inner());
+                        *owed.entry(crate::ALL.to_string()).or_default() += 1;
+                        // (Its beats stop from now: see `outlast_leases`.)
+                        let _ =
+                            this.owing_since
+                                .compare_exchange(0, this.now_ms(), Relaxed, Relaxed);
+                    }
                     this.reconnect.notify_one();
                 }
             } else if let Some((kind, from)) = peer_word(payload, this.instance) {
@@ -2233,7 +2238,7 @@ mod tests {
     #[test]
     fn each_redis_database_has_its_own_channel() {
         assert_eq!(channel("pgopt:", 0), "pgopt:invalidations");
-        assert_eq!(channel("pgopt:", 3), "pgopt:db3:invalidations");
+        assert_eq!(channel("pgopt:", 3), "pgopt:invalidations:db3");
     }
 
     #[test]
