@@ -602,9 +602,6 @@ impl Drop for L2 {
     }
 }
 
-/// An EVALSHA of `script` with `keys` keys: the caller adds the keys, then the
-/// arguments. Each is copied into the command's one buffer as it is added (redis'
-/// `ScriptInvocation` keeps each in a `Vec` of its own and copies them again).
 /// Whether Redis answered `e` (an error reply: out of memory, read-only, no
 /// permission…), rather than failing to answer.
 fn is_refusal(e: &redis::RedisError) -> bool {
@@ -628,6 +625,9 @@ fn channel(prefix: &str, db: i64) -> String {
     }
 }
 
+/// An EVALSHA of `script` with `keys` keys: the caller adds the keys, then the
+/// arguments. Each is copied into the command's one buffer as it is added (redis'
+/// `ScriptInvocation` keeps each in a `Vec` of its own and copies them again).
 fn eval(script: &Lua, keys: usize) -> Command {
     let mut cmd = Command::new("EVALSHA");
     cmd.arg(&script.hash).num(keys as u64);
@@ -1345,15 +1345,7 @@ impl L2 {
         let result = self.publish_now(tables).await;
         if result.is_none() {
             self.counters.publish_failures.fetch_add(1, Relaxed);
-            {
-                let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-                for t in tables {
-                    *owed.entry(t.clone()).or_default() += 1;
-                }
-                let _ = self
-                    .owing_since
-                    .compare_exchange(0, self.now_ms(), Relaxed, Relaxed);
-            }
+            self.owe(tables.iter().map(String::as_str));
             self.outlast_leases().await;
         }
         result
@@ -1548,6 +1540,18 @@ impl L2 {
         tokio::spawn(async move {
             let _ = tokio::time::timeout(timeout, conn.query::<()>(&mut cmd)).await;
         });
+    }
+
+    /// `tables` are owed a commit each (incremented once Redis counts them); this
+    /// instance's heartbeats stop from now (see `outlast_leases`).
+    fn owe<'a>(&self, tables: impl IntoIterator<Item = &'a str>) {
+        let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        for t in tables {
+            *owed.entry(t.to_string()).or_default() += 1;
+        }
+        let _ = self
+            .owing_since
+            .compare_exchange(0, self.now_ms(), Relaxed, Relaxed);
     }
 
     /// Tables owed from a time Redis was unreachable, published now.
@@ -1863,14 +1867,7 @@ async fn listen(
                     flush();
                     // Owed, so that nothing is looked up in Redis until its versions
                     // have moved past whatever that instance wrote.
-                    {
-                        let mut owed = this.owed.lock().unwrap_or_else(|p| p.into_inner());
-                        *owed.entry(crate::ALL.to_string()).or_default() += 1;
-                        // (Its beats stop from now: see `outlast_leases`.)
-                        let _ =
-                            this.owing_since
-                                .compare_exchange(0, this.now_ms(), Relaxed, Relaxed);
-                    }
+                    this.owe([crate::ALL]);
                     this.reconnect.notify_one();
                 }
             } else if let Some((kind, from)) = peer_word(payload, this.instance) {

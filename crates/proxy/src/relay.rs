@@ -3442,14 +3442,7 @@ impl Relay {
         // A CREATE of a function, trigger, view…: the catalog is read again once it ended.
         let ddl = analysis.kinds.contains(&StatementKind::Ddl);
         self.creates |= ddl && crate::function_settings::creates_callers(sql);
-        // (ALTER SYSTEM, ALTER ROLE or DATABASE … SET are `Other`: only statements of
-        // those kinds have their text looked at.)
-        let utility = analysis
-            .kinds
-            .iter()
-            .any(|k| matches!(k, StatementKind::Ddl | StatementKind::Other));
-        let text: &[u8] = if utility { sql.as_bytes() } else { b"" };
-        self.defaults_altered |= session_state::alters_defaults(text, &analysis.functions);
+        self.defaults_altered |= session_state::alters_defaults(sql.as_bytes(), &analysis);
         if ddl && session_state::may_change_shapes(sql.as_bytes()) {
             self.schema_changed();
             if let Some(parse) = parse.filter(|p| !p.name.is_empty()) {

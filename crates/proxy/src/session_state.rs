@@ -1427,12 +1427,19 @@ pub fn may_change_shapes(sql: &[u8]) -> bool {
     })
 }
 
-/// Whether a statement of `sql` may change the server's defaults of settings: ALTER
-/// DATABASE, ROLE or USER … SET or RESET (for sessions that begin after it), ALTER
-/// SYSTEM (at the next reload), or a call of `pg_reload_conf` (`functions`: the
-/// statement's, as [`Analysis::functions`] lists them). (A `;` or a word inside a
-/// literal may give a false alarm.)
-pub fn alters_defaults(sql: &[u8], functions: &[String]) -> bool {
+/// Whether a statement of `sql` (`analysis` its analysis) may change the server's
+/// defaults of settings: ALTER DATABASE, ROLE or USER … SET or RESET (for sessions
+/// that begin after it), ALTER SYSTEM (at the next reload), or a call of
+/// `pg_reload_conf`. (A `;` or a word inside a literal may give a false alarm.) The
+/// text is looked at only when a statement is of a kind those are (`Other`; `Ddl`
+/// for an ALTER the parser names otherwise): not for every SELECT.
+pub fn alters_defaults(sql: &[u8], analysis: &Analysis) -> bool {
+    let utility = analysis
+        .kinds
+        .iter()
+        .any(|k| matches!(k, StatementKind::Ddl | StatementKind::Other));
+    let sql: &[u8] = if utility { sql } else { b"" };
+    let functions = &analysis.functions;
     let alters = |piece: &[u8]| {
         let first = skip_blanks_and_comments(piece);
         if !starts_word(first, b"alter") {
@@ -1647,14 +1654,15 @@ mod tests {
 
     #[test]
     fn statements_that_may_alter_defaults() {
-        let none: &[String] = &[];
+        let analyzer = pgopt_sql::Analyzer::default();
+        let alters = |sql: &str| alters_defaults(sql.as_bytes(), &analyzer.analyze(sql).unwrap());
         for sql in [
             "ALTER DATABASE app SET TimeZone = 'UTC'",
             "alter role r in database app reset all",
             "BEGIN; /* x */ ALTER USER u SET search_path = a",
             "ALTER SYSTEM SET bytea_output = 'escape'",
         ] {
-            assert!(alters_defaults(sql.as_bytes(), none), "{sql}");
+            assert!(alters(sql), "{sql}");
             assert!(may_affect_session(sql.as_bytes()), "{sql}");
         }
         for sql in [
@@ -1663,12 +1671,11 @@ mod tests {
             "SELECT 'alter system'",
             "ALTER TABLE t SET (fillfactor = 70)",
         ] {
-            assert!(!alters_defaults(sql.as_bytes(), none), "{sql}");
+            assert!(!alters(sql), "{sql}");
         }
         let sql = "SELECT pg_catalog.pg_reload_conf()";
         assert!(may_affect_session(sql.as_bytes()));
-        let analysis = pgopt_sql::Analyzer::default().analyze(sql).unwrap();
-        assert!(alters_defaults(sql.as_bytes(), &analysis.functions));
+        assert!(alters(sql));
     }
 
     #[test]
